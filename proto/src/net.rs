@@ -1,0 +1,305 @@
+//! The runtime shell every service shares: QUIC endpoints made through one [`SocketFactory`],
+//! TLS configuration (server-authenticated for devices, mutual for edge↔region and
+//! region↔region), and framed request/response streams over quinn.
+//!
+//! Protocol logic never touches these types directly; it is fed decoded frames.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{AsyncUdpSocket, Runtime, TokioRuntime};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::frame::{FRAME_HEADER_BYTES, decode_header, encode_frame};
+use crate::limits::{AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL, FRAME_BYTES_MAX};
+use crate::{FrameError, ProtoError};
+
+/// ALPN of device connections to an edge.
+pub const ALPN_DEVICE: &[u8] = b"relay-device/1";
+/// ALPN of internal connections (edge→region, region→region).
+pub const ALPN_INTERNAL: &[u8] = b"relay-internal/1";
+/// TLS server name every edge certificate carries.
+pub const EDGE_SERVER_NAME: &str = "edge.relay.test";
+/// TLS server name every region certificate carries.
+pub const REGION_SERVER_NAME: &str = "region.relay.internal";
+
+/// How long a connection may stay silent before it is closed.
+pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// How often an idle connection sends a keep-alive.
+pub const KEEP_ALIVE_INTERVAL_MS: u64 = 5_000;
+
+/// Errors of the network shell.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Socket or file I/O failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// TLS material or configuration is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The QUIC connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Connecting failed before the handshake.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// Writing to a stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading from a stream failed.
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// The peer's bytes are not a valid frame.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer closed the stream where a frame was expected.
+    #[error("stream closed before a response")]
+    Closed,
+    /// The peer answered with an error.
+    #[error("{0}")]
+    Remote(ProtoError),
+    /// The peer did not answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl NetError {
+    /// This error as a code and message to report to a peer or a user.
+    pub fn to_proto(&self) -> ProtoError {
+        match self {
+            NetError::Remote(error) => error.clone(),
+            NetError::Frame(error) => error.clone().into(),
+            other => ProtoError::new(crate::ErrorCode::Unavailable, other.to_string()),
+        }
+    }
+}
+
+/// Makes the UDP sockets QUIC endpoints run on. The simulator and the io_uring datapath plug in
+/// here without touching protocol code.
+pub trait SocketFactory: Send + Sync + 'static {
+    /// Binds a socket at `address`.
+    fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>>;
+    /// The runtime the endpoint's driver runs on.
+    fn runtime(&self) -> Arc<dyn Runtime>;
+}
+
+/// Kernel UDP sockets on tokio (quinn-udp: GSO/GRO where the kernel has them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioSockets;
+
+impl SocketFactory for TokioSockets {
+    fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let socket = std::net::UdpSocket::bind(address)?;
+        TokioRuntime.wrap_udp_socket(socket)
+    }
+
+    fn runtime(&self) -> Arc<dyn Runtime> {
+        Arc::new(TokioRuntime)
+    }
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    /// Leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        Self { cert_chain: self.cert_chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl TlsIdentity {
+    /// Loads a PEM certificate chain and a PEM private key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NetError> {
+        let cert_chain = load_certificates(cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|error| NetError::Tls(format!("{}: {error}", key_path.display())))?;
+        Ok(Self { cert_chain, key })
+    }
+}
+
+/// Loads every certificate of a PEM file.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|error| NetError::Tls(format!("{}: {error}", path.display())))?
+        .collect();
+    let certs = certs.map_err(|error| NetError::Tls(format!("{}: {error}", path.display())))?;
+    if certs.is_empty() {
+        return Err(NetError::Tls(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+/// A root store holding the certificates of a PEM file (the deployment's CA).
+pub fn load_roots(ca_path: &Path) -> Result<Arc<RootCertStore>, NetError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(ca_path)? {
+        roots.add(cert).map_err(|error| NetError::Tls(error.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    // Both values are far below the bound quinn accepts, so the conversion cannot fail.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok());
+    transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
+    transport.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(transport)
+}
+
+/// A QUIC server configuration. With `client_roots`, peers must present a certificate signed
+/// by them (mutual TLS, for internal links).
+pub fn server_config(
+    identity: TlsIdentity,
+    client_roots: Option<Arc<RootCertStore>>,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, NetError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| NetError::Tls(error.to_string()))?;
+    let builder = match client_roots {
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|error| NetError::Tls(error.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
+        .with_single_cert(identity.cert_chain, identity.key)
+        .map_err(|error| NetError::Tls(error.to_string()))?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A QUIC client configuration trusting `roots`, presenting `identity` when given (mutual TLS).
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    identity: Option<TlsIdentity>,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, NetError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| NetError::Tls(error.to_string()))?
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.cert_chain, identity.key)
+            .map_err(|error| NetError::Tls(error.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// Binds a QUIC endpoint through `sockets`; a server when `server` is given.
+pub fn bind_endpoint(
+    sockets: &dyn SocketFactory,
+    address: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, NetError> {
+    let socket = sockets.bind(address)?;
+    Ok(quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        sockets.runtime(),
+    )?)
+}
+
+/// The keying material both ends of a connection derive for binding device authentication.
+pub fn auth_keying_material(
+    connection: &quinn::Connection,
+) -> Result<[u8; AUTH_KEYING_MATERIAL_BYTES], NetError> {
+    let mut output = [0u8; AUTH_KEYING_MATERIAL_BYTES];
+    connection
+        .export_keying_material(&mut output, AUTH_KEYING_MATERIAL_LABEL, b"")
+        .map_err(|_| NetError::Tls("keying material export failed".into()))?;
+    Ok(output)
+}
+
+/// Writes one frame.
+pub async fn write_frame<M: Message>(send: &mut quinn::SendStream, message: &M) -> Result<(), NetError> {
+    send.write_all(&encode_frame(message)).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` when the peer finished the stream cleanly between frames.
+pub async fn read_frame<M: Message + Default>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<M>, NetError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let body_length = decode_header(&header, FRAME_BYTES_MAX)?;
+    let mut body = vec![0u8; body_length];
+    recv.read_exact(&mut body).await?;
+    M::decode(&body[..]).map(Some).map_err(|error| FrameError::Decode(error.to_string()).into())
+}
+
+/// Sends one request on a new bidirectional stream and reads its one response.
+pub async fn request<Req: Message, Resp: Message + Default>(
+    connection: &quinn::Connection,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, NetError> {
+    let exchange = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        write_frame(&mut send, request).await?;
+        // The peer may already have closed its side; a failed finish is reported by the read.
+        let _ = send.finish();
+        read_frame::<Resp>(&mut recv).await?.ok_or(NetError::Closed)
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| NetError::Timeout)?
+}
+
+/// Answers one request stream with one frame and finishes it.
+pub async fn respond<M: Message>(mut send: quinn::SendStream, message: &M) -> Result<(), NetError> {
+    write_frame(&mut send, message).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// The address of an endpoint as logged in its "listening on" line.
+pub fn listening_line(role: &str, address: SocketAddr) -> String {
+    format!("{role} listening on {address}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_clear_errors() {
+        let error = load_roots(Path::new("/nonexistent/ca.pem")).expect_err("no file");
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+    }
+}

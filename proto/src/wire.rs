@@ -1,0 +1,917 @@
+//! Protobuf messages (prost) for client↔edge, edge↔region and region↔region.
+//!
+//! Tags are never reused: a retired field keeps its number reserved in a comment. Every request
+//! travels on its own QUIC bidirectional stream as one frame, answered by one frame; the control
+//! stream of a device connection (opened with [`Hello`]) carries authentication and then
+//! [`ServerPush`] frames, and an edge's subscription stream to a region carries [`Subscribe`]
+//! requests one way and [`DeviceQueueAvailable`] pushes the other.
+
+use std::collections::BTreeSet;
+
+use crate::ids::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
+use crate::limits::{
+    ACCOUNT_NAME_BYTES_MAX, CIPHERTEXT_BYTES_MAX, ENVELOPE_BYTES_MAX,
+    ENVELOPE_RECIPIENT_DEVICES_MAX,
+};
+use crate::ProtoError;
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces
+
+/// A typed error answer.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ErrorReply {
+    /// An [`crate::ErrorCode`] number.
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    /// What went wrong, for people.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// A device on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
+pub struct DeviceAddr {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The device number within the account (from 1).
+    #[prost(uint32, tag = "2")]
+    pub device: u32,
+}
+
+impl From<DeviceAddress> for DeviceAddr {
+    fn from(address: DeviceAddress) -> Self {
+        DeviceAddr { account: address.account.0, device: address.device.0 }
+    }
+}
+
+impl DeviceAddr {
+    /// The typed address; zero account or device numbers are invalid.
+    pub fn parse(self) -> Result<DeviceAddress, ProtoError> {
+        if self.account == 0 || self.device == 0 {
+            return Err(ProtoError::invalid("device address with zero account or device"));
+        }
+        Ok(DeviceAddress { account: AccountId(self.account), device: DeviceId(self.device) })
+    }
+}
+
+/// A Curve25519 one-time key of a device.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct OneTimeKey {
+    /// The key's id as the device's Olm account names it.
+    #[prost(string, tag = "1")]
+    pub key_id: String,
+    /// The 32-byte public key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub public_key: Vec<u8>,
+}
+
+/// The public keys of one device, with one claimed one-time key when one was left.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DeviceKeys {
+    /// The device number within its account.
+    #[prost(uint32, tag = "1")]
+    pub device: u32,
+    /// Curve25519 identity key (32 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub identity_key: Vec<u8>,
+    /// Ed25519 signing key (32 bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub signing_key: Vec<u8>,
+    /// A one-time key claimed for the asker; absent when the device has none left.
+    #[prost(message, optional, tag = "4")]
+    pub one_time_key: Option<OneTimeKey>,
+}
+
+/// An account as the directory knows it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AccountInfo {
+    /// The account id.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The account's unique name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// The account's home region.
+    #[prost(uint32, tag = "3")]
+    pub region: u32,
+    /// The home-region epoch (bumped on home moves).
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
+}
+
+/// The current devices of one account.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AccountDevices {
+    /// The account id.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// Its current device numbers.
+    #[prost(uint32, repeated, tag = "2")]
+    pub devices: Vec<u32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelopes
+
+/// The ciphertext for one recipient device.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DeviceCiphertext {
+    /// The recipient device.
+    #[prost(message, required, tag = "1")]
+    pub recipient: DeviceAddr,
+    /// Olm message type (0 pre-key, 1 normal).
+    #[prost(uint32, tag = "2")]
+    pub message_type: u32,
+    /// The opaque ciphertext.
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: Vec<u8>,
+}
+
+/// What a device sends: readable routing metadata plus opaque ciphertexts, nothing else.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Envelope {
+    /// The chat (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub chat: Vec<u8>,
+    /// The sending device.
+    #[prost(message, required, tag = "2")]
+    pub sender: DeviceAddr,
+    /// The sender's idempotency key for this envelope (16 bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub client_message_id: Vec<u8>,
+    /// The sender device's counter in this chat, from 1.
+    #[prost(uint64, tag = "4")]
+    pub sender_seq: u64,
+    /// Every account whose devices must be covered (the peer and the sender's own account).
+    #[prost(uint64, repeated, tag = "5")]
+    pub recipient_accounts: Vec<u64>,
+    /// One ciphertext per recipient device.
+    #[prost(message, repeated, tag = "6")]
+    pub ciphertexts: Vec<DeviceCiphertext>,
+}
+
+/// An envelope whose ids and bounds were checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEnvelope {
+    /// The chat.
+    pub chat: ChatId,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The idempotency key.
+    pub client_message_id: ClientMessageId,
+    /// The sender's counter in this chat.
+    pub sender_seq: u64,
+    /// Accounts that must be covered, sorted and unique.
+    pub recipient_accounts: Vec<AccountId>,
+    /// Recipient devices, sorted and unique.
+    pub recipient_devices: Vec<DeviceAddress>,
+}
+
+impl Envelope {
+    /// Checks sizes, ids and coverage rules a server can check without the directory.
+    pub fn parse(&self) -> Result<ParsedEnvelope, ProtoError> {
+        use prost::Message;
+        let encoded = self.encoded_len();
+        if encoded > ENVELOPE_BYTES_MAX {
+            return Err(ProtoError::new(
+                crate::ErrorCode::TooLarge,
+                format!("envelope of {encoded} bytes exceeds {ENVELOPE_BYTES_MAX}"),
+            ));
+        }
+        if self.ciphertexts.is_empty() {
+            return Err(ProtoError::invalid("envelope has no recipient device"));
+        }
+        if self.ciphertexts.len() > ENVELOPE_RECIPIENT_DEVICES_MAX {
+            return Err(ProtoError::new(crate::ErrorCode::TooLarge, "too many recipient devices"));
+        }
+        if self.sender_seq == 0 {
+            return Err(ProtoError::invalid("sender_seq starts at 1"));
+        }
+        let sender = self.sender.parse()?;
+        let accounts: BTreeSet<AccountId> =
+            self.recipient_accounts.iter().map(|&a| AccountId(a)).collect();
+        if accounts.len() != self.recipient_accounts.len() || accounts.contains(&AccountId(0)) {
+            return Err(ProtoError::invalid("recipient accounts must be unique and non-zero"));
+        }
+        let mut devices = BTreeSet::new();
+        for ciphertext in &self.ciphertexts {
+            let device = ciphertext.recipient.parse()?;
+            if device == sender {
+                return Err(ProtoError::invalid("an envelope is not addressed to its sender"));
+            }
+            if !accounts.contains(&device.account) {
+                return Err(ProtoError::invalid("ciphertext for an account not listed"));
+            }
+            if ciphertext.body.is_empty() || ciphertext.body.len() > CIPHERTEXT_BYTES_MAX {
+                return Err(ProtoError::new(
+                    crate::ErrorCode::TooLarge,
+                    "ciphertext empty or larger than its limit",
+                ));
+            }
+            if !devices.insert(device) {
+                return Err(ProtoError::invalid("two ciphertexts for one device"));
+            }
+        }
+        Ok(ParsedEnvelope {
+            chat: ChatId::from_bytes(&self.chat)?,
+            sender,
+            client_message_id: ClientMessageId::from_bytes(&self.client_message_id)?,
+            sender_seq: self.sender_seq,
+            recipient_accounts: accounts.into_iter().collect(),
+            recipient_devices: devices.into_iter().collect(),
+        })
+    }
+}
+
+/// Checks an account name: 1..=64 bytes of lowercase ASCII letters, digits, `_`, `-` and `.`.
+pub fn validate_account_name(name: &str) -> Result<(), ProtoError> {
+    let ok = !name.is_empty()
+        && name.len() <= ACCOUNT_NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtoError::invalid(format!(
+            "account names are 1 to {ACCOUNT_NAME_BYTES_MAX} characters of a-z, 0-9, '_', '-', '.'"
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queue entries
+
+/// Server-visible receipt states. `read` is never here: it travels end to end encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ReceiptState {
+    /// Not a state (wire default).
+    Unspecified = 0,
+    /// The recipient device acknowledged the entry.
+    Delivered = 2,
+    /// The entry expired undelivered after the retention window.
+    Expired = 4,
+}
+
+/// A message waiting in a device queue.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueuedMessage {
+    /// The chat.
+    #[prost(bytes = "vec", tag = "1")]
+    pub chat: Vec<u8>,
+    /// The region's gapless sequence number of the envelope in the chat.
+    #[prost(uint64, tag = "2")]
+    pub chat_seq: u64,
+    /// The sending device.
+    #[prost(message, required, tag = "3")]
+    pub sender: DeviceAddr,
+    /// The sender's idempotency key.
+    #[prost(bytes = "vec", tag = "4")]
+    pub client_message_id: Vec<u8>,
+    /// The sender's counter in this chat.
+    #[prost(uint64, tag = "5")]
+    pub sender_seq: u64,
+    /// When the region committed the envelope (ms since the Unix epoch).
+    #[prost(uint64, tag = "6")]
+    pub server_time_ms: u64,
+    /// Olm message type.
+    #[prost(uint32, tag = "7")]
+    pub message_type: u32,
+    /// This device's ciphertext.
+    #[prost(bytes = "vec", tag = "8")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// A server-visible receipt for a message this device's account sent.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueuedReceipt {
+    /// The chat of the message.
+    #[prost(bytes = "vec", tag = "1")]
+    pub chat: Vec<u8>,
+    /// The client message id of the message.
+    #[prost(bytes = "vec", tag = "2")]
+    pub client_message_id: Vec<u8>,
+    /// The device the receipt is about.
+    #[prost(message, required, tag = "3")]
+    pub recipient: DeviceAddr,
+    /// The new state.
+    #[prost(enumeration = "ReceiptState", tag = "4")]
+    pub state: i32,
+    /// When the state was reached (ms since the Unix epoch).
+    #[prost(uint64, tag = "5")]
+    pub at_ms: u64,
+    /// The device that sent the message.
+    #[prost(message, required, tag = "6")]
+    pub sender: DeviceAddr,
+}
+
+/// One entry of a device queue.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueueEntry {
+    /// The entry's gapless number in its device's queue, from 1.
+    #[prost(uint64, tag = "1")]
+    pub queue_seq: u64,
+    /// What the entry holds.
+    #[prost(oneof = "queue_entry::Item", tags = "2, 3")]
+    pub item: Option<queue_entry::Item>,
+}
+
+/// The variants of [`QueueEntry`].
+pub mod queue_entry {
+    /// What a queue entry holds.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Item {
+        /// A message.
+        #[prost(message, tag = "2")]
+        Message(super::QueuedMessage),
+        /// A receipt.
+        #[prost(message, tag = "3")]
+        Receipt(super::QueuedReceipt),
+    }
+}
+
+/// A page of a device queue.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueueBatch {
+    /// Entries in increasing queue sequence.
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<QueueEntry>,
+    /// The highest queue sequence assigned so far to this device.
+    #[prost(uint64, tag = "2")]
+    pub latest_queue_seq: u64,
+    /// The device's unclaimed one-time keys.
+    #[prost(uint32, tag = "3")]
+    pub one_time_keys_remaining: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests and answers shared by the client and region protocols
+
+/// Creates an account and its first device.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Register {
+    /// The account name wanted.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Curve25519 identity key of the first device.
+    #[prost(bytes = "vec", tag = "2")]
+    pub identity_key: Vec<u8>,
+    /// Ed25519 signing key of the first device.
+    #[prost(bytes = "vec", tag = "3")]
+    pub signing_key: Vec<u8>,
+    /// Initial one-time keys.
+    #[prost(message, repeated, tag = "4")]
+    pub one_time_keys: Vec<OneTimeKey>,
+    /// An operator-issued registration token (optional on the devnet).
+    #[prost(string, tag = "5")]
+    pub registration_token: String,
+}
+
+/// The account and device a registration created.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Registered {
+    /// The account.
+    #[prost(message, required, tag = "1")]
+    pub account: AccountInfo,
+    /// The new device's number.
+    #[prost(uint32, tag = "2")]
+    pub device: u32,
+}
+
+/// Resolves a name to an account.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LookupName {
+    /// The name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// Claims one one-time key of every current device of an account.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ClaimKeys {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+}
+
+/// The devices of an account with their keys.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyBundle {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// Its current devices.
+    #[prost(message, repeated, tag = "2")]
+    pub devices: Vec<DeviceKeys>,
+}
+
+/// Reads a device queue after a cursor.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct FetchQueue {
+    /// Entries with a greater queue sequence are returned.
+    #[prost(uint64, tag = "1")]
+    pub after_queue_seq: u64,
+    /// At most this many (capped by the server).
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+
+/// Acknowledges (and so deletes) queue entries.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AckQueue {
+    /// The acknowledged queue sequences.
+    #[prost(uint64, repeated, tag = "1")]
+    pub queue_seqs: Vec<u64>,
+}
+
+/// Adds one-time keys.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct UploadOneTimeKeys {
+    /// The new keys.
+    #[prost(message, repeated, tag = "1")]
+    pub keys: Vec<OneTimeKey>,
+}
+
+/// How many unclaimed one-time keys a device has.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct OneTimeKeyCount {
+    /// The count.
+    #[prost(uint32, tag = "1")]
+    pub remaining: u32,
+}
+
+/// One region's commit of an envelope.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Committed {
+    /// The region.
+    #[prost(uint32, tag = "1")]
+    pub region: u32,
+    /// The chat sequence the region assigned.
+    #[prost(uint64, tag = "2")]
+    pub chat_seq: u64,
+    /// Whether this was a retry of an envelope already stored.
+    #[prost(bool, tag = "3")]
+    pub duplicate: bool,
+    /// When the region committed it (ms since the Unix epoch).
+    #[prost(uint64, tag = "4")]
+    pub server_time_ms: u64,
+}
+
+/// The envelope does not cover exactly the current devices; these are the current ones.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MismatchedDevices {
+    /// Current devices of each account whose coverage was wrong.
+    #[prost(message, repeated, tag = "1")]
+    pub accounts: Vec<AccountDevices>,
+}
+
+/// The envelope's sender_seq leaves a gap; resend from this one.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ResendFrom {
+    /// The sender_seq the region expects next.
+    #[prost(uint64, tag = "1")]
+    pub expected_sender_seq: u64,
+}
+
+/// The outcome of sending (client↔edge) or committing (edge↔region) one envelope.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SendOutcome {
+    /// The outcome.
+    #[prost(oneof = "send_outcome::Outcome", tags = "1, 2, 3")]
+    pub outcome: Option<send_outcome::Outcome>,
+}
+
+/// The variants of [`SendOutcome`].
+pub mod send_outcome {
+    /// The outcome of a send.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Outcome {
+        /// Durably stored by every destination region (client↔edge: one entry per region).
+        #[prost(message, tag = "1")]
+        Sent(super::SentEverywhere),
+        /// Re-encrypt for the current devices and retry with the same client message id.
+        #[prost(message, tag = "2")]
+        Mismatched(super::MismatchedDevices),
+        /// Resend from the given sender_seq.
+        #[prost(message, tag = "3")]
+        ResendFrom(super::ResendFrom),
+    }
+}
+
+/// Every destination region's commit.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SentEverywhere {
+    /// One commit per destination region.
+    #[prost(message, repeated, tag = "1")]
+    pub commits: Vec<Committed>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client ↔ edge
+
+/// Opens a connection's control stream; the edge answers with a [`Challenge`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Hello {
+    /// The client's software name and version, for logs.
+    #[prost(string, tag = "1")]
+    pub client_version: String,
+}
+
+/// The nonce a device signs to authenticate.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Challenge {
+    /// Random bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub nonce: Vec<u8>,
+}
+
+/// Proves a device holds its signing key, bound to this connection.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Authenticate {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// Ed25519 signature over `nonce ‖ TLS keying-material export`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+}
+
+/// The message a device signs to authenticate on one connection.
+pub fn auth_signing_payload(nonce: &[u8], keying_material: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(16 + nonce.len() + keying_material.len());
+    payload.extend_from_slice(b"relay-auth-v1");
+    payload.extend_from_slice(nonce);
+    payload.extend_from_slice(keying_material);
+    payload
+}
+
+/// A request from a device to its edge.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ClientRequest {
+    /// The request.
+    #[prost(oneof = "client_request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    pub body: Option<client_request::Body>,
+}
+
+/// The variants of [`ClientRequest`].
+pub mod client_request {
+    /// A device's request.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Body {
+        /// Open the control stream (first frame of the connection's first stream).
+        #[prost(message, tag = "1")]
+        Hello(super::Hello),
+        /// Authenticate on the control stream.
+        #[prost(message, tag = "2")]
+        Authenticate(super::Authenticate),
+        /// Create an account (no authentication needed).
+        #[prost(message, tag = "3")]
+        Register(super::Register),
+        /// Resolve a name.
+        #[prost(message, tag = "4")]
+        LookupName(super::LookupName),
+        /// Claim keys of an account's devices.
+        #[prost(message, tag = "5")]
+        ClaimKeys(super::ClaimKeys),
+        /// Add one-time keys.
+        #[prost(message, tag = "6")]
+        UploadOneTimeKeys(super::UploadOneTimeKeys),
+        /// Send an envelope.
+        #[prost(message, tag = "7")]
+        Send(super::Envelope),
+        /// Read the queue, and acknowledge entries in the same request.
+        #[prost(message, tag = "8")]
+        FetchQueue(super::FetchAndAck),
+    }
+}
+
+/// Acknowledges some entries, then reads the queue after a cursor.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct FetchAndAck {
+    /// Entries to acknowledge first (may be empty).
+    #[prost(message, optional, tag = "1")]
+    pub ack: Option<AckQueue>,
+    /// The read that follows (limit 0 acknowledges only).
+    #[prost(message, optional, tag = "2")]
+    pub fetch: Option<FetchQueue>,
+}
+
+/// An edge's answer to one device request.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ClientResponse {
+    /// The answer.
+    #[prost(oneof = "client_response::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    pub body: Option<client_response::Body>,
+}
+
+/// The variants of [`ClientResponse`].
+pub mod client_response {
+    /// An edge's answer.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Body {
+        /// The request failed.
+        #[prost(message, tag = "1")]
+        Error(super::ErrorReply),
+        /// Answer to `Hello`.
+        #[prost(message, tag = "2")]
+        Challenge(super::Challenge),
+        /// Answer to `Authenticate`.
+        #[prost(message, tag = "3")]
+        Authenticated(super::OneTimeKeyCount),
+        /// Answer to `Register`.
+        #[prost(message, tag = "4")]
+        Registered(super::Registered),
+        /// Answer to `LookupName`.
+        #[prost(message, tag = "5")]
+        Account(super::AccountInfo),
+        /// Answer to `ClaimKeys`.
+        #[prost(message, tag = "6")]
+        Keys(super::KeyBundle),
+        /// Answer to `UploadOneTimeKeys`.
+        #[prost(message, tag = "7")]
+        KeysUploaded(super::OneTimeKeyCount),
+        /// Answer to `Send`.
+        #[prost(message, tag = "8")]
+        Sent(super::SendOutcome),
+        /// Answer to `FetchQueue`.
+        #[prost(message, tag = "9")]
+        Queue(super::QueueBatch),
+    }
+}
+
+/// Something the edge tells an authenticated device on its control stream.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ServerPush {
+    /// The event.
+    #[prost(oneof = "server_push::Event", tags = "1")]
+    pub event: Option<server_push::Event>,
+}
+
+/// The variants of [`ServerPush`].
+pub mod server_push {
+    /// An event for a device.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Event {
+        /// New entries wait in the device queue.
+        #[prost(message, tag = "1")]
+        QueueAvailable(super::DeviceQueueAvailable),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edge ↔ region and region ↔ region
+
+/// An envelope forwarded by an edge for commit.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CommitEnvelope {
+    /// The envelope.
+    #[prost(message, required, tag = "1")]
+    pub envelope: Envelope,
+    /// The sender's home region, where receipts go.
+    #[prost(uint32, tag = "2")]
+    pub sender_region: u32,
+}
+
+/// Asks the directory writer to create an account homed in a region.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CreateAccount {
+    /// The name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The home region.
+    #[prost(uint32, tag = "2")]
+    pub home_region: u32,
+}
+
+/// Resolves an account id.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LookupAccount {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+}
+
+/// A request naming the device it acts for (the edge authenticated it).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ForDevice {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// One-time keys to upload, for `UploadOneTimeKeys`.
+    #[prost(message, optional, tag = "2")]
+    pub upload: Option<UploadOneTimeKeys>,
+    /// Acknowledge and read, for `FetchQueue`.
+    #[prost(message, optional, tag = "3")]
+    pub fetch: Option<FetchAndAck>,
+}
+
+/// The signing key of a device, for authentication at the edge.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SigningKey {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// Its Ed25519 public key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub signing_key: Vec<u8>,
+    /// Its unclaimed one-time keys.
+    #[prost(uint32, tag = "3")]
+    pub one_time_keys_remaining: u32,
+}
+
+/// Tells a region which devices this edge holds connections for.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Subscribe {
+    /// Devices now connected here.
+    #[prost(message, repeated, tag = "1")]
+    pub add: Vec<DeviceAddr>,
+    /// Devices no longer connected here.
+    #[prost(message, repeated, tag = "2")]
+    pub remove: Vec<DeviceAddr>,
+}
+
+/// New entries wait in a device's queue.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DeviceQueueAvailable {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// The highest queue sequence now assigned.
+    #[prost(uint64, tag = "2")]
+    pub latest_queue_seq: u64,
+}
+
+/// A server-visible receipt travelling to the sender's home region.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ReceiptForward {
+    /// The receipt, as the sender's devices will see it.
+    #[prost(message, required, tag = "1")]
+    pub receipt: QueuedReceipt,
+    /// Idempotency key: the origin region and its outbox sequence.
+    #[prost(uint32, tag = "2")]
+    pub origin_region: u32,
+    /// The origin region's outbox sequence for this receipt.
+    #[prost(uint64, tag = "3")]
+    pub origin_seq: u64,
+}
+
+/// A batch of receipts for a region's accounts.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ForwardReceipts {
+    /// The receipts.
+    #[prost(message, repeated, tag = "1")]
+    pub receipts: Vec<ReceiptForward>,
+}
+
+/// A request to a region from an edge or another region.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RegionRequest {
+    /// The request.
+    #[prost(oneof = "region_request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    pub body: Option<region_request::Body>,
+}
+
+/// The variants of [`RegionRequest`].
+pub mod region_request {
+    /// A request to a region.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Body {
+        /// Commit an envelope for this region's recipients.
+        #[prost(message, tag = "1")]
+        Commit(super::CommitEnvelope),
+        /// Register an account homed here.
+        #[prost(message, tag = "2")]
+        Register(super::Register),
+        /// (To the directory writer) create an account.
+        #[prost(message, tag = "3")]
+        CreateAccount(super::CreateAccount),
+        /// Resolve a name.
+        #[prost(message, tag = "4")]
+        LookupName(super::LookupName),
+        /// Resolve an account id.
+        #[prost(message, tag = "5")]
+        LookupAccount(super::LookupAccount),
+        /// The signing key of a device homed here.
+        #[prost(message, tag = "6")]
+        SigningKey(super::DeviceAddr),
+        /// Claim keys of an account homed here.
+        #[prost(message, tag = "7")]
+        ClaimKeys(super::ClaimKeys),
+        /// Upload one-time keys for a device homed here.
+        #[prost(message, tag = "8")]
+        UploadOneTimeKeys(super::ForDevice),
+        /// Acknowledge and read a device queue.
+        #[prost(message, tag = "9")]
+        FetchQueue(super::ForDevice),
+        /// Open the subscription stream (first frame), then change subscriptions.
+        #[prost(message, tag = "10")]
+        Subscribe(super::Subscribe),
+        /// Receipts for senders homed here.
+        #[prost(message, tag = "11")]
+        Receipts(super::ForwardReceipts),
+    }
+}
+
+/// A region's answer.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RegionResponse {
+    /// The answer.
+    #[prost(oneof = "region_response::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    pub body: Option<region_response::Body>,
+}
+
+/// The variants of [`RegionResponse`].
+pub mod region_response {
+    /// A region's answer.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Body {
+        /// The request failed.
+        #[prost(message, tag = "1")]
+        Error(super::ErrorReply),
+        /// Answer to `Commit` (`Sent` holds this region's single commit).
+        #[prost(message, tag = "2")]
+        Committed(super::SendOutcome),
+        /// Answer to `Register`.
+        #[prost(message, tag = "3")]
+        Registered(super::Registered),
+        /// Answer to `CreateAccount`, `LookupName`, `LookupAccount`.
+        #[prost(message, tag = "4")]
+        Account(super::AccountInfo),
+        /// Answer to `SigningKey`.
+        #[prost(message, tag = "5")]
+        SigningKey(super::SigningKey),
+        /// Answer to `ClaimKeys`.
+        #[prost(message, tag = "6")]
+        Keys(super::KeyBundle),
+        /// Answer to `UploadOneTimeKeys`.
+        #[prost(message, tag = "7")]
+        KeysUploaded(super::OneTimeKeyCount),
+        /// Answer to `FetchQueue`.
+        #[prost(message, tag = "8")]
+        Queue(super::QueueBatch),
+        /// A push on the subscription stream.
+        #[prost(message, tag = "9")]
+        QueueAvailable(super::DeviceQueueAvailable),
+        /// Answer to `Receipts`: all stored (idempotently).
+        #[prost(message, tag = "10")]
+        ReceiptsStored(super::OneTimeKeyCount),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            chat: vec![1; 16],
+            sender: DeviceAddr { account: 1, device: 1 },
+            client_message_id: vec![2; 16],
+            sender_seq: 1,
+            recipient_accounts: vec![2],
+            ciphertexts: vec![DeviceCiphertext {
+                recipient: DeviceAddr { account: 2, device: 1 },
+                message_type: 0,
+                body: vec![3; 10],
+            }],
+        }
+    }
+
+    #[test]
+    fn parses_a_good_envelope() {
+        let parsed = envelope().parse().expect("valid");
+        assert_eq!(parsed.recipient_accounts, vec![AccountId(2)]);
+        assert_eq!(parsed.recipient_devices.len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_envelopes() {
+        let mut e = envelope();
+        e.chat = vec![1; 3];
+        assert!(e.parse().is_err());
+        let mut e = envelope();
+        e.ciphertexts[0].recipient = DeviceAddr { account: 1, device: 1 };
+        assert!(e.parse().is_err(), "addressed to its sender");
+        let mut e = envelope();
+        e.ciphertexts.push(e.ciphertexts[0].clone());
+        assert!(e.parse().is_err(), "duplicate device");
+        let mut e = envelope();
+        e.ciphertexts[0].recipient.account = 3;
+        assert!(e.parse().is_err(), "account not listed");
+        let mut e = envelope();
+        e.ciphertexts[0].body = vec![0; CIPHERTEXT_BYTES_MAX + 1];
+        assert_eq!(e.parse().map_err(|e| e.code), Err(crate::ErrorCode::TooLarge));
+        let mut e = envelope();
+        e.sender_seq = 0;
+        assert!(e.parse().is_err());
+    }
+
+    #[test]
+    fn account_names() {
+        assert!(validate_account_name("alice").is_ok());
+        assert!(validate_account_name("").is_err());
+        assert!(validate_account_name("Alice").is_err());
+        assert!(validate_account_name(&"a".repeat(65)).is_err());
+    }
+}
