@@ -550,7 +550,7 @@ pub fn auth_signing_payload(nonce: &[u8], keying_material: &[u8]) -> Vec<u8> {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ClientRequest {
     /// The request.
-    #[prost(oneof = "client_request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "client_request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<client_request::Body>,
 }
 
@@ -583,6 +583,9 @@ pub mod client_request {
         /// Read the queue, and acknowledge entries in the same request.
         #[prost(message, tag = "8")]
         FetchQueue(super::FetchAndAck),
+        /// Resolve an account id (answered with `Account`).
+        #[prost(message, tag = "9")]
+        LookupAccount(super::LookupAccount),
     }
 }
 
