@@ -1,1 +1,34 @@
-//! placeholder during bootstrap
+//! Relay's storage: layers over an FDB-shaped transactional, ordered key-value API.
+//!
+//! This crate owns everything a region keeps durably: the directory (accounts, devices, home
+//! regions), the key directory (one-time keys), per-chat logs (sequencing, dedupe, sender FIFO),
+//! per-device queues, receipts and the cross-region outbox. Each layer is a module of functions
+//! taking a [`Transaction`], so a region composes several layers in one atomic transaction
+//! run by [`Database::transact`].
+//!
+//! The API imitates FoundationDB (retryable transaction closures, snapshot reads with
+//! read-your-writes, optimistic conflicts, atomic add, tuple-encoded keys under subspaces, and
+//! FoundationDB's size and age limits), so the layers run unchanged on a FoundationDB backend.
+//! This version has the embedded backend on redb, with group commit and seeded fault injection.
+
+pub mod chat_log;
+pub mod device_queue;
+pub mod directory;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod outbox;
+pub mod receipts;
+pub mod tuple;
+
+mod codec;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+mod test_support;
+
+pub use engine::{Database, EmbeddedOptions, EngineStats, FaultConfig, RangeOptions, Transaction};
+pub use error::StoreError;
+pub use tuple::{Subspace, TupleDecode, TupleEncode};

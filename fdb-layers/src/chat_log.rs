@@ -1,0 +1,465 @@
+//! The chat log layer: each chat's envelopes under a strict, gapless per-chat sequence, with
+//! dedupe by client message id and the sender-FIFO check.
+//!
+//! **Challenge.** Store each envelope of a chat once (a retried send is answered with its
+//! original result), accept a sender device's envelopes only in its own order (`sender_seq`
+//! exactly one past the last), give each a chat sequence number with no gap and no reuse, and
+//! let devices read the log in order from any point.
+//!
+//! **Key layout** (subspace `("chat_log", chat)`):
+//! - `("dedupe", account, device, client_message_id)` → chat sequence and server time (prost);
+//! - `("entry", chat_seq, index, count)` → the entry (prost), split across keys when the
+//!   envelope outgrows one value;
+//! - `("last_seq",)` → the last chat sequence given (8 bytes LE);
+//! - `("sender_seq", account, device)` → the sender device's last accepted `sender_seq`.
+//!
+//! A chat's keys are contiguous and its entries are in sequence order, so reading the log after
+//! a cursor is one range read.
+//!
+//! **Conflicts.** An append reads the dedupe key, the sender's `sender_seq` and the chat's
+//! `last_seq`, all with read conflicts. The `last_seq` read is deliberate: it is a
+//! read-modify-write counter rather than an atomic add, and the conflict it causes between two
+//! appends to one chat is what keeps the sequence gapless (one retries and takes the next
+//! number). The price is a hot key per chat: appends to one chat serialize, about one per group
+//! commit, which is plenty for a conversation. Appends to different chats never conflict.
+//!
+//! **Idempotence.** An append retried after `CommitUnknownResult` finds its dedupe key and
+//! returns [`AppendOutcome::Duplicate`] with the original sequence and time; callers fan out to
+//! device queues only on [`AppendOutcome::Appended`], in the same transaction.
+//!
+//! **Limits.** An entry holds an envelope of up to `ENVELOPE_BYTES_MAX` (256 KiB) plus metadata,
+//! split into values of at most 100 kB; a read returns at most
+//! [`LAYER_READ_ENTRIES_MAX`] entries.
+//!
+//! **Evolution.** The 30-day retention sweep will clear old entries and their dedupe keys with
+//! range clears. A region with very hot chats can move to versionstamped entry keys (no
+//! counter read, no conflict) and number entries when reading.
+
+use prost::Message;
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
+
+use crate::codec::{
+    decode_record, encode_u64, read_chunked, read_chunked_range, read_u64, set_chunked,
+};
+use crate::engine::Transaction;
+use crate::error::StoreError;
+use crate::limits::LAYER_READ_ENTRIES_MAX;
+use crate::tuple::Subspace;
+
+/// An envelope to append, with the fields the log checks and stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEntry<'a> {
+    /// The chat.
+    pub chat: ChatId,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's idempotency key.
+    pub client_message_id: ClientMessageId,
+    /// The sender device's counter in this chat.
+    pub sender_seq: u64,
+    /// The home region of the sender.
+    pub sender_region: RegionId,
+    /// The encoded envelope, opaque to the log.
+    pub envelope_bytes: &'a [u8],
+}
+
+/// What [`append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under a new chat sequence number.
+    Appended {
+        /// The entry's chat sequence number.
+        chat_seq: u64,
+        /// When the entry was stored, in milliseconds since the Unix epoch.
+        server_time_ms: u64,
+    },
+    /// Already stored: the original result.
+    Duplicate {
+        /// The stored entry's chat sequence number.
+        chat_seq: u64,
+        /// When the entry was stored.
+        server_time_ms: u64,
+    },
+    /// Refused: the sender must resend from `expected_sender_seq`.
+    Gap {
+        /// The `sender_seq` the log expects next from this sender device.
+        expected_sender_seq: u64,
+    },
+}
+
+/// One stored entry of a chat log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The entry's chat sequence number.
+    pub chat_seq: u64,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's idempotency key.
+    pub client_message_id: ClientMessageId,
+    /// The sender device's counter in this chat.
+    pub sender_seq: u64,
+    /// The home region of the sender.
+    pub sender_region: RegionId,
+    /// When the entry was stored, in milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// The encoded envelope.
+    pub envelope_bytes: Vec<u8>,
+}
+
+/// Appends an envelope: dedupe first, then the sender-FIFO check, then the next chat sequence.
+pub async fn append(
+    transaction: &Transaction,
+    entry: &NewEntry<'_>,
+    now_ms: u64,
+) -> Result<AppendOutcome, StoreError> {
+    let log = ChatLog::new(entry.chat);
+    let dedupe_key = log
+        .root
+        .pack(&("dedupe", entry.sender, entry.client_message_id));
+    if let Some(value) = transaction.get(&dedupe_key).await? {
+        let stored: StoredDedupe = decode_record(&value, "chat log dedupe")?;
+        return Ok(AppendOutcome::Duplicate {
+            chat_seq: stored.chat_seq,
+            server_time_ms: stored.server_time_ms,
+        });
+    }
+
+    let sender_key = log.root.pack(&("sender_seq", entry.sender));
+    let last_sender_seq = read_u64(transaction, &sender_key, "chat log sender_seq").await?;
+    let expected_sender_seq = last_sender_seq + 1;
+    if entry.sender_seq != expected_sender_seq {
+        return Ok(AppendOutcome::Gap {
+            expected_sender_seq,
+        });
+    }
+
+    let last_seq_key = log.root.pack(&("last_seq",));
+    let chat_seq = read_u64(transaction, &last_seq_key, "chat log last_seq").await? + 1;
+    let stored = StoredEntry {
+        sender_account: entry.sender.account.0,
+        sender_device: entry.sender.device.0,
+        client_message_id: entry.client_message_id.0.to_vec(),
+        sender_seq: entry.sender_seq,
+        sender_region: entry.sender_region.0,
+        server_time_ms: now_ms,
+        envelope: entry.envelope_bytes.to_vec(),
+    };
+    set_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
+    transaction.set(&last_seq_key, &encode_u64(chat_seq))?;
+    transaction.set(&sender_key, &encode_u64(entry.sender_seq))?;
+    let dedupe = StoredDedupe {
+        chat_seq,
+        server_time_ms: now_ms,
+    };
+    transaction.set(&dedupe_key, &dedupe.encode_to_vec())?;
+    Ok(AppendOutcome::Appended {
+        chat_seq,
+        server_time_ms: now_ms,
+    })
+}
+
+/// The entry of `chat` with sequence `chat_seq`.
+pub async fn entry(
+    transaction: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+) -> Result<Option<LogEntry>, StoreError> {
+    let log = ChatLog::new(chat);
+    match read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await? {
+        Some(bytes) => log_entry(chat_seq, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Up to `limit` entries of `chat` after sequence `after`, in order (at most
+/// [`LAYER_READ_ENTRIES_MAX`]).
+pub async fn read_range(
+    transaction: &Transaction,
+    chat: ChatId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let Some(first) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let log = ChatLog::new(chat);
+    let limit = limit.min(LAYER_READ_ENTRIES_MAX);
+    let begin = log.entries.pack(&(first,));
+    let records =
+        read_chunked_range(transaction, &log.entries, &begin, limit, "chat log entry").await?;
+    records
+        .iter()
+        .map(|(chat_seq, bytes)| log_entry(*chat_seq, bytes))
+        .collect()
+}
+
+/// The last chat sequence number given in `chat` (0 before the first entry).
+pub async fn last_seq(transaction: &Transaction, chat: ChatId) -> Result<u64, StoreError> {
+    let log = ChatLog::new(chat);
+    read_u64(
+        transaction,
+        &log.root.pack(&("last_seq",)),
+        "chat log last_seq",
+    )
+    .await
+}
+
+/// The stored form of an entry (its chat and sequence are in the key).
+#[derive(Clone, PartialEq, Message)]
+struct StoredEntry {
+    #[prost(uint64, tag = "1")]
+    sender_account: u64,
+    #[prost(uint32, tag = "2")]
+    sender_device: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    client_message_id: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    sender_seq: u64,
+    #[prost(uint32, tag = "5")]
+    sender_region: u32,
+    #[prost(uint64, tag = "6")]
+    server_time_ms: u64,
+    #[prost(bytes = "vec", tag = "7")]
+    envelope: Vec<u8>,
+}
+
+/// The stored original result of an append, for answering retries.
+#[derive(Clone, PartialEq, Message)]
+struct StoredDedupe {
+    #[prost(uint64, tag = "1")]
+    chat_seq: u64,
+    #[prost(uint64, tag = "2")]
+    server_time_ms: u64,
+}
+
+struct ChatLog {
+    root: Subspace,
+    entries: Subspace,
+}
+
+impl ChatLog {
+    fn new(chat: ChatId) -> Self {
+        let root = Subspace::new(&("chat_log", chat));
+        let entries = root.subspace(&("entry",));
+        ChatLog { root, entries }
+    }
+}
+
+fn log_entry(chat_seq: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    let stored: StoredEntry = decode_record(bytes, "chat log entry")?;
+    let client_message_id = ClientMessageId::from_bytes(&stored.client_message_id)
+        .map_err(|error| StoreError::corrupt("chat log entry", error))?;
+    Ok(LogEntry {
+        chat_seq,
+        sender: DeviceAddress {
+            account: AccountId(stored.sender_account),
+            device: DeviceId(stored.sender_device),
+        },
+        client_message_id,
+        sender_seq: stored.sender_seq,
+        sender_region: RegionId(stored.sender_region),
+        server_time_ms: stored.server_time_ms,
+        envelope_bytes: stored.envelope,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::temporary_database;
+
+    const CHAT: ChatId = ChatId([9; 16]);
+    const ALICE: DeviceAddress = DeviceAddress {
+        account: AccountId(1),
+        device: DeviceId(1),
+    };
+    const BOB: DeviceAddress = DeviceAddress {
+        account: AccountId(2),
+        device: DeviceId(1),
+    };
+
+    fn new_entry(sender: DeviceAddress, id: u8, sender_seq: u64, envelope: &[u8]) -> NewEntry<'_> {
+        NewEntry {
+            chat: CHAT,
+            sender,
+            client_message_id: ClientMessageId([id; 16]),
+            sender_seq,
+            sender_region: RegionId(1),
+            envelope_bytes: envelope,
+        }
+    }
+
+    async fn append_one(
+        database: &crate::Database,
+        entry: NewEntry<'_>,
+        now_ms: u64,
+    ) -> AppendOutcome {
+        database
+            .transact(|tx| async move { append(&tx, &entry, now_ms).await })
+            .await
+            .expect("append transaction")
+    }
+
+    #[tokio::test]
+    async fn appends_are_deduplicated_then_fifo_checked_then_sequenced() {
+        let (_folder, database) = temporary_database(None);
+        let first = append_one(&database, new_entry(ALICE, 1, 1, b"a1"), 100).await;
+        assert_eq!(
+            first,
+            AppendOutcome::Appended {
+                chat_seq: 1,
+                server_time_ms: 100
+            }
+        );
+        // A retry, even at a later time, gets the original result.
+        let retry = append_one(&database, new_entry(ALICE, 1, 1, b"a1"), 999).await;
+        assert_eq!(
+            retry,
+            AppendOutcome::Duplicate {
+                chat_seq: 1,
+                server_time_ms: 100
+            }
+        );
+        // A gap and a replayed sender_seq under a new id are both refused.
+        let gap = append_one(&database, new_entry(ALICE, 2, 3, b"a3"), 101).await;
+        assert_eq!(
+            gap,
+            AppendOutcome::Gap {
+                expected_sender_seq: 2
+            }
+        );
+        let replay = append_one(&database, new_entry(ALICE, 3, 1, b"a1'"), 101).await;
+        assert_eq!(
+            replay,
+            AppendOutcome::Gap {
+                expected_sender_seq: 2
+            }
+        );
+        let zero = append_one(&database, new_entry(BOB, 4, 0, b"b0"), 101).await;
+        assert_eq!(
+            zero,
+            AppendOutcome::Gap {
+                expected_sender_seq: 1
+            }
+        );
+        // Senders have their own sender_seq; the chat sequence is shared and gapless.
+        let bob = append_one(&database, new_entry(BOB, 5, 1, b"b1"), 102).await;
+        assert_eq!(
+            bob,
+            AppendOutcome::Appended {
+                chat_seq: 2,
+                server_time_ms: 102
+            }
+        );
+        let alice = append_one(&database, new_entry(ALICE, 2, 2, b"a2"), 103).await;
+        assert_eq!(
+            alice,
+            AppendOutcome::Appended {
+                chat_seq: 3,
+                server_time_ms: 103
+            }
+        );
+
+        let (entries, stored, missing, last) = database
+            .transact(|tx| async move {
+                Ok((
+                    read_range(&tx, CHAT, 0, 10).await?,
+                    entry(&tx, CHAT, 2).await?,
+                    entry(&tx, CHAT, 4).await?,
+                    last_seq(&tx, CHAT).await?,
+                ))
+            })
+            .await
+            .expect("reads");
+        let sequences: Vec<_> = entries.iter().map(|entry| entry.chat_seq).collect();
+        assert_eq!(sequences, [1, 2, 3]);
+        assert_eq!(entries[2].envelope_bytes, b"a2");
+        let stored = stored.expect("entry 2");
+        assert_eq!(
+            (stored.sender, stored.sender_seq, stored.server_time_ms),
+            (BOB, 1, 102)
+        );
+        assert_eq!(stored.client_message_id, ClientMessageId([5; 16]));
+        assert_eq!((missing, last), (None, 3));
+    }
+
+    #[tokio::test]
+    async fn large_envelopes_span_several_values_and_ranges_stay_whole() {
+        let (_folder, database) = temporary_database(None);
+        let large: Vec<u8> = (0..relay_proto::limits::ENVELOPE_BYTES_MAX)
+            .map(|i| i as u8)
+            .collect();
+        for sender_seq in 1..=3 {
+            let envelope = if sender_seq == 2 {
+                b"small".to_vec()
+            } else {
+                large.clone()
+            };
+            let outcome = append_one(
+                &database,
+                new_entry(ALICE, sender_seq as u8, sender_seq, &envelope),
+                5,
+            )
+            .await;
+            assert!(matches!(outcome, AppendOutcome::Appended { .. }));
+        }
+        let (first_two, after_one, whole) = database
+            .transact(|tx| async move {
+                Ok((
+                    read_range(&tx, CHAT, 0, 2).await?,
+                    read_range(&tx, CHAT, 1, 10).await?,
+                    entry(&tx, CHAT, 3).await?,
+                ))
+            })
+            .await
+            .expect("reads");
+        assert_eq!(first_two.len(), 2);
+        assert_eq!(first_two[0].envelope_bytes, large);
+        assert_eq!(first_two[1].envelope_bytes, b"small");
+        let after_one: Vec<_> = after_one.iter().map(|entry| entry.chat_seq).collect();
+        assert_eq!(after_one, [2, 3]);
+        assert_eq!(whole.map(|entry| entry.envelope_bytes), Some(large));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_get_a_gapless_sequence() {
+        let (_folder, database) = temporary_database(None);
+        let senders: Vec<_> = (1..=8u64)
+            .map(|account| {
+                let database = database.clone();
+                tokio::spawn(async move {
+                    let sender = DeviceAddress {
+                        account: AccountId(account),
+                        device: DeviceId(1),
+                    };
+                    for sender_seq in 1..=3u64 {
+                        let id = (account * 10 + sender_seq) as u8;
+                        let outcome =
+                            append_one(&database, new_entry(sender, id, sender_seq, b"x"), 1).await;
+                        assert!(
+                            matches!(outcome, AppendOutcome::Appended { .. }),
+                            "{outcome:?}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.await.expect("sender task");
+        }
+        let entries = database
+            .transact(|tx| async move { read_range(&tx, CHAT, 0, 100).await })
+            .await
+            .expect("read");
+        let sequences: Vec<_> = entries.iter().map(|entry| entry.chat_seq).collect();
+        assert_eq!(sequences, (1..=24).collect::<Vec<_>>());
+        for account in 1..=8u64 {
+            let sender_seqs: Vec<_> = entries
+                .iter()
+                .filter(|entry| entry.sender.account == AccountId(account))
+                .map(|entry| entry.sender_seq)
+                .collect();
+            assert_eq!(sender_seqs, [1, 2, 3], "sender FIFO of account {account}");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The one error type of the store, shaped like FoundationDB's error codes: some are retryable
+//! (the transaction closure runs again), the rest are returned to the caller.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::limits::{
+    KEY_BYTES_MAX, TRANSACTION_AGE_MS_MAX, TRANSACTION_BYTES_MAX, VALUE_BYTES_MAX,
+};
+
+/// Everything that can go wrong in a transaction or a layer call.
+#[derive(Debug, Clone, Error)]
+pub enum StoreError {
+    /// Another transaction wrote something this one read (FDB `not_committed`, 1020). Retryable.
+    #[error("transaction not committed: a conflicting transaction committed first")]
+    NotCommitted,
+    /// The commit may or may not have been applied (FDB `commit_unknown_result`, 1021).
+    /// Retryable, so every transaction body must be idempotent.
+    #[error("commit result unknown: the transaction may or may not have been applied")]
+    CommitUnknownResult,
+    /// The transaction is older than the limit, or its read version has left the conflict
+    /// history (FDB `transaction_too_old`, 1007). Retryable.
+    #[error("transaction is older than {TRANSACTION_AGE_MS_MAX} ms")]
+    TransactionTooOld,
+    /// The committer's queue is full (FDB `proxy_memory_limit_exceeded`, 1042). Retryable.
+    #[error("commit queue is full")]
+    CommitQueueFull,
+    /// A key longer than the limit (FDB `key_too_large`, 2102).
+    #[error("key of {key_bytes} bytes exceeds {KEY_BYTES_MAX}")]
+    KeyTooLarge {
+        /// Length of the refused key.
+        key_bytes: usize,
+    },
+    /// A value longer than the limit (FDB `value_too_large`, 2103).
+    #[error("value of {value_bytes} bytes exceeds {VALUE_BYTES_MAX}")]
+    ValueTooLarge {
+        /// Length of the refused value.
+        value_bytes: usize,
+    },
+    /// The transaction's mutations and conflict ranges outgrew the limit
+    /// (FDB `transaction_too_large`, 2101).
+    #[error("transaction of {transaction_bytes} bytes exceeds {TRANSACTION_BYTES_MAX}")]
+    TransactionTooLarge {
+        /// Size the transaction would have reached.
+        transaction_bytes: usize,
+    },
+    /// A write to the system keyspace (keys from `\xff`), which FDB refuses by default
+    /// (FDB `key_outside_legal_range`, 2004).
+    #[error("key outside the legal range (keys from 0xff are reserved)")]
+    KeyOutsideLegalRange,
+    /// The transaction was used after its commit (FDB `used_during_commit`, 2017).
+    #[error("transaction used after commit")]
+    TransactionFinished,
+    /// Invalid options given to [`crate::Database::open`].
+    #[error("invalid store options: {0}")]
+    InvalidOptions(String),
+    /// Stored bytes that do not decode: a bug or a damaged file, never a panic.
+    #[error("corrupt record ({what}): {detail}")]
+    Corrupt {
+        /// Which record failed to decode.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The storage engine failed (I/O error, full disk, damaged file).
+    #[error("storage engine: {0}")]
+    Storage(#[source] Arc<redb::Error>),
+    /// The database's committer has stopped.
+    #[error("database is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether [`crate::Database::transact`] runs the transaction again after this error
+    /// (FDB's `on_error` retries exactly these).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotCommitted
+                | StoreError::CommitUnknownResult
+                | StoreError::TransactionTooOld
+                | StoreError::CommitQueueFull
+        )
+    }
+
+    /// A record that failed to decode.
+    pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> Self {
+        StoreError::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// An error of the redb engine.
+    pub(crate) fn storage(error: impl Into<redb::Error>) -> Self {
+        StoreError::Storage(Arc::new(error.into()))
+    }
+}
