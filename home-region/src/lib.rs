@@ -1,1 +1,14 @@
-//! placeholder during bootstrap
+//! Relay's region service: the home of accounts. It sequences envelopes into per-chat logs,
+//! fans them out to device queues, turns acknowledgements into delivered receipts for the
+//! senders' regions, and keeps the key directory of its devices.
+//!
+//! [`core`] holds the decisions as functions over one storage transaction (no sockets, no
+//! clock: the time comes in as an argument); [`service`] is the QUIC shell around it, with
+//! links to other regions (the directory writer, receipt destinations).
+
+pub mod config;
+pub mod core;
+pub mod service;
+
+pub use config::RegionConfig;
+pub use service::{RegionError, RegionService};

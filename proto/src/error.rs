@@ -66,7 +66,10 @@ pub struct ProtoError {
 impl ProtoError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// A malformed-input error.
@@ -83,12 +86,18 @@ impl fmt::Display for ProtoError {
 
 impl From<ProtoError> for crate::wire::ErrorReply {
     fn from(error: ProtoError) -> Self {
-        crate::wire::ErrorReply { code: error.code as u32, message: error.message }
+        crate::wire::ErrorReply {
+            code: error.code as u32,
+            message: error.message,
+        }
     }
 }
 
 impl From<crate::wire::ErrorReply> for ProtoError {
     fn from(reply: crate::wire::ErrorReply) -> Self {
-        ProtoError { code: ErrorCode::from_u32(reply.code), message: reply.message }
+        ProtoError {
+            code: ErrorCode::from_u32(reply.code),
+            message: reply.message,
+        }
     }
 }

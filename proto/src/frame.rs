@@ -77,12 +77,18 @@ pub fn decode_header(header: &[u8; FRAME_HEADER_BYTES], limit: usize) -> Result<
 /// Decodes exactly one frame holding an `M` from `bytes`; trailing bytes are an error.
 pub fn decode_frame<M: Message + Default>(bytes: &[u8]) -> Result<M, FrameError> {
     let Some(header) = bytes.first_chunk::<FRAME_HEADER_BYTES>() else {
-        return Err(FrameError::Truncated { needed: FRAME_HEADER_BYTES, had: bytes.len() });
+        return Err(FrameError::Truncated {
+            needed: FRAME_HEADER_BYTES,
+            had: bytes.len(),
+        });
     };
     let body_length = decode_header(header, FRAME_BYTES_MAX)?;
     let body = &bytes[FRAME_HEADER_BYTES..];
     if body.len() != body_length {
-        return Err(FrameError::Truncated { needed: body_length, had: body.len() });
+        return Err(FrameError::Truncated {
+            needed: body_length,
+            had: body.len(),
+        });
     }
     M::decode(body).map_err(|error| FrameError::Decode(error.to_string()))
 }
@@ -103,7 +109,10 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames larger than `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self { buffer: BytesMut::new(), limit }
+        Self {
+            buffer: BytesMut::new(),
+            limit,
+        }
     }
 
     /// Appends received bytes.
@@ -122,7 +131,9 @@ impl FrameDecoder {
         }
         self.buffer.advance(FRAME_HEADER_BYTES);
         let body = self.buffer.split_to(body_length);
-        M::decode(&body[..]).map(Some).map_err(|error| FrameError::Decode(error.to_string()))
+        M::decode(&body[..])
+            .map(Some)
+            .map_err(|error| FrameError::Decode(error.to_string()))
     }
 }
 
@@ -133,7 +144,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_streams() {
-        let message = FetchQueue { after_queue_seq: 41, limit: 7 };
+        let message = FetchQueue {
+            after_queue_seq: 41,
+            limit: 7,
+        };
         let frame = encode_frame(&message);
         assert_eq!(decode_frame::<FetchQueue>(&frame), Ok(message.clone()));
 
@@ -143,23 +157,35 @@ mod tests {
         for byte in &two {
             decoder.push(std::slice::from_ref(byte));
         }
-        assert_eq!(decoder.next_frame::<FetchQueue>(), Ok(Some(message.clone())));
+        assert_eq!(
+            decoder.next_frame::<FetchQueue>(),
+            Ok(Some(message.clone()))
+        );
         assert_eq!(decoder.next_frame::<FetchQueue>(), Ok(Some(message)));
         assert_eq!(decoder.next_frame::<FetchQueue>(), Ok(None));
     }
 
     #[test]
     fn refuses_bad_headers_without_panicking() {
-        assert!(matches!(decode_frame::<ErrorReply>(&[]), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            decode_frame::<ErrorReply>(&[]),
+            Err(FrameError::Truncated { .. })
+        ));
         assert_eq!(
             decode_frame::<ErrorReply>(&[9, 0, 0, 0, 0]),
             Err(FrameError::UnsupportedVersion(9))
         );
         let huge = [PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(decode_frame::<ErrorReply>(&huge), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame::<ErrorReply>(&huge),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut garbage = vec![PROTOCOL_VERSION, 0, 0, 0, 3];
         garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
-        assert!(matches!(decode_frame::<ErrorReply>(&garbage), Err(FrameError::Decode(_))));
+        assert!(matches!(
+            decode_frame::<ErrorReply>(&garbage),
+            Err(FrameError::Decode(_))
+        ));
     }
 
     #[test]

@@ -117,7 +117,10 @@ pub struct TlsIdentity {
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        Self { cert_chain: self.cert_chain.clone(), key: self.key.clone_key() }
+        Self {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -138,7 +141,10 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ne
         .collect();
     let certs = certs.map_err(|error| NetError::Tls(format!("{}: {error}", path.display())))?;
     if certs.is_empty() {
-        return Err(NetError::Tls(format!("{}: no certificate found", path.display())));
+        return Err(NetError::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -147,7 +153,9 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ne
 pub fn load_roots(ca_path: &Path) -> Result<Arc<RootCertStore>, NetError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certificates(ca_path)? {
-        roots.add(cert).map_err(|error| NetError::Tls(error.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|error| NetError::Tls(error.to_string()))?;
     }
     Ok(Arc::new(roots))
 }
@@ -159,7 +167,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     // Both values are far below the bound quinn accepts, so the conversion cannot fail.
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok());
+    transport.max_idle_timeout(
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok(),
+    );
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
     transport.max_concurrent_bidi_streams(1024u32.into());
     Arc::new(transport)
@@ -244,7 +254,10 @@ pub fn auth_keying_material(
 }
 
 /// Writes one frame.
-pub async fn write_frame<M: Message>(send: &mut quinn::SendStream, message: &M) -> Result<(), NetError> {
+pub async fn write_frame<M: Message>(
+    send: &mut quinn::SendStream,
+    message: &M,
+) -> Result<(), NetError> {
     send.write_all(&encode_frame(message)).await?;
     Ok(())
 }
@@ -262,7 +275,9 @@ pub async fn read_frame<M: Message + Default>(
     let body_length = decode_header(&header, FRAME_BYTES_MAX)?;
     let mut body = vec![0u8; body_length];
     recv.read_exact(&mut body).await?;
-    M::decode(&body[..]).map(Some).map_err(|error| FrameError::Decode(error.to_string()).into())
+    M::decode(&body[..])
+        .map(Some)
+        .map_err(|error| FrameError::Decode(error.to_string()).into())
 }
 
 /// Sends one request on a new bidirectional stream and reads its one response.
@@ -278,7 +293,9 @@ pub async fn request<Req: Message, Resp: Message + Default>(
         let _ = send.finish();
         read_frame::<Resp>(&mut recv).await?.ok_or(NetError::Closed)
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| NetError::Timeout)?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| NetError::Timeout)?
 }
 
 /// Answers one request stream with one frame and finishes it.
@@ -286,6 +303,100 @@ pub async fn respond<M: Message>(mut send: quinn::SendStream, message: &M) -> Re
     write_frame(&mut send, message).await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Resolves a peer number (a region) to its current address.
+pub type PeerResolver = Box<dyn Fn(u32) -> Option<SocketAddr> + Send + Sync>;
+
+/// Lazily connected, cached QUIC links to numbered peers (regions), reconnecting after a
+/// failure. Used by edges (to regions) and regions (to each other), always with mutual TLS.
+pub struct PeerLinks {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    server_name: &'static str,
+    resolve: PeerResolver,
+    connections: tokio::sync::Mutex<std::collections::HashMap<u32, quinn::Connection>>,
+}
+
+impl std::fmt::Debug for PeerLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLinks")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a connection attempt to a peer may take.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+impl PeerLinks {
+    /// Links made from `endpoint` with `config`, checking peers' certificates for `server_name`.
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        config: quinn::ClientConfig,
+        server_name: &'static str,
+        resolve: PeerResolver,
+    ) -> Self {
+        Self {
+            endpoint,
+            config,
+            server_name,
+            resolve,
+            connections: Default::default(),
+        }
+    }
+
+    /// The live connection to `peer`, connecting first if there is none.
+    pub async fn connection(&self, peer: u32) -> Result<quinn::Connection, NetError> {
+        let mut connections = self.connections.lock().await;
+        if let Some(connection) = connections.get(&peer)
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        connections.remove(&peer);
+        let address = (self.resolve)(peer).ok_or_else(|| {
+            NetError::Remote(ProtoError::new(
+                crate::ErrorCode::Unavailable,
+                format!("no address known for region {peer}"),
+            ))
+        })?;
+        let connecting =
+            self.endpoint
+                .connect_with(self.config.clone(), address, self.server_name)?;
+        let connection =
+            tokio::time::timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
+                .await
+                .map_err(|_| NetError::Timeout)??;
+        connections.insert(peer, connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets the connection to `peer` so the next use reconnects.
+    pub async fn forget(&self, peer: u32) {
+        self.connections.lock().await.remove(&peer);
+    }
+
+    /// One request to `peer`; a transport failure drops the cached connection.
+    pub async fn request<Req: Message, Resp: Message + Default>(
+        &self,
+        peer: u32,
+        message: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, NetError> {
+        let connection = self.connection(peer).await?;
+        let result = request(&connection, message, timeout).await;
+        if matches!(
+            result,
+            Err(NetError::Connection(_)
+                | NetError::Timeout
+                | NetError::Write(_)
+                | NetError::Read(_))
+        ) {
+            self.forget(peer).await;
+        }
+        result
+    }
 }
 
 /// The address of an endpoint as logged in its "listening on" line.

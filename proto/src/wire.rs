@@ -8,12 +8,12 @@
 
 use std::collections::BTreeSet;
 
+use crate::ProtoError;
 use crate::ids::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 use crate::limits::{
     ACCOUNT_NAME_BYTES_MAX, CIPHERTEXT_BYTES_MAX, ENVELOPE_BYTES_MAX,
     ENVELOPE_RECIPIENT_DEVICES_MAX,
 };
-use crate::ProtoError;
 
 // ---------------------------------------------------------------------------------------------
 // Shared pieces
@@ -42,7 +42,10 @@ pub struct DeviceAddr {
 
 impl From<DeviceAddress> for DeviceAddr {
     fn from(address: DeviceAddress) -> Self {
-        DeviceAddr { account: address.account.0, device: address.device.0 }
+        DeviceAddr {
+            account: address.account.0,
+            device: address.device.0,
+        }
     }
 }
 
@@ -50,9 +53,14 @@ impl DeviceAddr {
     /// The typed address; zero account or device numbers are invalid.
     pub fn parse(self) -> Result<DeviceAddress, ProtoError> {
         if self.account == 0 || self.device == 0 {
-            return Err(ProtoError::invalid("device address with zero account or device"));
+            return Err(ProtoError::invalid(
+                "device address with zero account or device",
+            ));
         }
-        Ok(DeviceAddress { account: AccountId(self.account), device: DeviceId(self.device) })
+        Ok(DeviceAddress {
+            account: AccountId(self.account),
+            device: DeviceId(self.device),
+        })
     }
 }
 
@@ -184,22 +192,32 @@ impl Envelope {
             return Err(ProtoError::invalid("envelope has no recipient device"));
         }
         if self.ciphertexts.len() > ENVELOPE_RECIPIENT_DEVICES_MAX {
-            return Err(ProtoError::new(crate::ErrorCode::TooLarge, "too many recipient devices"));
+            return Err(ProtoError::new(
+                crate::ErrorCode::TooLarge,
+                "too many recipient devices",
+            ));
         }
         if self.sender_seq == 0 {
             return Err(ProtoError::invalid("sender_seq starts at 1"));
         }
         let sender = self.sender.parse()?;
-        let accounts: BTreeSet<AccountId> =
-            self.recipient_accounts.iter().map(|&a| AccountId(a)).collect();
+        let accounts: BTreeSet<AccountId> = self
+            .recipient_accounts
+            .iter()
+            .map(|&a| AccountId(a))
+            .collect();
         if accounts.len() != self.recipient_accounts.len() || accounts.contains(&AccountId(0)) {
-            return Err(ProtoError::invalid("recipient accounts must be unique and non-zero"));
+            return Err(ProtoError::invalid(
+                "recipient accounts must be unique and non-zero",
+            ));
         }
         let mut devices = BTreeSet::new();
         for ciphertext in &self.ciphertexts {
             let device = ciphertext.recipient.parse()?;
             if device == sender {
-                return Err(ProtoError::invalid("an envelope is not addressed to its sender"));
+                return Err(ProtoError::invalid(
+                    "an envelope is not addressed to its sender",
+                ));
             }
             if !accounts.contains(&device.account) {
                 return Err(ProtoError::invalid("ciphertext for an account not listed"));
@@ -229,7 +247,9 @@ impl Envelope {
 pub fn validate_account_name(name: &str) -> Result<(), ProtoError> {
     let ok = !name.is_empty()
         && name.len() <= ACCOUNT_NAME_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -771,7 +791,10 @@ pub struct ForwardReceipts {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct RegionRequest {
     /// The request.
-    #[prost(oneof = "region_request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(
+        oneof = "region_request::Body",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
+    )]
     pub body: Option<region_request::Body>,
 }
 
@@ -820,7 +843,10 @@ pub mod region_request {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct RegionResponse {
     /// The answer.
-    #[prost(oneof = "region_response::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(
+        oneof = "region_response::Body",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    )]
     pub body: Option<region_response::Body>,
 }
 
@@ -869,12 +895,18 @@ mod tests {
     fn envelope() -> Envelope {
         Envelope {
             chat: vec![1; 16],
-            sender: DeviceAddr { account: 1, device: 1 },
+            sender: DeviceAddr {
+                account: 1,
+                device: 1,
+            },
             client_message_id: vec![2; 16],
             sender_seq: 1,
             recipient_accounts: vec![2],
             ciphertexts: vec![DeviceCiphertext {
-                recipient: DeviceAddr { account: 2, device: 1 },
+                recipient: DeviceAddr {
+                    account: 2,
+                    device: 1,
+                },
                 message_type: 0,
                 body: vec![3; 10],
             }],
@@ -894,7 +926,10 @@ mod tests {
         e.chat = vec![1; 3];
         assert!(e.parse().is_err());
         let mut e = envelope();
-        e.ciphertexts[0].recipient = DeviceAddr { account: 1, device: 1 };
+        e.ciphertexts[0].recipient = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
         assert!(e.parse().is_err(), "addressed to its sender");
         let mut e = envelope();
         e.ciphertexts.push(e.ciphertexts[0].clone());
@@ -904,7 +939,10 @@ mod tests {
         assert!(e.parse().is_err(), "account not listed");
         let mut e = envelope();
         e.ciphertexts[0].body = vec![0; CIPHERTEXT_BYTES_MAX + 1];
-        assert_eq!(e.parse().map_err(|e| e.code), Err(crate::ErrorCode::TooLarge));
+        assert_eq!(
+            e.parse().map_err(|e| e.code),
+            Err(crate::ErrorCode::TooLarge)
+        );
         let mut e = envelope();
         e.sender_seq = 0;
         assert!(e.parse().is_err());

@@ -1,0 +1,942 @@
+//! The region's decisions, as functions over one storage transaction.
+//!
+//! Nothing here opens a socket, spawns a task or reads a clock: the time comes in as `now_ms`,
+//! the answer and the [`Effects`] (devices to notify, outbox work) come back as values, and the
+//! service performs the effects only after the transaction committed. Because a transaction may
+//! be retried, every function is safe to run more than once for one commit.
+//!
+//! The path of an envelope through [`commit_envelope`], in one transaction:
+//! 1. every listed recipient account homed here must be covered by exactly its current devices
+//!    (the sender's own device excepted), else "mismatched devices" with the current lists;
+//! 2. the chat log deduplicates by (chat, sender device, client message id), checks sender_seq
+//!    is the next one, and assigns the next gapless chat sequence;
+//! 3. every local recipient device gets a queue entry under its own gapless queue sequence.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fdb_layers::chat_log::{AppendOutcome, NewEntry};
+use fdb_layers::device_queue::{QueueAppend, QueueItem};
+use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
+use fdb_layers::{
+    StoreError, Transaction, chat_log, device_queue, directory, keys, outbox, receipts,
+};
+use prost::Message;
+use relay_proto::limits::{ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_ENTRIES_MAX};
+use relay_proto::wire::{
+    self, AccountDevices, AccountInfo, Committed, DeviceKeys, KeyBundle, MismatchedDevices,
+    QueueBatch, QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, ResendFrom, SendOutcome,
+    SentEverywhere, queue_entry, send_outcome,
+};
+use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
+
+/// What a request asks the service to do once its transaction committed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// Devices whose queues grew, with their new latest queue sequence.
+    pub notify: BTreeMap<DeviceAddress, u64>,
+    /// The cross-region outbox has new entries to deliver.
+    pub outbox_pushed: bool,
+}
+
+/// A request's answer: a refusal for the peer, or a value plus its effects.
+pub type Outcome<T> = Result<Result<(T, Effects), ProtoError>, StoreError>;
+
+fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Outcome<T> {
+    Ok(Err(ProtoError::new(code, message)))
+}
+
+/// The wire form of a directory record.
+pub fn account_info(record: &directory::AccountRecord) -> AccountInfo {
+    AccountInfo {
+        account: record.id.0,
+        name: record.name.clone(),
+        region: record.home_region.0,
+        epoch: record.epoch,
+    }
+}
+
+/// Commits an envelope for this region's recipients (steps 1–3 of the module doc).
+pub async fn commit_envelope(
+    tx: &Transaction,
+    local: RegionId,
+    envelope: &wire::Envelope,
+    sender_region: RegionId,
+    now_ms: u64,
+) -> Outcome<SendOutcome> {
+    let parsed = match envelope.parse() {
+        Ok(parsed) => parsed,
+        Err(error) => return Ok(Err(error)),
+    };
+
+    // 1. Coverage of every local recipient account by exactly its current devices.
+    let mut local_devices = Vec::new();
+    let mut mismatched = Vec::new();
+    for &account in &parsed.recipient_accounts {
+        let Some(record) = directory::account_by_id(tx, account).await? else {
+            if account == parsed.sender.account {
+                return refuse(
+                    ErrorCode::UnknownAccount,
+                    format!("unknown sender account {account}"),
+                );
+            }
+            continue;
+        };
+        if record.home_region != local {
+            continue;
+        }
+        let current: BTreeSet<DeviceAddress> = directory::devices(tx, account)
+            .await?
+            .into_iter()
+            .map(|device| device.device)
+            .filter(|&address| address != parsed.sender)
+            .collect();
+        let covered: BTreeSet<DeviceAddress> = parsed
+            .recipient_devices
+            .iter()
+            .copied()
+            .filter(|device| device.account == account)
+            .collect();
+        if current != covered {
+            mismatched.push(AccountDevices {
+                account: account.0,
+                devices: current.iter().map(|address| address.device.0).collect(),
+            });
+        } else {
+            local_devices.extend(current);
+        }
+    }
+    if !mismatched.is_empty() {
+        let outcome = send_outcome::Outcome::Mismatched(MismatchedDevices {
+            accounts: mismatched,
+        });
+        return Ok(Ok((
+            SendOutcome {
+                outcome: Some(outcome),
+            },
+            Effects::default(),
+        )));
+    }
+
+    // A full queue refuses the whole envelope before anything is written: the sender retries
+    // later, and no recipient gets a partial fan-out.
+    for &device in &local_devices {
+        if device_queue::depth(tx, device).await? >= DEVICE_QUEUE_DEPTH_MAX {
+            return refuse(
+                ErrorCode::Throttled,
+                format!("the queue of device {device} is full"),
+            );
+        }
+    }
+
+    // 2. Dedupe, sender FIFO, chat sequence.
+    let envelope_bytes = envelope.encode_to_vec();
+    let entry = NewEntry {
+        chat: parsed.chat,
+        sender: parsed.sender,
+        client_message_id: parsed.client_message_id,
+        sender_seq: parsed.sender_seq,
+        sender_region,
+        envelope_bytes: &envelope_bytes,
+    };
+    let committed = |chat_seq, duplicate, server_time_ms| {
+        let commit = Committed {
+            region: local.0,
+            chat_seq,
+            duplicate,
+            server_time_ms,
+        };
+        SendOutcome {
+            outcome: Some(send_outcome::Outcome::Sent(SentEverywhere {
+                commits: vec![commit],
+            })),
+        }
+    };
+    let (chat_seq, server_time_ms) = match chat_log::append(tx, &entry, now_ms).await? {
+        AppendOutcome::Duplicate {
+            chat_seq,
+            server_time_ms,
+        } => {
+            return Ok(Ok((
+                committed(chat_seq, true, server_time_ms),
+                Effects::default(),
+            )));
+        }
+        AppendOutcome::Gap {
+            expected_sender_seq,
+        } => {
+            let outcome = send_outcome::Outcome::ResendFrom(ResendFrom {
+                expected_sender_seq,
+            });
+            return Ok(Ok((
+                SendOutcome {
+                    outcome: Some(outcome),
+                },
+                Effects::default(),
+            )));
+        }
+        AppendOutcome::Appended {
+            chat_seq,
+            server_time_ms,
+        } => (chat_seq, server_time_ms),
+    };
+
+    // 3. Fan out to the local recipients' queues.
+    let mut effects = Effects::default();
+    for device in local_devices {
+        let item = QueueItem::MessageRef {
+            chat: parsed.chat,
+            chat_seq,
+        };
+        let queue_seq = enqueue(tx, device, &item).await?;
+        effects.notify.insert(device, queue_seq);
+    }
+    Ok(Ok((committed(chat_seq, false, server_time_ms), effects)))
+}
+
+fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+/// Appends to a device queue whose depth was checked in this transaction.
+async fn enqueue(
+    tx: &Transaction,
+    device: DeviceAddress,
+    item: &QueueItem,
+) -> Result<u64, StoreError> {
+    match device_queue::append(tx, device, item).await? {
+        QueueAppend::Appended { queue_seq } => Ok(queue_seq),
+        QueueAppend::Full { depth } => Err(corrupt(
+            "device queue",
+            format!("queue of {device} full ({depth} entries) after its depth was checked"),
+        )),
+    }
+}
+
+/// Acknowledges entries of a device's queue (turning message acks into delivered receipts for
+/// the senders), then reads the entries after a cursor.
+pub async fn fetch_and_ack(
+    tx: &Transaction,
+    local: RegionId,
+    device: DeviceAddress,
+    request: &wire::FetchAndAck,
+    now_ms: u64,
+) -> Outcome<QueueBatch> {
+    if directory::device(tx, device).await?.is_none() {
+        return refuse(
+            ErrorCode::UnknownAccount,
+            format!("unknown device {device}"),
+        );
+    }
+    let mut effects = Effects::default();
+    if let Some(ack) = &request.ack {
+        let removed = device_queue::ack(tx, device, &ack.queue_seqs).await?;
+        for (_, item) in removed {
+            let QueueItem::MessageRef { chat, chat_seq } = item else {
+                continue;
+            };
+            let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
+                continue;
+            };
+            let receipt = QueuedReceipt {
+                chat: chat.0.to_vec(),
+                client_message_id: entry.client_message_id.0.to_vec(),
+                recipient: device.into(),
+                state: ReceiptState::Delivered as i32,
+                at_ms: now_ms,
+                sender: entry.sender.into(),
+            };
+            if entry.sender_region == local {
+                deliver_receipt(tx, &receipt, &mut effects).await?;
+            } else {
+                outbox::push(tx, entry.sender_region, &receipt.encode_to_vec()).await?;
+                effects.outbox_pushed = true;
+            }
+        }
+    }
+    let mut batch = QueueBatch {
+        entries: Vec::new(),
+        latest_queue_seq: device_queue::latest(tx, device).await?,
+        one_time_keys_remaining: keys::one_time_key_count(tx, device).await?,
+    };
+    if let Some(fetch) = &request.fetch {
+        let limit = fetch.limit.clamp(1, QUEUE_FETCH_ENTRIES_MAX) as usize;
+        for (queue_seq, item) in
+            device_queue::read_after(tx, device, fetch.after_queue_seq, limit).await?
+        {
+            let item = match item {
+                QueueItem::MessageRef { chat, chat_seq } => {
+                    let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
+                        return Err(corrupt(
+                            "device queue",
+                            format!(
+                                "queue of {device} references missing log entry {chat}#{chat_seq}"
+                            ),
+                        ));
+                    };
+                    let envelope = wire::Envelope::decode(&entry.envelope_bytes[..])
+                        .map_err(|error| corrupt("stored envelope", error))?;
+                    let recipient: wire::DeviceAddr = device.into();
+                    let Some(ciphertext) = envelope
+                        .ciphertexts
+                        .into_iter()
+                        .find(|c| c.recipient == recipient)
+                    else {
+                        return Err(corrupt(
+                            "chat log",
+                            format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
+                        ));
+                    };
+                    queue_entry::Item::Message(QueuedMessage {
+                        chat: chat.0.to_vec(),
+                        chat_seq,
+                        sender: entry.sender.into(),
+                        client_message_id: entry.client_message_id.0.to_vec(),
+                        sender_seq: entry.sender_seq,
+                        server_time_ms: entry.server_time_ms,
+                        message_type: ciphertext.message_type,
+                        ciphertext: ciphertext.body,
+                    })
+                }
+                QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
+                    QueuedReceipt::decode(&bytes[..])
+                        .map_err(|error| corrupt("stored receipt", error))?,
+                ),
+            };
+            batch.entries.push(QueueEntry {
+                queue_seq,
+                item: Some(item),
+            });
+        }
+    }
+    Ok(Ok((batch, effects)))
+}
+
+/// Records a receipt for a message sent from this region and queues it for every device of
+/// the sender's account, unless the state does not move forward.
+async fn deliver_receipt(
+    tx: &Transaction,
+    receipt: &QueuedReceipt,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
+        relay_proto::ChatId::from_bytes(&receipt.chat),
+        relay_proto::ClientMessageId::from_bytes(&receipt.client_message_id),
+        receipt.recipient.parse(),
+        receipt.sender.parse(),
+    ) else {
+        tracing::warn!("dropping a malformed receipt");
+        return Ok(());
+    };
+    let Ok(state) = ReceiptState::try_from(receipt.state) else {
+        tracing::warn!(
+            state = receipt.state,
+            "dropping a receipt with an unknown state"
+        );
+        return Ok(());
+    };
+    if !receipts::advance(tx, chat, message, recipient, state).await? {
+        return Ok(());
+    }
+    let bytes = receipt.encode_to_vec();
+    for device in directory::devices(tx, sender.account).await? {
+        let address = device.device;
+        match device_queue::append(tx, address, &QueueItem::Receipt(bytes.clone())).await? {
+            QueueAppend::Appended { queue_seq } => {
+                effects.notify.insert(address, queue_seq);
+            }
+            // The receipt's state is recorded above; only its push to a device whose queue
+            // is at the cap is skipped, so acknowledging the message never fails because of it.
+            QueueAppend::Full { depth } => {
+                tracing::warn!(%address, depth, "queue full; receipt recorded but not queued");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies receipts forwarded by another region, once each (by origin region and sequence).
+pub async fn apply_forwarded_receipts(
+    tx: &Transaction,
+    local: RegionId,
+    request: &wire::ForwardReceipts,
+) -> Outcome<()> {
+    let mut effects = Effects::default();
+    for forward in &request.receipts {
+        let Ok(sender) = forward.receipt.sender.parse() else {
+            return refuse(ErrorCode::Malformed, "receipt with an invalid sender");
+        };
+        match directory::account_by_id(tx, sender.account).await? {
+            Some(record) if record.home_region == local => {}
+            _ => {
+                return refuse(
+                    ErrorCode::UnknownAccount,
+                    format!("{sender} is not homed here"),
+                );
+            }
+        }
+        if outbox::mark_applied(tx, RegionId(forward.origin_region), forward.origin_seq).await? {
+            deliver_receipt(tx, &forward.receipt, &mut effects).await?;
+        }
+    }
+    Ok(Ok(((), effects)))
+}
+
+/// Registers the first device of an account homed here. `account` comes from the directory
+/// writer (or this region, when it is the writer).
+pub async fn register_device(
+    tx: &Transaction,
+    account: &directory::AccountRecord,
+    request: &wire::Register,
+) -> Outcome<wire::Registered> {
+    if let Err(error) = check_keys(
+        &request.identity_key,
+        &request.signing_key,
+        &request.one_time_keys,
+    ) {
+        return Ok(Err(error));
+    }
+    directory::put_account(tx, account).await?;
+    if !directory::devices(tx, account.id).await?.is_empty() {
+        return refuse(
+            ErrorCode::NameTaken,
+            format!("the name {} is taken", account.name),
+        );
+    }
+    let device =
+        directory::add_device(tx, account.id, &request.identity_key, &request.signing_key).await?;
+    let address = DeviceAddress {
+        account: account.id,
+        device,
+    };
+    let one_time_keys: Vec<(String, Vec<u8>)> = request
+        .one_time_keys
+        .iter()
+        .map(|key| (key.key_id.clone(), key.public_key.clone()))
+        .collect();
+    keys::add_one_time_keys(tx, address, &one_time_keys).await?;
+    let registered = wire::Registered {
+        account: account_info(account),
+        device: device.0,
+    };
+    Ok(Ok((registered, Effects::default())))
+}
+
+/// Validates public keys sent by a device.
+pub fn check_keys(
+    identity_key: &[u8],
+    signing_key: &[u8],
+    one_time_keys: &[wire::OneTimeKey],
+) -> Result<(), ProtoError> {
+    if identity_key.len() != 32 || signing_key.len() != 32 {
+        return Err(ProtoError::invalid(
+            "identity and signing keys are 32 bytes each",
+        ));
+    }
+    check_one_time_keys(one_time_keys)
+}
+
+fn check_one_time_keys(one_time_keys: &[wire::OneTimeKey]) -> Result<(), ProtoError> {
+    if one_time_keys.len() > ONE_TIME_KEYS_PER_UPLOAD_MAX {
+        return Err(ProtoError::new(
+            ErrorCode::TooLarge,
+            format!("at most {ONE_TIME_KEYS_PER_UPLOAD_MAX} one-time keys per upload"),
+        ));
+    }
+    if one_time_keys
+        .iter()
+        .any(|key| key.public_key.len() != 32 || key.key_id.is_empty() || key.key_id.len() > 64)
+    {
+        return Err(ProtoError::invalid(
+            "one-time keys are 32 bytes with a short non-empty id",
+        ));
+    }
+    Ok(())
+}
+
+/// Adds one-time keys of a device homed here; answers the new count.
+pub async fn upload_one_time_keys(
+    tx: &Transaction,
+    device: DeviceAddress,
+    upload: &wire::UploadOneTimeKeys,
+) -> Outcome<u32> {
+    if let Err(error) = check_one_time_keys(&upload.keys) {
+        return Ok(Err(error));
+    }
+    if directory::device(tx, device).await?.is_none() {
+        return refuse(
+            ErrorCode::UnknownAccount,
+            format!("unknown device {device}"),
+        );
+    }
+    let new_keys: Vec<(String, Vec<u8>)> = upload
+        .keys
+        .iter()
+        .map(|key| (key.key_id.clone(), key.public_key.clone()))
+        .collect();
+    keys::add_one_time_keys(tx, device, &new_keys).await?;
+    Ok(Ok((
+        keys::one_time_key_count(tx, device).await?,
+        Effects::default(),
+    )))
+}
+
+/// Claims one one-time key of every current device of an account homed here.
+pub async fn claim_keys(
+    tx: &Transaction,
+    local: RegionId,
+    account: AccountId,
+) -> Outcome<KeyBundle> {
+    match directory::account_by_id(tx, account).await? {
+        Some(record) if record.home_region == local => {}
+        _ => {
+            return refuse(
+                ErrorCode::UnknownAccount,
+                format!("account {account} is not homed here"),
+            );
+        }
+    }
+    let mut bundle = KeyBundle {
+        account: account.0,
+        devices: Vec::new(),
+    };
+    for device in directory::devices(tx, account).await? {
+        let address = device.device;
+        let one_time_key = keys::claim_one_time_key(tx, address)
+            .await?
+            .map(|(key_id, public_key)| wire::OneTimeKey { key_id, public_key });
+        bundle.devices.push(DeviceKeys {
+            device: device.device.device.0,
+            identity_key: device.identity_key,
+            signing_key: device.signing_key,
+            one_time_key,
+        });
+    }
+    Ok(Ok((bundle, Effects::default())))
+}
+
+/// The signing key of a device homed here, for authentication at an edge.
+pub async fn signing_key(tx: &Transaction, device: DeviceAddress) -> Outcome<wire::SigningKey> {
+    let Some(record) = directory::device(tx, device).await? else {
+        return refuse(
+            ErrorCode::UnknownAccount,
+            format!("unknown device {device}"),
+        );
+    };
+    let answer = wire::SigningKey {
+        device: device.into(),
+        signing_key: record.signing_key,
+        one_time_keys_remaining: keys::one_time_key_count(tx, device).await?,
+    };
+    Ok(Ok((answer, Effects::default())))
+}
+
+/// Reads the device address of a wire value, refusing zero ids.
+pub fn device_address(addr: wire::DeviceAddr) -> Result<DeviceAddress, ProtoError> {
+    addr.parse()
+}
+
+/// The typed id of a device number within an account.
+pub fn device_in(account: AccountId, device: u32) -> DeviceAddress {
+    DeviceAddress {
+        account,
+        device: DeviceId(device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fdb_layers::{Database, EmbeddedOptions};
+    use relay_proto::wire::{
+        DeviceAddr, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, OneTimeKey,
+    };
+    use relay_proto::{ChatId, ClientMessageId};
+
+    const HERE: RegionId = RegionId(1);
+    const ELSEWHERE: RegionId = RegionId(2);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        db: Database,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(&dir.path().join("region.redb"), EmbeddedOptions::default())
+            .expect("open");
+        Fixture { _dir: dir, db }
+    }
+
+    async fn run<T>(
+        db: &Database,
+        body: impl AsyncFn(Transaction) -> Outcome<T>,
+    ) -> Result<(T, Effects), ProtoError> {
+        db.transact(|tx| body(tx)).await.expect("store works")
+    }
+
+    /// Creates an account homed in `home` with `devices` devices (each with 2 one-time keys).
+    async fn account(db: &Database, name: &str, home: RegionId, devices: u32) -> AccountId {
+        let record = db
+            .transact(|tx| async move { directory::create_account(&tx, name, home).await })
+            .await
+            .expect("store")
+            .expect("name free");
+        for index in 0..devices {
+            let register = wire::Register {
+                name: name.into(),
+                identity_key: vec![index as u8; 32],
+                signing_key: vec![index as u8 + 100; 32],
+                one_time_keys: vec![
+                    OneTimeKey {
+                        key_id: format!("{name}-{index}-a"),
+                        public_key: vec![1; 32],
+                    },
+                    OneTimeKey {
+                        key_id: format!("{name}-{index}-b"),
+                        public_key: vec![2; 32],
+                    },
+                ],
+                registration_token: String::new(),
+            };
+            if index == 0 {
+                run(db, async |tx| {
+                    register_device(&tx, &record, &register).await
+                })
+                .await
+                .expect("registered");
+            } else {
+                db.transact(|tx| {
+                    let register = register.clone();
+                    async move {
+                        directory::add_device(
+                            &tx,
+                            record.id,
+                            &register.identity_key,
+                            &register.signing_key,
+                        )
+                        .await
+                    }
+                })
+                .await
+                .expect("device added");
+            }
+        }
+        record.id
+    }
+
+    fn envelope(
+        sender: DeviceAddress,
+        to: &[DeviceAddress],
+        accounts: &[AccountId],
+        message: u8,
+        sender_seq: u64,
+    ) -> Envelope {
+        Envelope {
+            chat: ChatId::direct(sender.account, accounts[0]).0.to_vec(),
+            sender: sender.into(),
+            client_message_id: ClientMessageId([message; 16]).0.to_vec(),
+            sender_seq,
+            recipient_accounts: accounts.iter().map(|a| a.0).collect(),
+            ciphertexts: to
+                .iter()
+                .map(|&device| DeviceCiphertext {
+                    recipient: device.into(),
+                    message_type: 1,
+                    body: vec![message, device.device.0 as u8],
+                })
+                .collect(),
+        }
+    }
+
+    async fn commit(
+        db: &Database,
+        envelope: &Envelope,
+        sender_region: RegionId,
+    ) -> (send_outcome::Outcome, Effects) {
+        let (outcome, effects) = run(db, async |tx| {
+            commit_envelope(&tx, HERE, envelope, sender_region, 1_000).await
+        })
+        .await
+        .expect("accepted");
+        (outcome.outcome.expect("an outcome"), effects)
+    }
+
+    async fn fetch(db: &Database, device: DeviceAddress, ack: &[u64]) -> (QueueBatch, Effects) {
+        let request = FetchAndAck {
+            ack: Some(wire::AckQueue {
+                queue_seqs: ack.to_vec(),
+            }),
+            fetch: Some(FetchQueue {
+                after_queue_seq: 0,
+                limit: 100,
+            }),
+        };
+        run(db, async |tx| {
+            fetch_and_ack(&tx, HERE, device, &request, 2_000).await
+        })
+        .await
+        .expect("fetched")
+    }
+
+    #[tokio::test]
+    async fn commit_fans_out_and_a_retry_is_stored_once() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 2).await;
+        let alice1 = device_in(alice, 1);
+        let (bob1, bob2) = (device_in(bob, 1), device_in(bob, 2));
+        let sent = envelope(alice1, &[bob1, bob2], &[bob, alice], 7, 1);
+
+        let (outcome, effects) = commit(&f.db, &sent, HERE).await;
+        let send_outcome::Outcome::Sent(first) = outcome else {
+            panic!("expected sent")
+        };
+        assert_eq!(first.commits[0].chat_seq, 1);
+        assert!(!first.commits[0].duplicate);
+        assert_eq!(effects.notify, BTreeMap::from([(bob1, 1), (bob2, 1)]));
+
+        // The same envelope again (a retry): the original result, nothing new queued.
+        let (outcome, effects) = commit(&f.db, &sent, HERE).await;
+        let send_outcome::Outcome::Sent(again) = outcome else {
+            panic!("expected sent")
+        };
+        assert_eq!(again.commits[0].chat_seq, 1);
+        assert!(again.commits[0].duplicate);
+        assert!(effects.notify.is_empty());
+
+        let (batch, _) = fetch(&f.db, bob2, &[]).await;
+        assert_eq!(batch.entries.len(), 1, "stored once");
+        let Some(queue_entry::Item::Message(message)) = &batch.entries[0].item else {
+            panic!("a message")
+        };
+        assert_eq!(
+            message.ciphertext,
+            vec![7, 2],
+            "each device gets its own ciphertext"
+        );
+        assert_eq!(message.sender, alice1.into());
+    }
+
+    #[tokio::test]
+    async fn envelopes_must_cover_exactly_the_current_devices() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 2).await;
+        let bob = account(&f.db, "bob", HERE, 2).await;
+        let alice1 = device_in(alice, 1);
+        // Missing bob's second device and alice's own other device.
+        let partial = envelope(alice1, &[device_in(bob, 1)], &[bob, alice], 1, 1);
+        let (outcome, effects) = commit(&f.db, &partial, HERE).await;
+        let send_outcome::Outcome::Mismatched(mismatched) = outcome else {
+            panic!("expected mismatch")
+        };
+        let mut accounts: Vec<(u64, Vec<u32>)> = mismatched
+            .accounts
+            .into_iter()
+            .map(|a| (a.account, a.devices))
+            .collect();
+        accounts.sort();
+        assert_eq!(accounts, vec![(alice.0, vec![2]), (bob.0, vec![1, 2])]);
+        assert!(effects.notify.is_empty());
+        // A device that does not exist is a mismatch too.
+        let extra = envelope(
+            alice1,
+            &[
+                device_in(bob, 1),
+                device_in(bob, 2),
+                device_in(bob, 3),
+                device_in(alice, 2),
+            ],
+            &[bob, alice],
+            1,
+            1,
+        );
+        assert!(matches!(
+            commit(&f.db, &extra, HERE).await.0,
+            send_outcome::Outcome::Mismatched(_)
+        ));
+        // Nothing was stored by the refusals: the corrected envelope is chat sequence 1.
+        let right = envelope(
+            alice1,
+            &[device_in(bob, 1), device_in(bob, 2), device_in(alice, 2)],
+            &[bob, alice],
+            1,
+            1,
+        );
+        let send_outcome::Outcome::Sent(sent) = commit(&f.db, &right, HERE).await.0 else {
+            panic!("expected sent")
+        };
+        assert_eq!(sent.commits[0].chat_seq, 1);
+    }
+
+    #[tokio::test]
+    async fn a_sender_seq_gap_is_refused_with_the_expected_number() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let alice1 = device_in(alice, 1);
+        let skipped = envelope(alice1, &[device_in(bob, 1)], &[bob, alice], 2, 2);
+        let send_outcome::Outcome::ResendFrom(resend) = commit(&f.db, &skipped, HERE).await.0
+        else {
+            panic!("gap")
+        };
+        assert_eq!(resend.expected_sender_seq, 1);
+    }
+
+    #[tokio::test]
+    async fn recipients_in_other_regions_are_left_to_them() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", ELSEWHERE, 0).await;
+        // bob's devices are not known here: the envelope is checked and stored for alice's side only.
+        let bob1 = device_in(bob, 1);
+        let sent = envelope(device_in(alice, 1), &[bob1], &[bob, alice], 3, 1);
+        let (outcome, effects) = commit(&f.db, &sent, HERE).await;
+        assert!(matches!(outcome, send_outcome::Outcome::Sent(_)));
+        assert!(effects.notify.is_empty(), "no local recipient devices");
+    }
+
+    #[tokio::test]
+    async fn acks_become_delivered_receipts_for_the_sender() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let carol = account(&f.db, "carol", ELSEWHERE, 0).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+        // carol (homed elsewhere) sends to bob: her receipt must travel through the outbox.
+        let from_carol = envelope(device_in(carol, 1), &[bob1], &[bob], 2, 1);
+        let (outcome, _) = commit(&f.db, &from_carol, ELSEWHERE).await;
+        assert!(
+            matches!(outcome, send_outcome::Outcome::Sent(_)),
+            "{outcome:?}"
+        );
+
+        let (batch, _) = fetch(&f.db, bob1, &[]).await;
+        assert_eq!(
+            batch
+                .entries
+                .iter()
+                .map(|e| e.queue_seq)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let (after_ack, effects) = fetch(&f.db, bob1, &[1, 2]).await;
+        assert!(after_ack.entries.is_empty(), "acked entries are deleted");
+        assert_eq!(after_ack.latest_queue_seq, 2, "the counter survives acks");
+        assert!(effects.outbox_pushed, "carol's receipt goes to her region");
+        assert_eq!(
+            effects.notify.get(&alice1),
+            Some(&1),
+            "alice's receipt is queued here"
+        );
+
+        let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
+        let Some(queue_entry::Item::Receipt(receipt)) = &alice_batch.entries[0].item else {
+            panic!("a receipt")
+        };
+        assert_eq!(receipt.state, ReceiptState::Delivered as i32);
+        assert_eq!(receipt.recipient, bob1.into());
+        assert_eq!(receipt.client_message_id, vec![1; 16]);
+
+        let pending =
+            f.db.transact(|tx| async move { outbox::peek(&tx, ELSEWHERE, 10).await })
+                .await
+                .expect("outbox");
+        assert_eq!(pending.len(), 1);
+        // Acking again changes nothing: acks are idempotent.
+        let (_, effects) = fetch(&f.db, bob1, &[1, 2]).await;
+        assert_eq!(effects, Effects::default());
+    }
+
+    #[tokio::test]
+    async fn forwarded_receipts_apply_once_and_only_move_forward() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let alice1 = device_in(alice, 1);
+        let receipt = QueuedReceipt {
+            chat: vec![0; 16],
+            client_message_id: vec![5; 16],
+            recipient: DeviceAddr {
+                account: 99,
+                device: 1,
+            },
+            state: ReceiptState::Delivered as i32,
+            at_ms: 10,
+            sender: alice1.into(),
+        };
+        let forward = |origin_seq| wire::ForwardReceipts {
+            receipts: vec![wire::ReceiptForward {
+                receipt: receipt.clone(),
+                origin_region: 2,
+                origin_seq,
+            }],
+        };
+        let apply = async |request: wire::ForwardReceipts| {
+            run(&f.db, async |tx| {
+                apply_forwarded_receipts(&tx, HERE, &request).await
+            })
+            .await
+            .expect("applied")
+            .1
+        };
+        assert_eq!(apply(forward(1)).await.notify.get(&alice1), Some(&1));
+        assert!(
+            apply(forward(1)).await.notify.is_empty(),
+            "a redelivered batch is applied once"
+        );
+        assert!(
+            apply(forward(2)).await.notify.is_empty(),
+            "the same state again does not move"
+        );
+        let (batch, _) = fetch(&f.db, alice1, &[]).await;
+        assert_eq!(batch.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_time_keys_are_claimed_once_each() {
+        let f = fixture();
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let mut claimed = BTreeSet::new();
+        for _ in 0..3 {
+            let (bundle, _) = run(&f.db, async |tx| claim_keys(&tx, HERE, bob).await)
+                .await
+                .expect("claimed");
+            assert_eq!(bundle.devices.len(), 1);
+            if let Some(key) = &bundle.devices[0].one_time_key {
+                assert!(
+                    claimed.insert(key.key_id.clone()),
+                    "claimed twice: {}",
+                    key.key_id
+                );
+            }
+        }
+        assert_eq!(claimed.len(), 2, "two keys, then none left");
+        let refused = run(&f.db, async |tx| {
+            claim_keys(&tx, HERE, AccountId(999)).await
+        })
+        .await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.code),
+            Err(ErrorCode::UnknownAccount)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_keys_are_refused() {
+        assert!(check_keys(&[0; 31], &[0; 32], &[]).is_err());
+        let too_many = vec![
+            OneTimeKey {
+                key_id: "k".into(),
+                public_key: vec![0; 32]
+            };
+            ONE_TIME_KEYS_PER_UPLOAD_MAX + 1
+        ];
+        assert_eq!(
+            check_keys(&[0; 32], &[0; 32], &too_many).map_err(|e| e.code),
+            Err(ErrorCode::TooLarge)
+        );
+    }
+}

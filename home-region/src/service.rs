@@ -1,0 +1,666 @@
+//! The region's QUIC shell: accepts internal connections (mutual TLS), runs each request's
+//! transaction through [`crate::core`], performs the effects after commit (pushes to the edges
+//! holding the devices, cross-region receipt delivery), and forwards directory writes to the
+//! directory writer region.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
+use prost::Message;
+use relay_proto::net::{self, NetError, PeerLinks, TlsIdentity, TokioSockets};
+use relay_proto::wire::{
+    self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
+};
+use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+use tokio::sync::{Notify, mpsc};
+
+use crate::config::{ConfigError, PeersFile, RegionConfig};
+use crate::core::{self, Effects};
+
+/// How long a request to another region may take.
+pub const PEER_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Receipts sent to another region in one request.
+pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
+/// Pause between outbox delivery attempts when a destination is unreachable.
+pub const OUTBOX_RETRY_DELAY_MS: u64 = 500;
+/// Pushes buffered for one subscribed edge stream before new ones are dropped (they are hints).
+pub const SUBSCRIPTION_PUSHES_MAX: usize = 4096;
+
+/// Why the region cannot start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The network shell failed.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+}
+
+type PushSender = mpsc::Sender<DeviceQueueAvailable>;
+
+/// A running region.
+#[derive(Clone)]
+pub struct RegionService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    region: RegionId,
+    writer: RegionId,
+    db: Database,
+    peers: PeerLinks,
+    endpoint: quinn::Endpoint,
+    /// device → (subscription stream id → push channel of the edge holding it).
+    subscriptions: Mutex<HashMap<DeviceAddress, HashMap<u64, PushSender>>>,
+    next_stream_id: AtomicU64,
+    outbox_wake: Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn error_response(error: ProtoError) -> RegionResponse {
+    RegionResponse {
+        body: Some(region_response::Body::Error(error.into())),
+    }
+}
+
+fn store_failure(error: StoreError) -> ProtoError {
+    tracing::error!(%error, "store failure");
+    ProtoError::new(ErrorCode::Internal, "storage failure; retry later")
+}
+
+impl RegionService {
+    /// Opens the store and binds the internal QUIC server. Nothing is served until [`Self::run`].
+    pub fn bind(config: &RegionConfig) -> Result<(Self, SocketAddr), RegionError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ConfigError::Read {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let db = Database::open(
+            &config.data_dir.join("region.redb"),
+            EmbeddedOptions::default(),
+        )?;
+        let roots = net::load_roots(&config.ca_cert)?;
+        let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        let server = net::server_config(identity.clone(), Some(roots.clone()), net::ALPN_INTERNAL)?;
+        let endpoint = net::bind_endpoint(&TokioSockets, config.listen, Some(server))?;
+        let address = endpoint.local_addr().map_err(NetError::Io)?;
+        let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
+        let peers_file = config.peers_file.clone();
+        let resolve: net::PeerResolver =
+            Box::new(move |region| match PeersFile::load(&peers_file) {
+                Ok(peers) => peers.address_of(region),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the peers file");
+                    None
+                }
+            });
+        let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, resolve);
+        let inner = Inner {
+            region: RegionId(config.region),
+            writer: RegionId(config.directory_writer),
+            db,
+            peers,
+            endpoint,
+            subscriptions: Mutex::new(HashMap::new()),
+            next_stream_id: AtomicU64::new(1),
+            outbox_wake: Notify::new(),
+        };
+        Ok((
+            Self {
+                inner: Arc::new(inner),
+            },
+            address,
+        ))
+    }
+
+    /// Serves until `shutdown` completes, then closes connections and flushes nothing further
+    /// (every acknowledged write is already durable).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RegionError> {
+        let pump = tokio::spawn(self.clone().outbox_pump());
+        let accept = async {
+            while let Some(incoming) = self.inner.endpoint.accept().await {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(connection) => service.serve_connection(connection).await,
+                        Err(error) => tracing::debug!(%error, "internal handshake failed"),
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = shutdown => {}
+        }
+        pump.abort();
+        self.inner
+            .endpoint
+            .close(0u32.into(), b"region shutting down");
+        Ok(())
+    }
+
+    async fn serve_connection(self, connection: quinn::Connection) {
+        loop {
+            let (send, recv) = match connection.accept_bi().await {
+                Ok(streams) => streams,
+                Err(error) => {
+                    tracing::debug!(%error, "internal connection ended");
+                    return;
+                }
+            };
+            let service = self.clone();
+            tokio::spawn(async move { service.serve_stream(send, recv).await });
+        }
+    }
+
+    async fn serve_stream(self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let request = match net::read_frame::<RegionRequest>(&mut recv).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(error) => {
+                let _ = net::respond(send, &error_response(error.to_proto())).await;
+                return;
+            }
+        };
+        if let Some(region_request::Body::Subscribe(first)) = request.body {
+            self.serve_subscription(first, send, recv).await;
+            return;
+        }
+        let response = self.handle(request).await;
+        if let Err(error) = net::respond(send, &response).await {
+            tracing::debug!(%error, "could not answer a request");
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: RegionRequest) -> RegionResponse {
+        match self.dispatch(request).await {
+            Ok(body) => RegionResponse { body: Some(body) },
+            Err(error) => error_response(error),
+        }
+    }
+
+    async fn dispatch(&self, request: RegionRequest) -> Result<region_response::Body, ProtoError> {
+        use region_request::Body as Req;
+        use region_response::Body as Resp;
+        let local = self.inner.region;
+        let Some(body) = request.body else {
+            return Err(ProtoError::invalid("empty region request"));
+        };
+        match body {
+            Req::Commit(commit) => {
+                let sender_region = RegionId(commit.sender_region);
+                let envelope = commit.envelope;
+                let now = now_ms();
+                let outcome = self
+                    .transact(|tx| {
+                        let envelope = envelope.clone();
+                        async move {
+                            core::commit_envelope(&tx, local, &envelope, sender_region, now).await
+                        }
+                    })
+                    .await?;
+                Ok(Resp::Committed(outcome))
+            }
+            Req::Register(register) => self.register(register).await.map(Resp::Registered),
+            Req::CreateAccount(create) => {
+                if self.inner.writer != local {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unavailable,
+                        "this region is not the directory writer",
+                    ));
+                }
+                let record = self
+                    .create_account(&create.name, RegionId(create.home_region))
+                    .await?;
+                Ok(Resp::Account(core::account_info(&record)))
+            }
+            Req::LookupName(lookup) => {
+                let name = lookup.name.clone();
+                self.lookup(
+                    move |tx| {
+                        let name = name.clone();
+                        async move { directory::account_by_name(&tx, &name).await }
+                    },
+                    region_request::Body::LookupName(lookup),
+                )
+                .await
+                .map(Resp::Account)
+            }
+            Req::LookupAccount(lookup) => {
+                let account = AccountId(lookup.account);
+                self.lookup(
+                    move |tx| async move { directory::account_by_id(&tx, account).await },
+                    region_request::Body::LookupAccount(lookup),
+                )
+                .await
+                .map(Resp::Account)
+            }
+            Req::SigningKey(device) => {
+                let device = device.parse()?;
+                let key = self
+                    .transact(|tx| async move { core::signing_key(&tx, device).await })
+                    .await?;
+                Ok(Resp::SigningKey(key))
+            }
+            Req::ClaimKeys(claim) => {
+                let account = AccountId(claim.account);
+                let bundle = self
+                    .transact(|tx| async move { core::claim_keys(&tx, local, account).await })
+                    .await?;
+                Ok(Resp::Keys(bundle))
+            }
+            Req::UploadOneTimeKeys(for_device) => {
+                let device = for_device.device.parse()?;
+                let upload = for_device.upload.unwrap_or_default();
+                let remaining = self
+                    .transact(|tx| {
+                        let upload = upload.clone();
+                        async move { core::upload_one_time_keys(&tx, device, &upload).await }
+                    })
+                    .await?;
+                Ok(Resp::KeysUploaded(wire::OneTimeKeyCount { remaining }))
+            }
+            Req::FetchQueue(for_device) => {
+                let device = for_device.device.parse()?;
+                let fetch = for_device.fetch.unwrap_or_default();
+                let now = now_ms();
+                let batch = self
+                    .transact(|tx| {
+                        let fetch = fetch.clone();
+                        async move { core::fetch_and_ack(&tx, local, device, &fetch, now).await }
+                    })
+                    .await?;
+                Ok(Resp::Queue(batch))
+            }
+            Req::Receipts(receipts) => {
+                let count = receipts.receipts.len() as u32;
+                self.transact(|tx| {
+                    let receipts = receipts.clone();
+                    async move { core::apply_forwarded_receipts(&tx, local, &receipts).await }
+                })
+                .await?;
+                Ok(Resp::ReceiptsStored(wire::OneTimeKeyCount {
+                    remaining: count,
+                }))
+            }
+            Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
+        }
+    }
+
+    /// Runs a core function in a retried transaction, then performs its effects.
+    async fn transact<T, F, Fut>(&self, body: F) -> Result<T, ProtoError>
+    where
+        F: FnMut(fdb_layers::Transaction) -> Fut,
+        Fut: Future<Output = core::Outcome<T>>,
+    {
+        let (value, effects) = self
+            .inner
+            .db
+            .transact(body)
+            .await
+            .map_err(store_failure)??;
+        self.apply(effects);
+        Ok(value)
+    }
+
+    fn apply(&self, effects: Effects) {
+        if effects.outbox_pushed {
+            self.inner.outbox_wake.notify_one();
+        }
+        if effects.notify.is_empty() {
+            return;
+        }
+        let subscriptions = self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for (device, latest_queue_seq) in effects.notify {
+            let Some(streams) = subscriptions.get(&device) else {
+                continue;
+            };
+            let push = DeviceQueueAvailable {
+                device: device.into(),
+                latest_queue_seq,
+            };
+            for sender in streams.values() {
+                if sender.try_send(push.clone()).is_err() {
+                    tracing::warn!(%device, "edge subscription is full; dropping a push hint");
+                }
+            }
+        }
+    }
+
+    async fn register(&self, register: wire::Register) -> Result<wire::Registered, ProtoError> {
+        wire::validate_account_name(&register.name)?;
+        core::check_keys(
+            &register.identity_key,
+            &register.signing_key,
+            &register.one_time_keys,
+        )?;
+        let local = self.inner.region;
+        let record = if self.inner.writer == local {
+            self.create_account(&register.name, local).await?
+        } else {
+            let request = RegionRequest {
+                body: Some(region_request::Body::CreateAccount(wire::CreateAccount {
+                    name: register.name.clone(),
+                    home_region: local.0,
+                })),
+            };
+            match self.to_writer(&request).await?.body {
+                Some(region_response::Body::Account(info)) => record_of(&info),
+                Some(region_response::Body::Error(error)) => return Err(error.into()),
+                _ => {
+                    return Err(ProtoError::new(
+                        ErrorCode::Internal,
+                        "unexpected directory answer",
+                    ));
+                }
+            }
+        };
+        self.transact(|tx| {
+            let record = record.clone();
+            let register = register.clone();
+            async move { core::register_device(&tx, &record, &register).await }
+        })
+        .await
+    }
+
+    /// Creates an account at the directory writer. Idempotent for a retried registration: an
+    /// existing name homed in the same region is returned; the home region refuses it if the
+    /// account already has a device.
+    async fn create_account(
+        &self,
+        name: &str,
+        home: RegionId,
+    ) -> Result<directory::AccountRecord, ProtoError> {
+        wire::validate_account_name(name)?;
+        let name = name.to_owned();
+        self.transact(|tx| {
+            let name = name.clone();
+            async move {
+                if let Some(existing) = directory::account_by_name(&tx, &name).await? {
+                    if existing.home_region == home {
+                        return Ok(Ok((existing, Effects::default())));
+                    }
+                    return Ok(Err(ProtoError::new(
+                        ErrorCode::NameTaken,
+                        format!("the name {name} is taken"),
+                    )));
+                }
+                match directory::create_account(&tx, &name, home).await? {
+                    Ok(record) => Ok(Ok((record, Effects::default()))),
+                    Err(_) => Ok(Err(ProtoError::new(
+                        ErrorCode::NameTaken,
+                        format!("the name {name} is taken"),
+                    ))),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Resolves an account locally (the writer, or this replica's cache), else asks the writer
+    /// and caches the answer.
+    async fn lookup<F, Fut>(
+        &self,
+        local_read: F,
+        forward: region_request::Body,
+    ) -> Result<wire::AccountInfo, ProtoError>
+    where
+        F: FnMut(fdb_layers::Transaction) -> Fut,
+        Fut: Future<Output = Result<Option<directory::AccountRecord>, StoreError>>,
+    {
+        let found = self
+            .inner
+            .db
+            .transact(local_read)
+            .await
+            .map_err(store_failure)?;
+        if let Some(record) = found {
+            return Ok(core::account_info(&record));
+        }
+        if self.inner.writer == self.inner.region {
+            return Err(ProtoError::new(
+                ErrorCode::UnknownAccount,
+                "no such account",
+            ));
+        }
+        let request = RegionRequest {
+            body: Some(forward),
+        };
+        match self.to_writer(&request).await?.body {
+            Some(region_response::Body::Account(info)) => {
+                let record = record_of(&info);
+                self.inner
+                    .db
+                    .transact(|tx| {
+                        let record = record.clone();
+                        async move { directory::put_account(&tx, &record).await }
+                    })
+                    .await
+                    .map_err(store_failure)?;
+                Ok(info)
+            }
+            Some(region_response::Body::Error(error)) => Err(error.into()),
+            _ => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "unexpected directory answer",
+            )),
+        }
+    }
+
+    async fn to_writer(&self, request: &RegionRequest) -> Result<RegionResponse, ProtoError> {
+        self.inner
+            .peers
+            .request(
+                self.inner.writer.0,
+                request,
+                Duration::from_millis(PEER_REQUEST_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|error| error.to_proto())
+    }
+
+    async fn serve_subscription(
+        self,
+        first: wire::Subscribe,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let stream_id = self.inner.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let (push_sender, mut pushes) = mpsc::channel(SUBSCRIPTION_PUSHES_MAX);
+        self.change_subscriptions(stream_id, &push_sender, &first);
+        let writer = async {
+            while let Some(push) = pushes.recv().await {
+                let frame = RegionResponse {
+                    body: Some(region_response::Body::QueueAvailable(push)),
+                };
+                if net::write_frame(&mut send, &frame).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let reader = async {
+            loop {
+                match net::read_frame::<RegionRequest>(&mut recv).await {
+                    Ok(Some(RegionRequest {
+                        body: Some(region_request::Body::Subscribe(change)),
+                    })) => {
+                        self.change_subscriptions(stream_id, &push_sender, &change);
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!("ignoring a non-subscribe frame on a subscription stream")
+                    }
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            () = writer => {}
+            () = reader => {}
+        }
+        let mut subscriptions = self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        subscriptions.retain(|_, streams| {
+            streams.remove(&stream_id);
+            !streams.is_empty()
+        });
+    }
+
+    fn change_subscriptions(&self, stream_id: u64, sender: &PushSender, change: &wire::Subscribe) {
+        let mut subscriptions = self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for device in change.add.iter().filter_map(|device| device.parse().ok()) {
+            subscriptions
+                .entry(device)
+                .or_default()
+                .insert(stream_id, sender.clone());
+        }
+        for device in change
+            .remove
+            .iter()
+            .filter_map(|device| device.parse().ok())
+        {
+            if let Some(streams) = subscriptions.get_mut(&device) {
+                streams.remove(&stream_id);
+                if streams.is_empty() {
+                    subscriptions.remove(&device);
+                }
+            }
+        }
+    }
+
+    /// Delivers the cross-region outbox (delivered receipts for senders homed elsewhere), in
+    /// order per destination, removing entries only after the destination stored them.
+    async fn outbox_pump(self) {
+        loop {
+            let mut backlog = false;
+            let destinations = match self
+                .inner
+                .db
+                .transact(|tx| async move { outbox::destinations(&tx).await })
+                .await
+            {
+                Ok(destinations) => destinations,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            for destination in destinations {
+                match self.deliver_outbox(destination).await {
+                    Ok(more) => backlog |= more,
+                    Err(error) => {
+                        tracing::warn!(%destination, %error, "outbox delivery failed; will retry");
+                        backlog = true;
+                    }
+                }
+            }
+            let pause = if backlog {
+                OUTBOX_RETRY_DELAY_MS
+            } else {
+                5_000
+            };
+            tokio::select! {
+                () = self.inner.outbox_wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+            }
+        }
+    }
+
+    async fn deliver_outbox(&self, destination: RegionId) -> Result<bool, ProtoError> {
+        let entries = self
+            .inner
+            .db
+            .transact(
+                |tx| async move { outbox::peek(&tx, destination, OUTBOX_BATCH_ENTRIES_MAX).await },
+            )
+            .await
+            .map_err(store_failure)?;
+        let Some(&(last_seq, _)) = entries.last() else {
+            return Ok(false);
+        };
+        let mut receipts = Vec::with_capacity(entries.len());
+        for (seq, bytes) in &entries {
+            let receipt = wire::QueuedReceipt::decode(&bytes[..]).map_err(|error| {
+                ProtoError::new(
+                    ErrorCode::Internal,
+                    format!("corrupt outbox entry: {error}"),
+                )
+            })?;
+            receipts.push(wire::ReceiptForward {
+                receipt,
+                origin_region: self.inner.region.0,
+                origin_seq: *seq,
+            });
+        }
+        let request = RegionRequest {
+            body: Some(region_request::Body::Receipts(wire::ForwardReceipts {
+                receipts,
+            })),
+        };
+        let response = self
+            .inner
+            .peers
+            .request::<_, RegionResponse>(
+                destination.0,
+                &request,
+                Duration::from_millis(PEER_REQUEST_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|error| error.to_proto())?;
+        match response.body {
+            Some(region_response::Body::ReceiptsStored(_)) => {}
+            Some(region_response::Body::Error(error)) => return Err(error.into()),
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    "unexpected answer to receipts",
+                ));
+            }
+        }
+        self.inner
+            .db
+            .transact(|tx| async move {
+                outbox::remove_through(&tx, destination, last_seq);
+                Ok(())
+            })
+            .await
+            .map_err(store_failure)?;
+        Ok(entries.len() == OUTBOX_BATCH_ENTRIES_MAX)
+    }
+}
+
+fn record_of(info: &wire::AccountInfo) -> directory::AccountRecord {
+    directory::AccountRecord {
+        id: AccountId(info.account),
+        name: info.name.clone(),
+        home_region: RegionId(info.region),
+        epoch: info.epoch,
+    }
+}
