@@ -1,0 +1,149 @@
+//! The edge's configuration file (TOML).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::SessionLimits;
+
+/// Configuration of one edge process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The region this edge belongs to: devices registering through it are homed there.
+    pub region: u32,
+    /// UDP address devices connect to over QUIC (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// PEM file of the deployment's CA (regions' certificates are checked against it).
+    pub ca_cert: PathBuf,
+    /// PEM certificate chain: presented to devices (name `edge.relay.test`) and to regions.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// Every region's internal address.
+    pub regions: Vec<RegionAddress>,
+    /// Per-connection limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Where a region listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionAddress {
+    /// The region number.
+    pub region: u32,
+    /// Its internal QUIC address.
+    pub address: SocketAddr,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained requests per second one device connection may make.
+    pub requests_per_second: u32,
+    /// Requests one device connection may make in a burst.
+    pub requests_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let defaults = SessionLimits::default();
+        Self {
+            requests_per_second: defaults.requests_per_second,
+            requests_burst: defaults.requests_burst,
+        }
+    }
+}
+
+/// Why an edge configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid configuration in {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl EdgeConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, EdgeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| EdgeConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: EdgeConfig = toml::from_str(&text).map_err(|error| EdgeConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), EdgeConfigError> {
+        if self.region == 0 {
+            return Err(EdgeConfigError::Invalid("region numbers start at 1".into()));
+        }
+        if !self.regions.iter().any(|entry| entry.region == self.region) {
+            return Err(EdgeConfigError::Invalid(format!(
+                "regions must list the edge's own region {}",
+                self.region
+            )));
+        }
+        if self.limits.requests_per_second == 0 || self.limits.requests_burst == 0 {
+            return Err(EdgeConfigError::Invalid("limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The session limits this configuration sets.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            requests_per_second: self.limits.requests_per_second,
+            requests_burst: self.limits.requests_burst,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../edge.example.toml");
+
+    #[test]
+    fn example_config_loads() {
+        let config: EdgeConfig = toml::from_str(EXAMPLE).expect("example parses");
+        config.validate().expect("example is valid");
+        assert_eq!(config.regions.len(), 2);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        assert!(toml::from_str::<EdgeConfig>(&format!("{EXAMPLE}\nextra = true\n")).is_err());
+        let mut config: EdgeConfig = toml::from_str(EXAMPLE).expect("example parses");
+        config.region = 3;
+        assert!(
+            config.validate().is_err(),
+            "own region missing from regions"
+        );
+    }
+}

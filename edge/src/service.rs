@@ -1,0 +1,751 @@
+//! The edge's QUIC shell: terminates device connections, runs each through a
+//! [`Session`](crate::session::Session), forwards requests to regions over mutual-TLS links,
+//! keeps one subscription stream per region so that regions can tell it when a connected
+//! device's queue grew, and relays those pushes to the device's control stream.
+//!
+//! An edge holds no durable data: a crash loses connections, never messages.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::net::{self, NetError, PeerLinks, TlsIdentity, TokioSockets};
+use relay_proto::wire::{
+    self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
+    ServerPush, client_request, client_response, region_request, region_response, server_push,
+};
+use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::{EdgeConfig, EdgeConfigError};
+use crate::session::{Route, SendAggregate, Session, SessionLimits, fanout_regions};
+
+/// How long a request to a region may take.
+pub const REGION_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long a device has to authenticate after `Hello`.
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+/// Pushes buffered for one device connection before new ones are dropped (they are hints).
+pub const DEVICE_PUSHES_MAX: usize = 64;
+/// Pause between attempts to re-open a subscription stream to a region.
+pub const RESUBSCRIBE_DELAY_MS: u64 = 300;
+
+/// Why the edge cannot start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] EdgeConfigError),
+    /// The network shell failed.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+}
+
+#[derive(Debug)]
+enum SubscriptionChange {
+    Add(DeviceAddress),
+    Remove(DeviceAddress),
+}
+
+struct Connected {
+    home: RegionId,
+    pushes: mpsc::Sender<ServerPush>,
+}
+
+/// A running edge.
+#[derive(Clone)]
+pub struct EdgeService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    region: RegionId,
+    limits: SessionLimits,
+    device_endpoint: quinn::Endpoint,
+    internal_endpoint: quinn::Endpoint,
+    links: PeerLinks,
+    regions: Vec<RegionId>,
+    homes: Mutex<HashMap<AccountId, RegionId>>,
+    /// device → (connection id → its push channel).
+    devices: Mutex<HashMap<DeviceAddress, HashMap<u64, Connected>>>,
+    subscriptions: HashMap<RegionId, mpsc::UnboundedSender<SubscriptionChange>>,
+    next_connection: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn error_response(error: ProtoError) -> ClientResponse {
+    ClientResponse {
+        body: Some(client_response::Body::Error(error.into())),
+    }
+}
+
+type SubscriptionReceivers = Vec<(RegionId, mpsc::UnboundedReceiver<SubscriptionChange>)>;
+
+impl EdgeService {
+    /// Binds the device-facing server and the internal client endpoint.
+    pub fn bind(
+        config: &EdgeConfig,
+    ) -> Result<(Self, SocketAddr, SubscriptionsToStart), EdgeError> {
+        config.validate()?;
+        let roots = net::load_roots(&config.ca_cert)?;
+        let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        let device_server = net::server_config(identity.clone(), None, net::ALPN_DEVICE)?;
+        let device_endpoint =
+            net::bind_endpoint(&TokioSockets, config.listen, Some(device_server))?;
+        let address = device_endpoint.local_addr().map_err(NetError::Io)?;
+        let internal_endpoint =
+            net::bind_endpoint(&TokioSockets, SocketAddr::new(config.listen.ip(), 0), None)?;
+        let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
+        let addresses: BTreeMap<u32, SocketAddr> = config
+            .regions
+            .iter()
+            .map(|entry| (entry.region, entry.address))
+            .collect();
+        let resolve: net::PeerResolver = Box::new(move |region| addresses.get(&region).copied());
+        let links = PeerLinks::new(
+            internal_endpoint.clone(),
+            client,
+            net::REGION_SERVER_NAME,
+            resolve,
+        );
+        let mut subscriptions = HashMap::new();
+        let mut receivers = Vec::new();
+        for entry in &config.regions {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            subscriptions.insert(RegionId(entry.region), sender);
+            receivers.push((RegionId(entry.region), receiver));
+        }
+        let inner = Inner {
+            region: RegionId(config.region),
+            limits: config.session_limits(),
+            device_endpoint,
+            internal_endpoint,
+            links,
+            regions: config
+                .regions
+                .iter()
+                .map(|entry| RegionId(entry.region))
+                .collect(),
+            homes: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
+            subscriptions,
+            next_connection: AtomicU64::new(1),
+        };
+        Ok((
+            Self {
+                inner: Arc::new(inner),
+            },
+            address,
+            SubscriptionsToStart(receivers),
+        ))
+    }
+
+    /// Serves devices until `shutdown` completes.
+    pub async fn run(
+        self,
+        subscriptions: SubscriptionsToStart,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), EdgeError> {
+        let mut tasks = JoinSet::new();
+        for (region, changes) in subscriptions.0 {
+            tasks.spawn(self.clone().subscription(region, changes));
+        }
+        let accept = async {
+            while let Some(incoming) = self.inner.device_endpoint.accept().await {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(connection) => service.serve_device(connection).await,
+                        Err(error) => tracing::debug!(%error, "device handshake failed"),
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = shutdown => {}
+        }
+        tasks.abort_all();
+        self.inner
+            .device_endpoint
+            .close(0u32.into(), b"edge shutting down");
+        self.inner
+            .internal_endpoint
+            .close(0u32.into(), b"edge shutting down");
+        Ok(())
+    }
+
+    async fn serve_device(self, connection: quinn::Connection) {
+        let connection_id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Mutex::new(Session::new(self.inner.limits, now_ms())));
+        loop {
+            let (send, recv) = match connection.accept_bi().await {
+                Ok(streams) => streams,
+                Err(error) => {
+                    tracing::debug!(%error, "device connection ended");
+                    break;
+                }
+            };
+            let service = self.clone();
+            let session = session.clone();
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                service
+                    .serve_stream(connection_id, connection, session, send, recv)
+                    .await
+            });
+        }
+        let device = session
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .device();
+        if let Some(device) = device {
+            self.disconnect(device, connection_id);
+        }
+    }
+
+    async fn serve_stream(
+        self,
+        connection_id: u64,
+        connection: quinn::Connection,
+        session: Arc<Mutex<Session>>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let request = match net::read_frame::<ClientRequest>(&mut recv).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(error) => {
+                let _ = net::respond(send, &error_response(error.to_proto())).await;
+                return;
+            }
+        };
+        if let Some(client_request::Body::Hello(_)) = request.body {
+            let nonce = {
+                let mut nonce = [0u8; AUTH_NONCE_BYTES];
+                rand::rng().fill_bytes(&mut nonce);
+                nonce
+            };
+            let challenge = session
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .handle_hello(nonce);
+            match challenge {
+                Ok(challenge) => {
+                    let response = ClientResponse {
+                        body: Some(client_response::Body::Challenge(challenge)),
+                    };
+                    if net::write_frame(&mut send, &response).await.is_ok() {
+                        self.control(connection_id, connection, session, send, recv)
+                            .await;
+                    }
+                }
+                Err(error) => {
+                    let _ = net::respond(send, &error_response(error)).await;
+                }
+            }
+            return;
+        }
+        let response = match self.handle_request(&session, request).await {
+            Ok(body) => ClientResponse { body: Some(body) },
+            Err(error) => error_response(error),
+        };
+        if let Err(error) = net::respond(send, &response).await {
+            tracing::debug!(%error, "could not answer a device");
+        }
+    }
+
+    /// The control stream after `Challenge`: authentication, then pushes until it closes.
+    async fn control(
+        &self,
+        connection_id: u64,
+        connection: quinn::Connection,
+        session: Arc<Mutex<Session>>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let authenticated = tokio::time::timeout(
+            Duration::from_millis(AUTH_TIMEOUT_MS),
+            self.authenticate(&connection, &session, &mut recv),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProtoError::new(
+                ErrorCode::Unauthenticated,
+                "authentication timed out",
+            ))
+        });
+        let (device, home, remaining) = match authenticated {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::info!(code = ?error.code, "device authentication refused");
+                let _ = net::respond(send, &error_response(error)).await;
+                return;
+            }
+        };
+        let (pushes, mut pushed) = mpsc::channel(DEVICE_PUSHES_MAX);
+        self.connect(device, home, connection_id, pushes);
+        let welcome = ClientResponse {
+            body: Some(client_response::Body::Authenticated(
+                wire::OneTimeKeyCount { remaining },
+            )),
+        };
+        if net::write_frame(&mut send, &welcome).await.is_ok() {
+            tracing::info!(%device, "device connected");
+            let forward = async {
+                while let Some(push) = pushed.recv().await {
+                    if net::write_frame(&mut send, &push).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let closed = async {
+                // The device sends nothing more on this stream; its end means the session ended.
+                let _ = net::read_frame::<ClientRequest>(&mut recv).await;
+            };
+            tokio::select! {
+                () = forward => {}
+                () = closed => {}
+            }
+        }
+        self.disconnect(device, connection_id);
+    }
+
+    async fn authenticate(
+        &self,
+        connection: &quinn::Connection,
+        session: &Mutex<Session>,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(DeviceAddress, RegionId, u32), ProtoError> {
+        let frame = net::read_frame::<ClientRequest>(recv)
+            .await
+            .map_err(|error| error.to_proto())?;
+        let Some(ClientRequest {
+            body: Some(client_request::Body::Authenticate(authenticate)),
+        }) = frame
+        else {
+            return Err(ProtoError::invalid(
+                "expected authenticate after the challenge",
+            ));
+        };
+        let device = session
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .claimed_device(&authenticate)?;
+        let home = self.home_of(device.account).await?;
+        let key = match self
+            .region_request(home, region_request::Body::SigningKey(device.into()))
+            .await?
+        {
+            region_response::Body::SigningKey(key) => key,
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    "unexpected answer to a key lookup",
+                ));
+            }
+        };
+        let keying_material =
+            net::auth_keying_material(connection).map_err(|error| error.to_proto())?;
+        session
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_authenticate(&authenticate, &keying_material, &key.signing_key)?;
+        Ok((device, home, key.one_time_keys_remaining))
+    }
+
+    fn connect(
+        &self,
+        device: DeviceAddress,
+        home: RegionId,
+        connection_id: u64,
+        pushes: mpsc::Sender<ServerPush>,
+    ) {
+        let first = {
+            let mut devices = self
+                .inner
+                .devices
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let connections = devices.entry(device).or_default();
+            connections.insert(connection_id, Connected { home, pushes });
+            connections.len() == 1
+        };
+        if first && let Some(changes) = self.inner.subscriptions.get(&home) {
+            let _ = changes.send(SubscriptionChange::Add(device));
+        }
+    }
+
+    fn disconnect(&self, device: DeviceAddress, connection_id: u64) {
+        let home = {
+            let mut devices = self
+                .inner
+                .devices
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let Some(connections) = devices.get_mut(&device) else {
+                return;
+            };
+            let Some(removed) = connections.remove(&connection_id) else {
+                return;
+            };
+            if !connections.is_empty() {
+                return;
+            }
+            devices.remove(&device);
+            removed.home
+        };
+        if let Some(changes) = self.inner.subscriptions.get(&home) {
+            let _ = changes.send(SubscriptionChange::Remove(device));
+        }
+    }
+
+    fn push_to(&self, device: DeviceAddress, latest_queue_seq: u64) {
+        let devices = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let Some(connections) = devices.get(&device) else {
+            return;
+        };
+        let push = ServerPush {
+            event: Some(server_push::Event::QueueAvailable(DeviceQueueAvailable {
+                device: device.into(),
+                latest_queue_seq,
+            })),
+        };
+        for connected in connections.values() {
+            // A full channel already holds a hint that makes the device fetch.
+            let _ = connected.pushes.try_send(push.clone());
+        }
+    }
+
+    /// Keeps a subscription stream open to `region` for the devices homed there and connected
+    /// here, re-opening it after a failure and then nudging those devices to fetch what they
+    /// may have missed meanwhile.
+    async fn subscription(
+        self,
+        region: RegionId,
+        mut changes: mpsc::UnboundedReceiver<SubscriptionChange>,
+    ) {
+        let mut reconnecting = false;
+        loop {
+            if reconnecting {
+                tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_DELAY_MS)).await;
+            }
+            reconnecting = true;
+            while changes.try_recv().is_ok() {}
+            let connected: Vec<DeviceAddress> = {
+                let devices = self
+                    .inner
+                    .devices
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                devices
+                    .iter()
+                    .filter(|(_, connections)| {
+                        connections
+                            .values()
+                            .any(|connected| connected.home == region)
+                    })
+                    .map(|(device, _)| *device)
+                    .collect()
+            };
+            let connection = match self.inner.links.connection(region.0).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(%region, %error, "region unreachable for subscriptions");
+                    continue;
+                }
+            };
+            let (mut send, mut recv) = match connection.open_bi().await {
+                Ok(streams) => streams,
+                Err(_) => {
+                    self.inner.links.forget(region.0).await;
+                    continue;
+                }
+            };
+            let first = wire::Subscribe {
+                add: connected.iter().map(|&device| device.into()).collect(),
+                remove: Vec::new(),
+            };
+            let first = RegionRequest {
+                body: Some(region_request::Body::Subscribe(first)),
+            };
+            if net::write_frame(&mut send, &first).await.is_err() {
+                continue;
+            }
+            tracing::info!(%region, devices = connected.len(), "subscribed to region");
+            for device in &connected {
+                self.push_to(*device, 0);
+            }
+            let mut subscribed: HashSet<DeviceAddress> = connected.into_iter().collect();
+            loop {
+                tokio::select! {
+                    change = changes.recv() => {
+                        let Some(change) = change else { return };
+                        let frame = match change {
+                            SubscriptionChange::Add(device) if subscribed.insert(device) => wire::Subscribe { add: vec![device.into()], remove: vec![] },
+                            SubscriptionChange::Remove(device) if subscribed.remove(&device) => wire::Subscribe { add: vec![], remove: vec![device.into()] },
+                            _ => continue,
+                        };
+                        let frame = RegionRequest { body: Some(region_request::Body::Subscribe(frame)) };
+                        if net::write_frame(&mut send, &frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    frame = net::read_frame::<RegionResponse>(&mut recv) => {
+                        match frame {
+                            Ok(Some(RegionResponse { body: Some(region_response::Body::QueueAvailable(push)) })) => {
+                                if let Ok(device) = push.device.parse() {
+                                    self.push_to(device, push.latest_queue_seq);
+                                }
+                            }
+                            Ok(Some(_)) => tracing::warn!(%region, "unexpected frame on a subscription stream"),
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
+            }
+            tracing::warn!(%region, "subscription stream lost; re-opening");
+            self.inner.links.forget(region.0).await;
+        }
+    }
+
+    async fn home_of(&self, account: AccountId) -> Result<RegionId, ProtoError> {
+        if let Some(home) = self
+            .inner
+            .homes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&account)
+        {
+            return Ok(*home);
+        }
+        let lookup =
+            region_request::Body::LookupAccount(wire::LookupAccount { account: account.0 });
+        let info = match self.region_request(self.inner.region, lookup).await? {
+            region_response::Body::Account(info) => info,
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    "unexpected answer to an account lookup",
+                ));
+            }
+        };
+        let home = RegionId(info.region);
+        if !self.inner.regions.contains(&home) {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                format!("account {account} lives in unknown region {home}"),
+            ));
+        }
+        self.inner
+            .homes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(account, home);
+        Ok(home)
+    }
+
+    async fn region_request(
+        &self,
+        region: RegionId,
+        body: region_request::Body,
+    ) -> Result<region_response::Body, ProtoError> {
+        let request = RegionRequest { body: Some(body) };
+        let response: RegionResponse = self
+            .inner
+            .links
+            .request(
+                region.0,
+                &request,
+                Duration::from_millis(REGION_REQUEST_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|error| error.to_proto())?;
+        match response.body {
+            Some(region_response::Body::Error(error)) => Err(error.into()),
+            Some(body) => Ok(body),
+            None => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "empty answer from a region",
+            )),
+        }
+    }
+
+    async fn handle_request(
+        &self,
+        session: &Mutex<Session>,
+        request: ClientRequest,
+    ) -> Result<client_response::Body, ProtoError> {
+        use client_request::Body as Req;
+        use client_response::Body as Resp;
+        let route = session
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_request(&request, now_ms())?;
+        let Some(body) = request.body else {
+            return Err(ProtoError::invalid("empty request"));
+        };
+        let unexpected = || ProtoError::new(ErrorCode::Internal, "unexpected answer from a region");
+        match (route, body) {
+            (Route::OwnRegion, Req::Register(register)) => {
+                match self
+                    .region_request(self.inner.region, region_request::Body::Register(register))
+                    .await?
+                {
+                    region_response::Body::Registered(registered) => {
+                        Ok(Resp::Registered(registered))
+                    }
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::OwnRegion, Req::LookupName(lookup)) => {
+                match self
+                    .region_request(self.inner.region, region_request::Body::LookupName(lookup))
+                    .await?
+                {
+                    region_response::Body::Account(info) => Ok(Resp::Account(info)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::OwnRegion, Req::LookupAccount(lookup)) => {
+                match self
+                    .region_request(
+                        self.inner.region,
+                        region_request::Body::LookupAccount(lookup),
+                    )
+                    .await?
+                {
+                    region_response::Body::Account(info) => Ok(Resp::Account(info)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::HomeOf(account), Req::ClaimKeys(claim)) => {
+                let home = self.home_of(account).await?;
+                match self
+                    .region_request(home, region_request::Body::ClaimKeys(claim))
+                    .await?
+                {
+                    region_response::Body::Keys(bundle) => Ok(Resp::Keys(bundle)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::DeviceHome(device), Req::UploadOneTimeKeys(upload)) => {
+                let home = self.home_of(device.account).await?;
+                let request = wire::ForDevice {
+                    device: device.into(),
+                    upload: Some(upload),
+                    fetch: None,
+                };
+                match self
+                    .region_request(home, region_request::Body::UploadOneTimeKeys(request))
+                    .await?
+                {
+                    region_response::Body::KeysUploaded(count) => Ok(Resp::KeysUploaded(count)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::DeviceHome(device), Req::FetchQueue(fetch)) => {
+                let home = self.home_of(device.account).await?;
+                let request = wire::ForDevice {
+                    device: device.into(),
+                    upload: None,
+                    fetch: Some(fetch),
+                };
+                match self
+                    .region_request(home, region_request::Body::FetchQueue(request))
+                    .await?
+                {
+                    region_response::Body::Queue(batch) => Ok(Resp::Queue(batch)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::Fanout(parsed), Req::Send(envelope)) => {
+                self.send(*parsed, envelope).await.map(Resp::Sent)
+            }
+            _ => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "request routed inconsistently",
+            )),
+        }
+    }
+
+    /// Forwards an envelope to every destination region in parallel; "sent" only when all
+    /// of them committed.
+    async fn send(
+        &self,
+        parsed: wire::ParsedEnvelope,
+        envelope: wire::Envelope,
+    ) -> Result<wire::SendOutcome, ProtoError> {
+        let mut homes = BTreeMap::new();
+        for &account in parsed
+            .recipient_accounts
+            .iter()
+            .chain(std::iter::once(&parsed.sender.account))
+        {
+            homes.insert(account, self.home_of(account).await?);
+        }
+        let regions = fanout_regions(&parsed, &homes)?;
+        let sender_region = homes
+            .get(&parsed.sender.account)
+            .copied()
+            .unwrap_or(self.inner.region);
+        let mut aggregate = SendAggregate::new(regions.clone());
+        let mut commits = JoinSet::new();
+        for region in regions {
+            let service = self.clone();
+            let commit = wire::CommitEnvelope {
+                envelope: envelope.clone(),
+                sender_region: sender_region.0,
+            };
+            commits.spawn(async move {
+                let outcome = match service
+                    .region_request(region, region_request::Body::Commit(commit))
+                    .await
+                {
+                    Ok(region_response::Body::Committed(outcome)) => Ok(outcome),
+                    Ok(_) => Err(ProtoError::new(
+                        ErrorCode::Internal,
+                        "unexpected answer to a commit",
+                    )),
+                    Err(error) => Err(error),
+                };
+                (region, outcome)
+            });
+        }
+        while let Some(joined) = commits.join_next().await {
+            match joined {
+                Ok((region, outcome)) => aggregate.handle_region_outcome(region, outcome),
+                Err(error) => {
+                    return Err(ProtoError::new(
+                        ErrorCode::Internal,
+                        format!("commit task failed: {error}"),
+                    ));
+                }
+            }
+        }
+        aggregate.poll_result().unwrap_or_else(|| {
+            Err(ProtoError::new(
+                ErrorCode::Internal,
+                "a destination region never answered",
+            ))
+        })
+    }
+}
+
+/// The per-region subscription tasks, started by [`EdgeService::run`].
+pub struct SubscriptionsToStart(SubscriptionReceivers);

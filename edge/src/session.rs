@@ -1,0 +1,554 @@
+//! The edge's per-connection decisions, sans-IO: authentication of a device by a signature over
+//! the edge's nonce and the connection's TLS keying material, which requests a connection may
+//! make, where each request goes, rate limits, and how the destination regions' answers to one
+//! send combine into the device's answer.
+//!
+//! Inputs come through `handle_*` methods with the time as `now_ms`; randomness (the nonce) and
+//! key lookups are done by the shell and passed in. No sockets, tasks or clocks here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::wire::{
+    self, AccountDevices, Authenticate, ClientRequest, MismatchedDevices, ParsedEnvelope,
+    ResendFrom, SendOutcome, SentEverywhere, client_request, send_outcome,
+};
+use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+
+/// Per-device limits enforced at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Sustained requests per second one connection may make.
+    pub requests_per_second: u32,
+    /// Requests one connection may make in a burst.
+    pub requests_burst: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50,
+            requests_burst: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    New,
+    Challenged { nonce: [u8; AUTH_NONCE_BYTES] },
+    Authenticated { device: DeviceAddress },
+}
+
+/// Where the shell must take a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To this edge's own region (registration, directory reads).
+    OwnRegion,
+    /// To the home region of an account (key claims).
+    HomeOf(AccountId),
+    /// To the home region of the connection's own device (queue, key upload).
+    DeviceHome(DeviceAddress),
+    /// To the home regions of every listed account and of the sender, all in parallel.
+    Fanout(Box<ParsedEnvelope>),
+}
+
+/// One device connection's state.
+#[derive(Debug, Clone)]
+pub struct Session {
+    state: State,
+    limits: SessionLimits,
+    tokens_milli: u64,
+    last_refill_ms: u64,
+}
+
+impl Session {
+    /// A new connection, unauthenticated, with a full token bucket at `now_ms`.
+    pub fn new(limits: SessionLimits, now_ms: u64) -> Self {
+        Self {
+            state: State::New,
+            limits,
+            tokens_milli: u64::from(limits.requests_burst) * 1000,
+            last_refill_ms: now_ms,
+        }
+    }
+
+    /// The authenticated device, if any.
+    pub fn device(&self) -> Option<DeviceAddress> {
+        match self.state {
+            State::Authenticated { device } => Some(device),
+            _ => None,
+        }
+    }
+
+    /// A `Hello` opened the control stream: answer with this (shell-generated, random) nonce.
+    pub fn handle_hello(
+        &mut self,
+        nonce: [u8; AUTH_NONCE_BYTES],
+    ) -> Result<wire::Challenge, ProtoError> {
+        if self.state != State::New {
+            return Err(ProtoError::invalid("hello sent twice on one connection"));
+        }
+        self.state = State::Challenged { nonce };
+        Ok(wire::Challenge {
+            nonce: nonce.to_vec(),
+        })
+    }
+
+    /// The device an `Authenticate` claims to be; the shell looks up its signing key next.
+    pub fn claimed_device(&self, authenticate: &Authenticate) -> Result<DeviceAddress, ProtoError> {
+        if !matches!(self.state, State::Challenged { .. }) {
+            return Err(ProtoError::invalid("authenticate before hello, or twice"));
+        }
+        authenticate.device.parse()
+    }
+
+    /// Verifies the proof with the device's registered Ed25519 key and the connection's keying
+    /// material. A wrong signature leaves the session unauthenticated.
+    pub fn handle_authenticate(
+        &mut self,
+        authenticate: &Authenticate,
+        keying_material: &[u8],
+        signing_key: &[u8],
+    ) -> Result<DeviceAddress, ProtoError> {
+        let device = self.claimed_device(authenticate)?;
+        let State::Challenged { nonce } = self.state else {
+            return Err(ProtoError::invalid("authenticate before hello"));
+        };
+        let bad = || {
+            ProtoError::new(
+                ErrorCode::BadSignature,
+                "the authentication signature does not verify",
+            )
+        };
+        let key_bytes: &[u8; 32] = signing_key.try_into().map_err(|_| bad())?;
+        let key = vodozemac::Ed25519PublicKey::from_slice(key_bytes).map_err(|_| bad())?;
+        let signature =
+            vodozemac::Ed25519Signature::from_slice(&authenticate.signature).map_err(|_| bad())?;
+        let payload = wire::auth_signing_payload(&nonce, keying_material);
+        key.verify(&payload, &signature).map_err(|_| bad())?;
+        self.state = State::Authenticated { device };
+        Ok(device)
+    }
+
+    /// Decides whether a request may proceed and where it goes.
+    pub fn handle_request(
+        &mut self,
+        request: &ClientRequest,
+        now_ms: u64,
+    ) -> Result<Route, ProtoError> {
+        use client_request::Body;
+        let Some(body) = &request.body else {
+            return Err(ProtoError::invalid("empty request"));
+        };
+        self.take_token(now_ms)?;
+        if let Body::Register(_) = body {
+            return Ok(Route::OwnRegion);
+        }
+        let device = self.device().ok_or_else(|| {
+            ProtoError::new(
+                ErrorCode::Unauthenticated,
+                "authenticate on the control stream first",
+            )
+        })?;
+        match body {
+            Body::Hello(_) | Body::Authenticate(_) => Err(ProtoError::invalid(
+                "hello and authenticate belong on the control stream",
+            )),
+            Body::Register(_) | Body::LookupName(_) | Body::LookupAccount(_) => {
+                Ok(Route::OwnRegion)
+            }
+            Body::ClaimKeys(claim) => Ok(Route::HomeOf(AccountId(claim.account))),
+            Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) => Ok(Route::DeviceHome(device)),
+            Body::Send(envelope) => {
+                let parsed = envelope.parse()?;
+                if parsed.sender != device {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unauthenticated,
+                        "an envelope's sender must be the authenticated device",
+                    ));
+                }
+                Ok(Route::Fanout(Box::new(parsed)))
+            }
+        }
+    }
+
+    fn take_token(&mut self, now_ms: u64) -> Result<(), ProtoError> {
+        let elapsed = now_ms.saturating_sub(self.last_refill_ms);
+        self.last_refill_ms = self.last_refill_ms.max(now_ms);
+        let burst_milli = u64::from(self.limits.requests_burst) * 1000;
+        self.tokens_milli = (self.tokens_milli
+            + elapsed * u64::from(self.limits.requests_per_second))
+        .min(burst_milli);
+        if self.tokens_milli < 1000 {
+            return Err(ProtoError::new(
+                ErrorCode::Throttled,
+                "too many requests; slow down",
+            ));
+        }
+        self.tokens_milli -= 1000;
+        Ok(())
+    }
+}
+
+/// The destination regions of an envelope: every listed account's home and the sender's.
+pub fn fanout_regions(
+    parsed: &ParsedEnvelope,
+    home_of: &BTreeMap<AccountId, RegionId>,
+) -> Result<BTreeSet<RegionId>, ProtoError> {
+    let mut regions = BTreeSet::new();
+    for account in parsed
+        .recipient_accounts
+        .iter()
+        .chain(std::iter::once(&parsed.sender.account))
+    {
+        let region = home_of.get(account).ok_or_else(|| {
+            ProtoError::new(
+                ErrorCode::UnknownAccount,
+                format!("unknown account {account}"),
+            )
+        })?;
+        regions.insert(*region);
+    }
+    Ok(regions)
+}
+
+/// Combines the destination regions' answers to one envelope. The device hears "sent" only
+/// when every region committed; a refusal from any region wins (re-encryption first, then a
+/// sender_seq gap), then any failure (the device retries; regions that committed deduplicate).
+#[derive(Debug, Clone)]
+pub struct SendAggregate {
+    waiting: BTreeSet<RegionId>,
+    commits: Vec<wire::Committed>,
+    mismatched: BTreeMap<u64, AccountDevices>,
+    resend_from: Option<u64>,
+    failure: Option<ProtoError>,
+}
+
+impl SendAggregate {
+    /// Waits for an answer from each of `regions`.
+    pub fn new(regions: BTreeSet<RegionId>) -> Self {
+        Self {
+            waiting: regions,
+            commits: Vec::new(),
+            mismatched: BTreeMap::new(),
+            resend_from: None,
+            failure: None,
+        }
+    }
+
+    /// One region's answer (or the failure to get one).
+    pub fn handle_region_outcome(
+        &mut self,
+        region: RegionId,
+        outcome: Result<SendOutcome, ProtoError>,
+    ) {
+        if !self.waiting.remove(&region) {
+            return;
+        }
+        match outcome.map(|outcome| outcome.outcome) {
+            Ok(Some(send_outcome::Outcome::Sent(sent))) => self.commits.extend(sent.commits),
+            Ok(Some(send_outcome::Outcome::Mismatched(mismatched))) => {
+                for account in mismatched.accounts {
+                    self.mismatched.insert(account.account, account);
+                }
+            }
+            Ok(Some(send_outcome::Outcome::ResendFrom(resend))) => {
+                let expected = resend.expected_sender_seq;
+                self.resend_from = Some(
+                    self.resend_from
+                        .map_or(expected, |current| current.min(expected)),
+                );
+            }
+            Ok(None) => {
+                self.failure = Some(ProtoError::new(
+                    ErrorCode::Internal,
+                    "region gave no outcome",
+                ))
+            }
+            Err(error) => {
+                let retryable = if error.code.is_retryable() {
+                    error.code
+                } else {
+                    ErrorCode::Unavailable
+                };
+                let keep = if error.code == ErrorCode::UnknownAccount
+                    || error.code == ErrorCode::Malformed
+                    || error.code == ErrorCode::TooLarge
+                {
+                    error
+                } else {
+                    ProtoError::new(retryable, format!("region {region}: {}", error.message))
+                };
+                self.failure = Some(keep);
+            }
+        }
+    }
+
+    /// The device's answer once every region answered.
+    pub fn poll_result(&self) -> Option<Result<SendOutcome, ProtoError>> {
+        if !self.waiting.is_empty() {
+            return None;
+        }
+        let outcome = if !self.mismatched.is_empty() {
+            send_outcome::Outcome::Mismatched(MismatchedDevices {
+                accounts: self.mismatched.values().cloned().collect(),
+            })
+        } else if let Some(expected_sender_seq) = self.resend_from {
+            send_outcome::Outcome::ResendFrom(ResendFrom {
+                expected_sender_seq,
+            })
+        } else if let Some(failure) = &self.failure {
+            return Some(Err(failure.clone()));
+        } else {
+            send_outcome::Outcome::Sent(SentEverywhere {
+                commits: self.commits.clone(),
+            })
+        };
+        Some(Ok(SendOutcome {
+            outcome: Some(outcome),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_proto::wire::{Committed, DeviceAddr, DeviceCiphertext, Envelope};
+    use vodozemac::olm::Account;
+
+    const KEYING: [u8; 32] = [7; 32];
+
+    fn authenticated(account: &Account, device: DeviceAddr) -> Session {
+        let mut session = Session::new(SessionLimits::default(), 0);
+        let challenge = session.handle_hello([1; AUTH_NONCE_BYTES]).expect("hello");
+        let signature = account.sign(wire::auth_signing_payload(&challenge.nonce, &KEYING));
+        let auth = Authenticate {
+            device,
+            signature: signature.to_bytes().to_vec(),
+        };
+        let key = account.identity_keys().ed25519;
+        session
+            .handle_authenticate(&auth, &KEYING, key.as_bytes())
+            .expect("authenticates");
+        session
+    }
+
+    fn envelope(sender: DeviceAddr) -> Envelope {
+        Envelope {
+            chat: vec![0; 16],
+            sender,
+            client_message_id: vec![1; 16],
+            sender_seq: 1,
+            recipient_accounts: vec![2, sender.account],
+            ciphertexts: vec![DeviceCiphertext {
+                recipient: DeviceAddr {
+                    account: 2,
+                    device: 1,
+                },
+                message_type: 0,
+                body: vec![9],
+            }],
+        }
+    }
+
+    fn send(envelope: Envelope) -> ClientRequest {
+        ClientRequest {
+            body: Some(client_request::Body::Send(envelope)),
+        }
+    }
+
+    #[test]
+    fn authenticates_with_a_signature_bound_to_the_connection() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let mut session = authenticated(&account, me);
+        assert_eq!(session.device(), Some(me.parse().expect("valid")));
+        assert!(matches!(
+            session.handle_request(&send(envelope(me)), 0),
+            Ok(Route::Fanout(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_a_signature_for_another_connection_or_key() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let mut session = Session::new(SessionLimits::default(), 0);
+        let challenge = session.handle_hello([1; AUTH_NONCE_BYTES]).expect("hello");
+        // Signed over another connection's keying material: a replayed proof.
+        let signature = account.sign(wire::auth_signing_payload(&challenge.nonce, &[8; 32]));
+        let auth = Authenticate {
+            device: me,
+            signature: signature.to_bytes().to_vec(),
+        };
+        let key = account.identity_keys().ed25519;
+        let error = session
+            .handle_authenticate(&auth, &KEYING, key.as_bytes())
+            .expect_err("replay");
+        assert_eq!(error.code, ErrorCode::BadSignature);
+        // The right payload under someone else's registered key.
+        let signature = account.sign(wire::auth_signing_payload(&challenge.nonce, &KEYING));
+        let auth = Authenticate {
+            device: me,
+            signature: signature.to_bytes().to_vec(),
+        };
+        let other = Account::new().identity_keys().ed25519;
+        assert!(
+            session
+                .handle_authenticate(&auth, &KEYING, other.as_bytes())
+                .is_err()
+        );
+        // Garbage signature bytes and key bytes never panic.
+        let auth = Authenticate {
+            device: me,
+            signature: vec![1, 2, 3],
+        };
+        assert!(
+            session
+                .handle_authenticate(&auth, &KEYING, &[0; 5])
+                .is_err()
+        );
+        assert_eq!(session.device(), None);
+    }
+
+    #[test]
+    fn unauthenticated_and_spoofed_requests_are_refused() {
+        let mut session = Session::new(SessionLimits::default(), 0);
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let error = session
+            .handle_request(&send(envelope(me)), 0)
+            .expect_err("not authenticated");
+        assert_eq!(error.code, ErrorCode::Unauthenticated);
+        let register = ClientRequest {
+            body: Some(client_request::Body::Register(wire::Register::default())),
+        };
+        assert_eq!(session.handle_request(&register, 0), Ok(Route::OwnRegion));
+
+        let account = Account::new();
+        let mut session = authenticated(&account, me);
+        let someone_else = DeviceAddr {
+            account: 3,
+            device: 1,
+        };
+        let error = session
+            .handle_request(&send(envelope(someone_else)), 0)
+            .expect_err("spoofed sender");
+        assert_eq!(error.code, ErrorCode::Unauthenticated);
+        let empty = ClientRequest { body: None };
+        assert!(session.handle_request(&empty, 0).is_err());
+    }
+
+    #[test]
+    fn rate_limit_refuses_then_refills() {
+        let limits = SessionLimits {
+            requests_per_second: 10,
+            requests_burst: 3,
+        };
+        let mut session = Session::new(limits, 0);
+        let register = ClientRequest {
+            body: Some(client_request::Body::Register(wire::Register::default())),
+        };
+        for _ in 0..3 {
+            assert!(session.handle_request(&register, 0).is_ok());
+        }
+        assert_eq!(
+            session.handle_request(&register, 0).map_err(|e| e.code),
+            Err(ErrorCode::Throttled)
+        );
+        assert!(
+            session.handle_request(&register, 100).is_ok(),
+            "one token after 100 ms at 10/s"
+        );
+    }
+
+    #[test]
+    fn fanout_includes_the_senders_home_and_refuses_unknown_accounts() {
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let parsed = envelope(me).parse().expect("valid");
+        let homes = BTreeMap::from([(AccountId(1), RegionId(1)), (AccountId(2), RegionId(2))]);
+        assert_eq!(
+            fanout_regions(&parsed, &homes),
+            Ok(BTreeSet::from([RegionId(1), RegionId(2)]))
+        );
+        let only_one = BTreeMap::from([(AccountId(1), RegionId(1))]);
+        assert_eq!(
+            fanout_regions(&parsed, &only_one).map_err(|e| e.code),
+            Err(ErrorCode::UnknownAccount)
+        );
+    }
+
+    fn sent(region: u32, chat_seq: u64) -> SendOutcome {
+        let commit = Committed {
+            region,
+            chat_seq,
+            duplicate: false,
+            server_time_ms: 5,
+        };
+        SendOutcome {
+            outcome: Some(send_outcome::Outcome::Sent(SentEverywhere {
+                commits: vec![commit],
+            })),
+        }
+    }
+
+    #[test]
+    fn sent_only_when_every_region_committed() {
+        let mut aggregate = SendAggregate::new(BTreeSet::from([RegionId(1), RegionId(2)]));
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        assert_eq!(aggregate.poll_result(), None);
+        aggregate.handle_region_outcome(RegionId(2), Ok(sent(2, 9)));
+        let Some(Ok(SendOutcome {
+            outcome: Some(send_outcome::Outcome::Sent(all)),
+        })) = aggregate.poll_result()
+        else {
+            panic!("expected sent");
+        };
+        assert_eq!(all.commits.len(), 2);
+    }
+
+    #[test]
+    fn refusals_and_failures_win_over_commits() {
+        let regions = BTreeSet::from([RegionId(1), RegionId(2)]);
+        let mut aggregate = SendAggregate::new(regions.clone());
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(ProtoError::new(ErrorCode::Internal, "boom")),
+        );
+        assert!(matches!(aggregate.poll_result(), Some(Err(error)) if error.code.is_retryable()));
+
+        let mut aggregate = SendAggregate::new(regions);
+        let mismatch = MismatchedDevices {
+            accounts: vec![AccountDevices {
+                account: 2,
+                devices: vec![1, 2],
+            }],
+        };
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Ok(SendOutcome {
+                outcome: Some(send_outcome::Outcome::Mismatched(mismatch.clone())),
+            }),
+        );
+        assert_eq!(
+            aggregate.poll_result(),
+            Some(Ok(SendOutcome {
+                outcome: Some(send_outcome::Outcome::Mismatched(mismatch))
+            }))
+        );
+    }
+}
