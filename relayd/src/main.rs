@@ -1,1 +1,81 @@
-fn main() {}
+//! `relayd`: runs Relay's servers (regions, edges, the edge locator) and the devnet launcher.
+//! Wiring only: parse the command line and configuration, build, run.
+
+mod devnet;
+mod pki;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Relay's server daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "relayd",
+    version,
+    about = "Relay's servers: regions, edges, the edge locator, and a devnet that runs them all on loopback",
+    long_about = "Relay's servers.\n\n\
+        Start everything on one machine:   relayd devnet --regions 2 --data ./devnet-data\n\
+        Run one server from a config file: relayd region --config region.toml\n\
+                                           relayd edge --config edge.toml\n\
+                                           relayd locator --config locator.toml\n\n\
+        Each server prints '<role> listening on <address>' once it is bound. Logs go to stderr\n\
+        (filter with RELAY_LOG, e.g. RELAY_LOG=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole topology as separate processes on loopback: the locator, N regions (each
+    /// with its embedded store under --data) and one edge per region. Region k's services and
+    /// clients use 127.0.k.0/24. Ctrl-C stops every child; restarting on the same --data keeps
+    /// all data (and, when free, the same ports).
+    Devnet(devnet::DevnetArgs),
+    /// Run a region (home of accounts: chat logs, device queues, key directory).
+    Region {
+        /// The region's TOML configuration (see home-region/region.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run an edge (QUIC for devices; forwards to regions).
+    Edge {
+        /// The edge's TOML configuration (see edge/edge.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the DNS edge locator (answers edge.relay.test with the nearest edge).
+    Locator {
+        /// The locator's TOML configuration (see edge/locator.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Devnet(args) => devnet::run(args),
+        Command::Region { config } => serve::region(&config),
+        Command::Edge { config } => serve::edge(&config),
+        Command::Locator { config } => serve::locator(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("relayd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

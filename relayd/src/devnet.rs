@@ -1,0 +1,495 @@
+//! `relayd devnet`: the whole topology as separate processes on loopback.
+//!
+//! Region k's service binds 127.0.k.1 and its edge 127.0.k.2; its clients bind other
+//! addresses of 127.0.k.0/24, which is how the locator tells which region they are in. The
+//! locator binds 127.0.0.1. Every process gets a config file under the data folder; after the
+//! first start the files hold the bound addresses, so a restart reuses the same ports when they
+//! are free (clients remember the locator address). A child that dies is restarted on the same
+//! address; Ctrl-C (or SIGTERM) stops every child.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use home_region::config::{PeerEntry, PeersFile, RegionConfig};
+use relay_edge::config::{EdgeConfig, LimitsConfig, RegionAddress};
+use relay_edge::locator::{LocatorConfig, RegionEntry};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::pki::Pki;
+use crate::serve::shutdown_signal;
+
+/// How long a child may take to print its "listening on" line.
+const CHILD_START_TIMEOUT_MS: u64 = 30_000;
+/// How long a child may take to exit after SIGTERM before it is killed.
+const CHILD_STOP_TIMEOUT_MS: u64 = 5_000;
+/// Pause before restarting a child that died.
+const CHILD_RESTART_DELAY_MS: u64 = 200;
+/// Most regions a devnet runs (127.0.k.0/24 needs k ≤ 254).
+const DEVNET_REGIONS_MAX: u32 = 16;
+
+/// Arguments of `relayd devnet`.
+#[derive(Debug, Args)]
+pub struct DevnetArgs {
+    /// How many regions (each with its own edge).
+    #[arg(long, default_value_t = 2)]
+    regions: u32,
+    /// Folder holding every process's store, config, certificates and logs.
+    #[arg(long)]
+    data: PathBuf,
+    /// Print machine-readable JSON lines instead of the guide.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ChildSpec {
+    /// "region-1", "edge-1", "locator".
+    name: String,
+    /// Subcommand of relayd.
+    role: &'static str,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+struct Running {
+    spec: ChildSpec,
+    child: Child,
+    address: SocketAddr,
+}
+
+fn region_ip(region: u32, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, region as u8, host))
+}
+
+/// The address in an existing config file's `listen`, to reuse its port.
+fn previous_listen(path: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    value.get("listen")?.as_str()?.parse().ok()
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T, header: &str) -> Result<()> {
+    let body = toml::to_string_pretty(value).context("serializing a config")?;
+    std::fs::write(path, format!("{header}\n{body}"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `relayd devnet`.
+pub fn run(args: DevnetArgs) -> Result<()> {
+    if args.regions == 0 || args.regions > DEVNET_REGIONS_MAX {
+        bail!("--regions must be between 1 and {DEVNET_REGIONS_MAX}");
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let data = args
+        .data
+        .canonicalize()
+        .context("resolving the data folder")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(devnet(args.regions, data, args.json))
+}
+
+async fn devnet(regions: u32, data: PathBuf, json: bool) -> Result<()> {
+    let pki = Pki::open(&data.join("pki"))?;
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs).context("creating the logs folder")?;
+    let exe = std::env::current_exe().context("finding the relayd executable")?;
+    let peers_file = data.join("peers.toml");
+    let (stop_sender, stop) = watch::channel(false);
+    let mut running: Vec<Running> = Vec::new();
+
+    let result = async {
+        // Regions first: edges need their addresses.
+        let mut peers = PeersFile::default();
+        for region in 1..=regions {
+            let config_path = data.join(format!("region-{region}.toml"));
+            let certs = pki.region(region)?;
+            let mut config = RegionConfig {
+                region,
+                listen: previous_listen(&config_path)
+                    .unwrap_or(SocketAddr::new(region_ip(region, 1), 0)),
+                data_dir: data.join(format!("region-{region}")),
+                directory_writer: 1,
+                peers_file: peers_file.clone(),
+                ca_cert: pki.ca_cert(),
+                cert: certs.cert,
+                key: certs.key,
+            };
+            let spec = ChildSpec {
+                name: format!("region-{region}"),
+                role: "region",
+                config: config_path.clone(),
+                log: logs.join(format!("region-{region}.log")),
+            };
+            let preferred = config.listen;
+            let started = start_preferring(
+                &exe,
+                &spec,
+                |listen| {
+                    config.listen = listen;
+                    write_toml(&config_path, &config, "# Written by relayd devnet.")
+                },
+                preferred,
+            )
+            .await?;
+            peers.regions.push(PeerEntry {
+                region,
+                address: started.address,
+            });
+            report(json, &started, "started");
+            running.push(started);
+        }
+        write_toml(
+            &peers_file,
+            &peers,
+            "# Every region's internal address. Written by relayd devnet.",
+        )?;
+
+        let region_addresses: Vec<RegionAddress> = peers
+            .regions
+            .iter()
+            .map(|peer| RegionAddress {
+                region: peer.region,
+                address: peer.address,
+            })
+            .collect();
+        let mut edges = Vec::new();
+        for region in 1..=regions {
+            let config_path = data.join(format!("edge-{region}.toml"));
+            let certs = pki.edge(region)?;
+            let mut config = EdgeConfig {
+                region,
+                listen: previous_listen(&config_path)
+                    .unwrap_or(SocketAddr::new(region_ip(region, 2), 0)),
+                ca_cert: pki.ca_cert(),
+                cert: certs.cert,
+                key: certs.key,
+                regions: region_addresses.clone(),
+                limits: LimitsConfig::default(),
+            };
+            let spec = ChildSpec {
+                name: format!("edge-{region}"),
+                role: "edge",
+                config: config_path.clone(),
+                log: logs.join(format!("edge-{region}.log")),
+            };
+            let preferred = config.listen;
+            let started = start_preferring(
+                &exe,
+                &spec,
+                |listen| {
+                    config.listen = listen;
+                    write_toml(&config_path, &config, "# Written by relayd devnet.")
+                },
+                preferred,
+            )
+            .await?;
+            edges.push(started.address);
+            report(json, &started, "started");
+            running.push(started);
+        }
+
+        let config_path = data.join("locator.toml");
+        let preferred = previous_listen(&config_path)
+            .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        let spec = ChildSpec {
+            name: "locator".into(),
+            role: "locator",
+            config: config_path.clone(),
+            log: logs.join("locator.log"),
+        };
+        let started = start_preferring(
+            &exe,
+            &spec,
+            |listen| write_locator_config(&config_path, listen, &edges),
+            preferred,
+        )
+        .await?;
+        let locator = started.address;
+        report(json, &started, "started");
+        running.push(started);
+
+        print_guide(json, &data, &pki.ca_cert(), locator, &running);
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+
+    if let Err(error) = result {
+        for mut started in running {
+            stop_child(&mut started.child).await;
+        }
+        return Err(error);
+    }
+
+    let mut supervisors = tokio::task::JoinSet::new();
+    for started in running {
+        supervisors.spawn(supervise(exe.clone(), started, stop.clone(), json));
+    }
+    shutdown_signal().await;
+    let _ = stop_sender.send(true);
+    while supervisors.join_next().await.is_some() {}
+    say(
+        json,
+        serde_json::json!({"event": "stopped"}),
+        "devnet stopped".into(),
+    );
+    Ok(())
+}
+
+fn write_locator_config(path: &Path, listen: SocketAddr, edges: &[SocketAddr]) -> Result<()> {
+    let config = LocatorConfig {
+        listen,
+        regions: edges
+            .iter()
+            .zip(1u32..)
+            .map(|(edge, region)| RegionEntry {
+                region,
+                networks: vec![format!("127.0.{region}.0/24")],
+                edges: vec![*edge],
+            })
+            .collect(),
+        ..LocatorConfig::default()
+    };
+    write_toml(
+        path,
+        &config,
+        "# The DNS edge locator. Written by relayd devnet.",
+    )
+}
+
+/// Starts a child on its preferred address, falling back to any free port there.
+async fn start_preferring(
+    exe: &Path,
+    spec: &ChildSpec,
+    mut write_config: impl FnMut(SocketAddr) -> Result<()>,
+    preferred: SocketAddr,
+) -> Result<Running> {
+    write_config(preferred)?;
+    match start(exe, spec).await {
+        Ok(running) => {
+            write_config(running.address)?;
+            Ok(running)
+        }
+        Err(error) if preferred.port() != 0 => {
+            tracing::warn!(name = %spec.name, %error, "preferred port unavailable; taking a free one");
+            write_config(SocketAddr::new(preferred.ip(), 0))?;
+            let running = start(exe, spec).await?;
+            write_config(running.address)?;
+            Ok(running)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Spawns a child and waits for its "listening on" line.
+async fn start(exe: &Path, spec: &ChildSpec) -> Result<Running> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("opening {}", spec.log.display()))?;
+    let mut child = Command::new(exe)
+        .arg(spec.role)
+        .arg("--config")
+        .arg(&spec.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", spec.name))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from {}", spec.name))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some((_, address)) = line.split_once(" listening on ") {
+                return address
+                    .trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|error| anyhow!("bad address in {line:?}: {error}"));
+            }
+        }
+        Err(anyhow!(
+            "{} exited before listening (see {})",
+            spec.name,
+            spec.log.display()
+        ))
+    };
+    let address = match tokio::time::timeout(
+        Duration::from_millis(CHILD_START_TIMEOUT_MS),
+        listening,
+    )
+    .await
+    {
+        Ok(Ok(address)) => address,
+        Ok(Err(error)) => {
+            stop_child(&mut child).await;
+            return Err(error);
+        }
+        Err(_) => {
+            stop_child(&mut child).await;
+            bail!(
+                "{} did not start within {CHILD_START_TIMEOUT_MS} ms (see {})",
+                spec.name,
+                spec.log.display()
+            );
+        }
+    };
+    // Keep draining the child's stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Running {
+        spec: spec.clone(),
+        child,
+        address,
+    })
+}
+
+async fn stop_child(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_millis(CHILD_STOP_TIMEOUT_MS), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Waits for a child to exit and restarts it on the same address until the devnet stops.
+async fn supervise(
+    exe: PathBuf,
+    mut running: Running,
+    mut stop: watch::Receiver<bool>,
+    json: bool,
+) {
+    loop {
+        tokio::select! {
+            status = running.child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                say(json, serde_json::json!({"event": "exited", "name": running.spec.name, "status": status}),
+                    format!("{} exited ({status}); restarting", running.spec.name));
+                loop {
+                    tokio::time::sleep(Duration::from_millis(CHILD_RESTART_DELAY_MS)).await;
+                    if *stop.borrow() {
+                        return;
+                    }
+                    match start(&exe, &running.spec).await {
+                        Ok(restarted) => {
+                            running = restarted;
+                            report(json, &running, "restarted");
+                            break;
+                        }
+                        Err(error) => tracing::warn!(name = %running.spec.name, %error, "restart failed; retrying"),
+                    }
+                }
+            }
+            _ = stop.changed() => {
+                stop_child(&mut running.child).await;
+                return;
+            }
+        }
+    }
+}
+
+fn say(json: bool, value: serde_json::Value, line: String) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(stdout, "{value}")
+    } else {
+        writeln!(stdout, "{line}")
+    };
+    let _ = stdout.flush();
+}
+
+fn report(json: bool, running: &Running, event: &str) {
+    let pid = running.child.id().unwrap_or(0);
+    say(
+        json,
+        serde_json::json!({"event": event, "name": running.spec.name, "pid": pid, "address": running.address.to_string()}),
+        format!(
+            "{} {event} (pid {pid}) listening on {}",
+            running.spec.name, running.address
+        ),
+    );
+}
+
+fn print_guide(json: bool, data: &Path, ca: &Path, locator: SocketAddr, running: &[Running]) {
+    let regions: Vec<u32> = running
+        .iter()
+        .filter(|r| r.spec.role == "region")
+        .count()
+        .try_into()
+        .map(|n: u32| (1..=n).collect())
+        .unwrap_or_default();
+    let pid_of = |name: &str| {
+        running
+            .iter()
+            .find(|r| r.spec.name == name)
+            .and_then(|r| r.child.id())
+    };
+    let address_of = |name: &str| {
+        running
+            .iter()
+            .find(|r| r.spec.name == name)
+            .map(|r| r.address.to_string())
+    };
+    if json {
+        let regions: Vec<serde_json::Value> = regions
+            .iter()
+            .map(|&k| {
+                serde_json::json!({
+                    "region": k,
+                    "service": address_of(&format!("region-{k}")),
+                    "service_pid": pid_of(&format!("region-{k}")),
+                    "edge": address_of(&format!("edge-{k}")),
+                    "edge_pid": pid_of(&format!("edge-{k}")),
+                    "client_bind": region_ip(k, 10).to_string(),
+                })
+            })
+            .collect();
+        say(
+            true,
+            serde_json::json!({
+                "event": "ready", "locator": locator.to_string(), "ca": ca.display().to_string(),
+                "data": data.display().to_string(), "locator_pid": pid_of("locator"), "regions": regions,
+            }),
+            String::new(),
+        );
+        return;
+    }
+    let mut guide = format!(
+        "\ndevnet ready: {} regions, data in {}\n\nFind your edge (the answer depends on the address you ask from):\n  dig -b 127.0.1.10 @{} -p {} edge.relay.test\n",
+        regions.len(),
+        data.display(),
+        locator.ip(),
+        locator.port()
+    );
+    let people = ["alice", "bob", "carol", "dave"];
+    guide.push_str("\nRegister people (region k's clients bind an address in 127.0.k.0/24):\n");
+    for &k in &regions {
+        let name = people.get(k as usize - 1).copied().unwrap_or("user");
+        guide.push_str(&format!(
+            "  relay --data ./{name} register {name} --locator {locator} --bind {} --ca {}\n",
+            region_ip(k, 10),
+            ca.display()
+        ));
+    }
+    guide.push_str("\nThen: relay --data ./alice send bob \"hi\" --wait   |   relay --data ./bob sync\n\nStop everything with Ctrl-C.\n");
+    say(false, serde_json::Value::Null, guide);
+}

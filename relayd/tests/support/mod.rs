@@ -1,0 +1,318 @@
+//! Test support for journeys: a devnet of real `relayd` processes on loopback, and the `relay`
+//! CLI run as a user would. Ports are read from the processes' output, never fixed; waits are
+//! on conditions with generous deadlines, never on fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous: the machines are shared and noisy.
+pub const START_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a condition may take to become true.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The path of a binary of this package.
+pub fn relayd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_relayd")
+}
+
+/// The path of the `relay` CLI.
+pub fn relay_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_relay")
+}
+
+/// A running `relayd devnet --json`.
+pub struct Devnet {
+    child: Option<Child>,
+    /// Its data folder.
+    pub data: PathBuf,
+    /// The `ready` event.
+    pub ready: Value,
+    events: Receiver<Value>,
+}
+
+impl Devnet {
+    /// Starts a devnet with `regions` regions on `data` and waits until it is ready.
+    pub fn start(regions: u32, data: &Path) -> Devnet {
+        let mut child = Command::new(relayd_bin())
+            .args([
+                "devnet",
+                "--json",
+                "--regions",
+                &regions.to_string(),
+                "--data",
+            ])
+            .arg(data)
+            .env("RELAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("relayd devnet starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, events) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) => {
+                        if sender.send(value).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("devnet: {line}"),
+                }
+            }
+        });
+        let mut devnet = Devnet {
+            child: Some(child),
+            data: data.to_owned(),
+            ready: Value::Null,
+            events,
+        };
+        devnet.ready = devnet.wait_event(START_DEADLINE, |event| event["event"] == "ready");
+        devnet
+    }
+
+    /// Waits for an event matching `predicate`, panicking at the deadline.
+    pub fn wait_event(&mut self, deadline: Duration, predicate: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) if predicate(&event) => return event,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("devnet event not seen within {deadline:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!("devnet exited before the event"),
+            }
+        }
+    }
+
+    /// The locator's address.
+    pub fn locator(&self) -> String {
+        self.ready["locator"]
+            .as_str()
+            .expect("locator address")
+            .to_owned()
+    }
+
+    /// The CA certificate clients trust.
+    pub fn ca(&self) -> String {
+        self.ready["ca"].as_str().expect("ca path").to_owned()
+    }
+
+    /// Region `k`'s entry in the ready event.
+    pub fn region(&self, k: u64) -> &Value {
+        self.ready["regions"]
+            .as_array()
+            .and_then(|regions| regions.iter().find(|r| r["region"] == k))
+            .expect("region listed")
+    }
+
+    /// Sends a signal to the devnet itself.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        send_signal(pid, signal);
+    }
+
+    /// Stops the devnet with SIGTERM and waits for it to exit cleanly.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        send_signal(child.id(), "TERM");
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "devnet exited with {status}");
+                return;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("devnet did not stop within {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), "TERM");
+            let until = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal (by name: TERM, KILL, STOP, CONT) to a process this test started.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A person with a `relay` data folder.
+pub struct Person {
+    /// The account name.
+    pub name: String,
+    /// The data folder.
+    pub data: PathBuf,
+}
+
+impl Person {
+    /// A person whose data lives under `root/name`.
+    pub fn new(root: &Path, name: &str) -> Person {
+        Person {
+            name: name.to_owned(),
+            data: root.join(name),
+        }
+    }
+
+    /// Runs `relay --data <data> --json <args>` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(relay_bin());
+        command
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--json")
+            .args(args);
+        let output = command.output().expect("relay runs");
+        eprintln!(
+            "relay {} {:?} -> {}\nstdout: {}stderr: {}",
+            self.name,
+            args,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Runs a command that must succeed, returning its JSON lines.
+    pub fn ok(&self, args: &[&str]) -> Vec<Value> {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "relay {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        json_lines(&output.stdout)
+    }
+
+    /// Registers this person through the devnet's locator from `bind`.
+    pub fn register(&self, devnet: &Devnet, bind: &str) -> Vec<Value> {
+        self.ok(&[
+            "register",
+            &self.name,
+            "--locator",
+            &devnet.locator(),
+            "--bind",
+            bind,
+            "--ca",
+            &devnet.ca(),
+        ])
+    }
+
+    /// Starts a long-running `relay` command (listen, send --wait) with piped JSON output.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = Command::new(relay_bin())
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("relay starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && sender.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+}
+
+/// A long-running `relay` process.
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    lines: Receiver<Value>,
+}
+
+impl Running {
+    /// Waits for a JSON line matching `predicate`.
+    pub fn wait_for(&mut self, deadline: Duration, predicate: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(value) if predicate(&value) => return value,
+                Ok(_) => continue,
+                Err(_) => panic!("expected output not seen within {deadline:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses each stdout line as JSON.
+pub fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON: {line:?}: {error}"))
+        })
+        .collect()
+}
+
+/// Retries `attempt` until it returns Some, or panics at the deadline.
+pub fn eventually<T>(deadline: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        if Instant::now() > until {
+            panic!("{what}: not true within {deadline:?}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
