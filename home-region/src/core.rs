@@ -72,13 +72,9 @@ pub async fn commit_envelope(
     let mut local_devices = Vec::new();
     let mut mismatched = Vec::new();
     for &account in &parsed.recipient_accounts {
+        // Every account homed here was registered here, so an account this region does not
+        // know is homed elsewhere (the edge resolved the homes); its own region checks it.
         let Some(record) = directory::account_by_id(tx, account).await? else {
-            if account == parsed.sender.account {
-                return refuse(
-                    ErrorCode::UnknownAccount,
-                    format!("unknown sender account {account}"),
-                );
-            }
             continue;
         };
         if record.home_region != local {
@@ -796,6 +792,27 @@ mod tests {
         let (outcome, effects) = commit(&f.db, &sent, HERE).await;
         assert!(matches!(outcome, send_outcome::Outcome::Sent(_)));
         assert!(effects.notify.is_empty(), "no local recipient devices");
+    }
+
+    #[tokio::test]
+    async fn a_sender_this_region_never_saw_is_accepted() {
+        let f = fixture();
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        // alice is homed elsewhere and was never looked up here.
+        let alice_elsewhere = device_in(AccountId(4242), 1);
+        let sent = envelope(
+            alice_elsewhere,
+            &[device_in(bob, 1)],
+            &[bob, alice_elsewhere.account],
+            1,
+            1,
+        );
+        let (outcome, effects) = commit(&f.db, &sent, ELSEWHERE).await;
+        assert!(
+            matches!(outcome, send_outcome::Outcome::Sent(_)),
+            "{outcome:?}"
+        );
+        assert_eq!(effects.notify.get(&device_in(bob, 1)), Some(&1));
     }
 
     #[tokio::test]
