@@ -1,0 +1,1387 @@
+//! The flows a person runs — register, send, sync, read, listen, history — over one data
+//! directory: the runtime shell around the sans-IO pieces ([`crate::outbox`], [`crate::inbound`],
+//! [`crate::discovery`] parsing) that owns the connection, the store and the clock.
+//!
+//! Durability order, everywhere: a change is committed to the store before the server is told
+//! (an ack, a send) and before it is reported as done.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use relay_proto::limits::{
+    ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
+    QUEUE_FETCH_ENTRIES_MAX,
+};
+use relay_proto::wire::{Committed, Envelope, Register, send_outcome, validate_account_name};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::connection::{EdgeConnection, Push};
+use crate::content::{Content, READ_RECEIPT_IDS_MAX};
+use crate::crypto::Crypto;
+use crate::discovery::locate_edges;
+use crate::envelope;
+use crate::error::{ClientError, Result};
+use crate::events::{Direction, Event};
+use crate::inbound::{Inbound, process_entries};
+use crate::outbox::{Next, Outbox, Outcome, Pending, retry_delay_ms};
+use crate::store::{Contact, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
+
+/// The database file inside a data directory.
+pub const DATABASE_FILE: &str = "relay.db";
+/// The copy of the deployment's CA certificate inside a data directory.
+pub const CA_FILE: &str = "ca.pem";
+/// How long `send`, `read` and `sync` keep retrying the outbox before leaving entries pending, in
+/// ms (twice the request timeout: a hung request still leaves time for a retry).
+pub const FLUSH_BUDGET_MS: u64 = 20_000;
+/// How long `sync` keeps retrying after a failure that follows a successful connection (a request
+/// that timed out, a dropped connection), in ms. A first connection that fails is not retried.
+pub const SYNC_RETRY_BUDGET_MS: u64 = 30_000;
+/// While waiting or listening, how often the queue is fetched even without a push, in ms.
+pub const POLL_INTERVAL_MS: u64 = 10_000;
+/// Shortest time between two one-time key uploads prompted by low counts, in ms.
+pub const KEY_UPLOAD_INTERVAL_MS: u64 = 60_000;
+/// Queue pages fetched by one catch-up before handing control back to the caller.
+pub const FETCH_ROUNDS_MAX: usize = 64;
+
+/// Deployment settings given on the command line; they override the remembered ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// The edge locator's DNS address.
+    pub locator: Option<SocketAddr>,
+    /// The local address to bind.
+    pub bind_ip: Option<IpAddr>,
+    /// The CA certificate to trust.
+    pub ca_path: Option<PathBuf>,
+}
+
+/// Where a wait ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// Never: listen until the deadline or Ctrl-C.
+    Forever,
+    /// A message of this device reaches a tick.
+    Tick(ClientMessageId, Tick),
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunEnd {
+    Reached,
+    TimedOut,
+    Interrupted,
+}
+
+/// Creates the data directory's device: new Olm keys, an account named `name` at the edge the
+/// locator names for `bind_ip`, and the settings later commands reuse. Reports [`Event::Registered`].
+pub async fn register(
+    data_dir: &Path,
+    name: &str,
+    overrides: Overrides,
+    registration_token: &str,
+    sink: &mut dyn FnMut(Event),
+) -> Result<Identity> {
+    validate_account_name(name).map_err(|error| ClientError::Invalid(error.message))?;
+    create_private_dir(data_dir)?;
+    let mut store = Store::open(&data_dir.join(DATABASE_FILE))?;
+    if let Some(identity) = store.identity()? {
+        return Err(ClientError::AlreadyRegistered(identity.name));
+    }
+    let remembered = store.settings()?;
+    let given = Settings {
+        locator: overrides
+            .locator
+            .or(remembered.as_ref().map(|settings| settings.locator))
+            .ok_or_else(|| ClientError::Invalid("register needs --locator ADDR".into()))?,
+        bind_ip: overrides
+            .bind_ip
+            .or(remembered.as_ref().map(|settings| settings.bind_ip))
+            .ok_or_else(|| ClientError::Invalid("register needs --bind IP".into()))?,
+        ca_path: overrides
+            .ca_path
+            .or(remembered
+                .as_ref()
+                .map(|settings| resolve(data_dir, &settings.ca_path)))
+            .ok_or_else(|| ClientError::Invalid("register needs --ca PATH".into()))?,
+    };
+    let ca_copy = data_dir.join(CA_FILE);
+    if given.ca_path != ca_copy {
+        std::fs::copy(&given.ca_path, &ca_copy).map_err(|error| {
+            ClientError::Invalid(format!(
+                "cannot copy the CA certificate {}: {error}",
+                given.ca_path.display()
+            ))
+        })?;
+    }
+    relay_proto::net::load_roots(&ca_copy)?;
+    let stored = Settings {
+        ca_path: PathBuf::from(CA_FILE),
+        ..given.clone()
+    };
+    let settings = Settings {
+        ca_path: ca_copy,
+        ..given
+    };
+
+    // An earlier attempt (say, a taken name) left keys: reuse them rather than make new ones.
+    let mut crypto = store.load_crypto()?.unwrap_or_default();
+    if crypto.unpublished_one_time_keys().is_empty() {
+        crypto.generate_one_time_keys(ONE_TIME_KEYS_AT_REGISTRATION);
+    }
+    let changes = crypto.take_changes()?;
+    store.write(|writer| {
+        writer.save_crypto(&changes)?;
+        writer.set_settings(&stored)
+    })?;
+
+    let connection = connect_any(&settings).await?;
+    let request = Register {
+        name: name.into(),
+        identity_key: crypto.identity_key().to_vec(),
+        signing_key: crypto.signing_key().to_vec(),
+        one_time_keys: crypto.unpublished_one_time_keys(),
+        registration_token: registration_token.into(),
+    };
+    let registered = connection.register(request).await;
+    connection.close().await;
+    let registered = registered?;
+    if registered.device == 0 || registered.account.account == 0 || registered.account.name != name
+    {
+        return Err(ClientError::UnexpectedResponse(format!(
+            "registration answered account {} device {} named {:?}",
+            registered.account.account, registered.device, registered.account.name
+        )));
+    }
+    crypto.mark_keys_published();
+    let identity = Identity {
+        account: AccountId(registered.account.account),
+        device: DeviceId(registered.device),
+        name: name.into(),
+        region: registered.account.region,
+        epoch: registered.account.epoch,
+    };
+    let changes = crypto.take_changes()?;
+    store.write(|writer| {
+        writer.save_crypto(&changes)?;
+        writer.set_identity(&identity)?;
+        writer.upsert_contact(&Contact {
+            account: identity.account,
+            name: name.into(),
+            region: identity.region,
+        })
+    })?;
+    sink(Event::Registered {
+        name: identity.name.clone(),
+        account: identity.account.0,
+        device: identity.device.0,
+        region: identity.region,
+    });
+    Ok(identity)
+}
+
+/// A registered device, open for one command.
+pub struct Client {
+    store: Store,
+    /// The Olm account as opened, for signing only: every operation that changes Olm state reads
+    /// the committed state inside its own transaction (another process may share the directory).
+    signer: Crypto,
+    identity: Identity,
+    settings: Settings,
+    outbox: Outbox,
+    connection: Option<EdgeConnection>,
+    pushes: Option<mpsc::Receiver<Push>>,
+    rng: StdRng,
+    started: Instant,
+    sink: Box<dyn FnMut(Event)>,
+    last_problem: Option<String>,
+    last_key_upload: Option<Instant>,
+    received: usize,
+    ticks: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("identity", &self.identity)
+            .field("settings", &self.settings)
+            .field("outbox", &self.outbox)
+            .field("connected", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Opens the registered device of `data_dir`; events go to `sink`.
+    pub fn open(
+        data_dir: &Path,
+        overrides: Overrides,
+        sink: Box<dyn FnMut(Event)>,
+    ) -> Result<Self> {
+        let database = data_dir.join(DATABASE_FILE);
+        if !database.exists() {
+            return Err(ClientError::NotRegistered);
+        }
+        let mut store = Store::open(&database)?;
+        let identity = store.identity()?.ok_or(ClientError::NotRegistered)?;
+        let remembered = store
+            .settings()?
+            .ok_or_else(|| ClientError::Corrupt("the deployment settings are missing".into()))?;
+        let settings = Settings {
+            locator: overrides.locator.unwrap_or(remembered.locator),
+            bind_ip: overrides.bind_ip.unwrap_or(remembered.bind_ip),
+            ca_path: overrides
+                .ca_path
+                .unwrap_or_else(|| resolve(data_dir, &remembered.ca_path)),
+        };
+        let signer = store
+            .load_crypto()?
+            .ok_or_else(|| ClientError::Corrupt("the Olm account is missing".into()))?;
+        store.write(|writer| writer.prune_seen(wall_ms()))?;
+        let mut outbox = Outbox::new();
+        for row in store.outbox()? {
+            outbox.insert(
+                Pending {
+                    chat: row.chat,
+                    sender_seq: row.sender_seq,
+                    client_message_id: row.client_message_id,
+                },
+                0,
+            )?;
+        }
+        Ok(Self {
+            store,
+            signer,
+            identity,
+            settings,
+            outbox,
+            connection: None,
+            pushes: None,
+            rng: StdRng::from_os_rng(),
+            started: Instant::now(),
+            sink,
+            last_problem: None,
+            last_key_upload: None,
+            received: 0,
+            ticks: 0,
+        })
+    }
+
+    /// The registered identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Sends a text to `peer`. Without `wait`, returns once it is sent (✓) or, if that is not
+    /// possible within [`FLUSH_BUDGET_MS`], leaves it pending in the outbox. With `wait`, stays
+    /// connected (processing the queue) until the message reaches `until` or `timeout` passes.
+    pub async fn send(
+        &mut self,
+        peer: &str,
+        text: &str,
+        wait: Option<(Tick, Duration)>,
+    ) -> Result<ClientMessageId> {
+        let mut connect_error = self.connect().await.err();
+        let contact = match self.store.contact_by_name(peer)? {
+            Some(contact) => contact,
+            None => {
+                if let Some(error) = connect_error.take() {
+                    return Err(error);
+                }
+                self.resolve_peer(peer).await?
+            }
+        };
+        if contact.account == self.identity.account {
+            return Err(ClientError::Invalid(
+                "a message to yourself has no recipient device".into(),
+            ));
+        }
+        let content = Content::text(text, wall_ms(), contact.account.0)?;
+        let pending = self.enqueue(contact.account, &content, Some(text))?;
+        let id = pending.client_message_id;
+        self.emit(Event::Tick {
+            id: id.to_string(),
+            peer: contact.name.clone(),
+            tick: Tick::Pending,
+        });
+        match wait {
+            None => {
+                let flushed = self.flush_after_connect(connect_error).await;
+                self.report_still_pending(Some(id)).await?;
+                flushed.map(|()| id)
+            }
+            Some((until, timeout)) => {
+                let deadline = Instant::now() + timeout;
+                match self
+                    .run(Goal::Tick(id, until), Some(deadline), false)
+                    .await?
+                {
+                    RunEnd::Reached => Ok(id),
+                    RunEnd::Interrupted => Err(ClientError::Interrupted),
+                    RunEnd::TimedOut => {
+                        let tick = self
+                            .store
+                            .message(self.identity.address(), id)?
+                            .map_or(Tick::Pending, |m| m.tick);
+                        Err(ClientError::TimedOut(format!(
+                            "message {id} is {} after {:.1} s; it did not reach {} (it stays in the outbox if unsent)",
+                            tick.label(),
+                            timeout.as_secs_f64(),
+                            until.name()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes the outbox, fetches and acknowledges everything queued, then reports a summary.
+    pub async fn sync(&mut self) -> Result<()> {
+        let retry_until = Instant::now() + Duration::from_millis(SYNC_RETRY_BUDGET_MS);
+        let mut attempts = 0;
+        let mut reached_edge = false;
+        loop {
+            let worked = async {
+                self.connect().await?;
+                reached_edge = true;
+                self.flush(Some(
+                    Instant::now() + Duration::from_millis(FLUSH_BUDGET_MS),
+                ))
+                .await?;
+                self.fetch_all().await
+            }
+            .await;
+            match worked {
+                Ok(()) => break,
+                Err(error)
+                    if (error.is_retryable() || error.needs_reconnect())
+                        && (reached_edge || !error.is_unreachable())
+                        && Instant::now() < retry_until =>
+                {
+                    attempts += 1;
+                    let delay = retry_delay_ms(attempts, &mut self.rng);
+                    self.emit(Event::Note {
+                        message: format!("{error}; retrying in {delay} ms"),
+                    });
+                    self.disconnect().await;
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.report_still_pending(None).await?;
+        let event = Event::Synced {
+            received: self.received,
+            ticks: self.ticks,
+            pending: self.outbox.len(),
+        };
+        self.emit(event);
+        Ok(())
+    }
+
+    /// Marks every unread message from `peer` read and sends the end-to-end encrypted receipt;
+    /// returns how many were marked.
+    pub async fn read(&mut self, peer: &str) -> Result<usize> {
+        let contact = self.resolve_peer(peer).await?;
+        let unread = self.store.unread_from(contact.account)?;
+        let ids: Vec<ClientMessageId> = unread
+            .iter()
+            .map(|message| message.client_message_id)
+            .collect();
+        let now = wall_ms();
+        let chat = ChatId::direct(self.identity.account, contact.account);
+        let mut entries = Vec::new();
+        let mut contents = Vec::new();
+        for chunk in ids.chunks(READ_RECEIPT_IDS_MAX) {
+            let content = Content::read(
+                chunk.iter().map(|id| id.0).collect(),
+                now,
+                contact.account.0,
+            )?;
+            contents.push((ClientMessageId(self.rng.random()), content.to_bytes()));
+        }
+        self.store.write(|writer| {
+            writer.mark_read_locally(contact.account, &ids, now)?;
+            for (id, content) in &contents {
+                let sender_seq = writer.take_sender_seq(chat)?;
+                let row = OutboxRow {
+                    chat,
+                    sender_seq,
+                    client_message_id: *id,
+                    peer: contact.account,
+                    content: content.clone(),
+                    envelope: None,
+                };
+                writer.insert_outbox(&row, now)?;
+                entries.push(Pending {
+                    chat,
+                    sender_seq,
+                    client_message_id: *id,
+                });
+            }
+            Ok(())
+        })?;
+        for entry in &entries {
+            self.outbox.insert(*entry, self.now_ms())?;
+        }
+        self.emit(Event::MarkedRead {
+            peer: contact.name.clone(),
+            count: ids.len(),
+        });
+        if !self.outbox.is_empty() {
+            let connect_error = self.connect().await.err();
+            let flushed = self.flush_after_connect(connect_error).await;
+            self.report_still_pending(None).await?;
+            flushed?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Stays connected, reporting messages and ticks as pushes arrive, reconnecting with jittered
+    /// backoff after a drop, until Ctrl-C or `timeout`. The first connection must succeed.
+    pub async fn listen(&mut self, timeout: Option<Duration>) -> Result<()> {
+        // No edge at all is a clear failure; an edge that cannot serve yet is waited for.
+        if let Err(error) = self.connect().await {
+            if error.is_unreachable() || !(error.is_retryable() || error.needs_reconnect()) {
+                return Err(error);
+            }
+            self.emit(Event::Note {
+                message: format!("{error}; retrying"),
+            });
+        }
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        self.run(Goal::Forever, deadline, true).await?;
+        Ok(())
+    }
+
+    /// Reports the chat with `peer` in order (local only).
+    pub async fn history(&mut self, peer: &str) -> Result<()> {
+        let contact = self
+            .store
+            .contact_by_name(peer)?
+            .ok_or_else(|| ClientError::UnknownPeer(peer.into()))?;
+        for message in self.store.history(contact.account)? {
+            let from = if message.outgoing {
+                self.identity.name.clone()
+            } else {
+                contact.name.clone()
+            };
+            self.emit(Event::History {
+                id: message.client_message_id.to_string(),
+                direction: if message.outgoing {
+                    Direction::Out
+                } else {
+                    Direction::In
+                },
+                from,
+                peer: contact.name.clone(),
+                time_ms: message.time_ms(),
+                text: message.text.clone(),
+                tick: message.outgoing.then_some(message.tick),
+                read: (!message.outgoing).then_some(message.read_at_ms.is_some()),
+                undecryptable: message.undecryptable.clone(),
+                failed: message.failed.clone(),
+                chat_seq: message.chat_seq,
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes the connection, if any, letting the edge know.
+    pub async fn close(mut self) {
+        self.disconnect().await;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Connection
+
+    /// Connects and authenticates if not connected; tops up one-time keys when they run low.
+    async fn connect(&mut self) -> Result<()> {
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(EdgeConnection::is_open)
+        {
+            return Ok(());
+        }
+        self.disconnect().await;
+        let mut connection = connect_any(&self.settings).await?;
+        let (remaining, pushes) = match connection
+            .authenticate(self.identity.address(), &self.signer)
+            .await
+        {
+            Ok(authenticated) => authenticated,
+            Err(error) => {
+                connection.close().await;
+                return Err(error);
+            }
+        };
+        self.connection = Some(connection);
+        self.pushes = Some(pushes);
+        self.last_key_upload = None;
+        self.replenish_keys(remaining).await
+    }
+
+    async fn disconnect(&mut self) {
+        self.pushes = None;
+        if let Some(connection) = self.connection.take() {
+            connection.close().await;
+        }
+    }
+
+    fn connection(&self) -> Result<&EdgeConnection> {
+        self.connection
+            .as_ref()
+            .ok_or_else(|| ClientError::EdgeUnreachable("not connected".into()))
+    }
+
+    /// Uploads fresh one-time keys when the edge reports fewer than the low watermark. A failed
+    /// upload is reported and retried later; it never fails the command.
+    async fn replenish_keys(&mut self, remaining: u32) -> Result<()> {
+        if remaining >= ONE_TIME_KEYS_LOW_WATERMARK {
+            return Ok(());
+        }
+        if self
+            .last_key_upload
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(KEY_UPLOAD_INTERVAL_MS))
+        {
+            return Ok(());
+        }
+        self.last_key_upload = Some(Instant::now());
+        let wanted = (ONE_TIME_KEYS_AT_REGISTRATION as u32).saturating_sub(remaining);
+        let count = (wanted as usize).clamp(1, ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        // The private halves are durable before the public halves leave the device. Keys left
+        // unpublished by an earlier failed upload go first, instead of new ones.
+        let mut keys = self.store.write(|writer| {
+            let mut crypto = writer.load_crypto()?;
+            if crypto.unpublished_one_time_keys().is_empty() {
+                crypto.generate_one_time_keys(count);
+                writer.save_crypto(&crypto.take_changes()?)?;
+            }
+            Ok(crypto.unpublished_one_time_keys())
+        })?;
+        keys.truncate(ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        match self.connection()?.upload_one_time_keys(keys).await {
+            Ok(_) => self.store.write(|writer| {
+                let mut crypto = writer.load_crypto()?;
+                crypto.mark_keys_published();
+                writer.save_crypto(&crypto.take_changes()?)
+            })?,
+            Err(error) if error.is_retryable() || matches!(error, ClientError::Remote(_)) => {
+                self.emit(Event::Note {
+                    message: format!("uploading one-time keys failed: {error}"),
+                });
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    /// The account named `name`: a known contact, else asked of the directory (and remembered).
+    async fn resolve_peer(&mut self, name: &str) -> Result<Contact> {
+        validate_account_name(name).map_err(|_| ClientError::UnknownPeer(name.into()))?;
+        if let Some(contact) = self.store.contact_by_name(name)? {
+            return Ok(contact);
+        }
+        self.connect().await?;
+        let info = match self.connection()?.lookup_name(name).await {
+            Ok(info) => info,
+            Err(ClientError::Remote(error)) if error.code == ErrorCode::UnknownAccount => {
+                return Err(ClientError::UnknownPeer(name.into()));
+            }
+            Err(error) => return Err(error),
+        };
+        if info.account == 0 || info.name != name {
+            return Err(ClientError::UnexpectedResponse(format!(
+                "lookup of {name} answered {:?}",
+                info.name
+            )));
+        }
+        let contact = Contact {
+            account: AccountId(info.account),
+            name: info.name,
+            region: info.region,
+        };
+        self.store.write(|writer| writer.upsert_contact(&contact))?;
+        Ok(contact)
+    }
+
+    /// A name for `account` to show: own name, a contact, or the directory's answer.
+    async fn name_of(&mut self, account: AccountId) -> String {
+        if account == self.identity.account {
+            return self.identity.name.clone();
+        }
+        if let Ok(Some(contact)) = self.store.contact_by_account(account) {
+            return contact.name;
+        }
+        if let Some(connection) = &self.connection
+            && let Ok(info) = connection.lookup_account(account).await
+            && info.account == account.0
+        {
+            let contact = Contact {
+                account,
+                name: info.name,
+                region: info.region,
+            };
+            if self
+                .store
+                .write(|writer| writer.upsert_contact(&contact))
+                .is_ok()
+            {
+                return contact.name;
+            }
+        }
+        format!("#{}", account.0)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Outbox
+
+    /// Puts a content in the outbox of the chat with `peer` under the chat's next sender_seq;
+    /// a text is also recorded as a pending outgoing message.
+    fn enqueue(
+        &mut self,
+        peer: AccountId,
+        content: &Content,
+        text: Option<&str>,
+    ) -> Result<Pending> {
+        let me = self.identity.address();
+        let chat = ChatId::direct(me.account, peer);
+        let id = ClientMessageId(self.rng.random());
+        let now = wall_ms();
+        let sent_at_ms = match &content.body {
+            Some(crate::content::body::Body::Text(text)) => text.sent_at_ms,
+            _ => now,
+        };
+        let bytes = content.to_bytes();
+        let sender_seq = self.store.write(|writer| {
+            let sender_seq = writer.take_sender_seq(chat)?;
+            if let Some(text) = text {
+                writer.insert_message(&NewMessage {
+                    chat,
+                    peer,
+                    outgoing: true,
+                    sender: me,
+                    client_message_id: id,
+                    sender_seq,
+                    chat_seq: None,
+                    text: Some(text),
+                    sent_at_ms,
+                    server_time_ms: None,
+                    tick: Tick::Pending,
+                    undecryptable: None,
+                })?;
+            }
+            let row = OutboxRow {
+                chat,
+                sender_seq,
+                client_message_id: id,
+                peer,
+                content: bytes,
+                envelope: None,
+            };
+            writer.insert_outbox(&row, now)?;
+            Ok(sender_seq)
+        })?;
+        let pending = Pending {
+            chat,
+            sender_seq,
+            client_message_id: id,
+        };
+        self.outbox.insert(pending, self.now_ms())?;
+        Ok(pending)
+    }
+
+    /// Flushes the outbox for up to [`FLUSH_BUDGET_MS`] after a connection attempt that ended with
+    /// `connect_error`: skipped (noting why) when no edge can be reached at all; an error that no
+    /// retry can fix fails the command (the entries stay in the outbox either way).
+    async fn flush_after_connect(&mut self, connect_error: Option<ClientError>) -> Result<()> {
+        match connect_error {
+            Some(error) if error.is_unreachable() => {
+                self.last_problem = Some(error.to_string());
+                Ok(())
+            }
+            Some(error) if !(error.is_retryable() || error.needs_reconnect()) => Err(error),
+            _ => {
+                self.flush(Some(
+                    Instant::now() + Duration::from_millis(FLUSH_BUDGET_MS),
+                ))
+                .await
+            }
+        }
+    }
+
+    /// Sends every due outbox entry; with `until`, also waits for retries due before it.
+    async fn flush(&mut self, until: Option<Instant>) -> Result<()> {
+        self.sync_outbox()?;
+        loop {
+            if let Some(pending) = self.outbox.poll_transmit(self.now_ms()) {
+                self.transmit(pending).await?;
+                continue;
+            }
+            let Some(due) = self.outbox.poll_timeout() else {
+                return Ok(());
+            };
+            let due = self.instant_of(due);
+            match until {
+                Some(limit) if due <= limit => tokio::time::sleep_until(due).await,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Brings the in-memory outbox in line with the stored one, which another process using the
+    /// same data directory (say `relay read` while `relay listen` runs) may have changed.
+    fn sync_outbox(&mut self) -> Result<()> {
+        let rows: Vec<Pending> = self
+            .store
+            .outbox()?
+            .into_iter()
+            .map(|row| Pending {
+                chat: row.chat,
+                sender_seq: row.sender_seq,
+                client_message_id: row.client_message_id,
+            })
+            .collect();
+        for entry in self.outbox.entries() {
+            if !rows.contains(&entry) {
+                self.outbox.remove(entry);
+            }
+        }
+        let now = self.now_ms();
+        for row in rows {
+            if !self.outbox.entries().contains(&row) {
+                self.outbox.insert(row, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One send attempt of an outbox entry and everything its outcome asks for.
+    async fn transmit(&mut self, pending: Pending) -> Result<()> {
+        let Some(row) = self.store.outbox_entry(pending.client_message_id)? else {
+            // Gone from the store (nothing else removes entries, but never loop on it).
+            let now = self.now_ms();
+            self.outbox
+                .handle_outcome(pending, Outcome::Refused, now, &mut self.rng)?;
+            return Ok(());
+        };
+        let (result, sent) = self.attempt_send(&row).await;
+        let mut commits = Vec::new();
+        let mut problem = String::new();
+        let outcome = match result {
+            Ok(send_outcome::Outcome::Sent(everywhere)) => {
+                commits = everywhere.commits;
+                Outcome::Sent
+            }
+            Ok(send_outcome::Outcome::Mismatched(mismatched)) => {
+                let me = self.identity.account;
+                self.store.write(|writer| {
+                    for account in &mismatched.accounts {
+                        if account.account == row.peer.0 || account.account == me.0 {
+                            let devices: Vec<DeviceId> =
+                                account.devices.iter().map(|d| DeviceId(*d)).collect();
+                            writer.set_current_devices(AccountId(account.account), &devices)?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                Outcome::Mismatched
+            }
+            Ok(send_outcome::Outcome::ResendFrom(resend)) => {
+                Outcome::ResendFrom(resend.expected_sender_seq)
+            }
+            Err(error) => match self.classify(&error).await {
+                Some(outcome) => {
+                    problem = error.to_string();
+                    outcome
+                }
+                None => return Err(error),
+            },
+        };
+        let now = self.now_ms();
+        let mut next = self
+            .outbox
+            .handle_outcome(pending, outcome, now, &mut self.rng)?;
+        loop {
+            match next {
+                Next::Confirmed(entry) => {
+                    self.confirm(&row, entry, &commits).await?;
+                    return Ok(());
+                }
+                Next::Reencrypt(entry) => match self.build_envelope(&row, sent.as_ref()).await {
+                    Ok(_) => {
+                        self.outbox.handle_reencrypted(entry, self.now_ms())?;
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        let Some(outcome) = self.classify(&error).await else {
+                            return Err(error);
+                        };
+                        problem = error.to_string();
+                        let now = self.now_ms();
+                        next = self
+                            .outbox
+                            .handle_outcome(entry, outcome, now, &mut self.rng)?;
+                    }
+                },
+                Next::Renumber {
+                    chat,
+                    moves,
+                    next_sender_seq,
+                } => {
+                    let me = self.identity.address();
+                    self.store
+                        .write(|writer| writer.renumber(chat, me, &moves, next_sender_seq))?;
+                    return Ok(());
+                }
+                Next::RetryAt(_) => {
+                    if !problem.is_empty() {
+                        self.last_problem = Some(problem);
+                    }
+                    return Ok(());
+                }
+                Next::Dropped(entry) => {
+                    let me = self.identity.address();
+                    let reason = if problem.is_empty() {
+                        "refused".to_owned()
+                    } else {
+                        problem
+                    };
+                    let known = self.store.message(me, entry.client_message_id)?.is_some();
+                    self.store.write(|writer| {
+                        writer.remove_outbox(entry.client_message_id)?;
+                        writer.mark_failed(me, entry.client_message_id, &reason)
+                    })?;
+                    let peer = self.name_of(row.peer).await;
+                    if known {
+                        self.emit(Event::Failed {
+                            id: entry.client_message_id.to_string(),
+                            peer,
+                            reason,
+                        });
+                    } else {
+                        self.emit(Event::Note {
+                            message: format!("a read receipt to {peer} was refused: {reason}"),
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// What a failed attempt means for the entry: retry later, give up, or (`None`) stop the
+    /// command because the failure is local (the store).
+    async fn classify(&mut self, error: &ClientError) -> Option<Outcome> {
+        if error.needs_reconnect() {
+            self.disconnect().await;
+        }
+        match error {
+            _ if error.is_retryable() || error.needs_reconnect() => Some(Outcome::Retry),
+            ClientError::UnexpectedResponse(_) => Some(Outcome::Retry),
+            ClientError::Remote(_)
+            | ClientError::IdentityChanged(_)
+            | ClientError::Crypto(_)
+            | ClientError::Invalid(_)
+            | ClientError::UnknownPeer(_) => Some(Outcome::Refused),
+            _ => None,
+        }
+    }
+
+    /// Sends an entry's stored envelope (building it first if it has none); returns the outcome
+    /// and the envelope sent.
+    async fn attempt_send(
+        &mut self,
+        row: &OutboxRow,
+    ) -> (Result<send_outcome::Outcome>, Option<Envelope>) {
+        if let Err(error) = self.connect().await {
+            return (Err(error), None);
+        }
+        let envelope = match &row.envelope {
+            Some(bytes) => match Envelope::decode(bytes.as_slice()) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    return (
+                        Err(ClientError::Corrupt(format!("stored envelope: {error}"))),
+                        None,
+                    );
+                }
+            },
+            None => match self.build_envelope(row, None).await {
+                Ok(envelope) => envelope,
+                Err(error) => return (Err(error), None),
+            },
+        };
+        let result = match self.connection() {
+            Ok(connection) => connection.send(envelope.clone()).await.and_then(|outcome| {
+                outcome.outcome.ok_or_else(|| {
+                    ClientError::UnexpectedResponse("a send outcome with no result".into())
+                })
+            }),
+            Err(error) => Err(error),
+        };
+        (result, Some(envelope))
+    }
+
+    /// Records a confirmed send: out of the outbox, sequenced, ticked ✓.
+    async fn confirm(
+        &mut self,
+        row: &OutboxRow,
+        entry: Pending,
+        commits: &[Committed],
+    ) -> Result<()> {
+        let me = self.identity.address();
+        let own = commits
+            .iter()
+            .find(|commit| commit.region == self.identity.region);
+        let moved = self.store.write(|writer| {
+            writer.remove_outbox(entry.client_message_id)?;
+            writer.set_sequenced(
+                me,
+                entry.client_message_id,
+                own.map(|commit| commit.chat_seq),
+                own.map(|commit| commit.server_time_ms),
+            )?;
+            writer.advance_tick(me, entry.client_message_id, Tick::Sent)
+        })?;
+        if moved {
+            let peer = self.name_of(row.peer).await;
+            self.emit(Event::Tick {
+                id: entry.client_message_id.to_string(),
+                peer,
+                tick: Tick::Sent,
+            });
+        }
+        Ok(())
+    }
+
+    /// Current devices of `account` to encrypt for (never this device).
+    fn targets(&self, account: AccountId) -> Result<Vec<DeviceAddress>> {
+        let me = self.identity.address();
+        Ok(self
+            .store
+            .known_devices(account)?
+            .into_iter()
+            .filter(|device| device.current && device.address != me)
+            .map(|device| device.address)
+            .collect())
+    }
+
+    /// Encrypts an outbox entry's content for exactly the current devices of the peer and of this
+    /// account (other than this device), claiming keys for devices without a session. Ciphertexts
+    /// of `reuse` for devices still current are kept. Stores the envelope with the Olm state, in
+    /// one transaction, before it can be sent.
+    async fn build_envelope(
+        &mut self,
+        row: &OutboxRow,
+        reuse: Option<&Envelope>,
+    ) -> Result<Envelope> {
+        let me = self.identity.address();
+        let accounts = envelope::recipient_accounts(row.peer, me.account);
+        let reused = |device: DeviceAddress| {
+            reuse.and_then(|envelope| {
+                envelope
+                    .ciphertexts
+                    .iter()
+                    .find(|ciphertext| ciphertext.recipient == device.into())
+                    .cloned()
+            })
+        };
+        let mut claimed = Vec::new();
+        for account in accounts {
+            let targets = self.targets(account)?;
+            let mut missing = account == row.peer && targets.is_empty();
+            for device in &targets {
+                missing |= reused(*device).is_none() && !self.store.has_session(*device)?;
+            }
+            if missing {
+                claimed.extend(self.claim_keys(account).await?);
+            }
+        }
+        self.store.write(|writer| {
+            let mut crypto = writer.load_crypto()?;
+            for (device, identity_key, one_time_key) in &claimed {
+                if !crypto.has_session(*device)
+                    && let Some(one_time_key) = one_time_key
+                {
+                    crypto.create_outbound_session(*device, identity_key, one_time_key)?;
+                }
+            }
+            let mut targets = Vec::new();
+            for account in accounts {
+                for known in writer.known_devices(account)? {
+                    if known.current {
+                        targets.push(known.address);
+                    }
+                }
+            }
+            let envelope = envelope::assemble(&mut crypto, me, row, &targets, reuse)?;
+            writer.save_crypto(&crypto.take_changes()?)?;
+            writer.set_envelope(row.client_message_id, &envelope.encode_to_vec())?;
+            Ok(envelope)
+        })
+    }
+
+    /// Claims keys of `account`'s current devices, trusts their identity keys on first use and
+    /// records them as the current devices; returns each other device's identity key and claimed
+    /// one-time key (sessions start when the envelope is built).
+    async fn claim_keys(
+        &mut self,
+        account: AccountId,
+    ) -> Result<Vec<(DeviceAddress, [u8; 32], Option<Vec<u8>>)>> {
+        let me = self.identity.address();
+        let bundle = self.connection()?.claim_keys(account).await?;
+        let mut devices = Vec::new();
+        let mut keyed = Vec::new();
+        for keys in &bundle.devices {
+            if keys.device == 0 {
+                return Err(ClientError::UnexpectedResponse(
+                    "a device numbered 0".into(),
+                ));
+            }
+            let device = DeviceAddress {
+                account,
+                device: DeviceId(keys.device),
+            };
+            devices.push(device.device);
+            if device == me {
+                continue;
+            }
+            let identity_key =
+                <[u8; 32]>::try_from(keys.identity_key.as_slice()).map_err(|_| {
+                    ClientError::UnexpectedResponse(format!("identity key of {device}"))
+                })?;
+            keyed.push((
+                device,
+                identity_key,
+                keys.one_time_key.as_ref().map(|key| key.public_key.clone()),
+            ));
+        }
+        self.store.write(|writer| {
+            for (device, identity_key, _) in &keyed {
+                writer.trust_device(*device, identity_key, true)?;
+            }
+            writer.set_current_devices(account, &devices)
+        })?;
+        Ok(keyed)
+    }
+
+    /// Reports outbox entries still waiting (all, or just `only`), with the last problem seen.
+    async fn report_still_pending(&mut self, only: Option<ClientMessageId>) -> Result<()> {
+        let reason = self
+            .last_problem
+            .clone()
+            .unwrap_or_else(|| "not sent yet".into());
+        for row in self.store.outbox()? {
+            if only.is_some_and(|id| id != row.client_message_id) {
+                continue;
+            }
+            let peer = self.name_of(row.peer).await;
+            self.emit(Event::StillPending {
+                id: row.client_message_id.to_string(),
+                peer,
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Queue
+
+    /// Fetches and processes the queue until it is empty, acknowledging what was committed.
+    async fn fetch_all(&mut self) -> Result<()> {
+        self.connect().await?;
+        for _ in 0..FETCH_ROUNDS_MAX {
+            let acks = self.store.pending_acks()?;
+            let cursor = self.store.queue_cursor()?;
+            let batch = self
+                .connection()?
+                .fetch(acks.clone(), cursor, QUEUE_FETCH_ENTRIES_MAX)
+                .await?;
+            if !acks.is_empty() {
+                self.store.write(|writer| writer.acked(&acks))?;
+            }
+            let count = batch.entries.len();
+            if count > 0 {
+                let me = self.identity.address();
+                let now = wall_ms();
+                let reports = self
+                    .store
+                    .write(|writer| process_entries(writer, me, cursor, &batch.entries, now))?;
+                self.report(reports).await;
+            }
+            self.replenish_keys(batch.one_time_keys_remaining).await?;
+            if count == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, reports: Vec<Inbound>) {
+        for report in reports {
+            let event = match report {
+                Inbound::Message {
+                    id,
+                    sender,
+                    peer,
+                    outgoing,
+                    chat_seq,
+                    time_ms,
+                    sent_at_ms,
+                    text,
+                } => {
+                    self.received += 1;
+                    Event::Message {
+                        id: id.to_string(),
+                        from: self.name_of(sender.account).await,
+                        peer: self.name_of(peer).await,
+                        direction: if outgoing {
+                            Direction::Out
+                        } else {
+                            Direction::In
+                        },
+                        sender_device: sender.to_string(),
+                        chat_seq,
+                        time_ms,
+                        sent_at_ms,
+                        text,
+                    }
+                }
+                Inbound::Undecryptable {
+                    id,
+                    sender,
+                    time_ms,
+                    reason,
+                } => {
+                    self.received += 1;
+                    Event::Undecryptable {
+                        id: id.to_string(),
+                        from: self.name_of(sender.account).await,
+                        sender_device: sender.to_string(),
+                        time_ms,
+                        reason,
+                    }
+                }
+                Inbound::Tick { id, peer, tick } => Event::Tick {
+                    id: id.to_string(),
+                    peer: self.name_of(peer).await,
+                    tick,
+                },
+                Inbound::Expired { id, peer, device } => Event::Expired {
+                    id: id.to_string(),
+                    peer: self.name_of(peer).await,
+                    device: device.to_string(),
+                },
+                Inbound::ReadElsewhere { peer, count } => Event::Note {
+                    message: format!(
+                        "{count} message(s) from {} were read on another device",
+                        self.name_of(peer).await
+                    ),
+                },
+                Inbound::Warning(message) => Event::Note { message },
+            };
+            self.emit(event);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Waiting
+
+    /// Stays connected until `goal`, the deadline or Ctrl-C: flushes due outbox entries, fetches
+    /// on every push (and every [`POLL_INTERVAL_MS`]), reconnects with jittered backoff.
+    async fn run(
+        &mut self,
+        goal: Goal,
+        deadline: Option<Instant>,
+        listening: bool,
+    ) -> Result<RunEnd> {
+        // Without a signal handler (it failed to register) the wait is only ended by the others.
+        let mut interrupted = pin!(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        let mut reconnects = 0u32;
+        let mut announced = false;
+        loop {
+            if self.goal_reached(goal)? {
+                return Ok(RunEnd::Reached);
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Ok(RunEnd::TimedOut);
+            }
+            if self.connection.is_none() {
+                match self.connect().await {
+                    Ok(()) => {
+                        if reconnects > 0 && listening {
+                            let edge = self
+                                .connection
+                                .as_ref()
+                                .map(|c| c.edge().to_string())
+                                .unwrap_or_default();
+                            self.emit(Event::Note {
+                                message: format!("reconnected to the edge at {edge}"),
+                            });
+                        }
+                        reconnects = 0;
+                    }
+                    Err(error) if error.is_retryable() || error.needs_reconnect() => {
+                        reconnects += 1;
+                        let delay = retry_delay_ms(reconnects, &mut self.rng);
+                        self.emit(Event::Note {
+                            message: format!("{error}; retrying in {delay} ms"),
+                        });
+                        let wake =
+                            earliest(Instant::now() + Duration::from_millis(delay), deadline);
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(wake) => {}
+                            _ = &mut interrupted => return Ok(RunEnd::Interrupted),
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if listening && !announced {
+                announced = true;
+                self.emit(Event::Listening {
+                    name: self.identity.name.clone(),
+                });
+            }
+            let worked = async {
+                self.flush(None).await?;
+                self.fetch_all().await
+            }
+            .await;
+            match worked {
+                Ok(()) => {}
+                Err(error) if error.is_retryable() || error.needs_reconnect() => {
+                    self.emit(Event::Note {
+                        message: format!("connection to the edge lost ({error}); reconnecting"),
+                    });
+                    self.disconnect().await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+            if self.goal_reached(goal)? {
+                return Ok(RunEnd::Reached);
+            }
+            let mut wake = Instant::now() + Duration::from_millis(POLL_INTERVAL_MS);
+            if let Some(due) = self.outbox.poll_timeout() {
+                wake = wake.min(self.instant_of(due));
+            }
+            let wake = earliest(wake, deadline);
+            tokio::select! {
+                push = next_push(&mut self.pushes) => match push {
+                    Some(Push::QueueAvailable(_)) => {}
+                    Some(Push::Closed(reason)) => {
+                        self.emit(Event::Note { message: format!("connection to the edge lost ({reason}); reconnecting") });
+                        self.disconnect().await;
+                    }
+                    None => self.disconnect().await,
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = &mut interrupted => return Ok(RunEnd::Interrupted),
+            }
+        }
+    }
+
+    fn goal_reached(&self, goal: Goal) -> Result<bool> {
+        let Goal::Tick(id, until) = goal else {
+            return Ok(false);
+        };
+        let message = self
+            .store
+            .message(self.identity.address(), id)?
+            .ok_or_else(|| ClientError::Corrupt(format!("message {id} vanished")))?;
+        if let Some(reason) = message.failed {
+            return Err(ClientError::Invalid(format!(
+                "message {id} failed: {reason}"
+            )));
+        }
+        Ok(message.tick >= until)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Small things
+
+    fn emit(&mut self, event: Event) {
+        if matches!(event, Event::Tick { .. }) {
+            self.ticks += 1;
+        }
+        (self.sink)(event);
+    }
+
+    /// Milliseconds since this client opened: the outbox's clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn instant_of(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+}
+
+/// Finds the edges for the settings' address and connects to the first that answers.
+async fn connect_any(settings: &Settings) -> Result<EdgeConnection> {
+    let edges = locate_edges(settings.locator, settings.bind_ip).await?;
+    let mut problems = Vec::new();
+    for edge in edges {
+        match EdgeConnection::connect(edge, settings.bind_ip, &settings.ca_path).await {
+            Ok(connection) => return Ok(connection),
+            Err(ClientError::Net(error)) => problems.push(format!("{edge}: {error}")),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(ClientError::EdgeUnreachable(problems.join("; ")))
+}
+
+async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
+    match pushes {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn earliest(instant: Instant, deadline: Option<Instant>) -> Instant {
+    deadline.map_or(instant, |deadline| instant.min(deadline))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (message timestamps only, never timers).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+fn resolve(data_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_relative() {
+        data_dir.join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Creates the data directory readable only by its owner (it holds private keys).
+fn create_private_dir(path: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)?;
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! The `relay` command line: argument parsing (clap), one line of output per [`Event`] (human or
+//! `--json`), and exit codes. All behaviour lives in [`crate::app`]; this is the edge where
+//! library errors become messages on stderr.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{Client, Overrides, register};
+use crate::error::ClientError;
+use crate::events::{Direction, Event, format_time_ms};
+use crate::store::Tick;
+
+/// Exit code of a command that failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of bad flags or arguments.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `send --wait` when the timeout passed first.
+pub const EXIT_TIMEOUT: u8 = 3;
+/// Exit code of `send --wait` interrupted by Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+const ABOUT: &str = "Relay: end-to-end encrypted chat through the nearest edge";
+
+const LONG_ABOUT: &str = "\
+Relay: end-to-end encrypted chat through the nearest edge.
+
+Each data directory is one device of one account. `register` creates it; every other command
+works on it. Messages are encrypted per recipient device with Olm; no server sees their text,
+nor whether you read them.
+
+A first conversation:
+  relay --data alice register alice --locator 127.0.0.1:5353 --bind 127.0.1.10 --ca ca.pem
+  relay --data bob   register bob   --locator 127.0.0.1:5353 --bind 127.0.2.10 --ca ca.pem
+  relay --data alice send bob 'hello bob' --wait --until delivered --timeout 30 &
+  relay --data bob   sync            # prints alice's message; the ack makes alice's tick ✓✓
+  relay --data bob   read alice      # sends an encrypted read receipt
+  relay --data alice history bob
+  relay --data bob   listen --timeout 60";
+
+const AFTER_HELP: &str = "\
+OUTPUT
+  stdout carries one line per event; notes and errors go to stderr. With --json each stdout line
+  is one JSON object with an \"event\" field (times are ms since the Unix epoch, ids 32 hex digits):
+    {\"event\":\"registered\",\"name\":N,\"account\":A,\"device\":D,\"region\":R}
+        registered N: account A, device D, region R
+    {\"event\":\"listening\",\"name\":N}
+        listening as N
+    {\"event\":\"tick\",\"id\":ID,\"peer\":P,\"tick\":\"pending\"|\"sent\"|\"delivered\"|\"read\"}
+        ID → P: pending | sent ✓ | delivered ✓✓ | read
+    {\"event\":\"message\",\"id\":ID,\"from\":F,\"peer\":P,\"direction\":\"in\"|\"out\",
+     \"sender_device\":\"A/D\",\"chat_seq\":S,\"time_ms\":T,\"sent_at_ms\":T,\"text\":X}
+        [TIME] F: X            (direction out, a copy from another own device: [TIME] F → P: X)
+    {\"event\":\"undecryptable\",\"id\":ID,\"from\":F,\"sender_device\":\"A/D\",\"time_ms\":T,\"reason\":R}
+        [TIME] F: ⚠ undecryptable message ID (R)
+    {\"event\":\"expired\",\"id\":ID,\"peer\":P,\"device\":\"A/D\"}
+        ID → P: not delivered to device A/D (expired)
+    {\"event\":\"failed\",\"id\":ID,\"peer\":P,\"reason\":R}
+        ID → P: failed (R)
+    {\"event\":\"still_pending\",\"id\":ID,\"peer\":P,\"reason\":R}
+        ID → P: still pending (R); the outbox retries it on the next relay command
+    {\"event\":\"marked_read\",\"peer\":P,\"count\":C}
+        marked C message(s) from P read
+    {\"event\":\"history\",\"id\":ID,\"direction\":\"in\"|\"out\",\"from\":F,\"peer\":P,\"time_ms\":T,
+     \"text\":X|null,\"tick\":TICK|null,\"read\":BOOL|null,\"undecryptable\":R|null,
+     \"failed\":R|null,\"chat_seq\":S|null}
+        [TIME] → P: X (TICK)           an outgoing message and its tick
+        [TIME] ← F: X                  an incoming message (\" (unread)\" until `relay read`)
+    {\"event\":\"synced\",\"received\":N,\"ticks\":M,\"pending\":K}
+        synced: N new message(s), M tick change(s), K pending in the outbox
+  TIME is RFC 3339 UTC with milliseconds. In human output a newline inside a text prints as \\n.
+
+EXIT CODES
+  0 success (also `send` without --wait leaving the message pending: the outbox retries it on
+  the next command, and `listen` ending at its timeout or on Ctrl-C); 1 failure (not registered,
+  unknown peer, unreachable locator or edge, refused); 2 bad flags; 3 `send --wait` timed out;
+  130 `send --wait` interrupted.";
+
+/// The `relay` command line.
+#[derive(Debug, Parser)]
+#[command(name = "relay", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    /// The data directory of this device (created by `register`; also from $RELAY_DATA).
+    #[arg(long, global = true, env = "RELAY_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Print one JSON object per line instead of human-readable lines.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The edge locator's DNS address (remembered by `register`; given later, it overrides).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub locator: Option<SocketAddr>,
+    /// The local IP to send from; the locator picks the edge by it (remembered by `register`).
+    #[arg(long, global = true, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// The deployment's CA certificate, PEM (copied into the data directory by `register`).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an account named NAME with this device as its first device.
+    ///
+    /// Needs --locator, --bind and --ca; they are remembered for later commands. The account's
+    /// home region is the region of the edge the locator names for --bind.
+    Register {
+        /// The account name: 1 to 64 characters of a-z, 0-9, '_', '-', '.'.
+        name: String,
+        /// A registration token issued by an operator (`relayd admin token`; optional on a devnet).
+        #[arg(long, default_value = "")]
+        token: String,
+    },
+    /// Send TEXT to PEER and print the message id with its tick.
+    ///
+    /// Prints `ID → PEER: pending`, then `ID → PEER: sent ✓` once every destination region
+    /// stored it. If that does not happen within 20 s (edge unreachable, retries failing), the
+    /// message stays in the durable outbox, a `still pending` line says why, and the exit code is
+    /// 0: the next relay command retries it. With --wait (implied by --until or --timeout) it
+    /// stays connected, prints each tick as it moves (and any message received meanwhile), and
+    /// exits once the tick reaches --until, or with exit code 3 after --timeout.
+    Send {
+        /// The account to send to.
+        peer: String,
+        /// The text.
+        text: String,
+        /// Wait for a tick (see --until) instead of exiting after ✓.
+        #[arg(long)]
+        wait: bool,
+        /// The tick to wait for (default read).
+        #[arg(long, value_enum, value_name = "TICK")]
+        until: Option<Until>,
+        /// How long to wait, in seconds (default 60).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
+    /// Send what waits in the outbox, then fetch, print and acknowledge everything queued.
+    ///
+    /// Acknowledging makes the server send a delivered receipt (✓✓) to each sender. Ends with a
+    /// `synced:` summary line.
+    Sync,
+    /// Mark every unread message from PEER read and send PEER an end-to-end encrypted receipt.
+    ///
+    /// Only messages already fetched (by sync, listen or send --wait) count.
+    Read {
+        /// The account whose messages were read.
+        peer: String,
+    },
+    /// Stay connected and print messages and tick changes as they arrive.
+    ///
+    /// Prints `listening as NAME` once connected and authenticated. Reconnects with jittered
+    /// backoff if the connection drops. Ends on Ctrl-C or after --timeout (exit code 0).
+    Listen {
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
+    /// Print the chat with PEER in order: direction, time, text and tick of each message.
+    History {
+        /// The other account of the chat.
+        peer: String,
+    },
+}
+
+/// A tick to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Until {
+    /// Stored by every destination region (✓).
+    Sent,
+    /// Acknowledged by a device of the peer (✓✓).
+    Delivered,
+    /// Read by the peer.
+    Read,
+}
+
+impl From<Until> for Tick {
+    fn from(until: Until) -> Self {
+        match until {
+            Until::Sent => Tick::Sent,
+            Until::Delivered => Tick::Delivered,
+            Until::Read => Tick::Read,
+        }
+    }
+}
+
+/// Runs the `relay` command line and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let code = match error.downcast_ref::<ClientError>() {
+                Some(ClientError::TimedOut(_)) => EXIT_TIMEOUT,
+                Some(ClientError::Interrupted) => EXIT_INTERRUPTED,
+                _ => error
+                    .downcast_ref::<UsageError>()
+                    .map_or(EXIT_FAILURE, |_| EXIT_USAGE),
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// A usage mistake found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = cli
+        .data
+        .clone()
+        .ok_or_else(|| UsageError("--data DIR is required (or set RELAY_DATA)".into()))?;
+    let json = cli.json;
+    let overrides = Overrides {
+        locator: cli.locator,
+        bind_ip: cli.bind,
+        ca_path: cli.ca.clone(),
+    };
+    let mut print = move |event: Event| print_event(&event, json);
+    match cli.command {
+        Command::Register { name, token } => {
+            register(&data, &name, overrides, &token, &mut print).await?;
+            return Ok(());
+        }
+        Command::Send {
+            peer,
+            text,
+            wait,
+            until,
+            timeout,
+        } => {
+            let wait = if wait || until.is_some() || timeout.is_some() {
+                let seconds = timeout.unwrap_or(60.0);
+                let timeout = Duration::try_from_secs_f64(seconds)
+                    .ok()
+                    .filter(|timeout| !timeout.is_zero())
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "--timeout {seconds}: expected a positive number of seconds"
+                        ))
+                    })?;
+                Some((Tick::from(until.unwrap_or(Until::Read)), timeout))
+            } else {
+                None
+            };
+            let mut client = open(&data, overrides, json)?;
+            let result = client.send(&peer, &text, wait).await;
+            client.close().await;
+            result?;
+        }
+        Command::Sync => {
+            let mut client = open(&data, overrides, json)?;
+            let result = client.sync().await;
+            client.close().await;
+            result?;
+        }
+        Command::Read { peer } => {
+            let mut client = open(&data, overrides, json)?;
+            let result = client.read(&peer).await;
+            client.close().await;
+            result?;
+        }
+        Command::Listen { timeout } => {
+            let timeout = match timeout {
+                Some(seconds) => Some(
+                    Duration::try_from_secs_f64(seconds)
+                        .ok()
+                        .filter(|timeout| !timeout.is_zero())
+                        .ok_or_else(|| {
+                            UsageError(format!(
+                                "--timeout {seconds}: expected a positive number of seconds"
+                            ))
+                        })?,
+                ),
+                None => None,
+            };
+            let mut client = open(&data, overrides, json)?;
+            let result = client.listen(timeout).await;
+            client.close().await;
+            result?;
+        }
+        Command::History { peer } => {
+            let mut client = open(&data, overrides, json)?;
+            let result = client.history(&peer).await;
+            client.close().await;
+            result?;
+        }
+    }
+    Ok(())
+}
+
+fn open(data: &std::path::Path, overrides: Overrides, json: bool) -> anyhow::Result<Client> {
+    Client::open(
+        data,
+        overrides,
+        Box::new(move |event| print_event(&event, json)),
+    )
+    .with_context(|| format!("data directory {}", data.display()))
+}
+
+/// Prints one event: notes to stderr, everything else as one stdout line.
+fn print_event(event: &Event, json: bool) {
+    if let Event::Note { message } = event {
+        eprintln!("note: {message}");
+        return;
+    }
+    let line = if json {
+        match serde_json::to_string(event) {
+            Ok(line) => line,
+            Err(error) => {
+                eprintln!("error: cannot encode an event as JSON: {error}");
+                return;
+            }
+        }
+    } else {
+        human_line(event)
+    };
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (say, `| head -1`) must not panic the process; the command still finishes.
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// The human-readable line of an event (see the OUTPUT section of `relay --help`).
+pub fn human_line(event: &Event) -> String {
+    match event {
+        Event::Registered {
+            name,
+            account,
+            device,
+            region,
+        } => {
+            format!("registered {name}: account {account}, device {device}, region {region}")
+        }
+        Event::Listening { name } => format!("listening as {name}"),
+        Event::Tick { id, peer, tick } => format!("{id} → {peer}: {}", tick.label()),
+        Event::Message {
+            from,
+            peer,
+            direction,
+            time_ms,
+            text,
+            ..
+        } => match direction {
+            Direction::In => format!("[{}] {from}: {}", format_time_ms(*time_ms), one_line(text)),
+            Direction::Out => format!(
+                "[{}] {from} → {peer}: {}",
+                format_time_ms(*time_ms),
+                one_line(text)
+            ),
+        },
+        Event::Undecryptable {
+            id,
+            from,
+            time_ms,
+            reason,
+            ..
+        } => {
+            format!(
+                "[{}] {from}: ⚠ undecryptable message {id} ({reason})",
+                format_time_ms(*time_ms)
+            )
+        }
+        Event::Expired { id, peer, device } => {
+            format!("{id} → {peer}: not delivered to device {device} (expired)")
+        }
+        Event::Failed { id, peer, reason } => format!("{id} → {peer}: failed ({reason})"),
+        Event::StillPending { id, peer, reason } => {
+            format!(
+                "{id} → {peer}: still pending ({reason}); the outbox retries it on the next relay command"
+            )
+        }
+        Event::MarkedRead { peer, count } => format!("marked {count} message(s) from {peer} read"),
+        Event::History {
+            direction,
+            from,
+            peer,
+            time_ms,
+            text,
+            tick,
+            read,
+            undecryptable,
+            failed,
+            ..
+        } => {
+            let body = match (text, undecryptable) {
+                (Some(text), _) => one_line(text),
+                (None, reason) => format!(
+                    "⚠ undecryptable ({})",
+                    reason.as_deref().unwrap_or("unknown")
+                ),
+            };
+            let time = format_time_ms(*time_ms);
+            match direction {
+                Direction::In => {
+                    let unread = if *read == Some(false) && text.is_some() {
+                        " (unread)"
+                    } else {
+                        ""
+                    };
+                    format!("[{time}] ← {from}: {body}{unread}")
+                }
+                Direction::Out => {
+                    let tick = tick.map_or("", Tick::label);
+                    match failed {
+                        Some(reason) => {
+                            format!("[{time}] → {peer}: {body} ({tick}, failed: {reason})")
+                        }
+                        None => format!("[{time}] → {peer}: {body} ({tick})"),
+                    }
+                }
+            }
+        }
+        Event::Synced {
+            received,
+            ticks,
+            pending,
+        } => {
+            format!(
+                "synced: {received} new message(s), {ticks} tick change(s), {pending} pending in the outbox"
+            )
+        }
+        Event::Note { message } => format!("note: {message}"),
+    }
+}
+
+/// A text on one line: newlines and carriage returns shown escaped.
+fn one_line(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "relay",
+            "--data",
+            "d",
+            "send",
+            "bob",
+            "hi",
+            "--until",
+            "delivered",
+            "--json",
+        ])
+        .expect("parse");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Send {
+                until: Some(Until::Delivered),
+                wait: false,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["relay", "send", "bob"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "relay", "--data", "d", "send", "bob", "x", "--until", "soon"
+            ])
+            .is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "relay",
+            "--data",
+            "d",
+            "register",
+            "alice",
+            "--locator",
+            "127.0.0.1:53",
+            "--bind",
+            "127.0.1.1",
+            "--ca",
+            "ca.pem",
+        ])
+        .expect("parse");
+        assert_eq!(cli.locator, Some("127.0.0.1:53".parse().expect("addr")));
+    }
+
+    #[test]
+    fn human_lines_are_stable() {
+        let tick = Event::Tick {
+            id: "ab".into(),
+            peer: "bob".into(),
+            tick: Tick::Delivered,
+        };
+        assert_eq!(human_line(&tick), "ab → bob: delivered ✓✓");
+        let message = Event::Message {
+            id: "ab".into(),
+            from: "bob".into(),
+            peer: "bob".into(),
+            direction: Direction::In,
+            sender_device: "2/1".into(),
+            chat_seq: 1,
+            time_ms: 0,
+            sent_at_ms: 0,
+            text: "two\nlines".into(),
+        };
+        assert_eq!(
+            human_line(&message),
+            "[1970-01-01T00:00:00.000Z] bob: two\\nlines"
+        );
+        let history = Event::History {
+            id: "ab".into(),
+            direction: Direction::Out,
+            from: "alice".into(),
+            peer: "bob".into(),
+            time_ms: 0,
+            text: Some("hi".into()),
+            tick: Some(Tick::Sent),
+            read: None,
+            undecryptable: None,
+            failed: None,
+            chat_seq: Some(3),
+        };
+        assert_eq!(
+            human_line(&history),
+            "[1970-01-01T00:00:00.000Z] → bob: hi (sent ✓)"
+        );
+    }
+}

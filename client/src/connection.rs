@@ -1,0 +1,297 @@
+//! One QUIC connection to an edge: connecting, registering, authenticating on the control stream
+//! (which then carries [`ServerPush`] frames), and one typed helper per request, each on its own
+//! bidirectional stream.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::net::{
+    ALPN_DEVICE, EDGE_SERVER_NAME, NetError, TokioSockets, auth_keying_material, bind_endpoint,
+    client_config, load_roots, read_frame, request, write_frame,
+};
+use relay_proto::wire::{
+    AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
+    FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey, QueueBatch,
+    Register, Registered, SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload,
+    client_request, client_response, server_push,
+};
+use relay_proto::{AccountId, DeviceAddress};
+use tokio::sync::mpsc;
+
+use crate::crypto::Crypto;
+use crate::error::{ClientError, Result};
+
+/// How long one request may take before the connection is considered broken, in milliseconds.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long the QUIC handshake may take, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long closing waits for the close to reach the edge, in milliseconds.
+pub const CLOSE_WAIT_MS: u64 = 1_000;
+/// Pushes buffered between the control-stream reader and the client; more are dropped (each push
+/// only says "fetch", and one pending fetch covers them all).
+pub const PUSHES_BUFFERED_MAX: usize = 16;
+/// The software name sent in `Hello`.
+pub const CLIENT_VERSION: &str = concat!("relay-client/", env!("CARGO_PKG_VERSION"));
+
+/// What the control stream says after authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// New entries wait in the device queue, up to this queue sequence.
+    QueueAvailable(u64),
+    /// The control stream ended: the connection is gone.
+    Closed(String),
+}
+
+/// An open connection to an edge.
+#[derive(Debug)]
+pub struct EdgeConnection {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    /// The control stream's sending half, held open for the life of the connection: finishing it
+    /// would tell the edge this device is gone.
+    control: Option<quinn::SendStream>,
+    edge: SocketAddr,
+}
+
+impl EdgeConnection {
+    /// Connects from `bind_ip` to the edge at `edge`, trusting the CA certificate at `ca_path`.
+    pub async fn connect(edge: SocketAddr, bind_ip: IpAddr, ca_path: &Path) -> Result<Self> {
+        let roots = load_roots(ca_path)?;
+        let config = client_config(roots, None, ALPN_DEVICE)?;
+        let endpoint = bind_endpoint(&TokioSockets, SocketAddr::new(bind_ip, 0), None)?;
+        let connecting = endpoint
+            .connect_with(config, edge, EDGE_SERVER_NAME)
+            .map_err(NetError::from)?;
+        let connection =
+            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
+                .await
+                .map_err(|_| NetError::Timeout)?
+                .map_err(NetError::from)?;
+        Ok(Self {
+            endpoint,
+            connection,
+            control: None,
+            edge,
+        })
+    }
+
+    /// The edge's address.
+    pub fn edge(&self) -> SocketAddr {
+        self.edge
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        self.connection.close_reason().is_none()
+    }
+
+    /// Sends one request on its own stream; an `Error` answer becomes [`ClientError::Remote`].
+    pub async fn call(&self, body: client_request::Body) -> Result<client_response::Body> {
+        let response: ClientResponse = request(
+            &self.connection,
+            &ClientRequest { body: Some(body) },
+            Duration::from_millis(REQUEST_TIMEOUT_MS),
+        )
+        .await?;
+        match response.body {
+            Some(client_response::Body::Error(error)) => Err(error.into()),
+            Some(body) => Ok(body),
+            None => Err(ClientError::UnexpectedResponse("an empty answer".into())),
+        }
+    }
+
+    /// Creates an account and its first device (no authentication needed).
+    pub async fn register(&self, register: Register) -> Result<Registered> {
+        match self.call(client_request::Body::Register(register)).await? {
+            client_response::Body::Registered(registered) => Ok(registered),
+            other => Err(unexpected("Registered", &other)),
+        }
+    }
+
+    /// Authenticates `device` on a new control stream, returning the device's remaining one-time
+    /// keys and the receiver of the pushes that follow on that stream.
+    pub async fn authenticate(
+        &mut self,
+        device: DeviceAddress,
+        crypto: &Crypto,
+    ) -> Result<(u32, mpsc::Receiver<Push>)> {
+        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let exchange = async {
+            let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
+            let hello = ClientRequest {
+                body: Some(client_request::Body::Hello(Hello {
+                    client_version: CLIENT_VERSION.into(),
+                })),
+            };
+            write_frame(&mut send, &hello).await?;
+            let nonce = match read_response(&mut recv).await? {
+                client_response::Body::Challenge(challenge) => challenge.nonce,
+                other => return Err(unexpected("Challenge", &other)),
+            };
+            if nonce.len() != AUTH_NONCE_BYTES {
+                return Err(ClientError::UnexpectedResponse(format!(
+                    "a {}-byte challenge (expected {AUTH_NONCE_BYTES})",
+                    nonce.len()
+                )));
+            }
+            let keying_material = auth_keying_material(&self.connection)?;
+            let signature = crypto.sign(&auth_signing_payload(&nonce, &keying_material));
+            let authenticate = ClientRequest {
+                body: Some(client_request::Body::Authenticate(Authenticate {
+                    device: device.into(),
+                    signature: signature.to_vec(),
+                })),
+            };
+            write_frame(&mut send, &authenticate).await?;
+            match read_response(&mut recv).await? {
+                client_response::Body::Authenticated(count) => Ok((count.remaining, send, recv)),
+                other => Err(unexpected("Authenticated", &other)),
+            }
+        };
+        let (remaining, send, recv) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| NetError::Timeout)??;
+        self.control = Some(send);
+        let (sender, receiver) = mpsc::channel(PUSHES_BUFFERED_MAX);
+        tokio::spawn(read_pushes(recv, sender));
+        Ok((remaining, receiver))
+    }
+
+    /// Resolves a name to an account.
+    pub async fn lookup_name(&self, name: &str) -> Result<AccountInfo> {
+        match self
+            .call(client_request::Body::LookupName(LookupName {
+                name: name.into(),
+            }))
+            .await?
+        {
+            client_response::Body::Account(info) => Ok(info),
+            other => Err(unexpected("Account", &other)),
+        }
+    }
+
+    /// Resolves an account id to its name.
+    pub async fn lookup_account(&self, account: AccountId) -> Result<AccountInfo> {
+        let body = client_request::Body::LookupAccount(LookupAccount { account: account.0 });
+        match self.call(body).await? {
+            client_response::Body::Account(info) => Ok(info),
+            other => Err(unexpected("Account", &other)),
+        }
+    }
+
+    /// Claims one one-time key of every current device of `account`.
+    pub async fn claim_keys(&self, account: AccountId) -> Result<KeyBundle> {
+        match self
+            .call(client_request::Body::ClaimKeys(ClaimKeys {
+                account: account.0,
+            }))
+            .await?
+        {
+            client_response::Body::Keys(bundle) if bundle.account == account.0 => Ok(bundle),
+            client_response::Body::Keys(_) => Err(ClientError::UnexpectedResponse(
+                "keys of another account".into(),
+            )),
+            other => Err(unexpected("Keys", &other)),
+        }
+    }
+
+    /// Uploads one-time keys, returning the device's unclaimed count.
+    pub async fn upload_one_time_keys(&self, keys: Vec<OneTimeKey>) -> Result<u32> {
+        let body = client_request::Body::UploadOneTimeKeys(UploadOneTimeKeys { keys });
+        match self.call(body).await? {
+            client_response::Body::KeysUploaded(count) => Ok(count.remaining),
+            other => Err(unexpected("KeysUploaded", &other)),
+        }
+    }
+
+    /// Sends an envelope.
+    pub async fn send(&self, envelope: Envelope) -> Result<SendOutcome> {
+        match self.call(client_request::Body::Send(envelope)).await? {
+            client_response::Body::Sent(outcome) => Ok(outcome),
+            other => Err(unexpected("Sent", &other)),
+        }
+    }
+
+    /// Acknowledges `ack`, then reads up to `limit` queue entries after `after_queue_seq`.
+    pub async fn fetch(
+        &self,
+        ack: Vec<u64>,
+        after_queue_seq: u64,
+        limit: u32,
+    ) -> Result<QueueBatch> {
+        let body = client_request::Body::FetchQueue(FetchAndAck {
+            ack: Some(AckQueue { queue_seqs: ack }),
+            fetch: Some(FetchQueue {
+                after_queue_seq,
+                limit,
+            }),
+        });
+        match self.call(body).await? {
+            client_response::Body::Queue(batch) => Ok(batch),
+            other => Err(unexpected("Queue", &other)),
+        }
+    }
+
+    /// Closes the connection and waits (briefly) for the close to reach the edge.
+    pub async fn close(mut self) {
+        if let Some(mut control) = self.control.take() {
+            let _ = control.finish();
+        }
+        self.connection.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(
+            Duration::from_millis(CLOSE_WAIT_MS),
+            self.endpoint.wait_idle(),
+        )
+        .await;
+    }
+}
+
+async fn read_response(recv: &mut quinn::RecvStream) -> Result<client_response::Body> {
+    let response = read_frame::<ClientResponse>(recv)
+        .await?
+        .ok_or(NetError::Closed)?;
+    match response.body {
+        Some(client_response::Body::Error(error)) => Err(error.into()),
+        Some(body) => Ok(body),
+        None => Err(ClientError::UnexpectedResponse("an empty answer".into())),
+    }
+}
+
+async fn read_pushes(mut recv: quinn::RecvStream, sender: mpsc::Sender<Push>) {
+    let reason = loop {
+        match read_frame::<ServerPush>(&mut recv).await {
+            Ok(Some(ServerPush {
+                event: Some(server_push::Event::QueueAvailable(available)),
+            })) => {
+                // A full buffer already holds a fetch hint; dropping this one loses nothing.
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    sender.try_send(Push::QueueAvailable(available.latest_queue_seq))
+                {
+                    return;
+                }
+            }
+            // An event kind this build does not know: newer edges may send more.
+            Ok(Some(ServerPush { event: None })) => {}
+            Ok(None) => break "the edge closed the control stream".to_owned(),
+            Err(error) => break error.to_string(),
+        }
+    };
+    let _ = sender.send(Push::Closed(reason)).await;
+}
+
+fn unexpected(wanted: &str, got: &client_response::Body) -> ClientError {
+    let kind = match got {
+        client_response::Body::Error(_) => "Error",
+        client_response::Body::Challenge(_) => "Challenge",
+        client_response::Body::Authenticated(_) => "Authenticated",
+        client_response::Body::Registered(_) => "Registered",
+        client_response::Body::Account(_) => "Account",
+        client_response::Body::Keys(_) => "Keys",
+        client_response::Body::KeysUploaded(_) => "KeysUploaded",
+        client_response::Body::Sent(_) => "Sent",
+        client_response::Body::Queue(_) => "Queue",
+    };
+    ClientError::UnexpectedResponse(format!("{kind} where {wanted} was expected"))
+}

@@ -1,0 +1,196 @@
+//! Assembling the envelope of an outbox entry, sans IO: one Olm ciphertext of the same content per
+//! recipient device, the routing metadata the server may read, and nothing else.
+//!
+//! After "mismatched devices" the same content is encrypted again for exactly the current devices:
+//! a ciphertext already made for a device that is still current is kept (a second one would spend
+//! a ratchet step the device never sees), devices no longer current are dropped, new ones get a
+//! fresh ciphertext.
+
+use relay_proto::wire::{DeviceCiphertext, Envelope};
+use relay_proto::{AccountId, DeviceAddress};
+
+use crate::crypto::Crypto;
+use crate::error::{ClientError, Result};
+use crate::store::OutboxRow;
+
+/// The envelope of `row` sent by `me` to `targets` (the current devices of the peer and of this
+/// account, never `me`), reusing the ciphertexts of `reuse` for targets it covers. Fails without
+/// encrypting anything when a target has neither a ciphertext to reuse nor a session.
+pub fn assemble(
+    crypto: &mut Crypto,
+    me: DeviceAddress,
+    row: &OutboxRow,
+    targets: &[DeviceAddress],
+    reuse: Option<&Envelope>,
+) -> Result<Envelope> {
+    let reused = |device: DeviceAddress| {
+        reuse.and_then(|envelope| {
+            envelope
+                .ciphertexts
+                .iter()
+                .find(|ciphertext| ciphertext.recipient == device.into())
+                .cloned()
+        })
+    };
+    let mut plan = Vec::with_capacity(targets.len());
+    for &device in targets {
+        if device == me {
+            continue;
+        }
+        match reused(device) {
+            Some(ciphertext) => plan.push((device, Some(ciphertext))),
+            None if crypto.has_session(device) => plan.push((device, None)),
+            None => return Err(ClientError::NoOneTimeKey(device)),
+        }
+    }
+    if !plan.iter().any(|(device, _)| device.account == row.peer) {
+        return Err(ClientError::Invalid(format!(
+            "account {} has no devices to send to",
+            row.peer
+        )));
+    }
+    let mut ciphertexts = Vec::with_capacity(plan.len());
+    for (device, ciphertext) in plan {
+        match ciphertext {
+            Some(ciphertext) => ciphertexts.push(ciphertext),
+            None => {
+                let (message_type, body) = crypto.encrypt(device, &row.content)?;
+                ciphertexts.push(DeviceCiphertext {
+                    recipient: device.into(),
+                    message_type,
+                    body,
+                });
+            }
+        }
+    }
+    let envelope = Envelope {
+        chat: row.chat.0.to_vec(),
+        sender: me.into(),
+        client_message_id: row.client_message_id.0.to_vec(),
+        sender_seq: row.sender_seq,
+        recipient_accounts: recipient_accounts(row.peer, me.account)
+            .iter()
+            .map(|account| account.0)
+            .collect(),
+        ciphertexts,
+    };
+    envelope
+        .parse()
+        .map_err(|error| ClientError::Invalid(format!("envelope: {}", error.message)))?;
+    Ok(envelope)
+}
+
+/// The accounts an envelope of a 1:1 chat must cover: the peer and this account (whose other
+/// devices are recipients too; with none, it is covered by zero ciphertexts).
+pub fn recipient_accounts(peer: AccountId, own: AccountId) -> [AccountId; 2] {
+    [peer, own]
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_proto::{ChatId, ClientMessageId, DeviceId};
+
+    use super::*;
+    use crate::content::Content;
+
+    fn device(account: u64, device: u32) -> DeviceAddress {
+        DeviceAddress {
+            account: AccountId(account),
+            device: DeviceId(device),
+        }
+    }
+
+    /// A device with one published one-time key.
+    fn peer_device() -> (Crypto, Vec<u8>) {
+        let mut crypto = Crypto::new();
+        crypto.generate_one_time_keys(1);
+        let key = crypto.unpublished_one_time_keys().remove(0).public_key;
+        (crypto, key)
+    }
+
+    #[test]
+    fn mismatched_devices_reencrypt_for_exactly_the_current_ones() {
+        let me = device(1, 1);
+        let (old_bob, old_bob_key) = peer_device();
+        let (mut bob, bob_key) = peer_device();
+        let (mut new_bob, new_bob_key) = peer_device();
+        let (mut own_other, own_other_key) = peer_device();
+        let mut alice = Crypto::new();
+        alice
+            .create_outbound_session(device(2, 1), &bob.identity_key(), &bob_key)
+            .expect("session");
+        alice
+            .create_outbound_session(device(2, 3), &old_bob.identity_key(), &old_bob_key)
+            .expect("session");
+        let content = Content::text("same words", 5, 2)
+            .expect("content")
+            .to_bytes();
+        let row = OutboxRow {
+            chat: ChatId::direct(AccountId(1), AccountId(2)),
+            sender_seq: 7,
+            client_message_id: ClientMessageId([3; 16]),
+            peer: AccountId(2),
+            content: content.clone(),
+            envelope: None,
+        };
+
+        let first = assemble(
+            &mut alice,
+            me,
+            &row,
+            &[device(2, 1), device(2, 3), me],
+            None,
+        )
+        .expect("first");
+        assert_eq!(first.recipient_accounts, vec![2, 1]);
+        assert_eq!(first.sender_seq, 7);
+        assert_eq!(first.ciphertexts.len(), 2, "never addressed to its sender");
+
+        // The region says: bob's devices are now 1 and 2 (3 is gone), and alice has a device 2.
+        let targets = [device(2, 1), device(2, 2), device(1, 2)];
+        assert!(matches!(
+            assemble(&mut alice, me, &row, &targets, Some(&first)),
+            Err(ClientError::NoOneTimeKey(_))
+        ));
+        alice
+            .create_outbound_session(device(2, 2), &new_bob.identity_key(), &new_bob_key)
+            .expect("session");
+        alice
+            .create_outbound_session(device(1, 2), &own_other.identity_key(), &own_other_key)
+            .expect("session");
+        let second = assemble(&mut alice, me, &row, &targets, Some(&first)).expect("second");
+        assert_eq!(
+            second.client_message_id, first.client_message_id,
+            "the same id"
+        );
+        assert_eq!(second.sender_seq, first.sender_seq, "the same sender_seq");
+        let recipients: Vec<DeviceAddress> = second
+            .ciphertexts
+            .iter()
+            .map(|c| c.recipient.parse().expect("address"))
+            .collect();
+        assert_eq!(recipients, targets.to_vec());
+        assert_eq!(
+            second.ciphertexts[0], first.ciphertexts[0],
+            "kept for the device still current"
+        );
+
+        // Each current device reads the same content.
+        for (crypto, ciphertext) in [
+            (&mut bob, &second.ciphertexts[0]),
+            (&mut new_bob, &second.ciphertexts[1]),
+            (&mut own_other, &second.ciphertexts[2]),
+        ] {
+            let plaintext = crypto
+                .decrypt(me, None, ciphertext.message_type, &ciphertext.body)
+                .expect("decrypt");
+            assert_eq!(plaintext.plaintext, content);
+        }
+
+        // A peer without devices cannot be sent to.
+        assert!(matches!(
+            assemble(&mut alice, me, &row, &[device(1, 2)], None),
+            Err(ClientError::Invalid(_))
+        ));
+    }
+}

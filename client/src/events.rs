@@ -1,0 +1,232 @@
+//! What the client reports while it works: one [`Event`] per thing a person (or a test) wants to
+//! see. The CLI prints each as one line, human-readable or one JSON object (`--json`); the JSON
+//! shape is `{"event": "<snake_case variant>", ...fields}` and is a stable interface.
+
+use serde::Serialize;
+
+use crate::store::Tick;
+
+impl Serialize for Tick {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Received from the peer.
+    In,
+    /// Sent by this account (this device or another own device).
+    Out,
+}
+
+/// Something the client reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The data directory now holds a registered device.
+    Registered {
+        /// Account name.
+        name: String,
+        /// Account id.
+        account: u64,
+        /// Device number.
+        device: u32,
+        /// Home region.
+        region: u32,
+    },
+    /// Connected and authenticated; live events follow.
+    Listening {
+        /// Own account name.
+        name: String,
+    },
+    /// A sent message's tick moved forward.
+    Tick {
+        /// The message id (32 hex digits).
+        id: String,
+        /// The other account of the chat.
+        peer: String,
+        /// The new state: `pending`, `sent`, `delivered` or `read`.
+        tick: Tick,
+    },
+    /// A message arrived.
+    Message {
+        /// The message id (32 hex digits).
+        id: String,
+        /// The sender's account name.
+        from: String,
+        /// The other account of the chat.
+        peer: String,
+        /// `in`, or `out` for a copy sent by another device of this account.
+        direction: Direction,
+        /// The sending device (`account/device`).
+        sender_device: String,
+        /// The home region's chat sequence.
+        chat_seq: u64,
+        /// When the region committed it (ms since the Unix epoch).
+        time_ms: u64,
+        /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
+        sent_at_ms: u64,
+        /// The text.
+        text: String,
+    },
+    /// A message arrived that could not be decrypted (recorded, counted and acknowledged).
+    Undecryptable {
+        /// The message id (32 hex digits).
+        id: String,
+        /// The sender's account name.
+        from: String,
+        /// The sending device (`account/device`).
+        sender_device: String,
+        /// When the region committed it (ms since the Unix epoch).
+        time_ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A peer device's copy of a sent message expired undelivered.
+    Expired {
+        /// The message id.
+        id: String,
+        /// The other account of the chat.
+        peer: String,
+        /// The device whose copy expired (`account/device`).
+        device: String,
+    },
+    /// A message was given up (the edge refused it permanently).
+    Failed {
+        /// The message id.
+        id: String,
+        /// The other account of the chat.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A message stays in the outbox; a later command retries it.
+    StillPending {
+        /// The message id.
+        id: String,
+        /// The other account of the chat.
+        peer: String,
+        /// Why it is not sent yet.
+        reason: String,
+    },
+    /// Messages from a peer were marked read (and a read receipt queued for them).
+    MarkedRead {
+        /// The peer.
+        peer: String,
+        /// How many messages.
+        count: usize,
+    },
+    /// One message of a chat's history.
+    History {
+        /// The message id.
+        id: String,
+        /// `in` or `out`.
+        direction: Direction,
+        /// The sender's account name.
+        from: String,
+        /// The other account of the chat.
+        peer: String,
+        /// The region's commit time when known, else the sender's clock (ms since the Unix epoch).
+        time_ms: u64,
+        /// The text; absent when undecryptable.
+        text: Option<String>,
+        /// For outgoing messages: `pending`, `sent`, `delivered` or `read`.
+        tick: Option<Tick>,
+        /// For incoming messages: whether it was read here.
+        read: Option<bool>,
+        /// Why it could not be decrypted, if it could not.
+        undecryptable: Option<String>,
+        /// Why it was given up, if it was.
+        failed: Option<String>,
+        /// The home region's chat sequence, once known.
+        chat_seq: Option<u64>,
+    },
+    /// `sync` finished.
+    Synced {
+        /// Messages received.
+        received: usize,
+        /// Tick changes seen.
+        ticks: usize,
+        /// Entries still in the outbox.
+        pending: usize,
+    },
+    /// Something worth telling on stderr (reconnects, warnings); never printed as JSON.
+    Note {
+        /// The text.
+        message: String,
+    },
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds (`2025-06-01T12:00:00.123Z`).
+pub fn format_time_ms(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let millis = ms % 1000;
+    let days = seconds / 86_400;
+    let second_of_day = seconds % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_time_ms(1_748_779_200_123),
+            "2025-06-01T12:00:00.123Z"
+        );
+    }
+
+    #[test]
+    fn events_serialize_with_a_tag() {
+        let event = Event::Tick {
+            id: "00".into(),
+            peer: "bob".into(),
+            tick: Tick::Delivered,
+        };
+        let json = serde_json::to_string(&event).expect("json");
+        assert_eq!(
+            json,
+            r#"{"event":"tick","id":"00","peer":"bob","tick":"delivered"}"#
+        );
+        let event = Event::MarkedRead {
+            peer: "bob".into(),
+            count: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&event).expect("json"),
+            r#"{"event":"marked_read","peer":"bob","count":2}"#
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! Processing a page of the device queue, sans network: decrypt each message with the sender
+//! device's Olm sessions, deduplicate redeliveries, file texts and read receipts, move ticks
+//! forward on server receipts, and record what could not be decrypted. Everything one page
+//! changes (messages, ticks, Olm pickles, the cursor and the acks owed) is written through one
+//! [`Writer`], so it commits together before any entry is acknowledged.
+
+use relay_proto::wire::{QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, queue_entry};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
+
+use crate::content::{Content, body};
+use crate::crypto::Crypto;
+use crate::error::Result;
+use crate::store::{NewMessage, Tick, Writer};
+
+/// What processing a queue page produced, for reporting after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A text message, from the peer or from another own device.
+    Message {
+        /// The message id.
+        id: ClientMessageId,
+        /// The sending device.
+        sender: DeviceAddress,
+        /// The other account of the chat.
+        peer: AccountId,
+        /// Whether this account sent it (another own device).
+        outgoing: bool,
+        /// The home region's chat sequence.
+        chat_seq: u64,
+        /// The region's commit time.
+        time_ms: u64,
+        /// The sender's clock.
+        sent_at_ms: u64,
+        /// The text.
+        text: String,
+    },
+    /// A message that could not be decrypted.
+    Undecryptable {
+        /// The message id.
+        id: ClientMessageId,
+        /// The sending device.
+        sender: DeviceAddress,
+        /// The region's commit time.
+        time_ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A sent message's tick moved.
+    Tick {
+        /// The message id.
+        id: ClientMessageId,
+        /// The other account of the chat.
+        peer: AccountId,
+        /// The new tick.
+        tick: Tick,
+    },
+    /// A peer device's copy expired undelivered.
+    Expired {
+        /// The message id.
+        id: ClientMessageId,
+        /// The other account of the chat.
+        peer: AccountId,
+        /// The device whose copy expired.
+        device: DeviceAddress,
+    },
+    /// Another own device read messages of a chat.
+    ReadElsewhere {
+        /// The other account of the chat.
+        peer: AccountId,
+        /// How many messages changed.
+        count: usize,
+    },
+    /// Something odd that is not an error of this page.
+    Warning(String),
+}
+
+/// Processes `entries` (a page fetched after `cursor`) for device `me` with the Olm state read
+/// inside the same transaction, and records the cursor and acks; returns what to report.
+pub fn process_entries(
+    writer: &Writer<'_>,
+    me: DeviceAddress,
+    cursor: u64,
+    entries: &[QueueEntry],
+    now_ms: u64,
+) -> Result<Vec<Inbound>> {
+    let mut crypto = writer.load_crypto()?;
+    let crypto = &mut crypto;
+    let mut reports = Vec::new();
+    let mut expected = cursor + 1;
+    let mut seqs = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if entry.queue_seq > expected {
+            reports.push(Inbound::Warning(format!(
+                "queue sequence jumped from {} to {}: entries {}..{} were never delivered here",
+                expected - 1,
+                entry.queue_seq,
+                expected,
+                entry.queue_seq - 1
+            )));
+        }
+        expected = expected.max(entry.queue_seq + 1);
+        seqs.push(entry.queue_seq);
+        match &entry.item {
+            Some(queue_entry::Item::Message(message)) => {
+                process_message(writer, crypto, me, message, now_ms, &mut reports)?;
+            }
+            Some(queue_entry::Item::Receipt(receipt)) => {
+                process_receipt(writer, me, receipt, &mut reports)?
+            }
+            None => reports.push(Inbound::Warning(format!(
+                "queue entry {} is of a kind this build does not know",
+                entry.queue_seq
+            ))),
+        }
+    }
+    writer.save_crypto(&crypto.take_changes()?)?;
+    writer.processed_queue_entries(&seqs)?;
+    Ok(reports)
+}
+
+fn process_message(
+    writer: &Writer<'_>,
+    crypto: &mut Crypto,
+    me: DeviceAddress,
+    message: &QueuedMessage,
+    now_ms: u64,
+    reports: &mut Vec<Inbound>,
+) -> Result<()> {
+    let (Ok(sender), Ok(id)) = (
+        message.sender.parse(),
+        ClientMessageId::from_bytes(&message.client_message_id),
+    ) else {
+        reports.push(Inbound::Warning(
+            "a queued message with a malformed sender or id".into(),
+        ));
+        return Ok(());
+    };
+    if !writer.mark_seen(sender, id, now_ms)? {
+        return Ok(()); // A redelivery of something already processed.
+    }
+    let expected_identity = writer.identity_key(sender)?;
+    let decrypted = crypto
+        .decrypt(
+            sender,
+            expected_identity,
+            message.message_type,
+            &message.ciphertext,
+        )
+        .and_then(|decrypted| {
+            Content::from_bytes(&decrypted.plaintext).map(|content| (decrypted, content))
+        });
+    let outgoing = sender.account == me.account;
+    let (decrypted, content) = match decrypted {
+        Ok(pair) => pair,
+        Err(error) => {
+            return record_undecryptable(
+                writer,
+                me,
+                message,
+                sender,
+                id,
+                &error.to_string(),
+                reports,
+            );
+        }
+    };
+    if let (None, Some(identity_key)) = (expected_identity, decrypted.identity_key) {
+        writer.trust_device(sender, &identity_key, true)?;
+    }
+    let Some(body) = content.body else {
+        return record_undecryptable(writer, me, message, sender, id, "empty content", reports);
+    };
+    let peer_in_content = match &body {
+        body::Body::Text(text) => text.peer_account,
+        body::Body::Read(read) => read.peer_account,
+    };
+    let peer = if outgoing {
+        AccountId(peer_in_content)
+    } else {
+        sender.account
+    };
+    if ChatId::from_bytes(&message.chat).ok() != Some(ChatId::direct(me.account, peer))
+        || peer.0 == 0
+    {
+        let reason = "the envelope's chat does not match its content";
+        return record_undecryptable(writer, me, message, sender, id, reason, reports);
+    }
+    match body {
+        body::Body::Text(text) => {
+            writer.insert_message(&NewMessage {
+                chat: ChatId::direct(me.account, peer),
+                peer,
+                outgoing,
+                sender,
+                client_message_id: id,
+                sender_seq: message.sender_seq,
+                chat_seq: Some(message.chat_seq),
+                text: Some(&text.body),
+                sent_at_ms: text.sent_at_ms,
+                server_time_ms: Some(message.server_time_ms),
+                tick: Tick::Sent,
+                undecryptable: None,
+            })?;
+            reports.push(Inbound::Message {
+                id,
+                sender,
+                peer,
+                outgoing,
+                chat_seq: message.chat_seq,
+                time_ms: message.server_time_ms,
+                sent_at_ms: text.sent_at_ms,
+                text: text.body,
+            });
+        }
+        body::Body::Read(read) => {
+            let ids: Vec<ClientMessageId> = read
+                .client_message_ids
+                .iter()
+                .filter_map(|bytes| ClientMessageId::from_bytes(bytes).ok())
+                .collect();
+            if outgoing {
+                let count = writer.mark_read_locally(peer, &ids, read.read_at_ms)?;
+                if count > 0 {
+                    reports.push(Inbound::ReadElsewhere { peer, count });
+                }
+            } else {
+                for (_, id) in writer.mark_read_by_peer(peer, me.account, &ids)? {
+                    reports.push(Inbound::Tick {
+                        id,
+                        peer,
+                        tick: Tick::Read,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record_undecryptable(
+    writer: &Writer<'_>,
+    me: DeviceAddress,
+    message: &QueuedMessage,
+    sender: DeviceAddress,
+    id: ClientMessageId,
+    reason: &str,
+    reports: &mut Vec<Inbound>,
+) -> Result<()> {
+    // Filed under the sender's chat; for another own device the peer is unknown, so under our own.
+    let peer = sender.account;
+    writer.insert_message(&NewMessage {
+        chat: ChatId::from_bytes(&message.chat)
+            .unwrap_or_else(|_| ChatId::direct(me.account, peer)),
+        peer,
+        outgoing: sender.account == me.account,
+        sender,
+        client_message_id: id,
+        sender_seq: message.sender_seq,
+        chat_seq: Some(message.chat_seq),
+        text: None,
+        sent_at_ms: message.server_time_ms,
+        server_time_ms: Some(message.server_time_ms),
+        tick: Tick::Sent,
+        undecryptable: Some(reason),
+    })?;
+    reports.push(Inbound::Undecryptable {
+        id,
+        sender,
+        time_ms: message.server_time_ms,
+        reason: reason.into(),
+    });
+    Ok(())
+}
+
+fn process_receipt(
+    writer: &Writer<'_>,
+    me: DeviceAddress,
+    receipt: &QueuedReceipt,
+    reports: &mut Vec<Inbound>,
+) -> Result<()> {
+    let (Ok(sender), Ok(recipient), Ok(id)) = (
+        receipt.sender.parse(),
+        receipt.recipient.parse(),
+        ClientMessageId::from_bytes(&receipt.client_message_id),
+    ) else {
+        reports.push(Inbound::Warning(
+            "a receipt with a malformed device or id".into(),
+        ));
+        return Ok(());
+    };
+    // Receipts for envelopes without a message row (read receipts) need no record.
+    let Some(peer) = writer.message_peer(sender, id)? else {
+        return Ok(());
+    };
+    let state = ReceiptState::try_from(receipt.state).unwrap_or(ReceiptState::Unspecified);
+    if state == ReceiptState::Unspecified {
+        reports.push(Inbound::Warning(format!(
+            "a receipt with unknown state {}",
+            receipt.state
+        )));
+        return Ok(());
+    }
+    let moved = writer.record_receipt(sender, id, recipient, receipt.state, receipt.at_ms)?;
+    if recipient.account == me.account {
+        return Ok(()); // Another own device got its copy: no tick for the peer.
+    }
+    match state {
+        ReceiptState::Delivered if writer.advance_tick(sender, id, Tick::Delivered)? => {
+            reports.push(Inbound::Tick {
+                id,
+                peer,
+                tick: Tick::Delivered,
+            });
+        }
+        ReceiptState::Expired if moved => {
+            writer.add_expired_device(sender, id)?;
+            reports.push(Inbound::Expired {
+                id,
+                peer,
+                device: recipient,
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_proto::DeviceId;
+    use relay_proto::wire::{DeviceAddr, QueueEntry};
+
+    use super::*;
+    use crate::store::Store;
+
+    fn device(account: u64, device: u32) -> DeviceAddress {
+        DeviceAddress {
+            account: AccountId(account),
+            device: DeviceId(device),
+        }
+    }
+
+    struct Side {
+        _dir: tempfile::TempDir,
+        store: Store,
+        crypto: Crypto,
+        me: DeviceAddress,
+    }
+
+    fn side(me: DeviceAddress) -> Side {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("relay.db")).expect("open");
+        Side {
+            _dir: dir,
+            store,
+            crypto: Crypto::new(),
+            me,
+        }
+    }
+
+    fn message_entry(
+        queue_seq: u64,
+        from: DeviceAddress,
+        to: AccountId,
+        id: u8,
+        kind: u32,
+        body: Vec<u8>,
+    ) -> QueueEntry {
+        QueueEntry {
+            queue_seq,
+            item: Some(queue_entry::Item::Message(QueuedMessage {
+                chat: ChatId::direct(from.account, to).0.to_vec(),
+                chat_seq: queue_seq,
+                sender: DeviceAddr::from(from),
+                client_message_id: vec![id; 16],
+                sender_seq: queue_seq,
+                server_time_ms: 1_000 + queue_seq,
+                message_type: kind,
+                ciphertext: body,
+            })),
+        }
+    }
+
+    /// Commits the side's in-memory Olm state, processes like the client does (state read and
+    /// written inside the transaction), then picks the committed state up again.
+    fn process(side: &mut Side, entries: &[QueueEntry]) -> Vec<Inbound> {
+        let changes = side.crypto.take_changes().expect("changes");
+        side.store
+            .write(|writer| writer.save_crypto(&changes))
+            .expect("save");
+        let cursor = side.store.queue_cursor().expect("cursor");
+        let me = side.me;
+        let reports = side
+            .store
+            .write(|writer| process_entries(writer, me, cursor, entries, 5_000))
+            .expect("process");
+        side.crypto = side.store.load_crypto().expect("load").expect("account");
+        reports
+    }
+
+    #[test]
+    fn messages_decrypt_once_and_receipts_move_ticks() {
+        let alice_device = device(1, 1);
+        let mut bob = side(device(2, 1));
+        bob.crypto.generate_one_time_keys(1);
+        let key = bob.crypto.unpublished_one_time_keys().remove(0);
+        let mut alice = side(alice_device);
+        alice
+            .crypto
+            .create_outbound_session(bob.me, &bob.crypto.identity_key(), &key.public_key)
+            .expect("session");
+        let text = Content::text("hello", 42, 2).expect("content").to_bytes();
+        let (kind, body) = alice.crypto.encrypt(bob.me, &text).expect("encrypt");
+        let first = message_entry(1, alice_device, AccountId(2), 9, kind, body);
+
+        let reports = process(&mut bob, std::slice::from_ref(&first));
+        assert!(
+            matches!(&reports[..], [Inbound::Message { text, outgoing: false, .. }] if text == "hello")
+        );
+        assert_eq!(
+            bob.store.identity_key(alice_device).expect("key"),
+            Some(alice.crypto.identity_key())
+        );
+        // Redelivered (e.g. the ack was lost): deduplicated, not decrypted twice, acked again.
+        let again = QueueEntry {
+            queue_seq: 2,
+            ..first
+        };
+        assert!(process(&mut bob, &[again]).is_empty());
+        assert_eq!(bob.store.pending_acks().expect("acks"), vec![1, 2]);
+        assert_eq!(bob.store.queue_cursor().expect("cursor"), 2);
+
+        // Garbage from alice is recorded as undecryptable, reported and still acked.
+        let garbage = message_entry(3, alice_device, AccountId(2), 10, 1, vec![1, 2, 3]);
+        let reports = process(&mut bob, &[garbage]);
+        assert!(matches!(&reports[..], [Inbound::Undecryptable { .. }]));
+        let history = bob.store.history(AccountId(1)).expect("history");
+        assert_eq!(history.len(), 2);
+        assert!(history[1].undecryptable.is_some() && history[1].text.is_none());
+        assert_eq!(bob.store.queue_cursor().expect("cursor"), 3);
+
+        // Bob reads: alice processes the read receipt, and a delivered receipt before it.
+        let bob_chat = ChatId::direct(AccountId(1), AccountId(2));
+        let sent_id = ClientMessageId([9; 16]);
+        alice
+            .store
+            .write(|w| {
+                w.insert_message(&NewMessage {
+                    chat: bob_chat,
+                    peer: AccountId(2),
+                    outgoing: true,
+                    sender: alice_device,
+                    client_message_id: sent_id,
+                    sender_seq: 1,
+                    chat_seq: None,
+                    text: Some("hello"),
+                    sent_at_ms: 42,
+                    server_time_ms: None,
+                    tick: Tick::Sent,
+                    undecryptable: None,
+                })
+                .map(|_| ())
+            })
+            .expect("sent message");
+        let delivered = QueueEntry {
+            queue_seq: 1,
+            item: Some(queue_entry::Item::Receipt(QueuedReceipt {
+                chat: bob_chat.0.to_vec(),
+                client_message_id: sent_id.0.to_vec(),
+                recipient: DeviceAddr::from(bob.me),
+                state: ReceiptState::Delivered as i32,
+                at_ms: 7,
+                sender: DeviceAddr::from(alice_device),
+            })),
+        };
+        let read = Content::read(vec![sent_id.0], 8, 1)
+            .expect("read")
+            .to_bytes();
+        let (kind, body) = bob.crypto.encrypt(alice_device, &read).expect("encrypt");
+        let receipt_message = message_entry(2, bob.me, AccountId(1), 11, kind, body);
+        let reports = process(&mut alice, &[delivered.clone(), receipt_message]);
+        assert_eq!(
+            reports,
+            vec![
+                Inbound::Tick {
+                    id: sent_id,
+                    peer: AccountId(2),
+                    tick: Tick::Delivered
+                },
+                Inbound::Tick {
+                    id: sent_id,
+                    peer: AccountId(2),
+                    tick: Tick::Read
+                },
+            ]
+        );
+        // A late delivered receipt never moves the tick back.
+        let late = QueueEntry {
+            queue_seq: 3,
+            ..delivered
+        };
+        assert!(process(&mut alice, &[late]).is_empty());
+        let stored = alice
+            .store
+            .message(alice_device, sent_id)
+            .expect("read")
+            .expect("some");
+        assert_eq!(stored.tick, Tick::Read);
+    }
+
+    #[test]
+    fn a_queue_gap_is_reported() {
+        let mut bob = side(device(2, 1));
+        let entry = QueueEntry {
+            queue_seq: 4,
+            item: None,
+        };
+        let reports = process(&mut bob, &[entry]);
+        assert_eq!(reports.len(), 2);
+        assert!(matches!(&reports[0], Inbound::Warning(text) if text.contains("jumped")));
+    }
+}

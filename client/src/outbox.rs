@@ -1,0 +1,528 @@
+//! The outbox's decisions, sans IO: which envelope goes next, when a failed one is retried, and
+//! what each send outcome means. No sockets, no clock, no store: the caller feeds `now` and a
+//! random source, persists what [`Next`] says, and performs the sends.
+//!
+//! Rules:
+//! - One chat's entries go strictly in `sender_seq` order, one at a time: the next entry of a chat
+//!   is offered only after the previous one's outcome (sender FIFO, invariant I3).
+//! - A retry reuses the same client message id and sender_seq (idempotence, I4); after a retryable
+//!   failure the chat waits a jittered exponential backoff between [`RETRY_DELAY_MS_MIN`] and
+//!   [`RETRY_DELAY_MS_MAX`].
+//! - "Mismatched devices" asks the caller to re-encrypt the same content, then resends at once.
+//! - "Resend from k": sending in order means the region and this device disagree about which
+//!   sender_seqs it holds (a restored store, or a refused entry that left a gap). The chat's
+//!   unconfirmed entries are renumbered from `k`, keeping their order and ids, and resent in order.
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+use relay_proto::{ChatId, ClientMessageId};
+
+/// Shortest wait before retrying a failed send, in milliseconds.
+pub const RETRY_DELAY_MS_MIN: u64 = 200;
+/// Longest wait before retrying a failed send, in milliseconds.
+pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
+/// Re-encryptions after "mismatched devices" in a row before backing off instead.
+pub const MISMATCHES_IN_A_ROW_MAX: u32 = 5;
+/// Renumberings after "resend from" in a row before backing off instead.
+pub const RESENDS_IN_A_ROW_MAX: u32 = 5;
+
+/// The delay before retry number `attempt` (from 1): exponential from the minimum, capped at the
+/// maximum, with "equal jitter" (uniform in the upper half of the step), never below the minimum.
+pub fn retry_delay_ms(attempt: u32, rng: &mut impl Rng) -> u64 {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let step = RETRY_DELAY_MS_MIN
+        .saturating_mul(1 << exponent)
+        .min(RETRY_DELAY_MS_MAX);
+    let low = (step / 2).max(RETRY_DELAY_MS_MIN);
+    if low >= step {
+        step
+    } else {
+        rng.random_range(low..=step)
+    }
+}
+
+/// An entry waiting in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The chat.
+    pub chat: ChatId,
+    /// The sender device's counter in the chat.
+    pub sender_seq: u64,
+    /// The idempotency key.
+    pub client_message_id: ClientMessageId,
+}
+
+/// How a send of one entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every destination region stored it.
+    Sent,
+    /// The envelope did not cover exactly the current devices; the caller updated its device lists.
+    Mismatched,
+    /// The region expects this sender_seq next.
+    ResendFrom(u64),
+    /// A retryable error or a lost connection.
+    Retry,
+    /// A permanent refusal: the entry can never be sent as it is.
+    Refused,
+}
+
+/// What the caller must do after an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// The entry is sent: remove it from the store and mark the message sent.
+    Confirmed(Pending),
+    /// Re-encrypt the same content for the current devices, store the new envelope, then call
+    /// [`Outbox::handle_reencrypted`] (or report [`Outcome::Retry`] if that failed).
+    Reencrypt(Pending),
+    /// Store these new sender_seqs (and rewrite the stored envelopes); the chat resends at once.
+    Renumber {
+        /// The chat.
+        chat: ChatId,
+        /// Each moved entry: its id, old sender_seq and new sender_seq.
+        moves: Vec<(ClientMessageId, u64, u64)>,
+        /// The chat's next sender_seq after the renumbering.
+        next_sender_seq: u64,
+    },
+    /// Nothing to store; the chat's head is retried at this time (ms).
+    RetryAt(u64),
+    /// The entry was given up: remove it from the store and mark the message failed.
+    Dropped(Pending),
+}
+
+/// Why the caller's report does not fit the outbox's state (a bug in the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("outbox: {0}")]
+pub struct OutboxError(String);
+
+#[derive(Debug, Default)]
+struct ChatQueue {
+    entries: BTreeMap<u64, ClientMessageId>,
+    in_flight: bool,
+    due_at_ms: u64,
+    attempts: u32,
+    mismatches: u32,
+    resends: u32,
+}
+
+/// The outbox state machine.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    chats: BTreeMap<ChatId, ChatQueue>,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry (a new message, or one loaded from the store); it is due at once.
+    pub fn insert(&mut self, entry: Pending, now_ms: u64) -> Result<(), OutboxError> {
+        let queue = self.chats.entry(entry.chat).or_default();
+        if queue.entries.contains_key(&entry.sender_seq) {
+            return Err(OutboxError(format!(
+                "sender_seq {} is already queued",
+                entry.sender_seq
+            )));
+        }
+        if queue.entries.is_empty() {
+            queue.due_at_ms = now_ms;
+        }
+        queue
+            .entries
+            .insert(entry.sender_seq, entry.client_message_id);
+        Ok(())
+    }
+
+    /// Entries waiting, over all chats.
+    pub fn len(&self) -> usize {
+        self.chats.values().map(|queue| queue.entries.len()).sum()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.chats.values().all(|queue| queue.entries.is_empty())
+    }
+
+    /// Whether an entry with this id waits.
+    pub fn contains(&self, client_message_id: ClientMessageId) -> bool {
+        self.chats
+            .values()
+            .any(|queue| queue.entries.values().any(|id| *id == client_message_id))
+    }
+
+    /// Every waiting entry, by chat and sender_seq.
+    pub fn entries(&self) -> Vec<Pending> {
+        self.chats
+            .iter()
+            .flat_map(|(chat, queue)| {
+                queue
+                    .entries
+                    .iter()
+                    .map(|(&sender_seq, &client_message_id)| Pending {
+                        chat: *chat,
+                        sender_seq,
+                        client_message_id,
+                    })
+            })
+            .collect()
+    }
+
+    /// Forgets an entry that is not in flight (another process sent or renumbered it); `false`
+    /// if it is unknown or in flight.
+    pub fn remove(&mut self, entry: Pending) -> bool {
+        let Some(queue) = self.chats.get_mut(&entry.chat) else {
+            return false;
+        };
+        let is_head =
+            queue.entries.first_key_value().map(|(seq, _)| *seq) == Some(entry.sender_seq);
+        if (queue.in_flight && is_head)
+            || queue.entries.get(&entry.sender_seq) != Some(&entry.client_message_id)
+        {
+            return false;
+        }
+        queue.entries.remove(&entry.sender_seq);
+        if queue.entries.is_empty() {
+            self.chats.remove(&entry.chat);
+        }
+        true
+    }
+
+    /// The next entry to send now: the head of a chat that has nothing in flight and is due
+    /// (earliest due first). It counts as in flight until its outcome is handled.
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Pending> {
+        let (chat, queue) = self
+            .chats
+            .iter_mut()
+            .filter(|(_, queue)| !queue.in_flight && queue.due_at_ms <= now_ms)
+            .filter(|(_, queue)| !queue.entries.is_empty())
+            .min_by_key(|(_, queue)| queue.due_at_ms)?;
+        let (&sender_seq, &client_message_id) = queue.entries.first_key_value()?;
+        queue.in_flight = true;
+        Some(Pending {
+            chat: *chat,
+            sender_seq,
+            client_message_id,
+        })
+    }
+
+    /// When the earliest chat that is not in flight becomes due (ms), if any entry waits.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.chats
+            .values()
+            .filter(|queue| !queue.in_flight && !queue.entries.is_empty())
+            .map(|queue| queue.due_at_ms)
+            .min()
+    }
+
+    /// Handles how the send of an entry returned by [`Outbox::poll_transmit`] ended.
+    pub fn handle_outcome(
+        &mut self,
+        entry: Pending,
+        outcome: Outcome,
+        now_ms: u64,
+        rng: &mut impl Rng,
+    ) -> Result<Next, OutboxError> {
+        let queue = self.in_flight_queue(entry)?;
+        match outcome {
+            Outcome::Sent | Outcome::Refused => {
+                queue.entries.remove(&entry.sender_seq);
+                queue.in_flight = false;
+                queue.due_at_ms = now_ms;
+                queue.attempts = 0;
+                queue.mismatches = 0;
+                queue.resends = 0;
+                if queue.entries.is_empty() {
+                    self.chats.remove(&entry.chat);
+                }
+                Ok(if outcome == Outcome::Sent {
+                    Next::Confirmed(entry)
+                } else {
+                    Next::Dropped(entry)
+                })
+            }
+            Outcome::Mismatched => {
+                queue.mismatches += 1;
+                if queue.mismatches > MISMATCHES_IN_A_ROW_MAX {
+                    queue.mismatches = 0;
+                    return Ok(Self::back_off(queue, now_ms, rng));
+                }
+                Ok(Next::Reencrypt(entry))
+            }
+            Outcome::ResendFrom(expected) => {
+                queue.resends += 1;
+                if expected == 0
+                    || expected == entry.sender_seq
+                    || queue.resends > RESENDS_IN_A_ROW_MAX
+                {
+                    queue.resends = 0;
+                    return Ok(Self::back_off(queue, now_ms, rng));
+                }
+                let old = std::mem::take(&mut queue.entries);
+                let mut moves = Vec::new();
+                let mut next_sender_seq = expected;
+                for (old_seq, id) in old {
+                    if old_seq != next_sender_seq {
+                        moves.push((id, old_seq, next_sender_seq));
+                    }
+                    queue.entries.insert(next_sender_seq, id);
+                    next_sender_seq += 1;
+                }
+                queue.in_flight = false;
+                queue.due_at_ms = now_ms;
+                Ok(Next::Renumber {
+                    chat: entry.chat,
+                    moves,
+                    next_sender_seq,
+                })
+            }
+            Outcome::Retry => Ok(Self::back_off(queue, now_ms, rng)),
+        }
+    }
+
+    /// The caller stored a re-encrypted envelope after [`Next::Reencrypt`]; resend at once.
+    pub fn handle_reencrypted(&mut self, entry: Pending, now_ms: u64) -> Result<(), OutboxError> {
+        let queue = self.in_flight_queue(entry)?;
+        queue.in_flight = false;
+        queue.due_at_ms = now_ms;
+        Ok(())
+    }
+
+    fn in_flight_queue(&mut self, entry: Pending) -> Result<&mut ChatQueue, OutboxError> {
+        let queue = self
+            .chats
+            .get_mut(&entry.chat)
+            .ok_or_else(|| OutboxError(format!("no entries for chat {}", entry.chat)))?;
+        let head = queue.entries.first_key_value().map(|(seq, id)| (*seq, *id));
+        if !queue.in_flight || head != Some((entry.sender_seq, entry.client_message_id)) {
+            return Err(OutboxError(format!(
+                "entry {} (sender_seq {}) is not the chat's entry in flight",
+                entry.client_message_id, entry.sender_seq
+            )));
+        }
+        Ok(queue)
+    }
+
+    fn back_off(queue: &mut ChatQueue, now_ms: u64, rng: &mut impl Rng) -> Next {
+        queue.attempts = queue.attempts.saturating_add(1);
+        queue.in_flight = false;
+        queue.due_at_ms = now_ms.saturating_add(retry_delay_ms(queue.attempts, rng));
+        Next::RetryAt(queue.due_at_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn chat(byte: u8) -> ChatId {
+        ChatId([byte; 16])
+    }
+
+    fn entry(chat_byte: u8, sender_seq: u64) -> Pending {
+        let mut id = [0u8; 16];
+        id[0] = chat_byte;
+        id[8..].copy_from_slice(&sender_seq.to_be_bytes());
+        Pending {
+            chat: chat(chat_byte),
+            sender_seq,
+            client_message_id: ClientMessageId(id),
+        }
+    }
+
+    #[test]
+    fn one_chat_goes_in_order_one_at_a_time() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut outbox = Outbox::new();
+        for seq in [3, 1, 2] {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        outbox.insert(entry(2, 1), 0).expect("insert");
+        assert!(
+            outbox.insert(entry(2, 1), 0).is_err(),
+            "duplicate sender_seq"
+        );
+        assert_eq!(outbox.len(), 4);
+
+        let first = outbox.poll_transmit(0).expect("chat 1 head");
+        assert_eq!(first, entry(1, 1));
+        let other = outbox.poll_transmit(0).expect("chat 2 head");
+        assert_eq!(other, entry(2, 1));
+        assert_eq!(
+            outbox.poll_transmit(0),
+            None,
+            "chat 1 waits for its head's outcome"
+        );
+        assert!(
+            outbox
+                .handle_outcome(entry(1, 2), Outcome::Sent, 0, &mut rng)
+                .is_err()
+        );
+
+        assert_eq!(
+            outbox.handle_outcome(first, Outcome::Sent, 0, &mut rng),
+            Ok(Next::Confirmed(first))
+        );
+        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 2)));
+        outbox
+            .handle_outcome(entry(1, 2), Outcome::Sent, 0, &mut rng)
+            .expect("sent");
+        outbox
+            .handle_outcome(other, Outcome::Sent, 0, &mut rng)
+            .expect("sent");
+        assert_eq!(outbox.entries(), vec![entry(1, 3)]);
+        assert!(!outbox.remove(entry(1, 4)), "unknown");
+        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 3)));
+        assert!(!outbox.remove(entry(1, 3)), "in flight");
+        outbox
+            .handle_outcome(entry(1, 3), Outcome::Sent, 0, &mut rng)
+            .expect("sent");
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.poll_timeout(), None);
+    }
+
+    #[test]
+    fn backoff_stays_within_its_bounds_and_grows() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut previous_cap = 0;
+        for attempt in 1..=40 {
+            let cap = RETRY_DELAY_MS_MIN
+                .saturating_mul(1 << (attempt - 1).min(20))
+                .min(RETRY_DELAY_MS_MAX);
+            assert!(cap >= previous_cap);
+            previous_cap = cap;
+            for _ in 0..50 {
+                let delay = retry_delay_ms(attempt, &mut rng);
+                assert!(
+                    (RETRY_DELAY_MS_MIN..=RETRY_DELAY_MS_MAX).contains(&delay),
+                    "{delay}"
+                );
+                assert!(delay <= cap && delay >= (cap / 2).max(RETRY_DELAY_MS_MIN));
+            }
+        }
+        let late: Vec<u64> = (0..20).map(|_| retry_delay_ms(30, &mut rng)).collect();
+        assert!(late.iter().any(|d| *d != late[0]), "jittered");
+    }
+
+    #[test]
+    fn retry_waits_then_resends_the_same_entry() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut outbox = Outbox::new();
+        outbox.insert(entry(1, 1), 1_000).expect("insert");
+        outbox.insert(entry(1, 2), 1_000).expect("insert");
+        let head = outbox.poll_transmit(1_000).expect("head");
+        let Ok(Next::RetryAt(at)) = outbox.handle_outcome(head, Outcome::Retry, 1_000, &mut rng)
+        else {
+            panic!("expected a retry time");
+        };
+        assert!((1_000 + RETRY_DELAY_MS_MIN..=1_000 + RETRY_DELAY_MS_MAX).contains(&at));
+        assert_eq!(outbox.poll_timeout(), Some(at));
+        assert_eq!(outbox.poll_transmit(at - 1), None, "not before its time");
+        assert_eq!(
+            outbox.poll_transmit(at),
+            Some(head),
+            "same id and sender_seq again"
+        );
+    }
+
+    #[test]
+    fn mismatched_reencrypts_the_same_entry_then_backs_off() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut outbox = Outbox::new();
+        outbox.insert(entry(1, 1), 0).expect("insert");
+        for _ in 0..MISMATCHES_IN_A_ROW_MAX {
+            let head = outbox.poll_transmit(0).expect("head");
+            assert_eq!(head, entry(1, 1));
+            assert_eq!(
+                outbox.handle_outcome(head, Outcome::Mismatched, 0, &mut rng),
+                Ok(Next::Reencrypt(head))
+            );
+            assert_eq!(
+                outbox.poll_transmit(0),
+                None,
+                "in flight until re-encrypted"
+            );
+            outbox.handle_reencrypted(head, 0).expect("reencrypted");
+        }
+        let head = outbox.poll_transmit(0).expect("head");
+        assert!(matches!(
+            outbox.handle_outcome(head, Outcome::Mismatched, 0, &mut rng),
+            Ok(Next::RetryAt(_))
+        ));
+        assert!(
+            outbox.handle_reencrypted(head, 0).is_err(),
+            "not in flight any more"
+        );
+    }
+
+    #[test]
+    fn resend_from_renumbers_the_unconfirmed_entries_in_order() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut outbox = Outbox::new();
+        for seq in [5, 6, 7] {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        let head = outbox.poll_transmit(0).expect("head");
+        let next = outbox
+            .handle_outcome(head, Outcome::ResendFrom(3), 0, &mut rng)
+            .expect("renumber");
+        let ids: Vec<_> = [5, 6, 7]
+            .iter()
+            .map(|seq| entry(1, *seq).client_message_id)
+            .collect();
+        assert_eq!(
+            next,
+            Next::Renumber {
+                chat: chat(1),
+                moves: vec![(ids[0], 5, 3), (ids[1], 6, 4), (ids[2], 7, 5)],
+                next_sender_seq: 6,
+            }
+        );
+        let resent = outbox.poll_transmit(0).expect("resend at once");
+        assert_eq!((resent.sender_seq, resent.client_message_id), (3, ids[0]));
+
+        // Forward: the region already holds more of this device's envelopes than it thinks.
+        let next = outbox
+            .handle_outcome(resent, Outcome::ResendFrom(10), 0, &mut rng)
+            .expect("renumber");
+        let Next::Renumber {
+            next_sender_seq,
+            moves,
+            ..
+        } = next
+        else {
+            panic!("{next:?}")
+        };
+        assert_eq!(next_sender_seq, 13);
+        assert_eq!(moves[2], (ids[2], 5, 12));
+        let resent = outbox.poll_transmit(0).expect("resend");
+        assert_eq!((resent.sender_seq, resent.client_message_id), (10, ids[0]));
+        // Nonsense (resend from the seq just sent) backs off instead of looping.
+        assert!(matches!(
+            outbox.handle_outcome(resent, Outcome::ResendFrom(10), 0, &mut rng),
+            Ok(Next::RetryAt(_))
+        ));
+    }
+
+    #[test]
+    fn refused_entries_are_dropped_and_the_chat_moves_on() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut outbox = Outbox::new();
+        outbox.insert(entry(1, 1), 0).expect("insert");
+        outbox.insert(entry(1, 2), 0).expect("insert");
+        let head = outbox.poll_transmit(0).expect("head");
+        assert_eq!(
+            outbox.handle_outcome(head, Outcome::Refused, 0, &mut rng),
+            Ok(Next::Dropped(head))
+        );
+        assert!(!outbox.contains(head.client_message_id));
+        assert!(outbox.contains(entry(1, 2).client_message_id));
+        assert!(outbox.remove(entry(1, 2)), "sent by another process");
+        assert!(outbox.is_empty());
+    }
+}

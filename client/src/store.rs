@@ -1,0 +1,1528 @@
+//! The device's durable state in SQLite (`<data>/relay.db`, WAL, `synchronous=FULL`): identity and
+//! settings, the Olm account and session pickles, trusted device keys, contacts, messages with
+//! their ticks, the outbox, per-chat sender_seq counters, the queue cursor with the acks still owed,
+//! and the seen-set that deduplicates redelivered envelopes.
+//!
+//! Reads are methods on [`Store`]; every change goes through [`Store::write`], one transaction
+//! whose commit is durable before the caller acknowledges anything to the server or reports it
+//! done. The schema is versioned with `PRAGMA user_version`; a migration only ever adds.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+use relay_proto::wire::Envelope;
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+use crate::crypto::{Crypto, CryptoChanges};
+use crate::error::{ClientError, Result};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = 1;
+/// How long a seen envelope id is remembered, in ms: longer than the 30-day queue retention, after
+/// which the server can no longer redeliver it.
+pub const SEEN_RETENTION_MS: u64 = 31 * 24 * 3600 * 1000;
+/// How long to wait for another process holding the database lock, in milliseconds.
+pub const BUSY_TIMEOUT_MS: u64 = 10_000;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE identity (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    region INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE olm_account (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    pickle TEXT NOT NULL
+);
+CREATE TABLE olm_sessions (
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    pickle TEXT NOT NULL,
+    PRIMARY KEY (account, device, position)
+);
+CREATE TABLE devices (
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    identity_key BLOB,
+    current INTEGER NOT NULL,
+    PRIMARY KEY (account, device)
+);
+CREATE TABLE contacts (
+    account INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    region INTEGER NOT NULL
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat BLOB NOT NULL,
+    peer INTEGER NOT NULL,
+    outgoing INTEGER NOT NULL,
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    sender_seq INTEGER NOT NULL,
+    chat_seq INTEGER,
+    text TEXT,
+    sent_at_ms INTEGER NOT NULL,
+    server_time_ms INTEGER,
+    tick INTEGER NOT NULL,
+    read_at_ms INTEGER,
+    undecryptable TEXT,
+    failed TEXT,
+    expired_devices INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sender_account, sender_device, client_message_id)
+);
+CREATE INDEX messages_by_peer ON messages (peer, id);
+CREATE TABLE outbox (
+    chat BLOB NOT NULL,
+    sender_seq INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL UNIQUE,
+    peer INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    envelope BLOB,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (chat, sender_seq)
+);
+CREATE TABLE chat_counters (chat BLOB PRIMARY KEY, next_sender_seq INTEGER NOT NULL);
+CREATE TABLE queue_cursor (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    after_queue_seq INTEGER NOT NULL
+);
+CREATE TABLE pending_acks (queue_seq INTEGER PRIMARY KEY);
+CREATE TABLE seen (
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    seen_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sender_account, sender_device, client_message_id)
+) WITHOUT ROWID;
+CREATE TABLE receipts (
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    recipient_account INTEGER NOT NULL,
+    recipient_device INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sender_account, sender_device, client_message_id, recipient_account, recipient_device)
+) WITHOUT ROWID;
+";
+
+/// The device this data directory belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account.
+    pub account: AccountId,
+    /// This device's number.
+    pub device: DeviceId,
+    /// The account's name.
+    pub name: String,
+    /// The home region.
+    pub region: u32,
+    /// The home region's epoch when registered.
+    pub epoch: u64,
+}
+
+impl Identity {
+    /// This device's address.
+    pub fn address(&self) -> DeviceAddress {
+        DeviceAddress {
+            account: self.account,
+            device: self.device,
+        }
+    }
+}
+
+/// Where to find the deployment, remembered from registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The edge locator's DNS address.
+    pub locator: SocketAddr,
+    /// The local address sockets bind to (it decides the client's region).
+    pub bind_ip: IpAddr,
+    /// The deployment's CA certificate (a copy inside the data directory).
+    pub ca_path: PathBuf,
+}
+
+/// An account known by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The account.
+    pub account: AccountId,
+    /// Its name.
+    pub name: String,
+    /// Its home region.
+    pub region: u32,
+}
+
+/// A device of some account, as this device knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownDevice {
+    /// The device.
+    pub address: DeviceAddress,
+    /// Its Curve25519 identity key, trusted on first use.
+    pub identity_key: Option<[u8; 32]>,
+    /// Whether it is among its account's current devices.
+    pub current: bool,
+}
+
+/// How far a sent message got. Only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tick {
+    /// In the outbox.
+    Pending = 0,
+    /// Stored by every destination region (✓).
+    Sent = 1,
+    /// A device of the peer acknowledged it (✓✓).
+    Delivered = 2,
+    /// The peer read it.
+    Read = 3,
+}
+
+impl Tick {
+    /// The tick for a stored number.
+    pub fn from_i64(value: i64) -> Result<Self> {
+        match value {
+            0 => Ok(Tick::Pending),
+            1 => Ok(Tick::Sent),
+            2 => Ok(Tick::Delivered),
+            3 => Ok(Tick::Read),
+            other => Err(ClientError::Corrupt(format!("tick {other}"))),
+        }
+    }
+
+    /// The lowercase name used in JSON output: `pending`, `sent`, `delivered`, `read`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tick::Pending => "pending",
+            Tick::Sent => "sent",
+            Tick::Delivered => "delivered",
+            Tick::Read => "read",
+        }
+    }
+
+    /// The label people see: `pending`, `sent ✓`, `delivered ✓✓`, `read`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tick::Pending => "pending",
+            Tick::Sent => "sent ✓",
+            Tick::Delivered => "delivered ✓✓",
+            Tick::Read => "read",
+        }
+    }
+
+    /// Parses a JSON name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Tick::Pending, Tick::Sent, Tick::Delivered, Tick::Read]
+            .into_iter()
+            .find(|tick| tick.name() == name)
+    }
+}
+
+/// One message of a chat, either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Local row id (insertion order).
+    pub id: i64,
+    /// The chat.
+    pub chat: ChatId,
+    /// The other account of the chat.
+    pub peer: AccountId,
+    /// Whether this account sent it (from this or another own device).
+    pub outgoing: bool,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's id for it.
+    pub client_message_id: ClientMessageId,
+    /// The sender's counter in the chat.
+    pub sender_seq: u64,
+    /// The home region's chat sequence, once known.
+    pub chat_seq: Option<u64>,
+    /// The text; `None` when undecryptable.
+    pub text: Option<String>,
+    /// When the sender wrote it (sender's clock, ms).
+    pub sent_at_ms: u64,
+    /// When the region committed it (ms), once known.
+    pub server_time_ms: Option<u64>,
+    /// How far it got (outgoing messages).
+    pub tick: Tick,
+    /// When this account read it (incoming messages).
+    pub read_at_ms: Option<u64>,
+    /// Why it could not be decrypted, if it could not.
+    pub undecryptable: Option<String>,
+    /// Why it was given up, if it was.
+    pub failed: Option<String>,
+    /// Peer devices whose copy expired undelivered.
+    pub expired_devices: u32,
+}
+
+impl StoredMessage {
+    /// The time to show: the region's commit time when known, else the sender's clock.
+    pub fn time_ms(&self) -> u64 {
+        self.server_time_ms.unwrap_or(self.sent_at_ms)
+    }
+}
+
+/// A message to insert.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// The chat.
+    pub chat: ChatId,
+    /// The other account of the chat.
+    pub peer: AccountId,
+    /// Whether this account sent it.
+    pub outgoing: bool,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's id for it.
+    pub client_message_id: ClientMessageId,
+    /// The sender's counter in the chat.
+    pub sender_seq: u64,
+    /// The home region's chat sequence, if known.
+    pub chat_seq: Option<u64>,
+    /// The text, if decrypted.
+    pub text: Option<&'a str>,
+    /// The sender's clock.
+    pub sent_at_ms: u64,
+    /// The region's commit time, if known.
+    pub server_time_ms: Option<u64>,
+    /// The initial tick.
+    pub tick: Tick,
+    /// Why it could not be decrypted.
+    pub undecryptable: Option<&'a str>,
+}
+
+/// An outbox entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The chat.
+    pub chat: ChatId,
+    /// The sender device's counter in the chat.
+    pub sender_seq: u64,
+    /// The idempotency key.
+    pub client_message_id: ClientMessageId,
+    /// The other account of the chat.
+    pub peer: AccountId,
+    /// The encoded plaintext [`crate::content::Content`], kept to re-encrypt on mismatched devices.
+    pub content: Vec<u8>,
+    /// The encoded envelope once built; retries send exactly these bytes.
+    pub envelope: Option<Vec<u8>>,
+}
+
+/// The SQLite store of one data directory.
+#[derive(Debug)]
+pub struct Store {
+    connection: Connection,
+}
+
+impl Store {
+    /// Opens (creating or migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut connection = Connection::open(path)?;
+        connection.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i32 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(ClientError::Corrupt(format!(
+                "{} has schema version {version}; this build reads up to {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+        if version < 1 {
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(SCHEMA_V1)?;
+            transaction.pragma_update(None, "user_version", 1)?;
+            transaction.commit()?;
+        }
+        Ok(Self { connection })
+    }
+
+    /// Runs `change` in one transaction and commits it durably. The transaction takes the write
+    /// lock first (`BEGIN IMMEDIATE`), so state read inside it (the Olm pickles above all) cannot
+    /// be changed by another process using the same data directory before it commits.
+    pub fn write<T>(&mut self, change: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = change(&Writer {
+            transaction: &transaction,
+        })?;
+        transaction.commit()?;
+        Ok(value)
+    }
+
+    /// The registered identity, if any.
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        self.connection
+            .query_row(
+                "SELECT account, device, name, region, epoch FROM identity WHERE singleton = 1",
+                [],
+                |row| {
+                    Ok(Identity {
+                        account: AccountId(to_u64(row.get(0)?)),
+                        device: DeviceId(to_u32(row.get(1)?)),
+                        name: row.get(2)?,
+                        region: to_u32(row.get(3)?),
+                        epoch: to_u64(row.get(4)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// The remembered deployment settings, if all are set.
+    pub fn settings(&self) -> Result<Option<Settings>> {
+        let locator = self.setting("locator")?;
+        let bind_ip = self.setting("bind_ip")?;
+        let ca_path = self.setting("ca_path")?;
+        let (Some(locator), Some(bind_ip), Some(ca_path)) = (locator, bind_ip, ca_path) else {
+            return Ok(None);
+        };
+        Ok(Some(Settings {
+            locator: locator
+                .parse()
+                .map_err(|_| ClientError::Corrupt(format!("locator {locator}")))?,
+            bind_ip: bind_ip
+                .parse()
+                .map_err(|_| ClientError::Corrupt(format!("bind ip {bind_ip}")))?,
+            ca_path: PathBuf::from(ca_path),
+        }))
+    }
+
+    /// The Olm account and sessions, if an account was saved.
+    pub fn load_crypto(&self) -> Result<Option<Crypto>> {
+        load_crypto(&self.connection)
+    }
+
+    /// Whether an Olm session with `device` is stored.
+    pub fn has_session(&self, device: DeviceAddress) -> Result<bool> {
+        let found: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT 1 FROM olm_sessions WHERE account = ?1 AND device = ?2 LIMIT 1",
+                params![to_i64(device.account.0), device.device.0],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// A contact by name.
+    pub fn contact_by_name(&self, name: &str) -> Result<Option<Contact>> {
+        self.connection
+            .query_row(
+                "SELECT account, name, region FROM contacts WHERE name = ?1",
+                [name],
+                contact_row,
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// A contact by account.
+    pub fn contact_by_account(&self, account: AccountId) -> Result<Option<Contact>> {
+        self.connection
+            .query_row(
+                "SELECT account, name, region FROM contacts WHERE account = ?1",
+                [to_i64(account.0)],
+                contact_row,
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// The devices of `account` this device knows of.
+    pub fn known_devices(&self, account: AccountId) -> Result<Vec<KnownDevice>> {
+        known_devices(&self.connection, account)
+    }
+
+    /// The trusted identity key of a device, if known.
+    pub fn identity_key(&self, device: DeviceAddress) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .known_devices(device.account)?
+            .into_iter()
+            .find(|known| known.address == device)
+            .and_then(|known| known.identity_key))
+    }
+
+    /// Every outbox entry, by chat and sender_seq.
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
+        let mut statement = self.connection.prepare(
+            "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
+             ORDER BY chat, sender_seq",
+        )?;
+        let rows = statement.query_map([], outbox_row)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(row??);
+        }
+        Ok(entries)
+    }
+
+    /// One outbox entry.
+    pub fn outbox_entry(&self, client_message_id: ClientMessageId) -> Result<Option<OutboxRow>> {
+        let row = self
+            .connection
+            .query_row(
+                "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
+                 WHERE client_message_id = ?1",
+                [client_message_id.0.as_slice()],
+                outbox_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    /// A message by its sender and id.
+    pub fn message(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<Option<StoredMessage>> {
+        let row = self
+            .connection
+            .query_row(
+                &format!(
+                    "{MESSAGE_COLUMNS} WHERE sender_account = ?1 AND sender_device = ?2
+                     AND client_message_id = ?3"
+                ),
+                params![
+                    to_i64(sender.account.0),
+                    sender.device.0,
+                    client_message_id.0.as_slice()
+                ],
+                message_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    /// The chat with `peer` in order: by the home region's chat sequence, messages not yet
+    /// sequenced (pending) last, ties by local insertion.
+    pub fn history(&self, peer: AccountId) -> Result<Vec<StoredMessage>> {
+        let mut statement = self.connection.prepare(&format!(
+            "{MESSAGE_COLUMNS} WHERE peer = ?1 ORDER BY chat_seq IS NULL, chat_seq, id"
+        ))?;
+        let rows = statement.query_map([to_i64(peer.0)], message_row)?;
+        let mut messages = Vec::new();
+        for row in rows {
+            messages.push(row??);
+        }
+        Ok(messages)
+    }
+
+    /// Incoming decrypted messages from `peer` not yet read here, oldest first.
+    pub fn unread_from(&self, peer: AccountId) -> Result<Vec<StoredMessage>> {
+        Ok(self
+            .history(peer)?
+            .into_iter()
+            .filter(|message| {
+                !message.outgoing && message.read_at_ms.is_none() && message.text.is_some()
+            })
+            .collect())
+    }
+
+    /// The cursor: the highest queue sequence processed and committed.
+    pub fn queue_cursor(&self) -> Result<u64> {
+        let value: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT after_queue_seq FROM queue_cursor WHERE singleton = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(value.map_or(0, to_u64))
+    }
+
+    /// Queue entries processed and committed but not yet acknowledged to the server.
+    pub fn pending_acks(&self) -> Result<Vec<u64>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT queue_seq FROM pending_acks ORDER BY queue_seq")?;
+        let rows = statement.query_map([], |row| row.get::<_, i64>(0))?;
+        let mut seqs = Vec::new();
+        for row in rows {
+            seqs.push(to_u64(row?));
+        }
+        Ok(seqs)
+    }
+
+    /// Whether an envelope from `sender` with this id was already processed.
+    pub fn is_seen(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<bool> {
+        let found: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT 1 FROM seen WHERE sender_account = ?1 AND sender_device = ?2
+                 AND client_message_id = ?3",
+                params![
+                    to_i64(sender.account.0),
+                    sender.device.0,
+                    client_message_id.0.as_slice()
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.connection
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(Into::into)
+    }
+}
+
+/// The changes of one transaction (see [`Store::write`]).
+#[derive(Debug)]
+pub struct Writer<'a> {
+    transaction: &'a Transaction<'a>,
+}
+
+impl Writer<'_> {
+    /// Saves the registered identity.
+    pub fn set_identity(&self, identity: &Identity) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO identity (singleton, account, device, name, region, epoch)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(identity.account.0),
+                identity.device.0,
+                identity.name,
+                identity.region,
+                to_i64(identity.epoch)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Saves the deployment settings.
+    pub fn set_settings(&self, settings: &Settings) -> Result<()> {
+        let ca_path = settings
+            .ca_path
+            .to_str()
+            .ok_or_else(|| ClientError::Invalid("the CA path is not valid UTF-8".into()))?;
+        for (key, value) in [
+            ("locator", settings.locator.to_string()),
+            ("bind_ip", settings.bind_ip.to_string()),
+            ("ca_path", ca_path.to_owned()),
+        ] {
+            self.transaction.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+                [key, &value],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Saves changed Olm pickles.
+    pub fn save_crypto(&self, changes: &CryptoChanges) -> Result<()> {
+        if let Some(account) = &changes.account {
+            self.transaction.execute(
+                "INSERT OR REPLACE INTO olm_account (singleton, pickle) VALUES (1, ?1)",
+                [account],
+            )?;
+        }
+        for (device, sessions) in &changes.sessions {
+            let account = to_i64(device.account.0);
+            self.transaction.execute(
+                "DELETE FROM olm_sessions WHERE account = ?1 AND device = ?2",
+                params![account, device.device.0],
+            )?;
+            for (position, (session_id, pickle)) in sessions.iter().enumerate() {
+                self.transaction.execute(
+                    "INSERT INTO olm_sessions (account, device, position, session_id, pickle)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        account,
+                        device.device.0,
+                        position as i64,
+                        session_id,
+                        pickle
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a contact (a name may move to another account only if the directory says so).
+    pub fn upsert_contact(&self, contact: &Contact) -> Result<()> {
+        self.transaction.execute(
+            "DELETE FROM contacts WHERE name = ?1 AND account != ?2",
+            params![contact.name, to_i64(contact.account.0)],
+        )?;
+        self.transaction.execute(
+            "INSERT INTO contacts (account, name, region) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account) DO UPDATE SET name = excluded.name, region = excluded.region",
+            params![to_i64(contact.account.0), contact.name, contact.region],
+        )?;
+        Ok(())
+    }
+
+    /// Records a device: trusts its identity key on first use and refuses a different one later.
+    pub fn trust_device(
+        &self,
+        device: DeviceAddress,
+        identity_key: &[u8; 32],
+        current: bool,
+    ) -> Result<()> {
+        let known: Option<Option<Vec<u8>>> = self
+            .transaction
+            .query_row(
+                "SELECT identity_key FROM devices WHERE account = ?1 AND device = ?2",
+                params![to_i64(device.account.0), device.device.0],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(Some(known)) = &known
+            && known.as_slice() != identity_key
+        {
+            return Err(ClientError::IdentityChanged(device));
+        }
+        self.transaction.execute(
+            "INSERT INTO devices (account, device, identity_key, current) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (account, device) DO UPDATE SET identity_key = excluded.identity_key,
+             current = MAX(current, excluded.current)",
+            params![
+                to_i64(device.account.0),
+                device.device.0,
+                identity_key.as_slice(),
+                current
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The Olm account and sessions as committed, read under this transaction's write lock; the
+    /// caller saves what it changes with [`Writer::save_crypto`] in the same transaction.
+    pub fn load_crypto(&self) -> Result<Crypto> {
+        load_crypto(self.transaction)?
+            .ok_or_else(|| ClientError::Corrupt("the Olm account is missing".into()))
+    }
+
+    /// The devices of `account` this device knows of (read inside the transaction).
+    pub fn known_devices(&self, account: AccountId) -> Result<Vec<KnownDevice>> {
+        known_devices(self.transaction, account)
+    }
+
+    /// The trusted identity key of a device, if known (read inside the transaction).
+    pub fn identity_key(&self, device: DeviceAddress) -> Result<Option<[u8; 32]>> {
+        let key: Option<Option<Vec<u8>>> = self
+            .transaction
+            .query_row(
+                "SELECT identity_key FROM devices WHERE account = ?1 AND device = ?2",
+                params![to_i64(device.account.0), device.device.0],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match key.flatten() {
+            None => Ok(None),
+            Some(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| ClientError::Corrupt("identity key length".into())),
+        }
+    }
+
+    /// The other account of the chat of a message, if the message is known.
+    pub fn message_peer(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<Option<AccountId>> {
+        let peer: Option<i64> = self
+            .transaction
+            .query_row(
+                "SELECT peer FROM messages WHERE sender_account = ?1 AND sender_device = ?2
+                 AND client_message_id = ?3",
+                params![
+                    to_i64(sender.account.0),
+                    sender.device.0,
+                    client_message_id.0.as_slice()
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(peer.map(|peer| AccountId(to_u64(peer))))
+    }
+
+    /// Sets the current devices of `account` to exactly `devices` (others stay known, not current).
+    pub fn set_current_devices(&self, account: AccountId, devices: &[DeviceId]) -> Result<()> {
+        let account = to_i64(account.0);
+        self.transaction.execute(
+            "UPDATE devices SET current = 0 WHERE account = ?1",
+            [account],
+        )?;
+        for device in devices {
+            self.transaction.execute(
+                "INSERT INTO devices (account, device, identity_key, current) VALUES (?1, ?2, NULL, 1)
+                 ON CONFLICT (account, device) DO UPDATE SET current = 1",
+                params![account, device.0],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Takes the chat's next sender_seq (from 1) and advances the counter.
+    pub fn take_sender_seq(&self, chat: ChatId) -> Result<u64> {
+        let next: Option<i64> = self
+            .transaction
+            .query_row(
+                "SELECT next_sender_seq FROM chat_counters WHERE chat = ?1",
+                [chat.0.as_slice()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let seq = next.map_or(1, to_u64);
+        self.set_next_sender_seq(chat, seq + 1)?;
+        Ok(seq)
+    }
+
+    /// Sets the chat's next sender_seq.
+    pub fn set_next_sender_seq(&self, chat: ChatId, next: u64) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO chat_counters (chat, next_sender_seq) VALUES (?1, ?2)",
+            params![chat.0.as_slice(), to_i64(next)],
+        )?;
+        Ok(())
+    }
+
+    /// Inserts a message; `false` when one with the same sender and id exists already.
+    pub fn insert_message(&self, message: &NewMessage<'_>) -> Result<bool> {
+        let inserted = self.transaction.execute(
+            "INSERT OR IGNORE INTO messages (chat, peer, outgoing, sender_account, sender_device,
+             client_message_id, sender_seq, chat_seq, text, sent_at_ms, server_time_ms, tick,
+             undecryptable) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                message.chat.0.as_slice(),
+                to_i64(message.peer.0),
+                message.outgoing,
+                to_i64(message.sender.account.0),
+                message.sender.device.0,
+                message.client_message_id.0.as_slice(),
+                to_i64(message.sender_seq),
+                message.chat_seq.map(to_i64),
+                message.text,
+                to_i64(message.sent_at_ms),
+                message.server_time_ms.map(to_i64),
+                message.tick as i64,
+                message.undecryptable,
+            ],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Adds an outbox entry.
+    pub fn insert_outbox(&self, row: &OutboxRow, created_at_ms: u64) -> Result<()> {
+        self.transaction.execute(
+            "INSERT INTO outbox (chat, sender_seq, client_message_id, peer, content, envelope,
+             created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                row.chat.0.as_slice(),
+                to_i64(row.sender_seq),
+                row.client_message_id.0.as_slice(),
+                to_i64(row.peer.0),
+                row.content,
+                row.envelope,
+                to_i64(created_at_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the built envelope of an outbox entry.
+    pub fn set_envelope(&self, client_message_id: ClientMessageId, envelope: &[u8]) -> Result<()> {
+        self.transaction.execute(
+            "UPDATE outbox SET envelope = ?1 WHERE client_message_id = ?2",
+            params![envelope, client_message_id.0.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Renumbers outbox entries of a chat (rewriting their stored envelopes and messages).
+    pub fn renumber(
+        &self,
+        chat: ChatId,
+        sender: DeviceAddress,
+        moves: &[(ClientMessageId, u64, u64)],
+        next_sender_seq: u64,
+    ) -> Result<()> {
+        // Two steps through negative numbers, so no intermediate state collides on the key.
+        for (id, _, new) in moves {
+            self.transaction.execute(
+                "UPDATE outbox SET sender_seq = ?1 WHERE client_message_id = ?2",
+                params![-to_i64(*new), id.0.as_slice()],
+            )?;
+            let envelope: Option<Vec<u8>> = self
+                .transaction
+                .query_row(
+                    "SELECT envelope FROM outbox WHERE client_message_id = ?1",
+                    [id.0.as_slice()],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
+            if let Some(bytes) = envelope {
+                let mut envelope = Envelope::decode(bytes.as_slice())
+                    .map_err(|error| ClientError::Corrupt(format!("stored envelope: {error}")))?;
+                envelope.sender_seq = *new;
+                self.set_envelope(*id, &envelope.encode_to_vec())?;
+            }
+            self.transaction.execute(
+                "UPDATE messages SET sender_seq = ?1 WHERE sender_account = ?2 AND sender_device = ?3
+                 AND client_message_id = ?4",
+                params![to_i64(*new), to_i64(sender.account.0), sender.device.0, id.0.as_slice()],
+            )?;
+        }
+        self.transaction.execute(
+            "UPDATE outbox SET sender_seq = -sender_seq WHERE chat = ?1 AND sender_seq < 0",
+            [chat.0.as_slice()],
+        )?;
+        self.set_next_sender_seq(chat, next_sender_seq)
+    }
+
+    /// Removes an outbox entry.
+    pub fn remove_outbox(&self, client_message_id: ClientMessageId) -> Result<()> {
+        self.transaction.execute(
+            "DELETE FROM outbox WHERE client_message_id = ?1",
+            [client_message_id.0.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Records the region's sequence and time of a sent message.
+    pub fn set_sequenced(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        chat_seq: Option<u64>,
+        server_time_ms: Option<u64>,
+    ) -> Result<()> {
+        self.transaction.execute(
+            "UPDATE messages SET chat_seq = COALESCE(?1, chat_seq),
+             server_time_ms = COALESCE(?2, server_time_ms)
+             WHERE sender_account = ?3 AND sender_device = ?4 AND client_message_id = ?5",
+            params![
+                chat_seq.map(to_i64),
+                server_time_ms.map(to_i64),
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a message's tick forward; `true` when it moved (never backwards).
+    pub fn advance_tick(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        tick: Tick,
+    ) -> Result<bool> {
+        let changed = self.transaction.execute(
+            "UPDATE messages SET tick = ?1 WHERE sender_account = ?2 AND sender_device = ?3
+             AND client_message_id = ?4 AND tick < ?1",
+            params![
+                tick as i64,
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice()
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Marks outgoing messages of this account in the chat with `peer` read by the peer; returns
+    /// the (sender, id) of each message whose tick moved.
+    pub fn mark_read_by_peer(
+        &self,
+        peer: AccountId,
+        own_account: AccountId,
+        client_message_ids: &[ClientMessageId],
+    ) -> Result<Vec<(DeviceAddress, ClientMessageId)>> {
+        let mut moved = Vec::new();
+        for id in client_message_ids {
+            let senders: Vec<i64> = {
+                let mut statement = self.transaction.prepare(
+                    "SELECT sender_device FROM messages WHERE peer = ?1 AND outgoing = 1
+                     AND sender_account = ?2 AND client_message_id = ?3",
+                )?;
+                let rows = statement.query_map(
+                    params![to_i64(peer.0), to_i64(own_account.0), id.0.as_slice()],
+                    |row| row.get(0),
+                )?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for device in senders {
+                let sender = DeviceAddress {
+                    account: own_account,
+                    device: DeviceId(to_u32(device)),
+                };
+                if self.advance_tick(sender, *id, Tick::Read)? {
+                    moved.push((sender, *id));
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Marks incoming messages from `peer` read here; returns how many changed.
+    pub fn mark_read_locally(
+        &self,
+        peer: AccountId,
+        client_message_ids: &[ClientMessageId],
+        at_ms: u64,
+    ) -> Result<usize> {
+        let mut changed = 0;
+        for id in client_message_ids {
+            changed += self.transaction.execute(
+                "UPDATE messages SET read_at_ms = ?1 WHERE peer = ?2 AND outgoing = 0
+                 AND client_message_id = ?3 AND read_at_ms IS NULL",
+                params![to_i64(at_ms), to_i64(peer.0), id.0.as_slice()],
+            )?;
+        }
+        Ok(changed)
+    }
+
+    /// Marks a message given up, with the reason.
+    pub fn mark_failed(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        reason: &str,
+    ) -> Result<()> {
+        self.transaction.execute(
+            "UPDATE messages SET failed = ?1 WHERE sender_account = ?2 AND sender_device = ?3
+             AND client_message_id = ?4",
+            params![
+                reason,
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a server-visible receipt for one recipient device (its state only moves forward);
+    /// `true` when it is new or moved.
+    pub fn record_receipt(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        recipient: DeviceAddress,
+        state: i32,
+        at_ms: u64,
+    ) -> Result<bool> {
+        let changed = self.transaction.execute(
+            "INSERT INTO receipts (sender_account, sender_device, client_message_id,
+             recipient_account, recipient_device, state, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT DO UPDATE SET state = excluded.state, at_ms = excluded.at_ms
+             WHERE excluded.state > receipts.state",
+            params![
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice(),
+                to_i64(recipient.account.0),
+                recipient.device.0,
+                state,
+                to_i64(at_ms)
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Counts one more peer device whose copy of a message expired undelivered.
+    pub fn add_expired_device(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<()> {
+        self.transaction.execute(
+            "UPDATE messages SET expired_devices = expired_devices + 1 WHERE sender_account = ?1
+             AND sender_device = ?2 AND client_message_id = ?3",
+            params![
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Remembers that an envelope was processed; `false` if it already was.
+    pub fn mark_seen(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let inserted = self.transaction.execute(
+            "INSERT OR IGNORE INTO seen (sender_account, sender_device, client_message_id, seen_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![to_i64(sender.account.0), sender.device.0, client_message_id.0.as_slice(), to_i64(now_ms)],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Forgets seen ids older than [`SEEN_RETENTION_MS`].
+    pub fn prune_seen(&self, now_ms: u64) -> Result<usize> {
+        Ok(self.transaction.execute(
+            "DELETE FROM seen WHERE seen_at_ms < ?1",
+            [to_i64(now_ms.saturating_sub(SEEN_RETENTION_MS))],
+        )?)
+    }
+
+    /// Advances the queue cursor (never backwards) and owes acks for the processed entries.
+    pub fn processed_queue_entries(&self, queue_seqs: &[u64]) -> Result<()> {
+        let Some(highest) = queue_seqs.iter().max() else {
+            return Ok(());
+        };
+        self.transaction.execute(
+            "INSERT INTO queue_cursor (singleton, after_queue_seq) VALUES (1, ?1)
+             ON CONFLICT (singleton) DO UPDATE SET after_queue_seq = MAX(after_queue_seq, excluded.after_queue_seq)",
+            [to_i64(*highest)],
+        )?;
+        for seq in queue_seqs {
+            self.transaction.execute(
+                "INSERT OR IGNORE INTO pending_acks (queue_seq) VALUES (?1)",
+                [to_i64(*seq)],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forgets acks the server confirmed.
+    pub fn acked(&self, queue_seqs: &[u64]) -> Result<()> {
+        for seq in queue_seqs {
+            self.transaction.execute(
+                "DELETE FROM pending_acks WHERE queue_seq = ?1",
+                [to_i64(*seq)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "SELECT id, chat, peer, outgoing, sender_account, sender_device,
+    client_message_id, sender_seq, chat_seq, text, sent_at_ms, server_time_ms, tick, read_at_ms,
+    undecryptable, failed, expired_devices FROM messages";
+
+fn message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredMessage>> {
+    let chat: Vec<u8> = row.get(1)?;
+    let client_message_id: Vec<u8> = row.get(6)?;
+    let tick: i64 = row.get(12)?;
+    let parsed = (|| {
+        Ok(StoredMessage {
+            id: row.get(0)?,
+            chat: ChatId::from_bytes(&chat)
+                .map_err(|error| ClientError::Corrupt(error.to_string()))?,
+            peer: AccountId(to_u64(row.get(2)?)),
+            outgoing: row.get(3)?,
+            sender: address(row.get(4)?, row.get(5)?),
+            client_message_id: ClientMessageId::from_bytes(&client_message_id)
+                .map_err(|error| ClientError::Corrupt(error.to_string()))?,
+            sender_seq: to_u64(row.get(7)?),
+            chat_seq: row.get::<_, Option<i64>>(8)?.map(to_u64),
+            text: row.get(9)?,
+            sent_at_ms: to_u64(row.get(10)?),
+            server_time_ms: row.get::<_, Option<i64>>(11)?.map(to_u64),
+            tick: Tick::from_i64(tick)?,
+            read_at_ms: row.get::<_, Option<i64>>(13)?.map(to_u64),
+            undecryptable: row.get(14)?,
+            failed: row.get(15)?,
+            expired_devices: to_u32(row.get(16)?),
+        })
+    })();
+    Ok(parsed)
+}
+
+fn outbox_row(row: &Row<'_>) -> rusqlite::Result<Result<OutboxRow>> {
+    let chat: Vec<u8> = row.get(0)?;
+    let client_message_id: Vec<u8> = row.get(2)?;
+    let parsed = (|| {
+        Ok(OutboxRow {
+            chat: ChatId::from_bytes(&chat)
+                .map_err(|error| ClientError::Corrupt(error.to_string()))?,
+            sender_seq: to_u64(row.get(1)?),
+            client_message_id: ClientMessageId::from_bytes(&client_message_id)
+                .map_err(|error| ClientError::Corrupt(error.to_string()))?,
+            peer: AccountId(to_u64(row.get(3)?)),
+            content: row.get(4)?,
+            envelope: row.get(5)?,
+        })
+    })();
+    Ok(parsed)
+}
+
+fn contact_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
+    Ok(Contact {
+        account: AccountId(to_u64(row.get(0)?)),
+        name: row.get(1)?,
+        region: to_u32(row.get(2)?),
+    })
+}
+
+fn load_crypto(connection: &Connection) -> Result<Option<Crypto>> {
+    let account: Option<String> = connection
+        .query_row(
+            "SELECT pickle FROM olm_account WHERE singleton = 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(account) = account else {
+        return Ok(None);
+    };
+    let mut statement = connection.prepare(
+        "SELECT account, device, pickle FROM olm_sessions ORDER BY account, device, position",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((address(row.get(0)?, row.get(1)?), row.get::<_, String>(2)?))
+    })?;
+    let mut sessions: Vec<(DeviceAddress, Vec<String>)> = Vec::new();
+    for row in rows {
+        let (device, pickle) = row?;
+        match sessions.last_mut() {
+            Some((last, list)) if *last == device => list.push(pickle),
+            _ => sessions.push((device, vec![pickle])),
+        }
+    }
+    Crypto::from_pickles(&account, sessions).map(Some)
+}
+
+fn known_devices(connection: &Connection, account: AccountId) -> Result<Vec<KnownDevice>> {
+    let mut statement = connection.prepare(
+        "SELECT device, identity_key, current FROM devices WHERE account = ?1 ORDER BY device",
+    )?;
+    let rows = statement.query_map([to_i64(account.0)], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, Option<Vec<u8>>>(1)?,
+            row.get::<_, bool>(2)?,
+        ))
+    })?;
+    let mut devices = Vec::new();
+    for row in rows {
+        let (device, identity_key, current) = row?;
+        let identity_key = match identity_key {
+            Some(bytes) => Some(
+                <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| ClientError::Corrupt("identity key length".into()))?,
+            ),
+            None => None,
+        };
+        devices.push(KnownDevice {
+            address: DeviceAddress {
+                account,
+                device: DeviceId(to_u32(device)),
+            },
+            identity_key,
+            current,
+        });
+    }
+    Ok(devices)
+}
+
+fn address(account: i64, device: i64) -> DeviceAddress {
+    DeviceAddress {
+        account: AccountId(to_u64(account)),
+        device: DeviceId(to_u32(device)),
+    }
+}
+
+// SQLite integers are i64; ids and sequences are u64 on the wire and stay below 2^63 in practice.
+// The casts are bit-preserving both ways, so a value always reads back as it was written.
+fn to_i64(value: u64) -> i64 {
+    value as i64
+}
+
+fn to_u64(value: i64) -> u64 {
+    value as u64
+}
+
+fn to_u32(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(account: u64, device: u32) -> DeviceAddress {
+        DeviceAddress {
+            account: AccountId(account),
+            device: DeviceId(device),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("relay.db")).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn identity_settings_and_crypto_round_trip() {
+        let (dir, mut store) = open();
+        assert_eq!(store.identity().expect("read"), None);
+        let identity = Identity {
+            account: AccountId(7),
+            device: DeviceId(1),
+            name: "alice".into(),
+            region: 2,
+            epoch: 3,
+        };
+        let settings = Settings {
+            locator: "127.0.0.1:5353".parse().expect("addr"),
+            bind_ip: "127.0.2.9".parse().expect("ip"),
+            ca_path: dir.path().join("ca.pem"),
+        };
+        let mut crypto = Crypto::new();
+        crypto.generate_one_time_keys(2);
+        let mut other = Crypto::new();
+        other.generate_one_time_keys(1);
+        let key = other.unpublished_one_time_keys().remove(0);
+        crypto
+            .create_outbound_session(device(9, 1), &other.identity_key(), &key.public_key)
+            .expect("session");
+        let changes = crypto.take_changes().expect("changes");
+        store
+            .write(|writer| {
+                writer.set_identity(&identity)?;
+                writer.set_settings(&settings)?;
+                writer.save_crypto(&changes)
+            })
+            .expect("write");
+        drop(store);
+        let store = Store::open(&dir.path().join("relay.db")).expect("reopen");
+        assert_eq!(store.identity().expect("read"), Some(identity));
+        assert_eq!(store.settings().expect("read"), Some(settings));
+        let mut restored = store.load_crypto().expect("load").expect("some");
+        assert_eq!(restored.identity_key(), crypto.identity_key());
+        assert!(restored.has_session(device(9, 1)));
+        assert_eq!(restored.unpublished_one_time_keys().len(), 2);
+        let (_, body) = restored.encrypt(device(9, 1), b"x").expect("encrypt");
+        assert!(!body.is_empty());
+    }
+
+    #[test]
+    fn messages_deduplicate_and_ticks_only_move_forward() {
+        let (_dir, mut store) = open();
+        let me = device(1, 1);
+        let id = ClientMessageId([5; 16]);
+        let chat = ChatId::direct(AccountId(1), AccountId(2));
+        let message = NewMessage {
+            chat,
+            peer: AccountId(2),
+            outgoing: true,
+            sender: me,
+            client_message_id: id,
+            sender_seq: 1,
+            chat_seq: None,
+            text: Some("hi"),
+            sent_at_ms: 10,
+            server_time_ms: None,
+            tick: Tick::Pending,
+            undecryptable: None,
+        };
+        assert!(store.write(|w| w.insert_message(&message)).expect("insert"));
+        assert!(
+            !store.write(|w| w.insert_message(&message)).expect("again"),
+            "deduplicated"
+        );
+        assert!(
+            store
+                .write(|w| w.advance_tick(me, id, Tick::Delivered))
+                .expect("tick")
+        );
+        assert!(
+            !store
+                .write(|w| w.advance_tick(me, id, Tick::Sent))
+                .expect("tick"),
+            "never backwards"
+        );
+        store
+            .write(|w| w.set_sequenced(me, id, Some(4), Some(99)))
+            .expect("sequenced");
+        let moved = store
+            .write(|w| w.mark_read_by_peer(AccountId(2), AccountId(1), &[id]))
+            .expect("read");
+        assert_eq!(moved, vec![(me, id)]);
+        let stored = store.message(me, id).expect("read").expect("some");
+        assert_eq!(
+            (stored.tick, stored.chat_seq, stored.time_ms()),
+            (Tick::Read, Some(4), 99)
+        );
+        assert_eq!(store.history(AccountId(2)).expect("history").len(), 1);
+
+        let peer = device(2, 1);
+        let incoming = ClientMessageId([6; 16]);
+        assert!(!store.is_seen(peer, incoming).expect("seen"));
+        assert!(
+            store
+                .write(|w| w.mark_seen(peer, incoming, 1_000))
+                .expect("seen")
+        );
+        assert!(
+            !store
+                .write(|w| w.mark_seen(peer, incoming, 1_000))
+                .expect("seen")
+        );
+        assert!(store.is_seen(peer, incoming).expect("seen"));
+        assert_eq!(
+            store
+                .write(|w| w.prune_seen(1_000 + SEEN_RETENTION_MS + 1))
+                .expect("prune"),
+            1
+        );
+        assert!(!store.is_seen(peer, incoming).expect("seen"));
+
+        assert!(
+            store
+                .write(|w| w.record_receipt(me, id, peer, 2, 5))
+                .expect("receipt")
+        );
+        assert!(
+            !store
+                .write(|w| w.record_receipt(me, id, peer, 2, 6))
+                .expect("same")
+        );
+        assert!(
+            store
+                .write(|w| w.record_receipt(me, id, peer, 4, 7))
+                .expect("forward")
+        );
+    }
+
+    #[test]
+    fn outbox_counters_renumbering_and_cursor() {
+        let (_dir, mut store) = open();
+        let me = device(1, 1);
+        let chat = ChatId::direct(AccountId(1), AccountId(2));
+        let mut ids = Vec::new();
+        for index in 0..3u8 {
+            let id = ClientMessageId([index + 1; 16]);
+            ids.push(id);
+            store
+                .write(|w| {
+                    let seq = w.take_sender_seq(chat)?;
+                    let envelope = Envelope {
+                        chat: chat.0.to_vec(),
+                        sender: me.into(),
+                        client_message_id: id.0.to_vec(),
+                        sender_seq: seq,
+                        recipient_accounts: vec![2, 1],
+                        ciphertexts: Vec::new(),
+                    };
+                    w.insert_outbox(
+                        &OutboxRow {
+                            chat,
+                            sender_seq: seq,
+                            client_message_id: id,
+                            peer: AccountId(2),
+                            content: vec![1],
+                            envelope: Some(envelope.encode_to_vec()),
+                        },
+                        0,
+                    )
+                })
+                .expect("enqueue");
+        }
+        let seqs: Vec<u64> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .map(|row| row.sender_seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        // Shift up by one: the intermediate state would collide without the two-step update.
+        let moves = vec![(ids[0], 1, 2), (ids[1], 2, 3), (ids[2], 3, 4)];
+        store
+            .write(|w| w.renumber(chat, me, &moves, 5))
+            .expect("renumber");
+        let rows = store.outbox().expect("outbox");
+        assert_eq!(
+            rows.iter().map(|row| row.sender_seq).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        let envelope =
+            Envelope::decode(rows[0].envelope.as_deref().expect("envelope")).expect("decode");
+        assert_eq!(envelope.sender_seq, 2);
+        assert_eq!(store.write(|w| w.take_sender_seq(chat)).expect("seq"), 5);
+        store.write(|w| w.remove_outbox(ids[0])).expect("remove");
+        assert!(store.outbox_entry(ids[0]).expect("read").is_none());
+
+        assert_eq!(store.queue_cursor().expect("cursor"), 0);
+        store
+            .write(|w| w.processed_queue_entries(&[3, 1, 2]))
+            .expect("processed");
+        store
+            .write(|w| w.processed_queue_entries(&[2]))
+            .expect("redelivered");
+        assert_eq!(store.queue_cursor().expect("cursor"), 3, "never backwards");
+        assert_eq!(store.pending_acks().expect("acks"), vec![1, 2, 3]);
+        store.write(|w| w.acked(&[1, 2])).expect("acked");
+        assert_eq!(store.pending_acks().expect("acks"), vec![3]);
+    }
+
+    #[test]
+    fn devices_are_trusted_on_first_use() {
+        let (_dir, mut store) = open();
+        let bob = device(2, 1);
+        store
+            .write(|w| w.trust_device(bob, &[1; 32], true))
+            .expect("trust");
+        store
+            .write(|w| w.trust_device(bob, &[1; 32], true))
+            .expect("same key again");
+        assert!(matches!(
+            store.write(|w| w.trust_device(bob, &[2; 32], true)),
+            Err(ClientError::IdentityChanged(_))
+        ));
+        store
+            .write(|w| w.set_current_devices(AccountId(2), &[DeviceId(2)]))
+            .expect("current");
+        let devices = store.known_devices(AccountId(2)).expect("devices");
+        assert_eq!(devices.len(), 2);
+        assert!(!devices[0].current && devices[0].identity_key == Some([1; 32]));
+        assert!(devices[1].current && devices[1].identity_key.is_none());
+        assert_eq!(store.identity_key(bob).expect("key"), Some([1; 32]));
+
+        let contact = Contact {
+            account: AccountId(2),
+            name: "bob".into(),
+            region: 1,
+        };
+        store
+            .write(|w| w.upsert_contact(&contact))
+            .expect("contact");
+        assert_eq!(
+            store.contact_by_name("bob").expect("read"),
+            Some(contact.clone())
+        );
+        assert_eq!(
+            store.contact_by_account(AccountId(2)).expect("read"),
+            Some(contact)
+        );
+    }
+}
