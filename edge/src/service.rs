@@ -102,7 +102,7 @@ impl EdgeService {
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
         let device_server = net::server_config(identity.clone(), None, net::ALPN_DEVICE)?;
         let device_endpoint =
-            net::bind_endpoint(&TokioSockets, config.listen, Some(device_server))?;
+            net::bind_server_endpoint(&TokioSockets, config.listen, device_server, &identity)?;
         let address = device_endpoint.local_addr().map_err(NetError::Io)?;
         let internal_endpoint =
             net::bind_endpoint(&TokioSockets, SocketAddr::new(config.listen.ip(), 0), None)?;

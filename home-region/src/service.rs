@@ -98,7 +98,7 @@ impl RegionService {
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
         let server = net::server_config(identity.clone(), Some(roots.clone()), net::ALPN_INTERNAL)?;
-        let endpoint = net::bind_endpoint(&TokioSockets, config.listen, Some(server))?;
+        let endpoint = net::bind_server_endpoint(&TokioSockets, config.listen, server, &identity)?;
         let address = endpoint.local_addr().map_err(NetError::Io)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let peers_file = config.peers_file.clone();

@@ -17,6 +17,7 @@ use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 
 use crate::frame::{FRAME_HEADER_BYTES, decode_header, encode_frame};
 use crate::limits::{AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL, FRAME_BYTES_MAX};
@@ -233,9 +234,46 @@ pub fn bind_endpoint(
     address: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> Result<quinn::Endpoint, NetError> {
+    bind_endpoint_with(sockets, address, server, quinn::EndpointConfig::default())
+}
+
+/// Binds a server endpoint whose stateless-reset key is derived from `identity`'s private key.
+///
+/// A restarted process on the same address then answers packets of its previous life's
+/// connections with a valid stateless reset, so peers drop those connections at once and
+/// reconnect, instead of waiting for the idle timeout.
+pub fn bind_server_endpoint(
+    sockets: &dyn SocketFactory,
+    address: SocketAddr,
+    server: quinn::ServerConfig,
+    identity: &TlsIdentity,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"relay-stateless-reset-v1");
+    hasher.update(identity.key.secret_der());
+    let secret = hasher.finalize();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // Connection ids must validate across restarts too, or the packets that would trigger the
+    // reset are dropped as carrying an invalid id.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    bind_endpoint_with(sockets, address, Some(server), config)
+}
+
+fn bind_endpoint_with(
+    sockets: &dyn SocketFactory,
+    address: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    config: quinn::EndpointConfig,
+) -> Result<quinn::Endpoint, NetError> {
     let socket = sockets.bind(address)?;
     Ok(quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         socket,
         sockets.runtime(),

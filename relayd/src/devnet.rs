@@ -358,10 +358,11 @@ async fn start(exe: &Path, spec: &ChildSpec) -> Result<Running> {
 }
 
 async fn stop_child(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+    if let Some(pid) = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     if tokio::time::timeout(Duration::from_millis(CHILD_STOP_TIMEOUT_MS), child.wait())
         .await
