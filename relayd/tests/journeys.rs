@@ -281,3 +281,51 @@ fn files_containing(root: &Path, needle: &[u8]) -> Vec<String> {
     }
     found
 }
+
+#[test]
+fn a_retried_send_is_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devnet = Devnet::start(2, &dir.path().join("devnet"));
+    let (alice, bob) = two_people(&devnet, dir.path());
+    send(&alice, "bob", "first");
+
+    // Freeze bob's region: alice's region commits the envelope, bob's never answers, so the edge
+    // reports a retryable failure and the client retries the same envelope (same client message
+    // id) until its budget runs out, leaving it pending in the outbox.
+    let region2 = devnet.region(2)["service_pid"].as_u64().expect("pid") as u32;
+    support::send_signal(region2, "STOP");
+    let attempt = alice.run(&["send", "bob", "retried"]);
+    support::send_signal(region2, "CONT");
+    assert!(attempt.status.success());
+    let lines = support::json_lines(&attempt.stdout);
+    assert!(
+        events(&lines, "still_pending").len() == 1
+            && events(&lines, "tick")
+                .iter()
+                .all(|t| t["tick"] == "pending"),
+        "the send stays pending while a region is frozen: {lines:?}"
+    );
+
+    // Once bob's region is back, the outbox delivers it (again, under the same id).
+    eventually(DEADLINE, "the outbox flushes", || {
+        let synced = alice.ok(&["sync"]);
+        (events(&synced, "synced")[0]["pending"] == 0).then_some(())
+    });
+    send(&alice, "bob", "third");
+
+    // Stored once in bob's region: one copy, and gapless chat sequence numbers.
+    let received = bob.ok(&["sync"]);
+    assert_eq!(texts(&received), vec!["first", "retried", "third"]);
+    let seqs: Vec<u64> = events(&received, "message")
+        .iter()
+        .map(|m| m["chat_seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    // Stored once in alice's region too, though it received the envelope at every attempt.
+    let history = alice.ok(&["history", "bob"]);
+    let alice_seqs: Vec<u64> = events(&history, "history")
+        .iter()
+        .map(|h| h["chat_seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(alice_seqs, vec![1, 2, 3]);
+}
