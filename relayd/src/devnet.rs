@@ -112,34 +112,24 @@ async fn devnet(regions: u32, data: PathBuf, json: bool) -> Result<()> {
         // Regions first: edges need their addresses.
         let mut peers = PeersFile::default();
         for region in 1..=regions {
-            let config_path = data.join(format!("region-{region}.toml"));
             let certs = pki.region(region)?;
-            let mut config = RegionConfig {
-                region,
-                listen: previous_listen(&config_path)
-                    .unwrap_or(SocketAddr::new(region_ip(region, 1), 0)),
-                data_dir: data.join(format!("region-{region}")),
-                directory_writer: 1,
-                peers_file: peers_file.clone(),
-                ca_cert: pki.ca_cert(),
-                cert: certs.cert,
-                key: certs.key,
-            };
-            let spec = ChildSpec {
-                name: format!("region-{region}"),
-                role: "region",
-                config: config_path.clone(),
-                log: logs.join(format!("region-{region}.log")),
-            };
-            let preferred = config.listen;
-            let started = start_preferring(
+            let name = format!("region-{region}");
+            let started = launch(
                 &exe,
-                &spec,
-                |listen| {
-                    config.listen = listen;
-                    write_toml(&config_path, &config, "# Written by relayd devnet.")
+                &data,
+                &name,
+                "region",
+                SocketAddr::new(region_ip(region, 1), 0),
+                |listen| RegionConfig {
+                    region,
+                    listen,
+                    data_dir: data.join(&name),
+                    directory_writer: 1,
+                    peers_file: peers_file.clone(),
+                    ca_cert: pki.ca_cert(),
+                    cert: certs.cert.clone(),
+                    key: certs.key.clone(),
                 },
-                preferred,
             )
             .await?;
             peers.regions.push(PeerEntry {
@@ -165,33 +155,23 @@ async fn devnet(regions: u32, data: PathBuf, json: bool) -> Result<()> {
             .collect();
         let mut edges = Vec::new();
         for region in 1..=regions {
-            let config_path = data.join(format!("edge-{region}.toml"));
             let certs = pki.edge(region)?;
-            let mut config = EdgeConfig {
-                region,
-                listen: previous_listen(&config_path)
-                    .unwrap_or(SocketAddr::new(region_ip(region, 2), 0)),
-                ca_cert: pki.ca_cert(),
-                cert: certs.cert,
-                key: certs.key,
-                regions: region_addresses.clone(),
-                limits: LimitsConfig::default(),
-            };
-            let spec = ChildSpec {
-                name: format!("edge-{region}"),
-                role: "edge",
-                config: config_path.clone(),
-                log: logs.join(format!("edge-{region}.log")),
-            };
-            let preferred = config.listen;
-            let started = start_preferring(
+            let name = format!("edge-{region}");
+            let started = launch(
                 &exe,
-                &spec,
-                |listen| {
-                    config.listen = listen;
-                    write_toml(&config_path, &config, "# Written by relayd devnet.")
+                &data,
+                &name,
+                "edge",
+                SocketAddr::new(region_ip(region, 2), 0),
+                |listen| EdgeConfig {
+                    region,
+                    listen,
+                    ca_cert: pki.ca_cert(),
+                    cert: certs.cert.clone(),
+                    key: certs.key.clone(),
+                    regions: region_addresses.clone(),
+                    limits: LimitsConfig::default(),
                 },
-                preferred,
             )
             .await?;
             edges.push(started.address);
@@ -199,21 +179,10 @@ async fn devnet(regions: u32, data: PathBuf, json: bool) -> Result<()> {
             running.push(started);
         }
 
-        let config_path = data.join("locator.toml");
-        let preferred = previous_listen(&config_path)
-            .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
-        let spec = ChildSpec {
-            name: "locator".into(),
-            role: "locator",
-            config: config_path.clone(),
-            log: logs.join("locator.log"),
-        };
-        let started = start_preferring(
-            &exe,
-            &spec,
-            |listen| write_locator_config(&config_path, listen, &edges),
-            preferred,
-        )
+        let localhost = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let started = launch(&exe, &data, "locator", "locator", localhost, |listen| {
+            locator_config(listen, &edges)
+        })
         .await?;
         let locator = started.address;
         report(json, &started, "started");
@@ -246,8 +215,8 @@ async fn devnet(regions: u32, data: PathBuf, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn write_locator_config(path: &Path, listen: SocketAddr, edges: &[SocketAddr]) -> Result<()> {
-    let config = LocatorConfig {
+fn locator_config(listen: SocketAddr, edges: &[SocketAddr]) -> LocatorConfig {
+    LocatorConfig {
         listen,
         regions: edges
             .iter()
@@ -259,19 +228,36 @@ fn write_locator_config(path: &Path, listen: SocketAddr, edges: &[SocketAddr]) -
             })
             .collect(),
         ..LocatorConfig::default()
+    }
+}
+
+/// Starts the child `name` with the config `make` builds for a listen address, preferring the
+/// address its previous config file held (so a restarted devnet keeps its ports).
+async fn launch<C: serde::Serialize>(
+    exe: &Path,
+    data: &Path,
+    name: &str,
+    role: &'static str,
+    default_listen: SocketAddr,
+    make: impl Fn(SocketAddr) -> C,
+) -> Result<Running> {
+    let config_path = data.join(format!("{name}.toml"));
+    let spec = ChildSpec {
+        name: name.to_owned(),
+        role,
+        config: config_path.clone(),
+        log: data.join("logs").join(format!("{name}.log")),
     };
-    write_toml(
-        path,
-        &config,
-        "# The DNS edge locator. Written by relayd devnet.",
-    )
+    let preferred = previous_listen(&config_path).unwrap_or(default_listen);
+    let write = |listen| write_toml(&config_path, &make(listen), "# Written by relayd devnet.");
+    start_preferring(exe, &spec, write, preferred).await
 }
 
 /// Starts a child on its preferred address, falling back to any free port there.
 async fn start_preferring(
     exe: &Path,
     spec: &ChildSpec,
-    mut write_config: impl FnMut(SocketAddr) -> Result<()>,
+    write_config: impl Fn(SocketAddr) -> Result<()>,
     preferred: SocketAddr,
 ) -> Result<Running> {
     write_config(preferred)?;
