@@ -1,0 +1,10 @@
+//! Deterministic simulation of the whole relay: hosts, network and time simulated by turmoil in
+//! one thread, so a run is reproduced from its seed.
+//!
+//! [`net`] plugs turmoil's simulated UDP into the services' [`SocketFactory`]
+//! (relay_proto::net), so the real region and edge services and the real QUIC stack run
+//! unchanged in the simulation, over links that can drop, delay, partition and hold packets.
+//!
+//! [`SocketFactory`]: relay_proto::net::SocketFactory
+
+pub mod net;
