@@ -1,7 +1,10 @@
 //! The conformance suite: the layers composed the way a region composes them, with the
 //! invariants checked at the end. It runs against a clean database and against one with
 //! seeded faults (conflicts, unknown commit results, slow commits); with a FoundationDB backend
-//! it will run there too.
+//! it will run there too. Every mutating call that is not idempotent by nature carries an
+//! idempotency key issued once per logical request, so the results are exact even when
+//! commits are retried after an unknown result. The media index runs its share of the suite
+//! from its own module (`media::tests`), with and without faults.
 
 use std::collections::BTreeSet;
 
@@ -9,15 +12,19 @@ use relay_proto::wire::ReceiptState;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, RegionId};
 
 use crate::chat_log::{self, AppendOutcome, NewEntry};
-use crate::device_queue::{self, QueueAppend, QueueItem};
+use crate::codec::IdempotencyKey;
+use crate::device_queue::{self, QueueAppend, QueueItem, SweepScope};
+use crate::directory::{GroupId, MembershipChange};
 use crate::engine::{Database, FaultConfig};
 use crate::error::StoreError;
-use crate::test_support::{fault_seed, temporary_database};
+use crate::test_support::{KeyIssuer, fault_seed, temporary_database};
 use crate::{directory, keys, outbox, receipts};
 
 const HOME: RegionId = RegionId(1);
 const REMOTE: RegionId = RegionId(2);
 const MESSAGES_PER_SENDER: u64 = 12;
+const SENT_AT_MS: u64 = 1_000;
+const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_without_faults() {
@@ -41,16 +48,20 @@ async fn conformance_with_faults() {
     );
 }
 
-/// Runs every scenario. `exact_claims`: no commit result is ever unknown, so every claimed key
-/// is seen by its claimer.
-async fn conformance(database: Database, exact_claims: bool) {
-    let alice = register(&database, "alice", b"alice-phone").await;
-    let alice_laptop = add_device(&database, alice.account, b"alice-laptop").await;
-    let bob = register(&database, "bob", b"bob-phone").await;
-    let bob_laptop = add_device(&database, bob.account, b"bob-laptop").await;
+/// Runs every scenario against `database` (any backend). `commit_results_known`: no commit is
+/// ever answered `CommitUnknownResult`, so a first send is answered as a first send (with
+/// unknown results it may be answered as the duplicate of its own first attempt); every other
+/// check is exact either way.
+pub(crate) async fn conformance(database: Database, commit_results_known: bool) {
+    let keys = KeyIssuer::default();
+    let alice = register(&database, "alice", b"alice-phone", keys.issue()).await;
+    let alice_laptop = add_device(&database, alice.account, b"alice-laptop", keys.issue()).await;
+    let bob = register(&database, "bob", b"bob-phone", keys.issue()).await;
+    let bob_laptop = add_device(&database, bob.account, b"bob-laptop", keys.issue()).await;
     let chat = ChatId::direct(alice.account, bob.account);
 
-    claims_are_exactly_once(&database, bob, exact_claims).await;
+    claims_are_exactly_once(&database, bob, &keys).await;
+    groups_are_versioned(&database, [alice.account, bob.account], &keys).await;
 
     // Both senders send concurrently; every message lands once, in one gapless order, and in
     // the queue of every device but the sender.
@@ -58,7 +69,15 @@ async fn conformance(database: Database, exact_claims: bool) {
         let database = database.clone();
         tokio::spawn(async move {
             for sender_seq in 1..=MESSAGES_PER_SENDER {
-                send(&database, chat, sender, sender_seq).await;
+                let outcome = send(&database, chat, sender, sender_seq).await;
+                if commit_results_known {
+                    assert!(
+                        matches!(outcome, AppendOutcome::Appended { .. }),
+                        "{outcome:?}"
+                    );
+                } else {
+                    assert!(!matches!(outcome, AppendOutcome::Gap { .. }), "{outcome:?}");
+                }
             }
         })
     });
@@ -125,59 +144,58 @@ async fn conformance(database: Database, exact_claims: bool) {
     }
 
     acks_deliver_receipts_once(&database, chat, bob_laptop, &entries).await;
-    outbox_entries_apply_once(&database, total).await;
+    keyed_appends_are_exact(&database, bob_laptop, &keys).await;
+    undelivered_entries_expire_once(&database, chat, [alice, alice_laptop, bob], &entries).await;
+    outbox_entries_apply_once(&database, total, &keys).await;
 }
 
-/// Creates an account with its first device, recognising its own earlier attempt (after an
-/// unknown commit result) by the device's identity key.
+/// Creates an account with its first device in one transaction; the idempotency key makes a
+/// retry after an unknown commit result return the same account and device.
 async fn register(
     database: &Database,
     name: &'static str,
     identity: &'static [u8],
+    key: IdempotencyKey,
 ) -> DeviceAddress {
-    let registered = database
+    database
         .transact(|tx| async move {
-            match directory::create_account(&tx, name, HOME).await? {
-                Ok(account) => {
-                    let device = directory::add_device(&tx, account.id, identity, b"sig").await?;
-                    Ok(Some(DeviceAddress {
-                        account: account.id,
-                        device,
-                    }))
-                }
-                Err(taken) => {
-                    let devices = directory::devices(&tx, taken.owner).await?;
-                    Ok(devices
-                        .into_iter()
-                        .find(|device| device.identity_key == identity)
-                        .map(|device| device.device))
-                }
-            }
+            let account = directory::create_account(&tx, name, HOME, &key)
+                .await?
+                .unwrap_or_else(|taken| panic!("name {name} taken by {}", taken.owner));
+            let device = directory::add_first_device(&tx, account.id, identity, b"sig", &key)
+                .await?
+                .unwrap_or_else(|_| panic!("account {name} already had a device"));
+            Ok(DeviceAddress {
+                account: account.id,
+                device,
+            })
         })
         .await
-        .expect("register transaction");
-    registered.unwrap_or_else(|| panic!("name {name} taken by someone else"))
+        .expect("register transaction")
 }
 
-/// Adds a device unless the account already has one with this identity key (idempotent).
+/// Adds a device; the idempotency key makes the retries add it once.
 async fn add_device(
     database: &Database,
     account: AccountId,
     identity: &'static [u8],
+    key: IdempotencyKey,
 ) -> DeviceAddress {
     let device = database
-        .transact(|tx| async move {
-            let existing = directory::devices(&tx, account).await?;
-            if let Some(device) = existing
-                .iter()
-                .find(|device| device.identity_key == identity)
-            {
-                return Ok(device.device.device);
-            }
-            directory::add_device(&tx, account, identity, b"sig").await
-        })
+        .transact(
+            |tx| async move { directory::add_device(&tx, account, identity, b"sig", &key).await },
+        )
         .await
         .expect("add device transaction");
+    let listed = database
+        .transact(|tx| async move { directory::devices(&tx, account).await })
+        .await
+        .expect("list devices");
+    let with_identity = listed
+        .iter()
+        .filter(|record| record.identity_key == identity)
+        .count();
+    assert_eq!(with_identity, 1, "a retried add adds the device once");
     DeviceAddress { account, device }
 }
 
@@ -205,14 +223,15 @@ async fn send(
                     sender_region: HOME,
                     envelope_bytes: &envelope,
                 };
-                let outcome = chat_log::append(&tx, &entry, 1_000 + sender_seq).await?;
+                let outcome = chat_log::append(&tx, &entry, SENT_AT_MS + sender_seq).await?;
                 if let AppendOutcome::Appended { chat_seq, .. } = outcome {
                     let item = QueueItem::MessageRef { chat, chat_seq };
                     for account in [AccountId(1), AccountId(2)] {
                         for device in directory::devices(&tx, account).await? {
                             if device.device != sender {
                                 let queued =
-                                    device_queue::append(&tx, device.device, &item).await?;
+                                    device_queue::append(&tx, device.device, &item, SENT_AT_MS)
+                                        .await?;
                                 assert!(matches!(queued, QueueAppend::Appended { .. }));
                             }
                         }
@@ -226,31 +245,41 @@ async fn send(
         .expect("send transaction")
 }
 
-async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, exact: bool) {
+/// Concurrent claims with one key each: every one-time key goes to exactly one claimer, every
+/// claimer sees the key it took (even after unknown commit results), the rest get the fallback.
+async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, keys: &KeyIssuer) {
     let uploaded: Vec<(String, Vec<u8>)> = (0..10)
         .map(|index| (format!("otk-{index:02}"), vec![index; 32]))
         .collect();
+    let upload_key = keys.issue();
     database
         .transact(|tx| {
             let uploaded = uploaded.clone();
-            async move { keys::add_one_time_keys(&tx, device, &uploaded).await }
+            async move {
+                keys::set_fallback_key(&tx, device, "fallback", &[0xfb; 32], b"signature")?;
+                keys::add_one_time_keys(&tx, device, &uploaded, &upload_key).await
+            }
         })
         .await
         .expect("upload one-time keys");
     let claims: Vec<_> = (0..16)
         .map(|_| {
             let database = database.clone();
+            let key = keys.issue();
             tokio::spawn(async move {
                 database
-                    .transact(|tx| async move { keys::claim_one_time_key(&tx, device).await })
+                    .transact(|tx| async move { keys::claim_one_time_key(&tx, device, &key).await })
                     .await
             })
         })
         .collect();
     let mut claimed = Vec::new();
+    let mut fallbacks = 0;
     for claim in claims {
-        if let Some((key_id, _)) = claim.await.expect("claim task").expect("claim") {
-            claimed.push(key_id);
+        match claim.await.expect("claim task").expect("claim").key {
+            Some(key) if key.fallback => fallbacks += 1,
+            Some(key) => claimed.push(key.key_id),
+            None => panic!("a claim got nothing although a fallback key is set"),
         }
     }
     let distinct: BTreeSet<&String> = claimed.iter().collect();
@@ -259,14 +288,89 @@ async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, exa
         claimed.len(),
         "a one-time key was claimed twice: {claimed:?}"
     );
+    assert_eq!((claimed.len(), fallbacks), (10, 6), "16 claims take all 10");
     let remaining = database
         .transact(|tx| async move { keys::one_time_key_count(&tx, device).await })
         .await
         .expect("count");
-    assert_eq!(remaining, 0, "16 claims take all 10 keys");
-    if exact {
-        assert_eq!(claimed.len(), 10);
+    assert_eq!(remaining, 0);
+}
+
+/// Members join a group concurrently; every change bumps the group's version and the
+/// directory's change counter exactly once, even when commits are retried.
+async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], keys: &KeyIssuer) {
+    let [owner, other] = accounts;
+    let changes_before = database
+        .transact(|tx| async move { directory::change_count(&tx).await })
+        .await
+        .expect("change count");
+    let create_key = keys.issue();
+    let group = database
+        .transact(|tx| async move { directory::create_group(&tx, owner, HOME, &create_key).await })
+        .await
+        .expect("create group");
+    // Members 100..108 (ids the directory need not know) join at once, then one leaves.
+    let joins: Vec<_> = (100..108u64)
+        .map(|account| {
+            let database = database.clone();
+            let key = keys.issue();
+            tokio::spawn(async move {
+                database
+                    .transact(|tx| async move {
+                        directory::add_member(&tx, group, AccountId(account), &key).await
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut versions = BTreeSet::new();
+    for join in joins {
+        match join.await.expect("join task").expect("join") {
+            MembershipChange::Changed { version } => assert!(versions.insert(version)),
+            other => panic!("a first join must change the group: {other:?}"),
+        }
     }
+    assert_eq!(versions, (2..=9).collect(), "one version per change");
+    let (add, remove) = (keys.issue(), keys.issue());
+    let (added, removed) = database
+        .transact(|tx| async move {
+            Ok((
+                directory::add_member(&tx, group, other, &add).await?,
+                directory::remove_member(&tx, group, AccountId(100), &remove).await?,
+            ))
+        })
+        .await
+        .expect("membership changes");
+    assert_eq!(
+        (added, removed),
+        (
+            MembershipChange::Changed { version: 10 },
+            MembershipChange::Changed { version: 11 }
+        )
+    );
+    let (members, version, groups_of_other, changes_after) = database
+        .transact(|tx| async move {
+            Ok((
+                directory::members(&tx, group).await?,
+                directory::group_version(&tx, group).await?,
+                directory::groups_of(&tx, other, None, 10).await?,
+                directory::change_count(&tx).await?,
+            ))
+        })
+        .await
+        .expect("group reads");
+    let mut expected: Vec<AccountId> = (101..108).map(AccountId).collect();
+    expected.extend([owner, other]);
+    expected.sort();
+    assert_eq!(members, expected);
+    assert_eq!(version, 11);
+    assert_eq!(groups_of_other, [group]);
+    assert_eq!(
+        changes_after - changes_before,
+        11,
+        "one change count per change"
+    );
+    assert_eq!(group, GroupId(1));
 }
 
 /// The device acks everything; each removed entry becomes a delivered receipt in the same
@@ -289,20 +393,7 @@ async fn acks_deliver_receipts_once(
                 let queue_seqs = queue_seqs.clone();
                 async move {
                     for (_, item) in device_queue::ack(&tx, device, &queue_seqs).await? {
-                        if let QueueItem::MessageRef { chat_seq, .. } = item {
-                            let entry =
-                                chat_log::entry(&tx, chat, chat_seq).await?.ok_or_else(|| {
-                                    StoreError::corrupt("test", "queued entry missing")
-                                })?;
-                            receipts::advance(
-                                &tx,
-                                chat,
-                                entry.client_message_id,
-                                device,
-                                ReceiptState::Delivered,
-                            )
-                            .await?;
-                        }
+                        advance_receipt(&tx, chat, device, &item, ReceiptState::Delivered).await?;
                     }
                     Ok(())
                 }
@@ -335,9 +426,152 @@ async fn acks_deliver_receipts_once(
     }
 }
 
+/// Moves the receipt of the message an item refers to, if it is a message.
+async fn advance_receipt(
+    tx: &crate::Transaction,
+    chat: ChatId,
+    device: DeviceAddress,
+    item: &QueueItem,
+    state: ReceiptState,
+) -> Result<bool, StoreError> {
+    let QueueItem::MessageRef { chat_seq, .. } = item else {
+        return Ok(false);
+    };
+    let entry = chat_log::entry(tx, chat, *chat_seq)
+        .await?
+        .ok_or_else(|| StoreError::corrupt("test", "queued entry missing"))?;
+    receipts::advance(tx, chat, entry.client_message_id, device, state).await
+}
+
+/// Notices appended concurrently with a key each land once each, gapless, whatever the faults.
+async fn keyed_appends_are_exact(database: &Database, device: DeviceAddress, keys: &KeyIssuer) {
+    let before = database
+        .transact(|tx| async move { device_queue::latest(&tx, device).await })
+        .await
+        .expect("latest");
+    let appends: Vec<_> = (0..8u8)
+        .map(|index| {
+            let database = database.clone();
+            let key = keys.issue();
+            tokio::spawn(async move {
+                database
+                    .transact(|tx| async move {
+                        let item = QueueItem::Receipt(vec![index]);
+                        device_queue::append_once(&tx, device, &item, SENT_AT_MS, &key).await
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut sequences = BTreeSet::new();
+    for append in appends {
+        match append.await.expect("append task").expect("append") {
+            QueueAppend::Appended { queue_seq } => assert!(sequences.insert(queue_seq)),
+            QueueAppend::Full { depth } => panic!("queue full at {depth}"),
+        }
+    }
+    assert_eq!(sequences, (before + 1..=before + 8).collect());
+    let queued = database
+        .transact(|tx| async move { device_queue::read_after(&tx, device, before, 100).await })
+        .await
+        .expect("read queue");
+    assert_eq!(queued.len(), 8, "each keyed append landed once");
+    database
+        .transact(|tx| {
+            let sequences: Vec<u64> = sequences.iter().copied().collect();
+            async move { device_queue::ack(&tx, device, &sequences).await }
+        })
+        .await
+        .expect("ack notices");
+}
+
+/// Thirty-one days later, every entry still queued expires exactly once: a sweep reports it
+/// and the same transaction advances its receipt to expired; retried sweeps report nothing.
+async fn undelivered_entries_expire_once(
+    database: &Database,
+    chat: ChatId,
+    devices: [DeviceAddress; 3],
+    entries: &[chat_log::LogEntry],
+) {
+    let now_ms = SENT_AT_MS + 31 * DAY_MS;
+    loop {
+        let more = database
+            .transact(|tx| async move {
+                let report = device_queue::sweep_expired(
+                    &tx,
+                    SweepScope::All,
+                    now_ms,
+                    device_queue::QUEUE_RETENTION_MS_DEFAULT,
+                    7,
+                )
+                .await?;
+                for (device, _, item) in &report.expired {
+                    let moved =
+                        advance_receipt(&tx, chat, *device, item, ReceiptState::Expired).await?;
+                    assert!(moved, "an entry expires once");
+                }
+                // Counted in the transaction: a sweep retried after an unknown commit result
+                // reports nothing, because its first attempt removed the entries.
+                tx.atomic_add(b"expired_count", report.expired.len() as i64)?;
+                Ok(report.more)
+            })
+            .await
+            .expect("sweep");
+        if !more {
+            break;
+        }
+    }
+    let expired = database
+        .transact(|tx| async move {
+            crate::codec::read_count(&tx, b"expired_count", false, "test count").await
+        })
+        .await
+        .expect("expired count");
+    let expected: u64 = devices
+        .iter()
+        .map(|device| {
+            entries
+                .iter()
+                .filter(|entry| entry.sender != *device)
+                .count()
+        })
+        .sum::<usize>() as u64;
+    assert_eq!(expired, expected, "every undelivered entry expired once");
+    for device in devices {
+        let (depth, left) = database
+            .transact(|tx| async move {
+                Ok((
+                    device_queue::depth(&tx, device).await?,
+                    device_queue::read_after(&tx, device, 0, 100).await?,
+                ))
+            })
+            .await
+            .expect("queue after the sweep");
+        assert_eq!((depth, left.len()), (0, 0), "{device}");
+        for entry in entries.iter().filter(|entry| entry.sender != device) {
+            let message = entry.client_message_id;
+            let state = database
+                .transact(|tx| async move { receipts::state(&tx, chat, message, device).await })
+                .await
+                .expect("receipt");
+            assert_eq!(state, Some(ReceiptState::Expired), "{device}");
+        }
+    }
+}
+
 /// Delivers the outbox to a "remote" keyspace in batches; the receiver's applied mark makes a
-/// redelivered entry a no-op, so the applied count ends exact.
-async fn outbox_entries_apply_once(database: &Database, expected: u64) {
+/// redelivered entry a no-op, so the applied count ends exact. A keyed push lands once.
+async fn outbox_entries_apply_once(database: &Database, expected: u64, keys: &KeyIssuer) {
+    let key = keys.issue();
+    let pushed = database
+        .transact(|tx| async move { outbox::push_once(&tx, REMOTE, b"notice", &key).await })
+        .await
+        .expect("keyed push");
+    assert_eq!(
+        pushed,
+        expected + 1,
+        "the keyed push follows the sends, once"
+    );
     loop {
         let batch = database
             .transact(|tx| async move { outbox::peek(&tx, REMOTE, 5).await })
@@ -381,6 +615,9 @@ async fn outbox_entries_apply_once(database: &Database, expected: u64) {
         })
         .await
         .expect("read applied count");
-    assert_eq!(applied, Some((expected as i64).to_le_bytes().to_vec()));
+    assert_eq!(
+        applied,
+        Some(((expected + 1) as i64).to_le_bytes().to_vec())
+    );
     assert!(destinations.is_empty());
 }

@@ -1,46 +1,113 @@
 //! The device queue layer: what each device has yet to fetch, under the device's own gapless
-//! queue sequence, deleted when the device acks it.
+//! queue sequence, deleted when the device acks it or when it expires undelivered.
 //!
 //! **Challenge.** Give every device an ordered queue of references to chat log entries and of
 //! receipts, numbered without gaps so the device can prove it missed nothing, readable from a
-//! cursor, with idempotent acks that delete entries, and bounded in depth.
+//! cursor, with idempotent acks that delete entries, bounded in depth, and swept after the
+//! retention window ([`QUEUE_RETENTION_MS_DEFAULT`], 30 days) so that an entry that was never
+//! delivered is reported (the region turns it into an "expired" receipt) instead of lingering.
 //!
-//! **Key layout** (subspace `("device_queue", account, device)`):
-//! - `("entry", queue_seq)` → the item (prost);
+//! **Key layout.** Per device, subspace `("device_queue", account, device)`:
+//! - `("entry", queue_seq)` → the item and its enqueue time (prost);
 //! - `("latest",)` → the last queue sequence given (8 bytes LE), kept after acks;
 //! - `("depth",)` → the number of entries waiting (8 bytes LE, atomic add).
 //!
+//! And one index for the retention sweep, subspace `("device_queue_expiry",)`:
+//! - `(bucket, enqueued_at_ms, account, device, queue_seq)` → empty, where `bucket` is a hash
+//!   of the device into [`EXPIRY_INDEX_BUCKETS`].
+//!
 //! A device's entries are contiguous and in queue order, so a fetch after a cursor is one range
-//! read, and entries are small enough to need no splitting.
+//! read, and entries are small enough to need no splitting. The expiry index sorts by time
+//! within a bucket, so the expired entries of a bucket are one range read from its start up to
+//! the cutoff, whichever devices they belong to. The bucket comes first so that appends, which
+//! all write index keys with "now" in them, spread over [`EXPIRY_INDEX_BUCKETS`] places in the
+//! keyspace instead of all landing at the end of one range (on FoundationDB, one storage
+//! team would take every index write).
+//!
+//! **Compared with Signal-Server's FoundationDB message store.** Signal keys each queue entry
+//! by the commit's versionstamp under `messages/{account}/{device}/queue`, writes it with
+//! `SET_VERSIONSTAMPED_KEY` (no read, so concurrent inserts never conflict), bumps a
+//! versionstamped "messages available" key per account that readers `watch`, inserts a
+//! multi-recipient message in transactions of about 1 MB, and spreads accounts over several
+//! clusters by a consistent hash of the account, with the configuration epoch and shard packed
+//! into the versionstamp's user byte. Relay keeps the per-device layout and the range-read
+//! fetch, but numbers entries with a gapless queue sequence instead: versionstamps are unique
+//! and increasing but have gaps, so a device could not tell a lost entry from a number never
+//! used. Relay pays for that with a read-modify-write counter (`latest`), whose hot-key story is
+//! below; it replaces the "messages available" watch with the region's push of the new `latest`
+//! to the edge holding the device (the engine's watches can carry it once they exist).
 //!
 //! **Conflicts.** An append reads `latest` with a read conflict (a read-modify-write counter,
-//! not an atomic add): two appends to one device conflict and one retries, which keeps the
-//! queue gapless. Appends to one device serialize, at most one per group commit, which a
-//! device's incoming traffic does not approach. The depth is changed with atomic adds and read
-//! by appends with a snapshot read, so acks never conflict with appends; the depth an append
-//! sees can only be too high (a concurrent ack), never too low, so the cap holds. An ack reads
-//! each entry it deletes, so two concurrent acks of one entry conflict and only one reports it.
+//! not an atomic add): two appends to one device in one commit window conflict and one retries
+//! and takes the next number, which keeps the queue gapless. That counter is a hot key only if
+//! one device receives appends from many concurrent writers. Two things keep it cool: there is
+//! one writer per device shard (a device's queue is written only by its home region, and
+//! within the region the appends for one device come from the transactions of that device's
+//! chats, a handful per second at most), and group commit resolves a whole batch of waiting
+//! transactions at once, so a retry waits one batch (about one fsync), not a backoff storm.
+//! When a device's fan-in grows hot (a device in many busy groups), the region funnels its
+//! appends through one task per device shard (hash of the device onto a fixed set of lanes)
+//! that reads `latest` once and appends a whole batch in one transaction: a single writer per
+//! key never conflicts, and the batch costs one group commit. The depth is changed with atomic
+//! adds and read by appends with a snapshot read, so acks never conflict with appends; the
+//! depth an append sees can only be too high (a concurrent ack), never too low, so the cap
+//! holds. An ack or a sweep reads each entry it deletes, so an ack and a sweep of one entry (or
+//! two acks) conflict and only one of them reports it: an entry is delivered or expired, never
+//! both.
 //!
-//! **Idempotence.** [`append`] is not idempotent: callers append only when the chat log
-//! reported a new entry, in the same transaction. [`ack`] is: acking a missing entry does
-//! nothing. An ack retried after `CommitUnknownResult` reports nothing removed, so whatever the
-//! caller derives from removed entries (delivered receipts) must be written in the same
-//! transaction as the ack.
+//! **Sharding across clusters.** A region outgrowing one FoundationDB cluster maps each
+//! account to one of N clusters by a consistent hash of the account id over the cluster list
+//! of the current configuration epoch (as Signal does), so all of an account's devices, their
+//! counters and their entries live in one cluster and no transaction spans two. Raising N
+//! bumps the configuration epoch; only the accounts whose shard changed move, each under the
+//! directory's epoch fence: the new cluster's `latest` starts from the old cluster's value and
+//! the remaining entries are copied (or read from the old cluster first, lower sequences
+//! before higher), so the sequence stays gapless across the move.
+//!
+//! **Depth cap policy: refuse-new.** A queue holding [`DEVICE_QUEUE_DEPTH_MAX`] entries refuses
+//! further appends ([`QueueAppend::Full`]); nothing queued is ever trimmed to make room. The
+//! sender's region answers "throttled" and the sender keeps the envelope in its durable outbox
+//! and retries, so nothing is lost silently (I1); dropping the oldest entries, the usual
+//! alternative, would lose messages nobody is told about.
+//!
+//! **Idempotence.** [`append`] is not idempotent on its own: call it only under a guard checked
+//! in the same transaction (a chat log append that reported a new entry, a receipt that moved
+//! forward, entries an ack or a sweep removed). [`append_once`] takes an [`IdempotencyKey`] for
+//! callers without such a guard: retried after `CommitUnknownResult`, it returns the queue
+//! sequence of its first attempt. [`ack`] is idempotent by nature: acking a missing entry does
+//! nothing. An ack or a sweep retried after `CommitUnknownResult` reports nothing removed, so
+//! whatever the caller derives from removed entries (delivered or expired receipts) must be
+//! written in the same transaction.
+//!
+//! **Retention.** [`sweep_expired`] removes entries enqueued more than `retention_ms` ago and
+//! reports each (device, queue sequence, item), at most [`SWEEP_ENTRIES_MAX`] per transaction,
+//! with `more` set when another round may find more. For one device it reads the head of its
+//! queue (the oldest entries); for all devices it reads the expiry index bucket by bucket.
 //!
 //! **Limits.** [`DEVICE_QUEUE_DEPTH_MAX`] entries per device; a fetch returns at most
-//! [`LAYER_READ_ENTRIES_MAX`] entries.
+//! [`LAYER_READ_ENTRIES_MAX`] entries; a sweep removes at most [`SWEEP_ENTRIES_MAX`] entries
+//! (each a few dozen bytes of item plus two keys, far below 10 MB, and one range read per
+//! bucket plus one point read per entry, far below 5 s).
 //!
-//! **Evolution.** The 30-day retention sweep will turn expired entries into expired receipts;
-//! it needs the entry's enqueue time, a new field of the stored item (never a reused one).
+//! **Evolution.** The enqueue time is field 3 of the stored item; entries written before it
+//! existed read as enqueued at 0, have no index key, and expire at the first sweep of their
+//! device. Next: a record of expired queue ranges, so that a device can tell an expiry from a
+//! loss, and a versionstamped per-account "available" key for watches.
 
 use prost::Message;
-use relay_proto::{ChatId, DeviceAddress};
+use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId};
 
-use crate::codec::{decode_key, decode_record, encode_u64, read_u64};
+pub use crate::codec::IdempotencyKey;
+use crate::codec::{decode_key, decode_record, encode_u64, read_count, read_u64, recall, remember};
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
+pub use crate::limits::QUEUE_RETENTION_MS_DEFAULT;
+pub use crate::limits::SWEEP_ENTRIES_MAX;
 use crate::limits::{DEVICE_QUEUE_DEPTH_MAX, LAYER_READ_ENTRIES_MAX};
 use crate::tuple::Subspace;
+
+/// Buckets of the expiry index, spreading its writes over the keyspace.
+pub const EXPIRY_INDEX_BUCKETS: u8 = 16;
 
 /// One entry of a device queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,24 +131,42 @@ pub enum QueueAppend {
         /// The entry's queue sequence number.
         queue_seq: u64,
     },
-    /// Refused: the queue holds [`DEVICE_QUEUE_DEPTH_MAX`] entries or more.
+    /// Refused under the refuse-new policy: the queue holds [`DEVICE_QUEUE_DEPTH_MAX`] entries
+    /// or more.
     Full {
         /// The entries waiting.
         depth: u64,
     },
 }
 
-/// Appends `item` to the queue of `device` under its next queue sequence (from 1).
+/// Which queues [`sweep_expired`] sweeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepScope {
+    /// One device's queue.
+    Device(DeviceAddress),
+    /// Every queue in the store.
+    All,
+}
+
+/// What [`sweep_expired`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// The expired entries: device, queue sequence, item.
+    pub expired: Vec<(DeviceAddress, u64, QueueItem)>,
+    /// Whether another sweep may find more expired entries (this one stopped at its limit).
+    pub more: bool,
+}
+
+/// Appends `item`, enqueued at `enqueued_at_ms`, to the queue of `device` under its next queue
+/// sequence (from 1). Not idempotent: call it under a guard checked in the same transaction.
 pub async fn append(
     transaction: &Transaction,
     device: DeviceAddress,
     item: &QueueItem,
+    enqueued_at_ms: u64,
 ) -> Result<QueueAppend, StoreError> {
     let queue = DeviceQueue::new(device);
-    let depth = match transaction.snapshot_get(&queue.depth_key()).await? {
-        Some(bytes) => decode_depth(&bytes)?,
-        None => 0,
-    };
+    let depth = read_count(transaction, &queue.depth_key(), true, "device queue depth").await?;
     if depth >= DEVICE_QUEUE_DEPTH_MAX {
         return Ok(QueueAppend::Full { depth });
     }
@@ -90,10 +175,37 @@ pub async fn append(
     transaction.set(&latest_key, &encode_u64(queue_seq))?;
     transaction.set(
         &queue.entries.pack(&(queue_seq,)),
-        &stored_item(item).encode_to_vec(),
+        &stored_item(item, enqueued_at_ms).encode_to_vec(),
     )?;
+    transaction.set(&expiry_key(device, enqueued_at_ms, queue_seq), &[])?;
     transaction.atomic_add(&queue.depth_key(), 1)?;
     Ok(QueueAppend::Appended { queue_seq })
+}
+
+/// Appends like [`append`], once per `idempotency` key: retried after its commit, it returns
+/// the queue sequence it was given and appends nothing.
+pub async fn append_once(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    item: &QueueItem,
+    enqueued_at_ms: u64,
+    idempotency: &IdempotencyKey,
+) -> Result<QueueAppend, StoreError> {
+    if let Some(stored) = recall(transaction, "device_queue_append", &device, idempotency).await? {
+        let queue_seq = crate::codec::decode_u64(&stored, "device queue append result")?;
+        return Ok(QueueAppend::Appended { queue_seq });
+    }
+    let outcome = append(transaction, device, item, enqueued_at_ms).await?;
+    if let QueueAppend::Appended { queue_seq } = outcome {
+        remember(
+            transaction,
+            "device_queue_append",
+            &device,
+            idempotency,
+            &encode_u64(queue_seq),
+        )?;
+    }
+    Ok(outcome)
 }
 
 /// Up to `limit` entries of the queue of `device` after `after_queue_seq`, in order (at most
@@ -116,8 +228,9 @@ pub async fn read_after(
         .await?;
     rows.iter()
         .map(|(key, value)| {
-            let (queue_seq,): (u64,) = decode_key(&queue.entries, key, "device queue key")?;
-            Ok((queue_seq, queue_item(value)?))
+            let queue_seq = queue.queue_seq(key)?;
+            let (item, _) = queue_item(value)?;
+            Ok((queue_seq, item))
         })
         .collect()
 }
@@ -137,15 +250,30 @@ pub async fn ack(
     for queue_seq in queue_seqs {
         let key = queue.entries.pack(&(queue_seq,));
         if let Some(value) = transaction.get(&key).await? {
-            removed.push((queue_seq, queue_item(&value)?));
-            transaction.clear(&key);
+            let (item, enqueued_at_ms) = queue_item(&value)?;
+            remove_entry(transaction, &queue, device, queue_seq, enqueued_at_ms);
+            removed.push((queue_seq, item));
         }
     }
-    if !removed.is_empty() {
-        // `removed.len()` is bounded by the transaction size, far below i64::MAX.
-        transaction.atomic_add(&queue.depth_key(), -(removed.len() as i64))?;
-    }
+    lower_depth(transaction, &queue, removed.len())?;
     Ok(removed)
+}
+
+/// Removes entries enqueued before `now_ms - retention_ms` from the queues of `scope`, at most
+/// `limit` (clamped to `1..=`[`SWEEP_ENTRIES_MAX`]) in this transaction, and reports them.
+pub async fn sweep_expired(
+    transaction: &Transaction,
+    scope: SweepScope,
+    now_ms: u64,
+    retention_ms: u64,
+    limit: usize,
+) -> Result<SweepReport, StoreError> {
+    let cutoff_ms = now_ms.saturating_sub(retention_ms);
+    let limit = limit.clamp(1, SWEEP_ENTRIES_MAX);
+    match scope {
+        SweepScope::Device(device) => sweep_device(transaction, device, cutoff_ms, limit).await,
+        SweepScope::All => sweep_index(transaction, cutoff_ms, limit).await,
+    }
 }
 
 /// The last queue sequence given to `device` (0 before the first entry); acks do not lower it.
@@ -157,10 +285,7 @@ pub async fn latest(transaction: &Transaction, device: DeviceAddress) -> Result<
 /// The number of entries waiting in the queue of `device`.
 pub async fn depth(transaction: &Transaction, device: DeviceAddress) -> Result<u64, StoreError> {
     let queue = DeviceQueue::new(device);
-    match transaction.get(&queue.depth_key()).await? {
-        Some(bytes) => decode_depth(&bytes),
-        None => Ok(0),
-    }
+    read_count(transaction, &queue.depth_key(), false, "device queue depth").await
 }
 
 /// The stored form of a queue item.
@@ -168,6 +293,9 @@ pub async fn depth(transaction: &Transaction, device: DeviceAddress) -> Result<u
 struct StoredItem {
     #[prost(oneof = "stored_item::Kind", tags = "1, 2")]
     kind: Option<stored_item::Kind>,
+    /// When the entry was enqueued, in milliseconds since the Unix epoch (0: before the field).
+    #[prost(uint64, tag = "3")]
+    enqueued_at_ms: u64,
 }
 
 mod stored_item {
@@ -208,9 +336,144 @@ impl DeviceQueue {
     fn depth_key(&self) -> Vec<u8> {
         self.root.pack(&("depth",))
     }
+
+    fn queue_seq(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let (queue_seq,): (u64,) = decode_key(&self.entries, key, "device queue key")?;
+        Ok(queue_seq)
+    }
 }
 
-fn stored_item(item: &QueueItem) -> StoredItem {
+fn expiry_index() -> Subspace {
+    Subspace::new(&("device_queue_expiry",))
+}
+
+/// The bucket of the expiry index holding `device`'s entries.
+fn expiry_bucket(device: DeviceAddress) -> u8 {
+    // A 64-bit finalizer (MurmurHash3's), so that dense ids spread over the buckets.
+    let mut mixed = device.account.0 ^ (u64::from(device.device.0) << 40);
+    mixed = (mixed ^ (mixed >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    mixed = (mixed ^ (mixed >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    mixed ^= mixed >> 33;
+    // The remainder is below EXPIRY_INDEX_BUCKETS, so it fits a u8.
+    (mixed % u64::from(EXPIRY_INDEX_BUCKETS)) as u8
+}
+
+fn expiry_key(device: DeviceAddress, enqueued_at_ms: u64, queue_seq: u64) -> Vec<u8> {
+    expiry_index().pack(&(expiry_bucket(device), enqueued_at_ms, device, queue_seq))
+}
+
+/// Clears an entry and its index key (the caller lowers the depth).
+fn remove_entry(
+    transaction: &Transaction,
+    queue: &DeviceQueue,
+    device: DeviceAddress,
+    queue_seq: u64,
+    enqueued_at_ms: u64,
+) {
+    transaction.clear(&queue.entries.pack(&(queue_seq,)));
+    transaction.clear(&expiry_key(device, enqueued_at_ms, queue_seq));
+}
+
+fn lower_depth(
+    transaction: &Transaction,
+    queue: &DeviceQueue,
+    removed: usize,
+) -> Result<(), StoreError> {
+    if removed == 0 {
+        return Ok(());
+    }
+    // `removed` is bounded by the transaction size, far below i64::MAX.
+    transaction.atomic_add(&queue.depth_key(), -(removed as i64))
+}
+
+async fn sweep_device(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    cutoff_ms: u64,
+    limit: usize,
+) -> Result<SweepReport, StoreError> {
+    let queue = DeviceQueue::new(device);
+    let (begin, end) = queue.entries.range();
+    let rows = transaction
+        .get_range(&begin, &end, RangeOptions::limit(limit))
+        .await?;
+    let mut report = SweepReport::default();
+    let mut stopped = false;
+    for (key, value) in &rows {
+        let queue_seq = queue.queue_seq(key)?;
+        let (item, enqueued_at_ms) = queue_item(value)?;
+        // Entries are enqueued in time order, so the first one still young ends the sweep (a
+        // clock stepping back can only delay an expiry, never hasten one).
+        if enqueued_at_ms >= cutoff_ms {
+            stopped = true;
+            break;
+        }
+        remove_entry(transaction, &queue, device, queue_seq, enqueued_at_ms);
+        report.expired.push((device, queue_seq, item));
+    }
+    lower_depth(transaction, &queue, report.expired.len())?;
+    report.more = !stopped && rows.len() == limit;
+    Ok(report)
+}
+
+async fn sweep_index(
+    transaction: &Transaction,
+    cutoff_ms: u64,
+    limit: usize,
+) -> Result<SweepReport, StoreError> {
+    let index = expiry_index();
+    let mut report = SweepReport::default();
+    let mut removed_per_device: Vec<(DeviceAddress, usize)> = Vec::new();
+    for bucket in 0..EXPIRY_INDEX_BUCKETS {
+        let remaining = limit - report.expired.len();
+        let bucket_space = index.subspace(&(bucket,));
+        let (begin, _) = bucket_space.range();
+        let end = bucket_space.pack(&(cutoff_ms,));
+        let rows = transaction
+            .get_range(&begin, &end, RangeOptions::limit(remaining))
+            .await?;
+        for (key, _) in &rows {
+            let (enqueued_at_ms, account, device_id, queue_seq): (u64, AccountId, DeviceId, u64) =
+                decode_key(&bucket_space, key, "device queue expiry key")?;
+            let device = DeviceAddress {
+                account,
+                device: device_id,
+            };
+            let queue = DeviceQueue::new(device);
+            let Some(value) = transaction.get(&queue.entries.pack(&(queue_seq,))).await? else {
+                // An index key whose entry is gone: only a bug leaves one; drop it.
+                tracing::warn!(%device, queue_seq, "expiry index key without its entry");
+                transaction.clear(key);
+                continue;
+            };
+            let (item, stored_at_ms) = queue_item(&value)?;
+            if stored_at_ms != enqueued_at_ms {
+                return Err(StoreError::corrupt(
+                    "device queue expiry key",
+                    format!(
+                        "{device}#{queue_seq} indexed at {enqueued_at_ms} but enqueued at {stored_at_ms}"
+                    ),
+                ));
+            }
+            remove_entry(transaction, &queue, device, queue_seq, enqueued_at_ms);
+            report.expired.push((device, queue_seq, item));
+            match removed_per_device.iter_mut().find(|(d, _)| *d == device) {
+                Some((_, removed)) => *removed += 1,
+                None => removed_per_device.push((device, 1)),
+            }
+        }
+        if rows.len() == remaining {
+            report.more = true;
+            break;
+        }
+    }
+    for (device, removed) in removed_per_device {
+        lower_depth(transaction, &DeviceQueue::new(device), removed)?;
+    }
+    Ok(report)
+}
+
+fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
     let kind = match item {
         QueueItem::MessageRef { chat, chat_seq } => {
             stored_item::Kind::MessageRef(StoredMessageRef {
@@ -220,27 +483,25 @@ fn stored_item(item: &QueueItem) -> StoredItem {
         }
         QueueItem::Receipt(bytes) => stored_item::Kind::Receipt(bytes.clone()),
     };
-    StoredItem { kind: Some(kind) }
-}
-
-fn queue_item(value: &[u8]) -> Result<QueueItem, StoreError> {
-    let stored: StoredItem = decode_record(value, "device queue entry")?;
-    match stored.kind {
-        Some(stored_item::Kind::MessageRef(reference)) => Ok(QueueItem::MessageRef {
-            chat: ChatId::from_bytes(&reference.chat)
-                .map_err(|error| StoreError::corrupt("device queue entry", error))?,
-            chat_seq: reference.chat_seq,
-        }),
-        Some(stored_item::Kind::Receipt(bytes)) => Ok(QueueItem::Receipt(bytes)),
-        None => Err(StoreError::corrupt("device queue entry", "no item")),
+    StoredItem {
+        kind: Some(kind),
+        enqueued_at_ms,
     }
 }
 
-fn decode_depth(bytes: &[u8]) -> Result<u64, StoreError> {
-    let bytes = <[u8; 8]>::try_from(bytes)
-        .map_err(|_| StoreError::corrupt("device queue depth", "not 8 bytes"))?;
-    let depth = i64::from_le_bytes(bytes);
-    u64::try_from(depth).map_err(|_| StoreError::corrupt("device queue depth", depth))
+/// Decodes a stored entry into its item and enqueue time.
+fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
+    let stored: StoredItem = decode_record(value, "device queue entry")?;
+    let item = match stored.kind {
+        Some(stored_item::Kind::MessageRef(reference)) => QueueItem::MessageRef {
+            chat: ChatId::from_bytes(&reference.chat)
+                .map_err(|error| StoreError::corrupt("device queue entry", error))?,
+            chat_seq: reference.chat_seq,
+        },
+        Some(stored_item::Kind::Receipt(bytes)) => QueueItem::Receipt(bytes),
+        None => return Err(StoreError::corrupt("device queue entry", "no item")),
+    };
+    Ok((item, stored.enqueued_at_ms))
 }
 
 #[cfg(test)]
@@ -248,12 +509,17 @@ mod tests {
     use relay_proto::{AccountId, DeviceId};
 
     use super::*;
-    use crate::test_support::temporary_database;
+    use crate::test_support::{idempotency_key, temporary_database};
 
     const DEVICE: DeviceAddress = DeviceAddress {
         account: AccountId(3),
         device: DeviceId(2),
     };
+    const OTHER: DeviceAddress = DeviceAddress {
+        account: AccountId(4),
+        device: DeviceId(1),
+    };
+    const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
 
     fn message(chat_seq: u64) -> QueueItem {
         QueueItem::MessageRef {
@@ -268,9 +534,9 @@ mod tests {
         let appended = database
             .transact(|tx| async move {
                 Ok([
-                    append(&tx, DEVICE, &message(10)).await?,
-                    append(&tx, DEVICE, &QueueItem::Receipt(b"r".to_vec())).await?,
-                    append(&tx, DEVICE, &message(11)).await?,
+                    append(&tx, DEVICE, &message(10), 1).await?,
+                    append(&tx, DEVICE, &QueueItem::Receipt(b"r".to_vec()), 2).await?,
+                    append(&tx, DEVICE, &message(11), 3).await?,
                 ])
             })
             .await
@@ -312,7 +578,7 @@ mod tests {
                 let remaining = read_after(&tx, DEVICE, 0, 10).await?;
                 let latest_seq = latest(&tx, DEVICE).await?;
                 let waiting = depth(&tx, DEVICE).await?;
-                let next = append(&tx, DEVICE, &message(12)).await?;
+                let next = append(&tx, DEVICE, &message(12), 4).await?;
                 Ok((remaining, latest_seq, waiting, next))
             })
             .await
@@ -337,7 +603,7 @@ mod tests {
                 // Stand in for DEVICE_QUEUE_DEPTH_MAX entries without writing them all.
                 let queue = DeviceQueue::new(DEVICE);
                 tx.atomic_add(&queue.depth_key(), DEVICE_QUEUE_DEPTH_MAX as i64)?;
-                append(&tx, DEVICE, &message(1)).await
+                append(&tx, DEVICE, &message(1), 1).await
             })
             .await
             .expect("append");
@@ -349,11 +615,131 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_keyed_append_happens_once() {
+        let (_folder, database) = temporary_database(None);
+        let outcomes = database
+            .transact(|tx| async move {
+                let key = idempotency_key(7);
+                Ok([
+                    append_once(&tx, DEVICE, &message(1), 1, &key).await?,
+                    append_once(&tx, DEVICE, &message(1), 1, &key).await?,
+                    append_once(&tx, OTHER, &message(1), 1, &key).await?,
+                    append_once(&tx, DEVICE, &message(2), 1, &idempotency_key(8)).await?,
+                ])
+            })
+            .await
+            .expect("appends");
+        let sequences = outcomes.map(|outcome| match outcome {
+            QueueAppend::Appended { queue_seq } => queue_seq,
+            QueueAppend::Full { .. } => 0,
+        });
+        assert_eq!(sequences, [1, 1, 1, 2], "one key, one entry per device");
+        let waiting = database
+            .transact(|tx| async move { depth(&tx, DEVICE).await })
+            .await
+            .expect("depth");
+        assert_eq!(waiting, 2);
+    }
+
+    #[tokio::test]
+    async fn sweeps_report_what_expired_in_bounded_rounds() {
+        let (_folder, database) = temporary_database(None);
+        database
+            .transact(|tx| async move {
+                for day in 0..4u64 {
+                    append(&tx, DEVICE, &message(day), day * DAY_MS).await?;
+                    append(&tx, OTHER, &message(10 + day), day * DAY_MS).await?;
+                }
+                // A clock that stepped back: an old entry behind a young one.
+                append(&tx, DEVICE, &message(99), 0).await?;
+                Ok(())
+            })
+            .await
+            .expect("appends");
+        let sweep = |scope, now_ms, limit| {
+            let database = database.clone();
+            async move {
+                database
+                    .transact(|tx| async move {
+                        sweep_expired(&tx, scope, now_ms, 2 * DAY_MS, limit).await
+                    })
+                    .await
+                    .expect("sweep")
+            }
+        };
+        // On day 3, entries of days 0 (and the stepped-back one) are expired, day 1 is not
+        // (its age is exactly the retention).
+        let device_sweep = sweep(SweepScope::Device(DEVICE), 3 * DAY_MS, 10).await;
+        assert_eq!(
+            device_sweep,
+            SweepReport {
+                expired: vec![(DEVICE, 1, message(0))],
+                more: false
+            },
+            "a device sweep stops at the first young entry"
+        );
+        let first = sweep(SweepScope::All, 3 * DAY_MS, 1).await;
+        assert_eq!(first.expired.len(), 1);
+        assert!(first.more);
+        let second = sweep(SweepScope::All, 3 * DAY_MS, 10).await;
+        assert!(!second.more);
+        let mut all: Vec<_> = first.expired.into_iter().chain(second.expired).collect();
+        all.sort_by_key(|(device, queue_seq, _)| (*device, *queue_seq));
+        assert_eq!(all, [(DEVICE, 5, message(99)), (OTHER, 1, message(10))]);
+        assert_eq!(
+            sweep(SweepScope::All, 3 * DAY_MS, 10).await,
+            SweepReport::default()
+        );
+
+        let (depths, remaining) = database
+            .transact(|tx| async move {
+                Ok((
+                    [depth(&tx, DEVICE).await?, depth(&tx, OTHER).await?],
+                    read_after(&tx, DEVICE, 0, 10).await?,
+                ))
+            })
+            .await
+            .expect("reads");
+        assert_eq!(depths, [3, 3]);
+        let sequences: Vec<_> = remaining.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(sequences, [2, 3, 4]);
+        // Acked entries leave the index too: nothing is swept twice.
+        database
+            .transact(|tx| async move { ack(&tx, DEVICE, &[2]).await })
+            .await
+            .expect("ack");
+        let later = sweep(SweepScope::All, 10 * DAY_MS, 100).await;
+        let mut swept: Vec<_> = later
+            .expired
+            .iter()
+            .map(|(device, queue_seq, _)| (*device, *queue_seq))
+            .collect();
+        swept.sort();
+        assert_eq!(
+            swept,
+            [(DEVICE, 3), (DEVICE, 4), (OTHER, 2), (OTHER, 3), (OTHER, 4)]
+        );
+    }
+
+    #[test]
+    fn expiry_buckets_spread_dense_ids() {
+        let mut used = [0u32; EXPIRY_INDEX_BUCKETS as usize];
+        for account in 1..=256 {
+            let device = DeviceAddress {
+                account: AccountId(account),
+                device: DeviceId(1),
+            };
+            used[usize::from(expiry_bucket(device))] += 1;
+        }
+        assert!(used.iter().all(|&count| count > 4), "{used:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_acks_of_one_entry_report_it_once() {
         let (_folder, database) = temporary_database(None);
         database
-            .transact(|tx| async move { append(&tx, DEVICE, &message(1)).await })
+            .transact(|tx| async move { append(&tx, DEVICE, &message(1), 1).await })
             .await
             .expect("append");
         let acks: Vec<_> = (0..6)
@@ -376,5 +762,324 @@ mod tests {
             .await
             .expect("depth");
         assert_eq!(waiting, 0);
+    }
+}
+
+/// The device queue against a model (a counter and a map of entries per device), driven by
+/// random operation sequences: appends (plain and keyed), reads, acks and sweeps.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::test_support::{block_on, idempotency_key, temporary_database};
+
+    const DEVICES: [DeviceAddress; 3] = [
+        DeviceAddress {
+            account: AccountId(1),
+            device: DeviceId(1),
+        },
+        DeviceAddress {
+            account: AccountId(1),
+            device: DeviceId(2),
+        },
+        DeviceAddress {
+            account: AccountId(7),
+            device: DeviceId(1),
+        },
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Operation {
+        Append {
+            device: usize,
+            item: QueueItem,
+            enqueued_at_ms: u64,
+            /// Appended with [`append_once`] and this key, else with [`append`].
+            key: Option<u64>,
+        },
+        ReadAfter {
+            device: usize,
+            after: u64,
+            limit: usize,
+        },
+        Ack {
+            device: usize,
+            queue_seqs: Vec<u64>,
+        },
+        Counters {
+            device: usize,
+        },
+        Sweep {
+            device: Option<usize>,
+            now_ms: u64,
+            retention_ms: u64,
+            limit: usize,
+        },
+    }
+
+    fn item() -> impl Strategy<Value = QueueItem> {
+        prop_oneof![
+            (0..3u8, 1..100u64).prop_map(|(chat, chat_seq)| QueueItem::MessageRef {
+                chat: ChatId([chat; 16]),
+                chat_seq,
+            }),
+            prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipt),
+        ]
+    }
+
+    fn operation() -> impl Strategy<Value = Operation> {
+        prop_oneof![
+            6 => (0..3usize, item(), 0..40u64, prop::option::weighted(0.3, 0..4u64)).prop_map(
+                |(device, item, enqueued_at_ms, key)| Operation::Append {
+                    device,
+                    item,
+                    enqueued_at_ms,
+                    key,
+                }
+            ),
+            2 => (0..3usize, 0..16u64, 0..6usize)
+                .prop_map(|(device, after, limit)| Operation::ReadAfter { device, after, limit }),
+            2 => (0..3usize, prop::collection::vec(0..16u64, 0..4))
+                .prop_map(|(device, queue_seqs)| Operation::Ack { device, queue_seqs }),
+            1 => (0..3usize).prop_map(|device| Operation::Counters { device }),
+            2 => (prop::option::of(0..3usize), 0..60u64, 0..30u64, 0..5usize).prop_map(
+                |(device, now_ms, retention_ms, limit)| Operation::Sweep {
+                    device,
+                    now_ms,
+                    retention_ms,
+                    limit,
+                }
+            ),
+        ]
+    }
+
+    #[derive(Default)]
+    struct ModelQueue {
+        latest: u64,
+        entries: BTreeMap<u64, (QueueItem, u64)>,
+    }
+
+    #[derive(Default)]
+    struct Model {
+        queues: [ModelQueue; 3],
+        /// (device, key) → the queue sequence its keyed append got.
+        keyed: BTreeMap<(usize, u64), u64>,
+    }
+
+    impl Model {
+        /// The expected report of a sweep, emulating its order: one device's queue from the
+        /// head, or the expiry index bucket by bucket, oldest first within a bucket.
+        fn sweep(
+            &mut self,
+            device: Option<usize>,
+            cutoff_ms: u64,
+            limit: usize,
+        ) -> (Vec<(usize, u64)>, bool) {
+            let limit = limit.clamp(1, SWEEP_ENTRIES_MAX);
+            let (expired, more) = match device {
+                Some(device) => {
+                    let rows: Vec<(u64, u64)> = self.queues[device]
+                        .entries
+                        .iter()
+                        .take(limit)
+                        .map(|(queue_seq, (_, at))| (*queue_seq, *at))
+                        .collect();
+                    let expired: Vec<(usize, u64)> = rows
+                        .iter()
+                        .take_while(|(_, at)| *at < cutoff_ms)
+                        .map(|(queue_seq, _)| (device, *queue_seq))
+                        .collect();
+                    let more = expired.len() == rows.len() && rows.len() == limit;
+                    (expired, more)
+                }
+                None => {
+                    let mut candidates: Vec<(u8, u64, DeviceAddress, u64, usize)> = Vec::new();
+                    for (index, queue) in self.queues.iter().enumerate() {
+                        for (queue_seq, (_, at)) in &queue.entries {
+                            if *at < cutoff_ms {
+                                let address = DEVICES[index];
+                                let bucket = expiry_bucket(address);
+                                candidates.push((bucket, *at, address, *queue_seq, index));
+                            }
+                        }
+                    }
+                    candidates.sort();
+                    let mut expired = Vec::new();
+                    let mut more = false;
+                    for bucket in 0..EXPIRY_INDEX_BUCKETS {
+                        let remaining = limit - expired.len();
+                        let in_bucket: Vec<_> = candidates
+                            .iter()
+                            .filter(|candidate| candidate.0 == bucket)
+                            .take(remaining)
+                            .map(|candidate| (candidate.4, candidate.3))
+                            .collect();
+                        let full = in_bucket.len() == remaining;
+                        expired.extend(in_bucket);
+                        if full {
+                            more = true;
+                            break;
+                        }
+                    }
+                    (expired, more)
+                }
+            };
+            for (device, queue_seq) in &expired {
+                self.queues[*device].entries.remove(queue_seq);
+            }
+            (expired, more)
+        }
+    }
+
+    async fn check(operations: Vec<Operation>) -> Result<(), TestCaseError> {
+        let (_folder, database) = temporary_database(None);
+        let mut model = Model::default();
+        let fail = |error: StoreError| TestCaseError::fail(error.to_string());
+        for operation in operations {
+            match operation {
+                Operation::Append {
+                    device,
+                    item,
+                    enqueued_at_ms,
+                    key,
+                } => {
+                    let address = DEVICES[device];
+                    let outcome = database
+                        .transact(|tx| {
+                            let item = item.clone();
+                            async move {
+                                match key {
+                                    Some(key) => {
+                                        let key = idempotency_key(key);
+                                        append_once(&tx, address, &item, enqueued_at_ms, &key).await
+                                    }
+                                    None => append(&tx, address, &item, enqueued_at_ms).await,
+                                }
+                            }
+                        })
+                        .await
+                        .map_err(fail)?;
+                    let recalled = key.and_then(|key| model.keyed.get(&(device, key)).copied());
+                    let queue_seq = match recalled {
+                        Some(queue_seq) => queue_seq,
+                        None => {
+                            let queue = &mut model.queues[device];
+                            queue.latest += 1;
+                            queue.entries.insert(queue.latest, (item, enqueued_at_ms));
+                            if let Some(key) = key {
+                                model.keyed.insert((device, key), queue.latest);
+                            }
+                            queue.latest
+                        }
+                    };
+                    prop_assert_eq!(outcome, QueueAppend::Appended { queue_seq });
+                }
+                Operation::ReadAfter {
+                    device,
+                    after,
+                    limit,
+                } => {
+                    let address = DEVICES[device];
+                    let read = database
+                        .transact(|tx| async move { read_after(&tx, address, after, limit).await })
+                        .await
+                        .map_err(fail)?;
+                    let expected: Vec<(u64, QueueItem)> = model.queues[device]
+                        .entries
+                        .range(after + 1..)
+                        .take(limit)
+                        .map(|(queue_seq, (item, _))| (*queue_seq, item.clone()))
+                        .collect();
+                    prop_assert_eq!(read, expected);
+                }
+                Operation::Ack { device, queue_seqs } => {
+                    let address = DEVICES[device];
+                    let removed = database
+                        .transact(|tx| {
+                            let queue_seqs = queue_seqs.clone();
+                            async move { ack(&tx, address, &queue_seqs).await }
+                        })
+                        .await
+                        .map_err(fail)?;
+                    let mut wanted = queue_seqs.clone();
+                    wanted.sort_unstable();
+                    wanted.dedup();
+                    let expected: Vec<(u64, QueueItem)> = wanted
+                        .into_iter()
+                        .filter_map(|queue_seq| {
+                            model.queues[device]
+                                .entries
+                                .remove(&queue_seq)
+                                .map(|(item, _)| (queue_seq, item))
+                        })
+                        .collect();
+                    prop_assert_eq!(removed, expected);
+                }
+                Operation::Counters { device } => {
+                    let address = DEVICES[device];
+                    let counters = database
+                        .transact(|tx| async move {
+                            Ok((latest(&tx, address).await?, depth(&tx, address).await?))
+                        })
+                        .await
+                        .map_err(fail)?;
+                    let queue = &model.queues[device];
+                    prop_assert_eq!(counters, (queue.latest, queue.entries.len() as u64));
+                }
+                Operation::Sweep {
+                    device,
+                    now_ms,
+                    retention_ms,
+                    limit,
+                } => {
+                    let scope = match device {
+                        Some(device) => SweepScope::Device(DEVICES[device]),
+                        None => SweepScope::All,
+                    };
+                    let report = database
+                        .transact(|tx| async move {
+                            sweep_expired(&tx, scope, now_ms, retention_ms, limit).await
+                        })
+                        .await
+                        .map_err(fail)?;
+                    let before: Vec<BTreeMap<u64, (QueueItem, u64)>> = model
+                        .queues
+                        .iter()
+                        .map(|queue| queue.entries.clone())
+                        .collect();
+                    let cutoff_ms = now_ms.saturating_sub(retention_ms);
+                    let (expired, more) = model.sweep(device, cutoff_ms, limit);
+                    let expected: Vec<(DeviceAddress, u64, QueueItem)> = expired
+                        .iter()
+                        .map(|(device, queue_seq)| {
+                            let item = before[*device][queue_seq].0.clone();
+                            (DEVICES[*device], *queue_seq, item)
+                        })
+                        .collect();
+                    prop_assert_eq!(
+                        report,
+                        SweepReport {
+                            expired: expected,
+                            more
+                        }
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn the_device_queue_matches_its_model(
+            operations in prop::collection::vec(operation(), 1..48),
+        ) {
+            block_on(check(operations))?;
+        }
     }
 }

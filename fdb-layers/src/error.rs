@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::limits::{
     KEY_BYTES_MAX, TRANSACTION_AGE_MS_MAX, TRANSACTION_BYTES_MAX, VALUE_BYTES_MAX,
+    VERSIONSTAMP_BYTES, WATCHES_OUTSTANDING_MAX,
 };
 
 /// Everything that can go wrong in a transaction or a layer call.
@@ -52,6 +53,43 @@ pub enum StoreError {
     /// The transaction was used after its commit (FDB `used_during_commit`, 2017).
     #[error("transaction used after commit")]
     TransactionFinished,
+    /// The transaction was dropped (or reset by a retry) before it committed, so its watches
+    /// and versionstamp will never resolve (FDB `transaction_cancelled`, 1025).
+    #[error("transaction cancelled before it committed")]
+    TransactionCancelled,
+    /// The database already has the most outstanding watches allowed
+    /// (FDB `too_many_watches`, 1032).
+    #[error("too many outstanding watches (at most {WATCHES_OUTSTANDING_MAX} per database)")]
+    TooManyWatches,
+    /// A read of a key or range this transaction wrote with a versionstamp, whose value or key
+    /// is only known at commit (FDB `accessed_unreadable`, 1036).
+    #[error("read of a key written with a versionstamp in the same transaction")]
+    AccessedUnreadable,
+    /// A versionstamp asked of a transaction that wrote nothing, so it has no commit version
+    /// (FDB `no_commit_version`, 2021).
+    #[error("transaction committed without writes, so it has no versionstamp")]
+    NoCommitVersion,
+    /// A versionstamp placeholder that does not fit in the key or value
+    /// (FDB `client_invalid_operation`, 2000).
+    #[error(
+        "a versionstamp of {VERSIONSTAMP_BYTES} bytes at offset {offset} does not fit in {length} bytes"
+    )]
+    InvalidVersionstampOffset {
+        /// Where the caller placed the versionstamp.
+        offset: u32,
+        /// Length of the key or value holding the placeholder.
+        length: usize,
+    },
+    /// A FoundationDB error without a variant of its own (feature `fdb`).
+    #[error("FoundationDB error {code}: {message}")]
+    FoundationDb {
+        /// FoundationDB's error code.
+        code: i32,
+        /// FoundationDB's description of the code.
+        message: String,
+        /// Whether FoundationDB's `on_error` retries it.
+        retryable: bool,
+    },
     /// Invalid options given to [`crate::Database::open`].
     #[error("invalid store options: {0}")]
     InvalidOptions(String),
@@ -66,7 +104,8 @@ pub enum StoreError {
     /// The storage engine failed (I/O error, full disk, damaged file).
     #[error("storage engine: {0}")]
     Storage(#[source] Arc<redb::Error>),
-    /// The database's committer has stopped.
+    /// The database is closed: its committer stopped, or (memory backend) its simulated
+    /// process crashed.
     #[error("database is closed")]
     Closed,
 }
@@ -75,13 +114,40 @@ impl StoreError {
     /// Whether [`crate::Database::transact`] runs the transaction again after this error
     /// (FDB's `on_error` retries exactly these).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::NotCommitted
-                | StoreError::CommitUnknownResult
-                | StoreError::TransactionTooOld
-                | StoreError::CommitQueueFull
-        )
+            | StoreError::CommitUnknownResult
+            | StoreError::TransactionTooOld
+            | StoreError::CommitQueueFull => true,
+            StoreError::FoundationDb { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// FoundationDB's code for this error, where FoundationDB has one.
+    pub fn foundationdb_code(&self) -> Option<i32> {
+        let code = match self {
+            StoreError::NotCommitted => 1020,
+            StoreError::CommitUnknownResult => 1021,
+            StoreError::TransactionTooOld => 1007,
+            StoreError::CommitQueueFull => 1042,
+            StoreError::KeyTooLarge { .. } => 2102,
+            StoreError::ValueTooLarge { .. } => 2103,
+            StoreError::TransactionTooLarge { .. } => 2101,
+            StoreError::KeyOutsideLegalRange => 2004,
+            StoreError::TransactionFinished => 2017,
+            StoreError::TransactionCancelled => 1025,
+            StoreError::TooManyWatches => 1032,
+            StoreError::AccessedUnreadable => 1036,
+            StoreError::NoCommitVersion => 2021,
+            StoreError::InvalidVersionstampOffset { .. } => 2000,
+            StoreError::FoundationDb { code, .. } => *code,
+            StoreError::InvalidOptions(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Storage(_)
+            | StoreError::Closed => return None,
+        };
+        Some(code)
     }
 
     /// A record that failed to decode.

@@ -7,9 +7,11 @@
 //! run by [`Database::transact`].
 //!
 //! The API imitates FoundationDB (retryable transaction closures, snapshot reads with
-//! read-your-writes, optimistic conflicts, atomic add, tuple-encoded keys under subspaces, and
-//! FoundationDB's size and age limits), so the layers run unchanged on a FoundationDB backend.
-//! This version has the embedded backend on redb, with group commit and seeded fault injection.
+//! read-your-writes, optimistic conflicts, atomic add/min/max, versionstamped keys and values,
+//! watches, tuple-encoded keys under subspaces, and FoundationDB's size and age limits), so the
+//! layers run unchanged on every backend: the embedded one on redb (group commit, seeded fault
+//! injection), a deterministic memory one for simulation, and FoundationDB itself (cargo
+//! feature `fdb`).
 
 pub mod chat_log;
 pub mod device_queue;
@@ -18,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod limits;
+pub mod media;
 pub mod outbox;
 pub mod receipts;
 pub mod tuple;
@@ -29,6 +32,11 @@ mod conformance;
 #[cfg(test)]
 mod test_support;
 
-pub use engine::{Database, EmbeddedOptions, EngineStats, FaultConfig, RangeOptions, Transaction};
+#[cfg(feature = "fdb")]
+pub use engine::FdbNetwork;
+pub use engine::{
+    Database, EmbeddedOptions, EngineStats, FaultConfig, MemoryDisk, MemoryOptions, RangeOptions,
+    Transaction, Versionstamp, VersionstampFuture, Watch,
+};
 pub use error::StoreError;
 pub use tuple::{Subspace, TupleDecode, TupleEncode};

@@ -14,6 +14,15 @@ pub const TRANSACTION_BYTES_MAX: usize = 10_000_000;
 /// Oldest a transaction may be when it reads or commits, in milliseconds (FoundationDB's limit).
 pub const TRANSACTION_AGE_MS_MAX: u64 = 5_000;
 
+/// Most watches outstanding on one database, registered or waiting for their transaction to
+/// commit (FoundationDB's default `max_watches`); beyond it `watch` fails with
+/// [`crate::StoreError::TooManyWatches`].
+pub const WATCHES_OUTSTANDING_MAX: usize = 10_000;
+
+/// Bytes of a versionstamp: the commit version (8 bytes, big-endian) and the transaction's
+/// order within its commit batch (2 bytes, big-endian), as in FoundationDB.
+pub const VERSIONSTAMP_BYTES: usize = 10;
+
 /// Most attempts [`crate::Database::transact`] makes before returning the last retryable error.
 pub const TRANSACTION_ATTEMPTS_MAX: u32 = 200;
 
@@ -51,3 +60,26 @@ pub const CHUNK_BYTES: usize = VALUE_BYTES_MAX;
 /// `RECORD_CHUNKS_MAX * CHUNK_BYTES` bytes (an envelope of
 /// [`relay_proto::limits::ENVELOPE_BYTES_MAX`] with its metadata needs 3).
 pub const RECORD_CHUNKS_MAX: usize = 4;
+
+// Layer bounds (moved here so every bound lives in one place).
+
+/// How long an idempotency record is kept after its key's issue time, in milliseconds
+/// (24 hours).
+pub const IDEMPOTENCY_RECORD_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+
+/// How long an undelivered entry is kept, in milliseconds (30 days).
+pub const QUEUE_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;
+
+/// Most entries one [`crate::device_queue::sweep_expired`] call removes.
+pub const SWEEP_ENTRIES_MAX: usize = 1_024;
+
+/// Most members of one group. Bounded like an envelope's recipient devices, since a group
+/// message fans out to every member's devices.
+pub const GROUP_MEMBERS_MAX: u64 = 1_024;
+
+/// How long a blob is kept by default, in milliseconds (30 days).
+pub const MEDIA_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;
+
+/// Most blobs one [`crate::media::sweep_expired`] call removes (its idempotency record must fit
+/// one value).
+pub const MEDIA_SWEEP_ENTRIES_MAX: usize = 512;

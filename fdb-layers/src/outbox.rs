@@ -23,8 +23,12 @@
 //! only one applies it.
 //!
 //! **Idempotence.** [`push`] is not idempotent: callers push in the transaction whose change it
-//! carries, after checking that change is new. [`mark_applied`] is the receiver's guard: apply
-//! an entry in the same transaction only when it returns `true`.
+//! carries, under a guard checked in that transaction (the ack that removed the entry the
+//! receipt is about, the chat log append that reported a new entry). [`push_once`] takes an
+//! [`IdempotencyKey`] for callers without such a guard: retried after `CommitUnknownResult`, it
+//! returns its first sequence and pushes nothing. [`remove_through`] is idempotent by nature.
+//! Delivery is at least once, and [`mark_applied`] is the receiver's guard: apply an entry in
+//! the same transaction only when it returns `true`, so each entry is applied exactly once.
 //!
 //! **Limits.** Payloads up to `RECORD_CHUNKS_MAX * CHUNK_BYTES` (400 kB); a peek returns at most
 //! [`LAYER_READ_ENTRIES_MAX`] entries. The watermark
@@ -36,7 +40,10 @@
 
 use relay_proto::RegionId;
 
-use crate::codec::{decode_key, encode_u64, read_chunked_range, read_u64, set_chunked};
+pub use crate::codec::IdempotencyKey;
+use crate::codec::{
+    decode_key, decode_u64, encode_u64, read_chunked_range, read_u64, recall, remember, set_chunked,
+};
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 use crate::limits::LAYER_READ_ENTRIES_MAX;
@@ -57,6 +64,28 @@ pub async fn push(
         &outbox.entries.subspace(&(destination,)),
         seq,
         payload,
+    )?;
+    Ok(seq)
+}
+
+/// Pushes like [`push`], once per `idempotency` key: retried after its commit, it returns the
+/// sequence it was given and pushes nothing.
+pub async fn push_once(
+    transaction: &Transaction,
+    destination: RegionId,
+    payload: &[u8],
+    idempotency: &IdempotencyKey,
+) -> Result<u64, StoreError> {
+    if let Some(stored) = recall(transaction, "outbox_push", &destination, idempotency).await? {
+        return decode_u64(&stored, "outbox push result");
+    }
+    let seq = push(transaction, destination, payload).await?;
+    remember(
+        transaction,
+        "outbox_push",
+        &destination,
+        idempotency,
+        &encode_u64(seq),
     )?;
     Ok(seq)
 }
@@ -191,6 +220,29 @@ mod tests {
             .await
             .expect("push after removal");
         assert_eq!(next, 4, "sequences continue after removal");
+    }
+
+    #[tokio::test]
+    async fn a_keyed_push_happens_once() {
+        let (_folder, database) = temporary_database(None);
+        let seqs = database
+            .transact(|tx| async move {
+                let key = crate::test_support::idempotency_key(1);
+                Ok([
+                    push_once(&tx, RegionId(2), b"a", &key).await?,
+                    push_once(&tx, RegionId(2), b"a", &key).await?,
+                    push_once(&tx, RegionId(3), b"a", &key).await?,
+                    push(&tx, RegionId(2), b"b").await?,
+                ])
+            })
+            .await
+            .expect("pushes");
+        assert_eq!(seqs, [1, 1, 1, 2]);
+        let pending = database
+            .transact(|tx| async move { peek(&tx, RegionId(2), 10).await })
+            .await
+            .expect("peek");
+        assert_eq!(pending, [(1, b"a".to_vec()), (2, b"b".to_vec())]);
     }
 
     #[tokio::test]

@@ -2,26 +2,35 @@
 //! device, which only moves forward (invariant I6).
 //!
 //! **Challenge.** Record that a message was delivered to (or expired for) one device, so the
-//! sender's devices can be told, without ever moving a state backwards even when acks, expiry
-//! sweeps and retries race. `read` is not here: it travels end to end encrypted.
+//! sender's devices can be told once, without ever moving a state backwards even when acks,
+//! expiry sweeps and retries race. `read` is not here: it travels end to end encrypted, so no
+//! server learns when anyone read anything.
 //!
 //! **Key layout** (subspace `("receipts", chat, client_message_id)`):
-//! - `(account, device)` → the state (one byte: the `ReceiptState` number).
+//! - `(account, device)` → the state (one byte: the `ReceiptState` number, ordered
+//!   unspecified < delivered < expired).
 //!
-//! A message's receipts are contiguous, so all of them are one range read ([`states`]).
+//! A message's receipts are contiguous, so all of them are one range read ([`states`]); a
+//! single receipt is a point read.
 //!
 //! **Conflicts.** [`advance`] reads the state it may replace, so two concurrent advances of one
 //! message for one device conflict and the retry compares again; advances for different devices
-//! or messages never conflict.
+//! or messages never conflict. A blind write (or an atomic max) would avoid that conflict but
+//! could not tell the caller whether the state moved, which is what decides whether the
+//! sender's devices are told.
 //!
-//! **Idempotence.** Advancing to a state already reached returns `false` and changes nothing,
-//! so a retried advance is harmless.
+//! **Idempotence.** By nature, so [`advance`] takes no idempotency key: advancing to a state
+//! already reached (or passed) returns `false` and changes nothing, so an advance retried after
+//! `CommitUnknownResult` answers `false` and whatever the caller does only on `true` (queueing
+//! the receipt for the sender's devices, in the same transaction) happens once.
 //!
-//! **Limits.** One byte per message and device.
+//! **Limits.** One byte per message and device; a message's receipts are read whole, bounded
+//! by the envelope's recipient devices (`ENVELOPE_RECIPIENT_DEVICES_MAX`).
 //!
-//! **Evolution.** The retention sweep clears a chat's receipts with the chat log entries they
-//! belong to; the key names the message by the sender's client message id, which is unique per
-//! sender device, so a sender may later be added to the key if ids stop being random.
+//! **Evolution.** The retention sweep will clear a chat's receipts with the chat log entries
+//! they belong to; the key names the message by the sender's client message id, which is
+//! unique per sender device, so a sender may later be added to the key if ids stop being
+//! random. A time of the transition would be a second byte range of the value.
 
 use relay_proto::wire::ReceiptState;
 use relay_proto::{ChatId, ClientMessageId, DeviceAddress};
@@ -158,5 +167,134 @@ mod tests {
             ]
         );
         assert_eq!((phone, other), (Some(ReceiptState::Delivered), None));
+    }
+}
+
+/// Receipts against a model (a map from message and device to state), driven by random
+/// operation sequences: states only move forward, whatever order the advances come in.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use relay_proto::{AccountId, DeviceId};
+
+    use super::*;
+    use crate::test_support::{block_on, temporary_database};
+
+    const CHAT: ChatId = ChatId([6; 16]);
+
+    #[derive(Debug, Clone)]
+    enum Operation {
+        Advance {
+            message: u8,
+            recipient: u8,
+            state: ReceiptState,
+        },
+        State {
+            message: u8,
+            recipient: u8,
+        },
+        States {
+            message: u8,
+        },
+    }
+
+    fn receipt_state() -> impl Strategy<Value = ReceiptState> {
+        prop_oneof![
+            Just(ReceiptState::Unspecified),
+            Just(ReceiptState::Delivered),
+            Just(ReceiptState::Expired),
+        ]
+    }
+
+    fn operation() -> impl Strategy<Value = Operation> {
+        prop_oneof![
+            4 => (0..3u8, 0..4u8, receipt_state()).prop_map(|(message, recipient, state)| {
+                Operation::Advance {
+                    message,
+                    recipient,
+                    state,
+                }
+            }),
+            1 => (0..3u8, 0..4u8)
+                .prop_map(|(message, recipient)| Operation::State { message, recipient }),
+            1 => (0..3u8).prop_map(|message| Operation::States { message }),
+        ]
+    }
+
+    fn message_id(message: u8) -> ClientMessageId {
+        ClientMessageId([message; 16])
+    }
+
+    fn recipient_address(recipient: u8) -> DeviceAddress {
+        DeviceAddress {
+            account: AccountId(u64::from(recipient / 2) + 1),
+            device: DeviceId(u32::from(recipient % 2) + 1),
+        }
+    }
+
+    async fn check(operations: Vec<Operation>) -> Result<(), TestCaseError> {
+        let (_folder, database) = temporary_database(None);
+        let mut model: BTreeMap<(u8, DeviceAddress), ReceiptState> = BTreeMap::new();
+        let fail = |error: StoreError| TestCaseError::fail(error.to_string());
+        for operation in operations {
+            match operation {
+                Operation::Advance {
+                    message,
+                    recipient,
+                    state,
+                } => {
+                    let address = recipient_address(recipient);
+                    let moved = database
+                        .transact(|tx| async move {
+                            advance(&tx, CHAT, message_id(message), address, state).await
+                        })
+                        .await
+                        .map_err(fail)?;
+                    let stored = model
+                        .get(&(message, address))
+                        .copied()
+                        .unwrap_or(ReceiptState::Unspecified);
+                    let expected = state > stored;
+                    if expected {
+                        model.insert((message, address), state);
+                    }
+                    prop_assert_eq!(moved, expected, "{:?} over {:?}", state, stored);
+                }
+                Operation::State { message, recipient } => {
+                    let address = recipient_address(recipient);
+                    let read = database
+                        .transact(|tx| async move {
+                            super::state(&tx, CHAT, message_id(message), address).await
+                        })
+                        .await
+                        .map_err(fail)?;
+                    prop_assert_eq!(read, model.get(&(message, address)).copied());
+                }
+                Operation::States { message } => {
+                    let read = database
+                        .transact(|tx| async move { states(&tx, CHAT, message_id(message)).await })
+                        .await
+                        .map_err(fail)?;
+                    let expected: Vec<(DeviceAddress, ReceiptState)> = model
+                        .iter()
+                        .filter(|((stored_message, _), _)| *stored_message == message)
+                        .map(|((_, address), state)| (*address, *state))
+                        .collect();
+                    prop_assert_eq!(read, expected);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn receipts_match_their_model(operations in prop::collection::vec(operation(), 1..40)) {
+            block_on(check(operations))?;
+        }
     }
 }

@@ -31,3 +31,37 @@ pub(crate) fn fault_seed() -> u64 {
         .unwrap_or(0);
     split_mix(nanos)
 }
+
+/// A distinct idempotency key for each `n`, issued at time 0 (so it never expires others).
+pub(crate) fn idempotency_key(n: u64) -> crate::codec::IdempotencyKey {
+    let mut nonce = [0u8; 16];
+    nonce[8..].copy_from_slice(&n.to_be_bytes());
+    crate::codec::IdempotencyKey::new(0, nonce)
+}
+
+/// Runs a future to completion on a fresh single-threaded runtime with time enabled (the
+/// engine's retries sleep), for property tests whose cases are synchronous closures.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a test runtime")
+        .block_on(future)
+}
+
+/// Issues idempotency keys the way a region does: one per logical request, before its
+/// transaction, so every retry of that transaction carries the same key.
+#[derive(Default)]
+pub(crate) struct KeyIssuer {
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl KeyIssuer {
+    /// A new key.
+    pub(crate) fn issue(&self) -> crate::codec::IdempotencyKey {
+        let counter = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = [0xc0; 16];
+        nonce[8..].copy_from_slice(&counter.to_be_bytes());
+        crate::codec::IdempotencyKey::new(1_000, nonce)
+    }
+}

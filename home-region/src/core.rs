@@ -11,11 +11,19 @@
 //! 2. the chat log deduplicates by (chat, sender device, client message id), checks sender_seq
 //!    is the next one, and assigns the next gapless chat sequence;
 //! 3. every local recipient device gets a queue entry under its own gapless queue sequence.
+//!
+//! Layer calls that are not idempotent by nature (registration, key uploads and claims) take an
+//! [`IdempotencyKey`] that the service issues once per request, outside the transaction, so a
+//! commit retried after an unknown result applies once and answers as the first attempt did.
+//! Every other write here is guarded in its own transaction: queue appends of a message by the
+//! chat log's dedupe, receipt appends and outbox pushes by the ack or sweep that removed the
+//! entry and by the receipt that moved forward.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use fdb_layers::chat_log::{AppendOutcome, NewEntry};
-use fdb_layers::device_queue::{QueueAppend, QueueItem};
+use fdb_layers::device_queue::{QueueAppend, QueueItem, SweepScope};
+use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
 use fdb_layers::{
     StoreError, Transaction, chat_log, device_queue, directory, keys, outbox, receipts,
@@ -27,7 +35,10 @@ use relay_proto::wire::{
     QueueBatch, QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, ResendFrom, SendOutcome,
     SentEverywhere, queue_entry, send_outcome,
 };
-use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
+use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
+
+/// Queue entries expired in one [`expire_queues`] transaction.
+pub const EXPIRE_BATCH_ENTRIES_MAX: usize = 256;
 
 /// What a request asks the service to do once its transaction committed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -183,7 +194,7 @@ pub async fn commit_envelope(
             chat: parsed.chat,
             chat_seq,
         };
-        let queue_seq = enqueue(tx, device, &item).await?;
+        let queue_seq = enqueue(tx, device, &item, now_ms).await?;
         effects.notify.insert(device, queue_seq);
     }
     Ok(Ok((committed(chat_seq, false, server_time_ms), effects)))
@@ -201,8 +212,9 @@ async fn enqueue(
     tx: &Transaction,
     device: DeviceAddress,
     item: &QueueItem,
+    now_ms: u64,
 ) -> Result<u64, StoreError> {
-    match device_queue::append(tx, device, item).await? {
+    match device_queue::append(tx, device, item, now_ms).await? {
         QueueAppend::Appended { queue_seq } => Ok(queue_seq),
         QueueAppend::Full { depth } => Err(corrupt(
             "device queue",
@@ -233,23 +245,11 @@ pub async fn fetch_and_ack(
             let QueueItem::MessageRef { chat, chat_seq } = item else {
                 continue;
             };
-            let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
-                continue;
+            let transition = Transition {
+                state: ReceiptState::Delivered,
+                now_ms,
             };
-            let receipt = QueuedReceipt {
-                chat: chat.0.to_vec(),
-                client_message_id: entry.client_message_id.0.to_vec(),
-                recipient: device.into(),
-                state: ReceiptState::Delivered as i32,
-                at_ms: now_ms,
-                sender: entry.sender.into(),
-            };
-            if entry.sender_region == local {
-                deliver_receipt(tx, &receipt, &mut effects).await?;
-            } else {
-                outbox::push(tx, entry.sender_region, &receipt.encode_to_vec()).await?;
-                effects.outbox_pushed = true;
-            }
+            route_receipt(tx, local, device, chat, chat_seq, transition, &mut effects).await?;
         }
     }
     let mut batch = QueueBatch {
@@ -310,11 +310,95 @@ pub async fn fetch_and_ack(
     Ok(Ok((batch, effects)))
 }
 
-/// Records a receipt for a message sent from this region and queues it for every device of
-/// the sender's account, unless the state does not move forward.
+/// What [`expire_queues`] did in one transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiredQueues {
+    /// Queue entries removed because they waited longer than the retention window.
+    pub expired_entries: usize,
+    /// Whether more may have expired: run again.
+    pub more: bool,
+}
+
+/// Removes queue entries older than the retention window (30 days), at most
+/// [`EXPIRE_BATCH_ENTRIES_MAX`], and tells each expired message's sender with an "expired"
+/// receipt, routed like a delivered one (queued here, or through the outbox to the sender's
+/// region). Expired receipts for a device are dropped: they were about its own messages.
+pub async fn expire_queues(
+    tx: &Transaction,
+    local: RegionId,
+    now_ms: u64,
+) -> Outcome<ExpiredQueues> {
+    let report = device_queue::sweep_expired(
+        tx,
+        SweepScope::All,
+        now_ms,
+        device_queue::QUEUE_RETENTION_MS_DEFAULT,
+        EXPIRE_BATCH_ENTRIES_MAX,
+    )
+    .await?;
+    let mut effects = Effects::default();
+    for (device, _, item) in &report.expired {
+        let QueueItem::MessageRef { chat, chat_seq } = *item else {
+            continue;
+        };
+        let transition = Transition {
+            state: ReceiptState::Expired,
+            now_ms,
+        };
+        route_receipt(tx, local, *device, chat, chat_seq, transition, &mut effects).await?;
+    }
+    let expired = ExpiredQueues {
+        expired_entries: report.expired.len(),
+        more: report.more,
+    };
+    Ok(Ok((expired, effects)))
+}
+
+/// A receipt state reached at a time.
+#[derive(Debug, Clone, Copy)]
+struct Transition {
+    state: ReceiptState,
+    now_ms: u64,
+}
+
+/// Sends the receipt of the log entry `chat#chat_seq` for `device` to the sender: queued here
+/// when the sender is homed here, else pushed to the outbox of the sender's region. Runs only
+/// for entries an ack or a sweep removed in this transaction, which makes it once per entry.
+async fn route_receipt(
+    tx: &Transaction,
+    local: RegionId,
+    device: DeviceAddress,
+    chat: ChatId,
+    chat_seq: u64,
+    transition: Transition,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
+        return Ok(());
+    };
+    let receipt = QueuedReceipt {
+        chat: chat.0.to_vec(),
+        client_message_id: entry.client_message_id.0.to_vec(),
+        recipient: device.into(),
+        state: transition.state as i32,
+        at_ms: transition.now_ms,
+        sender: entry.sender.into(),
+    };
+    if entry.sender_region == local {
+        deliver_receipt(tx, &receipt, transition.now_ms, effects).await
+    } else {
+        outbox::push(tx, entry.sender_region, &receipt.encode_to_vec()).await?;
+        effects.outbox_pushed = true;
+        Ok(())
+    }
+}
+
+/// Records a receipt for a message sent from this region and queues it (enqueued at `now_ms`)
+/// for every device of the sender's account, unless the state does not move forward.
 async fn deliver_receipt(
     tx: &Transaction,
     receipt: &QueuedReceipt,
+    now_ms: u64,
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
     let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
@@ -339,7 +423,8 @@ async fn deliver_receipt(
     let bytes = receipt.encode_to_vec();
     for device in directory::devices(tx, sender.account).await? {
         let address = device.device;
-        match device_queue::append(tx, address, &QueueItem::Receipt(bytes.clone())).await? {
+        let item = QueueItem::Receipt(bytes.clone());
+        match device_queue::append(tx, address, &item, now_ms).await? {
             QueueAppend::Appended { queue_seq } => {
                 effects.notify.insert(address, queue_seq);
             }
@@ -358,6 +443,7 @@ pub async fn apply_forwarded_receipts(
     tx: &Transaction,
     local: RegionId,
     request: &wire::ForwardReceipts,
+    now_ms: u64,
 ) -> Outcome<()> {
     let mut effects = Effects::default();
     for forward in &request.receipts {
@@ -374,18 +460,20 @@ pub async fn apply_forwarded_receipts(
             }
         }
         if outbox::mark_applied(tx, RegionId(forward.origin_region), forward.origin_seq).await? {
-            deliver_receipt(tx, &forward.receipt, &mut effects).await?;
+            deliver_receipt(tx, &forward.receipt, now_ms, &mut effects).await?;
         }
     }
     Ok(Ok(((), effects)))
 }
 
 /// Registers the first device of an account homed here. `account` comes from the directory
-/// writer (or this region, when it is the writer).
+/// writer (or this region, when it is the writer). Retried with the same `idempotency` key
+/// after its commit, it answers the device it registered.
 pub async fn register_device(
     tx: &Transaction,
     account: &directory::AccountRecord,
     request: &wire::Register,
+    idempotency: &IdempotencyKey,
 ) -> Outcome<wire::Registered> {
     if let Err(error) = check_keys(
         &request.identity_key,
@@ -395,14 +483,20 @@ pub async fn register_device(
         return Ok(Err(error));
     }
     directory::put_account(tx, account).await?;
-    if !directory::devices(tx, account.id).await?.is_empty() {
+    let Ok(device) = directory::add_first_device(
+        tx,
+        account.id,
+        &request.identity_key,
+        &request.signing_key,
+        idempotency,
+    )
+    .await?
+    else {
         return refuse(
             ErrorCode::NameTaken,
             format!("the name {} is taken", account.name),
         );
-    }
-    let device =
-        directory::add_device(tx, account.id, &request.identity_key, &request.signing_key).await?;
+    };
     let address = DeviceAddress {
         account: account.id,
         device,
@@ -412,7 +506,7 @@ pub async fn register_device(
         .iter()
         .map(|key| (key.key_id.clone(), key.public_key.clone()))
         .collect();
-    keys::add_one_time_keys(tx, address, &one_time_keys).await?;
+    keys::add_one_time_keys(tx, address, &one_time_keys, idempotency).await?;
     let registered = wire::Registered {
         account: account_info(account),
         device: device.0,
@@ -457,6 +551,7 @@ pub async fn upload_one_time_keys(
     tx: &Transaction,
     device: DeviceAddress,
     upload: &wire::UploadOneTimeKeys,
+    idempotency: &IdempotencyKey,
 ) -> Outcome<u32> {
     if let Err(error) = check_one_time_keys(&upload.keys) {
         return Ok(Err(error));
@@ -472,18 +567,21 @@ pub async fn upload_one_time_keys(
         .iter()
         .map(|key| (key.key_id.clone(), key.public_key.clone()))
         .collect();
-    keys::add_one_time_keys(tx, device, &new_keys).await?;
+    keys::add_one_time_keys(tx, device, &new_keys, idempotency).await?;
     Ok(Ok((
         keys::one_time_key_count(tx, device).await?,
         Effects::default(),
     )))
 }
 
-/// Claims one one-time key of every current device of an account homed here.
+/// Claims one one-time key of every current device of an account homed here (its fallback
+/// key when it has none left). Retried with the same `idempotency` key after its commit, it
+/// answers the keys it claimed.
 pub async fn claim_keys(
     tx: &Transaction,
     local: RegionId,
     account: AccountId,
+    idempotency: &IdempotencyKey,
 ) -> Outcome<KeyBundle> {
     match directory::account_by_id(tx, account).await? {
         Some(record) if record.home_region == local => {}
@@ -500,9 +598,15 @@ pub async fn claim_keys(
     };
     for device in directory::devices(tx, account).await? {
         let address = device.device;
-        let one_time_key = keys::claim_one_time_key(tx, address)
+        // The wire has no fallback flag yet; Olm accepts a fallback key wherever it accepts a
+        // one-time key, so it travels in the same field.
+        let one_time_key = keys::claim_one_time_key(tx, address, idempotency)
             .await?
-            .map(|(key_id, public_key)| wire::OneTimeKey { key_id, public_key });
+            .key
+            .map(|key| wire::OneTimeKey {
+                key_id: key.key_id,
+                public_key: key.public_key,
+            });
         bundle.devices.push(DeviceKeys {
             device: device.device.device.0,
             identity_key: device.identity_key,
@@ -566,6 +670,15 @@ mod tests {
         Fixture { _dir: dir, db }
     }
 
+    /// A fresh idempotency key, as the service issues one per request.
+    fn key() -> IdempotencyKey {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let counter = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = [0u8; 16];
+        nonce[8..].copy_from_slice(&counter.to_be_bytes());
+        IdempotencyKey::new(1_000, nonce)
+    }
+
     async fn run<T>(
         db: &Database,
         body: impl AsyncFn(Transaction) -> Outcome<T>,
@@ -575,8 +688,9 @@ mod tests {
 
     /// Creates an account homed in `home` with `devices` devices (each with 2 one-time keys).
     async fn account(db: &Database, name: &str, home: RegionId, devices: u32) -> AccountId {
+        let create = key();
         let record = db
-            .transact(|tx| async move { directory::create_account(&tx, name, home).await })
+            .transact(|tx| async move { directory::create_account(&tx, name, home, &create).await })
             .await
             .expect("store")
             .expect("name free");
@@ -597,9 +711,10 @@ mod tests {
                 ],
                 registration_token: String::new(),
             };
+            let request = key();
             if index == 0 {
                 run(db, async |tx| {
-                    register_device(&tx, &record, &register).await
+                    register_device(&tx, &record, &register, &request).await
                 })
                 .await
                 .expect("registered");
@@ -612,6 +727,7 @@ mod tests {
                             record.id,
                             &register.identity_key,
                             &register.signing_key,
+                            &request,
                         )
                         .await
                     }
@@ -869,6 +985,113 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn undelivered_entries_expire_into_receipts_for_the_senders() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let carol = account(&f.db, "carol", ELSEWHERE, 0).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+        let from_carol = envelope(device_in(carol, 1), &[bob1], &[bob], 2, 1);
+        commit(&f.db, &from_carol, ELSEWHERE).await;
+        let expire = async |now_ms: u64| {
+            run(&f.db, async |tx| expire_queues(&tx, HERE, now_ms).await)
+                .await
+                .expect("swept")
+        };
+
+        // Within the retention window nothing expires.
+        let retention_ms = fdb_layers::device_queue::QUEUE_RETENTION_MS_DEFAULT;
+        let (early, effects) = expire(1_000 + retention_ms).await;
+        assert_eq!(early, ExpiredQueues::default());
+        assert_eq!(effects, Effects::default());
+
+        let (late, effects) = expire(1_001 + retention_ms).await;
+        assert_eq!(
+            late,
+            ExpiredQueues {
+                expired_entries: 2,
+                more: false
+            }
+        );
+        assert!(effects.outbox_pushed, "carol's receipt goes to her region");
+        assert_eq!(
+            effects.notify.get(&alice1),
+            Some(&1),
+            "alice's is queued here"
+        );
+        let (bob_batch, _) = fetch(&f.db, bob1, &[]).await;
+        assert!(bob_batch.entries.is_empty(), "the expired entries are gone");
+        assert_eq!(bob_batch.latest_queue_seq, 2);
+
+        let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
+        let Some(queue_entry::Item::Receipt(receipt)) = &alice_batch.entries[0].item else {
+            panic!("a receipt")
+        };
+        assert_eq!(receipt.state, ReceiptState::Expired as i32);
+        assert_eq!(receipt.recipient, bob1.into());
+        assert_eq!(receipt.at_ms, 1_001 + retention_ms);
+        let pending =
+            f.db.transact(|tx| async move { outbox::peek(&tx, ELSEWHERE, 10).await })
+                .await
+                .expect("outbox");
+        let forwarded = QueuedReceipt::decode(&pending[0].1[..]).expect("a receipt");
+        assert_eq!(forwarded.state, ReceiptState::Expired as i32);
+        // A second sweep finds nothing: each entry expires once.
+        assert_eq!(
+            expire(2_000 + retention_ms).await.0,
+            ExpiredQueues::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retried_registration_answers_its_first_result() {
+        let f = fixture();
+        let create = key();
+        let record =
+            f.db.transact(|tx| async move {
+                directory::create_account(&tx, "dora", HERE, &create).await
+            })
+            .await
+            .expect("store")
+            .expect("name free");
+        let register = wire::Register {
+            name: "dora".into(),
+            identity_key: vec![1; 32],
+            signing_key: vec![2; 32],
+            one_time_keys: vec![OneTimeKey {
+                key_id: "k".into(),
+                public_key: vec![3; 32],
+            }],
+            registration_token: String::new(),
+        };
+        let request = key();
+        let attempt = async |request: &IdempotencyKey| {
+            run(&f.db, async |tx| {
+                register_device(&tx, &record, &register, request).await
+            })
+            .await
+        };
+        let first = attempt(&request).await.expect("registered").0;
+        // The same request again, as after an unknown commit result: the same device.
+        let retried = attempt(&request).await.expect("registered again").0;
+        assert_eq!(first, retried);
+        // Another registration of the name is refused.
+        let other = attempt(&key())
+            .await
+            .map(|_| ())
+            .map_err(|error| error.code);
+        assert_eq!(other, Err(ErrorCode::NameTaken));
+        let count =
+            f.db.transact(|tx| async move {
+                keys::one_time_key_count(&tx, device_in(record.id, 1)).await
+            })
+            .await
+            .expect("count");
+        assert_eq!(count, 1, "the retry uploaded nothing twice");
+    }
+
+    #[tokio::test]
     async fn forwarded_receipts_apply_once_and_only_move_forward() {
         let f = fixture();
         let alice = account(&f.db, "alice", HERE, 1).await;
@@ -893,7 +1116,7 @@ mod tests {
         };
         let apply = async |request: wire::ForwardReceipts| {
             run(&f.db, async |tx| {
-                apply_forwarded_receipts(&tx, HERE, &request).await
+                apply_forwarded_receipts(&tx, HERE, &request, 3_000).await
             })
             .await
             .expect("applied")
@@ -918,7 +1141,8 @@ mod tests {
         let bob = account(&f.db, "bob", HERE, 1).await;
         let mut claimed = BTreeSet::new();
         for _ in 0..3 {
-            let (bundle, _) = run(&f.db, async |tx| claim_keys(&tx, HERE, bob).await)
+            let request = key();
+            let (bundle, _) = run(&f.db, async |tx| claim_keys(&tx, HERE, bob, &request).await)
                 .await
                 .expect("claimed");
             assert_eq!(bundle.devices.len(), 1);
@@ -932,7 +1156,7 @@ mod tests {
         }
         assert_eq!(claimed.len(), 2, "two keys, then none left");
         let refused = run(&f.db, async |tx| {
-            claim_keys(&tx, HERE, AccountId(999)).await
+            claim_keys(&tx, HERE, AccountId(999), &key()).await
         })
         .await;
         assert_eq!(

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
 use relay_proto::net::{self, NetError, PeerLinks, TlsIdentity, TokioSockets};
@@ -30,6 +31,10 @@ pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
 pub const OUTBOX_RETRY_DELAY_MS: u64 = 500;
 /// Pushes buffered for one subscribed edge stream before new ones are dropped (they are hints).
 pub const SUBSCRIPTION_PUSHES_MAX: usize = 4096;
+/// Pause between two retention sweeps of the device queues.
+pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// Most sweep transactions in one retention sweep, so one sweep stays bounded.
+pub const RETENTION_SWEEP_TRANSACTIONS_MAX: usize = 64;
 
 /// Why the region cannot start or run.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,10 @@ struct Inner {
     subscriptions: Mutex<HashMap<DeviceAddress, HashMap<u64, PushSender>>>,
     next_stream_id: AtomicU64,
     outbox_wake: Notify,
+    /// The first half of every idempotency key this process issues: unique per process start.
+    key_prefix: u64,
+    /// The second half: a counter.
+    next_key: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -120,6 +129,8 @@ impl RegionService {
             subscriptions: Mutex::new(HashMap::new()),
             next_stream_id: AtomicU64::new(1),
             outbox_wake: Notify::new(),
+            key_prefix: boot_nonce(),
+            next_key: AtomicU64::new(1),
         };
         Ok((
             Self {
@@ -133,6 +144,7 @@ impl RegionService {
     /// (every acknowledged write is already durable).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RegionError> {
         let pump = tokio::spawn(self.clone().outbox_pump());
+        let sweeper = tokio::spawn(self.clone().retention_sweeper());
         let accept = async {
             while let Some(incoming) = self.inner.endpoint.accept().await {
                 let service = self.clone();
@@ -149,6 +161,7 @@ impl RegionService {
             () = shutdown => {}
         }
         pump.abort();
+        sweeper.abort();
         self.inner
             .endpoint
             .close(0u32.into(), b"region shutting down");
@@ -261,18 +274,20 @@ impl RegionService {
             }
             Req::ClaimKeys(claim) => {
                 let account = AccountId(claim.account);
+                let key = self.idempotency_key();
                 let bundle = self
-                    .transact(|tx| async move { core::claim_keys(&tx, local, account).await })
+                    .transact(|tx| async move { core::claim_keys(&tx, local, account, &key).await })
                     .await?;
                 Ok(Resp::Keys(bundle))
             }
             Req::UploadOneTimeKeys(for_device) => {
                 let device = for_device.device.parse()?;
                 let upload = for_device.upload.unwrap_or_default();
+                let key = self.idempotency_key();
                 let remaining = self
                     .transact(|tx| {
                         let upload = upload.clone();
-                        async move { core::upload_one_time_keys(&tx, device, &upload).await }
+                        async move { core::upload_one_time_keys(&tx, device, &upload, &key).await }
                     })
                     .await?;
                 Ok(Resp::KeysUploaded(wire::OneTimeKeyCount { remaining }))
@@ -291,9 +306,10 @@ impl RegionService {
             }
             Req::Receipts(receipts) => {
                 let count = receipts.receipts.len() as u32;
+                let now = now_ms();
                 self.transact(|tx| {
                     let receipts = receipts.clone();
-                    async move { core::apply_forwarded_receipts(&tx, local, &receipts).await }
+                    async move { core::apply_forwarded_receipts(&tx, local, &receipts, now).await }
                 })
                 .await?;
                 Ok(Resp::ReceiptsStored(wire::OneTimeKeyCount {
@@ -302,6 +318,16 @@ impl RegionService {
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
         }
+    }
+
+    /// A new idempotency key for one request: issued before its transaction, so every retry of
+    /// that transaction carries it.
+    fn idempotency_key(&self) -> IdempotencyKey {
+        let counter = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&self.inner.key_prefix.to_be_bytes());
+        nonce[8..].copy_from_slice(&counter.to_be_bytes());
+        IdempotencyKey::new(now_ms(), nonce)
     }
 
     /// Runs a core function in a retried transaction, then performs its effects.
@@ -376,10 +402,11 @@ impl RegionService {
                 }
             }
         };
+        let key = self.idempotency_key();
         self.transact(|tx| {
             let record = record.clone();
             let register = register.clone();
-            async move { core::register_device(&tx, &record, &register).await }
+            async move { core::register_device(&tx, &record, &register, &key).await }
         })
         .await
     }
@@ -394,6 +421,7 @@ impl RegionService {
     ) -> Result<directory::AccountRecord, ProtoError> {
         wire::validate_account_name(name)?;
         let name = name.to_owned();
+        let key = self.idempotency_key();
         self.transact(|tx| {
             let name = name.clone();
             async move {
@@ -406,7 +434,7 @@ impl RegionService {
                         format!("the name {name} is taken"),
                     )));
                 }
-                match directory::create_account(&tx, &name, home).await? {
+                match directory::create_account(&tx, &name, home, &key).await? {
                     Ok(record) => Ok(Ok((record, Effects::default()))),
                     Err(_) => Ok(Err(ProtoError::new(
                         ErrorCode::NameTaken,
@@ -593,6 +621,37 @@ impl RegionService {
         }
     }
 
+    /// Expires queue entries older than the retention window, every
+    /// [`RETENTION_SWEEP_INTERVAL_MS`], telling their senders (expired receipts).
+    async fn retention_sweeper(self) {
+        let local = self.inner.region;
+        loop {
+            let mut expired_entries = 0;
+            for _ in 0..RETENTION_SWEEP_TRANSACTIONS_MAX {
+                let now = now_ms();
+                match self
+                    .transact(|tx| async move { core::expire_queues(&tx, local, now).await })
+                    .await
+                {
+                    Ok(expired) => {
+                        expired_entries += expired.expired_entries;
+                        if !expired.more {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "retention sweep failed; will retry");
+                        break;
+                    }
+                }
+            }
+            if expired_entries > 0 {
+                tracing::info!(expired_entries, "expired undelivered queue entries");
+            }
+            tokio::time::sleep(Duration::from_millis(RETENTION_SWEEP_INTERVAL_MS)).await;
+        }
+    }
+
     async fn deliver_outbox(&self, destination: RegionId) -> Result<bool, ProtoError> {
         let entries = self
             .inner
@@ -654,6 +713,16 @@ impl RegionService {
             .map_err(store_failure)?;
         Ok(entries.len() == OUTBOX_BATCH_ENTRIES_MAX)
     }
+}
+
+/// A number unique to this process start: the wall clock in nanoseconds at start mixed with the
+/// process id, so two processes started in one nanosecond still differ.
+fn boot_nonce() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32).rotate_left(17)
 }
 
 fn record_of(info: &wire::AccountInfo) -> directory::AccountRecord {

@@ -1,20 +1,17 @@
-//! The committer: one thread that resolves conflicts and applies commits in groups, like
-//! FoundationDB's commit proxy and resolver in one.
+//! What the embedded and memory backends share at commit, like FoundationDB's commit proxy and
+//! resolver: the commit request a transaction builds, the resolver that checks it against newer
+//! commits and hands out versionstamps, the seeded fault generator, and FoundationDB's atomic
+//! operations and versionstamp placement applied to stored values.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
 
-use redb::{Durability, ReadableTable};
-use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use super::{Counters, DATA_TABLE, FaultConfig, META_TABLE, TRANSACTION_AGE_MAX, VERSION_KEY};
+use super::{Counters, FaultConfig, TRANSACTION_AGE_MAX, Versionstamp};
 use crate::error::StoreError;
-use crate::limits::{
-    COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_TRANSACTIONS_MAX, CONFLICT_HISTORY_BYTES_MAX,
-};
+use crate::limits::{CONFLICT_HISTORY_BYTES_MAX, VERSIONSTAMP_BYTES};
 
 /// A half-open key range `[begin, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +32,38 @@ impl KeyRange {
         self.begin.as_slice() <= key && key < self.end.as_slice()
     }
 
-    fn intersects(&self, other: &KeyRange) -> bool {
+    pub(crate) fn intersects(&self, other: &KeyRange) -> bool {
         self.begin < other.end && other.begin < self.end
+    }
+}
+
+/// One of FoundationDB's atomic operations on a little-endian value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AtomicOp {
+    /// `ADD` of a signed 8-byte delta.
+    Add(i64),
+    /// `MIN` with the operand.
+    Min(Vec<u8>),
+    /// `MAX` with the operand.
+    Max(Vec<u8>),
+}
+
+impl AtomicOp {
+    /// The value after this operation on `base` (`None`: no value).
+    pub(crate) fn apply(&self, base: Option<&[u8]>) -> Vec<u8> {
+        match self {
+            AtomicOp::Add(delta) => apply_add(base, *delta),
+            AtomicOp::Min(operand) => apply_min(base, operand),
+            AtomicOp::Max(operand) => apply_max(base, operand),
+        }
+    }
+
+    /// Bytes this operation adds to a transaction (FDB counts the parameter).
+    pub(crate) fn size_bytes(&self) -> usize {
+        match self {
+            AtomicOp::Add(_) => 8,
+            AtomicOp::Min(operand) | AtomicOp::Max(operand) => operand.len(),
+        }
     }
 }
 
@@ -45,19 +72,179 @@ impl KeyRange {
 pub(crate) enum PendingWrite {
     Set(Vec<u8>),
     Clear,
-    /// FDB's `ADD` on a value this transaction has not read or written.
-    Add(i64),
+    /// Atomic operations, oldest first, on a value this transaction has not read or written.
+    Atomic(Vec<AtomicOp>),
+    /// A value whose versionstamp is placed at `offset` at commit, then atomic operations.
+    Versionstamped {
+        value: Vec<u8>,
+        offset: usize,
+        then: Vec<AtomicOp>,
+    },
 }
 
-/// What a transaction sends to the committer.
+impl PendingWrite {
+    /// This write followed by `op` in the same transaction. Consecutive adds fold into one.
+    pub(crate) fn then(self, op: AtomicOp) -> PendingWrite {
+        match self {
+            PendingWrite::Set(value) => PendingWrite::Set(op.apply(Some(&value))),
+            PendingWrite::Clear => PendingWrite::Set(op.apply(None)),
+            PendingWrite::Atomic(mut ops) => {
+                push_folded(&mut ops, op);
+                PendingWrite::Atomic(ops)
+            }
+            PendingWrite::Versionstamped {
+                value,
+                offset,
+                mut then,
+            } => {
+                push_folded(&mut then, op);
+                PendingWrite::Versionstamped {
+                    value,
+                    offset,
+                    then,
+                }
+            }
+        }
+    }
+
+    /// Whether applying the write needs the stored value.
+    pub(crate) fn needs_base(&self) -> bool {
+        matches!(self, PendingWrite::Atomic(_))
+    }
+
+    /// The value after this write on top of `base`, or `None` when the key is removed.
+    pub(crate) fn resolve(&self, base: Option<&[u8]>, stamp: Versionstamp) -> Option<Vec<u8>> {
+        match self {
+            PendingWrite::Set(value) => Some(value.clone()),
+            PendingWrite::Clear => None,
+            PendingWrite::Atomic(ops) => fold(base.map(<[u8]>::to_vec), ops),
+            PendingWrite::Versionstamped {
+                value,
+                offset,
+                then,
+            } => {
+                let mut value = value.clone();
+                place_versionstamp(&mut value, *offset, stamp);
+                fold(Some(value), then)
+            }
+        }
+    }
+}
+
+/// Appends `op`, folding it into a preceding add.
+fn push_folded(ops: &mut Vec<AtomicOp>, op: AtomicOp) {
+    if let (Some(AtomicOp::Add(earlier)), AtomicOp::Add(delta)) = (ops.last_mut(), &op) {
+        *earlier = earlier.wrapping_add(*delta);
+        return;
+    }
+    ops.push(op);
+}
+
+/// `base` after every operation of `ops` in order. With no operations, `base` itself.
+pub(crate) fn fold(base: Option<Vec<u8>>, ops: &[AtomicOp]) -> Option<Vec<u8>> {
+    ops.iter()
+        .fold(base, |value, op| Some(op.apply(value.as_deref())))
+}
+
+/// A key written with a versionstamp placed at `offset` at commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VersionstampedKey {
+    pub(crate) key: Vec<u8>,
+    pub(crate) offset: usize,
+    pub(crate) value: Vec<u8>,
+    /// How many range clears the transaction had buffered before this write; the later ones
+    /// apply after it.
+    pub(crate) clears_before: usize,
+}
+
+impl VersionstampedKey {
+    /// The key with `stamp` in place.
+    pub(crate) fn key_at(&self, stamp: Versionstamp) -> Vec<u8> {
+        let mut key = self.key.clone();
+        place_versionstamp(&mut key, self.offset, stamp);
+        key
+    }
+}
+
+/// Writes `stamp` over the placeholder at `offset`; callers checked that it fits.
+pub(crate) fn place_versionstamp(bytes: &mut [u8], offset: usize, stamp: Versionstamp) {
+    if let Some(placeholder) = bytes.get_mut(offset..offset + VERSIONSTAMP_BYTES) {
+        placeholder.copy_from_slice(stamp.as_bytes());
+    }
+}
+
+/// What a transaction sends to be committed.
+#[derive(Debug)]
 pub(crate) struct CommitRequest {
     pub(crate) read_version: u64,
     pub(crate) read_conflicts: Vec<KeyRange>,
     /// Range clears, applied before `writes`.
     pub(crate) cleared: Vec<KeyRange>,
     pub(crate) writes: Vec<(Vec<u8>, PendingWrite)>,
+    /// Applied after `writes`, each before the range clears issued after it.
+    pub(crate) versionstamped_keys: Vec<VersionstampedKey>,
     pub(crate) size_bytes: usize,
-    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl CommitRequest {
+    /// Every single key the request writes when it commits with `stamp`.
+    pub(crate) fn written_keys(&self, stamp: Versionstamp) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self.writes.iter().map(|(key, _)| key.clone()).collect();
+        keys.extend(
+            self.versionstamped_keys
+                .iter()
+                .map(|written| written.key_at(stamp)),
+        );
+        keys
+    }
+}
+
+/// A store that commits can be applied to: a redb write transaction or the memory store.
+pub(crate) trait ApplyTarget {
+    /// The stored value of `key`.
+    fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores `value` under `key`.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Removes `key`.
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError>;
+    /// Removes every key of `range`.
+    fn remove_range(&mut self, range: &KeyRange) -> Result<(), StoreError>;
+}
+
+/// Applies one accepted request committed with `stamp`, in FoundationDB's order: range clears,
+/// single-key writes, then versionstamped keys (each unless a later clear of the same
+/// transaction covers it).
+pub(crate) fn apply_request(
+    target: &mut impl ApplyTarget,
+    request: &CommitRequest,
+    stamp: Versionstamp,
+) -> Result<(), StoreError> {
+    for range in &request.cleared {
+        target.remove_range(range)?;
+    }
+    for (key, write) in &request.writes {
+        let base = if write.needs_base() {
+            target.value(key)?
+        } else {
+            None
+        };
+        match write.resolve(base.as_deref(), stamp) {
+            Some(value) => target.put(key, &value)?,
+            None => target.remove(key)?,
+        }
+    }
+    for written in &request.versionstamped_keys {
+        let key = written.key_at(stamp);
+        let cleared_later = request
+            .cleared
+            .iter()
+            .skip(written.clears_before)
+            .any(|range| range.contains(&key));
+        if !cleared_later {
+            target.put(&key, &written.value)?;
+        }
+    }
+    Ok(())
 }
 
 /// FDB's `ADD` of `delta` to a little-endian value (missing is zero; shorter is zero-extended,
@@ -74,6 +261,43 @@ pub(crate) fn apply_add(base: Option<&[u8]>, delta: i64) -> Vec<u8> {
         .to_vec()
 }
 
+/// FDB's `MAX`: the existing value, zero-extended or truncated to the operand's length, and the
+/// operand compared as little-endian unsigned integers; the larger is stored. A missing value
+/// counts as zero.
+pub(crate) fn apply_max(base: Option<&[u8]>, operand: &[u8]) -> Vec<u8> {
+    let existing = resized(base.unwrap_or_default(), operand.len());
+    if compare_little_endian(&existing, operand).is_ge() {
+        existing
+    } else {
+        operand.to_vec()
+    }
+}
+
+/// FDB's `MIN`: like `MAX` but the smaller is stored, and a missing value stores the operand.
+pub(crate) fn apply_min(base: Option<&[u8]>, operand: &[u8]) -> Vec<u8> {
+    let Some(base) = base else {
+        return operand.to_vec();
+    };
+    let existing = resized(base, operand.len());
+    if compare_little_endian(&existing, operand).is_le() {
+        existing
+    } else {
+        operand.to_vec()
+    }
+}
+
+/// `bytes` zero-extended or truncated to `length`.
+fn resized(bytes: &[u8], length: usize) -> Vec<u8> {
+    let mut resized = bytes[..bytes.len().min(length)].to_vec();
+    resized.resize(length, 0);
+    resized
+}
+
+/// Compares two equally long little-endian unsigned integers.
+fn compare_little_endian(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter().rev().cmp(b.iter().rev())
+}
+
 /// SplitMix64: a tiny, good-enough generator for faults and jitter.
 pub(crate) fn split_mix(state: u64) -> u64 {
     let mut z = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -82,164 +306,88 @@ pub(crate) fn split_mix(state: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-pub(super) struct Committer {
-    redb: Arc<redb::Database>,
-    /// The version of the last commit that reached the disk.
+/// Checks commits against the writes of newer ones, assigns commit versions and versionstamps,
+/// and injects the configured faults. One per open database, used by one committer at a time.
+pub(crate) struct Resolver {
+    /// The version of the last commit that reached the store.
     version: u64,
     history: ConflictHistory,
     faults: Option<Faults>,
-    counters: Arc<Counters>,
 }
 
-impl Committer {
-    pub(super) fn new(
-        redb: Arc<redb::Database>,
-        version: u64,
-        faults: Option<FaultConfig>,
-        counters: Arc<Counters>,
-    ) -> Self {
-        let faults = faults.map(|config| Faults {
-            state: config.seed,
-            config,
-        });
-        Committer {
-            redb,
+impl Resolver {
+    pub(crate) fn new(version: u64, faults: Option<FaultConfig>) -> Self {
+        Resolver {
             version,
             history: ConflictHistory::new(version),
-            faults,
-            counters,
+            faults: faults.map(|config| Faults {
+                state: config.seed,
+                config,
+            }),
         }
     }
 
-    /// Serves commit requests until every sender is gone.
-    pub(super) fn run(mut self, requests: mpsc::Receiver<CommitRequest>) {
-        while let Ok(first) = requests.recv() {
-            let mut batch_bytes = first.size_bytes;
-            let mut batch = vec![first];
-            while batch.len() < COMMIT_BATCH_TRANSACTIONS_MAX
-                && batch_bytes < COMMIT_BATCH_BYTES_MAX
-            {
-                match requests.try_recv() {
-                    Ok(request) => {
-                        batch_bytes += request.size_bytes;
-                        batch.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.commit_batch(batch);
-        }
-        tracing::debug!(version = self.version, "committer stopped");
+    /// The version of the last commit that reached the store.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
-    fn commit_batch(&mut self, batch: Vec<CommitRequest>) {
-        self.history.forget_older_than(Instant::now());
-        if let Some(delay_ms) = self.faults.as_mut().and_then(Faults::slow_commit_delay_ms) {
-            std::thread::sleep(Duration::from_millis(delay_ms));
-        }
+    /// The oldest read version a transaction may still commit (or read, in memory) at.
+    pub(crate) fn floor_version(&self) -> u64 {
+        self.history.floor_version
+    }
+
+    /// The delay of this group commit, if the faults make it slow.
+    pub(crate) fn slow_commit_delay_ms(&mut self) -> Option<u64> {
+        self.faults.as_mut().and_then(Faults::slow_commit_delay_ms)
+    }
+
+    /// Resolves one group of requests, to be applied at the next version. Each accepted request
+    /// gets a versionstamp (the version and its order in the group) and enters the history at
+    /// once, so a later request of the same group that read what it writes conflicts with it.
+    pub(crate) fn resolve(
+        &mut self,
+        batch: &[&CommitRequest],
+        now: Instant,
+        counters: &Counters,
+    ) -> Vec<Result<Versionstamp, StoreError>> {
+        self.history.forget_older_than(now);
         let version = self.version + 1;
-        // Resolve every request first; accepted ones enter the history at once, so a later
-        // request of the same batch that read what they write conflicts with them.
+        let mut accepted: u16 = 0;
         let mut verdicts = Vec::with_capacity(batch.len());
-        for request in &batch {
+        for request in batch {
             let verdict = if request.read_version < self.history.floor_version {
                 Err(StoreError::TransactionTooOld)
             } else if self.faults.as_mut().is_some_and(Faults::conflict)
                 || self.history.conflicts(request)
             {
+                counters.conflicts.fetch_add(1, Ordering::Relaxed);
                 Err(StoreError::NotCommitted)
             } else {
-                self.history.record(version, request);
-                Ok(())
+                let stamp = Versionstamp::new(version, accepted);
+                accepted = accepted.saturating_add(1);
+                self.history
+                    .record(version, &request.written_keys(stamp), &request.cleared);
+                Ok(stamp)
             };
-            if matches!(verdict, Err(StoreError::NotCommitted)) {
-                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-            }
             verdicts.push(verdict);
         }
-        let accepted: Vec<&CommitRequest> = batch
-            .iter()
-            .zip(&verdicts)
-            .filter(|(_, verdict)| verdict.is_ok())
-            .map(|(request, _)| request)
-            .collect();
-        let applied = if accepted.is_empty() {
-            Ok(())
-        } else {
-            let applied = self.apply(version, &accepted);
-            if applied.is_ok() {
-                self.version = version;
-                self.history.seal(version, Instant::now());
-                self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
-                let committed = accepted.len() as u64;
-                self.counters
-                    .committed_transactions
-                    .fetch_add(committed, Ordering::Relaxed);
-            }
-            applied
-        };
-        if let Err(error) = &applied {
-            tracing::error!(%error, "group commit failed");
-        }
-        // Every answer goes out after the fsync (or the failure) of the whole group.
-        for (request, verdict) in batch.into_iter().zip(verdicts) {
-            let answer = match verdict {
-                Ok(()) => match &applied {
-                    Ok(()) if self.faults.as_mut().is_some_and(Faults::unknown_result) => {
-                        Err(StoreError::CommitUnknownResult)
-                    }
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(error.clone()),
-                },
-                Err(error) => Err(error),
-            };
-            // The caller may have given up waiting; the commit stands either way.
-            let _ = request.reply.send(answer);
-        }
+        verdicts
     }
 
-    /// Applies the accepted requests in order in one durable redb write transaction.
-    fn apply(&self, version: u64, accepted: &[&CommitRequest]) -> Result<(), StoreError> {
-        let mut write = self.redb.begin_write().map_err(StoreError::storage)?;
-        write
-            .set_durability(Durability::Immediate)
-            .map_err(StoreError::storage)?;
-        {
-            let mut data = write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
-            for request in accepted {
-                for range in &request.cleared {
-                    data.retain_in::<&[u8], _>(
-                        range.begin.as_slice()..range.end.as_slice(),
-                        |_, _| false,
-                    )
-                    .map_err(StoreError::storage)?;
-                }
-                for (key, write) in &request.writes {
-                    match write {
-                        PendingWrite::Set(value) => {
-                            data.insert(key.as_slice(), value.as_slice())
-                                .map_err(StoreError::storage)?;
-                        }
-                        PendingWrite::Clear => {
-                            data.remove(key.as_slice()).map_err(StoreError::storage)?;
-                        }
-                        PendingWrite::Add(delta) => {
-                            let base = data
-                                .get(key.as_slice())
-                                .map_err(StoreError::storage)?
-                                .map(|value| value.value().to_vec());
-                            let sum = apply_add(base.as_deref(), *delta);
-                            data.insert(key.as_slice(), sum.as_slice())
-                                .map_err(StoreError::storage)?;
-                        }
-                    }
-                }
-            }
-            let mut meta = write.open_table(META_TABLE).map_err(StoreError::storage)?;
-            meta.insert(VERSION_KEY, version)
-                .map_err(StoreError::storage)?;
+    /// Records that the group resolved last reached the store durably at `version`.
+    pub(crate) fn committed(&mut self, version: u64, now: Instant) {
+        self.version = version;
+        self.history.seal(version, now);
+    }
+
+    /// The answer to an accepted, durable request: its versionstamp, or an injected
+    /// `CommitUnknownResult`.
+    pub(crate) fn answer(&mut self, stamp: Versionstamp) -> Result<Versionstamp, StoreError> {
+        if self.faults.as_mut().is_some_and(Faults::unknown_result) {
+            return Err(StoreError::CommitUnknownResult);
         }
-        write.commit().map_err(StoreError::storage)
+        Ok(stamp)
     }
 }
 
@@ -300,13 +448,13 @@ impl ConflictHistory {
 
     /// Remembers the writes of an accepted request at `version`. Kept even if the group commit
     /// then fails: an extra remembered write can only cause a spurious retry.
-    fn record(&mut self, version: u64, request: &CommitRequest) {
-        for (key, _) in &request.writes {
+    fn record(&mut self, version: u64, keys: &[Vec<u8>], cleared: &[KeyRange]) {
+        for key in keys {
             self.bytes += key.len();
             self.last_write_by_key.insert(key.clone(), version);
             self.pending_keys.push(key.clone());
         }
-        for range in &request.cleared {
+        for range in cleared {
             self.bytes += range.begin.len() + range.end.len();
             self.cleared.push_back((version, range.clone()));
         }
@@ -326,7 +474,7 @@ impl ConflictHistory {
     /// byte bound.
     fn forget_older_than(&mut self, now: Instant) {
         while let Some(oldest) = self.commits.front() {
-            let expired = now.duration_since(oldest.committed_at) > TRANSACTION_AGE_MAX;
+            let expired = now.saturating_duration_since(oldest.committed_at) > TRANSACTION_AGE_MAX;
             if !expired && self.bytes <= CONFLICT_HISTORY_BYTES_MAX {
                 break;
             }
@@ -385,10 +533,11 @@ impl Faults {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn request(read_version: u64, reads: &[(&[u8], &[u8])], writes: &[&[u8]]) -> CommitRequest {
-        let (reply, _) = oneshot::channel();
+    fn request(read_version: u64, reads: &[(&[u8], &[u8])]) -> CommitRequest {
         CommitRequest {
             read_version,
             read_conflicts: reads
@@ -396,12 +545,9 @@ mod tests {
                 .map(|(begin, end)| KeyRange::new(begin, end))
                 .collect(),
             cleared: Vec::new(),
-            writes: writes
-                .iter()
-                .map(|key| (key.to_vec(), PendingWrite::Clear))
-                .collect(),
+            writes: Vec::new(),
+            versionstamped_keys: Vec::new(),
             size_bytes: 0,
-            reply,
         }
     }
 
@@ -409,18 +555,18 @@ mod tests {
     fn history_checks_newer_writes_and_forgets_old_commits() {
         let mut history = ConflictHistory::new(0);
         let start = Instant::now();
-        history.record(1, &request(0, &[], &[b"b"]));
+        history.record(1, &[b"b".to_vec()], &[]);
         history.seal(1, start);
-        history.record(2, &request(1, &[], &[b"x"]));
+        history.record(2, &[b"x".to_vec()], &[]);
         history.seal(2, start + Duration::from_secs(3));
 
-        assert!(history.conflicts(&request(0, &[(b"a", b"c")], &[])));
+        assert!(history.conflicts(&request(0, &[(b"a", b"c")])));
         assert!(
-            !history.conflicts(&request(1, &[(b"a", b"c")], &[])),
+            !history.conflicts(&request(1, &[(b"a", b"c")])),
             "b is not newer"
         );
         assert!(
-            !history.conflicts(&request(0, &[(b"c", b"x")], &[])),
+            !history.conflicts(&request(0, &[(b"c", b"x")])),
             "ranges are half-open"
         );
 
@@ -430,7 +576,7 @@ mod tests {
             "commit 1 is forgotten, commit 2 is not"
         );
         assert!(!history.last_write_by_key.contains_key(b"b".as_slice()));
-        assert!(history.conflicts(&request(1, &[(b"x", b"y")], &[])));
+        assert!(history.conflicts(&request(1, &[(b"x", b"y")])));
         history.forget_older_than(start + Duration::from_secs(60));
         assert_eq!((history.floor_version, history.bytes), (2, 0));
         assert!(history.last_write_by_key.is_empty());
@@ -441,5 +587,53 @@ mod tests {
         assert_eq!(apply_add(None, 5), 5i64.to_le_bytes());
         assert_eq!(apply_add(Some(&[1]), 1), 2i64.to_le_bytes());
         assert_eq!(apply_add(Some(&[0xff; 10]), 1), 0i64.to_le_bytes());
+    }
+
+    #[test]
+    fn atomic_min_and_max_follow_foundationdb() {
+        let le = |value: u64| value.to_le_bytes().to_vec();
+        // Little-endian: 0x0100 (256) is larger than 0x00ff (255) although its first byte is
+        // smaller.
+        assert_eq!(apply_max(Some(&le(255)), &le(256)), le(256));
+        assert_eq!(apply_min(Some(&le(255)), &le(256)), le(255));
+        assert_eq!(apply_max(Some(&le(7)), &le(3)), le(7));
+        assert_eq!(apply_min(Some(&le(7)), &le(3)), le(3));
+        // Missing: MAX compares with zero, MIN stores the operand.
+        assert_eq!(apply_max(None, &le(0)), le(0));
+        assert_eq!(apply_min(None, &le(9)), le(9));
+        // A shorter existing value is zero-extended; a longer one is truncated to the
+        // operand's length before comparing, and the result has the operand's length.
+        assert_eq!(apply_max(Some(&[5]), &[4, 0]), vec![5, 0]);
+        assert_eq!(apply_min(Some(&[1, 2, 3]), &[9]), vec![1]);
+        assert_eq!(apply_max(Some(&[1, 2, 3]), &[9]), vec![9]);
+    }
+
+    #[test]
+    fn writes_fold_atomic_operations_in_order() {
+        let stamp = Versionstamp::new(7, 1);
+        let add_then_max = PendingWrite::Atomic(Vec::new())
+            .then(AtomicOp::Add(2))
+            .then(AtomicOp::Add(3))
+            .then(AtomicOp::Max(10u64.to_le_bytes().to_vec()));
+        assert_eq!(
+            add_then_max,
+            PendingWrite::Atomic(vec![
+                AtomicOp::Add(5),
+                AtomicOp::Max(10u64.to_le_bytes().to_vec())
+            ])
+        );
+        assert_eq!(
+            add_then_max.resolve(Some(&8u64.to_le_bytes()), stamp),
+            Some(13u64.to_le_bytes().to_vec())
+        );
+        let stamped = PendingWrite::Versionstamped {
+            value: vec![b'v'; 12],
+            offset: 1,
+            then: Vec::new(),
+        };
+        let mut expected = vec![b'v'];
+        expected.extend_from_slice(stamp.as_bytes());
+        expected.push(b'v');
+        assert_eq!(stamped.resolve(None, stamp), Some(expected));
     }
 }

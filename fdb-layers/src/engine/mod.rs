@@ -1,61 +1,74 @@
-//! The FDB-shaped transactional key-value API and its embedded backend on redb.
+//! The FDB-shaped transactional key-value API and its backends.
 //!
 //! Layer code sees only [`Database::transact`] and [`Transaction`], which behave like
-//! FoundationDB's: a transaction reads a consistent snapshot at its read version, sees its own
-//! buffered writes, records the ranges it read, and commits optimistically. The commit is
-//! refused with the retryable [`StoreError::NotCommitted`] when a transaction that committed
-//! after its read version wrote into one of those ranges, and `transact` runs the closure again.
+//! FoundationDB's on every backend: a transaction reads a consistent snapshot at its read
+//! version, sees its own buffered writes, records the ranges it read, and commits
+//! optimistically. The commit is refused with the retryable [`StoreError::NotCommitted`] when a
+//! transaction that committed after its read version wrote into one of those ranges, and
+//! `transact` runs the closure again. Atomic operations (add, min, max) and versionstamped keys
+//! and values are applied at commit; watches fire when a later commit changes a key; and
+//! FoundationDB's limits are enforced everywhere.
 //!
-//! The embedded backend keeps all data in one redb table. The commit version is stored in the
-//! same file, so a read snapshot carries its version atomically. One committer thread drains
-//! every waiting commit request, checks each against the writes of newer commits (kept in
-//! memory for [`TRANSACTION_AGE_MS_MAX`] milliseconds), applies all the non-conflicting ones in
-//! one redb write transaction with an fsync, and only then answers them (group commit).
-//! Seeded fault injection ([`FaultConfig`]) makes the committer refuse, delay or answer
-//! "unknown result" on purpose, so retry paths run in tests.
+//! Backends, behind one enum so that layer code is the same on each:
+//! - embedded ([`Database::open`], `embedded.rs`): one redb file, a committer thread with group
+//!   commit, and seeded fault injection ([`FaultConfig`]) so retry paths run in tests;
+//! - memory ([`Database::memory`], `memory.rs`): deterministic, no thread and no wall clock,
+//!   with a [`MemoryDisk`] that outlives simulated crashes; for the simulator;
+//! - FoundationDB ([`Database::foundationdb`], `fdb.rs`, cargo feature `fdb`): the
+//!   `foundationdb` crate, with `transact` mapped to FoundationDB's retry loop (`on_error`).
 //!
-//! Reads are `async` for the FoundationDB backend's sake; the embedded backend serves them
-//! synchronously from redb's page cache and file, which is short enough not to warrant a
-//! blocking-pool hop per read. The committer, which waits for fsyncs, runs on its own thread.
+//! The embedded and memory backends share the transaction (`local.rs`), the resolver and the
+//! commit application (`committer.rs`) and the watches (`watches.rs`).
 
 mod committer;
+mod embedded;
+#[cfg(feature = "fdb")]
+mod fdb;
+mod local;
+mod memory;
+mod transaction;
+mod watches;
 
 #[cfg(test)]
 pub(crate) use committer::split_mix;
-mod transaction;
 
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
 use std::path::Path;
+#[cfg(feature = "fdb")]
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
 use std::time::Duration;
-
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::StoreError;
 use crate::limits::{
-    COMMIT_QUEUE_TRANSACTIONS_MAX, RETRY_DELAY_MS_INITIAL, RETRY_DELAY_MS_MAX,
-    TRANSACTION_AGE_MS_MAX, TRANSACTION_ATTEMPTS_MAX,
+    RETRY_DELAY_MS_INITIAL, RETRY_DELAY_MS_MAX, TRANSACTION_AGE_MS_MAX, TRANSACTION_ATTEMPTS_MAX,
+    VERSIONSTAMP_BYTES,
 };
-use committer::{CommitRequest, Committer};
-pub use transaction::{RangeOptions, Transaction};
-
-/// The table holding every key and value of the database.
-const DATA_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
-/// The table holding the engine's own state (the last commit version).
-const META_TABLE: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The key of the last commit version in [`META_TABLE`].
-const VERSION_KEY: &str = "version";
+#[cfg(feature = "fdb")]
+pub use fdb::FdbNetwork;
+use local::LocalStore;
+pub use memory::MemoryDisk;
+pub use transaction::{RangeOptions, Transaction, VersionstampFuture};
+pub use watches::Watch;
 
 /// Options of the embedded (redb) backend.
 #[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
     /// Injected faults; `None` in production.
     pub faults: Option<FaultConfig>,
+}
+
+/// Options of the memory backend.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryOptions {
+    /// Injected faults; `None` unless a test or the simulator wants them.
+    pub faults: Option<FaultConfig>,
+    /// The durable state to open: a fresh disk by default; pass a clone of a crashed
+    /// database's disk to "restart the process" on it.
+    pub disk: MemoryDisk,
 }
 
 /// Seeded fault injection ("buggify"): the committer misbehaves on purpose so that every
@@ -86,7 +99,7 @@ impl FaultConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), StoreError> {
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
         let probabilities = [
             ("conflict_probability", self.conflict_probability),
             (
@@ -111,7 +124,9 @@ impl FaultConfig {
 pub struct EngineStats {
     /// Transactions with writes that committed.
     pub committed_transactions: u64,
-    /// redb write transactions (group commits, each with one fsync).
+    /// Group commits: redb write transactions, each with one fsync (embedded); commits
+    /// (memory, where each commit is its own group); 0 on FoundationDB, whose batches are
+    /// the cluster's.
     pub write_batches: u64,
     /// Commits refused with `NotCommitted` (real conflicts and injected ones).
     pub conflicts: u64,
@@ -119,15 +134,77 @@ pub struct EngineStats {
     pub retries: u64,
 }
 
+/// FoundationDB's 10-byte versionstamp: the commit version (8 bytes, big-endian) and the
+/// transaction's order within its commit batch (2 bytes, big-endian). Byte order is commit
+/// order, so versionstamped keys sort in the order their transactions committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Versionstamp([u8; VERSIONSTAMP_BYTES]);
+
+impl Versionstamp {
+    /// The versionstamp of the transaction at `batch_order` in the commit at `commit_version`.
+    pub fn new(commit_version: u64, batch_order: u16) -> Self {
+        let mut bytes = [0u8; VERSIONSTAMP_BYTES];
+        bytes[..8].copy_from_slice(&commit_version.to_be_bytes());
+        bytes[8..].copy_from_slice(&batch_order.to_be_bytes());
+        Versionstamp(bytes)
+    }
+
+    /// The versionstamp in its stored form.
+    pub fn from_bytes(bytes: [u8; VERSIONSTAMP_BYTES]) -> Self {
+        Versionstamp(bytes)
+    }
+
+    /// The versionstamp found at `offset` in stored bytes, if they are long enough.
+    pub fn read_at(bytes: &[u8], offset: usize) -> Option<Self> {
+        let end = offset.checked_add(VERSIONSTAMP_BYTES)?;
+        let stamp: [u8; VERSIONSTAMP_BYTES] = bytes.get(offset..end)?.try_into().ok()?;
+        Some(Versionstamp(stamp))
+    }
+
+    /// The 10 bytes as stored.
+    pub fn as_bytes(&self) -> &[u8; VERSIONSTAMP_BYTES] {
+        &self.0
+    }
+
+    /// The version of the commit.
+    pub fn commit_version(&self) -> u64 {
+        let mut version = [0u8; 8];
+        version.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(version)
+    }
+
+    /// The transaction's order within its commit batch.
+    pub fn batch_order(&self) -> u16 {
+        u16::from_be_bytes([self.0[8], self.0[9]])
+    }
+}
+
 /// A database: cheap to clone, shared by every task of the process.
 #[derive(Clone)]
 pub struct Database {
-    shared: Arc<Shared>,
+    backend: Backend,
+}
+
+/// The backends, dispatched by enum.
+#[derive(Clone)]
+enum Backend {
+    /// The embedded (redb) or memory backend.
+    Local(LocalStore),
+    /// FoundationDB.
+    #[cfg(feature = "fdb")]
+    Fdb(Arc<fdb::FdbShared>),
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.backend {
+            Backend::Local(LocalStore::Embedded(_)) => "embedded",
+            Backend::Local(LocalStore::Memory(_)) => "memory",
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(_) => "foundationdb",
+        };
         f.debug_struct("Database")
+            .field("backend", &backend)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -136,156 +213,128 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Opens (creating if needed) the embedded database at `path` and starts its committer.
     pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Database, StoreError> {
-        if let Some(faults) = &options.faults {
-            faults.validate()?;
-        }
-        let redb = Arc::new(redb::Database::create(path).map_err(StoreError::storage)?);
-        let version = initialize(&redb)?;
-        let counters = Arc::new(Counters::default());
-        let (sender, receiver) = mpsc::sync_channel(COMMIT_QUEUE_TRANSACTIONS_MAX);
-        let committer = Committer::new(redb.clone(), version, options.faults, counters.clone());
-        let thread = std::thread::Builder::new()
-            .name("fdb-layers-committer".to_owned())
-            .spawn(move || committer.run(receiver))
-            .map_err(|error| StoreError::storage(redb::StorageError::Io(error)))?;
-        tracing::debug!(path = %path.display(), version, "opened embedded database");
+        let shared = embedded::Shared::open(path, options)?;
         Ok(Database {
-            shared: Arc::new(Shared {
-                redb,
-                requests: Some(sender),
-                committer: Some(thread),
-                counters,
-            }),
+            backend: Backend::Local(LocalStore::Embedded(shared)),
+        })
+    }
+
+    /// Opens a memory database on `options.disk`. Opening a disk again crashes the database
+    /// that had it open: its handles fail with [`StoreError::Closed`] and the new one goes on
+    /// from every commit that was acknowledged (see [`MemoryDisk::crash`]).
+    pub fn memory(options: MemoryOptions) -> Result<Database, StoreError> {
+        let shared = memory::Shared::open(options)?;
+        Ok(Database {
+            backend: Backend::Local(LocalStore::Memory(shared)),
+        })
+    }
+
+    /// Connects to FoundationDB through the cluster file at `cluster_file` (FoundationDB's
+    /// default file when `None`), on the client network `network` booted once per process.
+    #[cfg(feature = "fdb")]
+    pub fn foundationdb(
+        network: &FdbNetwork,
+        cluster_file: Option<&Path>,
+    ) -> Result<Database, StoreError> {
+        let shared = fdb::FdbShared::connect(network, cluster_file)?;
+        Ok(Database {
+            backend: Backend::Fdb(shared),
         })
     }
 
     /// Starts a transaction at the latest committed version. Prefer [`Database::transact`],
     /// which also commits and retries.
     pub fn create_transaction(&self) -> Result<Transaction, StoreError> {
-        let read = self.shared.redb.begin_read().map_err(StoreError::storage)?;
-        let data = read.open_table(DATA_TABLE).map_err(StoreError::storage)?;
-        let meta = read.open_table(META_TABLE).map_err(StoreError::storage)?;
-        let read_version = meta
-            .get(VERSION_KEY)
-            .map_err(StoreError::storage)?
-            .map(|version| version.value())
-            .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
-        Ok(Transaction::new(self.shared.clone(), data, read_version))
+        match &self.backend {
+            Backend::Local(store) => Ok(Transaction::local(store.begin()?)),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(shared) => shared.create_transaction(),
+        }
     }
 
     /// Runs `body` in a transaction and commits it, running it again on retryable errors with
-    /// a bounded, jittered exponential backoff (FoundationDB's `db.run`). `body` may run more
-    /// than once, even after a commit that succeeded (`CommitUnknownResult`), so it must be
-    /// idempotent.
-    pub async fn transact<T, F, Fut>(&self, mut body: F) -> Result<T, StoreError>
+    /// a bounded, jittered exponential backoff (FoundationDB's `db.run`; on FoundationDB, its
+    /// own `on_error` loop). `body` may run more than once, even after a commit that succeeded
+    /// (`CommitUnknownResult`), so it must be idempotent.
+    pub async fn transact<T, F, Fut>(&self, body: F) -> Result<T, StoreError>
     where
         F: FnMut(Transaction) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut delay_ms = RETRY_DELAY_MS_INITIAL;
-        let mut attempt = 1;
-        loop {
-            let transaction = self.create_transaction()?;
-            let outcome = match body(transaction.clone()).await {
-                Ok(value) => transaction.commit().await.map(|()| value),
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(value) => return Ok(value),
-                Err(error) if error.is_retryable() && attempt < TRANSACTION_ATTEMPTS_MAX => {
-                    self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    let jittered_ms = delay_ms / 2 + self.shared.jitter_ms(delay_ms / 2 + 1);
-                    tracing::debug!(%error, attempt, jittered_ms, "retrying transaction");
-                    tokio::time::sleep(Duration::from_millis(jittered_ms)).await;
-                    delay_ms = (delay_ms * 2).min(RETRY_DELAY_MS_MAX);
-                    attempt += 1;
-                }
-                Err(error) => return Err(error),
-            }
+        match &self.backend {
+            Backend::Local(store) => transact_local(store, body).await,
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(shared) => fdb::transact(shared, body).await,
         }
     }
 
     /// Counters of the engine since the database was opened.
     pub fn stats(&self) -> EngineStats {
-        let counters = &self.shared.counters;
-        EngineStats {
-            committed_transactions: counters.committed_transactions.load(Ordering::Relaxed),
-            write_batches: counters.write_batches.load(Ordering::Relaxed),
-            conflicts: counters.conflicts.load(Ordering::Relaxed),
-            retries: counters.retries.load(Ordering::Relaxed),
+        let counters = match &self.backend {
+            Backend::Local(store) => store.counters(),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(shared) => shared.counters(),
+        };
+        counters.snapshot()
+    }
+}
+
+/// The retry loop of the embedded and memory backends.
+async fn transact_local<T, F, Fut>(store: &LocalStore, mut body: F) -> Result<T, StoreError>
+where
+    F: FnMut(Transaction) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let counters = store.counters();
+    let mut delay_ms = RETRY_DELAY_MS_INITIAL;
+    let mut attempt = 1;
+    loop {
+        let transaction = Transaction::local(store.begin()?);
+        let outcome = match body(transaction.clone()).await {
+            Ok(value) => transaction.commit().await.map(|()| value),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_retryable() && attempt < TRANSACTION_ATTEMPTS_MAX => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                let jittered_ms = delay_ms / 2 + counters.jitter_ms(delay_ms / 2 + 1);
+                tracing::debug!(%error, attempt, jittered_ms, "retrying transaction");
+                tokio::time::sleep(Duration::from_millis(jittered_ms)).await;
+                delay_ms = (delay_ms * 2).min(RETRY_DELAY_MS_MAX);
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
         }
     }
 }
 
-/// State shared by a database's handles and transactions. Dropping the last one stops the
-/// committer and waits for it, so the file is closed when the drop returns.
-pub(crate) struct Shared {
-    redb: Arc<redb::Database>,
-    /// Commit requests to the committer; `None` only while dropping.
-    requests: Option<mpsc::SyncSender<CommitRequest>>,
-    committer: Option<JoinHandle<()>>,
-    counters: Arc<Counters>,
-}
-
-impl Shared {
-    /// Hands a commit request to the committer without blocking.
-    fn submit(&self, request: CommitRequest) -> Result<(), StoreError> {
-        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
-        requests.try_send(request).map_err(|error| match error {
-            mpsc::TrySendError::Full(_) => StoreError::CommitQueueFull,
-            mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
-        })
-    }
-
-    /// A pseudo-random delay below `bound_ms`, so that conflicting retries spread out.
-    fn jitter_ms(&self, bound_ms: u64) -> u64 {
-        let draw = self.counters.jitter.fetch_add(1, Ordering::Relaxed);
-        committer::split_mix(draw) % bound_ms.max(1)
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // Closing the channel ends the committer once it has answered what is queued.
-        self.requests = None;
-        if let Some(thread) = self.committer.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the committer thread panicked");
-        }
-    }
-}
-
-/// Counters shared with the committer thread.
+/// Counters of one open database, shared with its committer.
 #[derive(Default)]
-struct Counters {
-    committed_transactions: AtomicU64,
-    write_batches: AtomicU64,
-    conflicts: AtomicU64,
-    retries: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) committed_transactions: AtomicU64,
+    pub(crate) write_batches: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
+    pub(crate) retries: AtomicU64,
     jitter: AtomicU64,
 }
 
-/// Creates the tables of a new file and returns the last commit version.
-fn initialize(redb: &redb::Database) -> Result<u64, StoreError> {
-    let write = redb.begin_write().map_err(StoreError::storage)?;
-    let version = {
-        write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
-        let mut meta = write.open_table(META_TABLE).map_err(StoreError::storage)?;
-        let stored = meta
-            .get(VERSION_KEY)
-            .map_err(StoreError::storage)?
-            .map(|v| v.value());
-        match stored {
-            Some(version) => version,
-            None => {
-                meta.insert(VERSION_KEY, 0).map_err(StoreError::storage)?;
-                0
-            }
+impl Counters {
+    fn snapshot(&self) -> EngineStats {
+        EngineStats {
+            committed_transactions: self.committed_transactions.load(Ordering::Relaxed),
+            write_batches: self.write_batches.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
         }
-    };
-    write.commit().map_err(StoreError::storage)?;
-    Ok(version)
+    }
+
+    /// A pseudo-random delay below `bound_ms`, so that conflicting retries spread out. The
+    /// sequence is fixed, so a single-threaded simulation stays deterministic.
+    fn jitter_ms(&self, bound_ms: u64) -> u64 {
+        let draw = self.jitter.fetch_add(1, Ordering::Relaxed);
+        committer::split_mix(draw) % bound_ms.max(1)
+    }
 }
 
 /// The transaction age limit as a duration.

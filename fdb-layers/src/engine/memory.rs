@@ -1,0 +1,433 @@
+//! The memory backend, for deterministic simulation: the same optimistic concurrency, limits,
+//! atomic operations, versionstamps and watches as the embedded backend, with no thread and no
+//! wall clock. A commit runs inline in the caller's task (each commit is its own group, so its
+//! versionstamp has batch order 0); transaction age and the conflict history's expiry use
+//! tokio's clock, so tokio's paused time drives them; injected faults draw from the seed in
+//! commit order.
+//!
+//! The data lives on a [`MemoryDisk`], which stands for the durable file: it keeps the values of
+//! recent versions (multi-version, like FoundationDB's storage servers) so that a transaction
+//! reads a consistent snapshot while others commit, and forgets them as the conflict history
+//! does. A simulated process crash ([`MemoryDisk::crash`], or opening the disk again) loses
+//! exactly what a real one loses: transactions that had not committed, the conflict history and
+//! the watches. Every acknowledged commit stays, since a commit is applied before it is
+//! acknowledged, as with the embedded backend's group commit; a commit answered
+//! `CommitUnknownResult` may or may not have been applied.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::committer::{ApplyTarget, CommitRequest, KeyRange, Resolver, apply_request};
+use super::local::KeyValue;
+use super::watches::{PendingWatch, WatchRegistry};
+use super::{Counters, MemoryOptions, Versionstamp};
+use crate::error::StoreError;
+
+/// The durable state of memory databases: what a file is to the embedded backend. Cheap to
+/// clone; every clone is the same disk. Opening a database on it ([`crate::Database::memory`])
+/// makes that database the disk's only live process.
+#[derive(Clone, Default)]
+pub struct MemoryDisk {
+    inner: Arc<Mutex<Disk>>,
+}
+
+impl std::fmt::Debug for MemoryDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let disk = self.lock();
+        f.debug_struct("MemoryDisk")
+            .field("version", &disk.store.version)
+            .field("keys", &disk.store.keys.len())
+            .field("incarnation", &disk.incarnation)
+            .finish()
+    }
+}
+
+impl MemoryDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        MemoryDisk::default()
+    }
+
+    /// Crashes the process that has the disk open: its database handles, transactions and
+    /// commits not yet applied fail with [`StoreError::Closed`], and its watches fail with it
+    /// too. What was committed stays; open the disk again to go on.
+    pub fn crash(&self) {
+        let watches = self.lock().crash();
+        if let Some(watches) = watches {
+            watches.close();
+        }
+    }
+
+    /// The version of the last commit on the disk.
+    pub fn version(&self) -> u64 {
+        self.lock().store.version
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Disk> {
+        // Every update of the disk completes under the lock before it is released, so a panic
+        // elsewhere cannot leave it half-written.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Disk {
+    store: VersionedStore,
+    /// Bumped by every open and crash; handles of an older process are closed.
+    incarnation: u64,
+    /// The watches of the process that has the disk open.
+    watches: Weak<WatchRegistry>,
+}
+
+impl Disk {
+    /// Ends the process that has the disk open and returns its watches, to be closed once the
+    /// disk is unlocked (the watch registry locks the disk, never the other way round).
+    fn crash(&mut self) -> Option<Arc<WatchRegistry>> {
+        self.incarnation += 1;
+        // Old versions only served the crashed process's transactions.
+        self.store.compact();
+        std::mem::take(&mut self.watches).upgrade()
+    }
+}
+
+/// The state of one open memory database ("process"), shared by its handles and transactions.
+pub(crate) struct Shared {
+    disk: MemoryDisk,
+    incarnation: u64,
+    resolver: Mutex<Resolver>,
+    counters: Arc<Counters>,
+    registry: Arc<WatchRegistry>,
+}
+
+impl Shared {
+    /// Opens `options.disk`, crashing whichever process had it open.
+    pub(crate) fn open(options: MemoryOptions) -> Result<Arc<Shared>, StoreError> {
+        if let Some(faults) = &options.faults {
+            faults.validate()?;
+        }
+        let registry = WatchRegistry::new();
+        let (incarnation, version, crashed_watches) = {
+            let mut disk = options.disk.lock();
+            let crashed_watches = disk.crash();
+            disk.watches = Arc::downgrade(&registry);
+            (disk.incarnation, disk.store.version, crashed_watches)
+        };
+        if let Some(watches) = crashed_watches {
+            watches.close();
+        }
+        Ok(Arc::new(Shared {
+            disk: options.disk,
+            incarnation,
+            resolver: Mutex::new(Resolver::new(version, options.faults)),
+            counters: Arc::new(Counters::default()),
+            registry,
+        }))
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<WatchRegistry> {
+        &self.registry
+    }
+
+    /// The version of the last commit, for a new transaction to read at.
+    pub(crate) fn latest_version(&self) -> Result<u64, StoreError> {
+        Ok(self.open_disk()?.store.version)
+    }
+
+    /// The value of `key` at `version`.
+    pub(crate) fn value_at(&self, key: &[u8], version: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let disk = self.open_disk()?;
+        disk.store.check_readable(version)?;
+        Ok(disk.store.value_at(key, version).cloned())
+    }
+
+    /// Runs `read` over the pairs of `[begin, end)` at `version`, in the direction of the read,
+    /// with the disk locked.
+    pub(crate) fn with_range<R>(
+        &self,
+        version: u64,
+        begin: &[u8],
+        end: &[u8],
+        reverse: bool,
+        read: impl FnOnce(&mut dyn Iterator<Item = Result<KeyValue, StoreError>>) -> R,
+    ) -> Result<R, StoreError> {
+        let disk = self.open_disk()?;
+        disk.store.check_readable(version)?;
+        let range = disk
+            .store
+            .keys
+            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+        let visible = |(key, versions): (&Vec<u8>, &Versions)| {
+            value_at(versions, version).map(|value| Ok((key.clone(), value.clone())))
+        };
+        let mut pairs: Box<dyn Iterator<Item = Result<KeyValue, StoreError>>> = if reverse {
+            Box::new(range.rev().filter_map(visible))
+        } else {
+            Box::new(range.filter_map(visible))
+        };
+        Ok(read(&mut pairs))
+    }
+
+    /// Commits `request` inline: resolves it, applies it and fires the watches it changed.
+    pub(crate) async fn commit(&self, request: CommitRequest) -> Result<Versionstamp, StoreError> {
+        let delay_ms = self.lock_resolver().slow_commit_delay_ms();
+        if let Some(delay_ms) = delay_ms {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        let (answer, written_keys) = {
+            let mut resolver = self.lock_resolver();
+            let mut disk = self.open_disk()?;
+            let now = Instant::now();
+            let verdict = resolver
+                .resolve(&[&request], now, &self.counters)
+                .pop()
+                .unwrap_or(Err(StoreError::NotCommitted))?;
+            let version = verdict.commit_version();
+            apply_request(
+                &mut MemoryTarget {
+                    store: &mut disk.store,
+                    version,
+                },
+                &request,
+                verdict,
+            )?;
+            disk.store.version = version;
+            resolver.committed(version, now);
+            disk.store.advance_floor(resolver.floor_version());
+            self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .committed_transactions
+                .fetch_add(1, Ordering::Relaxed);
+            // An injected unknown result changes only the answer: the commit was applied.
+            (resolver.answer(verdict), request.written_keys(verdict))
+        };
+        self.registry
+            .notify(&written_keys, &request.cleared, |key| self.latest(key));
+        answer
+    }
+
+    /// Registers the watches of a committed transaction against the latest committed values.
+    pub(crate) fn register_watches(&self, watches: Vec<PendingWatch>) {
+        self.registry.register(watches, |key| self.latest(key));
+    }
+
+    /// The latest committed value of `key`.
+    fn latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let disk = self.open_disk()?;
+        let version = disk.store.version;
+        Ok(disk.store.value_at(key, version).cloned())
+    }
+
+    /// The disk, unless this process crashed.
+    fn open_disk(&self) -> Result<MutexGuard<'_, Disk>, StoreError> {
+        let disk = self.disk.lock();
+        if disk.incarnation != self.incarnation {
+            return Err(StoreError::Closed);
+        }
+        Ok(disk)
+    }
+
+    fn lock_resolver(&self) -> MutexGuard<'_, Resolver> {
+        // The resolver is updated only after a commit is applied; a panic between cannot
+        // happen in the code holding the lock, and a spurious conflict would be harmless.
+        self.resolver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.registry.close();
+    }
+}
+
+/// A key's values, oldest first: the version that wrote each, and `None` where it was removed.
+type Versions = Vec<(u64, Option<Vec<u8>>)>;
+
+/// The newest value of `versions` at `version`.
+fn value_at(versions: &Versions, version: u64) -> Option<&Vec<u8>> {
+    versions
+        .iter()
+        .rev()
+        .find(|(written, _)| *written <= version)
+        .and_then(|(_, value)| value.as_ref())
+}
+
+/// Keys with the values of every version a transaction may still read.
+#[derive(Default)]
+struct VersionedStore {
+    keys: BTreeMap<Vec<u8>, Versions>,
+    /// The version of the last commit.
+    version: u64,
+    /// Reads below it are too old; values older than what it sees are forgotten.
+    floor: u64,
+    /// Keys written at each version, oldest first, to forget their older values later.
+    written: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl VersionedStore {
+    fn check_readable(&self, version: u64) -> Result<(), StoreError> {
+        if version < self.floor {
+            return Err(StoreError::TransactionTooOld);
+        }
+        Ok(())
+    }
+
+    fn value_at(&self, key: &[u8], version: u64) -> Option<&Vec<u8>> {
+        self.keys
+            .get(key)
+            .and_then(|versions| value_at(versions, version))
+    }
+
+    /// Records `value` (`None`: removed) for `key` at `version`.
+    fn write(&mut self, key: &[u8], version: u64, value: Option<Vec<u8>>) {
+        let versions = match self.keys.get_mut(key) {
+            Some(versions) => versions,
+            None if value.is_none() => return,
+            None => self.keys.entry(key.to_vec()).or_default(),
+        };
+        match versions.last_mut() {
+            Some((written, slot)) if *written == version => *slot = value,
+            _ => versions.push((version, value)),
+        }
+        self.written.push_back((version, key.to_vec()));
+    }
+
+    /// Raises the floor and forgets the values no read at or above it can see.
+    fn advance_floor(&mut self, floor: u64) {
+        self.floor = self.floor.max(floor);
+        while let Some((version, _)) = self.written.front() {
+            if *version > self.floor {
+                break;
+            }
+            let Some((_, key)) = self.written.pop_front() else {
+                break;
+            };
+            self.prune(&key);
+        }
+    }
+
+    /// Keeps only the newest value of `key` at or below the floor, and the newer ones.
+    fn prune(&mut self, key: &[u8]) {
+        let Some(versions) = self.keys.get_mut(key) else {
+            return;
+        };
+        let floor = self.floor;
+        if let Some(newest_visible) = versions.iter().rposition(|(written, _)| *written <= floor) {
+            versions.drain(..newest_visible);
+        }
+        if let [(written, None)] = versions.as_slice()
+            && *written <= floor
+        {
+            self.keys.remove(key);
+        }
+    }
+
+    /// Forgets every old version and removed key: nothing reads them after a crash.
+    fn compact(&mut self) {
+        self.keys.retain(|_, versions| {
+            let latest = versions.pop();
+            versions.clear();
+            match latest {
+                Some((written, Some(value))) => {
+                    versions.push((written, Some(value)));
+                    true
+                }
+                _ => false,
+            }
+        });
+        self.written.clear();
+        self.floor = self.version;
+    }
+}
+
+/// The memory store at the version being committed, as a target of commits.
+struct MemoryTarget<'a> {
+    store: &'a mut VersionedStore,
+    version: u64,
+}
+
+impl ApplyTarget for MemoryTarget<'_> {
+    fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.store.value_at(key, self.version).cloned())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.store.write(key, self.version, Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        if self.store.value_at(key, self.version).is_some() {
+            self.store.write(key, self.version, None);
+        }
+        Ok(())
+    }
+
+    fn remove_range(&mut self, range: &KeyRange) -> Result<(), StoreError> {
+        let bounds = (
+            Bound::Included(range.begin.as_slice()),
+            Bound::Excluded(range.end.as_slice()),
+        );
+        let version = self.version;
+        let present: Vec<Vec<u8>> = self
+            .store
+            .keys
+            .range::<[u8], _>(bounds)
+            .filter(|(_, versions)| value_at(versions, version).is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in present {
+            self.store.write(&key, version, None);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_keeps_old_versions_until_the_floor_passes_them() {
+        let mut store = VersionedStore::default();
+        // Commits write in version order.
+        store.write(b"k", 1, Some(b"one".to_vec()));
+        store.write(b"gone", 1, Some(b"x".to_vec()));
+        store.write(b"k", 2, Some(b"two".to_vec()));
+        store.write(b"gone", 2, None);
+        store.write(b"k", 3, None);
+        store.version = 3;
+        assert_eq!(store.value_at(b"k", 1), Some(&b"one".to_vec()));
+        assert_eq!(store.value_at(b"k", 2), Some(&b"two".to_vec()));
+        assert_eq!(store.value_at(b"k", 3), None);
+
+        store.advance_floor(2);
+        assert!(store.check_readable(1).is_err());
+        assert_eq!(
+            store.value_at(b"k", 2),
+            Some(&b"two".to_vec()),
+            "the floor's view stays"
+        );
+        assert_eq!(store.keys.get(b"k".as_slice()).map(Vec::len), Some(2));
+        assert!(
+            !store.keys.contains_key(b"gone".as_slice()),
+            "removed before the floor"
+        );
+
+        store.advance_floor(3);
+        assert!(store.keys.is_empty());
+        assert!(store.written.is_empty());
+    }
+}
