@@ -5,6 +5,9 @@
 //! (relay_proto::net), so the real region and edge services and the real QUIC stack run
 //! unchanged in the simulation, over links that can drop, delay, partition and hold packets.
 //!
+//! [`fuzz`] holds the entry points of the fuzz targets (every decoder of peer or file input).
+//!
 //! [`SocketFactory`]: relay_proto::net::SocketFactory
 
+pub mod fuzz;
 pub mod net;
