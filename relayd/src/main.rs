@@ -1,6 +1,7 @@
 //! `relayd`: runs Relay's servers (regions, edges, the edge locator) and the devnet launcher.
 //! Wiring only: parse the command line and configuration, build, run.
 
+mod bench;
 mod devnet;
 mod pki;
 mod serve;
@@ -54,6 +55,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a benchmark and print its table (e.g. `relayd bench storage`).
+    Bench {
+        /// The benchmark to run.
+        #[command(subcommand)]
+        benchmark: bench::Benchmark,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +77,7 @@ fn main() -> ExitCode {
         Command::Region { config } => serve::region(&config),
         Command::Edge { config } => serve::edge(&config),
         Command::Locator { config } => serve::locator(&config),
+        Command::Bench { benchmark } => bench::run(benchmark),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
