@@ -1,13 +1,25 @@
 //! Deterministic simulation of the whole relay: hosts, network and time simulated by turmoil in
 //! one thread, so a run is reproduced from its seed.
 //!
-//! [`net`] plugs turmoil's simulated UDP into the services' [`SocketFactory`]
-//! (relay_proto::net), so the real region and edge services and the real QUIC stack run
-//! unchanged in the simulation, over links that can drop, delay, partition and hold packets.
-//!
-//! [`fuzz`] holds the entry points of the fuzz targets (every decoder of peer or file input).
+//! - [`net`] plugs turmoil's simulated UDP into the services' [`SocketFactory`]
+//!   (relay_proto::net), so the real region and edge services and the real QUIC stack run
+//!   unchanged in the simulation, over links that can drop, delay, partition and hold packets.
+//! - [`simulation`] builds the world from a seed ([`Simulation`]): regions on the memory store,
+//!   their edges, and clients driving the real client library ([`workload`]), with faults such
+//!   as region crashes; [`history`] records the run in simulation terms and checks the
+//!   invariants over it. [`pki`], [`time`] and [`seed`] supply certificates, the simulated
+//!   wall clock and derived seeds.
+//! - [`fuzz`] holds the entry points of the fuzz targets (every decoder of peer or file input).
 //!
 //! [`SocketFactory`]: relay_proto::net::SocketFactory
 
 pub mod fuzz;
+pub mod history;
 pub mod net;
+pub mod pki;
+pub mod seed;
+pub mod simulation;
+pub mod time;
+pub mod workload;
+
+pub use simulation::{Report, Simulation, SimulationError, seed_from_env};

@@ -1,19 +1,20 @@
-//! quinn over turmoil: an [`AsyncUdpSocket`] on a turmoil UDP socket, and a [`SocketFactory`]
-//! that hands it to an endpoint.
+//! quinn over turmoil: an [`AsyncUdpSocket`] on a turmoil UDP socket, and the
+//! [`SocketFactory`]s that hand it to an endpoint.
 //!
-//! turmoil sockets are bound asynchronously inside a simulated host, while quinn binds
-//! synchronously through the factory; so a socket is bound first ([`SimSocket::bind`]) and the
-//! factory ([`BoundSocket`]) passes it on. turmoil never blocks a send (a lost packet is
-//! dropped in the simulated network), so the socket is always writable. One datagram per
-//! receive call, no GSO or GRO.
+//! turmoil's `bind` is an `async fn` that never waits (it registers the port in the simulated
+//! host at once), so [`SimSockets`] binds synchronously, as quinn's factory needs, and also
+//! seeds every endpoint's random number generator from one seed. turmoil never blocks a send (a lost packet is dropped in the
+//! simulated network), so the socket is always writable. One datagram per receive call, no GSO
+//! or GRO.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
@@ -27,6 +28,62 @@ pub struct SimSocket {
     /// The pending "readable" future of the task waiting to receive, if any.
     readable: Mutex<Option<Readiness>>,
     local: SocketAddr,
+    log: Option<PacketLog>,
+}
+
+/// A fingerprint of every datagram sent through the sockets that share it: how many, and a
+/// digest of their simulated send times, source ports, destinations and sizes (not their
+/// bytes, which hold random keys). Two runs with equal fingerprints put the same datagrams on
+/// the network at the same simulated instants.
+#[derive(Debug, Clone, Default)]
+pub struct PacketLog {
+    inner: Arc<Mutex<PacketFingerprint>>,
+}
+
+/// What a [`PacketLog`] has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketFingerprint {
+    /// Datagrams sent.
+    pub datagrams: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// FNV-1a digest of (time ns, source port, destination, size) of every datagram in order.
+    pub digest: u64,
+}
+
+impl PacketLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What the log has seen so far.
+    pub fn fingerprint(&self) -> PacketFingerprint {
+        *self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn record(&self, source: SocketAddr, destination: SocketAddr, size: usize) {
+        let at_ns = turmoil::sim_elapsed().map_or(0, |elapsed| elapsed.as_nanos());
+        let mut fingerprint = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        fingerprint.datagrams += 1;
+        fingerprint.bytes += size as u64;
+        let mut digest = if fingerprint.digest == 0 {
+            0xCBF2_9CE4_8422_2325
+        } else {
+            fingerprint.digest
+        };
+        let fields = format!("{at_ns} {} {destination} {size};", source.port());
+        for byte in fields.bytes() {
+            digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3);
+        }
+        fingerprint.digest = digest;
+    }
 }
 
 impl fmt::Debug for SimSocket {
@@ -40,12 +97,18 @@ impl fmt::Debug for SimSocket {
 impl SimSocket {
     /// Binds a simulated UDP socket on this host (call inside a turmoil host or client).
     pub async fn bind(address: SocketAddr) -> io::Result<Arc<Self>> {
+        Self::bind_logged(address, None).await
+    }
+
+    /// [`SimSocket::bind`], recording every datagram sent in `log`.
+    pub async fn bind_logged(address: SocketAddr, log: Option<PacketLog>) -> io::Result<Arc<Self>> {
         let socket = turmoil::net::UdpSocket::bind(address).await?;
         let local = socket.local_addr()?;
         Ok(Arc::new(Self {
             socket: Arc::new(socket),
             readable: Mutex::new(None),
             local,
+            log,
         }))
     }
 }
@@ -66,8 +129,11 @@ impl AsyncUdpSocket for SimSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         self.socket
-            .try_send_to(transmit.contents, transmit.destination)
-            .map(|_| ())
+            .try_send_to(transmit.contents, transmit.destination)?;
+        if let Some(log) = &self.log {
+            log.record(self.local, transmit.destination, transmit.contents.len());
+        }
+        Ok(())
     }
 
     fn poll_recv(
@@ -121,18 +187,57 @@ impl AsyncUdpSocket for SimSocket {
     }
 }
 
-/// A [`SocketFactory`] handing out one socket bound beforehand with [`SimSocket::bind`].
-#[derive(Debug, Clone)]
-pub struct BoundSocket(pub Arc<SimSocket>);
+/// A [`SocketFactory`] binding simulated sockets on the current turmoil host, each endpoint's
+/// random number generator seeded from one seed (call `bind` inside a turmoil host or client).
+#[derive(Debug)]
+pub struct SimSockets {
+    seed: u64,
+    endpoints: AtomicU64,
+    log: Option<PacketLog>,
+}
 
-impl SocketFactory for BoundSocket {
-    fn bind(&self, _address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        Ok(self.0.clone())
+impl SimSockets {
+    /// Sockets whose endpoints draw their seeds from `seed`, in the order they are bound.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            endpoints: AtomicU64::new(0),
+            log: None,
+        }
+    }
+
+    /// These sockets record every datagram they send in `log`.
+    pub fn with_log(mut self, log: PacketLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+}
+
+impl SocketFactory for SimSockets {
+    fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let mut bind = std::pin::pin!(SimSocket::bind_logged(address, self.log.clone()));
+        match bind.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(socket) => Ok(socket?),
+            Poll::Pending => Err(io::Error::other(
+                "binding a simulated socket did not complete at once",
+            )),
+        }
     }
 
     fn runtime(&self) -> Arc<dyn Runtime> {
         // quinn's tokio runtime reads tokio's clock, which turmoil simulates.
         Arc::new(TokioRuntime)
+    }
+
+    fn endpoint_rng_seed(&self) -> Option<[u8; 32]> {
+        let endpoint = self.endpoints.fetch_add(1, Ordering::Relaxed);
+        let mut state = crate::seed::mix(self.seed, endpoint);
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_exact_mut(8) {
+            state = crate::seed::split_mix(state);
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        Some(seed)
     }
 }
 
@@ -146,7 +251,8 @@ mod tests {
     use super::*;
 
     fn identity() -> (TlsIdentity, Arc<quinn::rustls::RootCertStore>) {
-        let key = rcgen::KeyPair::generate().expect("key");
+        // Ed25519: signatures of one size, so the handshake's packets are too.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let params =
             rcgen::CertificateParams::new(vec![net::EDGE_SERVER_NAME.to_owned()]).expect("params");
         let cert = params.self_signed(&key).expect("cert");
@@ -176,11 +282,10 @@ mod tests {
         sim.host("server", move || {
             let identity = identity.clone();
             async move {
-                let socket = SimSocket::bind("0.0.0.0:4433".parse()?).await?;
                 let config = net::server_config(identity.clone(), None, net::ALPN_DEVICE)?;
-                let address = socket.local;
+                let address = "0.0.0.0:4433".parse()?;
                 let endpoint =
-                    net::bind_server_endpoint(&BoundSocket(socket), address, config, &identity)?;
+                    net::bind_server_endpoint(&SimSockets::new(1), address, config, &identity)?;
                 while let Some(incoming) = endpoint.accept().await {
                     let connection = incoming.await?;
                     let (send, mut recv) = connection.accept_bi().await?;
@@ -198,9 +303,8 @@ mod tests {
         let elapsed = Arc::new(Mutex::new(Duration::ZERO));
         let record = elapsed.clone();
         sim.client("device", async move {
-            let socket = SimSocket::bind("0.0.0.0:5000".parse()?).await?;
-            let address = socket.local;
-            let endpoint = net::bind_endpoint(&BoundSocket(socket), address, None)?;
+            let address = "0.0.0.0:5000".parse()?;
+            let endpoint = net::bind_endpoint(&SimSockets::new(2), address, None)?;
             let config = net::client_config(roots, None, net::ALPN_DEVICE)?;
             let server = SocketAddr::new(turmoil::lookup("server"), 4433);
             let start = tokio::time::Instant::now();

@@ -8,11 +8,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
     ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
     QUEUE_FETCH_ENTRIES_MAX,
@@ -22,10 +24,9 @@ use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, E
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::connection::{EdgeConnection, Push};
+use crate::connection::{Dialer, EdgeConnection, Push};
 use crate::content::{Content, READ_RECEIPT_IDS_MAX};
 use crate::crypto::Crypto;
-use crate::discovery::locate_edges;
 use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event};
@@ -61,6 +62,39 @@ pub struct Overrides {
     pub ca_path: Option<PathBuf>,
 }
 
+/// What a client touches besides its data directory. The default is the real world: kernel
+/// sockets and the locator, the system clock, randomness from the operating system; a
+/// simulation supplies its own.
+#[derive(Clone)]
+pub struct Environment {
+    /// How edges are reached.
+    pub dialer: Dialer,
+    /// Wall-clock time (message timestamps, never timers).
+    pub clock: Arc<dyn Clock>,
+    /// Seed of the client's randomness (client message ids, retry jitter); `None` draws one
+    /// from the operating system.
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            dialer: Dialer::default(),
+            clock: Arc::new(SystemClock),
+            rng_seed: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("dialer", &self.dialer)
+            .field("rng_seed", &self.rng_seed)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a wait ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Goal {
@@ -81,6 +115,26 @@ enum RunEnd {
 /// Creates the data directory's device: new Olm keys, an account named `name` at the edge the
 /// locator names for `bind_ip`, and the settings later commands reuse. Reports [`Event::Registered`].
 pub async fn register(
+    data_dir: &Path,
+    name: &str,
+    overrides: Overrides,
+    registration_token: &str,
+    sink: &mut dyn FnMut(Event),
+) -> Result<Identity> {
+    register_in(
+        &Environment::default(),
+        data_dir,
+        name,
+        overrides,
+        registration_token,
+        sink,
+    )
+    .await
+}
+
+/// [`register`] in a given environment.
+pub async fn register_in(
+    environment: &Environment,
     data_dir: &Path,
     name: &str,
     overrides: Overrides,
@@ -140,7 +194,7 @@ pub async fn register(
         writer.set_settings(&stored)
     })?;
 
-    let connection = connect_any(&settings).await?;
+    let connection = environment.dialer.connect_any(&settings).await?;
     let request = Register {
         name: name.into(),
         identity_key: crypto.identity_key().to_vec(),
@@ -197,6 +251,7 @@ pub struct Client {
     connection: Option<EdgeConnection>,
     pushes: Option<mpsc::Receiver<Push>>,
     rng: StdRng,
+    environment: Environment,
     started: Instant,
     sink: Box<dyn FnMut(Event)>,
     last_problem: Option<String>,
@@ -223,6 +278,16 @@ impl Client {
         overrides: Overrides,
         sink: Box<dyn FnMut(Event)>,
     ) -> Result<Self> {
+        Self::open_in(Environment::default(), data_dir, overrides, sink)
+    }
+
+    /// [`Client::open`] in a given environment.
+    pub fn open_in(
+        environment: Environment,
+        data_dir: &Path,
+        overrides: Overrides,
+        sink: Box<dyn FnMut(Event)>,
+    ) -> Result<Self> {
         let database = data_dir.join(DATABASE_FILE);
         if !database.exists() {
             return Err(ClientError::NotRegistered);
@@ -242,7 +307,7 @@ impl Client {
         let signer = store
             .load_crypto()?
             .ok_or_else(|| ClientError::Corrupt("the Olm account is missing".into()))?;
-        store.write(|writer| writer.prune_seen(wall_ms()))?;
+        store.write(|writer| writer.prune_seen(environment.clock.now_ms()))?;
         let mut outbox = Outbox::new();
         for row in store.outbox()? {
             outbox.insert(
@@ -262,7 +327,10 @@ impl Client {
             outbox,
             connection: None,
             pushes: None,
-            rng: StdRng::from_os_rng(),
+            rng: environment
+                .rng_seed
+                .map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
+            environment,
             started: Instant::now(),
             sink,
             last_problem: None,
@@ -301,7 +369,7 @@ impl Client {
                 "a message to yourself has no recipient device".into(),
             ));
         }
-        let content = Content::text(text, wall_ms(), contact.account.0)?;
+        let content = Content::text(text, self.wall_ms(), contact.account.0)?;
         let pending = self.enqueue(contact.account, &content, Some(text))?;
         let id = pending.client_message_id;
         self.emit(Event::Tick {
@@ -393,7 +461,7 @@ impl Client {
             .iter()
             .map(|message| message.client_message_id)
             .collect();
-        let now = wall_ms();
+        let now = self.wall_ms();
         let chat = ChatId::direct(self.identity.account, contact.account);
         let mut entries = Vec::new();
         let mut contents = Vec::new();
@@ -510,7 +578,7 @@ impl Client {
             return Ok(());
         }
         self.disconnect().await;
-        let mut connection = connect_any(&self.settings).await?;
+        let mut connection = self.environment.dialer.connect_any(&self.settings).await?;
         let (remaining, pushes) = match connection
             .authenticate(self.identity.address(), &self.signer)
             .await
@@ -653,7 +721,7 @@ impl Client {
         let me = self.identity.address();
         let chat = ChatId::direct(me.account, peer);
         let id = ClientMessageId(self.rng.random());
-        let now = wall_ms();
+        let now = self.wall_ms();
         let sent_at_ms = match &content.body {
             Some(crate::content::body::Body::Text(text)) => text.sent_at_ms,
             _ => now,
@@ -1111,7 +1179,7 @@ impl Client {
             let count = batch.entries.len();
             if count > 0 {
                 let me = self.identity.address();
-                let now = wall_ms();
+                let now = self.wall_ms();
                 let reports = self
                     .store
                     .write(|writer| process_entries(writer, me, cursor, &batch.entries, now))?;
@@ -1321,6 +1389,11 @@ impl Client {
         (self.sink)(event);
     }
 
+    /// Wall-clock milliseconds since the Unix epoch (message timestamps only, never timers).
+    fn wall_ms(&self) -> u64 {
+        self.environment.clock.now_ms()
+    }
+
     /// Milliseconds since this client opened: the outbox's clock.
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -1329,20 +1402,6 @@ impl Client {
     fn instant_of(&self, ms: u64) -> Instant {
         self.started + Duration::from_millis(ms)
     }
-}
-
-/// Finds the edges for the settings' address and connects to the first that answers.
-async fn connect_any(settings: &Settings) -> Result<EdgeConnection> {
-    let edges = locate_edges(settings.locator, settings.bind_ip).await?;
-    let mut problems = Vec::new();
-    for edge in edges {
-        match EdgeConnection::connect(edge, settings.bind_ip, &settings.ca_path).await {
-            Ok(connection) => return Ok(connection),
-            Err(ClientError::Net(error)) => problems.push(format!("{edge}: {error}")),
-            Err(error) => return Err(error),
-        }
-    }
-    Err(ClientError::EdgeUnreachable(problems.join("; ")))
 }
 
 async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
@@ -1354,15 +1413,6 @@ async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
 
 fn earliest(instant: Instant, deadline: Option<Instant>) -> Instant {
     deadline.map_or(instant, |deadline| instant.min(deadline))
-}
-
-/// Wall-clock milliseconds since the Unix epoch (message timestamps only, never timers).
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 fn resolve(data_dir: &Path, path: &Path) -> PathBuf {

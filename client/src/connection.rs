@@ -1,15 +1,18 @@
 //! One QUIC connection to an edge: connecting, registering, authenticating on the control stream
 //! (which then carries [`ServerPush`] frames), and one typed helper per request, each on its own
-//! bidirectional stream.
+//! bidirectional stream. A [`Dialer`] says how edges are reached: through which sockets, and
+//! whether the locator is asked or the edges are given.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use quinn::rustls::RootCertStore;
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::net::{
-    ALPN_DEVICE, EDGE_SERVER_NAME, NetError, TokioSockets, auth_keying_material, bind_endpoint,
-    client_config, load_roots, read_frame, request, write_frame,
+    ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
+    bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
 };
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
@@ -21,7 +24,9 @@ use relay_proto::{AccountId, DeviceAddress};
 use tokio::sync::mpsc;
 
 use crate::crypto::Crypto;
+use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
+use crate::store::Settings;
 
 /// How long one request may take before the connection is considered broken, in milliseconds.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
@@ -44,6 +49,73 @@ pub enum Push {
     Closed(String),
 }
 
+/// Where a client finds edges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeSource {
+    /// Ask the edge locator of the settings over DNS, from the settings' address.
+    Locator,
+    /// These edges, best first, without asking anyone (tests and the simulation).
+    Fixed(Vec<SocketAddr>),
+}
+
+/// How a client reaches edges: the sockets its QUIC endpoints bind through, and where the
+/// edges are found. [`Dialer::default`] is the real world: kernel sockets and the locator.
+#[derive(Clone)]
+pub struct Dialer {
+    sockets: Arc<dyn SocketFactory>,
+    edges: EdgeSource,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("edges", &self.edges)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Dialer {
+    fn default() -> Self {
+        Self::new(Arc::new(TokioSockets), EdgeSource::Locator)
+    }
+}
+
+impl Dialer {
+    /// Endpoints bound through `sockets`, edges found as `edges` says.
+    pub fn new(sockets: Arc<dyn SocketFactory>, edges: EdgeSource) -> Self {
+        Self { sockets, edges }
+    }
+
+    /// The edges to try for `settings`, best first.
+    pub async fn edges(&self, settings: &Settings) -> Result<Vec<SocketAddr>> {
+        match &self.edges {
+            EdgeSource::Locator => locate_edges(settings.locator, settings.bind_ip).await,
+            EdgeSource::Fixed(edges) if edges.is_empty() => {
+                Err(ClientError::EdgeUnreachable("no edge is configured".into()))
+            }
+            EdgeSource::Fixed(edges) => Ok(edges.clone()),
+        }
+    }
+
+    /// Finds the edges for the settings' address and connects to the first that answers.
+    pub async fn connect_any(&self, settings: &Settings) -> Result<EdgeConnection> {
+        let edges = self.edges(settings).await?;
+        let mut problems = Vec::new();
+        for edge in edges {
+            let connected = async {
+                let roots = load_roots(&settings.ca_path)?;
+                EdgeConnection::connect_through(&*self.sockets, edge, settings.bind_ip, roots).await
+            };
+            match connected.await {
+                Ok(connection) => return Ok(connection),
+                Err(ClientError::Net(error)) => problems.push(format!("{edge}: {error}")),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ClientError::EdgeUnreachable(problems.join("; ")))
+    }
+}
+
 /// An open connection to an edge.
 #[derive(Debug)]
 pub struct EdgeConnection {
@@ -59,8 +131,19 @@ impl EdgeConnection {
     /// Connects from `bind_ip` to the edge at `edge`, trusting the CA certificate at `ca_path`.
     pub async fn connect(edge: SocketAddr, bind_ip: IpAddr, ca_path: &Path) -> Result<Self> {
         let roots = load_roots(ca_path)?;
+        Self::connect_through(&TokioSockets, edge, bind_ip, roots).await
+    }
+
+    /// Connects from a socket on `bind_ip` made by `sockets` to the edge at `edge`, trusting
+    /// `roots`.
+    pub async fn connect_through(
+        sockets: &dyn SocketFactory,
+        edge: SocketAddr,
+        bind_ip: IpAddr,
+        roots: Arc<RootCertStore>,
+    ) -> Result<Self> {
         let config = client_config(roots, None, ALPN_DEVICE)?;
-        let endpoint = bind_endpoint(&TokioSockets, SocketAddr::new(bind_ip, 0), None)?;
+        let endpoint = bind_endpoint(sockets, SocketAddr::new(bind_ip, 0), None)?;
         let connecting = endpoint
             .connect_with(config, edge, EDGE_SERVER_NAME)
             .map_err(NetError::from)?;

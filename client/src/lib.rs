@@ -20,6 +20,6 @@ pub mod inbound;
 pub mod outbox;
 pub mod store;
 
-pub use app::{Client, Overrides, register};
+pub use app::{Client, Environment, Overrides, register, register_in};
 pub use error::{ClientError, Result};
 pub use events::Event;

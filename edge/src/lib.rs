@@ -10,4 +10,4 @@ pub mod service;
 pub mod session;
 
 pub use config::EdgeConfig;
-pub use service::{EdgeError, EdgeService};
+pub use service::{EdgeError, EdgeParts, EdgeService, NonceSource, OsNonces};

@@ -1,5 +1,5 @@
 //! The edge's QUIC shell: terminates device connections, runs each through a
-//! [`Session`](crate::session::Session), forwards requests to regions over mutual-TLS links,
+//! [`Session`], forwards requests to regions over mutual-TLS links,
 //! keeps one subscription stream per region so that regions can tell it when a connected
 //! device's queue grew, and relays those pushes to the device's control stream.
 //!
@@ -10,11 +10,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use quinn::rustls::RootCertStore;
 use rand::RngCore;
+use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::AUTH_NONCE_BYTES;
-use relay_proto::net::{self, NetError, PeerLinks, TlsIdentity, TokioSockets};
+use relay_proto::net::{self, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets};
 use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
     ServerPush, client_request, client_response, region_request, region_response, server_push,
@@ -46,6 +48,50 @@ pub enum EdgeError {
     Net(#[from] NetError),
 }
 
+/// Random bytes for authentication challenges.
+pub trait NonceSource: Send + Sync + 'static {
+    /// Fills `bytes` with fresh random bytes.
+    fn fill(&self, bytes: &mut [u8]);
+}
+
+/// The operating system's randomness (through rand's thread-local generator).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsNonces;
+
+impl NonceSource for OsNonces {
+    fn fill(&self, bytes: &mut [u8]) {
+        rand::rng().fill_bytes(bytes);
+    }
+}
+
+/// What an edge runs on, built by the caller: [`EdgeService::bind`] makes them from a
+/// configuration (kernel sockets, PEM files, the system clock and randomness); a simulation
+/// makes its own.
+pub struct EdgeParts<'a> {
+    /// The region this edge belongs to: devices registering through it are homed there.
+    pub region: RegionId,
+    /// The address devices connect to.
+    pub listen: SocketAddr,
+    /// The address the internal (edge → region) endpoint binds.
+    pub internal_listen: SocketAddr,
+    /// Per-connection limits.
+    pub limits: SessionLimits,
+    /// Makes the UDP socket of the device-facing endpoint.
+    pub device_sockets: &'a dyn SocketFactory,
+    /// Makes the UDP socket of the internal endpoint.
+    pub internal_sockets: &'a dyn SocketFactory,
+    /// The edge's certificate and key: presented to devices and to regions.
+    pub identity: TlsIdentity,
+    /// The deployment's CA: regions' certificates are checked against it.
+    pub roots: Arc<RootCertStore>,
+    /// Every region's internal address; must include the edge's own region.
+    pub regions: BTreeMap<RegionId, SocketAddr>,
+    /// Wall-clock time (rate limits).
+    pub clock: Arc<dyn Clock>,
+    /// Randomness of the authentication challenges.
+    pub nonces: Arc<dyn NonceSource>,
+}
+
 #[derive(Debug)]
 enum SubscriptionChange {
     Add(DeviceAddress),
@@ -71,17 +117,13 @@ struct Inner {
     links: PeerLinks,
     regions: Vec<RegionId>,
     homes: Mutex<HashMap<AccountId, RegionId>>,
-    /// device → (connection id → its push channel).
-    devices: Mutex<HashMap<DeviceAddress, HashMap<u64, Connected>>>,
+    /// device → (connection id → its push channel); ordered, so that pushes and subscriptions
+    /// go out in the same order on every run.
+    devices: Mutex<BTreeMap<DeviceAddress, BTreeMap<u64, Connected>>>,
     subscriptions: HashMap<RegionId, mpsc::UnboundedSender<SubscriptionChange>>,
     next_connection: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock: Arc<dyn Clock>,
+    nonces: Arc<dyn NonceSource>,
 }
 
 fn error_response(error: ProtoError) -> ClientResponse {
@@ -93,26 +135,64 @@ fn error_response(error: ProtoError) -> ClientResponse {
 type SubscriptionReceivers = Vec<(RegionId, mpsc::UnboundedReceiver<SubscriptionChange>)>;
 
 impl EdgeService {
-    /// Binds the device-facing server and the internal client endpoint.
+    /// Binds the device-facing server and the internal client endpoint from a configuration.
     pub fn bind(
         config: &EdgeConfig,
     ) -> Result<(Self, SocketAddr, SubscriptionsToStart), EdgeError> {
         config.validate()?;
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        Self::new(EdgeParts {
+            region: RegionId(config.region),
+            listen: config.listen,
+            internal_listen: SocketAddr::new(config.listen.ip(), 0),
+            limits: config.session_limits(),
+            device_sockets: &TokioSockets,
+            internal_sockets: &TokioSockets,
+            identity,
+            roots,
+            regions: config
+                .regions
+                .iter()
+                .map(|entry| (RegionId(entry.region), entry.address))
+                .collect(),
+            clock: Arc::new(SystemClock),
+            nonces: Arc::new(OsNonces),
+        })
+    }
+
+    /// Binds the device-facing server and the internal client endpoint on the given parts.
+    pub fn new(
+        parts: EdgeParts<'_>,
+    ) -> Result<(Self, SocketAddr, SubscriptionsToStart), EdgeError> {
+        let EdgeParts {
+            region,
+            listen,
+            internal_listen,
+            limits,
+            device_sockets,
+            internal_sockets,
+            identity,
+            roots,
+            regions,
+            clock,
+            nonces,
+        } = parts;
+        if !regions.contains_key(&region) {
+            return Err(EdgeConfigError::Invalid(format!(
+                "regions must list the edge's own region {region}"
+            ))
+            .into());
+        }
         let device_server = net::server_config(identity.clone(), None, net::ALPN_DEVICE)?;
         let device_endpoint =
-            net::bind_server_endpoint(&TokioSockets, config.listen, device_server, &identity)?;
+            net::bind_server_endpoint(device_sockets, listen, device_server, &identity)?;
         let address = device_endpoint.local_addr().map_err(NetError::Io)?;
-        let internal_endpoint =
-            net::bind_endpoint(&TokioSockets, SocketAddr::new(config.listen.ip(), 0), None)?;
+        let internal_endpoint = net::bind_endpoint(internal_sockets, internal_listen, None)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
-        let addresses: BTreeMap<u32, SocketAddr> = config
-            .regions
-            .iter()
-            .map(|entry| (entry.region, entry.address))
-            .collect();
-        let resolve: net::PeerResolver = Box::new(move |region| addresses.get(&region).copied());
+        let addresses = regions.clone();
+        let resolve: net::PeerResolver =
+            Box::new(move |region| addresses.get(&RegionId(region)).copied());
         let links = PeerLinks::new(
             internal_endpoint.clone(),
             client,
@@ -121,26 +201,24 @@ impl EdgeService {
         );
         let mut subscriptions = HashMap::new();
         let mut receivers = Vec::new();
-        for entry in &config.regions {
+        for &region in regions.keys() {
             let (sender, receiver) = mpsc::unbounded_channel();
-            subscriptions.insert(RegionId(entry.region), sender);
-            receivers.push((RegionId(entry.region), receiver));
+            subscriptions.insert(region, sender);
+            receivers.push((region, receiver));
         }
         let inner = Inner {
-            region: RegionId(config.region),
-            limits: config.session_limits(),
+            region,
+            limits,
             device_endpoint,
             internal_endpoint,
             links,
-            regions: config
-                .regions
-                .iter()
-                .map(|entry| RegionId(entry.region))
-                .collect(),
+            regions: regions.keys().copied().collect(),
             homes: Mutex::new(HashMap::new()),
-            devices: Mutex::new(HashMap::new()),
+            devices: Mutex::new(BTreeMap::new()),
             subscriptions,
             next_connection: AtomicU64::new(1),
+            clock,
+            nonces,
         };
         Ok((
             Self {
@@ -188,7 +266,10 @@ impl EdgeService {
 
     async fn serve_device(self, connection: quinn::Connection) {
         let connection_id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(Mutex::new(Session::new(self.inner.limits, now_ms())));
+        let session = Arc::new(Mutex::new(Session::new(
+            self.inner.limits,
+            self.inner.clock.now_ms(),
+        )));
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(streams) => streams,
@@ -234,7 +315,7 @@ impl EdgeService {
         if let Some(client_request::Body::Hello(_)) = request.body {
             let nonce = {
                 let mut nonce = [0u8; AUTH_NONCE_BYTES];
-                rand::rng().fill_bytes(&mut nonce);
+                self.inner.nonces.fill(&mut nonce);
                 nonce
             };
             let challenge = session
@@ -596,7 +677,7 @@ impl EdgeService {
         let route = session
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .handle_request(&request, now_ms())?;
+            .handle_request(&request, self.inner.clock.now_ms())?;
         let Some(body) = request.body else {
             return Err(ProtoError::invalid("empty request"));
         };

@@ -122,6 +122,18 @@ impl PeersFile {
         })
     }
 
+    /// A resolver that reads the peers file at `path` again on every call, so a launcher can
+    /// write it after the regions have bound their ports.
+    pub fn resolver(path: PathBuf) -> relay_proto::net::PeerResolver {
+        Box::new(move |region| match PeersFile::load(&path) {
+            Ok(peers) => peers.address_of(region),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the peers file");
+                None
+            }
+        })
+    }
+
     /// The address of a region, if listed.
     pub fn address_of(&self, region: u32) -> Option<SocketAddr> {
         self.regions

@@ -11,4 +11,4 @@ pub mod core;
 pub mod service;
 
 pub use config::RegionConfig;
-pub use service::{RegionError, RegionService};
+pub use service::{RegionError, RegionParts, RegionService};

@@ -3,7 +3,7 @@
 //! holding the devices, cross-region receipt delivery), and forwards directory writes to the
 //! directory writer region.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
-use relay_proto::net::{self, NetError, PeerLinks, TlsIdentity, TokioSockets};
+use quinn::rustls::RootCertStore;
+use relay_proto::clock::{Clock, SystemClock};
+use relay_proto::net::{
+    self, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
+};
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
 };
@@ -52,6 +56,33 @@ pub enum RegionError {
 
 type PushSender = mpsc::Sender<DeviceQueueAvailable>;
 
+/// What a region runs on, built by the caller: [`RegionService::bind`] makes them from a
+/// configuration (the embedded store, kernel sockets, PEM files, the system clock); a simulation
+/// makes its own (a memory store, simulated sockets and time).
+pub struct RegionParts<'a> {
+    /// This region's number.
+    pub region: RegionId,
+    /// The region that writes the global directory.
+    pub directory_writer: RegionId,
+    /// The address the internal QUIC server binds.
+    pub listen: SocketAddr,
+    /// The open store.
+    pub db: Database,
+    /// Makes the UDP socket of the internal endpoint.
+    pub sockets: &'a dyn SocketFactory,
+    /// This region's certificate and key (server and client side of internal links).
+    pub identity: TlsIdentity,
+    /// The deployment's CA: peers must present a certificate it signed.
+    pub roots: Arc<RootCertStore>,
+    /// Where the other regions listen; asked again whenever a peer is unknown or unreachable.
+    pub peers: PeerResolver,
+    /// Wall-clock time (queue entry times, retention, idempotency keys).
+    pub clock: Arc<dyn Clock>,
+    /// A number unique to this start of the region: the first half of every idempotency key it
+    /// issues, so that keys of a restarted process never meet those of the previous one.
+    pub boot_nonce: u64,
+}
+
 /// A running region.
 #[derive(Clone)]
 pub struct RegionService {
@@ -64,21 +95,16 @@ struct Inner {
     db: Database,
     peers: PeerLinks,
     endpoint: quinn::Endpoint,
-    /// device → (subscription stream id → push channel of the edge holding it).
-    subscriptions: Mutex<HashMap<DeviceAddress, HashMap<u64, PushSender>>>,
+    /// device → (subscription stream id → push channel of the edge holding it); ordered by
+    /// stream, so pushes leave in the same order on every run.
+    subscriptions: Mutex<HashMap<DeviceAddress, BTreeMap<u64, PushSender>>>,
     next_stream_id: AtomicU64,
     outbox_wake: Notify,
     /// The first half of every idempotency key this process issues: unique per process start.
     key_prefix: u64,
     /// The second half: a counter.
     next_key: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock: Arc<dyn Clock>,
 }
 
 fn error_response(error: ProtoError) -> RegionResponse {
@@ -93,7 +119,8 @@ fn store_failure(error: StoreError) -> ProtoError {
 }
 
 impl RegionService {
-    /// Opens the store and binds the internal QUIC server. Nothing is served until [`Self::run`].
+    /// Opens the store and binds the internal QUIC server from a configuration. Nothing is
+    /// served until [`Self::run`].
     pub fn bind(config: &RegionConfig) -> Result<(Self, SocketAddr), RegionError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ConfigError::Read {
@@ -106,31 +133,55 @@ impl RegionService {
         )?;
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        Self::new(RegionParts {
+            region: RegionId(config.region),
+            directory_writer: RegionId(config.directory_writer),
+            listen: config.listen,
+            db,
+            sockets: &TokioSockets,
+            identity,
+            roots,
+            peers: PeersFile::resolver(config.peers_file.clone()),
+            clock: Arc::new(SystemClock),
+            boot_nonce: boot_nonce(),
+        })
+    }
+
+    /// Binds the internal QUIC server on the given parts. Nothing is served until
+    /// [`Self::run`].
+    pub fn new(parts: RegionParts<'_>) -> Result<(Self, SocketAddr), RegionError> {
+        let RegionParts {
+            region,
+            directory_writer,
+            listen,
+            db,
+            sockets,
+            identity,
+            roots,
+            peers,
+            clock,
+            boot_nonce,
+        } = parts;
+        if region.0 == 0 || directory_writer.0 == 0 {
+            return Err(ConfigError::Invalid("region numbers start at 1".into()).into());
+        }
         let server = net::server_config(identity.clone(), Some(roots.clone()), net::ALPN_INTERNAL)?;
-        let endpoint = net::bind_server_endpoint(&TokioSockets, config.listen, server, &identity)?;
+        let endpoint = net::bind_server_endpoint(sockets, listen, server, &identity)?;
         let address = endpoint.local_addr().map_err(NetError::Io)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
-        let peers_file = config.peers_file.clone();
-        let resolve: net::PeerResolver =
-            Box::new(move |region| match PeersFile::load(&peers_file) {
-                Ok(peers) => peers.address_of(region),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the peers file");
-                    None
-                }
-            });
-        let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, resolve);
+        let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, peers);
         let inner = Inner {
-            region: RegionId(config.region),
-            writer: RegionId(config.directory_writer),
+            region,
+            writer: directory_writer,
             db,
             peers,
             endpoint,
             subscriptions: Mutex::new(HashMap::new()),
             next_stream_id: AtomicU64::new(1),
             outbox_wake: Notify::new(),
-            key_prefix: boot_nonce(),
+            key_prefix: boot_nonce,
             next_key: AtomicU64::new(1),
+            clock,
         };
         Ok((
             Self {
@@ -220,7 +271,7 @@ impl RegionService {
             Req::Commit(commit) => {
                 let sender_region = RegionId(commit.sender_region);
                 let envelope = commit.envelope;
-                let now = now_ms();
+                let now = self.inner.clock.now_ms();
                 let outcome = self
                     .transact(|tx| {
                         let envelope = envelope.clone();
@@ -295,7 +346,7 @@ impl RegionService {
             Req::FetchQueue(for_device) => {
                 let device = for_device.device.parse()?;
                 let fetch = for_device.fetch.unwrap_or_default();
-                let now = now_ms();
+                let now = self.inner.clock.now_ms();
                 let batch = self
                     .transact(|tx| {
                         let fetch = fetch.clone();
@@ -306,7 +357,7 @@ impl RegionService {
             }
             Req::Receipts(receipts) => {
                 let count = receipts.receipts.len() as u32;
-                let now = now_ms();
+                let now = self.inner.clock.now_ms();
                 self.transact(|tx| {
                     let receipts = receipts.clone();
                     async move { core::apply_forwarded_receipts(&tx, local, &receipts, now).await }
@@ -327,7 +378,7 @@ impl RegionService {
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.inner.key_prefix.to_be_bytes());
         nonce[8..].copy_from_slice(&counter.to_be_bytes());
-        IdempotencyKey::new(now_ms(), nonce)
+        IdempotencyKey::new(self.inner.clock.now_ms(), nonce)
     }
 
     /// Runs a core function in a retried transaction, then performs its effects.
@@ -628,7 +679,7 @@ impl RegionService {
         loop {
             let mut expired_entries = 0;
             for _ in 0..RETENTION_SWEEP_TRANSACTIONS_MAX {
-                let now = now_ms();
+                let now = self.inner.clock.now_ms();
                 match self
                     .transact(|tx| async move { core::expire_queues(&tx, local, now).await })
                     .await

@@ -6,6 +6,7 @@
 //! [`ProtoError`]. The `net` feature adds the runtime shell used by every service: QUIC endpoints
 //! made through one socket factory, TLS configuration, and framed streams over quinn.
 
+pub mod clock;
 pub mod error;
 pub mod frame;
 pub mod ids;

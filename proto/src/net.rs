@@ -90,6 +90,12 @@ pub trait SocketFactory: Send + Sync + 'static {
     fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>>;
     /// The runtime the endpoint's driver runs on.
     fn runtime(&self) -> Arc<dyn Runtime>;
+    /// The seed of the next endpoint's random number generator (quinn's
+    /// `EndpointConfig::rng_seed`), asked once per endpoint. `None`, the default, seeds from
+    /// the operating system; a simulation hands out a seeded sequence so that a run repeats.
+    fn endpoint_rng_seed(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// Kernel UDP sockets on tokio (quinn-udp: GSO/GRO where the kernel has them).
@@ -269,8 +275,9 @@ fn bind_endpoint_with(
     sockets: &dyn SocketFactory,
     address: SocketAddr,
     server: Option<quinn::ServerConfig>,
-    config: quinn::EndpointConfig,
+    mut config: quinn::EndpointConfig,
 ) -> Result<quinn::Endpoint, NetError> {
+    config.rng_seed(sockets.endpoint_rng_seed());
     let socket = sockets.bind(address)?;
     Ok(quinn::Endpoint::new_with_abstract_socket(
         config,

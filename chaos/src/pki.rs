@@ -1,0 +1,110 @@
+//! The simulation's certificate authority, in memory: one CA and a certificate per region and
+//! edge, issued as the devnet's PKI does (relayd's `pki` module) but never written to disk
+//! except the CA certificate clients copy into their data directories.
+//!
+//! Keys are Ed25519, so every signature and key has the same size on every run: the handshake
+//! packets, and so the simulated network's schedule, do not depend on the random keys.
+
+use std::sync::Arc;
+
+use quinn::rustls::RootCertStore;
+use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519,
+};
+use relay_proto::net::{EDGE_SERVER_NAME, REGION_SERVER_NAME, TlsIdentity};
+
+/// Why the CA could not issue a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// rcgen refused to generate a key or sign a certificate.
+    #[error("certificate issuance: {0}")]
+    Issue(#[from] rcgen::Error),
+    /// rustls refused the CA certificate as a root.
+    #[error("root store: {0}")]
+    Root(String),
+}
+
+/// An in-memory CA.
+pub struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki").finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "Relay simulation CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+impl Pki {
+    /// A new CA with a fresh key.
+    pub fn new() -> Result<Self, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let cert = ca_params().self_signed(&key)?;
+        let ca_der = cert.der().clone();
+        let ca_pem = cert.pem();
+        Ok(Self {
+            issuer: Issuer::new(ca_params(), key),
+            ca_der,
+            ca_pem,
+        })
+    }
+
+    /// The CA certificate in PEM, for clients' `ca.pem`.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A root store trusting this CA.
+    pub fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.ca_der.clone())
+            .map_err(|error| PkiError::Root(error.to_string()))?;
+        Ok(Arc::new(roots))
+    }
+
+    /// A certificate for region `region` (server and client side of internal links).
+    pub fn region(&self, region: u32) -> Result<TlsIdentity, PkiError> {
+        self.leaf(&format!("region-{region}"), REGION_SERVER_NAME)
+    }
+
+    /// A certificate for the edge of region `region` (to devices and to regions).
+    pub fn edge(&self, region: u32) -> Result<TlsIdentity, PkiError> {
+        self.leaf(&format!("edge-{region}"), EDGE_SERVER_NAME)
+    }
+
+    fn leaf(&self, common_name: &str, server_name: &str) -> Result<TlsIdentity, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let mut params = CertificateParams::new(vec![server_name.to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(TlsIdentity {
+            cert_chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        })
+    }
+}

@@ -1,0 +1,610 @@
+//! The whole relay in one simulated world: N regions, each a turmoil host running the real
+//! [`RegionService`] on the memory store; one edge per region running the real [`EdgeService`];
+//! and simulated clients driving the real client library. Everything speaks real QUIC and TLS
+//! over turmoil's simulated UDP, on turmoil's clock, in one thread, from one seed.
+//!
+//! ```no_run
+//! use relay_chaos::Simulation;
+//! use std::time::Duration;
+//!
+//! let report = Simulation::new(7)
+//!     .regions(2)
+//!     .clients_per_region(2)
+//!     .messages_per_client(10)
+//!     .crash_region(1, Duration::from_secs(3), Duration::from_secs(2))
+//!     .run()
+//!     .expect("the simulation runs");
+//! report.assert_invariants();
+//! ```
+//!
+//! Faults compose with the workload: [`Simulation::crash_region`] crashes a region's host (its
+//! tasks, connections and store handles vanish; the [`MemoryDisk`] keeps exactly what was
+//! acknowledged) and restarts it later on the same disk and address.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fdb_layers::{Database, MemoryDisk, MemoryOptions};
+use home_region::{RegionParts, RegionService};
+use relay_edge::session::SessionLimits;
+use relay_edge::{EdgeParts, EdgeService, NonceSource};
+use relay_proto::RegionId;
+use relay_proto::net::PeerResolver;
+
+use crate::history::{self, ChatView, MessageRef, TraceEvent, Violation, What};
+use crate::net::{PacketFingerprint, PacketLog, SimSockets};
+use crate::pki::{Pki, PkiError};
+use crate::seed;
+use crate::time::{SimClock, sim_epoch};
+use crate::workload::{self, ClientSetup, Plan, Shared, WorkloadShape};
+
+/// UDP port of every region's internal QUIC server.
+pub const REGION_PORT: u16 = 4433;
+/// UDP port of every edge's device-facing QUIC server.
+pub const EDGE_PORT: u16 = 4434;
+/// UDP port of every edge's internal (edge → region) endpoint.
+pub const EDGE_INTERNAL_PORT: u16 = 4435;
+/// The region that writes the directory.
+pub const DIRECTORY_WRITER: u32 = 1;
+/// Datagrams a simulated socket buffers before dropping (a kernel's receive buffer).
+pub const UDP_DATAGRAMS_BUFFERED_MAX: usize = 4096;
+/// Simulated time the world may run past the clients' deadline (closing, last syncs), in ms.
+pub const WIND_DOWN_MS: u64 = 60_000;
+
+/// Why a simulation could not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulationError {
+    /// The in-memory CA failed.
+    #[error("pki: {0}")]
+    Pki(#[from] PkiError),
+    /// The clients' folder could not be made.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A host or client failed, or the world ran out of time.
+    #[error("simulation with seed={seed} failed: {message}; reproduce with seed={seed}")]
+    Run {
+        /// The run's seed.
+        seed: u64,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A region crash and restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionCrash {
+    /// The region (from 1).
+    pub region: u32,
+    /// When it crashes, in simulated time since the start.
+    pub at: Duration,
+    /// How long it stays down before restarting on the same disk.
+    pub down_for: Duration,
+}
+
+/// A simulation to run: the deployment, the workload and the faults, from one seed.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    seed: u64,
+    shape: WorkloadShape,
+    crashes: Vec<RegionCrash>,
+    time_limit: Duration,
+    latency_ms: (u64, u64),
+}
+
+/// What a finished simulation recorded.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The run's seed.
+    pub seed: u64,
+    /// Simulated time the run took.
+    pub elapsed: Duration,
+    /// The trace, in simulated-time order.
+    pub trace: Vec<TraceEvent>,
+    /// Every client's final view of its chats.
+    pub views: Vec<ChatView>,
+    /// Every planned message with its recipient.
+    pub planned: BTreeMap<MessageRef, u32>,
+    /// The broken invariants (empty when the run is correct).
+    pub violations: Vec<Violation>,
+    /// What the network carried: equal fingerprints mean the same datagrams (in count, size,
+    /// endpoints and simulated send time) in the same order.
+    pub packets: PacketFingerprint,
+}
+
+impl Simulation {
+    /// Two regions, two clients per region, ten messages each, no faults.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            shape: WorkloadShape {
+                regions: 2,
+                clients_per_region: 2,
+                messages_per_client: 10,
+                pause_ms_max: 300,
+            },
+            crashes: Vec::new(),
+            time_limit: Duration::from_secs(300),
+            latency_ms: (1, 25),
+        }
+    }
+
+    /// The number of regions (each with one edge).
+    pub fn regions(mut self, regions: u32) -> Self {
+        self.shape.regions = regions;
+        self
+    }
+
+    /// Clients homed in each region.
+    pub fn clients_per_region(mut self, clients: u32) -> Self {
+        self.shape.clients_per_region = clients;
+        self
+    }
+
+    /// Messages each client sends.
+    pub fn messages_per_client(mut self, messages: u32) -> Self {
+        self.shape.messages_per_client = messages;
+        self
+    }
+
+    /// The longest pause a client takes before a send.
+    pub fn pause_max(mut self, pause: Duration) -> Self {
+        self.shape.pause_ms_max = millis(pause);
+        self
+    }
+
+    /// Simulated time after which clients stop waiting (their missing messages are reported).
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = limit;
+        self
+    }
+
+    /// One-way network latency, drawn per datagram between these bounds.
+    pub fn latency(mut self, min: Duration, max: Duration) -> Self {
+        self.latency_ms = (millis(min), millis(max).max(millis(min)));
+        self
+    }
+
+    /// Crashes region `region`'s host at `at` and restarts it `down_for` later.
+    pub fn crash_region(mut self, region: u32, at: Duration, down_for: Duration) -> Self {
+        self.crashes.push(RegionCrash {
+            region,
+            at,
+            down_for,
+        });
+        self
+    }
+
+    /// The run's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Runs the simulation to its end and checks the invariants over what it recorded.
+    pub fn run(&self) -> Result<Report, SimulationError> {
+        let seed = self.seed;
+        let failed = |message: String| SimulationError::Run { seed, message };
+        if self.shape.regions == 0 || self.shape.clients_per_region == 0 {
+            return Err(failed("a simulation needs a region and a client".into()));
+        }
+        if let Some(crash) = self
+            .crashes
+            .iter()
+            .find(|crash| crash.region == 0 || crash.region > self.shape.regions)
+        {
+            return Err(failed(format!("no region {} to crash", crash.region)));
+        }
+        let pki = Pki::new()?;
+        let roots = pki.roots()?;
+        let folder = scratch_folder()?;
+        let ca_path = folder.path().join("ca.pem");
+        std::fs::write(&ca_path, pki.ca_pem())?;
+
+        let plan = Rc::new(Plan::draw(seed, self.shape));
+        let packets = PacketLog::new();
+        let shared = Rc::new(RefCell::new(Shared::default()));
+        let mut sim = turmoil::Builder::new()
+            .rng_seed(seed)
+            .epoch(sim_epoch())
+            .tick_duration(Duration::from_millis(1))
+            .min_message_latency(Duration::from_millis(self.latency_ms.0))
+            .max_message_latency(Duration::from_millis(self.latency_ms.1))
+            .udp_capacity(UDP_DATAGRAMS_BUFFERED_MAX)
+            .simulation_duration(self.time_limit + Duration::from_millis(WIND_DOWN_MS))
+            .build();
+
+        let region_hosts: BTreeMap<u32, String> = (1..=self.shape.regions)
+            .map(|region| (region, region_host(region)))
+            .collect();
+        let mut disks = BTreeMap::new();
+        for (&region, host) in &region_hosts {
+            let disk = MemoryDisk::new();
+            disks.insert(region, disk.clone());
+            let software = RegionSoftware {
+                seed,
+                region,
+                disk,
+                identity: pki.region(region)?,
+                roots: roots.clone(),
+                region_hosts: region_hosts.clone(),
+                starts: Rc::new(Cell::new(0)),
+                packets: packets.clone(),
+            };
+            sim.host(host.as_str(), move || software.clone().run());
+        }
+        for &region in region_hosts.keys() {
+            let software = EdgeSoftware {
+                seed,
+                region,
+                identity: pki.edge(region)?,
+                roots: roots.clone(),
+                region_hosts: region_hosts.clone(),
+                starts: Rc::new(Cell::new(0)),
+                packets: packets.clone(),
+            };
+            sim.host(edge_host(region).as_str(), move || software.clone().run());
+        }
+        let deadline_ms = millis(self.time_limit);
+        for client in &plan.clients {
+            let setup = ClientSetup {
+                seed,
+                plan: client.clone(),
+                everyone: plan.clone(),
+                edge_host: edge_host(client.region),
+                edge_port: EDGE_PORT,
+                data_dir: folder.path().join(history::client_name(client.client)),
+                ca_path: ca_path.clone(),
+                deadline_ms,
+                shared: shared.clone(),
+                packets: packets.clone(),
+            };
+            sim.client(
+                client_host(client.client).as_str(),
+                workload::run_client(setup),
+            );
+        }
+
+        let mut faults = FaultSchedule::new(&self.crashes);
+        loop {
+            let finished = sim.step().map_err(|error| failed(error.to_string()))?;
+            if finished {
+                break;
+            }
+            let now = sim.elapsed();
+            for (region, action) in faults.due(now) {
+                let host = region_host(region);
+                match action {
+                    FaultAction::Crash => {
+                        sim.crash(host.as_str());
+                        // The process is gone: whatever it had not committed is lost with it.
+                        if let Some(disk) = disks.get(&region) {
+                            disk.crash();
+                        }
+                        shared.borrow_mut().trace.push(TraceEvent {
+                            at_ms: millis(now),
+                            what: What::RegionCrashed { region },
+                        });
+                    }
+                    FaultAction::Restart => {
+                        sim.bounce(host.as_str());
+                        shared.borrow_mut().trace.push(TraceEvent {
+                            at_ms: millis(now),
+                            what: What::RegionRestarted { region },
+                        });
+                    }
+                }
+            }
+        }
+        let elapsed = sim.elapsed();
+        drop(sim);
+
+        let Shared { trace, views, .. } = Rc::try_unwrap(shared)
+            .map(RefCell::into_inner)
+            .map_err(|_| failed("the clients' record is still shared".into()))?;
+        let planned = plan.recipients();
+        let violations = history::check(&planned, &trace, &views);
+        Ok(Report {
+            seed,
+            elapsed,
+            trace,
+            views,
+            planned,
+            violations,
+            packets: packets.fingerprint(),
+        })
+    }
+}
+
+impl Report {
+    /// Messages acknowledged as sent.
+    pub fn acknowledged(&self) -> usize {
+        self.count(|what| matches!(what, What::Acked { .. }))
+    }
+
+    /// Messages received.
+    pub fn received(&self) -> usize {
+        self.count(|what| matches!(what, What::Received { .. }))
+    }
+
+    /// Clients that finished before the time limit.
+    pub fn complete_clients(&self) -> usize {
+        self.count(|what| matches!(what, What::Finished { complete: true, .. }))
+    }
+
+    fn count(&self, matches: impl Fn(&What) -> bool) -> usize {
+        self.trace
+            .iter()
+            .filter(|event| matches(&event.what))
+            .count()
+    }
+
+    /// The trace as text, one event per line.
+    pub fn trace_text(&self) -> String {
+        self.trace
+            .iter()
+            .map(|event| format!("{event}\n"))
+            .collect()
+    }
+
+    /// Panics, printing the violations, the trace's tail and `reproduce with seed=<n>`, unless
+    /// every invariant held.
+    pub fn assert_invariants(&self) {
+        if self.violations.is_empty() {
+            return;
+        }
+        let tail: String = self
+            .trace
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .map(|event| format!("  {event}\n"))
+            .collect();
+        let violations: String = self
+            .violations
+            .iter()
+            .map(|violation| format!("  {violation}\n"))
+            .collect();
+        let message = format!(
+            "{} invariant violation(s) in the simulation:\n{violations}last events:\n{tail}reproduce with seed={}",
+            self.violations.len(),
+            self.seed
+        );
+        eprintln!("{message}");
+        panic!("{message}");
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed={}: {} planned, {} acknowledged, {} received, {} violation(s) in {:.1} s simulated",
+            self.seed,
+            self.planned.len(),
+            self.acknowledged(),
+            self.received(),
+            self.violations.len(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// The turmoil host name of region `region`.
+pub fn region_host(region: u32) -> String {
+    format!("region-{region}")
+}
+
+/// The turmoil host name of region `region`'s edge.
+pub fn edge_host(region: u32) -> String {
+    format!("edge-{region}")
+}
+
+/// The turmoil host name of client `client`.
+pub fn client_host(client: u32) -> String {
+    format!("client-{client}")
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A folder for the clients' data directories, in memory where the system has one (the
+/// clients' SQLite stores sync every commit; on a RAM disk that costs nothing).
+fn scratch_folder() -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(folder) = tempfile::Builder::new()
+            .prefix("relay-sim-")
+            .tempdir_in(shm)
+    {
+        return Ok(folder);
+    }
+    tempfile::Builder::new().prefix("relay-sim-").tempdir()
+}
+
+/// `port` on every interface of the host (turmoil binds nothing else).
+fn any_address(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)
+}
+
+/// The addresses of the regions, read inside the simulation (turmoil assigns the addresses).
+fn region_addresses(region_hosts: &BTreeMap<u32, String>) -> BTreeMap<u32, SocketAddr> {
+    region_hosts
+        .iter()
+        .map(|(&region, host)| {
+            (
+                region,
+                SocketAddr::new(turmoil::lookup(host.as_str()), REGION_PORT),
+            )
+        })
+        .collect()
+}
+
+/// What a region host runs; called again on every restart.
+#[derive(Clone)]
+struct RegionSoftware {
+    seed: u64,
+    region: u32,
+    disk: MemoryDisk,
+    identity: relay_proto::net::TlsIdentity,
+    roots: Arc<quinn::rustls::RootCertStore>,
+    region_hosts: BTreeMap<u32, String>,
+    /// How many times this host has started.
+    starts: Rc<Cell<u64>>,
+    packets: PacketLog,
+}
+
+impl RegionSoftware {
+    async fn run(self) -> turmoil::Result {
+        let start = self.starts.get();
+        self.starts.set(start + 1);
+        let incarnation = seed::derive(self.seed, "region", u64::from(self.region) << 32 | start);
+        let db = Database::memory(MemoryOptions {
+            faults: None,
+            disk: self.disk,
+        })?;
+        let addresses = region_addresses(&self.region_hosts);
+        let peers: PeerResolver = Box::new(move |region| addresses.get(&region).copied());
+        let sockets = SimSockets::new(incarnation).with_log(self.packets);
+        let (service, _) = RegionService::new(RegionParts {
+            region: RegionId(self.region),
+            directory_writer: RegionId(DIRECTORY_WRITER),
+            listen: any_address(REGION_PORT),
+            db,
+            sockets: &sockets,
+            identity: self.identity,
+            roots: self.roots,
+            peers,
+            clock: Arc::new(SimClock),
+            boot_nonce: seed::split_mix(incarnation),
+        })?;
+        service.run(std::future::pending()).await?;
+        Ok(())
+    }
+}
+
+/// What an edge host runs.
+#[derive(Clone)]
+struct EdgeSoftware {
+    seed: u64,
+    region: u32,
+    identity: relay_proto::net::TlsIdentity,
+    roots: Arc<quinn::rustls::RootCertStore>,
+    region_hosts: BTreeMap<u32, String>,
+    starts: Rc<Cell<u64>>,
+    packets: PacketLog,
+}
+
+impl EdgeSoftware {
+    async fn run(self) -> turmoil::Result {
+        let start = self.starts.get();
+        self.starts.set(start + 1);
+        let incarnation = seed::derive(self.seed, "edge", u64::from(self.region) << 32 | start);
+        let regions = region_addresses(&self.region_hosts)
+            .into_iter()
+            .map(|(region, address)| (RegionId(region), address))
+            .collect();
+        let sockets = SimSockets::new(incarnation).with_log(self.packets);
+        let (service, _, subscriptions) = EdgeService::new(EdgeParts {
+            region: RegionId(self.region),
+            listen: any_address(EDGE_PORT),
+            internal_listen: any_address(EDGE_INTERNAL_PORT),
+            limits: SessionLimits::default(),
+            device_sockets: &sockets,
+            internal_sockets: &sockets,
+            identity: self.identity,
+            roots: self.roots,
+            regions,
+            clock: Arc::new(SimClock),
+            nonces: Arc::new(SeededNonces::new(seed::split_mix(incarnation))),
+        })?;
+        service.run(subscriptions, std::future::pending()).await?;
+        Ok(())
+    }
+}
+
+/// Authentication nonces from a seeded generator.
+#[derive(Debug)]
+struct SeededNonces {
+    state: std::sync::Mutex<u64>,
+}
+
+impl SeededNonces {
+    fn new(seed: u64) -> Self {
+        Self {
+            state: std::sync::Mutex::new(seed),
+        }
+    }
+}
+
+impl NonceSource for SeededNonces {
+    fn fill(&self, bytes: &mut [u8]) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for chunk in bytes.chunks_mut(8) {
+            *state = seed::split_mix(*state);
+            let word = state.to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultAction {
+    Crash,
+    Restart,
+}
+
+/// The planned faults, in time order, each handed out once when its time has come.
+struct FaultSchedule {
+    pending: Vec<(Duration, u32, FaultAction)>,
+}
+
+impl FaultSchedule {
+    fn new(crashes: &[RegionCrash]) -> Self {
+        let mut pending: Vec<_> = crashes
+            .iter()
+            .flat_map(|crash| {
+                [
+                    (crash.at, crash.region, FaultAction::Crash),
+                    (
+                        crash.at + crash.down_for,
+                        crash.region,
+                        FaultAction::Restart,
+                    ),
+                ]
+            })
+            .collect();
+        // Latest last-popped: sorted by time, reversed, so `pop` hands out the earliest.
+        pending.sort_by_key(|&(at, region, _)| std::cmp::Reverse((at, region)));
+        Self { pending }
+    }
+
+    fn due(&mut self, now: Duration) -> Vec<(u32, FaultAction)> {
+        let mut due = Vec::new();
+        while let Some(&(at, region, action)) = self.pending.last()
+            && at <= now
+        {
+            self.pending.pop();
+            due.push((region, action));
+        }
+        due
+    }
+}
+
+/// Where the seed comes from in tests: `RELAY_SIM_SEED` when set (to reproduce a failure),
+/// else `default`.
+pub fn seed_from_env(default: u64) -> u64 {
+    std::env::var("RELAY_SIM_SEED")
+        .ok()
+        .and_then(|seed| seed.trim().parse().ok())
+        .unwrap_or(default)
+}

@@ -1,0 +1,518 @@
+//! The correctness workload: what each simulated client does, planned from the seed, and the
+//! client itself — the real client library ([`relay_client::Client`]: its store, Olm sessions,
+//! envelope building, outbox and inbound processing) on a simulated network and clock.
+//!
+//! Each client registers through its region's edge, waits until every client has, then sends
+//! its planned messages (each to one other client, after a planned pause, sometimes followed
+//! by a sync), and finally syncs until its outbox is empty and everything sent to it has
+//! arrived, or the time limit passes. It records what it sees as [`What`] events, and at the
+//! end its stored history of each chat ([`ChatView`]).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use relay_client::app::DATABASE_FILE;
+use relay_client::connection::{Dialer, EdgeSource};
+use relay_client::events::Direction;
+use relay_client::store::{Store, Tick};
+use relay_client::{Client, ClientError, Environment, Event, Overrides, register_in};
+use relay_proto::AccountId;
+
+use crate::history::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name};
+use crate::net::{PacketLog, SimSockets};
+use crate::seed;
+use crate::time::{SimClock, sim_elapsed_ms};
+
+/// Pause between two syncs while a client waits for the rest of its messages, in ms.
+pub const SYNC_INTERVAL_MS: u64 = 250;
+/// Pause between two checks that every client has registered, in ms.
+pub const REGISTRATION_POLL_MS: u64 = 20;
+/// Registration attempts before a client gives up.
+pub const REGISTRATION_ATTEMPTS_MAX: u32 = 8;
+/// Pause between two registration attempts, in ms.
+pub const REGISTRATION_RETRY_MS: u64 = 500;
+/// Attempts at a send that fails before the message enters the outbox (the peer's name cannot
+/// be resolved, say), as a person would try again.
+pub const SEND_ATTEMPTS_MAX: u32 = 20;
+/// Pause before trying such a send again, in ms.
+pub const SEND_RETRY_MS: u64 = 500;
+
+/// One planned send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedSend {
+    /// The message.
+    pub message: MessageRef,
+    /// Its recipient.
+    pub recipient: u32,
+    /// The pause before sending it, in ms.
+    pub pause_ms: u64,
+    /// Whether the client syncs (fetches its queue) right after.
+    pub sync_after: bool,
+}
+
+/// One client's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPlan {
+    /// The client's number (its account is `c<number>`).
+    pub client: u32,
+    /// Its home region: it registers through that region's edge.
+    pub region: u32,
+    /// What it sends, in order.
+    pub sends: Vec<PlannedSend>,
+}
+
+/// Every client's plan, drawn from the seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// One entry per client, by number.
+    pub clients: Vec<ClientPlan>,
+}
+
+/// How the workload is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadShape {
+    /// Regions (clients are spread evenly over them).
+    pub regions: u32,
+    /// Clients homed in each region.
+    pub clients_per_region: u32,
+    /// Messages each client sends.
+    pub messages_per_client: u32,
+    /// Longest pause before a send, in ms.
+    pub pause_ms_max: u64,
+}
+
+impl Plan {
+    /// Draws a plan: each client sends to uniformly chosen other clients.
+    pub fn draw(seed: u64, shape: WorkloadShape) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed::derive(seed, "plan", 0));
+        let count = shape.regions * shape.clients_per_region;
+        let clients = (0..count)
+            .map(|client| {
+                let sends = (1..=shape.messages_per_client)
+                    .filter_map(|number| {
+                        if count < 2 {
+                            return None;
+                        }
+                        // Any other client: draw among count - 1 and skip over oneself.
+                        let mut recipient = rng.random_range(0..count - 1);
+                        if recipient >= client {
+                            recipient += 1;
+                        }
+                        Some(PlannedSend {
+                            message: MessageRef {
+                                sender: client,
+                                number,
+                            },
+                            recipient,
+                            pause_ms: rng.random_range(0..=shape.pause_ms_max),
+                            sync_after: rng.random_ratio(1, 4),
+                        })
+                    })
+                    .collect();
+                ClientPlan {
+                    client,
+                    region: client / shape.clients_per_region + 1,
+                    sends,
+                }
+            })
+            .collect();
+        Self { clients }
+    }
+
+    /// Every planned message with its recipient.
+    pub fn recipients(&self) -> BTreeMap<MessageRef, u32> {
+        self.clients
+            .iter()
+            .flat_map(|client| &client.sends)
+            .map(|send| (send.message, send.recipient))
+            .collect()
+    }
+
+    /// The clients `client` exchanges messages with, either way.
+    pub fn peers_of(&self, client: u32) -> BTreeSet<u32> {
+        let mut peers = BTreeSet::new();
+        for plan in &self.clients {
+            for send in &plan.sends {
+                if plan.client == client {
+                    peers.insert(send.recipient);
+                } else if send.recipient == client {
+                    peers.insert(plan.client);
+                }
+            }
+        }
+        peers
+    }
+}
+
+/// What the clients of one run share: the recorded trace and final views, and what a client
+/// needs to know to stop waiting (every simulated client runs on the one simulation thread).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The trace so far.
+    pub trace: Vec<TraceEvent>,
+    /// The final chat views, as clients finish.
+    pub views: Vec<ChatView>,
+    /// Clients registered, with their account ids.
+    pub accounts: BTreeMap<u32, u64>,
+    /// Clients that have made every planned send.
+    pub done_sending: BTreeSet<u32>,
+    /// Messages that entered an outbox (so they will be delivered unless given up).
+    pub queued: BTreeSet<MessageRef>,
+    /// Messages given up by their sender.
+    pub failed: BTreeSet<MessageRef>,
+    /// Messages each client has received.
+    pub received: BTreeMap<u32, BTreeSet<MessageRef>>,
+}
+
+impl Shared {
+    /// Records an event at the current simulated time.
+    pub fn record(&mut self, what: What) {
+        self.trace.push(TraceEvent {
+            at_ms: sim_elapsed_ms(),
+            what,
+        });
+    }
+}
+
+/// Everything one simulated client needs.
+#[derive(Debug, Clone)]
+pub struct ClientSetup {
+    /// The run's seed.
+    pub seed: u64,
+    /// What this client does.
+    pub plan: ClientPlan,
+    /// Every client's plan (to know what to wait for).
+    pub everyone: Rc<Plan>,
+    /// The turmoil host name of this client's edge.
+    pub edge_host: String,
+    /// The edge's device port.
+    pub edge_port: u16,
+    /// This client's data directory (created by registration).
+    pub data_dir: PathBuf,
+    /// The deployment's CA certificate.
+    pub ca_path: PathBuf,
+    /// Simulated time after which the client stops waiting, in ms since the start.
+    pub deadline_ms: u64,
+    /// The shared record.
+    pub shared: Rc<RefCell<Shared>>,
+    /// Where the client's sockets log their datagrams.
+    pub packets: PacketLog,
+}
+
+/// The per-client state the event sink updates.
+#[derive(Debug, Default)]
+struct Local {
+    /// The message whose send is in progress: its `pending` tick names its id.
+    sending: Option<MessageRef>,
+    /// Client message ids (as the events print them) of this client's messages.
+    ids: BTreeMap<String, MessageRef>,
+    /// This client's messages seen acknowledged.
+    acked: BTreeSet<MessageRef>,
+    /// Outbox entries left after the last sync.
+    pending: Option<usize>,
+}
+
+/// Runs one simulated client to the end of its plan (call inside a turmoil client).
+pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
+    let me = setup.plan.client;
+    let edge = SocketAddr::new(turmoil::lookup(setup.edge_host.as_str()), setup.edge_port);
+    let environment = Environment {
+        dialer: Dialer::new(
+            Arc::new(
+                SimSockets::new(seed::derive(setup.seed, "client-sockets", me.into()))
+                    .with_log(setup.packets.clone()),
+            ),
+            EdgeSource::Fixed(vec![edge]),
+        ),
+        clock: Arc::new(SimClock),
+        rng_seed: Some(seed::derive(setup.seed, "client", me.into())),
+    };
+    register(&setup, &environment, edge).await?;
+    wait_for_everyone(&setup).await;
+
+    let local = Rc::new(RefCell::new(Local::default()));
+    let sink = {
+        let shared = setup.shared.clone();
+        let local = local.clone();
+        Box::new(move |event: Event| {
+            observe(me, event, &mut local.borrow_mut(), &mut shared.borrow_mut())
+        })
+    };
+    let mut client = Client::open_in(environment, &setup.data_dir, Overrides::default(), sink)?;
+
+    for send in &setup.plan.sends {
+        tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
+        if past(setup.deadline_ms) {
+            break;
+        }
+        setup.shared.borrow_mut().record(What::Send {
+            message: send.message,
+            recipient: send.recipient,
+        });
+        for attempt in 1..=SEND_ATTEMPTS_MAX {
+            local.borrow_mut().sending = Some(send.message);
+            let sent = client
+                .send(&client_name(send.recipient), &send.message.text(), None)
+                .await;
+            local.borrow_mut().sending = None;
+            tolerate(sent.map(|_| ()))?;
+            let queued = setup.shared.borrow().queued.contains(&send.message);
+            if queued || attempt == SEND_ATTEMPTS_MAX || past(setup.deadline_ms) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(SEND_RETRY_MS)).await;
+        }
+        if send.sync_after {
+            tolerate(client.sync().await)?;
+        }
+    }
+    setup.shared.borrow_mut().done_sending.insert(me);
+
+    let complete = loop {
+        tolerate(client.sync().await)?;
+        if settled(&setup, &local.borrow()) {
+            break true;
+        }
+        if past(setup.deadline_ms) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+    };
+
+    client.close().await;
+    record_views(&setup)?;
+    setup.shared.borrow_mut().record(What::Finished {
+        client: me,
+        complete,
+    });
+    Ok(())
+}
+
+/// Records the client's stored history of each chat, read from its store by account (names
+/// may not have resolved: a device stores a message from an account it could not name).
+fn record_views(setup: &ClientSetup) -> turmoil::Result {
+    let me = setup.plan.client;
+    let store = Store::open(&setup.data_dir.join(DATABASE_FILE))?;
+    let accounts = setup.shared.borrow().accounts.clone();
+    for peer in setup.everyone.peers_of(me) {
+        let Some(&account) = accounts.get(&peer) else {
+            continue;
+        };
+        let entries = store
+            .history(AccountId(account))?
+            .into_iter()
+            .map(|stored| ViewEntry {
+                outgoing: stored.outgoing,
+                message: stored.text.as_deref().and_then(MessageRef::parse),
+                chat_seq: stored.chat_seq,
+            })
+            .collect();
+        setup.shared.borrow_mut().views.push(ChatView {
+            client: me,
+            peer,
+            entries,
+        });
+    }
+    Ok(())
+}
+
+/// Registers the client's account through its edge, retrying while the deployment starts.
+async fn register(
+    setup: &ClientSetup,
+    environment: &Environment,
+    edge: SocketAddr,
+) -> turmoil::Result {
+    let me = setup.plan.client;
+    let overrides = Overrides {
+        // Never asked: the dialer's edges are fixed.
+        locator: Some(edge),
+        bind_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ca_path: Some(setup.ca_path.clone()),
+    };
+    let mut attempt = 1;
+    loop {
+        let mut registration = None;
+        let mut sink = |event: Event| {
+            if let Event::Registered {
+                account, region, ..
+            } = event
+            {
+                registration = Some((account, region));
+            }
+        };
+        let registered = register_in(
+            environment,
+            &setup.data_dir,
+            &client_name(me),
+            overrides.clone(),
+            "",
+            &mut sink,
+        )
+        .await;
+        match registered {
+            Ok(_) => {
+                let (account, region) = registration.unwrap_or_default();
+                let mut shared = setup.shared.borrow_mut();
+                shared.record(What::Registered {
+                    client: me,
+                    account,
+                    region,
+                });
+                shared.accounts.insert(me, account);
+                return Ok(());
+            }
+            Err(error)
+                if attempt < REGISTRATION_ATTEMPTS_MAX
+                    && (error.is_retryable() || error.needs_reconnect()) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(REGISTRATION_RETRY_MS)).await;
+            }
+            Err(error) => {
+                return Err(format!("{} cannot register: {error}", client_name(me)).into());
+            }
+        }
+    }
+}
+
+/// Waits until every client has registered, so that every name resolves.
+async fn wait_for_everyone(setup: &ClientSetup) {
+    let everyone = setup.everyone.clients.len();
+    while setup.shared.borrow().accounts.len() < everyone && !past(setup.deadline_ms) {
+        tokio::time::sleep(Duration::from_millis(REGISTRATION_POLL_MS)).await;
+    }
+}
+
+/// Whether the client can stop: everyone has sent, its outbox is empty, and every message
+/// queued for it (and not given up) has arrived.
+fn settled(setup: &ClientSetup, local: &Local) -> bool {
+    let me = setup.plan.client;
+    let shared = setup.shared.borrow();
+    if shared.done_sending.len() < setup.everyone.clients.len() || local.pending != Some(0) {
+        return false;
+    }
+    let received = shared.received.get(&me);
+    let recipients = setup.everyone.recipients();
+    shared
+        .queued
+        .iter()
+        .filter(|message| recipients.get(message) == Some(&me) && !shared.failed.contains(message))
+        .all(|message| received.is_some_and(|received| received.contains(message)))
+}
+
+/// Turns one client event into trace events and local state.
+fn observe(me: u32, event: Event, local: &mut Local, shared: &mut Shared) {
+    match event {
+        Event::Tick { id, tick, .. } => match tick {
+            Tick::Pending => {
+                if let Some(message) = local.sending.take() {
+                    local.ids.insert(id, message);
+                    shared.queued.insert(message);
+                    shared.record(What::Queued { message });
+                }
+            }
+            Tick::Sent | Tick::Delivered | Tick::Read => {
+                if let Some(&message) = local.ids.get(&id)
+                    && local.acked.insert(message)
+                {
+                    shared.record(What::Acked { message });
+                }
+            }
+        },
+        Event::Message {
+            from,
+            direction: Direction::In,
+            sender_device,
+            chat_seq,
+            text,
+            ..
+        } => match MessageRef::parse(&text) {
+            Some(message) => {
+                shared.received.entry(me).or_default().insert(message);
+                shared.record(What::Received {
+                    receiver: me,
+                    message,
+                    from_account: account_of(&sender_device),
+                    chat_seq,
+                });
+            }
+            None => shared.record(What::Garbled {
+                receiver: me,
+                from,
+                text,
+            }),
+        },
+        Event::Undecryptable { from, .. } => {
+            shared.record(What::Undecryptable { receiver: me, from });
+        }
+        Event::Failed { id, .. } => {
+            if let Some(&message) = local.ids.get(&id) {
+                shared.failed.insert(message);
+                shared.record(What::Failed { message });
+            }
+        }
+        Event::Synced { pending, .. } => local.pending = Some(pending),
+        _ => {}
+    }
+}
+
+/// Passes errors the client recovers from by itself (a later sync retries); fails on the rest.
+fn tolerate(result: Result<(), ClientError>) -> turmoil::Result {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_retryable() || error.needs_reconnect() || error.is_unreachable() => {
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The account of a device address printed as `account/device` (0 when unreadable).
+fn account_of(device: &str) -> u64 {
+    device
+        .split_once('/')
+        .and_then(|(account, _)| account.parse().ok())
+        .unwrap_or(0)
+}
+
+fn past(deadline_ms: u64) -> bool {
+    sim_elapsed_ms() >= deadline_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: WorkloadShape = WorkloadShape {
+        regions: 2,
+        clients_per_region: 2,
+        messages_per_client: 10,
+        pause_ms_max: 300,
+    };
+
+    #[test]
+    fn plans_repeat_per_seed_and_never_send_to_oneself() {
+        let plan = Plan::draw(9, SHAPE);
+        assert_eq!(plan, Plan::draw(9, SHAPE));
+        assert_ne!(plan, Plan::draw(10, SHAPE));
+        assert_eq!(plan.clients.len(), 4);
+        assert_eq!(plan.clients[3].region, 2);
+        for client in &plan.clients {
+            assert_eq!(client.sends.len(), 10);
+            assert!(
+                client
+                    .sends
+                    .iter()
+                    .all(|send| send.recipient != client.client)
+            );
+        }
+        assert_eq!(plan.recipients().len(), 40);
+    }
+}
