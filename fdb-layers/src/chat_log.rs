@@ -43,7 +43,7 @@ use prost::Message;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
 
 use crate::codec::{
-    decode_record, encode_u64, read_chunked, read_chunked_range, read_u64, set_chunked,
+    decode_record, encode_u64, insert_chunked, read_chunked, read_chunked_range, read_u64,
 };
 use crate::engine::Transaction;
 use crate::error::StoreError;
@@ -148,7 +148,12 @@ pub async fn append(
         server_time_ms: now_ms,
         envelope: entry.envelope_bytes.to_vec(),
     };
-    set_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
+    // `chat_seq` is one past `last_seq`, read above with a conflict, and every entry is
+    // written together with `last_seq` raised to its sequence (nothing else writes entries;
+    // the retention sweep only removes old ones). So no entry `chat_seq` exists at the read
+    // version, and an append racing for the same sequence also writes `last_seq`, so one of
+    // the two commits is refused. There is nothing to replace: write without a range clear.
+    insert_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
     transaction.set(&last_seq_key, &encode_u64(chat_seq))?;
     transaction.set(&sender_key, &encode_u64(entry.sender_seq))?;
     let dedupe = StoredDedupe {
@@ -385,6 +390,55 @@ mod tests {
         );
         assert_eq!(stored.client_message_id, ClientMessageId([5; 16]));
         assert_eq!((missing, last), (None, 3));
+    }
+
+    /// A new entry is written without a range clear: its sequence was allocated under a
+    /// conflicting read of `last_seq`, so two appends racing for one sequence conflict and the
+    /// second takes the next one.
+    #[tokio::test]
+    async fn a_new_entry_clears_nothing_and_racing_appends_for_one_sequence_conflict() {
+        let (_folder, database) = temporary_database(None);
+        let alice = database.create_transaction().expect("transaction");
+        let bob = database.create_transaction().expect("transaction");
+        let outcomes = [
+            append(&alice, &new_entry(ALICE, 1, 1, b"a1"), 100)
+                .await
+                .expect("append"),
+            append(&bob, &new_entry(BOB, 2, 1, b"b1"), 100)
+                .await
+                .expect("append"),
+        ];
+        let first = AppendOutcome::Appended {
+            chat_seq: 1,
+            server_time_ms: 100,
+        };
+        assert_eq!(outcomes, [first, first], "both saw last_seq 0");
+        assert_eq!(alice.buffered_range_clears(), Some(0));
+        alice.commit().await.expect("the first commit");
+        assert!(matches!(bob.commit().await, Err(StoreError::NotCommitted)));
+        let retried = append_one(&database, new_entry(BOB, 2, 1, b"b1"), 101).await;
+        assert_eq!(
+            retried,
+            AppendOutcome::Appended {
+                chat_seq: 2,
+                server_time_ms: 101
+            }
+        );
+        let entries = database
+            .transact(|tx| async move { read_range(&tx, CHAT, 0, 10).await })
+            .await
+            .expect("read");
+        let stored: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.chat_seq,
+                    entry.sender,
+                    entry.envelope_bytes.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(stored, [(1, ALICE, &b"a1"[..]), (2, BOB, &b"b1"[..])]);
     }
 
     #[tokio::test]

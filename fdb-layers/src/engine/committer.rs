@@ -3,8 +3,10 @@
 //! commits and hands out versionstamps, the seeded fault generator, and FoundationDB's atomic
 //! operations and versionstamp placement applied to stored values.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
@@ -112,12 +114,17 @@ impl PendingWrite {
         matches!(self, PendingWrite::Atomic(_))
     }
 
-    /// The value after this write on top of `base`, or `None` when the key is removed.
-    pub(crate) fn resolve(&self, base: Option<&[u8]>, stamp: Versionstamp) -> Option<Vec<u8>> {
+    /// The value after this write on top of `base`, or `None` when the key is removed. A plain
+    /// set is borrowed, not copied: most writes are sets, and the store copies the value anyway.
+    pub(crate) fn resolve(
+        &self,
+        base: Option<&[u8]>,
+        stamp: Versionstamp,
+    ) -> Option<Cow<'_, [u8]>> {
         match self {
-            PendingWrite::Set(value) => Some(value.clone()),
+            PendingWrite::Set(value) => Some(Cow::Borrowed(value)),
             PendingWrite::Clear => None,
-            PendingWrite::Atomic(ops) => fold(base.map(<[u8]>::to_vec), ops),
+            PendingWrite::Atomic(ops) => fold(base.map(<[u8]>::to_vec), ops).map(Cow::Owned),
             PendingWrite::Versionstamped {
                 value,
                 offset,
@@ -125,7 +132,7 @@ impl PendingWrite {
             } => {
                 let mut value = value.clone();
                 place_versionstamp(&mut value, *offset, stamp);
-                fold(Some(value), then)
+                fold(Some(value), then).map(Cow::Owned)
             }
         }
     }
@@ -309,7 +316,8 @@ pub(crate) fn split_mix(state: u64) -> u64 {
 /// Checks commits against the writes of newer ones, assigns commit versions and versionstamps,
 /// and injects the configured faults. One per open database, used by one committer at a time.
 pub(crate) struct Resolver {
-    /// The version of the last commit that reached the store.
+    /// The version of the last group that accepted a request; the next group gets the one after
+    /// it. A group whose commit then failed keeps its version unused: versions only grow.
     version: u64,
     history: ConflictHistory,
     faults: Option<Faults>,
@@ -327,7 +335,7 @@ impl Resolver {
         }
     }
 
-    /// The version of the last commit that reached the store.
+    /// The version of the last group that accepted a request.
     pub(crate) fn version(&self) -> u64 {
         self.version
     }
@@ -342,43 +350,68 @@ impl Resolver {
         self.faults.as_mut().and_then(Faults::slow_commit_delay_ms)
     }
 
-    /// Resolves one group of requests, to be applied at the next version. Each accepted request
-    /// gets a versionstamp (the version and its order in the group) and enters the history at
-    /// once, so a later request of the same group that read what it writes conflicts with it.
+    /// Resolves one group of requests, to be applied at the next version (see
+    /// [`Resolver::resolve_one`]).
     pub(crate) fn resolve(
         &mut self,
         batch: &[&CommitRequest],
         now: Instant,
         counters: &Counters,
     ) -> Vec<Result<Versionstamp, StoreError>> {
-        self.history.forget_older_than(now);
-        let version = self.version + 1;
-        let mut accepted: u16 = 0;
-        let mut verdicts = Vec::with_capacity(batch.len());
-        for request in batch {
-            let verdict = if request.read_version < self.history.floor_version {
-                Err(StoreError::TransactionTooOld)
-            } else if self.faults.as_mut().is_some_and(Faults::conflict)
-                || self.history.conflicts(request)
-            {
-                counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::NotCommitted)
-            } else {
-                let stamp = Versionstamp::new(version, accepted);
-                accepted = accepted.saturating_add(1);
-                self.history
-                    .record(version, &request.written_keys(stamp), &request.cleared);
-                Ok(stamp)
-            };
-            verdicts.push(verdict);
-        }
+        let mut group = self.open_group(now);
+        let verdicts = batch
+            .iter()
+            .map(|request| self.resolve_one(&mut group, request, counters))
+            .collect();
+        self.close_group(group);
         verdicts
     }
 
-    /// Records that the group resolved last reached the store durably at `version`.
-    pub(crate) fn committed(&mut self, version: u64, now: Instant) {
-        self.version = version;
-        self.history.seal(version, now);
+    /// Starts the group to be applied at the next version, forgetting what has aged out.
+    pub(crate) fn open_group(&mut self, now: Instant) -> OpenGroup {
+        self.history.forget_older_than(now);
+        OpenGroup {
+            remembered: RememberedCommit::new(self.version + 1, now),
+            accepted: 0,
+        }
+    }
+
+    /// Resolves one request into `group`. An accepted request gets a versionstamp (the group's
+    /// version and its order in the group) and enters the history at once, so a later request
+    /// of the same group that read what it writes conflicts with it, and so does every request
+    /// of a later group that read it, whether this group is durable yet or not.
+    pub(crate) fn resolve_one(
+        &mut self,
+        group: &mut OpenGroup,
+        request: &CommitRequest,
+        counters: &Counters,
+    ) -> Result<Versionstamp, StoreError> {
+        if request.read_version < self.history.floor_version {
+            return Err(StoreError::TransactionTooOld);
+        }
+        if self.faults.as_mut().is_some_and(Faults::conflict) || self.history.conflicts(request) {
+            counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::NotCommitted);
+        }
+        let stamp = Versionstamp::new(group.remembered.version, group.accepted);
+        group.accepted = group.accepted.saturating_add(1);
+        self.history.record(&mut group.remembered, request, stamp);
+        Ok(stamp)
+    }
+
+    /// Ends `group`: no request joins it any more, and the next group gets the next version
+    /// if it accepted any.
+    pub(crate) fn close_group(&mut self, group: OpenGroup) {
+        if group.accepted > 0 {
+            self.version = group.remembered.version;
+            self.history.seal(group.remembered);
+        }
+    }
+
+    /// Records that the group resolved at `version` reached the store durably (or failed) at
+    /// `now`: its writes are remembered for the transaction age limit from then.
+    pub(crate) fn settled(&mut self, version: u64, now: Instant) {
+        self.history.settled(version, now);
     }
 
     /// The answer to an accepted, durable request: its versionstamp, or an injected
@@ -391,26 +424,56 @@ impl Resolver {
     }
 }
 
+/// A group of requests being resolved, all to be applied at one version.
+pub(crate) struct OpenGroup {
+    /// What the group's accepted requests write, with the group's version.
+    remembered: RememberedCommit,
+    /// Requests accepted so far, the next one's order within the group.
+    accepted: u16,
+}
+
 /// The writes of recent commits, for checking reads against everything committed after them.
 /// Commits older than the transaction age limit (or beyond the byte bound) are forgotten and
 /// `floor_version` rises past them: a transaction reading below it is too old.
+///
+/// Like FoundationDB's resolver, a read range is checked in logarithmic time whatever the
+/// history holds: single-key writes sit in a map of key → newest version, and range clears in
+/// an index of disjoint cleared segments ([`ClearIndex`]), so a check looks up its range in
+/// both (plus one step per remembered key or segment inside the range) instead of scanning
+/// every clear since its read version.
 struct ConflictHistory {
     floor_version: u64,
-    /// The newest version that wrote each remembered key.
-    last_write_by_key: BTreeMap<Vec<u8>, u64>,
-    /// Range clears, oldest first.
-    cleared: VecDeque<(u64, KeyRange)>,
-    /// Keys written per commit version, oldest first, for forgetting them.
+    /// The newest version that wrote each remembered key. Keys are shared with the commit that
+    /// wrote them ([`RememberedCommit::keys`]), so a key is copied once however often it is
+    /// written.
+    last_write_by_key: BTreeMap<Arc<[u8]>, u64>,
+    /// The newest version that cleared each remembered range.
+    cleared: ClearIndex,
+    /// What each resolved group wrote, oldest first, for forgetting it.
     commits: VecDeque<RememberedCommit>,
-    /// Keys of the group commit being resolved, sealed into `commits` once it is durable.
-    pending_keys: Vec<Vec<u8>>,
+    /// Bytes of remembered keys and ranges in `commits` (the index counts its own).
     bytes: usize,
 }
 
+/// What one resolved group wrote.
 struct RememberedCommit {
     version: u64,
+    /// When the group was resolved, then when it settled (durable or failed); it is forgotten
+    /// the transaction age limit after.
     committed_at: Instant,
-    keys: Vec<Vec<u8>>,
+    keys: Vec<Arc<[u8]>>,
+    cleared: Vec<KeyRange>,
+}
+
+impl RememberedCommit {
+    fn new(version: u64, committed_at: Instant) -> Self {
+        RememberedCommit {
+            version,
+            committed_at,
+            keys: Vec::new(),
+            cleared: Vec::new(),
+        }
+    }
 }
 
 impl ConflictHistory {
@@ -418,16 +481,23 @@ impl ConflictHistory {
         ConflictHistory {
             floor_version: version,
             last_write_by_key: BTreeMap::new(),
-            cleared: VecDeque::new(),
+            cleared: ClearIndex::default(),
             commits: VecDeque::new(),
-            pending_keys: Vec::new(),
             bytes: 0,
         }
+    }
+
+    /// Bytes held, checked against [`CONFLICT_HISTORY_BYTES_MAX`].
+    fn bytes(&self) -> usize {
+        self.bytes + self.cleared.bytes
     }
 
     /// Whether anything committed after the request's read version wrote into what it read.
     fn conflicts(&self, request: &CommitRequest) -> bool {
         request.read_conflicts.iter().any(|read| {
+            if read.begin >= read.end {
+                return false;
+            }
             let bounds = (
                 Bound::Included(read.begin.as_slice()),
                 Bound::Excluded(read.end.as_slice()),
@@ -436,38 +506,60 @@ impl ConflictHistory {
                 .last_write_by_key
                 .range::<[u8], _>(bounds)
                 .any(|(_, &version)| version > request.read_version);
-            key_written
-                || self
-                    .cleared
-                    .iter()
-                    .rev()
-                    .take_while(|(version, _)| *version > request.read_version)
-                    .any(|(_, cleared)| cleared.intersects(read))
+            key_written || self.cleared.cleared_after(read, request.read_version)
         })
     }
 
-    /// Remembers the writes of an accepted request at `version`. Kept even if the group commit
-    /// then fails: an extra remembered write can only cause a spurious retry.
-    fn record(&mut self, version: u64, keys: &[Vec<u8>], cleared: &[KeyRange]) {
-        for key in keys {
-            self.bytes += key.len();
-            self.last_write_by_key.insert(key.clone(), version);
-            self.pending_keys.push(key.clone());
+    /// Remembers the writes of a request accepted with `stamp` in the group `commit` is the
+    /// record of. Kept even if the group commit then fails: an extra remembered write can only
+    /// cause a spurious retry.
+    fn record(
+        &mut self,
+        commit: &mut RememberedCommit,
+        request: &CommitRequest,
+        stamp: Versionstamp,
+    ) {
+        for (key, _) in &request.writes {
+            self.remember_key(commit, key);
         }
-        for range in cleared {
+        for written in &request.versionstamped_keys {
+            self.remember_key(commit, &written.key_at(stamp));
+        }
+        for range in &request.cleared {
             self.bytes += range.begin.len() + range.end.len();
-            self.cleared.push_back((version, range.clone()));
+            self.cleared.insert(range, commit.version);
+            commit.cleared.push(range.clone());
         }
     }
 
-    /// Closes the record of the group commit at `version`.
-    fn seal(&mut self, version: u64, committed_at: Instant) {
-        let keys = std::mem::take(&mut self.pending_keys);
-        self.commits.push_back(RememberedCommit {
-            version,
-            committed_at,
-            keys,
-        });
+    fn remember_key(&mut self, commit: &mut RememberedCommit, key: &[u8]) {
+        self.bytes += key.len();
+        // A key written again shares the copy the map already holds.
+        let shared = match self.last_write_by_key.get_key_value(key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(key),
+        };
+        self.last_write_by_key
+            .insert(shared.clone(), commit.version);
+        commit.keys.push(shared);
+    }
+
+    /// Keeps the record of a resolved group until it is forgotten.
+    fn seal(&mut self, commit: RememberedCommit) {
+        self.commits.push_back(commit);
+    }
+
+    /// Restarts the age of the group at `version` at `now`, when it settled.
+    fn settled(&mut self, version: u64, now: Instant) {
+        // The group settling is one of the last resolved.
+        if let Some(commit) = self
+            .commits
+            .iter_mut()
+            .rev()
+            .find(|commit| commit.version == version)
+        {
+            commit.committed_at = commit.committed_at.max(now);
+        }
     }
 
     /// Forgets commits older than the transaction age limit, and the oldest ones beyond the
@@ -475,28 +567,152 @@ impl ConflictHistory {
     fn forget_older_than(&mut self, now: Instant) {
         while let Some(oldest) = self.commits.front() {
             let expired = now.saturating_duration_since(oldest.committed_at) > TRANSACTION_AGE_MAX;
-            if !expired && self.bytes <= CONFLICT_HISTORY_BYTES_MAX {
+            if !expired && self.bytes() <= CONFLICT_HISTORY_BYTES_MAX {
                 break;
             }
             let Some(oldest) = self.commits.pop_front() else {
                 break;
             };
+            self.floor_version = oldest.version;
             for key in oldest.keys {
                 self.bytes = self.bytes.saturating_sub(key.len());
-                if self.last_write_by_key.get(&key) == Some(&oldest.version) {
-                    self.last_write_by_key.remove(&key);
+                if self.last_write_by_key.get(&*key) == Some(&oldest.version) {
+                    self.last_write_by_key.remove(&*key);
                 }
             }
-            self.floor_version = oldest.version;
-        }
-        while let Some((version, range)) = self.cleared.front() {
-            if *version > self.floor_version {
-                break;
+            for range in &oldest.cleared {
+                self.bytes = self
+                    .bytes
+                    .saturating_sub(range.begin.len() + range.end.len());
+                self.cleared.forget(range, self.floor_version);
             }
-            self.bytes = self
-                .bytes
-                .saturating_sub(range.begin.len() + range.end.len());
-            self.cleared.pop_front();
+        }
+    }
+}
+
+/// Remembered range clears as disjoint segments, each mapped from its first key to its end and
+/// the newest version that cleared it: FoundationDB's resolver keeps the same ordered map of
+/// key boundaries to versions. Whether a read range was cleared after a version is one lookup
+/// of the segment reaching into the range from before it, then the segments starting inside it.
+///
+/// Versions are recorded in ascending order, so a new clear simply replaces what it covers:
+/// the parts of older segments outside it stay with their versions. The index holds at most
+/// two more segments than the clears it remembers, and each segment lies within a clear of its
+/// version, so forgetting a commit's clears forgets every segment of its version.
+#[derive(Default)]
+struct ClearIndex {
+    segments: BTreeMap<Vec<u8>, ClearedSegment>,
+    /// Bytes of the segments' keys.
+    bytes: usize,
+}
+
+/// The end of one cleared segment and the newest version that cleared it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClearedSegment {
+    end: Vec<u8>,
+    version: u64,
+}
+
+impl ClearIndex {
+    /// Records that `range` was cleared at `version`, newer than every version recorded so far.
+    fn insert(&mut self, range: &KeyRange, version: u64) {
+        if range.begin >= range.end {
+            return;
+        }
+        let (begin, end) = (range.begin.as_slice(), range.end.as_slice());
+        // What an older segment had beyond the range, to put back after it.
+        let mut beyond: Option<ClearedSegment> = None;
+        // A segment starting before the range keeps its part before it.
+        if let Some((_, before)) = self
+            .segments
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Excluded(begin)))
+            .next_back()
+            && before.end.as_slice() > begin
+        {
+            debug_assert!(before.version <= version, "clears recorded out of order");
+            let old_end = std::mem::replace(&mut before.end, begin.to_vec());
+            self.bytes = self.bytes + begin.len() - old_end.len();
+            if old_end.as_slice() > end {
+                beyond = Some(ClearedSegment {
+                    end: old_end,
+                    version: before.version,
+                });
+            }
+        }
+        // Segments starting inside the range are covered; the last may reach beyond it.
+        let covered: Vec<Vec<u8>> = self
+            .segments
+            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
+            .map(|(first, _)| first.clone())
+            .collect();
+        for first in covered {
+            if let Some(segment) = self.segments.remove(&first) {
+                debug_assert!(segment.version <= version, "clears recorded out of order");
+                self.bytes -= first.len() + segment.end.len();
+                if segment.end.as_slice() > end {
+                    beyond = Some(segment);
+                }
+            }
+        }
+        if let Some(segment) = beyond {
+            self.bytes += end.len() + segment.end.len();
+            self.segments.insert(end.to_vec(), segment);
+        }
+        self.bytes += begin.len() + end.len();
+        self.segments.insert(
+            begin.to_vec(),
+            ClearedSegment {
+                end: end.to_vec(),
+                version,
+            },
+        );
+    }
+
+    /// Whether a clear newer than `version` intersects `range`.
+    fn cleared_after(&self, range: &KeyRange, version: u64) -> bool {
+        if self.segments.is_empty() || range.begin >= range.end {
+            return false;
+        }
+        let (begin, end) = (range.begin.as_slice(), range.end.as_slice());
+        let reaching_in = self
+            .segments
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(begin)))
+            .next_back()
+            .is_some_and(|(_, segment)| {
+                segment.end.as_slice() > begin && segment.version > version
+            });
+        reaching_in
+            || self
+                .segments
+                .range::<[u8], _>((Bound::Excluded(begin), Bound::Excluded(end)))
+                .any(|(_, segment)| segment.version > version)
+    }
+
+    /// Forgets the segments intersecting `range` (a clear of a forgotten commit) that no
+    /// transaction at or above `floor_version` can conflict with.
+    fn forget(&mut self, range: &KeyRange, floor_version: u64) {
+        if range.begin >= range.end {
+            return;
+        }
+        let (begin, end) = (range.begin.as_slice(), range.end.as_slice());
+        let reaching_in = self
+            .segments
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(begin)))
+            .next_back()
+            .filter(|(_, segment)| segment.end.as_slice() > begin);
+        let forgotten: Vec<Vec<u8>> = reaching_in
+            .into_iter()
+            .chain(
+                self.segments
+                    .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end))),
+            )
+            .filter(|(_, segment)| segment.version <= floor_version)
+            .map(|(first, _)| first.clone())
+            .collect();
+        for first in forgotten {
+            if let Some(segment) = self.segments.remove(&first) {
+                self.bytes -= first.len() + segment.end.len();
+            }
         }
     }
 }
@@ -551,14 +767,43 @@ mod tests {
         }
     }
 
+    /// Remembers one group at `version`, resolved at `at`, that wrote `keys` and cleared
+    /// `cleared`.
+    fn remember(
+        history: &mut ConflictHistory,
+        version: u64,
+        at: Instant,
+        keys: &[&[u8]],
+        cleared: &[(&[u8], &[u8])],
+    ) {
+        let request = CommitRequest {
+            cleared: cleared
+                .iter()
+                .map(|(begin, end)| KeyRange::new(begin, end))
+                .collect(),
+            writes: keys
+                .iter()
+                .map(|key| (key.to_vec(), PendingWrite::Set(Vec::new())))
+                .collect(),
+            ..request(0, &[])
+        };
+        let mut commit = RememberedCommit::new(version, at);
+        history.record(&mut commit, &request, Versionstamp::new(version, 0));
+        history.seal(commit);
+    }
+
     #[test]
     fn history_checks_newer_writes_and_forgets_old_commits() {
         let mut history = ConflictHistory::new(0);
         let start = Instant::now();
-        history.record(1, &[b"b".to_vec()], &[]);
-        history.seal(1, start);
-        history.record(2, &[b"x".to_vec()], &[]);
-        history.seal(2, start + Duration::from_secs(3));
+        remember(&mut history, 1, start, &[b"b"], &[]);
+        remember(
+            &mut history,
+            2,
+            start + Duration::from_secs(3),
+            &[b"x"],
+            &[],
+        );
 
         assert!(history.conflicts(&request(0, &[(b"a", b"c")])));
         assert!(
@@ -578,8 +823,171 @@ mod tests {
         assert!(!history.last_write_by_key.contains_key(b"b".as_slice()));
         assert!(history.conflicts(&request(1, &[(b"x", b"y")])));
         history.forget_older_than(start + Duration::from_secs(60));
-        assert_eq!((history.floor_version, history.bytes), (2, 0));
+        assert_eq!((history.floor_version, history.bytes()), (2, 0));
         assert!(history.last_write_by_key.is_empty());
+    }
+
+    #[test]
+    fn a_key_written_again_is_forgotten_with_its_newest_commit_only() {
+        let mut history = ConflictHistory::new(0);
+        let start = Instant::now();
+        remember(&mut history, 1, start, &[b"k"], &[]);
+        remember(
+            &mut history,
+            2,
+            start + Duration::from_secs(3),
+            &[b"k"],
+            &[],
+        );
+        let shared = history
+            .commits
+            .iter()
+            .map(|commit| commit.keys[0].as_ptr())
+            .collect::<Vec<_>>();
+        assert_eq!(shared[0], shared[1], "one copy of the key for both commits");
+        history.forget_older_than(start + TRANSACTION_AGE_MAX + Duration::from_secs(1));
+        assert!(history.conflicts(&request(1, &[(b"k", b"k\0")])));
+        history.forget_older_than(start + Duration::from_secs(60));
+        assert!(history.last_write_by_key.is_empty());
+    }
+
+    #[test]
+    fn clears_conflict_with_reads_they_overlap_and_not_with_adjacent_ones() {
+        let mut history = ConflictHistory::new(0);
+        let start = Instant::now();
+        remember(&mut history, 1, start, &[], &[(b"c", b"f")]);
+        remember(&mut history, 2, start, &[], &[(b"f", b"h")]);
+        let conflicts = |read_version: u64, begin: &[u8], end: &[u8]| {
+            history.conflicts(&request(read_version, &[(begin, end)]))
+        };
+        // Overlapping, inside, around, and at either edge of [c, f).
+        assert!(conflicts(0, b"a", b"d"));
+        assert!(conflicts(0, b"d", b"e"));
+        assert!(conflicts(0, b"a", b"z"));
+        assert!(conflicts(0, b"c", b"c\0"));
+        assert!(conflicts(0, b"e\xff", b"f"));
+        // Adjacent: ranges are half-open.
+        assert!(!conflicts(0, b"a", b"c"));
+        assert!(!conflicts(0, b"h", b"z"));
+        // [f, h) is newer than [c, f): a read at 1 conflicts only from f on.
+        assert!(!conflicts(1, b"c", b"f"));
+        assert!(conflicts(1, b"e", b"f\0"));
+        assert!(!conflicts(2, b"a", b"z"));
+        // An empty read conflicts with nothing.
+        assert!(!conflicts(0, b"d", b"d"));
+    }
+
+    #[test]
+    fn a_newer_clear_splits_older_ones_and_keeps_their_versions_outside_it() {
+        let mut index = ClearIndex::default();
+        index.insert(&KeyRange::new(b"b", b"y"), 1);
+        index.insert(&KeyRange::new(b"m", b"p"), 2);
+        index.insert(&KeyRange::new(b"a", b"c"), 3);
+        index.insert(&KeyRange::new(b"o", b"q"), 4);
+        let segments: Vec<(&[u8], &[u8], u64)> = index
+            .segments
+            .iter()
+            .map(|(begin, segment)| (begin.as_slice(), segment.end.as_slice(), segment.version))
+            .collect();
+        let expected: [(&[u8], &[u8], u64); 5] = [
+            (b"a", b"c", 3),
+            (b"c", b"m", 1),
+            (b"m", b"o", 2),
+            (b"o", b"q", 4),
+            (b"q", b"y", 1),
+        ];
+        assert_eq!(segments, expected);
+        assert_eq!(index.bytes, 10);
+        assert!(!index.cleared_after(&KeyRange::new(b"c", b"m"), 1));
+        assert!(index.cleared_after(&KeyRange::new(b"c", b"m\0"), 1));
+        assert!(index.cleared_after(&KeyRange::new(b"x", b"z"), 0));
+
+        // Forgetting the oldest clear keeps the segments newer clears own.
+        index.forget(&KeyRange::new(b"b", b"y"), 1);
+        let firsts: Vec<&[u8]> = index.segments.keys().map(Vec::as_slice).collect();
+        assert_eq!(firsts, [b"a", b"m", b"o"]);
+        index.forget(&KeyRange::new(b"m", b"p"), 2);
+        index.forget(&KeyRange::new(b"a", b"c"), 3);
+        index.forget(&KeyRange::new(b"o", b"q"), 4);
+        assert!(index.segments.is_empty());
+        assert_eq!(index.bytes, 0);
+    }
+
+    /// The index answers like a scan of every remembered clear, for random clears, reads and
+    /// forgetting, and forgets everything once every clear is forgotten.
+    #[test]
+    fn the_clear_index_answers_like_a_scan_of_every_clear() {
+        let seed = crate::test_support::fault_seed();
+        let mut state = seed;
+        let mut draw = |bound: u64| {
+            state = state.wrapping_add(1);
+            split_mix(state) % bound
+        };
+        // Keys of one or two bytes from a small alphabet, so ranges overlap and touch often.
+        let key = |draw: &mut dyn FnMut(u64) -> u64| {
+            let mut key = vec![b'a' + draw(8) as u8];
+            if draw(2) == 0 {
+                key.push(b'a' + draw(8) as u8);
+            }
+            key
+        };
+        let mut index = ClearIndex::default();
+        // Every clear still remembered, oldest first.
+        let mut clears: VecDeque<(u64, KeyRange)> = VecDeque::new();
+        let mut floor = 0;
+        for version in 1..=400u64 {
+            for _ in 0..draw(3) {
+                let (begin, end) = (key(&mut draw), key(&mut draw));
+                let range = KeyRange::new(&begin.clone().min(end.clone()), &begin.max(end));
+                index.insert(&range, version);
+                clears.push_back((version, range));
+            }
+            if draw(4) == 0 {
+                floor = floor.max(version.saturating_sub(draw(20)));
+                while clears.front().is_some_and(|(cleared, _)| *cleared <= floor) {
+                    if let Some((_, range)) = clears.pop_front() {
+                        index.forget(&range, floor);
+                    }
+                }
+            }
+            let mut previous_end: Option<&Vec<u8>> = None;
+            for (begin, segment) in &index.segments {
+                assert!(*begin < segment.end, "seed={seed}: empty segment");
+                assert!(
+                    previous_end.is_none_or(|previous| previous <= begin),
+                    "seed={seed}: overlapping segments"
+                );
+                previous_end = Some(&segment.end);
+            }
+            let bytes: usize = index
+                .segments
+                .iter()
+                .map(|(begin, segment)| begin.len() + segment.end.len())
+                .sum();
+            assert_eq!(index.bytes, bytes, "seed={seed}");
+            for _ in 0..20 {
+                let (begin, end) = (key(&mut draw), key(&mut draw));
+                let read = KeyRange::new(&begin.clone().min(end.clone()), &begin.max(end));
+                let read_version = floor + draw(version - floor + 1);
+                // Empty ranges are neither read nor cleared (the transaction drops them).
+                let scanned = read.begin < read.end
+                    && clears.iter().any(|(cleared, range)| {
+                        *cleared > read_version
+                            && range.begin < range.end
+                            && range.intersects(&read)
+                    });
+                assert_eq!(
+                    index.cleared_after(&read, read_version),
+                    scanned,
+                    "seed={seed}: read {read:?} at {read_version}"
+                );
+            }
+        }
+        while let Some((_, range)) = clears.pop_front() {
+            index.forget(&range, 400);
+        }
+        assert!(index.segments.is_empty(), "seed={seed}");
+        assert_eq!(index.bytes, 0, "seed={seed}");
     }
 
     #[test]
@@ -623,8 +1031,10 @@ mod tests {
             ])
         );
         assert_eq!(
-            add_then_max.resolve(Some(&8u64.to_le_bytes()), stamp),
-            Some(13u64.to_le_bytes().to_vec())
+            add_then_max
+                .resolve(Some(&8u64.to_le_bytes()), stamp)
+                .as_deref(),
+            Some(13u64.to_le_bytes().as_slice())
         );
         let stamped = PendingWrite::Versionstamped {
             value: vec![b'v'; 12],
@@ -634,6 +1044,9 @@ mod tests {
         let mut expected = vec![b'v'];
         expected.extend_from_slice(stamp.as_bytes());
         expected.push(b'v');
-        assert_eq!(stamped.resolve(None, stamp), Some(expected));
+        assert_eq!(
+            stamped.resolve(None, stamp).as_deref(),
+            Some(expected.as_slice())
+        );
     }
 }

@@ -152,6 +152,12 @@ impl LocalTransaction {
         self.lock().read_version
     }
 
+    /// Range clears buffered so far.
+    #[cfg(test)]
+    pub(crate) fn buffered_range_clears(&self) -> usize {
+        self.lock().cleared.len()
+    }
+
     pub(crate) fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, StoreError> {
         let mut state = self.lock();
         state.check_readable()?;

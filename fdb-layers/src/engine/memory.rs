@@ -184,7 +184,7 @@ impl Shared {
         if let Some(delay_ms) = delay_ms {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
-        let (answer, written_keys) = {
+        let (answer, stamp) = {
             let mut resolver = self.lock_resolver();
             let mut disk = self.open_disk()?;
             let now = Instant::now();
@@ -202,17 +202,22 @@ impl Shared {
                 verdict,
             )?;
             disk.store.version = version;
-            resolver.committed(version, now);
+            resolver.settled(version, now);
             disk.store.advance_floor(resolver.floor_version());
             self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .committed_transactions
                 .fetch_add(1, Ordering::Relaxed);
             // An injected unknown result changes only the answer: the commit was applied.
-            (resolver.answer(verdict), request.written_keys(verdict))
+            (resolver.answer(verdict), verdict)
         };
-        self.registry
-            .notify(&written_keys, &request.cleared, |key| self.latest(key));
+        // The commit is visible: without registered watches there is nothing to fire.
+        if self.registry.has_registered() {
+            self.registry
+                .notify(&request.written_keys(stamp), &request.cleared, |key| {
+                    self.latest(key)
+                });
+        }
         answer
     }
 

@@ -10,8 +10,9 @@
 //! FoundationDB's limits are enforced everywhere.
 //!
 //! Backends, behind one enum so that layer code is the same on each:
-//! - embedded ([`Database::open`], `embedded.rs`): one redb file, a committer thread with group
-//!   commit, and seeded fault injection ([`FaultConfig`]) so retry paths run in tests;
+//! - embedded ([`Database::open`], `embedded.rs`): one redb file, a two-thread commit pipeline
+//!   with group commit (the next group is resolved while the current one is written), and
+//!   seeded fault injection ([`FaultConfig`]) so retry paths run in tests;
 //! - memory ([`Database::memory`], `memory.rs`): deterministic, no thread and no wall clock,
 //!   with a [`MemoryDisk`] that outlives simulated crashes; for the simulator;
 //! - FoundationDB ([`Database::foundationdb`], `fdb.rs`, cargo feature `fdb`): the

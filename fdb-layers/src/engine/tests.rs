@@ -527,6 +527,68 @@ async fn versionstamps_within_a_group_commit_differ_by_batch_order() {
     assert_eq!(stored, stamps, "one key per commit, in versionstamp order");
 }
 
+/// Through the threads of the embedded pipeline, with every group commit slowed down: a
+/// transaction that read what a group being written writes is refused, only after that group
+/// is durable, and one that does not conflict commits in a later group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_during_a_slow_group_is_checked_against_it() {
+    let slow = FaultConfig {
+        seed: 1,
+        conflict_probability: 0.0,
+        commit_unknown_result_probability: 0.0,
+        slow_commit_probability: 1.0,
+        slow_commit_ms: 300,
+    };
+    let (_folder, database) = temporary_database(Some(slow));
+    // A lone commit keeps the resolver stage busy writing it; the two commits queued meanwhile
+    // then form one group, which goes to the writer stage while later ones are resolved.
+    let lone = database.create_transaction().expect("transaction");
+    lone.set(b"lone", b"x").expect("set");
+    let lone = tokio::spawn(async move { lone.commit().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stale = database.create_transaction().expect("transaction");
+    let bystander = database.create_transaction().expect("transaction");
+    let firsts: Vec<_> = [b"k".as_slice(), b"j".as_slice()]
+        .into_iter()
+        .map(|key| {
+            let first = database.create_transaction().expect("transaction");
+            first.set(key, b"first").expect("set");
+            let stamp = first.versionstamp();
+            (tokio::spawn(async move { first.commit().await }), stamp)
+        })
+        .collect();
+    // Past the lone commit: the two firsts are being written.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        stale.get(b"k").await.expect("read"),
+        None,
+        "read before the firsts"
+    );
+    stale.set(b"other", b"x").expect("set");
+    bystander.set(b"b", b"y").expect("set");
+    let bystander_stamp = bystander.versionstamp();
+    let (stale_outcome, bystander_outcome) = tokio::join!(stale.commit(), bystander.commit());
+    assert!(
+        matches!(stale_outcome, Err(StoreError::NotCommitted)),
+        "{stale_outcome:?}"
+    );
+    let written = database.stats().write_batches;
+    assert!(
+        written >= 2,
+        "refused after the group it conflicted with: {written} groups"
+    );
+    bystander_outcome.expect("the bystander commits");
+    lone.await.expect("task").expect("the lone commit");
+    let bystander_version = bystander_stamp.await.expect("stamp").commit_version();
+    for (commit, stamp) in firsts {
+        commit.await.expect("task").expect("a first commit");
+        let first_version = stamp.await.expect("stamp").commit_version();
+        assert!(first_version < bystander_version);
+    }
+    assert_eq!(value(&database, b"k").await, Some(b"first".to_vec()));
+    assert_eq!(value(&database, b"other").await, None);
+}
+
 on_local_backends!(a_watch_fires_on_a_change_and_not_on_the_same_value);
 async fn a_watch_fires_on_a_change_and_not_on_the_same_value(database: Database) {
     put(&database, &[("k", "1")]).await;

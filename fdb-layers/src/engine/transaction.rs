@@ -234,6 +234,17 @@ impl Transaction {
         }
     }
 
+    /// Range clears this transaction has buffered (local backends only), for tests of the
+    /// mutations layers send.
+    #[cfg(test)]
+    pub(crate) fn buffered_range_clears(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Local(transaction) => Some(transaction.buffered_range_clears()),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(_) => None,
+        }
+    }
+
     async fn read_key(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.backend {
             Backend::Local(transaction) => transaction.get(key, snapshot),

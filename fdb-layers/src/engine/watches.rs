@@ -238,6 +238,13 @@ impl WatchRegistry {
         }
     }
 
+    /// Whether any watch is registered. Checked after a commit is visible, `false` means the
+    /// commit has nothing to fire: a watch registered later reads the committed value itself.
+    /// Lets committers skip collecting the keys they changed.
+    pub(crate) fn has_registered(&self) -> bool {
+        !self.lock().by_key.is_empty()
+    }
+
     /// Fires the registered watches whose key a commit wrote (`keys`) or cleared (`ranges`) and
     /// whose value now differs from the one watched. Call after the commit is visible.
     pub(crate) fn notify(
