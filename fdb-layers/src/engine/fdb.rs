@@ -27,13 +27,15 @@ use foundationdb::options::{DatabaseOption, MutationType, StreamingMode};
 use foundationdb::{FdbError, KeySelector, RangeOption, TransactionCommitError};
 
 use super::committer::AtomicOp;
-use super::local::{KeyValue, check_key, check_value, check_written_key, key_after};
+use super::local::{
+    KeyValue, check_cleared_range, check_key, check_placeholder, check_value,
+    check_versionstamped_key, check_written_key, key_after,
+};
 use super::watches::Watch;
 use super::{Counters, RangeOptions, Transaction, Versionstamp, VersionstampFuture};
 use crate::error::StoreError;
 use crate::limits::{
-    KEY_BYTES_MAX, TRANSACTION_ATTEMPTS_MAX, TRANSACTION_BYTES_MAX, VERSIONSTAMP_BYTES,
-    WATCHES_OUTSTANDING_MAX,
+    TRANSACTION_ATTEMPTS_MAX, TRANSACTION_BYTES_MAX, VERSIONSTAMP_BYTES, WATCHES_OUTSTANDING_MAX,
 };
 
 /// Whether this process has booted FoundationDB's client network (it can only once).
@@ -346,14 +348,7 @@ impl FdbTransaction {
         let checked = state
             .open()
             .map(|_| ())
-            .and_then(|()| check_key(begin))
-            .and_then(|()| {
-                check_key(end)?;
-                if begin.first() == Some(&0xff) || end > b"\xff".as_slice() {
-                    return Err(StoreError::KeyOutsideLegalRange);
-                }
-                Ok(())
-            });
+            .and_then(|()| check_cleared_range(begin, end));
         if begin >= end {
             if let Err(error) = checked {
                 state.defer(error);
@@ -392,15 +387,8 @@ impl FdbTransaction {
         offset: u32,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        check_placeholder(key, offset)?;
-        if key.len() > KEY_BYTES_MAX {
-            return Err(StoreError::KeyTooLarge {
-                key_bytes: key.len(),
-            });
-        }
-        if offset > 0 && key.first() == Some(&0xff) {
-            return Err(StoreError::KeyOutsideLegalRange);
-        }
+        let offset_bytes = check_placeholder(key, offset)?;
+        check_versionstamped_key(key, offset_bytes)?;
         check_value(value)?;
         let mut key_with_offset = key.to_vec();
         key_with_offset.extend_from_slice(&offset.to_le_bytes());
@@ -554,21 +542,6 @@ impl State {
         self.size_bytes = transaction_bytes;
         Ok(())
     }
-}
-
-/// Checks that a versionstamp placeholder at `offset` fits in `bytes`.
-fn check_placeholder(bytes: &[u8], offset: u32) -> Result<(), StoreError> {
-    let fits = usize::try_from(offset)
-        .ok()
-        .and_then(|start| start.checked_add(VERSIONSTAMP_BYTES))
-        .is_some_and(|end| end <= bytes.len());
-    if !fits {
-        return Err(StoreError::InvalidVersionstampOffset {
-            offset,
-            length: bytes.len(),
-        });
-    }
-    Ok(())
 }
 
 /// The [`StoreError`] for a FoundationDB error.

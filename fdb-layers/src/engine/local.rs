@@ -244,14 +244,7 @@ impl LocalTransaction {
         let mut state = self.lock();
         let checked = state
             .check_writable()
-            .and_then(|()| check_key(begin))
-            .and_then(|()| {
-                check_key(end)?;
-                if begin.first() == Some(&0xff) || end > b"\xff".as_slice() {
-                    return Err(StoreError::KeyOutsideLegalRange);
-                }
-                Ok(())
-            });
+            .and_then(|()| check_cleared_range(begin, end));
         if begin >= end {
             if let Err(error) = checked {
                 state.defer(error);
@@ -309,15 +302,7 @@ impl LocalTransaction {
         let mut state = self.lock();
         state.check_writable()?;
         let offset_bytes = check_placeholder(key, offset)?;
-        if key.len() > KEY_BYTES_MAX {
-            return Err(StoreError::KeyTooLarge {
-                key_bytes: key.len(),
-            });
-        }
-        // The versionstamp replaces the first bytes when the offset is zero.
-        if offset_bytes > 0 && key.first() == Some(&0xff) {
-            return Err(StoreError::KeyOutsideLegalRange);
-        }
+        check_versionstamped_key(key, offset_bytes)?;
         check_value(value)?;
         state.grow(key.len() + 4 + value.len())?;
         let range = versionstamped_key_range(key, offset_bytes, state.read_version);
@@ -658,7 +643,7 @@ fn versionstamped_key_range(key: &[u8], offset: usize, read_version: u64) -> Key
 }
 
 /// The placeholder's offset, checked to fit in `bytes`.
-fn check_placeholder(bytes: &[u8], offset: u32) -> Result<usize, StoreError> {
+pub(crate) fn check_placeholder(bytes: &[u8], offset: u32) -> Result<usize, StoreError> {
     let invalid = StoreError::InvalidVersionstampOffset {
         offset,
         length: bytes.len(),
@@ -697,6 +682,32 @@ pub(crate) fn check_written_key(key: &[u8]) -> Result<(), StoreError> {
         });
     }
     if key.first() == Some(&0xff) {
+        return Err(StoreError::KeyOutsideLegalRange);
+    }
+    Ok(())
+}
+
+/// A range that may be cleared: both ends within the key limit and outside the system keyspace.
+/// Every backend checks clears with this, so a clear that passes here passes on FoundationDB.
+pub(crate) fn check_cleared_range(begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
+    check_key(begin)?;
+    check_key(end)?;
+    if begin.first() == Some(&0xff) || end > b"\xff".as_slice() {
+        return Err(StoreError::KeyOutsideLegalRange);
+    }
+    Ok(())
+}
+
+/// A key with a versionstamp placeholder at `offset_bytes` (already checked to fit) that may be
+/// written: within the key limit, and outside the system keyspace unless the stamp replaces its
+/// first byte.
+pub(crate) fn check_versionstamped_key(key: &[u8], offset_bytes: usize) -> Result<(), StoreError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(StoreError::KeyTooLarge {
+            key_bytes: key.len(),
+        });
+    }
+    if offset_bytes > 0 && key.first() == Some(&0xff) {
         return Err(StoreError::KeyOutsideLegalRange);
     }
     Ok(())
