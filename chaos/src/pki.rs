@@ -9,11 +9,8 @@ use std::sync::Arc;
 
 use quinn::rustls::RootCertStore;
 use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519,
-};
-use relay_proto::net::{EDGE_SERVER_NAME, REGION_SERVER_NAME, TlsIdentity};
+use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ED25519};
+use relay_proto::net::TlsIdentity;
 
 /// Why the CA could not issue a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +37,7 @@ impl std::fmt::Debug for Pki {
 }
 
 fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, "Relay simulation CA");
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
+    relay_proto::pki::ca_params("Relay simulation CA")
 }
 
 impl Pki {
@@ -83,24 +70,16 @@ impl Pki {
 
     /// A certificate for region `region` (server and client side of internal links).
     pub fn region(&self, region: u32) -> Result<TlsIdentity, PkiError> {
-        self.leaf(&format!("region-{region}"), REGION_SERVER_NAME)
+        self.leaf(relay_proto::pki::region_params(region)?.1)
     }
 
     /// A certificate for the edge of region `region` (to devices and to regions).
     pub fn edge(&self, region: u32) -> Result<TlsIdentity, PkiError> {
-        self.leaf(&format!("edge-{region}"), EDGE_SERVER_NAME)
+        self.leaf(relay_proto::pki::edge_params(region)?.1)
     }
 
-    fn leaf(&self, common_name: &str, server_name: &str) -> Result<TlsIdentity, PkiError> {
+    fn leaf(&self, params: CertificateParams) -> Result<TlsIdentity, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
-        let mut params = CertificateParams::new(vec![server_name.to_owned()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(TlsIdentity {
             cert_chain: vec![cert.der().clone()],

@@ -15,6 +15,8 @@ pub mod wire;
 
 #[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "pki")]
+pub mod pki;
 
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{FrameDecoder, FrameError, decode_frame, encode_frame};

@@ -6,11 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
-use relay_proto::net::{EDGE_SERVER_NAME, REGION_SERVER_NAME};
+use rcgen::{CertificateParams, Issuer, KeyPair};
 
 /// Paths of one process's certificate and key.
 #[derive(Debug, Clone)]
@@ -27,18 +23,9 @@ pub struct Pki {
     folder: PathBuf,
 }
 
+/// The devnet CA's parameters (also its issuer identity when it is rebuilt from the saved key).
 fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, "Relay devnet CA");
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
+    relay_proto::pki::ca_params("Relay devnet CA")
 }
 
 impl Pki {
@@ -71,15 +58,15 @@ impl Pki {
 
     /// The certificate of edge `region`, issued on first use.
     pub fn edge(&self, region: u32) -> Result<CertPaths> {
-        self.leaf(&format!("edge-{region}"), EDGE_SERVER_NAME)
+        self.leaf(relay_proto::pki::edge_params(region).context("certificate names")?)
     }
 
     /// The certificate of region `region`, issued on first use.
     pub fn region(&self, region: u32) -> Result<CertPaths> {
-        self.leaf(&format!("region-{region}"), REGION_SERVER_NAME)
+        self.leaf(relay_proto::pki::region_params(region).context("certificate names")?)
     }
 
-    fn leaf(&self, stem: &str, server_name: &str) -> Result<CertPaths> {
+    fn leaf(&self, (stem, params): (String, CertificateParams)) -> Result<CertPaths> {
         let paths = CertPaths {
             cert: self.folder.join(format!("{stem}.pem")),
             key: self.folder.join(format!("{stem}.key")),
@@ -91,13 +78,6 @@ impl Pki {
         let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
         let issuer = Issuer::new(ca_params(), ca_key);
         let key = KeyPair::generate().context("generating a key")?;
-        let mut params =
-            CertificateParams::new(vec![server_name.to_owned()]).context("certificate names")?;
-        params.distinguished_name.push(DnType::CommonName, stem);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
         let cert = params
             .signed_by(&key, &issuer)
             .with_context(|| format!("issuing {stem}"))?;
