@@ -492,6 +492,19 @@ pub async fn register_device(
     )
     .await?
     else {
+        // A registration retried after its answer was lost (a phone on a bad network) comes
+        // back with the same keys: it is that device, not a stranger wanting the name.
+        let devices = directory::devices(tx, account.id).await?;
+        if let Some(same) = devices.iter().find(|existing| {
+            existing.identity_key == request.identity_key
+                && existing.signing_key == request.signing_key
+        }) {
+            let registered = wire::Registered {
+                account: account_info(account),
+                device: same.device.device.0,
+            };
+            return Ok(Ok((registered, Effects::default())));
+        }
         return refuse(
             ErrorCode::NameTaken,
             format!("the name {} is taken", account.name),
@@ -1076,11 +1089,21 @@ mod tests {
         // The same request again, as after an unknown commit result: the same device.
         let retried = attempt(&request).await.expect("registered again").0;
         assert_eq!(first, retried);
-        // Another registration of the name is refused.
-        let other = attempt(&key())
-            .await
-            .map(|_| ())
-            .map_err(|error| error.code);
+        // The client retrying after a lost answer (a new request, the same keys): the same
+        // device, not "name taken".
+        let resent = attempt(&key()).await.expect("registered on a resend").0;
+        assert_eq!(first, resent);
+        // Another device wanting the name is refused.
+        let stranger = wire::Register {
+            identity_key: vec![7; 32],
+            ..register.clone()
+        };
+        let other = run(&f.db, async |tx| {
+            register_device(&tx, &record, &stranger, &key()).await
+        })
+        .await
+        .map(|_| ())
+        .map_err(|error| error.code);
         assert_eq!(other, Err(ErrorCode::NameTaken));
         let count =
             f.db.transact(|tx| async move {
