@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
+use relay_proto::planted::PlantedBug;
 use relay_proto::wire::Envelope;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -938,9 +939,16 @@ impl Writer<'_> {
         client_message_id: ClientMessageId,
         tick: Tick,
     ) -> Result<bool> {
-        let changed = self.transaction.execute(
+        // The simulator may plant the bug of forgetting that a tick only moves forward.
+        let sql = if relay_proto::planted::is_planted(PlantedBug::ReceiptMovesBackwards) {
             "UPDATE messages SET tick = ?1 WHERE sender_account = ?2 AND sender_device = ?3
-             AND client_message_id = ?4 AND tick < ?1",
+             AND client_message_id = ?4 AND tick != ?1"
+        } else {
+            "UPDATE messages SET tick = ?1 WHERE sender_account = ?2 AND sender_device = ?3
+             AND client_message_id = ?4 AND tick < ?1"
+        };
+        let changed = self.transaction.execute(
+            sql,
             params![
                 tick as i64,
                 to_i64(sender.account.0),

@@ -18,6 +18,7 @@ use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::net::{
     self, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
 };
+use relay_proto::planted::PlantedBug;
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
 };
@@ -112,6 +113,9 @@ fn error_response(error: ProtoError) -> RegionResponse {
         body: Some(region_response::Body::Error(error.into())),
     }
 }
+
+/// How late the planted bug [`PlantedBug::AckBeforeCommit`] commits what it acknowledged.
+const PLANTED_COMMIT_DELAY: Duration = Duration::from_millis(500);
 
 fn store_failure(error: StoreError) -> ProtoError {
     tracing::error!(%error, "store failure");
@@ -272,6 +276,9 @@ impl RegionService {
                 let sender_region = RegionId(commit.sender_region);
                 let envelope = commit.envelope;
                 let now = self.inner.clock.now_ms();
+                if relay_proto::planted::is_planted(PlantedBug::AckBeforeCommit) {
+                    return self.commit_late(envelope, sender_region, now).await;
+                }
                 let outcome = self
                     .transact(|tx| {
                         let envelope = envelope.clone();
@@ -382,6 +389,40 @@ impl RegionService {
     }
 
     /// Runs a core function in a retried transaction, then performs its effects.
+    /// The planted bug [`PlantedBug::AckBeforeCommit`]: answers with what the commit would
+    /// return, read in a transaction that is never committed, and commits for real
+    /// [`PLANTED_COMMIT_DELAY`] later (lost if the process dies in between).
+    async fn commit_late(
+        &self,
+        envelope: relay_proto::wire::Envelope,
+        sender_region: RegionId,
+        now: u64,
+    ) -> Result<region_response::Body, ProtoError> {
+        let local = self.inner.region;
+        let peek = self.inner.db.create_transaction().map_err(store_failure)?;
+        let (outcome, _) = core::commit_envelope(&peek, local, &envelope, sender_region, now)
+            .await
+            .map_err(store_failure)??;
+        drop(peek);
+        let service = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PLANTED_COMMIT_DELAY).await;
+            let committed =
+                service
+                    .transact(|tx| {
+                        let envelope = envelope.clone();
+                        async move {
+                            core::commit_envelope(&tx, local, &envelope, sender_region, now).await
+                        }
+                    })
+                    .await;
+            if let Err(error) = committed {
+                tracing::warn!(%error, "planted bug: a late commit failed");
+            }
+        });
+        Ok(region_response::Body::Committed(outcome))
+    }
+
     async fn transact<T, F, Fut>(&self, body: F) -> Result<T, ProtoError>
     where
         F: FnMut(fdb_layers::Transaction) -> Fut,

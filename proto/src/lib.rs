@@ -11,6 +11,7 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod planted;
 pub mod wire;
 
 #[cfg(feature = "net")]
