@@ -18,6 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::faults::FaultKind;
+
 /// A message of the workload: its sender (client number) and the sender's count, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageRef {
@@ -141,6 +143,44 @@ pub enum What {
         /// The region.
         region: u32,
     },
+    /// The sender's tick of one of its messages moved (0 pending, 1 sent, 2 delivered, 3 read).
+    Tick {
+        /// The message.
+        message: MessageRef,
+        /// The new tick.
+        tick: u8,
+    },
+    /// A client marked a peer's messages read, sending `envelopes` read receipts (each takes a
+    /// chat sequence number in the chat).
+    MarkedRead {
+        /// The reader.
+        reader: u32,
+        /// The peer whose messages were read.
+        peer: u32,
+        /// How many receipt envelopes that queued.
+        envelopes: u32,
+    },
+    /// A fault started.
+    FaultStarted {
+        /// Its kind.
+        kind: FaultKind,
+        /// What it hits.
+        label: String,
+    },
+    /// A fault ended.
+    FaultEnded {
+        /// Its kind.
+        kind: FaultKind,
+        /// What it hit.
+        label: String,
+    },
+    /// A client app was killed and opened again on its store.
+    ClientRestarted {
+        /// The client.
+        client: u32,
+    },
+    /// The safety phase ended: every fault is healed, and the liveness bound starts.
+    Healed,
     /// A client finished its workload.
     Finished {
         /// The client.
@@ -193,6 +233,32 @@ impl fmt::Display for TraceEvent {
                 client_name(*receiver)
             ),
             What::Failed { message } => write!(f, "{message} given up"),
+            What::Tick { message, tick } => {
+                let name = match tick {
+                    0 => "pending",
+                    1 => "sent",
+                    2 => "delivered",
+                    3 => "read",
+                    _ => "?",
+                };
+                write!(f, "{message} is {name}")
+            }
+            What::MarkedRead {
+                reader,
+                peer,
+                envelopes,
+            } => write!(
+                f,
+                "{} read {}'s messages ({envelopes} receipt envelope(s))",
+                client_name(*reader),
+                client_name(*peer)
+            ),
+            What::FaultStarted { kind, label } => write!(f, "fault: {label} ({kind})"),
+            What::FaultEnded { kind, label } => write!(f, "fault over: {label} ({kind})"),
+            What::ClientRestarted { client } => {
+                write!(f, "{} killed and opened again", client_name(*client))
+            }
+            What::Healed => write!(f, "every fault healed; the liveness phase starts"),
             What::RegionCrashed { region } => write!(f, "region {region} crashed"),
             What::RegionRestarted { region } => write!(f, "region {region} restarted"),
             What::Finished { client, complete } => write!(
@@ -238,8 +304,15 @@ pub enum Invariant {
     SenderFifo,
     /// I4 idempotence.
     Idempotence,
+    /// I5 blindness: no server stores plaintext.
+    Blindness,
+    /// I6 receipts move forward.
+    ReceiptsForward,
     /// I8 no undecryptable messages.
     Decryptable,
+    /// Liveness: once faults heal, every queued message is acknowledged and every acknowledged
+    /// message arrives within [`LIVENESS_BOUND_MS`].
+    Liveness,
 }
 
 impl fmt::Display for Invariant {
@@ -249,7 +322,10 @@ impl fmt::Display for Invariant {
             Invariant::Order => "I2 order",
             Invariant::SenderFifo => "I3 sender FIFO",
             Invariant::Idempotence => "I4 idempotence",
+            Invariant::Blindness => "I5 blindness",
+            Invariant::ReceiptsForward => "I6 receipts move forward",
             Invariant::Decryptable => "I8 decryptable",
+            Invariant::Liveness => "liveness",
         })
     }
 }
@@ -463,9 +539,27 @@ pub fn check(
             );
         }
     }
+    // Read receipts are envelopes of the chat too: each takes a chat sequence number that no
+    // stored message holds.
+    let mut receipts: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+    for event in trace {
+        if let What::MarkedRead {
+            reader,
+            peer,
+            envelopes,
+        } = event.what
+        {
+            let count = envelopes as usize;
+            *receipts.entry((reader, peer)).or_default() += count;
+            *receipts.entry((peer, reader)).or_default() += count;
+        }
+    }
     for view in views {
         let mut sequences = BTreeMap::new();
-        let mut unsequenced_own = 0usize;
+        let mut unsequenced_own = receipts
+            .get(&(view.client, view.peer))
+            .copied()
+            .unwrap_or(0);
         for entry in &view.entries {
             match entry.chat_seq {
                 Some(chat_seq) => {
@@ -522,7 +616,208 @@ pub fn check(
             }
         }
     }
+    check_receipts(trace, &mut violations);
+    check_liveness(trace, planned, &mut violations);
     violations
+}
+
+/// I6: a message's tick never moves backwards.
+fn check_receipts(trace: &[TraceEvent], violations: &mut Vec<Violation>) {
+    let mut ticks: BTreeMap<MessageRef, u8> = BTreeMap::new();
+    for event in trace {
+        if let What::Tick { message, tick } = event.what {
+            let highest = ticks.entry(message).or_default();
+            if tick < *highest {
+                violations.push(Violation {
+                    invariant: Invariant::ReceiptsForward,
+                    detail: format!(
+                        "{message}'s tick moved back from {} to {} at {} ms",
+                        tick_name(*highest),
+                        tick_name(tick),
+                        event.at_ms
+                    ),
+                });
+            }
+            *highest = (*highest).max(tick);
+        }
+    }
+}
+
+fn tick_name(tick: u8) -> &'static str {
+    match tick {
+        0 => "pending",
+        1 => "sent",
+        2 => "delivered",
+        _ => "read",
+    }
+}
+
+/// How long after the heal (or after its own queueing or acknowledgement, if later) a message
+/// may take to be acknowledged and to arrive, in simulated ms. Covers the client's longest retry
+/// backoff (30 s), QUIC's idle timeout noticing a dead connection, and reconnection.
+pub const LIVENESS_BOUND_MS: u64 = 120_000;
+
+/// Liveness: after the heal, each message queued (and not given up) is acknowledged, and each
+/// acknowledged message arrives, within [`LIVENESS_BOUND_MS`].
+fn check_liveness(
+    trace: &[TraceEvent],
+    planned: &BTreeMap<MessageRef, u32>,
+    violations: &mut Vec<Violation>,
+) {
+    let heal_ms = trace
+        .iter()
+        .find(|event| event.what == What::Healed)
+        .map_or(0, |event| event.at_ms);
+    let mut queued = BTreeMap::new();
+    let mut acked = BTreeMap::new();
+    let mut arrived = BTreeMap::new();
+    let mut failed = BTreeSet::new();
+    for event in trace {
+        match event.what {
+            What::Queued { message } => {
+                queued.entry(message).or_insert(event.at_ms);
+            }
+            What::Acked { message } => {
+                acked.entry(message).or_insert(event.at_ms);
+            }
+            What::Received {
+                receiver, message, ..
+            } if planned.get(&message) == Some(&receiver) => {
+                arrived.entry(message).or_insert(event.at_ms);
+            }
+            What::Failed { message } => {
+                failed.insert(message);
+            }
+            _ => {}
+        }
+    }
+    for (message, &at) in &queued {
+        if failed.contains(message) {
+            continue;
+        }
+        let due = heal_ms.max(at) + LIVENESS_BOUND_MS;
+        match acked.get(message) {
+            Some(&when) if when <= due => {}
+            Some(&when) => violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{message} was acknowledged at {when} ms, after its bound of {due} ms"
+                ),
+            }),
+            None => violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{message} was queued at {at} ms and never acknowledged (healed at {heal_ms} ms)"
+                ),
+            }),
+        }
+    }
+    for (message, &at) in &acked {
+        let due = heal_ms.max(at) + LIVENESS_BOUND_MS;
+        if let Some(&when) = arrived.get(message)
+            && when > due
+        {
+            violations.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!(
+                    "{message} was acknowledged at {at} ms but arrived only at {when} ms, after its bound of {due} ms"
+                ),
+            });
+        }
+    }
+}
+
+/// The slowest delivery after the heal: the longest time from `max(heal, acknowledgement)` to
+/// arrival, in ms (how close a run came to [`LIVENESS_BOUND_MS`]).
+pub fn slowest_delivery_ms(trace: &[TraceEvent], planned: &BTreeMap<MessageRef, u32>) -> u64 {
+    let heal_ms = trace
+        .iter()
+        .find(|event| event.what == What::Healed)
+        .map_or(0, |event| event.at_ms);
+    let mut acked = BTreeMap::new();
+    let mut slowest = 0;
+    for event in trace {
+        match event.what {
+            What::Acked { message } => {
+                acked.entry(message).or_insert(event.at_ms);
+            }
+            What::Received {
+                receiver, message, ..
+            } if planned.get(&message) == Some(&receiver) => {
+                if let Some(&at) = acked.get(&message) {
+                    slowest = slowest.max(event.at_ms.saturating_sub(heal_ms.max(at)));
+                }
+            }
+            _ => {}
+        }
+    }
+    slowest
+}
+
+/// I5: finds plaintext of the workload's messages in what a server stored. `stored` yields each
+/// key and value; every occurrence of a planned message's text is a violation.
+pub fn check_blindness<'a>(
+    place: &str,
+    planned: &BTreeMap<MessageRef, u32>,
+    stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for (key, value) in stored {
+        for bytes in [key, value] {
+            for message in plaintexts_in(bytes) {
+                if planned.contains_key(&message) {
+                    violations.push(Violation {
+                        invariant: Invariant::Blindness,
+                        detail: format!(
+                            "{place} stores the plaintext of {message} under key {}",
+                            printable(key)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// The workload's message texts ("c<n> #<m>") found in `bytes`, in time linear in its length.
+fn plaintexts_in(bytes: &[u8]) -> Vec<MessageRef> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(2).position(|pair| pair == b" #") {
+        let hash = at + offset;
+        let digits_before = bytes[..hash]
+            .iter()
+            .rev()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        let start = hash - digits_before;
+        let digits_after = bytes[hash + 2..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        if digits_before > 0 && digits_after > 0 && start > 0 && bytes[start - 1] == b'c' {
+            let text = String::from_utf8_lossy(&bytes[start - 1..hash + 2 + digits_after]);
+            if let Some(message) = MessageRef::parse(&text) {
+                found.push(message);
+            }
+        }
+        at = hash + 2;
+    }
+    found
+}
+
+fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&byte| {
+            if byte.is_ascii_graphic() {
+                char::from(byte).to_string()
+            } else {
+                format!("\\x{byte:02x}")
+            }
+        })
+        .collect()
 }
 
 fn describe(message: Option<MessageRef>) -> String {
@@ -672,5 +967,80 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn ticks_moving_back_late_acks_and_stuck_messages_are_reported() {
+        let m = message(0, 1);
+        let stuck = message(0, 2);
+        let late = message(1, 1);
+        let mut planned = planned();
+        planned.insert(late, 0);
+        let bound = LIVENESS_BOUND_MS;
+        let trace = vec![
+            at(10, What::Queued { message: m }),
+            at(
+                20,
+                What::Tick {
+                    message: m,
+                    tick: 1,
+                },
+            ),
+            at(
+                30,
+                What::Tick {
+                    message: m,
+                    tick: 3,
+                },
+            ),
+            at(
+                40,
+                What::Tick {
+                    message: m,
+                    tick: 2,
+                },
+            ),
+            at(50, What::Healed),
+            at(60, What::Queued { message: stuck }),
+            at(70, What::Queued { message: late }),
+            at(80, What::Acked { message: late }),
+            at(80 + bound + 1, received(0, late, 1)),
+        ];
+        let found: Vec<String> = {
+            let mut violations = Vec::new();
+            check_receipts(&trace, &mut violations);
+            check_liveness(&trace, &planned, &mut violations);
+            violations.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].contains("moved back from read to delivered"));
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("c0#1 was queued") && v.contains("never acknowledged"))
+        );
+        assert!(found.iter().any(|v| v.contains("c0#2 was queued")));
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("c1#1") && v.contains("arrived only"))
+        );
+        assert_eq!(slowest_delivery_ms(&trace, &planned), bound + 1);
+    }
+
+    #[test]
+    fn plaintext_in_a_store_is_found_and_ciphertext_is_not() {
+        let planned = planned();
+        let stored: Vec<(&[u8], &[u8])> = vec![
+            (b"chat/1", b"\x01\x02opaque"),
+            (b"chat/2", b"...c0 #1..."),
+            (b"c0 #2", b"key holds it"),
+            (b"chat/3", b"c0 #99 is not planned, nor is #1 or c #1"),
+        ];
+        let found = check_blindness("region 1", &planned, stored);
+        let found: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("plaintext of c0#1 under key chat/2"));
+        assert!(found[1].contains("plaintext of c0#2"));
     }
 }

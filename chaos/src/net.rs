@@ -20,6 +20,8 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use relay_proto::net::SocketFactory;
 
+use crate::faults::NetFaults;
+
 type Readiness = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
 
 /// A turmoil UDP socket that quinn can drive.
@@ -29,6 +31,9 @@ pub struct SimSocket {
     readable: Mutex<Option<Readiness>>,
     local: SocketAddr,
     log: Option<PacketLog>,
+    /// Loss and duplication, drawn from `draws` (a SplitMix64 state).
+    faults: Option<Arc<NetFaults>>,
+    draws: Mutex<u64>,
 }
 
 /// A fingerprint of every datagram sent through the sockets that share it: how many, and a
@@ -102,6 +107,17 @@ impl SimSocket {
 
     /// [`SimSocket::bind`], recording every datagram sent in `log`.
     pub async fn bind_logged(address: SocketAddr, log: Option<PacketLog>) -> io::Result<Arc<Self>> {
+        Self::bind_with(address, log, None, 0).await
+    }
+
+    /// [`SimSocket::bind_logged`], also losing and duplicating datagrams as `faults` says,
+    /// with draws seeded by `seed`.
+    pub async fn bind_with(
+        address: SocketAddr,
+        log: Option<PacketLog>,
+        faults: Option<Arc<NetFaults>>,
+        seed: u64,
+    ) -> io::Result<Arc<Self>> {
         let socket = turmoil::net::UdpSocket::bind(address).await?;
         let local = socket.local_addr()?;
         Ok(Arc::new(Self {
@@ -109,7 +125,22 @@ impl SimSocket {
             readable: Mutex::new(None),
             local,
             log,
+            faults,
+            draws: Mutex::new(seed),
         }))
+    }
+
+    /// How many copies of the next datagram to send (1 without faults).
+    fn copies(&self) -> usize {
+        let Some(faults) = &self.faults else {
+            return 1;
+        };
+        let mut state = self
+            .draws
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        *state = crate::seed::split_mix(*state);
+        faults.copies((*state % 1_000_000) as u32)
     }
 }
 
@@ -128,8 +159,11 @@ impl AsyncUdpSocket for SimSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.socket
-            .try_send_to(transmit.contents, transmit.destination)?;
+        // A lost datagram looks sent to the sender, as on a real network.
+        for _ in 0..self.copies() {
+            self.socket
+                .try_send_to(transmit.contents, transmit.destination)?;
+        }
         if let Some(log) = &self.log {
             log.record(self.local, transmit.destination, transmit.contents.len());
         }
@@ -193,7 +227,9 @@ impl AsyncUdpSocket for SimSocket {
 pub struct SimSockets {
     seed: u64,
     endpoints: AtomicU64,
+    sockets: AtomicU64,
     log: Option<PacketLog>,
+    faults: Option<Arc<NetFaults>>,
 }
 
 impl SimSockets {
@@ -202,7 +238,9 @@ impl SimSockets {
         Self {
             seed,
             endpoints: AtomicU64::new(0),
+            sockets: AtomicU64::new(0),
             log: None,
+            faults: None,
         }
     }
 
@@ -211,11 +249,24 @@ impl SimSockets {
         self.log = Some(log);
         self
     }
+
+    /// These sockets lose and duplicate datagrams as `faults` says.
+    pub fn with_faults(mut self, faults: Arc<NetFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
 }
 
 impl SocketFactory for SimSockets {
     fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        let mut bind = std::pin::pin!(SimSocket::bind_logged(address, self.log.clone()));
+        let socket = self.sockets.fetch_add(1, Ordering::Relaxed);
+        let draws = crate::seed::derive(self.seed, "socket", socket);
+        let mut bind = std::pin::pin!(SimSocket::bind_with(
+            address,
+            self.log.clone(),
+            self.faults.clone(),
+            draws
+        ));
         match bind.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(socket) => Ok(socket?),
             Poll::Pending => Err(io::Error::other(

@@ -30,14 +30,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fdb_layers::{Database, MemoryDisk, MemoryOptions};
+use fdb_layers::{Database, FaultConfig, MemoryDisk, MemoryOptions};
 use home_region::{RegionParts, RegionService};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use relay_edge::session::SessionLimits;
 use relay_edge::{EdgeParts, EdgeService, NonceSource};
 use relay_proto::RegionId;
 use relay_proto::net::PeerResolver;
+use relay_proto::planted::PlantedBug;
 
-use crate::history::{self, ChatView, MessageRef, TraceEvent, Violation, What};
+use crate::faults::{Action, Fault, FaultKind, FaultPlan, LinkModel, NetFaults, Target, Topology};
+use crate::history::{self, ChatView, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation, What};
 use crate::net::{PacketFingerprint, PacketLog, SimSockets};
 use crate::pki::{Pki, PkiError};
 use crate::seed;
@@ -93,8 +97,12 @@ pub struct Simulation {
     seed: u64,
     shape: WorkloadShape,
     crashes: Vec<RegionCrash>,
+    /// Faults drawn by [`Simulation::swarm`] (crashes added by [`Simulation::crash_region`]
+    /// join them when the run starts).
+    faults: FaultPlan,
     time_limit: Duration,
     latency_ms: (u64, u64),
+    planted: Vec<PlantedBug>,
 }
 
 /// What a finished simulation recorded.
@@ -112,6 +120,15 @@ pub struct Report {
     pub planned: BTreeMap<MessageRef, u32>,
     /// The broken invariants (empty when the run is correct).
     pub violations: Vec<Violation>,
+    /// The run's topology and workload.
+    pub shape: WorkloadShape,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// When the safety phase ended, in simulated ms.
+    pub heal_ms: u64,
+    /// The longest an acknowledged message took to arrive after the heal (or its
+    /// acknowledgement, if later), in simulated ms.
+    pub slowest_delivery_ms: u64,
     /// What the network carried: equal fingerprints mean the same datagrams (in count, size,
     /// endpoints and simulated send time) in the same order.
     pub packets: PacketFingerprint,
@@ -127,11 +144,67 @@ impl Simulation {
                 clients_per_region: 2,
                 messages_per_client: 10,
                 pause_ms_max: 300,
+                read_percent: 50,
             },
             crashes: Vec::new(),
+            faults: FaultPlan::none(),
             time_limit: Duration::from_secs(300),
             latency_ms: (1, 25),
+            planted: Vec::new(),
         }
+    }
+
+    /// A run whose every parameter comes from the seed (swarm testing): topology and workload
+    /// sizes, latencies, which kinds of fault are on and how intense, and the faults.
+    pub fn swarm(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed::derive(seed, "swarm", 0));
+        let regions = rng.random_range(1..=3);
+        let clients_per_region = if regions == 1 {
+            rng.random_range(2..=4)
+        } else {
+            rng.random_range(1..=3)
+        };
+        let shape = WorkloadShape {
+            regions,
+            clients_per_region,
+            messages_per_client: rng.random_range(2..=10),
+            pause_ms_max: rng.random_range(20..=1_000),
+            read_percent: rng.random_range(0..=100),
+        };
+        let latency_min = rng.random_range(1..=10);
+        let latency_max = latency_min + rng.random_range(0..=150);
+        let safety_ms = rng.random_range(3_000..=20_000);
+        let topology = Topology {
+            regions,
+            clients: (0..regions * clients_per_region)
+                .map(|client| client / clients_per_region + 1)
+                .collect(),
+        };
+        let faults = FaultPlan::draw(seed, &topology, safety_ms);
+        // Clients stop waiting once every message they could have sent had its full bound.
+        let sending_ms = u64::from(shape.messages_per_client) * shape.pause_ms_max;
+        let time_limit =
+            Duration::from_millis(safety_ms.max(sending_ms) + LIVENESS_BOUND_MS + 10_000);
+        Self {
+            seed,
+            shape,
+            crashes: Vec::new(),
+            faults,
+            time_limit,
+            latency_ms: (latency_min, latency_max),
+            planted: Vec::new(),
+        }
+    }
+
+    /// Plants a known bug (a skipped safety check) for this run, to show the checker finds it.
+    pub fn plant(mut self, bug: PlantedBug) -> Self {
+        self.planted.push(bug);
+        self
+    }
+
+    /// The faults this simulation injects (besides [`Simulation::crash_region`]'s).
+    pub fn fault_plan(&self) -> &FaultPlan {
+        &self.faults
     }
 
     /// The number of regions (each with one edge).
@@ -199,14 +272,32 @@ impl Simulation {
         {
             return Err(failed(format!("no region {} to crash", crash.region)));
         }
+        let _planted = relay_proto::planted::plant(&self.planted);
+        let mut faults = self.faults.clone();
+        for crash in &self.crashes {
+            faults.push(Fault {
+                kind: FaultKind::RegionCrash,
+                start_ms: millis(crash.at),
+                end_ms: millis(crash.at + crash.down_for),
+                target: Target::Region(crash.region),
+                label: format!("{} down", region_host(crash.region)),
+            });
+        }
         let pki = Pki::new()?;
         let roots = pki.roots()?;
         let folder = scratch_folder()?;
         let ca_path = folder.path().join("ca.pem");
         std::fs::write(&ca_path, pki.ca_pem())?;
 
-        let plan = Rc::new(Plan::draw(seed, self.shape));
+        let mut plan = Plan::draw(seed, self.shape);
+        for client in &mut plan.clients {
+            if let Some(restarts) = faults.client_restarts.get(&client.client) {
+                client.restarts = restarts.clone();
+            }
+        }
+        let plan = Rc::new(plan);
         let packets = PacketLog::new();
+        let net_faults = NetFaults::new(faults.drop_ppm, faults.duplicate_ppm);
         let shared = Rc::new(RefCell::new(Shared::default()));
         let mut sim = turmoil::Builder::new()
             .rng_seed(seed)
@@ -229,6 +320,9 @@ impl Simulation {
                 seed,
                 region,
                 disk,
+                store_faults: faults.store.clone(),
+                clock: SimClock::skewed(faults.clock_skew_ms.get(host).copied().unwrap_or(0)),
+                net_faults: net_faults.clone(),
                 identity: pki.region(region)?,
                 roots: roots.clone(),
                 region_hosts: region_hosts.clone(),
@@ -241,6 +335,14 @@ impl Simulation {
             let software = EdgeSoftware {
                 seed,
                 region,
+                clock: SimClock::skewed(
+                    faults
+                        .clock_skew_ms
+                        .get(&edge_host(region))
+                        .copied()
+                        .unwrap_or(0),
+                ),
+                net_faults: net_faults.clone(),
                 identity: pki.edge(region)?,
                 roots: roots.clone(),
                 region_hosts: region_hosts.clone(),
@@ -262,6 +364,7 @@ impl Simulation {
                 deadline_ms,
                 shared: shared.clone(),
                 packets: packets.clone(),
+                net_faults: net_faults.clone(),
             };
             sim.client(
                 client_host(client.client).as_str(),
@@ -269,35 +372,72 @@ impl Simulation {
             );
         }
 
-        let mut faults = FaultSchedule::new(&self.crashes);
+        let mut actions = faults.actions().into_iter().peekable();
+        let mut links = LinkModel::default();
+        let record = |what: What, at: Duration| {
+            shared.borrow_mut().trace.push(TraceEvent {
+                at_ms: millis(at),
+                what,
+            });
+        };
         loop {
             let finished = sim.step().map_err(|error| failed(error.to_string()))?;
             if finished {
                 break;
             }
             let now = sim.elapsed();
-            for (region, action) in faults.due(now) {
-                let host = region_host(region);
-                match action {
-                    FaultAction::Crash => {
-                        sim.crash(host.as_str());
-                        // The process is gone: whatever it had not committed is lost with it.
-                        if let Some(disk) = disks.get(&region) {
-                            disk.crash();
+            while let Some((_, action)) = actions.next_if(|&(at, _)| at <= millis(now)) {
+                let (fault, starts) = match action {
+                    Action::Heal => {
+                        net_faults.heal();
+                        if faults.heal_ms > 0 {
+                            record(What::Healed, now);
                         }
-                        shared.borrow_mut().trace.push(TraceEvent {
-                            at_ms: millis(now),
-                            what: What::RegionCrashed { region },
-                        });
+                        continue;
                     }
-                    FaultAction::Restart => {
-                        sim.bounce(host.as_str());
-                        shared.borrow_mut().trace.push(TraceEvent {
-                            at_ms: millis(now),
-                            what: What::RegionRestarted { region },
-                        });
+                    Action::Start(index) => (&faults.faults[index], true),
+                    Action::End(index) => (&faults.faults[index], false),
+                };
+                match &fault.target {
+                    Target::Region(region) => {
+                        let host = region_host(*region);
+                        if starts {
+                            sim.crash(host.as_str());
+                            // The process is gone: whatever it had not committed is lost too.
+                            if let Some(disk) = disks.get(region) {
+                                disk.crash();
+                            }
+                            record(What::RegionCrashed { region: *region }, now);
+                        } else {
+                            sim.bounce(host.as_str());
+                            record(What::RegionRestarted { region: *region }, now);
+                        }
+                        continue;
+                    }
+                    Target::Edge(region) => {
+                        let host = edge_host(*region);
+                        if starts {
+                            sim.crash(host.as_str());
+                        } else {
+                            sim.bounce(host.as_str());
+                        }
+                    }
+                    Target::Links {
+                        links: targets,
+                        effect,
+                    } => {
+                        for call in links.change(targets, *effect, starts) {
+                            call.apply(&sim);
+                        }
                     }
                 }
+                let (kind, label) = (fault.kind, fault.label.clone());
+                let what = if starts {
+                    What::FaultStarted { kind, label }
+                } else {
+                    What::FaultEnded { kind, label }
+                };
+                record(what, now);
             }
         }
         let elapsed = sim.elapsed();
@@ -307,7 +447,19 @@ impl Simulation {
             .map(RefCell::into_inner)
             .map_err(|_| failed("the clients' record is still shared".into()))?;
         let planned = plan.recipients();
-        let violations = history::check(&planned, &trace, &views);
+        let mut violations = history::check(&planned, &trace, &views);
+        for (region, disk) in &disks {
+            let mut stored = Vec::new();
+            disk.for_each_latest(|key, value| stored.push((key.to_vec(), value.to_vec())));
+            violations.extend(history::check_blindness(
+                &format!("region {region}'s store"),
+                &planned,
+                stored
+                    .iter()
+                    .map(|(key, value)| (key.as_slice(), value.as_slice())),
+            ));
+        }
+        let slowest_delivery_ms = history::slowest_delivery_ms(&trace, &planned);
         Ok(Report {
             seed,
             elapsed,
@@ -315,6 +467,10 @@ impl Simulation {
             views,
             planned,
             violations,
+            shape: self.shape,
+            faults: faults.counts.clone(),
+            heal_ms: faults.heal_ms,
+            slowest_delivery_ms,
             packets: packets.fingerprint(),
         })
     }
@@ -452,6 +608,9 @@ struct RegionSoftware {
     seed: u64,
     region: u32,
     disk: MemoryDisk,
+    store_faults: Option<FaultConfig>,
+    clock: SimClock,
+    net_faults: Arc<NetFaults>,
     identity: relay_proto::net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
     region_hosts: BTreeMap<u32, String>,
@@ -465,13 +624,19 @@ impl RegionSoftware {
         let start = self.starts.get();
         self.starts.set(start + 1);
         let incarnation = seed::derive(self.seed, "region", u64::from(self.region) << 32 | start);
+        let faults = self.store_faults.map(|faults| FaultConfig {
+            seed: seed::mix(faults.seed, incarnation),
+            ..faults
+        });
         let db = Database::memory(MemoryOptions {
-            faults: None,
+            faults,
             disk: self.disk,
         })?;
         let addresses = region_addresses(&self.region_hosts);
         let peers: PeerResolver = Box::new(move |region| addresses.get(&region).copied());
-        let sockets = SimSockets::new(incarnation).with_log(self.packets);
+        let sockets = SimSockets::new(incarnation)
+            .with_log(self.packets)
+            .with_faults(self.net_faults);
         let (service, _) = RegionService::new(RegionParts {
             region: RegionId(self.region),
             directory_writer: RegionId(DIRECTORY_WRITER),
@@ -481,7 +646,7 @@ impl RegionSoftware {
             identity: self.identity,
             roots: self.roots,
             peers,
-            clock: Arc::new(SimClock),
+            clock: Arc::new(self.clock),
             boot_nonce: seed::split_mix(incarnation),
         })?;
         service.run(std::future::pending()).await?;
@@ -494,6 +659,8 @@ impl RegionSoftware {
 struct EdgeSoftware {
     seed: u64,
     region: u32,
+    clock: SimClock,
+    net_faults: Arc<NetFaults>,
     identity: relay_proto::net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
     region_hosts: BTreeMap<u32, String>,
@@ -510,7 +677,9 @@ impl EdgeSoftware {
             .into_iter()
             .map(|(region, address)| (RegionId(region), address))
             .collect();
-        let sockets = SimSockets::new(incarnation).with_log(self.packets);
+        let sockets = SimSockets::new(incarnation)
+            .with_log(self.packets)
+            .with_faults(self.net_faults);
         let (service, _, subscriptions) = EdgeService::new(EdgeParts {
             region: RegionId(self.region),
             listen: any_address(EDGE_PORT),
@@ -521,7 +690,7 @@ impl EdgeSoftware {
             identity: self.identity,
             roots: self.roots,
             regions,
-            clock: Arc::new(SimClock),
+            clock: Arc::new(self.clock),
             nonces: Arc::new(SeededNonces::new(seed::split_mix(incarnation))),
         })?;
         service.run(subscriptions, std::future::pending()).await?;
@@ -554,49 +723,6 @@ impl NonceSource for SeededNonces {
             let word = state.to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FaultAction {
-    Crash,
-    Restart,
-}
-
-/// The planned faults, in time order, each handed out once when its time has come.
-struct FaultSchedule {
-    pending: Vec<(Duration, u32, FaultAction)>,
-}
-
-impl FaultSchedule {
-    fn new(crashes: &[RegionCrash]) -> Self {
-        let mut pending: Vec<_> = crashes
-            .iter()
-            .flat_map(|crash| {
-                [
-                    (crash.at, crash.region, FaultAction::Crash),
-                    (
-                        crash.at + crash.down_for,
-                        crash.region,
-                        FaultAction::Restart,
-                    ),
-                ]
-            })
-            .collect();
-        // Latest last-popped: sorted by time, reversed, so `pop` hands out the earliest.
-        pending.sort_by_key(|&(at, region, _)| std::cmp::Reverse((at, region)));
-        Self { pending }
-    }
-
-    fn due(&mut self, now: Duration) -> Vec<(u32, FaultAction)> {
-        let mut due = Vec::new();
-        while let Some(&(at, region, action)) = self.pending.last()
-            && at <= now
-        {
-            self.pending.pop();
-            due.push((region, action));
-        }
-        due
     }
 }
 

@@ -15,15 +15,26 @@ pub fn sim_epoch() -> SystemTime {
 }
 
 /// The logical time of the turmoil host that asks (its tokio clock, paused and advanced by the
-/// simulation, plus the fixed epoch). Outside a simulation it reads [`SIM_EPOCH_MS`].
+/// simulation, plus the fixed epoch), off by a fixed skew. Outside a simulation it reads
+/// [`SIM_EPOCH_MS`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SimClock;
+pub struct SimClock {
+    skew_ms: i64,
+}
+
+impl SimClock {
+    /// A clock running `skew_ms` ahead of simulated time (behind when negative).
+    pub fn skewed(skew_ms: i64) -> Self {
+        Self { skew_ms }
+    }
+}
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        turmoil::since_epoch().map_or(SIM_EPOCH_MS, |since| {
+        let exact = turmoil::since_epoch().map_or(SIM_EPOCH_MS, |since| {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
+        });
+        exact.saturating_add_signed(self.skew_ms)
     }
 }
 

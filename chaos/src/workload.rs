@@ -20,12 +20,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use relay_client::app::DATABASE_FILE;
 use relay_client::connection::{Dialer, EdgeSource};
+use relay_client::content::READ_RECEIPT_IDS_MAX;
 use relay_client::events::Direction;
 use relay_client::store::{Store, Tick};
 use relay_client::{Client, ClientError, Environment, Event, Overrides, register_in};
 use relay_proto::AccountId;
 
-use crate::history::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name};
+use crate::faults::NetFaults;
+use crate::history::{
+    ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name, client_number,
+};
 use crate::net::{PacketLog, SimSockets};
 use crate::seed;
 use crate::time::{SimClock, sim_elapsed_ms};
@@ -36,6 +40,8 @@ pub const SYNC_INTERVAL_MS: u64 = 250;
 pub const REGISTRATION_POLL_MS: u64 = 20;
 /// Registration attempts before a client gives up.
 pub const REGISTRATION_ATTEMPTS_MAX: u32 = 8;
+/// How long a killed client app stays closed, in ms.
+pub const CLIENT_RESTART_MS: u64 = 300;
 /// Pause between two registration attempts, in ms.
 pub const REGISTRATION_RETRY_MS: u64 = 500;
 /// Attempts at a send that fails before the message enters the outbox (the peer's name cannot
@@ -66,6 +72,11 @@ pub struct ClientPlan {
     pub region: u32,
     /// What it sends, in order.
     pub sends: Vec<PlannedSend>,
+    /// When the app is killed and opened again on its store, in simulated ms (it happens
+    /// between two actions, at the first one due).
+    pub restarts: Vec<u64>,
+    /// Chance, in percent, that it marks a peer's new messages read after a sync.
+    pub read_percent: u32,
 }
 
 /// Every client's plan, drawn from the seed.
@@ -86,6 +97,8 @@ pub struct WorkloadShape {
     pub messages_per_client: u32,
     /// Longest pause before a send, in ms.
     pub pause_ms_max: u64,
+    /// Chance, in percent, that a client marks a peer's new messages read after a sync.
+    pub read_percent: u32,
 }
 
 impl Plan {
@@ -120,6 +133,8 @@ impl Plan {
                     client,
                     region: client / shape.clients_per_region + 1,
                     sends,
+                    restarts: Vec::new(),
+                    read_percent: shape.read_percent,
                 }
             })
             .collect();
@@ -204,6 +219,8 @@ pub struct ClientSetup {
     pub shared: Rc<RefCell<Shared>>,
     /// Where the client's sockets log their datagrams.
     pub packets: PacketLog,
+    /// The run's datagram loss and duplication.
+    pub net_faults: Arc<NetFaults>,
 }
 
 /// The per-client state the event sink updates.
@@ -217,6 +234,8 @@ struct Local {
     acked: BTreeSet<MessageRef>,
     /// Outbox entries left after the last sync.
     pending: Option<usize>,
+    /// Peers whose messages arrived since this client last marked them read.
+    unread: BTreeSet<u32>,
 }
 
 /// Runs one simulated client to the end of its plan (call inside a turmoil client).
@@ -227,30 +246,48 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         dialer: Dialer::new(
             Arc::new(
                 SimSockets::new(seed::derive(setup.seed, "client-sockets", me.into()))
-                    .with_log(setup.packets.clone()),
+                    .with_log(setup.packets.clone())
+                    .with_faults(setup.net_faults.clone()),
             ),
             EdgeSource::Fixed(vec![edge]),
         ),
-        clock: Arc::new(SimClock),
+        clock: Arc::new(SimClock::default()),
         rng_seed: Some(seed::derive(setup.seed, "client", me.into())),
     };
     register(&setup, &environment, edge).await?;
     wait_for_everyone(&setup).await;
 
     let local = Rc::new(RefCell::new(Local::default()));
-    let sink = {
+    let incarnations = std::cell::Cell::new(0u64);
+    let open = || {
         let shared = setup.shared.clone();
         let local = local.clone();
-        Box::new(move |event: Event| {
+        let sink = Box::new(move |event: Event| {
             observe(me, event, &mut local.borrow_mut(), &mut shared.borrow_mut())
-        })
+        });
+        // Each run of the app draws fresh randomness (ids, jitter), as from the system's
+        // generator: a reopened client must not repeat its first run's message ids.
+        let incarnation = incarnations.get() + 1;
+        incarnations.set(incarnation);
+        let mut environment = environment.clone();
+        environment.rng_seed = Some(seed::derive(
+            setup.seed,
+            "client-run",
+            u64::from(me) << 32 | incarnation,
+        ));
+        Client::open_in(environment, &setup.data_dir, Overrides::default(), sink)
     };
-    let mut client = Client::open_in(environment, &setup.data_dir, Overrides::default(), sink)?;
+    let mut client = open()?;
+    let mut restarts = setup.plan.restarts.iter().copied().peekable();
+    let mut reads = StdRng::seed_from_u64(seed::derive(setup.seed, "reads", me.into()));
 
     for send in &setup.plan.sends {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if past(setup.deadline_ms) {
             break;
+        }
+        if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
+            client = restart(&setup, client, &open).await?;
         }
         setup.shared.borrow_mut().record(What::Send {
             message: send.message,
@@ -271,12 +308,17 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         }
         if send.sync_after {
             tolerate(client.sync().await)?;
+            read_some(&setup, &mut client, &local, &mut reads).await?;
         }
     }
     setup.shared.borrow_mut().done_sending.insert(me);
 
     let complete = loop {
+        if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
+            client = restart(&setup, client, &open).await?;
+        }
         tolerate(client.sync().await)?;
+        read_some(&setup, &mut client, &local, &mut reads).await?;
         if settled(&setup, &local.borrow()) {
             break true;
         }
@@ -292,6 +334,39 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         client: me,
         complete,
     });
+    Ok(())
+}
+
+/// Kills the client app between two actions (no goodbye to the edge, nothing flushed beyond
+/// what its store already holds) and opens it again after a moment.
+async fn restart(
+    setup: &ClientSetup,
+    client: Client,
+    open: &impl Fn() -> Result<Client, ClientError>,
+) -> Result<Client, Box<dyn std::error::Error>> {
+    drop(client);
+    setup.shared.borrow_mut().record(What::ClientRestarted {
+        client: setup.plan.client,
+    });
+    tokio::time::sleep(Duration::from_millis(CLIENT_RESTART_MS)).await;
+    Ok(open()?)
+}
+
+/// Marks some peers' new messages read, as a person opening those chats would.
+async fn read_some(
+    setup: &ClientSetup,
+    client: &mut Client,
+    local: &Rc<RefCell<Local>>,
+    rng: &mut StdRng,
+) -> turmoil::Result {
+    let unread: Vec<u32> = local.borrow().unread.iter().copied().collect();
+    for peer in unread {
+        if !rng.random_ratio(setup.plan.read_percent.min(100), 100) {
+            continue;
+        }
+        local.borrow_mut().unread.remove(&peer);
+        tolerate(client.read(&client_name(peer)).await.map(|_| ()))?;
+    }
     Ok(())
 }
 
@@ -419,13 +494,26 @@ fn observe(me: u32, event: Event, local: &mut Local, shared: &mut Shared) {
                 }
             }
             Tick::Sent | Tick::Delivered | Tick::Read => {
-                if let Some(&message) = local.ids.get(&id)
-                    && local.acked.insert(message)
-                {
-                    shared.record(What::Acked { message });
+                if let Some(&message) = local.ids.get(&id) {
+                    if local.acked.insert(message) {
+                        shared.record(What::Acked { message });
+                    }
+                    shared.record(What::Tick {
+                        message,
+                        tick: tick as u8,
+                    });
                 }
             }
         },
+        Event::MarkedRead { peer, count } => {
+            if let Some(peer) = client_number(&peer) {
+                shared.record(What::MarkedRead {
+                    reader: me,
+                    peer,
+                    envelopes: count.div_ceil(READ_RECEIPT_IDS_MAX) as u32,
+                });
+            }
+        }
         Event::Message {
             from,
             direction: Direction::In,
@@ -436,6 +524,7 @@ fn observe(me: u32, event: Event, local: &mut Local, shared: &mut Shared) {
         } => match MessageRef::parse(&text) {
             Some(message) => {
                 shared.received.entry(me).or_default().insert(message);
+                local.unread.insert(message.sender);
                 shared.record(What::Received {
                     receiver: me,
                     message,
@@ -495,6 +584,7 @@ mod tests {
         clients_per_region: 2,
         messages_per_client: 10,
         pause_ms_max: 300,
+        read_percent: 50,
     };
 
     #[test]

@@ -68,6 +68,18 @@ impl MemoryDisk {
         self.lock().store.version
     }
 
+    /// Calls `visit` with every key and its latest value, in key order: what a scan of the
+    /// durable file would see (the simulator looks for plaintext this way).
+    pub fn for_each_latest(&self, mut visit: impl FnMut(&[u8], &[u8])) {
+        let disk = self.lock();
+        let version = disk.store.version;
+        for key in disk.store.keys.keys() {
+            if let Some(value) = disk.store.value_at(key, version) {
+                visit(key, value);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Disk> {
         // Every update of the disk completes under the lock before it is released, so a panic
         // elsewhere cannot leave it half-written.

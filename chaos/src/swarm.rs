@@ -1,0 +1,154 @@
+//! Sweeps over many seeds: each seed is one [`Simulation::swarm`] run (its own topology,
+//! workload, fault kinds and faults), run on a few threads at once, summed up in a
+//! [`SwarmSummary`]: runs, simulated time, faults injected by kind, and every violation with
+//! the seed that reproduces it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use relay_proto::planted::PlantedBug;
+
+use crate::faults::FaultKind;
+use crate::history::{Invariant, Violation};
+use crate::simulation::{Report, Simulation};
+
+/// A sweep to run.
+#[derive(Debug, Clone)]
+pub struct Swarm {
+    /// The first seed.
+    pub first_seed: u64,
+    /// How many seeds, from the first.
+    pub seeds: u64,
+    /// Threads running simulations at once.
+    pub threads: usize,
+    /// Bugs to plant in every run.
+    pub planted: Vec<PlantedBug>,
+    /// Stop at the first run that breaks an invariant (a search for a planted bug).
+    pub stop_at_first_violation: bool,
+}
+
+/// One run of a sweep that broke an invariant or could not finish.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The seed that reproduces it.
+    pub seed: u64,
+    /// Its violations (empty when the run itself failed).
+    pub violations: Vec<Violation>,
+    /// Why the run could not finish, if it could not.
+    pub error: Option<String>,
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, Default)]
+pub struct SwarmSummary {
+    /// Runs finished.
+    pub runs: u64,
+    /// Simulated time, summed over the runs.
+    pub simulated: Duration,
+    /// Faults injected, by kind, summed over the runs.
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// Messages the workloads planned, acknowledged and received.
+    pub messages: (u64, u64, u64),
+    /// The slowest delivery after a heal seen in any run, in simulated ms.
+    pub slowest_delivery_ms: u64,
+    /// Runs that broke an invariant or failed, by seed.
+    pub failures: Vec<Failure>,
+}
+
+impl SwarmSummary {
+    /// Violations, by invariant.
+    pub fn violations(&self) -> BTreeMap<Invariant, u64> {
+        let mut counts = BTreeMap::new();
+        for failure in &self.failures {
+            for violation in &failure.violations {
+                *counts.entry(violation.invariant).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Whether every run finished and held every invariant.
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn add(&mut self, report: &Report) {
+        self.runs += 1;
+        self.simulated += report.elapsed;
+        for (&kind, &count) in &report.faults {
+            *self.faults.entry(kind).or_default() += count;
+        }
+        self.messages.0 += report.planned.len() as u64;
+        self.messages.1 += report.acknowledged() as u64;
+        self.messages.2 += report.received() as u64;
+        self.slowest_delivery_ms = self.slowest_delivery_ms.max(report.slowest_delivery_ms);
+        if !report.violations.is_empty() {
+            self.failures.push(Failure {
+                seed: report.seed,
+                violations: report.violations.clone(),
+                error: None,
+            });
+        }
+    }
+}
+
+impl Swarm {
+    /// `seeds` seeds from `first_seed`, on as many threads as the machine has cores.
+    pub fn new(first_seed: u64, seeds: u64) -> Self {
+        Self {
+            first_seed,
+            seeds,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            planted: Vec::new(),
+            stop_at_first_violation: false,
+        }
+    }
+
+    /// Runs the sweep; `progress` hears about every finished run (in completion order).
+    pub fn run(&self, progress: impl Fn(&Report) + Sync) -> SwarmSummary {
+        let next = AtomicU64::new(self.first_seed);
+        let end = self.first_seed.saturating_add(self.seeds);
+        let summary = Mutex::new(SwarmSummary::default());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..self.threads.max(1) {
+                scope.spawn(|| {
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= end {
+                            return;
+                        }
+                        let simulation = self
+                            .planted
+                            .iter()
+                            .fold(Simulation::swarm(seed), |sim, &bug| sim.plant(bug));
+                        let outcome = simulation.run();
+                        let mut summary = summary.lock().unwrap_or_else(|p| p.into_inner());
+                        match outcome {
+                            Ok(report) => {
+                                summary.add(&report);
+                                progress(&report);
+                                if !report.violations.is_empty() && self.stop_at_first_violation {
+                                    stop.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            Err(error) => summary.failures.push(Failure {
+                                seed,
+                                violations: Vec::new(),
+                                error: Some(error.to_string()),
+                            }),
+                        }
+                    }
+                });
+            }
+        });
+        let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
+        summary.failures.sort_by_key(|failure| failure.seed);
+        summary
+    }
+}

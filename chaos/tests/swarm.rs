@@ -1,0 +1,113 @@
+//! Swarm sweeps: every seed picks its own topology, workload, fault kinds and faults; a safety
+//! phase with faults, then a liveness phase with every fault healed. `RELAY_SWARM_SEEDS` sets
+//! how many seeds the sweep runs (default 300) and `RELAY_SWARM_FIRST_SEED` where it starts;
+//! `relayd sim --seeds N` runs longer sweeps.
+
+use relay_chaos::history::Invariant;
+use relay_chaos::{Simulation, Swarm, SwarmSummary};
+use relay_proto::planted::PlantedBug;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn describe(summary: &SwarmSummary) -> String {
+    let mut text = format!(
+        "{} runs, {:.0} s simulated, faults {:?}, messages planned/acked/received {:?}\n",
+        summary.runs,
+        summary.simulated.as_secs_f64(),
+        summary.faults,
+        summary.messages
+    );
+    for failure in &summary.failures {
+        if let Some(error) = &failure.error {
+            text.push_str(&format!("  seed={}: {error}\n", failure.seed));
+        }
+        for violation in failure.violations.iter().take(5) {
+            text.push_str(&format!("  seed={}: {violation}\n", failure.seed));
+        }
+        text.push_str(&format!(
+            "  reproduce with seed={0}: relayd sim --first-seed {0} --seeds 1 --trace\n",
+            failure.seed
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_sweep_of_seeds_holds_every_invariant() {
+    let first = env_u64("RELAY_SWARM_FIRST_SEED", 0);
+    let seeds = env_u64("RELAY_SWARM_SEEDS", 300);
+    let summary = Swarm::new(first, seeds).run(|_| {});
+    eprintln!("{}", describe(&summary));
+    assert!(summary.is_clean(), "{}", describe(&summary));
+    assert_eq!(summary.runs, seeds);
+    // The swarm really injected every kind of fault somewhere in the sweep.
+    for kind in relay_chaos::faults::FaultKind::ALL {
+        assert!(
+            summary.faults.get(&kind).copied().unwrap_or(0) > 0,
+            "no {kind} in {seeds} seeds"
+        );
+    }
+    assert_eq!(summary.messages.1, summary.messages.2, "acked = received");
+}
+
+#[test]
+fn a_swarm_seed_gives_the_same_trace_with_its_faults() {
+    // Seed 1 has region and edge crashes, client restarts, partitions, a pause and a
+    // swizzle-clog.
+    let seed = env_u64("RELAY_SIM_SEED", 1);
+    let first = Simulation::swarm(seed).run().expect("first run");
+    let second = Simulation::swarm(seed).run().expect("second run");
+    assert!(
+        first.faults.len() >= 3,
+        "seed {seed} has faults: {:?}",
+        first.faults
+    );
+    assert_eq!(
+        first.trace_text(),
+        second.trace_text(),
+        "reproduce with seed={seed}"
+    );
+    assert_eq!(first.packets, second.packets, "reproduce with seed={seed}");
+}
+
+/// Sweeps with `bug` planted until a run breaks `expected`; fails if none does.
+fn find(bug: PlantedBug, expected: Invariant) {
+    let mut swarm = Swarm::new(0, env_u64("RELAY_PLANTED_SEEDS", 100));
+    swarm.planted = vec![bug];
+    swarm.stop_at_first_violation = true;
+    let summary = swarm.run(|_| {});
+    let found = summary.failures.iter().find(|failure| {
+        failure
+            .violations
+            .iter()
+            .any(|violation| violation.invariant == expected)
+    });
+    let Some(found) = found else {
+        panic!(
+            "the sweep did not find the planted bug {bug}:\n{}",
+            describe(&summary)
+        );
+    };
+    eprintln!(
+        "planted {bug}: found at seed={} after {} run(s): {}",
+        found.seed, summary.runs, found.violations[0]
+    );
+}
+
+#[test]
+fn the_sweep_finds_an_ack_before_commit() {
+    find(PlantedBug::AckBeforeCommit, Invariant::NoLoss);
+}
+
+#[test]
+fn the_sweep_finds_a_receipt_moving_backwards() {
+    find(
+        PlantedBug::ReceiptMovesBackwards,
+        Invariant::ReceiptsForward,
+    );
+}
