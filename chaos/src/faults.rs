@@ -12,7 +12,7 @@
 //! seed first picks which kinds of fault are on at all and how intense they are, then the faults
 //! themselves, so that across seeds some runs hammer one mechanism and others mix everything.
 //!
-//! Network faults act on directed links between hosts. [`LinkModel`] keeps how many faults
+//! Network faults act on directed links between hosts. A link model keeps how many faults
 //! drop or hold each direction and turns that into turmoil's link states (a drop wins over a
 //! hold; turmoil cannot hold one direction of a link while dropping the other), so faults may
 //! overlap freely.
@@ -347,8 +347,10 @@ impl FaultPlan {
                         .insert(host.clone(), rng.random_range(-120_000..=120_000));
                 }
             }
-            plan.counts
-                .insert(FaultKind::ClockSkew, plan.clock_skew_ms.len() as u64);
+            if !plan.clock_skew_ms.is_empty() {
+                plan.counts
+                    .insert(FaultKind::ClockSkew, plan.clock_skew_ms.len() as u64);
+            }
         }
         if on.contains(&FaultKind::StoreFaults) {
             plan.store = Some(FaultConfig {
