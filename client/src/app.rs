@@ -5,10 +5,12 @@
 //! Durability order, everywhere: a change is committed to the store before the server is told
 //! (an ack, a send) and before it is reported as done.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use prost::Message as _;
@@ -364,19 +366,7 @@ impl Client {
                 self.resolve_peer(peer).await?
             }
         };
-        if contact.account == self.identity.account {
-            return Err(ClientError::Invalid(
-                "a message to yourself has no recipient device".into(),
-            ));
-        }
-        let content = Content::text(text, self.wall_ms(), contact.account.0)?;
-        let pending = self.enqueue(contact.account, &content, Some(text))?;
-        let id = pending.client_message_id;
-        self.emit(Event::Tick {
-            id: id.to_string(),
-            peer: contact.name.clone(),
-            tick: Tick::Pending,
-        });
+        let id = self.queue_text(&contact, text)?;
         match wait {
             None => {
                 let flushed = self.flush_after_connect(connect_error).await;
@@ -406,6 +396,35 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Queues a text for `peer`, a contact this device already knows, without touching the
+    /// network: what an app does when someone taps send with no connection. The next send, sync,
+    /// read or listen delivers it (with whatever else waits, several of a chat at once).
+    pub fn compose(&mut self, peer: &str, text: &str) -> Result<ClientMessageId> {
+        let contact = self
+            .store
+            .contact_by_name(peer)?
+            .ok_or_else(|| ClientError::UnknownPeer(peer.to_owned()))?;
+        self.queue_text(&contact, text)
+    }
+
+    /// Puts a text for `contact` in the outbox and reports it pending.
+    fn queue_text(&mut self, contact: &Contact, text: &str) -> Result<ClientMessageId> {
+        if contact.account == self.identity.account {
+            return Err(ClientError::Invalid(
+                "a message to yourself has no recipient device".into(),
+            ));
+        }
+        let content = Content::text(text, self.wall_ms(), contact.account.0)?;
+        let pending = self.enqueue(contact.account, &content, Some(text))?;
+        let id = pending.client_message_id;
+        self.emit(Event::Tick {
+            id: id.to_string(),
+            peer: contact.name.clone(),
+            tick: Tick::Pending,
+        });
+        Ok(id)
     }
 
     /// Flushes the outbox, fetches and acknowledges everything queued, then reports a summary.
@@ -788,8 +807,11 @@ impl Client {
     async fn flush(&mut self, until: Option<Instant>) -> Result<()> {
         self.sync_outbox()?;
         loop {
-            if let Some(pending) = self.outbox.poll_transmit(self.now_ms()) {
-                self.transmit(pending).await?;
+            let now = self.now_ms();
+            let batch: Vec<Pending> =
+                std::iter::from_fn(|| self.outbox.poll_transmit(now)).collect();
+            if !batch.is_empty() {
+                self.transmit(batch).await?;
                 continue;
             }
             let Some(due) = self.outbox.poll_timeout() else {
@@ -830,16 +852,61 @@ impl Client {
         Ok(())
     }
 
-    /// One send attempt of an outbox entry and everything its outcome asks for.
-    async fn transmit(&mut self, pending: Pending) -> Result<()> {
-        let Some(row) = self.store.outbox_entry(pending.client_message_id)? else {
-            // Gone from the store (nothing else removes entries, but never loop on it).
-            let now = self.now_ms();
-            self.outbox
-                .handle_outcome(pending, Outcome::Refused, now, &mut self.rng)?;
-            return Ok(());
+    /// One send attempt of each of a batch of outbox entries (several of one chat, in order,
+    /// when it pipelines), all in flight at once, then everything each outcome asks for, in
+    /// the batch's order.
+    async fn transmit(&mut self, batch: Vec<Pending>) -> Result<()> {
+        let mut prepared = Vec::new();
+        for pending in batch {
+            let Some(row) = self.store.outbox_entry(pending.client_message_id)? else {
+                // Gone from the store (nothing else removes entries, but never loop on it).
+                let now = self.now_ms();
+                self.outbox
+                    .handle_outcome(pending, Outcome::Refused, now, &mut self.rng)?;
+                continue;
+            };
+            let envelope = self.envelope_to_send(&row).await;
+            prepared.push((pending, row, envelope));
+        }
+        let results = match self.connection() {
+            Ok(connection) => {
+                join_all(prepared.iter().map(|(_, _, envelope)| async move {
+                    let envelope = match envelope {
+                        Ok(envelope) => envelope.clone(),
+                        Err(_) => return None,
+                    };
+                    Some(connection.send(envelope).await.and_then(|outcome| {
+                        outcome.outcome.ok_or_else(|| {
+                            ClientError::UnexpectedResponse("a send outcome with no result".into())
+                        })
+                    }))
+                }))
+                .await
+            }
+            Err(_) => prepared.iter().map(|_| None).collect(),
         };
-        let (result, sent) = self.attempt_send(&row).await;
+        for ((pending, row, envelope), result) in prepared.into_iter().zip(results) {
+            let (result, sent) = match (envelope, result) {
+                (Err(error), _) => (Err(error), None),
+                (Ok(envelope), Some(result)) => (result, Some(envelope)),
+                (Ok(envelope), None) => (
+                    Err(ClientError::EdgeUnreachable("not connected".into())),
+                    Some(envelope),
+                ),
+            };
+            self.settle(pending, &row, sent, result).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything the outcome of one send attempt asks for.
+    async fn settle(
+        &mut self,
+        pending: Pending,
+        row: &OutboxRow,
+        sent: Option<Envelope>,
+        result: Result<send_outcome::Outcome>,
+    ) -> Result<()> {
         let mut commits = Vec::new();
         let mut problem = String::new();
         let outcome = match result {
@@ -879,10 +946,10 @@ impl Client {
         loop {
             match next {
                 Next::Confirmed(entry) => {
-                    self.confirm(&row, entry, &commits).await?;
+                    self.confirm(row, entry, &commits).await?;
                     return Ok(());
                 }
-                Next::Reencrypt(entry) => match self.build_envelope(&row, sent.as_ref()).await {
+                Next::Reencrypt(entry) => match self.build_envelope(row, sent.as_ref()).await {
                     Ok(_) => {
                         self.outbox.handle_reencrypted(entry, self.now_ms())?;
                         return Ok(());
@@ -962,39 +1029,15 @@ impl Client {
         }
     }
 
-    /// Sends an entry's stored envelope (building it first if it has none); returns the outcome
-    /// and the envelope sent.
-    async fn attempt_send(
-        &mut self,
-        row: &OutboxRow,
-    ) -> (Result<send_outcome::Outcome>, Option<Envelope>) {
-        if let Err(error) = self.connect().await {
-            return (Err(error), None);
+    /// Connects if needed and returns an entry's stored envelope, building it first if it has
+    /// none.
+    async fn envelope_to_send(&mut self, row: &OutboxRow) -> Result<Envelope> {
+        self.connect().await?;
+        match &row.envelope {
+            Some(bytes) => Envelope::decode(bytes.as_slice())
+                .map_err(|error| ClientError::Corrupt(format!("stored envelope: {error}"))),
+            None => self.build_envelope(row, None).await,
         }
-        let envelope = match &row.envelope {
-            Some(bytes) => match Envelope::decode(bytes.as_slice()) {
-                Ok(envelope) => envelope,
-                Err(error) => {
-                    return (
-                        Err(ClientError::Corrupt(format!("stored envelope: {error}"))),
-                        None,
-                    );
-                }
-            },
-            None => match self.build_envelope(row, None).await {
-                Ok(envelope) => envelope,
-                Err(error) => return (Err(error), None),
-            },
-        };
-        let result = match self.connection() {
-            Ok(connection) => connection.send(envelope.clone()).await.and_then(|outcome| {
-                outcome.outcome.ok_or_else(|| {
-                    ClientError::UnexpectedResponse("a send outcome with no result".into())
-                })
-            }),
-            Err(error) => Err(error),
-        };
-        (result, Some(envelope))
     }
 
     /// Records a confirmed send: out of the outbox, sequenced, ticked ✓.
@@ -1402,6 +1445,30 @@ impl Client {
     fn instant_of(&self, ms: u64) -> Instant {
         self.started + Duration::from_millis(ms)
     }
+}
+
+/// Runs `futures` concurrently on this task and returns their outputs in order.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {

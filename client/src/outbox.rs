@@ -3,8 +3,13 @@
 //! random source, persists what [`Next`] says, and performs the sends.
 //!
 //! Rules:
-//! - One chat's entries go strictly in `sender_seq` order, one at a time: the next entry of a chat
-//!   is offered only after the previous one's outcome (sender FIFO, invariant I3).
+//! - One chat's entries go strictly in `sender_seq` order. Up to [`PIPELINE_WINDOW`] of them are
+//!   in flight at once, so a burst is not paced by the round trip (a phone far from its edge
+//!   sends ten messages in one round trip, not ten). The network may deliver them out of order;
+//!   the region refuses an envelope whose predecessor it has not stored with "resend from k"
+//!   (that check is what keeps sender FIFO, invariant I3), and the entry waits for it.
+//! - After any outcome other than "sent", the chat goes one at a time until its head is
+//!   confirmed: trouble is handled with nothing else of the chat in flight.
 //! - A retry reuses the same client message id and sender_seq (idempotence, I4); after a retryable
 //!   failure the chat waits a jittered exponential backoff between [`RETRY_DELAY_MS_MIN`] and
 //!   [`RETRY_DELAY_MS_MAX`].
@@ -13,7 +18,7 @@
 //!   sender_seqs it holds (a restored store, or a refused entry that left a gap). The chat's
 //!   unconfirmed entries are renumbered from `k`, keeping their order and ids, and resent in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 use relay_proto::{ChatId, ClientMessageId};
@@ -26,6 +31,8 @@ pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
 pub const MISMATCHES_IN_A_ROW_MAX: u32 = 5;
 /// Renumberings after "resend from" in a row before backing off instead.
 pub const RESENDS_IN_A_ROW_MAX: u32 = 5;
+/// Entries of one chat in flight at once while all goes well.
+pub const PIPELINE_WINDOW: usize = 4;
 
 /// The delay before retry number `attempt` (from 1): exponential from the minimum, capped at the
 /// maximum, with "equal jitter" (uniform in the upper half of the step), never below the minimum.
@@ -99,11 +106,31 @@ pub struct OutboxError(String);
 #[derive(Debug, Default)]
 struct ChatQueue {
     entries: BTreeMap<u64, ClientMessageId>,
-    in_flight: bool,
+    /// The sender_seqs in flight.
+    in_flight: BTreeSet<u64>,
+    /// One at a time until the head is confirmed (after an outcome other than "sent").
+    stalled: bool,
+    /// The highest sender_seq confirmed sent.
+    confirmed_through: u64,
     due_at_ms: u64,
     attempts: u32,
     mismatches: u32,
     resends: u32,
+}
+
+impl ChatQueue {
+    /// The next entry that may go now (ignoring time): the first not in flight, if the window
+    /// has room (a stalled chat sends nothing while anything is in flight).
+    fn sendable(&self) -> Option<(u64, ClientMessageId)> {
+        let window = if self.stalled { 1 } else { PIPELINE_WINDOW };
+        if self.in_flight.len() >= window {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|(seq, _)| !self.in_flight.contains(seq))
+            .map(|(seq, id)| (*seq, *id))
+    }
 }
 
 /// The outbox state machine.
@@ -176,9 +203,7 @@ impl Outbox {
         let Some(queue) = self.chats.get_mut(&entry.chat) else {
             return false;
         };
-        let is_head =
-            queue.entries.first_key_value().map(|(seq, _)| *seq) == Some(entry.sender_seq);
-        if (queue.in_flight && is_head)
+        if queue.in_flight.contains(&entry.sender_seq)
             || queue.entries.get(&entry.sender_seq) != Some(&entry.client_message_id)
         {
             return false;
@@ -190,17 +215,16 @@ impl Outbox {
         true
     }
 
-    /// The next entry to send now: the head of a chat that has nothing in flight and is due
-    /// (earliest due first). It counts as in flight until its outcome is handled.
+    /// The next entry to send now: the first entry not in flight of a due chat whose window
+    /// has room (earliest due first). It counts as in flight until its outcome is handled.
     pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Pending> {
-        let (chat, queue) = self
+        let (chat, queue, (sender_seq, client_message_id)) = self
             .chats
             .iter_mut()
-            .filter(|(_, queue)| !queue.in_flight && queue.due_at_ms <= now_ms)
-            .filter(|(_, queue)| !queue.entries.is_empty())
-            .min_by_key(|(_, queue)| queue.due_at_ms)?;
-        let (&sender_seq, &client_message_id) = queue.entries.first_key_value()?;
-        queue.in_flight = true;
+            .filter(|(_, queue)| queue.due_at_ms <= now_ms)
+            .filter_map(|(chat, queue)| queue.sendable().map(|next| (chat, queue, next)))
+            .min_by_key(|(_, queue, _)| queue.due_at_ms)?;
+        queue.in_flight.insert(sender_seq);
         Some(Pending {
             chat: *chat,
             sender_seq,
@@ -208,11 +232,11 @@ impl Outbox {
         })
     }
 
-    /// When the earliest chat that is not in flight becomes due (ms), if any entry waits.
+    /// When the earliest chat with an entry ready to go becomes due (ms), if any.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.chats
             .values()
-            .filter(|queue| !queue.in_flight && !queue.entries.is_empty())
+            .filter(|queue| queue.sendable().is_some())
             .map(|queue| queue.due_at_ms)
             .min()
     }
@@ -226,14 +250,27 @@ impl Outbox {
         rng: &mut impl Rng,
     ) -> Result<Next, OutboxError> {
         let queue = self.in_flight_queue(entry)?;
+        if outcome != Outcome::Sent {
+            queue.stalled = true;
+        }
         match outcome {
             Outcome::Sent | Outcome::Refused => {
+                let was_head =
+                    queue.entries.first_key_value().map(|(seq, _)| *seq) == Some(entry.sender_seq);
                 queue.entries.remove(&entry.sender_seq);
-                queue.in_flight = false;
-                queue.due_at_ms = now_ms;
-                queue.attempts = 0;
-                queue.mismatches = 0;
-                queue.resends = 0;
+                queue.in_flight.remove(&entry.sender_seq);
+                if outcome == Outcome::Sent {
+                    queue.confirmed_through = queue.confirmed_through.max(entry.sender_seq);
+                }
+                if was_head {
+                    queue.due_at_ms = queue.due_at_ms.min(now_ms);
+                    queue.attempts = 0;
+                    queue.mismatches = 0;
+                    queue.resends = 0;
+                    // The trouble is behind: pipeline again (a refused head leaves the chat
+                    // careful until the next one is confirmed).
+                    queue.stalled = outcome == Outcome::Refused;
+                }
                 if queue.entries.is_empty() {
                     self.chats.remove(&entry.chat);
                 }
@@ -247,9 +284,31 @@ impl Outbox {
                 queue.mismatches += 1;
                 if queue.mismatches > MISMATCHES_IN_A_ROW_MAX {
                     queue.mismatches = 0;
-                    return Ok(Self::back_off(queue, now_ms, rng));
+                    return Ok(Self::back_off(queue, entry, now_ms, rng));
                 }
                 Ok(Next::Reencrypt(entry))
+            }
+            Outcome::ResendFrom(expected)
+                if expected < entry.sender_seq && queue.entries.contains_key(&expected) =>
+            {
+                // The predecessor is still on its way (the network reordered them): this entry
+                // goes again once the chat, now one at a time, reaches it.
+                queue.in_flight.remove(&entry.sender_seq);
+                Ok(Next::RetryAt(queue.due_at_ms))
+            }
+            Outcome::ResendFrom(expected)
+                if expected < entry.sender_seq && expected <= queue.confirmed_through =>
+            {
+                // A stale answer: the predecessor it asked for has been confirmed since (the
+                // region looked before that commit). Resend as it is.
+                queue.in_flight.remove(&entry.sender_seq);
+                Ok(Next::RetryAt(queue.due_at_ms))
+            }
+            Outcome::ResendFrom(_) if queue.in_flight.len() > 1 => {
+                // Renumbering moves entries that are in flight: wait for their outcomes, then
+                // resend this one alone, which asks again.
+                queue.in_flight.remove(&entry.sender_seq);
+                Ok(Next::RetryAt(queue.due_at_ms))
             }
             Outcome::ResendFrom(expected) => {
                 queue.resends += 1;
@@ -258,7 +317,7 @@ impl Outbox {
                     || queue.resends > RESENDS_IN_A_ROW_MAX
                 {
                     queue.resends = 0;
-                    return Ok(Self::back_off(queue, now_ms, rng));
+                    return Ok(Self::back_off(queue, entry, now_ms, rng));
                 }
                 let old = std::mem::take(&mut queue.entries);
                 let mut moves = Vec::new();
@@ -270,7 +329,7 @@ impl Outbox {
                     queue.entries.insert(next_sender_seq, id);
                     next_sender_seq += 1;
                 }
-                queue.in_flight = false;
+                queue.in_flight.clear();
                 queue.due_at_ms = now_ms;
                 Ok(Next::Renumber {
                     chat: entry.chat,
@@ -278,14 +337,14 @@ impl Outbox {
                     next_sender_seq,
                 })
             }
-            Outcome::Retry => Ok(Self::back_off(queue, now_ms, rng)),
+            Outcome::Retry => Ok(Self::back_off(queue, entry, now_ms, rng)),
         }
     }
 
     /// The caller stored a re-encrypted envelope after [`Next::Reencrypt`]; resend at once.
     pub fn handle_reencrypted(&mut self, entry: Pending, now_ms: u64) -> Result<(), OutboxError> {
         let queue = self.in_flight_queue(entry)?;
-        queue.in_flight = false;
+        queue.in_flight.remove(&entry.sender_seq);
         queue.due_at_ms = now_ms;
         Ok(())
     }
@@ -295,8 +354,9 @@ impl Outbox {
             .chats
             .get_mut(&entry.chat)
             .ok_or_else(|| OutboxError(format!("no entries for chat {}", entry.chat)))?;
-        let head = queue.entries.first_key_value().map(|(seq, id)| (*seq, *id));
-        if !queue.in_flight || head != Some((entry.sender_seq, entry.client_message_id)) {
+        if !queue.in_flight.contains(&entry.sender_seq)
+            || queue.entries.get(&entry.sender_seq) != Some(&entry.client_message_id)
+        {
             return Err(OutboxError(format!(
                 "entry {} (sender_seq {}) is not the chat's entry in flight",
                 entry.client_message_id, entry.sender_seq
@@ -305,9 +365,11 @@ impl Outbox {
         Ok(queue)
     }
 
-    fn back_off(queue: &mut ChatQueue, now_ms: u64, rng: &mut impl Rng) -> Next {
+    /// Takes `entry` out of flight and holds the chat back for a jittered, growing delay (the
+    /// chat's other entries in flight still report their outcomes).
+    fn back_off(queue: &mut ChatQueue, entry: Pending, now_ms: u64, rng: &mut impl Rng) -> Next {
         queue.attempts = queue.attempts.saturating_add(1);
-        queue.in_flight = false;
+        queue.in_flight.remove(&entry.sender_seq);
         queue.due_at_ms = now_ms.saturating_add(retry_delay_ms(queue.attempts, rng));
         Next::RetryAt(queue.due_at_ms)
     }
@@ -336,10 +398,10 @@ mod tests {
     }
 
     #[test]
-    fn one_chat_goes_in_order_one_at_a_time() {
+    fn one_chat_goes_in_order_up_to_the_window_at_once() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut outbox = Outbox::new();
-        for seq in [3, 1, 2] {
+        for seq in [3, 1, 2, 4, 5, 6] {
             outbox.insert(entry(1, seq), 0).expect("insert");
         }
         outbox.insert(entry(2, 1), 0).expect("insert");
@@ -347,43 +409,131 @@ mod tests {
             outbox.insert(entry(2, 1), 0).is_err(),
             "duplicate sender_seq"
         );
-        assert_eq!(outbox.len(), 4);
+        assert_eq!(outbox.len(), 7);
 
-        let first = outbox.poll_transmit(0).expect("chat 1 head");
-        assert_eq!(first, entry(1, 1));
-        let other = outbox.poll_transmit(0).expect("chat 2 head");
-        assert_eq!(other, entry(2, 1));
-        assert_eq!(
-            outbox.poll_transmit(0),
-            None,
-            "chat 1 waits for its head's outcome"
-        );
+        let mut sent = Vec::new();
+        while let Some(next) = outbox.poll_transmit(0) {
+            sent.push(next);
+        }
+        // Chat 1's first four in order (the window), and chat 2's one.
+        let chat_1: Vec<u64> = sent
+            .iter()
+            .filter(|e| e.chat == chat(1))
+            .map(|e| e.sender_seq)
+            .collect();
+        assert_eq!(chat_1, vec![1, 2, 3, 4]);
+        assert_eq!(sent.len(), PIPELINE_WINDOW + 1);
+        assert!(sent.contains(&entry(2, 1)));
         assert!(
             outbox
-                .handle_outcome(entry(1, 2), Outcome::Sent, 0, &mut rng)
-                .is_err()
+                .handle_outcome(entry(1, 5), Outcome::Sent, 0, &mut rng)
+                .is_err(),
+            "not in flight"
         );
+        assert!(!outbox.remove(entry(1, 2)), "in flight");
 
+        // Outcomes may come back in any order.
         assert_eq!(
-            outbox.handle_outcome(first, Outcome::Sent, 0, &mut rng),
-            Ok(Next::Confirmed(first))
+            outbox.handle_outcome(entry(1, 2), Outcome::Sent, 0, &mut rng),
+            Ok(Next::Confirmed(entry(1, 2)))
         );
-        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 2)));
+        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 5)), "room again");
+        assert_eq!(outbox.poll_transmit(0), None, "the window is full");
+        for seq in [1, 3, 4, 5] {
+            outbox
+                .handle_outcome(entry(1, seq), Outcome::Sent, 0, &mut rng)
+                .expect("sent");
+        }
         outbox
-            .handle_outcome(entry(1, 2), Outcome::Sent, 0, &mut rng)
+            .handle_outcome(entry(2, 1), Outcome::Sent, 0, &mut rng)
             .expect("sent");
+        assert_eq!(outbox.entries(), vec![entry(1, 6)]);
+        assert!(!outbox.remove(entry(1, 7)), "unknown");
+        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 6)));
         outbox
-            .handle_outcome(other, Outcome::Sent, 0, &mut rng)
-            .expect("sent");
-        assert_eq!(outbox.entries(), vec![entry(1, 3)]);
-        assert!(!outbox.remove(entry(1, 4)), "unknown");
-        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 3)));
-        assert!(!outbox.remove(entry(1, 3)), "in flight");
-        outbox
-            .handle_outcome(entry(1, 3), Outcome::Sent, 0, &mut rng)
+            .handle_outcome(entry(1, 6), Outcome::Sent, 0, &mut rng)
             .expect("sent");
         assert!(outbox.is_empty());
         assert_eq!(outbox.poll_timeout(), None);
+    }
+
+    #[test]
+    fn an_entry_that_overtook_its_predecessor_waits_for_it() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut outbox = Outbox::new();
+        for seq in 1..=3 {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        for seq in 1..=3 {
+            assert_eq!(outbox.poll_transmit(0), Some(entry(1, seq)));
+        }
+        // 2 reached the region before 1: refused, no renumbering, no backoff.
+        assert_eq!(
+            outbox.handle_outcome(entry(1, 2), Outcome::ResendFrom(1), 0, &mut rng),
+            Ok(Next::RetryAt(0))
+        );
+        assert_eq!(
+            outbox.poll_transmit(0),
+            None,
+            "one at a time now, and 1 and 3 are in flight"
+        );
+        assert_eq!(
+            outbox.handle_outcome(entry(1, 3), Outcome::ResendFrom(1), 0, &mut rng),
+            Ok(Next::RetryAt(0))
+        );
+        assert_eq!(outbox.poll_transmit(0), None, "1 is still in flight");
+        assert_eq!(
+            outbox.handle_outcome(entry(1, 1), Outcome::Sent, 5, &mut rng),
+            Ok(Next::Confirmed(entry(1, 1)))
+        );
+        // The head is confirmed: the chat pipelines again, from 2, same ids and sender_seqs.
+        assert_eq!(outbox.poll_transmit(5), Some(entry(1, 2)));
+        assert_eq!(outbox.poll_transmit(5), Some(entry(1, 3)));
+        outbox
+            .handle_outcome(entry(1, 2), Outcome::Sent, 5, &mut rng)
+            .expect("sent");
+        // 3's answer was made before 2 committed: stale, so 3 goes again unchanged.
+        assert!(matches!(
+            outbox.handle_outcome(entry(1, 3), Outcome::ResendFrom(2), 5, &mut rng),
+            Ok(Next::RetryAt(due)) if due <= 5
+        ));
+        assert_eq!(outbox.poll_transmit(5), Some(entry(1, 3)));
+    }
+
+    #[test]
+    fn a_failed_entry_holds_its_chat_back_to_one_at_a_time() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut outbox = Outbox::new();
+        for seq in 1..=3 {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        for seq in 1..=3 {
+            assert_eq!(outbox.poll_transmit(0), Some(entry(1, seq)));
+        }
+        let Ok(Next::RetryAt(at)) = outbox.handle_outcome(entry(1, 1), Outcome::Retry, 0, &mut rng)
+        else {
+            panic!("a retry time");
+        };
+        // 2 and 3 still report: say 2 was refused for lack of 1, 3 was lost too.
+        outbox
+            .handle_outcome(entry(1, 2), Outcome::ResendFrom(1), 0, &mut rng)
+            .expect("waits");
+        outbox
+            .handle_outcome(entry(1, 3), Outcome::Retry, 0, &mut rng)
+            .expect("retry");
+        let due = outbox.poll_timeout().expect("due later");
+        assert!(due >= at);
+        assert_eq!(
+            outbox.poll_transmit(due),
+            Some(entry(1, 1)),
+            "the head alone"
+        );
+        assert_eq!(outbox.poll_transmit(due), None);
+        outbox
+            .handle_outcome(entry(1, 1), Outcome::Sent, due, &mut rng)
+            .expect("sent");
+        assert_eq!(outbox.poll_transmit(due), Some(entry(1, 2)));
+        assert_eq!(outbox.poll_transmit(due), Some(entry(1, 3)));
     }
 
     #[test]
