@@ -61,6 +61,9 @@ pub struct PlannedSend {
     pub pause_ms: u64,
     /// Whether the client syncs (fetches its queue) right after.
     pub sync_after: bool,
+    /// Whether it is only queued (composed offline), to go with the next send or sync: bursts
+    /// of these make the outbox send several envelopes of a chat at once.
+    pub compose: bool,
 }
 
 /// One client's plan.
@@ -126,6 +129,7 @@ impl Plan {
                             recipient,
                             pause_ms: rng.random_range(0..=shape.pause_ms_max),
                             sync_after: rng.random_ratio(1, 4),
+                            compose: rng.random_ratio(1, 3),
                         })
                     })
                     .collect();
@@ -295,9 +299,17 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         });
         for attempt in 1..=SEND_ATTEMPTS_MAX {
             local.borrow_mut().sending = Some(send.message);
-            let sent = client
-                .send(&client_name(send.recipient), &send.message.text(), None)
-                .await;
+            let peer = client_name(send.recipient);
+            let sent = match send.compose {
+                // A contact not known yet needs the network to resolve: send it then.
+                true => match client.compose(&peer, &send.message.text()) {
+                    Err(ClientError::UnknownPeer(_)) => {
+                        client.send(&peer, &send.message.text(), None).await
+                    }
+                    composed => composed,
+                },
+                false => client.send(&peer, &send.message.text(), None).await,
+            };
             local.borrow_mut().sending = None;
             tolerate(sent.map(|_| ()))?;
             let queued = setup.shared.borrow().queued.contains(&send.message);

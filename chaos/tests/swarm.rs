@@ -77,7 +77,7 @@ fn a_swarm_seed_gives_the_same_trace_with_its_faults() {
 
 /// Sweeps with `bug` planted until a run breaks `expected`; fails if none does.
 fn find(bug: PlantedBug, expected: Invariant) {
-    let mut swarm = Swarm::new(0, env_u64("RELAY_PLANTED_SEEDS", 100));
+    let mut swarm = Swarm::new(0, env_u64("RELAY_PLANTED_SEEDS", 200));
     swarm.planted = vec![bug];
     swarm.stop_at_first_violation = true;
     let summary = swarm.run(|_| {});
@@ -110,4 +110,11 @@ fn the_sweep_finds_a_receipt_moving_backwards() {
         PlantedBug::ReceiptMovesBackwards,
         Invariant::ReceiptsForward,
     );
+}
+
+#[test]
+fn the_sweep_finds_a_skipped_sender_seq_check() {
+    // Found only because clients pipeline a chat's envelopes and the network reorders them:
+    // the region's check is what keeps them in order.
+    find(PlantedBug::SkipSenderSeqCheck, Invariant::SenderFifo);
 }
