@@ -122,12 +122,17 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Creates `relay-chaos-<pid>` with its loopback up.
+    /// Creates `relay-chaos-<pid>` with its loopback up, and checks that programs and nftables
+    /// run inside it (a container may allow the first step and not the others).
     pub fn create() -> Result<Self> {
         let name = format!("relay-chaos-{}", std::process::id());
         run("ip", &["netns", "add", &name])?;
         let namespace = Self { name };
         run("ip", &["-n", &namespace.name, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &["netns", "exec", &namespace.name, "nft", "list", "tables"],
+        )?;
         Ok(namespace)
     }
 
