@@ -170,14 +170,10 @@ impl Plan {
     }
 }
 
-/// What the clients of one run share: the recorded trace and final views, and what a client
-/// needs to know to stop waiting (every simulated client runs on the one simulation thread).
+/// What a client waits on: who registered, who is done sending, and which messages are queued,
+/// given up and received. Shared by every client of a run (they run on one thread).
 #[derive(Debug, Default)]
-pub struct Shared {
-    /// The trace so far.
-    pub trace: Vec<TraceEvent>,
-    /// The final chat views, as clients finish.
-    pub views: Vec<ChatView>,
+pub struct Progress {
     /// Clients registered, with their account ids.
     pub accounts: BTreeMap<u32, u64>,
     /// Clients that have made every planned send.
@@ -190,6 +186,45 @@ pub struct Shared {
     pub received: BTreeMap<u32, BTreeSet<MessageRef>>,
 }
 
+impl Progress {
+    /// Whether client `me` can stop: everyone has sent, its outbox is empty, and every message
+    /// queued for it (and not given up) has arrived.
+    pub fn settled(&self, me: u32, everyone: &Plan, observer: &Observer) -> bool {
+        if self.done_sending.len() < everyone.clients.len() || observer.pending != Some(0) {
+            return false;
+        }
+        let received = self.received.get(&me);
+        let recipients = everyone.recipients();
+        self.queued
+            .iter()
+            .filter(|message| {
+                recipients.get(message) == Some(&me) && !self.failed.contains(message)
+            })
+            .all(|message| received.is_some_and(|received| received.contains(message)))
+    }
+}
+
+/// Where [`observe`] writes: a trace and the run's [`Progress`] (the simulation's [`Shared`],
+/// or a real-process run's record).
+pub trait Ledger {
+    /// Records an event now.
+    fn record(&mut self, what: What);
+    /// The run's progress.
+    fn progress(&mut self) -> &mut Progress;
+}
+
+/// What the clients of one simulated run share: the recorded trace and final views, and their
+/// progress (every simulated client runs on the one simulation thread).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The trace so far.
+    pub trace: Vec<TraceEvent>,
+    /// The final chat views, as clients finish.
+    pub views: Vec<ChatView>,
+    /// What the clients wait on.
+    pub progress: Progress,
+}
+
 impl Shared {
     /// Records an event at the current simulated time.
     pub fn record(&mut self, what: What) {
@@ -197,6 +232,16 @@ impl Shared {
             at_ms: sim_elapsed_ms(),
             what,
         });
+    }
+}
+
+impl Ledger for Shared {
+    fn record(&mut self, what: What) {
+        Shared::record(self, what);
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
     }
 }
 
@@ -227,19 +272,19 @@ pub struct ClientSetup {
     pub net_faults: Arc<NetFaults>,
 }
 
-/// The per-client state the event sink updates.
+/// One client's view of its own events, kept by [`observe`].
 #[derive(Debug, Default)]
-struct Local {
+pub struct Observer {
     /// The message whose send is in progress: its `pending` tick names its id.
-    sending: Option<MessageRef>,
+    pub sending: Option<MessageRef>,
     /// Client message ids (as the events print them) of this client's messages.
     ids: BTreeMap<String, MessageRef>,
     /// This client's messages seen acknowledged.
     acked: BTreeSet<MessageRef>,
     /// Outbox entries left after the last sync.
-    pending: Option<usize>,
+    pub pending: Option<usize>,
     /// Peers whose messages arrived since this client last marked them read.
-    unread: BTreeSet<u32>,
+    pub unread: BTreeSet<u32>,
 }
 
 /// Runs one simulated client to the end of its plan (call inside a turmoil client).
@@ -261,13 +306,18 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     register(&setup, &environment, edge).await?;
     wait_for_everyone(&setup).await;
 
-    let local = Rc::new(RefCell::new(Local::default()));
+    let local = Rc::new(RefCell::new(Observer::default()));
     let incarnations = std::cell::Cell::new(0u64);
     let open = || {
         let shared = setup.shared.clone();
         let local = local.clone();
         let sink = Box::new(move |event: Event| {
-            observe(me, event, &mut local.borrow_mut(), &mut shared.borrow_mut())
+            observe(
+                me,
+                event,
+                &mut local.borrow_mut(),
+                &mut *shared.borrow_mut(),
+            )
         });
         // Each run of the app draws fresh randomness (ids, jitter), as from the system's
         // generator: a reopened client must not repeat its first run's message ids.
@@ -312,7 +362,12 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             };
             local.borrow_mut().sending = None;
             tolerate(sent.map(|_| ()))?;
-            let queued = setup.shared.borrow().queued.contains(&send.message);
+            let queued = setup
+                .shared
+                .borrow()
+                .progress
+                .queued
+                .contains(&send.message);
             if queued || attempt == SEND_ATTEMPTS_MAX || past(setup.deadline_ms) {
                 break;
             }
@@ -323,7 +378,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             read_some(&setup, &mut client, &local, &mut reads).await?;
         }
     }
-    setup.shared.borrow_mut().done_sending.insert(me);
+    setup.shared.borrow_mut().progress.done_sending.insert(me);
 
     let complete = loop {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
@@ -331,7 +386,12 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         }
         tolerate(client.sync().await)?;
         read_some(&setup, &mut client, &local, &mut reads).await?;
-        if settled(&setup, &local.borrow()) {
+        if setup
+            .shared
+            .borrow()
+            .progress
+            .settled(me, &setup.everyone, &local.borrow())
+        {
             break true;
         }
         if past(setup.deadline_ms) {
@@ -368,7 +428,7 @@ async fn restart(
 async fn read_some(
     setup: &ClientSetup,
     client: &mut Client,
-    local: &Rc<RefCell<Local>>,
+    local: &Rc<RefCell<Observer>>,
     rng: &mut StdRng,
 ) -> turmoil::Result {
     let unread: Vec<u32> = local.borrow().unread.iter().copied().collect();
@@ -387,7 +447,7 @@ async fn read_some(
 fn record_views(setup: &ClientSetup) -> turmoil::Result {
     let me = setup.plan.client;
     let store = Store::open(&setup.data_dir.join(DATABASE_FILE))?;
-    let accounts = setup.shared.borrow().accounts.clone();
+    let accounts = setup.shared.borrow().progress.accounts.clone();
     for peer in setup.everyone.peers_of(me) {
         let Some(&account) = accounts.get(&peer) else {
             continue;
@@ -452,7 +512,7 @@ async fn register(
                     account,
                     region,
                 });
-                shared.accounts.insert(me, account);
+                shared.progress.accounts.insert(me, account);
                 return Ok(());
             }
             Err(error)
@@ -472,36 +532,20 @@ async fn register(
 /// Waits until every client has registered, so that every name resolves.
 async fn wait_for_everyone(setup: &ClientSetup) {
     let everyone = setup.everyone.clients.len();
-    while setup.shared.borrow().accounts.len() < everyone && !past(setup.deadline_ms) {
+    while setup.shared.borrow().progress.accounts.len() < everyone && !past(setup.deadline_ms) {
         tokio::time::sleep(Duration::from_millis(REGISTRATION_POLL_MS)).await;
     }
 }
 
-/// Whether the client can stop: everyone has sent, its outbox is empty, and every message
-/// queued for it (and not given up) has arrived.
-fn settled(setup: &ClientSetup, local: &Local) -> bool {
-    let me = setup.plan.client;
-    let shared = setup.shared.borrow();
-    if shared.done_sending.len() < setup.everyone.clients.len() || local.pending != Some(0) {
-        return false;
-    }
-    let received = shared.received.get(&me);
-    let recipients = setup.everyone.recipients();
-    shared
-        .queued
-        .iter()
-        .filter(|message| recipients.get(message) == Some(&me) && !shared.failed.contains(message))
-        .all(|message| received.is_some_and(|received| received.contains(message)))
-}
-
-/// Turns one client event into trace events and local state.
-fn observe(me: u32, event: Event, local: &mut Local, shared: &mut Shared) {
+/// Turns one client event into trace events, progress and the client's own state (the
+/// simulation's clients and `relayd chaos`'s real ones alike).
+pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Ledger) {
     match event {
         Event::Tick { id, tick, .. } => match tick {
             Tick::Pending => {
                 if let Some(message) = local.sending.take() {
                     local.ids.insert(id, message);
-                    shared.queued.insert(message);
+                    shared.progress().queued.insert(message);
                     shared.record(What::Queued { message });
                 }
             }
@@ -535,7 +579,12 @@ fn observe(me: u32, event: Event, local: &mut Local, shared: &mut Shared) {
             ..
         } => match MessageRef::parse(&text) {
             Some(message) => {
-                shared.received.entry(me).or_default().insert(message);
+                shared
+                    .progress()
+                    .received
+                    .entry(me)
+                    .or_default()
+                    .insert(message);
                 local.unread.insert(message.sender);
                 shared.record(What::Received {
                     receiver: me,
@@ -555,7 +604,7 @@ fn observe(me: u32, event: Event, local: &mut Local, shared: &mut Shared) {
         }
         Event::Failed { id, .. } => {
             if let Some(&message) = local.ids.get(&id) {
-                shared.failed.insert(message);
+                shared.progress().failed.insert(message);
                 shared.record(What::Failed { message });
             }
         }
@@ -576,7 +625,7 @@ fn tolerate(result: Result<(), ClientError>) -> turmoil::Result {
 }
 
 /// The account of a device address printed as `account/device` (0 when unreadable).
-fn account_of(device: &str) -> u64 {
+pub fn account_of(device: &str) -> u64 {
     device
         .split_once('/')
         .and_then(|(account, _)| account.parse().ok())

@@ -32,7 +32,7 @@ const CHILD_STOP_TIMEOUT_MS: u64 = 5_000;
 /// Pause before restarting a child that died.
 const CHILD_RESTART_DELAY_MS: u64 = 200;
 /// Most regions a devnet runs (127.0.k.0/24 needs k ≤ 254).
-const DEVNET_REGIONS_MAX: u32 = 16;
+pub(crate) const DEVNET_REGIONS_MAX: u32 = 16;
 
 /// Arguments of `relayd devnet`.
 #[derive(Debug, Args)]

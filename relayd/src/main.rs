@@ -2,6 +2,7 @@
 //! Wiring only: parse the command line and configuration, build, run.
 
 mod bench;
+mod chaos;
 mod devnet;
 mod pki;
 mod serve;
@@ -63,6 +64,19 @@ enum Command {
     /// kind and violations; a failure prints the seed and the command that reruns it.
     /// Example: relayd sim --seeds 1000
     Sim(sim::SimArgs),
+    /// Run the devnet's real processes under load and faults, then check what the clients saw.
+    ///
+    /// Starts `relayd devnet`, registers in-process clients (client i of region k binds
+    /// 127.0.k.(10+i)), and while they send their messages SIGKILLs (the devnet restarts them),
+    /// pauses (SIGSTOP/SIGCONT) and partitions regions and edges. Partitions are nftables drop
+    /// rules between 127.0.k.0/24 and the other regions inside a network namespace of its own
+    /// (as root with `ip` and `nft`), else pauses of the whole region. Then every fault is
+    /// lifted, the clients sync until everything has arrived, and the simulation's history
+    /// checker prints lost / duplicated / out-of-order / undecryptable counts; any non-zero count
+    /// (or a crash) exits non-zero.
+    ///
+    /// Example: relayd chaos --regions 2 --clients-per-region 2 --messages 20 --duration 20 --seed 7
+    Chaos(chaos::ChaosArgs),
     /// Run a benchmark and print its table (e.g. `relayd bench storage`).
     Bench {
         /// The benchmark to run.
@@ -93,6 +107,7 @@ fn main() -> ExitCode {
         Command::Locator { config } => serve::locator(&config),
         Command::Sim(args) => sim::run(args),
         Command::Bench { benchmark } => bench::run(benchmark),
+        Command::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,13 @@ fn a_short_sweep_reports_runs_faults_and_no_violation() {
     assert_eq!(summary["first_seed"], 100);
     assert!(summary["simulated_s"].as_f64().unwrap_or(0.0) > 10.0);
     let faults = summary["faults"].as_object().expect("faults by kind");
-    assert!(faults.values().filter_map(|count| count.as_u64()).sum::<u64>() > 0);
+    assert!(
+        faults
+            .values()
+            .filter_map(|count| count.as_u64())
+            .sum::<u64>()
+            > 0
+    );
     assert_eq!(summary["violations"], serde_json::json!({}));
     assert_eq!(
         summary["messages"]["acknowledged"],
@@ -55,7 +61,10 @@ fn a_planted_bug_is_found_with_the_seed_that_reproduces_it() {
 fn bad_flags_get_a_clear_error() {
     let (code, _, stderr) = sim(&["--plant", "nope"]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("choose one of skip-sender-seq-check"), "{stderr}");
+    assert!(
+        stderr.contains("choose one of skip-sender-seq-check"),
+        "{stderr}"
+    );
     let (code, _, stderr) = sim(&["--seeds", "0"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("--seeds must be at least 1"), "{stderr}");

@@ -1,0 +1,350 @@
+//! The workload of `relayd chaos`: the real-time twin of `relay_chaos::workload`. Each client is
+//! the real client library ([`relay_client::Client`]) in this process, on kernel UDP sockets and
+//! the system clock, finding its edge through the devnet's locator from its own address in
+//! 127.0.k.0/24. It records what it sees as the simulation's [`What`] events, so the same
+//! checker ([`relay_chaos::history::check`]) reads the run.
+//!
+//! A client registers (before any fault), sends its planned messages (each to one other client,
+//! after a planned pause, sometimes followed by a sync), then syncs until everyone has sent, its
+//! outbox is empty and everything queued for it has arrived, or the healing deadline passes.
+//! Clients are not `Send` (their event sink is a plain closure), so they run on one thread, as
+//! local tasks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use relay_chaos::history::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name};
+use relay_chaos::seed;
+use relay_chaos::workload::{ClientPlan, Ledger, Observer, Plan, Progress, observe};
+use relay_client::app::DATABASE_FILE;
+use relay_client::store::Store;
+use relay_client::{Client, ClientError, Environment, Event, Overrides, register_in};
+use relay_proto::AccountId;
+use tokio::time::Instant;
+
+/// Pause between two syncs while a client waits for the rest of its messages, in ms.
+pub const SYNC_INTERVAL_MS: u64 = 250;
+/// Registration attempts before a client gives up.
+pub const REGISTRATION_ATTEMPTS_MAX: u32 = 20;
+/// Pause between two registration attempts, in ms.
+pub const REGISTRATION_RETRY_MS: u64 = 500;
+/// Attempts at a send that fails before the message enters the outbox (the peer's name cannot
+/// be resolved while its edge is down, say), as a person would try again.
+pub const SEND_ATTEMPTS_MAX: u32 = 20;
+/// Pause before trying such a send again, in ms.
+pub const SEND_RETRY_MS: u64 = 500;
+/// Client errors kept word for word in the report (all are counted).
+pub const CLIENT_ERRORS_KEPT_MAX: usize = 20;
+/// The first host number of region k's clients: client i of the region binds 127.0.k.(10 + i).
+pub const CLIENT_HOST_FIRST: u32 = 10;
+
+/// Where the clients are and what they connect to.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The devnet's locator.
+    pub locator: SocketAddr,
+    /// The CA certificate to trust.
+    pub ca: PathBuf,
+    /// The folder holding each client's data directory (`c<n>`).
+    pub clients_dir: PathBuf,
+    /// The run's seed (client randomness is derived from it).
+    pub seed: u64,
+    /// Clients homed in each region.
+    pub clients_per_region: u32,
+}
+
+impl Deployment {
+    /// Client `client`'s data directory.
+    pub fn data_dir(&self, client: u32) -> PathBuf {
+        self.clients_dir.join(client_name(client))
+    }
+
+    /// The address client `client` binds: its region's 127.0.k.0/24 is how the locator places it.
+    pub fn bind_ip(&self, plan: &ClientPlan) -> IpAddr {
+        let index = plan.client % self.clients_per_region.max(1);
+        let host = u8::try_from(CLIENT_HOST_FIRST + index).unwrap_or(u8::MAX);
+        let region = u8::try_from(plan.region).unwrap_or(u8::MAX);
+        IpAddr::V4(Ipv4Addr::new(127, 0, region, host))
+    }
+}
+
+/// What the clients of a run recorded (shared by the local tasks of one thread).
+#[derive(Debug)]
+pub struct Record {
+    started: Instant,
+    /// The trace so far.
+    pub trace: Vec<TraceEvent>,
+    /// What the clients wait on (as in the simulation).
+    pub progress: Progress,
+    /// Errors a retry could not be expected to fix, word for word (the first few).
+    pub errors: Vec<String>,
+    /// How many such errors there were.
+    pub errors_total: usize,
+    /// Clients that finished, and whether they saw everything they waited for.
+    pub finished: BTreeMap<u32, bool>,
+}
+
+impl Record {
+    /// An empty record whose times count from `started`.
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            trace: Vec::new(),
+            progress: Progress::default(),
+            errors: Vec::new(),
+            errors_total: 0,
+            finished: BTreeMap::new(),
+        }
+    }
+
+    /// Records an event now.
+    pub fn record(&mut self, what: What) {
+        let at_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.trace.push(TraceEvent { at_ms, what });
+    }
+
+    fn error(&mut self, client: u32, what: &str, error: &ClientError) {
+        self.errors_total += 1;
+        if self.errors.len() < CLIENT_ERRORS_KEPT_MAX {
+            self.errors
+                .push(format!("{} {what}: {error}", client_name(client)));
+        }
+    }
+}
+
+impl Ledger for Record {
+    fn record(&mut self, what: What) {
+        Record::record(self, what);
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+}
+
+/// When clients stop waiting: set once the faults are over and healing has begun.
+#[derive(Debug, Default)]
+pub struct Deadline(Cell<Option<Instant>>);
+
+impl Deadline {
+    /// Sets the deadline.
+    pub fn set(&self, at: Instant) {
+        self.0.set(Some(at));
+    }
+
+    fn passed(&self) -> bool {
+        self.0.get().is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+/// Registers client `plan.client` through the locator, retrying while the deployment warms up.
+pub async fn register(
+    deployment: &Deployment,
+    plan: &ClientPlan,
+    record: &RefCell<Record>,
+) -> anyhow::Result<()> {
+    let me = plan.client;
+    let environment = environment(deployment, me);
+    let overrides = Overrides {
+        locator: Some(deployment.locator),
+        bind_ip: Some(deployment.bind_ip(plan)),
+        ca_path: Some(deployment.ca.clone()),
+    };
+    let data_dir = deployment.data_dir(me);
+    let mut attempt = 1;
+    loop {
+        let mut registration = None;
+        let mut sink = |event: Event| {
+            if let Event::Registered {
+                account, region, ..
+            } = event
+            {
+                registration = Some((account, region));
+            }
+        };
+        let registered = register_in(
+            &environment,
+            &data_dir,
+            &client_name(me),
+            overrides.clone(),
+            "",
+            &mut sink,
+        )
+        .await;
+        match registered {
+            Ok(_) => {
+                let (account, region) = registration.unwrap_or_default();
+                let mut record = record.borrow_mut();
+                record.record(What::Registered {
+                    client: me,
+                    account,
+                    region,
+                });
+                record.progress.accounts.insert(me, account);
+                return Ok(());
+            }
+            Err(error)
+                if attempt < REGISTRATION_ATTEMPTS_MAX
+                    && (error.is_retryable() || error.needs_reconnect()) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(REGISTRATION_RETRY_MS)).await;
+            }
+            Err(error) => anyhow::bail!("{} cannot register: {error}", client_name(me)),
+        }
+    }
+}
+
+/// Runs client `plan.client`'s sends, then syncs until it is settled or `deadline` passes.
+pub async fn run(
+    deployment: Rc<Deployment>,
+    plan: ClientPlan,
+    everyone: Rc<Plan>,
+    record: Rc<RefCell<Record>>,
+    deadline: Rc<Deadline>,
+) {
+    let me = plan.client;
+    let local = Rc::new(RefCell::new(Observer::default()));
+    let sink = {
+        let record = record.clone();
+        let local = local.clone();
+        Box::new(move |event: Event| {
+            observe(
+                me,
+                event,
+                &mut local.borrow_mut(),
+                &mut *record.borrow_mut(),
+            )
+        })
+    };
+    let mut client = match Client::open_in(
+        environment(&deployment, me),
+        &deployment.data_dir(me),
+        Overrides::default(),
+        sink,
+    ) {
+        Ok(client) => client,
+        Err(error) => {
+            let mut record = record.borrow_mut();
+            record.error(me, "cannot open its store", &error);
+            record.progress.done_sending.insert(me);
+            record.finished.insert(me, false);
+            return;
+        }
+    };
+
+    for send in &plan.sends {
+        tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
+        if deadline.passed() {
+            break;
+        }
+        record.borrow_mut().record(What::Send {
+            message: send.message,
+            recipient: send.recipient,
+        });
+        for attempt in 1..=SEND_ATTEMPTS_MAX {
+            local.borrow_mut().sending = Some(send.message);
+            let sent = client
+                .send(&client_name(send.recipient), &send.message.text(), None)
+                .await;
+            local.borrow_mut().sending = None;
+            tolerate(me, "send", sent.map(|_| ()), &record);
+            let queued = record.borrow().progress.queued.contains(&send.message);
+            if queued || attempt == SEND_ATTEMPTS_MAX || deadline.passed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(SEND_RETRY_MS)).await;
+        }
+        if send.sync_after {
+            tolerate(me, "sync", client.sync().await, &record);
+        }
+    }
+    record.borrow_mut().progress.done_sending.insert(me);
+
+    let complete = loop {
+        tolerate(me, "sync", client.sync().await, &record);
+        if record
+            .borrow()
+            .progress
+            .settled(me, &everyone, &local.borrow())
+        {
+            break true;
+        }
+        if deadline.passed() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+    };
+    client.close().await;
+    let mut record = record.borrow_mut();
+    record.record(What::Finished {
+        client: me,
+        complete,
+    });
+    record.finished.insert(me, complete);
+}
+
+/// Each client's stored history of each chat, read from its store by account (names may not
+/// have resolved: a device stores a message from an account it could not name).
+pub fn views(
+    deployment: &Deployment,
+    everyone: &Plan,
+    record: &Record,
+) -> anyhow::Result<Vec<ChatView>> {
+    let mut views = Vec::new();
+    for plan in &everyone.clients {
+        let me = plan.client;
+        if !record.progress.accounts.contains_key(&me) {
+            continue;
+        }
+        let store = Store::open(&deployment.data_dir(me).join(DATABASE_FILE))
+            .map_err(|error| anyhow::anyhow!("opening {}'s store: {error}", client_name(me)))?;
+        for peer in everyone.peers_of(me) {
+            let Some(&account) = record.progress.accounts.get(&peer) else {
+                continue;
+            };
+            let entries = store
+                .history(AccountId(account))
+                .map_err(|error| anyhow::anyhow!("reading {}'s history: {error}", client_name(me)))?
+                .into_iter()
+                .map(|stored| ViewEntry {
+                    outgoing: stored.outgoing,
+                    message: stored.text.as_deref().and_then(MessageRef::parse),
+                    chat_seq: stored.chat_seq,
+                })
+                .collect();
+            views.push(ChatView {
+                client: me,
+                peer,
+                entries,
+            });
+        }
+    }
+    Ok(views)
+}
+
+/// The real world, with the client's randomness derived from the run's seed.
+fn environment(deployment: &Deployment, client: u32) -> Environment {
+    Environment {
+        rng_seed: Some(seed::derive(deployment.seed, "client", client.into())),
+        ..Environment::default()
+    }
+}
+
+/// Passes errors the client recovers from by itself (a later sync retries); records the rest.
+fn tolerate(me: u32, what: &str, result: Result<(), ClientError>, record: &RefCell<Record>) {
+    if let Err(error) = result
+        && !(error.is_retryable() || error.needs_reconnect() || error.is_unreachable())
+    {
+        record.borrow_mut().error(me, what, &error);
+    }
+}
+
+/// The data folder of all clients under a run's folder.
+pub fn clients_dir(data: &Path) -> PathBuf {
+    data.join("clients")
+}

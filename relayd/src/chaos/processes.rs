@@ -1,0 +1,278 @@
+//! The devnet `relayd chaos` runs, as its child: `relayd devnet --json`, whose events say which
+//! pid each region, edge and the locator has right now (`started`, `restarted` after a death,
+//! `exited`). Signals go only to pids the devnet reported and that are still the devnet's
+//! children when signalled (checked in /proc), so a pid the system has reused is never hit.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// How long `relayd devnet` may take to print `ready`, in ms.
+pub const DEVNET_READY_TIMEOUT_MS: u64 = 120_000;
+/// How long the devnet may take to stop after SIGTERM before it is killed, in ms.
+pub const DEVNET_STOP_TIMEOUT_MS: u64 = 30_000;
+
+/// What the devnet has said so far.
+#[derive(Debug, Clone, Default)]
+pub struct DevnetState {
+    /// The running pid of each child by name (`region-1`, `edge-1`, `locator`); absent between
+    /// its death and its restart.
+    pub pids: BTreeMap<String, u32>,
+    /// Deaths seen, by name.
+    pub exits: BTreeMap<String, u32>,
+    /// The `ready` event, once seen.
+    pub ready: Option<Ready>,
+    /// The devnet's output ended (it exited).
+    pub ended: bool,
+}
+
+/// Where clients find the devnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// The locator's DNS address.
+    pub locator: SocketAddr,
+    /// The CA certificate clients trust.
+    pub ca: PathBuf,
+}
+
+/// A running `relayd devnet --json`.
+#[derive(Debug)]
+pub struct Devnet {
+    child: Child,
+    pid: u32,
+    state: watch::Receiver<DevnetState>,
+}
+
+impl Devnet {
+    /// Starts `exe devnet --json --regions N --data DATA`, its stderr going to `log`.
+    pub fn start(exe: &Path, regions: u32, data: &Path, log: &Path) -> Result<Self> {
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .arg("devnet")
+            .arg("--json")
+            .arg("--regions")
+            .arg(regions.to_string())
+            .arg("--data")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting relayd devnet")?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("relayd devnet exited at once"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout from relayd devnet"))?;
+        let (sender, state) = watch::channel(DevnetState::default());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sender.send_modify(|state| apply(state, &line));
+            }
+            sender.send_modify(|state| state.ended = true);
+        });
+        Ok(Self { child, pid, state })
+    }
+
+    /// The devnet's own pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A view of the devnet's state that follows its events.
+    pub fn state(&self) -> watch::Receiver<DevnetState> {
+        self.state.clone()
+    }
+
+    /// Waits for `ready`.
+    pub async fn ready(&self) -> Result<Ready> {
+        let mut state = self.state.clone();
+        let seen = tokio::time::timeout(
+            Duration::from_millis(DEVNET_READY_TIMEOUT_MS),
+            state.wait_for(|state| state.ready.is_some() || state.ended),
+        )
+        .await
+        .map_err(|_| anyhow!("the devnet was not ready within {DEVNET_READY_TIMEOUT_MS} ms"))?
+        .map_err(|_| anyhow!("the devnet's event reader stopped"))?;
+        match &seen.ready {
+            Some(ready) => Ok(ready.clone()),
+            None => bail!("the devnet exited before it was ready"),
+        }
+    }
+
+    /// Stops the devnet: SIGTERM (it stops its children), then, past the deadline, SIGKILL for
+    /// it and for every child it last reported.
+    pub async fn stop(mut self) {
+        let children: Vec<u32> = self
+            .state
+            .borrow()
+            .pids
+            .values()
+            .copied()
+            .filter(|&pid| parent_of(pid) == Some(self.pid))
+            .collect();
+        signal_pid(self.pid, Signal::TERM);
+        let stopped = tokio::time::timeout(
+            Duration::from_millis(DEVNET_STOP_TIMEOUT_MS),
+            self.child.wait(),
+        )
+        .await;
+        if stopped.is_err() {
+            tracing::warn!(
+                "the devnet did not stop within {DEVNET_STOP_TIMEOUT_MS} ms; killing it and its children"
+            );
+            let _ = self.child.kill().await;
+            for pid in children {
+                signal_pid(pid, Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Sends `signal` to the devnet's child `name` if it is running and still the devnet's child;
+/// returns the pid signalled.
+pub fn signal_child(
+    state: &DevnetState,
+    devnet_pid: u32,
+    name: &str,
+    signal: Signal,
+) -> Result<u32> {
+    let pid = *state
+        .pids
+        .get(name)
+        .ok_or_else(|| anyhow!("{name} is not running"))?;
+    if parent_of(pid) != Some(devnet_pid) {
+        bail!("{name}'s pid {pid} is no longer a child of the devnet");
+    }
+    let target = Pid::from_raw(i32::try_from(pid).context("pid out of range")?)
+        .ok_or_else(|| anyhow!("pid 0"))?;
+    rustix::process::kill_process(target, signal)
+        .with_context(|| format!("signalling {name} (pid {pid})"))?;
+    Ok(pid)
+}
+
+/// Whether every named child runs (is reported, is the devnet's child and is not stopped).
+pub fn all_running(state: &DevnetState, devnet_pid: u32, names: &[String]) -> bool {
+    names.iter().all(|name| {
+        state.pids.get(name).is_some_and(|&pid| {
+            parent_of(pid) == Some(devnet_pid) && process_state(pid).is_some_and(|s| s != 'T')
+        })
+    })
+}
+
+/// Sends a signal to a pid, ignoring failure (it may be gone).
+pub fn signal_pid(pid: u32, signal: Signal) {
+    if let Some(target) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process(target, signal);
+    }
+}
+
+/// Applies one line of the devnet's JSON output.
+fn apply(state: &mut DevnetState, line: &str) {
+    let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+        return;
+    };
+    let name = event["name"].as_str().map(str::to_owned);
+    let pid = event["pid"]
+        .as_u64()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .filter(|&pid| pid != 0);
+    match event["event"].as_str() {
+        Some("started" | "restarted") => {
+            if let (Some(name), Some(pid)) = (name, pid) {
+                state.pids.insert(name, pid);
+            }
+        }
+        Some("exited") => {
+            if let Some(name) = name {
+                state.pids.remove(&name);
+                *state.exits.entry(name).or_default() += 1;
+            }
+        }
+        Some("ready") => {
+            let locator = event["locator"].as_str().and_then(|a| a.parse().ok());
+            let ca = event["ca"].as_str().map(PathBuf::from);
+            if let (Some(locator), Some(ca)) = (locator, ca) {
+                state.ready = Some(Ready { locator, ca });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fields of /proc/<pid>/stat after the command name: state, then the parent pid.
+fn stat_fields(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself hold spaces or parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// The parent pid of a live process.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid).map(|(_, parent)| parent)
+}
+
+/// The state letter of a live process (`R`, `S`, `T` for stopped, `Z`, …).
+pub fn process_state(pid: u32) -> Option<char> {
+    stat_fields(pid).map(|(state, _)| state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_follow_the_children() {
+        let mut state = DevnetState::default();
+        for line in [
+            r#"{"event":"started","name":"region-1","pid":10,"address":"127.0.1.1:1"}"#,
+            r#"{"event":"started","name":"edge-1","pid":11,"address":"127.0.1.2:1"}"#,
+            r#"{"event":"ready","locator":"127.0.0.1:53","ca":"/d/pki/ca.pem","regions":[]}"#,
+            r#"{"event":"exited","name":"edge-1","status":"signal: 9"}"#,
+            "not json",
+            r#"{"event":"started","name":"bad","pid":"x"}"#,
+        ] {
+            apply(&mut state, line);
+        }
+        assert_eq!(state.pids.get("region-1"), Some(&10));
+        assert_eq!(state.pids.get("edge-1"), None);
+        assert!(!state.pids.contains_key("bad"));
+        assert_eq!(state.exits.get("edge-1"), Some(&1));
+        assert_eq!(
+            state.ready,
+            Some(Ready {
+                locator: "127.0.0.1:53".parse().expect("address"),
+                ca: PathBuf::from("/d/pki/ca.pem"),
+            })
+        );
+        apply(
+            &mut state,
+            r#"{"event":"restarted","name":"edge-1","pid":12,"address":"127.0.1.2:1"}"#,
+        );
+        assert_eq!(state.pids.get("edge-1"), Some(&12));
+    }
+
+    #[test]
+    fn this_process_is_its_parents_child_and_running() {
+        let me = std::process::id();
+        assert_eq!(parent_of(me), Some(std::os::unix::process::parent_id()));
+        assert!(matches!(process_state(me), Some('R' | 'S')));
+    }
+}
