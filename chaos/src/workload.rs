@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -483,6 +483,36 @@ async fn register(
         bind_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         ca_path: Some(setup.ca_path.clone()),
     };
+    let (account, region) = register_retrying(
+        environment,
+        &setup.data_dir,
+        me,
+        overrides,
+        REGISTRATION_ATTEMPTS_MAX,
+        Duration::from_millis(REGISTRATION_RETRY_MS),
+    )
+    .await
+    .map_err(|error| format!("{} cannot register: {error}", client_name(me)))?;
+    let mut shared = setup.shared.borrow_mut();
+    shared.record(What::Registered {
+        client: me,
+        account,
+        region,
+    });
+    shared.progress.accounts.insert(me, account);
+    Ok(())
+}
+
+/// Registers client `me` (named `c<me>`) in `data_dir`, retrying up to `attempts` times while
+/// the error is one a retry can fix; returns its account id and home region.
+pub async fn register_retrying(
+    environment: &Environment,
+    data_dir: &Path,
+    me: u32,
+    overrides: Overrides,
+    attempts: u32,
+    pause: Duration,
+) -> Result<(u64, u32), ClientError> {
     let mut attempt = 1;
     loop {
         let mut registration = None;
@@ -496,7 +526,7 @@ async fn register(
         };
         let registered = register_in(
             environment,
-            &setup.data_dir,
+            data_dir,
             &client_name(me),
             overrides.clone(),
             "",
@@ -504,27 +534,14 @@ async fn register(
         )
         .await;
         match registered {
-            Ok(_) => {
-                let (account, region) = registration.unwrap_or_default();
-                let mut shared = setup.shared.borrow_mut();
-                shared.record(What::Registered {
-                    client: me,
-                    account,
-                    region,
-                });
-                shared.progress.accounts.insert(me, account);
-                return Ok(());
-            }
+            Ok(_) => return Ok(registration.unwrap_or_default()),
             Err(error)
-                if attempt < REGISTRATION_ATTEMPTS_MAX
-                    && (error.is_retryable() || error.needs_reconnect()) =>
+                if attempt < attempts && (error.is_retryable() || error.needs_reconnect()) =>
             {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(REGISTRATION_RETRY_MS)).await;
+                tokio::time::sleep(pause).await;
             }
-            Err(error) => {
-                return Err(format!("{} cannot register: {error}", client_name(me)).into());
-            }
+            Err(error) => return Err(error),
         }
     }
 }

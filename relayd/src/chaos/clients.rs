@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use relay_chaos::history::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name};
 use relay_chaos::seed;
-use relay_chaos::workload::{ClientPlan, Ledger, Observer, Plan, Progress, observe};
+use relay_chaos::workload::{
+    ClientPlan, Ledger, Observer, Plan, Progress, observe, register_retrying,
+};
 use relay_client::app::DATABASE_FILE;
 use relay_client::store::Store;
-use relay_client::{Client, ClientError, Environment, Event, Overrides, register_in};
+use relay_client::{Client, ClientError, Environment, Event, Overrides};
 use relay_proto::AccountId;
 use tokio::time::Instant;
 
@@ -154,49 +156,24 @@ pub async fn register(
         bind_ip: Some(deployment.bind_ip(plan)),
         ca_path: Some(deployment.ca.clone()),
     };
-    let data_dir = deployment.data_dir(me);
-    let mut attempt = 1;
-    loop {
-        let mut registration = None;
-        let mut sink = |event: Event| {
-            if let Event::Registered {
-                account, region, ..
-            } = event
-            {
-                registration = Some((account, region));
-            }
-        };
-        let registered = register_in(
-            &environment,
-            &data_dir,
-            &client_name(me),
-            overrides.clone(),
-            "",
-            &mut sink,
-        )
-        .await;
-        match registered {
-            Ok(_) => {
-                let (account, region) = registration.unwrap_or_default();
-                let mut record = record.borrow_mut();
-                record.record(What::Registered {
-                    client: me,
-                    account,
-                    region,
-                });
-                record.progress.accounts.insert(me, account);
-                return Ok(());
-            }
-            Err(error)
-                if attempt < REGISTRATION_ATTEMPTS_MAX
-                    && (error.is_retryable() || error.needs_reconnect()) =>
-            {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(REGISTRATION_RETRY_MS)).await;
-            }
-            Err(error) => anyhow::bail!("{} cannot register: {error}", client_name(me)),
-        }
-    }
+    let (account, region) = register_retrying(
+        &environment,
+        &deployment.data_dir(me),
+        me,
+        overrides,
+        REGISTRATION_ATTEMPTS_MAX,
+        Duration::from_millis(REGISTRATION_RETRY_MS),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("{} cannot register: {error}", client_name(me)))?;
+    let mut record = record.borrow_mut();
+    record.record(What::Registered {
+        client: me,
+        account,
+        region,
+    });
+    record.progress.accounts.insert(me, account);
+    Ok(())
 }
 
 /// Runs client `plan.client`'s sends, then syncs until it is settled or `deadline` passes.
