@@ -28,7 +28,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::seed;
-use crate::simulation::{client_host, edge_host, region_host};
+use crate::simulation::{client_host, nth_edge_host, region_host};
 
 /// The kinds of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,8 +115,8 @@ pub enum LinkEffect {
 pub enum Target {
     /// A region's host (crashes).
     Region(u32),
-    /// An edge's host (crashes).
-    Edge(u32),
+    /// An edge's host, by name (crashes).
+    Edge(String),
     /// Directed links between hosts, each `(from, to)`.
     Links {
         /// The links.
@@ -206,9 +206,16 @@ impl FaultPlan {
             let region = regions[rng.random_range(0..regions.len())];
             let (target, host) = match kind {
                 FaultKind::RegionCrash => (Target::Region(region), region_host(region)),
-                _ => (Target::Edge(region), edge_host(region)),
+                _ => {
+                    let edge = rng.random_range(1..=topology.edges_per_region.max(1));
+                    let host = nth_edge_host(region, edge);
+                    (Target::Edge(host.clone()), host)
+                }
             };
-            let (start, end) = window(rng, 4_000);
+            // Regions come back within seconds; an edge may stay down long enough for its
+            // devices to move to another edge of the region.
+            let longest = if kind == FaultKind::RegionCrash { 4_000 } else { 15_000 };
+            let (start, end) = window(rng, longest);
             let spans = busy.entry(host.clone()).or_default();
             // A host is crashed at most once at a time.
             if spans.iter().any(|&(s, e)| start <= e && s <= end) {
@@ -414,8 +421,10 @@ pub(crate) enum Action {
 /// The hosts of a deployment, for drawing faults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    /// Regions, numbered from 1, each with one edge.
+    /// Regions, numbered from 1.
     pub regions: u32,
+    /// Edges in each region, numbered from 1.
+    pub edges_per_region: u32,
     /// Each client's home region, by client number.
     pub clients: Vec<u32>,
 }
@@ -431,7 +440,14 @@ impl Topology {
     /// The regions' and edges' hosts.
     pub fn servers(&self) -> Vec<String> {
         (1..=self.regions)
-            .flat_map(|region| [region_host(region), edge_host(region)])
+            .flat_map(|region| std::iter::once(region_host(region)).chain(self.edges(region)))
+            .collect()
+    }
+
+    /// Region `region`'s edges' hosts.
+    pub fn edges(&self, region: u32) -> Vec<String> {
+        (1..=self.edges_per_region.max(1))
+            .map(|edge| nth_edge_host(region, edge))
             .collect()
     }
 
@@ -442,12 +458,16 @@ impl Topology {
             for b in a + 1..=self.regions {
                 links.push((region_host(a), region_host(b)));
             }
-            for b in 1..=self.regions {
-                links.push((edge_host(a), region_host(b)));
+            for edge in self.edges(a) {
+                for b in 1..=self.regions {
+                    links.push((edge.clone(), region_host(b)));
+                }
             }
         }
         for (client, &region) in self.clients.iter().enumerate() {
-            links.push((client_host(client as u32), edge_host(region)));
+            for edge in self.edges(region) {
+                links.push((client_host(client as u32), edge));
+            }
         }
         links
     }
@@ -646,6 +666,7 @@ mod tests {
     fn topology() -> Topology {
         Topology {
             regions: 2,
+            edges_per_region: 2,
             clients: vec![1, 1, 2],
         }
     }

@@ -103,6 +103,7 @@ pub struct Simulation {
     time_limit: Duration,
     latency_ms: (u64, u64),
     planted: Vec<PlantedBug>,
+    edges_per_region: u32,
 }
 
 /// What a finished simulation recorded.
@@ -151,6 +152,7 @@ impl Simulation {
             time_limit: Duration::from_secs(300),
             latency_ms: (1, 25),
             planted: Vec::new(),
+            edges_per_region: 1,
         }
     }
 
@@ -171,11 +173,13 @@ impl Simulation {
             pause_ms_max: rng.random_range(20..=1_000),
             read_percent: rng.random_range(0..=100),
         };
+        let edges_per_region = rng.random_range(1..=2);
         let latency_min = rng.random_range(1..=10);
         let latency_max = latency_min + rng.random_range(0..=150);
         let safety_ms = rng.random_range(3_000..=20_000);
         let topology = Topology {
             regions,
+            edges_per_region,
             clients: (0..regions * clients_per_region)
                 .map(|client| client / clients_per_region + 1)
                 .collect(),
@@ -193,7 +197,14 @@ impl Simulation {
             time_limit,
             latency_ms: (latency_min, latency_max),
             planted: Vec::new(),
+            edges_per_region,
         }
+    }
+
+    /// Edges in each region (clients prefer one and fall back to the others).
+    pub fn edges_per_region(mut self, edges: u32) -> Self {
+        self.edges_per_region = edges.max(1);
+        self
     }
 
     /// Plants a known bug (a skipped safety check) for this run, to show the checker finds it.
@@ -332,32 +343,39 @@ impl Simulation {
             sim.host(host.as_str(), move || software.clone().run());
         }
         for &region in region_hosts.keys() {
-            let software = EdgeSoftware {
-                seed,
-                region,
-                clock: SimClock::skewed(
-                    faults
-                        .clock_skew_ms
-                        .get(&edge_host(region))
-                        .copied()
-                        .unwrap_or(0),
-                ),
-                net_faults: net_faults.clone(),
-                identity: pki.edge(region)?,
-                roots: roots.clone(),
-                region_hosts: region_hosts.clone(),
-                starts: Rc::new(Cell::new(0)),
-                packets: packets.clone(),
-            };
-            sim.host(edge_host(region).as_str(), move || software.clone().run());
+            for edge in 1..=self.edges_per_region {
+                let host = nth_edge_host(region, edge);
+                let software = EdgeSoftware {
+                    seed,
+                    region,
+                    edge,
+                    clock: SimClock::skewed(faults.clock_skew_ms.get(&host).copied().unwrap_or(0)),
+                    net_faults: net_faults.clone(),
+                    identity: pki.edge(region)?,
+                    roots: roots.clone(),
+                    region_hosts: region_hosts.clone(),
+                    starts: Rc::new(Cell::new(0)),
+                    packets: packets.clone(),
+                };
+                sim.host(host.as_str(), move || software.clone().run());
+            }
         }
+        let mut preferences = StdRng::seed_from_u64(seed::derive(seed, "edge-preference", 0));
         let deadline_ms = millis(self.time_limit);
         for client in &plan.clients {
             let setup = ClientSetup {
                 seed,
                 plan: client.clone(),
                 everyone: plan.clone(),
-                edge_host: edge_host(client.region),
+                edge_hosts: {
+                    // Each client prefers one of its region's edges and falls back to the others.
+                    let mut edges: Vec<String> = (1..=self.edges_per_region)
+                        .map(|edge| nth_edge_host(client.region, edge))
+                        .collect();
+                    let first = preferences.random_range(0..edges.len().max(1));
+                    edges.rotate_left(first);
+                    edges
+                },
                 edge_port: EDGE_PORT,
                 data_dir: folder.path().join(history::client_name(client.client)),
                 ca_path: ca_path.clone(),
@@ -414,8 +432,7 @@ impl Simulation {
                         }
                         continue;
                     }
-                    Target::Edge(region) => {
-                        let host = edge_host(*region);
+                    Target::Edge(host) => {
                         if starts {
                             sim.crash(host.as_str());
                         } else {
@@ -556,9 +573,18 @@ pub fn region_host(region: u32) -> String {
     format!("region-{region}")
 }
 
-/// The turmoil host name of region `region`'s edge.
+/// The turmoil host name of region `region`'s (first) edge.
 pub fn edge_host(region: u32) -> String {
     format!("edge-{region}")
+}
+
+/// The turmoil host name of region `region`'s edge number `edge` (from 1).
+pub fn nth_edge_host(region: u32, edge: u32) -> String {
+    if edge <= 1 {
+        edge_host(region)
+    } else {
+        format!("edge-{region}.{edge}")
+    }
 }
 
 /// The turmoil host name of client `client`.
@@ -659,6 +685,8 @@ impl RegionSoftware {
 struct EdgeSoftware {
     seed: u64,
     region: u32,
+    /// The edge's number in its region, from 1.
+    edge: u32,
     clock: SimClock,
     net_faults: Arc<NetFaults>,
     identity: relay_proto::net::TlsIdentity,
@@ -672,7 +700,11 @@ impl EdgeSoftware {
     async fn run(self) -> turmoil::Result {
         let start = self.starts.get();
         self.starts.set(start + 1);
-        let incarnation = seed::derive(self.seed, "edge", u64::from(self.region) << 32 | start);
+        let incarnation = seed::derive(
+            self.seed,
+            "edge",
+            u64::from(self.region) << 48 | u64::from(self.edge) << 32 | start,
+        );
         let regions = region_addresses(&self.region_hosts)
             .into_iter()
             .map(|(region, address)| (RegionId(region), address))

@@ -254,8 +254,8 @@ pub struct ClientSetup {
     pub plan: ClientPlan,
     /// Every client's plan (to know what to wait for).
     pub everyone: Rc<Plan>,
-    /// The turmoil host name of this client's edge.
-    pub edge_host: String,
+    /// The turmoil host names of this client's region's edges, the preferred one first.
+    pub edge_hosts: Vec<String>,
     /// The edge's device port.
     pub edge_port: u16,
     /// This client's data directory (created by registration).
@@ -290,7 +290,15 @@ pub struct Observer {
 /// Runs one simulated client to the end of its plan (call inside a turmoil client).
 pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     let me = setup.plan.client;
-    let edge = SocketAddr::new(turmoil::lookup(setup.edge_host.as_str()), setup.edge_port);
+    let edges: Vec<SocketAddr> = setup
+        .edge_hosts
+        .iter()
+        .map(|host| SocketAddr::new(turmoil::lookup(host.as_str()), setup.edge_port))
+        .collect();
+    let edge = edges
+        .first()
+        .copied()
+        .ok_or("a simulated client needs an edge")?;
     let environment = Environment {
         dialer: Dialer::new(
             Arc::new(
@@ -298,7 +306,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
                     .with_log(setup.packets.clone())
                     .with_faults(setup.net_faults.clone()),
             ),
-            EdgeSource::Fixed(vec![edge]),
+            EdgeSource::Fixed(edges),
         ),
         clock: Arc::new(SimClock::default()),
         rng_seed: Some(seed::derive(setup.seed, "client", me.into())),
