@@ -214,7 +214,11 @@ impl FaultPlan {
             };
             // Regions come back within seconds; an edge may stay down long enough for its
             // devices to move to another edge of the region.
-            let longest = if kind == FaultKind::RegionCrash { 4_000 } else { 15_000 };
+            let longest = if kind == FaultKind::RegionCrash {
+                4_000
+            } else {
+                15_000
+            };
             let (start, end) = window(rng, longest);
             let spans = busy.entry(host.clone()).or_default();
             // A host is crashed at most once at a time.

@@ -75,8 +75,8 @@ fn a_swarm_seed_gives_the_same_trace_with_its_faults() {
     assert_eq!(first.packets, second.packets, "reproduce with seed={seed}");
 }
 
-/// Sweeps with `bug` planted until a run breaks `expected`; fails if none does.
-fn find(bug: PlantedBug, expected: Invariant) {
+/// Sweeps with `bug` planted until a run breaks one of `expected`; fails if none does.
+fn find(bug: PlantedBug, expected: &[Invariant]) {
     let mut swarm = Swarm::new(0, env_u64("RELAY_PLANTED_SEEDS", 200));
     swarm.planted = vec![bug];
     swarm.stop_at_first_violation = true;
@@ -85,7 +85,7 @@ fn find(bug: PlantedBug, expected: Invariant) {
         failure
             .violations
             .iter()
-            .any(|violation| violation.invariant == expected)
+            .any(|violation| expected.contains(&violation.invariant))
     });
     let Some(found) = found else {
         panic!(
@@ -101,14 +101,19 @@ fn find(bug: PlantedBug, expected: Invariant) {
 
 #[test]
 fn the_sweep_finds_an_ack_before_commit() {
-    find(PlantedBug::AckBeforeCommit, Invariant::NoLoss);
+    // The acknowledged message is lost if the region dies before the late commit, and stored
+    // under another chat sequence than the one acknowledged if another commit got in first.
+    find(
+        PlantedBug::AckBeforeCommit,
+        &[Invariant::NoLoss, Invariant::Order],
+    );
 }
 
 #[test]
 fn the_sweep_finds_a_receipt_moving_backwards() {
     find(
         PlantedBug::ReceiptMovesBackwards,
-        Invariant::ReceiptsForward,
+        &[Invariant::ReceiptsForward],
     );
 }
 
@@ -116,5 +121,5 @@ fn the_sweep_finds_a_receipt_moving_backwards() {
 fn the_sweep_finds_a_skipped_sender_seq_check() {
     // Found only because clients pipeline a chat's envelopes and the network reorders them:
     // the region's check is what keeps them in order.
-    find(PlantedBug::SkipSenderSeqCheck, Invariant::SenderFifo);
+    find(PlantedBug::SkipSenderSeqCheck, &[Invariant::SenderFifo]);
 }
