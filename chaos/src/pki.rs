@@ -2,14 +2,16 @@
 //! edge, issued as the devnet's PKI does (relayd's `pki` module) but never written to disk
 //! except the CA certificate clients copy into their data directories.
 //!
-//! Keys are Ed25519, so every signature and key has the same size on every run: the handshake
-//! packets, and so the simulated network's schedule, do not depend on the random keys.
+//! Keys are Ed25519, so every signature and key has the same size on every run, and serial
+//! numbers are fixed (rcgen's default, a hash of the random key, is one byte shorter about once
+//! in 128 certificates): the handshake packets, and so the simulated network's schedule, do not
+//! depend on the random keys.
 
 use std::sync::Arc;
 
 use quinn::rustls::RootCertStore;
 use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ED25519};
+use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ED25519, SerialNumber};
 use relay_proto::net::TlsIdentity;
 
 /// Why the CA could not issue a certificate.
@@ -36,8 +38,15 @@ impl std::fmt::Debug for Pki {
     }
 }
 
+/// The serial number of the CA's certificate; leaves take [`LEAF_SERIAL`].
+const CA_SERIAL: u64 = 1;
+/// The serial number of every leaf certificate (each region and edge holds its own key).
+const LEAF_SERIAL: u64 = 2;
+
 fn ca_params() -> CertificateParams {
-    relay_proto::pki::ca_params("Relay simulation CA")
+    let mut params = relay_proto::pki::ca_params("Relay simulation CA");
+    params.serial_number = Some(SerialNumber::from(CA_SERIAL));
+    params
 }
 
 impl Pki {
@@ -78,12 +87,36 @@ impl Pki {
         self.leaf(relay_proto::pki::edge_params(region)?.1)
     }
 
-    fn leaf(&self, params: CertificateParams) -> Result<TlsIdentity, PkiError> {
+    fn leaf(&self, mut params: CertificateParams) -> Result<TlsIdentity, PkiError> {
+        params.serial_number = Some(SerialNumber::from(LEAF_SERIAL));
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(TlsIdentity {
             cert_chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_have_the_same_size_on_every_run() {
+        let sizes = |pki: &Pki| -> (usize, usize, usize) {
+            let region = pki.region(1).expect("region");
+            let edge = pki.edge(2).expect("edge");
+            (
+                pki.ca_der.len(),
+                region.cert_chain[0].len(),
+                edge.cert_chain[0].len(),
+            )
+        };
+        let first = sizes(&Pki::new().expect("pki"));
+        // A key-derived serial comes out a byte shorter about once in 128 certificates.
+        for _ in 0..400 {
+            assert_eq!(sizes(&Pki::new().expect("pki")), first);
+        }
     }
 }

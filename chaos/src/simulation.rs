@@ -477,6 +477,7 @@ impl Simulation {
             ));
         }
         let slowest_delivery_ms = history::slowest_delivery_ms(&trace, &planned);
+        let injected = injected(&faults, &trace);
         Ok(Report {
             seed,
             elapsed,
@@ -485,7 +486,7 @@ impl Simulation {
             planned,
             violations,
             shape: self.shape,
-            faults: faults.counts.clone(),
+            faults: injected,
             heal_ms: faults.heal_ms,
             slowest_delivery_ms,
             packets: packets.fingerprint(),
@@ -566,6 +567,42 @@ impl fmt::Display for Report {
             self.elapsed.as_secs_f64()
         )
     }
+}
+
+/// The faults a run really injected, by kind: those that started before the clients finished
+/// (a plan may schedule more), and the continuous kinds (loss, duplication, clock skew, store
+/// faults) as planned.
+fn injected(plan: &FaultPlan, trace: &[TraceEvent]) -> BTreeMap<FaultKind, u64> {
+    let mut counts = BTreeMap::new();
+    let mut swizzled = false;
+    for event in trace {
+        let kind = match &event.what {
+            What::RegionCrashed { .. } => FaultKind::RegionCrash,
+            What::ClientRestarted { .. } => FaultKind::ClientRestart,
+            // One swizzle-clog clogs several hosts in turn: count it once.
+            What::FaultStarted {
+                kind: FaultKind::SwizzleClog,
+                ..
+            } if swizzled => continue,
+            What::FaultStarted { kind, .. } => {
+                swizzled |= *kind == FaultKind::SwizzleClog;
+                *kind
+            }
+            _ => continue,
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    for kind in [
+        FaultKind::PacketLoss,
+        FaultKind::Duplication,
+        FaultKind::ClockSkew,
+        FaultKind::StoreFaults,
+    ] {
+        if let Some(&count) = plan.counts.get(&kind) {
+            counts.insert(kind, count);
+        }
+    }
+    counts
 }
 
 /// The turmoil host name of region `region`.
