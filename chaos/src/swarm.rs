@@ -55,6 +55,9 @@ pub struct SwarmSummary {
     pub slowest_delivery_ms: u64,
     /// Runs that broke an invariant or failed, by seed.
     pub failures: Vec<Failure>,
+    /// Each finished run's seed, simulated time (ms) and network fingerprint digest, by seed:
+    /// two sweeps of the same seeds must agree on every one.
+    pub fingerprints: Vec<(u64, u64, u64)>,
 }
 
 impl SwarmSummary {
@@ -84,6 +87,11 @@ impl SwarmSummary {
         self.messages.1 += report.acknowledged() as u64;
         self.messages.2 += report.received() as u64;
         self.slowest_delivery_ms = self.slowest_delivery_ms.max(report.slowest_delivery_ms);
+        self.fingerprints.push((
+            report.seed,
+            u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+            report.packets.digest,
+        ));
         if !report.violations.is_empty() {
             self.failures.push(Failure {
                 seed: report.seed,
@@ -149,6 +157,7 @@ impl Swarm {
         });
         let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
         summary.failures.sort_by_key(|failure| failure.seed);
+        summary.fingerprints.sort_unstable();
         summary
     }
 }

@@ -240,7 +240,13 @@ pub fn bind_endpoint(
     address: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> Result<quinn::Endpoint, NetError> {
-    bind_endpoint_with(sockets, address, server, quinn::EndpointConfig::default())
+    bind_endpoint_with(
+        sockets,
+        address,
+        server,
+        quinn::EndpointConfig::default(),
+        None,
+    )
 }
 
 /// Binds a server endpoint whose stateless-reset key is derived from `identity`'s private key.
@@ -268,7 +274,7 @@ pub fn bind_server_endpoint(
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    bind_endpoint_with(sockets, address, Some(server), config)
+    bind_endpoint_with(sockets, address, Some(server), config, Some(cid_key))
 }
 
 fn bind_endpoint_with(
@@ -276,8 +282,25 @@ fn bind_endpoint_with(
     address: SocketAddr,
     server: Option<quinn::ServerConfig>,
     mut config: quinn::EndpointConfig,
+    cid_key: Option<u64>,
 ) -> Result<quinn::Endpoint, NetError> {
-    config.rng_seed(sockets.endpoint_rng_seed());
+    let seed = sockets.endpoint_rng_seed();
+    if let Some(seed) = seed {
+        // quinn's connection-id generators draw from the thread's OS-seeded generator, not the
+        // endpoint's: a seeded factory (the simulator) gets ids from its seed too.
+        let generators = std::sync::atomic::AtomicU64::new(u64::from_le_bytes(
+            seed[..8].try_into().unwrap_or_default(),
+        ));
+        config.cid_generator(move || {
+            let state =
+                generators.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
+            Box::new(SeededCids {
+                key: cid_key,
+                state,
+            })
+        });
+    }
+    config.rng_seed(seed);
     let socket = sockets.bind(address)?;
     Ok(quinn::Endpoint::new_with_abstract_socket(
         config,
@@ -285,6 +308,66 @@ fn bind_endpoint_with(
         socket,
         sockets.runtime(),
     )?)
+}
+
+/// Connection ids from a seed: `nonce ‖ signature` like quinn's hashed generator when a key is
+/// given (so a restarted server recognises its previous life's ids), plain otherwise.
+struct SeededCids {
+    key: Option<u64>,
+    state: u64,
+}
+
+impl SeededCids {
+    const NONCE_BYTES: usize = 3;
+    const CID_BYTES: usize = 8;
+
+    fn signature(key: u64, nonce: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(key.to_le_bytes());
+        hasher.update(nonce);
+        hasher.finalize().into()
+    }
+}
+
+impl quinn_proto::ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        // SplitMix64.
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let mut bytes = (z ^ (z >> 31)).to_le_bytes();
+        if let Some(key) = self.key {
+            let signature = Self::signature(key, &bytes[..Self::NONCE_BYTES]);
+            bytes[Self::NONCE_BYTES..]
+                .copy_from_slice(&signature[..Self::CID_BYTES - Self::NONCE_BYTES]);
+        }
+        quinn_proto::ConnectionId::new(&bytes)
+    }
+
+    fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        let Some(key) = self.key else {
+            return Ok(());
+        };
+        if cid.len() != Self::CID_BYTES {
+            return Err(quinn_proto::InvalidCid);
+        }
+        let (nonce, signature) = cid.split_at(Self::NONCE_BYTES);
+        let expected = Self::signature(key, nonce);
+        if expected[..Self::CID_BYTES - Self::NONCE_BYTES] == *signature {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::CID_BYTES
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The keying material both ends of a connection derive for binding device authentication.

@@ -196,6 +196,8 @@ fn json(
         "faults": faults,
         "violations": violations,
         "failures": failures,
+        // Per seed: [seed, simulated ms, digest of the datagrams]; equal sweeps agree on each.
+        "fingerprints": summary.fingerprints,
     })
 }
 
