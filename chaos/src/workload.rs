@@ -453,10 +453,29 @@ async fn read_some(
 /// Records the client's stored history of each chat, read from its store by account (names
 /// may not have resolved: a device stores a message from an account it could not name).
 fn record_views(setup: &ClientSetup) -> turmoil::Result {
-    let me = setup.plan.client;
-    let store = Store::open(&setup.data_dir.join(DATABASE_FILE))?;
     let accounts = setup.shared.borrow().progress.accounts.clone();
-    for peer in setup.everyone.peers_of(me) {
+    let views = chat_views(
+        &setup.data_dir,
+        setup.plan.client,
+        &setup.everyone,
+        &accounts,
+    )?;
+    setup.shared.borrow_mut().views.extend(views);
+    Ok(())
+}
+
+/// Client `me`'s stored history of its chat with each peer of the plan that registered, read
+/// from the store in `data_dir` by account (names may not have resolved: a device stores a
+/// message from an account it could not name).
+pub fn chat_views(
+    data_dir: &Path,
+    me: u32,
+    everyone: &Plan,
+    accounts: &BTreeMap<u32, u64>,
+) -> Result<Vec<ChatView>, ClientError> {
+    let store = Store::open(&data_dir.join(DATABASE_FILE))?;
+    let mut views = Vec::new();
+    for peer in everyone.peers_of(me) {
         let Some(&account) = accounts.get(&peer) else {
             continue;
         };
@@ -469,13 +488,13 @@ fn record_views(setup: &ClientSetup) -> turmoil::Result {
                 chat_seq: stored.chat_seq,
             })
             .collect();
-        setup.shared.borrow_mut().views.push(ChatView {
+        views.push(ChatView {
             client: me,
             peer,
             entries,
         });
     }
-    Ok(())
+    Ok(views)
 }
 
 /// Registers the client's account through its edge, retrying while the deployment starts.

@@ -17,28 +17,17 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use relay_chaos::history::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name};
+use relay_chaos::history::{ChatView, TraceEvent, What, client_name};
 use relay_chaos::seed;
 use relay_chaos::workload::{
-    ClientPlan, Ledger, Observer, Plan, Progress, observe, register_retrying,
+    ClientPlan, Ledger, Observer, Plan, Progress, REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX,
+    SEND_RETRY_MS, SYNC_INTERVAL_MS, chat_views, observe, register_retrying,
 };
-use relay_client::app::DATABASE_FILE;
-use relay_client::store::Store;
 use relay_client::{Client, ClientError, Environment, Event, Overrides};
-use relay_proto::AccountId;
 use tokio::time::Instant;
 
-/// Pause between two syncs while a client waits for the rest of its messages, in ms.
-pub const SYNC_INTERVAL_MS: u64 = 250;
 /// Registration attempts before a client gives up.
 pub const REGISTRATION_ATTEMPTS_MAX: u32 = 20;
-/// Pause between two registration attempts, in ms.
-pub const REGISTRATION_RETRY_MS: u64 = 500;
-/// Attempts at a send that fails before the message enters the outbox (the peer's name cannot
-/// be resolved while its edge is down, say), as a person would try again.
-pub const SEND_ATTEMPTS_MAX: u32 = 20;
-/// Pause before trying such a send again, in ms.
-pub const SEND_RETRY_MS: u64 = 500;
 /// Client errors kept word for word in the report (all are counted).
 pub const CLIENT_ERRORS_KEPT_MAX: usize = 20;
 /// The first host number of region k's clients: client i of the region binds 127.0.k.(10 + i).
@@ -278,28 +267,14 @@ pub fn views(
         if !record.progress.accounts.contains_key(&me) {
             continue;
         }
-        let store = Store::open(&deployment.data_dir(me).join(DATABASE_FILE))
-            .map_err(|error| anyhow::anyhow!("opening {}'s store: {error}", client_name(me)))?;
-        for peer in everyone.peers_of(me) {
-            let Some(&account) = record.progress.accounts.get(&peer) else {
-                continue;
-            };
-            let entries = store
-                .history(AccountId(account))
-                .map_err(|error| anyhow::anyhow!("reading {}'s history: {error}", client_name(me)))?
-                .into_iter()
-                .map(|stored| ViewEntry {
-                    outgoing: stored.outgoing,
-                    message: stored.text.as_deref().and_then(MessageRef::parse),
-                    chat_seq: stored.chat_seq,
-                })
-                .collect();
-            views.push(ChatView {
-                client: me,
-                peer,
-                entries,
-            });
-        }
+        let read = chat_views(
+            &deployment.data_dir(me),
+            me,
+            everyone,
+            &record.progress.accounts,
+        )
+        .map_err(|error| anyhow::anyhow!("reading {}'s history: {error}", client_name(me)))?;
+        views.extend(read);
     }
     Ok(views)
 }
