@@ -664,10 +664,7 @@ fn check_liveness(
     planned: &BTreeMap<MessageRef, u32>,
     violations: &mut Vec<Violation>,
 ) {
-    let heal_ms = trace
-        .iter()
-        .find(|event| event.what == What::Healed)
-        .map_or(0, |event| event.at_ms);
+    let heal_ms = heal_ms(trace);
     let mut queued = BTreeMap::new();
     let mut acked = BTreeMap::new();
     let mut arrived = BTreeMap::new();
@@ -727,13 +724,18 @@ fn check_liveness(
     }
 }
 
+/// When the safety phase ended (0: the run had no faults to heal).
+fn heal_ms(trace: &[TraceEvent]) -> u64 {
+    trace
+        .iter()
+        .find(|event| event.what == What::Healed)
+        .map_or(0, |event| event.at_ms)
+}
+
 /// The slowest delivery after the heal: the longest time from `max(heal, acknowledgement)` to
 /// arrival, in ms (how close a run came to [`LIVENESS_BOUND_MS`]).
 pub fn slowest_delivery_ms(trace: &[TraceEvent], planned: &BTreeMap<MessageRef, u32>) -> u64 {
-    let heal_ms = trace
-        .iter()
-        .find(|event| event.what == What::Healed)
-        .map_or(0, |event| event.at_ms);
+    let heal_ms = heal_ms(trace);
     let mut acked = BTreeMap::new();
     let mut slowest = 0;
     for event in trace {

@@ -665,6 +665,14 @@ fn region_addresses(region_hosts: &BTreeMap<u32, String>) -> BTreeMap<u32, Socke
         .collect()
 }
 
+/// The seed of a host's next start: `host` (its component and number, the low 32 bits free)
+/// plus how many times it started before, so a restarted host draws fresh but repeatable ids.
+fn next_incarnation(starts: &Cell<u64>, seed: u64, component: &str, host: u64) -> u64 {
+    let start = starts.get();
+    starts.set(start + 1);
+    seed::derive(seed, component, host | start)
+}
+
 /// What a region host runs; called again on every restart.
 #[derive(Clone)]
 struct RegionSoftware {
@@ -684,9 +692,12 @@ struct RegionSoftware {
 
 impl RegionSoftware {
     async fn run(self) -> turmoil::Result {
-        let start = self.starts.get();
-        self.starts.set(start + 1);
-        let incarnation = seed::derive(self.seed, "region", u64::from(self.region) << 32 | start);
+        let incarnation = next_incarnation(
+            &self.starts,
+            self.seed,
+            "region",
+            u64::from(self.region) << 32,
+        );
         let faults = self.store_faults.map(|faults| FaultConfig {
             seed: seed::mix(faults.seed, incarnation),
             ..faults
@@ -735,12 +746,11 @@ struct EdgeSoftware {
 
 impl EdgeSoftware {
     async fn run(self) -> turmoil::Result {
-        let start = self.starts.get();
-        self.starts.set(start + 1);
-        let incarnation = seed::derive(
+        let incarnation = next_incarnation(
+            &self.starts,
             self.seed,
             "edge",
-            u64::from(self.region) << 48 | u64::from(self.edge) << 32 | start,
+            u64::from(self.region) << 48 | u64::from(self.edge) << 32,
         );
         let regions = region_addresses(&self.region_hosts)
             .into_iter()
