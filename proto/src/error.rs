@@ -28,6 +28,22 @@ pub enum ErrorCode {
     UnsupportedVersion = 10,
     /// A registration token was required and missing or invalid.
     Forbidden = 11,
+    /// The region's store cannot take writes now (disk full, I/O error): nothing was
+    /// acknowledged; retry later.
+    StorageUnavailable = 12,
+    /// The device's state went back (its data directory was restored from a backup): its
+    /// sequence numbers, queue cursor or Olm ratchets are behind what the region has seen, so
+    /// nothing it sends or receives can be trusted to decrypt. Not retryable: the device must
+    /// be linked again (or registered anew).
+    DeviceRolledBack = 13,
+    /// The directory writer (the region that keeps account names unique) cannot be reached;
+    /// retry later.
+    DirectoryUnavailable = 14,
+    /// The server is overloaded; retry after the reply's `retry_after_ms`.
+    Overloaded = 15,
+    /// A recipient device's queue cannot be read (damaged storage): sends to it are refused,
+    /// never acknowledged, until an operator repairs the store; retry later.
+    RecipientUnavailable = 16,
 }
 
 impl ErrorCode {
@@ -44,13 +60,27 @@ impl ErrorCode {
             9 => Self::Throttled,
             10 => Self::UnsupportedVersion,
             11 => Self::Forbidden,
+            12 => Self::StorageUnavailable,
+            13 => Self::DeviceRolledBack,
+            14 => Self::DirectoryUnavailable,
+            15 => Self::Overloaded,
+            16 => Self::RecipientUnavailable,
             _ => Self::Internal,
         }
     }
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Unavailable | Self::Internal | Self::Throttled)
+        matches!(
+            self,
+            Self::Unavailable
+                | Self::Internal
+                | Self::Throttled
+                | Self::StorageUnavailable
+                | Self::DirectoryUnavailable
+                | Self::Overloaded
+                | Self::RecipientUnavailable
+        )
     }
 }
 
@@ -61,6 +91,8 @@ pub struct ProtoError {
     pub code: ErrorCode,
     /// What went wrong, for logs and users.
     pub message: String,
+    /// How long to wait before retrying, in milliseconds; 0 when the server gave no hint.
+    pub retry_after_ms: u64,
 }
 
 impl ProtoError {
@@ -69,7 +101,14 @@ impl ProtoError {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: 0,
         }
+    }
+
+    /// This error with a hint of when a retry may succeed.
+    pub fn with_retry_after_ms(mut self, retry_after_ms: u64) -> Self {
+        self.retry_after_ms = retry_after_ms;
+        self
     }
 
     /// A malformed-input error.
@@ -80,7 +119,11 @@ impl ProtoError {
 
 impl fmt::Display for ProtoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
+        write!(f, "{:?}: {}", self.code, self.message)?;
+        if self.retry_after_ms > 0 {
+            write!(f, " (retry after {} ms)", self.retry_after_ms)?;
+        }
+        Ok(())
     }
 }
 
@@ -89,6 +132,7 @@ impl From<ProtoError> for crate::wire::ErrorReply {
         crate::wire::ErrorReply {
             code: error.code as u32,
             message: error.message,
+            retry_after_ms: error.retry_after_ms,
         }
     }
 }
@@ -98,6 +142,35 @@ impl From<crate::wire::ErrorReply> for ProtoError {
         ProtoError {
             code: ErrorCode::from_u32(reply.code),
             message: reply.message,
+            retry_after_ms: reply.retry_after_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_survives_the_wire() {
+        for number in 1..=16 {
+            let code = ErrorCode::from_u32(number);
+            if number != 8 {
+                assert_ne!(code, ErrorCode::Internal, "code {number} is unknown");
+            }
+            assert_eq!(code as u32, number);
+        }
+        assert_eq!(ErrorCode::from_u32(999), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn the_retry_hint_travels_with_the_error() {
+        let error = ProtoError::new(ErrorCode::Overloaded, "busy").with_retry_after_ms(250);
+        let reply: crate::wire::ErrorReply = error.clone().into();
+        assert_eq!(reply.retry_after_ms, 250);
+        assert_eq!(ProtoError::from(reply), error);
+        assert!(error.to_string().contains("retry after 250 ms"));
+        assert!(!ErrorCode::DeviceRolledBack.is_retryable());
+        assert!(ErrorCode::StorageUnavailable.is_retryable());
     }
 }

@@ -27,6 +27,9 @@ pub struct ErrorReply {
     /// What went wrong, for people.
     #[prost(string, tag = "2")]
     pub message: String,
+    /// How long to wait before retrying, in milliseconds (0: no hint).
+    #[prost(uint64, tag = "3")]
+    pub retry_after_ms: u64,
 }
 
 /// A device on the wire.
