@@ -104,6 +104,13 @@ pub enum StoreError {
     /// The storage engine failed (I/O error, full disk, damaged file).
     #[error("storage engine: {0}")]
     Storage(#[source] Arc<redb::Error>),
+    /// The store cannot commit now: a commit failed in storage (disk full, I/O error) and the
+    /// engine is recovering, or is waiting for the cause to go away. Whether the failed commit
+    /// is durable is unknown, as with `CommitUnknownResult`. Not retried by `transact` (a full
+    /// disk does not empty itself within a retry loop): callers refuse the request as "storage
+    /// unavailable", never acknowledge it, and the client retries later under the same ids.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// The database is closed: its committer stopped, or (memory backend) its simulated
     /// process crashed.
     #[error("database is closed")]
@@ -145,6 +152,7 @@ impl StoreError {
             StoreError::InvalidOptions(_)
             | StoreError::Corrupt { .. }
             | StoreError::Storage(_)
+            | StoreError::Unavailable(_)
             | StoreError::Closed => return None,
         };
         Some(code)
