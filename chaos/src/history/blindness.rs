@@ -1,0 +1,72 @@
+//! I5 blindness: no server stores the plaintext of a message.
+
+use std::collections::BTreeMap;
+
+use super::trace::MessageRef;
+use super::{Invariant, Violation};
+
+/// I5: finds plaintext of the workload's messages in what a server stored. `stored` yields each
+/// key and value; every occurrence of a planned message's text is a violation.
+pub fn check_blindness<'a>(
+    place: &str,
+    planned: &BTreeMap<MessageRef, u32>,
+    stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for (key, value) in stored {
+        for bytes in [key, value] {
+            for message in plaintexts_in(bytes) {
+                if planned.contains_key(&message) {
+                    violations.push(Violation {
+                        invariant: Invariant::Blindness,
+                        detail: format!(
+                            "{place} stores the plaintext of {message} under key {}",
+                            printable(key)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// The workload's message texts ("c<n> #<m>") found in `bytes`, in time linear in its length.
+fn plaintexts_in(bytes: &[u8]) -> Vec<MessageRef> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(2).position(|pair| pair == b" #") {
+        let hash = at + offset;
+        let digits_before = bytes[..hash]
+            .iter()
+            .rev()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        let start = hash - digits_before;
+        let digits_after = bytes[hash + 2..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        if digits_before > 0 && digits_after > 0 && start > 0 && bytes[start - 1] == b'c' {
+            let text = String::from_utf8_lossy(&bytes[start - 1..hash + 2 + digits_after]);
+            if let Some(message) = MessageRef::parse(&text) {
+                found.push(message);
+            }
+        }
+        at = hash + 2;
+    }
+    found
+}
+
+fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&byte| {
+            if byte.is_ascii_graphic() {
+                char::from(byte).to_string()
+            } else {
+                format!("\\x{byte:02x}")
+            }
+        })
+        .collect()
+}

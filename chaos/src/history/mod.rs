@@ -1,0 +1,141 @@
+//! What a run records, in simulation terms, and the invariants checked over it.
+//!
+//! The **trace** ([`trace`]) is the run as the workload sees it: who asked to send which
+//! numbered message to whom and when, when it was acknowledged, who received what in which order
+//! under which chat sequence, and the faults. It holds no random bytes (no ids, keys or
+//! ciphertexts), so two runs of one seed can be compared line by line. At the end, each client's
+//! local history of each chat is recorded too ([`ChatView`]).
+//!
+//! [`check`] verifies, over the trace and the final views (one device per account for now), one
+//! module per invariant:
+//! - **I1 no loss** ([`no_loss`]): every message acknowledged as sent reached its recipient and
+//!   is stored as it arrived;
+//! - **I2 order** ([`order`]): each device received a chat's messages with strictly increasing
+//!   chat sequences, and those plus its own sent messages' sequences are gapless from 1;
+//! - **I3 sender FIFO** ([`sender_fifo`]): one sender's messages arrived in the order they were
+//!   sent;
+//! - **I4 idempotence** ([`idempotence`]): no message arrived twice or is stored twice;
+//! - **I6 receipts move forward** ([`receipts`]): a message's tick never moves back;
+//! - **I8 no undecryptable messages** ([`decryptable`]): every message decrypted, to the text
+//!   that was sent to that device by that sender;
+//! - **liveness** ([`liveness`]): after the heal, everything queued is acknowledged and
+//!   everything acknowledged arrives within [`LIVENESS_BOUND_MS`].
+//!
+//! **I5 blindness** ([`check_blindness`]) reads the servers' stores instead of the trace.
+//!
+//! Every check reads [`Facts`], gathered in one pass over the trace and the views, and does a
+//! constant amount of work (hash lookups) per event or stored entry: the whole check is linear
+//! in the size of the run, so long sweeps stay cheap.
+
+mod blindness;
+mod decryptable;
+mod facts;
+mod idempotence;
+mod liveness;
+mod no_loss;
+mod order;
+mod receipts;
+mod sender_fifo;
+#[cfg(test)]
+mod tests;
+pub mod trace;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use blindness::check_blindness;
+use facts::Facts;
+pub use liveness::{LIVENESS_BOUND_MS, slowest_delivery_ms};
+pub use trace::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name, client_number};
+
+/// Which invariant a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// I1 no loss.
+    NoLoss,
+    /// I2 order.
+    Order,
+    /// I3 sender FIFO.
+    SenderFifo,
+    /// I4 idempotence.
+    Idempotence,
+    /// I5 blindness: no server stores plaintext.
+    Blindness,
+    /// I6 receipts move forward.
+    ReceiptsForward,
+    /// I8 no undecryptable messages.
+    Decryptable,
+    /// Liveness: once faults heal, every queued message is acknowledged and every acknowledged
+    /// message arrives within [`LIVENESS_BOUND_MS`].
+    Liveness,
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Invariant::NoLoss => "I1 no loss",
+            Invariant::Order => "I2 order",
+            Invariant::SenderFifo => "I3 sender FIFO",
+            Invariant::Idempotence => "I4 idempotence",
+            Invariant::Blindness => "I5 blindness",
+            Invariant::ReceiptsForward => "I6 receipts move forward",
+            Invariant::Decryptable => "I8 decryptable",
+            Invariant::Liveness => "liveness",
+        })
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant.
+    pub invariant: Invariant,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// Where the checks put what they find.
+pub(crate) struct Findings(Vec<Violation>);
+
+impl Findings {
+    /// Records a violation of `invariant`.
+    pub(crate) fn add(&mut self, invariant: Invariant, detail: String) {
+        self.0.push(Violation { invariant, detail });
+    }
+}
+
+/// Checks I1–I4, I6, I8 and liveness over a run's trace and final chat views; `planned` maps
+/// every message the workload could send to its recipient.
+pub fn check(
+    planned: &BTreeMap<MessageRef, u32>,
+    trace: &[TraceEvent],
+    views: &[ChatView],
+) -> Vec<Violation> {
+    let mut findings = Findings(Vec::new());
+    let facts = Facts::gather(planned, trace, views);
+    decryptable::check(&facts, trace, &mut findings);
+    idempotence::check_arrivals(&facts, &mut findings);
+    no_loss::check_acknowledged(&facts, &mut findings);
+    sender_fifo::check(&facts, &mut findings);
+    order::check_arrivals(&facts, &mut findings);
+    no_loss::check_stored(&facts, &mut findings);
+    order::check_senders_stored(&facts, &mut findings);
+    for view in views {
+        order::check_view(&facts, view, &mut findings);
+        idempotence::check_view(view, &mut findings);
+    }
+    receipts::check_receipts(trace, &mut findings.0);
+    liveness::check_liveness(trace, planned, &mut findings.0);
+    findings.0
+}
+
+/// A message for a report: its name, or that it is not one of the workload's.
+fn describe(message: Option<MessageRef>) -> String {
+    message.map_or_else(|| "an unknown message".into(), |m| m.to_string())
+}

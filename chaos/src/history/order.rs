@@ -1,0 +1,100 @@
+//! I2 order: per chat, a device receives strictly increasing chat sequences, and the sequences
+//! it stores (its own messages' and read receipts' included) are gapless from 1.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::facts::Facts;
+use super::trace::{ChatView, client_name};
+use super::{Findings, Invariant, describe};
+
+/// Arrivals of each chat come in strictly increasing chat sequence.
+pub(crate) fn check_arrivals(facts: &Facts<'_>, findings: &mut Findings) {
+    for (receiver, received) in &facts.arrivals {
+        let mut last: HashMap<u32, u64> = HashMap::new();
+        for (message, chat_seq) in received {
+            if let Some(previous) = last.insert(message.sender, *chat_seq)
+                && previous >= *chat_seq
+            {
+                findings.add(
+                    Invariant::Order,
+                    format!(
+                        "{} received {message} at chat seq {chat_seq} after chat seq {previous}",
+                        client_name(*receiver)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Every acknowledged message is stored by its sender with a chat sequence.
+pub(crate) fn check_senders_stored(facts: &Facts<'_>, findings: &mut Findings) {
+    for message in &facts.acked {
+        let Some(recipient) = facts.planned.get(message) else {
+            continue;
+        };
+        let sequenced = facts
+            .stored_sequenced
+            .contains(&(message.sender, *recipient, *message));
+        if !sequenced {
+            findings.add(
+                Invariant::Order,
+                format!("{message} was acknowledged but its sender stores no chat seq for it",),
+            );
+        }
+    }
+}
+
+/// One stored chat: no two messages share a chat sequence, every received message has one, and
+/// the sequences from 1 to the highest miss no more than the unsequenced own envelopes (pending
+/// messages and read receipts, which take numbers no stored message holds).
+pub(crate) fn check_view(facts: &Facts<'_>, view: &ChatView, findings: &mut Findings) {
+    let mut sequences = BTreeMap::new();
+    let mut unsequenced_own = facts
+        .receipt_envelopes
+        .get(&(view.client, view.peer))
+        .copied()
+        .unwrap_or(0);
+    for entry in &view.entries {
+        match entry.chat_seq {
+            Some(chat_seq) => {
+                if let Some(other) = sequences.insert(chat_seq, entry.message) {
+                    findings.add(
+                        Invariant::Order,
+                        format!(
+                            "{} holds two messages at chat seq {chat_seq} of the chat with {} ({} and {})",
+                            client_name(view.client),
+                            client_name(view.peer),
+                            describe(other),
+                            describe(entry.message)
+                        ),
+                    );
+                }
+            }
+            None if entry.outgoing => unsequenced_own += 1,
+            None => findings.add(
+                Invariant::Order,
+                format!(
+                    "{} holds a received message without a chat seq ({})",
+                    client_name(view.client),
+                    describe(entry.message)
+                ),
+            ),
+        }
+    }
+    // The stored sequences are distinct, so the gaps below the highest are its count minus
+    // theirs: no scan of 1..=highest.
+    let highest = sequences.keys().next_back().copied().unwrap_or(0);
+    let held = u64::try_from(sequences.range(1..).count()).unwrap_or(u64::MAX);
+    let missing = usize::try_from(highest.saturating_sub(held)).unwrap_or(usize::MAX);
+    if missing > unsequenced_own {
+        findings.add(
+            Invariant::Order,
+            format!(
+                "{}'s chat with {} misses {missing} of chat seqs 1..={highest}",
+                client_name(view.client),
+                client_name(view.peer)
+            ),
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The trace a run records and the chat views at its end, in simulation terms (no random bytes:
+//! two runs of one seed compare line by line).
+
+use std::fmt;
+
+use crate::faults::FaultKind;
+
+/// A message of the workload: its sender (client number) and the sender's count, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageRef {
+    /// The sending client.
+    pub sender: u32,
+    /// The sender's count of its messages, from 1.
+    pub number: u32,
+}
+
+impl MessageRef {
+    /// The text the workload sends for this message; [`MessageRef::parse`] reads it back.
+    pub fn text(&self) -> String {
+        format!("{} #{}", client_name(self.sender), self.number)
+    }
+
+    /// The message a text names, if it is one of the workload's.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (sender, number) = text.split_once(" #")?;
+        Some(Self {
+            sender: client_number(sender)?,
+            number: number.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for MessageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", client_name(self.sender), self.number)
+    }
+}
+
+/// The account name of client `number`.
+pub fn client_name(number: u32) -> String {
+    format!("c{number}")
+}
+
+/// The client number of an account name made by [`client_name`].
+pub fn client_number(name: &str) -> Option<u32> {
+    name.strip_prefix('c')?.parse().ok()
+}
+
+/// One thing that happened, at a simulated time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// Simulated time since the start, in ms.
+    pub at_ms: u64,
+    /// What happened.
+    pub what: What,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A client registered its account (homed in `region`).
+    Registered {
+        /// The client.
+        client: u32,
+        /// Its account id.
+        account: u64,
+        /// Its home region.
+        region: u32,
+    },
+    /// A client asked to send a message.
+    Send {
+        /// The message.
+        message: MessageRef,
+        /// Its recipient.
+        recipient: u32,
+    },
+    /// The message entered the sender's durable outbox (it will be retried until settled).
+    Queued {
+        /// The message.
+        message: MessageRef,
+    },
+    /// The sender saw the message acknowledged: its first tick past pending (✓, or ✓✓ when a
+    /// delivered receipt overtook the answer to the send), so every destination region committed
+    /// it.
+    Acked {
+        /// The message.
+        message: MessageRef,
+    },
+    /// A device received and decrypted a message.
+    Received {
+        /// The receiving client.
+        receiver: u32,
+        /// The message its text names.
+        message: MessageRef,
+        /// The sending account, as the envelope says (0 when unreadable).
+        from_account: u64,
+        /// The receiving region's chat sequence.
+        chat_seq: u64,
+    },
+    /// A device could not decrypt a message.
+    Undecryptable {
+        /// The receiving client.
+        receiver: u32,
+        /// The sender (account name).
+        from: String,
+    },
+    /// A device received a message whose text is not one of the workload's.
+    Garbled {
+        /// The receiving client.
+        receiver: u32,
+        /// The sender (account name).
+        from: String,
+        /// The text.
+        text: String,
+    },
+    /// The sender gave the message up (refused permanently).
+    Failed {
+        /// The message.
+        message: MessageRef,
+    },
+    /// A region's host crashed (its process and unacknowledged state are gone).
+    RegionCrashed {
+        /// The region.
+        region: u32,
+    },
+    /// A crashed region's host started again on the same disk.
+    RegionRestarted {
+        /// The region.
+        region: u32,
+    },
+    /// The sender's tick of one of its messages moved (0 pending, 1 sent, 2 delivered, 3 read).
+    Tick {
+        /// The message.
+        message: MessageRef,
+        /// The new tick.
+        tick: u8,
+    },
+    /// A client marked a peer's messages read, sending `envelopes` read receipts (each takes a
+    /// chat sequence number in the chat).
+    MarkedRead {
+        /// The reader.
+        reader: u32,
+        /// The peer whose messages were read.
+        peer: u32,
+        /// How many receipt envelopes that queued.
+        envelopes: u32,
+    },
+    /// A fault started.
+    FaultStarted {
+        /// Its kind.
+        kind: FaultKind,
+        /// What it hits.
+        label: String,
+    },
+    /// A fault ended.
+    FaultEnded {
+        /// Its kind.
+        kind: FaultKind,
+        /// What it hit.
+        label: String,
+    },
+    /// A client app was killed and opened again on its store.
+    ClientRestarted {
+        /// The client.
+        client: u32,
+    },
+    /// The safety phase ended: every fault is healed, and the liveness bound starts.
+    Healed,
+    /// A client finished its workload.
+    Finished {
+        /// The client.
+        client: u32,
+        /// Whether it saw everything it waited for before the time limit.
+        complete: bool,
+    },
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>8} ms  ", self.at_ms)?;
+        match &self.what {
+            What::Registered {
+                client,
+                account,
+                region,
+            } => write!(
+                f,
+                "{} registered as account {account} in region {region}",
+                client_name(*client)
+            ),
+            What::Send { message, recipient } => {
+                write!(f, "{message} sent to {}", client_name(*recipient))
+            }
+            What::Queued { message } => write!(f, "{message} queued in the outbox"),
+            What::Acked { message } => write!(f, "{message} acknowledged"),
+            What::Received {
+                receiver,
+                message,
+                from_account,
+                chat_seq,
+            } => write!(
+                f,
+                "{} received {message} from account {from_account} at chat seq {chat_seq}",
+                client_name(*receiver)
+            ),
+            What::Undecryptable { receiver, from } => write!(
+                f,
+                "{} could not decrypt a message from {from}",
+                client_name(*receiver)
+            ),
+            What::Garbled {
+                receiver,
+                from,
+                text,
+            } => write!(
+                f,
+                "{} received an unknown text {text:?} from {from}",
+                client_name(*receiver)
+            ),
+            What::Failed { message } => write!(f, "{message} given up"),
+            What::Tick { message, tick } => {
+                let name = match tick {
+                    0 => "pending",
+                    1 => "sent",
+                    2 => "delivered",
+                    3 => "read",
+                    _ => "?",
+                };
+                write!(f, "{message} is {name}")
+            }
+            What::MarkedRead {
+                reader,
+                peer,
+                envelopes,
+            } => write!(
+                f,
+                "{} read {}'s messages ({envelopes} receipt envelope(s))",
+                client_name(*reader),
+                client_name(*peer)
+            ),
+            What::FaultStarted { kind, label } => write!(f, "fault: {label} ({kind})"),
+            What::FaultEnded { kind, label } => write!(f, "fault over: {label} ({kind})"),
+            What::ClientRestarted { client } => {
+                write!(f, "{} killed and opened again", client_name(*client))
+            }
+            What::Healed => write!(f, "every fault healed; the liveness phase starts"),
+            What::RegionCrashed { region } => write!(f, "region {region} crashed"),
+            What::RegionRestarted { region } => write!(f, "region {region} restarted"),
+            What::Finished { client, complete } => write!(
+                f,
+                "{} finished{}",
+                client_name(*client),
+                if *complete { "" } else { " (time limit)" }
+            ),
+        }
+    }
+}
+
+/// One message of a client's local history of a chat, at the end of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewEntry {
+    /// Sent by this client (else received).
+    pub outgoing: bool,
+    /// The message its text names (`None`: undecryptable or not the workload's).
+    pub message: Option<MessageRef>,
+    /// The home region's chat sequence, once known.
+    pub chat_seq: Option<u64>,
+}
+
+/// A client's local history of its chat with one peer, at the end of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatView {
+    /// The client.
+    pub client: u32,
+    /// The peer.
+    pub peer: u32,
+    /// The messages, in the client's order.
+    pub entries: Vec<ViewEntry>,
+}
