@@ -41,17 +41,19 @@ const CHILD_TEST_NAME: &str = "crash_child_writer";
 
 /// Acks to read before each kill: early (files still small), later, and in between.
 const KILL_AFTER_ACKS: [usize; 5] = [30, 2_000, 500, 4_000, 1];
-/// Longest wait for a round's acks before the test fails.
-const ROUND_ACKS_WAIT_MAX: Duration = Duration::from_secs(15);
+/// Longest wait for a round's acks before the test fails: only a hung child should reach it, so
+/// it is generous (a loaded 2-core machine has taken 15 s for 1,600 acks). The rounds are
+/// bounded by their ack counts, not by time.
+const ROUND_ACKS_WAIT_MAX: Duration = Duration::from_secs(600);
 /// Longest wait for the killed child to be reaped and its output drained.
 const CHILD_EXIT_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Concurrent writer tasks in the child.
 const WRITERS: u64 = 6;
-/// Messages each child writer sends at most (the parent kills it long before).
+/// Messages each child writer sends at most: the parent kills it long before (the largest round
+/// asks for 4,000 acks of 6 writers), and a child whose parent died stops at its first write to
+/// the closed pipe; this bounds it even then.
 const MESSAGES_PER_WRITER_MAX: u64 = 20_000;
-/// How long a child writes at most if nobody kills it.
-const CHILD_RUN_MAX: Duration = Duration::from_secs(40);
 /// Every this many messages a sender's envelope spans two values.
 const LARGE_ENVELOPE_EVERY: u64 = 40;
 /// The size of those large envelopes, in bytes (more than one 100 kB value).
@@ -118,13 +120,13 @@ fn sigkill_mid_stream_keeps_every_acknowledged_commit_and_no_partial_one() {
     );
 }
 
-/// The child: does nothing unless [`CHILD_DATA_ENV`] is set (so a plain `cargo test` passes it
-/// by), else writes until it is killed.
+/// The child process's entry point, not a test of its own: ignored (so it never shows as a
+/// pass), and run by the parent with `--ignored --exact`. It writes until it is killed.
 #[test]
+#[ignore = "the child process of sigkill_mid_stream_keeps_every_acknowledged_commit_and_no_partial_one, which runs it"]
 fn crash_child_writer() {
-    let Some(path) = std::env::var_os(CHILD_DATA_ENV) else {
-        return;
-    };
+    let path = std::env::var_os(CHILD_DATA_ENV)
+        .expect("run by the crash test, which names the database file");
     let round: u64 = std::env::var(CHILD_ROUND_ENV)
         .expect("the parent sets the round")
         .parse()
@@ -140,7 +142,6 @@ fn crash_child_writer() {
         // libtest has printed "test crash_child_writer ... " without a newline: end that line
         // so that every ack starts one.
         println!();
-        let deadline = tokio::time::Instant::now() + CHILD_RUN_MAX;
         let writers: Vec<_> = (0..WRITERS)
             .map(|writer| {
                 let database = database.clone();
@@ -148,9 +149,6 @@ fn crash_child_writer() {
                     let sender = sender_of(round, writer);
                     let chat_index = (writer % 2) as usize;
                     for sender_seq in 1..=MESSAGES_PER_WRITER_MAX {
-                        if tokio::time::Instant::now() >= deadline {
-                            break;
-                        }
                         let chat_seq = send(&database, chat_index, sender, sender_seq).await;
                         // Only now is the message acknowledged; println! flushes each line.
                         let mut stdout = std::io::stdout().lock();
@@ -228,6 +226,7 @@ fn run_and_kill_child(path: &Path, round: u64, kill_after: usize) -> BTreeMap<(u
     let executable = std::env::current_exe().expect("the test binary's path");
     let child = Command::new(executable)
         .args([
+            "--ignored",
             "--exact",
             CHILD_TEST_NAME,
             "--nocapture",
