@@ -27,6 +27,12 @@ pub struct Swarm {
     pub planted: Vec<PlantedBug>,
     /// Stop at the first run that breaks an invariant (a search for a planted bug).
     pub stop_at_first_violation: bool,
+    /// Stop starting new seeds once this much wall time has passed and at least
+    /// [`Swarm::seeds_min`] have started: a sweep sized for a busy CI machine. The seeds run are
+    /// still the first ones in order, so the set is a prefix of the sweep and each repeats.
+    pub time_budget: Option<Duration>,
+    /// With a time budget, the seeds that run however long they take.
+    pub seeds_min: u64,
 }
 
 /// One run of a sweep that broke an invariant or could not finish.
@@ -111,7 +117,17 @@ impl Swarm {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             planted: Vec::new(),
             stop_at_first_violation: false,
+            time_budget: None,
+            seeds_min: 0,
         }
+    }
+
+    /// This sweep, stopping early once `budget` of wall time has passed, but never before
+    /// `seeds_min` seeds have started.
+    pub fn within(mut self, budget: Duration, seeds_min: u64) -> Self {
+        self.time_budget = Some(budget);
+        self.seeds_min = seeds_min;
+        self
     }
 
     /// Runs the sweep; `progress` hears about every finished run (in completion order).
@@ -120,6 +136,8 @@ impl Swarm {
         let end = self.first_seed.saturating_add(self.seeds);
         let summary = Mutex::new(SwarmSummary::default());
         let stop = std::sync::atomic::AtomicBool::new(false);
+        let started = std::time::Instant::now();
+        let floor = self.first_seed.saturating_add(self.seeds_min);
         std::thread::scope(|scope| {
             for _ in 0..self.threads.max(1) {
                 scope.spawn(|| {
@@ -129,6 +147,14 @@ impl Swarm {
                         }
                         let seed = next.fetch_add(1, Ordering::Relaxed);
                         if seed >= end {
+                            return;
+                        }
+                        let over_budget = self
+                            .time_budget
+                            .is_some_and(|budget| started.elapsed() >= budget);
+                        if over_budget && seed >= floor {
+                            // Later seeds are not started by any thread either.
+                            next.store(end, Ordering::Relaxed);
                             return;
                         }
                         let simulation = self

@@ -1,7 +1,13 @@
 //! Swarm sweeps: every seed picks its own topology, workload, fault kinds and faults; a safety
-//! phase with faults, then a liveness phase with every fault healed. `RELAY_SWARM_SEEDS` sets
-//! how many seeds the sweep runs (default 300) and `RELAY_SWARM_FIRST_SEED` where it starts;
-//! `relayd sim --seeds N` runs longer sweeps.
+//! phase with faults, then a liveness phase with every fault healed.
+//!
+//! The CI sweep is sized by time: it runs seeds in order for [`SWEEP_BUDGET`] of wall time but
+//! never fewer than [`SWEEP_SEEDS_MIN`] nor more than [`SWEEP_SEEDS_MAX`] (on a quiet 2-core
+//! machine it reaches the maximum; on a loaded one it stops at the budget, past the floor).
+//! `RELAY_SWARM_SEEDS` runs exactly that many seeds instead, `RELAY_SWARM_FIRST_SEED` sets where
+//! the sweep starts; `relayd sim --seeds N` runs longer sweeps.
+
+use std::time::Duration;
 
 use relay_chaos::history::Invariant;
 use relay_chaos::{Simulation, Swarm, SwarmSummary};
@@ -37,14 +43,35 @@ fn describe(summary: &SwarmSummary) -> String {
     text
 }
 
+/// Wall time the CI sweep may start new seeds for.
+const SWEEP_BUDGET: Duration = Duration::from_secs(45);
+/// Seeds the CI sweep runs however slow the machine is.
+const SWEEP_SEEDS_MIN: u64 = 50;
+/// Seeds the CI sweep runs at most.
+const SWEEP_SEEDS_MAX: u64 = 300;
+
 #[test]
 fn a_sweep_of_seeds_holds_every_invariant() {
     let first = env_u64("RELAY_SWARM_FIRST_SEED", 0);
-    let seeds = env_u64("RELAY_SWARM_SEEDS", 300);
-    let summary = Swarm::new(first, seeds).run(|_| {});
+    let swarm = match std::env::var("RELAY_SWARM_SEEDS") {
+        Ok(_) => Swarm::new(first, env_u64("RELAY_SWARM_SEEDS", SWEEP_SEEDS_MAX)),
+        Err(_) => Swarm::new(first, SWEEP_SEEDS_MAX).within(SWEEP_BUDGET, SWEEP_SEEDS_MIN),
+    };
+    let summary = swarm.run(|_| {});
     eprintln!("{}", describe(&summary));
     assert!(summary.is_clean(), "{}", describe(&summary));
-    assert_eq!(summary.runs, seeds);
+    let floor = swarm.seeds_min.max(if swarm.time_budget.is_some() {
+        SWEEP_SEEDS_MIN
+    } else {
+        swarm.seeds
+    });
+    assert!(
+        (floor..=swarm.seeds).contains(&summary.runs),
+        "{} runs, outside {floor}..={}",
+        summary.runs,
+        swarm.seeds
+    );
+    let seeds = summary.runs;
     // The swarm really injected every kind of fault somewhere in the sweep.
     for kind in relay_chaos::faults::FaultKind::ALL {
         assert!(
