@@ -15,7 +15,6 @@
 
 mod clients;
 mod netns;
-mod processes;
 mod schedule;
 
 use std::cell::RefCell;
@@ -34,11 +33,11 @@ use rustix::process::Signal;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::devnet::DEVNET_REGIONS_MAX;
 use crate::serve::shutdown_signal;
 use clients::{Deadline, Deployment, Record};
 use netns::{Namespace, Partitions};
-use processes::{Devnet, DevnetState};
+use relay_devnet::limits::DEVNET_REGIONS_MAX;
+use relay_devnet::process::{self as processes, DevnetProcess as Devnet, DevnetState};
 use schedule::{Cut, Fault, FaultKind, Schedule, Target};
 
 /// Most clients per region (client i of region k binds 127.0.k.(10 + i)).
@@ -613,7 +612,12 @@ impl Injector {
 
     fn signal(&self, name: &str, signal: Signal) -> Result<u32> {
         self.open()?;
-        processes::signal_child(&self.state.borrow(), self.devnet_pid, name, signal)
+        Ok(processes::signal_child(
+            &self.state.borrow(),
+            self.devnet_pid,
+            name,
+            signal,
+        )?)
     }
 
     /// SIGSTOPs `name`, recording its pid before anything else can run.

@@ -4,7 +4,6 @@
 mod bench;
 mod chaos;
 mod devnet;
-mod pki;
 mod serve;
 mod sim;
 

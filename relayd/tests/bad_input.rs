@@ -57,7 +57,7 @@ fn the_edge_refuses_bad_frames_and_keeps_serving() {
     alice.register(&devnet, "127.0.1.10");
     let bob = Person::new(dir.path(), "bob");
     bob.register(&devnet, "127.0.2.10");
-    let edge = devnet.region(1)["edge"].as_str().expect("edge").to_owned();
+    let edge = devnet.region(1).edge.to_string();
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {

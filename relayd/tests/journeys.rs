@@ -7,6 +7,7 @@ mod support;
 
 use std::path::Path;
 
+use relay_devnet::DevnetEvent;
 use serde_json::Value;
 use support::{DEADLINE, Devnet, Person, eventually};
 
@@ -177,12 +178,12 @@ fn a_killed_region_loses_nothing_acknowledged() {
     }
 
     // SIGKILL bob's region (it holds his queue), and also alice's (the directory writer).
-    for region in [2u64, 1] {
-        let pid = devnet.region(region)["service_pid"].as_u64().expect("pid") as u32;
+    for region in [2u32, 1] {
+        let pid = devnet.region(region).service_pid;
         support::send_signal(pid, "KILL");
         let name = format!("region-{region}");
         devnet.wait_event(DEADLINE, |event| {
-            event["event"] == "restarted" && event["name"] == name.as_str()
+            matches!(event, DevnetEvent::Restarted { name: restarted, .. } if *restarted == name)
         });
     }
 
@@ -292,7 +293,7 @@ fn a_retried_send_is_stored_once() {
     // Freeze bob's region: alice's region commits the envelope, bob's never answers, so the edge
     // reports a retryable failure and the client retries the same envelope (same client message
     // id) until its budget runs out, leaving it pending in the outbox.
-    let region2 = devnet.region(2)["service_pid"].as_u64().expect("pid") as u32;
+    let region2 = devnet.region(2).service_pid;
     support::send_signal(region2, "STOP");
     let attempt = alice.run(&["send", "bob", "retried"]);
     support::send_signal(region2, "CONT");

@@ -35,14 +35,8 @@ fn dig_gets_the_edge_of_the_askers_region() {
     let dir = tempfile::tempdir().expect("tempdir");
     let devnet = Devnet::start(2, &dir.path().join("devnet"));
     let locator = devnet.locator();
-    let edge = |k: u64| {
-        devnet.region(k)["edge"]
-            .as_str()
-            .expect("edge address")
-            .to_owned()
-    };
-    let edge_ip = |k: u64| edge(k).rsplit_once(':').expect("ip:port").0.to_owned();
-    let edge_port = |k: u64| edge(k).rsplit_once(':').expect("ip:port").1.to_owned();
+    let edge_ip = |k: u32| devnet.region(k).edge.ip().to_string();
+    let edge_port = |k: u32| devnet.region(k).edge.port().to_string();
 
     // A records: region by source address.
     assert_eq!(

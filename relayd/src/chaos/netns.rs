@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::Signal;
 
-use super::processes::signal_pid;
 use super::schedule::Cut;
 use crate::serve::shutdown_signal;
+use relay_devnet::process::signal_pid;
 
 /// The nftables table `relayd chaos` owns inside its namespace.
 pub const NFT_TABLE: &str = "relay_chaos";

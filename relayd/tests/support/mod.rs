@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use relay_devnet::{DevnetEvent, Ready, RegionReady};
 use serde_json::Value;
 
 /// Generous: the machines are shared and noisy.
@@ -33,8 +34,8 @@ pub struct Devnet {
     /// Its data folder.
     pub data: PathBuf,
     /// The `ready` event.
-    pub ready: Value,
-    events: Receiver<Value>,
+    pub ready: Ready,
+    events: Receiver<DevnetEvent>,
 }
 
 impl Devnet {
@@ -60,61 +61,52 @@ impl Devnet {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(value) => {
-                        if sender.send(value).is_err() {
+                match DevnetEvent::parse(&line) {
+                    Some(event) => {
+                        if sender.send(event).is_err() {
                             return;
                         }
                     }
-                    Err(_) => eprintln!("devnet: {line}"),
+                    None => eprintln!("devnet: {line}"),
                 }
             }
         });
-        let mut devnet = Devnet {
+        let ready = wait_for_event(&events, START_DEADLINE, |event| {
+            matches!(event, DevnetEvent::Ready(_))
+        });
+        let DevnetEvent::Ready(ready) = ready else {
+            unreachable!("the predicate only accepts ready events")
+        };
+        Devnet {
             child: Some(child),
             data: data.to_owned(),
-            ready: Value::Null,
+            ready,
             events,
-        };
-        devnet.ready = devnet.wait_event(START_DEADLINE, |event| event["event"] == "ready");
-        devnet
+        }
     }
 
     /// Waits for an event matching `predicate`, panicking at the deadline.
-    pub fn wait_event(&mut self, deadline: Duration, predicate: impl Fn(&Value) -> bool) -> Value {
-        let until = Instant::now() + deadline;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(event) if predicate(&event) => return event,
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("devnet event not seen within {deadline:?}")
-                }
-                Err(RecvTimeoutError::Disconnected) => panic!("devnet exited before the event"),
-            }
-        }
+    pub fn wait_event(
+        &mut self,
+        deadline: Duration,
+        predicate: impl Fn(&DevnetEvent) -> bool,
+    ) -> DevnetEvent {
+        wait_for_event(&self.events, deadline, predicate)
     }
 
     /// The locator's address.
     pub fn locator(&self) -> String {
-        self.ready["locator"]
-            .as_str()
-            .expect("locator address")
-            .to_owned()
+        self.ready.locator.to_string()
     }
 
     /// The CA certificate clients trust.
     pub fn ca(&self) -> String {
-        self.ready["ca"].as_str().expect("ca path").to_owned()
+        self.ready.ca.display().to_string()
     }
 
     /// Region `k`'s entry in the ready event.
-    pub fn region(&self, k: u64) -> &Value {
-        self.ready["regions"]
-            .as_array()
-            .and_then(|regions| regions.iter().find(|r| r["region"] == k))
-            .expect("region listed")
+    pub fn region(&self, k: u32) -> &RegionReady {
+        self.ready.region(k).expect("region listed")
     }
 
     /// Sends a signal to the devnet itself.
@@ -157,6 +149,24 @@ impl Drop for Devnet {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for an event of `events` matching `predicate`, panicking at the deadline.
+fn wait_for_event(
+    events: &Receiver<DevnetEvent>,
+    deadline: Duration,
+    predicate: impl Fn(&DevnetEvent) -> bool,
+) -> DevnetEvent {
+    let until = Instant::now() + deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) if predicate(&event) => return event,
+            Ok(_) => continue,
+            Err(RecvTimeoutError::Timeout) => panic!("devnet event not seen within {deadline:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("devnet exited before the event"),
         }
     }
 }

@@ -1,24 +1,28 @@
-//! The devnet `relayd chaos` runs, as its child: `relayd devnet --json`, whose events say which
-//! pid each region, edge and the locator has right now (`started`, `restarted` after a death,
-//! `exited`). Signals go only to pids the devnet reported and that are still the devnet's
-//! children when signalled (checked in /proc), so a pid the system has reused is never hit.
+//! A devnet followed from outside: `relayd devnet --json` run as a child process, whose
+//! [`DevnetEvent`]s say which pid each region, edge and the locator has right now (`started`,
+//! `restarted` after a death, `exited`). `relayd chaos` and the drills run their devnet so.
+//! Signals go only to pids the devnet reported and that are still the devnet's children when
+//! signalled (checked in /proc), so a pid the system has reused is never hit.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// How long `relayd devnet` may take to print `ready`, in ms.
-pub const DEVNET_READY_TIMEOUT_MS: u64 = 120_000;
-/// How long the devnet may take to stop after SIGTERM before it is killed, in ms.
-pub const DEVNET_STOP_TIMEOUT_MS: u64 = 30_000;
+use crate::DevnetError;
+use crate::events::{DevnetEvent, Ready};
+use crate::limits::{DEVNET_READY_TIMEOUT_MS, DEVNET_STOP_TIMEOUT_MS};
+
+type Result<T> = std::result::Result<T, DevnetError>;
+
+fn process_error(message: impl Into<String>) -> DevnetError {
+    DevnetError::Process(message.into())
+}
 
 /// What the devnet has said so far.
 #[derive(Debug, Clone, Default)]
@@ -34,28 +38,20 @@ pub struct DevnetState {
     pub ended: bool,
 }
 
-/// Where clients find the devnet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ready {
-    /// The locator's DNS address.
-    pub locator: SocketAddr,
-    /// The CA certificate clients trust.
-    pub ca: PathBuf,
-}
-
 /// A running `relayd devnet --json`.
 #[derive(Debug)]
-pub struct Devnet {
+pub struct DevnetProcess {
     child: Child,
     pid: u32,
     state: watch::Receiver<DevnetState>,
+    log: PathBuf,
 }
 
-impl Devnet {
+impl DevnetProcess {
     /// Starts `exe devnet --json --regions N --data DATA`, its stderr going to `log`.
     pub fn start(exe: &Path, regions: u32, data: &Path, log: &Path) -> Result<Self> {
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file = std::fs::File::create(log)
+            .map_err(|source| DevnetError::file("creating", log, source))?;
         let mut child = Command::new(exe)
             .arg("devnet")
             .arg("--json")
@@ -68,14 +64,12 @@ impl Devnet {
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
-            .context("starting relayd devnet")?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("relayd devnet exited at once"))?;
+            .map_err(|error| process_error(format!("cannot be started: {error}")))?;
+        let pid = child.id().ok_or_else(|| process_error("exited at once"))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| anyhow!("no stdout from relayd devnet"))?;
+            .ok_or_else(|| process_error("gives no standard output"))?;
         let (sender, state) = watch::channel(DevnetState::default());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -84,7 +78,12 @@ impl Devnet {
             }
             sender.send_modify(|state| state.ended = true);
         });
-        Ok(Self { child, pid, state })
+        Ok(Self {
+            child,
+            pid,
+            state,
+            log: log.to_owned(),
+        })
     }
 
     /// The devnet's own pid.
@@ -105,11 +104,14 @@ impl Devnet {
             state.wait_for(|state| state.ready.is_some() || state.ended),
         )
         .await
-        .map_err(|_| anyhow!("the devnet was not ready within {DEVNET_READY_TIMEOUT_MS} ms"))?
-        .map_err(|_| anyhow!("the devnet's event reader stopped"))?;
+        .map_err(|_| process_error(format!("was not ready within {DEVNET_READY_TIMEOUT_MS} ms")))?
+        .map_err(|_| process_error("event reader stopped"))?;
         match &seen.ready {
             Some(ready) => Ok(ready.clone()),
-            None => bail!("the devnet exited before it was ready"),
+            None => Err(process_error(format!(
+                "exited before it was ready (see {})",
+                self.log.display()
+            ))),
         }
     }
 
@@ -153,14 +155,21 @@ pub fn signal_child(
     let pid = *state
         .pids
         .get(name)
-        .ok_or_else(|| anyhow!("{name} is not running"))?;
+        .ok_or_else(|| process_error(format!("child {name} is not running")))?;
     if parent_of(pid) != Some(devnet_pid) {
-        bail!("{name}'s pid {pid} is no longer a child of the devnet");
+        return Err(process_error(format!(
+            "child {name}'s pid {pid} is no longer the devnet's child"
+        )));
     }
-    let target = Pid::from_raw(i32::try_from(pid).context("pid out of range")?)
-        .ok_or_else(|| anyhow!("pid 0"))?;
-    rustix::process::kill_process(target, signal)
-        .with_context(|| format!("signalling {name} (pid {pid})"))?;
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| process_error(format!("child {name} has an invalid pid {pid}")))?;
+    rustix::process::kill_process(target, signal).map_err(|error| {
+        process_error(format!(
+            "child {name} (pid {pid}) cannot be signalled: {error}"
+        ))
+    })?;
     Ok(pid)
 }
 
@@ -180,35 +189,22 @@ pub fn signal_pid(pid: u32, signal: Signal) {
     }
 }
 
-/// Applies one line of the devnet's JSON output.
+/// Applies one line of the devnet's JSON output (other lines are ignored).
 fn apply(state: &mut DevnetState, line: &str) {
-    let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+    let Some(event) = DevnetEvent::parse(line) else {
         return;
     };
-    let name = event["name"].as_str().map(str::to_owned);
-    let pid = event["pid"]
-        .as_u64()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .filter(|&pid| pid != 0);
-    match event["event"].as_str() {
-        Some("started" | "restarted") => {
-            if let (Some(name), Some(pid)) = (name, pid) {
-                state.pids.insert(name, pid);
-            }
+    match event {
+        DevnetEvent::Started { name, pid, .. } | DevnetEvent::Restarted { name, pid, .. }
+            if pid != 0 =>
+        {
+            state.pids.insert(name, pid);
         }
-        Some("exited") => {
-            if let Some(name) = name {
-                state.pids.remove(&name);
-                *state.exits.entry(name).or_default() += 1;
-            }
+        DevnetEvent::Exited { name, .. } => {
+            state.pids.remove(&name);
+            *state.exits.entry(name).or_default() += 1;
         }
-        Some("ready") => {
-            let locator = event["locator"].as_str().and_then(|a| a.parse().ok());
-            let ca = event["ca"].as_str().map(PathBuf::from);
-            if let (Some(locator), Some(ca)) = (locator, ca) {
-                state.ready = Some(Ready { locator, ca });
-            }
-        }
+        DevnetEvent::Ready(ready) => state.ready = Some(ready),
         _ => {}
     }
 }
@@ -244,7 +240,7 @@ mod tests {
         for line in [
             r#"{"event":"started","name":"region-1","pid":10,"address":"127.0.1.1:1"}"#,
             r#"{"event":"started","name":"edge-1","pid":11,"address":"127.0.1.2:1"}"#,
-            r#"{"event":"ready","locator":"127.0.0.1:53","ca":"/d/pki/ca.pem","regions":[]}"#,
+            r#"{"event":"ready","locator":"127.0.0.1:53","ca":"/d/pki/ca.pem","data":"/d","locator_pid":3,"regions":[]}"#,
             r#"{"event":"exited","name":"edge-1","status":"signal: 9"}"#,
             "not json",
             r#"{"event":"started","name":"bad","pid":"x"}"#,
@@ -255,13 +251,9 @@ mod tests {
         assert_eq!(state.pids.get("edge-1"), None);
         assert!(!state.pids.contains_key("bad"));
         assert_eq!(state.exits.get("edge-1"), Some(&1));
-        assert_eq!(
-            state.ready,
-            Some(Ready {
-                locator: "127.0.0.1:53".parse().expect("address"),
-                ca: PathBuf::from("/d/pki/ca.pem"),
-            })
-        );
+        let ready = state.ready.as_ref().expect("ready seen");
+        assert_eq!(ready.locator, "127.0.0.1:53".parse().expect("address"));
+        assert_eq!(ready.ca, PathBuf::from("/d/pki/ca.pem"));
         apply(
             &mut state,
             r#"{"event":"restarted","name":"edge-1","pid":12,"address":"127.0.1.2:1"}"#,

@@ -5,8 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use rcgen::{CertificateParams, Issuer, KeyPair};
+
+use crate::DevnetError;
+
+type Result<T> = std::result::Result<T, DevnetError>;
+
+fn pki_error(what: &str) -> impl Fn(rcgen::Error) -> DevnetError + '_ {
+    move |error| DevnetError::Pki(format!("{what}: {error}"))
+}
 
 /// Paths of one process's certificate and key.
 #[derive(Debug, Clone)]
@@ -32,17 +39,19 @@ impl Pki {
     /// Opens the PKI under `folder`, creating the CA on first use.
     pub fn open(folder: &Path) -> Result<Self> {
         std::fs::create_dir_all(folder)
-            .with_context(|| format!("creating {}", folder.display()))?;
+            .map_err(|source| DevnetError::file("creating", folder, source))?;
         let pki = Self {
             folder: folder.to_owned(),
         };
         if !pki.ca_cert().exists() || !pki.ca_key().exists() {
-            let key = KeyPair::generate().context("generating the CA key")?;
+            let key = KeyPair::generate().map_err(pki_error("generating the CA key"))?;
             let cert = ca_params()
                 .self_signed(&key)
-                .context("self-signing the CA")?;
+                .map_err(pki_error("self-signing the CA"))?;
             write_private(&pki.ca_key(), &key.serialize_pem())?;
-            std::fs::write(pki.ca_cert(), cert.pem()).context("writing ca.pem")?;
+            let ca = pki.ca_cert();
+            std::fs::write(&ca, cert.pem())
+                .map_err(|source| DevnetError::file("writing", &ca, source))?;
         }
         Ok(pki)
     }
@@ -58,12 +67,12 @@ impl Pki {
 
     /// The certificate of edge `region`, issued on first use.
     pub fn edge(&self, region: u32) -> Result<CertPaths> {
-        self.leaf(relay_proto::pki::edge_params(region).context("certificate names")?)
+        self.leaf(relay_proto::pki::edge_params(region).map_err(pki_error("certificate names"))?)
     }
 
     /// The certificate of region `region`, issued on first use.
     pub fn region(&self, region: u32) -> Result<CertPaths> {
-        self.leaf(relay_proto::pki::region_params(region).context("certificate names")?)
+        self.leaf(relay_proto::pki::region_params(region).map_err(pki_error("certificate names"))?)
     }
 
     fn leaf(&self, (stem, params): (String, CertificateParams)) -> Result<CertPaths> {
@@ -74,16 +83,18 @@ impl Pki {
         if paths.cert.exists() && paths.key.exists() {
             return Ok(paths);
         }
-        let ca_key_pem = std::fs::read_to_string(self.ca_key()).context("reading the CA key")?;
-        let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
+        let ca_key_path = self.ca_key();
+        let ca_key_pem = std::fs::read_to_string(&ca_key_path)
+            .map_err(|source| DevnetError::file("reading", &ca_key_path, source))?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(pki_error("parsing the CA key"))?;
         let issuer = Issuer::new(ca_params(), ca_key);
-        let key = KeyPair::generate().context("generating a key")?;
+        let key = KeyPair::generate().map_err(pki_error("generating a key"))?;
         let cert = params
             .signed_by(&key, &issuer)
-            .with_context(|| format!("issuing {stem}"))?;
+            .map_err(|error| DevnetError::Pki(format!("issuing {stem}: {error}")))?;
         write_private(&paths.key, &key.serialize_pem())?;
         std::fs::write(&paths.cert, cert.pem())
-            .with_context(|| format!("writing {}", paths.cert.display()))?;
+            .map_err(|source| DevnetError::file("writing", &paths.cert, source))?;
         Ok(paths)
     }
 }
@@ -97,8 +108,8 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .write(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|source| DevnetError::file("writing", path, source))?;
     file.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|source| DevnetError::file("writing", path, source))?;
     Ok(())
 }

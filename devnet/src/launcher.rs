@@ -1,0 +1,568 @@
+//! The launcher: the whole topology as separate processes on loopback.
+//!
+//! Region k's service binds 127.0.k.1 and its edge 127.0.k.2; its clients bind other addresses
+//! of 127.0.k.0/24, which is how the locator tells which region they are in. The locator binds
+//! 127.0.0.1. Every process gets a config file under the data folder; after the first start the
+//! files hold the bound addresses, so a restart reuses the same ports when they are free
+//! (clients remember the locator address). A child that dies is restarted on the same address;
+//! when `shutdown` completes every child is stopped. One devnet at a time holds a data folder
+//! (a lock file), so a second one says so instead of failing on the stores' locks.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use home_region::config::{PeerEntry, PeersFile, RegionConfig};
+use relay_edge::config::{EdgeConfig, LimitsConfig, RegionAddress};
+use relay_edge::locator::{LocatorConfig, RegionEntry};
+use rustix::fs::FlockOperation;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+
+use crate::DevnetError;
+use crate::events::{DevnetEvent, Ready, RegionReady};
+use crate::limits::{
+    CHILD_LOG_TAIL_LINES, CHILD_RESTART_DELAY_MS, CHILD_START_TIMEOUT_MS, CHILD_STOP_TIMEOUT_MS,
+    DEVNET_REGIONS_MAX, EVENTS_BUFFERED_MAX,
+};
+use crate::pki::Pki;
+
+/// The name of the lock file a running devnet holds in its data folder.
+pub const LOCK_FILE: &str = "devnet.lock";
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    /// How many regions, each with its own edge (1 to [`DEVNET_REGIONS_MAX`]).
+    pub regions: u32,
+    /// Folder holding every process's store, config, certificates and logs; created if needed.
+    pub data: PathBuf,
+    /// The `relayd` executable: each child runs `<relayd> region|edge|locator --config FILE`
+    /// and prints "… listening on ADDR" once bound.
+    pub relayd: PathBuf,
+}
+
+/// The address `host` of region `region`'s block, 127.0.region.host.
+pub fn region_ip(region: u32, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, region as u8, host))
+}
+
+/// Runs a devnet until `shutdown` completes, handing every event to `sink` as it happens; the
+/// [`DevnetEvent::Ready`] event comes once every child listens. Fails if a child cannot be
+/// started (every child started so far is stopped first).
+pub async fn run(
+    options: DevnetOptions,
+    mut sink: impl FnMut(DevnetEvent),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DevnetError> {
+    if options.regions == 0 || options.regions > DEVNET_REGIONS_MAX {
+        return Err(DevnetError::Invalid(format!(
+            "--regions must be between 1 and {DEVNET_REGIONS_MAX}"
+        )));
+    }
+    std::fs::create_dir_all(&options.data)
+        .map_err(|source| DevnetError::file("creating", &options.data, source))?;
+    let data = options
+        .data
+        .canonicalize()
+        .map_err(|source| DevnetError::file("resolving", &options.data, source))?;
+    let _lock = lock_data_folder(&data)?;
+    let launcher = Launcher {
+        relayd: options.relayd.clone(),
+        data: data.clone(),
+        pki: Pki::open(&data.join("pki"))?,
+    };
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|source| DevnetError::file("creating", &logs, source))?;
+
+    let mut running: Vec<Running> = Vec::new();
+    let ready = match launcher
+        .start_all(options.regions, &mut running, &mut sink)
+        .await
+    {
+        Ok(ready) => ready,
+        Err(error) => {
+            for mut started in running {
+                stop_child(&mut started.child).await;
+            }
+            return Err(error);
+        }
+    };
+    sink(DevnetEvent::Ready(ready));
+
+    let (stop_sender, stop) = watch::channel(false);
+    let (events, mut received) = mpsc::channel(EVENTS_BUFFERED_MAX);
+    let mut supervisors = tokio::task::JoinSet::new();
+    for started in running {
+        supervisors.spawn(supervise(
+            options.relayd.clone(),
+            started,
+            stop.clone(),
+            events.clone(),
+        ));
+    }
+    drop(events);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = received.recv() => match event {
+                Some(event) => sink(event),
+                None => break,
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    let _ = stop_sender.send(true);
+    while supervisors.join_next().await.is_some() {}
+    while let Ok(event) = received.try_recv() {
+        sink(event);
+    }
+    sink(DevnetEvent::Stopped);
+    Ok(())
+}
+
+/// Holds `data/devnet.lock` (an exclusive `flock`) for as long as the returned file lives, with
+/// this process's id in it; a folder another devnet holds is [`DevnetError::Busy`].
+fn lock_data_folder(data: &Path) -> Result<File, DevnetError> {
+    let path = data.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DevnetError::file("opening", &path, source))?;
+    if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(DevnetError::Busy {
+            data: data.to_owned(),
+            pid: holder.trim().parse().unwrap_or(0),
+        });
+    }
+    let write_pid = |file: &mut File| -> std::io::Result<()> {
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        writeln!(file, "{}", std::process::id())
+    };
+    write_pid(&mut file).map_err(|source| DevnetError::file("writing", &path, source))?;
+    Ok(file)
+}
+
+/// What the children need from the devnet: the executable, the data folder, the PKI.
+struct Launcher {
+    relayd: PathBuf,
+    data: PathBuf,
+    pki: Pki,
+}
+
+#[derive(Debug, Clone)]
+struct ChildSpec {
+    /// "region-1", "edge-1", "locator".
+    name: String,
+    /// Subcommand of relayd.
+    role: &'static str,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+struct Running {
+    spec: ChildSpec,
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    fn started(&self) -> DevnetEvent {
+        DevnetEvent::Started {
+            name: self.spec.name.clone(),
+            pid: self.pid(),
+            address: self.address,
+        }
+    }
+}
+
+impl Launcher {
+    /// Starts the regions, then their edges, then the locator; reports each as it starts.
+    async fn start_all(
+        &self,
+        regions: u32,
+        running: &mut Vec<Running>,
+        sink: &mut impl FnMut(DevnetEvent),
+    ) -> Result<Ready, DevnetError> {
+        let peers_file = self.data.join("peers.toml");
+        // Regions first: edges need their addresses.
+        let mut peers = PeersFile::default();
+        for region in 1..=regions {
+            let certs = self.pki.region(region)?;
+            let name = format!("region-{region}");
+            let data_dir = self.data.join(&name);
+            let started = self
+                .launch(
+                    &name,
+                    "region",
+                    SocketAddr::new(region_ip(region, 1), 0),
+                    |listen| RegionConfig {
+                        region,
+                        listen,
+                        data_dir: data_dir.clone(),
+                        directory_writer: 1,
+                        peers_file: peers_file.clone(),
+                        ca_cert: self.pki.ca_cert(),
+                        cert: certs.cert.clone(),
+                        key: certs.key.clone(),
+                    },
+                )
+                .await?;
+            peers.regions.push(PeerEntry {
+                region,
+                address: started.address,
+            });
+            sink(started.started());
+            running.push(started);
+        }
+        write_toml(
+            &peers_file,
+            &peers,
+            "# Every region's internal address. Written by relayd devnet.",
+        )?;
+
+        let region_addresses: Vec<RegionAddress> = peers
+            .regions
+            .iter()
+            .map(|peer| RegionAddress {
+                region: peer.region,
+                address: peer.address,
+            })
+            .collect();
+        let mut edges = Vec::new();
+        for region in 1..=regions {
+            let certs = self.pki.edge(region)?;
+            let name = format!("edge-{region}");
+            let started = self
+                .launch(
+                    &name,
+                    "edge",
+                    SocketAddr::new(region_ip(region, 2), 0),
+                    |listen| EdgeConfig {
+                        region,
+                        listen,
+                        ca_cert: self.pki.ca_cert(),
+                        cert: certs.cert.clone(),
+                        key: certs.key.clone(),
+                        regions: region_addresses.clone(),
+                        limits: LimitsConfig::default(),
+                    },
+                )
+                .await?;
+            edges.push(started.address);
+            sink(started.started());
+            running.push(started);
+        }
+
+        let localhost = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let locator = self
+            .launch("locator", "locator", localhost, |listen| {
+                locator_config(listen, &edges)
+            })
+            .await?;
+        sink(locator.started());
+        let ready = Ready {
+            locator: locator.address,
+            ca: self.pki.ca_cert(),
+            data: self.data.clone(),
+            locator_pid: locator.pid(),
+            regions: (1..=regions)
+                .filter_map(|region| {
+                    let find = |name: String| running.iter().find(|r| r.spec.name == name);
+                    let service = find(format!("region-{region}"))?;
+                    let edge = find(format!("edge-{region}"))?;
+                    Some(RegionReady {
+                        region,
+                        service: service.address,
+                        service_pid: service.pid(),
+                        edge: edge.address,
+                        edge_pid: edge.pid(),
+                        client_bind: region_ip(region, 10),
+                    })
+                })
+                .collect(),
+        };
+        running.push(locator);
+        Ok(ready)
+    }
+
+    /// Starts the child `name` with the config `make` builds for a listen address, preferring
+    /// the address its previous config file held (so a restarted devnet keeps its ports).
+    async fn launch<C: serde::Serialize>(
+        &self,
+        name: &str,
+        role: &'static str,
+        default_listen: SocketAddr,
+        make: impl Fn(SocketAddr) -> C,
+    ) -> Result<Running, DevnetError> {
+        let config_path = self.data.join(format!("{name}.toml"));
+        let spec = ChildSpec {
+            name: name.to_owned(),
+            role,
+            config: config_path.clone(),
+            log: self.data.join("logs").join(format!("{name}.log")),
+        };
+        let preferred = previous_listen(&config_path).unwrap_or(default_listen);
+        let write = |listen| write_toml(&config_path, &make(listen), "# Written by relayd devnet.");
+        write(preferred)?;
+        match start(&self.relayd, &spec).await {
+            Ok(running) => {
+                write(running.address)?;
+                Ok(running)
+            }
+            Err(error) if preferred.port() != 0 => {
+                tracing::warn!(name = %spec.name, %error, "preferred port unavailable; taking a free one");
+                write(SocketAddr::new(preferred.ip(), 0))?;
+                let running = start(&self.relayd, &spec).await?;
+                write(running.address)?;
+                Ok(running)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+fn locator_config(listen: SocketAddr, edges: &[SocketAddr]) -> LocatorConfig {
+    LocatorConfig {
+        listen,
+        regions: edges
+            .iter()
+            .zip(1u32..)
+            .map(|(edge, region)| RegionEntry {
+                region,
+                networks: vec![format!("127.0.{region}.0/24")],
+                edges: vec![*edge],
+            })
+            .collect(),
+        ..LocatorConfig::default()
+    }
+}
+
+/// The address in an existing config file's `listen`, to reuse its port.
+fn previous_listen(path: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    value.get("listen")?.as_str()?.parse().ok()
+}
+
+fn write_toml<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    header: &str,
+) -> Result<(), DevnetError> {
+    let body = toml::to_string_pretty(value)
+        .map_err(|error| DevnetError::Invalid(format!("cannot write a config: {error}")))?;
+    std::fs::write(path, format!("{header}\n{body}"))
+        .map_err(|source| DevnetError::file("writing", path, source))
+}
+
+/// Spawns a child and waits for its "listening on" line; a child that exits first fails with
+/// the end of its log.
+async fn start(relayd: &Path, spec: &ChildSpec) -> Result<Running, DevnetError> {
+    let child_error = |reason: String| DevnetError::Child {
+        name: spec.name.clone(),
+        reason,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(|source| DevnetError::file("opening", &spec.log, source))?;
+    let log_start = log.metadata().map_or(0, |metadata| metadata.len());
+    let mut child = Command::new(relayd)
+        .arg(spec.role)
+        .arg("--config")
+        .arg(&spec.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| child_error(format!("cannot start {}: {error}", relayd.display())))?;
+    let Some(stdout) = child.stdout.take() else {
+        stop_child(&mut child).await;
+        return Err(child_error("no standard output".into()));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some((_, address)) = line.split_once(" listening on ") {
+                return address
+                    .trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|error| format!("bad address in {line:?}: {error}"));
+            }
+        }
+        Err(format!(
+            "exited before listening:\n{}\n(the whole log: {})",
+            log_tail(&spec.log, log_start),
+            spec.log.display()
+        ))
+    };
+    let address = match tokio::time::timeout(
+        Duration::from_millis(CHILD_START_TIMEOUT_MS),
+        listening,
+    )
+    .await
+    {
+        Ok(Ok(address)) => address,
+        Ok(Err(reason)) => {
+            stop_child(&mut child).await;
+            return Err(child_error(reason));
+        }
+        Err(_) => {
+            stop_child(&mut child).await;
+            return Err(child_error(format!(
+                "did not start within {CHILD_START_TIMEOUT_MS} ms (see {})",
+                spec.log.display()
+            )));
+        }
+    };
+    // Keep draining the child's stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Running {
+        spec: spec.clone(),
+        child,
+        address,
+    })
+}
+
+/// The last [`CHILD_LOG_TAIL_LINES`] lines a child wrote to its log after `from` (bytes), each
+/// indented, or a note that it wrote nothing.
+fn log_tail(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    let read = File::open(path).and_then(|mut file| {
+        file.seek(SeekFrom::Start(from))?;
+        file.read_to_string(&mut text)
+    });
+    if read.is_err() || text.trim().is_empty() {
+        return "  (it wrote nothing to its log)".into();
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let start = lines.len().saturating_sub(CHILD_LOG_TAIL_LINES);
+    lines[start..]
+        .iter()
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn stop_child(child: &mut Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    if tokio::time::timeout(Duration::from_millis(CHILD_STOP_TIMEOUT_MS), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Waits for a child to exit and restarts it on the same address until the devnet stops.
+async fn supervise(
+    relayd: PathBuf,
+    mut running: Running,
+    mut stop: watch::Receiver<bool>,
+    events: mpsc::Sender<DevnetEvent>,
+) {
+    loop {
+        tokio::select! {
+            status = running.child.wait() => {
+                let status = status.map_or_else(|error| error.to_string(), |status| status.to_string());
+                let name = running.spec.name.clone();
+                let _ = events.send(DevnetEvent::Exited { name: name.clone(), status }).await;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(CHILD_RESTART_DELAY_MS)).await;
+                    if *stop.borrow() {
+                        return;
+                    }
+                    match start(&relayd, &running.spec).await {
+                        Ok(restarted) => {
+                            running = restarted;
+                            let event = DevnetEvent::Restarted {
+                                name: name.clone(),
+                                pid: running.pid(),
+                                address: running.address,
+                            };
+                            let _ = events.send(event).await;
+                            break;
+                        }
+                        Err(error) => {
+                            let event = DevnetEvent::RestartFailed {
+                                name: name.clone(),
+                                error: error.to_string(),
+                            };
+                            let _ = events.send(event).await;
+                        }
+                    }
+                }
+            }
+            _ = stop.changed() => {
+                stop_child(&mut running.child).await;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_devnet_on_one_folder_is_told_who_holds_it() {
+        let folder = tempfile::tempdir().expect("folder");
+        let held = lock_data_folder(folder.path()).expect("the first lock");
+        match lock_data_folder(folder.path()) {
+            Err(DevnetError::Busy { pid, .. }) => assert_eq!(pid, std::process::id()),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        drop(held);
+        lock_data_folder(folder.path()).expect("free again once the first is gone");
+    }
+
+    #[test]
+    fn the_log_tail_quotes_what_the_child_wrote_last() {
+        let folder = tempfile::tempdir().expect("folder");
+        let log = folder.path().join("x.log");
+        std::fs::write(&log, "old run\n").expect("write");
+        let start = std::fs::metadata(&log).expect("metadata").len();
+        let mut lines = String::new();
+        for i in 0..10 {
+            lines.push_str(&format!("line {i}\n"));
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut file| file.write_all(lines.as_bytes()))
+            .expect("append");
+        let tail = log_tail(&log, start);
+        assert!(tail.contains("line 9") && tail.contains("line 4"));
+        assert!(!tail.contains("line 3") && !tail.contains("old run"));
+        assert_eq!(log_tail(&log, 10_000), "  (it wrote nothing to its log)");
+    }
+}
