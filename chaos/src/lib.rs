@@ -14,6 +14,8 @@
 //!   seeds.
 //! - [`swarm`] sweeps many seeds, each picking its own topology, workload and fault mix
 //!   ([`Simulation::swarm`]), on several threads, and sums them up ([`SwarmSummary`]).
+//! - [`real`] runs the same workload and checker on a devnet's real processes under SIGKILL,
+//!   SIGSTOP and nftables partitions (`relayd chaos`; the failover drills reuse it).
 //! - [`fuzz`] holds the entry points of the fuzz targets (every decoder of peer or file input).
 //!
 //! [`SocketFactory`]: relay_proto::net::SocketFactory
@@ -23,6 +25,7 @@ pub mod fuzz;
 pub mod history;
 pub mod net;
 pub mod pki;
+pub mod real;
 pub mod seed;
 pub mod simulation;
 pub mod swarm;

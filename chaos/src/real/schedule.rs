@@ -1,4 +1,4 @@
-//! The fault schedule of `relayd chaos`, drawn from the seed: which process or region to hit
+//! The fault schedule of a real-process run, drawn from the seed: which process or region to hit
 //! next, how, and for how long. Sans-IO: it hands out faults and pauses, and never touches a
 //! process or a clock, so a seed always gives the same schedule.
 //!
@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use clap::ValueEnum;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -28,7 +27,7 @@ pub const PARTITION_MS_MIN: u64 = 500;
 pub const PARTITION_MS_MAX: u64 = 2_000;
 
 /// A kind of fault, as `--faults` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
     /// SIGKILL a region or an edge; the devnet restarts it on the same address.
     Kill,
@@ -40,6 +39,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 3] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+
     /// The name `--faults` and the report use.
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +49,17 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
         }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name.trim())
+            .ok_or_else(|| format!("{name:?} is not a fault kind (kill, pause, partition)"))
     }
 }
 
@@ -167,7 +180,7 @@ impl Schedule {
     /// The schedule for `regions` regions and the selected kinds. Partitions need two regions:
     /// with one they are left out.
     pub fn new(seed: u64, regions: u32, kinds: &[FaultKind]) -> Self {
-        let mut rng = StdRng::seed_from_u64(relay_chaos::seed::derive(seed, "faults", 0));
+        let mut rng = StdRng::seed_from_u64(crate::seed::derive(seed, "faults", 0));
         let regions = regions.max(1);
         let mut kinds: Vec<FaultKind> = kinds
             .iter()

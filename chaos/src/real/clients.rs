@@ -1,8 +1,8 @@
-//! The workload of `relayd chaos`: the real-time twin of `relay_chaos::workload`. Each client is
+//! The workload of a real-process run: the real-time twin of [`crate::workload`]. Each client is
 //! the real client library ([`relay_client::Client`]) in this process, on kernel UDP sockets and
 //! the system clock, finding its edge through the devnet's locator from its own address in
 //! 127.0.k.0/24. It records what it sees as the simulation's [`What`] events, so the same
-//! checker ([`relay_chaos::history::check`]) reads the run.
+//! checker ([`crate::history::check`]) reads the run.
 //!
 //! A client registers (before any fault), sends its planned messages (each to one other client,
 //! after a planned pause, sometimes followed by a sync), then syncs until everyone has sent, its
@@ -17,14 +17,16 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use relay_chaos::history::{ChatView, TraceEvent, What, client_name};
-use relay_chaos::seed;
-use relay_chaos::workload::{
+use relay_client::{Client, ClientError, Environment, Event, Overrides};
+use tokio::time::Instant;
+
+use super::RealChaosError;
+use crate::history::{ChatView, TraceEvent, What, client_name};
+use crate::seed;
+use crate::workload::{
     ClientPlan, Ledger, Observer, Plan, Progress, REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX,
     SEND_RETRY_MS, SYNC_INTERVAL_MS, chat_views, observe, register_retrying,
 };
-use relay_client::{Client, ClientError, Environment, Event, Overrides};
-use tokio::time::Instant;
 
 /// Registration attempts before a client gives up.
 pub const REGISTRATION_ATTEMPTS_MAX: u32 = 20;
@@ -137,7 +139,7 @@ pub async fn register(
     deployment: &Deployment,
     plan: &ClientPlan,
     record: &RefCell<Record>,
-) -> anyhow::Result<()> {
+) -> Result<(), RealChaosError> {
     let me = plan.client;
     let environment = environment(deployment, me);
     let overrides = Overrides {
@@ -154,7 +156,9 @@ pub async fn register(
         Duration::from_millis(REGISTRATION_RETRY_MS),
     )
     .await
-    .map_err(|error| anyhow::anyhow!("{} cannot register: {error}", client_name(me)))?;
+    .map_err(|error| {
+        RealChaosError::Run(format!("{} cannot register: {error}", client_name(me)))
+    })?;
     let mut record = record.borrow_mut();
     record.record(What::Registered {
         client: me,
@@ -260,7 +264,7 @@ pub fn views(
     deployment: &Deployment,
     everyone: &Plan,
     record: &Record,
-) -> anyhow::Result<Vec<ChatView>> {
+) -> Result<Vec<ChatView>, RealChaosError> {
     let mut views = Vec::new();
     for plan in &everyone.clients {
         let me = plan.client;
@@ -273,7 +277,9 @@ pub fn views(
             everyone,
             &record.progress.accounts,
         )
-        .map_err(|error| anyhow::anyhow!("reading {}'s history: {error}", client_name(me)))?;
+        .map_err(|error| {
+            RealChaosError::Run(format!("reading {}'s history: {error}", client_name(me)))
+        })?;
         views.extend(read);
     }
     Ok(views)

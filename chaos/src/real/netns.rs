@@ -1,24 +1,27 @@
-//! Partitions for `relayd chaos`: a network namespace of its own, where nftables rules drop the
-//! packets between one region's addresses (127.0.k.0/24) and the others'.
+//! Partitions for real-process runs: a network namespace of their own, where nftables rules
+//! drop the packets between one region's addresses (127.0.k.0/24) and the others'.
 //!
 //! Run as root with `ip` and `nft` on the PATH, `relayd chaos` creates the namespace
-//! `relay-chaos-<pid>`, brings its loopback up and runs itself again inside it (`ip netns exec`)
-//! with `--inside-netns`: the devnet, the clients and the rules then live in that namespace
-//! only, so the host's network is never touched. The outer process waits, passes Ctrl-C on, and
-//! deletes the namespace at the end, also on error. Elsewhere partitions fall back to pausing
-//! processes ([`Partitions::Pauses`]).
+//! `relay-chaos-<pid>` ([`Namespace::create`]), brings its loopback up and runs itself again
+//! inside it ([`Namespace::run_inside`], `ip netns exec`): the devnet, the clients and the rules
+//! then live in that namespace only, so the host's network is never touched. The outer process
+//! waits, passes Ctrl-C on, and deletes the namespace at the end, also on error. Elsewhere
+//! partitions fall back to pausing processes ([`Partitions::Pauses`]).
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use std::future::Future;
+
+use relay_devnet::process::signal_pid;
 use rustix::process::Signal;
 
+use super::RealChaosError;
 use super::schedule::Cut;
-use crate::serve::shutdown_signal;
-use relay_devnet::process::signal_pid;
+
+type Result<T> = std::result::Result<T, RealChaosError>;
 
 /// The nftables table `relayd chaos` owns inside its namespace.
 pub const NFT_TABLE: &str = "relay_chaos";
@@ -141,57 +144,54 @@ impl Namespace {
         &self.name
     }
 
-    /// Runs `exe args… --inside-netns NAME` inside the namespace and waits for it, passing
-    /// SIGINT/SIGTERM on as SIGTERM.
-    pub fn run_inside(&self, exe: &Path, args: &[OsString]) -> Result<ExitStatus> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")?;
-        runtime.block_on(async {
-            let mut child = tokio::process::Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .arg(exe)
-                .args(args)
-                .arg("--inside-netns")
-                .arg(&self.name)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("running relayd chaos inside the namespace")?;
-            // `ip netns exec` execs relayd, so this pid is the inner relayd itself.
-            let pid = child
-                .id()
-                .ok_or_else(|| anyhow!("the inner relayd chaos exited at once"))?;
-            tokio::select! {
-                status = child.wait() => status.context("waiting for the inner relayd chaos"),
-                () = shutdown_signal() => {
-                    signal_pid(pid, Signal::TERM);
-                    let stopped = tokio::time::timeout(
-                        Duration::from_millis(INNER_STOP_TIMEOUT_MS),
-                        child.wait(),
-                    )
-                    .await;
-                    match stopped {
-                        Ok(status) => status.context("waiting for the inner relayd chaos"),
-                        Err(_) => {
-                            let _ = child.kill().await;
-                            bail!("the inner relayd chaos did not stop within {INNER_STOP_TIMEOUT_MS} ms; killed")
-                        }
+    /// Runs `exe args…` inside the namespace and waits for it; when `shutdown` completes first
+    /// (Ctrl-C), the inner process gets SIGTERM and is waited for.
+    pub async fn run_inside(
+        &self,
+        exe: &Path,
+        args: &[OsString],
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ExitStatus> {
+        let waiting = |error| RealChaosError::io("waiting for the process in the namespace", error);
+        let mut child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| RealChaosError::io("running a process in the namespace", error))?;
+        // `ip netns exec` execs the program, so this pid is the inner process itself.
+        let pid = child.id().ok_or_else(|| {
+            RealChaosError::Run("the process in the namespace exited at once".into())
+        })?;
+        tokio::select! {
+            status = child.wait() => status.map_err(waiting),
+            () = shutdown => {
+                signal_pid(pid, Signal::TERM);
+                let stopped = tokio::time::timeout(
+                    Duration::from_millis(INNER_STOP_TIMEOUT_MS),
+                    child.wait(),
+                )
+                .await;
+                match stopped {
+                    Ok(status) => status.map_err(waiting),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        Err(RealChaosError::Run(format!(
+                            "the process in the namespace did not stop within {INNER_STOP_TIMEOUT_MS} ms; killed"
+                        )))
                     }
                 }
             }
-        })
+        }
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
         if let Err(error) = run("ip", &["netns", "delete", &self.name]) {
-            eprintln!(
-                "relayd chaos: could not delete network namespace {}: {error:#}",
-                self.name
-            );
+            tracing::error!(namespace = %self.name, %error, "could not delete a network namespace");
         }
     }
 }
@@ -253,14 +253,14 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running {program}"))?;
+        .map_err(|error| RealChaosError::io(&format!("running {program}"), error))?;
     if !output.status.success() {
-        bail!(
+        return Err(RealChaosError::Run(format!(
             "`{program} {}` failed ({}): {}",
             args.join(" "),
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
-        );
+        )));
     }
     Ok(())
 }
