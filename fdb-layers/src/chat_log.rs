@@ -169,6 +169,25 @@ pub async fn append(
     })
 }
 
+/// The keys [`append`] writes for an entry of `chat` from `sender` with `client_message_id`
+/// stored under `chat_seq` in one value (an envelope of up to about 100 kB), in the order it
+/// writes them: the entry, the chat's last sequence, the sender's sequence, the dedupe record.
+/// For baselines that write what the layer writes without the layer (`relayd bench storage`).
+pub fn append_keys(
+    chat: ChatId,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+    chat_seq: u64,
+) -> [Vec<u8>; 4] {
+    let log = ChatLog::new(chat);
+    [
+        log.entries.subspace(&(chat_seq,)).pack(&(0u32, 1u32)),
+        log.root.pack(&("last_seq",)),
+        log.root.pack(&("sender_seq", sender)),
+        log.root.pack(&("dedupe", sender, client_message_id)),
+    ]
+}
+
 /// The entry of `chat` with sequence `chat_seq`.
 pub async fn entry(
     transaction: &Transaction,
@@ -441,6 +460,31 @@ mod tests {
             })
             .collect();
         assert_eq!(stored, [(1, ALICE, &b"a1"[..]), (2, BOB, &b"b1"[..])]);
+    }
+
+    #[tokio::test]
+    async fn append_keys_are_the_keys_an_append_writes() {
+        let (_folder, database) = temporary_database(None);
+        let envelope = vec![7u8; 1_000];
+        let entry = new_entry(ALICE, 1, 1, &envelope);
+        let AppendOutcome::Appended { chat_seq, .. } = append_one(&database, entry, 5).await else {
+            panic!("a first append is appended");
+        };
+        let keys = append_keys(entry.chat, ALICE, entry.client_message_id, chat_seq);
+        let present = database
+            .transact(|tx| {
+                let keys = keys.clone();
+                async move {
+                    let mut present = Vec::new();
+                    for key in &keys {
+                        present.push(tx.get(key).await?.is_some());
+                    }
+                    Ok(present)
+                }
+            })
+            .await
+            .expect("read");
+        assert_eq!(present, [true; 4]);
     }
 
     #[tokio::test]

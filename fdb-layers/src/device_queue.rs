@@ -182,6 +182,19 @@ pub async fn append(
     Ok(QueueAppend::Appended { queue_seq })
 }
 
+/// The keys [`append`] writes for entry `queue_seq` of `device` enqueued at `enqueued_at_ms`, in
+/// the order it writes them: the latest sequence, the entry, its expiry index key, the depth.
+/// For baselines that write what the layer writes without the layer (`relayd bench storage`).
+pub fn append_keys(device: DeviceAddress, queue_seq: u64, enqueued_at_ms: u64) -> [Vec<u8>; 4] {
+    let queue = DeviceQueue::new(device);
+    [
+        queue.latest_key(),
+        queue.entries.pack(&(queue_seq,)),
+        expiry_key(device, enqueued_at_ms, queue_seq),
+        queue.depth_key(),
+    ]
+}
+
 /// Appends like [`append`], once per `idempotency` key: retried after its commit, it returns
 /// the queue sequence it was given and appends nothing.
 pub async fn append_once(
@@ -593,6 +606,29 @@ mod tests {
             QueueAppend::Appended { queue_seq: 4 },
             "acks never lower the sequence"
         );
+    }
+
+    #[tokio::test]
+    async fn append_keys_are_the_keys_an_append_writes() {
+        let (_folder, database) = temporary_database(None);
+        let appended = database
+            .transact(|tx| async move { append(&tx, DEVICE, &message(1), 77).await })
+            .await
+            .expect("append");
+        let QueueAppend::Appended { queue_seq } = appended else {
+            panic!("an empty queue takes an entry");
+        };
+        let present = database
+            .transact(|tx| async move {
+                let mut present = Vec::new();
+                for key in append_keys(DEVICE, queue_seq, 77) {
+                    present.push(tx.get(&key).await?.is_some());
+                }
+                Ok(present)
+            })
+            .await
+            .expect("read");
+        assert_eq!(present, [true; 4]);
     }
 
     #[tokio::test]
