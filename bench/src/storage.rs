@@ -165,9 +165,15 @@ pub struct Verdict {
     pub summary: String,
 }
 
+/// The steps [`run`] announces for `options`: the fsync rate twice, and three cells per row.
+pub fn steps(options: &StorageOptions) -> u64 {
+    2 + 3 * options.writers.len() as u64
+}
+
 /// Runs the storage benchmark: the fsync rate, then per writer count the layers, raw redb
-/// batched and raw redb with one fsync per message, then the fsync rate again.
-pub fn run(args: &StorageOptions) -> Result<Report, BenchError> {
+/// batched and raw redb with one fsync per message, then the fsync rate again. `step` hears of
+/// each of the [`steps`] as it begins.
+pub fn run(args: &StorageOptions, step: &dyn Fn(&str)) -> Result<Report, BenchError> {
     let window_seconds = args.window_seconds;
     if !(window_seconds > 0.0 && window_seconds <= WINDOW_SECONDS_MAX) {
         return Err(BenchError::Invalid(format!(
@@ -213,23 +219,25 @@ pub fn run(args: &StorageOptions) -> Result<Report, BenchError> {
         .build()
         .map_err(BenchError::io("starting a runtime in", folder.path()))?;
 
-    tracing::info!(folder = %folder.path().display(), "measuring the fsync rate");
+    step("measuring the fsync rate");
     let fsync_per_second_start = measure_fsync(&folder.path().join("fsync.probe"), timing)?;
     let mut rows = Vec::with_capacity(args.writers.len());
     for &writers in &args.writers {
-        tracing::info!(writers, "measuring the layers");
+        step(&format!("{writers} writer(s): the layers"));
         let layer = runtime.block_on(measure_layers(
             &folder.path().join(format!("layers-{writers}.redb")),
             writers,
             timing,
         ))?;
-        tracing::info!(writers, "measuring raw redb, batched");
+        step(&format!("{writers} writer(s): raw redb, batched"));
         let raw_batched_per_second = measure_raw(
             &folder.path().join(format!("raw-batched-{writers}.redb")),
             writers,
             timing,
         )?;
-        tracing::info!(writers, "measuring raw redb with one fsync per message");
+        step(&format!(
+            "{writers} writer(s): raw redb, one fsync per message"
+        ));
         let raw_one_fsync_per_second = measure_raw(
             &folder.path().join(format!("raw-one-fsync-{writers}.redb")),
             1,
@@ -254,7 +262,7 @@ pub fn run(args: &StorageOptions) -> Result<Report, BenchError> {
             committer_cpu_percent: layer.committer_cpu_percent,
         });
     }
-    tracing::info!("measuring the fsync rate again");
+    step("measuring the fsync rate again");
     let fsync_per_second_end = measure_fsync(&folder.path().join("fsync.probe"), timing)?;
     let report = Report {
         cores: std::thread::available_parallelism().map_or(1, |cores| cores.get()),

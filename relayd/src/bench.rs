@@ -50,7 +50,13 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 writers: args.writers,
                 data: args.data,
             };
-            let report = storage::run(&options)?;
+            let bar =
+                crate::progress::bar(storage::steps(&options), "relayd bench storage", args.json);
+            let report = storage::run(&options, &|step| {
+                bar.inc(1);
+                bar.set_message(step.to_owned());
+            })?;
+            bar.finish_and_clear();
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

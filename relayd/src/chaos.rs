@@ -112,7 +112,7 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         data: PathBuf::new(),
         relayd: std::env::current_exe().context("finding the relayd executable")?,
         trace: args.trace,
-        progress: Arc::new(progress),
+        progress: Arc::new(progress_sink(args.json)),
     };
     config.validate()?;
     let (data, temporary) = match &args.data {
@@ -229,4 +229,19 @@ fn print_report(report: &Report, json: bool) -> Result<()> {
 fn progress(line: String) {
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "chaos: {line}");
+}
+
+/// Where the run's progress goes: on a terminal, a spinner showing the latest line above the
+/// lines so far; elsewhere (or with `--json`, where stdout is the report) plain lines on stderr.
+fn progress_sink(json: bool) -> impl Fn(String) + Send + Sync {
+    let spinner = crate::progress::spinner("relayd chaos", json);
+    let shown = crate::progress::shown(json);
+    move |line: String| {
+        if shown {
+            spinner.println(format!("chaos: {line}"));
+            spinner.set_message(line);
+        } else {
+            progress(line);
+        }
+    }
 }

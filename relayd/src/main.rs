@@ -4,6 +4,7 @@
 mod bench;
 mod chaos;
 mod devnet;
+mod progress;
 mod serve;
 mod sim;
 

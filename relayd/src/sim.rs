@@ -78,12 +78,20 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let trace = args.trace;
     let single = args.seeds == 1;
+    let bar = crate::progress::bar(args.seeds, "relayd sim", args.json);
     let summary = swarm.run(|report: &Report| {
+        bar.inc(1);
+        if !report.violations.is_empty() {
+            bar.set_message(format!("violations at seed={}", report.seed));
+        }
         if trace && (single || !report.violations.is_empty()) {
-            eprintln!("--- trace of seed={} ---", report.seed);
-            eprint!("{}", report.trace_text());
+            bar.suspend(|| {
+                eprintln!("--- trace of seed={} ---", report.seed);
+                eprint!("{}", report.trace_text());
+            });
         }
     });
+    bar.finish_and_clear();
     let real = started.elapsed();
     if args.json {
         println!("{}", json(&summary, first_seed, real, args.plant));
