@@ -43,7 +43,7 @@ fn announce(line: String) {
 pub fn region(config_path: &Path) -> Result<()> {
     let config = RegionConfig::load(config_path)?;
     runtime()?.block_on(async {
-        let (service, address) = RegionService::bind(&config)?;
+        let (service, address, _) = RegionService::open(&config, false).await?;
         announce(format!("region {} listening on {address}", config.region));
         service.run(shutdown_signal()).await?;
         tracing::info!("region stopped");
