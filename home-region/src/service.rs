@@ -66,7 +66,7 @@ pub enum RegionError {
     #[error("network: {0}")]
     Net(#[from] NetError),
     /// The store is not one this region may start on (or could not be checked).
-    #[error("region {region} cannot start on the store {}: {source}", store.display())]
+    #[error("region {region} cannot start on the store {}", store.display())]
     StoreCheck {
         /// This region.
         region: RegionId,

@@ -240,13 +240,13 @@ pub enum StoreRefusal {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreCheckError {
     /// The store is not one this region may start on.
-    #[error("{0}")]
+    #[error(transparent)]
     Refused(#[from] StoreRefusal),
     /// The store could not be read or written.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The marker file could not be read or written.
-    #[error("marker file {path}: {source}")]
+    #[error("marker file {}", path.display())]
     Marker {
         /// The marker file.
         path: PathBuf,
@@ -255,8 +255,9 @@ pub enum StoreCheckError {
     },
     /// The marker file does not hold a store id.
     #[error(
-        "marker file {path} does not hold a store id (32 hex digits); it is written by the \
-         region: restore it, or delete it if the store beside it is the right one"
+        "marker file {} does not hold a store id (32 hex digits); it is written by the region: \
+         restore it, or delete it if the store beside it is the right one",
+        path.display()
     )]
     MarkerContent {
         /// The marker file.
