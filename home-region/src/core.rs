@@ -618,7 +618,18 @@ async fn deliver_receipt(
     for device in directory::devices(tx, sender.account).await? {
         let address = device.device;
         let item = QueueItem::Receipt(bytes.clone());
-        match device_queue::append(tx, address, &item, now_ms).await? {
+        // The sender's own queue may be the damaged one: that must not fail (and quarantine)
+        // the device whose ack or the region whose batch brought the receipt. An append that
+        // does not decode the queue's counters fails before it writes; the sender's device is
+        // quarantined when it fetches.
+        let appended = match device_queue::append(tx, address, &item, now_ms).await {
+            Err(error @ StoreError::Corrupt { .. }) => {
+                tracing::error!(%address, %error, "the queue of the receipt's sender device cannot be read; receipt recorded but not queued");
+                continue;
+            }
+            appended => appended?,
+        };
+        match appended {
             QueueAppend::Appended { queue_seq } => {
                 effects.notify.insert(address, queue_seq);
             }
@@ -1636,6 +1647,42 @@ mod tests {
                 .await
                 .expect("depth");
         assert_eq!(depth, 0);
+    }
+
+    #[tokio::test]
+    async fn a_receipt_for_a_damaged_sender_queue_does_not_fail_the_ack() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+        f.db.transact(|tx| async move {
+            let key = fdb_layers::Subspace::new(&("device_queue", alice1)).pack(&("latest",));
+            tx.set(&key, b"not a counter")
+        })
+        .await
+        .expect("damaged");
+        // bob's ack succeeds; only the push of alice's receipt is skipped.
+        let (after_ack, effects) = fetch(&f.db, bob1, &[1]).await;
+        assert!(after_ack.entries.is_empty());
+        assert!(effects.notify.is_empty());
+        let state =
+            f.db.transact(|tx| async move {
+                receipts::state(
+                    &tx,
+                    ChatId::direct(alice, bob),
+                    ClientMessageId([1; 16]),
+                    bob1,
+                )
+                .await
+            })
+            .await
+            .expect("read");
+        assert_eq!(
+            state,
+            Some(ReceiptState::Delivered),
+            "the receipt is recorded"
+        );
     }
 
     #[tokio::test]
