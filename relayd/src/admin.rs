@@ -86,6 +86,12 @@ async fn check(data: &Path, json: bool) -> Result<()> {
         .await
         .with_context(|| format!("checking {}", store.display()))?;
     let marker = marker_state(data, &report)?;
+    let mut report = report;
+    if marker.starts_with("names store") {
+        report.problems.push(format!(
+            "the marker file {marker}: this is not the store this region created here (relayd region says more when it refuses to start)"
+        ));
+    }
     let damaged = report.damaged.len();
     let quarantined = report.quarantined.len();
     let problems = report.problems.len();
@@ -100,10 +106,15 @@ async fn check(data: &Path, json: bool) -> Result<()> {
     } else {
         print_check(&output, data);
     }
-    if damaged > 0 || quarantined > 0 || problems > 0 {
+    if damaged > 0 || quarantined > 0 {
         bail!(
-            "{damaged} damaged device queue(s), {quarantined} quarantined device(s), {problems} other problem(s); repair with: relayd admin repair-store --data {}",
+            "{damaged} damaged device queue(s), {quarantined} quarantined device(s); repair with: relayd admin repair-store --data {}",
             data.display()
+        );
+    }
+    if problems > 0 {
+        bail!(
+            "{problems} problem(s) with the store itself (listed above); repair-store does not fix them"
         );
     }
     Ok(())
