@@ -6,6 +6,11 @@
 //! first start the files hold the bound addresses, so a restart reuses the same ports when they
 //! are free (clients remember the locator address). A child that dies is restarted on the same
 //! address; Ctrl-C (or SIGTERM) stops every child.
+//!
+//! Regions start one after the other, the directory writer (region 1) first, and the peers file
+//! is rewritten after each, so a region starting on a new store can ask the writer's census. A
+//! child that exits before listening (a region refusing its store, say) is reported with the
+//! error it printed.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,8 +34,21 @@ use crate::serve::shutdown_signal;
 const CHILD_START_TIMEOUT_MS: u64 = 30_000;
 /// How long a child may take to exit after SIGTERM before it is killed.
 const CHILD_STOP_TIMEOUT_MS: u64 = 5_000;
-/// Pause before restarting a child that died.
+/// Pause before restarting a child that died; it doubles after each failed restart.
 const CHILD_RESTART_DELAY_MS: u64 = 200;
+/// Longest pause between two restarts of a child that keeps failing to start (a region that
+/// refuses its store fails the same way until an operator acts).
+const CHILD_RESTART_DELAY_MS_MAX: u64 = 10_000;
+/// Bytes of a child's log read back to find why it exited before listening.
+const CHILD_LOG_TAIL_BYTES_MAX: u64 = 64 * 1024;
+
+// A region starting on an empty store waits for the directory writer's census; the devnet must
+// wait longer for its "listening" line than that.
+const _: () = assert!(
+    CHILD_START_TIMEOUT_MS > home_region::store_check::WRITER_CENSUS_WAIT_MS_MAX,
+    "a region waiting for the directory writer would be killed as too slow to start"
+);
+const _: () = assert!(CHILD_RESTART_DELAY_MS < CHILD_RESTART_DELAY_MS_MAX);
 /// Most regions a devnet runs (127.0.k.0/24 needs k ≤ 254).
 pub(crate) const DEVNET_REGIONS_MAX: u32 = 16;
 
@@ -138,12 +156,14 @@ async fn devnet(regions: u32, data: PathBuf, json: bool) -> Result<()> {
             });
             report(json, &started, "started");
             running.push(started);
+            // The regions after this one may need its address now (a new store asks the
+            // directory writer before its region listens).
+            write_toml(
+                &peers_file,
+                &peers,
+                "# Every region's internal address. Written by relayd devnet.",
+            )?;
         }
-        write_toml(
-            &peers_file,
-            &peers,
-            "# Every region's internal address. Written by relayd devnet.",
-        )?;
 
         let region_addresses: Vec<RegionAddress> = peers
             .regions
@@ -266,7 +286,9 @@ async fn start_preferring(
             write_config(running.address)?;
             Ok(running)
         }
-        Err(error) if preferred.port() != 0 => {
+        // A port taken meanwhile: any free one will do. A child that refused to start for
+        // another reason (a region refusing its store) would refuse on any port.
+        Err(error) if preferred.port() != 0 && !refused_for_another_reason(&error) => {
             tracing::warn!(name = %spec.name, %error, "preferred port unavailable; taking a free one");
             write_config(SocketAddr::new(preferred.ip(), 0))?;
             let running = start(exe, spec).await?;
@@ -277,13 +299,15 @@ async fn start_preferring(
     }
 }
 
-/// Spawns a child and waits for its "listening on" line.
+/// Spawns a child and waits for its "listening on" line. A child that exits first is reported
+/// with the error it printed (its last `relayd: …` line).
 async fn start(exe: &Path, spec: &ChildSpec) -> Result<Running> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&spec.log)
         .with_context(|| format!("opening {}", spec.log.display()))?;
+    let log_start = log.metadata().map(|metadata| metadata.len()).unwrap_or(0);
     let mut child = Command::new(exe)
         .arg(spec.role)
         .arg("--config")
@@ -305,14 +329,11 @@ async fn start(exe: &Path, spec: &ChildSpec) -> Result<Running> {
                 return address
                     .trim()
                     .parse::<SocketAddr>()
+                    .map(Some)
                     .map_err(|error| anyhow!("bad address in {line:?}: {error}"));
             }
         }
-        Err(anyhow!(
-            "{} exited before listening (see {})",
-            spec.name,
-            spec.log.display()
-        ))
+        Ok(None)
     };
     let address = match tokio::time::timeout(
         Duration::from_millis(CHILD_START_TIMEOUT_MS),
@@ -320,7 +341,28 @@ async fn start(exe: &Path, spec: &ChildSpec) -> Result<Running> {
     )
     .await
     {
-        Ok(Ok(address)) => address,
+        Ok(Ok(Some(address))) => address,
+        Ok(Ok(None)) => {
+            let status = match tokio::time::timeout(
+                Duration::from_millis(CHILD_STOP_TIMEOUT_MS),
+                child.wait(),
+            )
+            .await
+            {
+                Ok(Ok(status)) => status.to_string(),
+                _ => {
+                    stop_child(&mut child).await;
+                    "closed its output".to_owned()
+                }
+            };
+            return Err(ExitedBeforeListening {
+                name: spec.name.clone(),
+                status,
+                error: last_error_line(&spec.log, log_start),
+                log: spec.log.clone(),
+            }
+            .into());
+        }
         Ok(Err(error)) => {
             stop_child(&mut child).await;
             return Err(error);
@@ -341,6 +383,65 @@ async fn start(exe: &Path, spec: &ChildSpec) -> Result<Running> {
         child,
         address,
     })
+}
+
+/// A child exited before printing its "listening on" line.
+#[derive(Debug)]
+struct ExitedBeforeListening {
+    name: String,
+    status: String,
+    /// The error it printed, if any.
+    error: Option<String>,
+    log: PathBuf,
+}
+
+impl std::fmt::Display for ExitedBeforeListening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(error) => write!(
+                f,
+                "{} refused to start ({}): {error} (log: {})",
+                self.name,
+                self.status,
+                self.log.display()
+            ),
+            None => write!(
+                f,
+                "{} exited before listening ({}; see {})",
+                self.name,
+                self.status,
+                self.log.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ExitedBeforeListening {}
+
+/// Whether a start failed for another reason than its address being taken.
+fn refused_for_another_reason(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<ExitedBeforeListening>()
+        .and_then(|exited| exited.error.as_deref())
+        .is_some_and(|printed| !printed.contains("in use"))
+}
+
+/// The last error line (`relayd: …`) a child wrote to its log after byte `from`, without the
+/// prefix.
+fn last_error_line(log: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    let length = file.metadata().ok()?.len();
+    let start = from.max(length.saturating_sub(CHILD_LOG_TAIL_BYTES_MAX));
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = Vec::new();
+    file.take(CHILD_LOG_TAIL_BYTES_MAX)
+        .read_to_end(&mut tail)
+        .ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("relayd: ").map(str::to_owned))
 }
 
 async fn stop_child(child: &mut Child) {
@@ -371,8 +472,12 @@ async fn supervise(
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 say(json, serde_json::json!({"event": "exited", "name": running.spec.name, "status": status}),
                     format!("{} exited ({status}); restarting", running.spec.name));
+                let mut delay_ms = CHILD_RESTART_DELAY_MS;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(CHILD_RESTART_DELAY_MS)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                        _ = stop.changed() => return,
+                    }
                     if *stop.borrow() {
                         return;
                     }
@@ -382,7 +487,11 @@ async fn supervise(
                             report(json, &running, "restarted");
                             break;
                         }
-                        Err(error) => tracing::warn!(name = %running.spec.name, %error, "restart failed; retrying"),
+                        Err(error) => {
+                            delay_ms = (delay_ms * 2).min(CHILD_RESTART_DELAY_MS_MAX);
+                            say(json, serde_json::json!({"event": "restart_failed", "name": running.spec.name, "error": format!("{error:#}"), "retry_in_ms": delay_ms}),
+                                format!("{} could not restart: {error:#}; retrying in {delay_ms} ms", running.spec.name));
+                        }
                     }
                 }
             }
