@@ -40,6 +40,19 @@ pub enum DevnetError {
         /// What happened, with the end of its log when it exited.
         reason: String,
     },
+    /// A child exited before listening, having printed why (its last `relayd: …` line): a
+    /// region refusing its store, say. Restarting it would fail the same way.
+    #[error("{name} refused to start ({status}): {error} (log: {})", log.display())]
+    RefusedToStart {
+        /// The child.
+        name: String,
+        /// How it exited.
+        status: String,
+        /// The error it printed.
+        error: String,
+        /// Its log file.
+        log: PathBuf,
+    },
     /// A devnet process could not be followed (`relayd devnet --json` as a child).
     #[error("the devnet {0}")]
     Process(String),

@@ -38,12 +38,14 @@ pub enum DevnetEvent {
         /// How it ended, as the operating system says (`exit status: 1`, `signal: 9 (SIGKILL)`).
         status: String,
     },
-    /// A restart of a child failed; the devnet tries again.
+    /// A restart of a child failed; the devnet tries again after `retry_in_ms`.
     RestartFailed {
         /// The child.
         name: String,
-        /// Why, with the end of the child's log.
+        /// Why: the child's own error, or the end of its log.
         error: String,
+        /// When the next attempt comes, in ms.
+        retry_in_ms: u64,
     },
     /// Every child listens: what clients need.
     Ready(Ready),
@@ -117,9 +119,14 @@ impl fmt::Display for DevnetEvent {
             DevnetEvent::Exited { name, status } => {
                 write!(f, "{name} exited ({status}); restarting")
             }
-            DevnetEvent::RestartFailed { name, error } => {
-                write!(f, "{name} did not restart ({error}); retrying")
-            }
+            DevnetEvent::RestartFailed {
+                name,
+                error,
+                retry_in_ms,
+            } => write!(
+                f,
+                "{name} could not restart: {error}; retrying in {retry_in_ms} ms"
+            ),
             DevnetEvent::Ready(ready) => ready.fmt(f),
             DevnetEvent::Stopped => write!(f, "devnet stopped"),
         }
@@ -214,6 +221,7 @@ mod tests {
             DevnetEvent::RestartFailed {
                 name: "edge-1".into(),
                 error: "no".into(),
+                retry_in_ms: 400,
             },
             DevnetEvent::Ready(ready()),
             DevnetEvent::Stopped,

@@ -7,6 +7,11 @@
 //! (clients remember the locator address). A child that dies is restarted on the same address;
 //! when `shutdown` completes every child is stopped. One devnet at a time holds a data folder
 //! (a lock file), so a second one says so instead of failing on the stores' locks.
+//!
+//! Regions start one after the other, the directory writer (region 1) first, and the peers file
+//! is rewritten after each, so a region starting on a new store can ask the writer's census. A
+//! child that exits before listening (a region refusing its store, say) is reported with the
+//! error it printed.
 
 use std::fs::File;
 use std::future::Future;
@@ -27,8 +32,9 @@ use tokio::sync::{mpsc, watch};
 use crate::DevnetError;
 use crate::events::{DevnetEvent, Ready, RegionReady};
 use crate::limits::{
-    CHILD_LOG_TAIL_LINES, CHILD_RESTART_DELAY_MS, CHILD_START_TIMEOUT_MS, CHILD_STOP_TIMEOUT_MS,
-    DEVNET_REGIONS_MAX, EVENTS_BUFFERED_MAX,
+    CHILD_LOG_TAIL_BYTES_MAX, CHILD_LOG_TAIL_LINES, CHILD_RESTART_DELAY_MS,
+    CHILD_RESTART_DELAY_MS_MAX, CHILD_START_TIMEOUT_MS, CHILD_STOP_TIMEOUT_MS, DEVNET_REGIONS_MAX,
+    EVENTS_BUFFERED_MAX,
 };
 use crate::pki::Pki;
 
@@ -230,12 +236,14 @@ impl Launcher {
             });
             sink(started.started());
             running.push(started);
+            // The regions after this one may need its address now (a new store asks the
+            // directory writer before its region listens).
+            write_toml(
+                &peers_file,
+                &peers,
+                "# Every region's internal address. Written by relayd devnet.",
+            )?;
         }
-        write_toml(
-            &peers_file,
-            &peers,
-            "# Every region's internal address. Written by relayd devnet.",
-        )?;
 
         let region_addresses: Vec<RegionAddress> = peers
             .regions
@@ -326,7 +334,9 @@ impl Launcher {
                 write(running.address)?;
                 Ok(running)
             }
-            Err(error) if preferred.port() != 0 => {
+            // A port taken meanwhile: any free one will do. A child that refused to start for
+            // another reason (a region refusing its store) would refuse on any port.
+            Err(error) if preferred.port() != 0 && !refused_for_another_reason(&error) => {
                 tracing::warn!(name = %spec.name, %error, "preferred port unavailable; taking a free one");
                 write(SocketAddr::new(preferred.ip(), 0))?;
                 let running = start(&self.relayd, &spec).await?;
@@ -406,14 +416,11 @@ async fn start(relayd: &Path, spec: &ChildSpec) -> Result<Running, DevnetError> 
                 return address
                     .trim()
                     .parse::<SocketAddr>()
+                    .map(Some)
                     .map_err(|error| format!("bad address in {line:?}: {error}"));
             }
         }
-        Err(format!(
-            "exited before listening:\n{}\n(the whole log: {})",
-            log_tail(&spec.log, log_start),
-            spec.log.display()
-        ))
+        Ok(None)
     };
     let address = match tokio::time::timeout(
         Duration::from_millis(CHILD_START_TIMEOUT_MS),
@@ -421,7 +428,34 @@ async fn start(relayd: &Path, spec: &ChildSpec) -> Result<Running, DevnetError> 
     )
     .await
     {
-        Ok(Ok(address)) => address,
+        Ok(Ok(Some(address))) => address,
+        Ok(Ok(None)) => {
+            let status = match tokio::time::timeout(
+                Duration::from_millis(CHILD_STOP_TIMEOUT_MS),
+                child.wait(),
+            )
+            .await
+            {
+                Ok(Ok(status)) => status.to_string(),
+                _ => {
+                    stop_child(&mut child).await;
+                    "closed its output".to_owned()
+                }
+            };
+            return Err(match last_error_line(&spec.log, log_start) {
+                Some(error) => DevnetError::RefusedToStart {
+                    name: spec.name.clone(),
+                    status,
+                    error,
+                    log: spec.log.clone(),
+                },
+                None => child_error(format!(
+                    "exited before listening ({status}):\n{}\n(the whole log: {})",
+                    log_tail(&spec.log, log_start),
+                    spec.log.display()
+                )),
+            });
+        }
         Ok(Err(reason)) => {
             stop_child(&mut child).await;
             return Err(child_error(reason));
@@ -441,6 +475,28 @@ async fn start(relayd: &Path, spec: &ChildSpec) -> Result<Running, DevnetError> 
         child,
         address,
     })
+}
+
+/// Whether a start failed for another reason than its address being taken.
+fn refused_for_another_reason(error: &DevnetError) -> bool {
+    matches!(error, DevnetError::RefusedToStart { error, .. } if !error.contains("in use"))
+}
+
+/// The last error line (`relayd: …`) a child wrote to its log after byte `from`, without the
+/// prefix.
+fn last_error_line(log: &Path, from: u64) -> Option<String> {
+    let mut file = File::open(log).ok()?;
+    let length = file.metadata().ok()?.len();
+    let start = from.max(length.saturating_sub(CHILD_LOG_TAIL_BYTES_MAX));
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = Vec::new();
+    file.take(CHILD_LOG_TAIL_BYTES_MAX)
+        .read_to_end(&mut tail)
+        .ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("relayd: ").map(str::to_owned))
 }
 
 /// The last [`CHILD_LOG_TAIL_LINES`] lines a child wrote to its log after `from` (bytes), each
@@ -495,8 +551,12 @@ async fn supervise(
                 let status = status.map_or_else(|error| error.to_string(), |status| status.to_string());
                 let name = running.spec.name.clone();
                 let _ = events.send(DevnetEvent::Exited { name: name.clone(), status }).await;
+                let mut delay_ms = CHILD_RESTART_DELAY_MS;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(CHILD_RESTART_DELAY_MS)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                        _ = stop.changed() => return,
+                    }
                     if *stop.borrow() {
                         return;
                     }
@@ -512,9 +572,11 @@ async fn supervise(
                             break;
                         }
                         Err(error) => {
+                            delay_ms = (delay_ms * 2).min(CHILD_RESTART_DELAY_MS_MAX);
                             let event = DevnetEvent::RestartFailed {
                                 name: name.clone(),
                                 error: error.to_string(),
+                                retry_in_ms: delay_ms,
                             };
                             let _ = events.send(event).await;
                         }

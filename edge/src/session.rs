@@ -278,7 +278,11 @@ impl SendAggregate {
                 {
                     error
                 } else {
+                    // Retryable codes pass through with their hint (a recipient whose queue is
+                    // unreadable stays `RecipientUnavailable`, so the client keeps the
+                    // message in its outbox and says why).
                     ProtoError::new(retryable, format!("region {region}: {}", error.message))
+                        .with_retry_after_ms(error.retry_after_ms)
                 };
                 self.failure = Some(keep);
             }
@@ -517,6 +521,22 @@ mod tests {
             panic!("expected sent");
         };
         assert_eq!(all.commits.len(), 2);
+    }
+
+    #[test]
+    fn an_unavailable_recipient_is_never_sent_and_its_code_passes_through() {
+        let mut aggregate = SendAggregate::new(BTreeSet::from([RegionId(1), RegionId(2)]));
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        let refusal = ProtoError::new(ErrorCode::RecipientUnavailable, "queue of 2/1 unreadable")
+            .with_retry_after_ms(30_000);
+        aggregate.handle_region_outcome(RegionId(2), Err(refusal));
+        let Some(Err(error)) = aggregate.poll_result() else {
+            panic!("a refusal, never sent: {:?}", aggregate.poll_result());
+        };
+        assert_eq!(error.code, ErrorCode::RecipientUnavailable);
+        assert!(error.code.is_retryable(), "the client keeps the message");
+        assert_eq!(error.retry_after_ms, 30_000);
+        assert!(error.message.contains("region 2"), "{}", error.message);
     }
 
     #[test]

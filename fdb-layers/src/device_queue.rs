@@ -104,7 +104,7 @@ use crate::error::StoreError;
 pub use crate::limits::QUEUE_RETENTION_MS_DEFAULT;
 pub use crate::limits::SWEEP_ENTRIES_MAX;
 use crate::limits::{DEVICE_QUEUE_DEPTH_MAX, LAYER_READ_ENTRIES_MAX};
-use crate::tuple::Subspace;
+use crate::tuple::{Subspace, TupleDecode};
 
 /// Buckets of the expiry index, spreading its writes over the keyspace.
 pub const EXPIRY_INDEX_BUCKETS: u8 = 16;
@@ -299,6 +299,113 @@ pub async fn latest(transaction: &Transaction, device: DeviceAddress) -> Result<
 pub async fn depth(transaction: &Transaction, device: DeviceAddress) -> Result<u64, StoreError> {
     let queue = DeviceQueue::new(device);
     read_count(transaction, &queue.depth_key(), false, "device queue depth").await
+}
+
+/// One entry of a queue as [`inspect`] found it: its item and enqueue time, or why they do not
+/// decode.
+#[derive(Debug, Clone)]
+pub struct InspectedEntry {
+    /// The entry's queue sequence number.
+    pub queue_seq: u64,
+    /// The item and its enqueue time (ms since the Unix epoch), or the decoding error.
+    pub item: Result<(QueueItem, u64), StoreError>,
+}
+
+/// Up to `limit` devices that have queue keys, after `after` (from the first with `None`), in
+/// address order (at most [`LAYER_READ_ENTRIES_MAX`]). One single-key range read per device:
+/// the read skips from one device's keys to the next.
+pub async fn queued_devices(
+    transaction: &Transaction,
+    after: Option<DeviceAddress>,
+    limit: usize,
+) -> Result<Vec<DeviceAddress>, StoreError> {
+    let queues = Subspace::new(&("device_queue",));
+    let (mut begin, end) = queues.range();
+    if let Some(after) = after {
+        (_, begin) = queues.subspace(&after).range();
+    }
+    let limit = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
+    let mut found = Vec::new();
+    while found.len() < limit {
+        let first = transaction
+            .get_range(&begin, &end, RangeOptions::limit(1))
+            .await?;
+        let Some((key, _)) = first.first() else {
+            break;
+        };
+        let mut rest = key.get(queues.bytes().len()..).unwrap_or_default();
+        let device = DeviceAddress::decode_from(&mut rest)
+            .map_err(|error| StoreError::corrupt("device queue key", error))?;
+        found.push(device);
+        (_, begin) = queues.subspace(&device).range();
+    }
+    Ok(found)
+}
+
+/// Up to `limit` entries of the queue of `device` after `after_queue_seq`, each decoded on its
+/// own (at most [`LAYER_READ_ENTRIES_MAX`]), so that one damaged entry does not hide the others:
+/// for checks and repairs. A key that does not decode fails the whole read.
+pub async fn inspect(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    after_queue_seq: u64,
+    limit: usize,
+) -> Result<Vec<InspectedEntry>, StoreError> {
+    let Some(first) = after_queue_seq.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let queue = DeviceQueue::new(device);
+    let begin = queue.entries.pack(&(first,));
+    let (_, end) = queue.entries.range();
+    let rows = transaction
+        .get_range(
+            &begin,
+            &end,
+            RangeOptions::limit(limit.clamp(1, LAYER_READ_ENTRIES_MAX)),
+        )
+        .await?;
+    rows.iter()
+        .map(|(key, value)| {
+            Ok(InspectedEntry {
+                queue_seq: queue.queue_seq(key)?,
+                item: queue_item(value),
+            })
+        })
+        .collect()
+}
+
+/// Removes entry `queue_seq` of the queue of `device` if it is there and does not decode,
+/// lowering the depth. Returns whether it removed it; a readable entry is left (remove it with
+/// [`ack`], which reports its item). The entry's expiry index key cannot be found without its
+/// enqueue time; the retention sweep drops such orphaned index keys when it meets them.
+pub async fn remove_unreadable(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    queue_seq: u64,
+) -> Result<bool, StoreError> {
+    let queue = DeviceQueue::new(device);
+    let key = queue.entries.pack(&(queue_seq,));
+    let Some(value) = transaction.get(&key).await? else {
+        return Ok(false);
+    };
+    if queue_item(&value).is_ok() {
+        return Ok(false);
+    }
+    transaction.clear(&key);
+    // A damaged depth counter is rewritten by the repair with `set_depth`.
+    if depth(transaction, device).await.is_ok() {
+        lower_depth(transaction, &queue, 1)?;
+    }
+    Ok(true)
+}
+
+/// Sets the depth counter of the queue of `device` to `entries` (a repair that counted them).
+pub fn set_depth(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    entries: u64,
+) -> Result<(), StoreError> {
+    transaction.set(&DeviceQueue::new(device).depth_key(), &encode_u64(entries))
 }
 
 /// The stored form of a queue item.
@@ -629,6 +736,84 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(present, [true; 4]);
+    }
+
+    #[tokio::test]
+    async fn damaged_entries_are_found_one_by_one_and_removed() {
+        let (_folder, database) = temporary_database(None);
+        database
+            .transact(|tx| async move {
+                for chat_seq in 1..=3 {
+                    append(&tx, DEVICE, &message(chat_seq), chat_seq).await?;
+                }
+                append(&tx, OTHER, &message(9), 9).await?;
+                // Entry 2 of DEVICE no longer decodes.
+                let queue = DeviceQueue::new(DEVICE);
+                tx.set(&queue.entries.pack(&(2u64,)), &[0xff, 0xff])
+            })
+            .await
+            .expect("setup");
+        let (devices, after_first, inspected) = database
+            .transact(|tx| async move {
+                Ok((
+                    queued_devices(&tx, None, 10).await?,
+                    queued_devices(&tx, Some(DEVICE), 10).await?,
+                    inspect(&tx, DEVICE, 0, 10).await?,
+                ))
+            })
+            .await
+            .expect("inspect");
+        assert_eq!(devices, vec![DEVICE, OTHER]);
+        assert_eq!(after_first, vec![OTHER]);
+        let readable: Vec<(u64, bool)> = inspected
+            .iter()
+            .map(|entry| (entry.queue_seq, entry.item.is_ok()))
+            .collect();
+        assert_eq!(readable, vec![(1, true), (2, false), (3, true)]);
+        assert!(matches!(
+            database
+                .transact(|tx| async move { read_after(&tx, DEVICE, 0, 10).await })
+                .await,
+            Err(StoreError::Corrupt { .. })
+        ));
+
+        let removed = database
+            .transact(|tx| async move {
+                Ok([
+                    remove_unreadable(&tx, DEVICE, 1).await?,
+                    remove_unreadable(&tx, DEVICE, 2).await?,
+                    remove_unreadable(&tx, DEVICE, 2).await?,
+                ])
+            })
+            .await
+            .expect("remove");
+        assert_eq!(
+            removed,
+            [false, true, false],
+            "only the unreadable entry, once"
+        );
+        let (left, waiting) = database
+            .transact(|tx| async move {
+                Ok((
+                    read_after(&tx, DEVICE, 0, 10).await?,
+                    depth(&tx, DEVICE).await?,
+                ))
+            })
+            .await
+            .expect("read");
+        assert_eq!(left, vec![(1, message(1)), (3, message(3))]);
+        assert_eq!(waiting, 2);
+        database
+            .transact(|tx| async move { set_depth(&tx, DEVICE, 7) })
+            .await
+            .expect("set depth");
+        assert_eq!(
+            database
+                .transact(|tx| async move { depth(&tx, DEVICE).await })
+                .await
+                .expect("depth"),
+            7
+        );
     }
 
     #[tokio::test]

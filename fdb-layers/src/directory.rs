@@ -20,7 +20,9 @@
 //! - `("member_count", group)` → the number of members (8 bytes LE);
 //! - `("group_of", account, group)` → empty: the reverse index, one key per membership;
 //! - `("group_version", group)` → the group's version (8 bytes LE);
-//! - `("changes",)` → the directory change counter (8 bytes LE, atomic add).
+//! - `("changes",)` → the directory change counter (8 bytes LE, atomic add);
+//! - `("homed", region)` → the number of accounts whose home is `region` in this copy (8 bytes
+//!   LE, atomic add): the directory writer's answer to "do accounts live in region k?".
 //!
 //! Every lookup is a point read, except the lists: an account's devices, a group's members and
 //! an account's groups are each one range read, because each list shares its key prefix and
@@ -41,8 +43,8 @@
 //! counter is acceptable here; group creation likewise serializes on the group counter. Device
 //! changes of one account serialize on its device counter and version, membership changes of
 //! one group on its version; changes of different accounts or groups never conflict. The change
-//! counter is only ever changed with atomic adds, so it conflicts with no writer; a reader of it
-//! conflicts only with the changes it wants to see.
+//! counter and the per-region home counts are only ever changed with atomic adds, so they
+//! conflict with no writer; a reader of them conflicts only with the changes it wants to see.
 //!
 //! **Idempotence.** [`create_account`], [`add_device`], [`add_first_device`], [`create_group`],
 //! [`add_member`] and [`remove_member`] take an [`IdempotencyKey`]: retried after
@@ -56,7 +58,9 @@
 //! [`GROUP_MEMBERS_MAX`] members, so its member list is one bounded read; an account's groups
 //! are read in pages.
 //!
-//! **Evolution.** One region writes the directory and others keep replicas through
+//! **Evolution.** Copies written before the home counts existed have none: [`count_homes`]
+//! tallies the accounts page by page and [`set_accounts_homed`] stores the result, once, before
+//! the copy serves. One region writes the directory and others keep replicas through
 //! [`put_account`], which refuses older epochs. Next: a change log for replicas and edges under
 //! versionstamped keys (the change counter then becomes the commit version of the last change,
 //! and versions become comparable across copies), group replicas like accounts, and member
@@ -217,6 +221,7 @@ pub async fn create_account(
         epoch: FIRST_EPOCH,
     };
     write_account(transaction, &directory, &record)?;
+    directory.home_moved(transaction, None, Some(home_region))?;
     directory.account_changed(transaction, id).await?;
     remember(
         transaction,
@@ -236,11 +241,12 @@ pub async fn put_account(
     record: &AccountRecord,
 ) -> Result<bool, StoreError> {
     let directory = Directory::new();
-    if let Some(stored) = read_account(transaction, &directory, record.id).await? {
+    let stored = read_account(transaction, &directory, record.id).await?;
+    if let Some(stored) = &stored {
         if stored.epoch > record.epoch {
             return Ok(false);
         }
-        if stored == *record {
+        if stored == record {
             return Ok(true);
         }
         if stored.name != record.name {
@@ -251,6 +257,8 @@ pub async fn put_account(
         }
     }
     write_account(transaction, &directory, record)?;
+    let old_home = stored.map(|stored| stored.home_region);
+    directory.home_moved(transaction, old_home, Some(record.home_region))?;
     directory.account_changed(transaction, record.id).await?;
     Ok(true)
 }
@@ -280,6 +288,7 @@ pub async fn move_home(
         ..current
     };
     write_account(transaction, &directory, &moved)?;
+    directory.home_moved(transaction, Some(current.home_region), Some(to_region))?;
     directory.account_changed(transaction, account).await?;
     Ok(HomeMove::Moved(moved))
 }
@@ -329,6 +338,62 @@ pub async fn change_count(transaction: &Transaction) -> Result<u64, StoreError> 
         "directory change counter",
     )
     .await
+}
+
+/// The number of accounts whose home is `region` in this copy of the directory (at the
+/// directory writer: every account homed there).
+pub async fn accounts_homed(
+    transaction: &Transaction,
+    region: RegionId,
+) -> Result<u64, StoreError> {
+    let directory = Directory::new();
+    crate::codec::read_count(
+        transaction,
+        &directory.homed_key(region),
+        false,
+        "accounts homed",
+    )
+    .await
+}
+
+/// Tallies the homes of up to `limit` accounts after `after` (from the first with `None`), in id
+/// order (at most [`LAYER_READ_ENTRIES_MAX`]): adds one to `tally` per account and region, and
+/// returns the last account read (`None` when there were no more).
+pub async fn count_homes(
+    transaction: &Transaction,
+    after: Option<AccountId>,
+    limit: usize,
+    tally: &mut std::collections::BTreeMap<RegionId, u64>,
+) -> Result<Option<AccountId>, StoreError> {
+    let directory = Directory::new();
+    let accounts = directory.root.subspace(&("account",));
+    let (first, end) = accounts.range();
+    let begin = match after {
+        Some(account) => accounts.subspace(&(account,)).range().1,
+        None => first,
+    };
+    let limit = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
+    let rows = transaction
+        .get_range(&begin, &end, RangeOptions::limit(limit))
+        .await?;
+    let mut last = None;
+    for (key, value) in &rows {
+        let (id,): (AccountId,) = decode_key(&accounts, key, "account key")?;
+        let stored: StoredAccount = decode_record(value, "account record")?;
+        *tally.entry(RegionId(stored.home_region)).or_default() += 1;
+        last = Some(id);
+    }
+    Ok(last)
+}
+
+/// Sets the number of accounts homed in `region` (after a [`count_homes`] tally, for a copy
+/// written before the counts existed).
+pub fn set_accounts_homed(
+    transaction: &Transaction,
+    region: RegionId,
+    accounts: u64,
+) -> Result<(), StoreError> {
+    transaction.set(&Directory::new().homed_key(region), &encode_u64(accounts))
 }
 
 /// Adds a device to `account` under the account's next device number (from 1, never reused,
@@ -676,6 +741,30 @@ impl Directory {
         self.root.pack(&("changes",))
     }
 
+    fn homed_key(&self, region: RegionId) -> Vec<u8> {
+        self.root.pack(&("homed", region))
+    }
+
+    /// Moves one account's count from the home `from` to the home `to` (`None`: no home, for
+    /// a new account); nothing when they are the same.
+    fn home_moved(
+        &self,
+        transaction: &Transaction,
+        from: Option<RegionId>,
+        to: Option<RegionId>,
+    ) -> Result<(), StoreError> {
+        if from == to {
+            return Ok(());
+        }
+        if let Some(from) = from {
+            transaction.atomic_add(&self.homed_key(from), -1)?;
+        }
+        if let Some(to) = to {
+            transaction.atomic_add(&self.homed_key(to), 1)?;
+        }
+        Ok(())
+    }
+
     /// Bumps the version of `account` and the change counter; returns the new version.
     async fn account_changed(
         &self,
@@ -974,6 +1063,106 @@ mod tests {
             }
         }
         assert_eq!(created, 1);
+    }
+
+    #[tokio::test]
+    async fn accounts_are_counted_by_home_region() {
+        let (_folder, database) = temporary_database(None);
+        let homed = async || {
+            database
+                .transact(|tx| async move {
+                    Ok([
+                        accounts_homed(&tx, RegionId(1)).await?,
+                        accounts_homed(&tx, RegionId(2)).await?,
+                    ])
+                })
+                .await
+                .expect("counts")
+        };
+        for (index, (name, home)) in [("a", 1), ("b", 2), ("c", 2)].into_iter().enumerate() {
+            database
+                .transact(|tx| async move {
+                    create_account(&tx, name, RegionId(home), &idempotency_key(index as u64)).await
+                })
+                .await
+                .expect("transaction")
+                .expect("name free");
+        }
+        // A retried creation counts once.
+        database
+            .transact(|tx| async move {
+                create_account(&tx, "a", RegionId(1), &idempotency_key(0)).await
+            })
+            .await
+            .expect("transaction")
+            .expect("the first result");
+        assert_eq!(homed().await, [1, 2]);
+
+        let moved = database
+            .transact(
+                |tx| async move { move_home(&tx, AccountId(2), RegionId(1), FIRST_EPOCH).await },
+            )
+            .await
+            .expect("move");
+        assert!(matches!(moved, HomeMove::Moved(_)));
+        assert_eq!(homed().await, [2, 1]);
+
+        // A replica's copy follows the records it is given.
+        let record = AccountRecord {
+            id: AccountId(9),
+            name: "z".into(),
+            home_region: RegionId(2),
+            epoch: 1,
+        };
+        let moved_record = AccountRecord {
+            home_region: RegionId(1),
+            epoch: 2,
+            ..record.clone()
+        };
+        database
+            .transact(|tx| {
+                let (record, moved_record) = (record.clone(), moved_record.clone());
+                async move {
+                    put_account(&tx, &record).await?;
+                    put_account(&tx, &record).await?;
+                    put_account(&tx, &moved_record).await
+                }
+            })
+            .await
+            .expect("put");
+        assert_eq!(homed().await, [3, 1]);
+
+        // The tally of the records agrees with the counters, page by page.
+        let mut tally = std::collections::BTreeMap::new();
+        let mut after = None;
+        loop {
+            let last = database
+                .transact(|tx| {
+                    let mut page = std::collections::BTreeMap::new();
+                    async move {
+                        let last = count_homes(&tx, after, 2, &mut page).await?;
+                        Ok((last, page))
+                    }
+                })
+                .await
+                .expect("tally");
+            for (region, count) in last.1 {
+                *tally.entry(region).or_default() += count;
+            }
+            match last.0 {
+                Some(account) => after = Some(account),
+                None => break,
+            }
+        }
+        assert_eq!(
+            tally,
+            std::collections::BTreeMap::from([(RegionId(1), 3), (RegionId(2), 1)])
+        );
+        database
+            .transact(|tx| async move { set_accounts_homed(&tx, RegionId(2), 5) })
+            .await
+            .expect("set");
+        assert_eq!(homed().await, [3, 5]);
     }
 
     #[tokio::test]

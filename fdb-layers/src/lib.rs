@@ -2,7 +2,8 @@
 //!
 //! This crate owns everything a region keeps durably: the directory (accounts, devices, home
 //! regions), the key directory (one-time keys), per-chat logs (sequencing, dedupe, sender FIFO),
-//! per-device queues, receipts and the cross-region outbox. Each layer is a module of functions
+//! per-device queues, receipts, the cross-region outbox, the store's own identity and the
+//! quarantine of devices whose queue cannot be read. Each layer is a module of functions
 //! taking a [`Transaction`], so a region composes several layers in one atomic transaction
 //! run by [`Database::transact`].
 //!
@@ -22,7 +23,9 @@ pub mod keys;
 pub mod limits;
 pub mod media;
 pub mod outbox;
+pub mod quarantine;
 pub mod receipts;
+pub mod store_identity;
 pub mod tuple;
 
 mod codec;

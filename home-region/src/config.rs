@@ -13,7 +13,8 @@ pub struct RegionConfig {
     pub region: u32,
     /// UDP address the internal QUIC server binds (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Folder of the embedded store (`region.redb` inside it).
+    /// Folder of the embedded store (`region.redb` inside it, and the `store-id` marker file
+    /// beside it that names the store the region created there).
     pub data_dir: PathBuf,
     /// The region that writes the global directory (names are unique there).
     pub directory_writer: u32,
@@ -21,7 +22,9 @@ pub struct RegionConfig {
     /// "127.0.1.1:4433"`). Read again whenever a peer is unknown or unreachable, so a launcher
     /// can write it after the regions have bound their ports.
     pub peers_file: PathBuf,
-    /// PEM file of the deployment's CA: peers (edges, regions) must present a certificate it signed.
+    /// PEM file of the deployment's CA: peers (edges, regions) must present a certificate it
+    /// signed. Its SHA-256 is also the deployment id the region's store records, so a store of
+    /// another deployment is refused at start.
     pub ca_cert: PathBuf,
     /// PEM certificate chain of this region (server and client side of internal links).
     pub cert: PathBuf,

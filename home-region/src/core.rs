@@ -12,6 +12,16 @@
 //!    is the next one, and assigns the next gapless chat sequence;
 //! 3. every local recipient device gets a queue entry under its own gapless queue sequence.
 //!
+//! A device whose queue could not be read is **quarantined** (the service keeps the set, loaded
+//! from the store's quarantine layer): [`commit_envelope`] refuses every envelope with a
+//! quarantined local recipient with `RecipientUnavailable` and never acknowledges it, and so
+//! does a quarantined device's own [`fetch_and_ack`]. The queue metadata a commit reads anyway
+//! (depth and latest sequence of each local recipient) is checked before anything is written:
+//! a record there that does not decode is [`CommitDecision::RecipientQueueUnreadable`], a
+//! refusal, never an acknowledgement. [`repair_queue_entry`] removes an entry that cannot be
+//! delivered, telling the sender with an "expired" receipt when the entry can still be
+//! attributed.
+//!
 //! Layer calls that are not idempotent by nature (registration, key uploads and claims) take an
 //! [`IdempotencyKey`] that the service issues once per request, outside the transaction, so a
 //! commit retried after an unknown result applies once and answers as the first attempt did.
@@ -25,6 +35,7 @@ use fdb_layers::chat_log::{AppendOutcome, NewEntry};
 use fdb_layers::device_queue::{QueueAppend, QueueItem, SweepScope};
 use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
+use fdb_layers::store_identity::{self, RegisterOutcome, StoreId};
 use fdb_layers::{
     StoreError, Transaction, chat_log, device_queue, directory, keys, outbox, receipts,
 };
@@ -66,14 +77,44 @@ pub fn account_info(record: &directory::AccountRecord) -> AccountInfo {
     }
 }
 
-/// Commits an envelope for this region's recipients (steps 1–3 of the module doc).
+/// What [`commit_envelope`] decided.
+#[derive(Debug, Clone)]
+pub enum CommitDecision {
+    /// The answer for the sender's edge (sent, mismatched devices, or resend from).
+    Answer(SendOutcome),
+    /// A local recipient device's queue metadata does not decode: nothing was written, the
+    /// envelope is refused (`RecipientUnavailable`) and the service quarantines the device.
+    RecipientQueueUnreadable {
+        /// The device.
+        device: DeviceAddress,
+        /// What did not decode.
+        error: StoreError,
+    },
+}
+
+/// The refusal of an envelope or a fetch for a quarantined device.
+pub fn quarantined_refusal(device: DeviceAddress) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::RecipientUnavailable,
+        format!(
+            "the queue of device {device} cannot be read (damaged storage); nothing is accepted \
+             for it until an operator repairs the store (relayd admin check-store)"
+        ),
+    )
+}
+
+/// Commits an envelope for this region's recipients (steps 1–3 of the module doc), unless a
+/// local recipient device is in `quarantined`.
 pub async fn commit_envelope(
     tx: &Transaction,
     local: RegionId,
     envelope: &wire::Envelope,
     sender_region: RegionId,
+    quarantined: &BTreeSet<DeviceAddress>,
     now_ms: u64,
-) -> Outcome<SendOutcome> {
+) -> Outcome<CommitDecision> {
+    let answer =
+        |outcome: SendOutcome, effects: Effects| Ok(Ok((CommitDecision::Answer(outcome), effects)));
     let parsed = match envelope.parse() {
         Ok(parsed) => parsed,
         Err(error) => return Ok(Err(error)),
@@ -116,18 +157,35 @@ pub async fn commit_envelope(
         let outcome = send_outcome::Outcome::Mismatched(MismatchedDevices {
             accounts: mismatched,
         });
-        return Ok(Ok((
-            SendOutcome {
-                outcome: Some(outcome),
-            },
-            Effects::default(),
-        )));
+        let outcome = SendOutcome {
+            outcome: Some(outcome),
+        };
+        return answer(outcome, Effects::default());
     }
 
-    // A full queue refuses the whole envelope before anything is written: the sender retries
-    // later, and no recipient gets a partial fan-out.
+    // A quarantined, damaged or full queue refuses the whole envelope before anything is
+    // written: the sender retries later, and no recipient gets a partial fan-out.
+    if let Some(&device) = local_devices
+        .iter()
+        .find(|device| quarantined.contains(device))
+    {
+        return Ok(Err(quarantined_refusal(device)));
+    }
     for &device in &local_devices {
-        if device_queue::depth(tx, device).await? >= DEVICE_QUEUE_DEPTH_MAX {
+        let metadata = async {
+            let depth = device_queue::depth(tx, device).await?;
+            device_queue::latest(tx, device).await?;
+            Ok(depth)
+        };
+        let depth = match metadata.await {
+            Ok(depth) => depth,
+            Err(error @ StoreError::Corrupt { .. }) => {
+                let decision = CommitDecision::RecipientQueueUnreadable { device, error };
+                return Ok(Ok((decision, Effects::default())));
+            }
+            Err(error) => return Err(error),
+        };
+        if depth >= DEVICE_QUEUE_DEPTH_MAX {
             return refuse(
                 ErrorCode::Throttled,
                 format!("the queue of device {device} is full"),
@@ -163,10 +221,10 @@ pub async fn commit_envelope(
             chat_seq,
             server_time_ms,
         } => {
-            return Ok(Ok((
+            return answer(
                 committed(chat_seq, true, server_time_ms),
                 Effects::default(),
-            )));
+            );
         }
         AppendOutcome::Gap {
             expected_sender_seq,
@@ -174,12 +232,10 @@ pub async fn commit_envelope(
             let outcome = send_outcome::Outcome::ResendFrom(ResendFrom {
                 expected_sender_seq,
             });
-            return Ok(Ok((
-                SendOutcome {
-                    outcome: Some(outcome),
-                },
-                Effects::default(),
-            )));
+            let outcome = SendOutcome {
+                outcome: Some(outcome),
+            };
+            return answer(outcome, Effects::default());
         }
         AppendOutcome::Appended {
             chat_seq,
@@ -197,7 +253,7 @@ pub async fn commit_envelope(
         let queue_seq = enqueue(tx, device, &item, now_ms).await?;
         effects.notify.insert(device, queue_seq);
     }
-    Ok(Ok((committed(chat_seq, false, server_time_ms), effects)))
+    answer(committed(chat_seq, false, server_time_ms), effects)
 }
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
@@ -224,14 +280,20 @@ async fn enqueue(
 }
 
 /// Acknowledges entries of a device's queue (turning message acks into delivered receipts for
-/// the senders), then reads the entries after a cursor.
+/// the senders), then reads the entries after a cursor. A quarantined device is refused. A
+/// record of the queue that does not decode fails the transaction with
+/// [`StoreError::Corrupt`]: the service quarantines the device.
 pub async fn fetch_and_ack(
     tx: &Transaction,
     local: RegionId,
     device: DeviceAddress,
     request: &wire::FetchAndAck,
+    quarantined: &BTreeSet<DeviceAddress>,
     now_ms: u64,
 ) -> Outcome<QueueBatch> {
+    if quarantined.contains(&device) {
+        return Ok(Err(quarantined_refusal(device)));
+    }
     if directory::device(tx, device).await?.is_none() {
         return refuse(
             ErrorCode::UnknownAccount,
@@ -262,52 +324,184 @@ pub async fn fetch_and_ack(
         for (queue_seq, item) in
             device_queue::read_after(tx, device, fetch.after_queue_seq, limit).await?
         {
-            let item = match item {
-                QueueItem::MessageRef { chat, chat_seq } => {
-                    let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
-                        return Err(corrupt(
-                            "device queue",
-                            format!(
-                                "queue of {device} references missing log entry {chat}#{chat_seq}"
-                            ),
-                        ));
-                    };
-                    let envelope = wire::Envelope::decode(&entry.envelope_bytes[..])
-                        .map_err(|error| corrupt("stored envelope", error))?;
-                    let recipient: wire::DeviceAddr = device.into();
-                    let Some(ciphertext) = envelope
-                        .ciphertexts
-                        .into_iter()
-                        .find(|c| c.recipient == recipient)
-                    else {
-                        return Err(corrupt(
-                            "chat log",
-                            format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
-                        ));
-                    };
-                    queue_entry::Item::Message(QueuedMessage {
-                        chat: chat.0.to_vec(),
-                        chat_seq,
-                        sender: entry.sender.into(),
-                        client_message_id: entry.client_message_id.0.to_vec(),
-                        sender_seq: entry.sender_seq,
-                        server_time_ms: entry.server_time_ms,
-                        message_type: ciphertext.message_type,
-                        ciphertext: ciphertext.body,
-                    })
-                }
-                QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
-                    QueuedReceipt::decode(&bytes[..])
-                        .map_err(|error| corrupt("stored receipt", error))?,
-                ),
-            };
-            batch.entries.push(QueueEntry {
-                queue_seq,
-                item: Some(item),
-            });
+            batch
+                .entries
+                .push(queued_entry(tx, device, queue_seq, item).await?);
         }
     }
     Ok(Ok((batch, effects)))
+}
+
+/// The wire form of one queue entry of `device`: a message reference is resolved to the chat
+/// log entry and the device's own ciphertext, a receipt decoded. A record that does not decode
+/// (or a reference to a missing entry) is [`StoreError::Corrupt`].
+pub async fn queued_entry(
+    tx: &Transaction,
+    device: DeviceAddress,
+    queue_seq: u64,
+    item: QueueItem,
+) -> Result<QueueEntry, StoreError> {
+    let item = match item {
+        QueueItem::MessageRef { chat, chat_seq } => {
+            let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
+                return Err(corrupt(
+                    "device queue",
+                    format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
+                ));
+            };
+            let envelope = wire::Envelope::decode(&entry.envelope_bytes[..])
+                .map_err(|error| corrupt("stored envelope", error))?;
+            let recipient: wire::DeviceAddr = device.into();
+            let Some(ciphertext) = envelope
+                .ciphertexts
+                .into_iter()
+                .find(|c| c.recipient == recipient)
+            else {
+                return Err(corrupt(
+                    "chat log",
+                    format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
+                ));
+            };
+            queue_entry::Item::Message(QueuedMessage {
+                chat: chat.0.to_vec(),
+                chat_seq,
+                sender: entry.sender.into(),
+                client_message_id: entry.client_message_id.0.to_vec(),
+                sender_seq: entry.sender_seq,
+                server_time_ms: entry.server_time_ms,
+                message_type: ciphertext.message_type,
+                ciphertext: ciphertext.body,
+            })
+        }
+        QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
+            QueuedReceipt::decode(&bytes[..]).map_err(|error| corrupt("stored receipt", error))?,
+        ),
+    };
+    Ok(QueueEntry {
+        queue_seq,
+        item: Some(item),
+    })
+}
+
+/// What [`repair_queue_entry`] did with one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryRepair {
+    /// No entry has this sequence (acknowledged, expired or repaired already).
+    Gone,
+    /// The entry reads well: left in place.
+    Readable,
+    /// Removed; its sender was told with an "expired" receipt.
+    RemovedSenderTold {
+        /// The sending device.
+        sender: DeviceAddress,
+        /// The message's client message id.
+        client_message_id: relay_proto::ClientMessageId,
+        /// What could not be read.
+        damage: String,
+    },
+    /// Removed; nothing says whose it was (the entry, or the metadata of the log entry it
+    /// references, does not decode), so nobody could be told.
+    RemovedUnattributed {
+        /// What could not be read.
+        damage: String,
+    },
+}
+
+/// Removes entry `queue_seq` of `device`'s queue if it cannot be delivered (it, the log
+/// entry it references, or the envelope there does not decode), telling the sender with an
+/// "expired" receipt, routed like the retention sweep's, when the log entry still names the
+/// sender. A readable entry is left.
+pub async fn repair_queue_entry(
+    tx: &Transaction,
+    local: RegionId,
+    device: DeviceAddress,
+    queue_seq: u64,
+    now_ms: u64,
+) -> Result<(EntryRepair, Effects), StoreError> {
+    let mut effects = Effects::default();
+    let inspected = device_queue::inspect(tx, device, queue_seq.saturating_sub(1), 1).await?;
+    let Some(found) = inspected
+        .into_iter()
+        .find(|entry| entry.queue_seq == queue_seq)
+    else {
+        return Ok((EntryRepair::Gone, effects));
+    };
+    let item = match found.item {
+        Ok((item, _)) => item,
+        Err(error) => {
+            device_queue::remove_unreadable(tx, device, queue_seq).await?;
+            let damage = error.to_string();
+            return Ok((EntryRepair::RemovedUnattributed { damage }, effects));
+        }
+    };
+    let damage = match queued_entry(tx, device, queue_seq, item.clone()).await {
+        Ok(_) => return Ok((EntryRepair::Readable, effects)),
+        Err(error @ StoreError::Corrupt { .. }) => error.to_string(),
+        Err(error) => return Err(error),
+    };
+    device_queue::ack(tx, device, &[queue_seq]).await?;
+    let QueueItem::MessageRef { chat, chat_seq } = item else {
+        // A receipt about someone else's message: losing it loses a tick, nothing to tell.
+        return Ok((EntryRepair::RemovedUnattributed { damage }, effects));
+    };
+    let entry = match chat_log::entry(tx, chat, chat_seq).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) | Err(StoreError::Corrupt { .. }) => {
+            return Ok((EntryRepair::RemovedUnattributed { damage }, effects));
+        }
+        Err(error) => return Err(error),
+    };
+    let transition = Transition {
+        state: ReceiptState::Expired,
+        now_ms,
+    };
+    route_receipt(tx, local, device, chat, chat_seq, transition, &mut effects).await?;
+    let repair = EntryRepair::RemovedSenderTold {
+        sender: entry.sender,
+        client_message_id: entry.client_message_id,
+        damage,
+    };
+    Ok((repair, effects))
+}
+
+/// (At the directory writer) the census of `region`'s store: how many accounts are homed there
+/// and which store it registered last, after registering `claim` if it is given (a
+/// compare-and-set on the registered store).
+pub async fn store_census(
+    tx: &Transaction,
+    request: &wire::StoreCensusRequest,
+    now_ms: u64,
+) -> Outcome<wire::StoreCensus> {
+    let region = RegionId(request.region);
+    if region.0 == 0 {
+        return refuse(ErrorCode::Malformed, "region numbers start at 1");
+    }
+    let mut registered = store_identity::registration(tx, region).await?;
+    if let Some(claim) = &request.claim {
+        let Some(store_id) = StoreId::from_bytes(&claim.store_id) else {
+            return refuse(ErrorCode::Malformed, "a store id is 16 bytes");
+        };
+        let previous = match claim.previous_store_id.as_slice() {
+            [] => None,
+            bytes => match StoreId::from_bytes(bytes) {
+                Some(previous) => Some(previous),
+                None => return refuse(ErrorCode::Malformed, "a store id is 16 bytes"),
+            },
+        };
+        registered = match store_identity::register(tx, region, store_id, previous, now_ms).await? {
+            RegisterOutcome::Registered(registration) => Some(registration),
+            RegisterOutcome::Held { current } => current,
+        };
+    }
+    let census = wire::StoreCensus {
+        region: region.0,
+        accounts_homed: directory::accounts_homed(tx, region).await?,
+        store_id: registered
+            .map(|registration| registration.store_id.0.to_vec())
+            .unwrap_or_default(),
+        registered_at_ms: registered.map_or(0, |registration| registration.registered_at_ms),
+    };
+    Ok(Ok((census, Effects::default())))
 }
 
 /// What [`expire_queues`] did in one transaction.
@@ -424,7 +618,18 @@ async fn deliver_receipt(
     for device in directory::devices(tx, sender.account).await? {
         let address = device.device;
         let item = QueueItem::Receipt(bytes.clone());
-        match device_queue::append(tx, address, &item, now_ms).await? {
+        // The sender's own queue may be the damaged one: that must not fail (and quarantine)
+        // the device whose ack or the region whose batch brought the receipt. An append that
+        // does not decode the queue's counters fails before it writes; the sender's device is
+        // quarantined when it fetches.
+        let appended = match device_queue::append(tx, address, &item, now_ms).await {
+            Err(error @ StoreError::Corrupt { .. }) => {
+                tracing::error!(%address, %error, "the queue of the receipt's sender device cannot be read; receipt recorded but not queued");
+                continue;
+            }
+            appended => appended?,
+        };
+        match appended {
             QueueAppend::Appended { queue_seq } => {
                 effects.notify.insert(address, queue_seq);
             }
@@ -781,11 +986,14 @@ mod tests {
         envelope: &Envelope,
         sender_region: RegionId,
     ) -> (send_outcome::Outcome, Effects) {
-        let (outcome, effects) = run(db, async |tx| {
-            commit_envelope(&tx, HERE, envelope, sender_region, 1_000).await
+        let (decision, effects) = run(db, async |tx| {
+            commit_envelope(&tx, HERE, envelope, sender_region, &BTreeSet::new(), 1_000).await
         })
         .await
         .expect("accepted");
+        let CommitDecision::Answer(outcome) = decision else {
+            panic!("a recipient queue was unreadable: {decision:?}");
+        };
         (outcome.outcome.expect("an outcome"), effects)
     }
 
@@ -800,7 +1008,7 @@ mod tests {
             }),
         };
         run(db, async |tx| {
-            fetch_and_ack(&tx, HERE, device, &request, 2_000).await
+            fetch_and_ack(&tx, HERE, device, &request, &BTreeSet::new(), 2_000).await
         })
         .await
         .expect("fetched")
@@ -1202,5 +1410,330 @@ mod tests {
             check_keys(&[0; 32], &[0; 32], &too_many).map_err(|e| e.code),
             Err(ErrorCode::TooLarge)
         );
+    }
+
+    /// Makes the stored envelope of `chat#chat_seq` undecodable, as a flipped bit in its first
+    /// byte would: its tag byte becomes 0xff (wire type 7, which protobuf does not have). The
+    /// log entry's own fields still decode, so its sender can still be told.
+    async fn damage_envelope(db: &Database, chat: ChatId, chat_seq: u64) {
+        db.transact(|tx| async move {
+            let envelope = chat_log::entry(&tx, chat, chat_seq)
+                .await?
+                .expect("the entry exists")
+                .envelope_bytes;
+            let record = fdb_layers::Subspace::new(&("chat_log", chat))
+                .subspace(&("entry",))
+                .subspace(&(chat_seq,));
+            let (begin, end) = record.range();
+            let rows = tx
+                .get_range(&begin, &end, fdb_layers::RangeOptions::default())
+                .await?;
+            let (key, mut value) = rows.into_iter().next().expect("one chunk");
+            let at = value
+                .windows(envelope.len())
+                .position(|window| window == envelope.as_slice())
+                .expect("the envelope is in the record");
+            value[at] = 0xff;
+            tx.set(&key, &value)
+        })
+        .await
+        .expect("damaged");
+    }
+
+    /// Overwrites a device queue entry with bytes that do not decode.
+    async fn damage_queue_entry(db: &Database, device: DeviceAddress, queue_seq: u64) {
+        db.transact(|tx| async move {
+            let key = fdb_layers::Subspace::new(&("device_queue", device))
+                .subspace(&("entry",))
+                .pack(&(queue_seq,));
+            tx.set(&key, &[0xff, 0xff, 0xff])
+        })
+        .await
+        .expect("damaged");
+    }
+
+    #[tokio::test]
+    async fn a_quarantined_recipient_refuses_the_envelope_and_nothing_is_stored() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let carol = account(&f.db, "carol", HERE, 1).await;
+        let (alice1, bob1, carol1) = (device_in(alice, 1), device_in(bob, 1), device_in(carol, 1));
+        let quarantined = BTreeSet::from([bob1]);
+        let to_bob = envelope(alice1, &[bob1], &[bob, alice], 1, 1);
+        let refused = run(&f.db, async |tx| {
+            commit_envelope(&tx, HERE, &to_bob, HERE, &quarantined, 1_000).await
+        })
+        .await
+        .map(|_| ())
+        .map_err(|error| error.code);
+        assert_eq!(refused, Err(ErrorCode::RecipientUnavailable));
+        let last = f
+            .db
+            .transact(|tx| async move { chat_log::last_seq(&tx, ChatId::direct(alice, bob)).await })
+            .await
+            .expect("read");
+        assert_eq!(last, 0, "nothing was appended");
+        // Other recipients are served as before.
+        let to_carol = envelope(alice1, &[carol1], &[carol, alice], 2, 1);
+        let (decision, effects) = run(&f.db, async |tx| {
+            commit_envelope(&tx, HERE, &to_carol, HERE, &quarantined, 1_000).await
+        })
+        .await
+        .expect("accepted");
+        assert!(matches!(decision, CommitDecision::Answer(_)));
+        assert_eq!(effects.notify.get(&carol1), Some(&1));
+        // The quarantined device's own fetch is refused, without touching its queue.
+        let request = FetchAndAck {
+            ack: None,
+            fetch: Some(FetchQueue {
+                after_queue_seq: 0,
+                limit: 10,
+            }),
+        };
+        let fetched = run(&f.db, async |tx| {
+            fetch_and_ack(&tx, HERE, bob1, &request, &quarantined, 2_000).await
+        })
+        .await
+        .map(|_| ())
+        .map_err(|error| error.code);
+        assert_eq!(fetched, Err(ErrorCode::RecipientUnavailable));
+    }
+
+    #[tokio::test]
+    async fn unreadable_queue_counters_refuse_the_commit_before_any_write() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        f.db.transact(|tx| async move {
+            let key = fdb_layers::Subspace::new(&("device_queue", bob1)).pack(&("latest",));
+            tx.set(&key, b"not a counter")
+        })
+        .await
+        .expect("damaged");
+        let to_bob = envelope(alice1, &[bob1], &[bob, alice], 1, 1);
+        let (decision, effects) = run(&f.db, async |tx| {
+            commit_envelope(&tx, HERE, &to_bob, HERE, &BTreeSet::new(), 1_000).await
+        })
+        .await
+        .expect("decided");
+        let CommitDecision::RecipientQueueUnreadable { device, error } = decision else {
+            panic!("expected a refusal, got {decision:?}");
+        };
+        assert_eq!(device, bob1);
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert_eq!(effects, Effects::default());
+        let last = f
+            .db
+            .transact(|tx| async move { chat_log::last_seq(&tx, ChatId::direct(alice, bob)).await })
+            .await
+            .expect("read");
+        assert_eq!(last, 0, "nothing was appended");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_envelope_fails_the_fetch_and_its_repair_tells_the_sender() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        let chat = ChatId::direct(alice, bob);
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 2, 2), HERE).await;
+        damage_envelope(&f.db, chat, 1).await;
+
+        let request = FetchAndAck {
+            ack: None,
+            fetch: Some(FetchQueue {
+                after_queue_seq: 0,
+                limit: 10,
+            }),
+        };
+        let fetched = f
+            .db
+            .transact(|tx| {
+                let request = request.clone();
+                async move {
+                    fetch_and_ack(&tx, HERE, bob1, &request, &BTreeSet::new(), 2_000).await
+                }
+            })
+            .await;
+        assert!(
+            matches!(
+                &fetched,
+                Err(StoreError::Corrupt {
+                    what: "stored envelope",
+                    ..
+                })
+            ),
+            "{fetched:?}"
+        );
+
+        let repair = async |queue_seq: u64| {
+            f.db.transact(|tx| async move {
+                repair_queue_entry(&tx, HERE, bob1, queue_seq, 5_000).await
+            })
+            .await
+            .expect("repaired")
+        };
+        let (first, effects) = repair(1).await;
+        let EntryRepair::RemovedSenderTold {
+            sender,
+            client_message_id,
+            ..
+        } = first
+        else {
+            panic!("expected the sender told, got {first:?}");
+        };
+        assert_eq!(sender, alice1);
+        assert_eq!(client_message_id, ClientMessageId([1; 16]));
+        assert_eq!(
+            effects.notify.get(&alice1),
+            Some(&1),
+            "alice's receipt is queued"
+        );
+        assert_eq!(
+            repair(1).await.0,
+            EntryRepair::Gone,
+            "a repair applies once"
+        );
+        assert_eq!(
+            repair(2).await.0,
+            EntryRepair::Readable,
+            "good entries stay"
+        );
+
+        let (batch, _) = fetch(&f.db, bob1, &[]).await;
+        assert_eq!(
+            batch
+                .entries
+                .iter()
+                .map(|e| e.queue_seq)
+                .collect::<Vec<_>>(),
+            vec![2],
+            "bob's queue reads again, from the next message"
+        );
+        let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
+        let Some(queue_entry::Item::Receipt(receipt)) = &alice_batch.entries[0].item else {
+            panic!("a receipt")
+        };
+        assert_eq!(receipt.state, ReceiptState::Expired as i32);
+        assert_eq!(receipt.recipient, bob1.into());
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_queue_entry_is_removed_without_a_sender_to_tell() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+        damage_queue_entry(&f.db, bob1, 1).await;
+        let (outcome, effects) =
+            f.db.transact(|tx| async move { repair_queue_entry(&tx, HERE, bob1, 1, 5_000).await })
+                .await
+                .expect("repaired");
+        assert!(
+            matches!(outcome, EntryRepair::RemovedUnattributed { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(effects, Effects::default());
+        let (batch, _) = fetch(&f.db, bob1, &[]).await;
+        assert!(batch.entries.is_empty());
+        assert_eq!(batch.latest_queue_seq, 1, "the sequence never goes back");
+        let depth =
+            f.db.transact(|tx| async move { device_queue::depth(&tx, bob1).await })
+                .await
+                .expect("depth");
+        assert_eq!(depth, 0);
+    }
+
+    #[tokio::test]
+    async fn a_receipt_for_a_damaged_sender_queue_does_not_fail_the_ack() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+        f.db.transact(|tx| async move {
+            let key = fdb_layers::Subspace::new(&("device_queue", alice1)).pack(&("latest",));
+            tx.set(&key, b"not a counter")
+        })
+        .await
+        .expect("damaged");
+        // bob's ack succeeds; only the push of alice's receipt is skipped.
+        let (after_ack, effects) = fetch(&f.db, bob1, &[1]).await;
+        assert!(after_ack.entries.is_empty());
+        assert!(effects.notify.is_empty());
+        let state =
+            f.db.transact(|tx| async move {
+                receipts::state(
+                    &tx,
+                    ChatId::direct(alice, bob),
+                    ClientMessageId([1; 16]),
+                    bob1,
+                )
+                .await
+            })
+            .await
+            .expect("read");
+        assert_eq!(
+            state,
+            Some(ReceiptState::Delivered),
+            "the receipt is recorded"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_census_counts_homed_accounts_and_registers_stores_once() {
+        let f = fixture();
+        account(&f.db, "bob", ELSEWHERE, 0).await;
+        account(&f.db, "carol", ELSEWHERE, 0).await;
+        account(&f.db, "alice", HERE, 0).await;
+        let census = async |claim: Option<([u8; 16], Option<[u8; 16]>)>| {
+            let request = wire::StoreCensusRequest {
+                region: ELSEWHERE.0,
+                claim: claim.map(|(store, previous)| wire::StoreClaim {
+                    store_id: store.to_vec(),
+                    previous_store_id: previous.map(|id| id.to_vec()).unwrap_or_default(),
+                }),
+            };
+            run(&f.db, async |tx| store_census(&tx, &request, 7_000).await)
+                .await
+                .map(|(census, _)| census)
+        };
+        let first = census(None).await.expect("census");
+        assert_eq!((first.accounts_homed, first.store_id.len()), (2, 0));
+        let claimed = census(Some(([1; 16], None))).await.expect("claimed");
+        assert_eq!(claimed.store_id, vec![1; 16]);
+        assert_eq!(claimed.registered_at_ms, 7_000);
+        // Another store cannot take the region's place without naming the one it replaces.
+        let held = census(Some(([2; 16], None))).await.expect("answered");
+        assert_eq!(held.store_id, vec![1; 16]);
+        let replaced = census(Some(([2; 16], Some([1; 16]))))
+            .await
+            .expect("replaced");
+        assert_eq!(replaced.store_id, vec![2; 16]);
+        let stale = census(Some(([3; 16], Some([1; 16]))))
+            .await
+            .expect("answered");
+        assert_eq!(
+            stale.store_id,
+            vec![2; 16],
+            "a claim naming an old store changes nothing"
+        );
+        let request = wire::StoreCensusRequest {
+            region: ELSEWHERE.0,
+            claim: Some(wire::StoreClaim {
+                store_id: vec![1; 3],
+                previous_store_id: Vec::new(),
+            }),
+        };
+        let refused = run(&f.db, async |tx| store_census(&tx, &request, 7_000).await)
+            .await
+            .map(|_| ())
+            .map_err(|error| error.code);
+        assert_eq!(refused, Err(ErrorCode::Malformed));
     }
 }

@@ -4,11 +4,15 @@
 //!
 //! [`core`] holds the decisions as functions over one storage transaction (no sockets, no
 //! clock: the time comes in as an argument); [`service`] is the QUIC shell around it, with
-//! links to other regions (the directory writer, receipt destinations).
+//! links to other regions (the directory writer, receipt destinations). [`store_check`]
+//! decides, before the region serves, whether the store it opened is the one it expects;
+//! [`repair`] is the operator's offline check and repair of a store's device queues.
 
 pub mod config;
 pub mod core;
+pub mod repair;
 pub mod service;
+pub mod store_check;
 
 pub use config::RegionConfig;
 pub use service::{RegionError, RegionParts, RegionService};

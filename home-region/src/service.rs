@@ -2,8 +2,13 @@
 //! transaction through [`crate::core`], performs the effects after commit (pushes to the edges
 //! holding the devices, cross-region receipt delivery), and forwards directory writes to the
 //! directory writer region.
+//!
+//! [`RegionService::open`] checks the store before binding anything ([`crate::store_check`]).
+//! The shell keeps the set of quarantined devices: loaded from the store when it starts to
+//! serve, grown when a device's queue turns out unreadable (recorded in the store too, best
+//! effort, since the store is what is damaged), and passed to every commit and fetch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fdb_layers::keys::IdempotencyKey;
+use fdb_layers::quarantine::{self, QuarantineRecord};
+use fdb_layers::store_identity::{StoreId, StoreIdentity};
 use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
 use quinn::rustls::RootCertStore;
@@ -26,7 +33,8 @@ use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::{ConfigError, PeersFile, RegionConfig};
-use crate::core::{self, Effects};
+use crate::core::{self, CommitDecision, Effects};
+use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
 /// How long a request to another region may take.
 pub const PEER_REQUEST_TIMEOUT_MS: u64 = 10_000;
@@ -40,6 +48,10 @@ pub const SUBSCRIPTION_PUSHES_MAX: usize = 4096;
 pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
 /// Most sweep transactions in one retention sweep, so one sweep stays bounded.
 pub const RETENTION_SWEEP_TRANSACTIONS_MAX: usize = 64;
+/// Quarantine records read in one transaction when the service starts.
+pub const QUARANTINE_LOAD_DEVICES_PER_TRANSACTION: usize = 256;
+/// The store's file in the region's data folder.
+pub const STORE_FILE: &str = "region.redb";
 
 /// Why the region cannot start or run.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +65,16 @@ pub enum RegionError {
     /// The network shell failed.
     #[error("network: {0}")]
     Net(#[from] NetError),
+    /// The store is not one this region may start on (or could not be checked).
+    #[error("region {region} cannot start on the store {}", store.display())]
+    StoreCheck {
+        /// This region.
+        region: RegionId,
+        /// The store's file.
+        store: std::path::PathBuf,
+        /// Why.
+        source: StoreCheckError,
+    },
 }
 
 type PushSender = mpsc::Sender<DeviceQueueAvailable>;
@@ -106,6 +128,8 @@ struct Inner {
     /// The second half: a counter.
     next_key: AtomicU64,
     clock: Arc<dyn Clock>,
+    /// Devices whose queue could not be read: nothing is accepted for them.
+    quarantined: Mutex<BTreeSet<DeviceAddress>>,
 }
 
 fn error_response(error: ProtoError) -> RegionResponse {
@@ -119,36 +143,88 @@ const PLANTED_COMMIT_DELAY: Duration = Duration::from_millis(500);
 
 fn store_failure(error: StoreError) -> ProtoError {
     tracing::error!(%error, "store failure");
-    ProtoError::new(ErrorCode::Internal, "storage failure; retry later")
+    match error {
+        // A damaged record outside a device queue (those quarantine the device): the request
+        // is refused as storage trouble, never answered as if it had worked.
+        StoreError::Corrupt { .. } => ProtoError::new(
+            ErrorCode::StorageUnavailable,
+            format!("a record of this region's store cannot be read ({error}); retry later"),
+        ),
+        _ => ProtoError::new(ErrorCode::Internal, "storage failure; retry later"),
+    }
 }
 
 impl RegionService {
-    /// Opens the store and binds the internal QUIC server from a configuration. Nothing is
-    /// served until [`Self::run`].
-    pub fn bind(config: &RegionConfig) -> Result<(Self, SocketAddr), RegionError> {
+    /// Opens the store, checks it is the one this region expects ([`crate::store_check`]:
+    /// asking the directory writer when it is empty), then binds the internal QUIC server from
+    /// a configuration. A refused store fails before anything is bound. Nothing is served until
+    /// [`Self::run`].
+    pub async fn open(
+        config: &RegionConfig,
+        accept_new_store: bool,
+    ) -> Result<(Self, SocketAddr, StoreIdentity), RegionError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ConfigError::Read {
             path: config.data_dir.clone(),
             source,
         })?;
-        let db = Database::open(
-            &config.data_dir.join("region.redb"),
-            EmbeddedOptions::default(),
-        )?;
+        let store_path = config.data_dir.join(STORE_FILE);
+        let db = Database::open(&store_path, EmbeddedOptions::default())?;
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
-        Self::new(RegionParts {
-            region: RegionId(config.region),
+        let region = RegionId(config.region);
+        let expected = Expected {
+            region,
+            deployment: store_check::deployment_id(&config.ca_cert)?,
             directory_writer: RegionId(config.directory_writer),
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let now_ms = clock.now_ms();
+        let new_store_id = StoreId(rand::random());
+        let checked = if expected.directory_writer == region {
+            let writer = LocalCensus { db: &db, now_ms };
+            let inputs = CheckInputs {
+                data_dir: &config.data_dir,
+                expected,
+                accept_new_store,
+                new_store_id,
+                now_ms,
+                writer: &writer,
+            };
+            store_check::check_store(&db, inputs).await
+        } else {
+            let writer = RemoteCensus::connect(config, roots.clone(), identity.clone())?;
+            let inputs = CheckInputs {
+                data_dir: &config.data_dir,
+                expected,
+                accept_new_store,
+                new_store_id,
+                now_ms,
+                writer: &writer,
+            };
+            let checked = store_check::check_store(&db, inputs).await;
+            writer.close();
+            checked
+        };
+        let store = checked.map_err(|source| RegionError::StoreCheck {
+            region,
+            store: store_path,
+            source,
+        })?;
+        tracing::info!(store = %store.store_id, created_at_ms = store.created_at_ms, "the store is this region's");
+        let (service, address) = Self::new(RegionParts {
+            region,
+            directory_writer: expected.directory_writer,
             listen: config.listen,
             db,
             sockets: &TokioSockets,
             identity,
             roots,
             peers: PeersFile::resolver(config.peers_file.clone()),
-            clock: Arc::new(SystemClock),
+            clock,
             boot_nonce: boot_nonce(),
-        })
+        })?;
+        Ok((service, address, store))
     }
 
     /// Binds the internal QUIC server on the given parts. Nothing is served until
@@ -186,6 +262,7 @@ impl RegionService {
             key_prefix: boot_nonce,
             next_key: AtomicU64::new(1),
             clock,
+            quarantined: Mutex::new(BTreeSet::new()),
         };
         Ok((
             Self {
@@ -198,6 +275,7 @@ impl RegionService {
     /// Serves until `shutdown` completes, then closes connections and flushes nothing further
     /// (every acknowledged write is already durable).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RegionError> {
+        self.load_quarantine().await;
         let pump = tokio::spawn(self.clone().outbox_pump());
         let sweeper = tokio::spawn(self.clone().retention_sweeper());
         let accept = async {
@@ -279,15 +357,25 @@ impl RegionService {
                 if relay_proto::planted::is_planted(PlantedBug::AckBeforeCommit) {
                     return self.commit_late(envelope, sender_region, now).await;
                 }
-                let outcome = self
+                let quarantined = self.quarantined();
+                let decision = self
                     .transact(|tx| {
                         let envelope = envelope.clone();
+                        let quarantined = &quarantined;
                         async move {
-                            core::commit_envelope(&tx, local, &envelope, sender_region, now).await
+                            core::commit_envelope(
+                                &tx,
+                                local,
+                                &envelope,
+                                sender_region,
+                                quarantined,
+                                now,
+                            )
+                            .await
                         }
                     })
                     .await?;
-                Ok(Resp::Committed(outcome))
+                self.commit_answer(decision).await.map(Resp::Committed)
             }
             Req::Register(register) => self.register(register).await.map(Resp::Registered),
             Req::CreateAccount(create) => {
@@ -354,13 +442,32 @@ impl RegionService {
                 let device = for_device.device.parse()?;
                 let fetch = for_device.fetch.unwrap_or_default();
                 let now = self.inner.clock.now_ms();
-                let batch = self
+                let quarantined = self.quarantined();
+                let fetched = self
+                    .inner
+                    .db
                     .transact(|tx| {
                         let fetch = fetch.clone();
-                        async move { core::fetch_and_ack(&tx, local, device, &fetch, now).await }
+                        let quarantined = &quarantined;
+                        async move {
+                            core::fetch_and_ack(&tx, local, device, &fetch, quarantined, now).await
+                        }
                     })
-                    .await?;
-                Ok(Resp::Queue(batch))
+                    .await;
+                match fetched {
+                    Ok(outcome) => {
+                        let (batch, effects) = outcome?;
+                        self.apply(effects);
+                        Ok(Resp::Queue(batch))
+                    }
+                    // Anything of this device's queue that does not decode (an entry, the log
+                    // entry it references, the envelope there) makes the queue unreadable.
+                    Err(error @ StoreError::Corrupt { .. }) => {
+                        self.quarantine(device, &error).await;
+                        Err(core::quarantined_refusal(device))
+                    }
+                    Err(error) => Err(store_failure(error)),
+                }
             }
             Req::Receipts(receipts) => {
                 let count = receipts.receipts.len() as u32;
@@ -375,6 +482,123 @@ impl RegionService {
                 }))
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
+            Req::StoreCensus(request) => {
+                if self.inner.writer != local {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unavailable,
+                        "this region is not the directory writer",
+                    ));
+                }
+                let now = self.inner.clock.now_ms();
+                let census = self
+                    .transact(|tx| {
+                        let request = request.clone();
+                        async move { core::store_census(&tx, &request, now).await }
+                    })
+                    .await?;
+                if let Some(claim) = &request.claim
+                    && census.store_id == claim.store_id
+                {
+                    tracing::info!(
+                        region = request.region,
+                        accounts_homed = census.accounts_homed,
+                        "a region registered its store"
+                    );
+                }
+                Ok(Resp::StoreCensus(census))
+            }
+        }
+    }
+
+    /// The answer to a commit: a region's outcome, or the refusal of an envelope for a device
+    /// whose queue turned out unreadable (quarantined now).
+    async fn commit_answer(
+        &self,
+        decision: CommitDecision,
+    ) -> Result<wire::SendOutcome, ProtoError> {
+        match decision {
+            CommitDecision::Answer(outcome) => Ok(outcome),
+            CommitDecision::RecipientQueueUnreadable { device, error } => {
+                self.quarantine(device, &error).await;
+                Err(core::quarantined_refusal(device))
+            }
+        }
+    }
+
+    /// The quarantined devices now.
+    fn quarantined(&self) -> BTreeSet<DeviceAddress> {
+        self.inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Quarantines `device`, whose queue could not be read: in memory at once, in the store
+    /// as well as the store allows.
+    async fn quarantine(&self, device: DeviceAddress, error: &StoreError) {
+        let new = self
+            .inner
+            .quarantined
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(device);
+        if !new {
+            return;
+        }
+        tracing::error!(
+            %device,
+            %error,
+            "the queue of device {device} cannot be read: quarantined, nothing is accepted for it until an operator repairs the store (relayd admin check-store)"
+        );
+        let record = QuarantineRecord {
+            since_ms: self.inner.clock.now_ms(),
+            reason: error.to_string(),
+        };
+        let recorded = self
+            .inner
+            .db
+            .transact(|tx| {
+                let record = record.clone();
+                async move { quarantine::put(&tx, device, &record).await }
+            })
+            .await;
+        if let Err(error) = recorded {
+            tracing::error!(%device, %error, "could not record the quarantine in the store; it holds until this process stops");
+        }
+    }
+
+    /// Loads the quarantined devices recorded in the store.
+    async fn load_quarantine(&self) {
+        let mut after = None;
+        loop {
+            let page = self
+                .inner
+                .db
+                .transact(|tx| async move {
+                    quarantine::list(&tx, after, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION).await
+                })
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the quarantined devices");
+                    return;
+                }
+            };
+            let Some(&(last, _)) = page.last() else {
+                return;
+            };
+            let mut quarantined = self
+                .inner
+                .quarantined
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for (device, record) in page {
+                tracing::warn!(%device, since_ms = record.since_ms, reason = %record.reason, "device quarantined (its queue cannot be read); repair with relayd admin repair-store");
+                quarantined.insert(device);
+            }
+            after = Some(last);
         }
     }
 
@@ -399,23 +623,34 @@ impl RegionService {
         now: u64,
     ) -> Result<region_response::Body, ProtoError> {
         let local = self.inner.region;
+        let quarantined = self.quarantined();
         let peek = self.inner.db.create_transaction().map_err(store_failure)?;
-        let (outcome, _) = core::commit_envelope(&peek, local, &envelope, sender_region, now)
-            .await
-            .map_err(store_failure)??;
+        let (decision, _) =
+            core::commit_envelope(&peek, local, &envelope, sender_region, &quarantined, now)
+                .await
+                .map_err(store_failure)??;
         drop(peek);
+        let outcome = self.commit_answer(decision).await?;
         let service = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(PLANTED_COMMIT_DELAY).await;
-            let committed =
-                service
-                    .transact(|tx| {
-                        let envelope = envelope.clone();
-                        async move {
-                            core::commit_envelope(&tx, local, &envelope, sender_region, now).await
-                        }
-                    })
-                    .await;
+            let committed = service
+                .transact(|tx| {
+                    let envelope = envelope.clone();
+                    let quarantined = &quarantined;
+                    async move {
+                        core::commit_envelope(
+                            &tx,
+                            local,
+                            &envelope,
+                            sender_region,
+                            quarantined,
+                            now,
+                        )
+                        .await
+                    }
+                })
+                .await;
             if let Err(error) = committed {
                 tracing::warn!(%error, "planted bug: a late commit failed");
             }
@@ -804,6 +1039,69 @@ impl RegionService {
             .await
             .map_err(store_failure)?;
         Ok(entries.len() == OUTBOX_BATCH_ENTRIES_MAX)
+    }
+}
+
+/// The directory writer's census over QUIC, from a client endpoint of its own: used before the
+/// region binds its server, so a refused store binds nothing.
+struct RemoteCensus {
+    endpoint: quinn::Endpoint,
+    links: PeerLinks,
+    writer: RegionId,
+}
+
+impl RemoteCensus {
+    fn connect(
+        config: &RegionConfig,
+        roots: Arc<RootCertStore>,
+        identity: TlsIdentity,
+    ) -> Result<Self, NetError> {
+        let address = SocketAddr::new(config.listen.ip(), 0);
+        let endpoint = net::bind_endpoint(&TokioSockets, address, None)?;
+        let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
+        let links = PeerLinks::new(
+            endpoint.clone(),
+            client,
+            net::REGION_SERVER_NAME,
+            PeersFile::resolver(config.peers_file.clone()),
+        );
+        Ok(Self {
+            endpoint,
+            links,
+            writer: RegionId(config.directory_writer),
+        })
+    }
+
+    fn close(&self) {
+        self.endpoint.close(0u32.into(), b"store checked");
+    }
+}
+
+impl CensusSource for RemoteCensus {
+    async fn census(
+        &self,
+        request: wire::StoreCensusRequest,
+    ) -> Result<wire::StoreCensus, ProtoError> {
+        let request = RegionRequest {
+            body: Some(region_request::Body::StoreCensus(request)),
+        };
+        let response: RegionResponse = self
+            .links
+            .request(
+                self.writer.0,
+                &request,
+                Duration::from_millis(store_check::WRITER_CENSUS_ATTEMPT_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|error| error.to_proto())?;
+        match response.body {
+            Some(region_response::Body::StoreCensus(census)) => Ok(census),
+            Some(region_response::Body::Error(error)) => Err(error.into()),
+            _ => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "unexpected answer to a store census",
+            )),
+        }
     }
 }
 

@@ -790,13 +790,55 @@ pub struct ForwardReceipts {
     pub receipts: Vec<ReceiptForward>,
 }
 
+/// (To the directory writer) what the directory knows of a region's store: a region starting
+/// on an empty store asks before serving, and registers the store it created.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoreCensusRequest {
+    /// The region asked about.
+    #[prost(uint32, tag = "1")]
+    pub region: u32,
+    /// A store to register as the region's, if given.
+    #[prost(message, optional, tag = "2")]
+    pub claim: Option<StoreClaim>,
+}
+
+/// Registers a store as a region's at the directory writer: a compare-and-set, so a store
+/// never silently replaces another.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoreClaim {
+    /// The store id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub store_id: Vec<u8>,
+    /// The store it replaces (16 bytes), empty when the region had none registered. A claim
+    /// whose `previous_store_id` is not the registered one changes nothing.
+    #[prost(bytes = "vec", tag = "2")]
+    pub previous_store_id: Vec<u8>,
+}
+
+/// The directory writer's census of a region (after the claim, if one was made).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoreCensus {
+    /// The region.
+    #[prost(uint32, tag = "1")]
+    pub region: u32,
+    /// Accounts whose home is the region.
+    #[prost(uint64, tag = "2")]
+    pub accounts_homed: u64,
+    /// The store the region registered last (16 bytes), empty when none.
+    #[prost(bytes = "vec", tag = "3")]
+    pub store_id: Vec<u8>,
+    /// When it was registered, in milliseconds since the Unix epoch (0 when none).
+    #[prost(uint64, tag = "4")]
+    pub registered_at_ms: u64,
+}
+
 /// A request to a region from an edge or another region.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -839,6 +881,9 @@ pub mod region_request {
         /// Receipts for senders homed here.
         #[prost(message, tag = "11")]
         Receipts(super::ForwardReceipts),
+        /// (To the directory writer) the census of a region's store, optionally registering one.
+        #[prost(message, tag = "12")]
+        StoreCensus(super::StoreCensusRequest),
     }
 }
 
@@ -848,7 +893,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -888,6 +933,9 @@ pub mod region_response {
         /// Answer to `Receipts`: all stored (idempotently).
         #[prost(message, tag = "10")]
         ReceiptsStored(super::OneTimeKeyCount),
+        /// Answer to `StoreCensus`.
+        #[prost(message, tag = "11")]
+        StoreCensus(super::StoreCensus),
     }
 }
 

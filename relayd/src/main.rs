@@ -1,6 +1,7 @@
 //! `relayd`: runs Relay's servers (regions, edges, the edge locator) and the devnet launcher.
 //! Wiring only: parse the command line and configuration, build, run.
 
+mod admin;
 mod bench;
 mod chaos;
 mod devnet;
@@ -23,7 +24,8 @@ use clap::{Parser, Subcommand};
         Start everything on one machine:   relayd devnet --regions 2 --data ./devnet-data\n\
         Run one server from a config file: relayd region --config region.toml\n\
                                            relayd edge --config edge.toml\n\
-                                           relayd locator --config locator.toml\n\n\
+                                           relayd locator --config locator.toml\n\
+        Check a stopped region's store:    relayd admin check-store --data ./devnet-data/region-2\n\n\
         Each server prints '<role> listening on <address>' once it is bound. Logs go to stderr\n\
         (filter with RELAY_LOG, e.g. RELAY_LOG=debug)."
 )]
@@ -40,10 +42,19 @@ enum Command {
     /// all data (and, when free, the same ports).
     Devnet(devnet::DevnetArgs),
     /// Run a region (home of accounts: chat logs, device queues, key directory).
+    ///
+    /// Before binding, the region checks that its store is the one it expects: the store's
+    /// recorded region and deployment (the SHA-256 of the CA certificate), the store id in the
+    /// marker file beside it, and, for an empty store, the directory writer's census of the
+    /// region. A store that fails is refused with a message that says what to do.
     Region {
         /// The region's TOML configuration (see home-region/region.example.toml).
         #[arg(long)]
         config: PathBuf,
+        /// Start on an empty store although a store or accounts lived in this region: they are
+        /// lost (logged loudly) and the new store is registered at the directory writer.
+        #[arg(long)]
+        accept_new_store: bool,
     },
     /// Run an edge (QUIC for devices; forwards to regions).
     Edge {
@@ -77,6 +88,13 @@ enum Command {
     ///
     /// Example: relayd chaos --regions 2 --clients-per-region 2 --messages 20 --duration 20 --seed 7
     Chaos(chaos::ChaosArgs),
+    /// Operator commands on a stopped region's store: `check-store` (integrity and every device
+    /// queue, listing damaged and quarantined devices) and `repair-store`.
+    Admin {
+        /// The command.
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
     /// Run a benchmark and print its table (e.g. `relayd bench storage`).
     Bench {
         /// The benchmark to run.
@@ -102,12 +120,16 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Devnet(args) => devnet::run(args),
-        Command::Region { config } => serve::region(&config),
+        Command::Region {
+            config,
+            accept_new_store,
+        } => serve::region(&config, accept_new_store),
         Command::Edge { config } => serve::edge(&config),
         Command::Locator { config } => serve::locator(&config),
         Command::Sim(args) => sim::run(args),
         Command::Bench { benchmark } => bench::run(benchmark),
         Command::Chaos(args) => chaos::run(args),
+        Command::Admin { command } => admin::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,11 +39,11 @@ fn announce(line: String) {
     let _ = stdout.flush();
 }
 
-/// `relayd region --config FILE`.
-pub fn region(config_path: &Path) -> Result<()> {
+/// `relayd region --config FILE [--accept-new-store]`.
+pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
     let config = RegionConfig::load(config_path)?;
     runtime()?.block_on(async {
-        let (service, address) = RegionService::bind(&config)?;
+        let (service, address, _) = RegionService::open(&config, accept_new_store).await?;
         announce(format!("region {} listening on {address}", config.region));
         service.run(shutdown_signal()).await?;
         tracing::info!("region stopped");

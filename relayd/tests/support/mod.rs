@@ -326,3 +326,168 @@ pub fn eventually<T>(deadline: Duration, what: &str, mut attempt: impl FnMut() -
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
+
+/// Runs `relayd devnet --json` on `data` expecting it to fail before it is ready; returns its
+/// output. Panics if it becomes ready or outlives the deadline.
+pub fn devnet_refuses(regions: u32, data: &Path) -> Output {
+    let child = Command::new(relayd_bin())
+        .args([
+            "devnet",
+            "--json",
+            "--regions",
+            &regions.to_string(),
+            "--data",
+        ])
+        .arg(data)
+        .env("RELAY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("relayd devnet starts");
+    let output = wait_with_deadline(child, START_DEADLINE, "relayd devnet");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!(
+        "devnet (expected to fail) -> {}\nstdout: {stdout}stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains("\"event\":\"ready\""),
+        "the devnet was expected to fail"
+    );
+    assert!(!output.status.success(), "the devnet must exit non-zero");
+    output
+}
+
+/// Waits for `child` to exit, collecting its output; kills it at the deadline and panics.
+pub fn wait_with_deadline(mut child: Child, deadline: Duration, what: &str) -> Output {
+    let until = Instant::now() + deadline;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().expect("output"),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not exit within {deadline:?}");
+            }
+        }
+    }
+}
+
+/// Runs `relayd <args>` to completion (an operator command), with a deadline.
+pub fn relayd(args: &[&str]) -> Output {
+    let child = Command::new(relayd_bin())
+        .args(args)
+        .env("RELAY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("relayd runs");
+    let output = wait_with_deadline(child, DEADLINE, "relayd");
+    eprintln!(
+        "relayd {args:?} -> {}\nstdout: {}stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A `relayd` server started on its own (not by a devnet), stopped with SIGTERM when dropped.
+pub struct Server {
+    child: Child,
+    /// The address from its "listening on" line.
+    pub address: String,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    /// Starts `relayd <args>` and waits for its "listening on" line; panics if it exits first.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(relayd_bin())
+            .args(args)
+            .env("RELAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("relayd starts");
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("relayd {line}");
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let until = Instant::now() + START_DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((_, address)) = line.split_once(" listening on ") {
+                        return Server {
+                            child,
+                            address: address.trim().to_owned(),
+                            stderr,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("relayd {args:?} did not listen within {START_DEADLINE:?}");
+                }
+            }
+        }
+    }
+
+    /// Stops the server with SIGTERM and returns what it wrote to stderr.
+    pub fn stop(mut self) -> String {
+        send_signal(self.child.id(), "TERM");
+        let until = Instant::now() + DEADLINE;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        stderr.join().unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            send_signal(self.child.id(), "TERM");
+            let until = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
