@@ -33,7 +33,7 @@ use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event};
 use crate::inbound::{Inbound, process_entries};
-use crate::outbox::{Next, Outbox, Outcome, Pending, retry_delay_ms};
+use crate::outbox::{Next, Outbox, Outcome, Pending, RETRY_DELAY_MS_MAX, retry_delay_ms};
 use crate::store::{Contact, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
 
 /// The database file inside a data directory.
@@ -451,7 +451,8 @@ impl Client {
                         && Instant::now() < retry_until =>
                 {
                     attempts += 1;
-                    let delay = retry_delay_ms(attempts, &mut self.rng);
+                    let delay = retry_delay_ms(attempts, &mut self.rng)
+                        .max(error.retry_after_ms().unwrap_or(0).min(RETRY_DELAY_MS_MAX));
                     self.emit(Event::Note {
                         message: format!("{error}; retrying in {delay} ms"),
                     });
@@ -1018,7 +1019,11 @@ impl Client {
             self.disconnect().await;
         }
         match error {
-            _ if error.is_retryable() || error.needs_reconnect() => Some(Outcome::Retry),
+            _ if error.is_retryable() || error.needs_reconnect() => Some(
+                error
+                    .retry_after_ms()
+                    .map_or(Outcome::Retry, Outcome::RetryAfter),
+            ),
             ClientError::UnexpectedResponse(_) => Some(Outcome::Retry),
             ClientError::Remote(_)
             | ClientError::IdentityChanged(_)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
-use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
 use relay_proto::net::{
     ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
     bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
@@ -28,8 +28,11 @@ use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
 use crate::store::Settings;
 
-/// How long one request may take before the connection is considered broken, in milliseconds.
+/// How long one request may take before the connection is considered broken, in milliseconds:
+/// longer than the edge may take to answer, so a slow or silent region behind the edge reaches
+/// the device as a typed answer (`Overloaded`, `DirectoryUnavailable`), not as a timeout.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
 /// How long the QUIC handshake may take, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// How long closing waits for the close to reach the edge, in milliseconds.
