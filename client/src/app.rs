@@ -34,6 +34,7 @@ use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event};
 use crate::inbound::{Inbound, process_entries};
 use crate::outbox::{Next, Outbox, Outcome, Pending, RETRY_DELAY_MS_MAX, retry_delay_ms};
+use crate::secrets::{self, DEVICE_KEY_FILE};
 use crate::store::{Contact, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
 
 /// The database file inside a data directory.
@@ -62,6 +63,17 @@ pub struct Overrides {
     pub bind_ip: Option<IpAddr>,
     /// The CA certificate to trust.
     pub ca_path: Option<PathBuf>,
+    /// Where the device key is kept, when not beside the database (see [`crate::secrets`]).
+    pub device_key: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// The device key file of `data_dir`: the one given, else `device.key` inside it.
+    pub fn device_key_path(&self, data_dir: &Path) -> PathBuf {
+        self.device_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join(DEVICE_KEY_FILE))
+    }
 }
 
 /// What a client touches besides its data directory. The default is the real world: kernel
@@ -145,7 +157,12 @@ pub async fn register_in(
 ) -> Result<Identity> {
     validate_account_name(name).map_err(|error| ClientError::Invalid(error.message))?;
     create_private_dir(data_dir)?;
-    let mut store = Store::open(&data_dir.join(DATABASE_FILE))?;
+    let key_path = overrides.device_key_path(data_dir);
+    for message in secrets::repair_permissions(data_dir, &[&key_path]) {
+        sink(Event::Note { message });
+    }
+    let mut store = Store::create(&data_dir.join(DATABASE_FILE))?;
+    store.unlock(&key_path)?;
     if let Some(identity) = store.identity()? {
         return Err(ClientError::AlreadyRegistered(identity.name));
     }
@@ -196,7 +213,8 @@ pub async fn register_in(
         writer.set_settings(&stored)
     })?;
 
-    let connection = environment.dialer.connect_any(&settings).await?;
+    let connection = dial(environment, &settings, store.last_edge()?, sink).await?;
+    let edge = connection.edge();
     let request = Register {
         name: name.into(),
         identity_key: crypto.identity_key().to_vec(),
@@ -226,6 +244,7 @@ pub async fn register_in(
     store.write(|writer| {
         writer.save_crypto(&changes)?;
         writer.set_identity(&identity)?;
+        writer.set_last_edge(edge)?;
         writer.upsert_contact(&Contact {
             account: identity.account,
             name: name.into(),
@@ -284,21 +303,41 @@ impl Client {
     }
 
     /// [`Client::open`] in a given environment.
+    ///
+    /// Only a data directory without a database is not registered: a database that is empty,
+    /// not a database, or lacks its tables, identity, settings or Olm account is damaged, and a
+    /// missing or wrong device key is its own error; none of them ever starts a new identity.
     pub fn open_in(
         environment: Environment,
         data_dir: &Path,
         overrides: Overrides,
-        sink: Box<dyn FnMut(Event)>,
+        mut sink: Box<dyn FnMut(Event)>,
     ) -> Result<Self> {
         let database = data_dir.join(DATABASE_FILE);
         if !database.exists() {
             return Err(ClientError::NotRegistered);
         }
+        let key_path = overrides.device_key_path(data_dir);
+        for message in secrets::repair_permissions(data_dir, &[&key_path]) {
+            sink(Event::Note { message });
+        }
         let mut store = Store::open(&database)?;
-        let identity = store.identity()?.ok_or(ClientError::NotRegistered)?;
+        let identity = match store
+            .identity()
+            .map_err(|error| store.damaged(&error.to_string()))?
+        {
+            Some(identity) => identity,
+            None if store.has_olm_account()? => return Err(ClientError::RegistrationUnfinished),
+            None => return Err(store.damaged("it holds no registered device")),
+        };
+        if !store.has_olm_account()? {
+            return Err(store.damaged("the Olm account is missing"));
+        }
         let remembered = store
-            .settings()?
-            .ok_or_else(|| ClientError::Corrupt("the deployment settings are missing".into()))?;
+            .settings()
+            .map_err(|error| store.damaged(&error.to_string()))?
+            .ok_or_else(|| store.damaged("the deployment settings are missing"))?;
+        store.unlock(&key_path)?;
         let settings = Settings {
             locator: overrides.locator.unwrap_or(remembered.locator),
             bind_ip: overrides.bind_ip.unwrap_or(remembered.bind_ip),
@@ -308,7 +347,7 @@ impl Client {
         };
         let signer = store
             .load_crypto()?
-            .ok_or_else(|| ClientError::Corrupt("the Olm account is missing".into()))?;
+            .ok_or_else(|| store.damaged("the Olm account is missing"))?;
         store.write(|writer| writer.prune_seen(environment.clock.now_ms()))?;
         let mut outbox = Outbox::new();
         for row in store.outbox()? {
@@ -598,7 +637,18 @@ impl Client {
             return Ok(());
         }
         self.disconnect().await;
-        let mut connection = self.environment.dialer.connect_any(&self.settings).await?;
+        let last_edge = self.store.last_edge()?;
+        let mut connection = dial(
+            &self.environment,
+            &self.settings,
+            last_edge,
+            &mut *self.sink,
+        )
+        .await?;
+        if last_edge != Some(connection.edge()) {
+            let edge = connection.edge();
+            self.store.write(|writer| writer.set_last_edge(edge))?;
+        }
         let (remaining, pushes) = match connection
             .authenticate(self.identity.address(), &self.signer)
             .await
@@ -1450,6 +1500,40 @@ impl Client {
     fn instant_of(&self, ms: u64) -> Instant {
         self.started + Duration::from_millis(ms)
     }
+}
+
+/// Connects to the first edge that answers of those the locator names for the settings. When
+/// the locator itself does not answer, the last edge a connection reached is tried instead
+/// (saying so on `sink`); the locator's answer always wins when there is one.
+async fn dial(
+    environment: &Environment,
+    settings: &Settings,
+    last_edge: Option<SocketAddr>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<EdgeConnection> {
+    let dialer = &environment.dialer;
+    let edges = match dialer.edges(settings).await {
+        Ok(edges) => edges,
+        Err(error @ ClientError::Discovery(_)) if dialer.asks_locator() => {
+            let Some(edge) = last_edge else {
+                return Err(error);
+            };
+            sink(Event::Note {
+                message: format!("{error}; trying the last edge that worked, {edge}"),
+            });
+            return dialer
+                .connect_first(settings, &[edge])
+                .await
+                .map_err(|last| match last {
+                    ClientError::EdgeUnreachable(problem) => ClientError::Discovery(format!(
+                        "{error}; the last edge that worked did not answer either ({problem})"
+                    )),
+                    other => other,
+                });
+        }
+        Err(error) => return Err(error),
+    };
+    dialer.connect_first(settings, &edges).await
 }
 
 /// Runs `futures` concurrently on this task and returns their outputs in order.

@@ -104,6 +104,15 @@ pub struct Cli {
     /// The deployment's CA certificate, PEM (copied into the data directory by `register`).
     #[arg(long, global = true, value_name = "PATH")]
     pub ca: Option<PathBuf>,
+    /// The file holding the key that encrypts this device's secrets (default: device.key in the
+    /// data directory; `register` creates it). Keep it apart from backups of the data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "RELAY_DEVICE_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub device_key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -246,6 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         locator: cli.locator,
         bind_ip: cli.bind,
         ca_path: cli.ca.clone(),
+        device_key: cli.device_key.clone(),
     };
     let mut print = move |event: Event| print_event(&event, json);
     match cli.command {

@@ -100,11 +100,25 @@ impl Dialer {
         }
     }
 
+    /// Whether edges are found by asking the locator (rather than given).
+    pub fn asks_locator(&self) -> bool {
+        self.edges == EdgeSource::Locator
+    }
+
     /// Finds the edges for the settings' address and connects to the first that answers.
     pub async fn connect_any(&self, settings: &Settings) -> Result<EdgeConnection> {
         let edges = self.edges(settings).await?;
+        self.connect_first(settings, &edges).await
+    }
+
+    /// Connects to the first of `edges` that answers.
+    pub async fn connect_first(
+        &self,
+        settings: &Settings,
+        edges: &[SocketAddr],
+    ) -> Result<EdgeConnection> {
         let mut problems = Vec::new();
-        for edge in edges {
+        for &edge in edges {
             let connected = async {
                 let roots = load_roots(&settings.ca_path)?;
                 EdgeConnection::connect_through(&*self.sockets, edge, settings.bind_ip, roots).await
@@ -114,6 +128,9 @@ impl Dialer {
                 Err(ClientError::Net(error)) => problems.push(format!("{edge}: {error}")),
                 Err(error) => return Err(error),
             }
+        }
+        if problems.is_empty() {
+            problems.push("no edge to try".to_owned());
         }
         Err(ClientError::EdgeUnreachable(problems.join("; ")))
     }

@@ -34,6 +34,26 @@ pub enum ClientError {
         "this data directory has no registered device; run `relay --data DIR register NAME --locator ADDR --bind IP --ca PATH` first"
     )]
     NotRegistered,
+    /// The data directory holds the keys of a registration that did not finish.
+    #[error(
+        "the registration of this data directory did not finish; run `relay --data DIR register NAME` again"
+    )]
+    RegistrationUnfinished,
+    /// The local database is not a database of this client, or lacks what every registered
+    /// device has.
+    #[error(
+        "the local database {} is damaged ({problem}); restore it from a backup or register again in a new data directory",
+        database.display()
+    )]
+    Damaged {
+        /// The database file.
+        database: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key that seals the device's secrets is missing, unreadable or the wrong one.
+    #[error("device key: {0}")]
+    DeviceKey(String),
     /// The data directory already holds a registered device.
     #[error("this data directory is already registered as {0}")]
     AlreadyRegistered(String),

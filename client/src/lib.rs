@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod inbound;
 pub mod outbox;
+pub mod secrets;
 pub mod store;
 pub mod terminal;
 
