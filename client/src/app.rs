@@ -3,7 +3,11 @@
 //! [`crate::discovery`] parsing) that owns the connection, the store and the clock.
 //!
 //! Durability order, everywhere: a change is committed to the store before the server is told
-//! (an ack, a send) and before it is reported as done.
+//! (an ack, a send) and before it is reported as done. What a person types is committed before
+//! any network attempt: a text for a known contact goes straight to the outbox; one for a name
+//! not resolved yet is kept as a draft, which every flush tries to resolve and then moves to the
+//! outbox under the same message id, in one transaction. A kill at any point after `send`
+//! started loses nothing.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +39,7 @@ use crate::events::{Direction, Event};
 use crate::inbound::{Inbound, process_entries};
 use crate::outbox::{Next, Outbox, Outcome, Pending, RETRY_DELAY_MS_MAX, retry_delay_ms};
 use crate::secrets::{self, DEVICE_KEY_FILE};
-use crate::store::{Contact, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
+use crate::store::{Contact, Draft, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -276,6 +280,8 @@ pub struct Client {
     started: Instant,
     sink: Box<dyn FnMut(Event)>,
     last_problem: Option<String>,
+    /// Drafts given up during this command because no account has their name: (id, name).
+    unknown_drafts: Vec<(ClientMessageId, String)>,
     last_key_upload: Option<Instant>,
     received: usize,
     ticks: usize,
@@ -375,6 +381,7 @@ impl Client {
             started: Instant::now(),
             sink,
             last_problem: None,
+            unknown_drafts: Vec::new(),
             last_key_upload: None,
             received: 0,
             ticks: 0,
@@ -386,30 +393,27 @@ impl Client {
         &self.identity
     }
 
-    /// Sends a text to `peer`. Without `wait`, returns once it is sent (✓) or, if that is not
-    /// possible within [`FLUSH_BUDGET_MS`], leaves it pending in the outbox. With `wait`, stays
-    /// connected (processing the queue) until the message reaches `until` or `timeout` passes.
+    /// Sends a text to `peer`. The text is stored before any network attempt (in the outbox, or
+    /// as a draft while `peer` is a name not resolved yet) and reported pending. Without `wait`,
+    /// returns once it is sent (✓) or, if that is not possible within [`FLUSH_BUDGET_MS`],
+    /// leaves it pending for the next command. With `wait`, stays connected (processing the
+    /// queue) until the message reaches `until` or `timeout` passes. A name no account has is
+    /// [`ClientError::UnknownPeer`] once the directory says so.
     pub async fn send(
         &mut self,
         peer: &str,
         text: &str,
         wait: Option<(Tick, Duration)>,
     ) -> Result<ClientMessageId> {
-        let mut connect_error = self.connect().await.err();
-        let contact = match self.store.contact_by_name(peer)? {
-            Some(contact) => contact,
-            None => {
-                if let Some(error) = connect_error.take() {
-                    return Err(error);
-                }
-                self.resolve_peer(peer).await?
-            }
-        };
-        let id = self.queue_text(&contact, text)?;
+        let id = self.store_typed(peer, text)?;
         match wait {
             None => {
+                let connect_error = self.connect().await.err();
                 let flushed = self.flush_after_connect(connect_error).await;
                 self.report_still_pending(Some(id)).await?;
+                if let Some(error) = self.given_up(id) {
+                    return Err(error);
+                }
                 flushed.map(|()| id)
             }
             Some((until, timeout)) => {
@@ -448,6 +452,36 @@ impl Client {
         self.queue_text(&contact, text)
     }
 
+    /// Stores a text typed for `peer`, without touching the network: in the outbox when `peer`
+    /// is a known contact, else as a draft for the name. Reports it pending.
+    fn store_typed(&mut self, peer: &str, text: &str) -> Result<ClientMessageId> {
+        validate_account_name(peer).map_err(|_| ClientError::UnknownPeer(peer.into()))?;
+        if peer == self.identity.name {
+            return Err(ClientError::Invalid(
+                "a message to yourself has no recipient device".into(),
+            ));
+        }
+        if let Some(contact) = self.store.contact_by_name(peer)? {
+            return self.queue_text(&contact, text);
+        }
+        let now = self.wall_ms();
+        // The same checks the outbox entry will make, so a draft always becomes one.
+        Content::text(text, now, 0)?;
+        let draft = Draft {
+            client_message_id: ClientMessageId(self.rng.random()),
+            peer_name: peer.to_owned(),
+            text: text.to_owned(),
+            sent_at_ms: now,
+        };
+        self.store.write(|writer| writer.insert_draft(&draft))?;
+        self.emit(Event::Tick {
+            id: draft.client_message_id.to_string(),
+            peer: draft.peer_name.clone(),
+            tick: Tick::Pending,
+        });
+        Ok(draft.client_message_id)
+    }
+
     /// Puts a text for `contact` in the outbox and reports it pending.
     fn queue_text(&mut self, contact: &Contact, text: &str) -> Result<ClientMessageId> {
         if contact.account == self.identity.account {
@@ -456,8 +490,8 @@ impl Client {
             ));
         }
         let content = Content::text(text, self.wall_ms(), contact.account.0)?;
-        let pending = self.enqueue(contact.account, &content, Some(text))?;
-        let id = pending.client_message_id;
+        let id = ClientMessageId(self.rng.random());
+        self.enqueue(contact.account, &content, Some(text), id, false)?;
         self.emit(Event::Tick {
             id: id.to_string(),
             peer: contact.name.clone(),
@@ -505,7 +539,7 @@ impl Client {
         let event = Event::Synced {
             received: self.received,
             ticks: self.ticks,
-            pending: self.outbox.len(),
+            pending: self.outbox.len() + self.store.drafts()?.len(),
         };
         self.emit(event);
         Ok(())
@@ -780,17 +814,85 @@ impl Client {
     // -----------------------------------------------------------------------------------------
     // Outbox
 
-    /// Puts a content in the outbox of the chat with `peer` under the chat's next sender_seq;
-    /// a text is also recorded as a pending outgoing message.
+    /// Turns drafts into outbox entries once their recipient's name resolves: from the contacts,
+    /// else by asking the directory. A name no account has gives the draft up (reported as
+    /// failed); any other failure leaves the drafts for a later flush, noting why.
+    async fn resolve_drafts(&mut self) -> Result<()> {
+        for draft in self.store.drafts()? {
+            let contact = match self.store.contact_by_name(&draft.peer_name)? {
+                Some(contact) => contact,
+                None => match self.resolve_peer(&draft.peer_name).await {
+                    Ok(contact) => contact,
+                    Err(ClientError::UnknownPeer(name)) => {
+                        let id = draft.client_message_id;
+                        if self.store.write(|writer| writer.remove_draft(id))? {
+                            self.emit(Event::Failed {
+                                id: id.to_string(),
+                                peer: name.clone(),
+                                reason: format!("no account is named {name}"),
+                            });
+                            self.unknown_drafts.push((id, name));
+                        }
+                        continue;
+                    }
+                    Err(error)
+                        if error.is_retryable()
+                            || error.needs_reconnect()
+                            || matches!(error, ClientError::UnexpectedResponse(_)) =>
+                    {
+                        // The others would meet the same trouble: leave them all for later.
+                        self.last_problem = Some(error.to_string());
+                        return Ok(());
+                    }
+                    Err(error) => return Err(error),
+                },
+            };
+            if contact.account == self.identity.account {
+                let id = draft.client_message_id;
+                if self.store.write(|writer| writer.remove_draft(id))? {
+                    self.emit(Event::Failed {
+                        id: id.to_string(),
+                        peer: draft.peer_name.clone(),
+                        reason: "a message to yourself has no recipient device".into(),
+                    });
+                }
+                continue;
+            }
+            let content = Content::text(&draft.text, draft.sent_at_ms, contact.account.0)?;
+            self.enqueue(
+                contact.account,
+                &content,
+                Some(&draft.text),
+                draft.client_message_id,
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The error for a message of this command whose draft was given up, if it was.
+    fn given_up(&mut self, id: ClientMessageId) -> Option<ClientError> {
+        let index = self
+            .unknown_drafts
+            .iter()
+            .position(|(given_up, _)| *given_up == id)?;
+        let (_, name) = self.unknown_drafts.remove(index);
+        Some(ClientError::UnknownPeer(name))
+    }
+
+    /// Puts a content in the outbox of the chat with `peer` under the chat's next sender_seq and
+    /// the id `id`; a text is also recorded as a pending outgoing message. With `from_draft`, the
+    /// draft with that id is taken in the same transaction (`None` if another process took it).
     fn enqueue(
         &mut self,
         peer: AccountId,
         content: &Content,
         text: Option<&str>,
-    ) -> Result<Pending> {
+        id: ClientMessageId,
+        from_draft: bool,
+    ) -> Result<Option<Pending>> {
         let me = self.identity.address();
         let chat = ChatId::direct(me.account, peer);
-        let id = ClientMessageId(self.rng.random());
         let now = self.wall_ms();
         let sent_at_ms = match &content.body {
             Some(crate::content::body::Body::Text(text)) => text.sent_at_ms,
@@ -798,6 +900,9 @@ impl Client {
         };
         let bytes = content.to_bytes();
         let sender_seq = self.store.write(|writer| {
+            if from_draft && !writer.remove_draft(id)? {
+                return Ok(None);
+            }
             let sender_seq = writer.take_sender_seq(chat)?;
             if let Some(text) = text {
                 writer.insert_message(&NewMessage {
@@ -824,15 +929,18 @@ impl Client {
                 envelope: None,
             };
             writer.insert_outbox(&row, now)?;
-            Ok(sender_seq)
+            Ok(Some(sender_seq))
         })?;
+        let Some(sender_seq) = sender_seq else {
+            return Ok(None);
+        };
         let pending = Pending {
             chat,
             sender_seq,
             client_message_id: id,
         };
         self.outbox.insert(pending, self.now_ms())?;
-        Ok(pending)
+        Ok(Some(pending))
     }
 
     /// Flushes the outbox for up to [`FLUSH_BUDGET_MS`] after a connection attempt that ended with
@@ -854,8 +962,10 @@ impl Client {
         }
     }
 
-    /// Sends every due outbox entry; with `until`, also waits for retries due before it.
+    /// Moves resolvable drafts to the outbox, then sends every due outbox entry; with `until`,
+    /// also waits for retries due before it.
     async fn flush(&mut self, until: Option<Instant>) -> Result<()> {
+        self.resolve_drafts().await?;
         self.sync_outbox()?;
         loop {
             let now = self.now_ms();
@@ -1238,12 +1348,23 @@ impl Client {
         Ok(keyed)
     }
 
-    /// Reports outbox entries still waiting (all, or just `only`), with the last problem seen.
+    /// Reports outbox entries and drafts still waiting (all, or just `only`), with the last
+    /// problem seen.
     async fn report_still_pending(&mut self, only: Option<ClientMessageId>) -> Result<()> {
         let reason = self
             .last_problem
             .clone()
             .unwrap_or_else(|| "not sent yet".into());
+        for draft in self.store.drafts()? {
+            if only.is_some_and(|id| id != draft.client_message_id) {
+                continue;
+            }
+            self.emit(Event::StillPending {
+                id: draft.client_message_id.to_string(),
+                peer: draft.peer_name,
+                reason: reason.clone(),
+            });
+        }
         for row in self.store.outbox()? {
             if only.is_some_and(|id| id != row.client_message_id) {
                 continue;
@@ -1461,14 +1582,18 @@ impl Client {
         }
     }
 
-    fn goal_reached(&self, goal: Goal) -> Result<bool> {
+    fn goal_reached(&mut self, goal: Goal) -> Result<bool> {
         let Goal::Tick(id, until) = goal else {
             return Ok(false);
         };
-        let message = self
-            .store
-            .message(self.identity.address(), id)?
-            .ok_or_else(|| ClientError::Corrupt(format!("message {id} vanished")))?;
+        let Some(message) = self.store.message(self.identity.address(), id)? else {
+            if self.store.draft(id)?.is_some() {
+                return Ok(false);
+            }
+            return Err(self
+                .given_up(id)
+                .unwrap_or_else(|| ClientError::Corrupt(format!("message {id} vanished"))));
+        };
         if let Some(reason) = message.failed {
             return Err(ClientError::Invalid(format!(
                 "message {id} failed: {reason}"

@@ -79,11 +79,21 @@ OUTPUT
   override as \\u{202e}), so no message can move the cursor or rewrite the screen; JSON output
   keeps every text exact (controls as \\u escapes).
 
+FILES
+  DIR/relay.db    messages, outbox, drafts, contacts (SQLite); the device's Olm keys inside it are
+                  encrypted under the device key
+  DIR/device.key  the device key (mode 0600, made by `register`). Keep it out of backups of DIR,
+                  or keep it elsewhere: --device-key PATH or RELAY_DEVICE_KEY_FILE=PATH, for
+                  every command. Without it the device cannot be opened.
+  DIR is kept at mode 0700; a command that finds it or the key open to other users closes it
+  and says so. A damaged relay.db is reported as such and left untouched. When the locator does
+  not answer, the last edge that worked is used.
+
 EXIT CODES
   0 success (also `send` without --wait leaving the message pending: the outbox retries it on
   the next command, and `listen` ending at its timeout or on Ctrl-C); 1 failure (not registered,
-  unknown peer, unreachable locator or edge, refused); 2 bad flags; 3 `send --wait` timed out;
-  130 `send --wait` interrupted.";
+  damaged database, missing or wrong device key, unknown peer, unreachable locator and edge,
+  refused); 2 bad flags; 3 `send --wait` timed out; 130 `send --wait` interrupted.";
 
 /// The `relay` command line.
 #[derive(Debug, Parser)]
@@ -134,10 +144,12 @@ pub enum Command {
     },
     /// Send TEXT to PEER and print the message id with its tick.
     ///
-    /// Prints `ID → PEER: pending`, then `ID → PEER: sent ✓` once every destination region
-    /// stored it. If that does not happen within 20 s (edge unreachable, retries failing), the
-    /// message stays in the durable outbox, a `still pending` line says why, and the exit code is
-    /// 0: the next relay command retries it. With --wait (implied by --until or --timeout) it
+    /// Prints `ID → PEER: pending` once the message is stored, before anything goes on the
+    /// network (for a PEER not known yet, as a draft until the directory resolves the name),
+    /// then `ID → PEER: sent ✓` once every destination region stored it. If that does not
+    /// happen within 20 s (edge unreachable, directory unavailable, retries failing), the
+    /// message stays stored, a `still pending` line says why, and the exit code is 0: the next
+    /// relay command retries it. With --wait (implied by --until or --timeout) it
     /// stays connected, prints each tick as it moves (and any message received meanwhile), and
     /// exits once the tick reaches --until, or with exit code 3 after --timeout.
     Send {

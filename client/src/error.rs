@@ -142,6 +142,10 @@ pub fn describe_remote(error: &ProtoError) -> String {
             0 => "the server is busy; retry in a few seconds".to_owned(),
             ms => format!("the server is busy; retry in {} s", ms.div_ceil(1000)),
         },
+        ErrorCode::Unavailable => format!(
+            "part of the service is unreachable ({}); try again later",
+            error.message
+        ),
         _ => format!("the edge refused the request: {error}"),
     }
 }
