@@ -661,8 +661,13 @@ impl EdgeService {
         let connection = match tokio::time::timeout_at(deadline, links.connection(region.0)).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(NetError::Remote(error))) => return Err(error),
+            Ok(Err(NetError::Timeout)) | Err(_) => {
+                return Err(region_unreachable(
+                    region,
+                    "it does not answer the handshake",
+                ));
+            }
             Ok(Err(error)) => return Err(region_unreachable(region, &error.to_string())),
-            Err(_) => return Err(region_unreachable(region, "no connection in time")),
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let response: RegionResponse = match net::request(&connection, &request, left).await {

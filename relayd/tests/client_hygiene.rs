@@ -399,8 +399,11 @@ fn a_silent_directory_writer_is_a_typed_plain_error() {
     let bob = Person::new(dir.path(), "bob");
     let carol = Person::new(dir.path(), "carol");
     let dave = Person::new(dir.path(), "dave");
+    let erin = Person::new(dir.path(), "erin");
     bob.register(&devnet, "127.0.2.10");
     carol.register(&devnet, "127.0.1.10");
+    erin.register(&devnet, "127.0.1.11");
+    assert!(sent_tick(&bob.ok(&["send", "erin", "warm-up"])));
     const DIRECTORY_DOWN: &str =
         "the directory is unavailable (region 1 did not answer); try again in a minute";
 
@@ -439,6 +442,20 @@ fn a_silent_directory_writer_is_a_typed_plain_error() {
         assert_eq!(pending[0]["reason"], DIRECTORY_DOWN);
         assert_eq!(pending[0]["peer"], "carol");
         eprintln!("send answered in {took:?}");
+
+        // A message to erin, homed in the paused region: the edge answers in time, so the
+        // reason left with the pending message is typed (busy, or unreachable once the edge has
+        // dropped its link), never the client's own timeout.
+        let lines = bob.ok(&["send", "erin", "while region 1 is paused"]);
+        let pending = events(&lines, "still_pending");
+        assert_eq!(pending.len(), 1, "{lines:?}");
+        let reason = pending[0]["reason"].as_str().expect("reason");
+        assert!(
+            reason.starts_with("the server is busy; retry in 2 s")
+                || reason
+                    .starts_with("part of the service is unreachable (region 1 is unreachable"),
+            "{reason}"
+        );
     }
 
     // The writer is back: the draft goes out, and registering works with the same keys.
@@ -451,6 +468,12 @@ fn a_silent_directory_writer_is_a_typed_plain_error() {
         events(&received, "message")
             .iter()
             .any(|m| m["text"] == "hello carol" && m["from"] == "bob")
+    );
+    let received = erin.ok(&["sync"]);
+    assert!(
+        events(&received, "message")
+            .iter()
+            .any(|m| m["text"] == "while region 1 is paused")
     );
     eventually(DEADLINE, "dave registers", || {
         let output = dave.run(&["register", "dave"]);
