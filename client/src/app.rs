@@ -847,18 +847,27 @@ impl Client {
                     Err(error) => return Err(error),
                 },
             };
-            if contact.account == self.identity.account {
-                let id = draft.client_message_id;
-                if self.store.write(|writer| writer.remove_draft(id))? {
-                    self.emit(Event::Failed {
-                        id: id.to_string(),
-                        peer: draft.peer_name.clone(),
-                        reason: "a message to yourself has no recipient device".into(),
-                    });
+            let content = if contact.account == self.identity.account {
+                Err("a message to yourself has no recipient device".to_owned())
+            } else {
+                Content::text(&draft.text, draft.sent_at_ms, contact.account.0)
+                    .map_err(|error| error.to_string())
+            };
+            let content = match content {
+                Ok(content) => content,
+                Err(reason) => {
+                    // Never sendable as it is: given up, so it cannot hold the others back.
+                    let id = draft.client_message_id;
+                    if self.store.write(|writer| writer.remove_draft(id))? {
+                        self.emit(Event::Failed {
+                            id: id.to_string(),
+                            peer: draft.peer_name.clone(),
+                            reason,
+                        });
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let content = Content::text(&draft.text, draft.sent_at_ms, contact.account.0)?;
+            };
             self.enqueue(
                 contact.account,
                 &content,
@@ -1715,4 +1724,165 @@ fn create_private_dir(path: &Path) -> Result<()> {
     }
     builder.create(path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use relay_proto::net::TokioSockets;
+
+    use super::*;
+    use crate::connection::EdgeSource;
+
+    /// A data directory registered as alice (account 1, region 1) knowing bob (account 2),
+    /// written directly: no deployment needed.
+    fn registered(dir: &Path) {
+        let mut store = Store::create(&dir.join(DATABASE_FILE)).expect("create");
+        store.unlock(&dir.join(DEVICE_KEY_FILE)).expect("unlock");
+        let mut crypto = Crypto::new();
+        let changes = crypto.take_changes().expect("pickle");
+        store
+            .write(|writer| {
+                writer.save_crypto(&changes)?;
+                writer.set_settings(&Settings {
+                    locator: "127.0.0.1:9".parse().expect("addr"),
+                    bind_ip: "127.0.0.1".parse().expect("ip"),
+                    ca_path: PathBuf::from(CA_FILE),
+                })?;
+                writer.set_identity(&Identity {
+                    account: AccountId(1),
+                    device: DeviceId(1),
+                    name: "alice".into(),
+                    region: 1,
+                    epoch: 1,
+                })?;
+                writer.upsert_contact(&Contact {
+                    account: AccountId(2),
+                    name: "bob".into(),
+                    region: 1,
+                })
+            })
+            .expect("write");
+    }
+
+    /// A client of `dir` that can reach no edge, and the events it reports.
+    fn offline(dir: &Path) -> (Client, Rc<RefCell<Vec<Event>>>) {
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let sink = {
+            let events = events.clone();
+            Box::new(move |event| events.borrow_mut().push(event))
+        };
+        let environment = Environment {
+            dialer: Dialer::new(Arc::new(TokioSockets), EdgeSource::Fixed(Vec::new())),
+            rng_seed: Some(7),
+            ..Environment::default()
+        };
+        let client = Client::open_in(environment, dir, Overrides::default(), sink).expect("open");
+        (client, events)
+    }
+
+    #[tokio::test]
+    async fn what_is_typed_is_stored_before_any_network_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        let (mut client, events) = offline(dir.path());
+
+        let to_bob = client.send("bob", "hi bob", None).await.expect("send");
+        let to_carol = client.send("carol", "hi carol", None).await.expect("send");
+        let reported: Vec<String> = events
+            .borrow()
+            .iter()
+            .filter_map(|event| match event {
+                Event::Tick { id, peer, tick } => Some(format!("{id} {peer} {}", tick.name())),
+                Event::StillPending { id, peer, reason } => {
+                    Some(format!("{id} {peer} still: {reason}"))
+                }
+                // The temporary directory is not private: the client closes it and says so.
+                Event::Note { message } if message.contains("open to other users") => None,
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
+        assert_eq!(
+            reported,
+            vec![
+                format!("{to_bob} bob pending"),
+                format!("{to_bob} bob still: cannot reach an edge (no edge is configured)"),
+                format!("{to_carol} carol pending"),
+                format!("{to_carol} carol still: cannot reach an edge (no edge is configured)"),
+            ]
+        );
+        client.close().await;
+
+        // Both are in the store: bob's in the outbox, carol's as a draft under its final id.
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].client_message_id, to_bob);
+        let drafts = store.drafts().expect("drafts");
+        assert_eq!(drafts.len(), 1);
+        assert_eq!(
+            (
+                drafts[0].client_message_id,
+                drafts[0].peer_name.as_str(),
+                drafts[0].text.as_str()
+            ),
+            (to_carol, "carol", "hi carol")
+        );
+
+        // Refused before anything is stored: a name that cannot be an account, and oneself.
+        let (mut client, _) = offline(dir.path());
+        assert!(matches!(
+            client.send("Not A Name", "x", None).await,
+            Err(ClientError::UnknownPeer(_))
+        ));
+        assert!(matches!(
+            client.send("alice", "x", None).await,
+            Err(ClientError::Invalid(_))
+        ));
+        client.close().await;
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        assert_eq!(store.drafts().expect("drafts").len(), 1);
+        assert_eq!(store.outbox().expect("outbox").len(), 1);
+    }
+
+    #[test]
+    fn an_unfinished_registration_and_a_damaged_database_are_told_apart() {
+        let open =
+            |dir: &Path| Client::open(dir, Overrides::default(), Box::new(|_| {})).map(|_| ());
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(open(dir.path()), Err(ClientError::NotRegistered)));
+
+        // Keys and settings, no identity: a registration that stopped half way.
+        let mut store = Store::create(&dir.path().join(DATABASE_FILE)).expect("create");
+        store
+            .unlock(&dir.path().join(DEVICE_KEY_FILE))
+            .expect("unlock");
+        let changes = Crypto::new().take_changes().expect("pickle");
+        store
+            .write(|writer| writer.save_crypto(&changes))
+            .expect("write");
+        drop(store);
+        assert!(matches!(
+            open(dir.path()),
+            Err(ClientError::RegistrationUnfinished)
+        ));
+
+        // Tables but no rows at all: damaged, not "not registered".
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::create(&dir.path().join(DATABASE_FILE)).expect("create"));
+        let error = open(dir.path()).expect_err("damaged");
+        assert!(
+            matches!(&error, ClientError::Damaged { problem, .. } if problem.contains("no registered device")),
+            "{error}"
+        );
+
+        // Registered, then the device key is lost: a clear error, and no new key appears.
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        std::fs::remove_file(dir.path().join(DEVICE_KEY_FILE)).expect("remove the key");
+        assert!(matches!(open(dir.path()), Err(ClientError::DeviceKey(_))));
+        assert!(!dir.path().join(DEVICE_KEY_FILE).exists());
+    }
 }
