@@ -482,7 +482,7 @@ impl Client {
         Ok(draft.client_message_id)
     }
 
-    /// Puts a text for `contact` in the outbox and reports it pending.
+    /// Puts a text for `contact` in the outbox (after any draft for it) and reports it pending.
     fn queue_text(&mut self, contact: &Contact, text: &str) -> Result<ClientMessageId> {
         if contact.account == self.identity.account {
             return Err(ClientError::Invalid(
@@ -490,6 +490,7 @@ impl Client {
             ));
         }
         let content = Content::text(text, self.wall_ms(), contact.account.0)?;
+        self.queue_known_drafts()?;
         let id = ClientMessageId(self.rng.random());
         self.enqueue(contact.account, &content, Some(text), id, false)?;
         self.emit(Event::Tick {
@@ -549,6 +550,7 @@ impl Client {
     /// returns how many were marked.
     pub async fn read(&mut self, peer: &str) -> Result<usize> {
         let contact = self.resolve_peer(peer).await?;
+        self.queue_known_drafts()?;
         let unread = self.store.unread_from(contact.account)?;
         let ids: Vec<ClientMessageId> = unread
             .iter()
@@ -818,63 +820,81 @@ impl Client {
     /// else by asking the directory. A name no account has gives the draft up (reported as
     /// failed); any other failure leaves the drafts for a later flush, noting why.
     async fn resolve_drafts(&mut self) -> Result<()> {
+        self.queue_known_drafts()?;
+        // Every draft left needs the directory (or a contact learnt meanwhile).
         for draft in self.store.drafts()? {
-            let contact = match self.store.contact_by_name(&draft.peer_name)? {
-                Some(contact) => contact,
-                None => match self.resolve_peer(&draft.peer_name).await {
-                    Ok(contact) => contact,
-                    Err(ClientError::UnknownPeer(name)) => {
-                        let id = draft.client_message_id;
-                        if self.store.write(|writer| writer.remove_draft(id))? {
-                            self.emit(Event::Failed {
-                                id: id.to_string(),
-                                peer: name.clone(),
-                                reason: format!("no account is named {name}"),
-                            });
-                            self.unknown_drafts.push((id, name));
-                        }
-                        continue;
-                    }
-                    Err(error)
-                        if error.is_retryable()
-                            || error.needs_reconnect()
-                            || matches!(error, ClientError::UnexpectedResponse(_)) =>
-                    {
-                        // The others would meet the same trouble: leave them all for later.
-                        self.last_problem = Some(error.to_string());
-                        return Ok(());
-                    }
-                    Err(error) => return Err(error),
-                },
-            };
-            let content = if contact.account == self.identity.account {
-                Err("a message to yourself has no recipient device".to_owned())
-            } else {
-                Content::text(&draft.text, draft.sent_at_ms, contact.account.0)
-                    .map_err(|error| error.to_string())
-            };
-            let content = match content {
-                Ok(content) => content,
-                Err(reason) => {
-                    // Never sendable as it is: given up, so it cannot hold the others back.
+            let contact = match self.resolve_peer(&draft.peer_name).await {
+                Ok(contact) => contact,
+                Err(ClientError::UnknownPeer(name)) => {
                     let id = draft.client_message_id;
                     if self.store.write(|writer| writer.remove_draft(id))? {
                         self.emit(Event::Failed {
                             id: id.to_string(),
-                            peer: draft.peer_name.clone(),
-                            reason,
+                            peer: name.clone(),
+                            reason: format!("no account is named {name}"),
                         });
+                        self.unknown_drafts.push((id, name));
                     }
                     continue;
                 }
+                Err(error)
+                    if error.is_retryable()
+                        || error.needs_reconnect()
+                        || matches!(error, ClientError::UnexpectedResponse(_)) =>
+                {
+                    // The others would meet the same trouble: leave them all for later.
+                    self.last_problem = Some(error.to_string());
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
             };
-            self.enqueue(
-                contact.account,
-                &content,
-                Some(&draft.text),
-                draft.client_message_id,
-                true,
-            )?;
+            self.queue_draft(&contact, &draft)?;
+        }
+        Ok(())
+    }
+
+    /// Moves every draft whose name is now a known contact to the outbox, oldest first, without
+    /// the network. Runs before anything else is queued, so that nothing overtakes a message
+    /// typed earlier for the same chat (sender FIFO, I3): a contact can become known (say, by a
+    /// message from it) while a draft for its name still waits.
+    fn queue_known_drafts(&mut self) -> Result<()> {
+        for draft in self.store.drafts()? {
+            if let Some(contact) = self.store.contact_by_name(&draft.peer_name)? {
+                self.queue_draft(&contact, &draft)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one draft for `contact` to the outbox under its id, or gives it up (reported as
+    /// failed) if it can never be sent as it is, so it cannot hold the others back.
+    fn queue_draft(&mut self, contact: &Contact, draft: &Draft) -> Result<()> {
+        let content = if contact.account == self.identity.account {
+            Err("a message to yourself has no recipient device".to_owned())
+        } else {
+            Content::text(&draft.text, draft.sent_at_ms, contact.account.0)
+                .map_err(|error| error.to_string())
+        };
+        match content {
+            Ok(content) => {
+                self.enqueue(
+                    contact.account,
+                    &content,
+                    Some(&draft.text),
+                    draft.client_message_id,
+                    true,
+                )?;
+            }
+            Err(reason) => {
+                let id = draft.client_message_id;
+                if self.store.write(|writer| writer.remove_draft(id))? {
+                    self.emit(Event::Failed {
+                        id: id.to_string(),
+                        peer: draft.peer_name.clone(),
+                        reason,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -1767,8 +1787,9 @@ mod tests {
             .expect("write");
     }
 
-    /// A client of `dir` that can reach no edge, and the events it reports.
-    fn offline(dir: &Path) -> (Client, Rc<RefCell<Vec<Event>>>) {
+    /// A client of `dir` that can reach no edge, and the events it reports. Each opening needs
+    /// its own `seed`, as each run of an app draws fresh ids.
+    fn offline(dir: &Path, seed: u64) -> (Client, Rc<RefCell<Vec<Event>>>) {
         let events = Rc::new(RefCell::new(Vec::new()));
         let sink = {
             let events = events.clone();
@@ -1776,7 +1797,7 @@ mod tests {
         };
         let environment = Environment {
             dialer: Dialer::new(Arc::new(TokioSockets), EdgeSource::Fixed(Vec::new())),
-            rng_seed: Some(7),
+            rng_seed: Some(seed),
             ..Environment::default()
         };
         let client = Client::open_in(environment, dir, Overrides::default(), sink).expect("open");
@@ -1787,7 +1808,7 @@ mod tests {
     async fn what_is_typed_is_stored_before_any_network_attempt() {
         let dir = tempfile::tempdir().expect("tempdir");
         registered(dir.path());
-        let (mut client, events) = offline(dir.path());
+        let (mut client, events) = offline(dir.path(), 1);
 
         let to_bob = client.send("bob", "hi bob", None).await.expect("send");
         let to_carol = client.send("carol", "hi carol", None).await.expect("send");
@@ -1831,8 +1852,35 @@ mod tests {
             (to_carol, "carol", "hi carol")
         );
 
+        // carol becomes a contact (say, a message from her named her) while her draft waits:
+        // the next text for her goes after the draft, never before it (sender FIFO).
+        let (mut client, _) = offline(dir.path(), 2);
+        client
+            .store
+            .write(|writer| {
+                writer.upsert_contact(&Contact {
+                    account: AccountId(3),
+                    name: "carol".into(),
+                    region: 1,
+                })
+            })
+            .expect("contact");
+        let later = client.send("carol", "again", None).await.expect("send");
+        client.close().await;
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        assert!(store.drafts().expect("drafts").is_empty());
+        let to_carol_chat: Vec<(u64, ClientMessageId)> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .filter(|row| row.peer == AccountId(3))
+            .map(|row| (row.sender_seq, row.client_message_id))
+            .collect();
+        assert_eq!(to_carol_chat, vec![(1, to_carol), (2, later)]);
+        drop(store);
+
         // Refused before anything is stored: a name that cannot be an account, and oneself.
-        let (mut client, _) = offline(dir.path());
+        let (mut client, _) = offline(dir.path(), 3);
         assert!(matches!(
             client.send("Not A Name", "x", None).await,
             Err(ClientError::UnknownPeer(_))
@@ -1843,8 +1891,8 @@ mod tests {
         ));
         client.close().await;
         let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
-        assert_eq!(store.drafts().expect("drafts").len(), 1);
-        assert_eq!(store.outbox().expect("outbox").len(), 1);
+        assert!(store.drafts().expect("drafts").is_empty());
+        assert_eq!(store.outbox().expect("outbox").len(), 3);
     }
 
     #[test]
