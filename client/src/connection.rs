@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
-use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
 use relay_proto::net::{
     ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
     bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
@@ -28,8 +28,11 @@ use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
 use crate::store::Settings;
 
-/// How long one request may take before the connection is considered broken, in milliseconds.
+/// How long one request may take before the connection is considered broken, in milliseconds:
+/// longer than the edge may take to answer, so a slow or silent region behind the edge reaches
+/// the device as a typed answer (`Overloaded`, `DirectoryUnavailable`), not as a timeout.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
 /// How long the QUIC handshake may take, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// How long closing waits for the close to reach the edge, in milliseconds.
@@ -97,11 +100,25 @@ impl Dialer {
         }
     }
 
+    /// Whether edges are found by asking the locator (rather than given).
+    pub fn asks_locator(&self) -> bool {
+        self.edges == EdgeSource::Locator
+    }
+
     /// Finds the edges for the settings' address and connects to the first that answers.
     pub async fn connect_any(&self, settings: &Settings) -> Result<EdgeConnection> {
         let edges = self.edges(settings).await?;
+        self.connect_first(settings, &edges).await
+    }
+
+    /// Connects to the first of `edges` that answers.
+    pub async fn connect_first(
+        &self,
+        settings: &Settings,
+        edges: &[SocketAddr],
+    ) -> Result<EdgeConnection> {
         let mut problems = Vec::new();
-        for edge in edges {
+        for &edge in edges {
             let connected = async {
                 let roots = load_roots(&settings.ca_path)?;
                 EdgeConnection::connect_through(&*self.sockets, edge, settings.bind_ip, roots).await
@@ -111,6 +128,9 @@ impl Dialer {
                 Err(ClientError::Net(error)) => problems.push(format!("{edge}: {error}")),
                 Err(error) => return Err(error),
             }
+        }
+        if problems.is_empty() {
+            problems.push("no edge to try".to_owned());
         }
         Err(ClientError::EdgeUnreachable(problems.join("; ")))
     }

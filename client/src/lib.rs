@@ -5,7 +5,7 @@
 //! send outcomes), [`envelope`] (encrypting for exactly the current devices), [`inbound`]
 //! (processing a queue page), [`crypto`], [`content`], and the DNS message handling in
 //! [`discovery`]. [`connection`] and [`app`] are the runtime shell; [`cli`] parses arguments and
-//! prints [`events::Event`]s.
+//! prints [`events::Event`]s, through [`terminal`] so that no peer's text can drive the terminal.
 
 pub mod app;
 pub mod cli;
@@ -18,7 +18,9 @@ pub mod error;
 pub mod events;
 pub mod inbound;
 pub mod outbox;
+pub mod secrets;
 pub mod store;
+pub mod terminal;
 
 pub use app::{Client, Environment, Overrides, register, register_in};
 pub use error::{ClientError, Result};

@@ -12,7 +12,8 @@
 //!   confirmed: trouble is handled with nothing else of the chat in flight.
 //! - A retry reuses the same client message id and sender_seq (idempotence, I4); after a retryable
 //!   failure the chat waits a jittered exponential backoff between [`RETRY_DELAY_MS_MIN`] and
-//!   [`RETRY_DELAY_MS_MAX`].
+//!   [`RETRY_DELAY_MS_MAX`], or longer when the server asked for a longer wait (up to the
+//!   maximum).
 //! - "Mismatched devices" asks the caller to re-encrypt the same content, then resends at once.
 //! - "Resend from k": sending in order means the region and this device disagree about which
 //!   sender_seqs it holds (a restored store, or a refused entry that left a gap). The chat's
@@ -71,6 +72,9 @@ pub enum Outcome {
     ResendFrom(u64),
     /// A retryable error or a lost connection.
     Retry,
+    /// A retryable error whose server asked to wait this long first (ms; at most
+    /// [`RETRY_DELAY_MS_MAX`] is honoured, so no answer can hold the outbox back for long).
+    RetryAfter(u64),
     /// A permanent refusal: the entry can never be sent as it is.
     Refused,
 }
@@ -338,6 +342,15 @@ impl Outbox {
                 })
             }
             Outcome::Retry => Ok(Self::back_off(queue, entry, now_ms, rng)),
+            Outcome::RetryAfter(wait_ms) => {
+                let next = Self::back_off(queue, entry, now_ms, rng);
+                let hinted = now_ms.saturating_add(wait_ms.min(RETRY_DELAY_MS_MAX));
+                queue.due_at_ms = queue.due_at_ms.max(hinted);
+                Ok(match next {
+                    Next::RetryAt(_) => Next::RetryAt(queue.due_at_ms),
+                    other => other,
+                })
+            }
         }
     }
 
@@ -607,6 +620,41 @@ mod tests {
         assert!(
             outbox.handle_reencrypted(head, 0).is_err(),
             "not in flight any more"
+        );
+    }
+
+    #[test]
+    fn a_server_hint_delays_the_retry_within_bounds() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut outbox = Outbox::new();
+        outbox.insert(entry(1, 1), 0).expect("insert");
+        let head = outbox.poll_transmit(0).expect("head");
+        assert_eq!(
+            outbox.handle_outcome(head, Outcome::RetryAfter(5_000), 100, &mut rng),
+            Ok(Next::RetryAt(5_100)),
+            "the hint is longer than the first backoff step"
+        );
+        assert_eq!(outbox.poll_transmit(5_099), None);
+        let head = outbox.poll_transmit(5_100).expect("due at the hint");
+        let next = outbox
+            .handle_outcome(head, Outcome::RetryAfter(u64::MAX), 5_100, &mut rng)
+            .expect("retry");
+        assert_eq!(
+            next,
+            Next::RetryAt(5_100 + RETRY_DELAY_MS_MAX),
+            "a hostile hint is capped"
+        );
+        let head = outbox
+            .poll_transmit(5_100 + RETRY_DELAY_MS_MAX)
+            .expect("due");
+        let Ok(Next::RetryAt(due)) =
+            outbox.handle_outcome(head, Outcome::RetryAfter(1), 0, &mut rng)
+        else {
+            panic!("a retry");
+        };
+        assert!(
+            due >= RETRY_DELAY_MS_MIN,
+            "a short hint never shortens the backoff"
         );
     }
 

@@ -278,11 +278,15 @@ impl SendAggregate {
                 {
                     error
                 } else {
-                    // Retryable codes pass through with their hint (a recipient whose queue is
-                    // unreadable stays `RecipientUnavailable`, so the client keeps the
-                    // message in its outbox and says why).
-                    ProtoError::new(retryable, format!("region {region}: {}", error.message))
-                        .with_retry_after_ms(error.retry_after_ms)
+                    // Retryable codes pass through with their hint: an overloaded region says when
+                    // to come back, and a recipient whose queue is unreadable stays
+                    // `RecipientUnavailable`, so the client keeps the message and says why.
+                    let message = if error.message.starts_with(&format!("region {region} ")) {
+                        error.message
+                    } else {
+                        format!("region {region}: {}", error.message)
+                    };
+                    ProtoError::new(retryable, message).with_retry_after_ms(error.retry_after_ms)
                 };
                 self.failure = Some(keep);
             }
@@ -549,6 +553,26 @@ mod tests {
             Err(ProtoError::new(ErrorCode::Internal, "boom")),
         );
         assert!(matches!(aggregate.poll_result(), Some(Err(error)) if error.code.is_retryable()));
+
+        // An overloaded region's code and retry hint reach the device.
+        let mut aggregate = SendAggregate::new(regions.clone());
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(ProtoError::new(
+                ErrorCode::Overloaded,
+                "region 2 did not answer within 5.0 s",
+            )
+            .with_retry_after_ms(2_000)),
+        );
+        assert_eq!(
+            aggregate.poll_result(),
+            Some(Err(ProtoError::new(
+                ErrorCode::Overloaded,
+                "region 2 did not answer within 5.0 s"
+            )
+            .with_retry_after_ms(2_000)))
+        );
 
         let mut aggregate = SendAggregate::new(regions);
         let mismatch = MismatchedDevices {

@@ -22,6 +22,7 @@ use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
 use quinn::rustls::RootCertStore;
 use relay_proto::clock::{Clock, SystemClock};
+use relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS;
 use relay_proto::net::{
     self, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
 };
@@ -36,8 +37,6 @@ use crate::config::{ConfigError, PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
-/// How long a request to another region may take.
-pub const PEER_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Receipts sent to another region in one request.
 pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
 /// Pause between outbox delivery attempts when a destination is unreachable.
@@ -823,16 +822,31 @@ impl RegionService {
         }
     }
 
+    /// One request to the directory writer, answered within [`REGION_PEER_REQUEST_TIMEOUT_MS`]
+    /// (connecting included), so the edge still hears from this region in time: a writer that
+    /// cannot be reached or does not answer is `DirectoryUnavailable`.
     async fn to_writer(&self, request: &RegionRequest) -> Result<RegionResponse, ProtoError> {
-        self.inner
-            .peers
-            .request(
-                self.inner.writer.0,
-                request,
-                Duration::from_millis(PEER_REQUEST_TIMEOUT_MS),
-            )
-            .await
-            .map_err(|error| error.to_proto())
+        let writer = self.inner.writer;
+        let timeout = Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS);
+        let asked = tokio::time::timeout(
+            timeout,
+            self.inner.peers.request(writer.0, request, timeout),
+        )
+        .await;
+        let problem = match asked {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(error @ NetError::Frame(_))) => return Err(error.to_proto()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => {
+                self.inner.peers.forget(writer.0).await;
+                NetError::Timeout.to_string()
+            }
+        };
+        tracing::warn!(%writer, %problem, "the directory writer did not answer");
+        Err(ProtoError::new(
+            ErrorCode::DirectoryUnavailable,
+            format!("region {writer} did not answer"),
+        ))
     }
 
     async fn serve_subscription(
@@ -1016,7 +1030,7 @@ impl RegionService {
             .request::<_, RegionResponse>(
                 destination.0,
                 &request,
-                Duration::from_millis(PEER_REQUEST_TIMEOUT_MS),
+                Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS),
             )
             .await
             .map_err(|error| error.to_proto())?;
