@@ -203,6 +203,7 @@ pub async fn register_in(
         signing_key: crypto.signing_key().to_vec(),
         one_time_keys: crypto.unpublished_one_time_keys(),
         registration_token: registration_token.into(),
+        fallback_key: None,
     };
     let registered = connection.register(request).await;
     connection.close().await;

@@ -225,6 +225,8 @@ impl EdgeConnection {
                 body: Some(client_request::Body::Authenticate(Authenticate {
                     device: device.into(),
                     signature: signature.to_vec(),
+                    queue_cursor: None,
+                    next_device_seq: None,
                 })),
             };
             write_frame(&mut send, &authenticate).await?;
@@ -269,6 +271,7 @@ impl EdgeConnection {
         match self
             .call(client_request::Body::ClaimKeys(ClaimKeys {
                 account: account.0,
+                claimer: None,
             }))
             .await?
         {
@@ -282,7 +285,10 @@ impl EdgeConnection {
 
     /// Uploads one-time keys, returning the device's unclaimed count.
     pub async fn upload_one_time_keys(&self, keys: Vec<OneTimeKey>) -> Result<u32> {
-        let body = client_request::Body::UploadOneTimeKeys(UploadOneTimeKeys { keys });
+        let body = client_request::Body::UploadOneTimeKeys(UploadOneTimeKeys {
+            keys,
+            fallback_key: None,
+        });
         match self.call(body).await? {
             client_response::Body::KeysUploaded(count) => Ok(count.remaining),
             other => Err(unexpected("KeysUploaded", &other)),

@@ -134,6 +134,7 @@ impl Crypto {
             .map(|(key_id, key)| OneTimeKey {
                 key_id: key_id.to_base64(),
                 public_key: key.to_vec(),
+                ..OneTimeKey::default()
             })
             .collect()
     }

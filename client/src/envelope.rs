@@ -73,6 +73,7 @@ pub fn assemble(
             .map(|account| account.0)
             .collect(),
         ciphertexts,
+        device_seq: 0,
     };
     envelope
         .parse()

@@ -1441,6 +1441,7 @@ mod tests {
                         sender_seq: seq,
                         recipient_accounts: vec![2, 1],
                         ciphertexts: Vec::new(),
+                        device_seq: u64::from(index) + 1,
                     };
                     w.insert_outbox(
                         &OutboxRow {
