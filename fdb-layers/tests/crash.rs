@@ -219,6 +219,9 @@ async fn send(
         } => {
             panic!("{sender} sent {sender_seq} in order, yet the log expects {expected_sender_seq}")
         }
+        AppendOutcome::RolledBack { last_sender_seq } => {
+            panic!("{sender} sent {sender_seq} in order, yet the log already has {last_sender_seq}")
+        }
     }
 }
 
