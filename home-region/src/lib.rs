@@ -3,9 +3,11 @@
 //! senders' regions, and keeps the key directory of its devices.
 //!
 //! [`core`] holds the decisions as functions over one storage transaction (no sockets, no
-//! clock: the time comes in as an argument); [`service`] is the QUIC shell around it, with
-//! links to other regions (the directory writer, receipt destinations).
+//! clock: the time comes in as an argument); [`claims`] the per-claimer rate limit of key
+//! claims; [`service`] is the QUIC shell around them, with links to other regions (the
+//! directory writer, receipt destinations).
 
+pub mod claims;
 pub mod config;
 pub mod core;
 pub mod service;
