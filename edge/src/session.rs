@@ -153,10 +153,9 @@ impl Session {
             ProtoError::new(
                 ErrorCode::DeviceRolledBack,
                 format!(
-                    "device {device} is behind what its home region has seen ({what}): its state \
-                     went back, as when a data directory is restored from a copy; register this \
-                     device again in a new data directory (linking a new device to an account \
-                     is coming)"
+                    "device {device} is behind what its home region has seen ({what}); register \
+                     this device again in a new data directory (linking a new device to an \
+                     account is coming)"
                 ),
             )
         };
@@ -527,9 +526,16 @@ mod tests {
         for (cursor, next) in [(Some(6), Some(13)), (Some(7), Some(12)), (Some(0), Some(1))] {
             let (session, result) = authenticate_with(cursor, next, seen);
             let error = result.expect_err("rolled back");
-            assert_eq!(error.code, ErrorCode::DeviceRolledBack, "{cursor:?} {next:?}");
+            assert_eq!(
+                error.code,
+                ErrorCode::DeviceRolledBack,
+                "{cursor:?} {next:?}"
+            );
             assert!(!error.code.is_retryable());
-            assert!(error.message.contains("register this device again"), "{error}");
+            assert!(
+                error.message.contains("register this device again"),
+                "{error}"
+            );
             assert_eq!(session.device(), None, "left unauthenticated");
         }
     }
@@ -716,6 +722,9 @@ mod tests {
             panic!("a refusal")
         };
         assert_eq!(error.code, ErrorCode::DeviceRolledBack);
-        assert_eq!(error.message, "went back", "passed on as the region said it");
+        assert_eq!(
+            error.message, "went back",
+            "passed on as the region said it"
+        );
     }
 }

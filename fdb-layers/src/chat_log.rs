@@ -432,7 +432,12 @@ mod tests {
         // New envelopes under the taken numbers 1..=3: the sender's counter went back.
         for taken in 1..=3 {
             assert_eq!(
-                append_one(&database, new_entry(ALICE, 40 + taken as u8, taken, b"r"), 12).await,
+                append_one(
+                    &database,
+                    new_entry(ALICE, 40 + taken as u8, taken, b"r"),
+                    12
+                )
+                .await,
                 AppendOutcome::RolledBack { last_sender_seq: 3 }
             );
         }

@@ -211,7 +211,10 @@ pub async fn fallback_key_state(
     device: DeviceAddress,
 ) -> Result<FallbackKeyState, StoreError> {
     let layer = KeyDirectory::new();
-    let Some(value) = transaction.snapshot_get(&layer.fallback_key(device)).await? else {
+    let Some(value) = transaction
+        .snapshot_get(&layer.fallback_key(device))
+        .await?
+    else {
         return Ok(FallbackKeyState::Missing);
     };
     let stored: StoredKey = decode_record(&value, "fallback key")?;
@@ -868,11 +871,12 @@ mod properties {
                         .map_err(fail)?;
                     prop_assert_eq!(count, model.keys[device].len() as u32);
                     prop_assert_eq!(fallback, model.fallbacks[device].clone());
-                    let expected_state = match (&model.fallbacks[device], model.fallback_used[device]) {
-                        (None, _) => FallbackKeyState::Missing,
-                        (Some(_), false) => FallbackKeyState::Unused,
-                        (Some(_), true) => FallbackKeyState::Used,
-                    };
+                    let expected_state =
+                        match (&model.fallbacks[device], model.fallback_used[device]) {
+                            (None, _) => FallbackKeyState::Missing,
+                            (Some(_), false) => FallbackKeyState::Unused,
+                            (Some(_), true) => FallbackKeyState::Used,
+                        };
                     prop_assert_eq!(state, expected_state);
                 }
                 Operation::RemoveDevice { device } => {

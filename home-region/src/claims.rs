@@ -193,7 +193,9 @@ mod tests {
             limiter.handle_claim(device(0), 0).expect("burst");
         }
         for account in 1..CLAIMERS_TRACKED_MAX as u64 {
-            limiter.handle_claim(device(account), 0).expect("first claim");
+            limiter
+                .handle_claim(device(account), 0)
+                .expect("first claim");
         }
         assert_eq!(limiter.tracked(), CLAIMERS_TRACKED_MAX);
         // Long after, every bucket but the busy one's has refilled: a newcomer makes them go,

@@ -49,10 +49,9 @@ use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, ProtoEr
 /// Queue entries expired in one [`expire_queues`] transaction.
 pub const EXPIRE_BATCH_ENTRIES_MAX: usize = 256;
 
-/// What a device whose state went back is told to do.
-pub const ROLLED_BACK_ADVICE: &str = "its state went back, as when a data directory is restored \
-from a copy; register this device again in a new data directory (linking a new device to an \
-account is coming)";
+/// What a device whose state went back (a data directory restored from a copy) is told to do.
+pub const ROLLED_BACK_ADVICE: &str = "register this device again in a new data directory \
+(linking a new device to an account is coming)";
 
 /// What a request asks the service to do once its transaction committed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -200,7 +199,7 @@ pub async fn commit_envelope(
                 ErrorCode::DeviceRolledBack,
                 format!(
                     "device {} sent a new envelope as number {} of chat {}, but number \
-                     {last_sender_seq} is already stored: {ROLLED_BACK_ADVICE}",
+                     {last_sender_seq} is already stored; {ROLLED_BACK_ADVICE}",
                     parsed.sender, parsed.sender_seq, parsed.chat
                 ),
             );
@@ -275,7 +274,7 @@ pub async fn fetch_and_ack(
             ErrorCode::DeviceRolledBack,
             format!(
                 "device {device} fetches after queue entry {}, but it already acknowledged \
-                 entry {}: {ROLLED_BACK_ADVICE}",
+                 entry {}; {ROLLED_BACK_ADVICE}",
                 fetch.after_queue_seq, marks.acked_queue_seq
             ),
         );
@@ -1101,9 +1100,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         // Acking again (from the cursor past them, as a device that stored them does) changes
         // nothing: acks are idempotent.
-        let (_, effects) = fetch_after(&f.db, bob1, &[1, 2], 2)
-            .await
-            .expect("fetched");
+        let (_, effects) = fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("fetched");
         assert_eq!(effects, Effects::default());
     }
 
@@ -1436,7 +1433,9 @@ mod tests {
             refused.map(|_| ()).map_err(|error| error.code),
             Err(ErrorCode::BadSignature)
         );
-        let (count, _) = upload(signed_fallback(&olm, "fb-2")).await.expect("uploaded");
+        let (count, _) = upload(signed_fallback(&olm, "fb-2"))
+            .await
+            .expect("uploaded");
         assert_eq!(
             count,
             wire::OneTimeKeyCount {
@@ -1479,7 +1478,11 @@ mod tests {
             "{refused}"
         );
         let (batch, _) = fetch(&f.db, bob1, &[]).await;
-        assert_eq!(batch.entries.len(), 2, "nothing stored for the refused envelope");
+        assert_eq!(
+            batch.entries.len(),
+            2,
+            "nothing stored for the refused envelope"
+        );
         // The home region kept the sender's highest device_seq for the edge to check.
         let (key, _) = run(&f.db, async |tx| signing_key(&tx, alice1).await)
             .await
@@ -1515,7 +1518,11 @@ mod tests {
         assert_eq!(refused.code, ErrorCode::DeviceRolledBack);
         let (batch, effects) = fetch_after(&f.db, bob1, &[], 2).await.expect("fetched");
         assert_eq!(
-            batch.entries.iter().map(|e| e.queue_seq).collect::<Vec<_>>(),
+            batch
+                .entries
+                .iter()
+                .map(|e| e.queue_seq)
+                .collect::<Vec<_>>(),
             [3]
         );
         assert_eq!(effects, Effects::default());
