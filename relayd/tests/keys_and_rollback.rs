@@ -107,7 +107,7 @@ fn assert_exit(output: &Output) {
 async fn new_contact(root: PathBuf, index: usize, locator: SocketAddr, ca: PathBuf) -> String {
     let name = format!("contact{index:03}");
     let data = root.join(&name);
-    let bind: IpAddr = if index % 2 == 0 {
+    let bind: IpAddr = if index.is_multiple_of(2) {
         [127, 0, 1, 20].into()
     } else {
         [127, 0, 2, 20].into()
