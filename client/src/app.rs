@@ -794,13 +794,10 @@ impl Client {
                 crypto.generate_one_time_keys(count);
             }
             writer.save_crypto(&crypto.take_changes()?)?;
-            let one_time_keys = crypto.unpublished_one_time_keys();
-            let one_time_keys = if low || !one_time_keys.is_empty() {
-                one_time_keys
-            } else {
-                Vec::new()
-            };
-            Ok((one_time_keys, crypto.unpublished_fallback_key()))
+            Ok((
+                crypto.unpublished_one_time_keys(),
+                crypto.unpublished_fallback_key(),
+            ))
         })?;
         if one_time_keys.is_empty() && fallback_key.is_none() {
             return Ok(());

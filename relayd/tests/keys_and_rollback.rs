@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::rc::Rc;
 
-use relay_client::store::Tick;
+use relay_client::app::DATABASE_FILE;
+use relay_client::store::{Store, Tick};
 use relay_client::{Client, Environment, Event, Overrides, register_in};
 use relay_proto::limits::ONE_TIME_KEYS_AT_REGISTRATION;
 use serde_json::Value;
@@ -199,6 +200,25 @@ fn a_hundred_new_contacts_reach_an_offline_person_whose_one_time_keys_ran_out() 
     let received: BTreeSet<String> = texts(&received).into_iter().collect();
     let expected: BTreeSet<String> = sent.into_iter().collect();
     assert_eq!(received, expected);
+
+    // The region told zed his fallback key was handed out. The sync above topped up his
+    // one-time keys; the next one, after fetching his queue to the end, replaces the fallback
+    // key and uploads it, keeping the previous one for messages still on their way.
+    let fallback_times = || {
+        let mut store = Store::open(&zed.data.join(DATABASE_FILE)).expect("zed's store");
+        let times = store
+            .write(|writer| writer.fallback_times())
+            .expect("times");
+        let crypto = store.load_crypto().expect("olm").expect("an account");
+        (times, crypto.unpublished_fallback_key().is_none())
+    };
+    let (registered, published) = fallback_times();
+    assert!(published && !registered.previous_kept, "{registered:?}");
+    zed.ok(&["sync"]);
+    let (replaced, published) = fallback_times();
+    assert!(published, "the new fallback key was uploaded");
+    assert!(replaced.previous_kept, "{replaced:?}");
+    assert!(replaced.made_at_ms > registered.made_at_ms, "{replaced:?}");
 }
 
 #[test]
