@@ -33,6 +33,7 @@ fn envelope() -> wire::Envelope {
             message_type: 0,
             body: vec![3; 40],
         }],
+        device_seq: 0,
     }
 }
 

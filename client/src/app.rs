@@ -8,6 +8,15 @@
 //! not resolved yet is kept as a draft, which every flush tries to resolve and then moves to the
 //! outbox under the same message id, in one transaction. A kill at any point after `send`
 //! started loses nothing.
+//!
+//! Keys: registration uploads 50 one-time keys and a fallback key signed by the device; later
+//! uploads top the one-time keys up and replace the fallback key when [`crate::fallback`] says
+//! so. A claimed fallback key is used only if its signature verifies.
+//!
+//! A device whose state went back (its data directory restored from an older copy) is refused
+//! by the relay with `DeviceRolledBack`; the device then records that, marks everything in its
+//! outbox and its drafts failed with the reason, and every later command refuses to send or
+//! receive with [`ClientError::DeviceRolledBack`], which says what happened and what to do.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -25,17 +34,21 @@ use relay_proto::limits::{
     ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
     QUEUE_FETCH_ENTRIES_MAX,
 };
-use relay_proto::wire::{Committed, Envelope, Register, send_outcome, validate_account_name};
+use relay_proto::wire::{
+    Committed, Envelope, FallbackKeyState, OneTimeKeyCount, Register, send_outcome,
+    validate_account_name,
+};
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::connection::{Dialer, EdgeConnection, Push};
+use crate::connection::{DeviceProgress, Dialer, EdgeConnection, Push};
 use crate::content::{Content, READ_RECEIPT_IDS_MAX};
-use crate::crypto::Crypto;
+use crate::crypto::{Crypto, verify_fallback_key};
 use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event};
+use crate::fallback::{self, FallbackFacts, FallbackTimes};
 use crate::inbound::{Inbound, process_entries};
 use crate::outbox::{Next, Outbox, Outcome, Pending, RETRY_DELAY_MS_MAX, retry_delay_ms};
 use crate::secrets::{self, DEVICE_KEY_FILE};
@@ -57,6 +70,12 @@ pub const POLL_INTERVAL_MS: u64 = 10_000;
 pub const KEY_UPLOAD_INTERVAL_MS: u64 = 60_000;
 /// Queue pages fetched by one catch-up before handing control back to the caller.
 pub const FETCH_ROUNDS_MAX: usize = 64;
+/// Times a "rolled back" refusal is checked again when this device's counters moved meanwhile
+/// (another process on the same data directory acknowledged or sent after this one read them).
+pub const ROLLBACK_RECHECKS_MAX: u32 = 3;
+/// Why an outbox entry is given up when the relay refuses this device as rolled back.
+pub const ROLLED_BACK_FAILURE: &str = "not sent: this device's state went back (its data \
+directory was restored from an older copy); register this device again in a new data directory";
 
 /// Deployment settings given on the command line; they override the remembered ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -211,9 +230,20 @@ pub async fn register_in(
     if crypto.unpublished_one_time_keys().is_empty() {
         crypto.generate_one_time_keys(ONE_TIME_KEYS_AT_REGISTRATION);
     }
+    let first_fallback_key = crypto.unpublished_fallback_key().is_none();
+    if first_fallback_key {
+        crypto.generate_fallback_key();
+    }
     let changes = crypto.take_changes()?;
+    let now_ms = environment.clock.now_ms();
     store.write(|writer| {
         writer.save_crypto(&changes)?;
+        if first_fallback_key {
+            writer.set_fallback_times(&FallbackTimes {
+                made_at_ms: Some(now_ms),
+                previous_kept: false,
+            })?;
+        }
         writer.set_settings(&stored)
     })?;
 
@@ -225,6 +255,7 @@ pub async fn register_in(
         signing_key: crypto.signing_key().to_vec(),
         one_time_keys: crypto.unpublished_one_time_keys(),
         registration_token: registration_token.into(),
+        fallback_key: crypto.unpublished_fallback_key(),
     };
     let registered = connection.register(request).await;
     connection.close().await;
@@ -283,6 +314,8 @@ pub struct Client {
     /// Drafts given up during this command because no account has their name: (id, name).
     unknown_drafts: Vec<(ClientMessageId, String)>,
     last_key_upload: Option<Instant>,
+    /// Why the relay refused this device as rolled back (stored; nothing is sent or fetched).
+    rolled_back: Option<String>,
     received: usize,
     ticks: usize,
 }
@@ -354,6 +387,7 @@ impl Client {
         let signer = store
             .load_crypto()?
             .ok_or_else(|| store.damaged("the Olm account is missing"))?;
+        let rolled_back = store.rolled_back()?;
         store.write(|writer| writer.prune_seen(environment.clock.now_ms()))?;
         let mut outbox = Outbox::new();
         for row in store.outbox()? {
@@ -383,6 +417,7 @@ impl Client {
             last_problem: None,
             unknown_drafts: Vec::new(),
             last_key_upload: None,
+            rolled_back,
             received: 0,
             ticks: 0,
         })
@@ -405,6 +440,7 @@ impl Client {
         text: &str,
         wait: Option<(Tick, Duration)>,
     ) -> Result<ClientMessageId> {
+        self.refuse_if_rolled_back()?;
         let id = self.store_typed(peer, text)?;
         match wait {
             None => {
@@ -445,6 +481,7 @@ impl Client {
     /// network: what an app does when someone taps send with no connection. The next send, sync,
     /// read or listen delivers it (with whatever else waits, several of a chat at once).
     pub fn compose(&mut self, peer: &str, text: &str) -> Result<ClientMessageId> {
+        self.refuse_if_rolled_back()?;
         let contact = self
             .store
             .contact_by_name(peer)?
@@ -549,6 +586,7 @@ impl Client {
     /// Marks every unread message from `peer` read and sends the end-to-end encrypted receipt;
     /// returns how many were marked.
     pub async fn read(&mut self, peer: &str) -> Result<usize> {
+        self.refuse_if_rolled_back()?;
         let contact = self.resolve_peer(peer).await?;
         self.queue_known_drafts()?;
         let unread = self.store.unread_from(contact.account)?;
@@ -622,8 +660,14 @@ impl Client {
         Ok(())
     }
 
-    /// Reports the chat with `peer` in order (local only).
+    /// Reports the chat with `peer` in order (local only). On a device the relay refused as
+    /// rolled back, a note says so first.
     pub async fn history(&mut self, peer: &str) -> Result<()> {
+        if let Err(error) = self.refuse_if_rolled_back() {
+            self.emit(Event::Note {
+                message: error.to_string(),
+            });
+        }
         let contact = self
             .store
             .contact_by_name(peer)?
@@ -663,8 +707,13 @@ impl Client {
     // -----------------------------------------------------------------------------------------
     // Connection
 
-    /// Connects and authenticates if not connected; tops up one-time keys when they run low.
+    /// Connects and authenticates if not connected, presenting this device's queue cursor and
+    /// envelope counter; tops up one-time keys when they run low and uploads a fallback key
+    /// the region lacks. A refusal as rolled back is recorded (see [`Client::roll_back`])
+    /// unless the counters moved meanwhile (another process on this data directory), in which
+    /// case it connects again.
     async fn connect(&mut self) -> Result<()> {
+        self.refuse_if_rolled_back()?;
         if self
             .connection
             .as_ref()
@@ -673,32 +722,119 @@ impl Client {
             return Ok(());
         }
         self.disconnect().await;
-        let last_edge = self.store.last_edge()?;
-        let mut connection = dial(
-            &self.environment,
-            &self.settings,
-            last_edge,
-            &mut *self.sink,
-        )
-        .await?;
-        if last_edge != Some(connection.edge()) {
-            let edge = connection.edge();
-            self.store.write(|writer| writer.set_last_edge(edge))?;
-        }
-        let (remaining, pushes) = match connection
-            .authenticate(self.identity.address(), &self.signer)
-            .await
-        {
-            Ok(authenticated) => authenticated,
-            Err(error) => {
-                connection.close().await;
-                return Err(error);
+        let mut rechecks = 0;
+        let (connection, keys, pushes) = loop {
+            let last_edge = self.store.last_edge()?;
+            let mut connection = dial(
+                &self.environment,
+                &self.settings,
+                last_edge,
+                &mut *self.sink,
+            )
+            .await?;
+            if last_edge != Some(connection.edge()) {
+                let edge = connection.edge();
+                self.store.write(|writer| writer.set_last_edge(edge))?;
+            }
+            let progress = self.progress()?;
+            match connection
+                .authenticate(self.identity.address(), &self.signer, progress)
+                .await
+            {
+                Ok((keys, pushes)) => break (connection, keys, pushes),
+                Err(error) => {
+                    connection.close().await;
+                    let Some(refusal) = rolled_back_refusal(&error) else {
+                        return Err(error);
+                    };
+                    if rechecks < ROLLBACK_RECHECKS_MAX && self.progress()? != progress {
+                        rechecks += 1;
+                        continue;
+                    }
+                    return Err(self.roll_back(refusal).await);
+                }
             }
         };
         self.connection = Some(connection);
         self.pushes = Some(pushes);
         self.last_key_upload = None;
-        self.replenish_keys(remaining).await
+        self.keep_keys(keys, false).await
+    }
+
+    /// The counters this device presents when it authenticates.
+    fn progress(&self) -> Result<DeviceProgress> {
+        Ok(DeviceProgress {
+            queue_cursor: self.store.queue_cursor()?,
+            next_device_seq: self.store.next_device_seq()?,
+        })
+    }
+
+    /// Fails with [`ClientError::DeviceRolledBack`] once the relay refused this device as
+    /// rolled back (in this command or an earlier one).
+    fn refuse_if_rolled_back(&self) -> Result<()> {
+        match &self.rolled_back {
+            Some(reason) => Err(ClientError::DeviceRolledBack(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The relay refused this device because its state went back: records that (so every later
+    /// command refuses too), gives up every outbox entry with the reason (reported as failed,
+    /// never dropped silently) and disconnects. Returns the error to end the command with.
+    async fn roll_back(&mut self, refusal: String) -> ClientError {
+        let me = self.identity.address();
+        let drafts = match self.store.drafts() {
+            Ok(drafts) => drafts,
+            Err(error) => return error,
+        };
+        let recorded = self.store.write(|writer| {
+            writer.set_rolled_back(&refusal)?;
+            let mut given_up = Vec::new();
+            for row in writer.outbox()? {
+                writer.remove_outbox(row.client_message_id)?;
+                writer.mark_failed(me, row.client_message_id, ROLLED_BACK_FAILURE)?;
+                given_up.push(row);
+            }
+            let mut drafts_given_up = Vec::new();
+            for draft in &drafts {
+                if writer.remove_draft(draft.client_message_id)? {
+                    drafts_given_up.push(draft.clone());
+                }
+            }
+            Ok((given_up, drafts_given_up))
+        });
+        self.outbox = Outbox::new();
+        self.disconnect().await;
+        let (given_up, drafts_given_up) = match recorded {
+            Ok(given_up) => given_up,
+            Err(error) => return error,
+        };
+        self.rolled_back = Some(refusal.clone());
+        for draft in drafts_given_up {
+            self.emit(Event::Failed {
+                id: draft.client_message_id.to_string(),
+                peer: draft.peer_name,
+                reason: ROLLED_BACK_FAILURE.to_owned(),
+            });
+        }
+        for row in given_up {
+            let peer = self.name_of(row.peer).await;
+            let is_message = matches!(self.store.message(me, row.client_message_id), Ok(Some(_)));
+            if is_message {
+                self.emit(Event::Failed {
+                    id: row.client_message_id.to_string(),
+                    peer,
+                    reason: ROLLED_BACK_FAILURE.to_owned(),
+                });
+            } else {
+                self.emit(Event::Note {
+                    message: format!(
+                        "a read receipt to {peer} was not sent: {ROLLED_BACK_FAILURE}"
+                    ),
+                });
+            }
+        }
+        ClientError::DeviceRolledBack(refusal)
     }
 
     async fn disconnect(&mut self) {
@@ -714,33 +850,67 @@ impl Client {
             .ok_or_else(|| ClientError::EdgeUnreachable("not connected".into()))
     }
 
-    /// Uploads fresh one-time keys when the edge reports fewer than the low watermark. A failed
-    /// upload is reported and retried later; it never fails the command.
-    async fn replenish_keys(&mut self, remaining: u32) -> Result<()> {
-        if remaining >= ONE_TIME_KEYS_LOW_WATERMARK {
-            return Ok(());
-        }
+    /// Keeps the published keys in shape after the region reported `keys`: fresh one-time keys
+    /// when fewer than the low watermark are left, and a new signed fallback key when
+    /// [`fallback::plan`] says so (the region has none, it was handed out, or it is old), or
+    /// one made earlier that never went up; the previous fallback key is forgotten when that
+    /// is safe (`queue_drained`: the queue was just fetched to the end). At most one upload
+    /// every [`KEY_UPLOAD_INTERVAL_MS`] per connection; a failed upload is reported and retried
+    /// later, it never fails the command.
+    async fn keep_keys(&mut self, keys: OneTimeKeyCount, queue_drained: bool) -> Result<()> {
         if self
             .last_key_upload
             .is_some_and(|at| at.elapsed() < Duration::from_millis(KEY_UPLOAD_INTERVAL_MS))
         {
             return Ok(());
         }
-        self.last_key_upload = Some(Instant::now());
-        let wanted = (ONE_TIME_KEYS_AT_REGISTRATION as u32).saturating_sub(remaining);
+        let region_state =
+            FallbackKeyState::try_from(keys.fallback_key).unwrap_or(FallbackKeyState::Unknown);
+        let low = keys.remaining < ONE_TIME_KEYS_LOW_WATERMARK;
+        let wanted = (ONE_TIME_KEYS_AT_REGISTRATION as u32).saturating_sub(keys.remaining);
         let count = (wanted as usize).clamp(1, ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        let now_ms = self.wall_ms();
         // The private halves are durable before the public halves leave the device. Keys left
-        // unpublished by an earlier failed upload go first, instead of new ones.
-        let mut keys = self.store.write(|writer| {
+        // unpublished by an earlier failed upload go first, instead of new ones; they go up
+        // with whatever else is uploaded, since a successful upload marks every key published.
+        let (mut one_time_keys, fallback_key) = self.store.write(|writer| {
             let mut crypto = writer.load_crypto()?;
-            if crypto.unpublished_one_time_keys().is_empty() {
-                crypto.generate_one_time_keys(count);
-                writer.save_crypto(&crypto.take_changes()?)?;
+            let times = writer.fallback_times()?;
+            let plan = fallback::plan(FallbackFacts {
+                times,
+                region_state,
+                unpublished: crypto.unpublished_fallback_key().is_some(),
+                queue_drained,
+                now_ms,
+            });
+            if plan.forget_previous {
+                crypto.forget_previous_fallback_key();
             }
-            Ok(crypto.unpublished_one_time_keys())
+            if plan.generate {
+                crypto.generate_fallback_key();
+            }
+            if plan != fallback::FallbackPlan::default() {
+                writer.set_fallback_times(&fallback::after(times, plan, now_ms))?;
+            }
+            if low && crypto.unpublished_one_time_keys().is_empty() {
+                crypto.generate_one_time_keys(count);
+            }
+            writer.save_crypto(&crypto.take_changes()?)?;
+            Ok((
+                crypto.unpublished_one_time_keys(),
+                crypto.unpublished_fallback_key(),
+            ))
         })?;
-        keys.truncate(ONE_TIME_KEYS_PER_UPLOAD_MAX);
-        match self.connection()?.upload_one_time_keys(keys).await {
+        if one_time_keys.is_empty() && fallback_key.is_none() {
+            return Ok(());
+        }
+        self.last_key_upload = Some(Instant::now());
+        one_time_keys.truncate(ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        match self
+            .connection()?
+            .upload_keys(one_time_keys, fallback_key)
+            .await
+        {
             Ok(_) => self.store.write(|writer| {
                 let mut crypto = writer.load_crypto()?;
                 crypto.mark_keys_published();
@@ -748,7 +918,7 @@ impl Client {
             })?,
             Err(error) if error.is_retryable() || matches!(error, ClientError::Remote(_)) => {
                 self.emit(Event::Note {
-                    message: format!("uploading one-time keys failed: {error}"),
+                    message: format!("uploading keys failed: {error}"),
                 });
             }
             Err(error) => return Err(error),
@@ -1099,6 +1269,11 @@ impl Client {
     ) -> Result<()> {
         let mut commits = Vec::new();
         let mut problem = String::new();
+        if let Err(error) = &result
+            && let Some(refusal) = rolled_back_refusal(error)
+        {
+            return Err(self.roll_back(refusal).await);
+        }
         let outcome = match result {
             Ok(send_outcome::Outcome::Sent(everywhere)) => {
                 commits = everywhere.commits;
@@ -1216,6 +1391,7 @@ impl Client {
             ClientError::UnexpectedResponse(_) => Some(Outcome::Retry),
             ClientError::Remote(_)
             | ClientError::IdentityChanged(_)
+            | ClientError::BadFallbackKey(_)
             | ClientError::Crypto(_)
             | ClientError::Invalid(_)
             | ClientError::UnknownPeer(_) => Some(Outcome::Refused),
@@ -1326,7 +1502,8 @@ impl Client {
                     }
                 }
             }
-            let envelope = envelope::assemble(&mut crypto, me, row, &targets, reuse)?;
+            let device_seq = writer.take_device_seq()?;
+            let envelope = envelope::assemble(&mut crypto, me, row, &targets, reuse, device_seq)?;
             writer.save_crypto(&crypto.take_changes()?)?;
             writer.set_envelope(row.client_message_id, &envelope.encode_to_vec())?;
             Ok(envelope)
@@ -1335,7 +1512,8 @@ impl Client {
 
     /// Claims keys of `account`'s current devices, trusts their identity keys on first use and
     /// records them as the current devices; returns each other device's identity key and claimed
-    /// one-time key (sessions start when the envelope is built).
+    /// one-time key (sessions start when the envelope is built). A fallback key (handed out when
+    /// a device's one-time keys ran out) is used only if that device signed it.
     async fn claim_keys(
         &mut self,
         account: AccountId,
@@ -1362,6 +1540,9 @@ impl Client {
                 <[u8; 32]>::try_from(keys.identity_key.as_slice()).map_err(|_| {
                     ClientError::UnexpectedResponse(format!("identity key of {device}"))
                 })?;
+            if let Some(key) = keys.one_time_key.as_ref().filter(|key| key.fallback) {
+                verify_fallback_key(device, &identity_key, &keys.signing_key, key)?;
+            }
             keyed.push((
                 device,
                 identity_key,
@@ -1414,13 +1595,29 @@ impl Client {
     /// Fetches and processes the queue until it is empty, acknowledging what was committed.
     async fn fetch_all(&mut self) -> Result<()> {
         self.connect().await?;
+        let mut rechecks = 0;
         for _ in 0..FETCH_ROUNDS_MAX {
             let acks = self.store.pending_acks()?;
             let cursor = self.store.queue_cursor()?;
-            let batch = self
+            let fetched = self
                 .connection()?
                 .fetch(acks.clone(), cursor, QUEUE_FETCH_ENTRIES_MAX)
-                .await?;
+                .await;
+            let batch = match fetched {
+                Ok(batch) => batch,
+                Err(error) => {
+                    let Some(refusal) = rolled_back_refusal(&error) else {
+                        return Err(error);
+                    };
+                    // Another process on this data directory may have stored and acked
+                    // entries since the cursor was read: it raised the cursor first.
+                    if rechecks < ROLLBACK_RECHECKS_MAX && self.store.queue_cursor()? > cursor {
+                        rechecks += 1;
+                        continue;
+                    }
+                    return Err(self.roll_back(refusal).await);
+                }
+            };
             if !acks.is_empty() {
                 self.store.write(|writer| writer.acked(&acks))?;
             }
@@ -1433,7 +1630,11 @@ impl Client {
                     .write(|writer| process_entries(writer, me, cursor, &batch.entries, now))?;
                 self.report(reports).await;
             }
-            self.replenish_keys(batch.one_time_keys_remaining).await?;
+            let keys = OneTimeKeyCount {
+                remaining: batch.one_time_keys_remaining,
+                fallback_key: batch.fallback_key,
+            };
+            self.keep_keys(keys, count == 0).await?;
             if count == 0 {
                 return Ok(());
             }
@@ -1712,6 +1913,16 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+/// The relay's words when `error` is its refusal of this device as rolled back.
+fn rolled_back_refusal(error: &ClientError) -> Option<String> {
+    match error {
+        ClientError::Remote(refusal) if refusal.code == ErrorCode::DeviceRolledBack => {
+            Some(refusal.message.clone())
+        }
+        _ => None,
+    }
 }
 
 async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {

@@ -84,6 +84,19 @@ pub enum ClientError {
     /// A device of a recipient has no one-time key left to start an Olm session with.
     #[error("device {0} has no one-time keys left; it must come online and upload more")]
     NoOneTimeKey(DeviceAddress),
+    /// A claimed fallback key is not signed by the device it is said to belong to.
+    #[error(
+        "the fallback key of device {0} is not signed by that device; refusing to start a session with it"
+    )]
+    BadFallbackKey(DeviceAddress),
+    /// The relay refused this device because its state went back (its data directory was
+    /// restored from an older copy). Not retryable: the data directory is done for.
+    #[error(
+        "this device's state went back (its data directory was restored from an older copy), so \
+         the relay refuses it: {0}. Messages left in its outbox were marked failed; this data \
+         directory can no longer send or receive"
+    )]
+    DeviceRolledBack(String),
 }
 
 impl ClientError {

@@ -15,9 +15,14 @@
 //!   [`RETRY_DELAY_MS_MAX`], or longer when the server asked for a longer wait (up to the
 //!   maximum).
 //! - "Mismatched devices" asks the caller to re-encrypt the same content, then resends at once.
-//! - "Resend from k": sending in order means the region and this device disagree about which
-//!   sender_seqs it holds (a restored store, or a refused entry that left a gap). The chat's
-//!   unconfirmed entries are renumbered from `k`, keeping their order and ids, and resent in order.
+//! - "Resend from k": sending in order means the region lacks `k`, which this device does not
+//!   hold either: an entry refused before it left (its envelope could not be built) left a gap.
+//!   The chat's unconfirmed entries from `k` on are renumbered from `k`, keeping their order and
+//!   ids, and resent in order. Entries below `k` keep their numbers: the region holds them (their
+//!   answers were lost), so they are answered as duplicates. Numbers only ever move down to a
+//!   `k` the region asked for, never onto one it already holds: a new envelope under a number
+//!   the region holds is what a device restored from an older copy sends, and the region
+//!   refuses that as rolled back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -327,6 +332,12 @@ impl Outbox {
                 let mut moves = Vec::new();
                 let mut next_sender_seq = expected;
                 for (old_seq, id) in old {
+                    if old_seq < expected {
+                        // Stored by the region already (the answer was lost): renumbering it
+                        // would leave the gap at `expected` open for good.
+                        queue.entries.insert(old_seq, id);
+                        continue;
+                    }
                     if old_seq != next_sender_seq {
                         moves.push((id, old_seq, next_sender_seq));
                     }
@@ -683,28 +694,56 @@ mod tests {
         );
         let resent = outbox.poll_transmit(0).expect("resend at once");
         assert_eq!((resent.sender_seq, resent.client_message_id), (3, ids[0]));
-
-        // Forward: the region already holds more of this device's envelopes than it thinks.
-        let next = outbox
-            .handle_outcome(resent, Outcome::ResendFrom(10), 0, &mut rng)
-            .expect("renumber");
-        let Next::Renumber {
-            next_sender_seq,
-            moves,
-            ..
-        } = next
-        else {
-            panic!("{next:?}")
-        };
-        assert_eq!(next_sender_seq, 13);
-        assert_eq!(moves[2], (ids[2], 5, 12));
-        let resent = outbox.poll_transmit(0).expect("resend");
-        assert_eq!((resent.sender_seq, resent.client_message_id), (10, ids[0]));
         // Nonsense (resend from the seq just sent) backs off instead of looping.
         assert!(matches!(
-            outbox.handle_outcome(resent, Outcome::ResendFrom(10), 0, &mut rng),
+            outbox.handle_outcome(resent, Outcome::ResendFrom(3), 0, &mut rng),
             Ok(Next::RetryAt(_))
         ));
+    }
+
+    /// An entry the region stored whose answer was lost sits below the number a later entry is
+    /// asked to resend from (the entry in between was refused before it left): it keeps its
+    /// number, and only the entries from the gap on move into it.
+    #[test]
+    fn entries_below_the_gap_keep_their_numbers() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut outbox = Outbox::new();
+        for seq in [15, 17, 18] {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        let stored = outbox.poll_transmit(0).expect("15");
+        let after_gap = outbox.poll_transmit(0).expect("17");
+        assert!(matches!(
+            outbox.handle_outcome(stored, Outcome::Retry, 0, &mut rng),
+            Ok(Next::RetryAt(_))
+        ));
+        let next = outbox
+            .handle_outcome(after_gap, Outcome::ResendFrom(16), 0, &mut rng)
+            .expect("renumber");
+        assert_eq!(
+            next,
+            Next::Renumber {
+                chat: chat(1),
+                moves: vec![
+                    (entry(1, 17).client_message_id, 17, 16),
+                    (entry(1, 18).client_message_id, 18, 17)
+                ],
+                next_sender_seq: 18,
+            }
+        );
+        let order: Vec<(u64, ClientMessageId)> = outbox
+            .entries()
+            .iter()
+            .map(|pending| (pending.sender_seq, pending.client_message_id))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (15, entry(1, 15).client_message_id),
+                (16, entry(1, 17).client_message_id),
+                (17, entry(1, 18).client_message_id)
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! device key, see [`crate::secrets`]), trusted device keys, contacts, messages with their ticks,
 //! the outbox and the drafts waiting for their recipient's account, per-chat sender_seq
 //! counters, the queue cursor with the acks still owed, and the seen-set that deduplicates
-//! redelivered envelopes.
+//! redelivered envelopes. A few values of the device's own state live in the settings table,
+//! which needs no schema change for them: the last edge that worked, the envelope counter
+//! (`device_seq`), when the fallback key was made, and whether the relay refused this device
+//! because its state went back.
 //!
 //! Reads are methods on [`Store`]; every change goes through [`Store::write`], one transaction
 //! whose commit is durable before the caller acknowledges anything to the server or reports it
@@ -24,6 +27,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use crate::crypto::{Crypto, CryptoChanges};
 use crate::error::{ClientError, Result};
+use crate::fallback::FallbackTimes;
 use crate::secrets::{DeviceKey, is_sealed};
 
 /// The schema version this build writes.
@@ -33,6 +37,12 @@ pub const SCHEMA_VERSION: i32 = 2;
 pub const SEEN_RETENTION_MS: u64 = 31 * 24 * 3600 * 1000;
 /// How long to wait for another process holding the database lock, in milliseconds.
 pub const BUSY_TIMEOUT_MS: u64 = 10_000;
+
+/// Settings keys of the device's own state (see the module doc).
+const NEXT_DEVICE_SEQ_KEY: &str = "next_device_seq";
+const FALLBACK_MADE_AT_KEY: &str = "fallback_key_made_at_ms";
+const FALLBACK_PREVIOUS_KEPT_KEY: &str = "fallback_key_previous_kept";
+const ROLLED_BACK_KEY: &str = "rolled_back";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -702,16 +712,7 @@ impl Store {
 
     /// Every outbox entry, by chat and sender_seq.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
-        let mut statement = self.connection.prepare(
-            "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
-             ORDER BY chat, sender_seq",
-        )?;
-        let rows = statement.query_map([], outbox_row)?;
-        let mut entries = Vec::new();
-        for row in rows {
-            entries.push(row??);
-        }
-        Ok(entries)
+        outbox_rows(&self.connection)
     }
 
     /// One outbox entry.
@@ -788,6 +789,17 @@ impl Store {
             )
             .optional()?;
         Ok(value.map_or(0, to_u64))
+    }
+
+    /// The `device_seq` the next envelope of this device will get (from 1).
+    pub fn next_device_seq(&self) -> Result<u64> {
+        next_device_seq(self.setting(NEXT_DEVICE_SEQ_KEY)?)
+    }
+
+    /// Why the relay refused this device as rolled back, if it did (then the data directory
+    /// can no longer send or receive).
+    pub fn rolled_back(&self) -> Result<Option<String>> {
+        self.setting(ROLLED_BACK_KEY)
     }
 
     /// Queue entries processed and committed but not yet acknowledged to the server.
@@ -945,6 +957,59 @@ impl Writer<'_> {
             [client_message_id.0.as_slice()],
         )?;
         Ok(removed == 1)
+    }
+
+    /// Every outbox entry as committed, read under this transaction's write lock.
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
+        outbox_rows(self.transaction)
+    }
+
+    /// Takes the next `device_seq` (from 1) for an envelope and advances the counter: the number
+    /// is durable with the envelope before the envelope can leave, so the counter is always
+    /// above every number the region has seen from this device.
+    pub fn take_device_seq(&self) -> Result<u64> {
+        let seq = next_device_seq(self.setting(NEXT_DEVICE_SEQ_KEY)?)?;
+        self.set_setting(NEXT_DEVICE_SEQ_KEY, &(seq + 1).to_string())?;
+        Ok(seq)
+    }
+
+    /// When the fallback key was made and whether the previous one is kept.
+    pub fn fallback_times(&self) -> Result<FallbackTimes> {
+        let made_at_ms =
+            match self.setting(FALLBACK_MADE_AT_KEY)? {
+                Some(value) => Some(value.parse().map_err(|_| {
+                    ClientError::Corrupt(format!("{FALLBACK_MADE_AT_KEY} {value:?}"))
+                })?),
+                None => None,
+            };
+        let previous_kept = match self.setting(FALLBACK_PREVIOUS_KEPT_KEY)?.as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(value) => {
+                return Err(ClientError::Corrupt(format!(
+                    "{FALLBACK_PREVIOUS_KEPT_KEY} {value:?}"
+                )));
+            }
+        };
+        Ok(FallbackTimes {
+            made_at_ms,
+            previous_kept,
+        })
+    }
+
+    /// Saves the fallback key times (with the Olm account they describe).
+    pub fn set_fallback_times(&self, times: &FallbackTimes) -> Result<()> {
+        match times.made_at_ms {
+            Some(made_at_ms) => self.set_setting(FALLBACK_MADE_AT_KEY, &made_at_ms.to_string())?,
+            None => self.clear_setting(FALLBACK_MADE_AT_KEY)?,
+        }
+        let kept = if times.previous_kept { "1" } else { "0" };
+        self.set_setting(FALLBACK_PREVIOUS_KEPT_KEY, kept)
+    }
+
+    /// Records that the relay refused this device because its state went back.
+    pub fn set_rolled_back(&self, reason: &str) -> Result<()> {
+        self.set_setting(ROLLED_BACK_KEY, reason)
     }
 
     /// Saves changed Olm pickles, sealed under the device key.
@@ -1419,6 +1484,17 @@ impl Writer<'_> {
     }
 
     /// Advances the queue cursor (never backwards) and owes acks for the processed entries.
+    ///
+    /// **Why an honest device's cursor is never behind an entry it acknowledged.** This is the
+    /// only place acks are owed, and it raises the cursor to the highest entry it owes, in the
+    /// same transaction, before anything is acknowledged: an ack leaves only from
+    /// [`Store::pending_acks`], read after that transaction committed (durably: WAL with
+    /// `synchronous=FULL`), and the cursor never moves back. So every entry the region has
+    /// seen acknowledged is at or below the durable cursor, and the region may treat a cursor
+    /// below its highest acknowledged entry as a device whose state went back (a data
+    /// directory restored from an older copy). Another process on the same data directory can
+    /// acknowledge entries after this one read the cursor; it raised the durable cursor first,
+    /// so the caller tells that race from a rollback by reading the cursor again.
     pub fn processed_queue_entries(&self, queue_seqs: &[u64]) -> Result<()> {
         let Some(highest) = queue_seqs.iter().max() else {
             return Ok(());
@@ -1445,6 +1521,29 @@ impl Writer<'_> {
                 [to_i64(*seq)],
             )?;
         }
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.transaction
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(Into::into)
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    fn clear_setting(&self, key: &str) -> Result<()> {
+        self.transaction
+            .execute("DELETE FROM settings WHERE key = ?1", [key])?;
         Ok(())
     }
 }
@@ -1480,6 +1579,19 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredMessage>> {
         })
     })();
     Ok(parsed)
+}
+
+fn outbox_rows(connection: &Connection) -> Result<Vec<OutboxRow>> {
+    let mut statement = connection.prepare(
+        "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
+         ORDER BY chat, sender_seq",
+    )?;
+    let rows = statement.query_map([], outbox_row)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        entries.push(row??);
+    }
+    Ok(entries)
 }
 
 fn outbox_row(row: &Row<'_>) -> rusqlite::Result<Result<OutboxRow>> {
@@ -1604,6 +1716,17 @@ fn known_devices(connection: &Connection, account: AccountId) -> Result<Vec<Know
     Ok(devices)
 }
 
+fn next_device_seq(stored: Option<String>) -> Result<u64> {
+    match stored {
+        None => Ok(1),
+        Some(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|&next| next >= 1)
+            .ok_or_else(|| ClientError::Corrupt(format!("{NEXT_DEVICE_SEQ_KEY} {value:?}"))),
+    }
+}
+
 fn address(account: i64, device: i64) -> DeviceAddress {
     DeviceAddress {
         account: AccountId(to_u64(account)),
@@ -1643,6 +1766,54 @@ mod tests {
             .unlock(&dir.path().join("device.key"))
             .expect("unlock");
         (dir, store)
+    }
+
+    #[test]
+    fn the_device_counters_and_the_rolled_back_mark_persist() {
+        let (dir, mut store) = open();
+        assert_eq!(store.next_device_seq().expect("read"), 1);
+        assert_eq!(store.rolled_back().expect("read"), None);
+        let taken = store
+            .write(|w| Ok([w.take_device_seq()?, w.take_device_seq()?]))
+            .expect("take");
+        assert_eq!(taken, [1, 2]);
+        // A transaction that fails takes nothing: the number is durable only with what used it.
+        let failed: Result<u64> = store.write(|w| {
+            w.take_device_seq()?;
+            Err(ClientError::Invalid(
+                "the envelope could not be built".into(),
+            ))
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.next_device_seq().expect("read"), 3);
+
+        let times = FallbackTimes {
+            made_at_ms: Some(1_234),
+            previous_kept: true,
+        };
+        store
+            .write(|w| {
+                assert_eq!(w.fallback_times()?, FallbackTimes::default());
+                w.set_fallback_times(&times)?;
+                w.set_rolled_back("device 1/1 is behind")
+            })
+            .expect("write");
+        drop(store);
+        let mut store = Store::open(&dir.path().join("relay.db")).expect("reopen");
+        assert_eq!(store.next_device_seq().expect("read"), 3);
+        assert_eq!(
+            store.rolled_back().expect("read").as_deref(),
+            Some("device 1/1 is behind")
+        );
+        assert_eq!(store.write(|w| w.fallback_times()).expect("read"), times);
+        // A damaged value is a typed error, not a panic or a silent reset.
+        store
+            .write(|w| w.set_setting(NEXT_DEVICE_SEQ_KEY, "seven"))
+            .expect("write");
+        assert!(matches!(
+            store.next_device_seq(),
+            Err(ClientError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -2021,6 +2192,7 @@ mod tests {
                         sender_seq: seq,
                         recipient_accounts: vec![2, 1],
                         ciphertexts: Vec::new(),
+                        device_seq: u64::from(index) + 1,
                     };
                     w.insert_outbox(
                         &OutboxRow {

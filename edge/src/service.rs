@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{EdgeConfig, EdgeConfigError};
-use crate::session::{Route, SendAggregate, Session, SessionLimits, fanout_regions};
+use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
 
 /// How long a device has to authenticate after `Hello`.
 pub const AUTH_TIMEOUT_MS: u64 = 10_000;
@@ -370,7 +370,7 @@ impl EdgeService {
                 "authentication timed out",
             ))
         });
-        let (device, home, remaining) = match authenticated {
+        let (device, home, keys) = match authenticated {
             Ok(result) => result,
             Err(error) => {
                 tracing::info!(code = ?error.code, "device authentication refused");
@@ -381,9 +381,7 @@ impl EdgeService {
         let (pushes, mut pushed) = mpsc::channel(DEVICE_PUSHES_MAX);
         self.connect(device, home, connection_id, pushes);
         let welcome = ClientResponse {
-            body: Some(client_response::Body::Authenticated(
-                wire::OneTimeKeyCount { remaining },
-            )),
+            body: Some(client_response::Body::Authenticated(keys)),
         };
         if net::write_frame(&mut send, &welcome).await.is_ok() {
             tracing::info!(%device, "device connected");
@@ -411,7 +409,7 @@ impl EdgeService {
         connection: &quinn::Connection,
         session: &Mutex<Session>,
         recv: &mut quinn::RecvStream,
-    ) -> Result<(DeviceAddress, RegionId, u32), ProtoError> {
+    ) -> Result<(DeviceAddress, RegionId, wire::OneTimeKeyCount), ProtoError> {
         let frame = net::read_frame::<ClientRequest>(recv)
             .await
             .map_err(|error| error.to_proto())?;
@@ -443,11 +441,19 @@ impl EdgeService {
         .await?;
         let keying_material =
             net::auth_keying_material(connection).map_err(|error| error.to_proto())?;
+        let seen = SeenMarks {
+            acked_queue_seq: key.acked_queue_seq,
+            device_seq: key.device_seq,
+        };
         session
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .handle_authenticate(&authenticate, &keying_material, &key.signing_key)?;
-        Ok((device, home, key.one_time_keys_remaining))
+            .handle_authenticate(&authenticate, &keying_material, &key.signing_key, seen)?;
+        let keys = wire::OneTimeKeyCount {
+            remaining: key.one_time_keys_remaining,
+            fallback_key: key.fallback_key,
+        };
+        Ok((device, home, keys))
     }
 
     fn connect(
@@ -749,7 +755,8 @@ impl EdgeService {
                     _ => Err(unexpected()),
                 }
             }
-            (Route::HomeOf(account), Req::ClaimKeys(claim)) => {
+            (Route::Claim { account, claimer }, Req::ClaimKeys(mut claim)) => {
+                claim.claimer = Some(claimer.into());
                 let home = self.home_of(account).await?;
                 match self
                     .region_request(home, region_request::Body::ClaimKeys(claim))

@@ -5,13 +5,15 @@
 //! claims one. No key may ever be handed out twice, even when many senders claim at once and
 //! claims are retried after an unknown commit result; when none is left a claim gets the
 //! device's signed fallback key (reusable, so never removed by a claim) rather than nothing;
-//! and the device must learn when it runs low.
+//! and the device must learn when it runs low, and when its fallback key has been handed out
+//! (so that it replaces it).
 //!
 //! **Key layout** (subspace `("keys",)`):
 //! - `("one_time", account, device, key_id)` → the public key;
 //! - `("one_time_count", account, device)` → the number of unclaimed keys (8 bytes LE,
 //!   maintained with atomic add);
-//! - `("fallback", account, device)` → the fallback key: id, public key, signature (prost).
+//! - `("fallback", account, device)` → the fallback key: id, public key, signature (prost);
+//! - `("fallback_used", account, device)` → the id of the fallback key last handed out.
 //!
 //! A device's keys are contiguous, so a claim is a range read of the first key (lowest key id).
 //!
@@ -22,19 +24,24 @@
 //! kept with atomic add and read by claims with a snapshot read, so uploads and claims never
 //! conflict on it; uploads read each key id they add, so a duplicate id is ignored even in a
 //! concurrent upload. A claim that falls back reads the fallback key, so it conflicts only with
-//! a concurrent replacement of that key.
+//! a concurrent replacement of that key; it marks the key used with a blind write (no read),
+//! so concurrent fallback claims never conflict with each other. The mark names the key id:
+//! a replacement committed after it is unused (it clears the mark), one committed before it
+//! makes the claim retry and hand out (and mark) the new key.
 //!
 //! **Idempotence.** [`claim_one_time_key`] and [`add_one_time_keys`] take an
 //! [`IdempotencyKey`]. A claim retried after `CommitUnknownResult` finds the record of its
 //! first attempt and returns the same key (without it, the retry would claim a second key and
 //! waste the first); an upload retried finds its record and adds nothing, so a key claimed in
-//! between is not put back to be claimed twice. A claim that falls back writes nothing and needs
-//! no record. [`set_fallback_key`] is idempotent by nature: a retry writes the same value, and
-//! the device uploads its next fallback key only after this one was answered.
+//! between is not put back to be claimed twice. A claim that falls back needs no record: it
+//! hands out the same key again and writes the same used mark. [`set_fallback_key`] is
+//! idempotent by nature: a retry writes the same value, and the device uploads its next
+//! fallback key only after this one was answered.
 //!
 //! **Low-count signal.** Every claim reports the remaining one-time keys and whether they are
 //! below [`ONE_TIME_KEYS_LOW_WATERMARK`], so the region can tell the device to upload more
-//! (the count is a snapshot read: it can lag a concurrent upload by one commit, never more).
+//! (the count is a snapshot read: it can lag a concurrent upload by one commit, never more);
+//! [`fallback_key_state`] tells whether the fallback key is missing, unused or used.
 //!
 //! **Limits.** Uploads are bounded by the protocol (`ONE_TIME_KEYS_PER_UPLOAD_MAX`); keys are
 //! small, so an upload is far below the transaction size.
@@ -47,6 +54,7 @@
 use prost::Message;
 use relay_proto::DeviceAddress;
 pub use relay_proto::limits::ONE_TIME_KEYS_LOW_WATERMARK;
+pub use relay_proto::wire::FallbackKeyState;
 
 pub use crate::codec::IdempotencyKey;
 use crate::codec::{decode_key, decode_record, read_count, recall, remember};
@@ -146,7 +154,13 @@ pub async fn claim_one_time_key(
                 )?;
                 Some(claimed)
             }
-            None => fallback_key(transaction, device).await?,
+            None => {
+                let fallback = fallback_key(transaction, device).await?;
+                if let Some(key) = &fallback {
+                    transaction.set(&layer.fallback_used_key(device), key.key_id.as_bytes())?;
+                }
+                fallback
+            }
         },
     };
     let remaining = count(transaction, &layer, device, true).await?;
@@ -171,6 +185,7 @@ pub fn set_fallback_key(
         signature: signature.to_vec(),
     };
     let layer = KeyDirectory::new();
+    transaction.clear(&layer.fallback_used_key(device));
     transaction.set(&layer.fallback_key(device), &stored.encode_to_vec())
 }
 
@@ -189,6 +204,29 @@ pub async fn fallback_key(
     }
 }
 
+/// Whether `device` has a fallback key and whether it has been handed out since it was set.
+/// Snapshot reads: a report for the device, never a reason to conflict with claims.
+pub async fn fallback_key_state(
+    transaction: &Transaction,
+    device: DeviceAddress,
+) -> Result<FallbackKeyState, StoreError> {
+    let layer = KeyDirectory::new();
+    let Some(value) = transaction
+        .snapshot_get(&layer.fallback_key(device))
+        .await?
+    else {
+        return Ok(FallbackKeyState::Missing);
+    };
+    let stored: StoredKey = decode_record(&value, "fallback key")?;
+    let used = transaction
+        .snapshot_get(&layer.fallback_used_key(device))
+        .await?;
+    Ok(match used {
+        Some(key_id) if key_id == stored.key_id.as_bytes() => FallbackKeyState::Used,
+        _ => FallbackKeyState::Unused,
+    })
+}
+
 /// The number of unclaimed one-time keys of `device`.
 pub async fn one_time_key_count(
     transaction: &Transaction,
@@ -204,6 +242,7 @@ pub fn remove_device_keys(transaction: &Transaction, device: DeviceAddress) {
     transaction.clear_range(&begin, &end);
     transaction.clear(&layer.count_key(device));
     transaction.clear(&layer.fallback_key(device));
+    transaction.clear(&layer.fallback_used_key(device));
 }
 
 /// A stored key: a claimed one-time key (as a claim's result) or a fallback key.
@@ -257,6 +296,10 @@ impl KeyDirectory {
 
     fn fallback_key(&self, device: DeviceAddress) -> Vec<u8> {
         self.root.pack(&("fallback", device))
+    }
+
+    fn fallback_used_key(&self, device: DeviceAddress) -> Vec<u8> {
+        self.root.pack(&("fallback_used", device))
     }
 }
 
@@ -471,6 +514,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_fallback_key_state_says_missing_unused_then_used_until_replaced() {
+        let (_folder, database) = temporary_database(None);
+        let state = |database: &crate::Database| {
+            let database = database.clone();
+            async move {
+                database
+                    .transact(|tx| async move { fallback_key_state(&tx, DEVICE).await })
+                    .await
+                    .expect("state")
+            }
+        };
+        let claim = |idempotency: u64| {
+            let database = database.clone();
+            async move {
+                database
+                    .transact(|tx| async move {
+                        claim_one_time_key(&tx, DEVICE, &idempotency_key(idempotency)).await
+                    })
+                    .await
+                    .expect("claim")
+                    .key
+            }
+        };
+        let set = |key_id: &'static str| {
+            let database = database.clone();
+            async move {
+                database
+                    .transact(|tx| async move {
+                        set_fallback_key(&tx, DEVICE, key_id, &[7; 32], &[8; 64])
+                    })
+                    .await
+                    .expect("set")
+            }
+        };
+        assert_eq!(state(&database).await, FallbackKeyState::Missing);
+        assert_eq!(claim(1).await, None, "nothing to hand out");
+        set("f1").await;
+        assert_eq!(state(&database).await, FallbackKeyState::Unused);
+        let handed = claim(2).await.expect("the fallback key");
+        assert!(handed.fallback);
+        assert_eq!(
+            (handed.key_id.as_str(), handed.signature.as_slice()),
+            ("f1", &[8; 64][..]),
+            "handed out with its id and signature"
+        );
+        assert_eq!(state(&database).await, FallbackKeyState::Used);
+        // A second claim hands out the same key; it stays used.
+        assert_eq!(claim(3).await, Some(handed));
+        assert_eq!(state(&database).await, FallbackKeyState::Used);
+        // A replacement is unused until it is handed out in turn.
+        set("f2").await;
+        assert_eq!(state(&database).await, FallbackKeyState::Unused);
+        assert_eq!(claim(4).await.map(|key| key.key_id), Some("f2".to_owned()));
+        assert_eq!(state(&database).await, FallbackKeyState::Used);
+        database
+            .transact(|tx| async move {
+                remove_device_keys(&tx, DEVICE);
+                Ok(())
+            })
+            .await
+            .expect("removal");
+        assert_eq!(state(&database).await, FallbackKeyState::Missing);
+    }
+
+    #[tokio::test]
     async fn the_low_flag_follows_the_watermark() {
         let (_folder, database) = temporary_database(None);
         let count = ONE_TIME_KEYS_LOW_WATERMARK as usize + 1;
@@ -621,6 +729,8 @@ mod properties {
     struct Model {
         keys: [BTreeMap<String, Vec<u8>>; 2],
         fallbacks: [Option<ClaimedKey>; 2],
+        /// Whether each device's fallback key was handed out since it was set.
+        fallback_used: [bool; 2],
         uploads: BTreeMap<(usize, u64), u32>,
         claims: BTreeMap<(usize, u64), ClaimedKey>,
     }
@@ -705,7 +815,12 @@ mod properties {
                                 model.claims.insert((device, key), claimed.clone());
                                 Some(claimed)
                             }
-                            None => model.fallbacks[device].clone(),
+                            None => {
+                                if model.fallbacks[device].is_some() {
+                                    model.fallback_used[device] = true;
+                                }
+                                model.fallbacks[device].clone()
+                            }
                         },
                     };
                     let remaining = model.keys[device].len() as u32;
@@ -740,20 +855,29 @@ mod properties {
                         .await
                         .map_err(fail)?;
                     model.fallbacks[device] = Some(fallback);
+                    model.fallback_used[device] = false;
                 }
                 Operation::Count { device } => {
                     let address = DEVICES[device];
-                    let (count, fallback) = database
+                    let (count, fallback, state) = database
                         .transact(|tx| async move {
                             Ok((
                                 one_time_key_count(&tx, address).await?,
                                 fallback_key(&tx, address).await?,
+                                fallback_key_state(&tx, address).await?,
                             ))
                         })
                         .await
                         .map_err(fail)?;
                     prop_assert_eq!(count, model.keys[device].len() as u32);
                     prop_assert_eq!(fallback, model.fallbacks[device].clone());
+                    let expected_state =
+                        match (&model.fallbacks[device], model.fallback_used[device]) {
+                            (None, _) => FallbackKeyState::Missing,
+                            (Some(_), false) => FallbackKeyState::Unused,
+                            (Some(_), true) => FallbackKeyState::Used,
+                        };
+                    prop_assert_eq!(state, expected_state);
                 }
                 Operation::RemoveDevice { device } => {
                     let address = DEVICES[device];
@@ -766,6 +890,7 @@ mod properties {
                         .map_err(fail)?;
                     model.keys[device].clear();
                     model.fallbacks[device] = None;
+                    model.fallback_used[device] = false;
                 }
             }
         }

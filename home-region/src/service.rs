@@ -33,6 +33,7 @@ use relay_proto::wire::{
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
 use tokio::sync::{Notify, mpsc};
 
+use crate::claims::ClaimLimiter;
 use crate::config::{ConfigError, PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
@@ -122,6 +123,8 @@ struct Inner {
     subscriptions: Mutex<HashMap<DeviceAddress, BTreeMap<u64, PushSender>>>,
     next_stream_id: AtomicU64,
     outbox_wake: Notify,
+    /// Key claims per claimer (in memory; a restart starts every bucket full).
+    claims: Mutex<ClaimLimiter>,
     /// The first half of every idempotency key this process issues: unique per process start.
     key_prefix: u64,
     /// The second half: a counter.
@@ -258,6 +261,7 @@ impl RegionService {
             subscriptions: Mutex::new(HashMap::new()),
             next_stream_id: AtomicU64::new(1),
             outbox_wake: Notify::new(),
+            claims: Mutex::new(ClaimLimiter::new()),
             key_prefix: boot_nonce,
             next_key: AtomicU64::new(1),
             clock,
@@ -419,6 +423,12 @@ impl RegionService {
             }
             Req::ClaimKeys(claim) => {
                 let account = AccountId(claim.account);
+                let claimer = claim.claimer.map(|claimer| claimer.parse()).transpose()?;
+                self.inner
+                    .claims
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .handle_claim(claimer, self.inner.clock.now_ms())?;
                 let key = self.idempotency_key();
                 let bundle = self
                     .transact(|tx| async move { core::claim_keys(&tx, local, account, &key).await })
@@ -429,13 +439,13 @@ impl RegionService {
                 let device = for_device.device.parse()?;
                 let upload = for_device.upload.unwrap_or_default();
                 let key = self.idempotency_key();
-                let remaining = self
+                let count = self
                     .transact(|tx| {
                         let upload = upload.clone();
                         async move { core::upload_one_time_keys(&tx, device, &upload, &key).await }
                     })
                     .await?;
-                Ok(Resp::KeysUploaded(wire::OneTimeKeyCount { remaining }))
+                Ok(Resp::KeysUploaded(count))
             }
             Req::FetchQueue(for_device) => {
                 let device = for_device.device.parse()?;
@@ -478,6 +488,7 @@ impl RegionService {
                 .await?;
                 Ok(Resp::ReceiptsStored(wire::OneTimeKeyCount {
                     remaining: count,
+                    fallback_key: wire::FallbackKeyState::Unknown as i32,
                 }))
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
@@ -707,6 +718,9 @@ impl RegionService {
             &register.signing_key,
             &register.one_time_keys,
         )?;
+        if let Some(key) = &register.fallback_key {
+            core::check_fallback_key(&register.identity_key, &register.signing_key, key)?;
+        }
         let local = self.inner.region;
         let record = if self.inner.writer == local {
             self.create_account(&register.name, local).await?

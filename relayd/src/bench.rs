@@ -425,6 +425,11 @@ async fn run_writer(
                             "the chat log expects sender_seq {expected_sender_seq}"
                         )));
                     }
+                    AppendOutcome::RolledBack { last_sender_seq } => {
+                        return Ok(Some(format!(
+                            "the chat log already holds sender_seq {last_sender_seq}"
+                        )));
+                    }
                 };
                 let item = QueueItem::MessageRef { chat, chat_seq };
                 for recipient in recipients {
