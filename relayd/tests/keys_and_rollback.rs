@@ -207,6 +207,9 @@ fn a_hundred_new_contacts_reach_an_offline_person_whose_one_time_keys_ran_out() 
     // key and uploads it, keeping the previous one for messages still on their way.
     let fallback_times = || {
         let mut store = Store::open(&zed.data.join(DATABASE_FILE)).expect("zed's store");
+        store
+            .unlock(&zed.data.join("device.key"))
+            .expect("zed's device key");
         let times = store
             .write(|writer| writer.fallback_times())
             .expect("times");
@@ -234,7 +237,15 @@ fn a_restored_data_directory_is_refused_as_sender_and_as_recipient() {
     bob.register(&devnet, "127.0.2.10");
     send(&alice, "bob", "before the copy");
     assert_eq!(texts(&bob.ok(&["sync"])), ["before the copy"]);
-    // A message written while no edge can be found stays in alice's outbox (exit code 0).
+    // A message written while no edge can be found stays in alice's outbox (exit code 0): the
+    // locator is not where alice looks, and neither is the last edge that worked.
+    {
+        let mut store = Store::open(&alice.data.join(DATABASE_FILE)).expect("alice's store");
+        let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
+        store
+            .write(|writer| writer.set_last_edge(nowhere))
+            .expect("forget the last edge");
+    }
     let queued = alice.ok(&[
         "--locator",
         "127.0.0.1:9",
