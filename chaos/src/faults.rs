@@ -370,6 +370,7 @@ impl FaultPlan {
                 commit_unknown_result_probability: rng.random_range(0.0..0.1),
                 slow_commit_probability: rng.random_range(0.0..0.1),
                 slow_commit_ms: rng.random_range(1..=200),
+                io_error_probability: 0.0,
             });
             plan.counts.insert(FaultKind::StoreFaults, 1);
         }
