@@ -278,7 +278,10 @@ impl SendAggregate {
                 {
                     error
                 } else {
+                    // A retryable code (a region's `StorageUnavailable` too) reaches the device
+                    // as it is, with the region's retry hint.
                     ProtoError::new(retryable, format!("region {region}: {}", error.message))
+                        .with_retry_after_ms(error.retry_after_ms)
                 };
                 self.failure = Some(keep);
             }
@@ -517,6 +520,27 @@ mod tests {
             panic!("expected sent");
         };
         assert_eq!(all.commits.len(), 2);
+    }
+
+    #[test]
+    fn a_region_with_unavailable_storage_makes_the_send_retryable() {
+        let regions = BTreeSet::from([RegionId(1), RegionId(2)]);
+        let mut aggregate = SendAggregate::new(regions);
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(
+                ProtoError::new(ErrorCode::StorageUnavailable, "the disk is full")
+                    .with_retry_after_ms(20),
+            ),
+        );
+        let Some(Err(error)) = aggregate.poll_result() else {
+            panic!("a send one region could not store is not sent");
+        };
+        assert_eq!(error.code, ErrorCode::StorageUnavailable);
+        assert!(error.code.is_retryable());
+        assert_eq!(error.retry_after_ms, 20);
+        assert!(error.message.contains("region 2"), "{}", error.message);
     }
 
     #[test]
