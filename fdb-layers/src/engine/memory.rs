@@ -74,6 +74,11 @@ impl MemoryDisk {
         self.lock().store.version
     }
 
+    /// Commits the disk failed (injected disk failures), over every process that had it open.
+    pub fn failed_commits(&self) -> u64 {
+        self.lock().failed_commits
+    }
+
     /// Calls `visit` with every key and its latest value, in key order: what a scan of the
     /// durable file would see (the simulator looks for plaintext this way).
     pub fn for_each_latest(&self, mut visit: impl FnMut(&[u8], &[u8])) {
@@ -102,6 +107,8 @@ struct Disk {
     incarnation: u64,
     /// The watches of the process that has the disk open.
     watches: Weak<WatchRegistry>,
+    /// Commits failed by an injected disk failure.
+    failed_commits: u64,
 }
 
 impl Disk {
@@ -224,6 +231,7 @@ impl Shared {
                 disk.store.version = version;
             }
             if let Some(failure) = disk_failure {
+                disk.failed_commits += 1;
                 resolver.failed(version, disk.store.version, now);
                 disk.store.advance_floor(resolver.floor_version());
                 self.counters
