@@ -290,15 +290,32 @@ pub(crate) struct StoreFile {
 }
 
 impl StoreFile {
-    /// Opens (creating if needed) the file at `path`, checking its integrity first if asked,
-    /// creates the engine's tables in a new file, and returns the last commit version.
+    /// Opens the file at `path`, checking its integrity first if asked, and returns the last
+    /// commit version. Where there is no file, a new store is made beside it and renamed into
+    /// place, so that an empty file is never a store the engine made: one is refused as
+    /// damaged (a truncated or half-restored store), where redb would start it empty.
     pub(crate) fn open(
         path: &Path,
         faults: DiskFaults,
         check_integrity_on_open: bool,
     ) -> Result<(Arc<StoreFile>, u64), StoreError> {
+        match std::fs::metadata(path) {
+            Ok(metadata) if metadata.len() == 0 => {
+                return Err(StoreError::Corrupt {
+                    what: "store file",
+                    detail: format!(
+                        "{} is empty: the store was truncated or not restored; restore it from \
+                         a backup, or delete it to start an empty store",
+                        path.display()
+                    ),
+                });
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => create(path, &faults)?,
+            Err(error) => return Err(StoreError::storage(redb::StorageError::Io(error))),
+        }
         let redb = open_redb(path, &faults, check_integrity_on_open)?;
-        let version = initialize(&redb)?;
+        let version = durable_version(&redb)?;
         let file = StoreFile {
             path: path.to_path_buf(),
             faults,
@@ -433,7 +450,7 @@ pub(crate) fn contained<T>(what: &'static str, call: impl FnOnce() -> T) -> Resu
             .map(|message| (*message).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic without a message".to_owned());
-        tracing::error!(while_ = what, %message, "the storage engine panicked: answered as a corrupt store");
+        tracing::error!(during = what, %message, "the storage engine panicked: answered as a corrupt store");
         StoreError::Corrupt {
             what: "storage engine",
             detail: format!("redb panicked while {what}: {message}"),
@@ -454,7 +471,38 @@ pub(crate) fn read_error(error: impl Into<redb::Error>) -> StoreError {
     }
 }
 
-/// Opens (creating if needed) the redb file at `path` through [`FaultyFile`].
+/// Makes a new store at `path`: a redb file with the engine's tables, written beside it, then
+/// renamed into place (and the rename made durable), so a crash leaves no file or a whole one.
+fn create(path: &Path, faults: &DiskFaults) -> Result<(), StoreError> {
+    let io_error = |error: io::Error| StoreError::storage(redb::StorageError::Io(error));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let new = path.with_file_name(name);
+    // A leftover of a creation that crashed: never a store yet.
+    match std::fs::remove_file(&new) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error(error)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&new)
+        .map_err(io_error)?;
+    let redb = open_redb(&new, faults, false)?;
+    create_tables(&redb)?;
+    contained("closing the new store file", || redb.close())?.map_err(StoreError::storage)?;
+    std::fs::rename(&new, path).map_err(io_error)?;
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(folder)
+        .and_then(|folder| folder.sync_all())
+        .map_err(io_error)
+}
+
+/// Opens the existing redb file at `path` through [`FaultyFile`].
 fn open_redb(
     path: &Path,
     faults: &DiskFaults,
@@ -463,8 +511,6 @@ fn open_redb(
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
         .open(path)
         .map_err(|error| StoreError::storage(redb::StorageError::Io(error)))?;
     let file = FileBackend::new(file).map_err(StoreError::storage)?;
@@ -481,32 +527,34 @@ fn open_redb(
     let opened = contained("opening the store file", || {
         builder.create_with_backend(backend)
     })?;
+    let damaged = |detail: String| StoreError::Corrupt {
+        what: "store file",
+        detail: format!(
+            "{} {detail}: restore it from a backup, or move it aside to start empty",
+            path.display()
+        ),
+    };
     opened.map_err(|error| match error {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-            StoreError::Corrupt {
-                what: "store file",
-                detail: format!(
-                    "{} failed its integrity check ({detail}): restore it from a backup, or \
-                     move it aside to start empty",
-                    path.display()
-                ),
-            }
+            damaged(format!("failed its integrity check ({detail})"))
         }
+        redb::DatabaseError::Storage(redb::StorageError::Io(error))
+            if matches!(
+                error.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            damaged(format!("is not a whole store ({error})"))
+        }
+        redb::DatabaseError::UpgradeRequired(format) => damaged(format!(
+            "is in redb file format {format}, which this engine does not read"
+        )),
         error => StoreError::storage(error),
     })
 }
 
-/// Creates the tables of a new file and returns the last commit version. An existing file is
-/// only read, so that opening it again works on a full disk.
-fn initialize(redb: &redb::Database) -> Result<u64, StoreError> {
-    match durable_version(redb) {
-        Ok(version) => return Ok(version),
-        Err(StoreError::Corrupt {
-            what: "commit version",
-            ..
-        }) => {}
-        Err(error) => return Err(error),
-    }
+/// Creates the engine's tables in a new file, at version 0.
+fn create_tables(redb: &redb::Database) -> Result<(), StoreError> {
     contained("creating the tables", || {
         let write = redb.begin_write().map_err(StoreError::storage)?;
         write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
@@ -514,12 +562,12 @@ fn initialize(redb: &redb::Database) -> Result<u64, StoreError> {
         meta.insert(VERSION_KEY, 0).map_err(StoreError::storage)?;
         drop(meta);
         write.commit().map_err(StoreError::storage)
-    })??;
-    Ok(0)
+    })?
 }
 
-/// The last commit version stored in the file; `Corrupt { what: "commit version" }` when the
-/// file has no tables yet (a new file).
+/// The last commit version stored in the file (only read, so that opening the file again
+/// works on a full disk); `Corrupt { what: "commit version" }` when the file lacks the
+/// engine's tables.
 fn durable_version(redb: &redb::Database) -> Result<u64, StoreError> {
     let missing = || StoreError::corrupt("commit version", "missing");
     contained("reading the commit version", || {
@@ -903,6 +951,39 @@ mod tests {
         let again = database.check_integrity().await.expect("checked again");
         assert_eq!(again.keys, 18);
         assert_eq!(database.stats().reopens, 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_store_appears_whole_and_an_empty_file_is_refused() {
+        let folder = tempfile::tempdir().expect("folder");
+        let path = folder.path().join("store.redb");
+        // A creation that crashed left its file beside the store: it is no store yet.
+        std::fs::write(folder.path().join("store.redb.new"), b"half").expect("leftover");
+        let database = Database::open(&path, EmbeddedOptions::default()).expect("created");
+        commit_pair(&database, "first").await.expect("commit");
+        drop(database);
+        let names: Vec<String> = std::fs::read_dir(folder.path())
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, ["store.redb"]);
+
+        // A store truncated to nothing (a botched copy or restore) is refused, not started
+        // empty: redb would take an empty file for a new database.
+        std::fs::File::create(&path).expect("truncate");
+        match Database::open(&path, EmbeddedOptions::default()) {
+            Err(StoreError::Corrupt { what, detail }) => {
+                assert_eq!(what, "store file");
+                assert!(detail.contains("is empty"), "{detail}");
+            }
+            other => panic!("an empty store file: {other:?}"),
+        }
     }
 
     #[test]

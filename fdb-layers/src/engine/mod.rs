@@ -12,7 +12,11 @@
 //! Backends, behind one enum so that layer code is the same on each:
 //! - embedded ([`Database::open`], `embedded.rs`): one redb file, a two-thread commit pipeline
 //!   with group commit (the next group is resolved while the current one is written), and
-//!   seeded fault injection ([`FaultConfig`]) so retry paths run in tests;
+//!   seeded fault injection ([`FaultConfig`]) so retry paths run in tests. The file
+//!   (`disk.rs`) is checked at open, every redb call is guarded against panics, and a commit
+//!   that fails in storage (a full disk, an I/O error, injected below redb with
+//!   [`DiskFaults`]) is answered [`StoreError::Unavailable`] while the file is opened again, so
+//!   the process goes on once the disk recovers;
 //! - memory ([`Database::memory`], `memory.rs`): deterministic, no thread and no wall clock,
 //!   with a [`MemoryDisk`] that outlives simulated crashes; for the simulator;
 //! - FoundationDB ([`Database::foundationdb`], `fdb.rs`, cargo feature `fdb`): the
