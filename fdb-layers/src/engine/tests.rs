@@ -1067,16 +1067,16 @@ async fn conformance_on_the_memory_backend() {
     if let Err(failure) = suite.await {
         panic!("memory conformance failed with faults, seed={seed}: {failure}");
     }
+    let stats = faulty.stats();
     assert!(
-        faulty.stats().retries > 0,
-        "seed={seed}: {:?}",
-        faulty.stats()
+        stats.retries > 0 && stats.failed_group_commits > 0,
+        "seed={seed}: {stats:?}"
     );
 }
 
 fn fresh_memory_with_faults(seed: u64) -> Database {
     Database::memory(MemoryOptions {
-        faults: Some(FaultConfig::frequent(seed)),
+        faults: Some(crate::conformance::faults_with_disk_failures(seed)),
         ..MemoryOptions::default()
     })
     .expect("a memory database opens")
