@@ -337,8 +337,9 @@ impl SendAggregate {
                     error
                 } else {
                     // Retryable codes pass through with their hint: an overloaded region says when
-                    // to come back, and a recipient whose queue is unreadable stays
-                    // `RecipientUnavailable`, so the client keeps the message and says why.
+                    // to come back, a region whose storage is unavailable too, and a recipient
+                    // whose queue is unreadable stays `RecipientUnavailable`, so the client keeps
+                    // the message and says why.
                     let message = if error.message.starts_with(&format!("region {region} ")) {
                         error.message
                     } else {
@@ -689,6 +690,27 @@ mod tests {
         assert_eq!(error.code, ErrorCode::RecipientUnavailable);
         assert!(error.code.is_retryable(), "the client keeps the message");
         assert_eq!(error.retry_after_ms, 30_000);
+        assert!(error.message.contains("region 2"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_region_with_unavailable_storage_makes_the_send_retryable() {
+        let regions = BTreeSet::from([RegionId(1), RegionId(2)]);
+        let mut aggregate = SendAggregate::new(regions);
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(
+                ProtoError::new(ErrorCode::StorageUnavailable, "the disk is full")
+                    .with_retry_after_ms(20),
+            ),
+        );
+        let Some(Err(error)) = aggregate.poll_result() else {
+            panic!("a send one region could not store is not sent");
+        };
+        assert_eq!(error.code, ErrorCode::StorageUnavailable);
+        assert!(error.code.is_retryable());
+        assert_eq!(error.retry_after_ms, 20);
         assert!(error.message.contains("region 2"), "{}", error.message);
     }
 

@@ -608,7 +608,7 @@ mod properties {
 
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{block_on, temporary_database};
+    use crate::test_support::{block_on, temporary_database, transact_through_outages};
 
     const CHAT: ChatId = ChatId([4; 16]);
 
@@ -694,10 +694,11 @@ mod properties {
                         sender_region: RegionId(u32::from(sender)),
                         envelope_bytes: &bytes,
                     };
-                    let outcome = database
-                        .transact(|tx| async move { append(&tx, &entry, now_ms).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let outcome = transact_through_outages(&database, |tx| async move {
+                        append(&tx, &entry, now_ms).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     let expected = if let Some(&(chat_seq, server_time_ms)) =
                         model.dedupe.get(&(sender, id))
                     {
@@ -749,10 +750,11 @@ mod properties {
                     );
                 }
                 Operation::ReadRange { after, limit } => {
-                    let read = database
-                        .transact(|tx| async move { read_range(&tx, CHAT, after, limit).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let read = transact_through_outages(&database, |tx| async move {
+                        read_range(&tx, CHAT, after, limit).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     let expected: Vec<LogEntry> = model
                         .entries
                         .iter()
@@ -763,10 +765,11 @@ mod properties {
                     prop_assert_eq!(read, expected, "read_range after {} limit {}", after, limit);
                 }
                 Operation::Entry { chat_seq } => {
-                    let read = database
-                        .transact(|tx| async move { entry(&tx, CHAT, chat_seq).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let read = transact_through_outages(&database, |tx| async move {
+                        entry(&tx, CHAT, chat_seq).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     let expected = model
                         .entries
                         .iter()
@@ -775,10 +778,11 @@ mod properties {
                     prop_assert_eq!(read, expected, "entry {}", chat_seq);
                 }
                 Operation::LastSeq => {
-                    let read = database
-                        .transact(|tx| async move { last_seq(&tx, CHAT).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let read = transact_through_outages(&database, |tx| async move {
+                        last_seq(&tx, CHAT).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     prop_assert_eq!(read, model.entries.len() as u64);
                 }
             }

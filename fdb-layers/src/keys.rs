@@ -351,7 +351,9 @@ mod tests {
 
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{fault_seed, idempotency_key, temporary_database};
+    use crate::test_support::{
+        fault_seed, idempotency_key, temporary_database, transact_through_outages,
+    };
 
     const DEVICE: DeviceAddress = DeviceAddress {
         account: AccountId(1),
@@ -377,26 +379,23 @@ mod tests {
     async fn uploads_ignore_duplicates_and_claims_take_the_lowest_id() {
         let (_folder, database) = temporary_database(None);
         let keys = generated_keys(3);
-        let added = database
-            .transact(|tx| {
-                let keys = keys.clone();
-                async move {
-                    let first = add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(1)).await?;
-                    let again =
-                        add_one_time_keys(&tx, DEVICE, &keys[1..], &idempotency_key(2)).await?;
-                    Ok((first, again, one_time_key_count(&tx, DEVICE).await?))
-                }
-            })
-            .await
-            .expect("upload");
+        let added = transact_through_outages(&database, |tx| {
+            let keys = keys.clone();
+            async move {
+                let first = add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(1)).await?;
+                let again = add_one_time_keys(&tx, DEVICE, &keys[1..], &idempotency_key(2)).await?;
+                Ok((first, again, one_time_key_count(&tx, DEVICE).await?))
+            }
+        })
+        .await
+        .expect("upload");
         assert_eq!(added, (3, 0, 3));
 
-        let claimed = database
-            .transact(
-                |tx| async move { claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await },
-            )
-            .await
-            .expect("claim");
+        let claimed = transact_through_outages(&database, |tx| async move {
+            claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await
+        })
+        .await
+        .expect("claim");
         assert_eq!(
             claimed,
             Claim {
@@ -409,15 +408,14 @@ mod tests {
             device: DeviceId(2),
             ..DEVICE
         };
-        let (count, other) = database
-            .transact(|tx| async move {
-                Ok((
-                    one_time_key_count(&tx, DEVICE).await?,
-                    claim_one_time_key(&tx, other_device, &idempotency_key(4)).await?,
-                ))
-            })
-            .await
-            .expect("reads");
+        let (count, other) = transact_through_outages(&database, |tx| async move {
+            Ok((
+                one_time_key_count(&tx, DEVICE).await?,
+                claim_one_time_key(&tx, other_device, &idempotency_key(4)).await?,
+            ))
+        })
+        .await
+        .expect("reads");
         assert_eq!(count, 2);
         assert_eq!(
             other,
@@ -436,28 +434,25 @@ mod tests {
         let upload = |idempotency: u64, keys: Vec<(String, Vec<u8>)>| {
             let database = database.clone();
             async move {
-                database
-                    .transact(|tx| {
-                        let keys = keys.clone();
-                        async move {
-                            add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(idempotency))
-                                .await
-                        }
-                    })
-                    .await
-                    .expect("upload")
+                transact_through_outages(&database, |tx| {
+                    let keys = keys.clone();
+                    async move {
+                        add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(idempotency)).await
+                    }
+                })
+                .await
+                .expect("upload")
             }
         };
         let claim = |idempotency: u64| {
             let database = database.clone();
             async move {
-                database
-                    .transact(|tx| async move {
-                        claim_one_time_key(&tx, DEVICE, &idempotency_key(idempotency)).await
-                    })
-                    .await
-                    .expect("claim")
-                    .key
+                transact_through_outages(&database, |tx| async move {
+                    claim_one_time_key(&tx, DEVICE, &idempotency_key(idempotency)).await
+                })
+                .await
+                .expect("claim")
+                .key
             }
         };
         assert_eq!(upload(1, keys.clone()).await, 2);
@@ -466,10 +461,11 @@ mod tests {
         assert_eq!(claim(2).await, first, "a retried claim gets the same key");
         // A retried upload does not put the claimed key back.
         assert_eq!(upload(1, keys.clone()).await, 2);
-        let count = database
-            .transact(|tx| async move { one_time_key_count(&tx, DEVICE).await })
-            .await
-            .expect("count");
+        let count = transact_through_outages(&database, |tx| async move {
+            one_time_key_count(&tx, DEVICE).await
+        })
+        .await
+        .expect("count");
         assert_eq!(count, 1);
         assert_eq!(claim(3).await, one_time(&keys[1].0, &keys[1].1));
         assert_eq!(claim(4).await, None);
@@ -478,19 +474,18 @@ mod tests {
     #[tokio::test]
     async fn the_fallback_key_is_handed_out_when_one_time_keys_run_out() {
         let (_folder, database) = temporary_database(None);
-        let claims = database
-            .transact(|tx| async move {
-                add_one_time_keys(&tx, DEVICE, &generated_keys(1), &idempotency_key(1)).await?;
-                set_fallback_key(&tx, DEVICE, "old", b"old-public", b"old-signature")?;
-                set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
-                Ok([
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(4)).await?,
-                ])
-            })
-            .await
-            .expect("claims");
+        let claims = transact_through_outages(&database, |tx| async move {
+            add_one_time_keys(&tx, DEVICE, &generated_keys(1), &idempotency_key(1)).await?;
+            set_fallback_key(&tx, DEVICE, "old", b"old-public", b"old-signature")?;
+            set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
+            Ok([
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(4)).await?,
+            ])
+        })
+        .await
+        .expect("claims");
         let fallback = Some(ClaimedKey {
             key_id: "fallback".to_owned(),
             public_key: b"public".to_vec(),
@@ -500,16 +495,15 @@ mod tests {
         let keys: Vec<_> = claims.iter().map(|claim| claim.key.clone()).collect();
         assert_eq!(keys[0].as_ref().map(|key| key.fallback), Some(false));
         assert_eq!(keys[1..], [fallback.clone(), fallback]);
-        let (remaining, left) = database
-            .transact(|tx| async move {
-                remove_device_keys(&tx, DEVICE);
-                Ok((
-                    one_time_key_count(&tx, DEVICE).await?,
-                    fallback_key(&tx, DEVICE).await?,
-                ))
-            })
-            .await
-            .expect("removal");
+        let (remaining, left) = transact_through_outages(&database, |tx| async move {
+            remove_device_keys(&tx, DEVICE);
+            Ok((
+                one_time_key_count(&tx, DEVICE).await?,
+                fallback_key(&tx, DEVICE).await?,
+            ))
+        })
+        .await
+        .expect("removal");
         assert_eq!((remaining, left), (0, None));
     }
 
@@ -582,16 +576,15 @@ mod tests {
     async fn the_low_flag_follows_the_watermark() {
         let (_folder, database) = temporary_database(None);
         let count = ONE_TIME_KEYS_LOW_WATERMARK as usize + 1;
-        let claims = database
-            .transact(|tx| async move {
-                add_one_time_keys(&tx, DEVICE, &generated_keys(count), &idempotency_key(1)).await?;
-                Ok([
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
-                ])
-            })
-            .await
-            .expect("claims");
+        let claims = transact_through_outages(&database, |tx| async move {
+            add_one_time_keys(&tx, DEVICE, &generated_keys(count), &idempotency_key(1)).await?;
+            Ok([
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
+            ])
+        })
+        .await
+        .expect("claims");
         let signals: Vec<_> = claims
             .iter()
             .map(|claim| (claim.one_time_keys_remaining, claim.low))
@@ -614,26 +607,24 @@ mod tests {
         eprintln!("concurrent claims: seed={seed} (reproduce with FDB_LAYERS_SEED={seed})");
         let (_folder, database) = temporary_database(Some(FaultConfig::frequent(seed)));
         let keys = generated_keys(20);
-        database
-            .transact(|tx| {
-                let keys = keys.clone();
-                async move {
-                    set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
-                    add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(0)).await
-                }
-            })
-            .await
-            .expect("upload");
+        transact_through_outages(&database, |tx| {
+            let keys = keys.clone();
+            async move {
+                set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
+                add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(0)).await
+            }
+        })
+        .await
+        .expect("upload");
 
         let claims: Vec<_> = (1..=50u64)
             .map(|claimer| {
                 let database = database.clone();
                 tokio::spawn(async move {
-                    database
-                        .transact(|tx| async move {
-                            claim_one_time_key(&tx, DEVICE, &idempotency_key(claimer)).await
-                        })
-                        .await
+                    transact_through_outages(&database, |tx| async move {
+                        claim_one_time_key(&tx, DEVICE, &idempotency_key(claimer)).await
+                    })
+                    .await
                 })
             })
             .collect();
@@ -652,10 +643,11 @@ mod tests {
             (20, 20, 30),
             "seed={seed}"
         );
-        let count = database
-            .transact(|tx| async move { one_time_key_count(&tx, DEVICE).await })
-            .await
-            .expect("count");
+        let count = transact_through_outages(&database, |tx| async move {
+            one_time_key_count(&tx, DEVICE).await
+        })
+        .await
+        .expect("count");
         assert_eq!(count, 0, "seed={seed}");
         assert!(
             database.stats().retries > 0,
@@ -677,7 +669,9 @@ mod properties {
 
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{block_on, idempotency_key, temporary_database};
+    use crate::test_support::{
+        block_on, idempotency_key, temporary_database, transact_through_outages,
+    };
 
     const DEVICES: [DeviceAddress; 2] = [
         DeviceAddress {
@@ -769,8 +763,7 @@ mod properties {
                         .map(|&id| (key_id(id), public_key(id)))
                         .collect();
                     let added =
-                        database
-                            .transact(|tx| {
+                        transact_through_outages(&database, |tx| {
                                 let keys = keys.clone();
                                 async move {
                                     add_one_time_keys(&tx, address, &keys, &upload_key(key)).await
@@ -796,12 +789,11 @@ mod properties {
                 }
                 Operation::Claim { device, key } => {
                     let address = DEVICES[device];
-                    let claim = database
-                        .transact(|tx| async move {
-                            claim_one_time_key(&tx, address, &claim_key(key)).await
-                        })
-                        .await
-                        .map_err(fail)?;
+                    let claim = transact_through_outages(&database, |tx| async move {
+                        claim_one_time_key(&tx, address, &claim_key(key)).await
+                    })
+                    .await
+                    .map_err(fail)?;
                     let expected_key = match model.claims.get(&(device, key)) {
                         Some(claimed) => Some(claimed.clone()),
                         None => match model.keys[device].pop_first() {
@@ -839,28 +831,27 @@ mod properties {
                         signature: vec![version; 64],
                         fallback: true,
                     };
-                    database
-                        .transact(|tx| {
-                            let fallback = fallback.clone();
-                            async move {
-                                set_fallback_key(
-                                    &tx,
-                                    address,
-                                    &fallback.key_id,
-                                    &fallback.public_key,
-                                    &fallback.signature,
-                                )
-                            }
-                        })
-                        .await
-                        .map_err(fail)?;
+                    transact_through_outages(&database, |tx| {
+                        let fallback = fallback.clone();
+                        async move {
+                            set_fallback_key(
+                                &tx,
+                                address,
+                                &fallback.key_id,
+                                &fallback.public_key,
+                                &fallback.signature,
+                            )
+                        }
+                    })
+                    .await
+                    .map_err(fail)?;
                     model.fallbacks[device] = Some(fallback);
                     model.fallback_used[device] = false;
                 }
                 Operation::Count { device } => {
                     let address = DEVICES[device];
-                    let (count, fallback, state) = database
-                        .transact(|tx| async move {
+                    let (count, fallback, state) =
+                        transact_through_outages(&database, |tx| async move {
                             Ok((
                                 one_time_key_count(&tx, address).await?,
                                 fallback_key(&tx, address).await?,
@@ -881,13 +872,12 @@ mod properties {
                 }
                 Operation::RemoveDevice { device } => {
                     let address = DEVICES[device];
-                    database
-                        .transact(|tx| async move {
-                            remove_device_keys(&tx, address);
-                            Ok(())
-                        })
-                        .await
-                        .map_err(fail)?;
+                    transact_through_outages(&database, |tx| async move {
+                        remove_device_keys(&tx, address);
+                        Ok(())
+                    })
+                    .await
+                    .map_err(fail)?;
                     model.keys[device].clear();
                     model.fallbacks[device] = None;
                     model.fallback_used[device] = false;

@@ -40,8 +40,8 @@ mod test_support;
 #[cfg(feature = "fdb")]
 pub use engine::FdbNetwork;
 pub use engine::{
-    Database, EmbeddedOptions, EngineStats, FaultConfig, MemoryDisk, MemoryOptions, RangeOptions,
-    Transaction, Versionstamp, VersionstampFuture, Watch,
+    Database, DiskFailure, DiskFaults, EmbeddedOptions, EngineStats, FaultConfig, IntegrityReport,
+    MemoryDisk, MemoryOptions, RangeOptions, Transaction, Versionstamp, VersionstampFuture, Watch,
 };
 pub use error::StoreError;
 pub use tuple::{Subspace, TupleDecode, TupleEncode};

@@ -143,16 +143,32 @@ fn error_response(error: ProtoError) -> RegionResponse {
 /// How late the planted bug [`PlantedBug::AckBeforeCommit`] commits what it acknowledged.
 const PLANTED_COMMIT_DELAY: Duration = Duration::from_millis(500);
 
+/// The answer to a request whose transaction failed in the store. A commit that failed in
+/// storage (a full disk, an I/O error; it may or may not be durable) and the refusals after it
+/// are `StorageUnavailable`: nothing is acknowledged, and the client retries under the same
+/// ids, which the layers deduplicate.
 fn store_failure(error: StoreError) -> ProtoError {
-    tracing::error!(%error, "store failure");
     match error {
+        StoreError::Unavailable(_) | StoreError::Storage(_) => {
+            tracing::warn!(%error, "store unavailable");
+            ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                "the region's storage is unavailable; retry later",
+            )
+        }
         // A damaged record outside a device queue (those quarantine the device): the request
         // is refused as storage trouble, never answered as if it had worked.
-        StoreError::Corrupt { .. } => ProtoError::new(
-            ErrorCode::StorageUnavailable,
-            format!("a record of this region's store cannot be read ({error}); retry later"),
-        ),
-        _ => ProtoError::new(ErrorCode::Internal, "storage failure; retry later"),
+        StoreError::Corrupt { .. } => {
+            tracing::error!(%error, "store failure");
+            ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                format!("a record of this region's store cannot be read ({error}); retry later"),
+            )
+        }
+        error => {
+            tracing::error!(%error, "store failure");
+            ProtoError::new(ErrorCode::Internal, "storage failure; retry later")
+        }
     }
 }
 

@@ -374,6 +374,9 @@ async fn measure_layers(path: &Path, writers: usize, timing: Timing) -> Result<L
             write_batches: stats_after.write_batches - stats_before.write_batches,
             conflicts: stats_after.conflicts - stats_before.conflicts,
             retries: stats_after.retries - stats_before.retries,
+            failed_group_commits: stats_after.failed_group_commits
+                - stats_before.failed_group_commits,
+            reopens: stats_after.reopens - stats_before.reopens,
         },
         cpu_percent: busy_percent(cpu_before, cpu_after),
         committer_cpu_percent: busy_percent(committer_before, committer_after),
