@@ -187,6 +187,18 @@ impl RegionService {
             source,
         })?;
         let store_path = config.data_dir.join(STORE_FILE);
+        let store_check_failed = |source| RegionError::StoreCheck {
+            region: RegionId(config.region),
+            store: store_path.clone(),
+            source,
+        };
+        store_check::set_aside_empty_file(
+            &store_path,
+            &config.data_dir,
+            accept_new_store,
+            SystemClock.now_ms(),
+        )
+        .map_err(store_check_failed)?;
         let db = Database::open(&store_path, EmbeddedOptions::default())?;
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
