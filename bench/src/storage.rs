@@ -347,6 +347,9 @@ async fn measure_layers(
             write_batches: stats_after.write_batches - stats_before.write_batches,
             conflicts: stats_after.conflicts - stats_before.conflicts,
             retries: stats_after.retries - stats_before.retries,
+            failed_group_commits: stats_after.failed_group_commits
+                - stats_before.failed_group_commits,
+            reopens: stats_after.reopens - stats_before.reopens,
         },
         cpu_percent: busy_percent(cpu_before, cpu_after),
         committer_cpu_percent: busy_percent(committer_before, committer_after),
@@ -396,6 +399,11 @@ async fn run_writer(
                     } => {
                         return Ok(Some(format!(
                             "the chat log expects sender_seq {expected_sender_seq}"
+                        )));
+                    }
+                    AppendOutcome::RolledBack { last_sender_seq } => {
+                        return Ok(Some(format!(
+                            "the chat log already holds sender_seq {last_sender_seq}"
                         )));
                     }
                 };

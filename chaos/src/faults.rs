@@ -55,7 +55,9 @@ pub enum FaultKind {
     Duplication,
     /// A server's clock is off by up to two minutes.
     ClockSkew,
-    /// The store refuses commits as conflicts, answers `commit_unknown_result`, and is slow.
+    /// The store refuses commits as conflicts, answers `commit_unknown_result`, is slow, and
+    /// in half of these runs fails commits as a failing disk would (the region answers
+    /// `StorageUnavailable`; the commit may or may not be stored).
     StoreFaults,
 }
 
@@ -364,12 +366,21 @@ impl FaultPlan {
             }
         }
         if on.contains(&FaultKind::StoreFaults) {
+            // Disk failures draw from a generator of their own, so that adding them left every
+            // other fault of every seed as it was.
+            let mut disk = StdRng::seed_from_u64(seed::derive(seed, "store-disk", 0));
+            let io_error_probability = if disk.random_bool(0.5) {
+                disk.random_range(0.0..0.05)
+            } else {
+                0.0
+            };
             plan.store = Some(FaultConfig {
                 seed: seed::derive(seed, "store", 0),
                 conflict_probability: rng.random_range(0.0..0.1),
                 commit_unknown_result_probability: rng.random_range(0.0..0.1),
                 slow_commit_probability: rng.random_range(0.0..0.1),
                 slow_commit_ms: rng.random_range(1..=200),
+                io_error_probability,
             });
             plan.counts.insert(FaultKind::StoreFaults, 1);
         }

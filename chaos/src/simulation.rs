@@ -133,6 +133,8 @@ pub struct Report {
     /// What the network carried: equal fingerprints mean the same datagrams (in count, size,
     /// endpoints and simulated send time) in the same order.
     pub packets: PacketFingerprint,
+    /// Commits the regions' disks failed (store faults with disk failures), summed.
+    pub store_commits_failed: u64,
 }
 
 impl Simulation {
@@ -199,6 +201,12 @@ impl Simulation {
             planted: Vec::new(),
             edges_per_region,
         }
+    }
+
+    /// The store faults of every region (each region draws its own seed from them).
+    pub fn store_faults(mut self, faults: FaultConfig) -> Self {
+        self.faults.store = Some(faults);
+        self
     }
 
     /// Edges in each region (clients prefer one and fall back to the others).
@@ -478,6 +486,7 @@ impl Simulation {
         }
         let slowest_delivery_ms = history::slowest_delivery_ms(&trace, &planned);
         let injected = injected(&faults, &trace);
+        let store_commits_failed = disks.values().map(MemoryDisk::failed_commits).sum();
         Ok(Report {
             seed,
             elapsed,
@@ -490,6 +499,7 @@ impl Simulation {
             heal_ms: faults.heal_ms,
             slowest_delivery_ms,
             packets: packets.fingerprint(),
+            store_commits_failed,
         })
     }
 }

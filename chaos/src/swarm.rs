@@ -59,6 +59,8 @@ pub struct SwarmSummary {
     pub messages: (u64, u64, u64),
     /// The slowest delivery after a heal seen in any run, in simulated ms.
     pub slowest_delivery_ms: u64,
+    /// Commits the regions' disks failed, summed over the runs.
+    pub store_commits_failed: u64,
     /// Runs that broke an invariant or failed, by seed.
     pub failures: Vec<Failure>,
     /// Each finished run's seed, simulated time (ms) and network fingerprint digest, by seed:
@@ -93,6 +95,7 @@ impl SwarmSummary {
         self.messages.1 += report.acknowledged() as u64;
         self.messages.2 += report.received() as u64;
         self.slowest_delivery_ms = self.slowest_delivery_ms.max(report.slowest_delivery_ms);
+        self.store_commits_failed += report.store_commits_failed;
         self.fingerprints.push((
             report.seed,
             u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),

@@ -509,6 +509,7 @@ async fn register(
         locator: Some(edge),
         bind_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         ca_path: Some(setup.ca_path.clone()),
+        device_key: None,
     };
     let (account, region) = register_retrying(
         environment,

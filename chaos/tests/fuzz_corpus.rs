@@ -33,6 +33,7 @@ fn envelope() -> wire::Envelope {
             message_type: 0,
             body: vec![3; 40],
         }],
+        device_seq: 0,
     }
 }
 
@@ -80,6 +81,23 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "region_config" => vec![include_bytes!("../../home-region/region.example.toml").to_vec()],
         "edge_config" => vec![include_bytes!("../../edge/edge.example.toml").to_vec()],
         "locator_config" => vec![include_bytes!("../../edge/locator.example.toml").to_vec()],
+        // Mutations of the seed store: none (the store as written), a flipped byte in the
+        // header and in the middle of the file, and a cut at the middle.
+        "store_file" => {
+            let middle = (relay_chaos::fuzz::seed_store().len() / 2) as u32;
+            let mutation = |operation: u8, offset: u32, byte: u8| {
+                let mut bytes = vec![operation];
+                bytes.extend_from_slice(&offset.to_le_bytes());
+                bytes.push(byte);
+                bytes
+            };
+            vec![
+                Vec::new(),
+                mutation(1, 0, 0xff),
+                mutation(1, middle, 0x01),
+                mutation(2, middle, 0),
+            ]
+        }
         _ => Vec::new(),
     }
 }

@@ -133,3 +133,26 @@ fn three_regions_survive_crashes_of_each_region_in_turn() {
         .crash_region(3, Duration::from_secs(5), Duration::from_secs(1)));
     assert_complete(&report, 9);
 }
+
+#[test]
+fn regions_whose_disks_fail_now_and_then_lose_nothing() {
+    let seed = seed_from_env(60);
+    // One commit in five fails as a failing disk would (stored or not): the region answers
+    // "storage unavailable", the client keeps the message pending and retries.
+    let report = run(
+        &Simulation::new(seed).store_faults(fdb_layers::FaultConfig {
+            seed,
+            conflict_probability: 0.0,
+            commit_unknown_result_probability: 0.0,
+            slow_commit_probability: 0.0,
+            slow_commit_ms: 0,
+            io_error_probability: 0.2,
+        }),
+    );
+    assert_complete(&report, 4);
+    assert!(
+        report.store_commits_failed > 0,
+        "no commit failed; reproduce with seed={seed}"
+    );
+    eprintln!("{} store commits failed", report.store_commits_failed);
+}

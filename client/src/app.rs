@@ -3,7 +3,20 @@
 //! [`crate::discovery`] parsing) that owns the connection, the store and the clock.
 //!
 //! Durability order, everywhere: a change is committed to the store before the server is told
-//! (an ack, a send) and before it is reported as done.
+//! (an ack, a send) and before it is reported as done. What a person types is committed before
+//! any network attempt: a text for a known contact goes straight to the outbox; one for a name
+//! not resolved yet is kept as a draft, which every flush tries to resolve and then moves to the
+//! outbox under the same message id, in one transaction. A kill at any point after `send`
+//! started loses nothing.
+//!
+//! Keys: registration uploads 50 one-time keys and a fallback key signed by the device; later
+//! uploads top the one-time keys up and replace the fallback key when [`crate::fallback`] says
+//! so. A claimed fallback key is used only if its signature verifies.
+//!
+//! A device whose state went back (its data directory restored from an older copy) is refused
+//! by the relay with `DeviceRolledBack`; the device then records that, marks everything in its
+//! outbox and its drafts failed with the reason, and every later command refuses to send or
+//! receive with [`ClientError::DeviceRolledBack`], which says what happened and what to do.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -21,20 +34,25 @@ use relay_proto::limits::{
     ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
     QUEUE_FETCH_ENTRIES_MAX,
 };
-use relay_proto::wire::{Committed, Envelope, Register, send_outcome, validate_account_name};
+use relay_proto::wire::{
+    Committed, Envelope, FallbackKeyState, OneTimeKeyCount, Register, send_outcome,
+    validate_account_name,
+};
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::connection::{Dialer, EdgeConnection, Push};
+use crate::connection::{DeviceProgress, Dialer, EdgeConnection, Push};
 use crate::content::{Content, READ_RECEIPT_IDS_MAX};
-use crate::crypto::Crypto;
+use crate::crypto::{Crypto, verify_fallback_key};
 use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event};
+use crate::fallback::{self, FallbackFacts, FallbackTimes};
 use crate::inbound::{Inbound, process_entries};
-use crate::outbox::{Next, Outbox, Outcome, Pending, retry_delay_ms};
-use crate::store::{Contact, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
+use crate::outbox::{Next, Outbox, Outcome, Pending, RETRY_DELAY_MS_MAX, retry_delay_ms};
+use crate::secrets::{self, DEVICE_KEY_FILE};
+use crate::store::{Contact, Draft, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -52,6 +70,12 @@ pub const POLL_INTERVAL_MS: u64 = 10_000;
 pub const KEY_UPLOAD_INTERVAL_MS: u64 = 60_000;
 /// Queue pages fetched by one catch-up before handing control back to the caller.
 pub const FETCH_ROUNDS_MAX: usize = 64;
+/// Times a "rolled back" refusal is checked again when this device's counters moved meanwhile
+/// (another process on the same data directory acknowledged or sent after this one read them).
+pub const ROLLBACK_RECHECKS_MAX: u32 = 3;
+/// Why an outbox entry is given up when the relay refuses this device as rolled back.
+pub const ROLLED_BACK_FAILURE: &str = "not sent: this device's state went back (its data \
+directory was restored from an older copy); register this device again in a new data directory";
 
 /// Deployment settings given on the command line; they override the remembered ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,6 +86,17 @@ pub struct Overrides {
     pub bind_ip: Option<IpAddr>,
     /// The CA certificate to trust.
     pub ca_path: Option<PathBuf>,
+    /// Where the device key is kept, when not beside the database (see [`crate::secrets`]).
+    pub device_key: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// The device key file of `data_dir`: the one given, else `device.key` inside it.
+    pub fn device_key_path(&self, data_dir: &Path) -> PathBuf {
+        self.device_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join(DEVICE_KEY_FILE))
+    }
 }
 
 /// What a client touches besides its data directory. The default is the real world: kernel
@@ -145,7 +180,12 @@ pub async fn register_in(
 ) -> Result<Identity> {
     validate_account_name(name).map_err(|error| ClientError::Invalid(error.message))?;
     create_private_dir(data_dir)?;
-    let mut store = Store::open(&data_dir.join(DATABASE_FILE))?;
+    let key_path = overrides.device_key_path(data_dir);
+    for message in secrets::repair_permissions(data_dir, &[&key_path]) {
+        sink(Event::Note { message });
+    }
+    let mut store = Store::create(&data_dir.join(DATABASE_FILE))?;
+    store.unlock(&key_path)?;
     if let Some(identity) = store.identity()? {
         return Err(ClientError::AlreadyRegistered(identity.name));
     }
@@ -190,19 +230,32 @@ pub async fn register_in(
     if crypto.unpublished_one_time_keys().is_empty() {
         crypto.generate_one_time_keys(ONE_TIME_KEYS_AT_REGISTRATION);
     }
+    let first_fallback_key = crypto.unpublished_fallback_key().is_none();
+    if first_fallback_key {
+        crypto.generate_fallback_key();
+    }
     let changes = crypto.take_changes()?;
+    let now_ms = environment.clock.now_ms();
     store.write(|writer| {
         writer.save_crypto(&changes)?;
+        if first_fallback_key {
+            writer.set_fallback_times(&FallbackTimes {
+                made_at_ms: Some(now_ms),
+                previous_kept: false,
+            })?;
+        }
         writer.set_settings(&stored)
     })?;
 
-    let connection = environment.dialer.connect_any(&settings).await?;
+    let connection = dial(environment, &settings, store.last_edge()?, sink).await?;
+    let edge = connection.edge();
     let request = Register {
         name: name.into(),
         identity_key: crypto.identity_key().to_vec(),
         signing_key: crypto.signing_key().to_vec(),
         one_time_keys: crypto.unpublished_one_time_keys(),
         registration_token: registration_token.into(),
+        fallback_key: crypto.unpublished_fallback_key(),
     };
     let registered = connection.register(request).await;
     connection.close().await;
@@ -226,6 +279,7 @@ pub async fn register_in(
     store.write(|writer| {
         writer.save_crypto(&changes)?;
         writer.set_identity(&identity)?;
+        writer.set_last_edge(edge)?;
         writer.upsert_contact(&Contact {
             account: identity.account,
             name: name.into(),
@@ -257,7 +311,11 @@ pub struct Client {
     started: Instant,
     sink: Box<dyn FnMut(Event)>,
     last_problem: Option<String>,
+    /// Drafts given up during this command because no account has their name: (id, name).
+    unknown_drafts: Vec<(ClientMessageId, String)>,
     last_key_upload: Option<Instant>,
+    /// Why the relay refused this device as rolled back (stored; nothing is sent or fetched).
+    rolled_back: Option<String>,
     received: usize,
     ticks: usize,
 }
@@ -284,21 +342,41 @@ impl Client {
     }
 
     /// [`Client::open`] in a given environment.
+    ///
+    /// Only a data directory without a database is not registered: a database that is empty,
+    /// not a database, or lacks its tables, identity, settings or Olm account is damaged, and a
+    /// missing or wrong device key is its own error; none of them ever starts a new identity.
     pub fn open_in(
         environment: Environment,
         data_dir: &Path,
         overrides: Overrides,
-        sink: Box<dyn FnMut(Event)>,
+        mut sink: Box<dyn FnMut(Event)>,
     ) -> Result<Self> {
         let database = data_dir.join(DATABASE_FILE);
         if !database.exists() {
             return Err(ClientError::NotRegistered);
         }
+        let key_path = overrides.device_key_path(data_dir);
+        for message in secrets::repair_permissions(data_dir, &[&key_path]) {
+            sink(Event::Note { message });
+        }
         let mut store = Store::open(&database)?;
-        let identity = store.identity()?.ok_or(ClientError::NotRegistered)?;
+        let identity = match store
+            .identity()
+            .map_err(|error| store.damaged(&error.to_string()))?
+        {
+            Some(identity) => identity,
+            None if store.has_olm_account()? => return Err(ClientError::RegistrationUnfinished),
+            None => return Err(store.damaged("it holds no registered device")),
+        };
+        if !store.has_olm_account()? {
+            return Err(store.damaged("the Olm account is missing"));
+        }
         let remembered = store
-            .settings()?
-            .ok_or_else(|| ClientError::Corrupt("the deployment settings are missing".into()))?;
+            .settings()
+            .map_err(|error| store.damaged(&error.to_string()))?
+            .ok_or_else(|| store.damaged("the deployment settings are missing"))?;
+        store.unlock(&key_path)?;
         let settings = Settings {
             locator: overrides.locator.unwrap_or(remembered.locator),
             bind_ip: overrides.bind_ip.unwrap_or(remembered.bind_ip),
@@ -308,7 +386,8 @@ impl Client {
         };
         let signer = store
             .load_crypto()?
-            .ok_or_else(|| ClientError::Corrupt("the Olm account is missing".into()))?;
+            .ok_or_else(|| store.damaged("the Olm account is missing"))?;
+        let rolled_back = store.rolled_back()?;
         store.write(|writer| writer.prune_seen(environment.clock.now_ms()))?;
         let mut outbox = Outbox::new();
         for row in store.outbox()? {
@@ -336,7 +415,9 @@ impl Client {
             started: Instant::now(),
             sink,
             last_problem: None,
+            unknown_drafts: Vec::new(),
             last_key_upload: None,
+            rolled_back,
             received: 0,
             ticks: 0,
         })
@@ -347,30 +428,28 @@ impl Client {
         &self.identity
     }
 
-    /// Sends a text to `peer`. Without `wait`, returns once it is sent (✓) or, if that is not
-    /// possible within [`FLUSH_BUDGET_MS`], leaves it pending in the outbox. With `wait`, stays
-    /// connected (processing the queue) until the message reaches `until` or `timeout` passes.
+    /// Sends a text to `peer`. The text is stored before any network attempt (in the outbox, or
+    /// as a draft while `peer` is a name not resolved yet) and reported pending. Without `wait`,
+    /// returns once it is sent (✓) or, if that is not possible within [`FLUSH_BUDGET_MS`],
+    /// leaves it pending for the next command. With `wait`, stays connected (processing the
+    /// queue) until the message reaches `until` or `timeout` passes. A name no account has is
+    /// [`ClientError::UnknownPeer`] once the directory says so.
     pub async fn send(
         &mut self,
         peer: &str,
         text: &str,
         wait: Option<(Tick, Duration)>,
     ) -> Result<ClientMessageId> {
-        let mut connect_error = self.connect().await.err();
-        let contact = match self.store.contact_by_name(peer)? {
-            Some(contact) => contact,
-            None => {
-                if let Some(error) = connect_error.take() {
-                    return Err(error);
-                }
-                self.resolve_peer(peer).await?
-            }
-        };
-        let id = self.queue_text(&contact, text)?;
+        self.refuse_if_rolled_back()?;
+        let id = self.store_typed(peer, text)?;
         match wait {
             None => {
+                let connect_error = self.connect().await.err();
                 let flushed = self.flush_after_connect(connect_error).await;
                 self.report_still_pending(Some(id)).await?;
+                if let Some(error) = self.given_up(id) {
+                    return Err(error);
+                }
                 flushed.map(|()| id)
             }
             Some((until, timeout)) => {
@@ -402,6 +481,7 @@ impl Client {
     /// network: what an app does when someone taps send with no connection. The next send, sync,
     /// read or listen delivers it (with whatever else waits, several of a chat at once).
     pub fn compose(&mut self, peer: &str, text: &str) -> Result<ClientMessageId> {
+        self.refuse_if_rolled_back()?;
         let contact = self
             .store
             .contact_by_name(peer)?
@@ -409,7 +489,37 @@ impl Client {
         self.queue_text(&contact, text)
     }
 
-    /// Puts a text for `contact` in the outbox and reports it pending.
+    /// Stores a text typed for `peer`, without touching the network: in the outbox when `peer`
+    /// is a known contact, else as a draft for the name. Reports it pending.
+    fn store_typed(&mut self, peer: &str, text: &str) -> Result<ClientMessageId> {
+        validate_account_name(peer).map_err(|_| ClientError::UnknownPeer(peer.into()))?;
+        if peer == self.identity.name {
+            return Err(ClientError::Invalid(
+                "a message to yourself has no recipient device".into(),
+            ));
+        }
+        if let Some(contact) = self.store.contact_by_name(peer)? {
+            return self.queue_text(&contact, text);
+        }
+        let now = self.wall_ms();
+        // The same checks the outbox entry will make, so a draft always becomes one.
+        Content::text(text, now, 0)?;
+        let draft = Draft {
+            client_message_id: ClientMessageId(self.rng.random()),
+            peer_name: peer.to_owned(),
+            text: text.to_owned(),
+            sent_at_ms: now,
+        };
+        self.store.write(|writer| writer.insert_draft(&draft))?;
+        self.emit(Event::Tick {
+            id: draft.client_message_id.to_string(),
+            peer: draft.peer_name.clone(),
+            tick: Tick::Pending,
+        });
+        Ok(draft.client_message_id)
+    }
+
+    /// Puts a text for `contact` in the outbox (after any draft for it) and reports it pending.
     fn queue_text(&mut self, contact: &Contact, text: &str) -> Result<ClientMessageId> {
         if contact.account == self.identity.account {
             return Err(ClientError::Invalid(
@@ -417,8 +527,9 @@ impl Client {
             ));
         }
         let content = Content::text(text, self.wall_ms(), contact.account.0)?;
-        let pending = self.enqueue(contact.account, &content, Some(text))?;
-        let id = pending.client_message_id;
+        self.queue_known_drafts()?;
+        let id = ClientMessageId(self.rng.random());
+        self.enqueue(contact.account, &content, Some(text), id, false)?;
         self.emit(Event::Tick {
             id: id.to_string(),
             peer: contact.name.clone(),
@@ -451,7 +562,8 @@ impl Client {
                         && Instant::now() < retry_until =>
                 {
                     attempts += 1;
-                    let delay = retry_delay_ms(attempts, &mut self.rng);
+                    let delay = retry_delay_ms(attempts, &mut self.rng)
+                        .max(error.retry_after_ms().unwrap_or(0).min(RETRY_DELAY_MS_MAX));
                     self.emit(Event::Note {
                         message: format!("{error}; retrying in {delay} ms"),
                     });
@@ -465,7 +577,7 @@ impl Client {
         let event = Event::Synced {
             received: self.received,
             ticks: self.ticks,
-            pending: self.outbox.len(),
+            pending: self.outbox.len() + self.store.drafts()?.len(),
         };
         self.emit(event);
         Ok(())
@@ -474,7 +586,9 @@ impl Client {
     /// Marks every unread message from `peer` read and sends the end-to-end encrypted receipt;
     /// returns how many were marked.
     pub async fn read(&mut self, peer: &str) -> Result<usize> {
+        self.refuse_if_rolled_back()?;
         let contact = self.resolve_peer(peer).await?;
+        self.queue_known_drafts()?;
         let unread = self.store.unread_from(contact.account)?;
         let ids: Vec<ClientMessageId> = unread
             .iter()
@@ -546,8 +660,14 @@ impl Client {
         Ok(())
     }
 
-    /// Reports the chat with `peer` in order (local only).
+    /// Reports the chat with `peer` in order (local only). On a device the relay refused as
+    /// rolled back, a note says so first.
     pub async fn history(&mut self, peer: &str) -> Result<()> {
+        if let Err(error) = self.refuse_if_rolled_back() {
+            self.emit(Event::Note {
+                message: error.to_string(),
+            });
+        }
         let contact = self
             .store
             .contact_by_name(peer)?
@@ -587,8 +707,13 @@ impl Client {
     // -----------------------------------------------------------------------------------------
     // Connection
 
-    /// Connects and authenticates if not connected; tops up one-time keys when they run low.
+    /// Connects and authenticates if not connected, presenting this device's queue cursor and
+    /// envelope counter; tops up one-time keys when they run low and uploads a fallback key
+    /// the region lacks. A refusal as rolled back is recorded (see [`Client::roll_back`])
+    /// unless the counters moved meanwhile (another process on this data directory), in which
+    /// case it connects again.
     async fn connect(&mut self) -> Result<()> {
+        self.refuse_if_rolled_back()?;
         if self
             .connection
             .as_ref()
@@ -597,21 +722,119 @@ impl Client {
             return Ok(());
         }
         self.disconnect().await;
-        let mut connection = self.environment.dialer.connect_any(&self.settings).await?;
-        let (remaining, pushes) = match connection
-            .authenticate(self.identity.address(), &self.signer)
-            .await
-        {
-            Ok(authenticated) => authenticated,
-            Err(error) => {
-                connection.close().await;
-                return Err(error);
+        let mut rechecks = 0;
+        let (connection, keys, pushes) = loop {
+            let last_edge = self.store.last_edge()?;
+            let mut connection = dial(
+                &self.environment,
+                &self.settings,
+                last_edge,
+                &mut *self.sink,
+            )
+            .await?;
+            if last_edge != Some(connection.edge()) {
+                let edge = connection.edge();
+                self.store.write(|writer| writer.set_last_edge(edge))?;
+            }
+            let progress = self.progress()?;
+            match connection
+                .authenticate(self.identity.address(), &self.signer, progress)
+                .await
+            {
+                Ok((keys, pushes)) => break (connection, keys, pushes),
+                Err(error) => {
+                    connection.close().await;
+                    let Some(refusal) = rolled_back_refusal(&error) else {
+                        return Err(error);
+                    };
+                    if rechecks < ROLLBACK_RECHECKS_MAX && self.progress()? != progress {
+                        rechecks += 1;
+                        continue;
+                    }
+                    return Err(self.roll_back(refusal).await);
+                }
             }
         };
         self.connection = Some(connection);
         self.pushes = Some(pushes);
         self.last_key_upload = None;
-        self.replenish_keys(remaining).await
+        self.keep_keys(keys, false).await
+    }
+
+    /// The counters this device presents when it authenticates.
+    fn progress(&self) -> Result<DeviceProgress> {
+        Ok(DeviceProgress {
+            queue_cursor: self.store.queue_cursor()?,
+            next_device_seq: self.store.next_device_seq()?,
+        })
+    }
+
+    /// Fails with [`ClientError::DeviceRolledBack`] once the relay refused this device as
+    /// rolled back (in this command or an earlier one).
+    fn refuse_if_rolled_back(&self) -> Result<()> {
+        match &self.rolled_back {
+            Some(reason) => Err(ClientError::DeviceRolledBack(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The relay refused this device because its state went back: records that (so every later
+    /// command refuses too), gives up every outbox entry with the reason (reported as failed,
+    /// never dropped silently) and disconnects. Returns the error to end the command with.
+    async fn roll_back(&mut self, refusal: String) -> ClientError {
+        let me = self.identity.address();
+        let drafts = match self.store.drafts() {
+            Ok(drafts) => drafts,
+            Err(error) => return error,
+        };
+        let recorded = self.store.write(|writer| {
+            writer.set_rolled_back(&refusal)?;
+            let mut given_up = Vec::new();
+            for row in writer.outbox()? {
+                writer.remove_outbox(row.client_message_id)?;
+                writer.mark_failed(me, row.client_message_id, ROLLED_BACK_FAILURE)?;
+                given_up.push(row);
+            }
+            let mut drafts_given_up = Vec::new();
+            for draft in &drafts {
+                if writer.remove_draft(draft.client_message_id)? {
+                    drafts_given_up.push(draft.clone());
+                }
+            }
+            Ok((given_up, drafts_given_up))
+        });
+        self.outbox = Outbox::new();
+        self.disconnect().await;
+        let (given_up, drafts_given_up) = match recorded {
+            Ok(given_up) => given_up,
+            Err(error) => return error,
+        };
+        self.rolled_back = Some(refusal.clone());
+        for draft in drafts_given_up {
+            self.emit(Event::Failed {
+                id: draft.client_message_id.to_string(),
+                peer: draft.peer_name,
+                reason: ROLLED_BACK_FAILURE.to_owned(),
+            });
+        }
+        for row in given_up {
+            let peer = self.name_of(row.peer).await;
+            let is_message = matches!(self.store.message(me, row.client_message_id), Ok(Some(_)));
+            if is_message {
+                self.emit(Event::Failed {
+                    id: row.client_message_id.to_string(),
+                    peer,
+                    reason: ROLLED_BACK_FAILURE.to_owned(),
+                });
+            } else {
+                self.emit(Event::Note {
+                    message: format!(
+                        "a read receipt to {peer} was not sent: {ROLLED_BACK_FAILURE}"
+                    ),
+                });
+            }
+        }
+        ClientError::DeviceRolledBack(refusal)
     }
 
     async fn disconnect(&mut self) {
@@ -627,33 +850,67 @@ impl Client {
             .ok_or_else(|| ClientError::EdgeUnreachable("not connected".into()))
     }
 
-    /// Uploads fresh one-time keys when the edge reports fewer than the low watermark. A failed
-    /// upload is reported and retried later; it never fails the command.
-    async fn replenish_keys(&mut self, remaining: u32) -> Result<()> {
-        if remaining >= ONE_TIME_KEYS_LOW_WATERMARK {
-            return Ok(());
-        }
+    /// Keeps the published keys in shape after the region reported `keys`: fresh one-time keys
+    /// when fewer than the low watermark are left, and a new signed fallback key when
+    /// [`fallback::plan`] says so (the region has none, it was handed out, or it is old), or
+    /// one made earlier that never went up; the previous fallback key is forgotten when that
+    /// is safe (`queue_drained`: the queue was just fetched to the end). At most one upload
+    /// every [`KEY_UPLOAD_INTERVAL_MS`] per connection; a failed upload is reported and retried
+    /// later, it never fails the command.
+    async fn keep_keys(&mut self, keys: OneTimeKeyCount, queue_drained: bool) -> Result<()> {
         if self
             .last_key_upload
             .is_some_and(|at| at.elapsed() < Duration::from_millis(KEY_UPLOAD_INTERVAL_MS))
         {
             return Ok(());
         }
-        self.last_key_upload = Some(Instant::now());
-        let wanted = (ONE_TIME_KEYS_AT_REGISTRATION as u32).saturating_sub(remaining);
+        let region_state =
+            FallbackKeyState::try_from(keys.fallback_key).unwrap_or(FallbackKeyState::Unknown);
+        let low = keys.remaining < ONE_TIME_KEYS_LOW_WATERMARK;
+        let wanted = (ONE_TIME_KEYS_AT_REGISTRATION as u32).saturating_sub(keys.remaining);
         let count = (wanted as usize).clamp(1, ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        let now_ms = self.wall_ms();
         // The private halves are durable before the public halves leave the device. Keys left
-        // unpublished by an earlier failed upload go first, instead of new ones.
-        let mut keys = self.store.write(|writer| {
+        // unpublished by an earlier failed upload go first, instead of new ones; they go up
+        // with whatever else is uploaded, since a successful upload marks every key published.
+        let (mut one_time_keys, fallback_key) = self.store.write(|writer| {
             let mut crypto = writer.load_crypto()?;
-            if crypto.unpublished_one_time_keys().is_empty() {
-                crypto.generate_one_time_keys(count);
-                writer.save_crypto(&crypto.take_changes()?)?;
+            let times = writer.fallback_times()?;
+            let plan = fallback::plan(FallbackFacts {
+                times,
+                region_state,
+                unpublished: crypto.unpublished_fallback_key().is_some(),
+                queue_drained,
+                now_ms,
+            });
+            if plan.forget_previous {
+                crypto.forget_previous_fallback_key();
             }
-            Ok(crypto.unpublished_one_time_keys())
+            if plan.generate {
+                crypto.generate_fallback_key();
+            }
+            if plan != fallback::FallbackPlan::default() {
+                writer.set_fallback_times(&fallback::after(times, plan, now_ms))?;
+            }
+            if low && crypto.unpublished_one_time_keys().is_empty() {
+                crypto.generate_one_time_keys(count);
+            }
+            writer.save_crypto(&crypto.take_changes()?)?;
+            Ok((
+                crypto.unpublished_one_time_keys(),
+                crypto.unpublished_fallback_key(),
+            ))
         })?;
-        keys.truncate(ONE_TIME_KEYS_PER_UPLOAD_MAX);
-        match self.connection()?.upload_one_time_keys(keys).await {
+        if one_time_keys.is_empty() && fallback_key.is_none() {
+            return Ok(());
+        }
+        self.last_key_upload = Some(Instant::now());
+        one_time_keys.truncate(ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        match self
+            .connection()?
+            .upload_keys(one_time_keys, fallback_key)
+            .await
+        {
             Ok(_) => self.store.write(|writer| {
                 let mut crypto = writer.load_crypto()?;
                 crypto.mark_keys_published();
@@ -661,7 +918,7 @@ impl Client {
             })?,
             Err(error) if error.is_retryable() || matches!(error, ClientError::Remote(_)) => {
                 self.emit(Event::Note {
-                    message: format!("uploading one-time keys failed: {error}"),
+                    message: format!("uploading keys failed: {error}"),
                 });
             }
             Err(error) => return Err(error),
@@ -729,17 +986,112 @@ impl Client {
     // -----------------------------------------------------------------------------------------
     // Outbox
 
-    /// Puts a content in the outbox of the chat with `peer` under the chat's next sender_seq;
-    /// a text is also recorded as a pending outgoing message.
+    /// Turns drafts into outbox entries once their recipient's name resolves: from the contacts,
+    /// else by asking the directory. A name no account has gives the draft up (reported as
+    /// failed); any other failure leaves the drafts for a later flush, noting why.
+    async fn resolve_drafts(&mut self) -> Result<()> {
+        self.queue_known_drafts()?;
+        // Every draft left needs the directory (or a contact learnt meanwhile).
+        for draft in self.store.drafts()? {
+            let contact = match self.resolve_peer(&draft.peer_name).await {
+                Ok(contact) => contact,
+                Err(ClientError::UnknownPeer(name)) => {
+                    let id = draft.client_message_id;
+                    if self.store.write(|writer| writer.remove_draft(id))? {
+                        self.emit(Event::Failed {
+                            id: id.to_string(),
+                            peer: name.clone(),
+                            reason: format!("no account is named {name}"),
+                        });
+                        self.unknown_drafts.push((id, name));
+                    }
+                    continue;
+                }
+                Err(error)
+                    if error.is_retryable()
+                        || error.needs_reconnect()
+                        || matches!(error, ClientError::UnexpectedResponse(_)) =>
+                {
+                    // The others would meet the same trouble: leave them all for later.
+                    self.last_problem = Some(error.to_string());
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
+            self.queue_draft(&contact, &draft)?;
+        }
+        Ok(())
+    }
+
+    /// Moves every draft whose name is now a known contact to the outbox, oldest first, without
+    /// the network. Runs before anything else is queued, so that nothing overtakes a message
+    /// typed earlier for the same chat (sender FIFO, I3): a contact can become known (say, by a
+    /// message from it) while a draft for its name still waits.
+    fn queue_known_drafts(&mut self) -> Result<()> {
+        for draft in self.store.drafts()? {
+            if let Some(contact) = self.store.contact_by_name(&draft.peer_name)? {
+                self.queue_draft(&contact, &draft)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one draft for `contact` to the outbox under its id, or gives it up (reported as
+    /// failed) if it can never be sent as it is, so it cannot hold the others back.
+    fn queue_draft(&mut self, contact: &Contact, draft: &Draft) -> Result<()> {
+        let content = if contact.account == self.identity.account {
+            Err("a message to yourself has no recipient device".to_owned())
+        } else {
+            Content::text(&draft.text, draft.sent_at_ms, contact.account.0)
+                .map_err(|error| error.to_string())
+        };
+        match content {
+            Ok(content) => {
+                self.enqueue(
+                    contact.account,
+                    &content,
+                    Some(&draft.text),
+                    draft.client_message_id,
+                    true,
+                )?;
+            }
+            Err(reason) => {
+                let id = draft.client_message_id;
+                if self.store.write(|writer| writer.remove_draft(id))? {
+                    self.emit(Event::Failed {
+                        id: id.to_string(),
+                        peer: draft.peer_name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a message of this command whose draft was given up, if it was.
+    fn given_up(&mut self, id: ClientMessageId) -> Option<ClientError> {
+        let index = self
+            .unknown_drafts
+            .iter()
+            .position(|(given_up, _)| *given_up == id)?;
+        let (_, name) = self.unknown_drafts.remove(index);
+        Some(ClientError::UnknownPeer(name))
+    }
+
+    /// Puts a content in the outbox of the chat with `peer` under the chat's next sender_seq and
+    /// the id `id`; a text is also recorded as a pending outgoing message. With `from_draft`, the
+    /// draft with that id is taken in the same transaction (`None` if another process took it).
     fn enqueue(
         &mut self,
         peer: AccountId,
         content: &Content,
         text: Option<&str>,
-    ) -> Result<Pending> {
+        id: ClientMessageId,
+        from_draft: bool,
+    ) -> Result<Option<Pending>> {
         let me = self.identity.address();
         let chat = ChatId::direct(me.account, peer);
-        let id = ClientMessageId(self.rng.random());
         let now = self.wall_ms();
         let sent_at_ms = match &content.body {
             Some(crate::content::body::Body::Text(text)) => text.sent_at_ms,
@@ -747,6 +1099,9 @@ impl Client {
         };
         let bytes = content.to_bytes();
         let sender_seq = self.store.write(|writer| {
+            if from_draft && !writer.remove_draft(id)? {
+                return Ok(None);
+            }
             let sender_seq = writer.take_sender_seq(chat)?;
             if let Some(text) = text {
                 writer.insert_message(&NewMessage {
@@ -773,15 +1128,18 @@ impl Client {
                 envelope: None,
             };
             writer.insert_outbox(&row, now)?;
-            Ok(sender_seq)
+            Ok(Some(sender_seq))
         })?;
+        let Some(sender_seq) = sender_seq else {
+            return Ok(None);
+        };
         let pending = Pending {
             chat,
             sender_seq,
             client_message_id: id,
         };
         self.outbox.insert(pending, self.now_ms())?;
-        Ok(pending)
+        Ok(Some(pending))
     }
 
     /// Flushes the outbox for up to [`FLUSH_BUDGET_MS`] after a connection attempt that ended with
@@ -803,8 +1161,10 @@ impl Client {
         }
     }
 
-    /// Sends every due outbox entry; with `until`, also waits for retries due before it.
+    /// Moves resolvable drafts to the outbox, then sends every due outbox entry; with `until`,
+    /// also waits for retries due before it.
     async fn flush(&mut self, until: Option<Instant>) -> Result<()> {
+        self.resolve_drafts().await?;
         self.sync_outbox()?;
         loop {
             let now = self.now_ms();
@@ -909,6 +1269,11 @@ impl Client {
     ) -> Result<()> {
         let mut commits = Vec::new();
         let mut problem = String::new();
+        if let Err(error) = &result
+            && let Some(refusal) = rolled_back_refusal(error)
+        {
+            return Err(self.roll_back(refusal).await);
+        }
         let outcome = match result {
             Ok(send_outcome::Outcome::Sent(everywhere)) => {
                 commits = everywhere.commits;
@@ -1018,10 +1383,15 @@ impl Client {
             self.disconnect().await;
         }
         match error {
-            _ if error.is_retryable() || error.needs_reconnect() => Some(Outcome::Retry),
+            _ if error.is_retryable() || error.needs_reconnect() => Some(
+                error
+                    .retry_after_ms()
+                    .map_or(Outcome::Retry, Outcome::RetryAfter),
+            ),
             ClientError::UnexpectedResponse(_) => Some(Outcome::Retry),
             ClientError::Remote(_)
             | ClientError::IdentityChanged(_)
+            | ClientError::BadFallbackKey(_)
             | ClientError::Crypto(_)
             | ClientError::Invalid(_)
             | ClientError::UnknownPeer(_) => Some(Outcome::Refused),
@@ -1132,7 +1502,8 @@ impl Client {
                     }
                 }
             }
-            let envelope = envelope::assemble(&mut crypto, me, row, &targets, reuse)?;
+            let device_seq = writer.take_device_seq()?;
+            let envelope = envelope::assemble(&mut crypto, me, row, &targets, reuse, device_seq)?;
             writer.save_crypto(&crypto.take_changes()?)?;
             writer.set_envelope(row.client_message_id, &envelope.encode_to_vec())?;
             Ok(envelope)
@@ -1141,7 +1512,8 @@ impl Client {
 
     /// Claims keys of `account`'s current devices, trusts their identity keys on first use and
     /// records them as the current devices; returns each other device's identity key and claimed
-    /// one-time key (sessions start when the envelope is built).
+    /// one-time key (sessions start when the envelope is built). A fallback key (handed out when
+    /// a device's one-time keys ran out) is used only if that device signed it.
     async fn claim_keys(
         &mut self,
         account: AccountId,
@@ -1168,6 +1540,9 @@ impl Client {
                 <[u8; 32]>::try_from(keys.identity_key.as_slice()).map_err(|_| {
                     ClientError::UnexpectedResponse(format!("identity key of {device}"))
                 })?;
+            if let Some(key) = keys.one_time_key.as_ref().filter(|key| key.fallback) {
+                verify_fallback_key(device, &identity_key, &keys.signing_key, key)?;
+            }
             keyed.push((
                 device,
                 identity_key,
@@ -1183,12 +1558,23 @@ impl Client {
         Ok(keyed)
     }
 
-    /// Reports outbox entries still waiting (all, or just `only`), with the last problem seen.
+    /// Reports outbox entries and drafts still waiting (all, or just `only`), with the last
+    /// problem seen.
     async fn report_still_pending(&mut self, only: Option<ClientMessageId>) -> Result<()> {
         let reason = self
             .last_problem
             .clone()
             .unwrap_or_else(|| "not sent yet".into());
+        for draft in self.store.drafts()? {
+            if only.is_some_and(|id| id != draft.client_message_id) {
+                continue;
+            }
+            self.emit(Event::StillPending {
+                id: draft.client_message_id.to_string(),
+                peer: draft.peer_name,
+                reason: reason.clone(),
+            });
+        }
         for row in self.store.outbox()? {
             if only.is_some_and(|id| id != row.client_message_id) {
                 continue;
@@ -1209,13 +1595,29 @@ impl Client {
     /// Fetches and processes the queue until it is empty, acknowledging what was committed.
     async fn fetch_all(&mut self) -> Result<()> {
         self.connect().await?;
+        let mut rechecks = 0;
         for _ in 0..FETCH_ROUNDS_MAX {
             let acks = self.store.pending_acks()?;
             let cursor = self.store.queue_cursor()?;
-            let batch = self
+            let fetched = self
                 .connection()?
                 .fetch(acks.clone(), cursor, QUEUE_FETCH_ENTRIES_MAX)
-                .await?;
+                .await;
+            let batch = match fetched {
+                Ok(batch) => batch,
+                Err(error) => {
+                    let Some(refusal) = rolled_back_refusal(&error) else {
+                        return Err(error);
+                    };
+                    // Another process on this data directory may have stored and acked
+                    // entries since the cursor was read: it raised the cursor first.
+                    if rechecks < ROLLBACK_RECHECKS_MAX && self.store.queue_cursor()? > cursor {
+                        rechecks += 1;
+                        continue;
+                    }
+                    return Err(self.roll_back(refusal).await);
+                }
+            };
             if !acks.is_empty() {
                 self.store.write(|writer| writer.acked(&acks))?;
             }
@@ -1228,7 +1630,11 @@ impl Client {
                     .write(|writer| process_entries(writer, me, cursor, &batch.entries, now))?;
                 self.report(reports).await;
             }
-            self.replenish_keys(batch.one_time_keys_remaining).await?;
+            let keys = OneTimeKeyCount {
+                remaining: batch.one_time_keys_remaining,
+                fallback_key: batch.fallback_key,
+            };
+            self.keep_keys(keys, count == 0).await?;
             if count == 0 {
                 return Ok(());
             }
@@ -1406,14 +1812,18 @@ impl Client {
         }
     }
 
-    fn goal_reached(&self, goal: Goal) -> Result<bool> {
+    fn goal_reached(&mut self, goal: Goal) -> Result<bool> {
         let Goal::Tick(id, until) = goal else {
             return Ok(false);
         };
-        let message = self
-            .store
-            .message(self.identity.address(), id)?
-            .ok_or_else(|| ClientError::Corrupt(format!("message {id} vanished")))?;
+        let Some(message) = self.store.message(self.identity.address(), id)? else {
+            if self.store.draft(id)?.is_some() {
+                return Ok(false);
+            }
+            return Err(self
+                .given_up(id)
+                .unwrap_or_else(|| ClientError::Corrupt(format!("message {id} vanished"))));
+        };
         if let Some(reason) = message.failed {
             return Err(ClientError::Invalid(format!(
                 "message {id} failed: {reason}"
@@ -1447,6 +1857,40 @@ impl Client {
     }
 }
 
+/// Connects to the first edge that answers of those the locator names for the settings. When
+/// the locator itself does not answer, the last edge a connection reached is tried instead
+/// (saying so on `sink`); the locator's answer always wins when there is one.
+async fn dial(
+    environment: &Environment,
+    settings: &Settings,
+    last_edge: Option<SocketAddr>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<EdgeConnection> {
+    let dialer = &environment.dialer;
+    let edges = match dialer.edges(settings).await {
+        Ok(edges) => edges,
+        Err(error @ ClientError::Discovery(_)) if dialer.asks_locator() => {
+            let Some(edge) = last_edge else {
+                return Err(error);
+            };
+            sink(Event::Note {
+                message: format!("{error}; trying the last edge that worked, {edge}"),
+            });
+            return dialer
+                .connect_first(settings, &[edge])
+                .await
+                .map_err(|last| match last {
+                    ClientError::EdgeUnreachable(problem) => ClientError::Discovery(format!(
+                        "{error}; the last edge that worked did not answer either ({problem})"
+                    )),
+                    other => other,
+                });
+        }
+        Err(error) => return Err(error),
+    };
+    dialer.connect_first(settings, &edges).await
+}
+
 /// Runs `futures` concurrently on this task and returns their outputs in order.
 async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
@@ -1469,6 +1913,16 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+/// The relay's words when `error` is its refusal of this device as rolled back.
+fn rolled_back_refusal(error: &ClientError) -> Option<String> {
+    match error {
+        ClientError::Remote(refusal) if refusal.code == ErrorCode::DeviceRolledBack => {
+            Some(refusal.message.clone())
+        }
+        _ => None,
+    }
 }
 
 async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
@@ -1501,4 +1955,193 @@ fn create_private_dir(path: &Path) -> Result<()> {
     }
     builder.create(path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use relay_proto::net::TokioSockets;
+
+    use super::*;
+    use crate::connection::EdgeSource;
+
+    /// A data directory registered as alice (account 1, region 1) knowing bob (account 2),
+    /// written directly: no deployment needed.
+    fn registered(dir: &Path) {
+        let mut store = Store::create(&dir.join(DATABASE_FILE)).expect("create");
+        store.unlock(&dir.join(DEVICE_KEY_FILE)).expect("unlock");
+        let mut crypto = Crypto::new();
+        let changes = crypto.take_changes().expect("pickle");
+        store
+            .write(|writer| {
+                writer.save_crypto(&changes)?;
+                writer.set_settings(&Settings {
+                    locator: "127.0.0.1:9".parse().expect("addr"),
+                    bind_ip: "127.0.0.1".parse().expect("ip"),
+                    ca_path: PathBuf::from(CA_FILE),
+                })?;
+                writer.set_identity(&Identity {
+                    account: AccountId(1),
+                    device: DeviceId(1),
+                    name: "alice".into(),
+                    region: 1,
+                    epoch: 1,
+                })?;
+                writer.upsert_contact(&Contact {
+                    account: AccountId(2),
+                    name: "bob".into(),
+                    region: 1,
+                })
+            })
+            .expect("write");
+    }
+
+    /// A client of `dir` that can reach no edge, and the events it reports. Each opening needs
+    /// its own `seed`, as each run of an app draws fresh ids.
+    fn offline(dir: &Path, seed: u64) -> (Client, Rc<RefCell<Vec<Event>>>) {
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let sink = {
+            let events = events.clone();
+            Box::new(move |event| events.borrow_mut().push(event))
+        };
+        let environment = Environment {
+            dialer: Dialer::new(Arc::new(TokioSockets), EdgeSource::Fixed(Vec::new())),
+            rng_seed: Some(seed),
+            ..Environment::default()
+        };
+        let client = Client::open_in(environment, dir, Overrides::default(), sink).expect("open");
+        (client, events)
+    }
+
+    #[tokio::test]
+    async fn what_is_typed_is_stored_before_any_network_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        let (mut client, events) = offline(dir.path(), 1);
+
+        let to_bob = client.send("bob", "hi bob", None).await.expect("send");
+        let to_carol = client.send("carol", "hi carol", None).await.expect("send");
+        let reported: Vec<String> = events
+            .borrow()
+            .iter()
+            .filter_map(|event| match event {
+                Event::Tick { id, peer, tick } => Some(format!("{id} {peer} {}", tick.name())),
+                Event::StillPending { id, peer, reason } => {
+                    Some(format!("{id} {peer} still: {reason}"))
+                }
+                // The temporary directory is not private: the client closes it and says so.
+                Event::Note { message } if message.contains("open to other users") => None,
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
+        assert_eq!(
+            reported,
+            vec![
+                format!("{to_bob} bob pending"),
+                format!("{to_bob} bob still: cannot reach an edge (no edge is configured)"),
+                format!("{to_carol} carol pending"),
+                format!("{to_carol} carol still: cannot reach an edge (no edge is configured)"),
+            ]
+        );
+        client.close().await;
+
+        // Both are in the store: bob's in the outbox, carol's as a draft under its final id.
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].client_message_id, to_bob);
+        let drafts = store.drafts().expect("drafts");
+        assert_eq!(drafts.len(), 1);
+        assert_eq!(
+            (
+                drafts[0].client_message_id,
+                drafts[0].peer_name.as_str(),
+                drafts[0].text.as_str()
+            ),
+            (to_carol, "carol", "hi carol")
+        );
+
+        // carol becomes a contact (say, a message from her named her) while her draft waits:
+        // the next text for her goes after the draft, never before it (sender FIFO).
+        let (mut client, _) = offline(dir.path(), 2);
+        client
+            .store
+            .write(|writer| {
+                writer.upsert_contact(&Contact {
+                    account: AccountId(3),
+                    name: "carol".into(),
+                    region: 1,
+                })
+            })
+            .expect("contact");
+        let later = client.send("carol", "again", None).await.expect("send");
+        client.close().await;
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        assert!(store.drafts().expect("drafts").is_empty());
+        let to_carol_chat: Vec<(u64, ClientMessageId)> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .filter(|row| row.peer == AccountId(3))
+            .map(|row| (row.sender_seq, row.client_message_id))
+            .collect();
+        assert_eq!(to_carol_chat, vec![(1, to_carol), (2, later)]);
+        drop(store);
+
+        // Refused before anything is stored: a name that cannot be an account, and oneself.
+        let (mut client, _) = offline(dir.path(), 3);
+        assert!(matches!(
+            client.send("Not A Name", "x", None).await,
+            Err(ClientError::UnknownPeer(_))
+        ));
+        assert!(matches!(
+            client.send("alice", "x", None).await,
+            Err(ClientError::Invalid(_))
+        ));
+        client.close().await;
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        assert!(store.drafts().expect("drafts").is_empty());
+        assert_eq!(store.outbox().expect("outbox").len(), 3);
+    }
+
+    #[test]
+    fn an_unfinished_registration_and_a_damaged_database_are_told_apart() {
+        let open =
+            |dir: &Path| Client::open(dir, Overrides::default(), Box::new(|_| {})).map(|_| ());
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(open(dir.path()), Err(ClientError::NotRegistered)));
+
+        // Keys and settings, no identity: a registration that stopped half way.
+        let mut store = Store::create(&dir.path().join(DATABASE_FILE)).expect("create");
+        store
+            .unlock(&dir.path().join(DEVICE_KEY_FILE))
+            .expect("unlock");
+        let changes = Crypto::new().take_changes().expect("pickle");
+        store
+            .write(|writer| writer.save_crypto(&changes))
+            .expect("write");
+        drop(store);
+        assert!(matches!(
+            open(dir.path()),
+            Err(ClientError::RegistrationUnfinished)
+        ));
+
+        // Tables but no rows at all: damaged, not "not registered".
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::create(&dir.path().join(DATABASE_FILE)).expect("create"));
+        let error = open(dir.path()).expect_err("damaged");
+        assert!(
+            matches!(&error, ClientError::Damaged { problem, .. } if problem.contains("no registered device")),
+            "{error}"
+        );
+
+        // Registered, then the device key is lost: a clear error, and no new key appears.
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        std::fs::remove_file(dir.path().join(DEVICE_KEY_FILE)).expect("remove the key");
+        assert!(matches!(open(dir.path()), Err(ClientError::DeviceKey(_))));
+        assert!(!dir.path().join(DEVICE_KEY_FILE).exists());
+    }
 }

@@ -15,6 +15,7 @@ use crate::app::{Client, Overrides, register};
 use crate::error::ClientError;
 use crate::events::{Direction, Event, format_time_ms};
 use crate::store::Tick;
+use crate::terminal;
 
 /// Exit code of a command that failed.
 pub const EXIT_FAILURE: u8 = 1;
@@ -73,13 +74,26 @@ OUTPUT
         [TIME] ← F: X                  an incoming message (\" (unread)\" until `relay read`)
     {\"event\":\"synced\",\"received\":N,\"ticks\":M,\"pending\":K}
         synced: N new message(s), M tick change(s), K pending in the outbox
-  TIME is RFC 3339 UTC with milliseconds. In human output a newline inside a text prints as \\n.
+  TIME is RFC 3339 UTC with milliseconds. Human output shows control characters of texts, names
+  and server messages as escapes (a newline as \\n, ESC as \\x1b, a backslash as \\\\, a bidi
+  override as \\u{202e}), so no message can move the cursor or rewrite the screen; JSON output
+  keeps every text exact (controls as \\u escapes).
+
+FILES
+  DIR/relay.db    messages, outbox, drafts, contacts (SQLite); the device's Olm keys inside it are
+                  encrypted under the device key
+  DIR/device.key  the device key (mode 0600, made by `register`). Keep it out of backups of DIR,
+                  or keep it elsewhere: --device-key PATH or RELAY_DEVICE_KEY_FILE=PATH, for
+                  every command. Without it the device cannot be opened.
+  DIR is kept at mode 0700; a command that finds it or the key open to other users closes it
+  and says so. A damaged relay.db is reported as such and left untouched. When the locator does
+  not answer, the last edge that worked is used.
 
 EXIT CODES
   0 success (also `send` without --wait leaving the message pending: the outbox retries it on
   the next command, and `listen` ending at its timeout or on Ctrl-C); 1 failure (not registered,
-  unknown peer, unreachable locator or edge, refused); 2 bad flags; 3 `send --wait` timed out;
-  130 `send --wait` interrupted.";
+  damaged database, missing or wrong device key, unknown peer, unreachable locator and edge,
+  refused); 2 bad flags; 3 `send --wait` timed out; 130 `send --wait` interrupted.";
 
 /// The `relay` command line.
 #[derive(Debug, Parser)]
@@ -100,6 +114,15 @@ pub struct Cli {
     /// The deployment's CA certificate, PEM (copied into the data directory by `register`).
     #[arg(long, global = true, value_name = "PATH")]
     pub ca: Option<PathBuf>,
+    /// The file holding the key that encrypts this device's secrets (default: device.key in the
+    /// data directory; `register` creates it). Keep it apart from backups of the data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "RELAY_DEVICE_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub device_key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -121,10 +144,12 @@ pub enum Command {
     },
     /// Send TEXT to PEER and print the message id with its tick.
     ///
-    /// Prints `ID → PEER: pending`, then `ID → PEER: sent ✓` once every destination region
-    /// stored it. If that does not happen within 20 s (edge unreachable, retries failing), the
-    /// message stays in the durable outbox, a `still pending` line says why, and the exit code is
-    /// 0: the next relay command retries it. With --wait (implied by --until or --timeout) it
+    /// Prints `ID → PEER: pending` once the message is stored, before anything goes on the
+    /// network (for a PEER not known yet, as a draft until the directory resolves the name),
+    /// then `ID → PEER: sent ✓` once every destination region stored it. If that does not
+    /// happen within 20 s (edge unreachable, directory unavailable, retries failing), the
+    /// message stays stored, a `still pending` line says why, and the exit code is 0: the next
+    /// relay command retries it. With --wait (implied by --until or --timeout) it
     /// stays connected, prints each tick as it moves (and any message received meanwhile), and
     /// exits once the tick reaches --until, or with exit code 3 after --timeout.
     Send {
@@ -213,7 +238,8 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // The chain may quote an edge's or a region's message: escaped like any peer text.
+            eprintln!("error: {}", terminal::escape(&format!("{error:#}")));
             let code = match error.downcast_ref::<ClientError>() {
                 Some(ClientError::TimedOut(_)) => EXIT_TIMEOUT,
                 Some(ClientError::Interrupted) => EXIT_INTERRUPTED,
@@ -241,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         locator: cli.locator,
         bind_ip: cli.bind,
         ca_path: cli.ca.clone(),
+        device_key: cli.device_key.clone(),
     };
     let mut print = move |event: Event| print_event(&event, json);
     match cli.command {
@@ -324,14 +351,15 @@ fn open(data: &std::path::Path, overrides: Overrides, json: bool) -> anyhow::Res
     .with_context(|| format!("data directory {}", data.display()))
 }
 
-/// Prints one event: notes to stderr, everything else as one stdout line.
+/// Prints one event: notes to stderr, everything else as one stdout line. Nothing a peer or a
+/// server wrote reaches the terminal unescaped (see [`terminal`]).
 fn print_event(event: &Event, json: bool) {
     if let Event::Note { message } = event {
-        eprintln!("note: {message}");
+        eprintln!("note: {}", terminal::escape(message));
         return;
     }
     let line = if json {
-        match serde_json::to_string(event) {
+        match terminal::json_line(event) {
             Ok(line) => line,
             Err(error) => {
                 eprintln!("error: cannot encode an event as JSON: {error}");
@@ -347,8 +375,15 @@ fn print_event(event: &Event, json: bool) {
     let _ = stdout.flush();
 }
 
-/// The human-readable line of an event (see the OUTPUT section of `relay --help`).
+/// The human-readable line of an event (see the OUTPUT section of `relay --help`), with every
+/// control character of its texts and names shown escaped ([`terminal::escape`]).
 pub fn human_line(event: &Event) -> String {
+    // The templates hold no control characters or backslashes, so escaping the whole line
+    // escapes exactly what the event's fields hold.
+    terminal::escape(&unescaped_line(event))
+}
+
+fn unescaped_line(event: &Event) -> String {
     match event {
         Event::Registered {
             name,
@@ -368,12 +403,8 @@ pub fn human_line(event: &Event) -> String {
             text,
             ..
         } => match direction {
-            Direction::In => format!("[{}] {from}: {}", format_time_ms(*time_ms), one_line(text)),
-            Direction::Out => format!(
-                "[{}] {from} → {peer}: {}",
-                format_time_ms(*time_ms),
-                one_line(text)
-            ),
+            Direction::In => format!("[{}] {from}: {text}", format_time_ms(*time_ms)),
+            Direction::Out => format!("[{}] {from} → {peer}: {text}", format_time_ms(*time_ms)),
         },
         Event::Undecryptable {
             id,
@@ -410,7 +441,7 @@ pub fn human_line(event: &Event) -> String {
             ..
         } => {
             let body = match (text, undecryptable) {
-                (Some(text), _) => one_line(text),
+                (Some(text), _) => text.clone(),
                 (None, reason) => format!(
                     "⚠ undecryptable ({})",
                     reason.as_deref().unwrap_or("unknown")
@@ -448,13 +479,6 @@ pub fn human_line(event: &Event) -> String {
         }
         Event::Note { message } => format!("note: {message}"),
     }
-}
-
-/// A text on one line: newlines and carriage returns shown escaped.
-fn one_line(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
 }
 
 #[cfg(test)]
@@ -551,5 +575,56 @@ mod tests {
             human_line(&history),
             "[1970-01-01T00:00:00.000Z] → bob: hi (sent ✓)"
         );
+    }
+
+    #[test]
+    fn peer_texts_and_names_cannot_drive_the_terminal() {
+        let hostile = "\x1b[2J\x1b]0;pwned\x07hi\r";
+        let message = Event::Message {
+            id: "ab".into(),
+            from: "m\u{202e}allory".into(),
+            peer: "bob".into(),
+            direction: Direction::In,
+            sender_device: "2/1".into(),
+            chat_seq: 1,
+            time_ms: 0,
+            sent_at_ms: 0,
+            text: hostile.into(),
+        };
+        assert_eq!(
+            human_line(&message),
+            "[1970-01-01T00:00:00.000Z] m\\u{202e}allory: \\x1b[2J\\x1b]0;pwned\\x07hi\\r"
+        );
+        let history = Event::History {
+            id: "ab".into(),
+            direction: Direction::In,
+            from: "mallory".into(),
+            peer: "mallory".into(),
+            time_ms: 0,
+            text: Some(hostile.into()),
+            tick: None,
+            read: Some(true),
+            undecryptable: None,
+            failed: None,
+            chat_seq: Some(1),
+        };
+        assert!(human_line(&history).ends_with("← mallory: \\x1b[2J\\x1b]0;pwned\\x07hi\\r"));
+        let failed = Event::Failed {
+            id: "ab".into(),
+            peer: "bob".into(),
+            reason: "the edge says \x1b[31mno".into(),
+        };
+        assert_eq!(
+            human_line(&failed),
+            "ab → bob: failed (the edge says \\x1b[31mno)"
+        );
+        let json = terminal::json_line(&message).expect("json");
+        assert!(
+            !json.contains('\x1b') && !json.contains('\u{202e}'),
+            "{json}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).expect("parses");
+        assert_eq!(parsed["text"], hostile, "JSON keeps the text exact");
+        assert_eq!(parsed["from"], "m\u{202e}allory");
     }
 }

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
-use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
 use relay_proto::net::{
     ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
     bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
 };
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
-    FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey, QueueBatch,
-    Register, Registered, SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload,
-    client_request, client_response, server_push,
+    FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey,
+    OneTimeKeyCount, QueueBatch, Register, Registered, SendOutcome, ServerPush, UploadOneTimeKeys,
+    auth_signing_payload, client_request, client_response, server_push,
 };
 use relay_proto::{AccountId, DeviceAddress};
 use tokio::sync::mpsc;
@@ -28,8 +28,11 @@ use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
 use crate::store::Settings;
 
-/// How long one request may take before the connection is considered broken, in milliseconds.
+/// How long one request may take before the connection is considered broken, in milliseconds:
+/// longer than the edge may take to answer, so a slow or silent region behind the edge reaches
+/// the device as a typed answer (`Overloaded`, `DirectoryUnavailable`), not as a timeout.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
 /// How long the QUIC handshake may take, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// How long closing waits for the close to reach the edge, in milliseconds.
@@ -39,6 +42,16 @@ pub const CLOSE_WAIT_MS: u64 = 1_000;
 pub const PUSHES_BUFFERED_MAX: usize = 16;
 /// The software name sent in `Hello`.
 pub const CLIENT_VERSION: &str = concat!("relay-client/", env!("CARGO_PKG_VERSION"));
+
+/// The counters a device presents when it authenticates, read from its store: a device whose
+/// counters are behind what its home region has seen went back (a restored data directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceProgress {
+    /// The highest queue sequence processed and stored.
+    pub queue_cursor: u64,
+    /// The `device_seq` the next envelope will get.
+    pub next_device_seq: u64,
+}
 
 /// What the control stream says after authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +110,25 @@ impl Dialer {
         }
     }
 
+    /// Whether edges are found by asking the locator (rather than given).
+    pub fn asks_locator(&self) -> bool {
+        self.edges == EdgeSource::Locator
+    }
+
     /// Finds the edges for the settings' address and connects to the first that answers.
     pub async fn connect_any(&self, settings: &Settings) -> Result<EdgeConnection> {
         let edges = self.edges(settings).await?;
+        self.connect_first(settings, &edges).await
+    }
+
+    /// Connects to the first of `edges` that answers.
+    pub async fn connect_first(
+        &self,
+        settings: &Settings,
+        edges: &[SocketAddr],
+    ) -> Result<EdgeConnection> {
         let mut problems = Vec::new();
-        for edge in edges {
+        for &edge in edges {
             let connected = async {
                 let roots = load_roots(&settings.ca_path)?;
                 EdgeConnection::connect_through(&*self.sockets, edge, settings.bind_ip, roots).await
@@ -111,6 +138,9 @@ impl Dialer {
                 Err(ClientError::Net(error)) => problems.push(format!("{edge}: {error}")),
                 Err(error) => return Err(error),
             }
+        }
+        if problems.is_empty() {
+            problems.push("no edge to try".to_owned());
         }
         Err(ClientError::EdgeUnreachable(problems.join("; ")))
     }
@@ -193,13 +223,15 @@ impl EdgeConnection {
         }
     }
 
-    /// Authenticates `device` on a new control stream, returning the device's remaining one-time
-    /// keys and the receiver of the pushes that follow on that stream.
+    /// Authenticates `device` on a new control stream, presenting its queue cursor and next
+    /// `device_seq` (the edge refuses a device behind what its region has seen), and returns the
+    /// state of its keys and the receiver of the pushes that follow on that stream.
     pub async fn authenticate(
         &mut self,
         device: DeviceAddress,
         crypto: &Crypto,
-    ) -> Result<(u32, mpsc::Receiver<Push>)> {
+        progress: DeviceProgress,
+    ) -> Result<(OneTimeKeyCount, mpsc::Receiver<Push>)> {
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
         let exchange = async {
             let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
@@ -225,21 +257,23 @@ impl EdgeConnection {
                 body: Some(client_request::Body::Authenticate(Authenticate {
                     device: device.into(),
                     signature: signature.to_vec(),
+                    queue_cursor: Some(progress.queue_cursor),
+                    next_device_seq: Some(progress.next_device_seq),
                 })),
             };
             write_frame(&mut send, &authenticate).await?;
             match read_response(&mut recv).await? {
-                client_response::Body::Authenticated(count) => Ok((count.remaining, send, recv)),
+                client_response::Body::Authenticated(count) => Ok((count, send, recv)),
                 other => Err(unexpected("Authenticated", &other)),
             }
         };
-        let (remaining, send, recv) = tokio::time::timeout(timeout, exchange)
+        let (keys, send, recv) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| NetError::Timeout)??;
         self.control = Some(send);
         let (sender, receiver) = mpsc::channel(PUSHES_BUFFERED_MAX);
         tokio::spawn(read_pushes(recv, sender));
-        Ok((remaining, receiver))
+        Ok((keys, receiver))
     }
 
     /// Resolves a name to an account.
@@ -269,6 +303,7 @@ impl EdgeConnection {
         match self
             .call(client_request::Body::ClaimKeys(ClaimKeys {
                 account: account.0,
+                claimer: None,
             }))
             .await?
         {
@@ -280,11 +315,17 @@ impl EdgeConnection {
         }
     }
 
-    /// Uploads one-time keys, returning the device's unclaimed count.
-    pub async fn upload_one_time_keys(&self, keys: Vec<OneTimeKey>) -> Result<u32> {
-        let body = client_request::Body::UploadOneTimeKeys(UploadOneTimeKeys { keys });
+    /// Uploads one-time keys and, if given, a new signed fallback key; returns the device's
+    /// unclaimed count and the state of its fallback key.
+    pub async fn upload_keys(
+        &self,
+        keys: Vec<OneTimeKey>,
+        fallback_key: Option<OneTimeKey>,
+    ) -> Result<OneTimeKeyCount> {
+        let body =
+            client_request::Body::UploadOneTimeKeys(UploadOneTimeKeys { keys, fallback_key });
         match self.call(body).await? {
-            client_response::Body::KeysUploaded(count) => Ok(count.remaining),
+            client_response::Body::KeysUploaded(count) => Ok(count),
             other => Err(unexpected("KeysUploaded", &other)),
         }
     }

@@ -1,5 +1,6 @@
 //! End-to-end encryption of one device: its vodozemac Olm account (identity keys, one-time
-//! keys, signing) and its Olm sessions with other devices, plus the pickles that persist them.
+//! keys, the signed fallback key, signing) and its Olm sessions with other devices, plus the
+//! pickles that persist them.
 //!
 //! This module holds no trust decisions and does no I/O: the caller says which identity key it
 //! expects from a device (trust on first use lives in the store), and after every change it takes
@@ -10,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use relay_proto::DeviceAddress;
-use relay_proto::wire::OneTimeKey;
+use relay_proto::wire::{OneTimeKey, fallback_key_signing_payload};
 use vodozemac::Curve25519PublicKey;
 use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle};
 
@@ -134,11 +135,41 @@ impl Crypto {
             .map(|(key_id, key)| OneTimeKey {
                 key_id: key_id.to_base64(),
                 public_key: key.to_vec(),
+                ..OneTimeKey::default()
             })
             .collect()
     }
 
-    /// Marks every generated one-time key as published (after the server stored them).
+    /// Makes a new fallback key, unpublished until [`Crypto::mark_keys_published`]. The current
+    /// one becomes the previous one (still able to start sessions); the previous one before it
+    /// is forgotten (see `crate::fallback` for when that is safe).
+    pub fn generate_fallback_key(&mut self) {
+        self.account.generate_fallback_key();
+        self.account_changed = true;
+    }
+
+    /// The fallback key not yet marked published, signed by this device for upload.
+    pub fn unpublished_fallback_key(&self) -> Option<OneTimeKey> {
+        let (key_id, key) = self.account.fallback_key().into_iter().next()?;
+        let key_id = key_id.to_base64();
+        let payload = fallback_key_signing_payload(&self.identity_key(), &key_id, key.as_bytes());
+        Some(OneTimeKey {
+            key_id,
+            public_key: key.to_vec(),
+            signature: self.sign(&payload).to_vec(),
+            fallback: true,
+        })
+    }
+
+    /// Forgets the previous fallback key; whether there was one.
+    pub fn forget_previous_fallback_key(&mut self) -> bool {
+        let forgotten = self.account.forget_fallback_key();
+        self.account_changed |= forgotten;
+        forgotten
+    }
+
+    /// Marks every generated one-time key, and the fallback key, as published (after the
+    /// server stored them: upload them together).
     pub fn mark_keys_published(&mut self) {
         self.account.mark_keys_as_published();
         self.account_changed = true;
@@ -317,6 +348,22 @@ impl Default for Crypto {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Checks that a claimed fallback key of `device` was signed by that device's Ed25519
+/// `signing_key`, with its `identity_key`, before any session starts from it.
+pub fn verify_fallback_key(
+    device: DeviceAddress,
+    identity_key: &[u8; 32],
+    signing_key: &[u8],
+    key: &OneTimeKey,
+) -> Result<()> {
+    let bad = || ClientError::BadFallbackKey(device);
+    let signing_key: &[u8; 32] = signing_key.try_into().map_err(|_| bad())?;
+    let signing_key = vodozemac::Ed25519PublicKey::from_slice(signing_key).map_err(|_| bad())?;
+    let signature = vodozemac::Ed25519Signature::from_slice(&key.signature).map_err(|_| bad())?;
+    let payload = fallback_key_signing_payload(identity_key, &key.key_id, &key.public_key);
+    signing_key.verify(&payload, &signature).map_err(|_| bad())
 }
 
 fn public_key(bytes: &[u8], what: &str) -> Result<Curve25519PublicKey> {
@@ -510,6 +557,97 @@ mod tests {
                     .plaintext,
                 text.as_bytes()
             );
+        }
+    }
+
+    /// One-time keys run out: many senders start sessions from the one signed fallback key,
+    /// which keeps working after a replacement until the previous key is forgotten.
+    #[test]
+    fn sessions_start_from_the_signed_fallback_key_until_it_is_forgotten() {
+        let bob_address = address(2, 1);
+        let mut bob = Crypto::new();
+        let mut bob_saved = (String::new(), BTreeMap::new());
+        assert!(bob.unpublished_fallback_key().is_none());
+        bob.generate_fallback_key();
+        let first = bob.unpublished_fallback_key().expect("unpublished");
+        assert!(first.fallback);
+        verify_fallback_key(bob_address, &bob.identity_key(), &bob.signing_key(), &first)
+            .expect("signed by bob");
+        bob.mark_keys_published();
+        assert!(bob.unpublished_fallback_key().is_none());
+        let mut bob = round_trip(&mut bob, &mut bob_saved);
+
+        // Three senders use the same key; each session decrypts.
+        let open_from = |key: &OneTimeKey, bob: &mut Crypto, sender: u64| {
+            let mut alice = Crypto::new();
+            alice
+                .create_outbound_session(bob_address, &bob.identity_key(), &key.public_key)
+                .expect("outbound");
+            let (kind, body) = alice
+                .encrypt(bob_address, b"from the fallback key")
+                .expect("e");
+            bob.decrypt(address(sender, 1), None, kind, &body)
+                .map(|decrypted| decrypted.plaintext)
+        };
+        for sender in 10..13 {
+            assert_eq!(
+                open_from(&first, &mut bob, sender).expect("decrypts"),
+                b"from the fallback key"
+            );
+        }
+        // Replaced: a sender that claimed the old key before still gets through.
+        bob.generate_fallback_key();
+        let second = bob.unpublished_fallback_key().expect("new key");
+        assert_ne!(second.public_key, first.public_key);
+        bob.mark_keys_published();
+        let mut bob = round_trip(&mut bob, &mut bob_saved);
+        assert!(
+            open_from(&first, &mut bob, 20).is_ok(),
+            "the previous key is kept"
+        );
+        assert!(open_from(&second, &mut bob, 21).is_ok());
+        // Forgotten: the old key starts nothing more.
+        assert!(bob.forget_previous_fallback_key());
+        assert!(!bob.forget_previous_fallback_key());
+        assert!(open_from(&first, &mut bob, 30).is_err());
+        assert!(open_from(&second, &mut bob, 31).is_ok());
+    }
+
+    #[test]
+    fn a_fallback_key_not_signed_by_its_device_is_refused() {
+        let device = address(2, 1);
+        let mut bob = Crypto::new();
+        bob.generate_fallback_key();
+        let key = bob.unpublished_fallback_key().expect("key");
+        let mallory = Crypto::new();
+        let checks = [
+            // Signed by someone else.
+            verify_fallback_key(device, &bob.identity_key(), &mallory.signing_key(), &key),
+            // Moved to another identity.
+            verify_fallback_key(device, &mallory.identity_key(), &bob.signing_key(), &key),
+            // Swapped key under bob's signature.
+            verify_fallback_key(
+                device,
+                &bob.identity_key(),
+                &bob.signing_key(),
+                &OneTimeKey {
+                    public_key: mallory.identity_key().to_vec(),
+                    ..key.clone()
+                },
+            ),
+            // Garbage never panics.
+            verify_fallback_key(
+                device,
+                &bob.identity_key(),
+                &[1, 2],
+                &OneTimeKey {
+                    signature: vec![0; 3],
+                    ..key.clone()
+                },
+            ),
+        ];
+        for check in checks {
+            assert!(matches!(check, Err(ClientError::BadFallbackKey(d)) if d == device));
         }
     }
 

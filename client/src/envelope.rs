@@ -14,14 +14,16 @@ use crate::error::{ClientError, Result};
 use crate::store::OutboxRow;
 
 /// The envelope of `row` sent by `me` to `targets` (the current devices of the peer and of this
-/// account, never `me`), reusing the ciphertexts of `reuse` for targets it covers. Fails without
-/// encrypting anything when a target has neither a ciphertext to reuse nor a session.
+/// account, never `me`), numbered `device_seq` among all of this device's envelopes, reusing
+/// the ciphertexts of `reuse` for targets it covers. Fails without encrypting anything when a
+/// target has neither a ciphertext to reuse nor a session.
 pub fn assemble(
     crypto: &mut Crypto,
     me: DeviceAddress,
     row: &OutboxRow,
     targets: &[DeviceAddress],
     reuse: Option<&Envelope>,
+    device_seq: u64,
 ) -> Result<Envelope> {
     let reused = |device: DeviceAddress| {
         reuse.and_then(|envelope| {
@@ -73,6 +75,7 @@ pub fn assemble(
             .map(|account| account.0)
             .collect(),
         ciphertexts,
+        device_seq,
     };
     envelope
         .parse()
@@ -140,6 +143,7 @@ mod tests {
             &row,
             &[device(2, 1), device(2, 3), me],
             None,
+            1,
         )
         .expect("first");
         assert_eq!(first.recipient_accounts, vec![2, 1]);
@@ -149,7 +153,7 @@ mod tests {
         // The region says: bob's devices are now 1 and 2 (3 is gone), and alice has a device 2.
         let targets = [device(2, 1), device(2, 2), device(1, 2)];
         assert!(matches!(
-            assemble(&mut alice, me, &row, &targets, Some(&first)),
+            assemble(&mut alice, me, &row, &targets, Some(&first), 2),
             Err(ClientError::NoOneTimeKey(_))
         ));
         alice
@@ -158,12 +162,17 @@ mod tests {
         alice
             .create_outbound_session(device(1, 2), &own_other.identity_key(), &own_other_key)
             .expect("session");
-        let second = assemble(&mut alice, me, &row, &targets, Some(&first)).expect("second");
+        let second = assemble(&mut alice, me, &row, &targets, Some(&first), 2).expect("second");
         assert_eq!(
             second.client_message_id, first.client_message_id,
             "the same id"
         );
         assert_eq!(second.sender_seq, first.sender_seq, "the same sender_seq");
+        assert_eq!(
+            (first.device_seq, second.device_seq),
+            (1, 2),
+            "each build takes the device's next number"
+        );
         let recipients: Vec<DeviceAddress> = second
             .ciphertexts
             .iter()
@@ -189,7 +198,7 @@ mod tests {
 
         // A peer without devices cannot be sent to.
         assert!(matches!(
-            assemble(&mut alice, me, &row, &[device(1, 2)], None),
+            assemble(&mut alice, me, &row, &[device(1, 2)], None, 3),
             Err(ClientError::Invalid(_))
         ));
     }

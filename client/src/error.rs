@@ -16,8 +16,9 @@ pub enum ClientError {
     /// The QUIC connection or a stream on it failed.
     #[error("network: {0}")]
     Net(NetError),
-    /// The edge answered the request with an error.
-    #[error("the edge refused the request: {0}")]
+    /// The edge answered the request with an error (shown plainly for the errors a person
+    /// can act on: a busy server, an unavailable directory).
+    #[error("{}", describe_remote(.0))]
     Remote(ProtoError),
     /// The edge answered with something that does not fit the request.
     #[error("unexpected answer from the edge: {0}")]
@@ -33,6 +34,26 @@ pub enum ClientError {
         "this data directory has no registered device; run `relay --data DIR register NAME --locator ADDR --bind IP --ca PATH` first"
     )]
     NotRegistered,
+    /// The data directory holds the keys of a registration that did not finish.
+    #[error(
+        "the registration of this data directory did not finish; run `relay --data DIR register NAME` again"
+    )]
+    RegistrationUnfinished,
+    /// The local database is not a database of this client, or lacks what every registered
+    /// device has.
+    #[error(
+        "the local database {} is damaged ({problem}); restore it from a backup or register again in a new data directory",
+        database.display()
+    )]
+    Damaged {
+        /// The database file.
+        database: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key that seals the device's secrets is missing, unreadable or the wrong one.
+    #[error("device key: {0}")]
+    DeviceKey(String),
     /// The data directory already holds a registered device.
     #[error("this data directory is already registered as {0}")]
     AlreadyRegistered(String),
@@ -63,6 +84,19 @@ pub enum ClientError {
     /// A device of a recipient has no one-time key left to start an Olm session with.
     #[error("device {0} has no one-time keys left; it must come online and upload more")]
     NoOneTimeKey(DeviceAddress),
+    /// A claimed fallback key is not signed by the device it is said to belong to.
+    #[error(
+        "the fallback key of device {0} is not signed by that device; refusing to start a session with it"
+    )]
+    BadFallbackKey(DeviceAddress),
+    /// The relay refused this device because its state went back (its data directory was
+    /// restored from an older copy). Not retryable: the data directory is done for.
+    #[error(
+        "this device's state went back (its data directory was restored from an older copy), so \
+         the relay refuses it: {0}. Messages left in its outbox were marked failed; this data \
+         directory can no longer send or receive"
+    )]
+    DeviceRolledBack(String),
 }
 
 impl ClientError {
@@ -87,6 +121,14 @@ impl ClientError {
         )
     }
 
+    /// How long the server asked to wait before a retry, in ms, if it said.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ClientError::Remote(error) if error.retry_after_ms > 0 => Some(error.retry_after_ms),
+            _ => None,
+        }
+    }
+
     /// Whether the connection to the edge should be dropped and made again.
     pub fn needs_reconnect(&self) -> bool {
         match self {
@@ -94,6 +136,30 @@ impl ClientError {
             ClientError::Remote(error) => error.code == ErrorCode::Unauthenticated,
             _ => false,
         }
+    }
+}
+
+/// What an edge's error means to the person using the client. The message quotes the server
+/// (the CLI escapes it before printing).
+pub fn describe_remote(error: &ProtoError) -> String {
+    match error.code {
+        ErrorCode::DirectoryUnavailable => format!(
+            "the directory is unavailable ({}); try again in {}",
+            error.message,
+            match error.retry_after_ms {
+                0 => "a minute".to_owned(),
+                ms => format!("{} s", ms.div_ceil(1000)),
+            }
+        ),
+        ErrorCode::Overloaded => match error.retry_after_ms {
+            0 => "the server is busy; retry in a few seconds".to_owned(),
+            ms => format!("the server is busy; retry in {} s", ms.div_ceil(1000)),
+        },
+        ErrorCode::Unavailable => format!(
+            "part of the service is unreachable ({}); try again later",
+            error.message
+        ),
+        _ => format!("the edge refused the request: {error}"),
     }
 }
 
@@ -138,5 +204,34 @@ mod tests {
         let unauthenticated = ClientError::Remote(ProtoError::new(ErrorCode::Unauthenticated, "x"));
         assert!(unauthenticated.needs_reconnect());
         assert!(ClientError::Net(NetError::Timeout).is_retryable());
+    }
+
+    #[test]
+    fn busy_servers_and_a_silent_directory_read_plainly() {
+        let busy = ClientError::Remote(
+            ProtoError::new(
+                ErrorCode::Overloaded,
+                "region 2 did not answer within 5.0 s",
+            )
+            .with_retry_after_ms(1_500),
+        );
+        assert_eq!(busy.to_string(), "the server is busy; retry in 2 s");
+        assert!(busy.is_retryable() && !busy.needs_reconnect());
+        assert_eq!(busy.retry_after_ms(), Some(1_500));
+        let directory = ClientError::Remote(ProtoError::new(
+            ErrorCode::DirectoryUnavailable,
+            "region 1 did not answer",
+        ));
+        assert_eq!(
+            directory.to_string(),
+            "the directory is unavailable (region 1 did not answer); try again in a minute"
+        );
+        assert!(directory.is_retryable());
+        assert_eq!(directory.retry_after_ms(), None);
+        let taken = ClientError::Remote(ProtoError::new(ErrorCode::NameTaken, "the name is taken"));
+        assert_eq!(
+            taken.to_string(),
+            "the edge refused the request: NameTaken: the name is taken"
+        );
     }
 }

@@ -349,7 +349,10 @@ mod tests {
 
     fn side(me: DeviceAddress) -> Side {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("relay.db")).expect("open");
+        let mut store = Store::create(&dir.path().join("relay.db")).expect("create");
+        store
+            .unlock(&dir.path().join("device.key"))
+            .expect("unlock");
         Side {
             _dir: dir,
             store,

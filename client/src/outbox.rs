@@ -12,11 +12,17 @@
 //!   confirmed: trouble is handled with nothing else of the chat in flight.
 //! - A retry reuses the same client message id and sender_seq (idempotence, I4); after a retryable
 //!   failure the chat waits a jittered exponential backoff between [`RETRY_DELAY_MS_MIN`] and
-//!   [`RETRY_DELAY_MS_MAX`].
+//!   [`RETRY_DELAY_MS_MAX`], or longer when the server asked for a longer wait (up to the
+//!   maximum).
 //! - "Mismatched devices" asks the caller to re-encrypt the same content, then resends at once.
-//! - "Resend from k": sending in order means the region and this device disagree about which
-//!   sender_seqs it holds (a restored store, or a refused entry that left a gap). The chat's
-//!   unconfirmed entries are renumbered from `k`, keeping their order and ids, and resent in order.
+//! - "Resend from k": sending in order means the region lacks `k`, which this device does not
+//!   hold either: an entry refused before it left (its envelope could not be built) left a gap.
+//!   The chat's unconfirmed entries from `k` on are renumbered from `k`, keeping their order and
+//!   ids, and resent in order. Entries below `k` keep their numbers: the region holds them (their
+//!   answers were lost), so they are answered as duplicates. Numbers only ever move down to a
+//!   `k` the region asked for, never onto one it already holds: a new envelope under a number
+//!   the region holds is what a device restored from an older copy sends, and the region
+//!   refuses that as rolled back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,6 +77,9 @@ pub enum Outcome {
     ResendFrom(u64),
     /// A retryable error or a lost connection.
     Retry,
+    /// A retryable error whose server asked to wait this long first (ms; at most
+    /// [`RETRY_DELAY_MS_MAX`] is honoured, so no answer can hold the outbox back for long).
+    RetryAfter(u64),
     /// A permanent refusal: the entry can never be sent as it is.
     Refused,
 }
@@ -323,6 +332,12 @@ impl Outbox {
                 let mut moves = Vec::new();
                 let mut next_sender_seq = expected;
                 for (old_seq, id) in old {
+                    if old_seq < expected {
+                        // Stored by the region already (the answer was lost): renumbering it
+                        // would leave the gap at `expected` open for good.
+                        queue.entries.insert(old_seq, id);
+                        continue;
+                    }
                     if old_seq != next_sender_seq {
                         moves.push((id, old_seq, next_sender_seq));
                     }
@@ -338,6 +353,15 @@ impl Outbox {
                 })
             }
             Outcome::Retry => Ok(Self::back_off(queue, entry, now_ms, rng)),
+            Outcome::RetryAfter(wait_ms) => {
+                let next = Self::back_off(queue, entry, now_ms, rng);
+                let hinted = now_ms.saturating_add(wait_ms.min(RETRY_DELAY_MS_MAX));
+                queue.due_at_ms = queue.due_at_ms.max(hinted);
+                Ok(match next {
+                    Next::RetryAt(_) => Next::RetryAt(queue.due_at_ms),
+                    other => other,
+                })
+            }
         }
     }
 
@@ -611,6 +635,41 @@ mod tests {
     }
 
     #[test]
+    fn a_server_hint_delays_the_retry_within_bounds() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut outbox = Outbox::new();
+        outbox.insert(entry(1, 1), 0).expect("insert");
+        let head = outbox.poll_transmit(0).expect("head");
+        assert_eq!(
+            outbox.handle_outcome(head, Outcome::RetryAfter(5_000), 100, &mut rng),
+            Ok(Next::RetryAt(5_100)),
+            "the hint is longer than the first backoff step"
+        );
+        assert_eq!(outbox.poll_transmit(5_099), None);
+        let head = outbox.poll_transmit(5_100).expect("due at the hint");
+        let next = outbox
+            .handle_outcome(head, Outcome::RetryAfter(u64::MAX), 5_100, &mut rng)
+            .expect("retry");
+        assert_eq!(
+            next,
+            Next::RetryAt(5_100 + RETRY_DELAY_MS_MAX),
+            "a hostile hint is capped"
+        );
+        let head = outbox
+            .poll_transmit(5_100 + RETRY_DELAY_MS_MAX)
+            .expect("due");
+        let Ok(Next::RetryAt(due)) =
+            outbox.handle_outcome(head, Outcome::RetryAfter(1), 0, &mut rng)
+        else {
+            panic!("a retry");
+        };
+        assert!(
+            due >= RETRY_DELAY_MS_MIN,
+            "a short hint never shortens the backoff"
+        );
+    }
+
+    #[test]
     fn resend_from_renumbers_the_unconfirmed_entries_in_order() {
         let mut rng = StdRng::seed_from_u64(5);
         let mut outbox = Outbox::new();
@@ -635,28 +694,56 @@ mod tests {
         );
         let resent = outbox.poll_transmit(0).expect("resend at once");
         assert_eq!((resent.sender_seq, resent.client_message_id), (3, ids[0]));
-
-        // Forward: the region already holds more of this device's envelopes than it thinks.
-        let next = outbox
-            .handle_outcome(resent, Outcome::ResendFrom(10), 0, &mut rng)
-            .expect("renumber");
-        let Next::Renumber {
-            next_sender_seq,
-            moves,
-            ..
-        } = next
-        else {
-            panic!("{next:?}")
-        };
-        assert_eq!(next_sender_seq, 13);
-        assert_eq!(moves[2], (ids[2], 5, 12));
-        let resent = outbox.poll_transmit(0).expect("resend");
-        assert_eq!((resent.sender_seq, resent.client_message_id), (10, ids[0]));
         // Nonsense (resend from the seq just sent) backs off instead of looping.
         assert!(matches!(
-            outbox.handle_outcome(resent, Outcome::ResendFrom(10), 0, &mut rng),
+            outbox.handle_outcome(resent, Outcome::ResendFrom(3), 0, &mut rng),
             Ok(Next::RetryAt(_))
         ));
+    }
+
+    /// An entry the region stored whose answer was lost sits below the number a later entry is
+    /// asked to resend from (the entry in between was refused before it left): it keeps its
+    /// number, and only the entries from the gap on move into it.
+    #[test]
+    fn entries_below_the_gap_keep_their_numbers() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut outbox = Outbox::new();
+        for seq in [15, 17, 18] {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        let stored = outbox.poll_transmit(0).expect("15");
+        let after_gap = outbox.poll_transmit(0).expect("17");
+        assert!(matches!(
+            outbox.handle_outcome(stored, Outcome::Retry, 0, &mut rng),
+            Ok(Next::RetryAt(_))
+        ));
+        let next = outbox
+            .handle_outcome(after_gap, Outcome::ResendFrom(16), 0, &mut rng)
+            .expect("renumber");
+        assert_eq!(
+            next,
+            Next::Renumber {
+                chat: chat(1),
+                moves: vec![
+                    (entry(1, 17).client_message_id, 17, 16),
+                    (entry(1, 18).client_message_id, 18, 17)
+                ],
+                next_sender_seq: 18,
+            }
+        );
+        let order: Vec<(u64, ClientMessageId)> = outbox
+            .entries()
+            .iter()
+            .map(|pending| (pending.sender_seq, pending.client_message_id))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (15, entry(1, 15).client_message_id),
+                (16, entry(1, 17).client_message_id),
+                (17, entry(1, 18).client_message_id)
+            ]
+        );
     }
 
     #[test]

@@ -1,11 +1,20 @@
-//! The device's durable state in SQLite (`<data>/relay.db`, WAL, `synchronous=FULL`): identity and
-//! settings, the Olm account and session pickles, trusted device keys, contacts, messages with
-//! their ticks, the outbox, per-chat sender_seq counters, the queue cursor with the acks still owed,
-//! and the seen-set that deduplicates redelivered envelopes.
+//! The device's durable state in SQLite (`<data>/relay.db`, WAL, `synchronous=FULL`,
+//! `secure_delete`): identity and settings, the Olm account and session pickles (sealed under the
+//! device key, see [`crate::secrets`]), trusted device keys, contacts, messages with their ticks,
+//! the outbox and the drafts waiting for their recipient's account, per-chat sender_seq
+//! counters, the queue cursor with the acks still owed, and the seen-set that deduplicates
+//! redelivered envelopes. A few values of the device's own state live in the settings table,
+//! which needs no schema change for them: the last edge that worked, the envelope counter
+//! (`device_seq`), when the fallback key was made, and whether the relay refused this device
+//! because its state went back.
 //!
 //! Reads are methods on [`Store`]; every change goes through [`Store::write`], one transaction
 //! whose commit is durable before the caller acknowledges anything to the server or reports it
-//! done. The schema is versioned with `PRAGMA user_version`; a migration only ever adds.
+//! done. The schema is versioned with `PRAGMA user_version`; a migration only ever adds
+//! (version 2 added the drafts). Opening checks the file is a database of this schema with every
+//! table, and calls anything else damaged ([`ClientError::Damaged`]) instead of starting over.
+//! Pickles written by builds before sealing are sealed by [`Store::unlock`], after which the
+//! file is vacuumed and its write-ahead log truncated, so no plaintext copy stays behind.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,14 +27,22 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use crate::crypto::{Crypto, CryptoChanges};
 use crate::error::{ClientError, Result};
+use crate::fallback::FallbackTimes;
+use crate::secrets::{DeviceKey, is_sealed};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 /// How long a seen envelope id is remembered, in ms: longer than the 30-day queue retention, after
 /// which the server can no longer redeliver it.
 pub const SEEN_RETENTION_MS: u64 = 31 * 24 * 3600 * 1000;
 /// How long to wait for another process holding the database lock, in milliseconds.
 pub const BUSY_TIMEOUT_MS: u64 = 10_000;
+
+/// Settings keys of the device's own state (see the module doc).
+const NEXT_DEVICE_SEQ_KEY: &str = "next_device_seq";
+const FALLBACK_MADE_AT_KEY: &str = "fallback_key_made_at_ms";
+const FALLBACK_PREVIOUS_KEPT_KEY: &str = "fallback_key_previous_kept";
+const ROLLED_BACK_KEY: &str = "rolled_back";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -116,6 +133,40 @@ CREATE TABLE receipts (
     PRIMARY KEY (sender_account, sender_device, client_message_id, recipient_account, recipient_device)
 ) WITHOUT ROWID;
 ";
+
+/// Version 2: messages typed for a recipient whose account is not known yet.
+const SCHEMA_V2: &str = "
+CREATE TABLE drafts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_message_id BLOB NOT NULL UNIQUE,
+    peer_name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL
+);
+";
+
+/// The tables of each schema version, to check an opened database holds them all.
+const TABLES_V1: [&str; 13] = [
+    "identity",
+    "settings",
+    "olm_account",
+    "olm_sessions",
+    "devices",
+    "contacts",
+    "messages",
+    "outbox",
+    "chat_counters",
+    "queue_cursor",
+    "pending_acks",
+    "seen",
+    "receipts",
+];
+const TABLES_V2: [&str; 1] = ["drafts"];
+
+/// The settings key of the last edge a connection reached.
+const LAST_EDGE_SETTING: &str = "last_edge";
+/// What the sealed account pickle is bound to.
+const SEALED_ACCOUNT: &str = "olm account";
 
 /// The device this data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +352,20 @@ pub struct NewMessage<'a> {
     pub undecryptable: Option<&'a str>,
 }
 
+/// A message typed for an account known only by name: it waits here until a command resolves
+/// the name, then becomes an outbox entry under the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    /// The id the message keeps once queued.
+    pub client_message_id: ClientMessageId,
+    /// The recipient's account name.
+    pub peer_name: String,
+    /// The text.
+    pub text: String,
+    /// When it was written (ms since the Unix epoch).
+    pub sent_at_ms: u64,
+}
+
 /// An outbox entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -322,17 +387,41 @@ pub struct OutboxRow {
 #[derive(Debug)]
 pub struct Store {
     connection: Connection,
+    path: PathBuf,
+    /// Seals and opens the Olm pickles; `None` until [`Store::unlock`].
+    key: Option<DeviceKey>,
 }
 
 impl Store {
-    /// Opens (creating or migrating) the database at `path`.
+    /// Creates the database of a new data directory at `path`, or opens the one an unfinished
+    /// registration left there. An existing file that is not such a database is damaged.
+    pub fn create(path: &Path) -> Result<Self> {
+        if path.exists() {
+            return Self::open(path);
+        }
+        let mut store = Self::connect(path)?;
+        store.configure()?;
+        let transaction = store.connection.transaction()?;
+        transaction.execute_batch(SCHEMA_V1)?;
+        transaction.execute_batch(SCHEMA_V2)?;
+        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        transaction.commit()?;
+        Ok(store)
+    }
+
+    /// Opens the existing database at `path`, migrating an older schema; never creates one. A
+    /// file that is not a database, is empty, or lacks a table is [`ClientError::Damaged`].
+    /// The Olm pickles stay locked until [`Store::unlock`].
     pub fn open(path: &Path) -> Result<Self> {
-        let mut connection = Connection::open(path)?;
-        connection.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i32 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if !path.exists() {
+            return Err(damaged(path, "the file does not exist"));
+        }
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let mut store = Self::connect(path)?;
+        let version: i32 = store
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|error| damaged(path, &error.to_string()))?;
         if version > SCHEMA_VERSION {
             return Err(ClientError::Corrupt(format!(
                 "{} has schema version {version}; this build reads up to {SCHEMA_VERSION}",
@@ -340,12 +429,175 @@ impl Store {
             )));
         }
         if version < 1 {
-            let transaction = connection.transaction()?;
-            transaction.execute_batch(SCHEMA_V1)?;
-            transaction.pragma_update(None, "user_version", 1)?;
+            let problem = if bytes == 0 {
+                "the file is empty".to_owned()
+            } else {
+                "it holds no Relay tables".to_owned()
+            };
+            return Err(damaged(path, &problem));
+        }
+        let mut expected: Vec<&str> = TABLES_V1.to_vec();
+        if version >= 2 {
+            expected.extend(TABLES_V2);
+        }
+        for table in expected {
+            let found: Option<i64> = store
+                .connection
+                .query_row(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|error| damaged(path, &error.to_string()))?;
+            if found.is_none() {
+                return Err(damaged(path, &format!("the table {table} is missing")));
+            }
+        }
+        store.configure()?;
+        if version < 2 {
+            let transaction = store.connection.transaction()?;
+            transaction.execute_batch(SCHEMA_V2)?;
+            transaction.pragma_update(None, "user_version", 2)?;
             transaction.commit()?;
         }
-        Ok(Self { connection })
+        Ok(store)
+    }
+
+    /// Opens the Olm pickles with the device key at `key_path`, creating the key if no sealed
+    /// secret needs one yet. Plaintext pickles (from builds before sealing) are sealed in one
+    /// transaction, then the file is vacuumed and its log truncated so no plaintext copy stays.
+    /// A missing or wrong key is a [`ClientError::DeviceKey`] error, never a new identity.
+    pub fn unlock(&mut self, key_path: &Path) -> Result<()> {
+        let account: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT pickle FROM olm_account WHERE singleton = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let sealed_exists = account.as_deref().is_some_and(is_sealed) || {
+            let sealed_session: Option<i64> = self
+                .connection
+                .query_row(
+                    "SELECT 1 FROM olm_sessions WHERE pickle LIKE 'sealed1:%' LIMIT 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            sealed_session.is_some()
+        };
+        let key = if sealed_exists {
+            DeviceKey::load(key_path)?
+        } else {
+            DeviceKey::load_or_create(key_path)?
+        };
+        if let Some(sealed) = account.as_deref().filter(|account| is_sealed(account)) {
+            // A wrong key fails here, at once, rather than at the first message.
+            key.open(SEALED_ACCOUNT, sealed)?;
+        }
+        let sealed_now = self.seal_plaintext(&key)?;
+        self.key = Some(key);
+        if sealed_now > 0 {
+            self.connection.execute_batch(
+                "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether an Olm account was saved (a registration got as far as making keys).
+    pub fn has_olm_account(&self) -> Result<bool> {
+        let found: Option<i64> = self
+            .connection
+            .query_row("SELECT 1 FROM olm_account WHERE singleton = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// The error for this database holding something it must not (or lacking something).
+    pub fn damaged(&self, problem: &str) -> ClientError {
+        damaged(&self.path, problem)
+    }
+
+    fn connect(path: &Path) -> Result<Self> {
+        let connection =
+            Connection::open(path).map_err(|error| damaged(path, &error.to_string()))?;
+        // A file that is not a database fails at its first read: say so, and leave it as it is.
+        connection
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_err(|error| damaged(path, &error.to_string()))?;
+        connection.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        Ok(Self {
+            connection,
+            path: path.to_owned(),
+            key: None,
+        })
+    }
+
+    /// Sets the connection's durability and privacy modes (only on a database known to be
+    /// ours: switching to WAL writes to the file).
+    fn configure(&self) -> Result<()> {
+        self.connection.pragma_update(None, "journal_mode", "WAL")?;
+        self.connection.pragma_update(None, "synchronous", "FULL")?;
+        self.connection.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted and overwritten content (old pickles, deleted rows) is zeroed, not left in
+        // free pages.
+        self.connection.pragma_update(None, "secure_delete", "ON")?;
+        Ok(())
+    }
+
+    /// Seals every pickle still in plaintext, in one transaction; returns how many.
+    fn seal_plaintext(&mut self, key: &DeviceKey) -> Result<usize> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut sealed = 0;
+        let account: Option<String> = transaction
+            .query_row(
+                "SELECT pickle FROM olm_account WHERE singleton = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(account) = account.filter(|account| !is_sealed(account)) {
+            transaction.execute(
+                "UPDATE olm_account SET pickle = ?1 WHERE singleton = 1",
+                [key.seal(SEALED_ACCOUNT, &account)?],
+            )?;
+            sealed += 1;
+        }
+        let sessions: Vec<(i64, i64, i64, String)> = {
+            let mut statement = transaction.prepare(
+                "SELECT account, device, position, pickle FROM olm_sessions
+                 WHERE pickle NOT LIKE 'sealed1:%'",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (account, device, position, pickle) in sessions {
+            let what = sealed_sessions(address(account, device));
+            transaction.execute(
+                "UPDATE olm_sessions SET pickle = ?1 WHERE account = ?2 AND device = ?3
+                 AND position = ?4",
+                params![key.seal(&what, &pickle)?, account, device, position],
+            )?;
+            sealed += 1;
+        }
+        transaction.commit()?;
+        Ok(sealed)
     }
 
     /// Runs `change` in one transaction and commits it durably. The transaction takes the write
@@ -357,6 +609,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = change(&Writer {
             transaction: &transaction,
+            key: self.key.as_ref(),
         })?;
         transaction.commit()?;
         Ok(value)
@@ -401,9 +654,9 @@ impl Store {
         }))
     }
 
-    /// The Olm account and sessions, if an account was saved.
+    /// The Olm account and sessions, if an account was saved (after [`Store::unlock`]).
     pub fn load_crypto(&self) -> Result<Option<Crypto>> {
-        load_crypto(&self.connection)
+        load_crypto(&self.connection, self.key.as_ref())
     }
 
     /// Whether an Olm session with `device` is stored.
@@ -459,16 +712,7 @@ impl Store {
 
     /// Every outbox entry, by chat and sender_seq.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
-        let mut statement = self.connection.prepare(
-            "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
-             ORDER BY chat, sender_seq",
-        )?;
-        let rows = statement.query_map([], outbox_row)?;
-        let mut entries = Vec::new();
-        for row in rows {
-            entries.push(row??);
-        }
-        Ok(entries)
+        outbox_rows(&self.connection)
     }
 
     /// One outbox entry.
@@ -547,6 +791,17 @@ impl Store {
         Ok(value.map_or(0, to_u64))
     }
 
+    /// The `device_seq` the next envelope of this device will get (from 1).
+    pub fn next_device_seq(&self) -> Result<u64> {
+        next_device_seq(self.setting(NEXT_DEVICE_SEQ_KEY)?)
+    }
+
+    /// Why the relay refused this device as rolled back, if it did (then the data directory
+    /// can no longer send or receive).
+    pub fn rolled_back(&self) -> Result<Option<String>> {
+        self.setting(ROLLED_BACK_KEY)
+    }
+
     /// Queue entries processed and committed but not yet acknowledged to the server.
     pub fn pending_acks(&self) -> Result<Vec<u64>> {
         let mut statement = self
@@ -582,6 +837,41 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// The edge the last connection reached, tried when the locator does not answer. A value
+    /// that does not parse is ignored: it is only a hint.
+    pub fn last_edge(&self) -> Result<Option<SocketAddr>> {
+        Ok(self
+            .setting(LAST_EDGE_SETTING)?
+            .and_then(|edge| edge.parse().ok()))
+    }
+
+    /// Every draft, oldest first.
+    pub fn drafts(&self) -> Result<Vec<Draft>> {
+        let mut statement = self.connection.prepare(
+            "SELECT client_message_id, peer_name, text, sent_at_ms FROM drafts ORDER BY id",
+        )?;
+        let rows = statement.query_map([], draft_row)?;
+        let mut drafts = Vec::new();
+        for row in rows {
+            drafts.push(row??);
+        }
+        Ok(drafts)
+    }
+
+    /// One draft, if it still waits.
+    pub fn draft(&self, client_message_id: ClientMessageId) -> Result<Option<Draft>> {
+        let row = self
+            .connection
+            .query_row(
+                "SELECT client_message_id, peer_name, text, sent_at_ms FROM drafts
+                 WHERE client_message_id = ?1",
+                [client_message_id.0.as_slice()],
+                draft_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
     fn setting(&self, key: &str) -> Result<Option<String>> {
         self.connection
             .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
@@ -596,6 +886,7 @@ impl Store {
 #[derive(Debug)]
 pub struct Writer<'a> {
     transaction: &'a Transaction<'a>,
+    key: Option<&'a DeviceKey>,
 }
 
 impl Writer<'_> {
@@ -634,15 +925,107 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Saves changed Olm pickles.
+    /// Remembers the edge a connection reached.
+    pub fn set_last_edge(&self, edge: SocketAddr) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            [LAST_EDGE_SETTING, &edge.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps a message for an account known only by name.
+    pub fn insert_draft(&self, draft: &Draft) -> Result<()> {
+        self.transaction.execute(
+            "INSERT INTO drafts (client_message_id, peer_name, text, sent_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                draft.client_message_id.0.as_slice(),
+                draft.peer_name,
+                draft.text,
+                to_i64(draft.sent_at_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a draft (queued or given up); `false` if it was gone already (another process
+    /// took it).
+    pub fn remove_draft(&self, client_message_id: ClientMessageId) -> Result<bool> {
+        let removed = self.transaction.execute(
+            "DELETE FROM drafts WHERE client_message_id = ?1",
+            [client_message_id.0.as_slice()],
+        )?;
+        Ok(removed == 1)
+    }
+
+    /// Every outbox entry as committed, read under this transaction's write lock.
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
+        outbox_rows(self.transaction)
+    }
+
+    /// Takes the next `device_seq` (from 1) for an envelope and advances the counter: the number
+    /// is durable with the envelope before the envelope can leave, so the counter is always
+    /// above every number the region has seen from this device.
+    pub fn take_device_seq(&self) -> Result<u64> {
+        let seq = next_device_seq(self.setting(NEXT_DEVICE_SEQ_KEY)?)?;
+        self.set_setting(NEXT_DEVICE_SEQ_KEY, &(seq + 1).to_string())?;
+        Ok(seq)
+    }
+
+    /// When the fallback key was made and whether the previous one is kept.
+    pub fn fallback_times(&self) -> Result<FallbackTimes> {
+        let made_at_ms =
+            match self.setting(FALLBACK_MADE_AT_KEY)? {
+                Some(value) => Some(value.parse().map_err(|_| {
+                    ClientError::Corrupt(format!("{FALLBACK_MADE_AT_KEY} {value:?}"))
+                })?),
+                None => None,
+            };
+        let previous_kept = match self.setting(FALLBACK_PREVIOUS_KEPT_KEY)?.as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(value) => {
+                return Err(ClientError::Corrupt(format!(
+                    "{FALLBACK_PREVIOUS_KEPT_KEY} {value:?}"
+                )));
+            }
+        };
+        Ok(FallbackTimes {
+            made_at_ms,
+            previous_kept,
+        })
+    }
+
+    /// Saves the fallback key times (with the Olm account they describe).
+    pub fn set_fallback_times(&self, times: &FallbackTimes) -> Result<()> {
+        match times.made_at_ms {
+            Some(made_at_ms) => self.set_setting(FALLBACK_MADE_AT_KEY, &made_at_ms.to_string())?,
+            None => self.clear_setting(FALLBACK_MADE_AT_KEY)?,
+        }
+        let kept = if times.previous_kept { "1" } else { "0" };
+        self.set_setting(FALLBACK_PREVIOUS_KEPT_KEY, kept)
+    }
+
+    /// Records that the relay refused this device because its state went back.
+    pub fn set_rolled_back(&self, reason: &str) -> Result<()> {
+        self.set_setting(ROLLED_BACK_KEY, reason)
+    }
+
+    /// Saves changed Olm pickles, sealed under the device key.
     pub fn save_crypto(&self, changes: &CryptoChanges) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let key = unlocked(self.key)?;
         if let Some(account) = &changes.account {
             self.transaction.execute(
                 "INSERT OR REPLACE INTO olm_account (singleton, pickle) VALUES (1, ?1)",
-                [account],
+                [key.seal(SEALED_ACCOUNT, account)?],
             )?;
         }
         for (device, sessions) in &changes.sessions {
+            let what = sealed_sessions(*device);
             let account = to_i64(device.account.0);
             self.transaction.execute(
                 "DELETE FROM olm_sessions WHERE account = ?1 AND device = ?2",
@@ -657,7 +1040,7 @@ impl Writer<'_> {
                         device.device.0,
                         position as i64,
                         session_id,
-                        pickle
+                        key.seal(&what, pickle)?
                     ],
                 )?;
             }
@@ -716,7 +1099,7 @@ impl Writer<'_> {
     /// The Olm account and sessions as committed, read under this transaction's write lock; the
     /// caller saves what it changes with [`Writer::save_crypto`] in the same transaction.
     pub fn load_crypto(&self) -> Result<Crypto> {
-        load_crypto(self.transaction)?
+        load_crypto(self.transaction, self.key)?
             .ok_or_else(|| ClientError::Corrupt("the Olm account is missing".into()))
     }
 
@@ -1101,6 +1484,17 @@ impl Writer<'_> {
     }
 
     /// Advances the queue cursor (never backwards) and owes acks for the processed entries.
+    ///
+    /// **Why an honest device's cursor is never behind an entry it acknowledged.** This is the
+    /// only place acks are owed, and it raises the cursor to the highest entry it owes, in the
+    /// same transaction, before anything is acknowledged: an ack leaves only from
+    /// [`Store::pending_acks`], read after that transaction committed (durably: WAL with
+    /// `synchronous=FULL`), and the cursor never moves back. So every entry the region has
+    /// seen acknowledged is at or below the durable cursor, and the region may treat a cursor
+    /// below its highest acknowledged entry as a device whose state went back (a data
+    /// directory restored from an older copy). Another process on the same data directory can
+    /// acknowledge entries after this one read the cursor; it raised the durable cursor first,
+    /// so the caller tells that race from a rollback by reading the cursor again.
     pub fn processed_queue_entries(&self, queue_seqs: &[u64]) -> Result<()> {
         let Some(highest) = queue_seqs.iter().max() else {
             return Ok(());
@@ -1127,6 +1521,29 @@ impl Writer<'_> {
                 [to_i64(*seq)],
             )?;
         }
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.transaction
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(Into::into)
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.transaction.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    fn clear_setting(&self, key: &str) -> Result<()> {
+        self.transaction
+            .execute("DELETE FROM settings WHERE key = ?1", [key])?;
         Ok(())
     }
 }
@@ -1164,6 +1581,19 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredMessage>> {
     Ok(parsed)
 }
 
+fn outbox_rows(connection: &Connection) -> Result<Vec<OutboxRow>> {
+    let mut statement = connection.prepare(
+        "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
+         ORDER BY chat, sender_seq",
+    )?;
+    let rows = statement.query_map([], outbox_row)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        entries.push(row??);
+    }
+    Ok(entries)
+}
+
 fn outbox_row(row: &Row<'_>) -> rusqlite::Result<Result<OutboxRow>> {
     let chat: Vec<u8> = row.get(0)?;
     let client_message_id: Vec<u8> = row.get(2)?;
@@ -1182,6 +1612,20 @@ fn outbox_row(row: &Row<'_>) -> rusqlite::Result<Result<OutboxRow>> {
     Ok(parsed)
 }
 
+fn draft_row(row: &Row<'_>) -> rusqlite::Result<Result<Draft>> {
+    let client_message_id: Vec<u8> = row.get(0)?;
+    let parsed = (|| {
+        Ok(Draft {
+            client_message_id: ClientMessageId::from_bytes(&client_message_id)
+                .map_err(|error| ClientError::Corrupt(error.to_string()))?,
+            peer_name: row.get(1)?,
+            text: row.get(2)?,
+            sent_at_ms: to_u64(row.get(3)?),
+        })
+    })();
+    Ok(parsed)
+}
+
 fn contact_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
     Ok(Contact {
         account: AccountId(to_u64(row.get(0)?)),
@@ -1190,7 +1634,7 @@ fn contact_row(row: &Row<'_>) -> rusqlite::Result<Contact> {
     })
 }
 
-fn load_crypto(connection: &Connection) -> Result<Option<Crypto>> {
+fn load_crypto(connection: &Connection, key: Option<&DeviceKey>) -> Result<Option<Crypto>> {
     let account: Option<String> = connection
         .query_row(
             "SELECT pickle FROM olm_account WHERE singleton = 1",
@@ -1201,6 +1645,8 @@ fn load_crypto(connection: &Connection) -> Result<Option<Crypto>> {
     let Some(account) = account else {
         return Ok(None);
     };
+    let key = unlocked(key)?;
+    let account = key.open(SEALED_ACCOUNT, &account)?;
     let mut statement = connection.prepare(
         "SELECT account, device, pickle FROM olm_sessions ORDER BY account, device, position",
     )?;
@@ -1210,12 +1656,31 @@ fn load_crypto(connection: &Connection) -> Result<Option<Crypto>> {
     let mut sessions: Vec<(DeviceAddress, Vec<String>)> = Vec::new();
     for row in rows {
         let (device, pickle) = row?;
+        let pickle = key.open(&sealed_sessions(device), &pickle)?;
         match sessions.last_mut() {
             Some((last, list)) if *last == device => list.push(pickle),
             _ => sessions.push((device, vec![pickle])),
         }
     }
     Crypto::from_pickles(&account, sessions).map(Some)
+}
+
+fn unlocked(key: Option<&DeviceKey>) -> Result<&DeviceKey> {
+    key.ok_or_else(|| {
+        ClientError::DeviceKey("the store was opened without the device key (a bug)".into())
+    })
+}
+
+/// What the sealed sessions with `device` are bound to.
+fn sealed_sessions(device: DeviceAddress) -> String {
+    format!("olm sessions with {device}")
+}
+
+fn damaged(path: &Path, problem: &str) -> ClientError {
+    ClientError::Damaged {
+        database: path.to_owned(),
+        problem: problem.to_owned(),
+    }
 }
 
 fn known_devices(connection: &Connection, account: AccountId) -> Result<Vec<KnownDevice>> {
@@ -1249,6 +1714,17 @@ fn known_devices(connection: &Connection, account: AccountId) -> Result<Vec<Know
         });
     }
     Ok(devices)
+}
+
+fn next_device_seq(stored: Option<String>) -> Result<u64> {
+    match stored {
+        None => Ok(1),
+        Some(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|&next| next >= 1)
+            .ok_or_else(|| ClientError::Corrupt(format!("{NEXT_DEVICE_SEQ_KEY} {value:?}"))),
+    }
 }
 
 fn address(account: i64, device: i64) -> DeviceAddress {
@@ -1285,8 +1761,59 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("relay.db")).expect("open");
+        let mut store = Store::create(&dir.path().join("relay.db")).expect("create");
+        store
+            .unlock(&dir.path().join("device.key"))
+            .expect("unlock");
         (dir, store)
+    }
+
+    #[test]
+    fn the_device_counters_and_the_rolled_back_mark_persist() {
+        let (dir, mut store) = open();
+        assert_eq!(store.next_device_seq().expect("read"), 1);
+        assert_eq!(store.rolled_back().expect("read"), None);
+        let taken = store
+            .write(|w| Ok([w.take_device_seq()?, w.take_device_seq()?]))
+            .expect("take");
+        assert_eq!(taken, [1, 2]);
+        // A transaction that fails takes nothing: the number is durable only with what used it.
+        let failed: Result<u64> = store.write(|w| {
+            w.take_device_seq()?;
+            Err(ClientError::Invalid(
+                "the envelope could not be built".into(),
+            ))
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.next_device_seq().expect("read"), 3);
+
+        let times = FallbackTimes {
+            made_at_ms: Some(1_234),
+            previous_kept: true,
+        };
+        store
+            .write(|w| {
+                assert_eq!(w.fallback_times()?, FallbackTimes::default());
+                w.set_fallback_times(&times)?;
+                w.set_rolled_back("device 1/1 is behind")
+            })
+            .expect("write");
+        drop(store);
+        let mut store = Store::open(&dir.path().join("relay.db")).expect("reopen");
+        assert_eq!(store.next_device_seq().expect("read"), 3);
+        assert_eq!(
+            store.rolled_back().expect("read").as_deref(),
+            Some("device 1/1 is behind")
+        );
+        assert_eq!(store.write(|w| w.fallback_times()).expect("read"), times);
+        // A damaged value is a typed error, not a panic or a silent reset.
+        store
+            .write(|w| w.set_setting(NEXT_DEVICE_SEQ_KEY, "seven"))
+            .expect("write");
+        assert!(matches!(
+            store.next_device_seq(),
+            Err(ClientError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -1322,7 +1849,10 @@ mod tests {
             })
             .expect("write");
         drop(store);
-        let store = Store::open(&dir.path().join("relay.db")).expect("reopen");
+        let mut store = Store::open(&dir.path().join("relay.db")).expect("reopen");
+        store
+            .unlock(&dir.path().join("device.key"))
+            .expect("unlock");
         assert_eq!(store.identity().expect("read"), Some(identity));
         assert_eq!(store.settings().expect("read"), Some(settings));
         let mut restored = store.load_crypto().expect("load").expect("some");
@@ -1331,6 +1861,227 @@ mod tests {
         assert_eq!(restored.unpublished_one_time_keys().len(), 2);
         let (_, body) = restored.encrypt(device(9, 1), b"x").expect("encrypt");
         assert!(!body.is_empty());
+    }
+
+    /// The bytes of the database and its write-ahead log.
+    fn database_bytes(dir: &Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(dir.join("relay.db")).expect("database");
+        if let Ok(log) = std::fs::read(dir.join("relay.db-wal")) {
+            bytes.extend(log);
+        }
+        bytes
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    #[test]
+    fn secrets_are_sealed_and_plaintext_databases_are_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        let key_path = dir.path().join("device.key");
+        // A database as builds before sealing wrote it: schema 1, plaintext pickles.
+        let mut crypto = Crypto::new();
+        crypto.generate_one_time_keys(3);
+        let mut other = Crypto::new();
+        other.generate_one_time_keys(1);
+        let one_time_key = other.unpublished_one_time_keys().remove(0);
+        crypto
+            .create_outbound_session(
+                device(9, 1),
+                &other.identity_key(),
+                &one_time_key.public_key,
+            )
+            .expect("session");
+        let changes = crypto.take_changes().expect("changes");
+        let account_pickle = changes.account.clone().expect("account pickle");
+        let session_pickle = changes.sessions[&device(9, 1)][0].1.clone();
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(SCHEMA_V1).expect("schema");
+            connection
+                .pragma_update(None, "user_version", 1)
+                .expect("version");
+            connection
+                .execute(
+                    "INSERT INTO olm_account (singleton, pickle) VALUES (1, ?1)",
+                    [&account_pickle],
+                )
+                .expect("account");
+            connection
+                .execute(
+                    "INSERT INTO olm_sessions (account, device, position, session_id, pickle)
+                     VALUES (9, 1, 0, 's', ?1)",
+                    [&session_pickle],
+                )
+                .expect("session");
+        }
+        assert!(contains(
+            &database_bytes(dir.path()),
+            &account_pickle.as_bytes()[..64]
+        ));
+
+        let mut store = Store::open(&path).expect("open");
+        assert!(
+            store.load_crypto().is_err(),
+            "locked until the device key is given"
+        );
+        store
+            .unlock(&key_path)
+            .expect("unlock creates the key and seals");
+        let mut restored = store.load_crypto().expect("load").expect("account");
+        assert_eq!(restored.identity_key(), crypto.identity_key());
+        assert!(restored.has_session(device(9, 1)));
+        assert!(restored.encrypt(device(9, 1), b"x").is_ok());
+        assert!(
+            store.drafts().expect("drafts").is_empty(),
+            "schema 2 added the drafts"
+        );
+        store
+            .write(|writer| writer.save_crypto(&restored.take_changes()?))
+            .expect("save");
+        drop(store);
+
+        let bytes = database_bytes(dir.path());
+        let key_text = std::fs::read_to_string(&key_path).expect("key");
+        let key_hex = key_text.trim();
+        let key_raw: Vec<u8> = (0..key_hex.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&key_hex[at..at + 2], 16).expect("hex"))
+            .collect();
+        for pickle in [&account_pickle, &session_pickle] {
+            for start in [0, pickle.len() / 2] {
+                let window = &pickle.as_bytes()[start..start + 48];
+                assert!(
+                    !contains(&bytes, window),
+                    "a plaintext pickle is in the file"
+                );
+            }
+        }
+        assert!(
+            !contains(&bytes, b"signing_key"),
+            "no pickle field names either"
+        );
+        assert!(!contains(&bytes, key_hex.as_bytes()) && !contains(&bytes, &key_raw));
+
+        // The key opens them again; another key or none is a clear error, not a new identity.
+        let mut store = Store::open(&path).expect("reopen");
+        store.unlock(&key_path).expect("unlock");
+        assert_eq!(
+            store
+                .load_crypto()
+                .expect("load")
+                .expect("account")
+                .identity_key(),
+            crypto.identity_key()
+        );
+        drop(store);
+        let wrong = dir.path().join("wrong.key");
+        DeviceKey::create(&wrong).expect("another key");
+        let mut store = Store::open(&path).expect("reopen");
+        let error = store.unlock(&wrong).expect_err("wrong key");
+        assert!(matches!(error, ClientError::DeviceKey(_)), "{error}");
+        let error = store
+            .unlock(&dir.path().join("elsewhere.key"))
+            .expect_err("missing key");
+        assert!(error.to_string().contains("is missing"), "{error}");
+        assert!(
+            !dir.path().join("elsewhere.key").exists(),
+            "no key is made up for sealed secrets"
+        );
+    }
+
+    #[test]
+    fn damaged_databases_are_named_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        let damage = |store: Result<Store>| match store {
+            Err(ClientError::Damaged { problem, .. }) => problem,
+            Err(other) => panic!("expected damaged, got {other}"),
+            Ok(_) => panic!("expected damaged, it opened"),
+        };
+
+        std::fs::write(&path, b"").expect("empty");
+        assert!(damage(Store::open(&path)).contains("empty"));
+        assert!(
+            damage(Store::create(&path)).contains("empty"),
+            "registration does not write over it"
+        );
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 0);
+
+        let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 37 % 251) as u8).collect();
+        std::fs::write(&path, &garbage).expect("garbage");
+        let problem = damage(Store::open(&path));
+        assert!(problem.contains("not a database"), "{problem}");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            garbage,
+            "left as it was"
+        );
+        let message = Store::open(&path).expect_err("damaged").to_string();
+        assert!(
+            message.starts_with("the local database ")
+                && message.contains("is damaged (")
+                && message.ends_with(
+                    "restore it from a backup or register again in a new data directory"
+                ),
+            "{message}"
+        );
+
+        std::fs::remove_file(&path).expect("remove");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch("CREATE TABLE notes (text TEXT);")
+                .expect("another app's database");
+        }
+        assert!(damage(Store::open(&path)).contains("no Relay tables"));
+
+        std::fs::remove_file(&path).expect("remove");
+        drop(Store::create(&path).expect("create"));
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch("DROP TABLE outbox;")
+                .expect("drop");
+        }
+        assert!(damage(Store::open(&path)).contains("the table outbox is missing"));
+    }
+
+    #[test]
+    fn drafts_and_the_last_edge_are_kept() {
+        let (_dir, mut store) = open();
+        assert_eq!(store.last_edge().expect("edge"), None);
+        let edge: SocketAddr = "127.0.1.2:4433".parse().expect("addr");
+        store.write(|w| w.set_last_edge(edge)).expect("edge");
+        assert_eq!(store.last_edge().expect("edge"), Some(edge));
+        let draft = Draft {
+            client_message_id: ClientMessageId([3; 16]),
+            peer_name: "carol".into(),
+            text: "hi \x1b carol".into(),
+            sent_at_ms: 7,
+        };
+        store.write(|w| w.insert_draft(&draft)).expect("draft");
+        assert_eq!(store.drafts().expect("drafts"), vec![draft.clone()]);
+        assert_eq!(
+            store.draft(draft.client_message_id).expect("draft"),
+            Some(draft.clone())
+        );
+        assert!(
+            store
+                .write(|w| w.remove_draft(draft.client_message_id))
+                .expect("remove")
+        );
+        assert!(
+            !store
+                .write(|w| w.remove_draft(draft.client_message_id))
+                .expect("again"),
+            "taken once"
+        );
+        assert!(store.drafts().expect("drafts").is_empty());
     }
 
     #[test]
@@ -1441,6 +2192,7 @@ mod tests {
                         sender_seq: seq,
                         recipient_accounts: vec![2, 1],
                         ciphertexts: Vec::new(),
+                        device_seq: u64::from(index) + 1,
                     };
                     w.insert_outbox(
                         &OutboxRow {

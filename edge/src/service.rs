@@ -15,7 +15,9 @@ use std::time::Duration;
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
 use relay_proto::clock::{Clock, SystemClock};
-use relay_proto::limits::AUTH_NONCE_BYTES;
+use relay_proto::limits::{
+    AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, EDGE_REGION_REQUEST_TIMEOUT_MS,
+};
 use relay_proto::net::{self, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets};
 use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
@@ -26,12 +28,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{EdgeConfig, EdgeConfigError};
-use crate::session::{Route, SendAggregate, Session, SessionLimits, fanout_regions};
+use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
 
-/// How long a request to a region may take.
-pub const REGION_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// How long a device has to authenticate after `Hello`.
 pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+/// How long an `Overloaded` answer (a region too slow to answer) asks the device to wait before
+/// it retries, in ms.
+pub const OVERLOADED_RETRY_AFTER_MS: u64 = 2_000;
 /// Pushes buffered for one device connection before new ones are dropped (they are hints).
 pub const DEVICE_PUSHES_MAX: usize = 64;
 /// Pause between attempts to re-open a subscription stream to a region.
@@ -338,7 +341,7 @@ impl EdgeService {
             }
             return;
         }
-        let response = match self.handle_request(&session, request).await {
+        let response = match within_answer_timeout(self.handle_request(&session, request)).await {
             Ok(body) => ClientResponse { body: Some(body) },
             Err(error) => error_response(error),
         };
@@ -367,7 +370,7 @@ impl EdgeService {
                 "authentication timed out",
             ))
         });
-        let (device, home, remaining) = match authenticated {
+        let (device, home, keys) = match authenticated {
             Ok(result) => result,
             Err(error) => {
                 tracing::info!(code = ?error.code, "device authentication refused");
@@ -378,9 +381,7 @@ impl EdgeService {
         let (pushes, mut pushed) = mpsc::channel(DEVICE_PUSHES_MAX);
         self.connect(device, home, connection_id, pushes);
         let welcome = ClientResponse {
-            body: Some(client_response::Body::Authenticated(
-                wire::OneTimeKeyCount { remaining },
-            )),
+            body: Some(client_response::Body::Authenticated(keys)),
         };
         if net::write_frame(&mut send, &welcome).await.is_ok() {
             tracing::info!(%device, "device connected");
@@ -408,7 +409,7 @@ impl EdgeService {
         connection: &quinn::Connection,
         session: &Mutex<Session>,
         recv: &mut quinn::RecvStream,
-    ) -> Result<(DeviceAddress, RegionId, u32), ProtoError> {
+    ) -> Result<(DeviceAddress, RegionId, wire::OneTimeKeyCount), ProtoError> {
         let frame = net::read_frame::<ClientRequest>(recv)
             .await
             .map_err(|error| error.to_proto())?;
@@ -424,26 +425,35 @@ impl EdgeService {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .claimed_device(&authenticate)?;
-        let home = self.home_of(device.account).await?;
-        let key = match self
-            .region_request(home, region_request::Body::SigningKey(device.into()))
-            .await?
-        {
-            region_response::Body::SigningKey(key) => key,
-            _ => {
-                return Err(ProtoError::new(
+        let (home, key) = within_answer_timeout(async {
+            let home = self.home_of(device.account).await?;
+            match self
+                .region_request(home, region_request::Body::SigningKey(device.into()))
+                .await?
+            {
+                region_response::Body::SigningKey(key) => Ok((home, key)),
+                _ => Err(ProtoError::new(
                     ErrorCode::Internal,
                     "unexpected answer to a key lookup",
-                ));
+                )),
             }
-        };
+        })
+        .await?;
         let keying_material =
             net::auth_keying_material(connection).map_err(|error| error.to_proto())?;
+        let seen = SeenMarks {
+            acked_queue_seq: key.acked_queue_seq,
+            device_seq: key.device_seq,
+        };
         session
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .handle_authenticate(&authenticate, &keying_material, &key.signing_key)?;
-        Ok((device, home, key.one_time_keys_remaining))
+            .handle_authenticate(&authenticate, &keying_material, &key.signing_key, seen)?;
+        let keys = wire::OneTimeKeyCount {
+            remaining: key.one_time_keys_remaining,
+            fallback_key: key.fallback_key,
+        };
+        Ok((device, home, keys))
     }
 
     fn connect(
@@ -641,22 +651,52 @@ impl EdgeService {
         Ok(home)
     }
 
+    /// One request to `region`, answered within [`EDGE_REGION_REQUEST_TIMEOUT_MS`] (connecting
+    /// included): a region that cannot be reached is `Unavailable`; a connected region that does
+    /// not answer in time is `Overloaded`, with a hint of when to retry. Either way the link is
+    /// dropped, so the next request connects afresh.
     async fn region_request(
         &self,
         region: RegionId,
         body: region_request::Body,
     ) -> Result<region_response::Body, ProtoError> {
         let request = RegionRequest { body: Some(body) };
-        let response: RegionResponse = self
-            .inner
-            .links
-            .request(
-                region.0,
-                &request,
-                Duration::from_millis(REGION_REQUEST_TIMEOUT_MS),
-            )
-            .await
-            .map_err(|error| error.to_proto())?;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(EDGE_REGION_REQUEST_TIMEOUT_MS);
+        let links = &self.inner.links;
+        let connection = match tokio::time::timeout_at(deadline, links.connection(region.0)).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(NetError::Remote(error))) => return Err(error),
+            Ok(Err(NetError::Timeout)) | Err(_) => {
+                return Err(region_unreachable(
+                    region,
+                    "it does not answer the handshake",
+                ));
+            }
+            Ok(Err(error)) => return Err(region_unreachable(region, &error.to_string())),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let response: RegionResponse = match net::request(&connection, &request, left).await {
+            Ok(response) => response,
+            Err(NetError::Timeout) => {
+                links.forget(region.0).await;
+                return Err(ProtoError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "region {region} did not answer within {:.1} s",
+                        EDGE_REGION_REQUEST_TIMEOUT_MS as f64 / 1000.0
+                    ),
+                )
+                .with_retry_after_ms(OVERLOADED_RETRY_AFTER_MS));
+            }
+            Err(error @ (NetError::Frame(_) | NetError::Remote(_))) => {
+                return Err(error.to_proto());
+            }
+            Err(error) => {
+                links.forget(region.0).await;
+                return Err(region_unreachable(region, &error.to_string()));
+            }
+        };
         match response.body {
             Some(region_response::Body::Error(error)) => Err(error.into()),
             Some(body) => Ok(body),
@@ -715,7 +755,8 @@ impl EdgeService {
                     _ => Err(unexpected()),
                 }
             }
-            (Route::HomeOf(account), Req::ClaimKeys(claim)) => {
+            (Route::Claim { account, claimer }, Req::ClaimKeys(mut claim)) => {
+                claim.claimer = Some(claimer.into());
                 let home = self.home_of(account).await?;
                 match self
                     .region_request(home, region_request::Body::ClaimKeys(claim))
@@ -826,6 +867,34 @@ impl EdgeService {
             ))
         })
     }
+}
+
+/// Runs `work` (requests to regions on a device's behalf) for at most
+/// [`EDGE_ANSWER_TIMEOUT_MS`], so the device always gets an answer before its own request
+/// timeout: past it, the regions are `Overloaded`. What the regions still do is idempotent
+/// (a retried send is deduplicated by its client message id).
+async fn within_answer_timeout<T>(
+    work: impl Future<Output = Result<T, ProtoError>>,
+) -> Result<T, ProtoError> {
+    tokio::time::timeout(Duration::from_millis(EDGE_ANSWER_TIMEOUT_MS), work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProtoError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the regions did not answer within {:.1} s",
+                    EDGE_ANSWER_TIMEOUT_MS as f64 / 1000.0
+                ),
+            )
+            .with_retry_after_ms(OVERLOADED_RETRY_AFTER_MS))
+        })
+}
+
+fn region_unreachable(region: RegionId, problem: &str) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::Unavailable,
+        format!("region {region} is unreachable ({problem})"),
+    )
 }
 
 /// The per-region subscription tasks, started by [`EdgeService::run`].

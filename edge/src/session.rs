@@ -1,7 +1,8 @@
 //! The edge's per-connection decisions, sans-IO: authentication of a device by a signature over
-//! the edge's nonce and the connection's TLS keying material, which requests a connection may
-//! make, where each request goes, rate limits, and how the destination regions' answers to one
-//! send combine into the device's answer.
+//! the edge's nonce and the connection's TLS keying material (and the refusal of a device whose
+//! state went back: its queue cursor or envelope counter behind what its home region has seen),
+//! which requests a connection may make, where each request goes, rate limits, and how the
+//! destination regions' answers to one send combine into the device's answer.
 //!
 //! Inputs come through `handle_*` methods with the time as `now_ms`; randomness (the nonce) and
 //! key lookups are done by the shell and passed in. No sockets, tasks or clocks here.
@@ -40,13 +41,28 @@ enum State {
     Authenticated { device: DeviceAddress },
 }
 
+/// What a device's home region has seen of it, reported with its signing key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeenMarks {
+    /// The highest queue sequence the device acknowledged.
+    pub acked_queue_seq: u64,
+    /// The highest `device_seq` of the device's envelopes stored by the region.
+    pub device_seq: u64,
+}
+
 /// Where the shell must take a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// To this edge's own region (registration, directory reads).
     OwnRegion,
-    /// To the home region of an account (key claims).
-    HomeOf(AccountId),
+    /// To the home region of `account`, naming the authenticated `claimer` (key claims are
+    /// rate-limited per claimer there).
+    Claim {
+        /// The account whose keys are claimed.
+        account: AccountId,
+        /// The device claiming them.
+        claimer: DeviceAddress,
+    },
     /// To the home region of the connection's own device (queue, key upload).
     DeviceHome(DeviceAddress),
     /// To the home regions of every listed account and of the sender, all in parallel.
@@ -104,12 +120,18 @@ impl Session {
     }
 
     /// Verifies the proof with the device's registered Ed25519 key and the connection's keying
-    /// material. A wrong signature leaves the session unauthenticated.
+    /// material, then compares the device's counters with what its home region has `seen`: a
+    /// queue cursor behind an entry it acknowledged, or a next `device_seq` not above one it
+    /// already used, means its state went back (a data directory restored from a copy), and it
+    /// is refused with [`ErrorCode::DeviceRolledBack`] before it can send or acknowledge
+    /// anything. A device that does not report a counter is not checked on it. Any refusal
+    /// leaves the session unauthenticated.
     pub fn handle_authenticate(
         &mut self,
         authenticate: &Authenticate,
         keying_material: &[u8],
         signing_key: &[u8],
+        seen: SeenMarks,
     ) -> Result<DeviceAddress, ProtoError> {
         let device = self.claimed_device(authenticate)?;
         let State::Challenged { nonce } = self.state else {
@@ -127,6 +149,32 @@ impl Session {
             vodozemac::Ed25519Signature::from_slice(&authenticate.signature).map_err(|_| bad())?;
         let payload = wire::auth_signing_payload(&nonce, keying_material);
         key.verify(&payload, &signature).map_err(|_| bad())?;
+        let rolled_back = |what: String| {
+            ProtoError::new(
+                ErrorCode::DeviceRolledBack,
+                format!(
+                    "device {device} is behind what its home region has seen ({what}); register \
+                     this device again in a new data directory (linking a new device to an \
+                     account is coming)"
+                ),
+            )
+        };
+        if let Some(cursor) = authenticate.queue_cursor
+            && cursor < seen.acked_queue_seq
+        {
+            return Err(rolled_back(format!(
+                "queue cursor {cursor}, but it acknowledged entry {}",
+                seen.acked_queue_seq
+            )));
+        }
+        if let Some(next) = authenticate.next_device_seq
+            && next <= seen.device_seq
+        {
+            return Err(rolled_back(format!(
+                "its next envelope would be number {next}, but number {} is stored",
+                seen.device_seq
+            )));
+        }
         self.state = State::Authenticated { device };
         Ok(device)
     }
@@ -158,7 +206,10 @@ impl Session {
             Body::Register(_) | Body::LookupName(_) | Body::LookupAccount(_) => {
                 Ok(Route::OwnRegion)
             }
-            Body::ClaimKeys(claim) => Ok(Route::HomeOf(AccountId(claim.account))),
+            Body::ClaimKeys(claim) => Ok(Route::Claim {
+                account: AccountId(claim.account),
+                claimer: device,
+            }),
             Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) => Ok(Route::DeviceHome(device)),
             Body::Send(envelope) => {
                 let parsed = envelope.parse()?;
@@ -214,14 +265,17 @@ pub fn fanout_regions(
 }
 
 /// Combines the destination regions' answers to one envelope. The device hears "sent" only
-/// when every region committed; a refusal from any region wins (re-encryption first, then a
-/// sender_seq gap), then any failure (the device retries; regions that committed deduplicate).
+/// when every region committed; a region saying the device rolled back wins over everything
+/// (nothing it sends can be trusted to decrypt, so no retry or re-encryption may follow), then
+/// a refusal from any region (re-encryption first, then a sender_seq gap), then any failure
+/// (the device retries; regions that committed deduplicate).
 #[derive(Debug, Clone)]
 pub struct SendAggregate {
     waiting: BTreeSet<RegionId>,
     commits: Vec<wire::Committed>,
     mismatched: BTreeMap<u64, AccountDevices>,
     resend_from: Option<u64>,
+    rolled_back: Option<ProtoError>,
     failure: Option<ProtoError>,
 }
 
@@ -233,6 +287,7 @@ impl SendAggregate {
             commits: Vec::new(),
             mismatched: BTreeMap::new(),
             resend_from: None,
+            rolled_back: None,
             failure: None,
         }
     }
@@ -266,6 +321,9 @@ impl SendAggregate {
                     "region gave no outcome",
                 ))
             }
+            Err(error) if error.code == ErrorCode::DeviceRolledBack => {
+                self.rolled_back = Some(error);
+            }
             Err(error) => {
                 let retryable = if error.code.is_retryable() {
                     error.code
@@ -278,11 +336,16 @@ impl SendAggregate {
                 {
                     error
                 } else {
-                    // Retryable codes pass through with their hint (a recipient whose queue is
-                    // unreadable stays `RecipientUnavailable`, so the client keeps the
-                    // message in its outbox and says why).
-                    ProtoError::new(retryable, format!("region {region}: {}", error.message))
-                        .with_retry_after_ms(error.retry_after_ms)
+                    // Retryable codes pass through with their hint: an overloaded region says when
+                    // to come back, a region whose storage is unavailable too, and a recipient
+                    // whose queue is unreadable stays `RecipientUnavailable`, so the client keeps
+                    // the message and says why.
+                    let message = if error.message.starts_with(&format!("region {region} ")) {
+                        error.message
+                    } else {
+                        format!("region {region}: {}", error.message)
+                    };
+                    ProtoError::new(retryable, message).with_retry_after_ms(error.retry_after_ms)
                 };
                 self.failure = Some(keep);
             }
@@ -293,6 +356,9 @@ impl SendAggregate {
     pub fn poll_result(&self) -> Option<Result<SendOutcome, ProtoError>> {
         if !self.waiting.is_empty() {
             return None;
+        }
+        if let Some(rolled_back) = &self.rolled_back {
+            return Some(Err(rolled_back.clone()));
         }
         let outcome = if !self.mismatched.is_empty() {
             send_outcome::Outcome::Mismatched(MismatchedDevices {
@@ -330,10 +396,11 @@ mod tests {
         let auth = Authenticate {
             device,
             signature: signature.to_bytes().to_vec(),
+            ..Authenticate::default()
         };
         let key = account.identity_keys().ed25519;
         session
-            .handle_authenticate(&auth, &KEYING, key.as_bytes())
+            .handle_authenticate(&auth, &KEYING, key.as_bytes(), SeenMarks::default())
             .expect("authenticates");
         session
     }
@@ -353,6 +420,7 @@ mod tests {
                 message_type: 0,
                 body: vec![9],
             }],
+            device_seq: 1,
         }
     }
 
@@ -391,10 +459,11 @@ mod tests {
         let auth = Authenticate {
             device: me,
             signature: signature.to_bytes().to_vec(),
+            ..Authenticate::default()
         };
         let key = account.identity_keys().ed25519;
         let error = session
-            .handle_authenticate(&auth, &KEYING, key.as_bytes())
+            .handle_authenticate(&auth, &KEYING, key.as_bytes(), SeenMarks::default())
             .expect_err("replay");
         assert_eq!(error.code, ErrorCode::BadSignature);
         // The right payload under someone else's registered key.
@@ -402,24 +471,109 @@ mod tests {
         let auth = Authenticate {
             device: me,
             signature: signature.to_bytes().to_vec(),
+            ..Authenticate::default()
         };
         let other = Account::new().identity_keys().ed25519;
         assert!(
             session
-                .handle_authenticate(&auth, &KEYING, other.as_bytes())
+                .handle_authenticate(&auth, &KEYING, other.as_bytes(), SeenMarks::default())
                 .is_err()
         );
         // Garbage signature bytes and key bytes never panic.
         let auth = Authenticate {
             device: me,
             signature: vec![1, 2, 3],
+            ..Authenticate::default()
         };
         assert!(
             session
-                .handle_authenticate(&auth, &KEYING, &[0; 5])
+                .handle_authenticate(&auth, &KEYING, &[0; 5], SeenMarks::default())
                 .is_err()
         );
         assert_eq!(session.device(), None);
+    }
+
+    /// A device authenticating with `queue_cursor` and `next_device_seq` against what its
+    /// region has `seen`.
+    fn authenticate_with(
+        queue_cursor: Option<u64>,
+        next_device_seq: Option<u64>,
+        seen: SeenMarks,
+    ) -> (Session, Result<DeviceAddress, ProtoError>) {
+        let account = Account::new();
+        let mut session = Session::new(SessionLimits::default(), 0);
+        let challenge = session.handle_hello([1; AUTH_NONCE_BYTES]).expect("hello");
+        let signature = account.sign(wire::auth_signing_payload(&challenge.nonce, &KEYING));
+        let auth = Authenticate {
+            device: DeviceAddr {
+                account: 1,
+                device: 1,
+            },
+            signature: signature.to_bytes().to_vec(),
+            queue_cursor,
+            next_device_seq,
+        };
+        let key = account.identity_keys().ed25519;
+        let result = session.handle_authenticate(&auth, &KEYING, key.as_bytes(), seen);
+        (session, result)
+    }
+
+    #[test]
+    fn a_device_behind_what_its_region_has_seen_is_refused_as_rolled_back() {
+        let seen = SeenMarks {
+            acked_queue_seq: 7,
+            device_seq: 12,
+        };
+        // An honest device: its cursor at or past every ack, its next envelope past every one
+        // stored; an older client that reports neither is not checked.
+        for (cursor, next) in [(Some(7), Some(13)), (Some(9), Some(20)), (None, None)] {
+            let (session, result) = authenticate_with(cursor, next, seen);
+            assert!(result.is_ok(), "{cursor:?} {next:?}: {result:?}");
+            assert!(session.device().is_some());
+        }
+        // A copy from before it stored entry 7, or before it sent envelope 12.
+        for (cursor, next) in [(Some(6), Some(13)), (Some(7), Some(12)), (Some(0), Some(1))] {
+            let (session, result) = authenticate_with(cursor, next, seen);
+            let error = result.expect_err("rolled back");
+            assert_eq!(
+                error.code,
+                ErrorCode::DeviceRolledBack,
+                "{cursor:?} {next:?}"
+            );
+            assert!(!error.code.is_retryable());
+            assert!(
+                error.message.contains("register this device again"),
+                "{error}"
+            );
+            assert_eq!(session.device(), None, "left unauthenticated");
+        }
+    }
+
+    #[test]
+    fn claims_name_the_authenticated_claimer() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let mut session = authenticated(&account, me);
+        let claim = ClientRequest {
+            body: Some(client_request::Body::ClaimKeys(wire::ClaimKeys {
+                account: 5,
+                // Whatever the device says, the claimer is the authenticated device.
+                claimer: Some(DeviceAddr {
+                    account: 9,
+                    device: 9,
+                }),
+            })),
+        };
+        assert_eq!(
+            session.handle_request(&claim, 0),
+            Ok(Route::Claim {
+                account: AccountId(5),
+                claimer: me.parse().expect("valid"),
+            })
+        );
     }
 
     #[test]
@@ -540,6 +694,27 @@ mod tests {
     }
 
     #[test]
+    fn a_region_with_unavailable_storage_makes_the_send_retryable() {
+        let regions = BTreeSet::from([RegionId(1), RegionId(2)]);
+        let mut aggregate = SendAggregate::new(regions);
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(
+                ProtoError::new(ErrorCode::StorageUnavailable, "the disk is full")
+                    .with_retry_after_ms(20),
+            ),
+        );
+        let Some(Err(error)) = aggregate.poll_result() else {
+            panic!("a send one region could not store is not sent");
+        };
+        assert_eq!(error.code, ErrorCode::StorageUnavailable);
+        assert!(error.code.is_retryable());
+        assert_eq!(error.retry_after_ms, 20);
+        assert!(error.message.contains("region 2"), "{}", error.message);
+    }
+
+    #[test]
     fn refusals_and_failures_win_over_commits() {
         let regions = BTreeSet::from([RegionId(1), RegionId(2)]);
         let mut aggregate = SendAggregate::new(regions.clone());
@@ -549,6 +724,26 @@ mod tests {
             Err(ProtoError::new(ErrorCode::Internal, "boom")),
         );
         assert!(matches!(aggregate.poll_result(), Some(Err(error)) if error.code.is_retryable()));
+
+        // An overloaded region's code and retry hint reach the device.
+        let mut aggregate = SendAggregate::new(regions.clone());
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(ProtoError::new(
+                ErrorCode::Overloaded,
+                "region 2 did not answer within 5.0 s",
+            )
+            .with_retry_after_ms(2_000)),
+        );
+        assert_eq!(
+            aggregate.poll_result(),
+            Some(Err(ProtoError::new(
+                ErrorCode::Overloaded,
+                "region 2 did not answer within 5.0 s"
+            )
+            .with_retry_after_ms(2_000)))
+        );
 
         let mut aggregate = SendAggregate::new(regions);
         let mismatch = MismatchedDevices {
@@ -569,6 +764,33 @@ mod tests {
             Some(Ok(SendOutcome {
                 outcome: Some(send_outcome::Outcome::Mismatched(mismatch))
             }))
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_device_is_told_so_whatever_the_other_regions_said() {
+        let regions = BTreeSet::from([RegionId(1), RegionId(2), RegionId(3)]);
+        let mut aggregate = SendAggregate::new(regions);
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(ProtoError::new(ErrorCode::DeviceRolledBack, "went back")),
+        );
+        aggregate.handle_region_outcome(
+            RegionId(3),
+            Ok(SendOutcome {
+                outcome: Some(send_outcome::Outcome::ResendFrom(ResendFrom {
+                    expected_sender_seq: 2,
+                })),
+            }),
+        );
+        let Some(Err(error)) = aggregate.poll_result() else {
+            panic!("a refusal")
+        };
+        assert_eq!(error.code, ErrorCode::DeviceRolledBack);
+        assert_eq!(
+            error.message, "went back",
+            "passed on as the region said it"
         );
     }
 }

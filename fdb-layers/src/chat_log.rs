@@ -3,8 +3,10 @@
 //!
 //! **Challenge.** Store each envelope of a chat once (a retried send is answered with its
 //! original result), accept a sender device's envelopes only in its own order (`sender_seq`
-//! exactly one past the last), give each a chat sequence number with no gap and no reuse, and
-//! let devices read the log in order from any point.
+//! exactly one past the last), tell a sender that skipped ahead where to resend from, tell a
+//! sender whose counter went back (a new envelope under a `sender_seq` already taken: its
+//! state was restored from a copy) that it rolled back, give each envelope a chat sequence
+//! number with no gap and no reuse, and let devices read the log in order from any point.
 //!
 //! **Key layout** (subspace `("chat_log", chat)`):
 //! - `("dedupe", account, device, client_message_id)` → chat sequence and server time (prost);
@@ -90,6 +92,12 @@ pub enum AppendOutcome {
         /// The `sender_seq` the log expects next from this sender device.
         expected_sender_seq: u64,
     },
+    /// Refused: a new envelope under a `sender_seq` the sender already used; its state went
+    /// back.
+    RolledBack {
+        /// The last `sender_seq` accepted from this sender device.
+        last_sender_seq: u64,
+    },
 }
 
 /// One stored entry of a chat log.
@@ -112,6 +120,13 @@ pub struct LogEntry {
 }
 
 /// Appends an envelope: dedupe first, then the sender-FIFO check, then the next chat sequence.
+///
+/// An envelope whose client message id is new but whose `sender_seq` is at or below the last
+/// one accepted from its sender is [`AppendOutcome::RolledBack`], not a gap: an honest device
+/// never gives a new envelope a number it already used. It numbers envelopes from a durable
+/// counter, and renumbers them (after "resend from k") only down to a `k` this log asked for,
+/// which is above everything it accepted; a retry of a stored envelope keeps its id and is a
+/// duplicate. A device restored from a copy counts again from an older value.
 pub async fn append(
     transaction: &Transaction,
     entry: &NewEntry<'_>,
@@ -133,6 +148,9 @@ pub async fn append(
     let last_sender_seq = read_u64(transaction, &sender_key, "chat log sender_seq").await?;
     let expected_sender_seq = last_sender_seq + 1;
     let checked = !relay_proto::planted::is_planted(PlantedBug::SkipSenderSeqCheck);
+    if checked && last_sender_seq > 0 && entry.sender_seq <= last_sender_seq {
+        return Ok(AppendOutcome::RolledBack { last_sender_seq });
+    }
     if checked && entry.sender_seq != expected_sender_seq {
         return Ok(AppendOutcome::Gap {
             expected_sender_seq,
@@ -350,7 +368,8 @@ mod tests {
                 server_time_ms: 100
             }
         );
-        // A gap and a replayed sender_seq under a new id are both refused.
+        // A gap is refused with the number to resend from; a taken sender_seq under a new id
+        // is a device whose state went back.
         let gap = append_one(&database, new_entry(ALICE, 2, 3, b"a3"), 101).await;
         assert_eq!(
             gap,
@@ -359,12 +378,7 @@ mod tests {
             }
         );
         let replay = append_one(&database, new_entry(ALICE, 3, 1, b"a1'"), 101).await;
-        assert_eq!(
-            replay,
-            AppendOutcome::Gap {
-                expected_sender_seq: 2
-            }
-        );
+        assert_eq!(replay, AppendOutcome::RolledBack { last_sender_seq: 1 });
         let zero = append_one(&database, new_entry(BOB, 4, 0, b"b0"), 101).await;
         assert_eq!(
             zero,
@@ -411,6 +425,66 @@ mod tests {
         );
         assert_eq!(stored.client_message_id, ClientMessageId([5; 16]));
         assert_eq!((missing, last), (None, 3));
+    }
+
+    /// What tells a device whose counter went back from an honest one: a retry (a known id) is
+    /// a duplicate whatever its number; a number past the next one is a gap, and the entry
+    /// renumbered down to what the gap asked for is appended; only a new id under a number
+    /// already taken is a rollback, and it stores nothing.
+    #[tokio::test]
+    async fn a_taken_sender_seq_under_a_new_id_is_a_rollback_not_a_gap() {
+        let (_folder, database) = temporary_database(None);
+        for seq in 1..=3u8 {
+            let appended = append_one(&database, new_entry(ALICE, seq, seq.into(), b"a"), 10).await;
+            assert!(matches!(appended, AppendOutcome::Appended { .. }));
+        }
+        // A retry of entry 2, even renumbered on the way, is a duplicate.
+        for retried_seq in [2, 1, 9] {
+            assert_eq!(
+                append_one(&database, new_entry(ALICE, 2, retried_seq, b"a"), 11).await,
+                AppendOutcome::Duplicate {
+                    chat_seq: 2,
+                    server_time_ms: 10
+                }
+            );
+        }
+        // New envelopes under the taken numbers 1..=3: the sender's counter went back.
+        for taken in 1..=3 {
+            assert_eq!(
+                append_one(
+                    &database,
+                    new_entry(ALICE, 40 + taken as u8, taken, b"r"),
+                    12
+                )
+                .await,
+                AppendOutcome::RolledBack { last_sender_seq: 3 }
+            );
+        }
+        // An entry refused before it reached the log left a hole at 4: its successor is a gap,
+        // and renumbered down to 4 (the number asked for) it is appended.
+        assert_eq!(
+            append_one(&database, new_entry(ALICE, 6, 5, b"a"), 13).await,
+            AppendOutcome::Gap {
+                expected_sender_seq: 4
+            }
+        );
+        assert_eq!(
+            append_one(&database, new_entry(ALICE, 6, 4, b"a"), 14).await,
+            AppendOutcome::Appended {
+                chat_seq: 4,
+                server_time_ms: 14
+            }
+        );
+        // Another sender's numbers are its own.
+        assert!(matches!(
+            append_one(&database, new_entry(BOB, 7, 1, b"b"), 15).await,
+            AppendOutcome::Appended { chat_seq: 5, .. }
+        ));
+        let last = database
+            .transact(|tx| async move { last_seq(&tx, CHAT).await })
+            .await
+            .expect("read");
+        assert_eq!(last, 5, "the refused envelopes stored nothing");
     }
 
     /// A new entry is written without a range clear: its sequence was allocated under a
@@ -578,13 +652,14 @@ mod properties {
 
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{block_on, temporary_database};
+    use crate::test_support::{block_on, temporary_database, transact_through_outages};
 
     const CHAT: ChatId = ChatId([4; 16]);
 
     #[derive(Debug, Clone)]
     enum Operation {
-        /// `sender_seq` is the sender's last plus `step` minus one (0: a replay, 2: a gap).
+        /// `sender_seq` is the sender's last plus `step` minus one (0: a taken number, which is a
+        /// rollback under a new id once the sender has one accepted; 2: a gap).
         Append {
             sender: u8,
             id: u8,
@@ -663,16 +738,21 @@ mod properties {
                         sender_region: RegionId(u32::from(sender)),
                         envelope_bytes: &bytes,
                     };
-                    let outcome = database
-                        .transact(|tx| async move { append(&tx, &entry, now_ms).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let outcome = transact_through_outages(&database, |tx| async move {
+                        append(&tx, &entry, now_ms).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     let expected = if let Some(&(chat_seq, server_time_ms)) =
                         model.dedupe.get(&(sender, id))
                     {
                         AppendOutcome::Duplicate {
                             chat_seq,
                             server_time_ms,
+                        }
+                    } else if last > 0 && sender_seq <= last {
+                        AppendOutcome::RolledBack {
+                            last_sender_seq: last,
                         }
                     } else if sender_seq != last + 1 {
                         AppendOutcome::Gap {
@@ -714,10 +794,11 @@ mod properties {
                     );
                 }
                 Operation::ReadRange { after, limit } => {
-                    let read = database
-                        .transact(|tx| async move { read_range(&tx, CHAT, after, limit).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let read = transact_through_outages(&database, |tx| async move {
+                        read_range(&tx, CHAT, after, limit).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     let expected: Vec<LogEntry> = model
                         .entries
                         .iter()
@@ -728,10 +809,11 @@ mod properties {
                     prop_assert_eq!(read, expected, "read_range after {} limit {}", after, limit);
                 }
                 Operation::Entry { chat_seq } => {
-                    let read = database
-                        .transact(|tx| async move { entry(&tx, CHAT, chat_seq).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let read = transact_through_outages(&database, |tx| async move {
+                        entry(&tx, CHAT, chat_seq).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     let expected = model
                         .entries
                         .iter()
@@ -740,10 +822,11 @@ mod properties {
                     prop_assert_eq!(read, expected, "entry {}", chat_seq);
                 }
                 Operation::LastSeq => {
-                    let read = database
-                        .transact(|tx| async move { last_seq(&tx, CHAT).await })
-                        .await
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                    let read = transact_through_outages(&database, |tx| async move {
+                        last_seq(&tx, CHAT).await
+                    })
+                    .await
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                     prop_assert_eq!(read, model.entries.len() as u64);
                 }
             }

@@ -1,10 +1,11 @@
 //! The conformance suite: the layers composed the way a region composes them, with the
 //! invariants checked at the end. It runs against a clean database and against one with
-//! seeded faults (conflicts, unknown commit results, slow commits); with a FoundationDB backend
-//! it will run there too. Every mutating call that is not idempotent by nature carries an
-//! idempotency key issued once per logical request, so the results are exact even when
-//! commits are retried after an unknown result. The media index runs its share of the suite
-//! from its own module (`media::tests`), with and without faults.
+//! seeded faults (conflicts, unknown commit results, slow commits, failing disks); with a
+//! FoundationDB backend it will run there too. Every mutating call that is not idempotent by
+//! nature carries an idempotency key issued once per logical request, so the results are exact
+//! even when commits are retried after an unknown result or a failed disk (`Unavailable`, run
+//! again by the caller as a client retries). The media index runs its share of the suite from
+//! its own module (`media::tests`), with and without faults.
 
 use std::collections::BTreeSet;
 
@@ -17,7 +18,7 @@ use crate::device_queue::{self, QueueAppend, QueueItem, SweepScope};
 use crate::directory::{GroupId, MembershipChange};
 use crate::engine::{Database, FaultConfig};
 use crate::error::StoreError;
-use crate::test_support::{KeyIssuer, fault_seed, temporary_database};
+use crate::test_support::{KeyIssuer, fault_seed, temporary_database, transact_through_outages};
 use crate::{directory, keys, outbox, receipts};
 
 const HOME: RegionId = RegionId(1);
@@ -36,16 +37,26 @@ async fn conformance_without_faults() {
 async fn conformance_with_faults() {
     let seed = fault_seed();
     eprintln!("conformance with faults: seed={seed} (reproduce with FDB_LAYERS_SEED={seed})");
-    let (_folder, database) = temporary_database(Some(FaultConfig::frequent(seed)));
+    let (_folder, database) = temporary_database(Some(faults_with_disk_failures(seed)));
     let suite = tokio::spawn(conformance(database.clone(), false));
     if let Err(failure) = suite.await {
         panic!("conformance failed with faults, seed={seed}: {failure}");
     }
     let stats = database.stats();
+    eprintln!("seed={seed}: {stats:?}");
     assert!(
-        stats.retries > 0,
-        "seed={seed}: faults must have caused retries: {stats:?}"
+        stats.retries > 0 && stats.failed_group_commits > 0,
+        "seed={seed}: faults must have caused retries and failed group commits: {stats:?}"
     );
+}
+
+/// [`FaultConfig::frequent`] with disk failures frequent enough that the suite's 80 or so
+/// group commits meet some (none in about one run in 450,000).
+pub(crate) fn faults_with_disk_failures(seed: u64) -> FaultConfig {
+    FaultConfig {
+        io_error_probability: 0.15,
+        ..FaultConfig::frequent(seed)
+    }
 }
 
 /// Runs every scenario against `database` (any backend). `commit_results_known`: no commit is
@@ -91,10 +102,11 @@ pub(crate) async fn conformance(database: Database, commit_results_known: bool) 
         "{retry:?}"
     );
 
-    let entries = database
-        .transact(|tx| async move { chat_log::read_range(&tx, chat, 0, 100).await })
-        .await
-        .expect("read the chat log");
+    let entries = transact_through_outages(&database, |tx| async move {
+        chat_log::read_range(&tx, chat, 0, 100).await
+    })
+    .await
+    .expect("read the chat log");
     let total = 2 * MESSAGES_PER_SENDER;
     let sequences: Vec<u64> = entries.iter().map(|entry| entry.chat_seq).collect();
     assert_eq!(
@@ -120,10 +132,11 @@ pub(crate) async fn conformance(database: Database, commit_results_known: bool) 
             .filter(|entry| entry.sender != device)
             .map(|e| e.chat_seq)
             .collect();
-        let queued = database
-            .transact(|tx| async move { device_queue::read_after(&tx, device, 0, 100).await })
-            .await
-            .expect("read a device queue");
+        let queued = transact_through_outages(&database, |tx| async move {
+            device_queue::read_after(&tx, device, 0, 100).await
+        })
+        .await
+        .expect("read a device queue");
         let queue_seqs: Vec<u64> = queued.iter().map(|(seq, _)| *seq).collect();
         assert_eq!(
             queue_seqs,
@@ -157,21 +170,20 @@ async fn register(
     identity: &'static [u8],
     key: IdempotencyKey,
 ) -> DeviceAddress {
-    database
-        .transact(|tx| async move {
-            let account = directory::create_account(&tx, name, HOME, &key)
-                .await?
-                .unwrap_or_else(|taken| panic!("name {name} taken by {}", taken.owner));
-            let device = directory::add_first_device(&tx, account.id, identity, b"sig", &key)
-                .await?
-                .unwrap_or_else(|_| panic!("account {name} already had a device"));
-            Ok(DeviceAddress {
-                account: account.id,
-                device,
-            })
+    transact_through_outages(database, |tx| async move {
+        let account = directory::create_account(&tx, name, HOME, &key)
+            .await?
+            .unwrap_or_else(|taken| panic!("name {name} taken by {}", taken.owner));
+        let device = directory::add_first_device(&tx, account.id, identity, b"sig", &key)
+            .await?
+            .unwrap_or_else(|_| panic!("account {name} already had a device"));
+        Ok(DeviceAddress {
+            account: account.id,
+            device,
         })
-        .await
-        .expect("register transaction")
+    })
+    .await
+    .expect("register transaction")
 }
 
 /// Adds a device; the idempotency key makes the retries add it once.
@@ -181,16 +193,16 @@ async fn add_device(
     identity: &'static [u8],
     key: IdempotencyKey,
 ) -> DeviceAddress {
-    let device = database
-        .transact(
-            |tx| async move { directory::add_device(&tx, account, identity, b"sig", &key).await },
-        )
-        .await
-        .expect("add device transaction");
-    let listed = database
-        .transact(|tx| async move { directory::devices(&tx, account).await })
-        .await
-        .expect("list devices");
+    let device = transact_through_outages(database, |tx| async move {
+        directory::add_device(&tx, account, identity, b"sig", &key).await
+    })
+    .await
+    .expect("add device transaction");
+    let listed = transact_through_outages(database, |tx| async move {
+        directory::devices(&tx, account).await
+    })
+    .await
+    .expect("list devices");
     let with_identity = listed
         .iter()
         .filter(|record| record.identity_key == identity)
@@ -211,38 +223,36 @@ async fn send(
     client_message_id[..8].copy_from_slice(&sender.account.0.to_be_bytes());
     client_message_id[8..].copy_from_slice(&sender_seq.to_be_bytes());
     let envelope = format!("envelope {sender} {sender_seq}").into_bytes();
-    database
-        .transact(|tx| {
-            let envelope = envelope.clone();
-            async move {
-                let entry = NewEntry {
-                    chat,
-                    sender,
-                    client_message_id: ClientMessageId(client_message_id),
-                    sender_seq,
-                    sender_region: HOME,
-                    envelope_bytes: &envelope,
-                };
-                let outcome = chat_log::append(&tx, &entry, SENT_AT_MS + sender_seq).await?;
-                if let AppendOutcome::Appended { chat_seq, .. } = outcome {
-                    let item = QueueItem::MessageRef { chat, chat_seq };
-                    for account in [AccountId(1), AccountId(2)] {
-                        for device in directory::devices(&tx, account).await? {
-                            if device.device != sender {
-                                let queued =
-                                    device_queue::append(&tx, device.device, &item, SENT_AT_MS)
-                                        .await?;
-                                assert!(matches!(queued, QueueAppend::Appended { .. }));
-                            }
+    transact_through_outages(database, |tx| {
+        let envelope = envelope.clone();
+        async move {
+            let entry = NewEntry {
+                chat,
+                sender,
+                client_message_id: ClientMessageId(client_message_id),
+                sender_seq,
+                sender_region: HOME,
+                envelope_bytes: &envelope,
+            };
+            let outcome = chat_log::append(&tx, &entry, SENT_AT_MS + sender_seq).await?;
+            if let AppendOutcome::Appended { chat_seq, .. } = outcome {
+                let item = QueueItem::MessageRef { chat, chat_seq };
+                for account in [AccountId(1), AccountId(2)] {
+                    for device in directory::devices(&tx, account).await? {
+                        if device.device != sender {
+                            let queued =
+                                device_queue::append(&tx, device.device, &item, SENT_AT_MS).await?;
+                            assert!(matches!(queued, QueueAppend::Appended { .. }));
                         }
                     }
-                    outbox::push(&tx, REMOTE, &chat_seq.to_be_bytes()).await?;
                 }
-                Ok(outcome)
+                outbox::push(&tx, REMOTE, &chat_seq.to_be_bytes()).await?;
             }
-        })
-        .await
-        .expect("send transaction")
+            Ok(outcome)
+        }
+    })
+    .await
+    .expect("send transaction")
 }
 
 /// Concurrent claims with one key each: every one-time key goes to exactly one claimer, every
@@ -252,24 +262,24 @@ async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, key
         .map(|index| (format!("otk-{index:02}"), vec![index; 32]))
         .collect();
     let upload_key = keys.issue();
-    database
-        .transact(|tx| {
-            let uploaded = uploaded.clone();
-            async move {
-                keys::set_fallback_key(&tx, device, "fallback", &[0xfb; 32], b"signature")?;
-                keys::add_one_time_keys(&tx, device, &uploaded, &upload_key).await
-            }
-        })
-        .await
-        .expect("upload one-time keys");
+    transact_through_outages(database, |tx| {
+        let uploaded = uploaded.clone();
+        async move {
+            keys::set_fallback_key(&tx, device, "fallback", &[0xfb; 32], b"signature")?;
+            keys::add_one_time_keys(&tx, device, &uploaded, &upload_key).await
+        }
+    })
+    .await
+    .expect("upload one-time keys");
     let claims: Vec<_> = (0..16)
         .map(|_| {
             let database = database.clone();
             let key = keys.issue();
             tokio::spawn(async move {
-                database
-                    .transact(|tx| async move { keys::claim_one_time_key(&tx, device, &key).await })
-                    .await
+                transact_through_outages(&database, |tx| async move {
+                    keys::claim_one_time_key(&tx, device, &key).await
+                })
+                .await
             })
         })
         .collect();
@@ -289,10 +299,11 @@ async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, key
         "a one-time key was claimed twice: {claimed:?}"
     );
     assert_eq!((claimed.len(), fallbacks), (10, 6), "16 claims take all 10");
-    let remaining = database
-        .transact(|tx| async move { keys::one_time_key_count(&tx, device).await })
-        .await
-        .expect("count");
+    let remaining = transact_through_outages(database, |tx| async move {
+        keys::one_time_key_count(&tx, device).await
+    })
+    .await
+    .expect("count");
     assert_eq!(remaining, 0);
 }
 
@@ -300,26 +311,29 @@ async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, key
 /// directory's change counter exactly once, even when commits are retried.
 async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], keys: &KeyIssuer) {
     let [owner, other] = accounts;
-    let changes_before = database
-        .transact(|tx| async move { directory::change_count(&tx).await })
+    let changes_before =
+        transact_through_outages(
+            database,
+            |tx| async move { directory::change_count(&tx).await },
+        )
         .await
         .expect("change count");
     let create_key = keys.issue();
-    let group = database
-        .transact(|tx| async move { directory::create_group(&tx, owner, HOME, &create_key).await })
-        .await
-        .expect("create group");
+    let group = transact_through_outages(database, |tx| async move {
+        directory::create_group(&tx, owner, HOME, &create_key).await
+    })
+    .await
+    .expect("create group");
     // Members 100..108 (ids the directory need not know) join at once, then one leaves.
     let joins: Vec<_> = (100..108u64)
         .map(|account| {
             let database = database.clone();
             let key = keys.issue();
             tokio::spawn(async move {
-                database
-                    .transact(|tx| async move {
-                        directory::add_member(&tx, group, AccountId(account), &key).await
-                    })
-                    .await
+                transact_through_outages(&database, |tx| async move {
+                    directory::add_member(&tx, group, AccountId(account), &key).await
+                })
+                .await
             })
         })
         .collect();
@@ -332,15 +346,14 @@ async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], key
     }
     assert_eq!(versions, (2..=9).collect(), "one version per change");
     let (add, remove) = (keys.issue(), keys.issue());
-    let (added, removed) = database
-        .transact(|tx| async move {
-            Ok((
-                directory::add_member(&tx, group, other, &add).await?,
-                directory::remove_member(&tx, group, AccountId(100), &remove).await?,
-            ))
-        })
-        .await
-        .expect("membership changes");
+    let (added, removed) = transact_through_outages(database, |tx| async move {
+        Ok((
+            directory::add_member(&tx, group, other, &add).await?,
+            directory::remove_member(&tx, group, AccountId(100), &remove).await?,
+        ))
+    })
+    .await
+    .expect("membership changes");
     assert_eq!(
         (added, removed),
         (
@@ -348,8 +361,8 @@ async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], key
             MembershipChange::Changed { version: 11 }
         )
     );
-    let (members, version, groups_of_other, changes_after) = database
-        .transact(|tx| async move {
+    let (members, version, groups_of_other, changes_after) =
+        transact_through_outages(database, |tx| async move {
             Ok((
                 directory::members(&tx, group).await?,
                 directory::group_version(&tx, group).await?,
@@ -381,42 +394,42 @@ async fn acks_deliver_receipts_once(
     device: DeviceAddress,
     entries: &[chat_log::LogEntry],
 ) {
-    let queued = database
-        .transact(|tx| async move { device_queue::read_after(&tx, device, 0, 100).await })
-        .await
-        .expect("read queue");
+    let queued = transact_through_outages(database, |tx| async move {
+        device_queue::read_after(&tx, device, 0, 100).await
+    })
+    .await
+    .expect("read queue");
     let queue_seqs: Vec<u64> = queued.iter().map(|(seq, _)| *seq).collect();
     for _ in 0..2 {
         let queue_seqs = queue_seqs.clone();
-        database
-            .transact(|tx| {
-                let queue_seqs = queue_seqs.clone();
-                async move {
-                    for (_, item) in device_queue::ack(&tx, device, &queue_seqs).await? {
-                        advance_receipt(&tx, chat, device, &item, ReceiptState::Delivered).await?;
-                    }
-                    Ok(())
+        transact_through_outages(database, |tx| {
+            let queue_seqs = queue_seqs.clone();
+            async move {
+                for (_, item) in device_queue::ack(&tx, device, &queue_seqs).await? {
+                    advance_receipt(&tx, chat, device, &item, ReceiptState::Delivered).await?;
                 }
-            })
-            .await
-            .expect("ack");
-    }
-    let (depth, remaining) = database
-        .transact(|tx| async move {
-            Ok((
-                device_queue::depth(&tx, device).await?,
-                device_queue::read_after(&tx, device, 0, 100).await?,
-            ))
+                Ok(())
+            }
         })
         .await
-        .expect("read queue after acks");
+        .expect("ack");
+    }
+    let (depth, remaining) = transact_through_outages(database, |tx| async move {
+        Ok((
+            device_queue::depth(&tx, device).await?,
+            device_queue::read_after(&tx, device, 0, 100).await?,
+        ))
+    })
+    .await
+    .expect("read queue after acks");
     assert_eq!((depth, remaining.len()), (0, 0));
     for entry in entries.iter().filter(|entry| entry.sender != device) {
         let message = entry.client_message_id;
-        let state = database
-            .transact(|tx| async move { receipts::state(&tx, chat, message, device).await })
-            .await
-            .expect("receipt");
+        let state = transact_through_outages(database, |tx| async move {
+            receipts::state(&tx, chat, message, device).await
+        })
+        .await
+        .expect("receipt");
         assert_eq!(
             state,
             Some(ReceiptState::Delivered),
@@ -445,21 +458,21 @@ async fn advance_receipt(
 
 /// Notices appended concurrently with a key each land once each, gapless, whatever the faults.
 async fn keyed_appends_are_exact(database: &Database, device: DeviceAddress, keys: &KeyIssuer) {
-    let before = database
-        .transact(|tx| async move { device_queue::latest(&tx, device).await })
-        .await
-        .expect("latest");
+    let before = transact_through_outages(database, |tx| async move {
+        device_queue::latest(&tx, device).await
+    })
+    .await
+    .expect("latest");
     let appends: Vec<_> = (0..8u8)
         .map(|index| {
             let database = database.clone();
             let key = keys.issue();
             tokio::spawn(async move {
-                database
-                    .transact(|tx| async move {
-                        let item = QueueItem::Receipt(vec![index]);
-                        device_queue::append_once(&tx, device, &item, SENT_AT_MS, &key).await
-                    })
-                    .await
+                transact_through_outages(&database, |tx| async move {
+                    let item = QueueItem::Receipt(vec![index]);
+                    device_queue::append_once(&tx, device, &item, SENT_AT_MS, &key).await
+                })
+                .await
             })
         })
         .collect();
@@ -471,18 +484,18 @@ async fn keyed_appends_are_exact(database: &Database, device: DeviceAddress, key
         }
     }
     assert_eq!(sequences, (before + 1..=before + 8).collect());
-    let queued = database
-        .transact(|tx| async move { device_queue::read_after(&tx, device, before, 100).await })
-        .await
-        .expect("read queue");
+    let queued = transact_through_outages(database, |tx| async move {
+        device_queue::read_after(&tx, device, before, 100).await
+    })
+    .await
+    .expect("read queue");
     assert_eq!(queued.len(), 8, "each keyed append landed once");
-    database
-        .transact(|tx| {
-            let sequences: Vec<u64> = sequences.iter().copied().collect();
-            async move { device_queue::ack(&tx, device, &sequences).await }
-        })
-        .await
-        .expect("ack notices");
+    transact_through_outages(database, |tx| {
+        let sequences: Vec<u64> = sequences.iter().copied().collect();
+        async move { device_queue::ack(&tx, device, &sequences).await }
+    })
+    .await
+    .expect("ack notices");
 }
 
 /// Thirty-one days later, every entry still queued expires exactly once: a sweep reports it
@@ -495,38 +508,36 @@ async fn undelivered_entries_expire_once(
 ) {
     let now_ms = SENT_AT_MS + 31 * DAY_MS;
     loop {
-        let more = database
-            .transact(|tx| async move {
-                let report = device_queue::sweep_expired(
-                    &tx,
-                    SweepScope::All,
-                    now_ms,
-                    device_queue::QUEUE_RETENTION_MS_DEFAULT,
-                    7,
-                )
-                .await?;
-                for (device, _, item) in &report.expired {
-                    let moved =
-                        advance_receipt(&tx, chat, *device, item, ReceiptState::Expired).await?;
-                    assert!(moved, "an entry expires once");
-                }
-                // Counted in the transaction: a sweep retried after an unknown commit result
-                // reports nothing, because its first attempt removed the entries.
-                tx.atomic_add(b"expired_count", report.expired.len() as i64)?;
-                Ok(report.more)
-            })
-            .await
-            .expect("sweep");
+        let more = transact_through_outages(database, |tx| async move {
+            let report = device_queue::sweep_expired(
+                &tx,
+                SweepScope::All,
+                now_ms,
+                device_queue::QUEUE_RETENTION_MS_DEFAULT,
+                7,
+            )
+            .await?;
+            for (device, _, item) in &report.expired {
+                let moved =
+                    advance_receipt(&tx, chat, *device, item, ReceiptState::Expired).await?;
+                assert!(moved, "an entry expires once");
+            }
+            // Counted in the transaction: a sweep retried after an unknown commit result
+            // reports nothing, because its first attempt removed the entries.
+            tx.atomic_add(b"expired_count", report.expired.len() as i64)?;
+            Ok(report.more)
+        })
+        .await
+        .expect("sweep");
         if !more {
             break;
         }
     }
-    let expired = database
-        .transact(|tx| async move {
-            crate::codec::read_count(&tx, b"expired_count", false, "test count").await
-        })
-        .await
-        .expect("expired count");
+    let expired = transact_through_outages(database, |tx| async move {
+        crate::codec::read_count(&tx, b"expired_count", false, "test count").await
+    })
+    .await
+    .expect("expired count");
     let expected: u64 = devices
         .iter()
         .map(|device| {
@@ -538,22 +549,22 @@ async fn undelivered_entries_expire_once(
         .sum::<usize>() as u64;
     assert_eq!(expired, expected, "every undelivered entry expired once");
     for device in devices {
-        let (depth, left) = database
-            .transact(|tx| async move {
-                Ok((
-                    device_queue::depth(&tx, device).await?,
-                    device_queue::read_after(&tx, device, 0, 100).await?,
-                ))
-            })
-            .await
-            .expect("queue after the sweep");
+        let (depth, left) = transact_through_outages(database, |tx| async move {
+            Ok((
+                device_queue::depth(&tx, device).await?,
+                device_queue::read_after(&tx, device, 0, 100).await?,
+            ))
+        })
+        .await
+        .expect("queue after the sweep");
         assert_eq!((depth, left.len()), (0, 0), "{device}");
         for entry in entries.iter().filter(|entry| entry.sender != device) {
             let message = entry.client_message_id;
-            let state = database
-                .transact(|tx| async move { receipts::state(&tx, chat, message, device).await })
-                .await
-                .expect("receipt");
+            let state = transact_through_outages(database, |tx| async move {
+                receipts::state(&tx, chat, message, device).await
+            })
+            .await
+            .expect("receipt");
             assert_eq!(state, Some(ReceiptState::Expired), "{device}");
         }
     }
@@ -563,18 +574,22 @@ async fn undelivered_entries_expire_once(
 /// redelivered entry a no-op, so the applied count ends exact. A keyed push lands once.
 async fn outbox_entries_apply_once(database: &Database, expected: u64, keys: &KeyIssuer) {
     let key = keys.issue();
-    let pushed = database
-        .transact(|tx| async move { outbox::push_once(&tx, REMOTE, b"notice", &key).await })
-        .await
-        .expect("keyed push");
+    let pushed = transact_through_outages(database, |tx| async move {
+        outbox::push_once(&tx, REMOTE, b"notice", &key).await
+    })
+    .await
+    .expect("keyed push");
     assert_eq!(
         pushed,
         expected + 1,
         "the keyed push follows the sends, once"
     );
     loop {
-        let batch = database
-            .transact(|tx| async move { outbox::peek(&tx, REMOTE, 5).await })
+        let batch =
+            transact_through_outages(
+                database,
+                |tx| async move { outbox::peek(&tx, REMOTE, 5).await },
+            )
             .await
             .expect("peek");
         let Some(&(through, _)) = batch.last() else {
@@ -583,38 +598,35 @@ async fn outbox_entries_apply_once(database: &Database, expected: u64, keys: &Ke
         // Deliver the batch twice, as an at-least-once link may.
         for _ in 0..2 {
             let batch = batch.clone();
-            database
-                .transact(|tx| {
-                    let batch = batch.clone();
-                    async move {
-                        for (seq, _) in &batch {
-                            if outbox::mark_applied(&tx, HOME, *seq).await? {
-                                tx.atomic_add(b"remote_applied", 1)?;
-                            }
+            transact_through_outages(database, |tx| {
+                let batch = batch.clone();
+                async move {
+                    for (seq, _) in &batch {
+                        if outbox::mark_applied(&tx, HOME, *seq).await? {
+                            tx.atomic_add(b"remote_applied", 1)?;
                         }
-                        Ok(())
                     }
-                })
-                .await
-                .expect("apply");
-        }
-        database
-            .transact(|tx| async move {
-                outbox::remove_through(&tx, REMOTE, through);
-                Ok(())
+                    Ok(())
+                }
             })
             .await
-            .expect("remove delivered");
-    }
-    let (applied, destinations) = database
-        .transact(|tx| async move {
-            Ok((
-                tx.get(b"remote_applied").await?,
-                outbox::destinations(&tx).await?,
-            ))
+            .expect("apply");
+        }
+        transact_through_outages(database, |tx| async move {
+            outbox::remove_through(&tx, REMOTE, through);
+            Ok(())
         })
         .await
-        .expect("read applied count");
+        .expect("remove delivered");
+    }
+    let (applied, destinations) = transact_through_outages(database, |tx| async move {
+        Ok((
+            tx.get(b"remote_applied").await?,
+            outbox::destinations(&tx).await?,
+        ))
+    })
+    .await
+    .expect("read applied count");
     assert_eq!(
         applied,
         Some(((expected + 1) as i64).to_le_bytes().to_vec())

@@ -21,8 +21,12 @@ pub enum StoreError {
     #[error("commit result unknown: the transaction may or may not have been applied")]
     CommitUnknownResult,
     /// The transaction is older than the limit, or its read version has left the conflict
-    /// history (FDB `transaction_too_old`, 1007). Retryable.
-    #[error("transaction is older than {TRANSACTION_AGE_MS_MAX} ms")]
+    /// history, or its snapshot is gone because the embedded backend opened its file again
+    /// after a failure (FDB `transaction_too_old`, 1007). Retryable.
+    #[error(
+        "transaction too old: older than {TRANSACTION_AGE_MS_MAX} ms, or its snapshot is gone \
+         (the store file was opened again)"
+    )]
     TransactionTooOld,
     /// The committer's queue is full (FDB `proxy_memory_limit_exceeded`, 1042). Retryable.
     #[error("commit queue is full")]

@@ -5,13 +5,15 @@
 //! claims one. No key may ever be handed out twice, even when many senders claim at once and
 //! claims are retried after an unknown commit result; when none is left a claim gets the
 //! device's signed fallback key (reusable, so never removed by a claim) rather than nothing;
-//! and the device must learn when it runs low.
+//! and the device must learn when it runs low, and when its fallback key has been handed out
+//! (so that it replaces it).
 //!
 //! **Key layout** (subspace `("keys",)`):
 //! - `("one_time", account, device, key_id)` → the public key;
 //! - `("one_time_count", account, device)` → the number of unclaimed keys (8 bytes LE,
 //!   maintained with atomic add);
-//! - `("fallback", account, device)` → the fallback key: id, public key, signature (prost).
+//! - `("fallback", account, device)` → the fallback key: id, public key, signature (prost);
+//! - `("fallback_used", account, device)` → the id of the fallback key last handed out.
 //!
 //! A device's keys are contiguous, so a claim is a range read of the first key (lowest key id).
 //!
@@ -22,19 +24,24 @@
 //! kept with atomic add and read by claims with a snapshot read, so uploads and claims never
 //! conflict on it; uploads read each key id they add, so a duplicate id is ignored even in a
 //! concurrent upload. A claim that falls back reads the fallback key, so it conflicts only with
-//! a concurrent replacement of that key.
+//! a concurrent replacement of that key; it marks the key used with a blind write (no read),
+//! so concurrent fallback claims never conflict with each other. The mark names the key id:
+//! a replacement committed after it is unused (it clears the mark), one committed before it
+//! makes the claim retry and hand out (and mark) the new key.
 //!
 //! **Idempotence.** [`claim_one_time_key`] and [`add_one_time_keys`] take an
 //! [`IdempotencyKey`]. A claim retried after `CommitUnknownResult` finds the record of its
 //! first attempt and returns the same key (without it, the retry would claim a second key and
 //! waste the first); an upload retried finds its record and adds nothing, so a key claimed in
-//! between is not put back to be claimed twice. A claim that falls back writes nothing and needs
-//! no record. [`set_fallback_key`] is idempotent by nature: a retry writes the same value, and
-//! the device uploads its next fallback key only after this one was answered.
+//! between is not put back to be claimed twice. A claim that falls back needs no record: it
+//! hands out the same key again and writes the same used mark. [`set_fallback_key`] is
+//! idempotent by nature: a retry writes the same value, and the device uploads its next
+//! fallback key only after this one was answered.
 //!
 //! **Low-count signal.** Every claim reports the remaining one-time keys and whether they are
 //! below [`ONE_TIME_KEYS_LOW_WATERMARK`], so the region can tell the device to upload more
-//! (the count is a snapshot read: it can lag a concurrent upload by one commit, never more).
+//! (the count is a snapshot read: it can lag a concurrent upload by one commit, never more);
+//! [`fallback_key_state`] tells whether the fallback key is missing, unused or used.
 //!
 //! **Limits.** Uploads are bounded by the protocol (`ONE_TIME_KEYS_PER_UPLOAD_MAX`); keys are
 //! small, so an upload is far below the transaction size.
@@ -47,6 +54,7 @@
 use prost::Message;
 use relay_proto::DeviceAddress;
 pub use relay_proto::limits::ONE_TIME_KEYS_LOW_WATERMARK;
+pub use relay_proto::wire::FallbackKeyState;
 
 pub use crate::codec::IdempotencyKey;
 use crate::codec::{decode_key, decode_record, read_count, recall, remember};
@@ -146,7 +154,13 @@ pub async fn claim_one_time_key(
                 )?;
                 Some(claimed)
             }
-            None => fallback_key(transaction, device).await?,
+            None => {
+                let fallback = fallback_key(transaction, device).await?;
+                if let Some(key) = &fallback {
+                    transaction.set(&layer.fallback_used_key(device), key.key_id.as_bytes())?;
+                }
+                fallback
+            }
         },
     };
     let remaining = count(transaction, &layer, device, true).await?;
@@ -171,6 +185,7 @@ pub fn set_fallback_key(
         signature: signature.to_vec(),
     };
     let layer = KeyDirectory::new();
+    transaction.clear(&layer.fallback_used_key(device));
     transaction.set(&layer.fallback_key(device), &stored.encode_to_vec())
 }
 
@@ -189,6 +204,29 @@ pub async fn fallback_key(
     }
 }
 
+/// Whether `device` has a fallback key and whether it has been handed out since it was set.
+/// Snapshot reads: a report for the device, never a reason to conflict with claims.
+pub async fn fallback_key_state(
+    transaction: &Transaction,
+    device: DeviceAddress,
+) -> Result<FallbackKeyState, StoreError> {
+    let layer = KeyDirectory::new();
+    let Some(value) = transaction
+        .snapshot_get(&layer.fallback_key(device))
+        .await?
+    else {
+        return Ok(FallbackKeyState::Missing);
+    };
+    let stored: StoredKey = decode_record(&value, "fallback key")?;
+    let used = transaction
+        .snapshot_get(&layer.fallback_used_key(device))
+        .await?;
+    Ok(match used {
+        Some(key_id) if key_id == stored.key_id.as_bytes() => FallbackKeyState::Used,
+        _ => FallbackKeyState::Unused,
+    })
+}
+
 /// The number of unclaimed one-time keys of `device`.
 pub async fn one_time_key_count(
     transaction: &Transaction,
@@ -204,6 +242,7 @@ pub fn remove_device_keys(transaction: &Transaction, device: DeviceAddress) {
     transaction.clear_range(&begin, &end);
     transaction.clear(&layer.count_key(device));
     transaction.clear(&layer.fallback_key(device));
+    transaction.clear(&layer.fallback_used_key(device));
 }
 
 /// A stored key: a claimed one-time key (as a claim's result) or a fallback key.
@@ -258,6 +297,10 @@ impl KeyDirectory {
     fn fallback_key(&self, device: DeviceAddress) -> Vec<u8> {
         self.root.pack(&("fallback", device))
     }
+
+    fn fallback_used_key(&self, device: DeviceAddress) -> Vec<u8> {
+        self.root.pack(&("fallback_used", device))
+    }
 }
 
 async fn take_first_one_time_key(
@@ -308,7 +351,9 @@ mod tests {
 
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{fault_seed, idempotency_key, temporary_database};
+    use crate::test_support::{
+        fault_seed, idempotency_key, temporary_database, transact_through_outages,
+    };
 
     const DEVICE: DeviceAddress = DeviceAddress {
         account: AccountId(1),
@@ -334,26 +379,23 @@ mod tests {
     async fn uploads_ignore_duplicates_and_claims_take_the_lowest_id() {
         let (_folder, database) = temporary_database(None);
         let keys = generated_keys(3);
-        let added = database
-            .transact(|tx| {
-                let keys = keys.clone();
-                async move {
-                    let first = add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(1)).await?;
-                    let again =
-                        add_one_time_keys(&tx, DEVICE, &keys[1..], &idempotency_key(2)).await?;
-                    Ok((first, again, one_time_key_count(&tx, DEVICE).await?))
-                }
-            })
-            .await
-            .expect("upload");
+        let added = transact_through_outages(&database, |tx| {
+            let keys = keys.clone();
+            async move {
+                let first = add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(1)).await?;
+                let again = add_one_time_keys(&tx, DEVICE, &keys[1..], &idempotency_key(2)).await?;
+                Ok((first, again, one_time_key_count(&tx, DEVICE).await?))
+            }
+        })
+        .await
+        .expect("upload");
         assert_eq!(added, (3, 0, 3));
 
-        let claimed = database
-            .transact(
-                |tx| async move { claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await },
-            )
-            .await
-            .expect("claim");
+        let claimed = transact_through_outages(&database, |tx| async move {
+            claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await
+        })
+        .await
+        .expect("claim");
         assert_eq!(
             claimed,
             Claim {
@@ -366,15 +408,14 @@ mod tests {
             device: DeviceId(2),
             ..DEVICE
         };
-        let (count, other) = database
-            .transact(|tx| async move {
-                Ok((
-                    one_time_key_count(&tx, DEVICE).await?,
-                    claim_one_time_key(&tx, other_device, &idempotency_key(4)).await?,
-                ))
-            })
-            .await
-            .expect("reads");
+        let (count, other) = transact_through_outages(&database, |tx| async move {
+            Ok((
+                one_time_key_count(&tx, DEVICE).await?,
+                claim_one_time_key(&tx, other_device, &idempotency_key(4)).await?,
+            ))
+        })
+        .await
+        .expect("reads");
         assert_eq!(count, 2);
         assert_eq!(
             other,
@@ -393,16 +434,89 @@ mod tests {
         let upload = |idempotency: u64, keys: Vec<(String, Vec<u8>)>| {
             let database = database.clone();
             async move {
+                transact_through_outages(&database, |tx| {
+                    let keys = keys.clone();
+                    async move {
+                        add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(idempotency)).await
+                    }
+                })
+                .await
+                .expect("upload")
+            }
+        };
+        let claim = |idempotency: u64| {
+            let database = database.clone();
+            async move {
+                transact_through_outages(&database, |tx| async move {
+                    claim_one_time_key(&tx, DEVICE, &idempotency_key(idempotency)).await
+                })
+                .await
+                .expect("claim")
+                .key
+            }
+        };
+        assert_eq!(upload(1, keys.clone()).await, 2);
+        let first = claim(2).await;
+        assert_eq!(first, one_time(&keys[0].0, &keys[0].1));
+        assert_eq!(claim(2).await, first, "a retried claim gets the same key");
+        // A retried upload does not put the claimed key back.
+        assert_eq!(upload(1, keys.clone()).await, 2);
+        let count = transact_through_outages(&database, |tx| async move {
+            one_time_key_count(&tx, DEVICE).await
+        })
+        .await
+        .expect("count");
+        assert_eq!(count, 1);
+        assert_eq!(claim(3).await, one_time(&keys[1].0, &keys[1].1));
+        assert_eq!(claim(4).await, None);
+    }
+
+    #[tokio::test]
+    async fn the_fallback_key_is_handed_out_when_one_time_keys_run_out() {
+        let (_folder, database) = temporary_database(None);
+        let claims = transact_through_outages(&database, |tx| async move {
+            add_one_time_keys(&tx, DEVICE, &generated_keys(1), &idempotency_key(1)).await?;
+            set_fallback_key(&tx, DEVICE, "old", b"old-public", b"old-signature")?;
+            set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
+            Ok([
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(4)).await?,
+            ])
+        })
+        .await
+        .expect("claims");
+        let fallback = Some(ClaimedKey {
+            key_id: "fallback".to_owned(),
+            public_key: b"public".to_vec(),
+            signature: b"signature".to_vec(),
+            fallback: true,
+        });
+        let keys: Vec<_> = claims.iter().map(|claim| claim.key.clone()).collect();
+        assert_eq!(keys[0].as_ref().map(|key| key.fallback), Some(false));
+        assert_eq!(keys[1..], [fallback.clone(), fallback]);
+        let (remaining, left) = transact_through_outages(&database, |tx| async move {
+            remove_device_keys(&tx, DEVICE);
+            Ok((
+                one_time_key_count(&tx, DEVICE).await?,
+                fallback_key(&tx, DEVICE).await?,
+            ))
+        })
+        .await
+        .expect("removal");
+        assert_eq!((remaining, left), (0, None));
+    }
+
+    #[tokio::test]
+    async fn the_fallback_key_state_says_missing_unused_then_used_until_replaced() {
+        let (_folder, database) = temporary_database(None);
+        let state = |database: &crate::Database| {
+            let database = database.clone();
+            async move {
                 database
-                    .transact(|tx| {
-                        let keys = keys.clone();
-                        async move {
-                            add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(idempotency))
-                                .await
-                        }
-                    })
+                    .transact(|tx| async move { fallback_key_state(&tx, DEVICE).await })
                     .await
-                    .expect("upload")
+                    .expect("state")
             }
         };
         let claim = |idempotency: u64| {
@@ -417,73 +531,60 @@ mod tests {
                     .key
             }
         };
-        assert_eq!(upload(1, keys.clone()).await, 2);
-        let first = claim(2).await;
-        assert_eq!(first, one_time(&keys[0].0, &keys[0].1));
-        assert_eq!(claim(2).await, first, "a retried claim gets the same key");
-        // A retried upload does not put the claimed key back.
-        assert_eq!(upload(1, keys.clone()).await, 2);
-        let count = database
-            .transact(|tx| async move { one_time_key_count(&tx, DEVICE).await })
-            .await
-            .expect("count");
-        assert_eq!(count, 1);
-        assert_eq!(claim(3).await, one_time(&keys[1].0, &keys[1].1));
-        assert_eq!(claim(4).await, None);
-    }
-
-    #[tokio::test]
-    async fn the_fallback_key_is_handed_out_when_one_time_keys_run_out() {
-        let (_folder, database) = temporary_database(None);
-        let claims = database
-            .transact(|tx| async move {
-                add_one_time_keys(&tx, DEVICE, &generated_keys(1), &idempotency_key(1)).await?;
-                set_fallback_key(&tx, DEVICE, "old", b"old-public", b"old-signature")?;
-                set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
-                Ok([
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(4)).await?,
-                ])
-            })
-            .await
-            .expect("claims");
-        let fallback = Some(ClaimedKey {
-            key_id: "fallback".to_owned(),
-            public_key: b"public".to_vec(),
-            signature: b"signature".to_vec(),
-            fallback: true,
-        });
-        let keys: Vec<_> = claims.iter().map(|claim| claim.key.clone()).collect();
-        assert_eq!(keys[0].as_ref().map(|key| key.fallback), Some(false));
-        assert_eq!(keys[1..], [fallback.clone(), fallback]);
-        let (remaining, left) = database
+        let set = |key_id: &'static str| {
+            let database = database.clone();
+            async move {
+                database
+                    .transact(|tx| async move {
+                        set_fallback_key(&tx, DEVICE, key_id, &[7; 32], &[8; 64])
+                    })
+                    .await
+                    .expect("set")
+            }
+        };
+        assert_eq!(state(&database).await, FallbackKeyState::Missing);
+        assert_eq!(claim(1).await, None, "nothing to hand out");
+        set("f1").await;
+        assert_eq!(state(&database).await, FallbackKeyState::Unused);
+        let handed = claim(2).await.expect("the fallback key");
+        assert!(handed.fallback);
+        assert_eq!(
+            (handed.key_id.as_str(), handed.signature.as_slice()),
+            ("f1", &[8; 64][..]),
+            "handed out with its id and signature"
+        );
+        assert_eq!(state(&database).await, FallbackKeyState::Used);
+        // A second claim hands out the same key; it stays used.
+        assert_eq!(claim(3).await, Some(handed));
+        assert_eq!(state(&database).await, FallbackKeyState::Used);
+        // A replacement is unused until it is handed out in turn.
+        set("f2").await;
+        assert_eq!(state(&database).await, FallbackKeyState::Unused);
+        assert_eq!(claim(4).await.map(|key| key.key_id), Some("f2".to_owned()));
+        assert_eq!(state(&database).await, FallbackKeyState::Used);
+        database
             .transact(|tx| async move {
                 remove_device_keys(&tx, DEVICE);
-                Ok((
-                    one_time_key_count(&tx, DEVICE).await?,
-                    fallback_key(&tx, DEVICE).await?,
-                ))
+                Ok(())
             })
             .await
             .expect("removal");
-        assert_eq!((remaining, left), (0, None));
+        assert_eq!(state(&database).await, FallbackKeyState::Missing);
     }
 
     #[tokio::test]
     async fn the_low_flag_follows_the_watermark() {
         let (_folder, database) = temporary_database(None);
         let count = ONE_TIME_KEYS_LOW_WATERMARK as usize + 1;
-        let claims = database
-            .transact(|tx| async move {
-                add_one_time_keys(&tx, DEVICE, &generated_keys(count), &idempotency_key(1)).await?;
-                Ok([
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
-                    claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
-                ])
-            })
-            .await
-            .expect("claims");
+        let claims = transact_through_outages(&database, |tx| async move {
+            add_one_time_keys(&tx, DEVICE, &generated_keys(count), &idempotency_key(1)).await?;
+            Ok([
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(2)).await?,
+                claim_one_time_key(&tx, DEVICE, &idempotency_key(3)).await?,
+            ])
+        })
+        .await
+        .expect("claims");
         let signals: Vec<_> = claims
             .iter()
             .map(|claim| (claim.one_time_keys_remaining, claim.low))
@@ -506,26 +607,24 @@ mod tests {
         eprintln!("concurrent claims: seed={seed} (reproduce with FDB_LAYERS_SEED={seed})");
         let (_folder, database) = temporary_database(Some(FaultConfig::frequent(seed)));
         let keys = generated_keys(20);
-        database
-            .transact(|tx| {
-                let keys = keys.clone();
-                async move {
-                    set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
-                    add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(0)).await
-                }
-            })
-            .await
-            .expect("upload");
+        transact_through_outages(&database, |tx| {
+            let keys = keys.clone();
+            async move {
+                set_fallback_key(&tx, DEVICE, "fallback", b"public", b"signature")?;
+                add_one_time_keys(&tx, DEVICE, &keys, &idempotency_key(0)).await
+            }
+        })
+        .await
+        .expect("upload");
 
         let claims: Vec<_> = (1..=50u64)
             .map(|claimer| {
                 let database = database.clone();
                 tokio::spawn(async move {
-                    database
-                        .transact(|tx| async move {
-                            claim_one_time_key(&tx, DEVICE, &idempotency_key(claimer)).await
-                        })
-                        .await
+                    transact_through_outages(&database, |tx| async move {
+                        claim_one_time_key(&tx, DEVICE, &idempotency_key(claimer)).await
+                    })
+                    .await
                 })
             })
             .collect();
@@ -544,10 +643,11 @@ mod tests {
             (20, 20, 30),
             "seed={seed}"
         );
-        let count = database
-            .transact(|tx| async move { one_time_key_count(&tx, DEVICE).await })
-            .await
-            .expect("count");
+        let count = transact_through_outages(&database, |tx| async move {
+            one_time_key_count(&tx, DEVICE).await
+        })
+        .await
+        .expect("count");
         assert_eq!(count, 0, "seed={seed}");
         assert!(
             database.stats().retries > 0,
@@ -569,7 +669,9 @@ mod properties {
 
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{block_on, idempotency_key, temporary_database};
+    use crate::test_support::{
+        block_on, idempotency_key, temporary_database, transact_through_outages,
+    };
 
     const DEVICES: [DeviceAddress; 2] = [
         DeviceAddress {
@@ -621,6 +723,8 @@ mod properties {
     struct Model {
         keys: [BTreeMap<String, Vec<u8>>; 2],
         fallbacks: [Option<ClaimedKey>; 2],
+        /// Whether each device's fallback key was handed out since it was set.
+        fallback_used: [bool; 2],
         uploads: BTreeMap<(usize, u64), u32>,
         claims: BTreeMap<(usize, u64), ClaimedKey>,
     }
@@ -659,8 +763,7 @@ mod properties {
                         .map(|&id| (key_id(id), public_key(id)))
                         .collect();
                     let added =
-                        database
-                            .transact(|tx| {
+                        transact_through_outages(&database, |tx| {
                                 let keys = keys.clone();
                                 async move {
                                     add_one_time_keys(&tx, address, &keys, &upload_key(key)).await
@@ -686,12 +789,11 @@ mod properties {
                 }
                 Operation::Claim { device, key } => {
                     let address = DEVICES[device];
-                    let claim = database
-                        .transact(|tx| async move {
-                            claim_one_time_key(&tx, address, &claim_key(key)).await
-                        })
-                        .await
-                        .map_err(fail)?;
+                    let claim = transact_through_outages(&database, |tx| async move {
+                        claim_one_time_key(&tx, address, &claim_key(key)).await
+                    })
+                    .await
+                    .map_err(fail)?;
                     let expected_key = match model.claims.get(&(device, key)) {
                         Some(claimed) => Some(claimed.clone()),
                         None => match model.keys[device].pop_first() {
@@ -705,7 +807,12 @@ mod properties {
                                 model.claims.insert((device, key), claimed.clone());
                                 Some(claimed)
                             }
-                            None => model.fallbacks[device].clone(),
+                            None => {
+                                if model.fallbacks[device].is_some() {
+                                    model.fallback_used[device] = true;
+                                }
+                                model.fallbacks[device].clone()
+                            }
                         },
                     };
                     let remaining = model.keys[device].len() as u32;
@@ -724,48 +831,56 @@ mod properties {
                         signature: vec![version; 64],
                         fallback: true,
                     };
-                    database
-                        .transact(|tx| {
-                            let fallback = fallback.clone();
-                            async move {
-                                set_fallback_key(
-                                    &tx,
-                                    address,
-                                    &fallback.key_id,
-                                    &fallback.public_key,
-                                    &fallback.signature,
-                                )
-                            }
-                        })
-                        .await
-                        .map_err(fail)?;
+                    transact_through_outages(&database, |tx| {
+                        let fallback = fallback.clone();
+                        async move {
+                            set_fallback_key(
+                                &tx,
+                                address,
+                                &fallback.key_id,
+                                &fallback.public_key,
+                                &fallback.signature,
+                            )
+                        }
+                    })
+                    .await
+                    .map_err(fail)?;
                     model.fallbacks[device] = Some(fallback);
+                    model.fallback_used[device] = false;
                 }
                 Operation::Count { device } => {
                     let address = DEVICES[device];
-                    let (count, fallback) = database
-                        .transact(|tx| async move {
+                    let (count, fallback, state) =
+                        transact_through_outages(&database, |tx| async move {
                             Ok((
                                 one_time_key_count(&tx, address).await?,
                                 fallback_key(&tx, address).await?,
+                                fallback_key_state(&tx, address).await?,
                             ))
                         })
                         .await
                         .map_err(fail)?;
                     prop_assert_eq!(count, model.keys[device].len() as u32);
                     prop_assert_eq!(fallback, model.fallbacks[device].clone());
+                    let expected_state =
+                        match (&model.fallbacks[device], model.fallback_used[device]) {
+                            (None, _) => FallbackKeyState::Missing,
+                            (Some(_), false) => FallbackKeyState::Unused,
+                            (Some(_), true) => FallbackKeyState::Used,
+                        };
+                    prop_assert_eq!(state, expected_state);
                 }
                 Operation::RemoveDevice { device } => {
                     let address = DEVICES[device];
-                    database
-                        .transact(|tx| async move {
-                            remove_device_keys(&tx, address);
-                            Ok(())
-                        })
-                        .await
-                        .map_err(fail)?;
+                    transact_through_outages(&database, |tx| async move {
+                        remove_device_keys(&tx, address);
+                        Ok(())
+                    })
+                    .await
+                    .map_err(fail)?;
                     model.keys[device].clear();
                     model.fallbacks[device] = None;
+                    model.fallback_used[device] = false;
                 }
             }
         }

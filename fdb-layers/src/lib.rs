@@ -1,9 +1,10 @@
 //! Relay's storage: layers over an FDB-shaped transactional, ordered key-value API.
 //!
 //! This crate owns everything a region keeps durably: the directory (accounts, devices, home
-//! regions), the key directory (one-time keys), per-chat logs (sequencing, dedupe, sender FIFO),
-//! per-device queues, receipts, the cross-region outbox, the store's own identity and the
-//! quarantine of devices whose queue cannot be read. Each layer is a module of functions
+//! regions), the key directory (one-time and fallback keys), per-chat logs (sequencing, dedupe,
+//! sender FIFO), per-device queues, the marks that tell a device whose state went back, receipts,
+//! the cross-region outbox, the store's own identity and the quarantine of devices whose queue
+//! cannot be read. Each layer is a module of functions
 //! taking a [`Transaction`], so a region composes several layers in one atomic transaction
 //! run by [`Database::transact`].
 //!
@@ -16,6 +17,7 @@
 
 pub mod chat_log;
 pub mod device_queue;
+pub mod device_state;
 pub mod directory;
 pub mod engine;
 pub mod error;
@@ -38,8 +40,8 @@ mod test_support;
 #[cfg(feature = "fdb")]
 pub use engine::FdbNetwork;
 pub use engine::{
-    Database, EmbeddedOptions, EngineStats, FaultConfig, MemoryDisk, MemoryOptions, RangeOptions,
-    Transaction, Versionstamp, VersionstampFuture, Watch,
+    Database, DiskFailure, DiskFaults, EmbeddedOptions, EngineStats, FaultConfig, IntegrityReport,
+    MemoryDisk, MemoryOptions, RangeOptions, Transaction, Versionstamp, VersionstampFuture, Watch,
 };
 pub use error::StoreError;
 pub use tuple::{Subspace, TupleDecode, TupleEncode};

@@ -88,3 +88,23 @@ pub const MEDIA_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;
 /// Most blobs one [`crate::media::sweep_expired`] call removes (its idempotency record must fit
 /// one value).
 pub const MEDIA_SWEEP_ENTRIES_MAX: usize = 512;
+
+// Disk failures (the embedded engine).
+
+/// Most attempts at opening the store file again after a failed group commit, one after the
+/// other; when all fail, commits are refused and the next one after the refusal tries again.
+pub const STORE_REOPEN_ATTEMPTS_MAX: u32 = 3;
+
+/// Pause between two attempts at opening the store file again, in milliseconds.
+pub const STORE_REOPEN_DELAY_MS: u64 = 20;
+
+/// How long commits are refused with [`crate::StoreError::Unavailable`] after a failed group
+/// commit, in milliseconds; the refusal doubles with each further failure in a row, so a disk
+/// that stays full is tried a bounded number of times instead of on every commit.
+pub const STORAGE_RETRY_DELAY_MS_INITIAL: u64 = 20;
+
+/// Longest refusal after failed group commits, in milliseconds: once the disk recovers, commits
+/// succeed again within this long.
+pub const STORAGE_RETRY_DELAY_MS_MAX: u64 = 5_000;
+
+const _: () = assert!(STORAGE_RETRY_DELAY_MS_INITIAL <= STORAGE_RETRY_DELAY_MS_MAX);

@@ -388,7 +388,9 @@ fn signed(size_bytes: u64) -> Result<i64, StoreError> {
 mod tests {
     use super::*;
     use crate::engine::FaultConfig;
-    use crate::test_support::{KeyIssuer, fault_seed, idempotency_key, temporary_database};
+    use crate::test_support::{
+        KeyIssuer, fault_seed, idempotency_key, temporary_database, transact_through_outages,
+    };
 
     fn media_id(byte: u8) -> MediaId {
         MediaId::from_bytes(&[byte; 16]).expect("16 bytes")
@@ -408,28 +410,27 @@ mod tests {
     async fn blobs_are_recorded_once_looked_up_and_deleted() {
         let (_folder, database) = temporary_database(None);
         let long_id = MediaId::from_bytes(&[9; 32]).expect("32 bytes");
-        let (puts, bytes) = database
-            .transact(|tx| {
-                let long_id = long_id.clone();
-                async move {
-                    let puts = [
-                        put(
-                            &tx,
-                            &media_id(1),
-                            AccountId(1),
-                            100,
-                            50,
-                            &idempotency_key(1),
-                        )
-                        .await?,
-                        put(&tx, &media_id(1), AccountId(2), 7, 50, &idempotency_key(2)).await?,
-                        put(&tx, &long_id, AccountId(1), 20, 60, &idempotency_key(3)).await?,
-                    ];
-                    Ok((puts, owner_bytes(&tx, AccountId(1)).await?))
-                }
-            })
-            .await
-            .expect("puts");
+        let (puts, bytes) = transact_through_outages(&database, |tx| {
+            let long_id = long_id.clone();
+            async move {
+                let puts = [
+                    put(
+                        &tx,
+                        &media_id(1),
+                        AccountId(1),
+                        100,
+                        50,
+                        &idempotency_key(1),
+                    )
+                    .await?,
+                    put(&tx, &media_id(1), AccountId(2), 7, 50, &idempotency_key(2)).await?,
+                    put(&tx, &long_id, AccountId(1), 20, 60, &idempotency_key(3)).await?,
+                ];
+                Ok((puts, owner_bytes(&tx, AccountId(1)).await?))
+            }
+        })
+        .await
+        .expect("puts");
         assert_eq!(
             puts,
             [
@@ -442,8 +443,8 @@ mod tests {
         );
         assert_eq!(bytes, 120);
 
-        let (found, deleted, deleted_again, retried, missing, bytes) = database
-            .transact(|tx| async move {
+        let (found, deleted, deleted_again, retried, missing, bytes) =
+            transact_through_outages(&database, |tx| async move {
                 let found = get(&tx, &media_id(1)).await?;
                 let deleted = delete(&tx, &media_id(1)).await?;
                 let deleted_again = delete(&tx, &media_id(1)).await?;
@@ -487,32 +488,30 @@ mod tests {
     #[tokio::test]
     async fn sweeps_remove_expired_blobs_in_expiry_order() {
         let (_folder, database) = temporary_database(None);
-        database
-            .transact(|tx| async move {
-                for (byte, expires_at_ms) in [(1u8, 30u64), (2, 10), (3, 20), (4, 40)] {
-                    put(
-                        &tx,
-                        &media_id(byte),
-                        AccountId(1),
-                        10,
-                        expires_at_ms,
-                        &idempotency_key(u64::from(byte)),
-                    )
-                    .await?;
-                }
-                Ok(())
-            })
-            .await
-            .expect("puts");
+        transact_through_outages(&database, |tx| async move {
+            for (byte, expires_at_ms) in [(1u8, 30u64), (2, 10), (3, 20), (4, 40)] {
+                put(
+                    &tx,
+                    &media_id(byte),
+                    AccountId(1),
+                    10,
+                    expires_at_ms,
+                    &idempotency_key(u64::from(byte)),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("puts");
         let sweep = |now_ms, limit, key| {
             let database = database.clone();
             async move {
-                database
-                    .transact(|tx| async move {
-                        sweep_expired(&tx, now_ms, limit, &idempotency_key(key)).await
-                    })
-                    .await
-                    .expect("sweep")
+                transact_through_outages(&database, |tx| async move {
+                    sweep_expired(&tx, now_ms, limit, &idempotency_key(key)).await
+                })
+                .await
+                .expect("sweep")
             }
         };
         let first = sweep(35, 2, 10).await;
@@ -537,15 +536,14 @@ mod tests {
         assert_eq!(ids, [media_id(1)]);
         assert!(!second.more);
         assert_eq!(sweep(35, 2, 12).await, MediaSweep::default());
-        let (left, bytes) = database
-            .transact(|tx| async move {
-                Ok((
-                    get(&tx, &media_id(4)).await?,
-                    owner_bytes(&tx, AccountId(1)).await?,
-                ))
-            })
-            .await
-            .expect("reads");
+        let (left, bytes) = transact_through_outages(&database, |tx| async move {
+            Ok((
+                get(&tx, &media_id(4)).await?,
+                owner_bytes(&tx, AccountId(1)).await?,
+            ))
+        })
+        .await
+        .expect("reads");
         assert_eq!(left.map(|record| record.expires_at_ms), Some(40));
         assert_eq!(bytes, 10);
     }
@@ -592,22 +590,21 @@ mod tests {
                 tokio::spawn(async move {
                     let id = MediaId::from_bytes(&[index; 32]).expect("32 bytes");
                     let expires_at_ms = 1_000 + u64::from(index) * DAY_MS;
-                    database
-                        .transact(|tx| {
-                            let id = id.clone();
-                            async move { put(&tx, &id, owner, 1_000, expires_at_ms, &key).await }
-                        })
-                        .await
+                    transact_through_outages(&database, |tx| {
+                        let id = id.clone();
+                        async move { put(&tx, &id, owner, 1_000, expires_at_ms, &key).await }
+                    })
+                    .await
                 })
             })
             .collect();
         for put in puts {
             assert_eq!(put.await.expect("put task").expect("put"), MediaPut::Stored);
         }
-        let bytes = database
-            .transact(|tx| async move { owner_bytes(&tx, owner).await })
-            .await
-            .expect("owner bytes");
+        let bytes =
+            transact_through_outages(database, |tx| async move { owner_bytes(&tx, owner).await })
+                .await
+                .expect("owner bytes");
         assert_eq!(bytes, 6_000, "each put counted once");
         // At day 3.5, blobs 0..=3 have expired.
         let now_ms = 1_000 + 7 * DAY_MS / 2;
@@ -615,20 +612,21 @@ mod tests {
         loop {
             // One key per sweep round: a retried round reports the blobs its first attempt removed.
             let key = keys.issue();
-            let sweep = database
-                .transact(|tx| async move { sweep_expired(&tx, now_ms, 3, &key).await })
-                .await
-                .expect("sweep");
+            let sweep = transact_through_outages(database, |tx| async move {
+                sweep_expired(&tx, now_ms, 3, &key).await
+            })
+            .await
+            .expect("sweep");
             swept.extend(sweep.expired.iter().map(|record| record.id.as_bytes()[0]));
             if !sweep.more {
                 break;
             }
         }
         assert_eq!(swept, [0, 1, 2, 3]);
-        let bytes = database
-            .transact(|tx| async move { owner_bytes(&tx, owner).await })
-            .await
-            .expect("owner bytes");
+        let bytes =
+            transact_through_outages(database, |tx| async move { owner_bytes(&tx, owner).await })
+                .await
+                .expect("owner bytes");
         assert_eq!(bytes, 2_000);
     }
 }

@@ -1,8 +1,18 @@
 //! Helpers shared by the crate's tests.
 
+use std::future::Future;
+use std::time::Duration;
+
 use tempfile::TempDir;
 
-use crate::engine::{Database, EmbeddedOptions, FaultConfig};
+use crate::engine::{Database, EmbeddedOptions, FaultConfig, Transaction};
+use crate::error::StoreError;
+
+/// Pause before a transaction answered `Unavailable` runs again, in milliseconds.
+const OUTAGE_RETRY_DELAY_MS: u64 = 10;
+/// Most times a transaction answered `Unavailable` runs again: far longer than the longest
+/// refusal after failed commits (`STORAGE_RETRY_DELAY_MS_MAX`).
+const OUTAGE_RETRIES_MAX: u32 = 3_000;
 
 pub(crate) use crate::engine::split_mix;
 
@@ -11,7 +21,10 @@ pub(crate) fn temporary_database(faults: Option<FaultConfig>) -> (TempDir, Datab
     let folder = tempfile::tempdir().expect("a temporary folder for a test database");
     let database = Database::open(
         &folder.path().join("store.redb"),
-        EmbeddedOptions { faults },
+        EmbeddedOptions {
+            faults,
+            ..EmbeddedOptions::default()
+        },
     )
     .expect("a test database opens");
     (folder, database)
@@ -64,4 +77,28 @@ impl KeyIssuer {
         nonce[8..].copy_from_slice(&counter.to_be_bytes());
         crate::codec::IdempotencyKey::new(1_000, nonce)
     }
+}
+
+/// Runs `body` with [`Database::transact`] the way a region's caller treats a store with disk
+/// failures: a [`StoreError::Unavailable`] (a failed group commit, which may or may not be
+/// durable, or the refusal after it) runs the same body again after a pause, as a client
+/// retries a refused request under the same ids; the body must be idempotent, as for
+/// `CommitUnknownResult`. Any other outcome is returned.
+pub(crate) async fn transact_through_outages<T, F, Fut>(
+    database: &Database,
+    mut body: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut(Transaction) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    for _ in 0..OUTAGE_RETRIES_MAX {
+        match database.transact(&mut body).await {
+            Err(StoreError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(OUTAGE_RETRY_DELAY_MS)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+    database.transact(&mut body).await
 }

@@ -217,6 +217,9 @@ async fn send(
         } => {
             panic!("{sender} sent {sender_seq} in order, yet the log expects {expected_sender_seq}")
         }
+        AppendOutcome::RolledBack { last_sender_seq } => {
+            panic!("{sender} sent {sender_seq} in order, yet the log already has {last_sender_seq}")
+        }
     }
 }
 
@@ -538,10 +541,11 @@ fn check_reopened(path: &Path, acked: &BTreeMap<(u64, u64), Ack>) -> Summary {
             let outcome = chat_log::append(&probe, &next, 0)
                 .await
                 .expect("probe sender_seq");
+            // A new id under a number already taken reads back the last one stored.
             assert_eq!(
                 outcome,
-                AppendOutcome::Gap {
-                    expected_sender_seq: last + 1
+                AppendOutcome::RolledBack {
+                    last_sender_seq: last
                 },
                 "sender {account}: stored sender_seq disagrees with its entries"
             );

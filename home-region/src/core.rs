@@ -22,6 +22,14 @@
 //! delivered, telling the sender with an "expired" receipt when the entry can still be
 //! attributed.
 //!
+//! A device whose state went back (its data directory restored from a copy: older Olm
+//! ratchets, counters and queue cursor) is refused with [`ErrorCode::DeviceRolledBack`] before
+//! anything it sends is stored or anything it acknowledges turns into a delivered receipt: a
+//! new envelope under a `sender_seq` it already used ([`commit_envelope`]), a fetch from a
+//! cursor behind an entry it already acknowledged ([`fetch_and_ack`]), and, at the edge, an
+//! authentication presenting a cursor or envelope counter behind the marks [`signing_key`]
+//! reports (see `fdb_layers::device_state`).
+//!
 //! Layer calls that are not idempotent by nature (registration, key uploads and claims) take an
 //! [`IdempotencyKey`] that the service issues once per request, outside the transaction, so a
 //! commit retried after an unknown result applies once and answers as the first attempt did.
@@ -37,7 +45,8 @@ use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
 use fdb_layers::store_identity::{self, RegisterOutcome, StoreId};
 use fdb_layers::{
-    StoreError, Transaction, chat_log, device_queue, directory, keys, outbox, receipts,
+    StoreError, Transaction, chat_log, device_queue, device_state, directory, keys, outbox,
+    receipts,
 };
 use prost::Message;
 use relay_proto::limits::{ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_ENTRIES_MAX};
@@ -50,6 +59,10 @@ use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, ProtoEr
 
 /// Queue entries expired in one [`expire_queues`] transaction.
 pub const EXPIRE_BATCH_ENTRIES_MAX: usize = 256;
+
+/// What a device whose state went back (a data directory restored from a copy) is told to do.
+pub const ROLLED_BACK_ADVICE: &str = "register this device again in a new data directory \
+(linking a new device to an account is coming)";
 
 /// What a request asks the service to do once its transaction committed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -237,11 +250,24 @@ pub async fn commit_envelope(
             };
             return answer(outcome, Effects::default());
         }
+        AppendOutcome::RolledBack { last_sender_seq } => {
+            return refuse(
+                ErrorCode::DeviceRolledBack,
+                format!(
+                    "device {} sent a new envelope as number {} of chat {}, but number \
+                     {last_sender_seq} is already stored; {ROLLED_BACK_ADVICE}",
+                    parsed.sender, parsed.sender_seq, parsed.chat
+                ),
+            );
+        }
         AppendOutcome::Appended {
             chat_seq,
             server_time_ms,
         } => (chat_seq, server_time_ms),
     };
+    if sender_region == local {
+        device_state::record_envelope(tx, parsed.sender, parsed.device_seq)?;
+    }
 
     // 3. Fan out to the local recipients' queues.
     let mut effects = Effects::default();
@@ -300,9 +326,27 @@ pub async fn fetch_and_ack(
             format!("unknown device {device}"),
         );
     }
+    // Checked before anything is written: a device behind what it acknowledged would
+    // acknowledge entries it cannot decrypt (its ratchets went back with its cursor).
+    let marks = device_state::marks(tx, device).await?;
+    if let Some(fetch) = &request.fetch
+        && fetch.after_queue_seq < marks.acked_queue_seq
+    {
+        return refuse(
+            ErrorCode::DeviceRolledBack,
+            format!(
+                "device {device} fetches after queue entry {}, but it already acknowledged \
+                 entry {}; {ROLLED_BACK_ADVICE}",
+                fetch.after_queue_seq, marks.acked_queue_seq
+            ),
+        );
+    }
     let mut effects = Effects::default();
     if let Some(ack) = &request.ack {
         let removed = device_queue::ack(tx, device, &ack.queue_seqs).await?;
+        if let Some(highest) = removed.iter().map(|(queue_seq, _)| *queue_seq).max() {
+            device_state::record_ack(tx, device, highest)?;
+        }
         for (_, item) in removed {
             let QueueItem::MessageRef { chat, chat_seq } = item else {
                 continue;
@@ -318,6 +362,7 @@ pub async fn fetch_and_ack(
         entries: Vec::new(),
         latest_queue_seq: device_queue::latest(tx, device).await?,
         one_time_keys_remaining: keys::one_time_key_count(tx, device).await?,
+        fallback_key: keys::fallback_key_state(tx, device).await? as i32,
     };
     if let Some(fetch) = &request.fetch {
         let limit = fetch.limit.clamp(1, QUEUE_FETCH_ENTRIES_MAX) as usize;
@@ -684,7 +729,12 @@ pub async fn register_device(
         &request.identity_key,
         &request.signing_key,
         &request.one_time_keys,
-    ) {
+    )
+    .and_then(|()| {
+        request.fallback_key.as_ref().map_or(Ok(()), |key| {
+            check_fallback_key(&request.identity_key, &request.signing_key, key)
+        })
+    }) {
         return Ok(Err(error));
     }
     directory::put_account(tx, account).await?;
@@ -725,6 +775,9 @@ pub async fn register_device(
         .map(|key| (key.key_id.clone(), key.public_key.clone()))
         .collect();
     keys::add_one_time_keys(tx, address, &one_time_keys, idempotency).await?;
+    if let Some(key) = &request.fallback_key {
+        keys::set_fallback_key(tx, address, &key.key_id, &key.public_key, &key.signature)?;
+    }
     let registered = wire::Registered {
         account: account_info(account),
         device: device.0,
@@ -746,6 +799,32 @@ pub fn check_keys(
     check_one_time_keys(one_time_keys)
 }
 
+/// Validates a fallback key: a well-formed key flagged as a fallback key, signed by the
+/// device's Ed25519 key over [`wire::fallback_key_signing_payload`] with its identity key. A
+/// claimer checks the signature again; checking it here keeps a broken key from being handed
+/// out at all.
+pub fn check_fallback_key(
+    identity_key: &[u8],
+    signing_key: &[u8],
+    key: &wire::OneTimeKey,
+) -> Result<(), ProtoError> {
+    check_one_time_keys(std::slice::from_ref(key))?;
+    if !key.fallback {
+        return Err(ProtoError::invalid("a fallback key must be flagged as one"));
+    }
+    let bad = || {
+        ProtoError::new(
+            ErrorCode::BadSignature,
+            "the fallback key's signature does not verify",
+        )
+    };
+    let signing_key: &[u8; 32] = signing_key.try_into().map_err(|_| bad())?;
+    let signing_key = vodozemac::Ed25519PublicKey::from_slice(signing_key).map_err(|_| bad())?;
+    let signature = vodozemac::Ed25519Signature::from_slice(&key.signature).map_err(|_| bad())?;
+    let payload = wire::fallback_key_signing_payload(identity_key, &key.key_id, &key.public_key);
+    signing_key.verify(&payload, &signature).map_err(|_| bad())
+}
+
 fn check_one_time_keys(one_time_keys: &[wire::OneTimeKey]) -> Result<(), ProtoError> {
     if one_time_keys.len() > ONE_TIME_KEYS_PER_UPLOAD_MAX {
         return Err(ProtoError::new(
@@ -764,21 +843,28 @@ fn check_one_time_keys(one_time_keys: &[wire::OneTimeKey]) -> Result<(), ProtoEr
     Ok(())
 }
 
-/// Adds one-time keys of a device homed here; answers the new count.
+/// Adds one-time keys of a device homed here, and replaces its fallback key when the upload
+/// carries one; answers the new count and the fallback key's state.
 pub async fn upload_one_time_keys(
     tx: &Transaction,
     device: DeviceAddress,
     upload: &wire::UploadOneTimeKeys,
     idempotency: &IdempotencyKey,
-) -> Outcome<u32> {
+) -> Outcome<wire::OneTimeKeyCount> {
     if let Err(error) = check_one_time_keys(&upload.keys) {
         return Ok(Err(error));
     }
-    if directory::device(tx, device).await?.is_none() {
+    let Some(record) = directory::device(tx, device).await? else {
         return refuse(
             ErrorCode::UnknownAccount,
             format!("unknown device {device}"),
         );
+    };
+    if let Some(key) = &upload.fallback_key {
+        if let Err(error) = check_fallback_key(&record.identity_key, &record.signing_key, key) {
+            return Ok(Err(error));
+        }
+        keys::set_fallback_key(tx, device, &key.key_id, &key.public_key, &key.signature)?;
     }
     let new_keys: Vec<(String, Vec<u8>)> = upload
         .keys
@@ -786,15 +872,17 @@ pub async fn upload_one_time_keys(
         .map(|key| (key.key_id.clone(), key.public_key.clone()))
         .collect();
     keys::add_one_time_keys(tx, device, &new_keys, idempotency).await?;
-    Ok(Ok((
-        keys::one_time_key_count(tx, device).await?,
-        Effects::default(),
-    )))
+    let count = wire::OneTimeKeyCount {
+        remaining: keys::one_time_key_count(tx, device).await?,
+        fallback_key: keys::fallback_key_state(tx, device).await? as i32,
+    };
+    Ok(Ok((count, Effects::default())))
 }
 
-/// Claims one one-time key of every current device of an account homed here (its fallback
-/// key when it has none left). Retried with the same `idempotency` key after its commit, it
-/// answers the keys it claimed.
+/// Claims one one-time key of every current device of an account homed here (its signed
+/// fallback key, flagged as such, when it has none left). Retried with the same `idempotency`
+/// key after its commit, it answers the keys it claimed. Claims are rate-limited per claimer
+/// before they get here ([`crate::claims`]).
 pub async fn claim_keys(
     tx: &Transaction,
     local: RegionId,
@@ -816,14 +904,14 @@ pub async fn claim_keys(
     };
     for device in directory::devices(tx, account).await? {
         let address = device.device;
-        // The wire has no fallback flag yet; Olm accepts a fallback key wherever it accepts a
-        // one-time key, so it travels in the same field.
         let one_time_key = keys::claim_one_time_key(tx, address, idempotency)
             .await?
             .key
             .map(|key| wire::OneTimeKey {
                 key_id: key.key_id,
                 public_key: key.public_key,
+                signature: key.signature,
+                fallback: key.fallback,
             });
         bundle.devices.push(DeviceKeys {
             device: device.device.device.0,
@@ -835,7 +923,9 @@ pub async fn claim_keys(
     Ok(Ok((bundle, Effects::default())))
 }
 
-/// The signing key of a device homed here, for authentication at an edge.
+/// The signing key of a device homed here, for authentication at an edge, with what the edge
+/// checks next: the highest queue sequence the device acknowledged and the highest
+/// `device_seq` of its envelopes stored here (a device presenting lower ones went back).
 pub async fn signing_key(tx: &Transaction, device: DeviceAddress) -> Outcome<wire::SigningKey> {
     let Some(record) = directory::device(tx, device).await? else {
         return refuse(
@@ -843,10 +933,14 @@ pub async fn signing_key(tx: &Transaction, device: DeviceAddress) -> Outcome<wir
             format!("unknown device {device}"),
         );
     };
+    let marks = device_state::marks(tx, device).await?;
     let answer = wire::SigningKey {
         device: device.into(),
         signing_key: record.signing_key,
         one_time_keys_remaining: keys::one_time_key_count(tx, device).await?,
+        fallback_key: keys::fallback_key_state(tx, device).await? as i32,
+        acked_queue_seq: marks.acked_queue_seq,
+        device_seq: marks.device_seq,
     };
     Ok(Ok((answer, Effects::default())))
 }
@@ -921,13 +1015,16 @@ mod tests {
                     OneTimeKey {
                         key_id: format!("{name}-{index}-a"),
                         public_key: vec![1; 32],
+                        ..OneTimeKey::default()
                     },
                     OneTimeKey {
                         key_id: format!("{name}-{index}-b"),
                         public_key: vec![2; 32],
+                        ..OneTimeKey::default()
                     },
                 ],
                 registration_token: String::new(),
+                fallback_key: None,
             };
             let request = key();
             if index == 0 {
@@ -978,6 +1075,7 @@ mod tests {
                     body: vec![message, device.device.0 as u8],
                 })
                 .collect(),
+            device_seq: u64::from(message),
         }
     }
 
@@ -998,12 +1096,21 @@ mod tests {
     }
 
     async fn fetch(db: &Database, device: DeviceAddress, ack: &[u64]) -> (QueueBatch, Effects) {
+        fetch_after(db, device, ack, 0).await.expect("fetched")
+    }
+
+    async fn fetch_after(
+        db: &Database,
+        device: DeviceAddress,
+        ack: &[u64],
+        after_queue_seq: u64,
+    ) -> Result<(QueueBatch, Effects), ProtoError> {
         let request = FetchAndAck {
             ack: Some(wire::AckQueue {
                 queue_seqs: ack.to_vec(),
             }),
             fetch: Some(FetchQueue {
-                after_queue_seq: 0,
+                after_queue_seq,
                 limit: 100,
             }),
         };
@@ -1011,7 +1118,6 @@ mod tests {
             fetch_and_ack(&tx, HERE, device, &request, &BTreeSet::new(), 2_000).await
         })
         .await
-        .expect("fetched")
     }
 
     #[tokio::test]
@@ -1200,8 +1306,9 @@ mod tests {
                 .await
                 .expect("outbox");
         assert_eq!(pending.len(), 1);
-        // Acking again changes nothing: acks are idempotent.
-        let (_, effects) = fetch(&f.db, bob1, &[1, 2]).await;
+        // Acking again (from the cursor past them, as a device that stored them does) changes
+        // nothing: acks are idempotent.
+        let (_, effects) = fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("fetched");
         assert_eq!(effects, Effects::default());
     }
 
@@ -1283,8 +1390,10 @@ mod tests {
             one_time_keys: vec![OneTimeKey {
                 key_id: "k".into(),
                 public_key: vec![3; 32],
+                ..OneTimeKey::default()
             }],
             registration_token: String::new(),
+            fallback_key: None,
         };
         let request = key();
         let attempt = async |request: &IdempotencyKey| {
@@ -1402,7 +1511,8 @@ mod tests {
         let too_many = vec![
             OneTimeKey {
                 key_id: "k".into(),
-                public_key: vec![0; 32]
+                public_key: vec![0; 32],
+                ..OneTimeKey::default()
             };
             ONE_TIME_KEYS_PER_UPLOAD_MAX + 1
         ];
@@ -1735,5 +1845,222 @@ mod tests {
             .map(|_| ())
             .map_err(|error| error.code);
         assert_eq!(refused, Err(ErrorCode::Malformed));
+    }
+
+    /// A device with real keys: its vodozemac account, and a fallback key it signed.
+    fn signed_fallback(account: &vodozemac::olm::Account, key_id: &str) -> OneTimeKey {
+        let public_key = vodozemac::Curve25519PublicKey::from_bytes([key_id.len() as u8; 32]);
+        let payload = wire::fallback_key_signing_payload(
+            account.curve25519_key().as_bytes(),
+            key_id,
+            public_key.as_bytes(),
+        );
+        OneTimeKey {
+            key_id: key_id.into(),
+            public_key: public_key.to_vec(),
+            signature: account.sign(&payload).to_bytes().to_vec(),
+            fallback: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn fallback_keys_are_checked_then_handed_out_flagged_and_signed() {
+        let f = fixture();
+        let olm = vodozemac::olm::Account::new();
+        let create = key();
+        let record =
+            f.db.transact(|tx| async move {
+                directory::create_account(&tx, "fay", HERE, &create).await
+            })
+            .await
+            .expect("store")
+            .expect("name free");
+        let register = wire::Register {
+            name: "fay".into(),
+            identity_key: olm.curve25519_key().to_vec(),
+            signing_key: olm.ed25519_key().as_bytes().to_vec(),
+            one_time_keys: vec![OneTimeKey {
+                key_id: "otk".into(),
+                public_key: vec![3; 32],
+                ..OneTimeKey::default()
+            }],
+            registration_token: String::new(),
+            fallback_key: Some(signed_fallback(&olm, "fb-1")),
+        };
+        // A fallback key signed by someone else, or not flagged as one, is refused.
+        let forged = wire::Register {
+            fallback_key: Some(signed_fallback(&vodozemac::olm::Account::new(), "fb-1")),
+            ..register.clone()
+        };
+        let unflagged = wire::Register {
+            fallback_key: Some(OneTimeKey {
+                fallback: false,
+                ..signed_fallback(&olm, "fb-1")
+            }),
+            ..register.clone()
+        };
+        for (bad, code) in [
+            (&forged, ErrorCode::BadSignature),
+            (&unflagged, ErrorCode::Malformed),
+        ] {
+            let refused = run(&f.db, async |tx| {
+                register_device(&tx, &record, bad, &key()).await
+            })
+            .await;
+            assert_eq!(refused.map(|_| ()).map_err(|error| error.code), Err(code));
+        }
+        let (registered, _) = run(&f.db, async |tx| {
+            register_device(&tx, &record, &register, &key()).await
+        })
+        .await
+        .expect("registered");
+        let fay1 = device_in(record.id, registered.device);
+        let state = async || {
+            run(&f.db, async |tx| signing_key(&tx, fay1).await)
+                .await
+                .expect("signing key")
+                .0
+                .fallback_key
+        };
+        assert_eq!(state().await, wire::FallbackKeyState::Unused as i32);
+
+        let claim = async || {
+            let (bundle, _) = run(&f.db, async |tx| {
+                claim_keys(&tx, HERE, record.id, &key()).await
+            })
+            .await
+            .expect("claimed");
+            bundle.devices[0].one_time_key.clone().expect("a key")
+        };
+        let first = claim().await;
+        assert_eq!((first.key_id.as_str(), first.fallback), ("otk", false));
+        assert!(first.signature.is_empty());
+        // The one-time keys ran out: the fallback key, flagged, with a signature that verifies
+        // under the device's signing key.
+        let second = claim().await;
+        assert_eq!(second, signed_fallback(&olm, "fb-1"));
+        assert!(
+            check_fallback_key(
+                olm.curve25519_key().as_bytes(),
+                olm.ed25519_key().as_bytes(),
+                &second
+            )
+            .is_ok()
+        );
+        assert_eq!(claim().await, second, "reusable");
+        assert_eq!(state().await, wire::FallbackKeyState::Used as i32);
+
+        // The device replaces it: only with a key it signed.
+        let upload = async |fallback_key: OneTimeKey| {
+            let upload = wire::UploadOneTimeKeys {
+                keys: Vec::new(),
+                fallback_key: Some(fallback_key),
+            };
+            run(&f.db, async |tx| {
+                upload_one_time_keys(&tx, fay1, &upload, &key()).await
+            })
+            .await
+        };
+        let refused = upload(signed_fallback(&vodozemac::olm::Account::new(), "fb-2")).await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|error| error.code),
+            Err(ErrorCode::BadSignature)
+        );
+        let (count, _) = upload(signed_fallback(&olm, "fb-2"))
+            .await
+            .expect("uploaded");
+        assert_eq!(
+            count,
+            wire::OneTimeKeyCount {
+                remaining: 0,
+                fallback_key: wire::FallbackKeyState::Unused as i32,
+            }
+        );
+        assert_eq!(claim().await.key_id, "fb-2");
+    }
+
+    #[tokio::test]
+    async fn a_new_envelope_under_a_taken_sender_seq_is_refused_as_rolled_back() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        for (message, sender_seq) in [(1, 1), (2, 2)] {
+            let sent = envelope(alice1, &[bob1], &[bob, alice], message, sender_seq);
+            assert!(matches!(
+                commit(&f.db, &sent, HERE).await.0,
+                send_outcome::Outcome::Sent(_)
+            ));
+        }
+        // A retry of message 2 is a duplicate; a new message numbered 2 is a rolled-back device.
+        let retry = envelope(alice1, &[bob1], &[bob, alice], 2, 2);
+        let send_outcome::Outcome::Sent(again) = commit(&f.db, &retry, HERE).await.0 else {
+            panic!("a duplicate")
+        };
+        assert!(again.commits[0].duplicate);
+        let restored = envelope(alice1, &[bob1], &[bob, alice], 9, 2);
+        let refused = run(&f.db, async |tx| {
+            commit_envelope(&tx, HERE, &restored, HERE, &BTreeSet::new(), 1_000).await
+        })
+        .await
+        .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::DeviceRolledBack);
+        assert!(!refused.code.is_retryable());
+        assert!(
+            refused.message.contains("register this device again"),
+            "{refused}"
+        );
+        let (batch, _) = fetch(&f.db, bob1, &[]).await;
+        assert_eq!(
+            batch.entries.len(),
+            2,
+            "nothing stored for the refused envelope"
+        );
+        // The home region kept the sender's highest device_seq for the edge to check.
+        let (key, _) = run(&f.db, async |tx| signing_key(&tx, alice1).await)
+            .await
+            .expect("signing key");
+        assert_eq!(key.device_seq, 2);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_from_behind_an_acknowledged_entry_is_refused_as_rolled_back() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        for message in 1..=3 {
+            let sent = envelope(alice1, &[bob1], &[bob, alice], message, message.into());
+            commit(&f.db, &sent, HERE).await;
+        }
+        // bob stores entries 1 and 2, then acks them from his cursor 2 (in one request, acks
+        // come before the read).
+        let (batch, _) = fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("fetched");
+        assert_eq!(batch.entries.len(), 1);
+        // An ack of entries already gone (a retry) is still fine from the same cursor.
+        fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("retried");
+        let (key, _) = run(&f.db, async |tx| signing_key(&tx, bob1).await)
+            .await
+            .expect("signing key");
+        assert_eq!(key.acked_queue_seq, 2);
+        // A copy of bob's device from before it stored entry 2 fetches after 1: refused, and
+        // its acks are not applied (entry 3 stays queued, no receipt goes to alice).
+        let refused = fetch_after(&f.db, bob1, &[3], 1)
+            .await
+            .expect_err("rolled back");
+        assert_eq!(refused.code, ErrorCode::DeviceRolledBack);
+        let (batch, effects) = fetch_after(&f.db, bob1, &[], 2).await.expect("fetched");
+        assert_eq!(
+            batch
+                .entries
+                .iter()
+                .map(|e| e.queue_seq)
+                .collect::<Vec<_>>(),
+            [3]
+        );
+        assert_eq!(effects, Effects::default());
+        // Acking entry 3 raises the mark; the cursor 2 is now behind it.
+        fetch_after(&f.db, bob1, &[3], 3).await.expect("acked");
+        assert!(fetch_after(&f.db, bob1, &[], 2).await.is_err());
     }
 }

@@ -3,11 +3,13 @@
 //! senders' regions, and keeps the key directory of its devices.
 //!
 //! [`core`] holds the decisions as functions over one storage transaction (no sockets, no
-//! clock: the time comes in as an argument); [`service`] is the QUIC shell around it, with
-//! links to other regions (the directory writer, receipt destinations). [`store_check`]
-//! decides, before the region serves, whether the store it opened is the one it expects;
-//! [`repair`] is the operator's offline check and repair of a store's device queues.
+//! clock: the time comes in as an argument); [`claims`] the per-claimer rate limit of key
+//! claims; [`service`] is the QUIC shell around them, with links to other regions (the
+//! directory writer, receipt destinations). [`store_check`] decides, before the region serves,
+//! whether the store it opened is the one it expects; [`repair`] is the operator's offline check
+//! and repair of a store's device queues.
 
+pub mod claims;
 pub mod config;
 pub mod core;
 pub mod repair;

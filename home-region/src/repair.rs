@@ -457,6 +457,7 @@ mod tests {
                 message_type: 1,
                 body: vec![message],
             }],
+            device_seq: seq,
         };
         let (decision, _) = db
             .transact(|tx| {

@@ -22,6 +22,7 @@ use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
 use quinn::rustls::RootCertStore;
 use relay_proto::clock::{Clock, SystemClock};
+use relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS;
 use relay_proto::net::{
     self, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
 };
@@ -32,12 +33,11 @@ use relay_proto::wire::{
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
 use tokio::sync::{Notify, mpsc};
 
+use crate::claims::ClaimLimiter;
 use crate::config::{ConfigError, PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
-/// How long a request to another region may take.
-pub const PEER_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Receipts sent to another region in one request.
 pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
 /// Pause between outbox delivery attempts when a destination is unreachable.
@@ -123,6 +123,8 @@ struct Inner {
     subscriptions: Mutex<HashMap<DeviceAddress, BTreeMap<u64, PushSender>>>,
     next_stream_id: AtomicU64,
     outbox_wake: Notify,
+    /// Key claims per claimer (in memory; a restart starts every bucket full).
+    claims: Mutex<ClaimLimiter>,
     /// The first half of every idempotency key this process issues: unique per process start.
     key_prefix: u64,
     /// The second half: a counter.
@@ -141,16 +143,32 @@ fn error_response(error: ProtoError) -> RegionResponse {
 /// How late the planted bug [`PlantedBug::AckBeforeCommit`] commits what it acknowledged.
 const PLANTED_COMMIT_DELAY: Duration = Duration::from_millis(500);
 
+/// The answer to a request whose transaction failed in the store. A commit that failed in
+/// storage (a full disk, an I/O error; it may or may not be durable) and the refusals after it
+/// are `StorageUnavailable`: nothing is acknowledged, and the client retries under the same
+/// ids, which the layers deduplicate.
 fn store_failure(error: StoreError) -> ProtoError {
-    tracing::error!(%error, "store failure");
     match error {
+        StoreError::Unavailable(_) | StoreError::Storage(_) => {
+            tracing::warn!(%error, "store unavailable");
+            ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                "the region's storage is unavailable; retry later",
+            )
+        }
         // A damaged record outside a device queue (those quarantine the device): the request
         // is refused as storage trouble, never answered as if it had worked.
-        StoreError::Corrupt { .. } => ProtoError::new(
-            ErrorCode::StorageUnavailable,
-            format!("a record of this region's store cannot be read ({error}); retry later"),
-        ),
-        _ => ProtoError::new(ErrorCode::Internal, "storage failure; retry later"),
+        StoreError::Corrupt { .. } => {
+            tracing::error!(%error, "store failure");
+            ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                format!("a record of this region's store cannot be read ({error}); retry later"),
+            )
+        }
+        error => {
+            tracing::error!(%error, "store failure");
+            ProtoError::new(ErrorCode::Internal, "storage failure; retry later")
+        }
     }
 }
 
@@ -169,6 +187,18 @@ impl RegionService {
             source,
         })?;
         let store_path = config.data_dir.join(STORE_FILE);
+        let store_check_failed = |source| RegionError::StoreCheck {
+            region: RegionId(config.region),
+            store: store_path.clone(),
+            source,
+        };
+        store_check::set_aside_empty_file(
+            &store_path,
+            &config.data_dir,
+            accept_new_store,
+            SystemClock.now_ms(),
+        )
+        .map_err(store_check_failed)?;
         let db = Database::open(&store_path, EmbeddedOptions::default())?;
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
@@ -259,6 +289,7 @@ impl RegionService {
             subscriptions: Mutex::new(HashMap::new()),
             next_stream_id: AtomicU64::new(1),
             outbox_wake: Notify::new(),
+            claims: Mutex::new(ClaimLimiter::new()),
             key_prefix: boot_nonce,
             next_key: AtomicU64::new(1),
             clock,
@@ -420,6 +451,12 @@ impl RegionService {
             }
             Req::ClaimKeys(claim) => {
                 let account = AccountId(claim.account);
+                let claimer = claim.claimer.map(|claimer| claimer.parse()).transpose()?;
+                self.inner
+                    .claims
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .handle_claim(claimer, self.inner.clock.now_ms())?;
                 let key = self.idempotency_key();
                 let bundle = self
                     .transact(|tx| async move { core::claim_keys(&tx, local, account, &key).await })
@@ -430,13 +467,13 @@ impl RegionService {
                 let device = for_device.device.parse()?;
                 let upload = for_device.upload.unwrap_or_default();
                 let key = self.idempotency_key();
-                let remaining = self
+                let count = self
                     .transact(|tx| {
                         let upload = upload.clone();
                         async move { core::upload_one_time_keys(&tx, device, &upload, &key).await }
                     })
                     .await?;
-                Ok(Resp::KeysUploaded(wire::OneTimeKeyCount { remaining }))
+                Ok(Resp::KeysUploaded(count))
             }
             Req::FetchQueue(for_device) => {
                 let device = for_device.device.parse()?;
@@ -479,6 +516,7 @@ impl RegionService {
                 .await?;
                 Ok(Resp::ReceiptsStored(wire::OneTimeKeyCount {
                     remaining: count,
+                    fallback_key: wire::FallbackKeyState::Unknown as i32,
                 }))
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
@@ -708,6 +746,9 @@ impl RegionService {
             &register.signing_key,
             &register.one_time_keys,
         )?;
+        if let Some(key) = &register.fallback_key {
+            core::check_fallback_key(&register.identity_key, &register.signing_key, key)?;
+        }
         let local = self.inner.region;
         let record = if self.inner.writer == local {
             self.create_account(&register.name, local).await?
@@ -823,16 +864,31 @@ impl RegionService {
         }
     }
 
+    /// One request to the directory writer, answered within [`REGION_PEER_REQUEST_TIMEOUT_MS`]
+    /// (connecting included), so the edge still hears from this region in time: a writer that
+    /// cannot be reached or does not answer is `DirectoryUnavailable`.
     async fn to_writer(&self, request: &RegionRequest) -> Result<RegionResponse, ProtoError> {
-        self.inner
-            .peers
-            .request(
-                self.inner.writer.0,
-                request,
-                Duration::from_millis(PEER_REQUEST_TIMEOUT_MS),
-            )
-            .await
-            .map_err(|error| error.to_proto())
+        let writer = self.inner.writer;
+        let timeout = Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS);
+        let asked = tokio::time::timeout(
+            timeout,
+            self.inner.peers.request(writer.0, request, timeout),
+        )
+        .await;
+        let problem = match asked {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(error @ NetError::Frame(_))) => return Err(error.to_proto()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => {
+                self.inner.peers.forget(writer.0).await;
+                NetError::Timeout.to_string()
+            }
+        };
+        tracing::warn!(%writer, %problem, "the directory writer did not answer");
+        Err(ProtoError::new(
+            ErrorCode::DirectoryUnavailable,
+            format!("region {writer} did not answer"),
+        ))
     }
 
     async fn serve_subscription(
@@ -1016,7 +1072,7 @@ impl RegionService {
             .request::<_, RegionResponse>(
                 destination.0,
                 &request,
-                Duration::from_millis(PEER_REQUEST_TIMEOUT_MS),
+                Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS),
             )
             .await
             .map_err(|error| error.to_proto())?;

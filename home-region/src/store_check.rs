@@ -268,6 +268,40 @@ pub enum StoreCheckError {
     Writer(ProtoError),
 }
 
+/// A store file of zero bytes, found before the store is opened. The engine refuses to open
+/// one (it never makes an empty file), so the region decides here what the operator is told:
+/// when the marker file names the store that lived here, the region refuses with
+/// [`StoreRefusal::EmptyWithMarker`] (unless `accept_new_store`); otherwise the empty file,
+/// which holds nothing, is moved aside (`region.redb.empty-<ms>`) and the region goes on as on
+/// a missing store, asking the directory writer. Nothing to do for a missing or non-empty file.
+pub fn set_aside_empty_file(
+    store: &Path,
+    data_dir: &Path,
+    accept_new_store: bool,
+    now_ms: u64,
+) -> Result<(), StoreCheckError> {
+    let empty = std::fs::metadata(store).is_ok_and(|metadata| metadata.len() == 0);
+    if !empty {
+        return Ok(());
+    }
+    if let (Marker::Names(marker), false) = (read_marker(data_dir)?, accept_new_store) {
+        return Err(StoreRefusal::EmptyWithMarker { marker }.into());
+    }
+    let mut aside = store.as_os_str().to_owned();
+    aside.push(format!(".empty-{now_ms}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(store, &aside).map_err(|source| StoreCheckError::Marker {
+        path: aside.clone(),
+        source,
+    })?;
+    tracing::warn!(
+        store = %store.display(),
+        aside = %aside.display(),
+        "the store file was empty; moved aside, deciding as on a missing store"
+    );
+    Ok(())
+}
+
 /// The first decision: from the store's identity and the marker file alone.
 pub fn decide_local(
     found: &Found,
@@ -947,10 +981,11 @@ mod tests {
         assert_eq!(again.store_id, store(1));
         drop(db);
 
-        // The store file emptied: the marker tells.
-        std::fs::write(stores.region_dir().join("region.redb"), b"").expect("truncate");
-        let db = stores.open_region();
-        let refused = stores.check(&db, 2, false).await.expect_err("refused");
+        // The store file emptied: the marker tells, before the engine is asked to open it.
+        let file = stores.region_dir().join("region.redb");
+        std::fs::write(&file, b"").expect("truncate");
+        let refused =
+            set_aside_empty_file(&file, &stores.region_dir(), false, 50).expect_err("refused");
         assert!(
             matches!(
                 refused,
@@ -958,8 +993,16 @@ mod tests {
             ),
             "{refused}"
         );
-        // The marker gone too: the directory writer tells.
+        assert_eq!(
+            std::fs::metadata(&file).expect("kept").len(),
+            0,
+            "left as it was"
+        );
+        // The marker gone too: the empty file goes aside, and the directory writer tells.
         std::fs::remove_file(stores.region_dir().join(STORE_MARKER_FILE)).expect("rm");
+        set_aside_empty_file(&file, &stores.region_dir(), false, 50).expect("set aside");
+        assert!(stores.region_dir().join("region.redb.empty-50").exists());
+        let db = stores.open_region();
         let refused = stores.check(&db, 2, false).await.expect_err("refused");
         assert!(
             matches!(

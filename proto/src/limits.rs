@@ -38,3 +38,27 @@ pub const AUTH_KEYING_MATERIAL_BYTES: usize = 32;
 
 /// Label of the TLS keying-material export used for device authentication (RFC 5705).
 pub const AUTH_KEYING_MATERIAL_LABEL: &[u8] = b"EXPORTER-relay-device-auth";
+
+/// Time allowed at each hop of a request (device → edge → region → directory writer) for the
+/// network and the answering hop's own work, in ms: each hop waits this much longer than the
+/// hop it asks may take, so a silent hop further on reaches the device as a typed answer.
+pub const HOP_MARGIN_MS: u64 = 2_000;
+
+/// How long a region waits for another region (the directory writer, a receipt's destination)
+/// to answer one request, connecting included, in ms. Past it the region answers
+/// `DirectoryUnavailable` for directory work.
+pub const REGION_PEER_REQUEST_TIMEOUT_MS: u64 = 3_000;
+
+/// How long an edge waits for a region to answer one request, connecting included, in ms. Past
+/// it the edge answers `Overloaded` (a connected region that is slow) or `Unavailable` (a region
+/// it cannot reach).
+pub const EDGE_REGION_REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+/// Longest an edge takes to answer a device's request, whatever its regions do (a send may ask
+/// for an account's home region, then commit), in ms. A device waits longer than this
+/// (`HOP_MARGIN_MS` more at least) before it gives up on a request.
+pub const EDGE_ANSWER_TIMEOUT_MS: u64 = 8_000;
+
+const _: () =
+    assert!(REGION_PEER_REQUEST_TIMEOUT_MS + HOP_MARGIN_MS <= EDGE_REGION_REQUEST_TIMEOUT_MS);
+const _: () = assert!(EDGE_REGION_REQUEST_TIMEOUT_MS < EDGE_ANSWER_TIMEOUT_MS);

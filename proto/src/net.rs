@@ -436,14 +436,20 @@ pub async fn respond<M: Message>(mut send: quinn::SendStream, message: &M) -> Re
 /// Resolves a peer number (a region) to its current address.
 pub type PeerResolver = Box<dyn Fn(u32) -> Option<SocketAddr> + Send + Sync>;
 
+/// One peer's cached connection; its lock is held while connecting, so concurrent users of the
+/// same peer wait for one attempt instead of making their own.
+type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
 /// Lazily connected, cached QUIC links to numbered peers (regions), reconnecting after a
 /// failure. Used by edges (to regions) and regions (to each other), always with mutual TLS.
+/// Each peer is connected under its own lock: a peer that does not answer a handshake holds
+/// back only the requests to that peer.
 pub struct PeerLinks {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     server_name: &'static str,
     resolve: PeerResolver,
-    connections: tokio::sync::Mutex<std::collections::HashMap<u32, quinn::Connection>>,
+    connections: std::sync::Mutex<std::collections::HashMap<u32, PeerSlot>>,
 }
 
 impl std::fmt::Debug for PeerLinks {
@@ -476,13 +482,14 @@ impl PeerLinks {
 
     /// The live connection to `peer`, connecting first if there is none.
     pub async fn connection(&self, peer: u32) -> Result<quinn::Connection, NetError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(connection) = connections.get(&peer)
+        let slot = self.slot(peer);
+        let mut cached = slot.lock().await;
+        if let Some(connection) = cached.as_ref()
             && connection.close_reason().is_none()
         {
             return Ok(connection.clone());
         }
-        connections.remove(&peer);
+        *cached = None;
         let address = (self.resolve)(peer).ok_or_else(|| {
             NetError::Remote(ProtoError::new(
                 crate::ErrorCode::Unavailable,
@@ -496,13 +503,25 @@ impl PeerLinks {
             tokio::time::timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
                 .await
                 .map_err(|_| NetError::Timeout)??;
-        connections.insert(peer, connection.clone());
+        *cached = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Forgets the connection to `peer` so the next use reconnects.
+    /// Forgets the connection to `peer` so the next use reconnects. Never waits: if a
+    /// connection attempt to `peer` is under way, it replaces the connection anyway.
     pub async fn forget(&self, peer: u32) {
-        self.connections.lock().await.remove(&peer);
+        if let Ok(mut cached) = self.slot(peer).try_lock() {
+            *cached = None;
+        }
+    }
+
+    fn slot(&self, peer: u32) -> PeerSlot {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .entry(peer)
+            .or_default()
+            .clone()
     }
 
     /// One request to `peer`; a transport failure drops the cached connection.

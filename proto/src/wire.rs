@@ -67,7 +67,10 @@ impl DeviceAddr {
     }
 }
 
-/// A Curve25519 one-time key of a device.
+/// A Curve25519 public key a device publishes so that others can start Olm sessions with it:
+/// a one-time key (claimed once), or its fallback key (`fallback`, handed out when the one-time
+/// keys ran out, reusable, and signed by the device's Ed25519 key over
+/// [`fallback_key_signing_payload`]).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct OneTimeKey {
     /// The key's id as the device's Olm account names it.
@@ -76,6 +79,44 @@ pub struct OneTimeKey {
     /// The 32-byte public key.
     #[prost(bytes = "vec", tag = "2")]
     pub public_key: Vec<u8>,
+    /// The device's Ed25519 signature of [`fallback_key_signing_payload`] (fallback keys; empty
+    /// for one-time keys).
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
+    /// Whether this is the device's fallback key rather than a one-time key.
+    #[prost(bool, tag = "4")]
+    pub fallback: bool,
+}
+
+/// The message a device signs to vouch for its fallback key: the key cannot be swapped by a
+/// server or moved to another device without the claimer noticing.
+pub fn fallback_key_signing_payload(
+    identity_key: &[u8],
+    key_id: &str,
+    public_key: &[u8],
+) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(24 + identity_key.len() + public_key.len() + key_id.len());
+    payload.extend_from_slice(b"relay-fallback-key-v1");
+    // The two keys have fixed lengths (checked by every receiver before verifying), so the
+    // variable-length id last keeps the concatenation unambiguous.
+    payload.extend_from_slice(identity_key);
+    payload.extend_from_slice(public_key);
+    payload.extend_from_slice(key_id.as_bytes());
+    payload
+}
+
+/// What a region knows of a device's fallback key, reported so that the device can replace it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum FallbackKeyState {
+    /// Not reported (an older region, or an answer that does not carry it).
+    Unknown = 0,
+    /// The device has no fallback key: upload one.
+    Missing = 1,
+    /// The fallback key is set and nobody has been handed it yet.
+    Unused = 2,
+    /// The fallback key has been handed out at least once: replace it when it is safe to.
+    Used = 3,
 }
 
 /// The public keys of one device, with one claimed one-time key when one was left.
@@ -90,7 +131,8 @@ pub struct DeviceKeys {
     /// Ed25519 signing key (32 bytes).
     #[prost(bytes = "vec", tag = "3")]
     pub signing_key: Vec<u8>,
-    /// A one-time key claimed for the asker; absent when the device has none left.
+    /// A one-time key claimed for the asker, or (flagged `fallback`, signed) the device's
+    /// fallback key when its one-time keys ran out; absent when it has neither.
     #[prost(message, optional, tag = "4")]
     pub one_time_key: Option<OneTimeKey>,
 }
@@ -161,6 +203,11 @@ pub struct Envelope {
     /// One ciphertext per recipient device.
     #[prost(message, repeated, tag = "6")]
     pub ciphertexts: Vec<DeviceCiphertext>,
+    /// The sender device's own counter over all its envelopes (every chat), from 1; 0 from a
+    /// device that does not count. Its home region keeps the highest, so that a device whose
+    /// state went back (a restored data directory) is caught when it authenticates.
+    #[prost(uint64, tag = "7")]
+    pub device_seq: u64,
 }
 
 /// An envelope whose ids and bounds were checked.
@@ -178,6 +225,8 @@ pub struct ParsedEnvelope {
     pub recipient_accounts: Vec<AccountId>,
     /// Recipient devices, sorted and unique.
     pub recipient_devices: Vec<DeviceAddress>,
+    /// The sender device's counter over all its envelopes (0: not counted).
+    pub device_seq: u64,
 }
 
 impl Envelope {
@@ -242,6 +291,7 @@ impl Envelope {
             sender_seq: self.sender_seq,
             recipient_accounts: accounts.into_iter().collect(),
             recipient_devices: devices.into_iter().collect(),
+            device_seq: self.device_seq,
         })
     }
 }
@@ -366,6 +416,9 @@ pub struct QueueBatch {
     /// The device's unclaimed one-time keys.
     #[prost(uint32, tag = "3")]
     pub one_time_keys_remaining: u32,
+    /// The state of the device's fallback key.
+    #[prost(enumeration = "FallbackKeyState", tag = "4")]
+    pub fallback_key: i32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,6 +442,9 @@ pub struct Register {
     /// An operator-issued registration token (optional on the devnet).
     #[prost(string, tag = "5")]
     pub registration_token: String,
+    /// The first device's signed fallback key.
+    #[prost(message, optional, tag = "6")]
+    pub fallback_key: Option<OneTimeKey>,
 }
 
 /// The account and device a registration created.
@@ -416,6 +472,10 @@ pub struct ClaimKeys {
     /// The account.
     #[prost(uint64, tag = "1")]
     pub account: u64,
+    /// The authenticated device that claims (set by the edge, whatever the device sent): the
+    /// region rate-limits claims per claimer.
+    #[prost(message, optional, tag = "2")]
+    pub claimer: Option<DeviceAddr>,
 }
 
 /// The devices of an account with their keys.
@@ -448,20 +508,26 @@ pub struct AckQueue {
     pub queue_seqs: Vec<u64>,
 }
 
-/// Adds one-time keys.
+/// Adds one-time keys, and replaces the fallback key when one is given.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct UploadOneTimeKeys {
     /// The new keys.
     #[prost(message, repeated, tag = "1")]
     pub keys: Vec<OneTimeKey>,
+    /// A new signed fallback key, replacing the current one.
+    #[prost(message, optional, tag = "2")]
+    pub fallback_key: Option<OneTimeKey>,
 }
 
-/// How many unclaimed one-time keys a device has.
+/// How many unclaimed one-time keys a device has, and the state of its fallback key.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct OneTimeKeyCount {
     /// The count.
     #[prost(uint32, tag = "1")]
     pub remaining: u32,
+    /// The state of the device's fallback key.
+    #[prost(enumeration = "FallbackKeyState", tag = "2")]
+    pub fallback_key: i32,
 }
 
 /// One region's commit of an envelope.
@@ -558,6 +624,14 @@ pub struct Authenticate {
     /// Ed25519 signature over `nonce ‖ TLS keying-material export`.
     #[prost(bytes = "vec", tag = "2")]
     pub signature: Vec<u8>,
+    /// The device's queue cursor: the highest queue sequence it processed and stored. A cursor
+    /// behind an entry the device already acknowledged means its state went back.
+    #[prost(uint64, optional, tag = "3")]
+    pub queue_cursor: Option<u64>,
+    /// The `device_seq` the device will give its next envelope. One not above every
+    /// `device_seq` its home region has seen means its state went back.
+    #[prost(uint64, optional, tag = "4")]
+    pub next_device_seq: Option<u64>,
 }
 
 /// The message a device signs to authenticate on one connection.
@@ -744,6 +818,15 @@ pub struct SigningKey {
     /// Its unclaimed one-time keys.
     #[prost(uint32, tag = "3")]
     pub one_time_keys_remaining: u32,
+    /// The state of its fallback key.
+    #[prost(enumeration = "FallbackKeyState", tag = "4")]
+    pub fallback_key: i32,
+    /// The highest queue sequence it has acknowledged (0: none).
+    #[prost(uint64, tag = "5")]
+    pub acked_queue_seq: u64,
+    /// The highest `device_seq` of its envelopes this region has stored (0: none).
+    #[prost(uint64, tag = "6")]
+    pub device_seq: u64,
 }
 
 /// Tells a region which devices this edge holds connections for.
@@ -961,6 +1044,7 @@ mod tests {
                 message_type: 0,
                 body: vec![3; 10],
             }],
+            device_seq: 1,
         }
     }
 

@@ -1,6 +1,6 @@
 //! `relayd admin`: operator commands on a stopped region's store. Wiring only: the check and
-//! the repair are `home_region::repair`; this module opens the store, runs the storage engine's
-//! own integrity check (redb's, which rebuilds nothing a healthy file needs), and prints.
+//! the repair are `home_region::repair`; this module opens the store (the engine checks every
+//! page of the file as it opens it) and prints.
 
 use std::path::{Path, PathBuf};
 
@@ -80,8 +80,15 @@ struct CheckOutput {
 
 async fn check(data: &Path, json: bool) -> Result<()> {
     let store = store_file(data)?;
-    let engine_integrity = engine_integrity(&store)?;
     let db = open(&store)?;
+    let integrity = db
+        .check_integrity()
+        .await
+        .with_context(|| format!("checking {}", store.display()))?;
+    let engine_integrity = format!(
+        "ok ({} keys, last commit version {})",
+        integrity.keys, integrity.version
+    );
     let report = repair::check_store(&db)
         .await
         .with_context(|| format!("checking {}", store.display()))?;
@@ -210,33 +217,8 @@ fn store_file(data: &Path) -> Result<PathBuf> {
     Ok(store)
 }
 
-/// The storage engine's own check of the file (every page checksum), before the layers read it.
-fn engine_integrity(store: &Path) -> Result<String> {
-    let opened = redb::Database::builder()
-        .set_check_integrity_on_open(true)
-        .open(store);
-    match opened {
-        Ok(mut database) => match database.check_integrity() {
-            Ok(true) => Ok("ok".into()),
-            Ok(false) => Ok("damaged, repaired by the storage engine".into()),
-            Err(error) => bail!(
-                "the storage engine finds {} damaged beyond repair: {error}",
-                store.display()
-            ),
-        },
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            bail!(
-                "{} is open in another process: stop the region first",
-                store.display()
-            )
-        }
-        Err(error) => bail!(
-            "the storage engine cannot open {}: {error}",
-            store.display()
-        ),
-    }
-}
-
+/// Opens the store. The engine checks every page of the file as it opens it, so a damaged file
+/// is an error here (with the path and what to do), and an open file passed the check.
 fn open(store: &Path) -> Result<Database> {
     Database::open(store, EmbeddedOptions::default()).with_context(|| {
         format!(

@@ -138,6 +138,10 @@ fn table(summary: &SwarmSummary, real: Duration, plant: Option<PlantedBug>) -> S
     for (kind, count) in &summary.faults {
         out.push_str(&format!("    {:<34} {count}\n", kind.name()));
     }
+    out.push_str(&format!(
+        "    {:<34} {}\n",
+        "store commits failed (disk)", summary.store_commits_failed
+    ));
     let violations = summary.violations();
     let total: u64 = violations.values().sum();
     out.push_str(&format!("  {:<36} {total}\n", "violations"));
@@ -202,6 +206,7 @@ fn json(
         },
         "slowest_delivery_ms": summary.slowest_delivery_ms,
         "faults": faults,
+        "store_commits_failed": summary.store_commits_failed,
         "violations": violations,
         "failures": failures,
         // Per seed: [seed, simulated ms, digest of the datagrams]; equal sweeps agree on each.

@@ -98,6 +98,7 @@ fn the_edge_refuses_bad_frames_and_keeps_serving() {
                 message_type: 0,
                 body: vec![1],
             }],
+            device_seq: 0,
         };
         let send = ClientRequest {
             body: Some(client_request::Body::Send(envelope)),
@@ -141,6 +142,8 @@ fn the_edge_refuses_bad_frames_and_keeps_serving() {
             let authenticate = wire::Authenticate {
                 device,
                 signature: vec![7; 64],
+                queue_cursor: None,
+                next_device_seq: None,
             };
             let authenticate = ClientRequest {
                 body: Some(client_request::Body::Authenticate(authenticate)),

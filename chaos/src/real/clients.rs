@@ -146,6 +146,7 @@ pub async fn register(
         locator: Some(deployment.locator),
         bind_ip: Some(deployment.bind_ip(plan)),
         ca_path: Some(deployment.ca.clone()),
+        device_key: None,
     };
     let (account, region) = register_retrying(
         &environment,

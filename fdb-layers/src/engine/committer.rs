@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
+use super::disk::DiskFailure;
 use super::{Counters, FaultConfig, TRANSACTION_AGE_MAX, Versionstamp};
 use crate::error::StoreError;
 use crate::limits::{CONFLICT_HISTORY_BYTES_MAX, VERSIONSTAMP_BYTES};
@@ -408,10 +409,44 @@ impl Resolver {
         }
     }
 
-    /// Records that the group resolved at `version` reached the store durably (or failed) at
-    /// `now`: its writes are remembered for the transaction age limit from then.
+    /// Records that the group resolved at `version` reached the store durably at `now`: its
+    /// writes are remembered for the transaction age limit from then.
     pub(crate) fn settled(&mut self, version: u64, now: Instant) {
         self.history.settled(version, now);
+    }
+
+    /// Records that the group resolved at `version` failed to commit, and that the store's
+    /// durable version is now `durable_version` (read from the store after the failure).
+    ///
+    /// A group above the durable version never became durable: nothing will ever read its
+    /// writes, so it is forgotten at once, and a retry of its requests (which reads what they
+    /// wrote) does not conflict with it. A group at or below it is durable after all, and
+    /// stays remembered like any other. The floor comes down to the durable version if
+    /// forgotten groups had raised it past: every group between them failed, so new
+    /// transactions, which read at the durable version, are checked against everything that
+    /// can be read after it. Groups resolved after the failed one stay remembered and may
+    /// still be written (they were checked against the failed group as if it had committed,
+    /// which only refused more than needed). This is what keeps a failed commit from leaving
+    /// every later transaction "too old".
+    pub(crate) fn failed(&mut self, version: u64, durable_version: u64, now: Instant) {
+        if durable_version < version {
+            self.history.forget_never_durable(version);
+        } else {
+            self.history.settled(version, now);
+        }
+        self.history.floor_version = self.history.floor_version.min(durable_version);
+        self.version = self.version.max(durable_version);
+    }
+
+    /// Records that the group resolved at `version` was never written (the store could not
+    /// take it): like a failed group that is not durable, it is forgotten at once.
+    pub(crate) fn not_written(&mut self, version: u64) {
+        self.history.forget_never_durable(version);
+    }
+
+    /// The disk failure of this group commit, if the faults make it fail.
+    pub(crate) fn disk_failure(&mut self) -> Option<InjectedDiskFailure> {
+        self.faults.as_mut().and_then(Faults::disk_failure)
     }
 
     /// The answer to an accepted, durable request: its versionstamp, or an injected
@@ -559,6 +594,38 @@ impl ConflictHistory {
             .find(|commit| commit.version == version)
         {
             commit.committed_at = commit.committed_at.max(now);
+        }
+    }
+
+    /// Forgets the group at `version`, which never became durable, without raising the floor,
+    /// and rebuilds the indexes from the groups left (rare: once per failed group commit).
+    fn forget_never_durable(&mut self, version: u64) {
+        let Some(position) = self
+            .commits
+            .iter()
+            .rposition(|commit| commit.version == version)
+        else {
+            return;
+        };
+        let Some(failed) = self.commits.remove(position) else {
+            return;
+        };
+        let failed_bytes: usize = failed.keys.iter().map(|key| key.len()).sum::<usize>()
+            + failed
+                .cleared
+                .iter()
+                .map(|range| range.begin.len() + range.end.len())
+                .sum::<usize>();
+        self.bytes = self.bytes.saturating_sub(failed_bytes);
+        self.last_write_by_key.clear();
+        self.cleared = ClearIndex::default();
+        for commit in &self.commits {
+            for key in &commit.keys {
+                self.last_write_by_key.insert(key.clone(), commit.version);
+            }
+            for range in &commit.cleared {
+                self.cleared.insert(range, commit.version);
+            }
         }
     }
 
@@ -745,7 +812,42 @@ impl Faults {
         self.draw(self.config.slow_commit_probability)
             .then_some(self.config.slow_commit_ms)
     }
+
+    /// The disk failure of this group commit, if it is to fail.
+    fn disk_failure(&mut self) -> Option<InjectedDiskFailure> {
+        if !self.draw(self.config.io_error_probability) {
+            return None;
+        }
+        let failure = if self.draw(0.5) {
+            DiskFailure::NoSpace
+        } else {
+            DiskFailure::Io
+        };
+        let passing_operations = split_mix(self.state) % INJECTED_FAILURE_PASSING_OPERATIONS_MAX;
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        Some(InjectedDiskFailure {
+            failure,
+            passing_operations,
+            applied: self.draw(0.5),
+        })
+    }
 }
+
+/// A disk failure the seeded faults inject into one group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InjectedDiskFailure {
+    /// How the disk fails.
+    pub(crate) failure: DiskFailure,
+    /// Embedded backend: the file operations (writes, syncs, resizes) of the commit that pass
+    /// before the failing ones, so the commit fails early (not durable) or late (maybe durable).
+    pub(crate) passing_operations: u64,
+    /// Memory backend: whether the commit was applied before the failure.
+    pub(crate) applied: bool,
+}
+
+/// Bound of [`InjectedDiskFailure::passing_operations`]: a redb commit writes its pages, its
+/// header and syncs at least twice, so every injected failure lands inside the commit.
+const INJECTED_FAILURE_PASSING_OPERATIONS_MAX: u64 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -825,6 +927,70 @@ mod tests {
         history.forget_older_than(start + Duration::from_secs(60));
         assert_eq!((history.floor_version, history.bytes()), (2, 0));
         assert!(history.last_write_by_key.is_empty());
+    }
+
+    /// A request that writes `keys`, read at `read_version` with the ranges `reads`.
+    fn writing(read_version: u64, reads: &[(&[u8], &[u8])], keys: &[&[u8]]) -> CommitRequest {
+        CommitRequest {
+            writes: keys
+                .iter()
+                .map(|key| (key.to_vec(), PendingWrite::Set(Vec::new())))
+                .collect(),
+            ..request(read_version, reads)
+        }
+    }
+
+    #[test]
+    fn a_group_that_never_became_durable_stops_conflicting_and_brings_the_floor_down() {
+        let counters = Counters::default();
+        let start = Instant::now();
+        let mut resolver = Resolver::new(0, None);
+        let first = resolver.resolve(&[&writing(0, &[], &[b"a"])], start, &counters);
+        assert_eq!(
+            first[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(1)
+        );
+        resolver.settled(1, start);
+        // Group 2 writes b and fails; group 3, resolved while group 2 was written, was checked
+        // against it as if it had committed.
+        let failed = resolver.resolve(&[&writing(1, &[], &[b"b"])], start, &counters);
+        assert_eq!(
+            failed[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(2)
+        );
+        let meanwhile =
+            resolver.resolve(&[&writing(1, &[(b"b", b"c")], &[b"x"])], start, &counters);
+        assert!(matches!(meanwhile[0], Err(StoreError::NotCommitted)));
+        // The file says group 2 is not durable: its write no longer conflicts (the retry of a
+        // request that read b commits), group 1's still does.
+        resolver.failed(2, 1, start);
+        let retry = resolver.resolve(&[&writing(1, &[(b"b", b"c")], &[b"b"])], start, &counters);
+        assert_eq!(
+            retry[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(3)
+        );
+        let stale = resolver.resolve(&[&writing(0, &[(b"a", b"b")], &[b"y"])], start, &counters);
+        assert!(matches!(stale[0], Err(StoreError::NotCommitted)));
+
+        // A failed group whose durability was not known yet is forgotten with age like any
+        // other, raising the floor past the durable version; learning that it failed brings
+        // the floor back down, so transactions reading at the durable version commit.
+        let later = start + TRANSACTION_AGE_MAX + Duration::from_secs(1);
+        let mut resolver = Resolver::new(0, None);
+        resolver.resolve(&[&writing(0, &[], &[b"a"])], start, &counters);
+        resolver.settled(1, start);
+        resolver.resolve(&[&writing(1, &[], &[b"b"])], start, &counters);
+        resolver.settled(2, start);
+        let forgotten = resolver.resolve(&[&writing(1, &[], &[b"c"])], later, &counters);
+        assert!(matches!(forgotten[0], Err(StoreError::TransactionTooOld)));
+        assert_eq!(resolver.floor_version(), 2);
+        resolver.failed(2, 1, later);
+        assert_eq!(resolver.floor_version(), 1);
+        let accepted = resolver.resolve(&[&writing(1, &[(b"a", b"z")], &[b"c"])], later, &counters);
+        assert_eq!(
+            accepted[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(3)
+        );
     }
 
     #[test]

@@ -17,8 +17,25 @@
 //! get increasing versions and are written in that order, a group's versionstamps follow the
 //! order its requests were resolved in, and nothing is answered before its group's fsync (a
 //! refused request too, so that its retry reads what it conflicted with): every acknowledged
-//! commit is durable. If a group fails to commit, the next one was resolved as if it had
-//! committed, which can only refuse more than needed.
+//! commit is durable.
+//!
+//! **A failed group commit** (a full disk, an I/O error, a panic inside redb) is survived
+//! without a restart:
+//! 1. its requests are answered [`StoreError::Unavailable`] (`Corrupt` for a panic): the commit
+//!    may or may not be durable, so the caller acknowledges nothing and retries later;
+//! 2. the file is opened again ([`StoreFile::reopen`]): redb refuses everything after an I/O
+//!    error until then, and repairs the file on the open, where the commit is either wholly
+//!    there or not at all;
+//! 3. the resolver learns the durable version read back from the file
+//!    ([`Resolver::failed`]): if the group is not durable its writes never count again, and the
+//!    oldest readable version comes down to the durable one, so new transactions are not "too
+//!    old". Groups resolved meanwhile were checked against the failed group as if it had
+//!    committed, which can only refuse more than needed, and are written as usual;
+//! 4. for a while commits are refused at once with `Unavailable`
+//!    ([`STORAGE_RETRY_DELAY_MS_INITIAL`], doubling with each failure in a row up to
+//!    [`STORAGE_RETRY_DELAY_MS_MAX`]), so a disk that stays full costs a bounded number of
+//!    attempts, not one per commit; the first commit after the refusal tries the disk again
+//!    (and the reopen, if that failed too). Reads go on from the last durable state meanwhile.
 //!
 //! Reads are served synchronously from redb's page cache and file, which is short enough not
 //! to warrant a blocking-pool hop per read.
@@ -29,25 +46,22 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redb::{Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::committer::{ApplyTarget, CommitRequest, KeyRange, OpenGroup, Resolver, apply_request};
+use super::committer::{
+    ApplyTarget, CommitRequest, InjectedDiskFailure, KeyRange, OpenGroup, Resolver, apply_request,
+};
+use super::disk::{DATA_TABLE, META_TABLE, StoreFile, VERSION_KEY, contained, read_error};
 use super::local::KeyValue;
 use super::watches::{PendingWatch, WatchRegistry};
-use super::{Counters, EmbeddedOptions, Versionstamp};
+use super::{Counters, EmbeddedOptions, IntegrityReport, Versionstamp};
 use crate::error::StoreError;
 use crate::limits::{
     COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_TRANSACTIONS_MAX, COMMIT_QUEUE_TRANSACTIONS_MAX,
+    STORAGE_RETRY_DELAY_MS_INITIAL, STORAGE_RETRY_DELAY_MS_MAX,
 };
-
-/// The table holding every key and value of the database.
-const DATA_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
-/// The table holding the engine's own state (the last commit version).
-const META_TABLE: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The key of the last commit version in [`META_TABLE`].
-const VERSION_KEY: &str = "version";
 
 /// The thread of the pipeline's resolver stage. Linux keeps the first 15 bytes of a thread's
 /// name, `fdb-layers-comm` for both stages, so tools that look for the committer by that name
@@ -65,13 +79,21 @@ type DataTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// State shared by an embedded database's handles and transactions. Dropping the last one stops
 /// the commit pipeline and waits for it, so the file is closed when the drop returns.
 pub(crate) struct Shared {
-    redb: Arc<redb::Database>,
-    /// Commit requests to the resolver stage; `None` only while dropping.
-    requests: Option<mpsc::SyncSender<Submission>>,
+    file: Arc<StoreFile>,
+    /// Jobs for the resolver stage; `None` only while dropping.
+    requests: Option<mpsc::SyncSender<Job>>,
     /// The commit pipeline's threads, resolver stage first.
     stages: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
     registry: Arc<WatchRegistry>,
+}
+
+/// What the resolver stage is asked to do.
+enum Job {
+    /// Resolve a commit request.
+    Commit(Submission),
+    /// Check the file's integrity once every group resolved before is written.
+    CheckIntegrity(oneshot::Sender<Result<IntegrityReport, StoreError>>),
 }
 
 /// A commit request and where to answer it.
@@ -86,13 +108,16 @@ impl Shared {
         if let Some(faults) = &options.faults {
             faults.validate()?;
         }
-        let redb = Arc::new(redb::Database::create(path).map_err(StoreError::storage)?);
-        let version = initialize(&redb)?;
+        let (file, version) = StoreFile::open(
+            path,
+            options.disk_faults.unwrap_or_default(),
+            options.check_integrity_on_open,
+        )?;
         let counters = Arc::new(Counters::default());
         let registry = WatchRegistry::new();
         let (sender, receiver) = mpsc::sync_channel(COMMIT_QUEUE_TRANSACTIONS_MAX);
         let committer = Arc::new(Committer::new(
-            redb.clone(),
+            file.clone(),
             Resolver::new(version, options.faults),
             counters.clone(),
             registry.clone(),
@@ -121,7 +146,7 @@ impl Shared {
         };
         tracing::debug!(path = %path.display(), version, "opened embedded database");
         Ok(Arc::new(Shared {
-            redb,
+            file,
             requests: Some(sender),
             stages: vec![resolver, writer],
             counters,
@@ -131,15 +156,17 @@ impl Shared {
 
     /// A read snapshot of the data and its version.
     pub(crate) fn snapshot(&self) -> Result<(DataTable, u64), StoreError> {
-        let read = self.redb.begin_read().map_err(StoreError::storage)?;
-        let data = read.open_table(DATA_TABLE).map_err(StoreError::storage)?;
-        let meta = read.open_table(META_TABLE).map_err(StoreError::storage)?;
-        let version = meta
-            .get(VERSION_KEY)
-            .map_err(StoreError::storage)?
-            .map(|version| version.value())
-            .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
-        Ok((data, version))
+        self.file.with("beginning a read", |redb| {
+            let read = redb.begin_read().map_err(read_error)?;
+            let data = read.open_table(DATA_TABLE).map_err(read_error)?;
+            let meta = read.open_table(META_TABLE).map_err(read_error)?;
+            let version = meta
+                .get(VERSION_KEY)
+                .map_err(read_error)?
+                .map(|version| version.value())
+                .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
+            Ok((data, version))
+        })
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -153,20 +180,31 @@ impl Shared {
     /// Hands `request` to the commit pipeline and waits for its answer.
     pub(crate) async fn commit(&self, request: CommitRequest) -> Result<Versionstamp, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
-        requests
-            .try_send(Submission { request, reply })
-            .map_err(|error| match error {
-                mpsc::TrySendError::Full(_) => StoreError::CommitQueueFull,
-                mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
-            })?;
+        self.send(Job::Commit(Submission { request, reply }))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Checks the file's integrity: once every commit resolved before is written, the file is
+    /// closed and opened again with every page of the committed trees verified. Transactions
+    /// reading meanwhile run again; commits wait for the check.
+    pub(crate) async fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::CheckIntegrity(reply))?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Registers the watches of a committed transaction against the latest committed values.
     pub(crate) fn register_watches(&self, watches: Vec<PendingWatch>) {
-        let mut reader = LatestReader::new(&self.redb);
+        let mut reader = LatestReader::new(&self.file);
         self.registry.register(watches, |key| reader.value(key));
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => StoreError::CommitQueueFull,
+            mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+        })
     }
 }
 
@@ -205,14 +243,52 @@ pub(crate) fn snapshot_range<'a>(
     end: &[u8],
     reverse: bool,
 ) -> Result<Box<dyn Iterator<Item = Result<KeyValue, StoreError>> + 'a>, StoreError> {
-    let range = table
-        .range::<&[u8]>(begin..end)
-        .map_err(StoreError::storage)?;
-    Ok(if reverse {
-        Box::new(range.rev().map(owned_pair))
-    } else {
-        Box::new(range.map(owned_pair))
-    })
+    let range =
+        contained("reading a range", || table.range::<&[u8]>(begin..end))?.map_err(read_error)?;
+    Ok(Box::new(ContainedRange {
+        range,
+        reverse,
+        done: false,
+    }))
+}
+
+/// The value of `key` in `table`.
+pub(crate) fn snapshot_value(table: &DataTable, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    contained("reading a key", || {
+        let value = table.get(key).map_err(read_error)?;
+        Ok(value.map(|guard| guard.value().to_vec()))
+    })?
+}
+
+/// A redb range read whose every step is contained: a panic ends it with `Corrupt`.
+struct ContainedRange<'a> {
+    range: redb::Range<'a, &'static [u8], &'static [u8]>,
+    reverse: bool,
+    done: bool,
+}
+
+impl Iterator for ContainedRange<'_> {
+    type Item = Result<KeyValue, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let (range, reverse) = (&mut self.range, self.reverse);
+        let step = contained("reading a range", || {
+            let item = if reverse {
+                range.next_back()
+            } else {
+                range.next()
+            };
+            item.map(owned_pair)
+        });
+        let item = step.unwrap_or_else(|panicked| Some(Err(panicked)));
+        if matches!(item, None | Some(Err(_))) {
+            self.done = true;
+        }
+        item
+    }
 }
 
 /// A pair read from redb, copied out of its guards.
@@ -223,16 +299,17 @@ type StoredPair<'a> = (
 
 fn owned_pair(item: Result<StoredPair<'_>, redb::StorageError>) -> Result<KeyValue, StoreError> {
     item.map(|(key, value)| (key.value().to_vec(), value.value().to_vec()))
-        .map_err(StoreError::storage)
+        .map_err(read_error)
 }
 
 /// The commit pipeline, shared by its two threads.
 struct Committer {
-    redb: Arc<redb::Database>,
+    file: Arc<StoreFile>,
     state: Mutex<PipelineState>,
     /// Signalled when the writer stage has a group to take, and when the resolver stage stops.
     work: Condvar,
-    /// Signalled when the writer stage takes the open group, and when it stops.
+    /// Signalled when the writer stage takes the open group, when a group is written, and
+    /// when the writer stage stops.
     space: Condvar,
     counters: Arc<Counters>,
     registry: Arc<WatchRegistry>,
@@ -250,6 +327,55 @@ struct PipelineState {
     resolver_stopped: bool,
     /// The writer stage stopped: the resolver stage stops too, and nothing is left waiting.
     writer_stopped: bool,
+    /// Failed group commits in a row, and the refusal they cause.
+    health: Health,
+    /// Versions of failed groups whose durability is not known yet: the reopen after them
+    /// failed, so the durable version could not be read.
+    unsettled_failures: Vec<u64>,
+}
+
+/// Whether commits are taken, after failed group commits.
+#[derive(Default)]
+struct Health {
+    /// Group commits that failed in a row.
+    failures_in_a_row: u32,
+    /// Until when commits are refused.
+    refused_until: Option<Instant>,
+    /// What the last failure was.
+    cause: String,
+}
+
+impl Health {
+    /// Why and for how long more a commit arriving at `now` is refused, if it is.
+    fn refusal(&self, now: Instant) -> Option<StoreError> {
+        let until = self.refused_until?;
+        let remaining = until
+            .checked_duration_since(now)
+            .filter(|remaining| !remaining.is_zero())?;
+        Some(StoreError::Unavailable(format!(
+            "commits are refused for {} ms more after {} failed group commit(s) in a row: {}",
+            remaining.as_millis().max(1),
+            self.failures_in_a_row,
+            self.cause
+        )))
+    }
+
+    /// Records a failed group commit at `now`: commits are refused for the next delay.
+    fn failed(&mut self, now: Instant, cause: &StoreError) {
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        let doublings = self.failures_in_a_row - 1;
+        let delay_ms = STORAGE_RETRY_DELAY_MS_INITIAL
+            .saturating_mul(2u64.saturating_pow(doublings))
+            .min(STORAGE_RETRY_DELAY_MS_MAX);
+        self.refused_until = Some(now + Duration::from_millis(delay_ms));
+        self.cause = cause.to_string();
+    }
+
+    /// Records a group commit that succeeded.
+    fn succeeded(&mut self) {
+        self.failures_in_a_row = 0;
+        self.refused_until = None;
+    }
 }
 
 /// The requests of one group resolved so far.
@@ -280,6 +406,8 @@ struct TakenGroup {
     refused: Vec<(Submission, StoreError)>,
     /// The delay of a slow commit, if the faults make this one slow.
     delay_ms: Option<u64>,
+    /// The disk failure the faults inject into this commit, if any.
+    disk_failure: Option<InjectedDiskFailure>,
 }
 
 impl PipelineState {
@@ -298,10 +426,17 @@ impl PipelineState {
         } = self.open.take()?;
         self.resolver.close_group(group);
         self.writing = true;
+        let delay_ms = self.resolver.slow_commit_delay_ms();
+        let disk_failure = if accepted.is_empty() {
+            None
+        } else {
+            self.resolver.disk_failure()
+        };
         Some(TakenGroup {
             accepted,
             refused,
-            delay_ms: self.resolver.slow_commit_delay_ms(),
+            delay_ms,
+            disk_failure,
         })
     }
 }
@@ -330,19 +465,21 @@ impl Drop for StageStopped<'_> {
 
 impl Committer {
     fn new(
-        redb: Arc<redb::Database>,
+        file: Arc<StoreFile>,
         resolver: Resolver,
         counters: Arc<Counters>,
         registry: Arc<WatchRegistry>,
     ) -> Self {
         Committer {
-            redb,
+            file,
             state: Mutex::new(PipelineState {
                 resolver,
                 open: None,
                 writing: false,
                 resolver_stopped: false,
                 writer_stopped: false,
+                health: Health::default(),
+                unsettled_failures: Vec::new(),
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -361,21 +498,28 @@ impl Committer {
 
     /// The resolver stage: resolves each commit request as it arrives into the open group,
     /// until every sender is gone or the writer stage stopped.
-    fn run_resolver(&self, requests: mpsc::Receiver<Submission>) {
+    fn run_resolver(&self, requests: mpsc::Receiver<Job>) {
         let _stopped = StageStopped {
             committer: self,
             writer: false,
         };
-        while let Ok(mut submission) = requests.recv() {
-            // Resolve everything queued, then hand the group over.
-            loop {
-                if !self.resolve(submission) {
-                    return;
+        while let Ok(job) = requests.recv() {
+            // Resolve everything queued (up to an integrity check), then hand the group over.
+            let mut check = None;
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Commit(submission) => {
+                        if !self.resolve(submission) {
+                            return;
+                        }
+                    }
+                    Job::CheckIntegrity(reply) => {
+                        check = Some(reply);
+                        break;
+                    }
                 }
-                match requests.try_recv() {
-                    Ok(next) => submission = next,
-                    Err(_) => break,
-                }
+                next = requests.try_recv().ok();
             }
             let mut state = self.lock();
             let alone = !state.writing && state.open.as_ref().is_some_and(|open| open.len() == 1);
@@ -387,15 +531,22 @@ impl Committer {
                 if let Some(taken) = taken {
                     self.write_group(taken);
                 }
-                self.lock().writing = false;
+                self.finish_writing();
             } else if state.has_work() {
                 drop(state);
                 self.work.notify_one();
+            } else {
+                drop(state);
+            }
+            if let Some(reply) = check {
+                // The caller may have given up waiting.
+                let _ = reply.send(self.check_integrity());
             }
         }
     }
 
-    /// Resolves `submission` into the open group, waiting while it is full. `false` once the
+    /// Resolves `submission` into the open group, waiting while it is full, or refuses it at
+    /// once while failed group commits make the pipeline refuse commits. `false` once the
     /// writer stage stopped (the submission is then answered `Closed`).
     fn resolve(&self, submission: Submission) -> bool {
         let mut state = self.lock();
@@ -411,6 +562,11 @@ impl Committer {
                 .space
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if let Some(refusal) = state.health.refusal(Instant::now()) {
+            // Not resolved, so nothing of it is remembered: the caller may retry at once.
+            let _ = submission.reply.send(Err(refusal));
+            return true;
         }
         let PipelineState { resolver, open, .. } = &mut *state;
         let pending = open.get_or_insert_with(|| PendingGroup {
@@ -437,7 +593,7 @@ impl Committer {
         };
         while let Some(taken) = self.take_group() {
             self.write_group(taken);
-            self.lock().writing = false;
+            self.finish_writing();
         }
         tracing::debug!(
             version = self.lock().resolver.version(),
@@ -446,6 +602,8 @@ impl Committer {
     }
 
     /// Waits until the open group has a request and no group is being written, then takes it.
+    /// Meanwhile, a file left closed by a failed reopen is opened again once the refusal after
+    /// it ended: no transaction can begin, so no commit would come to do it.
     fn take_group(&self) -> Option<TakenGroup> {
         let mut state = self.lock();
         loop {
@@ -455,10 +613,32 @@ impl Committer {
             if state.resolver_stopped && !state.has_work() {
                 return None;
             }
-            state = self
-                .work
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if state.writing || self.file.is_open() {
+                state = self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            let now = Instant::now();
+            match state.health.refused_until {
+                Some(until) if until > now => {
+                    state = self
+                        .work
+                        .wait_timeout(state, until - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                }
+                _ => {
+                    state.writing = true;
+                    drop(state);
+                    if let Err(error) = self.reopen() {
+                        self.refuse(&error);
+                    }
+                    self.finish_writing();
+                    state = self.lock();
+                }
+            }
         }
         let taken = state.take();
         drop(state);
@@ -466,13 +646,30 @@ impl Committer {
         taken
     }
 
+    /// Records a failure (`cause`): commits are refused for a while. If the file is left
+    /// closed, the writer stage opens it again when the refusal ends.
+    fn refuse(&self, cause: &StoreError) {
+        self.lock().health.failed(Instant::now(), cause);
+        self.work.notify_all();
+    }
+
+    /// Ends the writing of a group (or a check): the next group may be taken, and the writer
+    /// stage may open a file left closed.
+    fn finish_writing(&self) {
+        self.lock().writing = false;
+        self.space.notify_all();
+        self.work.notify_all();
+    }
+
     /// Writes a taken group in one durable redb write transaction, fires the watches it
-    /// changed and answers its requests.
+    /// changed and answers its requests; after a failure, gets the store going again (see the
+    /// module doc).
     fn write_group(&self, taken: TakenGroup) {
         let TakenGroup {
             accepted,
             refused,
             delay_ms,
+            disk_failure,
         } = taken;
         if let Some(delay_ms) = delay_ms {
             std::thread::sleep(Duration::from_millis(delay_ms));
@@ -481,34 +678,36 @@ impl Committer {
             .iter()
             .map(|(submission, stamp)| (&submission.request, *stamp))
             .collect();
-        let applied = match requests.first() {
-            None => Ok(()),
+        let answers: Vec<Result<Versionstamp, StoreError>> = match requests.first() {
+            None => Vec::new(),
             Some((_, first)) => {
                 let version = first.commit_version();
-                let applied = self.apply(version, &requests);
-                match &applied {
-                    Ok(()) => {
-                        self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
-                        self.counters
-                            .committed_transactions
-                            .fetch_add(requests.len() as u64, Ordering::Relaxed);
-                        self.notify_watches(&requests);
+                if let Err(error) = self.ensure_open() {
+                    let answer = self.refuse_unwritten(version, &error);
+                    requests.iter().map(|_| Err(answer.clone())).collect()
+                } else {
+                    match self.write(version, &requests, disk_failure) {
+                        Ok(()) => {
+                            self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .committed_transactions
+                                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+                            self.notify_watches(&requests);
+                            let mut state = self.lock();
+                            state.resolver.settled(version, Instant::now());
+                            state.health.succeeded();
+                            requests
+                                .iter()
+                                .map(|(_, stamp)| state.resolver.answer(*stamp))
+                                .collect()
+                        }
+                        Err(error) => {
+                            let answer = self.recover(version, &requests, &error);
+                            requests.iter().map(|_| Err(answer.clone())).collect()
+                        }
                     }
-                    Err(error) => tracing::error!(%error, "group commit failed"),
                 }
-                self.lock().resolver.settled(version, Instant::now());
-                applied
             }
-        };
-        let answers: Vec<Result<Versionstamp, StoreError>> = {
-            let mut state = self.lock();
-            requests
-                .iter()
-                .map(|(_, stamp)| match &applied {
-                    Ok(()) => state.resolver.answer(*stamp),
-                    Err(error) => Err(error.clone()),
-                })
-                .collect()
         };
         drop(requests);
         // Every answer goes out after the fsync (or the failure) of the whole group, and after
@@ -522,26 +721,141 @@ impl Committer {
         }
     }
 
-    /// Applies the accepted requests in order in one durable redb write transaction.
-    fn apply(
+    /// Applies the accepted requests in one durable redb write transaction, with the injected
+    /// disk failure, if any, under it.
+    fn write(
         &self,
         version: u64,
         accepted: &[(&CommitRequest, Versionstamp)],
+        disk_failure: Option<InjectedDiskFailure>,
     ) -> Result<(), StoreError> {
-        let mut write = self.redb.begin_write().map_err(StoreError::storage)?;
-        write
-            .set_durability(Durability::Immediate)
-            .map_err(StoreError::storage)?;
-        {
-            let mut data = RedbTarget(write.open_table(DATA_TABLE).map_err(StoreError::storage)?);
-            for (request, stamp) in accepted {
-                apply_request(&mut data, request, *stamp)?;
-            }
-            let mut meta = write.open_table(META_TABLE).map_err(StoreError::storage)?;
-            meta.insert(VERSION_KEY, version)
-                .map_err(StoreError::storage)?;
+        if let Some(injected) = disk_failure {
+            self.file
+                .faults()
+                .inject(injected.passing_operations, injected.failure);
         }
-        write.commit().map_err(StoreError::storage)
+        let written = self.file.with("writing a group commit", |redb| {
+            apply(redb, version, accepted)
+        });
+        if disk_failure.is_some() {
+            self.file.faults().end_injected();
+        }
+        written
+    }
+
+    /// Opens the file again if an earlier failure left it closed.
+    fn ensure_open(&self) -> Result<(), StoreError> {
+        if self.file.is_open() {
+            return Ok(());
+        }
+        self.reopen().map(|_| ())
+    }
+
+    /// The group at `version` was not written because the file could not be opened (with
+    /// `error`): it is forgotten, commits are refused for longer, and the answer for its
+    /// requests is returned.
+    fn refuse_unwritten(&self, version: u64, error: &StoreError) -> StoreError {
+        self.counters
+            .failed_group_commits
+            .fetch_add(1, Ordering::Relaxed);
+        self.lock().resolver.not_written(version);
+        self.refuse(error);
+        StoreError::Unavailable(format!("the group commit was not written: {error}"))
+    }
+
+    /// After the group at `version` failed with `error`: opens the file again, tells the
+    /// resolver what is durable, starts refusing commits for a while, and returns the answer
+    /// for the group's requests.
+    fn recover(
+        &self,
+        version: u64,
+        accepted: &[(&CommitRequest, Versionstamp)],
+        error: &StoreError,
+    ) -> StoreError {
+        self.counters
+            .failed_group_commits
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, version, "group commit failed; opening the store file again");
+        {
+            let mut state = self.lock();
+            state.unsettled_failures.push(version);
+            state.resolver.settled(version, Instant::now());
+        }
+        let durable = self.reopen();
+        let cause = durable.as_ref().err().unwrap_or(error);
+        self.refuse(cause);
+        if let Ok(durable) = durable
+            && durable >= version
+        {
+            // The failed commit reached the file after all (its last sync failed): what it
+            // changed is visible now, so its watches fire. Its requests still hear that it
+            // failed: a failed sync does not make it durable.
+            self.notify_watches(accepted);
+        }
+        match error {
+            StoreError::Corrupt { .. } => error.clone(),
+            error => StoreError::Unavailable(format!(
+                "the group commit failed in storage, and may or may not be durable: {error}"
+            )),
+        }
+    }
+
+    /// Opens the file again and tells the resolver the durable version, which settles every
+    /// failed group whose durability was unknown.
+    fn reopen(&self) -> Result<u64, StoreError> {
+        self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+        let durable = self.file.reopen(false)?;
+        let mut state = self.lock();
+        let now = Instant::now();
+        let PipelineState {
+            resolver,
+            unsettled_failures,
+            ..
+        } = &mut *state;
+        for failed in unsettled_failures.drain(..) {
+            resolver.failed(failed, durable, now);
+        }
+        Ok(durable)
+    }
+
+    /// Checks the file's integrity once every group resolved so far is written, holding the
+    /// writing slot meanwhile. Runs on the resolver stage.
+    fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        {
+            let mut state = self.lock();
+            loop {
+                if state.writer_stopped {
+                    return Err(StoreError::Closed);
+                }
+                if !state.writing && !state.has_work() {
+                    break;
+                }
+                self.work.notify_one();
+                state = self
+                    .space
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            state.writing = true;
+        }
+        self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+        let checked = self.file.reopen(true).and_then(|version| {
+            let keys = self.file.with("counting keys", |redb| {
+                let read = redb.begin_read().map_err(read_error)?;
+                let data = read.open_table(DATA_TABLE).map_err(read_error)?;
+                data.len().map_err(read_error)
+            })?;
+            Ok(IntegrityReport { version, keys })
+        });
+        if let Err(error) = &checked {
+            tracing::error!(%error, "the store failed its integrity check");
+            if !self.file.is_open() {
+                // Nothing can be written: refuse commits, and try again after the refusal.
+                self.refuse(error);
+            }
+        }
+        self.finish_writing();
+        checked
     }
 
     /// Fires the watches of keys the group changed.
@@ -557,33 +871,57 @@ impl Committer {
             keys.extend(request.written_keys(*stamp));
             ranges.extend(request.cleared.iter().cloned());
         }
-        let mut reader = LatestReader::new(&self.redb);
+        let mut reader = LatestReader::new(&self.file);
         self.registry
             .notify(&keys, &ranges, |key| reader.value(key));
     }
 }
 
+/// Applies the accepted requests in order in one durable redb write transaction.
+fn apply(
+    redb: &redb::Database,
+    version: u64,
+    accepted: &[(&CommitRequest, Versionstamp)],
+) -> Result<(), StoreError> {
+    let mut write = redb.begin_write().map_err(StoreError::storage)?;
+    write
+        .set_durability(Durability::Immediate)
+        .map_err(StoreError::storage)?;
+    {
+        let mut data = RedbTarget(write.open_table(DATA_TABLE).map_err(StoreError::storage)?);
+        for (request, stamp) in accepted {
+            apply_request(&mut data, request, *stamp)?;
+        }
+        let mut meta = write.open_table(META_TABLE).map_err(StoreError::storage)?;
+        meta.insert(VERSION_KEY, version)
+            .map_err(StoreError::storage)?;
+    }
+    write.commit().map_err(StoreError::storage)
+}
+
 /// Reads latest committed values, opening one redb read transaction on first use.
 struct LatestReader<'a> {
-    redb: &'a redb::Database,
+    file: &'a StoreFile,
     table: Option<DataTable>,
 }
 
 impl<'a> LatestReader<'a> {
-    fn new(redb: &'a redb::Database) -> Self {
-        LatestReader { redb, table: None }
+    fn new(file: &'a StoreFile) -> Self {
+        LatestReader { file, table: None }
     }
 
     fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let table = match &mut self.table {
             Some(table) => table,
             empty => {
-                let read = self.redb.begin_read().map_err(StoreError::storage)?;
-                empty.insert(read.open_table(DATA_TABLE).map_err(StoreError::storage)?)
+                let table = self.file.with("beginning a read", |redb| {
+                    let read = redb.begin_read().map_err(read_error)?;
+                    read.open_table(DATA_TABLE).map_err(read_error)
+                })?;
+                empty.insert(table)
             }
         };
-        let value = table.get(key).map_err(StoreError::storage)?;
-        Ok(value.map(|guard| guard.value().to_vec()))
+        snapshot_value(table, key)
     }
 }
 
@@ -611,28 +949,6 @@ impl ApplyTarget for RedbTarget<'_> {
             .retain_in::<&[u8], _>(range.begin.as_slice()..range.end.as_slice(), |_, _| false)
             .map_err(StoreError::storage)
     }
-}
-
-/// Creates the tables of a new file and returns the last commit version.
-fn initialize(redb: &redb::Database) -> Result<u64, StoreError> {
-    let write = redb.begin_write().map_err(StoreError::storage)?;
-    let version = {
-        write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
-        let mut meta = write.open_table(META_TABLE).map_err(StoreError::storage)?;
-        let stored = meta
-            .get(VERSION_KEY)
-            .map_err(StoreError::storage)?
-            .map(|v| v.value());
-        match stored {
-            Some(version) => version,
-            None => {
-                meta.insert(VERSION_KEY, 0).map_err(StoreError::storage)?;
-                0
-            }
-        }
-    };
-    write.commit().map_err(StoreError::storage)?;
-    Ok(version)
 }
 
 #[cfg(test)]
@@ -663,16 +979,53 @@ mod tests {
         (Submission { request, reply }, answer)
     }
 
+    #[test]
+    fn refusals_double_with_each_failure_in_a_row_up_to_the_bound() {
+        let mut health = Health::default();
+        let now = Instant::now();
+        assert!(health.refusal(now).is_none());
+        let cause = StoreError::Unavailable("the disk is full".to_owned());
+        let delays_ms: Vec<u128> = (0..11)
+            .map(|_| {
+                health.failed(now, &cause);
+                health
+                    .refused_until
+                    .map_or(0, |until| (until - now).as_millis())
+            })
+            .collect();
+        assert_eq!(
+            delays_ms,
+            [20, 40, 80, 160, 320, 640, 1_280, 2_560, 5_000, 5_000, 5_000]
+        );
+        let refusal = health.refusal(now + Duration::from_millis(4_000));
+        assert!(
+            matches!(&refusal, Some(StoreError::Unavailable(message)) if message.contains("11 failed group commit(s) in a row: storage unavailable: the disk is full")),
+            "{refusal:?}"
+        );
+        assert!(health.refusal(now + Duration::from_millis(5_000)).is_none());
+        health.succeeded();
+        assert!(health.refusal(now).is_none());
+        health.failed(now, &cause);
+        assert_eq!(
+            health.refused_until,
+            Some(now + Duration::from_millis(STORAGE_RETRY_DELAY_MS_INITIAL))
+        );
+    }
+
     /// Driven by hand, without its threads: a group resolved while the one before it is taken
     /// but not yet written is checked against it, gets the next version, and is answered only
     /// once it is written itself, after the group before.
     #[test]
     fn the_next_group_is_resolved_against_the_group_in_flight() {
         let folder = tempfile::tempdir().expect("folder");
-        let redb = Arc::new(redb::Database::create(folder.path().join("x.redb")).expect("redb"));
-        let version = initialize(&redb).expect("initialize");
+        let (file, version) = StoreFile::open(
+            &folder.path().join("x.redb"),
+            crate::engine::DiskFaults::new(),
+            true,
+        )
+        .expect("open");
         let committer = Committer::new(
-            redb,
+            file,
             Resolver::new(version, None),
             Arc::new(Counters::default()),
             WatchRegistry::new(),
@@ -702,7 +1055,7 @@ mod tests {
             "nothing answered before its fsync"
         );
         committer.write_group(in_flight);
-        committer.lock().writing = false;
+        committer.finish_writing();
         assert!(first_answer.try_recv().expect("answered").is_ok());
         assert!(
             stale_answer.try_recv().is_err(),

@@ -531,10 +531,7 @@ impl State {
     fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.snapshot {
             Snapshot::Memory(shared) => shared.value_at(key, self.read_version),
-            Snapshot::Embedded(table) => {
-                let value = table.get(key).map_err(StoreError::storage)?;
-                Ok(value.map(|guard| guard.value().to_vec()))
-            }
+            Snapshot::Embedded(table) => embedded::snapshot_value(table, key),
         }
     }
 

@@ -13,6 +13,12 @@
 //! the watches. Every acknowledged commit stays, since a commit is applied before it is
 //! acknowledged, as with the embedded backend's group commit; a commit answered
 //! `CommitUnknownResult` may or may not have been applied.
+//!
+//! An injected disk failure ([`crate::FaultConfig::io_error_probability`]) fails one commit
+//! the way a disk error fails the embedded backend's group commit: like a real disk, the
+//! commit may or may not have reached it (a seeded draw picks, half the time each), and it is
+//! answered [`StoreError::Unavailable`] either way. There is no file to open again and no
+//! cause that lasts, so the next commit goes to the disk as usual.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -25,7 +31,7 @@ use tokio::time::Instant;
 use super::committer::{ApplyTarget, CommitRequest, KeyRange, Resolver, apply_request};
 use super::local::KeyValue;
 use super::watches::{PendingWatch, WatchRegistry};
-use super::{Counters, MemoryOptions, Versionstamp};
+use super::{Counters, IntegrityReport, MemoryOptions, Versionstamp};
 use crate::error::StoreError;
 
 /// The durable state of memory databases: what a file is to the embedded backend. Cheap to
@@ -68,6 +74,11 @@ impl MemoryDisk {
         self.lock().store.version
     }
 
+    /// Commits the disk failed (injected disk failures), over every process that had it open.
+    pub fn failed_commits(&self) -> u64 {
+        self.lock().failed_commits
+    }
+
     /// Calls `visit` with every key and its latest value, in key order: what a scan of the
     /// durable file would see (the simulator looks for plaintext this way).
     pub fn for_each_latest(&self, mut visit: impl FnMut(&[u8], &[u8])) {
@@ -96,6 +107,8 @@ struct Disk {
     incarnation: u64,
     /// The watches of the process that has the disk open.
     watches: Weak<WatchRegistry>,
+    /// Commits failed by an injected disk failure.
+    failed_commits: u64,
 }
 
 impl Disk {
@@ -205,24 +218,46 @@ impl Shared {
                 .pop()
                 .unwrap_or(Err(StoreError::NotCommitted))?;
             let version = verdict.commit_version();
-            apply_request(
-                &mut MemoryTarget {
-                    store: &mut disk.store,
-                    version,
-                },
-                &request,
-                verdict,
-            )?;
-            disk.store.version = version;
-            resolver.settled(version, now);
-            disk.store.advance_floor(resolver.floor_version());
-            self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .committed_transactions
-                .fetch_add(1, Ordering::Relaxed);
-            // An injected unknown result changes only the answer: the commit was applied.
-            (resolver.answer(verdict), verdict)
+            let disk_failure = resolver.disk_failure();
+            if disk_failure.is_none_or(|failure| failure.applied) {
+                apply_request(
+                    &mut MemoryTarget {
+                        store: &mut disk.store,
+                        version,
+                    },
+                    &request,
+                    verdict,
+                )?;
+                disk.store.version = version;
+            }
+            if let Some(failure) = disk_failure {
+                disk.failed_commits += 1;
+                resolver.failed(version, disk.store.version, now);
+                disk.store.advance_floor(resolver.floor_version());
+                self.counters
+                    .failed_group_commits
+                    .fetch_add(1, Ordering::Relaxed);
+                let answer = Err(StoreError::Unavailable(format!(
+                    "the commit failed in storage, and may or may not be durable: {:?} \
+                     (injected disk failure)",
+                    failure.failure
+                )));
+                (answer, verdict)
+            } else {
+                resolver.settled(version, now);
+                disk.store.advance_floor(resolver.floor_version());
+                self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .committed_transactions
+                    .fetch_add(1, Ordering::Relaxed);
+                // An injected unknown result changes only the answer: the commit was applied.
+                (resolver.answer(verdict), verdict)
+            }
         };
+        if answer.is_err() && disk_version_below(&self.disk, stamp) {
+            // Not applied: nothing changed, nothing to fire.
+            return answer;
+        }
         // The commit is visible: without registered watches there is nothing to fire.
         if self.registry.has_registered() {
             self.registry
@@ -231,6 +266,19 @@ impl Shared {
                 });
         }
         answer
+    }
+
+    /// The disk's version and keys: a memory disk cannot be damaged.
+    pub(crate) fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        let disk = self.open_disk()?;
+        let version = disk.store.version;
+        let keys = disk
+            .store
+            .keys
+            .values()
+            .filter(|versions| value_at(versions, version).is_some())
+            .count() as u64;
+        Ok(IntegrityReport { version, keys })
     }
 
     /// Registers the watches of a committed transaction against the latest committed values.
@@ -267,6 +315,11 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.registry.close();
     }
+}
+
+/// Whether the disk has not reached the version of `stamp` (a failed commit not applied).
+fn disk_version_below(disk: &MemoryDisk, stamp: Versionstamp) -> bool {
+    disk.version() < stamp.commit_version()
 }
 
 /// A key's values, oldest first: the version that wrote each, and `None` where it was removed.

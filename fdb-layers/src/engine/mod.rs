@@ -12,7 +12,11 @@
 //! Backends, behind one enum so that layer code is the same on each:
 //! - embedded ([`Database::open`], `embedded.rs`): one redb file, a two-thread commit pipeline
 //!   with group commit (the next group is resolved while the current one is written), and
-//!   seeded fault injection ([`FaultConfig`]) so retry paths run in tests;
+//!   seeded fault injection ([`FaultConfig`]) so retry paths run in tests. The file
+//!   (`disk.rs`) is checked at open, every redb call is guarded against panics, and a commit
+//!   that fails in storage (a full disk, an I/O error, injected below redb with
+//!   [`DiskFaults`]) is answered [`StoreError::Unavailable`] while the file is opened again, so
+//!   the process goes on once the disk recovers;
 //! - memory ([`Database::memory`], `memory.rs`): deterministic, no thread and no wall clock,
 //!   with a [`MemoryDisk`] that outlives simulated crashes; for the simulator;
 //! - FoundationDB ([`Database::foundationdb`], `fdb.rs`, cargo feature `fdb`): the
@@ -22,6 +26,7 @@
 //! commit application (`committer.rs`) and the watches (`watches.rs`).
 
 mod committer;
+mod disk;
 mod embedded;
 #[cfg(feature = "fdb")]
 mod fdb;
@@ -48,6 +53,7 @@ use crate::limits::{
     RETRY_DELAY_MS_INITIAL, RETRY_DELAY_MS_MAX, TRANSACTION_AGE_MS_MAX, TRANSACTION_ATTEMPTS_MAX,
     VERSIONSTAMP_BYTES,
 };
+pub use disk::{DiskFailure, DiskFaults};
 #[cfg(feature = "fdb")]
 pub use fdb::FdbNetwork;
 use local::LocalStore;
@@ -56,10 +62,27 @@ pub use transaction::{RangeOptions, Transaction, VersionstampFuture};
 pub use watches::Watch;
 
 /// Options of the embedded (redb) backend.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
     /// Injected faults; `None` in production.
     pub faults: Option<FaultConfig>,
+    /// A switch that fails the file's writes and syncs on demand, as a full or failing disk
+    /// would (tests and drills); `None` in production.
+    pub disk_faults: Option<DiskFaults>,
+    /// Whether opening verifies every page of the file first, so that a file damaged while
+    /// the process was down is refused with a clear error ([`StoreError::Corrupt`]) instead of
+    /// failing (or panicking inside redb) later. Reads the whole file; on by default.
+    pub check_integrity_on_open: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            faults: None,
+            disk_faults: None,
+            check_integrity_on_open: true,
+        }
+    }
 }
 
 /// Options of the memory backend.
@@ -86,6 +109,12 @@ pub struct FaultConfig {
     pub slow_commit_probability: f64,
     /// Delay of a slow group commit, in milliseconds.
     pub slow_commit_ms: u64,
+    /// Chance that a group commit meets a failing disk (full, or an I/O error) and fails: on
+    /// the embedded backend a write, sync or resize of the file fails below redb part way
+    /// through the commit, so the commit may or may not be durable; on the memory backend the
+    /// commit is applied or not, half the time each. Either way its requests are answered
+    /// [`StoreError::Unavailable`].
+    pub io_error_probability: f64,
 }
 
 impl FaultConfig {
@@ -97,6 +126,7 @@ impl FaultConfig {
             commit_unknown_result_probability: 0.1,
             slow_commit_probability: 0.05,
             slow_commit_ms: 5,
+            io_error_probability: 0.03,
         }
     }
 
@@ -108,6 +138,7 @@ impl FaultConfig {
                 self.commit_unknown_result_probability,
             ),
             ("slow_commit_probability", self.slow_commit_probability),
+            ("io_error_probability", self.io_error_probability),
         ];
         for (name, probability) in probabilities {
             if !(0.0..=1.0).contains(&probability) {
@@ -133,6 +164,21 @@ pub struct EngineStats {
     pub conflicts: u64,
     /// Attempts that `transact` ran again after a retryable error.
     pub retries: u64,
+    /// Group commits that failed in storage (a full disk, an I/O error, a damaged file), whose
+    /// requests were answered `Unavailable` (embedded), or commits that did (memory).
+    pub failed_group_commits: u64,
+    /// Times the embedded backend closed its file and opened it again (after a failed group
+    /// commit, or for an integrity check).
+    pub reopens: u64,
+}
+
+/// What an integrity check found in a healthy store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegrityReport {
+    /// The version of the last commit.
+    pub version: u64,
+    /// Keys stored.
+    pub keys: u64,
 }
 
 /// FoundationDB's 10-byte versionstamp: the commit version (8 bytes, big-endian) and the
@@ -269,6 +315,22 @@ impl Database {
         }
     }
 
+    /// Checks the store's integrity. Embedded: once every commit resolved before is written,
+    /// closes the file and opens it again with every page of the committed trees verified
+    /// (commits wait meanwhile, transactions reading at the time run again); a damaged file is
+    /// [`StoreError::Corrupt`], and commits are then refused until it opens again. Memory: the
+    /// disk's version and keys. FoundationDB checks its own storage; asking is an error.
+    pub async fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        match &self.backend {
+            Backend::Local(LocalStore::Embedded(shared)) => shared.check_integrity().await,
+            Backend::Local(LocalStore::Memory(shared)) => shared.check_integrity(),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(_) => Err(StoreError::InvalidOptions(
+                "FoundationDB checks its own storage (fdbcli's consistencycheck)".to_owned(),
+            )),
+        }
+    }
+
     /// Counters of the engine since the database was opened.
     pub fn stats(&self) -> EngineStats {
         let counters = match &self.backend {
@@ -290,9 +352,16 @@ where
     let mut delay_ms = RETRY_DELAY_MS_INITIAL;
     let mut attempt = 1;
     loop {
-        let transaction = Transaction::local(store.begin()?);
-        let outcome = match body(transaction.clone()).await {
-            Ok(value) => transaction.commit().await.map(|()| value),
+        // A transaction that cannot begin yet (the embedded file being opened again) is retried
+        // like one that failed later.
+        let outcome = match store.begin() {
+            Ok(transaction) => {
+                let transaction = Transaction::local(transaction);
+                match body(transaction.clone()).await {
+                    Ok(value) => transaction.commit().await.map(|()| value),
+                    Err(error) => Err(error),
+                }
+            }
             Err(error) => Err(error),
         };
         match outcome {
@@ -317,6 +386,8 @@ pub(crate) struct Counters {
     pub(crate) write_batches: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) failed_group_commits: AtomicU64,
+    pub(crate) reopens: AtomicU64,
     jitter: AtomicU64,
 }
 
@@ -327,6 +398,8 @@ impl Counters {
             write_batches: self.write_batches.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            failed_group_commits: self.failed_group_commits.load(Ordering::Relaxed),
+            reopens: self.reopens.load(Ordering::Relaxed),
         }
     }
 
