@@ -2,7 +2,7 @@
 //! one thread, so a run is reproduced from its seed.
 //!
 //! - [`net`] plugs turmoil's simulated UDP into the services' [`SocketFactory`]
-//!   (relay_proto::net), so the real region and edge services and the real QUIC stack run
+//!   (relay_net), so the real region and edge services and the real QUIC stack run
 //!   unchanged in the simulation, over links that can drop, delay, partition and hold packets.
 //! - [`simulation`] builds the world from a seed ([`Simulation`]): regions on the memory store,
 //!   their edges, and clients driving the real client library ([`workload`]: sends, retries,
@@ -18,7 +18,7 @@
 //!   SIGSTOP and nftables partitions (`relayd chaos`; the failover drills reuse it).
 //! - [`fuzz`] holds the entry points of the fuzz targets (every decoder of peer or file input).
 //!
-//! [`SocketFactory`]: relay_proto::net::SocketFactory
+//! [`SocketFactory`]: relay_net::SocketFactory
 
 pub mod faults;
 pub mod fuzz;

@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
-use relay_proto::net::SocketFactory;
+use relay_net::SocketFactory;
 
 use crate::faults::NetFaults;
 
@@ -296,7 +296,7 @@ impl SocketFactory for SimSockets {
 mod tests {
     use std::time::Duration;
 
-    use relay_proto::net::{self, TlsIdentity};
+    use relay_net::{self as net, TlsIdentity};
     use relay_proto::wire::FetchQueue;
 
     use super::*;

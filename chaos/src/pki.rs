@@ -12,7 +12,7 @@ use std::sync::Arc;
 use quinn::rustls::RootCertStore;
 use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ED25519, SerialNumber};
-use relay_proto::net::TlsIdentity;
+use relay_net::TlsIdentity;
 
 /// Why the CA could not issue a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ const CA_SERIAL: u64 = 1;
 const LEAF_SERIAL: u64 = 2;
 
 fn ca_params() -> CertificateParams {
-    let mut params = relay_proto::pki::ca_params("Relay simulation CA");
+    let mut params = relay_net::pki::ca_params("Relay simulation CA");
     params.serial_number = Some(SerialNumber::from(CA_SERIAL));
     params
 }
@@ -79,12 +79,12 @@ impl Pki {
 
     /// A certificate for region `region` (server and client side of internal links).
     pub fn region(&self, region: u32) -> Result<TlsIdentity, PkiError> {
-        self.leaf(relay_proto::pki::region_params(region)?.1)
+        self.leaf(relay_net::pki::region_params(region)?.1)
     }
 
     /// A certificate for the edge of region `region` (to devices and to regions).
     pub fn edge(&self, region: u32) -> Result<TlsIdentity, PkiError> {
-        self.leaf(relay_proto::pki::edge_params(region)?.1)
+        self.leaf(relay_net::pki::edge_params(region)?.1)
     }
 
     fn leaf(&self, mut params: CertificateParams) -> Result<TlsIdentity, PkiError> {

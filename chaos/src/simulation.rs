@@ -36,9 +36,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use relay_edge::session::SessionLimits;
 use relay_edge::{EdgeParts, EdgeService, NonceSource};
+use relay_net::PeerResolver;
+use relay_planted::PlantedBug;
 use relay_proto::RegionId;
-use relay_proto::net::PeerResolver;
-use relay_proto::planted::PlantedBug;
 
 use crate::faults::{Action, Fault, FaultKind, FaultPlan, LinkModel, NetFaults, Target, Topology};
 use crate::history::{self, ChatView, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation, What};
@@ -291,7 +291,7 @@ impl Simulation {
         {
             return Err(failed(format!("no region {} to crash", crash.region)));
         }
-        let _planted = relay_proto::planted::plant(&self.planted);
+        let _planted = relay_planted::plant(&self.planted);
         let mut faults = self.faults.clone();
         for crash in &self.crashes {
             faults.push(Fault {
@@ -692,7 +692,7 @@ struct RegionSoftware {
     store_faults: Option<FaultConfig>,
     clock: SimClock,
     net_faults: Arc<NetFaults>,
-    identity: relay_proto::net::TlsIdentity,
+    identity: relay_net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
     region_hosts: BTreeMap<u32, String>,
     /// How many times this host has started.
@@ -747,7 +747,7 @@ struct EdgeSoftware {
     edge: u32,
     clock: SimClock,
     net_faults: Arc<NetFaults>,
-    identity: relay_proto::net::TlsIdentity,
+    identity: relay_net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
     region_hosts: BTreeMap<u32, String>,
     starts: Rc<Cell<u64>>,

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use relay_proto::planted::PlantedBug;
+use relay_planted::PlantedBug;
 
 use crate::faults::FaultKind;
 use crate::history::{Invariant, Violation};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use relay_chaos::history::Invariant;
 use relay_chaos::{Simulation, Swarm, SwarmSummary};
-use relay_proto::planted::PlantedBug;
+use relay_planted::PlantedBug;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

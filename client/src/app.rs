@@ -215,7 +215,7 @@ pub async fn register_in(
             ))
         })?;
     }
-    relay_proto::net::load_roots(&ca_copy)?;
+    relay_net::load_roots(&ca_copy)?;
     let stored = Settings {
         ca_path: PathBuf::from(CA_FILE),
         ..given.clone()
@@ -1962,7 +1962,7 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use relay_proto::net::TokioSockets;
+    use relay_net::TokioSockets;
 
     use super::*;
     use crate::connection::EdgeSource;

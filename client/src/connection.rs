@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
-use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
-use relay_proto::net::{
+use relay_net::{
     ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
     bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
 };
+use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
     FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey,

@@ -1,6 +1,6 @@
 //! The client library's errors: one enum, with a way to tell what a retry can fix.
 
-use relay_proto::net::NetError;
+use relay_net::NetError;
 use relay_proto::{DeviceAddress, ErrorCode, ProtoError};
 
 /// What can go wrong in the client library. Each message is complete on its own (no variant

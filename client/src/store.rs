@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
-use relay_proto::planted::PlantedBug;
+use relay_planted::PlantedBug;
 use relay_proto::wire::Envelope;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -1323,7 +1323,7 @@ impl Writer<'_> {
         tick: Tick,
     ) -> Result<bool> {
         // The simulator may plant the bug of forgetting that a tick only moves forward.
-        let sql = if relay_proto::planted::is_planted(PlantedBug::ReceiptMovesBackwards) {
+        let sql = if relay_planted::is_planted(PlantedBug::ReceiptMovesBackwards) {
             "UPDATE messages SET tick = ?1 WHERE sender_account = ?2 AND sender_device = ?3
              AND client_message_id = ?4 AND tick != ?1"
         } else {

@@ -32,7 +32,7 @@ pub struct Pki {
 
 /// The devnet CA's parameters (also its issuer identity when it is rebuilt from the saved key).
 fn ca_params() -> CertificateParams {
-    relay_proto::pki::ca_params("Relay devnet CA")
+    relay_net::pki::ca_params("Relay devnet CA")
 }
 
 impl Pki {
@@ -67,12 +67,12 @@ impl Pki {
 
     /// The certificate of edge `region`, issued on first use.
     pub fn edge(&self, region: u32) -> Result<CertPaths> {
-        self.leaf(relay_proto::pki::edge_params(region).map_err(pki_error("certificate names"))?)
+        self.leaf(relay_net::pki::edge_params(region).map_err(pki_error("certificate names"))?)
     }
 
     /// The certificate of region `region`, issued on first use.
     pub fn region(&self, region: u32) -> Result<CertPaths> {
-        self.leaf(relay_proto::pki::region_params(region).map_err(pki_error("certificate names"))?)
+        self.leaf(relay_net::pki::region_params(region).map_err(pki_error("certificate names"))?)
     }
 
     fn leaf(&self, (stem, params): (String, CertificateParams)) -> Result<CertPaths> {

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
+use relay_net::{self as net, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets};
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
     AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, EDGE_REGION_REQUEST_TIMEOUT_MS,
 };
-use relay_proto::net::{self, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets};
 use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
     ServerPush, client_request, client_response, region_request, region_response, server_push,

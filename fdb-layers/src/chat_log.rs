@@ -42,7 +42,7 @@
 //! counter read, no conflict) and number entries when reading.
 
 use prost::Message;
-use relay_proto::planted::PlantedBug;
+use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
 
 use crate::codec::{
@@ -147,7 +147,7 @@ pub async fn append(
     let sender_key = log.root.pack(&("sender_seq", entry.sender));
     let last_sender_seq = read_u64(transaction, &sender_key, "chat log sender_seq").await?;
     let expected_sender_seq = last_sender_seq + 1;
-    let checked = !relay_proto::planted::is_planted(PlantedBug::SkipSenderSeqCheck);
+    let checked = !relay_planted::is_planted(PlantedBug::SkipSenderSeqCheck);
     if checked && last_sender_seq > 0 && entry.sender_seq <= last_sender_seq {
         return Ok(AppendOutcome::RolledBack { last_sender_seq });
     }

@@ -127,7 +127,7 @@ impl PeersFile {
 
     /// A resolver that reads the peers file at `path` again on every call, so a launcher can
     /// write it after the regions have bound their ports.
-    pub fn resolver(path: PathBuf) -> relay_proto::net::PeerResolver {
+    pub fn resolver(path: PathBuf) -> relay_net::PeerResolver {
         Box::new(move |region| match PeersFile::load(&path) {
             Ok(peers) => peers.address_of(region),
             Err(error) => {

@@ -21,12 +21,12 @@ use fdb_layers::store_identity::{StoreId, StoreIdentity};
 use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
 use quinn::rustls::RootCertStore;
+use relay_net::{
+    self as net, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
+};
+use relay_planted::PlantedBug;
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS;
-use relay_proto::net::{
-    self, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
-};
-use relay_proto::planted::PlantedBug;
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
 };
@@ -385,7 +385,7 @@ impl RegionService {
                 let sender_region = RegionId(commit.sender_region);
                 let envelope = commit.envelope;
                 let now = self.inner.clock.now_ms();
-                if relay_proto::planted::is_planted(PlantedBug::AckBeforeCommit) {
+                if relay_planted::is_planted(PlantedBug::AckBeforeCommit) {
                     return self.commit_late(envelope, sender_region, now).await;
                 }
                 let quarantined = self.quarantined();

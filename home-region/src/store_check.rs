@@ -525,8 +525,8 @@ pub async fn check_store<S: CensusSource>(
 
 /// The deployment id: the SHA-256 of the DER of every certificate in the deployment's CA file,
 /// each preceded by its length.
-pub fn deployment_id(ca_cert: &Path) -> Result<DeploymentId, relay_proto::net::NetError> {
-    let certificates = relay_proto::net::load_certificates(ca_cert)?;
+pub fn deployment_id(ca_cert: &Path) -> Result<DeploymentId, relay_net::NetError> {
+    let certificates = relay_net::load_certificates(ca_cert)?;
     let mut hasher = Sha256::new();
     hasher.update(b"relay-deployment-v1");
     for certificate in &certificates {

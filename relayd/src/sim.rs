@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use relay_chaos::history::LIVENESS_BOUND_MS;
 use relay_chaos::{Report, Swarm, SwarmSummary};
-use relay_proto::planted::PlantedBug;
+use relay_planted::PlantedBug;
 
 /// Options of `relayd sim`.
 #[derive(Debug, Args)]

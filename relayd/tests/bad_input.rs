@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use relay_proto::net::{self, TokioSockets};
+use relay_net::{self as net, TokioSockets};
 use relay_proto::wire::{self, ClientRequest, ClientResponse, client_request, client_response};
 use relay_proto::{ErrorCode, encode_frame};
 use support::{Devnet, Person};

@@ -1,8 +1,11 @@
-//! The runtime shell every service shares: QUIC endpoints made through one [`SocketFactory`],
-//! TLS configuration (server-authenticated for devices, mutual for edge↔region and
-//! region↔region), and framed request/response streams over quinn.
+//! Relay's network shell, shared by every service and client: QUIC endpoints made through one
+//! [`SocketFactory`] (kernel UDP, simulated UDP, later io_uring), TLS configuration
+//! (server-authenticated for devices, mutual for edge↔region and region↔region), framed
+//! request/response streams over quinn, and [`PeerLinks`] between regions. Behind the `pki`
+//! feature, the certificate parameters of a deployment's own CA, regions and edges ([`pki`]).
 //!
-//! Protocol logic never touches these types directly; it is fed decoded frames.
+//! The wire crate (`relay-proto`) stays sans-IO: protocol logic never touches these types, it is
+//! fed decoded frames.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,15 +16,19 @@ use std::time::Duration;
 use prost::Message;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime};
+use relay_proto::frame::{FRAME_HEADER_BYTES, decode_header, encode_frame};
+use relay_proto::limits::{
+    AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL, FRAME_BYTES_MAX,
+};
+use relay_proto::{FrameError, ProtoError};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::frame::{FRAME_HEADER_BYTES, decode_header, encode_frame};
-use crate::limits::{AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL, FRAME_BYTES_MAX};
-use crate::{FrameError, ProtoError};
+#[cfg(feature = "pki")]
+pub mod pki;
 
 /// ALPN of device connections to an edge.
 pub const ALPN_DEVICE: &[u8] = b"relay-device/1";
@@ -78,7 +85,7 @@ impl NetError {
         match self {
             NetError::Remote(error) => error.clone(),
             NetError::Frame(error) => error.clone().into(),
-            other => ProtoError::new(crate::ErrorCode::Unavailable, other.to_string()),
+            other => ProtoError::new(relay_proto::ErrorCode::Unavailable, other.to_string()),
         }
     }
 }
@@ -492,7 +499,7 @@ impl PeerLinks {
         *cached = None;
         let address = (self.resolve)(peer).ok_or_else(|| {
             NetError::Remote(ProtoError::new(
-                crate::ErrorCode::Unavailable,
+                relay_proto::ErrorCode::Unavailable,
                 format!("no address known for region {peer}"),
             ))
         })?;

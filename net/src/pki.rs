@@ -2,7 +2,7 @@
 //!
 //! The devnet launcher (files) and the simulator (memory) both issue from these, so the
 //! certificates they make carry the same names and usages as each other and as the services
-//! expect ([`crate::net::EDGE_SERVER_NAME`], [`crate::net::REGION_SERVER_NAME`]). Each caller
+//! expect ([`crate::EDGE_SERVER_NAME`], [`crate::REGION_SERVER_NAME`]). Each caller
 //! picks its key algorithm and where the keys live.
 
 use rcgen::{
@@ -10,7 +10,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::net::{EDGE_SERVER_NAME, REGION_SERVER_NAME};
+use crate::{EDGE_SERVER_NAME, REGION_SERVER_NAME};
 
 /// The parameters of a CA named `common_name` (also the issuer's identity: rebuilding an
 /// `rcgen::Issuer` from them and the saved CA key issues under the same CA).
