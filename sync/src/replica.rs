@@ -1,0 +1,911 @@
+//! A device's whole sync state: its chats as epoch documents, the operations it applies, the
+//! sync protocol with each of the user's other devices, and snapshots for a new device.
+//!
+//! Sans-IO: documents in, messages out. A [`Replica`] never touches a socket, a file or a clock:
+//! the caller passes times, carries the bytes of [`Replica::generate_message`] to the peer
+//! device (as an ordinary end-to-end encrypted envelope), hands what arrives to
+//! [`Replica::receive_message`], and persists [`Replica::save_snapshot`] and
+//! [`Replica::peer_state`].
+//!
+//! **Sync.** For each peer device and each generation of each epoch, the replica keeps an
+//! automerge sync [`State`]; a message carries parts, each an automerge sync message for one
+//! generation of one epoch (named in the part), for every epoch that has something to say,
+//! taken round-robin so one busy chat does not starve the others. A message holds at most
+//! `SYNC_MESSAGE_BYTES_MAX` bytes: a large backlog (a whole epoch for a device that has none of
+//! it) goes in fragments over several messages, and `generate_message` hands out the next one at
+//! each call until it returns `None` (the peer's answer is awaited, or all is in step).
+//!
+//! **Sessions.** Automerge's protocol assumes a reliable, ordered stream. Each replica numbers
+//! the messages it sends to a peer within a *session* (a fresh one at every open and every
+//! [`Replica::reset_peer`]): the receiver ignores a duplicate (a number it has seen), and after
+//! a gap (a lost message) it drops the fragments it was assembling and restarts the exchange
+//! from the persisted part of its sync states, as it does when the peer starts a new session.
+//! A lost message whose sender then waits for an answer is recovered by the next message either
+//! way, or by `reset_peer` (the caller's timeout, or a restart).
+//!
+//! **Generations** (see `epoch`): parts of a generation lower than the one a device holds are
+//! refused (counted in [`Received::stale_parts`]); a higher generation is received into a new
+//! document, checked, and replaces the old one, whose state is re-applied onto it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::ActorId;
+use automerge::sync::{Message, State, SyncDoc};
+use relay_proto::{ChatId, ClientMessageId, DeviceAddress};
+
+use crate::epoch::{self, Epoch, GenerationId, Outcome, epoch_of, scan_patches};
+use crate::error::SyncError;
+use crate::hlc::Hlc;
+use crate::limits::{
+    MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX, SYNC_FRAGMENT_BYTES_MIN, SYNC_MESSAGE_BYTES_MAX,
+    SYNC_MESSAGE_HEADER_BYTES, SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
+};
+use crate::schema::{MessageState, Stamped, device_actor};
+use crate::view::{ChatView, chat_view};
+use crate::wire::{self, EpochKey, Part, SyncMessage};
+
+/// A message as the relay delivered it, to append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewMessage<'a> {
+    /// Its chat sequence (from 1).
+    pub chat_seq: u64,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's id for the envelope.
+    pub client_message_id: ClientMessageId,
+    /// When the region stored it, in ms since the Unix epoch.
+    pub server_time_ms: u64,
+    /// When the sender sent it, by the sender's clock, in ms since the Unix epoch.
+    pub sent_time_ms: u64,
+    /// The text.
+    pub text: &'a str,
+}
+
+/// What a received sync message did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Chats whose documents changed: their views may have changed.
+    pub changed_chats: BTreeSet<ChatId>,
+    /// Parts of generations lower than the one this device holds, refused.
+    pub stale_parts: u32,
+    /// The message was a duplicate of one already received, and ignored.
+    pub duplicate: bool,
+}
+
+/// One epoch of a chat as a replica holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochInfo {
+    /// The epoch number.
+    pub epoch: u64,
+    /// The generation in use (`None` while the epoch's first document is still arriving).
+    pub generation: Option<GenerationId>,
+    /// The heads of the document in use.
+    pub heads: Vec<[u8; 32]>,
+    /// A higher generation being received from a peer.
+    pub receiving: Option<GenerationId>,
+}
+
+/// A higher generation of an epoch, arriving from peers.
+#[derive(Debug)]
+struct Incoming {
+    epoch: Epoch,
+    /// The peers that sent parts of it, which are asked for the rest.
+    sources: BTreeSet<DeviceAddress>,
+}
+
+/// One epoch of one chat.
+#[derive(Debug, Default)]
+struct Slot {
+    active: Option<Epoch>,
+    incoming: Option<Incoming>,
+}
+
+impl Slot {
+    fn live(&self, generation: GenerationId) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|active| active.id() == generation)
+            || self
+                .incoming
+                .as_ref()
+                .is_some_and(|incoming| incoming.epoch.id() == generation)
+    }
+}
+
+/// An automerge sync message on its way out, possibly in fragments.
+#[derive(Debug)]
+struct OutPart {
+    key: EpochKey,
+    bytes: Vec<u8>,
+    sent_bytes: usize,
+    next_fragment: u32,
+}
+
+/// Fragments of one automerge sync message being put back together.
+#[derive(Debug)]
+pub(crate) struct Reassembly {
+    key: EpochKey,
+    next_fragment: u32,
+    bytes: Vec<u8>,
+}
+
+/// What a replica keeps about one peer device.
+#[derive(Debug)]
+struct Peer {
+    /// Automerge's sync state per generation of each epoch (persisted: see `peer_state`).
+    states: BTreeMap<EpochKey, State>,
+    /// The highest generation the peer named, per epoch.
+    known: BTreeMap<(ChatId, u64), GenerationId>,
+    out_session: u64,
+    out_next: u64,
+    outgoing: VecDeque<OutPart>,
+    /// The last epoch visited by the round-robin.
+    cursor: Option<(ChatId, u64)>,
+    in_session: Option<u64>,
+    in_next: u64,
+    reassembly: Option<Reassembly>,
+}
+
+impl Peer {
+    fn new(out_session: u64) -> Self {
+        Peer {
+            states: BTreeMap::new(),
+            known: BTreeMap::new(),
+            out_session,
+            out_next: 0,
+            outgoing: VecDeque::new(),
+            cursor: None,
+            in_session: None,
+            in_next: 0,
+            reassembly: None,
+        }
+    }
+
+    /// Back to the persisted part of every sync state: the next message of each epoch starts
+    /// the exchange over from the heads both sides last shared.
+    fn restart_states(&mut self) {
+        for state in self.states.values_mut() {
+            *state = State::decode(&state.encode()).unwrap_or_default();
+        }
+    }
+
+    /// Forgets every generation of `chat`'s epoch `number` but the live ones.
+    fn purge(&mut self, chat: ChatId, number: u64, slot: &Slot) {
+        let dead =
+            |key: &EpochKey| key.chat == chat && key.epoch == number && !slot.live(key.generation);
+        self.states.retain(|key, _| !dead(key));
+        self.outgoing.retain(|part| !dead(&part.key));
+    }
+}
+
+/// A device's chats and its sync with the user's other devices.
+#[derive(Debug)]
+pub struct Replica {
+    device: DeviceAddress,
+    actor: ActorId,
+    clock: Hlc,
+    session_nonce: u64,
+    sessions_started: u64,
+    chats: BTreeMap<ChatId, BTreeMap<u64, Slot>>,
+    peers: BTreeMap<DeviceAddress, Peer>,
+}
+
+impl Replica {
+    /// An empty replica for `device`. `session_nonce` must be fresh (random) at every open: it
+    /// keeps the automerge actor of this session apart from any earlier one, including one of a
+    /// copy of this device's data restored from a backup.
+    pub fn new(device: DeviceAddress, session_nonce: u64) -> Self {
+        Replica {
+            device,
+            actor: device_actor(device, session_nonce),
+            clock: Hlc::zero(device),
+            session_nonce,
+            sessions_started: 0,
+            chats: BTreeMap::new(),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// A replica from a snapshot (this device's saved state, or another device's snapshot for a
+    /// new device). Its clock is put past every reading in the documents.
+    pub fn load_snapshot(
+        device: DeviceAddress,
+        session_nonce: u64,
+        bytes: &[u8],
+    ) -> Result<Self, SyncError> {
+        let mut replica = Replica::new(device, session_nonce);
+        for (key, document) in wire::decode_snapshot(bytes)? {
+            let slot = replica
+                .chats
+                .entry(key.chat)
+                .or_default()
+                .entry(key.epoch)
+                .or_default();
+            if slot.active.is_some() {
+                return Err(SyncError::malformed(
+                    "snapshot",
+                    format!("chat {} epoch {} appears twice", key.chat, key.epoch),
+                ));
+            }
+            let epoch = Epoch::load(
+                key.chat,
+                key.epoch,
+                key.generation,
+                document,
+                &replica.actor,
+            )?;
+            if let Some(max) = epoch.state().max_hlc() {
+                replica.clock.observe(max);
+            }
+            slot.active = Some(epoch);
+        }
+        Ok(replica)
+    }
+
+    /// Every epoch of every chat, as one blob: what a device persists, and what a new device
+    /// receives to start from.
+    pub fn save_snapshot(&mut self) -> Vec<u8> {
+        let mut epochs = Vec::new();
+        for (chat, slots) in &mut self.chats {
+            for (number, slot) in slots.iter_mut() {
+                if let Some(active) = slot.active.as_mut() {
+                    let key = EpochKey {
+                        chat: *chat,
+                        epoch: *number,
+                        generation: active.id(),
+                    };
+                    epochs.push((key, active.save()));
+                }
+            }
+        }
+        wire::encode_snapshot(&epochs)
+    }
+
+    /// This replica's device.
+    pub fn device(&self) -> DeviceAddress {
+        self.device
+    }
+
+    /// The device's clock: its last reading.
+    pub fn clock(&self) -> Hlc {
+        self.clock
+    }
+
+    /// A reading for a local edit, deletion or reaction made at `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) -> Hlc {
+        self.clock.tick(now_ms)
+    }
+
+    /// The chats this replica holds.
+    pub fn chats(&self) -> Vec<ChatId> {
+        self.chats.keys().copied().collect()
+    }
+
+    /// What an app shows of `chat` (empty if this replica holds nothing of it).
+    pub fn view(&self, chat: ChatId) -> ChatView {
+        let states = self
+            .chats
+            .get(&chat)
+            .into_iter()
+            .flat_map(|slots| slots.values())
+            .filter_map(|slot| slot.active.as_ref())
+            .map(Epoch::state);
+        chat_view(chat, states)
+    }
+
+    /// The epochs of `chat`, with their generations and heads.
+    pub fn epochs(&mut self, chat: ChatId) -> Vec<EpochInfo> {
+        let Some(slots) = self.chats.get_mut(&chat) else {
+            return Vec::new();
+        };
+        slots
+            .iter_mut()
+            .map(|(number, slot)| EpochInfo {
+                epoch: *number,
+                generation: slot.active.as_ref().map(Epoch::id),
+                heads: slot.active.as_mut().map(Epoch::heads).unwrap_or_default(),
+                receiving: slot.incoming.as_ref().map(|incoming| incoming.epoch.id()),
+            })
+            .collect()
+    }
+
+    fn active_or_first(&mut self, chat: ChatId, number: u64) -> Result<&mut Epoch, SyncError> {
+        let slot = self
+            .chats
+            .entry(chat)
+            .or_default()
+            .entry(number)
+            .or_default();
+        if slot.active.is_none() {
+            slot.active = Some(Epoch::first(chat, number, &self.actor)?);
+        }
+        slot.active.as_mut().ok_or(SyncError::ZeroSequence)
+    }
+
+    fn active_holding(&mut self, chat: ChatId, chat_seq: u64) -> Result<&mut Epoch, SyncError> {
+        let number = epoch_of(chat_seq)?;
+        self.chats
+            .get_mut(&chat)
+            .and_then(|slots| slots.get_mut(&number))
+            .and_then(|slot| slot.active.as_mut())
+            .ok_or(SyncError::UnknownMessage { chat, chat_seq })
+    }
+
+    /// Stores a message the relay delivered. Appending the same message again changes nothing.
+    pub fn append(&mut self, chat: ChatId, message: &NewMessage<'_>) -> Result<Outcome, SyncError> {
+        check_text(message.text)?;
+        let number = epoch_of(message.chat_seq)?;
+        let state = MessageState {
+            sender: message.sender,
+            client_message_id: message.client_message_id,
+            server_time_ms: message.server_time_ms,
+            sent_time_ms: message.sent_time_ms,
+            text: Some(Stamped {
+                at: Hlc::zero(message.sender),
+                value: message.text.to_owned(),
+            }),
+            deleted: None,
+            reactions: BTreeMap::new(),
+        };
+        self.active_or_first(chat, number)?
+            .append(message.chat_seq, &state)
+    }
+
+    /// Edits a message's text (made by a device of its sender's account at `at`); the edit with
+    /// the highest clock reading is the one every device shows.
+    pub fn edit(
+        &mut self,
+        chat: ChatId,
+        chat_seq: u64,
+        text: &str,
+        at: Hlc,
+    ) -> Result<Outcome, SyncError> {
+        check_text(text)?;
+        self.clock.observe(at);
+        self.active_holding(chat, chat_seq)?.edit(
+            chat_seq,
+            &Stamped {
+                at,
+                value: text.to_owned(),
+            },
+        )
+    }
+
+    /// Deletes a message for everyone (by a device of its sender's account at `at`): the text
+    /// goes from every document, history included (the epoch is compacted), and a tombstone
+    /// stays.
+    pub fn delete(&mut self, chat: ChatId, chat_seq: u64, at: Hlc) -> Result<Outcome, SyncError> {
+        self.clock.observe(at);
+        let outcome = self.active_holding(chat, chat_seq)?.delete(chat_seq, at)?;
+        if outcome == Outcome::Applied {
+            self.compact(chat, epoch_of(chat_seq)?)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Sets (or with `None` removes) the reaction of `at.device` to a message.
+    pub fn react(
+        &mut self,
+        chat: ChatId,
+        chat_seq: u64,
+        emoji: Option<&str>,
+        at: Hlc,
+    ) -> Result<Outcome, SyncError> {
+        let value = emoji.unwrap_or_default();
+        if value.len() > REACTION_BYTES_MAX {
+            return Err(SyncError::ReactionTooLong {
+                bytes: value.len(),
+                max_bytes: REACTION_BYTES_MAX,
+            });
+        }
+        self.clock.observe(at);
+        self.active_holding(chat, chat_seq)?.react(
+            chat_seq,
+            &Stamped {
+                at,
+                value: value.to_owned(),
+            },
+        )
+    }
+
+    /// Moves `reader`'s read watermark in `chat` up to `chat_seq` (never down).
+    pub fn mark_read(
+        &mut self,
+        chat: ChatId,
+        reader: DeviceAddress,
+        chat_seq: u64,
+    ) -> Result<Outcome, SyncError> {
+        let number = epoch_of(chat_seq)?;
+        self.active_or_first(chat, number)?
+            .mark_read(reader, chat_seq)
+    }
+
+    /// Rebuilds epoch `number` of `chat` as its next generation, without history.
+    fn compact(&mut self, chat: ChatId, number: u64) -> Result<(), SyncError> {
+        let Some(slot) = self
+            .chats
+            .get_mut(&chat)
+            .and_then(|slots| slots.get_mut(&number))
+        else {
+            return Ok(());
+        };
+        let Some(active) = slot.active.as_ref() else {
+            return Ok(());
+        };
+        let next = active.compacted(&self.actor)?;
+        if slot
+            .incoming
+            .as_ref()
+            .is_some_and(|incoming| incoming.epoch.id() <= next.id())
+        {
+            slot.incoming = None;
+        }
+        slot.active = Some(next);
+        for peer in self.peers.values_mut() {
+            peer.purge(chat, number, slot);
+        }
+        Ok(())
+    }
+
+    fn next_session(&mut self) -> u64 {
+        self.sessions_started += 1;
+        self.session_nonce.wrapping_add(self.sessions_started)
+    }
+
+    fn peer_mut(&mut self, peer: DeviceAddress) -> &mut Peer {
+        if !self.peers.contains_key(&peer) {
+            let session = self.next_session();
+            self.peers.insert(peer, Peer::new(session));
+        }
+        // Inserted just above when missing.
+        self.peers.entry(peer).or_insert_with(|| Peer::new(0))
+    }
+
+    /// Starts a new session with `peer`: what was in flight is forgotten, and the next message
+    /// starts the exchange over from the heads both sides last shared. For the caller's timeout
+    /// when the peer stays silent, or a reconnection.
+    pub fn reset_peer(&mut self, peer: DeviceAddress) {
+        let session = self.next_session();
+        let state = self.peer_mut(peer);
+        state.out_session = session;
+        state.out_next = 0;
+        state.outgoing.clear();
+        state.cursor = None;
+        state.in_session = None;
+        state.in_next = 0;
+        state.reassembly = None;
+        state.known.clear();
+        state.restart_states();
+    }
+
+    /// The persisted part of the sync with `peer` (for the documents in use), as bytes.
+    pub fn peer_state(&self, peer: DeviceAddress) -> Vec<u8> {
+        let Some(state) = self.peers.get(&peer) else {
+            return wire::encode_peer_state(&[]);
+        };
+        let states: Vec<(EpochKey, Vec<u8>)> = state
+            .states
+            .iter()
+            .filter(|(key, _)| {
+                self.chats
+                    .get(&key.chat)
+                    .and_then(|slots| slots.get(&key.epoch))
+                    .and_then(|slot| slot.active.as_ref())
+                    .is_some_and(|active| active.id() == key.generation)
+            })
+            .map(|(key, state)| (*key, state.encode()))
+            .collect();
+        wire::encode_peer_state(&states)
+    }
+
+    /// Restores the persisted sync with `peer` (from [`Replica::peer_state`]) and starts a new
+    /// session with it. Nothing changes if the bytes do not decode.
+    pub fn load_peer_state(&mut self, peer: DeviceAddress, bytes: &[u8]) -> Result<(), SyncError> {
+        let mut states = BTreeMap::new();
+        for (key, encoded) in wire::decode_peer_state(bytes)? {
+            let state = State::decode(encoded).map_err(|error| {
+                SyncError::malformed(
+                    "peer state",
+                    format!("chat {} epoch {}: {error}", key.chat, key.epoch),
+                )
+            })?;
+            states.insert(key, state);
+        }
+        self.reset_peer(peer);
+        self.peer_mut(peer).states = states;
+        Ok(())
+    }
+
+    /// The next sync message for `peer`, at most `SYNC_MESSAGE_BYTES_MAX` bytes, or `None` when
+    /// there is nothing to send (all in step, or answers awaited). Call it until `None` after
+    /// every change and every received message.
+    pub fn generate_message(&mut self, peer: DeviceAddress) -> Option<Vec<u8>> {
+        self.peer_mut(peer);
+        if self
+            .peers
+            .get(&peer)
+            .is_some_and(|state| state.outgoing.is_empty())
+        {
+            self.fill_outgoing(peer);
+        }
+        let state = self.peers.get_mut(&peer)?;
+        let mut size = SYNC_MESSAGE_HEADER_BYTES;
+        let mut parts = Vec::new();
+        while let Some(front) = state.outgoing.front_mut() {
+            if parts.len() == usize::from(u16::MAX) {
+                break;
+            }
+            let Some(room) = SYNC_MESSAGE_BYTES_MAX.checked_sub(size + SYNC_PART_HEADER_BYTES)
+            else {
+                break;
+            };
+            let remaining = front.bytes.len() - front.sent_bytes;
+            let take = if remaining <= room {
+                remaining
+            } else if room >= SYNC_FRAGMENT_BYTES_MIN {
+                room
+            } else {
+                break;
+            };
+            let last = take == remaining;
+            parts.push(Part {
+                key: front.key,
+                fragment_index: front.next_fragment,
+                last,
+                payload: front.bytes[front.sent_bytes..front.sent_bytes + take].to_vec(),
+            });
+            size += wire::part_bytes(take);
+            front.sent_bytes += take;
+            front.next_fragment += 1;
+            if last {
+                state.outgoing.pop_front();
+            } else {
+                break;
+            }
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        let number = state.out_next;
+        state.out_next += 1;
+        Some(
+            SyncMessage {
+                session: state.out_session,
+                number,
+                parts,
+            }
+            .encode(),
+        )
+    }
+
+    /// Asks automerge, epoch by epoch from where the last round stopped, for the messages due to
+    /// `peer`, until a message's worth is queued.
+    fn fill_outgoing(&mut self, to: DeviceAddress) {
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return;
+        };
+        let keys: Vec<(ChatId, u64)> = self
+            .chats
+            .iter()
+            .flat_map(|(chat, slots)| slots.keys().map(|number| (*chat, *number)))
+            .collect();
+        let start = match peer.cursor {
+            Some(cursor) => keys.partition_point(|key| *key <= cursor),
+            None => 0,
+        };
+        let mut queued_bytes = 0;
+        for offset in 0..keys.len() {
+            let (chat, number) = keys[(start + offset) % keys.len()];
+            let Some(slot) = self
+                .chats
+                .get_mut(&chat)
+                .and_then(|slots| slots.get_mut(&number))
+            else {
+                continue;
+            };
+            let known = peer.known.get(&(chat, number)).copied();
+            if let Some(active) = slot.active.as_mut()
+                && known.is_none_or(|known| known <= active.id())
+            {
+                queued_bytes += queue_sync_message(peer, chat, number, active);
+            }
+            if let Some(incoming) = slot.incoming.as_mut()
+                && incoming.sources.contains(&to)
+            {
+                queued_bytes += queue_sync_message(peer, chat, number, &mut incoming.epoch);
+            }
+            if queued_bytes >= SYNC_MESSAGE_BYTES_MAX {
+                peer.cursor = Some((chat, number));
+                return;
+            }
+        }
+        peer.cursor = None;
+    }
+
+    /// Applies a sync message from `peer`. Bytes that do not decode are refused whole with
+    /// [`SyncError::Malformed`], and nothing is applied.
+    pub fn receive_message(
+        &mut self,
+        from: DeviceAddress,
+        bytes: &[u8],
+    ) -> Result<Received, SyncError> {
+        let message = SyncMessage::decode(bytes)?;
+        let mut received = Received::default();
+        let peer = self.peer_mut(from);
+        match peer.in_session {
+            Some(session) if session == message.session => {
+                if message.number < peer.in_next {
+                    received.duplicate = true;
+                    return Ok(received);
+                }
+                if message.number > peer.in_next {
+                    // Messages were lost: what was being assembled is incomplete, and automerge's
+                    // exchange starts over.
+                    peer.reassembly = None;
+                    peer.restart_states();
+                }
+            }
+            Some(_) => {
+                // The peer started a new session (it restarted, or gave up waiting).
+                peer.reassembly = None;
+                peer.outgoing.clear();
+                peer.cursor = None;
+                peer.known.clear();
+                peer.restart_states();
+            }
+            None => {}
+        }
+        peer.in_session = Some(message.session);
+        peer.in_next = message.number.saturating_add(1);
+
+        // Assemble and decode every complete part before applying any.
+        let mut reassembly = peer.reassembly.take();
+        let mut complete = Vec::new();
+        for part in message.parts {
+            match reassemble(&mut reassembly, part) {
+                Ok(Some(whole)) => complete.push(whole),
+                Ok(None) => {}
+                Err(error) => {
+                    peer.restart_states();
+                    return Err(error);
+                }
+            }
+        }
+        peer.reassembly = reassembly;
+        let mut decoded = Vec::with_capacity(complete.len());
+        for (key, bytes) in complete {
+            match Message::decode(&bytes) {
+                Ok(message) => decoded.push((key, message)),
+                Err(error) => {
+                    peer.restart_states();
+                    return Err(SyncError::malformed(
+                        "sync message",
+                        format!("chat {} epoch {}: {error}", key.chat, key.epoch),
+                    ));
+                }
+            }
+        }
+        for (key, message) in decoded {
+            self.apply_part(from, key, message, &mut received)?;
+        }
+        Ok(received)
+    }
+
+    fn apply_part(
+        &mut self,
+        from: DeviceAddress,
+        key: EpochKey,
+        message: Message,
+        received: &mut Received,
+    ) -> Result<(), SyncError> {
+        let EpochKey {
+            chat,
+            epoch: number,
+            generation,
+        } = key;
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return Ok(());
+        };
+        let known = peer.known.entry((chat, number)).or_insert(generation);
+        *known = (*known).max(generation);
+        let slot = self
+            .chats
+            .entry(chat)
+            .or_default()
+            .entry(number)
+            .or_default();
+
+        let active_id = slot.active.as_ref().map(Epoch::id);
+        let into_active = if active_id == Some(generation) {
+            true
+        } else if active_id.is_some_and(|active| generation < active) {
+            received.stale_parts += 1;
+            return Ok(());
+        } else if active_id.is_none() && generation.generation == 0 {
+            // Generation 0 is the same on every device: build it here.
+            let first = Epoch::first(chat, number, &self.actor)?;
+            if first.id() == generation {
+                slot.active = Some(first);
+                true
+            } else {
+                false
+            }
+        } else {
+            false
+        };
+
+        if !into_active {
+            match slot.incoming.as_ref().map(|incoming| incoming.epoch.id()) {
+                Some(incoming) if incoming == generation => {}
+                Some(incoming) if incoming > generation => {
+                    received.stale_parts += 1;
+                    return Ok(());
+                }
+                _ => {
+                    slot.incoming = Some(Incoming {
+                        epoch: Epoch::receiving(chat, number, generation, &self.actor),
+                        sources: BTreeSet::new(),
+                    });
+                    peer.purge(chat, number, slot);
+                }
+            }
+        }
+
+        let state = peer.states.entry(key).or_default();
+        let target = if into_active {
+            slot.active.as_mut()
+        } else {
+            slot.incoming.as_mut().map(|incoming| {
+                incoming.sources.insert(from);
+                &mut incoming.epoch
+            })
+        };
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let mut log = epoch::patch_log();
+        let doc = target.doc_mut();
+        doc.sync()
+            .receive_sync_message_log_patches(state, message, &mut log)
+            .map_err(|source| SyncError::document(chat, number, source))?;
+        let patches = doc.make_patches(&mut log);
+        let (touched, max_hlc) = scan_patches(&patches);
+        if let Some(max_hlc) = max_hlc {
+            self.clock.observe(max_hlc);
+        }
+        if !into_active {
+            let promote = slot
+                .incoming
+                .as_mut()
+                .is_some_and(|incoming| incoming.epoch.has_genesis());
+            if promote {
+                received.changed_chats.insert(chat);
+                return self.promote(chat, number);
+            }
+            return Ok(());
+        }
+        if !patches.is_empty() {
+            received.changed_chats.insert(chat);
+        }
+        let compact = slot.active.as_ref().is_some_and(|active| {
+            touched
+                .iter()
+                .any(|chat_seq| active.holds_deleted_text(*chat_seq))
+        });
+        if compact {
+            self.compact(chat, number)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the received higher generation of an epoch in use: checks its genesis, re-applies
+    /// the old generation's state onto it, and compacts again if that brought a deletion.
+    fn promote(&mut self, chat: ChatId, number: u64) -> Result<(), SyncError> {
+        let Some(slot) = self
+            .chats
+            .get_mut(&chat)
+            .and_then(|slots| slots.get_mut(&number))
+        else {
+            return Ok(());
+        };
+        let Some(mut incoming) = slot.incoming.take() else {
+            return Ok(());
+        };
+        let checked = incoming.epoch.check_genesis();
+        if let Err(error) = checked {
+            for peer in self.peers.values_mut() {
+                peer.purge(chat, number, slot);
+            }
+            return Err(error);
+        }
+        let mut next = incoming.epoch;
+        if let Some(old) = slot.active.as_ref() {
+            next.join(&old.state())?;
+        }
+        let state = next.state();
+        if let Some(max) = state.max_hlc() {
+            self.clock.observe(max);
+        }
+        let compact = next.holds_any_deleted_text();
+        slot.active = Some(next);
+        for peer in self.peers.values_mut() {
+            peer.purge(chat, number, slot);
+        }
+        if compact {
+            self.compact(chat, number)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_text(text: &str) -> Result<(), SyncError> {
+    if text.len() > MESSAGE_TEXT_BYTES_MAX {
+        return Err(SyncError::TextTooLong {
+            bytes: text.len(),
+            max_bytes: MESSAGE_TEXT_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Queues automerge's next sync message for one epoch document, if it has one; returns its size.
+fn queue_sync_message(peer: &mut Peer, chat: ChatId, number: u64, epoch: &mut Epoch) -> usize {
+    let key = EpochKey {
+        chat,
+        epoch: number,
+        generation: epoch.id(),
+    };
+    let state = peer.states.entry(key).or_default();
+    let Some(message) = epoch.doc_mut().sync().generate_sync_message(state) else {
+        return 0;
+    };
+    let bytes = message.encode();
+    let size = bytes.len();
+    peer.outgoing.push_back(OutPart {
+        key,
+        bytes,
+        sent_bytes: 0,
+        next_fragment: 0,
+    });
+    size
+}
+
+/// Adds a part to what is being assembled; returns a whole automerge message once complete.
+/// A fragment whose predecessors were lost is dropped.
+pub(crate) fn reassemble(
+    reassembly: &mut Option<Reassembly>,
+    part: Part,
+) -> Result<Option<(EpochKey, Vec<u8>)>, SyncError> {
+    if part.fragment_index == 0 {
+        if part.last {
+            *reassembly = None;
+            return Ok(Some((part.key, part.payload)));
+        }
+        *reassembly = Some(Reassembly {
+            key: part.key,
+            next_fragment: 1,
+            bytes: part.payload,
+        });
+        return Ok(None);
+    }
+    let Some(current) = reassembly
+        .as_mut()
+        .filter(|current| current.key == part.key && current.next_fragment == part.fragment_index)
+    else {
+        *reassembly = None;
+        return Ok(None);
+    };
+    if current.bytes.len() + part.payload.len() > SYNC_PART_BYTES_MAX {
+        *reassembly = None;
+        return Err(SyncError::malformed(
+            "sync message",
+            format!("a fragmented part grows past the {SYNC_PART_BYTES_MAX} bytes allowed"),
+        ));
+    }
+    current.bytes.extend_from_slice(&part.payload);
+    current.next_fragment += 1;
+    if part.last {
+        return Ok(reassembly.take().map(|whole| (whole.key, whole.bytes)));
+    }
+    Ok(None)
+}
