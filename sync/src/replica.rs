@@ -28,6 +28,7 @@
 //! document, checked, and replaces the old one, whose state is re-applied onto it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use automerge::ActorId;
 use automerge::sync::{Message, State, SyncDoc};
@@ -136,6 +137,9 @@ struct Peer {
     states: BTreeMap<EpochKey, State>,
     /// The highest generation the peer named, per epoch.
     known: BTreeMap<(ChatId, u64), GenerationId>,
+    /// The fingerprint of the last automerge message queued per epoch generation, until the
+    /// peer says something about it.
+    last_sent: BTreeMap<EpochKey, (usize, u64)>,
     out_session: u64,
     out_next: u64,
     outgoing: VecDeque<OutPart>,
@@ -151,6 +155,7 @@ impl Peer {
         Peer {
             states: BTreeMap::new(),
             known: BTreeMap::new(),
+            last_sent: BTreeMap::new(),
             out_session,
             out_next: 0,
             outgoing: VecDeque::new(),
@@ -164,6 +169,7 @@ impl Peer {
     /// Back to the persisted part of every sync state: the next message of each epoch starts
     /// the exchange over from the heads both sides last shared.
     fn restart_states(&mut self) {
+        self.last_sent.clear();
         for state in self.states.values_mut() {
             *state = State::decode(&state.encode()).unwrap_or_default();
         }
@@ -174,6 +180,7 @@ impl Peer {
         let dead =
             |key: &EpochKey| key.chat == chat && key.epoch == number && !slot.live(key.generation);
         self.states.retain(|key, _| !dead(key));
+        self.last_sent.retain(|key, _| !dead(key));
         self.outgoing.retain(|part| !dead(&part.key));
     }
 }
@@ -751,6 +758,7 @@ impl Replica {
             }
         }
 
+        peer.last_sent.remove(&key);
         let state = peer.states.entry(key).or_default();
         let target = if into_active {
             slot.active.as_mut()
@@ -860,6 +868,13 @@ fn queue_sync_message(peer: &mut Peer, chat: ChatId, number: u64, epoch: &mut Ep
         return 0;
     };
     let bytes = message.encode();
+    // Automerge answers every call with a message when it must ask the peer to start over (a
+    // "reset": the peer named heads this document lacks), even if it just did: the same message
+    // again, with nothing heard from the peer in between, tells it nothing.
+    let fingerprint = fingerprint(&bytes);
+    if peer.last_sent.insert(key, fingerprint) == Some(fingerprint) {
+        return 0;
+    }
     let size = bytes.len();
     peer.outgoing.push_back(OutPart {
         key,
@@ -868,6 +883,13 @@ fn queue_sync_message(peer: &mut Peer, chat: ChatId, number: u64, epoch: &mut Ep
         next_fragment: 0,
     });
     size
+}
+
+/// A short stand-in for a message's bytes: its length and a hash.
+fn fingerprint(bytes: &[u8]) -> (usize, u64) {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    (bytes.len(), hasher.finish())
 }
 
 /// Adds a part to what is being assembled; returns a whole automerge message once complete.
