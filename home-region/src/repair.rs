@@ -22,11 +22,7 @@ use relay_proto::{DeviceAddress, RegionId};
 use serde::Serialize;
 
 use crate::core::{self, EntryRepair};
-
-/// Queue entries checked in one transaction.
-pub const CHECK_ENTRIES_PER_TRANSACTION: usize = 256;
-/// Devices listed in one transaction.
-pub const CHECK_DEVICES_PER_TRANSACTION: usize = 256;
+use crate::limits::{CHECK_DEVICES_PER_TRANSACTION, CHECK_ENTRIES_PER_TRANSACTION};
 
 /// What [`check_store`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
