@@ -220,31 +220,27 @@ impl RegionService {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now_ms = clock.now_ms();
         let new_store_id = StoreId(rand::random());
-        let checked = if expected.directory_writer == region {
-            let writer = LocalCensus { db: &db, now_ms };
-            let inputs = CheckInputs {
-                data_dir: &config.data_dir,
-                expected,
-                accept_new_store,
-                new_store_id,
-                now_ms,
-                writer: &writer,
-            };
-            store_check::check_store(&db, inputs).await
+        let writer = if expected.directory_writer == region {
+            WriterCensus::Local(LocalCensus { db: &db, now_ms })
         } else {
-            let writer = RemoteCensus::connect(config, roots.clone(), identity.clone())?;
-            let inputs = CheckInputs {
-                data_dir: &config.data_dir,
-                expected,
-                accept_new_store,
-                new_store_id,
-                now_ms,
-                writer: &writer,
-            };
-            let checked = store_check::check_store(&db, inputs).await;
-            writer.close();
-            checked
+            WriterCensus::Remote(Box::new(RemoteCensus::connect(
+                config,
+                roots.clone(),
+                identity.clone(),
+            )?))
         };
+        let inputs = CheckInputs {
+            data_dir: &config.data_dir,
+            expected,
+            accept_new_store,
+            new_store_id,
+            now_ms,
+            writer: &writer,
+        };
+        let checked = store_check::check_store(&db, inputs).await;
+        if let WriterCensus::Remote(remote) = &writer {
+            remote.close();
+        }
         let store = checked.map_err(|source| RegionError::StoreCheck {
             region,
             store: store_path,
@@ -1197,6 +1193,25 @@ impl RegionService {
             .await
             .map_err(store_failure)?;
         Ok(entries.len() == OUTBOX_BATCH_ENTRIES_MAX)
+    }
+}
+
+/// Where a starting region gets the directory writer's census: its own store when it is the
+/// writer, else the writer over QUIC.
+enum WriterCensus<'a> {
+    Local(LocalCensus<'a>),
+    Remote(Box<RemoteCensus>),
+}
+
+impl CensusSource for WriterCensus<'_> {
+    async fn census(
+        &self,
+        request: wire::StoreCensusRequest,
+    ) -> Result<wire::StoreCensus, ProtoError> {
+        match self {
+            WriterCensus::Local(local) => local.census(request).await,
+            WriterCensus::Remote(remote) => remote.census(request).await,
+        }
     }
 }
 

@@ -28,8 +28,8 @@ use foundationdb::{FdbError, KeySelector, RangeOption, TransactionCommitError};
 
 use super::committer::AtomicOp;
 use super::local::{
-    KeyValue, check_cleared_range, check_key, check_placeholder, check_value,
-    check_versionstamped_key, check_written_key, key_after,
+    KeyValue, check_cleared_range, check_key, check_value, check_versionstamped_key_write,
+    check_versionstamped_value_write, check_written_key, key_after,
 };
 use super::transaction::Budget;
 use super::watches::Watch;
@@ -384,9 +384,7 @@ impl FdbTransaction {
         offset: u32,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let offset_bytes = check_placeholder(key, offset)?;
-        check_versionstamped_key(key, offset_bytes)?;
-        check_value(value)?;
+        check_versionstamped_key_write(key, offset, value)?;
         let mut key_with_offset = key.to_vec();
         key_with_offset.extend_from_slice(&offset.to_le_bytes());
         let mut state = self.lock();
@@ -405,9 +403,7 @@ impl FdbTransaction {
         value: &[u8],
         offset: u32,
     ) -> Result<(), StoreError> {
-        check_written_key(key)?;
-        check_placeholder(value, offset)?;
-        check_value(value)?;
+        check_versionstamped_value_write(key, value, offset)?;
         let mut value_with_offset = value.to_vec();
         value_with_offset.extend_from_slice(&offset.to_le_bytes());
         let mut state = self.lock();

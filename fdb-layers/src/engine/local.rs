@@ -299,10 +299,10 @@ impl LocalTransaction {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.check_writable()?;
-        let offset_bytes = check_placeholder(key, offset)?;
-        check_versionstamped_key(key, offset_bytes)?;
-        check_value(value)?;
-        state.budget.grow(key.len() + 4 + value.len())?;
+        let offset_bytes = check_versionstamped_key_write(key, offset, value)?;
+        state
+            .budget
+            .grow(key.len() + VERSIONSTAMP_OFFSET_BYTES + value.len())?;
         let range = versionstamped_key_range(key, offset_bytes, state.read_version);
         self.fire_own_changes_in(&mut state, &range, false);
         state.unreadable.push(range);
@@ -324,10 +324,10 @@ impl LocalTransaction {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.check_writable()?;
-        check_written_key(key)?;
-        let offset = check_placeholder(value, offset)?;
-        check_value(value)?;
-        state.budget.grow(key.len() + value.len() + 4)?;
+        let offset = check_versionstamped_value_write(key, value, offset)?;
+        state
+            .budget
+            .grow(key.len() + value.len() + VERSIONSTAMP_OFFSET_BYTES)?;
         self.fire_own_changes_in(&mut state, &KeyRange::new(key, &key_after(key)), false);
         state.writes.insert(
             key.to_vec(),
@@ -625,6 +625,36 @@ fn versionstamped_key_range(key: &[u8], offset: usize, read_version: u64) -> Key
 }
 
 /// The placeholder's offset, checked to fit in `bytes`.
+/// Bytes of the placeholder offset FoundationDB appends to a versionstamped key or value; every
+/// backend counts them against the transaction's budget.
+pub(crate) const VERSIONSTAMP_OFFSET_BYTES: usize = 4;
+
+/// Checks a write of `value` under a `key` holding a versionstamp placeholder at `offset`, on
+/// every backend; returns the placeholder's position in `key`.
+pub(crate) fn check_versionstamped_key_write(
+    key: &[u8],
+    offset: u32,
+    value: &[u8],
+) -> Result<usize, StoreError> {
+    let offset_bytes = check_placeholder(key, offset)?;
+    check_versionstamped_key(key, offset_bytes)?;
+    check_value(value)?;
+    Ok(offset_bytes)
+}
+
+/// Checks a write of a `value` holding a versionstamp placeholder at `offset` under `key`, on
+/// every backend; returns the placeholder's position in `value`.
+pub(crate) fn check_versionstamped_value_write(
+    key: &[u8],
+    value: &[u8],
+    offset: u32,
+) -> Result<usize, StoreError> {
+    check_written_key(key)?;
+    let offset_bytes = check_placeholder(value, offset)?;
+    check_value(value)?;
+    Ok(offset_bytes)
+}
+
 pub(crate) fn check_placeholder(bytes: &[u8], offset: u32) -> Result<usize, StoreError> {
     let invalid = StoreError::InvalidVersionstampOffset {
         offset,
