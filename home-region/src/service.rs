@@ -85,7 +85,7 @@ pub enum RegionError {
 
 type PushSender = mpsc::Sender<DeviceQueueAvailable>;
 
-/// What a region runs on, built by the caller: [`RegionService::bind`] makes them from a
+/// What a region runs on, built by the caller: [`RegionService::open`] makes them from a
 /// configuration (the embedded store, kernel sockets, PEM files, the system clock); a simulation
 /// makes its own (a memory store, simulated sockets and time).
 pub struct RegionParts<'a> {
