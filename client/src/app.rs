@@ -43,14 +43,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::connection::{DeviceProgress, Dialer, EdgeConnection, Push};
-use crate::content::{Content, READ_RECEIPT_IDS_MAX};
+use crate::content::Content;
+use crate::limits::{READ_RECEIPT_IDS_MAX, RETRY_DELAY_MS_MAX};
 use crate::crypto::{Crypto, verify_fallback_key};
 use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event};
 use crate::fallback::{self, FallbackFacts, FallbackTimes};
 use crate::inbound::{Inbound, process_entries};
-use crate::outbox::{Next, Outbox, Outcome, Pending, RETRY_DELAY_MS_MAX, retry_delay_ms};
+use crate::outbox::{Next, Outbox, Outcome, Pending, retry_delay_ms};
 use crate::secrets::{self, DEVICE_KEY_FILE};
 use crate::store::{Contact, Draft, Identity, NewMessage, OutboxRow, Settings, Store, Tick};
 

@@ -13,7 +13,7 @@ use relay_net::{
     ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
     bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
 };
-use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
+use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
     FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey,
@@ -27,19 +27,8 @@ use crate::crypto::Crypto;
 use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
 use crate::store::Settings;
+use crate::limits::{CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, PUSHES_BUFFERED_MAX, REQUEST_TIMEOUT_MS};
 
-/// How long one request may take before the connection is considered broken, in milliseconds:
-/// longer than the edge may take to answer, so a slow or silent region behind the edge reaches
-/// the device as a typed answer (`Overloaded`, `DirectoryUnavailable`), not as a timeout.
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
-const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
-/// How long the QUIC handshake may take, in milliseconds.
-pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// How long closing waits for the close to reach the edge, in milliseconds.
-pub const CLOSE_WAIT_MS: u64 = 1_000;
-/// Pushes buffered between the control-stream reader and the client; more are dropped (each push
-/// only says "fetch", and one pending fetch covers them all).
-pub const PUSHES_BUFFERED_MAX: usize = 16;
 /// The software name sent in `Hello`.
 pub const CLIENT_VERSION: &str = concat!("relay-client/", env!("CARGO_PKG_VERSION"));
 

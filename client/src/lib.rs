@@ -21,6 +21,7 @@ pub mod fallback;
 pub mod inbound;
 pub mod outbox;
 pub mod secrets;
+pub mod limits;
 pub mod store;
 pub mod terminal;
 
