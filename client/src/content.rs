@@ -9,8 +9,6 @@ use prost::Message;
 use crate::error::{ClientError, Result};
 use crate::limits::{READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 
-
-
 /// The plaintext of one envelope.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Content {

@@ -18,7 +18,6 @@ use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig,
 use crate::error::{ClientError, Result};
 use crate::limits::SESSIONS_PER_DEVICE_MAX;
 
-
 /// Olm message type of a pre-key message on the wire.
 pub const MESSAGE_TYPE_PRE_KEY: u32 = 0;
 /// Olm message type of a normal message on the wire.

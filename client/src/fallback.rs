@@ -29,7 +29,6 @@ use relay_proto::wire::FallbackKeyState;
 
 use crate::limits::{FALLBACK_KEY_MAX_AGE_MS, FALLBACK_KEY_PREVIOUS_KEPT_MS};
 
-
 /// What the device stores about its fallback keys next to the Olm account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FallbackTimes {

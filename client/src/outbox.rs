@@ -26,13 +26,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::Rng;
-use relay_proto::{ChatId, ClientMessageId};
 use crate::limits::{
     MISMATCHES_IN_A_ROW_MAX, PIPELINE_WINDOW, RESENDS_IN_A_ROW_MAX, RETRY_DELAY_MS_MAX,
     RETRY_DELAY_MS_MIN,
 };
-
+use rand::Rng;
+use relay_proto::{ChatId, ClientMessageId};
 
 /// The delay before retry number `attempt` (from 1): exponential from the minimum, capped at the
 /// maximum, with "equal jitter" (uniform in the upper half of the step), never below the minimum.

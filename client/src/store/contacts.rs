@@ -31,7 +31,6 @@ pub struct KnownDevice {
 }
 
 impl Store {
-
     /// A contact by name.
     pub fn contact_by_name(&self, name: &str) -> Result<Option<Contact>> {
         self.connection
@@ -72,7 +71,6 @@ impl Store {
 }
 
 impl Writer<'_> {
-
     /// Saves a contact (a name may move to another account only if the directory says so).
     pub fn upsert_contact(&self, contact: &Contact) -> Result<()> {
         self.transaction.execute(
@@ -207,7 +205,6 @@ fn known_devices(connection: &Connection, account: AccountId) -> Result<Vec<Know
 mod tests {
     use super::*;
     use crate::store::testing::{device, open};
-
 
     #[test]
     fn devices_are_trusted_on_first_use() {

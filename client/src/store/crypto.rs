@@ -79,7 +79,6 @@ impl Store {
 }
 
 impl Store {
-
     /// Opens the Olm pickles with the device key at `key_path`, creating the key if no sealed
     /// secret needs one yet. Plaintext pickles (from builds before sealing) are sealed in one
     /// transaction, then the file is vacuumed and its log truncated so no plaintext copy stays.
@@ -197,7 +196,6 @@ impl Store {
 }
 
 impl Writer<'_> {
-
     /// The count of commits that changed the Olm state (0 before the first).
     pub fn crypto_version(&self) -> Result<u64> {
         match self.setting(CRYPTO_VERSION_KEY)? {
@@ -304,7 +302,6 @@ mod tests {
     use crate::store::{Identity, Settings};
     use relay_proto::{AccountId, DeviceId};
 
-
     #[test]
     fn identity_settings_and_crypto_round_trip() {
         let (dir, mut store) = open();
@@ -319,7 +316,7 @@ mod tests {
         let settings = Settings {
             locator: "127.0.0.1:5353".parse().expect("addr"),
             bind_ip: "127.0.2.9".parse().expect("ip"),
-            ca_path: dir.path().join("ca.pem"),
+            ca_path: Some(dir.path().join("ca.pem")),
         };
         let mut crypto = Crypto::new();
         crypto.generate_one_time_keys(2);
@@ -352,7 +349,6 @@ mod tests {
         assert!(!body.is_empty());
     }
 
-
     /// The bytes of the database and its write-ahead log.
     fn database_bytes(dir: &Path) -> Vec<u8> {
         let mut bytes = std::fs::read(dir.join("relay.db")).expect("database");
@@ -362,13 +358,11 @@ mod tests {
         bytes
     }
 
-
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack
             .windows(needle.len())
             .any(|window| window == needle)
     }
-
 
     #[test]
     fn secrets_are_sealed_and_plaintext_databases_are_migrated() {
@@ -509,7 +503,7 @@ mod tests {
             .expect("unlock");
 
         let mut sent = Vec::new();
-        let mut encrypt = |store: &mut Store, text: &str| {
+        let encrypt = |store: &mut Store, text: &str| {
             let text = text.to_owned();
             store
                 .write_with_crypto(|_, crypto| crypto.encrypt(bob_address, text.as_bytes()))
@@ -529,7 +523,9 @@ mod tests {
         // A transaction that fails commits nothing: memory is read again from the store.
         let failed: Result<()> = first.write_with_crypto(|_, crypto| {
             crypto.encrypt(bob_address, b"never sent")?;
-            Err(ClientError::Invalid("the envelope could not be stored".into()))
+            Err(ClientError::Invalid(
+                "the envelope could not be stored".into(),
+            ))
         });
         assert!(failed.is_err());
         sent.push(encrypt(&mut first, "six").expect("first"));

@@ -19,6 +19,10 @@ pub(super) const NEXT_DEVICE_SEQ_KEY: &str = "next_device_seq";
 const FALLBACK_MADE_AT_KEY: &str = "fallback_key_made_at_ms";
 const FALLBACK_PREVIOUS_KEPT_KEY: &str = "fallback_key_previous_kept";
 const ROLLED_BACK_KEY: &str = "rolled_back";
+/// The settings key that says which roots to trust when no CA path is set.
+const TRUST_KEY: &str = "trust";
+/// [`TRUST_KEY`]'s value for the system's root certificates.
+const TRUST_SYSTEM: &str = "system";
 /// The settings key of the last edge a connection reached.
 const LAST_EDGE_SETTING: &str = "last_edge";
 
@@ -54,12 +58,12 @@ pub struct Settings {
     pub locator: SocketAddr,
     /// The local address sockets bind to (it decides the client's region).
     pub bind_ip: IpAddr,
-    /// The deployment's CA certificate (a copy inside the data directory).
-    pub ca_path: PathBuf,
+    /// The deployment's CA certificate (a copy inside the data directory); `None` trusts the
+    /// system's root certificates.
+    pub ca_path: Option<PathBuf>,
 }
 
 impl Store {
-
     /// The registered identity, if any.
     pub fn identity(&self) -> Result<Option<Identity>> {
         self.connection
@@ -80,12 +84,20 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// The remembered deployment settings, if all are set.
+    /// The remembered deployment settings, if all are set (the CA as a path, or the system's
+    /// roots as `trust = system`).
     pub fn settings(&self) -> Result<Option<Settings>> {
         let locator = self.setting("locator")?;
         let bind_ip = self.setting("bind_ip")?;
-        let ca_path = self.setting("ca_path")?;
-        let (Some(locator), Some(bind_ip), Some(ca_path)) = (locator, bind_ip, ca_path) else {
+        let ca_path = match (
+            self.setting("ca_path")?,
+            self.setting(TRUST_KEY)?.as_deref(),
+        ) {
+            (Some(path), _) => Some(PathBuf::from(path)),
+            (None, Some(TRUST_SYSTEM)) => None,
+            (None, _) => return Ok(None),
+        };
+        let (Some(locator), Some(bind_ip)) = (locator, bind_ip) else {
             return Ok(None);
         };
         Ok(Some(Settings {
@@ -95,7 +107,7 @@ impl Store {
             bind_ip: bind_ip
                 .parse()
                 .map_err(|_| ClientError::Corrupt(format!("bind ip {bind_ip}")))?,
-            ca_path: PathBuf::from(ca_path),
+            ca_path,
         }))
     }
 
@@ -147,21 +159,21 @@ impl Writer<'_> {
 
     /// Saves the deployment settings.
     pub fn set_settings(&self, settings: &Settings) -> Result<()> {
-        let ca_path = settings
-            .ca_path
-            .to_str()
-            .ok_or_else(|| ClientError::Invalid("the CA path is not valid UTF-8".into()))?;
-        for (key, value) in [
-            ("locator", settings.locator.to_string()),
-            ("bind_ip", settings.bind_ip.to_string()),
-            ("ca_path", ca_path.to_owned()),
-        ] {
-            self.transaction.execute(
-                "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
-                [key, &value],
-            )?;
+        self.set_setting("locator", &settings.locator.to_string())?;
+        self.set_setting("bind_ip", &settings.bind_ip.to_string())?;
+        match &settings.ca_path {
+            Some(path) => {
+                let path = path
+                    .to_str()
+                    .ok_or_else(|| ClientError::Invalid("the CA path is not valid UTF-8".into()))?;
+                self.set_setting("ca_path", path)?;
+                self.clear_setting(TRUST_KEY)
+            }
+            None => {
+                self.clear_setting("ca_path")?;
+                self.set_setting(TRUST_KEY, TRUST_SYSTEM)
+            }
         }
-        Ok(())
     }
 
     /// Remembers the edge a connection reached.
@@ -259,8 +271,8 @@ fn next_device_seq(stored: Option<String>) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::open;
     use crate::store::Store;
+    use crate::store::testing::open;
 
     #[test]
     fn the_device_counters_and_the_rolled_back_mark_persist() {

@@ -136,7 +136,6 @@ pub struct NewMessage<'a> {
 }
 
 impl Store {
-
     /// A message by its sender and id.
     pub fn message(
         &self,
@@ -188,7 +187,6 @@ impl Store {
 }
 
 impl Writer<'_> {
-
     /// The other account of the chat of a message, if the message is known.
     pub fn message_peer(
         &self,
@@ -441,9 +439,8 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredMessage>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{device, open};
     use crate::limits::SEEN_RETENTION_MS;
-
+    use crate::store::testing::{device, open};
 
     #[test]
     fn messages_deduplicate_and_ticks_only_move_forward() {

@@ -42,7 +42,6 @@ pub struct OutboxRow {
 }
 
 impl Store {
-
     /// Every outbox entry, by chat and sender_seq.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
         outbox_rows(&self.connection)
@@ -91,7 +90,6 @@ impl Store {
 }
 
 impl Writer<'_> {
-
     /// Keeps a message for an account known only by name.
     pub fn insert_draft(&self, draft: &Draft) -> Result<()> {
         self.transaction.execute(
@@ -276,7 +274,6 @@ mod tests {
     use crate::store::testing::{device, open};
     use std::net::SocketAddr;
 
-
     #[test]
     fn drafts_and_the_last_edge_are_kept() {
         let (_dir, mut store) = open();
@@ -309,7 +306,6 @@ mod tests {
         );
         assert!(store.drafts().expect("drafts").is_empty());
     }
-
 
     #[test]
     fn outbox_counters_renumbering_and_cursor() {

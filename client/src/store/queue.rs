@@ -10,7 +10,6 @@ use crate::error::Result;
 use crate::limits::SEEN_RETENTION_MS;
 
 impl Store {
-
     /// The cursor: the highest queue sequence processed and committed.
     pub fn queue_cursor(&self) -> Result<u64> {
         let value: Option<i64> = self
@@ -61,7 +60,6 @@ impl Store {
 }
 
 impl Writer<'_> {
-
     /// Remembers that an envelope was processed; `false` if it already was.
     pub fn mark_seen(
         &self,

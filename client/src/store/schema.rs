@@ -194,7 +194,6 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
-
     #[test]
     fn damaged_databases_are_named_and_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -23,9 +23,45 @@ pub fn relayd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_relayd")
 }
 
-/// The path of the `relay` CLI.
-pub fn relay_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_relay")
+/// The path of the `relay` CLI, built by the `relay-cli` package: `target/<profile>/relay`,
+/// beside this test's own `deps/` folder. `cargo build --workspace` and `cargo nextest run
+/// --workspace` build it (relay-cli's own tests need it); a missing or stale one (older than
+/// the client library it was built from) fails with what to run.
+pub fn relay_bin() -> PathBuf {
+    let test = std::env::current_exe().expect("the test executable's path");
+    let deps = test.parent().expect("the deps folder");
+    let profile = deps.parent().expect("the profile folder");
+    let relay = profile.join(format!("relay{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&relay)
+        .and_then(|metadata| metadata.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it with `cargo build -p relay-cli` (or run the tests with \
+                 `cargo nextest run --workspace`)",
+                relay.display()
+            )
+        });
+    // The newest client library this profile holds: a `relay` older than it is stale.
+    let newest_library = std::fs::read_dir(deps)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name.starts_with("librelay_client-") || name.starts_with("librelay_cli-"))
+                && name.ends_with(".rlib")
+        })
+        .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    if let Some(library) = newest_library {
+        assert!(
+            built >= library,
+            "{} is older than the client library it is built from: rebuild it with `cargo build \
+             -p relay-cli` (or run the tests with `cargo nextest run --workspace`)",
+            relay.display()
+        );
+    }
+    relay
 }
 
 /// A running `relayd devnet --json`.
