@@ -984,3 +984,238 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use relay_net::TokioSockets;
+    use relay_proto::{AccountId, DeviceId};
+
+    use super::*;
+    use crate::connection::EdgeSource;
+    use crate::flows;
+    use crate::store::Contact;
+
+    /// A data directory registered as alice (account 1, region 1) knowing bob (account 2),
+    /// written directly: no deployment needed.
+    fn registered(dir: &Path) {
+        let mut store = Store::create(&dir.join(DATABASE_FILE)).expect("create");
+        store.unlock(&dir.join(DEVICE_KEY_FILE)).expect("unlock");
+        let mut crypto = Crypto::new();
+        let changes = crypto.take_changes().expect("pickle");
+        store
+            .write(|writer| {
+                writer.save_crypto(&changes)?;
+                writer.set_settings(&Settings {
+                    locator: "127.0.0.1:9".parse().expect("addr"),
+                    bind_ip: "127.0.0.1".parse().expect("ip"),
+                    ca_path: Some(PathBuf::from(CA_FILE)),
+                })?;
+                writer.set_identity(&Identity {
+                    account: AccountId(1),
+                    device: DeviceId(1),
+                    name: "alice".into(),
+                    region: 1,
+                    epoch: 1,
+                })?;
+                writer.upsert_contact(&Contact {
+                    account: AccountId(2),
+                    name: "bob".into(),
+                    region: 1,
+                })
+            })
+            .expect("write");
+    }
+
+    /// A device of `dir` that can reach no edge. Each opening needs its own `seed`, as each
+    /// run of an app draws fresh ids.
+    fn offline(dir: &Path, seed: u64) -> (Device, Events) {
+        let environment = Environment {
+            dialer: Dialer::new(Arc::new(TokioSockets), EdgeSource::Fixed(Vec::new())),
+            rng_seed: Some(seed),
+            ..Environment::default()
+        };
+        Device::open(
+            dir,
+            OpenOptions {
+                environment,
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open")
+    }
+
+    // Moved from app.rs with the one-command client: the same checks, through Device and
+    // flows::send.
+    #[tokio::test]
+    async fn what_is_typed_is_stored_before_any_network_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        let (device, mut events) = offline(dir.path(), 1);
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut sink = {
+            let seen = seen.clone();
+            move |event: Event| seen.borrow_mut().push(event)
+        };
+        let never = std::future::pending::<()>;
+        let to_bob = flows::send(
+            &device,
+            &mut events,
+            "bob",
+            "hi bob",
+            None,
+            never(),
+            &mut sink,
+        )
+        .await
+        .expect("send");
+        let to_carol = flows::send(
+            &device,
+            &mut events,
+            "carol",
+            "hi carol",
+            None,
+            never(),
+            &mut sink,
+        )
+        .await
+        .expect("send");
+        let reported: Vec<String> = seen
+            .borrow()
+            .iter()
+            .filter_map(|event| match event {
+                Event::Tick { id, peer, tick } => Some(format!("{id} {peer} {}", tick.name())),
+                Event::StillPending { id, peer, reason } => {
+                    Some(format!("{id} {peer} still: {reason}"))
+                }
+                // The temporary directory is not private: the client closes it and says so.
+                Event::Note { message } if message.contains("open to other users") => None,
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
+        assert_eq!(
+            reported,
+            vec![
+                format!("{to_bob} bob pending"),
+                format!("{to_bob} bob still: cannot reach an edge (no edge is configured)"),
+                format!("{to_carol} carol pending"),
+                format!("{to_carol} carol still: cannot reach an edge (no edge is configured)"),
+            ]
+        );
+        device.close().await.expect("close");
+
+        // Both are in the store: bob's in the outbox, carol's as a draft under its final id.
+        let store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].client_message_id, to_bob);
+        let drafts = store.drafts().expect("drafts");
+        assert_eq!(drafts.len(), 1);
+        assert_eq!(
+            (
+                drafts[0].client_message_id,
+                drafts[0].peer_name.as_str(),
+                drafts[0].text.as_str()
+            ),
+            (to_carol, "carol", "hi carol")
+        );
+
+        // carol becomes a contact (say, a message from her named her) while her draft waits:
+        // the next text for her goes after the draft, never before it (sender FIFO).
+        let (device, mut events) = offline(dir.path(), 2);
+        let mut store = Store::open(&dir.path().join(DATABASE_FILE)).expect("open");
+        store
+            .write(|writer| {
+                writer.upsert_contact(&Contact {
+                    account: AccountId(3),
+                    name: "carol".into(),
+                    region: 1,
+                })
+            })
+            .expect("contact");
+        let later = flows::send(
+            &device,
+            &mut events,
+            "carol",
+            "again",
+            None,
+            never(),
+            &mut |_| {},
+        )
+        .await
+        .expect("send");
+        device.close().await.expect("close");
+        assert!(store.drafts().expect("drafts").is_empty());
+        let to_carol_chat: Vec<(u64, ClientMessageId)> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .filter(|row| row.peer == AccountId(3))
+            .map(|row| (row.sender_seq, row.client_message_id))
+            .collect();
+        assert_eq!(to_carol_chat, vec![(1, to_carol), (2, later)]);
+
+        // Refused before anything is stored: a name that cannot be an account, and oneself.
+        let (device, _events) = offline(dir.path(), 3);
+        assert!(matches!(
+            device.send("Not A Name", "x").await,
+            Err(ClientError::UnknownPeer(_))
+        ));
+        assert!(matches!(
+            device.send("alice", "x").await,
+            Err(ClientError::Invalid(_))
+        ));
+        device.close().await.expect("close");
+        assert!(store.drafts().expect("drafts").is_empty());
+        assert_eq!(store.outbox().expect("outbox").len(), 3);
+    }
+
+    // Moved from app.rs: Device::open tells the same errors apart as Client::open did.
+    #[tokio::test]
+    async fn an_unfinished_registration_and_a_damaged_database_are_told_apart() {
+        let open = |dir: &Path| Device::open(dir, OpenOptions::default()).map(|_| ());
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(open(dir.path()), Err(ClientError::NotRegistered)));
+
+        // Keys and settings, no identity: a registration that stopped half way.
+        let mut store = Store::create(&dir.path().join(DATABASE_FILE)).expect("create");
+        store
+            .unlock(&dir.path().join(DEVICE_KEY_FILE))
+            .expect("unlock");
+        let changes = Crypto::new().take_changes().expect("pickle");
+        store
+            .write(|writer| writer.save_crypto(&changes))
+            .expect("write");
+        drop(store);
+        assert!(matches!(
+            open(dir.path()),
+            Err(ClientError::RegistrationUnfinished)
+        ));
+
+        // Tables but no rows at all: damaged, not "not registered".
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::create(&dir.path().join(DATABASE_FILE)).expect("create"));
+        let error = open(dir.path()).expect_err("damaged");
+        assert!(
+            matches!(&error, ClientError::Damaged { problem, .. } if problem.contains("no registered device")),
+            "{error}"
+        );
+
+        // Registered, then the device key is lost: a clear error, and no new key appears.
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        std::fs::remove_file(dir.path().join(DEVICE_KEY_FILE)).expect("remove the key");
+        assert!(matches!(open(dir.path()), Err(ClientError::DeviceKey(_))));
+        assert!(!dir.path().join(DEVICE_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn a_device_needs_a_runtime_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        registered(dir.path());
+        let error = Device::open(dir.path(), OpenOptions::default()).expect_err("no runtime");
+        assert!(error.to_string().contains("tokio runtime"), "{error}");
+    }
+}

@@ -69,16 +69,23 @@ pub async fn send(
     stop: impl Future<Output = ()>,
     sink: &mut dyn FnMut(Event),
 ) -> Result<ClientMessageId> {
-    let id = events.drive(device.send(peer, text), sink).await?;
+    // A one-shot send says nothing about its connection (a still-pending line says why it is
+    // not sent); one that waits shows reconnects as notes.
+    let mut shown = |event: Event| match (event, wait) {
+        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
+        (event, None) => sink(event),
+        (event, Some(_)) => {
+            if let Some(event) = connection_note(event, false) {
+                sink(event);
+            }
+        }
+    };
+    let id = events.drive(device.send(peer, text), &mut shown).await?;
     let Some(wait) = wait else {
         let flushed = events
             .drive(
                 device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
-                &mut |event| {
-                    if !matches!(event, Event::Disconnected { .. } | Event::Connected { .. }) {
-                        sink(event);
-                    }
-                },
+                &mut shown,
             )
             .await;
         report_still_pending(device, Some(id), sink).await?;
@@ -125,11 +132,7 @@ pub async fn send(
             event = events.next() => match event {
                 // Only this message's ticks: the others are not what the person waits for.
                 Some(Event::Tick { id, .. }) if id != own => {}
-                Some(event) => {
-                    if let Some(event) = connection_note(event, false) {
-                        sink(event);
-                    }
-                }
+                Some(event) => shown(event),
                 None => return Err(device.rolled_back().await.err().unwrap_or(ClientError::Closed)),
             },
             () = tokio::time::sleep_until(wake) => {}
