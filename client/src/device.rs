@@ -6,12 +6,18 @@
 //! # use relay_client::{Device, Event, OpenOptions, Mode};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let testbed = relay_devnet::testbed::Testbed::start(1).await?;
+//! # let testbed = relay_devnet::testbed::Testbed::start(2).await?;
 //! # let dir = tempfile::tempdir()?;
 //! # let (alice_dir, bob_dir) = (dir.path().join("alice"), dir.path().join("bob"));
-//! # testbed.register(&alice_dir, "alice", 1).await?;
-//! # testbed.register(&bob_dir, "bob", 1).await?;
-//! # let options = |mode| OpenOptions { overrides: testbed.overrides(1), mode, ..OpenOptions::default() };
+//! # let overrides = |region| relay_client::Overrides {
+//! #     locator: Some(testbed.locator()),
+//! #     bind_ip: Some(testbed.client_bind(region)),
+//! #     ca_path: Some(testbed.ca().to_path_buf()),
+//! #     device_key: None,
+//! # };
+//! # relay_client::register(&alice_dir, "alice", overrides(1), "", &mut |_| {}).await?;
+//! # relay_client::register(&bob_dir, "bob", overrides(2), "", &mut |_| {}).await?;
+//! # let options = |mode| OpenOptions { mode, ..OpenOptions::default() };
 //! // A bot stays connected, sends without waiting, and takes events as they come.
 //! let (alice, mut alice_events) = Device::open(&alice_dir, options(Mode::Live))?;
 //! let (bob, mut bob_events) = Device::open(&bob_dir, options(Mode::Live))?;
@@ -784,7 +790,9 @@ impl Actor {
             Waiter::Flush { deadline_ms, reply } => {
                 if let Some(error) = common {
                     let _ = reply.send(Err(error));
-                } else if self.core.flush_settled(now_ms, deadline_ms) {
+                } else if self.core.flush_settled(now_ms, deadline_ms)
+                    && !self.core.reports_pending()
+                {
                     let _ = reply.send(Ok(()));
                 } else {
                     return Some(Waiter::Flush { deadline_ms, reply });
@@ -811,7 +819,9 @@ impl Actor {
                             reply,
                         })
                     }
-                    Some(target) if self.core.caught_up() >= target => {
+                    Some(target)
+                        if self.core.caught_up() >= target && !self.core.reports_pending() =>
+                    {
                         let _ = reply.send(Ok(()));
                         None
                     }

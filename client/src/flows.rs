@@ -10,17 +10,22 @@
 //! # let testbed = relay_devnet::testbed::Testbed::start(2).await?;
 //! # let dir = tempfile::tempdir()?;
 //! # let (alice_dir, bob_dir) = (dir.path().join("alice"), dir.path().join("bob"));
-//! # testbed.register(&alice_dir, "alice", 1).await?;
-//! # testbed.register(&bob_dir, "bob", 2).await?;
-//! # let options = || OpenOptions { overrides: testbed.overrides(1), ..OpenOptions::default() };
+//! # let overrides = |region| relay_client::Overrides {
+//! #     locator: Some(testbed.locator()),
+//! #     bind_ip: Some(testbed.client_bind(region)),
+//! #     ca_path: Some(testbed.ca().to_path_buf()),
+//! #     device_key: None,
+//! # };
+//! # relay_client::register(&alice_dir, "alice", overrides(1), "", &mut |_| {}).await?;
+//! # relay_client::register(&bob_dir, "bob", overrides(2), "", &mut |_| {}).await?;
 //! // What `relay send bob hi` and then `relay sync` (as bob) do.
-//! let (alice, mut events) = Device::open(&alice_dir, options())?;
+//! let (alice, mut events) = Device::open(&alice_dir, OpenOptions::default())?;
 //! let mut printed = Vec::new();
 //! flows::send(&alice, &mut events, "bob", "hi", None, std::future::pending(), &mut |event| printed.push(event)).await?;
 //! alice.close().await?;
 //! assert!(printed.iter().any(|event| matches!(event, Event::Tick { tick: relay_client::Tick::Sent, .. })));
 //!
-//! let (bob, mut events) = Device::open(&bob_dir, OpenOptions { overrides: testbed.overrides(2), ..OpenOptions::default() })?;
+//! let (bob, mut events) = Device::open(&bob_dir, OpenOptions::default())?;
 //! let mut printed = Vec::new();
 //! flows::sync(&bob, &mut events, &mut |event| printed.push(event)).await?;
 //! bob.close().await?;

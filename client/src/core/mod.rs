@@ -431,6 +431,12 @@ impl Core {
         None
     }
 
+    /// Whether events wait to be reported (some for a name lookup): a call that reports what it
+    /// did is answered only once they are out.
+    pub fn reports_pending(&self) -> bool {
+        !self.reports.is_empty()
+    }
+
     /// When [`Core::handle_timeout`] is next due (ms), if anything waits for time.
     pub fn poll_timeout(&self, now_ms: u64) -> Option<u64> {
         let mut due: Option<u64> = None;
