@@ -107,7 +107,16 @@ pub async fn send(
             return Err(ClientError::DeviceRolledBack(reason));
         }
         match device.message_state(id).await? {
-            MessageState::Ticked(tick) if tick >= wait.until => return Ok(id),
+            MessageState::Ticked(tick) if tick >= wait.until => {
+                // What the device reported before it answered (the tick itself, if this
+                // device saw it move) is shown before the command ends.
+                while let Some(event) = events.try_next() {
+                    if !matches!(&event, Event::Tick { id, .. } if *id != own) {
+                        shown(event);
+                    }
+                }
+                return Ok(id);
+            }
             MessageState::Ticked(_) | MessageState::Draft => {}
             MessageState::Failed(reason) => {
                 return Err(ClientError::Invalid(format!(
