@@ -820,7 +820,9 @@ impl Actor {
                         })
                     }
                     Some(target)
-                        if self.core.caught_up() >= target && !self.core.reports_pending() =>
+                        if self.core.caught_up() >= target
+                            && !self.core.reports_pending()
+                            && !self.core.uploading_keys() =>
                     {
                         let _ = reply.send(Ok(()));
                         None

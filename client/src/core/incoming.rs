@@ -42,6 +42,11 @@ pub(super) struct Incoming {
 }
 
 impl Incoming {
+    /// Whether an upload is in flight.
+    pub(super) fn uploading(&self) -> bool {
+        self.uploading
+    }
+
     /// Asks for a catch-up.
     pub(super) fn want(&mut self) {
         if !self.wanted {

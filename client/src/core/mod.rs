@@ -679,6 +679,12 @@ impl Core {
         self.incoming.caught_up
     }
 
+    /// Whether keys are being uploaded (a sync waits for that too: the queue's end is when a
+    /// used fallback key is replaced).
+    pub fn uploading_keys(&self) -> bool {
+        self.incoming.uploading()
+    }
+
     /// A fetch that failed for good (not a retryable error), taken.
     pub fn take_fetch_error(&mut self) -> Option<ClientError> {
         self.incoming.error.take()

@@ -41,27 +41,44 @@ pub fn relay_bin() -> PathBuf {
                 relay.display()
             )
         });
-    // The newest client library this profile holds: a `relay` older than it is stale.
-    let newest_library = std::fs::read_dir(deps)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            (name.starts_with("librelay_client-") || name.starts_with("librelay_cli-"))
-                && name.ends_with(".rlib")
-        })
-        .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+    // A `relay` older than the sources it is built from is stale.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace");
+    let newest_source = ["client", "proto", "net", "planted"]
+        .iter()
+        .filter_map(|crate_dir| newest_source(&workspace.join(crate_dir)))
         .max();
-    if let Some(library) = newest_library {
+    if let Some(source) = newest_source {
         assert!(
-            built >= library,
-            "{} is older than the client library it is built from: rebuild it with `cargo build \
-             -p relay-cli` (or run the tests with `cargo nextest run --workspace`)",
+            built >= source,
+            "{} is older than the client's sources: rebuild it with `cargo build -p relay-cli` \
+             (or run the tests with `cargo nextest run --workspace`)",
             relay.display()
         );
     }
     relay
+}
+
+/// When the newest Rust source or manifest under `dir` was written.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    folders.push(path);
+                }
+            } else if name.ends_with(".rs") || name == "Cargo.toml" {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                newest = newest.max(modified);
+            }
+        }
+    }
+    newest
 }
 
 /// A running `relayd devnet --json`.
