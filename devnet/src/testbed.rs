@@ -210,12 +210,10 @@ async fn run_region(service: RegionService, shutdown: impl std::future::Future<O
 }
 
 /// Completes once the testbed stops (or is dropped).
-fn shutdown(mut stopped: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    async move {
-        while !*stopped.borrow() {
-            if stopped.changed().await.is_err() {
-                return;
-            }
+async fn shutdown(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow() {
+        if stopped.changed().await.is_err() {
+            return;
         }
     }
 }
