@@ -192,17 +192,6 @@ impl EdgeConnection {
         Self::connect_through(&TokioSockets, edge, bind_ip, roots).await
     }
 
-    /// Authenticates as `device`, signing the edge's challenge with `sign`; see
-    /// [`EdgeConnection::authenticate`].
-    pub async fn authenticate_with(
-        &mut self,
-        device: DeviceAddress,
-        sign: &(dyn Fn(&[u8]) -> [u8; 64] + Sync),
-        progress: DeviceProgress,
-    ) -> Result<(OneTimeKeyCount, mpsc::Receiver<Push>)> {
-        self.authenticate_signed(device, sign, progress).await
-    }
-
     /// Connects from a socket on `bind_ip` made by `sockets` to the edge at `edge`, trusting
     /// `roots`.
     pub async fn connect_through(
@@ -271,16 +260,6 @@ impl EdgeConnection {
         crypto: &Crypto,
         progress: DeviceProgress,
     ) -> Result<(OneTimeKeyCount, mpsc::Receiver<Push>)> {
-        self.authenticate_signed(device, &|payload| crypto.sign(payload), progress)
-            .await
-    }
-
-    async fn authenticate_signed(
-        &mut self,
-        device: DeviceAddress,
-        sign: &(dyn Fn(&[u8]) -> [u8; 64] + Sync),
-        progress: DeviceProgress,
-    ) -> Result<(OneTimeKeyCount, mpsc::Receiver<Push>)> {
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
         let exchange = async {
             let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
@@ -301,7 +280,7 @@ impl EdgeConnection {
                 )));
             }
             let keying_material = auth_keying_material(&self.connection)?;
-            let signature = sign(&auth_signing_payload(&nonce, &keying_material));
+            let signature = crypto.sign(&auth_signing_payload(&nonce, &keying_material));
             let authenticate = ClientRequest {
                 body: Some(client_request::Body::Authenticate(Authenticate {
                     device: device.into(),
