@@ -179,6 +179,28 @@ pub fn load_roots(ca_path: &Path) -> Result<Arc<RootCertStore>, NetError> {
     Ok(Arc::new(roots))
 }
 
+/// A root store holding the operating system's trusted certificates (what a client trusts when
+/// it is given no CA of its own: a deployment whose edges carry publicly trusted certificates).
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` name other places to read them from. Certificates the
+/// system holds but rustls cannot use are skipped; none at all is an error.
+pub fn system_roots() -> Result<Arc<RootCertStore>, NetError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let problems: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(NetError::Tls(format!(
+            "the system holds no trusted root certificate{}; give the deployment's CA with --ca",
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
+        )));
+    }
+    Ok(Arc::new(roots))
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
