@@ -1,1 +1,308 @@
-//! placeholder
+//! The bootstrap benchmark's measurements, as a function a benchmark binary calls and prints: a
+//! history of many messages in one chat (with edits, deletions, reactions and read marks), the
+//! snapshot a new device receives and the time to load it, and the time for the new device to
+//! apply one remote operation once in step, each next to automerge's own save and load of the
+//! same documents in the same run.
+//!
+//! The crate reads no clock: [`measure_bootstrap`] takes the caller's (`now`), so this module
+//! stays sans-IO like the rest, and a test can drive it with any clock.
+
+use std::time::{Duration, Instant};
+
+use automerge::AutoCommit;
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
+
+use crate::error::SyncError;
+use crate::replica::{NewMessage, Replica};
+
+/// Most rounds two in-step replicas may take to exchange one operation before the benchmark
+/// calls the sync stuck.
+pub const EXCHANGE_ROUNDS_MAX: usize = 64;
+
+/// The history the benchmark builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryShape {
+    /// Messages in the chat (chat sequences `1..=messages`).
+    pub messages: u64,
+    /// Every this many messages, one is edited by its sender (0: none).
+    pub edit_every: u64,
+    /// Every this many messages, one is deleted for everyone (0: none).
+    pub delete_every: u64,
+    /// Every this many messages, one gets a reaction (0: none).
+    pub react_every: u64,
+    /// Every this many messages, the reader's read mark moves up to it (0: never).
+    pub read_every: u64,
+}
+
+impl HistoryShape {
+    /// The bootstrap benchmark: 100,000 messages, one in 100 edited, one in 10,000
+    /// deleted, one in 20 reacted to, a read mark every 500.
+    pub const BOOTSTRAP: HistoryShape = HistoryShape {
+        messages: 100_000,
+        edit_every: 100,
+        delete_every: 10_000,
+        react_every: 20,
+        read_every: 500,
+    };
+}
+
+/// What [`measure_bootstrap`] measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapMeasurement {
+    /// The history measured.
+    pub shape: HistoryShape,
+    /// Epoch documents the chat took.
+    pub epochs: usize,
+    /// Time to build the history on the first device (one operation at a time).
+    pub build: Duration,
+    /// Bytes of the snapshot the new device receives.
+    pub snapshot_bytes: usize,
+    /// Time to save that snapshot.
+    pub snapshot_save: Duration,
+    /// Time for the new device to load it (documents loaded and every genesis checked).
+    pub snapshot_load: Duration,
+    /// Bytes of automerge's own save of the same documents, summed.
+    pub automerge_saved_bytes: usize,
+    /// Time of automerge's own save of the same documents.
+    pub automerge_save: Duration,
+    /// Time of automerge's own load of those saved documents.
+    pub automerge_load: Duration,
+    /// Bytes the two devices exchanged to get in step after the load (heads only).
+    pub catch_up_bytes: usize,
+    /// Bytes of the sync messages that carried one remote edit to the new device.
+    pub remote_operation_bytes: usize,
+    /// Time the new device took to receive and apply them.
+    pub remote_operation_apply: Duration,
+}
+
+impl BootstrapMeasurement {
+    /// The snapshot's size over automerge's own saved size.
+    pub fn size_ratio(&self) -> f64 {
+        if self.automerge_saved_bytes == 0 {
+            return 0.0;
+        }
+        self.snapshot_bytes as f64 / self.automerge_saved_bytes as f64
+    }
+}
+
+/// Why the benchmark could not measure.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The replica refused an operation or bytes of its own.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// Automerge refused to load a document it had just saved.
+    #[error("automerge could not load a document it saved: {0}")]
+    Load(#[from] automerge::AutomergeError),
+    /// The new device does not show what the first device holds.
+    #[error("the new device does not converge: {0}")]
+    Diverged(&'static str),
+}
+
+/// Builds `shape`'s history on a phone, bootstraps a laptop from the phone's snapshot, gets the
+/// two in step, and applies one edit made on the phone to the laptop; measures each step with
+/// `now`, and automerge's own save and load of the same documents.
+pub fn measure_bootstrap(
+    shape: HistoryShape,
+    now: &mut dyn FnMut() -> Instant,
+) -> Result<BootstrapMeasurement, BenchError> {
+    let phone_device = own_device(1);
+    let laptop_device = own_device(2);
+    let mut phone = Replica::new(phone_device, 1);
+
+    let started = now();
+    build_history(&mut phone, shape)?;
+    let build = now() - started;
+
+    let started = now();
+    let snapshot = phone.save_snapshot();
+    let snapshot_save = now() - started;
+
+    let started = now();
+    let mut laptop = Replica::load_snapshot(laptop_device, 2, &snapshot)?;
+    let snapshot_load = now() - started;
+    if laptop.view(BENCH_CHAT) != phone.view(BENCH_CHAT) {
+        return Err(BenchError::Diverged("after loading the snapshot"));
+    }
+
+    let (automerge_saved_bytes, automerge_save, automerge_load, epochs) = {
+        let documents = phone.documents_mut();
+        let epochs = documents.len();
+        let started = now();
+        let saved: Vec<Vec<u8>> = documents.into_iter().map(AutoCommit::save).collect();
+        let save = now() - started;
+        let started = now();
+        for bytes in &saved {
+            AutoCommit::load(bytes)?;
+        }
+        let load = now() - started;
+        (saved.iter().map(Vec::len).sum(), save, load, epochs)
+    };
+
+    let (catch_up_bytes, _) = exchange(&mut phone, &mut laptop, now)?;
+
+    let last = shape.messages;
+    let at = phone.tick(BENCH_TIME_MS + last + 1);
+    phone.edit(BENCH_CHAT, last, "edited once the laptop was in step", at)?;
+    let (remote_operation_bytes, remote_operation_apply) = exchange(&mut phone, &mut laptop, now)?;
+    if laptop.view(BENCH_CHAT) != phone.view(BENCH_CHAT) {
+        return Err(BenchError::Diverged("after the remote edit"));
+    }
+
+    Ok(BootstrapMeasurement {
+        shape,
+        epochs,
+        build,
+        snapshot_bytes: snapshot.len(),
+        snapshot_save,
+        snapshot_load,
+        automerge_saved_bytes,
+        automerge_save,
+        automerge_load,
+        catch_up_bytes,
+        remote_operation_bytes,
+        remote_operation_apply,
+    })
+}
+
+/// The benchmark's chat.
+const BENCH_CHAT: ChatId = ChatId([0xbe; 16]);
+
+/// The time of the first message, in ms since the Unix epoch (a fixed one: the run is the same
+/// every time).
+const BENCH_TIME_MS: u64 = 1_700_000_000_000;
+
+fn own_device(device: u32) -> DeviceAddress {
+    DeviceAddress {
+        account: AccountId(1),
+        device: DeviceId(device),
+    }
+}
+
+fn contact_device() -> DeviceAddress {
+    DeviceAddress {
+        account: AccountId(2),
+        device: DeviceId(1),
+    }
+}
+
+/// A text of 20 to 120 bytes of words, different for each message, so the documents compress
+/// as a real chat would.
+fn text_of(chat_seq: u64) -> String {
+    const WORDS: [&str; 16] = [
+        "the", "relay", "meeting", "tomorrow", "at", "noon", "sounds", "good", "see", "you",
+        "there", "bring", "coffee", "laptop", "train", "late",
+    ];
+    let mut seed = chat_seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut text = format!("{chat_seq}:");
+    let target_bytes = 20 + (seed % 100) as usize;
+    while text.len() < target_bytes {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        text.push(' ');
+        text.push_str(WORDS[(seed >> 60) as usize]);
+    }
+    text
+}
+
+fn build_history(phone: &mut Replica, shape: HistoryShape) -> Result<(), SyncError> {
+    let every = |period: u64, chat_seq: u64| period != 0 && chat_seq.is_multiple_of(period);
+    let me = phone.device();
+    for chat_seq in 1..=shape.messages {
+        let sender = if chat_seq % 2 == 0 {
+            me
+        } else {
+            contact_device()
+        };
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&chat_seq.to_be_bytes());
+        let text = text_of(chat_seq);
+        phone.append(
+            BENCH_CHAT,
+            &NewMessage {
+                chat_seq,
+                sender,
+                client_message_id: ClientMessageId(id),
+                server_time_ms: BENCH_TIME_MS + chat_seq,
+                sent_time_ms: BENCH_TIME_MS + chat_seq,
+                text: &text,
+            },
+        )?;
+        let time_ms = BENCH_TIME_MS + chat_seq;
+        // Only the sender's account edits and deletes: the phone's own messages.
+        if every(shape.edit_every, chat_seq) && sender == me {
+            let at = phone.tick(time_ms);
+            phone.edit(BENCH_CHAT, chat_seq, &format!("{text} (edited)"), at)?;
+        }
+        if every(shape.delete_every, chat_seq) && sender == me {
+            let at = phone.tick(time_ms);
+            phone.delete(BENCH_CHAT, chat_seq, at)?;
+        }
+        if every(shape.react_every, chat_seq) {
+            let at = phone.tick(time_ms);
+            phone.react(BENCH_CHAT, chat_seq, Some("👍"), at)?;
+        }
+        if every(shape.read_every, chat_seq) {
+            phone.mark_read(BENCH_CHAT, me, chat_seq)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the sync both ways until neither side has anything to send. Returns the bytes exchanged
+/// and the time the laptop spent receiving.
+fn exchange(
+    phone: &mut Replica,
+    laptop: &mut Replica,
+    now: &mut dyn FnMut() -> Instant,
+) -> Result<(usize, Duration), BenchError> {
+    let phone_device = phone.device();
+    let laptop_device = laptop.device();
+    let mut bytes_exchanged = 0;
+    let mut laptop_receiving = Duration::ZERO;
+    for _ in 0..EXCHANGE_ROUNDS_MAX {
+        let mut sent = false;
+        while let Some(bytes) = phone.generate_message(laptop_device) {
+            sent = true;
+            bytes_exchanged += bytes.len();
+            let started = now();
+            laptop.receive_message(phone_device, &bytes)?;
+            laptop_receiving += now() - started;
+        }
+        while let Some(bytes) = laptop.generate_message(phone_device) {
+            sent = true;
+            bytes_exchanged += bytes.len();
+            phone.receive_message(laptop_device, &bytes)?;
+        }
+        if !sent {
+            return Ok((bytes_exchanged, laptop_receiving));
+        }
+    }
+    Err(BenchError::Diverged("the sync did not settle"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history over two epochs measures every step, and the new device shows the phone's
+    /// history, the remote edit included.
+    #[test]
+    fn a_small_history_is_measured_whole() {
+        let shape = HistoryShape {
+            messages: 10_200,
+            ..HistoryShape::BOOTSTRAP
+        };
+        let measured = measure_bootstrap(shape, &mut Instant::now).expect("measured");
+        assert_eq!(measured.epochs, 2);
+        assert!(measured.snapshot_bytes > 0 && measured.automerge_saved_bytes > 0);
+        // The snapshot is automerge's saved documents with a header per epoch.
+        assert!(measured.size_ratio() < 1.1, "{measured:?}");
+        assert!(measured.remote_operation_bytes > 0, "the edit travelled");
+        assert!(
+            measured.remote_operation_bytes < 4 * 1024,
+            "one edit, not a document: {measured:?}"
+        );
+    }
+}

@@ -27,6 +27,11 @@ pub const SYNC_MESSAGE_ENVELOPE_MARGIN_BYTES: usize = 16 * 1024;
 /// once reassembled. A whole epoch of messages at their longest text fits.
 pub const SYNC_PART_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Higher generations of one epoch received at once, each from its first part until its
+/// genesis arrives. A peer that names a generation it cannot deliver holds one place; the
+/// lowest place goes to a higher generation when all are taken.
+pub const INCOMING_GENERATIONS_MAX: usize = 4;
+
 /// Bytes of a sync message's header (magic, session, number, part count).
 pub(crate) const SYNC_MESSAGE_HEADER_BYTES: usize = 4 + 8 + 8 + 2;
 

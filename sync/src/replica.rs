@@ -25,7 +25,11 @@
 //!
 //! **Generations** (see `epoch`): parts of a generation lower than the one a device holds are
 //! refused (counted in [`Received::stale_parts`]); a higher generation is received into a new
-//! document, checked, and replaces the old one, whose state is re-applied onto it.
+//! document, checked, and replaces the old one, whose state is re-applied onto it. Only a peer
+//! that holds a generation (its part names heads) starts its reception, at most
+//! `INCOMING_GENERATIONS_MAX` at once per epoch, and a generation is dropped when every peer
+//! that offered it starts over without delivering it: a generation that no device holds (a
+//! damaged part can name one) neither spreads nor stops the sync of the real ones.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -38,8 +42,8 @@ use crate::epoch::{self, Epoch, GenerationId, Outcome, epoch_of, scan_patches};
 use crate::error::SyncError;
 use crate::hlc::Hlc;
 use crate::limits::{
-    MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX, SYNC_FRAGMENT_BYTES_MIN, SYNC_MESSAGE_BYTES_MAX,
-    SYNC_MESSAGE_HEADER_BYTES, SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
+    INCOMING_GENERATIONS_MAX, MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX, SYNC_FRAGMENT_BYTES_MIN,
+    SYNC_MESSAGE_BYTES_MAX, SYNC_MESSAGE_HEADER_BYTES, SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
 };
 use crate::schema::{MessageState, Stamped, device_actor};
 use crate::view::{ChatView, chat_view};
@@ -82,8 +86,8 @@ pub struct EpochInfo {
     pub generation: Option<GenerationId>,
     /// The heads of the document in use.
     pub heads: Vec<[u8; 32]>,
-    /// A higher generation being received from a peer.
-    pub receiving: Option<GenerationId>,
+    /// Higher generations being received from peers.
+    pub receiving: Vec<GenerationId>,
 }
 
 /// A higher generation of an epoch, arriving from peers.
@@ -98,7 +102,9 @@ struct Incoming {
 #[derive(Debug, Default)]
 struct Slot {
     active: Option<Epoch>,
-    incoming: Option<Incoming>,
+    /// Higher generations arriving, at most `INCOMING_GENERATIONS_MAX` (a peer may name one it
+    /// cannot deliver: the others still get through).
+    incoming: BTreeMap<GenerationId, Incoming>,
 }
 
 impl Slot {
@@ -106,10 +112,7 @@ impl Slot {
         self.active
             .as_ref()
             .is_some_and(|active| active.id() == generation)
-            || self
-                .incoming
-                .as_ref()
-                .is_some_and(|incoming| incoming.epoch.id() == generation)
+            || self.incoming.contains_key(&generation)
     }
 }
 
@@ -135,8 +138,6 @@ pub(crate) struct Reassembly {
 struct Peer {
     /// Automerge's sync state per generation of each epoch (persisted: see `peer_state`).
     states: BTreeMap<EpochKey, State>,
-    /// The highest generation the peer named, per epoch.
-    known: BTreeMap<(ChatId, u64), GenerationId>,
     /// The fingerprint of the last automerge message queued per epoch generation, until the
     /// peer says something about it.
     last_sent: BTreeMap<EpochKey, (usize, u64)>,
@@ -154,7 +155,6 @@ impl Peer {
     fn new(out_session: u64) -> Self {
         Peer {
             states: BTreeMap::new(),
-            known: BTreeMap::new(),
             last_sent: BTreeMap::new(),
             out_session,
             out_next: 0,
@@ -268,6 +268,17 @@ impl Replica {
         wire::encode_snapshot(&epochs)
     }
 
+    /// The automerge documents in use, every epoch of every chat (for the benchmark's raw
+    /// automerge comparison).
+    pub(crate) fn documents_mut(&mut self) -> Vec<&mut automerge::AutoCommit> {
+        self.chats
+            .values_mut()
+            .flat_map(|slots| slots.values_mut())
+            .filter_map(|slot| slot.active.as_mut())
+            .map(Epoch::doc_mut)
+            .collect()
+    }
+
     /// This replica's device.
     pub fn device(&self) -> DeviceAddress {
         self.device
@@ -311,7 +322,7 @@ impl Replica {
                 epoch: *number,
                 generation: slot.active.as_ref().map(Epoch::id),
                 heads: slot.active.as_mut().map(Epoch::heads).unwrap_or_default(),
-                receiving: slot.incoming.as_ref().map(|incoming| incoming.epoch.id()),
+                receiving: slot.incoming.keys().copied().collect(),
             })
             .collect()
     }
@@ -440,13 +451,8 @@ impl Replica {
             return Ok(());
         };
         let next = active.compacted(&self.actor)?;
-        if slot
-            .incoming
-            .as_ref()
-            .is_some_and(|incoming| incoming.epoch.id() <= next.id())
-        {
-            slot.incoming = None;
-        }
+        let next_id = next.id();
+        slot.incoming.retain(|generation, _| *generation > next_id);
         slot.active = Some(next);
         for peer in self.peers.values_mut() {
             peer.purge(chat, number, slot);
@@ -481,8 +487,29 @@ impl Replica {
         state.in_session = None;
         state.in_next = 0;
         state.reassembly = None;
-        state.known.clear();
         state.restart_states();
+        self.forget_source(peer);
+    }
+
+    /// Forgets `source` as a sender of the generations still arriving, and drops those no other
+    /// peer is delivering. After a restart a peer offers again what it really holds, so a
+    /// generation it named and never delivered (its parts were lost, or a damaged part named
+    /// one that does not exist) holds no place and is not asked for any longer.
+    fn forget_source(&mut self, source: DeviceAddress) {
+        for (chat, slots) in &mut self.chats {
+            for (number, slot) in slots.iter_mut() {
+                let before = slot.incoming.len();
+                slot.incoming.retain(|_, incoming| {
+                    incoming.sources.remove(&source);
+                    !incoming.sources.is_empty()
+                });
+                if slot.incoming.len() != before {
+                    for peer in self.peers.values_mut() {
+                        peer.purge(*chat, *number, slot);
+                    }
+                }
+            }
+        }
     }
 
     /// The persisted part of the sync with `peer` (for the documents in use), as bytes.
@@ -610,16 +637,15 @@ impl Replica {
             else {
                 continue;
             };
-            let known = peer.known.get(&(chat, number)).copied();
-            if let Some(active) = slot.active.as_mut()
-                && known.is_none_or(|known| known <= active.id())
-            {
+            // A peer on a higher generation refuses the active one's parts without answering,
+            // which costs one message: no need to know which generation it holds.
+            if let Some(active) = slot.active.as_mut() {
                 queued_bytes += queue_sync_message(peer, chat, number, active);
             }
-            if let Some(incoming) = slot.incoming.as_mut()
-                && incoming.sources.contains(&to)
-            {
-                queued_bytes += queue_sync_message(peer, chat, number, &mut incoming.epoch);
+            for incoming in slot.incoming.values_mut() {
+                if incoming.sources.contains(&to) {
+                    queued_bytes += queue_sync_message(peer, chat, number, &mut incoming.epoch);
+                }
             }
             if queued_bytes >= SYNC_MESSAGE_BYTES_MAX {
                 peer.cursor = Some((chat, number));
@@ -639,6 +665,7 @@ impl Replica {
         let message = SyncMessage::decode(bytes)?;
         let mut received = Received::default();
         let peer = self.peer_mut(from);
+        let mut restarted = false;
         match peer.in_session {
             Some(session) if session == message.session => {
                 if message.number < peer.in_next {
@@ -657,13 +684,19 @@ impl Replica {
                 peer.reassembly = None;
                 peer.outgoing.clear();
                 peer.cursor = None;
-                peer.known.clear();
                 peer.restart_states();
+                restarted = true;
             }
             None => {}
         }
         peer.in_session = Some(message.session);
         peer.in_next = message.number.saturating_add(1);
+        if restarted {
+            self.forget_source(from);
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return Ok(received);
+        };
 
         // Assemble and decode every complete part before applying any.
         let mut reassembly = peer.reassembly.take();
@@ -713,8 +746,6 @@ impl Replica {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Ok(());
         };
-        let known = peer.known.entry((chat, number)).or_insert(generation);
-        *known = (*known).max(generation);
         let slot = self
             .chats
             .entry(chat)
@@ -741,21 +772,33 @@ impl Replica {
             false
         };
 
-        if !into_active {
-            match slot.incoming.as_ref().map(|incoming| incoming.epoch.id()) {
-                Some(incoming) if incoming == generation => {}
-                Some(incoming) if incoming > generation => {
-                    received.stale_parts += 1;
-                    return Ok(());
-                }
-                _ => {
-                    slot.incoming = Some(Incoming {
-                        epoch: Epoch::receiving(chat, number, generation, &self.actor),
-                        sources: BTreeSet::new(),
-                    });
-                    peer.purge(chat, number, slot);
+        if !into_active && !slot.incoming.contains_key(&generation) {
+            if message.heads.is_empty() {
+                // The peer holds nothing of this generation: it is asking for it, not offering
+                // it. Only a device that holds a generation makes others receive it, so a
+                // generation no one holds (named by a damaged part) does not spread.
+                return Ok(());
+            }
+            if slot.incoming.len() >= INCOMING_GENERATIONS_MAX {
+                // Full: the lowest candidate makes room for a higher one.
+                match slot.incoming.first_key_value() {
+                    Some((lowest, _)) if *lowest < generation => {
+                        slot.incoming.pop_first();
+                        peer.purge(chat, number, slot);
+                    }
+                    _ => {
+                        received.stale_parts += 1;
+                        return Ok(());
+                    }
                 }
             }
+            slot.incoming.insert(
+                generation,
+                Incoming {
+                    epoch: Epoch::receiving(chat, number, generation, &self.actor),
+                    sources: BTreeSet::new(),
+                },
+            );
         }
 
         peer.last_sent.remove(&key);
@@ -763,7 +806,7 @@ impl Replica {
         let target = if into_active {
             slot.active.as_mut()
         } else {
-            slot.incoming.as_mut().map(|incoming| {
+            slot.incoming.get_mut(&generation).map(|incoming| {
                 incoming.sources.insert(from);
                 &mut incoming.epoch
             })
@@ -784,11 +827,11 @@ impl Replica {
         if !into_active {
             let promote = slot
                 .incoming
-                .as_mut()
+                .get_mut(&generation)
                 .is_some_and(|incoming| incoming.epoch.has_genesis());
             if promote {
                 received.changed_chats.insert(chat);
-                return self.promote(chat, number);
+                return self.promote(chat, number, generation);
             }
             return Ok(());
         }
@@ -808,7 +851,12 @@ impl Replica {
 
     /// Puts the received higher generation of an epoch in use: checks its genesis, re-applies
     /// the old generation's state onto it, and compacts again if that brought a deletion.
-    fn promote(&mut self, chat: ChatId, number: u64) -> Result<(), SyncError> {
+    fn promote(
+        &mut self,
+        chat: ChatId,
+        number: u64,
+        generation: GenerationId,
+    ) -> Result<(), SyncError> {
         let Some(slot) = self
             .chats
             .get_mut(&chat)
@@ -816,7 +864,7 @@ impl Replica {
         else {
             return Ok(());
         };
-        let Some(mut incoming) = slot.incoming.take() else {
+        let Some(mut incoming) = slot.incoming.remove(&generation) else {
             return Ok(());
         };
         let checked = incoming.epoch.check_genesis();
@@ -835,6 +883,7 @@ impl Replica {
             self.clock.observe(max);
         }
         let compact = next.holds_any_deleted_text();
+        slot.incoming.retain(|candidate, _| *candidate > generation);
         slot.active = Some(next);
         for peer in self.peers.values_mut() {
             peer.purge(chat, number, slot);

@@ -107,8 +107,8 @@ fn a_deleted_text_is_in_no_saved_state_and_no_later_sync_message() {
             replica.reset_peer(peer);
         }
     }
-    let mut fresh = vec![Replica::new(own(3), 33)];
-    std::mem::swap(&mut fresh[0], &mut replicas[2]);
+    // The third device is replaced by a fresh install that has nothing yet.
+    replicas[2] = Replica::new(own(3), 33);
     exchange_all(&mut replicas, Some(&mut transcripts));
 
     for needle in [SECRET, SECRET_EDIT] {
