@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 
+use crate::epoch::Outcome;
 use crate::error::SyncError;
 use crate::replica::{NewMessage, Replica};
 
@@ -141,9 +142,18 @@ pub fn measure_bootstrap(
 
     let (catch_up_bytes, _) = exchange(&mut phone, &mut laptop, now)?;
 
-    let last = shape.messages;
-    let at = phone.tick(BENCH_TIME_MS + last + 1);
-    phone.edit(BENCH_CHAT, last, "edited once the laptop was in step", at)?;
+    // The newest message the phone sent that is not deleted: an edit it may make.
+    let target = (1..=shape.messages)
+        .rev()
+        .find(|chat_seq| sent_by_phone(*chat_seq) && !deleted(shape, *chat_seq))
+        .ok_or(BenchError::Diverged(
+            "the history holds no message the phone may edit",
+        ))?;
+    let at = phone.tick(BENCH_TIME_MS + shape.messages + 1);
+    let edited = phone.edit(BENCH_CHAT, target, "edited once the laptop was in step", at)?;
+    if edited != Outcome::Applied {
+        return Err(BenchError::Diverged("the phone's edit did not apply"));
+    }
     let (remote_operation_bytes, remote_operation_apply) = exchange(&mut phone, &mut laptop, now)?;
     if laptop.view(BENCH_CHAT) != phone.view(BENCH_CHAT) {
         return Err(BenchError::Diverged("after the remote edit"));
@@ -206,11 +216,25 @@ fn text_of(chat_seq: u64) -> String {
     text
 }
 
+/// Whether `chat_seq` is a multiple of `period` (never, for 0).
+fn every(period: u64, chat_seq: u64) -> bool {
+    period != 0 && chat_seq.is_multiple_of(period)
+}
+
+/// The phone sends the even messages, the contact the odd ones.
+fn sent_by_phone(chat_seq: u64) -> bool {
+    chat_seq.is_multiple_of(2)
+}
+
+/// Whether the history deletes `chat_seq` (only the phone deletes, its own messages).
+fn deleted(shape: HistoryShape, chat_seq: u64) -> bool {
+    sent_by_phone(chat_seq) && every(shape.delete_every, chat_seq)
+}
+
 fn build_history(phone: &mut Replica, shape: HistoryShape) -> Result<(), SyncError> {
-    let every = |period: u64, chat_seq: u64| period != 0 && chat_seq.is_multiple_of(period);
     let me = phone.device();
     for chat_seq in 1..=shape.messages {
-        let sender = if chat_seq % 2 == 0 {
+        let sender = if sent_by_phone(chat_seq) {
             me
         } else {
             contact_device()
@@ -235,7 +259,7 @@ fn build_history(phone: &mut Replica, shape: HistoryShape) -> Result<(), SyncErr
             let at = phone.tick(time_ms);
             phone.edit(BENCH_CHAT, chat_seq, &format!("{text} (edited)"), at)?;
         }
-        if every(shape.delete_every, chat_seq) && sender == me {
+        if deleted(shape, chat_seq) {
             let at = phone.tick(time_ms);
             phone.delete(BENCH_CHAT, chat_seq, at)?;
         }

@@ -25,4 +25,5 @@ fn bootstrap_of_a_hundred_thousand_messages() {
     );
     assert_eq!(measured.epochs, 10);
     assert!(measured.size_ratio() < 2.0, "{measured:?}");
+    assert!(measured.remote_operation_bytes > 0, "the edit travelled");
 }
