@@ -15,10 +15,11 @@ use relay_net::{
 };
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
-    AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
-    FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey,
-    OneTimeKeyCount, QueueBatch, Register, Registered, SendOutcome, ServerPush, UploadOneTimeKeys,
-    auth_signing_payload, client_request, client_response, server_push,
+    AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, DeviceCommand,
+    DeviceList, Envelope, FetchAndAck, FetchQueue, Hello, KeyBundle, LinkRequests, LinkStatus,
+    LookupAccount, LookupName, OneTimeKey, OneTimeKeyCount, Pairing, QueueBatch, Register,
+    Registered, RequestLink, SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload,
+    client_request, client_response, device_command, server_push,
 };
 use relay_proto::{AccountId, DeviceAddress};
 use tokio::sync::mpsc;
@@ -251,6 +252,33 @@ impl EdgeConnection {
         }
     }
 
+    /// Asks, as a new device (no authentication), to be linked with a pairing code; asked again
+    /// with the same keys, it answers where the request stands.
+    pub async fn request_link(&self, request: RequestLink) -> Result<LinkStatus> {
+        match self
+            .call(client_request::Body::RequestLink(request))
+            .await?
+        {
+            client_response::Body::LinkStatus(status) => Ok(status),
+            other => Err(unexpected("LinkStatus", &other)),
+        }
+    }
+
+    /// Runs a command on the authenticated device's account's devices.
+    pub async fn device_command(&self, command: device_command::Command) -> Result<DeviceAnswer> {
+        let body = client_request::Body::Devices(DeviceCommand {
+            command: Some(command),
+        });
+        match self.call(body).await? {
+            client_response::Body::Pairing(pairing) => Ok(DeviceAnswer::Pairing(pairing)),
+            client_response::Body::LinkRequests(requests) => {
+                Ok(DeviceAnswer::LinkRequests(requests))
+            }
+            client_response::Body::Devices(devices) => Ok(DeviceAnswer::Devices(devices)),
+            other => Err(unexpected("Pairing, LinkRequests or Devices", &other)),
+        }
+    }
+
     /// Authenticates `device` on a new control stream, presenting its queue cursor and next
     /// `device_seq` (the edge refuses a device behind what its region has seen), and returns the
     /// state of its keys and the receiver of the pushes that follow on that stream.
@@ -408,6 +436,17 @@ impl EdgeConnection {
     }
 }
 
+/// What a device command answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAnswer {
+    /// A pairing opened.
+    Pairing(Pairing),
+    /// The link requests waiting for approval.
+    LinkRequests(LinkRequests),
+    /// The account's devices.
+    Devices(DeviceList),
+}
+
 async fn read_response(recv: &mut quinn::RecvStream) -> Result<client_response::Body> {
     let response = read_frame::<ClientResponse>(recv)
         .await?
@@ -452,6 +491,10 @@ fn unexpected(wanted: &str, got: &client_response::Body) -> ClientError {
         client_response::Body::KeysUploaded(_) => "KeysUploaded",
         client_response::Body::Sent(_) => "Sent",
         client_response::Body::Queue(_) => "Queue",
+        client_response::Body::LinkStatus(_) => "LinkStatus",
+        client_response::Body::Pairing(_) => "Pairing",
+        client_response::Body::LinkRequests(_) => "LinkRequests",
+        client_response::Body::Devices(_) => "Devices",
     };
     ClientError::UnexpectedResponse(format!("{kind} where {wanted} was expected"))
 }

@@ -782,7 +782,7 @@ impl EdgeService {
             .unwrap_or_else(|poison| poison.into_inner())
             .handle_request(&request, self.inner.clock.now_ms())?;
         let Some(body) = request.body else {
-            return Err(ProtoError::invalid("empty request"));
+            return Err(crate::session::unsupported_request());
         };
         let unexpected = || ProtoError::new(ErrorCode::Internal, "unexpected answer from a region");
         match (route, body) {
@@ -833,6 +833,7 @@ impl EdgeService {
                     device: device.into(),
                     upload: Some(upload),
                     fetch: None,
+                    devices: None,
                 };
                 match self
                     .to_home(
@@ -852,12 +853,41 @@ impl EdgeService {
                     device: device.into(),
                     upload: None,
                     fetch: Some(fetch),
+                    devices: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::FetchQueue(request))
                     .await?
                 {
                     (_, region_response::Body::Queue(batch)) => Ok(Resp::Queue(batch)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::Region(region), Req::RequestLink(link)) => {
+                match self
+                    .region_request(region, region_request::Body::RequestLink(link))
+                    .await?
+                {
+                    region_response::Body::LinkStatus(status) => Ok(Resp::LinkStatus(status)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::DeviceHome(device), Req::Devices(command)) => {
+                let request = wire::ForDevice {
+                    device: device.into(),
+                    upload: None,
+                    fetch: None,
+                    devices: Some(command),
+                };
+                match self
+                    .to_home(device.account, region_request::Body::Devices(request))
+                    .await?
+                {
+                    (_, region_response::Body::Pairing(pairing)) => Ok(Resp::Pairing(pairing)),
+                    (_, region_response::Body::LinkRequests(requests)) => {
+                        Ok(Resp::LinkRequests(requests))
+                    }
+                    (_, region_response::Body::Devices(devices)) => Ok(Resp::Devices(devices)),
                     _ => Err(unexpected()),
                 }
             }

@@ -14,7 +14,7 @@ use relay_proto::wire::{
     self, AccountDevices, Authenticate, ClientRequest, MismatchedDevices, ParsedEnvelope,
     ResendFrom, SendOutcome, SentEverywhere, client_request, send_outcome,
 };
-use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+use relay_proto::{AccountId, DeviceAddress, ErrorCode, PairingCode, ProtoError, RegionId};
 
 use crate::limits::{REQUESTS_BURST_DEFAULT, REQUESTS_PER_SECOND_DEFAULT};
 
@@ -65,8 +65,11 @@ pub enum Route {
         /// The device claiming them.
         claimer: DeviceAddress,
     },
-    /// To the home region of the connection's own device (queue, key upload).
+    /// To the home region of the connection's own device (queue, key upload, its account's
+    /// devices).
     DeviceHome(DeviceAddress),
+    /// To the region a pairing code names (a new device asking to be linked, unauthenticated).
+    Region(RegionId),
     /// To the home regions of every listed account and of the sender, all in parallel.
     Fanout(Box<ParsedEnvelope>),
 }
@@ -189,11 +192,17 @@ impl Session {
     ) -> Result<Route, ProtoError> {
         use client_request::Body;
         let Some(body) = &request.body else {
-            return Err(ProtoError::invalid("empty request"));
+            // prost reads a kind it does not know as no body at all.
+            return Err(unsupported_request());
         };
         self.take_token(now_ms)?;
-        if let Body::Register(_) = body {
-            return Ok(Route::OwnRegion);
+        match body {
+            Body::Register(_) => return Ok(Route::OwnRegion),
+            Body::RequestLink(link) => {
+                let code: PairingCode = link.code.parse()?;
+                return Ok(Route::Region(code.region));
+            }
+            _ => {}
         }
         let device = self.device().ok_or_else(|| {
             ProtoError::new(
@@ -212,7 +221,12 @@ impl Session {
                 account: AccountId(claim.account),
                 claimer: device,
             }),
-            Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) => Ok(Route::DeviceHome(device)),
+            Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) | Body::Devices(_) => {
+                Ok(Route::DeviceHome(device))
+            }
+            Body::RequestLink(_) => Err(ProtoError::invalid(
+                "a link request comes from a new device, before it authenticates",
+            )),
             Body::Send(envelope) => {
                 let parsed = envelope.parse()?;
                 if parsed.sender != device {
@@ -242,6 +256,15 @@ impl Session {
         self.tokens_milli -= 1000;
         Ok(())
     }
+}
+
+/// The refusal of a request this edge cannot read: empty, or of a kind added after it was
+/// built (prost decodes an unknown kind as no body).
+pub fn unsupported_request() -> ProtoError {
+    ProtoError::new(
+        ErrorCode::UnsupportedRequest,
+        "an empty request, or a kind of request this edge does not know (the client is newer)",
+    )
 }
 
 /// The destination regions of an envelope: every listed account's home and the sender's.
@@ -606,6 +629,50 @@ mod tests {
         assert_eq!(error.code, ErrorCode::Unauthenticated);
         let empty = ClientRequest { body: None };
         assert!(session.handle_request(&empty, 0).is_err());
+    }
+
+    /// A new device's link request needs no authentication and goes to the region its code
+    /// names; device commands go to the device's home; a kind this edge does not know (prost
+    /// reads it as no body) is a typed refusal.
+    #[test]
+    fn link_requests_go_to_the_code_s_region_and_unknown_kinds_are_typed() {
+        let mut session = Session::new(SessionLimits::default(), 0);
+        let link = |code: &str| ClientRequest {
+            body: Some(client_request::Body::RequestLink(wire::RequestLink {
+                code: code.into(),
+                ..wire::RequestLink::default()
+            })),
+        };
+        assert_eq!(
+            session.handle_request(&link("2-K7QD-M2XA"), 0),
+            Ok(Route::Region(RegionId(2)))
+        );
+        let error = session
+            .handle_request(&link("two-K7QD"), 0)
+            .expect_err("not a code");
+        assert_eq!(error.code, ErrorCode::Malformed);
+        let devices = ClientRequest {
+            body: Some(client_request::Body::Devices(wire::DeviceCommand::default())),
+        };
+        let error = session
+            .handle_request(&devices, 0)
+            .expect_err("not authenticated");
+        assert_eq!(error.code, ErrorCode::Unauthenticated);
+
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let mut session = authenticated(&Account::new(), me);
+        assert_eq!(
+            session.handle_request(&devices, 0),
+            Ok(Route::DeviceHome(me.parse().expect("valid")))
+        );
+        let unknown_kind = ClientRequest { body: None };
+        let error = session
+            .handle_request(&unknown_kind, 0)
+            .expect_err("unknown kind");
+        assert_eq!(error.code, ErrorCode::UnsupportedRequest);
     }
 
     #[test]

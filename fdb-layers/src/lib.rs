@@ -25,6 +25,7 @@ pub mod keys;
 pub mod limits;
 pub mod media;
 pub mod outbox;
+pub mod pairing;
 pub mod quarantine;
 pub mod receipts;
 pub mod store_identity;

@@ -13,6 +13,7 @@ pub mod claims;
 pub mod config;
 pub mod core;
 pub mod limits;
+pub mod linking;
 pub mod repair;
 pub mod service;
 pub mod store_check;

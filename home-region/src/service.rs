@@ -54,6 +54,7 @@ use crate::limits::{
     PLANTED_COMMIT_DELAY_MS, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
+use crate::linking;
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
 /// The store's file in the region's data folder.
@@ -390,7 +391,11 @@ impl RegionService {
         use region_response::Body as Resp;
         let local = self.inner.region;
         let Some(body) = request.body else {
-            return Err(ProtoError::invalid("empty region request"));
+            // prost reads a kind it does not know as no body at all.
+            return Err(ProtoError::new(
+                ErrorCode::UnsupportedRequest,
+                "an empty region request, or a kind this region does not know (it is older)",
+            ));
         };
         match body {
             Req::Commit(commit) => {
@@ -516,6 +521,39 @@ impl RegionService {
                     remaining: count,
                     fallback_key: wire::FallbackKeyState::Unknown as i32,
                 }))
+            }
+            Req::RequestLink(request) => {
+                let now = self.inner.clock.now_ms();
+                let status = self
+                    .transact(|tx| {
+                        let request = request.clone();
+                        async move { linking::request_link(&tx, local, &request, now).await }
+                    })
+                    .await?;
+                Ok(Resp::LinkStatus(status))
+            }
+            Req::Devices(for_device) => {
+                let device = for_device.device.parse()?;
+                let command = for_device.devices.unwrap_or_default();
+                let now = self.inner.clock.now_ms();
+                let key = self.idempotency_key();
+                // Drawn once per request, outside the transaction: a retried commit opens the
+                // same pairing.
+                let secret = rand::random();
+                let answer = self
+                    .transact(|tx| {
+                        let command = command.clone();
+                        async move {
+                            linking::device_command(&tx, local, device, &command, secret, &key, now)
+                                .await
+                        }
+                    })
+                    .await?;
+                Ok(match answer {
+                    linking::Answer::Pairing(pairing) => Resp::Pairing(pairing),
+                    linking::Answer::LinkRequests(requests) => Resp::LinkRequests(requests),
+                    linking::Answer::Devices(devices) => Resp::Devices(devices),
+                })
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
             Req::StoreCensus(request) => {

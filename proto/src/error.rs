@@ -44,6 +44,11 @@ pub enum ErrorCode {
     /// A recipient device's queue cannot be read (damaged storage): sends to it are refused,
     /// never acknowledged, until an operator repairs the store; retry later.
     RecipientUnavailable = 16,
+    /// The peer does not know this kind of request (it is older than the asker): the request
+    /// did nothing. Not retryable against the same peer.
+    UnsupportedRequest = 17,
+    /// A pairing code that does not exist, expired, or was used already.
+    PairingRefused = 18,
 }
 
 impl ErrorCode {
@@ -65,6 +70,8 @@ impl ErrorCode {
             14 => Self::DirectoryUnavailable,
             15 => Self::Overloaded,
             16 => Self::RecipientUnavailable,
+            17 => Self::UnsupportedRequest,
+            18 => Self::PairingRefused,
             _ => Self::Internal,
         }
     }

@@ -11,8 +11,10 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod pairing;
 pub mod wire;
 
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{FrameDecoder, FrameError, decode_frame, encode_frame};
 pub use ids::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
+pub use pairing::PairingCode;

@@ -77,6 +77,20 @@ pub const SUBSCRIBE_DEVICES_PER_FRAME_MAX: usize = 8_192;
 /// (and logs) adds beyond it, and an edge never holds more connected devices.
 pub const SUBSCRIBED_DEVICES_PER_STREAM_MAX: usize = 1 << 20;
 
+/// How long a pairing code stays usable after `relay link` showed it, in milliseconds.
+pub const PAIRING_CODE_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Random bytes in a pairing code (40 bits: eight base-32 characters). A code is single use,
+/// expires after [`PAIRING_CODE_TTL_MS`], and its request still needs an existing device's
+/// approval, so guessing one gains nothing without that approval.
+pub const PAIRING_CODE_SECRET_BYTES: usize = 5;
+
+/// Pairing codes open at once per account (the oldest is dropped to open another).
+pub const PAIRINGS_PER_ACCOUNT_MAX: usize = 8;
+
+/// Devices one account may have: its device list is read whole at every commit.
+pub const DEVICES_PER_ACCOUNT_MAX: usize = 16;
+
 const _: () =
     assert!(REGION_PEER_REQUEST_TIMEOUT_MS + HOP_MARGIN_MS <= EDGE_REGION_REQUEST_TIMEOUT_MS);
 const _: () = assert!(EDGE_REGION_REQUEST_TIMEOUT_MS < EDGE_ANSWER_TIMEOUT_MS);
@@ -87,3 +101,9 @@ const _: () =
     assert!(2 * SUBSCRIBE_DEVICES_PER_FRAME_MAX * DEVICE_ADDR_ENCODED_BYTES_MAX <= FRAME_BYTES_MAX);
 // An envelope's recipient devices are announced by one frame.
 const _: () = assert!(ENVELOPE_RECIPIENT_DEVICES_MAX <= SUBSCRIBE_DEVICES_PER_FRAME_MAX);
+// A new device's recipients list (all its account's devices and a contact's) fits an envelope.
+const _: () = assert!(2 * DEVICES_PER_ACCOUNT_MAX <= ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A code outlives the requests that use it.
+const _: () = assert!(PAIRING_CODE_TTL_MS > 10 * EDGE_ANSWER_TIMEOUT_MS);
+// Five bytes are eight base-32 characters exactly.
+const _: () = assert!(PAIRING_CODE_SECRET_BYTES * 8 == 8 * 5);
