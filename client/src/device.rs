@@ -62,12 +62,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use relay_proto::clock::{Clock, SystemClock};
-use relay_proto::wire::{OneTimeKeyCount, validate_account_name};
+use relay_proto::wire::device_command::Command as Cmd;
+use relay_proto::wire::{
+    ApproveLink, DeviceKeys, LinkRequestInfo, OneTimeKeyCount, OpenPairing, Pairing, RemoveDevice,
+    validate_account_name,
+};
 use relay_proto::{ClientMessageId, DeviceAddress};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::connection::{Dialer, EdgeConnection, Push, dial};
+use crate::connection::{DeviceAnswer, Dialer, EdgeConnection, Push, dial};
 use crate::core::{
     Action, Core, MessageState, Mode, NameState, Request, RequestId, Response, StillPending,
 };
@@ -79,7 +83,7 @@ use crate::limits::{
     SYNC_RETRY_BUDGET_MS,
 };
 use crate::secrets::{self, DEVICE_KEY_FILE};
-use crate::store::{Identity, Settings, Store};
+use crate::store::{Identity, KnownDevice, Settings, Store};
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -196,7 +200,13 @@ enum Command {
     MessageState(ClientMessageId, Reply<MessageState>),
     History(String, Reply<Vec<Event>>),
     RolledBack(Reply<Option<String>>),
+    Devices(Cmd, Reply<DeviceAnswer>),
+    KnownDevices(String, Reply<Vec<KnownDevice>>),
     Close(oneshot::Sender<()>),
+}
+
+fn unexpected_answer(wanted: &str, got: &DeviceAnswer) -> ClientError {
+    ClientError::UnexpectedResponse(format!("{got:?} where {wanted} was expected"))
 }
 
 impl Device {
@@ -330,6 +340,70 @@ impl Device {
     pub async fn history(&self, peer: &str) -> Result<Vec<Event>> {
         self.call(|reply| Command::History(peer.into(), reply))
             .await
+    }
+
+    /// Opens a pairing for a new device of this account: the code to show, usable once until
+    /// it expires. The new device asks with it ([`crate::link::link_accept`]); any device of the
+    /// account approves the request ([`Device::approve_link`]).
+    pub async fn link(&self) -> Result<Pairing> {
+        match self
+            .device_command(Cmd::OpenPairing(OpenPairing {}))
+            .await?
+        {
+            DeviceAnswer::Pairing(pairing) => Ok(pairing),
+            other => Err(unexpected_answer("a pairing", &other)),
+        }
+    }
+
+    /// The new devices waiting for an approval on this account, oldest first.
+    pub async fn link_requests(&self) -> Result<Vec<LinkRequestInfo>> {
+        match self
+            .device_command(Cmd::LinkRequests(OpenPairing {}))
+            .await?
+        {
+            DeviceAnswer::LinkRequests(requests) => Ok(requests.requests),
+            other => Err(unexpected_answer("the link requests", &other)),
+        }
+    }
+
+    /// Approves the new device that asked with `code` and showed `identity_key`; returns the
+    /// account's devices.
+    pub async fn approve_link(&self, code: &str, identity_key: &[u8]) -> Result<Vec<DeviceKeys>> {
+        let approve = Cmd::Approve(ApproveLink {
+            code: code.into(),
+            identity_key: identity_key.to_vec(),
+        });
+        self.device_list(approve).await
+    }
+
+    /// This account's devices, as its home region lists them.
+    pub async fn own_devices(&self) -> Result<Vec<DeviceKeys>> {
+        self.device_list(Cmd::List(OpenPairing {})).await
+    }
+
+    /// Removes device `device` of this account (this one included, unless it is the last);
+    /// returns the account's devices. The removed device receives nothing more.
+    pub async fn remove_device(&self, device: u32) -> Result<Vec<DeviceKeys>> {
+        self.device_list(Cmd::Remove(RemoveDevice { device })).await
+    }
+
+    /// The devices of `peer` (a contact) this device knows, current and former, with the
+    /// identity keys it trusted on first use (local only).
+    pub async fn known_devices(&self, peer: &str) -> Result<Vec<KnownDevice>> {
+        self.call(|reply| Command::KnownDevices(peer.into(), reply))
+            .await
+    }
+
+    async fn device_list(&self, command: Cmd) -> Result<Vec<DeviceKeys>> {
+        match self.device_command(command).await? {
+            DeviceAnswer::Devices(list) => Ok(list.devices),
+            other => Err(unexpected_answer("the device list", &other)),
+        }
+    }
+
+    async fn device_command(&self, command: Cmd) -> Result<DeviceAnswer> {
+        self.connect().await?;
+        self.call(|reply| Command::Devices(command, reply)).await
     }
 
     /// Why the relay refused this device as rolled back, if it did.
@@ -741,6 +815,8 @@ impl Actor {
                 });
             }
             Command::Connect(reply) => {
+                // An on-demand device connects for this call, for as long as a flush would.
+                self.core.want_connection(now + FLUSH_BUDGET_MS);
                 self.waiters.push(Waiter::Connect {
                     started_ms: now,
                     reply,
@@ -760,6 +836,30 @@ impl Actor {
             }
             Command::RolledBack(reply) => {
                 let _ = reply.send(Ok(self.core.rolled_back().map(str::to_owned)));
+            }
+            Command::Devices(command, reply) => match self.connection.clone() {
+                // On its own task: the answer takes a round trip the actor does not wait for.
+                Some(connection) => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(connection.device_command(command).await);
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::Invalid(
+                        "the device lost its connection before the command went out; try again"
+                            .into(),
+                    )));
+                }
+            },
+            Command::KnownDevices(peer, reply) => {
+                let store = self.core.store();
+                let known = store
+                    .contact_by_name(&peer)
+                    .and_then(|contact| match contact {
+                        Some(contact) => store.known_devices(contact.account),
+                        None => Err(ClientError::UnknownPeer(peer)),
+                    });
+                let _ = reply.send(known);
             }
             Command::Close(_) => {}
         }

@@ -5,7 +5,8 @@
 //! An open [`crate::Device`]'s stream carries what happens to the device: `tick`, `message`,
 //! `undecryptable`, `expired`, `failed`, `connected`, `disconnected`, `rolled_back` and `note`.
 //! The one-command flows ([`crate::flows`]) add their own: `registered`, `listening`,
-//! `still_pending`, `marked_read`, `history` and `synced`.
+//! `still_pending`, `marked_read`, `history` and `synced`; linking adds `pairing_code`,
+//! `link_requested`, `linked` and `device`.
 
 use serde::Serialize;
 
@@ -179,11 +180,63 @@ pub enum Event {
         /// The relay's words.
         reason: String,
     },
+    /// A pairing is open: the code to type on the new device (`relay link`).
+    PairingCode {
+        /// The code, like `1-K7QD-M2XA`.
+        code: String,
+        /// When it stops being usable, in ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
+    /// A new device asked to be linked with a pairing code; it waits for an approval. Shown
+    /// on both devices, with the same fingerprint to compare.
+    LinkRequested {
+        /// The code it used.
+        code: String,
+        /// The account it asks to join.
+        name: String,
+        /// Its identity key's fingerprint.
+        fingerprint: String,
+    },
+    /// This data directory is now a linked device of an account (`relay link-accept`).
+    Linked {
+        /// Account name.
+        name: String,
+        /// Account id.
+        account: u64,
+        /// Device number.
+        device: u32,
+        /// Home region.
+        region: u32,
+    },
+    /// A device of an account, as `relay devices` lists it.
+    Device {
+        /// The account's name.
+        name: String,
+        /// The device number.
+        device: u32,
+        /// Its identity key's fingerprint (empty when this device never learned it).
+        fingerprint: String,
+        /// Whether it is among the account's current devices (a contact's former devices are
+        /// listed too).
+        current: bool,
+        /// Whether it is the device running the command.
+        this_device: bool,
+    },
     /// Something worth telling on stderr (reconnects, warnings); never printed as JSON.
     Note {
         /// The text.
         message: String,
     },
+}
+
+/// An identity key's fingerprint, to compare on two screens: its 32 bytes in hex, in groups of
+/// four digits.
+pub fn fingerprint(identity_key: &[u8]) -> String {
+    let hex: Vec<String> = identity_key
+        .chunks(2)
+        .map(|pair| pair.iter().map(|byte| format!("{byte:02x}")).collect())
+        .collect();
+    hex.join(" ")
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds (`2025-06-01T12:00:00.123Z`).

@@ -40,13 +40,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use relay_proto::ClientMessageId;
+use relay_proto::wire::{DeviceKeys, LinkRequestInfo};
 use tokio::time::Instant;
 
 use crate::core::MessageState;
 use crate::device::{Device, Events};
 use crate::error::{ClientError, Result};
-use crate::events::Event;
-use crate::limits::{FLUSH_BUDGET_MS, POLL_INTERVAL_MS};
+use crate::events::{Event, fingerprint};
+use crate::limits::{FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS};
 use crate::store::Tick;
 
 /// What `send --wait` waits for.
@@ -279,6 +280,134 @@ pub async fn history(device: &Device, peer: &str, sink: &mut dyn FnMut(Event)) -
         sink(entry);
     }
     Ok(())
+}
+
+/// `relay link`: opens a pairing and reports its code, waits (up to `timeout`, at most until
+/// the code expires) for the new device's request, reports it with its fingerprint, approves
+/// it, and reports the account's devices.
+pub async fn link(device: &Device, timeout: Duration, sink: &mut dyn FnMut(Event)) -> Result<()> {
+    let pairing = device.link().await?;
+    sink(Event::PairingCode {
+        code: pairing.code.clone(),
+        expires_at_ms: pairing.expires_at_ms,
+    });
+    let deadline = Instant::now() + timeout;
+    for _ in 0..LINK_POLLS_MAX {
+        let requests = device.link_requests().await?;
+        if let Some(request) = requests.iter().find(|request| request.code == pairing.code) {
+            return approve_request(device, request, sink).await;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(LINK_POLL_INTERVAL_MS)).await;
+    }
+    Err(ClientError::TimedOut(format!(
+        "no new device asked with pairing code {} in time",
+        pairing.code
+    )))
+}
+
+/// `relay approve [CODE]`: approves the new device waiting with `code` (or the only one
+/// waiting), and reports the account's devices.
+pub async fn approve(
+    device: &Device,
+    code: Option<&str>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let requests = device.link_requests().await?;
+    let request = match code {
+        Some(code) => {
+            let code: relay_proto::PairingCode = code
+                .parse()
+                .map_err(|error: relay_proto::ProtoError| ClientError::Invalid(error.message))?;
+            let code = code.to_string();
+            requests.iter().find(|request| request.code == code)
+        }
+        None if requests.len() == 1 => requests.first(),
+        None if requests.is_empty() => None,
+        None => {
+            return Err(ClientError::Invalid(format!(
+                "{} new devices are waiting: name the code to approve",
+                requests.len()
+            )));
+        }
+    };
+    let request = request
+        .ok_or_else(|| ClientError::Invalid("no new device is waiting for an approval".into()))?;
+    approve_request(device, request, sink).await
+}
+
+async fn approve_request(
+    device: &Device,
+    request: &LinkRequestInfo,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    sink(Event::LinkRequested {
+        code: request.code.clone(),
+        name: device.identity().name.clone(),
+        fingerprint: fingerprint(&request.identity_key),
+    });
+    let devices = device
+        .approve_link(&request.code, &request.identity_key)
+        .await?;
+    report_own_devices(device, &devices, sink);
+    Ok(())
+}
+
+/// `relay devices [PEER]`: this account's devices as its region lists them, or the devices of
+/// `peer` this device knows (current and former, with the identity keys it trusted).
+pub async fn devices(
+    device: &Device,
+    peer: Option<&str>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    match peer {
+        None => {
+            let devices = device.own_devices().await?;
+            report_own_devices(device, &devices, sink);
+        }
+        Some(peer) => {
+            for known in device.known_devices(peer).await? {
+                sink(Event::Device {
+                    name: peer.to_owned(),
+                    device: known.address.device.0,
+                    fingerprint: known
+                        .identity_key
+                        .as_ref()
+                        .map_or_else(String::new, |key| fingerprint(key)),
+                    current: known.current,
+                    this_device: false,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `relay remove-device N`: removes device `number` of this account and reports the devices
+/// left.
+pub async fn remove_device(
+    device: &Device,
+    number: u32,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let devices = device.remove_device(number).await?;
+    report_own_devices(device, &devices, sink);
+    Ok(())
+}
+
+fn report_own_devices(device: &Device, devices: &[DeviceKeys], sink: &mut dyn FnMut(Event)) {
+    let identity = device.identity();
+    for listed in devices {
+        sink(Event::Device {
+            name: identity.name.clone(),
+            device: listed.device,
+            fingerprint: fingerprint(&listed.identity_key),
+            current: true,
+            this_device: listed.device == identity.device.0,
+        });
+    }
 }
 
 /// Reports outbox entries and drafts still waiting (all, or just `only`), with the last

@@ -3,7 +3,9 @@
 //! protocol): a client waits longer than the edge may take to answer, the outbox's backoff is
 //! bounded, buffers are bounded.
 
-use relay_proto::limits::{EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS, QUEUE_FETCH_ENTRIES_MAX};
+use relay_proto::limits::{
+    EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS, PAIRING_CODE_TTL_MS, QUEUE_FETCH_ENTRIES_MAX,
+};
 
 // --- Requests and connections ---
 
@@ -96,6 +98,14 @@ pub const EVENTS_BUFFERED_MAX: usize = 1024;
 /// Calls (send, sync, …) waiting for an open device to take them.
 pub const COMMANDS_BUFFERED_MAX: usize = 64;
 
+/// How often a new device asks whether its link request was approved, and how often `relay
+/// link` looks for the new device's request, in milliseconds.
+pub const LINK_POLL_INTERVAL_MS: u64 = 500;
+/// How long `relay link` waits for the new device by default, in milliseconds: the code's life.
+pub const LINK_WAIT_MS_DEFAULT: u64 = PAIRING_CODE_TTL_MS;
+/// How many times a new device asks before giving up: until its pairing code expires.
+pub const LINK_POLLS_MAX: u64 = PAIRING_CODE_TTL_MS / LINK_POLL_INTERVAL_MS;
+
 // A request outlives the edge's own answer by at least one hop's margin, so whatever happens
 // behind the edge reaches the device as a typed answer.
 const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
@@ -118,3 +128,6 @@ const _: () = assert!(FALLBACK_KEY_MAX_AGE_MS >= FALLBACK_KEY_PREVIOUS_KEPT_MS);
 const _: () = assert!(BUSY_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
 // A live device polls its queue well within the connection's idle timeout.
 const _: () = assert!(POLL_INTERVAL_MS < relay_net::limits::IDLE_TIMEOUT_MS);
+// Asking about a link takes less than a request's patience, and the polls span the code's life.
+const _: () = assert!(LINK_POLL_INTERVAL_MS < REQUEST_TIMEOUT_MS);
+const _: () = assert!(LINK_POLLS_MAX * LINK_POLL_INTERVAL_MS >= PAIRING_CODE_TTL_MS);

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use relay_proto::limits::ONE_TIME_KEYS_AT_REGISTRATION;
-use relay_proto::wire::{Register, validate_account_name};
+use relay_proto::wire::{OneTimeKey, Register, validate_account_name};
 use relay_proto::{AccountId, DeviceId};
 
 use crate::connection::{dial, trusted_roots};
@@ -81,7 +81,7 @@ pub async fn register_in(
 }
 
 /// Whether the edge's answer says the account was not created.
-fn definitely_refused(error: &ClientError) -> bool {
+pub(crate) fn definitely_refused(error: &ClientError) -> bool {
     matches!(error, ClientError::Remote(refusal) if !refusal.code.is_retryable())
 }
 
@@ -94,84 +94,10 @@ async fn attempt(
     sink: &mut dyn FnMut(Event),
     sent: &mut bool,
 ) -> Result<Identity> {
-    create_private_dir(data_dir)?;
-    let key_path = overrides.device_key_path(data_dir);
-    for message in secrets::repair_permissions(data_dir, &[&key_path]) {
-        sink(Event::Note { message });
-    }
-    let mut store = Store::create(&data_dir.join(DATABASE_FILE))?;
-    store.unlock(&key_path)?;
-    if let Some(identity) = store.identity()? {
-        return Err(ClientError::AlreadyRegistered(identity.name));
-    }
-    let remembered = store.settings()?;
-    let ca_path = match (&overrides.ca_path, &remembered) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Some(settings)) => settings
-            .ca_path
-            .as_ref()
-            .map(|path| resolve(data_dir, path)),
-        (None, None) => None,
-    };
-    let given = Settings {
-        locator: overrides
-            .locator
-            .or(remembered.as_ref().map(|settings| settings.locator))
-            .ok_or_else(|| ClientError::Invalid("register needs --locator ADDR".into()))?,
-        bind_ip: overrides
-            .bind_ip
-            .or(remembered.as_ref().map(|settings| settings.bind_ip))
-            .ok_or_else(|| ClientError::Invalid("register needs --bind IP".into()))?,
-        ca_path,
-    };
-    let ca_copy = data_dir.join(CA_FILE);
-    if let Some(path) = &given.ca_path
-        && *path != ca_copy
-    {
-        std::fs::copy(path, &ca_copy).map_err(|error| {
-            ClientError::Invalid(format!(
-                "cannot copy the CA certificate {}: {error}",
-                path.display()
-            ))
-        })?;
-    }
-    let settings = Settings {
-        ca_path: given.ca_path.as_ref().map(|_| ca_copy.clone()),
-        ..given.clone()
-    };
-    trusted_roots(&settings)?;
-    let stored = Settings {
-        ca_path: given.ca_path.as_ref().map(|_| PathBuf::from(CA_FILE)),
-        ..given
-    };
+    let (mut store, settings) = prepare_data_dir(data_dir, overrides, "register", sink)?;
 
-    // An earlier attempt (say, one whose answer was lost) left keys: reuse them rather than
-    // make new ones, so the region recognises the same device.
-    if !store.has_olm_account()? {
-        let changes = Crypto::new().take_changes()?;
-        store.write(|writer| writer.save_crypto(&changes))?;
-    }
-    let now_ms = environment.clock.now_ms();
     let (identity_key, signing_key, one_time_keys, fallback_key) =
-        store.write_with_crypto(|writer, crypto| {
-            if crypto.unpublished_one_time_keys().is_empty() {
-                crypto.generate_one_time_keys(ONE_TIME_KEYS_AT_REGISTRATION);
-            }
-            if crypto.unpublished_fallback_key().is_none() {
-                crypto.generate_fallback_key();
-                writer.set_fallback_times(&FallbackTimes {
-                    made_at_ms: Some(now_ms),
-                    previous_kept: false,
-                })?;
-            }
-            writer.set_settings(&stored)?;
-            Ok((
-                crypto.identity_key(),
-                crypto.signing_key(),
-                crypto.unpublished_one_time_keys(),
-                crypto.unpublished_fallback_key(),
-            ))
-        })?;
+        new_device_keys(&mut store, environment.clock.now_ms())?;
 
     let mut notes = Vec::new();
     let dialed = dial(
@@ -231,10 +157,105 @@ async fn attempt(
     Ok(identity)
 }
 
+/// The public keys a new device publishes: its identity and signing keys, one-time keys and a
+/// signed fallback key. An earlier attempt (say, one whose answer was lost) left keys: they are
+/// reused rather than made anew, so the region recognises the same device.
+pub(crate) fn new_device_keys(store: &mut Store, now_ms: u64) -> Result<NewDeviceKeys> {
+    if !store.has_olm_account()? {
+        let changes = Crypto::new().take_changes()?;
+        store.write(|writer| writer.save_crypto(&changes))?;
+    }
+    store.write_with_crypto(|writer, crypto| {
+        if crypto.unpublished_one_time_keys().is_empty() {
+            crypto.generate_one_time_keys(ONE_TIME_KEYS_AT_REGISTRATION);
+        }
+        if crypto.unpublished_fallback_key().is_none() {
+            crypto.generate_fallback_key();
+            writer.set_fallback_times(&FallbackTimes {
+                made_at_ms: Some(now_ms),
+                previous_kept: false,
+            })?;
+        }
+        Ok((
+            crypto.identity_key(),
+            crypto.signing_key(),
+            crypto.unpublished_one_time_keys(),
+            crypto.unpublished_fallback_key(),
+        ))
+    })
+}
+
+/// A new device's identity key, signing key, one-time keys and fallback key.
+pub(crate) type NewDeviceKeys = ([u8; 32], [u8; 32], Vec<OneTimeKey>, Option<OneTimeKey>);
+
+/// Creates (or reopens) a new device's data directory: private, its database and device key,
+/// no identity yet, and the settings later commands reuse (given ones first, then remembered
+/// ones; the CA certificate copied in). For `register` and `link-accept`.
+pub(crate) fn prepare_data_dir(
+    data_dir: &Path,
+    overrides: Overrides,
+    command: &str,
+    sink: &mut dyn FnMut(Event),
+) -> Result<(Store, Settings)> {
+    create_private_dir(data_dir)?;
+    let key_path = overrides.device_key_path(data_dir);
+    for message in secrets::repair_permissions(data_dir, &[&key_path]) {
+        sink(Event::Note { message });
+    }
+    let mut store = Store::create(&data_dir.join(DATABASE_FILE))?;
+    store.unlock(&key_path)?;
+    if let Some(identity) = store.identity()? {
+        return Err(ClientError::AlreadyRegistered(identity.name));
+    }
+    let remembered = store.settings()?;
+    let ca_path = match (&overrides.ca_path, &remembered) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(settings)) => settings
+            .ca_path
+            .as_ref()
+            .map(|path| resolve(data_dir, path)),
+        (None, None) => None,
+    };
+    let given = Settings {
+        locator: overrides
+            .locator
+            .or(remembered.as_ref().map(|settings| settings.locator))
+            .ok_or_else(|| ClientError::Invalid(format!("{command} needs --locator ADDR")))?,
+        bind_ip: overrides
+            .bind_ip
+            .or(remembered.as_ref().map(|settings| settings.bind_ip))
+            .ok_or_else(|| ClientError::Invalid(format!("{command} needs --bind IP")))?,
+        ca_path,
+    };
+    let ca_copy = data_dir.join(CA_FILE);
+    if let Some(path) = &given.ca_path
+        && *path != ca_copy
+    {
+        std::fs::copy(path, &ca_copy).map_err(|error| {
+            ClientError::Invalid(format!(
+                "cannot copy the CA certificate {}: {error}",
+                path.display()
+            ))
+        })?;
+    }
+    let settings = Settings {
+        ca_path: given.ca_path.as_ref().map(|_| ca_copy.clone()),
+        ..given.clone()
+    };
+    trusted_roots(&settings)?;
+    let stored = Settings {
+        ca_path: given.ca_path.as_ref().map(|_| PathBuf::from(CA_FILE)),
+        ..given
+    };
+
+    store.write(|writer| writer.set_settings(&stored))?;
+    Ok((store, settings))
+}
+
 /// What a registration found before it began, so that a failed one removes exactly what it
 /// made.
 #[derive(Debug)]
-struct Made {
+pub(crate) struct Made {
     data_dir: PathBuf,
     /// Whether the data directory existed.
     dir_existed: bool,
@@ -243,7 +264,7 @@ struct Made {
 }
 
 impl Made {
-    fn before(data_dir: &Path, key_path: &Path) -> Self {
+    pub(crate) fn before(data_dir: &Path, key_path: &Path) -> Self {
         let database = data_dir.join(DATABASE_FILE);
         let mut files = vec![
             key_path.to_path_buf(),
@@ -270,7 +291,7 @@ impl Made {
 
     /// Removes what the registration made: its files, then the directory if it made it and
     /// it is empty (never anything that was there before).
-    fn undo(&self) {
+    pub(crate) fn undo(&self) {
         for (path, existed) in &self.files {
             if !existed {
                 let _ = std::fs::remove_file(path);

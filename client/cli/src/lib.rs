@@ -15,7 +15,8 @@ use relay_client::events::format_time_ms;
 use relay_client::flows::{self, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
-    ClientError, Device, Direction, Event, Mode, OpenOptions, Overrides, Tick, register, terminal,
+    ClientError, Device, Direction, Event, Mode, OpenOptions, Overrides, Tick, link_accept,
+    register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -76,6 +77,14 @@ OUTPUT
         [TIME] ← F: X                  an incoming message (\" (unread)\" until `relay read`)
     {\"event\":\"synced\",\"received\":N,\"ticks\":M,\"pending\":K}
         synced: N new message(s), M tick change(s), K pending in the outbox
+    {\"event\":\"pairing_code\",\"code\":C,\"expires_at_ms\":T}
+        pairing code C (single use, until TIME): on the new device run …
+    {\"event\":\"link_requested\",\"code\":C,\"name\":N,\"fingerprint\":F}
+        a new device asks to join N with C; its fingerprint: F
+    {\"event\":\"linked\",\"name\":N,\"account\":A,\"device\":D,\"region\":R}
+        linked to N: account A, device D, region R
+    {\"event\":\"device\",\"name\":N,\"device\":D,\"fingerprint\":F,\"current\":B,\"this_device\":B}
+        N device D (this device | removed): F
   With --json, an error is one JSON object on stderr:
     {\"event\":\"error\",\"message\":M,\"code\":C,\"exit_code\":N}
   where C names the kind of error (unknown_peer, timed_out, not_registered, damaged_database,
@@ -203,6 +212,42 @@ pub enum Command {
     History {
         /// The other account of the chat.
         peer: String,
+    },
+    /// Link a new device to this account: show a pairing code, wait for the new device to ask
+    /// with it (`relay --data DIR link-accept CODE` there), approve it and list the devices.
+    ///
+    /// The code is single use and expires after 10 minutes. Compare the fingerprint printed
+    /// here with the one the new device prints. Any device of the account may link another.
+    Link {
+        /// Stop waiting for the new device after this many seconds (default: until the code
+        /// expires).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
+    /// Make this new data directory a device of the account that showed CODE (`relay link`).
+    ///
+    /// Creates the device's keys, proves it holds them, and waits until a device of the
+    /// account approves it (`relay link` does so by itself, or `relay approve`). Needs
+    /// --locator and --bind like `register`.
+    LinkAccept {
+        /// The pairing code, like 1-K7QD-M2XA.
+        code: String,
+    },
+    /// Approve the new device waiting with CODE (or the only one waiting).
+    Approve {
+        /// The pairing code it used.
+        code: Option<String>,
+    },
+    /// List this account's devices, or the devices of PEER this device knows (with their
+    /// fingerprints, and the ones removed).
+    Devices {
+        /// A contact.
+        peer: Option<String>,
+    },
+    /// Remove device N of this account: it receives nothing more.
+    RemoveDevice {
+        /// The device number (see `relay devices`).
+        device: u32,
     },
 }
 
@@ -385,6 +430,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listened = flows::listen(&device, &mut events, timeout, ctrl_c(), &mut print).await;
             let closed = device.close().await;
             listened?;
+            closed?;
+        }
+        Command::Link { timeout } => {
+            let timeout = match timeout {
+                Some(seconds) => positive_seconds(seconds)?,
+                None => Duration::from_millis(relay_client::limits::LINK_WAIT_MS_DEFAULT),
+            };
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let linked = flows::link(&device, timeout, &mut print).await;
+            let closed = device.close().await;
+            linked?;
+            closed?;
+        }
+        Command::LinkAccept { code } => {
+            link_accept(&data, &code, overrides, &mut print).await?;
+        }
+        Command::Approve { code } => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let approved = flows::approve(&device, code.as_deref(), &mut print).await;
+            let closed = device.close().await;
+            approved?;
+            closed?;
+        }
+        Command::Devices { peer } => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let listed = flows::devices(&device, peer.as_deref(), &mut print).await;
+            let closed = device.close().await;
+            listed?;
+            closed?;
+        }
+        Command::RemoveDevice { device: number } => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let removed = flows::remove_device(&device, number, &mut print).await;
+            let closed = device.close().await;
+            removed?;
             closed?;
         }
         Command::History { peer } => {
@@ -590,6 +670,45 @@ fn unescaped_line(event: &Event) -> String {
         Event::Connected { edge } => format!("connected to the edge at {edge}"),
         Event::Disconnected { reason, .. } => format!("disconnected ({reason})"),
         Event::RolledBack { reason } => format!("this device was refused as rolled back: {reason}"),
+        Event::PairingCode {
+            code,
+            expires_at_ms,
+        } => format!(
+            "pairing code {code} (single use, until {}): on the new device run `relay --data DIR link-accept {code}`",
+            format_time_ms(*expires_at_ms)
+        ),
+        Event::LinkRequested {
+            code,
+            name,
+            fingerprint,
+        } => {
+            format!("a new device asks to join {name} with {code}; its fingerprint: {fingerprint}")
+        }
+        Event::Linked {
+            name,
+            account,
+            device,
+            region,
+        } => format!("linked to {name}: account {account}, device {device}, region {region}"),
+        Event::Device {
+            name,
+            device,
+            fingerprint,
+            current,
+            this_device,
+        } => {
+            let fingerprint = if fingerprint.is_empty() {
+                "fingerprint not known yet"
+            } else {
+                fingerprint.as_str()
+            };
+            let mark = match (this_device, current) {
+                (true, _) => " (this device)",
+                (false, false) => " (removed)",
+                (false, true) => "",
+            };
+            format!("{name} device {device}{mark}: {fingerprint}")
+        }
     }
 }
 

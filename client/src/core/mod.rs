@@ -249,6 +249,8 @@ pub struct Core {
     reports: VecDeque<Report>,
     /// Until when (ms) the outbox may send in [`Mode::OnDemand`].
     flush_until: Option<u64>,
+    /// Until when (ms) a call asked for the connection itself ([`Core::want_connection`]).
+    connection_wanted_until: Option<u64>,
     /// The last reason an entry could not be sent, for "still pending" reports.
     last_problem: Option<String>,
     /// The last error that kept the device from its edge or its queue, and when (ms).
@@ -318,6 +320,7 @@ impl Core {
             actions: VecDeque::new(),
             reports: VecDeque::new(),
             flush_until: None,
+            connection_wanted_until: None,
             last_problem: None,
             last_error: None,
             connected_at: None,
@@ -463,6 +466,9 @@ impl Core {
         if let Some(until) = self.flush_until {
             consider(until);
         }
+        if let Some(until) = self.connection_wanted_until {
+            consider(until);
+        }
         due
     }
 
@@ -470,6 +476,12 @@ impl Core {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if self.flush_until.is_some_and(|until| now_ms >= until) {
             self.flush_until = None;
+        }
+        if self
+            .connection_wanted_until
+            .is_some_and(|until| now_ms >= until)
+        {
+            self.connection_wanted_until = None;
         }
         if self.next_poll_at.is_some_and(|at| now_ms >= at) && self.is_connected() {
             self.next_poll_at = Some(now_ms + POLL_INTERVAL_MS);
@@ -557,6 +569,7 @@ impl Core {
         if unreachable || !(error.is_retryable() || error.needs_reconnect()) {
             // Nothing can go now: a one-shot send stops trying and says why.
             self.flush_until = None;
+            self.connection_wanted_until = None;
             self.last_problem = Some(error.to_string());
             self.outgoing.names_failed(&error.to_string());
         }
@@ -667,6 +680,15 @@ impl Core {
             self.fail(error);
         }
         self.outgoing.want_draft_names(&self.store);
+    }
+
+    /// Keeps an on-demand device connected until `until_ms`, for calls that talk to the edge
+    /// themselves (managing the account's devices); a live device is connected anyway.
+    pub fn want_connection(&mut self, until_ms: u64) {
+        self.connection_wanted_until = Some(
+            self.connection_wanted_until
+                .map_or(until_ms, |at| at.max(until_ms)),
+        );
     }
 
     /// Asks for the queue to be fetched to its end; [`Core::caught_up`] counts such ends.
@@ -822,7 +844,13 @@ impl Core {
 
     /// Whether the device needs its connection now.
     fn wants_connection(&self, now_ms: u64) -> bool {
-        if self.mode == Mode::Live || self.incoming.wanted || self.outgoing.names_for_calls() {
+        if self.mode == Mode::Live
+            || self.incoming.wanted
+            || self.outgoing.names_for_calls()
+            || self
+                .connection_wanted_until
+                .is_some_and(|until| now_ms < until)
+        {
             return true;
         }
         self.window_open(now_ms)

@@ -623,16 +623,31 @@ impl Core {
             }
             send_outcome::Outcome::Mismatched(mismatched) => {
                 let me = self.identity.account;
-                self.store.write(|writer| {
+                let changes = self.store.write(|writer| {
+                    let mut changes = Vec::new();
                     for account in &mismatched.accounts {
                         if account.account == row.peer.0 || account.account == me.0 {
+                            let account_id = AccountId(account.account);
                             let devices: Vec<DeviceId> =
                                 account.devices.iter().map(|d| DeviceId(*d)).collect();
-                            writer.set_current_devices(AccountId(account.account), &devices)?;
+                            let before: BTreeSet<DeviceId> = writer
+                                .known_devices(account_id)?
+                                .into_iter()
+                                .filter(|known| known.current)
+                                .map(|known| known.address.device)
+                                .collect();
+                            writer.set_current_devices(account_id, &devices)?;
+                            let after: BTreeSet<DeviceId> = devices.into_iter().collect();
+                            if let Some(change) = device_change(account_id, &before, &after) {
+                                changes.push(change);
+                            }
                         }
                     }
-                    Ok(())
+                    Ok(changes)
                 })?;
+                for (peer, text) in changes {
+                    self.reports.push_back(Report::NoteAbout { peer, text });
+                }
                 Outcome::Mismatched
             }
             send_outcome::Outcome::ResendFrom(resend) => {
@@ -904,4 +919,40 @@ impl Core {
         self.outgoing.names.insert(name, state);
         self.queue_known_drafts(now_ms)
     }
+}
+
+/// The warning when an account's current devices change from a list this device knew (not the
+/// first list it learns): devices added, devices gone, and where to compare them.
+pub(super) fn device_change(
+    account: AccountId,
+    before: &BTreeSet<DeviceId>,
+    after: &BTreeSet<DeviceId>,
+) -> Option<(AccountId, String)> {
+    if before.is_empty() || before == after {
+        return None;
+    }
+    let list = |devices: Vec<&DeviceId>| {
+        devices
+            .iter()
+            .map(|device| device.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added = list(after.difference(before).collect());
+    let removed = list(before.difference(after).collect());
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("device {added} added"));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("device {removed} removed"));
+    }
+    Some((
+        account,
+        format!(
+            "⚠ {{peer}}'s devices changed ({}); messages now go to the new list. Compare the \
+             fingerprints with `relay devices {{peer}}` on both sides",
+            parts.join(", ")
+        ),
+    ))
 }

@@ -566,3 +566,29 @@ fn drafts_wait_for_their_name_and_keep_their_id() {
     let actions = rig.actions(2);
     request(&actions, |r| *r == Request::ClaimKeys(AccountId(3)));
 }
+
+/// A contact's device list that changes from one this device knew is a warning naming what
+/// changed; the first list it learns, or the same list again, is not.
+#[test]
+fn a_changed_device_list_is_a_warning_and_a_first_one_is_not() {
+    let set = |devices: &[u32]| -> std::collections::BTreeSet<DeviceId> {
+        devices.iter().map(|device| DeviceId(*device)).collect()
+    };
+    let bob = AccountId(3);
+    assert_eq!(
+        super::outgoing::device_change(bob, &set(&[]), &set(&[1, 2])),
+        None
+    );
+    assert_eq!(
+        super::outgoing::device_change(bob, &set(&[1, 2]), &set(&[1, 2])),
+        None
+    );
+    let (account, text) =
+        super::outgoing::device_change(bob, &set(&[1, 2]), &set(&[1, 3])).expect("a change");
+    assert_eq!(account, bob);
+    assert!(
+        text.contains("device 3 added") && text.contains("device 2 removed"),
+        "{text}"
+    );
+    assert!(text.contains("relay devices {peer}"), "{text}");
+}
