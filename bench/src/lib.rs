@@ -4,10 +4,13 @@
 //!
 //! - [`storage`]: durable message-path appends through the storage layers, against raw redb
 //!   (batched, and one fsync per message) and the disk's fsync rate.
+//! - [`sync`]: a new device's bootstrap of a long history from a snapshot, and one remote
+//!   operation, against automerge's own save and load of the same documents.
 //! - [`measure`]: windows, the fsync probe, CPU time from `/proc`, percentiles.
 
 pub mod measure;
 pub mod storage;
+pub mod sync;
 
 use std::path::Path;
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
+use relay_bench::sync;
 
 /// The benchmarks of `relayd bench`.
 #[derive(Debug, Subcommand)]
@@ -13,6 +14,21 @@ pub enum Benchmark {
     /// Durable appends per second into chat log + device queues for several writer counts,
     /// next to raw redb (batched, and one fsync per message) and the disk's fsync rate.
     Storage(StorageArgs),
+    /// A new device's bootstrap of a long chat history from a snapshot (saved size, load time)
+    /// and one remote operation applied, next to automerge's own save and load of the same
+    /// documents.
+    Sync(SyncArgs),
+}
+
+/// Arguments of `relayd bench sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Messages in the history (with edits, deletions, reactions and read marks).
+    #[arg(long, default_value_t = sync::MESSAGES_DEFAULT)]
+    messages: u64,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `relayd bench storage`.
@@ -57,6 +73,15 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 bar.set_message(step.to_owned());
             })?;
             bar.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Benchmark::Sync(args) => {
+            let report = sync::run(args.messages)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
