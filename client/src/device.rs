@@ -67,7 +67,7 @@ use relay_proto::wire::{
     ApproveLink, DeviceKeys, LinkRequestInfo, OneTimeKeyCount, OpenPairing, Pairing, RemoveDevice,
     validate_account_name,
 };
-use relay_proto::{ClientMessageId, DeviceAddress};
+use relay_proto::{ClientMessageId, DeviceAddress, DeviceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -201,6 +201,7 @@ enum Command {
     History(String, Reply<Vec<Event>>),
     RolledBack(Reply<Option<String>>),
     Devices(Cmd, Reply<DeviceAnswer>),
+    OwnDevices(Vec<DeviceId>, Reply<()>),
     KnownDevices(String, Reply<Vec<KnownDevice>>),
     Close(oneshot::Sender<()>),
 }
@@ -396,7 +397,16 @@ impl Device {
 
     async fn device_list(&self, command: Cmd) -> Result<Vec<DeviceKeys>> {
         match self.device_command(command).await? {
-            DeviceAnswer::Devices(list) => Ok(list.devices),
+            DeviceAnswer::Devices(list) => {
+                let numbers = list
+                    .devices
+                    .iter()
+                    .map(|device| DeviceId(device.device))
+                    .collect();
+                self.call(|reply| Command::OwnDevices(numbers, reply))
+                    .await?;
+                Ok(list.devices)
+            }
             other => Err(unexpected_answer("the device list", &other)),
         }
     }
@@ -851,6 +861,9 @@ impl Actor {
                     )));
                 }
             },
+            Command::OwnDevices(devices, reply) => {
+                let _ = reply.send(self.core.handle_own_devices(&devices));
+            }
             Command::KnownDevices(peer, reply) => {
                 let store = self.core.store();
                 let known = store

@@ -120,6 +120,21 @@ fn a_laptop_links_receives_from_a_contact_and_gets_nothing_once_removed() {
             .any(|line| line["device"] == 2 && line["this_device"] == true)
     );
 
+    // The phone took the new list from the approval: its next message covers the laptop at
+    // once (no warning), and the laptop gets the copy.
+    let notes = send(&phone, "bob", "from the phone");
+    assert!(!notes.contains("devices changed"), "{notes}");
+    let copies = laptop.ok(&["sync"]);
+    let copy = events(&copies, "message")
+        .into_iter()
+        .find(|message| message["text"] == "from the phone")
+        .unwrap_or_else(|| panic!("the laptop gets the phone's copy: {copies:?}"));
+    assert_eq!(
+        (copy["direction"].as_str(), copy["peer"].as_str()),
+        (Some("out"), Some("bob"))
+    );
+    assert!(texts(&bob.ok(&["sync"])).contains(&"from the phone".to_owned()));
+
     // bob's next message reaches both devices, after one re-encryption, with a warning.
     let notes = send(&bob, "alice", "hello both");
     assert!(

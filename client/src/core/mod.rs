@@ -33,7 +33,7 @@ use relay_proto::wire::{
     AccountInfo, Envelope, KeyBundle, OneTimeKey, OneTimeKeyCount, QueueBatch, send_outcome,
     validate_account_name,
 };
-use relay_proto::{AccountId, ClientMessageId, ErrorCode};
+use relay_proto::{AccountId, ClientMessageId, DeviceId, ErrorCode};
 
 use crate::connection::DeviceProgress;
 use crate::error::{ClientError, Result};
@@ -680,6 +680,14 @@ impl Core {
             self.fail(error);
         }
         self.outgoing.want_draft_names(&self.store);
+    }
+
+    /// The account's devices as its region listed them (after this device approved or removed
+    /// one): the next envelopes cover exactly them, without a "mismatched devices" round trip.
+    pub fn handle_own_devices(&mut self, devices: &[DeviceId]) -> Result<()> {
+        let me = self.identity.account;
+        self.store
+            .write(|writer| writer.set_current_devices(me, devices))
     }
 
     /// Keeps an on-demand device connected until `until_ms`, for calls that talk to the edge
