@@ -43,6 +43,8 @@ pub struct SyncReport {
     pub remote_operation_bytes: usize,
     /// The new device applying that edit, in ms.
     pub remote_operation_apply_ms: f64,
+    /// automerge alone applying the same change to the same document, in ms.
+    pub automerge_remote_operation_apply_ms: f64,
 }
 
 /// Measures a history of `messages` messages (edits, deletions, reactions and read marks as
@@ -78,6 +80,7 @@ fn report(measured: &BootstrapMeasurement) -> SyncReport {
         catch_up_bytes: measured.catch_up_bytes,
         remote_operation_bytes: measured.remote_operation_bytes,
         remote_operation_apply_ms: ms(measured.remote_operation_apply),
+        automerge_remote_operation_apply_ms: ms(measured.automerge_remote_operation_apply),
     }
 }
 
@@ -93,7 +96,7 @@ impl SyncReport {
              | save | {:.0} ms | {:.0} ms | |\n\
              | load (new device usable) | {:.0} ms | {:.0} ms | {:.2}× |\n\
              | catch-up after the load | {} B | | |\n\
-             | one remote edit | {} B, {:.2} ms to apply | | |\n",
+             | one remote edit | {} B, {:.2} ms to apply | {:.2} ms to apply the change | |\n",
             self.messages,
             self.epochs,
             self.build_ms,
@@ -112,6 +115,7 @@ impl SyncReport {
             self.catch_up_bytes,
             self.remote_operation_bytes,
             self.remote_operation_apply_ms,
+            self.automerge_remote_operation_apply_ms,
         )
     }
 }

@@ -74,6 +74,9 @@ pub struct BootstrapMeasurement {
     pub remote_operation_bytes: usize,
     /// Time the new device took to receive and apply them.
     pub remote_operation_apply: Duration,
+    /// Time automerge alone takes to apply the same change to the same document (no sync
+    /// protocol, no patches, no checks).
+    pub automerge_remote_operation_apply: Duration,
 }
 
 impl BootstrapMeasurement {
@@ -149,11 +152,26 @@ pub fn measure_bootstrap(
         .ok_or(BenchError::Diverged(
             "the history holds no message the phone may edit",
         ))?;
+    // automerge alone, for comparison: the edited epoch's document as it was before the edit.
+    let mut raw_before = phone
+        .documents_mut()
+        .pop()
+        .map(|document| AutoCommit::load(&document.save()))
+        .transpose()?
+        .ok_or(BenchError::Diverged("the phone holds no document"))?;
     let at = phone.tick(BENCH_TIME_MS + shape.messages + 1);
     let edited = phone.edit(BENCH_CHAT, target, "edited once the laptop was in step", at)?;
     if edited != Outcome::Applied {
         return Err(BenchError::Diverged("the phone's edit did not apply"));
     }
+    let change = phone
+        .documents_mut()
+        .pop()
+        .and_then(|document| document.get_last_local_change())
+        .ok_or(BenchError::Diverged("the phone's edit made no change"))?;
+    let started = now();
+    raw_before.apply_changes([change])?;
+    let automerge_remote_operation_apply = now() - started;
     let (remote_operation_bytes, remote_operation_apply) = exchange(&mut phone, &mut laptop, now)?;
     if laptop.view(BENCH_CHAT) != phone.view(BENCH_CHAT) {
         return Err(BenchError::Diverged("after the remote edit"));
@@ -172,6 +190,7 @@ pub fn measure_bootstrap(
         catch_up_bytes,
         remote_operation_bytes,
         remote_operation_apply,
+        automerge_remote_operation_apply,
     })
 }
 

@@ -14,7 +14,7 @@ fn bootstrap_of_a_hundred_thousand_messages() {
     println!("{measured:#?}");
     println!(
         "snapshot {} bytes = {:.3} x automerge's own save ({} bytes); load {:?} (automerge {:?}); \
-         one remote edit: {} bytes applied in {:?}",
+         one remote edit: {} bytes applied in {:?} (automerge alone: {:?})",
         measured.snapshot_bytes,
         measured.size_ratio(),
         measured.automerge_saved_bytes,
@@ -22,6 +22,7 @@ fn bootstrap_of_a_hundred_thousand_messages() {
         measured.automerge_load,
         measured.remote_operation_bytes,
         measured.remote_operation_apply,
+        measured.automerge_remote_operation_apply,
     );
     assert_eq!(measured.epochs, 10);
     assert!(measured.size_ratio() < 2.0, "{measured:?}");
