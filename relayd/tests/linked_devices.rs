@@ -183,3 +183,78 @@ fn a_laptop_links_receives_from_a_contact_and_gets_nothing_once_removed() {
     );
     assert!(!output.status.success(), "the removed laptop is refused");
 }
+
+/// No device is primary: the laptop (linked by the phone) opens a pairing, its `relay link`
+/// stops waiting, the tablet asks with the code, and the phone approves it with `relay approve`.
+#[test]
+fn any_device_opens_a_pairing_and_another_approves_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devnet = Devnet::start(1, &dir.path().join("devnet"));
+    let device = |folder: &str| Person {
+        name: "alice".into(),
+        data: dir.path().join(folder),
+    };
+    let (phone, laptop, tablet) = (device("phone"), device("laptop"), device("tablet"));
+    phone.register(&devnet, "127.0.1.10");
+    let accept = |person: &Person, code: &str, bind: &str| {
+        person.spawn(&[
+            "link-accept",
+            code,
+            "--locator",
+            &devnet.locator(),
+            "--bind",
+            bind,
+            "--ca",
+            &devnet.ca(),
+        ])
+    };
+
+    let mut linking = phone.spawn(&["link", "--timeout", "120"]);
+    let pairing = linking.wait_for(DEADLINE, |line| line["event"] == "pairing_code");
+    let mut accepting = accept(
+        &laptop,
+        pairing["code"].as_str().expect("code"),
+        "127.0.1.11",
+    );
+    accepting.wait_for(DEADLINE, |line| {
+        line["event"] == "linked" && line["device"] == 2
+    });
+    assert!(linking.child.wait().expect("link ends").success());
+
+    // The laptop's `relay link` gives up before anyone asks; its code stays open.
+    let output = laptop.run(&["link", "--timeout", "1"]);
+    assert!(!output.status.success(), "no device asked in time");
+    let lines = support::json_lines(&output.stdout);
+    let code = events(&lines, "pairing_code")[0]["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    let errors = support::json_lines(&output.stderr);
+    assert_eq!(
+        errors.last().map(|error| &error["code"]),
+        Some(&Value::from("timed_out"))
+    );
+
+    let mut asking = accept(&tablet, &code, "127.0.1.12");
+    asking.wait_for(DEADLINE, |line| line["event"] == "link_requested");
+    let approved = phone.ok(&["approve", &code]);
+    assert_eq!(
+        devices(&approved)
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    asking.wait_for(DEADLINE, |line| {
+        line["event"] == "linked" && line["device"] == 3
+    });
+    assert!(asking.child.wait().expect("link-accept ends").success());
+    let listed = tablet.ok(&["devices"]);
+    assert_eq!(
+        devices(&listed)
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
