@@ -185,9 +185,12 @@ pub async fn commit_envelope(
         return Ok(Err(quarantined_refusal(device)));
     }
     for &device in &local_devices {
+        // Snapshot reads: an ack lowering the depth meanwhile must not refuse this commit (the
+        // depth can only read too high, so the cap holds); the append below reads `latest`
+        // with the conflict that keeps the queue gapless.
         let metadata = async {
-            let depth = device_queue::depth(tx, device).await?;
-            device_queue::latest(tx, device).await?;
+            let depth = device_queue::depth_snapshot(tx, device).await?;
+            device_queue::latest_snapshot(tx, device).await?;
             Ok(depth)
         };
         let depth = match metadata.await {
@@ -342,6 +345,7 @@ pub async fn fetch_and_ack(
         );
     }
     let mut effects = Effects::default();
+    let mut pushes = outbox::Pushes::new();
     if let Some(ack) = &request.ack {
         let removed = device_queue::ack(tx, device, &ack.queue_seqs).await?;
         if let Some(highest) = removed.iter().map(|(queue_seq, _)| *queue_seq).max() {
@@ -355,19 +359,31 @@ pub async fn fetch_and_ack(
                 state: ReceiptState::Delivered,
                 now_ms,
             };
-            route_receipt(tx, local, device, chat, chat_seq, transition, &mut effects).await?;
+            route_receipt(
+                tx,
+                local,
+                device,
+                chat,
+                chat_seq,
+                transition,
+                &mut effects,
+                &mut pushes,
+            )
+            .await?;
         }
     }
     let mut batch = QueueBatch {
         entries: Vec::new(),
-        latest_queue_seq: device_queue::latest(tx, device).await?,
+        // A hint for the device: a snapshot read, so appends to this queue never refuse a
+        // fetch (the device hears of them from the push after their commit).
+        latest_queue_seq: device_queue::latest_snapshot(tx, device).await?,
         one_time_keys_remaining: keys::one_time_key_count(tx, device).await?,
         fallback_key: keys::fallback_key_state(tx, device).await? as i32,
     };
     if let Some(fetch) = &request.fetch {
         let limit = fetch.limit.clamp(1, QUEUE_FETCH_ENTRIES_MAX) as usize;
         for (queue_seq, item) in
-            device_queue::read_after(tx, device, fetch.after_queue_seq, limit).await?
+            device_queue::read_after_snapshot(tx, device, fetch.after_queue_seq, limit).await?
         {
             batch
                 .entries
@@ -500,7 +516,18 @@ pub async fn repair_queue_entry(
         state: ReceiptState::Expired,
         now_ms,
     };
-    route_receipt(tx, local, device, chat, chat_seq, transition, &mut effects).await?;
+    let mut pushes = outbox::Pushes::new();
+    route_receipt(
+        tx,
+        local,
+        device,
+        chat,
+        chat_seq,
+        transition,
+        &mut effects,
+        &mut pushes,
+    )
+    .await?;
     let repair = EntryRepair::RemovedSenderTold {
         sender: entry.sender,
         client_message_id: entry.client_message_id,
@@ -576,6 +603,7 @@ pub async fn expire_queues(
     )
     .await?;
     let mut effects = Effects::default();
+    let mut pushes = outbox::Pushes::new();
     for (device, _, item) in &report.expired {
         let QueueItem::MessageRef { chat, chat_seq } = *item else {
             continue;
@@ -584,7 +612,17 @@ pub async fn expire_queues(
             state: ReceiptState::Expired,
             now_ms,
         };
-        route_receipt(tx, local, *device, chat, chat_seq, transition, &mut effects).await?;
+        route_receipt(
+            tx,
+            local,
+            *device,
+            chat,
+            chat_seq,
+            transition,
+            &mut effects,
+            &mut pushes,
+        )
+        .await?;
     }
     let expired = ExpiredQueues {
         expired_entries: report.expired.len(),
@@ -603,6 +641,8 @@ struct Transition {
 /// Sends the receipt of the log entry `chat#chat_seq` for `device` to the sender: queued here
 /// when the sender is homed here, else pushed to the outbox of the sender's region. Runs only
 /// for entries an ack or a sweep removed in this transaction, which makes it once per entry.
+/// `pushes` numbers the transaction's outbox pushes.
+#[allow(clippy::too_many_arguments)]
 async fn route_receipt(
     tx: &Transaction,
     local: RegionId,
@@ -611,6 +651,7 @@ async fn route_receipt(
     chat_seq: u64,
     transition: Transition,
     effects: &mut Effects,
+    pushes: &mut outbox::Pushes,
 ) -> Result<(), StoreError> {
     let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
         return Ok(());
@@ -626,7 +667,7 @@ async fn route_receipt(
     if entry.sender_region == local {
         deliver_receipt(tx, &receipt, transition.now_ms, effects).await
     } else {
-        outbox::push(tx, entry.sender_region, &receipt.encode_to_vec()).await?;
+        pushes.push(tx, entry.sender_region, &receipt.encode_to_vec())?;
         effects.outbox_pushed = true;
         Ok(())
     }
@@ -709,7 +750,13 @@ pub async fn apply_forwarded_receipts(
                 );
             }
         }
-        if outbox::mark_applied(tx, RegionId(forward.origin_region), forward.origin_seq).await? {
+        let Some(origin_seq) = outbox::OutboxSeq::from_bytes(&forward.origin_stamp) else {
+            return refuse(
+                ErrorCode::Malformed,
+                "receipt forward without a 12-byte origin stamp",
+            );
+        };
+        if outbox::mark_applied(tx, RegionId(forward.origin_region), origin_seq).await? {
             deliver_receipt(tx, &forward.receipt, now_ms, &mut effects).await?;
         }
     }
@@ -1447,11 +1494,11 @@ mod tests {
             at_ms: 10,
             sender: alice1.into(),
         };
-        let forward = |origin_seq| wire::ForwardReceipts {
+        let forward = |commit_version: u64| wire::ForwardReceipts {
             receipts: vec![wire::ReceiptForward {
                 receipt: receipt.clone(),
                 origin_region: 2,
-                origin_seq,
+                origin_stamp: [&commit_version.to_be_bytes()[..], &[0; 4]].concat(),
             }],
         };
         let apply = async |request: wire::ForwardReceipts| {
@@ -1473,6 +1520,19 @@ mod tests {
         );
         let (batch, _) = fetch(&f.db, alice1, &[]).await;
         assert_eq!(batch.entries.len(), 1);
+        let malformed = wire::ForwardReceipts {
+            receipts: vec![wire::ReceiptForward {
+                receipt: receipt.clone(),
+                origin_region: 2,
+                origin_stamp: vec![1, 2, 3],
+            }],
+        };
+        let refused = run(&f.db, async |tx| {
+            apply_forwarded_receipts(&tx, HERE, &malformed, 3_000).await
+        })
+        .await
+        .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::Malformed);
     }
 
     #[tokio::test]

@@ -1058,7 +1058,7 @@ impl RegionService {
             receipts.push(wire::ReceiptForward {
                 receipt,
                 origin_region: self.inner.region.0,
-                origin_seq: *seq,
+                origin_stamp: seq.to_bytes().to_vec(),
             });
         }
         let request = RegionRequest {
