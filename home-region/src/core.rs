@@ -73,6 +73,17 @@ pub struct Effects {
     pub outbox_pushed: bool,
 }
 
+impl Effects {
+    /// Adds what `other` asks for: the higher latest sequence of each device, and the outbox.
+    pub fn merge(&mut self, other: Effects) {
+        for (device, latest) in other.notify {
+            let known = self.notify.entry(device).or_insert(latest);
+            *known = (*known).max(latest);
+        }
+        self.outbox_pushed |= other.outbox_pushed;
+    }
+}
+
 /// A request's answer: a refusal for the peer, or a value plus its effects.
 pub type Outcome<T> = Result<Result<(T, Effects), ProtoError>, StoreError>;
 
