@@ -11,7 +11,7 @@ use std::time::Duration;
 use relay_planted::PlantedBug;
 
 use crate::faults::FaultKind;
-use crate::history::{Invariant, Violation};
+use crate::history::{Invariant, LIVENESS_BOUND_MS, Violation};
 use crate::simulation::{Report, Simulation};
 
 /// A sweep to run.
@@ -69,6 +69,113 @@ pub struct SwarmSummary {
 }
 
 impl SwarmSummary {
+    /// The summary as a table for people: runs, simulated and real time, messages, the slowest
+    /// delivery after a heal, faults by kind, violations by invariant, and how to rerun each
+    /// failing seed (with the planted bug, if any).
+    pub fn table(&self, real: Duration, plant: Option<PlantedBug>) -> String {
+        let summary = self;
+        let mut out = String::new();
+        let mut line =
+            |label: &str, value: String| out.push_str(&format!("  {label:<36} {value}\n"));
+        line("runs", summary.runs.to_string());
+        line("simulated time", hours(summary.simulated));
+        line("real time", format!("{:.1} s", real.as_secs_f64()));
+        let (planned, acked, received) = summary.messages;
+        line(
+            "messages planned / acked / received",
+            format!("{planned} / {acked} / {received}"),
+        );
+        line(
+            "slowest delivery after a heal",
+            format!(
+                "{:.1} s (bound {} s)",
+                summary.slowest_delivery_ms as f64 / 1000.0,
+                LIVENESS_BOUND_MS / 1000
+            ),
+        );
+        out.push_str("  faults injected\n");
+        for (kind, count) in &summary.faults {
+            out.push_str(&format!("    {:<34} {count}\n", kind.name()));
+        }
+        out.push_str(&format!(
+            "    {:<34} {}\n",
+            "store commits failed (disk)", summary.store_commits_failed
+        ));
+        let violations = summary.violations();
+        let total: u64 = violations.values().sum();
+        out.push_str(&format!("  {:<36} {total}\n", "violations"));
+        for (invariant, count) in &violations {
+            out.push_str(&format!("    {:<34} {count}\n", invariant.to_string()));
+        }
+        for failure in &summary.failures {
+            if let Some(error) = &failure.error {
+                out.push_str(&format!("  seed={}: {error}\n", failure.seed));
+            }
+            for violation in failure.violations.iter().take(10) {
+                out.push_str(&format!("  seed={}: {violation}\n", failure.seed));
+            }
+            let planted = plant
+                .map(|bug| format!(" --plant {bug}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+            "  reproduce with seed={0}: relayd sim --first-seed {0} --seeds 1 --trace{planted}\n",
+            failure.seed
+        ));
+        }
+        out
+    }
+
+    /// The summary as one JSON object (per-seed fingerprints included, so two sweeps can be
+    /// compared seed by seed).
+    pub fn json(
+        &self,
+        first_seed: u64,
+        real: Duration,
+        plant: Option<PlantedBug>,
+    ) -> serde_json::Value {
+        let summary = self;
+        let faults: serde_json::Map<String, serde_json::Value> = summary
+            .faults
+            .iter()
+            .map(|(kind, count)| (kind.name().to_owned(), (*count).into()))
+            .collect();
+        let violations: serde_json::Map<String, serde_json::Value> = summary
+            .violations()
+            .iter()
+            .map(|(invariant, count)| (invariant.to_string(), (*count).into()))
+            .collect();
+        let failures: Vec<serde_json::Value> = summary
+        .failures
+        .iter()
+        .map(|failure| {
+            serde_json::json!({
+                "seed": failure.seed,
+                "error": failure.error,
+                "violations": failure.violations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+        serde_json::json!({
+            "first_seed": first_seed,
+            "runs": summary.runs,
+            "planted": plant.map(|bug| bug.name()),
+            "simulated_s": summary.simulated.as_secs_f64(),
+            "real_s": real.as_secs_f64(),
+            "messages": {
+                "planned": summary.messages.0,
+                "acknowledged": summary.messages.1,
+                "received": summary.messages.2,
+            },
+            "slowest_delivery_ms": summary.slowest_delivery_ms,
+            "faults": faults,
+            "store_commits_failed": summary.store_commits_failed,
+            "violations": violations,
+            "failures": failures,
+            // Per seed: [seed, simulated ms, digest of the datagrams]; equal sweeps agree on each.
+            "fingerprints": summary.fingerprints,
+        })
+    }
+
     /// Violations, by invariant.
     pub fn violations(&self) -> BTreeMap<Invariant, u64> {
         let mut counts = BTreeMap::new();
@@ -189,4 +296,15 @@ impl Swarm {
         summary.fingerprints.sort_unstable();
         summary
     }
+}
+
+/// A duration as hours, minutes and seconds.
+fn hours(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    format!(
+        "{}h {:02}m {:02}s",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
 }

@@ -1,6 +1,7 @@
 //! The correctness workload: what each simulated client does, planned from the seed, and the
-//! client itself — the real client library ([`relay_client::Client`]: its store, Olm sessions,
-//! envelope building, outbox and inbound processing) on a simulated network and clock.
+//! client itself — the real client SDK ([`relay_client::Device`] driven by its one-command
+//! [`relay_client::flows`]: its store, Olm sessions, envelope building, outbox and inbound
+//! processing) on a simulated network and clock.
 //!
 //! Each client registers through its region's edge, waits until every client has, then sends
 //! its planned messages (each to one other client, after a planned pause, sometimes followed
@@ -18,13 +19,15 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_client::app::DATABASE_FILE;
 use relay_client::connection::{Dialer, EdgeSource};
-use relay_client::content::READ_RECEIPT_IDS_MAX;
 use relay_client::events::Direction;
+use relay_client::limits::READ_RECEIPT_IDS_MAX;
 use relay_client::store::{Store, Tick};
-use relay_client::{Client, ClientError, Environment, Event, Overrides, register_in};
-use relay_proto::AccountId;
+use relay_client::{
+    ClientError, DATABASE_FILE, Device, Environment, Event, Events, OpenOptions, Overrides, flows,
+    register_in,
+};
+use relay_proto::{AccountId, ClientMessageId};
 
 use crate::faults::NetFaults;
 use crate::history::{
@@ -337,7 +340,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             "client-run",
             u64::from(me) << 32 | incarnation,
         ));
-        Client::open_in(environment, &setup.data_dir, Overrides::default(), sink)
+        App::open(environment, &setup.data_dir, sink)
     };
     let mut client = open()?;
     let mut restarts = setup.plan.restarts.iter().copied().peekable();
@@ -360,13 +363,13 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             let peer = client_name(send.recipient);
             let sent = match send.compose {
                 // A contact not known yet needs the network to resolve: send it then.
-                true => match client.compose(&peer, &send.message.text()) {
+                true => match client.compose(&peer, &send.message.text()).await {
                     Err(ClientError::UnknownPeer(_)) => {
-                        client.send(&peer, &send.message.text(), None).await
+                        client.send(&peer, &send.message.text()).await
                     }
                     composed => composed,
                 },
-                false => client.send(&peer, &send.message.text(), None).await,
+                false => client.send(&peer, &send.message.text()).await,
             };
             local.borrow_mut().sending = None;
             tolerate(sent.map(|_| ()))?;
@@ -417,13 +420,86 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     Ok(())
 }
 
+/// One run of a client app: its device, opened on demand (it connects to send and to sync,
+/// as a one-shot command does), and where its events go. Dropping it kills the app.
+pub struct App {
+    device: Device,
+    events: Events,
+    sink: Box<dyn FnMut(Event)>,
+}
+
+impl App {
+    /// Opens the registered device of `data_dir` in `environment`; events go to `sink`.
+    pub fn open(
+        environment: Environment,
+        data_dir: &Path,
+        sink: Box<dyn FnMut(Event)>,
+    ) -> Result<App, ClientError> {
+        let (device, events) = Device::open(
+            data_dir,
+            OpenOptions {
+                environment,
+                ..OpenOptions::default()
+            },
+        )?;
+        Ok(App {
+            device,
+            events,
+            sink,
+        })
+    }
+
+    /// `relay send` (without `--wait`).
+    pub async fn send(&mut self, peer: &str, text: &str) -> Result<ClientMessageId, ClientError> {
+        flows::send(
+            &self.device,
+            &mut self.events,
+            peer,
+            text,
+            None,
+            std::future::pending(),
+            &mut *self.sink,
+        )
+        .await
+    }
+
+    /// Queues a text for a known contact, to go with the next send or sync.
+    pub async fn compose(
+        &mut self,
+        peer: &str,
+        text: &str,
+    ) -> Result<ClientMessageId, ClientError> {
+        self.events
+            .drive(self.device.compose(peer, text), &mut *self.sink)
+            .await
+    }
+
+    /// `relay sync`.
+    pub async fn sync(&mut self) -> Result<(), ClientError> {
+        flows::sync(&self.device, &mut self.events, &mut *self.sink).await
+    }
+
+    /// `relay read PEER`.
+    pub async fn read(&mut self, peer: &str) -> Result<usize, ClientError> {
+        flows::read(&self.device, &mut self.events, peer, &mut *self.sink).await
+    }
+
+    /// Closes the device (the edge is told), reporting what it still had to say.
+    pub async fn close(mut self) {
+        let _ = self.device.close().await;
+        while let Some(event) = self.events.next().await {
+            (self.sink)(event);
+        }
+    }
+}
+
 /// Kills the client app between two actions (no goodbye to the edge, nothing flushed beyond
 /// what its store already holds) and opens it again after a moment.
 async fn restart(
     setup: &ClientSetup,
-    client: Client,
-    open: &impl Fn() -> Result<Client, ClientError>,
-) -> Result<Client, Box<dyn std::error::Error>> {
+    client: App,
+    open: &impl Fn() -> Result<App, ClientError>,
+) -> Result<App, Box<dyn std::error::Error>> {
     drop(client);
     setup.shared.borrow_mut().record(What::ClientRestarted {
         client: setup.plan.client,
@@ -435,7 +511,7 @@ async fn restart(
 /// Marks some peers' new messages read, as a person opening those chats would.
 async fn read_some(
     setup: &ClientSetup,
-    client: &mut Client,
+    client: &mut App,
     local: &Rc<RefCell<Observer>>,
     rng: &mut StdRng,
 ) -> turmoil::Result {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use quinn::rustls::RootCertStore;
 use relay_net::{
     ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
-    bind_endpoint, client_config, load_roots, read_frame, request, write_frame,
+    bind_endpoint, client_config, load_roots, read_frame, request, system_roots, write_frame,
 };
-use relay_proto::limits::{AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
+use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, Envelope,
     FetchAndAck, FetchQueue, Hello, KeyBundle, LookupAccount, LookupName, OneTimeKey,
@@ -26,20 +26,9 @@ use tokio::sync::mpsc;
 use crate::crypto::Crypto;
 use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
+use crate::limits::{CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, PUSHES_BUFFERED_MAX, REQUEST_TIMEOUT_MS};
 use crate::store::Settings;
 
-/// How long one request may take before the connection is considered broken, in milliseconds:
-/// longer than the edge may take to answer, so a slow or silent region behind the edge reaches
-/// the device as a typed answer (`Overloaded`, `DirectoryUnavailable`), not as a timeout.
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
-const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
-/// How long the QUIC handshake may take, in milliseconds.
-pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// How long closing waits for the close to reach the edge, in milliseconds.
-pub const CLOSE_WAIT_MS: u64 = 1_000;
-/// Pushes buffered between the control-stream reader and the client; more are dropped (each push
-/// only says "fetch", and one pending fetch covers them all).
-pub const PUSHES_BUFFERED_MAX: usize = 16;
 /// The software name sent in `Hello`.
 pub const CLIENT_VERSION: &str = concat!("relay-client/", env!("CARGO_PKG_VERSION"));
 
@@ -130,7 +119,7 @@ impl Dialer {
         let mut problems = Vec::new();
         for &edge in edges {
             let connected = async {
-                let roots = load_roots(&settings.ca_path)?;
+                let roots = trusted_roots(settings)?;
                 EdgeConnection::connect_through(&*self.sockets, edge, settings.bind_ip, roots).await
             };
             match connected.await {
@@ -146,6 +135,45 @@ impl Dialer {
     }
 }
 
+/// Connects to the first edge that answers of those the dialer names for the settings. When
+/// the locator itself does not answer, the last edge a connection reached is tried instead
+/// (saying so in the notes returned); the locator's answer always wins when there is one.
+pub async fn dial(
+    dialer: &Dialer,
+    settings: &Settings,
+    last_edge: Option<SocketAddr>,
+    notes: &mut Vec<String>,
+) -> Result<EdgeConnection> {
+    let edges = match dialer.edges(settings).await {
+        Ok(edges) => edges,
+        Err(error @ ClientError::Discovery(_)) if dialer.asks_locator() => {
+            let Some(edge) = last_edge else {
+                return Err(error);
+            };
+            notes.push(format!("{error}; trying the last edge that worked, {edge}"));
+            return dialer
+                .connect_first(settings, &[edge])
+                .await
+                .map_err(|last| match last {
+                    ClientError::EdgeUnreachable(problem) => ClientError::Discovery(format!(
+                        "{error}; the last edge that worked did not answer either ({problem})"
+                    )),
+                    other => other,
+                });
+        }
+        Err(error) => return Err(error),
+    };
+    dialer.connect_first(settings, &edges).await
+}
+
+/// The roots a client of `settings` trusts: the deployment's CA, or the system's.
+pub fn trusted_roots(settings: &Settings) -> Result<Arc<RootCertStore>> {
+    Ok(match &settings.ca_path {
+        Some(path) => load_roots(path)?,
+        None => system_roots()?,
+    })
+}
+
 /// An open connection to an edge.
 #[derive(Debug)]
 pub struct EdgeConnection {
@@ -153,7 +181,7 @@ pub struct EdgeConnection {
     connection: quinn::Connection,
     /// The control stream's sending half, held open for the life of the connection: finishing it
     /// would tell the edge this device is gone.
-    control: Option<quinn::SendStream>,
+    control: std::sync::Mutex<Option<quinn::SendStream>>,
     edge: SocketAddr,
 }
 
@@ -185,7 +213,7 @@ impl EdgeConnection {
         Ok(Self {
             endpoint,
             connection,
-            control: None,
+            control: std::sync::Mutex::new(None),
             edge,
         })
     }
@@ -270,7 +298,10 @@ impl EdgeConnection {
         let (keys, send, recv) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| NetError::Timeout)??;
-        self.control = Some(send);
+        *self
+            .control
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(send);
         let (sender, receiver) = mpsc::channel(PUSHES_BUFFERED_MAX);
         tokio::spawn(read_pushes(recv, sender));
         Ok((keys, receiver))
@@ -359,8 +390,13 @@ impl EdgeConnection {
     }
 
     /// Closes the connection and waits (briefly) for the close to reach the edge.
-    pub async fn close(mut self) {
-        if let Some(mut control) = self.control.take() {
+    pub async fn close(&self) {
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(mut control) = control {
             let _ = control.finish();
         }
         self.connection.close(0u32.into(), b"bye");

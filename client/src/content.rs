@@ -7,12 +7,7 @@
 use prost::Message;
 
 use crate::error::{ClientError, Result};
-
-/// Largest text body, in bytes of UTF-8 (well under the 64 KiB ciphertext limit).
-pub const TEXT_BYTES_MAX: usize = 32 * 1024;
-
-/// Most client message ids one read receipt names; longer lists are split.
-pub const READ_RECEIPT_IDS_MAX: usize = 512;
+use crate::limits::{READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 
 /// The plaintext of one envelope.
 #[derive(Clone, PartialEq, Eq, prost::Message)]

@@ -16,9 +16,7 @@ use vodozemac::Curve25519PublicKey;
 use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle};
 
 use crate::error::{ClientError, Result};
-
-/// Olm sessions kept per remote device; the least recently used beyond this are dropped.
-pub const SESSIONS_PER_DEVICE_MAX: usize = 4;
+use crate::limits::SESSIONS_PER_DEVICE_MAX;
 
 /// Olm message type of a pre-key message on the wire.
 pub const MESSAGE_TYPE_PRE_KEY: u32 = 0;

@@ -14,15 +14,10 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::error::{ClientError, Result};
+use crate::limits::{DNS_ANSWER_BYTES_MAX, DNS_ATTEMPTS_MAX, DNS_TIMEOUT_MS};
 
 /// The name every client asks the locator for.
 pub const EDGE_SRV_NAME: &str = "_relay._udp.edge.relay.test.";
-/// How long to wait for the locator's answer to one query, in milliseconds.
-pub const DNS_TIMEOUT_MS: u64 = 1_000;
-/// Queries sent before giving up on the locator.
-pub const DNS_ATTEMPTS_MAX: u32 = 3;
-/// Largest DNS answer read over UDP, in bytes.
-pub const DNS_ANSWER_BYTES_MAX: usize = 4096;
 
 /// The encoded SRV query with this message id.
 pub fn build_query(id: u16) -> Result<Vec<u8>> {

@@ -16,6 +16,10 @@ pub enum ClientError {
     /// The QUIC connection or a stream on it failed.
     #[error("network: {0}")]
     Net(NetError),
+    /// The same as [`ClientError::Net`], told to a second caller (see
+    /// [`ClientError::duplicate`]).
+    #[error("network: {0}")]
+    Network(String),
     /// The edge answered the request with an error (shown plainly for the errors a person
     /// can act on: a busy server, an unavailable directory).
     #[error("{}", describe_remote(.0))]
@@ -97,6 +101,9 @@ pub enum ClientError {
          directory can no longer send or receive"
     )]
     DeviceRolledBack(String),
+    /// The device was closed (or stopped after a local failure) before the call was answered.
+    #[error("the device is closed")]
+    Closed,
 }
 
 impl ClientError {
@@ -104,6 +111,7 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Net(_)
+            | ClientError::Network(_)
             | ClientError::Discovery(_)
             | ClientError::EdgeUnreachable(_)
             | ClientError::NoOneTimeKey(_) => true,
@@ -132,9 +140,79 @@ impl ClientError {
     /// Whether the connection to the edge should be dropped and made again.
     pub fn needs_reconnect(&self) -> bool {
         match self {
-            ClientError::Net(_) | ClientError::EdgeUnreachable(_) => true,
+            ClientError::Net(_) | ClientError::Network(_) | ClientError::EdgeUnreachable(_) => true,
             ClientError::Remote(error) => error.code == ErrorCode::Unauthenticated,
             _ => false,
+        }
+    }
+}
+
+impl ClientError {
+    /// A copy of this error for another caller waiting on the same failure: the same message
+    /// and the same answers to [`ClientError::is_retryable`] and its kin (the variants holding
+    /// an operating system's or a library's error keep its message).
+    pub fn duplicate(&self) -> ClientError {
+        match self {
+            ClientError::Store(error) => ClientError::Invalid(format!("local store: {error}")),
+            ClientError::Io(error) => {
+                ClientError::Io(std::io::Error::new(error.kind(), error.to_string()))
+            }
+            ClientError::Net(error) => ClientError::Network(error.to_string()),
+            ClientError::Network(text) => ClientError::Network(text.clone()),
+            ClientError::Remote(error) => ClientError::Remote(error.clone()),
+            ClientError::UnexpectedResponse(text) => ClientError::UnexpectedResponse(text.clone()),
+            ClientError::Crypto(text) => ClientError::Crypto(text.clone()),
+            ClientError::Discovery(text) => ClientError::Discovery(text.clone()),
+            ClientError::NotRegistered => ClientError::NotRegistered,
+            ClientError::RegistrationUnfinished => ClientError::RegistrationUnfinished,
+            ClientError::Damaged { database, problem } => ClientError::Damaged {
+                database: database.clone(),
+                problem: problem.clone(),
+            },
+            ClientError::DeviceKey(text) => ClientError::DeviceKey(text.clone()),
+            ClientError::AlreadyRegistered(name) => ClientError::AlreadyRegistered(name.clone()),
+            ClientError::UnknownPeer(name) => ClientError::UnknownPeer(name.clone()),
+            ClientError::Invalid(text) => ClientError::Invalid(text.clone()),
+            ClientError::Corrupt(text) => ClientError::Corrupt(text.clone()),
+            ClientError::IdentityChanged(device) => ClientError::IdentityChanged(*device),
+            ClientError::EdgeUnreachable(text) => ClientError::EdgeUnreachable(text.clone()),
+            ClientError::Outbox(error) => ClientError::Outbox(error.clone()),
+            ClientError::Interrupted => ClientError::Interrupted,
+            ClientError::TimedOut(text) => ClientError::TimedOut(text.clone()),
+            ClientError::NoOneTimeKey(device) => ClientError::NoOneTimeKey(*device),
+            ClientError::BadFallbackKey(device) => ClientError::BadFallbackKey(*device),
+            ClientError::DeviceRolledBack(text) => ClientError::DeviceRolledBack(text.clone()),
+            ClientError::Closed => ClientError::Closed,
+        }
+    }
+
+    /// A stable, machine-readable name of the kind of error (`--json` prints it as `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Store(_) => "local_store",
+            ClientError::Io(_) => "io",
+            ClientError::Net(_) | ClientError::Network(_) => "network",
+            ClientError::Remote(_) => "refused",
+            ClientError::UnexpectedResponse(_) => "unexpected_answer",
+            ClientError::Crypto(_) => "crypto",
+            ClientError::Discovery(_) => "edge_discovery",
+            ClientError::NotRegistered => "not_registered",
+            ClientError::RegistrationUnfinished => "registration_unfinished",
+            ClientError::Damaged { .. } => "damaged_database",
+            ClientError::DeviceKey(_) => "device_key",
+            ClientError::AlreadyRegistered(_) => "already_registered",
+            ClientError::UnknownPeer(_) => "unknown_peer",
+            ClientError::Invalid(_) => "invalid",
+            ClientError::Corrupt(_) => "corrupt_local_state",
+            ClientError::IdentityChanged(_) => "identity_changed",
+            ClientError::EdgeUnreachable(_) => "edge_unreachable",
+            ClientError::Outbox(_) => "internal",
+            ClientError::Interrupted => "interrupted",
+            ClientError::TimedOut(_) => "timed_out",
+            ClientError::NoOneTimeKey(_) => "no_one_time_key",
+            ClientError::BadFallbackKey(_) => "bad_fallback_key",
+            ClientError::DeviceRolledBack(_) => "device_rolled_back",
+            ClientError::Closed => "closed",
         }
     }
 }

@@ -1,6 +1,11 @@
 //! What the client reports while it works: one [`Event`] per thing a person (or a test) wants to
 //! see. The CLI prints each as one line, human-readable or one JSON object (`--json`); the JSON
 //! shape is `{"event": "<snake_case variant>", ...fields}` and is a stable interface.
+//!
+//! An open [`crate::Device`]'s stream carries what happens to the device: `tick`, `message`,
+//! `undecryptable`, `expired`, `failed`, `connected`, `disconnected`, `rolled_back` and `note`.
+//! The one-command flows ([`crate::flows`]) add their own: `registered`, `listening`,
+//! `still_pending`, `marked_read`, `history` and `synced`.
 
 use serde::Serialize;
 
@@ -152,6 +157,27 @@ pub enum Event {
         ticks: usize,
         /// Entries still in the outbox.
         pending: usize,
+    },
+    /// The device is connected to an edge and authenticated.
+    Connected {
+        /// The edge's address.
+        edge: String,
+    },
+    /// The device lost its connection, or an attempt to connect failed.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// When the next attempt is made, if the device keeps trying (ms from now).
+        retry_in_ms: Option<u64>,
+        /// Whether no edge could be reached at all (the locator or every edge it named is
+        /// silent), as opposed to an edge that answered but could not serve yet.
+        unreachable: bool,
+    },
+    /// The relay refused this device because its state went back (its data directory was
+    /// restored from an older copy); it can no longer send or receive.
+    RolledBack {
+        /// The relay's words.
+        reason: String,
     },
     /// Something worth telling on stderr (reconnects, warnings); never printed as JSON.
     Note {

@@ -27,15 +27,7 @@
 
 use relay_proto::wire::FallbackKeyState;
 
-/// A fallback key older than this is replaced even if nobody was handed it, in milliseconds.
-pub const FALLBACK_KEY_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
-/// How long the previous fallback key is kept after it was replaced, in milliseconds (see the
-/// module doc); a new key is made no sooner either, since making one drops the previous.
-pub const FALLBACK_KEY_PREVIOUS_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
-
-// A key replaced because of its age has been current for at least as long as its predecessor
-// is kept, so periodic replacement never waits on the previous key.
-const _: () = assert!(FALLBACK_KEY_MAX_AGE_MS >= FALLBACK_KEY_PREVIOUS_KEPT_MS);
+use crate::limits::{FALLBACK_KEY_MAX_AGE_MS, FALLBACK_KEY_PREVIOUS_KEPT_MS};
 
 /// What the device stores about its fallback keys next to the Olm account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! device's Olm sessions, deduplicate redeliveries, file texts and read receipts, move ticks
 //! forward on server receipts, and record what could not be decrypted. Everything one page
 //! changes (messages, ticks, Olm pickles, the cursor and the acks owed) is written through one
-//! [`Writer`], so it commits together before any entry is acknowledged.
+//! [`Writer`] (with the Olm state of [`crate::store::Store::write_with_crypto`]), so it commits
+//! together before any entry is acknowledged.
 
 use relay_proto::wire::{QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, queue_entry};
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
@@ -74,17 +75,16 @@ pub enum Inbound {
     Warning(String),
 }
 
-/// Processes `entries` (a page fetched after `cursor`) for device `me` with the Olm state read
-/// inside the same transaction, and records the cursor and acks; returns what to report.
+/// Processes `entries` (a page fetched after `cursor`) for device `me` with the Olm state of the
+/// same transaction, and records the cursor and acks; returns what to report.
 pub fn process_entries(
     writer: &Writer<'_>,
+    crypto: &mut Crypto,
     me: DeviceAddress,
     cursor: u64,
     entries: &[QueueEntry],
     now_ms: u64,
 ) -> Result<Vec<Inbound>> {
-    let mut crypto = writer.load_crypto()?;
-    let crypto = &mut crypto;
     let mut reports = Vec::new();
     let mut expected = cursor + 1;
     let mut seqs = Vec::with_capacity(entries.len());
@@ -113,7 +113,6 @@ pub fn process_entries(
             ))),
         }
     }
-    writer.save_crypto(&crypto.take_changes()?)?;
     writer.processed_queue_entries(&seqs)?;
     Ok(reports)
 }
@@ -395,7 +394,9 @@ mod tests {
         let me = side.me;
         let reports = side
             .store
-            .write(|writer| process_entries(writer, me, cursor, entries, 5_000))
+            .write_with_crypto(|writer, crypto| {
+                process_entries(writer, crypto, me, cursor, entries, 5_000)
+            })
             .expect("process");
         side.crypto = side.store.load_crypto().expect("load").expect("account");
         reports

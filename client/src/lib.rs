@@ -1,29 +1,44 @@
-//! Relay's client: end-to-end encryption with Olm (vodozemac), a durable SQLite store, an outbox
-//! that retries with the same client message id, edge discovery over DNS, and the `relay` CLI.
+//! Relay's client SDK: end-to-end encryption with Olm (vodozemac), a durable SQLite store, an
+//! outbox that retries with the same client message id, and edge discovery over DNS, behind one
+//! API that apps, bots, the `relay` CLI, the chaos clients and benchmarks all use.
 //!
-//! The decision logic is sans-IO and unit-tested without sockets: [`outbox`] (ordering, backoff,
-//! send outcomes), [`envelope`] (encrypting for exactly the current devices), [`inbound`]
-//! (processing a queue page), [`crypto`], [`fallback`] (when the fallback key is replaced and
-//! forgotten), [`content`], and the DNS message handling in [`discovery`]. [`connection`] and
-//! [`app`] are the runtime shell; [`cli`] parses arguments and prints [`events::Event`]s, through
-//! [`terminal`] so that no peer's text can drive the terminal.
+//! - [`Device`] is an open device: [`Device::send`] stores a text and returns its id at once,
+//!   the device delivers it (many chats at once) while [`Events`] reports what happens
+//!   (messages, ticks, undecryptable messages, expiries, connection state, notes);
+//!   [`register`] makes a new one. Its task is the runtime shell around a sans-IO core.
+//! - [`core`] is that core: every decision (typing, drafts, envelopes and "mismatched
+//!   devices", ticks, queue pages, fallback keys, a device refused as rolled back), fed inputs
+//!   and `now`, handing back actions and events, unit-tested with no runtime and no socket. It
+//!   uses the sans-IO pieces [`outbox`] (ordering, backoff, send outcomes), [`envelope`],
+//!   [`inbound`] (classifying a queue page), [`crypto`], [`fallback`] and [`content`].
+//! - [`flows`] are the one-command flows of the CLI (`send --wait`, `sync`, `read`, `listen`,
+//!   `history`) as thin functions over [`Device`].
+//! - [`store`] is the device's SQLite database, one file per table family; [`limits`] every
+//!   bound and timeout; [`connection`] and [`discovery`] the network shell; [`terminal`] keeps
+//!   peers' text from driving a terminal.
 
-pub mod app;
-pub mod cli;
 pub mod connection;
 pub mod content;
+pub mod core;
 pub mod crypto;
+pub mod device;
 pub mod discovery;
 pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod fallback;
+pub mod flows;
 pub mod inbound;
+pub mod limits;
 pub mod outbox;
+pub mod register;
 pub mod secrets;
 pub mod store;
 pub mod terminal;
 
-pub use app::{Client, Environment, Overrides, register, register_in};
+pub use core::{MessageState, Mode, StillPending};
+pub use device::{CA_FILE, DATABASE_FILE, Device, Environment, Events, OpenOptions, Overrides};
 pub use error::{ClientError, Result};
-pub use events::Event;
+pub use events::{Direction, Event};
+pub use register::{register, register_in};
+pub use store::{Identity, Tick};

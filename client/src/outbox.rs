@@ -26,19 +26,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::limits::{
+    MISMATCHES_IN_A_ROW_MAX, PIPELINE_WINDOW, RESENDS_IN_A_ROW_MAX, RETRY_DELAY_MS_MAX,
+    RETRY_DELAY_MS_MIN,
+};
 use rand::Rng;
 use relay_proto::{ChatId, ClientMessageId};
-
-/// Shortest wait before retrying a failed send, in milliseconds.
-pub const RETRY_DELAY_MS_MIN: u64 = 200;
-/// Longest wait before retrying a failed send, in milliseconds.
-pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
-/// Re-encryptions after "mismatched devices" in a row before backing off instead.
-pub const MISMATCHES_IN_A_ROW_MAX: u32 = 5;
-/// Renumberings after "resend from" in a row before backing off instead.
-pub const RESENDS_IN_A_ROW_MAX: u32 = 5;
-/// Entries of one chat in flight at once while all goes well.
-pub const PIPELINE_WINDOW: usize = 4;
 
 /// The delay before retry number `attempt` (from 1): exponential from the minimum, capped at the
 /// maximum, with "equal jitter" (uniform in the upper half of the step), never below the minimum.

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use home_region::config::{PeerEntry, PeersFile, RegionConfig};
-use relay_edge::config::{EdgeConfig, LimitsConfig, RegionAddress};
+use home_region::config::{PeersFile, RegionAddress, RegionConfig};
+use relay_edge::config::{EdgeConfig, LimitsConfig};
 use relay_edge::locator::{LocatorConfig, RegionEntry};
 use rustix::fs::FlockOperation;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -230,7 +230,7 @@ impl Launcher {
                     },
                 )
                 .await?;
-            peers.regions.push(PeerEntry {
+            peers.regions.push(RegionAddress {
                 region,
                 address: started.address,
             });
@@ -245,14 +245,7 @@ impl Launcher {
             )?;
         }
 
-        let region_addresses: Vec<RegionAddress> = peers
-            .regions
-            .iter()
-            .map(|peer| RegionAddress {
-                region: peer.region,
-                address: peer.address,
-            })
-            .collect();
+        let region_addresses = peers.regions.clone();
         let mut edges = Vec::new();
         for region in 1..=regions {
             let certs = self.pki.edge(region)?;

@@ -10,6 +10,8 @@
 //!   each child's pid and signalling only the devnet's own children: what `relayd chaos`, the
 //!   drills and the tests use.
 //! - [`pki`] issues the devnet's CA and the certificates of its regions and edges.
+//! - [`testbed`] runs the same topology inside the current process (regions, edges and the
+//!   locator as tasks, real stores in a temporary folder), for tests and doc tests.
 
 mod error;
 pub mod events;
@@ -17,6 +19,7 @@ pub mod launcher;
 pub mod limits;
 pub mod pki;
 pub mod process;
+pub mod testbed;
 
 pub use error::DevnetError;
 pub use events::{DevnetEvent, Ready, RegionReady};

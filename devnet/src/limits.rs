@@ -27,7 +27,7 @@ const _: () = assert!(DEVNET_REGIONS_MAX <= 254);
 // A region starting on an empty store waits for the directory writer's census; the devnet must
 // wait longer for its "listening" line than that.
 const _: () = assert!(
-    CHILD_START_TIMEOUT_MS > home_region::store_check::WRITER_CENSUS_WAIT_MS_MAX,
+    CHILD_START_TIMEOUT_MS > home_region::limits::WRITER_CENSUS_WAIT_MS_MAX,
     "a region waiting for the directory writer would be killed as too slow to start"
 );
 const _: () = assert!(CHILD_RESTART_DELAY_MS < CHILD_RESTART_DELAY_MS_MAX);

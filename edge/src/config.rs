@@ -1,8 +1,10 @@
-//! The edge's configuration file (TOML).
+//! The edge's configuration file (TOML), loaded the way every service's is
+//! ([`relay_net::config`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use relay_net::config::{ConfigError, RegionAddress};
 use serde::{Deserialize, Serialize};
 
 use crate::session::SessionLimits;
@@ -28,16 +30,6 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
 }
 
-/// Where a region listens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionAddress {
-    /// The region number.
-    pub region: u32,
-    /// Its internal QUIC address.
-    pub address: SocketAddr,
-}
-
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,58 +50,28 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Why an edge configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration.
-    #[error("invalid configuration in {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
 impl EdgeConfig {
     /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Self, EdgeConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| EdgeConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: EdgeConfig = toml::from_str(&text).map_err(|error| EdgeConfigError::Parse {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        relay_net::config::load(path, |config: EdgeConfig| {
+            config.validate()?;
+            Ok(config)
+        })
     }
 
     /// Checks values that parse but make no sense.
-    pub fn validate(&self) -> Result<(), EdgeConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.region == 0 {
-            return Err(EdgeConfigError::Invalid("region numbers start at 1".into()));
+            return Err(ConfigError::Value("region numbers start at 1".into()));
         }
-        if !self.regions.iter().any(|entry| entry.region == self.region) {
-            return Err(EdgeConfigError::Invalid(format!(
+        if relay_net::config::address_of(&self.regions, self.region).is_none() {
+            return Err(ConfigError::Value(format!(
                 "regions must list the edge's own region {}",
                 self.region
             )));
         }
         if self.limits.requests_per_second == 0 || self.limits.requests_burst == 0 {
-            return Err(EdgeConfigError::Invalid("limits must be at least 1".into()));
+            return Err(ConfigError::Value("limits must be at least 1".into()));
         }
         Ok(())
     }
@@ -131,9 +93,10 @@ mod tests {
 
     #[test]
     fn example_config_loads() {
-        let config: EdgeConfig = toml::from_str(EXAMPLE).expect("example parses");
-        config.validate().expect("example is valid");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("edge.example.toml");
+        let config = EdgeConfig::load(&path).expect("the example loads");
         assert_eq!(config.regions.len(), 2);
+        assert_eq!(config, toml::from_str(EXAMPLE).expect("example parses"));
     }
 
     #[test]

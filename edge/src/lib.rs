@@ -1,13 +1,18 @@
 //! Relay's edge: QUIC termination for devices, device authentication, forwarding to regions,
 //! delivery to connected devices; and the DNS edge locator.
 //!
-//! [`session`] holds the per-connection decisions (sans-IO); [`service`] is the QUIC shell;
-//! [`locator`] answers DNS queries for the nearest edge.
+//! [`session`] holds the per-connection decisions (sans-IO); [`cache`] the bounded, versioned
+//! cache of account homes and [`subscriptions`] what a subscription stream to a region has to
+//! send (both sans-IO); [`service`] is the QUIC shell; [`locator`] answers DNS queries for the
+//! nearest edge. Every bound of the edge is in [`limits`].
 
+pub mod cache;
 pub mod config;
+pub mod limits;
 pub mod locator;
 pub mod service;
 pub mod session;
+pub mod subscriptions;
 
 pub use config::EdgeConfig;
 pub use service::{EdgeError, EdgeParts, EdgeService, NonceSource, OsNonces};

@@ -3,9 +3,13 @@
 //! keeps one subscription stream per region so that regions can tell it when a connected
 //! device's queue grew, and relays those pushes to the device's control stream.
 //!
-//! An edge holds no durable data: a crash loses connections, never messages.
+//! An edge holds no durable data: a crash loses connections, never messages. What it holds in
+//! memory is bounded ([`crate::limits`]): device connections ([`DEVICE_CONNECTIONS_MAX`], then
+//! refused), the homes of accounts ([`HomeCache`]: bounded, expiring, forgotten when a region
+//! refuses an account), pushes per device (dropped past [`DEVICE_PUSHES_MAX`]: they are hints)
+//! and subscription changes per region ([`PendingSubscriptions`]: a resync past their bound).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +18,10 @@ use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
-use relay_net::{self as net, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets};
+use relay_net::config::ConfigError;
+use relay_net::{
+    self as net, ConnectionSlots, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets,
+};
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
     AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, EDGE_REGION_REQUEST_TIMEOUT_MS,
@@ -24,28 +31,24 @@ use relay_proto::wire::{
     ServerPush, client_request, client_response, region_request, region_response, server_push,
 };
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
-use crate::config::{EdgeConfig, EdgeConfigError};
+use crate::cache::{Home, HomeCache};
+use crate::config::EdgeConfig;
+use crate::limits::{
+    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_PUSHES_MAX, OVERLOADED_RETRY_AFTER_MS,
+    RESUBSCRIBE_DELAY_MS,
+};
 use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
-
-/// How long a device has to authenticate after `Hello`.
-pub const AUTH_TIMEOUT_MS: u64 = 10_000;
-/// How long an `Overloaded` answer (a region too slow to answer) asks the device to wait before
-/// it retries, in ms.
-pub const OVERLOADED_RETRY_AFTER_MS: u64 = 2_000;
-/// Pushes buffered for one device connection before new ones are dropped (they are hints).
-pub const DEVICE_PUSHES_MAX: usize = 64;
-/// Pause between attempts to re-open a subscription stream to a region.
-pub const RESUBSCRIBE_DELAY_MS: u64 = 300;
+use crate::subscriptions::{PendingSubscriptions, SubscriptionWork, change_frames, resync_frames};
 
 /// Why the edge cannot start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     /// The configuration is unusable.
     #[error(transparent)]
-    Config(#[from] EdgeConfigError),
+    Config(#[from] ConfigError),
     /// The network shell failed.
     #[error("network: {0}")]
     Net(#[from] NetError),
@@ -95,10 +98,35 @@ pub struct EdgeParts<'a> {
     pub nonces: Arc<dyn NonceSource>,
 }
 
-#[derive(Debug)]
-enum SubscriptionChange {
-    Add(DeviceAddress),
-    Remove(DeviceAddress),
+/// One region's subscription stream: the changes waiting for it, and its wake-up.
+#[derive(Default)]
+struct RegionSubscription {
+    pending: Mutex<PendingSubscriptions>,
+    wake: Notify,
+}
+
+impl RegionSubscription {
+    fn handle_change(&self, device: DeviceAddress, connected: bool) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_change(device, connected);
+        self.wake.notify_one();
+    }
+
+    fn poll_work(&self) -> Option<SubscriptionWork> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .poll_work()
+    }
+
+    fn clear(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
+    }
 }
 
 struct Connected {
@@ -119,11 +147,12 @@ struct Inner {
     internal_endpoint: quinn::Endpoint,
     links: PeerLinks,
     regions: Vec<RegionId>,
-    homes: Mutex<HashMap<AccountId, RegionId>>,
+    homes: Mutex<HomeCache>,
     /// device → (connection id → its push channel); ordered, so that pushes and subscriptions
     /// go out in the same order on every run.
     devices: Mutex<BTreeMap<DeviceAddress, BTreeMap<u64, Connected>>>,
-    subscriptions: HashMap<RegionId, mpsc::UnboundedSender<SubscriptionChange>>,
+    subscriptions: HashMap<RegionId, Arc<RegionSubscription>>,
+    connections: ConnectionSlots,
     next_connection: AtomicU64,
     clock: Arc<dyn Clock>,
     nonces: Arc<dyn NonceSource>,
@@ -134,8 +163,6 @@ fn error_response(error: ProtoError) -> ClientResponse {
         body: Some(client_response::Body::Error(error.into())),
     }
 }
-
-type SubscriptionReceivers = Vec<(RegionId, mpsc::UnboundedReceiver<SubscriptionChange>)>;
 
 impl EdgeService {
     /// Binds the device-facing server and the internal client endpoint from a configuration.
@@ -182,7 +209,7 @@ impl EdgeService {
             nonces,
         } = parts;
         if !regions.contains_key(&region) {
-            return Err(EdgeConfigError::Invalid(format!(
+            return Err(ConfigError::Value(format!(
                 "regions must list the edge's own region {region}"
             ))
             .into());
@@ -202,13 +229,10 @@ impl EdgeService {
             net::REGION_SERVER_NAME,
             resolve,
         );
-        let mut subscriptions = HashMap::new();
-        let mut receivers = Vec::new();
-        for &region in regions.keys() {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            subscriptions.insert(region, sender);
-            receivers.push((region, receiver));
-        }
+        let subscriptions: HashMap<RegionId, Arc<RegionSubscription>> = regions
+            .keys()
+            .map(|&region| (region, Arc::default()))
+            .collect();
         let inner = Inner {
             region,
             limits,
@@ -216,9 +240,10 @@ impl EdgeService {
             internal_endpoint,
             links,
             regions: regions.keys().copied().collect(),
-            homes: Mutex::new(HashMap::new()),
+            homes: Mutex::new(HomeCache::default()),
             devices: Mutex::new(BTreeMap::new()),
             subscriptions,
+            connections: ConnectionSlots::new(DEVICE_CONNECTIONS_MAX),
             next_connection: AtomicU64::new(1),
             clock,
             nonces,
@@ -228,7 +253,7 @@ impl EdgeService {
                 inner: Arc::new(inner),
             },
             address,
-            SubscriptionsToStart(receivers),
+            SubscriptionsToStart(regions.keys().copied().collect()),
         ))
     }
 
@@ -239,16 +264,17 @@ impl EdgeService {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), EdgeError> {
         let mut tasks = JoinSet::new();
-        for (region, changes) in subscriptions.0 {
-            tasks.spawn(self.clone().subscription(region, changes));
+        for region in subscriptions.0 {
+            tasks.spawn(self.clone().subscription(region));
         }
         let accept = async {
             while let Some(incoming) = self.inner.device_endpoint.accept().await {
                 let service = self.clone();
                 tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(connection) => service.serve_device(connection).await,
-                        Err(error) => tracing::debug!(%error, "device handshake failed"),
+                    if let Some((connection, _slot)) =
+                        net::accept_bounded(&service.inner.connections, incoming).await
+                    {
+                        service.serve_device(connection).await;
                     }
                 });
             }
@@ -426,12 +452,9 @@ impl EdgeService {
             .unwrap_or_else(|poison| poison.into_inner())
             .claimed_device(&authenticate)?;
         let (home, key) = within_answer_timeout(async {
-            let home = self.home_of(device.account).await?;
-            match self
-                .region_request(home, region_request::Body::SigningKey(device.into()))
-                .await?
-            {
-                region_response::Body::SigningKey(key) => Ok((home, key)),
+            let signing_key = region_request::Body::SigningKey(device.into());
+            match self.to_home(device.account, signing_key).await? {
+                (home, region_response::Body::SigningKey(key)) => Ok((home, key)),
                 _ => Err(ProtoError::new(
                     ErrorCode::Internal,
                     "unexpected answer to a key lookup",
@@ -473,8 +496,8 @@ impl EdgeService {
             connections.insert(connection_id, Connected { home, pushes });
             connections.len() == 1
         };
-        if first && let Some(changes) = self.inner.subscriptions.get(&home) {
-            let _ = changes.send(SubscriptionChange::Add(device));
+        if first && let Some(subscription) = self.inner.subscriptions.get(&home) {
+            subscription.handle_change(device, true);
         }
     }
 
@@ -497,8 +520,8 @@ impl EdgeService {
             devices.remove(&device);
             removed.home
         };
-        if let Some(changes) = self.inner.subscriptions.get(&home) {
-            let _ = changes.send(SubscriptionChange::Remove(device));
+        if let Some(subscription) = self.inner.subscriptions.get(&home) {
+            subscription.handle_change(device, false);
         }
     }
 
@@ -526,34 +549,20 @@ impl EdgeService {
     /// Keeps a subscription stream open to `region` for the devices homed there and connected
     /// here, re-opening it after a failure and then nudging those devices to fetch what they
     /// may have missed meanwhile.
-    async fn subscription(
-        self,
-        region: RegionId,
-        mut changes: mpsc::UnboundedReceiver<SubscriptionChange>,
-    ) {
+    async fn subscription(self, region: RegionId) {
+        let Some(changes) = self.inner.subscriptions.get(&region).cloned() else {
+            return;
+        };
         let mut reconnecting = false;
         loop {
             if reconnecting {
                 tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_DELAY_MS)).await;
             }
             reconnecting = true;
-            while changes.try_recv().is_ok() {}
-            let connected: Vec<DeviceAddress> = {
-                let devices = self
-                    .inner
-                    .devices
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner());
-                devices
-                    .iter()
-                    .filter(|(_, connections)| {
-                        connections
-                            .values()
-                            .any(|connected| connected.home == region)
-                    })
-                    .map(|(device, _)| *device)
-                    .collect()
-            };
+            // The opening frames list every device connected from here on; a change made
+            // meanwhile waits again and is sent after them (or found already sent).
+            changes.clear();
+            let connected = self.connected_homed_in(region);
             let connection = match self.inner.links.connection(region.0).await {
                 Ok(connection) => connection,
                 Err(error) => {
@@ -568,32 +577,27 @@ impl EdgeService {
                     continue;
                 }
             };
-            let first = wire::Subscribe {
-                add: connected.iter().map(|&device| device.into()).collect(),
-                remove: Vec::new(),
-            };
-            let first = RegionRequest {
-                body: Some(region_request::Body::Subscribe(first)),
-            };
-            if net::write_frame(&mut send, &first).await.is_err() {
+            let mut subscribed = BTreeSet::new();
+            let opening = resync_frames(&mut subscribed, connected, true);
+            if write_subscribe_frames(&mut send, opening).await.is_err() {
                 continue;
             }
-            tracing::info!(%region, devices = connected.len(), "subscribed to region");
-            for device in &connected {
-                self.push_to(*device, 0);
+            tracing::info!(%region, devices = subscribed.len(), "subscribed to region");
+            for &device in &subscribed {
+                self.push_to(device, 0);
             }
-            let mut subscribed: HashSet<DeviceAddress> = connected.into_iter().collect();
             loop {
                 tokio::select! {
-                    change = changes.recv() => {
-                        let Some(change) = change else { return };
-                        let frame = match change {
-                            SubscriptionChange::Add(device) if subscribed.insert(device) => wire::Subscribe { add: vec![device.into()], remove: vec![] },
-                            SubscriptionChange::Remove(device) if subscribed.remove(&device) => wire::Subscribe { add: vec![], remove: vec![device.into()] },
-                            _ => continue,
+                    () = changes.wake.notified() => {
+                        let frames = match changes.poll_work() {
+                            None => continue,
+                            Some(SubscriptionWork::Changes(pending)) => change_frames(&mut subscribed, pending),
+                            Some(SubscriptionWork::Resync) => {
+                                tracing::info!(%region, "many subscription changes at once; resyncing the stream");
+                                resync_frames(&mut subscribed, self.connected_homed_in(region), false)
+                            }
                         };
-                        let frame = RegionRequest { body: Some(region_request::Body::Subscribe(frame)) };
-                        if net::write_frame(&mut send, &frame).await.is_err() {
+                        if write_subscribe_frames(&mut send, frames).await.is_err() {
                             break;
                         }
                     }
@@ -615,15 +619,35 @@ impl EdgeService {
         }
     }
 
+    /// The devices connected here whose home is `region`.
+    fn connected_homed_in(&self, region: RegionId) -> BTreeSet<DeviceAddress> {
+        let devices = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        devices
+            .iter()
+            .filter(|(_, connections)| {
+                connections
+                    .values()
+                    .any(|connected| connected.home == region)
+            })
+            .map(|(device, _)| *device)
+            .collect()
+    }
+
+    /// The home region of `account`: cached, else asked of this edge's region (see
+    /// [`HomeCache`]).
     async fn home_of(&self, account: AccountId) -> Result<RegionId, ProtoError> {
-        if let Some(home) = self
+        let cached = self
             .inner
             .homes
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .get(&account)
-        {
-            return Ok(*home);
+            .home(account, self.inner.clock.now_ms());
+        if let Some(home) = cached {
+            return Ok(home);
         }
         let lookup =
             region_request::Body::LookupAccount(wire::LookupAccount { account: account.0 });
@@ -643,12 +667,51 @@ impl EdgeService {
                 format!("account {account} lives in unknown region {home}"),
             ));
         }
+        let answered = Home {
+            region: home,
+            epoch: info.epoch,
+        };
+        Ok(self
+            .inner
+            .homes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_lookup(account, answered, self.inner.clock.now_ms()))
+    }
+
+    /// `region` refused `account` as not homed there: forgets the cached home that sent the
+    /// request there. Returns whether it did.
+    fn forget_home(&self, account: AccountId, region: RegionId) -> bool {
         self.inner
             .homes
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .insert(account, home);
-        Ok(home)
+            .handle_not_homed(account, region, self.inner.clock.now_ms())
+    }
+
+    /// One request to the home region of `account`, answered with that region. If the cached
+    /// home refuses the account as not homed there, the edge forgets it, asks the directory
+    /// again, and tries once more where the account lives now.
+    async fn to_home(
+        &self,
+        account: AccountId,
+        body: region_request::Body,
+    ) -> Result<(RegionId, region_response::Body), ProtoError> {
+        let home = self.home_of(account).await?;
+        match self.region_request(home, body.clone()).await {
+            Err(error)
+                if error.code == ErrorCode::UnknownAccount && self.forget_home(account, home) =>
+            {
+                let now_home = self.home_of(account).await?;
+                if now_home == home {
+                    return Err(error);
+                }
+                tracing::info!(%account, from = %home, to = %now_home, "following a moved home");
+                let answer = self.region_request(now_home, body).await?;
+                Ok((now_home, answer))
+            }
+            answer => answer.map(|answer| (home, answer)),
+        }
     }
 
     /// One request to `region`, answered within [`EDGE_REGION_REQUEST_TIMEOUT_MS`] (connecting
@@ -757,42 +820,44 @@ impl EdgeService {
             }
             (Route::Claim { account, claimer }, Req::ClaimKeys(mut claim)) => {
                 claim.claimer = Some(claimer.into());
-                let home = self.home_of(account).await?;
                 match self
-                    .region_request(home, region_request::Body::ClaimKeys(claim))
+                    .to_home(account, region_request::Body::ClaimKeys(claim))
                     .await?
                 {
-                    region_response::Body::Keys(bundle) => Ok(Resp::Keys(bundle)),
+                    (_, region_response::Body::Keys(bundle)) => Ok(Resp::Keys(bundle)),
                     _ => Err(unexpected()),
                 }
             }
             (Route::DeviceHome(device), Req::UploadOneTimeKeys(upload)) => {
-                let home = self.home_of(device.account).await?;
                 let request = wire::ForDevice {
                     device: device.into(),
                     upload: Some(upload),
                     fetch: None,
                 };
                 match self
-                    .region_request(home, region_request::Body::UploadOneTimeKeys(request))
+                    .to_home(
+                        device.account,
+                        region_request::Body::UploadOneTimeKeys(request),
+                    )
                     .await?
                 {
-                    region_response::Body::KeysUploaded(count) => Ok(Resp::KeysUploaded(count)),
+                    (_, region_response::Body::KeysUploaded(count)) => {
+                        Ok(Resp::KeysUploaded(count))
+                    }
                     _ => Err(unexpected()),
                 }
             }
             (Route::DeviceHome(device), Req::FetchQueue(fetch)) => {
-                let home = self.home_of(device.account).await?;
                 let request = wire::ForDevice {
                     device: device.into(),
                     upload: None,
                     fetch: Some(fetch),
                 };
                 match self
-                    .region_request(home, region_request::Body::FetchQueue(request))
+                    .to_home(device.account, region_request::Body::FetchQueue(request))
                     .await?
                 {
-                    region_response::Body::Queue(batch) => Ok(Resp::Queue(batch)),
+                    (_, region_response::Body::Queue(batch)) => Ok(Resp::Queue(batch)),
                     _ => Err(unexpected()),
                 }
             }
@@ -851,7 +916,20 @@ impl EdgeService {
         }
         while let Some(joined) = commits.join_next().await {
             match joined {
-                Ok((region, outcome)) => aggregate.handle_region_outcome(region, outcome),
+                Ok((region, outcome)) => {
+                    if let Err(error) = &outcome
+                        && error.code == ErrorCode::UnknownAccount
+                    {
+                        // The region holds none of the accounts sent there: forget the homes
+                        // that named it, so the device's retry is routed afresh.
+                        for (&account, &home) in &homes {
+                            if home == region {
+                                self.forget_home(account, home);
+                            }
+                        }
+                    }
+                    aggregate.handle_region_outcome(region, outcome)
+                }
                 Err(error) => {
                     return Err(ProtoError::new(
                         ErrorCode::Internal,
@@ -897,5 +975,19 @@ fn region_unreachable(region: RegionId, problem: &str) -> ProtoError {
     )
 }
 
+/// Writes `frames` on a subscription stream, in order.
+async fn write_subscribe_frames(
+    send: &mut quinn::SendStream,
+    frames: Vec<wire::Subscribe>,
+) -> Result<(), NetError> {
+    for frame in frames {
+        let frame = RegionRequest {
+            body: Some(region_request::Body::Subscribe(frame)),
+        };
+        net::write_frame(send, &frame).await?;
+    }
+    Ok(())
+}
+
 /// The per-region subscription tasks, started by [`EdgeService::run`].
-pub struct SubscriptionsToStart(SubscriptionReceivers);
+pub struct SubscriptionsToStart(Vec<RegionId>);

@@ -16,6 +16,8 @@ use relay_proto::wire::{
 };
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
 
+use crate::limits::{REQUESTS_BURST_DEFAULT, REQUESTS_PER_SECOND_DEFAULT};
+
 /// Per-device limits enforced at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -28,8 +30,8 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         Self {
-            requests_per_second: 50,
-            requests_burst: 200,
+            requests_per_second: REQUESTS_PER_SECOND_DEFAULT,
+            requests_burst: REQUESTS_BURST_DEFAULT,
         }
     }
 }

@@ -75,6 +75,9 @@ pub const IDEMPOTENCY_RECORD_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// How long an undelivered entry is kept, in milliseconds (30 days).
 pub const QUEUE_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;
 
+/// Most bytes of a quarantine reason kept; longer ones are cut.
+pub const QUARANTINE_REASON_BYTES_MAX: usize = 1_024;
+
 /// Most entries one [`crate::device_queue::sweep_expired`] call removes.
 pub const SWEEP_ENTRIES_MAX: usize = 1_024;
 
@@ -107,4 +110,41 @@ pub const STORAGE_RETRY_DELAY_MS_INITIAL: u64 = 20;
 /// succeed again within this long.
 pub const STORAGE_RETRY_DELAY_MS_MAX: u64 = 5_000;
 
+// Relations between the bounds, checked at compile time.
+
+// One record of each size fits one transaction.
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX <= TRANSACTION_BYTES_MAX);
+// The largest transaction fits one group commit, and the conflict history holds a whole group.
+const _: () = assert!(TRANSACTION_BYTES_MAX <= COMMIT_BATCH_BYTES_MAX);
+const _: () = assert!(COMMIT_BATCH_BYTES_MAX <= CONFLICT_HISTORY_BYTES_MAX);
+// A group's versionstamps number its transactions with two bytes; a group takes at most what
+// the commit queue holds.
+const _: () = assert!(COMMIT_BATCH_TRANSACTIONS_MAX <= u16::MAX as usize + 1);
+const _: () = assert!(COMMIT_BATCH_TRANSACTIONS_MAX <= COMMIT_QUEUE_TRANSACTIONS_MAX);
+// Retries back off up to a bound, and a pause leaves a retried transaction most of its life.
+const _: () = assert!(RETRY_DELAY_MS_INITIAL <= RETRY_DELAY_MS_MAX);
+const _: () = assert!(RETRY_DELAY_MS_MAX * 10 <= TRANSACTION_AGE_MS_MAX);
+// An idempotency record outlives every retry of the call that wrote it: `transact` gives up
+// after its attempts, each at most a transaction's age plus the longest pause.
+const _: () = assert!(
+    TRANSACTION_ATTEMPTS_MAX as u64 * (TRANSACTION_AGE_MS_MAX + RETRY_DELAY_MS_MAX)
+        < IDEMPOTENCY_RECORD_MS_MAX
+);
+// A large record is cut into values; the largest envelope fits in all chunks but one, which
+// leaves a whole chunk for its metadata.
+const _: () = assert!(CHUNK_BYTES <= VALUE_BYTES_MAX);
+const _: () =
+    assert!((RECORD_CHUNKS_MAX - 1) * CHUNK_BYTES >= relay_proto::limits::ENVELOPE_BYTES_MAX);
+// A group message fans out to every member's devices, bounded like an envelope's recipients.
+const _: () =
+    assert!(GROUP_MEMBERS_MAX as usize <= relay_proto::limits::ENVELOPE_RECIPIENT_DEVICES_MAX);
+// One fetch page and one sweep are each one layer read.
+const _: () =
+    assert!(relay_proto::limits::QUEUE_FETCH_ENTRIES_MAX as usize <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(SWEEP_ENTRIES_MAX <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(MEDIA_SWEEP_ENTRIES_MAX <= LAYER_READ_ENTRIES_MAX);
+// Undelivered entries and blobs are kept far longer than an idempotency record.
+const _: () = assert!(IDEMPOTENCY_RECORD_MS_MAX < QUEUE_RETENTION_MS_DEFAULT);
+// A failed group commit is answered after the reopen attempts; the refusal then doubles.
 const _: () = assert!(STORAGE_RETRY_DELAY_MS_INITIAL <= STORAGE_RETRY_DELAY_MS_MAX);
+const _: () = assert!(STORE_REOPEN_ATTEMPTS_MAX >= 1);

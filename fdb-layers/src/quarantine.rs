@@ -32,10 +32,8 @@ use crate::codec::{decode_key, decode_record};
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 use crate::limits::LAYER_READ_ENTRIES_MAX;
+pub use crate::limits::QUARANTINE_REASON_BYTES_MAX;
 use crate::tuple::Subspace;
-
-/// Most bytes of a quarantine reason kept; longer ones are cut.
-pub const QUARANTINE_REASON_BYTES_MAX: usize = 1_024;
 
 /// Why and since when a device is quarantined.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,24 +13,14 @@
 //! The buckets live in the region's memory: a restart forgets them (every claimer starts with
 //! a full bucket again), which is harmless for a limit whose window is a minute. Their number
 //! is bounded by [`CLAIMERS_TRACKED_MAX`]: a full bucket is the same as no bucket, so full ones
-//! are dropped first, then the one idle longest.
+//! are dropped first, then the one idle longest. The bounds and their relations are in
+//! [`crate::limits`].
 
 use std::collections::HashMap;
 
 use relay_proto::{DeviceAddress, ErrorCode, ProtoError};
 
-/// Claims one claimer may make in a burst.
-pub const CLAIMS_BURST_PER_CLAIMER: u32 = 20;
-/// Time for one claim to be allowed again after the burst is spent, in milliseconds (20 a
-/// minute sustained).
-pub const CLAIM_REFILL_INTERVAL_MS: u64 = 3_000;
-/// Claimers whose buckets are remembered at once.
-pub const CLAIMERS_TRACKED_MAX: usize = 65_536;
-
-const _: () = assert!(CLAIMS_BURST_PER_CLAIMER >= 1 && CLAIM_REFILL_INTERVAL_MS >= 1);
-// A full refill takes a minute: long enough to matter to a bulk claimer, short enough that a
-// region restart forgetting the buckets changes little.
-const _: () = assert!(CLAIMS_BURST_PER_CLAIMER as u64 * CLAIM_REFILL_INTERVAL_MS <= 120_000);
+use crate::limits::{CLAIM_REFILL_INTERVAL_MS, CLAIMERS_TRACKED_MAX, CLAIMS_BURST_PER_CLAIMER};
 
 /// One claimer's bucket, in thousandths of a claim so refills are exact integers.
 #[derive(Debug, Clone, Copy)]

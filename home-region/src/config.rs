@@ -1,8 +1,10 @@
-//! The region's configuration file (TOML).
+//! The region's configuration file and its peers file (TOML), loaded the way every service's
+//! are ([`relay_net::config`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use relay_net::config::{ConfigError, RegionAddress};
 use serde::{Deserialize, Serialize};
 
 /// Configuration of one region process.
@@ -38,65 +40,25 @@ pub struct RegionConfig {
 pub struct PeersFile {
     /// One entry per region.
     #[serde(default)]
-    pub regions: Vec<PeerEntry>,
-}
-
-/// One region's internal address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerEntry {
-    /// The region number.
-    pub region: u32,
-    /// Its internal QUIC address.
-    pub address: SocketAddr,
-}
-
-/// Why a configuration file is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration.
-    #[error("invalid configuration in {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    pub regions: Vec<RegionAddress>,
 }
 
 impl RegionConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: RegionConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        relay_net::config::load(path, |config: RegionConfig| {
+            config.validate()?;
+            Ok(config)
+        })
     }
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.region == 0 {
-            return Err(ConfigError::Invalid("region numbers start at 1".into()));
+            return Err(ConfigError::Value("region numbers start at 1".into()));
         }
         if self.directory_writer == 0 {
-            return Err(ConfigError::Invalid(
+            return Err(ConfigError::Value(
                 "directory_writer must name a region (from 1)".into(),
             ));
         }
@@ -107,22 +69,7 @@ impl RegionConfig {
 impl PeersFile {
     /// Reads a peers file; a missing file is an empty list (peers not known yet).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self::default());
-            }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        toml::from_str(&text).map_err(|error| ConfigError::Parse {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })
+        Ok(relay_net::config::load_if_present(path)?.unwrap_or_default())
     }
 
     /// A resolver that reads the peers file at `path` again on every call, so a launcher can
@@ -139,10 +86,7 @@ impl PeersFile {
 
     /// The address of a region, if listed.
     pub fn address_of(&self, region: u32) -> Option<SocketAddr> {
-        self.regions
-            .iter()
-            .find(|entry| entry.region == region)
-            .map(|entry| entry.address)
+        relay_net::config::address_of(&self.regions, region)
     }
 }
 
@@ -154,9 +98,10 @@ mod tests {
 
     #[test]
     fn example_config_loads() {
-        let config: RegionConfig = toml::from_str(EXAMPLE).expect("example parses");
-        config.validate().expect("example is valid");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("region.example.toml");
+        let config = RegionConfig::load(&path).expect("the example loads");
         assert_eq!(config.region, 1);
+        assert_eq!(config, toml::from_str(EXAMPLE).expect("example parses"));
     }
 
     #[test]

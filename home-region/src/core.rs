@@ -57,8 +57,7 @@ use relay_proto::wire::{
 };
 use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
 
-/// Queue entries expired in one [`expire_queues`] transaction.
-pub const EXPIRE_BATCH_ENTRIES_MAX: usize = 256;
+use crate::limits::EXPIRE_BATCH_ENTRIES_MAX;
 
 /// What a device whose state went back (a data directory restored from a copy) is told to do.
 pub const ROLLED_BACK_ADVICE: &str = "register this device again in a new data directory \

@@ -7,12 +7,13 @@
 //! claims; [`service`] is the QUIC shell around them, with links to other regions (the
 //! directory writer, receipt destinations). [`store_check`] decides, before the region serves,
 //! whether the store it opened is the one it expects; [`repair`] is the operator's offline check
-//! and repair of a store's device queues.
+//! and repair of a store's device queues. Every bound of the region is in [`limits`].
 
 pub mod claims;
 pub mod config;
 pub mod core;
 pub mod lanes;
+pub mod limits;
 pub mod repair;
 pub mod service;
 pub mod store_check;

@@ -12,21 +12,366 @@
 //!
 //! Every step is a bounded transaction: [`CHECK_ENTRIES_PER_TRANSACTION`] entries, or one
 //! repaired entry, at a time.
+//!
+//! [`check_offline`] and [`repair_offline`] are the operator's commands on a stopped region's
+//! data folder: they find and open the store (the engine checks every page of the file as it
+//! opens it), run the engine's integrity check and compare the store with its marker file, then
+//! check or repair, and answer with a report that prints itself ([`StoreCheck`],
+//! [`StoreRepair`]) and says whether anything is left to do ([`StoreCheck::verdict`],
+//! [`StoreRepair::verdict`]).
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use fdb_layers::device_queue;
-use fdb_layers::store_identity::{self, StoreIdentity};
-use fdb_layers::{Database, StoreError, quarantine};
+use fdb_layers::store_identity::{self, StoreId, StoreIdentity};
+use fdb_layers::{Database, EmbeddedOptions, StoreError, quarantine};
 use relay_proto::{DeviceAddress, RegionId};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::core::{self, EntryRepair};
+use crate::limits::{CHECK_DEVICES_PER_TRANSACTION, CHECK_ENTRIES_PER_TRANSACTION};
+use crate::service::STORE_FILE;
+use crate::store_check::{self, Marker, StoreCheckError};
 
-/// Queue entries checked in one transaction.
-pub const CHECK_ENTRIES_PER_TRANSACTION: usize = 256;
-/// Devices listed in one transaction.
-pub const CHECK_DEVICES_PER_TRANSACTION: usize = 256;
+/// Why the operator's check or repair could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    /// The data folder holds no store.
+    #[error("no store at {} (is --data the region's data_dir?)", .store.display())]
+    NoStore {
+        /// Where the store was looked for.
+        store: PathBuf,
+    },
+    /// The store could not be opened (a damaged file is refused here, with what to do).
+    #[error(
+        "opening {} (stop the region first: the store is opened by one process at a time)",
+        .store.display()
+    )]
+    Open {
+        /// The store's file.
+        store: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// Reading the store failed.
+    #[error("checking {}", .store.display())]
+    Check {
+        /// The store's file.
+        store: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// The marker file beside the store cannot be read.
+    #[error(transparent)]
+    Marker(#[from] StoreCheckError),
+    /// The store records no region, so entries cannot be repaired for one.
+    #[error(
+        "{} has no readable identity, so its region is unknown; start the region once (relayd region) before repairing",
+        .store.display()
+    )]
+    NoIdentity {
+        /// The store's file.
+        store: PathBuf,
+    },
+    /// Repairing a device's queue failed.
+    #[error("repairing the queue of device {device}")]
+    Repair {
+        /// The device.
+        device: DeviceAddress,
+        /// Why.
+        source: StoreError,
+    },
+}
+
+/// What the check found that the operator must act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckFailed {
+    /// Device queues are damaged or quarantined: a repair fixes them.
+    #[error(
+        "{damaged} damaged device queue(s), {quarantined} quarantined device(s); repair with: relayd admin repair-store --data {}",
+        .data_dir.display()
+    )]
+    Queues {
+        /// Damaged device queues.
+        damaged: usize,
+        /// Quarantined devices.
+        quarantined: usize,
+        /// The region's data folder.
+        data_dir: PathBuf,
+    },
+    /// The store itself has problems a repair does not fix.
+    #[error(
+        "{problems} problem(s) with the store itself (listed above); repair-store does not fix them"
+    )]
+    Store {
+        /// How many.
+        problems: usize,
+    },
+}
+
+/// Devices the repair could not fully repair: they stay quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "device(s) {} could not be fully repaired and stay quarantined",
+    .devices.join(", ")
+)]
+pub struct RepairIncomplete {
+    /// The devices, as `account/device`.
+    pub devices: Vec<String>,
+}
+
+/// The marker file beside a store, compared with the store's own id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerState {
+    /// There is no marker file (the region writes it at its next start).
+    Missing,
+    /// The marker names this store.
+    Matches,
+    /// The marker names another store: this is not the store the region created here.
+    NamesAnother(StoreId),
+}
+
+impl fmt::Display for MarkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MarkerState::Missing => write!(f, "missing (the region writes it at its next start)"),
+            MarkerState::Matches => write!(f, "matches"),
+            MarkerState::NamesAnother(id) => write!(f, "names store {id}, not this one"),
+        }
+    }
+}
+
+impl Serialize for MarkerState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What [`check_offline`] found: the store's file, the engine's integrity, the marker file and
+/// the device queues. Its `Display` is the report an operator reads; it serializes as one JSON
+/// object with the queue report's fields flattened in.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreCheck {
+    /// The store's file.
+    pub store: String,
+    /// The storage engine's integrity check.
+    pub engine_integrity: String,
+    /// The marker file.
+    pub marker: MarkerState,
+    /// The store's identity, quarantine and device queues.
+    #[serde(flatten)]
+    pub report: StoreReport,
+    /// The region's data folder.
+    #[serde(skip)]
+    pub data_dir: PathBuf,
+}
+
+impl StoreCheck {
+    /// `Ok` when the store reads well, else what the operator must do.
+    pub fn verdict(&self) -> Result<(), CheckFailed> {
+        let report = &self.report;
+        if !report.damaged.is_empty() || !report.quarantined.is_empty() {
+            return Err(CheckFailed::Queues {
+                damaged: report.damaged.len(),
+                quarantined: report.quarantined.len(),
+                data_dir: self.data_dir.clone(),
+            });
+        }
+        if !report.problems.is_empty() {
+            return Err(CheckFailed::Store {
+                problems: report.problems.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StoreCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let report = &self.report;
+        writeln!(f, "store {}", self.store)?;
+        match &report.identity {
+            Some(identity) => writeln!(
+                f,
+                "  region {}, deployment {}, store {}, created at {} ms",
+                identity.region, identity.deployment, identity.store_id, identity.created_at_ms
+            )?,
+            None => writeln!(
+                f,
+                "  no identity (a new store, or one made before store identities)"
+            )?,
+        }
+        writeln!(f, "  marker file: {}", self.marker)?;
+        writeln!(f, "  storage engine integrity: {}", self.engine_integrity)?;
+        writeln!(
+            f,
+            "  {} device queue(s), {} entries checked",
+            report.devices_checked, report.entries_checked
+        )?;
+        for problem in &report.problems {
+            writeln!(f, "  problem: {problem}")?;
+        }
+        for damaged in &report.damaged {
+            writeln!(f, "  damaged: device {}", damaged.device)?;
+            for entry in &damaged.entries {
+                writeln!(f, "    entry {}: {}", entry.queue_seq, entry.damage)?;
+            }
+            for counter in &damaged.counters {
+                writeln!(f, "    {counter}")?;
+            }
+        }
+        for quarantined in &report.quarantined {
+            writeln!(
+                f,
+                "  quarantined: device {} since {} ms ({})",
+                quarantined.device, quarantined.since_ms, quarantined.reason
+            )?;
+        }
+        if report.damaged.is_empty() && report.problems.is_empty() {
+            if report.quarantined.is_empty() {
+                writeln!(f, "result: the store reads well")?;
+            } else {
+                writeln!(
+                    f,
+                    "result: the queues read well; lift the quarantine with: relayd admin repair-store --data {}",
+                    self.data_dir.display()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`repair_offline`] did, device by device. Its `Display` is the report an operator
+/// reads; it serializes as `{"repairs": [...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreRepair {
+    /// One repair per device asked for (or found damaged or quarantined).
+    pub repairs: Vec<DeviceRepair>,
+}
+
+impl StoreRepair {
+    /// `Ok` when every device was fully repaired.
+    pub fn verdict(&self) -> Result<(), RepairIncomplete> {
+        let devices: Vec<String> = self
+            .repairs
+            .iter()
+            .filter(|repaired| !repaired.remaining.is_empty())
+            .map(|repaired| repaired.device.clone())
+            .collect();
+        if devices.is_empty() {
+            Ok(())
+        } else {
+            Err(RepairIncomplete { devices })
+        }
+    }
+}
+
+impl fmt::Display for StoreRepair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.repairs.is_empty() {
+            return writeln!(f, "nothing to repair: no damaged or quarantined device");
+        }
+        for repaired in &self.repairs {
+            writeln!(f, "device {}:", repaired.device)?;
+            for removed in &repaired.removed_senders_told {
+                writeln!(
+                    f,
+                    "  removed entry {} (message {} from {}; {}): the sender is told it expired",
+                    removed.queue_seq, removed.client_message_id, removed.sender, removed.damage
+                )?;
+            }
+            for removed in &repaired.removed_unattributed {
+                writeln!(
+                    f,
+                    "  removed entry {} ({}): it names no sender any more",
+                    removed.queue_seq, removed.damage
+                )?;
+            }
+            if let Some(depth) = repaired.depth_rewritten_to {
+                writeln!(f, "  depth counter rewritten to {depth}")?;
+            }
+            if repaired.quarantine_lifted {
+                writeln!(f, "  quarantine lifted")?;
+            }
+            for remaining in &repaired.remaining {
+                writeln!(f, "  still wrong: {remaining}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the store of a stopped region whose data folder is `data_dir`: the engine's
+/// integrity, the marker file, then every device queue ([`check_store`]). A store whose marker
+/// names another store gets a problem saying so.
+pub async fn check_offline(data_dir: &Path) -> Result<StoreCheck, RepairError> {
+    let store = store_file(data_dir)?;
+    let db = open(&store)?;
+    let checking = |source| RepairError::Check {
+        store: store.clone(),
+        source,
+    };
+    let integrity = db.check_integrity().await.map_err(checking)?;
+    let engine_integrity = format!(
+        "ok ({} keys, last commit version {})",
+        integrity.keys, integrity.version
+    );
+    let mut report = check_store(&db).await.map_err(checking)?;
+    let marker = marker_state(data_dir, &report)?;
+    if let MarkerState::NamesAnother(_) = marker {
+        report.problems.push(format!(
+            "the marker file {marker}: this is not the store this region created here (relayd region says more when it refuses to start)"
+        ));
+    }
+    Ok(StoreCheck {
+        store: store.display().to_string(),
+        engine_integrity,
+        marker,
+        report,
+        data_dir: data_dir.to_owned(),
+    })
+}
+
+/// Repairs the device queues of a stopped region whose data folder is `data_dir`, at `now_ms`:
+/// those of `devices`, or with none given, of every damaged or quarantined device
+/// ([`repair_device`]).
+pub async fn repair_offline(
+    data_dir: &Path,
+    devices: &[DeviceAddress],
+    now_ms: u64,
+) -> Result<StoreRepair, RepairError> {
+    let store = store_file(data_dir)?;
+    let db = open(&store)?;
+    let report = check_store(&db)
+        .await
+        .map_err(|source| RepairError::Check {
+            store: store.clone(),
+            source,
+        })?;
+    let region = report
+        .identity
+        .as_ref()
+        .map(|identity| RegionId(identity.region))
+        .ok_or_else(|| RepairError::NoIdentity {
+            store: store.clone(),
+        })?;
+    let devices = if devices.is_empty() {
+        devices_to_repair(&report)
+    } else {
+        devices.to_vec()
+    };
+    let mut repairs = Vec::with_capacity(devices.len());
+    for device in devices {
+        let repaired = repair_device(&db, region, device, now_ms)
+            .await
+            .map_err(|source| RepairError::Repair { device, source })?;
+        repairs.push(repaired);
+    }
+    Ok(StoreRepair { repairs })
+}
 
 /// What [`check_store`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -368,6 +713,37 @@ pub fn parse_device(text: &str) -> Option<DeviceAddress> {
     (address.account.0 != 0 && address.device.0 != 0).then_some(address)
 }
 
+/// The store's file in `data_dir`, if there is one.
+fn store_file(data_dir: &Path) -> Result<PathBuf, RepairError> {
+    let store = data_dir.join(STORE_FILE);
+    if !store.is_file() {
+        return Err(RepairError::NoStore { store });
+    }
+    Ok(store)
+}
+
+/// Opens the store. The engine checks every page of the file as it opens it, so a damaged file
+/// is an error here (with the path and what to do), and an open file passed the check.
+fn open(store: &Path) -> Result<Database, RepairError> {
+    Database::open(store, EmbeddedOptions::default()).map_err(|source| RepairError::Open {
+        store: store.to_owned(),
+        source,
+    })
+}
+
+/// The marker file beside the store, compared with the identity the store records.
+fn marker_state(data_dir: &Path, report: &StoreReport) -> Result<MarkerState, RepairError> {
+    let ours = report
+        .identity
+        .as_ref()
+        .map(|identity| identity.store_id.as_str());
+    Ok(match store_check::read_marker(data_dir)? {
+        Marker::Missing => MarkerState::Missing,
+        Marker::Names(id) if Some(id.to_string().as_str()) == ours => MarkerState::Matches,
+        Marker::Names(id) => MarkerState::NamesAnother(id),
+    })
+}
+
 /// Every quarantined device, page by page.
 async fn quarantined_devices(
     db: &Database,
@@ -550,6 +926,101 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(chat_seq, 2, "the chat log is untouched");
+    }
+
+    #[tokio::test]
+    async fn the_offline_commands_report_and_say_what_is_left_to_do() {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let data_dir = folder.path();
+        let missing = check_offline(data_dir).await.expect_err("no store yet");
+        assert!(matches!(missing, RepairError::NoStore { .. }), "{missing}");
+        let open = || {
+            Database::open(&data_dir.join(STORE_FILE), EmbeddedOptions::default()).expect("open")
+        };
+        let bob = {
+            let db = open();
+            let alice = person(&db, "alice", 1).await;
+            let bob = person(&db, "bob", 2).await;
+            send(&db, alice, bob, 1, 1).await;
+            bob
+        };
+        // Without an identity the store's region is unknown: nothing can be repaired.
+        let refused = repair_offline(data_dir, &[], 5)
+            .await
+            .expect_err("no region");
+        assert!(
+            matches!(refused, RepairError::NoIdentity { .. }),
+            "{refused}"
+        );
+        let store_id = StoreId([9; 16]);
+        let identity = StoreIdentity {
+            region: HERE,
+            deployment: store_identity::DeploymentId([7; 32]),
+            store_id,
+            created_at_ms: 1,
+        };
+        open()
+            .transact(|tx| async move {
+                store_identity::create(&tx, &identity).await?;
+                let queue = Subspace::new(&("device_queue", bob));
+                tx.set(&queue.subspace(&("entry",)).pack(&(1u64,)), &[0xff; 3])
+            })
+            .await
+            .expect("damage");
+
+        let checked = check_offline(data_dir).await.expect("checked");
+        assert_eq!(checked.marker, MarkerState::Missing);
+        let text = checked.to_string();
+        assert!(text.contains(&format!("damaged: device {bob}")), "{text}");
+        assert!(text.contains("marker file: missing"), "{text}");
+        let Err(CheckFailed::Queues {
+            damaged,
+            quarantined,
+            ..
+        }) = checked.verdict()
+        else {
+            panic!("a damaged queue is left to repair: {:?}", checked.verdict());
+        };
+        assert_eq!((damaged, quarantined), (1, 0));
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&checked).expect("json")).expect("parses");
+        assert_eq!(
+            json["marker"],
+            "missing (the region writes it at its next start)"
+        );
+        assert_eq!(json["damaged"][0]["device"], bob.to_string(), "{json}");
+
+        // A marker naming another store is a problem of the store itself.
+        store_check::write_marker_file(data_dir, StoreId([1; 16])).expect("marker");
+        let foreign = check_offline(data_dir).await.expect("checked");
+        assert!(matches!(foreign.marker, MarkerState::NamesAnother(_)));
+        assert_eq!(foreign.report.problems.len(), 1, "{foreign}");
+        store_check::write_marker_file(data_dir, store_id).expect("marker");
+
+        let repaired = repair_offline(data_dir, &[], 9_000)
+            .await
+            .expect("repaired");
+        assert_eq!(repaired.repairs.len(), 1);
+        assert_eq!(repaired.verdict(), Ok(()));
+        let text = repaired.to_string();
+        assert!(text.starts_with(&format!("device {bob}:\n")), "{text}");
+        assert!(text.contains("removed entry 1"), "{text}");
+        let json = serde_json::to_value(&repaired).expect("json");
+        assert_eq!(json["repairs"][0]["device"], bob.to_string());
+
+        let again = check_offline(data_dir).await.expect("checked");
+        assert_eq!(again.marker, MarkerState::Matches);
+        assert_eq!(again.verdict(), Ok(()));
+        assert!(
+            again
+                .to_string()
+                .ends_with("result: the store reads well\n")
+        );
+        let nothing = repair_offline(data_dir, &[], 9_001).await.expect("nothing");
+        assert_eq!(
+            nothing.to_string(),
+            "nothing to repair: no damaged or quarantined device\n"
+        );
     }
 
     #[test]

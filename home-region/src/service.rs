@@ -7,6 +7,15 @@
 //! The shell keeps the set of quarantined devices: loaded from the store when it starts to
 //! serve, grown when a device's queue turns out unreadable (recorded in the store too, best
 //! effort, since the store is what is damaged), and passed to every commit and fetch.
+//!
+//! What it holds in memory is bounded ([`crate::limits`]): internal connections
+//! ([`INTERNAL_CONNECTIONS_MAX`], then refused), devices subscribed per edge stream
+//! ([`SUBSCRIBED_DEVICES_PER_STREAM_MAX`], further adds ignored and logged), pushes per stream
+//! (dropped past [`SUBSCRIPTION_PUSHES_MAX`]: they are hints), key-claim buckets
+//! ([`crate::claims`]) and the accounts whose cached copy it refreshed lately (at most
+//! [`ACCOUNT_REFRESHES_TRACKED_MAX`]). Accounts cached from the directory writer are asked of it
+//! again in the background once they are [`ACCOUNT_REFRESH_INTERVAL_MS`] old, so a home move
+//! reaches this region's lookups without a restart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -21,36 +30,33 @@ use fdb_layers::store_identity::{StoreId, StoreIdentity};
 use fdb_layers::{Database, EmbeddedOptions, StoreError, directory, outbox};
 use prost::Message;
 use quinn::rustls::RootCertStore;
+use relay_net::cache::TtlCache;
+use relay_net::config::ConfigError;
 use relay_net::{
-    self as net, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity, TokioSockets,
+    self as net, ConnectionSlots, NetError, PeerLinks, PeerResolver, SocketFactory, TlsIdentity,
+    TokioSockets,
 };
 use relay_planted::PlantedBug;
 use relay_proto::clock::{Clock, SystemClock};
-use relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS;
+use relay_proto::limits::{REGION_PEER_REQUEST_TIMEOUT_MS, SUBSCRIBED_DEVICES_PER_STREAM_MAX};
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
 };
 use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, ProtoError, RegionId};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::claims::ClaimLimiter;
-use crate::config::{ConfigError, PeersFile, RegionConfig};
+use crate::config::{PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
+use crate::limits::{
+    ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
+    INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS,
+    PLANTED_COMMIT_DELAY_MS, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
+    RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
+};
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
-/// Receipts sent to another region in one request.
-pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
-/// Pause between outbox delivery attempts when a destination is unreachable.
-pub const OUTBOX_RETRY_DELAY_MS: u64 = 500;
-/// Pushes buffered for one subscribed edge stream before new ones are dropped (they are hints).
-pub const SUBSCRIPTION_PUSHES_MAX: usize = 4096;
-/// Pause between two retention sweeps of the device queues.
-pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
-/// Most sweep transactions in one retention sweep, so one sweep stays bounded.
-pub const RETENTION_SWEEP_TRANSACTIONS_MAX: usize = 64;
-/// Quarantine records read in one transaction when the service starts.
-pub const QUARANTINE_LOAD_DEVICES_PER_TRANSACTION: usize = 256;
 /// The store's file in the region's data folder.
 pub const STORE_FILE: &str = "region.redb";
 
@@ -80,7 +86,7 @@ pub enum RegionError {
 
 type PushSender = mpsc::Sender<DeviceQueueAvailable>;
 
-/// What a region runs on, built by the caller: [`RegionService::bind`] makes them from a
+/// What a region runs on, built by the caller: [`RegionService::open`] makes them from a
 /// configuration (the embedded store, kernel sockets, PEM files, the system clock); a simulation
 /// makes its own (a memory store, simulated sockets and time).
 pub struct RegionParts<'a> {
@@ -140,6 +146,12 @@ struct Inner {
     /// Wakes a running lane whose envelopes wait for a predecessor.
     lane_wakers: Mutex<HashMap<ChatId, Arc<Notify>>>,
     next_ticket: AtomicU64,
+    /// Internal connections held now, against their bound.
+    connections: ConnectionSlots,
+    /// Accounts cached from the directory writer and asked of it lately (or being asked).
+    refreshed: Mutex<TtlCache<AccountId, ()>>,
+    /// Refreshes asked of the directory writer at once.
+    refreshes: Arc<Semaphore>,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -156,9 +168,6 @@ fn error_response(error: ProtoError) -> RegionResponse {
         body: Some(region_response::Body::Error(error.into())),
     }
 }
-
-/// How late the planted bug [`PlantedBug::AckBeforeCommit`] commits what it acknowledged.
-const PLANTED_COMMIT_DELAY: Duration = Duration::from_millis(500);
 
 /// The answer to a request whose transaction failed in the store. A commit that failed in
 /// storage (a full disk, an I/O error; it may or may not be durable) and the refusals after it
@@ -228,31 +237,27 @@ impl RegionService {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now_ms = clock.now_ms();
         let new_store_id = StoreId(rand::random());
-        let checked = if expected.directory_writer == region {
-            let writer = LocalCensus { db: &db, now_ms };
-            let inputs = CheckInputs {
-                data_dir: &config.data_dir,
-                expected,
-                accept_new_store,
-                new_store_id,
-                now_ms,
-                writer: &writer,
-            };
-            store_check::check_store(&db, inputs).await
+        let writer = if expected.directory_writer == region {
+            WriterCensus::Local(LocalCensus { db: &db, now_ms })
         } else {
-            let writer = RemoteCensus::connect(config, roots.clone(), identity.clone())?;
-            let inputs = CheckInputs {
-                data_dir: &config.data_dir,
-                expected,
-                accept_new_store,
-                new_store_id,
-                now_ms,
-                writer: &writer,
-            };
-            let checked = store_check::check_store(&db, inputs).await;
-            writer.close();
-            checked
+            WriterCensus::Remote(Box::new(RemoteCensus::connect(
+                config,
+                roots.clone(),
+                identity.clone(),
+            )?))
         };
+        let inputs = CheckInputs {
+            data_dir: &config.data_dir,
+            expected,
+            accept_new_store,
+            new_store_id,
+            now_ms,
+            writer: &writer,
+        };
+        let checked = store_check::check_store(&db, inputs).await;
+        if let WriterCensus::Remote(remote) = &writer {
+            remote.close();
+        }
         let store = checked.map_err(|source| RegionError::StoreCheck {
             region,
             store: store_path,
@@ -290,7 +295,7 @@ impl RegionService {
             boot_nonce,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
-            return Err(ConfigError::Invalid("region numbers start at 1".into()).into());
+            return Err(ConfigError::Value("region numbers start at 1".into()).into());
         }
         let server = net::server_config(identity.clone(), Some(roots.clone()), net::ALPN_INTERNAL)?;
         let endpoint = net::bind_server_endpoint(sockets, listen, server, &identity)?;
@@ -315,6 +320,12 @@ impl RegionService {
             lane_waiters: Mutex::new(HashMap::new()),
             lane_wakers: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(1),
+            connections: ConnectionSlots::new(INTERNAL_CONNECTIONS_MAX),
+            refreshed: Mutex::new(TtlCache::new(
+                ACCOUNT_REFRESHES_TRACKED_MAX,
+                ACCOUNT_REFRESH_INTERVAL_MS,
+            )),
+            refreshes: Arc::new(Semaphore::new(ACCOUNT_REFRESHES_IN_FLIGHT_MAX)),
         };
         Ok((
             Self {
@@ -334,9 +345,10 @@ impl RegionService {
             while let Some(incoming) = self.inner.endpoint.accept().await {
                 let service = self.clone();
                 tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(connection) => service.serve_connection(connection).await,
-                        Err(error) => tracing::debug!(%error, "internal handshake failed"),
+                    if let Some((connection, _slot)) =
+                        net::accept_bounded(&service.inner.connections, incoming).await
+                    {
+                        service.serve_connection(connection).await;
                     }
                 });
             }
@@ -550,6 +562,22 @@ impl RegionService {
                 Ok(Resp::StoreCensus(census))
             }
         }
+    }
+
+    /// Commits `envelope` in a retried transaction ([`core::commit_envelope`]) and performs its
+    /// effects.
+    async fn commit(
+        &self,
+        envelope: &wire::Envelope,
+        sender_region: RegionId,
+        quarantined: &BTreeSet<DeviceAddress>,
+        now_ms: u64,
+    ) -> Result<CommitDecision, ProtoError> {
+        let local = self.inner.region;
+        self.transact(|tx| async move {
+            core::commit_envelope(&tx, local, envelope, sender_region, quarantined, now_ms).await
+        })
+        .await
     }
 
     /// The answer to a commit: a region's outcome, or the refusal of an envelope for a device
@@ -824,7 +852,7 @@ impl RegionService {
     /// Runs a core function in a retried transaction, then performs its effects.
     /// The planted bug [`PlantedBug::AckBeforeCommit`]: answers with what the commit would
     /// return, read in a transaction that is never committed, and commits for real
-    /// [`PLANTED_COMMIT_DELAY`] later (lost if the process dies in between).
+    /// [`PLANTED_COMMIT_DELAY_MS`] later (lost if the process dies in between).
     async fn commit_late(
         &self,
         envelope: relay_proto::wire::Envelope,
@@ -842,23 +870,9 @@ impl RegionService {
         let outcome = self.commit_answer(decision).await?;
         let service = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(PLANTED_COMMIT_DELAY).await;
+            tokio::time::sleep(Duration::from_millis(PLANTED_COMMIT_DELAY_MS)).await;
             let committed = service
-                .transact(|tx| {
-                    let envelope = envelope.clone();
-                    let quarantined = &quarantined;
-                    async move {
-                        core::commit_envelope(
-                            &tx,
-                            local,
-                            &envelope,
-                            sender_region,
-                            quarantined,
-                            now,
-                        )
-                        .await
-                    }
-                })
+                .commit(&envelope, sender_region, &quarantined, now)
                 .await;
             if let Err(error) = committed {
                 tracing::warn!(%error, "planted bug: a late commit failed");
@@ -986,7 +1000,9 @@ impl RegionService {
     }
 
     /// Resolves an account locally (the writer, or this replica's cache), else asks the writer
-    /// and caches the answer.
+    /// and caches the answer. A cached copy of an account homed elsewhere answers at once, and
+    /// is asked of the writer again in the background once it is
+    /// [`ACCOUNT_REFRESH_INTERVAL_MS`] old.
     async fn lookup<F, Fut>(
         &self,
         local_read: F,
@@ -1003,6 +1019,9 @@ impl RegionService {
             .await
             .map_err(store_failure)?;
         if let Some(record) = found {
+            if self.inner.writer != self.inner.region && record.home_region != self.inner.region {
+                self.refresh_in_background(record.id);
+            }
             return Ok(core::account_info(&record));
         }
         if self.inner.writer == self.inner.region {
@@ -1016,15 +1035,7 @@ impl RegionService {
         };
         match self.to_writer(&request).await?.body {
             Some(region_response::Body::Account(info)) => {
-                let record = record_of(&info);
-                self.inner
-                    .db
-                    .transact(|tx| {
-                        let record = record.clone();
-                        async move { directory::put_account(&tx, &record).await }
-                    })
-                    .await
-                    .map_err(store_failure)?;
+                self.store_from_writer(&info).await?;
                 Ok(info)
             }
             Some(region_response::Body::Error(error)) => Err(error.into()),
@@ -1033,6 +1044,73 @@ impl RegionService {
                 "unexpected directory answer",
             )),
         }
+    }
+
+    /// Caches an account as the directory writer answered it (a copy with a newer epoch stays),
+    /// noting when.
+    async fn store_from_writer(&self, info: &wire::AccountInfo) -> Result<(), ProtoError> {
+        let record = record_of(info);
+        self.inner
+            .db
+            .transact(|tx| {
+                let record = record.clone();
+                async move { directory::put_account(&tx, &record).await }
+            })
+            .await
+            .map_err(store_failure)?;
+        self.inner
+            .refreshed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(record.id, (), self.inner.clock.now_ms());
+        Ok(())
+    }
+
+    /// Asks the directory writer for `account` again, in the background, unless it was asked
+    /// within [`ACCOUNT_REFRESH_INTERVAL_MS`] or [`ACCOUNT_REFRESHES_IN_FLIGHT_MAX`] refreshes
+    /// are under way (a later lookup asks then).
+    fn refresh_in_background(&self, account: AccountId) {
+        let now_ms = self.inner.clock.now_ms();
+        let permit = {
+            let mut refreshed = self
+                .inner
+                .refreshed
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if refreshed.peek(&account, now_ms).is_some() {
+                return;
+            }
+            let Ok(permit) = self.inner.refreshes.clone().try_acquire_owned() else {
+                return;
+            };
+            // Noted now, so the lookups meanwhile do not ask too; a failed refresh is tried
+            // again an interval later.
+            refreshed.insert(account, (), now_ms);
+            permit
+        };
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let request = RegionRequest {
+                body: Some(region_request::Body::LookupAccount(wire::LookupAccount {
+                    account: account.0,
+                })),
+            };
+            let refreshed = match service.to_writer(&request).await.map(|answer| answer.body) {
+                Ok(Some(region_response::Body::Account(info))) => {
+                    service.store_from_writer(&info).await
+                }
+                Ok(Some(region_response::Body::Error(error))) => Err(error.into()),
+                Ok(_) => Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    "unexpected directory answer",
+                )),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = refreshed {
+                tracing::debug!(%account, %error, "could not refresh a cached account");
+            }
+        });
     }
 
     /// One request to the directory writer, answered within [`REGION_PEER_REQUEST_TIMEOUT_MS`]
@@ -1070,7 +1148,8 @@ impl RegionService {
     ) {
         let stream_id = self.inner.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (push_sender, mut pushes) = mpsc::channel(SUBSCRIPTION_PUSHES_MAX);
-        self.change_subscriptions(stream_id, &push_sender, &first);
+        let mut subscribed = 0;
+        self.change_subscriptions(stream_id, &push_sender, &first, &mut subscribed);
         let writer = async {
             while let Some(push) = pushes.recv().await {
                 let frame = RegionResponse {
@@ -1087,7 +1166,12 @@ impl RegionService {
                     Ok(Some(RegionRequest {
                         body: Some(region_request::Body::Subscribe(change)),
                     })) => {
-                        self.change_subscriptions(stream_id, &push_sender, &change);
+                        self.change_subscriptions(
+                            stream_id,
+                            &push_sender,
+                            &change,
+                            &mut subscribed,
+                        );
                     }
                     Ok(Some(_)) => {
                         tracing::warn!("ignoring a non-subscribe frame on a subscription stream")
@@ -1111,29 +1195,57 @@ impl RegionService {
         });
     }
 
-    fn change_subscriptions(&self, stream_id: u64, sender: &PushSender, change: &wire::Subscribe) {
+    /// Applies one `Subscribe` frame of stream `stream_id`, which has `subscribed` devices: at
+    /// most [`SUBSCRIBED_DEVICES_PER_STREAM_MAX`], further adds are ignored (and logged; the
+    /// devices still fetch on their own, they only miss the hints).
+    fn change_subscriptions(
+        &self,
+        stream_id: u64,
+        sender: &PushSender,
+        change: &wire::Subscribe,
+        subscribed: &mut usize,
+    ) {
         let mut subscriptions = self
             .inner
             .subscriptions
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        let mut ignored = 0;
         for device in change.add.iter().filter_map(|device| device.parse().ok()) {
-            subscriptions
-                .entry(device)
-                .or_default()
-                .insert(stream_id, sender.clone());
+            let streams = subscriptions.entry(device).or_default();
+            if streams.contains_key(&stream_id) {
+                continue;
+            }
+            if *subscribed >= SUBSCRIBED_DEVICES_PER_STREAM_MAX {
+                ignored += 1;
+                if streams.is_empty() {
+                    subscriptions.remove(&device);
+                }
+                continue;
+            }
+            streams.insert(stream_id, sender.clone());
+            *subscribed += 1;
         }
         for device in change
             .remove
             .iter()
             .filter_map(|device| device.parse().ok())
         {
-            if let Some(streams) = subscriptions.get_mut(&device) {
-                streams.remove(&stream_id);
+            if let Some(streams) = subscriptions.get_mut(&device)
+                && streams.remove(&stream_id).is_some()
+            {
+                *subscribed -= 1;
                 if streams.is_empty() {
                     subscriptions.remove(&device);
                 }
             }
+        }
+        if ignored > 0 {
+            tracing::warn!(
+                ignored,
+                subscribed = *subscribed,
+                "an edge subscribed more devices than one stream may hold; their pushes are dropped"
+            );
         }
     }
 
@@ -1166,7 +1278,7 @@ impl RegionService {
             let pause = if backlog {
                 OUTBOX_RETRY_DELAY_MS
             } else {
-                5_000
+                OUTBOX_IDLE_POLL_MS
             };
             tokio::select! {
                 () = self.inner.outbox_wake.notified() => {}
@@ -1269,6 +1381,25 @@ impl RegionService {
     }
 }
 
+/// Where a starting region gets the directory writer's census: its own store when it is the
+/// writer, else the writer over QUIC.
+enum WriterCensus<'a> {
+    Local(LocalCensus<'a>),
+    Remote(Box<RemoteCensus>),
+}
+
+impl CensusSource for WriterCensus<'_> {
+    async fn census(
+        &self,
+        request: wire::StoreCensusRequest,
+    ) -> Result<wire::StoreCensus, ProtoError> {
+        match self {
+            WriterCensus::Local(local) => local.census(request).await,
+            WriterCensus::Remote(remote) => remote.census(request).await,
+        }
+    }
+}
+
 /// The directory writer's census over QUIC, from a client endpoint of its own: used before the
 /// region binds its server, so a refused store binds nothing.
 struct RemoteCensus {
@@ -1317,7 +1448,7 @@ impl CensusSource for RemoteCensus {
             .request(
                 self.writer.0,
                 &request,
-                Duration::from_millis(store_check::WRITER_CENSUS_ATTEMPT_TIMEOUT_MS),
+                Duration::from_millis(WRITER_CENSUS_ATTEMPT_TIMEOUT_MS),
             )
             .await
             .map_err(|error| error.to_proto())?;

@@ -36,27 +36,13 @@ use relay_proto::{ProtoError, RegionId};
 use sha2::{Digest, Sha256};
 
 use crate::core;
+use crate::limits::{
+    HOME_TALLY_ACCOUNTS_PER_TRANSACTION, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
+    WRITER_CENSUS_ATTEMPTS_MAX, WRITER_CENSUS_RETRY_DELAY_MS,
+};
 
 /// The marker file beside the store, holding the store id in hex.
 pub const STORE_MARKER_FILE: &str = "store-id";
-/// Attempts to get the directory writer's census for an empty store before giving up.
-pub const WRITER_CENSUS_ATTEMPTS_MAX: u32 = 8;
-/// Longest one census attempt may take (connecting included), in milliseconds.
-pub const WRITER_CENSUS_ATTEMPT_TIMEOUT_MS: u64 = 2_000;
-/// Pause between two census attempts, in milliseconds.
-pub const WRITER_CENSUS_RETRY_DELAY_MS: u64 = 1_000;
-/// Longest an empty store waits for the directory writer, in milliseconds.
-pub const WRITER_CENSUS_WAIT_MS_MAX: u64 = WRITER_CENSUS_ATTEMPTS_MAX as u64
-    * (WRITER_CENSUS_ATTEMPT_TIMEOUT_MS + WRITER_CENSUS_RETRY_DELAY_MS);
-/// Accounts tallied per transaction when a directory copy made before the home counts is
-/// adopted.
-pub const HOME_TALLY_ACCOUNTS_PER_TRANSACTION: usize = 1_024;
-
-const _: () = assert!(WRITER_CENSUS_ATTEMPTS_MAX >= 2, "one retry at least");
-const _: () = assert!(
-    WRITER_CENSUS_ATTEMPT_TIMEOUT_MS >= 1_000,
-    "an attempt must have time to connect on a loaded machine"
-);
 
 /// What a region expects of its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,11 @@
 //! Relay's network shell, shared by every service and client: QUIC endpoints made through one
 //! [`SocketFactory`] (kernel UDP, simulated UDP, later io_uring), TLS configuration
 //! (server-authenticated for devices, mutual for edge↔region and region↔region), framed
-//! request/response streams over quinn, and [`PeerLinks`] between regions. Behind the `pki`
-//! feature, the certificate parameters of a deployment's own CA, regions and edges ([`pki`]).
+//! request/response streams over quinn, [`PeerLinks`] between regions, and [`ConnectionSlots`]
+//! that bound a server's connections. Services also share their configuration files' loading
+//! and region addresses ([`config`]) and a bounded, expiring cache ([`cache`]); every bound of
+//! the shell is in [`limits`]. Behind the `pki` feature, the certificate parameters of a
+//! deployment's own CA, regions and edges ([`pki`]).
 //!
 //! The wire crate (`relay-proto`) stays sans-IO: protocol logic never touches these types, it is
 //! fed decoded frames.
@@ -27,8 +30,15 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
+pub mod cache;
+pub mod config;
+pub mod limits;
 #[cfg(feature = "pki")]
 pub mod pki;
+
+use limits::{
+    IDLE_TIMEOUT_MS, KEEP_ALIVE_INTERVAL_MS, PEER_CONNECT_TIMEOUT_MS, STREAMS_PER_CONNECTION_MAX,
+};
 
 /// ALPN of device connections to an edge.
 pub const ALPN_DEVICE: &[u8] = b"relay-device/1";
@@ -38,11 +48,6 @@ pub const ALPN_INTERNAL: &[u8] = b"relay-internal/1";
 pub const EDGE_SERVER_NAME: &str = "edge.relay.test";
 /// TLS server name every region certificate carries.
 pub const REGION_SERVER_NAME: &str = "region.relay.internal";
-
-/// How long a connection may stay silent before it is closed.
-pub const IDLE_TIMEOUT_MS: u64 = 30_000;
-/// How often an idle connection sends a keep-alive.
-pub const KEEP_ALIVE_INTERVAL_MS: u64 = 5_000;
 
 /// Errors of the network shell.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +179,28 @@ pub fn load_roots(ca_path: &Path) -> Result<Arc<RootCertStore>, NetError> {
     Ok(Arc::new(roots))
 }
 
+/// A root store holding the operating system's trusted certificates (what a client trusts when
+/// it is given no CA of its own: a deployment whose edges carry publicly trusted certificates).
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` name other places to read them from. Certificates the
+/// system holds but rustls cannot use are skipped; none at all is an error.
+pub fn system_roots() -> Result<Arc<RootCertStore>, NetError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let problems: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(NetError::Tls(format!(
+            "the system holds no trusted root certificate{}; give the deployment's CA with --ca",
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
+        )));
+    }
+    Ok(Arc::new(roots))
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -185,7 +212,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok(),
     );
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
-    transport.max_concurrent_bidi_streams(1024u32.into());
+    transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     Arc::new(transport)
 }
 
@@ -450,7 +477,8 @@ type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 /// Lazily connected, cached QUIC links to numbered peers (regions), reconnecting after a
 /// failure. Used by edges (to regions) and regions (to each other), always with mutual TLS.
 /// Each peer is connected under its own lock: a peer that does not answer a handshake holds
-/// back only the requests to that peer.
+/// back only the requests to that peer. Only peers the resolver knows get a link, so the links
+/// are bounded by the configured regions, whatever peer numbers a request names.
 pub struct PeerLinks {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
@@ -466,9 +494,6 @@ impl std::fmt::Debug for PeerLinks {
             .finish_non_exhaustive()
     }
 }
-
-/// How long a connection attempt to a peer may take.
-pub const PEER_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 impl PeerLinks {
     /// Links made from `endpoint` with `config`, checking peers' certificates for `server_name`.
@@ -489,7 +514,11 @@ impl PeerLinks {
 
     /// The live connection to `peer`, connecting first if there is none.
     pub async fn connection(&self, peer: u32) -> Result<quinn::Connection, NetError> {
-        let slot = self.slot(peer);
+        let slot = match self.slot(peer) {
+            Some(slot) => slot,
+            None if (self.resolve)(peer).is_some() => self.new_slot(peer),
+            None => return Err(unknown_peer(peer)),
+        };
         let mut cached = slot.lock().await;
         if let Some(connection) = cached.as_ref()
             && connection.close_reason().is_none()
@@ -497,12 +526,7 @@ impl PeerLinks {
             return Ok(connection.clone());
         }
         *cached = None;
-        let address = (self.resolve)(peer).ok_or_else(|| {
-            NetError::Remote(ProtoError::new(
-                relay_proto::ErrorCode::Unavailable,
-                format!("no address known for region {peer}"),
-            ))
-        })?;
+        let address = (self.resolve)(peer).ok_or_else(|| unknown_peer(peer))?;
         let connecting =
             self.endpoint
                 .connect_with(self.config.clone(), address, self.server_name)?;
@@ -517,12 +541,22 @@ impl PeerLinks {
     /// Forgets the connection to `peer` so the next use reconnects. Never waits: if a
     /// connection attempt to `peer` is under way, it replaces the connection anyway.
     pub async fn forget(&self, peer: u32) {
-        if let Ok(mut cached) = self.slot(peer).try_lock() {
+        if let Some(slot) = self.slot(peer)
+            && let Ok(mut cached) = slot.try_lock()
+        {
             *cached = None;
         }
     }
 
-    fn slot(&self, peer: u32) -> PeerSlot {
+    fn slot(&self, peer: u32) -> Option<PeerSlot> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&peer)
+            .cloned()
+    }
+
+    fn new_slot(&self, peer: u32) -> PeerSlot {
         self.connections
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -553,6 +587,87 @@ impl PeerLinks {
     }
 }
 
+fn unknown_peer(peer: u32) -> NetError {
+    NetError::Remote(ProtoError::new(
+        relay_proto::ErrorCode::Unavailable,
+        format!("no address known for region {peer}"),
+    ))
+}
+
+/// The connections a server holds, counted against a bound: each accepted connection takes a
+/// slot and gives it back when its [`ConnectionSlot`] drops; past the bound the server refuses
+/// new connections (QUIC `CONNECTION_REFUSED`, which peers retry with backoff) instead of
+/// spawning tasks without end.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlots {
+    held: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// One held connection slot, given back on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectionSlots {
+    /// At most `max` connections at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            held: Arc::default(),
+            max,
+        }
+    }
+
+    /// A slot for one more connection, unless `max` are held.
+    pub fn try_take(&self) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.max).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot {
+                held: self.held.clone(),
+            })
+    }
+
+    /// Slots held now.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Accepts one incoming connection if a slot is free: the connection and its slot, or `None`
+/// when the handshake failed or the server is full (the connection is then refused).
+pub async fn accept_bounded(
+    slots: &ConnectionSlots,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Connection, ConnectionSlot)> {
+    let Some(slot) = slots.try_take() else {
+        tracing::warn!(
+            held = slots.held(),
+            remote = %incoming.remote_address(),
+            "refusing a connection: the server holds as many as it may"
+        );
+        incoming.refuse();
+        return None;
+    };
+    match incoming.await {
+        Ok(connection) => Some((connection, slot)),
+        Err(error) => {
+            tracing::debug!(%error, "handshake failed");
+            None
+        }
+    }
+}
+
 /// The address of an endpoint as logged in its "listening on" line.
 pub fn listening_line(role: &str, address: SocketAddr) -> String {
     format!("{role} listening on {address}")
@@ -561,6 +676,19 @@ pub fn listening_line(role: &str, address: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_slots_are_bounded_and_given_back() {
+        let slots = ConnectionSlots::new(2);
+        let first = slots.try_take().expect("a slot");
+        let second = slots.try_take().expect("a slot");
+        assert!(slots.try_take().is_none(), "full");
+        assert_eq!(slots.held(), 2);
+        drop(first);
+        let third = slots.try_take().expect("one was given back");
+        drop((second, third));
+        assert_eq!(slots.held(), 0);
+    }
 
     #[test]
     fn missing_files_are_clear_errors() {

@@ -59,6 +59,31 @@ pub const EDGE_REGION_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// (`HOP_MARGIN_MS` more at least) before it gives up on a request.
 pub const EDGE_ANSWER_TIMEOUT_MS: u64 = 8_000;
 
+/// How long an edge or a region serves a directory record it cached (an account's home region
+/// and epoch) before asking the directory again, in ms. A home move is followed within twice
+/// this long (a region's copy, then an edge's), and sooner where the old home refuses the
+/// account (`UnknownAccount`) and the edge forgets what it cached.
+pub const DIRECTORY_CACHE_TTL_MS: u64 = 60_000;
+
+/// Most bytes one device address takes in a repeated field of a message: its field key and
+/// length (1 byte each), then the account (key and a varint of up to 10 bytes) and the device
+/// number (key and a varint of up to 5 bytes).
+pub const DEVICE_ADDR_ENCODED_BYTES_MAX: usize = 2 + (1 + 10) + (1 + 5);
+
+/// Most devices one `Subscribe` frame adds or removes (an edge splits longer lists).
+pub const SUBSCRIBE_DEVICES_PER_FRAME_MAX: usize = 8_192;
+
+/// Most devices one edge's subscription stream keeps subscribed at a region; a region ignores
+/// (and logs) adds beyond it, and an edge never holds more connected devices.
+pub const SUBSCRIBED_DEVICES_PER_STREAM_MAX: usize = 1 << 20;
+
 const _: () =
     assert!(REGION_PEER_REQUEST_TIMEOUT_MS + HOP_MARGIN_MS <= EDGE_REGION_REQUEST_TIMEOUT_MS);
 const _: () = assert!(EDGE_REGION_REQUEST_TIMEOUT_MS < EDGE_ANSWER_TIMEOUT_MS);
+// A cached directory record outlives the request that looked it up.
+const _: () = assert!(DIRECTORY_CACHE_TTL_MS > EDGE_ANSWER_TIMEOUT_MS);
+// A `Subscribe` frame with both lists full fits one frame.
+const _: () =
+    assert!(2 * SUBSCRIBE_DEVICES_PER_FRAME_MAX * DEVICE_ADDR_ENCODED_BYTES_MAX <= FRAME_BYTES_MAX);
+// An envelope's recipient devices are announced by one frame.
+const _: () = assert!(ENVELOPE_RECIPIENT_DEVICES_MAX <= SUBSCRIBE_DEVICES_PER_FRAME_MAX);

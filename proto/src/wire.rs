@@ -1093,4 +1093,27 @@ mod tests {
         assert!(validate_account_name("Alice").is_err());
         assert!(validate_account_name(&"a".repeat(65)).is_err());
     }
+
+    #[test]
+    fn a_device_address_never_takes_more_than_its_bound() {
+        use crate::limits::DEVICE_ADDR_ENCODED_BYTES_MAX;
+        use prost::Message;
+        let largest = DeviceAddr {
+            account: u64::MAX,
+            device: u32::MAX,
+        };
+        let one = Subscribe {
+            add: vec![largest],
+            remove: Vec::new(),
+        };
+        assert_eq!(one.encode_to_vec().len(), DEVICE_ADDR_ENCODED_BYTES_MAX);
+        let many = Subscribe {
+            add: vec![largest; 100],
+            remove: vec![largest; 100],
+        };
+        assert_eq!(
+            many.encode_to_vec().len(),
+            200 * DEVICE_ADDR_ENCODED_BYTES_MAX
+        );
+    }
 }

@@ -65,11 +65,7 @@ pub fn edge(config_path: &Path) -> Result<()> {
 
 /// `relayd locator --config FILE`.
 pub fn locator(config_path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config = LocatorConfig::from_toml_str(&text)
-        .and_then(|config| config.validate())
-        .with_context(|| format!("invalid configuration in {}", config_path.display()))?;
+    let config = LocatorConfig::load(config_path)?;
     runtime()?.block_on(async {
         let server = LocatorServer::bind(config).await?;
         announce(format!("locator listening on {}", server.local_addr()));

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::rc::Rc;
 
-use relay_client::app::DATABASE_FILE;
 use relay_client::store::{Store, Tick};
-use relay_client::{Client, Environment, Event, Overrides, register_in};
+use relay_client::{
+    DATABASE_FILE, Device, Environment, Event, OpenOptions, Overrides, flows, register_in,
+};
 use relay_proto::limits::ONE_TIME_KEYS_AT_REGISTRATION;
 use serde_json::Value;
 use support::{DEADLINE, Devnet, Person, eventually, json_lines};
@@ -130,14 +131,23 @@ async fn new_contact(root: PathBuf, index: usize, locator: SocketAddr, ca: PathB
     .await
     .unwrap_or_else(|error| panic!("{name} registers: {error}"));
     let seen = Rc::new(RefCell::new(Vec::new()));
-    let sink = {
+    let mut sink = {
         let seen = seen.clone();
-        Box::new(move |event: Event| seen.borrow_mut().push(event))
+        move |event: Event| seen.borrow_mut().push(event)
     };
-    let mut client = Client::open(&data, Overrides::default(), sink).expect("opens");
+    let (device, mut events) = Device::open(&data, OpenOptions::default()).expect("opens");
     let text = format!("hello zed, this is {name}");
-    let sent = client.send("zed", &text, None).await;
-    client.close().await;
+    let sent = flows::send(
+        &device,
+        &mut events,
+        "zed",
+        &text,
+        None,
+        std::future::pending(),
+        &mut sink,
+    )
+    .await;
+    device.close().await.expect("closes");
     let id = sent.unwrap_or_else(|error| panic!("{name} sends: {error}"));
     let acknowledged = seen.borrow().iter().any(|event| {
         matches!(event, Event::Tick { id: tick_id, tick: Tick::Sent, .. } if *tick_id == id.to_string())

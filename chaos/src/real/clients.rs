@@ -1,5 +1,5 @@
 //! The workload of a real-process run: the real-time twin of [`crate::workload`]. Each client is
-//! the real client library ([`relay_client::Client`]) in this process, on kernel UDP sockets and
+//! the real client SDK ([`relay_client::Device`], as [`crate::workload::App`]) in this process, on kernel UDP sockets and
 //! the system clock, finding its edge through the devnet's locator from its own address in
 //! 127.0.k.0/24. It records what it sees as the simulation's [`What`] events, so the same
 //! checker ([`crate::history::check`]) reads the run.
@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use relay_client::{Client, ClientError, Environment, Event, Overrides};
+use relay_client::{ClientError, Environment, Event, Overrides};
 use tokio::time::Instant;
 
 use super::RealChaosError;
 use crate::history::{ChatView, TraceEvent, What, client_name};
 use crate::seed;
 use crate::workload::{
-    ClientPlan, Ledger, Observer, Plan, Progress, REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX,
+    App, ClientPlan, Ledger, Observer, Plan, Progress, REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX,
     SEND_RETRY_MS, SYNC_INTERVAL_MS, chat_views, observe, register_retrying,
 };
 
@@ -192,12 +192,7 @@ pub async fn run(
             )
         })
     };
-    let mut client = match Client::open_in(
-        environment(&deployment, me),
-        &deployment.data_dir(me),
-        Overrides::default(),
-        sink,
-    ) {
+    let mut client = match App::open(environment(&deployment, me), &deployment.data_dir(me), sink) {
         Ok(client) => client,
         Err(error) => {
             let mut record = record.borrow_mut();
@@ -220,7 +215,7 @@ pub async fn run(
         for attempt in 1..=SEND_ATTEMPTS_MAX {
             local.borrow_mut().sending = Some(send.message);
             let sent = client
-                .send(&client_name(send.recipient), &send.message.text(), None)
+                .send(&client_name(send.recipient), &send.message.text())
                 .await;
             local.borrow_mut().sending = None;
             tolerate(me, "send", sent.map(|_| ()), &record);

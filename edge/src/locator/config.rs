@@ -2,12 +2,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use hickory_server::proto::rr::Name;
+use relay_net::config::ConfigError;
 use serde::{Deserialize, Serialize};
 
+use super::LocatorError;
 use super::prefix::IpNetwork;
-use super::{EDGES_PER_REGION_MAX, LocatorError, TTL_SECONDS_MAX};
+use crate::limits::{EDGES_PER_REGION_MAX, LOCATOR_TTL_SECONDS_DEFAULT, TTL_SECONDS_MAX};
 
 /// The locator's configuration, as read from the `[locator]` part of `relayd`'s TOML file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +44,7 @@ impl Default for LocatorConfig {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5300)),
             zone: "relay.test.".to_owned(),
-            ttl_seconds: 5,
+            ttl_seconds: LOCATOR_TTL_SECONDS_DEFAULT,
             regions: Vec::new(),
         }
     }
@@ -50,6 +53,16 @@ impl Default for LocatorConfig {
 impl LocatorConfig {
     /// A commented example configuration with the devnet's two regions.
     pub const EXAMPLE_TOML: &'static str = include_str!("../../locator.example.toml");
+
+    /// Reads a configuration file and checks it, as every service's is loaded
+    /// ([`relay_net::config`]): every error names the file.
+    pub fn load(path: &Path) -> Result<ValidLocatorConfig, ConfigError> {
+        relay_net::config::load(path, |config: LocatorConfig| {
+            config
+                .validate()
+                .map_err(|error| ConfigError::Value(error.to_string()))
+        })
+    }
 
     /// Parses a configuration from TOML text (not yet validated: see [`Self::validate`]).
     pub fn from_toml_str(text: &str) -> Result<Self, LocatorError> {

@@ -42,7 +42,6 @@ mod tests;
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use hickory_server::net::NetError;
 
@@ -50,20 +49,8 @@ pub use config::{LocatorConfig, RegionEntry, ValidLocatorConfig};
 pub use core::{Answer, Locator, QueryOrigin};
 pub use server::{LocatorServer, serve};
 
-/// The most edges one region may list; bounds the size of an answer.
-pub const EDGES_PER_REGION_MAX: usize = 32;
-
-/// The largest TTL the locator hands out: answers must stay short-lived so failover is quick.
-pub const TTL_SECONDS_MAX: u32 = 3_600;
-
-/// The largest UDP response the locator sends to an EDNS client (the DNS flag day 2020 value).
-pub const UDP_PAYLOAD_BYTES_MAX: u16 = 1_232;
-
-/// How long a TCP connection may stay idle before the locator closes it.
-pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long [`LocatorServer::serve`] waits for its tasks to stop after shutdown is requested.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::limits::LOCATOR_SHUTDOWN_TIMEOUT_MS;
+use crate::limits::{EDGES_PER_REGION_MAX, TTL_SECONDS_MAX};
 
 /// Everything that can go wrong configuring or running the locator.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +153,7 @@ pub enum LocatorError {
     /// The DNS server stopped although no shutdown was requested.
     #[error("locator: server stopped unexpectedly")]
     StoppedUnexpectedly,
-    /// The DNS server did not stop within [`SHUTDOWN_TIMEOUT`].
-    #[error("locator: server did not stop within {SHUTDOWN_TIMEOUT:?}")]
+    /// The DNS server did not stop within [`LOCATOR_SHUTDOWN_TIMEOUT_MS`].
+    #[error("locator: server did not stop within {LOCATOR_SHUTDOWN_TIMEOUT_MS} ms")]
     ShutdownTimedOut,
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
@@ -18,16 +19,13 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, info, warn};
 
+use super::LocatorError;
 use super::config::ValidLocatorConfig;
 use super::core::{Answer, Locator, QueryOrigin};
-use super::{LocatorError, SHUTDOWN_TIMEOUT, TCP_IDLE_TIMEOUT, UDP_PAYLOAD_BYTES_MAX};
-
-/// How many responses may wait to be written on one TCP connection.
-const TCP_RESPONSE_BUFFER_LEN: usize = 32;
-
-/// How many random ports [`LocatorServer::bind`] tries when asked for port 0 and the port the
-/// UDP socket got is already taken for TCP.
-const BIND_ATTEMPTS_MAX: usize = 8;
+use crate::limits::{
+    LOCATOR_BIND_ATTEMPTS_MAX, LOCATOR_SHUTDOWN_TIMEOUT_MS, LOCATOR_TCP_IDLE_TIMEOUT_MS,
+    LOCATOR_TCP_RESPONSES_WAITING_MAX, UDP_PAYLOAD_BYTES_MAX,
+};
 
 /// A bound locator, ready to serve: bind first to learn the port, then [`Self::serve`].
 pub struct LocatorServer {
@@ -70,13 +68,18 @@ impl LocatorServer {
         self.local_addr
     }
 
-    /// Serves DNS until `shutdown` completes, then stops within [`SHUTDOWN_TIMEOUT`].
+    /// Serves DNS until `shutdown` completes, then stops within
+    /// [`LOCATOR_SHUTDOWN_TIMEOUT_MS`].
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), LocatorError> {
         let mut server = Server::new(LocatorHandler {
             locator: self.locator,
         });
         server.register_socket(self.udp);
-        server.register_listener(self.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER_LEN);
+        server.register_listener(
+            self.tcp,
+            Duration::from_millis(LOCATOR_TCP_IDLE_TIMEOUT_MS),
+            LOCATOR_TCP_RESPONSES_WAITING_MAX,
+        );
 
         let stopped_by_itself = {
             let done = server.block_until_done();
@@ -90,9 +93,12 @@ impl LocatorServer {
             Some(Ok(())) => Err(LocatorError::StoppedUnexpectedly),
             Some(Err(error)) => Err(LocatorError::Server(error)),
             None => {
-                tokio::time::timeout(SHUTDOWN_TIMEOUT, server.shutdown_gracefully())
-                    .await
-                    .map_err(|_| LocatorError::ShutdownTimedOut)??;
+                tokio::time::timeout(
+                    Duration::from_millis(LOCATOR_SHUTDOWN_TIMEOUT_MS),
+                    server.shutdown_gracefully(),
+                )
+                .await
+                .map_err(|_| LocatorError::ShutdownTimedOut)??;
                 info!(address = %self.local_addr, "locator stopped");
                 Ok(())
             }
@@ -214,7 +220,7 @@ impl RequestHandler for LocatorHandler {
 }
 
 /// Binds UDP on `listen`, then TCP on the port UDP got. With port 0, a port whose TCP side is
-/// already taken is given up and another one tried, at most [`BIND_ATTEMPTS_MAX`] times.
+/// already taken is given up and another one tried, at most [`LOCATOR_BIND_ATTEMPTS_MAX`] times.
 async fn bind_sockets(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), LocatorError> {
     let bind_error = |protocol, address| {
         move |source| LocatorError::Bind {
@@ -234,7 +240,7 @@ async fn bind_sockets(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Lo
             Err(source)
                 if listen.port() == 0
                     && source.kind() == io::ErrorKind::AddrInUse
-                    && attempt < BIND_ATTEMPTS_MAX =>
+                    && attempt < LOCATOR_BIND_ATTEMPTS_MAX =>
             {
                 debug!(%udp_addr, attempt, "TCP port taken; trying another port");
                 attempt += 1;

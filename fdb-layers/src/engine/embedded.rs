@@ -70,9 +70,6 @@ const RESOLVER_THREAD_NAME: &str = "fdb-layers-committer/resolver";
 /// The thread of the pipeline's writer stage, which applies and fsyncs the groups.
 const WRITER_THREAD_NAME: &str = "fdb-layers-committer/writer";
 
-// A group's versionstamps number its transactions with two bytes.
-const _: () = assert!(COMMIT_BATCH_TRANSACTIONS_MAX <= u16::MAX as usize + 1);
-
 /// A redb table of the data.
 type DataTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 

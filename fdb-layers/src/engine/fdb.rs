@@ -28,15 +28,14 @@ use foundationdb::{FdbError, KeySelector, RangeOption, TransactionCommitError};
 
 use super::committer::AtomicOp;
 use super::local::{
-    KeyValue, check_cleared_range, check_key, check_placeholder, check_value,
-    check_versionstamped_key, check_written_key, key_after,
+    KeyValue, check_cleared_range, check_key, check_value, check_versionstamped_key_write,
+    check_versionstamped_value_write, check_written_key, key_after,
 };
+use super::transaction::Budget;
 use super::watches::Watch;
 use super::{Counters, RangeOptions, Transaction, Versionstamp, VersionstampFuture};
 use crate::error::StoreError;
-use crate::limits::{
-    TRANSACTION_ATTEMPTS_MAX, TRANSACTION_BYTES_MAX, VERSIONSTAMP_BYTES, WATCHES_OUTSTANDING_MAX,
-};
+use crate::limits::{TRANSACTION_ATTEMPTS_MAX, VERSIONSTAMP_BYTES, WATCHES_OUTSTANDING_MAX};
 
 /// Whether this process has booted FoundationDB's client network (it can only once).
 static NETWORK_BOOTED: AtomicBool = AtomicBool::new(false);
@@ -198,12 +197,11 @@ struct State {
     slot: Slot,
     /// The read version, once fetched.
     read_version: u64,
-    /// Bytes of mutations and conflict ranges so far, counted as the local backends do.
-    size_bytes: usize,
+    /// Bytes of mutations and conflict ranges so far, counted as the local backends do, and an
+    /// error kept for the commit.
+    budget: Budget,
     /// Whether the transaction wrote anything (for the statistics).
     wrote: bool,
-    /// An error of an infallible call (`clear`, `clear_range`), returned by the commit.
-    deferred_error: Option<StoreError>,
 }
 
 /// Where the FoundationDB transaction is.
@@ -228,9 +226,8 @@ impl FdbTransaction {
             state: Mutex::new(State {
                 slot: Slot::Open(raw),
                 read_version: 0,
-                size_bytes: 0,
+                budget: Budget::default(),
                 wrote: false,
-                deferred_error: None,
             }),
             shared,
         })
@@ -239,7 +236,7 @@ impl FdbTransaction {
     pub(crate) fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
         let state = self.lock();
         f.field("read_version", &state.read_version)
-            .field("size_bytes", &state.size_bytes)
+            .field("size_bytes", &state.budget.size_bytes())
             .field("finished", &matches!(state.slot, Slot::Finished));
     }
 
@@ -258,7 +255,7 @@ impl FdbTransaction {
             let raw = state.open()?;
             let pending = raw.get(key, snapshot);
             if !snapshot {
-                state.grow(key.len() + key_after(key).len())?;
+                state.budget.grow(key.len() + key_after(key).len())?;
             }
             pending
         };
@@ -297,7 +294,7 @@ impl FdbTransaction {
                 let raw = state.open()?;
                 let pending = raw.get_range(&range, iteration, options.snapshot);
                 if !options.snapshot && iteration == 1 {
-                    state.grow(begin.len() + end.len())?;
+                    state.budget.grow(begin.len() + end.len())?;
                 }
                 pending
             };
@@ -321,7 +318,7 @@ impl FdbTransaction {
         check_value(value)?;
         let mut state = self.lock();
         state.open()?;
-        state.grow(key.len() + value.len())?;
+        state.budget.grow(key.len() + value.len())?;
         state.open()?.set(key, value);
         state.wrote = true;
         Ok(())
@@ -333,13 +330,13 @@ impl FdbTransaction {
             .open()
             .map(|_| ())
             .and_then(|()| check_written_key(key))
-            .and_then(|()| state.grow(key.len()));
+            .and_then(|()| state.budget.grow(key.len()));
         match checked.and_then(|()| state.open()) {
             Ok(raw) => {
                 raw.clear(key);
                 state.wrote = true;
             }
-            Err(error) => state.defer(error),
+            Err(error) => state.budget.defer(error),
         }
     }
 
@@ -351,17 +348,17 @@ impl FdbTransaction {
             .and_then(|()| check_cleared_range(begin, end));
         if begin >= end {
             if let Err(error) = checked {
-                state.defer(error);
+                state.budget.defer(error);
             }
             return;
         }
-        let grown = checked.and_then(|()| state.grow(begin.len() + end.len()));
+        let grown = checked.and_then(|()| state.budget.grow(begin.len() + end.len()));
         match grown.and_then(|()| state.open()) {
             Ok(raw) => {
                 raw.clear_range(begin, end);
                 state.wrote = true;
             }
-            Err(error) => state.defer(error),
+            Err(error) => state.budget.defer(error),
         }
     }
 
@@ -375,7 +372,7 @@ impl FdbTransaction {
         check_value(&param)?;
         let mut state = self.lock();
         state.open()?;
-        state.grow(key.len() + param.len())?;
+        state.budget.grow(key.len() + param.len())?;
         state.open()?.atomic_op(key, &param, mutation);
         state.wrote = true;
         Ok(())
@@ -387,14 +384,12 @@ impl FdbTransaction {
         offset: u32,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let offset_bytes = check_placeholder(key, offset)?;
-        check_versionstamped_key(key, offset_bytes)?;
-        check_value(value)?;
+        check_versionstamped_key_write(key, offset, value)?;
         let mut key_with_offset = key.to_vec();
         key_with_offset.extend_from_slice(&offset.to_le_bytes());
         let mut state = self.lock();
         state.open()?;
-        state.grow(key_with_offset.len() + value.len())?;
+        state.budget.grow(key_with_offset.len() + value.len())?;
         state
             .open()?
             .atomic_op(&key_with_offset, value, MutationType::SetVersionstampedKey);
@@ -408,14 +403,12 @@ impl FdbTransaction {
         value: &[u8],
         offset: u32,
     ) -> Result<(), StoreError> {
-        check_written_key(key)?;
-        check_placeholder(value, offset)?;
-        check_value(value)?;
+        check_versionstamped_value_write(key, value, offset)?;
         let mut value_with_offset = value.to_vec();
         value_with_offset.extend_from_slice(&offset.to_le_bytes());
         let mut state = self.lock();
         state.open()?;
-        state.grow(key.len() + value_with_offset.len())?;
+        state.budget.grow(key.len() + value_with_offset.len())?;
         state.open()?.atomic_op(
             key,
             &value_with_offset,
@@ -461,7 +454,7 @@ impl FdbTransaction {
             let mut state = self.lock();
             state.open()?;
             let slot = std::mem::replace(&mut state.slot, Slot::Finished);
-            if let Some(error) = state.deferred_error.take() {
+            if let Some(error) = state.budget.take_deferred() {
                 return Err(error);
             }
             match slot {
@@ -528,19 +521,6 @@ impl State {
             Slot::Open(raw) => Ok(raw),
             Slot::CommitFailed(_) | Slot::Finished => Err(StoreError::TransactionFinished),
         }
-    }
-
-    fn defer(&mut self, error: StoreError) {
-        self.deferred_error.get_or_insert(error);
-    }
-
-    fn grow(&mut self, bytes: usize) -> Result<(), StoreError> {
-        let transaction_bytes = self.size_bytes + bytes;
-        if transaction_bytes > TRANSACTION_BYTES_MAX {
-            return Err(StoreError::TransactionTooLarge { transaction_bytes });
-        }
-        self.size_bytes = transaction_bytes;
-        Ok(())
     }
 }
 

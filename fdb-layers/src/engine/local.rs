@@ -14,11 +14,12 @@ use tokio::time::Instant;
 use super::committer::{
     AtomicOp, CommitRequest, KeyRange, PendingWrite, VersionstampedKey, fold, place_versionstamp,
 };
+use super::transaction::Budget;
 use super::watches::{PendingWatch, Watch, WatchRegistry};
 use super::{Counters, RangeOptions, TRANSACTION_AGE_MAX, Versionstamp, VersionstampFuture};
 use super::{embedded, memory};
 use crate::error::StoreError;
-use crate::limits::{KEY_BYTES_MAX, TRANSACTION_BYTES_MAX, VALUE_BYTES_MAX, VERSIONSTAMP_BYTES};
+use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSIONSTAMP_BYTES};
 
 /// A key and its value.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
@@ -111,10 +112,8 @@ struct State {
     watches: Vec<PendingWatch>,
     /// Answered with the versionstamp when the transaction commits.
     versionstamp_waiters: Vec<oneshot::Sender<Result<Versionstamp, StoreError>>>,
-    /// Bytes of mutations and conflict ranges so far (FDB counts the same things).
-    size_bytes: usize,
-    /// An error of an infallible call (`clear`, `clear_range`), returned by the commit.
-    deferred_error: Option<StoreError>,
+    /// Bytes of mutations and conflict ranges so far, and an error kept for the commit.
+    budget: Budget,
     finished: bool,
 }
 
@@ -131,8 +130,7 @@ impl LocalTransaction {
             read_conflicts: Vec::new(),
             watches: Vec::new(),
             versionstamp_waiters: Vec::new(),
-            size_bytes: 0,
-            deferred_error: None,
+            budget: Budget::default(),
             finished: false,
         };
         LocalTransaction {
@@ -144,7 +142,7 @@ impl LocalTransaction {
     pub(crate) fn describe(&self, f: &mut std::fmt::DebugStruct<'_, '_>) {
         let state = self.lock();
         f.field("read_version", &state.read_version)
-            .field("size_bytes", &state.size_bytes)
+            .field("size_bytes", &state.budget.size_bytes())
             .field("finished", &state.finished);
     }
 
@@ -220,7 +218,7 @@ impl LocalTransaction {
         state.check_writable()?;
         check_written_key(key)?;
         check_value(value)?;
-        state.grow(key.len() + value.len())?;
+        state.budget.grow(key.len() + value.len())?;
         self.fire_own_change(&mut state, key, Some(value));
         state
             .writes
@@ -231,12 +229,12 @@ impl LocalTransaction {
     pub(crate) fn clear(&self, key: &[u8]) {
         let mut state = self.lock();
         let checked = state.check_writable().and_then(|()| check_written_key(key));
-        match checked.and_then(|()| state.grow(key.len())) {
+        match checked.and_then(|()| state.budget.grow(key.len())) {
             Ok(()) => {
                 self.fire_own_change(&mut state, key, None);
                 state.writes.insert(key.to_vec(), PendingWrite::Clear);
             }
-            Err(error) => state.defer(error),
+            Err(error) => state.budget.defer(error),
         }
     }
 
@@ -247,11 +245,11 @@ impl LocalTransaction {
             .and_then(|()| check_cleared_range(begin, end));
         if begin >= end {
             if let Err(error) = checked {
-                state.defer(error);
+                state.budget.defer(error);
             }
             return;
         }
-        match checked.and_then(|()| state.grow(begin.len() + end.len())) {
+        match checked.and_then(|()| state.budget.grow(begin.len() + end.len())) {
             Ok(()) => {
                 let range = KeyRange::new(begin, end);
                 self.fire_own_changes_in(&mut state, &range, true);
@@ -265,7 +263,7 @@ impl LocalTransaction {
                 }
                 state.cleared.push(range);
             }
-            Err(error) => state.defer(error),
+            Err(error) => state.budget.defer(error),
         }
     }
 
@@ -276,7 +274,7 @@ impl LocalTransaction {
         if let AtomicOp::Min(operand) | AtomicOp::Max(operand) = &op {
             check_value(operand)?;
         }
-        state.grow(key.len() + op.size_bytes())?;
+        state.budget.grow(key.len() + op.size_bytes())?;
         let next = match state.writes.remove(key) {
             Some(write) => write.then(op),
             None if state.is_cleared(key) => PendingWrite::Clear.then(op),
@@ -301,10 +299,10 @@ impl LocalTransaction {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.check_writable()?;
-        let offset_bytes = check_placeholder(key, offset)?;
-        check_versionstamped_key(key, offset_bytes)?;
-        check_value(value)?;
-        state.grow(key.len() + 4 + value.len())?;
+        let offset_bytes = check_versionstamped_key_write(key, offset, value)?;
+        state
+            .budget
+            .grow(key.len() + VERSIONSTAMP_OFFSET_BYTES + value.len())?;
         let range = versionstamped_key_range(key, offset_bytes, state.read_version);
         self.fire_own_changes_in(&mut state, &range, false);
         state.unreadable.push(range);
@@ -326,10 +324,10 @@ impl LocalTransaction {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.check_writable()?;
-        check_written_key(key)?;
-        let offset = check_placeholder(value, offset)?;
-        check_value(value)?;
-        state.grow(key.len() + value.len() + 4)?;
+        let offset = check_versionstamped_value_write(key, value, offset)?;
+        state
+            .budget
+            .grow(key.len() + value.len() + VERSIONSTAMP_OFFSET_BYTES)?;
         self.fire_own_changes_in(&mut state, &KeyRange::new(key, &key_after(key)), false);
         state.writes.insert(
             key.to_vec(),
@@ -381,7 +379,7 @@ impl LocalTransaction {
             let read_only = state.writes.is_empty()
                 && state.cleared.is_empty()
                 && state.versionstamped_keys.is_empty();
-            let request = if let Some(error) = state.deferred_error.take() {
+            let request = if let Some(error) = state.budget.take_deferred() {
                 Err(error)
             } else if read_only {
                 Ok(None)
@@ -394,7 +392,7 @@ impl LocalTransaction {
                     cleared: std::mem::take(&mut state.cleared),
                     writes: std::mem::take(&mut state.writes).into_iter().collect(),
                     versionstamped_keys: std::mem::take(&mut state.versionstamped_keys),
-                    size_bytes: state.size_bytes,
+                    size_bytes: state.budget.size_bytes(),
                 };
                 Ok(Some(request))
             };
@@ -489,21 +487,8 @@ impl State {
         Ok(())
     }
 
-    fn defer(&mut self, error: StoreError) {
-        self.deferred_error.get_or_insert(error);
-    }
-
-    fn grow(&mut self, bytes: usize) -> Result<(), StoreError> {
-        let transaction_bytes = self.size_bytes + bytes;
-        if transaction_bytes > TRANSACTION_BYTES_MAX {
-            return Err(StoreError::TransactionTooLarge { transaction_bytes });
-        }
-        self.size_bytes = transaction_bytes;
-        Ok(())
-    }
-
     fn add_read_conflict(&mut self, range: KeyRange) -> Result<(), StoreError> {
-        self.grow(range.begin.len() + range.end.len())?;
+        self.budget.grow(range.begin.len() + range.end.len())?;
         self.read_conflicts.push(range);
         Ok(())
     }
@@ -640,6 +625,36 @@ fn versionstamped_key_range(key: &[u8], offset: usize, read_version: u64) -> Key
 }
 
 /// The placeholder's offset, checked to fit in `bytes`.
+/// Bytes of the placeholder offset FoundationDB appends to a versionstamped key or value; every
+/// backend counts them against the transaction's budget.
+pub(crate) const VERSIONSTAMP_OFFSET_BYTES: usize = 4;
+
+/// Checks a write of `value` under a `key` holding a versionstamp placeholder at `offset`, on
+/// every backend; returns the placeholder's position in `key`.
+pub(crate) fn check_versionstamped_key_write(
+    key: &[u8],
+    offset: u32,
+    value: &[u8],
+) -> Result<usize, StoreError> {
+    let offset_bytes = check_placeholder(key, offset)?;
+    check_versionstamped_key(key, offset_bytes)?;
+    check_value(value)?;
+    Ok(offset_bytes)
+}
+
+/// Checks a write of a `value` holding a versionstamp placeholder at `offset` under `key`, on
+/// every backend; returns the placeholder's position in `value`.
+pub(crate) fn check_versionstamped_value_write(
+    key: &[u8],
+    value: &[u8],
+    offset: u32,
+) -> Result<usize, StoreError> {
+    check_written_key(key)?;
+    let offset_bytes = check_placeholder(value, offset)?;
+    check_value(value)?;
+    Ok(offset_bytes)
+}
+
 pub(crate) fn check_placeholder(bytes: &[u8], offset: u32) -> Result<usize, StoreError> {
     let invalid = StoreError::InvalidVersionstampOffset {
         offset,

@@ -17,6 +17,7 @@ use super::fdb::FdbTransaction;
 use super::local::LocalTransaction;
 use super::watches::Watch;
 use crate::error::StoreError;
+use crate::limits::TRANSACTION_BYTES_MAX;
 
 /// How a range is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -264,6 +265,43 @@ impl Transaction {
 
 /// What a versionstamp future resolves to.
 type VersionstampOutcome = Result<Versionstamp, StoreError>;
+
+/// What a transaction has buffered against [`TRANSACTION_BYTES_MAX`], counted as FoundationDB
+/// counts it (mutations plus conflict ranges), and the first error of a call that cannot return
+/// one (`clear`, `clear_range`), which the commit returns instead. Every backend's transaction
+/// keeps one, so a transaction too large on one is too large on all.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    size_bytes: usize,
+    deferred_error: Option<StoreError>,
+}
+
+impl Budget {
+    /// Counts `bytes` more, or refuses them (counting nothing) past [`TRANSACTION_BYTES_MAX`].
+    pub(crate) fn grow(&mut self, bytes: usize) -> Result<(), StoreError> {
+        let transaction_bytes = self.size_bytes + bytes;
+        if transaction_bytes > TRANSACTION_BYTES_MAX {
+            return Err(StoreError::TransactionTooLarge { transaction_bytes });
+        }
+        self.size_bytes = transaction_bytes;
+        Ok(())
+    }
+
+    /// Keeps `error` for the commit, unless an earlier one is kept already.
+    pub(crate) fn defer(&mut self, error: StoreError) {
+        self.deferred_error.get_or_insert(error);
+    }
+
+    /// The error kept for the commit, taken.
+    pub(crate) fn take_deferred(&mut self) -> Option<StoreError> {
+        self.deferred_error.take()
+    }
+
+    /// Bytes counted so far.
+    pub(crate) fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+}
 
 /// The versionstamp of a transaction, resolved after it committed
 /// ([`Transaction::versionstamp`]).

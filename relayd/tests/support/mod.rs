@@ -23,9 +23,62 @@ pub fn relayd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_relayd")
 }
 
-/// The path of the `relay` CLI.
-pub fn relay_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_relay")
+/// The path of the `relay` CLI, built by the `relay-cli` package: `target/<profile>/relay`,
+/// beside this test's own `deps/` folder. `cargo build --workspace` and `cargo nextest run
+/// --workspace` build it (relay-cli's own tests need it); a missing or stale one (older than
+/// the client library it was built from) fails with what to run.
+pub fn relay_bin() -> PathBuf {
+    let test = std::env::current_exe().expect("the test executable's path");
+    let deps = test.parent().expect("the deps folder");
+    let profile = deps.parent().expect("the profile folder");
+    let relay = profile.join(format!("relay{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&relay)
+        .and_then(|metadata| metadata.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it with `cargo build -p relay-cli` (or run the tests with \
+                 `cargo nextest run --workspace`)",
+                relay.display()
+            )
+        });
+    // A `relay` older than the sources it is built from is stale.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace");
+    let newest_source = ["client", "proto", "net", "planted"]
+        .iter()
+        .filter_map(|crate_dir| newest_source(&workspace.join(crate_dir)))
+        .max();
+    if let Some(source) = newest_source {
+        assert!(
+            built >= source,
+            "{} is older than the client's sources: rebuild it with `cargo build -p relay-cli` \
+             (or run the tests with `cargo nextest run --workspace`)",
+            relay.display()
+        );
+    }
+    relay
+}
+
+/// When the newest Rust source or manifest under `dir` was written.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    folders.push(path);
+                }
+            } else if name.ends_with(".rs") || name == "Cargo.toml" {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                newest = newest.max(modified);
+            }
+        }
+    }
+    newest
 }
 
 /// A running `relayd devnet --json`.

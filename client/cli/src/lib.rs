@@ -1,21 +1,22 @@
 //! The `relay` command line: argument parsing (clap), one line of output per [`Event`] (human or
-//! `--json`), and exit codes. All behaviour lives in [`crate::app`]; this is the edge where
-//! library errors become messages on stderr.
+//! `--json`), and exit codes. All behaviour lives in the `relay-client` SDK (each command is one
+//! of its [`relay_client::flows`] over a [`Device`]); this is the edge where library errors
+//! become messages on stderr (JSON objects with `--json`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-
-use crate::app::{Client, Overrides, register};
-use crate::error::ClientError;
-use crate::events::{Direction, Event, format_time_ms};
-use crate::store::Tick;
-use crate::terminal;
+use relay_client::events::format_time_ms;
+use relay_client::flows::{self, Wait};
+use relay_client::limits::TEXT_BYTES_MAX;
+use relay_client::{
+    ClientError, Device, Direction, Event, Mode, OpenOptions, Overrides, Tick, register, terminal,
+};
 
 /// Exit code of a command that failed.
 pub const EXIT_FAILURE: u8 = 1;
@@ -35,10 +36,11 @@ Each data directory is one device of one account. `register` creates it; every o
 works on it. Messages are encrypted per recipient device with Olm; no server sees their text,
 nor whether you read them.
 
-A first conversation:
+A first conversation (without --ca the system's trusted roots are used):
   relay --data alice register alice --locator 127.0.0.1:5353 --bind 127.0.1.10 --ca ca.pem
   relay --data bob   register bob   --locator 127.0.0.1:5353 --bind 127.0.2.10 --ca ca.pem
   relay --data alice send bob 'hello bob' --wait --until delivered --timeout 30 &
+  echo 'a longer text' | relay --data alice send bob -
   relay --data bob   sync            # prints alice's message; the ack makes alice's tick ✓✓
   relay --data bob   read alice      # sends an encrypted read receipt
   relay --data alice history bob
@@ -74,6 +76,10 @@ OUTPUT
         [TIME] ← F: X                  an incoming message (\" (unread)\" until `relay read`)
     {\"event\":\"synced\",\"received\":N,\"ticks\":M,\"pending\":K}
         synced: N new message(s), M tick change(s), K pending in the outbox
+  With --json, an error is one JSON object on stderr:
+    {\"event\":\"error\",\"message\":M,\"code\":C,\"exit_code\":N}
+  where C names the kind of error (unknown_peer, timed_out, not_registered, damaged_database,
+  device_key, device_rolled_back, edge_unreachable, refused, usage, …).
   TIME is RFC 3339 UTC with milliseconds. Human output shows control characters of texts, names
   and server messages as escapes (a newline as \\n, ESC as \\x1b, a backslash as \\\\, a bidi
   override as \\u{202e}), so no message can move the cursor or rewrite the screen; JSON output
@@ -111,7 +117,8 @@ pub struct Cli {
     /// The local IP to send from; the locator picks the edge by it (remembered by `register`).
     #[arg(long, global = true, value_name = "IP")]
     pub bind: Option<IpAddr>,
-    /// The deployment's CA certificate, PEM (copied into the data directory by `register`).
+    /// The deployment's CA certificate, PEM (copied into the data directory by `register`;
+    /// without it, `register` trusts the system's root certificates).
     #[arg(long, global = true, value_name = "PATH")]
     pub ca: Option<PathBuf>,
     /// The file holding the key that encrypts this device's secrets (default: device.key in the
@@ -133,8 +140,11 @@ pub struct Cli {
 pub enum Command {
     /// Create an account named NAME with this device as its first device.
     ///
-    /// Needs --locator, --bind and --ca; they are remembered for later commands. The account's
-    /// home region is the region of the edge the locator names for --bind.
+    /// Needs --locator and --bind, and --ca unless the edges' certificates are trusted by the
+    /// system; they are remembered for later commands. The account's home region is the region
+    /// of the edge the locator names for --bind. A registration that fails leaves nothing
+    /// behind, unless the account may have been created (no answer came): then the keys are
+    /// kept and registering again in the same directory finishes it.
     Register {
         /// The account name: 1 to 64 characters of a-z, 0-9, '_', '-', '.'.
         name: String,
@@ -150,12 +160,13 @@ pub enum Command {
     /// happen within 20 s (edge unreachable, directory unavailable, retries failing), the
     /// message stays stored, a `still pending` line says why, and the exit code is 0: the next
     /// relay command retries it. With --wait (implied by --until or --timeout) it
-    /// stays connected, prints each tick as it moves (and any message received meanwhile), and
-    /// exits once the tick reaches --until, or with exit code 3 after --timeout.
+    /// stays connected, prints each tick of this message as it moves (and any message received
+    /// meanwhile), and exits once the tick reaches --until, or with exit code 3 after --timeout.
     Send {
         /// The account to send to.
         peer: String,
-        /// The text.
+        /// The text; `-` reads it from standard input (one trailing newline is dropped; at
+        /// most 32 KiB of UTF-8).
         text: String,
         /// Wait for a tick (see --until) instead of exiting after ✓.
         #[arg(long)]
@@ -218,11 +229,25 @@ impl From<Until> for Tick {
 
 /// Runs the `relay` command line and returns its exit code.
 pub fn main() -> ExitCode {
+    // Before parsing succeeds, `--json` is looked for by hand, so a usage error is JSON too.
+    let json = std::env::args().skip(1).any(|arg| arg == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) if json => {
+            let message = error.kind().as_str().map_or_else(
+                || error.to_string().trim().to_owned(),
+                |kind| format!("{kind}: {}", error.to_string().trim()),
+            );
+            print_error(&message, "usage", EXIT_USAGE, true);
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(error) => {
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { 0 });
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -231,24 +256,49 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            print_error(
+                &format!("cannot start the async runtime: {error}"),
+                "runtime",
+                EXIT_FAILURE,
+                cli.json,
+            );
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // The chain may quote an edge's or a region's message: escaped like any peer text.
-            eprintln!("error: {}", terminal::escape(&format!("{error:#}")));
-            let code = match error.downcast_ref::<ClientError>() {
-                Some(ClientError::TimedOut(_)) => EXIT_TIMEOUT,
-                Some(ClientError::Interrupted) => EXIT_INTERRUPTED,
-                _ => error
-                    .downcast_ref::<UsageError>()
-                    .map_or(EXIT_FAILURE, |_| EXIT_USAGE),
+            let client = error.downcast_ref::<ClientError>();
+            let (code, exit) = match client {
+                Some(error @ ClientError::TimedOut(_)) => (error.code(), EXIT_TIMEOUT),
+                Some(error @ ClientError::Interrupted) => (error.code(), EXIT_INTERRUPTED),
+                Some(error) => (error.code(), EXIT_FAILURE),
+                None if error.downcast_ref::<UsageError>().is_some() => ("usage", EXIT_USAGE),
+                None => ("failed", EXIT_FAILURE),
             };
-            ExitCode::from(code)
+            print_error(&format!("{error:#}"), code, exit, json);
+            ExitCode::from(exit)
         }
+    }
+}
+
+/// Prints an error on stderr: `error: …` (escaped like any peer text: the message may quote
+/// an edge or a region), or one JSON object with `--json`.
+fn print_error(message: &str, code: &str, exit_code: u8, json: bool) {
+    if json {
+        let line = serde_json::json!({
+            "event": "error",
+            "message": message,
+            "code": code,
+            "exit_code": exit_code,
+        });
+        match terminal::json_line(&line) {
+            Ok(line) => eprintln!("{line}"),
+            Err(_) => eprintln!("{{\"event\":\"error\",\"code\":\"{code}\"}}"),
+        }
+    } else {
+        eprintln!("error: {}", terminal::escape(message));
     }
 }
 
@@ -273,7 +323,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Register { name, token } => {
             register(&data, &name, overrides, &token, &mut print).await?;
-            return Ok(());
         }
         Command::Send {
             peer,
@@ -284,69 +333,129 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let wait = if wait || until.is_some() || timeout.is_some() {
                 let seconds = timeout.unwrap_or(60.0);
-                let timeout = Duration::try_from_secs_f64(seconds)
-                    .ok()
-                    .filter(|timeout| !timeout.is_zero())
-                    .ok_or_else(|| {
-                        UsageError(format!(
-                            "--timeout {seconds}: expected a positive number of seconds"
-                        ))
-                    })?;
-                Some((Tick::from(until.unwrap_or(Until::Read)), timeout))
+                Some(Wait {
+                    until: Tick::from(until.unwrap_or(Until::Read)),
+                    timeout: positive_seconds(seconds)?,
+                })
             } else {
                 None
             };
-            let mut client = open(&data, overrides, json)?;
-            let result = client.send(&peer, &text, wait).await;
-            client.close().await;
-            result?;
+            let text = if text == "-" {
+                read_text(std::io::stdin().lock())?
+            } else {
+                text
+            };
+            let mode = if wait.is_some() {
+                Mode::Live
+            } else {
+                Mode::OnDemand
+            };
+            let (device, mut events) = open(&data, overrides, mode)?;
+            let sent = flows::send(
+                &device,
+                &mut events,
+                &peer,
+                &text,
+                wait,
+                ctrl_c(),
+                &mut print,
+            )
+            .await;
+            let closed = device.close().await;
+            sent?;
+            closed?;
         }
         Command::Sync => {
-            let mut client = open(&data, overrides, json)?;
-            let result = client.sync().await;
-            client.close().await;
-            result?;
+            let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
+            let synced = flows::sync(&device, &mut events, &mut print).await;
+            let closed = device.close().await;
+            synced?;
+            closed?;
         }
         Command::Read { peer } => {
-            let mut client = open(&data, overrides, json)?;
-            let result = client.read(&peer).await;
-            client.close().await;
-            result?;
+            let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
+            let read = flows::read(&device, &mut events, &peer, &mut print).await;
+            let closed = device.close().await;
+            read?;
+            closed?;
         }
         Command::Listen { timeout } => {
-            let timeout = match timeout {
-                Some(seconds) => Some(
-                    Duration::try_from_secs_f64(seconds)
-                        .ok()
-                        .filter(|timeout| !timeout.is_zero())
-                        .ok_or_else(|| {
-                            UsageError(format!(
-                                "--timeout {seconds}: expected a positive number of seconds"
-                            ))
-                        })?,
-                ),
-                None => None,
-            };
-            let mut client = open(&data, overrides, json)?;
-            let result = client.listen(timeout).await;
-            client.close().await;
-            result?;
+            let timeout = timeout.map(positive_seconds).transpose()?;
+            let (device, mut events) = open(&data, overrides, Mode::Live)?;
+            let listened = flows::listen(&device, &mut events, timeout, ctrl_c(), &mut print).await;
+            let closed = device.close().await;
+            listened?;
+            closed?;
         }
         Command::History { peer } => {
-            let mut client = open(&data, overrides, json)?;
-            let result = client.history(&peer).await;
-            client.close().await;
-            result?;
+            let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
+            while let Some(event) = events.try_next() {
+                print(event);
+            }
+            let history = flows::history(&device, &peer, &mut print).await;
+            let closed = device.close().await;
+            history?;
+            closed?;
         }
     }
     Ok(())
 }
 
-fn open(data: &std::path::Path, overrides: Overrides, json: bool) -> anyhow::Result<Client> {
-    Client::open(
+/// Seconds given on the command line as a positive duration.
+fn positive_seconds(seconds: f64) -> Result<Duration, UsageError> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|timeout| !timeout.is_zero())
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--timeout {seconds}: expected a positive number of seconds"
+            ))
+        })
+}
+
+/// The text of `relay send PEER -`: standard input, UTF-8, at most [`TEXT_BYTES_MAX`] bytes,
+/// without one trailing newline (what `echo` and here-documents add).
+pub fn read_text(input: impl Read) -> Result<String, ClientError> {
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(TEXT_BYTES_MAX).unwrap_or(u64::MAX) + 2;
+    input.take(limit).read_to_end(&mut bytes).map_err(|error| {
+        ClientError::Invalid(format!("cannot read the text from standard input: {error}"))
+    })?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.len() > TEXT_BYTES_MAX {
+        return Err(ClientError::Invalid(format!(
+            "the text on standard input is longer than {TEXT_BYTES_MAX} bytes; nothing was sent"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        ClientError::Invalid("the text on standard input is not UTF-8; nothing was sent".into())
+    })
+}
+
+/// Completes on Ctrl-C (never, if the handler cannot be installed).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn open(
+    data: &Path,
+    overrides: Overrides,
+    mode: Mode,
+) -> anyhow::Result<(Device, relay_client::Events)> {
+    Device::open(
         data,
-        overrides,
-        Box::new(move |event| print_event(&event, json)),
+        OpenOptions {
+            overrides,
+            mode,
+            ..OpenOptions::default()
+        },
     )
     .with_context(|| format!("data directory {}", data.display()))
 }
@@ -478,6 +587,9 @@ fn unescaped_line(event: &Event) -> String {
             )
         }
         Event::Note { message } => format!("note: {message}"),
+        Event::Connected { edge } => format!("connected to the edge at {edge}"),
+        Event::Disconnected { reason, .. } => format!("disconnected ({reason})"),
+        Event::RolledBack { reason } => format!("this device was refused as rolled back: {reason}"),
     }
 }
 

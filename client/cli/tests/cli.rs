@@ -1,0 +1,397 @@
+//! The `relay` binary as a newcomer uses it, against a real deployment started in this test
+//! process (relay_devnet's testbed on loopback): texts from standard input, `send --wait`
+//! following its own message, errors as JSON with `--json`, a failed `register` leaving nothing
+//! behind, and the system's roots when no `--ca` is given.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_devnet::testbed::Testbed;
+use serde_json::Value;
+
+/// Generous: the machine is shared.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A testbed whose services run on their own threads while the test blocks on `relay`.
+struct Deployment {
+    runtime: tokio::runtime::Runtime,
+    testbed: Option<Testbed>,
+}
+
+impl Deployment {
+    fn start(regions: u32) -> Deployment {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let testbed = runtime.block_on(Testbed::start(regions)).expect("testbed");
+        Deployment {
+            runtime,
+            testbed: Some(testbed),
+        }
+    }
+
+    fn testbed(&self) -> &Testbed {
+        self.testbed.as_ref().expect("running")
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Some(testbed) = self.testbed.take() {
+            self.runtime.block_on(testbed.stop());
+        }
+    }
+}
+
+fn relay(data: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    command.arg("--data").arg(data).args(args);
+    command
+}
+
+fn run(mut command: Command, stdin: Option<&[u8]>) -> Output {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("relay starts");
+    if let Some(bytes) = stdin {
+        let mut input = child.stdin.take().expect("piped");
+        input.write_all(bytes).expect("write stdin");
+    }
+    let until = Instant::now() + DEADLINE;
+    while child.try_wait().expect("status").is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("relay did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    eprintln!(
+        "{command:?} -> {}\nstdout: {}stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn json_lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}")))
+        .collect()
+}
+
+fn register(deployment: &Deployment, data: &Path, name: &str, region: u32) {
+    let testbed = deployment.testbed();
+    let output = run(
+        relay(
+            data,
+            &[
+                "--json",
+                "register",
+                name,
+                "--locator",
+                &testbed.locator().to_string(),
+                "--bind",
+                &testbed.client_bind(region).to_string(),
+                "--ca",
+                &testbed.ca().display().to_string(),
+            ],
+        ),
+        None,
+    );
+    assert!(output.status.success(), "{name} registers");
+}
+
+fn people(deployment: &Deployment, root: &Path) -> (PathBuf, PathBuf) {
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    register(deployment, &alice, "alice", 1);
+    register(deployment, &bob, "bob", 2);
+    (alice, bob)
+}
+
+#[test]
+fn a_text_from_standard_input_arrives_exactly_and_a_long_one_is_refused() {
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, dir.path());
+    // Many lines, quotes and a 20 KiB body: awkward as an argument, plain on standard input.
+    let text = format!(
+        "line one\n\"quoted\" and 'single'\n{}",
+        "x".repeat(20 * 1024)
+    );
+    let mut piped = text.clone().into_bytes();
+    piped.push(b'\n');
+    let sent = run(relay(&alice, &["--json", "send", "bob", "-"]), Some(&piped));
+    assert!(sent.status.success());
+    assert!(
+        json_lines(&sent.stdout)
+            .iter()
+            .any(|line| line["tick"] == "sent")
+    );
+    let synced = run(relay(&bob, &["--json", "sync"]), None);
+    let messages: Vec<Value> = json_lines(&synced.stdout)
+        .into_iter()
+        .filter(|line| line["event"] == "message")
+        .collect();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0]["text"],
+        text.as_str(),
+        "exact, but for the newline echo adds"
+    );
+
+    // Longer than a text may be: a clear error, exit code 1, and nothing stored or sent.
+    let long = vec![b'y'; 40 * 1024];
+    let refused = run(relay(&alice, &["send", "bob", "-"]), Some(&long));
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("longer than 32768 bytes"), "{stderr}");
+    assert!(refused.stdout.is_empty(), "not even pending");
+    let invalid = run(
+        relay(&alice, &["send", "bob", "-"]),
+        Some(&[0xff, 0xfe, b'\n']),
+    );
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("not UTF-8"));
+}
+
+#[test]
+fn send_wait_follows_its_own_message_only() {
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, dir.path());
+    assert!(
+        run(relay(&alice, &["send", "bob", "warm-up"]), None)
+            .status
+            .success()
+    );
+    // An earlier message waits in alice's outbox (no edge could be found for it: the locator
+    // is not where she looks, and neither is the last edge that worked).
+    {
+        let mut store =
+            relay_client::store::Store::open(&alice.join("relay.db")).expect("alice's store");
+        let nowhere = "127.0.0.1:9".parse().expect("address");
+        store
+            .write(|writer| writer.set_last_edge(nowhere))
+            .expect("forget the last edge");
+    }
+    let queued = run(
+        relay(
+            &alice,
+            &[
+                "--json",
+                "--locator",
+                "127.0.0.1:9",
+                "send",
+                "bob",
+                "earlier",
+            ],
+        ),
+        None,
+    );
+    let queued = json_lines(&queued.stdout);
+    assert_eq!(queued[1]["event"], "still_pending", "{queued:?}");
+    let earlier = queued[0]["id"].clone();
+    // bob listens, so that the wait sees delivered; alice's next command sends both.
+    let mut listening = relay(&bob, &["--json", "listen", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("listen");
+    let waited = run(
+        relay(
+            &alice,
+            &[
+                "--json",
+                "send",
+                "bob",
+                "mine",
+                "--until",
+                "delivered",
+                "--timeout",
+                "60",
+            ],
+        ),
+        None,
+    );
+    let _ = listening.kill();
+    let _ = listening.wait();
+    assert!(waited.status.success());
+    let ticks: Vec<Value> = json_lines(&waited.stdout)
+        .into_iter()
+        .filter(|line| line["event"] == "tick")
+        .collect();
+    let mine = ticks[0]["id"].clone();
+    assert_ne!(mine, earlier);
+    assert!(
+        ticks.iter().all(|tick| tick["id"] == mine),
+        "only its own ticks: {ticks:?}"
+    );
+    let seen: Vec<&str> = ticks
+        .iter()
+        .filter_map(|tick| tick["tick"].as_str())
+        .collect();
+    assert_eq!(seen.first(), Some(&"pending"));
+    assert_eq!(seen.last(), Some(&"delivered"));
+    // The earlier one went too, and said so to whoever follows all of alice's messages.
+    let history = run(relay(&alice, &["--json", "history", "bob"]), None);
+    assert!(
+        json_lines(&history.stdout)
+            .iter()
+            .any(|entry| { entry["id"] == earlier && entry["tick"] != "pending" })
+    );
+}
+
+#[test]
+fn with_json_errors_are_json_on_stderr_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nobody = dir.path().join("nobody");
+    let output = run(relay(&nobody, &["--json", "sync"]), None);
+    assert_eq!(output.status.code(), Some(1));
+    let errors = json_lines(&output.stderr);
+    assert_eq!(errors.len(), 1, "one JSON object");
+    assert_eq!(errors[0]["event"], "error");
+    assert_eq!(errors[0]["code"], "not_registered");
+    assert_eq!(errors[0]["exit_code"], 1);
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("no registered device")),
+        "{errors:?}"
+    );
+    // A usage mistake, before the arguments even parse.
+    let output = run(relay(&nobody, &["--json", "send", "bob"]), None);
+    assert_eq!(output.status.code(), Some(2));
+    let errors = json_lines(&output.stderr);
+    assert_eq!(errors[0]["code"], "usage");
+    assert_eq!(errors[0]["exit_code"], 2);
+    // Without --json, the same error is a line for people.
+    let output = run(relay(&nobody, &["sync"]), None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: ") && !stderr.contains('{'),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_failed_registration_leaves_nothing_behind_but_what_was_there() {
+    let deployment = Deployment::start(1);
+    let testbed = deployment.testbed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locator = testbed.locator().to_string();
+    let bind = testbed.client_bind(1).to_string();
+    let ca = testbed.ca().display().to_string();
+    let attempt = |data: &Path, locator: &str| {
+        run(
+            relay(
+                data,
+                &[
+                    "register",
+                    "alice",
+                    "--locator",
+                    locator,
+                    "--bind",
+                    &bind,
+                    "--ca",
+                    &ca,
+                ],
+            ),
+            None,
+        )
+    };
+
+    // No edge answers (a locator nobody runs): the new directory is removed again.
+    let fresh = dir.path().join("fresh");
+    assert_eq!(attempt(&fresh, "127.0.0.1:9").status.code(), Some(1));
+    assert!(!fresh.exists(), "no half-made data directory");
+
+    // A directory the user had, with a file of theirs: kept, with the file, and nothing else.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).expect("mkdir");
+    std::fs::write(mine.join("notes.txt"), b"keep me").expect("a file");
+    assert_eq!(attempt(&mine, "127.0.0.1:9").status.code(), Some(1));
+    let left: Vec<String> = std::fs::read_dir(&mine)
+        .expect("still there")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(left, vec!["notes.txt".to_owned()]);
+
+    // The name is taken: the relay said so, and nothing of the attempt stays.
+    register(&deployment, &dir.path().join("alice"), "alice", 1);
+    let second = dir.path().join("alice-again");
+    let output = attempt(&second, &locator);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NameTaken"));
+    assert!(!second.exists());
+}
+
+#[test]
+fn without_ca_the_system_roots_are_trusted() {
+    let deployment = Deployment::start(1);
+    let testbed = deployment.testbed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locator = testbed.locator().to_string();
+    let bind = testbed.client_bind(1).to_string();
+    let register_args = [
+        "--json",
+        "register",
+        "alice",
+        "--locator",
+        &locator,
+        "--bind",
+        &bind,
+    ];
+    // A system whose roots do not hold the testbed's CA refuses its edges; nothing is left.
+    let alice = dir.path().join("alice");
+    let mut command = relay(&alice, &register_args);
+    command.env("SSL_CERT_FILE", dir.path().join("no-roots.pem"));
+    command.env("SSL_CERT_DIR", dir.path().join("no-roots"));
+    let output = run(command, None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!alice.exists());
+    // A system that trusts it (as everyone trusts a public deployment's edges): registered
+    // without --ca, and later commands go on trusting the system.
+    let trusting = |mut command: Command| {
+        command
+            .env("SSL_CERT_FILE", testbed.ca())
+            .env_remove("SSL_CERT_DIR");
+        command
+    };
+    let output = run(trusting(relay(&alice, &register_args)), None);
+    assert!(output.status.success());
+    assert!(!alice.join("ca.pem").exists(), "no CA of its own");
+    register(&deployment, &dir.path().join("bob"), "bob", 1);
+    let output = run(
+        trusting(relay(
+            &alice,
+            &["--json", "send", "bob", "trusted by the system"],
+        )),
+        None,
+    );
+    assert!(
+        json_lines(&output.stdout)
+            .iter()
+            .any(|line| line["tick"] == "sent")
+    );
+}

@@ -1,0 +1,254 @@
+//! What arrives: the device queue, fetched page by page after the cursor and acknowledged once
+//! each page is committed ([`crate::inbound`] classifies the entries), and the keys the region
+//! reports with each page and at authentication, kept in shape ([`crate::fallback`] decides the
+//! fallback key's life).
+
+use relay_proto::limits::{
+    ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
+};
+use relay_proto::wire::{FallbackKeyState, OneTimeKeyCount};
+
+use super::{Core, Purpose, Report, Request, Response};
+use crate::error::{ClientError, Result};
+use crate::events::Event;
+use crate::fallback::{self, FallbackFacts};
+use crate::inbound::process_entries;
+use crate::limits::{
+    FETCH_ROUNDS_MAX, KEY_UPLOAD_INTERVAL_MS, RETRY_DELAY_MS_MAX, ROLLBACK_RECHECKS_MAX,
+};
+use crate::outbox::retry_delay_ms;
+
+/// The incoming side's state.
+#[derive(Debug, Default)]
+pub(super) struct Incoming {
+    /// Whether the queue is to be fetched (to its end).
+    pub(super) wanted: bool,
+    /// Whether a fetch is in flight.
+    in_flight: bool,
+    /// Pages fetched in this catch-up.
+    rounds: usize,
+    /// "Rolled back" refusals checked again in a row (another process moved the cursor).
+    rechecks: u32,
+    /// Catch-ups finished (the queue's end, or the round limit).
+    pub(super) caught_up: u64,
+    /// A fetch that failed for good.
+    pub(super) error: Option<ClientError>,
+    /// Fetches failed in a row (retryable errors).
+    failures: u32,
+    /// When keys were last uploaded on this connection (ms).
+    pub(super) key_upload_at: Option<u64>,
+    /// Whether an upload is in flight.
+    uploading: bool,
+}
+
+impl Incoming {
+    /// Whether an upload is in flight.
+    pub(super) fn uploading(&self) -> bool {
+        self.uploading
+    }
+
+    /// Asks for a catch-up.
+    pub(super) fn want(&mut self) {
+        if !self.wanted {
+            self.wanted = true;
+            self.rounds = 0;
+        }
+    }
+}
+
+impl Core {
+    /// Fetches the next page when one is wanted and none is in flight.
+    pub(super) fn step_fetch(&mut self) -> Result<()> {
+        if !self.incoming.wanted || self.incoming.in_flight || !self.has_room() {
+            return Ok(());
+        }
+        let acks = self.store.pending_acks()?;
+        let cursor = self.store.queue_cursor()?;
+        self.incoming.in_flight = true;
+        self.request(
+            Request::Fetch {
+                acks: acks.clone(),
+                after_queue_seq: cursor,
+            },
+            Purpose::Fetch { acks, cursor },
+        );
+        Ok(())
+    }
+
+    /// The answer to a fetch: acknowledged entries are forgotten, the page is processed and
+    /// committed (its acks are owed from then on), what it held is reported, keys are kept in
+    /// shape, and the next page is fetched until the queue's end.
+    pub(super) fn handle_fetched(
+        &mut self,
+        acks: Vec<u64>,
+        cursor: u64,
+        answer: Result<Response>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.incoming.in_flight = false;
+        let batch = match answer {
+            Ok(Response::Queue(batch)) => batch,
+            Ok(_) => {
+                let error =
+                    ClientError::UnexpectedResponse("an answer that is not a queue page".into());
+                self.note_request_error(&error, now_ms);
+                self.incoming.wanted = false;
+                self.incoming.error = Some(error);
+                return Ok(());
+            }
+            Err(error) => {
+                if let Some(refusal) = super::rolled_back_refusal(&error) {
+                    // Another process on this data directory may have stored and acked entries
+                    // since the cursor was read: it raised the cursor first.
+                    if self.incoming.rechecks < ROLLBACK_RECHECKS_MAX
+                        && self.store.queue_cursor()? > cursor
+                    {
+                        self.incoming.rechecks += 1;
+                        return Ok(());
+                    }
+                    self.roll_back(refusal);
+                    return Ok(());
+                }
+                if error.is_retryable() || error.needs_reconnect() {
+                    // The catch-up goes on over the next connection, after a backoff.
+                    self.incoming.failures = self.incoming.failures.saturating_add(1);
+                    let delay = retry_delay_ms(self.incoming.failures, &mut self.rng)
+                        .max(error.retry_after_ms().unwrap_or(0))
+                        .min(RETRY_DELAY_MS_MAX);
+                    self.drop_connection(&error.to_string(), Some(delay), now_ms);
+                    self.last_error = Some((error, now_ms));
+                } else {
+                    self.incoming.wanted = false;
+                    self.incoming.error = Some(error);
+                }
+                return Ok(());
+            }
+        };
+        self.incoming.rechecks = 0;
+        self.incoming.failures = 0;
+        if !acks.is_empty() {
+            self.store.write(|writer| writer.acked(&acks))?;
+        }
+        let count = batch.entries.len();
+        if count > 0 {
+            let me = self.identity.address();
+            let wall_ms = self.wall_ms;
+            let reports = self.store.write_with_crypto(|writer, crypto| {
+                process_entries(writer, crypto, me, cursor, &batch.entries, wall_ms)
+            })?;
+            self.reports
+                .extend(reports.into_iter().map(Report::Inbound));
+        }
+        let keys = OneTimeKeyCount {
+            remaining: batch.one_time_keys_remaining,
+            fallback_key: batch.fallback_key,
+        };
+        self.keep_keys(keys, count == 0, now_ms)?;
+        self.incoming.rounds += 1;
+        if count == 0 || self.incoming.rounds >= FETCH_ROUNDS_MAX {
+            self.incoming.wanted = false;
+            self.incoming.rounds = 0;
+            self.incoming.caught_up += 1;
+        }
+        Ok(())
+    }
+
+    /// Keeps the published keys in shape after the region reported `keys`: fresh one-time keys
+    /// when fewer than the low watermark are left, and a new signed fallback key when
+    /// [`fallback::plan`] says so, or one made earlier that never went up; the previous
+    /// fallback key is forgotten when that is safe (`queue_drained`: the queue was just fetched
+    /// to the end). At most one upload every [`KEY_UPLOAD_INTERVAL_MS`] per connection; a
+    /// failed upload is reported and retried later.
+    pub(super) fn keep_keys(
+        &mut self,
+        keys: OneTimeKeyCount,
+        queue_drained: bool,
+        now_ms: u64,
+    ) -> Result<()> {
+        if self.incoming.uploading
+            || self
+                .incoming
+                .key_upload_at
+                .is_some_and(|at| now_ms.saturating_sub(at) < KEY_UPLOAD_INTERVAL_MS)
+        {
+            return Ok(());
+        }
+        let region_state =
+            FallbackKeyState::try_from(keys.fallback_key).unwrap_or(FallbackKeyState::Unknown);
+        let low = keys.remaining < ONE_TIME_KEYS_LOW_WATERMARK;
+        let wanted = (ONE_TIME_KEYS_AT_REGISTRATION as u32).saturating_sub(keys.remaining);
+        let count = (wanted as usize).clamp(1, ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        let wall_ms = self.wall_ms;
+        // The private halves are durable before the public halves leave the device. Keys left
+        // unpublished by an earlier failed upload go first, instead of new ones.
+        let (mut one_time_keys, fallback_key) =
+            self.store.write_with_crypto(|writer, crypto| {
+                let times = writer.fallback_times()?;
+                let plan = fallback::plan(FallbackFacts {
+                    times,
+                    region_state,
+                    unpublished: crypto.unpublished_fallback_key().is_some(),
+                    queue_drained,
+                    now_ms: wall_ms,
+                });
+                if plan.forget_previous {
+                    crypto.forget_previous_fallback_key();
+                }
+                if plan.generate {
+                    crypto.generate_fallback_key();
+                }
+                if plan != fallback::FallbackPlan::default() {
+                    writer.set_fallback_times(&fallback::after(times, plan, wall_ms))?;
+                }
+                if low && crypto.unpublished_one_time_keys().is_empty() {
+                    crypto.generate_one_time_keys(count);
+                }
+                Ok((
+                    crypto.unpublished_one_time_keys(),
+                    crypto.unpublished_fallback_key(),
+                ))
+            })?;
+        if one_time_keys.is_empty() && fallback_key.is_none() {
+            return Ok(());
+        }
+        self.incoming.key_upload_at = Some(now_ms);
+        self.incoming.uploading = true;
+        one_time_keys.truncate(ONE_TIME_KEYS_PER_UPLOAD_MAX);
+        self.request(
+            Request::UploadKeys {
+                one_time_keys,
+                fallback_key,
+            },
+            Purpose::UploadKeys,
+        );
+        Ok(())
+    }
+
+    /// The answer to a key upload: every key is published once the region stored them.
+    pub(super) fn handle_keys_uploaded(
+        &mut self,
+        answer: Result<Response>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.incoming.uploading = false;
+        match answer {
+            Ok(Response::KeysUploaded(_)) => self.store.write_with_crypto(|_, crypto| {
+                crypto.mark_keys_published();
+                Ok(())
+            }),
+            Ok(_) => {
+                self.reports.push_back(Report::Event(Event::Note {
+                    message: "uploading keys failed: an answer that is not an upload's".into(),
+                }));
+                Ok(())
+            }
+            Err(error) => {
+                self.note_request_error(&error, now_ms);
+                self.reports.push_back(Report::Event(Event::Note {
+                    message: format!("uploading keys failed: {error}"),
+                }));
+                Ok(())
+            }
+        }
+    }
+}

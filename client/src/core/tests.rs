@@ -1,0 +1,568 @@
+//! The core driven by hand: events in, actions and events out, no runtime and no socket (the
+//! store is a SQLite file in a temporary directory; peers are plain [`Crypto`] values).
+
+use std::path::PathBuf;
+
+use relay_proto::wire::{
+    AccountDevices, Committed, DeviceCiphertext, DeviceKeys, FallbackKeyState, KeyBundle,
+    MismatchedDevices, QueueEntry, QueuedMessage, SentEverywhere, queue_entry,
+};
+use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ProtoError};
+
+use super::*;
+use crate::content::Content;
+use crate::crypto::Crypto;
+use crate::store::{Settings, Store};
+
+const ALICE: DeviceAddress = DeviceAddress {
+    account: AccountId(1),
+    device: DeviceId(1),
+};
+const BOB: DeviceAddress = DeviceAddress {
+    account: AccountId(2),
+    device: DeviceId(1),
+};
+const WALL_MS: u64 = 1_800_000_000_000;
+
+/// Alice's device (account 1, region 1) knowing bob (account 2) by name, opened in `mode`.
+struct Rig {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    core: Core,
+}
+
+fn alice(mode: Mode) -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("relay.db");
+    let mut store = Store::create(&path).expect("create");
+    store
+        .unlock(&dir.path().join("device.key"))
+        .expect("unlock");
+    let changes = Crypto::new().take_changes().expect("pickles");
+    let identity = Identity {
+        account: ALICE.account,
+        device: ALICE.device,
+        name: "alice".into(),
+        region: 1,
+        epoch: 1,
+    };
+    store
+        .write(|writer| {
+            writer.save_crypto(&changes)?;
+            writer.set_identity(&identity)?;
+            writer.set_settings(&Settings {
+                locator: "127.0.0.1:9".parse().expect("addr"),
+                bind_ip: "127.0.0.1".parse().expect("ip"),
+                ca_path: None,
+            })?;
+            writer.upsert_contact(&Contact {
+                account: BOB.account,
+                name: "bob".into(),
+                region: 2,
+            })
+        })
+        .expect("write");
+    let core = Core::new(store, identity, mode, 7, 0, WALL_MS).expect("core");
+    Rig {
+        _dir: dir,
+        path,
+        core,
+    }
+}
+
+fn edge() -> SocketAddr {
+    "127.0.1.2:4433".parse().expect("addr")
+}
+
+/// Keys as the region reports them right after registration.
+fn plenty_of_keys() -> OneTimeKeyCount {
+    OneTimeKeyCount {
+        remaining: 50,
+        fallback_key: FallbackKeyState::Unused as i32,
+    }
+}
+
+impl Rig {
+    fn actions(&mut self, now_ms: u64) -> Vec<Action> {
+        std::iter::from_fn(|| self.core.poll_action(now_ms)).collect()
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.core.poll_event()).collect()
+    }
+
+    /// Connects and answers the key upload every fresh device makes; returns the other actions.
+    fn connect(&mut self, now_ms: u64) -> Vec<Action> {
+        let actions = self.actions(now_ms);
+        assert!(
+            matches!(actions.as_slice(), [Action::Connect { .. }]),
+            "{actions:?}"
+        );
+        self.core.handle_connected(edge(), plenty_of_keys(), now_ms);
+        let mut others = Vec::new();
+        for action in self.actions(now_ms) {
+            match action {
+                Action::Request {
+                    id,
+                    request: Request::UploadKeys { .. },
+                } => self.core.handle_answer(
+                    id,
+                    Ok(Response::KeysUploaded(plenty_of_keys())),
+                    now_ms,
+                ),
+                other => others.push(other),
+            }
+        }
+        others.extend(self.actions(now_ms));
+        others
+    }
+}
+
+fn request(actions: &[Action], wanted: impl Fn(&Request) -> bool) -> (RequestId, Request) {
+    actions
+        .iter()
+        .find_map(|action| match action {
+            Action::Request { id, request } if wanted(request) => Some((*id, request.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no such request in {actions:?}"))
+}
+
+/// A device with one published one-time key, and its key bundle as the region hands it out.
+fn peer(address: DeviceAddress) -> (Crypto, DeviceKeys) {
+    let mut crypto = Crypto::new();
+    crypto.generate_one_time_keys(1);
+    let key = crypto.unpublished_one_time_keys().remove(0);
+    let keys = DeviceKeys {
+        device: address.device.0,
+        identity_key: crypto.identity_key().to_vec(),
+        signing_key: crypto.signing_key().to_vec(),
+        one_time_key: Some(key),
+    };
+    (crypto, keys)
+}
+
+fn sent(region: u32, chat_seq: u64) -> Response {
+    Response::Sent(send_outcome::Outcome::Sent(SentEverywhere {
+        commits: vec![Committed {
+            region,
+            chat_seq,
+            duplicate: false,
+            server_time_ms: WALL_MS + 5,
+        }],
+    }))
+}
+
+fn text_of(crypto: &mut Crypto, from: DeviceAddress, ciphertext: &DeviceCiphertext) -> String {
+    let decrypted = crypto
+        .decrypt(from, None, ciphertext.message_type, &ciphertext.body)
+        .expect("decrypts");
+    match Content::from_bytes(&decrypted.plaintext)
+        .expect("content")
+        .body
+    {
+        Some(crate::content::body::Body::Text(text)) => text.body,
+        other => panic!("not a text: {other:?}"),
+    }
+}
+
+#[test]
+fn a_typed_text_is_stored_first_then_claimed_encrypted_sent_and_ticked() {
+    let mut rig = alice(Mode::OnDemand);
+    let id = rig
+        .core
+        .type_text("bob", "hi bob", WALL_MS, 0)
+        .expect("typed");
+    assert_eq!(
+        rig.events(),
+        vec![Event::Tick {
+            id: id.to_string(),
+            peer: "bob".into(),
+            tick: Tick::Pending
+        }]
+    );
+    assert_eq!(
+        rig.core.store().outbox().expect("outbox").len(),
+        1,
+        "stored first"
+    );
+    // On demand, nothing touches the network until a flush window opens.
+    assert!(rig.actions(0).is_empty());
+    rig.core.open_flush_window(20_000);
+    let actions = rig.connect(0);
+    let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
+    let (mut bob, bob_keys) = peer(BOB);
+    rig.core.handle_answer(
+        claim,
+        Ok(Response::Keys(KeyBundle {
+            account: BOB.account.0,
+            devices: vec![bob_keys],
+        })),
+        10,
+    );
+    let actions = rig.actions(10);
+    let (send, Request::Send(envelope)) = request(&actions, |r| matches!(r, Request::Send(_)))
+    else {
+        unreachable!("a send was asked for")
+    };
+    // The envelope was committed before it was handed out, and reads as typed for bob.
+    let stored = rig
+        .core
+        .store()
+        .outbox_entry(id)
+        .expect("read")
+        .expect("entry");
+    assert!(stored.envelope.is_some());
+    assert_eq!(envelope.client_message_id, id.0.to_vec());
+    assert_eq!(envelope.ciphertexts.len(), 1);
+    assert_eq!(text_of(&mut bob, ALICE, &envelope.ciphertexts[0]), "hi bob");
+    assert!(!rig.core.flush_settled(10, 20_000), "a send is in flight");
+
+    rig.core.handle_answer(send, Ok(sent(1, 3)), 20);
+    let events = rig.events();
+    assert!(events.contains(&Event::Tick {
+        id: id.to_string(),
+        peer: "bob".into(),
+        tick: Tick::Sent
+    }));
+    assert!(rig.core.store().outbox().expect("outbox").is_empty());
+    let message = rig
+        .core
+        .store()
+        .message(ALICE, id)
+        .expect("read")
+        .expect("message");
+    assert_eq!((message.tick, message.chat_seq), (Tick::Sent, Some(3)));
+    assert!(rig.core.flush_settled(20, 20_000));
+    assert_eq!(
+        rig.core.message_state(id).expect("state"),
+        MessageState::Ticked(Tick::Sent)
+    );
+}
+
+#[test]
+fn mismatched_devices_reencrypt_the_same_entry_for_exactly_the_current_devices() {
+    let mut rig = alice(Mode::Live);
+    let id = rig.core.type_text("bob", "one", WALL_MS, 0).expect("typed");
+    let actions = rig.connect(0);
+    let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
+    let (mut bob, bob_keys) = peer(BOB);
+    rig.core.handle_answer(
+        claim,
+        Ok(Response::Keys(KeyBundle {
+            account: 2,
+            devices: vec![bob_keys.clone()],
+        })),
+        1,
+    );
+    let actions = rig.actions(1);
+    let (send, Request::Send(first)) = request(&actions, |r| matches!(r, Request::Send(_))) else {
+        unreachable!()
+    };
+    // The region: bob has a second device now.
+    rig.core.handle_answer(
+        send,
+        Ok(Response::Sent(send_outcome::Outcome::Mismatched(
+            MismatchedDevices {
+                accounts: vec![AccountDevices {
+                    account: 2,
+                    devices: vec![1, 2],
+                }],
+            },
+        ))),
+        2,
+    );
+    let actions = rig.actions(2);
+    let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
+    let second_bob = DeviceAddress {
+        account: BOB.account,
+        device: DeviceId(2),
+    };
+    let (mut bob_two, bob_two_keys) = peer(second_bob);
+    rig.core.handle_answer(
+        claim,
+        Ok(Response::Keys(KeyBundle {
+            account: 2,
+            devices: vec![
+                DeviceKeys {
+                    one_time_key: None,
+                    ..bob_keys
+                },
+                bob_two_keys,
+            ],
+        })),
+        3,
+    );
+    let actions = rig.actions(3);
+    let (_, Request::Send(second)) = request(&actions, |r| matches!(r, Request::Send(_))) else {
+        unreachable!()
+    };
+    assert_eq!(second.client_message_id, id.0.to_vec(), "the same id");
+    assert_eq!(second.sender_seq, first.sender_seq, "the same sender_seq");
+    assert!(
+        second.device_seq > first.device_seq,
+        "a new envelope number"
+    );
+    assert_eq!(second.ciphertexts.len(), 2);
+    assert_eq!(
+        second.ciphertexts[0], first.ciphertexts[0],
+        "kept for the device still current"
+    );
+    assert_eq!(text_of(&mut bob, ALICE, &second.ciphertexts[0]), "one");
+    assert_eq!(text_of(&mut bob_two, ALICE, &second.ciphertexts[1]), "one");
+}
+
+#[test]
+fn a_queue_page_is_committed_and_named_before_it_is_acknowledged() {
+    let mut rig = alice(Mode::Live);
+    let actions = rig.connect(0);
+    assert_eq!(
+        rig.events(),
+        vec![Event::Connected {
+            edge: edge().to_string()
+        }]
+    );
+    let (fetch, request_sent) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    assert_eq!(
+        request_sent,
+        Request::Fetch {
+            acks: Vec::new(),
+            after_queue_seq: 0
+        }
+    );
+    // carol (account 3, unknown to alice) writes to alice from a session of her own.
+    let carol_device = DeviceAddress {
+        account: AccountId(3),
+        device: DeviceId(1),
+    };
+    let mut carol = Crypto::new();
+    let alice_key = {
+        // alice's published one-time key, as carol would claim it.
+        let mut store = Store::open(&rig.path).expect("open");
+        store
+            .unlock(&rig.path.with_file_name("device.key"))
+            .expect("unlock");
+        store
+            .write_with_crypto(|_, crypto| {
+                crypto.generate_one_time_keys(1);
+                Ok((
+                    crypto.identity_key(),
+                    crypto.unpublished_one_time_keys().remove(0),
+                ))
+            })
+            .expect("a key")
+    };
+    carol
+        .create_outbound_session(ALICE, &alice_key.0, &alice_key.1.public_key)
+        .expect("session");
+    let content = Content::text("hello alice", WALL_MS, 1)
+        .expect("content")
+        .to_bytes();
+    let (kind, body) = carol.encrypt(ALICE, &content).expect("encrypt");
+    let page = QueueBatch {
+        entries: vec![QueueEntry {
+            queue_seq: 1,
+            item: Some(queue_entry::Item::Message(QueuedMessage {
+                chat: ChatId::direct(AccountId(3), ALICE.account).0.to_vec(),
+                chat_seq: 1,
+                sender: carol_device.into(),
+                client_message_id: vec![4; 16],
+                sender_seq: 1,
+                server_time_ms: WALL_MS + 1,
+                message_type: kind,
+                ciphertext: body,
+            })),
+        }],
+        latest_queue_seq: 1,
+        one_time_keys_remaining: 49,
+        fallback_key: FallbackKeyState::Unused as i32,
+    };
+    rig.core.handle_answer(fetch, Ok(Response::Queue(page)), 5);
+    // Committed: the cursor moved and the ack is owed, before anything is acknowledged.
+    assert_eq!(rig.core.store().queue_cursor().expect("cursor"), 1);
+    assert_eq!(rig.core.store().pending_acks().expect("acks"), vec![1]);
+    // The message names an account alice cannot name yet: it waits for one lookup.
+    assert!(rig.events().is_empty());
+    let actions = rig.actions(5);
+    let (lookup, _) = request(&actions, |r| *r == Request::LookupAccount(AccountId(3)));
+    let (next_fetch, next) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    assert_eq!(
+        next,
+        Request::Fetch {
+            acks: vec![1],
+            after_queue_seq: 1
+        },
+        "the ack goes with the next fetch"
+    );
+    rig.core.handle_answer(
+        lookup,
+        Ok(Response::Account(AccountInfo {
+            account: 3,
+            name: "carol".into(),
+            region: 1,
+            epoch: 1,
+        })),
+        6,
+    );
+    let events = rig.events();
+    assert!(
+        matches!(events.as_slice(), [Event::Message { from, text, .. }] if from == "carol" && text == "hello alice"),
+        "{events:?}"
+    );
+    let caught_up = rig.core.caught_up();
+    rig.core.handle_answer(
+        next_fetch,
+        Ok(Response::Queue(QueueBatch {
+            entries: Vec::new(),
+            latest_queue_seq: 1,
+            one_time_keys_remaining: 49,
+            fallback_key: FallbackKeyState::Unused as i32,
+        })),
+        7,
+    );
+    assert_eq!(rig.core.caught_up(), caught_up + 1, "the queue's end");
+    assert!(rig.core.store().pending_acks().expect("acks").is_empty());
+}
+
+#[test]
+fn a_refusal_as_rolled_back_gives_up_the_outbox_and_refuses_what_follows() {
+    let mut rig = alice(Mode::OnDemand);
+    let id = rig
+        .core
+        .type_text("bob", "from the old copy", WALL_MS, 0)
+        .expect("typed");
+    rig.events();
+    rig.core.open_flush_window(20_000);
+    assert!(matches!(
+        rig.actions(0).as_slice(),
+        [Action::Connect { .. }]
+    ));
+    let refusal = ProtoError::new(ErrorCode::DeviceRolledBack, "device 1/1 is behind");
+    rig.core
+        .handle_connect_failed(ClientError::Remote(refusal), 1);
+    let events = rig.events();
+    assert!(events.contains(&Event::Failed {
+        id: id.to_string(),
+        peer: "bob".into(),
+        reason: ROLLED_BACK_FAILURE.into()
+    }));
+    assert_eq!(
+        events.last(),
+        Some(&Event::RolledBack {
+            reason: "device 1/1 is behind".into()
+        })
+    );
+    assert!(rig.core.store().outbox().expect("outbox").is_empty());
+    assert_eq!(
+        rig.core.store().rolled_back().expect("read").as_deref(),
+        Some("device 1/1 is behind")
+    );
+    assert!(matches!(
+        rig.core.type_text("bob", "again", WALL_MS, 2),
+        Err(ClientError::DeviceRolledBack(_))
+    ));
+    assert!(
+        rig.actions(1)
+            .iter()
+            .all(|action| *action == Action::Disconnect)
+    );
+    assert!(rig.actions(60_000).is_empty(), "it never connects again");
+    assert_eq!(rig.core.poll_timeout(1_000), None);
+}
+
+#[test]
+fn no_edge_ends_a_one_shot_flush_and_the_reason_is_kept() {
+    let mut rig = alice(Mode::OnDemand);
+    let id = rig.core.type_text("bob", "hi", WALL_MS, 0).expect("typed");
+    rig.core.open_flush_window(20_000);
+    assert!(matches!(
+        rig.actions(0).as_slice(),
+        [Action::Connect { .. }]
+    ));
+    assert!(!rig.core.flush_settled(0, 20_000));
+    let error = ClientError::EdgeUnreachable("no edge is configured".into());
+    rig.core.handle_connect_failed(error, 1);
+    assert!(rig.core.flush_settled(1, 20_000), "nothing can go now");
+    let pending = rig.core.still_pending(Some(id)).expect("pending");
+    assert_eq!(
+        pending[0].reason,
+        "cannot reach an edge (no edge is configured)"
+    );
+    assert!(rig.events().iter().any(|event| matches!(
+        event,
+        Event::Disconnected {
+            unreachable: true,
+            retry_in_ms: Some(_),
+            ..
+        }
+    )));
+    // The window closed: an on-demand device does not keep dialing.
+    assert!(rig.actions(60_000).is_empty());
+}
+
+#[test]
+fn drafts_wait_for_their_name_and_keep_their_id() {
+    let mut rig = alice(Mode::OnDemand);
+    let to_carol = rig
+        .core
+        .type_text("carol", "hi carol", WALL_MS, 0)
+        .expect("draft");
+    let to_nobody = rig
+        .core
+        .type_text("nobody", "hello?", WALL_MS, 0)
+        .expect("draft");
+    assert_eq!(
+        rig.core.message_state(to_carol).expect("state"),
+        MessageState::Draft
+    );
+    rig.events();
+    rig.core.open_flush_window(20_000);
+    let actions = rig.connect(0);
+    let (carol, _) = request(&actions, |r| *r == Request::LookupName("carol".into()));
+    let (nobody, _) = request(&actions, |r| *r == Request::LookupName("nobody".into()));
+    rig.events();
+    rig.core.handle_answer(
+        nobody,
+        Err(ClientError::Remote(ProtoError::new(
+            ErrorCode::UnknownAccount,
+            "no such account",
+        ))),
+        1,
+    );
+    assert_eq!(
+        rig.events(),
+        vec![Event::Failed {
+            id: to_nobody.to_string(),
+            peer: "nobody".into(),
+            reason: "no account is named nobody".into()
+        }]
+    );
+    assert_eq!(
+        rig.core.message_state(to_nobody).expect("state"),
+        MessageState::UnknownPeer("nobody".into())
+    );
+    rig.core.handle_answer(
+        carol,
+        Ok(Response::Account(AccountInfo {
+            account: 3,
+            name: "carol".into(),
+            region: 2,
+            epoch: 1,
+        })),
+        2,
+    );
+    let outbox = rig.core.store().outbox().expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        (
+            outbox[0].client_message_id,
+            outbox[0].peer,
+            outbox[0].sender_seq
+        ),
+        (to_carol, AccountId(3), 1),
+        "the draft became the chat's first entry under its id"
+    );
+    assert!(rig.core.store().drafts().expect("drafts").is_empty());
+    let actions = rig.actions(2);
+    request(&actions, |r| *r == Request::ClaimKeys(AccountId(3)));
+}

@@ -1,0 +1,328 @@
+//! The one-command flows of the `relay` CLI (and of the simulation's and chaos runs' clients),
+//! as thin functions over [`Device`]: each runs one call or a few, hands every event to a sink
+//! as it comes (the CLI prints them), and adds the summary events a command ends with
+//! (`still_pending`, `synced`, `marked_read`, `listening`, `history`).
+//!
+//! ```
+//! # use relay_client::{Device, Event, OpenOptions, flows};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let testbed = relay_devnet::testbed::Testbed::start(2).await?;
+//! # let dir = tempfile::tempdir()?;
+//! # let (alice_dir, bob_dir) = (dir.path().join("alice"), dir.path().join("bob"));
+//! # let overrides = |region| relay_client::Overrides {
+//! #     locator: Some(testbed.locator()),
+//! #     bind_ip: Some(testbed.client_bind(region)),
+//! #     ca_path: Some(testbed.ca().to_path_buf()),
+//! #     device_key: None,
+//! # };
+//! # relay_client::register(&alice_dir, "alice", overrides(1), "", &mut |_| {}).await?;
+//! # relay_client::register(&bob_dir, "bob", overrides(2), "", &mut |_| {}).await?;
+//! // What `relay send bob hi` and then `relay sync` (as bob) do.
+//! let (alice, mut events) = Device::open(&alice_dir, OpenOptions::default())?;
+//! let mut printed = Vec::new();
+//! flows::send(&alice, &mut events, "bob", "hi", None, std::future::pending(), &mut |event| printed.push(event)).await?;
+//! alice.close().await?;
+//! assert!(printed.iter().any(|event| matches!(event, Event::Tick { tick: relay_client::Tick::Sent, .. })));
+//!
+//! let (bob, mut events) = Device::open(&bob_dir, OpenOptions::default())?;
+//! let mut printed = Vec::new();
+//! flows::sync(&bob, &mut events, &mut |event| printed.push(event)).await?;
+//! bob.close().await?;
+//! assert!(printed.iter().any(|event| matches!(event, Event::Message { text, .. } if text == "hi")));
+//! assert!(matches!(printed.last(), Some(Event::Synced { received: 1, .. })));
+//! # testbed.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use relay_proto::ClientMessageId;
+use tokio::time::Instant;
+
+use crate::core::MessageState;
+use crate::device::{Device, Events};
+use crate::error::{ClientError, Result};
+use crate::events::Event;
+use crate::limits::{FLUSH_BUDGET_MS, POLL_INTERVAL_MS};
+use crate::store::Tick;
+
+/// What `send --wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// The tick to reach.
+    pub until: Tick,
+    /// How long to wait.
+    pub timeout: Duration,
+}
+
+/// Sends a text to `peer`. Without `wait`, returns once it is sent (✓) or, if that is not
+/// possible within [`FLUSH_BUDGET_MS`] (or no edge can be reached), reports it still pending
+/// (it stays in the outbox for the next command). With `wait`, follows this message's ticks
+/// (and shows messages received meanwhile; a live device is needed to see receipts) until it
+/// reaches `wait.until` ([`ClientError::TimedOut`] after `wait.timeout`, [`ClientError::Interrupted`]
+/// when `stop` completes first). A name no account has is [`ClientError::UnknownPeer`] once the
+/// directory says so.
+pub async fn send(
+    device: &Device,
+    events: &mut Events,
+    peer: &str,
+    text: &str,
+    wait: Option<Wait>,
+    stop: impl Future<Output = ()>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<ClientMessageId> {
+    // A one-shot send says nothing about its connection (a still-pending line says why it is
+    // not sent); one that waits shows reconnects as notes.
+    let mut shown = |event: Event| match (event, wait) {
+        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
+        (event, None) => sink(event),
+        (event, Some(_)) => {
+            if let Some(event) = connection_note(event, false) {
+                sink(event);
+            }
+        }
+    };
+    let id = events.drive(device.send(peer, text), &mut shown).await?;
+    let Some(wait) = wait else {
+        let flushed = events
+            .drive(
+                device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
+                &mut shown,
+            )
+            .await;
+        report_still_pending(device, Some(id), sink).await?;
+        if let MessageState::UnknownPeer(name) = device.message_state(id).await? {
+            return Err(ClientError::UnknownPeer(name));
+        }
+        return flushed.map(|()| id);
+    };
+    let deadline = Instant::now() + wait.timeout;
+    let own = id.to_string();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        if let Some(reason) = device.rolled_back().await? {
+            return Err(ClientError::DeviceRolledBack(reason));
+        }
+        match device.message_state(id).await? {
+            MessageState::Ticked(tick) if tick >= wait.until => {
+                // What the device reported before it answered (the tick itself, if this
+                // device saw it move) is shown before the command ends.
+                while let Some(event) = events.try_next() {
+                    if !matches!(&event, Event::Tick { id, .. } if *id != own) {
+                        shown(event);
+                    }
+                }
+                return Ok(id);
+            }
+            MessageState::Ticked(_) | MessageState::Draft => {}
+            MessageState::Failed(reason) => {
+                return Err(ClientError::Invalid(format!(
+                    "message {id} failed: {reason}"
+                )));
+            }
+            MessageState::UnknownPeer(name) => return Err(ClientError::UnknownPeer(name)),
+            MessageState::Unknown => {
+                return Err(ClientError::Corrupt(format!("message {id} vanished")));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let tick = match device.message_state(id).await? {
+                MessageState::Ticked(tick) => tick,
+                _ => Tick::Pending,
+            };
+            return Err(ClientError::TimedOut(format!(
+                "message {id} is {} after {:.1} s; it did not reach {} (it stays in the outbox if unsent)",
+                tick.label(),
+                wait.timeout.as_secs_f64(),
+                wait.until.name()
+            )));
+        }
+        let wake = deadline.min(now + Duration::from_millis(POLL_INTERVAL_MS));
+        tokio::select! {
+            event = events.next() => match event {
+                // Only this message's ticks: the others are not what the person waits for.
+                Some(Event::Tick { id, .. }) if id != own => {}
+                Some(event) => shown(event),
+                None => return Err(device.rolled_back().await.err().unwrap_or(ClientError::Closed)),
+            },
+            () = tokio::time::sleep_until(wake) => {}
+            () = &mut stop => return Err(ClientError::Interrupted),
+        }
+    }
+}
+
+/// Flushes the outbox, fetches and acknowledges everything queued, then reports what is still
+/// pending and a [`Event::Synced`] summary.
+pub async fn sync(device: &Device, events: &mut Events, sink: &mut dyn FnMut(Event)) -> Result<()> {
+    let mut received = 0;
+    let mut ticks = 0;
+    events
+        .drive(device.sync(), &mut |event| {
+            match &event {
+                Event::Message { .. } | Event::Undecryptable { .. } => received += 1,
+                Event::Tick { .. } => ticks += 1,
+                // A first connection that finds no edge ends the sync with that error.
+                Event::Disconnected {
+                    unreachable: true, ..
+                } => return,
+                _ => {}
+            }
+            if let Some(event) = connection_note(event, false) {
+                sink(event);
+            }
+        })
+        .await?;
+    report_still_pending(device, None, sink).await?;
+    sink(Event::Synced {
+        received,
+        ticks,
+        pending: device.pending_count().await?,
+    });
+    Ok(())
+}
+
+/// Marks every unread message from `peer` read and sends the end-to-end encrypted receipt
+/// (within [`FLUSH_BUDGET_MS`], else it stays pending); returns how many were marked.
+pub async fn read(
+    device: &Device,
+    events: &mut Events,
+    peer: &str,
+    sink: &mut dyn FnMut(Event),
+) -> Result<usize> {
+    let quiet = |sink: &mut dyn FnMut(Event), event: Event| {
+        if !matches!(event, Event::Disconnected { .. } | Event::Connected { .. }) {
+            sink(event);
+        }
+    };
+    let count = events
+        .drive(device.mark_read(peer), &mut |event| quiet(sink, event))
+        .await?;
+    sink(Event::MarkedRead {
+        peer: peer.to_owned(),
+        count,
+    });
+    if device.pending_count().await? > 0 {
+        let flushed = events
+            .drive(
+                device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
+                &mut |event| quiet(sink, event),
+            )
+            .await;
+        report_still_pending(device, None, sink).await?;
+        flushed?;
+    }
+    Ok(count)
+}
+
+/// Stays connected, reporting messages and ticks as they arrive and reconnecting after a drop,
+/// until `stop` completes or `timeout` passes. The first connection must succeed (an edge that
+/// answers but cannot serve yet is waited for). Reports [`Event::Listening`] once connected.
+pub async fn listen(
+    device: &Device,
+    events: &mut Events,
+    timeout: Option<Duration>,
+    stop: impl Future<Output = ()>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let mut stop = std::pin::pin!(stop);
+    let mut connect = std::pin::pin!(device.connect());
+    let mut connecting = true;
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            answer = &mut connect, if connecting => {
+                connecting = false;
+                if let Err(error) = answer {
+                    while let Some(event) = events.try_next() {
+                        if let Some(event) = connection_note(event, announced) {
+                            sink(event);
+                        }
+                    }
+                    return Err(error);
+                }
+            }
+            event = events.next() => match event {
+                Some(Event::Connected { .. }) if !announced => {
+                    announced = true;
+                    sink(Event::Listening {
+                        name: device.identity().name.clone(),
+                    });
+                }
+                Some(Event::RolledBack { reason }) => return Err(ClientError::DeviceRolledBack(reason)),
+                Some(event) => {
+                    if let Some(event) = connection_note(event, announced) {
+                        sink(event);
+                    }
+                }
+                None => return Err(ClientError::Closed),
+            },
+            () = sleep_until(deadline) => return Ok(()),
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// Reports the chat with `peer` in order (local only). On a device the relay refused as
+/// rolled back, a note says so first.
+pub async fn history(device: &Device, peer: &str, sink: &mut dyn FnMut(Event)) -> Result<()> {
+    if let Some(reason) = device.rolled_back().await? {
+        sink(Event::Note {
+            message: ClientError::DeviceRolledBack(reason).to_string(),
+        });
+    }
+    for entry in device.history(peer).await? {
+        sink(entry);
+    }
+    Ok(())
+}
+
+/// Reports outbox entries and drafts still waiting (all, or just `only`), with the last
+/// problem seen.
+async fn report_still_pending(
+    device: &Device,
+    only: Option<ClientMessageId>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    for pending in device.still_pending(only).await? {
+        sink(Event::StillPending {
+            id: pending.id.to_string(),
+            peer: pending.peer,
+            reason: pending.reason,
+        });
+    }
+    Ok(())
+}
+
+/// A connection event as a command shows it: a note (`reconnected` only once `listening` was
+/// announced), or nothing; every other event as it is.
+fn connection_note(event: Event, listening: bool) -> Option<Event> {
+    match event {
+        Event::Connected { edge } => listening.then(|| Event::Note {
+            message: format!("reconnected to the edge at {edge}"),
+        }),
+        Event::Disconnected {
+            reason,
+            retry_in_ms: Some(delay),
+            ..
+        } => Some(Event::Note {
+            message: format!("{reason}; retrying in {delay} ms"),
+        }),
+        Event::Disconnected { reason, .. } => Some(Event::Note {
+            message: format!("connection to the edge lost ({reason}); reconnecting"),
+        }),
+        Event::RolledBack { .. } => None,
+        other => Some(other),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,120 @@
+//! Every bound and timeout of the client in one place, with units in the names, and the
+//! relations between them asserted at compile time (as `relay_proto::limits` does for the
+//! protocol): a client waits longer than the edge may take to answer, the outbox's backoff is
+//! bounded, buffers are bounded.
+
+use relay_proto::limits::{EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS, QUEUE_FETCH_ENTRIES_MAX};
+
+// --- Requests and connections ---
+
+/// How long one request may take before the connection is considered broken, in milliseconds:
+/// longer than the edge may take to answer, so a slow or silent region behind the edge reaches
+/// the device as a typed answer (`Overloaded`, `DirectoryUnavailable`), not as a timeout.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long the QUIC handshake may take, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long closing waits for the close to reach the edge, in milliseconds.
+pub const CLOSE_WAIT_MS: u64 = 1_000;
+/// Pushes buffered between the control-stream reader and the client; more are dropped (each
+/// push only says "fetch", and one pending fetch covers them all).
+pub const PUSHES_BUFFERED_MAX: usize = 16;
+/// Requests one device has in flight on its connection at once (sends of several chats, a
+/// fetch, key claims, name lookups); more wait for a free slot.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
+
+// --- Edge discovery ---
+
+/// How long to wait for the locator's answer to one query, in milliseconds.
+pub const DNS_TIMEOUT_MS: u64 = 1_000;
+/// Queries sent before giving up on the locator.
+pub const DNS_ATTEMPTS_MAX: u32 = 3;
+/// Largest DNS answer read over UDP, in bytes.
+pub const DNS_ANSWER_BYTES_MAX: usize = 4096;
+
+// --- The outbox ---
+
+/// Shortest wait before retrying a failed send (or a failed connection), in milliseconds.
+pub const RETRY_DELAY_MS_MIN: u64 = 200;
+/// Longest wait before retrying a failed send (or a failed connection), in milliseconds.
+pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
+/// Re-encryptions after "mismatched devices" in a row before backing off instead.
+pub const MISMATCHES_IN_A_ROW_MAX: u32 = 5;
+/// Renumberings after "resend from" in a row before backing off instead.
+pub const RESENDS_IN_A_ROW_MAX: u32 = 5;
+/// Entries of one chat in flight at once while all goes well.
+pub const PIPELINE_WINDOW: usize = 4;
+/// How long a one-shot command (`send`, `read`, `sync` in the CLI) keeps retrying the outbox
+/// before leaving entries pending for the next one, in ms (twice the request timeout: a hung
+/// request still leaves time for a retry).
+pub const FLUSH_BUDGET_MS: u64 = 20_000;
+/// How long a sync keeps retrying after a failure that follows a successful connection (a
+/// request that timed out, a dropped connection), in ms. A first connection that finds no edge
+/// at all is not retried.
+pub const SYNC_RETRY_BUDGET_MS: u64 = 30_000;
+
+// --- The queue ---
+
+/// While a device is open and live, how often the queue is fetched even without a push, in ms.
+pub const POLL_INTERVAL_MS: u64 = 10_000;
+/// Queue pages fetched by one catch-up before other work gets a turn.
+pub const FETCH_ROUNDS_MAX: usize = 64;
+/// Entries of one queue page (what the client asks for; the region caps it too).
+pub const FETCH_PAGE_ENTRIES_MAX: u32 = QUEUE_FETCH_ENTRIES_MAX;
+/// How long a seen envelope id is remembered, in ms: longer than the 30-day queue retention,
+/// after which the server can no longer redeliver it.
+pub const SEEN_RETENTION_MS: u64 = 31 * 24 * 3600 * 1000;
+/// Times a "rolled back" refusal is checked again when this device's counters moved meanwhile
+/// (another process on the same data directory acknowledged or sent after this one read them).
+pub const ROLLBACK_RECHECKS_MAX: u32 = 3;
+
+// --- Keys ---
+
+/// Shortest time between two one-time key uploads on one connection, in ms.
+pub const KEY_UPLOAD_INTERVAL_MS: u64 = 60_000;
+/// Olm sessions kept per remote device; the least recently used beyond this are dropped.
+pub const SESSIONS_PER_DEVICE_MAX: usize = 4;
+/// A fallback key older than this is replaced even if nobody was handed it, in milliseconds.
+pub const FALLBACK_KEY_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How long the previous fallback key is kept after it was replaced, in milliseconds (see
+/// [`crate::fallback`]); a new key is made no sooner either, since making one drops the previous.
+pub const FALLBACK_KEY_PREVIOUS_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+// --- Contents ---
+
+/// Largest text body, in bytes of UTF-8 (well under the 64 KiB ciphertext limit).
+pub const TEXT_BYTES_MAX: usize = 32 * 1024;
+/// Most client message ids one read receipt names; longer lists are split.
+pub const READ_RECEIPT_IDS_MAX: usize = 512;
+
+// --- The local store and the event stream ---
+
+/// How long to wait for another process holding the database lock, in milliseconds.
+pub const BUSY_TIMEOUT_MS: u64 = 10_000;
+/// Events an open device holds for its reader; a device whose reader falls this far behind
+/// waits for it (nothing is dropped).
+pub const EVENTS_BUFFERED_MAX: usize = 1024;
+/// Calls (send, sync, …) waiting for an open device to take them.
+pub const COMMANDS_BUFFERED_MAX: usize = 64;
+
+// A request outlives the edge's own answer by at least one hop's margin, so whatever happens
+// behind the edge reaches the device as a typed answer.
+const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
+// The handshake is part of the first request's patience, not more.
+const _: () = assert!(CONNECT_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
+const _: () = assert!(RETRY_DELAY_MS_MIN < RETRY_DELAY_MS_MAX);
+// A one-shot command outlasts a hung request and still retries once.
+const _: () = assert!(FLUSH_BUDGET_MS >= 2 * REQUEST_TIMEOUT_MS);
+// A sync's retries span at least the longest backoff, so a busy server's hint is honoured once.
+const _: () = assert!(SYNC_RETRY_BUDGET_MS >= RETRY_DELAY_MS_MAX);
+// A chat's pipeline fits in the requests a connection carries, with room for other chats.
+const _: () = assert!(PIPELINE_WINDOW < REQUESTS_IN_FLIGHT_MAX);
+// A seen id outlives the region's 30-day queue retention: redelivery is always deduplicated.
+const _: () = assert!(SEEN_RETENTION_MS > 30 * 24 * 3600 * 1000);
+// A key replaced because of its age has been current for at least as long as its predecessor
+// is kept, so periodic replacement never waits on the previous key.
+const _: () = assert!(FALLBACK_KEY_MAX_AGE_MS >= FALLBACK_KEY_PREVIOUS_KEPT_MS);
+// Waiting for another process's lock takes no longer than a request: a shared data directory
+// never stalls a command past its own timeouts.
+const _: () = assert!(BUSY_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
+// A live device polls its queue well within the connection's idle timeout.
+const _: () = assert!(POLL_INTERVAL_MS < relay_net::limits::IDLE_TIMEOUT_MS);

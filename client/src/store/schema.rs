@@ -1,0 +1,253 @@
+//! The schema and its migrations: versioned with `PRAGMA user_version`; a migration only ever
+//! adds (version 2 added the drafts). [`check`] tells a database of this client from anything
+//! else, which is damaged, never started over.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use super::damaged;
+use crate::error::{ClientError, Result};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = 2;
+
+pub(super) const SCHEMA_V1: &str = "
+CREATE TABLE identity (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    region INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE olm_account (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    pickle TEXT NOT NULL
+);
+CREATE TABLE olm_sessions (
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    pickle TEXT NOT NULL,
+    PRIMARY KEY (account, device, position)
+);
+CREATE TABLE devices (
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    identity_key BLOB,
+    current INTEGER NOT NULL,
+    PRIMARY KEY (account, device)
+);
+CREATE TABLE contacts (
+    account INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    region INTEGER NOT NULL
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat BLOB NOT NULL,
+    peer INTEGER NOT NULL,
+    outgoing INTEGER NOT NULL,
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    sender_seq INTEGER NOT NULL,
+    chat_seq INTEGER,
+    text TEXT,
+    sent_at_ms INTEGER NOT NULL,
+    server_time_ms INTEGER,
+    tick INTEGER NOT NULL,
+    read_at_ms INTEGER,
+    undecryptable TEXT,
+    failed TEXT,
+    expired_devices INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sender_account, sender_device, client_message_id)
+);
+CREATE INDEX messages_by_peer ON messages (peer, id);
+CREATE TABLE outbox (
+    chat BLOB NOT NULL,
+    sender_seq INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL UNIQUE,
+    peer INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    envelope BLOB,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (chat, sender_seq)
+);
+CREATE TABLE chat_counters (chat BLOB PRIMARY KEY, next_sender_seq INTEGER NOT NULL);
+CREATE TABLE queue_cursor (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    after_queue_seq INTEGER NOT NULL
+);
+CREATE TABLE pending_acks (queue_seq INTEGER PRIMARY KEY);
+CREATE TABLE seen (
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    seen_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sender_account, sender_device, client_message_id)
+) WITHOUT ROWID;
+CREATE TABLE receipts (
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    recipient_account INTEGER NOT NULL,
+    recipient_device INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sender_account, sender_device, client_message_id, recipient_account, recipient_device)
+) WITHOUT ROWID;
+";
+
+/// Version 2: messages typed for a recipient whose account is not known yet.
+const SCHEMA_V2: &str = "
+CREATE TABLE drafts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_message_id BLOB NOT NULL UNIQUE,
+    peer_name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL
+);
+";
+
+/// The tables of each schema version, to check an opened database holds them all.
+const TABLES_V1: [&str; 13] = [
+    "identity",
+    "settings",
+    "olm_account",
+    "olm_sessions",
+    "devices",
+    "contacts",
+    "messages",
+    "outbox",
+    "chat_counters",
+    "queue_cursor",
+    "pending_acks",
+    "seen",
+    "receipts",
+];
+const TABLES_V2: [&str; 1] = ["drafts"];
+
+/// Creates every table of [`SCHEMA_VERSION`] in a new database.
+pub(super) fn create(transaction: &Transaction<'_>) -> Result<()> {
+    transaction.execute_batch(SCHEMA_V1)?;
+    transaction.execute_batch(SCHEMA_V2)?;
+    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// Checks that the database at `path` (`bytes` long) is one of this client, of a version this
+/// build reads, with every table of its version; returns its version. Anything else is
+/// [`ClientError::Damaged`] (or [`ClientError::Corrupt`] for a newer schema), never touched.
+pub(super) fn check(connection: &Connection, path: &Path, bytes: u64) -> Result<i32> {
+    let version: i32 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|error| damaged(path, &error.to_string()))?;
+    if version > SCHEMA_VERSION {
+        return Err(ClientError::Corrupt(format!(
+            "{} has schema version {version}; this build reads up to {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    if version < 1 {
+        let problem = if bytes == 0 {
+            "the file is empty".to_owned()
+        } else {
+            "it holds no Relay tables".to_owned()
+        };
+        return Err(damaged(path, &problem));
+    }
+    let mut expected: Vec<&str> = TABLES_V1.to_vec();
+    if version >= 2 {
+        expected.extend(TABLES_V2);
+    }
+    for table in expected {
+        let found: Option<i64> = connection
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|error| damaged(path, &error.to_string()))?;
+        if found.is_none() {
+            return Err(damaged(path, &format!("the table {table} is missing")));
+        }
+    }
+    Ok(version)
+}
+
+/// Brings a database of schema `version` (checked by [`check`]) up to [`SCHEMA_VERSION`].
+pub(super) fn migrate(transaction: &Transaction<'_>, version: i32) -> Result<()> {
+    if version < 2 {
+        transaction.execute_batch(SCHEMA_V2)?;
+    }
+    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn damaged_databases_are_named_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        let damage = |store: Result<Store>| match store {
+            Err(ClientError::Damaged { problem, .. }) => problem,
+            Err(other) => panic!("expected damaged, got {other}"),
+            Ok(_) => panic!("expected damaged, it opened"),
+        };
+
+        std::fs::write(&path, b"").expect("empty");
+        assert!(damage(Store::open(&path)).contains("empty"));
+        assert!(
+            damage(Store::create(&path)).contains("empty"),
+            "registration does not write over it"
+        );
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 0);
+
+        let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 37 % 251) as u8).collect();
+        std::fs::write(&path, &garbage).expect("garbage");
+        let problem = damage(Store::open(&path));
+        assert!(problem.contains("not a database"), "{problem}");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            garbage,
+            "left as it was"
+        );
+        let message = Store::open(&path).expect_err("damaged").to_string();
+        assert!(
+            message.starts_with("the local database ")
+                && message.contains("is damaged (")
+                && message.ends_with(
+                    "restore it from a backup or register again in a new data directory"
+                ),
+            "{message}"
+        );
+
+        std::fs::remove_file(&path).expect("remove");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch("CREATE TABLE notes (text TEXT);")
+                .expect("another app's database");
+        }
+        assert!(damage(Store::open(&path)).contains("no Relay tables"));
+
+        std::fs::remove_file(&path).expect("remove");
+        drop(Store::create(&path).expect("create"));
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch("DROP TABLE outbox;")
+                .expect("drop");
+        }
+        assert!(damage(Store::open(&path)).contains("the table outbox is missing"));
+    }
+}

@@ -1,0 +1,118 @@
+//! The SDK against a real deployment started in this process (relay_devnet's testbed: regions,
+//! edges and the locator as tasks, real stores, real QUIC): a program keeps devices open,
+//! sends to several peers at once without waiting, and takes events as they come.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use relay_client::{Device, Event, Events, Mode, OpenOptions, Overrides, Tick, register};
+use relay_devnet::testbed::Testbed;
+
+/// Generous: the machine is shared.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn overrides(testbed: &Testbed, region: u32) -> Overrides {
+    Overrides {
+        locator: Some(testbed.locator()),
+        bind_ip: Some(testbed.client_bind(region)),
+        ca_path: Some(testbed.ca().to_path_buf()),
+        device_key: None,
+    }
+}
+
+async fn live(dir: &Path) -> (Device, Events) {
+    Device::open(
+        dir,
+        OpenOptions {
+            mode: Mode::Live,
+            ..OpenOptions::default()
+        },
+    )
+    .expect("opens")
+}
+
+/// Reads `events` until `done` says so, failing at the deadline.
+async fn until(events: &mut Events, mut done: impl FnMut(&Event) -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = events.next().await {
+            if done(&event) {
+                return;
+            }
+        }
+        panic!("the device stopped");
+    })
+    .await
+    .expect("within the deadline");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_program_sends_to_several_peers_at_once_and_follows_the_events() {
+    let testbed = Testbed::start(2).await.expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, region) in [("alice", 1), ("bob", 2), ("carol", 1)] {
+        register(
+            &dir.path().join(name),
+            name,
+            overrides(&testbed, region),
+            "",
+            &mut |_| {},
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{name} registers: {error}"));
+    }
+    let (alice, mut alice_events) = live(&dir.path().join("alice")).await;
+    let (bob, mut bob_events) = live(&dir.path().join("bob")).await;
+    let (carol, mut carol_events) = live(&dir.path().join("carol")).await;
+
+    // Two tasks send at once through clones of one device; each send returns its id as soon
+    // as the text is stored.
+    let sends: Vec<_> = [("bob", "to bob"), ("carol", "to carol")]
+        .into_iter()
+        .map(|(peer, text)| {
+            let alice = alice.clone();
+            tokio::spawn(async move { alice.send(peer, text).await })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for send in sends {
+        ids.insert(send.await.expect("task").expect("sent").to_string());
+    }
+    assert_eq!(ids.len(), 2);
+
+    until(&mut bob_events, |event| {
+        matches!(event, Event::Message { from, text, .. } if from == "alice" && text == "to bob")
+    })
+    .await;
+    until(&mut carol_events, |event| {
+        matches!(event, Event::Message { from, text, .. } if from == "alice" && text == "to carol")
+    })
+    .await;
+    // Both devices acknowledged: alice sees each message delivered, as the events come.
+    let mut delivered = BTreeSet::new();
+    until(&mut alice_events, |event| {
+        if let Event::Tick {
+            id,
+            tick: Tick::Delivered,
+            ..
+        } = event
+        {
+            delivered.insert(id.clone());
+        }
+        delivered == ids
+    })
+    .await;
+
+    // bob reads: alice's tick moves to read, end to end.
+    assert_eq!(bob.mark_read("alice").await.expect("read"), 1);
+    until(
+        &mut alice_events,
+        |event| matches!(event, Event::Tick { tick: Tick::Read, peer, .. } if peer == "bob"),
+    )
+    .await;
+
+    for device in [alice, bob, carol] {
+        device.close().await.expect("closes");
+    }
+    testbed.stop().await;
+}

@@ -1,0 +1,116 @@
+//! Every bound of the edge in one place, with units in the names: device connections and their
+//! requests, the home-region cache, subscriptions to regions, and the DNS locator. The bounds
+//! the edge shares with devices and regions (frame sizes, the nested timeouts) are in
+//! [`relay_proto::limits`]; those of QUIC connections in [`relay_net::limits`].
+
+use relay_proto::AccountId;
+use relay_proto::limits::{
+    DIRECTORY_CACHE_TTL_MS, EDGE_ANSWER_TIMEOUT_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, HOP_MARGIN_MS,
+    SUBSCRIBED_DEVICES_PER_STREAM_MAX,
+};
+
+use crate::cache::Home;
+
+// Device connections.
+
+/// Most device connections one edge holds; past it new connections are refused (QUIC
+/// `CONNECTION_REFUSED`) and devices retry with backoff, possibly at another edge.
+pub const DEVICE_CONNECTIONS_MAX: usize = 100_000;
+
+/// How long a device has to authenticate after `Hello`, in ms.
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+
+/// Sustained requests per second one device connection may make, unless configured.
+pub const REQUESTS_PER_SECOND_DEFAULT: u32 = 50;
+
+/// Requests one device connection may make in a burst, unless configured.
+pub const REQUESTS_BURST_DEFAULT: u32 = 200;
+
+/// How long an `Overloaded` answer (a region too slow to answer) asks the device to wait before
+/// it retries, in ms.
+pub const OVERLOADED_RETRY_AFTER_MS: u64 = 2_000;
+
+/// Pushes buffered for one device connection before new ones are dropped: they are hints, and
+/// a full buffer already holds one that makes the device fetch.
+pub const DEVICE_PUSHES_MAX: usize = 64;
+
+// The home-region cache.
+
+/// Most accounts whose home region an edge remembers; the least recently used is forgotten.
+pub const HOME_CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// How long an edge uses a cached home region before asking again, in ms.
+pub const HOME_CACHE_TTL_MS: u64 = DIRECTORY_CACHE_TTL_MS;
+
+/// Most memory the home-region cache takes, in bytes.
+pub const HOME_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most bytes one cached home takes, overheads included (about 114 on 64-bit targets).
+pub const HOME_CACHE_ENTRY_BYTES_MAX: usize =
+    relay_net::cache::TtlCache::<AccountId, Home>::ENTRY_BYTES_MAX;
+
+// Subscriptions to regions.
+
+/// Subscription changes (devices connecting or leaving) waiting to be sent to one region;
+/// past it they are dropped and the stream is brought in line with the devices connected now,
+/// as after a reconnect.
+pub const SUBSCRIPTION_CHANGES_MAX: usize = 4_096;
+
+/// Pause between attempts to re-open a subscription stream to a region, in ms.
+pub const RESUBSCRIBE_DELAY_MS: u64 = 300;
+
+// The DNS locator.
+
+/// The most edges one region may list; bounds the size of an answer.
+pub const EDGES_PER_REGION_MAX: usize = 32;
+
+/// The largest TTL the locator hands out, in seconds: answers must stay short-lived so failover
+/// is quick.
+pub const TTL_SECONDS_MAX: u32 = 3_600;
+
+/// The TTL of the locator's answers unless configured, in seconds.
+pub const LOCATOR_TTL_SECONDS_DEFAULT: u32 = 5;
+
+/// The largest UDP response the locator sends to an EDNS client, in bytes (the DNS flag day
+/// 2020 value).
+pub const UDP_PAYLOAD_BYTES_MAX: u16 = 1_232;
+
+/// Bytes of one A record in an answer: a compressed name (2), type, class (2 each), TTL (4),
+/// data length (2) and the address (4).
+pub const DNS_A_RECORD_BYTES: usize = 16;
+
+/// How long a TCP connection to the locator may stay idle before it is closed, in ms.
+pub const LOCATOR_TCP_IDLE_TIMEOUT_MS: u64 = 5_000;
+
+/// How many responses may wait to be written on one TCP connection to the locator.
+pub const LOCATOR_TCP_RESPONSES_WAITING_MAX: usize = 32;
+
+/// How long the locator waits for its tasks to stop after shutdown is requested, in ms.
+pub const LOCATOR_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+
+/// How many random ports the locator tries when asked for port 0 and the port its UDP socket
+/// got is already taken for TCP.
+pub const LOCATOR_BIND_ATTEMPTS_MAX: usize = 8;
+
+// Relations between the bounds, checked at compile time.
+
+// A device's authentication asks its home region for its key within the edge's answer bound;
+// a slow region reaches the device as `Overloaded`, never as an authentication timeout.
+const _: () = assert!(AUTH_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
+// A burst is at least one second of the sustained rate.
+const _: () = assert!(REQUESTS_BURST_DEFAULT >= REQUESTS_PER_SECOND_DEFAULT);
+const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1 && DEVICE_PUSHES_MAX >= 1);
+// Every account of one envelope (its recipients and its sender) is cached at once, so a send
+// never evicts the homes it just looked up.
+const _: () = assert!(HOME_CACHE_ENTRIES_MAX > ENVELOPE_RECIPIENT_DEVICES_MAX);
+const _: () = assert!(HOME_CACHE_ENTRIES_MAX * HOME_CACHE_ENTRY_BYTES_MAX <= HOME_CACHE_BYTES_MAX);
+// Every connected device fits one subscription stream at its region.
+const _: () = assert!(DEVICE_CONNECTIONS_MAX <= SUBSCRIBED_DEVICES_PER_STREAM_MAX);
+// A subscription stream is re-opened sooner than a device gives up waiting for an answer.
+const _: () = assert!(RESUBSCRIBE_DELAY_MS < EDGE_ANSWER_TIMEOUT_MS);
+// The locator's answers: the default TTL is allowed, and the A records of every edge of a region
+// fit one UDP answer with room for the header, the question and the EDNS record (SRV answers,
+// with their targets' addresses, may be truncated and retried over TCP).
+const _: () = assert!(LOCATOR_TTL_SECONDS_DEFAULT <= TTL_SECONDS_MAX);
+const _: () =
+    assert!(EDGES_PER_REGION_MAX * DNS_A_RECORD_BYTES + 512 <= UDP_PAYLOAD_BYTES_MAX as usize);

@@ -1,0 +1,81 @@
+//! The directory layer: accounts (unique names, home region with epoch), their devices, and
+//! groups with their members, each versioned so that caches can notice staleness.
+//!
+//! **Challenge.** Give every account a unique name and a numeric id, record which region is its
+//! home (with the epoch that fences old primaries), list an account's devices with their
+//! identity keys, and keep groups (owner, home region with epoch, members), so regions and
+//! edges can check envelopes and route them. Edges and other regions cache these records; they
+//! must be able to tell cheaply whether what they hold is still current.
+//!
+//! **Parts**, one module per record kind, each with its own recipe (key layout, conflicts,
+//! idempotence, limits, evolution), all under the subspace `("directory",)`:
+//! - `accounts`: `("account_counter",)`, `("account", account)`, `("name", name)`;
+//! - `devices`: `("device", account, device)`, `("device_counter", account)`;
+//! - `groups`: `("group_counter",)`, `("group", group)`, `("member", group, account)`,
+//!   `("member_count", group)`, `("group_of", account, group)`;
+//! - `versions`: `("account_version", account)`, `("group_version", group)`, `("changes",)`;
+//! - `homes`: `("homed", region)`, and the epoch compare-and-set that moves an account's or a
+//!   group's home ([`move_home`], [`move_group_home`]).
+//!
+//! Every lookup is a point read, except the lists: an account's devices, a group's members and
+//! an account's groups are each one range read, because each list shares its key prefix and
+//! sorts by id. Changes of different accounts or groups never conflict; the counters every
+//! change touches (the change counter, the per-region home counts) are only changed with
+//! atomic adds.
+//!
+//! **Evolution.** One region writes the directory and others keep replicas through
+//! [`put_account`], which refuses older epochs. Next: a change log for replicas and edges under
+//! versionstamped keys (the change counter then becomes the commit version of the last change,
+//! and versions become comparable across copies), group replicas like accounts, and member
+//! roles as a new field of the member value (empty today).
+
+mod accounts;
+mod devices;
+mod groups;
+mod homes;
+mod versions;
+
+pub use accounts::{
+    AccountRecord, NameTaken, account_by_id, account_by_name, create_account, put_account,
+};
+pub use devices::{
+    AccountHasDevices, DeviceRecord, add_device, add_first_device, device, devices, remove_device,
+};
+pub use groups::{
+    GroupId, GroupRecord, MembershipChange, add_member, create_group, group, groups_of, members,
+    remove_member,
+};
+pub use homes::{
+    HomeMove, accounts_homed, count_homes, move_group_home, move_home, set_accounts_homed,
+};
+pub use versions::{account_version, change_count, group_version};
+
+pub use crate::codec::IdempotencyKey;
+pub use crate::limits::GROUP_MEMBERS_MAX;
+use crate::tuple::Subspace;
+
+/// The epoch of a newly created account or group.
+pub const FIRST_EPOCH: u64 = 1;
+
+/// The directory's subspaces; each part adds the keys it owns in its own `impl Directory`.
+struct Directory {
+    root: Subspace,
+    devices: Subspace,
+    members: Subspace,
+    groups_of: Subspace,
+}
+
+impl Directory {
+    fn new() -> Self {
+        let root = Subspace::new(&("directory",));
+        let devices = root.subspace(&("device",));
+        let members = root.subspace(&("member",));
+        let groups_of = root.subspace(&("group_of",));
+        Directory {
+            root,
+            devices,
+            members,
+            groups_of,
+        }
+    }
+}

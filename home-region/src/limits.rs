@@ -1,0 +1,156 @@
+//! Every bound of the region in one place, with units in the names: its connections and
+//! subscriptions, the cross-region outbox, retention sweeps, key claims, the accounts it caches
+//! from the directory writer, the store check at start and the operator's repair. The bounds it
+//! shares with edges and devices (frame sizes, the nested timeouts) are in
+//! [`relay_proto::limits`]; those of the store in [`fdb_layers::limits`]; those of QUIC
+//! connections in [`relay_net::limits`].
+
+use fdb_layers::limits::{LAYER_READ_ENTRIES_MAX, QUEUE_RETENTION_MS_DEFAULT, SWEEP_ENTRIES_MAX};
+use relay_proto::limits::{
+    DIRECTORY_CACHE_TTL_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, REGION_PEER_REQUEST_TIMEOUT_MS,
+};
+
+// Connections and subscriptions.
+
+/// Most internal connections (edges, other regions) one region holds; past it new ones are
+/// refused (QUIC `CONNECTION_REFUSED`) and the peer retries. Each peer holds one or two.
+pub const INTERNAL_CONNECTIONS_MAX: usize = 4_096;
+
+/// Pushes buffered for one subscribed edge stream before new ones are dropped (they are hints:
+/// the device fetches from its cursor anyway).
+pub const SUBSCRIPTION_PUSHES_MAX: usize = 4_096;
+
+// The cross-region outbox.
+
+/// Receipts sent to another region in one request.
+pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
+
+/// Pause between outbox delivery rounds while a destination is unreachable or has more, in ms.
+pub const OUTBOX_RETRY_DELAY_MS: u64 = 500;
+
+/// Pause between outbox delivery rounds when nothing waits and nothing woke the pump, in ms.
+pub const OUTBOX_IDLE_POLL_MS: u64 = 5_000;
+
+// Retention and quarantine.
+
+/// Pause between two retention sweeps of the device queues, in ms.
+pub const RETENTION_SWEEP_INTERVAL_MS: u64 = 60_000;
+
+/// Most sweep transactions in one retention sweep, so one sweep stays bounded.
+pub const RETENTION_SWEEP_TRANSACTIONS_MAX: usize = 64;
+
+/// Queue entries expired in one retention sweep transaction.
+pub const EXPIRE_BATCH_ENTRIES_MAX: usize = 256;
+
+/// Quarantine records read in one transaction when the service starts.
+pub const QUARANTINE_LOAD_DEVICES_PER_TRANSACTION: usize = 256;
+
+// Key claims.
+
+/// Claims one claimer may make in a burst.
+pub const CLAIMS_BURST_PER_CLAIMER: u32 = 20;
+
+/// Time for one claim to be allowed again after the burst is spent, in ms (20 a minute
+/// sustained).
+pub const CLAIM_REFILL_INTERVAL_MS: u64 = 3_000;
+
+/// Claimers whose buckets are remembered at once.
+pub const CLAIMERS_TRACKED_MAX: usize = 65_536;
+
+// Accounts cached from the directory writer.
+
+/// How long a region serves an account it cached from the directory writer before asking the
+/// writer again (in the background: the cached copy answers meanwhile), in ms.
+pub const ACCOUNT_REFRESH_INTERVAL_MS: u64 = DIRECTORY_CACHE_TTL_MS;
+
+/// Accounts whose last refresh a region remembers; one it forgot is refreshed at its next
+/// lookup.
+pub const ACCOUNT_REFRESHES_TRACKED_MAX: usize = 65_536;
+
+/// Refreshes asked of the directory writer at once; a lookup finding them all busy leaves its
+/// account for a later lookup.
+pub const ACCOUNT_REFRESHES_IN_FLIGHT_MAX: usize = 32;
+
+// The store check at start.
+
+/// Attempts to get the directory writer's census for an empty store before giving up.
+pub const WRITER_CENSUS_ATTEMPTS_MAX: u32 = 8;
+
+/// Longest one census attempt may take (connecting included), in ms.
+pub const WRITER_CENSUS_ATTEMPT_TIMEOUT_MS: u64 = 2_000;
+
+/// Pause between two census attempts, in ms.
+pub const WRITER_CENSUS_RETRY_DELAY_MS: u64 = 1_000;
+
+/// Longest an empty store waits for the directory writer, in ms.
+pub const WRITER_CENSUS_WAIT_MS_MAX: u64 = WRITER_CENSUS_ATTEMPTS_MAX as u64
+    * (WRITER_CENSUS_ATTEMPT_TIMEOUT_MS + WRITER_CENSUS_RETRY_DELAY_MS);
+
+/// Accounts tallied per transaction when a directory copy made before the home counts is
+/// adopted.
+pub const HOME_TALLY_ACCOUNTS_PER_TRANSACTION: usize = 1_024;
+
+// The operator's check and repair.
+
+/// Queue entries checked in one transaction.
+pub const CHECK_ENTRIES_PER_TRANSACTION: usize = 256;
+
+/// Devices listed in one transaction.
+pub const CHECK_DEVICES_PER_TRANSACTION: usize = 256;
+
+// The planted bug `AckBeforeCommit` (simulation only).
+
+/// How late the planted bug commits what it acknowledged, in ms.
+pub const PLANTED_COMMIT_DELAY_MS: u64 = 500;
+
+// Relations between the bounds, checked at compile time.
+
+// One envelope's fan-out (a push per recipient device) fits an idle subscription's buffer.
+const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A destination that failed is tried again sooner than one request to it may take, so a
+// region coming back gets its receipts within about one peer timeout; an idle pump looks less
+// often.
+const _: () = assert!(OUTBOX_RETRY_DELAY_MS < REGION_PEER_REQUEST_TIMEOUT_MS);
+const _: () = assert!(OUTBOX_RETRY_DELAY_MS < OUTBOX_IDLE_POLL_MS);
+// Sweeps run many times within the retention window, so an entry is expired close to its age.
+const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS * 1_000 <= QUEUE_RETENTION_MS_DEFAULT);
+// Each bounded read is one layer read at most.
+const _: () = assert!(EXPIRE_BATCH_ENTRIES_MAX <= SWEEP_ENTRIES_MAX);
+const _: () = assert!(OUTBOX_BATCH_ENTRIES_MAX <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(QUARANTINE_LOAD_DEVICES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(HOME_TALLY_ACCOUNTS_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(CHECK_ENTRIES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(CHECK_DEVICES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
+// Claims: a bucket holds at least one claim; a full refill takes at most two minutes, long
+// enough to matter to a bulk claimer, short enough that a restart forgetting the buckets
+// changes little.
+const _: () = assert!(CLAIMS_BURST_PER_CLAIMER >= 1 && CLAIM_REFILL_INTERVAL_MS >= 1);
+const _: () = assert!(CLAIMS_BURST_PER_CLAIMER as u64 * CLAIM_REFILL_INTERVAL_MS <= 120_000);
+const _: () = assert!(CLAIMERS_TRACKED_MAX >= 1);
+// A refresh in flight is one request to the writer; at least one may run.
+const _: () = assert!(ACCOUNT_REFRESHES_IN_FLIGHT_MAX >= 1 && ACCOUNT_REFRESHES_TRACKED_MAX >= 1);
+const _: () = assert!(ACCOUNT_REFRESH_INTERVAL_MS > REGION_PEER_REQUEST_TIMEOUT_MS);
+// The census: one retry at least, and an attempt has time to connect on a loaded machine.
+const _: () = assert!(WRITER_CENSUS_ATTEMPTS_MAX >= 2, "one retry at least");
+const _: () = assert!(
+    WRITER_CENSUS_ATTEMPT_TIMEOUT_MS >= 1_000,
+    "an attempt must have time to connect on a loaded machine"
+);
+
+/// Longest an envelope waits for its predecessor before it is released to the chat log, in ms.
+pub const HOLD_MS_MAX: u64 = 1_000;
+/// Envelopes waiting in one chat's lane at most.
+pub const LANE_ENVELOPES_MAX: usize = 4_096;
+/// Envelopes in one batch (one transaction) at most.
+pub const BATCH_ENVELOPES_MAX: usize = 256;
+/// Bytes of envelopes in one batch at most (a transaction may hold 10 MB).
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// (chat, sender) pairs whose next `sender_seq` is remembered at most.
+pub const EXPECTED_ENTRIES_MAX: usize = 262_144;
+
+// Chat lanes (`crate::lanes`): a batch fits in a transaction with room for its queue entries and receipts.
+const _: () = assert!(BATCH_BYTES_MAX * 2 < 10_000_000);
+// A lane holds at least a whole batch.
+const _: () = assert!(LANE_ENVELOPES_MAX >= BATCH_ENVELOPES_MAX);
+// The hold is far below the edge's wait for a region (a held envelope is still answered in time).
+const _: () = assert!(HOLD_MS_MAX * 4 <= relay_proto::limits::EDGE_REGION_REQUEST_TIMEOUT_MS);
