@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::BenchError;
-use crate::device::{Device, EdgeLink, Endpoints, Push};
+use crate::device::{Device, EdgeLink, Endpoints, Pushes};
 use crate::limits::{
     CONNECTIONS_PER_SECOND_TARGET, CONNECTIONS_TIMEOUT_MS, CONNECTS_IN_FLIGHT_MAX,
     DEVICES_PER_ENDPOINT_MAX, EDGE_BYTES_PER_CONNECTION_TARGET, IDLE_DEVICES_MAX, IDLE_HOLD_MS,
@@ -369,7 +369,7 @@ async fn register(
 /// The devices' idle connections (and the receivers of their control streams, kept so that
 /// the streams stay open) and how long each took.
 struct Connected {
-    links: Vec<(EdgeLink, mpsc::Receiver<Push>)>,
+    links: Vec<(EdgeLink, watch::Receiver<Pushes>)>,
     latency: Percentiles,
 }
 

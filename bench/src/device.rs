@@ -44,13 +44,13 @@ use relay_proto::wire::{
     auth_signing_payload, client_request, client_response, queue_entry, send_outcome, server_push,
 };
 use relay_proto::{ChatId, ClientMessageId, DeviceAddress, ProtoError};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
 use crate::BenchError;
 use crate::limits::{
     CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, DEVICES_PER_ENDPOINT_MAX, FETCH_ATTEMPTS_MAX,
-    FETCHES_PER_DRAIN_MAX, PAYLOAD_BYTES, PUSHES_BUFFERED_MAX, REQUEST_TIMEOUT_MS,
-    SEND_ATTEMPTS_MAX, SEND_RETRY_DELAY_MS_MAX, SEND_RETRY_DELAY_MS_MIN,
+    FETCHES_PER_DRAIN_MAX, PAYLOAD_BYTES, REQUEST_TIMEOUT_MS, SEND_ATTEMPTS_MAX,
+    SEND_RETRY_DELAY_MS_MAX, SEND_RETRY_DELAY_MS_MIN,
 };
 
 /// The software name a bench device sends in `Hello`.
@@ -595,13 +595,13 @@ impl Device {
         })
     }
 
-    /// Authenticates this device on `link` with its queue cursor; returns the pushes that
-    /// follow on the control stream.
+    /// Authenticates this device on `link` with its queue cursor; returns what the control
+    /// stream says from then on.
     pub async fn authenticate(
         &self,
         link: &EdgeLink,
         queue_cursor: u64,
-    ) -> Result<mpsc::Receiver<Push>, BenchError> {
+    ) -> Result<watch::Receiver<Pushes>, BenchError> {
         link.authenticate(self.address, &self.keys, queue_cursor, self.next_device_seq)
             .await
             .map_err(|error| error.into_bench(format!("authenticating {}", self.address)))
@@ -659,13 +659,18 @@ pub fn client_message_id() -> ClientMessageId {
     ClientMessageId(id)
 }
 
-/// What the control stream says after authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Push {
-    /// New entries wait in the queue, up to this queue sequence (0: fetch to find out).
-    QueueAvailable(u64),
-    /// The control stream ended: the connection is gone.
-    Closed(String),
+/// What the control stream said since authentication: every push counts (the edge may drop
+/// a push when its device is slow to read, so each one means "fetch", whatever queue sequence
+/// it names), the highest queue sequence named is a hint, and the stream's end is the
+/// connection's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pushes {
+    /// Pushes received.
+    pub received: u64,
+    /// The highest queue sequence a push named.
+    pub latest_queue_seq: u64,
+    /// Why the control stream ended, once it did.
+    pub closed: Option<String>,
 }
 
 /// Why a device's request failed.
@@ -873,7 +878,7 @@ impl EdgeLink {
         keys: &DeviceKeys,
         queue_cursor: u64,
         next_device_seq: u64,
-    ) -> Result<mpsc::Receiver<Push>, CallError> {
+    ) -> Result<watch::Receiver<Pushes>, CallError> {
         let exchange = async {
             let (mut send, mut recv) = self
                 .connection
@@ -933,7 +938,7 @@ impl EdgeLink {
             .control
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = Some(send);
-        let (sender, receiver) = mpsc::channel(PUSHES_BUFFERED_MAX);
+        let (sender, receiver) = watch::channel(Pushes::default());
         tokio::spawn(read_pushes(recv, sender));
         Ok(receiver)
     }
@@ -1062,26 +1067,27 @@ async fn control_response(
     }
 }
 
-async fn read_pushes(mut recv: quinn::RecvStream, sender: mpsc::Sender<Push>) {
+/// Counts the pushes of a control stream until it ends (or nobody follows it any more).
+async fn read_pushes(mut recv: quinn::RecvStream, sender: watch::Sender<Pushes>) {
     let reason = loop {
-        match read_frame::<ServerPush>(&mut recv).await {
+        let frame = tokio::select! {
+            frame = read_frame::<ServerPush>(&mut recv) => frame,
+            () = sender.closed() => return,
+        };
+        match frame {
             Ok(Some(ServerPush {
                 event: Some(server_push::Event::QueueAvailable(available)),
-            })) => {
-                // A full buffer already holds a fetch hint; dropping this one loses nothing.
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    sender.try_send(Push::QueueAvailable(available.latest_queue_seq))
-                {
-                    return;
-                }
-            }
+            })) => sender.send_modify(|pushes| {
+                pushes.received += 1;
+                pushes.latest_queue_seq = pushes.latest_queue_seq.max(available.latest_queue_seq);
+            }),
             // An event kind this build does not know: newer edges may send more.
             Ok(Some(ServerPush { event: None })) => {}
             Ok(None) => break "the edge closed the control stream".to_owned(),
             Err(error) => break error.to_string(),
         }
     };
-    let _ = sender.send(Push::Closed(reason)).await;
+    sender.send_modify(|pushes| pushes.closed = Some(reason));
 }
 
 fn kind(body: &client_response::Body) -> &'static str {

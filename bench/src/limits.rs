@@ -19,9 +19,6 @@ pub const CLOSE_WAIT_MS: u64 = 2_000;
 /// thousands of devices need a few hundred sockets, not thousands. The edge sees one
 /// connection per device either way.
 pub const DEVICES_PER_ENDPOINT_MAX: usize = 64;
-/// Pushes buffered between a device's control-stream reader and its inbox; more are dropped
-/// (each only says "fetch", and one waiting covers them all).
-pub const PUSHES_BUFFERED_MAX: usize = 16;
 /// How long an online device waits for a push before it fetches anyway, in ms: the client
 /// library's poll interval (`relay_client::app::POLL_INTERVAL_MS`), so a lost push costs what
 /// it costs a real client, and is counted.

@@ -40,13 +40,13 @@ use prost::Message;
 use relay_proto::wire::{ClientRequest, FetchAndAck, FetchQueue, client_request, queue_entry};
 use relay_proto::{ChatId, DeviceAddress};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::BenchError;
 use crate::ceilings::{self, Ceilings};
 use crate::device::{
-    Arrival, Composed, Device, EdgeLink, Endpoints, Inbox, Payload, Push, RunClock, SendPipeline,
+    Arrival, Composed, Device, EdgeLink, Endpoints, Inbox, Payload, Pushes, RunClock, SendPipeline,
     client_message_id, drain, opaque_envelope, send_result,
 };
 use crate::limits::{
@@ -663,80 +663,65 @@ async fn register_all(
 enum Wake {
     /// It just connected: entries may wait from before.
     Connected,
-    /// A push announced entries beyond its cursor.
+    /// A push came since its last drain began.
     Push,
-    /// Nothing was announced for [`POLL_INTERVAL_MS`]: the client library fetches then too.
+    /// Nothing came for [`POLL_INTERVAL_MS`]: the client library fetches then too.
     Poll,
 }
 
-/// An online device's inbox: drains its queue at once, then whenever a push announces entries
-/// beyond what it processed, and every [`POLL_INTERVAL_MS`] without a push (as the client
-/// library does); every arrival goes to the recorder, messages a poll found counted apart (no
-/// push announced them). Ends when the connection closes (a failure unless the run is
-/// stopping).
+/// An online device's inbox, as the client library's: drains its queue at once, then after
+/// every push that came since its last drain began (a push means "fetch", whatever it names),
+/// and every [`POLL_INTERVAL_MS`] without one. Every arrival goes to the recorder; messages a
+/// poll found are counted apart (no push announced them). Ends when the connection closes (a
+/// failure unless the run is stopping).
 async fn run_inbox(
     device: DeviceAddress,
     link: Arc<EdgeLink>,
-    mut pushes: mpsc::Receiver<Push>,
+    mut pushes: watch::Receiver<Pushes>,
     recorder: Arc<Recorder>,
     mut inbox: Inbox,
 ) {
-    let mut wake = Some(Wake::Connected);
-    let mut latest_pushed = 0;
+    let mut wake = Wake::Connected;
     loop {
-        if let Some(why) = wake {
-            let cursor_before = inbox.cursor();
-            let unannounced = why == Wake::Poll;
-            let drained = drain(&link, &mut inbox, |arrival, at| {
-                recorder.arrive(arrival, at, unannounced)
-            })
-            .await;
-            if let Err(error) = drained {
-                if !recorder.stopping.load(Ordering::SeqCst) {
-                    recorder.fail(format!("the inbox of {device}: {error}"));
-                }
-                return;
+        // Pushes from now on call for another drain.
+        let announced = pushes.borrow_and_update().latest_queue_seq;
+        let cursor_before = inbox.cursor();
+        let unannounced = wake == Wake::Poll;
+        let drained = drain(&link, &mut inbox, |arrival, at| {
+            recorder.arrive(arrival, at, unannounced)
+        })
+        .await;
+        if let Err(error) = drained {
+            if !recorder.stopping.load(Ordering::SeqCst) {
+                recorder.fail(format!("the inbox of {device}: {error}"));
             }
-            if unannounced && inbox.cursor() > cursor_before {
-                tracing::warn!(
-                    %device,
-                    cursor_before,
-                    latest_pushed,
-                    cursor = inbox.cursor(),
-                    "a periodic fetch found queue entries no push announced"
-                );
-            }
-        }
-        recorder.inbox_state(device, inbox.cursor(), latest_pushed, &link);
-        wake = None;
-        let poll = tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS));
-        let push = tokio::select! {
-            push = pushes.recv() => push,
-            () = poll => {
-                wake = Some(Wake::Poll);
-                continue;
-            }
-        };
-        let mut next = push;
-        if next.is_none() {
             return;
         }
-        while let Some(push) = next {
-            match push {
-                Push::QueueAvailable(latest) => {
-                    latest_pushed = latest_pushed.max(latest);
-                    if latest == 0 || latest > inbox.cursor() {
-                        wake = Some(Wake::Push);
-                    }
-                }
-                Push::Closed(reason) => {
-                    if !recorder.stopping.load(Ordering::SeqCst) {
-                        recorder.fail(format!("the connection of {device} closed: {reason}"));
-                    }
-                    return;
-                }
+        if unannounced && inbox.cursor() > cursor_before {
+            tracing::warn!(
+                %device,
+                cursor_before,
+                announced,
+                cursor = inbox.cursor(),
+                "a periodic fetch found queue entries no push announced"
+            );
+        }
+        recorder.inbox_state(device, inbox.cursor(), announced, &link);
+        let poll = tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        wake = tokio::select! {
+            changed = pushes.changed() => match changed {
+                Ok(()) => Wake::Push,
+                // The reader ended without saying why: the connection is gone.
+                Err(_) => return,
+            },
+            () = poll => Wake::Poll,
+        };
+        let closed = pushes.borrow().closed.clone();
+        if let Some(reason) = closed {
+            if !recorder.stopping.load(Ordering::SeqCst) {
+                recorder.fail(format!("the connection of {device} closed: {reason}"));
             }
-            next = pushes.try_recv().ok();
+            return;
         }
     }
 }
