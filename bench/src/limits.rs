@@ -71,8 +71,9 @@ pub const OPEN_LOOP_SHARE_OF_MAX: f64 = 0.5;
 pub const BACKLOG_MESSAGES: u64 = 10_000;
 /// The same with `--quick`.
 pub const BACKLOG_MESSAGES_QUICK: u64 = 300;
-/// Envelopes of the backlog's chat in flight at once: the client library's outbox window.
-pub const BACKLOG_PIPELINE_WINDOW: usize = 4;
+/// Envelopes of the backlog's chat in flight at once: the client library's outbox window
+/// (`relay_client::limits::PIPELINE_WINDOW`).
+pub const BACKLOG_PIPELINE_WINDOW: usize = 32;
 /// How long a row may take after its window to have every envelope in flight acknowledged and
 /// every acknowledged message delivered, in ms.
 pub const DRAIN_TIMEOUT_MS: u64 = 60_000;
