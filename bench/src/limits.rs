@@ -40,12 +40,6 @@ pub const FETCH_ATTEMPTS_MAX: u32 = 30;
 pub const REGISTRATIONS_IN_FLIGHT_MAX: usize = 32;
 /// Connections being opened and authenticated at once by the connection benchmark.
 pub const CONNECTS_IN_FLIGHT_MAX: usize = 64;
-/// Sustained requests per second the bench devnet's edges allow one device connection. The
-/// edges' default (50/s, burst 200) is an abuse limit: one sender of a backlog at 50 messages/s
-/// would measure the limiter, not the message path. The report says it is lifted.
-pub const EDGE_REQUESTS_PER_SECOND: u32 = 1_000_000;
-/// Requests the bench devnet's edges allow one device connection in a burst.
-pub const EDGE_REQUESTS_BURST: u32 = 1_000_000;
 
 // ---------------------------------------------------------------------------------------------
 // `relayd bench messages`
@@ -139,4 +133,3 @@ const _: () = assert!(RSS_STEADY_MS < RSS_RETURN_WAIT_MS_MAX);
 const _: () = assert!(DEVICES_PER_ENDPOINT_MAX >= 1);
 // The lifted edge limits stay far below where the edge's token arithmetic (tokens in
 // thousandths, refilled per elapsed ms) could overflow a u64.
-const _: () = assert!((EDGE_REQUESTS_BURST as u64) * 1_000 < u64::MAX / 1_000_000);

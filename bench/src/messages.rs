@@ -3,8 +3,7 @@
 //! [`crate::device`]'s opaque devices in this process, next to ceilings measured in the same
 //! run ([`crate::ceilings`]).
 //!
-//! Rows, on one devnet (the edges' per-connection request limit lifted: see
-//! [`crate::limits::EDGE_REQUESTS_PER_SECOND`]):
+//! Rows, on one devnet with the edges' default per-connection request limits:
 //! - **W1 max**: N senders → N receivers of region 1, 1:1 chats, closed loop (each sender
 //!   composes its next message when the previous one is acknowledged ✓).
 //! - **W1 at 50 %**: open loop, the senders together composing at half the delivered rate of
@@ -51,7 +50,7 @@ use crate::device::{
 };
 use crate::limits::{
     BACKLOG_MESSAGES, BACKLOG_PIPELINE_WINDOW, BACKLOG_TIMEOUT_MS, DRAIN_TIMEOUT_MS,
-    EDGE_REQUESTS_PER_SECOND, LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES,
+    LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES,
     POLL_INTERVAL_MS, REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, SENDERS_MAX,
     WARMUP_SECONDS_MAX, WINDOW_SECONDS_MAX,
 };
@@ -108,8 +107,10 @@ pub struct MessagesReport {
     pub payload_bytes: usize,
     /// Bytes of each encoded envelope.
     pub envelope_bytes: usize,
-    /// The edges' per-connection request limit during the run (their default is 50/s).
+    /// The edges' per-connection sustained request limit during the run (their default).
     pub edge_requests_per_second: u32,
+    /// The edges' per-connection burst during the run (their default).
+    pub edge_requests_burst: u32,
     /// The folder the devnet ran in (removed afterwards).
     pub data_folder: PathBuf,
     /// The W1 rows.
@@ -270,7 +271,8 @@ pub fn run(
         warmup_seconds: timing.warmup.as_secs_f64(),
         payload_bytes: PAYLOAD_BYTES,
         envelope_bytes: measured.envelope_bytes,
-        edge_requests_per_second: EDGE_REQUESTS_PER_SECOND,
+        edge_requests_per_second: relay_edge::limits::REQUESTS_PER_SECOND_DEFAULT,
+        edge_requests_burst: relay_edge::limits::REQUESTS_BURST_DEFAULT,
         data_folder: folder.path().to_path_buf(),
         rows: measured.rows,
         backlog: measured.backlog,
@@ -1364,7 +1366,7 @@ impl MessagesReport {
             "relayd bench messages ({} build): {} senders → {} receivers, 1:1, {} B opaque \
              payloads (envelopes of {} B)\n\
              {} cores; {:.1} s measured per W1 row after {:.2} s warm-up; a devnet of {} \
-             region(s) in {}; edges' per-connection request limit lifted from 50/s to {}/s\n\n",
+             region(s) in {}; edges' per-connection request limits {}/s, bursts of {}\n\n",
             self.build,
             self.senders,
             self.senders,
@@ -1376,6 +1378,7 @@ impl MessagesReport {
             self.regions,
             self.data_folder.display(),
             thousands(f64::from(self.edge_requests_per_second)),
+            thousands(f64::from(self.edge_requests_burst)),
         );
         out.push_str(
             "| workload | delivered/s | ✓ p50 / p99 / p99.9 ms | send→deliver p50 / p99 / p99.9 ms \

@@ -18,10 +18,8 @@ use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
 use relay_devnet::{DevnetProcess, DevnetSettings, Ready};
-use relay_edge::config::LimitsConfig;
 
 use crate::BenchError;
-use crate::limits::{EDGE_REQUESTS_BURST, EDGE_REQUESTS_PER_SECOND};
 use crate::measure::{process_cpu_time, resident_bytes};
 
 /// The log filter of the devnet under test: the usual one, plus the storage engine's retries.
@@ -68,10 +66,9 @@ impl Servers {
     pub async fn start(relayd: &Path, regions: u32, data: &Path) -> Result<Self, BenchError> {
         std::fs::create_dir_all(data).map_err(BenchError::io("creating", data))?;
         let settings = DevnetSettings {
-            edge_limits: Some(LimitsConfig {
-                requests_per_second: EDGE_REQUESTS_PER_SECOND,
-                requests_burst: EDGE_REQUESTS_BURST,
-            }),
+            // The edges' own request limits: a benchmark that lifted them would not measure
+            // what a device gets.
+            edge_limits: None,
             log_filter: Some(LOG_FILTER.to_owned()),
         };
         let devnet =
