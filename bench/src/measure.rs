@@ -187,6 +187,18 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     stat_cpu_time(Path::new(&format!("/proc/{pid}/stat")))
 }
 
+/// Bytes process `pid` caused to be written to storage so far (`write_bytes` of
+/// `/proc/<pid>/io`: pages written back and fsynced, not bytes handed to `write`); `None` if
+/// it is gone or the file cannot be read.
+pub fn process_written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), in bytes; `None` if
 /// it is gone or the file does not parse.
 pub fn resident_bytes(pid: u32) -> Option<u64> {

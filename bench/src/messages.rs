@@ -50,9 +50,9 @@ use crate::device::{
 };
 use crate::limits::{
     BACKLOG_MESSAGES, BACKLOG_PIPELINE_WINDOW, BACKLOG_TIMEOUT_MS, DRAIN_TIMEOUT_MS,
-    LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES,
-    POLL_INTERVAL_MS, REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, SENDERS_MAX,
-    WARMUP_SECONDS_MAX, WINDOW_SECONDS_MAX,
+    LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES, POLL_INTERVAL_MS,
+    REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, SENDERS_MAX, WARMUP_SECONDS_MAX,
+    WINDOW_SECONDS_MAX,
 };
 use crate::measure::{CpuOf, Percentiles, Timing, cpu_time, latency_us, ratio, thousands};
 use crate::servers::{ServerUsage, Servers};
@@ -168,6 +168,8 @@ pub struct MessageRow {
     pub server_cpu_seconds_by_process: BTreeMap<String, f64>,
     /// `delivered_in_window / server_cpu_seconds`.
     pub delivered_per_server_cpu_second: f64,
+    /// Bytes the regions wrote to storage in the window per message delivered in it.
+    pub region_bytes_written_per_message: f64,
     /// CPU seconds of this process (every device) in the window.
     pub bench_cpu_seconds: Option<f64>,
 }
@@ -1031,6 +1033,10 @@ async fn w1_row(
             arrivals.delivered_in_window as f64,
             usage.cpu_seconds,
         ),
+        region_bytes_written_per_message: ratio(
+            usage.region_bytes_written as f64,
+            arrivals.delivered_in_window as f64,
+        ),
         server_cpu_seconds_by_process: usage.cpu_seconds_by_process,
         bench_cpu_seconds: cpu_before
             .zip(cpu_after)
@@ -1383,8 +1389,8 @@ impl MessagesReport {
         out.push_str(
             "| workload | delivered/s | ✓ p50 / p99 / p99.9 ms | send→deliver p50 / p99 / p99.9 ms \
              | sent | delivered | timeouts | retries: conflicts / other | server CPU s | \
-             delivered per server CPU-s | bench CPU s |\n\
-             |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+             delivered per server CPU-s | region bytes written per message | bench CPU s |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
         );
         for row in &self.rows {
             let workload = match (row.offered_per_second, row.share_of_one_region) {
@@ -1405,7 +1411,7 @@ impl MessagesReport {
                 None => thousands(row.delivered_per_second),
             };
             out.push_str(&format!(
-                "| {workload} | {rate} | {} | {} | {} | {} | {} | {} / {} | {:.1} | {} | {} |\n",
+                "| {workload} | {rate} | {} | {} | {} | {} | {} | {} / {} | {:.1} | {} | {} | {} |\n",
                 row.ack.cell(),
                 row.send_to_deliver.cell(),
                 thousands(row.sent as f64),
@@ -1415,6 +1421,7 @@ impl MessagesReport {
                 row.other_retries,
                 row.server_cpu_seconds,
                 thousands(row.delivered_per_server_cpu_second),
+                thousands(row.region_bytes_written_per_message),
                 row.bench_cpu_seconds
                     .map_or_else(|| "n/a".to_owned(), |seconds| format!("{seconds:.1}")),
             ));

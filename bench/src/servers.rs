@@ -20,7 +20,7 @@ use quinn::rustls::RootCertStore;
 use relay_devnet::{DevnetProcess, DevnetSettings, Ready};
 
 use crate::BenchError;
-use crate::measure::{process_cpu_time, resident_bytes};
+use crate::measure::{process_cpu_time, process_written_bytes, resident_bytes};
 
 /// The log filter of the devnet under test: the usual one, plus the storage engine's retries.
 pub const LOG_FILTER: &str = "info,hickory_server=warn,fdb_layers::engine=debug";
@@ -42,6 +42,8 @@ pub struct Servers {
 pub struct ServerMark {
     cpu: BTreeMap<String, (u32, Duration)>,
     log_offsets: BTreeMap<String, u64>,
+    /// Bytes each region had written to storage (`/proc/<pid>/io`).
+    written: BTreeMap<String, (u32, u64)>,
 }
 
 /// What the servers did between two marks.
@@ -53,6 +55,9 @@ pub struct ServerUsage {
     pub cpu_seconds_by_process: BTreeMap<String, f64>,
     /// Whether every process kept its pid between the marks (none died or restarted).
     pub same_processes: bool,
+    /// Bytes every region together wrote to storage (pages written back, as the kernel
+    /// counts them).
+    pub region_bytes_written: u64,
     /// Transactions the regions retried after a conflict.
     pub conflict_retries: u64,
     /// Transactions the regions retried for another reason (an unknown commit result, a full
@@ -136,6 +141,9 @@ impl Servers {
             }
             if name.starts_with("region-") {
                 let length = std::fs::metadata(self.log_of(&name)).map_or(0, |m| m.len());
+                if let Some(written) = process_written_bytes(pid) {
+                    mark.written.insert(name.clone(), (pid, written));
+                }
                 mark.log_offsets.insert(name, length);
             }
         }
@@ -156,6 +164,13 @@ impl Servers {
                     usage.cpu_seconds_by_process.insert(name.clone(), seconds);
                 }
                 _ => usage.same_processes = false,
+            }
+        }
+        for (name, (pid, after)) in &after.written {
+            if let Some((pid_before, before)) = before.written.get(name)
+                && pid_before == pid
+            {
+                usage.region_bytes_written += after.saturating_sub(*before);
             }
         }
         for (name, &from) in &before.log_offsets {
