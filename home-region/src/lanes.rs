@@ -92,18 +92,43 @@ struct Lane {
 }
 
 /// Every chat's lane, and the next `sender_seq` of each (chat, sender) seen lately.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChatLanes {
+    /// How long an envelope waits for its predecessor, in ms (at most [`HOLD_MS_MAX`]).
+    hold_ms: u64,
     lanes: HashMap<ChatId, Lane>,
     /// Recently used next numbers; `older` is the generation before, consulted and promoted.
     expected: HashMap<(ChatId, DeviceAddress), u64>,
     older: HashMap<(ChatId, DeviceAddress), u64>,
 }
 
+impl Default for ChatLanes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ChatLanes {
-    /// No lane yet.
+    /// No lane yet; an early envelope waits [`HOLD_MS_MAX`] for its predecessor.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_hold_ms(HOLD_MS_MAX)
+    }
+
+    /// No lane yet; an early envelope waits `hold_ms` (at most [`HOLD_MS_MAX`]) for its
+    /// predecessor. With 0 nothing is held: an envelope that overtook its predecessor is
+    /// answered "resend from k" at once, as before lanes (the simulation runs both).
+    pub fn with_hold_ms(hold_ms: u64) -> Self {
+        Self {
+            hold_ms: hold_ms.min(HOLD_MS_MAX),
+            lanes: HashMap::new(),
+            expected: HashMap::new(),
+            older: HashMap::new(),
+        }
+    }
+
+    /// Changes how long an early envelope waits (at most [`HOLD_MS_MAX`]).
+    pub fn set_hold_ms(&mut self, hold_ms: u64) {
+        self.hold_ms = hold_ms.min(HOLD_MS_MAX);
     }
 
     /// An envelope of `chat` from `sender` at `sender_seq`, `bytes` long, arrived at `now_ms`.
@@ -180,12 +205,12 @@ impl ChatLanes {
                 .map(|&index| lane.waiting[index].arrived_ms)
                 .min()
                 .unwrap_or(now_ms);
-            let released = now_ms.saturating_sub(waiting_since) >= HOLD_MS_MAX;
+            let released = now_ms.saturating_sub(waiting_since) >= self.hold_ms;
             for index in mine {
                 let waiting = &lane.waiting[index];
                 let in_order = waiting.sender_seq <= expected;
                 if !in_order && !released {
-                    let release = waiting_since + HOLD_MS_MAX;
+                    let release = waiting_since + self.hold_ms;
                     earliest_release = Some(earliest_release.map_or(release, |e| e.min(release)));
                     // Everything after a held envelope of this sender waits behind it.
                     continue 'senders;

@@ -595,6 +595,13 @@ impl RegionService {
         }
     }
 
+    /// How long an early envelope waits in its chat's lane for its predecessor, in ms (the
+    /// default is [`lanes::HOLD_MS_MAX`], the most allowed). The simulation draws it, so that
+    /// reordered envelopes also reach the chat log's own check.
+    pub fn set_lane_hold_ms(&self, hold_ms: u64) {
+        lock(&self.inner.lanes).set_hold_ms(hold_ms);
+    }
+
     /// Commits an envelope through its chat's lane: it waits for the lane's turn (and for its
     /// predecessor from the same device, a bounded while), then commits in one transaction with
     /// whatever else of the chat is ready.
