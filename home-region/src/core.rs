@@ -49,7 +49,9 @@ use fdb_layers::{
     receipts,
 };
 use prost::Message;
-use relay_proto::limits::{ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_ENTRIES_MAX};
+use relay_proto::limits::{
+    ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
+};
 use relay_proto::wire::{
     self, AccountDevices, AccountInfo, Committed, DeviceKeys, KeyBundle, MismatchedDevices,
     QueueBatch, QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, ResendFrom, SendOutcome,
@@ -392,12 +394,18 @@ pub async fn fetch_and_ack(
     };
     if let Some(fetch) = &request.fetch {
         let limit = fetch.limit.clamp(1, QUEUE_FETCH_ENTRIES_MAX) as usize;
+        // The page stops at its byte budget (the device fetches again after the last entry it
+        // got); it always holds the first entry, which fits a frame on its own.
+        let mut bytes = 0;
         for (queue_seq, item) in
             device_queue::read_after_snapshot(tx, device, fetch.after_queue_seq, limit).await?
         {
-            batch
-                .entries
-                .push(queued_entry(tx, device, queue_seq, item).await?);
+            let entry = queued_entry(tx, device, queue_seq, item).await?;
+            bytes += entry.encoded_len();
+            if bytes > QUEUE_FETCH_BYTES_MAX && !batch.entries.is_empty() {
+                break;
+            }
+            batch.entries.push(entry);
         }
     }
     Ok(Ok((batch, effects)))
@@ -1175,6 +1183,59 @@ mod tests {
             fetch_and_ack(&tx, HERE, device, &request, &BTreeSet::new(), 2_000).await
         })
         .await
+    }
+
+    #[tokio::test]
+    async fn a_page_of_large_messages_fits_a_frame_and_the_rest_follows() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        // 40 messages of the largest ciphertext: 2.6 MB, far more than a frame holds.
+        let messages = 40u8;
+        for message in 1..=messages {
+            let mut sent = envelope(alice1, &[bob1], &[bob, alice], message, u64::from(message));
+            sent.ciphertexts[0].body = vec![message; relay_proto::limits::CIPHERTEXT_BYTES_MAX];
+            commit(&f.db, &sent, HERE).await;
+        }
+        let mut received = Vec::new();
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let request = FetchAndAck {
+                ack: None,
+                fetch: Some(FetchQueue {
+                    after_queue_seq: after,
+                    limit: QUEUE_FETCH_ENTRIES_MAX,
+                }),
+            };
+            let (batch, _) = run(&f.db, async |tx| {
+                fetch_and_ack(&tx, HERE, bob1, &request, &BTreeSet::new(), 2_000).await
+            })
+            .await
+            .expect("fetched");
+            let response = wire::ClientResponse {
+                body: Some(wire::client_response::Body::Queue(batch.clone())),
+            };
+            assert!(
+                response.encoded_len() <= relay_proto::limits::FRAME_BYTES_MAX,
+                "a page of {} entries is {} bytes",
+                batch.entries.len(),
+                response.encoded_len()
+            );
+            let Some(last) = batch.entries.last() else {
+                break;
+            };
+            after = last.queue_seq;
+            received.extend(batch.entries.iter().map(|entry| entry.queue_seq));
+            pages += 1;
+            assert!(pages <= usize::from(messages), "every page holds an entry");
+        }
+        assert_eq!(received, (1..=u64::from(messages)).collect::<Vec<_>>());
+        assert!(
+            pages >= 5,
+            "the byte budget split the queue ({pages} pages)"
+        );
     }
 
     #[tokio::test]
