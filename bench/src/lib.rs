@@ -4,15 +4,35 @@
 //!
 //! - [`storage`]: durable message-path appends through the storage layers, against raw redb
 //!   (batched, and one fsync per message) and the disk's fsync rate.
+//! - [`messages`]: messages through a devnet's real processes (W1 one to one, closed and open
+//!   loop, one region and across two; W4 a backlog for an offline device), against raw QUIC
+//!   request/response, raw redb and Olm, measured in the same run ([`ceilings`]).
+//! - [`connections`]: idle authenticated devices on one edge (W2): the edge's memory per
+//!   connection, connections per second, memory given back.
+//! - [`device`]: the minimal opaque device those two drive (registration, authentication,
+//!   envelopes of opaque bytes, fetch-and-ack), with sans-IO sending and receiving cores.
+//! - [`servers`]: the devnet under test, run as a child process: its pids, CPU time, resident
+//!   memory and the regions' transaction retries.
 //! - [`sync`]: a new device's bootstrap of a long history from a snapshot, and one remote
 //!   operation, against automerge's own save and load of the same documents.
-//! - [`measure`]: windows, the fsync probe, CPU time from `/proc`, percentiles.
+//! - [`measure`]: windows, the fsync probe, CPU time and memory from `/proc`, percentiles.
+//! - [`limits`]: every bound of the message and connection benchmarks.
 
+pub mod ceilings;
+pub mod connections;
+pub mod device;
+pub mod limits;
 pub mod measure;
+pub mod messages;
+pub mod servers;
 pub mod storage;
 pub mod sync;
 
 use std::path::Path;
+
+use relay_devnet::DevnetError;
+use relay_net::NetError;
+use relay_proto::ProtoError;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +69,43 @@ pub enum BenchError {
     /// The workload was refused (a full queue, a sequence gap) or a task failed.
     #[error("{0}")]
     Refused(String),
+    /// The devnet under test could not be started or followed.
+    #[error("the devnet under test: {0}")]
+    Devnet(#[from] DevnetError),
+    /// A device's connection failed (the network shell's error).
+    #[error("{what}: {source}")]
+    Net {
+        /// What was being done.
+        what: String,
+        /// The network shell's error.
+        source: NetError,
+    },
+    /// An edge answered a device's request with an error that retrying cannot fix.
+    #[error("{what}: the edge refused: {error}")]
+    Remote {
+        /// What was being done.
+        what: String,
+        /// The edge's typed answer.
+        error: ProtoError,
+    },
+    /// An edge answered something the protocol does not allow there, or a device saw its
+    /// queue break a rule (a gap, a reordering).
+    #[error("{0}")]
+    Protocol(String),
+    /// Something did not happen within its bound.
+    #[error("{0}")]
+    Timeout(String),
+    /// The run was interrupted (Ctrl-C or SIGTERM).
+    #[error("interrupted")]
+    Interrupted,
+    /// A run failed; its folder (the devnet's data and logs) is kept for a look.
+    #[error("{error} (the run's data and logs are kept in {})", folder.display())]
+    Kept {
+        /// Why the run failed.
+        error: Box<BenchError>,
+        /// The folder kept.
+        folder: std::path::PathBuf,
+    },
 }
 
 impl BenchError {
@@ -56,5 +113,11 @@ impl BenchError {
     pub fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {
         let path = path.display().to_string();
         move |source| BenchError::Io { what, path, source }
+    }
+
+    /// A failed network operation, for `map_err`.
+    pub fn net(what: impl Into<String>) -> impl FnOnce(NetError) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Net { what, source }
     }
 }

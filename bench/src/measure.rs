@@ -1,10 +1,13 @@
 //! What every benchmark measures with: a warm-up then a measured window, the disk's fsync rate,
-//! CPU time from `/proc`, percentiles and printing.
+//! CPU time and resident memory from `/proc` (of this process, its threads, or another process
+//! by pid), percentiles and printing.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
 
 use crate::BenchError;
 
@@ -74,6 +77,68 @@ pub fn percentile_ms(sorted_us: &[u32], percent: usize) -> f64 {
     f64::from(sorted_us[index]) / 1_000.0
 }
 
+/// The `per_mille`th per-mille of sorted microsecond latencies, in milliseconds.
+pub fn per_mille_ms(sorted_us: &[u32], per_mille: usize) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = (sorted_us.len() * per_mille / 1_000).min(sorted_us.len() - 1);
+    f64::from(sorted_us[index]) / 1_000.0
+}
+
+/// The median, 99th and 99.9th percentiles of a set of latencies, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Latencies the percentiles are computed from.
+    pub samples: usize,
+    /// The median.
+    pub p50_ms: f64,
+    /// The 99th percentile.
+    pub p99_ms: f64,
+    /// The 99.9th percentile.
+    pub p999_ms: f64,
+}
+
+impl Percentiles {
+    /// The percentiles of microsecond latencies (sorted here).
+    pub fn of(mut latencies_us: Vec<u32>) -> Self {
+        latencies_us.sort_unstable();
+        Self {
+            samples: latencies_us.len(),
+            p50_ms: per_mille_ms(&latencies_us, 500),
+            p99_ms: per_mille_ms(&latencies_us, 990),
+            p999_ms: per_mille_ms(&latencies_us, 999),
+        }
+    }
+
+    /// `p50 / p99 / p99.9` in milliseconds, as the tables print them.
+    pub fn cell(&self) -> String {
+        format!(
+            "{} / {} / {}",
+            milliseconds(self.p50_ms),
+            milliseconds(self.p99_ms),
+            milliseconds(self.p999_ms)
+        )
+    }
+}
+
+/// A duration in milliseconds with as many decimals as it needs to be read (two below 10 ms,
+/// one below 100 ms, none above).
+pub fn milliseconds(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.2}")
+    } else if value < 100.0 {
+        format!("{value:.1}")
+    } else {
+        thousands(value)
+    }
+}
+
+/// Microseconds of a duration as a latency sample (saturating at about 71 minutes).
+pub fn latency_us(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
 /// A rate rounded to a whole number with thousands separators.
 pub fn thousands(value: f64) -> String {
     let whole = value.round().max(0.0) as u64;
@@ -116,6 +181,40 @@ pub fn cpu_time(of: CpuOf) -> Option<Duration> {
     }
 }
 
+/// User plus system CPU time of process `pid` so far, from `/proc/<pid>/stat` (Linux); `None`
+/// if it is gone or the file does not parse.
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    stat_cpu_time(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// Bytes process `pid` caused to be written to storage so far (`write_bytes` of
+/// `/proc/<pid>/io`: pages written back and fsynced, not bytes handed to `write`); `None` if
+/// it is gone or the file cannot be read.
+pub fn process_written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), in bytes; `None` if
+/// it is gone or the file does not parse.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    // "VmRSS:      12345 kB"
+    let kilobytes: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kilobytes * 1024)
+}
+
 /// The user plus system time of a `/proc/…/stat` file.
 fn stat_cpu_time(path: &Path) -> Option<Duration> {
     /// Linux reports these times in USER_HZ ticks, 100 per second on every architecture's ABI.
@@ -130,4 +229,31 @@ fn stat_cpu_time(path: &Path) -> Option<Duration> {
     Some(Duration::from_millis(
         (user + system) * 1_000 / TICKS_PER_SECOND,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_their_rank() {
+        let latencies: Vec<u32> = (1..=1_000).rev().map(|ms| ms * 1_000).collect();
+        let percentiles = Percentiles::of(latencies);
+        assert_eq!(percentiles.samples, 1_000);
+        assert_eq!(percentiles.p50_ms, 501.0);
+        assert_eq!(percentiles.p99_ms, 991.0);
+        assert_eq!(percentiles.p999_ms, 1_000.0);
+        assert_eq!(Percentiles::of(Vec::new()), Percentiles::default());
+        assert_eq!(milliseconds(1.234), "1.23");
+        assert_eq!(milliseconds(12.34), "12.3");
+        assert_eq!(milliseconds(1_234.5), "1,235");
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_resident_memory() {
+        let pid = std::process::id();
+        assert!(process_cpu_time(pid).is_some());
+        assert!(resident_bytes(pid).is_some_and(|bytes| bytes > 0));
+        assert_eq!(resident_bytes(u32::MAX), None);
+    }
 }

@@ -48,7 +48,7 @@ const ENVELOPE_BYTES: usize = 1_024;
 /// Device queues each message is enqueued in.
 const RECIPIENTS_PER_MESSAGE: usize = 2;
 /// Keys one message writes: four in the chat log, four per device queue.
-const KEYS_PER_MESSAGE: usize = 4 + 4 * RECIPIENTS_PER_MESSAGE;
+pub(crate) const KEYS_PER_MESSAGE: usize = 4 + 4 * RECIPIENTS_PER_MESSAGE;
 /// Bytes of a stored chat log entry beyond its envelope (sender, ids, times).
 const ENTRY_METADATA_BYTES: usize = 48;
 /// Bytes of a stored dedupe record (chat sequence and server time).
@@ -439,17 +439,27 @@ async fn run_writer(
 /// Writes the keys of `batch` messages per durable redb write transaction, one writer's
 /// messages after the other's, on a fresh file at `path`; returns messages per second.
 fn measure_raw(path: &Path, batch: usize, timing: Timing) -> Result<f64, BenchError> {
+    measure_raw_messages(path, batch, ENVELOPE_BYTES, timing)
+}
+
+/// [`measure_raw`] with envelopes of `envelope_bytes`: the [`KEYS_PER_MESSAGE`] keys of a
+/// message (chat log append, two device queue appends) for `batch` messages per durable redb
+/// write transaction; returns messages per second. The message benchmark's raw redb ceiling.
+pub(crate) fn measure_raw_messages(
+    path: &Path,
+    batch: usize,
+    envelope_bytes: usize,
+    timing: Timing,
+) -> Result<f64, BenchError> {
     let redb_error =
         |what: &'static str| move |error: redb::Error| BenchError::Redb { what, error };
     let database = redb::Database::create(path).map_err(|error| BenchError::Redb {
         what: "creating the raw database",
         error: error.into(),
     })?;
-    let envelope = envelope();
-    let entry_value = vec![0xe7; ENVELOPE_BYTES + ENTRY_METADATA_BYTES];
+    let entry_value = vec![0xe7; envelope_bytes + ENTRY_METADATA_BYTES];
     let dedupe_value = [0xd1; DEDUPE_VALUE_BYTES];
     let queue_value = [0x9a; QUEUE_ITEM_BYTES];
-    debug_assert_eq!(envelope.len() + ENTRY_METADATA_BYTES, entry_value.len());
     let mut last_sender_seq = vec![0u64; batch];
     let mut messages_in_window = 0u64;
     let (window_start, window_end) = timing.schedule();

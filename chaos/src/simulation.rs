@@ -104,6 +104,10 @@ pub struct Simulation {
     latency_ms: (u64, u64),
     planted: Vec<PlantedBug>,
     edges_per_region: u32,
+    /// Every edge's per-connection request limits.
+    edge_limits: SessionLimits,
+    /// How long every region's chat lanes hold an early envelope for its predecessor, in ms.
+    lane_hold_ms: u64,
 }
 
 /// What a finished simulation recorded.
@@ -155,6 +159,8 @@ impl Simulation {
             latency_ms: (1, 25),
             planted: Vec::new(),
             edges_per_region: 1,
+            edge_limits: SessionLimits::default(),
+            lane_hold_ms: home_region::lanes::HOLD_MS_MAX,
         }
     }
 
@@ -200,6 +206,8 @@ impl Simulation {
             latency_ms: (latency_min, latency_max),
             planted: Vec::new(),
             edges_per_region,
+            edge_limits: draw_edge_limits(seed),
+            lane_hold_ms: draw_lane_hold_ms(seed),
         }
     }
 
@@ -212,6 +220,12 @@ impl Simulation {
     /// Edges in each region (clients prefer one and fall back to the others).
     pub fn edges_per_region(mut self, edges: u32) -> Self {
         self.edges_per_region = edges.max(1);
+        self
+    }
+
+    /// Every edge's per-connection request limits (the edges' defaults unless set).
+    pub fn edge_limits(mut self, limits: SessionLimits) -> Self {
+        self.edge_limits = limits;
         self
     }
 
@@ -338,6 +352,7 @@ impl Simulation {
             let software = RegionSoftware {
                 seed,
                 region,
+                lane_hold_ms: self.lane_hold_ms,
                 disk,
                 store_faults: faults.store.clone(),
                 clock: SimClock::skewed(faults.clock_skew_ms.get(host).copied().unwrap_or(0)),
@@ -357,6 +372,7 @@ impl Simulation {
                     seed,
                     region,
                     edge,
+                    limits: self.edge_limits,
                     clock: SimClock::skewed(faults.clock_skew_ms.get(&host).copied().unwrap_or(0)),
                     net_faults: net_faults.clone(),
                     identity: pki.edge(region)?,
@@ -688,6 +704,8 @@ fn next_incarnation(starts: &Cell<u64>, seed: u64, component: &str, host: u64) -
 struct RegionSoftware {
     seed: u64,
     region: u32,
+    /// How long the chat lanes hold an early envelope, in ms.
+    lane_hold_ms: u64,
     disk: MemoryDisk,
     store_faults: Option<FaultConfig>,
     clock: SimClock,
@@ -733,6 +751,7 @@ impl RegionSoftware {
             clock: Arc::new(self.clock),
             boot_nonce: seed::split_mix(incarnation),
         })?;
+        service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;
         Ok(())
     }
@@ -745,6 +764,7 @@ struct EdgeSoftware {
     region: u32,
     /// The edge's number in its region, from 1.
     edge: u32,
+    limits: SessionLimits,
     clock: SimClock,
     net_faults: Arc<NetFaults>,
     identity: relay_net::TlsIdentity,
@@ -773,7 +793,7 @@ impl EdgeSoftware {
             region: RegionId(self.region),
             listen: any_address(EDGE_PORT),
             internal_listen: any_address(EDGE_INTERNAL_PORT),
-            limits: SessionLimits::default(),
+            limits: self.limits,
             device_sockets: &sockets,
             internal_sockets: &sockets,
             identity: self.identity,
@@ -784,6 +804,36 @@ impl EdgeSoftware {
         })?;
         service.run(subscriptions, std::future::pending()).await?;
         Ok(())
+    }
+}
+
+/// The edges' request limits of a swarm run: the defaults in two runs of three; in the third, a
+/// tight bucket (an operator's choice, or an edge protecting itself) that throttles the
+/// clients' pipelined sends. A throttled envelope is retried after the ones behind it went
+/// through: real gaps in a chat, which only the region's `sender_seq` check keeps out of the
+/// log. Drawn from its own stream, so the rest of a seed's run does not move.
+fn draw_edge_limits(seed: u64) -> SessionLimits {
+    let mut rng = StdRng::seed_from_u64(seed::derive(seed, "edge-limits", 0));
+    if rng.random_range(0..3) != 0 {
+        return SessionLimits::default();
+    }
+    SessionLimits {
+        requests_per_second: rng.random_range(5..=50),
+        requests_burst: rng.random_range(2..=20),
+    }
+}
+
+/// How long the regions' chat lanes hold an early envelope in a swarm run: the default in half
+/// the runs; in the other half nothing (0 ms) or a short hold, so that envelopes a network
+/// reordered reach the chat log out of order and its `sender_seq` check is exercised (with the
+/// default hold only a predecessor delayed a whole second gets there). Drawn from its own
+/// stream, so the rest of a seed's run does not move.
+fn draw_lane_hold_ms(seed: u64) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed::derive(seed, "lane-hold", 0));
+    match rng.random_range(0..6) {
+        0 | 1 => 0,
+        2 => rng.random_range(1..=50),
+        _ => home_region::lanes::HOLD_MS_MAX,
     }
 }
 

@@ -43,8 +43,11 @@ pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
 pub const MISMATCHES_IN_A_ROW_MAX: u32 = 5;
 /// Renumberings after "resend from" in a row before backing off instead.
 pub const RESENDS_IN_A_ROW_MAX: u32 = 5;
-/// Entries of one chat in flight at once while all goes well.
-pub const PIPELINE_WINDOW: usize = 4;
+/// Entries of one chat in flight at once while all goes well. The home region commits a chat's
+/// envelopes in each sender's order, holding an early one until its predecessor arrives (its
+/// chat lanes), so a window this wide costs no refusals; it leaves half of the requests in
+/// flight to other chats and to fetches.
+pub const PIPELINE_WINDOW: usize = 32;
 /// How long a one-shot command (`send`, `read`, `sync` in the CLI) keeps retrying the outbox
 /// before leaving entries pending for the next one, in ms (twice the request timeout: a hung
 /// request still leaves time for a retry).
@@ -117,7 +120,7 @@ const _: () = assert!(FLUSH_BUDGET_MS >= 2 * REQUEST_TIMEOUT_MS);
 // A sync's retries span at least the longest backoff, so a busy server's hint is honoured once.
 const _: () = assert!(SYNC_RETRY_BUDGET_MS >= RETRY_DELAY_MS_MAX);
 // A chat's pipeline fits in the requests a connection carries, with room for other chats.
-const _: () = assert!(PIPELINE_WINDOW < REQUESTS_IN_FLIGHT_MAX);
+const _: () = assert!(PIPELINE_WINDOW * 2 <= REQUESTS_IN_FLIGHT_MAX);
 // A seen id outlives the region's 30-day queue retention: redelivery is always deduplicated.
 const _: () = assert!(SEEN_RETENTION_MS > 30 * 24 * 3600 * 1000);
 // A key replaced because of its age has been current for at least as long as its predecessor

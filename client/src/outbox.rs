@@ -418,7 +418,10 @@ mod tests {
     fn one_chat_goes_in_order_up_to_the_window_at_once() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut outbox = Outbox::new();
-        for seq in [3, 1, 2, 4, 5, 6] {
+        // Chat 1 holds the window and two more; they are inserted out of order.
+        let window = PIPELINE_WINDOW as u64;
+        let last = window + 2;
+        for seq in [3, 1, 2].into_iter().chain(4..=last) {
             outbox.insert(entry(1, seq), 0).expect("insert");
         }
         outbox.insert(entry(2, 1), 0).expect("insert");
@@ -426,24 +429,24 @@ mod tests {
             outbox.insert(entry(2, 1), 0).is_err(),
             "duplicate sender_seq"
         );
-        assert_eq!(outbox.len(), 7);
+        assert_eq!(outbox.len(), PIPELINE_WINDOW + 3);
 
         let mut sent = Vec::new();
         while let Some(next) = outbox.poll_transmit(0) {
             sent.push(next);
         }
-        // Chat 1's first four in order (the window), and chat 2's one.
+        // Chat 1's first ones in order (the window), and chat 2's one.
         let chat_1: Vec<u64> = sent
             .iter()
             .filter(|e| e.chat == chat(1))
             .map(|e| e.sender_seq)
             .collect();
-        assert_eq!(chat_1, vec![1, 2, 3, 4]);
+        assert_eq!(chat_1, (1..=window).collect::<Vec<_>>());
         assert_eq!(sent.len(), PIPELINE_WINDOW + 1);
         assert!(sent.contains(&entry(2, 1)));
         assert!(
             outbox
-                .handle_outcome(entry(1, 5), Outcome::Sent, 0, &mut rng)
+                .handle_outcome(entry(1, window + 1), Outcome::Sent, 0, &mut rng)
                 .is_err(),
             "not in flight"
         );
@@ -454,9 +457,13 @@ mod tests {
             outbox.handle_outcome(entry(1, 2), Outcome::Sent, 0, &mut rng),
             Ok(Next::Confirmed(entry(1, 2)))
         );
-        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 5)), "room again");
+        assert_eq!(
+            outbox.poll_transmit(0),
+            Some(entry(1, window + 1)),
+            "room again"
+        );
         assert_eq!(outbox.poll_transmit(0), None, "the window is full");
-        for seq in [1, 3, 4, 5] {
+        for seq in [1].into_iter().chain(3..=window + 1) {
             outbox
                 .handle_outcome(entry(1, seq), Outcome::Sent, 0, &mut rng)
                 .expect("sent");
@@ -464,11 +471,11 @@ mod tests {
         outbox
             .handle_outcome(entry(2, 1), Outcome::Sent, 0, &mut rng)
             .expect("sent");
-        assert_eq!(outbox.entries(), vec![entry(1, 6)]);
-        assert!(!outbox.remove(entry(1, 7)), "unknown");
-        assert_eq!(outbox.poll_transmit(0), Some(entry(1, 6)));
+        assert_eq!(outbox.entries(), vec![entry(1, last)]);
+        assert!(!outbox.remove(entry(1, last + 1)), "unknown");
+        assert_eq!(outbox.poll_transmit(0), Some(entry(1, last)));
         outbox
-            .handle_outcome(entry(1, 6), Outcome::Sent, 0, &mut rng)
+            .handle_outcome(entry(1, last), Outcome::Sent, 0, &mut rng)
             .expect("sent");
         assert!(outbox.is_empty());
         assert_eq!(outbox.poll_timeout(), None);

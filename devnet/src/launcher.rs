@@ -51,6 +51,9 @@ pub struct DevnetOptions {
     /// The `relayd` executable: each child runs `<relayd> region|edge|locator --config FILE`
     /// and prints "… listening on ADDR" once bound.
     pub relayd: PathBuf,
+    /// Per-connection request limits of every edge (the edges' defaults unless a benchmark
+    /// lifts them, so that it measures the message path rather than the abuse limit).
+    pub edge_limits: LimitsConfig,
 }
 
 /// The address `host` of region `region`'s block, 127.0.region.host.
@@ -71,6 +74,11 @@ pub async fn run(
             "--regions must be between 1 and {DEVNET_REGIONS_MAX}"
         )));
     }
+    if options.edge_limits.requests_per_second == 0 || options.edge_limits.requests_burst == 0 {
+        return Err(DevnetError::Invalid(
+            "the edges' request limits must be at least 1".into(),
+        ));
+    }
     std::fs::create_dir_all(&options.data)
         .map_err(|source| DevnetError::file("creating", &options.data, source))?;
     let data = options
@@ -82,6 +90,7 @@ pub async fn run(
         relayd: options.relayd.clone(),
         data: data.clone(),
         pki: Pki::open(&data.join("pki"))?,
+        edge_limits: options.edge_limits,
     };
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)
@@ -161,11 +170,13 @@ fn lock_data_folder(data: &Path) -> Result<File, DevnetError> {
     Ok(file)
 }
 
-/// What the children need from the devnet: the executable, the data folder, the PKI.
+/// What the children need from the devnet: the executable, the data folder, the PKI, the
+/// edges' limits.
 struct Launcher {
     relayd: PathBuf,
     data: PathBuf,
     pki: Pki,
+    edge_limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -262,7 +273,7 @@ impl Launcher {
                         cert: certs.cert.clone(),
                         key: certs.key.clone(),
                         regions: region_addresses.clone(),
-                        limits: LimitsConfig::default(),
+                        limits: self.edge_limits,
                     },
                 )
                 .await?;

@@ -24,4 +24,4 @@ pub mod testbed;
 pub use error::DevnetError;
 pub use events::{DevnetEvent, Ready, RegionReady};
 pub use launcher::{DevnetOptions, region_ip, run};
-pub use process::{DevnetProcess, DevnetState};
+pub use process::{DevnetProcess, DevnetSettings, DevnetState};

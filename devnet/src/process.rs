@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use relay_edge::config::LimitsConfig;
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -38,6 +39,16 @@ pub struct DevnetState {
     pub ended: bool,
 }
 
+/// What a followed devnet runs with besides its regions and data folder.
+#[derive(Debug, Clone, Default)]
+pub struct DevnetSettings {
+    /// Per-connection request limits of every edge (`--edge-requests-per-second`,
+    /// `--edge-requests-burst`); `None`: the edges' defaults.
+    pub edge_limits: Option<LimitsConfig>,
+    /// The log filter (`RELAY_LOG`) of the devnet and its children; `None`: inherited.
+    pub log_filter: Option<String>,
+}
+
 /// A running `relayd devnet --json`.
 #[derive(Debug)]
 pub struct DevnetProcess {
@@ -50,15 +61,40 @@ pub struct DevnetProcess {
 impl DevnetProcess {
     /// Starts `exe devnet --json --regions N --data DATA`, its stderr going to `log`.
     pub fn start(exe: &Path, regions: u32, data: &Path, log: &Path) -> Result<Self> {
+        Self::start_with(exe, regions, data, log, &DevnetSettings::default())
+    }
+
+    /// [`DevnetProcess::start`] with `settings` (edge limits, a log filter) passed to the
+    /// devnet and, through it, to its children.
+    pub fn start_with(
+        exe: &Path,
+        regions: u32,
+        data: &Path,
+        log: &Path,
+        settings: &DevnetSettings,
+    ) -> Result<Self> {
         let log_file = std::fs::File::create(log)
             .map_err(|source| DevnetError::file("creating", log, source))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("devnet")
             .arg("--json")
             .arg("--regions")
             .arg(regions.to_string())
             .arg("--data")
-            .arg(data)
+            .arg(data);
+        if let Some(limits) = settings.edge_limits {
+            command
+                .arg("--edge-requests-per-second")
+                .arg(limits.requests_per_second.to_string())
+                .arg("--edge-requests-burst")
+                .arg(limits.requests_burst.to_string());
+        }
+        if let Some(filter) = &settings.log_filter {
+            // The children inherit the devnet's environment.
+            command.env("RELAY_LOG", filter);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

@@ -20,11 +20,18 @@ pub const DEVICE_CONNECTIONS_MAX: usize = 100_000;
 /// How long a device has to authenticate after `Hello`, in ms.
 pub const AUTH_TIMEOUT_MS: u64 = 10_000;
 
-/// Sustained requests per second one device connection may make, unless configured.
-pub const REQUESTS_PER_SECOND_DEFAULT: u32 = 50;
+/// Sustained requests per second one device connection may make, unless configured. A person
+/// types far below it; a device draining a backlog or a bot answering many chats stays under
+/// it; past it a device is refused `Throttled` with the time until its next request is allowed.
+pub const REQUESTS_PER_SECOND_DEFAULT: u32 = 500;
 
-/// Requests one device connection may make in a burst, unless configured.
-pub const REQUESTS_BURST_DEFAULT: u32 = 200;
+/// Requests one device connection may make in a burst, unless configured: a device coming
+/// online with [`BACKLOG_SENDS_IN_A_BURST`] composed messages sends them at once (with the
+/// fetches and acknowledgements that go with them), as fast as its pipeline allows.
+pub const REQUESTS_BURST_DEFAULT: u32 = 12_000;
+
+/// Composed messages a device coming online sends in one burst without being throttled.
+pub const BACKLOG_SENDS_IN_A_BURST: u32 = 10_000;
 
 /// How long an `Overloaded` answer (a region too slow to answer) asks the device to wait before
 /// it retries, in ms.
@@ -99,6 +106,9 @@ pub const LOCATOR_BIND_ATTEMPTS_MAX: usize = 8;
 const _: () = assert!(AUTH_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
 // A burst is at least one second of the sustained rate.
 const _: () = assert!(REQUESTS_BURST_DEFAULT >= REQUESTS_PER_SECOND_DEFAULT);
+// A backlog's burst leaves room for a page of fetches and acknowledgements per 10 sends.
+const _: () =
+    assert!(REQUESTS_BURST_DEFAULT >= BACKLOG_SENDS_IN_A_BURST + BACKLOG_SENDS_IN_A_BURST / 10);
 const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1 && DEVICE_PUSHES_MAX >= 1);
 // Every account of one envelope (its recipients and its sender) is cached at once, so a send
 // never evicts the homes it just looked up.

@@ -248,10 +248,17 @@ impl Session {
             + elapsed * u64::from(self.limits.requests_per_second))
         .min(burst_milli);
         if self.tokens_milli < 1000 {
+            // The time until one whole token has refilled, rounded up.
+            let rate = u64::from(self.limits.requests_per_second).max(1);
+            let wait_ms = (1000 - self.tokens_milli).div_ceil(rate).max(1);
             return Err(ProtoError::new(
                 ErrorCode::Throttled,
-                "too many requests; slow down",
-            ));
+                format!(
+                    "too many requests ({} a second, {} at once); slow down",
+                    self.limits.requests_per_second, self.limits.requests_burst
+                ),
+            )
+            .with_retry_after_ms(wait_ms));
         }
         self.tokens_milli -= 1000;
         Ok(())
@@ -688,10 +695,18 @@ mod tests {
         for _ in 0..3 {
             assert!(session.handle_request(&register, 0).is_ok());
         }
+        let refused = session
+            .handle_request(&register, 0)
+            .expect_err("the burst is spent");
+        assert_eq!(refused.code, ErrorCode::Throttled);
         assert_eq!(
-            session.handle_request(&register, 0).map_err(|e| e.code),
-            Err(ErrorCode::Throttled)
+            refused.retry_after_ms, 100,
+            "one token refills in 100 ms at 10/s"
         );
+        let refused = session
+            .handle_request(&register, 40)
+            .expect_err("40 ms refill 0.4 of a token");
+        assert_eq!(refused.retry_after_ms, 60, "the rest of the token");
         assert!(
             session.handle_request(&register, 100).is_ok(),
             "one token after 100 ms at 10/s"

@@ -206,6 +206,24 @@ pub fn append_keys(
     ]
 }
 
+/// The last `sender_seq` the log accepted from `sender` in `chat` (0 before the first), as a
+/// snapshot read: a hint for ordering what waits to be appended, never a basis for a write
+/// ([`append`] reads it again with a conflict).
+pub async fn last_sender_seq(
+    transaction: &Transaction,
+    chat: ChatId,
+    sender: DeviceAddress,
+) -> Result<u64, StoreError> {
+    let log = ChatLog::new(chat);
+    match transaction
+        .snapshot_get(&log.root.pack(&("sender_seq", sender)))
+        .await?
+    {
+        Some(bytes) => crate::codec::decode_u64(&bytes, "chat log sender_seq"),
+        None => Ok(0),
+    }
+}
+
 /// The entry of `chat` with sequence `chat_seq`.
 pub async fn entry(
     transaction: &Transaction,

@@ -206,31 +206,17 @@ pub(crate) fn decode_key<T: TupleDecode>(
         .map_err(|error| StoreError::corrupt(what, error))
 }
 
-/// Writes `bytes` as record `id` of `parent`, split across keys `(id, index, count)` of at most
-/// [`CHUNK_BYTES`] each, replacing whatever record `id` held.
-pub(crate) fn set_chunked(
-    transaction: &Transaction,
-    parent: &Subspace,
-    id: u64,
-    bytes: &[u8],
-) -> Result<(), StoreError> {
-    let count = chunk_count(bytes)?;
-    let (begin, end) = parent.subspace(&(id,)).range();
-    // An older record may have more chunks, or another count in its keys.
-    transaction.clear_range(&begin, &end);
-    write_chunks(transaction, parent, id, count, bytes)
-}
-
-/// Writes `bytes` as a new record `id` of `parent`, laid out like [`set_chunked`] but without
-/// its range clear, which costs a range deletion in the store and a remembered clear in the
-/// conflict history on every write.
+/// Writes `bytes` as a new record `id` of `parent`, split across keys `(id, index, count)` of at
+/// most [`CHUNK_BYTES`] each, without a range clear of what record `id` held (which would cost a
+/// range deletion in the store and a remembered clear in the conflict history on every write).
 ///
 /// Only for an id that has no keys at the transaction's read version and that no concurrent
 /// transaction can write without conflicting with this one: typically one past a counter the
 /// transaction read with a conflict (not a snapshot read), where every writer of a record also
 /// raises the counter to its id in the same transaction. Then nothing is there to replace, and
 /// a concurrent writer of the same id also wrote the counter, so one of the two commits is
-/// refused. Anywhere a record may be overwritten, use [`set_chunked`].
+/// refused. A record that may be overwritten needs a range clear of `(id,)` first: an older
+/// record may have more chunks, or another count in its keys.
 pub(crate) fn insert_chunked(
     transaction: &Transaction,
     parent: &Subspace,
@@ -271,7 +257,7 @@ fn write_chunks(
     Ok(())
 }
 
-/// Reads record `id` of `parent` written by [`set_chunked`].
+/// Reads record `id` of `parent` written by [`insert_chunked`].
 pub(crate) async fn read_chunked(
     transaction: &Transaction,
     parent: &Subspace,
@@ -416,7 +402,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn set_chunked_replaces_a_longer_record_and_insert_chunked_clears_nothing() {
+    async fn insert_chunked_reads_back_whole_and_clears_nothing() {
         let (_folder, database) = temporary_database(None);
         let parent = Subspace::new(&("records",));
         let long = vec![7u8; 2 * CHUNK_BYTES + 1];
@@ -432,27 +418,6 @@ mod tests {
             .await
             .expect("insert");
         assert_eq!((stored, clears), (Some(long), Some(0)));
-        // Overwriting with a shorter record must drop the old chunks: set_chunked clears.
-        let (stored, clears) = database
-            .transact(|tx| {
-                let parent = parent.clone();
-                async move {
-                    set_chunked(&tx, &parent, 1, b"short")?;
-                    let clears = tx.buffered_range_clears();
-                    Ok((read_chunked(&tx, &parent, 1, "record").await?, clears))
-                }
-            })
-            .await
-            .expect("overwrite");
-        assert_eq!((stored, clears), (Some(b"short".to_vec()), Some(1)));
-        let committed = database
-            .transact(|tx| {
-                let parent = parent.clone();
-                async move { read_chunked(&tx, &parent, 1, "record").await }
-            })
-            .await
-            .expect("read");
-        assert_eq!(committed, Some(b"short".to_vec()));
     }
 
     #[test]

@@ -50,10 +50,16 @@
 //! that reads `latest` once and appends a whole batch in one transaction: a single writer per
 //! key never conflicts, and the batch costs one group commit. The depth is changed with atomic
 //! adds and read by appends with a snapshot read, so acks never conflict with appends; the
-//! depth an append sees can only be too high (a concurrent ack), never too low, so the cap
-//! holds. An ack or a sweep reads each entry it deletes, so an ack and a sweep of one entry (or
-//! two acks) conflict and only one of them reports it: an entry is delivered or expired, never
-//! both.
+//! depth an append sees can only be too high (a concurrent ack), never too low (a concurrent
+//! append also wrote `latest`), so the cap holds. A fetch reads the entries after its cursor
+//! and `latest` with snapshot reads ([`read_after_snapshot`], [`latest_snapshot`]): it returns
+//! what was committed at its read version, and an append landing meanwhile is announced by the
+//! push that follows its commit, so appends never refuse a fetch (with conflicting reads a
+//! sender and its receiver kept invalidating each other: half of all write transactions retried
+//! under load). An ack or a sweep reads each entry it deletes, so an ack and a sweep of one
+//! entry (or two acks) conflict and only one of them reports it: an entry is delivered or
+//! expired, never both. The conformance suite counts the conflicts of concurrent appends and
+//! fetch-and-acks on one queue: zero.
 //!
 //! **Sharding across clusters.** A region outgrowing one FoundationDB cluster maps each
 //! account to one of N clusters by a consistent hash of the account id over the cluster list
@@ -166,7 +172,7 @@ pub async fn append(
     enqueued_at_ms: u64,
 ) -> Result<QueueAppend, StoreError> {
     let queue = DeviceQueue::new(device);
-    let depth = read_count(transaction, &queue.depth_key(), true, "device queue depth").await?;
+    let depth = depth_snapshot(transaction, device).await?;
     if depth >= DEVICE_QUEUE_DEPTH_MAX {
         return Ok(QueueAppend::Full { depth });
     }
@@ -222,12 +228,35 @@ pub async fn append_once(
 }
 
 /// Up to `limit` entries of the queue of `device` after `after_queue_seq`, in order (at most
-/// [`LAYER_READ_ENTRIES_MAX`]).
+/// [`LAYER_READ_ENTRIES_MAX`]), with a read conflict on the range read: a concurrent append
+/// into it refuses this transaction.
 pub async fn read_after(
     transaction: &Transaction,
     device: DeviceAddress,
     after_queue_seq: u64,
     limit: usize,
+) -> Result<Vec<(u64, QueueItem)>, StoreError> {
+    read_entries(transaction, device, after_queue_seq, limit, false).await
+}
+
+/// [`read_after`] as a snapshot read: what was committed at the transaction's read version,
+/// without a read conflict, so a fetch never conflicts with appends landing after it (the
+/// device learns of those from the push that follows their commit).
+pub async fn read_after_snapshot(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    after_queue_seq: u64,
+    limit: usize,
+) -> Result<Vec<(u64, QueueItem)>, StoreError> {
+    read_entries(transaction, device, after_queue_seq, limit, true).await
+}
+
+async fn read_entries(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    after_queue_seq: u64,
+    limit: usize,
+    snapshot: bool,
 ) -> Result<Vec<(u64, QueueItem)>, StoreError> {
     let Some(first) = after_queue_seq.checked_add(1) else {
         return Ok(Vec::new());
@@ -235,10 +264,12 @@ pub async fn read_after(
     let queue = DeviceQueue::new(device);
     let begin = queue.entries.pack(&(first,));
     let (_, end) = queue.entries.range();
-    let limit = limit.min(LAYER_READ_ENTRIES_MAX);
-    let rows = transaction
-        .get_range(&begin, &end, RangeOptions::limit(limit))
-        .await?;
+    let options = RangeOptions {
+        limit: Some(limit.min(LAYER_READ_ENTRIES_MAX)),
+        snapshot,
+        ..RangeOptions::default()
+    };
+    let rows = transaction.get_range(&begin, &end, options).await?;
     rows.iter()
         .map(|(key, value)| {
             let queue_seq = queue.queue_seq(key)?;
@@ -290,15 +321,40 @@ pub async fn sweep_expired(
 }
 
 /// The last queue sequence given to `device` (0 before the first entry); acks do not lower it.
+/// A read conflict: a concurrent append refuses this transaction.
 pub async fn latest(transaction: &Transaction, device: DeviceAddress) -> Result<u64, StoreError> {
     let queue = DeviceQueue::new(device);
     read_u64(transaction, &queue.latest_key(), "device queue latest").await
 }
 
-/// The number of entries waiting in the queue of `device`.
+/// [`latest`] as a snapshot read, without a read conflict: a hint for the device (a fetch's
+/// answer), never a basis for a write.
+pub async fn latest_snapshot(
+    transaction: &Transaction,
+    device: DeviceAddress,
+) -> Result<u64, StoreError> {
+    let queue = DeviceQueue::new(device);
+    match transaction.snapshot_get(&queue.latest_key()).await? {
+        Some(bytes) => crate::codec::decode_u64(&bytes, "device queue latest"),
+        None => Ok(0),
+    }
+}
+
+/// The number of entries waiting in the queue of `device`, with a read conflict.
 pub async fn depth(transaction: &Transaction, device: DeviceAddress) -> Result<u64, StoreError> {
     let queue = DeviceQueue::new(device);
     read_count(transaction, &queue.depth_key(), false, "device queue depth").await
+}
+
+/// [`depth`] as a snapshot read, without a read conflict, as [`append`] reads it for its cap:
+/// it can only be too high (a concurrent ack lowered it), never too low, so a check against
+/// the cap still holds, and acks never refuse the transaction.
+pub async fn depth_snapshot(
+    transaction: &Transaction,
+    device: DeviceAddress,
+) -> Result<u64, StoreError> {
+    let queue = DeviceQueue::new(device);
+    read_count(transaction, &queue.depth_key(), true, "device queue depth").await
 }
 
 /// One entry of a queue as [`inspect`] found it: its item and enqueue time, or why they do not

@@ -4,16 +4,22 @@
 //! range of keys is a range of tuples. Encoded like FDB's tuple layer: byte strings (`0x01`) and
 //! UTF-8 strings (`0x02`) end in `0x00`, with each inner `0x00` written as `0x00 0xff`; integers
 //! from `i64::MIN` to `u64::MAX` are a type code `0x14 ± n` followed by `n` big-endian bytes
-//! (the ones' complement for negative numbers). Tuples are flat: nested tuples (`0x05`) and the
-//! other FDB types are not supported. Keys written here decode with any FDB tuple layer.
+//! (the ones' complement for negative numbers); versionstamps (`0x33`) are the 10-byte commit
+//! versionstamp followed by a 2-byte user version ([`TupleVersionstamp`]). Tuples are flat:
+//! nested tuples (`0x05`) and the other FDB types are not supported. Keys written here decode
+//! with any FDB tuple layer.
 
 use thiserror::Error;
 
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
 
+use crate::engine::Versionstamp;
+use crate::limits::VERSIONSTAMP_BYTES;
+
 const BYTES_CODE: u8 = 0x01;
 const STRING_CODE: u8 = 0x02;
 const INTEGER_ZERO_CODE: u8 = 0x14;
+const VERSIONSTAMP_CODE: u8 = 0x33;
 const ESCAPE: u8 = 0xff;
 
 /// Bytes that do not decode as the expected tuple.
@@ -340,6 +346,68 @@ tuple_impls!(A B C D);
 tuple_impls!(A B C D E);
 tuple_impls!(A B C D E F);
 
+/// FoundationDB's tuple versionstamp (type `0x33`): a commit's [`Versionstamp`] and a user
+/// version that orders several writes of one transaction. Keys holding one sort in commit order,
+/// then user-version order. A key is written with an *incomplete* one (zero stamp bytes) through
+/// `set_versionstamped_key` at [`TupleVersionstamp::stamp_offset`]; the engine fills the stamp
+/// in at commit, the user version stays as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TupleVersionstamp {
+    /// The commit's versionstamp.
+    pub stamp: Versionstamp,
+    /// The order of the write within its transaction.
+    pub user_version: u16,
+}
+
+impl TupleVersionstamp {
+    /// Bytes an encoded versionstamp takes: the type code, 10 stamp bytes, 2 user bytes.
+    pub const ENCODED_BYTES: usize = 1 + VERSIONSTAMP_BYTES + 2;
+
+    /// An incomplete versionstamp: the engine fills the stamp in at commit.
+    pub fn incomplete(user_version: u16) -> Self {
+        TupleVersionstamp {
+            stamp: Versionstamp::from_bytes([0; VERSIONSTAMP_BYTES]),
+            user_version,
+        }
+    }
+
+    /// Where the stamp of a versionstamp packed right after `prefix` bytes sits in the key.
+    pub fn stamp_offset(prefix: usize) -> usize {
+        prefix + 1
+    }
+}
+
+impl TupleEncode for TupleVersionstamp {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(VERSIONSTAMP_CODE);
+        out.extend_from_slice(self.stamp.as_bytes());
+        out.extend_from_slice(&self.user_version.to_be_bytes());
+    }
+}
+
+impl TupleDecode for TupleVersionstamp {
+    fn decode_from(input: &mut &[u8]) -> Result<Self, TupleError> {
+        let (&code, rest) = input.split_first().ok_or(TupleError::UnexpectedEnd)?;
+        if code != VERSIONSTAMP_CODE {
+            return Err(TupleError::UnexpectedType {
+                expected: "versionstamp",
+                code,
+            });
+        }
+        if rest.len() < VERSIONSTAMP_BYTES + 2 {
+            return Err(TupleError::UnexpectedEnd);
+        }
+        let (stamp, rest) = rest.split_at(VERSIONSTAMP_BYTES);
+        let (user, rest) = rest.split_at(2);
+        let stamp = Versionstamp::read_at(stamp, 0).ok_or(TupleError::UnexpectedEnd)?;
+        *input = rest;
+        Ok(TupleVersionstamp {
+            stamp,
+            user_version: u16::from_be_bytes([user[0], user[1]]),
+        })
+    }
+}
+
 // Relay's ids pack as their numbers or bytes, so keys sort by id.
 
 macro_rules! id_element {
@@ -564,6 +632,40 @@ mod tests {
         assert_eq!(
             Subspace::new("a").unpack::<u64>(b"\x02b\x00\x14"),
             Err(TupleError::OutsideSubspace)
+        );
+    }
+
+    #[test]
+    fn versionstamps_pack_in_commit_then_user_order_and_round_trip() {
+        let stamp = |version: u64, order: u16, user: u16| TupleVersionstamp {
+            stamp: Versionstamp::new(version, order),
+            user_version: user,
+        };
+        let ordered = [
+            stamp(1, 0, 0),
+            stamp(1, 0, 1),
+            stamp(1, 1, 0),
+            stamp(2, 0, 0),
+        ];
+        let packed: Vec<Vec<u8>> = ordered.iter().map(|s| pack(&(7u32, *s, 3u32))).collect();
+        assert!(packed.windows(2).all(|pair| pair[0] < pair[1]));
+        for (tuple, bytes) in ordered.iter().zip(&packed) {
+            assert_eq!(
+                unpack::<(u32, TupleVersionstamp, u32)>(bytes),
+                Ok((7, *tuple, 3))
+            );
+        }
+        let prefix = pack(&(7u32,));
+        let incomplete = pack(&(7u32, TupleVersionstamp::incomplete(9)));
+        let offset = TupleVersionstamp::stamp_offset(prefix.len());
+        assert_eq!(incomplete[offset - 1], VERSIONSTAMP_CODE);
+        assert_eq!(
+            &incomplete[offset..offset + VERSIONSTAMP_BYTES],
+            &[0; VERSIONSTAMP_BYTES]
+        );
+        assert_eq!(
+            unpack::<(u32, TupleVersionstamp)>(&incomplete[..offset]),
+            Err(TupleError::UnexpectedEnd)
         );
     }
 }

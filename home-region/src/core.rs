@@ -49,7 +49,9 @@ use fdb_layers::{
     receipts,
 };
 use prost::Message;
-use relay_proto::limits::{ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_ENTRIES_MAX};
+use relay_proto::limits::{
+    ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
+};
 use relay_proto::wire::{
     self, AccountDevices, AccountInfo, Committed, DeviceKeys, KeyBundle, MismatchedDevices,
     QueueBatch, QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, ResendFrom, SendOutcome,
@@ -70,6 +72,17 @@ pub struct Effects {
     pub notify: BTreeMap<DeviceAddress, u64>,
     /// The cross-region outbox has new entries to deliver.
     pub outbox_pushed: bool,
+}
+
+impl Effects {
+    /// Adds what `other` asks for: the higher latest sequence of each device, and the outbox.
+    pub fn merge(&mut self, other: Effects) {
+        for (device, latest) in other.notify {
+            let known = self.notify.entry(device).or_insert(latest);
+            *known = (*known).max(latest);
+        }
+        self.outbox_pushed |= other.outbox_pushed;
+    }
 }
 
 /// A request's answer: a refusal for the peer, or a value plus its effects.
@@ -184,9 +197,12 @@ pub async fn commit_envelope(
         return Ok(Err(quarantined_refusal(device)));
     }
     for &device in &local_devices {
+        // Snapshot reads: an ack lowering the depth meanwhile must not refuse this commit (the
+        // depth can only read too high, so the cap holds); the append below reads `latest`
+        // with the conflict that keeps the queue gapless.
         let metadata = async {
-            let depth = device_queue::depth(tx, device).await?;
-            device_queue::latest(tx, device).await?;
+            let depth = device_queue::depth_snapshot(tx, device).await?;
+            device_queue::latest_snapshot(tx, device).await?;
             Ok(depth)
         };
         let depth = match metadata.await {
@@ -341,6 +357,7 @@ pub async fn fetch_and_ack(
         );
     }
     let mut effects = Effects::default();
+    let mut pushes = outbox::Pushes::new();
     if let Some(ack) = &request.ack {
         let removed = device_queue::ack(tx, device, &ack.queue_seqs).await?;
         if let Some(highest) = removed.iter().map(|(queue_seq, _)| *queue_seq).max() {
@@ -354,23 +371,41 @@ pub async fn fetch_and_ack(
                 state: ReceiptState::Delivered,
                 now_ms,
             };
-            route_receipt(tx, local, device, chat, chat_seq, transition, &mut effects).await?;
+            route_receipt(
+                tx,
+                local,
+                device,
+                chat,
+                chat_seq,
+                transition,
+                &mut effects,
+                &mut pushes,
+            )
+            .await?;
         }
     }
     let mut batch = QueueBatch {
         entries: Vec::new(),
-        latest_queue_seq: device_queue::latest(tx, device).await?,
+        // A hint for the device: a snapshot read, so appends to this queue never refuse a
+        // fetch (the device hears of them from the push after their commit).
+        latest_queue_seq: device_queue::latest_snapshot(tx, device).await?,
         one_time_keys_remaining: keys::one_time_key_count(tx, device).await?,
         fallback_key: keys::fallback_key_state(tx, device).await? as i32,
     };
     if let Some(fetch) = &request.fetch {
         let limit = fetch.limit.clamp(1, QUEUE_FETCH_ENTRIES_MAX) as usize;
+        // The page stops at its byte budget (the device fetches again after the last entry it
+        // got); it always holds the first entry, which fits a frame on its own.
+        let mut bytes = 0;
         for (queue_seq, item) in
-            device_queue::read_after(tx, device, fetch.after_queue_seq, limit).await?
+            device_queue::read_after_snapshot(tx, device, fetch.after_queue_seq, limit).await?
         {
-            batch
-                .entries
-                .push(queued_entry(tx, device, queue_seq, item).await?);
+            let entry = queued_entry(tx, device, queue_seq, item).await?;
+            bytes += entry.encoded_len();
+            if bytes > QUEUE_FETCH_BYTES_MAX && !batch.entries.is_empty() {
+                break;
+            }
+            batch.entries.push(entry);
         }
     }
     Ok(Ok((batch, effects)))
@@ -499,7 +534,18 @@ pub async fn repair_queue_entry(
         state: ReceiptState::Expired,
         now_ms,
     };
-    route_receipt(tx, local, device, chat, chat_seq, transition, &mut effects).await?;
+    let mut pushes = outbox::Pushes::new();
+    route_receipt(
+        tx,
+        local,
+        device,
+        chat,
+        chat_seq,
+        transition,
+        &mut effects,
+        &mut pushes,
+    )
+    .await?;
     let repair = EntryRepair::RemovedSenderTold {
         sender: entry.sender,
         client_message_id: entry.client_message_id,
@@ -575,6 +621,7 @@ pub async fn expire_queues(
     )
     .await?;
     let mut effects = Effects::default();
+    let mut pushes = outbox::Pushes::new();
     for (device, _, item) in &report.expired {
         let QueueItem::MessageRef { chat, chat_seq } = *item else {
             continue;
@@ -583,7 +630,17 @@ pub async fn expire_queues(
             state: ReceiptState::Expired,
             now_ms,
         };
-        route_receipt(tx, local, *device, chat, chat_seq, transition, &mut effects).await?;
+        route_receipt(
+            tx,
+            local,
+            *device,
+            chat,
+            chat_seq,
+            transition,
+            &mut effects,
+            &mut pushes,
+        )
+        .await?;
     }
     let expired = ExpiredQueues {
         expired_entries: report.expired.len(),
@@ -602,6 +659,8 @@ struct Transition {
 /// Sends the receipt of the log entry `chat#chat_seq` for `device` to the sender: queued here
 /// when the sender is homed here, else pushed to the outbox of the sender's region. Runs only
 /// for entries an ack or a sweep removed in this transaction, which makes it once per entry.
+/// `pushes` numbers the transaction's outbox pushes.
+#[allow(clippy::too_many_arguments)]
 async fn route_receipt(
     tx: &Transaction,
     local: RegionId,
@@ -610,6 +669,7 @@ async fn route_receipt(
     chat_seq: u64,
     transition: Transition,
     effects: &mut Effects,
+    pushes: &mut outbox::Pushes,
 ) -> Result<(), StoreError> {
     let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
         return Ok(());
@@ -625,7 +685,7 @@ async fn route_receipt(
     if entry.sender_region == local {
         deliver_receipt(tx, &receipt, transition.now_ms, effects).await
     } else {
-        outbox::push(tx, entry.sender_region, &receipt.encode_to_vec()).await?;
+        pushes.push(tx, entry.sender_region, &receipt.encode_to_vec())?;
         effects.outbox_pushed = true;
         Ok(())
     }
@@ -708,7 +768,13 @@ pub async fn apply_forwarded_receipts(
                 );
             }
         }
-        if outbox::mark_applied(tx, RegionId(forward.origin_region), forward.origin_seq).await? {
+        let Some(origin_seq) = outbox::OutboxSeq::from_bytes(&forward.origin_stamp) else {
+            return refuse(
+                ErrorCode::Malformed,
+                "receipt forward without a 12-byte origin stamp",
+            );
+        };
+        if outbox::mark_applied(tx, RegionId(forward.origin_region), origin_seq).await? {
             deliver_receipt(tx, &forward.receipt, now_ms, &mut effects).await?;
         }
     }
@@ -1120,6 +1186,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_page_of_large_messages_fits_a_frame_and_the_rest_follows() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let bob = account(&f.db, "bob", HERE, 1).await;
+        let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+        // 40 messages of the largest ciphertext: 2.6 MB, far more than a frame holds.
+        let messages = 40u8;
+        for message in 1..=messages {
+            let mut sent = envelope(alice1, &[bob1], &[bob, alice], message, u64::from(message));
+            sent.ciphertexts[0].body = vec![message; relay_proto::limits::CIPHERTEXT_BYTES_MAX];
+            commit(&f.db, &sent, HERE).await;
+        }
+        let mut received = Vec::new();
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let request = FetchAndAck {
+                ack: None,
+                fetch: Some(FetchQueue {
+                    after_queue_seq: after,
+                    limit: QUEUE_FETCH_ENTRIES_MAX,
+                }),
+            };
+            let (batch, _) = run(&f.db, async |tx| {
+                fetch_and_ack(&tx, HERE, bob1, &request, &BTreeSet::new(), 2_000).await
+            })
+            .await
+            .expect("fetched");
+            let response = wire::ClientResponse {
+                body: Some(wire::client_response::Body::Queue(batch.clone())),
+            };
+            assert!(
+                response.encoded_len() <= relay_proto::limits::FRAME_BYTES_MAX,
+                "a page of {} entries is {} bytes",
+                batch.entries.len(),
+                response.encoded_len()
+            );
+            let Some(last) = batch.entries.last() else {
+                break;
+            };
+            after = last.queue_seq;
+            received.extend(batch.entries.iter().map(|entry| entry.queue_seq));
+            pages += 1;
+            assert!(pages <= usize::from(messages), "every page holds an entry");
+        }
+        assert_eq!(received, (1..=u64::from(messages)).collect::<Vec<_>>());
+        assert!(
+            pages >= 5,
+            "the byte budget split the queue ({pages} pages)"
+        );
+    }
+
+    #[tokio::test]
     async fn commit_fans_out_and_a_retry_is_stored_once() {
         let f = fixture();
         let alice = account(&f.db, "alice", HERE, 1).await;
@@ -1446,11 +1565,11 @@ mod tests {
             at_ms: 10,
             sender: alice1.into(),
         };
-        let forward = |origin_seq| wire::ForwardReceipts {
+        let forward = |commit_version: u64| wire::ForwardReceipts {
             receipts: vec![wire::ReceiptForward {
                 receipt: receipt.clone(),
                 origin_region: 2,
-                origin_seq,
+                origin_stamp: [&commit_version.to_be_bytes()[..], &[0; 4]].concat(),
             }],
         };
         let apply = async |request: wire::ForwardReceipts| {
@@ -1472,6 +1591,19 @@ mod tests {
         );
         let (batch, _) = fetch(&f.db, alice1, &[]).await;
         assert_eq!(batch.entries.len(), 1);
+        let malformed = wire::ForwardReceipts {
+            receipts: vec![wire::ReceiptForward {
+                receipt: receipt.clone(),
+                origin_region: 2,
+                origin_stamp: vec![1, 2, 3],
+            }],
+        };
+        let refused = run(&f.db, async |tx| {
+            apply_forwarded_receipts(&tx, HERE, &malformed, 3_000).await
+        })
+        .await
+        .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::Malformed);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 pub mod claims;
 pub mod config;
 pub mod core;
+pub mod lanes;
 pub mod limits;
 pub mod linking;
 pub mod repair;

@@ -136,3 +136,21 @@ const _: () = assert!(
     WRITER_CENSUS_ATTEMPT_TIMEOUT_MS >= 1_000,
     "an attempt must have time to connect on a loaded machine"
 );
+
+/// Longest an envelope waits for its predecessor before it is released to the chat log, in ms.
+pub const HOLD_MS_MAX: u64 = 1_000;
+/// Envelopes waiting in one chat's lane at most.
+pub const LANE_ENVELOPES_MAX: usize = 4_096;
+/// Envelopes in one batch (one transaction) at most.
+pub const BATCH_ENVELOPES_MAX: usize = 256;
+/// Bytes of envelopes in one batch at most (a transaction may hold 10 MB).
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// (chat, sender) pairs whose next `sender_seq` is remembered at most.
+pub const EXPECTED_ENTRIES_MAX: usize = 262_144;
+
+// Chat lanes (`crate::lanes`): a batch fits in a transaction with room for its queue entries and receipts.
+const _: () = assert!(BATCH_BYTES_MAX * 2 < 10_000_000);
+// A lane holds at least a whole batch.
+const _: () = assert!(LANE_ENVELOPES_MAX >= BATCH_ENVELOPES_MAX);
+// The hold is far below the edge's wait for a region (a held envelope is still answered in time).
+const _: () = assert!(HOLD_MS_MAX * 4 <= relay_proto::limits::EDGE_REGION_REQUEST_TIMEOUT_MS);

@@ -42,12 +42,13 @@ use relay_proto::limits::{REGION_PEER_REQUEST_TIMEOUT_MS, SUBSCRIBED_DEVICES_PER
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
 };
-use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::claims::ClaimLimiter;
 use crate::config::{PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
+use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
     INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS,
@@ -139,12 +140,28 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Devices whose queue could not be read: nothing is accepted for them.
     quarantined: Mutex<BTreeSet<DeviceAddress>>,
+    /// One ordered lane per chat (see [`crate::lanes`]).
+    lanes: Mutex<ChatLanes>,
+    /// The envelopes waiting in the lanes, with where to answer them.
+    lane_waiters: Mutex<HashMap<Ticket, LaneWaiter>>,
+    /// Wakes a running lane whose envelopes wait for a predecessor.
+    lane_wakers: Mutex<HashMap<ChatId, Arc<Notify>>>,
+    next_ticket: AtomicU64,
     /// Internal connections held now, against their bound.
     connections: ConnectionSlots,
     /// Accounts cached from the directory writer and asked of it lately (or being asked).
     refreshed: Mutex<TtlCache<AccountId, ()>>,
     /// Refreshes asked of the directory writer at once.
     refreshes: Arc<Semaphore>,
+}
+
+/// An envelope waiting in its chat's lane.
+struct LaneWaiter {
+    envelope: wire::Envelope,
+    sender: DeviceAddress,
+    sender_seq: u64,
+    sender_region: RegionId,
+    answer: oneshot::Sender<Result<CommitDecision, ProtoError>>,
 }
 
 fn error_response(error: ProtoError) -> RegionResponse {
@@ -300,6 +317,10 @@ impl RegionService {
             next_key: AtomicU64::new(1),
             clock,
             quarantined: Mutex::new(BTreeSet::new()),
+            lanes: Mutex::new(ChatLanes::new()),
+            lane_waiters: Mutex::new(HashMap::new()),
+            lane_wakers: Mutex::new(HashMap::new()),
+            next_ticket: AtomicU64::new(1),
             connections: ConnectionSlots::new(INTERNAL_CONNECTIONS_MAX),
             refreshed: Mutex::new(TtlCache::new(
                 ACCOUNT_REFRESHES_TRACKED_MAX,
@@ -405,10 +426,7 @@ impl RegionService {
                 if relay_planted::is_planted(PlantedBug::AckBeforeCommit) {
                     return self.commit_late(envelope, sender_region, now).await;
                 }
-                let quarantined = self.quarantined();
-                let decision = self
-                    .commit(&envelope, sender_region, &quarantined, now)
-                    .await?;
+                let decision = self.commit_in_lane(envelope, sender_region).await?;
                 self.commit_answer(decision).await.map(Resp::Committed)
             }
             Req::Register(register) => self.register(register).await.map(Resp::Registered),
@@ -613,6 +631,180 @@ impl RegionService {
                 Err(core::quarantined_refusal(device))
             }
         }
+    }
+
+    /// How long an early envelope waits in its chat's lane for its predecessor, in ms (the
+    /// default is [`lanes::HOLD_MS_MAX`], the most allowed). The simulation draws it, so that
+    /// reordered envelopes also reach the chat log's own check.
+    pub fn set_lane_hold_ms(&self, hold_ms: u64) {
+        lock(&self.inner.lanes).set_hold_ms(hold_ms);
+    }
+
+    /// Commits an envelope through its chat's lane: it waits for the lane's turn (and for its
+    /// predecessor from the same device, a bounded while), then commits in one transaction with
+    /// whatever else of the chat is ready.
+    async fn commit_in_lane(
+        &self,
+        envelope: wire::Envelope,
+        sender_region: RegionId,
+    ) -> Result<CommitDecision, ProtoError> {
+        let parsed = envelope.parse()?;
+        let bytes = envelope.encoded_len();
+        let ticket = self.inner.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        let waiter = LaneWaiter {
+            envelope,
+            sender: parsed.sender,
+            sender_seq: parsed.sender_seq,
+            sender_region,
+            answer,
+        };
+        lock(&self.inner.lane_waiters).insert(ticket, waiter);
+        let arrival = lock(&self.inner.lanes).handle_arrival(
+            parsed.chat,
+            ticket,
+            parsed.sender,
+            parsed.sender_seq,
+            bytes,
+            self.inner.clock.now_ms(),
+        );
+        match arrival {
+            Arrival::Full => {
+                lock(&self.inner.lane_waiters).remove(&ticket);
+                return Err(ProtoError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "chat {} has {} envelopes waiting here; retry later",
+                        parsed.chat,
+                        lanes::LANE_ENVELOPES_MAX
+                    ),
+                )
+                .with_retry_after_ms(lanes::HOLD_MS_MAX));
+            }
+            Arrival::Start => {
+                let waker = Arc::new(Notify::new());
+                lock(&self.inner.lane_wakers).insert(parsed.chat, waker.clone());
+                tokio::spawn(self.clone().run_lane(parsed.chat, waker));
+            }
+            Arrival::Queued => {
+                if let Some(waker) = lock(&self.inner.lane_wakers).get(&parsed.chat) {
+                    waker.notify_one();
+                }
+            }
+        }
+        answered.await.map_err(|_| {
+            ProtoError::new(ErrorCode::Internal, "the chat's lane stopped; retry later")
+        })?
+    }
+
+    /// Runs the lane of `chat` until nothing waits in it.
+    async fn run_lane(self, chat: ChatId, waker: Arc<Notify>) {
+        loop {
+            let poll = lock(&self.inner.lanes).poll(chat, self.inner.clock.now_ms());
+            match poll {
+                LanePoll::Idle => {
+                    let mut wakers = lock(&self.inner.lane_wakers);
+                    if wakers
+                        .get(&chat)
+                        .is_some_and(|current| Arc::ptr_eq(current, &waker))
+                    {
+                        wakers.remove(&chat);
+                    }
+                    return;
+                }
+                LanePoll::Lookup(sender) => {
+                    let last = self
+                        .inner
+                        .db
+                        .transact(|tx| async move {
+                            fdb_layers::chat_log::last_sender_seq(&tx, chat, sender).await
+                        })
+                        .await;
+                    let mut lanes = lock(&self.inner.lanes);
+                    match last {
+                        Ok(last) => lanes.handle_lookup(chat, sender, last),
+                        Err(error) => {
+                            tracing::warn!(%error, %chat, %sender, "cannot read a sender's last number; not holding its envelopes");
+                            lanes.handle_lookup_failed(chat, sender);
+                        }
+                    }
+                }
+                LanePoll::WaitUntil(at_ms) => {
+                    let wait = at_ms.saturating_sub(self.inner.clock.now_ms());
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        () = waker.notified() => {}
+                    }
+                }
+                LanePoll::Batch(tickets) => self.commit_batch(chat, tickets).await,
+            }
+        }
+    }
+
+    /// Commits the envelopes of `tickets`, in order, in one transaction, and answers each.
+    async fn commit_batch(&self, chat: ChatId, tickets: Vec<Ticket>) {
+        let waiters: Vec<LaneWaiter> = {
+            let mut waiting = lock(&self.inner.lane_waiters);
+            tickets
+                .iter()
+                .filter_map(|ticket| waiting.remove(ticket))
+                .collect()
+        };
+        let local = self.inner.region;
+        let quarantined = self.quarantined();
+        let now = self.inner.clock.now_ms();
+        let batch: Vec<(&wire::Envelope, RegionId)> = waiters
+            .iter()
+            .map(|waiter| (&waiter.envelope, waiter.sender_region))
+            .collect();
+        let committed = self
+            .inner
+            .db
+            .transact(|tx| {
+                let batch = batch.clone();
+                let quarantined = &quarantined;
+                async move {
+                    let mut decisions = Vec::with_capacity(batch.len());
+                    let mut effects = Effects::default();
+                    for (envelope, sender_region) in batch {
+                        match core::commit_envelope(
+                            &tx,
+                            local,
+                            envelope,
+                            sender_region,
+                            quarantined,
+                            now,
+                        )
+                        .await?
+                        {
+                            Ok((decision, more)) => {
+                                effects.merge(more);
+                                decisions.push(Ok(decision));
+                            }
+                            Err(refusal) => decisions.push(Err(refusal)),
+                        }
+                    }
+                    Ok((decisions, effects))
+                }
+            })
+            .await;
+        let mut outcomes = Vec::with_capacity(waiters.len());
+        match committed {
+            Ok((decisions, effects)) => {
+                self.apply(effects);
+                for (waiter, decision) in waiters.into_iter().zip(decisions) {
+                    outcomes.push((waiter.sender, waiter.sender_seq, lane_outcome(&decision)));
+                    let _ = waiter.answer.send(decision);
+                }
+            }
+            Err(error) => {
+                let refusal = store_failure(error);
+                for waiter in waiters {
+                    let _ = waiter.answer.send(Err(refusal.clone()));
+                }
+            }
+        }
+        lock(&self.inner.lanes).handle_committed(chat, &outcomes);
     }
 
     /// The quarantined devices now.
@@ -1194,7 +1386,7 @@ impl RegionService {
             receipts.push(wire::ReceiptForward {
                 receipt,
                 origin_region: self.inner.region.0,
-                origin_seq: *seq,
+                origin_stamp: seq.to_bytes().to_vec(),
             });
         }
         let request = RegionRequest {
@@ -1313,6 +1505,27 @@ impl CensusSource for RemoteCensus {
                 "unexpected answer to a store census",
             )),
         }
+    }
+}
+
+/// Locks a mutex of the service; every update completes under the lock, so a poisoned one (a
+/// panicking task) still holds a usable state.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// What a commit's answer tells the lane about the sender's next number.
+fn lane_outcome(decision: &Result<CommitDecision, ProtoError>) -> lanes::Committed {
+    use relay_proto::wire::send_outcome::Outcome;
+    match decision {
+        Ok(CommitDecision::Answer(answer)) => match &answer.outcome {
+            Some(Outcome::Sent(_)) => lanes::Committed::Stored,
+            Some(Outcome::ResendFrom(resend)) => {
+                lanes::Committed::Expects(resend.expected_sender_seq)
+            }
+            _ => lanes::Committed::Other,
+        },
+        _ => lanes::Committed::Other,
     }
 }
 

@@ -27,8 +27,18 @@ pub const ONE_TIME_KEYS_AT_REGISTRATION: usize = 50;
 /// When a device's unclaimed one-time keys fall below this count, it is told to upload more.
 pub const ONE_TIME_KEYS_LOW_WATERMARK: u32 = 20;
 
-/// Most queue entries returned by one fetch.
-pub const QUEUE_FETCH_ENTRIES_MAX: u32 = 256;
+/// Most queue entries returned by one fetch: a device coming online with 10,000 queued
+/// messages drains them in ten round trips.
+pub const QUEUE_FETCH_ENTRIES_MAX: u32 = 1_024;
+
+/// Most bytes of queue entries (as encoded) returned by one fetch; a page always holds at least
+/// one entry, however large. Without it a page of large messages would not fit in a frame, and
+/// the device could never fetch its queue again.
+pub const QUEUE_FETCH_BYTES_MAX: usize = 512 * 1024;
+
+/// Bytes a queue entry adds to its device's ciphertext at most (ids, sequences, times, the
+/// sender, tags and lengths), for the relations below.
+pub const QUEUE_ENTRY_OVERHEAD_BYTES_MAX: usize = 1_024;
 
 /// Size of the authentication nonce the edge sends, in bytes.
 pub const AUTH_NONCE_BYTES: usize = 32;
@@ -107,3 +117,9 @@ const _: () = assert!(2 * DEVICES_PER_ACCOUNT_MAX <= ENVELOPE_RECIPIENT_DEVICES_
 const _: () = assert!(PAIRING_CODE_TTL_MS > 10 * EDGE_ANSWER_TIMEOUT_MS);
 // Five bytes are eight base-32 characters exactly.
 const _: () = assert!(PAIRING_CODE_SECRET_BYTES * 8 == 8 * 5);
+// A page within its byte budget plus the one entry that crosses it, and the batch's own fields,
+// fit in one frame.
+const _: () = assert!(
+    QUEUE_FETCH_BYTES_MAX + CIPHERTEXT_BYTES_MAX + 2 * QUEUE_ENTRY_OVERHEAD_BYTES_MAX
+        <= FRAME_BYTES_MAX
+);

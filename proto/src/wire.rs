@@ -1034,9 +1034,12 @@ pub struct ReceiptForward {
     /// Idempotency key: the origin region and its outbox sequence.
     #[prost(uint32, tag = "2")]
     pub origin_region: u32,
-    /// The origin region's outbox sequence for this receipt.
-    #[prost(uint64, tag = "3")]
-    pub origin_seq: u64,
+    // Tag 3 (`origin_seq`, a gapless counter per destination) is retired: outbox entries are
+    // numbered by versionstamp now.
+    /// The origin region's outbox sequence for this receipt: the pushing commit's 10-byte
+    /// versionstamp and a 2-byte order within it (increasing, with gaps).
+    #[prost(bytes = "vec", tag = "4")]
+    pub origin_stamp: Vec<u8>,
 }
 
 /// A batch of receipts for a region's accounts.

@@ -3,10 +3,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use relay_bench::connections::{self, ConnectionsOptions};
+use relay_bench::limits::{
+    BACKLOG_MESSAGES, BACKLOG_MESSAGES_QUICK, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK,
+    MESSAGES_WINDOW_SECONDS_DEFAULT, MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT,
+};
+use relay_bench::messages::{self, MessagesOptions};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
 use relay_bench::sync;
+
+use crate::serve::shutdown_signal;
 
 /// The benchmarks of `relayd bench`.
 #[derive(Debug, Subcommand)]
@@ -14,6 +22,15 @@ pub enum Benchmark {
     /// Durable appends per second into chat log + device queues for several writer counts,
     /// next to raw redb (batched, and one fsync per message) and the disk's fsync rate.
     Storage(StorageArgs),
+    /// Messages through a devnet's real processes (this executable, run as `relayd devnet`):
+    /// W1 (N senders → N receivers, 1:1: closed loop, open loop at half its rate, across two
+    /// regions) and W4 (a backlog for an offline device), with latencies, server CPU and the
+    /// ceilings measured in the same run (raw QUIC, raw redb, Olm). Needs a release build.
+    Messages(MessagesArgs),
+    /// Idle authenticated devices on one edge of a devnet (W2): the edge's memory per
+    /// connection, connections per second, and memory given back when they leave. Needs a
+    /// release build.
+    Connections(ConnectionsArgs),
     /// A new device's bootstrap of a long chat history from a snapshot (saved size, load time)
     /// and one remote operation applied, next to automerge's own save and load of the same
     /// documents.
@@ -53,6 +70,79 @@ pub struct StorageArgs {
     quick: bool,
 }
 
+/// Arguments of `relayd bench messages`.
+#[derive(Debug, Args)]
+pub struct MessagesArgs {
+    /// Measured seconds of each W1 row (after a warm-up of a quarter of it, at most 2 s); the
+    /// default run takes about two minutes.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Senders (each with its own receiver) of the W1 rows.
+    #[arg(long, default_value_t = SENDERS_DEFAULT)]
+    senders: usize,
+    /// Regions of the devnet: 2 adds the row across two regions.
+    #[arg(long, default_value_t = 2)]
+    regions: u32,
+    /// Folder to run in; the run uses a temporary folder inside it and removes it afterwards
+    /// (keeps it, and says so, when the run fails). Default: the system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A short smoke run: 2 s per W1 row unless --seconds is given, a backlog of 300 messages.
+    #[arg(long)]
+    quick: bool,
+    /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
+    #[arg(long)]
+    allow_debug: bool,
+}
+
+/// Arguments of `relayd bench connections`.
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    /// Idle devices to connect (default 10,000; 200 with --quick).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Folder to run in; the run uses a temporary folder inside it and removes it afterwards
+    /// (keeps it, and says so, when the run fails). Default: the system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A short smoke run: 200 devices unless --devices is given.
+    #[arg(long)]
+    quick: bool,
+    /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
+    #[arg(long)]
+    allow_debug: bool,
+}
+
+/// How this executable was built.
+fn build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// The `relayd` executable the devnet under test runs: this one. A debug build is refused
+/// unless `allow_debug`.
+fn servers_executable(benchmark: &str, allow_debug: bool) -> Result<PathBuf> {
+    if cfg!(debug_assertions) && !allow_debug {
+        bail!(
+            "this relayd is a debug build, and `relayd bench {benchmark}` runs the servers as \
+             processes of this very executable: unoptimized, they are many times slower, and \
+             the figures would measure the debug build rather than Relay. Run the release \
+             build: cargo run --release -p relayd -- bench {benchmark} (or pass --allow-debug \
+             for a smoke run whose figures mean nothing)"
+        );
+    }
+    std::env::current_exe().context("finding the relayd executable")
+}
+
 /// Runs one benchmark and prints its report.
 pub fn run(benchmark: Benchmark) -> Result<()> {
     match benchmark {
@@ -72,6 +162,74 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 bar.inc(1);
                 bar.set_message(step.to_owned());
             })?;
+            bar.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Benchmark::Messages(args) => {
+            let options = MessagesOptions {
+                relayd: servers_executable("messages", args.allow_debug)?,
+                senders: args.senders,
+                regions: args.regions,
+                window_seconds: match (args.seconds, args.quick) {
+                    (Some(seconds), _) => seconds,
+                    (None, true) => MESSAGES_WINDOW_SECONDS_QUICK,
+                    (None, false) => MESSAGES_WINDOW_SECONDS_DEFAULT,
+                },
+                backlog_messages: if args.quick {
+                    BACKLOG_MESSAGES_QUICK
+                } else {
+                    BACKLOG_MESSAGES
+                },
+                data: args.data,
+                build: build().into(),
+            };
+            let bar = crate::progress::bar(
+                messages::steps(&options),
+                "relayd bench messages",
+                args.json,
+            );
+            let report = messages::run(
+                &options,
+                &|step| {
+                    bar.inc(1);
+                    bar.set_message(step.to_owned());
+                },
+                shutdown_signal(),
+            )?;
+            bar.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Benchmark::Connections(args) => {
+            let options = ConnectionsOptions {
+                relayd: servers_executable("connections", args.allow_debug)?,
+                devices: args.devices.unwrap_or(if args.quick {
+                    IDLE_DEVICES_QUICK
+                } else {
+                    IDLE_DEVICES_DEFAULT
+                }),
+                data: args.data,
+                build: build().into(),
+            };
+            let bar =
+                crate::progress::bar(connections::steps(), "relayd bench connections", args.json);
+            let report = connections::run(
+                &options,
+                &|step| {
+                    bar.inc(1);
+                    bar.set_message(step.to_owned());
+                },
+                shutdown_signal(),
+            )?;
             bar.finish_and_clear();
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

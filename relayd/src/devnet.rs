@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use relay_devnet::{DevnetEvent, DevnetOptions};
+use relay_edge::config::LimitsConfig;
 
 use crate::serve::shutdown_signal;
 
@@ -22,14 +23,29 @@ pub struct DevnetArgs {
     /// Print machine-readable JSON lines instead of the guide.
     #[arg(long)]
     json: bool,
+    /// Sustained requests per second each edge allows one device connection (default: the
+    /// edge's own, 50). Benchmarks lift it to measure the message path, not the abuse limit.
+    #[arg(long)]
+    edge_requests_per_second: Option<u32>,
+    /// Requests each edge allows one device connection in a burst (default: the edge's own,
+    /// 200).
+    #[arg(long)]
+    edge_requests_burst: Option<u32>,
 }
 
 /// `relayd devnet`.
 pub fn run(args: DevnetArgs) -> Result<()> {
+    let defaults = LimitsConfig::default();
     let options = DevnetOptions {
         regions: args.regions,
         data: args.data,
         relayd: std::env::current_exe().context("finding the relayd executable")?,
+        edge_limits: LimitsConfig {
+            requests_per_second: args
+                .edge_requests_per_second
+                .unwrap_or(defaults.requests_per_second),
+            requests_burst: args.edge_requests_burst.unwrap_or(defaults.requests_burst),
+        },
     };
     let json = args.json;
     let print = move |event: DevnetEvent| {

@@ -57,6 +57,7 @@ pub use disk::{DiskFailure, DiskFaults};
 #[cfg(feature = "fdb")]
 pub use fdb::FdbNetwork;
 use local::LocalStore;
+pub(crate) use local::key_after;
 pub use memory::MemoryDisk;
 pub use transaction::{RangeOptions, Transaction, VersionstampFuture};
 pub use watches::Watch;

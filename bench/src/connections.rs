@@ -1,0 +1,523 @@
+//! The connection benchmark (`relayd bench connections`, W2): N idle authenticated devices on
+//! one edge of a devnet's real processes.
+//!
+//! The devices are registered first (through [`REGISTRATIONS_IN_FLIGHT_MAX`] connections that
+//! close afterwards); once the edge's resident memory has settled it is read, then every device
+//! opens its own connection and authenticates on its control stream, up to
+//! [`CONNECTS_IN_FLIGHT_MAX`] at once: connections per second is N over the time from the
+//! first handshake to the last authentication. The connections are held idle for
+//! [`IDLE_HOLD_MS`] (keep-alives flowing) and the edge's memory is read again: the difference
+//! over N is its memory per idle connection. Then every device leaves, and the edge's memory is
+//! watched until it settles: is it back within [`RSS_RETURN_SHARE_TARGET`] of where it began?
+//!
+//! The devices run in this process, [`DEVICES_PER_ENDPOINT_MAX`] to a UDP socket, so 10,000 of
+//! them need a few hundred file descriptors; `RLIMIT_NOFILE` is raised to the hard limit
+//! anyway. The figures are compared with the issue's targets and reported met or missed.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::BenchError;
+use crate::device::{Device, EdgeLink, Endpoints, Pushes};
+use crate::limits::{
+    CONNECTIONS_PER_SECOND_TARGET, CONNECTIONS_TIMEOUT_MS, CONNECTS_IN_FLIGHT_MAX,
+    DEVICES_PER_ENDPOINT_MAX, EDGE_BYTES_PER_CONNECTION_TARGET, IDLE_DEVICES_MAX, IDLE_HOLD_MS,
+    REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, RSS_POLL_INTERVAL_MS,
+    RSS_RETURN_SHARE_TARGET, RSS_RETURN_WAIT_MS_MAX, RSS_STEADY_MS,
+};
+use crate::measure::{CpuOf, Percentiles, cpu_time, latency_us, ratio, thousands};
+use crate::messages::run_folder;
+use crate::servers::Servers;
+
+/// The region whose edge the devices connect to.
+const REGION: u32 = 1;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct ConnectionsOptions {
+    /// The `relayd` executable the devnet runs (the one this runs as).
+    pub relayd: PathBuf,
+    /// Idle devices.
+    pub devices: usize,
+    /// Folder on the disk to run in (a temporary folder is made inside it and removed);
+    /// `None`: the system's temporary folder.
+    pub data: Option<PathBuf>,
+    /// How the `relayd` executable was built (`release` or `debug`), for the report.
+    pub build: String,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct ConnectionsReport {
+    /// How the servers' executable was built.
+    pub build: String,
+    /// Cores available to this process.
+    pub cores: usize,
+    /// Idle devices connected.
+    pub devices: usize,
+    /// Client UDP sockets (QUIC endpoints) the devices shared.
+    pub client_sockets: usize,
+    /// This process's open-file limit during the run.
+    pub open_files_limit: Option<u64>,
+    /// Seconds registering the devices took (not measured further).
+    pub registration_seconds: f64,
+    /// The edge's resident memory before the devices connected, in bytes.
+    pub edge_rss_before_bytes: u64,
+    /// The edge's resident memory with every device connected and idle, in bytes.
+    pub edge_rss_connected_bytes: u64,
+    /// The edge's resident memory once every device left and it settled, in bytes.
+    pub edge_rss_after_bytes: u64,
+    /// `(connected - before) / devices`, in bytes.
+    pub edge_bytes_per_connection: f64,
+    /// `(after - before) / before`: how far the memory stayed from where it began.
+    pub edge_rss_after_share_above_before: f64,
+    /// From the first handshake to the last authentication, in seconds.
+    pub connect_seconds: f64,
+    /// Authenticated connections per second.
+    pub connections_per_second: f64,
+    /// Handshake plus authentication of one device.
+    pub connect_latency: Percentiles,
+    /// The edge's CPU seconds while the devices connected.
+    pub edge_cpu_seconds_connecting: f64,
+    /// The region's CPU seconds while the devices connected (it answers each device's key).
+    pub region_cpu_seconds_connecting: f64,
+    /// This process's CPU seconds while the devices connected (their handshakes).
+    pub bench_cpu_seconds_connecting: Option<f64>,
+    /// The targets.
+    pub verdict: ConnectionsVerdict,
+}
+
+/// The issue's targets, met or missed.
+#[derive(Debug, Serialize)]
+pub struct ConnectionsVerdict {
+    /// At most [`EDGE_BYTES_PER_CONNECTION_TARGET`] bytes per idle connection.
+    pub bytes_per_connection_met: bool,
+    /// At least [`CONNECTIONS_PER_SECOND_TARGET`] authenticated connections per second.
+    pub connections_per_second_met: bool,
+    /// Memory back within [`RSS_RETURN_SHARE_TARGET`] of the start.
+    pub memory_back_met: bool,
+    /// The verdict as printed.
+    pub summary: String,
+}
+
+/// The steps [`run`] announces.
+pub fn steps() -> u64 {
+    // devnet, registration, settling, connecting, holding, leaving, stopping.
+    7
+}
+
+/// Runs the connection benchmark. `step` hears of each of the [`steps`] as it begins; when
+/// `shutdown` completes first, everything started is stopped and the run fails with
+/// [`BenchError::Interrupted`]. On a failure the run's folder (the devnet's logs) is kept.
+pub fn run(
+    options: &ConnectionsOptions,
+    step: &(dyn Fn(&str) + Sync),
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConnectionsReport, BenchError> {
+    if options.devices == 0 || options.devices > IDLE_DEVICES_MAX {
+        return Err(BenchError::Invalid(format!(
+            "--devices must be within 1..={IDLE_DEVICES_MAX}, not {}",
+            options.devices
+        )));
+    }
+    let open_files_limit = raise_open_files_limit();
+    let folder = run_folder(options.data.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::io("starting a runtime in", folder.path()))?;
+    let outcome = runtime.block_on(async {
+        let mut shutdown = std::pin::pin!(shutdown);
+        step("starting the devnet");
+        let devnet = folder.path().join("devnet");
+        let servers = tokio::select! {
+            servers = Servers::start(&options.relayd, 1, &devnet) => servers?,
+            () = &mut shutdown => return Err(BenchError::Interrupted),
+        };
+        let measured = tokio::select! {
+            measured = measure(&servers, options.devices, step) => measured,
+            () = &mut shutdown => Err(BenchError::Interrupted),
+        };
+        step("stopping the devnet");
+        servers.stop().await;
+        measured
+    });
+    drop(runtime);
+    let measured = match outcome {
+        Ok(measured) => measured,
+        Err(error) => {
+            return Err(BenchError::Kept {
+                error: Box::new(error),
+                folder: folder.keep(),
+            });
+        }
+    };
+    let path = folder.path().to_owned();
+    folder.close().map_err(BenchError::io("removing", &path))?;
+    let devices = options.devices;
+    let edge_bytes_per_connection =
+        measured.rss_connected.saturating_sub(measured.rss_before) as f64 / devices as f64;
+    let edge_rss_after_share_above_before = ratio(
+        measured.rss_after as f64 - measured.rss_before as f64,
+        measured.rss_before as f64,
+    );
+    let connections_per_second = ratio(devices as f64, measured.connect_seconds);
+    let verdict = verdict(
+        edge_bytes_per_connection,
+        connections_per_second,
+        edge_rss_after_share_above_before,
+    );
+    Ok(ConnectionsReport {
+        build: options.build.clone(),
+        cores: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        devices,
+        client_sockets: measured.client_sockets,
+        open_files_limit,
+        registration_seconds: measured.registration_seconds,
+        edge_rss_before_bytes: measured.rss_before,
+        edge_rss_connected_bytes: measured.rss_connected,
+        edge_rss_after_bytes: measured.rss_after,
+        edge_bytes_per_connection,
+        edge_rss_after_share_above_before,
+        connect_seconds: measured.connect_seconds,
+        connections_per_second,
+        connect_latency: measured.connect_latency,
+        edge_cpu_seconds_connecting: measured.edge_cpu_seconds,
+        region_cpu_seconds_connecting: measured.region_cpu_seconds,
+        bench_cpu_seconds_connecting: measured.bench_cpu_seconds,
+        verdict,
+    })
+}
+
+/// Raises this process's soft open-file limit to its hard limit; returns the limit in force.
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(maximum) = limit.maximum
+        && limit.current < Some(maximum)
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            },
+        )
+        .is_err()
+    {
+        tracing::warn!("could not raise the open-file limit to {maximum}");
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// What one run's devnet phase measured.
+struct Measured {
+    client_sockets: usize,
+    registration_seconds: f64,
+    rss_before: u64,
+    rss_connected: u64,
+    rss_after: u64,
+    connect_seconds: f64,
+    connect_latency: Percentiles,
+    edge_cpu_seconds: f64,
+    region_cpu_seconds: f64,
+    bench_cpu_seconds: Option<f64>,
+}
+
+async fn measure(
+    servers: &Servers,
+    devices: usize,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<Measured, BenchError> {
+    let (edge, bind) = servers.edge(REGION)?;
+    let edge_pid = servers.edge_pid(REGION)?;
+    let endpoints = Arc::new(Endpoints::new(bind, servers.roots()?)?);
+
+    step(&format!(
+        "registering {} devices",
+        thousands(devices as f64)
+    ));
+    let began = Instant::now();
+    let registered = tokio::time::timeout(
+        Duration::from_millis(REGISTRATION_TIMEOUT_MS),
+        register(&endpoints, edge, devices),
+    )
+    .await
+    .map_err(|_| {
+        BenchError::Timeout(format!(
+            "registering {devices} devices took longer than {REGISTRATION_TIMEOUT_MS} ms"
+        ))
+    })??;
+    let registration_seconds = began.elapsed().as_secs_f64();
+    endpoints.wait_idle().await;
+
+    step("waiting for the edge's memory to settle");
+    let rss_before = settled_rss(edge_pid).await?;
+
+    step(&format!(
+        "connecting and authenticating {} devices",
+        thousands(devices as f64)
+    ));
+    let before = servers.mark();
+    let cpu_before = cpu_time(CpuOf::Process);
+    let began = Instant::now();
+    let connected = tokio::time::timeout(
+        Duration::from_millis(CONNECTIONS_TIMEOUT_MS),
+        connect(&endpoints, edge, registered),
+    )
+    .await
+    .map_err(|_| {
+        BenchError::Timeout(format!(
+            "connecting {devices} devices took longer than {CONNECTIONS_TIMEOUT_MS} ms"
+        ))
+    })??;
+    let connect_seconds = began.elapsed().as_secs_f64();
+    let after = servers.mark();
+    let cpu_after = cpu_time(CpuOf::Process);
+    let usage = servers.usage(&before, &after);
+    let cpu_of = |prefix: &str| {
+        usage
+            .cpu_seconds_by_process
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, seconds)| seconds)
+            .sum::<f64>()
+    };
+
+    step("holding the connections idle");
+    tokio::time::sleep(Duration::from_millis(IDLE_HOLD_MS)).await;
+    let still_open = connected
+        .links
+        .iter()
+        .filter(|(link, _)| link.is_open())
+        .count();
+    if still_open != devices {
+        return Err(BenchError::Refused(format!(
+            "{} of {devices} idle connections closed while held",
+            devices - still_open
+        )));
+    }
+    let rss_connected = Servers::resident_bytes(edge_pid)?;
+
+    step("every device leaves");
+    for (link, _) in &connected.links {
+        link.close();
+    }
+    endpoints.wait_idle().await;
+    drop(connected.links);
+    let rss_after = settled_rss(edge_pid).await?;
+    Ok(Measured {
+        client_sockets: endpoints.sockets(),
+        registration_seconds,
+        rss_before,
+        rss_connected,
+        rss_after,
+        connect_seconds,
+        connect_latency: connected.latency,
+        edge_cpu_seconds: cpu_of("edge-"),
+        region_cpu_seconds: cpu_of("region-"),
+        bench_cpu_seconds: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| after.saturating_sub(before).as_secs_f64()),
+    })
+}
+
+/// Registers `devices` devices named `idle-<i>`: [`REGISTRATIONS_IN_FLIGHT_MAX`] connections
+/// each register their share one after the other, then close.
+async fn register(
+    endpoints: &Arc<Endpoints>,
+    edge: std::net::SocketAddr,
+    devices: usize,
+) -> Result<Vec<Device>, BenchError> {
+    let workers = REGISTRATIONS_IN_FLIGHT_MAX.min(devices);
+    let mut tasks = JoinSet::new();
+    for worker in 0..workers {
+        let endpoints = endpoints.clone();
+        tasks.spawn(async move {
+            let link = endpoints.connect(edge).await?;
+            let mut registered = Vec::new();
+            for index in (worker..devices).step_by(workers) {
+                registered.push((
+                    index,
+                    Device::register(&link, &format!("idle-{index}")).await?,
+                ));
+            }
+            link.close();
+            Ok::<_, BenchError>(registered)
+        });
+    }
+    let mut all: Vec<Option<Device>> = (0..devices).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let registered = joined
+            .map_err(|error| BenchError::Refused(format!("a registration failed: {error}")))??;
+        for (index, device) in registered {
+            all[index] = Some(device);
+        }
+    }
+    all.into_iter()
+        .map(|device| {
+            device.ok_or_else(|| BenchError::Refused("a registration did not finish".into()))
+        })
+        .collect()
+}
+
+/// The devices' idle connections (and the receivers of their control streams, kept so that
+/// the streams stay open) and how long each took.
+struct Connected {
+    links: Vec<(EdgeLink, watch::Receiver<Pushes>)>,
+    latency: Percentiles,
+}
+
+/// Opens and authenticates a connection for every device, [`CONNECTS_IN_FLIGHT_MAX`] at once.
+async fn connect(
+    endpoints: &Arc<Endpoints>,
+    edge: std::net::SocketAddr,
+    devices: Vec<Device>,
+) -> Result<Connected, BenchError> {
+    let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT_MAX));
+    let mut tasks = JoinSet::new();
+    for device in devices {
+        let endpoints = endpoints.clone();
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| BenchError::Refused("connecting stopped".into()))?;
+            let began = Instant::now();
+            let link = endpoints.connect(edge).await?;
+            let pushes = device.authenticate(&link, 0).await?;
+            Ok::<_, BenchError>((link, pushes, latency_us(began.elapsed())))
+        });
+    }
+    let mut links = Vec::new();
+    let mut latencies_us = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (link, pushes, latency) = joined
+            .map_err(|error| BenchError::Refused(format!("a connection failed: {error}")))??;
+        links.push((link, pushes));
+        latencies_us.push(latency);
+    }
+    Ok(Connected {
+        links,
+        latency: Percentiles::of(latencies_us),
+    })
+}
+
+/// The resident memory of `pid` once it stopped changing for [`RSS_STEADY_MS`] (or after
+/// [`RSS_RETURN_WAIT_MS_MAX`], whichever comes first).
+async fn settled_rss(pid: u32) -> Result<u64, BenchError> {
+    let deadline = Instant::now() + Duration::from_millis(RSS_RETURN_WAIT_MS_MAX);
+    let mut last = Servers::resident_bytes(pid)?;
+    let mut steady_since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(RSS_POLL_INTERVAL_MS)).await;
+        let now = Servers::resident_bytes(pid)?;
+        if now != last {
+            last = now;
+            steady_since = Instant::now();
+        } else if steady_since.elapsed() >= Duration::from_millis(RSS_STEADY_MS) {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+fn verdict(bytes_per_connection: f64, per_second: f64, share_above: f64) -> ConnectionsVerdict {
+    let bytes_per_connection_met = bytes_per_connection <= EDGE_BYTES_PER_CONNECTION_TARGET as f64;
+    let connections_per_second_met = per_second >= CONNECTIONS_PER_SECOND_TARGET;
+    let memory_back_met = share_above <= RSS_RETURN_SHARE_TARGET;
+    let mark = |met: bool| if met { "met" } else { "MISSED" };
+    let summary = format!(
+        "targets: ≤ {} B per idle connection: {} ({} B); ≥ {} authenticated connections/s: {} \
+         ({}/s); memory back within {:.0}% of the start: {} ({:+.1}%)",
+        thousands(EDGE_BYTES_PER_CONNECTION_TARGET as f64),
+        mark(bytes_per_connection_met),
+        thousands(bytes_per_connection),
+        thousands(CONNECTIONS_PER_SECOND_TARGET),
+        mark(connections_per_second_met),
+        thousands(per_second),
+        RSS_RETURN_SHARE_TARGET * 100.0,
+        mark(memory_back_met),
+        share_above * 100.0,
+    );
+    ConnectionsVerdict {
+        bytes_per_connection_met,
+        connections_per_second_met,
+        memory_back_met,
+        summary,
+    }
+}
+
+impl ConnectionsReport {
+    /// The report as a table with its context lines.
+    pub fn table(&self) -> String {
+        let mebibytes = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+        format!(
+            "relayd bench connections ({} build): {} idle authenticated devices on one edge\n\
+             {} cores; devices in this process, {} per UDP socket ({} sockets, open-file limit \
+             {}); registering them took {:.1} s\n\n\
+             | edge RSS before | connected | after they left | per idle connection | \
+             connections/s | connect + auth p50 / p99 / p99.9 ms | CPU s while connecting: \
+             edge / region / bench |\n\
+             |--:|--:|--:|--:|--:|--:|--:|\n\
+             | {} | {} | {} ({:+.1}%) | {} B | {} ({:.2} s) | {} | {:.1} / {:.1} / {} |\n\n\
+             {}\n",
+            self.build,
+            thousands(self.devices as f64),
+            self.cores,
+            DEVICES_PER_ENDPOINT_MAX,
+            self.client_sockets,
+            self.open_files_limit
+                .map_or_else(|| "unknown".to_owned(), |limit| limit.to_string()),
+            self.registration_seconds,
+            mebibytes(self.edge_rss_before_bytes),
+            mebibytes(self.edge_rss_connected_bytes),
+            mebibytes(self.edge_rss_after_bytes),
+            self.edge_rss_after_share_above_before * 100.0,
+            thousands(self.edge_bytes_per_connection),
+            thousands(self.connections_per_second),
+            self.connect_seconds,
+            self.connect_latency.cell(),
+            self.edge_cpu_seconds_connecting,
+            self.region_cpu_seconds_connecting,
+            self.bench_cpu_seconds_connecting
+                .map_or_else(|| "n/a".to_owned(), |seconds| format!("{seconds:.1}")),
+            self.verdict.summary,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_names_each_target() {
+        let good = verdict(8_000.0, 5_000.0, 0.02);
+        assert!(good.bytes_per_connection_met && good.connections_per_second_met);
+        assert!(good.memory_back_met);
+        let bad = verdict(40_000.0, 900.0, 0.5);
+        assert!(!bad.bytes_per_connection_met && !bad.connections_per_second_met);
+        assert!(!bad.memory_back_met);
+        assert_eq!(bad.summary.matches("MISSED").count(), 3, "{}", bad.summary);
+    }
+
+    #[test]
+    fn the_open_file_limit_only_goes_up() {
+        use rustix::process::{Resource, getrlimit};
+        let before = getrlimit(Resource::Nofile).current;
+        let after = raise_open_files_limit();
+        match (before, after) {
+            (Some(before), Some(after)) => assert!(after >= before, "{after} < {before}"),
+            // None is unlimited.
+            (_, None) => {}
+            (None, Some(after)) => panic!("an unlimited limit became {after}"),
+        }
+    }
+}

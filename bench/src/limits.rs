@@ -1,0 +1,135 @@
+//! Every bound of the message and connection benchmarks in one place, with units in the names,
+//! and the relations between them asserted at compile time. (The storage benchmark keeps its
+//! constants next to its workload in [`crate::storage`].)
+
+use relay_proto::limits::{EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+
+/// How long one request of a bench device may take, in ms: as long as the client library
+/// waits, so that a slow region reaches the device as a typed answer and only a request the
+/// edge never answered counts as timed out.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long a device's QUIC handshake with an edge may take, in ms.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long closing the devices' connections waits for the closes to reach the edge, in ms.
+pub const CLOSE_WAIT_MS: u64 = 2_000;
+/// Device connections sharing one client QUIC endpoint (one UDP socket of the bench process):
+/// thousands of devices need a few hundred sockets, not thousands. The edge sees one
+/// connection per device either way.
+pub const DEVICES_PER_ENDPOINT_MAX: usize = 64;
+/// How long an online device waits for a push before it fetches anyway, in ms: the client
+/// library's poll interval (`relay_client::app::POLL_INTERVAL_MS`), so a lost push costs what
+/// it costs a real client, and is counted.
+pub const POLL_INTERVAL_MS: u64 = 10_000;
+/// Fetches one drain of a device's queue makes at most before waiting for the next push.
+pub const FETCHES_PER_DRAIN_MAX: u32 = 10_000;
+/// Transmissions of one envelope at most (retries after retryable refusals or timeouts); past
+/// it the benchmark fails instead of measuring a stuck server.
+pub const SEND_ATTEMPTS_MAX: u32 = 30;
+/// First wait before retrying an envelope after a retryable failure, in ms; it doubles with
+/// each failure in a row.
+pub const SEND_RETRY_DELAY_MS_MIN: u64 = 20;
+/// Longest wait before retrying an envelope (or a fetch), in ms; a longer hint from the server
+/// is cut to it.
+pub const SEND_RETRY_DELAY_MS_MAX: u64 = 2_000;
+/// Attempts of one fetch at most before a device's inbox gives up.
+pub const FETCH_ATTEMPTS_MAX: u32 = 30;
+/// Registrations (and first connections) under way at once.
+pub const REGISTRATIONS_IN_FLIGHT_MAX: usize = 32;
+/// Connections being opened and authenticated at once by the connection benchmark.
+pub const CONNECTS_IN_FLIGHT_MAX: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// `relayd bench messages`
+
+/// Bytes of the opaque payload (the "ciphertext") of every message.
+pub const PAYLOAD_BYTES: usize = 100;
+/// Default senders (and as many receivers) of the W1 rows.
+pub const SENDERS_DEFAULT: usize = 100;
+/// Most senders of one run.
+pub const SENDERS_MAX: usize = 1_000;
+/// Default measured window of each W1 row, in seconds.
+pub const MESSAGES_WINDOW_SECONDS_DEFAULT: f64 = 10.0;
+/// Measured window of each W1 row with `--quick`, in seconds.
+pub const MESSAGES_WINDOW_SECONDS_QUICK: f64 = 2.0;
+/// Longest measured window of a row, in seconds.
+pub const WINDOW_SECONDS_MAX: f64 = 600.0;
+/// Longest warm-up before a row's window, in seconds (it is a quarter of the window up to
+/// this).
+pub const WARMUP_SECONDS_MAX: f64 = 2.0;
+/// The open-loop W1 row offers this share of the closed-loop row's delivered rate.
+pub const OPEN_LOOP_SHARE_OF_MAX: f64 = 0.5;
+/// Messages one sender composes for an offline receiver in the W4 row.
+pub const BACKLOG_MESSAGES: u64 = 10_000;
+/// The same with `--quick`.
+pub const BACKLOG_MESSAGES_QUICK: u64 = 300;
+/// Envelopes of the backlog's chat in flight at once: the client library's outbox window
+/// (`relay_client::limits::PIPELINE_WINDOW`).
+pub const BACKLOG_PIPELINE_WINDOW: usize = 32;
+/// How long a row may take after its window to have every envelope in flight acknowledged and
+/// every acknowledged message delivered, in ms.
+pub const DRAIN_TIMEOUT_MS: u64 = 60_000;
+/// How long storing, or draining, the backlog may take, in ms.
+pub const BACKLOG_TIMEOUT_MS: u64 = 600_000;
+/// How long registering and connecting every device of a run may take, in ms.
+pub const REGISTRATION_TIMEOUT_MS: u64 = 600_000;
+/// Latency samples kept per row and kind (about 4 MB each); later ones are counted but not
+/// kept.
+pub const LATENCY_SAMPLES_MAX: usize = 1_000_000;
+/// Messages the Olm ceiling encrypts at most (it stops at the end of its window before).
+pub const OLM_MESSAGES_MAX: usize = 2_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// `relayd bench connections`
+
+/// Default idle devices of the connection benchmark.
+pub const IDLE_DEVICES_DEFAULT: usize = 10_000;
+/// Idle devices with `--quick`.
+pub const IDLE_DEVICES_QUICK: usize = 200;
+/// Most idle devices of one run.
+pub const IDLE_DEVICES_MAX: usize = 50_000;
+/// How long the idle connections are held before the edge's memory is read, in ms: keep-alives
+/// and the subscriptions have settled by then.
+pub const IDLE_HOLD_MS: u64 = 3_000;
+/// How long the edge's memory is watched after every device disconnected, in ms: until it
+/// stops falling for [`RSS_STEADY_MS`] or this passes.
+pub const RSS_RETURN_WAIT_MS_MAX: u64 = 30_000;
+/// How long the edge's resident memory must stay unchanged to count as settled, in ms.
+pub const RSS_STEADY_MS: u64 = 2_000;
+/// Pause between two readings of a process's resident memory, in ms.
+pub const RSS_POLL_INTERVAL_MS: u64 = 250;
+/// How long opening and authenticating every idle device may take, in ms.
+pub const CONNECTIONS_TIMEOUT_MS: u64 = 600_000;
+/// Target: the edge's resident memory per idle authenticated connection, in bytes.
+pub const EDGE_BYTES_PER_CONNECTION_TARGET: u64 = 16 * 1024;
+/// Target: authenticated connections per second.
+pub const CONNECTIONS_PER_SECOND_TARGET: f64 = 3_000.0;
+/// Target: after every device left, the edge's resident memory is within this share of what it
+/// was before they came.
+pub const RSS_RETURN_SHARE_TARGET: f64 = 0.10;
+
+// A device waits for the edge's own answer (which comes before the edge's bound) plus the hop.
+const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
+const _: () = assert!(CONNECT_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
+const _: () = assert!(SEND_RETRY_DELAY_MS_MIN < SEND_RETRY_DELAY_MS_MAX);
+// Retries of one envelope fit in the time a row may take to drain.
+const _: () = assert!(
+    SEND_ATTEMPTS_MAX as u64 * SEND_RETRY_DELAY_MS_MAX < DRAIN_TIMEOUT_MS * 2,
+    "an envelope retried to its last attempt would outlive its row"
+);
+// A message whose push was lost arrives with the next poll, well within a row's drain.
+const _: () = assert!(DRAIN_TIMEOUT_MS > 2 * POLL_INTERVAL_MS);
+// A row's drain waits for at least an envelope sent at the window's end that timed out once.
+const _: () = assert!(DRAIN_TIMEOUT_MS > 2 * REQUEST_TIMEOUT_MS);
+const _: () = assert!(BACKLOG_MESSAGES_QUICK <= BACKLOG_MESSAGES);
+const _: () = assert!(BACKLOG_PIPELINE_WINDOW >= 1);
+const _: () = assert!(SENDERS_DEFAULT <= SENDERS_MAX);
+const _: () = assert!(IDLE_DEVICES_QUICK <= IDLE_DEVICES_DEFAULT);
+const _: () = assert!(IDLE_DEVICES_DEFAULT <= IDLE_DEVICES_MAX);
+const _: () = assert!(RSS_POLL_INTERVAL_MS < RSS_STEADY_MS);
+const _: () = assert!(RSS_STEADY_MS < RSS_RETURN_WAIT_MS_MAX);
+const _: () = assert!(DEVICES_PER_ENDPOINT_MAX >= 1);
+// The lifted edge limits stay far below where the edge's token arithmetic (tokens in
+// thousandths, refilled per elapsed ms) could overflow a u64.

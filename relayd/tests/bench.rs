@@ -1,0 +1,171 @@
+//! `relayd bench messages` and `relayd bench connections` as a user runs them, in their short
+//! versions on this debug build (`--quick --allow-debug`): every row and ceiling is there with
+//! non-zero figures, every message acknowledged ✓ was delivered once, every idle device
+//! connected and left. Nothing here asserts a speed: a debug build on a shared machine says
+//! nothing about one.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Generous: the short run takes about 20 s; the machines are shared and noisy.
+const RUN_DEADLINE: Duration = Duration::from_secs(240);
+
+/// Runs `relayd <args>` and returns its standard output as JSON, failing the test if it does
+/// not finish within [`RUN_DEADLINE`] or exits unsuccessfully.
+fn run_json(args: &[&str]) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relayd"))
+        .args(args)
+        .env("RELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("relayd bench starts");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (sender, output) = channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let read = stdout.read_to_string(&mut text);
+        let _ = sender.send(read.map(|_| text));
+    });
+    let Ok(text) = output.recv_timeout(RUN_DEADLINE) else {
+        stop(&mut child);
+        panic!("relayd {args:?} did not finish within {RUN_DEADLINE:?}");
+    };
+    let text = text.expect("stdout is text");
+    let status = child.wait().expect("relayd bench exits");
+    assert!(status.success(), "relayd {args:?} failed: {status}");
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|error| panic!("one JSON object expected, got {text:?}: {error}"))
+}
+
+/// Stops the benchmark by its own pid only: it stops its devnet on SIGTERM.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn number(value: &Value, field: &str) -> f64 {
+    value[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} is not a number in {value:#}"))
+}
+
+fn positive(value: &Value, field: &str) {
+    let number = number(value, field);
+    assert!(number > 0.0, "{field} is {number} in {value:#}");
+}
+
+#[test]
+fn the_message_benchmark_reports_every_row_and_loses_nothing() {
+    let report = run_json(&[
+        "bench",
+        "messages",
+        "--quick",
+        "--allow-debug",
+        "--json",
+        "--senders",
+        "4",
+    ]);
+    assert_eq!(report["build"], "debug");
+    assert_eq!(report["senders"], 4);
+    positive(&report, "envelope_bytes");
+    let rows = report["rows"].as_array().expect("rows");
+    let workloads: Vec<&str> = rows
+        .iter()
+        .map(|row| row["workload"].as_str().expect("a workload name"))
+        .collect();
+    assert_eq!(workloads, ["W1 max", "W1 at 50%", "W1 two regions"]);
+    for row in rows {
+        for field in [
+            "sent",
+            "delivered",
+            "delivered_in_window",
+            "delivered_per_second",
+            "server_cpu_seconds",
+            "delivered_per_server_cpu_second",
+        ] {
+            positive(row, field);
+        }
+        assert_eq!(row["sent"], row["delivered"], "every ✓ delivered: {row:#}");
+        assert_eq!(row["duplicates"], 0, "{row:#}");
+        for latency in ["ack", "send_to_deliver"] {
+            positive(&row[latency], "samples");
+            positive(&row[latency], "p50_ms");
+            assert!(
+                number(&row[latency], "p999_ms") >= number(&row[latency], "p50_ms"),
+                "{row:#}"
+            );
+        }
+    }
+    positive(&rows[1], "offered_per_second");
+    positive(&rows[2], "share_of_one_region");
+
+    let backlog = &report["backlog"];
+    assert_eq!(backlog["messages"], 300);
+    assert_eq!(backlog["delivered"], backlog["messages"], "{backlog:#}");
+    for field in [
+        "store_seconds",
+        "stored_per_second",
+        "drain_seconds",
+        "drained_per_second",
+    ] {
+        positive(backlog, field);
+    }
+
+    let ceilings = &report["ceilings"];
+    positive(&ceilings["quic"], "per_second");
+    positive(&ceilings["quic"]["latency"], "samples");
+    positive(&ceilings["redb"], "per_second");
+    positive(&ceilings["redb"], "fsync_per_second");
+    positive(&ceilings["olm"], "encrypt_per_second");
+    positive(&ceilings["olm"], "decrypt_per_second");
+}
+
+#[test]
+fn the_connection_benchmark_connects_every_device_and_reads_the_edge() {
+    let report = run_json(&[
+        "bench",
+        "connections",
+        "--quick",
+        "--allow-debug",
+        "--json",
+        "--devices",
+        "100",
+    ]);
+    assert_eq!(report["devices"], 100);
+    for field in [
+        "edge_rss_before_bytes",
+        "edge_rss_connected_bytes",
+        "edge_rss_after_bytes",
+        "connect_seconds",
+        "connections_per_second",
+        "edge_cpu_seconds_connecting",
+    ] {
+        positive(&report, field);
+    }
+    assert_eq!(report["connect_latency"]["samples"], 100);
+    let summary = report["verdict"]["summary"].as_str().expect("a verdict");
+    assert!(summary.contains("per idle connection"), "{summary}");
+}
+
+#[test]
+fn a_debug_build_is_refused_without_allow_debug() {
+    let output = Command::new(env!("CARGO_BIN_EXE_relayd"))
+        .args(["bench", "messages", "--quick"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("relayd runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("debug build") && stderr.contains("cargo run --release"),
+        "{stderr}"
+    );
+}
