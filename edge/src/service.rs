@@ -19,8 +19,10 @@ use std::time::Duration;
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
 use relay_net::config::ConfigError;
+use relay_net::limits::DEVICE_SOCKET_RECEIVE_BUFFER_BYTES;
 use relay_net::{
-    self as net, ConnectionSlots, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets,
+    self as net, BufferedSockets, ConnectionSlots, NetError, PeerLinks, SocketFactory,
+    TlsIdentity, TokioSockets,
 };
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
@@ -177,7 +179,9 @@ impl EdgeService {
             listen: config.listen,
             internal_listen: SocketAddr::new(config.listen.ip(), 0),
             limits: config.session_limits(),
-            device_sockets: &TokioSockets,
+            device_sockets: &BufferedSockets {
+                receive_buffer_bytes: DEVICE_SOCKET_RECEIVE_BUFFER_BYTES,
+            },
             internal_sockets: &TokioSockets,
             identity,
             roots,
