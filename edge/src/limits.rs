@@ -107,7 +107,8 @@ const _: () = assert!(AUTH_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS)
 // A burst is at least one second of the sustained rate.
 const _: () = assert!(REQUESTS_BURST_DEFAULT >= REQUESTS_PER_SECOND_DEFAULT);
 // A backlog's burst leaves room for a page of fetches and acknowledgements per 10 sends.
-const _: () = assert!(REQUESTS_BURST_DEFAULT >= BACKLOG_SENDS_IN_A_BURST + BACKLOG_SENDS_IN_A_BURST / 10);
+const _: () =
+    assert!(REQUESTS_BURST_DEFAULT >= BACKLOG_SENDS_IN_A_BURST + BACKLOG_SENDS_IN_A_BURST / 10);
 const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1 && DEVICE_PUSHES_MAX >= 1);
 // Every account of one envelope (its recipients and its sender) is cached at once, so a send
 // never evicts the homes it just looked up.

@@ -632,7 +632,10 @@ mod tests {
             .handle_request(&register, 0)
             .expect_err("the burst is spent");
         assert_eq!(refused.code, ErrorCode::Throttled);
-        assert_eq!(refused.retry_after_ms, 100, "one token refills in 100 ms at 10/s");
+        assert_eq!(
+            refused.retry_after_ms, 100,
+            "one token refills in 100 ms at 10/s"
+        );
         let refused = session
             .handle_request(&register, 40)
             .expect_err("40 ms refill 0.4 of a token");

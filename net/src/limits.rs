@@ -62,9 +62,8 @@ const _: () = assert!(PEER_CONNECT_TIMEOUT_MS < IDLE_TIMEOUT_MS);
 const _: () = assert!(STREAMS_PER_CONNECTION_MAX >= 1);
 // A device's requests in flight and its control stream fit its connection, with a quarter of
 // that to spare for credit still on its way back.
-const _: () = assert!(
-    DEVICE_STREAMS_PER_CONNECTION_MAX >= (DEVICE_REQUESTS_IN_FLIGHT_MAX + 1) * 5 / 4
-);
+const _: () =
+    assert!(DEVICE_STREAMS_PER_CONNECTION_MAX >= (DEVICE_REQUESTS_IN_FLIGHT_MAX + 1) * 5 / 4);
 // quinn's stream tables hold 7/8 of their buckets: up to 112 streams fit 128 buckets.
 const _: () = assert!(DEVICE_STREAMS_PER_CONNECTION_MAX <= 112);
 const _: () = assert!(DEVICE_STREAMS_PER_CONNECTION_MAX <= STREAMS_PER_CONNECTION_MAX);
