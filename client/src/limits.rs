@@ -134,3 +134,7 @@ const _: () = assert!(POLL_INTERVAL_MS < relay_net::limits::IDLE_TIMEOUT_MS);
 // Asking about a link takes less than a request's patience, and the polls span the code's life.
 const _: () = assert!(LINK_POLL_INTERVAL_MS < REQUEST_TIMEOUT_MS);
 const _: () = assert!(LINK_POLLS_MAX * LINK_POLL_INTERVAL_MS >= PAIRING_CODE_TTL_MS);
+// The edge's transport for devices lets a device open as many request streams at once as it
+// keeps requests in flight.
+const _: () =
+    assert!(REQUESTS_IN_FLIGHT_MAX <= relay_net::limits::DEVICE_REQUESTS_IN_FLIGHT_MAX as usize);

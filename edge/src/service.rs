@@ -19,8 +19,10 @@ use std::time::Duration;
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
 use relay_net::config::ConfigError;
+use relay_net::limits::DEVICE_SOCKET_RECEIVE_BUFFER_BYTES;
 use relay_net::{
-    self as net, ConnectionSlots, NetError, PeerLinks, SocketFactory, TlsIdentity, TokioSockets,
+    self as net, BufferedSockets, ConnectionSlots, NetError, PeerLinks, SocketFactory, TlsIdentity,
+    TokioSockets,
 };
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
@@ -177,7 +179,9 @@ impl EdgeService {
             listen: config.listen,
             internal_listen: SocketAddr::new(config.listen.ip(), 0),
             limits: config.session_limits(),
-            device_sockets: &TokioSockets,
+            device_sockets: &BufferedSockets {
+                receive_buffer_bytes: DEVICE_SOCKET_RECEIVE_BUFFER_BYTES,
+            },
             internal_sockets: &TokioSockets,
             identity,
             roots,
@@ -367,7 +371,12 @@ impl EdgeService {
             }
             return;
         }
-        let response = match within_answer_timeout(self.handle_request(&session, request)).await {
+        // Boxed: a request's work (region requests, timers) is large and brief; unboxed it would
+        // size every stream task, the control stream's included, for the life of the connection.
+        let work = Box::pin(within_answer_timeout(
+            self.handle_request(&session, request),
+        ));
+        let response = match work.await {
             Ok(body) => ClientResponse { body: Some(body) },
             Err(error) => error_response(error),
         };
@@ -385,10 +394,12 @@ impl EdgeService {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let authenticated = tokio::time::timeout(
+        // Boxed, so that the key lookup's state is freed once the device is in, instead of
+        // sizing the control stream's task for as long as the device stays connected.
+        let authenticated = Box::pin(tokio::time::timeout(
             Duration::from_millis(AUTH_TIMEOUT_MS),
             self.authenticate(&connection, &session, &mut recv),
-        )
+        ))
         .await
         .unwrap_or_else(|_| {
             Err(ProtoError::new(

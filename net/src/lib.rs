@@ -37,7 +37,9 @@ pub mod limits;
 pub mod pki;
 
 use limits::{
-    IDLE_TIMEOUT_MS, KEEP_ALIVE_INTERVAL_MS, PEER_CONNECT_TIMEOUT_MS, STREAMS_PER_CONNECTION_MAX,
+    DEVICE_INITIAL_MTU_BYTES, DEVICE_RECEIVE_WINDOW_BYTES, DEVICE_SEND_WINDOW_BYTES,
+    DEVICE_STREAM_RECEIVE_WINDOW_BYTES, DEVICE_STREAMS_PER_CONNECTION_MAX, IDLE_TIMEOUT_MS,
+    KEEP_ALIVE_INTERVAL_MS, PEER_CONNECT_TIMEOUT_MS, STREAMS_PER_CONNECTION_MAX,
 };
 
 /// ALPN of device connections to an edge.
@@ -117,6 +119,43 @@ pub struct TokioSockets;
 impl SocketFactory for TokioSockets {
     fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
         let socket = std::net::UdpSocket::bind(address)?;
+        TokioRuntime.wrap_udp_socket(socket)
+    }
+
+    fn runtime(&self) -> Arc<dyn Runtime> {
+        Arc::new(TokioRuntime)
+    }
+}
+
+/// Kernel UDP sockets like [`TokioSockets`], with a receive buffer of `receive_buffer_bytes`
+/// asked of the kernel: a server socket that many peers reach at once (an edge's device socket)
+/// would otherwise drop handshake packets while the server is busy, and each drop costs a
+/// peer a retransmission timeout. The kernel caps the buffer at `net.core.rmem_max`; a buffer
+/// smaller than asked is logged with that hint.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferedSockets {
+    /// The receive buffer to ask for, in bytes.
+    pub receive_buffer_bytes: usize,
+}
+
+impl SocketFactory for BufferedSockets {
+    fn bind(&self, address: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let socket = std::net::UdpSocket::bind(address)?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        state.set_recv_buffer_size((&socket).into(), self.receive_buffer_bytes)?;
+        // Linux reports twice what it grants (the other half is its bookkeeping).
+        let granted_bytes = state.recv_buffer_size((&socket).into())?;
+        if granted_bytes < self.receive_buffer_bytes {
+            tracing::warn!(
+                %address,
+                asked_bytes = self.receive_buffer_bytes,
+                granted_bytes,
+                "the kernel granted a smaller UDP receive buffer than asked; raise \
+                 net.core.rmem_max so that bursts of handshakes are not dropped"
+            );
+        } else {
+            tracing::debug!(%address, granted_bytes, "UDP receive buffer");
+        }
         TokioRuntime.wrap_udp_socket(socket)
     }
 
@@ -205,7 +244,26 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Which end of a connection a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Server,
+    Client,
+}
+
+/// The transport of a connection speaking `alpn`, at one `end`: device connections get
+/// [`device_transport`], internal ones [`internal_transport`].
+fn transport(alpn: &[u8], end: End) -> Arc<quinn::TransportConfig> {
+    if alpn == ALPN_DEVICE {
+        device_transport(end)
+    } else {
+        internal_transport()
+    }
+}
+
+/// Internal connections (edge↔region, region↔region): few, long-lived and busy, so quinn's
+/// generous windows, with many requests in flight.
+fn internal_transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     // Both values are far below the bound quinn accepts, so the conversion cannot fail.
     transport.max_idle_timeout(
@@ -216,8 +274,46 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
+/// Device connections: an edge holds them by the ten thousand, mostly idle, so each is kept
+/// small. Devices open every stream (requests and the control stream; none unidirectional) and
+/// send no datagrams:
+/// - the edge lets a device open [`DEVICE_STREAMS_PER_CONNECTION_MAX`] streams at once, and
+///   buffers at most [`DEVICE_STREAM_RECEIVE_WINDOW_BYTES`] per stream and
+///   [`DEVICE_RECEIVE_WINDOW_BYTES`] per connection of what it has not read yet;
+/// - the edge sends one datagram per system call (no segmentation offload): quinn otherwise
+///   keeps a buffer of ten datagrams per connection for the rest of its life, for replies
+///   that are mostly one datagram long;
+/// - only the device sends keep-alives;
+/// - a device lets the edge open no stream, and keeps quinn's receive windows, so a page of
+///   its queue arrives in few round trips.
+fn device_transport(end: End) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok(),
+    );
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.datagram_receive_buffer_size(None);
+    transport.datagram_send_buffer_size(0);
+    transport.initial_mtu(DEVICE_INITIAL_MTU_BYTES);
+    match end {
+        End::Server => {
+            transport.max_concurrent_bidi_streams(DEVICE_STREAMS_PER_CONNECTION_MAX.into());
+            transport.stream_receive_window(DEVICE_STREAM_RECEIVE_WINDOW_BYTES.into());
+            transport.receive_window(DEVICE_RECEIVE_WINDOW_BYTES.into());
+            transport.send_window(DEVICE_SEND_WINDOW_BYTES);
+            transport.enable_segmentation_offload(false);
+        }
+        End::Client => {
+            transport.max_concurrent_bidi_streams(0u32.into());
+            transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
+        }
+    }
+    Arc::new(transport)
+}
+
 /// A QUIC server configuration. With `client_roots`, peers must present a certificate signed
-/// by them (mutual TLS, for internal links).
+/// by them (mutual TLS, for internal links). Connections speaking [`ALPN_DEVICE`] get the
+/// small transport of device connections, others that of internal links.
 pub fn server_config(
     identity: TlsIdentity,
     client_roots: Option<Arc<RootCertStore>>,
@@ -241,11 +337,12 @@ pub fn server_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(alpn, End::Server));
     Ok(config)
 }
 
-/// A QUIC client configuration trusting `roots`, presenting `identity` when given (mutual TLS).
+/// A QUIC client configuration trusting `roots`, presenting `identity` when given (mutual TLS);
+/// its transport follows `alpn` as in [`server_config`].
 pub fn client_config(
     roots: Arc<RootCertStore>,
     identity: Option<TlsIdentity>,
@@ -264,7 +361,7 @@ pub fn client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport());
+    config.transport_config(transport(alpn, End::Client));
     Ok(config)
 }
 
