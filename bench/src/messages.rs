@@ -1,7 +1,8 @@
 //! The message benchmark (`relayd bench messages`): messages through a devnet's real processes
 //! (the `relayd` executable this runs as, started as `relayd devnet`), sent and received by
 //! [`crate::device`]'s opaque devices in this process, next to ceilings measured in the same
-//! run ([`crate::ceilings`]).
+//! run ([`crate::ceilings`]). In [`ClientMode::E2ee`] the same rows run with client SDK devices
+//! instead ([`crate::e2ee`]), reported in the same shape.
 //!
 //! Rows, on one devnet with the edges' default per-connection request limits:
 //! - **W1 max**: N senders → N receivers of region 1, 1:1 chats, closed loop (each sender
@@ -1578,7 +1579,7 @@ impl MessagesReport {
             "\nW4 backlog: one sender composed {} messages for an offline receiver ({} in \
              flight): all stored ✓ in {:.2} s ({}/s, server CPU {:.1} s); the receiver came \
              online and received them in {:.2} s ({}/s, server CPU {:.1} s); {} delivered, {} \
-             duplicates, {} timeouts, {} resends, {} conflict retries\n",
+             duplicates, {}{} conflict retries\n",
             thousands(backlog.messages as f64),
             backlog.pipeline_window,
             backlog.store_seconds,
@@ -1589,8 +1590,14 @@ impl MessagesReport {
             backlog.drain_server_cpu_seconds,
             thousands(backlog.delivered as f64),
             backlog.duplicates,
-            backlog.request_timeouts,
-            backlog.resends,
+            match self.mode {
+                ClientMode::Opaque => format!(
+                    "{} timeouts, {} resends, ",
+                    backlog.request_timeouts, backlog.resends
+                ),
+                // The SDK retries inside: its timeouts and resends are not seen from outside.
+                ClientMode::E2ee => String::new(),
+            },
             backlog.conflict_retries,
         ));
         let ceilings = &self.ceilings;
