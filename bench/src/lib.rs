@@ -9,6 +9,8 @@
 //!   request/response, raw redb and Olm, measured in the same run ([`ceilings`]).
 //! - [`connections`]: idle authenticated devices on one edge (W2): the edge's memory per
 //!   connection, connections per second, memory given back.
+//! - [`e2ee`]: the message benchmark's E2EE mode: the same rows with every device a real
+//!   client SDK device (Olm, a SQLite store, the outbox), the bench process's CPU included.
 //! - [`device`]: the minimal opaque device those two drive (registration, authentication,
 //!   envelopes of opaque bytes, fetch-and-ack), with sans-IO sending and receiving cores.
 //! - [`servers`]: the devnet under test, run as a child process: its pids, CPU time, resident
@@ -21,6 +23,7 @@
 pub mod ceilings;
 pub mod connections;
 pub mod device;
+pub mod e2ee;
 pub mod limits;
 pub mod measure;
 pub mod messages;
@@ -69,6 +72,14 @@ pub enum BenchError {
     /// The workload was refused (a full queue, a sequence gap) or a task failed.
     #[error("{0}")]
     Refused(String),
+    /// A client SDK device failed (the E2EE mode).
+    #[error("{what}: {source}")]
+    Client {
+        /// What was being done.
+        what: String,
+        /// The SDK's error.
+        source: relay_client::ClientError,
+    },
     /// The devnet under test could not be started or followed.
     #[error("the devnet under test: {0}")]
     Devnet(#[from] DevnetError),
@@ -113,6 +124,12 @@ impl BenchError {
     pub fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {
         let path = path.display().to_string();
         move |source| BenchError::Io { what, path, source }
+    }
+
+    /// A failed client SDK operation, for `map_err`.
+    pub fn client(what: impl Into<String>) -> impl FnOnce(relay_client::ClientError) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Client { what, source }
     }
 
     /// A failed network operation, for `map_err`.

@@ -82,6 +82,23 @@ pub const LATENCY_SAMPLES_MAX: usize = 1_000_000;
 pub const OLM_MESSAGES_MAX: usize = 2_000_000;
 
 // ---------------------------------------------------------------------------------------------
+// `relayd bench messages --mode e2ee`
+
+/// Worker threads of the runtime the SDK devices run on. A device's store writes SQLite
+/// synchronously (with an fsync per transaction) on its task, as it does in an app; on a
+/// runtime of one worker per core, two fsyncs would stall every other device of the process.
+/// Each device of a real deployment runs on its own phone: more threads than cores, so a
+/// device waiting for its disk does not hold the others, is the closer picture.
+pub const E2EE_WORKER_THREADS: usize = 8;
+/// How long the introductions may take (each sender's first message to each of its peers and
+/// the peer's answer: name lookups, key claims, Olm sessions), in ms.
+pub const INTRODUCTIONS_TIMEOUT_MS: u64 = 120_000;
+/// How long closing every SDK device may take, in ms (each says goodbye to its edge).
+pub const DEVICES_CLOSE_TIMEOUT_MS: u64 = 30_000;
+/// Most SDK devices closed at once.
+pub const CLOSES_IN_FLIGHT_MAX: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
 // `relayd bench connections`
 
 /// Default idle devices of the connection benchmark.
@@ -133,3 +150,14 @@ const _: () = assert!(RSS_STEADY_MS < RSS_RETURN_WAIT_MS_MAX);
 const _: () = assert!(DEVICES_PER_ENDPOINT_MAX >= 1);
 // The lifted edge limits stay far below where the edge's token arithmetic (tokens in
 // thousandths, refilled per elapsed ms) could overflow a u64.
+
+// An E2EE text is a message the SDK accepts.
+const _: () = assert!(PAYLOAD_BYTES <= relay_client::limits::TEXT_BYTES_MAX);
+const _: () = assert!(E2EE_WORKER_THREADS >= 2);
+// Closing waits for at least one device's goodbye to reach its edge.
+const _: () = assert!(DEVICES_CLOSE_TIMEOUT_MS > relay_client::limits::CLOSE_WAIT_MS);
+const _: () = assert!(CLOSES_IN_FLIGHT_MAX >= 1);
+// Introductions outlast a request the SDK retries after its timeout.
+const _: () = assert!(INTRODUCTIONS_TIMEOUT_MS > 2 * relay_client::limits::REQUEST_TIMEOUT_MS);
+// The backlog sender's ✓ come through the SDK's outbox window, the same as the opaque one's.
+const _: () = assert!(BACKLOG_PIPELINE_WINDOW == relay_client::limits::PIPELINE_WINDOW);

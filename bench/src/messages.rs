@@ -1,7 +1,8 @@
 //! The message benchmark (`relayd bench messages`): messages through a devnet's real processes
 //! (the `relayd` executable this runs as, started as `relayd devnet`), sent and received by
 //! [`crate::device`]'s opaque devices in this process, next to ceilings measured in the same
-//! run ([`crate::ceilings`]).
+//! run ([`crate::ceilings`]). In [`ClientMode::E2ee`] the same rows run with client SDK devices
+//! instead ([`crate::e2ee`]), reported in the same shape.
 //!
 //! Rows, on one devnet with the edges' default per-connection request limits:
 //! - **W1 max**: N senders → N receivers of region 1, 1:1 chats, closed loop (each sender
@@ -50,23 +51,23 @@ use crate::device::{
 };
 use crate::limits::{
     BACKLOG_MESSAGES, BACKLOG_PIPELINE_WINDOW, BACKLOG_TIMEOUT_MS, DRAIN_TIMEOUT_MS,
-    LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES, POLL_INTERVAL_MS,
-    REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, SENDERS_MAX, WARMUP_SECONDS_MAX,
-    WINDOW_SECONDS_MAX,
+    E2EE_WORKER_THREADS, LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES,
+    POLL_INTERVAL_MS, REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, SENDERS_MAX,
+    WARMUP_SECONDS_MAX, WINDOW_SECONDS_MAX,
 };
 use crate::measure::{CpuOf, Percentiles, Timing, cpu_time, latency_us, ratio, thousands};
 use crate::servers::{ServerUsage, Servers};
 
 /// The row numbers payloads carry.
-const ROW_W1_MAX: u8 = 0;
-const ROW_W1_OPEN: u8 = 1;
-const ROW_W1_TWO_REGIONS: u8 = 2;
-const ROW_W4: u8 = 3;
+pub(crate) const ROW_W1_MAX: u8 = 0;
+pub(crate) const ROW_W1_OPEN: u8 = 1;
+pub(crate) const ROW_W1_TWO_REGIONS: u8 = 2;
+pub(crate) const ROW_W4: u8 = 3;
 
 /// The region the senders (and the one-region receivers) are homed in.
-const NEAR_REGION: u32 = 1;
+pub(crate) const NEAR_REGION: u32 = 1;
 /// The region of the receivers of the two-region row.
-const FAR_REGION: u32 = 2;
+pub(crate) const FAR_REGION: u32 = 2;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -86,6 +87,31 @@ pub struct MessagesOptions {
     pub data: Option<PathBuf>,
     /// How the `relayd` executable was built (`release` or `debug`), for the report.
     pub build: String,
+    /// Which devices send and receive.
+    pub mode: ClientMode,
+}
+
+/// Which devices the benchmark drives. The servers cannot tell them apart: they never see
+/// plaintext.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMode {
+    /// [`crate::device`]'s minimal devices, sending opaque payloads: the servers' capacity.
+    #[default]
+    Opaque,
+    /// Real client SDK devices ([`crate::e2ee`]): Olm, a SQLite store, the outbox; what
+    /// people's devices cost, the bench process's CPU included.
+    E2ee,
+}
+
+impl ClientMode {
+    /// The mode as the command line and the report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientMode::Opaque => "opaque",
+            ClientMode::E2ee => "e2ee",
+        }
+    }
 }
 
 /// Everything one run measured.
@@ -93,6 +119,8 @@ pub struct MessagesOptions {
 pub struct MessagesReport {
     /// How the servers' executable was built.
     pub build: String,
+    /// Which devices sent and received.
+    pub mode: ClientMode,
     /// Cores available to this process.
     pub cores: usize,
     /// Senders (and receivers) of the W1 rows.
@@ -172,6 +200,11 @@ pub struct MessageRow {
     pub region_bytes_written_per_message: f64,
     /// CPU seconds of this process (every device) in the window.
     pub bench_cpu_seconds: Option<f64>,
+    /// Connections the SDK devices lost during the row (and re-established by themselves);
+    /// E2EE mode only: the SDK's retries and timeouts are its own business, a lost connection
+    /// is what its events show of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_lost: Option<u64>,
 }
 
 /// The W4 row.
@@ -212,9 +245,11 @@ pub struct BacklogRow {
 /// The steps [`run`] announces.
 pub fn steps(options: &MessagesOptions) -> u64 {
     let two_regions = u64::from(options.regions >= 2);
+    // E2EE devices introduce themselves to their peers before the rows.
+    let introductions = u64::from(options.mode == ClientMode::E2ee);
     // devnet, registration, W1 max, W1 open, [W1 two regions], W4 store, W4 drain, stopping,
     // three ceilings.
-    10 + two_regions
+    10 + two_regions + introductions
 }
 
 /// Runs the message benchmark: starts the devnet, registers the devices, runs the rows, stops
@@ -229,7 +264,11 @@ pub fn run(
     validate(options)?;
     let timing = timing(options.window_seconds);
     let folder = run_folder(options.data.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if options.mode == ClientMode::E2ee {
+        runtime.worker_threads(E2EE_WORKER_THREADS);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .map_err(BenchError::io("starting a runtime in", folder.path()))?;
@@ -241,8 +280,17 @@ pub fn run(
             servers = Servers::start(&options.relayd, options.regions, &devnet) => servers?,
             () = &mut shutdown => return Err(BenchError::Interrupted),
         };
+        let measured = async {
+            match options.mode {
+                ClientMode::Opaque => workloads(&servers, options, timing, step).await,
+                ClientMode::E2ee => {
+                    let devices = folder.path().join("devices");
+                    crate::e2ee::workloads(&servers, options, timing, step, &devices).await
+                }
+            }
+        };
         let measured = tokio::select! {
-            measured = workloads(&servers, options, timing, step) => measured,
+            measured = measured => measured,
             () = &mut shutdown => Err(BenchError::Interrupted),
         };
         step("stopping the devnet");
@@ -266,6 +314,7 @@ pub fn run(
     };
     let report = MessagesReport {
         build: options.build.clone(),
+        mode: options.mode,
         cores: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         senders: options.senders,
         regions: options.regions,
@@ -345,13 +394,13 @@ pub(crate) fn run_folder(parent: Option<&Path>) -> Result<tempfile::TempDir, Ben
 }
 
 /// What the rows hand to the ceilings and the report.
-struct Measured {
-    rows: Vec<MessageRow>,
-    backlog: BacklogRow,
+pub(crate) struct Measured {
+    pub(crate) rows: Vec<MessageRow>,
+    pub(crate) backlog: BacklogRow,
     /// A W1 send, the raw QUIC ceiling's frame.
-    envelope_request: ClientRequest,
+    pub(crate) envelope_request: ClientRequest,
     /// The size of its envelope.
-    envelope_bytes: usize,
+    pub(crate) envelope_bytes: usize,
 }
 
 async fn workloads(
@@ -756,7 +805,7 @@ struct Sender {
 
 /// How a sender composes its messages.
 #[derive(Debug, Clone, Copy)]
-enum Pace {
+pub(crate) enum Pace {
     /// The next when the previous one is acknowledged, until the window ends.
     Closed,
     /// The senders together at this rate, each on its own schedule, until the window ends.
@@ -767,12 +816,26 @@ enum Pace {
 
 /// What one sender did in one row.
 #[derive(Debug, Default)]
-struct SenderTally {
-    confirmed: u64,
-    ack_latencies_us: Vec<u32>,
-    timeouts: u64,
-    retryable_refusals: u64,
-    resends: u64,
+pub(crate) struct SenderTally {
+    pub(crate) confirmed: u64,
+    pub(crate) ack_latencies_us: Vec<u32>,
+    pub(crate) timeouts: u64,
+    pub(crate) retryable_refusals: u64,
+    pub(crate) resends: u64,
+}
+
+impl SenderTally {
+    /// Adds another sender's tally to this one (latency samples up to
+    /// [`LATENCY_SAMPLES_MAX`]).
+    pub(crate) fn add(&mut self, other: SenderTally) {
+        self.confirmed += other.confirmed;
+        self.timeouts += other.timeouts;
+        self.retryable_refusals += other.retryable_refusals;
+        self.resends += other.resends;
+        let room = LATENCY_SAMPLES_MAX.saturating_sub(self.ack_latencies_us.len());
+        self.ack_latencies_us
+            .extend(other.ack_latencies_us.into_iter().take(room));
+    }
 }
 
 /// Sends on `sender`'s chat `lane` as `pace` says until composing is over and every message
@@ -897,7 +960,7 @@ async fn drive(
     Ok(tally)
 }
 
-async fn sleep_until_maybe(at: Option<Instant>) {
+pub(crate) async fn sleep_until_maybe(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
     }
@@ -907,10 +970,10 @@ async fn sleep_until_maybe(at: Option<Instant>) {
 // Rows
 
 /// What the rows share.
-struct Context<'a> {
-    servers: &'a Servers,
-    recorder: Arc<Recorder>,
-    clock: RunClock,
+pub(crate) struct Context<'a> {
+    pub(crate) servers: &'a Servers,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) clock: RunClock,
 }
 
 /// One W1 row: every sender on chat `lane` with `pace` through a warm-up and a window, then
@@ -978,16 +1041,7 @@ async fn w1_row(
         let (index, sender, sent) =
             joined.map_err(|error| BenchError::Refused(format!("a sender failed: {error}")))?;
         match sent {
-            Ok(sent) => {
-                tally.confirmed += sent.confirmed;
-                tally.timeouts += sent.timeouts;
-                tally.retryable_refusals += sent.retryable_refusals;
-                tally.resends += sent.resends;
-                let room = LATENCY_SAMPLES_MAX.saturating_sub(tally.ack_latencies_us.len());
-                tally
-                    .ack_latencies_us
-                    .extend(sent.ack_latencies_us.into_iter().take(room));
-            }
+            Ok(sent) => tally.add(sent),
             Err(error) => failure = Some(error),
         }
         returned[index] = Some(sender);
@@ -1001,15 +1055,42 @@ async fn w1_row(
         .wait_delivered(row, tally.confirmed, drain_deadline)
         .await?;
     let arrivals = context.recorder.take_row(row);
+    let bench_cpu_seconds = cpu_before
+        .zip(cpu_after)
+        .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
+    Ok(message_row(
+        row,
+        pace,
+        count,
+        tally,
+        arrivals,
+        usage,
+        bench_cpu_seconds,
+        timing,
+    ))
+}
+
+/// A W1 row's report from what its senders, its receivers and the servers did.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn message_row(
+    row: u8,
+    pace: Pace,
+    senders: usize,
+    tally: SenderTally,
+    arrivals: RowArrivals,
+    usage: ServerUsage,
+    bench_cpu_seconds: Option<f64>,
+    timing: Timing,
+) -> MessageRow {
     let window = timing.window.as_secs_f64();
     let delivered_per_second = arrivals.delivered_in_window as f64 / window;
-    Ok(MessageRow {
+    MessageRow {
         workload: row_name(row).into(),
         pacing: match pace {
             Pace::Open { .. } => "open".into(),
             _ => "closed".into(),
         },
-        senders: count,
+        senders,
         offered_per_second: match pace {
             Pace::Open { per_second } => Some(per_second),
             _ => None,
@@ -1038,10 +1119,9 @@ async fn w1_row(
             arrivals.delivered_in_window as f64,
         ),
         server_cpu_seconds_by_process: usage.cpu_seconds_by_process,
-        bench_cpu_seconds: cpu_before
-            .zip(cpu_after)
-            .map(|(before, after)| after.saturating_sub(before).as_secs_f64()),
-    })
+        bench_cpu_seconds,
+        connections_lost: None,
+    }
 }
 
 /// The W4 row: `messages` composed at once by `sender` for `receiver` (offline), sent with the
@@ -1149,25 +1229,27 @@ async fn w4_row(
 }
 
 /// The name of a row, as the report prints it.
-fn row_name(row: u8) -> &'static str {
+pub(crate) fn row_name(row: u8) -> &'static str {
     match row {
         ROW_W1_MAX => "W1 max",
         ROW_W1_OPEN => "W1 at 50%",
         ROW_W1_TWO_REGIONS => "W1 two regions",
-        _ => "W4 backlog",
+        ROW_W4 => "W4 backlog",
+        _ => "introductions",
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // What the receivers saw
 
-/// Every arrival of the run, by row, and the first failure of a device's inbox.
-struct Recorder {
+/// Every arrival of the run, by row, and the first failure of a device's inbox (the opaque
+/// devices' or the SDK devices' of [`crate::e2ee`]).
+pub(crate) struct Recorder {
     clock: RunClock,
     state: Mutex<Recording>,
     changed: Notify,
     /// Set once the run closes its connections: inboxes ending then are not failures.
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -1175,6 +1257,8 @@ struct Recording {
     rows: BTreeMap<u8, RowArrivals>,
     receipts: u64,
     failure: Option<String>,
+    /// Connections the SDK devices lost so far.
+    connections_lost: u64,
     /// Each online device's queue cursor and the highest queue sequence a push announced,
     /// after its last drain (a device told of more than it fetched missed a fetch), and its
     /// connection (to look into its queue when messages are missing).
@@ -1183,18 +1267,18 @@ struct Recording {
 
 /// What the receivers got of one row's messages.
 #[derive(Debug, Default)]
-struct RowArrivals {
+pub(crate) struct RowArrivals {
     window: Option<(Instant, Instant)>,
-    delivered: u64,
-    delivered_in_window: u64,
+    pub(crate) delivered: u64,
+    pub(crate) delivered_in_window: u64,
     latencies_us: Vec<u32>,
-    duplicates: u64,
+    pub(crate) duplicates: u64,
     /// Messages found by a periodic fetch: no push announced them.
-    unannounced: u64,
+    pub(crate) unannounced: u64,
 }
 
 impl Recorder {
-    fn new(clock: RunClock) -> Self {
+    pub(crate) fn new(clock: RunClock) -> Self {
         Self {
             clock,
             state: Mutex::new(Recording::default()),
@@ -1210,7 +1294,7 @@ impl Recorder {
     }
 
     /// Starts counting `row`'s arrivals; those inside the window also count as in it.
-    fn open_row(&self, row: u8, window_start: Instant, window_end: Instant) {
+    pub(crate) fn open_row(&self, row: u8, window_start: Instant, window_end: Instant) {
         self.lock().rows.insert(
             row,
             RowArrivals {
@@ -1227,35 +1311,56 @@ impl Recorder {
                 BenchError::Protocol("a message whose payload no bench device wrote".into())
             })
         };
+        match arrival {
+            Arrival::Message { ciphertext, .. } => {
+                self.message(payload(&ciphertext)?, at, unannounced);
+            }
+            Arrival::Duplicate { ciphertext, .. } => self.duplicate(payload(&ciphertext)?.row),
+            Arrival::Receipt => {
+                self.lock().receipts += 1;
+                self.changed.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+
+    /// A message of `payload.row` arrived at `at` for the first time; `unannounced` when a
+    /// periodic fetch found it.
+    pub(crate) fn message(&self, payload: Payload, at: Instant, unannounced: bool) {
         {
             let mut state = self.lock();
-            match arrival {
-                Arrival::Message { ciphertext, .. } => {
-                    let payload = payload(&ciphertext)?;
-                    let row = state.rows.entry(payload.row).or_default();
-                    row.delivered += 1;
-                    row.unannounced += u64::from(unannounced);
-                    if let Some((start, end)) = row.window
-                        && at >= start
-                        && at <= end
-                    {
-                        row.delivered_in_window += 1;
-                        if row.latencies_us.len() < LATENCY_SAMPLES_MAX {
-                            let composed_at = self.clock.instant_at(payload.composed_at_us);
-                            row.latencies_us
-                                .push(latency_us(at.saturating_duration_since(composed_at)));
-                        }
-                    }
+            let row = state.rows.entry(payload.row).or_default();
+            row.delivered += 1;
+            row.unannounced += u64::from(unannounced);
+            if let Some((start, end)) = row.window
+                && at >= start
+                && at <= end
+            {
+                row.delivered_in_window += 1;
+                if row.latencies_us.len() < LATENCY_SAMPLES_MAX {
+                    let composed_at = self.clock.instant_at(payload.composed_at_us);
+                    row.latencies_us
+                        .push(latency_us(at.saturating_duration_since(composed_at)));
                 }
-                Arrival::Duplicate { ciphertext, .. } => {
-                    let payload = payload(&ciphertext)?;
-                    state.rows.entry(payload.row).or_default().duplicates += 1;
-                }
-                Arrival::Receipt => state.receipts += 1,
             }
         }
         self.changed.notify_waiters();
-        Ok(())
+    }
+
+    /// A message of `row` arrived again.
+    pub(crate) fn duplicate(&self, row: u8) {
+        self.lock().rows.entry(row).or_default().duplicates += 1;
+        self.changed.notify_waiters();
+    }
+
+    /// An SDK device lost its connection (it reconnects by itself).
+    pub(crate) fn connection_lost(&self) {
+        self.lock().connections_lost += 1;
+    }
+
+    /// Connections the SDK devices lost so far.
+    pub(crate) fn connections_lost(&self) -> u64 {
+        self.lock().connections_lost
     }
 
     /// A device's queue cursor and the highest queue sequence announced to it, after a drain.
@@ -1311,14 +1416,14 @@ impl Recorder {
     }
 
     /// A device's inbox failed: every wait fails with this.
-    fn fail(&self, message: String) {
+    pub(crate) fn fail(&self, message: String) {
         self.lock().failure.get_or_insert(message);
         self.changed.notify_waiters();
     }
 
     /// Waits until `count` messages of `row` were delivered, failing at `deadline` or when an
     /// inbox failed.
-    async fn wait_delivered(
+    pub(crate) async fn wait_delivered(
         &self,
         row: u8,
         count: u64,
@@ -1357,7 +1462,7 @@ impl Recorder {
     }
 
     /// `row`'s arrivals, no longer counted.
-    fn take_row(&self, row: u8) -> RowArrivals {
+    pub(crate) fn take_row(&self, row: u8) -> RowArrivals {
         self.lock().rows.remove(&row).unwrap_or_default()
     }
 }
@@ -1368,15 +1473,23 @@ impl Recorder {
 impl MessagesReport {
     /// The report as Markdown tables with their context lines.
     pub fn table(&self) -> String {
+        let payloads = match self.mode {
+            ClientMode::Opaque => format!("{} B opaque payloads", self.payload_bytes),
+            ClientMode::E2ee => format!(
+                "{} B texts end-to-end encrypted (Olm) by client SDK devices, each with its own \
+                 SQLite store",
+                self.payload_bytes
+            ),
+        };
         let mut out = format!(
-            "relayd bench messages ({} build): {} senders → {} receivers, 1:1, {} B opaque \
-             payloads (envelopes of {} B)\n\
+            "relayd bench messages --mode {} ({} build): {} senders → {} receivers, 1:1, \
+             {payloads} (envelopes of {} B)\n\
              {} cores; {:.1} s measured per W1 row after {:.2} s warm-up; a devnet of {} \
              region(s) in {}; edges' per-connection request limits {}/s, bursts of {}\n\n",
+            self.mode.name(),
             self.build,
             self.senders,
             self.senders,
-            self.payload_bytes,
             self.envelope_bytes,
             self.cores,
             self.window_seconds,
@@ -1436,22 +1549,37 @@ impl MessagesReport {
                     .then(|| format!("{} in W4 backlog", self.backlog.unannounced)),
             )
             .collect();
-        out.push_str(&format!(
-            "\nMessages no push announced (found by the devices' {} s poll, as the client \
-             library's): {}\n",
-            POLL_INTERVAL_MS / 1_000,
-            if unannounced.is_empty() {
-                "none".to_owned()
-            } else {
-                unannounced.join(", ")
+        match self.mode {
+            ClientMode::Opaque => out.push_str(&format!(
+                "\nMessages no push announced (found by the devices' {} s poll, as the client \
+                 library's): {}\n",
+                POLL_INTERVAL_MS / 1_000,
+                if unannounced.is_empty() {
+                    "none".to_owned()
+                } else {
+                    unannounced.join(", ")
+                }
+            )),
+            ClientMode::E2ee => {
+                let lost: Vec<String> = self
+                    .rows
+                    .iter()
+                    .map(|row| format!("{} in {}", row.connections_lost.unwrap_or(0), row.workload))
+                    .collect();
+                out.push_str(&format!(
+                    "\nThe SDK retries, reconnects and polls by itself (timeouts and retries are \
+                     not seen from outside it); connections its devices lost and re-established: \
+                     {}. Bench CPU is this process: every device's Olm, SQLite and QUIC.\n",
+                    lost.join(", ")
+                ));
             }
-        ));
+        }
         let backlog = &self.backlog;
         out.push_str(&format!(
             "\nW4 backlog: one sender composed {} messages for an offline receiver ({} in \
              flight): all stored ✓ in {:.2} s ({}/s, server CPU {:.1} s); the receiver came \
              online and received them in {:.2} s ({}/s, server CPU {:.1} s); {} delivered, {} \
-             duplicates, {} timeouts, {} resends, {} conflict retries\n",
+             duplicates, {}{} conflict retries\n",
             thousands(backlog.messages as f64),
             backlog.pipeline_window,
             backlog.store_seconds,
@@ -1462,8 +1590,14 @@ impl MessagesReport {
             backlog.drain_server_cpu_seconds,
             thousands(backlog.delivered as f64),
             backlog.duplicates,
-            backlog.request_timeouts,
-            backlog.resends,
+            match self.mode {
+                ClientMode::Opaque => format!(
+                    "{} timeouts, {} resends, ",
+                    backlog.request_timeouts, backlog.resends
+                ),
+                // The SDK retries inside: its timeouts and resends are not seen from outside.
+                ClientMode::E2ee => String::new(),
+            },
             backlog.conflict_retries,
         ));
         let ceilings = &self.ceilings;

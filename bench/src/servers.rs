@@ -100,6 +100,16 @@ impl Servers {
             .ok_or_else(|| BenchError::Invalid(format!("the devnet has no region {region}")))
     }
 
+    /// The edge locator's DNS address, which SDK devices ask for their edge.
+    pub fn locator(&self) -> SocketAddr {
+        self.ready.locator
+    }
+
+    /// The devnet's CA certificate file.
+    pub fn ca(&self) -> &Path {
+        &self.ready.ca
+    }
+
     /// The devnet's CA, which devices trust.
     pub fn roots(&self) -> Result<Arc<RootCertStore>, BenchError> {
         relay_net::load_roots(&self.ready.ca).map_err(BenchError::net("loading the devnet's CA"))

@@ -10,7 +10,7 @@ use relay_bench::limits::{
     BACKLOG_MESSAGES, BACKLOG_MESSAGES_QUICK, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK,
     MESSAGES_WINDOW_SECONDS_DEFAULT, MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT,
 };
-use relay_bench::messages::{self, MessagesOptions};
+use relay_bench::messages::{self, ClientMode, MessagesOptions};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
 use relay_bench::sync;
 
@@ -25,7 +25,8 @@ pub enum Benchmark {
     /// Messages through a devnet's real processes (this executable, run as `relayd devnet`):
     /// W1 (N senders → N receivers, 1:1: closed loop, open loop at half its rate, across two
     /// regions) and W4 (a backlog for an offline device), with latencies, server CPU and the
-    /// ceilings measured in the same run (raw QUIC, raw redb, Olm). Needs a release build.
+    /// ceilings measured in the same run (raw QUIC, raw redb, Olm); opaque devices, or client
+    /// SDK devices end to end encrypted (--mode e2ee). Needs a release build.
     Messages(MessagesArgs),
     /// Idle authenticated devices on one edge of a devnet (W2): the edge's memory per
     /// connection, connections per second, and memory given back when they leave. Needs a
@@ -96,6 +97,21 @@ pub struct MessagesArgs {
     /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
     #[arg(long)]
     allow_debug: bool,
+    /// Which devices send and receive: `opaque` (minimal devices sending opaque payloads: the
+    /// servers' capacity) or `e2ee` (real client SDK devices, each with Olm sessions and its
+    /// own SQLite store in the run's folder: what people's devices cost, this process's CPU
+    /// included). The servers cannot tell them apart.
+    #[arg(long, value_enum, default_value_t = ModeArg::Opaque)]
+    mode: ModeArg,
+}
+
+/// The devices of `relayd bench messages`, as the command line names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Minimal devices sending opaque payloads.
+    Opaque,
+    /// Client SDK devices, end-to-end encrypted.
+    E2ee,
 }
 
 /// Arguments of `relayd bench connections`.
@@ -187,6 +203,10 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 },
                 data: args.data,
                 build: build().into(),
+                mode: match args.mode {
+                    ModeArg::Opaque => ClientMode::Opaque,
+                    ModeArg::E2ee => ClientMode::E2ee,
+                },
             };
             let bar = crate::progress::bar(
                 messages::steps(&options),

@@ -1,8 +1,8 @@
-//! `relayd bench messages` and `relayd bench connections` as a user runs them, in their short
-//! versions on this debug build (`--quick --allow-debug`): every row and ceiling is there with
-//! non-zero figures, every message acknowledged ✓ was delivered once, every idle device
-//! connected and left. Nothing here asserts a speed: a debug build on a shared machine says
-//! nothing about one.
+//! `relayd bench messages` (opaque and E2EE devices) and `relayd bench connections` as a user
+//! runs them, in their short versions on this debug build (`--quick --allow-debug`): every row
+//! and ceiling is there with non-zero figures, every message acknowledged ✓ was delivered once,
+//! every idle device connected and left. Nothing here asserts a speed: a debug build on a
+//! shared machine says nothing about one.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -74,8 +74,15 @@ fn the_message_benchmark_reports_every_row_and_loses_nothing() {
         "4",
     ]);
     assert_eq!(report["build"], "debug");
+    assert_eq!(report["mode"], "opaque");
     assert_eq!(report["senders"], 4);
     positive(&report, "envelope_bytes");
+    every_row_and_ceiling_with_nothing_lost(&report);
+}
+
+/// The checks both modes share: the three W1 rows with every ✓ delivered once and non-zero
+/// figures, the backlog of the quick run delivered whole, every ceiling measured.
+fn every_row_and_ceiling_with_nothing_lost(report: &Value) {
     let rows = report["rows"].as_array().expect("rows");
     let workloads: Vec<&str> = rows
         .iter()
@@ -126,6 +133,37 @@ fn the_message_benchmark_reports_every_row_and_loses_nothing() {
     positive(&ceilings["redb"], "fsync_per_second");
     positive(&ceilings["olm"], "encrypt_per_second");
     positive(&ceilings["olm"], "decrypt_per_second");
+}
+
+#[test]
+fn the_message_benchmark_runs_end_to_end_encrypted_through_the_sdk() {
+    // Short: two senders, half-second rows.
+    let report = run_json(&[
+        "bench",
+        "messages",
+        "--quick",
+        "--allow-debug",
+        "--json",
+        "--mode",
+        "e2ee",
+        "--senders",
+        "2",
+        "--seconds",
+        "0.5",
+    ]);
+    assert_eq!(report["mode"], "e2ee");
+    assert_eq!(report["senders"], 2);
+    // An Olm ciphertext of the text and its routing: more than the text itself.
+    assert!(
+        number(&report, "envelope_bytes") > number(&report, "payload_bytes"),
+        "{report:#}"
+    );
+    every_row_and_ceiling_with_nothing_lost(&report);
+    for row in report["rows"].as_array().expect("rows") {
+        // The devices' Olm and SQLite work is this process's: it shows.
+        positive(row, "bench_cpu_seconds");
+        assert!(row["connections_lost"].is_u64(), "{row:#}");
+    }
 }
 
 #[test]

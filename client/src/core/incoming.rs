@@ -25,6 +25,9 @@ pub(super) struct Incoming {
     pub(super) wanted: bool,
     /// Whether a fetch is in flight.
     in_flight: bool,
+    /// Whether a fetch was asked for while one was in flight: the region may have read that
+    /// page before the entry a push announced was committed, so its end is not the queue's.
+    wanted_meanwhile: bool,
     /// Pages fetched in this catch-up.
     rounds: usize,
     /// "Rolled back" refusals checked again in a row (another process moved the cursor).
@@ -49,6 +52,9 @@ impl Incoming {
 
     /// Asks for a catch-up.
     pub(super) fn want(&mut self) {
+        if self.in_flight {
+            self.wanted_meanwhile = true;
+        }
         if !self.wanted {
             self.wanted = true;
             self.rounds = 0;
@@ -65,6 +71,7 @@ impl Core {
         let acks = self.store.pending_acks()?;
         let cursor = self.store.queue_cursor()?;
         self.incoming.in_flight = true;
+        self.incoming.wanted_meanwhile = false;
         self.request(
             Request::Fetch {
                 acks: acks.clone(),
@@ -146,7 +153,8 @@ impl Core {
         self.keep_keys(keys, count == 0, now_ms)?;
         self.incoming.rounds += 1;
         if count == 0 || self.incoming.rounds >= FETCH_ROUNDS_MAX {
-            self.incoming.wanted = false;
+            // A push (or a sync) that came while this page was fetched asks for one more.
+            self.incoming.wanted = std::mem::take(&mut self.incoming.wanted_meanwhile);
             self.incoming.rounds = 0;
             self.incoming.caught_up += 1;
         }

@@ -425,6 +425,52 @@ fn a_queue_page_is_committed_and_named_before_it_is_acknowledged() {
 }
 
 #[test]
+fn a_push_that_comes_while_a_page_is_fetched_calls_for_one_more() {
+    let mut rig = alice(Mode::Live);
+    let actions = rig.connect(0);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    let empty = || {
+        Ok(Response::Queue(QueueBatch {
+            entries: Vec::new(),
+            latest_queue_seq: 0,
+            one_time_keys_remaining: 50,
+            fallback_key: FallbackKeyState::Unused as i32,
+        }))
+    };
+    let fetches = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|action| {
+                matches!(
+                    action,
+                    Action::Request {
+                        request: Request::Fetch { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // The region read the page, then committed an entry and pushed before the page arrived:
+    // the empty page is not the queue's end.
+    rig.core.handle_push();
+    assert_eq!(fetches(&rig.actions(1)), 0, "one fetch at a time");
+    rig.core.handle_answer(fetch, empty(), 2);
+    let actions = rig.actions(2);
+    let (again, sent) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    assert_eq!(
+        sent,
+        Request::Fetch {
+            acks: Vec::new(),
+            after_queue_seq: 0
+        }
+    );
+    // No push meanwhile: an empty page ends the catch-up.
+    rig.core.handle_answer(again, empty(), 3);
+    assert_eq!(fetches(&rig.actions(3)), 0);
+}
+
+#[test]
 fn a_refusal_as_rolled_back_gives_up_the_outbox_and_refuses_what_follows() {
     let mut rig = alice(Mode::OnDemand);
     let id = rig
