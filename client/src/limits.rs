@@ -95,6 +95,9 @@ pub const READ_RECEIPT_IDS_MAX: usize = 512;
 
 /// How long to wait for another process holding the database lock, in milliseconds.
 pub const BUSY_TIMEOUT_MS: u64 = 10_000;
+/// Prepared statements the store keeps for reuse: more than the distinct statements its write
+/// paths run, so a message's statements are parsed once per open device, not once per message.
+pub const STATEMENTS_CACHED_MAX: usize = 64;
 /// Events an open device holds for its reader; a device whose reader falls this far behind
 /// waits for it (nothing is dropped).
 pub const EVENTS_BUFFERED_MAX: usize = 1024;

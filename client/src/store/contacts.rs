@@ -73,11 +73,11 @@ impl Store {
 impl Writer<'_> {
     /// Saves a contact (a name may move to another account only if the directory says so).
     pub fn upsert_contact(&self, contact: &Contact) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "DELETE FROM contacts WHERE name = ?1 AND account != ?2",
             params![contact.name, to_i64(contact.account.0)],
         )?;
-        self.transaction.execute(
+        self.execute(
             "INSERT INTO contacts (account, name, region) VALUES (?1, ?2, ?3)
              ON CONFLICT (account) DO UPDATE SET name = excluded.name, region = excluded.region",
             params![to_i64(contact.account.0), contact.name, contact.region],
@@ -105,7 +105,7 @@ impl Writer<'_> {
         {
             return Err(ClientError::IdentityChanged(device));
         }
-        self.transaction.execute(
+        self.execute(
             "INSERT INTO devices (account, device, identity_key, current) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (account, device) DO UPDATE SET identity_key = excluded.identity_key,
              current = MAX(current, excluded.current)",
@@ -145,12 +145,12 @@ impl Writer<'_> {
     /// Sets the current devices of `account` to exactly `devices` (others stay known, not current).
     pub fn set_current_devices(&self, account: AccountId, devices: &[DeviceId]) -> Result<()> {
         let account = to_i64(account.0);
-        self.transaction.execute(
+        self.execute(
             "UPDATE devices SET current = 0 WHERE account = ?1",
             [account],
         )?;
         for device in devices {
-            self.transaction.execute(
+            self.execute(
                 "INSERT INTO devices (account, device, identity_key, current) VALUES (?1, ?2, NULL, 1)
                  ON CONFLICT (account, device) DO UPDATE SET current = 1",
                 params![account, device.0],

@@ -215,7 +215,7 @@ impl Writer<'_> {
         self.set_setting(CRYPTO_VERSION_KEY, &(version + 1).to_string())?;
         let key = unlocked(self.key)?;
         if let Some(account) = &changes.account {
-            self.transaction.execute(
+            self.execute(
                 "INSERT OR REPLACE INTO olm_account (singleton, pickle) VALUES (1, ?1)",
                 [key.seal(SEALED_ACCOUNT, account)?],
             )?;
@@ -223,12 +223,12 @@ impl Writer<'_> {
         for (device, sessions) in &changes.sessions {
             let what = sealed_sessions(*device);
             let account = to_i64(device.account.0);
-            self.transaction.execute(
+            self.execute(
                 "DELETE FROM olm_sessions WHERE account = ?1 AND device = ?2",
                 params![account, device.device.0],
             )?;
             for (position, (session_id, pickle)) in sessions.iter().enumerate() {
-                self.transaction.execute(
+                self.execute(
                     "INSERT INTO olm_sessions (account, device, position, session_id, pickle)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![

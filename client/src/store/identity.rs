@@ -143,7 +143,7 @@ impl Store {
 impl Writer<'_> {
     /// Saves the registered identity.
     pub fn set_identity(&self, identity: &Identity) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "INSERT OR REPLACE INTO identity (singleton, account, device, name, region, epoch)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)",
             params![
@@ -178,7 +178,7 @@ impl Writer<'_> {
 
     /// Remembers the edge a connection reached.
     pub fn set_last_edge(&self, edge: SocketAddr) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
             [LAST_EDGE_SETTING, &edge.to_string()],
         )?;
@@ -243,7 +243,7 @@ impl Writer<'_> {
     }
 
     pub(super) fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
             [key, value],
         )?;

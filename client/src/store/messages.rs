@@ -211,7 +211,7 @@ impl Writer<'_> {
 
     /// Inserts a message; `false` when one with the same sender and id exists already.
     pub fn insert_message(&self, message: &NewMessage<'_>) -> Result<bool> {
-        let inserted = self.transaction.execute(
+        let inserted = self.execute(
             "INSERT OR IGNORE INTO messages (chat, peer, outgoing, sender_account, sender_device,
              client_message_id, sender_seq, chat_seq, text, sent_at_ms, server_time_ms, tick,
              undecryptable) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -242,7 +242,7 @@ impl Writer<'_> {
         chat_seq: Option<u64>,
         server_time_ms: Option<u64>,
     ) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "UPDATE messages SET chat_seq = COALESCE(?1, chat_seq),
              server_time_ms = COALESCE(?2, server_time_ms)
              WHERE sender_account = ?3 AND sender_device = ?4 AND client_message_id = ?5",
@@ -272,7 +272,7 @@ impl Writer<'_> {
             "UPDATE messages SET tick = ?1 WHERE sender_account = ?2 AND sender_device = ?3
              AND client_message_id = ?4 AND tick < ?1"
         };
-        let changed = self.transaction.execute(
+        let changed = self.execute(
             sql,
             params![
                 tick as i64,
@@ -327,7 +327,7 @@ impl Writer<'_> {
     ) -> Result<usize> {
         let mut changed = 0;
         for id in client_message_ids {
-            changed += self.transaction.execute(
+            changed += self.execute(
                 "UPDATE messages SET read_at_ms = ?1 WHERE peer = ?2 AND outgoing = 0
                  AND client_message_id = ?3 AND read_at_ms IS NULL",
                 params![to_i64(at_ms), to_i64(peer.0), id.0.as_slice()],
@@ -343,7 +343,7 @@ impl Writer<'_> {
         client_message_id: ClientMessageId,
         reason: &str,
     ) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "UPDATE messages SET failed = ?1 WHERE sender_account = ?2 AND sender_device = ?3
              AND client_message_id = ?4",
             params![
@@ -366,7 +366,7 @@ impl Writer<'_> {
         state: i32,
         at_ms: u64,
     ) -> Result<bool> {
-        let changed = self.transaction.execute(
+        let changed = self.execute(
             "INSERT INTO receipts (sender_account, sender_device, client_message_id,
              recipient_account, recipient_device, state, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT DO UPDATE SET state = excluded.state, at_ms = excluded.at_ms
@@ -390,7 +390,7 @@ impl Writer<'_> {
         sender: DeviceAddress,
         client_message_id: ClientMessageId,
     ) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "UPDATE messages SET expired_devices = expired_devices + 1 WHERE sender_account = ?1
              AND sender_device = ?2 AND client_message_id = ?3",
             params![

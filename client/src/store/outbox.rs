@@ -92,7 +92,7 @@ impl Store {
 impl Writer<'_> {
     /// Keeps a message for an account known only by name.
     pub fn insert_draft(&self, draft: &Draft) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "INSERT INTO drafts (client_message_id, peer_name, text, sent_at_ms)
              VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -108,7 +108,7 @@ impl Writer<'_> {
     /// Removes a draft (queued or given up); `false` if it was gone already (another process
     /// took it).
     pub fn remove_draft(&self, client_message_id: ClientMessageId) -> Result<bool> {
-        let removed = self.transaction.execute(
+        let removed = self.execute(
             "DELETE FROM drafts WHERE client_message_id = ?1",
             [client_message_id.0.as_slice()],
         )?;
@@ -137,7 +137,7 @@ impl Writer<'_> {
 
     /// Sets the chat's next sender_seq.
     pub fn set_next_sender_seq(&self, chat: ChatId, next: u64) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "INSERT OR REPLACE INTO chat_counters (chat, next_sender_seq) VALUES (?1, ?2)",
             params![chat.0.as_slice(), to_i64(next)],
         )?;
@@ -146,7 +146,7 @@ impl Writer<'_> {
 
     /// Adds an outbox entry.
     pub fn insert_outbox(&self, row: &OutboxRow, created_at_ms: u64) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "INSERT INTO outbox (chat, sender_seq, client_message_id, peer, content, envelope,
              created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -164,7 +164,7 @@ impl Writer<'_> {
 
     /// Stores the built envelope of an outbox entry.
     pub fn set_envelope(&self, client_message_id: ClientMessageId, envelope: &[u8]) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "UPDATE outbox SET envelope = ?1 WHERE client_message_id = ?2",
             params![envelope, client_message_id.0.as_slice()],
         )?;
@@ -181,7 +181,7 @@ impl Writer<'_> {
     ) -> Result<()> {
         // Two steps through negative numbers, so no intermediate state collides on the key.
         for (id, _, new) in moves {
-            self.transaction.execute(
+            self.execute(
                 "UPDATE outbox SET sender_seq = ?1 WHERE client_message_id = ?2",
                 params![-to_i64(*new), id.0.as_slice()],
             )?;
@@ -200,13 +200,13 @@ impl Writer<'_> {
                 envelope.sender_seq = *new;
                 self.set_envelope(*id, &envelope.encode_to_vec())?;
             }
-            self.transaction.execute(
+            self.execute(
                 "UPDATE messages SET sender_seq = ?1 WHERE sender_account = ?2 AND sender_device = ?3
                  AND client_message_id = ?4",
                 params![to_i64(*new), to_i64(sender.account.0), sender.device.0, id.0.as_slice()],
             )?;
         }
-        self.transaction.execute(
+        self.execute(
             "UPDATE outbox SET sender_seq = -sender_seq WHERE chat = ?1 AND sender_seq < 0",
             [chat.0.as_slice()],
         )?;
@@ -215,7 +215,7 @@ impl Writer<'_> {
 
     /// Removes an outbox entry.
     pub fn remove_outbox(&self, client_message_id: ClientMessageId) -> Result<()> {
-        self.transaction.execute(
+        self.execute(
             "DELETE FROM outbox WHERE client_message_id = ?1",
             [client_message_id.0.as_slice()],
         )?;

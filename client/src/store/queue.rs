@@ -67,7 +67,7 @@ impl Writer<'_> {
         client_message_id: ClientMessageId,
         now_ms: u64,
     ) -> Result<bool> {
-        let inserted = self.transaction.execute(
+        let inserted = self.execute(
             "INSERT OR IGNORE INTO seen (sender_account, sender_device, client_message_id, seen_at_ms)
              VALUES (?1, ?2, ?3, ?4)",
             params![to_i64(sender.account.0), sender.device.0, client_message_id.0.as_slice(), to_i64(now_ms)],
@@ -77,7 +77,7 @@ impl Writer<'_> {
 
     /// Forgets seen ids older than [`SEEN_RETENTION_MS`].
     pub fn prune_seen(&self, now_ms: u64) -> Result<usize> {
-        Ok(self.transaction.execute(
+        Ok(self.execute(
             "DELETE FROM seen WHERE seen_at_ms < ?1",
             [to_i64(now_ms.saturating_sub(SEEN_RETENTION_MS))],
         )?)
@@ -99,13 +99,13 @@ impl Writer<'_> {
         let Some(highest) = queue_seqs.iter().max() else {
             return Ok(());
         };
-        self.transaction.execute(
+        self.execute(
             "INSERT INTO queue_cursor (singleton, after_queue_seq) VALUES (1, ?1)
              ON CONFLICT (singleton) DO UPDATE SET after_queue_seq = MAX(after_queue_seq, excluded.after_queue_seq)",
             [to_i64(*highest)],
         )?;
         for seq in queue_seqs {
-            self.transaction.execute(
+            self.execute(
                 "INSERT OR IGNORE INTO pending_acks (queue_seq) VALUES (?1)",
                 [to_i64(*seq)],
             )?;
@@ -116,7 +116,7 @@ impl Writer<'_> {
     /// Forgets acks the server confirmed.
     pub fn acked(&self, queue_seqs: &[u64]) -> Result<()> {
         for seq in queue_seqs {
-            self.transaction.execute(
+            self.execute(
                 "DELETE FROM pending_acks WHERE queue_seq = ?1",
                 [to_i64(*seq)],
             )?;
