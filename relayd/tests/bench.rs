@@ -62,6 +62,13 @@ fn positive(value: &Value, field: &str) {
     assert!(number > 0.0, "{field} is {number} in {value:#}");
 }
 
+/// A CPU time (or a rate over one) is reported: `/proc` counts CPU in 10 ms ticks, and a short
+/// row on a fast machine may cost a process less than one, so zero is a valid reading.
+fn reported(value: &Value, field: &str) {
+    let number = number(value, field);
+    assert!(number >= 0.0, "{field} is {number} in {value:#}");
+}
+
 #[test]
 fn the_message_benchmark_reports_every_row_and_loses_nothing() {
     let report = run_json(&[
@@ -95,11 +102,11 @@ fn every_row_and_ceiling_with_nothing_lost(report: &Value) {
             "delivered",
             "delivered_in_window",
             "delivered_per_second",
-            "server_cpu_seconds",
-            "delivered_per_server_cpu_second",
         ] {
             positive(row, field);
         }
+        reported(row, "server_cpu_seconds");
+        reported(row, "delivered_per_server_cpu_second");
         assert_eq!(row["sent"], row["delivered"], "every ✓ delivered: {row:#}");
         assert_eq!(row["duplicates"], 0, "{row:#}");
         for latency in ["ack", "send_to_deliver"] {
@@ -160,8 +167,8 @@ fn the_message_benchmark_runs_end_to_end_encrypted_through_the_sdk() {
     );
     every_row_and_ceiling_with_nothing_lost(&report);
     for row in report["rows"].as_array().expect("rows") {
-        // The devices' Olm and SQLite work is this process's: it shows.
-        positive(row, "bench_cpu_seconds");
+        // The devices' Olm and SQLite work is this process's, and is reported.
+        reported(row, "bench_cpu_seconds");
         assert!(row["connections_lost"].is_u64(), "{row:#}");
     }
 }
@@ -184,10 +191,10 @@ fn the_connection_benchmark_connects_every_device_and_reads_the_edge() {
         "edge_rss_after_bytes",
         "connect_seconds",
         "connections_per_second",
-        "edge_cpu_seconds_connecting",
     ] {
         positive(&report, field);
     }
+    reported(&report, "edge_cpu_seconds_connecting");
     assert_eq!(report["connect_latency"]["samples"], 100);
     let summary = report["verdict"]["summary"].as_str().expect("a verdict");
     assert!(summary.contains("per idle connection"), "{summary}");
