@@ -854,7 +854,7 @@ impl EdgeLink {
             client_response::Body::Sent(outcome) => Ok(outcome),
             other => Err(CallError::Unexpected(format!(
                 "{} where Sent was expected",
-                kind(&other)
+                other.name()
             ))),
         }
     }
@@ -865,7 +865,7 @@ impl EdgeLink {
             client_response::Body::Queue(batch) => Ok(batch),
             other => Err(CallError::Unexpected(format!(
                 "{} where Queue was expected",
-                kind(&other)
+                other.name()
             ))),
         }
     }
@@ -898,7 +898,7 @@ impl EdgeLink {
                 other => {
                     return Err(CallError::Unexpected(format!(
                         "{} where Challenge was expected",
-                        kind(&other)
+                        other.name()
                     )));
                 }
             };
@@ -926,7 +926,7 @@ impl EdgeLink {
                 client_response::Body::Authenticated(_) => Ok((send, recv)),
                 other => Err(CallError::Unexpected(format!(
                     "{} where Authenticated was expected",
-                    kind(&other)
+                    other.name()
                 ))),
             }
         };
@@ -1090,26 +1090,11 @@ async fn read_pushes(mut recv: quinn::RecvStream, sender: watch::Sender<Pushes>)
     sender.send_modify(|pushes| pushes.closed = Some(reason));
 }
 
-fn kind(body: &client_response::Body) -> &'static str {
-    match body {
-        client_response::Body::Error(_) => "Error",
-        client_response::Body::Challenge(_) => "Challenge",
-        client_response::Body::Authenticated(_) => "Authenticated",
-        client_response::Body::Registered(_) => "Registered",
-        client_response::Body::Account(_) => "Account",
-        client_response::Body::Keys(_) => "Keys",
-        client_response::Body::KeysUploaded(_) => "KeysUploaded",
-        client_response::Body::Sent(_) => "Sent",
-        client_response::Body::Queue(_) => "Queue",
-        client_response::Body::LinkStatus(_) => "LinkStatus",
-        client_response::Body::Pairing(_) => "Pairing",
-        client_response::Body::LinkRequests(_) => "LinkRequests",
-        client_response::Body::Devices(_) => "Devices",
-    }
-}
-
 fn unexpected(what: &str, wanted: &str, got: &client_response::Body) -> BenchError {
-    BenchError::Protocol(format!("{what}: {} where {wanted} was expected", kind(got)))
+    BenchError::Protocol(format!(
+        "{what}: {} where {wanted} was expected",
+        got.name()
+    ))
 }
 
 #[cfg(test)]

@@ -481,20 +481,6 @@ async fn read_pushes(mut recv: quinn::RecvStream, sender: mpsc::Sender<Push>) {
 }
 
 fn unexpected(wanted: &str, got: &client_response::Body) -> ClientError {
-    let kind = match got {
-        client_response::Body::Error(_) => "Error",
-        client_response::Body::Challenge(_) => "Challenge",
-        client_response::Body::Authenticated(_) => "Authenticated",
-        client_response::Body::Registered(_) => "Registered",
-        client_response::Body::Account(_) => "Account",
-        client_response::Body::Keys(_) => "Keys",
-        client_response::Body::KeysUploaded(_) => "KeysUploaded",
-        client_response::Body::Sent(_) => "Sent",
-        client_response::Body::Queue(_) => "Queue",
-        client_response::Body::LinkStatus(_) => "LinkStatus",
-        client_response::Body::Pairing(_) => "Pairing",
-        client_response::Body::LinkRequests(_) => "LinkRequests",
-        client_response::Body::Devices(_) => "Devices",
-    };
+    let kind = got.name();
     ClientError::UnexpectedResponse(format!("{kind} where {wanted} was expected"))
 }

@@ -909,6 +909,27 @@ pub mod client_response {
         #[prost(message, tag = "13")]
         Devices(super::DeviceList),
     }
+
+    impl Body {
+        /// The variant's name, for errors that say what came instead of what was expected.
+        pub fn name(&self) -> &'static str {
+            match self {
+                Body::Error(_) => "Error",
+                Body::Challenge(_) => "Challenge",
+                Body::Authenticated(_) => "Authenticated",
+                Body::Registered(_) => "Registered",
+                Body::Account(_) => "Account",
+                Body::Keys(_) => "Keys",
+                Body::KeysUploaded(_) => "KeysUploaded",
+                Body::Sent(_) => "Sent",
+                Body::Queue(_) => "Queue",
+                Body::LinkStatus(_) => "LinkStatus",
+                Body::Pairing(_) => "Pairing",
+                Body::LinkRequests(_) => "LinkRequests",
+                Body::Devices(_) => "Devices",
+            }
+        }
+    }
 }
 
 /// Something the edge tells an authenticated device on its control stream.
