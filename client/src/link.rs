@@ -14,12 +14,13 @@ use std::time::Duration;
 use relay_proto::wire::{RequestLink, link_proof_payload};
 use relay_proto::{AccountId, DeviceId, PairingCode};
 
-use crate::connection::dial;
 use crate::device::{Environment, Overrides};
 use crate::error::{ClientError, Result};
 use crate::events::{Event, fingerprint};
 use crate::limits::{LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX};
-use crate::register::{Made, definitely_refused, new_device_keys, prepare_data_dir};
+use crate::register::{
+    Made, definitely_refused, dial_new_device, new_device_keys, prepare_data_dir,
+};
 use crate::store::{Contact, Identity};
 
 /// Makes `data_dir` a new device of the account that showed `code`, in the real world (kernel
@@ -88,18 +89,7 @@ async fn attempt(
         proof: proof.to_vec(),
     };
 
-    let mut notes = Vec::new();
-    let dialed = dial(
-        &environment.dialer,
-        &settings,
-        store.last_edge()?,
-        &mut notes,
-    )
-    .await;
-    for message in notes {
-        sink(Event::Note { message });
-    }
-    let connection = dialed?;
+    let connection = dial_new_device(environment, &settings, &store, sink).await?;
     let edge = connection.edge();
     let mut announced = false;
     let mut status = None;

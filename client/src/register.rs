@@ -14,7 +14,7 @@ use relay_proto::limits::ONE_TIME_KEYS_AT_REGISTRATION;
 use relay_proto::wire::{OneTimeKey, Register, validate_account_name};
 use relay_proto::{AccountId, DeviceId};
 
-use crate::connection::{dial, trusted_roots};
+use crate::connection::{EdgeConnection, dial, trusted_roots};
 use crate::crypto::Crypto;
 use crate::device::{CA_FILE, DATABASE_FILE, Environment, Overrides, resolve};
 use crate::error::{ClientError, Result};
@@ -99,18 +99,7 @@ async fn attempt(
     let (identity_key, signing_key, one_time_keys, fallback_key) =
         new_device_keys(&mut store, environment.clock.now_ms())?;
 
-    let mut notes = Vec::new();
-    let dialed = dial(
-        &environment.dialer,
-        &settings,
-        store.last_edge()?,
-        &mut notes,
-    )
-    .await;
-    for message in notes {
-        sink(Event::Note { message });
-    }
-    let connection = dialed?;
+    let connection = dial_new_device(environment, &settings, &store, sink).await?;
     let edge = connection.edge();
     let request = Register {
         name: name.into(),
@@ -314,4 +303,26 @@ fn create_private_dir(path: &Path) -> Result<()> {
     }
     builder.create(path)?;
     Ok(())
+}
+
+/// Dials an edge for a device being made (registered or linked), from the deployment settings
+/// just stored, reporting what discovery noted on the way.
+pub(crate) async fn dial_new_device(
+    environment: &Environment,
+    settings: &Settings,
+    store: &Store,
+    sink: &mut dyn FnMut(Event),
+) -> Result<EdgeConnection> {
+    let mut notes = Vec::new();
+    let dialed = dial(
+        &environment.dialer,
+        settings,
+        store.last_edge()?,
+        &mut notes,
+    )
+    .await;
+    for message in notes {
+        sink(Event::Note { message });
+    }
+    dialed
 }
