@@ -589,8 +589,9 @@ pub(crate) struct OpenGroup {
 }
 
 /// The writes of recent commits, for checking reads against everything committed after them.
-/// Commits older than the transaction age limit (or beyond the byte bound) are forgotten and
-/// `floor_version` rises past them: a transaction reading below it is too old.
+/// Commits older than the transaction age limit (or beyond the byte bound), and on a store that
+/// counts its open transactions ([`OpenReads`]) commits every open transaction read past, are
+/// forgotten and `floor_version` rises past them: a transaction reading below it is too old.
 ///
 /// Like FoundationDB's resolver, a read range is checked in logarithmic time whatever the
 /// history holds: single-key writes sit in a map of key → newest version, and range clears in
