@@ -6,8 +6,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
@@ -314,6 +314,112 @@ pub(crate) fn split_mix(state: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The read versions of a store's open transactions, and the newest durable version (the one
+/// every transaction beginning from now on reads at, or a later one), so that the resolver
+/// forgets a commit as soon as no transaction that can still commit read before it.
+///
+/// Without it the resolver keeps every commit for the whole transaction age limit (5 s), as
+/// FoundationDB's resolver does for read versions it cannot see: under load that is hundreds
+/// of thousands of remembered keys, and every conflict check and every insertion walks them
+/// (a sixth of a busy region's CPU went to comparing keys in that map). A region's
+/// transactions live a few milliseconds, so the history shrinks to the groups they overlap.
+///
+/// A transaction's version is read and counted under one lock ([`OpenReads::begin`]), and the
+/// bound the resolver asks for ([`OpenReads::oldest_read_version`]) is taken under the same
+/// lock: no transaction can have read a version without being counted when the bound is taken,
+/// and one that begins after reads at least the durable version the bound was capped at.
+#[derive(Debug)]
+pub(crate) struct OpenReads {
+    state: Mutex<OpenReadsState>,
+}
+
+#[derive(Debug)]
+struct OpenReadsState {
+    /// How many open transactions read at each version.
+    open_by_version: BTreeMap<u64, usize>,
+    /// The newest version known to be durable; never goes down.
+    durable_version: u64,
+}
+
+/// One open transaction's read version, counted by [`OpenReads`] until it drops.
+#[derive(Debug)]
+pub(crate) struct OpenRead {
+    reads: Arc<OpenReads>,
+    version: u64,
+}
+
+impl OpenReads {
+    /// No transaction open; `durable_version` is the store's durable version.
+    pub(crate) fn new(durable_version: u64) -> Arc<Self> {
+        Arc::new(OpenReads {
+            state: Mutex::new(OpenReadsState {
+                open_by_version: BTreeMap::new(),
+                durable_version,
+            }),
+        })
+    }
+
+    /// Runs `read`, which opens a snapshot and returns it with its version, and counts that
+    /// version open until the returned [`OpenRead`] drops. `read` runs under the lock, so it
+    /// must be short and take no lock that a holder of another engine lock waits on.
+    pub(crate) fn begin<T>(
+        self: &Arc<Self>,
+        read: impl FnOnce() -> Result<(T, u64), StoreError>,
+    ) -> Result<(T, OpenRead), StoreError> {
+        let mut state = self.lock();
+        let (snapshot, version) = read()?;
+        *state.open_by_version.entry(version).or_insert(0) += 1;
+        let open = OpenRead {
+            reads: self.clone(),
+            version,
+        };
+        Ok((snapshot, open))
+    }
+
+    /// Records that `version` is durable: every transaction beginning from now on reads at it
+    /// or later.
+    pub(crate) fn durable(&self, version: u64) {
+        let mut state = self.lock();
+        state.durable_version = state.durable_version.max(version);
+    }
+
+    /// The oldest version an open transaction read at, or the durable version if that is older
+    /// or none is open: commits at or below it conflict with nothing that can still commit.
+    pub(crate) fn oldest_read_version(&self) -> u64 {
+        let state = self.lock();
+        let oldest_open = state.open_by_version.keys().next().copied();
+        oldest_open.map_or(state.durable_version, |oldest| {
+            oldest.min(state.durable_version)
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenReadsState> {
+        // Every update completes under the lock, so a poisoned one is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl OpenRead {
+    /// The version the transaction reads at.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Drop for OpenRead {
+    fn drop(&mut self) {
+        let mut state = self.reads.lock();
+        if let Some(count) = state.open_by_version.get_mut(&self.version) {
+            *count -= 1;
+            if *count == 0 {
+                state.open_by_version.remove(&self.version);
+            }
+        }
+    }
+}
+
 /// Checks commits against the writes of newer ones, assigns commit versions and versionstamps,
 /// and injects the configured faults. One per open database, used by one committer at a time.
 pub(crate) struct Resolver {
@@ -322,6 +428,9 @@ pub(crate) struct Resolver {
     version: u64,
     history: ConflictHistory,
     faults: Option<Faults>,
+    /// The store's open transactions, when it counts them: commits no open transaction read
+    /// before are forgotten at once instead of after the transaction age limit.
+    open_reads: Option<Arc<OpenReads>>,
 }
 
 impl Resolver {
@@ -333,7 +442,15 @@ impl Resolver {
                 state: config.seed,
                 config,
             }),
+            open_reads: None,
         }
+    }
+
+    /// This resolver, forgetting each commit once no transaction counted by `open_reads` (nor
+    /// any beginning later) read before it.
+    pub(crate) fn counting(mut self, open_reads: Arc<OpenReads>) -> Self {
+        self.open_reads = Some(open_reads);
+        self
     }
 
     /// The version of the last group that accepted a request.
@@ -370,7 +487,11 @@ impl Resolver {
 
     /// Starts the group to be applied at the next version, forgetting what has aged out.
     pub(crate) fn open_group(&mut self, now: Instant) -> OpenGroup {
-        self.history.forget_older_than(now);
+        let read_by_all = self
+            .open_reads
+            .as_ref()
+            .map_or(0, |open_reads| open_reads.oldest_read_version());
+        self.history.forget_older_than(now, read_by_all);
         OpenGroup {
             remembered: RememberedCommit::new(self.version + 1, now),
             accepted: 0,
@@ -468,8 +589,9 @@ pub(crate) struct OpenGroup {
 }
 
 /// The writes of recent commits, for checking reads against everything committed after them.
-/// Commits older than the transaction age limit (or beyond the byte bound) are forgotten and
-/// `floor_version` rises past them: a transaction reading below it is too old.
+/// Commits older than the transaction age limit (or beyond the byte bound), and on a store that
+/// counts its open transactions ([`OpenReads`]) commits every open transaction read past, are
+/// forgotten and `floor_version` rises past them: a transaction reading below it is too old.
 ///
 /// Like FoundationDB's resolver, a read range is checked in logarithmic time whatever the
 /// history holds: single-key writes sit in a map of key → newest version, and range clears in
@@ -629,12 +751,15 @@ impl ConflictHistory {
         }
     }
 
-    /// Forgets commits older than the transaction age limit, and the oldest ones beyond the
-    /// byte bound.
-    fn forget_older_than(&mut self, now: Instant) {
+    /// Forgets commits older than the transaction age limit, commits at or below
+    /// `read_by_all` (every transaction that can still commit read at that version or later,
+    /// so they conflict with none of them; 0 when the store does not count its transactions),
+    /// and the oldest ones beyond the byte bound.
+    fn forget_older_than(&mut self, now: Instant, read_by_all: u64) {
         while let Some(oldest) = self.commits.front() {
             let expired = now.saturating_duration_since(oldest.committed_at) > TRANSACTION_AGE_MAX;
-            if !expired && self.bytes() <= CONFLICT_HISTORY_BYTES_MAX {
+            let seen_by_all = oldest.version <= read_by_all;
+            if !expired && !seen_by_all && self.bytes() <= CONFLICT_HISTORY_BYTES_MAX {
                 break;
             }
             let Some(oldest) = self.commits.pop_front() else {
@@ -917,14 +1042,14 @@ mod tests {
             "ranges are half-open"
         );
 
-        history.forget_older_than(start + TRANSACTION_AGE_MAX + Duration::from_secs(1));
+        history.forget_older_than(start + TRANSACTION_AGE_MAX + Duration::from_secs(1), 0);
         assert_eq!(
             history.floor_version, 1,
             "commit 1 is forgotten, commit 2 is not"
         );
         assert!(!history.last_write_by_key.contains_key(b"b".as_slice()));
         assert!(history.conflicts(&request(1, &[(b"x", b"y")])));
-        history.forget_older_than(start + Duration::from_secs(60));
+        history.forget_older_than(start + Duration::from_secs(60), 0);
         assert_eq!((history.floor_version, history.bytes()), (2, 0));
         assert!(history.last_write_by_key.is_empty());
     }
@@ -994,6 +1119,58 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_is_forgotten_once_every_open_transaction_read_past_it() {
+        let counters = Counters::default();
+        let start = Instant::now();
+        let open_reads = OpenReads::new(0);
+        let mut resolver = Resolver::new(0, None).counting(open_reads.clone());
+        let begin = |version: u64| open_reads.begin(|| Ok(((), version))).expect("begin").1;
+        // A transaction reads at 0 and stays open while group 1 writes k.
+        let early = begin(0);
+        let first = resolver.resolve(&[&writing(0, &[], &[b"k"])], start, &counters);
+        assert_eq!(
+            first[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(1)
+        );
+        resolver.settled(1, start);
+        open_reads.durable(1);
+        assert_eq!(open_reads.oldest_read_version(), 0);
+        // Well within the age limit, group 1 is kept while the early transaction is open: it
+        // read k before group 1 wrote it, so it conflicts.
+        let stale = resolver.resolve(&[&writing(0, &[(b"k", b"l")], &[b"x"])], start, &counters);
+        assert!(matches!(stale[0], Err(StoreError::NotCommitted)));
+        assert!(resolver.history.last_write_by_key.contains_key(&b"k"[..]));
+        // Once it ended, and every transaction open reads at 1 or later, the next group forgets
+        // group 1 at once: nothing can conflict with it any more.
+        drop(early);
+        let reader = begin(1);
+        assert_eq!(open_reads.oldest_read_version(), 1);
+        let second = resolver.resolve(&[&writing(1, &[(b"k", b"l")], &[b"y"])], start, &counters);
+        assert_eq!(
+            second[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(2)
+        );
+        assert!(!resolver.history.last_write_by_key.contains_key(&b"k"[..]));
+        assert_eq!(resolver.floor_version(), 1);
+        // Group 2 is not durable yet, so it is kept even with no transaction open: one that
+        // begins now reads at 1, before it.
+        drop(reader);
+        assert_eq!(open_reads.oldest_read_version(), 1);
+        let racing = resolver.resolve(&[&writing(1, &[(b"y", b"z")], &[b"w"])], start, &counters);
+        assert!(matches!(racing[0], Err(StoreError::NotCommitted)));
+        // Durable and read past by all, it goes too.
+        resolver.settled(2, start);
+        open_reads.durable(2);
+        let third = resolver.resolve(&[&writing(2, &[(b"y", b"z")], &[b"w"])], start, &counters);
+        assert_eq!(
+            third[0].as_ref().map(Versionstamp::commit_version).ok(),
+            Some(3)
+        );
+        assert!(!resolver.history.last_write_by_key.contains_key(&b"y"[..]));
+        assert_eq!(resolver.floor_version(), 2);
+    }
+
+    #[test]
     fn a_key_written_again_is_forgotten_with_its_newest_commit_only() {
         let mut history = ConflictHistory::new(0);
         let start = Instant::now();
@@ -1011,9 +1188,9 @@ mod tests {
             .map(|commit| commit.keys[0].as_ptr())
             .collect::<Vec<_>>();
         assert_eq!(shared[0], shared[1], "one copy of the key for both commits");
-        history.forget_older_than(start + TRANSACTION_AGE_MAX + Duration::from_secs(1));
+        history.forget_older_than(start + TRANSACTION_AGE_MAX + Duration::from_secs(1), 0);
         assert!(history.conflicts(&request(1, &[(b"k", b"k\0")])));
-        history.forget_older_than(start + Duration::from_secs(60));
+        history.forget_older_than(start + Duration::from_secs(60), 0);
         assert!(history.last_write_by_key.is_empty());
     }
 

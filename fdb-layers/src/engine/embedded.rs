@@ -51,7 +51,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::committer::{
-    ApplyTarget, CommitRequest, InjectedDiskFailure, KeyRange, OpenGroup, Resolver, apply_request,
+    ApplyTarget, CommitRequest, InjectedDiskFailure, KeyRange, OpenGroup, OpenRead, OpenReads,
+    Resolver, apply_request,
 };
 use super::disk::{DATA_TABLE, META_TABLE, StoreFile, VERSION_KEY, contained, read_error};
 use super::local::KeyValue;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     stages: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
     registry: Arc<WatchRegistry>,
+    /// The read versions of the open transactions, which bound what the resolver remembers.
+    open_reads: Arc<OpenReads>,
 }
 
 /// What the resolver stage is asked to do.
@@ -113,9 +116,11 @@ impl Shared {
         let counters = Arc::new(Counters::default());
         let registry = WatchRegistry::new();
         let (sender, receiver) = mpsc::sync_channel(COMMIT_QUEUE_TRANSACTIONS_MAX);
+        let open_reads = OpenReads::new(version);
         let committer = Arc::new(Committer::new(
             file.clone(),
             Resolver::new(version, options.faults),
+            open_reads.clone(),
             counters.clone(),
             registry.clone(),
         ));
@@ -148,21 +153,25 @@ impl Shared {
             stages: vec![resolver, writer],
             counters,
             registry,
+            open_reads,
         }))
     }
 
-    /// A read snapshot of the data and its version.
-    pub(crate) fn snapshot(&self) -> Result<(DataTable, u64), StoreError> {
-        self.file.with("beginning a read", |redb| {
-            let read = redb.begin_read().map_err(read_error)?;
-            let data = read.open_table(DATA_TABLE).map_err(read_error)?;
-            let meta = read.open_table(META_TABLE).map_err(read_error)?;
-            let version = meta
-                .get(VERSION_KEY)
-                .map_err(read_error)?
-                .map(|version| version.value())
-                .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
-            Ok((data, version))
+    /// A read snapshot of the data and its version, counted open (for the resolver) until the
+    /// returned [`OpenRead`] drops.
+    pub(crate) fn snapshot(&self) -> Result<(DataTable, OpenRead), StoreError> {
+        self.open_reads.begin(|| {
+            self.file.with("beginning a read", |redb| {
+                let read = redb.begin_read().map_err(read_error)?;
+                let data = read.open_table(DATA_TABLE).map_err(read_error)?;
+                let meta = read.open_table(META_TABLE).map_err(read_error)?;
+                let version = meta
+                    .get(VERSION_KEY)
+                    .map_err(read_error)?
+                    .map(|version| version.value())
+                    .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
+                Ok((data, version))
+            })
         })
     }
 
@@ -310,6 +319,8 @@ struct Committer {
     space: Condvar,
     counters: Arc<Counters>,
     registry: Arc<WatchRegistry>,
+    /// Told each durable version, so the resolver forgets what every open transaction saw.
+    open_reads: Arc<OpenReads>,
 }
 
 struct PipelineState {
@@ -464,13 +475,14 @@ impl Committer {
     fn new(
         file: Arc<StoreFile>,
         resolver: Resolver,
+        open_reads: Arc<OpenReads>,
         counters: Arc<Counters>,
         registry: Arc<WatchRegistry>,
     ) -> Self {
         Committer {
             file,
             state: Mutex::new(PipelineState {
-                resolver,
+                resolver: resolver.counting(open_reads.clone()),
                 open: None,
                 writing: false,
                 resolver_stopped: false,
@@ -482,6 +494,7 @@ impl Committer {
             space: Condvar::new(),
             counters,
             registry,
+            open_reads,
         }
     }
 
@@ -685,6 +698,8 @@ impl Committer {
                 } else {
                     match self.write(version, &requests, disk_failure) {
                         Ok(()) => {
+                            // Before the state's lock: a transaction beginning now reads it.
+                            self.open_reads.durable(version);
                             self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
                             self.counters
                                 .committed_transactions
@@ -802,6 +817,7 @@ impl Committer {
     fn reopen(&self) -> Result<u64, StoreError> {
         self.counters.reopens.fetch_add(1, Ordering::Relaxed);
         let durable = self.file.reopen(false)?;
+        self.open_reads.durable(durable);
         let mut state = self.lock();
         let now = Instant::now();
         let PipelineState {
@@ -1024,6 +1040,7 @@ mod tests {
         let committer = Committer::new(
             file,
             Resolver::new(version, None),
+            OpenReads::new(version),
             Arc::new(Counters::default()),
             WatchRegistry::new(),
         );

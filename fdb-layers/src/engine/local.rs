@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::committer::{
-    AtomicOp, CommitRequest, KeyRange, PendingWrite, VersionstampedKey, fold, place_versionstamp,
+    AtomicOp, CommitRequest, KeyRange, OpenRead, PendingWrite, VersionstampedKey, fold,
+    place_versionstamp,
 };
 use super::transaction::Budget;
 use super::watches::{PendingWatch, Watch, WatchRegistry};
@@ -38,8 +39,9 @@ impl LocalStore {
     pub(crate) fn begin(&self) -> Result<LocalTransaction, StoreError> {
         let (snapshot, read_version) = match self {
             LocalStore::Embedded(shared) => {
-                let (table, version) = shared.snapshot()?;
-                (Snapshot::Embedded(table), version)
+                let (table, open) = shared.snapshot()?;
+                let version = open.version();
+                (Snapshot::Embedded { table, _open: open }, version)
             }
             LocalStore::Memory(shared) => {
                 (Snapshot::Memory(shared.clone()), shared.latest_version()?)
@@ -83,8 +85,13 @@ impl LocalStore {
 
 /// Where a transaction's snapshot is read from.
 enum Snapshot {
-    /// A redb read transaction's table, pinned at the read version.
-    Embedded(ReadOnlyTable<&'static [u8], &'static [u8]>),
+    /// A redb read transaction's table, pinned at the read version, counted open for the
+    /// resolver until the transaction drops.
+    Embedded {
+        table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+        /// Held for its drop, which tells the resolver the transaction ended.
+        _open: OpenRead,
+    },
     /// The memory store's versions, read at the read version.
     Memory(Arc<memory::Shared>),
 }
@@ -190,7 +197,7 @@ impl LocalTransaction {
             return Err(StoreError::AccessedUnreadable);
         }
         let pairs = match &state.snapshot {
-            Snapshot::Embedded(table) => {
+            Snapshot::Embedded { table, .. } => {
                 let mut stored = embedded::snapshot_range(table, begin, end, options.reverse)?;
                 state.merged_range(&mut stored, begin, end, limit, options.reverse)?
             }
@@ -516,7 +523,7 @@ impl State {
     fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.snapshot {
             Snapshot::Memory(shared) => shared.value_at(key, self.read_version),
-            Snapshot::Embedded(table) => embedded::snapshot_value(table, key),
+            Snapshot::Embedded { table, .. } => embedded::snapshot_value(table, key),
         }
     }
 

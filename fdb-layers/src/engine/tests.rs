@@ -261,6 +261,36 @@ async fn an_older_transaction_reads_its_snapshot_and_conflicts(database: Databas
         .expect("a transaction without read conflicts commits");
 }
 
+on_local_backends!(an_open_transaction_keeps_what_it_may_conflict_with_across_later_groups);
+/// The embedded store forgets a commit once every open transaction read past it: an older
+/// transaction still open keeps the commits after its read version remembered, however many
+/// groups commit meanwhile, and one that began later commits.
+async fn an_open_transaction_keeps_what_it_may_conflict_with_across_later_groups(
+    database: Database,
+) {
+    put(&database, &[("k", "old")]).await;
+    let older = database.create_transaction().expect("transaction");
+    assert_eq!(older.get(b"k").await.expect("get"), Some(b"old".to_vec()));
+    put(&database, &[("k", "new")]).await;
+    // Later groups, each forgetting what no open transaction needs any more.
+    for round in 0..20u32 {
+        put(&database, &[("other", &round.to_string())]).await;
+    }
+    let later = database.create_transaction().expect("transaction");
+    assert_eq!(later.get(b"k").await.expect("get"), Some(b"new".to_vec()));
+    put(&database, &[("other", "last")]).await;
+    older.set(b"derived", b"from old").expect("set");
+    assert!(matches!(
+        older.commit().await,
+        Err(StoreError::NotCommitted)
+    ));
+    later.set(b"derived", b"from new").expect("set");
+    later
+        .commit()
+        .await
+        .expect("a transaction that read past every later write of k commits");
+}
+
 on_local_backends!(a_limited_range_read_conflicts_only_up_to_where_it_stopped);
 async fn a_limited_range_read_conflicts_only_up_to_where_it_stopped(database: Database) {
     put(&database, &[("a", "1"), ("b", "2"), ("c", "3")]).await;
