@@ -219,7 +219,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     bar.inc(1);
                     bar.set_message(step.to_owned());
                 },
-                shutdown_signal(),
+                async { shutdown_signal().await },
             )?;
             bar.finish_and_clear();
             if args.json {
@@ -248,7 +248,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     bar.inc(1);
                     bar.set_message(step.to_owned());
                 },
-                shutdown_signal(),
+                async { shutdown_signal().await },
             )?;
             bar.finish_and_clear();
             if args.json {

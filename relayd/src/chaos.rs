@@ -143,7 +143,7 @@ pub fn run(args: ChaosArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let outcome = runtime.block_on(real::run(&config, shutdown_signal()));
+    let outcome = runtime.block_on(async { real::run(&config, shutdown_signal()).await });
     let report = match outcome {
         Ok(report) => report,
         Err(error) => {
@@ -204,7 +204,8 @@ fn rerun_inside(namespace: &Namespace, pass_seed: bool, seed: u64) -> Result<()>
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let status = runtime.block_on(namespace.run_inside(&exe, &args, shutdown_signal()))?;
+    let status =
+        runtime.block_on(async { namespace.run_inside(&exe, &args, shutdown_signal()).await })?;
     if !status.success() {
         bail!(
             "relayd chaos exited with {status} inside network namespace {}",

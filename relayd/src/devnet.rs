@@ -61,6 +61,6 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(relay_devnet::run(options, print, shutdown_signal()))?;
+        .block_on(async { relay_devnet::run(options, print, shutdown_signal()).await })?;
     Ok(())
 }

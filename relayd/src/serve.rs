@@ -1,6 +1,7 @@
 //! The server subcommands: load the configuration (refusing a bad one before binding anything),
 //! bind, print the "listening on" line, serve until SIGINT or SIGTERM.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 
@@ -16,20 +17,28 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
+/// Listens for SIGINT and SIGTERM from the moment it is called, and completes on the first.
+///
+/// Call it inside the runtime (the handlers need its reactor) and before announcing "listening
+/// on": a supervisor that sends SIGTERM right after that line must stop the server cleanly, not
+/// kill it by the signal's default action because no handler was installed yet.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn first(signal: Option<Signal>) {
+        match signal {
+            Some(mut signal) => {
+                signal.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    }
+    let terminate = first(signal(SignalKind::terminate()).ok());
+    let interrupt = first(signal(SignalKind::interrupt()).ok());
+    async move {
+        tokio::select! {
+            () = interrupt => {}
+            () = terminate => {}
+        }
     }
 }
 
@@ -43,9 +52,10 @@ fn announce(line: String) {
 pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
     let config = RegionConfig::load(config_path)?;
     runtime()?.block_on(async {
+        let shutdown = shutdown_signal();
         let (service, address, _) = RegionService::open(&config, accept_new_store).await?;
         announce(format!("region {} listening on {address}", config.region));
-        service.run(shutdown_signal()).await?;
+        service.run(shutdown).await?;
         tracing::info!("region stopped");
         Ok(())
     })
@@ -55,9 +65,10 @@ pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
 pub fn edge(config_path: &Path) -> Result<()> {
     let config = EdgeConfig::load(config_path)?;
     runtime()?.block_on(async {
+        let shutdown = shutdown_signal();
         let (service, address, subscriptions) = EdgeService::bind(&config)?;
         announce(format!("edge {} listening on {address}", config.region));
-        service.run(subscriptions, shutdown_signal()).await?;
+        service.run(subscriptions, shutdown).await?;
         tracing::info!("edge stopped");
         Ok(())
     })
@@ -67,9 +78,10 @@ pub fn edge(config_path: &Path) -> Result<()> {
 pub fn locator(config_path: &Path) -> Result<()> {
     let config = LocatorConfig::load(config_path)?;
     runtime()?.block_on(async {
+        let shutdown = shutdown_signal();
         let server = LocatorServer::bind(config).await?;
         announce(format!("locator listening on {}", server.local_addr()));
-        server.serve(shutdown_signal()).await?;
+        server.serve(shutdown).await?;
         tracing::info!("locator stopped");
         Ok(())
     })
