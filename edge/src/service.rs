@@ -32,12 +32,13 @@ use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
     ServerPush, client_request, client_response, region_request, region_response, server_push,
 };
-use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use crate::cache::{Home, HomeCache};
 use crate::config::EdgeConfig;
+use crate::keys::DeviceKeyCache;
 use crate::limits::{
     AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_PUSHES_MAX, OVERLOADED_RETRY_AFTER_MS,
     RESUBSCRIBE_DELAY_MS,
@@ -150,6 +151,8 @@ struct Inner {
     links: PeerLinks,
     regions: Vec<RegionId>,
     homes: Mutex<HomeCache>,
+    /// The keys of devices that logged in or registered here (see [`crate::keys`]).
+    keys: Mutex<DeviceKeyCache>,
     /// device → (connection id → its push channel); ordered, so that pushes and subscriptions
     /// go out in the same order on every run.
     devices: Mutex<BTreeMap<DeviceAddress, BTreeMap<u64, Connected>>>,
@@ -245,6 +248,7 @@ impl EdgeService {
             links,
             regions: regions.keys().copied().collect(),
             homes: Mutex::new(HomeCache::default()),
+            keys: Mutex::new(DeviceKeyCache::default()),
             devices: Mutex::new(BTreeMap::new()),
             subscriptions,
             connections: ConnectionSlots::new(DEVICE_CONNECTIONS_MAX),
@@ -407,7 +411,7 @@ impl EdgeService {
                 "authentication timed out",
             ))
         });
-        let (device, home, keys) = match authenticated {
+        let (device, home, keys, from_cache) = match authenticated {
             Ok(result) => result,
             Err(error) => {
                 tracing::info!(code = ?error.code, "device authentication refused");
@@ -421,7 +425,7 @@ impl EdgeService {
             body: Some(client_response::Body::Authenticated(keys)),
         };
         if net::write_frame(&mut send, &welcome).await.is_ok() {
-            tracing::info!(%device, "device connected");
+            tracing::info!(%device, from_cache, "device connected");
             let forward = async {
                 while let Some(push) = pushed.recv().await {
                     if net::write_frame(&mut send, &push).await.is_err() {
@@ -446,7 +450,7 @@ impl EdgeService {
         connection: &quinn::Connection,
         session: &Mutex<Session>,
         recv: &mut quinn::RecvStream,
-    ) -> Result<(DeviceAddress, RegionId, wire::OneTimeKeyCount), ProtoError> {
+    ) -> Result<(DeviceAddress, RegionId, wire::OneTimeKeyCount, bool), ProtoError> {
         let frame = net::read_frame::<ClientRequest>(recv)
             .await
             .map_err(|error| error.to_proto())?;
@@ -462,19 +466,28 @@ impl EdgeService {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .claimed_device(&authenticate)?;
-        let (home, key) = within_answer_timeout(async {
-            let signing_key = region_request::Body::SigningKey(device.into());
-            match self.to_home(device.account, signing_key).await? {
-                (home, region_response::Body::SigningKey(key)) => Ok((home, key)),
-                _ => Err(ProtoError::new(
-                    ErrorCode::Internal,
-                    "unexpected answer to a key lookup",
-                )),
-            }
-        })
-        .await?;
         let keying_material =
             net::auth_keying_material(connection).map_err(|error| error.to_proto())?;
+        let cached = self.keys().key(device, self.inner.clock.now_ms());
+        if let Some(cached) = cached {
+            let home = within_answer_timeout(self.home_of(device.account)).await?;
+            let verified = session
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .handle_authenticate_from_cache(&authenticate, &keying_material, &cached);
+            match verified {
+                Ok(_) => return Ok((device, home, cached.key_count(), true)),
+                // The cached marks never lead the region's: this refusal is the region's too.
+                Err(error) if error.code == ErrorCode::DeviceRolledBack => return Err(error),
+                Err(_) => {
+                    // A key that does not verify is asked of the region before refusing.
+                    self.keys().forget(device);
+                }
+            }
+        }
+        let (home, key) = within_answer_timeout(self.signing_key(device)).await?;
+        self.keys()
+            .handle_lookup(device, &key, self.inner.clock.now_ms());
         let seen = SeenMarks {
             acked_queue_seq: key.acked_queue_seq,
             device_seq: key.device_seq,
@@ -487,7 +500,67 @@ impl EdgeService {
             remaining: key.one_time_keys_remaining,
             fallback_key: key.fallback_key,
         };
-        Ok((device, home, keys))
+        Ok((device, home, keys, false))
+    }
+
+    /// The signing key of `device` and what its home region has seen of it, with that region.
+    async fn signing_key(
+        &self,
+        device: DeviceAddress,
+    ) -> Result<(RegionId, wire::SigningKey), ProtoError> {
+        let signing_key = region_request::Body::SigningKey(device.into());
+        match self.to_home(device.account, signing_key).await? {
+            (home, region_response::Body::SigningKey(key)) => Ok((home, key)),
+            _ => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "unexpected answer to a key lookup",
+            )),
+        }
+    }
+
+    /// Asks the home region to confirm a login that was checked against the key cache, before
+    /// the connection's first request that needs it (see [`Session::needs_confirmation`]). A
+    /// region that cannot answer now leaves the session unconfirmed (the device retries); a
+    /// refusal ends it and forgets the cached key.
+    async fn confirm(
+        &self,
+        session: &Mutex<Session>,
+        device: DeviceAddress,
+    ) -> Result<(), ProtoError> {
+        let answer = match self.signing_key(device).await {
+            Ok((_, key)) => {
+                self.keys()
+                    .handle_lookup(device, &key, self.inner.clock.now_ms());
+                Ok(key)
+            }
+            Err(error) if is_refusal_of_the_device(&error) => {
+                self.keys().forget(device);
+                Err(error)
+            }
+            Err(error) => return Err(error),
+        };
+        let confirmed = session
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_confirmation(answer.as_ref().map_err(Clone::clone).map(|key| {
+                let seen = SeenMarks {
+                    acked_queue_seq: key.acked_queue_seq,
+                    device_seq: key.device_seq,
+                };
+                (key.signing_key.as_slice(), seen)
+            }));
+        if let Err(error) = &confirmed {
+            tracing::info!(%device, code = ?error.code, "a login from the key cache was refused by its home region");
+            self.keys().forget(device);
+        }
+        confirmed
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, DeviceKeyCache> {
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn connect(
@@ -781,7 +854,107 @@ impl EdgeService {
         }
     }
 
+    /// Answers one request of a device: waits for the confirmation of a login from the key
+    /// cache where the request needs it, routes it, and keeps the key cache in step with what
+    /// the regions answered.
     async fn handle_request(
+        &self,
+        session: &Mutex<Session>,
+        request: ClientRequest,
+    ) -> Result<client_response::Body, ProtoError> {
+        let (needs_confirmation, device) = {
+            let session = session.lock().unwrap_or_else(|poison| poison.into_inner());
+            (session.needs_confirmation(&request), session.device())
+        };
+        if needs_confirmation && let Some(device) = device {
+            self.confirm(session, device).await?;
+        }
+        let news = KeyNews::of(&request);
+        let answer = self.route_request(session, request).await;
+        let now_ms = self.inner.clock.now_ms();
+        match (&answer, device) {
+            (Ok(body), _) => self.learn(news, device, body, now_ms),
+            (Err(error), Some(device)) if is_refusal_of_the_device(error) => {
+                self.keys().forget(device);
+            }
+            (Err(_), _) => {}
+        }
+        answer
+    }
+
+    /// Keeps the key cache in step with a region's answer `body` to a request of `device` (if
+    /// authenticated) that carried `news`.
+    fn learn(
+        &self,
+        news: KeyNews,
+        device: Option<DeviceAddress>,
+        body: &client_response::Body,
+        now_ms: u64,
+    ) {
+        use client_response::Body as Resp;
+        match (news, body, device) {
+            (
+                KeyNews::Registered {
+                    signing_key,
+                    one_time_keys,
+                    fallback_key,
+                },
+                Resp::Registered(registered),
+                _,
+            ) => {
+                let account = AccountId(registered.account.account);
+                let new_device = DeviceAddress {
+                    account,
+                    device: DeviceId(registered.device),
+                };
+                self.keys().handle_registered(
+                    new_device,
+                    &signing_key,
+                    one_time_keys,
+                    fallback_key,
+                    now_ms,
+                );
+                let home = Home {
+                    region: RegionId(registered.account.region),
+                    epoch: registered.account.epoch,
+                };
+                if self.inner.regions.contains(&home.region) {
+                    self.inner
+                        .homes
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .handle_lookup(account, home, now_ms);
+                }
+            }
+            (KeyNews::Fetched { highest_acked }, Resp::Queue(batch), Some(device)) => {
+                let counts = wire::OneTimeKeyCount {
+                    remaining: batch.one_time_keys_remaining,
+                    fallback_key: batch.fallback_key,
+                };
+                // No entry above the queue's latest was ever acknowledged.
+                let highest_acked = highest_acked.min(batch.latest_queue_seq);
+                self.keys()
+                    .handle_fetched(device, highest_acked, counts, now_ms);
+            }
+            (KeyNews::Sent { device_seq }, Resp::Sent(outcome), Some(device)) => {
+                if let Some(wire::send_outcome::Outcome::Sent(_)) = outcome.outcome {
+                    self.keys().handle_stored(device, device_seq, now_ms);
+                }
+            }
+            (KeyNews::Removed { device: removed }, Resp::Devices(_), Some(device)) => {
+                self.keys().forget(DeviceAddress {
+                    account: device.account,
+                    device: DeviceId(removed),
+                });
+            }
+            (_, Resp::KeysUploaded(counts), Some(device)) => {
+                self.keys().handle_keys_uploaded(device, counts.clone(), now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    async fn route_request(
         &self,
         session: &Mutex<Session>,
         request: ClientRequest,
@@ -986,6 +1159,62 @@ impl EdgeService {
             ))
         })
     }
+}
+
+/// What a device's request may teach the key cache once a region accepted it.
+enum KeyNews {
+    /// A registration: the new device's key and key counts.
+    Registered {
+        signing_key: Vec<u8>,
+        one_time_keys: usize,
+        fallback_key: bool,
+    },
+    /// A fetch that acknowledged entries up to `highest_acked` (0: none).
+    Fetched { highest_acked: u64 },
+    /// An envelope numbered `device_seq`.
+    Sent { device_seq: u64 },
+    /// The removal of the account's device number `device`.
+    Removed { device: u32 },
+    /// Nothing.
+    Nothing,
+}
+
+impl KeyNews {
+    fn of(request: &ClientRequest) -> Self {
+        use client_request::Body as Req;
+        match &request.body {
+            Some(Req::Register(register)) => KeyNews::Registered {
+                signing_key: register.signing_key.clone(),
+                one_time_keys: register.one_time_keys.len(),
+                fallback_key: register.fallback_key.is_some(),
+            },
+            Some(Req::FetchQueue(fetch)) => KeyNews::Fetched {
+                highest_acked: fetch
+                    .ack
+                    .as_ref()
+                    .and_then(|ack| ack.queue_seqs.iter().max().copied())
+                    .unwrap_or(0),
+            },
+            Some(Req::Send(envelope)) => KeyNews::Sent {
+                device_seq: envelope.device_seq,
+            },
+            Some(Req::Devices(wire::DeviceCommand {
+                command: Some(wire::device_command::Command::Remove(remove)),
+            })) => KeyNews::Removed {
+                device: remove.device,
+            },
+            _ => KeyNews::Nothing,
+        }
+    }
+}
+
+/// Whether a region's `error` to a request of a device refuses the device itself (removed, or
+/// its state went back), so that its cached key must go.
+fn is_refusal_of_the_device(error: &ProtoError) -> bool {
+    matches!(
+        error.code,
+        ErrorCode::UnknownAccount | ErrorCode::DeviceRolledBack
+    )
 }
 
 /// Runs `work` (requests to regions on a device's behalf) for at most
