@@ -298,7 +298,10 @@ mod tests {
         let mut bad = answer(0, 0);
         bad.signing_key = vec![1; 5];
         cache.handle_lookup(DEVICE, &bad, 2);
-        assert!(cache.key(DEVICE, 3).is_none(), "a short key drops the entry");
+        assert!(
+            cache.key(DEVICE, 3).is_none(),
+            "a short key drops the entry"
+        );
         cache.handle_registered(DEVICE, &[3; 31], 50, true, 4);
         assert!(cache.is_empty());
     }

@@ -4,11 +4,11 @@
 //! the edge shares with devices and regions (frame sizes, the nested timeouts) are in
 //! [`relay_proto::limits`]; those of QUIC connections in [`relay_net::limits`].
 
-use relay_proto::{AccountId, DeviceAddress};
 use relay_proto::limits::{
     DIRECTORY_CACHE_TTL_MS, EDGE_ANSWER_TIMEOUT_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, HOP_MARGIN_MS,
     SUBSCRIBED_DEVICES_PER_STREAM_MAX,
 };
+use relay_proto::{AccountId, DeviceAddress};
 
 use crate::cache::Home;
 use crate::keys::DeviceKey;
@@ -38,10 +38,6 @@ pub const BACKLOG_SENDS_IN_A_BURST: u32 = 10_000;
 /// How long an `Overloaded` answer (a region too slow to answer) asks the device to wait before
 /// it retries, in ms.
 pub const OVERLOADED_RETRY_AFTER_MS: u64 = 2_000;
-
-/// Pushes buffered for one device connection before new ones are dropped: they are hints, and
-/// a full buffer already holds one that makes the device fetch.
-pub const DEVICE_PUSHES_MAX: usize = 64;
 
 // The home-region cache.
 
@@ -129,7 +125,7 @@ const _: () = assert!(REQUESTS_BURST_DEFAULT >= REQUESTS_PER_SECOND_DEFAULT);
 // A backlog's burst leaves room for a page of fetches and acknowledgements per 10 sends.
 const _: () =
     assert!(REQUESTS_BURST_DEFAULT >= BACKLOG_SENDS_IN_A_BURST + BACKLOG_SENDS_IN_A_BURST / 10);
-const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1 && DEVICE_PUSHES_MAX >= 1);
+const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1);
 // Every account of one envelope (its recipients and its sender) is cached at once, so a send
 // never evicts the homes it just looked up.
 const _: () = assert!(HOME_CACHE_ENTRIES_MAX > ENVELOPE_RECIPIENT_DEVICES_MAX);

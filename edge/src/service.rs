@@ -6,7 +6,9 @@
 //! An edge holds no durable data: a crash loses connections, never messages. What it holds in
 //! memory is bounded ([`crate::limits`]): device connections ([`DEVICE_CONNECTIONS_MAX`], then
 //! refused), the homes of accounts ([`HomeCache`]: bounded, expiring, forgotten when a region
-//! refuses an account), pushes per device (dropped past [`DEVICE_PUSHES_MAX`]: they are hints)
+//! refuses an account), the keys of devices ([`DeviceKeyCache`]: bounded, expiring), one push
+//! per device connection (pushes are hints: the one announcing the highest queue sequence
+//! stands for all)
 //! and subscription changes per region ([`PendingSubscriptions`]: a resync past their bound).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,15 +35,14 @@ use relay_proto::wire::{
     ServerPush, client_request, client_response, region_request, region_response, server_push,
 };
 use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::cache::{Home, HomeCache};
 use crate::config::EdgeConfig;
 use crate::keys::DeviceKeyCache;
 use crate::limits::{
-    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_PUSHES_MAX, OVERLOADED_RETRY_AFTER_MS,
-    RESUBSCRIBE_DELAY_MS,
+    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, OVERLOADED_RETRY_AFTER_MS, RESUBSCRIBE_DELAY_MS,
 };
 use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
 use crate::subscriptions::{PendingSubscriptions, SubscriptionWork, change_frames, resync_frames};
@@ -132,9 +133,42 @@ impl RegionSubscription {
     }
 }
 
+/// One connection of a device, as the pushes find it.
 struct Connected {
+    id: u64,
     home: RegionId,
-    pushes: mpsc::Sender<ServerPush>,
+    pushes: Arc<PushSlot>,
+}
+
+/// The push waiting for one device connection. A push is a hint to fetch after the device's
+/// cursor, so the one announcing the highest queue sequence says everything the others would:
+/// a connection keeps that one number (and a wake-up) instead of a queue of frames, and never
+/// drops a push.
+#[derive(Default)]
+struct PushSlot {
+    /// The highest `latest_queue_seq` announced and not written yet, plus one; 0: none.
+    waiting: AtomicU64,
+    wake: Notify,
+}
+
+impl PushSlot {
+    fn handle_push(&self, latest_queue_seq: u64) {
+        self.waiting
+            .fetch_max(latest_queue_seq.saturating_add(1), Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// The next push to write: the highest queue sequence announced since the last one.
+    async fn next(&self) -> u64 {
+        loop {
+            let waiting = self.waiting.swap(0, Ordering::AcqRel);
+            if waiting > 0 {
+                return waiting - 1;
+            }
+            // `notify_one` leaves a permit when nobody waits, so no push is missed in between.
+            self.wake.notified().await;
+        }
+    }
 }
 
 /// A running edge.
@@ -153,9 +187,9 @@ struct Inner {
     homes: Mutex<HomeCache>,
     /// The keys of devices that logged in or registered here (see [`crate::keys`]).
     keys: Mutex<DeviceKeyCache>,
-    /// device → (connection id → its push channel); ordered, so that pushes and subscriptions
-    /// go out in the same order on every run.
-    devices: Mutex<BTreeMap<DeviceAddress, BTreeMap<u64, Connected>>>,
+    /// device → its connections, oldest first (a device rarely has more than one); ordered, so
+    /// that pushes and subscriptions go out in the same order on every run.
+    devices: Mutex<BTreeMap<DeviceAddress, Vec<Connected>>>,
     subscriptions: HashMap<RegionId, Arc<RegionSubscription>>,
     connections: ConnectionSlots,
     next_connection: AtomicU64,
@@ -419,15 +453,22 @@ impl EdgeService {
                 return;
             }
         };
-        let (pushes, mut pushed) = mpsc::channel(DEVICE_PUSHES_MAX);
-        self.connect(device, home, connection_id, pushes);
+        let pushes = Arc::new(PushSlot::default());
+        self.connect(device, home, connection_id, pushes.clone());
         let welcome = ClientResponse {
             body: Some(client_response::Body::Authenticated(keys)),
         };
         if net::write_frame(&mut send, &welcome).await.is_ok() {
             tracing::info!(%device, from_cache, "device connected");
             let forward = async {
-                while let Some(push) = pushed.recv().await {
+                loop {
+                    let latest_queue_seq = pushes.next().await;
+                    let push = ServerPush {
+                        event: Some(server_push::Event::QueueAvailable(DeviceQueueAvailable {
+                            device: device.into(),
+                            latest_queue_seq,
+                        })),
+                    };
                     if net::write_frame(&mut send, &push).await.is_err() {
                         return;
                     }
@@ -568,7 +609,7 @@ impl EdgeService {
         device: DeviceAddress,
         home: RegionId,
         connection_id: u64,
-        pushes: mpsc::Sender<ServerPush>,
+        pushes: Arc<PushSlot>,
     ) {
         let first = {
             let mut devices = self
@@ -577,7 +618,11 @@ impl EdgeService {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             let connections = devices.entry(device).or_default();
-            connections.insert(connection_id, Connected { home, pushes });
+            connections.push(Connected {
+                id: connection_id,
+                home,
+                pushes,
+            });
             connections.len() == 1
         };
         if first && let Some(subscription) = self.inner.subscriptions.get(&home) {
@@ -595,9 +640,13 @@ impl EdgeService {
             let Some(connections) = devices.get_mut(&device) else {
                 return;
             };
-            let Some(removed) = connections.remove(&connection_id) else {
+            let Some(index) = connections
+                .iter()
+                .position(|connected| connected.id == connection_id)
+            else {
                 return;
             };
+            let removed = connections.remove(index);
             if !connections.is_empty() {
                 return;
             }
@@ -618,15 +667,8 @@ impl EdgeService {
         let Some(connections) = devices.get(&device) else {
             return;
         };
-        let push = ServerPush {
-            event: Some(server_push::Event::QueueAvailable(DeviceQueueAvailable {
-                device: device.into(),
-                latest_queue_seq,
-            })),
-        };
-        for connected in connections.values() {
-            // A full channel already holds a hint that makes the device fetch.
-            let _ = connected.pushes.try_send(push.clone());
+        for connected in connections {
+            connected.pushes.handle_push(latest_queue_seq);
         }
     }
 
@@ -712,11 +754,7 @@ impl EdgeService {
             .unwrap_or_else(|poison| poison.into_inner());
         devices
             .iter()
-            .filter(|(_, connections)| {
-                connections
-                    .values()
-                    .any(|connected| connected.home == region)
-            })
+            .filter(|(_, connections)| connections.iter().any(|connected| connected.home == region))
             .map(|(device, _)| *device)
             .collect()
     }
@@ -948,7 +986,8 @@ impl EdgeService {
                 });
             }
             (_, Resp::KeysUploaded(counts), Some(device)) => {
-                self.keys().handle_keys_uploaded(device, counts.clone(), now_ms);
+                self.keys()
+                    .handle_keys_uploaded(device, counts.clone(), now_ms);
             }
             _ => {}
         }
@@ -1261,3 +1300,30 @@ async fn write_subscribe_frames(
 
 /// The per-region subscription tasks, started by [`EdgeService::run`].
 pub struct SubscriptionsToStart(Vec<RegionId>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_push_slot_keeps_the_highest_announcement_and_misses_none() {
+        let slot = PushSlot::default();
+        // Announced before anyone waits: kept, the highest standing for the others.
+        slot.handle_push(3);
+        slot.handle_push(9);
+        slot.handle_push(4);
+        assert_eq!(slot.next().await, 9);
+        // A nudge without a sequence (0) is still a push.
+        slot.handle_push(0);
+        assert_eq!(slot.next().await, 0);
+        // Nothing waiting: the next push wakes the writer.
+        let slot = Arc::new(slot);
+        let writer = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.next().await }
+        });
+        slot.handle_push(12);
+        assert_eq!(writer.await.expect("writer"), 12);
+        assert_eq!(slot.waiting.load(Ordering::Acquire), 0, "nothing left over");
+    }
+}

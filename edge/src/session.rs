@@ -774,7 +774,9 @@ mod tests {
 
     fn fetch() -> ClientRequest {
         ClientRequest {
-            body: Some(client_request::Body::FetchQueue(wire::FetchAndAck::default())),
+            body: Some(client_request::Body::FetchQueue(
+                wire::FetchAndAck::default(),
+            )),
         }
     }
 
