@@ -2,12 +2,14 @@
 //! delivery to connected devices; and the DNS edge locator.
 //!
 //! [`session`] holds the per-connection decisions (sans-IO); [`cache`] the bounded, versioned
-//! cache of account homes and [`subscriptions`] what a subscription stream to a region has to
-//! send (both sans-IO); [`service`] is the QUIC shell; [`locator`] answers DNS queries for the
+//! cache of account homes, [`keys`] the bounded cache of device keys that spares a login the
+//! round trip to the home region, and [`subscriptions`] what a subscription stream to a region has to
+//! send (all three sans-IO); [`service`] is the QUIC shell; [`locator`] answers DNS queries for the
 //! nearest edge. Every bound of the edge is in [`limits`].
 
 pub mod cache;
 pub mod config;
+pub mod keys;
 pub mod limits;
 pub mod locator;
 pub mod service;

@@ -1,15 +1,17 @@
 //! Every bound of the edge in one place, with units in the names: device connections and their
-//! requests, the home-region cache, subscriptions to regions, and the DNS locator. The bounds
+//! requests, the home-region cache, the device-key cache, subscriptions to regions, and the DNS
+//! locator. The bounds
 //! the edge shares with devices and regions (frame sizes, the nested timeouts) are in
 //! [`relay_proto::limits`]; those of QUIC connections in [`relay_net::limits`].
 
-use relay_proto::AccountId;
 use relay_proto::limits::{
     DIRECTORY_CACHE_TTL_MS, EDGE_ANSWER_TIMEOUT_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, HOP_MARGIN_MS,
     SUBSCRIBED_DEVICES_PER_STREAM_MAX,
 };
+use relay_proto::{AccountId, DeviceAddress};
 
 use crate::cache::Home;
+use crate::keys::DeviceKey;
 
 // Device connections.
 
@@ -37,10 +39,6 @@ pub const BACKLOG_SENDS_IN_A_BURST: u32 = 10_000;
 /// it retries, in ms.
 pub const OVERLOADED_RETRY_AFTER_MS: u64 = 2_000;
 
-/// Pushes buffered for one device connection before new ones are dropped: they are hints, and
-/// a full buffer already holds one that makes the device fetch.
-pub const DEVICE_PUSHES_MAX: usize = 64;
-
 // The home-region cache.
 
 /// Most accounts whose home region an edge remembers; the least recently used is forgotten.
@@ -55,6 +53,24 @@ pub const HOME_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most bytes one cached home takes, overheads included (about 114 on 64-bit targets).
 pub const HOME_CACHE_ENTRY_BYTES_MAX: usize =
     relay_net::cache::TtlCache::<AccountId, Home>::ENTRY_BYTES_MAX;
+
+// The device-key cache.
+
+/// Most devices whose key an edge remembers; the least recently used is forgotten. Twice the
+/// connections an edge holds, so devices that reconnect find their key after a wave of others.
+pub const DEVICE_KEY_CACHE_ENTRIES_MAX: usize = 2 * DEVICE_CONNECTIONS_MAX;
+
+/// How long an edge uses a cached device key before asking the home region again, in ms. The
+/// cache's correctness does not rest on it (see `crate::keys`): it bounds how long an entry of a
+/// device that never comes back takes a place.
+pub const DEVICE_KEY_CACHE_TTL_MS: u64 = 30 * 60 * 1_000;
+
+/// Most memory the device-key cache takes, in bytes.
+pub const DEVICE_KEY_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Most bytes one cached device key takes, overheads included (about 230 on 64-bit targets).
+pub const DEVICE_KEY_CACHE_ENTRY_BYTES_MAX: usize =
+    relay_net::cache::TtlCache::<DeviceAddress, DeviceKey>::ENTRY_BYTES_MAX;
 
 // Subscriptions to regions.
 
@@ -109,11 +125,18 @@ const _: () = assert!(REQUESTS_BURST_DEFAULT >= REQUESTS_PER_SECOND_DEFAULT);
 // A backlog's burst leaves room for a page of fetches and acknowledgements per 10 sends.
 const _: () =
     assert!(REQUESTS_BURST_DEFAULT >= BACKLOG_SENDS_IN_A_BURST + BACKLOG_SENDS_IN_A_BURST / 10);
-const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1 && DEVICE_PUSHES_MAX >= 1);
+const _: () = assert!(REQUESTS_PER_SECOND_DEFAULT >= 1);
 // Every account of one envelope (its recipients and its sender) is cached at once, so a send
 // never evicts the homes it just looked up.
 const _: () = assert!(HOME_CACHE_ENTRIES_MAX > ENVELOPE_RECIPIENT_DEVICES_MAX);
 const _: () = assert!(HOME_CACHE_ENTRIES_MAX * HOME_CACHE_ENTRY_BYTES_MAX <= HOME_CACHE_BYTES_MAX);
+// Every connected device's key can be cached at once, within the cache's memory bound; an
+// entry outlives the login that looked it up.
+const _: () = assert!(DEVICE_KEY_CACHE_ENTRIES_MAX >= DEVICE_CONNECTIONS_MAX);
+const _: () = assert!(
+    DEVICE_KEY_CACHE_ENTRIES_MAX * DEVICE_KEY_CACHE_ENTRY_BYTES_MAX <= DEVICE_KEY_CACHE_BYTES_MAX
+);
+const _: () = assert!(DEVICE_KEY_CACHE_TTL_MS > AUTH_TIMEOUT_MS);
 // Every connected device fits one subscription stream at its region.
 const _: () = assert!(DEVICE_CONNECTIONS_MAX <= SUBSCRIBED_DEVICES_PER_STREAM_MAX);
 // A subscription stream is re-opened sooner than a device gives up waiting for an answer.

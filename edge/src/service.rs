@@ -6,7 +6,9 @@
 //! An edge holds no durable data: a crash loses connections, never messages. What it holds in
 //! memory is bounded ([`crate::limits`]): device connections ([`DEVICE_CONNECTIONS_MAX`], then
 //! refused), the homes of accounts ([`HomeCache`]: bounded, expiring, forgotten when a region
-//! refuses an account), pushes per device (dropped past [`DEVICE_PUSHES_MAX`]: they are hints)
+//! refuses an account), the keys of devices ([`DeviceKeyCache`]: bounded, expiring), one push
+//! per device connection (pushes are hints: the one announcing the highest queue sequence
+//! stands for all)
 //! and subscription changes per region ([`PendingSubscriptions`]: a resync past their bound).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -32,15 +34,15 @@ use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
     ServerPush, client_request, client_response, region_request, region_response, server_push,
 };
-use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
-use tokio::sync::{Notify, mpsc};
+use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::cache::{Home, HomeCache};
 use crate::config::EdgeConfig;
+use crate::keys::DeviceKeyCache;
 use crate::limits::{
-    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_PUSHES_MAX, OVERLOADED_RETRY_AFTER_MS,
-    RESUBSCRIBE_DELAY_MS,
+    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, OVERLOADED_RETRY_AFTER_MS, RESUBSCRIBE_DELAY_MS,
 };
 use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
 use crate::subscriptions::{PendingSubscriptions, SubscriptionWork, change_frames, resync_frames};
@@ -131,9 +133,42 @@ impl RegionSubscription {
     }
 }
 
+/// One connection of a device, as the pushes find it.
 struct Connected {
+    id: u64,
     home: RegionId,
-    pushes: mpsc::Sender<ServerPush>,
+    pushes: Arc<PushSlot>,
+}
+
+/// The push waiting for one device connection. A push is a hint to fetch after the device's
+/// cursor, so the one announcing the highest queue sequence says everything the others would:
+/// a connection keeps that one number (and a wake-up) instead of a queue of frames, and never
+/// drops a push.
+#[derive(Default)]
+struct PushSlot {
+    /// The highest `latest_queue_seq` announced and not written yet, plus one; 0: none.
+    waiting: AtomicU64,
+    wake: Notify,
+}
+
+impl PushSlot {
+    fn handle_push(&self, latest_queue_seq: u64) {
+        self.waiting
+            .fetch_max(latest_queue_seq.saturating_add(1), Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// The next push to write: the highest queue sequence announced since the last one.
+    async fn next(&self) -> u64 {
+        loop {
+            let waiting = self.waiting.swap(0, Ordering::AcqRel);
+            if waiting > 0 {
+                return waiting - 1;
+            }
+            // `notify_one` leaves a permit when nobody waits, so no push is missed in between.
+            self.wake.notified().await;
+        }
+    }
 }
 
 /// A running edge.
@@ -150,9 +185,11 @@ struct Inner {
     links: PeerLinks,
     regions: Vec<RegionId>,
     homes: Mutex<HomeCache>,
-    /// device → (connection id → its push channel); ordered, so that pushes and subscriptions
-    /// go out in the same order on every run.
-    devices: Mutex<BTreeMap<DeviceAddress, BTreeMap<u64, Connected>>>,
+    /// The keys of devices that logged in or registered here (see [`crate::keys`]).
+    keys: Mutex<DeviceKeyCache>,
+    /// device → its connections, oldest first (a device rarely has more than one); ordered, so
+    /// that pushes and subscriptions go out in the same order on every run.
+    devices: Mutex<BTreeMap<DeviceAddress, Vec<Connected>>>,
     subscriptions: HashMap<RegionId, Arc<RegionSubscription>>,
     connections: ConnectionSlots,
     next_connection: AtomicU64,
@@ -245,6 +282,7 @@ impl EdgeService {
             links,
             regions: regions.keys().copied().collect(),
             homes: Mutex::new(HomeCache::default()),
+            keys: Mutex::new(DeviceKeyCache::default()),
             devices: Mutex::new(BTreeMap::new()),
             subscriptions,
             connections: ConnectionSlots::new(DEVICE_CONNECTIONS_MAX),
@@ -407,7 +445,7 @@ impl EdgeService {
                 "authentication timed out",
             ))
         });
-        let (device, home, keys) = match authenticated {
+        let (device, home, keys, from_cache) = match authenticated {
             Ok(result) => result,
             Err(error) => {
                 tracing::info!(code = ?error.code, "device authentication refused");
@@ -415,15 +453,22 @@ impl EdgeService {
                 return;
             }
         };
-        let (pushes, mut pushed) = mpsc::channel(DEVICE_PUSHES_MAX);
-        self.connect(device, home, connection_id, pushes);
+        let pushes = Arc::new(PushSlot::default());
+        self.connect(device, home, connection_id, pushes.clone());
         let welcome = ClientResponse {
             body: Some(client_response::Body::Authenticated(keys)),
         };
         if net::write_frame(&mut send, &welcome).await.is_ok() {
-            tracing::info!(%device, "device connected");
+            tracing::info!(%device, from_cache, "device connected");
             let forward = async {
-                while let Some(push) = pushed.recv().await {
+                loop {
+                    let latest_queue_seq = pushes.next().await;
+                    let push = ServerPush {
+                        event: Some(server_push::Event::QueueAvailable(DeviceQueueAvailable {
+                            device: device.into(),
+                            latest_queue_seq,
+                        })),
+                    };
                     if net::write_frame(&mut send, &push).await.is_err() {
                         return;
                     }
@@ -446,7 +491,7 @@ impl EdgeService {
         connection: &quinn::Connection,
         session: &Mutex<Session>,
         recv: &mut quinn::RecvStream,
-    ) -> Result<(DeviceAddress, RegionId, wire::OneTimeKeyCount), ProtoError> {
+    ) -> Result<(DeviceAddress, RegionId, wire::OneTimeKeyCount, bool), ProtoError> {
         let frame = net::read_frame::<ClientRequest>(recv)
             .await
             .map_err(|error| error.to_proto())?;
@@ -462,19 +507,28 @@ impl EdgeService {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .claimed_device(&authenticate)?;
-        let (home, key) = within_answer_timeout(async {
-            let signing_key = region_request::Body::SigningKey(device.into());
-            match self.to_home(device.account, signing_key).await? {
-                (home, region_response::Body::SigningKey(key)) => Ok((home, key)),
-                _ => Err(ProtoError::new(
-                    ErrorCode::Internal,
-                    "unexpected answer to a key lookup",
-                )),
-            }
-        })
-        .await?;
         let keying_material =
             net::auth_keying_material(connection).map_err(|error| error.to_proto())?;
+        let cached = self.keys().key(device, self.inner.clock.now_ms());
+        if let Some(cached) = cached {
+            let home = within_answer_timeout(self.home_of(device.account)).await?;
+            let verified = session
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .handle_authenticate_from_cache(&authenticate, &keying_material, &cached);
+            match verified {
+                Ok(_) => return Ok((device, home, cached.key_count(), true)),
+                // The cached marks never lead the region's: this refusal is the region's too.
+                Err(error) if error.code == ErrorCode::DeviceRolledBack => return Err(error),
+                Err(_) => {
+                    // A key that does not verify is asked of the region before refusing.
+                    self.keys().forget(device);
+                }
+            }
+        }
+        let (home, key) = within_answer_timeout(self.signing_key(device)).await?;
+        self.keys()
+            .handle_lookup(device, &key, self.inner.clock.now_ms());
         let seen = SeenMarks {
             acked_queue_seq: key.acked_queue_seq,
             device_seq: key.device_seq,
@@ -487,7 +541,67 @@ impl EdgeService {
             remaining: key.one_time_keys_remaining,
             fallback_key: key.fallback_key,
         };
-        Ok((device, home, keys))
+        Ok((device, home, keys, false))
+    }
+
+    /// The signing key of `device` and what its home region has seen of it, with that region.
+    async fn signing_key(
+        &self,
+        device: DeviceAddress,
+    ) -> Result<(RegionId, wire::SigningKey), ProtoError> {
+        let signing_key = region_request::Body::SigningKey(device.into());
+        match self.to_home(device.account, signing_key).await? {
+            (home, region_response::Body::SigningKey(key)) => Ok((home, key)),
+            _ => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "unexpected answer to a key lookup",
+            )),
+        }
+    }
+
+    /// Asks the home region to confirm a login that was checked against the key cache, before
+    /// the connection's first request that needs it (see [`Session::needs_confirmation`]). A
+    /// region that cannot answer now leaves the session unconfirmed (the device retries); a
+    /// refusal ends it and forgets the cached key.
+    async fn confirm(
+        &self,
+        session: &Mutex<Session>,
+        device: DeviceAddress,
+    ) -> Result<(), ProtoError> {
+        let answer = match self.signing_key(device).await {
+            Ok((_, key)) => {
+                self.keys()
+                    .handle_lookup(device, &key, self.inner.clock.now_ms());
+                Ok(key)
+            }
+            Err(error) if is_refusal_of_the_device(&error) => {
+                self.keys().forget(device);
+                Err(error)
+            }
+            Err(error) => return Err(error),
+        };
+        let confirmed = session
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_confirmation(answer.as_ref().map_err(Clone::clone).map(|key| {
+                let seen = SeenMarks {
+                    acked_queue_seq: key.acked_queue_seq,
+                    device_seq: key.device_seq,
+                };
+                (key.signing_key.as_slice(), seen)
+            }));
+        if let Err(error) = &confirmed {
+            tracing::info!(%device, code = ?error.code, "a login from the key cache was refused by its home region");
+            self.keys().forget(device);
+        }
+        confirmed
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, DeviceKeyCache> {
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn connect(
@@ -495,7 +609,7 @@ impl EdgeService {
         device: DeviceAddress,
         home: RegionId,
         connection_id: u64,
-        pushes: mpsc::Sender<ServerPush>,
+        pushes: Arc<PushSlot>,
     ) {
         let first = {
             let mut devices = self
@@ -504,7 +618,11 @@ impl EdgeService {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             let connections = devices.entry(device).or_default();
-            connections.insert(connection_id, Connected { home, pushes });
+            connections.push(Connected {
+                id: connection_id,
+                home,
+                pushes,
+            });
             connections.len() == 1
         };
         if first && let Some(subscription) = self.inner.subscriptions.get(&home) {
@@ -522,9 +640,13 @@ impl EdgeService {
             let Some(connections) = devices.get_mut(&device) else {
                 return;
             };
-            let Some(removed) = connections.remove(&connection_id) else {
+            let Some(index) = connections
+                .iter()
+                .position(|connected| connected.id == connection_id)
+            else {
                 return;
             };
+            let removed = connections.remove(index);
             if !connections.is_empty() {
                 return;
             }
@@ -545,15 +667,8 @@ impl EdgeService {
         let Some(connections) = devices.get(&device) else {
             return;
         };
-        let push = ServerPush {
-            event: Some(server_push::Event::QueueAvailable(DeviceQueueAvailable {
-                device: device.into(),
-                latest_queue_seq,
-            })),
-        };
-        for connected in connections.values() {
-            // A full channel already holds a hint that makes the device fetch.
-            let _ = connected.pushes.try_send(push.clone());
+        for connected in connections {
+            connected.pushes.handle_push(latest_queue_seq);
         }
     }
 
@@ -639,11 +754,7 @@ impl EdgeService {
             .unwrap_or_else(|poison| poison.into_inner());
         devices
             .iter()
-            .filter(|(_, connections)| {
-                connections
-                    .values()
-                    .any(|connected| connected.home == region)
-            })
+            .filter(|(_, connections)| connections.iter().any(|connected| connected.home == region))
             .map(|(device, _)| *device)
             .collect()
     }
@@ -781,7 +892,108 @@ impl EdgeService {
         }
     }
 
+    /// Answers one request of a device: waits for the confirmation of a login from the key
+    /// cache where the request needs it, routes it, and keeps the key cache in step with what
+    /// the regions answered.
     async fn handle_request(
+        &self,
+        session: &Mutex<Session>,
+        request: ClientRequest,
+    ) -> Result<client_response::Body, ProtoError> {
+        let (needs_confirmation, device) = {
+            let session = session.lock().unwrap_or_else(|poison| poison.into_inner());
+            (session.needs_confirmation(&request), session.device())
+        };
+        if needs_confirmation && let Some(device) = device {
+            self.confirm(session, device).await?;
+        }
+        let news = KeyNews::of(&request);
+        let answer = self.route_request(session, request).await;
+        let now_ms = self.inner.clock.now_ms();
+        match (&answer, device) {
+            (Ok(body), _) => self.learn(news, device, body, now_ms),
+            (Err(error), Some(device)) if is_refusal_of_the_device(error) => {
+                self.keys().forget(device);
+            }
+            (Err(_), _) => {}
+        }
+        answer
+    }
+
+    /// Keeps the key cache in step with a region's answer `body` to a request of `device` (if
+    /// authenticated) that carried `news`.
+    fn learn(
+        &self,
+        news: KeyNews,
+        device: Option<DeviceAddress>,
+        body: &client_response::Body,
+        now_ms: u64,
+    ) {
+        use client_response::Body as Resp;
+        match (news, body, device) {
+            (
+                KeyNews::Registered {
+                    signing_key,
+                    one_time_keys,
+                    fallback_key,
+                },
+                Resp::Registered(registered),
+                _,
+            ) => {
+                let account = AccountId(registered.account.account);
+                let new_device = DeviceAddress {
+                    account,
+                    device: DeviceId(registered.device),
+                };
+                self.keys().handle_registered(
+                    new_device,
+                    &signing_key,
+                    one_time_keys,
+                    fallback_key,
+                    now_ms,
+                );
+                let home = Home {
+                    region: RegionId(registered.account.region),
+                    epoch: registered.account.epoch,
+                };
+                if self.inner.regions.contains(&home.region) {
+                    self.inner
+                        .homes
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .handle_lookup(account, home, now_ms);
+                }
+            }
+            (KeyNews::Fetched { highest_acked }, Resp::Queue(batch), Some(device)) => {
+                let counts = wire::OneTimeKeyCount {
+                    remaining: batch.one_time_keys_remaining,
+                    fallback_key: batch.fallback_key,
+                };
+                // No entry above the queue's latest was ever acknowledged.
+                let highest_acked = highest_acked.min(batch.latest_queue_seq);
+                self.keys()
+                    .handle_fetched(device, highest_acked, counts, now_ms);
+            }
+            (KeyNews::Sent { device_seq }, Resp::Sent(outcome), Some(device)) => {
+                if let Some(wire::send_outcome::Outcome::Sent(_)) = outcome.outcome {
+                    self.keys().handle_stored(device, device_seq, now_ms);
+                }
+            }
+            (KeyNews::Removed { device: removed }, Resp::Devices(_), Some(device)) => {
+                self.keys().forget(DeviceAddress {
+                    account: device.account,
+                    device: DeviceId(removed),
+                });
+            }
+            (_, Resp::KeysUploaded(counts), Some(device)) => {
+                self.keys()
+                    .handle_keys_uploaded(device, counts.clone(), now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    async fn route_request(
         &self,
         session: &Mutex<Session>,
         request: ClientRequest,
@@ -988,6 +1200,62 @@ impl EdgeService {
     }
 }
 
+/// What a device's request may teach the key cache once a region accepted it.
+enum KeyNews {
+    /// A registration: the new device's key and key counts.
+    Registered {
+        signing_key: Vec<u8>,
+        one_time_keys: usize,
+        fallback_key: bool,
+    },
+    /// A fetch that acknowledged entries up to `highest_acked` (0: none).
+    Fetched { highest_acked: u64 },
+    /// An envelope numbered `device_seq`.
+    Sent { device_seq: u64 },
+    /// The removal of the account's device number `device`.
+    Removed { device: u32 },
+    /// Nothing.
+    Nothing,
+}
+
+impl KeyNews {
+    fn of(request: &ClientRequest) -> Self {
+        use client_request::Body as Req;
+        match &request.body {
+            Some(Req::Register(register)) => KeyNews::Registered {
+                signing_key: register.signing_key.clone(),
+                one_time_keys: register.one_time_keys.len(),
+                fallback_key: register.fallback_key.is_some(),
+            },
+            Some(Req::FetchQueue(fetch)) => KeyNews::Fetched {
+                highest_acked: fetch
+                    .ack
+                    .as_ref()
+                    .and_then(|ack| ack.queue_seqs.iter().max().copied())
+                    .unwrap_or(0),
+            },
+            Some(Req::Send(envelope)) => KeyNews::Sent {
+                device_seq: envelope.device_seq,
+            },
+            Some(Req::Devices(wire::DeviceCommand {
+                command: Some(wire::device_command::Command::Remove(remove)),
+            })) => KeyNews::Removed {
+                device: remove.device,
+            },
+            _ => KeyNews::Nothing,
+        }
+    }
+}
+
+/// Whether a region's `error` to a request of a device refuses the device itself (removed, or
+/// its state went back), so that its cached key must go.
+fn is_refusal_of_the_device(error: &ProtoError) -> bool {
+    matches!(
+        error.code,
+        ErrorCode::UnknownAccount | ErrorCode::DeviceRolledBack
+    )
+}
+
 /// Runs `work` (requests to regions on a device's behalf) for at most
 /// [`EDGE_ANSWER_TIMEOUT_MS`], so the device always gets an answer before its own request
 /// timeout: past it, the regions are `Overloaded`. What the regions still do is idempotent
@@ -1032,3 +1300,30 @@ async fn write_subscribe_frames(
 
 /// The per-region subscription tasks, started by [`EdgeService::run`].
 pub struct SubscriptionsToStart(Vec<RegionId>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_push_slot_keeps_the_highest_announcement_and_misses_none() {
+        let slot = PushSlot::default();
+        // Announced before anyone waits: kept, the highest standing for the others.
+        slot.handle_push(3);
+        slot.handle_push(9);
+        slot.handle_push(4);
+        assert_eq!(slot.next().await, 9);
+        // A nudge without a sequence (0) is still a push.
+        slot.handle_push(0);
+        assert_eq!(slot.next().await, 0);
+        // Nothing waiting: the next push wakes the writer.
+        let slot = Arc::new(slot);
+        let writer = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.next().await }
+        });
+        slot.handle_push(12);
+        assert_eq!(writer.await.expect("writer"), 12);
+        assert_eq!(slot.waiting.load(Ordering::Acquire), 0, "nothing left over");
+    }
+}

@@ -16,6 +16,7 @@ use relay_proto::wire::{
 };
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, PairingCode, ProtoError, RegionId};
 
+use crate::keys::{DeviceKey, SIGNING_KEY_BYTES};
 use crate::limits::{REQUESTS_BURST_DEFAULT, REQUESTS_PER_SECOND_DEFAULT};
 
 /// Per-device limits enforced at the edge.
@@ -39,8 +40,29 @@ impl Default for SessionLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     New,
-    Challenged { nonce: [u8; AUTH_NONCE_BYTES] },
-    Authenticated { device: DeviceAddress },
+    Challenged {
+        nonce: [u8; AUTH_NONCE_BYTES],
+    },
+    /// In; `unconfirmed` when the login was checked against the edge's key cache and the home
+    /// region has not confirmed it yet (boxed: a confirmed session does not carry it).
+    Authenticated {
+        device: DeviceAddress,
+        unconfirmed: Option<Box<Unconfirmed>>,
+    },
+    /// A confirmation refused the device after it logged in from the cache: every request gets
+    /// the refusal.
+    Refused {
+        error: Box<ProtoError>,
+    },
+}
+
+/// What a login from the key cache claimed, kept until the home region confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unconfirmed {
+    /// The key the signature was verified with.
+    signing_key: [u8; SIGNING_KEY_BYTES],
+    /// The `next_device_seq` the device reported.
+    next_device_seq: Option<u64>,
 }
 
 /// What a device's home region has seen of it, reported with its signing key.
@@ -97,7 +119,7 @@ impl Session {
     /// The authenticated device, if any.
     pub fn device(&self) -> Option<DeviceAddress> {
         match self.state {
-            State::Authenticated { device } => Some(device),
+            State::Authenticated { device, .. } => Some(device),
             _ => None,
         }
     }
@@ -138,6 +160,135 @@ impl Session {
         signing_key: &[u8],
         seen: SeenMarks,
     ) -> Result<DeviceAddress, ProtoError> {
+        let device = self.verify(authenticate, keying_material, signing_key, seen)?;
+        self.state = State::Authenticated {
+            device,
+            unconfirmed: None,
+        };
+        Ok(device)
+    }
+
+    /// As [`Session::handle_authenticate`], with the device's key and marks from the edge's
+    /// cache (see [`crate::keys`]): the marks may be behind the home region's, so a refusal is
+    /// certain but a pass is not. The session is in, unconfirmed: a fetch may go (its region
+    /// checks it), and every other request waits until
+    /// [`Session::handle_confirmation`] (see [`Session::needs_confirmation`]).
+    pub fn handle_authenticate_from_cache(
+        &mut self,
+        authenticate: &Authenticate,
+        keying_material: &[u8],
+        cached: &DeviceKey,
+    ) -> Result<DeviceAddress, ProtoError> {
+        let device = self.verify(
+            authenticate,
+            keying_material,
+            &cached.signing_key,
+            cached.seen,
+        )?;
+        self.state = State::Authenticated {
+            device,
+            unconfirmed: Some(Box::new(Unconfirmed {
+                signing_key: cached.signing_key,
+                next_device_seq: authenticate.next_device_seq,
+            })),
+        };
+        Ok(device)
+    }
+
+    /// Whether `request` must wait for the home region to confirm a login from the cache: every
+    /// request of an unconfirmed session but a fetch, which its region checks itself (a removed
+    /// device, a cursor behind an acknowledged entry) before delivering or acknowledging
+    /// anything.
+    pub fn needs_confirmation(&self, request: &ClientRequest) -> bool {
+        let State::Authenticated {
+            unconfirmed: Some(_),
+            ..
+        } = &self.state
+        else {
+            return false;
+        };
+        !matches!(
+            request.body,
+            Some(client_request::Body::FetchQueue(_))
+                | Some(client_request::Body::Register(_))
+                | Some(client_request::Body::RequestLink(_))
+        )
+    }
+
+    /// The home region answered the confirmation of a login from the cache with the device's
+    /// `signing_key` and what it has `seen` of it (`Err`: its refusal, such as a removed
+    /// device's `UnknownAccount`). The key must be the one the login was verified with and the
+    /// device's next `device_seq` above every one stored; otherwise the session is refused for
+    /// good and every later request gets the same refusal. The queue cursor is not compared:
+    /// this connection's own acknowledgements may have moved the region's mark since the login,
+    /// and every fetch is checked against it by the region. A confirmed session ignores later
+    /// answers.
+    pub fn handle_confirmation(
+        &mut self,
+        answer: Result<(&[u8], SeenMarks), ProtoError>,
+    ) -> Result<(), ProtoError> {
+        let (device, unconfirmed) = match &self.state {
+            State::Authenticated {
+                unconfirmed: None, ..
+            } => return Ok(()),
+            State::Authenticated {
+                device,
+                unconfirmed: Some(unconfirmed),
+            } => (*device, unconfirmed),
+            State::Refused { error } => return Err((**error).clone()),
+            State::New | State::Challenged { .. } => {
+                return Err(ProtoError::new(
+                    ErrorCode::Unauthenticated,
+                    "authenticate on the control stream first",
+                ));
+            }
+        };
+        let checked = answer.and_then(|(signing_key, seen)| {
+            if signing_key != unconfirmed.signing_key.as_slice() {
+                return Err(ProtoError::new(
+                    ErrorCode::BadSignature,
+                    format!("device {device} no longer has the key it authenticated with"),
+                ));
+            }
+            if let Some(next) = unconfirmed.next_device_seq
+                && next <= seen.device_seq
+            {
+                return Err(rolled_back(
+                    device,
+                    format!(
+                        "its next envelope would be number {next}, but number {} is stored",
+                        seen.device_seq
+                    ),
+                ));
+            }
+            Ok(())
+        });
+        match checked {
+            Ok(()) => {
+                self.state = State::Authenticated {
+                    device,
+                    unconfirmed: None,
+                };
+                Ok(())
+            }
+            Err(error) => {
+                self.state = State::Refused {
+                    error: Box::new(error.clone()),
+                };
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks an `Authenticate` against `signing_key` and `seen`; see
+    /// [`Session::handle_authenticate`].
+    fn verify(
+        &mut self,
+        authenticate: &Authenticate,
+        keying_material: &[u8],
+        signing_key: &[u8],
+        seen: SeenMarks,
+    ) -> Result<DeviceAddress, ProtoError> {
         let device = self.claimed_device(authenticate)?;
         let State::Challenged { nonce } = self.state else {
             return Err(ProtoError::invalid("authenticate before hello"));
@@ -154,33 +305,28 @@ impl Session {
             vodozemac::Ed25519Signature::from_slice(&authenticate.signature).map_err(|_| bad())?;
         let payload = wire::auth_signing_payload(&nonce, keying_material);
         key.verify(&payload, &signature).map_err(|_| bad())?;
-        let rolled_back = |what: String| {
-            ProtoError::new(
-                ErrorCode::DeviceRolledBack,
-                format!(
-                    "device {device} is behind what its home region has seen ({what}); register \
-                     this device again in a new data directory (linking a new device to an \
-                     account is coming)"
-                ),
-            )
-        };
         if let Some(cursor) = authenticate.queue_cursor
             && cursor < seen.acked_queue_seq
         {
-            return Err(rolled_back(format!(
-                "queue cursor {cursor}, but it acknowledged entry {}",
-                seen.acked_queue_seq
-            )));
+            return Err(rolled_back(
+                device,
+                format!(
+                    "queue cursor {cursor}, but it acknowledged entry {}",
+                    seen.acked_queue_seq
+                ),
+            ));
         }
         if let Some(next) = authenticate.next_device_seq
             && next <= seen.device_seq
         {
-            return Err(rolled_back(format!(
-                "its next envelope would be number {next}, but number {} is stored",
-                seen.device_seq
-            )));
+            return Err(rolled_back(
+                device,
+                format!(
+                    "its next envelope would be number {next}, but number {} is stored",
+                    seen.device_seq
+                ),
+            ));
         }
-        self.state = State::Authenticated { device };
         Ok(device)
     }
 
@@ -195,6 +341,9 @@ impl Session {
             // prost reads a kind it does not know as no body at all.
             return Err(unsupported_request());
         };
+        if let State::Refused { error } = &self.state {
+            return Err((**error).clone());
+        }
         self.take_token(now_ms)?;
         match body {
             Body::Register(_) => return Ok(Route::OwnRegion),
@@ -263,6 +412,18 @@ impl Session {
         self.tokens_milli -= 1000;
         Ok(())
     }
+}
+
+/// The refusal of a device whose state went back, as `what` shows.
+fn rolled_back(device: DeviceAddress, what: String) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::DeviceRolledBack,
+        format!(
+            "device {device} is behind what its home region has seen ({what}); register this \
+             device again in a new data directory (linking a new device to an account is \
+             coming)"
+        ),
+    )
 }
 
 /// The refusal of a request this edge cannot read: empty, or of a kind added after it was
@@ -579,6 +740,152 @@ mod tests {
             );
             assert_eq!(session.device(), None, "left unauthenticated");
         }
+    }
+
+    /// A session logged in from the key cache with `cached_seen` marks, the device reporting
+    /// `next_device_seq`; returns it with the key it signed with.
+    fn from_cache(
+        account: &Account,
+        next_device_seq: Option<u64>,
+        cached_seen: SeenMarks,
+    ) -> (Session, Result<DeviceAddress, ProtoError>, [u8; 32]) {
+        let mut session = Session::new(SessionLimits::default(), 0);
+        let challenge = session.handle_hello([1; AUTH_NONCE_BYTES]).expect("hello");
+        let signature = account.sign(wire::auth_signing_payload(&challenge.nonce, &KEYING));
+        let auth = Authenticate {
+            device: DeviceAddr {
+                account: 1,
+                device: 1,
+            },
+            signature: signature.to_bytes().to_vec(),
+            queue_cursor: Some(4),
+            next_device_seq,
+        };
+        let signing_key = *account.identity_keys().ed25519.as_bytes();
+        let cached = DeviceKey {
+            signing_key,
+            seen: cached_seen,
+            one_time_keys_remaining: 3,
+            fallback_key: 0,
+        };
+        let result = session.handle_authenticate_from_cache(&auth, &KEYING, &cached);
+        (session, result, signing_key)
+    }
+
+    fn fetch() -> ClientRequest {
+        ClientRequest {
+            body: Some(client_request::Body::FetchQueue(
+                wire::FetchAndAck::default(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_login_from_the_cache_fetches_at_once_and_sends_once_its_region_confirmed() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let (mut session, result, key) = from_cache(&account, Some(10), SeenMarks::default());
+        assert!(result.is_ok(), "{result:?}");
+        assert!(session.device().is_some());
+        // A fetch goes at once (its region checks it); a send waits for the confirmation.
+        assert!(!session.needs_confirmation(&fetch()));
+        assert!(session.needs_confirmation(&send(envelope(me))));
+        let seen = SeenMarks {
+            acked_queue_seq: 6,
+            device_seq: 9,
+        };
+        // The region's mark of acknowledged entries moved with this connection's own fetches:
+        // only the envelope counter is compared.
+        assert_eq!(session.handle_confirmation(Ok((&key, seen))), Ok(()));
+        assert!(!session.needs_confirmation(&send(envelope(me))));
+        assert!(matches!(
+            session.handle_request(&send(envelope(me)), 0),
+            Ok(Route::Fanout(_))
+        ));
+        // A later answer (this connection's own sends raised the mark) changes nothing.
+        let later = SeenMarks {
+            acked_queue_seq: 6,
+            device_seq: 30,
+        };
+        assert_eq!(session.handle_confirmation(Ok((&key, later))), Ok(()));
+        assert!(session.device().is_some());
+    }
+
+    #[test]
+    fn a_login_from_the_cache_is_refused_for_good_when_its_region_says_no() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        // Rolled back: the cache was behind, the region is not.
+        let (mut session, result, key) = from_cache(&account, Some(10), SeenMarks::default());
+        assert!(result.is_ok());
+        let seen = SeenMarks {
+            acked_queue_seq: 0,
+            device_seq: 12,
+        };
+        let error = session
+            .handle_confirmation(Ok((&key, seen)))
+            .expect_err("rolled back");
+        assert_eq!(error.code, ErrorCode::DeviceRolledBack);
+        assert!(
+            error
+                .message
+                .contains("its next envelope would be number 10, but number 12 is stored"),
+            "{error}"
+        );
+        assert_eq!(session.device(), None);
+        for request in [send(envelope(me)), fetch()] {
+            assert_eq!(session.handle_request(&request, 0), Err(error.clone()));
+        }
+        assert_eq!(session.handle_confirmation(Ok((&key, seen))), Err(error));
+
+        // Removed: the region refuses the device.
+        let (mut session, _, _) = from_cache(&account, Some(10), SeenMarks::default());
+        let removed = ProtoError::new(ErrorCode::UnknownAccount, "unknown device 1/1");
+        assert_eq!(
+            session.handle_confirmation(Err(removed.clone())),
+            Err(removed.clone())
+        );
+        assert_eq!(session.handle_request(&fetch(), 0), Err(removed));
+
+        // Another key under the same device number.
+        let (mut session, _, _) = from_cache(&account, Some(10), SeenMarks::default());
+        let other = *Account::new().identity_keys().ed25519.as_bytes();
+        let error = session
+            .handle_confirmation(Ok((&other, SeenMarks::default())))
+            .expect_err("another key");
+        assert_eq!(error.code, ErrorCode::BadSignature);
+        assert_eq!(session.device(), None);
+    }
+
+    #[test]
+    fn cached_marks_refuse_a_rolled_back_device_at_login() {
+        let account = Account::new();
+        let seen = SeenMarks {
+            acked_queue_seq: 0,
+            device_seq: 10,
+        };
+        let (session, result, _) = from_cache(&account, Some(10), seen);
+        assert_eq!(
+            result.map_err(|error| error.code),
+            Err(ErrorCode::DeviceRolledBack)
+        );
+        assert_eq!(session.device(), None);
+        let seen = SeenMarks {
+            acked_queue_seq: 5,
+            device_seq: 0,
+        };
+        let (_, result, _) = from_cache(&account, Some(10), seen);
+        assert_eq!(
+            result.map_err(|error| error.code),
+            Err(ErrorCode::DeviceRolledBack),
+            "cursor 4 behind an acknowledged entry 5"
+        );
     }
 
     #[test]

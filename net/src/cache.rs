@@ -73,6 +73,16 @@ impl<K: Hash + Eq + Clone, V> TtlCache<K, V> {
             .map(|slot| &slot.value)
     }
 
+    /// The value of `key` to change in place, if it is stored and not expired at `now_ms`,
+    /// without using it: its time to live and its place in the eviction order stay.
+    pub fn peek_mut(&mut self, key: &K, now_ms: u64) -> Option<&mut V> {
+        let ttl_ms = self.ttl_ms;
+        self.entries
+            .get_mut(key)
+            .filter(|slot| now_ms.saturating_sub(slot.stored_at_ms) < ttl_ms)
+            .map(|slot| &mut slot.value)
+    }
+
     /// Stores `value` under `key` at `now_ms` (its time to live starts again), as the most
     /// recently used; a new key in a full cache evicts the least recently used entry.
     pub fn insert(&mut self, key: K, value: V, now_ms: u64) {
@@ -142,6 +152,12 @@ mod tests {
         cache.insert("a", 1, 10_000);
         assert_eq!(cache.get(&"a", 10_999), Some(&1));
         assert_eq!(cache.peek(&"a", 10_999), Some(&1));
+        if let Some(value) = cache.peek_mut(&"a", 10_999) {
+            *value = 10;
+        }
+        assert_eq!(cache.peek(&"a", 10_999), Some(&10), "changed in place");
+        assert_eq!(cache.peek_mut(&"a", 11_000), None, "expired");
+        *cache.peek_mut(&"a", 10_000).expect("stored") = 1;
         assert_eq!(cache.peek(&"a", 11_000), None, "expired, not used");
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.get(&"a", 11_000), None);
