@@ -214,7 +214,8 @@ impl Core {
         }
         self.outbox.insert(entry, now_ms)?;
         self.sync_wanted = true;
-        let names = self.names_for(&[]);
+        let mut names = self.names_for(&[]);
+        names.insert(contact.account, contact.name.clone());
         self.reports.push_back(Report::Event(changed_event(
             &names,
             me,
