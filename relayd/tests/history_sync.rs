@@ -25,6 +25,9 @@ struct Entry {
     reactions: Vec<(String, String)>,
 }
 
+/// What the test expects of an entry: text, edited, deleted, reactions.
+type Shown<'a> = (Option<&'a str>, bool, bool, Vec<(&'a str, &'a str)>);
+
 fn history(person: &Person, peer: &str) -> Vec<Entry> {
     person
         .ok(&["history", peer])
@@ -203,7 +206,7 @@ fn linked_devices_share_the_history_and_its_edits_reactions_and_deletions() {
     assert!(!refused.status.success());
 
     let expected = |entries: &[Entry]| {
-        let shown: Vec<(Option<&str>, bool, bool, Vec<(&str, &str)>)> = entries
+        let shown: Vec<Shown<'_>> = entries
             .iter()
             .map(|entry| {
                 (
