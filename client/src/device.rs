@@ -667,6 +667,14 @@ impl Actor {
                         // text deleted for everyone) leave the files with it; a failure only
                         // leaves them for the next checkpoint.
                         let _ = self.core.store().checkpoint();
+                        if let Err(error) = self.core.save_history() {
+                            // The store keeps the messages: the next open appends them again.
+                            if let Some(events) = &self.events {
+                                let _ = events.try_send(Event::Note {
+                                    message: format!("saving the history failed: {error}"),
+                                });
+                            }
+                        }
                         self.events = None;
                         let _ = reply.send(());
                         return;

@@ -21,9 +21,13 @@
 //! process saved it since (its save counter moved), so no process writes over another's
 //! changes.
 //!
-//! **Recovery.** Messages are committed to the store before they reach the documents; on open,
-//! rows past the header's mark are appended again (an append of a message the documents hold
-//! changes nothing), so a crash between the two loses nothing.
+//! **Recovery, and appends saved lazily.** Messages are committed to the store before they
+//! reach the documents; on open (and after reloading another process's save), rows past the
+//! header's mark are appended again (an append of a message the documents hold changes
+//! nothing), so a crash between the two loses nothing. So appends alone are not saved at once
+//! (a save writes every document): the documents are saved with the next change the store
+//! cannot rebuild (an edit, a deletion, a reaction, a read mark, a sync message in or out),
+//! after `HISTORY_APPENDS_UNSAVED_MAX` appends, and when the device closes.
 
 use std::fs;
 use std::io::Write;
@@ -53,6 +57,8 @@ pub struct History {
     saves: u64,
     /// The highest row of the store's `messages` table the documents hold.
     rows_mark: i64,
+    /// Messages appended since the last save (they are in the store: see [`History::save`]).
+    unsaved_appends: usize,
 }
 
 impl History {
@@ -67,6 +73,7 @@ impl History {
             replica: Replica::new(me, session_nonce),
             saves: 0,
             rows_mark: 0,
+            unsaved_appends: 0,
         };
         history.reload()?;
         Ok(history)
@@ -90,6 +97,16 @@ impl History {
     /// Raises the row mark (saved with the next [`History::save`]).
     pub fn raise_rows_mark(&mut self, row: i64) {
         self.rows_mark = self.rows_mark.max(row);
+    }
+
+    /// Counts `count` messages appended and not saved yet.
+    pub fn note_appends(&mut self, count: usize) {
+        self.unsaved_appends = self.unsaved_appends.saturating_add(count);
+    }
+
+    /// Messages appended since the last save.
+    pub fn unsaved_appends(&self) -> usize {
+        self.unsaved_appends
     }
 
     /// Reloads the file if another process saved it since this one loaded or saved it; returns
@@ -124,6 +141,7 @@ impl History {
         bytes.extend_from_slice(&self.rows_mark.to_le_bytes());
         bytes.extend_from_slice(&snapshot);
         write_atomically(&self.dir, REPLICA_FILE, &bytes)?;
+        self.unsaved_appends = 0;
         for &peer in peers {
             let state = self.replica.peer_state(peer);
             write_atomically(&self.dir, &peer_file(peer), &state)?;
@@ -232,6 +250,7 @@ impl History {
         self.replica = replica;
         self.saves = saves;
         self.rows_mark = rows_mark;
+        self.unsaved_appends = 0;
         Ok(())
     }
 }
@@ -323,6 +342,7 @@ mod tests {
         history.raise_rows_mark(7);
         history.save(&[device(1, 2)]).expect("save");
 
+        assert_eq!(history.unsaved_appends(), 0, "a save counts from zero");
         let mut again = History::open(dir.path(), me, 2).expect("reopen");
         assert_eq!(again.rows_mark(), 7);
         let found = again
@@ -344,5 +364,47 @@ mod tests {
             "{error}"
         );
         assert_eq!(fs::read(&path).expect("read"), bytes, "left as it was");
+    }
+
+    #[test]
+    fn a_new_device_takes_another_devices_snapshot_only_while_it_holds_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chat = ChatId::direct(AccountId(1), AccountId(2));
+        let append = |history: &mut History, chat_seq: u64, text: &str| {
+            history
+                .replica_mut()
+                .append(
+                    chat,
+                    &NewMessage {
+                        chat_seq,
+                        sender: device(2, 1),
+                        client_message_id: ClientMessageId([chat_seq as u8; 16]),
+                        server_time_ms: chat_seq,
+                        sent_time_ms: chat_seq,
+                        text,
+                    },
+                )
+                .expect("append");
+        };
+        let mut phone = History::open(&dir.path().join("phone"), device(1, 1), 1).expect("open");
+        append(&mut phone, 1, "one");
+        append(&mut phone, 2, "two");
+        let snapshot = phone.snapshot();
+
+        let mut laptop = History::open(&dir.path().join("laptop"), device(1, 2), 2).expect("open");
+        assert!(laptop.load_snapshot(b"not a snapshot").is_err());
+        assert!(
+            laptop.replica().chats().is_empty(),
+            "nothing taken from bad bytes"
+        );
+        laptop.load_snapshot(&snapshot).expect("load");
+        assert_eq!(laptop.view(chat), phone.view(chat));
+        laptop.save(&[]).expect("save");
+        let reopened = History::open(&dir.path().join("laptop"), device(1, 2), 3).expect("open");
+        assert_eq!(reopened.view(chat), phone.view(chat));
+
+        // A device with history converges by sync instead.
+        let error = laptop.load_snapshot(&snapshot).expect_err("holds history");
+        assert!(error.to_string().contains("by sync"), "{error}");
     }
 }

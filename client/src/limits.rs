@@ -103,6 +103,9 @@ pub const MESSAGE_ID_PREFIX_CHARS_MIN: usize = 6;
 /// in milliseconds: a device with a clock further ahead would win every later change.
 pub const CHANGE_AHEAD_MS_MAX: u64 = 24 * 3600 * 1000;
 
+/// Messages a device appends to its history before it saves the documents though nothing else
+/// changed (see [`crate::history`]): what a crash costs the next open in appends made again.
+pub const HISTORY_APPENDS_UNSAVED_MAX: usize = 1_000;
 /// Sync messages one device queues for one of its own devices at one step; a backlog larger
 /// than this (a whole history for a newly linked device) goes on at the next steps, as the
 /// answers come back.

@@ -34,7 +34,7 @@ use crate::error::{ClientError, Result};
 use crate::events::{ChangeKind, Event};
 use crate::history::History;
 use crate::inbound::Inbound;
-use crate::limits::{CHANGE_AHEAD_MS_MAX, SYNC_MESSAGES_PER_STEP_MAX};
+use crate::limits::{CHANGE_AHEAD_MS_MAX, HISTORY_APPENDS_UNSAVED_MAX, SYNC_MESSAGES_PER_STEP_MAX};
 use crate::outbox::Pending;
 use crate::store::{OutboxRow, StoredMessage, Writer};
 
@@ -64,16 +64,29 @@ impl Core {
         let names = self.names_for(inbound);
         let history = &mut self.history;
         let store = &mut self.store;
+        history.refresh()?;
         let sequenced = store.sequenced_after(history.rows_mark())?;
         let settled = store.history_rows_settled()?;
         let moves = |item: &Inbound| matches!(item, Inbound::Change { .. } | Inbound::Sync { .. });
-        if sequenced.is_empty() && settled <= history.rows_mark() && !inbound.iter().any(moves) {
-            return Ok(()); // Receipts and ticks only: the documents hold nothing of them.
+        if !inbound.iter().any(moves) {
+            // Appends only: the store can rebuild them, so they are saved lazily.
+            let appended = absorb(history, me, &sequenced, true)?;
+            history.raise_rows_mark(settled);
+            history.note_appends(appended);
+            if history.unsaved_appends() >= HISTORY_APPENDS_UNSAVED_MAX {
+                store.write(|_| history.save(&peers))?;
+            }
+            self.sync_wanted |= appended > 0;
+            return Ok(());
         }
         store.write(|writer| {
-            history.refresh()?;
-            changed |= absorb(history, me, &sequenced)?;
-            history.raise_rows_mark(settled);
+            // Another process saved since the rows were read: they are appended, and the mark
+            // stays the file's, so the next change appends whatever else it lacks.
+            let current = !history.refresh()?;
+            changed |= absorb(history, me, &sequenced, current)? > 0;
+            if current {
+                history.raise_rows_mark(settled);
+            }
             for item in inbound {
                 match item {
                     Inbound::Change {
@@ -161,10 +174,11 @@ impl Core {
         let peers = self.own_peers()?;
         let id = ClientMessageId(rand::Rng::random(&mut self.rng));
         let history = &mut self.history;
+        history.refresh()?;
         let sequenced = self.store.sequenced_after(history.rows_mark())?;
         let pending = self.store.write(|writer| {
-            history.refresh()?;
-            absorb(history, me, &sequenced)?;
+            let current = !history.refresh()?;
+            absorb(history, me, &sequenced, current)?;
             let target = history.find_by_prefix(chat, message)?;
             if target.deleted.is_some() {
                 return Err(ClientError::Invalid(format!(
@@ -308,14 +322,33 @@ impl Core {
         Ok(())
     }
 
+    /// Saves the documents if messages were appended since the last save (the device closes).
+    pub fn save_history(&mut self) -> Result<()> {
+        if self.history.unsaved_appends() == 0 {
+            return Ok(());
+        }
+        let peers = self.own_peers()?;
+        let history = &mut self.history;
+        let me = self.identity.address();
+        history.refresh()?;
+        let sequenced = self.store.sequenced_after(history.rows_mark())?;
+        self.store.write(|_| {
+            // Another process may have saved since: take its documents and add the rows.
+            let current = !history.refresh()?;
+            absorb(history, me, &sequenced, current)?;
+            history.save(&peers)
+        })
+    }
+
     /// Every chat's documents as one snapshot (see [`History::snapshot`]).
     pub fn history_snapshot(&mut self) -> Result<Vec<u8>> {
         let history = &mut self.history;
+        history.refresh()?;
         let sequenced = self.store.sequenced_after(history.rows_mark())?;
         let me = self.identity.address();
         self.store.write(|_| {
-            history.refresh()?;
-            absorb(history, me, &sequenced)?;
+            let current = !history.refresh()?;
+            absorb(history, me, &sequenced, current)?;
             Ok(history.snapshot())
         })
     }
@@ -362,15 +395,21 @@ fn history_error(error: relay_sync::SyncError) -> ClientError {
     ClientError::Invalid(format!("history: {error}"))
 }
 
-/// Appends `messages` (stored, decrypted, sequenced) to the documents; whether any was new.
-fn absorb(history: &mut History, me: DeviceAddress, messages: &[StoredMessage]) -> Result<bool> {
-    let mut changed = false;
+/// Appends `messages` (stored, decrypted, sequenced) to the documents; how many were new.
+/// The row mark is raised past them only with `raise` (they are every row past it).
+fn absorb(
+    history: &mut History,
+    me: DeviceAddress,
+    messages: &[StoredMessage],
+    raise: bool,
+) -> Result<usize> {
+    let mut appended = 0;
     for message in messages {
         let (Some(chat_seq), Some(text)) = (message.chat_seq, message.text.as_deref()) else {
             continue;
         };
         let chat = ChatId::direct(me.account, message.peer);
-        let appended = history.replica_mut().append(
+        let outcome = history.replica_mut().append(
             chat,
             &NewMessage {
                 chat_seq,
@@ -381,17 +420,19 @@ fn absorb(history: &mut History, me: DeviceAddress, messages: &[StoredMessage]) 
                 text,
             },
         );
-        match appended {
-            Ok(relay_sync::Outcome::Applied) => changed = true,
+        match outcome {
+            Ok(relay_sync::Outcome::Applied) => appended += 1,
             Ok(_) => {}
             // Two messages under one chat sequence: a region's bug, or a damaged row. The
             // store keeps the row; the documents keep the first.
             Err(relay_sync::SyncError::SequenceTaken { .. }) => {}
             Err(error) => return Err(history_error(error)),
         }
-        history.raise_rows_mark(message.id);
+        if raise {
+            history.raise_rows_mark(message.id);
+        }
     }
-    Ok(changed)
+    Ok(appended)
 }
 
 /// Applies a change received from `at.device` to `target` of `chat`; whether it changed
