@@ -9,9 +9,10 @@
 //! what is this device's own (ticks, receipts, the outbox); the documents keep what all of the
 //! account's devices share, so a newly linked device shows the whole history from them.
 //!
-//! **Files.** `DIR/history/replica` holds a header (magic, a save counter, the highest row of
-//! the store's `messages` table the documents hold) and the replica's snapshot;
-//! `DIR/history/peer-A-D` the persisted sync state with own device `A/D`. Each is written to
+//! **Files**, beside `relay.db` (a data directory stays one flat folder, so a backup copies its
+//! files): `DIR/history` holds a header (magic, a save counter, the highest row of the store's
+//! `messages` table the documents hold) and the replica's snapshot; `DIR/history-peer-A-D` the
+//! persisted sync state with own device `A/D`. Each is written to
 //! a temporary file, synced, renamed over the old one and the directory synced, so a crash
 //! leaves the old or the new file whole. A deletion compacts the chat's documents (the text
 //! is in no saved byte of the new generation) and the file is written anew.
@@ -38,10 +39,10 @@ use relay_sync::{ChatView, MessageView, Replica, SyncError};
 
 use crate::error::{ClientError, Result};
 
-/// The folder of the history under the data directory.
-pub const HISTORY_DIR: &str = "history";
-/// The replica's file in [`HISTORY_DIR`].
-pub const REPLICA_FILE: &str = "replica";
+/// The replica's file in the data directory.
+pub const REPLICA_FILE: &str = "history";
+/// How the name of each peer state's file in the data directory starts.
+pub const PEER_FILE_PREFIX: &str = "history-peer-";
 
 const MAGIC: &[u8; 8] = b"RLYHIST1";
 const HEADER_BYTES: usize = MAGIC.len() + 8 + 8;
@@ -65,7 +66,7 @@ impl History {
     /// Opens the history of device `me` in `data_dir` (an empty one if it has none yet).
     /// `session_nonce` must be fresh at every open (see [`Replica::new`]).
     pub fn open(data_dir: &Path, me: DeviceAddress, session_nonce: u64) -> Result<Self> {
-        let dir = data_dir.join(HISTORY_DIR);
+        let dir = data_dir.to_path_buf();
         let mut history = History {
             dir,
             me,
@@ -132,7 +133,6 @@ impl History {
 
     /// Writes the replica and the sync state with each of `peers` to their files.
     pub fn save(&mut self, peers: &[DeviceAddress]) -> Result<()> {
-        fs::create_dir_all(&self.dir)?;
         self.saves += 1;
         let snapshot = self.replica.save_snapshot();
         let mut bytes = Vec::with_capacity(HEADER_BYTES + snapshot.len());
@@ -257,11 +257,11 @@ impl History {
 
 /// The file of the sync state with own device `peer`.
 fn peer_file(peer: DeviceAddress) -> String {
-    format!("peer-{}-{}", peer.account.0, peer.device.0)
+    format!("{PEER_FILE_PREFIX}{}-{}", peer.account.0, peer.device.0)
 }
 
 fn parse_peer_file(name: &str) -> Option<DeviceAddress> {
-    let rest = name.strip_prefix("peer-")?;
+    let rest = name.strip_prefix(PEER_FILE_PREFIX)?;
     let (account, device) = rest.split_once('-')?;
     Some(DeviceAddress {
         account: relay_proto::AccountId(account.parse().ok()?),
@@ -354,7 +354,7 @@ mod tests {
         history.save(&[]).expect("another process saves");
         assert!(again.refresh().expect("refresh"), "reloaded");
 
-        let path = dir.path().join(HISTORY_DIR).join(REPLICA_FILE);
+        let path = dir.path().join(REPLICA_FILE);
         let mut bytes = fs::read(&path).expect("read");
         bytes.truncate(HEADER_BYTES + 3);
         fs::write(&path, &bytes).expect("damage");
@@ -369,6 +369,9 @@ mod tests {
     #[test]
     fn a_new_device_takes_another_devices_snapshot_only_while_it_holds_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
+        for device in ["phone", "laptop"] {
+            fs::create_dir(dir.path().join(device)).expect("a data directory");
+        }
         let chat = ChatId::direct(AccountId(1), AccountId(2));
         let append = |history: &mut History, chat_seq: u64, text: &str| {
             history

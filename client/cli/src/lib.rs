@@ -105,8 +105,9 @@ OUTPUT
 FILES
   DIR/relay.db    messages, outbox, drafts, contacts (SQLite); the device's Olm keys inside it are
                   encrypted under the device key
-  DIR/history/    the chats as relay-sync documents, shared with the account's other devices by
-                  sync (a deletion for everyone compacts them: the text is in no saved byte)
+  DIR/history     the chats as relay-sync documents, shared with the account's other devices by
+                  sync (a deletion for everyone compacts them: the text is in no saved byte);
+                  DIR/history-peer-A-D the sync state with own device A/D
   DIR/device.key  the device key (mode 0600, made by `register`). Keep it out of backups of DIR,
                   or keep it elsewhere: --device-key PATH or RELAY_DEVICE_KEY_FILE=PATH, for
                   every command. Without it the device cannot be opened.
