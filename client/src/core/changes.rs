@@ -423,9 +423,13 @@ fn absorb(
         match outcome {
             Ok(relay_sync::Outcome::Applied) => appended += 1,
             Ok(_) => {}
-            // Two messages under one chat sequence: a region's bug, or a damaged row. The
-            // store keeps the row; the documents keep the first.
-            Err(relay_sync::SyncError::SequenceTaken { .. }) => {}
+            // Two messages under one chat sequence, or a sequence 0: what a region sent is
+            // wrong. The store keeps the row; the documents keep what they can (the first).
+            Err(
+                relay_sync::SyncError::SequenceTaken { .. }
+                | relay_sync::SyncError::ZeroSequence
+                | relay_sync::SyncError::TextTooLong { .. },
+            ) => {}
             Err(error) => return Err(history_error(error)),
         }
         if raise {

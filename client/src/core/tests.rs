@@ -788,6 +788,21 @@ fn the_peers_edits_reactions_and_deletions_are_checked_and_a_deletion_forgets_th
         .expect("read")
         .expect("the row stays");
     assert_eq!(stored.text, None, "the store forgot the text");
+    // A region that numbers a message 0 does not stop the device: the store keeps it, the
+    // documents cannot hold it.
+    let actions = rig.actions(12);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    let mut third = page(
+        7,
+        vec![Content::text("numbered 0", WALL_MS, 1).expect("text")],
+    );
+    if let Some(queue_entry::Item::Message(message)) = &mut third.entries[0].item {
+        message.chat_seq = 0;
+    }
+    rig.core
+        .handle_answer(fetch, Ok(Response::Queue(third)), 13);
+    assert!(rig.core.failure().is_none(), "{:?}", rig.core.failure());
+    assert_eq!(rig.core.history("bob").expect("history").len(), 2);
     let snapshot = rig.core.history_snapshot().expect("snapshot");
     let plaintext = relay_sync::inspect::snapshot_plaintext(&snapshot).expect("inspect");
     assert!(!relay_sync::inspect::contains(&plaintext, b"the original"));
