@@ -1,19 +1,28 @@
 //! What travels inside each Olm ciphertext: the plaintext no server ever sees.
 //!
-//! A content is either a text message or a read receipt. Read receipts are ordinary envelopes to
-//! the peer's devices and the sender's own other devices, so no server learns that anyone read
-//! anything. Tags are never reused; a retired field keeps its number reserved in a comment.
+//! A content is a text message, a read receipt, a change to an earlier message (an edit, a
+//! deletion for everyone, a reaction) or a sync message for one of the sender's own devices.
+//! Read receipts and changes are ordinary envelopes to the peer's devices and the sender's own
+//! other devices, so no server learns that anyone read, edited or reacted to anything; a sync
+//! message travels in the chat of the account with itself, to its own devices only.
+//!
+//! Forward compatible: a content of a kind this build does not know decodes with no body and is
+//! skipped by the receiver ([`Content::is_unknown_kind`]), never shown as undecryptable. Tags
+//! are never reused; a retired field keeps its number reserved in a comment.
 
 use prost::Message;
+use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId};
+use relay_sync::Hlc;
+use relay_sync::limits::{REACTION_BYTES_MAX, SYNC_MESSAGE_BYTES_MAX};
 
 use crate::error::{ClientError, Result};
-use crate::limits::{READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
+use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 
 /// The plaintext of one envelope.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Content {
     /// What it is.
-    #[prost(oneof = "body::Body", tags = "1, 2")]
+    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6")]
     pub body: Option<body::Body>,
 }
 
@@ -28,6 +37,18 @@ pub mod body {
         /// Messages marked read.
         #[prost(message, tag = "2")]
         Read(super::ReadReceipt),
+        /// A new text for an earlier message of the sender's account.
+        #[prost(message, tag = "3")]
+        Edit(super::Edit),
+        /// An earlier message of the sender's account deleted for everyone.
+        #[prost(message, tag = "4")]
+        Delete(super::Delete),
+        /// A reaction to a message of the chat (or its removal).
+        #[prost(message, tag = "5")]
+        React(super::React),
+        /// A sync message of the history, for one own device.
+        #[prost(message, tag = "6")]
+        Sync(super::SyncMessage),
     }
 }
 
@@ -58,6 +79,165 @@ pub struct ReadReceipt {
     /// The other account of the 1:1 chat as the reader sees it (for the reader's other devices).
     #[prost(uint64, tag = "3")]
     pub peer_account: u64,
+}
+
+/// Names a message of a chat everywhere: its sending device and that device's id for it (the
+/// chat sequence differs between regions).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MessageRef {
+    /// The sending device's account.
+    #[prost(uint64, tag = "1")]
+    pub sender_account: u64,
+    /// The sending device.
+    #[prost(uint32, tag = "2")]
+    pub sender_device: u32,
+    /// The sender's client message id (16 bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub client_message_id: Vec<u8>,
+}
+
+/// A change's hybrid logical clock reading; its device is the envelope's sender.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Stamp {
+    /// Wall-clock time, in ms since the Unix epoch, by the changing device's clock.
+    #[prost(uint64, tag = "1")]
+    pub wall_ms: u64,
+    /// Events after `wall_ms` with no later wall-clock time.
+    #[prost(uint32, tag = "2")]
+    pub counter: u32,
+}
+
+/// A new text for an earlier message.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Edit {
+    /// The message edited (sent by the editing account).
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<MessageRef>,
+    /// The new text.
+    #[prost(string, tag = "2")]
+    pub text: String,
+    /// When, by the editing device's clock.
+    #[prost(message, optional, tag = "3")]
+    pub at: Option<Stamp>,
+    /// The other account of the 1:1 chat as the editor sees it (for its other devices).
+    #[prost(uint64, tag = "4")]
+    pub peer_account: u64,
+}
+
+/// A deletion for everyone.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Delete {
+    /// The message deleted (sent by the deleting account).
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<MessageRef>,
+    /// When, by the deleting device's clock.
+    #[prost(message, optional, tag = "2")]
+    pub at: Option<Stamp>,
+    /// The other account of the 1:1 chat as the deleter sees it.
+    #[prost(uint64, tag = "3")]
+    pub peer_account: u64,
+}
+
+/// A reaction to a message; an empty reaction takes the device's reaction back.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct React {
+    /// The message reacted to (sent by either account of the chat).
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<MessageRef>,
+    /// The reaction: one emoji or a short string (see [`check_reaction`]).
+    #[prost(string, tag = "2")]
+    pub reaction: String,
+    /// When, by the reacting device's clock.
+    #[prost(message, optional, tag = "3")]
+    pub at: Option<Stamp>,
+    /// The other account of the 1:1 chat as the reacting device sees it.
+    #[prost(uint64, tag = "4")]
+    pub peer_account: u64,
+}
+
+/// A relay-sync message for one device of the sender's own account.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SyncMessage {
+    /// The own device it is for; the account's other devices skip it.
+    #[prost(uint32, tag = "1")]
+    pub to_device: u32,
+    /// The sync message (at most `SYNC_MESSAGE_BYTES_MAX` bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub bytes: Vec<u8>,
+}
+
+/// A change to an earlier message, as a receiver applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new text.
+    Edit(String),
+    /// Deleted for everyone.
+    Delete,
+    /// A reaction (empty: taken back).
+    React(String),
+}
+
+impl MessageRef {
+    /// The reference to `sender`'s message `id`.
+    pub fn new(sender: DeviceAddress, id: ClientMessageId) -> Self {
+        MessageRef {
+            sender_account: sender.account.0,
+            sender_device: sender.device.0,
+            client_message_id: id.0.to_vec(),
+        }
+    }
+
+    /// The sending device and id, if the id is well formed.
+    pub fn parts(&self) -> Option<(DeviceAddress, ClientMessageId)> {
+        let id = ClientMessageId::from_bytes(&self.client_message_id).ok()?;
+        Some((
+            DeviceAddress {
+                account: AccountId(self.sender_account),
+                device: DeviceId(self.sender_device),
+            },
+            id,
+        ))
+    }
+}
+
+impl Stamp {
+    /// The stamp of `at` (its device travels as the envelope's sender).
+    pub fn of(at: Hlc) -> Self {
+        Stamp {
+            wall_ms: at.wall_ms,
+            counter: at.counter,
+        }
+    }
+
+    /// The reading made by `device`.
+    pub fn hlc(self, device: DeviceAddress) -> Hlc {
+        Hlc {
+            wall_ms: self.wall_ms,
+            counter: self.counter,
+            device,
+        }
+    }
+}
+
+/// Checks a reaction: at most [`REACTION_BYTES_MAX`] bytes and [`REACTION_CHARS_MAX`]
+/// characters (one emoji, even a family or a flag, or a short word), no control or format
+/// characters but the joiners and selectors emoji are built with.
+pub fn check_reaction(reaction: &str) -> Result<()> {
+    let allowed = |c: char| {
+        !c.is_control()
+            && !matches!(c, '\u{200b}'..='\u{200c}' | '\u{200e}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if reaction.len() > REACTION_BYTES_MAX
+        || reaction.chars().count() > REACTION_CHARS_MAX
+        || !reaction.chars().all(allowed)
+        || reaction.trim().len() != reaction.len()
+    {
+        return Err(ClientError::Invalid(format!(
+            "a reaction is one emoji or a short word: at most {REACTION_CHARS_MAX} characters \
+             and {REACTION_BYTES_MAX} bytes, no control characters or surrounding spaces"
+        )));
+    }
+    Ok(())
 }
 
 impl Content {
@@ -98,6 +278,73 @@ impl Content {
         })
     }
 
+    /// A change to `target` made at `at`, in the chat with `peer_account`.
+    pub fn change(target: MessageRef, change: &Change, at: Hlc, peer_account: u64) -> Result<Self> {
+        let at = Some(Stamp::of(at));
+        let target = Some(target);
+        let body = match change {
+            Change::Edit(text) => {
+                check_text(text)?;
+                body::Body::Edit(Edit {
+                    target,
+                    text: text.clone(),
+                    at,
+                    peer_account,
+                })
+            }
+            Change::Delete => body::Body::Delete(Delete {
+                target,
+                at,
+                peer_account,
+            }),
+            Change::React(reaction) => {
+                if !reaction.is_empty() {
+                    check_reaction(reaction)?;
+                }
+                body::Body::React(React {
+                    target,
+                    reaction: reaction.clone(),
+                    at,
+                    peer_account,
+                })
+            }
+        };
+        Ok(Content { body: Some(body) })
+    }
+
+    /// A sync message for the own device `to_device`.
+    pub fn sync(to_device: DeviceId, bytes: Vec<u8>) -> Result<Self> {
+        if bytes.is_empty() || bytes.len() > SYNC_MESSAGE_BYTES_MAX {
+            return Err(ClientError::Invalid(format!(
+                "a sync message is 1 to {SYNC_MESSAGE_BYTES_MAX} bytes"
+            )));
+        }
+        Ok(Content {
+            body: Some(body::Body::Sync(SyncMessage {
+                to_device: to_device.0,
+                bytes,
+            })),
+        })
+    }
+
+    /// The other account of the 1:1 chat as the sender sees it.
+    pub fn peer_account(&self) -> Option<u64> {
+        match self.body.as_ref()? {
+            body::Body::Text(text) => Some(text.peer_account),
+            body::Body::Read(read) => Some(read.peer_account),
+            body::Body::Edit(edit) => Some(edit.peer_account),
+            body::Body::Delete(delete) => Some(delete.peer_account),
+            body::Body::React(react) => Some(react.peer_account),
+            body::Body::Sync(_) => None,
+        }
+    }
+
+    /// Whether `bytes` is a well-formed content of a kind this build does not know (a newer
+    /// sender's): to skip, not to report as undecryptable.
+    pub fn is_unknown_kind(bytes: &[u8]) -> bool {
+        !bytes.is_empty() && Content::decode(bytes).is_ok_and(|content| content.body.is_none())
+    }
+
     /// The encoded plaintext.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.encode_to_vec()
@@ -119,9 +366,44 @@ impl Content {
             {
                 Err(ClientError::Crypto("malformed read receipt".into()))
             }
+            Some(body::Body::Edit(edit))
+                if !well_formed(&edit.target, edit.at) || edit.text.len() > TEXT_BYTES_MAX =>
+            {
+                Err(ClientError::Crypto("malformed edit".into()))
+            }
+            Some(body::Body::Delete(delete)) if !well_formed(&delete.target, delete.at) => {
+                Err(ClientError::Crypto("malformed deletion".into()))
+            }
+            Some(body::Body::React(react))
+                if !well_formed(&react.target, react.at)
+                    || (!react.reaction.is_empty() && check_reaction(&react.reaction).is_err()) =>
+            {
+                Err(ClientError::Crypto("malformed reaction".into()))
+            }
+            Some(body::Body::Sync(sync))
+                if sync.bytes.is_empty() || sync.bytes.len() > SYNC_MESSAGE_BYTES_MAX =>
+            {
+                Err(ClientError::Crypto("malformed sync message".into()))
+            }
             Some(_) => Ok(content),
         }
     }
+}
+
+/// Refuses texts over [`TEXT_BYTES_MAX`].
+fn check_text(text: &str) -> Result<()> {
+    if text.len() > TEXT_BYTES_MAX {
+        return Err(ClientError::Invalid(format!(
+            "the text is {} bytes; the limit is {TEXT_BYTES_MAX}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a change names a message with a well-formed id and carries its stamp.
+fn well_formed(target: &Option<MessageRef>, at: Option<Stamp>) -> bool {
+    at.is_some() && target.as_ref().and_then(MessageRef::parts).is_some()
 }
 
 #[cfg(test)]
@@ -158,5 +440,98 @@ mod tests {
         assert!(Content::from_bytes(&bad.to_bytes()).is_err());
         assert!(Content::from_bytes(&Content { body: None }.to_bytes()).is_err());
         assert!(Content::from_bytes(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn changes_and_sync_messages_round_trip_and_are_bounded() {
+        let sender = DeviceAddress {
+            account: AccountId(2),
+            device: DeviceId(1),
+        };
+        let at = Hlc {
+            wall_ms: 5,
+            counter: 1,
+            device: sender,
+        };
+        let target = MessageRef::new(sender, ClientMessageId([7; 16]));
+        assert_eq!(target.parts(), Some((sender, ClientMessageId([7; 16]))));
+        for change in [
+            Change::Edit("new words".into()),
+            Change::Delete,
+            Change::React("👍".into()),
+            Change::React("👨‍👩‍👧‍👦".into()),
+            Change::React(String::new()),
+        ] {
+            let content = Content::change(target.clone(), &change, at, 1).expect("change");
+            assert_eq!(
+                Content::from_bytes(&content.to_bytes()).expect("decode"),
+                content
+            );
+            assert_eq!(content.peer_account(), Some(1));
+        }
+        let sync = Content::sync(DeviceId(2), vec![1, 2, 3]).expect("sync");
+        assert_eq!(Content::from_bytes(&sync.to_bytes()).expect("decode"), sync);
+        assert!(Content::sync(DeviceId(2), Vec::new()).is_err());
+        assert!(Content::sync(DeviceId(2), vec![0; SYNC_MESSAGE_BYTES_MAX + 1]).is_err());
+
+        // Reactions: one emoji or a short word, nothing that could drive a terminal.
+        for bad in [
+            "a long sentence of words",
+            "\u{1b}[2J",
+            "x\u{202e}",
+            " 👍",
+            "👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍👍",
+        ] {
+            assert!(check_reaction(bad).is_err(), "{bad:?}");
+            assert!(Content::change(target.clone(), &Change::React(bad.into()), at, 1).is_err());
+        }
+        assert!(
+            Content::change(
+                target.clone(),
+                &Change::Edit("x".repeat(TEXT_BYTES_MAX + 1)),
+                at,
+                1
+            )
+            .is_err()
+        );
+
+        // A peer's malformed change is refused on arrival: no stamp, a short id, a bad reaction.
+        let malformed = [
+            body::Body::Edit(Edit {
+                target: Some(target.clone()),
+                text: "x".into(),
+                at: None,
+                peer_account: 1,
+            }),
+            body::Body::Delete(Delete {
+                target: Some(MessageRef {
+                    client_message_id: vec![1; 3],
+                    ..target.clone()
+                }),
+                at: Some(Stamp::of(at)),
+                peer_account: 1,
+            }),
+            body::Body::React(React {
+                target: Some(target.clone()),
+                reaction: "\u{7}".into(),
+                at: Some(Stamp::of(at)),
+                peer_account: 1,
+            }),
+        ];
+        for body in malformed {
+            let bytes = Content { body: Some(body) }.to_bytes();
+            assert!(Content::from_bytes(&bytes).is_err());
+            assert!(!Content::is_unknown_kind(&bytes));
+        }
+    }
+
+    #[test]
+    fn a_content_of_a_newer_kind_is_told_from_garbage() {
+        // Field 15 of a newer build's oneof: this build decodes no body.
+        let newer = [0x7a, 0x02, 0x08, 0x01];
+        assert!(Content::from_bytes(&newer).is_err());
+        assert!(Content::is_unknown_kind(&newer));
+        assert!(!Content::is_unknown_kind(&[0xff, 0xff, 0xff]));
+        assert!(!Content::is_unknown_kind(&[]));
     }
 }

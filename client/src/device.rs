@@ -72,6 +72,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::connection::{DeviceAnswer, Dialer, EdgeConnection, Push, dial};
+use crate::content::Change;
 use crate::core::{
     Action, Core, MessageState, Mode, NameState, Request, RequestId, Response, StillPending,
 };
@@ -192,6 +193,9 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Command {
     Send(String, String, bool, Reply<ClientMessageId>),
     MarkRead(String, Reply<usize>),
+    Change(String, String, Change, Reply<ClientMessageId>),
+    HistorySnapshot(Reply<Vec<u8>>),
+    LoadHistorySnapshot(Vec<u8>, Reply<()>),
     Flush(Duration, Reply<()>),
     Sync(Reply<()>),
     Connect(Reply<()>),
@@ -291,6 +295,55 @@ impl Device {
     /// network: it goes with the next send, flush or sync (a live device sends it at once).
     pub async fn compose(&self, peer: &str, text: &str) -> Result<ClientMessageId> {
         self.call(|reply| Command::Send(peer.into(), text.into(), false, reply))
+            .await
+    }
+
+    /// Replaces the text of message `message` (this account's, named by its id or a prefix
+    /// of at least [`crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN`] hex digits, as
+    /// [`Device::history`] shows it) in the chat with `peer`, for everyone: shown here at
+    /// once, sent like a message to the peer's devices and the own devices. Returns the id of
+    /// the envelope that carries the edit.
+    pub async fn edit(&self, peer: &str, message: &str, text: &str) -> Result<ClientMessageId> {
+        self.change(peer, message, Change::Edit(text.to_owned()))
+            .await
+    }
+
+    /// Deletes message `message` (this account's; named as for [`Device::edit`]) of the chat
+    /// with `peer` for everyone: its text leaves this device's saved state at once, and every
+    /// other device's when the deletion reaches it.
+    pub async fn delete_for_everyone(&self, peer: &str, message: &str) -> Result<ClientMessageId> {
+        self.change(peer, message, Change::Delete).await
+    }
+
+    /// Reacts to message `message` (either account's; named as for [`Device::edit`]) of the
+    /// chat with `peer` with `reaction` (one emoji or a short word); an empty reaction takes
+    /// this device's reaction back.
+    pub async fn react(
+        &self,
+        peer: &str,
+        message: &str,
+        reaction: &str,
+    ) -> Result<ClientMessageId> {
+        self.change(peer, message, Change::React(reaction.to_owned()))
+            .await
+    }
+
+    async fn change(&self, peer: &str, message: &str, change: Change) -> Result<ClientMessageId> {
+        self.call(|reply| Command::Change(peer.into(), message.into(), change, reply))
+            .await
+    }
+
+    /// Every chat's history documents as one snapshot (plaintext: encrypt it before it leaves
+    /// the device), for a device linked after this one (see [`Device::load_history_snapshot`]).
+    pub async fn history_snapshot(&self) -> Result<Vec<u8>> {
+        self.call(Command::HistorySnapshot).await
+    }
+
+    /// Takes another own device's [`Device::history_snapshot`] as this device's history (only
+    /// while this device holds none), then converges with the own devices by sync for what
+    /// happened since.
+    pub async fn load_history_snapshot(&self, snapshot: Vec<u8>) -> Result<()> {
+        self.call(|reply| Command::LoadHistorySnapshot(snapshot, reply))
             .await
     }
 
@@ -610,6 +663,18 @@ impl Actor {
                     None => return,
                     Some(Command::Close(reply)) => {
                         self.disconnect().await;
+                        // Pages the log holds older copies of (an outbox entry sent since, a
+                        // text deleted for everyone) leave the files with it; a failure only
+                        // leaves them for the next checkpoint.
+                        let _ = self.core.store().checkpoint();
+                        if let Err(error) = self.core.save_history() {
+                            // The store keeps the messages: the next open appends them again.
+                            if let Some(events) = &self.events {
+                                let _ = events.try_send(Event::Note {
+                                    message: format!("saving the history failed: {error}"),
+                                });
+                            }
+                        }
                         self.events = None;
                         let _ = reply.send(());
                         return;
@@ -781,6 +846,24 @@ impl Actor {
                 }
                 self.pump(now).await;
                 let _ = reply.send(typed);
+            }
+            Command::Change(peer, message, change, reply) => {
+                let changed = self
+                    .core
+                    .change_message(&peer, &message, change, wall_ms, now);
+                if changed.is_ok() {
+                    self.core.open_flush_window(now + FLUSH_BUDGET_MS);
+                }
+                self.pump(now).await;
+                let _ = reply.send(changed);
+            }
+            Command::HistorySnapshot(reply) => {
+                let _ = reply.send(self.core.history_snapshot());
+            }
+            Command::LoadHistorySnapshot(snapshot, reply) => {
+                let loaded = self.core.load_history_snapshot(&snapshot);
+                self.pump(now).await;
+                let _ = reply.send(loaded);
             }
             Command::MarkRead(peer, reply) => {
                 if let Err(error) = self.core.refuse_if_rolled_back() {

@@ -84,9 +84,14 @@ pub fn assemble(
 }
 
 /// The accounts an envelope of a 1:1 chat must cover: the peer and this account (whose other
-/// devices are recipients too; with none, it is covered by zero ciphertexts).
-pub fn recipient_accounts(peer: AccountId, own: AccountId) -> [AccountId; 2] {
-    [peer, own]
+/// devices are recipients too; with none, it is covered by zero ciphertexts). In the account's
+/// chat with itself (sync messages between its devices), the account alone.
+pub fn recipient_accounts(peer: AccountId, own: AccountId) -> Vec<AccountId> {
+    if peer == own {
+        vec![own]
+    } else {
+        vec![peer, own]
+    }
 }
 
 #[cfg(test)]

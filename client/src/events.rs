@@ -5,7 +5,8 @@
 //! An open [`crate::Device`]'s stream carries what happens to the device: `tick`, `message`,
 //! `undecryptable`, `expired`, `failed`, `connected`, `disconnected`, `rolled_back` and `note`.
 //! The one-command flows ([`crate::flows`]) add their own: `registered`, `listening`,
-//! `still_pending`, `marked_read`, `history` and `synced`; linking adds `pairing_code`,
+//! `still_pending`, `marked_read`, `history` and `synced`; `changed` reports an edit, a
+//! deletion for everyone or a reaction; linking adds `pairing_code`,
 //! `link_requested`, `linked` and `device`.
 
 use serde::Serialize;
@@ -26,6 +27,27 @@ pub enum Direction {
     In,
     /// Sent by this account (this device or another own device).
     Out,
+}
+
+/// One reaction to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reaction {
+    /// The reacting account's name.
+    pub from: String,
+    /// The reaction.
+    pub reaction: String,
+}
+
+/// What kind of change [`Event::Changed`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A new text.
+    Edit,
+    /// Deleted for everyone.
+    Delete,
+    /// A reaction.
+    React,
 }
 
 /// Something the client reports.
@@ -149,6 +171,26 @@ pub enum Event {
         failed: Option<String>,
         /// The home region's chat sequence, once known.
         chat_seq: Option<u64>,
+        /// Whether the text shown is an edit of the original.
+        edited: bool,
+        /// Whether the sender deleted it for everyone (the text is gone).
+        deleted: bool,
+        /// Each reaction, by the name of the reacting account.
+        reactions: Vec<Reaction>,
+    },
+    /// A message was edited, deleted for everyone or reacted to (by the peer, or by another
+    /// own device or this one).
+    Changed {
+        /// The id of the message changed.
+        id: String,
+        /// Who changed it (an account name).
+        from: String,
+        /// The other account of the chat.
+        peer: String,
+        /// `edit`, `delete` or `react`.
+        change: ChangeKind,
+        /// The new text of an edit, or the reaction (empty: taken back).
+        text: Option<String>,
     },
     /// `sync` finished.
     Synced {

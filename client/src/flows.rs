@@ -43,6 +43,7 @@ use relay_proto::ClientMessageId;
 use relay_proto::wire::{DeviceKeys, LinkRequestInfo};
 use tokio::time::Instant;
 
+use crate::content::Change;
 use crate::core::MessageState;
 use crate::device::{Device, Events};
 use crate::error::{ClientError, Result};
@@ -177,6 +178,21 @@ pub async fn sync(device: &Device, events: &mut Events, sink: &mut dyn FnMut(Eve
             }
         })
         .await?;
+    // What the fetch called for (the answers of the history's sync with the own devices)
+    // goes out before the summary.
+    if device.pending_count().await? > 0 {
+        let flushed = events
+            .drive(
+                device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
+                &mut |event| {
+                    if let Some(event) = connection_note(event, false) {
+                        sink(event);
+                    }
+                },
+            )
+            .await;
+        flushed?;
+    }
     report_still_pending(device, None, sink).await?;
     sink(Event::Synced {
         received,
@@ -184,6 +200,42 @@ pub async fn sync(device: &Device, events: &mut Events, sink: &mut dyn FnMut(Eve
         pending: device.pending_count().await?,
     });
     Ok(())
+}
+
+/// `relay edit`, `relay delete --everyone` and `relay react`: makes the change (reported as
+/// [`Event::Changed`]) and sends it within [`FLUSH_BUDGET_MS`] (else it stays pending and a
+/// `still_pending` line says why); returns the id of the envelope that carries it.
+pub async fn change(
+    device: &Device,
+    events: &mut Events,
+    peer: &str,
+    message: &str,
+    change: Change,
+    sink: &mut dyn FnMut(Event),
+) -> Result<ClientMessageId> {
+    let quiet = |sink: &mut dyn FnMut(Event), event: Event| {
+        if !matches!(event, Event::Disconnected { .. } | Event::Connected { .. }) {
+            sink(event);
+        }
+    };
+    let made = match change {
+        Change::Edit(text) => device.edit(peer, message, &text).await,
+        Change::Delete => device.delete_for_everyone(peer, message).await,
+        Change::React(reaction) => device.react(peer, message, &reaction).await,
+    };
+    while let Some(event) = events.try_next() {
+        quiet(sink, event);
+    }
+    let id = made?;
+    let flushed = events
+        .drive(
+            device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
+            &mut |event| quiet(sink, event),
+        )
+        .await;
+    report_still_pending(device, Some(id), sink).await?;
+    flushed?;
+    Ok(id)
 }
 
 /// Marks every unread message from `peer` read and sends the end-to-end encrypted receipt

@@ -13,6 +13,8 @@
 //!   [`inbound`] (classifying a queue page), [`crypto`], [`fallback`] and [`content`].
 //! - [`flows`] are the one-command flows of the CLI (`send --wait`, `sync`, `read`, `listen`,
 //!   `history`) as thin functions over [`Device`].
+//! - [`history`] keeps the device's chats as relay-sync documents, which the account's devices
+//!   sync between them (edits, deletions for everyone, reactions, read marks).
 //! - [`store`] is the device's SQLite database, one file per table family; [`limits`] every
 //!   bound and timeout; [`connection`] and [`discovery`] the network shell; [`terminal`] keeps
 //!   peers' text from driving a terminal.
@@ -28,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod fallback;
 pub mod flows;
+pub mod history;
 pub mod inbound;
 pub mod limits;
 pub mod link;

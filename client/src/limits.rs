@@ -90,6 +90,26 @@ pub const FALLBACK_KEY_PREVIOUS_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const TEXT_BYTES_MAX: usize = 32 * 1024;
 /// Most client message ids one read receipt names; longer lists are split.
 pub const READ_RECEIPT_IDS_MAX: usize = 512;
+/// Most characters (Unicode scalar values) of one reaction: one emoji, even a family of four
+/// joined by zero-width joiners, or a short word.
+pub const REACTION_CHARS_MAX: usize = 16;
+/// Fewest hex digits of a message id a person may type (`relay edit PEER ID`); a prefix must
+/// also name exactly one message of the chat.
+pub const MESSAGE_ID_PREFIX_CHARS_MIN: usize = 6;
+
+// --- History (relay-sync) ---
+
+/// How far ahead of the region's clock a received edit, deletion or reaction may be stamped,
+/// in milliseconds: a device with a clock further ahead would win every later change.
+pub const CHANGE_AHEAD_MS_MAX: u64 = 24 * 3600 * 1000;
+
+/// Messages a device appends to its history before it saves the documents though nothing else
+/// changed (see [`crate::history`]): what a crash costs the next open in appends made again.
+pub const HISTORY_APPENDS_UNSAVED_MAX: usize = 1_000;
+/// Sync messages one device queues for one of its own devices at one step; a backlog larger
+/// than this (a whole history for a newly linked device) goes on at the next steps, as the
+/// answers come back.
+pub const SYNC_MESSAGES_PER_STEP_MAX: usize = 64;
 
 // --- The local store and the event stream ---
 
@@ -111,6 +131,13 @@ pub const LINK_POLL_INTERVAL_MS: u64 = 500;
 pub const LINK_WAIT_MS_DEFAULT: u64 = PAIRING_CODE_TTL_MS;
 /// How many times a new device asks before giving up: until its pairing code expires.
 pub const LINK_POLLS_MAX: u64 = PAIRING_CODE_TTL_MS / LINK_POLL_INTERVAL_MS;
+
+// Every text a device sends fits in its history's documents.
+const _: () = assert!(TEXT_BYTES_MAX <= relay_sync::limits::MESSAGE_TEXT_BYTES_MAX);
+// A message id prefix is shorter than the id's 32 hex digits.
+const _: () = assert!(MESSAGE_ID_PREFIX_CHARS_MIN < 32);
+// A step's sync messages fit in the outbox's pipeline of the own chat many times over.
+const _: () = assert!(SYNC_MESSAGES_PER_STEP_MAX >= PIPELINE_WINDOW);
 
 // A request outlives the edge's own answer by at least one hop's margin, so whatever happens
 // behind the edge reaches the device as a typed answer.

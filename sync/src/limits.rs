@@ -10,7 +10,7 @@ pub const EPOCH_MESSAGES_MAX: u64 = 10_000;
 
 /// Longest message text (an append or an edit), in bytes of UTF-8. Longer texts are refused
 /// with [`crate::SyncError::TextTooLong`]; they travel as media.
-pub const MESSAGE_TEXT_BYTES_MAX: usize = 16 * 1024;
+pub const MESSAGE_TEXT_BYTES_MAX: usize = 32 * 1024;
 
 /// Longest reaction (one emoji, possibly a sequence of code points), in bytes of UTF-8.
 pub const REACTION_BYTES_MAX: usize = 64;
@@ -25,7 +25,7 @@ pub const SYNC_MESSAGE_ENVELOPE_MARGIN_BYTES: usize = 16 * 1024;
 
 /// Largest automerge sync message for one epoch that a peer may send in fragments, in bytes
 /// once reassembled. A whole epoch of messages at their longest text fits.
-pub const SYNC_PART_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub const SYNC_PART_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// Higher generations of one epoch received at once, each from its first part until its
 /// genesis arrives. A peer that names a generation it cannot deliver holds one place; the

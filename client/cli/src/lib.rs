@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use relay_client::events::format_time_ms;
+use relay_client::content::Change;
+use relay_client::events::{ChangeKind, format_time_ms};
 use relay_client::flows::{self, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
@@ -72,9 +73,16 @@ OUTPUT
         marked C message(s) from P read
     {\"event\":\"history\",\"id\":ID,\"direction\":\"in\"|\"out\",\"from\":F,\"peer\":P,\"time_ms\":T,
      \"text\":X|null,\"tick\":TICK|null,\"read\":BOOL|null,\"undecryptable\":R|null,
-     \"failed\":R|null,\"chat_seq\":S|null}
-        [TIME] → P: X (TICK)           an outgoing message and its tick
-        [TIME] ← F: X                  an incoming message (\" (unread)\" until `relay read`)
+     \"failed\":R|null,\"chat_seq\":S|null,\"edited\":B,\"deleted\":B,
+     \"reactions\":[{\"from\":F,\"reaction\":R}]}
+        ID8 [TIME] → P: X (TICK)       an outgoing message and its tick (ID8: the id's first 8
+                                       hex digits, which edit, delete and react take)
+        ID8 [TIME] ← F: X              an incoming message (\" (unread)\" until `relay read`)
+                                       X ends with \" (edited)\" and \" [R F, …]\" (reactions);
+                                       a deleted one reads \"message deleted\"
+    {\"event\":\"changed\",\"id\":ID,\"from\":F,\"peer\":P,\"change\":\"edit\"|\"delete\"|\"react\",
+     \"text\":X|null}
+        F edited ID8: X (edited) | F deleted ID8: message deleted | F reacted to ID8 with R
     {\"event\":\"synced\",\"received\":N,\"ticks\":M,\"pending\":K}
         synced: N new message(s), M tick change(s), K pending in the outbox
     {\"event\":\"pairing_code\",\"code\":C,\"expires_at_ms\":T}
@@ -97,6 +105,9 @@ OUTPUT
 FILES
   DIR/relay.db    messages, outbox, drafts, contacts (SQLite); the device's Olm keys inside it are
                   encrypted under the device key
+  DIR/history     the chats as relay-sync documents, shared with the account's other devices by
+                  sync (a deletion for everyone compacts them: the text is in no saved byte);
+                  DIR/history-peer-A-D the sync state with own device A/D
   DIR/device.key  the device key (mode 0600, made by `register`). Keep it out of backups of DIR,
                   or keep it elsewhere: --device-key PATH or RELAY_DEVICE_KEY_FILE=PATH, for
                   every command. Without it the device cannot be opened.
@@ -208,10 +219,48 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
     },
-    /// Print the chat with PEER in order: direction, time, text and tick of each message.
+    /// Print the chat with PEER in order: each message's id (its first 8 hex digits), time,
+    /// direction, text and tick, "(edited)", "message deleted" and reactions.
+    ///
+    /// Shows the whole history the account's devices hold, also what this device only knows
+    /// from another own device (a device linked after the fact).
     History {
         /// The other account of the chat.
         peer: String,
+    },
+    /// Replace the text of your message MSG in the chat with PEER, for everyone.
+    ///
+    /// MSG is the message's id as `relay history` shows it (8 hex digits, or at least 6 if
+    /// they name one message). The peer's devices and your other devices show the new text
+    /// with "(edited)".
+    Edit {
+        /// The other account of the chat.
+        peer: String,
+        /// The message's id (or a prefix of it).
+        message: String,
+        /// The new text (`-` reads it from standard input).
+        text: String,
+    },
+    /// Delete your message MSG in the chat with PEER for everyone: its text leaves every
+    /// device's saved state (they show "message deleted").
+    Delete {
+        /// For everyone (the only kind of deletion there is; required, to say so).
+        #[arg(long)]
+        everyone: bool,
+        /// The other account of the chat.
+        peer: String,
+        /// The message's id (or a prefix of it), as `relay history` shows it.
+        message: String,
+    },
+    /// React to message MSG (yours or PEER's) in the chat with PEER with one emoji or a short
+    /// word; an empty REACTION ("") takes your reaction back.
+    React {
+        /// The other account of the chat.
+        peer: String,
+        /// The message's id (or a prefix of it), as `relay history` shows it.
+        message: String,
+        /// The reaction.
+        reaction: String,
     },
     /// Link a new device to this account: show a pairing code, wait for the new device to ask
     /// with it (`relay --data DIR link-accept CODE` there), approve it and list the devices.
@@ -467,6 +516,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             removed?;
             closed?;
         }
+        Command::Edit {
+            peer,
+            message,
+            text,
+        } => {
+            let text = if text == "-" {
+                read_text(std::io::stdin().lock())?
+            } else {
+                text
+            };
+            change(
+                &data,
+                overrides,
+                &peer,
+                &message,
+                Change::Edit(text),
+                &mut print,
+            )
+            .await?;
+        }
+        Command::Delete {
+            everyone,
+            peer,
+            message,
+        } => {
+            if !everyone {
+                return Err(UsageError(
+                    "a message is deleted for everyone or not at all: say --everyone".into(),
+                )
+                .into());
+            }
+            change(
+                &data,
+                overrides,
+                &peer,
+                &message,
+                Change::Delete,
+                &mut print,
+            )
+            .await?;
+        }
+        Command::React {
+            peer,
+            message,
+            reaction,
+        } => {
+            change(
+                &data,
+                overrides,
+                &peer,
+                &message,
+                Change::React(reaction),
+                &mut print,
+            )
+            .await?;
+        }
         Command::History { peer } => {
             let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
             while let Some(event) = events.try_next() {
@@ -479,6 +584,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `relay edit`, `delete --everyone` and `react`.
+async fn change(
+    data: &Path,
+    overrides: Overrides,
+    peer: &str,
+    message: &str,
+    change: Change,
+    print: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
+    let (device, mut events) = open(data, overrides, Mode::OnDemand)?;
+    let changed = flows::change(&device, &mut events, peer, message, change, print).await;
+    let closed = device.close().await;
+    changed?;
+    closed?;
+    Ok(())
+}
+
+/// The first 8 hex digits of a message id: how `history` shows it and how `edit`, `delete` and
+/// `react` take it.
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 /// Seconds given on the command line as a positive duration.
@@ -618,6 +746,7 @@ fn unescaped_line(event: &Event) -> String {
         }
         Event::MarkedRead { peer, count } => format!("marked {count} message(s) from {peer} read"),
         Event::History {
+            id,
             direction,
             from,
             peer,
@@ -627,16 +756,31 @@ fn unescaped_line(event: &Event) -> String {
             read,
             undecryptable,
             failed,
+            edited,
+            deleted,
+            reactions,
             ..
         } => {
-            let body = match (text, undecryptable) {
-                (Some(text), _) => text.clone(),
-                (None, reason) => format!(
+            let mut body = match (text, undecryptable, deleted) {
+                (_, _, true) => "message deleted".to_owned(),
+                (Some(text), _, false) => text.clone(),
+                (None, reason, false) => format!(
                     "⚠ undecryptable ({})",
                     reason.as_deref().unwrap_or("unknown")
                 ),
             };
+            if *edited && !*deleted {
+                body.push_str(" (edited)");
+            }
+            if !reactions.is_empty() {
+                let shown: Vec<String> = reactions
+                    .iter()
+                    .map(|reaction| format!("{} {}", reaction.reaction, reaction.from))
+                    .collect();
+                body.push_str(&format!(" [{}]", shown.join(", ")));
+            }
             let time = format_time_ms(*time_ms);
+            let id = short_id(id);
             match direction {
                 Direction::In => {
                     let unread = if *read == Some(false) && text.is_some() {
@@ -644,19 +788,37 @@ fn unescaped_line(event: &Event) -> String {
                     } else {
                         ""
                     };
-                    format!("[{time}] ← {from}: {body}{unread}")
+                    format!("{id} [{time}] ← {from}: {body}{unread}")
                 }
                 Direction::Out => {
                     let tick = tick.map_or("", Tick::label);
                     match failed {
                         Some(reason) => {
-                            format!("[{time}] → {peer}: {body} ({tick}, failed: {reason})")
+                            format!("{id} [{time}] → {peer}: {body} ({tick}, failed: {reason})")
                         }
-                        None => format!("[{time}] → {peer}: {body} ({tick})"),
+                        None => format!("{id} [{time}] → {peer}: {body} ({tick})"),
                     }
                 }
             }
         }
+        Event::Changed {
+            id,
+            from,
+            change,
+            text,
+            ..
+        } => match (change, text) {
+            (ChangeKind::Edit, text) => format!(
+                "{from} edited {}: {} (edited)",
+                short_id(id),
+                text.as_deref().unwrap_or_default()
+            ),
+            (ChangeKind::Delete, _) => format!("{from} deleted {}: message deleted", short_id(id)),
+            (ChangeKind::React, Some(reaction)) if !reaction.is_empty() => {
+                format!("{from} reacted to {} with {reaction}", short_id(id))
+            }
+            (ChangeKind::React, _) => format!("{from} took back a reaction to {}", short_id(id)),
+        },
         Event::Synced {
             received,
             ticks,
@@ -801,10 +963,67 @@ mod tests {
             undecryptable: None,
             failed: None,
             chat_seq: Some(3),
+            edited: false,
+            deleted: false,
+            reactions: Vec::new(),
         };
         assert_eq!(
             human_line(&history),
-            "[1970-01-01T00:00:00.000Z] → bob: hi (sent ✓)"
+            "ab [1970-01-01T00:00:00.000Z] → bob: hi (sent ✓)"
+        );
+        let changed = Event::History {
+            id: "0123456789abcdef".into(),
+            direction: Direction::In,
+            from: "bob".into(),
+            peer: "bob".into(),
+            time_ms: 0,
+            text: Some("hello again".into()),
+            tick: None,
+            read: Some(true),
+            undecryptable: None,
+            failed: None,
+            chat_seq: Some(4),
+            edited: true,
+            deleted: false,
+            reactions: vec![relay_client::events::Reaction {
+                from: "alice".into(),
+                reaction: "👍".into(),
+            }],
+        };
+        assert_eq!(
+            human_line(&changed),
+            "01234567 [1970-01-01T00:00:00.000Z] ← bob: hello again (edited) [👍 alice]"
+        );
+        let deleted = Event::History {
+            id: "0123456789abcdef".into(),
+            direction: Direction::In,
+            from: "bob".into(),
+            peer: "bob".into(),
+            time_ms: 0,
+            text: None,
+            tick: None,
+            read: Some(true),
+            undecryptable: None,
+            failed: None,
+            chat_seq: Some(4),
+            edited: false,
+            deleted: true,
+            reactions: Vec::new(),
+        };
+        assert_eq!(
+            human_line(&deleted),
+            "01234567 [1970-01-01T00:00:00.000Z] ← bob: message deleted"
+        );
+        let edit = Event::Changed {
+            id: "0123456789abcdef".into(),
+            from: "bob".into(),
+            peer: "bob".into(),
+            change: ChangeKind::Edit,
+            text: Some("hello again".into()),
+        };
+        assert_eq!(
+            human_line(&edit),
+            "bob edited 01234567: hello again (edited)"
         );
     }
 
@@ -838,8 +1057,19 @@ mod tests {
             undecryptable: None,
             failed: None,
             chat_seq: Some(1),
+            edited: false,
+            deleted: false,
+            reactions: Vec::new(),
         };
         assert!(human_line(&history).ends_with("← mallory: \\x1b[2J\\x1b]0;pwned\\x07hi\\r"));
+        let reacted = Event::Changed {
+            id: "ab".into(),
+            from: "mallory".into(),
+            peer: "mallory".into(),
+            change: ChangeKind::React,
+            text: Some("\u{1b}[2J".into()),
+        };
+        assert_eq!(human_line(&reacted), "mallory reacted to ab with \\x1b[2J");
         let failed = Event::Failed {
             id: "ab".into(),
             peer: "bob".into(),

@@ -12,7 +12,7 @@ use super::{Core, Purpose, Report, Request, Response};
 use crate::error::{ClientError, Result};
 use crate::events::Event;
 use crate::fallback::{self, FallbackFacts};
-use crate::inbound::process_entries;
+use crate::inbound::{Inbound, process_entries};
 use crate::limits::{
     FETCH_ROUNDS_MAX, KEY_UPLOAD_INTERVAL_MS, RETRY_DELAY_MS_MAX, ROLLBACK_RECHECKS_MAX,
 };
@@ -143,8 +143,18 @@ impl Core {
             let reports = self.store.write_with_crypto(|writer, crypto| {
                 process_entries(writer, crypto, me, cursor, &batch.entries, wall_ms)
             })?;
-            self.reports
-                .extend(reports.into_iter().map(Report::Inbound));
+            // Messages first, then the changes of the page and the own devices' sync messages
+            // (committed above, so redelivered after a crash and applied again).
+            self.reports.extend(
+                reports
+                    .iter()
+                    .filter(|report| {
+                        !matches!(report, Inbound::Change { .. } | Inbound::Sync { .. })
+                    })
+                    .cloned()
+                    .map(Report::Inbound),
+            );
+            self.apply_to_history(&reports)?;
         }
         let keys = OneTimeKeyCount {
             remaining: batch.one_time_keys_remaining,

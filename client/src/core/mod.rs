@@ -19,6 +19,7 @@
 //! (an ack, a send) and before it is reported as done. Events that name an account the device
 //! cannot name yet wait (in order, per account) for one directory lookup.
 
+mod changes;
 mod incoming;
 mod outgoing;
 #[cfg(test)]
@@ -33,11 +34,12 @@ use relay_proto::wire::{
     AccountInfo, Envelope, KeyBundle, OneTimeKey, OneTimeKeyCount, QueueBatch, send_outcome,
     validate_account_name,
 };
-use relay_proto::{AccountId, ClientMessageId, DeviceId, ErrorCode};
+use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
 
 use crate::connection::DeviceProgress;
 use crate::error::{ClientError, Result};
-use crate::events::{Direction, Event};
+use crate::events::{Direction, Event, Reaction};
+use crate::history::History;
 use crate::inbound::Inbound;
 use crate::limits::{POLL_INTERVAL_MS, REQUESTS_IN_FLIGHT_MAX};
 use crate::outbox::{Outbox, Pending, retry_delay_ms};
@@ -266,6 +268,10 @@ pub struct Core {
     next_poll_at: Option<u64>,
     /// The wall clock as the shell last told it (ms since the Unix epoch; timestamps only).
     wall_ms: u64,
+    /// The chats as relay-sync documents.
+    history: History,
+    /// Whether sync messages for the own devices may be due (see `changes`).
+    sync_wanted: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -293,6 +299,13 @@ impl Core {
     ) -> Result<Self> {
         let rolled_back = store.rolled_back()?;
         store.write(|writer| writer.prune_seen(wall_ms))?;
+        let mut rng = StdRng::seed_from_u64(rng_seed);
+        let data_dir = store
+            .path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let history = History::open(&data_dir, identity.address(), rand::Rng::random(&mut rng))?;
         let mut outbox = Outbox::new();
         for row in store.outbox()? {
             outbox.insert(
@@ -308,7 +321,7 @@ impl Core {
             store,
             identity,
             mode,
-            rng: StdRng::seed_from_u64(rng_seed),
+            rng,
             outbox,
             rolled_back,
             link: Link::Down {
@@ -330,6 +343,8 @@ impl Core {
             account_names: BTreeMap::new(),
             next_poll_at: None,
             wall_ms,
+            history,
+            sync_wanted: false,
         })
     }
 
@@ -686,8 +701,12 @@ impl Core {
     /// one): the next envelopes cover exactly them, without a "mismatched devices" round trip.
     pub fn handle_own_devices(&mut self, devices: &[DeviceId]) -> Result<()> {
         let me = self.identity.account;
+        let before = self.own_peers()?;
         self.store
-            .write(|writer| writer.set_current_devices(me, devices))
+            .write(|writer| writer.set_current_devices(me, devices))?;
+        // A device linked since starts its sync (the whole history, for a new one).
+        self.sync_wanted |= self.own_peers()? != before;
+        Ok(())
     }
 
     /// Keeps an on-demand device connected until `until_ms`, for calls that talk to the edge
@@ -747,6 +766,10 @@ impl Core {
             }
         }
         for row in self.store.outbox()? {
+            // The history's sync messages to the own devices are the device's own business.
+            if row.peer == self.identity.account {
+                continue;
+            }
             if only.is_none_or(|id| id == row.client_message_id) {
                 pending.push(StillPending {
                     id: row.client_message_id,
@@ -780,18 +803,57 @@ impl Core {
         Ok(MessageState::Unknown)
     }
 
-    /// The chat with `peer` in order, as [`Event::History`] entries (local only).
+    /// The chat with `peer` in order, as [`Event::History`] entries (local only): the
+    /// messages this device stored, with their current text, deletion and reactions from the
+    /// history's documents, and the messages only the documents hold (synced from another own
+    /// device), in chat order.
     pub fn history(&self, peer: &str) -> Result<Vec<Event>> {
         let contact = self
             .store
             .contact_by_name(peer)?
             .ok_or_else(|| ClientError::UnknownPeer(peer.into()))?;
-        let mut entries = Vec::new();
-        for message in self.store.history(contact.account)? {
-            let from = if message.outgoing {
+        let me = self.identity.account;
+        let view = self.chat_view(contact.account);
+        let own_read_mark = view
+            .read_marks
+            .iter()
+            .filter(|(device, _)| device.account == me)
+            .map(|(_, chat_seq)| *chat_seq)
+            .max()
+            .unwrap_or(0);
+        let mut documents: BTreeMap<(DeviceAddress, ClientMessageId), relay_sync::MessageView> =
+            view.messages
+                .into_iter()
+                .map(|message| ((message.sender, message.client_message_id), message))
+                .collect();
+        let name = |account: AccountId| {
+            if account == me {
                 self.identity.name.clone()
             } else {
                 contact.name.clone()
+            }
+        };
+        let reactions = |message: &relay_sync::MessageView| {
+            message
+                .reactions
+                .iter()
+                .map(|(device, reaction)| Reaction {
+                    from: name(device.account),
+                    reaction: reaction.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut entries = Vec::new();
+        for message in self.store.history(contact.account)? {
+            let shared = documents.remove(&(message.sender, message.client_message_id));
+            let (text, edited, deleted, reacted) = match &shared {
+                Some(shared) => (
+                    shared.text.clone(),
+                    shared.edited,
+                    shared.deleted.is_some(),
+                    reactions(shared),
+                ),
+                None => (message.text.clone(), false, false, Vec::new()),
             };
             entries.push(Event::History {
                 id: message.client_message_id.to_string(),
@@ -800,17 +862,53 @@ impl Core {
                 } else {
                     Direction::In
                 },
-                from,
+                from: name(message.sender.account),
                 peer: contact.name.clone(),
                 time_ms: message.time_ms(),
-                text: message.text.clone(),
+                text,
                 tick: message.outgoing.then_some(message.tick),
-                read: (!message.outgoing).then_some(message.read_at_ms.is_some()),
+                read: (!message.outgoing).then_some(
+                    message.read_at_ms.is_some()
+                        || message.chat_seq.is_some_and(|seq| seq <= own_read_mark),
+                ),
                 undecryptable: message.undecryptable.clone(),
                 failed: message.failed.clone(),
                 chat_seq: message.chat_seq,
+                edited,
+                deleted,
+                reactions: reacted,
             });
         }
+        for message in documents.into_values() {
+            let outgoing = message.sender.account == me;
+            entries.push(Event::History {
+                id: message.client_message_id.to_string(),
+                direction: if outgoing {
+                    Direction::Out
+                } else {
+                    Direction::In
+                },
+                from: name(message.sender.account),
+                peer: contact.name.clone(),
+                time_ms: message.server_time_ms,
+                reactions: reactions(&message),
+                text: message.text,
+                // Sent by another own device, which has the ticks.
+                tick: outgoing.then_some(Tick::Sent),
+                read: (!outgoing).then_some(message.chat_seq <= own_read_mark),
+                undecryptable: None,
+                failed: None,
+                chat_seq: Some(message.chat_seq),
+                edited: message.edited,
+                deleted: message.deleted.is_some(),
+            });
+        }
+        // The store's order is by chat sequence, then unsequenced messages: a stable sort
+        // slots the documents' messages in and keeps it.
+        entries.sort_by_key(|entry| match entry {
+            Event::History { chat_seq, .. } => (chat_seq.is_none(), chat_seq.unwrap_or(0)),
+            _ => (true, u64::MAX),
+        });
         Ok(entries)
     }
 
@@ -839,6 +937,7 @@ impl Core {
                 });
             }
             Link::Up { .. } => {
+                self.step_sync(now_ms)?;
                 self.step_names(now_ms)?;
                 if self.window_open(now_ms) {
                     self.step_outbox(now_ms)?;
@@ -1107,6 +1206,10 @@ impl Core {
                 ),
             },
             Inbound::Warning(message) => Event::Note { message },
+            // Applied to the history, which reports them (see `changes`).
+            Inbound::Change { .. } | Inbound::Sync { .. } => Event::Note {
+                message: String::new(),
+            },
         }
     }
 }
@@ -1125,7 +1228,7 @@ impl Report {
                 Inbound::Tick { peer, .. }
                 | Inbound::Expired { peer, .. }
                 | Inbound::ReadElsewhere { peer, .. } => vec![*peer],
-                Inbound::Warning(_) => Vec::new(),
+                Inbound::Warning(_) | Inbound::Change { .. } | Inbound::Sync { .. } => Vec::new(),
             },
         }
     }

@@ -226,6 +226,7 @@ impl Core {
         for entry in entries {
             self.outbox.insert(entry, now_ms)?;
         }
+        self.history_read(contact.account)?;
         Ok(ids.len())
     }
 
@@ -490,7 +491,7 @@ impl Core {
         };
         if !after_claim {
             let mut missing = BTreeSet::new();
-            for account in accounts {
+            for &account in &accounts {
                 let targets: Vec<DeviceAddress> = self
                     .store
                     .known_devices(account)?
@@ -646,6 +647,8 @@ impl Core {
                     Ok(changes)
                 })?;
                 for (peer, text) in changes {
+                    // A device of this account linked or removed: the sync follows the list.
+                    self.sync_wanted |= peer == me;
                     self.reports.push_back(Report::NoteAbout { peer, text });
                 }
                 Outcome::Mismatched
@@ -693,6 +696,14 @@ impl Core {
                         tick: Tick::Sent,
                     });
                 }
+                // A text (not a receipt, a change or a sync message) joins the history now
+                // that it has its chat sequence.
+                if own.is_some()
+                    && row.peer != me.account
+                    && self.store.message(me, entry.client_message_id)?.is_some()
+                {
+                    self.history_sent()?;
+                }
             }
             Next::Reencrypt(entry) => {
                 let row = self
@@ -731,6 +742,9 @@ impl Core {
                         peer: row.peer,
                         reason,
                     });
+                } else if row.peer == me.account {
+                    // A sync message for an own device removed since: the sync with the
+                    // devices left goes on without it.
                 } else {
                     self.reports.push_back(Report::NoteAbout {
                         peer: row.peer,

@@ -638,3 +638,173 @@ fn a_changed_device_list_is_a_warning_and_a_first_one_is_not() {
     );
     assert!(text.contains("relay devices {peer}"), "{text}");
 }
+
+#[test]
+fn the_peers_edits_reactions_and_deletions_are_checked_and_a_deletion_forgets_the_text() {
+    use relay_sync::Hlc;
+
+    use crate::content::{Change, MessageRef};
+
+    let mut rig = alice(Mode::Live);
+    let actions = rig.connect(0);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    let mut bob = Crypto::new();
+    let alice_key = {
+        let mut store = Store::open(&rig.path).expect("open");
+        store
+            .unlock(&rig.path.with_file_name("device.key"))
+            .expect("unlock");
+        store
+            .write_with_crypto(|_, crypto| {
+                crypto.generate_one_time_keys(1);
+                Ok((
+                    crypto.identity_key(),
+                    crypto.unpublished_one_time_keys().remove(0),
+                ))
+            })
+            .expect("a key")
+    };
+    bob.create_outbound_session(ALICE, &alice_key.0, &alice_key.1.public_key)
+        .expect("session");
+    let chat = ChatId::direct(ALICE.account, BOB.account);
+    let original = ClientMessageId([10; 16]);
+    let at = |ms: u64| Hlc {
+        wall_ms: WALL_MS + ms,
+        counter: 0,
+        device: BOB,
+    };
+    let target = || MessageRef::new(BOB, original);
+    let mut page = |first: u64, contents: Vec<Content>| QueueBatch {
+        entries: contents
+            .into_iter()
+            .enumerate()
+            .map(|(index, content)| {
+                let queue_seq = first + index as u64;
+                let (kind, body) = bob.encrypt(ALICE, &content.to_bytes()).expect("encrypt");
+                QueueEntry {
+                    queue_seq,
+                    item: Some(queue_entry::Item::Message(QueuedMessage {
+                        chat: chat.0.to_vec(),
+                        chat_seq: queue_seq,
+                        sender: BOB.into(),
+                        client_message_id: if queue_seq == 1 {
+                            original.0.to_vec()
+                        } else {
+                            vec![queue_seq as u8; 16]
+                        },
+                        sender_seq: queue_seq,
+                        server_time_ms: WALL_MS + queue_seq,
+                        message_type: kind,
+                        ciphertext: body,
+                    })),
+                }
+            })
+            .collect(),
+        latest_queue_seq: first,
+        one_time_keys_remaining: 49,
+        fallback_key: FallbackKeyState::Unused as i32,
+    };
+    let first = page(
+        1,
+        vec![
+            Content::text("the original", WALL_MS, 1).expect("text"),
+            Content::change(target(), &Change::Edit("the edit".into()), at(1), 1).expect("edit"),
+            Content::change(target(), &Change::React("👍".into()), at(2), 1).expect("react"),
+            // Stamped two days ahead of the region's clock: refused.
+            Content::change(
+                target(),
+                &Change::Edit("from the future".into()),
+                at(2 * 24 * 3600 * 1000),
+                1,
+            )
+            .expect("edit"),
+            // A message this chat does not hold: refused.
+            Content::change(
+                MessageRef::new(BOB, ClientMessageId([99; 16])),
+                &Change::Delete,
+                at(3),
+                1,
+            )
+            .expect("delete"),
+        ],
+    );
+    rig.core.handle_answer(fetch, Ok(Response::Queue(first)), 5);
+    let events = rig.events();
+    let changes: Vec<&Event> = events
+        .iter()
+        .filter(|event| matches!(event, Event::Changed { .. }))
+        .collect();
+    assert_eq!(changes.len(), 2, "{events:?}");
+    let refusals = events
+        .iter()
+        .filter(|event| matches!(event, Event::Note { message } if message.contains("refused")))
+        .count();
+    assert_eq!(refusals, 2, "{events:?}");
+    let history = rig.core.history("bob").expect("history");
+    assert!(
+        matches!(history.as_slice(), [Event::History { text: Some(text), edited: true, reactions, .. }]
+            if text == "the edit" && reactions.len() == 1),
+        "{history:?}"
+    );
+
+    // alice reacts to bob's message, but may neither edit nor delete it.
+    let prefix = &original.to_string()[..8];
+    for change in [Change::Edit("mine now".into()), Change::Delete] {
+        let refused = rig
+            .core
+            .change_message("bob", prefix, change, WALL_MS + 10, 10)
+            .expect_err("only the sender changes a message");
+        assert!(refused.to_string().contains("only its sender"), "{refused}");
+    }
+    rig.core
+        .change_message("bob", prefix, Change::React("🎉".into()), WALL_MS + 10, 10)
+        .expect("a reaction");
+
+    // bob deletes it for everyone: gone from the history's view and from the store.
+    let actions = rig.actions(10);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    let second = page(
+        6,
+        vec![Content::change(target(), &Change::Delete, at(4), 1).expect("delete")],
+    );
+    rig.core
+        .handle_answer(fetch, Ok(Response::Queue(second)), 11);
+    let history = rig.core.history("bob").expect("history");
+    assert!(
+        matches!(
+            history.as_slice(),
+            [Event::History {
+                text: None,
+                deleted: true,
+                ..
+            }]
+        ),
+        "{history:?}"
+    );
+    let stored = rig
+        .core
+        .store()
+        .message(BOB, original)
+        .expect("read")
+        .expect("the row stays");
+    assert_eq!(stored.text, None, "the store forgot the text");
+    // A region that numbers a message 0 does not stop the device: the store keeps it, the
+    // documents cannot hold it.
+    let actions = rig.actions(12);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    let mut third = page(
+        7,
+        vec![Content::text("numbered 0", WALL_MS, 1).expect("text")],
+    );
+    if let Some(queue_entry::Item::Message(message)) = &mut third.entries[0].item {
+        message.chat_seq = 0;
+    }
+    rig.core
+        .handle_answer(fetch, Ok(Response::Queue(third)), 13);
+    assert!(rig.core.failure().is_none(), "{:?}", rig.core.failure());
+    assert_eq!(rig.core.history("bob").expect("history").len(), 2);
+    let snapshot = rig.core.history_snapshot().expect("snapshot");
+    let plaintext = relay_sync::inspect::snapshot_plaintext(&snapshot).expect("inspect");
+    assert!(!relay_sync::inspect::contains(&plaintext, b"the original"));
+    assert!(!relay_sync::inspect::contains(&plaintext, b"the edit"));
+}

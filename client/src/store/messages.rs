@@ -174,6 +174,49 @@ impl Store {
         Ok(messages)
     }
 
+    /// Decrypted messages of every chat with a chat sequence stored after row `after_row`, in
+    /// row order: what the history's documents may lack (see [`crate::history`]).
+    pub fn sequenced_after(&self, after_row: i64) -> Result<Vec<StoredMessage>> {
+        let mut statement = self.connection.prepare(&format!(
+            "{MESSAGE_COLUMNS} WHERE id > ?1 AND chat_seq IS NOT NULL AND text IS NOT NULL
+             ORDER BY id"
+        ))?;
+        let rows = statement.query_map([after_row], message_row)?;
+        let mut messages = Vec::new();
+        for row in rows {
+            messages.push(row??);
+        }
+        Ok(messages)
+    }
+
+    /// The highest row every row up to which is in the history's documents once the rows
+    /// [`Store::sequenced_after`] returns are: short of the first outgoing message still
+    /// waiting for its chat sequence.
+    pub fn history_rows_settled(&self) -> Result<i64> {
+        let waiting: Option<i64> = self.connection.query_row(
+            "SELECT min(id) FROM messages WHERE outgoing = 1 AND chat_seq IS NULL
+             AND failed IS NULL AND text IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        let last: Option<i64> =
+            self.connection
+                .query_row("SELECT max(id) FROM messages", [], |row| row.get(0))?;
+        Ok(match waiting {
+            Some(row) => row - 1,
+            None => last.unwrap_or(0),
+        })
+    }
+
+    /// Folds the write-ahead log into the database and empties it, so content zeroed in the
+    /// database (`secure_delete`) leaves no older copy of its pages in the log. Another process
+    /// reading the database at the time may keep part of the log; the next call empties it.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Incoming decrypted messages from `peer` not yet read here, oldest first.
     pub fn unread_from(&self, peer: AccountId) -> Result<Vec<StoredMessage>> {
         Ok(self
@@ -334,6 +377,30 @@ impl Writer<'_> {
             )?;
         }
         Ok(changed)
+    }
+
+    /// Forgets a message's text and every copy of it this store holds (its outbox entry, not
+    /// sent yet, is given up), after a deletion for everyone; `secure_delete` zeroes the
+    /// freed bytes. The row stays, for its ticks and receipts.
+    pub fn scrub_text(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<()> {
+        self.execute(
+            "UPDATE messages SET text = NULL WHERE sender_account = ?1 AND sender_device = ?2
+             AND client_message_id = ?3",
+            params![
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice()
+            ],
+        )?;
+        self.execute(
+            "DELETE FROM drafts WHERE client_message_id = ?1",
+            params![client_message_id.0.as_slice()],
+        )?;
+        Ok(())
     }
 
     /// Marks a message given up, with the reason.
