@@ -998,13 +998,13 @@ impl EdgeService {
                 return;
             }
         };
-        if upload {
-            if copy_stream(&mut recv, &mut region_send).await.is_ok() {
-                let _ = region_send.finish();
-            } else {
-                let _ = region_send.reset(0u32.into());
-                return;
-            }
+        if upload && copy_stream(&mut recv, &mut region_send).await.is_ok() {
+            let _ = region_send.finish();
+        } else if upload {
+            // The device's stream broke (the region keeps what it committed), or the region
+            // stopped reading (a refusal): either way the region's answer says where the upload
+            // stands, and goes to the device if it is still there.
+            let _ = region_send.reset(0u32.into());
         } else {
             let _ = region_send.finish();
         }

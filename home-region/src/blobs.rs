@@ -274,45 +274,31 @@ impl BlobStore {
                 ),
             ));
         }
-        let mut unit = Vec::new();
-        while upload.committed_bytes < record.size_bytes {
-            let unit_bytes = unit_bytes_at(record.size_bytes, upload.committed_bytes);
-            unit.clear();
-            let complete = read_unit(bytes, &mut unit, unit_bytes).await?;
-            if !complete {
+        // One unit is committed (its object written, then its offset recorded) while the
+        // next is read, so the stream keeps moving; commits stay in order, one at a time.
+        let mut committing: Option<tokio::task::JoinHandle<Result<UploadState, ProtoError>>> = None;
+        let mut read_bytes = upload.committed_bytes;
+        while read_bytes < record.size_bytes {
+            let unit_bytes = unit_bytes_at(record.size_bytes, read_bytes);
+            let mut unit = Vec::new();
+            let complete = read_unit(bytes, &mut unit, unit_bytes).await;
+            if let Some(previous) = committing.take() {
+                upload = joined(previous).await?;
+            }
+            if !complete? {
                 // The stream ended inside a unit: what came of it is not committed.
                 return Ok(status(&record, &upload));
             }
-            let index = upload.committed_bytes / BLOB_COMMIT_UNIT_BYTES;
-            self.objects
-                .put(
-                    &unit_path(&id, index),
-                    PutPayload::from(Bytes::from(std::mem::take(&mut unit))),
-                )
-                .await
-                .map_err(object_failure)?;
-            let from_bytes = upload.committed_bytes;
-            let to_bytes = from_bytes + unit_bytes as u64;
-            let moved = self
-                .db
-                .transact(|tx| {
-                    let id = id.clone();
-                    async move { media::commit_upload_bytes(&tx, &id, from_bytes, to_bytes).await }
-                })
-                .await
-                .map_err(blob_store_failure)?
-                .ok_or_else(unknown_blob)?;
-            if moved.committed_bytes != to_bytes {
-                // Another stream of the same upload moved it: this one stops here.
-                return Err(ProtoError::new(
-                    ErrorCode::WrongOffset,
-                    format!(
-                        "another stream committed this upload up to byte {}",
-                        moved.committed_bytes
-                    ),
-                ));
-            }
-            upload = moved;
+            let store = self.clone();
+            let unit_id = id.clone();
+            let from_bytes = read_bytes;
+            committing = Some(tokio::spawn(async move {
+                store.commit_unit(&unit_id, from_bytes, unit).await
+            }));
+            read_bytes += unit_bytes as u64;
+        }
+        if let Some(previous) = committing.take() {
+            upload = joined(previous).await?;
         }
         let mut extra = [0u8; 1];
         if read_idle(bytes, &mut extra).await? > 0 {
@@ -325,6 +311,43 @@ impl BlobStore {
             ));
         }
         Ok(status(&record, &upload))
+    }
+
+    /// Writes the unit of blob `id` starting at `from_bytes` and records it committed.
+    async fn commit_unit(
+        &self,
+        id: &MediaId,
+        from_bytes: u64,
+        unit: Vec<u8>,
+    ) -> Result<UploadState, ProtoError> {
+        let to_bytes = from_bytes + unit.len() as u64;
+        self.objects
+            .put(
+                &unit_path(id, from_bytes / BLOB_COMMIT_UNIT_BYTES),
+                PutPayload::from(Bytes::from(unit)),
+            )
+            .await
+            .map_err(object_failure)?;
+        let moved = self
+            .db
+            .transact(|tx| {
+                let id = id.clone();
+                async move { media::commit_upload_bytes(&tx, &id, from_bytes, to_bytes).await }
+            })
+            .await
+            .map_err(blob_store_failure)?
+            .ok_or_else(unknown_blob)?;
+        if moved.committed_bytes != to_bytes {
+            // Another stream of the same upload moved it: this one stops here.
+            return Err(ProtoError::new(
+                ErrorCode::WrongOffset,
+                format!(
+                    "another stream committed this upload up to byte {}",
+                    moved.committed_bytes
+                ),
+            ));
+        }
+        Ok(moved)
     }
 
     /// Finishes `owner`'s upload `id`: every byte committed, and the size and SHA-256 those it
@@ -662,6 +685,18 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
         .collect()
+}
+
+/// The result of a unit's commit task.
+async fn joined(
+    task: tokio::task::JoinHandle<Result<UploadState, ProtoError>>,
+) -> Result<UploadState, ProtoError> {
+    task.await.unwrap_or_else(|error| {
+        Err(ProtoError::new(
+            ErrorCode::Internal,
+            format!("a blob unit's commit failed: {error}"),
+        ))
+    })
 }
 
 /// Reads until `unit` holds `unit_bytes` (true) or the stream ends (false).
