@@ -90,6 +90,8 @@ OUTPUT
         REF                    the reference, relay-blob:1:…; it holds the blob's key
     {\"event\":\"blob_written\",\"path\":PATH,\"bytes\":N}            (relay blob get)
         wrote N bytes to PATH
+    {\"event\":\"blob_resumed\",\"offset\":N}   (blob put or get, after a dropped connection)
+        resuming from byte N   (on stderr)
   With --json, an error is one JSON object on stderr:
     {\"event\":\"error\",\"message\":M,\"code\":C,\"exit_code\":N}
   where C names the kind of error (unknown_peer, timed_out, not_registered, damaged_database,
@@ -394,7 +396,16 @@ async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Resu
         bar.set_length(report.total_bytes);
         bar.set_position(report.done_bytes);
         if let Some(offset) = report.resumed_from {
-            bar.println(format!("resuming from byte {offset}"));
+            if json {
+                let line = serde_json::json!({"event": "blob_resumed", "offset": offset});
+                if let Ok(line) = terminal::json_line(&line) {
+                    println!("{line}");
+                }
+            } else if bar.is_hidden() {
+                eprintln!("resuming from byte {offset}");
+            } else {
+                bar.println(format!("resuming from byte {offset}"));
+            }
         }
     };
     match command {
