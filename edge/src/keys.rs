@@ -55,11 +55,13 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
-    /// The key counts the edge tells the device when it logs in.
+    /// The key counts the edge tells the device when it logs in from the cache, marked as
+    /// cached: a hint the device does not upload keys by.
     pub fn key_count(&self) -> OneTimeKeyCount {
         OneTimeKeyCount {
             remaining: self.one_time_keys_remaining,
             fallback_key: self.fallback_key,
+            cached: true,
         }
     }
 }
@@ -240,6 +242,7 @@ mod tests {
         let counts = OneTimeKeyCount {
             remaining: 12,
             fallback_key: wire::FallbackKeyState::Used as i32,
+            cached: false,
         };
         cache.handle_fetched(DEVICE, 8, counts.clone(), 20);
         cache.handle_fetched(DEVICE, 0, counts.clone(), 20);
@@ -253,7 +256,14 @@ mod tests {
                 device_seq: 11
             }
         );
-        assert_eq!(key.key_count(), counts);
+        assert_eq!(
+            key.key_count(),
+            OneTimeKeyCount {
+                cached: true,
+                ..counts.clone()
+            },
+            "the counts as relayed, marked as the cache's hint"
+        );
         // A lookup that raced with that traffic does not take the marks back.
         cache.handle_lookup(DEVICE, &answer(6, 10), 40);
         let key = cache.key(DEVICE, 50).expect("cached");

@@ -563,6 +563,7 @@ impl EdgeService {
         let keys = wire::OneTimeKeyCount {
             remaining: key.one_time_keys_remaining,
             fallback_key: key.fallback_key,
+            cached: false,
         };
         Ok((device, home, keys, false))
     }
@@ -991,6 +992,7 @@ impl EdgeService {
                 let counts = wire::OneTimeKeyCount {
                     remaining: batch.one_time_keys_remaining,
                     fallback_key: batch.fallback_key,
+                    cached: false,
                 };
                 // No entry above the queue's latest was ever acknowledged.
                 let highest_acked = highest_acked.min(batch.latest_queue_seq);

@@ -940,6 +940,7 @@ pub async fn upload_one_time_keys(
     let count = wire::OneTimeKeyCount {
         remaining: keys::one_time_key_count(tx, device).await?,
         fallback_key: keys::fallback_key_state(tx, device).await? as i32,
+        cached: false,
     };
     Ok(Ok((count, Effects::default())))
 }
@@ -2105,6 +2106,7 @@ mod tests {
             wire::OneTimeKeyCount {
                 remaining: 0,
                 fallback_key: wire::FallbackKeyState::Unused as i32,
+                cached: false,
             }
         );
         assert_eq!(claim().await.key_id, "fb-2");

@@ -696,6 +696,7 @@ impl RegionService {
                 Ok(Resp::ReceiptsStored(wire::OneTimeKeyCount {
                     remaining: count,
                     fallback_key: wire::FallbackKeyState::Unknown as i32,
+                    cached: false,
                 }))
             }
             Req::RequestLink(request) => {

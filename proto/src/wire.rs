@@ -675,6 +675,12 @@ pub struct OneTimeKeyCount {
     /// The state of the device's fallback key.
     #[prost(enumeration = "FallbackKeyState", tag = "2")]
     pub fallback_key: i32,
+    /// The counts are the edge's cached hint (a login from its device-key cache), possibly
+    /// behind the region's: claims through other edges lower them unseen, and answers can pass
+    /// the edge out of order. A device decides what to upload from a fetch's exact counts
+    /// instead. Old edges never set it; old devices ignore it.
+    #[prost(bool, tag = "3")]
+    pub cached: bool,
 }
 
 /// One region's commit of an envelope.

@@ -159,6 +159,7 @@ impl Core {
         let keys = OneTimeKeyCount {
             remaining: batch.one_time_keys_remaining,
             fallback_key: batch.fallback_key,
+            cached: false,
         };
         self.keep_keys(keys, count == 0, now_ms)?;
         self.incoming.rounds += 1;

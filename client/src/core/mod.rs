@@ -508,7 +508,12 @@ impl Core {
     // -----------------------------------------------------------------------------------------
     // The connection
 
-    /// The shell connected to `edge` and authenticated; the region reported `keys`.
+    /// The shell connected to `edge` and authenticated; the region reported `keys`, or the edge
+    /// its cached hint of them. A hint may be stale-low (claims through other edges, answers
+    /// passing the edge out of order), so it asks for no new one-time keys: the first fetch's
+    /// exact count does. An upload made on a stale count would also hold back the fallback
+    /// key's replacement for `KEY_UPLOAD_INTERVAL_MS`. Keys an earlier failed upload left
+    /// unpublished still go up.
     pub fn handle_connected(&mut self, edge: SocketAddr, keys: OneTimeKeyCount, now_ms: u64) {
         self.link = Link::Up { edge };
         self.connected_at = Some(now_ms);
@@ -527,6 +532,16 @@ impl Core {
             self.next_poll_at = Some(now_ms + POLL_INTERVAL_MS);
         }
         self.outgoing.want_draft_names(&self.store);
+        let keys = if keys.cached {
+            OneTimeKeyCount {
+                remaining: keys
+                    .remaining
+                    .max(relay_proto::limits::ONE_TIME_KEYS_LOW_WATERMARK),
+                ..keys
+            }
+        } else {
+            keys
+        };
         if let Err(error) = self.keep_keys(keys, false, now_ms) {
             self.fail(error);
         }

@@ -79,6 +79,7 @@ fn plenty_of_keys() -> OneTimeKeyCount {
     OneTimeKeyCount {
         remaining: 50,
         fallback_key: FallbackKeyState::Unused as i32,
+        cached: false,
     }
 }
 
@@ -807,4 +808,44 @@ fn the_peers_edits_reactions_and_deletions_are_checked_and_a_deletion_forgets_th
     let plaintext = relay_sync::inspect::snapshot_plaintext(&snapshot).expect("inspect");
     assert!(!relay_sync::inspect::contains(&plaintext, b"the original"));
     assert!(!relay_sync::inspect::contains(&plaintext, b"the edit"));
+}
+
+/// A login's key counts from the edge's cache are a hint that may be stale-low: it asks for no
+/// new one-time keys (the first fetch's exact count does), while the same count reported by
+/// the region does. An upload made on a stale count held back the fallback key's replacement
+/// for a minute (`keys_and_rollback`'s hundred-contacts journey failed about 1 run in 13).
+#[test]
+fn a_cached_login_count_asks_for_no_new_keys_but_the_regions_does() {
+    let exhausted = |cached| OneTimeKeyCount {
+        remaining: 0,
+        fallback_key: FallbackKeyState::Unused as i32,
+        cached,
+    };
+    // One-time keys asked for (a fresh device also uploads its first fallback key either way).
+    let uploads = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|action| {
+                matches!(
+                    action,
+                    Action::Request {
+                        request: Request::UploadKeys { one_time_keys, .. },
+                        ..
+                    } if !one_time_keys.is_empty()
+                )
+            })
+            .count()
+    };
+    for (cached, expected) in [(true, 0), (false, 1)] {
+        let mut rig = alice(Mode::Live);
+        let actions = rig.actions(WALL_MS);
+        assert!(
+            matches!(actions.as_slice(), [Action::Connect { .. }]),
+            "{actions:?}"
+        );
+        rig.core
+            .handle_connected(edge(), exhausted(cached), WALL_MS);
+        let actions = rig.actions(WALL_MS);
+        assert_eq!(uploads(&actions), expected, "cached {cached}: {actions:?}");
+    }
 }
