@@ -109,9 +109,15 @@ impl Core {
     }
 
     /// Sends the acks owed (entries of committed pages, the oldest [`ACKS_PER_REQUEST_MAX`]) in
-    /// a request of their own, when none is in flight.
+    /// a request of their own, when none is in flight. Only during a catch-up, as when acks
+    /// went with fetches: a device connected for something else (an on-demand send) does not
+    /// start requests it would leave behind.
     fn step_ack(&mut self) -> Result<()> {
-        if !self.incoming.acks_owed || self.incoming.acking || !self.has_room() {
+        if !self.incoming.wanted
+            || !self.incoming.acks_owed
+            || self.incoming.acking
+            || !self.has_room()
+        {
             return Ok(());
         }
         let mut acks = self.store.pending_acks()?;
