@@ -41,8 +41,8 @@ pub(super) struct Incoming {
     ended: bool,
     /// Whether an ack is in flight.
     acking: bool,
-    /// Whether acks may be owed (the store says which): set when a page was committed, on
-    /// connecting and when an ack failed; cleared when the store owes none.
+    /// Whether acks may be owed (the store says which): set when a page was committed and on
+    /// connecting, kept while an ack fails, cleared when the store owes none.
     acks_owed: bool,
     /// Pages fetched in this catch-up.
     rounds: usize,
