@@ -16,7 +16,10 @@
 //!   has no other device, so it is covered by no ciphertext), one ciphertext for the peer's
 //!   device: [`PAYLOAD_BYTES`] opaque bytes.
 //! - **Fetch and ack**: on a push, fetch after the queue cursor; what was processed is
-//!   acknowledged by the next fetch; stop when a fetch returns nothing.
+//!   acknowledged in a request of its own, in flight while the next page is read (so reading
+//!   never waits for the region to commit the acks and their delivered receipts), one ack
+//!   request at a time, the acks processed meanwhile going with the next; stop when a fetch
+//!   returns nothing and every ack was answered.
 //!
 //! The decisions are sans-IO cores, tested without a runtime: [`SendPipeline`] (which
 //! `sender_seq` goes next with up to a window in flight, "resend from k", retries and their
@@ -48,9 +51,9 @@ use tokio::sync::watch;
 
 use crate::BenchError;
 use crate::limits::{
-    CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, DEVICES_PER_ENDPOINT_MAX, FETCH_ATTEMPTS_MAX,
-    FETCHES_PER_DRAIN_MAX, PAYLOAD_BYTES, REQUEST_TIMEOUT_MS, SEND_ATTEMPTS_MAX,
-    SEND_RETRY_DELAY_MS_MAX, SEND_RETRY_DELAY_MS_MIN,
+    ACKS_PER_REQUEST_MAX, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, DEVICES_PER_ENDPOINT_MAX,
+    FETCH_ATTEMPTS_MAX, FETCHES_PER_DRAIN_MAX, PAYLOAD_BYTES, REQUEST_TIMEOUT_MS,
+    SEND_ATTEMPTS_MAX, SEND_RETRY_DELAY_MS_MAX, SEND_RETRY_DELAY_MS_MIN,
 };
 
 /// The software name a bench device sends in `Hello`.
@@ -413,7 +416,7 @@ pub enum InboxError {
 }
 
 /// One device's queue as it reads it: the cursor (the highest entry processed), the entries to
-/// acknowledge with the next fetch, and the last `sender_seq` of each sender's chat.
+/// acknowledge (in a request of their own), and the last `sender_seq` of each sender's chat.
 #[derive(Debug, Clone, Default)]
 pub struct Inbox {
     cursor: u64,
@@ -440,13 +443,12 @@ impl Inbox {
         !self.acks.is_empty()
     }
 
-    /// The next fetch: acknowledge what was processed, read after the cursor. The acks go with
-    /// it; give them back with [`Inbox::restore_acks`] if the fetch fails.
-    pub fn next_fetch(&mut self) -> FetchAndAck {
+    /// The next fetch: read after the cursor. It acknowledges nothing: the acks go in their
+    /// own request ([`Inbox::take_acks`]), so a page is read without waiting for the commit of
+    /// the previous page's acks.
+    pub fn next_fetch(&self) -> FetchAndAck {
         FetchAndAck {
-            ack: Some(AckQueue {
-                queue_seqs: std::mem::take(&mut self.acks),
-            }),
+            ack: None,
             fetch: Some(FetchQueue {
                 after_queue_seq: self.cursor,
                 limit: QUEUE_FETCH_ENTRIES_MAX,
@@ -454,7 +456,23 @@ impl Inbox {
         }
     }
 
-    /// Acks of a failed fetch, to send with the next (acknowledging twice is harmless).
+    /// The entries processed and not acknowledged yet (the oldest [`ACKS_PER_REQUEST_MAX`]),
+    /// as a request that only acknowledges; `None` when nothing is owed. Give them back with
+    /// [`Inbox::restore_acks`] if it fails.
+    pub fn take_acks(&mut self) -> Option<FetchAndAck> {
+        if self.acks.is_empty() {
+            return None;
+        }
+        let count = self.acks.len().min(ACKS_PER_REQUEST_MAX);
+        Some(FetchAndAck {
+            ack: Some(AckQueue {
+                queue_seqs: self.acks.drain(..count).collect(),
+            }),
+            fetch: None,
+        })
+    }
+
+    /// Acks of a failed request, to send with the next (acknowledging twice is harmless).
     pub fn restore_acks(&mut self, fetch: FetchAndAck) {
         if let Some(ack) = fetch.ack {
             self.acks.extend(ack.queue_seqs);
@@ -1008,49 +1026,93 @@ pub struct DrainStats {
 }
 
 /// Fetches and acknowledges `link`'s queue until a fetch returns nothing (at most
-/// [`FETCHES_PER_DRAIN_MAX`] fetches), handing each arrival and the instant its page came to
-/// `arrived`. A retryable failure is retried after a delay, at most [`FETCH_ATTEMPTS_MAX`]
-/// times in a row.
+/// [`FETCHES_PER_DRAIN_MAX`] fetches) and every ack was answered, handing each arrival and the
+/// instant its page came to `arrived`. One fetch and one ack request are in flight at a time:
+/// the pages are read in order, each while the acks of the pages before it commit. A retryable
+/// failure is retried after a delay, at most [`FETCH_ATTEMPTS_MAX`] times in a row.
 pub async fn drain(
     link: &EdgeLink,
     inbox: &mut Inbox,
     mut arrived: impl FnMut(Arrival, Instant) -> Result<(), BenchError>,
 ) -> Result<DrainStats, BenchError> {
     let mut stats = DrainStats::default();
+    let mut fetching = None;
+    let mut acking = None;
+    let mut at_end = false;
+    loop {
+        if fetching.is_none() && !at_end {
+            if stats.fetches < u64::from(FETCHES_PER_DRAIN_MAX) {
+                fetching = Some(Box::pin(call_retrying(link, inbox.next_fetch())));
+            } else {
+                at_end = true;
+            }
+        }
+        if acking.is_none()
+            && let Some(acks) = inbox.take_acks()
+        {
+            acking = Some(Box::pin(call_retrying(link, acks)));
+        }
+        if fetching.is_none() && acking.is_none() {
+            return Ok(stats);
+        }
+        tokio::select! {
+            (fetched, retries) = in_flight(&mut fetching) => {
+                fetching = None;
+                stats.retries += retries;
+                let batch =
+                    fetched.map_err(|error| error.into_bench("fetching a device's queue".into()))?;
+                stats.fetches += 1;
+                let now = Instant::now();
+                let arrivals = inbox
+                    .handle_batch(&batch)
+                    .map_err(|error| BenchError::Protocol(error.to_string()))?;
+                at_end = arrivals.is_empty();
+                for arrival in arrivals {
+                    arrived(arrival, now)?;
+                }
+            }
+            (acked, retries) = in_flight(&mut acking) => {
+                acking = None;
+                stats.retries += retries;
+                acked.map_err(|error| {
+                    error.into_bench("acknowledging entries of a device's queue".into())
+                })?;
+            }
+        }
+    }
+}
+
+/// Sends `request` (a fetch or an ack), retrying a timeout or a retryable refusal after a
+/// growing delay, at most [`FETCH_ATTEMPTS_MAX`] attempts; also says how many retries it took.
+async fn call_retrying(
+    link: &EdgeLink,
+    request: FetchAndAck,
+) -> (Result<QueueBatch, CallError>, u64) {
     let mut failures_in_a_row = 0u32;
-    while stats.fetches < u64::from(FETCHES_PER_DRAIN_MAX) {
-        let fetch = inbox.next_fetch();
-        let batch = match link.fetch(fetch.clone()).await {
-            Ok(batch) => batch,
+    loop {
+        match link.fetch(request.clone()).await {
             Err(CallError::Timeout | CallError::Retryable(_))
                 if failures_in_a_row + 1 < FETCH_ATTEMPTS_MAX =>
             {
                 failures_in_a_row += 1;
-                stats.retries += 1;
-                inbox.restore_acks(fetch);
                 let exponent = failures_in_a_row.saturating_sub(1).min(16);
                 let delay_ms = SEND_RETRY_DELAY_MS_MIN
                     .saturating_mul(1 << exponent)
                     .min(SEND_RETRY_DELAY_MS_MAX);
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                continue;
             }
-            Err(error) => return Err(error.into_bench("fetching a device's queue".into())),
-        };
-        failures_in_a_row = 0;
-        stats.fetches += 1;
-        let now = Instant::now();
-        let arrivals = inbox
-            .handle_batch(&batch)
-            .map_err(|error| BenchError::Protocol(error.to_string()))?;
-        if arrivals.is_empty() {
-            return Ok(stats);
-        }
-        for arrival in arrivals {
-            arrived(arrival, now)?;
+            answer => return (answer, u64::from(failures_in_a_row)),
         }
     }
-    Ok(stats)
+}
+
+/// The output of the request in `slot`; pending forever while there is none (a `select!`
+/// branch that cannot fire).
+async fn in_flight<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn control_response(
@@ -1255,12 +1317,13 @@ mod tests {
     }
 
     #[test]
-    fn the_inbox_acknowledges_what_it_processed_with_the_next_fetch() {
+    fn the_inbox_acknowledges_what_it_processed_in_its_own_request() {
         let alice = device(1);
         let mut inbox = Inbox::new(0);
         let first = inbox.next_fetch();
-        assert_eq!(first.ack.map(|ack| ack.queue_seqs), Some(vec![]));
+        assert_eq!(first.ack, None, "a fetch acknowledges nothing");
         assert_eq!(first.fetch.map(|fetch| fetch.after_queue_seq), Some(0));
+        assert_eq!(inbox.take_acks(), None, "nothing is owed yet");
         let receipt = QueueEntry {
             queue_seq: 3,
             item: Some(queue_entry::Item::Receipt(QueuedReceipt::default())),
@@ -1280,17 +1343,41 @@ mod tests {
         assert_eq!(arrivals[2], Arrival::Receipt);
         assert_eq!(inbox.cursor(), 3);
         let second = inbox.next_fetch();
-        assert_eq!(
-            second.ack.clone().map(|ack| ack.queue_seqs),
-            Some(vec![1, 2, 3])
-        );
+        assert_eq!(second.ack, None);
         assert_eq!(
             second.fetch.as_ref().map(|fetch| fetch.after_queue_seq),
-            Some(3)
+            Some(3),
+            "the next page is read before the acks are answered"
         );
+        let acks = inbox.take_acks().expect("acks owed");
+        assert_eq!(
+            acks.ack.clone().map(|ack| ack.queue_seqs),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(acks.fetch, None, "an ack reads nothing");
         assert!(!inbox.has_acks());
-        inbox.restore_acks(second);
-        assert!(inbox.has_acks(), "a failed fetch gives its acks back");
+        inbox.restore_acks(acks);
+        assert!(inbox.has_acks(), "a failed ack gives its acks back");
+    }
+
+    #[test]
+    fn an_ack_request_holds_at_most_its_limit_the_oldest_first() {
+        let alice = device(1);
+        let mut inbox = Inbox::new(0);
+        let owed = ACKS_PER_REQUEST_MAX as u64 + 2;
+        let entries = (1..=owed)
+            .map(|seq| message_entry(seq, alice, seq))
+            .collect();
+        inbox.handle_batch(&batch(entries)).expect("gapless");
+        let first = inbox.take_acks().and_then(|acks| acks.ack).expect("acks");
+        assert_eq!(first.queue_seqs.len(), ACKS_PER_REQUEST_MAX);
+        assert_eq!(first.queue_seqs.first(), Some(&1));
+        let rest = inbox
+            .take_acks()
+            .and_then(|acks| acks.ack)
+            .expect("the rest");
+        assert_eq!(rest.queue_seqs, vec![owed - 1, owed]);
+        assert_eq!(inbox.take_acks(), None);
     }
 
     #[test]

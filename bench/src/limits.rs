@@ -2,7 +2,7 @@
 //! and the relations between them asserted at compile time. (The storage benchmark keeps its
 //! constants next to its workload in [`crate::storage`].)
 
-use relay_proto::limits::{EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS};
+use relay_proto::limits::{EDGE_ANSWER_TIMEOUT_MS, HOP_MARGIN_MS, QUEUE_FETCH_ENTRIES_MAX};
 
 // ---------------------------------------------------------------------------------------------
 // Devices
@@ -34,7 +34,10 @@ pub const SEND_RETRY_DELAY_MS_MIN: u64 = 20;
 /// Longest wait before retrying an envelope (or a fetch), in ms; a longer hint from the server
 /// is cut to it.
 pub const SEND_RETRY_DELAY_MS_MAX: u64 = 2_000;
-/// Attempts of one fetch at most before a device's inbox gives up.
+/// Queue entries one ack request acknowledges at most (the rest wait for the next), as the
+/// client library's `ACKS_PER_REQUEST_MAX`: a page's acks fit in one.
+pub const ACKS_PER_REQUEST_MAX: usize = QUEUE_FETCH_ENTRIES_MAX as usize;
+/// Attempts of one fetch (or ack) at most before a device's inbox gives up.
 pub const FETCH_ATTEMPTS_MAX: u32 = 30;
 /// Registrations (and first connections) under way at once.
 pub const REGISTRATIONS_IN_FLIGHT_MAX: usize = 32;
@@ -128,6 +131,8 @@ pub const CONNECTIONS_PER_SECOND_TARGET: f64 = 3_000.0;
 pub const RSS_RETURN_SHARE_TARGET: f64 = 0.10;
 
 // A device waits for the edge's own answer (which comes before the edge's bound) plus the hop.
+// A page's acks go in one ack request.
+const _: () = assert!(ACKS_PER_REQUEST_MAX >= QUEUE_FETCH_ENTRIES_MAX as usize);
 const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
 const _: () = assert!(CONNECT_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
 const _: () = assert!(SEND_RETRY_DELAY_MS_MIN < SEND_RETRY_DELAY_MS_MAX);

@@ -401,15 +401,10 @@ impl EdgeConnection {
         }
     }
 
-    /// Acknowledges `ack`, then reads up to `limit` queue entries after `after_queue_seq`.
-    pub async fn fetch(
-        &self,
-        ack: Vec<u64>,
-        after_queue_seq: u64,
-        limit: u32,
-    ) -> Result<QueueBatch> {
+    /// Reads up to `limit` queue entries after `after_queue_seq` (acknowledging nothing).
+    pub async fn fetch(&self, after_queue_seq: u64, limit: u32) -> Result<QueueBatch> {
         let body = client_request::Body::FetchQueue(FetchAndAck {
-            ack: Some(AckQueue { queue_seqs: ack }),
+            ack: None,
             fetch: Some(FetchQueue {
                 after_queue_seq,
                 limit,
@@ -417,6 +412,18 @@ impl EdgeConnection {
         });
         match self.call(body).await? {
             client_response::Body::Queue(batch) => Ok(batch),
+            other => Err(unexpected("Queue", &other)),
+        }
+    }
+
+    /// Acknowledges (and so deletes) queue entries; answers once the region committed that.
+    pub async fn ack(&self, queue_seqs: Vec<u64>) -> Result<()> {
+        let body = client_request::Body::FetchQueue(FetchAndAck {
+            ack: Some(AckQueue { queue_seqs }),
+            fetch: None,
+        });
+        match self.call(body).await? {
+            client_response::Body::Queue(_) => Ok(()),
             other => Err(unexpected("Queue", &other)),
         }
     }

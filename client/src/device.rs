@@ -1152,13 +1152,11 @@ async fn perform_request(connection: &EdgeConnection, request: Request) -> Resul
                 ClientError::UnexpectedResponse("a send outcome with no result".into())
             })
         }
-        Request::Fetch {
-            acks,
-            after_queue_seq,
-        } => connection
-            .fetch(acks, after_queue_seq, FETCH_PAGE_ENTRIES_MAX)
+        Request::Fetch { after_queue_seq } => connection
+            .fetch(after_queue_seq, FETCH_PAGE_ENTRIES_MAX)
             .await
             .map(Response::Queue),
+        Request::Ack(queue_seqs) => connection.ack(queue_seqs).await.map(|()| Response::Acked),
         Request::ClaimKeys(account) => connection.claim_keys(account).await.map(Response::Keys),
         Request::LookupName(name) => connection.lookup_name(&name).await.map(Response::Account),
         Request::LookupAccount(account) => connection

@@ -23,6 +23,9 @@ pub const PUSHES_BUFFERED_MAX: usize = 16;
 /// Requests one device has in flight on its connection at once (sends of several chats, a
 /// fetch, key claims, name lookups); more wait for a free slot.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// Queue entries one ack request acknowledges at most (the rest wait for the next): a page's
+/// acks fit in one, and the region's ack transaction stays small.
+pub const ACKS_PER_REQUEST_MAX: usize = QUEUE_FETCH_ENTRIES_MAX as usize;
 
 // --- Blobs ---
 
@@ -166,6 +169,8 @@ const _: () = assert!(FLUSH_BUDGET_MS >= 2 * REQUEST_TIMEOUT_MS);
 const _: () = assert!(SYNC_RETRY_BUDGET_MS >= RETRY_DELAY_MS_MAX);
 // A chat's pipeline fits in the requests a connection carries, with room for other chats.
 const _: () = assert!(PIPELINE_WINDOW * 2 <= REQUESTS_IN_FLIGHT_MAX);
+// A page's acks go in one ack request.
+const _: () = assert!(ACKS_PER_REQUEST_MAX >= FETCH_PAGE_ENTRIES_MAX as usize);
 // A seen id outlives the region's 30-day queue retention: redelivery is always deduplicated.
 const _: () = assert!(SEEN_RETENTION_MS > 30 * 24 * 3600 * 1000);
 // A key replaced because of its age has been current for at least as long as its predecessor

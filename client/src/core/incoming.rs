@@ -2,6 +2,12 @@
 //! each page is committed ([`crate::inbound`] classifies the entries), and the keys the region
 //! reports with each page and at authentication, kept in shape ([`crate::fallback`] decides the
 //! fallback key's life).
+//!
+//! One fetch and one ack are in flight at a time, each its own request: the next page is read
+//! while the region commits the acks of the pages before it (and their delivered receipts),
+//! so reading never waits for that commit. Pages still arrive in queue order, and an ack is
+//! forgotten only once the region answered it (the ack is durable). A catch-up ends when a
+//! page comes back empty and every ack owed was answered.
 
 use relay_proto::limits::{
     ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
@@ -14,7 +20,8 @@ use crate::events::Event;
 use crate::fallback::{self, FallbackFacts};
 use crate::inbound::{Inbound, process_entries};
 use crate::limits::{
-    FETCH_ROUNDS_MAX, KEY_UPLOAD_INTERVAL_MS, RETRY_DELAY_MS_MAX, ROLLBACK_RECHECKS_MAX,
+    ACKS_PER_REQUEST_MAX, FETCH_ROUNDS_MAX, KEY_UPLOAD_INTERVAL_MS, RETRY_DELAY_MS_MAX,
+    ROLLBACK_RECHECKS_MAX,
 };
 use crate::outbox::retry_delay_ms;
 
@@ -25,9 +32,18 @@ pub(super) struct Incoming {
     pub(super) wanted: bool,
     /// Whether a fetch is in flight.
     in_flight: bool,
-    /// Whether a fetch was asked for while one was in flight: the region may have read that
-    /// page before the entry a push announced was committed, so its end is not the queue's.
+    /// Whether a fetch was asked for while one was in flight (or the catch-up waited for its
+    /// acks): the region may have read that page before the entry a push announced was
+    /// committed, so its end is not the queue's.
     wanted_meanwhile: bool,
+    /// Whether this catch-up reached the queue's end (or its round limit) and waits for its
+    /// acks to be answered.
+    ended: bool,
+    /// Whether an ack is in flight.
+    acking: bool,
+    /// Whether acks may be owed (the store says which): set when a page was committed and on
+    /// connecting, kept while an ack fails, cleared when the store owes none.
+    acks_owed: bool,
     /// Pages fetched in this catch-up.
     rounds: usize,
     /// "Rolled back" refusals checked again in a row (another process moved the cursor).
@@ -52,7 +68,7 @@ impl Incoming {
 
     /// Asks for a catch-up.
     pub(super) fn want(&mut self) {
-        if self.in_flight {
+        if self.in_flight || self.ended {
             self.wanted_meanwhile = true;
         }
         if !self.wanted {
@@ -60,34 +76,127 @@ impl Incoming {
             self.rounds = 0;
         }
     }
+
+    /// Acks may be owed from before (an earlier connection or run).
+    pub(super) fn acks_may_be_owed(&mut self) {
+        self.acks_owed = true;
+    }
 }
 
 impl Core {
-    /// Fetches the next page when one is wanted and none is in flight.
+    /// Acknowledges what is owed when no ack is in flight, and fetches the next page when one
+    /// is wanted and none is in flight.
     pub(super) fn step_fetch(&mut self) -> Result<()> {
-        if !self.incoming.wanted || self.incoming.in_flight || !self.has_room() {
+        self.step_ack()?;
+        self.finish_catch_up();
+        if !self.incoming.wanted
+            || self.incoming.in_flight
+            || self.incoming.ended
+            || !self.has_room()
+        {
             return Ok(());
         }
-        let acks = self.store.pending_acks()?;
         let cursor = self.store.queue_cursor()?;
         self.incoming.in_flight = true;
         self.incoming.wanted_meanwhile = false;
         self.request(
             Request::Fetch {
-                acks: acks.clone(),
                 after_queue_seq: cursor,
             },
-            Purpose::Fetch { acks, cursor },
+            Purpose::Fetch { cursor },
         );
         Ok(())
     }
 
-    /// The answer to a fetch: acknowledged entries are forgotten, the page is processed and
-    /// committed (its acks are owed from then on), what it held is reported, keys are kept in
-    /// shape, and the next page is fetched until the queue's end.
-    pub(super) fn handle_fetched(
+    /// Sends the acks owed (entries of committed pages, the oldest [`ACKS_PER_REQUEST_MAX`]) in
+    /// a request of their own, when none is in flight. Only during a catch-up, as when acks
+    /// went with fetches: a device connected for something else (an on-demand send) does not
+    /// start requests it would leave behind.
+    fn step_ack(&mut self) -> Result<()> {
+        if !self.incoming.wanted
+            || !self.incoming.acks_owed
+            || self.incoming.acking
+            || !self.has_room()
+        {
+            return Ok(());
+        }
+        let mut acks = self.store.pending_acks()?;
+        if acks.is_empty() {
+            self.incoming.acks_owed = false;
+            return Ok(());
+        }
+        acks.truncate(ACKS_PER_REQUEST_MAX);
+        self.incoming.acking = true;
+        self.request(Request::Ack(acks.clone()), Purpose::Ack(acks));
+        Ok(())
+    }
+
+    /// Ends the catch-up once it reached the queue's end and no ack is owed or in flight.
+    fn finish_catch_up(&mut self) {
+        if !self.incoming.ended || self.incoming.acking || self.incoming.acks_owed {
+            return;
+        }
+        // A push (or a sync) that came while this catch-up ended asks for one more.
+        self.incoming.ended = false;
+        self.incoming.wanted = std::mem::take(&mut self.incoming.wanted_meanwhile);
+        self.incoming.rounds = 0;
+        self.incoming.caught_up += 1;
+    }
+
+    /// The answer to an ack: the acknowledged entries are forgotten (the region committed the
+    /// ack and its delivered receipts). A failure keeps them owed, for the next ack.
+    pub(super) fn handle_acked(
         &mut self,
         acks: Vec<u64>,
+        answer: Result<Response>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.incoming.acking = false;
+        match answer {
+            Ok(Response::Acked) => {
+                self.store.write(|writer| writer.acked(&acks))?;
+                self.incoming.acks_owed = !self.store.pending_acks()?.is_empty();
+            }
+            Ok(_) => {
+                let error =
+                    ClientError::UnexpectedResponse("an answer that is not an ack's".into());
+                self.note_request_error(&error, now_ms);
+                self.give_up_acks(error);
+            }
+            Err(error) if error.is_retryable() || error.needs_reconnect() => {
+                self.retry_on_next_connection(error, now_ms);
+            }
+            Err(error) => self.give_up_acks(error),
+        }
+        self.finish_catch_up();
+        Ok(())
+    }
+
+    /// An ack failed for good: the catch-up stops with `error`, and the acks stay owed (in the
+    /// store) for the next connection.
+    fn give_up_acks(&mut self, error: ClientError) {
+        self.incoming.wanted = false;
+        self.incoming.ended = false;
+        self.incoming.acks_owed = false;
+        self.incoming.error = Some(error);
+    }
+
+    /// A fetch or an ack failed with a retryable error: the catch-up goes on over the next
+    /// connection, after a backoff.
+    fn retry_on_next_connection(&mut self, error: ClientError, now_ms: u64) {
+        self.incoming.failures = self.incoming.failures.saturating_add(1);
+        let delay = retry_delay_ms(self.incoming.failures, &mut self.rng)
+            .max(error.retry_after_ms().unwrap_or(0))
+            .min(RETRY_DELAY_MS_MAX);
+        self.drop_connection(&error.to_string(), Some(delay), now_ms);
+        self.last_error = Some((error, now_ms));
+    }
+
+    /// The answer to a fetch: the page is processed and committed (its acks are owed from then
+    /// on), what it held is reported, keys are kept in shape, and the next page is fetched
+    /// until the queue's end.
+    pub(super) fn handle_fetched(
+        &mut self,
         cursor: u64,
         answer: Result<Response>,
         now_ms: u64,
@@ -117,13 +226,7 @@ impl Core {
                     return Ok(());
                 }
                 if error.is_retryable() || error.needs_reconnect() {
-                    // The catch-up goes on over the next connection, after a backoff.
-                    self.incoming.failures = self.incoming.failures.saturating_add(1);
-                    let delay = retry_delay_ms(self.incoming.failures, &mut self.rng)
-                        .max(error.retry_after_ms().unwrap_or(0))
-                        .min(RETRY_DELAY_MS_MAX);
-                    self.drop_connection(&error.to_string(), Some(delay), now_ms);
-                    self.last_error = Some((error, now_ms));
+                    self.retry_on_next_connection(error, now_ms);
                 } else {
                     self.incoming.wanted = false;
                     self.incoming.error = Some(error);
@@ -133,9 +236,6 @@ impl Core {
         };
         self.incoming.rechecks = 0;
         self.incoming.failures = 0;
-        if !acks.is_empty() {
-            self.store.write(|writer| writer.acked(&acks))?;
-        }
         let count = batch.entries.len();
         if count > 0 {
             let me = self.identity.address();
@@ -155,6 +255,7 @@ impl Core {
                     .map(Report::Inbound),
             );
             self.apply_to_history(&reports)?;
+            self.incoming.acks_owed = true;
         }
         let keys = OneTimeKeyCount {
             remaining: batch.one_time_keys_remaining,
@@ -164,10 +265,9 @@ impl Core {
         self.keep_keys(keys, count == 0, now_ms)?;
         self.incoming.rounds += 1;
         if count == 0 || self.incoming.rounds >= FETCH_ROUNDS_MAX {
-            // A push (or a sync) that came while this page was fetched asks for one more.
-            self.incoming.wanted = std::mem::take(&mut self.incoming.wanted_meanwhile);
-            self.incoming.rounds = 0;
-            self.incoming.caught_up += 1;
+            self.incoming.ended = true;
+            self.step_ack()?;
+            self.finish_catch_up();
         }
         Ok(())
     }

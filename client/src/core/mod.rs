@@ -93,13 +93,13 @@ pub enum Action {
 pub enum Request {
     /// Send an envelope.
     Send(Envelope),
-    /// Acknowledge `acks`, then read the queue after `after_queue_seq`.
+    /// Read the queue after `after_queue_seq`.
     Fetch {
-        /// Queue entries processed and committed.
-        acks: Vec<u64>,
         /// The cursor.
         after_queue_seq: u64,
     },
+    /// Acknowledge queue entries processed and committed (and so delete them).
+    Ack(Vec<u64>),
     /// Claim one-time keys of every current device of an account.
     ClaimKeys(AccountId),
     /// Resolve a name to an account.
@@ -122,6 +122,8 @@ pub enum Response {
     Sent(send_outcome::Outcome),
     /// To [`Request::Fetch`].
     Queue(QueueBatch),
+    /// To [`Request::Ack`]: the region committed the acks.
+    Acked,
     /// To [`Request::ClaimKeys`].
     Keys(KeyBundle),
     /// To [`Request::LookupName`] and [`Request::LookupAccount`].
@@ -182,9 +184,9 @@ enum Purpose {
         row: crate::store::OutboxRow,
     },
     Fetch {
-        acks: Vec<u64>,
         cursor: u64,
     },
+    Ack(Vec<u64>),
     Claim(AccountId),
     LookupName(String),
     LookupAccount(AccountId),
@@ -518,6 +520,7 @@ impl Core {
         self.link = Link::Up { edge };
         self.connected_at = Some(now_ms);
         self.incoming.key_upload_at = None;
+        self.incoming.acks_may_be_owed();
         if self.store.last_edge().ok().flatten() != Some(edge)
             && let Err(error) = self.store.write(|writer| writer.set_last_edge(edge))
         {
@@ -668,7 +671,8 @@ impl Core {
                 envelope,
                 row,
             } => self.handle_sent(entry, envelope, row, answer, now_ms),
-            Purpose::Fetch { acks, cursor } => self.handle_fetched(acks, cursor, answer, now_ms),
+            Purpose::Fetch { cursor } => self.handle_fetched(cursor, answer, now_ms),
+            Purpose::Ack(acks) => self.handle_acked(acks, answer, now_ms),
             Purpose::Claim(account) => self.handle_claimed(account, answer, now_ms),
             Purpose::LookupName(name) => self.handle_name_lookup(name, answer, now_ms),
             Purpose::UploadKeys => self.handle_keys_uploaded(answer, now_ms),

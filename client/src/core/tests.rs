@@ -324,12 +324,16 @@ fn a_queue_page_is_committed_and_named_before_it_is_acknowledged() {
         }]
     );
     let (fetch, request_sent) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
-    assert_eq!(
-        request_sent,
-        Request::Fetch {
-            acks: Vec::new(),
-            after_queue_seq: 0
-        }
+    assert_eq!(request_sent, Request::Fetch { after_queue_seq: 0 });
+    assert!(
+        !actions.iter().any(|action| matches!(
+            action,
+            Action::Request {
+                request: Request::Ack(_),
+                ..
+            }
+        )),
+        "nothing is owed yet"
     );
     // carol (account 3, unknown to alice) writes to alice from a session of her own.
     let carol_device = DeviceAddress {
@@ -387,13 +391,12 @@ fn a_queue_page_is_committed_and_named_before_it_is_acknowledged() {
     let actions = rig.actions(5);
     let (lookup, _) = request(&actions, |r| *r == Request::LookupAccount(AccountId(3)));
     let (next_fetch, next) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    assert_eq!(next, Request::Fetch { after_queue_seq: 1 });
+    let (ack, acked) = request(&actions, |r| matches!(r, Request::Ack(_)));
     assert_eq!(
-        next,
-        Request::Fetch {
-            acks: vec![1],
-            after_queue_seq: 1
-        },
-        "the ack goes with the next fetch"
+        acked,
+        Request::Ack(vec![1]),
+        "the ack goes in its own request, in flight with the next fetch"
     );
     rig.core.handle_answer(
         lookup,
@@ -421,6 +424,17 @@ fn a_queue_page_is_committed_and_named_before_it_is_acknowledged() {
         })),
         7,
     );
+    assert_eq!(
+        rig.core.caught_up(),
+        caught_up,
+        "the queue's end, but its ack is not answered yet"
+    );
+    assert_eq!(
+        rig.core.store().pending_acks().expect("acks"),
+        vec![1],
+        "owed until the region answers the ack"
+    );
+    rig.core.handle_answer(ack, Ok(Response::Acked), 8);
     assert_eq!(rig.core.caught_up(), caught_up + 1, "the queue's end");
     assert!(rig.core.store().pending_acks().expect("acks").is_empty());
 }
@@ -459,13 +473,7 @@ fn a_push_that_comes_while_a_page_is_fetched_calls_for_one_more() {
     rig.core.handle_answer(fetch, empty(), 2);
     let actions = rig.actions(2);
     let (again, sent) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
-    assert_eq!(
-        sent,
-        Request::Fetch {
-            acks: Vec::new(),
-            after_queue_seq: 0
-        }
-    );
+    assert_eq!(sent, Request::Fetch { after_queue_seq: 0 });
     // No push meanwhile: an empty page ends the catch-up.
     rig.core.handle_answer(again, empty(), 3);
     assert_eq!(fetches(&rig.actions(3)), 0);
@@ -848,4 +856,65 @@ fn a_cached_login_count_asks_for_no_new_keys_but_the_regions_does() {
         let actions = rig.actions(WALL_MS);
         assert_eq!(uploads(&actions), expected, "cached {cached}: {actions:?}");
     }
+}
+
+#[test]
+fn a_failed_ack_keeps_the_entries_owed_for_the_next_connection() {
+    let mut rig = alice(Mode::Live);
+    let actions = rig.connect(0);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    // A receipt: processed without a session or a lookup.
+    let page = QueueBatch {
+        entries: vec![QueueEntry {
+            queue_seq: 1,
+            item: Some(queue_entry::Item::Receipt(Default::default())),
+        }],
+        latest_queue_seq: 1,
+        one_time_keys_remaining: 50,
+        fallback_key: FallbackKeyState::Unused as i32,
+    };
+    rig.core.handle_answer(fetch, Ok(Response::Queue(page)), 1);
+    let actions = rig.actions(1);
+    let (ack, acked) = request(&actions, |r| matches!(r, Request::Ack(_)));
+    assert_eq!(acked, Request::Ack(vec![1]));
+    let (next_fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    assert_eq!(
+        rig.actions(1)
+            .iter()
+            .filter(|action| matches!(
+                action,
+                Action::Request {
+                    request: Request::Ack(_),
+                    ..
+                }
+            ))
+            .count(),
+        0,
+        "one ack at a time"
+    );
+    let error = ClientError::Remote(ProtoError::new(
+        relay_proto::ErrorCode::Unavailable,
+        "the region is busy",
+    ));
+    assert!(error.is_retryable(), "the test needs a retryable refusal");
+    rig.core.handle_answer(ack, Err(error), 2);
+    assert_eq!(
+        rig.core.store().pending_acks().expect("acks"),
+        vec![1],
+        "still owed"
+    );
+    assert!(!rig.core.is_connected(), "dropped, to connect again later");
+    rig.core.handle_answer(
+        next_fetch,
+        Err(ClientError::EdgeUnreachable("not connected".into())),
+        2,
+    );
+    rig.actions(2);
+    let actions = rig.connect(crate::limits::RETRY_DELAY_MS_MAX + 2);
+    let (_, acked) = request(&actions, |r| matches!(r, Request::Ack(_)));
+    assert_eq!(
+        acked,
+        Request::Ack(vec![1]),
+        "owed acks go first on connecting"
+    );
 }
