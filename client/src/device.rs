@@ -1084,7 +1084,7 @@ impl Actor {
                         marked
                     }
                     Some(NameState::Unknown) => Err(ClientError::UnknownPeer(name.clone())),
-                    Some(NameState::Failed(reason)) => Err(ClientError::Invalid(reason.clone())),
+                    Some(NameState::Failed(failure)) => Err(failure.error()),
                     _ => return Some(Waiter::MarkRead { name, reply }),
                 };
                 self.core.release_name(&name);

@@ -170,9 +170,36 @@ pub enum NameState {
     Known(Contact),
     /// No account has it.
     Unknown,
-    /// The directory could not be asked (the reason).
-    Failed(String),
+    /// The directory could not be asked, or not answered usably.
+    Failed(NameFailure),
 }
+
+/// Why a name lookup failed: the error itself, so the caller still sees whether a retry can fix
+/// it (a throttled or unreachable lookup is retryable; it was once turned into a plain
+/// `Invalid` text, which a caller had to treat as final).
+#[derive(Debug)]
+pub struct NameFailure(ClientError);
+
+impl NameFailure {
+    /// The failure as an error for a caller (a copy: see [`ClientError::duplicate`]).
+    pub fn error(&self) -> ClientError {
+        self.0.duplicate()
+    }
+}
+
+impl Clone for NameFailure {
+    fn clone(&self) -> Self {
+        Self(self.0.duplicate())
+    }
+}
+
+impl PartialEq for NameFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.code() == other.0.code() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for NameFailure {}
 
 /// What a request was for.
 #[derive(Debug)]
@@ -604,7 +631,7 @@ impl Core {
             self.flush_until = None;
             self.connection_wanted_until = None;
             self.last_problem = Some(error.to_string());
-            self.outgoing.names_failed(&error.to_string());
+            self.outgoing.names_failed(&error);
         }
         self.reports.push_back(Report::Event(Event::Disconnected {
             reason: error.to_string(),

@@ -14,7 +14,7 @@ use prost::Message as _;
 use relay_proto::wire::{Committed, Envelope, send_outcome};
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
 
-use super::{Core, NameState, Purpose, Report, Request, Response, check_peer_name};
+use super::{Core, NameFailure, NameState, Purpose, Report, Request, Response, check_peer_name};
 use crate::content::{Content, body::Body};
 use crate::crypto::verify_fallback_key;
 use crate::envelope;
@@ -111,11 +111,11 @@ impl Outgoing {
         }
     }
 
-    /// No name can be asked now (no edge): every wanted name fails with `reason`.
-    pub(super) fn names_failed(&mut self, reason: &str) {
+    /// No name can be asked now (no edge): every wanted name fails with `error`.
+    pub(super) fn names_failed(&mut self, error: &ClientError) {
         for state in self.names.values_mut() {
             if *state == NameState::Wanted {
-                *state = NameState::Failed(reason.to_owned());
+                *state = NameState::Failed(NameFailure(error.duplicate()));
             }
         }
     }
@@ -902,16 +902,18 @@ impl Core {
                     info.name
                 ));
                 self.last_problem = Some(error.to_string());
-                NameState::Failed(error.to_string())
+                NameState::Failed(NameFailure(error))
             }
-            Ok(_) => NameState::Failed("an answer that is not an account".into()),
+            Ok(_) => NameState::Failed(NameFailure(ClientError::UnexpectedResponse(
+                "an answer that is not an account".into(),
+            ))),
             Err(ClientError::Remote(error)) if error.code == ErrorCode::UnknownAccount => {
                 NameState::Unknown
             }
             Err(error) => {
                 self.note_request_error(&error, now_ms);
                 self.last_problem = Some(error.to_string());
-                NameState::Failed(error.to_string())
+                NameState::Failed(NameFailure(error))
             }
         };
         if state == NameState::Unknown {

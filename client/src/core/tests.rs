@@ -918,3 +918,32 @@ fn a_failed_ack_keeps_the_entries_owed_for_the_next_connection() {
         "owed acks go first on connecting"
     );
 }
+
+/// A lookup the edge throttles fails the name with the edge's own error, retryable as it was:
+/// `relay read PEER` once got a plain `Invalid` text, which a caller had to take as final (the
+/// swarm failed seed 60 on it once fetches and acks went in parallel).
+#[test]
+fn a_throttled_name_lookup_stays_a_retryable_error() {
+    let mut rig = alice(Mode::Live);
+    rig.connect(0);
+    rig.core.want_name("carol");
+    let actions = rig.actions(1);
+    let (carol, _) = request(&actions, |r| *r == Request::LookupName("carol".into()));
+    rig.core.handle_answer(
+        carol,
+        Err(ClientError::Remote(ProtoError::new(
+            ErrorCode::Throttled,
+            "too many requests",
+        ))),
+        2,
+    );
+    let Some(NameState::Failed(failure)) = rig.core.name_state("carol") else {
+        panic!("{:?}", rig.core.name_state("carol"));
+    };
+    let error = failure.error();
+    assert!(error.is_retryable(), "{error:?}");
+    assert!(
+        matches!(&error, ClientError::Remote(refusal) if refusal.code == ErrorCode::Throttled),
+        "{error:?}"
+    );
+}
