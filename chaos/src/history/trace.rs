@@ -277,3 +277,57 @@ pub struct ChatView {
     /// The messages, in the client's order.
     pub entries: Vec<ViewEntry>,
 }
+
+/// One message of a device's relay-sync document of a chat, at the end of the run: what I7
+/// compares between the devices of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocEntry {
+    /// The chat sequence it is keyed by.
+    pub chat_seq: u64,
+    /// The current text (`None` once deleted).
+    pub text: Option<String>,
+    /// Whether the text is an edit.
+    pub edited: bool,
+    /// Whether it was deleted for everyone.
+    pub deleted: bool,
+    /// Each reacting device's reaction, as `(device, reaction)` sorted by device.
+    pub reactions: Vec<(String, String)>,
+}
+
+impl fmt::Display for DocEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seq {} text {:?}", self.chat_seq, self.text)?;
+        if self.edited {
+            f.write_str(" (edited)")?;
+        }
+        if self.deleted {
+            f.write_str(" (deleted)")?;
+        }
+        if !self.reactions.is_empty() {
+            write!(f, " reactions {:?}", self.reactions)?;
+        }
+        Ok(())
+    }
+}
+
+/// One device's relay-sync document of its account's chat with one peer, after its final sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocView {
+    /// The client (account) the device belongs to.
+    pub client: u32,
+    /// The device's number within the client: 0 for the registered one, 1 for a linked one.
+    pub device: u32,
+    /// The peer of the chat.
+    pub peer: u32,
+    /// The messages, in chat order.
+    pub entries: Vec<DocEntry>,
+}
+
+/// The name of device `device` of client `client` in reports: `c3` for the registered device,
+/// `c3/d1` for the first linked one.
+pub fn device_name(client: u32, device: u32) -> String {
+    match device {
+        0 => client_name(client),
+        _ => format!("{}/d{device}", client_name(client)),
+    }
+}
