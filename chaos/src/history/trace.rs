@@ -159,6 +159,12 @@ pub enum What {
         /// What it hit.
         label: String,
     },
+    /// A client linked a second device to its account (through a pairing code its first device
+    /// opened and approved), before anyone sent.
+    Linked {
+        /// The client.
+        client: u32,
+    },
     /// A client app was killed and opened again on its store.
     ClientRestarted {
         /// The client.
@@ -240,6 +246,12 @@ impl fmt::Display for TraceEvent {
             ),
             What::FaultStarted { kind, label } => write!(f, "fault: {label} ({kind})"),
             What::FaultEnded { kind, label } => write!(f, "fault over: {label} ({kind})"),
+            What::Linked { client } => write!(
+                f,
+                "{} linked a second device, {}",
+                client_name(*client),
+                device_name(*client, 1)
+            ),
             What::ClientRestarted { client } => {
                 write!(f, "{} killed and opened again", client_name(*client))
             }
