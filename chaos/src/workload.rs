@@ -40,7 +40,7 @@ use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 use crate::faults::NetFaults;
 use crate::history::{
     ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
-    client_number,
+    client_number, device_name,
 };
 use crate::net::{PacketLog, SimSockets};
 use crate::seed;
@@ -66,6 +66,14 @@ pub const SEND_RETRY_MS: u64 = 500;
 pub const LINK_ATTEMPTS_MAX: u32 = 40;
 /// Pause between two such attempts, in ms.
 pub const LINK_RETRY_MS: u64 = 250;
+/// Edits and reactions each device of a linked client makes at most.
+pub const CHANGES_PER_DEVICE_MAX: u32 = 3;
+/// Chance, in percent, that a device of a linked client makes a change after one of its syncs.
+pub const CHANGE_PERCENT: u32 = 25;
+/// Longest a second device pauses its syncing (offline while the first device acts), in ms.
+pub const LINKED_PAUSE_MS_MAX: u64 = 3_000;
+/// The reactions the workload draws from.
+pub const REACTIONS: [&str; 3] = ["👍", "❤️", "😂"];
 /// The folder of a client's second device is its first device's with this suffix.
 pub const LINKED_DIR_SUFFIX: &str = "-d1";
 
@@ -206,6 +214,8 @@ pub struct Progress {
     pub ready: BTreeSet<u32>,
     /// Clients whose first device has finished (its documents are recorded).
     pub finished: BTreeSet<u32>,
+    /// Clients whose second device has made its last change and sent it.
+    pub second_done: BTreeSet<u32>,
     /// Clients that have made every planned send.
     pub done_sending: BTreeSet<u32>,
     /// Messages that entered an outbox (so they will be delivered unless given up).
@@ -317,6 +327,17 @@ pub struct Observer {
     pub pending: Option<usize>,
     /// Peers whose messages arrived since this client last marked them read.
     pub unread: BTreeSet<u32>,
+    /// Messages this device can change: (peer, message id, the message, sent by this account).
+    pub changeable: Vec<(u32, String, MessageRef, bool)>,
+}
+
+impl Observer {
+    /// Notes a message this device can edit (if its account sent it) or react to.
+    fn note_changeable(&mut self, peer: &str, id: &str, message: MessageRef, own: bool) {
+        if let Some(peer) = client_number(peer) {
+            self.changeable.push((peer, id.to_owned(), message, own));
+        }
+    }
 }
 
 /// Runs one simulated client to the end of its plan (call inside a turmoil client).
@@ -379,6 +400,9 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     wait_for_everyone(&setup).await;
     let mut restarts = setup.plan.restarts.iter().copied().peekable();
     let mut reads = StdRng::seed_from_u64(seed::derive(setup.seed, "reads", me.into()));
+    let linked = follower.is_some();
+    let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "changes", me.into()));
+    let mut changes_left = CHANGES_PER_DEVICE_MAX;
 
     for send in &setup.plan.sends {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
@@ -421,6 +445,17 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if send.sync_after {
             tolerate(client.sync().await)?;
             read_some(&setup, &mut client, &local, &mut reads).await?;
+            if linked {
+                change_some(
+                    &setup,
+                    0,
+                    &mut client,
+                    &local,
+                    &mut changes,
+                    &mut changes_left,
+                )
+                .await?;
+            }
         }
     }
     setup.shared.borrow_mut().progress.done_sending.insert(me);
@@ -429,13 +464,16 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
             client = restart(&setup, client, &open).await?;
         }
+        // The second device's last changes are in before this sync fetches them.
+        let second_done = !linked || setup.shared.borrow().progress.second_done.contains(&me);
         tolerate(client.sync().await)?;
         read_some(&setup, &mut client, &local, &mut reads).await?;
-        if setup
-            .shared
-            .borrow()
-            .progress
-            .settled(me, &setup.everyone, &local.borrow())
+        if second_done
+            && setup
+                .shared
+                .borrow()
+                .progress
+                .settled(me, &setup.everyone, &local.borrow())
         {
             break true;
         }
@@ -530,6 +568,27 @@ impl App {
     /// `relay approve CODE`.
     pub async fn approve(&mut self, code: &str) -> Result<(), ClientError> {
         flows::approve(&self.device, Some(code), &mut *self.sink).await
+    }
+
+    /// `relay edit PEER MESSAGE TEXT`.
+    pub async fn edit(&mut self, peer: &str, message: &str, text: &str) -> Result<(), ClientError> {
+        self.events
+            .drive(self.device.edit(peer, message, text), &mut *self.sink)
+            .await
+            .map(|_| ())
+    }
+
+    /// `relay react PEER MESSAGE REACTION`.
+    pub async fn react(
+        &mut self,
+        peer: &str,
+        message: &str,
+        reaction: &str,
+    ) -> Result<(), ClientError> {
+        self.events
+            .drive(self.device.react(peer, message, reaction), &mut *self.sink)
+            .await
+            .map(|_| ())
     }
 
     /// `relay read PEER`.
@@ -649,6 +708,49 @@ async fn link_second_device(
     ))))
 }
 
+/// Maybe (by [`CHANGE_PERCENT`], while it has changes left) changes one message device `device`
+/// of the client saw: edits it if the account sent it and the draw says so, else reacts to it.
+/// A message the documents do not hold yet is left alone.
+async fn change_some(
+    setup: &ClientSetup,
+    device: u32,
+    app: &mut App,
+    local: &Rc<RefCell<Observer>>,
+    rng: &mut StdRng,
+    changes_left: &mut u32,
+) -> turmoil::Result {
+    let candidates = local.borrow().changeable.len();
+    if *changes_left == 0 || candidates == 0 || !rng.random_ratio(CHANGE_PERCENT, 100) {
+        return Ok(());
+    }
+    let (peer, id, message, own) =
+        local.borrow().changeable[rng.random_range(0..candidates)].clone();
+    let me = setup.plan.client;
+    let edit = own && rng.random_bool(0.5);
+    let reaction = REACTIONS[rng.random_range(0..REACTIONS.len())];
+    let changed = match edit {
+        true => {
+            let text = message.edited_text(&device_name(me, device));
+            app.edit(&client_name(peer), &id, &text).await
+        }
+        false => app.react(&client_name(peer), &id, reaction).await,
+    };
+    match changed {
+        Ok(()) => {
+            *changes_left -= 1;
+            setup.shared.borrow_mut().record(What::Changed {
+                client: me,
+                device,
+                message,
+                edit,
+            });
+            Ok(())
+        }
+        Err(ClientError::Invalid(_)) => Ok(()),
+        Err(error) => tolerate(Err(error)),
+    }
+}
+
 /// The folder of client `data_dir`'s second device.
 pub fn linked_dir(data_dir: &Path) -> PathBuf {
     let mut name = data_dir.as_os_str().to_owned();
@@ -656,9 +758,12 @@ pub fn linked_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Runs a client's second device: it syncs until the first device has finished and a sync
-/// after that left nothing in its outbox (or the time limit passes), reporting what it could
-/// not decrypt, then records its documents.
+/// Runs a client's second device: while the first device sends, it makes a few changes (edits
+/// of the account's messages, reactions) and pauses its syncing once for a drawn period (offline
+/// while the first device acts); it says it is done changing after a sync that found its outbox
+/// empty, then syncs until the first device has finished and a sync after that left nothing in
+/// its outbox (or the time limit passes), reporting what it could not decrypt, and records its
+/// documents.
 async fn follow_account(
     setup: ClientSetup,
     environment: Environment,
@@ -666,10 +771,24 @@ async fn follow_account(
 ) -> turmoil::Result {
     let me = setup.plan.client;
     let pending = Rc::new(Cell::new(None));
+    let local = Rc::new(RefCell::new(Observer::default()));
     let sink = {
         let shared = setup.shared.clone();
         let pending = pending.clone();
+        let local = local.clone();
         Box::new(move |event: Event| match event {
+            Event::Message {
+                id,
+                peer,
+                direction,
+                text,
+                ..
+            } if MessageRef::parse(&text).is_some() => {
+                if let Some(message) = MessageRef::parse(&text) {
+                    let own = direction == Direction::Out;
+                    local.borrow_mut().note_changeable(&peer, &id, message, own);
+                }
+            }
             Event::Undecryptable { from, .. } => shared
                 .borrow_mut()
                 .record(What::Undecryptable { receiver: me, from }),
@@ -685,12 +804,42 @@ async fn follow_account(
         })
     };
     let mut device = App::open(environment, &data_dir, sink)?;
+    let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "linked-changes", me.into()));
+    let mut changes_left = CHANGES_PER_DEVICE_MAX;
+    let pause_from = sim_elapsed_ms() + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
+    let pause_until = pause_from + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
+    let mut done_changing = false;
     loop {
-        let first_finished = setup.shared.borrow().progress.finished.contains(&me);
+        let (first_sent, first_finished) = {
+            let shared = setup.shared.borrow();
+            (
+                shared.progress.done_sending.contains(&me),
+                shared.progress.finished.contains(&me),
+            )
+        };
+        if !first_sent {
+            change_some(
+                &setup,
+                1,
+                &mut device,
+                &local,
+                &mut changes,
+                &mut changes_left,
+            )
+            .await?;
+        }
+        if (pause_from..pause_until).contains(&sim_elapsed_ms()) {
+            tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+            continue;
+        }
         pending.set(None);
         let synced = device.sync().await;
         let clean = synced.is_ok() && pending.get() == Some(0);
         tolerate(synced)?;
+        if !done_changing && ((first_sent && clean) || past(setup.deadline_ms)) {
+            done_changing = true;
+            setup.shared.borrow_mut().progress.second_done.insert(me);
+        }
         if (first_finished && clean) || past(setup.deadline_ms) {
             break;
         }
@@ -920,7 +1069,7 @@ async fn wait_for_everyone(setup: &ClientSetup) {
 /// simulation's clients and `relayd chaos`'s real ones alike).
 pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Ledger) {
     match event {
-        Event::Tick { id, tick, .. } => match tick {
+        Event::Tick { id, tick, peer } => match tick {
             Tick::Pending => {
                 if let Some(message) = local.sending.take() {
                     local.ids.insert(id, message);
@@ -931,6 +1080,7 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             Tick::Sent | Tick::Delivered | Tick::Read => {
                 if let Some(&message) = local.ids.get(&id) {
                     if local.acked.insert(message) {
+                        local.note_changeable(&peer, &id, message, true);
                         shared.record(What::Acked { message });
                     }
                     shared.record(What::Tick {
@@ -950,6 +1100,7 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             }
         }
         Event::Message {
+            id,
             from,
             direction: Direction::In,
             sender_device,
@@ -958,6 +1109,7 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             ..
         } => match MessageRef::parse(&text) {
             Some(message) => {
+                local.note_changeable(&from, &id, message, false);
                 shared
                     .progress()
                     .received

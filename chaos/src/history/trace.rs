@@ -20,9 +20,16 @@ impl MessageRef {
         format!("{} #{}", client_name(self.sender), self.number)
     }
 
-    /// The message a text names, if it is one of the workload's.
+    /// The text of an edit of this message by device `by` (still naming the message).
+    pub fn edited_text(&self, by: &str) -> String {
+        format!("{} (edited on {by})", self.text())
+    }
+
+    /// The message a text names, if it is one of the workload's (an edit keeps the name and adds
+    /// a word after it: [`MessageRef::edited_text`]).
     pub fn parse(text: &str) -> Option<Self> {
         let (sender, number) = text.split_once(" #")?;
+        let number = number.split_once(' ').map_or(number, |(number, _)| number);
         Some(Self {
             sender: client_number(sender)?,
             number: number.parse().ok()?,
@@ -165,6 +172,17 @@ pub enum What {
         /// The client.
         client: u32,
     },
+    /// A device of a linked client edited one of its account's messages or reacted to one.
+    Changed {
+        /// The client.
+        client: u32,
+        /// The device (0 the first, 1 the linked one).
+        device: u32,
+        /// The message.
+        message: MessageRef,
+        /// An edit (else a reaction).
+        edit: bool,
+    },
     /// A client app was killed and opened again on its store.
     ClientRestarted {
         /// The client.
@@ -251,6 +269,17 @@ impl fmt::Display for TraceEvent {
                 "{} linked a second device, {}",
                 client_name(*client),
                 device_name(*client, 1)
+            ),
+            What::Changed {
+                client,
+                device,
+                message,
+                edit,
+            } => write!(
+                f,
+                "{} {} {message}",
+                device_name(*client, *device),
+                if *edit { "edited" } else { "reacted to" }
             ),
             What::ClientRestarted { client } => {
                 write!(f, "{} killed and opened again", client_name(*client))
