@@ -6,7 +6,8 @@
 //! ciphertexts), so two runs of one seed can be compared line by line. At the end, each client's
 //! local history of each chat is recorded too ([`ChatView`]).
 //!
-//! [`check`] verifies, over the trace and the final views (one device per account for now), one
+//! [`check`] verifies, over the trace and the final views (of each account's first device: a
+//! linked second device only receives and changes, and is held to I7 and I8), one
 //! module per invariant:
 //! - **I1 no loss** ([`no_loss`]): every message acknowledged as sent reached its recipient and
 //!   is stored as it arrived;
