@@ -41,7 +41,9 @@ use relay_planted::PlantedBug;
 use relay_proto::RegionId;
 
 use crate::faults::{Action, Fault, FaultKind, FaultPlan, LinkModel, NetFaults, Target, Topology};
-use crate::history::{self, ChatView, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation, What};
+use crate::history::{
+    self, ChatView, DocView, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation, What,
+};
 use crate::net::{PacketFingerprint, PacketLog, SimSockets};
 use crate::pki::{Pki, PkiError};
 use crate::seed;
@@ -60,6 +62,8 @@ pub const DIRECTORY_WRITER: u32 = 1;
 pub const UDP_DATAGRAMS_BUFFERED_MAX: usize = 4096;
 /// Simulated time the world may run past the clients' deadline (closing, last syncs), in ms.
 pub const WIND_DOWN_MS: u64 = 60_000;
+/// The largest share of clients, in percent, that a swarm run has link a second device.
+pub const LINKED_PERCENT_MAX: u32 = 60;
 
 /// Why a simulation could not run to its end.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,8 @@ pub struct Report {
     pub trace: Vec<TraceEvent>,
     /// Every client's final view of its chats.
     pub views: Vec<ChatView>,
+    /// Every device's final relay-sync documents of its chats.
+    pub docs: Vec<DocView>,
     /// Every planned message with its recipient.
     pub planned: BTreeMap<MessageRef, u32>,
     /// The broken invariants (empty when the run is correct).
@@ -152,6 +158,7 @@ impl Simulation {
                 messages_per_client: 10,
                 pause_ms_max: 300,
                 read_percent: 50,
+                linked_percent: 0,
             },
             crashes: Vec::new(),
             faults: FaultPlan::none(),
@@ -180,6 +187,9 @@ impl Simulation {
             messages_per_client: rng.random_range(2..=10),
             pause_ms_max: rng.random_range(20..=1_000),
             read_percent: rng.random_range(0..=100),
+            // Drawn apart from the rest, so a seed's topology and faults stay as they were.
+            linked_percent: StdRng::seed_from_u64(seed::derive(seed, "swarm-links", 0))
+                .random_range(0..=LINKED_PERCENT_MAX),
         };
         let edges_per_region = rng.random_range(1..=2);
         let latency_min = rng.random_range(1..=10);
@@ -209,6 +219,12 @@ impl Simulation {
             edge_limits: draw_edge_limits(seed),
             lane_hold_ms: draw_lane_hold_ms(seed),
         }
+    }
+
+    /// The chance, in percent, that a client links a second device before anyone sends.
+    pub fn linked_percent(mut self, percent: u32) -> Self {
+        self.shape.linked_percent = percent;
+        self
     }
 
     /// The store faults of every region (each region draws its own seed from them).
@@ -484,11 +500,14 @@ impl Simulation {
         let elapsed = sim.elapsed();
         drop(sim);
 
-        let Shared { trace, views, .. } = Rc::try_unwrap(shared)
+        let Shared {
+            trace, views, docs, ..
+        } = Rc::try_unwrap(shared)
             .map(RefCell::into_inner)
             .map_err(|_| failed("the clients' record is still shared".into()))?;
         let planned = plan.recipients();
         let mut violations = history::check(&planned, &trace, &views);
+        violations.extend(history::check_convergence(&docs));
         for (region, disk) in &disks {
             let mut stored = Vec::new();
             disk.for_each_latest(|key, value| stored.push((key.to_vec(), value.to_vec())));
@@ -508,6 +527,7 @@ impl Simulation {
             elapsed,
             trace,
             views,
+            docs,
             planned,
             violations,
             shape: self.shape,

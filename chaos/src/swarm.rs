@@ -11,7 +11,7 @@ use std::time::Duration;
 use relay_planted::PlantedBug;
 
 use crate::faults::FaultKind;
-use crate::history::{Invariant, LIVENESS_BOUND_MS, Violation};
+use crate::history::{Invariant, LIVENESS_BOUND_MS, Violation, What};
 use crate::simulation::{Report, Simulation};
 
 /// A sweep to run.
@@ -57,6 +57,9 @@ pub struct SwarmSummary {
     pub faults: BTreeMap<FaultKind, u64>,
     /// Messages the workloads planned, acknowledged and received.
     pub messages: (u64, u64, u64),
+    /// Second devices linked, changes (edits, reactions) the devices of linked clients made, and
+    /// documents of second devices I7 compared with their first devices'.
+    pub linked: (u64, u64, u64),
     /// The slowest delivery after a heal seen in any run, in simulated ms.
     pub slowest_delivery_ms: u64,
     /// Commits the regions' disks failed, summed over the runs.
@@ -84,6 +87,11 @@ impl SwarmSummary {
         line(
             "messages planned / acked / received",
             format!("{planned} / {acked} / {received}"),
+        );
+        let (linked, changes, compared) = summary.linked;
+        line(
+            "second devices / changes / docs (I7)",
+            format!("{linked} / {changes} / {compared}"),
         );
         line(
             "slowest delivery after a heal",
@@ -166,6 +174,11 @@ impl SwarmSummary {
                 "acknowledged": summary.messages.1,
                 "received": summary.messages.2,
             },
+            "linked": {
+                "second_devices": summary.linked.0,
+                "changes": summary.linked.1,
+                "documents_compared": summary.linked.2,
+            },
             "slowest_delivery_ms": summary.slowest_delivery_ms,
             "faults": faults,
             "store_commits_failed": summary.store_commits_failed,
@@ -201,6 +214,14 @@ impl SwarmSummary {
         self.messages.0 += report.planned.len() as u64;
         self.messages.1 += report.acknowledged() as u64;
         self.messages.2 += report.received() as u64;
+        for event in &report.trace {
+            match event.what {
+                What::Linked { .. } => self.linked.0 += 1,
+                What::Changed { .. } => self.linked.1 += 1,
+                _ => {}
+            }
+        }
+        self.linked.2 += report.docs.iter().filter(|doc| doc.device > 0).count() as u64;
         self.slowest_delivery_ms = self.slowest_delivery_ms.max(report.slowest_delivery_ms);
         self.store_commits_failed += report.store_commits_failed;
         self.fingerprints.push((

@@ -8,8 +8,15 @@
 //! by a sync), and finally syncs until its outbox is empty and everything sent to it has
 //! arrived, or the time limit passes. It records what it sees as [`What`] events, and at the
 //! end its stored history of each chat ([`ChatView`]).
+//!
+//! A share of the clients (drawn from the seed) link a **second device** before anyone sends,
+//! through the real linking flow: the first device opens a pairing, the new device asks with its
+//! code ([`relay_client::link_accept_in`]) and the first device approves it. The second device
+//! then follows the account: it syncs until its first device has finished and one more sync
+//! found nothing left, and it reports any message it could not decrypt (I8). At the end every
+//! device's relay-sync document of each chat is recorded ([`DocView`]) for I7.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -21,17 +28,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use relay_client::connection::{Dialer, EdgeSource};
 use relay_client::events::Direction;
+use relay_client::history::History;
 use relay_client::limits::READ_RECEIPT_IDS_MAX;
 use relay_client::store::{Store, Tick};
 use relay_client::{
     ClientError, DATABASE_FILE, Device, Environment, Event, Events, OpenOptions, Overrides, flows,
-    register_in,
+    link_accept_in, register_in,
 };
-use relay_proto::{AccountId, ClientMessageId};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 
 use crate::faults::NetFaults;
 use crate::history::{
-    ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name, client_number,
+    ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
+    client_number, device_name,
 };
 use crate::net::{PacketLog, SimSockets};
 use crate::seed;
@@ -52,6 +61,21 @@ pub const REGISTRATION_RETRY_MS: u64 = 500;
 pub const SEND_ATTEMPTS_MAX: u32 = 20;
 /// Pause before trying such a send again, in ms.
 pub const SEND_RETRY_MS: u64 = 500;
+/// Attempts at asking to link with a pairing code, and at approving the request, before a
+/// client gives up its second device (a retry picks up the same request).
+pub const LINK_ATTEMPTS_MAX: u32 = 40;
+/// Pause between two such attempts, in ms.
+pub const LINK_RETRY_MS: u64 = 250;
+/// Edits and reactions each device of a linked client makes at most.
+pub const CHANGES_PER_DEVICE_MAX: u32 = 3;
+/// Chance, in percent, that a device of a linked client makes a change after one of its syncs.
+pub const CHANGE_PERCENT: u32 = 25;
+/// Longest a second device pauses its syncing (offline while the first device acts), in ms.
+pub const LINKED_PAUSE_MS_MAX: u64 = 3_000;
+/// The reactions the workload draws from.
+pub const REACTIONS: [&str; 3] = ["👍", "❤️", "😂"];
+/// The folder of a client's second device is its first device's with this suffix.
+pub const LINKED_DIR_SUFFIX: &str = "-d1";
 
 /// One planned send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +107,8 @@ pub struct ClientPlan {
     pub restarts: Vec<u64>,
     /// Chance, in percent, that it marks a peer's new messages read after a sync.
     pub read_percent: u32,
+    /// Whether it links a second device before anyone sends.
+    pub linked: bool,
 }
 
 /// Every client's plan, drawn from the seed.
@@ -105,6 +131,8 @@ pub struct WorkloadShape {
     pub pause_ms_max: u64,
     /// Chance, in percent, that a client marks a peer's new messages read after a sync.
     pub read_percent: u32,
+    /// Chance, in percent, that a client links a second device before anyone sends.
+    pub linked_percent: u32,
 }
 
 impl Plan {
@@ -112,6 +140,8 @@ impl Plan {
     pub fn draw(seed: u64, shape: WorkloadShape) -> Self {
         let mut rng = StdRng::seed_from_u64(seed::derive(seed, "plan", 0));
         let count = shape.regions * shape.clients_per_region;
+        // Drawn apart from the sends, so a seed's messages stay the same with or without links.
+        let mut links = StdRng::seed_from_u64(seed::derive(seed, "plan-links", 0));
         let clients = (0..count)
             .map(|client| {
                 let sends = (1..=shape.messages_per_client)
@@ -142,6 +172,7 @@ impl Plan {
                     sends,
                     restarts: Vec::new(),
                     read_percent: shape.read_percent,
+                    linked: links.random_ratio(shape.linked_percent.min(100), 100),
                 }
             })
             .collect();
@@ -179,6 +210,12 @@ impl Plan {
 pub struct Progress {
     /// Clients registered, with their account ids.
     pub accounts: BTreeMap<u32, u64>,
+    /// Clients ready to send: registered, and their second device linked if they planned one.
+    pub ready: BTreeSet<u32>,
+    /// Clients whose first device has finished (its documents are recorded).
+    pub finished: BTreeSet<u32>,
+    /// Clients whose second device has made its last change and sent it.
+    pub second_done: BTreeSet<u32>,
     /// Clients that have made every planned send.
     pub done_sending: BTreeSet<u32>,
     /// Messages that entered an outbox (so they will be delivered unless given up).
@@ -224,6 +261,8 @@ pub struct Shared {
     pub trace: Vec<TraceEvent>,
     /// The final chat views, as clients finish.
     pub views: Vec<ChatView>,
+    /// Every device's final relay-sync documents, as devices finish.
+    pub docs: Vec<DocView>,
     /// What the clients wait on.
     pub progress: Progress,
 }
@@ -288,6 +327,17 @@ pub struct Observer {
     pub pending: Option<usize>,
     /// Peers whose messages arrived since this client last marked them read.
     pub unread: BTreeSet<u32>,
+    /// Messages this device can change: (peer, message id, the message, sent by this account).
+    pub changeable: Vec<(u32, String, MessageRef, bool)>,
+}
+
+impl Observer {
+    /// Notes a message this device can edit (if its account sent it) or react to.
+    fn note_changeable(&mut self, peer: &str, id: &str, message: MessageRef, own: bool) {
+        if let Some(peer) = client_number(peer) {
+            self.changeable.push((peer, id.to_owned(), message, own));
+        }
+    }
 }
 
 /// Runs one simulated client to the end of its plan (call inside a turmoil client).
@@ -309,13 +359,12 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
                     .with_log(setup.packets.clone())
                     .with_faults(setup.net_faults.clone()),
             ),
-            EdgeSource::Fixed(edges),
+            EdgeSource::Fixed(edges.clone()),
         ),
         clock: Arc::new(SimClock::default()),
         rng_seed: Some(seed::derive(setup.seed, "client", me.into())),
     };
     register(&setup, &environment, edge).await?;
-    wait_for_everyone(&setup).await;
 
     let local = Rc::new(RefCell::new(Observer::default()));
     let incarnations = std::cell::Cell::new(0u64);
@@ -343,8 +392,17 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         App::open(environment, &setup.data_dir, sink)
     };
     let mut client = open()?;
+    let follower = match setup.plan.linked {
+        true => link_second_device(&setup, &environment, &edges, &mut client).await?,
+        false => None,
+    };
+    setup.shared.borrow_mut().progress.ready.insert(me);
+    wait_for_everyone(&setup).await;
     let mut restarts = setup.plan.restarts.iter().copied().peekable();
     let mut reads = StdRng::seed_from_u64(seed::derive(setup.seed, "reads", me.into()));
+    let linked = follower.is_some();
+    let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "changes", me.into()));
+    let mut changes_left = CHANGES_PER_DEVICE_MAX;
 
     for send in &setup.plan.sends {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
@@ -387,6 +445,17 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if send.sync_after {
             tolerate(client.sync().await)?;
             read_some(&setup, &mut client, &local, &mut reads).await?;
+            if linked {
+                change_some(
+                    &setup,
+                    0,
+                    &mut client,
+                    &local,
+                    &mut changes,
+                    &mut changes_left,
+                )
+                .await?;
+            }
         }
     }
     setup.shared.borrow_mut().progress.done_sending.insert(me);
@@ -395,13 +464,16 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
             client = restart(&setup, client, &open).await?;
         }
+        // The second device's last changes are in before this sync fetches them.
+        let second_done = !linked || setup.shared.borrow().progress.second_done.contains(&me);
         tolerate(client.sync().await)?;
         read_some(&setup, &mut client, &local, &mut reads).await?;
-        if setup
-            .shared
-            .borrow()
-            .progress
-            .settled(me, &setup.everyone, &local.borrow())
+        if second_done
+            && setup
+                .shared
+                .borrow()
+                .progress
+                .settled(me, &setup.everyone, &local.borrow())
         {
             break true;
         }
@@ -413,6 +485,11 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
 
     client.close().await;
     record_views(&setup)?;
+    record_docs(&setup, &setup.data_dir, 0)?;
+    setup.shared.borrow_mut().progress.finished.insert(me);
+    if let Some(follower) = follower {
+        follower.await??;
+    }
     setup.shared.borrow_mut().record(What::Finished {
         client: me,
         complete,
@@ -479,6 +556,41 @@ impl App {
         flows::sync(&self.device, &mut self.events, &mut *self.sink).await
     }
 
+    /// Opens a pairing for a new device of this account and returns its code.
+    pub async fn open_pairing(&mut self) -> Result<String, ClientError> {
+        let pairing = self
+            .events
+            .drive(self.device.link(), &mut *self.sink)
+            .await?;
+        Ok(pairing.code)
+    }
+
+    /// `relay approve CODE`.
+    pub async fn approve(&mut self, code: &str) -> Result<(), ClientError> {
+        flows::approve(&self.device, Some(code), &mut *self.sink).await
+    }
+
+    /// `relay edit PEER MESSAGE TEXT`.
+    pub async fn edit(&mut self, peer: &str, message: &str, text: &str) -> Result<(), ClientError> {
+        self.events
+            .drive(self.device.edit(peer, message, text), &mut *self.sink)
+            .await
+            .map(|_| ())
+    }
+
+    /// `relay react PEER MESSAGE REACTION`.
+    pub async fn react(
+        &mut self,
+        peer: &str,
+        message: &str,
+        reaction: &str,
+    ) -> Result<(), ClientError> {
+        self.events
+            .drive(self.device.react(peer, message, reaction), &mut *self.sink)
+            .await
+            .map(|_| ())
+    }
+
     /// `relay read PEER`.
     pub async fn read(&mut self, peer: &str) -> Result<usize, ClientError> {
         flows::read(&self.device, &mut self.events, peer, &mut *self.sink).await
@@ -506,6 +618,235 @@ async fn restart(
     });
     tokio::time::sleep(Duration::from_millis(CLIENT_RESTART_MS)).await;
     Ok(open()?)
+}
+
+/// Links a second device to the client's account through the real flow (its first device opens
+/// a pairing and approves the request the new device makes with the code, each retrying what a
+/// fault interrupts), then starts it following the account ([`follow_account`]). `None` when
+/// the link did not happen within the attempts (the run goes on with one device).
+async fn link_second_device(
+    setup: &ClientSetup,
+    environment: &Environment,
+    edges: &[SocketAddr],
+    client: &mut App,
+) -> Result<Option<tokio::task::JoinHandle<turmoil::Result>>, Box<dyn std::error::Error>> {
+    let me = setup.plan.client;
+    let mut code = None;
+    for _ in 1..=LINK_ATTEMPTS_MAX {
+        match client.open_pairing().await {
+            Ok(opened) => {
+                code = Some(opened);
+                break;
+            }
+            Err(error) => tolerate(Err(error))?,
+        }
+        tokio::time::sleep(Duration::from_millis(LINK_RETRY_MS)).await;
+    }
+    let Some(code) = code else {
+        return Ok(None);
+    };
+    let data_dir = linked_dir(&setup.data_dir);
+    let mut linked_environment = environment.clone();
+    linked_environment.dialer = Dialer::new(
+        Arc::new(
+            SimSockets::new(seed::derive(setup.seed, "linked-sockets", me.into()))
+                .with_log(setup.packets.clone())
+                .with_faults(setup.net_faults.clone()),
+        ),
+        EdgeSource::Fixed(edges.to_vec()),
+    );
+    linked_environment.rng_seed = Some(seed::derive(setup.seed, "linked", me.into()));
+    let ask = async {
+        for _ in 1..=LINK_ATTEMPTS_MAX {
+            let overrides = Overrides {
+                // Never asked: the dialer's edges are fixed.
+                locator: edges.first().copied(),
+                bind_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ca_path: Some(setup.ca_path.clone()),
+                device_key: None,
+            };
+            match link_accept_in(
+                &linked_environment,
+                &data_dir,
+                &code,
+                overrides,
+                &mut |_| {},
+            )
+            .await
+            {
+                Ok(_) => return Ok(true),
+                Err(error) => tolerate(Err(error))?,
+            }
+            tokio::time::sleep(Duration::from_millis(LINK_RETRY_MS)).await;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(false)
+    };
+    let approve = async {
+        for _ in 1..=LINK_ATTEMPTS_MAX {
+            tokio::time::sleep(Duration::from_millis(LINK_RETRY_MS)).await;
+            match client.approve(&code).await {
+                Ok(()) => return Ok(true),
+                // Not asked yet: the new device's request is still on its way.
+                Err(ClientError::Invalid(_)) => {}
+                Err(error) => tolerate(Err(error))?,
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(false)
+    };
+    let (asked, approved) = tokio::join!(ask, approve);
+    if !(asked? && approved?) {
+        return Ok(None);
+    }
+    setup
+        .shared
+        .borrow_mut()
+        .record(What::Linked { client: me });
+    Ok(Some(tokio::task::spawn_local(follow_account(
+        setup.clone(),
+        linked_environment,
+        data_dir,
+    ))))
+}
+
+/// Maybe (by [`CHANGE_PERCENT`], while it has changes left) changes one message device `device`
+/// of the client saw: edits it if the account sent it and the draw says so, else reacts to it.
+/// A message the documents do not hold yet is left alone.
+async fn change_some(
+    setup: &ClientSetup,
+    device: u32,
+    app: &mut App,
+    local: &Rc<RefCell<Observer>>,
+    rng: &mut StdRng,
+    changes_left: &mut u32,
+) -> turmoil::Result {
+    let candidates = local.borrow().changeable.len();
+    if *changes_left == 0 || candidates == 0 || !rng.random_ratio(CHANGE_PERCENT, 100) {
+        return Ok(());
+    }
+    let (peer, id, message, own) =
+        local.borrow().changeable[rng.random_range(0..candidates)].clone();
+    let me = setup.plan.client;
+    let edit = own && rng.random_bool(0.5);
+    let reaction = REACTIONS[rng.random_range(0..REACTIONS.len())];
+    let changed = match edit {
+        true => {
+            let text = message.edited_text(&device_name(me, device));
+            app.edit(&client_name(peer), &id, &text).await
+        }
+        false => app.react(&client_name(peer), &id, reaction).await,
+    };
+    match changed {
+        Ok(()) => {
+            *changes_left -= 1;
+            setup.shared.borrow_mut().record(What::Changed {
+                client: me,
+                device,
+                message,
+                edit,
+            });
+            Ok(())
+        }
+        Err(ClientError::Invalid(_)) => Ok(()),
+        Err(error) => tolerate(Err(error)),
+    }
+}
+
+/// The folder of client `data_dir`'s second device.
+pub fn linked_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(LINKED_DIR_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Runs a client's second device: while the first device sends, it makes a few changes (edits
+/// of the account's messages, reactions) and pauses its syncing once for a drawn period (offline
+/// while the first device acts); it says it is done changing after a sync that found its outbox
+/// empty, then syncs until the first device has finished and a sync after that left nothing in
+/// its outbox (or the time limit passes), reporting what it could not decrypt, and records its
+/// documents.
+async fn follow_account(
+    setup: ClientSetup,
+    environment: Environment,
+    data_dir: PathBuf,
+) -> turmoil::Result {
+    let me = setup.plan.client;
+    let pending = Rc::new(Cell::new(None));
+    let local = Rc::new(RefCell::new(Observer::default()));
+    let sink = {
+        let shared = setup.shared.clone();
+        let pending = pending.clone();
+        let local = local.clone();
+        Box::new(move |event: Event| match event {
+            Event::Message {
+                id,
+                peer,
+                direction,
+                text,
+                ..
+            } if MessageRef::parse(&text).is_some() => {
+                if let Some(message) = MessageRef::parse(&text) {
+                    let own = direction == Direction::Out;
+                    local.borrow_mut().note_changeable(&peer, &id, message, own);
+                }
+            }
+            Event::Undecryptable { from, .. } => shared
+                .borrow_mut()
+                .record(What::Undecryptable { receiver: me, from }),
+            Event::Message { from, text, .. } if MessageRef::parse(&text).is_none() => {
+                shared.borrow_mut().record(What::Garbled {
+                    receiver: me,
+                    from,
+                    text,
+                })
+            }
+            Event::Synced { pending: left, .. } => pending.set(Some(left)),
+            _ => {}
+        })
+    };
+    let mut device = App::open(environment, &data_dir, sink)?;
+    let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "linked-changes", me.into()));
+    let mut changes_left = CHANGES_PER_DEVICE_MAX;
+    let pause_from = sim_elapsed_ms() + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
+    let pause_until = pause_from + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
+    let mut done_changing = false;
+    loop {
+        let (first_sent, first_finished) = {
+            let shared = setup.shared.borrow();
+            (
+                shared.progress.done_sending.contains(&me),
+                shared.progress.finished.contains(&me),
+            )
+        };
+        if !first_sent {
+            change_some(
+                &setup,
+                1,
+                &mut device,
+                &local,
+                &mut changes,
+                &mut changes_left,
+            )
+            .await?;
+        }
+        if (pause_from..pause_until).contains(&sim_elapsed_ms()) {
+            tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+            continue;
+        }
+        pending.set(None);
+        let synced = device.sync().await;
+        let clean = synced.is_ok() && pending.get() == Some(0);
+        tolerate(synced)?;
+        if !done_changing && ((first_sent && clean) || past(setup.deadline_ms)) {
+            done_changing = true;
+            setup.shared.borrow_mut().progress.second_done.insert(me);
+        }
+        if (first_finished && clean) || past(setup.deadline_ms) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+    }
+    device.close().await;
+    record_docs(&setup, &data_dir, 1)
 }
 
 /// Marks some peers' new messages read, as a person opening those chats would.
@@ -538,6 +879,71 @@ fn record_views(setup: &ClientSetup) -> turmoil::Result {
     )?;
     setup.shared.borrow_mut().views.extend(views);
     Ok(())
+}
+
+/// Records the relay-sync documents of device `device` (0 the first, 1 the linked one) of the
+/// client, from its closed data directory.
+fn record_docs(setup: &ClientSetup, data_dir: &Path, device: u32) -> turmoil::Result {
+    let accounts = setup.shared.borrow().progress.accounts.clone();
+    let docs = doc_views(
+        data_dir,
+        setup.plan.client,
+        device,
+        &setup.everyone,
+        &accounts,
+    )?;
+    setup.shared.borrow_mut().docs.extend(docs);
+    Ok(())
+}
+
+/// Device `device` of client `me`: its relay-sync document of its chat with each peer of the
+/// plan that registered, read from the saved history in `data_dir` (the device is closed).
+pub fn doc_views(
+    data_dir: &Path,
+    me: u32,
+    device: u32,
+    everyone: &Plan,
+    accounts: &BTreeMap<u32, u64>,
+) -> Result<Vec<DocView>, ClientError> {
+    let store = Store::open(&data_dir.join(DATABASE_FILE))?;
+    let identity = store
+        .identity()?
+        .ok_or_else(|| ClientError::Invalid(format!("{} holds no device", data_dir.display())))?;
+    let address = DeviceAddress {
+        account: identity.account,
+        device: identity.device,
+    };
+    // Read only: nothing is saved, so the nonce of this open never reaches a document.
+    let history = History::open(data_dir, address, u64::MAX)?;
+    let mut docs = Vec::new();
+    for peer in everyone.peers_of(me) {
+        let Some(&account) = accounts.get(&peer) else {
+            continue;
+        };
+        let view = history.view(ChatId::direct(identity.account, AccountId(account)));
+        let entries = view
+            .messages
+            .into_iter()
+            .map(|message| DocEntry {
+                chat_seq: message.chat_seq,
+                text: message.text,
+                edited: message.edited,
+                deleted: message.deleted.is_some(),
+                reactions: message
+                    .reactions
+                    .iter()
+                    .map(|(by, reaction)| (by.to_string(), reaction.clone()))
+                    .collect(),
+            })
+            .collect();
+        docs.push(DocView {
+            client: me,
+            device,
+            peer,
+            entries,
+        });
+    }
+    Ok(docs)
 }
 
 /// Client `me`'s stored history of its chat with each peer of the plan that registered, read
@@ -650,10 +1056,11 @@ pub async fn register_retrying(
     }
 }
 
-/// Waits until every client has registered, so that every name resolves.
+/// Waits until every client has registered (and linked its second device, if it planned one),
+/// so that every name resolves and every message goes to every device.
 async fn wait_for_everyone(setup: &ClientSetup) {
     let everyone = setup.everyone.clients.len();
-    while setup.shared.borrow().progress.accounts.len() < everyone && !past(setup.deadline_ms) {
+    while setup.shared.borrow().progress.ready.len() < everyone && !past(setup.deadline_ms) {
         tokio::time::sleep(Duration::from_millis(REGISTRATION_POLL_MS)).await;
     }
 }
@@ -662,7 +1069,7 @@ async fn wait_for_everyone(setup: &ClientSetup) {
 /// simulation's clients and `relayd chaos`'s real ones alike).
 pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Ledger) {
     match event {
-        Event::Tick { id, tick, .. } => match tick {
+        Event::Tick { id, tick, peer } => match tick {
             Tick::Pending => {
                 if let Some(message) = local.sending.take() {
                     local.ids.insert(id, message);
@@ -673,6 +1080,7 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             Tick::Sent | Tick::Delivered | Tick::Read => {
                 if let Some(&message) = local.ids.get(&id) {
                     if local.acked.insert(message) {
+                        local.note_changeable(&peer, &id, message, true);
                         shared.record(What::Acked { message });
                     }
                     shared.record(What::Tick {
@@ -692,6 +1100,7 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             }
         }
         Event::Message {
+            id,
             from,
             direction: Direction::In,
             sender_device,
@@ -700,6 +1109,7 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             ..
         } => match MessageRef::parse(&text) {
             Some(message) => {
+                local.note_changeable(&from, &id, message, false);
                 shared
                     .progress()
                     .received
@@ -767,6 +1177,7 @@ mod tests {
         messages_per_client: 10,
         pause_ms_max: 300,
         read_percent: 50,
+        linked_percent: 50,
     };
 
     #[test]

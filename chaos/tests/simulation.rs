@@ -44,6 +44,52 @@ fn two_regions_deliver_every_message_once_in_order() {
     );
 }
 
+/// Every client links a second device through the real flow before anyone sends, and both
+/// devices edit and react while the first one sends (the second pausing its syncing for a
+/// while); every message still reaches its recipient once and in order (I1–I6, I8 over the
+/// first devices), nothing is undecryptable on either device (I8), and each second device's
+/// documents equal its first device's, message by message (I7).
+#[test]
+fn linked_second_devices_hold_the_same_documents() {
+    let report = run(&Simulation::new(seed_from_env(3)).linked_percent(100));
+    assert_complete(&report, 4);
+    let reproduce = format!("reproduce with seed={}", report.seed);
+    let linked = report
+        .trace
+        .iter()
+        .filter(|event| matches!(event.what, What::Linked { .. }))
+        .count();
+    assert_eq!(linked, 4, "{reproduce}");
+    // Both devices of every client recorded each of its chats, and the chats hold messages: I7
+    // compared something.
+    for device in [0, 1] {
+        let docs: Vec<_> = report
+            .docs
+            .iter()
+            .filter(|doc| doc.device == device)
+            .collect();
+        assert!(docs.len() >= 4, "device {device}: {docs:?}; {reproduce}");
+        let messages: usize = docs.iter().map(|doc| doc.entries.len()).sum();
+        assert!(messages >= report.planned.len(), "{reproduce}");
+    }
+    // Both devices changed messages (edits, reactions), and the documents I7 compared hold them.
+    for device in [0, 1] {
+        let changes = report
+            .trace
+            .iter()
+            .filter(|event| matches!(event.what, What::Changed { device: d, .. } if d == device))
+            .count();
+        assert!(changes > 0, "device {device} changed nothing; {reproduce}");
+    }
+    let changed = report
+        .docs
+        .iter()
+        .flat_map(|doc| &doc.entries)
+        .filter(|entry| entry.edited || !entry.reactions.is_empty())
+        .count();
+    assert!(changed > 0, "{reproduce}");
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace() {
     let seed = seed_from_env(2);

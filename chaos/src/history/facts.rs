@@ -21,8 +21,9 @@ pub(crate) struct Facts<'a> {
     pub(crate) stored_received: HashSet<(u32, u32, MessageRef, u64)>,
     /// (client, peer, message) of every sent message a client stores with a chat sequence.
     pub(crate) stored_sequenced: HashSet<(u32, u32, MessageRef)>,
-    /// (client, peer) → read-receipt envelopes of their chat, sent by either side; each takes a
-    /// chat sequence that no stored message holds.
+    /// (client, peer) → envelopes of their chat that carry no message (read receipts, and the
+    /// edits and reactions of linked clients), sent by either side; each takes a chat sequence
+    /// that no stored message holds.
     pub(crate) receipt_envelopes: BTreeMap<(u32, u32), usize>,
 }
 
@@ -74,6 +75,19 @@ impl<'a> Facts<'a> {
                     let count = envelopes as usize;
                     *facts.receipt_envelopes.entry((reader, peer)).or_default() += count;
                     *facts.receipt_envelopes.entry((peer, reader)).or_default() += count;
+                }
+                What::Changed {
+                    client, message, ..
+                } => {
+                    // The chat of the message: with its recipient, or with its sender.
+                    let peer = match message.sender == client {
+                        true => planned.get(&message).copied(),
+                        false => Some(message.sender),
+                    };
+                    if let Some(peer) = peer {
+                        *facts.receipt_envelopes.entry((client, peer)).or_default() += 1;
+                        *facts.receipt_envelopes.entry((peer, client)).or_default() += 1;
+                    }
                 }
                 _ => {}
             }

@@ -6,7 +6,8 @@
 //! ciphertexts), so two runs of one seed can be compared line by line. At the end, each client's
 //! local history of each chat is recorded too ([`ChatView`]).
 //!
-//! [`check`] verifies, over the trace and the final views (one device per account for now), one
+//! [`check`] verifies, over the trace and the final views (of each account's first device: a
+//! linked second device only receives and changes, and is held to I7 and I8), one
 //! module per invariant:
 //! - **I1 no loss** ([`no_loss`]): every message acknowledged as sent reached its recipient and
 //!   is stored as it arrived;
@@ -21,13 +22,16 @@
 //! - **liveness** ([`liveness`]): after the heal, everything queued is acknowledged and
 //!   everything acknowledged arrives within [`LIVENESS_BOUND_MS`].
 //!
-//! **I5 blindness** ([`check_blindness`]) reads the servers' stores instead of the trace.
+//! **I5 blindness** ([`check_blindness`]) reads the servers' stores instead of the trace, and
+//! **I7 convergence** ([`check_convergence`], in [`convergence`]) the relay-sync documents of
+//! the devices of each account ([`DocView`]).
 //!
 //! Every check reads [`Facts`], gathered in one pass over the trace and the views, and does a
 //! constant amount of work (hash lookups) per event or stored entry: the whole check is linear
 //! in the size of the run, so long sweeps stay cheap.
 
 mod blindness;
+mod convergence;
 mod decryptable;
 mod facts;
 mod idempotence;
@@ -46,7 +50,10 @@ use std::fmt;
 pub use blindness::check_blindness;
 use facts::Facts;
 pub use liveness::{LIVENESS_BOUND_MS, slowest_delivery_ms};
-pub use trace::{ChatView, MessageRef, TraceEvent, ViewEntry, What, client_name, client_number};
+pub use trace::{
+    ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
+    client_number, device_name,
+};
 
 /// Which invariant a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,6 +70,8 @@ pub enum Invariant {
     Blindness,
     /// I6 receipts move forward.
     ReceiptsForward,
+    /// I7 convergence: the devices of an account hold identical chat documents.
+    Convergence,
     /// I8 no undecryptable messages.
     Decryptable,
     /// Liveness: once faults heal, every queued message is acknowledged and every acknowledged
@@ -79,6 +88,7 @@ impl fmt::Display for Invariant {
             Invariant::Idempotence => "I4 idempotence",
             Invariant::Blindness => "I5 blindness",
             Invariant::ReceiptsForward => "I6 receipts move forward",
+            Invariant::Convergence => "I7 convergence",
             Invariant::Decryptable => "I8 decryptable",
             Invariant::Liveness => "liveness",
         })
@@ -132,6 +142,14 @@ pub fn check(
     }
     receipts::check_receipts(trace, &mut findings.0);
     liveness::check_liveness(trace, planned, &mut findings.0);
+    findings.0
+}
+
+/// Checks I7 over the relay-sync documents the devices of each account hold after their final
+/// syncs: every device of an account shows each chat as the account's first device does.
+pub fn check_convergence(docs: &[DocView]) -> Vec<Violation> {
+    let mut findings = Findings(Vec::new());
+    convergence::check(docs, &mut findings);
     findings.0
 }
 

@@ -221,3 +221,83 @@ fn plaintext_in_a_store_is_found_and_ciphertext_is_not() {
     assert!(found[0].contains("plaintext of c0#1 under key chat/2"));
     assert!(found[1].contains("plaintext of c0#2"));
 }
+
+fn doc_entry(chat_seq: u64, text: &str) -> DocEntry {
+    DocEntry {
+        chat_seq,
+        text: Some(text.into()),
+        edited: false,
+        deleted: false,
+        reactions: Vec::new(),
+    }
+}
+
+fn doc(device: u32, entries: Vec<DocEntry>) -> DocView {
+    DocView {
+        client: 1,
+        device,
+        peer: 0,
+        entries,
+    }
+}
+
+#[test]
+fn devices_of_an_account_with_equal_documents_converge() {
+    let mut edited = doc_entry(2, "c0 #2 (edited)");
+    edited.edited = true;
+    edited.reactions = vec![("101/7".into(), "👍".into())];
+    let entries = vec![doc_entry(1, "c0 #1"), edited];
+    // Another account's chat with another peer, on its one device, is compared with nothing.
+    let alone = DocView {
+        client: 0,
+        device: 0,
+        peer: 1,
+        entries: vec![doc_entry(1, "c0 #1")],
+    };
+    let docs = vec![doc(1, entries.clone()), alone, doc(0, entries)];
+    assert_eq!(check_convergence(&docs), Vec::new());
+}
+
+#[test]
+fn devices_that_differ_are_reported_at_the_first_difference() {
+    let mut reacted = doc_entry(2, "c0 #2");
+    reacted.reactions = vec![("101/7".into(), "👍".into())];
+    let mut deleted = doc_entry(1, "c0 #1");
+    deleted.text = None;
+    deleted.deleted = true;
+
+    // A reaction one device lacks; the entries before it agree.
+    let found = check_convergence(&[
+        doc(0, vec![doc_entry(1, "c0 #1"), reacted.clone()]),
+        doc(1, vec![doc_entry(1, "c0 #1"), doc_entry(2, "c0 #2")]),
+    ]);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].invariant, Invariant::Convergence);
+    let shown = found[0].to_string();
+    assert!(
+        shown.starts_with("I7 convergence: c1's chat with c0: c1 and c1/d1"),
+        "{shown}"
+    );
+    assert!(shown.contains("message 2"), "{shown}");
+    assert!(shown.contains("👍"), "{shown}");
+
+    // A deletion one device has not seen, and a message only the other holds.
+    let found = check_convergence(&[
+        doc(1, vec![deleted]),
+        doc(0, vec![doc_entry(1, "c0 #1"), reacted]),
+    ]);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].detail.contains("message 1"), "{}", found[0]);
+    assert!(found[0].detail.contains("(deleted)"), "{}", found[0]);
+
+    let found = check_convergence(&[
+        doc(0, vec![doc_entry(1, "c0 #1")]),
+        doc(1, vec![doc_entry(1, "c0 #1"), doc_entry(2, "c0 #2")]),
+    ]);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].detail.contains("message 2: nothing against seq 2"),
+        "{}",
+        found[0]
+    );
+}

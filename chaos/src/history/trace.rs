@@ -20,9 +20,16 @@ impl MessageRef {
         format!("{} #{}", client_name(self.sender), self.number)
     }
 
-    /// The message a text names, if it is one of the workload's.
+    /// The text of an edit of this message by device `by` (still naming the message).
+    pub fn edited_text(&self, by: &str) -> String {
+        format!("{} (edited on {by})", self.text())
+    }
+
+    /// The message a text names, if it is one of the workload's (an edit keeps the name and adds
+    /// a word after it: [`MessageRef::edited_text`]).
     pub fn parse(text: &str) -> Option<Self> {
         let (sender, number) = text.split_once(" #")?;
+        let number = number.split_once(' ').map_or(number, |(number, _)| number);
         Some(Self {
             sender: client_number(sender)?,
             number: number.parse().ok()?,
@@ -159,6 +166,23 @@ pub enum What {
         /// What it hit.
         label: String,
     },
+    /// A client linked a second device to its account (through a pairing code its first device
+    /// opened and approved), before anyone sent.
+    Linked {
+        /// The client.
+        client: u32,
+    },
+    /// A device of a linked client edited one of its account's messages or reacted to one.
+    Changed {
+        /// The client.
+        client: u32,
+        /// The device (0 the first, 1 the linked one).
+        device: u32,
+        /// The message.
+        message: MessageRef,
+        /// An edit (else a reaction).
+        edit: bool,
+    },
     /// A client app was killed and opened again on its store.
     ClientRestarted {
         /// The client.
@@ -240,6 +264,23 @@ impl fmt::Display for TraceEvent {
             ),
             What::FaultStarted { kind, label } => write!(f, "fault: {label} ({kind})"),
             What::FaultEnded { kind, label } => write!(f, "fault over: {label} ({kind})"),
+            What::Linked { client } => write!(
+                f,
+                "{} linked a second device, {}",
+                client_name(*client),
+                device_name(*client, 1)
+            ),
+            What::Changed {
+                client,
+                device,
+                message,
+                edit,
+            } => write!(
+                f,
+                "{} {} {message}",
+                device_name(*client, *device),
+                if *edit { "edited" } else { "reacted to" }
+            ),
             What::ClientRestarted { client } => {
                 write!(f, "{} killed and opened again", client_name(*client))
             }
@@ -276,4 +317,58 @@ pub struct ChatView {
     pub peer: u32,
     /// The messages, in the client's order.
     pub entries: Vec<ViewEntry>,
+}
+
+/// One message of a device's relay-sync document of a chat, at the end of the run: what I7
+/// compares between the devices of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocEntry {
+    /// The chat sequence it is keyed by.
+    pub chat_seq: u64,
+    /// The current text (`None` once deleted).
+    pub text: Option<String>,
+    /// Whether the text is an edit.
+    pub edited: bool,
+    /// Whether it was deleted for everyone.
+    pub deleted: bool,
+    /// Each reacting device's reaction, as `(device, reaction)` sorted by device.
+    pub reactions: Vec<(String, String)>,
+}
+
+impl fmt::Display for DocEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seq {} text {:?}", self.chat_seq, self.text)?;
+        if self.edited {
+            f.write_str(" (edited)")?;
+        }
+        if self.deleted {
+            f.write_str(" (deleted)")?;
+        }
+        if !self.reactions.is_empty() {
+            write!(f, " reactions {:?}", self.reactions)?;
+        }
+        Ok(())
+    }
+}
+
+/// One device's relay-sync document of its account's chat with one peer, after its final sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocView {
+    /// The client (account) the device belongs to.
+    pub client: u32,
+    /// The device's number within the client: 0 for the registered one, 1 for a linked one.
+    pub device: u32,
+    /// The peer of the chat.
+    pub peer: u32,
+    /// The messages, in chat order.
+    pub entries: Vec<DocEntry>,
+}
+
+/// The name of device `device` of client `client` in reports: `c3` for the registered device,
+/// `c3/d1` for the first linked one.
+pub fn device_name(client: u32, device: u32) -> String {
+    match device {
+        0 => client_name(client),
+        _ => format!("{}/d{device}", client_name(client)),
+    }
 }

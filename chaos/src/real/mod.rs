@@ -239,6 +239,7 @@ async fn drive(
                 .clamp(SEND_PAUSE_MS_MIN, SEND_PAUSE_MS_MAX),
             // These clients send and sync; read receipts are the simulation's to exercise.
             read_percent: 0,
+            linked_percent: 0,
         },
     ));
     let deployment = Rc::new(Deployment {
