@@ -17,9 +17,12 @@
 //!   memory and the regions' transaction retries.
 //! - [`sync`]: a new device's bootstrap of a long history from a snapshot, and one remote
 //!   operation, against automerge's own save and load of the same documents.
+//! - [`blobs`]: a 20 MB blob uploaded and downloaded by a client SDK device through a devnet's
+//!   real processes, against a raw QUIC stream in the same run (issue 14's media target).
 //! - [`measure`]: windows, the fsync probe, CPU time and memory from `/proc`, percentiles.
 //! - [`limits`]: every bound of the message and connection benchmarks.
 
+pub mod blobs;
 pub mod ceilings;
 pub mod connections;
 pub mod device;

@@ -161,3 +161,20 @@ const _: () = assert!(CLOSES_IN_FLIGHT_MAX >= 1);
 const _: () = assert!(INTRODUCTIONS_TIMEOUT_MS > 2 * relay_client::limits::REQUEST_TIMEOUT_MS);
 // The backlog sender's ✓ come through the SDK's outbox window, the same as the opaque one's.
 const _: () = assert!(BACKLOG_PIPELINE_WINDOW == relay_client::limits::PIPELINE_WINDOW);
+
+// --- The blob benchmark (`crate::blobs`) ---
+
+/// Bytes of the benchmark's blob by default: issue 14's 20 MB file.
+pub const BLOB_BYTES_DEFAULT: usize = 20 * 1000 * 1000;
+/// Bytes of the blob with `--quick`.
+pub const BLOB_BYTES_QUICK: usize = 4 * 1000 * 1000;
+/// Rounds of each direction by default (the median is reported).
+pub const BLOB_ROUNDS_DEFAULT: usize = 3;
+/// Most rounds of each direction.
+pub const BLOB_ROUNDS_MAX: usize = 20;
+/// Issue 14's target: a blob moves at least this share of a raw QUIC stream's throughput.
+pub const BLOB_SHARE_OF_RAW_TARGET: f64 = 0.70;
+
+const _: () = assert!(BLOB_ROUNDS_DEFAULT >= 1 && BLOB_ROUNDS_DEFAULT <= BLOB_ROUNDS_MAX);
+const _: () = assert!(BLOB_BYTES_QUICK <= BLOB_BYTES_DEFAULT);
+const _: () = assert!(BLOB_BYTES_DEFAULT as u64 <= relay_proto::limits::BLOB_BYTES_MAX / 2);

@@ -750,6 +750,8 @@ impl RegionSoftware {
             peers,
             clock: Arc::new(self.clock),
             boot_nonce: seed::split_mix(incarnation),
+            blob_objects: home_region::blobs::memory_objects(),
+            blob_limits: home_region::blobs::BlobLimits::default(),
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;

@@ -15,11 +15,12 @@ use relay_net::{
 };
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
-    AccountInfo, AckQueue, Authenticate, ClaimKeys, ClientRequest, ClientResponse, DeviceCommand,
-    DeviceList, Envelope, FetchAndAck, FetchQueue, Hello, KeyBundle, LinkRequests, LinkStatus,
-    LookupAccount, LookupName, OneTimeKey, OneTimeKeyCount, Pairing, QueueBatch, Register,
-    Registered, RequestLink, SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload,
-    client_request, client_response, device_command, server_push,
+    AccountInfo, AckQueue, Authenticate, BlobAt, BlobCommand, BlobStatus, ClaimKeys, ClientRequest,
+    ClientResponse, DeviceCommand, DeviceList, Envelope, FetchAndAck, FetchQueue, Hello, KeyBundle,
+    LinkRequests, LinkStatus, LookupAccount, LookupName, OneTimeKey, OneTimeKeyCount, Pairing,
+    QueueBatch, Register, Registered, RequestLink, SendOutcome, ServerPush, UploadOneTimeKeys,
+    auth_signing_payload, blob_command, client_request, client_response, device_command,
+    server_push,
 };
 use relay_proto::{AccountId, DeviceAddress};
 use tokio::sync::mpsc;
@@ -27,7 +28,10 @@ use tokio::sync::mpsc;
 use crate::crypto::Crypto;
 use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
-use crate::limits::{CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, PUSHES_BUFFERED_MAX, REQUEST_TIMEOUT_MS};
+use crate::limits::{
+    BLOB_ANSWER_TIMEOUT_MS, BLOB_WRITE_BYTES, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS,
+    PUSHES_BUFFERED_MAX, REQUEST_TIMEOUT_MS,
+};
 use crate::store::Settings;
 
 /// The software name sent in `Hello`.
@@ -445,6 +449,121 @@ pub enum DeviceAnswer {
     LinkRequests(LinkRequests),
     /// The account's devices.
     Devices(DeviceList),
+}
+
+impl EdgeConnection {
+    /// A blob request that is not a stream (begin, status, finish), answered with the status.
+    pub async fn blob(&self, command: blob_command::Command) -> Result<BlobStatus> {
+        let body = client_request::Body::Blob(BlobCommand {
+            command: Some(command),
+        });
+        match self.call(body).await? {
+            client_response::Body::Blob(status) => Ok(status),
+            other => Err(unexpected("a blob status", &other)),
+        }
+    }
+
+    /// Uploads `bytes` (the blob's, from `offset` on) on a stream of its own, telling
+    /// `progress` the offset reached after each write; answers the region's status, whose
+    /// `committed_bytes` says what it kept.
+    pub async fn upload_stream(
+        &self,
+        id: &[u8],
+        offset: u64,
+        bytes: &[u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<BlobStatus> {
+        let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
+        let request = ClientRequest {
+            body: Some(client_request::Body::Blob(BlobCommand {
+                command: Some(blob_command::Command::Upload(BlobAt {
+                    id: id.to_vec(),
+                    offset,
+                    region: 0,
+                })),
+            })),
+        };
+        write_frame(&mut send, &request).await?;
+        let mut written = offset;
+        for piece in bytes.chunks(BLOB_WRITE_BYTES) {
+            let write = send.write_chunk(bytes::Bytes::copy_from_slice(piece));
+            if let Err(error) = tokio::time::timeout(blob_timeout(), write)
+                .await
+                .map_err(|_| NetError::Timeout)?
+            {
+                // The region may have refused early (a wrong offset): its answer says why.
+                return match read_blob_answer(&mut recv).await {
+                    Ok(_) | Err(ClientError::Net(_)) => {
+                        Err(NetError::Io(std::io::Error::other(error)).into())
+                    }
+                    Err(refused) => Err(refused),
+                };
+            }
+            written += piece.len() as u64;
+            progress(written);
+        }
+        let _ = send.finish();
+        read_blob_answer(&mut recv).await
+    }
+
+    /// Downloads the blob `id` of `region` from `offset` on a stream of its own, appending its
+    /// bytes to `into` and telling `progress` the offset reached; answers the blob's status.
+    pub async fn download_stream(
+        &self,
+        region: u32,
+        id: &[u8],
+        offset: u64,
+        into: &mut Vec<u8>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<BlobStatus> {
+        let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
+        let request = ClientRequest {
+            body: Some(client_request::Body::Blob(BlobCommand {
+                command: Some(blob_command::Command::Download(BlobAt {
+                    id: id.to_vec(),
+                    offset,
+                    region,
+                })),
+            })),
+        };
+        write_frame(&mut send, &request).await?;
+        let _ = send.finish();
+        let status = read_blob_answer(&mut recv).await?;
+        let mut reached = offset;
+        loop {
+            let chunk = tokio::time::timeout(blob_timeout(), recv.read_chunk(usize::MAX, true))
+                .await
+                .map_err(|_| NetError::Timeout)?
+                .map_err(|error| NetError::Io(std::io::Error::other(error)))?;
+            let Some(chunk) = chunk else {
+                return Ok(status);
+            };
+            reached += chunk.bytes.len() as u64;
+            if reached > status.size_bytes {
+                return Err(ClientError::UnexpectedResponse(format!(
+                    "the download went on past the blob's {} bytes",
+                    status.size_bytes
+                )));
+            }
+            into.extend_from_slice(&chunk.bytes);
+            progress(reached);
+        }
+    }
+}
+
+fn blob_timeout() -> Duration {
+    Duration::from_millis(BLOB_ANSWER_TIMEOUT_MS)
+}
+
+/// The one frame that answers a blob stream.
+async fn read_blob_answer(recv: &mut quinn::RecvStream) -> Result<BlobStatus> {
+    let answer = tokio::time::timeout(blob_timeout(), read_response(recv))
+        .await
+        .map_err(|_| NetError::Timeout)??;
+    match answer {
+        client_response::Body::Blob(status) => Ok(status),
+        other => Err(unexpected("a blob status", &other)),
+    }
 }
 
 async fn read_response(recv: &mut quinn::RecvStream) -> Result<client_response::Body> {

@@ -207,6 +207,8 @@ enum Command {
     Devices(Cmd, Reply<DeviceAnswer>),
     OwnDevices(Vec<DeviceId>, Reply<()>),
     KnownDevices(String, Reply<Vec<KnownDevice>>),
+    /// The open connection, held for the given time (a blob transfer uses it directly).
+    Connection(Duration, Reply<Arc<EdgeConnection>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -467,6 +469,13 @@ impl Device {
     async fn device_command(&self, command: Cmd) -> Result<DeviceAnswer> {
         self.connect().await?;
         self.call(|reply| Command::Devices(command, reply)).await
+    }
+
+    /// The device's open connection, kept for at least `hold` (an on-demand device would
+    /// otherwise let it go while a blob transfer uses it). Connects first if needed.
+    pub(crate) async fn held_connection(&self, hold: Duration) -> Result<Arc<EdgeConnection>> {
+        self.connect().await?;
+        self.call(|reply| Command::Connection(hold, reply)).await
     }
 
     /// Why the relay refused this device as rolled back, if it did.
@@ -944,6 +953,17 @@ impl Actor {
                     )));
                 }
             },
+            Command::Connection(hold, reply) => {
+                let hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX / 2);
+                self.core.want_connection(now.saturating_add(hold_ms));
+                let answer = match &self.connection {
+                    Some(connection) if connection.is_open() => Ok(connection.clone()),
+                    _ => Err(ClientError::Network(
+                        "the device lost its connection; it is connecting again".into(),
+                    )),
+                };
+                let _ = reply.send(answer);
+            }
             Command::OwnDevices(devices, reply) => {
                 let _ = reply.send(self.core.handle_own_devices(&devices));
             }

@@ -104,6 +104,9 @@ pub enum ClientError {
     /// The device was closed (or stopped after a local failure) before the call was answered.
     #[error("the device is closed")]
     Closed,
+    /// A downloaded blob does not match its reference or does not open under its key.
+    #[error("blob: {0}")]
+    Blob(#[from] crate::blob::BlobCryptoError),
 }
 
 impl ClientError {
@@ -183,6 +186,7 @@ impl ClientError {
             ClientError::BadFallbackKey(device) => ClientError::BadFallbackKey(*device),
             ClientError::DeviceRolledBack(text) => ClientError::DeviceRolledBack(text.clone()),
             ClientError::Closed => ClientError::Closed,
+            ClientError::Blob(error) => ClientError::Blob(error.clone()),
         }
     }
 
@@ -213,6 +217,7 @@ impl ClientError {
             ClientError::BadFallbackKey(_) => "bad_fallback_key",
             ClientError::DeviceRolledBack(_) => "device_rolled_back",
             ClientError::Closed => "closed",
+            ClientError::Blob(_) => "bad_blob",
         }
     }
 }

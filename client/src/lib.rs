@@ -17,8 +17,10 @@
 //!   sync between them (edits, deletions for everyone, reactions, read marks).
 //! - [`store`] is the device's SQLite database, one file per table family; [`limits`] every
 //!   bound and timeout; [`connection`] and [`discovery`] the network shell; [`terminal`] keeps
-//!   peers' text from driving a terminal.
+//!   peers' text from driving a terminal; [`blob`] seals blobs (files, history snapshots)
+//!   before [`Device::upload_blob`] sends them.
 
+pub mod blob;
 pub mod connection;
 pub mod content;
 pub mod core;
@@ -39,7 +41,9 @@ pub mod register;
 pub mod secrets;
 pub mod store;
 pub mod terminal;
+pub mod transfer;
 
+pub use blob::BlobRef;
 pub use core::{MessageState, Mode, StillPending};
 pub use device::{CA_FILE, DATABASE_FILE, Device, Environment, Events, OpenOptions, Overrides};
 pub use error::{ClientError, Result};
@@ -47,3 +51,4 @@ pub use events::{Direction, Event};
 pub use link::{link_accept, link_accept_in};
 pub use register::{register, register_in};
 pub use store::{Identity, Tick};
+pub use transfer::{BlobProgress, BlobSource};

@@ -24,6 +24,21 @@ pub const PUSHES_BUFFERED_MAX: usize = 16;
 /// fetch, key claims, name lookups); more wait for a free slot.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 
+// --- Blobs ---
+
+/// Plaintext bytes in one sealed chunk of a blob (each chunk verifies on its own).
+pub const BLOB_PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes written to an upload stream at a time (progress is reported after each).
+pub const BLOB_WRITE_BYTES: usize = 256 * 1024;
+/// Attempts of one upload or download (the first and its resumptions after dropped
+/// connections) before giving up.
+pub const BLOB_TRANSFER_ATTEMPTS_MAX: u32 = 64;
+/// Pause before resuming a transfer whose stream broke, in ms (the device reconnects meanwhile).
+pub const BLOB_RESUME_DELAY_MS: u64 = 500;
+/// How long an upload waits for the region's answer after its last byte, or a download for
+/// its next bytes, in ms.
+pub const BLOB_ANSWER_TIMEOUT_MS: u64 = relay_proto::limits::BLOB_STREAM_IDLE_TIMEOUT_MS + 5_000;
+
 // --- Edge discovery ---
 
 /// How long to wait for the locator's answer to one query, in milliseconds.
@@ -168,3 +183,12 @@ const _: () = assert!(LINK_POLLS_MAX * LINK_POLL_INTERVAL_MS >= PAIRING_CODE_TTL
 // keeps requests in flight.
 const _: () =
     assert!(REQUESTS_IN_FLIGHT_MAX <= relay_net::limits::DEVICE_REQUESTS_IN_FLIGHT_MAX as usize);
+// A blob stream waits longer than the edge and region give a silent stream, so their typed
+// answer arrives first.
+const _: () = assert!(
+    BLOB_ANSWER_TIMEOUT_MS > relay_proto::limits::BLOB_STREAM_IDLE_TIMEOUT_MS + HOP_MARGIN_MS
+);
+// A sealed chunk is far smaller than a commit unit: a resumed upload loses little.
+const _: () =
+    assert!(BLOB_PLAINTEXT_CHUNK_BYTES as u64 <= relay_proto::limits::BLOB_COMMIT_UNIT_BYTES);
+const _: () = assert!(BLOB_TRANSFER_ATTEMPTS_MAX >= 2, "one resumption at least");

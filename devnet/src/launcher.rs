@@ -238,6 +238,7 @@ impl Launcher {
                         ca_cert: self.pki.ca_cert(),
                         cert: certs.cert.clone(),
                         key: certs.key.clone(),
+                        blobs: Default::default(),
                     },
                 )
                 .await?;

@@ -88,6 +88,7 @@ impl Testbed {
                 ca_cert: pki.ca_cert(),
                 cert: certs.cert,
                 key: certs.key,
+                blobs: Default::default(),
             };
             let (service, address, _) = RegionService::open(&config, false)
                 .await

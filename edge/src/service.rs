@@ -28,7 +28,8 @@ use relay_net::{
 };
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
-    AUTH_NONCE_BYTES, EDGE_ANSWER_TIMEOUT_MS, EDGE_REGION_REQUEST_TIMEOUT_MS,
+    AUTH_NONCE_BYTES, BLOB_STREAM_IDLE_TIMEOUT_MS, EDGE_ANSWER_TIMEOUT_MS,
+    EDGE_REGION_REQUEST_TIMEOUT_MS,
 };
 use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
@@ -402,6 +403,28 @@ impl EdgeService {
                         self.control(connection_id, connection, session, send, recv)
                             .await;
                     }
+                }
+                Err(error) => {
+                    let _ = net::respond(send, &error_response(error)).await;
+                }
+            }
+            return;
+        }
+        if let Some(client_request::Body::Blob(blob)) = &request.body
+            && blob.is_stream()
+        {
+            let route = session
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .handle_request(&request, self.inner.clock.now_ms());
+            let command = blob.clone();
+            match route {
+                Ok(Route::Blob { device, region }) => {
+                    Box::pin(self.blob_stream(device, region, command, send, recv)).await;
+                }
+                Ok(_) => {
+                    let error = ProtoError::new(ErrorCode::Internal, "a blob stream routed wrong");
+                    let _ = net::respond(send, &error_response(error)).await;
                 }
                 Err(error) => {
                     let _ = net::respond(send, &error_response(error)).await;
@@ -1114,6 +1137,20 @@ impl EdgeService {
                     _ => Err(unexpected()),
                 }
             }
+            (Route::Blob { device, region }, Req::Blob(command)) => {
+                let request = region_request::Body::Blob(wire::ForBlob {
+                    device: device.into(),
+                    command,
+                });
+                let answer = match region {
+                    Some(region) => self.region_request(region, request).await?,
+                    None => self.to_home(device.account, request).await?.1,
+                };
+                match answer {
+                    region_response::Body::Blob(status) => Ok(Resp::Blob(status)),
+                    _ => Err(unexpected()),
+                }
+            }
             (Route::Fanout(parsed), Req::Send(envelope)) => {
                 self.send(*parsed, envelope).await.map(Resp::Sent)
             }
@@ -1121,6 +1158,112 @@ impl EdgeService {
                 ErrorCode::Internal,
                 "request routed inconsistently",
             )),
+        }
+    }
+
+    /// Carries a device's upload or download stream to the region: the request frame, then the
+    /// raw bytes one way and the region's answer the other. A device stream that breaks resets
+    /// the region's, so the region keeps only the units it committed.
+    async fn blob_stream(
+        &self,
+        device: DeviceAddress,
+        region: Option<RegionId>,
+        command: wire::BlobCommand,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let upload = matches!(
+            command.command,
+            Some(wire::blob_command::Command::Upload(_))
+        );
+        let opened = within_answer_timeout(async {
+            let region = match region {
+                Some(region) => region,
+                None => self.home_of(device.account).await?,
+            };
+            let connection = self
+                .inner
+                .links
+                .connection(region.0)
+                .await
+                .map_err(|error| region_unreachable(region, &error.to_string()))?;
+            let (mut region_send, region_recv) = connection
+                .open_bi()
+                .await
+                .map_err(|error| region_unreachable(region, &error.to_string()))?;
+            let request = RegionRequest {
+                body: Some(region_request::Body::Blob(wire::ForBlob {
+                    device: device.into(),
+                    command,
+                })),
+            };
+            net::write_frame(&mut region_send, &request)
+                .await
+                .map_err(|error| region_unreachable(region, &error.to_string()))?;
+            Ok((region_send, region_recv))
+        })
+        .await;
+        let (mut region_send, mut region_recv) = match opened {
+            Ok(streams) => streams,
+            Err(error) => {
+                let _ = net::respond(send, &error_response(error)).await;
+                return;
+            }
+        };
+        if upload && copy_stream(&mut recv, &mut region_send).await.is_ok() {
+            let _ = region_send.finish();
+        } else if upload {
+            // The device's stream broke (the region keeps what it committed), or the region
+            // stopped reading (a refusal): either way the region's answer says where the upload
+            // stands, and goes to the device if it is still there.
+            let _ = region_send.reset(0u32.into());
+        } else {
+            let _ = region_send.finish();
+        }
+        let head = match tokio::time::timeout(
+            Duration::from_millis(BLOB_STREAM_IDLE_TIMEOUT_MS),
+            net::read_frame::<RegionResponse>(&mut region_recv),
+        )
+        .await
+        {
+            Ok(Ok(Some(RegionResponse {
+                body: Some(region_response::Body::Blob(status)),
+            }))) => client_response::Body::Blob(status),
+            Ok(Ok(Some(RegionResponse {
+                body: Some(region_response::Body::Error(error)),
+            }))) => client_response::Body::Error(error),
+            Ok(Ok(_)) => client_response::Body::Error(
+                ProtoError::new(ErrorCode::Internal, "unexpected answer from a region").into(),
+            ),
+            Ok(Err(error)) => client_response::Body::Error(
+                ProtoError::new(
+                    ErrorCode::Unavailable,
+                    format!("the region's stream broke: {error}"),
+                )
+                .into(),
+            ),
+            Err(_) => client_response::Body::Error(
+                ProtoError::new(
+                    ErrorCode::Overloaded,
+                    "the region did not answer the blob stream",
+                )
+                .with_retry_after_ms(OVERLOADED_RETRY_AFTER_MS)
+                .into(),
+            ),
+        };
+        let failed = matches!(head, client_response::Body::Error(_));
+        let head = ClientResponse { body: Some(head) };
+        if upload || failed {
+            let _ = net::respond(send, &head).await;
+            return;
+        }
+        if net::write_frame(&mut send, &head).await.is_err() {
+            return;
+        }
+        if copy_stream(&mut region_recv, &mut send).await.is_ok() {
+            let _ = send.finish();
+        } else {
+            let _ = send.reset(0u32.into());
         }
     }
 
@@ -1275,6 +1418,29 @@ async fn within_answer_timeout<T>(
             )
             .with_retry_after_ms(OVERLOADED_RETRY_AFTER_MS))
         })
+}
+
+/// Copies a stream's bytes to another until it finishes; an error when either side broke.
+async fn copy_stream(
+    from: &mut quinn::RecvStream,
+    to: &mut quinn::SendStream,
+) -> Result<(), NetError> {
+    loop {
+        let chunk = tokio::time::timeout(
+            Duration::from_millis(BLOB_STREAM_IDLE_TIMEOUT_MS),
+            from.read_chunk(usize::MAX, true),
+        )
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(|error| NetError::Io(std::io::Error::other(error)))?;
+        match chunk {
+            Some(chunk) => to
+                .write_chunk(chunk.bytes)
+                .await
+                .map_err(|error| NetError::Io(std::io::Error::other(error)))?,
+            None => return Ok(()),
+        }
+    }
 }
 
 fn region_unreachable(region: RegionId, problem: &str) -> ProtoError {

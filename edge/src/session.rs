@@ -94,6 +94,14 @@ pub enum Route {
     Region(RegionId),
     /// To the home regions of every listed account and of the sender, all in parallel.
     Fanout(Box<ParsedEnvelope>),
+    /// A blob request of `device`: to the region holding the blob (a download names it), else
+    /// to the device's home region.
+    Blob {
+        /// The authenticated device.
+        device: DeviceAddress,
+        /// The region a download names; `None`: the device's home.
+        region: Option<RegionId>,
+    },
 }
 
 /// One device connection's state.
@@ -376,6 +384,16 @@ impl Session {
             Body::RequestLink(_) => Err(ProtoError::invalid(
                 "a link request comes from a new device, before it authenticates",
             )),
+            Body::Blob(blob) => {
+                let region = match &blob.command {
+                    Some(wire::blob_command::Command::Download(at)) if at.region != 0 => {
+                        Some(RegionId(at.region))
+                    }
+                    Some(_) => None,
+                    None => return Err(unsupported_request()),
+                };
+                Ok(Route::Blob { device, region })
+            }
             Body::Send(envelope) => {
                 let parsed = envelope.parse()?;
                 if parsed.sender != device {
@@ -987,6 +1005,61 @@ mod tests {
             .handle_request(&unknown_kind, 0)
             .expect_err("unknown kind");
         assert_eq!(error.code, ErrorCode::UnsupportedRequest);
+    }
+
+    #[test]
+    fn blob_requests_go_home_and_downloads_to_the_blob_s_region() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 7,
+            device: 1,
+        };
+        let mut session = authenticated(&account, me);
+        let device = me.parse().expect("valid");
+        let blob = |command| ClientRequest {
+            body: Some(client_request::Body::Blob(wire::BlobCommand {
+                command: Some(command),
+            })),
+        };
+        let at = |region| wire::BlobAt {
+            id: vec![1; 16],
+            offset: 0,
+            region,
+        };
+        use wire::blob_command::Command;
+        assert_eq!(
+            session.handle_request(&blob(Command::Upload(at(0))), 0),
+            Ok(Route::Blob {
+                device,
+                region: None
+            })
+        );
+        assert_eq!(
+            session.handle_request(&blob(Command::Download(at(2))), 0),
+            Ok(Route::Blob {
+                device,
+                region: Some(RegionId(2))
+            })
+        );
+        let unknown = ClientRequest {
+            body: Some(client_request::Body::Blob(wire::BlobCommand {
+                command: None,
+            })),
+        };
+        assert_eq!(
+            session
+                .handle_request(&unknown, 0)
+                .map_err(|error| error.code),
+            Err(ErrorCode::UnsupportedRequest)
+        );
+        let mut stranger = Session::new(SessionLimits::default(), 0);
+        assert_eq!(
+            stranger
+                .handle_request(&blob(Command::Download(at(2))), 0)
+                .map_err(|error| error.code),
+            Err(ErrorCode::Unauthenticated),
+            "a download needs an authenticated device"
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! **Key layout** (subspace `("media",)`):
 //! - `("blob", media_id)` → the record: owner, size, expiry (prost);
 //! - `("expiry", expires_at_ms, media_id)` → empty: the expiry index;
-//! - `("owner_bytes", owner)` → the bytes the account stores (8 bytes LE, atomic add).
+//! - `("owner_bytes", owner)` → the bytes the account stores (8 bytes LE, atomic add);
+//! - `("upload", media_id)` → where the blob's upload stands: its SHA-256, the bytes committed
+//!   (durable in the object store) and whether it is finished (prost). Written by
+//!   [`begin_upload`], moved forward by [`commit_upload_bytes`] and [`finish_upload`], removed
+//!   with the blob record.
 //!
 //! A lookup is a point read. The expiry index sorts by expiry time, so the expired blobs are
 //! one range read from the start of the index up to "now". Uploads are rare next to messages,
@@ -37,8 +41,15 @@
 //! (a range read and a point read each, three cleared keys each: far below 5 s and 10 MB; its
 //! idempotency record, about 70 bytes a blob, stays below one 100 kB value).
 //!
-//! **Evolution.** A quota per account compares [`owner_bytes`] with a limit at upload; a
-//! content hash for deduplication would be a new field of the record and an index
+//! **Uploads.** [`begin_upload`] records the blob (counted against its owner at once, so an
+//! unfinished upload takes its quota and expires like a finished one) with its upload state;
+//! it refuses when the owner's bytes would pass a quota. The object store cannot resume an
+//! upload after a restart, so the region stores each committed unit as an object and records
+//! the committed offset here after the object is durable: an offset only moves forward, from
+//! the value the writer read ([`commit_upload_bytes`] with `from`), so a stale writer changes
+//! nothing. A unit written but not recorded (a crash in between) is simply written again.
+//!
+//! **Evolution.** A content hash for deduplication would be a new field of the record and an index
 //! `("hash", hash, media_id)`; expiry extension (a forwarded blob) moves its index key.
 
 use prost::Message;
@@ -115,6 +126,34 @@ pub struct MediaRecord {
 pub enum MediaPut {
     /// The blob is recorded (now, or by an earlier attempt with the same idempotency key).
     Stored,
+    /// Refused: another put already recorded this id.
+    Taken {
+        /// The account that recorded it.
+        owner: AccountId,
+    },
+}
+
+/// Where a blob's upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadState {
+    /// SHA-256 of the blob's bytes, as the uploader declared it.
+    pub sha256: Vec<u8>,
+    /// The bytes stored durably from the start: an upload resumes here.
+    pub committed_bytes: u64,
+    /// Whether the upload was finished (size and hash checked).
+    pub finished: bool,
+}
+
+/// What [`begin_upload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadBegun {
+    /// The blob and its upload are recorded (now, or by an earlier attempt with the same key).
+    Begun,
+    /// Refused: the owner's bytes would pass the quota.
+    QuotaExceeded {
+        /// The bytes the owner stores now.
+        owner_bytes: u64,
+    },
     /// Refused: another put already recorded this id.
     Taken {
         /// The account that recorded it.
@@ -244,6 +283,101 @@ pub async fn sweep_expired(
     Ok(sweep)
 }
 
+/// Records the blob `id` of `owner` and its upload (nothing committed yet), unless `owner`'s
+/// bytes would pass `quota_bytes` or the id is taken. Retried with the same `idempotency` key
+/// after its commit, it answers [`UploadBegun::Begun`] and writes nothing.
+#[allow(clippy::too_many_arguments)]
+pub async fn begin_upload(
+    transaction: &Transaction,
+    id: &MediaId,
+    owner: AccountId,
+    size_bytes: u64,
+    sha256: &[u8],
+    expires_at_ms: u64,
+    quota_bytes: u64,
+    idempotency: &IdempotencyKey,
+) -> Result<UploadBegun, StoreError> {
+    if recall(transaction, "media_put", id, idempotency)
+        .await?
+        .is_some()
+    {
+        return Ok(UploadBegun::Begun);
+    }
+    let stored_bytes = owner_bytes(transaction, owner).await?;
+    if stored_bytes.saturating_add(size_bytes) > quota_bytes {
+        return Ok(UploadBegun::QuotaExceeded {
+            owner_bytes: stored_bytes,
+        });
+    }
+    match put(
+        transaction,
+        id,
+        owner,
+        size_bytes,
+        expires_at_ms,
+        idempotency,
+    )
+    .await?
+    {
+        MediaPut::Taken { owner } => return Ok(UploadBegun::Taken { owner }),
+        MediaPut::Stored => {}
+    }
+    let upload = StoredUpload {
+        sha256: sha256.to_vec(),
+        committed_bytes: 0,
+        finished: false,
+    };
+    transaction.set(&MediaIndex::new().upload_key(id), &upload.encode_to_vec())?;
+    Ok(UploadBegun::Begun)
+}
+
+/// Where the upload of blob `id` stands, if the index has it.
+pub async fn upload_state(
+    transaction: &Transaction,
+    id: &MediaId,
+) -> Result<Option<UploadState>, StoreError> {
+    read_upload(transaction, &MediaIndex::new(), id).await
+}
+
+/// Moves the committed offset of blob `id` from `from_bytes` to `to_bytes` (the bytes in
+/// between are durable in the object store) and returns the state after. An offset that is no
+/// longer `from_bytes` (another writer moved it) or a finished upload is left as it is and
+/// returned, so a stale writer changes nothing; `None` when the blob is gone.
+pub async fn commit_upload_bytes(
+    transaction: &Transaction,
+    id: &MediaId,
+    from_bytes: u64,
+    to_bytes: u64,
+) -> Result<Option<UploadState>, StoreError> {
+    let index = MediaIndex::new();
+    let Some(mut upload) = read_upload(transaction, &index, id).await? else {
+        return Ok(None);
+    };
+    if upload.finished || upload.committed_bytes != from_bytes || to_bytes < from_bytes {
+        return Ok(Some(upload));
+    }
+    upload.committed_bytes = to_bytes;
+    write_upload(transaction, &index, id, &upload)?;
+    Ok(Some(upload))
+}
+
+/// Marks the upload of blob `id` finished and returns its state; `None` when the blob is gone.
+/// The caller checked the bytes first.
+pub async fn finish_upload(
+    transaction: &Transaction,
+    id: &MediaId,
+) -> Result<Option<UploadState>, StoreError> {
+    let index = MediaIndex::new();
+    let Some(mut upload) = read_upload(transaction, &index, id).await? else {
+        return Ok(None);
+    };
+    if !upload.finished {
+        upload.finished = true;
+        write_upload(transaction, &index, id, &upload)?;
+    }
+    Ok(Some(upload))
+}
+
 /// The bytes of the blobs `owner` has in the index.
 pub async fn owner_bytes(transaction: &Transaction, owner: AccountId) -> Result<u64, StoreError> {
     let index = MediaIndex::new();
@@ -265,6 +399,17 @@ struct StoredMedia {
     size_bytes: u64,
     #[prost(uint64, tag = "3")]
     expires_at_ms: u64,
+}
+
+/// The stored form of an upload's state (its id is in the key).
+#[derive(Clone, PartialEq, Message)]
+struct StoredUpload {
+    #[prost(bytes = "vec", tag = "1")]
+    sha256: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    committed_bytes: u64,
+    #[prost(bool, tag = "3")]
+    finished: bool,
 }
 
 /// The stored result of a sweep, for answering retries.
@@ -346,6 +491,40 @@ impl MediaIndex {
     fn owner_bytes_key(&self, owner: AccountId) -> Vec<u8> {
         self.root.pack(&("owner_bytes", owner))
     }
+
+    fn upload_key(&self, id: &MediaId) -> Vec<u8> {
+        self.root.pack(&("upload", id))
+    }
+}
+
+async fn read_upload(
+    transaction: &Transaction,
+    index: &MediaIndex,
+    id: &MediaId,
+) -> Result<Option<UploadState>, StoreError> {
+    let Some(value) = transaction.get(&index.upload_key(id)).await? else {
+        return Ok(None);
+    };
+    let stored: StoredUpload = decode_record(&value, "media upload")?;
+    Ok(Some(UploadState {
+        sha256: stored.sha256,
+        committed_bytes: stored.committed_bytes,
+        finished: stored.finished,
+    }))
+}
+
+fn write_upload(
+    transaction: &Transaction,
+    index: &MediaIndex,
+    id: &MediaId,
+    upload: &UploadState,
+) -> Result<(), StoreError> {
+    let stored = StoredUpload {
+        sha256: upload.sha256.clone(),
+        committed_bytes: upload.committed_bytes,
+        finished: upload.finished,
+    };
+    transaction.set(&index.upload_key(id), &stored.encode_to_vec())
 }
 
 async fn read_record(
@@ -371,6 +550,7 @@ fn remove(
     record: &MediaRecord,
 ) -> Result<(), StoreError> {
     transaction.clear(&index.blob_key(&record.id));
+    transaction.clear(&index.upload_key(&record.id));
     transaction.clear(&index.expiry.pack(&(record.expires_at_ms, &record.id)));
     transaction.atomic_add(
         &index.owner_bytes_key(record.owner),
@@ -546,6 +726,106 @@ mod tests {
         .expect("reads");
         assert_eq!(left.map(|record| record.expires_at_ms), Some(40));
         assert_eq!(bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn uploads_are_counted_against_a_quota_and_only_move_forward() {
+        let (_folder, database) = temporary_database(None);
+        let (begun, over, taken) = transact_through_outages(&database, |tx| async move {
+            let begun = begin_upload(
+                &tx,
+                &media_id(1),
+                AccountId(1),
+                600,
+                &[7; 32],
+                50,
+                1_000,
+                &idempotency_key(1),
+            )
+            .await?;
+            let over = begin_upload(
+                &tx,
+                &media_id(2),
+                AccountId(1),
+                401,
+                &[7; 32],
+                50,
+                1_000,
+                &idempotency_key(2),
+            )
+            .await?;
+            let taken = begin_upload(
+                &tx,
+                &media_id(1),
+                AccountId(2),
+                10,
+                &[7; 32],
+                50,
+                1_000,
+                &idempotency_key(3),
+            )
+            .await?;
+            Ok((begun, over, taken))
+        })
+        .await
+        .expect("begins");
+        assert_eq!(begun, UploadBegun::Begun);
+        assert_eq!(over, UploadBegun::QuotaExceeded { owner_bytes: 600 });
+        assert_eq!(
+            taken,
+            UploadBegun::Taken {
+                owner: AccountId(1)
+            }
+        );
+        let (moved, stale, finished, after_finish, retried) =
+            transact_through_outages(&database, |tx| async move {
+                let moved = commit_upload_bytes(&tx, &media_id(1), 0, 300).await?;
+                // A writer that read offset 0 before the move changes nothing.
+                let stale = commit_upload_bytes(&tx, &media_id(1), 0, 100).await?;
+                let finished = finish_upload(&tx, &media_id(1)).await?;
+                let after_finish = commit_upload_bytes(&tx, &media_id(1), 300, 600).await?;
+                // The first begin retried after its commit writes nothing.
+                let retried = begin_upload(
+                    &tx,
+                    &media_id(1),
+                    AccountId(1),
+                    600,
+                    &[7; 32],
+                    50,
+                    1_000,
+                    &idempotency_key(1),
+                )
+                .await?;
+                Ok((moved, stale, finished, after_finish, retried))
+            })
+            .await
+            .expect("progress");
+        let state = |committed_bytes, finished| {
+            Some(UploadState {
+                sha256: vec![7; 32],
+                committed_bytes,
+                finished,
+            })
+        };
+        assert_eq!(moved, state(300, false));
+        assert_eq!(stale, state(300, false));
+        assert_eq!(finished, state(300, true));
+        assert_eq!(after_finish, state(300, true));
+        assert_eq!(retried, UploadBegun::Begun);
+        let (gone, bytes) = transact_through_outages(&database, |tx| async move {
+            delete(&tx, &media_id(1)).await?;
+            Ok((
+                upload_state(&tx, &media_id(1)).await?,
+                owner_bytes(&tx, AccountId(1)).await?,
+            ))
+        })
+        .await
+        .expect("delete");
+        assert_eq!(
+            (gone, bytes),
+            (None, 0),
+            "a deleted blob takes its upload along"
+        );
     }
 
     const DAY_MS: u64 = 24 * 60 * 60 * 1_000;

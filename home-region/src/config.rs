@@ -32,6 +32,46 @@ pub struct RegionConfig {
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
+    /// The blob store (encrypted media and history snapshots): local files under
+    /// `data_dir/blobs` by default.
+    #[serde(default)]
+    pub blobs: BlobsConfig,
+}
+
+/// Where and how a region keeps blobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// Bytes of blobs one account may store at once (default
+    /// [`crate::limits::BLOB_ACCOUNT_BYTES_MAX_DEFAULT`]).
+    #[serde(default)]
+    pub account_bytes_max: Option<u64>,
+    /// Keep blobs in this S3 bucket instead of local files.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// An S3 (or S3-compatible) bucket for blobs. Credentials not given here come from the usual
+/// AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The bucket's AWS region (`eu-west-1`).
+    pub region: String,
+    /// A custom endpoint (an S3-compatible service such as MinIO); AWS's when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The access key id; from the environment when absent.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// The secret access key; from the environment when absent.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint (a local test service only).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 /// The peers file: where every region listens.
@@ -56,6 +96,18 @@ impl RegionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.region == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()));
+        }
+        if self.blobs.account_bytes_max == Some(0) {
+            return Err(ConfigError::Value(
+                "blobs.account_bytes_max must allow some bytes".into(),
+            ));
+        }
+        if let Some(s3) = &self.blobs.s3
+            && (s3.bucket.is_empty() || s3.region.is_empty())
+        {
+            return Err(ConfigError::Value(
+                "blobs.s3 needs a bucket and a region".into(),
+            ));
         }
         if self.directory_writer == 0 {
             return Err(ConfigError::Value(
@@ -112,6 +164,28 @@ mod tests {
         let mut config: RegionConfig = toml::from_str(EXAMPLE).expect("example parses");
         config.region = 0;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn blob_settings_are_optional_and_checked() {
+        let config: RegionConfig = toml::from_str(EXAMPLE).expect("example parses");
+        assert_eq!(
+            config.blobs,
+            BlobsConfig::default(),
+            "local files by default"
+        );
+        let mut text = EXAMPLE.to_string();
+        text.push_str(
+            "\n[blobs]\naccount_bytes_max = 1000\n[blobs.s3]\nbucket = \"relay-blobs\"\n\
+             region = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n",
+        );
+        let config: RegionConfig = toml::from_str(&text).expect("s3 settings parse");
+        config.validate().expect("valid");
+        let s3 = config.blobs.s3.expect("s3");
+        assert_eq!((s3.bucket.as_str(), s3.allow_http), ("relay-blobs", true));
+        let mut typo = EXAMPLE.to_string();
+        typo.push_str("\n[blobs.s3]\nbucket = \"b\"\nregion = \"r\"\nbuckit = \"x\"\n");
+        assert!(toml::from_str::<RegionConfig>(&typo).is_err());
     }
 
     #[test]

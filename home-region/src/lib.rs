@@ -6,9 +6,11 @@
 //! clock: the time comes in as an argument); [`claims`] the per-claimer rate limit of key
 //! claims; [`service`] is the QUIC shell around them, with links to other regions (the
 //! directory writer, receipt destinations). [`store_check`] decides, before the region serves,
-//! whether the store it opened is the one it expects; [`repair`] is the operator's offline check
+//! whether the store it opened is the one it expects; [`blobs`] is the resumable blob store
+//! (encrypted media and history snapshots, through `object_store`); [`repair`] is the operator's offline check
 //! and repair of a store's device queues. Every bound of the region is in [`limits`].
 
+pub mod blobs;
 pub mod claims;
 pub mod config;
 pub mod core;

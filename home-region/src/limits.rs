@@ -98,6 +98,18 @@ pub const CHECK_ENTRIES_PER_TRANSACTION: usize = 256;
 /// Devices listed in one transaction.
 pub const CHECK_DEVICES_PER_TRANSACTION: usize = 256;
 
+// The blob store (`crate::blobs`).
+
+/// Bytes of blobs one account may store at once, unless the region's configuration says
+/// otherwise (unfinished uploads count from their start).
+pub const BLOB_ACCOUNT_BYTES_MAX_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Pause between two sweeps of expired blobs, in ms.
+pub const BLOB_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1_000;
+
+/// Most sweep transactions in one blob sweep, so one sweep stays bounded.
+pub const BLOB_SWEEP_TRANSACTIONS_MAX: usize = 64;
+
 // The planted bug `AckBeforeCommit` (simulation only).
 
 /// How late the planted bug commits what it acknowledged, in ms.
@@ -147,6 +159,13 @@ pub const BATCH_ENVELOPES_MAX: usize = 256;
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// (chat, sender) pairs whose next `sender_seq` is remembered at most.
 pub const EXPECTED_ENTRIES_MAX: usize = 262_144;
+
+// Blobs: an account can store at least one blob of the largest size; expired blobs are swept
+// many times within their retention, so a blob goes soon after its expiry.
+const _: () = assert!(BLOB_ACCOUNT_BYTES_MAX_DEFAULT >= relay_proto::limits::BLOB_BYTES_MAX);
+const _: () =
+    assert!(BLOB_SWEEP_INTERVAL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
+const _: () = assert!(BLOB_SWEEP_TRANSACTIONS_MAX >= 1);
 
 // Chat lanes (`crate::lanes`): a batch fits in a transaction with room for its queue entries and receipts.
 const _: () = assert!(BATCH_BYTES_MAX * 2 < 10_000_000);

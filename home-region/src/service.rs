@@ -45,14 +45,16 @@ use relay_proto::wire::{
 use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, ProtoError, RegionId};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
+use crate::blobs::{BlobLimits, BlobStore};
 use crate::claims::ClaimLimiter;
 use crate::config::{PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
-    INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS,
-    PLANTED_COMMIT_DELAY_MS, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
+    BLOB_SWEEP_INTERVAL_MS, INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX,
+    OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
+    QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
 use crate::linking;
@@ -112,6 +114,10 @@ pub struct RegionParts<'a> {
     /// A number unique to this start of the region: the first half of every idempotency key it
     /// issues, so that keys of a restarted process never meet those of the previous one.
     pub boot_nonce: u64,
+    /// Where blobs' bytes live ([`crate::blobs`]: local files, S3, or memory).
+    pub blob_objects: Arc<dyn object_store::ObjectStore>,
+    /// The blob store's bounds.
+    pub blob_limits: BlobLimits,
 }
 
 /// A running region.
@@ -153,6 +159,8 @@ struct Inner {
     refreshed: Mutex<TtlCache<AccountId, ()>>,
     /// Refreshes asked of the directory writer at once.
     refreshes: Arc<Semaphore>,
+    /// Encrypted media and history snapshots.
+    blobs: BlobStore,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -265,6 +273,15 @@ impl RegionService {
             source,
         })?;
         tracing::info!(store = %store.store_id, created_at_ms = store.created_at_ms, "the store is this region's");
+        let blob_objects = crate::blobs::configured_objects(&config.blobs, &config.data_dir)
+            .map_err(ConfigError::Value)?;
+        let blob_limits = BlobLimits {
+            account_bytes_max: config
+                .blobs
+                .account_bytes_max
+                .unwrap_or(BlobLimits::default().account_bytes_max),
+            ..BlobLimits::default()
+        };
         let (service, address) = Self::new(RegionParts {
             region,
             directory_writer: expected.directory_writer,
@@ -276,6 +293,8 @@ impl RegionService {
             peers: PeersFile::resolver(config.peers_file.clone()),
             clock,
             boot_nonce: boot_nonce(),
+            blob_objects,
+            blob_limits,
         })?;
         Ok((service, address, store))
     }
@@ -294,6 +313,8 @@ impl RegionService {
             peers,
             clock,
             boot_nonce,
+            blob_objects,
+            blob_limits,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -303,6 +324,7 @@ impl RegionService {
         let address = endpoint.local_addr().map_err(NetError::Io)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, peers);
+        let blobs = BlobStore::new(blob_objects, db.clone(), blob_limits);
         let inner = Inner {
             region,
             writer: directory_writer,
@@ -327,6 +349,7 @@ impl RegionService {
                 ACCOUNT_REFRESH_INTERVAL_MS,
             )),
             refreshes: Arc::new(Semaphore::new(ACCOUNT_REFRESHES_IN_FLIGHT_MAX)),
+            blobs,
         };
         Ok((
             Self {
@@ -342,6 +365,7 @@ impl RegionService {
         self.load_quarantine().await;
         let pump = tokio::spawn(self.clone().outbox_pump());
         let sweeper = tokio::spawn(self.clone().retention_sweeper());
+        let blob_sweeper = tokio::spawn(self.clone().blob_sweeper());
         let accept = async {
             while let Some(incoming) = self.inner.endpoint.accept().await {
                 let service = self.clone();
@@ -360,6 +384,7 @@ impl RegionService {
         }
         pump.abort();
         sweeper.abort();
+        blob_sweeper.abort();
         self.inner
             .endpoint
             .close(0u32.into(), b"region shutting down");
@@ -393,9 +418,142 @@ impl RegionService {
             self.serve_subscription(first, send, recv).await;
             return;
         }
+        if let Some(region_request::Body::Blob(blob)) = &request.body
+            && blob.command.is_stream()
+        {
+            self.serve_blob_stream(blob.clone(), send, recv).await;
+            return;
+        }
         let response = self.handle(request).await;
         if let Err(error) = net::respond(send, &response).await {
             tracing::debug!(%error, "could not answer a request");
+        }
+    }
+
+    /// Serves an upload or download stream: the blob's raw bytes follow the request frame
+    /// (upload, answered by one status frame) or the status frame (download).
+    async fn serve_blob_stream(
+        self,
+        request: wire::ForBlob,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        use wire::blob_command::Command;
+        let now = self.inner.clock.now_ms();
+        let device = match request.device.parse() {
+            Ok(device) => device,
+            Err(error) => {
+                let _ = net::respond(send, &error_response(error)).await;
+                return;
+            }
+        };
+        let blobs = &self.inner.blobs;
+        match request.command.command {
+            Some(Command::Upload(at)) => {
+                let answer = blobs.upload(device.account, &at, &mut recv, now).await;
+                // Whatever was not read is not wanted: the answer says where to resume.
+                let _ = recv.stop(0u32.into());
+                let response = match answer {
+                    Ok(status) => RegionResponse {
+                        body: Some(region_response::Body::Blob(self.located(status))),
+                    },
+                    Err(error) => error_response(error),
+                };
+                if let Err(error) = net::respond(send, &response).await {
+                    tracing::debug!(%error, "could not answer an upload");
+                }
+            }
+            Some(Command::Download(at)) => {
+                let _ = recv.stop(0u32.into());
+                let (status, mut reader) = match blobs.open_download(&at.id, at.offset, now).await {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        let _ = net::respond(send, &error_response(error)).await;
+                        return;
+                    }
+                };
+                let head = RegionResponse {
+                    body: Some(region_response::Body::Blob(self.located(status))),
+                };
+                if net::write_frame(&mut send, &head).await.is_err() {
+                    return;
+                }
+                loop {
+                    match reader.next_piece().await {
+                        Ok(Some(piece)) => {
+                            if send.write_chunk(piece).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = send.finish();
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "a download broke off");
+                            let _ = send.reset(1u32.into());
+                            return;
+                        }
+                    }
+                }
+            }
+            _ => {
+                let _ = net::respond(
+                    send,
+                    &error_response(ProtoError::invalid("not a blob stream")),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A blob request that is not a stream: begin, status, finish.
+    async fn blob_request(&self, request: wire::ForBlob) -> Result<wire::BlobStatus, ProtoError> {
+        use wire::blob_command::Command;
+        let now = self.inner.clock.now_ms();
+        let device = request.device.parse()?;
+        let blobs = &self.inner.blobs;
+        let status = match request.command.command {
+            Some(Command::Begin(begin)) => blobs.begin(device.account, &begin, now).await?,
+            Some(Command::Status(at)) => blobs.status(device.account, &at.id, now).await?,
+            Some(Command::Finish(at)) => blobs.finish(device.account, &at.id, now).await?,
+            Some(Command::Upload(_) | Command::Download(_)) => {
+                return Err(ProtoError::invalid(
+                    "uploads and downloads open a stream of their own",
+                ));
+            }
+            None => {
+                return Err(ProtoError::new(
+                    ErrorCode::UnsupportedRequest,
+                    "a kind of blob request this region does not know (it is older)",
+                ));
+            }
+        };
+        Ok(self.located(status))
+    }
+
+    /// `status`, naming this region as the blob's.
+    fn located(&self, mut status: wire::BlobStatus) -> wire::BlobStatus {
+        status.region = self.inner.region.0;
+        status
+    }
+
+    /// Removes expired blobs every [`BLOB_SWEEP_INTERVAL_MS`] (and at start, with the objects a
+    /// crash left without a record).
+    async fn blob_sweeper(self) {
+        loop {
+            match self.inner.blobs.sweep(self.inner.clock.now_ms()).await {
+                Ok(sweep) if sweep.expired_blobs + sweep.orphaned_blobs > 0 => {
+                    tracing::info!(
+                        expired = sweep.expired_blobs,
+                        orphaned = sweep.orphaned_blobs,
+                        "removed blobs"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "blob sweep failed; will retry"),
+            }
+            tokio::time::sleep(Duration::from_millis(BLOB_SWEEP_INTERVAL_MS)).await;
         }
     }
 
@@ -550,6 +708,7 @@ impl RegionService {
                     .await?;
                 Ok(Resp::LinkStatus(status))
             }
+            Req::Blob(request) => self.blob_request(request).await.map(Resp::Blob),
             Req::Devices(for_device) => {
                 let device = for_device.device.parse()?;
                 let command = for_device.devices.unwrap_or_default();

@@ -49,6 +49,17 @@ pub enum ErrorCode {
     UnsupportedRequest = 17,
     /// A pairing code that does not exist, expired, or was used already.
     PairingRefused = 18,
+    /// The account's blob storage quota would be exceeded: nothing was stored. Retryable once
+    /// older blobs expire or are deleted.
+    QuotaExceeded = 19,
+    /// The blob (or upload) does not exist, expired, or belongs to another account's upload.
+    UnknownBlob = 20,
+    /// A finished upload's bytes do not match the size or SHA-256 it was begun with: the
+    /// upload was discarded. Not retryable: begin again with the right bytes.
+    BlobMismatch = 21,
+    /// An upload stream started at an offset other than the one the region committed: ask
+    /// for the status and resume from its `committed_bytes`.
+    WrongOffset = 22,
 }
 
 impl ErrorCode {
@@ -72,6 +83,10 @@ impl ErrorCode {
             16 => Self::RecipientUnavailable,
             17 => Self::UnsupportedRequest,
             18 => Self::PairingRefused,
+            19 => Self::QuotaExceeded,
+            20 => Self::UnknownBlob,
+            21 => Self::BlobMismatch,
+            22 => Self::WrongOffset,
             _ => Self::Internal,
         }
     }
@@ -160,7 +175,7 @@ mod tests {
 
     #[test]
     fn every_code_survives_the_wire() {
-        for number in 1..=16 {
+        for number in 1..=22 {
             let code = ErrorCode::from_u32(number);
             if number != 8 {
                 assert_ne!(code, ErrorCode::Internal, "code {number} is unknown");

@@ -101,6 +101,24 @@ pub const PAIRINGS_PER_ACCOUNT_MAX: usize = 8;
 /// Devices one account may have: its device list is read whole at every commit.
 pub const DEVICES_PER_ACCOUNT_MAX: usize = 16;
 
+/// Bytes of a blob id: 128 random bits drawn by the region, so an id cannot be guessed (knowing
+/// it is the grant to download the ciphertext).
+pub const BLOB_ID_BYTES: usize = 16;
+
+/// Bytes of a blob's SHA-256.
+pub const BLOB_SHA256_BYTES: usize = 32;
+
+/// Largest blob a region stores, in bytes (of ciphertext).
+pub const BLOB_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// The unit a region commits an upload in, in bytes: an upload dropped mid-way resumes at a
+/// multiple of it (or at the end). Each unit is one durable object and one store transaction.
+pub const BLOB_COMMIT_UNIT_BYTES: u64 = 1024 * 1024;
+
+/// How long an upload or download stream may stay silent before the edge or region gives it
+/// up, in ms (a dropped connection is noticed sooner, by QUIC's idle timeout).
+pub const BLOB_STREAM_IDLE_TIMEOUT_MS: u64 = 30_000;
+
 const _: () =
     assert!(REGION_PEER_REQUEST_TIMEOUT_MS + HOP_MARGIN_MS <= EDGE_REGION_REQUEST_TIMEOUT_MS);
 const _: () = assert!(EDGE_REGION_REQUEST_TIMEOUT_MS < EDGE_ANSWER_TIMEOUT_MS);
@@ -123,3 +141,11 @@ const _: () = assert!(
     QUEUE_FETCH_BYTES_MAX + CIPHERTEXT_BYTES_MAX + 2 * QUEUE_ENTRY_OVERHEAD_BYTES_MAX
         <= FRAME_BYTES_MAX
 );
+// A blob is many commit units; a commit unit (one object put, one transaction) fits in the
+// region's 10 MB transaction limit with room to spare, though only its offset is written there.
+const _: () = assert!(BLOB_COMMIT_UNIT_BYTES * 4 <= BLOB_BYTES_MAX);
+const _: () = assert!(BLOB_COMMIT_UNIT_BYTES <= 8 * 1024 * 1024);
+// 128 bits at least make an id unguessable.
+const _: () = assert!(BLOB_ID_BYTES * 8 >= 128);
+// A silent blob stream is given up after a request would have been.
+const _: () = assert!(BLOB_STREAM_IDLE_TIMEOUT_MS > EDGE_ANSWER_TIMEOUT_MS);

@@ -744,6 +744,120 @@ pub struct SentEverywhere {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Blobs (the blob store: encrypted media and history snapshots)
+//
+// A blob is ciphertext the region stores for 30 days under an id it draws (128 random bits:
+// knowing the id is the grant to download). `Begin`, `Status` and `Finish` are ordinary requests;
+// `Upload` and `Download` open a stream of their own: after the request frame, an upload
+// stream carries the blob's raw bytes from the given offset to the end of the stream, answered
+// by one frame (the status, with the offset the region committed); a download stream is
+// answered by one frame (the status) followed by the raw bytes from the offset to the end.
+
+/// Begins an upload, or resumes one (`resume` set).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobBegin {
+    /// The blob's size in bytes.
+    #[prost(uint64, tag = "1")]
+    pub size_bytes: u64,
+    /// SHA-256 of the blob's bytes (32 bytes); the region checks it at `Finish`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub sha256: Vec<u8>,
+    /// The id of an upload this account began earlier, to resume it (empty: a new upload).
+    #[prost(bytes = "vec", tag = "3")]
+    pub resume: Vec<u8>,
+}
+
+/// Names a blob, at an offset for the streams.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobAt {
+    /// The blob's id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    /// Where the stream starts, in bytes (`Upload`: the committed offset; ignored by `Status`
+    /// and `Finish`).
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    /// (`Download`) the region holding the blob, as its status named it; 0: the device's home.
+    #[prost(uint32, tag = "3")]
+    pub region: u32,
+}
+
+/// A request about a blob.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobCommand {
+    /// The request.
+    #[prost(oneof = "blob_command::Command", tags = "1, 2, 3, 4, 5")]
+    pub command: Option<blob_command::Command>,
+}
+
+/// The variants of [`BlobCommand`].
+pub mod blob_command {
+    /// A request about a blob.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Command {
+        /// Begin or resume an upload (answered with its status).
+        #[prost(message, tag = "1")]
+        Begin(super::BlobBegin),
+        /// Where an upload stands (after a dropped connection).
+        #[prost(message, tag = "2")]
+        Status(super::BlobAt),
+        /// Finish an upload: the region checks its size and hash.
+        #[prost(message, tag = "3")]
+        Finish(super::BlobAt),
+        /// (Own stream) the blob's bytes from `offset` follow the frame.
+        #[prost(message, tag = "4")]
+        Upload(super::BlobAt),
+        /// (Own stream) send the blob's bytes from `offset` after the status.
+        #[prost(message, tag = "5")]
+        Download(super::BlobAt),
+    }
+}
+
+impl BlobCommand {
+    /// Whether the command opens a stream of its own (raw bytes after the frames).
+    pub fn is_stream(&self) -> bool {
+        matches!(
+            self.command,
+            Some(blob_command::Command::Upload(_) | blob_command::Command::Download(_))
+        )
+    }
+}
+
+/// Where a blob stands.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobStatus {
+    /// The blob's id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    /// Its size in bytes, as begun.
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+    /// The bytes the region holds durably, from the start: an upload resumes here.
+    #[prost(uint64, tag = "3")]
+    pub committed_bytes: u64,
+    /// Whether the upload is finished (size and hash checked): the blob can be downloaded.
+    #[prost(bool, tag = "4")]
+    pub finished: bool,
+    /// When the region deletes it, in milliseconds since the Unix epoch.
+    #[prost(uint64, tag = "5")]
+    pub expires_at_ms: u64,
+    /// The region holding it (downloads from other regions' devices go there).
+    #[prost(uint32, tag = "6")]
+    pub region: u32,
+}
+
+/// A blob request naming the device it acts for (the edge authenticated it).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ForBlob {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// The request.
+    #[prost(message, required, tag = "2")]
+    pub command: BlobCommand,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Client ↔ edge
 
 /// Opens a connection's control stream; the edge answers with a [`Challenge`].
@@ -796,7 +910,7 @@ pub struct ClientRequest {
     /// The request.
     #[prost(
         oneof = "client_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
     )]
     pub body: Option<client_request::Body>,
 }
@@ -839,6 +953,10 @@ pub mod client_request {
         /// Manage the account's devices.
         #[prost(message, tag = "11")]
         Devices(super::DeviceCommand),
+        /// Upload, query or download a blob (answered with `Blob`; uploads and downloads on
+        /// their own stream).
+        #[prost(message, tag = "12")]
+        Blob(super::BlobCommand),
     }
 }
 
@@ -859,7 +977,7 @@ pub struct ClientResponse {
     /// The answer.
     #[prost(
         oneof = "client_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
     )]
     pub body: Option<client_response::Body>,
 }
@@ -908,6 +1026,9 @@ pub mod client_response {
         /// Answer to `Devices` listing, approving or removing.
         #[prost(message, tag = "13")]
         Devices(super::DeviceList),
+        /// Answer to `Blob`.
+        #[prost(message, tag = "14")]
+        Blob(super::BlobStatus),
     }
 
     impl Body {
@@ -927,6 +1048,7 @@ pub mod client_response {
                 Body::Pairing(_) => "Pairing",
                 Body::LinkRequests(_) => "LinkRequests",
                 Body::Devices(_) => "Devices",
+                Body::Blob(_) => "Blob",
             }
         }
     }
@@ -1119,7 +1241,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -1171,6 +1293,10 @@ pub mod region_request {
         /// A device homed here manages its account's devices.
         #[prost(message, tag = "14")]
         Devices(super::ForDevice),
+        /// A device homed here uploads, queries or downloads a blob (uploads and downloads on
+        /// their own stream).
+        #[prost(message, tag = "15")]
+        Blob(super::ForBlob),
     }
 }
 
@@ -1180,7 +1306,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -1235,6 +1361,9 @@ pub mod region_response {
         /// Answer to `Devices` listing, approving or removing.
         #[prost(message, tag = "15")]
         Devices(super::DeviceList),
+        /// Answer to `Blob`.
+        #[prost(message, tag = "16")]
+        Blob(super::BlobStatus),
     }
 }
 

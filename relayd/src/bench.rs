@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use relay_bench::blobs::{self, BlobsOptions};
 use relay_bench::connections::{self, ConnectionsOptions};
 use relay_bench::limits::{
-    BACKLOG_MESSAGES, BACKLOG_MESSAGES_QUICK, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK,
-    MESSAGES_WINDOW_SECONDS_DEFAULT, MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT,
+    BACKLOG_MESSAGES, BACKLOG_MESSAGES_QUICK, BLOB_BYTES_DEFAULT, BLOB_BYTES_QUICK,
+    BLOB_ROUNDS_DEFAULT, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK, MESSAGES_WINDOW_SECONDS_DEFAULT,
+    MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT,
 };
 use relay_bench::messages::{self, ClientMode, MessagesOptions};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
@@ -36,6 +38,35 @@ pub enum Benchmark {
     /// and one remote operation applied, next to automerge's own save and load of the same
     /// documents.
     Sync(SyncArgs),
+    /// A 20 MB blob uploaded and downloaded by a client SDK device through a devnet's real
+    /// processes (sealed on the device, stored with fsync by the region), next to a raw QUIC
+    /// stream moving the same bytes in the same run; with the edge's and region's CPU. Needs a
+    /// release build.
+    Blobs(BlobsArgs),
+}
+
+/// Arguments of `relayd bench blobs`.
+#[derive(Debug, Args)]
+pub struct BlobsArgs {
+    /// Megabytes (10^6 bytes) of the blob (default 20; 4 with --quick).
+    #[arg(long)]
+    megabytes: Option<usize>,
+    /// Rounds of each direction; the median is reported (default 3; 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Folder to run in; the run uses a temporary folder inside it and removes it afterwards
+    /// (keeps it, and says so, when the run fails). Default: the system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A short smoke run: a 4 MB blob, one round.
+    #[arg(long)]
+    quick: bool,
+    /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
+    #[arg(long)]
+    allow_debug: bool,
 }
 
 /// Arguments of `relayd bench sync`.
@@ -249,6 +280,37 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     bar.set_message(step.to_owned());
                 },
                 async { shutdown_signal().await },
+            )?;
+            bar.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Benchmark::Blobs(args) => {
+            let options = BlobsOptions {
+                relayd: servers_executable("blobs", args.allow_debug)?,
+                blob_bytes: match (args.megabytes, args.quick) {
+                    (Some(megabytes), _) => megabytes.saturating_mul(1_000_000),
+                    (None, true) => BLOB_BYTES_QUICK,
+                    (None, false) => BLOB_BYTES_DEFAULT,
+                },
+                rounds: args
+                    .rounds
+                    .unwrap_or(if args.quick { 1 } else { BLOB_ROUNDS_DEFAULT }),
+                data: args.data,
+                build: build().into(),
+            };
+            let bar = crate::progress::bar(blobs::steps(&options), "relayd bench blobs", args.json);
+            let report = blobs::run(
+                &options,
+                &|step| {
+                    bar.inc(1);
+                    bar.set_message(step.to_owned());
+                },
+                shutdown_signal(),
             )?;
             bar.finish_and_clear();
             if args.json {

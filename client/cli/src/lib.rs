@@ -3,7 +3,7 @@
 //! of its [`relay_client::flows`] over a [`Device`]); this is the edge where library errors
 //! become messages on stderr (JSON objects with `--json`).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use relay_client::content::Change;
 use relay_client::events::{ChangeKind, format_time_ms};
 use relay_client::flows::{self, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
-    ClientError, Device, Direction, Event, Mode, OpenOptions, Overrides, Tick, link_accept,
-    register, terminal,
+    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, Mode, OpenOptions,
+    Overrides, Tick, link_accept, register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -93,6 +94,12 @@ OUTPUT
         linked to N: account A, device D, region R
     {\"event\":\"device\",\"name\":N,\"device\":D,\"fingerprint\":F,\"current\":B,\"this_device\":B}
         N device D (this device | removed): F
+    {\"event\":\"blob\",\"ref\":REF,\"region\":R,\"size\":BYTES}      (relay blob put)
+        REF                    the reference, relay-blob:1:…; it holds the blob's key
+    {\"event\":\"blob_written\",\"path\":PATH,\"bytes\":N}            (relay blob get)
+        wrote N bytes to PATH
+    {\"event\":\"blob_resumed\",\"offset\":N}   (blob put or get, after a dropped connection)
+        resuming from byte N   (on stderr)
   With --json, an error is one JSON object on stderr:
     {\"event\":\"error\",\"message\":M,\"code\":C,\"exit_code\":N}
   where C names the kind of error (unknown_peer, timed_out, not_registered, damaged_database,
@@ -298,6 +305,31 @@ pub enum Command {
         /// The device number (see `relay devices`).
         device: u32,
     },
+    /// Upload or download an end-to-end encrypted blob (a file), for developers and tests.
+    #[command(subcommand)]
+    Blob(BlobCommand),
+}
+
+/// `relay blob` commands.
+#[derive(Debug, Subcommand)]
+pub enum BlobCommand {
+    /// Seal the file at PATH under a fresh key, upload it to this account's home region
+    /// (resuming after a dropped connection) and print its reference.
+    ///
+    /// The reference (`relay-blob:1:…`) holds the key: whoever has it can download and open the
+    /// blob, so share it only inside an end-to-end encrypted message. Blobs expire after 30
+    /// days.
+    Put {
+        /// The file to upload.
+        path: PathBuf,
+    },
+    /// Download the blob REF names, check it, open it and write it to OUT.
+    Get {
+        /// The reference `relay blob put` printed.
+        reference: String,
+        /// Where to write the opened file (replaced if it exists).
+        out: PathBuf,
+    },
 }
 
 /// A tick to wait for.
@@ -394,6 +426,82 @@ fn print_error(message: &str, code: &str, exit_code: u8, json: bool) {
     } else {
         eprintln!("error: {}", terminal::escape(message));
     }
+}
+
+/// `relay blob put` and `relay blob get`, with a progress bar on a terminal.
+async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Result<()> {
+    let bar = if json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut progress = |report: BlobProgress| {
+        bar.set_length(report.total_bytes);
+        bar.set_position(report.done_bytes);
+        if let Some(offset) = report.resumed_from {
+            if json {
+                let line = serde_json::json!({"event": "blob_resumed", "offset": offset});
+                if let Ok(line) = terminal::json_line(&line) {
+                    println!("{line}");
+                }
+            } else if bar.is_hidden() {
+                eprintln!("resuming from byte {offset}");
+            } else {
+                bar.println(format!("resuming from byte {offset}"));
+            }
+        }
+    };
+    match command {
+        BlobCommand::Put { path } => {
+            bar.set_message("uploading");
+            let reference = device
+                .upload_blob(BlobSource::Path(&path), &mut progress)
+                .await;
+            bar.finish_and_clear();
+            let reference = reference?;
+            let text = reference.to_text();
+            if json {
+                let line = serde_json::json!({
+                    "event": "blob",
+                    "ref": text,
+                    "region": reference.region,
+                    "size": reference.size,
+                });
+                println!("{}", terminal::json_line(&line)?);
+            } else {
+                println!("{text}");
+            }
+        }
+        BlobCommand::Get { reference, out } => {
+            let reference = BlobRef::from_text(&reference).map_err(ClientError::from)?;
+            bar.set_message("downloading");
+            let opened = device.download_blob(&reference, &mut progress).await;
+            bar.finish_and_clear();
+            let opened = opened?;
+            std::fs::write(&out, &opened).with_context(|| format!("writing {}", out.display()))?;
+            if json {
+                let line = serde_json::json!({
+                    "event": "blob_written",
+                    "path": out.display().to_string(),
+                    "bytes": opened.len(),
+                });
+                println!("{}", terminal::json_line(&line)?);
+            } else {
+                println!(
+                    "wrote {} bytes to {}",
+                    opened.len(),
+                    terminal::escape(&out.display().to_string())
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A usage mistake found after parsing (exit code 2).
@@ -571,6 +679,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut print,
             )
             .await?;
+        }
+        Command::Blob(command) => {
+            let (device, _events) = open(&data, overrides, Mode::Live)?;
+            let done = blob(&device, command, json).await;
+            let closed = device.close().await;
+            done?;
+            closed?;
         }
         Command::History { peer } => {
             let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;

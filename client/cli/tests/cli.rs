@@ -1,7 +1,8 @@
 //! The `relay` binary as a newcomer uses it, against a real deployment started in this test
 //! process (relay_devnet's testbed on loopback): texts from standard input, `send --wait`
 //! following its own message, errors as JSON with `--json`, a failed `register` leaving nothing
-//! behind, and the system's roots when no `--ca` is given.
+//! behind, the system's roots when no `--ca` is given, and `blob put` / `blob get` between two
+//! accounts.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -394,4 +395,49 @@ fn without_ca_the_system_roots_are_trusted() {
             .iter()
             .any(|line| line["tick"] == "sent")
     );
+}
+
+#[test]
+fn blob_put_prints_a_reference_that_blob_get_opens_on_another_account() {
+    let deployment = Deployment::start(2);
+    let root = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, root.path());
+    let file = root.path().join("photo.bin");
+    let contents: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &contents).expect("write the file");
+
+    let file_arg = file.display().to_string();
+    let put = run(relay(&alice, &["--json", "blob", "put", &file_arg]), None);
+    assert!(put.status.success(), "blob put failed");
+    let lines = json_lines(&put.stdout);
+    let reference = lines
+        .iter()
+        .find(|line| line["event"] == "blob")
+        .and_then(|line| line["ref"].as_str())
+        .expect("a blob line with its reference")
+        .to_owned();
+    assert!(reference.starts_with("relay-blob:1:"));
+
+    let out = root.path().join("photo-copy.bin");
+    let out_arg = out.display().to_string();
+    let get = run(relay(&bob, &["blob", "get", &reference, &out_arg]), None);
+    assert!(get.status.success(), "blob get failed");
+    assert!(String::from_utf8_lossy(&get.stdout).contains("wrote 300000 bytes"));
+    assert_eq!(std::fs::read(&out).expect("read the copy"), contents);
+
+    // A damaged reference is refused plainly, and nothing is written.
+    let damaged = format!("{}x", &reference[..reference.len() - 1]);
+    let other = root.path().join("never.bin");
+    let other_arg = other.display().to_string();
+    let refused = run(
+        relay(&bob, &["--json", "blob", "get", &damaged, &other_arg]),
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let error = json_lines(&refused.stderr);
+    assert!(
+        error.iter().any(|line| line["event"] == "error"),
+        "a JSON error: {error:?}"
+    );
+    assert!(!other.exists());
 }

@@ -1,0 +1,393 @@
+//! Blob encryption, sans-IO: a blob (a file, a history snapshot) is sealed on the device with a
+//! fresh key before it leaves, so the region stores noise; the [`BlobRef`] (region, id, key,
+//! size, hash) travels to whoever may read it inside an end-to-end encrypted envelope.
+//!
+//! **Construction** (STREAM, Hoang–Reyhanitabar–Rogaway–Vizár 2015, over ChaCha20-Poly1305): the
+//! plaintext is cut into chunks of [`BLOB_PLAINTEXT_CHUNK_BYTES`] (the last may be shorter, and an
+//! empty blob is one empty chunk); chunk `i` is sealed under the blob's key with the nonce
+//! `i` (8 bytes, big endian) ‖ `last` (1 byte: 1 on the final chunk, else 0) ‖ 3 zero bytes, and
+//! [`BLOB_AAD`] as associated data. Each sealed chunk carries its own 16-byte tag, so a chunk
+//! verifies on its own (a download can be checked as it arrives); the counter stops reordering
+//! and the `last` flag stops truncation and extension. The key is fresh for every blob, so a
+//! nonce never repeats under one key.
+//!
+//! The [`BlobRef`]'s SHA-256 is of the ciphertext: the region checks it when the upload
+//! finishes, and the downloader checks it before decrypting, without learning anything of the
+//! plaintext.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use rand::RngCore;
+use relay_proto::limits::{BLOB_ID_BYTES, BLOB_SHA256_BYTES};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use crate::limits::BLOB_PLAINTEXT_CHUNK_BYTES;
+
+/// Associated data of every sealed chunk: names the construction and its version.
+pub const BLOB_AAD: &[u8] = b"relay-blob-v1";
+
+/// Bytes a sealed chunk adds to its plaintext (the Poly1305 tag).
+pub const BLOB_TAG_BYTES: usize = 16;
+
+/// Bytes of a blob key.
+pub const BLOB_KEY_BYTES: usize = 32;
+
+/// The text form of a [`BlobRef`] starts with this.
+pub const BLOB_REF_PREFIX: &str = "relay-blob:1:";
+
+/// Why a blob could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobCryptoError {
+    /// The downloaded bytes are not as long as the reference says.
+    #[error("the blob has {found} bytes, the reference says {expected}")]
+    WrongSize {
+        /// The reference's size.
+        expected: u64,
+        /// The bytes found.
+        found: u64,
+    },
+    /// The downloaded bytes do not hash to the reference's SHA-256.
+    #[error("the blob's SHA-256 is not the reference's")]
+    WrongHash,
+    /// A chunk did not verify under the key (damaged, reordered, truncated, or another key).
+    #[error("chunk {index} of the blob does not verify")]
+    BadChunk {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// A blob reference in text form is not well formed.
+    #[error("not a blob reference: {0}")]
+    BadRef(String),
+}
+
+/// What a reader needs to fetch and open a blob: where it is, its key, and what it must be.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// The region holding it.
+    pub region: u32,
+    /// Its id there (128 random bits drawn by the region).
+    pub id: [u8; BLOB_ID_BYTES],
+    /// The key it is sealed under.
+    pub key: [u8; BLOB_KEY_BYTES],
+    /// Its size in bytes (of the ciphertext, as stored and downloaded).
+    pub size: u64,
+    /// SHA-256 of the ciphertext.
+    pub sha256: [u8; BLOB_SHA256_BYTES],
+}
+
+impl std::fmt::Debug for BlobRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("BlobRef")
+            .field("region", &self.region)
+            .field("id", &hex(&self.id))
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for BlobRef {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+const REF_BYTES: usize = 4 + BLOB_ID_BYTES + BLOB_KEY_BYTES + 8 + BLOB_SHA256_BYTES;
+
+impl BlobRef {
+    /// The reference as text (`relay-blob:1:` then base64url): to put in a message or to paste.
+    /// It holds the key: whoever has it can read the blob.
+    pub fn to_text(&self) -> String {
+        let mut bytes = Vec::with_capacity(REF_BYTES);
+        bytes.extend_from_slice(&self.region.to_be_bytes());
+        bytes.extend_from_slice(&self.id);
+        bytes.extend_from_slice(&self.key);
+        bytes.extend_from_slice(&self.size.to_be_bytes());
+        bytes.extend_from_slice(&self.sha256);
+        let text = format!("{BLOB_REF_PREFIX}{}", URL_SAFE_NO_PAD.encode(&bytes));
+        bytes.zeroize();
+        text
+    }
+
+    /// Parses the text form of [`BlobRef::to_text`].
+    pub fn from_text(text: &str) -> Result<BlobRef, BlobCryptoError> {
+        let encoded = text.trim().strip_prefix(BLOB_REF_PREFIX).ok_or_else(|| {
+            BlobCryptoError::BadRef(format!("it does not start with {BLOB_REF_PREFIX}"))
+        })?;
+        let mut bytes = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|error| BlobCryptoError::BadRef(error.to_string()))?;
+        if bytes.len() != REF_BYTES {
+            let length = bytes.len();
+            bytes.zeroize();
+            return Err(BlobCryptoError::BadRef(format!(
+                "{length} bytes, not {REF_BYTES}"
+            )));
+        }
+        let (region, rest) = bytes.split_at(4);
+        let (id, rest) = rest.split_at(BLOB_ID_BYTES);
+        let (key, rest) = rest.split_at(BLOB_KEY_BYTES);
+        let (size, sha256) = rest.split_at(8);
+        let mut reference = BlobRef {
+            region: 0,
+            id: [0; BLOB_ID_BYTES],
+            key: [0; BLOB_KEY_BYTES],
+            size: 0,
+            sha256: [0; BLOB_SHA256_BYTES],
+        };
+        reference.region = u32::from_be_bytes(region.try_into().map_err(bad_length)?);
+        reference.id.copy_from_slice(id);
+        reference.key.copy_from_slice(key);
+        reference.size = u64::from_be_bytes(size.try_into().map_err(bad_length)?);
+        reference.sha256.copy_from_slice(sha256);
+        bytes.zeroize();
+        if reference.region == 0 {
+            return Err(BlobCryptoError::BadRef("region 0".into()));
+        }
+        Ok(reference)
+    }
+}
+
+fn bad_length(_: std::array::TryFromSliceError) -> BlobCryptoError {
+    BlobCryptoError::BadRef("a field has the wrong length".into())
+}
+
+/// A blob sealed for upload: its ciphertext and what the reference will hold but the id.
+pub struct SealedBlob {
+    /// The ciphertext, chunk after chunk.
+    pub ciphertext: Vec<u8>,
+    /// The key it is sealed under.
+    pub key: [u8; BLOB_KEY_BYTES],
+    /// SHA-256 of the ciphertext.
+    pub sha256: [u8; BLOB_SHA256_BYTES],
+}
+
+impl Drop for SealedBlob {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+/// Seals `plaintext` under a fresh random key.
+pub fn seal(plaintext: &[u8]) -> SealedBlob {
+    let mut key = [0u8; BLOB_KEY_BYTES];
+    rand::rng().fill_bytes(&mut key);
+    seal_with_key(plaintext, key)
+}
+
+/// Seals `plaintext` under `key` (tests give their own; a real blob takes a fresh one).
+pub fn seal_with_key(plaintext: &[u8], key: [u8; BLOB_KEY_BYTES]) -> SealedBlob {
+    let cipher = ChaCha20Poly1305::new(&key.into());
+    let chunks = chunk_count(plaintext.len() as u64);
+    let mut ciphertext = Vec::with_capacity(
+        usize::try_from(sealed_size(plaintext.len() as u64)).unwrap_or(plaintext.len()),
+    );
+    for index in 0..chunks {
+        let start = usize::try_from(index).unwrap_or(usize::MAX) * BLOB_PLAINTEXT_CHUNK_BYTES;
+        let end = (start + BLOB_PLAINTEXT_CHUNK_BYTES).min(plaintext.len());
+        let chunk = plaintext.get(start..end).unwrap_or_default();
+        let nonce = chunk_nonce(index, index + 1 == chunks);
+        // Encryption with a valid key and nonce fails only past ChaCha20's 256 GiB per
+        // nonce; a chunk is 64 KiB.
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: chunk,
+                    aad: BLOB_AAD,
+                },
+            )
+            .unwrap_or_default();
+        ciphertext.extend_from_slice(&sealed);
+    }
+    let sha256 = Sha256::digest(&ciphertext).into();
+    SealedBlob {
+        ciphertext,
+        key,
+        sha256,
+    }
+}
+
+/// Checks `ciphertext` against `reference` (size, SHA-256) and opens it, chunk by chunk.
+pub fn open(reference: &BlobRef, ciphertext: &[u8]) -> Result<Vec<u8>, BlobCryptoError> {
+    if ciphertext.len() as u64 != reference.size {
+        return Err(BlobCryptoError::WrongSize {
+            expected: reference.size,
+            found: ciphertext.len() as u64,
+        });
+    }
+    if Sha256::digest(ciphertext).as_slice() != reference.sha256 {
+        return Err(BlobCryptoError::WrongHash);
+    }
+    open_chunks(&reference.key, ciphertext)
+}
+
+/// Opens `ciphertext` chunk by chunk under `key`, whatever its hash (each chunk's tag is
+/// checked, the counter and the final chunk's flag too).
+pub fn open_chunks(
+    key: &[u8; BLOB_KEY_BYTES],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, BlobCryptoError> {
+    let cipher = ChaCha20Poly1305::new(&(*key).into());
+    let sealed_chunk = BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES;
+    let mut plaintext = Vec::with_capacity(ciphertext.len());
+    let mut index = 0u64;
+    let mut rest = ciphertext;
+    loop {
+        let take = rest.len().min(sealed_chunk);
+        let (chunk, after) = rest.split_at(take);
+        let last = after.is_empty();
+        let opened = cipher
+            .decrypt(
+                &chunk_nonce(index, last),
+                Payload {
+                    msg: chunk,
+                    aad: BLOB_AAD,
+                },
+            )
+            .map_err(|_| BlobCryptoError::BadChunk { index })?;
+        plaintext.extend_from_slice(&opened);
+        if last {
+            return Ok(plaintext);
+        }
+        rest = after;
+        index += 1;
+    }
+}
+
+/// Bytes of the ciphertext of a plaintext of `plaintext_bytes`.
+pub fn sealed_size(plaintext_bytes: u64) -> u64 {
+    plaintext_bytes + chunk_count(plaintext_bytes) * BLOB_TAG_BYTES as u64
+}
+
+/// Chunks of a plaintext of `plaintext_bytes` (an empty one is one empty chunk).
+fn chunk_count(plaintext_bytes: u64) -> u64 {
+    plaintext_bytes
+        .div_ceil(BLOB_PLAINTEXT_CHUNK_BYTES as u64)
+        .max(1)
+}
+
+fn chunk_nonce(index: u64, last: bool) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&index.to_be_bytes());
+    nonce[8] = u8::from(last);
+    Nonce::from(nonce)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(sealed: &SealedBlob) -> BlobRef {
+        BlobRef {
+            region: 1,
+            id: [3; BLOB_ID_BYTES],
+            key: sealed.key,
+            size: sealed.ciphertext.len() as u64,
+            sha256: sealed.sha256,
+        }
+    }
+
+    fn plaintext(length: usize) -> Vec<u8> {
+        (0..length).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn blobs_of_every_shape_round_trip() {
+        let chunk = BLOB_PLAINTEXT_CHUNK_BYTES;
+        for length in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk + 17] {
+            let plain = plaintext(length);
+            let sealed = seal(&plain);
+            assert_eq!(sealed.ciphertext.len() as u64, sealed_size(length as u64));
+            assert_eq!(
+                open(&reference(&sealed), &sealed.ciphertext).expect("opens"),
+                plain,
+                "{length} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn each_chunk_verifies_on_its_own_and_keys_are_fresh() {
+        let plain = plaintext(3 * BLOB_PLAINTEXT_CHUNK_BYTES);
+        let one = seal(&plain);
+        let two = seal(&plain);
+        assert_ne!(one.key, two.key);
+        assert_ne!(one.ciphertext, two.ciphertext, "a fresh key each time");
+        // Flip one byte of the second chunk: that chunk, and no other, fails.
+        let mut damaged = one.ciphertext.clone();
+        damaged[BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES + 5] ^= 1;
+        assert_eq!(
+            open_chunks(&one.key, &damaged),
+            Err(BlobCryptoError::BadChunk { index: 1 })
+        );
+        // The reference's hash catches it before any chunk is opened.
+        let mut with_ref = reference(&one);
+        assert_eq!(open(&with_ref, &damaged), Err(BlobCryptoError::WrongHash));
+        // Another key opens nothing.
+        with_ref.key = two.key;
+        assert_eq!(
+            open(&with_ref, &one.ciphertext),
+            Err(BlobCryptoError::BadChunk { index: 0 })
+        );
+    }
+
+    #[test]
+    fn truncation_reordering_and_extension_are_refused() {
+        let plain = plaintext(3 * BLOB_PLAINTEXT_CHUNK_BYTES);
+        let sealed = seal_with_key(&plain, [9; BLOB_KEY_BYTES]);
+        let sealed_chunk = BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES;
+        // Dropping the last chunk: the new last chunk was not sealed as last.
+        let truncated = &sealed.ciphertext[..2 * sealed_chunk];
+        assert_eq!(
+            open_chunks(&sealed.key, truncated),
+            Err(BlobCryptoError::BadChunk { index: 1 })
+        );
+        // Swapping the first two chunks.
+        let mut swapped = sealed.ciphertext[sealed_chunk..2 * sealed_chunk].to_vec();
+        swapped.extend_from_slice(&sealed.ciphertext[..sealed_chunk]);
+        swapped.extend_from_slice(&sealed.ciphertext[2 * sealed_chunk..]);
+        assert_eq!(
+            open_chunks(&sealed.key, &swapped),
+            Err(BlobCryptoError::BadChunk { index: 0 })
+        );
+        // Appending a copy of the last chunk.
+        let mut extended = sealed.ciphertext.clone();
+        extended.extend_from_slice(&sealed.ciphertext[2 * sealed_chunk..]);
+        assert!(open_chunks(&sealed.key, &extended).is_err());
+        // A wrong size is told before anything else.
+        assert_eq!(
+            open(&reference(&sealed), truncated),
+            Err(BlobCryptoError::WrongSize {
+                expected: sealed.ciphertext.len() as u64,
+                found: truncated.len() as u64
+            })
+        );
+    }
+
+    #[test]
+    fn references_survive_text_and_bad_text_is_refused() {
+        let sealed = seal(b"hello");
+        let reference = reference(&sealed);
+        let text = reference.to_text();
+        assert!(text.starts_with(BLOB_REF_PREFIX));
+        assert_eq!(BlobRef::from_text(&text), Ok(reference.clone()));
+        assert!(!format!("{reference:?}").contains(&hex(&reference.key)));
+        for bad in [
+            "relay-blob:1:",
+            "relay-blob:1:!!!",
+            "relay-blob:2:AAAA",
+            "hello",
+            &text[..text.len() - 4],
+        ] {
+            assert!(BlobRef::from_text(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}

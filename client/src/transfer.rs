@@ -1,0 +1,269 @@
+//! Blob transfers of an open [`Device`]: [`Device::upload_blob`] seals a blob ([`crate::blob`])
+//! and uploads its ciphertext to the device's home region on a stream of its own, so messages
+//! keep flowing beside it; [`Device::download_blob`] fetches one by its [`BlobRef`] and opens it.
+//!
+//! Both resume after a dropped connection instead of starting over: an upload asks the region
+//! where it stands (the committed offset, a multiple of the region's commit unit) and sends the
+//! rest from there; a download asks for the bytes after those it already holds. Each resumption
+//! is reported to the progress callback ([`BlobProgress::resumed_from`]). A transfer gives up
+//! after [`BLOB_TRANSFER_ATTEMPTS_MAX`] attempts, or at once on a refusal that a retry cannot
+//! change (a quota, a size limit, an unknown blob).
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_proto::limits::BLOB_ID_BYTES;
+use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, blob_command};
+
+use crate::blob::{self, BlobRef, SealedBlob};
+use crate::connection::EdgeConnection;
+use crate::device::Device;
+use crate::error::{ClientError, Result};
+use crate::limits::{BLOB_ANSWER_TIMEOUT_MS, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX};
+
+/// What a blob transfer tells its progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobProgress {
+    /// Bytes of the blob (its ciphertext) transferred or held by the region, from its start.
+    pub done_bytes: u64,
+    /// The blob's size in bytes (of its ciphertext).
+    pub total_bytes: u64,
+    /// Set on the report that starts a resumed attempt: the offset it resumes from (for an
+    /// upload, the region's committed offset).
+    pub resumed_from: Option<u64>,
+}
+
+/// What to upload: bytes in memory, or a file's.
+#[derive(Debug, Clone, Copy)]
+pub enum BlobSource<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// The bytes of this file.
+    Path(&'a Path),
+}
+
+impl Device {
+    /// Seals `source` under a fresh key, uploads the ciphertext to this device's home region
+    /// (resuming after dropped connections) and returns the reference to share, in an end-to-end
+    /// encrypted message, with whoever may read it. The region never sees the key.
+    pub async fn upload_blob(
+        &self,
+        source: BlobSource<'_>,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<BlobRef> {
+        let plaintext = match source {
+            BlobSource::Bytes(bytes) => Cow::Borrowed(bytes),
+            BlobSource::Path(path) => {
+                Cow::Owned(tokio::fs::read(path).await.map_err(|error| {
+                    ClientError::Invalid(format!("{}: {error}", path.display()))
+                })?)
+            }
+        };
+        let sealed = blob::seal(&plaintext);
+        drop(plaintext);
+        let total_bytes = sealed.ciphertext.len() as u64;
+        let mut begun: Option<BlobStatus> = None;
+        let mut last_error = None;
+        for attempt in 0..BLOB_TRANSFER_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(BLOB_RESUME_DELAY_MS)).await;
+            }
+            let connection = match self.held_connection(transfer_hold()).await {
+                Ok(connection) => connection,
+                Err(error) if error.is_retryable() => {
+                    last_error = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let attempted =
+                upload_attempt(&connection, &sealed, &mut begun, attempt > 0, progress).await;
+            match attempted {
+                Ok(finished) => return reference(&finished, &sealed, total_bytes),
+                Err(error) if error.is_retryable() => last_error = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(gave_up("upload", last_error))
+    }
+
+    /// Downloads the blob `reference` names (resuming after dropped connections), checks its
+    /// size and hash, and opens it.
+    pub async fn download_blob(
+        &self,
+        reference: &BlobRef,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<Vec<u8>> {
+        let total_bytes = reference.size;
+        let mut ciphertext = Vec::with_capacity(usize::try_from(total_bytes).unwrap_or(0));
+        let mut last_error = None;
+        for attempt in 0..BLOB_TRANSFER_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(BLOB_RESUME_DELAY_MS)).await;
+            }
+            let connection = match self.held_connection(transfer_hold()).await {
+                Ok(connection) => connection,
+                Err(error) if error.is_retryable() => {
+                    last_error = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let offset = ciphertext.len() as u64;
+            if attempt > 0 {
+                progress(BlobProgress {
+                    done_bytes: offset,
+                    total_bytes,
+                    resumed_from: Some(offset),
+                });
+            }
+            let mut report = |reached| {
+                progress(BlobProgress {
+                    done_bytes: reached,
+                    total_bytes,
+                    resumed_from: None,
+                });
+            };
+            let downloaded = connection
+                .download_stream(
+                    reference.region,
+                    &reference.id,
+                    offset,
+                    &mut ciphertext,
+                    &mut report,
+                )
+                .await;
+            match downloaded {
+                Ok(status) if status.size_bytes != total_bytes => {
+                    return Err(blob::BlobCryptoError::WrongSize {
+                        expected: total_bytes,
+                        found: status.size_bytes,
+                    }
+                    .into());
+                }
+                Ok(_) if ciphertext.len() as u64 == total_bytes => {
+                    return Ok(blob::open(reference, &ciphertext)?);
+                }
+                // The stream ended early: resume after what arrived.
+                Ok(_) => {
+                    last_error = Some(ClientError::Network(format!(
+                        "the download stopped at byte {} of {total_bytes}",
+                        ciphertext.len()
+                    )));
+                }
+                Err(error) if error.is_retryable() => last_error = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(gave_up("download", last_error))
+    }
+}
+
+/// One attempt of an upload: begins it (first time) or asks where it stands, sends the rest
+/// from the committed offset, and finishes it.
+async fn upload_attempt(
+    connection: &Arc<EdgeConnection>,
+    sealed: &SealedBlob,
+    begun: &mut Option<BlobStatus>,
+    resuming: bool,
+    progress: &mut dyn FnMut(BlobProgress),
+) -> Result<BlobStatus> {
+    let total_bytes = sealed.ciphertext.len() as u64;
+    let current = match begun.as_ref() {
+        None => {
+            let begin = BlobBegin {
+                size_bytes: total_bytes,
+                sha256: sealed.sha256.to_vec(),
+                resume: Vec::new(),
+            };
+            let status = connection.blob(blob_command::Command::Begin(begin)).await?;
+            *begun = Some(status.clone());
+            status
+        }
+        Some(status) => {
+            connection
+                .blob(blob_command::Command::Status(at(&status.id)))
+                .await?
+        }
+    };
+    if resuming {
+        progress(BlobProgress {
+            done_bytes: current.committed_bytes,
+            total_bytes,
+            resumed_from: Some(current.committed_bytes),
+        });
+    }
+    if current.finished {
+        return Ok(current);
+    }
+    let committed = current.committed_bytes;
+    if committed < total_bytes {
+        let rest = usize::try_from(committed)
+            .ok()
+            .and_then(|start| sealed.ciphertext.get(start..))
+            .ok_or_else(|| {
+                ClientError::UnexpectedResponse(format!(
+                    "the region says {committed} bytes of {total_bytes} are committed"
+                ))
+            })?;
+        let mut report = |reached| {
+            progress(BlobProgress {
+                done_bytes: reached,
+                total_bytes,
+                resumed_from: None,
+            });
+        };
+        let after = connection
+            .upload_stream(&current.id, committed, rest, &mut report)
+            .await?;
+        if after.committed_bytes < total_bytes {
+            return Err(ClientError::Network(format!(
+                "the upload stream ended with {} of {total_bytes} bytes committed",
+                after.committed_bytes
+            )));
+        }
+    }
+    connection
+        .blob(blob_command::Command::Finish(at(&current.id)))
+        .await
+}
+
+fn at(id: &[u8]) -> BlobAt {
+    BlobAt {
+        id: id.to_vec(),
+        offset: 0,
+        region: 0,
+    }
+}
+
+fn reference(finished: &BlobStatus, sealed: &SealedBlob, total_bytes: u64) -> Result<BlobRef> {
+    let id = <[u8; BLOB_ID_BYTES]>::try_from(finished.id.as_slice()).map_err(|_| {
+        ClientError::UnexpectedResponse(format!("a blob id of {} bytes", finished.id.len()))
+    })?;
+    if !finished.finished || finished.size_bytes != total_bytes || finished.region == 0 {
+        return Err(ClientError::UnexpectedResponse(
+            "the region did not confirm the finished upload".into(),
+        ));
+    }
+    Ok(BlobRef {
+        region: finished.region,
+        id,
+        key: sealed.key,
+        size: total_bytes,
+        sha256: sealed.sha256,
+    })
+}
+
+/// How long one attempt asks the device to keep its connection.
+fn transfer_hold() -> Duration {
+    Duration::from_millis(4 * BLOB_ANSWER_TIMEOUT_MS)
+}
+
+fn gave_up(what: &str, last_error: Option<ClientError>) -> ClientError {
+    let reason = last_error.map_or_else(|| "no attempt ran".to_owned(), |error| error.to_string());
+    ClientError::Network(format!(
+        "the blob {what} gave up after {BLOB_TRANSFER_ATTEMPTS_MAX} attempts: {reason}"
+    ))
+}

@@ -1,0 +1,1203 @@
+//! The region's blob store: encrypted media and history snapshots, uploaded resumably and kept
+//! for 30 days. The region never sees a key or a plaintext: a blob is ciphertext the client
+//! encrypted (see the client's `blob` module), stored under an id the region draws.
+//!
+//! **Where bytes live.** In an [`ObjectStore`]: local files under the region's data folder
+//! with fsync on every write (the default), S3 in production, memory in the simulation. The
+//! object store cannot resume a multipart upload after a restart, so resumption is ours: an
+//! upload is cut into units of [`BLOB_COMMIT_UNIT_BYTES`] (the last may be shorter), each unit
+//! one object `<id hex>/<unit index>`, and the committed offset is recorded in the region's
+//! store ([`fdb_layers::media`]) only after the unit's object is durable. A dropped connection
+//! loses at most the unit in flight; the upload resumes at the committed offset. A unit written
+//! but not recorded (a crash in between) is written again by the resumed upload.
+//!
+//! **Who may do what.** Only devices of the uploading account begin, resume, query and finish
+//! an upload. Any authenticated device that names a finished blob's id may download it: the id
+//! is 128 random bits drawn by the region, so knowing it is the grant, and it travels with the
+//! key in an end-to-end encrypted envelope. Without the key the bytes are noise. A blob that is
+//! unknown, expired, or another account's unfinished upload is [`ErrorCode::UnknownBlob`] alike,
+//! so nothing tells a guesser which ids exist.
+//!
+//! **Bounds.** A blob is at most [`BlobLimits::blob_bytes_max`]; an account stores at most
+//! [`BlobLimits::account_bytes_max`] (begun uploads count at once); a blob expires
+//! [`BlobLimits::retention_ms`] after it was begun, finished or not. [`BlobStore::sweep`]
+//! removes expired blobs (records first, then objects) and objects whose record is gone (left by
+//! a crash between the two); it is called with the time, so tests move the clock by hand.
+//!
+//! **Checks.** `Finish` reads every unit back and compares the size and SHA-256 with those the
+//! upload began with; a mismatch discards the upload ([`ErrorCode::BlobMismatch`]). A download
+//! checks each unit's length against the record before sending it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fdb_layers::keys::IdempotencyKey;
+use fdb_layers::media::{self, MediaId, MediaRecord, UploadBegun, UploadState};
+use fdb_layers::{Database, StoreError};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use relay_proto::limits::{
+    BLOB_BYTES_MAX, BLOB_COMMIT_UNIT_BYTES, BLOB_ID_BYTES, BLOB_SHA256_BYTES,
+    BLOB_STREAM_IDLE_TIMEOUT_MS,
+};
+use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus};
+use relay_proto::{AccountId, ErrorCode, ProtoError};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::limits::{BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_SWEEP_TRANSACTIONS_MAX};
+
+/// The bounds of one region's blob store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLimits {
+    /// Largest blob, in bytes.
+    pub blob_bytes_max: u64,
+    /// Bytes one account may store at once (unfinished uploads included).
+    pub account_bytes_max: u64,
+    /// How long a blob is kept after its upload began, in ms.
+    pub retention_ms: u64,
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        BlobLimits {
+            blob_bytes_max: BLOB_BYTES_MAX,
+            account_bytes_max: BLOB_ACCOUNT_BYTES_MAX_DEFAULT,
+            retention_ms: media::MEDIA_RETENTION_MS_DEFAULT,
+        }
+    }
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobSweep {
+    /// Expired blobs removed.
+    pub expired_blobs: usize,
+    /// Blob folders removed whose record was already gone.
+    pub orphaned_blobs: usize,
+}
+
+/// The region's blob store: objects plus their records in the region's store.
+#[derive(Clone)]
+pub struct BlobStore {
+    objects: Arc<dyn ObjectStore>,
+    db: Database,
+    limits: BlobLimits,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("objects", &self.objects.to_string())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An object store in memory (the simulation's).
+pub fn memory_objects() -> Arc<dyn ObjectStore> {
+    Arc::new(object_store::memory::InMemory::new())
+}
+
+/// The object store a region's configuration names: its S3 bucket, or local files under
+/// `data_dir/blobs`.
+pub fn configured_objects(
+    config: &crate::config::BlobsConfig,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let Some(s3) = &config.s3 else {
+        return local_objects(&data_dir.join("blobs"))
+            .map_err(|error| format!("the blob folder under {}: {error}", data_dir.display()));
+    };
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(&s3.bucket)
+        .with_region(&s3.region)
+        .with_allow_http(s3.allow_http);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    let store = builder
+        .build()
+        .map_err(|error| format!("the S3 bucket {}: {error}", s3.bucket))?;
+    Ok(Arc::new(store))
+}
+
+/// The store of local blob files under `folder` (created if missing), with fsync on every
+/// write.
+pub fn local_objects(folder: &std::path::Path) -> Result<Arc<dyn ObjectStore>, std::io::Error> {
+    std::fs::create_dir_all(folder)?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(folder)
+        .map_err(std::io::Error::other)?
+        .with_fsync(true)
+        // A blob's folder goes with its last unit.
+        .with_automatic_cleanup(true);
+    Ok(Arc::new(store))
+}
+
+impl BlobStore {
+    /// A blob store keeping bytes in `objects` and records in `db`.
+    pub fn new(objects: Arc<dyn ObjectStore>, db: Database, limits: BlobLimits) -> Self {
+        BlobStore {
+            objects,
+            db,
+            limits,
+        }
+    }
+
+    /// Begins an upload for `owner` (a fresh id) or resumes one it began (`begin.resume`).
+    pub async fn begin(
+        &self,
+        owner: AccountId,
+        begin: &BlobBegin,
+        now_ms: u64,
+    ) -> Result<BlobStatus, ProtoError> {
+        if begin.sha256.len() != BLOB_SHA256_BYTES {
+            return Err(ProtoError::invalid(format!(
+                "a blob's SHA-256 is {BLOB_SHA256_BYTES} bytes, not {}",
+                begin.sha256.len()
+            )));
+        }
+        if begin.size_bytes > self.limits.blob_bytes_max {
+            return Err(ProtoError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a blob is at most {} bytes, not {}",
+                    self.limits.blob_bytes_max, begin.size_bytes
+                ),
+            ));
+        }
+        if !begin.resume.is_empty() {
+            let id = parse_id(&begin.resume)?;
+            let (record, upload) = self.owned(owner, &id, now_ms).await?;
+            if record.size_bytes != begin.size_bytes || upload.sha256 != begin.sha256 {
+                return Err(ProtoError::new(
+                    ErrorCode::BlobMismatch,
+                    "the upload to resume was begun with another size or SHA-256",
+                ));
+            }
+            return Ok(status(&record, &upload));
+        }
+        let id = MediaId::from_bytes(&rand::random::<[u8; BLOB_ID_BYTES]>())
+            .map_err(|error| ProtoError::new(ErrorCode::Internal, error.to_string()))?;
+        let key = IdempotencyKey::new(now_ms, rand::random());
+        let expires_at_ms = now_ms.saturating_add(self.limits.retention_ms);
+        let quota = self.limits.account_bytes_max;
+        let begun = self
+            .db
+            .transact(|tx| {
+                let (id, sha256) = (id.clone(), begin.sha256.clone());
+                async move {
+                    media::begin_upload(
+                        &tx,
+                        &id,
+                        owner,
+                        begin.size_bytes,
+                        &sha256,
+                        expires_at_ms,
+                        quota,
+                        &key,
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(blob_store_failure)?;
+        match begun {
+            UploadBegun::Begun => Ok(BlobStatus {
+                id: id.as_bytes().to_vec(),
+                size_bytes: begin.size_bytes,
+                committed_bytes: 0,
+                finished: false,
+                expires_at_ms,
+                region: 0,
+            }),
+            UploadBegun::QuotaExceeded { owner_bytes } => Err(ProtoError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the account stores {owner_bytes} bytes of blobs; {} more would pass its \
+                     quota of {quota} bytes",
+                    begin.size_bytes
+                ),
+            )),
+            // 128 random bits collided: refuse rather than touch another upload.
+            UploadBegun::Taken { .. } => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "a fresh blob id was taken; begin again",
+            )),
+        }
+    }
+
+    /// Where `owner`'s upload `id` stands.
+    pub async fn status(
+        &self,
+        owner: AccountId,
+        id: &[u8],
+        now_ms: u64,
+    ) -> Result<BlobStatus, ProtoError> {
+        let id = parse_id(id)?;
+        let (record, upload) = self.owned(owner, &id, now_ms).await?;
+        Ok(status(&record, &upload))
+    }
+
+    /// Takes the bytes of `owner`'s upload from `at.offset` (the committed offset) until
+    /// `bytes` ends, committing each whole unit as it arrives, and returns where the upload
+    /// stands. A partial unit at the end of `bytes` is dropped (the upload resumes before it);
+    /// bytes past the blob's size are refused after everything before them was committed.
+    pub async fn upload(
+        &self,
+        owner: AccountId,
+        at: &BlobAt,
+        bytes: &mut (impl AsyncRead + Unpin),
+        now_ms: u64,
+    ) -> Result<BlobStatus, ProtoError> {
+        let id = parse_id(&at.id)?;
+        let (record, mut upload) = self.owned(owner, &id, now_ms).await?;
+        if upload.finished {
+            return Err(ProtoError::new(
+                ErrorCode::WrongOffset,
+                "the upload is finished already",
+            ));
+        }
+        if at.offset != upload.committed_bytes {
+            return Err(ProtoError::new(
+                ErrorCode::WrongOffset,
+                format!(
+                    "the upload is committed up to byte {}, not {}: resume from there",
+                    upload.committed_bytes, at.offset
+                ),
+            ));
+        }
+        // One unit is committed (its object written, then its offset recorded) while the
+        // next is read, so the stream keeps moving; commits stay in order, one at a time.
+        let mut committing: Option<tokio::task::JoinHandle<Result<UploadState, ProtoError>>> = None;
+        let mut read_bytes = upload.committed_bytes;
+        while read_bytes < record.size_bytes {
+            let unit_bytes = unit_bytes_at(record.size_bytes, read_bytes);
+            let mut unit = Vec::new();
+            let complete = read_unit(bytes, &mut unit, unit_bytes).await;
+            if let Some(previous) = committing.take() {
+                upload = joined(previous).await?;
+            }
+            if !complete? {
+                // The stream ended inside a unit: what came of it is not committed.
+                return Ok(status(&record, &upload));
+            }
+            let store = self.clone();
+            let unit_id = id.clone();
+            let from_bytes = read_bytes;
+            committing = Some(tokio::spawn(async move {
+                store.commit_unit(&unit_id, from_bytes, unit).await
+            }));
+            read_bytes += unit_bytes as u64;
+        }
+        if let Some(previous) = committing.take() {
+            upload = joined(previous).await?;
+        }
+        let mut extra = [0u8; 1];
+        if read_idle(bytes, &mut extra).await? > 0 {
+            return Err(ProtoError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the stream went on past the blob's {} bytes",
+                    record.size_bytes
+                ),
+            ));
+        }
+        Ok(status(&record, &upload))
+    }
+
+    /// Writes the unit of blob `id` starting at `from_bytes` and records it committed.
+    async fn commit_unit(
+        &self,
+        id: &MediaId,
+        from_bytes: u64,
+        unit: Vec<u8>,
+    ) -> Result<UploadState, ProtoError> {
+        let to_bytes = from_bytes + unit.len() as u64;
+        self.objects
+            .put(
+                &unit_path(id, from_bytes / BLOB_COMMIT_UNIT_BYTES),
+                PutPayload::from(Bytes::from(unit)),
+            )
+            .await
+            .map_err(object_failure)?;
+        let moved = self
+            .db
+            .transact(|tx| {
+                let id = id.clone();
+                async move { media::commit_upload_bytes(&tx, &id, from_bytes, to_bytes).await }
+            })
+            .await
+            .map_err(blob_store_failure)?
+            .ok_or_else(unknown_blob)?;
+        if moved.committed_bytes != to_bytes {
+            // Another stream of the same upload moved it: this one stops here.
+            return Err(ProtoError::new(
+                ErrorCode::WrongOffset,
+                format!(
+                    "another stream committed this upload up to byte {}",
+                    moved.committed_bytes
+                ),
+            ));
+        }
+        Ok(moved)
+    }
+
+    /// Finishes `owner`'s upload `id`: every byte committed, and the size and SHA-256 those it
+    /// began with. A mismatch discards the upload.
+    pub async fn finish(
+        &self,
+        owner: AccountId,
+        id: &[u8],
+        now_ms: u64,
+    ) -> Result<BlobStatus, ProtoError> {
+        let id = parse_id(id)?;
+        let (record, upload) = self.owned(owner, &id, now_ms).await?;
+        if upload.finished {
+            return Ok(status(&record, &upload));
+        }
+        if upload.committed_bytes < record.size_bytes {
+            return Err(ProtoError::new(
+                ErrorCode::WrongOffset,
+                format!(
+                    "only {} of {} bytes are committed: upload the rest first",
+                    upload.committed_bytes, record.size_bytes
+                ),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let mut size_bytes = 0u64;
+        for index in 0..unit_count(record.size_bytes) {
+            let unit = self.read_unit_object(&id, &record, index).await?;
+            size_bytes += unit.len() as u64;
+            hasher.update(&unit);
+        }
+        if size_bytes != record.size_bytes || hasher.finalize().as_slice() != upload.sha256 {
+            tracing::warn!(blob = %hex(&id), "an upload's bytes do not match its hash; discarded");
+            self.remove(&id).await?;
+            return Err(ProtoError::new(
+                ErrorCode::BlobMismatch,
+                "the uploaded bytes do not match the SHA-256 the upload began with; the upload \
+                 was discarded",
+            ));
+        }
+        let finished = self
+            .db
+            .transact(|tx| {
+                let id = id.clone();
+                async move { media::finish_upload(&tx, &id).await }
+            })
+            .await
+            .map_err(blob_store_failure)?
+            .ok_or_else(unknown_blob)?;
+        Ok(status(&record, &finished))
+    }
+
+    /// The status of the finished blob `id`, for a download by any authenticated device.
+    pub async fn download_status(&self, id: &[u8], now_ms: u64) -> Result<BlobStatus, ProtoError> {
+        let id = parse_id(id)?;
+        let (record, upload) = self.record(&id, now_ms).await?;
+        if !upload.finished {
+            return Err(unknown_blob());
+        }
+        Ok(status(&record, &upload))
+    }
+
+    /// Opens the finished blob `id` for a download from `offset`: its status, and a reader of
+    /// its bytes from there.
+    pub async fn open_download(
+        &self,
+        id: &[u8],
+        offset: u64,
+        now_ms: u64,
+    ) -> Result<(BlobStatus, BlobReader), ProtoError> {
+        let id = parse_id(id)?;
+        let (record, upload) = self.record(&id, now_ms).await?;
+        if !upload.finished {
+            return Err(unknown_blob());
+        }
+        if offset > record.size_bytes {
+            return Err(ProtoError::new(
+                ErrorCode::WrongOffset,
+                format!("the blob has {} bytes, not {offset}", record.size_bytes),
+            ));
+        }
+        let reader = BlobReader {
+            store: self.clone(),
+            index: offset / BLOB_COMMIT_UNIT_BYTES,
+            skip: usize::try_from(offset % BLOB_COMMIT_UNIT_BYTES).unwrap_or(usize::MAX),
+            id,
+            record: record.clone(),
+        };
+        Ok((status(&record, &upload), reader))
+    }
+
+    /// Removes the blobs expired at `now_ms` (their records, then their objects) and the
+    /// objects whose record is gone; bounded by [`BLOB_SWEEP_TRANSACTIONS_MAX`] transactions.
+    pub async fn sweep(&self, now_ms: u64) -> Result<BlobSweep, ProtoError> {
+        let mut sweep = BlobSweep::default();
+        // A blob is expired from its `expires_at_ms` on (as downloads see it); the index sweep
+        // takes those that expire before the time it is given.
+        let now_ms = now_ms.saturating_add(1);
+        for _ in 0..BLOB_SWEEP_TRANSACTIONS_MAX {
+            let key = IdempotencyKey::new(now_ms, rand::random());
+            let expired = self
+                .db
+                .transact(|tx| async move {
+                    media::sweep_expired(&tx, now_ms, media::MEDIA_SWEEP_ENTRIES_MAX, &key).await
+                })
+                .await
+                .map_err(blob_store_failure)?;
+            for record in &expired.expired {
+                self.delete_objects(&record.id).await?;
+            }
+            sweep.expired_blobs += expired.expired.len();
+            if !expired.more {
+                break;
+            }
+        }
+        sweep.orphaned_blobs = self.remove_orphans().await?;
+        Ok(sweep)
+    }
+
+    /// The record and upload state of `id`, if it belongs to `owner` and has not expired.
+    async fn owned(
+        &self,
+        owner: AccountId,
+        id: &MediaId,
+        now_ms: u64,
+    ) -> Result<(MediaRecord, UploadState), ProtoError> {
+        let (record, upload) = self.record(id, now_ms).await?;
+        if record.owner != owner {
+            return Err(unknown_blob());
+        }
+        Ok((record, upload))
+    }
+
+    /// The record and upload state of `id`, if it has not expired.
+    async fn record(
+        &self,
+        id: &MediaId,
+        now_ms: u64,
+    ) -> Result<(MediaRecord, UploadState), ProtoError> {
+        let found = self
+            .db
+            .transact(|tx| {
+                let id = id.clone();
+                async move {
+                    let record = media::get(&tx, &id).await?;
+                    let upload = media::upload_state(&tx, &id).await?;
+                    Ok(record.zip(upload))
+                }
+            })
+            .await
+            .map_err(blob_store_failure)?;
+        match found {
+            Some((record, upload)) if record.expires_at_ms > now_ms => Ok((record, upload)),
+            _ => Err(unknown_blob()),
+        }
+    }
+
+    /// Unit `index` of blob `id`, checked to have the length the record implies.
+    async fn read_unit_object(
+        &self,
+        id: &MediaId,
+        record: &MediaRecord,
+        index: u64,
+    ) -> Result<Bytes, ProtoError> {
+        let unit = self
+            .objects
+            .get(&unit_path(id, index))
+            .await
+            .map_err(object_failure)?
+            .bytes()
+            .await
+            .map_err(object_failure)?;
+        let expected = unit_bytes_at(record.size_bytes, index * BLOB_COMMIT_UNIT_BYTES);
+        if unit.len() != expected {
+            tracing::error!(blob = %hex(id), index, found = unit.len(), expected, "a blob unit has the wrong length");
+            return Err(ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                "a stored piece of the blob is damaged",
+            ));
+        }
+        Ok(unit)
+    }
+
+    /// Removes blob `id`: its record, then its objects.
+    async fn remove(&self, id: &MediaId) -> Result<(), ProtoError> {
+        self.db
+            .transact(|tx| {
+                let id = id.clone();
+                async move { media::delete(&tx, &id).await }
+            })
+            .await
+            .map_err(blob_store_failure)?;
+        self.delete_objects(id).await
+    }
+
+    async fn delete_objects(&self, id: &MediaId) -> Result<(), ProtoError> {
+        self.delete_folder(&ObjectPath::from(hex(id))).await?;
+        Ok(())
+    }
+
+    /// Deletes the objects of `folder`; returns how many there were.
+    async fn delete_folder(&self, folder: &ObjectPath) -> Result<usize, ProtoError> {
+        let listed = self
+            .objects
+            .list_with_delimiter(Some(folder))
+            .await
+            .map_err(object_failure)?;
+        for object in &listed.objects {
+            match self.objects.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(object_failure(error)),
+            }
+        }
+        Ok(listed.objects.len())
+    }
+
+    /// Removes the blob folders whose record is gone (a crash between a sweep's commit and its
+    /// deletes, or a folder that is not a blob at all); returns how many.
+    async fn remove_orphans(&self) -> Result<usize, ProtoError> {
+        let listed = self
+            .objects
+            .list_with_delimiter(None)
+            .await
+            .map_err(object_failure)?;
+        let mut removed = 0;
+        for folder in listed.common_prefixes {
+            let known =
+                match unhex(folder.as_ref()).and_then(|bytes| MediaId::from_bytes(&bytes).ok()) {
+                    Some(id) => self
+                        .db
+                        .transact(|tx| {
+                            let id = id.clone();
+                            async move { media::get(&tx, &id).await }
+                        })
+                        .await
+                        .map_err(blob_store_failure)?
+                        .is_some(),
+                    None => false,
+                };
+            if !known && self.delete_folder(&folder).await? > 0 {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The bytes of a finished blob, one unit at a time.
+#[derive(Debug)]
+pub struct BlobReader {
+    store: BlobStore,
+    id: MediaId,
+    record: MediaRecord,
+    index: u64,
+    skip: usize,
+}
+
+impl BlobReader {
+    /// The next piece of the blob, `None` after the last.
+    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, ProtoError> {
+        if self.index >= unit_count(self.record.size_bytes) {
+            return Ok(None);
+        }
+        let unit = self
+            .store
+            .read_unit_object(&self.id, &self.record, self.index)
+            .await?;
+        let piece = unit.slice(self.skip.min(unit.len())..);
+        self.index += 1;
+        self.skip = 0;
+        Ok(Some(piece))
+    }
+}
+
+fn status(record: &MediaRecord, upload: &UploadState) -> BlobStatus {
+    BlobStatus {
+        id: record.id.as_bytes().to_vec(),
+        size_bytes: record.size_bytes,
+        committed_bytes: upload.committed_bytes,
+        finished: upload.finished,
+        expires_at_ms: record.expires_at_ms,
+        region: 0,
+    }
+}
+
+fn parse_id(id: &[u8]) -> Result<MediaId, ProtoError> {
+    if id.len() != BLOB_ID_BYTES {
+        return Err(ProtoError::invalid(format!(
+            "a blob id is {BLOB_ID_BYTES} bytes, not {}",
+            id.len()
+        )));
+    }
+    MediaId::from_bytes(id).map_err(|error| ProtoError::invalid(error.to_string()))
+}
+
+fn unknown_blob() -> ProtoError {
+    ProtoError::new(
+        ErrorCode::UnknownBlob,
+        "no such blob: unknown, expired, or not this account's upload",
+    )
+}
+
+/// Units of a blob of `size_bytes` (an empty blob has none).
+fn unit_count(size_bytes: u64) -> u64 {
+    size_bytes.div_ceil(BLOB_COMMIT_UNIT_BYTES)
+}
+
+/// Bytes of the unit starting at `offset` of a blob of `size_bytes`.
+fn unit_bytes_at(size_bytes: u64, offset: u64) -> usize {
+    // A unit is at most BLOB_COMMIT_UNIT_BYTES (8 MiB at most, checked at compile time).
+    usize::try_from(
+        size_bytes
+            .saturating_sub(offset)
+            .min(BLOB_COMMIT_UNIT_BYTES),
+    )
+    .unwrap_or(usize::MAX)
+}
+
+fn unit_path(id: &MediaId, index: u64) -> ObjectPath {
+    ObjectPath::from(format!("{}/{index:08}", hex(id)))
+}
+
+fn hex(id: &MediaId) -> String {
+    id.as_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+/// The result of a unit's commit task.
+async fn joined(
+    task: tokio::task::JoinHandle<Result<UploadState, ProtoError>>,
+) -> Result<UploadState, ProtoError> {
+    task.await.unwrap_or_else(|error| {
+        Err(ProtoError::new(
+            ErrorCode::Internal,
+            format!("a blob unit's commit failed: {error}"),
+        ))
+    })
+}
+
+/// Reads until `unit` holds `unit_bytes` (true) or the stream ends (false).
+async fn read_unit(
+    bytes: &mut (impl AsyncRead + Unpin),
+    unit: &mut Vec<u8>,
+    unit_bytes: usize,
+) -> Result<bool, ProtoError> {
+    unit.resize(unit_bytes, 0);
+    let mut filled = 0;
+    while filled < unit_bytes {
+        let read = read_idle(bytes, &mut unit[filled..]).await?;
+        if read == 0 {
+            unit.truncate(filled);
+            return Ok(false);
+        }
+        filled += read;
+    }
+    Ok(true)
+}
+
+/// One read, given up after [`BLOB_STREAM_IDLE_TIMEOUT_MS`] of silence. A stream that broke
+/// (reset, connection lost) reads as its end: what was committed stays committed.
+async fn read_idle(
+    bytes: &mut (impl AsyncRead + Unpin),
+    buffer: &mut [u8],
+) -> Result<usize, ProtoError> {
+    match tokio::time::timeout(
+        Duration::from_millis(BLOB_STREAM_IDLE_TIMEOUT_MS),
+        bytes.read(buffer),
+    )
+    .await
+    {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "an upload stream broke");
+            Ok(0)
+        }
+        Err(_) => Err(ProtoError::new(
+            ErrorCode::Unavailable,
+            "the upload stream was silent too long",
+        )),
+    }
+}
+
+fn blob_store_failure(error: StoreError) -> ProtoError {
+    tracing::warn!(%error, "blob records unavailable");
+    ProtoError::new(
+        ErrorCode::StorageUnavailable,
+        "the region's storage is unavailable; retry later",
+    )
+}
+
+fn object_failure(error: object_store::Error) -> ProtoError {
+    match error {
+        object_store::Error::NotFound { .. } => {
+            tracing::error!(%error, "a committed blob unit is missing");
+            ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                "a stored piece of the blob is missing",
+            )
+        }
+        error => {
+            tracing::warn!(%error, "blob objects unavailable");
+            ProtoError::new(
+                ErrorCode::StorageUnavailable,
+                "the region's blob storage is unavailable; retry later",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use fdb_layers::EmbeddedOptions;
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    const UNIT: usize = BLOB_COMMIT_UNIT_BYTES as usize;
+    const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
+    const ALICE: AccountId = AccountId(1);
+    const BOB: AccountId = AccountId(2);
+
+    /// Bytes that arrive until `break_at`, then a broken stream (a dropped connection).
+    struct Breaking {
+        bytes: Vec<u8>,
+        at: usize,
+        break_at: usize,
+    }
+
+    impl AsyncRead for Breaking {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buffer: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.at >= self.break_at {
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            let end = self
+                .break_at
+                .min(self.at + buffer.remaining())
+                .min(self.at + 100_000);
+            buffer.put_slice(&self.bytes[self.at..end]);
+            self.at = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Fixture {
+        _folder: tempfile::TempDir,
+        objects_dir: std::path::PathBuf,
+        store: BlobStore,
+    }
+
+    fn fixture(limits: BlobLimits) -> Fixture {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(
+            &folder.path().join("region.redb"),
+            EmbeddedOptions::default(),
+        )
+        .expect("store opens");
+        let objects_dir = folder.path().join("blobs");
+        let objects = local_objects(&objects_dir).expect("blob folder");
+        Fixture {
+            _folder: folder,
+            objects_dir,
+            store: BlobStore::new(objects, db, limits),
+        }
+    }
+
+    fn blob_bytes(length: usize) -> Vec<u8> {
+        (0..length).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    fn begin_of(bytes: &[u8]) -> BlobBegin {
+        BlobBegin {
+            size_bytes: bytes.len() as u64,
+            sha256: Sha256::digest(bytes).to_vec(),
+            resume: Vec::new(),
+        }
+    }
+
+    fn at(status: &BlobStatus, offset: u64) -> BlobAt {
+        BlobAt {
+            id: status.id.clone(),
+            offset,
+            region: 0,
+        }
+    }
+
+    async fn download_all(store: &BlobStore, id: &[u8], offset: u64, now_ms: u64) -> Vec<u8> {
+        let (_, mut reader) = store
+            .open_download(id, offset, now_ms)
+            .await
+            .expect("download opens");
+        let mut bytes = Vec::new();
+        while let Some(piece) = reader.next_piece().await.expect("piece") {
+            bytes.extend_from_slice(&piece);
+        }
+        bytes
+    }
+
+    fn code<T: std::fmt::Debug>(result: Result<T, ProtoError>) -> ErrorCode {
+        result.expect_err("refused").code
+    }
+
+    #[tokio::test]
+    async fn an_upload_broken_mid_unit_resumes_from_the_committed_offset() {
+        let fixture = fixture(BlobLimits::default());
+        let store = &fixture.store;
+        let bytes = blob_bytes(5 * UNIT / 2);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        assert_eq!((begun.committed_bytes, begun.finished), (0, false));
+        assert_eq!(begun.id.len(), BLOB_ID_BYTES);
+
+        // The connection drops in the middle of the third unit: two units are kept.
+        let mut broken = Breaking {
+            bytes: bytes.clone(),
+            at: 0,
+            break_at: 2 * UNIT + 1_000,
+        };
+        let status = store
+            .upload(ALICE, &at(&begun, 0), &mut broken, 1)
+            .await
+            .expect("a broken stream answers what it kept");
+        assert_eq!(status.committed_bytes, 2 * UNIT as u64);
+        let asked = store.status(ALICE, &begun.id, 2).await.expect("status");
+        assert_eq!(asked.committed_bytes, 2 * UNIT as u64);
+        assert_eq!(
+            code(store.finish(ALICE, &begun.id, 2).await),
+            ErrorCode::WrongOffset,
+            "an unfinished upload cannot be finished"
+        );
+        // Resuming anywhere but the committed offset is refused; from it, the rest goes in.
+        let mut rest = &bytes[UNIT..];
+        assert_eq!(
+            code(
+                store
+                    .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 3)
+                    .await
+            ),
+            ErrorCode::WrongOffset
+        );
+        let mut rest = &bytes[2 * UNIT..];
+        let status = store
+            .upload(ALICE, &at(&begun, 2 * UNIT as u64), &mut rest, 3)
+            .await
+            .expect("resumes");
+        assert_eq!(status.committed_bytes, bytes.len() as u64);
+        let finished = store.finish(ALICE, &begun.id, 4).await.expect("finishes");
+        assert!(finished.finished);
+        // Finishing twice answers the same.
+        assert_eq!(store.finish(ALICE, &begun.id, 4).await, Ok(finished));
+        assert_eq!(download_all(store, &begun.id, 0, 5).await, bytes);
+        assert_eq!(
+            download_all(store, &begun.id, UNIT as u64 + 17, 5).await,
+            bytes[UNIT + 17..],
+            "a download resumes at any offset"
+        );
+        // Resuming the begun upload by id answers where it stands.
+        let mut resume = begin_of(&bytes);
+        resume.resume = begun.id.clone();
+        let resumed = store.begin(ALICE, &resume, 6).await.expect("resumes by id");
+        assert!(resumed.finished);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_do_not_match_the_hash_are_discarded_and_return_the_quota() {
+        let fixture = fixture(BlobLimits::default());
+        let store = &fixture.store;
+        let bytes = blob_bytes(UNIT + 10);
+        let mut begin = begin_of(&bytes);
+        begin.sha256 = Sha256::digest(b"something else").to_vec();
+        let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
+        let mut all = bytes.as_slice();
+        store
+            .upload(ALICE, &at(&begun, 0), &mut all, 1)
+            .await
+            .expect("uploads");
+        assert_eq!(
+            code(store.finish(ALICE, &begun.id, 2).await),
+            ErrorCode::BlobMismatch
+        );
+        assert_eq!(
+            code(store.status(ALICE, &begun.id, 3).await),
+            ErrorCode::UnknownBlob,
+            "the upload is gone"
+        );
+        assert_eq!(
+            std::fs::read_dir(&fixture.objects_dir)
+                .expect("folder")
+                .count(),
+            0,
+            "its units are deleted"
+        );
+        let owner_bytes = store
+            .db
+            .transact(|tx| async move { media::owner_bytes(&tx, ALICE).await })
+            .await
+            .expect("owner bytes");
+        assert_eq!(owner_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn sizes_and_quotas_are_enforced() {
+        let limits = BlobLimits {
+            blob_bytes_max: 3 * UNIT as u64,
+            account_bytes_max: 4 * UNIT as u64,
+            ..BlobLimits::default()
+        };
+        let fixture = fixture(limits);
+        let store = &fixture.store;
+        let too_large = BlobBegin {
+            size_bytes: 3 * UNIT as u64 + 1,
+            sha256: vec![0; 32],
+            resume: Vec::new(),
+        };
+        assert_eq!(
+            code(store.begin(ALICE, &too_large, 0).await),
+            ErrorCode::TooLarge
+        );
+        let bad_hash = BlobBegin {
+            size_bytes: 1,
+            sha256: vec![0; 5],
+            resume: Vec::new(),
+        };
+        assert_eq!(
+            code(store.begin(ALICE, &bad_hash, 0).await),
+            ErrorCode::Malformed
+        );
+
+        // A stream longer than the blob: what fits is committed, the rest refused.
+        let bytes = blob_bytes(3 * UNIT);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"more");
+        let mut longer = longer.as_slice();
+        assert_eq!(
+            code(store.upload(ALICE, &at(&begun, 0), &mut longer, 1).await),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            store
+                .status(ALICE, &begun.id, 1)
+                .await
+                .map(|s| s.committed_bytes),
+            Ok(bytes.len() as u64)
+        );
+        // Three units begun; two more would pass four: refused, for this account only.
+        let two_units = blob_bytes(2 * UNIT);
+        assert_eq!(
+            code(store.begin(ALICE, &begin_of(&two_units), 2).await),
+            ErrorCode::QuotaExceeded
+        );
+        store
+            .begin(BOB, &begin_of(&two_units), 2)
+            .await
+            .expect("another account has its own quota");
+        store
+            .begin(ALICE, &begin_of(&blob_bytes(UNIT)), 2)
+            .await
+            .expect("what fits is taken");
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_uploads_and_anyone_with_the_id_downloads_a_finished_blob() {
+        let fixture = fixture(BlobLimits::default());
+        let store = &fixture.store;
+        let bytes = blob_bytes(1_000);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let mut all = bytes.as_slice();
+        assert_eq!(
+            code(store.upload(BOB, &at(&begun, 0), &mut all, 1).await),
+            ErrorCode::UnknownBlob
+        );
+        assert_eq!(
+            code(store.status(BOB, &begun.id, 1).await),
+            ErrorCode::UnknownBlob
+        );
+        assert_eq!(
+            code(store.open_download(&begun.id, 0, 1).await),
+            ErrorCode::UnknownBlob,
+            "an unfinished blob cannot be downloaded"
+        );
+        let mut all = bytes.as_slice();
+        store
+            .upload(ALICE, &at(&begun, 0), &mut all, 1)
+            .await
+            .expect("uploads");
+        assert_eq!(
+            code(store.finish(BOB, &begun.id, 2).await),
+            ErrorCode::UnknownBlob
+        );
+        store.finish(ALICE, &begun.id, 2).await.expect("finishes");
+        assert_eq!(download_all(store, &begun.id, 0, 3).await, bytes);
+        assert_eq!(
+            code(store.open_download(&[9; BLOB_ID_BYTES], 0, 3).await),
+            ErrorCode::UnknownBlob
+        );
+        assert_eq!(
+            code(store.open_download(&[9; 3], 0, 3).await),
+            ErrorCode::Malformed
+        );
+    }
+
+    #[tokio::test]
+    async fn blobs_expire_after_their_retention_and_the_sweep_removes_them() {
+        let fixture = fixture(BlobLimits::default());
+        let store = &fixture.store;
+        let retention_ms = BlobLimits::default().retention_ms;
+        assert_eq!(retention_ms, 30 * DAY_MS);
+        let bytes = blob_bytes(UNIT + 1);
+        let finished = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let mut all = bytes.as_slice();
+        store
+            .upload(ALICE, &at(&finished, 0), &mut all, 0)
+            .await
+            .expect("uploads");
+        store
+            .finish(ALICE, &finished.id, 0)
+            .await
+            .expect("finishes");
+        // An upload begun a day later, never finished.
+        let later = store
+            .begin(ALICE, &begin_of(&bytes), DAY_MS)
+            .await
+            .expect("begins");
+        assert_eq!(finished.expires_at_ms, retention_ms);
+
+        let before = retention_ms - 1;
+        assert_eq!(store.sweep(before).await, Ok(BlobSweep::default()));
+        assert_eq!(download_all(store, &finished.id, 0, before).await, bytes);
+        // Expired but not swept yet: already refused.
+        assert_eq!(
+            code(store.open_download(&finished.id, 0, retention_ms).await),
+            ErrorCode::UnknownBlob
+        );
+        assert_eq!(
+            store.sweep(retention_ms).await,
+            Ok(BlobSweep {
+                expired_blobs: 1,
+                orphaned_blobs: 0
+            })
+        );
+        assert!(
+            !fixture
+                .objects_dir
+                .join(hex(&parse_id(&finished.id).expect("id")))
+                .exists(),
+            "the expired blob's units are deleted"
+        );
+        assert!(store.status(ALICE, &later.id, retention_ms).await.is_ok());
+        assert_eq!(
+            store
+                .sweep(DAY_MS + retention_ms)
+                .await
+                .map(|s| s.expired_blobs),
+            Ok(1),
+            "an unfinished upload expires too"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_units_are_overwritten_or_swept() {
+        let fixture = fixture(BlobLimits::default());
+        let store = &fixture.store;
+        let bytes = blob_bytes(2 * UNIT);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let id = parse_id(&begun.id).expect("id");
+        // A unit written before a crash, never recorded, holding other bytes; and a folder of
+        // a blob whose record is gone.
+        store
+            .objects
+            .put(&unit_path(&id, 1), PutPayload::from(vec![0xEE; 100]))
+            .await
+            .expect("stray unit");
+        let orphan = MediaId::from_bytes(&[0xAB; BLOB_ID_BYTES]).expect("id");
+        store
+            .objects
+            .put(&unit_path(&orphan, 0), PutPayload::from(vec![1; 10]))
+            .await
+            .expect("orphan unit");
+        store
+            .objects
+            .put(
+                &ObjectPath::from("not-a-blob/x"),
+                PutPayload::from(vec![1; 10]),
+            )
+            .await
+            .expect("stray folder");
+        assert_eq!(
+            store.sweep(1).await,
+            Ok(BlobSweep {
+                expired_blobs: 0,
+                orphaned_blobs: 2
+            }),
+            "folders without a record go; the live upload stays"
+        );
+        assert!(
+            !fixture
+                .objects_dir
+                .join(hex(&orphan))
+                .join("00000000")
+                .exists()
+        );
+        let mut all = bytes.as_slice();
+        store
+            .upload(ALICE, &at(&begun, 0), &mut all, 1)
+            .await
+            .expect("uploads over the stray unit");
+        store.finish(ALICE, &begun.id, 2).await.expect("finishes");
+        assert_eq!(download_all(store, &begun.id, 0, 3).await, bytes);
+
+        // A unit damaged on disk after the finish is refused, never served.
+        let unit_file = fixture.objects_dir.join(hex(&id)).join("00000001");
+        std::fs::write(&unit_file, b"short").expect("damage");
+        let (_, mut reader) = store.open_download(&begun.id, 0, 3).await.expect("opens");
+        reader.next_piece().await.expect("first unit is fine");
+        assert_eq!(
+            reader.next_piece().await.map_err(|error| error.code),
+            Err(ErrorCode::StorageUnavailable)
+        );
+    }
+}
