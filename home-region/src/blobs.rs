@@ -110,6 +110,12 @@ pub fn configured_objects(
         return local_objects(&data_dir.join("blobs"))
             .map_err(|error| format!("the blob folder under {}: {error}", data_dir.display()));
     };
+    s3_objects(s3)
+}
+
+/// The S3 bucket `s3` names, through object_store's `aws` store.
+#[cfg(feature = "s3")]
+fn s3_objects(s3: &crate::config::S3Config) -> Result<Arc<dyn ObjectStore>, String> {
     let mut builder = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(&s3.bucket)
         .with_region(&s3.region)
@@ -127,6 +133,17 @@ pub fn configured_objects(
         .build()
         .map_err(|error| format!("the S3 bucket {}: {error}", s3.bucket))?;
     Ok(Arc::new(store))
+}
+
+/// Without the `s3` feature a `[blobs.s3]` section is refused, naming the build to use.
+#[cfg(not(feature = "s3"))]
+fn s3_objects(s3: &crate::config::S3Config) -> Result<Arc<dyn ObjectStore>, String> {
+    Err(format!(
+        "[blobs.s3] names the bucket {}, but this relayd was built without S3 support: build it \
+         with `cargo build --release -p relayd --features s3`, or remove the section to keep \
+         blobs in local files",
+        s3.bucket
+    ))
 }
 
 /// The store of local blob files under `folder` (created if missing), with fsync on every
@@ -780,6 +797,29 @@ mod tests {
     use super::*;
 
     const UNIT: usize = BLOB_COMMIT_UNIT_BYTES as usize;
+
+    /// A region built without the `s3` feature refuses a `[blobs.s3]` section, naming the
+    /// build that has it, instead of keeping blobs somewhere the operator did not ask for.
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn an_s3_section_without_the_s3_build_is_refused_plainly() {
+        let folder = tempfile::tempdir().unwrap();
+        let config = crate::config::BlobsConfig {
+            s3: Some(crate::config::S3Config {
+                bucket: "relay-blobs".into(),
+                region: "eu-west-1".into(),
+                endpoint: None,
+                access_key_id: None,
+                secret_access_key: None,
+                allow_http: false,
+            }),
+            ..crate::config::BlobsConfig::default()
+        };
+        let error = configured_objects(&config, folder.path()).unwrap_err();
+        assert!(error.contains("relay-blobs"), "{error}");
+        assert!(error.contains("--features s3"), "{error}");
+        assert!(!folder.path().join("blobs").exists());
+    }
     const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
     const ALICE: AccountId = AccountId(1);
     const BOB: AccountId = AccountId(2);
