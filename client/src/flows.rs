@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::content::Change;
 use crate::core::MessageState;
-use crate::device::{Device, Events};
+use crate::device::{BootstrapSent, Device, Events};
 use crate::error::{ClientError, Result};
 use crate::events::{Event, fingerprint};
 use crate::limits::{FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS};
@@ -400,10 +400,23 @@ async fn approve_request(
         name: device.identity().name.clone(),
         fingerprint: fingerprint(&request.identity_key),
     });
-    let devices = device
+    let approved = device
         .approve_link(&request.code, &request.identity_key)
         .await?;
-    report_own_devices(device, &devices, sink);
+    match approved.bootstrap {
+        BootstrapSent::Sent { device, bytes } => sink(Event::BootstrapSent {
+            device: device.0,
+            bytes,
+        }),
+        BootstrapSent::Empty => {}
+        BootstrapSent::Failed(reason) => sink(Event::Note {
+            message: format!(
+                "the history bootstrap was not sent ({reason}); the new device gets the \
+                 history by sync instead"
+            ),
+        }),
+    }
+    report_own_devices(device, &approved.devices, sink);
     Ok(())
 }
 
