@@ -225,6 +225,16 @@ pub struct Approved {
     pub bootstrap: BootstrapSent,
 }
 
+/// How a device approving a link gives the new device the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkHistory {
+    /// An encrypted snapshot blob, then the sync protocol for what came since.
+    #[default]
+    Snapshot,
+    /// The sync protocol only.
+    SyncOnly,
+}
+
 /// What became of a history bootstrap on the approving device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootstrapSent {
@@ -236,7 +246,8 @@ pub enum BootstrapSent {
         /// The blob's size in bytes.
         bytes: u64,
     },
-    /// This device holds no history: nothing was sent.
+    /// Nothing was sent: this device holds no history, or the link asked for
+    /// [`LinkHistory::SyncOnly`].
     Empty,
     /// The snapshot could not be uploaded or queued (why): the new device converges by sync.
     Failed(String),
@@ -458,7 +469,14 @@ impl Device {
     /// reference in an Olm envelope for the new device only (nothing when the history is
     /// empty; see `core::bootstrap`). Returns the account's devices and what became of the
     /// bootstrap; a failed bootstrap fails nothing (the new device converges by sync).
-    pub async fn approve_link(&self, code: &str, identity_key: &[u8]) -> Result<Approved> {
+    /// With [`LinkHistory::SyncOnly`] it sends no snapshot: the sync protocol alone brings the
+    /// history (slower for a long one; the way to compare).
+    pub async fn approve_link(
+        &self,
+        code: &str,
+        identity_key: &[u8],
+        history: LinkHistory,
+    ) -> Result<Approved> {
         let approve = Cmd::Approve(ApproveLink {
             code: code.into(),
             identity_key: identity_key.to_vec(),
@@ -476,6 +494,14 @@ impl Device {
             .find(|device| device.identity_key == identity_key)
             .map(|device| DeviceId(device.device));
         let bootstrap = match linked {
+            Some(_) if history == LinkHistory::SyncOnly => {
+                self.call(|reply| Command::OwnDevices(numbers, reply))
+                    .await?;
+                return Ok(Approved {
+                    devices,
+                    bootstrap: BootstrapSent::Empty,
+                });
+            }
             Some(linked) => self.send_bootstrap(linked, numbers.clone()).await,
             None => Err(ClientError::UnexpectedResponse(
                 "the approved device is not among the account's devices".into(),

@@ -46,8 +46,8 @@ pub mod transfer;
 pub use blob::BlobRef;
 pub use core::{MessageState, Mode, StillPending};
 pub use device::{
-    Approved, BootstrapSent, CA_FILE, DATABASE_FILE, Device, Environment, Events, OpenOptions,
-    Overrides,
+    Approved, BootstrapSent, CA_FILE, DATABASE_FILE, Device, Environment, Events, LinkHistory,
+    OpenOptions, Overrides,
 };
 pub use error::{ClientError, Result};
 pub use events::{Direction, Event};

@@ -17,8 +17,8 @@ use relay_client::events::{ChangeKind, format_time_ms};
 use relay_client::flows::{self, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
-    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, Mode, OpenOptions,
-    Overrides, Tick, link_accept, register, terminal,
+    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, LinkHistory, Mode,
+    OpenOptions, Overrides, Tick, link_accept, register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -287,6 +287,9 @@ pub enum Command {
         /// expires).
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+        /// Send the new device no history snapshot: it gets the history by sync alone.
+        #[arg(long)]
+        no_bootstrap: bool,
     },
     /// Make this new data directory a device of the account that showed CODE (`relay link`).
     ///
@@ -301,6 +304,9 @@ pub enum Command {
     Approve {
         /// The pairing code it used.
         code: Option<String>,
+        /// Send the new device no history snapshot: it gets the history by sync alone.
+        #[arg(long)]
+        no_bootstrap: bool,
     },
     /// List this account's devices, or the devices of PEER this device knows (with their
     /// fingerprints, and the ones removed).
@@ -637,13 +643,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listened?;
             closed?;
         }
-        Command::Link { timeout } => {
+        Command::Link {
+            timeout,
+            no_bootstrap,
+        } => {
             let timeout = match timeout {
                 Some(seconds) => positive_seconds(seconds)?,
                 None => Duration::from_millis(relay_client::limits::LINK_WAIT_MS_DEFAULT),
             };
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
-            let linked = flows::link(&device, timeout, &mut print).await;
+            let linked =
+                flows::link(&device, timeout, link_history(no_bootstrap), &mut print).await;
             let closed = device.close().await;
             linked?;
             closed?;
@@ -651,9 +661,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LinkAccept { code } => {
             link_accept(&data, &code, overrides, &mut print).await?;
         }
-        Command::Approve { code } => {
+        Command::Approve { code, no_bootstrap } => {
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
-            let approved = flows::approve(&device, code.as_deref(), &mut print).await;
+            let history = link_history(no_bootstrap);
+            let approved = flows::approve(&device, code.as_deref(), history, &mut print).await;
             let closed = device.close().await;
             approved?;
             closed?;
@@ -770,6 +781,15 @@ async fn change(
 /// `react` take it.
 fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// How `link` and `approve` give the new device the history.
+fn link_history(no_bootstrap: bool) -> LinkHistory {
+    if no_bootstrap {
+        LinkHistory::SyncOnly
+    } else {
+        LinkHistory::Snapshot
+    }
 }
 
 /// Seconds given on the command line as a positive duration.
