@@ -515,13 +515,13 @@ impl EdgeConnection {
 
     /// Downloads the blob `id` of `region` from `offset` on a stream of its own, appending its
     /// bytes to `into` and telling `progress` the offset reached; answers the blob's status.
-    pub async fn download_stream(
+    pub async fn download_stream<P: FnMut(u64) + ?Sized>(
         &self,
         region: u32,
         id: &[u8],
         offset: u64,
         into: &mut Vec<u8>,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut P,
     ) -> Result<BlobStatus> {
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
         let request = ClientRequest {

@@ -4,17 +4,21 @@
 //! deletion for everyone, a reaction) or a sync message for one of the sender's own devices.
 //! Read receipts and changes are ordinary envelopes to the peer's devices and the sender's own
 //! other devices, so no server learns that anyone read, edited or reacted to anything; a sync
-//! message travels in the chat of the account with itself, to its own devices only.
+//! message travels in the chat of the account with itself, to its own devices only, and so
+//! does a history bootstrap: the reference to an encrypted snapshot of every chat, which a
+//! device that approved a link sends to the new device only.
 //!
 //! Forward compatible: a content of a kind this build does not know decodes with no body and is
 //! skipped by the receiver ([`Content::is_unknown_kind`]), never shown as undecryptable. Tags
 //! are never reused; a retired field keeps its number reserved in a comment.
 
 use prost::Message;
+use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_ID_BYTES, BLOB_SHA256_BYTES};
 use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId};
 use relay_sync::Hlc;
 use relay_sync::limits::{REACTION_BYTES_MAX, SYNC_MESSAGE_BYTES_MAX};
 
+use crate::blob::{BLOB_KEY_BYTES, BlobRef};
 use crate::error::{ClientError, Result};
 use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 
@@ -22,7 +26,7 @@ use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Content {
     /// What it is.
-    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub body: Option<body::Body>,
 }
 
@@ -49,6 +53,9 @@ pub mod body {
         /// A sync message of the history, for one own device.
         #[prost(message, tag = "6")]
         Sync(super::SyncMessage),
+        /// The history of every chat as an encrypted blob, for a newly linked own device.
+        #[prost(message, tag = "7")]
+        Bootstrap(super::HistoryBootstrap),
     }
 }
 
@@ -164,6 +171,46 @@ pub struct SyncMessage {
     /// The sync message (at most `SYNC_MESSAGE_BYTES_MAX` bytes).
     #[prost(bytes = "vec", tag = "2")]
     pub bytes: Vec<u8>,
+}
+
+/// Where a newly linked own device finds the history: the [`BlobRef`] of the encrypted
+/// snapshot the approving device uploaded (the key travels only here, inside Olm).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct HistoryBootstrap {
+    /// The new device it is for; the account's other devices skip it.
+    #[prost(uint32, tag = "1")]
+    pub to_device: u32,
+    /// The region holding the blob (not 0).
+    #[prost(uint32, tag = "2")]
+    pub region: u32,
+    /// The blob's id there (`BLOB_ID_BYTES` bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub id: Vec<u8>,
+    /// The key it is sealed under (`BLOB_KEY_BYTES` bytes).
+    #[prost(bytes = "vec", tag = "4")]
+    pub key: Vec<u8>,
+    /// Its size in bytes (1 to `BLOB_BYTES_MAX`).
+    #[prost(uint64, tag = "5")]
+    pub size: u64,
+    /// SHA-256 of its ciphertext (`BLOB_SHA256_BYTES` bytes).
+    #[prost(bytes = "vec", tag = "6")]
+    pub sha256: Vec<u8>,
+}
+
+impl HistoryBootstrap {
+    /// The blob reference it carries, if every field is well formed.
+    pub fn reference(&self) -> Option<BlobRef> {
+        if self.region == 0 || self.size == 0 || self.size > BLOB_BYTES_MAX {
+            return None;
+        }
+        Some(BlobRef {
+            region: self.region,
+            id: <[u8; BLOB_ID_BYTES]>::try_from(self.id.as_slice()).ok()?,
+            key: <[u8; BLOB_KEY_BYTES]>::try_from(self.key.as_slice()).ok()?,
+            size: self.size,
+            sha256: <[u8; BLOB_SHA256_BYTES]>::try_from(self.sha256.as_slice()).ok()?,
+        })
+    }
 }
 
 /// A change to an earlier message, as a receiver applies it.
@@ -327,6 +374,20 @@ impl Content {
         })
     }
 
+    /// A history bootstrap for the new own device `to_device`: where its snapshot blob is.
+    pub fn bootstrap(to_device: DeviceId, reference: &BlobRef) -> Self {
+        Content {
+            body: Some(body::Body::Bootstrap(HistoryBootstrap {
+                to_device: to_device.0,
+                region: reference.region,
+                id: reference.id.to_vec(),
+                key: reference.key.to_vec(),
+                size: reference.size,
+                sha256: reference.sha256.to_vec(),
+            })),
+        }
+    }
+
     /// The other account of the 1:1 chat as the sender sees it.
     pub fn peer_account(&self) -> Option<u64> {
         match self.body.as_ref()? {
@@ -335,7 +396,7 @@ impl Content {
             body::Body::Edit(edit) => Some(edit.peer_account),
             body::Body::Delete(delete) => Some(delete.peer_account),
             body::Body::React(react) => Some(react.peer_account),
-            body::Body::Sync(_) => None,
+            body::Body::Sync(_) | body::Body::Bootstrap(_) => None,
         }
     }
 
@@ -384,6 +445,9 @@ impl Content {
                 if sync.bytes.is_empty() || sync.bytes.len() > SYNC_MESSAGE_BYTES_MAX =>
             {
                 Err(ClientError::Crypto("malformed sync message".into()))
+            }
+            Some(body::Body::Bootstrap(bootstrap)) if bootstrap.reference().is_none() => {
+                Err(ClientError::Crypto("malformed history bootstrap".into()))
             }
             Some(_) => Ok(content),
         }
@@ -523,6 +587,78 @@ mod tests {
             assert!(Content::from_bytes(&bytes).is_err());
             assert!(!Content::is_unknown_kind(&bytes));
         }
+    }
+
+    #[test]
+    fn a_history_bootstrap_round_trips_and_a_malformed_one_is_refused() {
+        let reference = BlobRef {
+            region: 1,
+            id: [3; BLOB_ID_BYTES],
+            key: [4; BLOB_KEY_BYTES],
+            size: 4096,
+            sha256: [5; BLOB_SHA256_BYTES],
+        };
+        let content = Content::bootstrap(DeviceId(2), &reference);
+        let decoded = Content::from_bytes(&content.to_bytes()).expect("decode");
+        assert_eq!(decoded, content);
+        assert_eq!(decoded.peer_account(), None);
+        match decoded.body {
+            Some(body::Body::Bootstrap(bootstrap)) => {
+                assert_eq!(bootstrap.to_device, 2);
+                assert_eq!(bootstrap.reference(), Some(reference.clone()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // Every field is checked on arrival: a peer cannot make the device fetch region 0, a
+        // blob larger than any the store keeps, or open it with a short key.
+        let good = HistoryBootstrap {
+            to_device: 2,
+            region: 1,
+            id: vec![3; BLOB_ID_BYTES],
+            key: vec![4; BLOB_KEY_BYTES],
+            size: 4096,
+            sha256: vec![5; BLOB_SHA256_BYTES],
+        };
+        let malformed = [
+            HistoryBootstrap {
+                region: 0,
+                ..good.clone()
+            },
+            HistoryBootstrap {
+                size: 0,
+                ..good.clone()
+            },
+            HistoryBootstrap {
+                size: BLOB_BYTES_MAX + 1,
+                ..good.clone()
+            },
+            HistoryBootstrap {
+                id: vec![3; BLOB_ID_BYTES - 1],
+                ..good.clone()
+            },
+            HistoryBootstrap {
+                key: vec![4; BLOB_KEY_BYTES + 1],
+                ..good.clone()
+            },
+            HistoryBootstrap {
+                sha256: Vec::new(),
+                ..good.clone()
+            },
+        ];
+        for bootstrap in malformed {
+            let bytes = Content {
+                body: Some(body::Body::Bootstrap(bootstrap.clone())),
+            }
+            .to_bytes();
+            assert!(Content::from_bytes(&bytes).is_err(), "{bootstrap:?}");
+            assert!(!Content::is_unknown_kind(&bytes));
+        }
+        let bytes = Content {
+            body: Some(body::Body::Bootstrap(good)),
+        }
+        .to_bytes();
+        assert!(Content::from_bytes(&bytes).is_ok());
     }
 
     #[test]

@@ -71,6 +71,7 @@ use relay_proto::{ClientMessageId, DeviceAddress, DeviceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::blob::BlobRef;
 use crate::connection::{DeviceAnswer, Dialer, EdgeConnection, Push, dial};
 use crate::content::Change;
 use crate::core::{
@@ -80,11 +81,12 @@ use crate::crypto::Crypto;
 use crate::error::{ClientError, Result};
 use crate::events::Event;
 use crate::limits::{
-    COMMANDS_BUFFERED_MAX, EVENTS_BUFFERED_MAX, FETCH_PAGE_ENTRIES_MAX, FLUSH_BUDGET_MS,
-    SYNC_RETRY_BUDGET_MS,
+    BOOTSTRAP_DOWNLOAD_HOLD_MS, BOOTSTRAP_PROGRESS_REPORTS_MAX, COMMANDS_BUFFERED_MAX,
+    EVENTS_BUFFERED_MAX, FETCH_PAGE_ENTRIES_MAX, FLUSH_BUDGET_MS, SYNC_RETRY_BUDGET_MS,
 };
 use crate::secrets::{self, DEVICE_KEY_FILE};
 use crate::store::{Identity, KnownDevice, Settings, Store};
+use crate::transfer::{self, BlobProgress, BlobSource, Connections};
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -195,6 +197,8 @@ enum Command {
     MarkRead(String, Reply<usize>),
     Change(String, String, Change, Reply<ClientMessageId>),
     HistorySnapshot(Reply<Vec<u8>>),
+    BootstrapSnapshot(Reply<Option<Vec<u8>>>),
+    QueueBootstrap(DeviceId, BlobRef, Vec<DeviceId>, Reply<()>),
     LoadHistorySnapshot(Vec<u8>, Reply<()>),
     Flush(Duration, Reply<()>),
     Sync(Reply<()>),
@@ -210,6 +214,43 @@ enum Command {
     /// The open connection, held for the given time (a blob transfer uses it directly).
     Connection(Duration, Reply<Arc<EdgeConnection>>),
     Close(oneshot::Sender<()>),
+}
+
+/// What [`Device::approve_link`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    /// The account's devices, the new one among them.
+    pub devices: Vec<DeviceKeys>,
+    /// What became of the new device's history bootstrap.
+    pub bootstrap: BootstrapSent,
+}
+
+/// How a device approving a link gives the new device the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkHistory {
+    /// An encrypted snapshot blob, then the sync protocol for what came since.
+    #[default]
+    Snapshot,
+    /// The sync protocol only.
+    SyncOnly,
+}
+
+/// What became of a history bootstrap on the approving device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapSent {
+    /// The snapshot's blob (this many bytes of ciphertext) is uploaded and its reference is
+    /// on its way to `device`.
+    Sent {
+        /// The new device.
+        device: DeviceId,
+        /// The blob's size in bytes.
+        bytes: u64,
+    },
+    /// Nothing was sent: this device holds no history, or the link asked for
+    /// [`LinkHistory::SyncOnly`].
+    Empty,
+    /// The snapshot could not be uploaded or queued (why): the new device converges by sync.
+    Failed(String),
 }
 
 fn unexpected_answer(wanted: &str, got: &DeviceAnswer) -> ClientError {
@@ -262,6 +303,7 @@ impl Device {
             connection: None,
             pushes: None,
             connecting: None,
+            bootstrapping: None,
             requests: Vec::new(),
             events: Some(event_sender),
             waiters: Vec::new(),
@@ -422,14 +464,85 @@ impl Device {
         }
     }
 
-    /// Approves the new device that asked with `code` and showed `identity_key`; returns the
-    /// account's devices.
-    pub async fn approve_link(&self, code: &str, identity_key: &[u8]) -> Result<Vec<DeviceKeys>> {
+    /// Approves the new device that asked with `code` and showed `identity_key`, and sends it
+    /// this device's history: a snapshot of every chat uploaded as an encrypted blob, its
+    /// reference in an Olm envelope for the new device only (nothing when the history is
+    /// empty; see `core::bootstrap`). Returns the account's devices and what became of the
+    /// bootstrap; a failed bootstrap fails nothing (the new device converges by sync).
+    /// With [`LinkHistory::SyncOnly`] it sends no snapshot: the sync protocol alone brings the
+    /// history (slower for a long one; the way to compare).
+    pub async fn approve_link(
+        &self,
+        code: &str,
+        identity_key: &[u8],
+        history: LinkHistory,
+    ) -> Result<Approved> {
         let approve = Cmd::Approve(ApproveLink {
             code: code.into(),
             identity_key: identity_key.to_vec(),
         });
-        self.device_list(approve).await
+        let devices = match self.device_command(approve).await? {
+            DeviceAnswer::Devices(list) => list.devices,
+            other => return Err(unexpected_answer("the device list", &other)),
+        };
+        let numbers: Vec<DeviceId> = devices
+            .iter()
+            .map(|device| DeviceId(device.device))
+            .collect();
+        let linked = devices
+            .iter()
+            .find(|device| device.identity_key == identity_key)
+            .map(|device| DeviceId(device.device));
+        let bootstrap = match linked {
+            Some(_) if history == LinkHistory::SyncOnly => {
+                self.call(|reply| Command::OwnDevices(numbers, reply))
+                    .await?;
+                return Ok(Approved {
+                    devices,
+                    bootstrap: BootstrapSent::Empty,
+                });
+            }
+            Some(linked) => self.send_bootstrap(linked, numbers.clone()).await,
+            None => Err(ClientError::UnexpectedResponse(
+                "the approved device is not among the account's devices".into(),
+            )),
+        };
+        let bootstrap = match bootstrap {
+            Ok(sent) => sent,
+            Err(error) => {
+                self.call(|reply| Command::OwnDevices(numbers, reply))
+                    .await?;
+                BootstrapSent::Failed(error.to_string())
+            }
+        };
+        Ok(Approved { devices, bootstrap })
+    }
+
+    /// Uploads the history snapshot for `linked` and queues its reference, then takes
+    /// `numbers` as the account's devices (see [`Device::approve_link`]).
+    async fn send_bootstrap(
+        &self,
+        linked: DeviceId,
+        numbers: Vec<DeviceId>,
+    ) -> Result<BootstrapSent> {
+        let Some(snapshot) = self.call(Command::BootstrapSnapshot).await? else {
+            self.call(|reply| Command::OwnDevices(numbers, reply))
+                .await?;
+            return Ok(BootstrapSent::Empty);
+        };
+        let reference = self
+            .upload_blob(BlobSource::Bytes(&snapshot), &mut |_| {})
+            .await?;
+        drop(snapshot);
+        let bytes = reference.size;
+        self.call(|reply| Command::QueueBootstrap(linked, reference, numbers, reply))
+            .await?;
+        // Out before the command ends: an on-demand device goes quiet when it closes.
+        self.flush(Duration::from_millis(FLUSH_BUDGET_MS)).await?;
+        Ok(BootstrapSent::Sent {
+            device: linked,
+            bytes,
+        })
     }
 
     /// This account's devices, as its home region lists them.
@@ -645,6 +758,8 @@ struct Actor {
     connection: Option<Arc<EdgeConnection>>,
     pushes: Option<mpsc::Receiver<Push>>,
     connecting: Option<BoxFuture<(Vec<String>, Result<Connected>)>>,
+    /// The history bootstrap's download, while one runs (see `core::bootstrap`).
+    bootstrapping: Option<BoxFuture<Result<Vec<u8>>>>,
     requests: Vec<BoxFuture<(RequestId, Result<Response>)>>,
     events: Option<mpsc::Sender<Event>>,
     waiters: Vec<Waiter>,
@@ -706,6 +821,11 @@ impl Actor {
                         }
                         Err(error) => self.core.handle_connect_failed(error, now),
                     }
+                }
+                downloaded = poll_slot(&mut self.bootstrapping) => {
+                    self.bootstrapping = None;
+                    self.core.set_wall_ms(self.environment.clock.now_ms());
+                    self.core.handle_bootstrap(downloaded);
                 }
                 (id, answer) = poll_any(&mut self.requests) => {
                     let now = self.now_ms();
@@ -818,6 +938,37 @@ impl Actor {
                     (notes, connected)
                 }));
             }
+            Action::Bootstrap { reference } => {
+                self.core
+                    .want_connection(now_ms.saturating_add(BOOTSTRAP_DOWNLOAD_HOLD_MS));
+                let Some(connection) = self.connection.clone() else {
+                    let error = ClientError::EdgeUnreachable("not connected".into());
+                    self.core.handle_bootstrap(Err(error));
+                    return;
+                };
+                let events = self.events.clone();
+                self.bootstrapping = Some(Box::pin(async move {
+                    let mut reported = None;
+                    let mut progress = |report: BlobProgress| {
+                        // One report per percent: a progress bar needs no more.
+                        let total = report.total_bytes.max(1);
+                        let step = report.done_bytes * BOOTSTRAP_PROGRESS_REPORTS_MAX / total;
+                        if reported == Some(step) {
+                            return;
+                        }
+                        reported = Some(step);
+                        if let Some(events) = &events {
+                            // Dropped if the reader lags: the next report says as much.
+                            let _ = events.try_send(Event::BootstrapProgress {
+                                done_bytes: report.done_bytes,
+                                total_bytes: report.total_bytes,
+                            });
+                        }
+                    };
+                    let connections = Connections::Fixed(connection);
+                    transfer::download(connections, &reference, &mut progress).await
+                }));
+            }
             Action::Disconnect => self.disconnect().await,
             Action::Request { id, request } => match self.connection.clone() {
                 Some(connection) => self.requests.push(Box::pin(async move {
@@ -868,6 +1019,17 @@ impl Actor {
             }
             Command::HistorySnapshot(reply) => {
                 let _ = reply.send(self.core.history_snapshot());
+            }
+            Command::BootstrapSnapshot(reply) => {
+                let _ = reply.send(self.core.bootstrap_snapshot());
+            }
+            Command::QueueBootstrap(device, reference, devices, reply) => {
+                let queued = self.core.queue_bootstrap(device, &reference, &devices, now);
+                if queued.is_ok() {
+                    self.core.open_flush_window(now + FLUSH_BUDGET_MS);
+                }
+                self.pump(now).await;
+                let _ = reply.send(queued);
             }
             Command::LoadHistorySnapshot(snapshot, reply) => {
                 let loaded = self.core.load_history_snapshot(&snapshot);
@@ -1037,6 +1199,7 @@ impl Actor {
                     }
                     Some(target)
                         if self.core.caught_up() >= target
+                            && !self.core.bootstrapping()
                             && !self.core.reports_pending()
                             && !self.core.uploading_keys() =>
                     {

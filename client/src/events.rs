@@ -264,6 +264,42 @@ pub enum Event {
         /// Whether it is the device running the command.
         this_device: bool,
     },
+    /// The approving device uploaded its history as an encrypted snapshot blob and sent its
+    /// reference to the new device.
+    BootstrapSent {
+        /// The new device's number.
+        device: u32,
+        /// The blob's size in bytes (ciphertext).
+        bytes: u64,
+    },
+    /// The history bootstrap's snapshot blob is downloading: bytes of its ciphertext so far.
+    BootstrapProgress {
+        /// Bytes downloaded.
+        done_bytes: u64,
+        /// The blob's size in bytes.
+        total_bytes: u64,
+    },
+    /// This newly linked device took its history from the encrypted snapshot another own
+    /// device uploaded when it approved the link; the sync protocol brings what came since.
+    Bootstrapped {
+        /// The own device that sent it (`account/device`).
+        from: String,
+        /// Chats loaded.
+        chats: usize,
+        /// Messages loaded.
+        messages: usize,
+        /// The snapshot's size in bytes (plaintext).
+        bytes: u64,
+    },
+    /// A history bootstrap was not loaded (the download failed or expired, the snapshot did not
+    /// decode, this device already holds history): the sync protocol brings the history
+    /// instead, and nothing is lost.
+    BootstrapSkipped {
+        /// The own device that sent it (`account/device`).
+        from: String,
+        /// Why.
+        reason: String,
+    },
     /// Something worth telling on stderr (reconnects, warnings); never printed as JSON.
     Note {
         /// The text.

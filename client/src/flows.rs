@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::content::Change;
 use crate::core::MessageState;
-use crate::device::{Device, Events};
+use crate::device::{BootstrapSent, Device, Events, LinkHistory};
 use crate::error::{ClientError, Result};
 use crate::events::{Event, fingerprint};
 use crate::limits::{FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS};
@@ -336,8 +336,13 @@ pub async fn history(device: &Device, peer: &str, sink: &mut dyn FnMut(Event)) -
 
 /// `relay link`: opens a pairing and reports its code, waits (up to `timeout`, at most until
 /// the code expires) for the new device's request, reports it with its fingerprint, approves
-/// it, and reports the account's devices.
-pub async fn link(device: &Device, timeout: Duration, sink: &mut dyn FnMut(Event)) -> Result<()> {
+/// it (sending the history as `history` says), and reports the account's devices.
+pub async fn link(
+    device: &Device,
+    timeout: Duration,
+    history: LinkHistory,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
     let pairing = device.link().await?;
     sink(Event::PairingCode {
         code: pairing.code.clone(),
@@ -347,7 +352,7 @@ pub async fn link(device: &Device, timeout: Duration, sink: &mut dyn FnMut(Event
     for _ in 0..LINK_POLLS_MAX {
         let requests = device.link_requests().await?;
         if let Some(request) = requests.iter().find(|request| request.code == pairing.code) {
-            return approve_request(device, request, sink).await;
+            return approve_request(device, request, history, sink).await;
         }
         if Instant::now() >= deadline {
             break;
@@ -361,10 +366,11 @@ pub async fn link(device: &Device, timeout: Duration, sink: &mut dyn FnMut(Event
 }
 
 /// `relay approve [CODE]`: approves the new device waiting with `code` (or the only one
-/// waiting), and reports the account's devices.
+/// waiting), sending the history as `history` says, and reports the account's devices.
 pub async fn approve(
     device: &Device,
     code: Option<&str>,
+    history: LinkHistory,
     sink: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let requests = device.link_requests().await?;
@@ -387,12 +393,13 @@ pub async fn approve(
     };
     let request = request
         .ok_or_else(|| ClientError::Invalid("no new device is waiting for an approval".into()))?;
-    approve_request(device, request, sink).await
+    approve_request(device, request, history, sink).await
 }
 
 async fn approve_request(
     device: &Device,
     request: &LinkRequestInfo,
+    history: LinkHistory,
     sink: &mut dyn FnMut(Event),
 ) -> Result<()> {
     sink(Event::LinkRequested {
@@ -400,10 +407,23 @@ async fn approve_request(
         name: device.identity().name.clone(),
         fingerprint: fingerprint(&request.identity_key),
     });
-    let devices = device
-        .approve_link(&request.code, &request.identity_key)
+    let approved = device
+        .approve_link(&request.code, &request.identity_key, history)
         .await?;
-    report_own_devices(device, &devices, sink);
+    match approved.bootstrap {
+        BootstrapSent::Sent { device, bytes } => sink(Event::BootstrapSent {
+            device: device.0,
+            bytes,
+        }),
+        BootstrapSent::Empty => {}
+        BootstrapSent::Failed(reason) => sink(Event::Note {
+            message: format!(
+                "the history bootstrap was not sent ({reason}); the new device gets the \
+                 history by sync instead"
+            ),
+        }),
+    }
+    report_own_devices(device, &approved.devices, sink);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use relay_proto::wire::{QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, 
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 use relay_sync::Hlc;
 
+use crate::blob::BlobRef;
 use crate::content::{Change, Content, body};
 use crate::crypto::Crypto;
 use crate::error::Result;
@@ -95,6 +96,14 @@ pub enum Inbound {
         from: DeviceAddress,
         /// The sync message.
         bytes: Vec<u8>,
+    },
+    /// A history bootstrap from another own device, for this one: where the encrypted snapshot
+    /// of every chat is (downloaded and loaded after the page commits, see `core::bootstrap`).
+    Bootstrap {
+        /// The own device that sent it (the one that approved this device's link).
+        from: DeviceAddress,
+        /// The snapshot's blob.
+        reference: BlobRef,
     },
     /// Something odd that is not an error of this page.
     Warning(String),
@@ -213,6 +222,26 @@ fn process_message(
     let Some(body) = content.body else {
         return record_undecryptable(writer, me, message, sender, id, "empty content", reports);
     };
+    if let body::Body::Bootstrap(bootstrap) = &body {
+        // Like a sync message: only from another own device, in the account's chat with
+        // itself; a copy for another own device is skipped.
+        if !outgoing
+            || ChatId::from_bytes(&message.chat).ok()
+                != Some(ChatId::direct(me.account, me.account))
+        {
+            let reason = "a history bootstrap from another account or in another chat";
+            return record_undecryptable(writer, me, message, sender, id, reason, reports);
+        }
+        if bootstrap.to_device == me.device.0
+            && let Some(reference) = bootstrap.reference()
+        {
+            reports.push(Inbound::Bootstrap {
+                from: sender,
+                reference,
+            });
+        }
+        return Ok(());
+    }
     if let body::Body::Sync(sync) = body {
         // Only from another own device, in the account's chat with itself; a copy for another
         // own device is skipped.
@@ -310,7 +339,7 @@ fn process_message(
                 Change::React(react.reaction),
             );
         }
-        body::Body::Sync(_) => {} // handled above
+        body::Body::Sync(_) | body::Body::Bootstrap(_) => {} // handled above
         body::Body::Read(read) => {
             let ids: Vec<ClientMessageId> = read
                 .client_message_ids

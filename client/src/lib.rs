@@ -45,7 +45,10 @@ pub mod transfer;
 
 pub use blob::BlobRef;
 pub use core::{MessageState, Mode, StillPending};
-pub use device::{CA_FILE, DATABASE_FILE, Device, Environment, Events, OpenOptions, Overrides};
+pub use device::{
+    Approved, BootstrapSent, CA_FILE, DATABASE_FILE, Device, Environment, Events, LinkHistory,
+    OpenOptions, Overrides,
+};
 pub use error::{ClientError, Result};
 pub use events::{Direction, Event};
 pub use link::{link_accept, link_accept_in};

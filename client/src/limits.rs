@@ -42,6 +42,19 @@ pub const BLOB_RESUME_DELAY_MS: u64 = 500;
 /// its next bytes, in ms.
 pub const BLOB_ANSWER_TIMEOUT_MS: u64 = relay_proto::limits::BLOB_STREAM_IDLE_TIMEOUT_MS + 5_000;
 
+// --- History bootstrap ---
+
+/// Changes and sync messages a device keeps aside while it downloads its history bootstrap
+/// (they apply on top of the snapshot); one more gives the bootstrap up for the sync protocol.
+pub const BOOTSTRAP_DEFERRED_INBOUND_MAX: usize = 4_096;
+/// How long a device keeps its connection for the bootstrap's download, in ms.
+pub const BOOTSTRAP_DOWNLOAD_HOLD_MS: u64 = 4 * BLOB_ANSWER_TIMEOUT_MS;
+/// Progress reports of one bootstrap download at most (one per percent).
+pub const BOOTSTRAP_PROGRESS_REPORTS_MAX: u64 = 100;
+
+const _: () = assert!(BOOTSTRAP_DOWNLOAD_HOLD_MS > BLOB_ANSWER_TIMEOUT_MS);
+const _: () = assert!(BOOTSTRAP_DEFERRED_INBOUND_MAX >= FETCH_PAGE_ENTRIES_MAX as usize);
+
 // --- Edge discovery ---
 
 /// How long to wait for the locator's answer to one query, in milliseconds.

@@ -96,6 +96,40 @@ impl Device {
         reference: &BlobRef,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<Vec<u8>> {
+        download(Connections::Device(self), reference, progress).await
+    }
+}
+
+/// Where a transfer gets its connection: from a device handle (which reconnects), or one
+/// connection it is given (the device's own task, which cannot call itself: the history
+/// bootstrap's download); a transfer over a closed given connection gives up.
+pub(crate) enum Connections<'a> {
+    /// Whatever connection the device holds.
+    Device(&'a Device),
+    /// This connection only.
+    Fixed(Arc<EdgeConnection>),
+}
+
+impl Connections<'_> {
+    async fn connection(&self) -> Result<Arc<EdgeConnection>> {
+        match self {
+            Connections::Device(device) => device.held_connection(transfer_hold()).await,
+            Connections::Fixed(connection) if connection.is_open() => Ok(connection.clone()),
+            // Not retryable: the same connection will not open again.
+            Connections::Fixed(_) => Err(ClientError::TimedOut(
+                "the connection the download used closed".into(),
+            )),
+        }
+    }
+}
+
+/// [`Device::download_blob`] over `connections`.
+pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
+    connections: Connections<'_>,
+    reference: &BlobRef,
+    progress: &mut P,
+) -> Result<Vec<u8>> {
+    {
         let total_bytes = reference.size;
         let mut ciphertext = Vec::with_capacity(usize::try_from(total_bytes).unwrap_or(0));
         let mut last_error = None;
@@ -103,7 +137,7 @@ impl Device {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(BLOB_RESUME_DELAY_MS)).await;
             }
-            let connection = match self.held_connection(transfer_hold()).await {
+            let connection = match connections.connection().await {
                 Ok(connection) => connection,
                 Err(error) if error.is_retryable() => {
                     last_error = Some(error);

@@ -17,8 +17,8 @@ use relay_client::events::{ChangeKind, format_time_ms};
 use relay_client::flows::{self, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
-    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, Mode, OpenOptions,
-    Overrides, Tick, link_accept, register, terminal,
+    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, LinkHistory, Mode,
+    OpenOptions, Overrides, Tick, link_accept, register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -94,6 +94,14 @@ OUTPUT
         linked to N: account A, device D, region R
     {\"event\":\"device\",\"name\":N,\"device\":D,\"fingerprint\":F,\"current\":B,\"this_device\":B}
         N device D (this device | removed): F
+    {\"event\":\"bootstrap_sent\",\"device\":D,\"bytes\":N}   (link, approve: history sent)
+        history sent to device D as an encrypted snapshot of N bytes
+    {\"event\":\"bootstrap_progress\",\"done_bytes\":N,\"total_bytes\":M}   (the new device's
+     first sync; on a terminal a progress bar on stderr instead)
+    {\"event\":\"bootstrapped\",\"from\":\"A/D\",\"chats\":C,\"messages\":N,\"bytes\":B}
+        history loaded from device A/D: C chat(s), N message(s) (a snapshot of B bytes)
+    {\"event\":\"bootstrap_skipped\",\"from\":\"A/D\",\"reason\":R}
+        history bootstrap from device A/D not loaded (R); the history comes by sync
     {\"event\":\"blob\",\"ref\":REF,\"region\":R,\"size\":BYTES}      (relay blob put)
         REF                    the reference, relay-blob:1:…; it holds the blob's key
     {\"event\":\"blob_written\",\"path\":PATH,\"bytes\":N}            (relay blob get)
@@ -279,6 +287,9 @@ pub enum Command {
         /// expires).
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+        /// Send the new device no history snapshot: it gets the history by sync alone.
+        #[arg(long)]
+        no_bootstrap: bool,
     },
     /// Make this new data directory a device of the account that showed CODE (`relay link`).
     ///
@@ -293,6 +304,9 @@ pub enum Command {
     Approve {
         /// The pairing code it used.
         code: Option<String>,
+        /// Send the new device no history snapshot: it gets the history by sync alone.
+        #[arg(long)]
+        no_bootstrap: bool,
     },
     /// List this account's devices, or the devices of PEER this device knows (with their
     /// fingerprints, and the ones removed).
@@ -428,6 +442,34 @@ fn print_error(message: &str, code: &str, exit_code: u8, json: bool) {
     }
 }
 
+/// The history bootstrap's download as a progress bar on stderr, when it is a terminal
+/// (elsewhere the `bootstrapped` line says how it ended).
+fn show_bootstrap_progress(bar: &mut Option<ProgressBar>, event: &Event) {
+    let Event::BootstrapProgress {
+        done_bytes,
+        total_bytes,
+    } = event
+    else {
+        return;
+    };
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let bar = bar.get_or_insert_with(|| {
+        let bar = ProgressBar::new(*total_bytes);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message("loading the history");
+        bar
+    });
+    bar.set_length(*total_bytes);
+    bar.set_position(*done_bytes);
+}
+
 /// `relay blob put` and `relay blob get`, with a progress bar on a terminal.
 async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Result<()> {
     let bar = if json || !std::io::stderr().is_terminal() {
@@ -521,7 +563,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_path: cli.ca.clone(),
         device_key: cli.device_key.clone(),
     };
-    let mut print = move |event: Event| print_event(&event, json);
+    let mut bootstrap_bar = None;
+    let mut print = move |event: Event| {
+        if !json && let Event::BootstrapProgress { .. } = event {
+            show_bootstrap_progress(&mut bootstrap_bar, &event);
+            return;
+        }
+        if let (Event::Bootstrapped { .. } | Event::BootstrapSkipped { .. }, Some(bar)) =
+            (&event, bootstrap_bar.take())
+        {
+            bar.finish_and_clear();
+        }
+        print_event(&event, json)
+    };
     match cli.command {
         Command::Register { name, token } => {
             register(&data, &name, overrides, &token, &mut print).await?;
@@ -589,13 +643,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listened?;
             closed?;
         }
-        Command::Link { timeout } => {
+        Command::Link {
+            timeout,
+            no_bootstrap,
+        } => {
             let timeout = match timeout {
                 Some(seconds) => positive_seconds(seconds)?,
                 None => Duration::from_millis(relay_client::limits::LINK_WAIT_MS_DEFAULT),
             };
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
-            let linked = flows::link(&device, timeout, &mut print).await;
+            let linked =
+                flows::link(&device, timeout, link_history(no_bootstrap), &mut print).await;
             let closed = device.close().await;
             linked?;
             closed?;
@@ -603,9 +661,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LinkAccept { code } => {
             link_accept(&data, &code, overrides, &mut print).await?;
         }
-        Command::Approve { code } => {
+        Command::Approve { code, no_bootstrap } => {
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
-            let approved = flows::approve(&device, code.as_deref(), &mut print).await;
+            let history = link_history(no_bootstrap);
+            let approved = flows::approve(&device, code.as_deref(), history, &mut print).await;
             let closed = device.close().await;
             approved?;
             closed?;
@@ -722,6 +781,15 @@ async fn change(
 /// `react` take it.
 fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// How `link` and `approve` give the new device the history.
+fn link_history(no_bootstrap: bool) -> LinkHistory {
+    if no_bootstrap {
+        LinkHistory::SyncOnly
+    } else {
+        LinkHistory::Snapshot
+    }
 }
 
 /// Seconds given on the command line as a positive duration.
@@ -944,6 +1012,26 @@ fn unescaped_line(event: &Event) -> String {
             )
         }
         Event::Note { message } => format!("note: {message}"),
+        Event::BootstrapSent { device, bytes } => {
+            format!("history sent to device {device} as an encrypted snapshot of {bytes} bytes")
+        }
+        Event::BootstrapProgress {
+            done_bytes,
+            total_bytes,
+        } => format!("loading the history: {done_bytes}/{total_bytes} bytes"),
+        Event::Bootstrapped {
+            from,
+            chats,
+            messages,
+            bytes,
+        } => format!(
+            "history loaded from device {from}: {chats} chat(s), {messages} message(s) (a snapshot of {bytes} bytes)"
+        ),
+        Event::BootstrapSkipped { from, reason } => {
+            format!(
+                "history bootstrap from device {from} not loaded ({reason}); the history comes by sync"
+            )
+        }
         Event::Connected { edge } => format!("connected to the edge at {edge}"),
         Event::Disconnected { reason, .. } => format!("disconnected ({reason})"),
         Event::RolledBack { reason } => format!("this device was refused as rolled back: {reason}"),

@@ -55,6 +55,11 @@ impl Core {
     /// saved) and applies what a queue page brought: changes to messages and sync messages.
     /// Returns the events to report.
     pub(super) fn apply_to_history(&mut self, inbound: &[Inbound]) -> Result<()> {
+        let inbound = &self.sort_bootstraps(inbound)?[..];
+        if self.bootstrapping() {
+            // The documents wait for the snapshot; the store keeps the messages meanwhile.
+            return Ok(());
+        }
         let me = self.identity.address();
         let peers = self.own_peers()?;
         let mut events = Vec::new();

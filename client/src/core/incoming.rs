@@ -249,7 +249,12 @@ impl Core {
                 reports
                     .iter()
                     .filter(|report| {
-                        !matches!(report, Inbound::Change { .. } | Inbound::Sync { .. })
+                        !matches!(
+                            report,
+                            Inbound::Change { .. }
+                                | Inbound::Sync { .. }
+                                | Inbound::Bootstrap { .. }
+                        )
                     })
                     .cloned()
                     .map(Report::Inbound),

@@ -19,6 +19,7 @@
 //! (an ack, a send) and before it is reported as done. Events that name an account the device
 //! cannot name yet wait (in order, per account) for one directory lookup.
 
+mod bootstrap;
 mod changes;
 mod incoming;
 mod outgoing;
@@ -36,6 +37,7 @@ use relay_proto::wire::{
 };
 use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
 
+use crate::blob::BlobRef;
 use crate::connection::DeviceProgress;
 use crate::error::{ClientError, Result};
 use crate::events::{Direction, Event, Reaction};
@@ -79,6 +81,12 @@ pub enum Action {
     },
     /// Close the connection; requests still in flight on it will fail and be answered so.
     Disconnect,
+    /// Download the history bootstrap `reference` names, keeping the connection meanwhile, and
+    /// answer with [`Core::handle_bootstrap`].
+    Bootstrap {
+        /// The snapshot's blob.
+        reference: BlobRef,
+    },
     /// Send a request on the connection and answer it with [`Core::handle_answer`].
     Request {
         /// Its name.
@@ -301,6 +309,8 @@ pub struct Core {
     history: History,
     /// Whether sync messages for the own devices may be due (see `changes`).
     sync_wanted: bool,
+    /// The history bootstrap being downloaded, if one is (see `bootstrap`).
+    bootstrap: Option<bootstrap::PendingBootstrap>,
 }
 
 impl std::fmt::Debug for Core {
@@ -374,6 +384,7 @@ impl Core {
             wall_ms,
             history,
             sync_wanted: false,
+            bootstrap: None,
         })
     }
 
@@ -1253,9 +1264,11 @@ impl Core {
             },
             Inbound::Warning(message) => Event::Note { message },
             // Applied to the history, which reports them (see `changes`).
-            Inbound::Change { .. } | Inbound::Sync { .. } => Event::Note {
-                message: String::new(),
-            },
+            Inbound::Change { .. } | Inbound::Sync { .. } | Inbound::Bootstrap { .. } => {
+                Event::Note {
+                    message: String::new(),
+                }
+            }
         }
     }
 }
@@ -1274,7 +1287,10 @@ impl Report {
                 Inbound::Tick { peer, .. }
                 | Inbound::Expired { peer, .. }
                 | Inbound::ReadElsewhere { peer, .. } => vec![*peer],
-                Inbound::Warning(_) | Inbound::Change { .. } | Inbound::Sync { .. } => Vec::new(),
+                Inbound::Warning(_)
+                | Inbound::Change { .. }
+                | Inbound::Sync { .. }
+                | Inbound::Bootstrap { .. } => Vec::new(),
             },
         }
     }
