@@ -32,8 +32,8 @@ use relay_client::history::History;
 use relay_client::limits::READ_RECEIPT_IDS_MAX;
 use relay_client::store::{Store, Tick};
 use relay_client::{
-    ClientError, DATABASE_FILE, Device, Environment, Event, Events, OpenOptions, Overrides, flows,
-    link_accept_in, register_in,
+    ClientError, DATABASE_FILE, Device, Environment, Event, Events, LinkHistory, OpenOptions,
+    Overrides, flows, link_accept_in, register_in,
 };
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 
@@ -567,7 +567,13 @@ impl App {
 
     /// `relay approve CODE`.
     pub async fn approve(&mut self, code: &str) -> Result<(), ClientError> {
-        flows::approve(&self.device, Some(code), &mut *self.sink).await
+        flows::approve(
+            &self.device,
+            Some(code),
+            LinkHistory::default(),
+            &mut *self.sink,
+        )
+        .await
     }
 
     /// `relay edit PEER MESSAGE TEXT`.
