@@ -75,7 +75,7 @@ impl Core {
         let moves = |item: &Inbound| matches!(item, Inbound::Change { .. } | Inbound::Sync { .. });
         if !inbound.iter().any(moves) {
             // Appends only: the store can rebuild them, so they are saved lazily.
-            let appended = absorb(history, me, &sequenced, true)?;
+            let appended = absorb(history, me, &sequenced, Some(settled))?;
             history.raise_rows_mark(settled);
             history.note_appends(appended);
             if history.unsaved_appends() >= HISTORY_APPENDS_UNSAVED_MAX {
@@ -88,7 +88,7 @@ impl Core {
             // Another process saved since the rows were read: they are appended, and the mark
             // stays the file's, so the next change appends whatever else it lacks.
             let current = !history.refresh()?;
-            changed |= absorb(history, me, &sequenced, current)? > 0;
+            changed |= absorb(history, me, &sequenced, current.then_some(settled))? > 0;
             if current {
                 history.raise_rows_mark(settled);
             }
@@ -181,9 +181,10 @@ impl Core {
         let history = &mut self.history;
         history.refresh()?;
         let sequenced = self.store.sequenced_after(history.rows_mark())?;
+        let settled = self.store.history_rows_settled()?;
         let pending = self.store.write(|writer| {
             let current = !history.refresh()?;
-            absorb(history, me, &sequenced, current)?;
+            absorb(history, me, &sequenced, current.then_some(settled))?;
             let target = history.find_by_prefix(chat, message)?;
             if target.deleted.is_some() {
                 return Err(ClientError::Invalid(format!(
@@ -337,10 +338,11 @@ impl Core {
         let me = self.identity.address();
         history.refresh()?;
         let sequenced = self.store.sequenced_after(history.rows_mark())?;
+        let settled = self.store.history_rows_settled()?;
         self.store.write(|_| {
             // Another process may have saved since: take its documents and add the rows.
             let current = !history.refresh()?;
-            absorb(history, me, &sequenced, current)?;
+            absorb(history, me, &sequenced, current.then_some(settled))?;
             history.save(&peers)
         })
     }
@@ -350,10 +352,11 @@ impl Core {
         let history = &mut self.history;
         history.refresh()?;
         let sequenced = self.store.sequenced_after(history.rows_mark())?;
+        let settled = self.store.history_rows_settled()?;
         let me = self.identity.address();
         self.store.write(|_| {
             let current = !history.refresh()?;
-            absorb(history, me, &sequenced, current)?;
+            absorb(history, me, &sequenced, current.then_some(settled))?;
             Ok(history.snapshot())
         })
     }
@@ -401,12 +404,14 @@ fn history_error(error: relay_sync::SyncError) -> ClientError {
 }
 
 /// Appends `messages` (stored, decrypted, sequenced) to the documents; how many were new.
-/// The row mark is raised past them only with `raise` (they are every row past it).
+/// With `raise_to` (they are every sequenced row past the mark), the row mark is raised past
+/// them, but never past that row: the last one before an outgoing message still waiting for
+/// its chat sequence.
 fn absorb(
     history: &mut History,
     me: DeviceAddress,
     messages: &[StoredMessage],
-    raise: bool,
+    raise_to: Option<i64>,
 ) -> Result<usize> {
     let mut appended = 0;
     for message in messages {
@@ -437,8 +442,11 @@ fn absorb(
             ) => {}
             Err(error) => return Err(history_error(error)),
         }
-        if raise {
-            history.raise_rows_mark(message.id);
+        // The mark never passes an outgoing message still waiting for its chat sequence
+        // (`settled`): rows after it are read again, or that message would never reach the
+        // documents once sequenced (with many own messages in flight, most of them did not).
+        if let Some(settled) = raise_to {
+            history.raise_rows_mark(message.id.min(settled));
         }
     }
     Ok(appended)
@@ -541,5 +549,63 @@ fn changed_event(
         peer: name(peer),
         change: kind,
         text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_proto::DeviceId;
+
+    use super::*;
+    use crate::store::Tick;
+
+    fn sequenced(id: i64, chat_seq: u64, me: DeviceAddress, peer: AccountId) -> StoredMessage {
+        StoredMessage {
+            id,
+            chat: ChatId::direct(me.account, peer),
+            peer,
+            outgoing: true,
+            sender: me,
+            client_message_id: ClientMessageId((id as u128).to_be_bytes()),
+            sender_seq: id as u64,
+            chat_seq: Some(chat_seq),
+            text: Some(format!("message {id}")),
+            sent_at_ms: 1_000,
+            server_time_ms: Some(1_000),
+            tick: Tick::Sent,
+            read_at_ms: None,
+            undecryptable: None,
+            failed: None,
+            expired_devices: 0,
+        }
+    }
+
+    /// Rows 1 and 3 have their chat sequences while row 2 (an own message in flight) waits for
+    /// its own: the mark stops at row 1, so row 2 is read again and reaches the documents once
+    /// sequenced. The mark used to follow the last row absorbed (3), and with many own messages
+    /// in flight most of them never reached the documents, so a linked device never got them.
+    #[test]
+    fn the_row_mark_stops_short_of_a_message_waiting_for_its_chat_sequence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let me = DeviceAddress {
+            account: AccountId(1),
+            device: DeviceId(1),
+        };
+        let peer = AccountId(2);
+        let mut history = History::open(dir.path(), me, 7).expect("history");
+        let settled = 1;
+        let first = [sequenced(1, 1, me, peer), sequenced(3, 3, me, peer)];
+        assert_eq!(
+            absorb(&mut history, me, &first, Some(settled)).expect("absorb"),
+            2
+        );
+        assert_eq!(history.rows_mark(), settled);
+        // Row 2 got its sequence: read again from the mark, it is appended; row 3 is not twice.
+        let again = [sequenced(2, 2, me, peer), sequenced(3, 3, me, peer)];
+        assert_eq!(
+            absorb(&mut history, me, &again, Some(3)).expect("absorb"),
+            1
+        );
+        assert_eq!(history.rows_mark(), 3);
     }
 }
