@@ -29,8 +29,6 @@ use crate::error::{ClientError, Result};
 use crate::events::Event;
 use crate::inbound::Inbound;
 use crate::limits::BOOTSTRAP_DEFERRED_INBOUND_MAX;
-use crate::outbox::Pending;
-use crate::store::OutboxRow;
 
 /// A bootstrap being downloaded, and what waits for it.
 #[derive(Debug)]
@@ -71,29 +69,10 @@ impl Core {
         let content = Content::bootstrap(device, reference);
         let id = ClientMessageId(rand::Rng::random(&mut self.rng));
         let wall_ms = self.wall_ms;
-        let sender_seq = self.store.write(|writer| {
-            let sender_seq = writer.take_sender_seq(chat)?;
-            writer.insert_outbox(
-                &OutboxRow {
-                    chat,
-                    sender_seq,
-                    client_message_id: id,
-                    peer: me.account,
-                    content: content.to_bytes(),
-                    envelope: None,
-                },
-                wall_ms,
-            )?;
-            Ok(sender_seq)
+        let pending = self.store.write(|writer| {
+            super::enqueue(writer, chat, me.account, id, content.to_bytes(), wall_ms)
         })?;
-        self.outbox.insert(
-            Pending {
-                chat,
-                sender_seq,
-                client_message_id: id,
-            },
-            now_ms,
-        )?;
+        self.outbox.insert(pending, now_ms)?;
         self.handle_own_devices(devices)
     }
 

@@ -28,15 +28,14 @@ use std::collections::BTreeSet;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 use relay_sync::{Hlc, MessageView, NewMessage};
 
-use super::{Core, Report};
+use super::{Core, Report, enqueue};
 use crate::content::{Change, Content, MessageRef};
 use crate::error::{ClientError, Result};
 use crate::events::{ChangeKind, Event};
 use crate::history::History;
 use crate::inbound::Inbound;
 use crate::limits::{CHANGE_AHEAD_MS_MAX, HISTORY_APPENDS_UNSAVED_MAX, SYNC_MESSAGES_PER_STEP_MAX};
-use crate::outbox::Pending;
-use crate::store::{OutboxRow, StoredMessage, Writer};
+use crate::store::{StoredMessage, Writer};
 
 impl Core {
     /// The account's other current devices, the peers of the sync.
@@ -206,27 +205,16 @@ impl Core {
                 contact.account.0,
             )?;
             apply_local(history, writer, chat, &target, &change, at)?;
-            let sender_seq = writer.take_sender_seq(chat)?;
-            writer.insert_outbox(
-                &OutboxRow {
-                    chat,
-                    sender_seq,
-                    client_message_id: id,
-                    peer: contact.account,
-                    content: content.to_bytes(),
-                    envelope: None,
-                },
+            let pending = enqueue(
+                writer,
+                chat,
+                contact.account,
+                id,
+                content.to_bytes(),
                 wall_ms,
             )?;
             history.save(&peers)?;
-            Ok((
-                Pending {
-                    chat,
-                    sender_seq,
-                    client_message_id: id,
-                },
-                target.client_message_id,
-            ))
+            Ok((pending, target.client_message_id))
         })?;
         let (entry, target) = pending;
         if change == Change::Delete {
@@ -299,23 +287,14 @@ impl Core {
                     };
                     let content = Content::sync(peer.device, bytes)?;
                     let id = ClientMessageId(rand::Rng::random(rng));
-                    let sender_seq = writer.take_sender_seq(chat)?;
-                    writer.insert_outbox(
-                        &OutboxRow {
-                            chat,
-                            sender_seq,
-                            client_message_id: id,
-                            peer: me.account,
-                            content: content.to_bytes(),
-                            envelope: None,
-                        },
-                        wall_ms,
-                    )?;
-                    entries.push(Pending {
+                    entries.push(enqueue(
+                        writer,
                         chat,
-                        sender_seq,
-                        client_message_id: id,
-                    });
+                        me.account,
+                        id,
+                        content.to_bytes(),
+                        wall_ms,
+                    )?);
                 }
             }
             history.save(&peers)?;

@@ -167,6 +167,35 @@ pub struct StillPending {
     pub reason: String,
 }
 
+/// Queues `content` to `peer` in `chat` under `id` as the chat's next sender_seq (the
+/// envelope is built when it goes out); returns its place in the outbox.
+fn enqueue(
+    writer: &crate::store::Writer<'_>,
+    chat: relay_proto::ChatId,
+    peer: AccountId,
+    id: ClientMessageId,
+    content: Vec<u8>,
+    wall_ms: u64,
+) -> Result<Pending> {
+    let sender_seq = writer.take_sender_seq(chat)?;
+    writer.insert_outbox(
+        &crate::store::OutboxRow {
+            chat,
+            sender_seq,
+            client_message_id: id,
+            peer,
+            content,
+            envelope: None,
+        },
+        wall_ms,
+    )?;
+    Ok(Pending {
+        chat,
+        sender_seq,
+        client_message_id: id,
+    })
+}
+
 /// What a name lookup came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameState {

@@ -205,21 +205,14 @@ impl Core {
             writer.mark_read_locally(contact.account, &ids, wall_ms)?;
             let mut entries = Vec::new();
             for (id, content) in &contents {
-                let sender_seq = writer.take_sender_seq(chat)?;
-                let row = OutboxRow {
+                entries.push(super::enqueue(
+                    writer,
                     chat,
-                    sender_seq,
-                    client_message_id: *id,
-                    peer: contact.account,
-                    content: content.clone(),
-                    envelope: None,
-                };
-                writer.insert_outbox(&row, wall_ms)?;
-                entries.push(Pending {
-                    chat,
-                    sender_seq,
-                    client_message_id: *id,
-                });
+                    contact.account,
+                    *id,
+                    content.clone(),
+                    wall_ms,
+                )?);
             }
             Ok(entries)
         })?;
