@@ -844,7 +844,9 @@ impl EdgeService {
         body: region_request::Body,
     ) -> Result<(RegionId, region_response::Body), ProtoError> {
         let home = self.home_of(account).await?;
-        match self.region_request(home, body.clone()).await {
+        // Built once: the retry at a moved home sends the same request, not a copy of it.
+        let request = RegionRequest { body: Some(body) };
+        match self.exchange(home, &request).await {
             Err(error)
                 if error.code == ErrorCode::UnknownAccount && self.forget_home(account, home) =>
             {
@@ -853,7 +855,7 @@ impl EdgeService {
                     return Err(error);
                 }
                 tracing::info!(%account, from = %home, to = %now_home, "following a moved home");
-                let answer = self.region_request(now_home, body).await?;
+                let answer = self.exchange(now_home, &request).await?;
                 Ok((now_home, answer))
             }
             answer => answer.map(|answer| (home, answer)),
@@ -869,7 +871,17 @@ impl EdgeService {
         region: RegionId,
         body: region_request::Body,
     ) -> Result<region_response::Body, ProtoError> {
-        let request = RegionRequest { body: Some(body) };
+        self.exchange(region, &RegionRequest { body: Some(body) })
+            .await
+    }
+
+    /// [`Self::region_request`] of a request built by the caller, which may send it again (to a
+    /// moved home) or to several regions (an envelope's commit) without copying it.
+    async fn exchange(
+        &self,
+        region: RegionId,
+        request: &RegionRequest,
+    ) -> Result<region_response::Body, ProtoError> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(EDGE_REGION_REQUEST_TIMEOUT_MS);
         let links = &self.inner.links;
@@ -885,7 +897,7 @@ impl EdgeService {
             Ok(Err(error)) => return Err(region_unreachable(region, &error.to_string())),
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let response: RegionResponse = match net::request(&connection, &request, left).await {
+        let response: RegionResponse = match net::request(&connection, request, left).await {
             Ok(response) => response,
             Err(NetError::Timeout) => {
                 links.forget(region.0).await;
@@ -1289,50 +1301,41 @@ impl EdgeService {
             .get(&parsed.sender.account)
             .copied()
             .unwrap_or(self.inner.region);
-        let mut aggregate = SendAggregate::new(regions.clone());
-        let mut commits = JoinSet::new();
-        for region in regions {
-            let service = self.clone();
-            let commit = wire::CommitEnvelope {
-                envelope: envelope.clone(),
+        // One request for every destination: the envelope moves into it, and the regions
+        // share it instead of a copy each.
+        let commit = RegionRequest {
+            body: Some(region_request::Body::Commit(wire::CommitEnvelope {
+                envelope,
                 sender_region: sender_region.0,
-            };
-            commits.spawn(async move {
-                let outcome = match service
-                    .region_request(region, region_request::Body::Commit(commit))
-                    .await
-                {
-                    Ok(region_response::Body::Committed(outcome)) => Ok(outcome),
-                    Ok(_) => Err(ProtoError::new(
-                        ErrorCode::Internal,
-                        "unexpected answer to a commit",
-                    )),
-                    Err(error) => Err(error),
-                };
-                (region, outcome)
-            });
-        }
-        while let Some(joined) = commits.join_next().await {
-            match joined {
-                Ok((region, outcome)) => {
-                    if let Err(error) = &outcome
-                        && error.code == ErrorCode::UnknownAccount
-                    {
-                        // The region holds none of the accounts sent there: forget the homes
-                        // that named it, so the device's retry is routed afresh.
-                        for (&account, &home) in &homes {
-                            if home == region {
-                                self.forget_home(account, home);
-                            }
-                        }
+            })),
+        };
+        let mut aggregate = SendAggregate::new(regions.clone());
+        if let Some(&region) = regions.first()
+            && regions.len() == 1
+        {
+            // The usual case (every account homed in one region): committed in this task, as
+            // a task of its own would only add a spawn and a wake-up.
+            let outcome = self.commit(region, &commit).await;
+            self.handle_commit_outcome(&homes, &mut aggregate, region, outcome);
+        } else {
+            let commit = Arc::new(commit);
+            let mut commits = JoinSet::new();
+            for region in regions {
+                let service = self.clone();
+                let commit = commit.clone();
+                commits.spawn(async move { (region, service.commit(region, &commit).await) });
+            }
+            while let Some(joined) = commits.join_next().await {
+                match joined {
+                    Ok((region, outcome)) => {
+                        self.handle_commit_outcome(&homes, &mut aggregate, region, outcome);
                     }
-                    aggregate.handle_region_outcome(region, outcome)
-                }
-                Err(error) => {
-                    return Err(ProtoError::new(
-                        ErrorCode::Internal,
-                        format!("commit task failed: {error}"),
-                    ));
+                    Err(error) => {
+                        return Err(ProtoError::new(
+                            ErrorCode::Internal,
+                            format!("commit task failed: {error}"),
+                        ));
+                    }
                 }
             }
         }
@@ -1342,6 +1345,43 @@ impl EdgeService {
                 "a destination region never answered",
             ))
         })
+    }
+
+    /// One destination region's commit of an envelope (`request`, a `Commit`).
+    async fn commit(
+        &self,
+        region: RegionId,
+        request: &RegionRequest,
+    ) -> Result<wire::SendOutcome, ProtoError> {
+        match self.exchange(region, request).await? {
+            region_response::Body::Committed(outcome) => Ok(outcome),
+            _ => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "unexpected answer to a commit",
+            )),
+        }
+    }
+
+    /// Counts `region`'s `outcome` of a send whose accounts live in `homes`. A region that
+    /// holds none of the accounts sent there makes the edge forget the homes that named it,
+    /// so the device's retry is routed afresh.
+    fn handle_commit_outcome(
+        &self,
+        homes: &BTreeMap<AccountId, RegionId>,
+        aggregate: &mut SendAggregate,
+        region: RegionId,
+        outcome: Result<wire::SendOutcome, ProtoError>,
+    ) {
+        if let Err(error) = &outcome
+            && error.code == ErrorCode::UnknownAccount
+        {
+            for (&account, &home) in homes {
+                if home == region {
+                    self.forget_home(account, home);
+                }
+            }
+        }
+        aggregate.handle_region_outcome(region, outcome);
     }
 }
 
