@@ -482,8 +482,15 @@ mod tests {
             account: AccountId(3),
             device: DeviceId(1),
         };
-        assert_eq!(key_names(&pack(&("device_queue", device, "latest"))), "device_queue/latest");
-        assert_eq!(key_names(&[0x02, b'x']), "", "a string without its end is not a name");
+        assert_eq!(
+            key_names(&pack(&("device_queue", device, "latest"))),
+            "device_queue/latest"
+        );
+        assert_eq!(
+            key_names(&[0x02, b'x']),
+            "",
+            "a string without its end is not a name"
+        );
     }
 
     /// Values of every supported type, in the order their encodings must sort.

@@ -7,7 +7,8 @@
 //! entry (which queues the delivered receipt for the sender), the sender's ack of the receipt.
 //! Every write transaction's keys are tallied by kind ([`fdb_layers::tuple::key_names`]); the
 //! bytes redb wrote come from the process's `write_bytes` in `/proc/self/io` (nextest runs this
-//! test alone in its process), divided by the messages and by the group commits.
+//! test alone in its process), divided by the messages and by the group commits, and, for
+//! comparison, what a group commit of a single key writes.
 //!
 //! The test asserts the keys a delivered message writes, kind by kind: the layout's contract,
 //! which a change of layout updates here on purpose. It prints the measured bytes (they depend
@@ -33,6 +34,8 @@ const PAIRS: u32 = 40;
 const MESSAGES_PER_PAIR: u64 = 25;
 /// The payload of each envelope, as the bench's.
 const PAYLOAD_BYTES: usize = 100;
+/// Commits of one key each, to measure what a group commit costs by itself.
+const ONE_KEY_COMMITS: u64 = 50;
 
 /// Keys and bytes written, by kind of record.
 #[derive(Debug, Default)]
@@ -121,10 +124,12 @@ async fn account(db: &Database, name: &str) -> DeviceAddress {
     };
     let request = idempotency_key();
     let (record_ref, register, request) = (&record, &register, &request);
-    db.transact(|tx| async move { core::register_device(&tx, record_ref, register, request).await })
-        .await
-        .expect("store")
-        .expect("registered");
+    db.transact(
+        |tx| async move { core::register_device(&tx, record_ref, register, request).await },
+    )
+    .await
+    .expect("store")
+    .expect("registered");
     DeviceAddress {
         account: record.id,
         device: relay_proto::DeviceId(1),
@@ -257,7 +262,10 @@ fn process_write_bytes() -> Option<u64> {
 async fn what_a_delivered_message_writes() -> Result<(), StoreError> {
     // Under the target folder, on a real disk: a tmpfs would count no bytes written.
     let folder = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary folder");
-    let db = Database::open(&folder.path().join("region.redb"), EmbeddedOptions::default())?;
+    let db = Database::open(
+        &folder.path().join("region.redb"),
+        EmbeddedOptions::default(),
+    )?;
     let mut pairs = Vec::new();
     for pair in 0..PAIRS {
         let sender = account(&db, &format!("sender{pair}")).await;
@@ -317,6 +325,19 @@ async fn what_a_delivered_message_writes() -> Result<(), StoreError> {
             );
         }
         None => println!("bytes written: /proc/self/io is not readable here"),
+    }
+    // What a group commit costs whatever it holds: commits of one small key each, one at a
+    // time, into the same store.
+    let written_before = process_write_bytes();
+    for round in 0..ONE_KEY_COMMITS {
+        db.transact(|tx| async move { tx.set(b"\x02writes_census\x00", &round.to_le_bytes()) })
+            .await?;
+    }
+    if let Some((after, before)) = process_write_bytes().zip(written_before) {
+        println!(
+            "a group commit of one key: {:.0} B written",
+            (after - before) as f64 / ONE_KEY_COMMITS as f64
+        );
     }
 
     // The layout's contract: the keys a delivered message writes, kind by kind.

@@ -10,12 +10,12 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
-use super::{Versionstamp, WrittenKey};
 use super::committer::AtomicOp;
 #[cfg(feature = "fdb")]
 use super::fdb::FdbTransaction;
 use super::local::LocalTransaction;
 use super::watches::Watch;
+use super::{Versionstamp, WrittenKey};
 use crate::error::StoreError;
 use crate::limits::TRANSACTION_BYTES_MAX;
 
