@@ -25,7 +25,7 @@ use relay_proto::wire::{
     self, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, OneTimeKey, queue_entry,
     send_outcome,
 };
-use relay_proto::{AccountId, ChatId, DeviceAddress, RegionId};
+use relay_proto::{ChatId, DeviceAddress, RegionId};
 
 const HERE: RegionId = RegionId(1);
 /// Sender → receiver pairs running at once.
@@ -288,7 +288,7 @@ async fn what_a_delivered_message_writes() -> Result<(), StoreError> {
     let transactions = stats.committed_transactions - stats_before.committed_transactions;
     let messages = u64::from(PAIRS) * MESSAGES_PER_PAIR;
 
-    let tally = tally.lock().expect("tally");
+    let tally = std::mem::take(&mut *tally.lock().expect("tally"));
     let per_message = |count: u64| count as f64 / messages as f64;
     println!(
         "what a delivered message writes ({messages} messages, {PAIRS} pairs at once, \
