@@ -43,6 +43,7 @@ pub use engine::FdbNetwork;
 pub use engine::{
     Database, DiskFailure, DiskFaults, EmbeddedOptions, EngineStats, FaultConfig, IntegrityReport,
     MemoryDisk, MemoryOptions, RangeOptions, Transaction, Versionstamp, VersionstampFuture, Watch,
+    WrittenKey,
 };
 pub use error::StoreError;
 pub use tuple::{Subspace, TupleDecode, TupleEncode};

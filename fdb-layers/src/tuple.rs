@@ -90,6 +90,25 @@ pub fn unpack<T: TupleDecode>(mut bytes: &[u8]) -> Result<T, TupleError> {
     }
 }
 
+/// The names in a packed key: its string elements joined by `/`, as in `chat_log/entry`, which
+/// say what kind of record the key holds whatever ids sit between them. Stops at the first
+/// element that does not decode. For measurements and logs of what is written.
+pub fn key_names(mut key: &[u8]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    while let Some(&code) = key.first() {
+        let skipped = match code {
+            STRING_CODE => String::decode_from(&mut key).map(|name| names.push(name)),
+            BYTES_CODE => decode_escaped(BYTES_CODE, "bytes", &mut key).map(drop),
+            VERSIONSTAMP_CODE => TupleVersionstamp::decode_from(&mut key).map(drop),
+            _ => decode_integer("integer", &mut key).map(drop),
+        };
+        if skipped.is_err() {
+            break;
+        }
+    }
+    names.join("/")
+}
+
 /// All the keys that start with one prefix, usually a packed tuple naming a layer and its part.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subspace {
@@ -454,6 +473,25 @@ impl TupleDecode for DeviceAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_names_are_the_string_elements_of_a_key() {
+        let key = pack(&("chat_log", ChatId([0; 16]), "entry", 7u64, 0u32, 1u32));
+        assert_eq!(key_names(&key), "chat_log/entry");
+        let device = DeviceAddress {
+            account: AccountId(3),
+            device: DeviceId(1),
+        };
+        assert_eq!(
+            key_names(&pack(&("device_queue", device, "latest"))),
+            "device_queue/latest"
+        );
+        assert_eq!(
+            key_names(&[0x02, b'x']),
+            "",
+            "a string without its end is not a name"
+        );
+    }
 
     /// Values of every supported type, in the order their encodings must sort.
     #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -17,7 +17,9 @@ use super::committer::{
 };
 use super::transaction::Budget;
 use super::watches::{PendingWatch, Watch, WatchRegistry};
-use super::{Counters, RangeOptions, TRANSACTION_AGE_MAX, Versionstamp, VersionstampFuture};
+use super::{
+    Counters, RangeOptions, TRANSACTION_AGE_MAX, Versionstamp, VersionstampFuture, WrittenKey,
+};
 use super::{embedded, memory};
 use crate::error::StoreError;
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSIONSTAMP_BYTES};
@@ -155,6 +157,30 @@ impl LocalTransaction {
 
     pub(crate) fn read_version(&self) -> u64 {
         self.lock().read_version
+    }
+
+    /// The single keys written so far, in key order, with what each puts in the store.
+    pub(crate) fn written_keys(&self) -> Vec<WrittenKey> {
+        let state = self.lock();
+        let single = state.writes.iter().map(|(key, write)| {
+            let (value_bytes, clear) = match write {
+                PendingWrite::Set(value) => (value.len(), false),
+                PendingWrite::Clear => (0, true),
+                PendingWrite::Atomic(ops) => (ops.iter().map(AtomicOp::size_bytes).sum(), false),
+                PendingWrite::Versionstamped { value, .. } => (value.len(), false),
+            };
+            WrittenKey {
+                key: key.clone(),
+                value_bytes,
+                clear,
+            }
+        });
+        let stamped = state.versionstamped_keys.iter().map(|write| WrittenKey {
+            key: write.key.clone(),
+            value_bytes: write.value.len(),
+            clear: false,
+        });
+        single.chain(stamped).collect()
     }
 
     /// Range clears buffered so far.

@@ -173,6 +173,17 @@ pub struct EngineStats {
     pub reopens: u64,
 }
 
+/// One key a transaction writes ([`Transaction::written_keys`]), for measurements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenKey {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Bytes of the value set (or of the atomic operand); 0 for a clear.
+    pub value_bytes: usize,
+    /// Whether the key is removed.
+    pub clear: bool,
+}
+
 /// What an integrity check found in a healthy store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntegrityReport {

@@ -10,12 +10,12 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
-use super::Versionstamp;
 use super::committer::AtomicOp;
 #[cfg(feature = "fdb")]
 use super::fdb::FdbTransaction;
 use super::local::LocalTransaction;
 use super::watches::Watch;
+use super::{Versionstamp, WrittenKey};
 use crate::error::StoreError;
 use crate::limits::TRANSACTION_BYTES_MAX;
 
@@ -232,6 +232,18 @@ impl Transaction {
             Backend::Local(transaction) => transaction.commit().await,
             #[cfg(feature = "fdb")]
             Backend::Fdb(transaction) => transaction.commit().await,
+        }
+    }
+
+    /// The single keys this transaction writes so far (sets, clears, atomic operations and
+    /// versionstamped keys; range clears are not listed), with what each puts in the store: for
+    /// measurements of what an operation writes. `None` on FoundationDB, which keeps its
+    /// mutations in the client library.
+    pub fn written_keys(&self) -> Option<Vec<WrittenKey>> {
+        match &self.backend {
+            Backend::Local(transaction) => Some(transaction.written_keys()),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(_) => None,
         }
     }
 
