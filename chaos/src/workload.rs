@@ -169,7 +169,7 @@ impl Plan {
                             recipient,
                             pause_ms: rng.random_range(0..=shape.pause_ms_max),
                             sync_after: rng.random_ratio(1, 4),
-                            compose: rng.random_ratio(1, 3),
+                            compose: rng.random_ratio(1, 2),
                             device: 0,
                         })
                     })
