@@ -546,9 +546,15 @@ impl Report {
         self.count(|what| matches!(what, What::Acked { .. }))
     }
 
-    /// Messages received.
+    /// Messages received by their recipient's first device (a linked second device receives
+    /// them too: see [`Report::received_by_second_devices`]).
     pub fn received(&self) -> usize {
-        self.count(|what| matches!(what, What::Received { .. }))
+        self.count(|what| matches!(what, What::Received { device: 0, .. }))
+    }
+
+    /// Messages received by linked second devices.
+    pub fn received_by_second_devices(&self) -> usize {
+        self.count(|what| matches!(what, What::Received { device: 1, .. }))
     }
 
     /// Clients that finished before the time limit.

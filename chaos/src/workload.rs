@@ -11,12 +11,14 @@
 //!
 //! A share of the clients (drawn from the seed) link a **second device** before anyone sends,
 //! through the real linking flow: the first device opens a pairing, the new device asks with its
-//! code ([`relay_client::link_accept_in`]) and the first device approves it. The second device
-//! then follows the account: it syncs until its first device has finished and one more sync
-//! found nothing left, and it reports any message it could not decrypt (I8). At the end every
-//! device's relay-sync document of each chat is recorded ([`DocView`]) for I7.
+//! code ([`relay_client::link_accept_in`]) and the first device approves it. The client's planned
+//! messages are split between its devices ([`PlannedSend::device`]): the second device sends its
+//! share, receives everything meant for the account, and syncs until its first device has
+//! finished and one more sync found nothing left. Both devices record what they send and
+//! receive, so I1–I4, I6 and I8 hold per device. At the end every device's stored history
+//! ([`ChatView`]) and relay-sync document ([`DocView`], for I7) of each chat is recorded.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -91,6 +93,10 @@ pub struct PlannedSend {
     /// Whether it is only queued (composed offline), to go with the next send or sync: bursts
     /// of these make the outbox send several envelopes of a chat at once.
     pub compose: bool,
+    /// The client's device that sends it: 0 the registered one, 1 the linked one (its first
+    /// device sends it when the link did not happen). A linked client's second device sends
+    /// the messages from a drawn point on.
+    pub device: u32,
 }
 
 /// One client's plan.
@@ -142,9 +148,10 @@ impl Plan {
         let count = shape.regions * shape.clients_per_region;
         // Drawn apart from the sends, so a seed's messages stay the same with or without links.
         let mut links = StdRng::seed_from_u64(seed::derive(seed, "plan-links", 0));
+        let mut devices = StdRng::seed_from_u64(seed::derive(seed, "plan-devices", 0));
         let clients = (0..count)
             .map(|client| {
-                let sends = (1..=shape.messages_per_client)
+                let mut sends: Vec<PlannedSend> = (1..=shape.messages_per_client)
                     .filter_map(|number| {
                         if count < 2 {
                             return None;
@@ -162,17 +169,28 @@ impl Plan {
                             recipient,
                             pause_ms: rng.random_range(0..=shape.pause_ms_max),
                             sync_after: rng.random_ratio(1, 4),
-                            compose: rng.random_ratio(1, 3),
+                            compose: rng.random_ratio(1, 2),
+                            device: 0,
                         })
                     })
                     .collect();
+                let linked = links.random_ratio(shape.linked_percent.min(100), 100);
+                if linked {
+                    // The second device sends a contiguous run (the later messages from a drawn
+                    // point): both devices send concurrently, and each keeps its bursts of
+                    // composed messages, which the sender FIFO check needs.
+                    let split = devices.random_range(0..=sends.len());
+                    for send in &mut sends[split..] {
+                        send.device = 1;
+                    }
+                }
                 ClientPlan {
                     client,
                     region: client / shape.clients_per_region + 1,
                     sends,
                     restarts: Vec::new(),
                     read_percent: shape.read_percent,
-                    linked: links.random_ratio(shape.linked_percent.min(100), 100),
+                    linked,
                 }
             })
             .collect();
@@ -212,28 +230,40 @@ pub struct Progress {
     pub accounts: BTreeMap<u32, u64>,
     /// Clients ready to send: registered, and their second device linked if they planned one.
     pub ready: BTreeSet<u32>,
+    /// Clients whose second device linked.
+    pub linked: BTreeSet<u32>,
     /// Clients whose first device has finished (its documents are recorded).
     pub finished: BTreeSet<u32>,
     /// Clients whose second device has made its last change and sent it.
     pub second_done: BTreeSet<u32>,
-    /// Clients that have made every planned send.
-    pub done_sending: BTreeSet<u32>,
+    /// Devices (client, device) that have made every send planned for them.
+    pub done_sending: BTreeSet<(u32, u32)>,
     /// Messages that entered an outbox (so they will be delivered unless given up).
     pub queued: BTreeSet<MessageRef>,
     /// Messages given up by their sender.
     pub failed: BTreeSet<MessageRef>,
-    /// Messages each client has received.
-    pub received: BTreeMap<u32, BTreeSet<MessageRef>>,
+    /// Messages each device (client, device) has received.
+    pub received: BTreeMap<(u32, u32), BTreeSet<MessageRef>>,
 }
 
 impl Progress {
-    /// Whether client `me` can stop: everyone has sent, its outbox is empty, and every message
-    /// queued for it (and not given up) has arrived.
-    pub fn settled(&self, me: u32, everyone: &Plan, observer: &Observer) -> bool {
-        if self.done_sending.len() < everyone.clients.len() || observer.pending != Some(0) {
+    /// Whether every device of client `client` has made its planned sends.
+    pub fn sent_all(&self, client: u32) -> bool {
+        self.done_sending.contains(&(client, 0))
+            && (!self.linked.contains(&client) || self.done_sending.contains(&(client, 1)))
+    }
+
+    /// Whether device `device` of client `me` can stop: everyone has sent, its outbox is empty,
+    /// and every message queued for its account (and not given up) has arrived on it.
+    pub fn settled(&self, me: u32, device: u32, everyone: &Plan, observer: &Observer) -> bool {
+        let everyone_sent = everyone
+            .clients
+            .iter()
+            .all(|plan| self.sent_all(plan.client));
+        if !everyone_sent || observer.pending != Some(0) {
             return false;
         }
-        let received = self.received.get(&me);
+        let received = self.received.get(&(me, device));
         let recipients = everyone.recipients();
         self.queued
             .iter()
@@ -374,6 +404,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         let sink = Box::new(move |event: Event| {
             observe(
                 me,
+                0,
                 event,
                 &mut local.borrow_mut(),
                 &mut *shared.borrow_mut(),
@@ -404,7 +435,13 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "changes", me.into()));
     let mut changes_left = CHANGES_PER_DEVICE_MAX;
 
-    for send in &setup.plan.sends {
+    // Without a second device, the first sends its share too.
+    let own_sends = setup
+        .plan
+        .sends
+        .iter()
+        .filter(|send| send.device == 0 || !linked);
+    for send in own_sends {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if past(setup.deadline_ms) {
             break;
@@ -412,36 +449,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
             client = restart(&setup, client, &open).await?;
         }
-        setup.shared.borrow_mut().record(What::Send {
-            message: send.message,
-            recipient: send.recipient,
-        });
-        for attempt in 1..=SEND_ATTEMPTS_MAX {
-            local.borrow_mut().sending = Some(send.message);
-            let peer = client_name(send.recipient);
-            let sent = match send.compose {
-                // A contact not known yet needs the network to resolve: send it then.
-                true => match client.compose(&peer, &send.message.text()).await {
-                    Err(ClientError::UnknownPeer(_)) => {
-                        client.send(&peer, &send.message.text()).await
-                    }
-                    composed => composed,
-                },
-                false => client.send(&peer, &send.message.text()).await,
-            };
-            local.borrow_mut().sending = None;
-            tolerate(sent.map(|_| ()))?;
-            let queued = setup
-                .shared
-                .borrow()
-                .progress
-                .queued
-                .contains(&send.message);
-            if queued || attempt == SEND_ATTEMPTS_MAX || past(setup.deadline_ms) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(SEND_RETRY_MS)).await;
-        }
+        send_planned(&setup, 0, &mut client, &local, send).await?;
         if send.sync_after {
             tolerate(client.sync().await)?;
             read_some(&setup, &mut client, &local, &mut reads).await?;
@@ -458,7 +466,12 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             }
         }
     }
-    setup.shared.borrow_mut().progress.done_sending.insert(me);
+    setup
+        .shared
+        .borrow_mut()
+        .progress
+        .done_sending
+        .insert((me, 0));
 
     let complete = loop {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
@@ -473,7 +486,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
                 .shared
                 .borrow()
                 .progress
-                .settled(me, &setup.everyone, &local.borrow())
+                .settled(me, 0, &setup.everyone, &local.borrow())
         {
             break true;
         }
@@ -484,7 +497,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     };
 
     client.close().await;
-    record_views(&setup)?;
+    record_views(&setup, &setup.data_dir, 0)?;
     record_docs(&setup, &setup.data_dir, 0)?;
     setup.shared.borrow_mut().progress.finished.insert(me);
     if let Some(follower) = follower {
@@ -494,6 +507,47 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         client: me,
         complete,
     });
+    Ok(())
+}
+
+/// Device `device` of the client sends one planned message, trying again (as a person would)
+/// while the send fails before the message enters the outbox.
+async fn send_planned(
+    setup: &ClientSetup,
+    device: u32,
+    app: &mut App,
+    local: &Rc<RefCell<Observer>>,
+    send: &PlannedSend,
+) -> turmoil::Result {
+    setup.shared.borrow_mut().record(What::Send {
+        message: send.message,
+        recipient: send.recipient,
+        device,
+    });
+    for attempt in 1..=SEND_ATTEMPTS_MAX {
+        local.borrow_mut().sending = Some(send.message);
+        let peer = client_name(send.recipient);
+        let sent = match send.compose {
+            // A contact not known yet needs the network to resolve: send it then.
+            true => match app.compose(&peer, &send.message.text()).await {
+                Err(ClientError::UnknownPeer(_)) => app.send(&peer, &send.message.text()).await,
+                composed => composed,
+            },
+            false => app.send(&peer, &send.message.text()).await,
+        };
+        local.borrow_mut().sending = None;
+        tolerate(sent.map(|_| ()))?;
+        let queued = setup
+            .shared
+            .borrow()
+            .progress
+            .queued
+            .contains(&send.message);
+        if queued || attempt == SEND_ATTEMPTS_MAX || past(setup.deadline_ms) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(SEND_RETRY_MS)).await;
+    }
     Ok(())
 }
 
@@ -703,10 +757,11 @@ async fn link_second_device(
     if !(asked? && approved?) {
         return Ok(None);
     }
-    setup
-        .shared
-        .borrow_mut()
-        .record(What::Linked { client: me });
+    {
+        let mut shared = setup.shared.borrow_mut();
+        shared.record(What::Linked { client: me });
+        shared.progress.linked.insert(me);
+    }
     Ok(Some(tokio::task::spawn_local(follow_account(
         setup.clone(),
         linked_environment,
@@ -764,49 +819,31 @@ pub fn linked_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Runs a client's second device: while the first device sends, it makes a few changes (edits
-/// of the account's messages, reactions) and pauses its syncing once for a drawn period (offline
-/// while the first device acts); it says it is done changing after a sync that found its outbox
-/// empty, then syncs until the first device has finished and a sync after that left nothing in
-/// its outbox (or the time limit passes), reporting what it could not decrypt, and records its
-/// documents.
+/// Runs a client's second device: it sends its share of the client's planned messages (each
+/// after its pause, some followed by a sync) and, while the account's devices send, makes a few
+/// changes (edits of the account's messages, reactions) and pauses its syncing once for a drawn
+/// period (offline while the first device acts); it says it is done changing after a sync that
+/// found its outbox empty, then syncs until the first device has finished and it is settled
+/// itself (everything meant for the account arrived on it, its outbox is empty), or the time
+/// limit passes. It records what it sends and receives, and at the end its views and documents.
 async fn follow_account(
     setup: ClientSetup,
     environment: Environment,
     data_dir: PathBuf,
 ) -> turmoil::Result {
     let me = setup.plan.client;
-    let pending = Rc::new(Cell::new(None));
     let local = Rc::new(RefCell::new(Observer::default()));
     let sink = {
         let shared = setup.shared.clone();
-        let pending = pending.clone();
         let local = local.clone();
-        Box::new(move |event: Event| match event {
-            Event::Message {
-                id,
-                peer,
-                direction,
-                text,
-                ..
-            } if MessageRef::parse(&text).is_some() => {
-                if let Some(message) = MessageRef::parse(&text) {
-                    let own = direction == Direction::Out;
-                    local.borrow_mut().note_changeable(&peer, &id, message, own);
-                }
-            }
-            Event::Undecryptable { from, .. } => shared
-                .borrow_mut()
-                .record(What::Undecryptable { receiver: me, from }),
-            Event::Message { from, text, .. } if MessageRef::parse(&text).is_none() => {
-                shared.borrow_mut().record(What::Garbled {
-                    receiver: me,
-                    from,
-                    text,
-                })
-            }
-            Event::Synced { pending: left, .. } => pending.set(Some(left)),
-            _ => {}
+        Box::new(move |event: Event| {
+            observe(
+                me,
+                1,
+                event,
+                &mut local.borrow_mut(),
+                &mut *shared.borrow_mut(),
+            )
         })
     };
     let mut device = App::open(environment, &data_dir, sink)?;
@@ -814,16 +851,16 @@ async fn follow_account(
     let mut changes_left = CHANGES_PER_DEVICE_MAX;
     let pause_from = sim_elapsed_ms() + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
     let pause_until = pause_from + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
-    let mut done_changing = false;
-    loop {
-        let (first_sent, first_finished) = {
-            let shared = setup.shared.borrow();
-            (
-                shared.progress.done_sending.contains(&me),
-                shared.progress.finished.contains(&me),
-            )
-        };
-        if !first_sent {
+    let paused = || (pause_from..pause_until).contains(&sim_elapsed_ms());
+    wait_for_everyone(&setup).await;
+    for send in setup.plan.sends.iter().filter(|send| send.device == 1) {
+        tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
+        if past(setup.deadline_ms) {
+            break;
+        }
+        send_planned(&setup, 1, &mut device, &local, send).await?;
+        if send.sync_after && !paused() {
+            tolerate(device.sync().await)?;
             change_some(
                 &setup,
                 1,
@@ -834,24 +871,58 @@ async fn follow_account(
             )
             .await?;
         }
-        if (pause_from..pause_until).contains(&sim_elapsed_ms()) {
+    }
+    setup
+        .shared
+        .borrow_mut()
+        .progress
+        .done_sending
+        .insert((me, 1));
+    let mut done_changing = false;
+    loop {
+        let (sent_all, first_finished) = {
+            let shared = setup.shared.borrow();
+            (
+                shared.progress.sent_all(me),
+                shared.progress.finished.contains(&me),
+            )
+        };
+        if !sent_all {
+            change_some(
+                &setup,
+                1,
+                &mut device,
+                &local,
+                &mut changes,
+                &mut changes_left,
+            )
+            .await?;
+        }
+        if paused() {
             tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
             continue;
         }
-        pending.set(None);
+        local.borrow_mut().pending = None;
         let synced = device.sync().await;
-        let clean = synced.is_ok() && pending.get() == Some(0);
+        let clean = synced.is_ok() && local.borrow().pending == Some(0);
         tolerate(synced)?;
-        if !done_changing && ((first_sent && clean) || past(setup.deadline_ms)) {
+        if !done_changing && ((sent_all && clean) || past(setup.deadline_ms)) {
             done_changing = true;
             setup.shared.borrow_mut().progress.second_done.insert(me);
         }
-        if (first_finished && clean) || past(setup.deadline_ms) {
+        let settled = clean
+            && setup
+                .shared
+                .borrow()
+                .progress
+                .settled(me, 1, &setup.everyone, &local.borrow());
+        if (first_finished && settled) || past(setup.deadline_ms) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
     }
     device.close().await;
+    record_views(&setup, &data_dir, 1)?;
     record_docs(&setup, &data_dir, 1)
 }
 
@@ -873,13 +944,15 @@ async fn read_some(
     Ok(())
 }
 
-/// Records the client's stored history of each chat, read from its store by account (names
-/// may not have resolved: a device stores a message from an account it could not name).
-fn record_views(setup: &ClientSetup) -> turmoil::Result {
+/// Records the stored history of each chat of device `device` (0 the first, 1 the linked one)
+/// of the client, read from its store in `data_dir` by account (names may not have resolved: a
+/// device stores a message from an account it could not name).
+fn record_views(setup: &ClientSetup, data_dir: &Path, device: u32) -> turmoil::Result {
     let accounts = setup.shared.borrow().progress.accounts.clone();
     let views = chat_views(
-        &setup.data_dir,
+        data_dir,
         setup.plan.client,
+        device,
         &setup.everyone,
         &accounts,
     )?;
@@ -952,12 +1025,13 @@ pub fn doc_views(
     Ok(docs)
 }
 
-/// Client `me`'s stored history of its chat with each peer of the plan that registered, read
-/// from the store in `data_dir` by account (names may not have resolved: a device stores a
-/// message from an account it could not name).
+/// Device `device` of client `me`: its stored history of its chat with each peer of the plan
+/// that registered, read from the store in `data_dir` by account (names may not have resolved:
+/// a device stores a message from an account it could not name).
 pub fn chat_views(
     data_dir: &Path,
     me: u32,
+    device: u32,
     everyone: &Plan,
     accounts: &BTreeMap<u32, u64>,
 ) -> Result<Vec<ChatView>, ClientError> {
@@ -978,6 +1052,7 @@ pub fn chat_views(
             .collect();
         views.push(ChatView {
             client: me,
+            device,
             peer,
             entries,
         });
@@ -1071,9 +1146,9 @@ async fn wait_for_everyone(setup: &ClientSetup) {
     }
 }
 
-/// Turns one client event into trace events, progress and the client's own state (the
-/// simulation's clients and `relayd chaos`'s real ones alike).
-pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Ledger) {
+/// Turns one event of device `device` of client `me` into trace events, progress and the
+/// device's own state (the simulation's clients and `relayd chaos`'s real ones alike).
+pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared: &mut impl Ledger) {
     match event {
         Event::Tick { id, tick, peer } => match tick {
             Tick::Pending => {
@@ -1119,12 +1194,13 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
                 shared
                     .progress()
                     .received
-                    .entry(me)
+                    .entry((me, device))
                     .or_default()
                     .insert(message);
                 local.unread.insert(message.sender);
                 shared.record(What::Received {
                     receiver: me,
+                    device,
                     message,
                     from_account: account_of(&sender_device),
                     chat_seq,
@@ -1132,12 +1208,29 @@ pub fn observe(me: u32, event: Event, local: &mut Observer, shared: &mut impl Le
             }
             None => shared.record(What::Garbled {
                 receiver: me,
+                device,
                 from,
                 text,
             }),
         },
+        // The account's other device sent it: this one can edit it too.
+        Event::Message {
+            id,
+            peer,
+            direction: Direction::Out,
+            text,
+            ..
+        } => {
+            if let Some(message) = MessageRef::parse(&text) {
+                local.note_changeable(&peer, &id, message, true);
+            }
+        }
         Event::Undecryptable { from, .. } => {
-            shared.record(What::Undecryptable { receiver: me, from });
+            shared.record(What::Undecryptable {
+                receiver: me,
+                device,
+                from,
+            });
         }
         Event::Failed { id, .. } => {
             if let Some(&message) = local.ids.get(&id) {

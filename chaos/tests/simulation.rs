@@ -44,11 +44,11 @@ fn two_regions_deliver_every_message_once_in_order() {
     );
 }
 
-/// Every client links a second device through the real flow before anyone sends, and both
-/// devices edit and react while the first one sends (the second pausing its syncing for a
-/// while); every message still reaches its recipient once and in order (I1–I6, I8 over the
-/// first devices), nothing is undecryptable on either device (I8), and each second device's
-/// documents equal its first device's, message by message (I7).
+/// Every client links a second device through the real flow before anyone sends; the two
+/// devices split the client's messages, and both edit and react while they send (the second
+/// pausing its syncing for a while); every message still reaches both devices of its recipient
+/// once and in order (I1–I6 per device), nothing is undecryptable on either device (I8), and
+/// each second device's documents equal its first device's, message by message (I7).
 #[test]
 fn linked_second_devices_hold_the_same_documents() {
     let report = run(&Simulation::new(seed_from_env(3)).linked_percent(100));
@@ -60,6 +60,20 @@ fn linked_second_devices_hold_the_same_documents() {
         .filter(|event| matches!(event.what, What::Linked { .. }))
         .count();
     assert_eq!(linked, 4, "{reproduce}");
+    // The second devices sent their share of the messages, and received every message meant
+    // for their accounts (every client is linked here).
+    let from_second = report
+        .trace
+        .iter()
+        .filter(|event| matches!(event.what, What::Send { device: 1, .. }))
+        .count();
+    assert!(from_second > 0, "{reproduce}");
+    assert!(from_second < report.planned.len(), "{reproduce}");
+    assert_eq!(
+        report.received_by_second_devices(),
+        report.planned.len(),
+        "{reproduce}"
+    );
     // Both devices of every client recorded each of its chats, and the chats hold messages: I7
     // compared something.
     for device in [0, 1] {

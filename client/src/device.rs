@@ -746,6 +746,19 @@ enum Waiter {
     },
 }
 
+impl Waiter {
+    /// Whether this is a sync that flushed and asked for its fetch.
+    fn asked_for_fetch(&self) -> bool {
+        matches!(
+            self,
+            Waiter::Sync {
+                fetched_target: Some(_),
+                ..
+            }
+        )
+    }
+}
+
 /// The device's task.
 struct Actor {
     core: Core,
@@ -1143,16 +1156,23 @@ impl Actor {
         }
     }
 
-    /// Answers the calls that got where they waited to; whether any was answered.
+    /// Answers the calls that got where they waited to; whether any was answered or asked for
+    /// more work.
     fn answer_waiters(&mut self, now_ms: u64) -> bool {
-        let mut answered = false;
+        let mut moved = false;
         for waiter in std::mem::take(&mut self.waiters) {
+            let fetching = waiter.asked_for_fetch();
             match self.check(waiter, now_ms) {
-                Some(waiter) => self.waiters.push(waiter),
-                None => answered = true,
+                // A sync that just asked for its fetch moved too: the fetch goes out on the
+                // next step, not when something else wakes the device (a push, a timer).
+                Some(waiter) => {
+                    moved |= waiter.asked_for_fetch() != fetching;
+                    self.waiters.push(waiter);
+                }
+                None => moved = true,
             }
         }
-        answered
+        moved
     }
 
     /// Answers `waiter` if it got where it waited to; else hands it back.

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use relay_client::limits::FLUSH_BUDGET_MS;
 use relay_client::{Device, Event, Events, Mode, OpenOptions, Overrides, Tick, register};
 use relay_devnet::testbed::Testbed;
 
@@ -114,5 +115,29 @@ async fn a_program_sends_to_several_peers_at_once_and_follows_the_events() {
     for device in [alice, bob, carol] {
         device.close().await.expect("closes");
     }
+    testbed.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sync_in_a_quiet_deployment_fetches_at_once() {
+    let testbed = Testbed::start(1).await.expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice_dir = dir.path().join("alice");
+    register(&alice_dir, "alice", overrides(&testbed, 1), "", &mut |_| {})
+        .await
+        .expect("alice registers");
+    // On demand, as the CLI and the simulation open it: nothing is pushed to wake it.
+    let (alice, _events) = Device::open(&alice_dir, OpenOptions::default()).expect("opens");
+    // Nothing to flush and nothing new arrives: each sync's fetch must go out as soon as it
+    // asks for it. It used to wait for the next wake-up (a push, or its flush window closing
+    // after FLUSH_BUDGET_MS), since asking for the fetch did not count as progress.
+    let bound = Duration::from_millis(FLUSH_BUDGET_MS / 2);
+    for round in 1..=3 {
+        tokio::time::timeout(bound, alice.sync())
+            .await
+            .unwrap_or_else(|_| panic!("sync {round} waited past {bound:?}"))
+            .expect("synced");
+    }
+    alice.close().await.expect("closes");
     testbed.stop().await;
 }

@@ -2,7 +2,7 @@
 //! device from that sender's account.
 
 use super::facts::Facts;
-use super::trace::{TraceEvent, What, client_name};
+use super::trace::{TraceEvent, What, device_name};
 use super::{Findings, Invariant};
 
 /// Reports, in trace order, every arrival that was undecryptable, garbled, not addressed to its
@@ -12,6 +12,7 @@ pub(crate) fn check(facts: &Facts<'_>, trace: &[TraceEvent], findings: &mut Find
         match &event.what {
             What::Received {
                 receiver,
+                device,
                 message,
                 from_account,
                 ..
@@ -21,7 +22,7 @@ pub(crate) fn check(facts: &Facts<'_>, trace: &[TraceEvent], findings: &mut Find
                         Invariant::Decryptable,
                         format!(
                             "{} received {message}, which was not sent to it",
-                            client_name(*receiver)
+                            device_name(*receiver, *device)
                         ),
                     );
                 } else if facts.accounts.get(&message.sender) != Some(from_account) {
@@ -29,27 +30,32 @@ pub(crate) fn check(facts: &Facts<'_>, trace: &[TraceEvent], findings: &mut Find
                         Invariant::Decryptable,
                         format!(
                             "{} received {message} as coming from account {from_account}",
-                            client_name(*receiver)
+                            device_name(*receiver, *device)
                         ),
                     );
                 }
             }
-            What::Undecryptable { receiver, from } => findings.add(
+            What::Undecryptable {
+                receiver,
+                device,
+                from,
+            } => findings.add(
                 Invariant::Decryptable,
                 format!(
                     "{} could not decrypt a message from {from}",
-                    client_name(*receiver)
+                    device_name(*receiver, *device)
                 ),
             ),
             What::Garbled {
                 receiver,
+                device,
                 from,
                 text,
             } => findings.add(
                 Invariant::Decryptable,
                 format!(
                     "{} decrypted {text:?} from {from}, which nobody sent",
-                    client_name(*receiver)
+                    device_name(*receiver, *device)
                 ),
             ),
             _ => {}

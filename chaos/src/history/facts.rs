@@ -1,7 +1,7 @@
 //! What the checks read, gathered in one pass over the trace and the views, indexed so that each
 //! check does a constant amount of work per event or stored entry.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::trace::{ChatView, MessageRef, TraceEvent, What};
 
@@ -13,14 +13,19 @@ pub(crate) struct Facts<'a> {
     pub(crate) accounts: BTreeMap<u32, u64>,
     /// Messages acknowledged as sent, in message order (so reports come out sorted).
     pub(crate) acked: BTreeSet<MessageRef>,
-    /// receiver → received messages with their chat sequence, in arrival order.
-    pub(crate) arrivals: BTreeMap<u32, Vec<(MessageRef, u64)>>,
-    /// (receiver, message) for every arrival.
-    pub(crate) arrived: HashSet<(u32, MessageRef)>,
-    /// (client, peer, message, chat seq) of every received message a client stores.
-    pub(crate) stored_received: HashSet<(u32, u32, MessageRef, u64)>,
-    /// (client, peer, message) of every sent message a client stores with a chat sequence.
-    pub(crate) stored_sequenced: HashSet<(u32, u32, MessageRef)>,
+    /// Clients that linked a second device (device 1) before anyone sent.
+    pub(crate) linked: BTreeSet<u32>,
+    /// message → the device of its sender that sent it.
+    pub(crate) sent_by: HashMap<MessageRef, u32>,
+    /// (receiver, device) → received messages with their chat sequence, in arrival order.
+    pub(crate) arrivals: BTreeMap<(u32, u32), Vec<(MessageRef, u64)>>,
+    /// (receiver, device, message) for every arrival.
+    pub(crate) arrived: HashSet<(u32, u32, MessageRef)>,
+    /// (client, device, peer, message, chat seq) of every received message a device stores.
+    pub(crate) stored_received: HashSet<(u32, u32, u32, MessageRef, u64)>,
+    /// (client, device, peer, message) of every message of the client's account a device
+    /// stores with a chat sequence (sent by it or by the account's other device).
+    pub(crate) stored_sequenced: HashSet<(u32, u32, u32, MessageRef)>,
     /// (client, peer) → envelopes of their chat that carry no message (read receipts, and the
     /// edits and reactions of linked clients), sent by either side; each takes a chat sequence
     /// that no stored message holds.
@@ -28,6 +33,12 @@ pub(crate) struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
+    /// The devices of `client` that must get what is meant for its account: the registered
+    /// one, and the linked one if it has one.
+    pub(crate) fn devices_of(&self, client: u32) -> std::ops::RangeInclusive<u32> {
+        0..=u32::from(self.linked.contains(&client))
+    }
+
     /// One pass over `trace` and one over `views`.
     pub(crate) fn gather(
         planned: &'a BTreeMap<MessageRef, u32>,
@@ -38,6 +49,8 @@ impl<'a> Facts<'a> {
             planned,
             accounts: BTreeMap::new(),
             acked: BTreeSet::new(),
+            linked: BTreeSet::new(),
+            sent_by: HashMap::new(),
             arrivals: BTreeMap::new(),
             arrived: HashSet::new(),
             stored_received: HashSet::new(),
@@ -51,21 +64,30 @@ impl<'a> Facts<'a> {
                 } => {
                     facts.accounts.insert(client, account);
                 }
+                What::Linked { client } => {
+                    facts.linked.insert(client);
+                }
+                What::Send {
+                    message, device, ..
+                } => {
+                    facts.sent_by.insert(message, device);
+                }
                 What::Acked { message } => {
                     facts.acked.insert(message);
                 }
                 What::Received {
                     receiver,
+                    device,
                     message,
                     chat_seq,
                     ..
                 } => {
                     facts
                         .arrivals
-                        .entry(receiver)
+                        .entry((receiver, device))
                         .or_default()
                         .push((message, chat_seq));
-                    facts.arrived.insert((receiver, message));
+                    facts.arrived.insert((receiver, device, message));
                 }
                 What::MarkedRead {
                     reader,
@@ -96,14 +118,21 @@ impl<'a> Facts<'a> {
             for entry in &view.entries {
                 match (entry.message, entry.chat_seq) {
                     (Some(message), Some(chat_seq)) if !entry.outgoing => {
-                        facts
-                            .stored_received
-                            .insert((view.client, view.peer, message, chat_seq));
+                        facts.stored_received.insert((
+                            view.client,
+                            view.device,
+                            view.peer,
+                            message,
+                            chat_seq,
+                        ));
                     }
                     (Some(message), Some(_)) => {
-                        facts
-                            .stored_sequenced
-                            .insert((view.client, view.peer, message));
+                        facts.stored_sequenced.insert((
+                            view.client,
+                            view.device,
+                            view.peer,
+                            message,
+                        ));
                     }
                     _ => {}
                 }

@@ -3,18 +3,21 @@
 use std::collections::HashSet;
 
 use super::facts::Facts;
-use super::trace::{ChatView, client_name};
+use super::trace::{ChatView, client_name, device_name};
 use super::{Findings, Invariant};
 
-/// Each receiver got each message at most once.
+/// Each receiving device got each message at most once.
 pub(crate) fn check_arrivals(facts: &Facts<'_>, findings: &mut Findings) {
-    for (receiver, received) in &facts.arrivals {
+    for ((receiver, device), received) in &facts.arrivals {
         let mut seen = HashSet::new();
         for (message, _) in received {
             if !seen.insert(*message) {
                 findings.add(
                     Invariant::Idempotence,
-                    format!("{} received {message} twice", client_name(*receiver)),
+                    format!(
+                        "{} received {message} twice",
+                        device_name(*receiver, *device)
+                    ),
                 );
             }
         }
@@ -30,7 +33,7 @@ pub(crate) fn check_view(view: &ChatView, findings: &mut Findings) {
                 Invariant::Idempotence,
                 format!(
                     "{} stores {message} twice in the chat with {}",
-                    client_name(view.client),
+                    device_name(view.client, view.device),
                     client_name(view.peer)
                 ),
             );

@@ -31,10 +31,11 @@ pub(crate) fn check_liveness(
             What::Acked { message } => {
                 acked.entry(message).or_insert(event.at_ms);
             }
+            // The last arrival: every device of the recipient is held to the bound.
             What::Received {
                 receiver, message, ..
             } if planned.get(&message) == Some(&receiver) => {
-                arrived.entry(message).or_insert(event.at_ms);
+                arrived.insert(message, event.at_ms);
             }
             What::Failed { message } => {
                 failed.insert(message);

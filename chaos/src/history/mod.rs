@@ -6,15 +6,16 @@
 //! ciphertexts), so two runs of one seed can be compared line by line. At the end, each client's
 //! local history of each chat is recorded too ([`ChatView`]).
 //!
-//! [`check`] verifies, over the trace and the final views (of each account's first device: a
-//! linked second device only receives and changes, and is held to I7 and I8), one
+//! [`check`] verifies, over the trace and the final views of every device (a client that linked
+//! a second device sends from both, and both receive what is meant for the account), one
 //! module per invariant:
-//! - **I1 no loss** ([`no_loss`]): every message acknowledged as sent reached its recipient and
-//!   is stored as it arrived;
+//! - **I1 no loss** ([`no_loss`]): every message acknowledged as sent reached every device of
+//!   its recipient and is stored as it arrived;
 //! - **I2 order** ([`order`]): each device received a chat's messages with strictly increasing
-//!   chat sequences, and those plus its own sent messages' sequences are gapless from 1;
-//! - **I3 sender FIFO** ([`sender_fifo`]): one sender's messages arrived in the order they were
-//!   sent;
+//!   chat sequences, those plus its account's sent messages' sequences are gapless from 1, and
+//!   every device of the sender's account stores each acknowledged message with its sequence;
+//! - **I3 sender FIFO** ([`sender_fifo`]): one sending device's messages arrived in the order
+//!   it sent them;
 //! - **I4 idempotence** ([`idempotence`]): no message arrived twice or is stored twice;
 //! - **I6 receipts move forward** ([`receipts`]): a message's tick never moves back;
 //! - **I8 no undecryptable messages** ([`decryptable`]): every message decrypted, to the text

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::facts::Facts;
-use super::trace::{ChatView, client_name};
+use super::trace::{ChatView, client_name, device_name};
 use super::{Findings, Invariant, describe};
 
-/// Arrivals of each chat come in strictly increasing chat sequence.
+/// At each device, arrivals of each chat come in strictly increasing chat sequence.
 pub(crate) fn check_arrivals(facts: &Facts<'_>, findings: &mut Findings) {
-    for (receiver, received) in &facts.arrivals {
+    for ((receiver, device), received) in &facts.arrivals {
         let mut last: HashMap<u32, u64> = HashMap::new();
         for (message, chat_seq) in received {
             if let Some(previous) = last.insert(message.sender, *chat_seq)
@@ -19,7 +19,7 @@ pub(crate) fn check_arrivals(facts: &Facts<'_>, findings: &mut Findings) {
                     Invariant::Order,
                     format!(
                         "{} received {message} at chat seq {chat_seq} after chat seq {previous}",
-                        client_name(*receiver)
+                        device_name(*receiver, *device)
                     ),
                 );
             }
@@ -27,20 +27,27 @@ pub(crate) fn check_arrivals(facts: &Facts<'_>, findings: &mut Findings) {
     }
 }
 
-/// Every acknowledged message is stored by its sender with a chat sequence.
+/// Every acknowledged message is stored with a chat sequence by every device of its sender's
+/// account (the one that sent it, and the other, which gets a copy).
 pub(crate) fn check_senders_stored(facts: &Facts<'_>, findings: &mut Findings) {
     for message in &facts.acked {
         let Some(recipient) = facts.planned.get(message) else {
             continue;
         };
-        let sequenced = facts
-            .stored_sequenced
-            .contains(&(message.sender, *recipient, *message));
-        if !sequenced {
-            findings.add(
-                Invariant::Order,
-                format!("{message} was acknowledged but its sender stores no chat seq for it",),
-            );
+        for device in facts.devices_of(message.sender) {
+            let sequenced =
+                facts
+                    .stored_sequenced
+                    .contains(&(message.sender, device, *recipient, *message));
+            if !sequenced {
+                findings.add(
+                    Invariant::Order,
+                    format!(
+                        "{message} was acknowledged but {} stores no chat seq for it",
+                        device_name(message.sender, device)
+                    ),
+                );
+            }
         }
     }
 }
@@ -63,7 +70,7 @@ pub(crate) fn check_view(facts: &Facts<'_>, view: &ChatView, findings: &mut Find
                         Invariant::Order,
                         format!(
                             "{} holds two messages at chat seq {chat_seq} of the chat with {} ({} and {})",
-                            client_name(view.client),
+                            device_name(view.client, view.device),
                             client_name(view.peer),
                             describe(other),
                             describe(entry.message)
@@ -76,7 +83,7 @@ pub(crate) fn check_view(facts: &Facts<'_>, view: &ChatView, findings: &mut Find
                 Invariant::Order,
                 format!(
                     "{} holds a received message without a chat seq ({})",
-                    client_name(view.client),
+                    device_name(view.client, view.device),
                     describe(entry.message)
                 ),
             ),
@@ -92,7 +99,7 @@ pub(crate) fn check_view(facts: &Facts<'_>, view: &ChatView, findings: &mut Find
             Invariant::Order,
             format!(
                 "{}'s chat with {} misses {missing} of chat seqs 1..={highest}",
-                client_name(view.client),
+                device_name(view.client, view.device),
                 client_name(view.peer)
             ),
         );

@@ -17,6 +17,7 @@ fn at(at_ms: u64, what: What) -> TraceEvent {
 fn received(receiver: u32, m: MessageRef, chat_seq: u64) -> What {
     What::Received {
         receiver,
+        device: 0,
         message: m,
         from_account: u64::from(m.sender) + 100,
         chat_seq,
@@ -49,11 +50,13 @@ fn views(receiver_entries: Vec<ViewEntry>) -> Vec<ChatView> {
     vec![
         ChatView {
             client: 1,
+            device: 0,
             peer: 0,
             entries: receiver_entries,
         },
         ChatView {
             client: 0,
+            device: 0,
             peer: 1,
             entries: vec![entry(true, message(0, 1), 1), entry(true, message(0, 2), 2)],
         },
@@ -126,6 +129,7 @@ fn loss_reorder_duplicates_gaps_and_garbage_are_caught() {
             6,
             What::Undecryptable {
                 receiver: 1,
+                device: 0,
                 from: "c0".into(),
             },
         ),
@@ -145,6 +149,139 @@ fn loss_reorder_duplicates_gaps_and_garbage_are_caught() {
     .into_iter()
     .collect();
     assert_eq!(found, expected);
+}
+
+/// c1 linked a second device; c0 linked one too and sent message 1 from it, message 2 from its
+/// first device.
+fn linked_trace(second_receives: &[(MessageRef, u64)]) -> Vec<TraceEvent> {
+    let mut trace = registered();
+    trace.push(at(0, What::Linked { client: 0 }));
+    trace.push(at(0, What::Linked { client: 1 }));
+    for (number, device) in [(2, 0), (1, 1)] {
+        trace.push(at(
+            1,
+            What::Send {
+                message: message(0, number),
+                recipient: 1,
+                device,
+            },
+        ));
+        trace.push(at(
+            2,
+            What::Acked {
+                message: message(0, number),
+            },
+        ));
+    }
+    // Each device of c0 sent in order, but the first's message 2 overtook the second's 1.
+    trace.push(at(3, received(1, message(0, 2), 1)));
+    trace.push(at(4, received(1, message(0, 1), 2)));
+    for (at_ms, (m, chat_seq)) in (5..).zip(second_receives) {
+        trace.push(at(
+            at_ms,
+            What::Received {
+                receiver: 1,
+                device: 1,
+                message: *m,
+                from_account: 100,
+                chat_seq: *chat_seq,
+            },
+        ));
+    }
+    trace
+}
+
+/// Every device's view: c1's two devices hold what they received, c0's two hold both messages.
+fn linked_views(second_holds: Vec<ViewEntry>) -> Vec<ChatView> {
+    let mut views = Vec::new();
+    for device in [0, 1] {
+        views.push(ChatView {
+            client: 0,
+            device,
+            peer: 1,
+            entries: vec![entry(true, message(0, 2), 1), entry(true, message(0, 1), 2)],
+        });
+    }
+    views.push(ChatView {
+        client: 1,
+        device: 0,
+        peer: 0,
+        entries: vec![
+            entry(false, message(0, 2), 1),
+            entry(false, message(0, 1), 2),
+        ],
+    });
+    views.push(ChatView {
+        client: 1,
+        device: 1,
+        peer: 0,
+        entries: second_holds,
+    });
+    views
+}
+
+#[test]
+fn every_device_of_a_linked_recipient_is_held_to_i1_and_fifo_is_per_sending_device() {
+    let planned: BTreeMap<MessageRef, u32> = [(message(0, 1), 1), (message(0, 2), 1)]
+        .into_iter()
+        .collect();
+    let both = [(message(0, 2), 1), (message(0, 1), 2)];
+    let clean = check(
+        &planned,
+        &linked_trace(&both),
+        &linked_views(vec![
+            entry(false, message(0, 2), 1),
+            entry(false, message(0, 1), 2),
+        ]),
+    );
+    assert_eq!(clean, Vec::new());
+
+    // The second device of c1 never got message 1.
+    let found = check(
+        &planned,
+        &linked_trace(&both[..1]),
+        &linked_views(vec![entry(false, message(0, 2), 1)]),
+    );
+    assert!(
+        found
+            .iter()
+            .any(|v| v.invariant == Invariant::NoLoss && v.detail.contains("c1/d1 never")),
+        "{found:?}"
+    );
+
+    // c0's second device does not store the message its first device sent.
+    let mut views = linked_views(vec![
+        entry(false, message(0, 2), 1),
+        entry(false, message(0, 1), 2),
+    ]);
+    views[1].entries.remove(0);
+    let found = check(&planned, &linked_trace(&both), &views);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.invariant == Invariant::Order && v.detail.contains("c0/d1 stores no")),
+        "{found:?}"
+    );
+
+    // One sending device's messages out of order is still caught.
+    let mut trace = linked_trace(&both);
+    for event in &mut trace {
+        if let What::Send { device, .. } = &mut event.what {
+            *device = 0;
+        }
+    }
+    let found = check(
+        &planned,
+        &trace,
+        &linked_views(vec![
+            entry(false, message(0, 2), 1),
+            entry(false, message(0, 1), 2),
+        ]),
+    );
+    assert!(
+        found.iter().any(|v| v.invariant == Invariant::SenderFifo),
+        "{found:?}"
+    );
 }
 
 #[test]

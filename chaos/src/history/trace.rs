@@ -74,12 +74,14 @@ pub enum What {
         /// Its home region.
         region: u32,
     },
-    /// A client asked to send a message.
+    /// A client asked one of its devices to send a message.
     Send {
         /// The message.
         message: MessageRef,
         /// Its recipient.
         recipient: u32,
+        /// The sending device of the client (0 the registered one, 1 the linked one).
+        device: u32,
     },
     /// The message entered the sender's durable outbox (it will be retried until settled).
     Queued {
@@ -97,6 +99,8 @@ pub enum What {
     Received {
         /// The receiving client.
         receiver: u32,
+        /// Which of its devices (0 the registered one, 1 the linked one).
+        device: u32,
         /// The message its text names.
         message: MessageRef,
         /// The sending account, as the envelope says (0 when unreadable).
@@ -108,6 +112,8 @@ pub enum What {
     Undecryptable {
         /// The receiving client.
         receiver: u32,
+        /// Which of its devices.
+        device: u32,
         /// The sender (account name).
         from: String,
     },
@@ -115,6 +121,8 @@ pub enum What {
     Garbled {
         /// The receiving client.
         receiver: u32,
+        /// Which of its devices.
+        device: u32,
         /// The sender (account name).
         from: String,
         /// The text.
@@ -212,34 +220,50 @@ impl fmt::Display for TraceEvent {
                 "{} registered as account {account} in region {region}",
                 client_name(*client)
             ),
-            What::Send { message, recipient } => {
-                write!(f, "{message} sent to {}", client_name(*recipient))
-            }
+            What::Send {
+                message,
+                recipient,
+                device,
+            } => match device {
+                0 => write!(f, "{message} sent to {}", client_name(*recipient)),
+                _ => write!(
+                    f,
+                    "{message} sent to {} from {}",
+                    client_name(*recipient),
+                    device_name(message.sender, *device)
+                ),
+            },
             What::Queued { message } => write!(f, "{message} queued in the outbox"),
             What::Acked { message } => write!(f, "{message} acknowledged"),
             What::Received {
                 receiver,
+                device,
                 message,
                 from_account,
                 chat_seq,
             } => write!(
                 f,
                 "{} received {message} from account {from_account} at chat seq {chat_seq}",
-                client_name(*receiver)
+                device_name(*receiver, *device)
             ),
-            What::Undecryptable { receiver, from } => write!(
+            What::Undecryptable {
+                receiver,
+                device,
+                from,
+            } => write!(
                 f,
                 "{} could not decrypt a message from {from}",
-                client_name(*receiver)
+                device_name(*receiver, *device)
             ),
             What::Garbled {
                 receiver,
+                device,
                 from,
                 text,
             } => write!(
                 f,
                 "{} received an unknown text {text:?} from {from}",
-                client_name(*receiver)
+                device_name(*receiver, *device)
             ),
             What::Failed { message } => write!(f, "{message} given up"),
             What::Tick { message, tick } => {
@@ -308,11 +332,13 @@ pub struct ViewEntry {
     pub chat_seq: Option<u64>,
 }
 
-/// A client's local history of its chat with one peer, at the end of the run.
+/// A device's local history of its chat with one peer, at the end of the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatView {
     /// The client.
     pub client: u32,
+    /// Which of its devices (0 the registered one, 1 the linked one).
+    pub device: u32,
     /// The peer.
     pub peer: u32,
     /// The messages, in the client's order.

@@ -186,6 +186,7 @@ pub async fn run(
         Box::new(move |event: Event| {
             observe(
                 me,
+                0,
                 event,
                 &mut local.borrow_mut(),
                 &mut *record.borrow_mut(),
@@ -197,7 +198,7 @@ pub async fn run(
         Err(error) => {
             let mut record = record.borrow_mut();
             record.error(me, "cannot open its store", &error);
-            record.progress.done_sending.insert(me);
+            record.progress.done_sending.insert((me, 0));
             record.finished.insert(me, false);
             return;
         }
@@ -211,6 +212,7 @@ pub async fn run(
         record.borrow_mut().record(What::Send {
             message: send.message,
             recipient: send.recipient,
+            device: 0,
         });
         for attempt in 1..=SEND_ATTEMPTS_MAX {
             local.borrow_mut().sending = Some(send.message);
@@ -229,14 +231,14 @@ pub async fn run(
             tolerate(me, "sync", client.sync().await, &record);
         }
     }
-    record.borrow_mut().progress.done_sending.insert(me);
+    record.borrow_mut().progress.done_sending.insert((me, 0));
 
     let complete = loop {
         tolerate(me, "sync", client.sync().await, &record);
         if record
             .borrow()
             .progress
-            .settled(me, &everyone, &local.borrow())
+            .settled(me, 0, &everyone, &local.borrow())
         {
             break true;
         }
@@ -270,6 +272,7 @@ pub fn views(
         let read = chat_views(
             &deployment.data_dir(me),
             me,
+            0,
             everyone,
             &record.progress.accounts,
         )
