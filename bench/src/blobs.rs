@@ -301,14 +301,14 @@ fn median(values: &[f64]) -> f64 {
 
 /// The raw baseline: a server in this process that reads an upload stream to its end (then
 /// answers one byte) or writes the number of bytes a download stream asks for.
-struct RawServer {
+pub(crate) struct RawServer {
     server: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     link: crate::device::EdgeLink,
 }
 
 impl RawServer {
-    async fn start(folder: &Path) -> Result<RawServer, BenchError> {
+    pub(crate) async fn start(folder: &Path) -> Result<RawServer, BenchError> {
         let pki = Pki::open(&folder.join("raw-pki"))?;
         let certs = pki.edge(1)?;
         let identity = TlsIdentity::load(&certs.cert, &certs.key)
@@ -328,7 +328,7 @@ impl RawServer {
     }
 
     /// Seconds to write `bytes` on a stream and have the server confirm it read them all.
-    async fn upload(&self, bytes: &[u8]) -> Result<f64, BenchError> {
+    pub(crate) async fn upload(&self, bytes: &[u8]) -> Result<f64, BenchError> {
         let failed = |error: String| BenchError::Protocol(format!("raw upload: {error}"));
         let began = Instant::now();
         let (mut send, mut recv) = self
@@ -362,7 +362,7 @@ impl RawServer {
     }
 
     /// Seconds to ask for `length` bytes and read them all.
-    async fn download(&self, length: usize) -> Result<f64, BenchError> {
+    pub(crate) async fn download(&self, length: usize) -> Result<f64, BenchError> {
         let failed = |error: String| BenchError::Protocol(format!("raw download: {error}"));
         let began = Instant::now();
         let (mut send, mut recv) = self
@@ -391,7 +391,7 @@ impl RawServer {
         Ok(began.elapsed().as_secs_f64())
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.link.close();
         self.server.close(0u32.into(), b"done");
         self.task.abort();

@@ -183,3 +183,36 @@ pub const BLOB_SHARE_OF_RAW_TARGET: f64 = 0.70;
 const _: () = assert!(BLOB_ROUNDS_DEFAULT >= 1 && BLOB_ROUNDS_DEFAULT <= BLOB_ROUNDS_MAX);
 const _: () = assert!(BLOB_BYTES_QUICK <= BLOB_BYTES_DEFAULT);
 const _: () = assert!(BLOB_BYTES_DEFAULT as u64 <= relay_proto::limits::BLOB_BYTES_MAX / 2);
+
+// --- The sync benchmark (`crate::sync`) ---
+
+/// Messages of the long history by default: issue 12's bootstrap of 100,000 messages.
+pub const SYNC_MESSAGES_DEFAULT: u64 = 100_000;
+/// Messages of the long history with `--quick`.
+pub const SYNC_MESSAGES_QUICK: u64 = 2_000;
+/// Messages of the history linked both by snapshot and by the sync protocol only, by default:
+/// long enough to tell them apart, short enough for the sync protocol alone.
+pub const SYNC_COMPARE_MESSAGES_DEFAULT: u64 = 10_000;
+/// The same with `--quick`.
+pub const SYNC_COMPARE_MESSAGES_QUICK: u64 = 1_000;
+/// Issue 12's target: the new device is usable within this many seconds of the approval.
+pub const BOOTSTRAP_USABLE_SECONDS_TARGET: f64 = 10.0;
+/// Issue 12's target: a bootstrap transfers less than this many times automerge's own saved
+/// size of the same documents.
+pub const BOOTSTRAP_BYTES_RATIO_TARGET: f64 = 2.0;
+/// How often the benchmark reads the laptop's documents while it waits for them, in ms.
+pub const HISTORY_POLL_INTERVAL_MS: u64 = 250;
+/// How often the phone asks for the laptop's link request, in ms.
+pub const LINK_REQUEST_POLL_MS: u64 = 100;
+/// Times the phone asks for the laptop's link request before the benchmark gives up.
+pub const LINK_POLLS_MAX: u32 = 600;
+/// How long the laptop may take from the approval to the phone's chat, in s: generous, so a
+/// slow machine measures a slow link instead of failing (the sync protocol alone is slow).
+pub const SYNC_CONVERGE_DEADLINE_SECONDS: u64 = 1_800;
+
+const _: () = assert!(SYNC_MESSAGES_QUICK >= 2 && SYNC_MESSAGES_QUICK <= SYNC_MESSAGES_DEFAULT);
+const _: () = assert!(SYNC_COMPARE_MESSAGES_QUICK <= SYNC_COMPARE_MESSAGES_DEFAULT);
+const _: () = assert!(SYNC_COMPARE_MESSAGES_DEFAULT <= SYNC_MESSAGES_DEFAULT);
+// The link request is awaited for at least a minute (the pairing flow's own patience).
+const _: () = assert!(LINK_POLLS_MAX as u64 * LINK_REQUEST_POLL_MS >= 60_000);
+const _: () = assert!(HISTORY_POLL_INTERVAL_MS < SYNC_CONVERGE_DEADLINE_SECONDS * 1_000);

@@ -80,6 +80,7 @@ use crate::core::{
 use crate::crypto::Crypto;
 use crate::error::{ClientError, Result};
 use crate::events::Event;
+use crate::history::SyncTraffic;
 use crate::limits::{
     BOOTSTRAP_DOWNLOAD_HOLD_MS, BOOTSTRAP_PROGRESS_REPORTS_MAX, COMMANDS_BUFFERED_MAX,
     EVENTS_BUFFERED_MAX, FETCH_PAGE_ENTRIES_MAX, FLUSH_BUDGET_MS, SYNC_RETRY_BUDGET_MS,
@@ -197,6 +198,7 @@ enum Command {
     MarkRead(String, Reply<usize>),
     Change(String, String, Change, Reply<ClientMessageId>),
     HistorySnapshot(Reply<Vec<u8>>),
+    SyncTraffic(Reply<SyncTraffic>),
     BootstrapSnapshot(Reply<Option<Vec<u8>>>),
     QueueBootstrap(DeviceId, BlobRef, Vec<DeviceId>, Reply<()>),
     LoadHistorySnapshot(Vec<u8>, Reply<()>),
@@ -381,6 +383,12 @@ impl Device {
     /// the device), for a device linked after this one (see [`Device::load_history_snapshot`]).
     pub async fn history_snapshot(&self) -> Result<Vec<u8>> {
         self.call(Command::HistorySnapshot).await
+    }
+
+    /// The sync messages this device's history exchanged with the account's other devices
+    /// since the device opened: counts and plaintext bytes (for measurements).
+    pub async fn sync_traffic(&self) -> Result<SyncTraffic> {
+        self.call(Command::SyncTraffic).await
     }
 
     /// Takes another own device's [`Device::history_snapshot`] as this device's history (only
@@ -1032,6 +1040,9 @@ impl Actor {
             }
             Command::HistorySnapshot(reply) => {
                 let _ = reply.send(self.core.history_snapshot());
+            }
+            Command::SyncTraffic(reply) => {
+                let _ = reply.send(Ok(self.core.sync_traffic()));
             }
             Command::BootstrapSnapshot(reply) => {
                 let _ = reply.send(self.core.bootstrap_snapshot());

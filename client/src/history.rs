@@ -35,7 +35,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use relay_proto::{ChatId, ClientMessageId, DeviceAddress};
-use relay_sync::{ChatView, MessageView, Replica, SyncError};
+use relay_sync::{ChatView, MessageView, Received, Replica, SyncError};
 
 use crate::error::{ClientError, Result};
 
@@ -46,6 +46,21 @@ pub const PEER_FILE_PREFIX: &str = "history-peer-";
 
 const MAGIC: &[u8; 8] = b"RLYHIST1";
 const HEADER_BYTES: usize = MAGIC.len() + 8 + 8;
+
+/// The sync messages a history exchanged with the account's other devices since it was opened:
+/// how many, and the bytes of their plaintext (each travels as one end-to-end encrypted
+/// envelope, a little larger). For measurements (`relayd bench sync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncTraffic {
+    /// Sync messages received (duplicates and refused ones included).
+    pub received_messages: u64,
+    /// Their bytes.
+    pub received_bytes: u64,
+    /// Sync messages generated to be sent.
+    pub sent_messages: u64,
+    /// Their bytes.
+    pub sent_bytes: u64,
+}
 
 /// The history of one device: its replica and where it is kept.
 #[derive(Debug)]
@@ -60,6 +75,8 @@ pub struct History {
     rows_mark: i64,
     /// Messages appended since the last save (they are in the store: see [`History::save`]).
     unsaved_appends: usize,
+    /// Sync messages in and out since the history was opened.
+    traffic: SyncTraffic,
 }
 
 impl History {
@@ -75,6 +92,7 @@ impl History {
             saves: 0,
             rows_mark: 0,
             unsaved_appends: 0,
+            traffic: SyncTraffic::default(),
         };
         history.reload()?;
         Ok(history)
@@ -88,6 +106,32 @@ impl History {
     /// The replica, to change it; call [`History::save`] after the change.
     pub fn replica_mut(&mut self) -> &mut Replica {
         &mut self.replica
+    }
+
+    /// Applies a sync message from own device `from` (see [`Replica::receive_message`]),
+    /// counted in [`History::sync_traffic`].
+    pub fn receive_sync(
+        &mut self,
+        from: DeviceAddress,
+        bytes: &[u8],
+    ) -> std::result::Result<Received, SyncError> {
+        self.traffic.received_messages += 1;
+        self.traffic.received_bytes += bytes.len() as u64;
+        self.replica.receive_message(from, bytes)
+    }
+
+    /// The next sync message for own device `peer` (see [`Replica::generate_message`]),
+    /// counted in [`History::sync_traffic`].
+    pub fn generate_sync(&mut self, peer: DeviceAddress) -> Option<Vec<u8>> {
+        let bytes = self.replica.generate_message(peer)?;
+        self.traffic.sent_messages += 1;
+        self.traffic.sent_bytes += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    /// The sync messages exchanged since the history was opened.
+    pub fn sync_traffic(&self) -> SyncTraffic {
+        self.traffic
     }
 
     /// The highest row of the store's `messages` table the documents hold.
@@ -409,5 +453,67 @@ mod tests {
         // A device with history converges by sync instead.
         let error = laptop.load_snapshot(&snapshot).expect_err("holds history");
         assert!(error.to_string().contains("by sync"), "{error}");
+    }
+
+    #[test]
+    fn sync_messages_are_counted_both_ways() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for device in ["phone", "laptop"] {
+            fs::create_dir(dir.path().join(device)).expect("a data directory");
+        }
+        let chat = ChatId::direct(AccountId(1), AccountId(2));
+        let (phone_address, laptop_address) = (device(1, 1), device(1, 2));
+        let mut phone = History::open(&dir.path().join("phone"), phone_address, 1).expect("open");
+        let mut laptop =
+            History::open(&dir.path().join("laptop"), laptop_address, 2).expect("open");
+        phone
+            .replica_mut()
+            .append(
+                chat,
+                &NewMessage {
+                    chat_seq: 1,
+                    sender: device(2, 1),
+                    client_message_id: ClientMessageId([1; 16]),
+                    server_time_ms: 1,
+                    sent_time_ms: 1,
+                    text: "counted",
+                },
+            )
+            .expect("append");
+        assert_eq!(phone.sync_traffic(), SyncTraffic::default());
+        let (mut phone_sent, mut laptop_sent) = (SyncTraffic::default(), SyncTraffic::default());
+        for _ in 0..16 {
+            let mut quiet = true;
+            while let Some(bytes) = phone.generate_sync(laptop_address) {
+                quiet = false;
+                phone_sent.sent_messages += 1;
+                phone_sent.sent_bytes += bytes.len() as u64;
+                laptop.receive_sync(phone_address, &bytes).expect("applied");
+            }
+            while let Some(bytes) = laptop.generate_sync(phone_address) {
+                quiet = false;
+                laptop_sent.sent_messages += 1;
+                laptop_sent.sent_bytes += bytes.len() as u64;
+                phone.receive_sync(laptop_address, &bytes).expect("applied");
+            }
+            if quiet {
+                break;
+            }
+        }
+        assert_eq!(laptop.view(chat), phone.view(chat), "in step");
+        assert!(phone_sent.sent_messages > 0 && laptop_sent.sent_messages > 0);
+        let counted = |sent: SyncTraffic, received: SyncTraffic| SyncTraffic {
+            received_messages: received.sent_messages,
+            received_bytes: received.sent_bytes,
+            ..sent
+        };
+        assert_eq!(phone.sync_traffic(), counted(phone_sent, laptop_sent));
+        assert_eq!(laptop.sync_traffic(), counted(laptop_sent, phone_sent));
+        // Bytes refused are counted as received, and change nothing.
+        assert!(laptop.receive_sync(phone_address, b"noise").is_err());
+        assert_eq!(
+            laptop.sync_traffic().received_messages,
+            phone_sent.sent_messages + 1
+        );
     }
 }

@@ -10,11 +10,12 @@ use relay_bench::connections::{self, ConnectionsOptions};
 use relay_bench::limits::{
     BACKLOG_MESSAGES, BACKLOG_MESSAGES_QUICK, BLOB_BYTES_DEFAULT, BLOB_BYTES_QUICK,
     BLOB_ROUNDS_DEFAULT, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK, MESSAGES_WINDOW_SECONDS_DEFAULT,
-    MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT,
+    MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT, SYNC_COMPARE_MESSAGES_DEFAULT,
+    SYNC_COMPARE_MESSAGES_QUICK, SYNC_MESSAGES_DEFAULT, SYNC_MESSAGES_QUICK,
 };
 use relay_bench::messages::{self, ClientMode, MessagesOptions};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
-use relay_bench::sync;
+use relay_bench::sync::{self, SyncOptions};
 
 use crate::serve::shutdown_signal;
 
@@ -34,9 +35,11 @@ pub enum Benchmark {
     /// connection, connections per second, and memory given back when they leave. Needs a
     /// release build.
     Connections(ConnectionsArgs),
-    /// A new device's bootstrap of a long chat history from a snapshot (saved size, load time)
-    /// and one remote operation applied, next to automerge's own save and load of the same
-    /// documents.
+    /// A phone with a long chat history links a laptop through a devnet's real processes: time
+    /// until the laptop shows the whole history and bytes transferred (snapshot blob and sync
+    /// messages), by snapshot and by the sync protocol only, next to automerge's own save and
+    /// load of the same documents and a raw QUIC stream in the same run; and one remote
+    /// operation applied to a history as long. Needs a release build.
     Sync(SyncArgs),
     /// A 20 MB blob uploaded and downloaded by a client SDK device through a devnet's real
     /// processes (sealed on the device, stored with fsync by the region), next to a raw QUIC
@@ -72,12 +75,27 @@ pub struct BlobsArgs {
 /// Arguments of `relayd bench sync`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Messages in the history (with edits, deletions, reactions and read marks).
-    #[arg(long, default_value_t = sync::MESSAGES_DEFAULT)]
-    messages: u64,
+    /// Messages in the long history, with edits, deletions, reactions and read marks (default
+    /// 100,000; 2,000 with --quick).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages of the history linked both by snapshot and by the sync protocol only (default
+    /// 10,000; 1,000 with --quick; 0: no comparison).
+    #[arg(long)]
+    compare_messages: Option<u64>,
+    /// Folder to run in; the run uses a temporary folder inside it and removes it afterwards
+    /// (keeps it, and says so, when the run fails). Default: the system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// A short smoke run: 2,000 messages, compared at 1,000.
+    #[arg(long)]
+    quick: bool,
+    /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
+    #[arg(long)]
+    allow_debug: bool,
 }
 
 /// Arguments of `relayd bench storage`.
@@ -321,7 +339,31 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
             Ok(())
         }
         Benchmark::Sync(args) => {
-            let report = sync::run(args.messages)?;
+            let options = SyncOptions {
+                relayd: servers_executable("sync", args.allow_debug)?,
+                messages: args.messages.unwrap_or(if args.quick {
+                    SYNC_MESSAGES_QUICK
+                } else {
+                    SYNC_MESSAGES_DEFAULT
+                }),
+                compare_messages: args.compare_messages.unwrap_or(if args.quick {
+                    SYNC_COMPARE_MESSAGES_QUICK
+                } else {
+                    SYNC_COMPARE_MESSAGES_DEFAULT
+                }),
+                data: args.data,
+                build: build().into(),
+            };
+            let bar = crate::progress::bar(sync::steps(&options), "relayd bench sync", args.json);
+            let report = sync::run(
+                &options,
+                &|step| {
+                    bar.inc(1);
+                    bar.set_message(step.to_owned());
+                },
+                async { shutdown_signal().await },
+            )?;
+            bar.finish_and_clear();
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

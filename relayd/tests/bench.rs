@@ -1,5 +1,5 @@
-//! `relayd bench messages` (opaque and E2EE devices) and `relayd bench connections` as a user
-//! runs them, in their short versions on this debug build (`--quick --allow-debug`): every row
+//! `relayd bench messages` (opaque and E2EE devices), `relayd bench connections` and
+//! `relayd bench sync` as a user runs them, in their short versions on this debug build (`--quick --allow-debug`): every row
 //! and ceiling is there with non-zero figures, every message acknowledged ✓ was delivered once,
 //! every idle device connected and left. Nothing here asserts a speed: a debug build on a
 //! shared machine says nothing about one.
@@ -198,6 +198,85 @@ fn the_connection_benchmark_connects_every_device_and_reads_the_edge() {
     assert_eq!(report["connect_latency"]["samples"], 100);
     let summary = report["verdict"]["summary"].as_str().expect("a verdict");
     assert!(summary.contains("per idle connection"), "{summary}");
+}
+
+#[test]
+fn the_sync_benchmark_links_a_laptop_by_snapshot_and_by_sync_only() {
+    let report = run_json(&[
+        "bench",
+        "sync",
+        "--quick",
+        "--allow-debug",
+        "--json",
+        "--messages",
+        "1200",
+        "--compare-messages",
+        "600",
+    ]);
+    let history = report["history_written"]
+        .as_str()
+        .expect("how the history came");
+    assert!(history.contains("not sent through the relay"), "{history}");
+    let bootstrap = &report["bootstrap"];
+    assert_eq!(bootstrap["path"], "snapshot");
+    assert_eq!(bootstrap["messages"], 1200);
+    for field in [
+        "usable_seconds",
+        "converged_seconds",
+        "approve_seconds",
+        "blob_bytes",
+        "sync_bytes_to_laptop",
+        "automerge_saved_bytes",
+        "bytes_ratio",
+    ] {
+        positive(bootstrap, field);
+    }
+    let bytes = |link: &Value, field: &str| number(link, field) as u64;
+    assert_eq!(
+        bytes(bootstrap, "total_bytes"),
+        bytes(bootstrap, "blob_bytes")
+            + bytes(bootstrap, "sync_bytes_to_laptop")
+            + bytes(bootstrap, "sync_bytes_from_laptop")
+    );
+    // The sealed snapshot holds every document automerge saved, and a little more.
+    assert!(bytes(bootstrap, "blob_bytes") > bytes(bootstrap, "automerge_saved_bytes"));
+    assert!(number(bootstrap, "usable_seconds") <= number(bootstrap, "converged_seconds"));
+    let ceilings = &report["ceilings"];
+    assert_eq!(
+        ceilings["documents"], 2,
+        "1,200 messages in epochs of 1,000"
+    );
+    for field in [
+        "automerge_saved_bytes",
+        "automerge_save_ms",
+        "automerge_load_ms",
+        "raw_quic_upload_ms",
+        "raw_quic_download_ms",
+    ] {
+        positive(ceilings, field);
+    }
+
+    let comparison = report["comparison"].as_array().expect("the comparison");
+    assert_eq!(comparison.len(), 2);
+    let (snapshot, sync_only) = (&comparison[0], &comparison[1]);
+    assert_eq!(
+        (&snapshot["path"], &sync_only["path"]),
+        (&"snapshot".into(), &"sync only".into())
+    );
+    for link in comparison {
+        assert_eq!(link["messages"], 600);
+        positive(link, "converged_seconds");
+        positive(link, "total_bytes");
+    }
+    assert_eq!(sync_only["blob_bytes"], 0);
+    // Without a snapshot the sync messages carry the whole history, not a catch-up.
+    assert!(bytes(sync_only, "sync_bytes_to_laptop") > bytes(snapshot, "sync_bytes_to_laptop"));
+
+    let remote = &report["remote_operation"];
+    assert_eq!(remote["epochs"], 2);
+    assert_eq!(remote["operations"], 21);
+    positive(remote, "apply_ms");
+    positive(remote, "bytes");
 }
 
 #[test]

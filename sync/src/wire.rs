@@ -3,17 +3,21 @@
 //! allocates and returns [`SyncError::Malformed`], never panics.
 //!
 //! A **sync message** (at most `SYNC_MESSAGE_BYTES_MAX`):
-//! `"RSM1"`, session (u64), number (u64), part count (u16), then each part: chat (16 bytes),
+//! `"RSM2"`, session (u64), number (u64), part count (u16), then each part: chat (16 bytes),
 //! epoch (u64), generation (u64), genesis hash (32 bytes), fragment index (u32), last fragment
 //! (u8: 0 or 1), payload length (u32), payload. A part carries one automerge sync message for
 //! one generation of one epoch, whole or as consecutive fragments across consecutive messages.
 //! Integers are big-endian.
 //!
-//! A **snapshot**: `"RSS1"`, epoch count (u32), then each epoch: chat, epoch, generation,
+//! A **snapshot**: `"RSS2"`, epoch count (u32), then each epoch: chat, epoch, generation,
 //! genesis hash, length (u64), automerge's saved document.
 //!
-//! A **peer state**: `"RSP1"`, entry count (u32), then each entry: chat, epoch, generation,
+//! A **peer state**: `"RSP2"`, entry count (u32), then each entry: chat, epoch, generation,
 //! genesis hash, length (u32), automerge's encoded sync state.
+//!
+//! The magic's last byte is the layout's version: version 2 cut epochs from 10,000 chat
+//! sequences to `EPOCH_MESSAGES_MAX`, so bytes of version 1 (whose epoch numbers name other
+//! ranges of chat sequences) are refused with an error that says so, never read as version 2.
 
 use relay_proto::ChatId;
 
@@ -21,9 +25,9 @@ use crate::epoch::GenerationId;
 use crate::error::SyncError;
 use crate::limits::{SYNC_MESSAGE_BYTES_MAX, SYNC_MESSAGE_HEADER_BYTES, SYNC_PART_HEADER_BYTES};
 
-const SYNC_MESSAGE_MAGIC: &[u8; 4] = b"RSM1";
-const SNAPSHOT_MAGIC: &[u8; 4] = b"RSS1";
-const PEER_STATE_MAGIC: &[u8; 4] = b"RSP1";
+const SYNC_MESSAGE_MAGIC: &[u8; 4] = b"RSM2";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"RSS2";
+const PEER_STATE_MAGIC: &[u8; 4] = b"RSP2";
 
 /// One generation of one epoch of one chat: what a part, a snapshot entry or a sync state is
 /// about.
@@ -272,8 +276,20 @@ impl<'a> Reader<'a> {
     }
 
     fn magic(&mut self, magic: &[u8; 4]) -> Result<(), SyncError> {
-        if &self.array::<4>()? == magic {
+        let found = self.array::<4>()?;
+        if &found == magic {
             Ok(())
+        } else if found[..3] == magic[..3] {
+            Err(SyncError::malformed(
+                self.what,
+                format!(
+                    "it has layout version {}, this build reads version {} only (epochs of {} \
+                     chat sequences)",
+                    char::from(found[3]).escape_default(),
+                    char::from(magic[3]),
+                    crate::limits::EPOCH_MESSAGES_MAX,
+                ),
+            ))
         } else {
             Err(SyncError::malformed(
                 self.what,

@@ -13,11 +13,21 @@ use common::*;
 use proptest::prelude::*;
 use relay_proto::DeviceAddress;
 use relay_sync::inspect::{contains, snapshot_plaintext};
+use relay_sync::limits::EPOCH_MESSAGES_MAX;
 use relay_sync::{Hlc, Replica};
 
 const REPLICAS: usize = 3;
 /// Chat sequences the tests use: across three epochs, with the epoch boundaries.
-const SEQUENCES: [u64; 8] = [1, 2, 3, 9_999, 10_000, 10_001, 10_002, 20_001];
+const SEQUENCES: [u64; 8] = [
+    1,
+    2,
+    3,
+    EPOCH_MESSAGES_MAX - 1,
+    EPOCH_MESSAGES_MAX,
+    EPOCH_MESSAGES_MAX + 1,
+    EPOCH_MESSAGES_MAX + 2,
+    2 * EPOCH_MESSAGES_MAX + 1,
+];
 const EMOJIS: [&str; 3] = ["👍", "❤", "😂"];
 
 #[derive(Debug, Clone)]

@@ -285,9 +285,18 @@ fn damaged_files_are_typed_errors() {
         Err(SyncError::Malformed { .. })
     ));
     assert!(matches!(
-        replica.load_peer_state(own(2), b"RSP1"),
+        replica.load_peer_state(own(2), b"RSP2"),
         Err(SyncError::Malformed { .. })
     ));
+    // A snapshot of the first layout (epochs of 10,000 chat sequences) names its version.
+    let mut first_layout = snapshot.clone();
+    first_layout[3] = b'1';
+    match Replica::load_snapshot(own(2), 2, &first_layout) {
+        Err(SyncError::Malformed { reason, .. }) => {
+            assert!(reason.contains("layout version 1"), "{reason}");
+        }
+        other => panic!("a version 1 snapshot was not refused: {other:?}"),
+    }
 }
 
 /// Where a sync message's first part names its generation number: after the message header
@@ -350,7 +359,7 @@ proptest! {
         }
         replicas[1].append(CHAT, &message(21, own(1), &text_of(21))).expect("append");
         let _ = replicas[1].receive_message(own(1), &noise);
-        let mut prefixed = b"RSM1".to_vec();
+        let mut prefixed = b"RSM2".to_vec();
         prefixed.extend_from_slice(&noise);
         let _ = replicas[1].receive_message(own(1), &prefixed);
         let _ = Replica::load_snapshot(own(2), 3, &noise);

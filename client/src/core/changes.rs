@@ -119,7 +119,7 @@ impl Core {
                         }
                     }
                     Inbound::Sync { from, bytes } => {
-                        match history.replica_mut().receive_message(*from, bytes) {
+                        match history.receive_sync(*from, bytes) {
                             Ok(received) => {
                                 changed |= !received.changed_chats.is_empty();
                                 answer = true;
@@ -282,7 +282,7 @@ impl Core {
                         more = true;
                         break;
                     }
-                    let Some(bytes) = history.replica_mut().generate_message(peer) else {
+                    let Some(bytes) = history.generate_sync(peer) else {
                         break;
                     };
                     let content = Content::sync(peer.device, bytes)?;
@@ -324,6 +324,11 @@ impl Core {
             absorb(history, me, &sequenced, current.then_some(settled))?;
             history.save(&peers)
         })
+    }
+
+    /// The sync messages this device's history exchanged with own devices since it opened.
+    pub fn sync_traffic(&self) -> crate::history::SyncTraffic {
+        self.history.sync_traffic()
     }
 
     /// Every chat's documents as one snapshot (see [`History::snapshot`]).
