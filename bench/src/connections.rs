@@ -7,8 +7,15 @@
 //! [`CONNECTS_IN_FLIGHT_MAX`] at once: connections per second is N over the time from the
 //! first handshake to the last authentication. The connections are held idle for
 //! [`IDLE_HOLD_MS`] (keep-alives flowing) and the edge's memory is read again: the difference
-//! over N is its memory per idle connection. Then every device leaves, and the edge's memory is
-//! watched until it settles: is it back within [`RSS_RETURN_SHARE_TARGET`] of where it began?
+//! over N is its memory per idle connection.
+//!
+//! Each device keeps its own TLS sessions (`relay_net::DeviceTls`), as a device would: its
+//! first login is a full handshake (the edge signs, the device checks the edge's certificate),
+//! and the tickets it gets make its next login a resumed one. Once every device left, every
+//! device logs in again at once, measured the same way: connections per second of devices that
+//! reconnect, and how many resumed (a resumed login checks no certificate). Then every device
+//! leaves again, and the edge's memory is watched until it settles: is it back within
+//! [`RSS_RETURN_SHARE_TARGET`] of where it began?
 //!
 //! The devices run in this process, [`DEVICES_PER_ENDPOINT_MAX`] to a UDP socket, so 10,000 of
 //! them need a few hundred file descriptors; `RLIMIT_NOFILE` is raised to the hard limit
@@ -19,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay_net::DeviceTls;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -71,7 +79,8 @@ pub struct ConnectionsReport {
     pub edge_rss_before_bytes: u64,
     /// The edge's resident memory with every device connected and idle, in bytes.
     pub edge_rss_connected_bytes: u64,
-    /// The edge's resident memory once every device left and it settled, in bytes.
+    /// The edge's resident memory once every device left (after logging in twice) and it
+    /// settled, in bytes.
     pub edge_rss_after_bytes: u64,
     /// `(connected - before) / devices`, in bytes.
     pub edge_bytes_per_connection: f64,
@@ -89,8 +98,32 @@ pub struct ConnectionsReport {
     pub region_cpu_seconds_connecting: f64,
     /// This process's CPU seconds while the devices connected (their handshakes).
     pub bench_cpu_seconds_connecting: Option<f64>,
+    /// Edge certificates the devices checked in full while they first connected (one per login
+    /// that was not resumed: all of them).
+    pub certificates_verified_connecting: u64,
+    /// The same devices logging in again, with the TLS sessions their first login gave them.
+    pub again: LoginWave,
     /// The targets.
     pub verdict: ConnectionsVerdict,
+}
+
+/// Every device logging in once more, measured like the first logins.
+#[derive(Debug, Serialize)]
+pub struct LoginWave {
+    /// From the first handshake to the last authentication, in seconds.
+    pub seconds: f64,
+    /// Authenticated connections per second.
+    pub connections_per_second: f64,
+    /// Handshake plus authentication of one device.
+    pub latency: Percentiles,
+    /// The edge's CPU seconds meanwhile.
+    pub edge_cpu_seconds: f64,
+    /// The region's CPU seconds meanwhile.
+    pub region_cpu_seconds: f64,
+    /// This process's CPU seconds meanwhile.
+    pub bench_cpu_seconds: Option<f64>,
+    /// Edge certificates checked in full: logins that were not resumed.
+    pub certificates_verified: u64,
 }
 
 /// The issue's targets, met or missed.
@@ -108,8 +141,9 @@ pub struct ConnectionsVerdict {
 
 /// The steps [`run`] announces.
 pub fn steps() -> u64 {
-    // devnet, registration, settling, connecting, holding, leaving, stopping.
-    7
+    // devnet, registration, settling, connecting, holding, leaving, logging in again, leaving
+    // again, stopping.
+    9
 }
 
 /// Runs the connection benchmark. `step` hears of each of the [`steps`] as it begins; when
@@ -167,7 +201,7 @@ pub fn run(
         measured.rss_after as f64 - measured.rss_before as f64,
         measured.rss_before as f64,
     );
-    let connections_per_second = ratio(devices as f64, measured.connect_seconds);
+    let connections_per_second = measured.first.connections_per_second;
     let verdict = verdict(
         edge_bytes_per_connection,
         connections_per_second,
@@ -185,12 +219,14 @@ pub fn run(
         edge_rss_after_bytes: measured.rss_after,
         edge_bytes_per_connection,
         edge_rss_after_share_above_before,
-        connect_seconds: measured.connect_seconds,
+        connect_seconds: measured.first.seconds,
         connections_per_second,
-        connect_latency: measured.connect_latency,
-        edge_cpu_seconds_connecting: measured.edge_cpu_seconds,
-        region_cpu_seconds_connecting: measured.region_cpu_seconds,
-        bench_cpu_seconds_connecting: measured.bench_cpu_seconds,
+        connect_latency: measured.first.latency,
+        edge_cpu_seconds_connecting: measured.first.edge_cpu_seconds,
+        region_cpu_seconds_connecting: measured.first.region_cpu_seconds,
+        bench_cpu_seconds_connecting: measured.first.bench_cpu_seconds,
+        certificates_verified_connecting: measured.first.certificates_verified,
+        again: measured.again,
         verdict,
     })
 }
@@ -222,11 +258,14 @@ struct Measured {
     rss_before: u64,
     rss_connected: u64,
     rss_after: u64,
-    connect_seconds: f64,
-    connect_latency: Percentiles,
-    edge_cpu_seconds: f64,
-    region_cpu_seconds: f64,
-    bench_cpu_seconds: Option<f64>,
+    first: LoginWave,
+    again: LoginWave,
+}
+
+/// A registered device and what it keeps across its logins: its TLS sessions.
+struct IdleDevice {
+    device: Device,
+    tls: DeviceTls,
 }
 
 async fn measure(
@@ -259,35 +298,21 @@ async fn measure(
     step("waiting for the edge's memory to settle");
     let rss_before = settled_rss(edge_pid).await?;
 
+    let roots = servers.roots()?;
+    let registered = registered
+        .into_iter()
+        .map(|device| {
+            let tls = DeviceTls::new(roots.clone())
+                .map_err(BenchError::net("a device's TLS configuration"))?;
+            Ok(Arc::new(IdleDevice { device, tls }))
+        })
+        .collect::<Result<Vec<_>, BenchError>>()?;
+
     step(&format!(
         "connecting and authenticating {} devices",
         thousands(devices as f64)
     ));
-    let before = servers.mark();
-    let cpu_before = cpu_time(CpuOf::Process);
-    let began = Instant::now();
-    let connected = tokio::time::timeout(
-        Duration::from_millis(CONNECTIONS_TIMEOUT_MS),
-        connect(&endpoints, edge, registered),
-    )
-    .await
-    .map_err(|_| {
-        BenchError::Timeout(format!(
-            "connecting {devices} devices took longer than {CONNECTIONS_TIMEOUT_MS} ms"
-        ))
-    })??;
-    let connect_seconds = began.elapsed().as_secs_f64();
-    let after = servers.mark();
-    let cpu_after = cpu_time(CpuOf::Process);
-    let usage = servers.usage(&before, &after);
-    let cpu_of = |prefix: &str| {
-        usage
-            .cpu_seconds_by_process
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, seconds)| seconds)
-            .sum::<f64>()
-    };
+    let (connected, first) = login_wave(servers, &endpoints, edge, &registered).await?;
 
     step("holding the connections idle");
     tokio::time::sleep(Duration::from_millis(IDLE_HOLD_MS)).await;
@@ -305,11 +330,17 @@ async fn measure(
     let rss_connected = Servers::resident_bytes(edge_pid)?;
 
     step("every device leaves");
-    for (link, _) in &connected.links {
-        link.close();
-    }
-    endpoints.wait_idle().await;
-    drop(connected.links);
+    leave(&endpoints, connected).await;
+
+    // At once, so that this wave too finds the homes that registration cached (for
+    // `DIRECTORY_CACHE_TTL_MS`); the region's CPU per login shows if it did not.
+    step(&format!(
+        "{} devices log in again",
+        thousands(devices as f64)
+    ));
+    let (connected, again) = login_wave(servers, &endpoints, edge, &registered).await?;
+    step("every device leaves again");
+    leave(&endpoints, connected).await;
     let rss_after = settled_rss(edge_pid).await?;
     Ok(Measured {
         client_sockets: endpoints.sockets(),
@@ -317,14 +348,73 @@ async fn measure(
         rss_before,
         rss_connected,
         rss_after,
-        connect_seconds,
-        connect_latency: connected.latency,
+        first,
+        again,
+    })
+}
+
+/// Every device of `devices` connects and authenticates ([`connect`]), timed, with the CPU of
+/// every process and the certificates the devices checked meanwhile.
+async fn login_wave(
+    servers: &Servers,
+    endpoints: &Arc<Endpoints>,
+    edge: std::net::SocketAddr,
+    devices: &[Arc<IdleDevice>],
+) -> Result<(Connected, LoginWave), BenchError> {
+    let verified = || {
+        devices
+            .iter()
+            .map(|device| device.tls.certificates_verified())
+            .sum::<u64>()
+    };
+    let verified_before = verified();
+    let before = servers.mark();
+    let cpu_before = cpu_time(CpuOf::Process);
+    let began = Instant::now();
+    let connected = tokio::time::timeout(
+        Duration::from_millis(CONNECTIONS_TIMEOUT_MS),
+        connect(endpoints, edge, devices),
+    )
+    .await
+    .map_err(|_| {
+        BenchError::Timeout(format!(
+            "connecting {} devices took longer than {CONNECTIONS_TIMEOUT_MS} ms",
+            devices.len()
+        ))
+    })??;
+    let seconds = began.elapsed().as_secs_f64();
+    let after = servers.mark();
+    let cpu_after = cpu_time(CpuOf::Process);
+    let usage = servers.usage(&before, &after);
+    let cpu_of = |prefix: &str| {
+        usage
+            .cpu_seconds_by_process
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, seconds)| seconds)
+            .sum::<f64>()
+    };
+    let wave = LoginWave {
+        seconds,
+        connections_per_second: ratio(devices.len() as f64, seconds),
+        latency: connected.latency,
         edge_cpu_seconds: cpu_of("edge-"),
         region_cpu_seconds: cpu_of("region-"),
         bench_cpu_seconds: cpu_before
             .zip(cpu_after)
             .map(|(before, after)| after.saturating_sub(before).as_secs_f64()),
-    })
+        certificates_verified: verified().saturating_sub(verified_before),
+    };
+    Ok((connected, wave))
+}
+
+/// Every device closes its connection; returns once the closes are sent.
+async fn leave(endpoints: &Endpoints, connected: Connected) {
+    for (link, _) in &connected.links {
+        link.close();
+    }
+    endpoints.wait_idle().await;
+    drop(connected.links);
 }
 
 /// Registers `devices` devices named `idle-<i>`: [`REGISTRATIONS_IN_FLIGHT_MAX`] connections
@@ -373,25 +463,27 @@ struct Connected {
     latency: Percentiles,
 }
 
-/// Opens and authenticates a connection for every device, [`CONNECTS_IN_FLIGHT_MAX`] at once.
+/// Opens and authenticates a connection for every device, each with its own TLS sessions,
+/// [`CONNECTS_IN_FLIGHT_MAX`] at once.
 async fn connect(
     endpoints: &Arc<Endpoints>,
     edge: std::net::SocketAddr,
-    devices: Vec<Device>,
+    devices: &[Arc<IdleDevice>],
 ) -> Result<Connected, BenchError> {
     let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT_MAX));
     let mut tasks = JoinSet::new();
     for device in devices {
         let endpoints = endpoints.clone();
         let permits = permits.clone();
+        let device = device.clone();
         tasks.spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|_| BenchError::Refused("connecting stopped".into()))?;
             let began = Instant::now();
-            let link = endpoints.connect(edge).await?;
-            let pushes = device.authenticate(&link, 0).await?;
+            let link = endpoints.connect_with(edge, device.tls.config()).await?;
+            let pushes = device.device.authenticate(&link, 0).await?;
             Ok::<_, BenchError>((link, pushes, latency_us(began.elapsed())))
         });
     }
@@ -467,6 +559,10 @@ impl ConnectionsReport {
              edge / region / bench |\n\
              |--:|--:|--:|--:|--:|--:|--:|\n\
              | {} | {} | {} ({:+.1}%) | {} B | {} ({:.2} s) | {} | {:.1} / {:.1} / {} |\n\n\
+             | login | connections/s | connect + auth p50 / p99 / p99.9 ms | CPU ms / login: \
+             edge / region / bench | certificates checked |\n\
+             |---|--:|--:|--:|--:|\n\
+             {}\n{}\n\n\
              {}\n",
             self.build,
             thousands(self.devices as f64),
@@ -488,7 +584,36 @@ impl ConnectionsReport {
             self.region_cpu_seconds_connecting,
             self.bench_cpu_seconds_connecting
                 .map_or_else(|| "n/a".to_owned(), |seconds| format!("{seconds:.1}")),
+            self.login_row(
+                "first (full TLS handshake)",
+                &LoginWave {
+                    seconds: self.connect_seconds,
+                    connections_per_second: self.connections_per_second,
+                    latency: self.connect_latency,
+                    edge_cpu_seconds: self.edge_cpu_seconds_connecting,
+                    region_cpu_seconds: self.region_cpu_seconds_connecting,
+                    bench_cpu_seconds: self.bench_cpu_seconds_connecting,
+                    certificates_verified: self.certificates_verified_connecting,
+                }
+            ),
+            self.login_row("again (its TLS session)", &self.again),
             self.verdict.summary,
+        )
+    }
+
+    fn login_row(&self, name: &str, wave: &LoginWave) -> String {
+        let per_login_ms = |seconds: f64| format!("{:.3}", seconds * 1_000.0 / self.devices as f64);
+        format!(
+            "| {name} | {} ({:.2} s) | {} | {} / {} / {} | {} of {} |",
+            thousands(wave.connections_per_second),
+            wave.seconds,
+            wave.latency.cell(),
+            per_login_ms(wave.edge_cpu_seconds),
+            per_login_ms(wave.region_cpu_seconds),
+            wave.bench_cpu_seconds
+                .map_or_else(|| "n/a".to_owned(), per_login_ms),
+            thousands(wave.certificates_verified as f64),
+            thousands(self.devices as f64),
         )
     }
 }

@@ -802,11 +802,22 @@ impl Endpoints {
     }
 
     /// Opens a connection to the edge at `edge` (handshake within [`CONNECT_TIMEOUT_MS`]).
+    /// Every connection opened this way shares one TLS session store.
     pub async fn connect(&self, edge: SocketAddr) -> Result<EdgeLink, BenchError> {
+        self.connect_with(edge, self.config.clone()).await
+    }
+
+    /// Opens a connection to the edge at `edge` with a device's own `config` (its TLS sessions:
+    /// `relay_net::DeviceTls`), handshake within [`CONNECT_TIMEOUT_MS`].
+    pub async fn connect_with(
+        &self,
+        edge: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<EdgeLink, BenchError> {
         let what = || format!("connecting to the edge at {edge}");
         let connecting = self
             .endpoint()?
-            .connect_with(self.config.clone(), edge, EDGE_SERVER_NAME)
+            .connect_with(config, edge, EDGE_SERVER_NAME)
             .map_err(|error| BenchError::net(what())(NetError::from(error)))?;
         let connection =
             tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)

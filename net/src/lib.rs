@@ -38,7 +38,8 @@ pub mod pki;
 
 use limits::{
     DEVICE_INITIAL_MTU_BYTES, DEVICE_RECEIVE_WINDOW_BYTES, DEVICE_SEND_WINDOW_BYTES,
-    DEVICE_STREAM_RECEIVE_WINDOW_BYTES, DEVICE_STREAMS_PER_CONNECTION_MAX, IDLE_TIMEOUT_MS,
+    DEVICE_STREAM_RECEIVE_WINDOW_BYTES, DEVICE_STREAMS_PER_CONNECTION_MAX,
+    DEVICE_TLS_SERVER_NAMES_MAX, DEVICE_TLS_TICKETS_PER_CONNECTION, IDLE_TIMEOUT_MS,
     KEEP_ALIVE_INTERVAL_MS, PEER_CONNECT_TIMEOUT_MS, STREAMS_PER_CONNECTION_MAX,
 };
 
@@ -335,6 +336,17 @@ pub fn server_config(
         .with_single_cert(identity.cert_chain, identity.key)
         .map_err(|error| NetError::Tls(error.to_string()))?;
     tls.alpn_protocols = vec![alpn.to_vec()];
+    if alpn == ALPN_DEVICE {
+        // Stateless session tickets (encrypted under a key of this process, rotated by rustls):
+        // a device that logs in again resumes without the server signing its certificate, and
+        // the server keeps nothing per ticket, however many devices hold one. Resumption keeps
+        // an ephemeral key exchange (rustls offers only PSK with (EC)DHE), and 0-RTT stays off
+        // (`max_early_data_size` 0): a resumed login is as fresh as a full one.
+        tls.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|error| NetError::Tls(format!("session tickets: {error}")))?;
+        tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        tls.send_tls13_tickets = DEVICE_TLS_TICKETS_PER_CONNECTION;
+    }
     let quic = QuicServerConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(alpn, End::Server));
@@ -342,12 +354,17 @@ pub fn server_config(
 }
 
 /// A QUIC client configuration trusting `roots`, presenting `identity` when given (mutual TLS);
-/// its transport follows `alpn` as in [`server_config`].
+/// its transport follows `alpn` as in [`server_config`]. A device configuration made here
+/// resumes only the sessions of connections made with it; a device that reconnects keeps a
+/// [`DeviceTls`] instead.
 pub fn client_config(
     roots: Arc<RootCertStore>,
     identity: Option<TlsIdentity>,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, NetError> {
+    if alpn == ALPN_DEVICE && identity.is_none() {
+        return Ok(DeviceTls::new(roots)?.config());
+    }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|error| NetError::Tls(error.to_string()))?
@@ -359,10 +376,128 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
+    quic_client_config(tls, alpn)
+}
+
+fn quic_client_config(
+    tls: rustls::ClientConfig,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, NetError> {
     let quic = QuicClientConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(alpn, End::Client));
     Ok(config)
+}
+
+/// What a device keeps across its connections to edges: one connection configuration, whose TLS
+/// sessions it resumes (at most [`DEVICE_TLS_SERVER_NAMES_MAX`] server names; every edge
+/// answers to [`EDGE_SERVER_NAME`]), and how many edge certificates it checked in full, one per
+/// login that was not resumed. A resumed login skips the edge's certificate (its signature and
+/// the chain check) on both ends; a login without a ticket, or with one the edge no longer
+/// accepts, checks the certificate in full. Clones share everything.
+///
+/// rustls resumes a session only with the certificate verifier that checked it, so a device
+/// makes this once and takes [`DeviceTls::config`] for every connection.
+#[derive(Debug, Clone)]
+pub struct DeviceTls {
+    config: quinn::ClientConfig,
+    certificates_verified: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DeviceTls {
+    /// A device trusting `roots`, with no session yet: its next login checks the edge's
+    /// certificate in full.
+    pub fn new(roots: Arc<RootCertStore>) -> Result<Self, NetError> {
+        let certificates_verified = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|error| NetError::Tls(error.to_string()))?;
+        let verifier = Arc::new(CountingVerifier {
+            inner: verifier,
+            verified: certificates_verified.clone(),
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|error| NetError::Tls(error.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        tls.resumption = rustls::client::Resumption::store(Arc::new(
+            rustls::client::ClientSessionMemoryCache::new(DEVICE_TLS_SERVER_NAMES_MAX),
+        ));
+        tls.alpn_protocols = vec![ALPN_DEVICE.to_vec()];
+        Ok(Self {
+            config: quic_client_config(tls, ALPN_DEVICE)?,
+            certificates_verified,
+        })
+    }
+
+    /// The configuration of this device's next connection to an edge.
+    pub fn config(&self) -> quinn::ClientConfig {
+        self.config.clone()
+    }
+
+    /// Edge certificates checked in full so far: logins that were not resumed.
+    pub fn certificates_verified(&self) -> u64 {
+        self.certificates_verified
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The webpki verifier of the deployment's roots, counting the certificates it accepts.
+#[derive(Debug)]
+struct CountingVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    verified: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.verified
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
 }
 
 /// Binds a QUIC endpoint through `sockets`; a server when `server` is given.

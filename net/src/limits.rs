@@ -54,6 +54,14 @@ pub const DEVICE_INITIAL_MTU_BYTES: u16 = 1_200;
 /// kernel caps it at `net.core.rmem_max`; the edge logs what it got.
 pub const DEVICE_SOCKET_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// TLS session tickets an edge gives a device on each connection: the device resumes its next
+/// login with one, and has another if that attempt fails before the new ones arrive.
+pub const DEVICE_TLS_TICKETS_PER_CONNECTION: usize = 2;
+
+/// Server names whose TLS sessions a device remembers (rustls keeps up to 8 tickets of each).
+/// Every edge answers to one name, so a few are plenty.
+pub const DEVICE_TLS_SERVER_NAMES_MAX: usize = 4;
+
 // A connection stays up across one lost keep-alive.
 const _: () = assert!(KEEP_ALIVE_INTERVAL_MS * 2 <= IDLE_TIMEOUT_MS);
 // A peer that does not finish its handshake is given up before an idle connection would be.
@@ -72,3 +80,6 @@ const _: () = assert!(DEVICE_STREAM_RECEIVE_WINDOW_BYTES <= DEVICE_RECEIVE_WINDO
 const _: () = assert!(DEVICE_SEND_WINDOW_BYTES >= FRAME_BYTES_MAX as u64);
 // QUIC requires datagrams of at least 1,200 bytes.
 const _: () = assert!(DEVICE_INITIAL_MTU_BYTES >= 1_200);
+// A device always has a ticket to resume with, and remembers the one name edges answer to.
+const _: () = assert!(DEVICE_TLS_TICKETS_PER_CONNECTION >= 1);
+const _: () = assert!(DEVICE_TLS_SERVER_NAMES_MAX >= 1);

@@ -113,7 +113,8 @@ const ALLOCATOR_DIRTY_DECAY_MS: isize = 1_000;
 
 /// Lets jemalloc hand freed memory back to the system within about
 /// [`ALLOCATOR_DIRTY_DECAY_MS`], from a background thread: an edge whose devices left is
-/// otherwise idle, and idle threads return nothing.
+/// otherwise idle, and idle threads return nothing. The decay is set for arena 0, made before
+/// `main` (an edge's threads all use it: `serve::edge_runtime`), and for the arenas made later.
 fn tune_allocator() -> Result<(), String> {
     use tikv_jemalloc_ctl::{Access, AsName};
     let set = |name: &[u8], value: isize| {
@@ -121,6 +122,8 @@ fn tune_allocator() -> Result<(), String> {
             .write(value)
             .map_err(|error| format!("{}: {error}", String::from_utf8_lossy(name)))
     };
+    set(b"arena.0.dirty_decay_ms\0", ALLOCATOR_DIRTY_DECAY_MS)?;
+    set(b"arena.0.muzzy_decay_ms\0", 0)?;
     set(b"arenas.dirty_decay_ms\0", ALLOCATOR_DIRTY_DECAY_MS)?;
     set(b"arenas.muzzy_decay_ms\0", 0)?;
     tikv_jemalloc_ctl::background_thread::write(true)
