@@ -1231,6 +1231,7 @@ impl Actor {
                     Some(target)
                         if self.core.caught_up() >= target
                             && !self.core.bootstrapping()
+                            && !self.core.naming()
                             && !self.core.reports_pending()
                             && !self.core.uploading_keys() =>
                     {

@@ -328,7 +328,8 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     bar.inc(1);
                     bar.set_message(step.to_owned());
                 },
-                shutdown_signal(),
+                // Made inside the run's runtime: tokio's signals need its reactor.
+                async { shutdown_signal().await },
             )?;
             bar.finish_and_clear();
             if args.json {

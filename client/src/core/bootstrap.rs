@@ -112,9 +112,41 @@ impl Core {
             },
         };
         self.reports.push_back(Report::Event(event));
+        self.name_history_peers();
         if let Err(error) = self.apply_to_history(&pending.deferred) {
             self.fail(error);
         }
+    }
+
+    /// Asks the directory (while connected) for the name of every account the history's chats
+    /// are with and this device has no contact for: a linked device's history holds chats with
+    /// accounts it never met, and the name is how a person asks for the chat.
+    pub(super) fn name_history_peers(&mut self) {
+        let me = self.identity.account;
+        let mut peers = std::collections::BTreeSet::new();
+        for chat in self.history.replica().chats() {
+            let view = self.history.view(chat);
+            let accounts = view
+                .messages
+                .iter()
+                .map(|message| message.sender.account)
+                .chain(view.read_marks.keys().map(|device| device.account));
+            for account in accounts {
+                if account != me && ChatId::direct(me, account) == chat {
+                    peers.insert(account);
+                }
+            }
+        }
+        for peer in peers {
+            self.named(peer);
+        }
+    }
+
+    /// Whether a name this device asked the directory for has not been answered yet.
+    pub fn naming(&self) -> bool {
+        self.account_names
+            .values()
+            .any(|name| matches!(name, super::AccountName::Asking))
     }
 
     /// Takes the bootstraps out of a page's `inbound` (starting a download, or ignoring one),

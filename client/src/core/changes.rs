@@ -356,6 +356,7 @@ impl Core {
             history.save(&peers)
         })?;
         self.sync_wanted = true;
+        self.name_history_peers();
         Ok(())
     }
 
