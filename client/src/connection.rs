@@ -4,14 +4,15 @@
 //! whether the locator is asked or the edges are given.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
 use relay_net::{
-    ALPN_DEVICE, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets, auth_keying_material,
-    bind_endpoint, client_config, load_roots, read_frame, request, system_roots, write_frame,
+    ALPN_DEVICE, DeviceTls, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets,
+    auth_keying_material, bind_endpoint, client_config, load_roots, read_frame, request,
+    system_roots, write_frame,
 };
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
@@ -65,13 +66,23 @@ pub enum EdgeSource {
     Fixed(Vec<SocketAddr>),
 }
 
-/// How a client reaches edges: the sockets its QUIC endpoints bind through, and where the
-/// edges are found. [`Dialer::default`] is the real world: kernel sockets and the locator.
+/// How a client reaches edges: the sockets its QUIC endpoints bind through, where the edges
+/// are found, and the device's TLS sessions. [`Dialer::default`] is the real world: kernel
+/// sockets and the locator.
+///
+/// A device's connections through one dialer (and its clones) resume the TLS sessions earlier
+/// ones left: a reconnect skips the edge's certificate chain and its check. The sessions live in
+/// memory, made on the first connection for the deployment's trust roots (a settings change of
+/// CA starts over).
 #[derive(Clone)]
 pub struct Dialer {
     sockets: Arc<dyn SocketFactory>,
     edges: EdgeSource,
+    tls: Arc<Mutex<Option<SessionsFor>>>,
 }
+
+/// A device's TLS sessions, and the CA file (if any) whose roots they trust.
+type SessionsFor = (Option<PathBuf>, DeviceTls);
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,7 +101,39 @@ impl Default for Dialer {
 impl Dialer {
     /// Endpoints bound through `sockets`, edges found as `edges` says.
     pub fn new(sockets: Arc<dyn SocketFactory>, edges: EdgeSource) -> Self {
-        Self { sockets, edges }
+        Self {
+            sockets,
+            edges,
+            tls: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The QUIC configuration of the next connection for `settings`: the device's TLS sessions
+    /// for the settings' trust roots, made once.
+    fn device_config(&self, settings: &Settings) -> Result<quinn::ClientConfig> {
+        let mut tls = self
+            .tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((ca_path, device)) = &*tls
+            && *ca_path == settings.ca_path
+        {
+            return Ok(device.config());
+        }
+        let device = DeviceTls::new(trusted_roots(settings)?)?;
+        let config = device.config();
+        *tls = Some((settings.ca_path.clone(), device));
+        Ok(config)
+    }
+
+    /// Edge certificates this dialer's connections checked in full: logins that did not resume
+    /// a TLS session.
+    pub fn certificates_verified(&self) -> u64 {
+        self.tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |(_, device)| device.certificates_verified())
     }
 
     /// The edges to try for `settings`, best first.
@@ -124,8 +167,8 @@ impl Dialer {
         let mut problems = Vec::new();
         for &edge in edges {
             let connected = async {
-                let roots = trusted_roots(settings)?;
-                EdgeConnection::connect_through(&*self.sockets, edge, settings.bind_ip, roots).await
+                let config = self.device_config(settings)?;
+                EdgeConnection::connect_with(&*self.sockets, edge, settings.bind_ip, config).await
             };
             match connected.await {
                 Ok(connection) => return Ok(connection),
@@ -206,6 +249,17 @@ impl EdgeConnection {
         roots: Arc<RootCertStore>,
     ) -> Result<Self> {
         let config = client_config(roots, None, ALPN_DEVICE)?;
+        Self::connect_with(sockets, edge, bind_ip, config).await
+    }
+
+    /// Connects from a socket on `bind_ip` made by `sockets` to the edge at `edge` with the QUIC
+    /// configuration `config` (a device's, from its [`DeviceTls`], resumes its TLS sessions).
+    pub async fn connect_with(
+        sockets: &dyn SocketFactory,
+        edge: SocketAddr,
+        bind_ip: IpAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<Self> {
         let endpoint = bind_endpoint(sockets, SocketAddr::new(bind_ip, 0), None)?;
         let connecting = endpoint
             .connect_with(config, edge, EDGE_SERVER_NAME)

@@ -141,3 +141,44 @@ async fn a_sync_in_a_quiet_deployment_fetches_at_once() {
     alice.close().await.expect("closes");
     testbed.stop().await;
 }
+
+/// A device's reconnects through one dialer resume its TLS session: the edge's certificate is
+/// checked in full once, not on every login.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reconnect_resumes_the_tls_session_of_the_first_connection() {
+    use relay_client::connection::{Dialer, EdgeSource};
+    use relay_client::store::Settings;
+
+    let testbed = Testbed::start(1).await.expect("testbed");
+    let edge = testbed.edge(1).expect("an edge");
+    let settings = Settings {
+        locator: testbed.locator(),
+        bind_ip: testbed.client_bind(1),
+        ca_path: Some(testbed.ca().to_path_buf()),
+    };
+    let dialer = Dialer::new(
+        std::sync::Arc::new(relay_net::TokioSockets),
+        EdgeSource::Fixed(vec![edge]),
+    );
+    for round in 0..3 {
+        let connection = tokio::time::timeout(DEADLINE, dialer.connect_any(&settings))
+            .await
+            .expect("within the deadline")
+            .expect("connects");
+        // A resumable session arrives after the handshake, in a ticket the edge sends: a
+        // request's round trip (answered or refused, before authentication) makes sure it came
+        // before the connection closes.
+        let _ = connection.lookup_name("nobody").await;
+        connection.close().await;
+        assert_eq!(dialer.certificates_verified(), 1, "round {round}");
+    }
+    // A clone shares the sessions; a new dialer has none.
+    let fresh = Dialer::new(
+        std::sync::Arc::new(relay_net::TokioSockets),
+        EdgeSource::Fixed(vec![edge]),
+    );
+    let connection = fresh.connect_any(&settings).await.expect("connects");
+    connection.close().await;
+    assert_eq!(fresh.certificates_verified(), 1);
+    testbed.stop().await;
+}
