@@ -33,7 +33,9 @@
 //!
 //! **Evolution.** Stores written before this layer existed have no identity: the region adopts
 //! them (it writes an identity for itself) when they hold data. New fields of the identity are
-//! new prost tags; a store id is never reused.
+//! new prost tags; a store id is never reused. The identity records the layout version of
+//! every layer's keys ([`LAYOUT_VERSION`]; absent in stores made before it was recorded, which
+//! are version 1), so a change of layout is refused on a store of the old one, never misread.
 
 use prost::Message;
 use relay_proto::RegionId;
@@ -45,6 +47,11 @@ use crate::tuple::Subspace;
 
 /// Bytes of a store id.
 pub const STORE_ID_BYTES: usize = 16;
+/// The layout of the layers' keys and values this code reads and writes. A store records the
+/// version it was created with ([`StoreIdentity::layout_version`]); a region refuses a store of
+/// another version before it serves (a newer one was written by a newer relayd; an older one
+/// would need a migration). Stores created before the version was recorded are version 1.
+pub const LAYOUT_VERSION: u32 = 1;
 /// Bytes of a deployment id (a SHA-256 digest).
 pub const DEPLOYMENT_ID_BYTES: usize = 32;
 
@@ -68,6 +75,8 @@ pub struct StoreIdentity {
     pub store_id: StoreId,
     /// When the store was created, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The layout version the store's keys follow ([`LAYOUT_VERSION`] when it was created).
+    pub layout_version: u32,
 }
 
 /// The store a region registered last at the directory writer.
@@ -150,6 +159,7 @@ pub async fn create(
         deployment: identity.deployment.0.to_vec(),
         store_id: identity.store_id.0.to_vec(),
         created_at_ms: identity.created_at_ms,
+        layout_version: identity.layout_version,
     };
     transaction.set(&layer.self_key(), &stored.encode_to_vec())?;
     Ok(*identity)
@@ -234,6 +244,9 @@ struct StoredIdentity {
     store_id: Vec<u8>,
     #[prost(uint64, tag = "4")]
     created_at_ms: u64,
+    /// Absent (0) in stores created before the version was recorded: version 1.
+    #[prost(uint32, tag = "5")]
+    layout_version: u32,
 }
 
 /// The stored form of a registration (its region is in the key).
@@ -280,6 +293,7 @@ fn decode_identity(bytes: &[u8]) -> Result<StoreIdentity, StoreError> {
         deployment,
         store_id,
         created_at_ms: stored.created_at_ms,
+        layout_version: stored.layout_version.max(1),
     })
 }
 
@@ -321,7 +335,28 @@ mod tests {
             deployment: DeploymentId([7; DEPLOYMENT_ID_BYTES]),
             store_id: StoreId([id; STORE_ID_BYTES]),
             created_at_ms: 1_000,
+            layout_version: LAYOUT_VERSION,
         }
+    }
+
+    /// A store created before the layout version was recorded holds version 1.
+    #[test]
+    fn an_identity_without_a_layout_version_is_version_1() {
+        let old = StoredIdentity {
+            region: 2,
+            deployment: vec![7; DEPLOYMENT_ID_BYTES],
+            store_id: vec![1; STORE_ID_BYTES],
+            created_at_ms: 1_000,
+            layout_version: 0,
+        };
+        let decoded = decode_identity(&old.encode_to_vec()).expect("decodes");
+        assert_eq!(decoded.layout_version, 1);
+        let current = StoredIdentity {
+            layout_version: 9,
+            ..old
+        };
+        let decoded = decode_identity(&current.encode_to_vec()).expect("decodes");
+        assert_eq!(decoded.layout_version, 9);
     }
 
     #[tokio::test]

@@ -75,6 +75,18 @@ pub enum RepairError {
         /// The store's file.
         store: PathBuf,
     },
+    /// The store's keys follow another layout: repairing would write keys it does not read.
+    #[error(
+        "{} follows layout version {found} and this relayd reads version {}; nothing was repaired",
+        .store.display(),
+        store_identity::LAYOUT_VERSION
+    )]
+    OtherLayout {
+        /// The store's file.
+        store: PathBuf,
+        /// Its layout version.
+        found: u32,
+    },
     /// Repairing a device's queue failed.
     #[error("repairing the queue of device {device}")]
     Repair {
@@ -351,13 +363,19 @@ pub async fn repair_offline(
             store: store.clone(),
             source,
         })?;
-    let region = report
+    let identity = report
         .identity
         .as_ref()
-        .map(|identity| RegionId(identity.region))
         .ok_or_else(|| RepairError::NoIdentity {
             store: store.clone(),
         })?;
+    if identity.layout_version != store_identity::LAYOUT_VERSION {
+        return Err(RepairError::OtherLayout {
+            store,
+            found: identity.layout_version,
+        });
+    }
+    let region = RegionId(identity.region);
     let devices = if devices.is_empty() {
         devices_to_repair(&report)
     } else {
@@ -402,6 +420,8 @@ pub struct IdentityReport {
     pub store_id: String,
     /// When it was created, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The layout version its keys follow.
+    pub layout_version: u32,
 }
 
 /// One device whose queue cannot be fully read.
@@ -491,7 +511,22 @@ pub async fn check_store(db: &Database) -> Result<StoreReport, StoreError> {
         .transact(|tx| async move { corrupt_as_text(store_identity::identity(&tx).await) })
         .await?
     {
-        Ok(identity) => report.identity = identity.map(|identity| identity_report(&identity)),
+        Ok(identity) => {
+            if let Some(identity) = &identity
+                && identity.layout_version != store_identity::LAYOUT_VERSION
+            {
+                // Read no further: every other key may mean something else in that layout.
+                report.problems.push(format!(
+                    "store identity: the keys follow layout version {} and this relayd reads \
+                     version {}; nothing else was checked",
+                    identity.layout_version,
+                    store_identity::LAYOUT_VERSION
+                ));
+                report.identity = Some(identity_report(identity));
+                return Ok(report);
+            }
+            report.identity = identity.map(|identity| identity_report(&identity));
+        }
         Err(problem) => report.problems.push(format!("store identity: {problem}")),
     }
     let quarantined = match quarantined_devices(db).await? {
@@ -783,6 +818,7 @@ fn identity_report(identity: &StoreIdentity) -> IdentityReport {
         deployment: identity.deployment.to_string(),
         store_id: identity.store_id.to_string(),
         created_at_ms: identity.created_at_ms,
+        layout_version: identity.layout_version,
     }
 }
 
@@ -928,6 +964,40 @@ mod tests {
         assert_eq!(chat_seq, 2, "the chat log is untouched");
     }
 
+    /// A store whose keys follow another layout version is checked no further and repaired
+    /// not at all: its other keys may mean something else.
+    #[tokio::test]
+    async fn a_store_of_another_layout_is_neither_read_nor_repaired() {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let data_dir = folder.path();
+        let identity = StoreIdentity {
+            region: HERE,
+            deployment: store_identity::DeploymentId([7; 32]),
+            store_id: StoreId([9; 16]),
+            created_at_ms: 1,
+            layout_version: store_identity::LAYOUT_VERSION + 1,
+        };
+        Database::open(&data_dir.join(STORE_FILE), EmbeddedOptions::default())
+            .expect("open")
+            .transact(|tx| async move { store_identity::create(&tx, &identity).await })
+            .await
+            .expect("an identity");
+        let checked = check_offline(data_dir).await.expect("checked");
+        assert_eq!(checked.report.problems.len(), 1, "{checked}");
+        assert!(
+            checked.report.problems[0].contains("layout version 2"),
+            "{checked}"
+        );
+        assert!(checked.verdict().is_err(), "{checked}");
+        let refused = repair_offline(data_dir, &[], 5)
+            .await
+            .expect_err("another layout");
+        assert!(
+            matches!(refused, RepairError::OtherLayout { found: 2, .. }),
+            "{refused}"
+        );
+    }
+
     #[tokio::test]
     async fn the_offline_commands_report_and_say_what_is_left_to_do() {
         let folder = tempfile::tempdir().expect("tempdir");
@@ -958,6 +1028,7 @@ mod tests {
             deployment: store_identity::DeploymentId([7; 32]),
             store_id,
             created_at_ms: 1,
+            layout_version: store_identity::LAYOUT_VERSION,
         };
         open()
             .transact(|tx| async move {

@@ -29,7 +29,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fdb_layers::store_identity::{self, DeploymentId, Registration, StoreId, StoreIdentity};
+use fdb_layers::store_identity::{
+    self, DeploymentId, LAYOUT_VERSION, Registration, StoreId, StoreIdentity,
+};
 use fdb_layers::{Database, StoreError, directory};
 use relay_proto::wire;
 use relay_proto::{ProtoError, RegionId};
@@ -135,6 +137,18 @@ pub enum StoreRefusal {
         found: RegionId,
         /// This region.
         expected: RegionId,
+    },
+    /// The store's keys follow another layout than this relayd's.
+    #[error(
+        "its keys follow layout version {found} and this relayd reads version {expected}: a \
+         newer version was written by a newer relayd (run that one), an older one needs a \
+         migration this relayd does not have. Nothing was read or changed"
+    )]
+    OtherLayout {
+        /// The store's layout version.
+        found: u32,
+        /// This relayd's ([`LAYOUT_VERSION`]).
+        expected: u32,
     },
     /// The store is this region's, but not the one the marker file names.
     #[error(
@@ -308,6 +322,12 @@ pub fn decide_local(
                 expected: expected.region,
             })
         }
+        (Found::Identified(identity), _) if identity.layout_version != LAYOUT_VERSION => {
+            Err(StoreRefusal::OtherLayout {
+                found: identity.layout_version,
+                expected: LAYOUT_VERSION,
+            })
+        }
         (Found::Identified(identity), Marker::Names(marker)) if *marker != identity.store_id => {
             Err(StoreRefusal::MarkerNamesAnother {
                 found: identity.store_id,
@@ -437,6 +457,7 @@ pub async fn check_store<S: CensusSource>(
         deployment: expected.deployment,
         store_id: new_store_id,
         created_at_ms: now_ms,
+        layout_version: LAYOUT_VERSION,
     };
     match decide_local(&found, &marker, &expected, accept_new_store)? {
         LocalDecision::Known {
@@ -757,6 +778,7 @@ mod tests {
             deployment,
             store_id: store(id),
             created_at_ms: 1,
+            layout_version: LAYOUT_VERSION,
         }
     }
 
@@ -798,6 +820,20 @@ mod tests {
                 expected: HERE
             })
         );
+        for other in [LAYOUT_VERSION + 1, LAYOUT_VERSION - 1] {
+            let written = StoreIdentity {
+                layout_version: other,
+                ..ours
+            };
+            assert_eq!(
+                decide(Found::Identified(written), Marker::Names(store(1))),
+                Err(StoreRefusal::OtherLayout {
+                    found: other,
+                    expected: LAYOUT_VERSION
+                }),
+                "a store of another layout is refused before anything reads it"
+            );
+        }
         assert_eq!(
             decide(Found::Identified(ours), Marker::Names(store(2))),
             Err(StoreRefusal::MarkerNamesAnother {
