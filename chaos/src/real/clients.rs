@@ -11,8 +11,8 @@
 //! local tasks.
 //!
 //! A client the plan links (`ClientPlan::linked`) links its **second device mid-run**, under the
-//! faults: once its first device has made its own share of the sends, it links a new device
-//! through the workload's real flow ([`link_device`]: pairing, request with the code, approval),
+//! faults: at a moment of the fault phase drawn from the seed (or once its first device has made
+//! its own share of the sends, if sooner), it links a new device through the workload's real flow ([`link_device`]: pairing, request with the code, approval),
 //! retrying what a fault interrupts until it succeeds (after the heal at the latest). The new
 //! device ([`run_second`]) sends the rest of the client's messages, receives what is meant for
 //! the account from then on, and syncs until it is settled and the first device has finished.
@@ -61,9 +61,18 @@ pub struct Deployment {
     /// Attempts at each step of linking a second device, [`LINK_RETRY_MS`] apart: enough to
     /// outlast the faults, the recovery and the healing.
     pub link_attempts: u32,
+    /// Latest moment, in ms after the load begins, at which a linked client starts linking its
+    /// second device (each draws its own from the seed).
+    pub link_delay_ms_max: u64,
 }
 
 impl Deployment {
+    /// When, in ms after the load begins, client `client` starts linking its second device if
+    /// the plan links it: drawn from the seed, at most [`Deployment::link_delay_ms_max`].
+    pub fn link_delay_ms(&self, client: u32) -> u64 {
+        seed::derive(self.seed, "link-at", client.into()) % (self.link_delay_ms_max + 1)
+    }
+
     /// Client `client`'s data directory.
     pub fn data_dir(&self, client: u32) -> PathBuf {
         self.clients_dir.join(client_name(client))
@@ -214,18 +223,19 @@ pub async fn run(
         }
     };
 
+    // A linked client links at its first send due after its drawn moment of the fault phase,
+    // or once it made its own share, if sooner: under the faults, with the load going on.
+    let link_at = Instant::now() + Duration::from_millis(deployment.link_delay_ms(me));
+    let mut link_due = plan.linked;
+    let mut second = None;
     for send in plan.sends.iter().filter(|send| send.device == 0) {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if deadline.passed() {
             break;
         }
-        send_planned(me, 0, &mut client, send, &local, &record, &deadline).await;
-    }
-    // Linked before this device is done sending: nobody settles while the account's second
-    // device may still send.
-    let second = match plan.linked {
-        true => {
-            link_second(
+        if link_due && Instant::now() >= link_at {
+            link_due = false;
+            second = link_second(
                 &deployment,
                 &plan,
                 &everyone,
@@ -233,10 +243,23 @@ pub async fn run(
                 &record,
                 &deadline,
             )
-            .await
+            .await;
         }
-        false => None,
-    };
+        send_planned(me, 0, &mut client, send, &local, &record, &deadline).await;
+    }
+    // Linked before this device is done sending: nobody settles while the account's second
+    // device may still send.
+    if link_due {
+        second = link_second(
+            &deployment,
+            &plan,
+            &everyone,
+            &mut client,
+            &record,
+            &deadline,
+        )
+        .await;
+    }
     record.borrow_mut().progress.done_sending.insert((me, 0));
 
     let complete = loop {

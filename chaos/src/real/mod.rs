@@ -286,6 +286,8 @@ async fn drive(
         seed: config.seed,
         clients_per_region: config.clients_per_region,
         link_attempts,
+        // Links start in the first half of the fault phase, so they happen under faults.
+        link_delay_ms_max: millis(config.duration) / 2,
     });
     // Trace and fault times count from here.
     let origin = Instant::now();
@@ -389,6 +391,7 @@ async fn drive(
         injector.log.borrow().clone(),
         Timing {
             faults_ms,
+            faults_over_at_ms: millis(faults_started.duration_since(origin)) + faults_ms,
             healed_ms,
         },
         unexpected_exits,

@@ -15,6 +15,8 @@ use crate::workload::Plan;
 pub struct Timing {
     /// The fault phase, in ms.
     pub faults_ms: u64,
+    /// When the fault phase ended, in ms since the trace's origin.
+    pub faults_over_at_ms: u64,
     /// From the heal until the clients were done, in ms.
     pub healed_ms: u64,
 }
@@ -26,6 +28,8 @@ pub struct SecondDevices {
     pub planned: usize,
     /// Second devices that linked.
     pub linked: usize,
+    /// Of those, the ones that linked before the fault phase ended.
+    pub linked_under_faults: usize,
     /// Linked second devices that received everything they waited for.
     pub complete: usize,
     /// Chat documents of second devices compared with their first device's (I7).
@@ -147,6 +151,14 @@ impl Report {
             second_devices: SecondDevices {
                 planned: plan.clients.iter().filter(|client| client.linked).count(),
                 linked: record.progress.linked.len(),
+                linked_under_faults: record
+                    .trace
+                    .iter()
+                    .filter(|event| {
+                        matches!(event.what, What::Linked { .. })
+                            && event.at_ms <= timing.faults_over_at_ms
+                    })
+                    .count(),
                 complete: record
                     .second_finished
                     .values()
@@ -249,6 +261,7 @@ impl Report {
             },
             "second_devices": {
                 "planned": self.second_devices.planned, "linked": self.second_devices.linked,
+                "linked_under_faults": self.second_devices.linked_under_faults,
                 "complete": self.second_devices.complete,
                 "documents_compared": self.second_devices.documents_compared,
             },
@@ -315,10 +328,11 @@ impl Report {
         }
         out.push_str(&format!(
             "\n| second devices (linked mid-run) | count |\n|---|--:|\n\
-             | planned | {} |\n| second devices linked | {} |\n| had everything | {} |\n\
-             | I7 documents compared | {} |\n",
+             | planned | {} |\n| second devices linked | {} |\n| linked while faults ran | {} |\n\
+             | had everything | {} |\n| I7 documents compared | {} |\n",
             self.second_devices.planned,
             self.second_devices.linked,
+            self.second_devices.linked_under_faults,
             self.second_devices.complete,
             self.second_devices.documents_compared
         ));
