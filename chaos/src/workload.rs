@@ -17,6 +17,10 @@
 //! finished and one more sync found nothing left. Both devices record what they send and
 //! receive, so I1–I4, I6 and I8 hold per device. At the end every device's stored history
 //! ([`ChatView`]) and relay-sync document ([`DocView`], for I7) of each chat is recorded.
+//!
+//! The linking itself ([`link_device`]) is shared with `relayd chaos`, whose clients link
+//! mid-run ([`Plan::link_mid_run`]); [`Progress::link`] notes what was queued before, which a
+//! device linked then need not receive.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -197,6 +201,25 @@ impl Plan {
         Self { clients }
     }
 
+    /// Makes client `client` link its second device between two of its sends: its first device
+    /// makes the sends before a point drawn from `seed` strictly inside its plan (when it has
+    /// two sends at least), the second device the rest, as [`Plan::draw`] splits them.
+    pub fn link_mid_run(&mut self, seed: u64, client: u32) {
+        let Some(plan) = self.clients.iter_mut().find(|plan| plan.client == client) else {
+            return;
+        };
+        let mut devices =
+            StdRng::seed_from_u64(seed::derive(seed, "plan-mid-run-link", client.into()));
+        let split = match plan.sends.len() {
+            0 | 1 => 0,
+            sends => devices.random_range(1..sends),
+        };
+        for (index, send) in plan.sends.iter_mut().enumerate() {
+            send.device = u32::from(index >= split);
+        }
+        plan.linked = true;
+    }
+
     /// Every planned message with its recipient.
     pub fn recipients(&self) -> BTreeMap<MessageRef, u32> {
         self.clients
@@ -244,6 +267,9 @@ pub struct Progress {
     pub failed: BTreeSet<MessageRef>,
     /// Messages each device (client, device) has received.
     pub received: BTreeMap<(u32, u32), BTreeSet<MessageRef>>,
+    /// For each client that linked its second device after messages were queued, those
+    /// messages: the linked device need not receive them (its history bootstrap brings them).
+    pub queued_before_link: BTreeMap<u32, BTreeSet<MessageRef>>,
 }
 
 impl Progress {
@@ -253,8 +279,18 @@ impl Progress {
             && (!self.linked.contains(&client) || self.done_sending.contains(&(client, 1)))
     }
 
+    /// Records that client `client` linked its second device now: the messages queued so far
+    /// are not the new device's to receive.
+    pub fn link(&mut self, client: u32) {
+        self.linked.insert(client);
+        if !self.queued.is_empty() {
+            self.queued_before_link.insert(client, self.queued.clone());
+        }
+    }
+
     /// Whether device `device` of client `me` can stop: everyone has sent, its outbox is empty,
-    /// and every message queued for its account (and not given up) has arrived on it.
+    /// and every message queued for its account (and not given up) has arrived on it (on a
+    /// linked device, every one queued since the link).
     pub fn settled(&self, me: u32, device: u32, everyone: &Plan, observer: &Observer) -> bool {
         let everyone_sent = everyone
             .clients
@@ -265,10 +301,16 @@ impl Progress {
         }
         let received = self.received.get(&(me, device));
         let recipients = everyone.recipients();
+        let before_link = match device {
+            0 => None,
+            _ => self.queued_before_link.get(&me),
+        };
         self.queued
             .iter()
             .filter(|message| {
-                recipients.get(message) == Some(&me) && !self.failed.contains(message)
+                recipients.get(message) == Some(&me)
+                    && !self.failed.contains(message)
+                    && !before_link.is_some_and(|before| before.contains(message))
             })
             .all(|message| received.is_some_and(|received| received.contains(message)))
     }
@@ -691,20 +733,6 @@ async fn link_second_device(
     client: &mut App,
 ) -> Result<Option<tokio::task::JoinHandle<turmoil::Result>>, Box<dyn std::error::Error>> {
     let me = setup.plan.client;
-    let mut code = None;
-    for _ in 1..=LINK_ATTEMPTS_MAX {
-        match client.open_pairing().await {
-            Ok(opened) => {
-                code = Some(opened);
-                break;
-            }
-            Err(error) => tolerate(Err(error))?,
-        }
-        tokio::time::sleep(Duration::from_millis(LINK_RETRY_MS)).await;
-    }
-    let Some(code) = code else {
-        return Ok(None);
-    };
     let data_dir = linked_dir(&setup.data_dir);
     let mut linked_environment = environment.clone();
     linked_environment.dialer = Dialer::new(
@@ -716,57 +744,98 @@ async fn link_second_device(
         EdgeSource::Fixed(edges.to_vec()),
     );
     linked_environment.rng_seed = Some(seed::derive(setup.seed, "linked", me.into()));
-    let ask = async {
-        for _ in 1..=LINK_ATTEMPTS_MAX {
-            let overrides = Overrides {
-                // Never asked: the dialer's edges are fixed.
-                locator: edges.first().copied(),
-                bind_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                ca_path: Some(setup.ca_path.clone()),
-                device_key: None,
-            };
-            match link_accept_in(
-                &linked_environment,
-                &data_dir,
-                &code,
-                overrides,
-                &mut |_| {},
-            )
-            .await
-            {
-                Ok(_) => return Ok(true),
-                Err(error) => tolerate(Err(error))?,
-            }
-            tokio::time::sleep(Duration::from_millis(LINK_RETRY_MS)).await;
-        }
-        Ok::<_, Box<dyn std::error::Error>>(false)
+    let overrides = Overrides {
+        // Never asked: the dialer's edges are fixed.
+        locator: edges.first().copied(),
+        bind_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ca_path: Some(setup.ca_path.clone()),
+        device_key: None,
     };
-    let approve = async {
-        for _ in 1..=LINK_ATTEMPTS_MAX {
-            tokio::time::sleep(Duration::from_millis(LINK_RETRY_MS)).await;
-            match client.approve(&code).await {
-                Ok(()) => return Ok(true),
-                // Not asked yet: the new device's request is still on its way.
-                Err(ClientError::Invalid(_)) => {}
-                Err(error) => tolerate(Err(error))?,
-            }
-        }
-        Ok::<_, Box<dyn std::error::Error>>(false)
-    };
-    let (asked, approved) = tokio::join!(ask, approve);
-    if !(asked? && approved?) {
+    let linked = link_device(
+        client,
+        &linked_environment,
+        &data_dir,
+        overrides,
+        LINK_ATTEMPTS_MAX,
+        Duration::from_millis(LINK_RETRY_MS),
+    )
+    .await?;
+    if !linked {
         return Ok(None);
     }
     {
         let mut shared = setup.shared.borrow_mut();
         shared.record(What::Linked { client: me });
-        shared.progress.linked.insert(me);
+        shared.progress.link(me);
     }
     Ok(Some(tokio::task::spawn_local(follow_account(
         setup.clone(),
         linked_environment,
         data_dir,
     ))))
+}
+
+/// Links a new device in `data_dir` to the account of `first` through the real flow: `first`
+/// opens a pairing, the new device (in `environment`, with `overrides`) asks with its code and
+/// `first` approves the request, each trying up to `attempts` times `pause` apart while what
+/// fails is a fault a retry can outlast (a retry picks up the same pairing and request).
+/// `Ok(false)` when the attempts ran out; other errors end it. The simulation's linked clients
+/// and `relayd chaos`'s (mid-run) both link through it.
+pub async fn link_device(
+    first: &mut App,
+    environment: &Environment,
+    data_dir: &Path,
+    overrides: Overrides,
+    attempts: u32,
+    pause: Duration,
+) -> Result<bool, ClientError> {
+    let mut code = None;
+    for _ in 1..=attempts {
+        match first.open_pairing().await {
+            Ok(opened) => {
+                code = Some(opened);
+                break;
+            }
+            Err(error) => retryable(error)?,
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let Some(code) = code else {
+        return Ok(false);
+    };
+    let ask = async {
+        for _ in 1..=attempts {
+            match link_accept_in(environment, data_dir, &code, overrides.clone(), &mut |_| {}).await
+            {
+                Ok(_) => return Ok(true),
+                Err(error) => retryable(error)?,
+            }
+            tokio::time::sleep(pause).await;
+        }
+        Ok::<_, ClientError>(false)
+    };
+    let approve = async {
+        for _ in 1..=attempts {
+            tokio::time::sleep(pause).await;
+            match first.approve(&code).await {
+                Ok(()) => return Ok(true),
+                // Not asked yet: the new device's request is still on its way.
+                Err(ClientError::Invalid(_)) => {}
+                Err(error) => retryable(error)?,
+            }
+        }
+        Ok::<_, ClientError>(false)
+    };
+    let (asked, approved) = tokio::join!(ask, approve);
+    Ok(asked? && approved?)
+}
+
+/// Passes an error a retry can outlast; returns the rest.
+fn retryable(error: ClientError) -> Result<(), ClientError> {
+    match error.is_retryable() || error.needs_reconnect() || error.is_unreachable() {
+        true => Ok(()),
+        false => Err(error),
+    }
 }
 
 /// Maybe (by [`CHANGE_PERCENT`], while it has changes left) changes one message device `device`

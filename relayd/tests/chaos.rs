@@ -1,6 +1,8 @@
 //! `relayd chaos` as a user runs it, in its short version: two regions, two clients in each, ten
 //! messages per client and about ten seconds of kills, pauses and partitions of regions and
-//! edges; then every acknowledged message must have arrived once, in order, decryptable.
+//! edges, while one user at least links a second device; then every acknowledged message must
+//! have arrived once, in order, decryptable, at every device that was a member when it was
+//! sent, and both devices of a linked user must hold the same chat documents (I7).
 //! `RELAY_CHAOS_SEED=<n>` reruns one seed.
 
 use std::io::Read;
@@ -69,11 +71,22 @@ fn kills_pauses_and_partitions_lose_nothing() {
         "duplicated",
         "out_of_order",
         "undecryptable",
+        "diverged",
         "other",
     ] {
         assert_eq!(report["counts"][count], 0, "{count}");
     }
     assert_eq!(report["clients_complete"], 4);
+
+    // A second device linked mid-run, had everything and its documents were compared.
+    let second = &report["second_devices"];
+    assert!(second["linked"].as_u64().unwrap_or(0) >= 1, "{second}");
+    assert_eq!(second["linked"], second["planned"], "{second}");
+    assert_eq!(second["complete"], second["linked"], "{second}");
+    assert!(
+        second["documents_compared"].as_u64().unwrap_or(0) >= 1,
+        "{second}"
+    );
 
     // Faults were really injected: a kill and a pause of both a region and an edge, and
     // partitions (nftables rules in a namespace of its own when run as root with `ip` and

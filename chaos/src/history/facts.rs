@@ -13,8 +13,12 @@ pub(crate) struct Facts<'a> {
     pub(crate) accounts: BTreeMap<u32, u64>,
     /// Messages acknowledged as sent, in message order (so reports come out sorted).
     pub(crate) acked: BTreeSet<MessageRef>,
-    /// Clients that linked a second device (device 1) before anyone sent.
-    pub(crate) linked: BTreeSet<u32>,
+    /// Clients that linked a second device (device 1), with the trace index of the link.
+    pub(crate) linked: BTreeMap<u32, usize>,
+    /// The trace index of the first message queued in any outbox (`usize::MAX`: none).
+    pub(crate) first_queued: usize,
+    /// message → the trace index of its first queueing.
+    pub(crate) queued_at: HashMap<MessageRef, usize>,
     /// message → the device of its sender that sent it.
     pub(crate) sent_by: HashMap<MessageRef, u32>,
     /// (receiver, device) → received messages with their chat sequence, in arrival order.
@@ -33,10 +37,31 @@ pub(crate) struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    /// The devices of `client` that must get what is meant for its account: the registered
-    /// one, and the linked one if it has one.
-    pub(crate) fn devices_of(&self, client: u32) -> std::ops::RangeInclusive<u32> {
-        0..=u32::from(self.linked.contains(&client))
+    /// The devices of `client` that must get `message`, meant for its account: the registered
+    /// one, and the linked one unless the message entered an outbox before the link (one
+    /// queued later was appended after the linked device joined, so its envelope had to cover
+    /// it; one queued earlier may reach it or not, and the history bootstrap brings it to the
+    /// documents, which I7 compares).
+    pub(crate) fn devices_of(
+        &self,
+        client: u32,
+        message: &MessageRef,
+    ) -> std::ops::RangeInclusive<u32> {
+        let member = match (self.linked.get(&client), self.queued_at.get(message)) {
+            (Some(linked), Some(queued)) => linked < queued,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        0..=u32::from(member)
+    }
+
+    /// Whether `client` linked its second device after a message had been queued: that
+    /// device's store holds only what arrived since, so its chats need not start at chat
+    /// seq 1 (what came before is in its documents).
+    pub(crate) fn linked_mid_run(&self, client: u32) -> bool {
+        self.linked
+            .get(&client)
+            .is_some_and(|&linked| linked > self.first_queued)
     }
 
     /// One pass over `trace` and one over `views`.
@@ -49,7 +74,9 @@ impl<'a> Facts<'a> {
             planned,
             accounts: BTreeMap::new(),
             acked: BTreeSet::new(),
-            linked: BTreeSet::new(),
+            linked: BTreeMap::new(),
+            first_queued: usize::MAX,
+            queued_at: HashMap::new(),
             sent_by: HashMap::new(),
             arrivals: BTreeMap::new(),
             arrived: HashSet::new(),
@@ -57,7 +84,7 @@ impl<'a> Facts<'a> {
             stored_sequenced: HashSet::new(),
             receipt_envelopes: BTreeMap::new(),
         };
-        for event in trace {
+        for (index, event) in trace.iter().enumerate() {
             match event.what {
                 What::Registered {
                     client, account, ..
@@ -65,7 +92,11 @@ impl<'a> Facts<'a> {
                     facts.accounts.insert(client, account);
                 }
                 What::Linked { client } => {
-                    facts.linked.insert(client);
+                    facts.linked.entry(client).or_insert(index);
+                }
+                What::Queued { message } => {
+                    facts.first_queued = facts.first_queued.min(index);
+                    facts.queued_at.entry(message).or_insert(index);
                 }
                 What::Send {
                     message, device, ..

@@ -11,7 +11,7 @@ pub(crate) fn check_acknowledged(facts: &Facts<'_>, findings: &mut Findings) {
         let Some(&recipient) = facts.planned.get(message) else {
             continue;
         };
-        for device in facts.devices_of(recipient) {
+        for device in facts.devices_of(recipient, message) {
             if !facts.arrived.contains(&(recipient, device, *message)) {
                 findings.add(
                     Invariant::NoLoss,

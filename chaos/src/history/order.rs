@@ -1,5 +1,6 @@
 //! I2 order: per chat, a device receives strictly increasing chat sequences, and the sequences
-//! it stores (its own messages' and read receipts' included) are gapless from 1.
+//! it stores (its own messages' and read receipts' included) are gapless from 1 (from the first
+//! it stores, for a device linked mid-run).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,7 +35,7 @@ pub(crate) fn check_senders_stored(facts: &Facts<'_>, findings: &mut Findings) {
         let Some(recipient) = facts.planned.get(message) else {
             continue;
         };
-        for device in facts.devices_of(message.sender) {
+        for device in facts.devices_of(message.sender, message) {
             let sequenced =
                 facts
                     .stored_sequenced
@@ -89,16 +90,26 @@ pub(crate) fn check_view(facts: &Facts<'_>, view: &ChatView, findings: &mut Find
             ),
         }
     }
-    // The stored sequences are distinct, so the gaps below the highest are its count minus
-    // theirs: no scan of 1..=highest.
+    // A device linked mid-run stores what arrived since it joined: its chat is gapless from
+    // its first stored sequence (what came before is in its documents, which I7 compares).
+    let lowest = match view.device > 0 && facts.linked_mid_run(view.client) {
+        true => sequences
+            .range(1..)
+            .next()
+            .map_or(1, |(&chat_seq, _)| chat_seq),
+        false => 1,
+    };
+    // The stored sequences are distinct, so the gaps between the lowest and the highest are
+    // their distance minus their count: no scan of lowest..=highest.
     let highest = sequences.keys().next_back().copied().unwrap_or(0);
-    let held = u64::try_from(sequences.range(1..).count()).unwrap_or(u64::MAX);
-    let missing = usize::try_from(highest.saturating_sub(held)).unwrap_or(usize::MAX);
+    let held = u64::try_from(sequences.range(lowest..).count()).unwrap_or(u64::MAX);
+    let span = (highest + 1).saturating_sub(lowest);
+    let missing = usize::try_from(span.saturating_sub(held)).unwrap_or(usize::MAX);
     if missing > unsequenced_own {
         findings.add(
             Invariant::Order,
             format!(
-                "{}'s chat with {} misses {missing} of chat seqs 1..={highest}",
+                "{}'s chat with {} misses {missing} of chat seqs {lowest}..={highest}",
                 device_name(view.client, view.device),
                 client_name(view.peer)
             ),

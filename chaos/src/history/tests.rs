@@ -284,6 +284,114 @@ fn every_device_of_a_linked_recipient_is_held_to_i1_and_fifo_is_per_sending_devi
     );
 }
 
+/// c0 sends c1 three messages; c1 links its second device after the first was queued (as
+/// `relayd chaos` links mid-run); the second device received `second_receives` and stores
+/// `second_holds`.
+fn mid_run_link(
+    second_receives: &[(MessageRef, u64)],
+    second_holds: Vec<ViewEntry>,
+) -> Vec<Violation> {
+    let planned: BTreeMap<MessageRef, u32> =
+        (1..=3).map(|number| (message(0, number), 1)).collect();
+    let mut trace = registered();
+    for number in 1..=3 {
+        let m = message(0, number);
+        if number == 2 {
+            trace.push(at(5, What::Linked { client: 1 }));
+        }
+        trace.push(at(
+            10,
+            What::Send {
+                message: m,
+                recipient: 1,
+                device: 0,
+            },
+        ));
+        trace.push(at(11, What::Queued { message: m }));
+        trace.push(at(12, What::Acked { message: m }));
+        trace.push(at(13, received(1, m, u64::from(number))));
+    }
+    for (m, chat_seq) in second_receives {
+        trace.push(at(
+            20,
+            What::Received {
+                receiver: 1,
+                device: 1,
+                message: *m,
+                from_account: 100,
+                chat_seq: *chat_seq,
+            },
+        ));
+    }
+    let all: Vec<ViewEntry> = (1..=3)
+        .map(|n| entry(false, message(0, n), u64::from(n)))
+        .collect();
+    let sent: Vec<ViewEntry> = (1..=3)
+        .map(|n| entry(true, message(0, n), u64::from(n)))
+        .collect();
+    let views = vec![
+        ChatView {
+            client: 0,
+            device: 0,
+            peer: 1,
+            entries: sent,
+        },
+        ChatView {
+            client: 1,
+            device: 0,
+            peer: 0,
+            entries: all,
+        },
+        ChatView {
+            client: 1,
+            device: 1,
+            peer: 0,
+            entries: second_holds,
+        },
+    ];
+    check(&planned, &trace, &views)
+}
+
+#[test]
+fn a_device_linked_mid_run_is_held_to_what_was_queued_after_it_joined() {
+    // It missed message 1, queued before it joined, and stores the chat from chat seq 2 on.
+    let later = [(message(0, 2), 2), (message(0, 3), 3)];
+    let holds = || {
+        vec![
+            entry(false, message(0, 2), 2),
+            entry(false, message(0, 3), 3),
+        ]
+    };
+    assert_eq!(mid_run_link(&later, holds()), Vec::new());
+
+    // Message 3, queued after it joined, never reached it.
+    let found = mid_run_link(&later[..1], vec![entry(false, message(0, 2), 2)]);
+    assert!(
+        found.iter().any(|v| v.invariant == Invariant::NoLoss
+            && v.detail.contains("c0#3 was acknowledged but c1/d1 never")),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|v| v.detail.contains("c0#1")),
+        "{found:?}"
+    );
+
+    // A gap after its first stored chat seq is still one.
+    let found = mid_run_link(
+        &[(message(0, 3), 3)],
+        vec![
+            entry(false, message(0, 3), 3),
+            entry(false, message(0, 2), 5),
+        ],
+    );
+    assert!(
+        found.iter().any(|v| v.invariant == Invariant::Order
+            && v.detail
+                .contains("c1/d1's chat with c0 misses 1 of chat seqs 3..=5")),
+        "{found:?}"
+    );
+}
+
 #[test]
 fn ticks_moving_back_late_acks_and_stuck_messages_are_reported() {
     let m = message(0, 1);

@@ -9,6 +9,15 @@
 //! outbox is empty and everything queued for it has arrived, or the healing deadline passes.
 //! Clients are not `Send` (their event sink is a plain closure), so they run on one thread, as
 //! local tasks.
+//!
+//! A client the plan links (`ClientPlan::linked`) links its **second device mid-run**, under the
+//! faults: at a moment of the fault phase drawn from the seed (or once its first device has made
+//! its own share of the sends, if sooner), it links a new device through the workload's real flow ([`link_device`]: pairing, request with the code, approval),
+//! retrying what a fault interrupts until it succeeds (after the heal at the latest). The new
+//! device ([`run_second`]) sends the rest of the client's messages, receives what is meant for
+//! the account from then on, and syncs until it is settled and the first device has finished.
+//! At the end both devices' stored histories ([`views`]) and relay-sync documents ([`docs`], for
+//! I7) are read.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -21,11 +30,12 @@ use relay_client::{ClientError, Environment, Event, Overrides};
 use tokio::time::Instant;
 
 use super::RealChaosError;
-use crate::history::{ChatView, TraceEvent, What, client_name};
+use crate::history::{ChatView, DocView, TraceEvent, What, client_name, device_name};
 use crate::seed;
 use crate::workload::{
-    App, ClientPlan, Ledger, Observer, Plan, Progress, REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX,
-    SEND_RETRY_MS, SYNC_INTERVAL_MS, chat_views, observe, register_retrying,
+    App, ClientPlan, LINK_RETRY_MS, Ledger, Observer, Plan, PlannedSend, Progress,
+    REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX, SEND_RETRY_MS, SYNC_INTERVAL_MS, chat_views,
+    doc_views, link_device, linked_dir, observe, register_retrying,
 };
 
 /// Registration attempts before a client gives up.
@@ -48,9 +58,21 @@ pub struct Deployment {
     pub seed: u64,
     /// Clients homed in each region.
     pub clients_per_region: u32,
+    /// Attempts at each step of linking a second device, [`LINK_RETRY_MS`] apart: enough to
+    /// outlast the faults, the recovery and the healing.
+    pub link_attempts: u32,
+    /// Latest moment, in ms after the load begins, at which a linked client starts linking its
+    /// second device (each draws its own from the seed).
+    pub link_delay_ms_max: u64,
 }
 
 impl Deployment {
+    /// When, in ms after the load begins, client `client` starts linking its second device if
+    /// the plan links it: drawn from the seed, at most [`Deployment::link_delay_ms_max`].
+    pub fn link_delay_ms(&self, client: u32) -> u64 {
+        seed::derive(self.seed, "link-at", client.into()) % (self.link_delay_ms_max + 1)
+    }
+
     /// Client `client`'s data directory.
     pub fn data_dir(&self, client: u32) -> PathBuf {
         self.clients_dir.join(client_name(client))
@@ -79,6 +101,11 @@ pub struct Record {
     pub errors_total: usize,
     /// Clients that finished, and whether they saw everything they waited for.
     pub finished: BTreeMap<u32, bool>,
+    /// Second devices that finished, by client, and whether they saw everything they waited
+    /// for.
+    pub second_finished: BTreeMap<u32, bool>,
+    /// Clients whose second device never linked, with why.
+    pub unlinked: BTreeMap<u32, String>,
 }
 
 impl Record {
@@ -91,6 +118,8 @@ impl Record {
             errors: Vec::new(),
             errors_total: 0,
             finished: BTreeMap::new(),
+            second_finished: BTreeMap::new(),
+            unlinked: BTreeMap::new(),
         }
     }
 
@@ -170,7 +199,9 @@ pub async fn register(
     Ok(())
 }
 
-/// Runs client `plan.client`'s sends, then syncs until it is settled or `deadline` passes.
+/// Runs client `plan.client`'s sends (its first device's share, then, if the plan links it, it
+/// links its second device, which makes the rest), then syncs until it is settled or `deadline`
+/// passes.
 pub async fn run(
     deployment: Rc<Deployment>,
     plan: ClientPlan,
@@ -180,19 +211,7 @@ pub async fn run(
 ) {
     let me = plan.client;
     let local = Rc::new(RefCell::new(Observer::default()));
-    let sink = {
-        let record = record.clone();
-        let local = local.clone();
-        Box::new(move |event: Event| {
-            observe(
-                me,
-                0,
-                event,
-                &mut local.borrow_mut(),
-                &mut *record.borrow_mut(),
-            )
-        })
-    };
+    let sink = sink(me, 0, &record, &local);
     let mut client = match App::open(environment(&deployment, me), &deployment.data_dir(me), sink) {
         Ok(client) => client,
         Err(error) => {
@@ -204,42 +223,54 @@ pub async fn run(
         }
     };
 
-    for send in &plan.sends {
+    // A linked client links at its first send due after its drawn moment of the fault phase,
+    // or once it made its own share, if sooner: under the faults, with the load going on.
+    let link_at = Instant::now() + Duration::from_millis(deployment.link_delay_ms(me));
+    let mut link_due = plan.linked;
+    let mut second = None;
+    for send in plan.sends.iter().filter(|send| send.device == 0) {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if deadline.passed() {
             break;
         }
-        record.borrow_mut().record(What::Send {
-            message: send.message,
-            recipient: send.recipient,
-            device: 0,
-        });
-        for attempt in 1..=SEND_ATTEMPTS_MAX {
-            local.borrow_mut().sending = Some(send.message);
-            let sent = client
-                .send(&client_name(send.recipient), &send.message.text())
-                .await;
-            local.borrow_mut().sending = None;
-            tolerate(me, "send", sent.map(|_| ()), &record);
-            let queued = record.borrow().progress.queued.contains(&send.message);
-            if queued || attempt == SEND_ATTEMPTS_MAX || deadline.passed() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(SEND_RETRY_MS)).await;
+        if link_due && Instant::now() >= link_at {
+            link_due = false;
+            second = link_second(
+                &deployment,
+                &plan,
+                &everyone,
+                &mut client,
+                &record,
+                &deadline,
+            )
+            .await;
         }
-        if send.sync_after {
-            tolerate(me, "sync", client.sync().await, &record);
-        }
+        send_planned(me, 0, &mut client, send, &local, &record, &deadline).await;
+    }
+    // Linked before this device is done sending: nobody settles while the account's second
+    // device may still send.
+    if link_due {
+        second = link_second(
+            &deployment,
+            &plan,
+            &everyone,
+            &mut client,
+            &record,
+            &deadline,
+        )
+        .await;
     }
     record.borrow_mut().progress.done_sending.insert((me, 0));
 
     let complete = loop {
+        // The second device's last sends are in before this sync fetches their copies.
+        let second_done = second.is_none() || record.borrow().progress.second_done.contains(&me);
         tolerate(me, "sync", client.sync().await, &record);
-        if record
+        let settled = record
             .borrow()
             .progress
-            .settled(me, 0, &everyone, &local.borrow())
-        {
+            .settled(me, 0, &everyone, &local.borrow());
+        if second_done && settled {
             break true;
         }
         if deadline.passed() {
@@ -248,12 +279,202 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
     };
     client.close().await;
-    let mut record = record.borrow_mut();
-    record.record(What::Finished {
-        client: me,
-        complete,
+    {
+        let mut record = record.borrow_mut();
+        record.record(What::Finished {
+            client: me,
+            complete,
+        });
+        record.finished.insert(me, complete);
+        record.progress.finished.insert(me);
+    }
+    if let Some(second) = second {
+        // A panic of the second device's task is the run's to report: it did not finish.
+        let _ = second.await;
+    }
+}
+
+/// Device `device` of client `me` sends one planned message, trying again (as a person would)
+/// while the send fails before the message enters the outbox; syncs after it if planned.
+async fn send_planned(
+    me: u32,
+    device: u32,
+    client: &mut App,
+    send: &PlannedSend,
+    local: &RefCell<Observer>,
+    record: &RefCell<Record>,
+    deadline: &Deadline,
+) {
+    record.borrow_mut().record(What::Send {
+        message: send.message,
+        recipient: send.recipient,
+        device,
     });
-    record.finished.insert(me, complete);
+    for attempt in 1..=SEND_ATTEMPTS_MAX {
+        local.borrow_mut().sending = Some(send.message);
+        let sent = client
+            .send(&client_name(send.recipient), &send.message.text())
+            .await;
+        local.borrow_mut().sending = None;
+        tolerate(me, "send", sent.map(|_| ()), record);
+        let queued = record.borrow().progress.queued.contains(&send.message);
+        if queued || attempt == SEND_ATTEMPTS_MAX || deadline.passed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(SEND_RETRY_MS)).await;
+    }
+    if send.sync_after {
+        tolerate(me, "sync", client.sync().await, record);
+    }
+}
+
+/// Links client `plan.client`'s second device through `first` ([`link_device`], retrying for
+/// [`Deployment::link_attempts`]) and starts it ([`run_second`]); `None`, noted in the record,
+/// when it did not link.
+async fn link_second(
+    deployment: &Rc<Deployment>,
+    plan: &ClientPlan,
+    everyone: &Rc<Plan>,
+    first: &mut App,
+    record: &Rc<RefCell<Record>>,
+    deadline: &Rc<Deadline>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let me = plan.client;
+    let data_dir = linked_dir(&deployment.data_dir(me));
+    let environment = Environment {
+        rng_seed: Some(seed::derive(deployment.seed, "linked", me.into())),
+        ..Environment::default()
+    };
+    let overrides = Overrides {
+        locator: Some(deployment.locator),
+        bind_ip: Some(deployment.bind_ip(plan)),
+        ca_path: Some(deployment.ca.clone()),
+        device_key: None,
+    };
+    let linked = link_device(
+        first,
+        &environment,
+        &data_dir,
+        overrides,
+        deployment.link_attempts,
+        Duration::from_millis(LINK_RETRY_MS),
+    )
+    .await;
+    let mut recorded = record.borrow_mut();
+    match linked {
+        Ok(true) => {}
+        Ok(false) => {
+            recorded.unlinked.insert(
+                me,
+                format!("not linked after {} attempts", deployment.link_attempts),
+            );
+            return None;
+        }
+        Err(error) => {
+            recorded.error(me, "link", &error);
+            recorded.unlinked.insert(me, error.to_string());
+            return None;
+        }
+    }
+    recorded.record(What::Linked { client: me });
+    recorded.progress.link(me);
+    drop(recorded);
+    Some(tokio::task::spawn_local(run_second(
+        environment,
+        data_dir,
+        plan.clone(),
+        everyone.clone(),
+        record.clone(),
+        deadline.clone(),
+    )))
+}
+
+/// Runs client `plan.client`'s second device, linked in `data_dir`: it sends its share of the
+/// planned messages, says it is done after a sync that found its outbox empty, then syncs until
+/// the first device has finished and it is settled itself (everything queued for the account
+/// since the link arrived on it), or `deadline` passes.
+async fn run_second(
+    environment: Environment,
+    data_dir: PathBuf,
+    plan: ClientPlan,
+    everyone: Rc<Plan>,
+    record: Rc<RefCell<Record>>,
+    deadline: Rc<Deadline>,
+) {
+    let me = plan.client;
+    let local = Rc::new(RefCell::new(Observer::default()));
+    let sink = sink(me, 1, &record, &local);
+    let mut device = match App::open(environment, &data_dir, sink) {
+        Ok(device) => device,
+        Err(error) => {
+            let mut record = record.borrow_mut();
+            record.error(me, "cannot open its second device", &error);
+            record.progress.done_sending.insert((me, 1));
+            record.progress.second_done.insert(me);
+            record.second_finished.insert(me, false);
+            return;
+        }
+    };
+    for send in plan.sends.iter().filter(|send| send.device == 1) {
+        tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
+        if deadline.passed() {
+            break;
+        }
+        send_planned(me, 1, &mut device, send, &local, &record, &deadline).await;
+    }
+    record.borrow_mut().progress.done_sending.insert((me, 1));
+    let complete = loop {
+        let (sent_all, first_finished) = {
+            let record = record.borrow();
+            (
+                record.progress.sent_all(me),
+                record.progress.finished.contains(&me),
+            )
+        };
+        local.borrow_mut().pending = None;
+        let synced = device.sync().await;
+        let clean = synced.is_ok() && local.borrow().pending == Some(0);
+        tolerate(me, "sync", synced, &record);
+        if sent_all && clean {
+            record.borrow_mut().progress.second_done.insert(me);
+        }
+        let settled = clean
+            && record
+                .borrow()
+                .progress
+                .settled(me, 1, &everyone, &local.borrow());
+        if first_finished && settled {
+            break true;
+        }
+        if deadline.passed() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+    };
+    device.close().await;
+    let mut record = record.borrow_mut();
+    // Done, complete or not: the first device stops waiting for it.
+    record.progress.second_done.insert(me);
+    record.second_finished.insert(me, complete);
+}
+
+/// Where device `device` of client `me` sends its events: [`observe`], into `record`.
+fn sink(
+    me: u32,
+    device: u32,
+    record: &Rc<RefCell<Record>>,
+    local: &Rc<RefCell<Observer>>,
+) -> Box<dyn FnMut(Event)> {
+    let (record, local) = (record.clone(), local.clone());
+    Box::new(move |event: Event| {
+        observe(
+            me,
+            device,
+            event,
+            &mut local.borrow_mut(),
+            &mut *record.borrow_mut(),
+        )
+    })
 }
 
 /// Each client's stored history of each chat, read from its store by account (names may not
@@ -264,24 +485,62 @@ pub fn views(
     record: &Record,
 ) -> Result<Vec<ChatView>, RealChaosError> {
     let mut views = Vec::new();
+    for (me, device, data_dir) in devices(deployment, everyone, record) {
+        let read = chat_views(&data_dir, me, device, everyone, &record.progress.accounts).map_err(
+            |error| {
+                RealChaosError::Run(format!(
+                    "reading {}'s history: {error}",
+                    device_name(me, device)
+                ))
+            },
+        )?;
+        views.extend(read);
+    }
+    Ok(views)
+}
+
+/// The relay-sync documents of each chat of both devices of every client that linked a second
+/// one (what I7 compares), read from their closed data directories.
+pub fn docs(
+    deployment: &Deployment,
+    everyone: &Plan,
+    record: &Record,
+) -> Result<Vec<DocView>, RealChaosError> {
+    let mut docs = Vec::new();
+    for (me, device, data_dir) in devices(deployment, everyone, record) {
+        if !record.progress.linked.contains(&me) {
+            continue;
+        }
+        let read = doc_views(&data_dir, me, device, everyone, &record.progress.accounts).map_err(
+            |error| {
+                RealChaosError::Run(format!(
+                    "reading {}'s documents: {error}",
+                    device_name(me, device)
+                ))
+            },
+        )?;
+        docs.extend(read);
+    }
+    Ok(docs)
+}
+
+/// Every device of the run: (client, device, its data directory), first devices of registered
+/// clients and the second devices that linked.
+fn devices(deployment: &Deployment, everyone: &Plan, record: &Record) -> Vec<(u32, u32, PathBuf)> {
+    let mut devices = Vec::new();
     for plan in &everyone.clients {
         let me = plan.client;
         if !record.progress.accounts.contains_key(&me) {
             continue;
         }
-        let read = chat_views(
-            &deployment.data_dir(me),
-            me,
-            0,
-            everyone,
-            &record.progress.accounts,
-        )
-        .map_err(|error| {
-            RealChaosError::Run(format!("reading {}'s history: {error}", client_name(me)))
-        })?;
-        views.extend(read);
+        let data_dir = deployment.data_dir(me);
+        if record.progress.linked.contains(&me) {
+            devices.push((me, 1, linked_dir(&data_dir)));
+        }
+        devices.push((me, 0, data_dir));
     }
-    Ok(views)
+    devices.sort_by_key(|(me, device, _)| (*me, *device));
+    devices
 }
 
 /// The real world, with the client's randomness derived from the run's seed.

@@ -5,12 +5,15 @@
 //! [`run`] starts `relayd devnet` as a child ([`relay_devnet::DevnetProcess`]), registers
 //! in-process clients ([`clients`]), then runs their planned messages while a bounded fault loop
 //! ([`schedule`], applied by the [`injector`]) SIGKILLs (the devnet restarts them), pauses
-//! (SIGSTOP … SIGCONT) and partitions regions and edges. Partitions are nftables drop rules
+//! (SIGSTOP … SIGCONT) and partitions regions and edges, while a seed-drawn share of the users
+//! (one at least) link a second device. Partitions are nftables drop rules
 //! inside a network namespace of the run's own ([`netns`]) when that is possible, and pauses
 //! otherwise. Then every fault is lifted and every process is running again, the clients sync
 //! until everything has arrived (or a deadline passes), and [`crate::history::check`] reads
-//! their trace and stored histories. The [`Report`] counts lost, duplicated, out-of-order and
-//! undecryptable messages; any non-zero count fails the run.
+//! their trace and stored histories, and [`crate::history::check_convergence`] the relay-sync
+//! documents of both devices of each linked user (I7). The [`Report`] counts lost, duplicated,
+//! out-of-order and undecryptable messages and diverged documents; any non-zero count, and a
+//! second device that never linked, fails the run.
 //!
 //! Whatever happens (an error, Ctrl-C), every paused process is continued, every rule removed,
 //! and the devnet (and through it every server) stopped.
@@ -33,8 +36,9 @@ use relay_devnet::{DevnetError, DevnetProcess};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::history::check;
-use crate::workload::{Plan, WorkloadShape};
+use crate::history::{check, check_convergence};
+use crate::seed;
+use crate::workload::{LINK_RETRY_MS, Plan, WorkloadShape};
 use clients::{Deadline, Deployment, Record};
 use injector::Injector;
 pub use netns::Partitions;
@@ -59,10 +63,20 @@ pub const RECOVERY_TIMEOUT_MS: u64 = 60_000;
 /// How long clients may take past the healing deadline to finish the call they are in (a sync
 /// retries for up to 30 s), in ms.
 pub const CLIENT_WIND_DOWN_MS: u64 = 45_000;
+/// Chance, in percent, that a user links a second device mid-run (when the draw picks none,
+/// one user drawn from the seed does).
+pub const LINKED_PERCENT: u32 = 25;
+/// Most attempts at each step of linking a second device (each [`LINK_RETRY_MS`] apart); the
+/// run's own count covers its fault phase, recovery and healing.
+pub const LINK_ATTEMPTS_MAX: u32 = 1_000_000;
 /// Bounds of the pause a client takes before each send, in ms.
 pub const SEND_PAUSE_MS_MIN: u64 = 10;
 /// See [`SEND_PAUSE_MS_MIN`].
 pub const SEND_PAUSE_MS_MAX: u64 = 10_000;
+
+const _: () = assert!(LINKED_PERCENT <= 100);
+// A second device that links at the last attempt still has the healing to catch up.
+const _: () = assert!(LINK_ATTEMPTS_MAX as u64 * LINK_RETRY_MS >= DURATION_S_MAX * 1000);
 
 /// Why a run could not run or finish (a broken invariant is not an error: it is in the
 /// [`Report`]).
@@ -227,7 +241,7 @@ async fn drive(
 ) -> Result<Report, RealChaosError> {
     let ready = devnet.ready().await?;
     config.progress(format!("devnet ready; locator {}", ready.locator));
-    let plan = Rc::new(Plan::draw(
+    let mut plan = Plan::draw(
         config.seed,
         WorkloadShape {
             regions: config.regions,
@@ -239,15 +253,41 @@ async fn drive(
                 .clamp(SEND_PAUSE_MS_MIN, SEND_PAUSE_MS_MAX),
             // These clients send and sync; read receipts are the simulation's to exercise.
             read_percent: 0,
-            linked_percent: 0,
+            linked_percent: LINKED_PERCENT,
         },
-    ));
+    );
+    // One user at least links a second device in every run, and each links between two of its
+    // sends: under the faults, with sends left for the new device.
+    let mut linked: Vec<u32> = plan
+        .clients
+        .iter()
+        .filter(|client| client.linked)
+        .map(|client| client.client)
+        .collect();
+    if linked.is_empty() {
+        let count = u64::from(config.regions * config.clients_per_region);
+        let drawn = seed::derive(config.seed, "real-linked", 0) % count;
+        linked.push(u32::try_from(drawn).unwrap_or(0));
+    }
+    for client in linked {
+        plan.link_mid_run(config.seed, client);
+    }
+    let plan = Rc::new(plan);
+    // Linking retries through the faults, the recovery and the healing.
+    let link_window_ms =
+        millis(config.duration) + RECOVERY_TIMEOUT_MS + millis(config.heal_timeout);
+    let link_attempts = u32::try_from(link_window_ms / LINK_RETRY_MS)
+        .unwrap_or(u32::MAX)
+        .clamp(1, LINK_ATTEMPTS_MAX);
     let deployment = Rc::new(Deployment {
         locator: ready.locator,
         ca: ready.ca,
         clients_dir: clients::clients_dir(&config.data),
         seed: config.seed,
         clients_per_region: config.clients_per_region,
+        link_attempts,
+        // Links start in the first half of the fault phase, so they happen under faults.
+        link_delay_ms_max: millis(config.duration) / 2,
     });
     // Trace and fault times count from here.
     let origin = Instant::now();
@@ -332,16 +372,26 @@ async fn drive(
         }
     }
     let views = clients::views(&deployment, &plan, &record)?;
-    let violations = check(&plan.recipients(), &record.trace, &views);
+    let docs = clients::docs(&deployment, &plan, &record)?;
+    let mut violations = check(&plan.recipients(), &record.trace, &views);
+    violations.extend(check_convergence(&docs));
+    for (client, why) in &record.unlinked {
+        problems.push(format!(
+            "{} did not link its second device: {why}",
+            crate::history::client_name(*client)
+        ));
+    }
     let unexpected_exits = injector.unexpected_exits();
     Ok(Report::new(
         config,
         &plan,
         &record,
+        &docs,
         violations,
         injector.log.borrow().clone(),
         Timing {
             faults_ms,
+            faults_over_at_ms: millis(faults_started.duration_since(origin)) + faults_ms,
             healed_ms,
         },
         unexpected_exits,

@@ -7,7 +7,7 @@ use super::injector::FaultRecord;
 use super::netns::Partitions;
 use super::schedule::{Cut, Fault, FaultKind};
 use super::{Config, seconds};
-use crate::history::{Invariant, Violation, What};
+use crate::history::{DocView, Invariant, Violation, What};
 use crate::workload::Plan;
 
 /// How long the phases took.
@@ -15,8 +15,25 @@ use crate::workload::Plan;
 pub struct Timing {
     /// The fault phase, in ms.
     pub faults_ms: u64,
+    /// When the fault phase ended, in ms since the trace's origin.
+    pub faults_over_at_ms: u64,
     /// From the heal until the clients were done, in ms.
     pub healed_ms: u64,
+}
+
+/// The second devices users linked mid-run, and what I7 compared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecondDevices {
+    /// Users the plan has link a second device.
+    pub planned: usize,
+    /// Second devices that linked.
+    pub linked: usize,
+    /// Of those, the ones that linked before the fault phase ended.
+    pub linked_under_faults: usize,
+    /// Linked second devices that received everything they waited for.
+    pub complete: usize,
+    /// Chat documents of second devices compared with their first device's (I7).
+    pub documents_compared: usize,
 }
 
 /// The violations sorted into the report's counts.
@@ -30,6 +47,8 @@ pub struct Counts {
     pub out_of_order: usize,
     /// I8.
     pub undecryptable: usize,
+    /// I7: chats whose documents differ between the devices of an account.
+    pub diverged: usize,
     /// Every other invariant.
     pub other: usize,
 }
@@ -46,6 +65,7 @@ impl Counts {
                 Invariant::Idempotence => &mut counts.duplicated,
                 Invariant::Order | Invariant::SenderFifo => &mut counts.out_of_order,
                 Invariant::Decryptable => &mut counts.undecryptable,
+                Invariant::Convergence => &mut counts.diverged,
                 _ => &mut counts.other,
             };
             *count += 1;
@@ -55,7 +75,12 @@ impl Counts {
 
     /// All of them.
     pub fn total(&self) -> usize {
-        self.lost + self.duplicated + self.out_of_order + self.undecryptable + self.other
+        self.lost
+            + self.duplicated
+            + self.out_of_order
+            + self.undecryptable
+            + self.diverged
+            + self.other
     }
 }
 
@@ -75,6 +100,7 @@ pub struct Report {
     received: usize,
     given_up: usize,
     clients_complete: usize,
+    second_devices: SecondDevices,
     faults: Vec<FaultRecord>,
     counts: Counts,
     violations: Vec<Violation>,
@@ -91,6 +117,7 @@ impl Report {
         config: &Config,
         plan: &Plan,
         record: &Record,
+        docs: &[DocView],
         violations: Vec<Violation>,
         faults: Vec<FaultRecord>,
         timing: Timing,
@@ -121,6 +148,24 @@ impl Report {
                 .values()
                 .filter(|&&complete| complete)
                 .count(),
+            second_devices: SecondDevices {
+                planned: plan.clients.iter().filter(|client| client.linked).count(),
+                linked: record.progress.linked.len(),
+                linked_under_faults: record
+                    .trace
+                    .iter()
+                    .filter(|event| {
+                        matches!(event.what, What::Linked { .. })
+                            && event.at_ms <= timing.faults_over_at_ms
+                    })
+                    .count(),
+                complete: record
+                    .second_finished
+                    .values()
+                    .filter(|&&complete| complete)
+                    .count(),
+                documents_compared: docs.iter().filter(|doc| doc.device > 0).count(),
+            },
             faults,
             counts: Counts::of(&violations),
             violations,
@@ -132,13 +177,16 @@ impl Report {
         }
     }
 
-    /// Whether the run is clean: no violation, no crash, no client error, every client done.
+    /// Whether the run is clean: no violation, no crash, no client error, every client and
+    /// every planned second device linked and done.
     pub fn ok(&self) -> bool {
         self.counts.total() == 0
             && self.unexpected_exits.is_empty()
             && self.client_errors_total == 0
             && self.problems.is_empty()
             && self.clients_complete == self.clients
+            && self.second_devices.linked == self.second_devices.planned
+            && self.second_devices.complete == self.second_devices.linked
     }
 
     /// How many faults of `kind` hit a process of `role` (`region`, `edge`).
@@ -209,7 +257,13 @@ impl Report {
             "counts": {
                 "lost": self.counts.lost, "duplicated": self.counts.duplicated,
                 "out_of_order": self.counts.out_of_order, "undecryptable": self.counts.undecryptable,
-                "other": self.counts.other,
+                "diverged": self.counts.diverged, "other": self.counts.other,
+            },
+            "second_devices": {
+                "planned": self.second_devices.planned, "linked": self.second_devices.linked,
+                "linked_under_faults": self.second_devices.linked_under_faults,
+                "complete": self.second_devices.complete,
+                "documents_compared": self.second_devices.documents_compared,
             },
             "violations": violations,
             "unexpected_exits": self.unexpected_exits,
@@ -267,10 +321,21 @@ impl Report {
             ("duplicated", self.counts.duplicated),
             ("out of order", self.counts.out_of_order),
             ("undecryptable", self.counts.undecryptable),
+            ("diverged documents (I7)", self.counts.diverged),
             ("other", self.counts.other),
         ] {
             out.push_str(&format!("| {name} | {value} |\n"));
         }
+        out.push_str(&format!(
+            "\n| second devices (linked mid-run) | count |\n|---|--:|\n\
+             | planned | {} |\n| second devices linked | {} |\n| linked while faults ran | {} |\n\
+             | had everything | {} |\n| I7 documents compared | {} |\n",
+            self.second_devices.planned,
+            self.second_devices.linked,
+            self.second_devices.linked_under_faults,
+            self.second_devices.complete,
+            self.second_devices.documents_compared
+        ));
         out.push_str(&format!(
             "\nhealing: {} of {} clients had everything after {:.1} s\n",
             self.clients_complete,
@@ -323,6 +388,7 @@ mod tests {
             violation(Invariant::Order),
             violation(Invariant::SenderFifo),
             violation(Invariant::Decryptable),
+            violation(Invariant::Convergence),
         ]);
         assert_eq!(
             counts,
@@ -331,9 +397,10 @@ mod tests {
                 duplicated: 1,
                 out_of_order: 2,
                 undecryptable: 1,
+                diverged: 1,
                 other: 0,
             }
         );
-        assert_eq!(counts.total(), 6);
+        assert_eq!(counts.total(), 7);
     }
 }
