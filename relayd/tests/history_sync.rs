@@ -7,91 +7,16 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use support::{DEADLINE, Devnet, Person, eventually};
+use support::history::{Entry, files_holding, history, id_of, link, send};
+use support::{Devnet, Person, eventually};
 
 /// How long the devices get to converge: each round runs `relay sync` on every device.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(120);
 
-/// One message of `relay history`, as compared between devices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    id: String,
-    text: Option<String>,
-    edited: bool,
-    deleted: bool,
-    reactions: Vec<(String, String)>,
-}
-
 /// What the test expects of an entry: text, edited, deleted, reactions.
 type Shown<'a> = (Option<&'a str>, bool, bool, Vec<(&'a str, &'a str)>);
-
-fn history(person: &Person, peer: &str) -> Vec<Entry> {
-    person
-        .ok(&["history", peer])
-        .iter()
-        .filter(|line| line["event"] == "history")
-        .map(|line| Entry {
-            id: line["id"].as_str().expect("id").to_owned(),
-            text: line["text"].as_str().map(str::to_owned),
-            edited: line["edited"] == true,
-            deleted: line["deleted"] == true,
-            reactions: line["reactions"]
-                .as_array()
-                .expect("reactions")
-                .iter()
-                .map(|reaction| {
-                    (
-                        reaction["from"].as_str().unwrap_or_default().to_owned(),
-                        reaction["reaction"].as_str().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// The first 8 hex digits of the id of the message of `entries` whose text is `text`.
-fn id_of(entries: &[Entry], text: &str) -> String {
-    entries
-        .iter()
-        .find(|entry| entry.text.as_deref() == Some(text))
-        .unwrap_or_else(|| panic!("no message {text:?} in {entries:?}"))
-        .id[..8]
-        .to_owned()
-}
-
-fn send(person: &Person, peer: &str, text: &str) {
-    let lines = person.ok(&["send", peer, text]);
-    assert!(
-        lines
-            .iter()
-            .any(|line| line["event"] == "tick" && line["tick"] == "sent"),
-        "{text:?} did not reach sent: {lines:?}"
-    );
-}
-
-/// Links a new device of alice in `new` (binding `bind`) from `existing`.
-fn link(devnet: &Devnet, existing: &Person, new: &Person, bind: &str) {
-    let mut linking = existing.spawn(&["link", "--timeout", "120"]);
-    let pairing = linking.wait_for(DEADLINE, |line| line["event"] == "pairing_code");
-    let code = pairing["code"].as_str().expect("code").to_owned();
-    let mut accepting = new.spawn(&[
-        "link-accept",
-        &code,
-        "--locator",
-        &devnet.locator(),
-        "--bind",
-        bind,
-        "--ca",
-        &devnet.ca(),
-    ]);
-    accepting.wait_for(DEADLINE, |line| line["event"] == "linked");
-    assert!(accepting.child.wait().expect("link-accept ends").success());
-    assert!(linking.child.wait().expect("link ends").success());
-}
 
 /// Runs `relay sync` on every device, round after round, until each device's history of its
 /// chat passes `check` and alice's devices show the same history; returns bob's and alice's.
@@ -110,25 +35,6 @@ fn converge(
         (check(&bobs) && alices.iter().all(|entries| check(entries)) && same)
             .then(|| (bobs, alices[0].clone()))
     })
-}
-
-/// Every file under `root` whose bytes hold `needle`.
-fn files_holding(root: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut folders = vec![root.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).expect("read a folder") {
-            let path = entry.expect("an entry").path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|window| window == needle)
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[test]
