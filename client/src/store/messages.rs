@@ -193,12 +193,17 @@ impl Store {
     /// [`Store::sequenced_after`] returns are: short of the first outgoing message still
     /// waiting for its chat sequence.
     pub fn history_rows_settled(&self) -> Result<i64> {
-        let waiting: Option<i64> = self.connection.query_row(
-            "SELECT min(id) FROM messages WHERE outgoing = 1 AND chat_seq IS NULL
-             AND failed IS NULL AND text IS NOT NULL",
-            [],
-            |row| row.get(0),
-        )?;
+        // `ORDER BY id LIMIT 1` rather than `min(id)`: SQLite answers the latter by walking the
+        // table from its first row, the former from the partial index `messages_waiting`.
+        let waiting: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT id FROM messages WHERE outgoing = 1 AND chat_seq IS NULL
+                 AND failed IS NULL AND text IS NOT NULL ORDER BY id LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
         let last: Option<i64> =
             self.connection
                 .query_row("SELECT max(id) FROM messages", [], |row| row.get(0))?;

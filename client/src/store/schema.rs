@@ -10,7 +10,7 @@ use super::damaged;
 use crate::error::{ClientError, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -113,6 +113,18 @@ CREATE TABLE drafts (
 );
 ";
 
+/// Version 3: indexes for the history's catch-up with the store, which ran on every page and
+/// answer: the rows sequenced after the history's mark, and the first outgoing message still
+/// waiting for its chat sequence. Without them both scanned every message after the mark (all
+/// of them for the second), so a device with 10,000 messages composed spent most of its time
+/// there.
+const SCHEMA_V3: &str = "
+CREATE INDEX messages_sequenced ON messages (id)
+    WHERE chat_seq IS NOT NULL AND text IS NOT NULL;
+CREATE INDEX messages_waiting ON messages (id)
+    WHERE outgoing = 1 AND chat_seq IS NULL AND failed IS NULL AND text IS NOT NULL;
+";
+
 /// The tables of each schema version, to check an opened database holds them all.
 const TABLES_V1: [&str; 13] = [
     "identity",
@@ -135,6 +147,7 @@ const TABLES_V2: [&str; 1] = ["drafts"];
 pub(super) fn create(transaction: &Transaction<'_>) -> Result<()> {
     transaction.execute_batch(SCHEMA_V1)?;
     transaction.execute_batch(SCHEMA_V2)?;
+    transaction.execute_batch(SCHEMA_V3)?;
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -185,6 +198,9 @@ pub(super) fn migrate(transaction: &Transaction<'_>, version: i32) -> Result<()>
     if version < 2 {
         transaction.execute_batch(SCHEMA_V2)?;
     }
+    if version < 3 {
+        transaction.execute_batch(SCHEMA_V3)?;
+    }
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -193,6 +209,52 @@ pub(super) fn migrate(transaction: &Transaction<'_>, version: i32) -> Result<()>
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// A database of version 2 opens as the current version, with the history's indexes, and
+    /// the queries that need them use them.
+    #[test]
+    fn a_version_2_database_gains_the_history_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        {
+            let mut connection = Connection::open(&path).expect("open");
+            let transaction = connection.transaction().expect("transaction");
+            transaction.execute_batch(SCHEMA_V1).expect("v1");
+            transaction.execute_batch(SCHEMA_V2).expect("v2");
+            transaction
+                .pragma_update(None, "user_version", 2)
+                .expect("version");
+            transaction.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("opens");
+        let version: i32 = store
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let plan = |sql: &str| -> String {
+            let mut statement = store
+                .connection
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan");
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(3))
+                .expect("rows");
+            rows.map(|row| row.expect("row"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let sequenced = plan(
+            "SELECT id FROM messages WHERE id > 0 AND chat_seq IS NOT NULL AND text IS NOT NULL \
+             ORDER BY id",
+        );
+        assert!(sequenced.contains("messages_sequenced"), "{sequenced}");
+        let waiting = plan(
+            "SELECT id FROM messages WHERE outgoing = 1 AND chat_seq IS NULL AND failed IS NULL \
+             AND text IS NOT NULL ORDER BY id LIMIT 1",
+        );
+        assert!(waiting.contains("messages_waiting"), "{waiting}");
+    }
 
     #[test]
     fn damaged_databases_are_named_and_left_alone() {
