@@ -15,8 +15,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use relay_client::{Device, Mode, OpenOptions};
 use serde_json::Value;
+use support::history::send_many;
 use support::{DEADLINE, Devnet, Person, eventually};
 
 /// How long the devices get to converge after the link (each round runs `relay sync`).
@@ -53,41 +53,10 @@ fn phone_messages(count: usize) -> usize {
 /// devices' documents key messages by the chat sequence the device saw; concurrent senders in
 /// two regions get different numbers, which the history does not reconcile yet.)
 fn fill(phone: &Person, bob: &Person, count: usize) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let options = || OpenOptions {
-            mode: Mode::Live,
-            ..OpenOptions::default()
-        };
-        let phone_part = phone_messages(count);
-        for (person, peer, indexes) in [
-            (phone, "bob", 0..phone_part),
-            (bob, "alice", phone_part..count),
-        ] {
-            let (device, _events) = Device::open(&person.data, options()).expect("opens");
-            let started = Instant::now();
-            // All in flight at once: the history's documents once lost own messages still
-            // waiting for their chat sequences while later rows were appended.
-            for index in indexes {
-                device
-                    .send(peer, &text_of(index, count))
-                    .await
-                    .expect("queued");
-            }
-            while device.pending_count().await.expect("the outbox") > 0 {
-                assert!(
-                    started.elapsed() < FILL_DEADLINE,
-                    "the history was not sent"
-                );
-                device.flush(Duration::from_secs(5)).await.expect("flush");
-            }
-            device.close().await.expect("the device closes");
-        }
-    });
+    let texts: Vec<String> = (0..count).map(|index| text_of(index, count)).collect();
+    let (phones, bobs) = texts.split_at(phone_messages(count));
+    send_many(phone, "bob", phones, FILL_DEADLINE);
+    send_many(bob, "alice", bobs, FILL_DEADLINE);
 }
 
 /// The texts of `relay history PEER` on `person`, in order.
