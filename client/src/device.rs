@@ -207,6 +207,7 @@ enum Command {
     Connect(Reply<()>),
     StillPending(Option<ClientMessageId>, Reply<Vec<StillPending>>),
     PendingCount(Reply<usize>),
+    HistoryInSync(Reply<bool>),
     MessageState(ClientMessageId, Reply<MessageState>),
     History(String, Reply<Vec<Event>>),
     RolledBack(Reply<Option<String>>),
@@ -434,6 +435,14 @@ impl Device {
     /// Entries in the outbox and drafts.
     pub async fn pending_count(&self) -> Result<usize> {
         self.call(Command::PendingCount).await
+    }
+
+    /// Whether the account's other devices hold this device's chat documents (edits,
+    /// deletions, reactions, read marks), as far as this device has heard from them: true once
+    /// they answered its latest change, false again after its next one (see
+    /// [`relay_sync::Replica::in_sync_with`]). With no other device, true.
+    pub async fn history_in_sync(&self) -> Result<bool> {
+        self.call(Command::HistoryInSync).await
     }
 
     /// Where message `id` of this device stands, read from the store (another process on the
@@ -1115,6 +1124,9 @@ impl Actor {
             }
             Command::PendingCount(reply) => {
                 let _ = reply.send(self.core.pending_count());
+            }
+            Command::HistoryInSync(reply) => {
+                let _ = reply.send(self.core.history_in_sync());
             }
             Command::MessageState(id, reply) => {
                 let _ = reply.send(self.core.message_state(id));

@@ -21,14 +21,18 @@ pub enum PlantedBug {
     /// A device applies a delivered receipt even when the message is already read, moving its
     /// tick backwards (breaks I6 receipts move forward).
     ReceiptMovesBackwards,
+    /// A device's history shows only its own read mark of a chat, not the marks its other
+    /// devices synced to it (breaks I7 convergence once a device of a linked account reads).
+    ReadMarksStayLocal,
 }
 
 impl PlantedBug {
     /// Every plantable bug.
-    pub const ALL: [PlantedBug; 3] = [
+    pub const ALL: [PlantedBug; 4] = [
         PlantedBug::SkipSenderSeqCheck,
         PlantedBug::AckBeforeCommit,
         PlantedBug::ReceiptMovesBackwards,
+        PlantedBug::ReadMarksStayLocal,
     ];
 
     /// The bug's name on the command line (`relayd sim --plant <name>`).
@@ -37,6 +41,7 @@ impl PlantedBug {
             PlantedBug::SkipSenderSeqCheck => "skip-sender-seq-check",
             PlantedBug::AckBeforeCommit => "ack-before-commit",
             PlantedBug::ReceiptMovesBackwards => "receipt-moves-backwards",
+            PlantedBug::ReadMarksStayLocal => "read-marks-stay-local",
         }
     }
 

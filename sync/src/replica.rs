@@ -655,6 +655,46 @@ impl Replica {
         peer.cursor = None;
     }
 
+    /// Whether `peer` holds what this replica holds, as far as this replica knows: for every
+    /// epoch it holds, the peer last announced exactly the same heads, nothing for the peer
+    /// waits to go out, and no generation is still arriving. Both sides true means equal
+    /// documents; what either changes afterwards makes it false until the peer answers.
+    pub fn in_sync_with(&mut self, peer: DeviceAddress) -> bool {
+        let Some(state) = self.peers.get(&peer) else {
+            return false;
+        };
+        if !state.outgoing.is_empty() {
+            return false;
+        }
+        for (chat, slots) in &mut self.chats {
+            for (number, slot) in slots {
+                if !slot.incoming.is_empty() {
+                    return false;
+                }
+                let Some(active) = slot.active.as_mut() else {
+                    continue;
+                };
+                let key = EpochKey {
+                    chat: *chat,
+                    epoch: *number,
+                    generation: active.id(),
+                };
+                let Some(theirs) = state.states.get(&key).and_then(|s| s.their_heads.as_ref())
+                else {
+                    return false;
+                };
+                let mut ours = active.heads();
+                let mut theirs: Vec<[u8; 32]> = theirs.iter().map(|hash| hash.0).collect();
+                ours.sort_unstable();
+                theirs.sort_unstable();
+                if ours != theirs {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Applies a sync message from `peer`. Bytes that do not decode are refused whole with
     /// [`SyncError::Malformed`], and nothing is applied.
     pub fn receive_message(

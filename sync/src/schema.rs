@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, AutomergeError, ObjId, ROOT, ReadDoc, ScalarValue, Value};
+use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 
 use crate::hlc::{HLC_BYTES, Hlc};
@@ -412,6 +413,11 @@ pub(crate) fn read_state(doc: &AutoCommit) -> EpochState {
                 }
             }
             Key::ReadMark(device) => {
+                if relay_planted::is_planted(PlantedBug::ReadMarksStayLocal)
+                    && !written_by(doc.get_actor(), device)
+                {
+                    continue;
+                }
                 if let Some(mark) = resolve_mark(&conflicting(doc, &key, &winner, item.conflict)) {
                     state.read_marks.insert(device, mark);
                 }
@@ -464,6 +470,13 @@ pub(crate) fn read_message(doc: &AutoCommit, chat_seq: u64) -> Option<MessageSta
         }
     }
     partial.finish()
+}
+
+/// Whether `actor` is one of `device`'s (a device actor is `d`, the account, the device, then
+/// the session). Only the planted [`PlantedBug::ReadMarksStayLocal`] asks.
+fn written_by(actor: &ActorId, device: DeviceAddress) -> bool {
+    let bytes = actor.to_bytes();
+    bytes.first() == Some(&b'd') && bytes.get(1..13) == Some(&device_bytes(device)[..])
 }
 
 /// A device's read watermark in this document.

@@ -388,3 +388,61 @@ proptest! {
         prop_assert_eq!(replicas[0].view(CHAT).messages.len(), 21);
     }
 }
+
+/// Two devices of the sending account edit one message while apart: after a sync both show
+/// the later edit by hybrid logical clock, whichever device wrote it.
+#[test]
+fn concurrent_edits_of_two_own_devices_converge_on_the_later_one() {
+    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
+    let first = text_of(1);
+    for replica in replicas.iter_mut() {
+        replica
+            .append(CHAT, &message(1, own(1), &first))
+            .expect("append");
+    }
+    let earlier = replicas[0].tick(1_000);
+    let later = replicas[1].tick(2_000);
+    replicas[0].edit(CHAT, 1, "earlier", earlier).expect("edit");
+    replicas[1].edit(CHAT, 1, "later", later).expect("edit");
+    exchange_all(&mut replicas, None);
+    for replica in &replicas {
+        assert_eq!(
+            replica.view(CHAT).messages[0].text.as_deref(),
+            Some("later")
+        );
+    }
+}
+
+/// A replica knows when its peer holds what it holds: not before they have exchanged, yes
+/// after, and no again after either side changes something, until they exchange again.
+#[test]
+fn a_replica_knows_when_its_peer_holds_the_same_documents() {
+    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
+    let first = text_of(1);
+    for replica in replicas.iter_mut() {
+        replica
+            .append(CHAT, &message(1, own(1), &first))
+            .expect("append");
+    }
+    let (one, two) = (own(1), own(2));
+    assert!(!replicas[0].in_sync_with(two), "nothing heard from it yet");
+    exchange_all(&mut replicas, None);
+    assert!(replicas[0].in_sync_with(two));
+    assert!(replicas[1].in_sync_with(one));
+    assert!(!replicas[0].in_sync_with(own(3)), "an unknown device");
+
+    let at = replicas[1].tick(5_000);
+    replicas[1].edit(CHAT, 1, "changed", at).expect("edit");
+    assert!(!replicas[1].in_sync_with(one), "its change is not out yet");
+    // The edit goes out; until the answer comes back, the editor does not know it arrived.
+    let bytes = replicas[1].generate_message(one).expect("the edit");
+    assert!(!replicas[1].in_sync_with(one));
+    replicas[0].receive_message(two, &bytes).expect("applies");
+    exchange_all(&mut replicas, None);
+    assert!(replicas[0].in_sync_with(two));
+    assert!(replicas[1].in_sync_with(one));
+    assert_eq!(
+        replicas[0].view(CHAT).messages[0].text.as_deref(),
+        Some("changed")
+    );
+}

@@ -152,6 +152,17 @@ impl Core {
         Ok(())
     }
 
+    /// Whether every other own device holds this device's documents as far as it has heard
+    /// (see [`relay_sync::Replica::in_sync_with`]); false while a snapshot is awaited.
+    pub fn history_in_sync(&mut self) -> Result<bool> {
+        if self.bootstrapping() {
+            return Ok(false);
+        }
+        let peers = self.own_peers()?;
+        let replica = self.history.replica_mut();
+        Ok(peers.into_iter().all(|peer| replica.in_sync_with(peer)))
+    }
+
     /// Appends this device's message `id`, just given its chat sequence, to the documents.
     pub(super) fn history_sent(&mut self) -> Result<()> {
         self.apply_to_history(&[])
