@@ -507,7 +507,7 @@ impl Simulation {
             .map_err(|_| failed("the clients' record is still shared".into()))?;
         let planned = plan.recipients();
         let mut violations = history::check(&planned, &trace, &views);
-        violations.extend(history::check_convergence(&docs));
+        violations.extend(history::check_convergence(&planned, &trace, &docs));
         for (region, disk) in &disks {
             let mut stored = Vec::new();
             disk.for_each_latest(|key, value| stored.push((key.to_vec(), value.to_vec())));

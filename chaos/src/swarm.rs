@@ -11,7 +11,7 @@ use std::time::Duration;
 use relay_planted::PlantedBug;
 
 use crate::faults::FaultKind;
-use crate::history::{Invariant, LIVENESS_BOUND_MS, Violation, What};
+use crate::history::{Change, Invariant, LIVENESS_BOUND_MS, Violation, What};
 use crate::simulation::{Report, Simulation};
 
 /// A sweep to run.
@@ -57,9 +57,13 @@ pub struct SwarmSummary {
     pub faults: BTreeMap<FaultKind, u64>,
     /// Messages the workloads planned, acknowledged and received.
     pub messages: (u64, u64, u64),
-    /// Second devices linked, changes (edits, reactions) the devices of linked clients made, and
-    /// documents of second devices I7 compared with their first devices'.
-    pub linked: (u64, u64, u64),
+    /// Second devices linked, changes the devices of linked clients made (edits, deletions for
+    /// everyone, reactions), and documents of second devices I7 compared with their first
+    /// devices'.
+    pub linked: (u64, [u64; 3], u64),
+    /// Linked clients whose devices never both said their documents were in sync (the run
+    /// went on after waiting; I7 compared the documents as they were).
+    pub sync_unconfirmed: u64,
     /// The slowest delivery after a heal seen in any run, in simulated ms.
     pub slowest_delivery_ms: u64,
     /// Commits the regions' disks failed, summed over the runs.
@@ -88,10 +92,18 @@ impl SwarmSummary {
             "messages planned / acked / received",
             format!("{planned} / {acked} / {received}"),
         );
-        let (linked, changes, compared) = summary.linked;
+        let (linked, [edits, deletions, reactions], compared) = summary.linked;
         line(
-            "second devices / changes / docs (I7)",
-            format!("{linked} / {changes} / {compared}"),
+            "second devices / docs (I7)",
+            format!("{linked} / {compared}"),
+        );
+        line(
+            "edits / deletions / reactions",
+            format!("{edits} / {deletions} / {reactions}"),
+        );
+        line(
+            "accounts never confirmed in sync",
+            summary.sync_unconfirmed.to_string(),
         );
         line(
             "slowest delivery after a heal",
@@ -176,8 +188,11 @@ impl SwarmSummary {
             },
             "linked": {
                 "second_devices": summary.linked.0,
-                "changes": summary.linked.1,
+                "edits": summary.linked.1[0],
+                "deletions": summary.linked.1[1],
+                "reactions": summary.linked.1[2],
                 "documents_compared": summary.linked.2,
+                "sync_unconfirmed": summary.sync_unconfirmed,
             },
             "slowest_delivery_ms": summary.slowest_delivery_ms,
             "faults": faults,
@@ -215,9 +230,17 @@ impl SwarmSummary {
         self.messages.1 += report.acknowledged() as u64;
         self.messages.2 += report.received() as u64;
         for event in &report.trace {
-            match event.what {
+            match &event.what {
                 What::Linked { .. } => self.linked.0 += 1,
-                What::Changed { .. } => self.linked.1 += 1,
+                What::SyncUnconfirmed { .. } => self.sync_unconfirmed += 1,
+                What::Changed { change, .. } => {
+                    let kind = match change {
+                        Change::Edit => 0,
+                        Change::Delete => 1,
+                        Change::React(_) => 2,
+                    };
+                    self.linked.1[kind] += 1;
+                }
                 _ => {}
             }
         }

@@ -45,7 +45,7 @@ use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 
 use crate::faults::NetFaults;
 use crate::history::{
-    ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
+    Change, ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
     client_number, device_name,
 };
 use crate::net::{PacketLog, SimSockets};
@@ -75,9 +75,21 @@ pub const LINK_RETRY_MS: u64 = 250;
 /// Edits and reactions each device of a linked client makes at most.
 pub const CHANGES_PER_DEVICE_MAX: u32 = 3;
 /// Chance, in percent, that a device of a linked client makes a change after one of its syncs.
-pub const CHANGE_PERCENT: u32 = 25;
+pub const CHANGE_PERCENT: u32 = 40;
+/// Of the changes a device makes to its account's own messages, the share (in percent) that
+/// are edits and deletions for everyone; the rest are reactions.
+pub const OWN_CHANGE_EDIT_PERCENT: u32 = 35;
+/// See [`OWN_CHANGE_EDIT_PERCENT`].
+pub const OWN_CHANGE_DELETE_PERCENT: u32 = 35;
+/// How long, in simulated ms, the first device of a linked client waits once everything else
+/// is settled for both of its devices to say their documents are in sync
+/// ([`Device::history_in_sync`]) before it stops anyway; the trace notes it
+/// ([`What::SyncUnconfirmed`]) and I7 compares the documents as they are.
+pub const SYNC_CONFIRM_WAIT_MS: u64 = 10_000;
 /// Longest a second device pauses its syncing (offline while the first device acts), in ms.
 pub const LINKED_PAUSE_MS_MAX: u64 = 3_000;
+const _: () = assert!(OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT <= 100);
+
 /// The reactions the workload draws from.
 pub const REACTIONS: [&str; 3] = ["👍", "❤️", "😂"];
 /// The folder of a client's second device is its first device's with this suffix.
@@ -259,6 +271,10 @@ pub struct Progress {
     pub finished: BTreeSet<u32>,
     /// Clients whose second device has made its last change and sent it.
     pub second_done: BTreeSet<u32>,
+    /// For each linked client, the message its second device named as it went offline, which
+    /// both of its devices edit while apart (see `name_contested`), and whether the first and
+    /// the second device have.
+    pub contested: BTreeMap<u32, (MessageRef, bool, bool)>,
     /// Devices (client, device) that have made every send planned for them.
     pub done_sending: BTreeSet<(u32, u32)>,
     /// Messages that entered an outbox (so they will be delivered unless given up).
@@ -270,6 +286,20 @@ pub struct Progress {
     /// For each client that linked its second device after messages were queued, those
     /// messages: the linked device need not receive them (its history bootstrap brings them).
     pub queued_before_link: BTreeMap<u32, BTreeSet<MessageRef>>,
+    /// Changes (edits, deletions, reactions) each device (client, device) has made.
+    pub changes_made: BTreeMap<(u32, u32), u64>,
+    /// For each device that has made changes, how many it had made at the first sync after its
+    /// latest change that ended with an empty outbox (so they were all in their recipients'
+    /// queues), and that sync's number in [`Progress::syncs`].
+    pub changes_flushed: BTreeMap<(u32, u32), (u64, u64)>,
+    /// Syncs finished by every device, counted: orders syncs across devices.
+    pub syncs: u64,
+    /// Devices (client, device) of linked clients whose history was in sync with the account's
+    /// other device after their latest sync ([`Device::history_in_sync`]).
+    pub in_sync: BTreeSet<(u32, u32)>,
+    /// Linked clients whose first device stopped without both devices saying they were in
+    /// sync ([`SYNC_CONFIRM_WAIT_MS`]).
+    pub unconfirmed: BTreeSet<u32>,
 }
 
 impl Progress {
@@ -277,6 +307,48 @@ impl Progress {
     pub fn sent_all(&self, client: u32) -> bool {
         self.done_sending.contains(&(client, 0))
             && (!self.linked.contains(&client) || self.done_sending.contains(&(client, 1)))
+    }
+
+    /// Whether the device of `observer` (of client `me`) has fetched every change its peers'
+    /// devices made: each such device has sent all of its changes (a sync of it ended with an
+    /// empty outbox after its last change), and this device's latest sync started after that
+    /// (its previous one ended later). A change does not say it arrived when it is superseded,
+    /// so this waits on the queues instead.
+    pub fn peers_changes_fetched(&self, me: u32, everyone: &Plan, observer: &Observer) -> bool {
+        let peers = everyone.peers_of(me);
+        self.changes_made
+            .iter()
+            .filter(|((client, _), _)| peers.contains(client))
+            .all(|(changer, &made)| {
+                self.changes_flushed
+                    .get(changer)
+                    .is_some_and(|&(flushed, at)| flushed == made && observer.syncs.0 > at)
+            })
+    }
+
+    /// Whether both devices of linked client `client` said after their latest sync that the
+    /// other holds their documents: their documents are equal (I7), unless one changed since.
+    pub fn account_in_sync(&self, client: u32) -> bool {
+        !self.linked.contains(&client)
+            || (self.in_sync.contains(&(client, 0)) && self.in_sync.contains(&(client, 1)))
+    }
+
+    /// Records that device `device` of client `me` finished a sync with `pending` entries left
+    /// in its outbox (see [`Progress::changes_flushed`]).
+    fn synced(&mut self, me: u32, device: u32, pending: usize, observer: &mut Observer) {
+        self.syncs += 1;
+        observer.syncs = (observer.syncs.1, self.syncs);
+        // The first such sync after the device's latest change: later ones send nothing new.
+        if pending == 0
+            && let Some(&made) = self.changes_made.get(&(me, device))
+            && self
+                .changes_flushed
+                .get(&(me, device))
+                .is_none_or(|&(flushed, _)| flushed != made)
+        {
+            self.changes_flushed
+                .insert((me, device), (made, self.syncs));
+        }
     }
 
     /// Records that client `client` linked its second device now: the messages queued so far
@@ -288,15 +360,29 @@ impl Progress {
         }
     }
 
-    /// Whether device `device` of client `me` can stop: everyone has sent, its outbox is empty,
-    /// and every message queued for its account (and not given up) has arrived on it (on a
-    /// linked device, every one queued since the link).
+    /// Whether device `device` of client `me` can stop: everyone has sent and made their last
+    /// change, its outbox is empty, every message queued for its account (and not given up) has
+    /// arrived on it (on a linked device, every one queued since the link), and so has every
+    /// change its peers' devices made ([`Progress::peers_changes_fetched`]).
     pub fn settled(&self, me: u32, device: u32, everyone: &Plan, observer: &Observer) -> bool {
         let everyone_sent = everyone
             .clients
             .iter()
             .all(|plan| self.sent_all(plan.client));
-        if !everyone_sent || observer.pending != Some(0) {
+        // A second device changes nothing after `second_done`, a first one nothing after its
+        // sends but its edit of the contested message.
+        let changes_over = self.linked.iter().all(|client| {
+            self.second_done.contains(client)
+                && self
+                    .contested
+                    .get(client)
+                    .is_none_or(|&(_, first, _)| first)
+        });
+        if !everyone_sent
+            || !changes_over
+            || observer.pending != Some(0)
+            || !self.peers_changes_fetched(me, everyone, observer)
+        {
             return false;
         }
         let received = self.received.get(&(me, device));
@@ -401,6 +487,9 @@ pub struct Observer {
     pub unread: BTreeSet<u32>,
     /// Messages this device can change: (peer, message id, the message, sent by this account).
     pub changeable: Vec<(u32, String, MessageRef, bool)>,
+    /// The numbers ([`Progress::syncs`]) of this device's two latest finished syncs, the
+    /// earlier first.
+    pub syncs: (u64, u64),
 }
 
 impl Observer {
@@ -505,6 +594,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
                     &mut changes_left,
                 )
                 .await?;
+                edit_contested(&setup, 0, &mut client, &local, false).await?;
             }
         }
     }
@@ -515,21 +605,47 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         .done_sending
         .insert((me, 0));
 
+    // When everything but the documents' sync was settled (see SYNC_CONFIRM_WAIT_MS).
+    let mut settled_since = None;
     let complete = loop {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
             client = restart(&setup, client, &open).await?;
         }
+        // Before the sync, which sends it (the others wait for it: `Progress::settled`).
+        if linked {
+            edit_contested(&setup, 0, &mut client, &local, false).await?;
+        }
         // The second device's last changes are in before this sync fetches them.
         let second_done = !linked || setup.shared.borrow().progress.second_done.contains(&me);
-        tolerate(client.sync().await)?;
+        // Before the sync, which sends the documents' new read mark to the second device.
         read_some(&setup, &mut client, &local, &mut reads).await?;
-        if second_done
-            && setup
-                .shared
-                .borrow()
-                .progress
-                .settled(me, 0, &setup.everyone, &local.borrow())
+        // A sync that fails says nothing: what it left pending is not known.
+        local.borrow_mut().pending = None;
+        tolerate(client.sync().await)?;
+        if linked {
+            note_in_sync(&setup, 0, &mut client).await?;
+        }
+        let (settled, in_sync) = match second_done {
+            true => {
+                let progress = &setup.shared.borrow().progress;
+                (
+                    progress.settled(me, 0, &setup.everyone, &local.borrow()),
+                    progress.account_in_sync(me),
+                )
+            }
+            false => (false, false),
+        };
+        if settled && in_sync {
+            break true;
+        }
+        if !settled {
+            settled_since = None;
+        } else if sim_elapsed_ms() - *settled_since.get_or_insert(sim_elapsed_ms())
+            >= SYNC_CONFIRM_WAIT_MS
         {
+            let mut shared = setup.shared.borrow_mut();
+            shared.record(What::SyncUnconfirmed { client: me });
+            shared.progress.unconfirmed.insert(me);
             break true;
         }
         if past(setup.deadline_ms) {
@@ -680,6 +796,17 @@ impl App {
             .map(|_| ())
     }
 
+    /// `relay delete PEER MESSAGE --everyone`.
+    pub async fn delete(&mut self, peer: &str, message: &str) -> Result<(), ClientError> {
+        self.events
+            .drive(
+                self.device.delete_for_everyone(peer, message),
+                &mut *self.sink,
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// `relay react PEER MESSAGE REACTION`.
     pub async fn react(
         &mut self,
@@ -691,6 +818,13 @@ impl App {
             .drive(self.device.react(peer, message, reaction), &mut *self.sink)
             .await
             .map(|_| ())
+    }
+
+    /// Whether the account's other devices hold this one's documents, as far as it knows.
+    pub async fn history_in_sync(&mut self) -> Result<bool, ClientError> {
+        self.events
+            .drive(self.device.history_in_sync(), &mut *self.sink)
+            .await
     }
 
     /// `relay read PEER`.
@@ -839,8 +973,8 @@ fn retryable(error: ClientError) -> Result<(), ClientError> {
 }
 
 /// Maybe (by [`CHANGE_PERCENT`], while it has changes left) changes one message device `device`
-/// of the client saw: edits it if the account sent it and the draw says so, else reacts to it.
-/// A message the documents do not hold yet is left alone.
+/// of the client saw: edits it or deletes it for everyone if the account sent it and the draw
+/// says so, else reacts to it. A message the documents do not hold yet is left alone.
 async fn change_some(
     setup: &ClientSetup,
     device: u32,
@@ -855,30 +989,125 @@ async fn change_some(
     }
     let (peer, id, message, own) =
         local.borrow().changeable[rng.random_range(0..candidates)].clone();
-    let me = setup.plan.client;
-    let edit = own && rng.random_bool(0.5);
+    let draw = rng.random_range(0..100);
     let reaction = REACTIONS[rng.random_range(0..REACTIONS.len())];
-    let changed = match edit {
-        true => {
+    let change = match own {
+        true if draw < OWN_CHANGE_EDIT_PERCENT => Change::Edit,
+        true if draw < OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT => Change::Delete,
+        _ => Change::React(reaction.to_owned()),
+    };
+    if make_change(setup, device, app, (peer, &id, message), change).await? {
+        *changes_left -= 1;
+    }
+    Ok(())
+}
+
+/// Device `device` of the client makes `change` to `message` (its id `id` in the chat with
+/// `peer`) and records it; whether it was made (a message deleted meanwhile is refused).
+async fn make_change(
+    setup: &ClientSetup,
+    device: u32,
+    app: &mut App,
+    (peer, id, message): (u32, &str, MessageRef),
+    change: Change,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let me = setup.plan.client;
+    let peer = client_name(peer);
+    let changed = match &change {
+        Change::Edit => {
             let text = message.edited_text(&device_name(me, device));
-            app.edit(&client_name(peer), &id, &text).await
+            app.edit(&peer, id, &text).await
         }
-        false => app.react(&client_name(peer), &id, reaction).await,
+        Change::Delete => app.delete(&peer, id).await,
+        Change::React(reaction) => app.react(&peer, id, reaction).await,
     };
     match changed {
         Ok(()) => {
-            *changes_left -= 1;
-            setup.shared.borrow_mut().record(What::Changed {
+            let mut shared = setup.shared.borrow_mut();
+            *shared
+                .progress
+                .changes_made
+                .entry((me, device))
+                .or_default() += 1;
+            shared.record(What::Changed {
                 client: me,
                 device,
                 message,
-                edit,
+                change,
             });
-            Ok(())
+            Ok(true)
         }
-        Err(ClientError::Invalid(_)) => Ok(()),
-        Err(error) => tolerate(Err(error)),
+        Err(ClientError::Invalid(_)) => Ok(false),
+        Err(error) => tolerate(Err(error)).map(|()| false),
     }
+}
+
+/// The second device of a linked client, going offline: names one of its account's messages as
+/// contested (the first it can change), for the first device to edit while this one is away
+/// ([`edit_contested`]) and this one to edit as it comes back, before it fetches the first
+/// device's edit ([`edit_contested_back`]): two concurrent edits, of which the later one by
+/// hybrid logical clock must win on both devices. Once per run.
+fn name_contested(setup: &ClientSetup, local: &Rc<RefCell<Observer>>) {
+    let me = setup.plan.client;
+    if setup.shared.borrow().progress.contested.contains_key(&me) {
+        return;
+    }
+    let own = local
+        .borrow()
+        .changeable
+        .iter()
+        .find(|(_, _, _, own)| *own)
+        .map(|(_, _, message, _)| *message);
+    if let Some(message) = own {
+        setup
+            .shared
+            .borrow_mut()
+            .progress
+            .contested
+            .insert(me, (message, false, false));
+    }
+}
+
+/// Device `device` (0 the first, 1 the linked one) of a linked client edits the contested
+/// message ([`name_contested`]) if it has not yet and knows the message; the second device only
+/// once the first has (or `now` says it cannot wait longer).
+async fn edit_contested(
+    setup: &ClientSetup,
+    device: u32,
+    app: &mut App,
+    local: &Rc<RefCell<Observer>>,
+    now: bool,
+) -> turmoil::Result {
+    let me = setup.plan.client;
+    let Some((message, first, second)) = setup.shared.borrow().progress.contested.get(&me).copied()
+    else {
+        return Ok(());
+    };
+    let due = match device {
+        0 => !first,
+        _ => !second && (first || now),
+    };
+    if !due {
+        return Ok(());
+    }
+    let known = local
+        .borrow()
+        .changeable
+        .iter()
+        .find(|(_, _, known, _)| *known == message)
+        .cloned();
+    let Some((peer, id, _, _)) = known else {
+        return Ok(());
+    };
+    // Made or refused (deleted meanwhile), it is done.
+    make_change(setup, device, app, (peer, &id, message), Change::Edit).await?;
+    if let Some(contested) = setup.shared.borrow_mut().progress.contested.get_mut(&me) {
+        match device {
+            0 => contested.1 = true,
+            _ => contested.2 = true,
+        }
+    }
+    Ok(())
 }
 
 /// The folder of client `data_dir`'s second device.
@@ -888,10 +1117,52 @@ pub fn linked_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Notes whether device `device` of a linked client holds the same documents as the other,
+/// as far as it knows after its latest sync (its documents keep changing until both do).
+async fn note_in_sync(setup: &ClientSetup, device: u32, app: &mut App) -> turmoil::Result {
+    let me = setup.plan.client;
+    let in_sync = match app.history_in_sync().await {
+        Ok(in_sync) => in_sync,
+        Err(error) => {
+            tolerate(Err(error))?;
+            false
+        }
+    };
+    let mut shared = setup.shared.borrow_mut();
+    match in_sync {
+        true => shared.progress.in_sync.insert((me, device)),
+        false => shared.progress.in_sync.remove(&(me, device)),
+    };
+    Ok(())
+}
+
+/// The second device of a linked client goes offline until `until_ms` (simulated): the app
+/// is closed and opened again on its store, and makes no send or sync meanwhile (it connects
+/// only for those). It names the contested message ([`name_contested`]) and edits it once the
+/// first device has (or as it comes back), before it fetches that edit: two concurrent edits.
+async fn go_offline(
+    setup: &ClientSetup,
+    device: App,
+    open: &impl Fn() -> Result<App, ClientError>,
+    local: &Rc<RefCell<Observer>>,
+    until_ms: u64,
+) -> Result<App, Box<dyn std::error::Error>> {
+    device.close().await;
+    let mut device = open()?;
+    name_contested(setup, local);
+    while sim_elapsed_ms() < until_ms && !past(setup.deadline_ms) {
+        edit_contested(setup, 1, &mut device, local, false).await?;
+        tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
+    }
+    edit_contested(setup, 1, &mut device, local, true).await?;
+    Ok(device)
+}
+
 /// Runs a client's second device: it sends its share of the client's planned messages (each
 /// after its pause, some followed by a sync) and, while the account's devices send, makes a few
-/// changes (edits of the account's messages, reactions) and pauses its syncing once for a drawn
-/// period (offline while the first device acts); it says it is done changing after a sync that
+/// changes (edits and deletions of the account's messages, reactions) and goes offline once for
+/// a drawn period ([`go_offline`], where it edits a message the first device edits too); it
+/// says it is done changing after a sync that
 /// found its outbox empty, then syncs until the first device has finished and it is settled
 /// itself (everything meant for the account arrived on it, its outbox is empty), or the time
 /// limit passes. It records what it sends and receives, and at the end its views and documents.
@@ -902,10 +1173,11 @@ async fn follow_account(
 ) -> turmoil::Result {
     let me = setup.plan.client;
     let local = Rc::new(RefCell::new(Observer::default()));
-    let sink = {
+    let incarnations = std::cell::Cell::new(0u64);
+    let open = || {
         let shared = setup.shared.clone();
         let local = local.clone();
-        Box::new(move |event: Event| {
+        let sink = Box::new(move |event: Event| {
             observe(
                 me,
                 1,
@@ -913,22 +1185,38 @@ async fn follow_account(
                 &mut local.borrow_mut(),
                 &mut *shared.borrow_mut(),
             )
-        })
+        });
+        // A reopened app draws fresh randomness (ids, the documents' session), as `run_client`'s.
+        let incarnation = incarnations.get() + 1;
+        incarnations.set(incarnation);
+        let mut environment = environment.clone();
+        environment.rng_seed = Some(seed::derive(
+            setup.seed,
+            "linked-run",
+            u64::from(me) << 32 | incarnation,
+        ));
+        App::open(environment, &data_dir, sink)
     };
-    let mut device = App::open(environment, &data_dir, sink)?;
+    let mut device = open()?;
     let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "linked-changes", me.into()));
     let mut changes_left = CHANGES_PER_DEVICE_MAX;
     let pause_from = sim_elapsed_ms() + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
     let pause_until = pause_from + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
-    let paused = || (pause_from..pause_until).contains(&sim_elapsed_ms());
+    // Offline once, from the first action due after `pause_from`, while it still changes.
+    let mut offline_done = false;
+    let due_offline = |offline_done: bool| !offline_done && sim_elapsed_ms() >= pause_from;
     wait_for_everyone(&setup).await;
     for send in setup.plan.sends.iter().filter(|send| send.device == 1) {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if past(setup.deadline_ms) {
             break;
         }
+        if due_offline(offline_done) {
+            device = go_offline(&setup, device, &open, &local, pause_until).await?;
+            offline_done = true;
+        }
         send_planned(&setup, 1, &mut device, &local, send).await?;
-        if send.sync_after && !paused() {
+        if send.sync_after {
             tolerate(device.sync().await)?;
             change_some(
                 &setup,
@@ -967,24 +1255,25 @@ async fn follow_account(
             )
             .await?;
         }
-        if paused() {
-            tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
-            continue;
+        // Its edits must reach the first device, which stops after second_done.
+        if !done_changing && due_offline(offline_done) {
+            device = go_offline(&setup, device, &open, &local, pause_until).await?;
+            offline_done = true;
         }
         local.borrow_mut().pending = None;
         let synced = device.sync().await;
         let clean = synced.is_ok() && local.borrow().pending == Some(0);
         tolerate(synced)?;
+        note_in_sync(&setup, 1, &mut device).await?;
         if !done_changing && ((sent_all && clean) || past(setup.deadline_ms)) {
             done_changing = true;
             setup.shared.borrow_mut().progress.second_done.insert(me);
         }
-        let settled = clean
-            && setup
-                .shared
-                .borrow()
-                .progress
-                .settled(me, 1, &setup.everyone, &local.borrow());
+        let settled = clean && {
+            let progress = &setup.shared.borrow().progress;
+            progress.settled(me, 1, &setup.everyone, &local.borrow())
+                && (progress.in_sync.contains(&(me, 1)) || progress.unconfirmed.contains(&me))
+        };
         if (first_finished && settled) || past(setup.deadline_ms) {
             break;
         }
@@ -1089,6 +1378,11 @@ pub fn doc_views(
             device,
             peer,
             entries,
+            read_marks: view
+                .read_marks
+                .iter()
+                .map(|(device, mark)| (device.to_string(), *mark))
+                .collect(),
         });
     }
     Ok(docs)
@@ -1307,7 +1601,10 @@ pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared:
                 shared.record(What::Failed { message });
             }
         }
-        Event::Synced { pending, .. } => local.pending = Some(pending),
+        Event::Synced { pending, .. } => {
+            local.pending = Some(pending);
+            shared.progress().synced(me, device, pending, local);
+        }
         _ => {}
     }
 }

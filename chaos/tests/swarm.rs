@@ -166,3 +166,10 @@ fn a_seed_that_once_depended_on_quic_connection_ids_repeats() {
         );
     }
 }
+
+#[test]
+fn the_sweep_finds_read_marks_that_stay_local() {
+    // Found only because linked devices read while their other device syncs, and I7 compares
+    // every device's read marks.
+    find(PlantedBug::ReadMarksStayLocal, &[Invariant::Convergence]);
+}

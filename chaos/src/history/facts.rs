@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::trace::{ChatView, MessageRef, TraceEvent, What};
+use super::trace::{Change, ChatView, MessageRef, TraceEvent, What};
 
 /// The facts of one run.
 pub(crate) struct Facts<'a> {
@@ -34,6 +34,11 @@ pub(crate) struct Facts<'a> {
     /// edits and reactions of linked clients), sent by either side; each takes a chat sequence
     /// that no stored message holds.
     pub(crate) receipt_envelopes: BTreeMap<(u32, u32), usize>,
+    /// Messages their sender's account deleted for everyone: stored without their text.
+    pub(crate) deleted: HashSet<MessageRef>,
+    /// (client, device, peer, chat seq) of every stored entry without a workload text (deleted,
+    /// or undecryptable).
+    pub(crate) textless: HashSet<(u32, u32, u32, u64)>,
 }
 
 impl<'a> Facts<'a> {
@@ -83,6 +88,8 @@ impl<'a> Facts<'a> {
             stored_received: HashSet::new(),
             stored_sequenced: HashSet::new(),
             receipt_envelopes: BTreeMap::new(),
+            deleted: HashSet::new(),
+            textless: HashSet::new(),
         };
         for (index, event) in trace.iter().enumerate() {
             match event.what {
@@ -130,8 +137,14 @@ impl<'a> Facts<'a> {
                     *facts.receipt_envelopes.entry((peer, reader)).or_default() += count;
                 }
                 What::Changed {
-                    client, message, ..
+                    client,
+                    message,
+                    ref change,
+                    ..
                 } => {
+                    if *change == Change::Delete && message.sender == client {
+                        facts.deleted.insert(message);
+                    }
                     // The chat of the message: with its recipient, or with its sender.
                     let peer = match message.sender == client {
                         true => planned.get(&message).copied(),
@@ -164,6 +177,11 @@ impl<'a> Facts<'a> {
                             view.peer,
                             message,
                         ));
+                    }
+                    (None, Some(chat_seq)) => {
+                        facts
+                            .textless
+                            .insert((view.client, view.device, view.peer, chat_seq));
                     }
                     _ => {}
                 }

@@ -52,7 +52,7 @@ pub use blindness::check_blindness;
 use facts::Facts;
 pub use liveness::{LIVENESS_BOUND_MS, slowest_delivery_ms};
 pub use trace::{
-    ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
+    Change, ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
     client_number, device_name,
 };
 
@@ -121,8 +121,9 @@ impl Findings {
     }
 }
 
-/// Checks I1–I4, I6, I8 and liveness over a run's trace and final chat views; `planned` maps
-/// every message the workload could send to its recipient.
+/// Checks I1–I4, I6, I8 and liveness over a run's trace and final chat views (and, of I7, that
+/// a text deleted for everyone left its account's stores); `planned` maps every message the
+/// workload could send to its recipient.
 pub fn check(
     planned: &BTreeMap<MessageRef, u32>,
     trace: &[TraceEvent],
@@ -137,6 +138,7 @@ pub fn check(
     order::check_arrivals(&facts, &mut findings);
     no_loss::check_stored(&facts, &mut findings);
     order::check_senders_stored(&facts, &mut findings);
+    convergence::check_deleted_views(&facts, views, &mut findings);
     for view in views {
         order::check_view(&facts, view, &mut findings);
         idempotence::check_view(view, &mut findings);
@@ -147,10 +149,17 @@ pub fn check(
 }
 
 /// Checks I7 over the relay-sync documents the devices of each account hold after their final
-/// syncs: every device of an account shows each chat as the account's first device does.
-pub fn check_convergence(docs: &[DocView]) -> Vec<Violation> {
+/// syncs: every device of an account shows each chat as the account's first device does, and
+/// shows every change (edit, deletion for everyone, reaction) the account's devices made in the
+/// `trace` (`planned` maps every message the workload could send to its recipient).
+pub fn check_convergence(
+    planned: &BTreeMap<MessageRef, u32>,
+    trace: &[TraceEvent],
+    docs: &[DocView],
+) -> Vec<Violation> {
     let mut findings = Findings(Vec::new());
     convergence::check(docs, &mut findings);
+    convergence::check_changes(planned, trace, docs, &mut findings);
     findings.0
 }
 

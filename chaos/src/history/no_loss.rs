@@ -26,7 +26,7 @@ pub(crate) fn check_acknowledged(facts: &Facts<'_>, findings: &mut Findings) {
 }
 
 /// Every arrival is in the receiving device's stored history of the chat, under the chat
-/// sequence it arrived with.
+/// sequence it arrived with (without its text, once its sender deleted it for everyone).
 pub(crate) fn check_stored(facts: &Facts<'_>, findings: &mut Findings) {
     for ((receiver, device), received) in &facts.arrivals {
         for (message, chat_seq) in received {
@@ -36,7 +36,10 @@ pub(crate) fn check_stored(facts: &Facts<'_>, findings: &mut Findings) {
                 message.sender,
                 *message,
                 *chat_seq,
-            ));
+            )) || (facts.deleted.contains(message)
+                && facts
+                    .textless
+                    .contains(&(*receiver, *device, message.sender, *chat_seq)));
             if !stored {
                 findings.add(
                     Invariant::NoLoss,

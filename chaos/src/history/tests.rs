@@ -483,6 +483,7 @@ fn doc(device: u32, entries: Vec<DocEntry>) -> DocView {
         device,
         peer: 0,
         entries,
+        read_marks: Vec::new(),
     }
 }
 
@@ -498,9 +499,10 @@ fn devices_of_an_account_with_equal_documents_converge() {
         device: 0,
         peer: 1,
         entries: vec![doc_entry(1, "c0 #1")],
+        read_marks: Vec::new(),
     };
     let docs = vec![doc(1, entries.clone()), alone, doc(0, entries)];
-    assert_eq!(check_convergence(&docs), Vec::new());
+    assert_eq!(check_convergence(&planned(), &[], &docs), Vec::new());
 }
 
 #[test]
@@ -512,10 +514,14 @@ fn devices_that_differ_are_reported_at_the_first_difference() {
     deleted.deleted = true;
 
     // A reaction one device lacks; the entries before it agree.
-    let found = check_convergence(&[
-        doc(0, vec![doc_entry(1, "c0 #1"), reacted.clone()]),
-        doc(1, vec![doc_entry(1, "c0 #1"), doc_entry(2, "c0 #2")]),
-    ]);
+    let found = check_convergence(
+        &planned(),
+        &[],
+        &[
+            doc(0, vec![doc_entry(1, "c0 #1"), reacted.clone()]),
+            doc(1, vec![doc_entry(1, "c0 #1"), doc_entry(2, "c0 #2")]),
+        ],
+    );
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0].invariant, Invariant::Convergence);
     let shown = found[0].to_string();
@@ -527,21 +533,166 @@ fn devices_that_differ_are_reported_at_the_first_difference() {
     assert!(shown.contains("👍"), "{shown}");
 
     // A deletion one device has not seen, and a message only the other holds.
-    let found = check_convergence(&[
-        doc(1, vec![deleted]),
-        doc(0, vec![doc_entry(1, "c0 #1"), reacted]),
-    ]);
+    let found = check_convergence(
+        &planned(),
+        &[],
+        &[
+            doc(1, vec![deleted]),
+            doc(0, vec![doc_entry(1, "c0 #1"), reacted]),
+        ],
+    );
     assert_eq!(found.len(), 1, "{found:#?}");
     assert!(found[0].detail.contains("message 1"), "{}", found[0]);
     assert!(found[0].detail.contains("(deleted)"), "{}", found[0]);
 
-    let found = check_convergence(&[
-        doc(0, vec![doc_entry(1, "c0 #1")]),
-        doc(1, vec![doc_entry(1, "c0 #1"), doc_entry(2, "c0 #2")]),
-    ]);
+    let found = check_convergence(
+        &planned(),
+        &[],
+        &[
+            doc(0, vec![doc_entry(1, "c0 #1")]),
+            doc(1, vec![doc_entry(1, "c0 #1"), doc_entry(2, "c0 #2")]),
+        ],
+    );
     assert_eq!(found.len(), 1, "{found:#?}");
     assert!(
         found[0].detail.contains("message 2: nothing against seq 2"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn devices_whose_read_marks_differ_are_reported() {
+    let mut read = doc(1, vec![doc_entry(1, "c0 #1")]);
+    read.read_marks = vec![("101/1".into(), 1)];
+    let found = check_convergence(
+        &planned(),
+        &[],
+        &[doc(0, vec![doc_entry(1, "c0 #1")]), read],
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].detail.contains("the read marks"), "{}", found[0]);
+}
+
+fn changed(client: u32, device: u32, m: MessageRef, change: Change) -> TraceEvent {
+    at(
+        10,
+        What::Changed {
+            client,
+            device,
+            message: m,
+            change,
+        },
+    )
+}
+
+/// c0's chat with c1 as both of c0's devices hold it.
+fn own_docs(entries: Vec<DocEntry>) -> Vec<DocView> {
+    (0..2)
+        .map(|device| DocView {
+            client: 0,
+            device,
+            peer: 1,
+            entries: entries.clone(),
+            read_marks: Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn changes_an_account_made_must_show_in_its_documents() {
+    let trace = vec![
+        changed(0, 1, message(0, 1), Change::Edit),
+        changed(0, 0, message(0, 2), Change::Delete),
+        changed(0, 0, message(1, 1), Change::React("👍".into())),
+        // c1 deleted its own message: c0's documents may not show it yet.
+        changed(1, 0, message(1, 1), Change::Delete),
+    ];
+    let mut edited = doc_entry(1, &message(0, 1).edited_text("c0/d1"));
+    edited.edited = true;
+    let mut deleted = doc_entry(2, "");
+    deleted.text = None;
+    deleted.deleted = true;
+    let mut reacted = doc_entry(3, "c1 #1");
+    reacted.reactions = vec![("100/1".into(), "👍".into())];
+    let kept = own_docs(vec![edited.clone(), deleted.clone(), reacted.clone()]);
+    assert_eq!(check_convergence(&planned(), &trace, &kept), Vec::new());
+    // c1's deletion has not reached c0: its message without its text is no loss.
+    let kept = own_docs(vec![edited.clone(), deleted.clone()]);
+    assert_eq!(check_convergence(&planned(), &trace, &kept), Vec::new());
+
+    // Equal on both devices, but the edit, the deletion and the reaction are lost.
+    let lost = own_docs(vec![
+        doc_entry(1, "c0 #1"),
+        doc_entry(2, "c0 #2"),
+        doc_entry(3, "c1 #1"),
+    ]);
+    let found: Vec<String> = check_convergence(&planned(), &trace, &lost)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(found.len(), 6, "{found:#?}");
+    assert!(found.iter().all(|v| v.starts_with("I7 convergence")));
+    assert!(found[0].contains("c0 shows c0#1"), "{found:#?}");
+    assert!(
+        found.iter().any(|v| v.contains("c0/d1 still shows c0#2")
+            && v.contains("after c0 deleted it for everyone"))
+    );
+    assert!(found.iter().any(|v| v.contains("without c0's reaction 👍")));
+
+    // A message the account changed that its document lost altogether.
+    let gone = own_docs(vec![deleted, reacted]);
+    let found = check_convergence(&planned(), &trace, &gone);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].detail.contains("lost c0#1"), "{}", found[0]);
+}
+
+#[test]
+fn a_message_deleted_for_everyone_is_stored_without_its_text() {
+    let planned = planned();
+    let mut trace = registered();
+    trace.extend([
+        at(
+            1,
+            What::Acked {
+                message: message(0, 1),
+            },
+        ),
+        at(2, received(1, message(0, 1), 1)),
+        changed(0, 0, message(0, 1), Change::Delete),
+    ]);
+    let tombstone = ViewEntry {
+        outgoing: false,
+        message: None,
+        chat_seq: Some(1),
+    };
+    let mut own_tombstone = tombstone.clone();
+    own_tombstone.outgoing = true;
+    let views = vec![
+        ChatView {
+            client: 1,
+            device: 0,
+            peer: 0,
+            entries: vec![tombstone],
+        },
+        ChatView {
+            client: 0,
+            device: 0,
+            peer: 1,
+            entries: vec![own_tombstone],
+        },
+    ];
+    assert_eq!(check(&planned, &trace, &views), Vec::new());
+
+    // The deleting account still stores the text.
+    let mut kept = views.clone();
+    kept[1].entries = vec![entry(true, message(0, 1), 1)];
+    let found = check(&planned, &trace, &kept);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0]
+            .detail
+            .contains("c0 still stores the text of c0#1, which its account deleted"),
         "{}",
         found[0]
     );

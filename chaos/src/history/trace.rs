@@ -53,6 +53,17 @@ pub fn client_number(name: &str) -> Option<u32> {
     name.strip_prefix('c')?.parse().ok()
 }
 
+/// What a device did to a message with [`What::Changed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Replaced its text with [`MessageRef::edited_text`] naming the device.
+    Edit,
+    /// Deleted it for everyone.
+    Delete,
+    /// Reacted to it with this reaction (replacing the device's earlier one).
+    React(String),
+}
+
 /// One thing that happened, at a simulated time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceEvent {
@@ -180,7 +191,8 @@ pub enum What {
         /// The client.
         client: u32,
     },
-    /// A device of a linked client edited one of its account's messages or reacted to one.
+    /// A device of a linked client edited or deleted for everyone one of its account's
+    /// messages, or reacted to one.
     Changed {
         /// The client.
         client: u32,
@@ -188,8 +200,8 @@ pub enum What {
         device: u32,
         /// The message.
         message: MessageRef,
-        /// An edit (else a reaction).
-        edit: bool,
+        /// What it did.
+        change: Change,
     },
     /// A client app was killed and opened again on its store.
     ClientRestarted {
@@ -198,6 +210,12 @@ pub enum What {
     },
     /// The safety phase ended: every fault is healed, and the liveness bound starts.
     Healed,
+    /// A linked client's first device stopped without both devices saying their documents
+    /// were in sync, after waiting for it (`SYNC_CONFIRM_WAIT_MS`) with everything else settled.
+    SyncUnconfirmed {
+        /// The client.
+        client: u32,
+    },
     /// A client finished its workload.
     Finished {
         /// The client.
@@ -298,12 +316,16 @@ impl fmt::Display for TraceEvent {
                 client,
                 device,
                 message,
-                edit,
+                change,
             } => write!(
                 f,
                 "{} {} {message}",
                 device_name(*client, *device),
-                if *edit { "edited" } else { "reacted to" }
+                match change {
+                    Change::Edit => "edited".to_owned(),
+                    Change::Delete => "deleted for everyone".to_owned(),
+                    Change::React(reaction) => format!("reacted {reaction} to"),
+                }
             ),
             What::ClientRestarted { client } => {
                 write!(f, "{} killed and opened again", client_name(*client))
@@ -311,6 +333,11 @@ impl fmt::Display for TraceEvent {
             What::Healed => write!(f, "every fault healed; the liveness phase starts"),
             What::RegionCrashed { region } => write!(f, "region {region} crashed"),
             What::RegionRestarted { region } => write!(f, "region {region} restarted"),
+            What::SyncUnconfirmed { client } => write!(
+                f,
+                "{}'s devices never both said their documents were in sync",
+                client_name(*client)
+            ),
             What::Finished { client, complete } => write!(
                 f,
                 "{} finished{}",
@@ -388,6 +415,8 @@ pub struct DocView {
     pub peer: u32,
     /// The messages, in chat order.
     pub entries: Vec<DocEntry>,
+    /// Each of the account's devices' read watermark, as `(device, chat seq)` sorted by device.
+    pub read_marks: Vec<(String, u64)>,
 }
 
 /// The name of device `device` of client `client` in reports: `c3` for the registered device,

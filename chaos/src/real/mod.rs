@@ -374,7 +374,7 @@ async fn drive(
     let views = clients::views(&deployment, &plan, &record)?;
     let docs = clients::docs(&deployment, &plan, &record)?;
     let mut violations = check(&plan.recipients(), &record.trace, &views);
-    violations.extend(check_convergence(&docs));
+    violations.extend(check_convergence(&plan.recipients(), &record.trace, &docs));
     for (client, why) in &record.unlinked {
         problems.push(format!(
             "{} did not link its second device: {why}",
