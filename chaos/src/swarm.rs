@@ -27,6 +27,10 @@ pub struct Swarm {
     pub planted: Vec<PlantedBug>,
     /// Stop at the first run that breaks an invariant (a search for a planted bug).
     pub stop_at_first_violation: bool,
+    /// With [`Swarm::stop_at_first_violation`], only a violation of one of these stops the
+    /// sweep (empty: any): a planted bug can break other invariants first, through the runs it
+    /// derails, and a search for the one it must break goes on past those.
+    pub stop_on: Vec<Invariant>,
     /// Stop starting new seeds once this much wall time has passed and at least
     /// [`Swarm::seeds_min`] have started: a sweep sized for a busy CI machine. The seeds run are
     /// still the first ones in order, so the set is a prefix of the sweep and each repeats.
@@ -271,6 +275,7 @@ impl Swarm {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             planted: Vec::new(),
             stop_at_first_violation: false,
+            stop_on: Vec::new(),
             time_budget: None,
             seeds_min: 0,
         }
@@ -321,7 +326,11 @@ impl Swarm {
                             Ok(report) => {
                                 summary.add(&report);
                                 progress(&report);
-                                if !report.violations.is_empty() && self.stop_at_first_violation {
+                                let stops = report.violations.iter().any(|violation| {
+                                    self.stop_on.is_empty()
+                                        || self.stop_on.contains(&violation.invariant)
+                                });
+                                if stops && self.stop_at_first_violation {
                                     stop.store(true, Ordering::Relaxed);
                                 }
                             }

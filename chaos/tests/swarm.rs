@@ -107,6 +107,7 @@ fn find(bug: PlantedBug, expected: &[Invariant]) {
     let mut swarm = Swarm::new(0, env_u64("RELAY_PLANTED_SEEDS", 200));
     swarm.planted = vec![bug];
     swarm.stop_at_first_violation = true;
+    swarm.stop_on = expected.to_vec();
     let summary = swarm.run(|_| {});
     let found = summary.failures.iter().find(|failure| {
         failure

@@ -144,6 +144,11 @@ struct Peer {
     out_session: u64,
     out_next: u64,
     outgoing: VecDeque<OutPart>,
+    /// Epoch generations whose changes arrived from the peer since this replica last told it
+    /// its heads: the next message for each says them, even when automerge would not (it stays
+    /// silent when the peer's next message names heads equal to its own, so the peer would never
+    /// learn its changes arrived, and `in_sync_with` would stay false on its side).
+    owe_heads: BTreeSet<EpochKey>,
     /// The last epoch visited by the round-robin.
     cursor: Option<(ChatId, u64)>,
     in_session: Option<u64>,
@@ -159,6 +164,7 @@ impl Peer {
             out_session,
             out_next: 0,
             outgoing: VecDeque::new(),
+            owe_heads: BTreeSet::new(),
             cursor: None,
             in_session: None,
             in_next: 0,
@@ -181,6 +187,7 @@ impl Peer {
             |key: &EpochKey| key.chat == chat && key.epoch == number && !slot.live(key.generation);
         self.states.retain(|key, _| !dead(key));
         self.last_sent.retain(|key, _| !dead(key));
+        self.owe_heads.retain(|key| !dead(key));
         self.outgoing.retain(|part| !dead(&part.key));
     }
 }
@@ -854,6 +861,9 @@ impl Replica {
         let Some(target) = target else {
             return Ok(());
         };
+        if !message.changes.is_empty() {
+            peer.owe_heads.insert(key);
+        }
         let mut log = epoch::patch_log();
         let doc = target.doc_mut();
         doc.sync()
@@ -953,6 +963,10 @@ fn queue_sync_message(peer: &mut Peer, chat: ChatId, number: u64, epoch: &mut Ep
         generation: epoch.id(),
     };
     let state = peer.states.entry(key).or_default();
+    if peer.owe_heads.remove(&key) {
+        // Automerge answers only heads it has not sent: forgetting them makes it say them.
+        state.last_sent_heads.clear();
+    }
     let Some(message) = epoch.doc_mut().sync().generate_sync_message(state) else {
         return 0;
     };

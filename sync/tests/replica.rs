@@ -446,3 +446,45 @@ fn a_replica_knows_when_its_peer_holds_the_same_documents() {
         Some("changed")
     );
 }
+
+/// Both devices change a message while their messages cross. Automerge stays silent when the
+/// peer's next message names heads equal to its own, so without an answer the first device
+/// would never learn that its change arrived; the replica answers with its heads after changes
+/// arrive, and both know they are in sync.
+#[test]
+fn crossing_changes_end_with_both_replicas_knowing_they_are_in_sync() {
+    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
+    let first = text_of(1);
+    for replica in replicas.iter_mut() {
+        replica
+            .append(CHAT, &message(1, own(1), &first))
+            .expect("append");
+    }
+    exchange_all(&mut replicas, None);
+    let (one, two) = (own(1), own(2));
+
+    let at = replicas[0].tick(5_000);
+    replicas[0].edit(CHAT, 1, "from one", at).expect("edit");
+    let from_one = replicas[0].generate_message(two).expect("its change");
+    let at = replicas[1].tick(6_000);
+    replicas[1].react(CHAT, 1, Some("👍"), at).expect("react");
+    let from_two = replicas[1].generate_message(one).expect("its change");
+    replicas[0]
+        .receive_message(two, &from_two)
+        .expect("applies");
+    let heads_of_one = replicas[0].generate_message(two).expect("its new heads");
+    replicas[1]
+        .receive_message(one, &from_one)
+        .expect("applies");
+    replicas[1]
+        .receive_message(one, &heads_of_one)
+        .expect("applies");
+
+    exchange_all(&mut replicas, None);
+    assert!(replicas[0].in_sync_with(two), "the first device heard back");
+    assert!(replicas[1].in_sync_with(one));
+    assert_eq!(
+        replicas[0].view(CHAT).messages,
+        replicas[1].view(CHAT).messages
+    );
+}
