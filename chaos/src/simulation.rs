@@ -64,6 +64,9 @@ pub const UDP_DATAGRAMS_BUFFERED_MAX: usize = 4096;
 pub const WIND_DOWN_MS: u64 = 60_000;
 /// The largest share of clients, in percent, that a swarm run has link a second device.
 pub const LINKED_PERCENT_MAX: u32 = 60;
+/// The share of linked clients, in percent, whose first device removes the second one mid-run
+/// in a swarm run.
+pub const REMOVED_PERCENT: u32 = 30;
 
 /// Why a simulation could not run to its end.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,7 @@ impl Simulation {
                 pause_ms_max: 300,
                 read_percent: 50,
                 linked_percent: 0,
+                removed_percent: 0,
             },
             crashes: Vec::new(),
             faults: FaultPlan::none(),
@@ -190,6 +194,7 @@ impl Simulation {
             // Drawn apart from the rest, so a seed's topology and faults stay as they were.
             linked_percent: StdRng::seed_from_u64(seed::derive(seed, "swarm-links", 0))
                 .random_range(0..=LINKED_PERCENT_MAX),
+            removed_percent: REMOVED_PERCENT,
         };
         let edges_per_region = rng.random_range(1..=2);
         let latency_min = rng.random_range(1..=10);
@@ -224,6 +229,13 @@ impl Simulation {
     /// The chance, in percent, that a client links a second device before anyone sends.
     pub fn linked_percent(mut self, percent: u32) -> Self {
         self.shape.linked_percent = percent;
+        self
+    }
+
+    /// The chance, in percent, that a linked client's first device removes the second one
+    /// while messages are on their way.
+    pub fn removed_percent(mut self, percent: u32) -> Self {
+        self.shape.removed_percent = percent;
         self
     }
 

@@ -68,6 +68,8 @@ pub struct SwarmSummary {
     /// Linked clients whose devices never both said their documents were in sync (the run
     /// went on after waiting; I7 compared the documents as they were).
     pub sync_unconfirmed: u64,
+    /// Second devices removed while messages were on their way.
+    pub removed: u64,
     /// The slowest delivery after a heal seen in any run, in simulated ms.
     pub slowest_delivery_ms: u64,
     /// Commits the regions' disks failed, summed over the runs.
@@ -98,8 +100,8 @@ impl SwarmSummary {
         );
         let (linked, [edits, deletions, reactions], compared) = summary.linked;
         line(
-            "second devices / docs (I7)",
-            format!("{linked} / {compared}"),
+            "second devices / removed / docs (I7)",
+            format!("{linked} / {} / {compared}", summary.removed),
         );
         line(
             "edits / deletions / reactions",
@@ -197,6 +199,7 @@ impl SwarmSummary {
                 "reactions": summary.linked.1[2],
                 "documents_compared": summary.linked.2,
                 "sync_unconfirmed": summary.sync_unconfirmed,
+                "removed": summary.removed,
             },
             "slowest_delivery_ms": summary.slowest_delivery_ms,
             "faults": faults,
@@ -237,6 +240,7 @@ impl SwarmSummary {
             match &event.what {
                 What::Linked { .. } => self.linked.0 += 1,
                 What::SyncUnconfirmed { .. } => self.sync_unconfirmed += 1,
+                What::Removed { .. } => self.removed += 1,
                 What::Changed { change, .. } => {
                     let kind = match change {
                         Change::Edit => 0,

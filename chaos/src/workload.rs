@@ -90,6 +90,9 @@ pub const SYNC_CONFIRM_WAIT_MS: u64 = 10_000;
 pub const LINKED_PAUSE_MS_MAX: u64 = 3_000;
 const _: () = assert!(OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT <= 100);
 
+/// Latest moment of such a removal, in simulated ms since the start (messages are still
+/// being sent then).
+pub const REMOVAL_AT_MS_MAX: u64 = 8_000;
 /// The reactions the workload draws from.
 pub const REACTIONS: [&str; 3] = ["👍", "❤️", "😂"];
 /// The folder of a client's second device is its first device's with this suffix.
@@ -131,6 +134,10 @@ pub struct ClientPlan {
     pub read_percent: u32,
     /// Whether it links a second device before anyone sends.
     pub linked: bool,
+    /// When (simulated ms) its first device removes the linked one while messages are on
+    /// their way, if it does: the removed device stops, and senders meet the region's
+    /// "mismatched devices" until they learn of it. A device to be removed makes no changes.
+    pub removes_at_ms: Option<u64>,
 }
 
 /// Every client's plan, drawn from the seed.
@@ -155,6 +162,9 @@ pub struct WorkloadShape {
     pub read_percent: u32,
     /// Chance, in percent, that a client links a second device before anyone sends.
     pub linked_percent: u32,
+    /// Chance, in percent, that a linked client's first device removes the second one while
+    /// messages are on their way ([`ClientPlan::removes_at_ms`]).
+    pub removed_percent: u32,
 }
 
 impl Plan {
@@ -165,6 +175,7 @@ impl Plan {
         // Drawn apart from the sends, so a seed's messages stay the same with or without links.
         let mut links = StdRng::seed_from_u64(seed::derive(seed, "plan-links", 0));
         let mut devices = StdRng::seed_from_u64(seed::derive(seed, "plan-devices", 0));
+        let mut removals = StdRng::seed_from_u64(seed::derive(seed, "plan-removals", 0));
         let clients = (0..count)
             .map(|client| {
                 let mut sends: Vec<PlannedSend> = (1..=shape.messages_per_client)
@@ -200,6 +211,9 @@ impl Plan {
                         send.device = 1;
                     }
                 }
+                let removes_at_ms = (linked
+                    && removals.random_ratio(shape.removed_percent.min(100), 100))
+                .then(|| removals.random_range(0..=REMOVAL_AT_MS_MAX));
                 ClientPlan {
                     client,
                     region: client / shape.clients_per_region + 1,
@@ -207,6 +221,7 @@ impl Plan {
                     restarts: Vec::new(),
                     read_percent: shape.read_percent,
                     linked,
+                    removes_at_ms,
                 }
             })
             .collect();
@@ -300,6 +315,10 @@ pub struct Progress {
     /// Linked clients whose first device stopped without both devices saying they were in
     /// sync ([`SYNC_CONFIRM_WAIT_MS`]).
     pub unconfirmed: BTreeSet<u32>,
+    /// Linked clients' second devices by number (their `DeviceId`), once opened.
+    pub second_numbers: BTreeMap<u32, u32>,
+    /// Clients whose first device removed the second one.
+    pub removed: BTreeSet<u32>,
 }
 
 impl Progress {
@@ -330,6 +349,7 @@ impl Progress {
     /// other holds their documents: their documents are equal (I7), unless one changed since.
     pub fn account_in_sync(&self, client: u32) -> bool {
         !self.linked.contains(&client)
+            || self.removed.contains(&client)
             || (self.in_sync.contains(&(client, 0)) && self.in_sync.contains(&(client, 1)))
     }
 
@@ -595,6 +615,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
                 )
                 .await?;
                 edit_contested(&setup, 0, &mut client, &local, false).await?;
+                remove_second_if_due(&setup, &mut client).await?;
             }
         }
     }
@@ -614,6 +635,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         // Before the sync, which sends it (the others wait for it: `Progress::settled`).
         if linked {
             edit_contested(&setup, 0, &mut client, &local, false).await?;
+            remove_second_if_due(&setup, &mut client).await?;
         }
         // The second device's last changes are in before this sync fetches them.
         let second_done = !linked || setup.shared.borrow().progress.second_done.contains(&me);
@@ -635,10 +657,13 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             }
             false => (false, false),
         };
-        if settled && in_sync {
+        // A planned removal happens before the first device stops.
+        let removal_pending = setup.plan.removes_at_ms.is_some()
+            && !setup.shared.borrow().progress.removed.contains(&me);
+        if settled && in_sync && !removal_pending {
             break true;
         }
-        if !settled {
+        if !settled || removal_pending {
             settled_since = None;
         } else if sim_elapsed_ms() - *settled_since.get_or_insert(sim_elapsed_ms())
             >= SYNC_CONFIRM_WAIT_MS
@@ -694,7 +719,7 @@ async fn send_planned(
             false => app.send(&peer, &send.message.text()).await,
         };
         local.borrow_mut().sending = None;
-        tolerate(sent.map(|_| ()))?;
+        tolerate_on(setup, device, sent.map(|_| ()))?;
         let queued = setup
             .shared
             .borrow()
@@ -825,6 +850,16 @@ impl App {
         self.events
             .drive(self.device.history_in_sync(), &mut *self.sink)
             .await
+    }
+
+    /// This device's number in its account.
+    pub fn device_number(&self) -> u32 {
+        self.device.identity().device.0
+    }
+
+    /// `relay remove-device N`.
+    pub async fn remove_device(&mut self, number: u32) -> Result<(), ClientError> {
+        flows::remove_device(&self.device, number, &mut *self.sink).await
     }
 
     /// `relay read PEER`.
@@ -1049,7 +1084,9 @@ async fn make_change(
 /// hybrid logical clock must win on both devices. Once per run.
 fn name_contested(setup: &ClientSetup, local: &Rc<RefCell<Observer>>) {
     let me = setup.plan.client;
-    if setup.shared.borrow().progress.contested.contains_key(&me) {
+    if setup.plan.removes_at_ms.is_some()
+        || setup.shared.borrow().progress.contested.contains_key(&me)
+    {
         return;
     }
     let own = local
@@ -1117,6 +1154,51 @@ pub fn linked_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The first device of a linked client removes the second one once the plan's moment has come
+/// ([`ClientPlan::removes_at_ms`]), trying again at its next turn when a fault interrupts.
+async fn remove_second_if_due(setup: &ClientSetup, app: &mut App) -> turmoil::Result {
+    let me = setup.plan.client;
+    if setup
+        .plan
+        .removes_at_ms
+        .is_none_or(|at| sim_elapsed_ms() < at)
+    {
+        return Ok(());
+    }
+    let number = {
+        let progress = &setup.shared.borrow().progress;
+        match progress.removed.contains(&me) {
+            true => None,
+            false => progress.second_numbers.get(&me).copied(),
+        }
+    };
+    let Some(number) = number else {
+        return Ok(());
+    };
+    match app.remove_device(number).await {
+        Ok(()) => {
+            let mut shared = setup.shared.borrow_mut();
+            shared.record(What::Removed { client: me });
+            shared.progress.removed.insert(me);
+            Ok(())
+        }
+        Err(error) => tolerate(Err(error)),
+    }
+}
+
+/// Whether client `me`'s second device was removed: it stops (as done sending and changing,
+/// so nobody waits for it) and records what it stored.
+fn removed(setup: &ClientSetup) -> bool {
+    let me = setup.plan.client;
+    let mut shared = setup.shared.borrow_mut();
+    if !shared.progress.removed.contains(&me) {
+        return false;
+    }
+    shared.progress.done_sending.insert((me, 1));
+    shared.progress.second_done.insert(me);
+    true
+}
+
 /// Notes whether device `device` of a linked client holds the same documents as the other,
 /// as far as it knows after its latest sync (its documents keep changing until both do).
 async fn note_in_sync(setup: &ClientSetup, device: u32, app: &mut App) -> turmoil::Result {
@@ -1124,7 +1206,7 @@ async fn note_in_sync(setup: &ClientSetup, device: u32, app: &mut App) -> turmoi
     let in_sync = match app.history_in_sync().await {
         Ok(in_sync) => in_sync,
         Err(error) => {
-            tolerate(Err(error))?;
+            tolerate_on(setup, device, Err(error))?;
             false
         }
     };
@@ -1198,17 +1280,33 @@ async fn follow_account(
         App::open(environment, &data_dir, sink)
     };
     let mut device = open()?;
+    setup
+        .shared
+        .borrow_mut()
+        .progress
+        .second_numbers
+        .insert(me, device.device_number());
     let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "linked-changes", me.into()));
-    let mut changes_left = CHANGES_PER_DEVICE_MAX;
+    // A device to be removed makes no changes: what it had not sent when removed never
+    // arrives anywhere, and the checker holds every change made to be in the documents.
+    let mut changes_left = match setup.plan.removes_at_ms {
+        Some(_) => 0,
+        None => CHANGES_PER_DEVICE_MAX,
+    };
     let pause_from = sim_elapsed_ms() + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
     let pause_until = pause_from + changes.random_range(0..=LINKED_PAUSE_MS_MAX);
     // Offline once, from the first action due after `pause_from`, while it still changes.
     let mut offline_done = false;
     let due_offline = |offline_done: bool| !offline_done && sim_elapsed_ms() >= pause_from;
     wait_for_everyone(&setup).await;
+    let mut stopped = false;
     for send in setup.plan.sends.iter().filter(|send| send.device == 1) {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if past(setup.deadline_ms) {
+            break;
+        }
+        if removed(&setup) {
+            stopped = true;
             break;
         }
         if due_offline(offline_done) {
@@ -1217,7 +1315,7 @@ async fn follow_account(
         }
         send_planned(&setup, 1, &mut device, &local, send).await?;
         if send.sync_after {
-            tolerate(device.sync().await)?;
+            tolerate_on(&setup, 1, device.sync().await)?;
             change_some(
                 &setup,
                 1,
@@ -1237,6 +1335,9 @@ async fn follow_account(
         .insert((me, 1));
     let mut done_changing = false;
     loop {
+        if stopped || removed(&setup) {
+            break;
+        }
         let (sent_all, first_finished) = {
             let shared = setup.shared.borrow();
             (
@@ -1263,7 +1364,7 @@ async fn follow_account(
         local.borrow_mut().pending = None;
         let synced = device.sync().await;
         let clean = synced.is_ok() && local.borrow().pending == Some(0);
-        tolerate(synced)?;
+        tolerate_on(&setup, 1, synced)?;
         note_in_sync(&setup, 1, &mut device).await?;
         if !done_changing && ((sent_all && clean) || past(setup.deadline_ms)) {
             done_changing = true;
@@ -1279,9 +1380,14 @@ async fn follow_account(
         }
         tokio::time::sleep(Duration::from_millis(SYNC_INTERVAL_MS)).await;
     }
+    let removed = setup.shared.borrow().progress.removed.contains(&me);
     device.close().await;
     record_views(&setup, &data_dir, 1)?;
-    record_docs(&setup, &data_dir, 1)
+    // A removed device's documents stopped syncing: I7 does not hold it to them.
+    match removed {
+        true => Ok(()),
+        false => record_docs(&setup, &data_dir, 1),
+    }
 }
 
 /// Marks some peers' new messages read, as a person opening those chats would.
@@ -1609,6 +1715,25 @@ pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared:
     }
 }
 
+/// Passes, for device `device` of the client, what [`tolerate`] passes, and any error once the
+/// plan's removal of a second device is under way (a removed device is refused as unknown
+/// before its first device hears the removal committed).
+fn tolerate_on(
+    setup: &ClientSetup,
+    device: u32,
+    result: Result<(), ClientError>,
+) -> turmoil::Result {
+    let removal_under_way = device == 1
+        && setup
+            .plan
+            .removes_at_ms
+            .is_some_and(|at| sim_elapsed_ms() >= at);
+    match (result, removal_under_way) {
+        (Err(_), true) => Ok(()),
+        (result, _) => tolerate(result),
+    }
+}
+
 /// Passes errors the client recovers from by itself (a later sync retries); fails on the rest.
 fn tolerate(result: Result<(), ClientError>) -> turmoil::Result {
     match result {
@@ -1643,6 +1768,7 @@ mod tests {
         pause_ms_max: 300,
         read_percent: 50,
         linked_percent: 50,
+        removed_percent: 30,
     };
 
     #[test]

@@ -216,3 +216,24 @@ fn regions_whose_disks_fail_now_and_then_lose_nothing() {
     );
     eprintln!("{} store commits failed", report.store_commits_failed);
 }
+
+/// Every client links a second device and removes it at a drawn moment of the run: messages on
+/// their way to the account meet the region's "mismatched devices" and reach the remaining
+/// device, and a removed device receives nothing queued after its removal (checked with every
+/// other invariant by `run`).
+#[test]
+fn removed_devices_get_nothing_more_and_the_first_devices_get_everything() {
+    let report = run(&Simulation::new(seed_from_env(4))
+        .linked_percent(100)
+        .removed_percent(100));
+    let reproduce = format!("reproduce with seed={}", report.seed);
+    let removed = report
+        .trace
+        .iter()
+        .filter(|event| matches!(event.what, What::Removed { .. }))
+        .count();
+    assert_eq!(removed, 4, "{reproduce}");
+    assert_eq!(report.complete_clients(), 4, "{reproduce}");
+    // Every acknowledged message reached its recipient's first device.
+    assert_eq!(report.received(), report.acknowledged(), "{reproduce}");
+}

@@ -201,9 +201,13 @@ pub(crate) fn check_changes(
     }
 }
 
-/// No device of an account stores the text of a message the account deleted for everyone.
+/// No device of an account stores the text of a message the account deleted for everyone (a
+/// device removed from the account no longer hears of deletions).
 pub(crate) fn check_deleted_views(facts: &Facts<'_>, views: &[ChatView], findings: &mut Findings) {
     for view in views {
+        if view.device > 0 && facts.removed.contains_key(&view.client) {
+            continue;
+        }
         for entry in &view.entries {
             let Some(message) = entry.message else {
                 continue;

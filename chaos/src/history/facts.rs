@@ -15,6 +15,8 @@ pub(crate) struct Facts<'a> {
     pub(crate) acked: BTreeSet<MessageRef>,
     /// Clients that linked a second device (device 1), with the trace index of the link.
     pub(crate) linked: BTreeMap<u32, usize>,
+    /// Clients whose first device removed the second, with the trace index of the removal.
+    pub(crate) removed: BTreeMap<u32, usize>,
     /// The trace index of the first message queued in any outbox (`usize::MAX`: none).
     pub(crate) first_queued: usize,
     /// message → the trace index of its first queueing.
@@ -43,7 +45,8 @@ pub(crate) struct Facts<'a> {
 
 impl<'a> Facts<'a> {
     /// The devices of `client` that must get `message`, meant for its account: the registered
-    /// one, and the linked one unless the message entered an outbox before the link (one
+    /// one, and the linked one (unless it was removed) unless the message entered an outbox
+    /// before the link (one
     /// queued later was appended after the linked device joined, so its envelope had to cover
     /// it; one queued earlier may reach it or not, and the history bootstrap brings it to the
     /// documents, which I7 compares).
@@ -53,6 +56,8 @@ impl<'a> Facts<'a> {
         message: &MessageRef,
     ) -> std::ops::RangeInclusive<u32> {
         let member = match (self.linked.get(&client), self.queued_at.get(message)) {
+            // A removed device is held to nothing: what it got before is checked as it came.
+            _ if self.removed.contains_key(&client) => false,
             (Some(linked), Some(queued)) => linked < queued,
             (Some(_), None) => true,
             (None, _) => false,
@@ -80,6 +85,7 @@ impl<'a> Facts<'a> {
             accounts: BTreeMap::new(),
             acked: BTreeSet::new(),
             linked: BTreeMap::new(),
+            removed: BTreeMap::new(),
             first_queued: usize::MAX,
             queued_at: HashMap::new(),
             sent_by: HashMap::new(),
@@ -100,6 +106,9 @@ impl<'a> Facts<'a> {
                 }
                 What::Linked { client } => {
                     facts.linked.entry(client).or_insert(index);
+                }
+                What::Removed { client } => {
+                    facts.removed.entry(client).or_insert(index);
                 }
                 What::Queued { message } => {
                     facts.first_queued = facts.first_queued.min(index);

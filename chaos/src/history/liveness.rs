@@ -23,8 +23,18 @@ pub(crate) fn check_liveness(
     let mut acked = BTreeMap::new();
     let mut arrived = BTreeMap::new();
     let mut failed = BTreeSet::new();
+    let mut removed = BTreeSet::new();
+    let mut sent_by = BTreeMap::new();
     for event in trace {
         match event.what {
+            What::Removed { client } => {
+                removed.insert(client);
+            }
+            What::Send {
+                message, device, ..
+            } => {
+                sent_by.insert(message, device);
+            }
             What::Queued { message } => {
                 queued.entry(message).or_insert(event.at_ms);
             }
@@ -44,7 +54,9 @@ pub(crate) fn check_liveness(
         }
     }
     for (message, &at) in &queued {
-        if failed.contains(message) {
+        // A removed device's outbox stays where it was: only what it had sent is held.
+        let from_removed = removed.contains(&message.sender) && sent_by.get(message) == Some(&1);
+        if failed.contains(message) || (from_removed && !acked.contains_key(message)) {
             continue;
         }
         let due = heal_ms.max(at) + LIVENESS_BOUND_MS;

@@ -20,6 +20,7 @@
 //! - **I6 receipts move forward** ([`receipts`]): a message's tick never moves back;
 //! - **I8 no undecryptable messages** ([`decryptable`]): every message decrypted, to the text
 //!   that was sent to that device by that sender;
+//! - **removal** ([`removal`]): a device its account removed receives nothing queued after;
 //! - **liveness** ([`liveness`]): after the heal, everything queued is acknowledged and
 //!   everything acknowledged arrives within [`LIVENESS_BOUND_MS`].
 //!
@@ -40,6 +41,7 @@ mod liveness;
 mod no_loss;
 mod order;
 mod receipts;
+mod removal;
 mod sender_fifo;
 #[cfg(test)]
 mod tests;
@@ -75,6 +77,8 @@ pub enum Invariant {
     Convergence,
     /// I8 no undecryptable messages.
     Decryptable,
+    /// A removed device receives nothing more.
+    Removal,
     /// Liveness: once faults heal, every queued message is acknowledged and every acknowledged
     /// message arrives within [`LIVENESS_BOUND_MS`].
     Liveness,
@@ -91,6 +95,7 @@ impl fmt::Display for Invariant {
             Invariant::ReceiptsForward => "I6 receipts move forward",
             Invariant::Convergence => "I7 convergence",
             Invariant::Decryptable => "I8 decryptable",
+            Invariant::Removal => "removal",
             Invariant::Liveness => "liveness",
         })
     }
@@ -138,6 +143,7 @@ pub fn check(
     order::check_arrivals(&facts, &mut findings);
     no_loss::check_stored(&facts, &mut findings);
     order::check_senders_stored(&facts, &mut findings);
+    removal::check(&facts, &mut findings);
     convergence::check_deleted_views(&facts, views, &mut findings);
     for view in views {
         order::check_view(&facts, view, &mut findings);

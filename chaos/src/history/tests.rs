@@ -697,3 +697,107 @@ fn a_message_deleted_for_everyone_is_stored_without_its_text() {
         found[0]
     );
 }
+
+/// c1 links a second device and removes it between c0's two messages; the second device
+/// received `second_receives`.
+fn removal_run(second_receives: &[(MessageRef, u64)]) -> (Vec<TraceEvent>, Vec<ChatView>) {
+    let mut trace = registered();
+    trace.push(at(0, What::Linked { client: 1 }));
+    for (at_ms, number) in [(1, 1), (3, 2)] {
+        if number == 2 {
+            trace.push(at(2, What::Removed { client: 1 }));
+        }
+        trace.push(at(
+            at_ms,
+            What::Queued {
+                message: message(0, number),
+            },
+        ));
+        trace.push(at(
+            at_ms,
+            What::Acked {
+                message: message(0, number),
+            },
+        ));
+    }
+    trace.push(at(4, received(1, message(0, 1), 1)));
+    trace.push(at(4, received(1, message(0, 2), 2)));
+    let mut second = Vec::new();
+    for (m, chat_seq) in second_receives {
+        trace.push(at(
+            5,
+            What::Received {
+                receiver: 1,
+                device: 1,
+                message: *m,
+                from_account: 100,
+                chat_seq: *chat_seq,
+            },
+        ));
+        second.push(entry(false, *m, *chat_seq));
+    }
+    let mut views = views(vec![
+        entry(false, message(0, 1), 1),
+        entry(false, message(0, 2), 2),
+    ]);
+    views.push(ChatView {
+        client: 1,
+        device: 1,
+        peer: 0,
+        entries: second,
+    });
+    (trace, views)
+}
+
+#[test]
+fn a_removed_device_is_held_to_nothing_but_must_receive_nothing_queued_after() {
+    let planned: BTreeMap<MessageRef, u32> = [(message(0, 1), 1), (message(0, 2), 1)]
+        .into_iter()
+        .collect();
+    // Removed before it fetched anything, or after it fetched what came before: clean.
+    for second in [vec![], vec![(message(0, 1), 1)]] {
+        let (trace, views) = removal_run(&second);
+        assert_eq!(check(&planned, &trace, &views), Vec::new(), "{second:?}");
+    }
+    // c0#2 entered the outbox after the removal and still reached the removed device.
+    let (trace, views) = removal_run(&[(message(0, 1), 1), (message(0, 2), 2)]);
+    let found = check(&planned, &trace, &views);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].invariant, Invariant::Removal);
+    assert!(
+        found[0]
+            .detail
+            .contains("c1/d1 received c0#2 (chat seq 2), queued after it was removed"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn what_a_removed_device_never_sent_is_not_held_to_liveness() {
+    let planned = planned();
+    let mut trace = registered();
+    trace.push(at(0, What::Linked { client: 0 }));
+    trace.push(at(
+        1,
+        What::Send {
+            message: message(0, 1),
+            recipient: 1,
+            device: 1,
+        },
+    ));
+    trace.push(at(
+        1,
+        What::Queued {
+            message: message(0, 1),
+        },
+    ));
+    trace.push(at(2, What::Healed));
+    let mut found = Vec::new();
+    check_liveness(&trace, &planned, &mut found);
+    assert_eq!(found.len(), 1, "queued by a current device: {found:#?}");
+    trace.insert(3, at(1, What::Removed { client: 0 }));
+    let mut found = Vec::new();
+    check_liveness(&trace, &planned, &mut found);
+    assert_eq!(found, Vec::new());
+}

@@ -210,6 +210,11 @@ pub enum What {
     },
     /// The safety phase ended: every fault is healed, and the liveness bound starts.
     Healed,
+    /// A linked client's first device removed the second one (`relay remove-device`).
+    Removed {
+        /// The client.
+        client: u32,
+    },
     /// A linked client's first device stopped without both devices saying their documents
     /// were in sync, after waiting for it (`SYNC_CONFIRM_WAIT_MS`) with everything else settled.
     SyncUnconfirmed {
@@ -333,6 +338,12 @@ impl fmt::Display for TraceEvent {
             What::Healed => write!(f, "every fault healed; the liveness phase starts"),
             What::RegionCrashed { region } => write!(f, "region {region} crashed"),
             What::RegionRestarted { region } => write!(f, "region {region} restarted"),
+            What::Removed { client } => write!(
+                f,
+                "{} removed its second device, {}",
+                client_name(*client),
+                device_name(*client, 1)
+            ),
             What::SyncUnconfirmed { client } => write!(
                 f,
                 "{}'s devices never both said their documents were in sync",

@@ -254,6 +254,8 @@ async fn drive(
             // These clients send and sync; read receipts are the simulation's to exercise.
             read_percent: 0,
             linked_percent: LINKED_PERCENT,
+            // Removal races are the simulation's to exercise.
+            removed_percent: 0,
         },
     );
     // One user at least links a second device in every run, and each links between two of its
