@@ -586,8 +586,8 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             read_some(&setup, &mut client, &local, &mut reads).await?;
             if linked {
                 change_some(
-                    &setup,
-                    0,
+                    &setup.shared,
+                    (me, 0),
                     &mut client,
                     &local,
                     &mut changes,
@@ -623,7 +623,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         local.borrow_mut().pending = None;
         tolerate(client.sync().await)?;
         if linked {
-            note_in_sync(&setup, 0, &mut client).await?;
+            note_in_sync(&setup.shared, (me, 0), &mut client).await?;
         }
         let (settled, in_sync) = match second_done {
             true => {
@@ -973,16 +973,17 @@ fn retryable(error: ClientError) -> Result<(), ClientError> {
 }
 
 /// Maybe (by [`CHANGE_PERCENT`], while it has changes left) changes one message device `device`
-/// of the client saw: edits it or deletes it for everyone if the account sent it and the draw
-/// says so, else reacts to it. A message the documents do not hold yet is left alone.
-async fn change_some(
-    setup: &ClientSetup,
-    device: u32,
+/// of client `me` saw: edits it or deletes it for everyone if the account sent it and the draw
+/// says so, else reacts to it. A message the documents do not hold yet is left alone. The
+/// simulation's linked clients and `relayd chaos`'s both change through it.
+pub async fn change_some<L: Ledger>(
+    ledger: &RefCell<L>,
+    (me, device): (u32, u32),
     app: &mut App,
-    local: &Rc<RefCell<Observer>>,
+    local: &RefCell<Observer>,
     rng: &mut StdRng,
     changes_left: &mut u32,
-) -> turmoil::Result {
+) -> Result<(), ClientError> {
     let candidates = local.borrow().changeable.len();
     if *changes_left == 0 || candidates == 0 || !rng.random_ratio(CHANGE_PERCENT, 100) {
         return Ok(());
@@ -996,22 +997,22 @@ async fn change_some(
         true if draw < OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT => Change::Delete,
         _ => Change::React(reaction.to_owned()),
     };
-    if make_change(setup, device, app, (peer, &id, message), change).await? {
+    if make_change(ledger, (me, device), app, (peer, &id, message), change).await? {
         *changes_left -= 1;
     }
     Ok(())
 }
 
-/// Device `device` of the client makes `change` to `message` (its id `id` in the chat with
-/// `peer`) and records it; whether it was made (a message deleted meanwhile is refused).
-async fn make_change(
-    setup: &ClientSetup,
-    device: u32,
+/// Device `device` of client `me` makes `change` to `message` (its id `id` in the chat with
+/// `peer`) and records it in `ledger`; whether it was made. A change refused (a message deleted
+/// meanwhile) or cut off by a fault a retry can outlast is not recorded; other errors end it.
+async fn make_change<L: Ledger>(
+    ledger: &RefCell<L>,
+    (me, device): (u32, u32),
     app: &mut App,
     (peer, id, message): (u32, &str, MessageRef),
     change: Change,
-) -> Result<bool, Box<dyn std::error::Error>> {
-    let me = setup.plan.client;
+) -> Result<bool, ClientError> {
     let peer = client_name(peer);
     let changed = match &change {
         Change::Edit => {
@@ -1023,13 +1024,13 @@ async fn make_change(
     };
     match changed {
         Ok(()) => {
-            let mut shared = setup.shared.borrow_mut();
-            *shared
-                .progress
+            let mut ledger = ledger.borrow_mut();
+            *ledger
+                .progress()
                 .changes_made
                 .entry((me, device))
                 .or_default() += 1;
-            shared.record(What::Changed {
+            ledger.record(What::Changed {
                 client: me,
                 device,
                 message,
@@ -1038,7 +1039,7 @@ async fn make_change(
             Ok(true)
         }
         Err(ClientError::Invalid(_)) => Ok(false),
-        Err(error) => tolerate(Err(error)).map(|()| false),
+        Err(error) => retryable(error).map(|()| false),
     }
 }
 
@@ -1100,7 +1101,14 @@ async fn edit_contested(
         return Ok(());
     };
     // Made or refused (deleted meanwhile), it is done.
-    make_change(setup, device, app, (peer, &id, message), Change::Edit).await?;
+    make_change(
+        &setup.shared,
+        (me, device),
+        app,
+        (peer, &id, message),
+        Change::Edit,
+    )
+    .await?;
     if let Some(contested) = setup.shared.borrow_mut().progress.contested.get_mut(&me) {
         match device {
             0 => contested.1 = true,
@@ -1117,21 +1125,26 @@ pub fn linked_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Notes whether device `device` of a linked client holds the same documents as the other,
-/// as far as it knows after its latest sync (its documents keep changing until both do).
-async fn note_in_sync(setup: &ClientSetup, device: u32, app: &mut App) -> turmoil::Result {
-    let me = setup.plan.client;
+/// Notes in `ledger` whether device `device` of linked client `me` holds the same documents as
+/// the other, as far as it knows after its latest sync (its documents keep changing until both
+/// do). The simulation's linked clients and `relayd chaos`'s both note it through it.
+pub async fn note_in_sync<L: Ledger>(
+    ledger: &RefCell<L>,
+    (me, device): (u32, u32),
+    app: &mut App,
+) -> Result<(), ClientError> {
     let in_sync = match app.history_in_sync().await {
         Ok(in_sync) => in_sync,
         Err(error) => {
-            tolerate(Err(error))?;
+            retryable(error)?;
             false
         }
     };
-    let mut shared = setup.shared.borrow_mut();
+    let mut ledger = ledger.borrow_mut();
+    let in_sync_devices = &mut ledger.progress().in_sync;
     match in_sync {
-        true => shared.progress.in_sync.insert((me, device)),
-        false => shared.progress.in_sync.remove(&(me, device)),
+        true => in_sync_devices.insert((me, device)),
+        false => in_sync_devices.remove(&(me, device)),
     };
     Ok(())
 }
@@ -1219,8 +1232,8 @@ async fn follow_account(
         if send.sync_after {
             tolerate(device.sync().await)?;
             change_some(
-                &setup,
-                1,
+                &setup.shared,
+                (me, 1),
                 &mut device,
                 &local,
                 &mut changes,
@@ -1246,8 +1259,8 @@ async fn follow_account(
         };
         if !sent_all {
             change_some(
-                &setup,
-                1,
+                &setup.shared,
+                (me, 1),
                 &mut device,
                 &local,
                 &mut changes,
@@ -1264,7 +1277,7 @@ async fn follow_account(
         let synced = device.sync().await;
         let clean = synced.is_ok() && local.borrow().pending == Some(0);
         tolerate(synced)?;
-        note_in_sync(&setup, 1, &mut device).await?;
+        note_in_sync(&setup.shared, (me, 1), &mut device).await?;
         if !done_changing && ((sent_all && clean) || past(setup.deadline_ms)) {
             done_changing = true;
             setup.shared.borrow_mut().progress.second_done.insert(me);
