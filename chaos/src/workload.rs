@@ -623,7 +623,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         local.borrow_mut().pending = None;
         tolerate(client.sync().await)?;
         if linked {
-            note_in_sync(&setup.shared, (me, 0), &mut client).await?;
+            note_in_sync(&setup, 0, &mut client).await?;
         }
         let (settled, in_sync) = match second_done {
             true => {
@@ -1125,26 +1125,21 @@ pub fn linked_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Notes in `ledger` whether device `device` of linked client `me` holds the same documents as
-/// the other, as far as it knows after its latest sync (its documents keep changing until both
-/// do). The simulation's linked clients and `relayd chaos`'s both note it through it.
-pub async fn note_in_sync<L: Ledger>(
-    ledger: &RefCell<L>,
-    (me, device): (u32, u32),
-    app: &mut App,
-) -> Result<(), ClientError> {
+/// Notes whether device `device` of a linked client holds the same documents as the other,
+/// as far as it knows after its latest sync (its documents keep changing until both do).
+async fn note_in_sync(setup: &ClientSetup, device: u32, app: &mut App) -> turmoil::Result {
+    let me = setup.plan.client;
     let in_sync = match app.history_in_sync().await {
         Ok(in_sync) => in_sync,
         Err(error) => {
-            retryable(error)?;
+            tolerate(Err(error))?;
             false
         }
     };
-    let mut ledger = ledger.borrow_mut();
-    let in_sync_devices = &mut ledger.progress().in_sync;
+    let mut shared = setup.shared.borrow_mut();
     match in_sync {
-        true => in_sync_devices.insert((me, device)),
-        false => in_sync_devices.remove(&(me, device)),
+        true => shared.progress.in_sync.insert((me, device)),
+        false => shared.progress.in_sync.remove(&(me, device)),
     };
     Ok(())
 }
@@ -1277,7 +1272,7 @@ async fn follow_account(
         let synced = device.sync().await;
         let clean = synced.is_ok() && local.borrow().pending == Some(0);
         tolerate(synced)?;
-        note_in_sync(&setup.shared, (me, 1), &mut device).await?;
+        note_in_sync(&setup, 1, &mut device).await?;
         if !done_changing && ((sent_all && clean) || past(setup.deadline_ms)) {
             done_changing = true;
             setup.shared.borrow_mut().progress.second_done.insert(me);
