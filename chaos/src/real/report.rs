@@ -465,4 +465,49 @@ mod tests {
         );
         assert_eq!(counts.total(), 7);
     }
+
+    #[test]
+    fn changes_count_by_kind_and_as_checked_when_both_devices_documents_were_read() {
+        // Client 0 sent its message 1 to client 1, client 2 its message 1 to client 0.
+        let own = MessageRef {
+            sender: 0,
+            number: 1,
+        };
+        let theirs = MessageRef {
+            sender: 2,
+            number: 1,
+        };
+        let planned = BTreeMap::from([(own, 1), (theirs, 0)]);
+        let changed = |device, message, change| TraceEvent {
+            at_ms: 0,
+            what: What::Changed {
+                client: 0,
+                device,
+                message,
+                change,
+            },
+        };
+        let trace = [
+            changed(0, own, Change::Edit),
+            changed(1, own, Change::React("👍".into())),
+            changed(1, theirs, Change::React("😂".into())),
+            changed(0, own, Change::Delete),
+        ];
+        let doc = |device, peer| DocView {
+            client: 0,
+            device,
+            peer,
+            entries: Vec::new(),
+            read_marks: Vec::new(),
+        };
+        // Both devices' documents of the chat with client 1; only the first's with client 2.
+        let docs = [doc(0, 1), doc(1, 1), doc(0, 2)];
+        let mut second = SecondDevices::default();
+        second.count_changes(&planned, &trace, &docs);
+        assert_eq!(
+            (second.edits, second.deletions, second.reactions),
+            (1, 1, 2)
+        );
+        assert_eq!(second.changes_checked, 3);
+    }
 }
