@@ -16,13 +16,13 @@
 //! retrying what a fault interrupts until it succeeds (after the heal at the latest). The new
 //! device ([`run_second`]) sends the rest of the client's messages, receives what is meant for
 //! the account from then on, and syncs until it is settled and the first device has finished.
-//! Once linked, both devices of the user change the account's messages as the simulation's do,
-//! through the same code ([`change_some`]): after a planned sync, and (the first device) while the
-//! second still sends, or (the second) while the first does, each device edits some of its
-//! account's messages, deletes some for everyone and reacts to some of either account's, at
-//! most [`CHANGES_PER_DEVICE_MAX`]. A change refused or cut off by a fault is not recorded (a
-//! later draw may try again); a recorded one is sent by the device's next sync, which comes
-//! before it stops, and I7 then holds it to be in both devices' documents.
+//! Once linked, both devices of the user change messages as the simulation's do, through the
+//! same code ([`change_some`]): after a planned sync, and while the account's other device still
+//! sends, each device edits some of its account's messages, deletes some for everyone and
+//! reacts to some of either account's, at most [`CHANGES_PER_DEVICE_MAX`] each. A change
+//! refused or cut off by a fault is not recorded (a later draw may try again); a recorded one
+//! goes out with the device's next sync, which comes before it says it is done or stops, and
+//! I7 then holds it to be in both devices' documents.
 //! At the end both devices' stored histories ([`views`]) and relay-sync documents ([`docs`], for
 //! I7) are read.
 
@@ -415,9 +415,9 @@ async fn link_second(
 
 /// Runs client `plan.client`'s second device, linked in `data_dir` (its draws from the run's
 /// `seed`): it sends its share of the planned messages and changes some of the account's (see
-/// the module's documentation), says it is done after a sync that found its outbox empty, then syncs until
-/// the first device has finished and it is settled itself (everything queued for the account
-/// since the link arrived on it), or `deadline` passes.
+/// the module's documentation), says it is done after a sync that found its outbox empty, then
+/// syncs until the first device has finished and it is settled itself (everything queued for
+/// the account since the link arrived on it), or `deadline` passes.
 async fn run_second(
     seed: u64,
     environment: Environment,
