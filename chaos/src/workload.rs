@@ -606,8 +606,8 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             read_some(&setup, &mut client, &local, &mut reads).await?;
             if linked {
                 change_some(
-                    &setup,
-                    0,
+                    &setup.shared,
+                    (me, 0),
                     &mut client,
                     &local,
                     &mut changes,
@@ -1008,16 +1008,17 @@ fn retryable(error: ClientError) -> Result<(), ClientError> {
 }
 
 /// Maybe (by [`CHANGE_PERCENT`], while it has changes left) changes one message device `device`
-/// of the client saw: edits it or deletes it for everyone if the account sent it and the draw
-/// says so, else reacts to it. A message the documents do not hold yet is left alone.
-async fn change_some(
-    setup: &ClientSetup,
-    device: u32,
+/// of client `me` saw: edits it or deletes it for everyone if the account sent it and the draw
+/// says so, else reacts to it. A message the documents do not hold yet is left alone. The
+/// simulation's linked clients and `relayd chaos`'s both change through it.
+pub async fn change_some<L: Ledger>(
+    ledger: &RefCell<L>,
+    (me, device): (u32, u32),
     app: &mut App,
-    local: &Rc<RefCell<Observer>>,
+    local: &RefCell<Observer>,
     rng: &mut StdRng,
     changes_left: &mut u32,
-) -> turmoil::Result {
+) -> Result<(), ClientError> {
     let candidates = local.borrow().changeable.len();
     if *changes_left == 0 || candidates == 0 || !rng.random_ratio(CHANGE_PERCENT, 100) {
         return Ok(());
@@ -1031,22 +1032,22 @@ async fn change_some(
         true if draw < OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT => Change::Delete,
         _ => Change::React(reaction.to_owned()),
     };
-    if make_change(setup, device, app, (peer, &id, message), change).await? {
+    if make_change(ledger, (me, device), app, (peer, &id, message), change).await? {
         *changes_left -= 1;
     }
     Ok(())
 }
 
-/// Device `device` of the client makes `change` to `message` (its id `id` in the chat with
-/// `peer`) and records it; whether it was made (a message deleted meanwhile is refused).
-async fn make_change(
-    setup: &ClientSetup,
-    device: u32,
+/// Device `device` of client `me` makes `change` to `message` (its id `id` in the chat with
+/// `peer`) and records it in `ledger`; whether it was made. A change refused (a message deleted
+/// meanwhile) or cut off by a fault a retry can outlast is not recorded; other errors end it.
+async fn make_change<L: Ledger>(
+    ledger: &RefCell<L>,
+    (me, device): (u32, u32),
     app: &mut App,
     (peer, id, message): (u32, &str, MessageRef),
     change: Change,
-) -> Result<bool, Box<dyn std::error::Error>> {
-    let me = setup.plan.client;
+) -> Result<bool, ClientError> {
     let peer = client_name(peer);
     let changed = match &change {
         Change::Edit => {
@@ -1058,13 +1059,13 @@ async fn make_change(
     };
     match changed {
         Ok(()) => {
-            let mut shared = setup.shared.borrow_mut();
-            *shared
-                .progress
+            let mut ledger = ledger.borrow_mut();
+            *ledger
+                .progress()
                 .changes_made
                 .entry((me, device))
                 .or_default() += 1;
-            shared.record(What::Changed {
+            ledger.record(What::Changed {
                 client: me,
                 device,
                 message,
@@ -1073,7 +1074,7 @@ async fn make_change(
             Ok(true)
         }
         Err(ClientError::Invalid(_)) => Ok(false),
-        Err(error) => tolerate(Err(error)).map(|()| false),
+        Err(error) => retryable(error).map(|()| false),
     }
 }
 
@@ -1137,7 +1138,14 @@ async fn edit_contested(
         return Ok(());
     };
     // Made or refused (deleted meanwhile), it is done.
-    make_change(setup, device, app, (peer, &id, message), Change::Edit).await?;
+    make_change(
+        &setup.shared,
+        (me, device),
+        app,
+        (peer, &id, message),
+        Change::Edit,
+    )
+    .await?;
     if let Some(contested) = setup.shared.borrow_mut().progress.contested.get_mut(&me) {
         match device {
             0 => contested.1 = true,
@@ -1317,8 +1325,8 @@ async fn follow_account(
         if send.sync_after {
             tolerate_on(&setup, 1, device.sync().await)?;
             change_some(
-                &setup,
-                1,
+                &setup.shared,
+                (me, 1),
                 &mut device,
                 &local,
                 &mut changes,
@@ -1347,8 +1355,8 @@ async fn follow_account(
         };
         if !sent_all {
             change_some(
-                &setup,
-                1,
+                &setup.shared,
+                (me, 1),
                 &mut device,
                 &local,
                 &mut changes,

@@ -1,8 +1,9 @@
 //! `relayd chaos` as a user runs it, in its short version: two regions, two clients in each, ten
 //! messages per client and about ten seconds of kills, pauses and partitions of regions and
-//! edges, while one user at least links a second device; then every acknowledged message must
-//! have arrived once, in order, decryptable, at every device that was a member when it was
-//! sent, and both devices of a linked user must hold the same chat documents (I7).
+//! edges, while one user at least links a second device and both its devices edit, delete for
+//! everyone and react; then every acknowledged message must have arrived once, in order,
+//! decryptable, at every device that was a member when it was sent, and both devices of a linked
+//! user must hold the same chat documents, showing every change the account made (I7).
 //! `RELAY_CHAOS_SEED=<n>` reruns one seed.
 
 use std::io::Read;
@@ -86,6 +87,16 @@ fn kills_pauses_and_partitions_lose_nothing() {
     assert!(
         second["documents_compared"].as_u64().unwrap_or(0) >= 1,
         "{second}"
+    );
+    // Its devices changed messages, and I7 found each change it checked in both documents.
+    let changes: u64 = ["edits", "deletions", "reactions"]
+        .iter()
+        .map(|kind| second[kind].as_u64().unwrap_or(0))
+        .sum();
+    assert!(changes >= 1, "no change made: {second}");
+    assert!(
+        second["changes_checked"].as_u64().unwrap_or(0) >= 1,
+        "no change checked: {second}"
     );
 
     // Faults were really injected: a kill and a pause of both a region and an edge, and

@@ -110,11 +110,7 @@ pub(crate) fn check_changes(
         else {
             continue;
         };
-        let peer = match message.sender == *client {
-            true => planned.get(message).copied(),
-            false => Some(message.sender),
-        };
-        let Some(peer) = peer else {
+        let Some(peer) = chat_of(planned, *client, *message) else {
             continue;
         };
         let entry = done
@@ -198,6 +194,19 @@ pub(crate) fn check_changes(
                 }
             }
         }
+    }
+}
+
+/// The peer of the chat of client `client` that holds `message`: its recipient if the client
+/// sent it (by `planned`, the workload's recipients), else its sender.
+pub(crate) fn chat_of(
+    planned: &BTreeMap<MessageRef, u32>,
+    client: u32,
+    message: MessageRef,
+) -> Option<u32> {
+    match message.sender == client {
+        true => planned.get(&message).copied(),
+        false => Some(message.sender),
     }
 }
 

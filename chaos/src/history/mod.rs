@@ -51,6 +51,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use blindness::check_blindness;
+pub(crate) use convergence::chat_of;
 use facts::Facts;
 pub use liveness::{LIVENESS_BOUND_MS, slowest_delivery_ms};
 pub use trace::{

@@ -16,6 +16,13 @@
 //! retrying what a fault interrupts until it succeeds (after the heal at the latest). The new
 //! device ([`run_second`]) sends the rest of the client's messages, receives what is meant for
 //! the account from then on, and syncs until it is settled and the first device has finished.
+//! Once linked, both devices of the user change messages as the simulation's do, through the
+//! same code ([`change_some`]): after a planned sync, and while the account's other device still
+//! sends, each device edits some of its account's messages, deletes some for everyone and
+//! reacts to some of either account's, at most [`CHANGES_PER_DEVICE_MAX`] each. A change
+//! refused or cut off by a fault is not recorded (a later draw may try again); a recorded one
+//! goes out with the device's next sync, which comes before it says it is done or stops, and
+//! I7 then holds it to be in both devices' documents.
 //! At the end both devices' stored histories ([`views`]) and relay-sync documents ([`docs`], for
 //! I7) are read.
 
@@ -26,6 +33,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use relay_client::{ClientError, Environment, Event, Overrides};
 use tokio::time::Instant;
 
@@ -33,9 +42,9 @@ use super::RealChaosError;
 use crate::history::{ChatView, DocView, TraceEvent, What, client_name, device_name};
 use crate::seed;
 use crate::workload::{
-    App, ClientPlan, LINK_RETRY_MS, Ledger, Observer, Plan, PlannedSend, Progress,
-    REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX, SEND_RETRY_MS, SYNC_INTERVAL_MS, chat_views,
-    doc_views, link_device, linked_dir, observe, register_retrying,
+    App, CHANGES_PER_DEVICE_MAX, ClientPlan, LINK_RETRY_MS, Ledger, Observer, Plan, PlannedSend,
+    Progress, REGISTRATION_RETRY_MS, SEND_ATTEMPTS_MAX, SEND_RETRY_MS, SYNC_INTERVAL_MS,
+    change_some, chat_views, doc_views, link_device, linked_dir, observe, register_retrying,
 };
 
 /// Registration attempts before a client gives up.
@@ -228,6 +237,7 @@ pub async fn run(
     let link_at = Instant::now() + Duration::from_millis(deployment.link_delay_ms(me));
     let mut link_due = plan.linked;
     let mut second = None;
+    let mut changes = Changes::new(deployment.seed, "changes", me);
     for send in plan.sends.iter().filter(|send| send.device == 0) {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if deadline.passed() {
@@ -246,6 +256,9 @@ pub async fn run(
             .await;
         }
         send_planned(me, 0, &mut client, send, &local, &record, &deadline).await;
+        if send.sync_after && second.is_some() {
+            changes.maybe(me, 0, &mut client, &local, &record).await;
+        }
     }
     // Linked before this device is done sending: nobody settles while the account's second
     // device may still send.
@@ -263,8 +276,18 @@ pub async fn run(
     record.borrow_mut().progress.done_sending.insert((me, 0));
 
     let complete = loop {
-        // The second device's last sends are in before this sync fetches their copies.
-        let second_done = second.is_none() || record.borrow().progress.second_done.contains(&me);
+        // The second device's last sends and changes are in before this sync fetches them.
+        let (second_done, second_sending) = {
+            let progress = &record.borrow().progress;
+            (
+                second.is_none() || progress.second_done.contains(&me),
+                second.is_some() && !progress.sent_all(me),
+            )
+        };
+        // Nobody settles while the second device sends; this sync sends the change.
+        if second_sending {
+            changes.maybe(me, 0, &mut client, &local, &record).await;
+        }
         tolerate(me, "sync", client.sync().await, &record);
         let settled = record
             .borrow()
@@ -380,6 +403,7 @@ async fn link_second(
     recorded.progress.link(me);
     drop(recorded);
     Some(tokio::task::spawn_local(run_second(
+        deployment.seed,
         environment,
         data_dir,
         plan.clone(),
@@ -389,11 +413,13 @@ async fn link_second(
     )))
 }
 
-/// Runs client `plan.client`'s second device, linked in `data_dir`: it sends its share of the
-/// planned messages, says it is done after a sync that found its outbox empty, then syncs until
-/// the first device has finished and it is settled itself (everything queued for the account
-/// since the link arrived on it), or `deadline` passes.
+/// Runs client `plan.client`'s second device, linked in `data_dir` (its draws from the run's
+/// `seed`): it sends its share of the planned messages and changes some of the account's (see
+/// the module's documentation), says it is done after a sync that found its outbox empty, then
+/// syncs until the first device has finished and it is settled itself (everything queued for
+/// the account since the link arrived on it), or `deadline` passes.
 async fn run_second(
+    seed: u64,
     environment: Environment,
     data_dir: PathBuf,
     plan: ClientPlan,
@@ -415,12 +441,16 @@ async fn run_second(
             return;
         }
     };
+    let mut changes = Changes::new(seed, "linked-changes", me);
     for send in plan.sends.iter().filter(|send| send.device == 1) {
         tokio::time::sleep(Duration::from_millis(send.pause_ms)).await;
         if deadline.passed() {
             break;
         }
         send_planned(me, 1, &mut device, send, &local, &record, &deadline).await;
+        if send.sync_after {
+            changes.maybe(me, 1, &mut device, &local, &record).await;
+        }
     }
     record.borrow_mut().progress.done_sending.insert((me, 1));
     let complete = loop {
@@ -431,6 +461,11 @@ async fn run_second(
                 record.progress.finished.contains(&me),
             )
         };
+        // Only while the first device still sends: this sync sends the change, and
+        // `second_done` (which the others wait on) follows a clean sync after the last one.
+        if !sent_all {
+            changes.maybe(me, 1, &mut device, &local, &record).await;
+        }
         local.borrow_mut().pending = None;
         let synced = device.sync().await;
         let clean = synced.is_ok() && local.borrow().pending == Some(0);
@@ -456,6 +491,45 @@ async fn run_second(
     // Done, complete or not: the first device stops waiting for it.
     record.progress.second_done.insert(me);
     record.second_finished.insert(me, complete);
+}
+
+/// The changes one device makes ([`change_some`]): its draws, from the run's seed, and how many
+/// it may still make.
+struct Changes {
+    rng: StdRng,
+    left: u32,
+}
+
+impl Changes {
+    /// Client `client`'s device whose draws `name` names (the simulation's names).
+    fn new(seed: u64, name: &str, client: u32) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed::derive(seed, name, client.into())),
+            left: CHANGES_PER_DEVICE_MAX,
+        }
+    }
+
+    /// Device `device` of client `me` maybe changes a message it saw; an error a retry cannot
+    /// outlast goes into `record`.
+    async fn maybe(
+        &mut self,
+        me: u32,
+        device: u32,
+        app: &mut App,
+        local: &RefCell<Observer>,
+        record: &RefCell<Record>,
+    ) {
+        let changed = change_some(
+            record,
+            (me, device),
+            app,
+            local,
+            &mut self.rng,
+            &mut self.left,
+        )
+        .await;
+        tolerate(me, "change", changed, record);
+    }
 }
 
 /// Where device `device` of client `me` sends its events: [`observe`], into `record`.

@@ -7,7 +7,9 @@ use super::injector::FaultRecord;
 use super::netns::Partitions;
 use super::schedule::{Cut, Fault, FaultKind};
 use super::{Config, seconds};
-use crate::history::{DocView, Invariant, Violation, What};
+use crate::history::{
+    Change, DocView, Invariant, MessageRef, TraceEvent, Violation, What, chat_of,
+};
 use crate::workload::Plan;
 
 /// How long the phases took.
@@ -34,6 +36,53 @@ pub struct SecondDevices {
     pub complete: usize,
     /// Chat documents of second devices compared with their first device's (I7).
     pub documents_compared: usize,
+    /// Edits the devices of linked users made to their account's messages.
+    pub edits: usize,
+    /// Deletions for everyone they made.
+    pub deletions: usize,
+    /// Reactions they made, to either account's messages.
+    pub reactions: usize,
+    /// Of those changes, the ones whose chat's documents were read from both devices of the
+    /// account, so I7 held the change to show in both.
+    pub changes_checked: usize,
+}
+
+impl SecondDevices {
+    /// Counts the changes of `trace` into `self`: by kind, and those whose chat's documents
+    /// `docs` holds for both devices of the account (`planned` maps messages to recipients).
+    fn count_changes(
+        &mut self,
+        planned: &BTreeMap<MessageRef, u32>,
+        trace: &[TraceEvent],
+        docs: &[DocView],
+    ) {
+        let read = |client: u32, peer: u32, device: u32| {
+            docs.iter()
+                .any(|doc| doc.client == client && doc.peer == peer && doc.device == device)
+        };
+        for event in trace {
+            let What::Changed {
+                client,
+                message,
+                change,
+                ..
+            } = &event.what
+            else {
+                continue;
+            };
+            let count = match change {
+                Change::Edit => &mut self.edits,
+                Change::Delete => &mut self.deletions,
+                Change::React(_) => &mut self.reactions,
+            };
+            *count += 1;
+            if chat_of(planned, *client, *message)
+                .is_some_and(|peer| read(*client, peer, 0) && read(*client, peer, 1))
+            {
+                self.changes_checked += 1;
+            }
+        }
+    }
 }
 
 /// The violations sorted into the report's counts.
@@ -131,6 +180,26 @@ impl Report {
                 .filter(|event| wanted(&event.what))
                 .count()
         };
+        let mut second_devices = SecondDevices {
+            planned: plan.clients.iter().filter(|client| client.linked).count(),
+            linked: record.progress.linked.len(),
+            linked_under_faults: record
+                .trace
+                .iter()
+                .filter(|event| {
+                    matches!(event.what, What::Linked { .. })
+                        && event.at_ms <= timing.faults_over_at_ms
+                })
+                .count(),
+            complete: record
+                .second_finished
+                .values()
+                .filter(|&&complete| complete)
+                .count(),
+            documents_compared: docs.iter().filter(|doc| doc.device > 0).count(),
+            ..SecondDevices::default()
+        };
+        second_devices.count_changes(&plan.recipients(), &record.trace, docs);
         Self {
             seed: config.seed,
             regions: config.regions,
@@ -148,24 +217,7 @@ impl Report {
                 .values()
                 .filter(|&&complete| complete)
                 .count(),
-            second_devices: SecondDevices {
-                planned: plan.clients.iter().filter(|client| client.linked).count(),
-                linked: record.progress.linked.len(),
-                linked_under_faults: record
-                    .trace
-                    .iter()
-                    .filter(|event| {
-                        matches!(event.what, What::Linked { .. })
-                            && event.at_ms <= timing.faults_over_at_ms
-                    })
-                    .count(),
-                complete: record
-                    .second_finished
-                    .values()
-                    .filter(|&&complete| complete)
-                    .count(),
-                documents_compared: docs.iter().filter(|doc| doc.device > 0).count(),
-            },
+            second_devices,
             faults,
             counts: Counts::of(&violations),
             violations,
@@ -264,6 +316,10 @@ impl Report {
                 "linked_under_faults": self.second_devices.linked_under_faults,
                 "complete": self.second_devices.complete,
                 "documents_compared": self.second_devices.documents_compared,
+                "edits": self.second_devices.edits,
+                "deletions": self.second_devices.deletions,
+                "reactions": self.second_devices.reactions,
+                "changes_checked": self.second_devices.changes_checked,
             },
             "violations": violations,
             "unexpected_exits": self.unexpected_exits,
@@ -329,12 +385,18 @@ impl Report {
         out.push_str(&format!(
             "\n| second devices (linked mid-run) | count |\n|---|--:|\n\
              | planned | {} |\n| second devices linked | {} |\n| linked while faults ran | {} |\n\
-             | had everything | {} |\n| I7 documents compared | {} |\n",
+             | had everything | {} |\n| I7 documents compared | {} |\n\
+             | edits / deletions for everyone / reactions | {} / {} / {} |\n\
+             | changes I7 checked on both devices | {} |\n",
             self.second_devices.planned,
             self.second_devices.linked,
             self.second_devices.linked_under_faults,
             self.second_devices.complete,
-            self.second_devices.documents_compared
+            self.second_devices.documents_compared,
+            self.second_devices.edits,
+            self.second_devices.deletions,
+            self.second_devices.reactions,
+            self.second_devices.changes_checked
         ));
         out.push_str(&format!(
             "\nhealing: {} of {} clients had everything after {:.1} s\n",
@@ -402,5 +464,50 @@ mod tests {
             }
         );
         assert_eq!(counts.total(), 7);
+    }
+
+    #[test]
+    fn changes_count_by_kind_and_as_checked_when_both_devices_documents_were_read() {
+        // Client 0 sent its message 1 to client 1, client 2 its message 1 to client 0.
+        let own = MessageRef {
+            sender: 0,
+            number: 1,
+        };
+        let theirs = MessageRef {
+            sender: 2,
+            number: 1,
+        };
+        let planned = BTreeMap::from([(own, 1), (theirs, 0)]);
+        let changed = |device, message, change| TraceEvent {
+            at_ms: 0,
+            what: What::Changed {
+                client: 0,
+                device,
+                message,
+                change,
+            },
+        };
+        let trace = [
+            changed(0, own, Change::Edit),
+            changed(1, own, Change::React("👍".into())),
+            changed(1, theirs, Change::React("😂".into())),
+            changed(0, own, Change::Delete),
+        ];
+        let doc = |device, peer| DocView {
+            client: 0,
+            device,
+            peer,
+            entries: Vec::new(),
+            read_marks: Vec::new(),
+        };
+        // Both devices' documents of the chat with client 1; only the first's with client 2.
+        let docs = [doc(0, 1), doc(1, 1), doc(0, 2)];
+        let mut second = SecondDevices::default();
+        second.count_changes(&planned, &trace, &docs);
+        assert_eq!(
+            (second.edits, second.deletions, second.reactions),
+            (1, 1, 2)
+        );
+        assert_eq!(second.changes_checked, 3);
     }
 }
