@@ -101,17 +101,24 @@ fn operations_are_checked_and_idempotent() {
     assert_eq!(view.read_marks.get(&own(1)), Some(&1));
 }
 
-/// An older edit that arrives after a newer one loses, on the device where it arrives late and
-/// everywhere after a sync.
-#[test]
-fn a_late_older_edit_loses_everywhere() {
+/// Two devices of the account (`own(1)`, `own(2)`) whose documents hold chat message 1, sent by
+/// `sender`.
+fn two_holding_message_1_of(sender: relay_proto::DeviceAddress) -> Vec<Replica> {
     let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
     let first = text_of(1);
     for replica in replicas.iter_mut() {
         replica
-            .append(CHAT, &message(1, other(1), &first))
+            .append(CHAT, &message(1, sender, &first))
             .expect("append");
     }
+    replicas
+}
+
+/// An older edit that arrives after a newer one loses, on the device where it arrives late and
+/// everywhere after a sync.
+#[test]
+fn a_late_older_edit_loses_everywhere() {
+    let mut replicas = two_holding_message_1_of(other(1));
     let mut theirs = Hlc::zero(other(1));
     let older = theirs.tick(1_000);
     let newer = theirs.tick(2_000);
@@ -393,13 +400,7 @@ proptest! {
 /// the later edit by hybrid logical clock, whichever device wrote it.
 #[test]
 fn concurrent_edits_of_two_own_devices_converge_on_the_later_one() {
-    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
-    let first = text_of(1);
-    for replica in replicas.iter_mut() {
-        replica
-            .append(CHAT, &message(1, own(1), &first))
-            .expect("append");
-    }
+    let mut replicas = two_holding_message_1_of(own(1));
     let earlier = replicas[0].tick(1_000);
     let later = replicas[1].tick(2_000);
     replicas[0].edit(CHAT, 1, "earlier", earlier).expect("edit");
@@ -417,13 +418,7 @@ fn concurrent_edits_of_two_own_devices_converge_on_the_later_one() {
 /// after, and no again after either side changes something, until they exchange again.
 #[test]
 fn a_replica_knows_when_its_peer_holds_the_same_documents() {
-    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
-    let first = text_of(1);
-    for replica in replicas.iter_mut() {
-        replica
-            .append(CHAT, &message(1, own(1), &first))
-            .expect("append");
-    }
+    let mut replicas = two_holding_message_1_of(own(1));
     let (one, two) = (own(1), own(2));
     assert!(!replicas[0].in_sync_with(two), "nothing heard from it yet");
     exchange_all(&mut replicas, None);
@@ -453,13 +448,7 @@ fn a_replica_knows_when_its_peer_holds_the_same_documents() {
 /// arrive, and both know they are in sync.
 #[test]
 fn crossing_changes_end_with_both_replicas_knowing_they_are_in_sync() {
-    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
-    let first = text_of(1);
-    for replica in replicas.iter_mut() {
-        replica
-            .append(CHAT, &message(1, own(1), &first))
-            .expect("append");
-    }
+    let mut replicas = two_holding_message_1_of(own(1));
     exchange_all(&mut replicas, None);
     let (one, two) = (own(1), own(2));
 
