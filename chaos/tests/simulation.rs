@@ -237,3 +237,17 @@ fn removed_devices_get_nothing_more_and_the_first_devices_get_everything() {
     // Every acknowledged message reached its recipient's first device.
     assert_eq!(report.received(), report.acknowledged(), "{reproduce}");
 }
+
+/// Seed 58's swarm run restarts the app of a linked user after its devices last synced: the
+/// restarted device knew nothing of the other's documents until its first sync said its heads
+/// again (before, it never did, and its account never confirmed being in sync).
+#[test]
+fn a_restarted_device_learns_again_that_its_other_device_holds_its_documents() {
+    let report = run(&Simulation::swarm(seed_from_env(58)));
+    let unconfirmed = report
+        .trace
+        .iter()
+        .filter(|event| matches!(event.what, What::SyncUnconfirmed { .. }))
+        .count();
+    assert_eq!(unconfirmed, 0, "reproduce with seed={}", report.seed);
+}

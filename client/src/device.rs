@@ -1103,7 +1103,7 @@ impl Actor {
             }
             Command::Sync(reply) => {
                 let flush_deadline_ms = now + FLUSH_BUDGET_MS;
-                self.core.open_flush_window(flush_deadline_ms);
+                self.core.start_sync(flush_deadline_ms);
                 self.waiters.push(Waiter::Sync {
                     started_ms: now,
                     flush_deadline_ms,

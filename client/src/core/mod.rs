@@ -338,6 +338,10 @@ pub struct Core {
     history: History,
     /// Whether sync messages for the own devices may be due (see `changes`).
     sync_wanted: bool,
+    /// Whether this run of the device has told its own devices its documents' heads: a run
+    /// starts knowing nothing of theirs (automerge keeps that only in memory), so its first
+    /// sync says them once, and their answers tell it again whether they hold what it holds.
+    history_announced: bool,
     /// The history bootstrap being downloaded, if one is (see `bootstrap`).
     bootstrap: Option<bootstrap::PendingBootstrap>,
 }
@@ -413,6 +417,7 @@ impl Core {
             wall_ms,
             history,
             sync_wanted: false,
+            history_announced: false,
             bootstrap: None,
         })
     }
@@ -770,6 +775,16 @@ impl Core {
         self.outbox
             .poll_timeout()
             .is_none_or(|due| due >= deadline_ms)
+    }
+
+    /// A sync of this run ([`Core::open_flush_window`]): the first one also says the
+    /// documents' heads to the own devices.
+    pub fn start_sync(&mut self, until_ms: u64) {
+        if !self.history_announced {
+            self.history_announced = true;
+            self.sync_wanted = true;
+        }
+        self.open_flush_window(until_ms);
     }
 
     /// Opens the outbox for sending until `until_ms` ([`Mode::OnDemand`]; a live device always
