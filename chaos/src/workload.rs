@@ -548,31 +548,16 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     register(&setup, &environment, edge).await?;
 
     let local = Rc::new(RefCell::new(Observer::default()));
-    let incarnations = std::cell::Cell::new(0u64);
-    let open = || {
-        let shared = setup.shared.clone();
-        let local = local.clone();
-        let sink = Box::new(move |event: Event| {
-            observe(
-                me,
-                0,
-                event,
-                &mut local.borrow_mut(),
-                &mut *shared.borrow_mut(),
-            )
-        });
-        // Each run of the app draws fresh randomness (ids, jitter), as from the system's
-        // generator: a reopened client must not repeat its first run's message ids.
-        let incarnation = incarnations.get() + 1;
-        incarnations.set(incarnation);
-        let mut environment = environment.clone();
-        environment.rng_seed = Some(seed::derive(
-            setup.seed,
-            "client-run",
-            u64::from(me) << 32 | incarnation,
-        ));
-        App::open(environment, &setup.data_dir, sink)
-    };
+    // Each run of the app draws fresh randomness (ids, jitter), as from the system's generator:
+    // a reopened client must not repeat its first run's message ids.
+    let open = opener(
+        &setup,
+        0,
+        &environment,
+        &setup.data_dir,
+        &local,
+        "client-run",
+    );
     let mut client = open()?;
     let follower = match setup.plan.linked {
         true => link_second_device(&setup, &environment, &edges, &mut client).await?,
@@ -873,6 +858,44 @@ impl App {
         while let Some(event) = self.events.next().await {
             (self.sink)(event);
         }
+    }
+}
+
+/// What opens device `device` (0 the first, 1 the linked one) of the client in `data_dir`,
+/// again and again: its events go to `local` and the shared record, and each run draws fresh
+/// randomness (message ids, jitter, the documents' session) from the seed stream `runs`, as an
+/// app does from the system's generator, so a reopened app never repeats its earlier runs' ids.
+fn opener<'a>(
+    setup: &'a ClientSetup,
+    device: u32,
+    environment: &'a Environment,
+    data_dir: &'a Path,
+    local: &'a Rc<RefCell<Observer>>,
+    runs: &'static str,
+) -> impl Fn() -> Result<App, ClientError> + 'a {
+    let me = setup.plan.client;
+    let incarnations = std::cell::Cell::new(0u64);
+    move || {
+        let shared = setup.shared.clone();
+        let local = local.clone();
+        let sink = Box::new(move |event: Event| {
+            observe(
+                me,
+                device,
+                event,
+                &mut local.borrow_mut(),
+                &mut *shared.borrow_mut(),
+            )
+        });
+        let incarnation = incarnations.get() + 1;
+        incarnations.set(incarnation);
+        let mut environment = environment.clone();
+        environment.rng_seed = Some(seed::derive(
+            setup.seed,
+            runs,
+            u64::from(me) << 32 | incarnation,
+        ));
+        App::open(environment, data_dir, sink)
     }
 }
 
@@ -1194,9 +1217,9 @@ async fn remove_second_if_due(setup: &ClientSetup, app: &mut App) -> turmoil::Re
     }
 }
 
-/// Whether client `me`'s second device was removed: it stops (as done sending and changing,
-/// so nobody waits for it) and records what it stored.
-fn removed(setup: &ClientSetup) -> bool {
+/// Whether client `me`'s second device was removed; if so, marks it done sending and changing
+/// (it stops, so nobody waits for it).
+fn stop_if_removed(setup: &ClientSetup) -> bool {
     let me = setup.plan.client;
     let mut shared = setup.shared.borrow_mut();
     if !shared.progress.removed.contains(&me) {
@@ -1252,10 +1275,9 @@ async fn go_offline(
 /// after its pause, some followed by a sync) and, while the account's devices send, makes a few
 /// changes (edits and deletions of the account's messages, reactions) and goes offline once for
 /// a drawn period ([`go_offline`], where it edits a message the first device edits too); it
-/// says it is done changing after a sync that
-/// found its outbox empty, then syncs until the first device has finished and it is settled
-/// itself (everything meant for the account arrived on it, its outbox is empty), or the time
-/// limit passes. It records what it sends and receives, and at the end its views and documents.
+/// says it is done changing after a sync that found its outbox empty, then syncs until the
+/// first device has finished and it is settled itself (everything meant for the account
+/// arrived on it, its outbox is empty), or the time limit passes. It records what it sends and receives, and at the end its views and documents.
 async fn follow_account(
     setup: ClientSetup,
     environment: Environment,
@@ -1263,30 +1285,7 @@ async fn follow_account(
 ) -> turmoil::Result {
     let me = setup.plan.client;
     let local = Rc::new(RefCell::new(Observer::default()));
-    let incarnations = std::cell::Cell::new(0u64);
-    let open = || {
-        let shared = setup.shared.clone();
-        let local = local.clone();
-        let sink = Box::new(move |event: Event| {
-            observe(
-                me,
-                1,
-                event,
-                &mut local.borrow_mut(),
-                &mut *shared.borrow_mut(),
-            )
-        });
-        // A reopened app draws fresh randomness (ids, the documents' session), as `run_client`'s.
-        let incarnation = incarnations.get() + 1;
-        incarnations.set(incarnation);
-        let mut environment = environment.clone();
-        environment.rng_seed = Some(seed::derive(
-            setup.seed,
-            "linked-run",
-            u64::from(me) << 32 | incarnation,
-        ));
-        App::open(environment, &data_dir, sink)
-    };
+    let open = opener(&setup, 1, &environment, &data_dir, &local, "linked-run");
     let mut device = open()?;
     setup
         .shared
@@ -1313,7 +1312,7 @@ async fn follow_account(
         if past(setup.deadline_ms) {
             break;
         }
-        if removed(&setup) {
+        if stop_if_removed(&setup) {
             stopped = true;
             break;
         }
@@ -1343,7 +1342,7 @@ async fn follow_account(
         .insert((me, 1));
     let mut done_changing = false;
     loop {
-        if stopped || removed(&setup) {
+        if stopped || stop_if_removed(&setup) {
             break;
         }
         let (sent_all, first_finished) = {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::chat_of;
 use super::trace::{Change, ChatView, MessageRef, TraceEvent, What};
 
 /// The facts of one run.
@@ -154,12 +155,7 @@ impl<'a> Facts<'a> {
                     if *change == Change::Delete && message.sender == client {
                         facts.deleted.insert(message);
                     }
-                    // The chat of the message: with its recipient, or with its sender.
-                    let peer = match message.sender == client {
-                        true => planned.get(&message).copied(),
-                        false => Some(message.sender),
-                    };
-                    if let Some(peer) = peer {
+                    if let Some(peer) = chat_of(planned, client, message) {
                         *facts.receipt_envelopes.entry((client, peer)).or_default() += 1;
                         *facts.receipt_envelopes.entry((peer, client)).or_default() += 1;
                     }
