@@ -6,7 +6,9 @@
 //! other devices, so no server learns that anyone read, edited or reacted to anything; a sync
 //! message travels in the chat of the account with itself, to its own devices only, and so
 //! does a history bootstrap: the reference to an encrypted snapshot of every chat, which a
-//! device that approved a link sends to the new device only.
+//! device that approved a link sends to the new device only. A group key is a sending device's
+//! Megolm session key for one group ([`GroupKey`]), sent to each member device that does not
+//! hold it yet, over Olm only (see [`crate::group_keys`]).
 //!
 //! Forward compatible: a content of a kind this build does not know decodes with no body and is
 //! skipped by the receiver ([`Content::is_unknown_kind`]), never shown as undecryptable. Tags
@@ -17,16 +19,18 @@ use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_ID_BYTES, BLOB_SHA256_BYTES};
 use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId};
 use relay_sync::Hlc;
 use relay_sync::limits::{REACTION_BYTES_MAX, SYNC_MESSAGE_BYTES_MAX};
+use vodozemac::megolm::{InboundGroupSession, SessionConfig, SessionKey};
 
 use crate::blob::{BLOB_KEY_BYTES, BlobRef};
 use crate::error::{ClientError, Result};
+use crate::group_keys::GroupKeyError;
 use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 
 /// The plaintext of one envelope.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Content {
     /// What it is.
-    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub body: Option<body::Body>,
 }
 
@@ -56,6 +60,9 @@ pub mod body {
         /// The history of every chat as an encrypted blob, for a newly linked own device.
         #[prost(message, tag = "7")]
         Bootstrap(super::HistoryBootstrap),
+        /// A sending device's Megolm session key for one group.
+        #[prost(message, tag = "8")]
+        GroupKey(super::GroupKey),
     }
 }
 
@@ -210,6 +217,44 @@ impl HistoryBootstrap {
             size: self.size,
             sha256: <[u8; BLOB_SHA256_BYTES]>::try_from(self.sha256.as_slice()).ok()?,
         })
+    }
+}
+
+/// A sending device's Megolm session key for one group, at the session's index when it was
+/// shared: the receiver decrypts that message of the session and every later one, none before.
+/// The sender is the Olm session's authenticated device, never a field of the content.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupKey {
+    /// The group (the directory numbers groups from 1).
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// The session's id (vodozemac's base64 of its Ed25519 public key).
+    #[prost(string, tag = "2")]
+    pub session_id: String,
+    /// The signed Megolm session key (vodozemac `SessionKey` bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub session_key: Vec<u8>,
+}
+
+impl GroupKey {
+    /// The session key it carries, if every field is well formed: a group other than 0, a
+    /// session key whose signature verifies, and a session id that is that key's.
+    pub fn session_key(&self) -> std::result::Result<SessionKey, GroupKeyError> {
+        if self.group == 0 {
+            return Err(GroupKeyError::MalformedKey("group 0 does not exist".into()));
+        }
+        let key = SessionKey::from_bytes(&self.session_key)
+            .map_err(|error| GroupKeyError::MalformedKey(error.to_string()))?;
+        // The key's own id is its signing key's; a content naming another id is not to be
+        // filed under that id.
+        let id = InboundGroupSession::new(&key, SessionConfig::version_1()).session_id();
+        if id != self.session_id {
+            return Err(GroupKeyError::MalformedKey(format!(
+                "the key is of session {id}, the content names {:?}",
+                self.session_id
+            )));
+        }
+        Ok(key)
     }
 }
 
@@ -388,6 +433,13 @@ impl Content {
         }
     }
 
+    /// A group key for one member device (see [`crate::group_keys::GroupKeys::prepare_send`]).
+    pub fn group_key(key: GroupKey) -> Self {
+        Content {
+            body: Some(body::Body::GroupKey(key)),
+        }
+    }
+
     /// The other account of the 1:1 chat as the sender sees it.
     pub fn peer_account(&self) -> Option<u64> {
         match self.body.as_ref()? {
@@ -396,7 +448,7 @@ impl Content {
             body::Body::Edit(edit) => Some(edit.peer_account),
             body::Body::Delete(delete) => Some(delete.peer_account),
             body::Body::React(react) => Some(react.peer_account),
-            body::Body::Sync(_) | body::Body::Bootstrap(_) => None,
+            body::Body::Sync(_) | body::Body::Bootstrap(_) | body::Body::GroupKey(_) => None,
         }
     }
 
@@ -449,6 +501,10 @@ impl Content {
             Some(body::Body::Bootstrap(bootstrap)) if bootstrap.reference().is_none() => {
                 Err(ClientError::Crypto("malformed history bootstrap".into()))
             }
+            Some(body::Body::GroupKey(key)) => match key.session_key() {
+                Ok(_) => Ok(content),
+                Err(error) => Err(ClientError::Crypto(format!("malformed group key: {error}"))),
+            },
             Some(_) => Ok(content),
         }
     }
@@ -659,6 +715,82 @@ mod tests {
         }
         .to_bytes();
         assert!(Content::from_bytes(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_group_key_round_trips_and_a_malformed_one_is_refused() {
+        use vodozemac::megolm::GroupSession;
+        let session = GroupSession::new(SessionConfig::version_1());
+        let key = GroupKey {
+            group: 7,
+            session_id: session.session_id(),
+            session_key: session.session_key().to_bytes(),
+        };
+        let content = Content::group_key(key.clone());
+        let decoded = Content::from_bytes(&content.to_bytes()).expect("decode");
+        assert_eq!(decoded, content);
+        assert_eq!(decoded.peer_account(), None);
+        match decoded.body {
+            Some(body::Body::GroupKey(decoded)) => {
+                assert_eq!(decoded, key);
+                assert!(decoded.session_key().is_ok());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // Group 0, a key whose signature fails, a short key, a session id that is not the key's.
+        let mut damaged = key.session_key.clone();
+        damaged[40] ^= 1;
+        let malformed = [
+            GroupKey {
+                group: 0,
+                ..key.clone()
+            },
+            GroupKey {
+                session_key: damaged,
+                ..key.clone()
+            },
+            GroupKey {
+                session_key: key.session_key[..100].to_vec(),
+                ..key.clone()
+            },
+            GroupKey {
+                session_id: GroupSession::new(SessionConfig::version_1()).session_id(),
+                ..key.clone()
+            },
+        ];
+        for bad in malformed {
+            let bytes = Content::group_key(bad.clone()).to_bytes();
+            let error = Content::from_bytes(&bytes).expect_err("refused");
+            assert!(
+                error.to_string().contains("malformed group key"),
+                "{bad:?}: {error}"
+            );
+            assert!(!Content::is_unknown_kind(&bytes));
+        }
+
+        // Random bytes, alone and after a group key's tag, never panic the decoder.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(8);
+        let real = content.to_bytes();
+        for round in 0..3_000 {
+            let mut bytes = vec![0u8; rand::Rng::random_range(&mut rng, 0..300)];
+            rand::RngCore::fill_bytes(&mut rng, &mut bytes);
+            if round % 2 == 0 {
+                // A group key's field tag and a length, then noise.
+                bytes.splice(0..0, [0x42, (bytes.len() as u8) & 0x7f]);
+            }
+            let _ = Content::from_bytes(&bytes);
+            let mut mutated = real.clone();
+            let at = round % mutated.len();
+            mutated[at] ^= 1 << (round % 8);
+            if let Ok(Content {
+                body: Some(body::Body::GroupKey(decoded)),
+            }) = Content::from_bytes(&mutated)
+            {
+                // What decodes is well formed: a verified key under its own id.
+                assert!(decoded.session_key().is_ok());
+            }
+        }
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub enum ClientError {
     /// A downloaded blob does not match its reference or does not open under its key.
     #[error("blob: {0}")]
     Blob(#[from] crate::blob::BlobCryptoError),
+    /// A group session could not encrypt, decrypt or take a key.
+    #[error("group session: {0}")]
+    GroupKey(#[from] crate::group_keys::GroupKeyError),
 }
 
 impl ClientError {
@@ -187,6 +190,7 @@ impl ClientError {
             ClientError::DeviceRolledBack(text) => ClientError::DeviceRolledBack(text.clone()),
             ClientError::Closed => ClientError::Closed,
             ClientError::Blob(error) => ClientError::Blob(error.clone()),
+            ClientError::GroupKey(error) => ClientError::GroupKey(error.clone()),
         }
     }
 
@@ -218,6 +222,7 @@ impl ClientError {
             ClientError::DeviceRolledBack(_) => "device_rolled_back",
             ClientError::Closed => "closed",
             ClientError::Blob(_) => "bad_blob",
+            ClientError::GroupKey(_) => "group_session",
         }
     }
 }

@@ -115,6 +115,19 @@ pub const FALLBACK_KEY_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// [`crate::fallback`]); a new key is made no sooner either, since making one drops the previous.
 pub const FALLBACK_KEY_PREVIOUS_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
 
+// --- Group sessions (Megolm, see crate::group_keys) ---
+
+/// Messages one sending group session encrypts; the next message starts a new session.
+pub const GROUP_SESSION_MESSAGES_MAX: u32 = 100;
+/// Age of a sending group session at which the next message starts a new session, in ms.
+pub const GROUP_SESSION_AGE_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Sessions kept per (group, sending device) from other devices; a newer one makes the device
+/// forget the one it received first.
+pub const GROUP_INBOUND_SESSIONS_PER_SENDER_MAX: usize = 1_000;
+/// Entries a region's queue holds for one device at most (`fdb-layers`'
+/// `DEVICE_QUEUE_DEPTH_MAX`; the client does not depend on the storage layers).
+const REGION_DEVICE_QUEUE_DEPTH_MAX: u64 = 100_000;
+
 // --- Contents ---
 
 /// Largest text body, in bytes of UTF-8 (well under the 64 KiB ciphertext limit).
@@ -189,6 +202,12 @@ const _: () = assert!(SEEN_RETENTION_MS > 30 * 24 * 3600 * 1000);
 // A key replaced because of its age has been current for at least as long as its predecessor
 // is kept, so periodic replacement never waits on the previous key.
 const _: () = assert!(FALLBACK_KEY_MAX_AGE_MS >= FALLBACK_KEY_PREVIOUS_KEPT_MS);
+// The sessions kept from one sender cover every message a region can hold for this device, so
+// a message still in the queue never finds its session forgotten.
+const _: () = assert!(
+    GROUP_INBOUND_SESSIONS_PER_SENDER_MAX as u64 * GROUP_SESSION_MESSAGES_MAX as u64
+        >= REGION_DEVICE_QUEUE_DEPTH_MAX
+);
 // Waiting for another process's lock takes no longer than a request: a shared data directory
 // never stalls a command past its own timeouts.
 const _: () = assert!(BUSY_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
