@@ -537,6 +537,13 @@ impl GroupKeys {
         Ok(keys)
     }
 
+    /// The same, keeping at most `max` sessions per (group, sender): tests of the bound.
+    #[cfg(test)]
+    pub(crate) fn with_inbound_per_sender_max(mut self, max: usize) -> Self {
+        self.inbound_per_sender_max = max;
+        self
+    }
+
     /// The device these sessions belong to.
     pub fn me(&self) -> DeviceAddress {
         self.me
@@ -1433,8 +1440,7 @@ pub(crate) mod tests {
         ));
 
         // The bound: the oldest session of a sender goes first, and is reported removed.
-        let mut carol = GroupKeys::new(CAROL);
-        carol.inbound_per_sender_max = 3;
+        let mut carol = GroupKeys::new(CAROL).with_inbound_per_sender_max(3);
         let mut ids = Vec::new();
         for n in 0..5 {
             let mut alice = GroupKeys::new(ALICE);

@@ -1,25 +1,27 @@
 //! The device's durable state in SQLite (`<data>/relay.db`, WAL, `synchronous=FULL`,
-//! `secure_delete`): identity and settings, the Olm account and session pickles (sealed under the
-//! device key, see [`crate::secrets`]), trusted device keys, contacts, messages with their ticks,
-//! the outbox and the drafts waiting for their recipient's account, per-chat sender_seq
-//! counters, the queue cursor with the acks still owed, and the seen-set that deduplicates
-//! redelivered envelopes. A few values of the device's own state live in the settings table,
-//! which needs no schema change for them: the last edge that worked, the envelope counter
-//! (`device_seq`), when the fallback key was made, and whether the relay refused this device
-//! because its state went back.
+//! `secure_delete`): identity and settings, the Olm account and session pickles and the Megolm
+//! group sessions (sealed under the device key, see [`crate::secrets`]), trusted device keys,
+//! contacts, messages with their ticks, the outbox and the drafts waiting for their recipient's
+//! account, per-chat sender_seq counters, the queue cursor with the acks still owed, and the
+//! seen-set that deduplicates redelivered envelopes. A few values of the device's own state
+//! live in the settings table, which needs no schema change for them: the last edge that
+//! worked, the envelope counter (`device_seq`), when the fallback key was made, and whether the
+//! relay refused this device because its state went back.
 //!
 //! Reads are methods on [`Store`]; every change goes through [`Store::write`], one transaction
 //! whose commit is durable before the caller acknowledges anything to the server or reports it
 //! done. The schema is versioned with `PRAGMA user_version`; a migration only ever adds
-//! (version 2 added the drafts). Opening checks the file is a database of this schema with every
-//! table, and calls anything else damaged ([`ClientError::Damaged`]) instead of starting over.
-//! Pickles written by builds before sealing are sealed by [`Store::unlock`], after which the
-//! file is vacuumed and its write-ahead log truncated, so no plaintext copy stays behind.
+//! (version 2 added the drafts, version 4 the group sessions). Opening checks the file is a
+//! database of this schema with every table, and calls anything else damaged
+//! ([`ClientError::Damaged`]) instead of starting over. Pickles written by builds before
+//! sealing are sealed by [`Store::unlock`], after which the file is vacuumed and its write-ahead
+//! log truncated, so no plaintext copy stays behind.
 //!
 //! One file per table family: [`identity`] (identity and settings), [`crypto`] (the Olm
-//! account and sessions), [`contacts`] (contacts and devices), [`messages`] (messages, ticks
-//! and receipts), [`outbox`] (outbox, sender_seq counters and drafts), [`queue`] (queue cursor,
-//! acks owed and the seen-set) and [`schema`] (the schema and its migrations).
+//! account and sessions), [`groups`] (the Megolm group sessions), [`contacts`] (contacts and
+//! devices), [`messages`] (messages, ticks and receipts), [`outbox`] (outbox, sender_seq
+//! counters and drafts), [`queue`] (queue cursor, acks owed and the seen-set) and [`schema`]
+//! (the schema and its migrations).
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,7 @@ use crate::secrets::DeviceKey;
 
 pub mod contacts;
 pub mod crypto;
+pub mod groups;
 pub mod identity;
 pub mod messages;
 pub mod outbox;

@@ -1,6 +1,6 @@
 //! The schema and its migrations: versioned with `PRAGMA user_version`; a migration only ever
-//! adds (version 2 added the drafts). [`check`] tells a database of this client from anything
-//! else, which is damaged, never started over.
+//! adds (version 2 added the drafts, 3 indexes, 4 the group sessions). [`check`] tells a
+//! database of this client from anything else, which is damaged, never started over.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use super::damaged;
 use crate::error::{ClientError, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -125,6 +125,33 @@ CREATE INDEX messages_waiting ON messages (id)
     WHERE outgoing = 1 AND chat_seq IS NULL AND failed IS NULL AND text IS NOT NULL;
 ";
 
+/// Version 4: the Megolm group sessions (see [`super::groups`]): the device's sending session
+/// per group with the devices holding its key, and the sessions other devices shared with it.
+const SCHEMA_V4: &str = "
+CREATE TABLE group_outbound_sessions (
+    group_id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    pickle TEXT NOT NULL
+);
+CREATE TABLE group_outbound_shares (
+    group_id INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    account INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    PRIMARY KEY (group_id, session_id, account, device)
+) WITHOUT ROWID;
+CREATE TABLE group_inbound_sessions (
+    session_id TEXT PRIMARY KEY,
+    group_id INTEGER NOT NULL,
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    first_known_index INTEGER NOT NULL,
+    received_seq INTEGER NOT NULL,
+    pickle TEXT NOT NULL
+);
+";
+
 /// The tables of each schema version, to check an opened database holds them all.
 const TABLES_V1: [&str; 13] = [
     "identity",
@@ -142,12 +169,18 @@ const TABLES_V1: [&str; 13] = [
     "receipts",
 ];
 const TABLES_V2: [&str; 1] = ["drafts"];
+const TABLES_V4: [&str; 3] = [
+    "group_outbound_sessions",
+    "group_outbound_shares",
+    "group_inbound_sessions",
+];
 
 /// Creates every table of [`SCHEMA_VERSION`] in a new database.
 pub(super) fn create(transaction: &Transaction<'_>) -> Result<()> {
     transaction.execute_batch(SCHEMA_V1)?;
     transaction.execute_batch(SCHEMA_V2)?;
     transaction.execute_batch(SCHEMA_V3)?;
+    transaction.execute_batch(SCHEMA_V4)?;
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -177,6 +210,9 @@ pub(super) fn check(connection: &Connection, path: &Path, bytes: u64) -> Result<
     if version >= 2 {
         expected.extend(TABLES_V2);
     }
+    if version >= 4 {
+        expected.extend(TABLES_V4);
+    }
     for table in expected {
         let found: Option<i64> = connection
             .query_row(
@@ -200,6 +236,9 @@ pub(super) fn migrate(transaction: &Transaction<'_>, version: i32) -> Result<()>
     }
     if version < 3 {
         transaction.execute_batch(SCHEMA_V3)?;
+    }
+    if version < 4 {
+        transaction.execute_batch(SCHEMA_V4)?;
     }
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -254,6 +293,61 @@ mod tests {
              AND text IS NOT NULL ORDER BY id LIMIT 1",
         );
         assert!(waiting.contains("messages_waiting"), "{waiting}");
+    }
+
+    /// A database of version 3 opens as version 4 with the group session tables, empty, and
+    /// everything it held untouched.
+    #[test]
+    fn a_version_3_database_gains_the_group_session_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        {
+            let mut connection = Connection::open(&path).expect("open");
+            let transaction = connection.transaction().expect("transaction");
+            transaction.execute_batch(SCHEMA_V1).expect("v1");
+            transaction.execute_batch(SCHEMA_V2).expect("v2");
+            transaction.execute_batch(SCHEMA_V3).expect("v3");
+            transaction
+                .execute(
+                    "INSERT INTO contacts (account, name, region) VALUES (5, 'erin', 1)",
+                    [],
+                )
+                .expect("a contact");
+            transaction
+                .pragma_update(None, "user_version", 3)
+                .expect("version");
+            transaction.commit().expect("commit");
+        }
+        let mut store = Store::open(&path).expect("opens");
+        let version: i32 = store
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, 4);
+        store
+            .unlock(&dir.path().join("device.key"))
+            .expect("unlock");
+        let me = crate::store::testing::device(1, 1);
+        let keys = store.load_group_keys(me).expect("no sessions yet");
+        assert!(keys.outbound(7).is_none());
+        assert!(
+            store.contact_by_name("erin").expect("contact").is_some(),
+            "what it held is untouched"
+        );
+        drop(store);
+        // Opening again finds every table of version 4 (and migrates nothing).
+        let store = Store::open(&path).expect("reopens");
+        for table in TABLES_V4 {
+            let found: i64 = store
+                .connection
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |row| row.get(0),
+                )
+                .expect("master");
+            assert_eq!(found, 1, "{table}");
+        }
     }
 
     #[test]
