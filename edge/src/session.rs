@@ -381,6 +381,7 @@ impl Session {
             Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) | Body::Devices(_) => {
                 Ok(Route::DeviceHome(device))
             }
+            Body::Group(_) => Err(unsupported_request()),
             Body::RequestLink(_) => Err(ProtoError::invalid(
                 "a link request comes from a new device, before it authenticates",
             )),

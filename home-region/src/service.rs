@@ -733,6 +733,10 @@ impl RegionService {
                     linking::Answer::Devices(devices) => Resp::Devices(devices),
                 })
             }
+            Req::Group(_) => Err(ProtoError::new(
+                ErrorCode::UnsupportedRequest,
+                "this region does not serve groups yet",
+            )),
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
             Req::StoreCensus(request) => {
                 if self.inner.writer != local {

@@ -60,6 +60,16 @@ pub enum ErrorCode {
     /// An upload stream started at an offset other than the one the region committed: ask
     /// for the status and resume from its `committed_bytes`.
     WrongOffset = 22,
+    /// The group does not exist, or the asker is not one of its members (to a non-member the
+    /// two are the same).
+    UnknownGroup = 23,
+    /// Only an admin of the group may do this.
+    NotGroupAdmin = 24,
+    /// The group would have more members than its limit: nothing was changed.
+    GroupFull = 25,
+    /// The change would leave the group without an admin: make another member an admin
+    /// first.
+    LastGroupAdmin = 26,
 }
 
 impl ErrorCode {
@@ -87,6 +97,10 @@ impl ErrorCode {
             20 => Self::UnknownBlob,
             21 => Self::BlobMismatch,
             22 => Self::WrongOffset,
+            23 => Self::UnknownGroup,
+            24 => Self::NotGroupAdmin,
+            25 => Self::GroupFull,
+            26 => Self::LastGroupAdmin,
             _ => Self::Internal,
         }
     }
@@ -175,7 +189,7 @@ mod tests {
 
     #[test]
     fn every_code_survives_the_wire() {
-        for number in 1..=22 {
+        for number in 1..=26 {
             let code = ErrorCode::from_u32(number);
             if number != 8 {
                 assert_ne!(code, ErrorCode::Internal, "code {number} is unknown");

@@ -1,4 +1,4 @@
-//! Identifiers: accounts, devices, chats, client message ids, regions.
+//! Identifiers: accounts, devices, groups, chats, client message ids, regions.
 
 use std::fmt;
 
@@ -25,7 +25,11 @@ pub struct DeviceAddress {
     pub device: DeviceId,
 }
 
-/// A chat: a 1:1 conversation (or, later, a group). 16 bytes.
+/// A group of accounts, numbered by the directory writer from 1, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+/// A chat: a 1:1 conversation ([`ChatId::direct`]) or a group ([`ChatId::group`]). 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChatId(pub [u8; 16]);
 
@@ -41,6 +45,19 @@ impl ChatId {
         hasher.update(b"relay-direct-chat-v1");
         hasher.update(low.0.to_be_bytes());
         hasher.update(high.0.to_be_bytes());
+        let digest = hasher.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        ChatId(id)
+    }
+
+    /// The chat of a group: the first 16 bytes of SHA-256("relay-group-chat-v1" ‖ the group id
+    /// as 8 bytes big-endian). A different prefix from [`ChatId::direct`]'s keeps the two kinds
+    /// apart.
+    pub fn group(group: GroupId) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"relay-group-chat-v1");
+        hasher.update(group.0.to_be_bytes());
         let digest = hasher.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
@@ -89,6 +106,12 @@ impl fmt::Display for AccountId {
     }
 }
 
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "group {}", self.0)
+    }
+}
+
 impl fmt::Display for RegionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -111,6 +134,22 @@ mod tests {
         let b = AccountId(2);
         assert_eq!(ChatId::direct(a, b), ChatId::direct(b, a));
         assert_ne!(ChatId::direct(a, b), ChatId::direct(a, AccountId(3)));
+    }
+
+    #[test]
+    fn group_chats_are_distinct_and_pinned() {
+        assert_ne!(ChatId::group(GroupId(1)), ChatId::group(GroupId(2)));
+        // A group and a 1:1 chat with the same numbers never share a chat id.
+        assert_ne!(
+            ChatId::group(GroupId(1)),
+            ChatId::direct(AccountId(0), AccountId(1))
+        );
+        // Clients derive it too: its definition is fixed.
+        let mut hasher = Sha256::new();
+        hasher.update(b"relay-group-chat-v1");
+        hasher.update([0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(ChatId::group(GroupId(7)).0, hasher.finalize()[..16]);
+        assert_eq!(GroupId(7).to_string(), "group 7");
     }
 
     #[test]

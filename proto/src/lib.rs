@@ -16,5 +16,5 @@ pub mod wire;
 
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{FrameDecoder, FrameError, decode_frame, encode_frame};
-pub use ids::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
+pub use ids::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, GroupId, RegionId};
 pub use pairing::PairingCode;

@@ -101,6 +101,29 @@ pub const PAIRINGS_PER_ACCOUNT_MAX: usize = 8;
 /// Devices one account may have: its device list is read whole at every commit.
 pub const DEVICES_PER_ACCOUNT_MAX: usize = 16;
 
+/// Most members of one group (its creator included). Bounded like an envelope's recipient
+/// devices, since a group message fans out to every member's devices.
+pub const GROUP_MEMBERS_MAX: usize = 1_024;
+
+/// Longest group name, in bytes of UTF-8 (a name is shown to people, so it may use any script,
+/// but no control characters).
+pub const GROUP_NAME_BYTES_MAX: usize = 128;
+
+/// Most groups one `List` group command answers (a device pages with `after_group`).
+pub const GROUPS_PER_PAGE_MAX: u32 = 100;
+
+/// Most bytes one group member takes in a `GroupInfo`: its field key and length (1 byte each),
+/// the account (key and a varint of up to 10 bytes) and the admin flag (key and 1 byte).
+pub const GROUP_MEMBER_ENCODED_BYTES_MAX: usize = 2 + (1 + 10) + (1 + 1);
+
+/// Most bytes a `GroupInfo` takes apart from its members: id, chat id, name, version, home
+/// region, epoch, member count, with their keys and lengths (and room to spare).
+pub const GROUP_INFO_FIXED_BYTES_MAX: usize = GROUP_NAME_BYTES_MAX + 128;
+
+/// Bytes of a client's request id for creating a group (drawn at random by the client; the
+/// same id again is the same creation).
+pub const GROUP_REQUEST_ID_BYTES: usize = 16;
+
 /// Bytes of a blob id: 128 random bits drawn by the region, so an id cannot be guessed (knowing
 /// it is the grant to download the ciphertext).
 pub const BLOB_ID_BYTES: usize = 16;
@@ -131,6 +154,20 @@ const _: () =
 const _: () = assert!(ENVELOPE_RECIPIENT_DEVICES_MAX <= SUBSCRIBE_DEVICES_PER_FRAME_MAX);
 // A new device's recipients list (all its account's devices and a contact's) fits an envelope.
 const _: () = assert!(2 * DEVICES_PER_ACCOUNT_MAX <= ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A group message's recipients are its members' devices, which one envelope addresses (one
+// device per member at least).
+const _: () = assert!(GROUP_MEMBERS_MAX <= ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A group with all its members, and a page of groups (listed without their members), each fit
+// one frame, with the frame's own fields.
+const _: () = assert!(
+    GROUP_MEMBERS_MAX * GROUP_MEMBER_ENCODED_BYTES_MAX + GROUP_INFO_FIXED_BYTES_MAX
+        <= FRAME_BYTES_MAX / 2
+);
+const _: () = assert!(
+    GROUPS_PER_PAGE_MAX as usize * (GROUP_INFO_FIXED_BYTES_MAX + 16) <= FRAME_BYTES_MAX / 2
+);
+// A request naming every member (account ids of up to 11 bytes each) fits one frame.
+const _: () = assert!(GROUP_MEMBERS_MAX * 11 + GROUP_NAME_BYTES_MAX <= FRAME_BYTES_MAX / 2);
 // A code outlives the requests that use it.
 const _: () = assert!(PAIRING_CODE_TTL_MS > 10 * EDGE_ANSWER_TIMEOUT_MS);
 // Five bytes are eight base-32 characters exactly.
