@@ -15,7 +15,7 @@ use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, RegionId};
 use crate::chat_log::{self, AppendOutcome, NewEntry};
 use crate::codec::IdempotencyKey;
 use crate::device_queue::{self, QueueAppend, QueueItem, SweepScope};
-use crate::directory::{GroupId, MembershipChange};
+use crate::directory::{GroupChange, GroupId, GroupMember, NewGroup};
 use crate::engine::{Database, FaultConfig};
 use crate::error::StoreError;
 use crate::test_support::{KeyIssuer, fault_seed, temporary_database, transact_through_outages};
@@ -439,7 +439,8 @@ async fn claims_are_exactly_once(database: &Database, device: DeviceAddress, key
     assert_eq!(remaining, 0);
 }
 
-/// Members join a group concurrently; every change bumps the group's version and the
+/// Members join a group concurrently, one leaves, the group is renamed, gains an admin and
+/// loses both (a member is promoted); every change bumps the group's version and the
 /// directory's change counter exactly once, even when commits are retried.
 async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], keys: &KeyIssuer) {
     let [owner, other] = accounts;
@@ -452,10 +453,18 @@ async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], key
         .expect("change count");
     let create_key = keys.issue();
     let group = transact_through_outages(database, |tx| async move {
-        directory::create_group(&tx, owner, HOME, &create_key).await
+        let new = NewGroup {
+            owner,
+            name: "conformance",
+            home_region: HOME,
+            members: &[],
+            request_id: [1; directory::GROUP_REQUEST_ID_BYTES],
+        };
+        directory::create_group(&tx, &new, &create_key).await
     })
     .await
-    .expect("create group");
+    .expect("create group")
+    .expect("one member");
     // Members 100..108 (ids the directory need not know) join at once, then one leaves.
     let joins: Vec<_> = (100..108u64)
         .map(|account| {
@@ -472,7 +481,7 @@ async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], key
     let mut versions = BTreeSet::new();
     for join in joins {
         match join.await.expect("join task").expect("join") {
-            MembershipChange::Changed { version } => assert!(versions.insert(version)),
+            GroupChange::Changed { version } => assert!(versions.insert(version)),
             other => panic!("a first join must change the group: {other:?}"),
         }
     }
@@ -489,14 +498,32 @@ async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], key
     assert_eq!(
         (added, removed),
         (
-            MembershipChange::Changed { version: 10 },
-            MembershipChange::Changed { version: 11 }
+            GroupChange::Changed { version: 10 },
+            GroupChange::Changed { version: 11 }
         )
+    );
+    // A rename, a second admin, then both admins leave: the lowest remaining member (101)
+    // becomes the admin. One version per change, exact through retried commits.
+    let [rename, promote, owner_leaves, other_leaves] =
+        [keys.issue(), keys.issue(), keys.issue(), keys.issue()];
+    let roles = transact_through_outages(database, |tx| async move {
+        Ok([
+            directory::rename_group(&tx, group, "renamed", &rename).await?,
+            directory::set_admin(&tx, group, other, true, &promote).await?,
+            directory::remove_member(&tx, group, owner, &owner_leaves).await?,
+            directory::remove_member(&tx, group, other, &other_leaves).await?,
+        ])
+    })
+    .await
+    .expect("role changes");
+    assert_eq!(
+        roles,
+        [12, 13, 14, 15].map(|version| GroupChange::Changed { version })
     );
     let (members, version, groups_of_other, changes_after) =
         transact_through_outages(database, |tx| async move {
             Ok((
-                directory::members(&tx, group).await?,
+                directory::group_members(&tx, group).await?,
                 directory::group_version(&tx, group).await?,
                 directory::groups_of(&tx, other, None, 10).await?,
                 directory::change_count(&tx).await?,
@@ -504,15 +531,18 @@ async fn groups_are_versioned(database: &Database, accounts: [AccountId; 2], key
         })
         .await
         .expect("group reads");
-    let mut expected: Vec<AccountId> = (101..108).map(AccountId).collect();
-    expected.extend([owner, other]);
-    expected.sort();
+    let expected: Vec<GroupMember> = (101..108)
+        .map(|account| GroupMember {
+            account: AccountId(account),
+            admin: account == 101,
+        })
+        .collect();
     assert_eq!(members, expected);
-    assert_eq!(version, 11);
-    assert_eq!(groups_of_other, [group]);
+    assert_eq!(version, 15);
+    assert_eq!(groups_of_other, []);
     assert_eq!(
         changes_after - changes_before,
-        11,
+        15,
         "one change count per change"
     );
     assert_eq!(group, GroupId(1));

@@ -81,9 +81,9 @@ pub const QUARANTINE_REASON_BYTES_MAX: usize = 1_024;
 /// Most entries one [`crate::device_queue::sweep_expired`] call removes.
 pub const SWEEP_ENTRIES_MAX: usize = 1_024;
 
-/// Most members of one group. Bounded like an envelope's recipient devices, since a group
-/// message fans out to every member's devices.
-pub const GROUP_MEMBERS_MAX: u64 = 1_024;
+/// Most members of one group: the protocol's bound (a group message fans out to every member's
+/// devices).
+pub const GROUP_MEMBERS_MAX: u64 = relay_proto::limits::GROUP_MEMBERS_MAX as u64;
 
 /// How long a blob is kept by default, in milliseconds (30 days).
 pub const MEDIA_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;

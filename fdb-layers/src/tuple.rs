@@ -11,7 +11,7 @@
 
 use thiserror::Error;
 
-use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, GroupId, RegionId};
 
 use crate::engine::Versionstamp;
 use crate::limits::VERSIONSTAMP_BYTES;
@@ -448,6 +448,7 @@ macro_rules! id_element {
 id_element!(
     AccountId => u64,
     DeviceId => u32,
+    GroupId => u64,
     RegionId => u32,
     ChatId => [u8; 16],
     ClientMessageId => [u8; 16]

@@ -205,7 +205,7 @@ impl Homed for GroupRecord {
         GroupRecord {
             home_region: region,
             epoch,
-            ..*self
+            ..self.clone()
         }
     }
 

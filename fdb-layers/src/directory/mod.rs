@@ -3,7 +3,8 @@
 //!
 //! **Challenge.** Give every account a unique name and a numeric id, record which region is its
 //! home (with the epoch that fences old primaries), list an account's devices with their
-//! identity keys, and keep groups (owner, home region with epoch, members), so regions and
+//! identity keys, and keep groups (owner, name, home region with epoch, members with their
+//! roles), so regions and
 //! edges can check envelopes and route them. Edges and other regions cache these records; they
 //! must be able to tell cheaply whether what they hold is still current.
 //!
@@ -11,8 +12,9 @@
 //! idempotence, limits, evolution), all under the subspace `("directory",)`:
 //! - `accounts`: `("account_counter",)`, `("account", account)`, `("name", name)`;
 //! - `devices`: `("device", account, device)`, `("device_counter", account)`;
-//! - `groups`: `("group_counter",)`, `("group", group)`, `("member", group, account)`,
-//!   `("member_count", group)`, `("group_of", account, group)`;
+//! - `groups`: `("group_counter",)`, `("group", group)`, `("member", group, account)` (the
+//!   value is the member's role), `("member_count", group)`, `("group_of", account, group)`,
+//!   `("group_request", owner, request id)`;
 //! - `versions`: `("account_version", account)`, `("group_version", group)`, `("changes",)`;
 //! - `homes`: `("homed", region)`, and the epoch compare-and-set that moves an account's or a
 //!   group's home ([`move_home`], [`move_group_home`]).
@@ -42,8 +44,9 @@ pub use devices::{
     AccountHasDevices, DeviceRecord, add_device, add_first_device, device, devices, remove_device,
 };
 pub use groups::{
-    GroupId, GroupRecord, MembershipChange, add_member, create_group, group, groups_of, members,
-    remove_member,
+    GROUP_REQUEST_ID_BYTES, GroupChange, GroupId, GroupMember, GroupRecord, NewGroup,
+    TooManyMembers, add_member, create_group, group, group_members, groups_of, member,
+    member_count, members, remove_member, rename_group, set_admin,
 };
 pub use homes::{
     HomeMove, accounts_homed, count_homes, move_group_home, move_home, set_accounts_homed,

@@ -7,7 +7,7 @@
 //!
 //! Every change of an account (created, a device added or removed, home region or epoch or name
 //! changed) adds one to its version; every change of a group (created, a member added or
-//! removed, home moved) adds one to the group's version; every change of either adds one to the
+//! removed, a member's role, its name, home moved) adds one to the group's version; every change of either adds one to the
 //! change counter. A cache keeps `(record, version)`; the change counter unchanged means nothing
 //! changed anywhere, else one point read of [`account_version`] or [`group_version`] per cached
 //! record says which records are stale. Versions are per copy of the directory (the writer and
