@@ -3,7 +3,8 @@
 //! senders' regions, and keeps the key directory of its devices.
 //!
 //! [`core`] holds the decisions as functions over one storage transaction (no sockets, no
-//! clock: the time comes in as an argument); [`claims`] the per-claimer rate limit of key
+//! clock: the time comes in as an argument), [`linking`] and [`groups`] those of linked devices
+//! and of groups (the latter at the directory writer); [`claims`] the per-claimer rate limit of key
 //! claims; [`service`] is the QUIC shell around them, with links to other regions (the
 //! directory writer, receipt destinations). [`store_check`] decides, before the region serves,
 //! whether the store it opened is the one it expects; [`blobs`] is the resumable blob store
@@ -14,6 +15,7 @@ pub mod blobs;
 pub mod claims;
 pub mod config;
 pub mod core;
+pub mod groups;
 pub mod lanes;
 pub mod limits;
 pub mod linking;

@@ -1,7 +1,7 @@
 //! The region's QUIC shell: accepts internal connections (mutual TLS), runs each request's
 //! transaction through [`crate::core`], performs the effects after commit (pushes to the edges
-//! holding the devices, cross-region receipt delivery), and forwards directory writes to the
-//! directory writer region.
+//! holding the devices, cross-region receipt delivery), and forwards directory writes (account
+//! creation, group commands) to the directory writer region.
 //!
 //! [`RegionService::open`] checks the store before binding anything ([`crate::store_check`]).
 //! The shell keeps the set of quarantined devices: loaded from the store when it starts to
@@ -49,6 +49,7 @@ use crate::blobs::{BlobLimits, BlobStore};
 use crate::claims::ClaimLimiter;
 use crate::config::{PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects};
+use crate::groups;
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
@@ -733,10 +734,10 @@ impl RegionService {
                     linking::Answer::Devices(devices) => Resp::Devices(devices),
                 })
             }
-            Req::Group(_) => Err(ProtoError::new(
-                ErrorCode::UnsupportedRequest,
-                "this region does not serve groups yet",
-            )),
+            Req::Group(for_group) => match self.group_command(for_group).await? {
+                groups::Answer::Group(info) => Ok(Resp::Group(info)),
+                groups::Answer::Groups(list) => Ok(Resp::Groups(list)),
+            },
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
             Req::StoreCensus(request) => {
                 if self.inner.writer != local {
@@ -1204,6 +1205,37 @@ impl RegionService {
                     ))),
                 }
             }
+        })
+        .await
+    }
+
+    /// Runs a group command at the directory writer ([`groups::group_command`], one
+    /// transaction), or forwards it there unchanged from any other region, as account creation
+    /// is. The command is checked here first, so a malformed one never travels.
+    async fn group_command(&self, request: wire::ForGroup) -> Result<groups::Answer, ProtoError> {
+        let action = request.command.parse()?;
+        if request.account == 0 {
+            return Err(ProtoError::invalid("a group command names no account"));
+        }
+        if self.inner.writer != self.inner.region {
+            let forward = RegionRequest {
+                body: Some(region_request::Body::Group(request)),
+            };
+            return match self.to_writer(&forward).await?.body {
+                Some(region_response::Body::Group(info)) => Ok(groups::Answer::Group(info)),
+                Some(region_response::Body::Groups(list)) => Ok(groups::Answer::Groups(list)),
+                Some(region_response::Body::Error(error)) => Err(error.into()),
+                _ => Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    "unexpected directory answer",
+                )),
+            };
+        }
+        let actor = AccountId(request.account);
+        let key = self.idempotency_key();
+        self.transact(|tx| {
+            let action = action.clone();
+            async move { groups::group_command(&tx, actor, &action, &key).await }
         })
         .await
     }
