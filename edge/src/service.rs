@@ -1,5 +1,6 @@
 //! The edge's QUIC shell: terminates device connections, runs each through a
-//! [`Session`], forwards requests to regions over mutual-TLS links,
+//! [`Session`], forwards requests to regions over mutual-TLS links (a device's group commands
+//! to its home region, naming the authenticated device's account as the one that acts),
 //! keeps one subscription stream per region so that regions can tell it when a connected
 //! device's queue grew, and relays those pushes to the device's control stream.
 //!
@@ -1148,6 +1149,25 @@ impl EdgeService {
                         Ok(Resp::LinkRequests(requests))
                     }
                     (_, region_response::Body::Devices(devices)) => Ok(Resp::Devices(devices)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::DeviceHome(device), Req::Group(command)) => {
+                // The account acts as the authenticated device's, whatever the request says.
+                let request = wire::ForGroup {
+                    account: device.account.0,
+                    command,
+                };
+                // Not `to_home`: a group command's `UnknownAccount` names an account to add,
+                // not a home that moved, and any region would forward the command to the
+                // directory writer anyway.
+                let home = self.home_of(device.account).await?;
+                match self
+                    .region_request(home, region_request::Body::Group(request))
+                    .await?
+                {
+                    region_response::Body::Group(info) => Ok(Resp::Group(info)),
+                    region_response::Body::Groups(list) => Ok(Resp::Groups(list)),
                     _ => Err(unexpected()),
                 }
             }

@@ -381,7 +381,12 @@ impl Session {
             Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) | Body::Devices(_) => {
                 Ok(Route::DeviceHome(device))
             }
-            Body::Group(_) => Err(unsupported_request()),
+            // Checked here so a malformed command never travels; the region checks again, and
+            // acts as the authenticated device's account (the service sets it).
+            Body::Group(command) => {
+                command.parse()?;
+                Ok(Route::DeviceHome(device))
+            }
             Body::RequestLink(_) => Err(ProtoError::invalid(
                 "a link request comes from a new device, before it authenticates",
             )),
@@ -1005,6 +1010,44 @@ mod tests {
         let error = session
             .handle_request(&unknown_kind, 0)
             .expect_err("unknown kind");
+        assert_eq!(error.code, ErrorCode::UnsupportedRequest);
+    }
+
+    /// Group commands go to the device's home region (which forwards them to the directory
+    /// writer); a malformed one is refused here, and an unauthenticated one too.
+    #[test]
+    fn group_commands_go_to_the_device_s_home() {
+        let group = |name: &str| ClientRequest {
+            body: Some(client_request::Body::Group(wire::GroupCommand {
+                command: Some(wire::group_command::Command::Rename(wire::RenameGroup {
+                    group: 1,
+                    name: name.into(),
+                })),
+            })),
+        };
+        let mut stranger = Session::new(SessionLimits::default(), 0);
+        let error = stranger
+            .handle_request(&group("friends"), 0)
+            .expect_err("not authenticated");
+        assert_eq!(error.code, ErrorCode::Unauthenticated);
+
+        let me = DeviceAddr {
+            account: 4,
+            device: 2,
+        };
+        let mut session = authenticated(&Account::new(), me);
+        assert_eq!(
+            session.handle_request(&group("friends"), 0),
+            Ok(Route::DeviceHome(me.parse().expect("valid")))
+        );
+        let error = session
+            .handle_request(&group("two\nlines"), 0)
+            .expect_err("malformed name");
+        assert_eq!(error.code, ErrorCode::Malformed);
+        let empty = ClientRequest {
+            body: Some(client_request::Body::Group(wire::GroupCommand::default())),
+        };
+        let error = session.handle_request(&empty, 0).expect_err("no command");
         assert_eq!(error.code, ErrorCode::UnsupportedRequest);
     }
 
