@@ -17,11 +17,11 @@ use relay_net::{
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, BlobAt, BlobCommand, BlobStatus, ClaimKeys, ClientRequest,
-    ClientResponse, DeviceCommand, DeviceList, Envelope, FetchAndAck, FetchQueue, Hello, KeyBundle,
-    LinkRequests, LinkStatus, LookupAccount, LookupName, OneTimeKey, OneTimeKeyCount, Pairing,
-    QueueBatch, Register, Registered, RequestLink, SendOutcome, ServerPush, UploadOneTimeKeys,
-    auth_signing_payload, blob_command, client_request, client_response, device_command,
-    server_push,
+    ClientResponse, DeviceCommand, DeviceList, Envelope, FetchAndAck, FetchQueue, GroupCommand,
+    GroupInfo, GroupList, Hello, KeyBundle, LinkRequests, LinkStatus, LookupAccount, LookupName,
+    OneTimeKey, OneTimeKeyCount, Pairing, QueueBatch, Register, Registered, RequestLink,
+    SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload, blob_command, client_request,
+    client_response, device_command, group_command, server_push,
 };
 use relay_proto::{AccountId, DeviceAddress};
 use tokio::sync::mpsc;
@@ -337,6 +337,19 @@ impl EdgeConnection {
         }
     }
 
+    /// Runs a group command as this connection's device (the edge names its account): answered
+    /// with the group, or a page of the device's groups for `List`.
+    pub async fn group_command(&self, command: group_command::Command) -> Result<GroupAnswer> {
+        let body = client_request::Body::Group(GroupCommand {
+            command: Some(command),
+        });
+        match self.call(body).await? {
+            client_response::Body::Group(info) => Ok(GroupAnswer::Group(info)),
+            client_response::Body::Groups(list) => Ok(GroupAnswer::Groups(list)),
+            other => Err(unexpected("Group or Groups", &other)),
+        }
+    }
+
     /// Authenticates `device` on a new control stream, presenting its queue cursor and next
     /// `device_seq` (the edge refuses a device behind what its region has seen), and returns the
     /// state of its keys and the receiver of the pushes that follow on that stream.
@@ -499,6 +512,15 @@ impl EdgeConnection {
         )
         .await;
     }
+}
+
+/// What a group command answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupAnswer {
+    /// The group (for `Leave`, only its id and chat).
+    Group(GroupInfo),
+    /// A page of the asker's groups.
+    Groups(GroupList),
 }
 
 /// What a device command answers.

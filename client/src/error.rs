@@ -247,6 +247,14 @@ pub fn describe_remote(error: &ProtoError) -> String {
             "part of the service is unreachable ({}); try again later",
             error.message
         ),
+        ErrorCode::UnknownGroup => format!(
+            "{} (or this account is not a member); `relay groups` lists yours",
+            error.message
+        ),
+        ErrorCode::NotGroupAdmin => {
+            format!("{}; `relay group info` shows its admins", error.message)
+        }
+        ErrorCode::GroupFull | ErrorCode::LastGroupAdmin => error.message.clone(),
         _ => format!("the edge refused the request: {error}"),
     }
 }

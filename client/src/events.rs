@@ -264,6 +264,36 @@ pub enum Event {
         /// Whether it is the device running the command.
         this_device: bool,
     },
+    /// A group, as a group command answers or `relay groups` lists it (its members follow as
+    /// [`Event::GroupMember`] when the command names them).
+    Group {
+        /// The group's id.
+        id: u64,
+        /// Its name.
+        name: String,
+        /// One more for every change.
+        version: u64,
+        /// Its home region.
+        home_region: u32,
+        /// How many members it has.
+        member_count: u32,
+    },
+    /// A member of a group, after its [`Event::Group`].
+    GroupMember {
+        /// The group's id.
+        group: u64,
+        /// The member's account name.
+        name: String,
+        /// The member's account id.
+        account: u64,
+        /// Whether it is an admin.
+        admin: bool,
+    },
+    /// This account left a group (or was not in it).
+    GroupLeft {
+        /// The group's id.
+        id: u64,
+    },
     /// The approving device uploaded its history as an encrypted snapshot blob and sent its
     /// reference to the new device.
     BootstrapSent {

@@ -48,6 +48,7 @@ use crate::core::MessageState;
 use crate::device::{BootstrapSent, Device, Events, LinkHistory};
 use crate::error::{ClientError, Result};
 use crate::events::{Event, fingerprint};
+use crate::groups::Group;
 use crate::limits::{FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS};
 use crate::store::Tick;
 
@@ -478,6 +479,112 @@ fn report_own_devices(device: &Device, devices: &[DeviceKeys], sink: &mut dyn Fn
             fingerprint: fingerprint(&listed.identity_key),
             current: true,
             this_device: listed.device == identity.device.0,
+        });
+    }
+}
+
+/// What `relay group ...` and `relay groups` ask of [`group`].
+#[derive(Debug, Clone, Copy)]
+pub enum GroupRequest<'a> {
+    /// Create a group named `name` with `members` (names).
+    Create {
+        /// The group's name.
+        name: &'a str,
+        /// The other first members.
+        members: &'a [&'a str],
+    },
+    /// Add members (admins).
+    Add {
+        /// The group.
+        group: u64,
+        /// The names to add.
+        members: &'a [&'a str],
+    },
+    /// Remove a member (admins).
+    Remove {
+        /// The group.
+        group: u64,
+        /// The name to remove.
+        member: &'a str,
+    },
+    /// Leave the group.
+    Leave {
+        /// The group.
+        group: u64,
+    },
+    /// Rename the group (admins).
+    Rename {
+        /// The group.
+        group: u64,
+        /// The new name.
+        name: &'a str,
+    },
+    /// Make a member an admin, or a plain member (admins).
+    Admin {
+        /// The group.
+        group: u64,
+        /// The member's name.
+        member: &'a str,
+        /// Admin or not.
+        admin: bool,
+    },
+    /// The group with its members.
+    Info {
+        /// The group.
+        group: u64,
+    },
+    /// This account's groups.
+    List,
+}
+
+/// `relay group ...` / `relay groups`: runs `request` and reports the group (then its members)
+/// or the groups.
+pub async fn group(
+    device: &Device,
+    request: GroupRequest<'_>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let group = match request {
+        GroupRequest::Create { name, members } => device.create_group(name, members).await?,
+        GroupRequest::Add { group, members } => device.add_group_members(group, members).await?,
+        GroupRequest::Remove { group, member } => device.remove_group_member(group, member).await?,
+        GroupRequest::Leave { group } => {
+            device.leave_group(group).await?;
+            sink(Event::GroupLeft { id: group });
+            return Ok(());
+        }
+        GroupRequest::Rename { group, name } => device.rename_group(group, name).await?,
+        GroupRequest::Admin {
+            group,
+            member,
+            admin,
+        } => device.set_group_admin(group, member, admin).await?,
+        GroupRequest::Info { group } => device.group(group).await?,
+        GroupRequest::List => {
+            for group in device.groups().await? {
+                report_group(&group, sink);
+            }
+            return Ok(());
+        }
+    };
+    report_group(&group, sink);
+    Ok(())
+}
+
+fn report_group(group: &Group, sink: &mut dyn FnMut(Event)) {
+    sink(Event::Group {
+        id: group.id,
+        name: group.name.clone(),
+        version: group.version,
+        home_region: group.home_region,
+        member_count: group.member_count,
+    });
+    for member in &group.members {
+        sink(Event::GroupMember {
+            group: group.id,
+            name: member.name.clone(),
+            account: member.account,
+            admin: member.admin,
         });
     }
 }

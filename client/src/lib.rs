@@ -12,7 +12,8 @@
 //!   uses the sans-IO pieces [`outbox`] (ordering, backoff, send outcomes), [`envelope`],
 //!   [`inbound`] (classifying a queue page), [`crypto`], [`fallback`] and [`content`].
 //! - [`group_keys`] keeps the device's Megolm group sessions (sending, rotating, sharing and
-//!   receiving group keys), sans IO; the send path does not use it yet.
+//!   receiving group keys), sans IO; the send path does not use it yet. [`groups`] is group
+//!   membership ([`Device::create_group`], [`Device::add_group_members`], ...), by name.
 //! - [`flows`] are the one-command flows of the CLI (`send --wait`, `sync`, `read`, `listen`,
 //!   `history`) as thin functions over [`Device`].
 //! - [`history`] keeps the device's chats as relay-sync documents, which the account's devices
@@ -35,6 +36,7 @@ pub mod events;
 pub mod fallback;
 pub mod flows;
 pub mod group_keys;
+pub mod groups;
 pub mod history;
 pub mod inbound;
 pub mod limits;

@@ -117,6 +117,19 @@ pub const FALLBACK_KEY_PREVIOUS_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
 
 // --- Group sessions (Megolm, see crate::group_keys) ---
 
+/// Attempts of one group command (create, add, ...) over dropped connections; every group
+/// command is safe to repeat.
+pub const GROUP_COMMAND_ATTEMPTS_MAX: u32 = 5;
+/// The pause between two attempts of a group command.
+pub const GROUP_COMMAND_RETRY_DELAY_MS: u64 = 500;
+/// Name lookups a group command keeps in flight at once (members to add, members to name).
+pub const GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX: usize = 16;
+const _: () = assert!(GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX > 0);
+const _: () = assert!(
+    GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX < REQUESTS_IN_FLIGHT_MAX,
+    "lookups leave room for the device's own requests"
+);
+
 /// Messages one sending group session encrypts; the next message starts a new session.
 pub const GROUP_SESSION_MESSAGES_MAX: u32 = 100;
 /// Age of a sending group session at which the next message starts a new session, in ms.

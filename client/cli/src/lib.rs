@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use relay_client::content::Change;
 use relay_client::events::{ChangeKind, format_time_ms};
-use relay_client::flows::{self, Wait};
+use relay_client::flows::{self, GroupRequest, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
     BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, LinkHistory, Mode,
@@ -94,6 +94,12 @@ OUTPUT
         linked to N: account A, device D, region R
     {\"event\":\"device\",\"name\":N,\"device\":D,\"fingerprint\":F,\"current\":B,\"this_device\":B}
         N device D (this device | removed): F
+    {\"event\":\"group\",\"id\":G,\"name\":N,\"version\":V,\"home_region\":R,\"member_count\":C}
+        group G \"N\": C member(s) (version V, home region R)
+    {\"event\":\"group_member\",\"group\":G,\"name\":N,\"account\":A,\"admin\":B}
+          N (admin)            a member of the group on the line before
+    {\"event\":\"group_left\",\"id\":G}
+        left group G
     {\"event\":\"bootstrap_sent\",\"device\":D,\"bytes\":N}   (link, approve: history sent)
         history sent to device D as an encrypted snapshot of N bytes
     {\"event\":\"bootstrap_progress\",\"done_bytes\":N,\"total_bytes\":M}   (the new device's
@@ -322,6 +328,70 @@ pub enum Command {
     /// Upload or download an end-to-end encrypted blob (a file), for developers and tests.
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Create and manage groups (membership: who is in, who is an admin, the name).
+    ///
+    /// The directory keeps a group's members, never its messages. Groups are named by their
+    /// id (`relay groups` lists yours). Group messages come in a later version.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// List the groups this account is a member of.
+    Groups,
+}
+
+/// `relay group` commands. Members are account names; GROUP is a group id.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group named NAME with you (its first admin) and MEMBERS.
+    Create {
+        /// The group's name (1 to 128 bytes).
+        name: String,
+        /// The other first members.
+        members: Vec<String>,
+    },
+    /// Add MEMBERS to GROUP (admins only).
+    Add {
+        /// The group id.
+        group: u64,
+        /// The accounts to add.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove MEMBER from GROUP (admins only; naming yourself leaves).
+    Remove {
+        /// The group id.
+        group: u64,
+        /// The account to remove.
+        member: String,
+    },
+    /// Leave GROUP. If you are its last admin, the member with the lowest account id becomes
+    /// one.
+    Leave {
+        /// The group id.
+        group: u64,
+    },
+    /// Rename GROUP (admins only).
+    Rename {
+        /// The group id.
+        group: u64,
+        /// The new name.
+        name: String,
+    },
+    /// Make MEMBER an admin of GROUP, or with --off a plain member (admins only; anyone may
+    /// step down, except the last admin).
+    Admin {
+        /// The group id.
+        group: u64,
+        /// The member.
+        member: String,
+        /// Make the member a plain member instead.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Show GROUP with its members (members only).
+    Info {
+        /// The group id.
+        group: u64,
+    },
 }
 
 /// `relay blob` commands.
@@ -739,6 +809,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Group(command) => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let done = group(&device, &command, &mut print).await;
+            let closed = device.close().await;
+            done?;
+            closed?;
+        }
+        Command::Groups => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let done = flows::group(&device, GroupRequest::List, &mut print).await;
+            let closed = device.close().await;
+            done?;
+            closed?;
+        }
         Command::Blob(command) => {
             let (device, _events) = open(&data, overrides, Mode::Live)?;
             let done = blob(&device, command, json).await;
@@ -833,6 +917,46 @@ async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Runs one `relay group` command.
+async fn group(
+    device: &Device,
+    command: &GroupCommand,
+    print: &mut dyn FnMut(Event),
+) -> relay_client::Result<()> {
+    let members: Vec<&str> = match command {
+        GroupCommand::Create { members, .. } | GroupCommand::Add { members, .. } => {
+            members.iter().map(String::as_str).collect()
+        }
+        _ => Vec::new(),
+    };
+    let request = match command {
+        GroupCommand::Create { name, .. } => GroupRequest::Create {
+            name,
+            members: &members,
+        },
+        GroupCommand::Add { group, .. } => GroupRequest::Add {
+            group: *group,
+            members: &members,
+        },
+        GroupCommand::Remove { group, member } => GroupRequest::Remove {
+            group: *group,
+            member,
+        },
+        GroupCommand::Leave { group } => GroupRequest::Leave { group: *group },
+        GroupCommand::Rename { group, name } => GroupRequest::Rename {
+            group: *group,
+            name,
+        },
+        GroupCommand::Admin { group, member, off } => GroupRequest::Admin {
+            group: *group,
+            member,
+            admin: !off,
+        },
+        GroupCommand::Info { group } => GroupRequest::Info { group: *group },
+    };
+    flows::group(device, request, print).await
 }
 
 fn open(
@@ -1055,6 +1179,19 @@ fn unescaped_line(event: &Event) -> String {
             device,
             region,
         } => format!("linked to {name}: account {account}, device {device}, region {region}"),
+        Event::Group {
+            id,
+            name,
+            version,
+            home_region,
+            member_count,
+        } => format!(
+            "group {id} \"{name}\": {member_count} member(s) (version {version}, home region {home_region})"
+        ),
+        Event::GroupMember { name, admin, .. } => {
+            format!("  {name}{}", if *admin { " (admin)" } else { "" })
+        }
+        Event::GroupLeft { id } => format!("left group {id}"),
         Event::Device {
             name,
             device,

@@ -1,8 +1,8 @@
 //! The `relay` binary as a newcomer uses it, against a real deployment started in this test
 //! process (relay_devnet's testbed on loopback): texts from standard input, `send --wait`
 //! following its own message, errors as JSON with `--json`, a failed `register` leaving nothing
-//! behind, the system's roots when no `--ca` is given, and `blob put` / `blob get` between two
-//! accounts.
+//! behind, the system's roots when no `--ca` is given, `blob put` / `blob get` between two
+//! accounts, and groups managed from both regions (README journey 17).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -440,4 +440,136 @@ fn blob_put_prints_a_reference_that_blob_get_opens_on_another_account() {
         "a JSON error: {error:?}"
     );
     assert!(!other.exists());
+}
+
+/// `relay --json group ARGS` (or `relay --json groups` with `args` empty) as `data`'s device:
+/// its stdout events, or its stderr error object when it fails.
+fn group(data: &Path, args: &[&str]) -> Result<Vec<Value>, Value> {
+    let mut all = vec!["--json"];
+    if args.is_empty() {
+        all.push("groups");
+    } else {
+        all.push("group");
+        all.extend_from_slice(args);
+    }
+    let output = run(relay(data, &all), None);
+    if output.status.success() {
+        Ok(json_lines(&output.stdout))
+    } else {
+        let errors = json_lines(&output.stderr);
+        assert_eq!(errors.len(), 1, "one JSON error");
+        Err(errors[0].clone())
+    }
+}
+
+/// The members of the group in `events` as (name, admin), in account order.
+fn members(events: &[Value]) -> Vec<(String, bool)> {
+    events
+        .iter()
+        .filter(|event| event["event"] == "group_member")
+        .map(|event| {
+            (
+                event["name"].as_str().expect("name").to_owned(),
+                event["admin"].as_bool().expect("admin"),
+            )
+        })
+        .collect()
+}
+
+fn refused_because(error: &Value, words: &str) {
+    assert_eq!(error["code"], "refused", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(words)),
+        "{error} should say {words:?}"
+    );
+}
+
+#[test]
+fn groups_are_created_and_managed_from_both_regions_by_their_admins_only() {
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, dir.path());
+    let (carol, dave) = (dir.path().join("carol"), dir.path().join("dave"));
+    register(&deployment, &carol, "carol", 1);
+    register(&deployment, &dave, "dave", 2);
+
+    // alice (region 1, the directory writer's) creates it; she is its admin.
+    let created = group(&alice, &["create", "friends", "bob", "carol"]).expect("created");
+    assert_eq!(created[0]["event"], "group");
+    assert_eq!(created[0]["name"], "friends");
+    assert_eq!(created[0]["member_count"], 3);
+    let id = created[0]["id"].as_u64().expect("id").to_string();
+    let g = id.as_str();
+    assert_eq!(
+        members(&created),
+        [
+            ("alice".into(), true),
+            ("bob".into(), false),
+            ("carol".into(), false)
+        ]
+    );
+
+    // bob (region 2: forwarded to the writer) is a member, not an admin.
+    refused_because(
+        &group(&bob, &["rename", g, "mine"]).expect_err("not an admin"),
+        "only an admin",
+    );
+    refused_because(
+        &group(&bob, &["add", g, "dave"]).expect_err("not an admin"),
+        "only an admin",
+    );
+    group(&alice, &["admin", g, "bob"]).expect("bob made an admin");
+    let renamed = group(&bob, &["rename", g, "best friends"]).expect("renamed");
+    assert_eq!(renamed[0]["name"], "best friends");
+    let added = group(&bob, &["add", g, "dave"]).expect("dave added");
+    assert_eq!(added[0]["member_count"], 4);
+
+    // Bad input changes nothing and says why.
+    let version = added[0]["version"].as_u64().expect("version");
+    let unknown = group(&alice, &["add", g, "dave", "nobody-by-that-name"]).expect_err("unknown");
+    assert_eq!(unknown["code"], "unknown_peer", "{unknown}");
+    assert!(
+        unknown["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nobody-by-that-name"))
+    );
+    let empty = group(&alice, &["create", ""]).expect_err("an empty name");
+    assert_eq!(empty["code"], "invalid", "{empty}");
+    let long = group(&alice, &["rename", g, &"x".repeat(129)]).expect_err("a long name");
+    assert!(
+        long["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("longer than 128"))
+    );
+    let info = group(&alice, &["info", g]).expect("info");
+    assert_eq!(
+        info[0]["version"].as_u64(),
+        Some(version),
+        "nothing changed"
+    );
+
+    // Every member lists it; carol, removed, no longer sees it.
+    let listed = group(&carol, &[]).expect("carol's groups");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "best friends");
+    group(&alice, &["remove", g, "carol"]).expect("carol removed");
+    refused_because(
+        &group(&carol, &["info", g]).expect_err("carol is out"),
+        "unknown group",
+    );
+    assert!(group(&carol, &[]).expect("carol's groups").is_empty());
+
+    // Admins leave; a group with members never stays without one.
+    let left = group(&alice, &["leave", g]).expect("alice leaves");
+    assert_eq!(left[0]["event"], "group_left");
+    group(&bob, &["leave", g]).expect("bob leaves");
+    let info = group(&dave, &["info", g]).expect("dave's view");
+    assert_eq!(info[0]["member_count"], 1);
+    assert_eq!(members(&info), [("dave".into(), true)], "dave promoted");
+    refused_because(
+        &group(&dave, &["admin", g, "dave", "--off"]).expect_err("the last admin"),
+        "the only admin",
+    );
 }
