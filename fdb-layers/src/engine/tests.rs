@@ -567,7 +567,9 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
         conflict_probability: 0.0,
         commit_unknown_result_probability: 0.0,
         slow_commit_probability: 1.0,
-        slow_commit_ms: 300,
+        // Each group takes this long to write: the window in which the test acts, wide so
+        // that a busy machine's scheduling delays cannot close it.
+        slow_commit_ms: 2_000,
         io_error_probability: 0.0,
     };
     let (_folder, database) = temporary_database(Some(slow));
@@ -576,7 +578,8 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
     let lone = database.create_transaction().expect("transaction");
     lone.set(b"lone", b"x").expect("set");
     let lone = tokio::spawn(async move { lone.commit().await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Well inside the lone commit's 2 s, even on a busy machine.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let stale = database.create_transaction().expect("transaction");
     let bystander = database.create_transaction().expect("transaction");
     let firsts: Vec<_> = [b"k".as_slice(), b"j".as_slice()]
@@ -588,8 +591,9 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
             (tokio::spawn(async move { first.commit().await }), stamp)
         })
         .collect();
-    // Past the lone commit: the two firsts are being written.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // The lone commit is durable: the two firsts, queued meanwhile, are now being written (for
+    // the next 2 s).
+    lone.await.expect("task").expect("the lone commit");
     assert_eq!(
         stale.get(b"k").await.expect("read"),
         None,
@@ -609,7 +613,6 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
         "refused after the group it conflicted with: {written} groups"
     );
     bystander_outcome.expect("the bystander commits");
-    lone.await.expect("task").expect("the lone commit");
     let bystander_version = bystander_stamp.await.expect("stamp").commit_version();
     for (commit, stamp) in firsts {
         commit.await.expect("task").expect("a first commit");
