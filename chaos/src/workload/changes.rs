@@ -89,7 +89,7 @@ async fn make_change<L: Ledger>(
 /// The second device of a linked client, going offline: names one of its account's messages as
 /// contested (the first it can change), for the first device to edit while this one is away
 /// ([`edit_contested`]) and this one to edit as it comes back, before it fetches the first
-/// device's edit ([`edit_contested_back`]): two concurrent edits, of which the later one by
+/// device's edit (the same function, called again): two concurrent edits, of which the later one by
 /// hybrid logical clock must win on both devices. Once per run.
 pub(super) fn name_contested(setup: &ClientSetup, local: &Rc<RefCell<Observer>>) {
     let me = setup.plan.client;

@@ -116,7 +116,7 @@ pub const SYNC_CONFIRM_WAIT_MS: u64 = 10_000;
 pub const LINKED_PAUSE_MS_MAX: u64 = 3_000;
 const _: () = assert!(OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT <= 100);
 
-/// Latest moment of such a removal, in simulated ms since the start (messages are still
+/// Latest moment of a drawn device removal (`ClientPlan::removes_at_ms`), in simulated ms since the start (messages are still
 /// being sent then).
 pub const REMOVAL_AT_MS_MAX: u64 = 8_000;
 /// The reactions the workload draws from.
