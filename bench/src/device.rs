@@ -667,6 +667,7 @@ pub fn opaque_envelope(
             body: payload.encode(),
         }],
         device_seq,
+        ..Default::default()
     }
 }
 
@@ -1015,6 +1016,12 @@ pub fn send_result(
             "mismatched devices ({:?}) for a device whose peer has one device",
             mismatched.accounts
         ))),
+        Ok(SendOutcome {
+            outcome: Some(send_outcome::Outcome::GroupChanged(changed)),
+        }) => Err(CallError::Unexpected(format!(
+            "group {} changed, for a benchmark that sends no group envelope",
+            changed.group
+        ))),
         Ok(SendOutcome { outcome: None }) => Err(CallError::Unexpected("an empty outcome".into())),
         Err(CallError::Timeout) => Ok((SendResult::Retry { after_ms: 0 }, true)),
         Err(CallError::Retryable(error)) => Ok((
@@ -1316,6 +1323,7 @@ mod tests {
                 server_time_ms: 0,
                 message_type: 1,
                 ciphertext: vec![9; 4],
+                ..Default::default()
             })),
         }
     }

@@ -34,6 +34,7 @@ fn envelope() -> wire::Envelope {
             body: vec![3; 40],
         }],
         device_seq: 0,
+        ..Default::default()
     }
 }
 

@@ -76,6 +76,7 @@ pub fn assemble(
             .collect(),
         ciphertexts,
         device_seq,
+        ..Default::default()
     };
     envelope
         .parse()

@@ -547,6 +547,7 @@ mod tests {
                 server_time_ms: 1_000 + queue_seq,
                 message_type: kind,
                 ciphertext: body,
+                ..Default::default()
             })),
         }
     }

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
-    self, AccountDevices, Authenticate, ClientRequest, MismatchedDevices, ParsedEnvelope,
-    ResendFrom, SendOutcome, SentEverywhere, client_request, send_outcome,
+    self, AccountDevices, Authenticate, ClientRequest, GroupChanged, MismatchedDevices,
+    ParsedEnvelope, ResendFrom, SendOutcome, SentEverywhere, client_request, send_outcome,
 };
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, PairingCode, ProtoError, RegionId};
 
@@ -484,13 +484,15 @@ pub fn fanout_regions(
 /// Combines the destination regions' answers to one envelope. The device hears "sent" only
 /// when every region committed; a region saying the device rolled back wins over everything
 /// (nothing it sends can be trusted to decrypt, so no retry or re-encryption may follow), then
-/// a refusal from any region (re-encryption first, then a sender_seq gap), then any failure
+/// a refusal from any region (a changed group first, carrying every device any region
+/// reported, then re-encryption, then a sender_seq gap), then any failure
 /// (the device retries; regions that committed deduplicate).
 #[derive(Debug, Clone)]
 pub struct SendAggregate {
     waiting: BTreeSet<RegionId>,
     commits: Vec<wire::Committed>,
     mismatched: BTreeMap<u64, AccountDevices>,
+    group_changed: Option<GroupChanged>,
     resend_from: Option<u64>,
     rolled_back: Option<ProtoError>,
     failure: Option<ProtoError>,
@@ -503,6 +505,7 @@ impl SendAggregate {
             waiting: regions,
             commits: Vec::new(),
             mismatched: BTreeMap::new(),
+            group_changed: None,
             resend_from: None,
             rolled_back: None,
             failure: None,
@@ -523,6 +526,23 @@ impl SendAggregate {
             Ok(Some(send_outcome::Outcome::Mismatched(mismatched))) => {
                 for account in mismatched.accounts {
                     self.mismatched.insert(account.account, account);
+                }
+            }
+            Ok(Some(send_outcome::Outcome::GroupChanged(changed))) => {
+                // Each region names the members (the newest version wins) and the devices of
+                // the members homed there (kept from every region, like mismatched devices).
+                for account in &changed.devices {
+                    self.mismatched.insert(account.account, account.clone());
+                }
+                let newer = self
+                    .group_changed
+                    .as_ref()
+                    .is_none_or(|known| changed.version > known.version);
+                if newer {
+                    self.group_changed = Some(GroupChanged {
+                        devices: Vec::new(),
+                        ..changed
+                    });
                 }
             }
             Ok(Some(send_outcome::Outcome::ResendFrom(resend))) => {
@@ -577,7 +597,14 @@ impl SendAggregate {
         if let Some(rolled_back) = &self.rolled_back {
             return Some(Err(rolled_back.clone()));
         }
-        let outcome = if !self.mismatched.is_empty() {
+        let outcome = if let Some(changed) = &self.group_changed {
+            // The group changed: the sender re-shares and re-encrypts for every member, with
+            // the devices of each member any region reported (mismatched ones included).
+            send_outcome::Outcome::GroupChanged(GroupChanged {
+                devices: self.mismatched.values().cloned().collect(),
+                ..changed.clone()
+            })
+        } else if !self.mismatched.is_empty() {
             send_outcome::Outcome::Mismatched(MismatchedDevices {
                 accounts: self.mismatched.values().cloned().collect(),
             })
@@ -638,6 +665,7 @@ mod tests {
                 body: vec![9],
             }],
             device_seq: 1,
+            ..Default::default()
         }
     }
 

@@ -32,7 +32,7 @@
 //! [`AppendOutcome::Appended`], in the same transaction, which makes the chat log the guard of
 //! every queue append of a message.
 //!
-//! **Limits.** An entry holds an envelope of up to `ENVELOPE_BYTES_MAX` (256 KiB) plus metadata,
+//! **Limits.** An entry holds an envelope of up to `ENVELOPE_BYTES_MAX` (512 KiB) plus metadata,
 //! split into values of at most 100 kB, so an append with its fan-out stays far below 10 MB;
 //! a read returns at most [`LAYER_READ_ENTRIES_MAX`] entries (a few MB at worst: callers that
 //! read large envelopes read fewer).

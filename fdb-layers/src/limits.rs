@@ -63,8 +63,8 @@ pub const CHUNK_BYTES: usize = VALUE_BYTES_MAX;
 
 /// Most keys one record is split across, so records hold up to
 /// `RECORD_CHUNKS_MAX * CHUNK_BYTES` bytes (an envelope of
-/// [`relay_proto::limits::ENVELOPE_BYTES_MAX`] with its metadata needs 3).
-pub const RECORD_CHUNKS_MAX: usize = 4;
+/// [`relay_proto::limits::ENVELOPE_BYTES_MAX`] with its metadata needs 6).
+pub const RECORD_CHUNKS_MAX: usize = 7;
 
 // Layer bounds (moved here so every bound lives in one place).
 

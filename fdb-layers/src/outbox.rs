@@ -39,7 +39,7 @@
 //! idempotent by nature. Delivery is at least once, and [`mark_applied`] is the receiver's
 //! guard: apply an entry in the same transaction only when it returns `true`.
 //!
-//! **Limits.** Payloads up to `RECORD_CHUNKS_MAX * CHUNK_BYTES` (400 kB); at most
+//! **Limits.** Payloads up to `RECORD_CHUNKS_MAX * CHUNK_BYTES` (700 kB); at most
 //! [`PUSHES_PER_TRANSACTION_MAX`] pushes to one destination in one transaction (the user version
 //! is 2 bytes); a peek returns at most [`LAYER_READ_ENTRIES_MAX`] entries.
 //!

@@ -50,14 +50,16 @@ use fdb_layers::{
 };
 use prost::Message;
 use relay_proto::limits::{
-    ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
+    GROUP_MEMBERS_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
 };
 use relay_proto::wire::{
-    self, AccountDevices, AccountInfo, Committed, DeviceKeys, KeyBundle, MismatchedDevices,
-    QueueBatch, QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, ResendFrom, SendOutcome,
-    SentEverywhere, queue_entry, send_outcome,
+    self, AccountDevices, AccountInfo, Committed, DeviceKeys, EnvelopeKind, GroupChanged,
+    KeyBundle, MismatchedDevices, QueueBatch, QueueEntry, QueuedMessage, QueuedReceipt,
+    ReceiptState, ResendFrom, SendOutcome, SentEverywhere, queue_entry, send_outcome,
 };
-use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, ProtoError, RegionId};
+use relay_proto::{
+    AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, GroupId, ProtoError, RegionId,
+};
 
 use crate::limits::EXPIRE_BATCH_ENTRIES_MAX;
 
@@ -128,13 +130,82 @@ pub fn quarantined_refusal(device: DeviceAddress) -> ProtoError {
     )
 }
 
+/// A group's members at one version, as a region checks a group envelope against them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembership {
+    /// The group.
+    pub group: GroupId,
+    /// The membership version.
+    pub version: u64,
+    /// The members.
+    pub members: BTreeSet<AccountId>,
+}
+
+impl GroupMembership {
+    /// The membership in the directory writer's answer (a `GroupInfo` with its members).
+    pub fn from_info(info: &wire::GroupInfo) -> Result<Self, ProtoError> {
+        if info.group == 0 || info.version == 0 || info.members.len() > GROUP_MEMBERS_MAX {
+            return Err(ProtoError::new(
+                ErrorCode::Internal,
+                "the directory writer answered a group that cannot be",
+            ));
+        }
+        Ok(GroupMembership {
+            group: GroupId(info.group),
+            version: info.version,
+            members: info
+                .members
+                .iter()
+                .map(|member| AccountId(member.account))
+                .collect(),
+        })
+    }
+}
+
+/// The current membership of `group` in this store (the directory writer's), `None` when
+/// there is no such group.
+pub async fn group_membership(
+    tx: &Transaction,
+    group: GroupId,
+) -> Result<Option<GroupMembership>, StoreError> {
+    if directory::group(tx, group).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(GroupMembership {
+        group,
+        version: directory::group_version(tx, group).await?,
+        members: directory::members(tx, group).await?.into_iter().collect(),
+    }))
+}
+
+/// Where [`commit_envelope`] finds the membership of a group envelope's group.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupSource<'a> {
+    /// This region is the directory writer: the membership is read in the commit's own
+    /// transaction, so a change commits either before the check or after the envelope.
+    Directory,
+    /// Another region: the membership its cache holds (refreshed from the writer when the
+    /// envelope named a newer version); `None` for a 1:1 envelope.
+    Known(Option<&'a GroupMembership>),
+}
+
 /// Commits an envelope for this region's recipients (steps 1–3 of the module doc), unless a
 /// local recipient device is in `quarantined`.
+///
+/// A group envelope is checked against its group's membership (from `groups`) first: the
+/// sender's account must be a member (else `UnknownGroup`, as a non-member sees any group); a
+/// version newer than the membership is `Malformed` (no such version exists yet); an older
+/// one, or a message whose `recipient_accounts` are not the members, or a key share naming an
+/// account that is not one, is answered with [`GroupChanged`] (the current version and
+/// members, and the current devices of the members homed here). Then coverage: a message must
+/// cover exactly the current devices of every member homed here (the sender's own account
+/// included, listed or not), a key share a subset of them.
 pub async fn commit_envelope(
     tx: &Transaction,
     local: RegionId,
     envelope: &wire::Envelope,
     sender_region: RegionId,
+    groups: GroupSource<'_>,
     quarantined: &BTreeSet<DeviceAddress>,
     now_ms: u64,
 ) -> Outcome<CommitDecision> {
@@ -145,10 +216,72 @@ pub async fn commit_envelope(
         Err(error) => return Ok(Err(error)),
     };
 
-    // 1. Coverage of every local recipient account by exactly its current devices.
+    // 0. A group envelope's sender, version and member list.
+    let mut checked_accounts = parsed.recipient_accounts.clone();
+    let mut exact_coverage = true;
+    if let Some(group) = parsed.group {
+        let membership = match groups {
+            GroupSource::Directory => group_membership(tx, group.group).await?,
+            GroupSource::Known(Some(known)) if known.group == group.group => Some(known.clone()),
+            GroupSource::Known(_) => {
+                return refuse(
+                    ErrorCode::Internal,
+                    format!(
+                        "group {} was not looked up before its envelope",
+                        group.group
+                    ),
+                );
+            }
+        };
+        let Some(membership) =
+            membership.filter(|known| known.members.contains(&parsed.sender.account))
+        else {
+            return refuse(
+                ErrorCode::UnknownGroup,
+                format!("unknown group {}", group.group),
+            );
+        };
+        if group.version > membership.version {
+            return refuse(
+                ErrorCode::Malformed,
+                format!(
+                    "group {} is at version {}; version {} does not exist",
+                    group.group, membership.version, group.version
+                ),
+            );
+        }
+        let listed: BTreeSet<AccountId> = parsed.recipient_accounts.iter().copied().collect();
+        let wrong_members = match group.kind {
+            // The sender's own account is listed only when it has other devices; coverage
+            // below checks it either way.
+            EnvelopeKind::Message => listed
+                .iter()
+                .filter(|&&account| account != parsed.sender.account)
+                .ne(membership
+                    .members
+                    .iter()
+                    .filter(|&&account| account != parsed.sender.account)),
+            EnvelopeKind::GroupKeyShare => !listed.is_subset(&membership.members),
+        };
+        if group.version < membership.version || wrong_members {
+            let changed = group_changed(tx, local, &membership, parsed.sender).await?;
+            let outcome = SendOutcome {
+                outcome: Some(send_outcome::Outcome::GroupChanged(changed)),
+            };
+            return answer(outcome, Effects::default());
+        }
+        if group.kind == EnvelopeKind::Message {
+            checked_accounts = membership.members.iter().copied().collect();
+        } else {
+            exact_coverage = false;
+        }
+    }
+
+    // 1. Coverage of every local recipient account by exactly its current devices (a key
+    //    share: by some of them).
     let mut local_devices = Vec::new();
     let mut mismatched = Vec::new();
-    for &account in &parsed.recipient_accounts {
+    for &account in &checked_accounts {
         // Every account homed here was registered here, so an account this region does not
         // know is homed elsewhere (the edge resolved the homes); its own region checks it.
         let Some(record) = directory::account_by_id(tx, account).await? else {
@@ -169,13 +302,18 @@ pub async fn commit_envelope(
             .copied()
             .filter(|device| device.account == account)
             .collect();
-        if current != covered {
+        let covered_right = if exact_coverage {
+            current == covered
+        } else {
+            covered.is_subset(&current)
+        };
+        if !covered_right {
             mismatched.push(AccountDevices {
                 account: account.0,
                 devices: current.iter().map(|address| address.device.0).collect(),
             });
         } else {
-            local_devices.extend(current);
+            local_devices.extend(covered);
         }
     }
     if !mismatched.is_empty() {
@@ -295,6 +433,42 @@ pub async fn commit_envelope(
         effects.notify.insert(device, queue_seq);
     }
     answer(committed(chat_seq, false, server_time_ms), effects)
+}
+
+/// The answer to a group envelope for an older version or other members: the current version
+/// and members, with the current devices (the sending device excepted) of the members homed
+/// here.
+async fn group_changed(
+    tx: &Transaction,
+    local: RegionId,
+    membership: &GroupMembership,
+    sender: DeviceAddress,
+) -> Result<GroupChanged, StoreError> {
+    let mut devices = Vec::new();
+    for &account in &membership.members {
+        let Some(record) = directory::account_by_id(tx, account).await? else {
+            continue;
+        };
+        if record.home_region != local {
+            continue;
+        }
+        devices.push(AccountDevices {
+            account: account.0,
+            devices: directory::devices(tx, account)
+                .await?
+                .into_iter()
+                .map(|device| device.device)
+                .filter(|&address| address != sender)
+                .map(|address| address.device.0)
+                .collect(),
+        });
+    }
+    Ok(GroupChanged {
+        group: membership.group.0,
+        version: membership.version,
+        members: membership.members.iter().map(|account| account.0).collect(),
+        devices,
+    })
 }
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
@@ -450,6 +624,12 @@ pub async fn queued_entry(
                 server_time_ms: entry.server_time_ms,
                 message_type: ciphertext.message_type,
                 ciphertext: ciphertext.body,
+                group: envelope.group,
+                kind: envelope.kind,
+                // Each device's entry references the one stored envelope: the Megolm message
+                // is copied out of it for every device, never stored per device.
+                group_ciphertext: envelope.group_ciphertext,
+                group_session_id: envelope.group_session_id,
             })
         }
         QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
@@ -1142,6 +1322,7 @@ mod tests {
                 })
                 .collect(),
             device_seq: u64::from(message),
+            ..Default::default()
         }
     }
 
@@ -1151,7 +1332,16 @@ mod tests {
         sender_region: RegionId,
     ) -> (send_outcome::Outcome, Effects) {
         let (decision, effects) = run(db, async |tx| {
-            commit_envelope(&tx, HERE, envelope, sender_region, &BTreeSet::new(), 1_000).await
+            commit_envelope(
+                &tx,
+                HERE,
+                envelope,
+                sender_region,
+                GroupSource::Directory,
+                &BTreeSet::new(),
+                1_000,
+            )
+            .await
         })
         .await
         .expect("accepted");
@@ -1704,7 +1894,16 @@ mod tests {
         let quarantined = BTreeSet::from([bob1]);
         let to_bob = envelope(alice1, &[bob1], &[bob, alice], 1, 1);
         let refused = run(&f.db, async |tx| {
-            commit_envelope(&tx, HERE, &to_bob, HERE, &quarantined, 1_000).await
+            commit_envelope(
+                &tx,
+                HERE,
+                &to_bob,
+                HERE,
+                GroupSource::Directory,
+                &quarantined,
+                1_000,
+            )
+            .await
         })
         .await
         .map(|_| ())
@@ -1719,7 +1918,16 @@ mod tests {
         // Other recipients are served as before.
         let to_carol = envelope(alice1, &[carol1], &[carol, alice], 2, 1);
         let (decision, effects) = run(&f.db, async |tx| {
-            commit_envelope(&tx, HERE, &to_carol, HERE, &quarantined, 1_000).await
+            commit_envelope(
+                &tx,
+                HERE,
+                &to_carol,
+                HERE,
+                GroupSource::Directory,
+                &quarantined,
+                1_000,
+            )
+            .await
         })
         .await
         .expect("accepted");
@@ -1756,7 +1964,16 @@ mod tests {
         .expect("damaged");
         let to_bob = envelope(alice1, &[bob1], &[bob, alice], 1, 1);
         let (decision, effects) = run(&f.db, async |tx| {
-            commit_envelope(&tx, HERE, &to_bob, HERE, &BTreeSet::new(), 1_000).await
+            commit_envelope(
+                &tx,
+                HERE,
+                &to_bob,
+                HERE,
+                GroupSource::Directory,
+                &BTreeSet::new(),
+                1_000,
+            )
+            .await
         })
         .await
         .expect("decided");
@@ -2133,7 +2350,16 @@ mod tests {
         assert!(again.commits[0].duplicate);
         let restored = envelope(alice1, &[bob1], &[bob, alice], 9, 2);
         let refused = run(&f.db, async |tx| {
-            commit_envelope(&tx, HERE, &restored, HERE, &BTreeSet::new(), 1_000).await
+            commit_envelope(
+                &tx,
+                HERE,
+                &restored,
+                HERE,
+                GroupSource::Directory,
+                &BTreeSet::new(),
+                1_000,
+            )
+            .await
         })
         .await
         .expect_err("refused");

@@ -1,13 +1,14 @@
 //! Every bound of the region in one place, with units in the names: its connections and
-//! subscriptions, the cross-region outbox, retention sweeps, key claims, the accounts it caches
-//! from the directory writer, the store check at start and the operator's repair. The bounds it
-//! shares with edges and devices (frame sizes, the nested timeouts) are in
+//! subscriptions, the cross-region outbox, retention sweeps, key claims, the accounts and
+//! groups it caches from the directory writer, the store check at start and the operator's
+//! repair. The bounds it shares with edges and devices (frame sizes, the nested timeouts) are in
 //! [`relay_proto::limits`]; those of the store in [`fdb_layers::limits`]; those of QUIC
 //! connections in [`relay_net::limits`].
 
 use fdb_layers::limits::{LAYER_READ_ENTRIES_MAX, QUEUE_RETENTION_MS_DEFAULT, SWEEP_ENTRIES_MAX};
 use relay_proto::limits::{
-    DIRECTORY_CACHE_TTL_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, REGION_PEER_REQUEST_TIMEOUT_MS,
+    DIRECTORY_CACHE_TTL_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX,
+    REGION_PEER_REQUEST_TIMEOUT_MS,
 };
 
 // Connections and subscriptions.
@@ -18,7 +19,7 @@ pub const INTERNAL_CONNECTIONS_MAX: usize = 4_096;
 
 /// Pushes buffered for one subscribed edge stream before new ones are dropped (they are hints:
 /// the device fetches from its cursor anyway).
-pub const SUBSCRIPTION_PUSHES_MAX: usize = 4_096;
+pub const SUBSCRIPTION_PUSHES_MAX: usize = 16_384;
 
 // The cross-region outbox.
 
@@ -66,6 +67,19 @@ pub const ACCOUNT_REFRESH_INTERVAL_MS: u64 = DIRECTORY_CACHE_TTL_MS;
 /// Accounts whose last refresh a region remembers; one it forgot is refreshed at its next
 /// lookup.
 pub const ACCOUNT_REFRESHES_TRACKED_MAX: usize = 65_536;
+
+// Groups cached from the directory writer.
+
+/// Groups whose membership a region that is not the directory writer keeps (the least
+/// recently used is dropped first). A group holds at most `GROUP_MEMBERS_MAX` account ids
+/// (8 KiB), so the cache holds at most 32 MiB of members.
+pub const GROUP_CACHE_ENTRIES_MAX: usize = 4_096;
+
+/// How long such a region checks group envelopes against a membership it cached before asking
+/// the writer again, in ms. An envelope naming a newer version makes it ask at once; one
+/// naming an older version is answered "the group changed". Shorter than an account's time to
+/// live: a sender that missed a removal is refused within this long at the latest.
+pub const GROUP_CACHE_TTL_MS: u64 = 10_000;
 
 /// Refreshes asked of the directory writer at once; a lookup finding them all busy leaves its
 /// account for a later lookup.
@@ -117,8 +131,15 @@ pub const PLANTED_COMMIT_DELAY_MS: u64 = 500;
 
 // Relations between the bounds, checked at compile time.
 
-// One envelope's fan-out (a push per recipient device) fits an idle subscription's buffer.
+// One envelope's fan-out (a push per recipient device, a full group's too) fits an idle
+// subscription's buffer.
 const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= ENVELOPE_RECIPIENT_DEVICES_MAX);
+const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A cached group is asked of the writer again after a directory record's time to live, and
+// the cache holds every group of a busy region's recent senders.
+const _: () = assert!(GROUP_CACHE_TTL_MS <= DIRECTORY_CACHE_TTL_MS);
+const _: () = assert!(GROUP_CACHE_TTL_MS > REGION_PEER_REQUEST_TIMEOUT_MS);
+const _: () = assert!(GROUP_CACHE_ENTRIES_MAX >= 1);
 // A destination that failed is tried again sooner than one request to it may take, so a
 // region coming back gets its receipts within about one peer timeout; an idle pump looks less
 // often.

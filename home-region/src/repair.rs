@@ -870,12 +870,22 @@ mod tests {
                 body: vec![message],
             }],
             device_seq: seq,
+            ..Default::default()
         };
         let (decision, _) = db
             .transact(|tx| {
                 let envelope = envelope.clone();
                 async move {
-                    core::commit_envelope(&tx, HERE, &envelope, HERE, &BTreeSet::new(), 1_000).await
+                    core::commit_envelope(
+                        &tx,
+                        HERE,
+                        &envelope,
+                        HERE,
+                        core::GroupSource::Directory,
+                        &BTreeSet::new(),
+                        1_000,
+                    )
+                    .await
                 }
             })
             .await

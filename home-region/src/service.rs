@@ -42,19 +42,19 @@ use relay_proto::limits::{REGION_PEER_REQUEST_TIMEOUT_MS, SUBSCRIBED_DEVICES_PER
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
 };
-use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, ProtoError, RegionId};
+use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, GroupId, ProtoError, RegionId};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::blobs::{BlobLimits, BlobStore};
 use crate::claims::ClaimLimiter;
 use crate::config::{PeersFile, RegionConfig};
-use crate::core::{self, CommitDecision, Effects};
+use crate::core::{self, CommitDecision, Effects, GroupMembership, GroupSource};
 use crate::groups;
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
-    BLOB_SWEEP_INTERVAL_MS, INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX,
-    OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
+    BLOB_SWEEP_INTERVAL_MS, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS, INTERNAL_CONNECTIONS_MAX,
+    OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
     QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
@@ -160,6 +160,9 @@ struct Inner {
     refreshed: Mutex<TtlCache<AccountId, ()>>,
     /// Refreshes asked of the directory writer at once.
     refreshes: Arc<Semaphore>,
+    /// (Regions that are not the directory writer) group memberships asked of the writer, by
+    /// version: see [`RegionService::group_membership`].
+    groups: Mutex<TtlCache<GroupId, GroupMembership>>,
     /// Encrypted media and history snapshots.
     blobs: BlobStore,
 }
@@ -170,6 +173,8 @@ struct LaneWaiter {
     sender: DeviceAddress,
     sender_seq: u64,
     sender_region: RegionId,
+    /// The group's membership, for a group envelope at a region that is not the writer.
+    group: Option<GroupMembership>,
     answer: oneshot::Sender<Result<CommitDecision, ProtoError>>,
 }
 
@@ -350,6 +355,7 @@ impl RegionService {
                 ACCOUNT_REFRESH_INTERVAL_MS,
             )),
             refreshes: Arc::new(Semaphore::new(ACCOUNT_REFRESHES_IN_FLIGHT_MAX)),
+            groups: Mutex::new(TtlCache::new(GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS)),
             blobs,
         };
         Ok((
@@ -738,6 +744,28 @@ impl RegionService {
                 groups::Answer::Group(info) => Ok(Resp::Group(info)),
                 groups::Answer::Groups(list) => Ok(Resp::Groups(list)),
             },
+            Req::GroupMembers(group) => {
+                if self.inner.writer != local {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unavailable,
+                        "this region is not the directory writer",
+                    ));
+                }
+                let id = GroupId(group.group);
+                let info = self
+                    .transact(|tx| async move {
+                        let info = groups::group_info(&tx, id, true).await?;
+                        Ok(match info {
+                            Some(info) => Ok((info, Effects::default())),
+                            None => Err(ProtoError::new(
+                                ErrorCode::UnknownGroup,
+                                format!("unknown group {id}"),
+                            )),
+                        })
+                    })
+                    .await?;
+                Ok(Resp::Group(info))
+            }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
             Req::StoreCensus(request) => {
                 if self.inner.writer != local {
@@ -773,14 +801,88 @@ impl RegionService {
         &self,
         envelope: &wire::Envelope,
         sender_region: RegionId,
+        group: Option<&GroupMembership>,
         quarantined: &BTreeSet<DeviceAddress>,
         now_ms: u64,
     ) -> Result<CommitDecision, ProtoError> {
         let local = self.inner.region;
+        let groups = self.group_source(group);
         self.transact(|tx| async move {
-            core::commit_envelope(&tx, local, envelope, sender_region, quarantined, now_ms).await
+            core::commit_envelope(
+                &tx,
+                local,
+                envelope,
+                sender_region,
+                groups,
+                quarantined,
+                now_ms,
+            )
+            .await
         })
         .await
+    }
+
+    /// Where a commit finds a group's membership: the writer reads its own store in the
+    /// commit's transaction, another region uses what [`Self::group_membership`] found.
+    fn group_source<'a>(&self, group: Option<&'a GroupMembership>) -> GroupSource<'a> {
+        if self.inner.writer == self.inner.region {
+            GroupSource::Directory
+        } else {
+            GroupSource::Known(group)
+        }
+    }
+
+    /// The membership a group envelope is checked against, at a region that is not the
+    /// directory writer (`None` at the writer, which reads it in the commit, and for a 1:1
+    /// envelope): the cached one unless it is older than [`GROUP_CACHE_TTL_MS`] or than the
+    /// version the envelope names, else the writer's answer, cached. A group the writer does
+    /// not know is `UnknownGroup`; a writer that does not answer `DirectoryUnavailable`.
+    async fn group_membership(
+        &self,
+        parsed: &wire::ParsedEnvelope,
+    ) -> Result<Option<GroupMembership>, ProtoError> {
+        let Some(group) = parsed.group else {
+            return Ok(None);
+        };
+        if self.inner.writer == self.inner.region {
+            return Ok(None);
+        }
+        let now_ms = self.inner.clock.now_ms();
+        if let Some(known) = lock(&self.inner.groups).get(&group.group, now_ms)
+            && known.version >= group.version
+        {
+            return Ok(Some(known.clone()));
+        }
+        let request = RegionRequest {
+            body: Some(region_request::Body::GroupMembers(wire::GroupRef {
+                group: group.group.0,
+            })),
+        };
+        let membership = match self.to_writer(&request).await?.body {
+            Some(region_response::Body::Group(info)) => GroupMembership::from_info(&info)?,
+            Some(region_response::Body::Error(error)) => return Err(error.into()),
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    "unexpected directory answer",
+                ));
+            }
+        };
+        if membership.group != group.group {
+            return Err(ProtoError::new(
+                ErrorCode::Internal,
+                "the directory writer answered another group",
+            ));
+        }
+        let mut groups = lock(&self.inner.groups);
+        // Answers can cross: a newer membership cached meanwhile stays.
+        let keep = groups
+            .peek(&group.group, now_ms)
+            .filter(|cached| cached.version > membership.version)
+            .cloned();
+        let membership = keep.unwrap_or(membership);
+        groups.insert(group.group, membership.clone(), now_ms);
+        Ok(Some(membership))
     }
 
     /// The answer to a commit: a region's outcome, or the refusal of an envelope for a device
@@ -814,6 +916,8 @@ impl RegionService {
         sender_region: RegionId,
     ) -> Result<CommitDecision, ProtoError> {
         let parsed = envelope.parse()?;
+        // Asked before the lane: a lane never waits on the directory writer.
+        let group = self.group_membership(&parsed).await?;
         let bytes = envelope.encoded_len();
         let ticket = self.inner.next_ticket.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
@@ -822,6 +926,7 @@ impl RegionService {
             sender: parsed.sender,
             sender_seq: parsed.sender_seq,
             sender_region,
+            group,
             answer,
         };
         lock(&self.inner.lane_waiters).insert(ticket, waiter);
@@ -918,9 +1023,12 @@ impl RegionService {
         let local = self.inner.region;
         let quarantined = self.quarantined();
         let now = self.inner.clock.now_ms();
-        let batch: Vec<(&wire::Envelope, RegionId)> = waiters
+        let batch: Vec<(&wire::Envelope, RegionId, GroupSource<'_>)> = waiters
             .iter()
-            .map(|waiter| (&waiter.envelope, waiter.sender_region))
+            .map(|waiter| {
+                let groups = self.group_source(waiter.group.as_ref());
+                (&waiter.envelope, waiter.sender_region, groups)
+            })
             .collect();
         let committed = self
             .inner
@@ -931,12 +1039,13 @@ impl RegionService {
                 async move {
                     let mut decisions = Vec::with_capacity(batch.len());
                     let mut effects = Effects::default();
-                    for (envelope, sender_region) in batch {
+                    for (envelope, sender_region, groups) in batch {
                         match core::commit_envelope(
                             &tx,
                             local,
                             envelope,
                             sender_region,
+                            groups,
                             quarantined,
                             now,
                         )
@@ -1071,18 +1180,27 @@ impl RegionService {
     ) -> Result<region_response::Body, ProtoError> {
         let local = self.inner.region;
         let quarantined = self.quarantined();
+        let group = self.group_membership(&envelope.parse()?).await?;
+        let groups = self.group_source(group.as_ref());
         let peek = self.inner.db.create_transaction().map_err(store_failure)?;
-        let (decision, _) =
-            core::commit_envelope(&peek, local, &envelope, sender_region, &quarantined, now)
-                .await
-                .map_err(store_failure)??;
+        let (decision, _) = core::commit_envelope(
+            &peek,
+            local,
+            &envelope,
+            sender_region,
+            groups,
+            &quarantined,
+            now,
+        )
+        .await
+        .map_err(store_failure)??;
         drop(peek);
         let outcome = self.commit_answer(decision).await?;
         let service = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(PLANTED_COMMIT_DELAY_MS)).await;
             let committed = service
-                .commit(&envelope, sender_region, &quarantined, now)
+                .commit(&envelope, sender_region, group.as_ref(), &quarantined, now)
                 .await;
             if let Err(error) = committed {
                 tracing::warn!(%error, "planted bug: a late commit failed");

@@ -172,10 +172,20 @@ async fn pair_loop(
                 body: vec![7; PAYLOAD_BYTES],
             }],
             device_seq: sender_seq,
+            ..Default::default()
         };
         let now_ms = 1_000 + sender_seq;
         let decision = run(&db, &tally, async |tx| {
-            core::commit_envelope(tx, HERE, &envelope, HERE, &no_quarantine, now_ms).await
+            core::commit_envelope(
+                tx,
+                HERE,
+                &envelope,
+                HERE,
+                core::GroupSource::Directory,
+                &no_quarantine,
+                now_ms,
+            )
+            .await
         })
         .await;
         let CommitDecision::Answer(answer) = decision else {

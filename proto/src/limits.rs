@@ -6,13 +6,16 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Largest frame body (after the header) a peer may send, in bytes.
 pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
 
-/// Largest encoded envelope a device may send, in bytes.
-pub const ENVELOPE_BYTES_MAX: usize = 256 * 1024;
+/// Largest encoded envelope a device may send, in bytes: a full group's message (an empty entry
+/// for each of up to [`GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX`] devices, with ids of the largest
+/// encoding, and its Megolm ciphertext) fits, as asserted below.
+pub const ENVELOPE_BYTES_MAX: usize = 512 * 1024;
 
 /// Largest ciphertext for one recipient device, in bytes.
 pub const CIPHERTEXT_BYTES_MAX: usize = 64 * 1024;
 
-/// Most recipient devices one envelope may address (1:1 plus own devices, groups later).
+/// Most recipient devices one envelope that is not a group envelope may address (1:1 plus own
+/// devices).
 pub const ENVELOPE_RECIPIENT_DEVICES_MAX: usize = 1024;
 
 /// Longest account name, in bytes of UTF-8.
@@ -105,6 +108,38 @@ pub const DEVICES_PER_ACCOUNT_MAX: usize = 16;
 /// devices, since a group message fans out to every member's devices.
 pub const GROUP_MEMBERS_MAX: usize = 1_024;
 
+/// Most recipient devices one group envelope may list: every device of every member.
+pub const GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX: usize = GROUP_MEMBERS_MAX * DEVICES_PER_ACCOUNT_MAX;
+
+/// Largest group ciphertext (the Megolm message a group message carries once for all its
+/// recipients), in bytes. A queued message carries it or its device's own ciphertext, never
+/// both, so a queue entry stays within a device ciphertext's bound.
+pub const GROUP_CIPHERTEXT_BYTES_MAX: usize = CIPHERTEXT_BYTES_MAX;
+
+/// Longest Megolm session id a group envelope names, in bytes (vodozemac's are 43: unpadded
+/// base64 of a 32-byte key).
+pub const GROUP_SESSION_ID_BYTES_MAX: usize = 64;
+
+/// Most bytes one device entry of a group message takes (a `DeviceCiphertext` with an empty
+/// body): its field key and length (1 byte each), the device address
+/// ([`DEVICE_ADDR_ENCODED_BYTES_MAX`]) and the message type (key and 1 byte).
+pub const GROUP_MESSAGE_DEVICE_ENCODED_BYTES_MAX: usize = 2 + DEVICE_ADDR_ENCODED_BYTES_MAX + 2;
+
+/// Most bytes an envelope takes apart from its device entries, recipient accounts, group
+/// ciphertext and session id: chat, sender, client message id, counters, group, version and
+/// kind with their keys (about 130), and room to spare.
+pub const ENVELOPE_FIXED_BYTES_MAX: usize = 512;
+
+/// Most bytes a group message to a full group takes: every device's empty entry, every member
+/// listed (a packed varint of up to 10 bytes each, with key and length), the largest group
+/// ciphertext and session id (with keys and lengths) and the fixed fields.
+pub const GROUP_MESSAGE_ENVELOPE_BYTES_MAX: usize = GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX
+    * GROUP_MESSAGE_DEVICE_ENCODED_BYTES_MAX
+    + (4 + GROUP_MEMBERS_MAX * 10)
+    + (4 + GROUP_CIPHERTEXT_BYTES_MAX)
+    + (2 + GROUP_SESSION_ID_BYTES_MAX)
+    + ENVELOPE_FIXED_BYTES_MAX;
+
 /// Longest group name, in bytes of UTF-8 (a name is shown to people, so it may use any script,
 /// but no control characters).
 pub const GROUP_NAME_BYTES_MAX: usize = 128;
@@ -157,6 +192,15 @@ const _: () = assert!(2 * DEVICES_PER_ACCOUNT_MAX <= ENVELOPE_RECIPIENT_DEVICES_
 // A group message's recipients are its members' devices, which one envelope addresses (one
 // device per member at least).
 const _: () = assert!(GROUP_MEMBERS_MAX <= ENVELOPE_RECIPIENT_DEVICES_MAX);
+const _: () = assert!(ENVELOPE_RECIPIENT_DEVICES_MAX <= GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A message to a full group (every member with the most devices, the largest ids) fits one
+// envelope, and an envelope fits one frame with the request around it.
+const _: () = assert!(GROUP_MESSAGE_ENVELOPE_BYTES_MAX <= ENVELOPE_BYTES_MAX);
+const _: () = assert!(ENVELOPE_BYTES_MAX + 1_024 <= FRAME_BYTES_MAX);
+// A queued group message (the group ciphertext, session id and group fields instead of a
+// device ciphertext) stays within the queue entry bounds below.
+const _: () = assert!(GROUP_CIPHERTEXT_BYTES_MAX <= CIPHERTEXT_BYTES_MAX);
+const _: () = assert!(GROUP_SESSION_ID_BYTES_MAX + 64 <= QUEUE_ENTRY_OVERHEAD_BYTES_MAX / 4);
 // A group with all its members, and a page of groups (listed without their members), each fit
 // one frame, with the frame's own fields.
 const _: () = assert!(

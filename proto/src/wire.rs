@@ -12,8 +12,9 @@ use crate::ProtoError;
 use crate::ids::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, GroupId};
 use crate::limits::{
     ACCOUNT_NAME_BYTES_MAX, CIPHERTEXT_BYTES_MAX, ENVELOPE_BYTES_MAX,
-    ENVELOPE_RECIPIENT_DEVICES_MAX, GROUP_MEMBERS_MAX, GROUP_NAME_BYTES_MAX,
-    GROUP_REQUEST_ID_BYTES, GROUPS_PER_PAGE_MAX,
+    ENVELOPE_RECIPIENT_DEVICES_MAX, GROUP_CIPHERTEXT_BYTES_MAX,
+    GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX, GROUP_MEMBERS_MAX, GROUP_NAME_BYTES_MAX,
+    GROUP_REQUEST_ID_BYTES, GROUP_SESSION_ID_BYTES_MAX, GROUPS_PER_PAGE_MAX,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -169,13 +170,25 @@ pub struct AccountDevices {
 // ---------------------------------------------------------------------------------------------
 // Envelopes
 
+/// [`DeviceCiphertext::message_type`] of an Olm pre-key message.
+pub const MESSAGE_TYPE_OLM_PRE_KEY: u32 = 0;
+
+/// [`DeviceCiphertext::message_type`] of an Olm normal message.
+pub const MESSAGE_TYPE_OLM_NORMAL: u32 = 1;
+
+/// [`DeviceCiphertext::message_type`] of a group message's entry for a device (with an empty
+/// body): the sender states that this device holds the sender's current Megolm session, so it
+/// can decrypt the envelope's `group_ciphertext`.
+pub const MESSAGE_TYPE_HOLDS_GROUP_SESSION: u32 = 2;
+
 /// The ciphertext for one recipient device.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct DeviceCiphertext {
     /// The recipient device.
     #[prost(message, required, tag = "1")]
     pub recipient: DeviceAddr,
-    /// Olm message type (0 pre-key, 1 normal).
+    /// Olm message type ([`MESSAGE_TYPE_OLM_PRE_KEY`], [`MESSAGE_TYPE_OLM_NORMAL`]), or in a
+    /// group message [`MESSAGE_TYPE_HOLDS_GROUP_SESSION`].
     #[prost(uint32, tag = "2")]
     pub message_type: u32,
     /// The opaque ciphertext.
@@ -183,7 +196,35 @@ pub struct DeviceCiphertext {
     pub body: Vec<u8>,
 }
 
+/// What an envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum EnvelopeKind {
+    /// A message (the wire default): 1:1, with an Olm ciphertext per device, or to a group,
+    /// with one Megolm `group_ciphertext` and an empty entry per device holding the session.
+    Message = 0,
+    /// (Group envelopes only) the sender's Megolm session key, in an Olm ciphertext for each of
+    /// some of the group's current member devices. A sender shares a new session in as many key
+    /// shares as the envelope size needs, in the group's chat, before the first message that
+    /// uses it (the same sender device and consecutive `sender_seq`s), so a device always
+    /// receives a key before the message needing it.
+    GroupKeyShare = 1,
+}
+
 /// What a device sends: readable routing metadata plus opaque ciphertexts, nothing else.
+///
+/// A **1:1 envelope** (`group` 0) carries an Olm ciphertext (type 0 or 1, non-empty) for every
+/// current device of every listed account but the sending device, and no group field.
+///
+/// A **group envelope** (`group` set, `chat` = [`ChatId::group`] of it) names the membership
+/// version the sender encrypted for. As a message, it lists the group's members in
+/// `recipient_accounts` (the sender's own account too when it has other devices), an entry of
+/// type [`MESSAGE_TYPE_HOLDS_GROUP_SESSION`] with an empty body for every current device of
+/// every member but the sending device (the sender states that exactly these devices hold its
+/// current Megolm session) and the Megolm message once in `group_ciphertext`. As a key share
+/// ([`EnvelopeKind::GroupKeyShare`]), Olm ciphertexts for some of those devices and no group
+/// ciphertext. Regions refuse a message whose members or devices are not the current ones
+/// (`MismatchedDevices`, or `GroupChanged` when the version is older than theirs).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Envelope {
     /// The chat (16 bytes).
@@ -209,6 +250,35 @@ pub struct Envelope {
     /// state went back (a restored data directory) is caught when it authenticates.
     #[prost(uint64, tag = "7")]
     pub device_seq: u64,
+    /// The group this envelope is sent to; 0: not a group envelope.
+    #[prost(uint64, tag = "8")]
+    pub group: u64,
+    /// (Group envelopes) the membership version the sender encrypted for (a `GroupInfo`'s
+    /// `version`).
+    #[prost(uint64, tag = "9")]
+    pub group_version: u64,
+    /// What the envelope carries (a message unless set).
+    #[prost(enumeration = "EnvelopeKind", tag = "10")]
+    pub kind: i32,
+    /// (Group messages) the Megolm message, once for every recipient device (1 to
+    /// `GROUP_CIPHERTEXT_BYTES_MAX` bytes).
+    #[prost(bytes = "vec", tag = "11")]
+    pub group_ciphertext: Vec<u8>,
+    /// (Group envelopes) the id of the sender's Megolm session the message is encrypted with,
+    /// or whose key a key share carries (1 to `GROUP_SESSION_ID_BYTES_MAX` bytes).
+    #[prost(string, tag = "12")]
+    pub group_session_id: String,
+}
+
+/// The group fields of a checked group envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedGroup {
+    /// The group.
+    pub group: GroupId,
+    /// The membership version the sender encrypted for (from 1).
+    pub version: u64,
+    /// A message or a key share.
+    pub kind: EnvelopeKind,
 }
 
 /// An envelope whose ids and bounds were checked.
@@ -228,10 +298,16 @@ pub struct ParsedEnvelope {
     pub recipient_devices: Vec<DeviceAddress>,
     /// The sender device's counter over all its envelopes (0: not counted).
     pub device_seq: u64,
+    /// The group fields of a group envelope; `None` for a 1:1 envelope.
+    pub group: Option<ParsedGroup>,
 }
 
 impl Envelope {
-    /// Checks sizes, ids and coverage rules a server can check without the directory.
+    /// Checks sizes, ids and coverage rules a server can check without the directory, and the
+    /// form of each kind (see [`Envelope`]): a 1:1 envelope has no group field and Olm bodies;
+    /// a group envelope is in its group's chat, and a message has empty entries of type
+    /// [`MESSAGE_TYPE_HOLDS_GROUP_SESSION`] and a group ciphertext, a key share Olm bodies and
+    /// none.
     pub fn parse(&self) -> Result<ParsedEnvelope, ProtoError> {
         use prost::Message;
         let encoded = self.encoded_len();
@@ -244,10 +320,20 @@ impl Envelope {
         if self.ciphertexts.is_empty() {
             return Err(ProtoError::invalid("envelope has no recipient device"));
         }
-        if self.ciphertexts.len() > ENVELOPE_RECIPIENT_DEVICES_MAX {
+        let chat = ChatId::from_bytes(&self.chat)?;
+        let group = self.parse_group(chat)?;
+        let devices_max = if group.is_some() {
+            GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX
+        } else {
+            ENVELOPE_RECIPIENT_DEVICES_MAX
+        };
+        if self.ciphertexts.len() > devices_max {
             return Err(ProtoError::new(
                 crate::ErrorCode::TooLarge,
-                "too many recipient devices",
+                format!(
+                    "{} recipient devices is more than an envelope's {devices_max}",
+                    self.ciphertexts.len()
+                ),
             ));
         }
         if self.sender_seq == 0 {
@@ -264,6 +350,22 @@ impl Envelope {
                 "recipient accounts must be unique and non-zero",
             ));
         }
+        if group.is_some() && accounts.len() > GROUP_MEMBERS_MAX {
+            return Err(ProtoError::new(
+                crate::ErrorCode::TooLarge,
+                format!(
+                    "{} recipient accounts is more than a group's {GROUP_MEMBERS_MAX} members",
+                    accounts.len()
+                ),
+            ));
+        }
+        let holds_session = matches!(
+            group,
+            Some(ParsedGroup {
+                kind: EnvelopeKind::Message,
+                ..
+            })
+        );
         let mut devices = BTreeSet::new();
         for ciphertext in &self.ciphertexts {
             let device = ciphertext.recipient.parse()?;
@@ -275,25 +377,134 @@ impl Envelope {
             if !accounts.contains(&device.account) {
                 return Err(ProtoError::invalid("ciphertext for an account not listed"));
             }
-            if ciphertext.body.is_empty() || ciphertext.body.len() > CIPHERTEXT_BYTES_MAX {
-                return Err(ProtoError::new(
-                    crate::ErrorCode::TooLarge,
-                    "ciphertext empty or larger than its limit",
-                ));
+            if holds_session {
+                if ciphertext.message_type != MESSAGE_TYPE_HOLDS_GROUP_SESSION
+                    || !ciphertext.body.is_empty()
+                {
+                    return Err(ProtoError::invalid(format!(
+                        "a group message's entry for device {device} must be empty and of type \
+                         {MESSAGE_TYPE_HOLDS_GROUP_SESSION} (holds the sender's session); keys \
+                         travel in key shares"
+                    )));
+                }
+            } else {
+                if ciphertext.message_type == MESSAGE_TYPE_HOLDS_GROUP_SESSION {
+                    return Err(ProtoError::invalid(format!(
+                        "message type {MESSAGE_TYPE_HOLDS_GROUP_SESSION} (holds the sender's \
+                         session) belongs in group messages only"
+                    )));
+                }
+                if group.is_some()
+                    && ciphertext.message_type != MESSAGE_TYPE_OLM_PRE_KEY
+                    && ciphertext.message_type != MESSAGE_TYPE_OLM_NORMAL
+                {
+                    return Err(ProtoError::invalid(format!(
+                        "a key share's entry for device {device} must be an Olm message (type \
+                         {MESSAGE_TYPE_OLM_PRE_KEY} or {MESSAGE_TYPE_OLM_NORMAL})"
+                    )));
+                }
+                if ciphertext.body.is_empty() {
+                    return Err(ProtoError::invalid(format!(
+                        "the ciphertext for device {device} is empty"
+                    )));
+                }
+                if ciphertext.body.len() > CIPHERTEXT_BYTES_MAX {
+                    return Err(ProtoError::new(
+                        crate::ErrorCode::TooLarge,
+                        format!(
+                            "the ciphertext for device {device} is larger than \
+                             {CIPHERTEXT_BYTES_MAX} bytes"
+                        ),
+                    ));
+                }
             }
             if !devices.insert(device) {
                 return Err(ProtoError::invalid("two ciphertexts for one device"));
             }
         }
         Ok(ParsedEnvelope {
-            chat: ChatId::from_bytes(&self.chat)?,
+            chat,
             sender,
             client_message_id: ClientMessageId::from_bytes(&self.client_message_id)?,
             sender_seq: self.sender_seq,
             recipient_accounts: accounts.into_iter().collect(),
             recipient_devices: devices.into_iter().collect(),
             device_seq: self.device_seq,
+            group,
         })
+    }
+
+    /// The group fields, checked against the kind and the chat (`None`: a 1:1 envelope, which
+    /// must carry none).
+    fn parse_group(&self, chat: ChatId) -> Result<Option<ParsedGroup>, ProtoError> {
+        let Ok(kind) = EnvelopeKind::try_from(self.kind) else {
+            return Err(ProtoError::invalid(format!(
+                "envelope kind {} is not known here (the client is newer)",
+                self.kind
+            )));
+        };
+        if self.group == 0 {
+            if self.group_version != 0
+                || kind != EnvelopeKind::Message
+                || !self.group_ciphertext.is_empty()
+                || !self.group_session_id.is_empty()
+            {
+                return Err(ProtoError::invalid(
+                    "an envelope that names no group carries no group version, kind, \
+                     ciphertext or session",
+                ));
+            }
+            return Ok(None);
+        }
+        let group = GroupId(self.group);
+        if chat != ChatId::group(group) {
+            return Err(ProtoError::invalid(format!(
+                "a group envelope for group {} must be in that group's chat, not {chat}",
+                self.group
+            )));
+        }
+        if self.group_version == 0 {
+            return Err(ProtoError::invalid("group versions start at 1"));
+        }
+        if self.group_session_id.is_empty()
+            || self.group_session_id.len() > GROUP_SESSION_ID_BYTES_MAX
+        {
+            return Err(ProtoError::invalid(format!(
+                "a group envelope names its Megolm session in 1 to {GROUP_SESSION_ID_BYTES_MAX} \
+                 bytes"
+            )));
+        }
+        match kind {
+            EnvelopeKind::Message => {
+                if self.group_ciphertext.is_empty() {
+                    return Err(ProtoError::invalid(
+                        "a group message carries its group ciphertext",
+                    ));
+                }
+                if self.group_ciphertext.len() > GROUP_CIPHERTEXT_BYTES_MAX {
+                    return Err(ProtoError::new(
+                        crate::ErrorCode::TooLarge,
+                        format!(
+                            "a group ciphertext of {} bytes is larger than \
+                             {GROUP_CIPHERTEXT_BYTES_MAX}",
+                            self.group_ciphertext.len()
+                        ),
+                    ));
+                }
+            }
+            EnvelopeKind::GroupKeyShare => {
+                if !self.group_ciphertext.is_empty() {
+                    return Err(ProtoError::invalid(
+                        "a group key share carries no group ciphertext",
+                    ));
+                }
+            }
+        }
+        Ok(Some(ParsedGroup {
+            group,
+            version: self.group_version,
+            kind,
+        }))
     }
 }
 
@@ -352,9 +563,22 @@ pub struct QueuedMessage {
     /// Olm message type.
     #[prost(uint32, tag = "7")]
     pub message_type: u32,
-    /// This device's ciphertext.
+    /// This device's ciphertext (empty in a group message: the device decrypts
+    /// `group_ciphertext` with the sender's session, which a key share brought before).
     #[prost(bytes = "vec", tag = "8")]
     pub ciphertext: Vec<u8>,
+    /// The group the envelope was sent to; 0: a 1:1 envelope.
+    #[prost(uint64, tag = "9")]
+    pub group: u64,
+    /// What the envelope carries: a message or (group envelopes) a key share for this device.
+    #[prost(enumeration = "EnvelopeKind", tag = "10")]
+    pub kind: i32,
+    /// (Group messages) the Megolm message, the same for every recipient device.
+    #[prost(bytes = "vec", tag = "11")]
+    pub group_ciphertext: Vec<u8>,
+    /// (Group envelopes) the sender's Megolm session the message uses or the key share carries.
+    #[prost(string, tag = "12")]
+    pub group_session_id: String,
 }
 
 /// A server-visible receipt for a message this device's account sent.
@@ -717,11 +941,33 @@ pub struct ResendFrom {
     pub expected_sender_seq: u64,
 }
 
+/// The group's membership changed since the version a group envelope names (the group form of
+/// [`MismatchedDevices`]): the sender re-shares its session (a new one when a member or a
+/// device left) and re-encrypts for these members, then retries with the same client message
+/// id.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupChanged {
+    /// The group.
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// The group's current version: name it in the retried envelope.
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    /// The current members, in account id order.
+    #[prost(uint64, repeated, tag = "3")]
+    pub members: Vec<u64>,
+    /// The current devices of the members homed in the regions that answered (every region
+    /// the envelope went to). A member missing here is homed elsewhere: the client learns its
+    /// devices when it claims their keys to share its session with them, as it must anyway.
+    #[prost(message, repeated, tag = "4")]
+    pub devices: Vec<AccountDevices>,
+}
+
 /// The outcome of sending (client↔edge) or committing (edge↔region) one envelope.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct SendOutcome {
     /// The outcome.
-    #[prost(oneof = "send_outcome::Outcome", tags = "1, 2, 3")]
+    #[prost(oneof = "send_outcome::Outcome", tags = "1, 2, 3, 4")]
     pub outcome: Option<send_outcome::Outcome>,
 }
 
@@ -739,6 +985,10 @@ pub mod send_outcome {
         /// Resend from the given sender_seq.
         #[prost(message, tag = "3")]
         ResendFrom(super::ResendFrom),
+        /// (Group envelopes) the group changed: re-share and re-encrypt for its current
+        /// members and devices, and retry with the same client message id.
+        #[prost(message, tag = "4")]
+        GroupChanged(super::GroupChanged),
     }
 }
 
@@ -1656,7 +1906,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -1716,6 +1966,11 @@ pub mod region_request {
         /// forwards it to the directory writer unless it is the writer.
         #[prost(message, tag = "16")]
         Group(super::ForGroup),
+        /// (Region → directory writer) a group's current version and members, for a region
+        /// checking a group envelope (answered with `Group`; `UnknownGroup` when it does not
+        /// exist). Regions are trusted peers: no membership is asked of the asker.
+        #[prost(message, tag = "17")]
+        GroupMembers(super::GroupRef),
     }
 }
 
@@ -1783,7 +2038,7 @@ pub mod region_response {
         /// Answer to `Blob`.
         #[prost(message, tag = "16")]
         Blob(super::BlobStatus),
-        /// Answer to `Group`, except `List`.
+        /// Answer to `Group`, except `List`, and to `GroupMembers`.
         #[prost(message, tag = "17")]
         Group(super::GroupInfo),
         /// Answer to `Group` listing.
@@ -1815,7 +2070,239 @@ mod tests {
                 body: vec![3; 10],
             }],
             device_seq: 1,
+            ..Envelope::default()
         }
+    }
+
+    /// A message from device 1/1 to group 7 with members 1, 2 and 3 (two devices each, the
+    /// sender's other device included).
+    fn group_message() -> Envelope {
+        let group = GroupId(7);
+        let mut ciphertexts = Vec::new();
+        for account in 1..=3 {
+            for device in 1..=2 {
+                if (account, device) == (1, 1) {
+                    continue;
+                }
+                ciphertexts.push(DeviceCiphertext {
+                    recipient: DeviceAddr { account, device },
+                    message_type: MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+                    body: Vec::new(),
+                });
+            }
+        }
+        Envelope {
+            chat: ChatId::group(group).0.to_vec(),
+            recipient_accounts: vec![1, 2, 3],
+            ciphertexts,
+            group: group.0,
+            group_version: 4,
+            kind: EnvelopeKind::Message as i32,
+            group_ciphertext: vec![9; 100],
+            group_session_id: "session".into(),
+            ..envelope()
+        }
+    }
+
+    /// A key share of group 7 for two of its devices.
+    fn key_share() -> Envelope {
+        let mut share = group_message();
+        share.kind = EnvelopeKind::GroupKeyShare as i32;
+        share.group_ciphertext.clear();
+        share.ciphertexts = vec![
+            DeviceCiphertext {
+                recipient: DeviceAddr {
+                    account: 2,
+                    device: 1,
+                },
+                message_type: MESSAGE_TYPE_OLM_PRE_KEY,
+                body: vec![5; 300],
+            },
+            DeviceCiphertext {
+                recipient: DeviceAddr {
+                    account: 3,
+                    device: 2,
+                },
+                message_type: MESSAGE_TYPE_OLM_NORMAL,
+                body: vec![6; 200],
+            },
+        ];
+        share
+    }
+
+    fn malformed(envelope: &Envelope) -> bool {
+        envelope.parse().map_err(|error| error.code) == Err(crate::ErrorCode::Malformed)
+    }
+
+    #[test]
+    fn parses_group_messages_and_key_shares() {
+        let parsed = group_message().parse().expect("a valid group message");
+        assert_eq!(
+            parsed.group,
+            Some(ParsedGroup {
+                group: GroupId(7),
+                version: 4,
+                kind: EnvelopeKind::Message,
+            })
+        );
+        assert_eq!(parsed.recipient_devices.len(), 5);
+        let parsed = key_share().parse().expect("a valid key share");
+        assert_eq!(
+            parsed.group.map(|group| group.kind),
+            Some(EnvelopeKind::GroupKeyShare)
+        );
+        assert_eq!(parsed.recipient_devices.len(), 2);
+        assert_eq!(envelope().parse().expect("valid").group, None);
+    }
+
+    #[test]
+    fn refuses_malformed_group_envelopes() {
+        // A message with an Olm body for a device (keys travel in key shares).
+        let mut e = group_message();
+        e.ciphertexts[0].body = vec![1; 10];
+        assert!(malformed(&e), "a body in a group message");
+        let mut e = group_message();
+        e.ciphertexts[0].message_type = MESSAGE_TYPE_OLM_NORMAL;
+        assert!(malformed(&e), "an Olm type in a group message");
+        // A key share with an empty body, or the group message marker.
+        let mut e = key_share();
+        e.ciphertexts[1].body.clear();
+        assert!(malformed(&e), "an empty body in a key share");
+        let mut e = key_share();
+        e.ciphertexts[0].message_type = MESSAGE_TYPE_HOLDS_GROUP_SESSION;
+        assert!(malformed(&e), "the marker in a key share");
+        let mut e = key_share();
+        e.ciphertexts[0].message_type = 7;
+        assert!(malformed(&e), "an unknown type in a key share");
+        let mut e = key_share();
+        e.group_ciphertext = vec![1; 10];
+        assert!(malformed(&e), "a group ciphertext in a key share");
+        // A message without its group ciphertext, or with one too large.
+        let mut e = group_message();
+        e.group_ciphertext.clear();
+        assert!(malformed(&e), "no group ciphertext");
+        let mut e = group_message();
+        e.group_ciphertext = vec![1; GROUP_CIPHERTEXT_BYTES_MAX + 1];
+        assert_eq!(
+            e.parse().map_err(|e| e.code),
+            Err(crate::ErrorCode::TooLarge)
+        );
+        // A chat that is not the group's.
+        let mut e = group_message();
+        e.chat = ChatId::group(GroupId(8)).0.to_vec();
+        assert!(malformed(&e), "another group's chat");
+        let mut e = group_message();
+        e.chat = ChatId::direct(AccountId(1), AccountId(2)).0.to_vec();
+        assert!(malformed(&e), "a direct chat");
+        // Version 0, no session id, a session id too long, an unknown kind.
+        let mut e = group_message();
+        e.group_version = 0;
+        assert!(malformed(&e), "version 0");
+        let mut e = group_message();
+        e.group_session_id.clear();
+        assert!(malformed(&e), "no session id");
+        let mut e = group_message();
+        e.group_session_id = "s".repeat(GROUP_SESSION_ID_BYTES_MAX + 1);
+        assert!(malformed(&e), "a session id too long");
+        let mut e = group_message();
+        e.kind = 9;
+        assert!(malformed(&e), "an unknown kind");
+        // More members than a group has.
+        let mut e = key_share();
+        e.recipient_accounts = (1..=GROUP_MEMBERS_MAX as u64 + 1).collect();
+        assert_eq!(
+            e.parse().map_err(|e| e.code),
+            Err(crate::ErrorCode::TooLarge)
+        );
+    }
+
+    #[test]
+    fn refuses_group_fields_in_one_to_one_envelopes() {
+        let mut e = envelope();
+        e.group_version = 1;
+        assert!(malformed(&e), "a version");
+        let mut e = envelope();
+        e.kind = EnvelopeKind::GroupKeyShare as i32;
+        assert!(malformed(&e), "a key share");
+        let mut e = envelope();
+        e.group_ciphertext = vec![1];
+        assert!(malformed(&e), "a group ciphertext");
+        let mut e = envelope();
+        e.group_session_id = "s".into();
+        assert!(malformed(&e), "a session id");
+        let mut e = envelope();
+        e.ciphertexts[0].message_type = MESSAGE_TYPE_HOLDS_GROUP_SESSION;
+        e.ciphertexts[0].body.clear();
+        assert!(malformed(&e), "the group marker");
+        let mut e = envelope();
+        e.ciphertexts[0].body.clear();
+        assert!(malformed(&e), "an empty Olm body");
+    }
+
+    #[test]
+    fn a_message_to_a_full_group_with_the_largest_ids_fits_an_envelope() {
+        use prost::Message;
+        let group = GroupId(u64::MAX);
+        let members: Vec<u64> = (0..GROUP_MEMBERS_MAX as u64)
+            .map(|i| u64::MAX - i)
+            .collect();
+        let sender = DeviceAddr {
+            account: members[0],
+            device: u32::MAX,
+        };
+        let mut ciphertexts = Vec::new();
+        for &account in &members {
+            for i in 0..crate::limits::DEVICES_PER_ACCOUNT_MAX as u32 {
+                let recipient = DeviceAddr {
+                    account,
+                    device: u32::MAX - 1 - i,
+                };
+                ciphertexts.push(DeviceCiphertext {
+                    recipient,
+                    message_type: MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+                    body: Vec::new(),
+                });
+            }
+        }
+        assert_eq!(ciphertexts.len(), GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX);
+        let message = Envelope {
+            chat: ChatId::group(group).0.to_vec(),
+            sender,
+            client_message_id: vec![0xff; 16],
+            sender_seq: u64::MAX,
+            recipient_accounts: members,
+            ciphertexts,
+            device_seq: u64::MAX,
+            group: group.0,
+            group_version: u64::MAX,
+            kind: EnvelopeKind::Message as i32,
+            group_ciphertext: vec![0xff; GROUP_CIPHERTEXT_BYTES_MAX],
+            group_session_id: "s".repeat(GROUP_SESSION_ID_BYTES_MAX),
+        };
+        let encoded = message.encoded_len();
+        assert!(
+            encoded <= crate::limits::GROUP_MESSAGE_ENVELOPE_BYTES_MAX,
+            "{encoded} bytes, more than the bound computed for it"
+        );
+        let parsed = message.parse().expect("a full group's message is valid");
+        assert_eq!(
+            parsed.recipient_devices.len(),
+            GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX
+        );
+        // One device more is refused, even as a group envelope.
+        let mut over = message;
+        over.ciphertexts.push(DeviceCiphertext {
+            recipient: DeviceAddr {
+                account: over.recipient_accounts[1],
+                device: 1,
+            },
+            message_type: MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+            body: Vec::new(),
+        });
+        assert_eq!(
+            over.parse().map_err(|e| e.code),
+            Err(crate::ErrorCode::TooLarge)
+        );
     }
 
     #[test]

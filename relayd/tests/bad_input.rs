@@ -99,6 +99,7 @@ fn the_edge_refuses_bad_frames_and_keeps_serving() {
                 body: vec![1],
             }],
             device_seq: 0,
+            ..Default::default()
         };
         let send = ClientRequest {
             body: Some(client_request::Body::Send(envelope)),

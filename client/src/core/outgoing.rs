@@ -649,6 +649,13 @@ impl Core {
             send_outcome::Outcome::ResendFrom(resend) => {
                 Outcome::ResendFrom(resend.expected_sender_seq)
             }
+            send_outcome::Outcome::GroupChanged(_) => {
+                // This client sends no group envelope yet (group sends come with its Megolm
+                // work): an answer about a group is a server's mistake.
+                let error =
+                    ClientError::UnexpectedResponse("a group answer to a 1:1 envelope".into());
+                return self.settle_failure(entry, &row, Some(envelope), error, now_ms);
+            }
         };
         let next = self
             .outbox

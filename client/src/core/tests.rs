@@ -376,6 +376,7 @@ fn a_queue_page_is_committed_and_named_before_it_is_acknowledged() {
                 server_time_ms: WALL_MS + 1,
                 message_type: kind,
                 ciphertext: body,
+                ..Default::default()
             })),
         }],
         latest_queue_seq: 1,
@@ -705,6 +706,7 @@ fn the_peers_edits_reactions_and_deletions_are_checked_and_a_deletion_forgets_th
                         server_time_ms: WALL_MS + queue_seq,
                         message_type: kind,
                         ciphertext: body,
+                        ..Default::default()
                     })),
                 }
             })

@@ -327,6 +327,7 @@ mod tests {
                         recipient_accounts: vec![2, 1],
                         ciphertexts: Vec::new(),
                         device_seq: u64::from(index) + 1,
+                        ..Default::default()
                     };
                     w.insert_outbox(
                         &OutboxRow {
