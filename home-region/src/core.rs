@@ -1468,6 +1468,372 @@ mod tests {
         assert_eq!(message.sender, alice1.into());
     }
 
+    /// Creates a group owned by `owner` with `members` (version 1).
+    async fn group(db: &Database, owner: AccountId, members: &[AccountId]) -> GroupId {
+        let request = key();
+        db.transact(|tx| async move {
+            let new = directory::NewGroup {
+                owner,
+                name: "team",
+                home_region: HERE,
+                members,
+                request_id: [owner.0 as u8; 16],
+            };
+            directory::create_group(&tx, &new, &request).await
+        })
+        .await
+        .expect("store")
+        .expect("fits")
+    }
+
+    /// A group message (`kind` Message: empty entries and a group ciphertext) or key share
+    /// (Olm bodies) of `group` at `version`.
+    #[allow(clippy::too_many_arguments)]
+    fn group_envelope(
+        group: GroupId,
+        version: u64,
+        kind: EnvelopeKind,
+        sender: DeviceAddress,
+        to: &[DeviceAddress],
+        accounts: &[AccountId],
+        message: u8,
+        sender_seq: u64,
+    ) -> Envelope {
+        let share = kind == EnvelopeKind::GroupKeyShare;
+        Envelope {
+            chat: ChatId::group(group).0.to_vec(),
+            sender: sender.into(),
+            client_message_id: ClientMessageId([message; 16]).0.to_vec(),
+            sender_seq,
+            recipient_accounts: accounts.iter().map(|a| a.0).collect(),
+            ciphertexts: to
+                .iter()
+                .map(|&device| DeviceCiphertext {
+                    recipient: device.into(),
+                    message_type: if share {
+                        wire::MESSAGE_TYPE_OLM_PRE_KEY
+                    } else {
+                        wire::MESSAGE_TYPE_HOLDS_GROUP_SESSION
+                    },
+                    body: if share {
+                        vec![message, device.device.0 as u8]
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect(),
+            device_seq: u64::from(message),
+            group: group.0,
+            group_version: version,
+            kind: kind as i32,
+            group_ciphertext: if share { Vec::new() } else { vec![message; 40] },
+            group_session_id: "session-1".into(),
+        }
+    }
+
+    /// Commits at the directory writer (this store), refusals included.
+    async fn try_commit(
+        db: &Database,
+        envelope: &Envelope,
+    ) -> Result<send_outcome::Outcome, ProtoError> {
+        let (decision, _) = run(db, async |tx| {
+            commit_envelope(
+                &tx,
+                HERE,
+                envelope,
+                HERE,
+                GroupSource::Directory,
+                &BTreeSet::new(),
+                1_000,
+            )
+            .await
+        })
+        .await?;
+        let CommitDecision::Answer(outcome) = decision else {
+            panic!("a recipient queue was unreadable: {decision:?}");
+        };
+        Ok(outcome.outcome.expect("an outcome"))
+    }
+
+    async fn chat_entries(db: &Database, chat: ChatId) -> usize {
+        db.transact(|tx| async move { chat_log::read_range(&tx, chat, 0, 100).await })
+            .await
+            .expect("read")
+            .len()
+    }
+
+    fn message_of(entry: &QueueEntry) -> &QueuedMessage {
+        let Some(queue_entry::Item::Message(message)) = &entry.item else {
+            panic!("a message, got {entry:?}")
+        };
+        message
+    }
+
+    #[tokio::test]
+    async fn a_group_message_is_stored_once_and_queued_for_every_member_device() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 2).await;
+        let bob = account(&f.db, "bob", HERE, 2).await;
+        let carol = account(&f.db, "carol", HERE, 1).await;
+        let dave = account(&f.db, "dave", ELSEWHERE, 0).await;
+        let team = group(&f.db, alice, &[bob, carol, dave]).await;
+        let (alice1, alice2) = (device_in(alice, 1), device_in(alice, 2));
+        let (bob1, bob2, carol1) = (device_in(bob, 1), device_in(bob, 2), device_in(carol, 1));
+        let members = [alice, bob, carol, dave];
+
+        // The session's key for the devices that lack it, then the message: consecutive
+        // sender_seqs from one device. Sent out of order, the message waits for the share.
+        let share = group_envelope(
+            team,
+            1,
+            EnvelopeKind::GroupKeyShare,
+            alice1,
+            &[bob1, carol1],
+            &[bob, carol],
+            1,
+            1,
+        );
+        let message = group_envelope(
+            team,
+            1,
+            EnvelopeKind::Message,
+            alice1,
+            &[alice2, bob1, bob2, carol1],
+            &members,
+            2,
+            2,
+        );
+        let early = try_commit(&f.db, &message).await.expect("answered");
+        assert!(
+            matches!(
+                early,
+                send_outcome::Outcome::ResendFrom(ResendFrom {
+                    expected_sender_seq: 1
+                })
+            ),
+            "{early:?}"
+        );
+        let (outcome, effects) = commit(&f.db, &share, HERE).await;
+        assert!(matches!(outcome, send_outcome::Outcome::Sent(_)));
+        assert_eq!(effects.notify, BTreeMap::from([(bob1, 1), (carol1, 1)]));
+        let (outcome, effects) = commit(&f.db, &message, HERE).await;
+        let send_outcome::Outcome::Sent(sent) = outcome else {
+            panic!("expected sent, got {outcome:?}")
+        };
+        assert_eq!(sent.commits[0].chat_seq, 2);
+        assert_eq!(
+            effects.notify,
+            BTreeMap::from([(alice2, 1), (bob1, 2), (bob2, 1), (carol1, 2)]),
+            "every member device here, dave's left to his region"
+        );
+
+        // A retry is answered with the first result and queues nothing.
+        let (outcome, effects) = commit(&f.db, &message, HERE).await;
+        let send_outcome::Outcome::Sent(again) = outcome else {
+            panic!("expected sent, got {outcome:?}")
+        };
+        assert!(again.commits[0].duplicate);
+        assert!(effects.notify.is_empty());
+
+        // Stored once: the share and the message are the chat's two entries.
+        assert_eq!(chat_entries(&f.db, ChatId::group(team)).await, 2);
+
+        // bob1 gets its key, then the message: the shared ciphertext, no ciphertext of its own.
+        let (batch, _) = fetch(&f.db, bob1, &[]).await;
+        assert_eq!(batch.entries.len(), 2);
+        let key_share = message_of(&batch.entries[0]);
+        assert_eq!(key_share.kind, EnvelopeKind::GroupKeyShare as i32);
+        assert_eq!(key_share.group, team.0);
+        assert_eq!(key_share.ciphertext, vec![1, 1]);
+        assert!(key_share.group_ciphertext.is_empty());
+        assert_eq!(key_share.group_session_id, "session-1");
+        let received = message_of(&batch.entries[1]);
+        assert_eq!(received.kind, EnvelopeKind::Message as i32);
+        assert_eq!(received.sender_seq, 2);
+        assert_eq!(received.chat_seq, 2);
+        assert_eq!(
+            received.message_type,
+            wire::MESSAGE_TYPE_HOLDS_GROUP_SESSION
+        );
+        assert!(received.ciphertext.is_empty());
+        assert_eq!(received.group_ciphertext, vec![2; 40]);
+        assert_eq!(received.group_session_id, "session-1");
+        // bob2 and alice2 (the sender's other device) get the same message, and only it.
+        for device in [bob2, alice2] {
+            let (batch, _) = fetch(&f.db, device, &[]).await;
+            assert_eq!(batch.entries.len(), 1, "{device}");
+            assert_eq!(message_of(&batch.entries[0]).group_ciphertext, vec![2; 40]);
+        }
+    }
+
+    #[tokio::test]
+    async fn group_envelopes_that_do_not_match_the_group_are_refused_before_any_write() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 2).await;
+        let bob = account(&f.db, "bob", HERE, 2).await;
+        let carol = account(&f.db, "carol", HERE, 1).await;
+        let erin = account(&f.db, "erin", HERE, 1).await;
+        let team = group(&f.db, alice, &[bob, carol]).await;
+        let (alice1, alice2) = (device_in(alice, 1), device_in(alice, 2));
+        let (bob1, bob2, carol1) = (device_in(bob, 1), device_in(bob, 2), device_in(carol, 1));
+        let message = |to: &[DeviceAddress], accounts: &[AccountId], version: u64| {
+            group_envelope(
+                team,
+                version,
+                EnvelopeKind::Message,
+                alice1,
+                to,
+                accounts,
+                1,
+                1,
+            )
+        };
+        let all = [alice2, bob1, bob2, carol1];
+        let members = [alice, bob, carol];
+        let expected_devices = vec![
+            AccountDevices {
+                account: alice.0,
+                devices: vec![2],
+            },
+            AccountDevices {
+                account: bob.0,
+                devices: vec![1, 2],
+            },
+            AccountDevices {
+                account: carol.0,
+                devices: vec![1],
+            },
+        ];
+
+        // A sender that is not a member sees an unknown group.
+        let outsider = group_envelope(
+            team,
+            1,
+            EnvelopeKind::Message,
+            device_in(erin, 1),
+            &all,
+            &members,
+            1,
+            1,
+        );
+        let refused = try_commit(&f.db, &outsider).await.expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::UnknownGroup);
+        let mut unknown = message(&all, &members, 1);
+        unknown.group = 99;
+        unknown.chat = ChatId::group(GroupId(99)).0.to_vec();
+        let refused = try_commit(&f.db, &unknown).await.expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::UnknownGroup);
+
+        // A wrong member list: the group changed, with its members and their devices.
+        for accounts in [&[alice, bob][..], &[alice, bob, carol, erin][..]] {
+            let to: Vec<DeviceAddress> = all
+                .iter()
+                .copied()
+                .filter(|device| accounts.contains(&device.account))
+                .collect();
+            let outcome = try_commit(&f.db, &message(&to, accounts, 1))
+                .await
+                .expect("answered");
+            let send_outcome::Outcome::GroupChanged(changed) = outcome else {
+                panic!("expected the group changed, got {outcome:?}")
+            };
+            assert_eq!(changed.group, team.0);
+            assert_eq!(changed.version, 1);
+            assert_eq!(changed.members, vec![alice.0, bob.0, carol.0]);
+            assert_eq!(changed.devices, expected_devices);
+        }
+
+        // A device missing, one extra, or the sender's other device left out: mismatched.
+        let missing = message(&[alice2, bob1, carol1], &members, 1);
+        let extra = message(
+            &[alice2, bob1, bob2, device_in(bob, 3), carol1],
+            &members,
+            1,
+        );
+        let without_own = message(&[bob1, bob2, carol1], &[bob, carol], 1);
+        for (envelope, account, devices) in [
+            (missing, bob, vec![1, 2]),
+            (extra, bob, vec![1, 2]),
+            (without_own, alice, vec![2]),
+        ] {
+            let outcome = try_commit(&f.db, &envelope).await.expect("answered");
+            let send_outcome::Outcome::Mismatched(mismatched) = outcome else {
+                panic!("expected mismatched devices, got {outcome:?}")
+            };
+            assert_eq!(
+                mismatched.accounts,
+                vec![AccountDevices {
+                    account: account.0,
+                    devices
+                }]
+            );
+        }
+
+        // A key share to a device that is not current, or to an account that is no member.
+        let share = |to: &[DeviceAddress], accounts: &[AccountId]| {
+            group_envelope(
+                team,
+                1,
+                EnvelopeKind::GroupKeyShare,
+                alice1,
+                to,
+                accounts,
+                2,
+                1,
+            )
+        };
+        let outcome = try_commit(&f.db, &share(&[device_in(bob, 3)], &[bob]))
+            .await
+            .expect("answered");
+        assert!(
+            matches!(outcome, send_outcome::Outcome::Mismatched(_)),
+            "{outcome:?}"
+        );
+        let outcome = try_commit(&f.db, &share(&[device_in(erin, 1)], &[erin]))
+            .await
+            .expect("answered");
+        assert!(
+            matches!(outcome, send_outcome::Outcome::GroupChanged(_)),
+            "{outcome:?}"
+        );
+
+        // erin joins (version 2): version 1 is stale, version 3 does not exist.
+        let add = key();
+        db_add_member(&f.db, team, erin, add).await;
+        let outcome = try_commit(&f.db, &message(&all, &members, 1))
+            .await
+            .expect("answered");
+        let send_outcome::Outcome::GroupChanged(changed) = outcome else {
+            panic!("expected the group changed, got {outcome:?}")
+        };
+        assert_eq!(changed.version, 2);
+        assert_eq!(changed.members, vec![alice.0, bob.0, carol.0, erin.0]);
+        assert_eq!(changed.devices.len(), 4, "erin's devices too");
+        let refused = try_commit(&f.db, &message(&all, &members, 3))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::Malformed);
+
+        // Nothing of any refusal was written; the right envelope for version 2 is accepted.
+        assert_eq!(chat_entries(&f.db, ChatId::group(team)).await, 0);
+        let mut everyone = all.to_vec();
+        everyone.push(device_in(erin, 1));
+        let outcome = try_commit(&f.db, &message(&everyone, &[alice, bob, carol, erin], 2))
+            .await
+            .expect("answered");
+        assert!(
+            matches!(outcome, send_outcome::Outcome::Sent(_)),
+            "{outcome:?}"
+        );
+        assert_eq!(chat_entries(&f.db, ChatId::group(team)).await, 1);
+    }
+
+    async fn db_add_member(db: &Database, group: GroupId, account: AccountId, key: IdempotencyKey) {
+        db.transact(|tx| async move { directory::add_member(&tx, group, account, &key).await })
+            .await
+            .expect("added");
+    }
+
     #[tokio::test]
     async fn envelopes_must_cover_exactly_the_current_devices() {
         let f = fixture();
