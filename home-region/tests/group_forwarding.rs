@@ -1,7 +1,9 @@
-//! Group commands reach the directory writer from another region: two region services in one
-//! process, on loopback QUIC with mutual TLS under a test CA. Region 2 (not the writer) is
-//! asked through [`RegionService::handle`], as its edge would ask it, and forwards each command
-//! to region 1, which runs it; answers and refusals come back unchanged.
+//! Group commands reach the directory writer from another region, and group envelopes are
+//! checked against the writer's membership: two region services in one process, on loopback
+//! QUIC with mutual TLS under a test CA. Region 2 (not the writer) is asked through
+//! [`RegionService::handle`], as its edge would ask it, and forwards each command to region 1,
+//! which runs it; answers and refusals come back unchanged. For an envelope it asks region 1
+//! for the group's members and caches them by version.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -216,4 +218,189 @@ async fn a_region_forwards_group_commands_to_the_directory_writer() {
         .handle(ask(ada.0, Command::Get(wire::GroupRef { group: 1 })))
         .await;
     assert_eq!(error_of(unavailable), ErrorCode::DirectoryUnavailable);
+}
+
+fn committed(response: RegionResponse) -> wire::send_outcome::Outcome {
+    match response.body {
+        Some(region_response::Body::Committed(outcome)) => outcome.outcome.expect("an outcome"),
+        other => panic!("expected a send outcome, got {other:?}"),
+    }
+}
+
+/// A group message from `sender` at `version`, with an empty entry for each of `to`.
+fn group_message(
+    group: GroupId,
+    version: u64,
+    sender: wire::DeviceAddr,
+    to: &[wire::DeviceAddr],
+    members: &[u64],
+    message: u8,
+) -> RegionRequest {
+    let envelope = wire::Envelope {
+        chat: ChatId::group(group).0.to_vec(),
+        sender,
+        client_message_id: vec![message; 16],
+        sender_seq: u64::from(message),
+        recipient_accounts: members.to_vec(),
+        ciphertexts: to
+            .iter()
+            .map(|&recipient| wire::DeviceCiphertext {
+                recipient,
+                message_type: wire::MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+                body: Vec::new(),
+            })
+            .collect(),
+        device_seq: 0,
+        group: group.0,
+        group_version: version,
+        kind: wire::EnvelopeKind::Message as i32,
+        group_ciphertext: vec![message; 32],
+        group_session_id: "session".into(),
+    };
+    RegionRequest {
+        body: Some(region_request::Body::Commit(wire::CommitEnvelope {
+            envelope,
+            sender_region: OTHER.0,
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_checks_group_envelopes_against_the_writers_membership() {
+    let ca = TestCa::new();
+    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
+    let (writer, writer_db) = region(WRITER, &ca, &addresses);
+    let (other, other_db) = region(OTHER, &ca, &addresses);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(writer.clone().run(async {
+        let _ = stopped.await;
+    }));
+
+    // ada (two devices) is homed in region 2, bob and cy in region 1 (one device each). Region
+    // 2 holds ada's record and devices, as it would after registering her.
+    let key = |counter: u64| fdb_layers::keys::IdempotencyKey::new(1, [counter as u8; 16]);
+    let (ada, bob, cy) = writer_db
+        .transact(|tx| async move {
+            let ada = fdb_layers::directory::create_account(&tx, "ada", OTHER, &key(1)).await?;
+            let bob = fdb_layers::directory::create_account(&tx, "bob", WRITER, &key(2)).await?;
+            let cy = fdb_layers::directory::create_account(&tx, "cy", WRITER, &key(3)).await?;
+            let bob = bob.expect("free").id;
+            let cy = cy.expect("free").id;
+            fdb_layers::directory::add_device(&tx, bob, &[2; 32], &[2; 32], &key(4)).await?;
+            fdb_layers::directory::add_device(&tx, cy, &[3; 32], &[3; 32], &key(5)).await?;
+            Ok((ada.expect("free"), bob, cy))
+        })
+        .await
+        .expect("accounts");
+    other_db
+        .transact(|tx| {
+            let ada = ada.clone();
+            async move {
+                fdb_layers::directory::put_account(&tx, &ada).await?;
+                for index in 0..2u8 {
+                    fdb_layers::directory::add_device(
+                        &tx,
+                        ada.id,
+                        &[index; 32],
+                        &[index; 32],
+                        &key(10 + u64::from(index)),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("ada in region 2");
+    let ada = ada.id;
+    let device = |account: relay_proto::AccountId, device: u32| wire::DeviceAddr {
+        account: account.0,
+        device,
+    };
+    let (ada1, ada2, bob1, cy1) = (
+        device(ada, 1),
+        device(ada, 2),
+        device(bob, 1),
+        device(cy, 1),
+    );
+
+    let created = group_of(
+        other
+            .handle(ask(
+                ada.0,
+                Command::Create(wire::CreateGroup {
+                    name: "across".into(),
+                    members: vec![bob.0],
+                    request_id: vec![6; 16],
+                }),
+            ))
+            .await,
+    );
+    let team = GroupId(created.group);
+    assert_eq!(created.version, 1);
+
+    // Region 2 asks the writer for the members, then commits for ada's other device; the
+    // writer commits for bob. Both answer sent.
+    let first = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 1);
+    for region in [&other, &writer] {
+        let outcome = committed(region.handle(first.clone()).await);
+        assert!(
+            matches!(outcome, wire::send_outcome::Outcome::Sent(_)),
+            "{outcome:?}"
+        );
+    }
+
+    // cy joins (version 2). The writer refuses version 1 with the members and the devices
+    // of those homed there; region 2 refreshes its copy for an envelope naming version 2.
+    let added = group_of(
+        other
+            .handle(ask(
+                ada.0,
+                Command::Add(wire::AddGroupMembers {
+                    group: team.0,
+                    accounts: vec![cy.0],
+                }),
+            ))
+            .await,
+    );
+    assert_eq!(added.version, 2);
+    let stale = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 2);
+    let wire::send_outcome::Outcome::GroupChanged(changed) = committed(writer.handle(stale).await)
+    else {
+        panic!("expected the group changed")
+    };
+    assert_eq!(changed.version, 2);
+    assert_eq!(changed.members, vec![ada.0, bob.0, cy.0]);
+    let homed_at_writer: Vec<u64> = changed.devices.iter().map(|d| d.account).collect();
+    assert_eq!(homed_at_writer, vec![bob.0, cy.0]);
+    let current = group_message(team, 2, ada1, &[ada2, bob1, cy1], &[ada.0, bob.0, cy.0], 2);
+    let outcome = committed(other.handle(current).await);
+    assert!(
+        matches!(outcome, wire::send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    // Now that region 2 knows version 2, version 1 is stale there too.
+    let stale = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 3);
+    let outcome = committed(other.handle(stale).await);
+    assert!(
+        matches!(outcome, wire::send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
+    // A version the writer never gave, and a group it does not know, are refused.
+    let future = group_message(team, 3, ada1, &[ada2, bob1, cy1], &[ada.0, bob.0, cy.0], 3);
+    assert_eq!(error_of(other.handle(future).await), ErrorCode::Malformed);
+    let unknown = group_message(GroupId(77), 1, ada1, &[ada2], &[ada.0], 3);
+    assert_eq!(
+        error_of(other.handle(unknown).await),
+        ErrorCode::UnknownGroup
+    );
+
+    // With the writer gone, a group a region has not cached is a typed, retryable refusal.
+    let _ = stop.send(());
+    serving.await.expect("writer task").expect("writer ran");
+    let unreachable = group_message(GroupId(78), 1, ada1, &[ada2], &[ada.0], 3);
+    assert_eq!(
+        error_of(other.handle(unreachable).await),
+        ErrorCode::DirectoryUnavailable
+    );
 }
