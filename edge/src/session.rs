@@ -1184,6 +1184,121 @@ mod tests {
         );
     }
 
+    /// A message from `sender` to group 5, whose members are accounts 1, 2 and 3 (one device
+    /// each but the sender's).
+    fn group_message(sender: DeviceAddr) -> Envelope {
+        let group = relay_proto::GroupId(5);
+        Envelope {
+            chat: relay_proto::ChatId::group(group).0.to_vec(),
+            recipient_accounts: vec![1, 2, 3],
+            ciphertexts: [2, 3]
+                .into_iter()
+                .map(|account| DeviceCiphertext {
+                    recipient: DeviceAddr { account, device: 1 },
+                    message_type: wire::MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+                    body: Vec::new(),
+                })
+                .collect(),
+            group: group.0,
+            group_version: 2,
+            kind: wire::EnvelopeKind::Message as i32,
+            group_ciphertext: vec![4; 64],
+            group_session_id: "session".into(),
+            ..envelope(sender)
+        }
+    }
+
+    #[test]
+    fn a_group_message_goes_to_every_members_region_from_its_sending_device_only() {
+        let account = Account::new();
+        let me = DeviceAddr {
+            account: 1,
+            device: 1,
+        };
+        let mut session = authenticated(&account, me);
+        let Ok(Route::Fanout(parsed)) = session.handle_request(&send(group_message(me)), 0) else {
+            panic!("a group message from the authenticated device is routed");
+        };
+        let homes = BTreeMap::from([
+            (AccountId(1), RegionId(1)),
+            (AccountId(2), RegionId(2)),
+            (AccountId(3), RegionId(3)),
+        ]);
+        assert_eq!(
+            fanout_regions(&parsed, &homes),
+            Ok(BTreeSet::from([RegionId(1), RegionId(2), RegionId(3)]))
+        );
+        // Another device of the same account, or of another member, cannot send as it.
+        for sender in [
+            DeviceAddr {
+                account: 1,
+                device: 2,
+            },
+            DeviceAddr {
+                account: 4,
+                device: 1,
+            },
+        ] {
+            let mut message = group_message(sender);
+            message.recipient_accounts = vec![1, 2, 3, 4];
+            assert_eq!(
+                session
+                    .handle_request(&send(message), 0)
+                    .map_err(|error| error.code),
+                Err(ErrorCode::Unauthenticated)
+            );
+        }
+        // A malformed group envelope never leaves the edge.
+        let mut message = group_message(me);
+        message.group_ciphertext.clear();
+        assert_eq!(
+            session
+                .handle_request(&send(message), 0)
+                .map_err(|error| error.code),
+            Err(ErrorCode::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_changed_group_wins_and_carries_every_regions_devices() {
+        let regions = BTreeSet::from([RegionId(1), RegionId(2), RegionId(3)]);
+        let mut aggregate = SendAggregate::new(regions);
+        let changed = |version, devices: Vec<AccountDevices>| SendOutcome {
+            outcome: Some(send_outcome::Outcome::GroupChanged(GroupChanged {
+                group: 5,
+                version,
+                members: if version == 3 {
+                    vec![1, 2, 3, 4]
+                } else {
+                    vec![1, 2, 3]
+                },
+                devices,
+            })),
+        };
+        let devices = |account, devices: Vec<u32>| AccountDevices { account, devices };
+        aggregate.handle_region_outcome(RegionId(1), Ok(changed(3, vec![devices(4, vec![1])])));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Ok(SendOutcome {
+                outcome: Some(send_outcome::Outcome::Mismatched(MismatchedDevices {
+                    accounts: vec![devices(2, vec![1, 2])],
+                })),
+            }),
+        );
+        aggregate.handle_region_outcome(RegionId(3), Ok(changed(2, vec![devices(3, vec![1])])));
+        assert_eq!(
+            aggregate.poll_result(),
+            Some(Ok(changed(
+                3,
+                vec![
+                    devices(2, vec![1, 2]),
+                    devices(3, vec![1]),
+                    devices(4, vec![1]),
+                ]
+            )))
+        );
+    }
+
     fn sent(region: u32, chat_seq: u64) -> SendOutcome {
         let commit = Committed {
             region,
