@@ -13,7 +13,7 @@ use crate::blob::BlobRef;
 use crate::content::{Change, Content, body};
 use crate::crypto::Crypto;
 use crate::error::Result;
-use crate::store::{NewMessage, Tick, Writer};
+use crate::store::{NewMessage, RecipientState, Tick, Writer};
 
 /// What processing a queue page produced, for reporting after the commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,9 +280,13 @@ fn process_message(
     } else {
         sender.account
     };
-    if ChatId::from_bytes(&message.chat).ok() != Some(ChatId::direct(me.account, peer))
-        || peer.0 == 0
-    {
+    let chat = ChatId::from_bytes(&message.chat).ok();
+    // With read receipts off, a device tells only its own devices what it read: in the
+    // account's chat with itself.
+    let own_read = outgoing
+        && matches!(body, body::Body::Read(_))
+        && chat == Some(ChatId::direct(me.account, me.account));
+    if (chat != Some(ChatId::direct(me.account, peer)) && !own_read) || peer.0 == 0 {
         let reason = "the envelope's chat does not match its content";
         return record_undecryptable(writer, me, message, sender, id, reason, reports);
     }
@@ -361,8 +365,8 @@ fn process_message(
                 if count > 0 {
                     reports.push(Inbound::ReadElsewhere { peer, count });
                 }
-            } else {
-                for (_, id) in writer.mark_read_by_peer(peer, me.account, &ids)? {
+            } else if writer.read_receipts()? {
+                for (_, id) in writer.mark_read_by_peer(peer, me, sender, &ids, read.read_at_ms)? {
                     reports.push(Inbound::Tick {
                         id,
                         peer,
@@ -370,6 +374,8 @@ fn process_message(
                     });
                 }
             }
+            // With read receipts off, the peer's read receipt is dropped, not kept: it stays
+            // unseen when they are turned on again (the README's rule).
         }
     }
     Ok(())
@@ -459,33 +465,49 @@ fn process_receipt(
     let Some(peer) = writer.message_peer(sender, id)? else {
         return Ok(());
     };
-    let state = ReceiptState::try_from(receipt.state).unwrap_or(ReceiptState::Unspecified);
-    if state == ReceiptState::Unspecified {
-        reports.push(Inbound::Warning(format!(
-            "a receipt with unknown state {}",
-            receipt.state
-        )));
-        return Ok(());
-    }
-    let moved = writer.record_receipt(sender, id, recipient, receipt.state, receipt.at_ms)?;
-    if recipient.account == me.account {
-        return Ok(()); // Another own device got its copy: no tick for the peer.
+    let state = match ReceiptState::try_from(receipt.state) {
+        Ok(ReceiptState::Delivered) => RecipientState::Delivered,
+        Ok(ReceiptState::Expired) => RecipientState::Expired,
+        Ok(ReceiptState::Unspecified) | Err(_) => {
+            reports.push(Inbound::Warning(format!(
+                "a receipt with unknown state {}",
+                receipt.state
+            )));
+            return Ok(());
+        }
+    };
+    let moved = writer.record_receipt(sender, id, recipient, state, receipt.at_ms, me)?;
+    if !moved || recipient.account != peer {
+        return Ok(()); // Nothing new, or another own device got its copy: no tick for the peer.
     }
     match state {
-        ReceiptState::Delivered if writer.advance_tick(sender, id, Tick::Delivered)? => {
+        RecipientState::Delivered
+            if writer.delivered_to_every_peer_device(sender, id, peer)?
+                && writer.advance_tick(sender, id, Tick::Delivered)? =>
+        {
             reports.push(Inbound::Tick {
                 id,
                 peer,
                 tick: Tick::Delivered,
             });
         }
-        ReceiptState::Expired if moved => {
+        RecipientState::Expired => {
             writer.add_expired_device(sender, id)?;
             reports.push(Inbound::Expired {
                 id,
                 peer,
                 device: recipient,
             });
+            // The expired copy no longer holds the tick back.
+            if writer.delivered_to_every_peer_device(sender, id, peer)?
+                && writer.advance_tick(sender, id, Tick::Delivered)?
+            {
+                reports.push(Inbound::Tick {
+                    id,
+                    peer,
+                    tick: Tick::Delivered,
+                });
+            }
         }
         _ => {}
     }
@@ -679,6 +701,96 @@ mod tests {
             .expect("read")
             .expect("some");
         assert_eq!(stored.tick, Tick::Read);
+    }
+
+    #[test]
+    fn with_read_receipts_off_a_peers_read_receipt_is_dropped_for_good() {
+        let alice_device = device(1, 1);
+        let bob_device = device(2, 1);
+        let mut alice = side(alice_device);
+        let mut bob = side(bob_device);
+        alice.crypto.generate_one_time_keys(1);
+        let key = alice.crypto.unpublished_one_time_keys().remove(0);
+        bob.crypto
+            .create_outbound_session(alice_device, &alice.crypto.identity_key(), &key.public_key)
+            .expect("session");
+        let chat = ChatId::direct(AccountId(1), AccountId(2));
+        let (first, second) = (ClientMessageId([21; 16]), ClientMessageId([22; 16]));
+        alice
+            .store
+            .write(|w| {
+                for (seq, id) in [(1, first), (2, second)] {
+                    w.insert_message(&NewMessage {
+                        chat,
+                        peer: AccountId(2),
+                        outgoing: true,
+                        sender: alice_device,
+                        client_message_id: id,
+                        sender_seq: seq,
+                        chat_seq: None,
+                        text: Some("hello"),
+                        sent_at_ms: 42,
+                        server_time_ms: None,
+                        tick: Tick::Sent,
+                        undecryptable: None,
+                    })?;
+                    w.set_recipients(alice_device, id, &[bob_device])?;
+                    w.mark_recipients_sent(alice_device, id, 43)?;
+                }
+                w.set_read_receipts(false)
+            })
+            .expect("sent, read receipts off");
+        let delivered = |queue_seq, id: ClientMessageId| QueueEntry {
+            queue_seq,
+            item: Some(queue_entry::Item::Receipt(QueuedReceipt {
+                chat: chat.0.to_vec(),
+                client_message_id: id.0.to_vec(),
+                recipient: DeviceAddr::from(bob_device),
+                state: ReceiptState::Delivered as i32,
+                at_ms: 50,
+                sender: DeviceAddr::from(alice_device),
+            })),
+        };
+        let read = |bob: &mut Side, queue_seq, id: ClientMessageId, envelope_id| {
+            let content = Content::read(vec![id.0], 60, 1).expect("read").to_bytes();
+            let (kind, body) = bob.crypto.encrypt(alice_device, &content).expect("encrypt");
+            message_entry(queue_seq, bob_device, AccountId(1), envelope_id, kind, body)
+        };
+        let read_first = read(&mut bob, 2, first, 31);
+        let reports = process(&mut alice, &[delivered(1, first), read_first]);
+        assert_eq!(
+            reports,
+            vec![Inbound::Tick {
+                id: first,
+                peer: AccountId(2),
+                tick: Tick::Delivered
+            }],
+            "the tick stops at delivered"
+        );
+        let recipients = alice.store.recipients(alice_device, first).expect("rows");
+        assert_eq!(recipients[0].state, RecipientState::Delivered);
+
+        // Turned on again: the read receipt dropped while off stays unseen, a new one shows.
+        alice
+            .store
+            .write(|w| w.set_read_receipts(true))
+            .expect("on");
+        let read_second = read(&mut bob, 4, second, 32);
+        let reports = process(&mut alice, &[delivered(3, second), read_second]);
+        assert_eq!(reports.len(), 2);
+        assert!(matches!(reports[1], Inbound::Tick { id, tick: Tick::Read, .. } if id == second));
+        let tick = |alice: &Side, id| {
+            alice
+                .store
+                .message(alice_device, id)
+                .expect("read")
+                .expect("some")
+                .tick
+        };
+        assert_eq!(
+            (tick(&alice, first), tick(&alice, second)),
+            (Tick::Delivered, Tick::Read)
+        );
     }
 
     #[test]

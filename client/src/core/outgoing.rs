@@ -188,9 +188,25 @@ impl Core {
             .iter()
             .map(|message| message.client_message_id)
             .collect();
-        let chat = ChatId::direct(self.identity.account, contact.account);
+        // With read receipts off the peer hears nothing: the receipt goes to this account's
+        // other devices only, in its chat with itself (none to send without another device).
+        let me = self.identity.address();
+        let send_to_peer = self.store.read_receipts()?;
+        let (chat, to) = if send_to_peer {
+            (ChatId::direct(me.account, contact.account), contact.account)
+        } else {
+            (ChatId::direct(me.account, me.account), me.account)
+        };
+        let other_own_devices = self
+            .store
+            .known_devices(me.account)?
+            .iter()
+            .any(|known| known.current && known.address != me);
         let mut contents = Vec::new();
-        for chunk in ids.chunks(READ_RECEIPT_IDS_MAX) {
+        for chunk in ids
+            .chunks(READ_RECEIPT_IDS_MAX)
+            .filter(|_| send_to_peer || other_own_devices)
+        {
             let content = Content::read(
                 chunk.iter().map(|id| id.0).collect(),
                 wall_ms,
@@ -208,7 +224,7 @@ impl Core {
                 entries.push(super::enqueue(
                     writer,
                     chat,
-                    contact.account,
+                    to,
                     *id,
                     content.clone(),
                     wall_ms,
@@ -548,6 +564,9 @@ impl Core {
             let envelope =
                 envelope::assemble(crypto, me, &row, &targets, reuse.as_ref(), device_seq)?;
             writer.set_envelope(row.client_message_id, &envelope.encode_to_vec())?;
+            let recipients: Vec<DeviceAddress> =
+                targets.into_iter().filter(|device| *device != me).collect();
+            writer.set_recipients(me, row.client_message_id, &recipients)?;
             Ok(envelope)
         });
         match built {
@@ -687,6 +706,12 @@ impl Core {
                         own.map(|commit| commit.chat_seq),
                         own.map(|commit| commit.server_time_ms),
                     )?;
+                    let committed_at_ms = commits
+                        .iter()
+                        .map(|commit| commit.server_time_ms)
+                        .max()
+                        .unwrap_or_default();
+                    writer.mark_recipients_sent(me, entry.client_message_id, committed_at_ms)?;
                     writer.advance_tick(me, entry.client_message_id, Tick::Sent)
                 })?;
                 if moved {

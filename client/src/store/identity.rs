@@ -25,6 +25,8 @@ const TRUST_KEY: &str = "trust";
 const TRUST_SYSTEM: &str = "system";
 /// The settings key of the last edge a connection reached.
 const LAST_EDGE_SETTING: &str = "last_edge";
+/// The settings key of the read receipts switch (`on` or `off`; absent means on).
+const READ_RECEIPTS_KEY: &str = "read_receipts";
 
 /// The device this data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +132,12 @@ impl Store {
             .and_then(|edge| edge.parse().ok()))
     }
 
+    /// Whether this device sends read receipts to peers and shows theirs (the
+    /// `read_receipts` setting; on unless turned off).
+    pub fn read_receipts(&self) -> Result<bool> {
+        read_receipts_value(self.setting(READ_RECEIPTS_KEY)?.as_deref())
+    }
+
     pub(super) fn setting(&self, key: &str) -> Result<Option<String>> {
         self.connection
             .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
@@ -174,6 +182,17 @@ impl Writer<'_> {
                 self.set_setting(TRUST_KEY, TRUST_SYSTEM)
             }
         }
+    }
+
+    /// Whether this device sends read receipts to peers and shows theirs (read inside the
+    /// transaction).
+    pub fn read_receipts(&self) -> Result<bool> {
+        read_receipts_value(self.setting(READ_RECEIPTS_KEY)?.as_deref())
+    }
+
+    /// Turns read receipts on or off (see [`Store::read_receipts`]).
+    pub fn set_read_receipts(&self, on: bool) -> Result<()> {
+        self.set_setting(READ_RECEIPTS_KEY, if on { "on" } else { "off" })
     }
 
     /// Remembers the edge a connection reached.
@@ -265,6 +284,16 @@ fn next_device_seq(stored: Option<String>) -> Result<u64> {
             .ok()
             .filter(|&next| next >= 1)
             .ok_or_else(|| ClientError::Corrupt(format!("{NEXT_DEVICE_SEQ_KEY} {value:?}"))),
+    }
+}
+
+fn read_receipts_value(value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(ClientError::Corrupt(format!(
+            "read_receipts setting {other}"
+        ))),
     }
 }
 

@@ -1,6 +1,22 @@
-//! Messages of every chat, both directions (`messages`), with their ticks, and the
-//! server-visible receipts of each recipient device (`receipts`): a tick and a receipt only
+//! Messages of every chat, both directions (`messages`), with their ticks, and the state of
+//! each recipient device of an outgoing message (`receipts`): a tick and a device's state only
 //! ever move forward.
+//!
+//! Recipients: the device that sends a message records, when it builds the envelope, one row
+//! per device the envelope is encrypted for (the peer's devices and this account's other
+//! devices), `pending` until the regions commit it, then `sent`; a re-encryption for a changed
+//! device list replaces the rows still pending. A receipt only moves an existing row forward
+//! (`pending < sent < delivered < read`; `expired` only from `pending` or `sent`), so a
+//! duplicated or reordered receipt changes nothing, and a receipt for a device that is not a
+//! recipient makes no row. The account's other devices never see the envelope: for a message
+//! they know as a copy, a row is made by the first receipt of each device of the peer or of
+//! this account other than the sender, and then moves forward like the others (a message this
+//! device sent before rows were kept gets a row for the first receipt's device only).
+//!
+//! The tick aggregates the rows (what WhatsApp shows in a 1:1 chat): `delivered` once every
+//! current device of the peer among the recipients has it delivered (or read; an expired copy
+//! does not hold the tick back), `read` once any device of the peer read it. A read receipt
+//! arriving while read receipts are off is dropped (see [`Writer::mark_read_by_peer`]).
 
 use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
@@ -60,6 +76,68 @@ impl Tick {
             .into_iter()
             .find(|tick| tick.name() == name)
     }
+}
+
+/// Where one recipient device stands with one outgoing message. Moves forward only:
+/// `Pending < Sent < Delivered < Read`, and `Expired` only from `Pending` or `Sent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecipientState {
+    /// The envelope is in the outbox.
+    Pending = 0,
+    /// Every destination region stored it.
+    Sent = 1,
+    /// The device acknowledged it (a receipt from its region).
+    Delivered = 2,
+    /// The device's account read it on this device (an end-to-end encrypted read receipt).
+    Read = 3,
+    /// The device's copy expired undelivered.
+    Expired = 4,
+}
+
+impl RecipientState {
+    /// The state for a stored number (the wire's receipt states keep their numbers).
+    pub fn from_i64(value: i64) -> Result<Self> {
+        match value {
+            0 => Ok(RecipientState::Pending),
+            1 => Ok(RecipientState::Sent),
+            2 => Ok(RecipientState::Delivered),
+            3 => Ok(RecipientState::Read),
+            4 => Ok(RecipientState::Expired),
+            other => Err(ClientError::Corrupt(format!("recipient state {other}"))),
+        }
+    }
+
+    /// The lowercase name used in output: `pending`, `sent`, `delivered`, `read`, `expired`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecipientState::Pending => "pending",
+            RecipientState::Sent => "sent",
+            RecipientState::Delivered => "delivered",
+            RecipientState::Read => "read",
+            RecipientState::Expired => "expired",
+        }
+    }
+
+    /// Whether a device in state `self` may move to `next`: forward only, and to `Expired`
+    /// only from before delivery (a copy acknowledged or read cannot expire undelivered).
+    pub fn advances_to(self, next: RecipientState) -> bool {
+        match (self, next) {
+            (_, RecipientState::Expired) => self < RecipientState::Delivered,
+            (RecipientState::Expired, _) => false,
+            _ => next > self,
+        }
+    }
+}
+
+/// One recipient device of an outgoing message and where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientReceipt {
+    /// The recipient device.
+    pub device: DeviceAddress,
+    /// Its state.
+    pub state: RecipientState,
+    /// When the state last changed (ms; the region's or the reader's clock).
+    pub at_ms: u64,
 }
 
 /// One message of a chat, either direction.
@@ -222,6 +300,30 @@ impl Store {
         Ok(())
     }
 
+    /// The recipient devices of a message and their states, ordered by account and device.
+    pub fn recipients(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<Vec<RecipientReceipt>> {
+        recipients(&self.connection, sender, client_message_id)
+    }
+
+    /// The messages (of every chat) whose id starts with `prefix` (lowercase hex digits), at
+    /// most `limit` of them.
+    pub fn messages_by_id_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        let mut statement = self.connection.prepare(&format!(
+            "{MESSAGE_COLUMNS} WHERE lower(hex(client_message_id)) LIKE ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
+        let rows = statement.query_map(params![pattern, to_i64(limit as u64)], message_row)?;
+        let mut messages = Vec::new();
+        for row in rows {
+            messages.push(row??);
+        }
+        Ok(messages)
+    }
+
     /// Incoming decrypted messages from `peer` not yet read here, oldest first.
     pub fn unread_from(&self, peer: AccountId) -> Result<Vec<StoredMessage>> {
         Ok(self
@@ -332,14 +434,20 @@ impl Writer<'_> {
         Ok(changed == 1)
     }
 
-    /// Marks outgoing messages of this account in the chat with `peer` read by the peer; returns
-    /// the (sender, id) of each message whose tick moved.
+    /// Records that `reader` (a device of `peer`) read outgoing messages of this account in
+    /// the chat with `peer`, and moves their ticks to read; returns the (sender, id) of each
+    /// message whose tick moved. The caller drops read receipts while read receipts are off.
     pub fn mark_read_by_peer(
         &self,
         peer: AccountId,
-        own_account: AccountId,
+        me: DeviceAddress,
+        reader: DeviceAddress,
         client_message_ids: &[ClientMessageId],
+        at_ms: u64,
     ) -> Result<Vec<(DeviceAddress, ClientMessageId)>> {
+        // Only the peer's devices send read receipts to this account (see inbound).
+        assert_eq!(reader.account, peer, "a read receipt comes from the peer");
+        let own_account = me.account;
         let mut moved = Vec::new();
         for id in client_message_ids {
             let senders: Vec<i64> = {
@@ -358,6 +466,7 @@ impl Writer<'_> {
                     account: own_account,
                     device: DeviceId(to_u32(device)),
                 };
+                self.record_receipt(sender, *id, reader, RecipientState::Read, at_ms, me)?;
                 if self.advance_tick(sender, *id, Tick::Read)? {
                     moved.push((sender, *id));
                 }
@@ -428,32 +537,171 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Records a server-visible receipt for one recipient device (its state only moves forward);
-    /// `true` when it is new or moved.
+    /// Makes `devices` the recipients of a message this device is sending (its envelope's
+    /// devices): rows still pending for other devices go, new ones start pending. Nothing for
+    /// an envelope without a message row (a read receipt, a change, a sync message).
+    pub fn set_recipients(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        devices: &[DeviceAddress],
+    ) -> Result<()> {
+        let Some(peer) = self.message_peer(sender, client_message_id)? else {
+            return Ok(());
+        };
+        let keep: Vec<DeviceAddress> = devices
+            .iter()
+            .copied()
+            .filter(|device| is_possible_recipient(sender, peer, *device))
+            .collect();
+        for row in recipients(self.transaction, sender, client_message_id)? {
+            if row.state == RecipientState::Pending && !keep.contains(&row.device) {
+                self.execute(
+                    "DELETE FROM receipts WHERE sender_account = ?1 AND sender_device = ?2
+                     AND client_message_id = ?3 AND recipient_account = ?4
+                     AND recipient_device = ?5",
+                    params![
+                        to_i64(sender.account.0),
+                        sender.device.0,
+                        client_message_id.0.as_slice(),
+                        to_i64(row.device.account.0),
+                        row.device.device.0
+                    ],
+                )?;
+            }
+        }
+        for device in keep {
+            self.insert_recipient(
+                sender,
+                client_message_id,
+                device,
+                RecipientState::Pending,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Moves every recipient still pending to sent: the regions committed the envelope.
+    pub fn mark_recipients_sent(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        at_ms: u64,
+    ) -> Result<()> {
+        self.execute(
+            "UPDATE receipts SET state = ?1, at_ms = ?2 WHERE sender_account = ?3
+             AND sender_device = ?4 AND client_message_id = ?5 AND state = ?6",
+            params![
+                RecipientState::Sent as i64,
+                to_i64(at_ms),
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice(),
+                RecipientState::Pending as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records, on device `me`, that recipient device `recipient` of a message reached `state`
+    /// (see the module doc for which devices get a row); `true` when its row is new or moved forward. A
+    /// receipt for an unknown message, for a device that is not a recipient, or that would
+    /// move a state back changes nothing.
     pub fn record_receipt(
         &self,
         sender: DeviceAddress,
         client_message_id: ClientMessageId,
         recipient: DeviceAddress,
-        state: i32,
+        state: RecipientState,
+        at_ms: u64,
+        me: DeviceAddress,
+    ) -> Result<bool> {
+        let Some(peer) = self.message_peer(sender, client_message_id)? else {
+            return Ok(false);
+        };
+        if !is_possible_recipient(sender, peer, recipient) {
+            return Ok(false);
+        }
+        let rows = recipients(self.transaction, sender, client_message_id)?;
+        match rows.iter().find(|row| row.device == recipient) {
+            Some(row) if row.state.advances_to(state) => {
+                let changed = self.execute(
+                    "UPDATE receipts SET state = ?1, at_ms = ?2 WHERE sender_account = ?3
+                     AND sender_device = ?4 AND client_message_id = ?5
+                     AND recipient_account = ?6 AND recipient_device = ?7 AND state = ?8",
+                    params![
+                        state as i64,
+                        to_i64(at_ms),
+                        to_i64(sender.account.0),
+                        sender.device.0,
+                        client_message_id.0.as_slice(),
+                        to_i64(recipient.account.0),
+                        recipient.device.0,
+                        row.state as i64
+                    ],
+                )?;
+                Ok(changed == 1)
+            }
+            Some(_) => Ok(false),
+            // This device sent it: its envelope named every recipient, so this one is none.
+            None if sender == me && !rows.is_empty() => Ok(false),
+            None => self.insert_recipient(sender, client_message_id, recipient, state, at_ms),
+        }
+    }
+
+    fn insert_recipient(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        recipient: DeviceAddress,
+        state: RecipientState,
         at_ms: u64,
     ) -> Result<bool> {
-        let changed = self.execute(
-            "INSERT INTO receipts (sender_account, sender_device, client_message_id,
-             recipient_account, recipient_device, state, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT DO UPDATE SET state = excluded.state, at_ms = excluded.at_ms
-             WHERE excluded.state > receipts.state",
+        let inserted = self.execute(
+            "INSERT OR IGNORE INTO receipts (sender_account, sender_device, client_message_id,
+             recipient_account, recipient_device, state, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 to_i64(sender.account.0),
                 sender.device.0,
                 client_message_id.0.as_slice(),
                 to_i64(recipient.account.0),
                 recipient.device.0,
-                state,
+                state as i64,
                 to_i64(at_ms)
             ],
         )?;
-        Ok(changed == 1)
+        Ok(inserted == 1)
+    }
+
+    /// Whether the tick of a message may show delivered: every current device of `peer` among
+    /// its recipients has it delivered or read (an expired copy does not count), and one does.
+    pub fn delivered_to_every_peer_device(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        peer: AccountId,
+    ) -> Result<bool> {
+        let mut reached = 0;
+        for row in recipients(self.transaction, sender, client_message_id)? {
+            if row.device.account != peer {
+                continue;
+            }
+            match row.state {
+                RecipientState::Delivered | RecipientState::Read => reached += 1,
+                RecipientState::Expired => {}
+                RecipientState::Pending | RecipientState::Sent => {
+                    let removed = self
+                        .known_devices(peer)?
+                        .iter()
+                        .any(|known| known.address == row.device && !known.current);
+                    if !removed {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(reached > 0)
     }
 
     /// Counts one more peer device whose copy of a message expired undelivered.
@@ -473,6 +721,49 @@ impl Writer<'_> {
         )?;
         Ok(())
     }
+}
+
+/// Whether `device` can be a recipient of a message of `sender` in the chat with `peer`: a
+/// device of the peer or of the sender's account, other than the sender.
+fn is_possible_recipient(sender: DeviceAddress, peer: AccountId, device: DeviceAddress) -> bool {
+    device != sender && (device.account == peer || device.account == sender.account)
+}
+
+fn recipients(
+    connection: &rusqlite::Connection,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+) -> Result<Vec<RecipientReceipt>> {
+    let mut statement = connection.prepare(
+        "SELECT recipient_account, recipient_device, state, at_ms FROM receipts
+         WHERE sender_account = ?1 AND sender_device = ?2 AND client_message_id = ?3
+         ORDER BY recipient_account, recipient_device",
+    )?;
+    let rows = statement.query_map(
+        params![
+            to_i64(sender.account.0),
+            sender.device.0,
+            client_message_id.0.as_slice()
+        ],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        },
+    )?;
+    let mut receipts = Vec::new();
+    for row in rows {
+        let (account, device, state, at_ms) = row?;
+        receipts.push(RecipientReceipt {
+            device: address(account, device),
+            state: RecipientState::from_i64(state)?,
+            at_ms: to_u64(at_ms),
+        });
+    }
+    Ok(receipts)
 }
 
 const MESSAGE_COLUMNS: &str = "SELECT id, chat, peer, outgoing, sender_account, sender_device,
@@ -554,7 +845,7 @@ mod tests {
             .write(|w| w.set_sequenced(me, id, Some(4), Some(99)))
             .expect("sequenced");
         let moved = store
-            .write(|w| w.mark_read_by_peer(AccountId(2), AccountId(1), &[id]))
+            .write(|w| w.mark_read_by_peer(AccountId(2), me, device(2, 1), &[id], 98))
             .expect("read");
         assert_eq!(moved, vec![(me, id)]);
         let stored = store.message(me, id).expect("read").expect("some");
@@ -586,20 +877,269 @@ mod tests {
         );
         assert!(!store.is_seen(peer, incoming).expect("seen"));
 
-        assert!(
-            store
-                .write(|w| w.record_receipt(me, id, peer, 2, 5))
-                .expect("receipt")
+        // The message had no recipient rows (as one sent before they were kept): the read
+        // receipt made the reader's.
+        assert_eq!(states(&store, me, id), vec![(2, 1, "read")]);
+    }
+
+    /// An outgoing message of `sender` to account 2 with the recipients `devices`, sent.
+    fn sent_message(
+        store: &mut Store,
+        sender: DeviceAddress,
+        id: ClientMessageId,
+        devices: &[DeviceAddress],
+    ) {
+        let message = NewMessage {
+            chat: ChatId::direct(AccountId(1), AccountId(2)),
+            peer: AccountId(2),
+            outgoing: true,
+            sender,
+            client_message_id: id,
+            sender_seq: 1,
+            chat_seq: None,
+            text: Some("hi"),
+            sent_at_ms: 10,
+            server_time_ms: None,
+            tick: Tick::Pending,
+            undecryptable: None,
+        };
+        store
+            .write(|w| {
+                w.insert_message(&message)?;
+                w.set_recipients(sender, id, devices)?;
+                w.mark_recipients_sent(sender, id, 20)
+            })
+            .expect("sent");
+    }
+
+    fn states(
+        store: &Store,
+        sender: DeviceAddress,
+        id: ClientMessageId,
+    ) -> Vec<(u64, u32, &'static str)> {
+        store
+            .recipients(sender, id)
+            .expect("recipients")
+            .iter()
+            .map(|row| (row.device.account.0, row.device.device.0, row.state.name()))
+            .collect()
+    }
+
+    #[test]
+    fn recipient_states_only_move_forward() {
+        use RecipientState::*;
+        let all = [Pending, Sent, Delivered, Read, Expired];
+        for from in all {
+            for to in all {
+                let expected = match to {
+                    Expired => from < Delivered,
+                    _ => from != Expired && to > from,
+                };
+                assert_eq!(from.advances_to(to), expected, "{from:?} → {to:?}");
+            }
+        }
+        for state in all {
+            assert_eq!(
+                RecipientState::from_i64(state as i64).expect("known"),
+                state
+            );
+        }
+        assert!(RecipientState::from_i64(5).is_err());
+    }
+
+    #[test]
+    fn duplicated_and_reordered_receipts_never_move_a_device_back() {
+        let (_dir, mut store) = open();
+        let me = device(1, 1);
+        let id = ClientMessageId([7; 16]);
+        let (phone, laptop, own) = (device(2, 1), device(2, 2), device(1, 2));
+        sent_message(&mut store, me, id, &[phone, laptop, own, me]);
+        assert_eq!(
+            states(&store, me, id),
+            vec![(1, 2, "sent"), (2, 1, "sent"), (2, 2, "sent")],
+            "one row per recipient, the sender not among them"
         );
+        let record = |store: &mut Store, device, state, at_ms| {
+            store
+                .write(|w| w.record_receipt(me, id, device, state, at_ms, me))
+                .expect("receipt")
+        };
+        let delivered_to_all = |store: &mut Store| {
+            store
+                .write(|w| w.delivered_to_every_peer_device(me, id, AccountId(2)))
+                .expect("aggregate")
+        };
+        // Read before delivered (the E2EE read receipt overtook the region's receipt).
+        assert!(record(&mut store, phone, RecipientState::Read, 30));
+        assert!(
+            !record(&mut store, phone, RecipientState::Delivered, 31),
+            "late delivered"
+        );
+        assert!(
+            !record(&mut store, phone, RecipientState::Read, 32),
+            "read twice"
+        );
+        assert!(
+            !record(&mut store, phone, RecipientState::Expired, 33),
+            "expired after read"
+        );
+        assert!(
+            !delivered_to_all(&mut store),
+            "the laptop has not acknowledged it"
+        );
+        // The own device's copy does not count for the peer's tick.
+        assert!(record(&mut store, own, RecipientState::Delivered, 34));
+        assert!(!delivered_to_all(&mut store));
+        assert!(record(&mut store, laptop, RecipientState::Delivered, 35));
+        assert!(delivered_to_all(&mut store));
+        // Not recipients: a device the envelope did not name, another account, the sender.
+        assert!(!record(
+            &mut store,
+            device(2, 9),
+            RecipientState::Delivered,
+            36
+        ));
+        assert!(!record(
+            &mut store,
+            device(3, 1),
+            RecipientState::Delivered,
+            37
+        ));
+        assert!(!record(&mut store, me, RecipientState::Delivered, 38));
+        // A receipt for a message this device does not know.
+        let unknown = ClientMessageId([8; 16]);
         assert!(
             !store
-                .write(|w| w.record_receipt(me, id, peer, 2, 6))
-                .expect("same")
+                .write(|w| w.record_receipt(me, unknown, phone, RecipientState::Delivered, 39, me))
+                .expect("unknown")
         );
-        assert!(
+        assert!(store.recipients(me, unknown).expect("rows").is_empty());
+        let rows = store.recipients(me, id).expect("rows");
+        assert_eq!(
+            rows.iter()
+                .map(|row| (row.device, row.state, row.at_ms))
+                .collect::<Vec<_>>(),
+            vec![
+                (own, RecipientState::Delivered, 34),
+                (phone, RecipientState::Read, 30),
+                (laptop, RecipientState::Delivered, 35),
+            ]
+        );
+    }
+
+    #[test]
+    fn recipients_follow_the_envelope_and_removed_or_expired_devices_do_not_hold_the_tick() {
+        let (_dir, mut store) = open();
+        let me = device(1, 1);
+        let id = ClientMessageId([9; 16]);
+        let (phone, laptop, tablet) = (device(2, 1), device(2, 2), device(2, 3));
+        let message = NewMessage {
+            chat: ChatId::direct(AccountId(1), AccountId(2)),
+            peer: AccountId(2),
+            outgoing: true,
+            sender: me,
+            client_message_id: id,
+            sender_seq: 1,
+            chat_seq: None,
+            text: Some("hi"),
+            sent_at_ms: 10,
+            server_time_ms: None,
+            tick: Tick::Pending,
+            undecryptable: None,
+        };
+        store
+            .write(|w| {
+                w.insert_message(&message)?;
+                w.set_recipients(me, id, &[phone, laptop])
+            })
+            .expect("built");
+        assert_eq!(
+            states(&store, me, id),
+            vec![(2, 1, "pending"), (2, 2, "pending")]
+        );
+        // Mismatched devices: re-encrypted for the phone and a new tablet.
+        store
+            .write(|w| {
+                w.set_recipients(me, id, &[phone, tablet])?;
+                w.mark_recipients_sent(me, id, 20)
+            })
+            .expect("rebuilt and sent");
+        assert_eq!(states(&store, me, id), vec![(2, 1, "sent"), (2, 3, "sent")]);
+        let aggregate = |store: &mut Store| {
             store
-                .write(|w| w.record_receipt(me, id, peer, 4, 7))
-                .expect("forward")
+                .write(|w| w.delivered_to_every_peer_device(me, id, AccountId(2)))
+                .expect("aggregate")
+        };
+        store
+            .write(|w| w.record_receipt(me, id, phone, RecipientState::Delivered, 30, me))
+            .expect("delivered");
+        assert!(!aggregate(&mut store));
+        // The tablet's copy expired: it no longer holds the tick back.
+        store
+            .write(|w| w.record_receipt(me, id, tablet, RecipientState::Expired, 40, me))
+            .expect("expired");
+        assert!(aggregate(&mut store));
+        // Or, instead, the tablet was removed from the peer's account.
+        let other = ClientMessageId([10; 16]);
+        sent_message(&mut store, me, other, &[phone, tablet]);
+        store
+            .write(|w| w.record_receipt(me, other, phone, RecipientState::Delivered, 30, me))
+            .expect("delivered");
+        let aggregate_other = |store: &mut Store| {
+            store
+                .write(|w| w.delivered_to_every_peer_device(me, other, AccountId(2)))
+                .expect("aggregate")
+        };
+        assert!(!aggregate_other(&mut store));
+        store
+            .write(|w| w.set_current_devices(AccountId(2), &[DeviceId(1), DeviceId(3)]))
+            .expect("devices");
+        assert!(!aggregate_other(&mut store), "the tablet is current");
+        store
+            .write(|w| w.set_current_devices(AccountId(2), &[DeviceId(1)]))
+            .expect("devices");
+        assert!(aggregate_other(&mut store), "the tablet was removed");
+    }
+
+    #[test]
+    fn a_copy_from_another_own_device_learns_its_recipients_from_receipts() {
+        let (_dir, mut store) = open();
+        let me = device(1, 1);
+        let sender = device(1, 2);
+        let id = ClientMessageId([11; 16]);
+        sent_message(&mut store, sender, id, &[]);
+        let record = |store: &mut Store, device| {
+            store
+                .write(|w| w.record_receipt(sender, id, device, RecipientState::Delivered, 5, me))
+                .expect("receipt")
+        };
+        assert!(record(&mut store, device(2, 1)));
+        assert!(record(&mut store, device(2, 2)), "a second peer device");
+        assert!(record(&mut store, me), "this device's own copy");
+        assert!(!record(&mut store, sender), "the sender is no recipient");
+        assert!(!record(&mut store, device(3, 1)), "nor another account");
+        assert_eq!(
+            states(&store, sender, id),
+            vec![
+                (1, 1, "delivered"),
+                (2, 1, "delivered"),
+                (2, 2, "delivered")
+            ]
         );
+    }
+
+    #[test]
+    fn read_receipts_are_on_until_turned_off() {
+        let (_dir, mut store) = open();
+        assert!(store.read_receipts().expect("default"));
+        store.write(|w| w.set_read_receipts(false)).expect("off");
+        assert!(!store.read_receipts().expect("off"));
+        assert!(
+            !store
+                .write(|w| w.read_receipts())
+                .expect("off in a transaction")
+        );
+        store.write(|w| w.set_read_receipts(true)).expect("on");
+        assert!(store.read_receipts().expect("on"));
     }
 }

@@ -43,7 +43,7 @@ pub mod schema;
 
 pub use contacts::{Contact, KnownDevice};
 pub use identity::{Identity, Settings};
-pub use messages::{NewMessage, StoredMessage, Tick};
+pub use messages::{NewMessage, RecipientReceipt, RecipientState, StoredMessage, Tick};
 pub use outbox::{Draft, OutboxRow};
 pub use schema::SCHEMA_VERSION;
 
