@@ -210,6 +210,8 @@ enum Command {
     HistoryInSync(Reply<bool>),
     MessageState(ClientMessageId, Reply<MessageState>),
     History(String, Reply<Vec<Event>>),
+    MessageInfo(String, Reply<Vec<Event>>),
+    ReadReceipts(Option<bool>, Reply<bool>),
     RolledBack(Reply<Option<String>>),
     Devices(Cmd, Reply<DeviceAnswer>),
     OwnDevices(Vec<DeviceId>, Reply<()>),
@@ -455,6 +457,32 @@ impl Device {
     pub async fn history(&self, peer: &str) -> Result<Vec<Event>> {
         self.call(|reply| Command::History(peer.into(), reply))
             .await
+    }
+
+    /// Message `message` (its id or a prefix of it, as `relay history` shows it; of any chat)
+    /// as its [`Event::History`] entry, followed for an outgoing message by one
+    /// [`Event::Receipt`] per recipient device: the peer's devices and this account's other
+    /// devices, each `pending`, `sent`, `delivered`, `read` or `expired` and since when (local
+    /// only). An unknown or ambiguous prefix is [`ClientError::Invalid`].
+    pub async fn message_info(&self, message: &str) -> Result<Vec<Event>> {
+        self.call(|reply| Command::MessageInfo(message.into(), reply))
+            .await
+    }
+
+    /// Whether this device sends read receipts to peers and shows theirs (on unless turned
+    /// off; local only).
+    pub async fn read_receipts(&self) -> Result<bool> {
+        self.call(|reply| Command::ReadReceipts(None, reply)).await
+    }
+
+    /// Turns read receipts on or off, persisted. Off: [`Device::mark_read`] still marks
+    /// messages read here and on this account's other devices but sends the peer nothing, and
+    /// read receipts from peers are not shown (ticks stop at delivered); one that arrives while
+    /// off is dropped and stays unseen after turning them on again.
+    pub async fn set_read_receipts(&self, on: bool) -> Result<()> {
+        self.call(|reply| Command::ReadReceipts(Some(on), reply))
+            .await
+            .map(|_| ())
     }
 
     /// Opens a pairing for a new device of this account: the code to show, usable once until
@@ -1133,6 +1161,16 @@ impl Actor {
             }
             Command::History(peer, reply) => {
                 let _ = reply.send(self.core.history(&peer));
+            }
+            Command::MessageInfo(message, reply) => {
+                let _ = reply.send(self.core.message_info(&message));
+            }
+            Command::ReadReceipts(change, reply) => {
+                let answer = match change {
+                    Some(on) => self.core.set_read_receipts(on).map(|()| on),
+                    None => self.core.read_receipts(),
+                };
+                let _ = reply.send(answer);
             }
             Command::RolledBack(reply) => {
                 let _ = reply.send(Ok(self.core.rolled_back().map(str::to_owned)));

@@ -5,15 +5,22 @@
 //! An open [`crate::Device`]'s stream carries what happens to the device: `tick`, `message`,
 //! `undecryptable`, `expired`, `failed`, `connected`, `disconnected`, `rolled_back` and `note`.
 //! The one-command flows ([`crate::flows`]) add their own: `registered`, `listening`,
-//! `still_pending`, `marked_read`, `history` and `synced`; `changed` reports an edit, a
+//! `still_pending`, `marked_read`, `history` (and `receipt` after it, `relay info`), `setting`
+//! and `synced`; `changed` reports an edit, a
 //! deletion for everyone or a reaction; linking adds `pairing_code`,
 //! `link_requested`, `linked` and `device`.
 
 use serde::Serialize;
 
-use crate::store::Tick;
+use crate::store::{RecipientState, Tick};
 
 impl Serialize for Tick {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl Serialize for RecipientState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.name())
     }
@@ -277,6 +284,28 @@ pub enum Event {
         home_region: u32,
         /// How many members it has.
         member_count: u32,
+    },
+    /// Where one recipient device stands with an outgoing message, after the message's
+    /// [`Event::History`] (`relay info`).
+    Receipt {
+        /// The message id.
+        id: String,
+        /// The recipient device's account name (the peer, or this account for another own
+        /// device).
+        name: String,
+        /// The recipient device (`account/device`).
+        device: String,
+        /// `pending`, `sent`, `delivered`, `read` or `expired`.
+        state: RecipientState,
+        /// When it reached that state (ms since the Unix epoch); absent while pending.
+        at_ms: Option<u64>,
+    },
+    /// A setting of this device and its value (`relay settings`).
+    Setting {
+        /// The setting's name, as `relay settings` takes it (`read-receipts`).
+        name: String,
+        /// Its value (`on` or `off`).
+        value: String,
     },
     /// A member of a group, after its [`Event::Group`].
     GroupMember {

@@ -335,6 +335,33 @@ pub async fn history(device: &Device, peer: &str, sink: &mut dyn FnMut(Event)) -
     Ok(())
 }
 
+/// `relay info MESSAGE`: the message and each recipient device's state, as
+/// [`Device::message_info`] answers them.
+pub async fn info(device: &Device, message: &str, sink: &mut dyn FnMut(Event)) -> Result<()> {
+    for event in device.message_info(message).await? {
+        sink(event);
+    }
+    Ok(())
+}
+
+/// `relay settings [read-receipts on|off]`: changes the read receipts setting when asked, then
+/// reports every setting.
+pub async fn settings(
+    device: &Device,
+    read_receipts: Option<bool>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    if let Some(on) = read_receipts {
+        device.set_read_receipts(on).await?;
+    }
+    let on = device.read_receipts().await?;
+    sink(Event::Setting {
+        name: "read-receipts".into(),
+        value: if on { "on" } else { "off" }.into(),
+    });
+    Ok(())
+}
+
 /// `relay link`: opens a pairing and reports its code, waits (up to `timeout`, at most until
 /// the code expires) for the new device's request, reports it with its fingerprint, approves
 /// it (sending the history as `history` says), and reports the account's devices.

@@ -81,6 +81,12 @@ OUTPUT
         ID8 [TIME] ← F: X              an incoming message (\" (unread)\" until `relay read`)
                                        X ends with \" (edited)\" and \" [R F, …]\" (reactions);
                                        a deleted one reads \"message deleted\"
+    {\"event\":\"receipt\",\"id\":ID,\"name\":N,\"device\":\"A/D\",
+     \"state\":\"pending\"|\"sent\"|\"delivered\"|\"read\"|\"expired\",\"at_ms\":T|null}
+          N device A/D: STATE [TIME]   (relay info, after the message's history line: one line
+                                       per recipient device, the peer's and your other devices)
+    {\"event\":\"setting\",\"name\":\"read-receipts\",\"value\":\"on\"|\"off\"}
+        read-receipts: on | off       (relay settings)
     {\"event\":\"changed\",\"id\":ID,\"from\":F,\"peer\":P,\"change\":\"edit\"|\"delete\"|\"react\",
      \"text\":X|null}
         F edited ID8: X (edited) | F deleted ID8: message deleted | F reacted to ID8 with R
@@ -226,7 +232,8 @@ pub enum Command {
     Sync,
     /// Mark every unread message from PEER read and send PEER an end-to-end encrypted receipt.
     ///
-    /// Only messages already fetched (by sync, listen or send --wait) count.
+    /// Only messages already fetched (by sync, listen or send --wait) count. Your other devices
+    /// learn it too; with `relay settings read-receipts off` PEER is told nothing.
     Read {
         /// The account whose messages were read.
         peer: String,
@@ -336,6 +343,48 @@ pub enum Command {
     Group(GroupCommand),
     /// List the groups this account is a member of.
     Groups,
+    /// Show message MSG (of any chat) and, for one you sent, where each recipient device
+    /// stands: every device of the peer and your other devices, each pending, sent, delivered,
+    /// read or expired, and since when.
+    ///
+    /// MSG is the message's id as `relay history` shows it (8 hex digits, or at least 6 if they
+    /// name one message). The tick aggregates the devices: delivered once every current device
+    /// of the peer has it, read once any of them read it. Local only: run `relay sync` first
+    /// for the latest receipts.
+    Info {
+        /// The message's id (or a prefix of it).
+        message: String,
+    },
+    /// Show this device's settings, or change one: `relay settings read-receipts off`.
+    Settings {
+        /// The setting to change.
+        #[command(subcommand)]
+        change: Option<SettingCommand>,
+    },
+}
+
+/// `relay settings` changes.
+#[derive(Debug, Subcommand)]
+pub enum SettingCommand {
+    /// Send read receipts to peers and see theirs (on, the default), or neither (off).
+    ///
+    /// Off: `relay read` still marks messages read here and on your other devices, but the
+    /// peer is told nothing, and the peers' read receipts are not shown to you (ticks stop at
+    /// delivered). A read receipt that arrives while off is dropped: it stays unseen when you
+    /// turn read receipts on again.
+    ReadReceipts {
+        /// `on` or `off`.
+        state: Switch,
+    },
+}
+
+/// A setting's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Turned on.
+    On,
+    /// Turned off.
+    Off,
 }
 
 /// `relay group` commands. Members are account names; GROUP is a group id.
@@ -421,7 +470,7 @@ pub enum BlobCommand {
 pub enum Until {
     /// Stored by every destination region (✓).
     Sent,
-    /// Acknowledged by a device of the peer (✓✓).
+    /// Acknowledged by every current device of the peer (✓✓).
     Delivered,
     /// Read by the peer.
     Read,
@@ -830,6 +879,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             done?;
             closed?;
         }
+        Command::Info { message } => {
+            let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
+            while let Some(event) = events.try_next() {
+                print(event);
+            }
+            let info = flows::info(&device, &message, &mut print).await;
+            let closed = device.close().await;
+            info?;
+            closed?;
+        }
+        Command::Settings { change } => {
+            let read_receipts =
+                change.map(|SettingCommand::ReadReceipts { state }| state == Switch::On);
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let done = flows::settings(&device, read_receipts, &mut print).await;
+            let closed = device.close().await;
+            done?;
+            closed?;
+        }
         Command::History { peer } => {
             let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
             while let Some(event) = events.try_next() {
@@ -1188,6 +1256,21 @@ fn unescaped_line(event: &Event) -> String {
         } => format!(
             "group {id} \"{name}\": {member_count} member(s) (version {version}, home region {home_region})"
         ),
+        Event::Receipt {
+            name,
+            device,
+            state,
+            at_ms,
+            ..
+        } => match at_ms {
+            Some(at_ms) => format!(
+                "  {name} device {device}: {} [{}]",
+                state.name(),
+                format_time_ms(*at_ms)
+            ),
+            None => format!("  {name} device {device}: {}", state.name()),
+        },
+        Event::Setting { name, value } => format!("{name}: {value}"),
         Event::GroupMember { name, admin, .. } => {
             format!("  {name}{}", if *admin { " (admin)" } else { "" })
         }
@@ -1217,6 +1300,7 @@ fn unescaped_line(event: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+    use relay_client::store::RecipientState;
 
     use super::*;
 
@@ -1364,6 +1448,31 @@ mod tests {
         assert_eq!(
             human_line(&edit),
             "bob edited 01234567: hello again (edited)"
+        );
+        let receipt = |state, at_ms| Event::Receipt {
+            id: "ab".into(),
+            name: "bob".into(),
+            device: "2/1".into(),
+            state,
+            at_ms,
+        };
+        assert_eq!(
+            human_line(&receipt(RecipientState::Read, Some(0))),
+            "  bob device 2/1: read [1970-01-01T00:00:00.000Z]"
+        );
+        assert_eq!(
+            human_line(&receipt(RecipientState::Pending, None)),
+            "  bob device 2/1: pending"
+        );
+        let setting = Event::Setting {
+            name: "read-receipts".into(),
+            value: "off".into(),
+        };
+        assert_eq!(human_line(&setting), "read-receipts: off");
+        assert_eq!(
+            relay_client::terminal::json_line(&receipt(RecipientState::Delivered, Some(7)))
+                .expect("json"),
+            r#"{"event":"receipt","id":"ab","name":"bob","device":"2/1","state":"delivered","at_ms":7}"#
         );
     }
 

@@ -2,7 +2,8 @@
 //! process (relay_devnet's testbed on loopback): texts from standard input, `send --wait`
 //! following its own message, errors as JSON with `--json`, a failed `register` leaving nothing
 //! behind, the system's roots when no `--ca` is given, `blob put` / `blob get` between two
-//! accounts, and groups managed from both regions (README journey 17).
+//! accounts, groups managed from both regions (README journey 17), and receipts per device with
+//! read receipts turned off on either side (README journey 18).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -571,5 +572,232 @@ fn groups_are_created_and_managed_from_both_regions_by_their_admins_only() {
     refused_because(
         &group(&dave, &["admin", g, "dave", "--off"]).expect_err("the last admin"),
         "the only admin",
+    );
+}
+
+/// Runs `relay --json ARGS` on `data`, which must succeed; its stdout's JSON lines.
+fn ok(data: &Path, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let output = run(relay(data, &all), None);
+    assert!(output.status.success(), "relay {args:?} succeeds");
+    json_lines(&output.stdout)
+}
+
+/// Links a new device of the account in `existing` into `new` (region `region`): `relay link`
+/// on the existing device, `relay link-accept` with its code on the new one.
+fn link(deployment: &Deployment, existing: &Path, new: &Path, region: u32) {
+    use std::io::BufRead;
+    let mut linking = relay(existing, &["--json", "link", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("relay link starts");
+    let stdout = linking.stdout.take().expect("piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let code = loop {
+        let line = lines
+            .next()
+            .expect("relay link prints its code")
+            .expect("a line");
+        let event: Value = serde_json::from_str(&line).expect("json");
+        if event["event"] == "pairing_code" {
+            break event["code"].as_str().expect("code").to_owned();
+        }
+    };
+    let testbed = deployment.testbed();
+    let accepted = run(
+        relay(
+            new,
+            &[
+                "--json",
+                "link-accept",
+                &code,
+                "--locator",
+                &testbed.locator().to_string(),
+                "--bind",
+                &testbed.client_bind(region).to_string(),
+                "--ca",
+                &testbed.ca().display().to_string(),
+            ],
+        ),
+        None,
+    );
+    assert!(accepted.status.success(), "the new device is linked");
+    for _ in lines {} // Until `relay link` is done and closes its stdout.
+    assert!(linking.wait().expect("relay link exits").success());
+}
+
+/// `relay info MSG` on `data`: the message's tick and each recipient device's state, by
+/// `account/device`.
+fn info(data: &Path, id: &str) -> (String, Vec<(String, String)>) {
+    let events = ok(data, &["info", &id[..8]]);
+    assert_eq!(events[0]["event"], "history", "{events:?}");
+    assert_eq!(events[0]["id"], id);
+    let tick = events[0]["tick"].as_str().expect("outgoing").to_owned();
+    let devices = events[1..]
+        .iter()
+        .map(|event| {
+            assert_eq!(event["event"], "receipt", "{event}");
+            assert!(
+                event["at_ms"].is_u64() == (event["state"] != "pending"),
+                "a time once past pending: {event}"
+            );
+            (
+                event["device"].as_str().expect("device").to_owned(),
+                event["state"].as_str().expect("state").to_owned(),
+            )
+        })
+        .collect();
+    (tick, devices)
+}
+
+/// alice sends `text` to bob; the message's id.
+fn send(alice: &Path, text: &str) -> String {
+    ok(alice, &["send", "bob", text])
+        .iter()
+        .find(|event| event["event"] == "tick" && event["tick"] == "sent")
+        .and_then(|event| event["id"].as_str())
+        .expect("sent")
+        .to_owned()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(device, state)| (device.to_string(), state.to_string()))
+        .collect()
+}
+
+#[test]
+fn receipts_per_device_and_read_receipts_off_in_both_directions() {
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, dir.path());
+    let laptop = dir.path().join("bob-laptop");
+    link(&deployment, &bob, &laptop, 2);
+    let bob_devices = ok(&bob, &["devices"]);
+    assert_eq!(bob_devices.len(), 2, "{bob_devices:?}");
+    let (phone_id, laptop_id) = {
+        let this = bob_devices
+            .iter()
+            .find(|device| device["this_device"] == true)
+            .expect("this device");
+        let other = bob_devices
+            .iter()
+            .find(|device| device["this_device"] == false)
+            .expect("the laptop");
+        (this["device"].clone(), other["device"].clone())
+    };
+    // alice's first message; bob's account number from its recipients.
+    let first = send(&alice, "one");
+    let known = ok(&alice, &["devices", "bob"]);
+    assert_eq!(known.len(), 2, "alice encrypted for both of bob's devices");
+    let (tick, devices) = info(&alice, &first);
+    assert_eq!(tick, "sent");
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    let account = devices[0].0.split('/').next().expect("account").to_owned();
+    let phone = format!("{account}/{phone_id}");
+    let laptop_device = format!("{account}/{laptop_id}");
+    let states = |list: &[(&str, &str)]| {
+        let mut expected = pairs(list);
+        expected.sort();
+        expected
+    };
+    assert_eq!(
+        devices,
+        states(&[(&phone, "sent"), (&laptop_device, "sent")])
+    );
+
+    // The phone fetches it: delivered there; the tick waits for the laptop.
+    ok(&bob, &["sync"]);
+    ok(&alice, &["sync"]);
+    assert_eq!(
+        info(&alice, &first),
+        (
+            "sent".into(),
+            states(&[(&phone, "delivered"), (&laptop_device, "sent")])
+        )
+    );
+    ok(&laptop, &["sync"]);
+    ok(&alice, &["sync"]);
+    assert_eq!(
+        info(&alice, &first),
+        (
+            "delivered".into(),
+            states(&[(&phone, "delivered"), (&laptop_device, "delivered")])
+        )
+    );
+    // The phone reads it: read there, and the tick is read.
+    ok(&bob, &["read", "alice"]);
+    ok(&alice, &["sync"]);
+    assert_eq!(
+        info(&alice, &first),
+        (
+            "read".into(),
+            states(&[(&phone, "read"), (&laptop_device, "delivered")])
+        )
+    );
+    // An unknown or too short prefix is a clear error.
+    let unknown = run(relay(&alice, &["--json", "info", "000000000"]), None);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no message"));
+
+    // Bob turns read receipts off: his reads reach his laptop, not alice.
+    let set = ok(&bob, &["settings", "read-receipts", "off"]);
+    assert_eq!(set[0]["event"], "setting");
+    assert_eq!(set[0]["value"], "off");
+    assert_eq!(ok(&bob, &["settings"])[0]["value"], "off", "persisted");
+    let second = send(&alice, "two");
+    ok(&bob, &["sync"]);
+    ok(&laptop, &["sync"]);
+    ok(&bob, &["read", "alice"]);
+    ok(&laptop, &["sync"]);
+    ok(&alice, &["sync"]);
+    assert_eq!(
+        info(&alice, &second),
+        (
+            "delivered".into(),
+            states(&[(&phone, "delivered"), (&laptop_device, "delivered")])
+        ),
+        "alice's tick stops at delivered"
+    );
+    let laptop_view = ok(&laptop, &["history", "alice"]);
+    let two = laptop_view
+        .iter()
+        .find(|event| event["id"] == second.as_str())
+        .expect("the laptop has it");
+    assert_eq!(two["read"], true, "the read mark reached bob's laptop");
+
+    // Bob on again, alice off: bob's read receipt comes, and alice does not see it.
+    ok(&bob, &["settings", "read-receipts", "on"]);
+    ok(&alice, &["settings", "read-receipts", "off"]);
+    let third = send(&alice, "three");
+    ok(&bob, &["sync"]);
+    ok(&laptop, &["sync"]);
+    ok(&bob, &["read", "alice"]);
+    ok(&alice, &["sync"]);
+    assert_eq!(
+        info(&alice, &third),
+        (
+            "delivered".into(),
+            states(&[(&phone, "delivered"), (&laptop_device, "delivered")])
+        ),
+        "alice sees no read receipt while hers are off"
+    );
+    // On again: the receipt that came while off stays unseen; later ones show.
+    ok(&alice, &["settings", "read-receipts", "on"]);
+    assert_eq!(info(&alice, &third).0, "delivered", "dropped, not kept");
+    let fourth = send(&alice, "four");
+    ok(&bob, &["sync"]);
+    ok(&laptop, &["sync"]);
+    ok(&bob, &["read", "alice"]);
+    ok(&alice, &["sync"]);
+    assert_eq!(
+        info(&alice, &fourth),
+        (
+            "read".into(),
+            states(&[(&phone, "read"), (&laptop_device, "delivered")])
+        )
     );
 }

@@ -45,7 +45,7 @@ use crate::history::History;
 use crate::inbound::Inbound;
 use crate::limits::{POLL_INTERVAL_MS, REQUESTS_IN_FLIGHT_MAX};
 use crate::outbox::{Outbox, Pending, retry_delay_ms};
-use crate::store::{Contact, Identity, Store, Tick};
+use crate::store::{Contact, Identity, RecipientState, Store, Tick};
 
 /// Why an outbox entry is given up when the relay refuses this device as rolled back.
 pub const ROLLED_BACK_FAILURE: &str = "not sent: this device's state went back (its data \
@@ -902,6 +902,77 @@ impl Core {
             return Ok(MessageState::Draft);
         }
         Ok(MessageState::Unknown)
+    }
+
+    /// The message whose id starts with `prefix` (of any chat; at least
+    /// [`crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN`] hex digits, naming one message) as its
+    /// [`Event::History`] entry, then, for an outgoing message, one [`Event::Receipt`] per
+    /// recipient device (the peer's and this account's other devices) with its state.
+    pub fn message_info(&self, prefix: &str) -> Result<Vec<Event>> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
+            || prefix.len() > 32
+            || !prefix.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(ClientError::Invalid(format!(
+                "name a message by its id as `relay history` shows it (at least {} hex digits)",
+                crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
+            )));
+        }
+        let found = self.store.messages_by_id_prefix(&prefix, 2)?;
+        let message = match found.as_slice() {
+            [message] => message,
+            [] => {
+                return Err(ClientError::Invalid(format!(
+                    "no message on this device has an id starting with {prefix}"
+                )));
+            }
+            _ => {
+                return Err(ClientError::Invalid(format!(
+                    "more than one message has an id starting with {prefix}; give more digits"
+                )));
+            }
+        };
+        let id = message.client_message_id.to_string();
+        let entry = match self.store.contact_by_account(message.peer)? {
+            Some(contact) => self
+                .history(&contact.name)?
+                .into_iter()
+                .find(|entry| matches!(entry, Event::History { id: shown, .. } if *shown == id)),
+            None => None,
+        };
+        let Some(entry) = entry else {
+            return Err(ClientError::Invalid(format!(
+                "message {id} is in no chat this device shows"
+            )));
+        };
+        let mut events = vec![entry];
+        if message.outgoing {
+            for row in self
+                .store
+                .recipients(message.sender, message.client_message_id)?
+            {
+                events.push(Event::Receipt {
+                    id: id.clone(),
+                    name: self.name_of(row.device.account),
+                    device: row.device.to_string(),
+                    state: row.state,
+                    at_ms: (row.state != RecipientState::Pending).then_some(row.at_ms),
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    /// Whether this device sends read receipts and shows the peers' (on unless turned off).
+    pub fn read_receipts(&self) -> Result<bool> {
+        self.store.read_receipts()
+    }
+
+    /// Turns read receipts on or off. Off: `mark_read` tells only this account's other devices,
+    /// and read receipts from peers are dropped (they stay unseen after turning it on again).
+    pub fn set_read_receipts(&mut self, on: bool) -> Result<()> {
+        self.store.write(|writer| writer.set_read_receipts(on))
     }
 
     /// The chat with `peer` in order, as [`Event::History`] entries (local only): the

@@ -32,9 +32,9 @@ pub enum Tick {
     Pending = 0,
     /// Stored by every destination region (✓).
     Sent = 1,
-    /// A device of the peer acknowledged it (✓✓).
+    /// Every current device of the peer among its recipients acknowledged it (✓✓).
     Delivered = 2,
-    /// The peer read it.
+    /// A device of the peer read it (shown only while read receipts are on).
     Read = 3,
 }
 
