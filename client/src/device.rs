@@ -403,7 +403,9 @@ impl Device {
     }
 
     /// Marks every unread message from `peer` read and queues the end-to-end encrypted read
-    /// receipt (sent like a message); returns how many were marked.
+    /// receipt (sent like a message) for the peer's devices and this account's other devices,
+    /// or for the latter only while read receipts are off ([`Device::set_read_receipts`]);
+    /// returns how many were marked.
     pub async fn mark_read(&self, peer: &str) -> Result<usize> {
         self.call(|reply| Command::MarkRead(peer.into(), reply))
             .await

@@ -147,7 +147,8 @@ pub enum Event {
         /// Why it is not sent yet.
         reason: String,
     },
-    /// Messages from a peer were marked read (and a read receipt queued for them).
+    /// Messages from a peer were marked read (and a read receipt queued for them, or only for
+    /// this account's other devices while read receipts are off).
     MarkedRead {
         /// The peer.
         peer: String,

@@ -12,7 +12,7 @@ use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ProtoError};
 use super::*;
 use crate::content::Content;
 use crate::crypto::Crypto;
-use crate::store::{Settings, Store};
+use crate::store::{NewMessage, RecipientState, Settings, Store};
 
 const ALICE: DeviceAddress = DeviceAddress {
     account: AccountId(1),
@@ -214,6 +214,20 @@ fn a_typed_text_is_stored_first_then_claimed_encrypted_sent_and_ticked() {
         .expect("read")
         .expect("entry");
     assert!(stored.envelope.is_some());
+    let recipient = |rig: &Rig| {
+        rig.core
+            .store()
+            .recipients(ALICE, id)
+            .expect("recipients")
+            .iter()
+            .map(|row| (row.device, row.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        recipient(&rig),
+        vec![(BOB, RecipientState::Pending)],
+        "the envelope's devices, with it"
+    );
     assert_eq!(envelope.client_message_id, id.0.to_vec());
     assert_eq!(envelope.ciphertexts.len(), 1);
     assert_eq!(text_of(&mut bob, ALICE, &envelope.ciphertexts[0]), "hi bob");
@@ -234,6 +248,7 @@ fn a_typed_text_is_stored_first_then_claimed_encrypted_sent_and_ticked() {
         .expect("read")
         .expect("message");
     assert_eq!((message.tick, message.chat_seq), (Tick::Sent, Some(3)));
+    assert_eq!(recipient(&rig), vec![(BOB, RecipientState::Sent)]);
     assert!(rig.core.flush_settled(20, 20_000));
     assert_eq!(
         rig.core.message_state(id).expect("state"),
@@ -311,6 +326,136 @@ fn mismatched_devices_reencrypt_the_same_entry_for_exactly_the_current_devices()
     );
     assert_eq!(text_of(&mut bob, ALICE, &second.ciphertexts[0]), "one");
     assert_eq!(text_of(&mut bob_two, ALICE, &second.ciphertexts[1]), "one");
+    let recipients: Vec<DeviceAddress> = rig
+        .core
+        .store()
+        .recipients(ALICE, id)
+        .expect("recipients")
+        .iter()
+        .map(|row| row.device)
+        .collect();
+    assert_eq!(
+        recipients,
+        vec![BOB, second_bob],
+        "the re-encrypted envelope's"
+    );
+}
+
+#[test]
+fn with_read_receipts_off_a_read_tells_only_the_own_devices() {
+    let mut rig = alice(Mode::OnDemand);
+    let chat = ChatId::direct(ALICE.account, BOB.account);
+    let incoming = ClientMessageId([3; 16]);
+    rig.core
+        .store
+        .write(|writer| {
+            writer.insert_message(&NewMessage {
+                chat,
+                peer: BOB.account,
+                outgoing: false,
+                sender: BOB,
+                client_message_id: incoming,
+                sender_seq: 1,
+                chat_seq: Some(1),
+                text: Some("hi alice"),
+                sent_at_ms: WALL_MS,
+                server_time_ms: Some(WALL_MS),
+                tick: Tick::Sent,
+                undecryptable: None,
+            })?;
+            writer.set_read_receipts(false)
+        })
+        .expect("a message from bob, read receipts off");
+    let contact = rig
+        .core
+        .store()
+        .contact_by_name("bob")
+        .expect("read")
+        .expect("bob");
+    // No other own device: marked read here, nothing to send.
+    assert_eq!(rig.core.mark_read(&contact, WALL_MS, 0).expect("read"), 1);
+    assert!(
+        rig.core
+            .store()
+            .unread_from(BOB.account)
+            .expect("unread")
+            .is_empty()
+    );
+    assert!(
+        rig.core.store().outbox().expect("outbox").is_empty(),
+        "bob is told nothing"
+    );
+
+    // With another own device: one receipt, in alice's chat with herself.
+    let laptop = DeviceAddress {
+        account: ALICE.account,
+        device: DeviceId(2),
+    };
+    let again = ClientMessageId([4; 16]);
+    rig.core
+        .store
+        .write(|writer| {
+            writer.set_current_devices(ALICE.account, &[ALICE.device, laptop.device])?;
+            writer
+                .insert_message(&NewMessage {
+                    chat,
+                    peer: BOB.account,
+                    outgoing: false,
+                    sender: BOB,
+                    client_message_id: again,
+                    sender_seq: 2,
+                    chat_seq: Some(2),
+                    text: Some("again"),
+                    sent_at_ms: WALL_MS,
+                    server_time_ms: Some(WALL_MS),
+                    tick: Tick::Sent,
+                    undecryptable: None,
+                })
+                .map(|_| ())
+        })
+        .expect("a laptop and a second message");
+    assert_eq!(rig.core.mark_read(&contact, WALL_MS, 0).expect("read"), 1);
+    let outbox = rig.core.store().outbox().expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        (outbox[0].chat, outbox[0].peer),
+        (ChatId::direct(ALICE.account, ALICE.account), ALICE.account),
+        "to alice's own devices only"
+    );
+
+    // On again: the receipt goes to bob's chat (his devices and alice's own).
+    rig.core.set_read_receipts(true).expect("on");
+    let third = ClientMessageId([5; 16]);
+    rig.core
+        .store
+        .write(|writer| {
+            writer
+                .insert_message(&NewMessage {
+                    chat,
+                    peer: BOB.account,
+                    outgoing: false,
+                    sender: BOB,
+                    client_message_id: third,
+                    sender_seq: 3,
+                    chat_seq: Some(3),
+                    text: Some("third"),
+                    sent_at_ms: WALL_MS,
+                    server_time_ms: Some(WALL_MS),
+                    tick: Tick::Sent,
+                    undecryptable: None,
+                })
+                .map(|_| ())
+        })
+        .expect("a third message");
+    assert_eq!(rig.core.mark_read(&contact, WALL_MS, 0).expect("read"), 1);
+    let outbox = rig.core.store().outbox().expect("outbox");
+    assert_eq!(outbox.len(), 2);
+    assert!(
+        outbox
+            .iter()
+            .any(|row| row.chat == chat && row.peer == BOB.account),
+        "{outbox:?}"
+    );
 }
 
 #[test]
