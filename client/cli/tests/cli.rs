@@ -738,7 +738,11 @@ fn receipts_per_device_and_read_receipts_off_in_both_directions() {
             states(&[(&phone, "read"), (&laptop_device, "delivered")])
         )
     );
-    // An unknown or too short prefix is a clear error.
+    // On bob's side the message is incoming: no recipients to show.
+    let incoming = ok(&bob, &["info", &first[..8]]);
+    assert_eq!(incoming.len(), 1, "{incoming:?}");
+    assert_eq!(incoming[0]["direction"], "in");
+    // An unknown prefix is a clear error.
     let unknown = run(relay(&alice, &["--json", "info", "000000000"]), None);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no message"));

@@ -1094,3 +1094,94 @@ fn a_throttled_name_lookup_stays_a_retryable_error() {
         "{error:?}"
     );
 }
+
+#[test]
+fn message_info_names_one_message_by_its_id_prefix_with_each_recipient() {
+    let mut rig = alice(Mode::OnDemand);
+    let chat = ChatId::direct(ALICE.account, BOB.account);
+    let mut first = [0xab; 16];
+    first[4] = 0x01;
+    let mut second = [0xab; 16];
+    second[4] = 0x02;
+    let (first, second) = (ClientMessageId(first), ClientMessageId(second));
+    let laptop = DeviceAddress {
+        account: ALICE.account,
+        device: DeviceId(2),
+    };
+    rig.core
+        .store
+        .write(|writer| {
+            for (seq, id, outgoing) in [(1, first, true), (2, second, false)] {
+                writer.insert_message(&NewMessage {
+                    chat,
+                    peer: BOB.account,
+                    outgoing,
+                    sender: if outgoing { ALICE } else { BOB },
+                    client_message_id: id,
+                    sender_seq: seq,
+                    chat_seq: Some(seq),
+                    text: Some("hi"),
+                    sent_at_ms: WALL_MS,
+                    server_time_ms: Some(WALL_MS),
+                    tick: Tick::Sent,
+                    undecryptable: None,
+                })?;
+            }
+            writer.set_recipients(ALICE, first, &[BOB, laptop])?;
+            writer.mark_recipients_sent(ALICE, first, WALL_MS)?;
+            writer
+                .record_receipt(
+                    ALICE,
+                    first,
+                    BOB,
+                    RecipientState::Delivered,
+                    WALL_MS + 5,
+                    ALICE,
+                )
+                .map(|_| ())
+        })
+        .expect("two messages");
+    let invalid = |prefix: &str| match rig.core.message_info(prefix) {
+        Err(ClientError::Invalid(reason)) => reason,
+        other => panic!("{prefix}: {other:?}"),
+    };
+    assert!(invalid("abab").contains("at least 6 hex digits"));
+    assert!(invalid("abababxx").contains("at least 6 hex digits"));
+    assert!(invalid("abababab").contains("more than one message"));
+    assert!(invalid("cdcdcdcd").contains("no message"));
+
+    let events = rig.core.message_info("ABABABAB01").expect("the first");
+    assert!(
+        matches!(&events[0], Event::History { id, tick: Some(Tick::Sent), .. }
+            if *id == first.to_string())
+    );
+    assert_eq!(
+        events[1..],
+        [
+            Event::Receipt {
+                id: first.to_string(),
+                name: "alice".into(),
+                device: "1/2".into(),
+                state: RecipientState::Sent,
+                at_ms: Some(WALL_MS),
+            },
+            Event::Receipt {
+                id: first.to_string(),
+                name: "bob".into(),
+                device: "2/1".into(),
+                state: RecipientState::Delivered,
+                at_ms: Some(WALL_MS + 5),
+            },
+        ]
+    );
+    // An incoming message has no recipients to show.
+    let events = rig.core.message_info("abababab02").expect("the second");
+    assert_eq!(events.len(), 1);
+    assert!(matches!(
+        &events[0],
+        Event::History {
+            direction: Direction::In,
+            ..
+        }
+    ));
+}

@@ -650,30 +650,6 @@ impl Writer<'_> {
         }
     }
 
-    fn insert_recipient(
-        &self,
-        sender: DeviceAddress,
-        client_message_id: ClientMessageId,
-        recipient: DeviceAddress,
-        state: RecipientState,
-        at_ms: u64,
-    ) -> Result<bool> {
-        let inserted = self.execute(
-            "INSERT OR IGNORE INTO receipts (sender_account, sender_device, client_message_id,
-             recipient_account, recipient_device, state, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                to_i64(sender.account.0),
-                sender.device.0,
-                client_message_id.0.as_slice(),
-                to_i64(recipient.account.0),
-                recipient.device.0,
-                state as i64,
-                to_i64(at_ms)
-            ],
-        )?;
-        Ok(inserted == 1)
-    }
-
     /// Whether the tick of a message may show delivered: every current device of `peer` among
     /// its recipients has it delivered or read (an expired copy does not count), and one does.
     pub fn delivered_to_every_peer_device(
@@ -720,6 +696,30 @@ impl Writer<'_> {
             ],
         )?;
         Ok(())
+    }
+
+    fn insert_recipient(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        recipient: DeviceAddress,
+        state: RecipientState,
+        at_ms: u64,
+    ) -> Result<bool> {
+        let inserted = self.execute(
+            "INSERT OR IGNORE INTO receipts (sender_account, sender_device, client_message_id,
+             recipient_account, recipient_device, state, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice(),
+                to_i64(recipient.account.0),
+                recipient.device.0,
+                state as i64,
+                to_i64(at_ms)
+            ],
+        )?;
+        Ok(inserted == 1)
     }
 }
 
