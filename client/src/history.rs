@@ -234,15 +234,7 @@ impl History {
 
     /// The message of `chat` whose id starts with `prefix` (hex digits, any case).
     pub fn find_by_prefix(&self, chat: ChatId, prefix: &str) -> Result<MessageView> {
-        let prefix = prefix.to_ascii_lowercase();
-        if prefix.len() < crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
-            || !prefix.chars().all(|c| c.is_ascii_hexdigit())
-        {
-            return Err(ClientError::Invalid(format!(
-                "name a message by its id as `relay history` shows it (at least {} hex digits)",
-                crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
-            )));
-        }
+        let prefix = id_prefix(prefix)?;
         let mut found = self
             .replica
             .view(chat)
@@ -347,6 +339,22 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     fs::rename(&temporary, dir.join(name))?;
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// `prefix` as a message id prefix people type (`relay edit`, `info`, ...): lowercased, at
+/// least [`crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN`] and at most 32 hex digits.
+pub(crate) fn id_prefix(prefix: &str) -> Result<String> {
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.len() < crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
+        || prefix.len() > 32
+        || !prefix.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Err(ClientError::Invalid(format!(
+            "name a message by its id as `relay history` shows it (at least {} hex digits)",
+            crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
+        )));
+    }
+    Ok(prefix)
 }
 
 #[cfg(test)]

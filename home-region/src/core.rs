@@ -37,6 +37,7 @@
 //! chat log's dedupe, receipt appends and outbox pushes by the ack or sweep that removed the
 //! entry and by the receipt that moved forward.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use fdb_layers::chat_log::{AppendOutcome, NewEntry};
@@ -217,12 +218,14 @@ pub async fn commit_envelope(
     };
 
     // 0. A group envelope's sender, version and member list.
-    let mut checked_accounts = parsed.recipient_accounts.clone();
+    let mut checked_accounts = Cow::Borrowed(parsed.recipient_accounts.as_slice());
     let mut exact_coverage = true;
     if let Some(group) = parsed.group {
         let membership = match groups {
-            GroupSource::Directory => group_membership(tx, group.group).await?,
-            GroupSource::Known(Some(known)) if known.group == group.group => Some(known.clone()),
+            GroupSource::Directory => group_membership(tx, group.group).await?.map(Cow::Owned),
+            GroupSource::Known(Some(known)) if known.group == group.group => {
+                Some(Cow::Borrowed(known))
+            }
             GroupSource::Known(_) => {
                 return refuse(
                     ErrorCode::Internal,
@@ -271,7 +274,7 @@ pub async fn commit_envelope(
             return answer(outcome, Effects::default());
         }
         if group.kind == EnvelopeKind::Message {
-            checked_accounts = membership.members.iter().copied().collect();
+            checked_accounts = Cow::Owned(membership.members.iter().copied().collect());
         } else {
             exact_coverage = false;
         }
@@ -281,7 +284,7 @@ pub async fn commit_envelope(
     //    share: by some of them).
     let mut local_devices = Vec::new();
     let mut mismatched = Vec::new();
-    for &account in &checked_accounts {
+    for &account in checked_accounts.iter() {
         // Every account homed here was registered here, so an account this region does not
         // know is homed elsewhere (the edge resolved the homes); its own region checks it.
         let Some(record) = directory::account_by_id(tx, account).await? else {
@@ -296,11 +299,15 @@ pub async fn commit_envelope(
             .map(|device| device.device)
             .filter(|&address| address != parsed.sender)
             .collect();
-        let covered: BTreeSet<DeviceAddress> = parsed
+        // The parsed devices are sorted by account: this account's are one run of them (a
+        // group's thousands of devices are not scanned once per member).
+        let first = parsed
             .recipient_devices
+            .partition_point(|device| device.account < account);
+        let covered: BTreeSet<DeviceAddress> = parsed.recipient_devices[first..]
             .iter()
             .copied()
-            .filter(|device| device.account == account)
+            .take_while(|device| device.account == account)
             .collect();
         let covered_right = if exact_coverage {
             current == covered

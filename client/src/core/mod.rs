@@ -909,16 +909,7 @@ impl Core {
     /// [`Event::History`] entry, then, for an outgoing message, one [`Event::Receipt`] per
     /// recipient device (the peer's and this account's other devices) with its state.
     pub fn message_info(&self, prefix: &str) -> Result<Vec<Event>> {
-        let prefix = prefix.to_ascii_lowercase();
-        if prefix.len() < crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
-            || prefix.len() > 32
-            || !prefix.chars().all(|c| c.is_ascii_hexdigit())
-        {
-            return Err(ClientError::Invalid(format!(
-                "name a message by its id as `relay history` shows it (at least {} hex digits)",
-                crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
-            )));
-        }
+        let prefix = crate::history::id_prefix(prefix)?;
         let found = self.store.messages_by_id_prefix(&prefix, 2)?;
         let message = match found.as_slice() {
             [message] => message,
