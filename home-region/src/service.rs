@@ -162,7 +162,7 @@ struct Inner {
     refreshes: Arc<Semaphore>,
     /// (Regions that are not the directory writer) group memberships asked of the writer, by
     /// version: see [`RegionService::group_membership`].
-    groups: Mutex<TtlCache<GroupId, GroupMembership>>,
+    groups: Mutex<TtlCache<GroupId, Arc<GroupMembership>>>,
     /// Encrypted media and history snapshots.
     blobs: BlobStore,
 }
@@ -174,7 +174,7 @@ struct LaneWaiter {
     sender_seq: u64,
     sender_region: RegionId,
     /// The group's membership, for a group envelope at a region that is not the writer.
-    group: Option<GroupMembership>,
+    group: Option<Arc<GroupMembership>>,
     answer: oneshot::Sender<Result<CommitDecision, ProtoError>>,
 }
 
@@ -840,7 +840,7 @@ impl RegionService {
     async fn group_membership(
         &self,
         parsed: &wire::ParsedEnvelope,
-    ) -> Result<Option<GroupMembership>, ProtoError> {
+    ) -> Result<Option<Arc<GroupMembership>>, ProtoError> {
         let Some(group) = parsed.group else {
             return Ok(None);
         };
@@ -859,7 +859,9 @@ impl RegionService {
             })),
         };
         let membership = match self.to_writer(&request).await?.body {
-            Some(region_response::Body::Group(info)) => GroupMembership::from_info(&info)?,
+            Some(region_response::Body::Group(info)) => {
+                Arc::new(GroupMembership::from_info(&info)?)
+            }
             Some(region_response::Body::Error(error)) => return Err(error.into()),
             _ => {
                 return Err(ProtoError::new(
@@ -1026,7 +1028,7 @@ impl RegionService {
         let batch: Vec<(&wire::Envelope, RegionId, GroupSource<'_>)> = waiters
             .iter()
             .map(|waiter| {
-                let groups = self.group_source(waiter.group.as_ref());
+                let groups = self.group_source(waiter.group.as_deref());
                 (&waiter.envelope, waiter.sender_region, groups)
             })
             .collect();
@@ -1181,7 +1183,7 @@ impl RegionService {
         let local = self.inner.region;
         let quarantined = self.quarantined();
         let group = self.group_membership(&envelope.parse()?).await?;
-        let groups = self.group_source(group.as_ref());
+        let groups = self.group_source(group.as_deref());
         let peek = self.inner.db.create_transaction().map_err(store_failure)?;
         let (decision, _) = core::commit_envelope(
             &peek,
@@ -1200,7 +1202,13 @@ impl RegionService {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(PLANTED_COMMIT_DELAY_MS)).await;
             let committed = service
-                .commit(&envelope, sender_region, group.as_ref(), &quarantined, now)
+                .commit(
+                    &envelope,
+                    sender_region,
+                    group.as_deref(),
+                    &quarantined,
+                    now,
+                )
                 .await;
             if let Err(error) = committed {
                 tracing::warn!(%error, "planted bug: a late commit failed");
