@@ -81,6 +81,11 @@ pub const GROUP_CACHE_ENTRIES_MAX: usize = 4_096;
 /// live: a sender that missed a removal is refused within this long at the latest.
 pub const GROUP_CACHE_TTL_MS: u64 = 10_000;
 
+/// (Directory writer) groups whose askers (the regions that cached their membership in the
+/// last [`GROUP_CACHE_TTL_MS`]) are remembered; past it, expired ones are forgotten first, and
+/// then a membership change waits for every cache to expire instead.
+pub const GROUP_ASKERS_MAX: usize = 65_536;
+
 /// Refreshes asked of the directory writer at once; a lookup finding them all busy leaves its
 /// account for a later lookup.
 pub const ACCOUNT_REFRESHES_IN_FLIGHT_MAX: usize = 32;

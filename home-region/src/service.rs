@@ -53,9 +53,9 @@ use crate::groups;
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
-    BLOB_SWEEP_INTERVAL_MS, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS, INTERNAL_CONNECTIONS_MAX,
-    OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
-    QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
+    BLOB_SWEEP_INTERVAL_MS, GROUP_ASKERS_MAX, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS,
+    INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS,
+    PLANTED_COMMIT_DELAY_MS, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
 use crate::linking;
@@ -119,6 +119,11 @@ pub struct RegionParts<'a> {
     pub blob_objects: Arc<dyn object_store::ObjectStore>,
     /// The blob store's bounds.
     pub blob_limits: BlobLimits,
+    /// Whether the store served an earlier run of this region (a restart, not a new store):
+    /// the directory writer then cannot know which regions still cache a group's membership
+    /// the earlier run gave out, and waits for those caches to expire before acknowledging
+    /// a membership change made in its first [`GROUP_CACHE_TTL_MS`].
+    pub served_before: bool,
 }
 
 /// A running region.
@@ -163,6 +168,17 @@ struct Inner {
     /// (Regions that are not the directory writer) group memberships asked of the writer, by
     /// version: see [`RegionService::group_membership`].
     groups: Mutex<TtlCache<GroupId, Arc<GroupMembership>>>,
+    /// (Regions that are not the directory writer) the lowest version of a group the writer
+    /// said exists now (`GroupVersion`): an answer about an older one, asked before the change
+    /// and answered after, is not cached or used.
+    group_floors: Mutex<TtlCache<GroupId, u64>>,
+    /// (The directory writer) the regions that asked for each group's membership, and when
+    /// this writer answered (its clock, ms): told when the group changes.
+    group_askers: Mutex<BTreeMap<GroupId, BTreeMap<RegionId, u64>>>,
+    /// When this service started (ms) after an earlier run on its store: regions that asked
+    /// that run may still hold a membership for [`GROUP_CACHE_TTL_MS`] (a new store's run
+    /// counts as started that long ago).
+    started_at_ms: u64,
     /// Encrypted media and history snapshots.
     blobs: BlobStore,
 }
@@ -301,6 +317,7 @@ impl RegionService {
             boot_nonce: boot_nonce(),
             blob_objects,
             blob_limits,
+            served_before: store.created_at_ms != now_ms,
         })?;
         Ok((service, address, store))
     }
@@ -321,6 +338,7 @@ impl RegionService {
             boot_nonce,
             blob_objects,
             blob_limits,
+            served_before,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -331,6 +349,12 @@ impl RegionService {
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, peers);
         let blobs = BlobStore::new(blob_objects, db.clone(), blob_limits);
+        // A new store: no earlier run handed out memberships, so nothing to wait for.
+        let started_at_ms = if served_before {
+            clock.now_ms()
+        } else {
+            clock.now_ms().saturating_sub(GROUP_CACHE_TTL_MS)
+        };
         let inner = Inner {
             region,
             writer: directory_writer,
@@ -356,6 +380,9 @@ impl RegionService {
             )),
             refreshes: Arc::new(Semaphore::new(ACCOUNT_REFRESHES_IN_FLIGHT_MAX)),
             groups: Mutex::new(TtlCache::new(GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS)),
+            group_floors: Mutex::new(TtlCache::new(GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS)),
+            group_askers: Mutex::new(BTreeMap::new()),
+            started_at_ms,
             blobs,
         };
         Ok((
@@ -752,6 +779,9 @@ impl RegionService {
                     ));
                 }
                 let id = GroupId(group.group);
+                // Remembered before the read: a change committing meanwhile tells this asker
+                // (which refuses an answer older than the change), never misses it.
+                self.record_group_asker(id, RegionId(group.region));
                 let info = self
                     .transact(|tx| async move {
                         let info = groups::group_info(&tx, id, true).await?;
@@ -764,7 +794,21 @@ impl RegionService {
                         })
                     })
                     .await?;
+                self.record_group_asker(id, RegionId(group.region));
                 Ok(Resp::Group(info))
+            }
+            Req::GroupVersion(changed) => {
+                let group = GroupId(changed.group);
+                let now_ms = self.inner.clock.now_ms();
+                lock(&self.inner.groups).remove(&group);
+                let mut floors = lock(&self.inner.group_floors);
+                let floor = floors
+                    .peek(&group, now_ms)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(changed.version);
+                floors.insert(group, floor, now_ms);
+                Ok(Resp::GroupDropped(changed))
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
             Req::StoreCensus(request) => {
@@ -854,8 +898,9 @@ impl RegionService {
             return Ok(Some(known.clone()));
         }
         let request = RegionRequest {
-            body: Some(region_request::Body::GroupMembers(wire::GroupRef {
+            body: Some(region_request::Body::GroupMembers(wire::AskGroupMembers {
                 group: group.group.0,
+                region: self.inner.region.0,
             })),
         };
         let membership = match self.to_writer(&request).await?.body {
@@ -874,6 +919,17 @@ impl RegionService {
             return Err(ProtoError::new(
                 ErrorCode::Internal,
                 "the directory writer answered another group",
+            ));
+        }
+        let floor = lock(&self.inner.group_floors)
+            .peek(&group.group, self.inner.clock.now_ms())
+            .copied()
+            .unwrap_or(0);
+        if membership.version < floor {
+            // Asked before a change and answered after it: the device's retry asks again.
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                format!("group {} changed while its members were asked", group.group),
             ));
         }
         let mut groups = lock(&self.inner.groups);
@@ -1359,11 +1415,119 @@ impl RegionService {
         }
         let actor = AccountId(request.account);
         let key = self.idempotency_key();
-        self.transact(|tx| {
-            let action = action.clone();
-            async move { groups::group_command(&tx, actor, &action, &key).await }
-        })
-        .await
+        let changes_members = matches!(
+            action,
+            wire::GroupAction::Add { .. }
+                | wire::GroupAction::Remove { .. }
+                | wire::GroupAction::Leave { .. }
+        );
+        let answer = self
+            .transact(|tx| {
+                let action = action.clone();
+                async move { groups::group_command(&tx, actor, &action, &key).await }
+            })
+            .await?;
+        if changes_members && let groups::Answer::Group(info) = &answer {
+            self.group_changed(GroupId(info.group)).await?;
+        }
+        Ok(answer)
+    }
+
+    /// (Directory writer) remembers that `region` asked for `group`'s membership now.
+    fn record_group_asker(&self, group: GroupId, region: RegionId) {
+        let now_ms = self.inner.clock.now_ms();
+        let mut askers = lock(&self.inner.group_askers);
+        if askers.len() >= GROUP_ASKERS_MAX && !askers.contains_key(&group) {
+            askers.retain(|_, regions| {
+                regions.retain(|_, at| now_ms < at.saturating_add(GROUP_CACHE_TTL_MS));
+                !regions.is_empty()
+            });
+        }
+        if askers.len() < GROUP_ASKERS_MAX || askers.contains_key(&group) {
+            askers.entry(group).or_default().insert(region, now_ms);
+        }
+        // Else the asker is not remembered; `group_changed` then waits for every cache to
+        // expire (see there).
+    }
+
+    /// (Directory writer) `group`'s members changed (committed): every region that may
+    /// hold its older membership drops it before the change is acknowledged, so that no
+    /// region accepts an envelope for a former member afterwards. A region that does not
+    /// answer in time is waited out: the change is acknowledged once its cache expired.
+    async fn group_changed(&self, group: GroupId) -> Result<(), ProtoError> {
+        let version = self
+            .transact(|tx| async move {
+                Ok(Ok((
+                    directory::group_version(&tx, group).await?,
+                    Effects::default(),
+                )))
+            })
+            .await?;
+        let now_ms = self.inner.clock.now_ms();
+        let (askers, forgotten) = {
+            let mut all = lock(&self.inner.group_askers);
+            let askers = all.remove(&group).unwrap_or_default();
+            (askers, all.len() >= GROUP_ASKERS_MAX)
+        };
+        let mut wait_until_ms = 0;
+        if now_ms < self.inner.started_at_ms.saturating_add(GROUP_CACHE_TTL_MS) {
+            // Regions may have asked a run of this writer before its restart.
+            wait_until_ms = self.inner.started_at_ms + GROUP_CACHE_TTL_MS;
+        }
+        if forgotten {
+            // The table was full, so some askers may not be in it.
+            wait_until_ms = wait_until_ms.max(now_ms + GROUP_CACHE_TTL_MS);
+        }
+        let request = RegionRequest {
+            body: Some(region_request::Body::GroupVersion(wire::GroupVersion {
+                group: group.0,
+                version,
+            })),
+        };
+        let mut told = tokio::task::JoinSet::new();
+        for (region, asked_at_ms) in askers {
+            if now_ms >= asked_at_ms.saturating_add(GROUP_CACHE_TTL_MS) {
+                continue;
+            }
+            let service = self.clone();
+            let request = request.clone();
+            told.spawn(async move {
+                let timeout = Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS);
+                let answer = tokio::time::timeout(
+                    timeout,
+                    service
+                        .inner
+                        .peers
+                        .request::<_, RegionResponse>(region.0, &request, timeout),
+                )
+                .await;
+                let dropped = matches!(
+                    answer,
+                    Ok(Ok(RegionResponse {
+                        body: Some(region_response::Body::GroupDropped(_))
+                    }))
+                );
+                (region, asked_at_ms, dropped)
+            });
+        }
+        while let Some(joined) = told.join_next().await {
+            if let Ok((region, asked_at_ms, dropped)) = joined
+                && !dropped
+            {
+                tracing::warn!(
+                    %region,
+                    group = group.0,
+                    "a region did not drop a changed group's membership; waiting for its cache \
+                     to expire"
+                );
+                wait_until_ms = wait_until_ms.max(asked_at_ms.saturating_add(GROUP_CACHE_TTL_MS));
+            }
+        }
+        let now_ms = self.inner.clock.now_ms();
+        if wait_until_ms > now_ms {
+            tokio::time::sleep(Duration::from_millis(wait_until_ms - now_ms)).await;
+        }
+        Ok(())
     }
 
     /// Resolves an account locally (the writer, or this replica's cache), else asks the writer

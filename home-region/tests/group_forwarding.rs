@@ -84,6 +84,7 @@ fn region(
         boot_nonce: u64::from(region.0),
         blob_objects: memory_objects(),
         blob_limits: BlobLimits::default(),
+        served_before: false,
     })
     .expect("region binds");
     addresses
@@ -275,6 +276,11 @@ async fn a_region_checks_group_envelopes_against_the_writers_membership() {
     let serving = tokio::spawn(writer.clone().run(async {
         let _ = stopped.await;
     }));
+    // Region 2 serves too: the writer tells it when a group it asked about changes.
+    let (stop_other, other_stopped) = tokio::sync::oneshot::channel::<()>();
+    let other_serving = tokio::spawn(other.clone().run(async {
+        let _ = other_stopped.await;
+    }));
 
     // ada (two devices) is homed in region 2, bob and cy in region 1 (one device each). Region
     // 2 holds ada's record and devices, as it would after registering her.
@@ -364,6 +370,14 @@ async fn a_region_checks_group_envelopes_against_the_writers_membership() {
             .await,
     );
     assert_eq!(added.version, 2);
+    // Region 2 cached version 1, but the writer made it drop that before acknowledging the
+    // change: version 1 is stale there at once, not after its cache expires.
+    let stale = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 2);
+    let outcome = committed(other.handle(stale).await);
+    assert!(
+        matches!(outcome, wire::send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
     let stale = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 2);
     let wire::send_outcome::Outcome::GroupChanged(changed) = committed(writer.handle(stale).await)
     else {
@@ -398,6 +412,11 @@ async fn a_region_checks_group_envelopes_against_the_writers_membership() {
     // With the writer gone, a group a region has not cached is a typed, retryable refusal.
     let _ = stop.send(());
     serving.await.expect("writer task").expect("writer ran");
+    let _ = stop_other.send(());
+    other_serving
+        .await
+        .expect("region task")
+        .expect("region ran");
     let unreachable = group_message(GroupId(78), 1, ada1, &[ada2], &[ada.0], 3);
     assert_eq!(
         error_of(other.handle(unreachable).await),

@@ -206,8 +206,11 @@ pub enum EnvelopeKind {
     /// (Group envelopes only) the sender's Megolm session key, in an Olm ciphertext for each of
     /// some of the group's current member devices. A sender shares a new session in as many key
     /// shares as the envelope size needs, in the group's chat, before the first message that
-    /// uses it (the same sender device and consecutive `sender_seq`s), so a device always
-    /// receives a key before the message needing it.
+    /// uses it (the same sender device and consecutive `sender_seq`s), so a device usually
+    /// receives a key before the message needing it; a message rebuilt for a changed
+    /// membership under its old number has its new key shares after it, and the receiving
+    /// device keeps it until the key arrives. A key share lists every member account, as a
+    /// message does, so every region homing a member stores each `sender_seq` of the chat.
     GroupKeyShare = 1,
 }
 
@@ -1083,6 +1086,29 @@ pub struct GroupRef {
     pub group: u64,
 }
 
+/// (Region → directory writer) a group's membership, asked by a region checking one of its
+/// envelopes; the writer remembers who asked, to tell them when the group changes.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct AskGroupMembers {
+    /// The group id.
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// The asking region.
+    #[prost(uint32, tag = "2")]
+    pub region: u32,
+}
+
+/// A group at a version.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct GroupVersion {
+    /// The group id.
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// Its version.
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+}
+
 /// Adds members to a group.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct AddGroupMembers {
@@ -1906,7 +1932,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -1970,7 +1996,13 @@ pub mod region_request {
         /// checking a group envelope (answered with `Group`; `UnknownGroup` when it does not
         /// exist). Regions are trusted peers: no membership is asked of the asker.
         #[prost(message, tag = "17")]
-        GroupMembers(super::GroupRef),
+        GroupMembers(super::AskGroupMembers),
+        /// (Directory writer → a region that asked for a group's members) the group changed:
+        /// a cached membership older than this version is dropped before the region answers
+        /// (with `GroupDropped`), so that once a change is acknowledged no region accepts an
+        /// envelope for the membership before it.
+        #[prost(message, tag = "18")]
+        GroupVersion(super::GroupVersion),
     }
 }
 
@@ -1980,7 +2012,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2044,6 +2076,10 @@ pub mod region_response {
         /// Answer to `Group` listing.
         #[prost(message, tag = "18")]
         Groups(super::GroupList),
+        /// Answer to `GroupVersion`: the region holds no membership of the group older than
+        /// the version.
+        #[prost(message, tag = "19")]
+        GroupDropped(super::GroupVersion),
     }
 }
 
