@@ -1057,6 +1057,7 @@ fn sample_envelope(clock: RunClock) -> Result<Envelope, BenchError> {
         peer: receiver.account,
         content: content(ROW_W1_MAX, receiver.account)?,
         envelope: None,
+        group: 0,
     };
     relay_client::envelope::assemble(&mut sending, sender, &row, &[receiver], None, 2)
         .map_err(BenchError::client(what))

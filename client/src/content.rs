@@ -30,7 +30,7 @@ use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Content {
     /// What it is.
-    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "body::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<body::Body>,
 }
 
@@ -63,6 +63,9 @@ pub mod body {
         /// A sending device's Megolm session key for one group.
         #[prost(message, tag = "8")]
         GroupKey(super::GroupKey),
+        /// A text message to a group, inside a Megolm message (never over Olm).
+        #[prost(message, tag = "9")]
+        GroupText(super::GroupText),
     }
 }
 
@@ -79,6 +82,22 @@ pub struct Text {
     /// devices can file the message under the right chat.
     #[prost(uint64, tag = "3")]
     pub peer_account: u64,
+}
+
+/// A text message to a group. It travels only inside the group message of a sending
+/// device's Megolm session ([`crate::group_keys`]); the group is named inside too, so a
+/// message cannot be replayed into another group's chat.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupText {
+    /// The group.
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// The text.
+    #[prost(string, tag = "2")]
+    pub body: String,
+    /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
+    #[prost(uint64, tag = "3")]
+    pub sent_at_ms: u64,
 }
 
 /// A read receipt: these messages of the chat were read.
@@ -433,6 +452,18 @@ impl Content {
         }
     }
 
+    /// A text for `group`, refusing texts over [`TEXT_BYTES_MAX`].
+    pub fn group_text(group: u64, body: &str, sent_at_ms: u64) -> Result<Self> {
+        check_text(body)?;
+        Ok(Content {
+            body: Some(body::Body::GroupText(GroupText {
+                group,
+                body: body.to_owned(),
+                sent_at_ms,
+            })),
+        })
+    }
+
     /// A group key for one member device (see [`crate::group_keys::GroupKeys::prepare_send`]).
     pub fn group_key(key: GroupKey) -> Self {
         Content {
@@ -448,7 +479,10 @@ impl Content {
             body::Body::Edit(edit) => Some(edit.peer_account),
             body::Body::Delete(delete) => Some(delete.peer_account),
             body::Body::React(react) => Some(react.peer_account),
-            body::Body::Sync(_) | body::Body::Bootstrap(_) | body::Body::GroupKey(_) => None,
+            body::Body::Sync(_)
+            | body::Body::Bootstrap(_)
+            | body::Body::GroupKey(_)
+            | body::Body::GroupText(_) => None,
         }
     }
 
@@ -471,6 +505,11 @@ impl Content {
             None => Err(ClientError::Crypto("content of an unknown kind".into())),
             Some(body::Body::Text(text)) if text.body.len() > TEXT_BYTES_MAX => {
                 Err(ClientError::Crypto("text larger than its limit".into()))
+            }
+            Some(body::Body::GroupText(text))
+                if text.body.len() > TEXT_BYTES_MAX || text.group == 0 =>
+            {
+                Err(ClientError::Crypto("malformed group text".into()))
             }
             Some(body::Body::Read(read))
                 if read.client_message_ids.is_empty()

@@ -195,6 +195,9 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
     Send(String, String, bool, Reply<ClientMessageId>),
+    SendGroup(u64, String, Reply<ClientMessageId>),
+    LearnGroup(relay_proto::wire::GroupInfo, Reply<()>),
+    GroupHistory(u64, usize, Reply<Vec<Event>>),
     MarkRead(String, Reply<usize>),
     Change(String, String, Change, Reply<ClientMessageId>),
     HistorySnapshot(Reply<Vec<u8>>),
@@ -337,6 +340,29 @@ impl Device {
     /// an on-demand one for up to [`FLUSH_BUDGET_MS`] (then with the next send, flush or sync).
     pub async fn send(&self, peer: &str, text: &str) -> Result<ClientMessageId> {
         self.call(|reply| Command::Send(peer.into(), text.into(), true, reply))
+            .await
+    }
+
+    /// Sends a text to group `group`, encrypted once with this device's Megolm session for
+    /// the group (key shares first to member devices that lack its key). Stored before any
+    /// network attempt and reported pending ([`Event::GroupTick`]); the id is returned then,
+    /// and the device sends it as [`Device::send`] does. The membership comes from the
+    /// directory's answer, so a text for a group this account is not in fails
+    /// ([`Event::GroupFailed`]).
+    pub async fn send_group(&self, group: u64, text: &str) -> Result<ClientMessageId> {
+        self.call(|reply| Command::SendGroup(group, text.into(), reply))
+            .await
+    }
+
+    /// Records a group's membership as the directory answered it (see [`crate::groups`]).
+    pub(crate) async fn learn_group(&self, info: relay_proto::wire::GroupInfo) -> Result<()> {
+        self.call(|reply| Command::LearnGroup(info, reply)).await
+    }
+
+    /// The latest `limit` messages of group `group` on this device, oldest first, as
+    /// [`Event::GroupMessage`] entries (local only).
+    pub async fn group_history(&self, group: u64, limit: usize) -> Result<Vec<Event>> {
+        self.call(|reply| Command::GroupHistory(group, limit, reply))
             .await
     }
 
@@ -1067,6 +1093,20 @@ impl Actor {
                 self.pump(now).await;
                 let _ = reply.send(typed);
             }
+            Command::SendGroup(group, text, reply) => {
+                let typed = self.core.compose_group(group, &text, wall_ms, now);
+                if typed.is_ok() {
+                    self.core.open_flush_window(now + FLUSH_BUDGET_MS);
+                }
+                self.pump(now).await;
+                let _ = reply.send(typed);
+            }
+            Command::LearnGroup(info, reply) => {
+                let _ = reply.send(self.core.learn_group_info(&info));
+            }
+            Command::GroupHistory(group, limit, reply) => {
+                let _ = reply.send(self.core.group_history(group, limit));
+            }
             Command::Change(peer, message, change, reply) => {
                 let changed = self
                     .core
@@ -1405,6 +1445,18 @@ async fn perform_request(connection: &EdgeConnection, request: Request) -> Resul
             .map(Response::Queue),
         Request::Ack(queue_seqs) => connection.ack(queue_seqs).await.map(|()| Response::Acked),
         Request::ClaimKeys(account) => connection.claim_keys(account).await.map(Response::Keys),
+        Request::GroupInfo(group) => {
+            let command =
+                relay_proto::wire::group_command::Command::Get(relay_proto::wire::GroupRef {
+                    group,
+                });
+            match connection.group_command(command).await? {
+                crate::connection::GroupAnswer::Group(info) => Ok(Response::Group(info)),
+                crate::connection::GroupAnswer::Groups(_) => Err(ClientError::UnexpectedResponse(
+                    "a list of groups for one group".into(),
+                )),
+            }
+        }
         Request::LookupName(name) => connection.lookup_name(&name).await.map(Response::Account),
         Request::LookupAccount(account) => connection
             .lookup_account(account)

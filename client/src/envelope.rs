@@ -6,8 +6,12 @@
 //! a ratchet step the device never sees), devices no longer current are dropped, new ones get a
 //! fresh ciphertext.
 
-use relay_proto::wire::{DeviceCiphertext, Envelope};
-use relay_proto::{AccountId, DeviceAddress};
+use std::collections::BTreeSet;
+
+use relay_proto::wire::{
+    DeviceCiphertext, Envelope, EnvelopeKind, MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, GroupId};
 
 use crate::crypto::Crypto;
 use crate::error::{ClientError, Result};
@@ -84,6 +88,103 @@ pub fn assemble(
     Ok(envelope)
 }
 
+/// What a group envelope names besides its ciphertexts.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupHeader<'a> {
+    /// The group.
+    pub group: u64,
+    /// The membership version the envelope is encrypted for.
+    pub version: u64,
+    /// The sending Megolm session.
+    pub session_id: &'a str,
+    /// The chat sender_seq.
+    pub sender_seq: u64,
+    /// The envelope's id.
+    pub client_message_id: ClientMessageId,
+    /// The device's counter over all its envelopes.
+    pub device_seq: u64,
+}
+
+/// A group message from `me`: the Megolm ciphertext once, and an empty entry for each of
+/// `devices` (the group's current member devices but `me`), stating each holds the session.
+/// `members` are the group's members; this account is listed only when it has other devices.
+pub fn group_message(
+    me: DeviceAddress,
+    header: GroupHeader<'_>,
+    members: &[AccountId],
+    devices: &BTreeSet<DeviceAddress>,
+    group_ciphertext: Vec<u8>,
+) -> Result<Envelope> {
+    let own_devices = devices.iter().any(|device| device.account == me.account);
+    let envelope = Envelope {
+        chat: ChatId::group(GroupId(header.group)).0.to_vec(),
+        sender: me.into(),
+        client_message_id: header.client_message_id.0.to_vec(),
+        sender_seq: header.sender_seq,
+        recipient_accounts: members
+            .iter()
+            .filter(|account| **account != me.account || own_devices)
+            .map(|account| account.0)
+            .collect(),
+        ciphertexts: devices
+            .iter()
+            .filter(|device| **device != me)
+            .map(|device| DeviceCiphertext {
+                recipient: (*device).into(),
+                message_type: MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+                body: Vec::new(),
+            })
+            .collect(),
+        device_seq: header.device_seq,
+        group: header.group,
+        group_version: header.version,
+        kind: EnvelopeKind::Message as i32,
+        group_ciphertext,
+        group_session_id: header.session_id.to_owned(),
+    };
+    checked(envelope)
+}
+
+/// A key share from `me`: the Olm `ciphertexts` (each carrying the session key) for some of
+/// the group's member devices. It lists every member (`members`), not only those it carries
+/// keys for: it takes a number in the group's chat, so every region homing a member must
+/// store it, or the next envelope would find a gap there.
+pub fn key_share(
+    me: DeviceAddress,
+    header: GroupHeader<'_>,
+    members: &[AccountId],
+    ciphertexts: Vec<DeviceCiphertext>,
+) -> Result<Envelope> {
+    let mut accounts: BTreeSet<u64> = members.iter().map(|account| account.0).collect();
+    accounts.extend(
+        ciphertexts
+            .iter()
+            .map(|ciphertext| ciphertext.recipient.account),
+    );
+    let envelope = Envelope {
+        chat: ChatId::group(GroupId(header.group)).0.to_vec(),
+        sender: me.into(),
+        client_message_id: header.client_message_id.0.to_vec(),
+        sender_seq: header.sender_seq,
+        recipient_accounts: accounts.into_iter().collect(),
+        ciphertexts,
+        device_seq: header.device_seq,
+        group: header.group,
+        group_version: header.version,
+        kind: EnvelopeKind::GroupKeyShare as i32,
+        group_ciphertext: Vec::new(),
+        group_session_id: header.session_id.to_owned(),
+    };
+    checked(envelope)
+}
+
+fn checked(envelope: Envelope) -> Result<Envelope> {
+    envelope
+        .parse()
+        .map_err(|error| ClientError::Invalid(format!("envelope: {}", error.message)))?;
+    Ok(envelope)
+}
+
 /// The accounts an envelope of a 1:1 chat must cover: the peer and this account (whose other
 /// devices are recipients too; with none, it is covered by zero ciphertexts). In the account's
 /// chat with itself (sync messages between its devices), the account alone.
@@ -97,7 +198,7 @@ pub fn recipient_accounts(peer: AccountId, own: AccountId) -> Vec<AccountId> {
 
 #[cfg(test)]
 mod tests {
-    use relay_proto::{ChatId, ClientMessageId, DeviceId};
+    use relay_proto::DeviceId;
 
     use super::*;
     use crate::content::Content;
@@ -141,6 +242,7 @@ mod tests {
             peer: AccountId(2),
             content: content.clone(),
             envelope: None,
+            group: 0,
         };
 
         let first = assemble(

@@ -319,6 +319,53 @@ pub enum Event {
         /// Whether it is an admin.
         admin: bool,
     },
+    /// A message to a group arrived (or, with `direction` `out`, one sent by another own
+    /// device; `relay group history` lists stored ones the same way).
+    GroupMessage {
+        /// The group's id.
+        group: u64,
+        /// The message id (32 hex digits).
+        id: String,
+        /// The sender's account name.
+        from: String,
+        /// `in`, or `out` for a copy sent by this account.
+        direction: Direction,
+        /// The sending device (`account/device`).
+        sender_device: String,
+        /// The home region's chat sequence (0 while a sent message waits for it).
+        chat_seq: u64,
+        /// When the region committed it (ms since the Unix epoch; 0 while pending).
+        time_ms: u64,
+        /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
+        sent_at_ms: u64,
+        /// The text (empty when it could not be decrypted; see `undecryptable`).
+        text: String,
+        /// Why it could not be decrypted, when it could not.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        undecryptable: Option<String>,
+        /// A sent message's tick (absent for received ones).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tick: Option<Tick>,
+    },
+    /// A group message sent from this device moved its tick: `pending`, `sent`, or
+    /// `delivered` once every member device it was sent to has it.
+    GroupTick {
+        /// The group's id.
+        group: u64,
+        /// The message id (32 hex digits).
+        id: String,
+        /// The new state.
+        tick: Tick,
+    },
+    /// A group message was given up (the relay refused it for good).
+    GroupFailed {
+        /// The group's id.
+        group: u64,
+        /// The message id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// This account left a group (or was not in it).
     GroupLeft {
         /// The group's id.

@@ -89,6 +89,54 @@ pub async fn send(
         }
     };
     let id = events.drive(device.send(peer, text), &mut shown).await?;
+    follow(device, events, id, wait, stop, sink).await
+}
+
+/// Sends a text to group `group` as [`send`] sends one to a peer: without `wait`, returns once
+/// it is sent (✓) or reports it still pending; with `wait`, follows its ticks (✓✓ once every
+/// member device it went to has it) until `wait.until`.
+pub async fn send_group(
+    device: &Device,
+    events: &mut Events,
+    group: u64,
+    text: &str,
+    wait: Option<Wait>,
+    stop: impl Future<Output = ()>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<ClientMessageId> {
+    let mut shown = |event: Event| match (event, wait) {
+        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
+        (event, None) => sink(event),
+        (event, Some(_)) => {
+            if let Some(event) = connection_note(event, false) {
+                sink(event);
+            }
+        }
+    };
+    let id = events
+        .drive(device.send_group(group, text), &mut shown)
+        .await?;
+    follow(device, events, id, wait, stop, sink).await
+}
+
+/// After a send: flushes and reports, or follows the message's ticks (see [`send`]).
+async fn follow(
+    device: &Device,
+    events: &mut Events,
+    id: ClientMessageId,
+    wait: Option<Wait>,
+    stop: impl Future<Output = ()>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<ClientMessageId> {
+    let mut shown = |event: Event| match (event, wait) {
+        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
+        (event, None) => sink(event),
+        (event, Some(_)) => {
+            if let Some(event) = connection_note(event, false) {
+                sink(event);
+            }
+        }
+    };
     let Some(wait) = wait else {
         let flushed = events
             .drive(
@@ -114,7 +162,7 @@ pub async fn send(
                 // What the device reported before it answered (the tick itself, if this
                 // device saw it move) is shown before the command ends.
                 while let Some(event) = events.try_next() {
-                    if !matches!(&event, Event::Tick { id, .. } if *id != own) {
+                    if !is_other_tick(&event, &own) {
                         shown(event);
                     }
                 }
@@ -148,7 +196,7 @@ pub async fn send(
         tokio::select! {
             event = events.next() => match event {
                 // Only this message's ticks: the others are not what the person waits for.
-                Some(Event::Tick { id, .. }) if id != own => {}
+                Some(event) if is_other_tick(&event, &own) => {}
                 Some(event) => shown(event),
                 None => return Err(device.rolled_back().await.err().unwrap_or(ClientError::Closed)),
             },
@@ -156,6 +204,24 @@ pub async fn send(
             () = &mut stop => return Err(ClientError::Interrupted),
         }
     }
+}
+
+/// Whether `event` is the tick of another message than `own`.
+fn is_other_tick(event: &Event, own: &str) -> bool {
+    matches!(event, Event::Tick { id, .. } | Event::GroupTick { id, .. } if id != own)
+}
+
+/// The latest `limit` messages of group `group` on this device, oldest first.
+pub async fn group_history(
+    device: &Device,
+    group: u64,
+    limit: usize,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    for event in device.group_history(group, limit).await? {
+        sink(event);
+    }
+    Ok(())
 }
 
 /// Flushes the outbox, fetches and acknowledges everything queued, then reports what is still
@@ -166,8 +232,10 @@ pub async fn sync(device: &Device, events: &mut Events, sink: &mut dyn FnMut(Eve
     events
         .drive(device.sync(), &mut |event| {
             match &event {
-                Event::Message { .. } | Event::Undecryptable { .. } => received += 1,
-                Event::Tick { .. } => ticks += 1,
+                Event::Message { .. }
+                | Event::GroupMessage { .. }
+                | Event::Undecryptable { .. } => received += 1,
+                Event::Tick { .. } | Event::GroupTick { .. } => ticks += 1,
                 // A first connection that finds no edge ends the sync with that error.
                 Event::Disconnected {
                     unreachable: true, ..

@@ -10,8 +10,8 @@
 //! refusal a retry cannot change (not an admin, an unknown group or name, a full group) is
 //! returned at once as [`ClientError::Remote`] with its typed code.
 //!
-//! Group messages (Megolm, [`crate::group_keys`]) come in a later step; this is the membership
-//! they will be encrypted for.
+//! Every answer that names the members is recorded as the device's view of the group (see
+//! [`crate::store::group_chat`]), which group messages are encrypted for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -175,6 +175,11 @@ impl Device {
                 ));
             }
         };
+        // The membership as the directory answered it is what the next group message is
+        // encrypted for: an admin who removed a member rotates before their next message.
+        if info.version > 0 && !info.members.is_empty() {
+            self.learn_group(info.clone()).await?;
+        }
         let connection = self.group_connection().await?;
         let accounts: Vec<AccountId> = info
             .members

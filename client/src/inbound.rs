@@ -9,11 +9,15 @@ use relay_proto::wire::{QueueEntry, QueuedMessage, QueuedReceipt, ReceiptState, 
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 use relay_sync::Hlc;
 
+use prost::Message as _;
+
 use crate::blob::BlobRef;
 use crate::content::{Change, Content, body};
 use crate::crypto::Crypto;
-use crate::error::Result;
-use crate::store::{NewMessage, RecipientState, Tick, Writer};
+use crate::error::{ClientError, Result};
+use crate::group_keys::{GroupKeyError, GroupKeys};
+use crate::limits::GROUP_WAITING_MESSAGES_MAX;
+use crate::store::{NewGroupMessage, NewMessage, RecipientState, Tick, Writer};
 
 /// What processing a queue page produced, for reporting after the commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,35 @@ pub enum Inbound {
         sent_at_ms: u64,
         /// The text.
         text: String,
+    },
+    /// A text message to a group, from another member or another own device.
+    GroupMessage {
+        /// The group.
+        group: u64,
+        /// The message id.
+        id: ClientMessageId,
+        /// The sending device.
+        sender: DeviceAddress,
+        /// Whether this account sent it (another own device).
+        outgoing: bool,
+        /// The home region's chat sequence.
+        chat_seq: u64,
+        /// The region's commit time.
+        time_ms: u64,
+        /// The sender's clock.
+        sent_at_ms: u64,
+        /// The text.
+        text: String,
+    },
+    /// A group message sent from this device moved its tick (delivered: every member device
+    /// it was sent to has it).
+    GroupTick {
+        /// The group.
+        group: u64,
+        /// The message id.
+        id: ClientMessageId,
+        /// The new tick.
+        tick: Tick,
     },
     /// A message that could not be decrypted.
     Undecryptable {
@@ -122,6 +155,8 @@ pub fn process_entries(
     let mut reports = Vec::new();
     let mut expected = cursor + 1;
     let mut seqs = Vec::with_capacity(entries.len());
+    // The group sessions are read only for a page that holds a group message.
+    let mut keys: Option<GroupKeys> = None;
     for entry in entries {
         if entry.queue_seq > expected {
             reports.push(Inbound::Warning(format!(
@@ -135,6 +170,21 @@ pub fn process_entries(
         expected = expected.max(entry.queue_seq + 1);
         seqs.push(entry.queue_seq);
         match &entry.item {
+            Some(queue_entry::Item::Message(message)) if message.group != 0 => {
+                let keys = match &mut keys {
+                    Some(keys) => keys,
+                    None => keys.insert(writer.load_group_keys(me)?),
+                };
+                let mut group = GroupInbound {
+                    writer,
+                    crypto,
+                    keys,
+                    me,
+                    now_ms,
+                    reports: &mut reports,
+                };
+                group.process(message, false)?;
+            }
             Some(queue_entry::Item::Message(message)) => {
                 process_message(writer, crypto, me, message, now_ms, &mut reports)?;
             }
@@ -147,8 +197,227 @@ pub fn process_entries(
             ))),
         }
     }
+    if let Some(keys) = &mut keys {
+        writer.save_group_keys(&keys.take_changes().map_err(ClientError::from)?)?;
+    }
     writer.processed_queue_entries(&seqs)?;
     Ok(reports)
+}
+
+/// One page's group messages: key shares accepted into the device's group sessions, group
+/// messages decrypted with them, and messages whose key has not arrived kept until it does.
+struct GroupInbound<'a, 'w> {
+    writer: &'a Writer<'w>,
+    crypto: &'a mut Crypto,
+    keys: &'a mut GroupKeys,
+    me: DeviceAddress,
+    now_ms: u64,
+    reports: &'a mut Vec<Inbound>,
+}
+
+impl GroupInbound<'_, '_> {
+    /// Processes a group envelope's entry for this device; `again` when it comes back from
+    /// waiting for its key (it was deduplicated when it first arrived).
+    fn process(&mut self, message: &QueuedMessage, again: bool) -> Result<()> {
+        let (Ok(sender), Ok(id)) = (
+            message.sender.parse(),
+            ClientMessageId::from_bytes(&message.client_message_id),
+        ) else {
+            self.reports.push(Inbound::Warning(
+                "a queued group message with a malformed sender or id".into(),
+            ));
+            return Ok(());
+        };
+        if !again && !self.writer.mark_seen(sender, id, self.now_ms)? {
+            return Ok(()); // A redelivery of something already processed.
+        }
+        let group = message.group;
+        if ChatId::from_bytes(&message.chat).ok()
+            != Some(ChatId::group(relay_proto::GroupId(group)))
+        {
+            let reason = "a group message outside its group's chat";
+            return self.undecryptable(message, sender, id, reason);
+        }
+        match relay_proto::wire::EnvelopeKind::try_from(message.kind) {
+            Ok(relay_proto::wire::EnvelopeKind::GroupKeyShare) => {
+                self.key_share(message, sender, id)
+            }
+            Ok(relay_proto::wire::EnvelopeKind::Message) => self.group_text(message, sender, id),
+            Err(_) => {
+                self.reports.push(Inbound::Warning(format!(
+                    "group envelope {id} from device {sender} is of a kind this build does not \
+                     know (a newer Relay sent it); skipped"
+                )));
+                Ok(())
+            }
+        }
+    }
+
+    /// A key share: the Olm body carries the sender's session key, which decrypts the messages
+    /// that waited for it.
+    fn key_share(
+        &mut self,
+        message: &QueuedMessage,
+        sender: DeviceAddress,
+        id: ClientMessageId,
+    ) -> Result<()> {
+        let expected_identity = self.writer.identity_key(sender)?;
+        let decrypted = match self.crypto.decrypt(
+            sender,
+            expected_identity,
+            message.message_type,
+            &message.ciphertext,
+        ) {
+            Ok(decrypted) => decrypted,
+            Err(error) => {
+                self.reports.push(Inbound::Warning(format!(
+                    "a key of group {} from device {sender} did not decrypt: {error}",
+                    message.group
+                )));
+                return Ok(());
+            }
+        };
+        if let (None, Some(identity_key)) = (expected_identity, decrypted.identity_key) {
+            self.writer.trust_device(sender, &identity_key, true)?;
+        }
+        let key = match Content::from_bytes(&decrypted.plaintext).map(|content| content.body) {
+            Ok(Some(body::Body::GroupKey(key)))
+                if key.group == message.group && key.session_id == message.group_session_id =>
+            {
+                key
+            }
+            _ => {
+                self.reports.push(Inbound::Warning(format!(
+                    "key share {id} from device {sender} does not carry the key of its group's \
+                     session"
+                )));
+                return Ok(());
+            }
+        };
+        if let Err(error) = self.keys.accept_key(sender, &key) {
+            self.reports.push(Inbound::Warning(format!(
+                "a key of group {} from device {sender} was refused: {error}",
+                key.group
+            )));
+            return Ok(());
+        }
+        for bytes in self.writer.take_group_waiting(&key.session_id)? {
+            match QueuedMessage::decode(bytes.as_slice()) {
+                Ok(waiting) => self.process(&waiting, true)?,
+                Err(error) => {
+                    return Err(ClientError::Corrupt(format!(
+                        "a stored group message waiting for its key: {error}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A group message: decrypted with the sender's session, or kept until its key arrives.
+    fn group_text(
+        &mut self,
+        message: &QueuedMessage,
+        sender: DeviceAddress,
+        id: ClientMessageId,
+    ) -> Result<()> {
+        let group = message.group;
+        let plaintext = match self.keys.decrypt(
+            group,
+            sender,
+            &message.group_session_id,
+            &message.group_ciphertext,
+        ) {
+            Ok(decrypted) => decrypted.plaintext,
+            Err(GroupKeyError::UnknownSession { .. }) => {
+                let (_, evicted) = self.writer.add_group_waiting(
+                    sender,
+                    id,
+                    &message.group_session_id,
+                    &message.encode_to_vec(),
+                    self.now_ms,
+                    GROUP_WAITING_MESSAGES_MAX,
+                )?;
+                if let Some(bytes) = evicted
+                    && let Ok(oldest) = QueuedMessage::decode(bytes.as_slice())
+                    && let (Ok(sender), Ok(id)) = (
+                        oldest.sender.parse(),
+                        ClientMessageId::from_bytes(&oldest.client_message_id),
+                    )
+                {
+                    let reason = format!(
+                        "its session's key never arrived while {GROUP_WAITING_MESSAGES_MAX} \
+                         newer group messages waited"
+                    );
+                    self.undecryptable(&oldest, sender, id, &reason)?;
+                }
+                return Ok(());
+            }
+            Err(error) => return self.undecryptable(message, sender, id, &error.to_string()),
+        };
+        let text = match Content::from_bytes(&plaintext).map(|content| content.body) {
+            Ok(Some(body::Body::GroupText(text))) if text.group == group => text,
+            Ok(_) => {
+                let reason = "a group message that is not a text of its group";
+                return self.undecryptable(message, sender, id, reason);
+            }
+            Err(error) => return self.undecryptable(message, sender, id, &error.to_string()),
+        };
+        let outgoing = sender.account == self.me.account;
+        self.writer.insert_group_message(&NewGroupMessage {
+            group,
+            outgoing,
+            sender,
+            client_message_id: id,
+            sender_seq: Some(message.sender_seq),
+            chat_seq: Some(message.chat_seq),
+            text: Some(&text.body),
+            sent_at_ms: text.sent_at_ms,
+            server_time_ms: Some(message.server_time_ms),
+            tick: Tick::Sent,
+            undecryptable: None,
+        })?;
+        self.reports.push(Inbound::GroupMessage {
+            group,
+            id,
+            sender,
+            outgoing,
+            chat_seq: message.chat_seq,
+            time_ms: message.server_time_ms,
+            sent_at_ms: text.sent_at_ms,
+            text: text.body,
+        });
+        Ok(())
+    }
+
+    fn undecryptable(
+        &mut self,
+        message: &QueuedMessage,
+        sender: DeviceAddress,
+        id: ClientMessageId,
+        reason: &str,
+    ) -> Result<()> {
+        self.writer.insert_group_message(&NewGroupMessage {
+            group: message.group,
+            outgoing: sender.account == self.me.account,
+            sender,
+            client_message_id: id,
+            sender_seq: Some(message.sender_seq),
+            chat_seq: Some(message.chat_seq),
+            text: None,
+            sent_at_ms: message.server_time_ms,
+            server_time_ms: Some(message.server_time_ms),
+            tick: Tick::Sent,
+            undecryptable: Some(reason),
+        })?;
+        self.reports.push(Inbound::Undecryptable {
+            id,
+            sender,
+            time_ms: message.server_time_ms,
+            reason: reason.into(),
+        });
+        Ok(())
+    }
 }
 
 fn process_message(
@@ -242,15 +511,11 @@ fn process_message(
         }
         return Ok(());
     }
-    if let body::Body::GroupKey(key) = &body {
-        // Groups are not wired into the device yet: a key is skipped (its Olm state commits
-        // with the page), as a content of a newer kind would be.
-        reports.push(Inbound::Warning(format!(
-            "message {id} from device {sender} carries a key of group {}, which this build \
-             does not use yet; skipped",
-            key.group
-        )));
-        return Ok(());
+    if matches!(body, body::Body::GroupKey(_) | body::Body::GroupText(_)) {
+        // Group contents travel in group envelopes only (a key in a key share, a text in a
+        // Megolm message); in a 1:1 envelope they are a sender's mistake or a replay.
+        let reason = "a group content in a 1:1 envelope";
+        return record_undecryptable(writer, me, message, sender, id, reason, reports);
     }
     if let body::Body::Sync(sync) = body {
         // Only from another own device, in the account's chat with itself; a copy for another
@@ -353,7 +618,10 @@ fn process_message(
                 Change::React(react.reaction),
             );
         }
-        body::Body::Sync(_) | body::Body::Bootstrap(_) | body::Body::GroupKey(_) => {} // above
+        body::Body::Sync(_)
+        | body::Body::Bootstrap(_)
+        | body::Body::GroupKey(_)
+        | body::Body::GroupText(_) => {} // above
         body::Body::Read(read) => {
             let ids: Vec<ClientMessageId> = read
                 .client_message_ids
@@ -461,10 +729,6 @@ fn process_receipt(
         ));
         return Ok(());
     };
-    // Receipts for envelopes without a message row (read receipts) need no record.
-    let Some(peer) = writer.message_peer(sender, id)? else {
-        return Ok(());
-    };
     let state = match ReceiptState::try_from(receipt.state) {
         Ok(ReceiptState::Delivered) => RecipientState::Delivered,
         Ok(ReceiptState::Expired) => RecipientState::Expired,
@@ -475,6 +739,26 @@ fn process_receipt(
             )));
             return Ok(());
         }
+    };
+    if sender == me
+        && let Some(message) = writer.group_message(sender, id)?
+    {
+        let moved = writer.record_group_receipt(me, id, recipient, state, receipt.at_ms)?;
+        if moved
+            && writer.group_delivered_to_all(me, id)?
+            && writer.advance_group_tick(me, id, Tick::Delivered)?
+        {
+            reports.push(Inbound::GroupTick {
+                group: message.group,
+                id,
+                tick: Tick::Delivered,
+            });
+        }
+        return Ok(());
+    }
+    // Receipts for envelopes without a message row (read receipts, key shares) need no record.
+    let Some(peer) = writer.message_peer(sender, id)? else {
+        return Ok(());
     };
     let moved = writer.record_receipt(sender, id, recipient, state, receipt.at_ms, me)?;
     if !moved || recipient.account != peer {
@@ -791,6 +1075,181 @@ mod tests {
             (tick(&alice, first), tick(&alice, second)),
             (Tick::Delivered, Tick::Read)
         );
+    }
+
+    /// A group entry for `to`'s device: a message (`kind` 0) with a group ciphertext, or a
+    /// key share (1) with an Olm body.
+    #[allow(clippy::too_many_arguments)]
+    fn group_entry(
+        queue_seq: u64,
+        from: DeviceAddress,
+        group: u64,
+        id: u8,
+        kind: relay_proto::wire::EnvelopeKind,
+        session_id: &str,
+        message_type: u32,
+        ciphertext: Vec<u8>,
+        group_ciphertext: Vec<u8>,
+    ) -> QueueEntry {
+        QueueEntry {
+            queue_seq,
+            item: Some(queue_entry::Item::Message(QueuedMessage {
+                chat: ChatId::group(relay_proto::GroupId(group)).0.to_vec(),
+                chat_seq: queue_seq,
+                sender: DeviceAddr::from(from),
+                client_message_id: vec![id; 16],
+                sender_seq: queue_seq,
+                server_time_ms: 1_000 + queue_seq,
+                message_type,
+                ciphertext,
+                group,
+                kind: kind as i32,
+                group_ciphertext,
+                group_session_id: session_id.to_owned(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_group_message_waits_for_its_key_and_bad_group_input_is_recorded_not_fatal() {
+        use crate::group_keys::GroupKeys;
+        use relay_proto::wire::EnvelopeKind;
+        let alice_device = device(1, 1);
+        let mut bob = side(device(2, 1));
+        bob.crypto.generate_one_time_keys(1);
+        let key = bob.crypto.unpublished_one_time_keys().remove(0);
+        let mut alice = side(alice_device);
+        alice
+            .crypto
+            .create_outbound_session(bob.me, &bob.crypto.identity_key(), &key.public_key)
+            .expect("session");
+        let mut keys = GroupKeys::new(alice_device);
+        let members: std::collections::BTreeSet<DeviceAddress> = [bob.me].into();
+        let plan = keys.prepare_send(9, &members, 10);
+        keys.mark_shared(9, &plan.session_id, &plan.devices)
+            .expect("shared");
+        let text = Content::group_text(9, "hi group", 10)
+            .expect("text")
+            .to_bytes();
+        let sealed = keys.encrypt(9, &members, 10, &text).expect("encrypt");
+        let share = Content::group_key(plan.key.clone()).to_bytes();
+        let (olm_type, olm_body) = alice.crypto.encrypt(bob.me, &share).expect("olm");
+
+        // The message first: it waits, nothing is reported, it is acknowledged.
+        let message = group_entry(
+            1,
+            alice_device,
+            9,
+            1,
+            EnvelopeKind::Message,
+            &sealed.session_id,
+            2,
+            Vec::new(),
+            sealed.bytes.clone(),
+        );
+        assert!(process(&mut bob, std::slice::from_ref(&message)).is_empty());
+        assert_eq!(bob.store.group_waiting_count().expect("count"), 1);
+        assert_eq!(bob.store.pending_acks().expect("acks"), vec![1]);
+        // Then its key: the waiting message is decrypted.
+        let key_share = group_entry(
+            2,
+            alice_device,
+            9,
+            2,
+            EnvelopeKind::GroupKeyShare,
+            &sealed.session_id,
+            olm_type,
+            olm_body,
+            Vec::new(),
+        );
+        let reports = process(&mut bob, &[key_share]);
+        assert!(
+            matches!(&reports[..], [Inbound::GroupMessage { group: 9, text, .. }] if text == "hi group"),
+            "{reports:?}"
+        );
+        assert_eq!(bob.store.group_waiting_count().expect("count"), 0);
+        // Redelivered: nothing again.
+        let again = QueueEntry {
+            queue_seq: 3,
+            ..message
+        };
+        assert!(process(&mut bob, &[again]).is_empty());
+
+        // Garbage of every kind: recorded or warned about, never fatal, always acknowledged.
+        let garbage = [
+            // Not a Megolm message, under the held session.
+            group_entry(
+                4,
+                alice_device,
+                9,
+                4,
+                EnvelopeKind::Message,
+                &sealed.session_id,
+                2,
+                Vec::new(),
+                vec![7; 40],
+            ),
+            // Another group's chat.
+            QueueEntry {
+                queue_seq: 5,
+                item: match group_entry(
+                    5,
+                    alice_device,
+                    9,
+                    5,
+                    EnvelopeKind::Message,
+                    &sealed.session_id,
+                    2,
+                    Vec::new(),
+                    sealed.bytes.clone(),
+                )
+                .item
+                {
+                    Some(queue_entry::Item::Message(mut m)) => {
+                        m.chat = ChatId::group(relay_proto::GroupId(10)).0.to_vec();
+                        Some(queue_entry::Item::Message(m))
+                    }
+                    other => other,
+                },
+            },
+            // A key share whose Olm body is noise.
+            group_entry(
+                6,
+                alice_device,
+                9,
+                6,
+                EnvelopeKind::GroupKeyShare,
+                "s",
+                1,
+                vec![1, 2, 3],
+                Vec::new(),
+            ),
+            // The session claimed by another device.
+            group_entry(
+                7,
+                device(3, 1),
+                9,
+                7,
+                EnvelopeKind::Message,
+                &sealed.session_id,
+                2,
+                Vec::new(),
+                sealed.bytes.clone(),
+            ),
+        ];
+        let reports = process(&mut bob, &garbage);
+        let undecryptable = reports
+            .iter()
+            .filter(|report| matches!(report, Inbound::Undecryptable { .. }))
+            .count();
+        let warnings = reports
+            .iter()
+            .filter(|report| matches!(report, Inbound::Warning(_)))
+            .count();
+        assert_eq!((undecryptable, warnings), (3, 1), "{reports:?}");
+        assert_eq!(bob.store.queue_cursor().expect("cursor"), 7);
+        let history = bob.store.group_history(9, 10).expect("history");
+        assert_eq!(history[0].text.as_deref(), Some("hi group"));
     }
 
     #[test]

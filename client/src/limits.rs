@@ -137,6 +137,26 @@ pub const GROUP_SESSION_AGE_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// Sessions kept per (group, sending device) from other devices; a newer one makes the device
 /// forget the one it received first.
 pub const GROUP_INBOUND_SESSIONS_PER_SENDER_MAX: usize = 1_000;
+/// Group texts of one group numbered into the outbox and not confirmed yet; the next waits.
+/// Numbering late lets the key shares a new session needs take the numbers before its first
+/// message, and bounds the messages a rebuilt envelope's shares arrive after (see
+/// `core::group_send`).
+pub const GROUP_TEXTS_AHEAD_MAX: usize = 64;
+/// Member devices one key share envelope carries the session key to (an Olm pre-key message
+/// each, under 600 bytes): more go in further key shares.
+pub const GROUP_KEY_SHARE_DEVICES_MAX: usize = 512;
+/// Group messages a device keeps while their session's key has not arrived; past it the one
+/// waiting longest is recorded undecryptable.
+pub const GROUP_WAITING_MESSAGES_MAX: u64 = 20_000;
+const _: () = assert!(GROUP_TEXTS_AHEAD_MAX >= 1 && GROUP_TEXTS_AHEAD_MAX <= PIPELINE_WINDOW * 4);
+const _: () = assert!(
+    GROUP_WAITING_MESSAGES_MAX >= 64 * GROUP_TEXTS_AHEAD_MAX as u64,
+    "room for 64 senders' texts numbered ahead of a rebuilt envelope's key share"
+);
+const _: () = assert!(
+    GROUP_KEY_SHARE_DEVICES_MAX * 640 <= relay_proto::limits::ENVELOPE_BYTES_MAX,
+    "a full key share fits one envelope"
+);
 /// Entries a region's queue holds for one device at most (`fdb-layers`'
 /// `DEVICE_QUEUE_DEPTH_MAX`; the client does not depend on the storage layers).
 const REGION_DEVICE_QUEUE_DEPTH_MAX: u64 = 100_000;

@@ -48,8 +48,9 @@ pub const QUARANTINE_LOAD_DEVICES_PER_TRANSACTION: usize = 256;
 
 // Key claims.
 
-/// Claims one claimer may make in a burst.
-pub const CLAIMS_BURST_PER_CLAIMER: u32 = 20;
+/// Claims one claimer may make in a burst: a whole group's members, which a member's first
+/// message to a full group claims at once.
+pub const CLAIMS_BURST_PER_CLAIMER: u32 = relay_proto::limits::GROUP_MEMBERS_MAX as u32;
 
 /// Time for one claim to be allowed again after the burst is spent, in ms (20 a minute
 /// sustained).
@@ -159,11 +160,13 @@ const _: () = assert!(QUARANTINE_LOAD_DEVICES_PER_TRANSACTION <= LAYER_READ_ENTR
 const _: () = assert!(HOME_TALLY_ACCOUNTS_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(CHECK_ENTRIES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(CHECK_DEVICES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
-// Claims: a bucket holds at least one claim; a full refill takes at most two minutes, long
-// enough to matter to a bulk claimer, short enough that a restart forgetting the buckets
-// changes little.
-const _: () = assert!(CLAIMS_BURST_PER_CLAIMER >= 1 && CLAIM_REFILL_INTERVAL_MS >= 1);
-const _: () = assert!(CLAIMS_BURST_PER_CLAIMER as u64 * CLAIM_REFILL_INTERVAL_MS <= 120_000);
+// Claims: a bucket holds a full group's claims (a member's first message to it); after that
+// a claimer gets 20 a minute, and a full refill takes at most an hour, so a bulk claimer
+// drains one group's worth of one-time keys an hour (a restart forgetting the buckets gives it
+// one more).
+const _: () = assert!(CLAIMS_BURST_PER_CLAIMER as usize >= relay_proto::limits::GROUP_MEMBERS_MAX);
+const _: () = assert!(CLAIM_REFILL_INTERVAL_MS >= 1);
+const _: () = assert!(CLAIMS_BURST_PER_CLAIMER as u64 * CLAIM_REFILL_INTERVAL_MS <= 3_600_000);
 const _: () = assert!(CLAIMERS_TRACKED_MAX >= 1);
 // A refresh in flight is one request to the writer; at least one may run.
 const _: () = assert!(ACCOUNT_REFRESHES_IN_FLIGHT_MAX >= 1 && ACCOUNT_REFRESHES_TRACKED_MAX >= 1);

@@ -225,6 +225,29 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
     },
+    /// Send TEXT to group GROUP (a member's) and print the message id with its tick.
+    ///
+    /// The text is encrypted once with this device's Megolm session for the group; member
+    /// devices that do not hold the session's key get it first, each over Olm. The first
+    /// message to a group asks the directory for its members and claims their devices' keys.
+    /// Prints `ID → group GROUP: pending`, then `sent ✓` once every region homing a member
+    /// stored it; with --wait (implied by --until or --timeout), follows it until --until
+    /// (`delivered`: every member device it went to has it) or exits 3 after --timeout.
+    SendGroup {
+        /// The group id (`relay groups` lists yours).
+        group: u64,
+        /// The text; `-` reads it from standard input (at most 32 KiB of UTF-8).
+        text: String,
+        /// Wait for a tick (see --until) instead of exiting after ✓.
+        #[arg(long)]
+        wait: bool,
+        /// The tick to wait for (default delivered; a group has no read tick yet).
+        #[arg(long, value_enum, value_name = "TICK")]
+        until: Option<Until>,
+        /// How long to wait, in seconds (default 60).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
     /// Send what waits in the outbox, then fetch, print and acknowledge everything queued.
     ///
     /// Acknowledging makes the server send a delivered receipt (✓✓) to each sender. Ends with a
@@ -440,6 +463,15 @@ pub enum GroupCommand {
     Info {
         /// The group id.
         group: u64,
+    },
+    /// Print GROUP's messages on this device, oldest first (local only: `relay sync` first
+    /// fetches what is queued).
+    History {
+        /// The group id.
+        group: u64,
+        /// At most this many of the latest messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
 }
 
@@ -858,6 +890,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::SendGroup {
+            group,
+            text,
+            wait,
+            until,
+            timeout,
+        } => {
+            let wait = if wait || until.is_some() || timeout.is_some() {
+                let until = Tick::from(until.unwrap_or(Until::Delivered));
+                if until == Tick::Read {
+                    return Err(relay_client::ClientError::Invalid(
+                        "a group message has no read tick yet; wait --until delivered".into(),
+                    )
+                    .into());
+                }
+                Some(Wait {
+                    until,
+                    timeout: positive_seconds(timeout.unwrap_or(60.0))?,
+                })
+            } else {
+                None
+            };
+            let text = if text == "-" {
+                read_text(std::io::stdin().lock())?
+            } else {
+                text
+            };
+            let mode = if wait.is_some() {
+                Mode::Live
+            } else {
+                Mode::OnDemand
+            };
+            let (device, mut events) = open(&data, overrides, mode)?;
+            let sent = flows::send_group(
+                &device,
+                &mut events,
+                group,
+                &text,
+                wait,
+                ctrl_c(),
+                &mut print,
+            )
+            .await;
+            let closed = device.close().await;
+            sent?;
+            closed?;
+        }
+        Command::Group(GroupCommand::History { group, limit }) => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let done = flows::group_history(&device, group, limit, &mut print).await;
+            let closed = device.close().await;
+            done?;
+            closed?;
+        }
         Command::Group(command) => {
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
             let done = group(&device, &command, &mut print).await;
@@ -1023,6 +1109,11 @@ async fn group(
             admin: !off,
         },
         GroupCommand::Info { group } => GroupRequest::Info { group: *group },
+        GroupCommand::History { .. } => {
+            return Err(relay_client::ClientError::Invalid(
+                "group history is local; it has no directory request".into(),
+            ));
+        }
     };
     flows::group(device, request, print).await
 }
@@ -1114,6 +1205,35 @@ fn unescaped_line(event: &Event) -> String {
             format!("{id} → {peer}: not delivered to device {device} (expired)")
         }
         Event::Failed { id, peer, reason } => format!("{id} → {peer}: failed ({reason})"),
+        Event::GroupMessage {
+            group,
+            from,
+            time_ms,
+            text,
+            undecryptable,
+            tick,
+            ..
+        } => {
+            let when = if *time_ms == 0 {
+                "pending".to_owned()
+            } else {
+                format_time_ms(*time_ms)
+            };
+            let body = match undecryptable {
+                Some(reason) => format!("⚠ undecryptable ({reason})"),
+                None => text.clone(),
+            };
+            let tick = tick
+                .map(|tick| format!("  {}", tick.label()))
+                .unwrap_or_default();
+            format!("[{when}] group {group} · {from}: {body}{tick}")
+        }
+        Event::GroupTick { group, id, tick } => {
+            format!("{id} → group {group}: {}", tick.label())
+        }
+        Event::GroupFailed { group, id, reason } => {
+            format!("{id} → group {group}: failed ({reason})")
+        }
         Event::StillPending { id, peer, reason } => {
             format!(
                 "{id} → {peer}: still pending ({reason}); the outbox retries it on the next relay command"

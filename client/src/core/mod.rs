@@ -21,6 +21,7 @@
 
 mod bootstrap;
 mod changes;
+mod group_send;
 mod incoming;
 mod outgoing;
 #[cfg(test)]
@@ -114,6 +115,8 @@ pub enum Request {
     LookupName(String),
     /// Resolve an account to its name.
     LookupAccount(AccountId),
+    /// Read a group's membership (this account must be a member).
+    GroupInfo(u64),
     /// Upload one-time keys and maybe a new signed fallback key.
     UploadKeys {
         /// One-time keys.
@@ -138,6 +141,8 @@ pub enum Response {
     Account(AccountInfo),
     /// To [`Request::UploadKeys`].
     KeysUploaded(OneTimeKeyCount),
+    /// To [`Request::GroupInfo`].
+    Group(relay_proto::wire::GroupInfo),
 }
 
 /// Where a message of this device stands, as the store says (another process on the same data
@@ -186,6 +191,7 @@ fn enqueue(
             peer,
             content,
             envelope: None,
+            group: 0,
         },
         wall_ms,
     )?;
@@ -254,6 +260,7 @@ enum Purpose {
     Claim(AccountId),
     LookupName(String),
     LookupAccount(AccountId),
+    GroupInfo(u64),
     UploadKeys,
 }
 
@@ -328,6 +335,7 @@ pub struct Core {
     /// A local failure that stops the device (the store failed).
     failure: Option<ClientError>,
     outgoing: outgoing::Outgoing,
+    group_sending: group_send::GroupSending,
     incoming: incoming::Incoming,
     account_names: BTreeMap<AccountId, AccountName>,
     /// In [`Mode::Live`], when the queue is fetched next without a push (ms).
@@ -411,6 +419,7 @@ impl Core {
             connected_at: None,
             failure: None,
             outgoing: outgoing::Outgoing::default(),
+            group_sending: group_send::GroupSending::default(),
             incoming: incoming::Incoming::default(),
             account_names: BTreeMap::new(),
             next_poll_at: None,
@@ -748,6 +757,7 @@ impl Core {
             Purpose::Claim(account) => self.handle_claimed(account, answer, now_ms),
             Purpose::LookupName(name) => self.handle_name_lookup(name, answer, now_ms),
             Purpose::UploadKeys => self.handle_keys_uploaded(answer, now_ms),
+            Purpose::GroupInfo(group) => self.handle_group_info(group, answer, now_ms),
         };
         if let Err(error) = handled {
             self.fail(error);
@@ -763,13 +773,13 @@ impl Core {
         if self.rolled_back.is_some() || self.failure.is_some() {
             return true;
         }
-        if self.outgoing.busy(&self.in_flight) {
+        if self.outgoing.busy(&self.in_flight) || self.group_sending.busy() {
             return false;
         }
         if now_ms >= deadline_ms || !self.window_open(now_ms) {
             return true;
         }
-        if self.outgoing.names_waiting() {
+        if self.outgoing.names_waiting() || self.group_texts_waiting() {
             return false;
         }
         self.outbox
@@ -866,17 +876,44 @@ impl Core {
                 });
             }
         }
+        let me = self.identity.address();
         for row in self.store.outbox()? {
-            // The history's sync messages to the own devices are the device's own business.
-            if row.peer == self.identity.account {
+            // The history's sync messages to the own devices are the device's own business,
+            // and so are a group's key shares.
+            if row.peer == self.identity.account
+                || (row.group != 0
+                    && self
+                        .store
+                        .group_message(me, row.client_message_id)?
+                        .is_none())
+            {
                 continue;
             }
             if only.is_none_or(|id| id == row.client_message_id) {
+                let peer = match row.group {
+                    0 => self.name_of(row.peer),
+                    group => format!("group {group}"),
+                };
                 pending.push(StillPending {
                     id: row.client_message_id,
-                    peer: self.name_of(row.peer),
+                    peer,
                     reason: reason.clone(),
                 });
+            }
+        }
+        for group in self.store.groups_with_unnumbered_texts()? {
+            for message in self.store.group_history(group, usize::MAX)? {
+                let unnumbered = message.outgoing
+                    && message.sender == me
+                    && message.sender_seq.is_none()
+                    && message.failed.is_none();
+                if unnumbered && only.is_none_or(|id| id == message.client_message_id) {
+                    pending.push(StillPending {
+                        id: message.client_message_id,
+                        peer: format!("group {group}"),
+                        reason: reason.clone(),
+                    });
+                }
             }
         }
         Ok(pending)
@@ -900,6 +937,12 @@ impl Core {
         }
         if self.store.draft(id)?.is_some() {
             return Ok(MessageState::Draft);
+        }
+        if let Some(message) = self.store.group_message(self.identity.address(), id)? {
+            return Ok(match message.failed {
+                Some(reason) => MessageState::Failed(reason),
+                None => MessageState::Ticked(message.tick),
+            });
         }
         Ok(MessageState::Unknown)
     }
@@ -1103,6 +1146,7 @@ impl Core {
                 self.step_sync(now_ms)?;
                 self.step_names(now_ms)?;
                 if self.window_open(now_ms) {
+                    self.step_groups(now_ms)?;
                     self.step_outbox(now_ms)?;
                 }
                 self.step_fetch()?;
@@ -1124,7 +1168,9 @@ impl Core {
             return true;
         }
         self.window_open(now_ms)
-            && (!self.outbox.is_empty() || self.store.drafts().is_ok_and(|d| !d.is_empty()))
+            && (!self.outbox.is_empty()
+                || self.store.drafts().is_ok_and(|d| !d.is_empty())
+                || self.group_texts_waiting())
     }
 
     /// Whether the outbox may send now.
@@ -1177,8 +1223,29 @@ impl Core {
                 let mut given_up = Vec::new();
                 for row in writer.outbox()? {
                     writer.remove_outbox(row.client_message_id)?;
+                    if row.group != 0 {
+                        if writer.mark_group_failed(
+                            me,
+                            row.client_message_id,
+                            ROLLED_BACK_FAILURE,
+                        )? {
+                            given_up.push(row);
+                        }
+                        continue;
+                    }
                     writer.mark_failed(me, row.client_message_id, ROLLED_BACK_FAILURE)?;
                     given_up.push(row);
+                }
+                for (group, id) in writer.fail_unnumbered_group_texts(me, ROLLED_BACK_FAILURE)? {
+                    given_up.push(crate::store::OutboxRow {
+                        chat: relay_proto::ChatId::group(relay_proto::GroupId(group)),
+                        sender_seq: 0,
+                        client_message_id: id,
+                        peer: AccountId(0),
+                        group,
+                        content: Vec::new(),
+                        envelope: None,
+                    });
                 }
                 let mut drafts_given_up = Vec::new();
                 for draft in drafts {
@@ -1191,6 +1258,7 @@ impl Core {
         });
         self.outbox = Outbox::new();
         self.outgoing = outgoing::Outgoing::default();
+        self.group_sending = group_send::GroupSending::default();
         self.incoming.wanted = false;
         if self.is_connected() || matches!(self.link, Link::Connecting { .. }) {
             self.actions.push_back(Action::Disconnect);
@@ -1215,6 +1283,14 @@ impl Core {
             }));
         }
         for row in given_up {
+            if row.group != 0 {
+                self.reports.push_back(Report::Event(Event::GroupFailed {
+                    group: row.group,
+                    id: row.client_message_id.to_string(),
+                    reason: ROLLED_BACK_FAILURE.to_owned(),
+                }));
+                continue;
+            }
             let is_message = matches!(self.store.message(me, row.client_message_id), Ok(Some(_)));
             if is_message {
                 self.reports.push_back(Report::Failed {
@@ -1340,6 +1416,37 @@ impl Core {
                 sent_at_ms,
                 text,
             },
+            Inbound::GroupMessage {
+                group,
+                id,
+                sender,
+                outgoing,
+                chat_seq,
+                time_ms,
+                sent_at_ms,
+                text,
+            } => Event::GroupMessage {
+                group,
+                id: id.to_string(),
+                from: self.name_of(sender.account),
+                direction: if outgoing {
+                    Direction::Out
+                } else {
+                    Direction::In
+                },
+                sender_device: sender.to_string(),
+                chat_seq,
+                time_ms,
+                sent_at_ms,
+                text,
+                undecryptable: None,
+                tick: None,
+            },
+            Inbound::GroupTick { group, id, tick } => Event::GroupTick {
+                group,
+                id: id.to_string(),
+                tick,
+            },
             Inbound::Undecryptable {
                 id,
                 sender,
@@ -1389,6 +1496,8 @@ impl Report {
             | Report::NoteAbout { peer, .. } => vec![*peer],
             Report::Inbound(inbound) => match inbound {
                 Inbound::Message { sender, peer, .. } => vec![sender.account, *peer],
+                Inbound::GroupMessage { sender, .. } => vec![sender.account],
+                Inbound::GroupTick { .. } => Vec::new(),
                 Inbound::Undecryptable { sender, .. } => vec![sender.account],
                 Inbound::Tick { peer, .. }
                 | Inbound::Expired { peer, .. }

@@ -53,6 +53,42 @@ struct Waiter {
 }
 
 impl Outgoing {
+    /// Marks `account`'s keys as being claimed; `false` if a claim is in flight already.
+    pub(super) fn start_claim(&mut self, account: AccountId) -> bool {
+        self.claiming.insert(account)
+    }
+
+    /// Whether `account`'s keys are being claimed.
+    pub(super) fn is_claiming(&self, account: AccountId) -> bool {
+        self.claiming.contains(&account)
+    }
+
+    /// Whether keys of `device` were claimed and not used yet.
+    pub(super) fn has_claimed(&self, device: DeviceAddress) -> bool {
+        self.claimed.contains_key(&device)
+    }
+
+    /// Takes the claimed keys of the devices `wanted` says.
+    pub(super) fn take_claimed(
+        &mut self,
+        wanted: impl Fn(&DeviceAddress) -> bool,
+    ) -> Vec<(DeviceAddress, [u8; 32], Option<Vec<u8>>)> {
+        let devices: Vec<DeviceAddress> = self
+            .claimed
+            .keys()
+            .filter(|device| wanted(device))
+            .copied()
+            .collect();
+        devices
+            .into_iter()
+            .filter_map(|device| {
+                self.claimed
+                    .remove(&device)
+                    .map(|(identity_key, one_time_key)| (device, identity_key, one_time_key))
+            })
+            .collect()
+    }
+
     /// Whether anything of the outbox is in flight: sends, key claims, draft names asked.
     pub(super) fn busy(&self, in_flight: &BTreeMap<u64, Purpose>) -> bool {
         !self.waiting.is_empty()
@@ -378,6 +414,7 @@ impl Core {
                 peer,
                 content: bytes,
                 envelope: None,
+                group: 0,
             };
             writer.insert_outbox(&row, wall_ms)?;
             Ok(Some(sender_seq))
@@ -488,6 +525,9 @@ impl Core {
         after_claim: bool,
         now_ms: u64,
     ) -> Result<()> {
+        if row.group != 0 {
+            return self.rebuild_group(entry, row, reuse, after_claim, now_ms);
+        }
         let me = self.identity.address();
         let accounts = envelope::recipient_accounts(row.peer, me.account);
         let reused = |device: DeviceAddress| {
@@ -517,17 +557,7 @@ impl Core {
                 }
             }
             if !missing.is_empty() {
-                for account in &missing {
-                    if self.outgoing.claiming.insert(*account) {
-                        self.request(Request::ClaimKeys(*account), Purpose::Claim(*account));
-                    }
-                }
-                self.outgoing.waiting.push(Waiter {
-                    entry,
-                    row,
-                    reuse,
-                    accounts: missing,
-                });
+                self.wait_for_claims(entry, row, reuse, missing);
                 return Ok(());
             }
         }
@@ -589,8 +619,29 @@ impl Core {
         }
     }
 
+    /// Parks `entry` until the keys of `accounts` are claimed (claiming those not in flight).
+    pub(super) fn wait_for_claims(
+        &mut self,
+        entry: Pending,
+        row: OutboxRow,
+        reuse: Option<Envelope>,
+        accounts: BTreeSet<AccountId>,
+    ) {
+        for account in &accounts {
+            if self.outgoing.claiming.insert(*account) {
+                self.request(Request::ClaimKeys(*account), Purpose::Claim(*account));
+            }
+        }
+        self.outgoing.waiting.push(Waiter {
+            entry,
+            row,
+            reuse,
+            accounts,
+        });
+    }
+
     /// An attempt for `entry` failed with `error` before or while it was sent.
-    fn settle_failure(
+    pub(super) fn settle_failure(
         &mut self,
         entry: Pending,
         row: &OutboxRow,
@@ -636,9 +687,29 @@ impl Core {
             }
             send_outcome::Outcome::Mismatched(mismatched) => {
                 let me = self.identity.account;
+                let members = match row.group {
+                    0 => Vec::new(),
+                    group => self
+                        .store
+                        .group_known(group)?
+                        .map(|known| known.members)
+                        .unwrap_or_default(),
+                };
                 let changes = self.store.write(|writer| {
                     let mut changes = Vec::new();
                     for account in &mismatched.accounts {
+                        if row.group != 0 && members.contains(&AccountId(account.account)) {
+                            // A group's member: its devices, with no note (a group of a
+                            // thousand members would drown the chat in them).
+                            let account_id = AccountId(account.account);
+                            let devices: Vec<DeviceId> =
+                                account.devices.iter().map(|d| DeviceId(*d)).collect();
+                            writer.set_current_devices(account_id, &devices)?;
+                            if account_id == me {
+                                changes.push((me, String::new()));
+                            }
+                            continue;
+                        }
                         if account.account == row.peer.0 || account.account == me.0 {
                             let account_id = AccountId(account.account);
                             let devices: Vec<DeviceId> =
@@ -661,18 +732,24 @@ impl Core {
                 for (peer, text) in changes {
                     // A device of this account linked or removed: the sync follows the list.
                     self.sync_wanted |= peer == me;
-                    self.reports.push_back(Report::NoteAbout { peer, text });
+                    if !text.is_empty() {
+                        self.reports.push_back(Report::NoteAbout { peer, text });
+                    }
                 }
                 Outcome::Mismatched
             }
             send_outcome::Outcome::ResendFrom(resend) => {
                 Outcome::ResendFrom(resend.expected_sender_seq)
             }
+            send_outcome::Outcome::GroupChanged(changed) if changed.group == row.group => {
+                // Encrypted for an older membership: learn the current one, rebuild.
+                self.learn_group(&changed)?;
+                Outcome::Mismatched
+            }
             send_outcome::Outcome::GroupChanged(_) => {
-                // This client sends no group envelope yet (group sends come with its Megolm
-                // work): an answer about a group is a server's mistake.
-                let error =
-                    ClientError::UnexpectedResponse("a group answer to a 1:1 envelope".into());
+                let error = ClientError::UnexpectedResponse(
+                    "an answer about another group, or a group answer to a 1:1 envelope".into(),
+                );
                 return self.settle_failure(entry, &row, Some(envelope), error, now_ms);
             }
         };
@@ -694,6 +771,56 @@ impl Core {
     ) -> Result<()> {
         let me = self.identity.address();
         match next {
+            Next::Confirmed(entry) if row.group != 0 => {
+                let own = commits
+                    .iter()
+                    .find(|commit| commit.region == self.identity.region);
+                let committed_at_ms = commits
+                    .iter()
+                    .map(|commit| commit.server_time_ms)
+                    .max()
+                    .unwrap_or_default();
+                let id = entry.client_message_id;
+                let moved = self.store.write(|writer| {
+                    writer.remove_outbox(id)?;
+                    if writer.group_message(me, id)?.is_none() {
+                        return Ok(false); // A key share.
+                    }
+                    writer.mark_recipients_sent(me, id, committed_at_ms)?;
+                    writer.set_group_sent(
+                        me,
+                        id,
+                        own.map(|commit| commit.chat_seq),
+                        own.map(|commit| commit.server_time_ms),
+                    )
+                })?;
+                if moved {
+                    self.reports.push_back(Report::Event(Event::GroupTick {
+                        group: row.group,
+                        id: id.to_string(),
+                        tick: Tick::Sent,
+                    }));
+                }
+            }
+            Next::Dropped(entry) if row.group != 0 => {
+                let reason = if problem.is_empty() {
+                    "refused".to_owned()
+                } else {
+                    problem.to_owned()
+                };
+                let id = entry.client_message_id;
+                let failed = self.store.write(|writer| {
+                    writer.remove_outbox(id)?;
+                    writer.mark_group_failed(me, id, &reason)
+                })?;
+                if failed {
+                    self.reports.push_back(Report::Event(Event::GroupFailed {
+                        group: row.group,
+                        id: id.to_string(),
+                        reason,
+                    }));
+                }
+            }
             Next::Confirmed(entry) => {
                 let own = commits
                     .iter()
@@ -824,6 +951,8 @@ impl Core {
             )),
             Err(error) => Err(error),
         };
+        self.group_sending
+            .claim_answered(account, claimed.is_ok(), now_ms);
         let (ready, still): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.outgoing.waiting)
             .into_iter()
             .partition(|waiter| waiter.accounts.contains(&account));

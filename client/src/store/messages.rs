@@ -730,7 +730,7 @@ fn is_possible_recipient(sender: DeviceAddress, peer: AccountId, device: DeviceA
     device != sender && (device.account == peer || device.account == sender.account)
 }
 
-fn recipients(
+pub(super) fn recipients(
     connection: &rusqlite::Connection,
     sender: DeviceAddress,
     client_message_id: ClientMessageId,

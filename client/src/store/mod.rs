@@ -19,7 +19,8 @@
 //!
 //! One file per table family: [`identity`] (identity and settings), [`crypto`] (the Olm
 //! account and sessions), [`groups`] (the Megolm group sessions), [`contacts`] (contacts and
-//! devices), [`messages`] (messages, ticks and receipts), [`outbox`] (outbox, sender_seq
+//! devices), [`messages`] (messages, ticks and receipts), [`group_chat`] (group membership
+//! as last known, group messages and those waiting for a key), [`outbox`] (outbox, sender_seq
 //! counters and drafts), [`queue`] (queue cursor, acks owed and the seen-set) and [`schema`]
 //! (the schema and its migrations).
 
@@ -34,6 +35,7 @@ use crate::secrets::DeviceKey;
 
 pub mod contacts;
 pub mod crypto;
+pub mod group_chat;
 pub mod groups;
 pub mod identity;
 pub mod messages;
@@ -42,6 +44,7 @@ pub mod queue;
 pub mod schema;
 
 pub use contacts::{Contact, KnownDevice};
+pub use group_chat::{KnownGroup, NewGroupMessage, StoredGroupMessage, UnnumberedText};
 pub use identity::{Identity, Settings};
 pub use messages::{NewMessage, RecipientReceipt, RecipientState, StoredMessage, Tick};
 pub use outbox::{Draft, OutboxRow};

@@ -33,8 +33,10 @@ pub struct OutboxRow {
     pub sender_seq: u64,
     /// The idempotency key.
     pub client_message_id: ClientMessageId,
-    /// The other account of the chat.
+    /// The other account of the chat (1:1; 0 for a group's).
     pub peer: AccountId,
+    /// The group of a group chat's entry; 0 for a 1:1 chat's.
+    pub group: u64,
     /// The encoded plaintext [`crate::content::Content`], kept to re-encrypt on mismatched devices.
     pub content: Vec<u8>,
     /// The encoded envelope once built; retries send exactly these bytes.
@@ -52,7 +54,7 @@ impl Store {
         let row = self
             .connection
             .query_row(
-                "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
+                "SELECT chat, sender_seq, client_message_id, peer, content, envelope, group_id FROM outbox
                  WHERE client_message_id = ?1",
                 [client_message_id.0.as_slice()],
                 outbox_row,
@@ -148,7 +150,7 @@ impl Writer<'_> {
     pub fn insert_outbox(&self, row: &OutboxRow, created_at_ms: u64) -> Result<()> {
         self.execute(
             "INSERT INTO outbox (chat, sender_seq, client_message_id, peer, content, envelope,
-             created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             created_at_ms, group_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 row.chat.0.as_slice(),
                 to_i64(row.sender_seq),
@@ -156,7 +158,8 @@ impl Writer<'_> {
                 to_i64(row.peer.0),
                 row.content,
                 row.envelope,
-                to_i64(created_at_ms)
+                to_i64(created_at_ms),
+                to_i64(row.group)
             ],
         )?;
         Ok(())
@@ -205,6 +208,16 @@ impl Writer<'_> {
                  AND client_message_id = ?4",
                 params![to_i64(*new), to_i64(sender.account.0), sender.device.0, id.0.as_slice()],
             )?;
+            self.execute(
+                "UPDATE group_messages SET sender_seq = ?1 WHERE sender_account = ?2
+                 AND sender_device = ?3 AND client_message_id = ?4",
+                params![
+                    to_i64(*new),
+                    to_i64(sender.account.0),
+                    sender.device.0,
+                    id.0.as_slice()
+                ],
+            )?;
         }
         self.execute(
             "UPDATE outbox SET sender_seq = -sender_seq WHERE chat = ?1 AND sender_seq < 0",
@@ -225,7 +238,7 @@ impl Writer<'_> {
 
 fn outbox_rows(connection: &Connection) -> Result<Vec<OutboxRow>> {
     let mut statement = connection.prepare(
-        "SELECT chat, sender_seq, client_message_id, peer, content, envelope FROM outbox
+        "SELECT chat, sender_seq, client_message_id, peer, content, envelope, group_id FROM outbox
          ORDER BY chat, sender_seq",
     )?;
     let rows = statement.query_map([], outbox_row)?;
@@ -249,6 +262,7 @@ fn outbox_row(row: &Row<'_>) -> rusqlite::Result<Result<OutboxRow>> {
             peer: AccountId(to_u64(row.get(3)?)),
             content: row.get(4)?,
             envelope: row.get(5)?,
+            group: to_u64(row.get(6)?),
         })
     })();
     Ok(parsed)
@@ -337,6 +351,7 @@ mod tests {
                             peer: AccountId(2),
                             content: vec![1],
                             envelope: Some(envelope.encode_to_vec()),
+                            group: 0,
                         },
                         0,
                     )

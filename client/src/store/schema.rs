@@ -1,5 +1,5 @@
 //! The schema and its migrations: versioned with `PRAGMA user_version`; a migration only ever
-//! adds (version 2 added the drafts, 3 indexes, 4 the group sessions). [`check`] tells a
+//! adds (version 2 added the drafts, 3 indexes, 4 the group sessions, 5 group chats). [`check`] tells a
 //! database of this client from anything else, which is damaged, never started over.
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use super::damaged;
 use crate::error::{ClientError, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -152,6 +152,52 @@ CREATE TABLE group_inbound_sessions (
 );
 ";
 
+/// Version 5: group chats (see [`super::group_chat`]): the membership each group was last
+/// known at, the group's messages (a text typed here waits unnumbered until the outbox takes
+/// it), group messages waiting for their session's key, and the group of an outbox entry.
+const SCHEMA_V5: &str = "
+CREATE TABLE group_known (
+    group_id INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE group_known_members (
+    group_id INTEGER NOT NULL,
+    account INTEGER NOT NULL,
+    PRIMARY KEY (group_id, account)
+) WITHOUT ROWID;
+CREATE TABLE group_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id INTEGER NOT NULL,
+    outgoing INTEGER NOT NULL,
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    sender_seq INTEGER,
+    chat_seq INTEGER,
+    text TEXT,
+    sent_at_ms INTEGER NOT NULL,
+    server_time_ms INTEGER,
+    tick INTEGER NOT NULL,
+    undecryptable TEXT,
+    failed TEXT,
+    UNIQUE (sender_account, sender_device, client_message_id)
+);
+CREATE INDEX group_messages_by_group ON group_messages (group_id, id);
+CREATE INDEX group_messages_unnumbered ON group_messages (group_id, id)
+    WHERE outgoing = 1 AND sender_seq IS NULL AND failed IS NULL;
+CREATE TABLE group_waiting (
+    sender_account INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    client_message_id BLOB NOT NULL,
+    session_id TEXT NOT NULL,
+    arrived_at_ms INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    PRIMARY KEY (sender_account, sender_device, client_message_id)
+) WITHOUT ROWID;
+CREATE INDEX group_waiting_by_session ON group_waiting (session_id);
+ALTER TABLE outbox ADD COLUMN group_id INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The tables of each schema version, to check an opened database holds them all.
 const TABLES_V1: [&str; 13] = [
     "identity",
@@ -169,6 +215,12 @@ const TABLES_V1: [&str; 13] = [
     "receipts",
 ];
 const TABLES_V2: [&str; 1] = ["drafts"];
+const TABLES_V5: [&str; 4] = [
+    "group_known",
+    "group_known_members",
+    "group_messages",
+    "group_waiting",
+];
 const TABLES_V4: [&str; 3] = [
     "group_outbound_sessions",
     "group_outbound_shares",
@@ -181,6 +233,7 @@ pub(super) fn create(transaction: &Transaction<'_>) -> Result<()> {
     transaction.execute_batch(SCHEMA_V2)?;
     transaction.execute_batch(SCHEMA_V3)?;
     transaction.execute_batch(SCHEMA_V4)?;
+    transaction.execute_batch(SCHEMA_V5)?;
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -213,6 +266,9 @@ pub(super) fn check(connection: &Connection, path: &Path, bytes: u64) -> Result<
     if version >= 4 {
         expected.extend(TABLES_V4);
     }
+    if version >= 5 {
+        expected.extend(TABLES_V5);
+    }
     for table in expected {
         let found: Option<i64> = connection
             .query_row(
@@ -239,6 +295,9 @@ pub(super) fn migrate(transaction: &Transaction<'_>, version: i32) -> Result<()>
     }
     if version < 4 {
         transaction.execute_batch(SCHEMA_V4)?;
+    }
+    if version < 5 {
+        transaction.execute_batch(SCHEMA_V5)?;
     }
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -295,10 +354,10 @@ mod tests {
         assert!(waiting.contains("messages_waiting"), "{waiting}");
     }
 
-    /// A database of version 3 opens as version 4 with the group session tables, empty, and
-    /// everything it held untouched.
+    /// A database of version 3 opens as the current version with the group session and group
+    /// chat tables, empty, and everything it held untouched (an outbox entry is a 1:1 one).
     #[test]
-    fn a_version_3_database_gains_the_group_session_tables() {
+    fn a_version_3_database_gains_the_group_tables() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("relay.db");
         {
@@ -314,6 +373,13 @@ mod tests {
                 )
                 .expect("a contact");
             transaction
+                .execute(
+                    "INSERT INTO outbox (chat, sender_seq, client_message_id, peer, content,
+                     envelope, created_at_ms) VALUES (?1, 1, ?2, 5, x'01', NULL, 0)",
+                    rusqlite::params![[7u8; 16].as_slice(), [9u8; 16].as_slice()],
+                )
+                .expect("an outbox entry");
+            transaction
                 .pragma_update(None, "user_version", 3)
                 .expect("version");
             transaction.commit().expect("commit");
@@ -323,7 +389,10 @@ mod tests {
             .connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .expect("version");
-        assert_eq!(version, 4);
+        assert_eq!(version, SCHEMA_VERSION);
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!((outbox.len(), outbox[0].group), (1, 0));
+        assert!(store.group_known(1).expect("known").is_none());
         store
             .unlock(&dir.path().join("device.key"))
             .expect("unlock");
@@ -335,9 +404,9 @@ mod tests {
             "what it held is untouched"
         );
         drop(store);
-        // Opening again finds every table of version 4 (and migrates nothing).
+        // Opening again finds every table of versions 4 and 5 (and migrates nothing).
         let store = Store::open(&path).expect("reopens");
-        for table in TABLES_V4 {
+        for table in TABLES_V4.iter().chain(TABLES_V5.iter()) {
             let found: i64 = store
                 .connection
                 .query_row(
