@@ -116,7 +116,15 @@ pub async fn send_group(
     let id = events
         .drive(device.send_group(group, text), &mut shown)
         .await?;
-    follow(device, events, id, wait, stop, sink).await
+    let id = follow(device, events, id, wait, stop, sink).await?;
+    // A text this account cannot send to the group (not a member, no such group) fails while
+    // it is flushed: the command says so.
+    if let MessageState::Failed(reason) = device.message_state(id).await? {
+        return Err(ClientError::Invalid(format!(
+            "message {id} to group {group} failed: {reason}"
+        )));
+    }
+    Ok(id)
 }
 
 /// After a send: flushes and reports, or follows the message's ticks (see [`send`]).

@@ -575,6 +575,137 @@ fn groups_are_created_and_managed_from_both_regions_by_their_admins_only() {
     );
 }
 
+/// The texts of the group messages among `events`.
+fn group_texts(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|event| event["event"] == "group_message")
+        .map(|event| event["text"].as_str().expect("text").to_owned())
+        .collect()
+}
+
+/// Journey 19: group messages through the `relay` binary, members in both regions.
+#[test]
+fn group_messages_reach_every_member_in_both_regions_and_no_one_removed() {
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, dir.path());
+    let (carol, dave) = (dir.path().join("carol"), dir.path().join("dave"));
+    register(&deployment, &carol, "carol", 1);
+    register(&deployment, &dave, "dave", 2);
+    let created = group(&alice, &["create", "friends", "bob", "carol", "dave"]).expect("created");
+    let id = created[0]["id"].as_u64().expect("id").to_string();
+    let g = id.as_str();
+
+    // alice sends and waits for ✓ (every region homing a member stored it).
+    let sent = ok(&alice, &["send-group", g, "hello friends"]);
+    let ticks: Vec<&str> = sent
+        .iter()
+        .filter(|event| event["event"] == "group_tick")
+        .map(|event| event["tick"].as_str().expect("tick"))
+        .collect();
+    assert_eq!(ticks, ["pending", "sent"], "{sent:?}");
+    for member in [&bob, &carol, &dave] {
+        let synced = ok(member, &["sync"]);
+        assert_eq!(group_texts(&synced), ["hello friends"], "{synced:?}");
+        let from: Vec<&str> = synced
+            .iter()
+            .filter(|event| event["event"] == "group_message")
+            .map(|event| event["from"].as_str().expect("from"))
+            .collect();
+        assert_eq!(from, ["alice"]);
+    }
+    // Every member device fetched it: alice's --wait sees ✓✓ for her next one at once after
+    // they sync again.
+    let waiting = relay(
+        &alice,
+        &[
+            "--json",
+            "send-group",
+            g,
+            "second",
+            "--until",
+            "delivered",
+            "--timeout",
+            "60",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("send-group --wait starts");
+    for member in [&bob, &carol, &dave] {
+        let until = Instant::now() + DEADLINE;
+        while !group_texts(&ok(member, &["sync"])).contains(&"second".to_owned()) {
+            assert!(
+                Instant::now() < until,
+                "the second message reaches every member"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let waited = waiting.wait_with_output().expect("send-group --wait ends");
+    assert!(waited.status.success(), "{waited:?}");
+    assert!(
+        json_lines(&waited.stdout)
+            .iter()
+            .any(|event| event["event"] == "group_tick" && event["tick"] == "delivered")
+    );
+
+    // bob (region 2) writes back; carol is removed, and the next message does not reach her.
+    ok(&bob, &["send-group", g, "hi from bob"]);
+    group(&alice, &["remove", g, "carol"]).expect("carol removed");
+    ok(&alice, &["send-group", g, "carol has left"]);
+    for member in [&bob, &dave] {
+        let until = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        while !seen.contains(&"carol has left".to_owned()) {
+            assert!(Instant::now() < until, "{seen:?}");
+            seen.extend(group_texts(&ok(member, &["sync"])));
+        }
+    }
+    ok(&carol, &["sync"]);
+    let history = ok(&carol, &["group", "history", g]);
+    assert_eq!(
+        group_texts(&history),
+        ["hello friends", "second", "hi from bob"],
+        "{history:?}"
+    );
+    let history = ok(&dave, &["group", "history", g]);
+    assert_eq!(
+        group_texts(&history),
+        ["hello friends", "second", "hi from bob", "carol has left"]
+    );
+    // The sender's history holds its own messages, and bob's once fetched.
+    ok(&alice, &["sync"]);
+    let history = ok(&alice, &["group", "history", g]);
+    assert_eq!(
+        group_texts(&history),
+        ["hello friends", "second", "hi from bob", "carol has left"]
+    );
+
+    // carol is no longer a member: her text fails with a reason, and nothing is sent.
+    let refused = run(
+        relay(&carol, &["--json", "send-group", g, "let me back"]),
+        None,
+    );
+    assert!(!refused.status.success());
+    let errors = json_lines(&refused.stderr);
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("not a member")),
+        "{errors:?}"
+    );
+    // A group that does not exist, the same.
+    let refused = run(
+        relay(&alice, &["--json", "send-group", "999", "anyone?"]),
+        None,
+    );
+    assert!(!refused.status.success());
+}
+
 /// Runs `relay --json ARGS` on `data`, which must succeed; its stdout's JSON lines.
 fn ok(data: &Path, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["--json"];

@@ -125,12 +125,13 @@ impl Store {
         Ok(groups)
     }
 
-    /// The messages of `group`, in order of arrival on this device, at most `limit` of the
-    /// latest.
+    /// The messages of `group` in the chat's order as this device's home region numbered it
+    /// (its chat sequence), then those not sequenced yet (pending) in the order they were
+    /// typed; at most `limit` of the latest.
     pub fn group_history(&self, group: u64, limit: usize) -> Result<Vec<StoredGroupMessage>> {
         let mut statement = self.connection.prepare(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM group_messages WHERE group_id = ?1
-             ORDER BY id DESC LIMIT ?2"
+             ORDER BY chat_seq IS NULL DESC, chat_seq DESC, id DESC LIMIT ?2"
         ))?;
         let rows = statement.query_map(
             params![to_i64(group), i64::try_from(limit).unwrap_or(i64::MAX)],
