@@ -15,6 +15,11 @@
 //!   per transmission, as the client's), listing the peer's account and the sender's own (which
 //!   has no other device, so it is covered by no ciphertext), one ciphertext for the peer's
 //!   device: [`PAYLOAD_BYTES`] opaque bytes.
+//! - **Group messages** ([`GroupTarget`], W3): the same counters in the group's chat, every
+//!   member listed, an empty entry of type `MESSAGE_TYPE_HOLDS_GROUP_SESSION` for every member
+//!   device but the sender, and the [`PAYLOAD_BYTES`] opaque bytes once as the group
+//!   ciphertext. No key share goes before them: a region cannot tell whether a session was
+//!   shared (it only sees the sender's statement), and there is no session to share.
 //! - **Fetch and ack**: on a push, fetch after the queue cursor; what was processed is
 //!   acknowledged in a request of its own, in flight while the next page is read (so reading
 //!   never waits for the region to commit the acks and their delivered receipts), one ack
@@ -43,10 +48,12 @@ use relay_net::{
 use relay_proto::limits::{AUTH_NONCE_BYTES, QUEUE_FETCH_ENTRIES_MAX};
 use relay_proto::wire::{
     AckQueue, Authenticate, ClientRequest, ClientResponse, DeviceAddr, DeviceCiphertext, Envelope,
-    FetchAndAck, FetchQueue, Hello, QueueBatch, Register, SendOutcome, ServerPush,
-    auth_signing_payload, client_request, client_response, queue_entry, send_outcome, server_push,
+    EnvelopeKind, FetchAndAck, FetchQueue, GroupCommand, GroupInfo, Hello,
+    MESSAGE_TYPE_HOLDS_GROUP_SESSION, QueueBatch, Register, SendOutcome, ServerPush,
+    auth_signing_payload, client_request, client_response, group_command, queue_entry,
+    send_outcome, server_push,
 };
-use relay_proto::{ChatId, ClientMessageId, DeviceAddress, ProtoError};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, GroupId, ProtoError};
 use tokio::sync::watch;
 
 use crate::BenchError;
@@ -341,6 +348,11 @@ impl SendPipeline {
         self.unconfirmed.is_empty()
     }
 
+    /// Envelopes in flight at most.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// Messages composed and not yet confirmed.
     pub fn unconfirmed(&self) -> usize {
         self.unconfirmed.len()
@@ -371,7 +383,8 @@ pub enum Arrival {
         chat: ChatId,
         /// Its number in the sender's chat.
         sender_seq: u64,
-        /// This device's ciphertext (a bench [`Payload`] when a bench device sent it).
+        /// Its opaque bytes (a bench [`Payload`] when a bench device sent it): this device's
+        /// ciphertext, or a group message's group ciphertext.
         ciphertext: Vec<u8>,
     },
     /// A message that had arrived before (a redelivery).
@@ -380,7 +393,7 @@ pub enum Arrival {
         sender: DeviceAddress,
         /// Its number in the sender's chat.
         sender_seq: u64,
-        /// This device's ciphertext.
+        /// Its opaque bytes, as in [`Arrival::Message`].
         ciphertext: Vec<u8>,
     },
     /// A receipt for a message this device sent.
@@ -498,12 +511,18 @@ impl Inbox {
                         .map_err(|error| InboxError::Malformed(error.message))?;
                     let chat = ChatId::from_bytes(&message.chat)
                         .map_err(|error| InboxError::Malformed(error.message))?;
+                    // A group message carries its bytes once for every member device.
+                    let ciphertext = if message.group == 0 {
+                        &message.ciphertext
+                    } else {
+                        &message.group_ciphertext
+                    };
                     let last = self.last_sender_seq.entry((sender, chat)).or_insert(0);
                     if message.sender_seq <= *last {
                         Arrival::Duplicate {
                             sender,
                             sender_seq: message.sender_seq,
-                            ciphertext: message.ciphertext.clone(),
+                            ciphertext: ciphertext.clone(),
                         }
                     } else if message.sender_seq == *last + 1 {
                         *last = message.sender_seq;
@@ -511,7 +530,7 @@ impl Inbox {
                             sender,
                             chat,
                             sender_seq: message.sender_seq,
-                            ciphertext: message.ciphertext.clone(),
+                            ciphertext: ciphertext.clone(),
                         }
                     } else {
                         return Err(InboxError::SenderGap {
@@ -634,9 +653,125 @@ impl Device {
         composed: &Composed,
         row: u8,
     ) -> Envelope {
+        let device_seq = self.take_device_seq();
+        opaque_envelope(self.address, peer, chat, composed, row, device_seq)
+    }
+
+    /// The group message of `composed` to `group`, taking the device's next `device_seq`.
+    pub fn group_envelope(
+        &mut self,
+        group: &GroupTarget,
+        composed: &Composed,
+        row: u8,
+    ) -> Envelope {
+        let device_seq = self.take_device_seq();
+        opaque_group_envelope(self.address, group, composed, row, device_seq)
+    }
+
+    fn take_device_seq(&mut self) -> u64 {
         let device_seq = self.next_device_seq;
         self.next_device_seq += 1;
-        opaque_envelope(self.address, peer, chat, composed, row, device_seq)
+        device_seq
+    }
+
+    /// Runs a group command as this device's account over `link` (authenticated as this
+    /// device); the directory answers with the group.
+    pub async fn group_command(
+        &self,
+        link: &EdgeLink,
+        command: group_command::Command,
+    ) -> Result<GroupInfo, BenchError> {
+        let what = || format!("a group command of {}", self.address);
+        let body = client_request::Body::Group(GroupCommand {
+            command: Some(command),
+        });
+        match link
+            .call(body)
+            .await
+            .map_err(|error| error.into_bench(what()))?
+        {
+            client_response::Body::Group(info) => Ok(info),
+            other => Err(unexpected(&what(), "Group", &other)),
+        }
+    }
+}
+
+/// A group as its sender encrypts for it: the membership version, every member (the sender's
+/// account among them) and every member device but the sender's own, each holding (so the
+/// sender states) its current session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupTarget {
+    /// The group.
+    pub group: GroupId,
+    /// The membership version the directory answered last.
+    pub version: u64,
+    /// Every member, in account id order.
+    pub members: Vec<AccountId>,
+    /// The entries of a group message: one empty entry per member device but the sender.
+    entries: Vec<DeviceCiphertext>,
+}
+
+impl GroupTarget {
+    /// The group `info` describes (the directory's answer, members included), whose members'
+    /// devices are `devices` (the sender's own is left out); an error when a member has no
+    /// device here or a device belongs to no member.
+    pub fn new(
+        info: &GroupInfo,
+        sender: DeviceAddress,
+        devices: &[DeviceAddress],
+    ) -> Result<Self, BenchError> {
+        let members: BTreeSet<AccountId> = info
+            .members
+            .iter()
+            .map(|member| AccountId(member.account))
+            .collect();
+        if info.group == 0 || info.version == 0 || members.len() != info.members.len() {
+            return Err(BenchError::Protocol(format!(
+                "the directory answered a group that cannot be: {info:?}"
+            )));
+        }
+        let devices: BTreeSet<DeviceAddress> = devices
+            .iter()
+            .copied()
+            .filter(|&device| device != sender)
+            .collect();
+        let with_devices: BTreeSet<AccountId> = devices
+            .iter()
+            .map(|device| device.account)
+            .chain([sender.account])
+            .collect();
+        if with_devices != members {
+            return Err(BenchError::Refused(format!(
+                "group {} has {} members, and the devices given belong to {} accounts (the \
+                 sender's included): they must be the same",
+                info.group,
+                members.len(),
+                with_devices.len()
+            )));
+        }
+        Ok(Self {
+            group: GroupId(info.group),
+            version: info.version,
+            members: members.into_iter().collect(),
+            entries: devices
+                .into_iter()
+                .map(|device| DeviceCiphertext {
+                    recipient: device.into(),
+                    message_type: MESSAGE_TYPE_HOLDS_GROUP_SESSION,
+                    body: Vec::new(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The group's chat.
+    pub fn chat(&self) -> ChatId {
+        ChatId::group(self.group)
+    }
+
+    /// Member devices a message reaches (every member device but the sender's).
+    pub fn receiving_devices(&self) -> usize {
+        self.entries.len()
     }
 }
 
@@ -668,6 +803,36 @@ pub fn opaque_envelope(
         }],
         device_seq,
         ..Default::default()
+    }
+}
+
+/// A group message from `sender` to `group` carrying a fresh [`Payload`] once, as its group
+/// ciphertext: every member listed, an empty entry for every member device but the sender's,
+/// and a session id that names the sender (there is no session: the bytes are opaque).
+pub fn opaque_group_envelope(
+    sender: DeviceAddress,
+    group: &GroupTarget,
+    composed: &Composed,
+    row: u8,
+    device_seq: u64,
+) -> Envelope {
+    let payload = Payload {
+        row,
+        composed_at_us: composed.composed_at_us,
+    };
+    Envelope {
+        chat: group.chat().0.to_vec(),
+        sender: sender.into(),
+        client_message_id: composed.client_message_id.0.to_vec(),
+        sender_seq: composed.sender_seq,
+        recipient_accounts: group.members.iter().map(|account| account.0).collect(),
+        ciphertexts: group.entries.clone(),
+        device_seq,
+        group: group.group.0,
+        group_version: group.version,
+        kind: EnvelopeKind::Message.into(),
+        group_ciphertext: payload.encode(),
+        group_session_id: format!("bench-{sender}"),
     }
 }
 
@@ -1019,8 +1184,11 @@ pub fn send_result(
         Ok(SendOutcome {
             outcome: Some(send_outcome::Outcome::GroupChanged(changed)),
         }) => Err(CallError::Unexpected(format!(
-            "group {} changed, for a benchmark that sends no group envelope",
-            changed.group
+            "group {} changed (now version {}, {} members), but no bench device changes a group \
+             while it sends to it",
+            changed.group,
+            changed.version,
+            changed.members.len()
         ))),
         Ok(SendOutcome { outcome: None }) => Err(CallError::Unexpected("an empty outcome".into())),
         Err(CallError::Timeout) => Ok((SendResult::Retry { after_ms: 0 }, true)),
@@ -1397,6 +1565,77 @@ mod tests {
             .expect("the rest");
         assert_eq!(rest.queue_seqs, vec![owed - 1, owed]);
         assert_eq!(inbox.take_acks(), None);
+    }
+
+    #[test]
+    fn a_group_message_lists_every_member_and_parses_as_one() {
+        use relay_proto::GroupId;
+        use relay_proto::wire::GroupMemberInfo;
+
+        let sender = device(1);
+        let members: Vec<DeviceAddress> = (2..=4).map(device).collect();
+        let info = GroupInfo {
+            group: 7,
+            version: 3,
+            members: (1..=4)
+                .map(|account| GroupMemberInfo {
+                    account,
+                    admin: account == 1,
+                })
+                .collect(),
+            member_count: 4,
+            ..GroupInfo::default()
+        };
+        let target = GroupTarget::new(&info, sender, &members).expect("a group");
+        assert_eq!(target.receiving_devices(), 3);
+        let composed = Composed {
+            sender_seq: 1,
+            client_message_id: id(1),
+            composed_at_us: 42,
+        };
+        let envelope = opaque_group_envelope(sender, &target, &composed, 8, 1);
+        let parsed = envelope
+            .parse()
+            .expect("a group message the protocol accepts");
+        assert_eq!(parsed.recipient_devices, members);
+        assert_eq!(
+            parsed.recipient_accounts,
+            (1..=4).map(AccountId).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            parsed
+                .group
+                .map(|group| (group.group, group.version, group.kind)),
+            Some((GroupId(7), 3, EnvelopeKind::Message))
+        );
+        assert_eq!(
+            Payload::decode(&envelope.group_ciphertext),
+            Some(Payload {
+                row: 8,
+                composed_at_us: 42
+            })
+        );
+        // A member without a device here, or a device of an account that is not a member.
+        assert!(GroupTarget::new(&info, sender, &members[..2]).is_err());
+        let stranger = [members.clone(), vec![device(9)]].concat();
+        assert!(GroupTarget::new(&info, sender, &stranger).is_err());
+    }
+
+    #[test]
+    fn the_inbox_reads_a_group_message_from_its_group_ciphertext() {
+        let mut entry = message_entry(1, device(1), 1);
+        if let Some(queue_entry::Item::Message(message)) = &mut entry.item {
+            message.group = 7;
+            message.ciphertext.clear();
+            message.group_ciphertext = vec![5; 8];
+        }
+        let arrivals = Inbox::new(0)
+            .handle_batch(&batch(vec![entry]))
+            .expect("gapless");
+        assert!(
+            matches!(&arrivals[0], Arrival::Message { ciphertext, .. } if *ciphertext == [5; 8]),
+            "{arrivals:?}"
+        );
     }
 
     #[test]

@@ -591,6 +591,8 @@ pub(crate) async fn workloads(
     Ok(Measured {
         rows,
         backlog,
+        // W3 measures the servers' fan-out: opaque devices only.
+        groups: Vec::new(),
         envelope_bytes: sample.encoded_len(),
         envelope_request: ClientRequest {
             body: Some(client_request::Body::Send(sample)),

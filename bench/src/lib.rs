@@ -5,8 +5,11 @@
 //! - [`storage`]: durable message-path appends through the storage layers, against raw redb
 //!   (batched, and one fsync per message) and the disk's fsync rate.
 //! - [`messages`]: messages through a devnet's real processes (W1 one to one, closed and open
-//!   loop, one region and across two; W4 a backlog for an offline device), against raw QUIC
-//!   request/response, raw redb and Olm, measured in the same run ([`ceilings`]).
+//!   loop, one region and across two; W4 a backlog for an offline device; W3 one sender to a
+//!   group, in [`groups`]), against raw QUIC request/response, raw redb and Olm, measured in
+//!   the same run ([`ceilings`]).
+//! - [`groups`]: W3, the message benchmark's group fan-out rows (groups made through the real
+//!   group commands, one opaque sender, every member device connected).
 //! - [`connections`]: idle authenticated devices on one edge (W2): the edge's memory per
 //!   connection, connections per second, memory given back.
 //! - [`e2ee`]: the message benchmark's E2EE mode: the same rows with every device a real
@@ -27,6 +30,7 @@ pub mod ceilings;
 pub mod connections;
 pub mod device;
 pub mod e2ee;
+pub mod groups;
 pub mod limits;
 pub mod measure;
 pub mod messages;

@@ -71,6 +71,24 @@ pub const BACKLOG_MESSAGES_QUICK: u64 = 300;
 /// Envelopes of the backlog's chat in flight at once: the client library's outbox window
 /// (`relay_client::limits::PIPELINE_WINDOW`).
 pub const BACKLOG_PIPELINE_WINDOW: usize = 32;
+/// Members (the sender's account included) of the W3 groups by default: issue 13's two sizes,
+/// each a closed-loop row; the first also gets the open-loop row at half its rate.
+pub const GROUP_MEMBERS_DEFAULT: [usize; 2] = [100, relay_proto::limits::GROUP_MEMBERS_MAX];
+/// Most W3 group sizes of one run.
+pub const GROUP_SIZES_MAX: usize = 4;
+/// Envelopes of a W3 group chat in flight at once: the client library's outbox window, as the
+/// backlog's.
+pub const GROUP_PIPELINE_WINDOW: usize = BACKLOG_PIPELINE_WINDOW;
+/// Accounts one W3 `Add` group command adds at most (one directory transaction each); a group
+/// is filled in batches of this many.
+pub const GROUP_ADD_ACCOUNTS_PER_COMMAND: usize = 256;
+/// Issue 13's target: deliveries per second (counted at the member devices) from one sender to
+/// a group of [`W3_TARGET_MEMBERS`] members, opaque payloads.
+pub const W3_DELIVERIES_PER_SECOND_TARGET: f64 = 100_000.0;
+/// The group size issue 13's targets are stated for.
+pub const W3_TARGET_MEMBERS: usize = 100;
+/// Issue 13's target: send → deliver p99 at half of W3's max rate, in ms.
+pub const W3_OPEN_SEND_TO_DELIVER_P99_MS_TARGET: f64 = 200.0;
 /// How long a row may take after its window to have every envelope in flight acknowledged and
 /// every acknowledged message delivered, in ms.
 pub const DRAIN_TIMEOUT_MS: u64 = 60_000;
@@ -147,6 +165,17 @@ const _: () = assert!(DRAIN_TIMEOUT_MS > 2 * POLL_INTERVAL_MS);
 const _: () = assert!(DRAIN_TIMEOUT_MS > 2 * REQUEST_TIMEOUT_MS);
 const _: () = assert!(BACKLOG_MESSAGES_QUICK <= BACKLOG_MESSAGES);
 const _: () = assert!(BACKLOG_PIPELINE_WINDOW >= 1);
+// A group of every default size can be made (its sender and one member at least), in batches
+// the protocol accepts.
+const _: () = assert!(GROUP_MEMBERS_DEFAULT[0] >= 2 && GROUP_MEMBERS_DEFAULT[1] >= 2);
+const _: () = assert!(GROUP_MEMBERS_DEFAULT[0] <= relay_proto::limits::GROUP_MEMBERS_MAX);
+const _: () = assert!(GROUP_MEMBERS_DEFAULT[1] <= relay_proto::limits::GROUP_MEMBERS_MAX);
+const _: () = assert!(GROUP_MEMBERS_DEFAULT.len() <= GROUP_SIZES_MAX);
+const _: () = assert!(
+    GROUP_ADD_ACCOUNTS_PER_COMMAND >= 1
+        && GROUP_ADD_ACCOUNTS_PER_COMMAND <= relay_proto::limits::GROUP_MEMBERS_MAX
+);
+const _: () = assert!(W3_TARGET_MEMBERS <= relay_proto::limits::GROUP_MEMBERS_MAX);
 const _: () = assert!(SENDERS_DEFAULT <= SENDERS_MAX);
 const _: () = assert!(IDLE_DEVICES_QUICK <= IDLE_DEVICES_DEFAULT);
 const _: () = assert!(IDLE_DEVICES_DEFAULT <= IDLE_DEVICES_MAX);

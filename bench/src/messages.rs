@@ -15,6 +15,9 @@
 //! - **W4 backlog**: one sender composes [`BACKLOG_MESSAGES`] messages at once for a receiver
 //!   that is offline and sends them with the client's pipeline window; then the receiver comes
 //!   online: the time to store them all (✓) and the time to drain them, apart.
+//! - **W3 group fan-out** (opaque mode): one sender to a group of each of
+//!   [`MessagesOptions::group_members`]' sizes, closed loop with the client's pipeline window,
+//!   and the first size at 50 % open loop; see [`crate::groups`].
 //!
 //! What each W1 row reports, over its measured window (after a warm-up): messages delivered per
 //! second, counted at the receivers; ✓ latency (from composition to the send's answer) and
@@ -37,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message;
+use relay_proto::limits::GROUP_MEMBERS_MAX;
 use relay_proto::wire::{ClientRequest, FetchAndAck, FetchQueue, client_request, queue_entry};
 use relay_proto::{ChatId, DeviceAddress};
 use serde::Serialize;
@@ -46,14 +50,15 @@ use tokio::task::JoinSet;
 use crate::BenchError;
 use crate::ceilings::{self, Ceilings};
 use crate::device::{
-    Arrival, Composed, Device, EdgeLink, Endpoints, Inbox, Payload, Pushes, RunClock, SendPipeline,
-    client_message_id, drain, opaque_envelope, send_result,
+    Arrival, Composed, Device, EdgeLink, Endpoints, GroupTarget, Inbox, Payload, Pushes, RunClock,
+    SendPipeline, client_message_id, drain, opaque_envelope, send_result,
 };
+use crate::groups::GroupRow;
 use crate::limits::{
     BACKLOG_MESSAGES, BACKLOG_PIPELINE_WINDOW, BACKLOG_TIMEOUT_MS, DRAIN_TIMEOUT_MS,
-    E2EE_WORKER_THREADS, LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX, PAYLOAD_BYTES,
-    POLL_INTERVAL_MS, REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, SENDERS_MAX,
-    WARMUP_SECONDS_MAX, WINDOW_SECONDS_MAX,
+    E2EE_WORKER_THREADS, GROUP_SIZES_MAX, LATENCY_SAMPLES_MAX, OPEN_LOOP_SHARE_OF_MAX,
+    PAYLOAD_BYTES, POLL_INTERVAL_MS, REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX,
+    SENDERS_MAX, WARMUP_SECONDS_MAX, WINDOW_SECONDS_MAX,
 };
 use crate::measure::{CpuOf, Percentiles, Timing, cpu_time, latency_us, ratio, thousands};
 use crate::servers::{ServerUsage, Servers};
@@ -63,6 +68,12 @@ pub(crate) const ROW_W1_MAX: u8 = 0;
 pub(crate) const ROW_W1_OPEN: u8 = 1;
 pub(crate) const ROW_W1_TWO_REGIONS: u8 = 2;
 pub(crate) const ROW_W4: u8 = 3;
+// 4 and 5 are the E2EE mode's introductions (`crate::e2ee`).
+/// W3 at 50 % (the first group size).
+pub(crate) const ROW_W3_OPEN: u8 = 8;
+/// W3 max of the first group size; the next sizes follow.
+pub(crate) const ROW_W3_MAX_FIRST: u8 = 9;
+const _: () = assert!(ROW_W3_MAX_FIRST as usize + GROUP_SIZES_MAX <= u8::MAX as usize);
 
 /// The region the senders (and the one-region receivers) are homed in.
 pub(crate) const NEAR_REGION: u32 = 1;
@@ -89,6 +100,9 @@ pub struct MessagesOptions {
     pub build: String,
     /// Which devices send and receive.
     pub mode: ClientMode,
+    /// Members (the sender's account included) of each W3 group, opaque mode only; empty: no
+    /// W3 rows.
+    pub group_members: Vec<usize>,
 }
 
 /// Which devices the benchmark drives. The servers cannot tell them apart: they never see
@@ -145,6 +159,9 @@ pub struct MessagesReport {
     pub rows: Vec<MessageRow>,
     /// The W4 row.
     pub backlog: BacklogRow,
+    /// The W3 rows (opaque mode): a closed-loop row per group size, then the first size at
+    /// 50 %.
+    pub groups: Vec<GroupRow>,
     /// The ceilings, measured after the devnet stopped.
     pub ceilings: Ceilings,
     /// How conflict retries are counted.
@@ -247,9 +264,13 @@ pub fn steps(options: &MessagesOptions) -> u64 {
     let two_regions = u64::from(options.regions >= 2);
     // E2EE devices introduce themselves to their peers before the rows.
     let introductions = u64::from(options.mode == ClientMode::E2ee);
-    // devnet, registration, W1 max, W1 open, [W1 two regions], W4 store, W4 drain, stopping,
-    // three ceilings.
-    10 + two_regions + introductions
+    let groups = match options.mode {
+        ClientMode::Opaque => crate::groups::steps(&options.group_members),
+        ClientMode::E2ee => 0,
+    };
+    // devnet, registration, W1 max, W1 open, [W1 two regions], W4 store, W4 drain, [W3],
+    // stopping, three ceilings.
+    10 + two_regions + introductions + groups
 }
 
 /// Runs the message benchmark: starts the devnet, registers the devices, runs the rows, stops
@@ -327,6 +348,7 @@ pub fn run(
         data_folder: folder.path().to_path_buf(),
         rows: measured.rows,
         backlog: measured.backlog,
+        groups: measured.groups,
         ceilings,
         retries_counted_from: "the regions' logs: the storage engine logs every retried \
                                transaction with its cause"
@@ -354,6 +376,18 @@ fn validate(options: &MessagesOptions) -> Result<(), BenchError> {
         return Err(BenchError::Invalid(format!(
             "--regions must be 1 or 2, not {}",
             options.regions
+        )));
+    }
+    if options.group_members.len() > GROUP_SIZES_MAX
+        || options
+            .group_members
+            .iter()
+            .any(|&members| !(2..=GROUP_MEMBERS_MAX).contains(&members))
+    {
+        return Err(BenchError::Invalid(format!(
+            "--group-members takes up to {GROUP_SIZES_MAX} group sizes, each within \
+             2..={GROUP_MEMBERS_MAX} (the sender and one member at least), not {:?}",
+            options.group_members
         )));
     }
     if options.backlog_messages == 0 || options.backlog_messages > BACKLOG_MESSAGES {
@@ -397,6 +431,7 @@ pub(crate) fn run_folder(parent: Option<&Path>) -> Result<tempfile::TempDir, Ben
 pub(crate) struct Measured {
     pub(crate) rows: Vec<MessageRow>,
     pub(crate) backlog: BacklogRow,
+    pub(crate) groups: Vec<GroupRow>,
     /// A W1 send, the raw QUIC ceiling's frame.
     pub(crate) envelope_request: ClientRequest,
     /// The size of its envelope.
@@ -525,7 +560,16 @@ async fn workloads(
     };
     let outcome = async {
         step("W1 max: closed loop");
-        let max = w1_row(&context, &mut senders, 0, ROW_W1_MAX, Pace::Closed, timing).await?;
+        let max = w1_row(
+            &context,
+            &mut senders,
+            0,
+            ROW_W1_MAX,
+            Pace::Closed,
+            timing,
+            1,
+        )
+        .await?;
         let offered = max.delivered_per_second * OPEN_LOOP_SHARE_OF_MAX;
         if offered <= 0.0 {
             return Err(BenchError::Refused(
@@ -542,6 +586,7 @@ async fn workloads(
                 per_second: offered,
             },
             timing,
+            1,
         )
         .await?;
         let mut rows = vec![max, open];
@@ -554,6 +599,7 @@ async fn workloads(
                 ROW_W1_TWO_REGIONS,
                 Pace::Closed,
                 timing,
+                1,
             )
             .await?;
             row.share_of_one_region = Some(ratio(
@@ -584,7 +630,18 @@ async fn workloads(
             &mut links,
         )
         .await?;
-        Ok((rows, backlog))
+        let groups = crate::groups::w3_rows(
+            &context,
+            &near,
+            near_edge,
+            &options.group_members,
+            rows[0].delivered_per_second,
+            timing,
+            step,
+            &mut links,
+        )
+        .await?;
+        Ok((rows, backlog, groups))
     }
     .await;
     recorder.stopping.store(true, Ordering::SeqCst);
@@ -595,10 +652,11 @@ async fn workloads(
     if let Some((_, endpoints)) = &far {
         endpoints.wait_idle().await;
     }
-    let (rows, backlog) = outcome?;
+    let (rows, backlog, groups) = outcome?;
     Ok(Measured {
         rows,
         backlog,
+        groups,
         envelope_request,
         envelope_bytes,
     })
@@ -636,21 +694,21 @@ async fn measure_ceilings(
 // Devices
 
 /// Whether a registered device stays connected, draining its queue into the recorder.
-enum Online<'a> {
+pub(crate) enum Online<'a> {
     Yes(&'a Arc<Recorder>),
     No,
 }
 
 /// A registered device and, when online, its authenticated connection.
-struct Registered {
-    device: Device,
-    link: Option<Arc<EdgeLink>>,
+pub(crate) struct Registered {
+    pub(crate) device: Device,
+    pub(crate) link: Option<Arc<EdgeLink>>,
 }
 
 /// Registers `count` devices named `<prefix>-<i>` through `edge`, up to
 /// [`REGISTRATIONS_IN_FLIGHT_MAX`] at once, in order. Online ones authenticate on the
 /// connection they registered on and drain their queue from then on; the others close it.
-async fn register_all(
+pub(crate) async fn register_all(
     endpoints: &Arc<Endpoints>,
     edge: SocketAddr,
     prefix: &str,
@@ -779,9 +837,17 @@ async fn run_inbox(
     }
 }
 
+/// Whom one chat of a sender reaches.
+pub(crate) enum Recipients {
+    /// One peer's device, 1:1.
+    Peer(DeviceAddress),
+    /// Every member device of a group (W3).
+    Group(GroupTarget),
+}
+
 /// One chat of a sender.
-struct Lane {
-    peer: DeviceAddress,
+pub(crate) struct Lane {
+    to: Recipients,
     chat: ChatId,
     pipeline: SendPipeline,
 }
@@ -789,24 +855,34 @@ struct Lane {
 impl Lane {
     fn new(sender: &Device, peer: &Device, window: usize) -> Self {
         Self {
-            peer: peer.address,
+            to: Recipients::Peer(peer.address),
             chat: ChatId::direct(sender.address.account, peer.address.account),
+            pipeline: SendPipeline::new(window),
+        }
+    }
+
+    /// The chat of `group`, `window` envelopes in flight at most.
+    pub(crate) fn group(group: GroupTarget, window: usize) -> Self {
+        Self {
+            chat: group.chat(),
+            to: Recipients::Group(group),
             pipeline: SendPipeline::new(window),
         }
     }
 }
 
 /// A sending device with its chats.
-struct Sender {
-    device: Device,
-    link: Arc<EdgeLink>,
-    lanes: Vec<Lane>,
+pub(crate) struct Sender {
+    pub(crate) device: Device,
+    pub(crate) link: Arc<EdgeLink>,
+    pub(crate) lanes: Vec<Lane>,
 }
 
 /// How a sender composes its messages.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Pace {
-    /// The next when the previous one is acknowledged, until the window ends.
+    /// The next when one of those in flight is acknowledged (a chat keeps its pipeline window
+    /// full: one message for the W1 rows, the client's window for W3), until the window ends.
     Closed,
     /// The senders together at this rate, each on its own schedule, until the window ends.
     Open { per_second: f64 },
@@ -869,7 +945,7 @@ async fn drive(
         let now = Instant::now();
         let composing = match pace {
             Pace::Closed => {
-                if now < compose_until && lane.pipeline.is_idle() {
+                while now < compose_until && lane.pipeline.unconfirmed() < lane.pipeline.window() {
                     lane.pipeline.compose(client_message_id(), clock.us_at(now));
                     composed += 1;
                 }
@@ -894,7 +970,10 @@ async fn drive(
             }
         };
         while let Some(next) = lane.pipeline.poll_transmit(clock.now_ms()) {
-            let envelope = device.envelope(lane.peer, lane.chat, &next, row);
+            let envelope = match &lane.to {
+                Recipients::Peer(peer) => device.envelope(*peer, lane.chat, &next, row),
+                Recipients::Group(group) => device.group_envelope(group, &next, row),
+            };
             let link = link.clone();
             in_flight.spawn(async move { (next.sender_seq, link.send(envelope).await) });
         }
@@ -912,7 +991,7 @@ async fn drive(
         }
         if let Pace::Closed = pace
             && composing
-            && lane.pipeline.is_idle()
+            && lane.pipeline.unconfirmed() < lane.pipeline.window()
         {
             // Composes at once on the next turn.
             continue;
@@ -976,15 +1055,17 @@ pub(crate) struct Context<'a> {
     pub(crate) clock: RunClock,
 }
 
-/// One W1 row: every sender on chat `lane` with `pace` through a warm-up and a window, then
-/// until every message sent is delivered.
-async fn w1_row(
+/// One W1 (or W3) row: every sender on chat `lane` with `pace` through a warm-up and a
+/// window, then until every message sent is delivered to each of its
+/// `deliveries_per_message` devices (1 for a 1:1 chat, a group's member devices for W3).
+pub(crate) async fn w1_row(
     context: &Context<'_>,
     senders: &mut Vec<Sender>,
     lane: usize,
     row: u8,
     pace: Pace,
     timing: Timing,
+    deliveries_per_message: u64,
 ) -> Result<MessageRow, BenchError> {
     let (window_start, window_end) = timing.schedule();
     let started = Instant::now();
@@ -1052,7 +1133,11 @@ async fn w1_row(
     *senders = returned.into_iter().flatten().collect();
     context
         .recorder
-        .wait_delivered(row, tally.confirmed, drain_deadline)
+        .wait_delivered(
+            row,
+            tally.confirmed.saturating_mul(deliveries_per_message),
+            drain_deadline,
+        )
         .await?;
     let arrivals = context.recorder.take_row(row);
     let bench_cpu_seconds = cpu_before
@@ -1235,6 +1320,8 @@ pub(crate) fn row_name(row: u8) -> &'static str {
         ROW_W1_OPEN => "W1 at 50%",
         ROW_W1_TWO_REGIONS => "W1 two regions",
         ROW_W4 => "W4 backlog",
+        ROW_W3_OPEN => "W3 at 50%",
+        row if row >= ROW_W3_MAX_FIRST => "W3 max",
         _ => "introductions",
     }
 }
@@ -1542,6 +1629,7 @@ impl MessagesReport {
         let unannounced: Vec<String> = self
             .rows
             .iter()
+            .chain(self.groups.iter().map(|row| &row.measured))
             .filter(|row| row.unannounced > 0)
             .map(|row| format!("{} in {}", row.unannounced, row.workload))
             .chain(
@@ -1600,6 +1688,7 @@ impl MessagesReport {
             },
             backlog.conflict_retries,
         ));
+        out.push_str(&crate::groups::table(&self.groups, self.payload_bytes));
         let ceilings = &self.ceilings;
         out.push_str(&format!(
             "\nCeilings, measured in the same run after the devnet stopped, each alone:\n\

@@ -9,9 +9,10 @@ use relay_bench::blobs::{self, BlobsOptions};
 use relay_bench::connections::{self, ConnectionsOptions};
 use relay_bench::limits::{
     BACKLOG_MESSAGES, BACKLOG_MESSAGES_QUICK, BLOB_BYTES_DEFAULT, BLOB_BYTES_QUICK,
-    BLOB_ROUNDS_DEFAULT, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK, MESSAGES_WINDOW_SECONDS_DEFAULT,
-    MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT, SYNC_COMPARE_MESSAGES_DEFAULT,
-    SYNC_COMPARE_MESSAGES_QUICK, SYNC_MESSAGES_DEFAULT, SYNC_MESSAGES_QUICK,
+    BLOB_ROUNDS_DEFAULT, GROUP_MEMBERS_DEFAULT, IDLE_DEVICES_DEFAULT, IDLE_DEVICES_QUICK,
+    MESSAGES_WINDOW_SECONDS_DEFAULT, MESSAGES_WINDOW_SECONDS_QUICK, SENDERS_DEFAULT,
+    SYNC_COMPARE_MESSAGES_DEFAULT, SYNC_COMPARE_MESSAGES_QUICK, SYNC_MESSAGES_DEFAULT,
+    SYNC_MESSAGES_QUICK,
 };
 use relay_bench::messages::{self, ClientMode, MessagesOptions};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
@@ -27,9 +28,10 @@ pub enum Benchmark {
     Storage(StorageArgs),
     /// Messages through a devnet's real processes (this executable, run as `relayd devnet`):
     /// W1 (N senders → N receivers, 1:1: closed loop, open loop at half its rate, across two
-    /// regions) and W4 (a backlog for an offline device), with latencies, server CPU and the
-    /// ceilings measured in the same run (raw QUIC, raw redb, Olm); opaque devices, or client
-    /// SDK devices end to end encrypted (--mode e2ee). Needs a release build.
+    /// regions), W4 (a backlog for an offline device) and, with opaque devices, W3 (one sender
+    /// to a 100- and a 1,024-member group), with latencies, server CPU and the ceilings
+    /// measured in the same run (raw QUIC, raw redb, Olm); opaque devices, or client SDK
+    /// devices end to end encrypted (--mode e2ee, without W3). Needs a release build.
     Messages(MessagesArgs),
     /// Idle authenticated devices on one edge of a devnet (W2): the edge's memory per
     /// connection, connections per second, and memory given back when they leave. Needs a
@@ -133,6 +135,13 @@ pub struct MessagesArgs {
     /// Regions of the devnet: 2 adds the row across two regions.
     #[arg(long, default_value_t = 2)]
     regions: u32,
+    /// Members of each W3 group, the sender included (up to 4 sizes, each 2 to 1,024; default
+    /// 100,1024); the first size also gets the open-loop row. Opaque mode only.
+    #[arg(long, value_delimiter = ',')]
+    group_members: Option<Vec<usize>>,
+    /// Leave out W3 (the group rows).
+    #[arg(long, conflicts_with = "group_members")]
+    no_groups: bool,
     /// Folder to run in; the run uses a temporary folder inside it and removes it afterwards
     /// (keeps it, and says so, when the run fails). Default: the system's temporary folder.
     #[arg(long)]
@@ -255,6 +264,11 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 mode: match args.mode {
                     ModeArg::Opaque => ClientMode::Opaque,
                     ModeArg::E2ee => ClientMode::E2ee,
+                },
+                group_members: match (args.no_groups, args.group_members) {
+                    (true, _) => Vec::new(),
+                    (false, Some(sizes)) => sizes,
+                    (false, None) => GROUP_MEMBERS_DEFAULT.to_vec(),
                 },
             };
             let bar = crate::progress::bar(

@@ -1,7 +1,7 @@
 //! `relayd bench messages` (opaque and E2EE devices), `relayd bench connections` and
 //! `relayd bench sync` as a user runs them, in their short versions on this debug build (`--quick --allow-debug`): every row
-//! and ceiling is there with non-zero figures, every message acknowledged ✓ was delivered once,
-//! every idle device connected and left. Nothing here asserts a speed: a debug build on a
+//! and ceiling is there with non-zero figures, every message acknowledged ✓ was delivered once
+//! (to every member device of a W3 group), every idle device connected and left. Nothing here asserts a speed: a debug build on a
 //! shared machine says nothing about one.
 
 use std::io::Read;
@@ -79,12 +79,64 @@ fn the_message_benchmark_reports_every_row_and_loses_nothing() {
         "--json",
         "--senders",
         "4",
+        // Small groups: W3's 100 and 1,024 members would add minutes on a debug build.
+        "--group-members",
+        "5,9",
     ]);
     assert_eq!(report["build"], "debug");
     assert_eq!(report["mode"], "opaque");
     assert_eq!(report["senders"], 4);
     positive(&report, "envelope_bytes");
     every_row_and_ceiling_with_nothing_lost(&report);
+    every_group_row_delivered_to_every_member(&report);
+}
+
+/// W3: a closed-loop row per group size, then the first size at 50 %; every group message ✓
+/// reached every member device but the sender's, once.
+fn every_group_row_delivered_to_every_member(report: &Value) {
+    let rows = report["groups"].as_array().expect("the W3 rows");
+    let shape: Vec<(&str, u64, u64)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["workload"].as_str().expect("a workload name"),
+                row["members"].as_u64().expect("members"),
+                row["receiving_devices"].as_u64().expect("receiving devices"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [("W3 max", 5, 4), ("W3 max", 9, 8), ("W3 at 50%", 5, 4)]
+    );
+    for row in rows {
+        for field in [
+            "sent",
+            "delivered_in_window",
+            "delivered_per_second",
+            "messages_per_second",
+            "share_of_one_to_one",
+            "envelope_bytes",
+        ] {
+            positive(row, field);
+        }
+        reported(row, "server_cpu_seconds");
+        let receiving = row["receiving_devices"].as_u64().expect("receiving devices");
+        let sent = row["sent"].as_u64().expect("sent");
+        assert_eq!(
+            row["delivered"].as_u64(),
+            Some(sent * receiving),
+            "every ✓ delivered to every member device: {row:#}"
+        );
+        assert_eq!(row["duplicates"], 0, "{row:#}");
+        for latency in ["ack", "send_to_deliver"] {
+            positive(&row[latency], "samples");
+            positive(&row[latency], "p50_ms");
+        }
+    }
+    // A larger group's envelope lists more devices.
+    assert!(number(&rows[1], "envelope_bytes") > number(&rows[0], "envelope_bytes"));
+    positive(&rows[2], "offered_per_second");
 }
 
 /// The checks both modes share: the three W1 rows with every ✓ delivered once and non-zero
@@ -160,6 +212,8 @@ fn the_message_benchmark_runs_end_to_end_encrypted_through_the_sdk() {
     ]);
     assert_eq!(report["mode"], "e2ee");
     assert_eq!(report["senders"], 2);
+    // W3 measures the servers' fan-out with opaque devices only.
+    assert_eq!(report["groups"].as_array().map(Vec::len), Some(0));
     // An Olm ciphertext of the text and its routing: more than the text itself.
     assert!(
         number(&report, "envelope_bytes") > number(&report, "payload_bytes"),
