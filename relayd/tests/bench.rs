@@ -101,7 +101,9 @@ fn every_group_row_delivered_to_every_member(report: &Value) {
             (
                 row["workload"].as_str().expect("a workload name"),
                 row["members"].as_u64().expect("members"),
-                row["receiving_devices"].as_u64().expect("receiving devices"),
+                row["receiving_devices"]
+                    .as_u64()
+                    .expect("receiving devices"),
             )
         })
         .collect();
@@ -121,7 +123,9 @@ fn every_group_row_delivered_to_every_member(report: &Value) {
             positive(row, field);
         }
         reported(row, "server_cpu_seconds");
-        let receiving = row["receiving_devices"].as_u64().expect("receiving devices");
+        let receiving = row["receiving_devices"]
+            .as_u64()
+            .expect("receiving devices");
         let sent = row["sent"].as_u64().expect("sent");
         assert_eq!(
             row["delivered"].as_u64(),
