@@ -277,8 +277,9 @@ fn group_row(
     }
 }
 
-/// The W3 rows as a Markdown table with its context and the issue's targets.
-pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize) -> String {
+/// The W3 rows as a Markdown table with its context and the issue's targets;
+/// `one_to_one_per_second` is W1 max's delivered rate in the same run.
+pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_second: f64) -> String {
     let Some(first) = rows.first() else {
         return String::new();
     };
@@ -297,9 +298,11 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize) -> String {
         "\nW3 group fan-out: one sender device → a group (the sender and its members' devices \
          homed in region 1, each connected and draining its queue on pushes), {} envelopes of \
          the group chat in flight, {payload_bytes} B opaque group ciphertexts (envelopes of \
-         {}); deliveries counted at the member devices\n\n",
+         {}); deliveries counted at the member devices, beside W1 max's {} delivered/s 1:1 in \
+         this run\n\n",
         first.pipeline_window,
         sizes.join(", "),
+        thousands(one_to_one_per_second),
     );
     out.push_str(
         "| workload | members | deliveries/s | group messages/s | ÷ W1 max 1:1 | ✓ p50 / p99 / \
@@ -330,8 +333,8 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize) -> String {
             thousands(measured.sent as f64),
             thousands(measured.delivered as f64),
             measured.request_timeouts,
-            measured.conflict_retries,
-            measured.other_retries,
+            thousands(measured.conflict_retries as f64),
+            thousands(measured.other_retries as f64),
             measured.server_cpu_seconds,
             thousands(measured.delivered_per_server_cpu_second),
             measured

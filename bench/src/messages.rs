@@ -1688,7 +1688,13 @@ impl MessagesReport {
             },
             backlog.conflict_retries,
         ));
-        out.push_str(&crate::groups::table(&self.groups, self.payload_bytes));
+        out.push_str(&crate::groups::table(
+            &self.groups,
+            self.payload_bytes,
+            self.rows
+                .first()
+                .map_or(0.0, |max| max.delivered_per_second),
+        ));
         let ceilings = &self.ceilings;
         out.push_str(&format!(
             "\nCeilings, measured in the same run after the devnet stopped, each alone:\n\
