@@ -162,7 +162,9 @@ pub(crate) async fn w3_rows(
             "W3 max: closed loop to a group of {} members",
             thousands(size as f64)
         ));
-        let row = ROW_W3_MAX_FIRST + u8::try_from(index).unwrap_or(u8::MAX);
+        // `index` is below GROUP_SIZES_MAX (validated), and the rows up to it fit a u8
+        // (asserted where the row numbers are).
+        let row = ROW_W3_MAX_FIRST.saturating_add(u8::try_from(index).unwrap_or(u8::MAX));
         let receiving = size as u64 - 1;
         let measured = w1_row(
             context,
