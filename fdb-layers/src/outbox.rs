@@ -163,6 +163,26 @@ pub async fn peek(
     destination: RegionId,
     limit: usize,
 ) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
+    peek_entries(transaction, destination, limit, false).await
+}
+
+/// [`peek`] as a snapshot read, for a transaction that applies the entries and removes them
+/// ([`remove_through`]) itself: pushes committing meanwhile do not conflict with it (they are
+/// numbered after its read version, so after every entry it read, and stay).
+pub async fn peek_snapshot(
+    transaction: &Transaction,
+    destination: RegionId,
+    limit: usize,
+) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
+    peek_entries(transaction, destination, limit, true).await
+}
+
+async fn peek_entries(
+    transaction: &Transaction,
+    destination: RegionId,
+    limit: usize,
+    snapshot: bool,
+) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
     let pending = Outbox::new().pending(destination);
     let limit = limit.min(LAYER_READ_ENTRIES_MAX);
     let (mut begin, end) = pending.range();
@@ -170,9 +190,11 @@ pub async fn peek(
     // One page of chunks at a time: an entry's chunks are contiguous, so a page may end inside
     // one, whose remaining chunks the next page brings.
     while entries.len() < limit {
-        let page = transaction
-            .get_range(&begin, &end, RangeOptions::limit(LAYER_READ_ENTRIES_MAX))
-            .await?;
+        let options = RangeOptions {
+            snapshot,
+            ..RangeOptions::limit(LAYER_READ_ENTRIES_MAX)
+        };
+        let page = transaction.get_range(&begin, &end, options).await?;
         let Some((last, _)) = page.last() else {
             break;
         };

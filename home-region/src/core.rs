@@ -869,13 +869,53 @@ async fn route_receipt(
         at_ms: transition.now_ms,
         sender: entry.sender.into(),
     };
-    if entry.sender_region == local {
+    if entry.sender_region == local && !is_group_envelope(&entry.envelope_bytes) {
         deliver_receipt(tx, &receipt, transition.now_ms, effects).await
     } else {
+        // Elsewhere, or a group message's: every member's ack of one message makes a receipt
+        // for the same sender queue, and appending each in its own ack would make those acks
+        // conflict on that queue. The receipt is pushed to this region's outbox (versionstamped,
+        // no read) and the pump appends a batch of them in one transaction
+        // (`deliver_local_receipts`).
         pushes.push(tx, entry.sender_region, &receipt.encode_to_vec())?;
         effects.outbox_pushed = true;
         Ok(())
     }
+}
+
+/// Whether a stored envelope is a group envelope, read without decoding its ciphertexts (a
+/// full group's message has thousands of entries, skipped here, not copied).
+fn is_group_envelope(envelope_bytes: &[u8]) -> bool {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct GroupField {
+        #[prost(uint64, tag = "8")]
+        group: u64,
+    }
+    GroupField::decode(envelope_bytes).is_ok_and(|envelope| envelope.group != 0)
+}
+
+/// Appends the oldest receipts this region's outbox holds for itself (group receipts, see
+/// `route_receipt`) to their senders' queues and removes them, in one transaction; returns how
+/// many it took (at most `limit`).
+pub async fn deliver_local_receipts(
+    tx: &Transaction,
+    local: RegionId,
+    limit: usize,
+    now_ms: u64,
+) -> Outcome<usize> {
+    let mut effects = Effects::default();
+    let entries = outbox::peek_snapshot(tx, local, limit).await?;
+    let Some(&(last, _)) = entries.last() else {
+        return Ok(Ok((0, effects)));
+    };
+    for (_, bytes) in &entries {
+        match QueuedReceipt::decode(bytes.as_slice()) {
+            Ok(receipt) => deliver_receipt(tx, &receipt, now_ms, &mut effects).await?,
+            Err(error) => tracing::error!(%error, "dropping an undecodable receipt of the outbox"),
+        }
+    }
+    outbox::remove_through(tx, local, last);
+    Ok(Ok((entries.len(), effects)))
 }
 
 /// Records a receipt for a message sent from this region and queues it (enqueued at `now_ms`)
@@ -1938,6 +1978,83 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(effects.notify.get(&device_in(bob, 1)), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn group_acks_become_receipts_for_the_sender_in_one_batch() {
+        let f = fixture();
+        let alice = account(&f.db, "alice", HERE, 1).await;
+        let members: Vec<AccountId> = {
+            let mut members = Vec::new();
+            for index in 0..5 {
+                members.push(account(&f.db, &format!("m{index}"), HERE, 1).await);
+            }
+            members
+        };
+        let team = group(&f.db, alice, &members).await;
+        let alice1 = device_in(alice, 1);
+        let devices: Vec<DeviceAddress> = members.iter().map(|m| device_in(*m, 1)).collect();
+        let mut listed = members.clone();
+        listed.push(alice);
+        let message = group_envelope(
+            team,
+            1,
+            EnvelopeKind::Message,
+            alice1,
+            &devices,
+            &listed,
+            1,
+            1,
+        );
+        let (outcome, _) = commit(&f.db, &message, HERE).await;
+        assert!(
+            matches!(outcome, send_outcome::Outcome::Sent(_)),
+            "{outcome:?}"
+        );
+
+        // Each member's ack pushes its receipt to this region's outbox, touching nothing of
+        // alice's queue (so the acks do not conflict on it).
+        for device in &devices {
+            let (_, effects) = fetch(&f.db, *device, &[1]).await;
+            assert!(effects.outbox_pushed);
+            assert!(!effects.notify.contains_key(&alice1), "{effects:?}");
+        }
+        let (batch, _) = fetch(&f.db, alice1, &[]).await;
+        assert!(
+            batch.entries.is_empty(),
+            "no receipt before the pump's batch"
+        );
+
+        // The pump's batch appends all five in one transaction, and the next finds none.
+        let (taken, effects) =
+            f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+                .await
+                .expect("store")
+                .expect("applied");
+        assert_eq!(taken, 5);
+        assert_eq!(effects.notify.get(&alice1), Some(&5));
+        let (taken, _) =
+            f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+                .await
+                .expect("store")
+                .expect("applied");
+        assert_eq!(taken, 0);
+        let (batch, _) = fetch(&f.db, alice1, &[]).await;
+        let recipients: BTreeSet<wire::DeviceAddr> = batch
+            .entries
+            .iter()
+            .map(|entry| match &entry.item {
+                Some(queue_entry::Item::Receipt(receipt)) => {
+                    assert_eq!(receipt.state, ReceiptState::Delivered as i32);
+                    receipt.recipient
+                }
+                other => panic!("a receipt, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            recipients,
+            devices.iter().map(|device| (*device).into()).collect()
+        );
     }
 
     #[tokio::test]

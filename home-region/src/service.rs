@@ -1785,6 +1785,7 @@ impl RegionService {
     async fn outbox_pump(self) {
         loop {
             let mut backlog = false;
+            let mut more = false;
             let destinations = match self
                 .inner
                 .db
@@ -1799,12 +1800,16 @@ impl RegionService {
             };
             for destination in destinations {
                 match self.deliver_outbox(destination).await {
-                    Ok(more) => backlog |= more,
+                    Ok(full) => more |= full,
                     Err(error) => {
                         tracing::warn!(%destination, %error, "outbox delivery failed; will retry");
                         backlog = true;
                     }
                 }
+            }
+            if more && !backlog {
+                // A full batch went: the next one goes now, not after a pause.
+                continue;
             }
             let pause = if backlog {
                 OUTBOX_RETRY_DELAY_MS
@@ -1850,6 +1855,17 @@ impl RegionService {
     }
 
     async fn deliver_outbox(&self, destination: RegionId) -> Result<bool, ProtoError> {
+        if destination == self.inner.region {
+            // Group receipts for this region's own senders: applied here, a batch at a time.
+            let local = self.inner.region;
+            let now = self.inner.clock.now_ms();
+            let applied = self
+                .transact(|tx| async move {
+                    core::deliver_local_receipts(&tx, local, OUTBOX_BATCH_ENTRIES_MAX, now).await
+                })
+                .await?;
+            return Ok(applied == OUTBOX_BATCH_ENTRIES_MAX);
+        }
         let entries = self
             .inner
             .db
