@@ -109,9 +109,14 @@ pub struct ReadReceipt {
     /// When they were read (ms since the Unix epoch, the reader's clock).
     #[prost(uint64, tag = "2")]
     pub read_at_ms: u64,
-    /// The other account of the 1:1 chat as the reader sees it (for the reader's other devices).
+    /// The other account of the 1:1 chat as the reader sees it (for the reader's other devices);
+    /// for messages of a group, the account that sent them.
     #[prost(uint64, tag = "3")]
     pub peer_account: u64,
+    /// The group the messages are of; 0: the 1:1 chat's. (A group's read receipt goes to the
+    /// messages' sender only, over Olm in the 1:1 chat, never to the group.)
+    #[prost(uint64, tag = "4")]
+    pub group: u64,
 }
 
 /// Names a message of a chat everywhere: its sending device and that device's id for it (the
@@ -385,8 +390,23 @@ impl Content {
                 client_message_ids: client_message_ids.into_iter().map(Vec::from).collect(),
                 read_at_ms,
                 peer_account,
+                group: 0,
             })),
         })
+    }
+
+    /// A read receipt for messages of `group` that `sender_account` sent.
+    pub fn group_read(
+        group: u64,
+        client_message_ids: Vec<[u8; 16]>,
+        read_at_ms: u64,
+        sender_account: u64,
+    ) -> Result<Self> {
+        let mut content = Content::read(client_message_ids, read_at_ms, sender_account)?;
+        if let Some(body::Body::Read(read)) = &mut content.body {
+            read.group = group;
+        }
+        Ok(content)
     }
 
     /// A change to `target` made at `at`, in the chat with `peer_account`.
@@ -594,6 +614,7 @@ mod tests {
                 client_message_ids: vec![vec![1; 3]],
                 read_at_ms: 0,
                 peer_account: 1,
+                group: 0,
             })),
         };
         assert!(Content::from_bytes(&bad.to_bytes()).is_err());

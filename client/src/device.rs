@@ -196,7 +196,12 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Command {
     Send(String, String, bool, Reply<ClientMessageId>),
     SendGroup(u64, String, Reply<ClientMessageId>),
-    LearnGroup(relay_proto::wire::GroupInfo, Reply<()>),
+    MarkGroupRead(u64, Reply<usize>),
+    LearnGroup(
+        relay_proto::wire::GroupInfo,
+        Vec<crate::store::Contact>,
+        Reply<()>,
+    ),
     GroupHistory(u64, usize, Reply<Vec<Event>>),
     MarkRead(String, Reply<usize>),
     Change(String, String, Change, Reply<ClientMessageId>),
@@ -354,9 +359,23 @@ impl Device {
             .await
     }
 
+    /// Marks every unread message of group `group` read and sends each sender a read receipt
+    /// (to the sender alone, end-to-end encrypted; none with read receipts off, when only this
+    /// account's other devices learn it); returns how many were marked. A sent message's tick
+    /// moves to read once every member it went to read it on some device.
+    pub async fn mark_group_read(&self, group: u64) -> Result<usize> {
+        self.call(|reply| Command::MarkGroupRead(group, reply))
+            .await
+    }
+
     /// Records a group's membership as the directory answered it (see [`crate::groups`]).
-    pub(crate) async fn learn_group(&self, info: relay_proto::wire::GroupInfo) -> Result<()> {
-        self.call(|reply| Command::LearnGroup(info, reply)).await
+    pub(crate) async fn learn_group(
+        &self,
+        info: relay_proto::wire::GroupInfo,
+        members: Vec<crate::store::Contact>,
+    ) -> Result<()> {
+        self.call(|reply| Command::LearnGroup(info, members, reply))
+            .await
     }
 
     /// The latest `limit` messages of group `group` on this device, oldest first, as
@@ -1101,8 +1120,20 @@ impl Actor {
                 self.pump(now).await;
                 let _ = reply.send(typed);
             }
-            Command::LearnGroup(info, reply) => {
-                let _ = reply.send(self.core.learn_group_info(&info));
+            Command::MarkGroupRead(group, reply) => {
+                let marked = self.core.mark_group_read(group, wall_ms, now);
+                if marked.is_ok() {
+                    self.core.open_flush_window(now + FLUSH_BUDGET_MS);
+                }
+                self.pump(now).await;
+                let _ = reply.send(marked);
+            }
+            Command::LearnGroup(info, members, reply) => {
+                let learned = self
+                    .core
+                    .learn_group_info(&info)
+                    .and_then(|()| self.core.learn_contacts(&members));
+                let _ = reply.send(learned);
             }
             Command::GroupHistory(group, limit, reply) => {
                 let _ = reply.send(self.core.group_history(group, limit));

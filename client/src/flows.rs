@@ -219,6 +219,42 @@ fn is_other_tick(event: &Event, own: &str) -> bool {
     matches!(event, Event::Tick { id, .. } | Event::GroupTick { id, .. } if id != own)
 }
 
+/// Marks every unread message of group `group` read and sends the read receipts (see
+/// [`Device::mark_group_read`]), like [`read`] for a 1:1 chat; reports `marked_read` with
+/// `peer` "group G".
+pub async fn read_group(
+    device: &Device,
+    events: &mut Events,
+    group: u64,
+    sink: &mut dyn FnMut(Event),
+) -> Result<usize> {
+    let quiet = |sink: &mut dyn FnMut(Event), event: Event| {
+        if !matches!(event, Event::Disconnected { .. } | Event::Connected { .. }) {
+            sink(event);
+        }
+    };
+    let count = events
+        .drive(device.mark_group_read(group), &mut |event| {
+            quiet(sink, event)
+        })
+        .await?;
+    sink(Event::MarkedRead {
+        peer: format!("group {group}"),
+        count,
+    });
+    if device.pending_count().await? > 0 {
+        let flushed = events
+            .drive(
+                device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
+                &mut |event| quiet(sink, event),
+            )
+            .await;
+        report_still_pending(device, None, sink).await?;
+        flushed?;
+    }
+    Ok(count)
+}
+
 /// The latest `limit` messages of group `group` on this device, oldest first.
 pub async fn group_history(
     device: &Device,

@@ -175,18 +175,24 @@ impl Device {
                 ));
             }
         };
-        // The membership as the directory answered it is what the next group message is
-        // encrypted for: an admin who removed a member rotates before their next message.
-        if info.version > 0 && !info.members.is_empty() {
-            self.learn_group(info.clone()).await?;
-        }
         let connection = self.group_connection().await?;
         let accounts: Vec<AccountId> = info
             .members
             .iter()
             .map(|member| AccountId(member.account))
             .collect();
-        let names = account_names(&connection, &accounts).await?;
+        let contacts = account_names(&connection, &accounts).await?;
+        // The membership as the directory answered it is what the next group message is
+        // encrypted for (an admin who removed a member rotates before their next message), and
+        // the members' names are what this device shows for them (`relay info`).
+        if info.version > 0 && !info.members.is_empty() {
+            self.learn_group(info.clone(), contacts.values().cloned().collect())
+                .await?;
+        }
+        let names: BTreeMap<AccountId, String> = contacts
+            .into_iter()
+            .map(|(account, contact)| (account, contact.name))
+            .collect();
         let mut group = unnamed(&info);
         group.members = info
             .members
@@ -279,7 +285,7 @@ async fn account_ids(connection: &Arc<EdgeConnection>, names: &[&str]) -> Result
 async fn account_names(
     connection: &Arc<EdgeConnection>,
     accounts: &[AccountId],
-) -> Result<BTreeMap<AccountId, String>> {
+) -> Result<BTreeMap<AccountId, crate::store::Contact>> {
     let mut names = BTreeMap::new();
     for chunk in accounts.chunks(GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX) {
         let mut lookups = JoinSet::new();
@@ -292,7 +298,15 @@ async fn account_names(
             let (account, info) = joined.map_err(|error| {
                 ClientError::Invalid(format!("an account lookup stopped: {error}"))
             })?;
-            names.insert(account, info?.name);
+            let info = info?;
+            names.insert(
+                account,
+                crate::store::Contact {
+                    account,
+                    name: info.name,
+                    region: info.region,
+                },
+            );
         }
     }
     Ok(names)

@@ -622,6 +622,36 @@ fn process_message(
         | body::Body::Bootstrap(_)
         | body::Body::GroupKey(_)
         | body::Body::GroupText(_) => {} // above
+        body::Body::Read(read) if read.group != 0 => {
+            // Messages of a group: another own device read them, or a member read this
+            // device's (its receipt only moves a recipient row of a message sent from here).
+            let ids: Vec<ClientMessageId> = read
+                .client_message_ids
+                .iter()
+                .filter_map(|bytes| ClientMessageId::from_bytes(bytes).ok())
+                .collect();
+            if outgoing {
+                writer.mark_group_read_locally(read.group, peer, &ids, read.read_at_ms)?;
+            } else if writer.read_receipts()? {
+                for id in ids {
+                    if writer.record_group_receipt(
+                        me,
+                        id,
+                        sender,
+                        RecipientState::Read,
+                        read.read_at_ms,
+                    )? && writer.group_read_by_all(me, id)?
+                        && writer.advance_group_tick(me, id, Tick::Read)?
+                    {
+                        reports.push(Inbound::GroupTick {
+                            group: read.group,
+                            id,
+                            tick: Tick::Read,
+                        });
+                    }
+                }
+            }
+        }
         body::Body::Read(read) => {
             let ids: Vec<ClientMessageId> = read
                 .client_message_ids

@@ -464,6 +464,13 @@ pub enum GroupCommand {
         /// The group id.
         group: u64,
     },
+    /// Mark every unread message of GROUP read, and send each sender a read receipt (to the
+    /// sender alone, end-to-end encrypted; with read receipts off, only your other devices
+    /// learn it). A sender's tick shows read once every member it went to read it.
+    Read {
+        /// The group id.
+        group: u64,
+    },
     /// Print GROUP's messages on this device, oldest first (local only: `relay sync` first
     /// fetches what is queued).
     History {
@@ -937,6 +944,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sent?;
             closed?;
         }
+        Command::Group(GroupCommand::Read { group }) => {
+            let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
+            let done = flows::read_group(&device, &mut events, group, &mut print).await;
+            let closed = device.close().await;
+            done?;
+            closed?;
+        }
         Command::Group(GroupCommand::History { group, limit }) => {
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
             let done = flows::group_history(&device, group, limit, &mut print).await;
@@ -1109,9 +1123,9 @@ async fn group(
             admin: !off,
         },
         GroupCommand::Info { group } => GroupRequest::Info { group: *group },
-        GroupCommand::History { .. } => {
+        GroupCommand::History { .. } | GroupCommand::Read { .. } => {
             return Err(relay_client::ClientError::Invalid(
-                "group history is local; it has no directory request".into(),
+                "group history and read are not directory requests".into(),
             ));
         }
     };

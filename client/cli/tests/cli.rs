@@ -647,11 +647,21 @@ fn group_messages_reach_every_member_in_both_regions_and_no_one_removed() {
     }
     let waited = waiting.wait_with_output().expect("send-group --wait ends");
     assert!(waited.status.success(), "{waited:?}");
-    assert!(
-        json_lines(&waited.stdout)
-            .iter()
-            .any(|event| event["event"] == "group_tick" && event["tick"] == "delivered")
-    );
+    let waited = json_lines(&waited.stdout);
+    let delivered = waited
+        .iter()
+        .find(|event| event["event"] == "group_tick" && event["tick"] == "delivered")
+        .expect("delivered");
+    // `relay info` shows the message and each member device it went to, each delivered.
+    let id = delivered["id"].as_str().expect("id");
+    let info = ok(&alice, &["info", &id[..12]]);
+    assert_eq!(info[0]["event"], "group_message", "{info:?}");
+    assert_eq!(info[0]["tick"], "delivered");
+    let states: Vec<&str> = info[1..]
+        .iter()
+        .map(|event| event["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["delivered"; 3], "{info:?}");
 
     // bob (region 2) writes back; carol is removed, and the next message does not reach her.
     ok(&bob, &["send-group", g, "hi from bob"]);
@@ -684,6 +694,39 @@ fn group_messages_reach_every_member_in_both_regions_and_no_one_removed() {
         group_texts(&history),
         ["hello friends", "second", "hi from bob", "carol has left"]
     );
+
+    // bob and dave read: alice's last message goes to read once both have (read by all), and
+    // `relay info` shows who read it.
+    let last = ok(&alice, &["group", "history", g]);
+    let last_id = last
+        .iter()
+        .rev()
+        .find(|event| event["text"] == "carol has left")
+        .and_then(|event| event["id"].as_str())
+        .expect("alice's last message")
+        .to_owned();
+    let marked = ok(&bob, &["group", "read", g]);
+    assert!(marked.iter().any(|event| event["event"] == "marked_read"));
+    ok(&alice, &["sync"]);
+    let info = ok(&alice, &["info", &last_id[..12]]);
+    assert_eq!(
+        info[0]["tick"], "delivered",
+        "dave has not read it: {info:?}"
+    );
+    ok(&dave, &["group", "read", g]);
+    let synced = ok(&alice, &["sync"]);
+    assert!(
+        synced.iter().any(|event| event["event"] == "group_tick"
+            && event["tick"] == "read"
+            && event["id"] == last_id.as_str()),
+        "{synced:?}"
+    );
+    let info = ok(&alice, &["info", &last_id[..12]]);
+    let states: Vec<&str> = info[1..]
+        .iter()
+        .map(|event| event["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["read", "read"], "{info:?}");
 
     // carol is no longer a member: her text fails with a reason, and nothing is sent.
     let refused = run(

@@ -196,6 +196,119 @@ impl Core {
             .collect())
     }
 
+    /// A group message as its [`Event::GroupMessage`], then, for one this device sent, one
+    /// [`Event::Receipt`] per member device it went to (`relay info`).
+    pub(super) fn group_message_info(
+        &self,
+        message: &crate::store::StoredGroupMessage,
+    ) -> Result<Vec<Event>> {
+        let id = message.client_message_id.to_string();
+        let mine = message.outgoing && message.sender == self.identity.address();
+        let mut events = vec![Event::GroupMessage {
+            group: message.group,
+            id: id.clone(),
+            from: self.name_of(message.sender.account),
+            direction: if message.outgoing {
+                crate::events::Direction::Out
+            } else {
+                crate::events::Direction::In
+            },
+            sender_device: message.sender.to_string(),
+            chat_seq: message.chat_seq.unwrap_or(0),
+            time_ms: message.server_time_ms.unwrap_or(0),
+            sent_at_ms: message.sent_at_ms,
+            text: message.text.clone().unwrap_or_default(),
+            undecryptable: message.undecryptable.clone().or(message
+                .failed
+                .clone()
+                .map(|reason| format!("not sent: {reason}"))),
+            tick: mine.then_some(message.tick),
+        }];
+        if mine {
+            for row in self
+                .store
+                .recipients(message.sender, message.client_message_id)?
+            {
+                events.push(Event::Receipt {
+                    id: id.clone(),
+                    name: self.name_of(row.device.account),
+                    device: row.device.to_string(),
+                    state: row.state,
+                    at_ms: (row.state != crate::store::RecipientState::Pending)
+                        .then_some(row.at_ms),
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    /// Marks every unread message of `group` read, and queues a read receipt for each sender's
+    /// messages to that sender alone (over Olm in the 1:1 chat, end-to-end encrypted; the other
+    /// members learn nothing), and to this account's other devices; with read receipts off,
+    /// to the own devices only. Returns how many were marked.
+    pub fn mark_group_read(&mut self, group: u64, wall_ms: u64, now_ms: u64) -> Result<usize> {
+        self.refuse_if_rolled_back()?;
+        let me = self.identity.address();
+        let send_to_senders = self.store.read_receipts()?;
+        let other_own_devices = self
+            .store
+            .known_devices(me.account)?
+            .iter()
+            .any(|known| known.current && known.address != me);
+        let unread = self
+            .store
+            .write(|writer| writer.unread_group_messages(group))?;
+        let mut by_sender: BTreeMap<AccountId, Vec<ClientMessageId>> = BTreeMap::new();
+        for (sender, id) in &unread {
+            by_sender.entry(sender.account).or_default().push(*id);
+        }
+        let mut receipts = Vec::new();
+        for (sender, ids) in &by_sender {
+            if *sender == me.account || !(send_to_senders || other_own_devices) {
+                continue;
+            }
+            for chunk in ids.chunks(crate::limits::READ_RECEIPT_IDS_MAX) {
+                let content = Content::group_read(
+                    group,
+                    chunk.iter().map(|id| id.0).collect(),
+                    wall_ms,
+                    sender.0,
+                )?;
+                receipts.push((
+                    *sender,
+                    ClientMessageId(rand::Rng::random(&mut self.rng)),
+                    content.to_bytes(),
+                ));
+            }
+        }
+        let entries = self.store.write(|writer| {
+            for (sender, ids) in &by_sender {
+                writer.mark_group_read_locally(group, *sender, ids, wall_ms)?;
+            }
+            let mut entries = Vec::new();
+            for (sender, id, content) in &receipts {
+                let (chat, to) = if send_to_senders {
+                    (ChatId::direct(me.account, *sender), *sender)
+                } else {
+                    (ChatId::direct(me.account, me.account), me.account)
+                };
+                entries.push(super::enqueue(
+                    writer,
+                    chat,
+                    to,
+                    *id,
+                    content.clone(),
+                    wall_ms,
+                )?);
+            }
+            Ok(entries)
+        })?;
+        for entry in entries {
+            self.outbox.insert(entry, now_ms)?;
+        }
+        Ok(unread.len())
+    }
+
     /// Whether group texts wait to be numbered.
     pub(super) fn group_texts_waiting(&self) -> bool {
         self.store
@@ -477,6 +590,19 @@ impl Core {
         self.store
             .write(|writer| writer.set_group_known(info.group, info.version, &members))?;
         Ok(())
+    }
+
+    /// Records accounts the directory named (a group's members) as known accounts, so this
+    /// device shows their names.
+    pub fn learn_contacts(&mut self, contacts: &[crate::store::Contact]) -> Result<()> {
+        self.store.write(|writer| {
+            for contact in contacts {
+                if contact.account != self.identity.account {
+                    writer.upsert_contact(contact)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Records what a region said about a group (`GroupChanged`): the version and members,

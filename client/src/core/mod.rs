@@ -954,6 +954,15 @@ impl Core {
     pub fn message_info(&self, prefix: &str) -> Result<Vec<Event>> {
         let prefix = crate::history::id_prefix(prefix)?;
         let found = self.store.messages_by_id_prefix(&prefix, 2)?;
+        let in_groups = self.store.group_messages_by_id_prefix(&prefix, 2)?;
+        if found.len() + in_groups.len() > 1 {
+            return Err(ClientError::Invalid(format!(
+                "more than one message has an id starting with {prefix}; give more digits"
+            )));
+        }
+        if let [message] = in_groups.as_slice() {
+            return self.group_message_info(message);
+        }
         let message = match found.as_slice() {
             [message] => message,
             [] => {

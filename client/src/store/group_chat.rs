@@ -17,6 +17,8 @@
 //! for its session arrives; at most `GROUP_WAITING_MESSAGES_MAX` wait, and the one waiting
 //! longest is given up (recorded undecryptable) for a newer one.
 
+use std::collections::BTreeMap;
+
 use relay_proto::{AccountId, ClientMessageId, DeviceAddress};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -152,6 +154,28 @@ impl Store {
         client_message_id: ClientMessageId,
     ) -> Result<Option<StoredGroupMessage>> {
         group_message(&self.connection, sender, client_message_id)
+    }
+
+    /// Group messages whose id (hex) starts with `prefix`, at most `limit`.
+    pub fn group_messages_by_id_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredGroupMessage>> {
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM group_messages
+             WHERE lower(hex(client_message_id)) LIKE ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
+        let rows = statement.query_map(
+            params![pattern, i64::try_from(limit).unwrap_or(i64::MAX)],
+            group_message_row,
+        )?;
+        let mut messages = Vec::new();
+        for row in rows {
+            messages.push(row??);
+        }
+        Ok(messages)
     }
 
     /// How many group messages wait for their session's key.
@@ -330,6 +354,77 @@ impl Writer<'_> {
             ],
         )?;
         Ok(changed == 1)
+    }
+
+    /// Incoming messages of `group` not read yet, oldest first: their senders and ids.
+    pub fn unread_group_messages(
+        &self,
+        group: u64,
+    ) -> Result<Vec<(DeviceAddress, ClientMessageId)>> {
+        let mut statement = self.transaction.prepare(
+            "SELECT sender_account, sender_device, client_message_id FROM group_messages
+             WHERE group_id = ?1 AND outgoing = 0 AND read_at_ms IS NULL AND text IS NOT NULL
+             ORDER BY id",
+        )?;
+        let rows = statement.query_map([to_i64(group)], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut unread = Vec::new();
+        for row in rows {
+            let (account, device, id) = row?;
+            let id = ClientMessageId::from_bytes(&id)
+                .map_err(|error| ClientError::Corrupt(error.to_string()))?;
+            unread.push((address(account, device), id));
+        }
+        Ok(unread)
+    }
+
+    /// Marks messages of `group` from `sender_account` read here (another own device read them,
+    /// or this one did); how many changed.
+    pub fn mark_group_read_locally(
+        &self,
+        group: u64,
+        sender_account: AccountId,
+        client_message_ids: &[ClientMessageId],
+        at_ms: u64,
+    ) -> Result<usize> {
+        let mut changed = 0;
+        for id in client_message_ids {
+            changed += self.execute(
+                "UPDATE group_messages SET read_at_ms = ?1 WHERE group_id = ?2
+                 AND sender_account = ?3 AND outgoing = 0 AND client_message_id = ?4
+                 AND read_at_ms IS NULL",
+                params![
+                    to_i64(at_ms),
+                    to_i64(group),
+                    to_i64(sender_account.0),
+                    id.0.as_slice()
+                ],
+            )?;
+        }
+        Ok(changed)
+    }
+
+    /// Whether every member account a group message `me` sent went to (other than this one)
+    /// has read it on some device; `false` with none.
+    pub fn group_read_by_all(
+        &self,
+        me: DeviceAddress,
+        client_message_id: ClientMessageId,
+    ) -> Result<bool> {
+        let rows = super::messages::recipients(self.transaction, me, client_message_id)?;
+        let mut accounts: BTreeMap<AccountId, bool> = BTreeMap::new();
+        for row in rows {
+            if row.device.account == me.account {
+                continue;
+            }
+            *accounts.entry(row.device.account).or_default() |= row.state == RecipientState::Read;
+        }
+        Ok(!accounts.is_empty() && accounts.values().all(|read| *read))
     }
 
     /// Gives up every group text `me` typed and the outbox has not numbered; returns their

@@ -180,6 +180,7 @@ CREATE TABLE group_messages (
     tick INTEGER NOT NULL,
     undecryptable TEXT,
     failed TEXT,
+    read_at_ms INTEGER,
     UNIQUE (sender_account, sender_device, client_message_id)
 );
 CREATE INDEX group_messages_by_group ON group_messages (group_id, id);
