@@ -79,16 +79,12 @@ pub async fn send(
 ) -> Result<ClientMessageId> {
     // A one-shot send says nothing about its connection (a still-pending line says why it is
     // not sent); one that waits shows reconnects as notes.
-    let mut shown = |event: Event| match (event, wait) {
-        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
-        (event, None) => sink(event),
-        (event, Some(_)) => {
-            if let Some(event) = connection_note(event, false) {
-                sink(event);
-            }
-        }
-    };
-    let id = events.drive(device.send(peer, text), &mut shown).await?;
+    let id = events
+        .drive(
+            device.send(peer, text),
+            &mut shown_while_sending(wait, &mut *sink),
+        )
+        .await?;
     follow(device, events, id, wait, stop, sink).await
 }
 
@@ -104,17 +100,11 @@ pub async fn send_group(
     stop: impl Future<Output = ()>,
     sink: &mut dyn FnMut(Event),
 ) -> Result<ClientMessageId> {
-    let mut shown = |event: Event| match (event, wait) {
-        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
-        (event, None) => sink(event),
-        (event, Some(_)) => {
-            if let Some(event) = connection_note(event, false) {
-                sink(event);
-            }
-        }
-    };
     let id = events
-        .drive(device.send_group(group, text), &mut shown)
+        .drive(
+            device.send_group(group, text),
+            &mut shown_while_sending(wait, &mut *sink),
+        )
         .await?;
     let id = follow(device, events, id, wait, stop, sink).await?;
     // A text this account cannot send to the group (not a member, no such group) fails while
@@ -125,6 +115,20 @@ pub async fn send_group(
         )));
     }
     Ok(id)
+}
+
+/// What a send shows of the device's events: a one-shot send nothing of its connection (a
+/// still-pending line says why it is not sent); one that waits shows reconnects as notes.
+fn shown_while_sending(wait: Option<Wait>, sink: &mut dyn FnMut(Event)) -> impl FnMut(Event) + '_ {
+    move |event: Event| match (event, wait) {
+        (Event::Connected { .. } | Event::Disconnected { .. }, None) => {}
+        (event, None) => sink(event),
+        (event, Some(_)) => {
+            if let Some(event) = connection_note(event, false) {
+                sink(event);
+            }
+        }
+    }
 }
 
 /// After a send: flushes and reports, or follows the message's ticks (see [`send`]).
@@ -228,20 +232,34 @@ pub async fn read_group(
     group: u64,
     sink: &mut dyn FnMut(Event),
 ) -> Result<usize> {
+    mark_and_flush(
+        device,
+        events,
+        device.mark_group_read(group),
+        format!("group {group}"),
+        sink,
+    )
+    .await
+}
+
+/// Runs `marking` (a mark-read call naming what it marked `label`), reports
+/// [`Event::MarkedRead`], then sends the read receipts it queued within [`FLUSH_BUDGET_MS`].
+async fn mark_and_flush(
+    device: &Device,
+    events: &mut Events,
+    marking: impl Future<Output = Result<usize>>,
+    label: String,
+    sink: &mut dyn FnMut(Event),
+) -> Result<usize> {
     let quiet = |sink: &mut dyn FnMut(Event), event: Event| {
         if !matches!(event, Event::Disconnected { .. } | Event::Connected { .. }) {
             sink(event);
         }
     };
     let count = events
-        .drive(device.mark_group_read(group), &mut |event| {
-            quiet(sink, event)
-        })
+        .drive(marking, &mut |event| quiet(sink, event))
         .await?;
-    sink(Event::MarkedRead {
-        peer: format!("group {group}"),
-        count,
-    });
+    sink(Event::MarkedRead { peer: label, count });
     if device.pending_count().await? > 0 {
         let flushed = events
             .drive(
@@ -359,29 +377,14 @@ pub async fn read(
     peer: &str,
     sink: &mut dyn FnMut(Event),
 ) -> Result<usize> {
-    let quiet = |sink: &mut dyn FnMut(Event), event: Event| {
-        if !matches!(event, Event::Disconnected { .. } | Event::Connected { .. }) {
-            sink(event);
-        }
-    };
-    let count = events
-        .drive(device.mark_read(peer), &mut |event| quiet(sink, event))
-        .await?;
-    sink(Event::MarkedRead {
-        peer: peer.to_owned(),
-        count,
-    });
-    if device.pending_count().await? > 0 {
-        let flushed = events
-            .drive(
-                device.flush(Duration::from_millis(FLUSH_BUDGET_MS)),
-                &mut |event| quiet(sink, event),
-            )
-            .await;
-        report_still_pending(device, None, sink).await?;
-        flushed?;
-    }
-    Ok(count)
+    mark_and_flush(
+        device,
+        events,
+        device.mark_read(peer),
+        peer.to_owned(),
+        sink,
+    )
+    .await
 }
 
 /// Stays connected, reporting messages and ticks as they arrive and reconnecting after a drop,

@@ -232,7 +232,8 @@ pub enum Command {
     /// message to a group asks the directory for its members and claims their devices' keys.
     /// Prints `ID → group GROUP: pending`, then `sent ✓` once every region homing a member
     /// stored it; with --wait (implied by --until or --timeout), follows it until --until
-    /// (`delivered`: every member device it went to has it) or exits 3 after --timeout.
+    /// (`delivered`: every member device it went to has it; `read`: every member read it) or
+    /// exits 3 after --timeout.
     SendGroup {
         /// The group id (`relay groups` lists yours).
         group: u64,
@@ -241,7 +242,7 @@ pub enum Command {
         /// Wait for a tick (see --until) instead of exiting after ✓.
         #[arg(long)]
         wait: bool,
-        /// The tick to wait for (default delivered; a group has no read tick yet).
+        /// The tick to wait for (default delivered; read: every member it went to read it).
         #[arg(long, value_enum, value_name = "TICK")]
         until: Option<Until>,
         /// How long to wait, in seconds (default 60).
@@ -745,25 +746,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             until,
             timeout,
         } => {
-            let wait = if wait || until.is_some() || timeout.is_some() {
-                let seconds = timeout.unwrap_or(60.0);
-                Some(Wait {
-                    until: Tick::from(until.unwrap_or(Until::Read)),
-                    timeout: positive_seconds(seconds)?,
-                })
-            } else {
-                None
-            };
-            let text = if text == "-" {
-                read_text(std::io::stdin().lock())?
-            } else {
-                text
-            };
-            let mode = if wait.is_some() {
-                Mode::Live
-            } else {
-                Mode::OnDemand
-            };
+            let (wait, text, mode) = send_arguments(wait, until, timeout, Until::Read, text)?;
             let (device, mut events) = open(&data, overrides, mode)?;
             let sent = flows::send(
                 &device,
@@ -904,31 +887,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             until,
             timeout,
         } => {
-            let wait = if wait || until.is_some() || timeout.is_some() {
-                let until = Tick::from(until.unwrap_or(Until::Delivered));
-                if until == Tick::Read {
-                    return Err(relay_client::ClientError::Invalid(
-                        "a group message has no read tick yet; wait --until delivered".into(),
-                    )
-                    .into());
-                }
-                Some(Wait {
-                    until,
-                    timeout: positive_seconds(timeout.unwrap_or(60.0))?,
-                })
-            } else {
-                None
-            };
-            let text = if text == "-" {
-                read_text(std::io::stdin().lock())?
-            } else {
-                text
-            };
-            let mode = if wait.is_some() {
-                Mode::Live
-            } else {
-                Mode::OnDemand
-            };
+            let (wait, text, mode) = send_arguments(wait, until, timeout, Until::Delivered, text)?;
             let (device, mut events) = open(&data, overrides, mode)?;
             let sent = flows::send_group(
                 &device,
@@ -1010,6 +969,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `send` and `send-group` make of their arguments: whether and for what tick to wait
+/// (`default` unless --until says), the text (`-`: standard input), and the device's mode.
+fn send_arguments(
+    wait: bool,
+    until: Option<Until>,
+    timeout: Option<f64>,
+    default: Until,
+    text: String,
+) -> anyhow::Result<(Option<Wait>, String, Mode)> {
+    let wait = if wait || until.is_some() || timeout.is_some() {
+        Some(Wait {
+            until: Tick::from(until.unwrap_or(default)),
+            timeout: positive_seconds(timeout.unwrap_or(60.0))?,
+        })
+    } else {
+        None
+    };
+    let text = if text == "-" {
+        read_text(std::io::stdin().lock())?
+    } else {
+        text
+    };
+    let mode = if wait.is_some() {
+        Mode::Live
+    } else {
+        Mode::OnDemand
+    };
+    Ok((wait, text, mode))
 }
 
 /// `relay edit`, `delete --everyone` and `react`.

@@ -577,7 +577,10 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
     // then form one group, which goes to the writer stage while later ones are resolved.
     let lone = database.create_transaction().expect("transaction");
     lone.set(b"lone", b"x").expect("set");
-    let lone = tokio::spawn(async move { lone.commit().await });
+    let mut lone = Box::pin(async move { lone.commit().await });
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(lone.as_mut().poll(&mut context).is_pending(), "submitted");
+    let lone = tokio::spawn(lone);
     // Well inside the lone commit's 2 s, even on a busy machine.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stale = database.create_transaction().expect("transaction");
@@ -588,7 +591,12 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
             let first = database.create_transaction().expect("transaction");
             first.set(key, b"first").expect("set");
             let stamp = first.versionstamp();
-            (tokio::spawn(async move { first.commit().await }), stamp)
+            // Polled once here, the commit is submitted to the pipeline now, in this task's
+            // order (its first poll sends it), not whenever a busy machine runs a spawned task.
+            let mut commit = Box::pin(async move { first.commit().await });
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(commit.as_mut().poll(&mut context).is_pending(), "queued");
+            (tokio::spawn(commit), stamp)
         })
         .collect();
     // The lone commit is durable: the two firsts, queued meanwhile, are now being written (for
