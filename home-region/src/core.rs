@@ -870,7 +870,14 @@ async fn route_receipt(
         sender: entry.sender.into(),
     };
     if entry.sender_region == local && !is_group_envelope(&entry.envelope_bytes) {
-        deliver_receipt(tx, &receipt, transition.now_ms, effects).await
+        deliver_receipt(
+            tx,
+            &receipt,
+            transition.now_ms,
+            effects,
+            &mut SenderDevices::new(),
+        )
+        .await
     } else {
         // Elsewhere, or a group message's: every member's ack of one message makes a receipt
         // for the same sender queue, and appending each in its own ack would make those acks
@@ -908,9 +915,14 @@ pub async fn deliver_local_receipts(
     let Some(&(last, _)) = entries.last() else {
         return Ok(Ok((0, effects)));
     };
+    // A batch's receipts are mostly for one sender (a group message's members): its devices
+    // are read once.
+    let mut senders = SenderDevices::new();
     for (_, bytes) in &entries {
         match QueuedReceipt::decode(bytes.as_slice()) {
-            Ok(receipt) => deliver_receipt(tx, &receipt, now_ms, &mut effects).await?,
+            Ok(receipt) => {
+                deliver_receipt(tx, &receipt, now_ms, &mut effects, &mut senders).await?
+            }
             Err(error) => tracing::error!(%error, "dropping an undecodable receipt of the outbox"),
         }
     }
@@ -920,11 +932,15 @@ pub async fn deliver_local_receipts(
 
 /// Records a receipt for a message sent from this region and queues it (enqueued at `now_ms`)
 /// for every device of the sender's account, unless the state does not move forward.
+/// The devices of the senders a transaction's receipts went to, read once per sender.
+type SenderDevices = BTreeMap<AccountId, Vec<DeviceAddress>>;
+
 async fn deliver_receipt(
     tx: &Transaction,
     receipt: &QueuedReceipt,
     now_ms: u64,
     effects: &mut Effects,
+    senders: &mut SenderDevices,
 ) -> Result<(), StoreError> {
     let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
         relay_proto::ChatId::from_bytes(&receipt.chat),
@@ -946,8 +962,19 @@ async fn deliver_receipt(
         return Ok(());
     }
     let bytes = receipt.encode_to_vec();
-    for device in directory::devices(tx, sender.account).await? {
-        let address = device.device;
+    let devices = match senders.get(&sender.account) {
+        Some(devices) => devices.clone(),
+        None => {
+            let devices: Vec<DeviceAddress> = directory::devices(tx, sender.account)
+                .await?
+                .into_iter()
+                .map(|device| device.device)
+                .collect();
+            senders.insert(sender.account, devices.clone());
+            devices
+        }
+    };
+    for address in devices {
         let item = QueueItem::Receipt(bytes.clone());
         // The sender's own queue may be the damaged one: that must not fail (and quarantine)
         // the device whose ack or the region whose batch brought the receipt. An append that
@@ -982,6 +1009,7 @@ pub async fn apply_forwarded_receipts(
     now_ms: u64,
 ) -> Outcome<()> {
     let mut effects = Effects::default();
+    let mut senders = SenderDevices::new();
     for forward in &request.receipts {
         let Ok(sender) = forward.receipt.sender.parse() else {
             return refuse(ErrorCode::Malformed, "receipt with an invalid sender");
@@ -1002,7 +1030,7 @@ pub async fn apply_forwarded_receipts(
             );
         };
         if outbox::mark_applied(tx, RegionId(forward.origin_region), origin_seq).await? {
-            deliver_receipt(tx, &forward.receipt, now_ms, &mut effects).await?;
+            deliver_receipt(tx, &forward.receipt, now_ms, &mut effects, &mut senders).await?;
         }
     }
     Ok(Ok(((), effects)))
