@@ -749,6 +749,87 @@ fn group_messages_reach_every_member_in_both_regions_and_no_one_removed() {
     assert!(!refused.status.success());
 }
 
+/// Runs `work` for each item, at most 8 at a time (each runs `relay` processes).
+fn in_parallel<T: Sync>(items: &[T], work: impl Fn(&T) + Sync) {
+    for chunk in items.chunks(8) {
+        std::thread::scope(|scope| {
+            for item in chunk {
+                scope.spawn(|| work(item));
+            }
+        });
+    }
+}
+
+/// Issue 13's journey at size through the `relay` binary: fifty members homed in both regions
+/// each read the group's messages; a removed member reads nothing after; a member's laptop,
+/// linked mid-stream, reads what follows and nothing before.
+#[test]
+fn fifty_members_in_two_regions_a_removal_and_a_laptop_linked_mid_stream() {
+    const MEMBERS: usize = 50;
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let people: Vec<(String, PathBuf, u32)> = (0..MEMBERS)
+        .map(|index| {
+            let name = format!("m{index:02}");
+            let data = dir.path().join(&name);
+            (name, data, 1 + (index % 2) as u32)
+        })
+        .collect();
+    in_parallel(&people, |(name, data, region)| {
+        register(&deployment, data, name, *region)
+    });
+    let mut create = vec!["create", "fifty"];
+    create.extend(people[1..].iter().map(|(name, _, _)| name.as_str()));
+    let created = group(&people[0].1, &create).expect("created");
+    assert_eq!(created[0]["member_count"], MEMBERS);
+    let id = created[0]["id"].as_u64().expect("id").to_string();
+    let g = id.as_str();
+    let sender = &people[0].1;
+
+    ok(sender, &["send-group", g, "hello fifty"]);
+    in_parallel(&people[1..], |(name, data, _)| {
+        let synced = ok(data, &["sync"]);
+        assert_eq!(group_texts(&synced), ["hello fifty"], "{name}: {synced:?}");
+    });
+
+    // The last member is removed; member 1 (region 2) links a laptop.
+    let (gone_name, gone, _) = &people[MEMBERS - 1];
+    group(sender, &["remove", g, gone_name]).expect("removed");
+    ok(sender, &["send-group", g, "forty-nine left"]);
+    let laptop = dir.path().join("m01-laptop");
+    link(&deployment, &people[1].1, &laptop, 2);
+    ok(sender, &["send-group", g, "hello laptop"]);
+
+    let until = Instant::now() + DEADLINE;
+    let mut laptop_texts = Vec::new();
+    while !laptop_texts.contains(&"hello laptop".to_owned()) {
+        assert!(
+            Instant::now() < until,
+            "the laptop reads what follows its link"
+        );
+        laptop_texts.extend(group_texts(&ok(&laptop, &["sync"])));
+    }
+    assert_eq!(
+        group_texts(&ok(&laptop, &["group", "history", g])),
+        ["hello laptop"],
+        "nothing from before its link"
+    );
+    in_parallel(&people[1..MEMBERS - 1], |(name, data, _)| {
+        let synced = ok(data, &["sync"]);
+        assert_eq!(
+            group_texts(&synced),
+            ["forty-nine left", "hello laptop"],
+            "{name}: {synced:?}"
+        );
+    });
+    ok(gone, &["sync"]);
+    assert_eq!(
+        group_texts(&ok(gone, &["group", "history", g])),
+        ["hello fifty"],
+        "the removed member holds nothing sent after"
+    );
+}
+
 /// Runs `relay --json ARGS` on `data`, which must succeed; its stdout's JSON lines.
 fn ok(data: &Path, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["--json"];
