@@ -37,8 +37,8 @@ use crate::device::{
     Composed, Device, EdgeLink, Endpoints, GroupTarget, client_message_id, opaque_group_envelope,
 };
 use crate::limits::{
-    GROUP_ADD_ACCOUNTS_PER_COMMAND, GROUP_PIPELINE_WINDOW, OPEN_LOOP_SHARE_OF_MAX,
-    REGISTRATION_TIMEOUT_MS, W3_DELIVERIES_PER_SECOND_TARGET,
+    DRAIN_TIMEOUT_MS, GROUP_ADD_ACCOUNTS_PER_COMMAND, GROUP_PIPELINE_WINDOW,
+    OPEN_LOOP_SHARE_OF_MAX, REGISTRATION_TIMEOUT_MS, W3_DELIVERIES_PER_SECOND_TARGET,
     W3_OPEN_SEND_TO_DELIVER_P99_MS_TARGET, W3_TARGET_MEMBERS,
 };
 use crate::measure::{Timing, ratio, thousands};
@@ -58,6 +58,11 @@ pub struct GroupRow {
     pub envelope_bytes: usize,
     /// Envelopes of the group chat in flight at once.
     pub pipeline_window: usize,
+    /// How long after the row ended the sender had fetched a delivered receipt for every
+    /// delivery of the row (its ✓✓ trailing its ✓), in ms; `None` when that took longer than
+    /// [`DRAIN_TIMEOUT_MS`]. The next row starts after it, so one row's receipts do not weigh
+    /// on the next.
+    pub receipts_settled_after_ms: Option<u64>,
     /// Group messages delivered in the window per second (`delivered_per_second` over
     /// `receiving_devices`).
     pub messages_per_second: f64,
@@ -166,6 +171,7 @@ pub(crate) async fn w3_rows(
         // (asserted where the row numbers are).
         let row = ROW_W3_MAX_FIRST.saturating_add(u8::try_from(index).unwrap_or(u8::MAX));
         let receiving = size as u64 - 1;
+        let receipts_before = context.recorder.receipts();
         let measured = w1_row(
             context,
             &mut senders,
@@ -176,11 +182,13 @@ pub(crate) async fn w3_rows(
             receiving,
         )
         .await?;
+        let settled = settle_receipts(context, receipts_before + measured.delivered).await;
         rows.push(group_row(
             size,
             envelope_bytes[index],
             one_to_one_per_second,
             measured,
+            settled,
         ));
     }
 
@@ -196,6 +204,7 @@ pub(crate) async fn w3_rows(
         thousands(offered),
         thousands(first as f64)
     ));
+    let receipts_before = context.recorder.receipts();
     let measured = w1_row(
         context,
         &mut senders,
@@ -208,13 +217,27 @@ pub(crate) async fn w3_rows(
         first as u64 - 1,
     )
     .await?;
+    let settled = settle_receipts(context, receipts_before + measured.delivered).await;
     rows.push(group_row(
         first,
         envelope_bytes[0],
         one_to_one_per_second,
         measured,
+        settled,
     ));
     Ok(rows)
+}
+
+/// Waits for the sender to have fetched `receipts` receipts over the run (one per delivery);
+/// how long after now that took, `None` past [`DRAIN_TIMEOUT_MS`].
+async fn settle_receipts(context: &Context<'_>, receipts: u64) -> Option<u64> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(DRAIN_TIMEOUT_MS);
+    context
+        .recorder
+        .wait_receipts(receipts, deadline)
+        .await
+        .then(|| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Creates a group of `size` members as `sender`'s account: created with no other member, then
@@ -266,6 +289,7 @@ fn group_row(
     envelope_bytes: usize,
     one_to_one_per_second: f64,
     measured: MessageRow,
+    receipts_settled_after_ms: Option<u64>,
 ) -> GroupRow {
     let receiving_devices = members - 1;
     GroupRow {
@@ -273,6 +297,7 @@ fn group_row(
         receiving_devices,
         envelope_bytes,
         pipeline_window: GROUP_PIPELINE_WINDOW,
+        receipts_settled_after_ms,
         messages_per_second: ratio(measured.delivered_per_second, receiving_devices as f64),
         share_of_one_to_one: ratio(measured.delivered_per_second, one_to_one_per_second),
         measured,
@@ -309,8 +334,9 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_seco
     out.push_str(
         "| workload | members | deliveries/s | group messages/s | ÷ W1 max 1:1 | ✓ p50 / p99 / \
          p99.9 ms | send→deliver p50 / p99 / p99.9 ms | sent | delivered | timeouts | \
-         retries: conflicts / other | server CPU s | deliveries per server CPU-s | bench CPU s |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         retries: conflicts / other | server CPU s | deliveries per server CPU-s | bench CPU s | \
+         receipts settled after ms |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for row in rows {
         let measured = &row.measured;
@@ -325,7 +351,7 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_seco
         };
         out.push_str(&format!(
             "| {workload} | {} | {} | {} | {:.1}× | {} | {} | {} | {} | {} | {} / {} | {:.1} | {} \
-             | {} |\n",
+             | {} | {} |\n",
             thousands(row.members as f64),
             thousands(measured.delivered_per_second),
             thousands(row.messages_per_second),
@@ -342,6 +368,10 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_seco
             measured
                 .bench_cpu_seconds
                 .map_or_else(|| "n/a".to_owned(), |seconds| format!("{seconds:.1}")),
+            row.receipts_settled_after_ms.map_or_else(
+                || format!("> {}", thousands(DRAIN_TIMEOUT_MS as f64)),
+                |ms| thousands(ms as f64)
+            ),
         ));
     }
     let max = rows

@@ -1508,6 +1508,27 @@ impl Recorder {
         self.changed.notify_waiters();
     }
 
+    /// Receipts the senders fetched so far, over the run.
+    pub(crate) fn receipts(&self) -> u64 {
+        self.lock().receipts
+    }
+
+    /// Waits until the senders fetched `count` receipts over the run; `false` at `deadline`.
+    pub(crate) async fn wait_receipts(&self, count: u64, deadline: Instant) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            if self.lock().receipts >= count {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return self.lock().receipts >= count;
+            }
+        }
+    }
+
     /// Waits until `count` messages of `row` were delivered, failing at `deadline` or when an
     /// inbox failed.
     pub(crate) async fn wait_delivered(

@@ -132,6 +132,10 @@ fn every_group_row_delivered_to_every_member(report: &Value) {
             Some(sent * receiving),
             "every ✓ delivered to every member device: {row:#}"
         );
+        assert!(
+            row["receipts_settled_after_ms"].is_u64(),
+            "the sender got a delivered receipt for every delivery: {row:#}"
+        );
         assert_eq!(row["duplicates"], 0, "{row:#}");
         for latency in ["ack", "send_to_deliver"] {
             positive(&row[latency], "samples");
