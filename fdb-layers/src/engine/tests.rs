@@ -622,11 +622,18 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
     );
     bystander_outcome.expect("the bystander commits");
     let bystander_version = bystander_stamp.await.expect("stamp").commit_version();
+    let mut versions = Vec::new();
     for (commit, stamp) in firsts {
         commit.await.expect("task").expect("a first commit");
-        let first_version = stamp.await.expect("stamp").commit_version();
-        assert!(first_version < bystander_version);
+        versions.push(stamp.await.expect("stamp").commit_version());
     }
+    // The first that wrote `k` (which the stale transaction read, and was refused for) came
+    // before the bystander. Whether `j` joined that group or the next depends on when the
+    // pipeline picked it up, which a busy machine decides: not asserted.
+    assert!(
+        versions[0] < bystander_version,
+        "{versions:?} {bystander_version}"
+    );
     assert_eq!(value(&database, b"k").await, Some(b"first".to_vec()));
     assert_eq!(value(&database, b"other").await, None);
 }
