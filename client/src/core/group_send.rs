@@ -35,6 +35,7 @@ use relay_proto::{
     AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode, GroupId,
 };
 
+use super::outgoing::{ClaimedKey, start_sessions};
 use super::{Core, Purpose, Report, Request};
 use crate::content::Content;
 use crate::envelope::{self, GroupHeader};
@@ -65,8 +66,9 @@ impl GroupSending {
         !self.claims.is_empty() || !self.asking.is_empty()
     }
 
-    /// The answer to a claim of `account` came (`ok`: keys were trusted).
-    pub(super) fn claim_answered(&mut self, account: AccountId, ok: bool, now_ms: u64) {
+    /// The answer to a claim of `account` came (`ok`: keys were trusted); returns the groups
+    /// whose next text must back off (the claim failed).
+    pub(super) fn claim_answered(&mut self, account: AccountId, ok: bool) -> Vec<u64> {
         let mut failed = Vec::new();
         self.claims.retain(|group, accounts| {
             if !accounts.remove(&account) {
@@ -81,11 +83,7 @@ impl GroupSending {
         if ok {
             self.claimed.insert(account);
         }
-        for group in failed {
-            let failures = self.retry_at.get(&group).map_or(0, |(_, n)| *n) + 1;
-            let delay = retry_delay_ms(failures, &mut rand::rng());
-            self.retry_at.insert(group, (now_ms + delay, failures));
-        }
+        failed
     }
 }
 
@@ -392,13 +390,7 @@ impl Core {
             let Some(text) = writer.next_unnumbered_text(group)? else {
                 return Ok(None);
             };
-            for (device, identity_key, one_time_key) in &claimed {
-                if !crypto.has_session(*device)
-                    && let Some(one_time_key) = one_time_key
-                {
-                    crypto.create_outbound_session(*device, identity_key, one_time_key)?;
-                }
-            }
+            start_sessions(crypto, &claimed)?;
             let content = Content::group_text(group, &text.text, text.sent_at_ms)?.to_bytes();
             let mut keys = writer.load_group_keys(me)?;
             let (devices, _) = member_devices(
@@ -548,7 +540,7 @@ impl Core {
     }
 
     /// `group`'s next text waits a little longer after each failure in a row.
-    fn back_off_group(&mut self, group: u64, now_ms: u64) {
+    pub(super) fn back_off_group(&mut self, group: u64, now_ms: u64) {
         let failures = self
             .group_sending
             .retry_at
@@ -576,10 +568,7 @@ impl Core {
     }
 
     /// Takes the claimed keys of devices of `accounts`.
-    fn take_claimed(
-        &mut self,
-        accounts: &[AccountId],
-    ) -> Vec<(DeviceAddress, [u8; 32], Option<Vec<u8>>)> {
+    fn take_claimed(&mut self, accounts: &[AccountId]) -> Vec<ClaimedKey> {
         self.outgoing
             .take_claimed(|device| accounts.contains(&device.account))
     }
@@ -671,13 +660,7 @@ impl Core {
         let mut rng = StdRng::from_rng(&mut self.rng);
         let claimed = self.take_claimed(&known.members);
         let rebuilt = self.store.write_with_crypto(|writer, crypto| {
-            for (device, identity_key, one_time_key) in &claimed {
-                if !crypto.has_session(*device)
-                    && let Some(one_time_key) = one_time_key
-                {
-                    crypto.create_outbound_session(*device, identity_key, one_time_key)?;
-                }
-            }
+            start_sessions(crypto, &claimed)?;
             let (devices, _) = member_devices(
                 |account| writer.known_devices(account),
                 |device| Ok(crypto.has_session(device)),

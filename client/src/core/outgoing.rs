@@ -16,7 +16,7 @@ use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, E
 
 use super::{Core, NameFailure, NameState, Purpose, Report, Request, Response, check_peer_name};
 use crate::content::{Content, body::Body};
-use crate::crypto::verify_fallback_key;
+use crate::crypto::{Crypto, verify_fallback_key};
 use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::Event;
@@ -72,7 +72,7 @@ impl Outgoing {
     pub(super) fn take_claimed(
         &mut self,
         wanted: impl Fn(&DeviceAddress) -> bool,
-    ) -> Vec<(DeviceAddress, [u8; 32], Option<Vec<u8>>)> {
+    ) -> Vec<ClaimedKey> {
         let devices: Vec<DeviceAddress> = self
             .claimed
             .keys()
@@ -561,27 +561,12 @@ impl Core {
                 return Ok(());
             }
         }
-        let claimed: Vec<(DeviceAddress, [u8; 32], Option<Vec<u8>>)> = self
+        let claimed = self
             .outgoing
-            .claimed
-            .iter()
-            .filter(|(device, _)| accounts.contains(&device.account))
-            .map(|(device, (identity_key, one_time_key))| {
-                (*device, *identity_key, one_time_key.clone())
-            })
-            .collect();
-        for (device, _, _) in &claimed {
-            self.outgoing.claimed.remove(device);
-        }
+            .take_claimed(|device| accounts.contains(&device.account));
         let reencrypt = reuse.is_some();
         let built = self.store.write_with_crypto(|writer, crypto| {
-            for (device, identity_key, one_time_key) in &claimed {
-                if !crypto.has_session(*device)
-                    && let Some(one_time_key) = one_time_key
-                {
-                    crypto.create_outbound_session(*device, identity_key, one_time_key)?;
-                }
-            }
+            start_sessions(crypto, &claimed)?;
             let mut targets = Vec::new();
             for account in accounts {
                 for known in writer.known_devices(account)? {
@@ -951,8 +936,10 @@ impl Core {
             )),
             Err(error) => Err(error),
         };
-        self.group_sending
-            .claim_answered(account, claimed.is_ok(), now_ms);
+        for group in self.group_sending.claim_answered(account, claimed.is_ok()) {
+            // Through the core's own randomness, like every other backoff: seeded runs repeat.
+            self.back_off_group(group, now_ms);
+        }
         let (ready, still): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.outgoing.waiting)
             .into_iter()
             .partition(|waiter| waiter.accounts.contains(&account));
@@ -1089,6 +1076,22 @@ impl Core {
         self.outgoing.names.insert(name, state);
         self.queue_known_drafts(now_ms)
     }
+}
+
+/// A claimed device's identity key and one-time key (none: the device had none left).
+pub(super) type ClaimedKey = (DeviceAddress, [u8; 32], Option<Vec<u8>>);
+
+/// Starts an Olm session with each claimed device that has none yet (inside the transaction
+/// that stores what the sessions encrypt).
+pub(super) fn start_sessions(crypto: &mut Crypto, claimed: &[ClaimedKey]) -> Result<()> {
+    for (device, identity_key, one_time_key) in claimed {
+        if !crypto.has_session(*device)
+            && let Some(one_time_key) = one_time_key
+        {
+            crypto.create_outbound_session(*device, identity_key, one_time_key)?;
+        }
+    }
+    Ok(())
 }
 
 /// The warning when an account's current devices change from a list this device knew (not the
