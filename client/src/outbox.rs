@@ -170,6 +170,11 @@ impl Outbox {
         self.chats.values().map(|queue| queue.entries.len()).sum()
     }
 
+    /// Entries waiting in `chat`.
+    pub fn chat_len(&self, chat: ChatId) -> usize {
+        self.chats.get(&chat).map_or(0, |queue| queue.entries.len())
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.chats.values().all(|queue| queue.entries.is_empty())

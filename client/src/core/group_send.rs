@@ -171,40 +171,16 @@ impl Core {
             .store
             .group_history(group, limit)?
             .into_iter()
-            .map(|message| Event::GroupMessage {
-                group,
-                id: message.client_message_id.to_string(),
-                from: self.name_of(message.sender.account),
-                direction: if message.outgoing {
-                    crate::events::Direction::Out
-                } else {
-                    crate::events::Direction::In
-                },
-                sender_device: message.sender.to_string(),
-                chat_seq: message.chat_seq.unwrap_or(0),
-                time_ms: message.server_time_ms.unwrap_or(0),
-                sent_at_ms: message.sent_at_ms,
-                text: message.text.unwrap_or_default(),
-                undecryptable: message
-                    .undecryptable
-                    .or(message.failed.map(|reason| format!("not sent: {reason}"))),
-                tick: (message.outgoing && message.sender == self.identity.address())
-                    .then_some(message.tick),
-            })
+            .map(|message| self.group_message_event(message))
             .collect())
     }
 
-    /// A group message as its [`Event::GroupMessage`], then, for one this device sent, one
-    /// [`Event::Receipt`] per member device it went to (`relay info`).
-    pub(super) fn group_message_info(
-        &self,
-        message: &crate::store::StoredGroupMessage,
-    ) -> Result<Vec<Event>> {
-        let id = message.client_message_id.to_string();
+    /// A stored group message as the device reports it.
+    fn group_message_event(&self, message: crate::store::StoredGroupMessage) -> Event {
         let mine = message.outgoing && message.sender == self.identity.address();
-        let mut events = vec![Event::GroupMessage {
+        Event::GroupMessage {
             group: message.group,
-            id: id.clone(),
+            id: message.client_message_id.to_string(),
             from: self.name_of(message.sender.account),
             direction: if message.outgoing {
                 crate::events::Direction::Out
@@ -215,27 +191,25 @@ impl Core {
             chat_seq: message.chat_seq.unwrap_or(0),
             time_ms: message.server_time_ms.unwrap_or(0),
             sent_at_ms: message.sent_at_ms,
-            text: message.text.clone().unwrap_or_default(),
-            undecryptable: message.undecryptable.clone().or(message
-                .failed
-                .clone()
-                .map(|reason| format!("not sent: {reason}"))),
+            text: message.text.unwrap_or_default(),
+            undecryptable: message
+                .undecryptable
+                .or(message.failed.map(|reason| format!("not sent: {reason}"))),
             tick: mine.then_some(message.tick),
-        }];
+        }
+    }
+
+    /// A group message as its [`Event::GroupMessage`], then, for one this device sent, one
+    /// [`Event::Receipt`] per member device it went to (`relay info`).
+    pub(super) fn group_message_info(
+        &self,
+        message: crate::store::StoredGroupMessage,
+    ) -> Result<Vec<Event>> {
+        let (sender, id) = (message.sender, message.client_message_id);
+        let mine = message.outgoing && sender == self.identity.address();
+        let mut events = vec![self.group_message_event(message)];
         if mine {
-            for row in self
-                .store
-                .recipients(message.sender, message.client_message_id)?
-            {
-                events.push(Event::Receipt {
-                    id: id.clone(),
-                    name: self.name_of(row.device.account),
-                    device: row.device.to_string(),
-                    state: row.state,
-                    at_ms: (row.state != crate::store::RecipientState::Pending)
-                        .then_some(row.at_ms),
-                });
-            }
+            events.extend(self.receipt_events(sender, id)?);
         }
         Ok(events)
     }
@@ -344,13 +318,7 @@ impl Core {
             }
             let chat = ChatId::group(GroupId(group));
             loop {
-                let ahead = self
-                    .outbox
-                    .entries()
-                    .iter()
-                    .filter(|entry| entry.chat == chat)
-                    .count();
-                if ahead >= GROUP_TEXTS_AHEAD_MAX || !self.has_room() {
+                if self.outbox.chat_len(chat) >= GROUP_TEXTS_AHEAD_MAX || !self.has_room() {
                     break;
                 }
                 if !self.number_group_text(group, now_ms)? {

@@ -880,13 +880,7 @@ impl Core {
         for row in self.store.outbox()? {
             // The history's sync messages to the own devices are the device's own business,
             // and so are a group's key shares.
-            if row.peer == self.identity.account
-                || (row.group != 0
-                    && self
-                        .store
-                        .group_message(me, row.client_message_id)?
-                        .is_none())
-            {
+            if row.peer == self.identity.account || row.is_key_share() {
                 continue;
             }
             if only.is_none_or(|id| id == row.client_message_id) {
@@ -901,19 +895,13 @@ impl Core {
                 });
             }
         }
-        for group in self.store.groups_with_unnumbered_texts()? {
-            for message in self.store.group_history(group, usize::MAX)? {
-                let unnumbered = message.outgoing
-                    && message.sender == me
-                    && message.sender_seq.is_none()
-                    && message.failed.is_none();
-                if unnumbered && only.is_none_or(|id| id == message.client_message_id) {
-                    pending.push(StillPending {
-                        id: message.client_message_id,
-                        peer: format!("group {group}"),
-                        reason: reason.clone(),
-                    });
-                }
+        for (group, id) in self.store.unnumbered_group_texts(me)? {
+            if only.is_none_or(|only| only == id) {
+                pending.push(StillPending {
+                    id,
+                    peer: format!("group {group}"),
+                    reason: reason.clone(),
+                });
             }
         }
         Ok(pending)
@@ -960,7 +948,7 @@ impl Core {
                 "more than one message has an id starting with {prefix}; give more digits"
             )));
         }
-        if let [message] = in_groups.as_slice() {
+        if let Some(message) = in_groups.into_iter().next() {
             return self.group_message_info(message);
         }
         let message = match found.as_slice() {
@@ -991,20 +979,26 @@ impl Core {
         };
         let mut events = vec![entry];
         if message.outgoing {
-            for row in self
-                .store
-                .recipients(message.sender, message.client_message_id)?
-            {
-                events.push(Event::Receipt {
-                    id: id.clone(),
-                    name: self.name_of(row.device.account),
-                    device: row.device.to_string(),
-                    state: row.state,
-                    at_ms: (row.state != RecipientState::Pending).then_some(row.at_ms),
-                });
-            }
+            events.extend(self.receipt_events(message.sender, message.client_message_id)?);
         }
         Ok(events)
+    }
+
+    /// One [`Event::Receipt`] per recipient device of a message `sender` sent, with its state
+    /// (1:1 and group messages alike).
+    fn receipt_events(&self, sender: DeviceAddress, id: ClientMessageId) -> Result<Vec<Event>> {
+        Ok(self
+            .store
+            .recipients(sender, id)?
+            .into_iter()
+            .map(|row| Event::Receipt {
+                id: id.to_string(),
+                name: self.name_of(row.device.account),
+                device: row.device.to_string(),
+                state: row.state,
+                at_ms: (row.state != RecipientState::Pending).then_some(row.at_ms),
+            })
+            .collect())
     }
 
     /// Whether this device sends read receipts and shows the peers' (on unless turned off).

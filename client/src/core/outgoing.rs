@@ -766,10 +766,11 @@ impl Core {
                     .max()
                     .unwrap_or_default();
                 let id = entry.client_message_id;
+                let key_share = row.is_key_share();
                 let moved = self.store.write(|writer| {
                     writer.remove_outbox(id)?;
-                    if writer.group_message(me, id)?.is_none() {
-                        return Ok(false); // A key share.
+                    if key_share {
+                        return Ok(false);
                     }
                     writer.mark_recipients_sent(me, id, committed_at_ms)?;
                     writer.set_group_sent(

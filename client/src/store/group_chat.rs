@@ -127,6 +127,11 @@ impl Store {
         Ok(groups)
     }
 
+    /// The groups and ids of the texts `me` typed that the outbox has not numbered yet.
+    pub fn unnumbered_group_texts(&self, me: DeviceAddress) -> Result<Vec<(u64, ClientMessageId)>> {
+        unnumbered_texts(&self.connection, me)
+    }
+
     /// The messages of `group` in the chat's order as this device's home region numbered it
     /// (its chat sequence), then those not sequenced yet (pending) in the order they were
     /// typed; at most `limit` of the latest.
@@ -434,21 +439,7 @@ impl Writer<'_> {
         me: DeviceAddress,
         reason: &str,
     ) -> Result<Vec<(u64, ClientMessageId)>> {
-        let mut statement = self.transaction.prepare(
-            "SELECT group_id, client_message_id FROM group_messages
-             WHERE outgoing = 1 AND sender_seq IS NULL AND failed IS NULL
-             AND sender_account = ?1 AND sender_device = ?2 ORDER BY id",
-        )?;
-        let rows = statement.query_map(params![to_i64(me.account.0), me.device.0], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })?;
-        let mut failed = Vec::new();
-        for row in rows {
-            let (group, id) = row?;
-            let id = ClientMessageId::from_bytes(&id)
-                .map_err(|error| ClientError::Corrupt(error.to_string()))?;
-            failed.push((to_u64(group), id));
-        }
+        let failed = unnumbered_texts(self.transaction, me)?;
         for (_, id) in &failed {
             self.mark_group_failed(me, *id, reason)?;
         }
@@ -636,6 +627,30 @@ impl Writer<'_> {
         )?;
         Ok(messages)
     }
+}
+
+/// The groups and ids of the texts `me` typed that the outbox has not numbered (nor given
+/// up), in the order they were typed.
+fn unnumbered_texts(
+    connection: &Connection,
+    me: DeviceAddress,
+) -> Result<Vec<(u64, ClientMessageId)>> {
+    let mut statement = connection.prepare(
+        "SELECT group_id, client_message_id FROM group_messages
+         WHERE outgoing = 1 AND sender_seq IS NULL AND failed IS NULL
+         AND sender_account = ?1 AND sender_device = ?2 ORDER BY id",
+    )?;
+    let rows = statement.query_map(params![to_i64(me.account.0), me.device.0], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut texts = Vec::new();
+    for row in rows {
+        let (group, id) = row?;
+        let id = ClientMessageId::from_bytes(&id)
+            .map_err(|error| ClientError::Corrupt(error.to_string()))?;
+        texts.push((to_u64(group), id));
+    }
+    Ok(texts)
 }
 
 fn group_known(connection: &Connection, group: u64) -> Result<Option<KnownGroup>> {

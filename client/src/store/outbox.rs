@@ -43,6 +43,14 @@ pub struct OutboxRow {
     pub envelope: Option<Vec<u8>>,
 }
 
+impl OutboxRow {
+    /// Whether this is a group's key share: built whole when numbered, it keeps no content
+    /// (every other entry keeps its plaintext content to re-encrypt).
+    pub fn is_key_share(&self) -> bool {
+        self.group != 0 && self.content.is_empty()
+    }
+}
+
 impl Store {
     /// Every outbox entry, by chat and sender_seq.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>> {
