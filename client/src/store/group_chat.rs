@@ -464,38 +464,12 @@ impl Writer<'_> {
         client_message_id: ClientMessageId,
         devices: &[DeviceAddress],
     ) -> Result<()> {
-        for row in super::messages::recipients(self.transaction, me, client_message_id)? {
-            if row.state == RecipientState::Pending && !devices.contains(&row.device) {
-                self.execute(
-                    "DELETE FROM receipts WHERE sender_account = ?1 AND sender_device = ?2
-                     AND client_message_id = ?3 AND recipient_account = ?4
-                     AND recipient_device = ?5",
-                    params![
-                        to_i64(me.account.0),
-                        me.device.0,
-                        client_message_id.0.as_slice(),
-                        to_i64(row.device.account.0),
-                        row.device.device.0
-                    ],
-                )?;
-            }
-        }
-        for device in devices.iter().filter(|device| **device != me) {
-            self.execute(
-                "INSERT OR IGNORE INTO receipts (sender_account, sender_device, client_message_id,
-                 recipient_account, recipient_device, state, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-                params![
-                    to_i64(me.account.0),
-                    me.device.0,
-                    client_message_id.0.as_slice(),
-                    to_i64(device.account.0),
-                    device.device.0,
-                    RecipientState::Pending as i64
-                ],
-            )?;
-        }
-        Ok(())
+        let keep: Vec<DeviceAddress> = devices
+            .iter()
+            .copied()
+            .filter(|device| *device != me)
+            .collect();
+        self.keep_recipients(me, client_message_id, &keep)
     }
 
     /// Records that `recipient`'s copy of a group message `me` sent reached `state`; `true`
@@ -509,28 +483,10 @@ impl Writer<'_> {
         at_ms: u64,
     ) -> Result<bool> {
         let rows = super::messages::recipients(self.transaction, me, client_message_id)?;
-        let Some(row) = rows.iter().find(|row| row.device == recipient) else {
-            return Ok(false);
-        };
-        if !row.state.advances_to(state) {
-            return Ok(false);
+        match rows.iter().find(|row| row.device == recipient) {
+            Some(row) => self.advance_recipient(me, client_message_id, row, state, at_ms),
+            None => Ok(false),
         }
-        let changed = self.execute(
-            "UPDATE receipts SET state = ?1, at_ms = ?2 WHERE sender_account = ?3
-             AND sender_device = ?4 AND client_message_id = ?5 AND recipient_account = ?6
-             AND recipient_device = ?7 AND state = ?8",
-            params![
-                state as i64,
-                to_i64(at_ms),
-                to_i64(me.account.0),
-                me.device.0,
-                client_message_id.0.as_slice(),
-                to_i64(recipient.account.0),
-                recipient.device.0,
-                row.state as i64
-            ],
-        )?;
-        Ok(changed == 1)
     }
 
     /// Whether every recipient device of a group message `me` sent has it (delivered or

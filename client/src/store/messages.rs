@@ -555,6 +555,17 @@ impl Writer<'_> {
             .copied()
             .filter(|device| is_possible_recipient(sender, peer, *device))
             .collect();
+        self.keep_recipients(sender, client_message_id, &keep)
+    }
+
+    /// Makes `keep` the recipients of a message `sender` sends: each gets a pending row, and
+    /// pending rows of other devices go (a rebuilt envelope's). Rows that moved on stay.
+    pub(super) fn keep_recipients(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        keep: &[DeviceAddress],
+    ) -> Result<()> {
         for row in recipients(self.transaction, sender, client_message_id)? {
             if row.state == RecipientState::Pending && !keep.contains(&row.device) {
                 self.execute(
@@ -575,7 +586,7 @@ impl Writer<'_> {
             self.insert_recipient(
                 sender,
                 client_message_id,
-                device,
+                *device,
                 RecipientState::Pending,
                 0,
             )?;
@@ -626,25 +637,7 @@ impl Writer<'_> {
         }
         let rows = recipients(self.transaction, sender, client_message_id)?;
         match rows.iter().find(|row| row.device == recipient) {
-            Some(row) if row.state.advances_to(state) => {
-                let changed = self.execute(
-                    "UPDATE receipts SET state = ?1, at_ms = ?2 WHERE sender_account = ?3
-                     AND sender_device = ?4 AND client_message_id = ?5
-                     AND recipient_account = ?6 AND recipient_device = ?7 AND state = ?8",
-                    params![
-                        state as i64,
-                        to_i64(at_ms),
-                        to_i64(sender.account.0),
-                        sender.device.0,
-                        client_message_id.0.as_slice(),
-                        to_i64(recipient.account.0),
-                        recipient.device.0,
-                        row.state as i64
-                    ],
-                )?;
-                Ok(changed == 1)
-            }
-            Some(_) => Ok(false),
+            Some(row) => self.advance_recipient(sender, client_message_id, row, state, at_ms),
             // This device sent it: its envelope named every recipient, so this one is none.
             None if sender == me && !rows.is_empty() => Ok(false),
             None => self.insert_recipient(sender, client_message_id, recipient, state, at_ms),
@@ -697,6 +690,37 @@ impl Writer<'_> {
             ],
         )?;
         Ok(())
+    }
+
+    /// Moves recipient `row` of a message `sender` sent to `state` if that is forward;
+    /// `true` if it moved.
+    pub(super) fn advance_recipient(
+        &self,
+        sender: DeviceAddress,
+        client_message_id: ClientMessageId,
+        row: &RecipientReceipt,
+        state: RecipientState,
+        at_ms: u64,
+    ) -> Result<bool> {
+        if !row.state.advances_to(state) {
+            return Ok(false);
+        }
+        let changed = self.execute(
+            "UPDATE receipts SET state = ?1, at_ms = ?2 WHERE sender_account = ?3
+             AND sender_device = ?4 AND client_message_id = ?5
+             AND recipient_account = ?6 AND recipient_device = ?7 AND state = ?8",
+            params![
+                state as i64,
+                to_i64(at_ms),
+                to_i64(sender.account.0),
+                sender.device.0,
+                client_message_id.0.as_slice(),
+                to_i64(row.device.account.0),
+                row.device.device.0,
+                row.state as i64
+            ],
+        )?;
+        Ok(changed == 1)
     }
 
     fn insert_recipient(
