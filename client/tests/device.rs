@@ -3,35 +3,17 @@
 //! sends to several peers at once without waiting, and takes events as they come.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use relay_client::limits::FLUSH_BUDGET_MS;
-use relay_client::{Device, Event, Events, Mode, OpenOptions, Overrides, Tick, register};
+use relay_client::{Device, Event, Events, OpenOptions, Tick, register};
 use relay_devnet::testbed::Testbed;
+
+mod support;
+use support::{live, overrides};
 
 /// Generous: the machine is shared.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn overrides(testbed: &Testbed, region: u32) -> Overrides {
-    Overrides {
-        locator: Some(testbed.locator()),
-        bind_ip: Some(testbed.client_bind(region)),
-        ca_path: Some(testbed.ca().to_path_buf()),
-        device_key: None,
-    }
-}
-
-async fn live(dir: &Path) -> (Device, Events) {
-    Device::open(
-        dir,
-        OpenOptions {
-            mode: Mode::Live,
-            ..OpenOptions::default()
-        },
-    )
-    .expect("opens")
-}
 
 /// Reads `events` until `done` says so, failing at the deadline.
 async fn until(events: &mut Events, mut done: impl FnMut(&Event) -> bool) {

@@ -3,34 +3,16 @@
 //! decrypt every message of every sender, a removed member receives nothing sent after, and a
 //! member added later decrypts from then on.
 
-use std::path::Path;
 use std::time::Duration;
 
-use relay_client::{Device, Event, Events, Mode, OpenOptions, Overrides, Tick, register};
+use relay_client::{Event, Events, Tick, register};
 use relay_devnet::testbed::Testbed;
+
+mod support;
+use support::{live, overrides};
 
 /// Generous: the machine is shared.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn overrides(testbed: &Testbed, region: u32) -> Overrides {
-    Overrides {
-        locator: Some(testbed.locator()),
-        bind_ip: Some(testbed.client_bind(region)),
-        ca_path: Some(testbed.ca().to_path_buf()),
-        device_key: None,
-    }
-}
-
-async fn live(dir: &Path) -> (Device, Events) {
-    Device::open(
-        dir,
-        OpenOptions {
-            mode: Mode::Live,
-            ..OpenOptions::default()
-        },
-    )
-    .expect("opens")
-}
 
 /// Reads `events` until `done` says so, failing at the deadline; returns what was read.
 async fn until(events: &mut Events, mut done: impl FnMut(&Event) -> bool) -> Vec<Event> {
