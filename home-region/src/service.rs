@@ -1428,7 +1428,9 @@ impl RegionService {
             })
             .await?;
         if changes_members && let groups::Answer::Group(info) = &answer {
-            self.group_changed(GroupId(info.group)).await?;
+            // A leave answers only the group's id; the others its new version.
+            let version = (info.version > 0).then_some(info.version);
+            self.group_changed(GroupId(info.group), version).await?;
         }
         Ok(answer)
     }
@@ -1454,15 +1456,20 @@ impl RegionService {
     /// hold its older membership drops it before the change is acknowledged, so that no
     /// region accepts an envelope for a former member afterwards. A region that does not
     /// answer in time is waited out: the change is acknowledged once its cache expired.
-    async fn group_changed(&self, group: GroupId) -> Result<(), ProtoError> {
-        let version = self
-            .transact(|tx| async move {
-                Ok(Ok((
-                    directory::group_version(&tx, group).await?,
-                    Effects::default(),
-                )))
-            })
-            .await?;
+    /// `version` is the group's new version when the command's answer carried it (else read).
+    async fn group_changed(&self, group: GroupId, version: Option<u64>) -> Result<(), ProtoError> {
+        let version = match version {
+            Some(version) => version,
+            None => {
+                self.transact(|tx| async move {
+                    Ok(Ok((
+                        directory::group_version(&tx, group).await?,
+                        Effects::default(),
+                    )))
+                })
+                .await?
+            }
+        };
         let now_ms = self.inner.clock.now_ms();
         let (askers, forgotten) = {
             let mut all = lock(&self.inner.group_askers);
