@@ -1329,8 +1329,11 @@ async fn read_pushes(mut recv: quinn::RecvStream, sender: watch::Sender<Pushes>)
                 pushes.received += 1;
                 pushes.latest_queue_seq = pushes.latest_queue_seq.max(available.latest_queue_seq);
             }),
-            // An event kind this build does not know: newer edges may send more.
-            Ok(Some(ServerPush { event: None })) => {}
+            // Presence and typing (a bench device watches nobody), and an event kind this build
+            // does not know: newer edges may send more.
+            Ok(Some(ServerPush {
+                event: None | Some(server_push::Event::Presence(_) | server_push::Event::Typing(_)),
+            })) => {}
             Ok(None) => break "the edge closed the control stream".to_owned(),
             Err(error) => break error.to_string(),
         }

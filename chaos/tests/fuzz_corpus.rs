@@ -68,7 +68,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     account: 1,
                     device: 1,
                 }],
-                remove: vec![],
+                ..wire::Subscribe::default()
             })),
         ],
         "envelope" => vec![envelope().encode_to_vec()],

@@ -53,6 +53,10 @@ pub struct DeviceProgress {
 pub enum Push {
     /// New entries wait in the device queue, up to this queue sequence.
     QueueAvailable(u64),
+    /// A watched account's presence.
+    Presence(relay_proto::wire::PresenceInfo),
+    /// A peer's typing indicator.
+    Typing(relay_proto::wire::TypingNotice),
     /// The control stream ended: the connection is gone.
     Closed(String),
 }
@@ -338,6 +342,48 @@ impl EdgeConnection {
     }
 
     /// Runs a group command as this connection's device (the edge names its account): answered
+    /// Starts or stops watching `account`'s presence (the state comes as pushes).
+    pub async fn watch_presence(&self, account: AccountId, watch: bool) -> Result<()> {
+        let request = relay_proto::wire::WatchPresence {
+            account: account.0,
+            watch,
+        };
+        match self
+            .call(client_request::Body::WatchPresence(request))
+            .await?
+        {
+            client_response::Body::Watching(_) => Ok(()),
+            other => Err(unexpected("a watch answer", &other)),
+        }
+    }
+
+    /// A typing indicator for `peer`.
+    pub async fn typing(&self, peer: AccountId, typing: bool) -> Result<()> {
+        let signal = relay_proto::wire::TypingSignal {
+            peer: peer.0,
+            typing,
+        };
+        match self.call(client_request::Body::Typing(signal)).await? {
+            client_response::Body::TypingSent(_) => Ok(()),
+            other => Err(unexpected("a typing answer", &other)),
+        }
+    }
+
+    /// Reads the account's presence privacy, or sets it to `privacy`.
+    pub async fn presence_privacy(
+        &self,
+        privacy: Option<relay_proto::wire::PresencePrivacy>,
+    ) -> Result<relay_proto::wire::PresencePrivacy> {
+        let request = relay_proto::wire::SetPresencePrivacy { privacy };
+        match self
+            .call(client_request::Body::PresencePrivacy(request))
+            .await?
+        {
+            client_response::Body::PresencePrivacy(privacy) => Ok(privacy),
+            other => Err(unexpected("a presence privacy setting", &other)),
+        }
+    }
+
     /// with the group, or a page of the device's groups for `List`.
     pub async fn group_command(&self, command: group_command::Command) -> Result<GroupAnswer> {
         let body = client_request::Body::Group(GroupCommand {
@@ -669,6 +715,26 @@ async fn read_pushes(mut recv: quinn::RecvStream, sender: mpsc::Sender<Push>) {
                 // A full buffer already holds a fetch hint; dropping this one loses nothing.
                 if let Err(mpsc::error::TrySendError::Closed(_)) =
                     sender.try_send(Push::QueueAvailable(available.latest_queue_seq))
+                {
+                    return;
+                }
+            }
+            Ok(Some(ServerPush {
+                event: Some(server_push::Event::Presence(info)),
+            })) => {
+                // A full buffer drops it: the watch's next change (or re-watch) says it again.
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    sender.try_send(Push::Presence(info))
+                {
+                    return;
+                }
+            }
+            Ok(Some(ServerPush {
+                event: Some(server_push::Event::Typing(notice)),
+            })) => {
+                // Ephemeral: a full buffer drops it, and a shown "typing…" expires by itself.
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    sender.try_send(Push::Typing(notice))
                 {
                     return;
                 }

@@ -67,7 +67,7 @@ use relay_proto::wire::{
     ApproveLink, DeviceKeys, LinkRequestInfo, OneTimeKeyCount, OpenPairing, Pairing, RemoveDevice,
     validate_account_name,
 };
-use relay_proto::{ClientMessageId, DeviceAddress, DeviceId};
+use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -163,7 +163,7 @@ pub struct OpenOptions {
 /// A handle on an open device (see the module doc). Clones share the device.
 #[derive(Debug, Clone)]
 pub struct Device {
-    commands: mpsc::Sender<Command>,
+    pub(crate) commands: mpsc::Sender<Command>,
     identity: Identity,
     shared: Arc<Shared>,
 }
@@ -193,7 +193,7 @@ impl Drop for Shared {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
-enum Command {
+pub(crate) enum Command {
     Send(String, String, bool, Reply<ClientMessageId>),
     SendGroup(u64, String, Reply<ClientMessageId>),
     MarkGroupRead(u64, Reply<usize>),
@@ -224,6 +224,13 @@ enum Command {
     Devices(Cmd, Reply<DeviceAnswer>),
     OwnDevices(Vec<DeviceId>, Reply<()>),
     KnownDevices(String, Reply<Vec<KnownDevice>>),
+    /// The account of a contact known by name, if any.
+    ContactAccount(String, Reply<Option<AccountId>>),
+    /// The accounts of this device's 1:1 chats (presence "contacts").
+    ChatPeers(Reply<Vec<AccountId>>),
+    WatchPresence(AccountId, bool, Reply<()>),
+    Typing(AccountId, bool, Reply<crate::core::TypingSent>),
+    TypingFailed(AccountId),
     /// The open connection, held for the given time (a blob transfer uses it directly).
     Connection(Duration, Reply<Arc<EdgeConnection>>),
     Close(oneshot::Sender<()>),
@@ -705,7 +712,7 @@ impl Device {
         }
     }
 
-    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+    pub(crate) async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(command(reply)).await.is_err() {
             return Err(self.stopped());
@@ -941,6 +948,8 @@ impl Actor {
                     let now = self.now_ms();
                     match push {
                         Some(Push::QueueAvailable(_)) => self.core.handle_push(),
+                        Some(Push::Presence(info)) => self.core.handle_presence(info),
+                        Some(Push::Typing(notice)) => self.core.handle_typing(notice, now),
                         Some(Push::Closed(reason)) => {
                             self.pushes = None;
                             self.core.handle_connection_lost(&reason, now);
@@ -1286,6 +1295,24 @@ impl Actor {
                     });
                 let _ = reply.send(known);
             }
+            Command::ContactAccount(name, reply) => {
+                let contact = self.core.store().contact_by_name(&name);
+                let _ = reply.send(contact.map(|contact| contact.map(|contact| contact.account)));
+            }
+            Command::ChatPeers(reply) => {
+                let peers = self
+                    .core
+                    .store()
+                    .chat_peers(relay_proto::limits::PRESENCE_CONTACTS_MAX);
+                let _ = reply.send(peers);
+            }
+            Command::WatchPresence(account, watch, reply) => {
+                let _ = reply.send(self.core.watch_presence(account, watch));
+            }
+            Command::Typing(peer, typing, reply) => {
+                let _ = reply.send(Ok(self.core.send_typing(peer, typing, now)));
+            }
+            Command::TypingFailed(peer) => self.core.typing_failed(peer),
             Command::Close(_) => {}
         }
     }
@@ -1493,6 +1520,10 @@ async fn perform_request(connection: &EdgeConnection, request: Request) -> Resul
             .lookup_account(account)
             .await
             .map(Response::Account),
+        Request::WatchPresence { account, watch } => connection
+            .watch_presence(account, watch)
+            .await
+            .map(|()| Response::Passed),
         Request::UploadKeys {
             one_time_keys,
             fallback_key,

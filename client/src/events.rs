@@ -8,7 +8,8 @@
 //! `still_pending`, `marked_read`, `history` (and `receipt` after it, `relay info`), `setting`
 //! and `synced`; `changed` reports an edit, a
 //! deletion for everyone or a reaction; linking adds `pairing_code`,
-//! `link_requested`, `linked` and `device`.
+//! `link_requested`, `linked` and `device`; a watched account's `presence` and a peer's
+//! `typing` come while the device is connected.
 
 use serde::Serialize;
 
@@ -307,6 +308,41 @@ pub enum Event {
         name: String,
         /// Its value (`on` or `off`).
         value: String,
+    },
+    /// What this device may see of a watched account's presence (on watching, and on every
+    /// change while connected).
+    Presence {
+        /// The account's name.
+        peer: String,
+        /// The account's id.
+        account: u64,
+        /// `online`, `offline`, `hidden` (its privacy setting does not show it to this account)
+        /// or `unknown` (no such account).
+        state: String,
+        /// With `offline`: when a device of the account was last connected (ms since the Unix
+        /// epoch), when known.
+        last_seen_ms: Option<u64>,
+    },
+    /// A peer's device started typing to this account, or stopped (told so, or not heard from
+    /// for `TYPING_SHOWN_MS`).
+    Typing {
+        /// The peer's name.
+        peer: String,
+        /// The peer's account id.
+        account: u64,
+        /// The peer's typing device.
+        device: u32,
+        /// Typing, or stopped.
+        typing: bool,
+    },
+    /// This device told a peer that its user is typing or stopped (`relay typing`).
+    TypingSent {
+        /// The peer's name.
+        peer: String,
+        /// Typing, or stopped.
+        typing: bool,
+        /// Said less than `TYPING_REPEAT_MS` ago already: nothing was sent this time.
+        repeated: bool,
     },
     /// A member of a group, after its [`Event::Group`].
     GroupMember {

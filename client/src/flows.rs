@@ -40,7 +40,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use relay_proto::ClientMessageId;
-use relay_proto::wire::{DeviceKeys, LinkRequestInfo};
+use relay_proto::wire::{DeviceKeys, LinkRequestInfo, PresenceVisibility};
 use tokio::time::Instant;
 
 use crate::content::Change;
@@ -49,7 +49,10 @@ use crate::device::{BootstrapSent, Device, Events, LinkHistory};
 use crate::error::{ClientError, Result};
 use crate::events::{Event, fingerprint};
 use crate::groups::Group;
-use crate::limits::{FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS};
+use crate::limits::{
+    FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS,
+    PRESENCE_ANSWER_WAIT_MS,
+};
 use crate::store::Tick;
 
 /// What `send --wait` waits for.
@@ -464,6 +467,7 @@ pub async fn info(device: &Device, message: &str, sink: &mut dyn FnMut(Event)) -
 pub async fn settings(
     device: &Device,
     read_receipts: Option<bool>,
+    presence: Option<PresenceVisibility>,
     sink: &mut dyn FnMut(Event),
 ) -> Result<()> {
     if let Some(on) = read_receipts {
@@ -473,6 +477,98 @@ pub async fn settings(
     sink(Event::Setting {
         name: "read-receipts".into(),
         value: if on { "on" } else { "off" }.into(),
+    });
+    // Kept by the home region: shown when it answers, else a note says why not.
+    let setting = match presence {
+        Some(visibility) => device.set_presence_privacy(visibility).await.map(Some),
+        None => device.presence_privacy().await.map(Some).or_else(|error| {
+            sink(Event::Note {
+                message: format!("presence: not known now ({error})"),
+            });
+            Ok::<_, ClientError>(None)
+        }),
+    }?;
+    if let Some(setting) = setting {
+        let value = match setting.visibility.as_str() {
+            "contacts" => format!("contacts ({} accounts)", setting.contacts),
+            other => other.to_owned(),
+        };
+        sink(Event::Setting {
+            name: "presence".into(),
+            value,
+        });
+    }
+    Ok(())
+}
+
+/// `relay presence PEER`: watches `peer`'s presence (the device is live), reports it, and with
+/// `follow` keeps reporting its changes and `peer`'s typing for that long (or until `stop`).
+/// Without a first answer within [`PRESENCE_ANSWER_WAIT_MS`] it fails.
+pub async fn presence(
+    device: &Device,
+    events: &mut Events,
+    peer: &str,
+    follow: Option<Duration>,
+    stop: impl Future<Output = ()>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    device.connect().await?;
+    device.watch_presence(peer).await?;
+    let mut stop = std::pin::pin!(stop);
+    let first_by = Instant::now() + Duration::from_millis(PRESENCE_ANSWER_WAIT_MS);
+    let mut follow_until = None;
+    loop {
+        let until = follow_until.unwrap_or(first_by);
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event @ Event::Presence { .. }) if event_peer(&event) == Some(peer) => {
+                    sink(event);
+                    match follow {
+                        None => return Ok(()),
+                        Some(follow) => {
+                            follow_until.get_or_insert(Instant::now() + follow);
+                        }
+                    }
+                }
+                Some(event @ Event::Typing { .. }) if event_peer(&event) == Some(peer) => sink(event),
+                Some(Event::RolledBack { reason }) => return Err(ClientError::DeviceRolledBack(reason)),
+                Some(event @ Event::Note { .. }) => sink(event),
+                Some(_) => {}
+                None => return Err(ClientError::Closed),
+            },
+            () = tokio::time::sleep_until(until) => {
+                return match follow_until {
+                    Some(_) => Ok(()),
+                    None => Err(ClientError::TimedOut(format!(
+                        "{peer}'s home region did not say {peer}'s presence in time"
+                    ))),
+                };
+            }
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// The peer a presence or typing event is about.
+fn event_peer(event: &Event) -> Option<&str> {
+    match event {
+        Event::Presence { peer, .. } | Event::Typing { peer, .. } => Some(peer),
+        _ => None,
+    }
+}
+
+/// `relay typing PEER [--stop]`: tells `peer` this user is typing, or stopped.
+pub async fn typing(
+    device: &Device,
+    peer: &str,
+    typing: bool,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let sent = device.set_typing(peer, typing).await?;
+    sink(Event::TypingSent {
+        peer: peer.to_owned(),
+        typing,
+        repeated: sent == crate::core::TypingSent::Repeated,
     });
     Ok(())
 }

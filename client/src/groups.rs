@@ -255,7 +255,10 @@ fn unnamed(info: &GroupInfo) -> Group {
 
 /// The account ids of `names`, in their order; a name no account has is
 /// [`ClientError::UnknownPeer`], before any group changes.
-async fn account_ids(connection: &Arc<EdgeConnection>, names: &[&str]) -> Result<Vec<AccountId>> {
+pub(crate) async fn account_ids(
+    connection: &Arc<EdgeConnection>,
+    names: &[&str],
+) -> Result<Vec<AccountId>> {
     let mut ids = Vec::with_capacity(names.len());
     for chunk in names.chunks(GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX) {
         let mut lookups = JoinSet::new();

@@ -42,6 +42,7 @@ pub mod inbound;
 pub mod limits;
 pub mod link;
 pub mod outbox;
+pub mod presence;
 pub mod register;
 pub mod secrets;
 pub mod store;
@@ -49,7 +50,7 @@ pub mod terminal;
 pub mod transfer;
 
 pub use blob::BlobRef;
-pub use core::{MessageState, Mode, StillPending};
+pub use core::{MessageState, Mode, StillPending, TypingSent};
 pub use device::{
     Approved, BootstrapSent, CA_FILE, DATABASE_FILE, Device, Environment, Events, LinkHistory,
     OpenOptions, Overrides,
@@ -57,6 +58,8 @@ pub use device::{
 pub use error::{ClientError, Result};
 pub use events::{Direction, Event};
 pub use link::{link_accept, link_accept_in};
+pub use presence::PresenceSetting;
 pub use register::{register, register_in};
+pub use relay_proto::wire::PresenceVisibility;
 pub use store::{Identity, Tick};
 pub use transfer::{BlobProgress, BlobSource};

@@ -92,6 +92,9 @@ pub const SYNC_RETRY_BUDGET_MS: u64 = 30_000;
 
 /// While a device is open and live, how often the queue is fetched even without a push, in ms.
 pub const POLL_INTERVAL_MS: u64 = 10_000;
+/// How long `relay presence` waits for the watched account's home region to say its presence,
+/// in ms (the edge's answer timeout and a reconnect fit in it).
+pub const PRESENCE_ANSWER_WAIT_MS: u64 = 2 * relay_proto::limits::EDGE_ANSWER_TIMEOUT_MS;
 /// Queue pages fetched by one catch-up before other work gets a turn.
 pub const FETCH_ROUNDS_MAX: usize = 64;
 /// Entries of one queue page (what the client asks for; the region caps it too).

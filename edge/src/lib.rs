@@ -3,8 +3,9 @@
 //!
 //! [`session`] holds the per-connection decisions (sans-IO); [`cache`] the bounded, versioned
 //! cache of account homes, [`keys`] the bounded cache of device keys that spares a login the
-//! round trip to the home region, and [`subscriptions`] what a subscription stream to a region has to
-//! send (all three sans-IO); [`service`] is the QUIC shell; [`locator`] answers DNS queries for the
+//! round trip to the home region, [`subscriptions`] what a subscription stream to a region has to
+//! send, and [`presence`] the presence watches of connected devices (all sans-IO); [`service`]
+//! is the QUIC shell; [`locator`] answers DNS queries for the
 //! nearest edge. Every bound of the edge is in [`limits`].
 
 pub mod cache;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod keys;
 pub mod limits;
 pub mod locator;
+pub mod presence;
 pub mod service;
 pub mod session;
 pub mod subscriptions;

@@ -76,6 +76,24 @@ pub const DEVICE_KEY_CACHE_ENTRY_BYTES_MAX: usize =
 
 /// Subscription changes (devices connecting or leaving) waiting to be sent to one region;
 /// past it they are dropped and the stream is brought in line with the devices connected now,
+/// Typing indicators one connection may send in a burst (a user starting and stopping in a few
+/// chats); past it they are refused `Throttled` with a retry-after.
+pub const TYPING_BURST: u32 = 8;
+
+/// Sustained typing indicators per second one connection may send: a typing device repeats
+/// its indicator every [`relay_proto::limits::TYPING_REPEAT_MS`] per chat.
+pub const TYPING_PER_SECOND: u32 = 1;
+
+/// Typing indicators waiting for one region's subscription stream; past it new ones are
+/// dropped (they are ephemeral, and the receiver's "typing…" expires by itself).
+pub const TYPING_WAITING_MAX: usize = 4_096;
+
+/// Presence updates and typing notices waiting for one device connection, one per watched
+/// account and per typing device (a newer one replaces its predecessor); past it new ones are
+/// dropped and logged.
+pub const DEVICE_EVENTS_WAITING_MAX: usize =
+    relay_proto::limits::PRESENCE_WATCHES_PER_DEVICE_MAX + 64;
+
 /// as after a reconnect.
 pub const SUBSCRIPTION_CHANGES_MAX: usize = 4_096;
 
@@ -147,3 +165,9 @@ const _: () = assert!(RESUBSCRIBE_DELAY_MS < EDGE_ANSWER_TIMEOUT_MS);
 const _: () = assert!(LOCATOR_TTL_SECONDS_DEFAULT <= TTL_SECONDS_MAX);
 const _: () =
     assert!(EDGES_PER_REGION_MAX * DNS_A_RECORD_BYTES + 512 <= UDP_PAYLOAD_BYTES_MAX as usize);
+
+// A connection's typing burst covers a start and a stop in a few chats at once.
+const _: () = assert!(TYPING_BURST >= 2 && TYPING_PER_SECOND >= 1);
+// Every watched account's latest presence fits the connection's waiting events.
+const _: () =
+    assert!(DEVICE_EVENTS_WAITING_MAX > relay_proto::limits::PRESENCE_WATCHES_PER_DEVICE_MAX);

@@ -44,10 +44,14 @@ use crate::cache::{Home, HomeCache};
 use crate::config::EdgeConfig;
 use crate::keys::DeviceKeyCache;
 use crate::limits::{
-    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, OVERLOADED_RETRY_AFTER_MS, RESUBSCRIBE_DELAY_MS,
+    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_EVENTS_WAITING_MAX, OVERLOADED_RETRY_AFTER_MS,
+    RESUBSCRIBE_DELAY_MS,
 };
+use crate::presence::Watches;
 use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
-use crate::subscriptions::{PendingSubscriptions, SubscriptionWork, change_frames, resync_frames};
+use crate::subscriptions::{
+    PendingSubscriptions, SubscriptionWork, change_frames, resync_frames, signal_frames,
+};
 
 /// Why the edge cannot start or run.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,22 @@ impl RegionSubscription {
         self.wake.notify_one();
     }
 
+    fn handle_watch(&self, watcher: DeviceAddress, account: AccountId, watch: bool) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_watch(watcher, account, watch);
+        self.wake.notify_one();
+    }
+
+    fn handle_typing(&self, typing: wire::TypingForward) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_typing(typing);
+        self.wake.notify_one();
+    }
+
     fn poll_work(&self) -> Option<SubscriptionWork> {
         self.pending
             .lock()
@@ -146,10 +166,16 @@ struct Connected {
 /// cursor, so the one announcing the highest queue sequence says everything the others would:
 /// a connection keeps that one number (and a wake-up) instead of a queue of frames, and never
 /// drops a push.
+///
+/// Presence updates and typing notices wait beside it, the latest one per watched account and
+/// per typing device (a newer state replaces an older one nobody has read), at most
+/// [`DEVICE_EVENTS_WAITING_MAX`].
 #[derive(Default)]
 struct PushSlot {
     /// The highest `latest_queue_seq` announced and not written yet, plus one; 0: none.
     waiting: AtomicU64,
+    /// (kind, account, device) → the latest event of that key.
+    events: Mutex<BTreeMap<(u8, u64, u32), server_push::Event>>,
     wake: Notify,
 }
 
@@ -160,12 +186,45 @@ impl PushSlot {
         self.wake.notify_one();
     }
 
-    /// The next push to write: the highest queue sequence announced since the last one.
-    async fn next(&self) -> u64 {
+    /// A presence update or typing notice for the device.
+    fn handle_event(&self, event: server_push::Event) {
+        let key = match &event {
+            server_push::Event::Presence(info) => (1, info.account, 0),
+            server_push::Event::Typing(notice) => (2, notice.from.account, notice.from.device),
+            server_push::Event::QueueAvailable(_) => return,
+        };
+        {
+            let mut events = self
+                .events
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if events.len() >= DEVICE_EVENTS_WAITING_MAX && !events.contains_key(&key) {
+                tracing::warn!("a device reads its events too slowly; dropping one");
+                return;
+            }
+            events.insert(key, event);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The next push to write: the highest queue sequence announced since the last one, else
+    /// the oldest-keyed event waiting.
+    async fn next(&self) -> server_push::Event {
         loop {
             let waiting = self.waiting.swap(0, Ordering::AcqRel);
             if waiting > 0 {
-                return waiting - 1;
+                return server_push::Event::QueueAvailable(DeviceQueueAvailable {
+                    device: wire::DeviceAddr::default(),
+                    latest_queue_seq: waiting - 1,
+                });
+            }
+            let event = self
+                .events
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .pop_first();
+            if let Some((_, event)) = event {
+                return event;
             }
             // `notify_one` leaves a permit when nobody waits, so no push is missed in between.
             self.wake.notified().await;
@@ -193,6 +252,8 @@ struct Inner {
     /// that pushes and subscriptions go out in the same order on every run.
     devices: Mutex<BTreeMap<DeviceAddress, Vec<Connected>>>,
     subscriptions: HashMap<RegionId, Arc<RegionSubscription>>,
+    /// The presence watches of the devices connected here (see [`crate::presence`]).
+    watches: Mutex<Watches>,
     connections: ConnectionSlots,
     next_connection: AtomicU64,
     clock: Arc<dyn Clock>,
@@ -287,6 +348,7 @@ impl EdgeService {
             keys: Mutex::new(DeviceKeyCache::default()),
             devices: Mutex::new(BTreeMap::new()),
             subscriptions,
+            watches: Mutex::new(Watches::default()),
             connections: ConnectionSlots::new(DEVICE_CONNECTIONS_MAX),
             next_connection: AtomicU64::new(1),
             clock,
@@ -486,13 +548,11 @@ impl EdgeService {
             tracing::info!(%device, from_cache, "device connected");
             let forward = async {
                 loop {
-                    let latest_queue_seq = pushes.next().await;
-                    let push = ServerPush {
-                        event: Some(server_push::Event::QueueAvailable(DeviceQueueAvailable {
-                            device: device.into(),
-                            latest_queue_seq,
-                        })),
-                    };
+                    let mut event = pushes.next().await;
+                    if let server_push::Event::QueueAvailable(available) = &mut event {
+                        available.device = device.into();
+                    }
+                    let push = ServerPush { event: Some(event) };
                     if net::write_frame(&mut send, &push).await.is_err() {
                         return;
                     }
@@ -681,6 +741,29 @@ impl EdgeService {
         if let Some(subscription) = self.inner.subscriptions.get(&home) {
             subscription.handle_change(device, false);
         }
+        let ended = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_watcher_left(device);
+        for (account, region) in ended {
+            if let Some(subscription) = self.inner.subscriptions.get(&region) {
+                subscription.handle_watch(device, account, false);
+            }
+        }
+    }
+
+    /// A presence update or typing notice for `device`'s connections here.
+    fn event_to(&self, device: DeviceAddress, event: server_push::Event) {
+        let devices = self
+            .inner
+            .devices
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for connected in devices.get(&device).into_iter().flatten() {
+            connected.pushes.handle_event(event.clone());
+        }
     }
 
     fn push_to(&self, device: DeviceAddress, latest_queue_seq: u64) {
@@ -729,7 +812,22 @@ impl EdgeService {
                 }
             };
             let mut subscribed = BTreeSet::new();
-            let opening = resync_frames(&mut subscribed, connected, true);
+            let mut opening = resync_frames(&mut subscribed, connected, true);
+            let watched = self
+                .inner
+                .watches
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .watched_in(region);
+            let watches = watched
+                .into_iter()
+                .map(|(watcher, account)| wire::PresenceWatchFrom {
+                    watcher: watcher.into(),
+                    account: account.0,
+                    watch: true,
+                })
+                .collect();
+            opening.extend(signal_frames(watches, Vec::new()));
             if write_subscribe_frames(&mut send, opening).await.is_err() {
                 continue;
             }
@@ -747,7 +845,14 @@ impl EdgeService {
                                 tracing::info!(%region, "many subscription changes at once; resyncing the stream");
                                 resync_frames(&mut subscribed, self.connected_homed_in(region), false)
                             }
+                            Some(SubscriptionWork::Signals(frames)) => frames,
+                            Some(SubscriptionWork::Reopen) => {
+                                tracing::info!(%region, "many presence watches changed at once; re-opening the stream");
+                                break;
+                            }
                         };
+                        // More may wait than one wake-up said.
+                        changes.wake.notify_one();
                         if write_subscribe_frames(&mut send, frames).await.is_err() {
                             break;
                         }
@@ -759,6 +864,14 @@ impl EdgeService {
                                     self.push_to(device, push.latest_queue_seq);
                                 }
                             }
+                            Ok(Some(RegionResponse { body: Some(region_response::Body::Presence(update)) })) => {
+                                self.presence_update(update);
+                            }
+                            Ok(Some(RegionResponse { body: Some(region_response::Body::Typing(notice)) })) => {
+                                if let Ok(device) = notice.to.parse() {
+                                    self.event_to(device, server_push::Event::Typing(notice));
+                                }
+                            }
                             Ok(Some(_)) => tracing::warn!(%region, "unexpected frame on a subscription stream"),
                             Ok(None) | Err(_) => break,
                         }
@@ -768,6 +881,51 @@ impl EdgeService {
             tracing::warn!(%region, "subscription stream lost; re-opening");
             self.inner.links.forget(region.0).await;
         }
+    }
+
+    /// A region's presence update for a watcher here: delivered if it still watches.
+    fn presence_update(&self, update: wire::PresenceUpdate) {
+        let Ok(watcher) = update.watcher.parse() else {
+            return;
+        };
+        let watches = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .watches(watcher, AccountId(update.info.account));
+        if watches {
+            self.event_to(watcher, server_push::Event::Presence(update.info));
+        }
+    }
+
+    /// `watcher` begins or ends a watch of `account`, passed to the account's home region.
+    async fn watch(
+        &self,
+        watcher: DeviceAddress,
+        account: AccountId,
+        watch: bool,
+    ) -> Result<(), ProtoError> {
+        let home = if watch {
+            let home = self.home_of(account).await?;
+            self.inner
+                .watches
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .handle_watch(watcher, account, home)?;
+            Some(home)
+        } else {
+            self.inner
+                .watches
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .handle_unwatch(watcher, account)
+        };
+        // Watching again asks the region again: the device gets the state now either way.
+        if let Some(subscription) = home.and_then(|home| self.inner.subscriptions.get(&home)) {
+            subscription.handle_watch(watcher, account, watch);
+        }
+        Ok(())
     }
 
     /// The devices connected here whose home is `region`.
@@ -1095,6 +1253,7 @@ impl EdgeService {
                     upload: Some(upload),
                     fetch: None,
                     devices: None,
+                    presence_privacy: None,
                 };
                 match self
                     .to_home(
@@ -1115,6 +1274,7 @@ impl EdgeService {
                     upload: None,
                     fetch: Some(fetch),
                     devices: None,
+                    presence_privacy: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::FetchQueue(request))
@@ -1139,6 +1299,7 @@ impl EdgeService {
                     upload: None,
                     fetch: None,
                     devices: Some(command),
+                    presence_privacy: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::Devices(request))
@@ -1184,6 +1345,48 @@ impl EdgeService {
                     region_response::Body::Blob(status) => Ok(Resp::Blob(status)),
                     _ => Err(unexpected()),
                 }
+            }
+            (Route::DeviceHome(device), Req::PresencePrivacy(request)) => {
+                let request = wire::ForDevice {
+                    device: device.into(),
+                    presence_privacy: Some(request),
+                    ..wire::ForDevice::default()
+                };
+                match self
+                    .to_home(
+                        device.account,
+                        region_request::Body::PresencePrivacy(request),
+                    )
+                    .await?
+                {
+                    (_, region_response::Body::PresencePrivacy(privacy)) => {
+                        Ok(Resp::PresencePrivacy(privacy))
+                    }
+                    _ => Err(unexpected()),
+                }
+            }
+            (
+                Route::Watch {
+                    watcher,
+                    account,
+                    watch,
+                },
+                Req::WatchPresence(request),
+            ) => {
+                self.watch(watcher, account, watch).await?;
+                Ok(Resp::Watching(request))
+            }
+            (Route::Typing { from, to, typing }, Req::Typing(signal)) => {
+                let home = self.home_of(to).await?;
+                // Ephemeral: a region this edge cannot reach now never hears of it.
+                if let Some(subscription) = self.inner.subscriptions.get(&home) {
+                    subscription.handle_typing(wire::TypingForward {
+                        from: from.into(),
+                        to: to.0,
+                        typing,
+                    });
+                }
+                Ok(Resp::TypingSent(signal))
             }
             (Route::Fanout(parsed), Req::Send(envelope)) => {
                 self.send(*parsed, envelope).await.map(Resp::Sent)
@@ -1533,6 +1736,13 @@ pub struct SubscriptionsToStart(Vec<RegionId>);
 mod tests {
     use super::*;
 
+    fn queue(latest_queue_seq: u64) -> server_push::Event {
+        server_push::Event::QueueAvailable(DeviceQueueAvailable {
+            device: wire::DeviceAddr::default(),
+            latest_queue_seq,
+        })
+    }
+
     #[tokio::test]
     async fn a_push_slot_keeps_the_highest_announcement_and_misses_none() {
         let slot = PushSlot::default();
@@ -1540,10 +1750,10 @@ mod tests {
         slot.handle_push(3);
         slot.handle_push(9);
         slot.handle_push(4);
-        assert_eq!(slot.next().await, 9);
+        assert_eq!(slot.next().await, queue(9));
         // A nudge without a sequence (0) is still a push.
         slot.handle_push(0);
-        assert_eq!(slot.next().await, 0);
+        assert_eq!(slot.next().await, queue(0));
         // Nothing waiting: the next push wakes the writer.
         let slot = Arc::new(slot);
         let writer = tokio::spawn({
@@ -1551,7 +1761,41 @@ mod tests {
             async move { slot.next().await }
         });
         slot.handle_push(12);
-        assert_eq!(writer.await.expect("writer"), 12);
+        assert_eq!(writer.await.expect("writer"), queue(12));
         assert_eq!(slot.waiting.load(Ordering::Acquire), 0, "nothing left over");
+    }
+
+    #[tokio::test]
+    async fn a_push_slot_keeps_the_latest_presence_and_typing_of_each_and_is_bounded() {
+        let slot = PushSlot::default();
+        let presence = |account: u64, state: wire::PresenceState| {
+            server_push::Event::Presence(wire::PresenceInfo {
+                account,
+                state: state as i32,
+                last_seen_ms: 0,
+            })
+        };
+        let typing = |account: u64, typing: bool| {
+            server_push::Event::Typing(wire::TypingNotice {
+                to: wire::DeviceAddr::default(),
+                from: wire::DeviceAddr { account, device: 1 },
+                typing,
+            })
+        };
+        slot.handle_event(presence(5, wire::PresenceState::Online));
+        slot.handle_event(typing(5, true));
+        slot.handle_event(presence(5, wire::PresenceState::Offline));
+        slot.handle_event(typing(5, false));
+        slot.handle_push(7);
+        // The queue hint first, then the latest of each event.
+        assert_eq!(slot.next().await, queue(7));
+        assert_eq!(slot.next().await, presence(5, wire::PresenceState::Offline));
+        assert_eq!(slot.next().await, typing(5, false));
+        // A device that reads nothing holds at most the bound.
+        for account in 0..(DEVICE_EVENTS_WAITING_MAX as u64 + 50) {
+            slot.handle_event(presence(account, wire::PresenceState::Online));
+        }
+        let held = slot.events.lock().expect("events").len();
+        assert_eq!(held, DEVICE_EVENTS_WAITING_MAX);
     }
 }

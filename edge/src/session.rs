@@ -17,7 +17,9 @@ use relay_proto::wire::{
 use relay_proto::{AccountId, DeviceAddress, ErrorCode, PairingCode, ProtoError, RegionId};
 
 use crate::keys::{DeviceKey, SIGNING_KEY_BYTES};
-use crate::limits::{REQUESTS_BURST_DEFAULT, REQUESTS_PER_SECOND_DEFAULT};
+use crate::limits::{
+    REQUESTS_BURST_DEFAULT, REQUESTS_PER_SECOND_DEFAULT, TYPING_BURST, TYPING_PER_SECOND,
+};
 
 /// Per-device limits enforced at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +96,26 @@ pub enum Route {
     Region(RegionId),
     /// To the home regions of every listed account and of the sender, all in parallel.
     Fanout(Box<ParsedEnvelope>),
+    /// A presence watch of `watcher`'s, begun or ended: to `account`'s home region, on this
+    /// edge's subscription stream there.
+    Watch {
+        /// The authenticated device.
+        watcher: DeviceAddress,
+        /// The watched account.
+        account: AccountId,
+        /// Begun or ended.
+        watch: bool,
+    },
+    /// A typing indicator of `from`'s for `to`: to `to`'s home region, on this edge's
+    /// subscription stream there.
+    Typing {
+        /// The authenticated device.
+        from: DeviceAddress,
+        /// The peer account.
+        to: AccountId,
+        /// Typing or stopped.
+        typing: bool,
+    },
     /// A blob request of `device`: to the region holding the blob (a download names it), else
     /// to the device's home region.
     Blob {
@@ -111,6 +133,8 @@ pub struct Session {
     limits: SessionLimits,
     tokens_milli: u64,
     last_refill_ms: u64,
+    typing_tokens_milli: u64,
+    typing_refill_ms: u64,
 }
 
 impl Session {
@@ -121,6 +145,8 @@ impl Session {
             limits,
             tokens_milli: u64::from(limits.requests_burst) * 1000,
             last_refill_ms: now_ms,
+            typing_tokens_milli: u64::from(TYPING_BURST) * 1000,
+            typing_refill_ms: now_ms,
         }
     }
 
@@ -378,8 +404,30 @@ impl Session {
                 account: AccountId(claim.account),
                 claimer: device,
             }),
-            Body::UploadOneTimeKeys(_) | Body::FetchQueue(_) | Body::Devices(_) => {
-                Ok(Route::DeviceHome(device))
+            Body::UploadOneTimeKeys(_)
+            | Body::FetchQueue(_)
+            | Body::Devices(_)
+            | Body::PresencePrivacy(_) => Ok(Route::DeviceHome(device)),
+            Body::WatchPresence(watch) => {
+                if watch.account == 0 {
+                    return Err(ProtoError::invalid("a watch of account 0"));
+                }
+                Ok(Route::Watch {
+                    watcher: device,
+                    account: AccountId(watch.account),
+                    watch: watch.watch,
+                })
+            }
+            Body::Typing(signal) => {
+                if signal.peer == 0 {
+                    return Err(ProtoError::invalid("a typing indicator for account 0"));
+                }
+                self.take_typing_token(now_ms)?;
+                Ok(Route::Typing {
+                    from: device,
+                    to: AccountId(signal.peer),
+                    typing: signal.typing,
+                })
             }
             // Checked here so a malformed command never travels; the region checks again, and
             // acts as the authenticated device's account (the service sets it).
@@ -411,6 +459,30 @@ impl Session {
                 Ok(Route::Fanout(Box::new(parsed)))
             }
         }
+    }
+
+    /// Takes a token of the typing bucket ([`TYPING_BURST`], [`TYPING_PER_SECOND`]).
+    fn take_typing_token(&mut self, now_ms: u64) -> Result<(), ProtoError> {
+        let elapsed = now_ms.saturating_sub(self.typing_refill_ms);
+        self.typing_refill_ms = self.typing_refill_ms.max(now_ms);
+        self.typing_tokens_milli = (self.typing_tokens_milli
+            + elapsed * u64::from(TYPING_PER_SECOND))
+        .min(u64::from(TYPING_BURST) * 1000);
+        if self.typing_tokens_milli < 1000 {
+            let wait_ms = (1000 - self.typing_tokens_milli)
+                .div_ceil(u64::from(TYPING_PER_SECOND))
+                .max(1);
+            return Err(ProtoError::new(
+                ErrorCode::Throttled,
+                format!(
+                    "too many typing indicators ({TYPING_PER_SECOND} a second, {TYPING_BURST} at \
+                     once); slow down"
+                ),
+            )
+            .with_retry_after_ms(wait_ms));
+        }
+        self.typing_tokens_milli -= 1000;
+        Ok(())
     }
 
     fn take_token(&mut self, now_ms: u64) -> Result<(), ProtoError> {
@@ -1342,6 +1414,67 @@ mod tests {
         assert!(error.code.is_retryable(), "the client keeps the message");
         assert_eq!(error.retry_after_ms, 30_000);
         assert!(error.message.contains("region 2"), "{}", error.message);
+    }
+
+    #[test]
+    fn typing_indicators_have_their_own_bucket_and_watches_route_to_the_watched() {
+        let account = Account::new();
+        let device = DeviceAddr {
+            account: 3,
+            device: 1,
+        };
+        let mut session = authenticated(&account, device);
+        let typing = |peer: u64| ClientRequest {
+            body: Some(client_request::Body::Typing(wire::TypingSignal {
+                peer,
+                typing: true,
+            })),
+        };
+        let at = 1_000;
+        for _ in 0..TYPING_BURST {
+            assert!(matches!(
+                session.handle_request(&typing(4), at),
+                Ok(Route::Typing {
+                    to: AccountId(4),
+                    typing: true,
+                    ..
+                })
+            ));
+        }
+        let refused = session.handle_request(&typing(4), at).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Throttled);
+        assert_eq!(refused.retry_after_ms, 1_000 / u64::from(TYPING_PER_SECOND));
+        // Other requests are not held back by a typing flood.
+        let watch = ClientRequest {
+            body: Some(client_request::Body::WatchPresence(wire::WatchPresence {
+                account: 4,
+                watch: true,
+            })),
+        };
+        assert!(matches!(
+            session.handle_request(&watch, at),
+            Ok(Route::Watch {
+                account: AccountId(4),
+                watch: true,
+                ..
+            })
+        ));
+        // A second later one more indicator fits.
+        assert!(session.handle_request(&typing(4), at + 1_000).is_ok());
+        assert!(
+            session.handle_request(&typing(0), at + 5_000).is_err(),
+            "account 0"
+        );
+        let nobody = ClientRequest {
+            body: Some(client_request::Body::WatchPresence(wire::WatchPresence {
+                account: 0,
+                watch: true,
+            })),
+        };
+        assert_eq!(
+            session.handle_request(&nobody, at).unwrap_err().code,
+            ErrorCode::Malformed
+        );
     }
 
     #[test]

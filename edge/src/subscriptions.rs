@@ -9,14 +9,20 @@
 //! lost, and nothing grows with how fast devices come and go. Frames list at most
 //! [`SUBSCRIBE_DEVICES_PER_FRAME_MAX`] devices each way, so any number of connected devices
 //! fits the frame limit.
+//!
+//! The same stream carries the presence watches of devices connected here (of accounts homed in
+//! the region) and typing indicators for those accounts ([`PendingSubscriptions::handle_watch`],
+//! [`PendingSubscriptions::handle_typing`]). A watch change waits as a device change does (the
+//! latest per watch); past the bound the stream is re-opened, which re-sends every watch. Typing
+//! indicators are ephemeral: past [`TYPING_WAITING_MAX`] new ones are dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use relay_proto::DeviceAddress;
-use relay_proto::limits::SUBSCRIBE_DEVICES_PER_FRAME_MAX;
+use relay_proto::limits::{SUBSCRIBE_DEVICES_PER_FRAME_MAX, SUBSCRIBE_SIGNALS_PER_FRAME_MAX};
 use relay_proto::wire;
+use relay_proto::{AccountId, DeviceAddress};
 
-use crate::limits::SUBSCRIPTION_CHANGES_MAX;
+use crate::limits::{SUBSCRIPTION_CHANGES_MAX, TYPING_WAITING_MAX};
 
 /// The subscription changes waiting for one region's stream.
 #[derive(Debug, Default)]
@@ -25,6 +31,12 @@ pub struct PendingSubscriptions {
     changes: BTreeMap<DeviceAddress, bool>,
     /// Changes were dropped: the stream must be resynced.
     overflowed: bool,
+    /// (watcher, watched account) → whether it watches now.
+    watches: BTreeMap<(DeviceAddress, AccountId), bool>,
+    /// Watch changes were dropped: the stream must be re-opened (which sends every watch).
+    watches_overflowed: bool,
+    /// Typing indicators, oldest first.
+    typing: Vec<wire::TypingForward>,
 }
 
 /// What a subscription stream has to do.
@@ -34,6 +46,10 @@ pub enum SubscriptionWork {
     Changes(BTreeMap<DeviceAddress, bool>),
     /// Compare what the region has with every device connected now.
     Resync,
+    /// Send these presence watch changes and typing indicators.
+    Signals(Vec<wire::Subscribe>),
+    /// Open the stream anew: the region's view is rebuilt from every device and watch now.
+    Reopen,
 }
 
 impl PendingSubscriptions {
@@ -49,8 +65,43 @@ impl PendingSubscriptions {
         }
     }
 
+    /// `watcher` (connected here) began (`watch`) or ended a watch of `account`.
+    pub fn handle_watch(&mut self, watcher: DeviceAddress, account: AccountId, watch: bool) {
+        if self.watches_overflowed {
+            return;
+        }
+        self.watches.insert((watcher, account), watch);
+        if self.watches.len() > SUBSCRIPTION_CHANGES_MAX {
+            self.watches.clear();
+            self.watches_overflowed = true;
+        }
+    }
+
+    /// A typing indicator for an account homed in the region (dropped past the bound).
+    pub fn handle_typing(&mut self, typing: wire::TypingForward) {
+        if self.typing.len() < TYPING_WAITING_MAX {
+            self.typing.push(typing);
+        }
+    }
+
     /// Takes what waits, if anything.
     pub fn poll_work(&mut self) -> Option<SubscriptionWork> {
+        if std::mem::take(&mut self.watches_overflowed) {
+            self.clear();
+            return Some(SubscriptionWork::Reopen);
+        }
+        if !self.watches.is_empty() || !self.typing.is_empty() {
+            let watch: Vec<wire::PresenceWatchFrom> = std::mem::take(&mut self.watches)
+                .into_iter()
+                .map(|((watcher, account), watch)| wire::PresenceWatchFrom {
+                    watcher: watcher.into(),
+                    account: account.0,
+                    watch,
+                })
+                .collect();
+            let typing = std::mem::take(&mut self.typing);
+            return Some(SubscriptionWork::Signals(signal_frames(watch, typing)));
+        }
         if std::mem::take(&mut self.overflowed) {
             self.changes.clear();
             return Some(SubscriptionWork::Resync);
@@ -61,10 +112,36 @@ impl PendingSubscriptions {
         Some(SubscriptionWork::Changes(std::mem::take(&mut self.changes)))
     }
 
-    /// Forgets what waits: the stream is (re-)opened with every device connected now.
+    /// Forgets what waits: the stream is (re-)opened with every device connected now and
+    /// every watch (typing indicators waiting are dropped: they are ephemeral).
     pub fn clear(&mut self) {
         self.changes.clear();
         self.overflowed = false;
+        self.watches.clear();
+        self.watches_overflowed = false;
+        self.typing.clear();
+    }
+}
+
+/// `watch` and `typing` in frames of at most [`SUBSCRIBE_SIGNALS_PER_FRAME_MAX`] of each (no
+/// frame when both are empty).
+pub fn signal_frames(
+    watch: Vec<wire::PresenceWatchFrom>,
+    typing: Vec<wire::TypingForward>,
+) -> Vec<wire::Subscribe> {
+    let mut watch = watch.chunks(SUBSCRIBE_SIGNALS_PER_FRAME_MAX);
+    let mut typing = typing.chunks(SUBSCRIBE_SIGNALS_PER_FRAME_MAX);
+    let mut frames = Vec::new();
+    loop {
+        let (next_watch, next_typing) = (watch.next(), typing.next());
+        if next_watch.is_none() && next_typing.is_none() {
+            return frames;
+        }
+        frames.push(wire::Subscribe {
+            watch: next_watch.map(<[_]>::to_vec).unwrap_or_default(),
+            typing: next_typing.map(<[_]>::to_vec).unwrap_or_default(),
+            ..wire::Subscribe::default()
+        });
     }
 }
 
@@ -118,11 +195,12 @@ fn frames(add: &[DeviceAddress], remove: &[DeviceAddress]) -> Vec<wire::Subscrib
                 .next()
                 .map(|remove| remove.iter().map(|&device| device.into()).collect())
                 .unwrap_or_default(),
+            ..wire::Subscribe::default()
         })
         .collect();
     frames.extend(remove.map(|remove| wire::Subscribe {
-        add: Vec::new(),
         remove: remove.iter().map(|&device| device.into()).collect(),
+        ..wire::Subscribe::default()
     }));
     if frames.is_empty() {
         frames.push(wire::Subscribe::default());
@@ -132,7 +210,7 @@ fn frames(add: &[DeviceAddress], remove: &[DeviceAddress]) -> Vec<wire::Subscrib
 
 #[cfg(test)]
 mod tests {
-    use relay_proto::{AccountId, DeviceId};
+    use relay_proto::DeviceId;
 
     use super::*;
 
@@ -200,6 +278,51 @@ mod tests {
             pending.handle_change(device(account), false);
         }
         pending.clear();
+        assert_eq!(pending.poll_work(), None);
+    }
+
+    #[test]
+    fn watches_wait_as_their_latest_state_and_typing_is_bounded() {
+        let mut pending = PendingSubscriptions::default();
+        pending.handle_watch(device(1), AccountId(9), true);
+        pending.handle_watch(device(1), AccountId(9), false);
+        pending.handle_watch(device(2), AccountId(9), true);
+        for _ in 0..TYPING_WAITING_MAX + 10 {
+            pending.handle_typing(wire::TypingForward {
+                from: device(1).into(),
+                to: 9,
+                typing: true,
+            });
+        }
+        pending.handle_change(device(3), true);
+        let Some(SubscriptionWork::Signals(frames)) = pending.poll_work() else {
+            panic!("signals first");
+        };
+        let watches: Vec<(u64, bool)> = frames
+            .iter()
+            .flat_map(|frame| {
+                frame
+                    .watch
+                    .iter()
+                    .map(|watch| (watch.watcher.account, watch.watch))
+            })
+            .collect();
+        assert_eq!(watches, vec![(1, false), (2, true)], "the latest per watch");
+        let typing: usize = frames.iter().map(|frame| frame.typing.len()).sum();
+        assert_eq!(typing, TYPING_WAITING_MAX, "the rest were dropped");
+        assert!(frames.iter().all(|frame| frame.add.is_empty()
+            && frame.watch.len() <= SUBSCRIBE_SIGNALS_PER_FRAME_MAX
+            && frame.typing.len() <= SUBSCRIBE_SIGNALS_PER_FRAME_MAX));
+        assert!(matches!(
+            pending.poll_work(),
+            Some(SubscriptionWork::Changes(_))
+        ));
+        assert_eq!(pending.poll_work(), None);
+        // Too many watch changes at once re-open the stream, which re-sends every watch.
+        for account in 0..=SUBSCRIPTION_CHANGES_MAX as u64 {
+            pending.handle_watch(device(1), AccountId(account + 1), true);
+        }
+        assert_eq!(pending.poll_work(), Some(SubscriptionWork::Reopen));
         assert_eq!(pending.poll_work(), None);
     }
 }

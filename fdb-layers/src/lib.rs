@@ -26,6 +26,7 @@ pub mod limits;
 pub mod media;
 pub mod outbox;
 pub mod pairing;
+pub mod presence;
 pub mod quarantine;
 pub mod receipts;
 pub mod store_identity;

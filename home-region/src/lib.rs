@@ -19,6 +19,7 @@ pub mod groups;
 pub mod lanes;
 pub mod limits;
 pub mod linking;
+pub mod presence;
 pub mod repair;
 pub mod service;
 pub mod store_check;

@@ -21,6 +21,11 @@ pub const INTERNAL_CONNECTIONS_MAX: usize = 4_096;
 /// the device fetches from its cursor anyway).
 pub const SUBSCRIPTION_PUSHES_MAX: usize = 16_384;
 
+/// Most presence watches one edge's subscription stream holds at a region; further watches
+/// are answered `Unknown` (and logged). An edge holds at most
+/// [`relay_proto::limits::PRESENCE_WATCHES_PER_DEVICE_MAX`] per connected device.
+pub const PRESENCE_WATCHES_PER_STREAM_MAX: usize = 1 << 20;
+
 // The cross-region outbox.
 
 /// Receipts sent to another region in one request.

@@ -59,6 +59,7 @@ use crate::limits::{
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
 use crate::linking;
+use crate::presence::{self, PresenceBoard};
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
 /// The store's file in the region's data folder.
@@ -88,7 +89,9 @@ pub enum RegionError {
     },
 }
 
-type PushSender = mpsc::Sender<DeviceQueueAvailable>;
+/// What a region pushes on an edge's subscription stream: queue hints, presence updates and
+/// typing notices.
+type PushSender = mpsc::Sender<region_response::Body>;
 
 /// What a region runs on, built by the caller: [`RegionService::open`] makes them from a
 /// configuration (the embedded store, kernel sockets, PEM files, the system clock); a simulation
@@ -141,6 +144,10 @@ struct Inner {
     /// device → (subscription stream id → push channel of the edge holding it); ordered by
     /// stream, so pushes leave in the same order on every run.
     subscriptions: Mutex<HashMap<DeviceAddress, BTreeMap<u64, PushSender>>>,
+    /// subscription stream id → its push channel (presence updates find their watcher's edge).
+    streams: Mutex<HashMap<u64, PushSender>>,
+    /// Who of this region's accounts is online, and who watches them (see [`crate::presence`]).
+    presence: Mutex<PresenceBoard>,
     next_stream_id: AtomicU64,
     outbox_wake: Notify,
     /// Key claims per claimer (in memory; a restart starts every bucket full).
@@ -362,6 +369,8 @@ impl RegionService {
             peers,
             endpoint,
             subscriptions: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            presence: Mutex::new(PresenceBoard::default()),
             next_stream_id: AtomicU64::new(1),
             outbox_wake: Notify::new(),
             claims: Mutex::new(ClaimLimiter::new()),
@@ -811,6 +820,10 @@ impl RegionService {
                 Ok(Resp::GroupDropped(changed))
             }
             Req::Subscribe(_) => Err(ProtoError::invalid("subscribe opens its own stream")),
+            Req::PresencePrivacy(for_device) => self
+                .presence_privacy(for_device)
+                .await
+                .map(Resp::PresencePrivacy),
             Req::StoreCensus(request) => {
                 if self.inner.writer != local {
                     return Err(ProtoError::new(
@@ -1309,7 +1322,10 @@ impl RegionService {
                 latest_queue_seq,
             };
             for sender in streams.values() {
-                if sender.try_send(push.clone()).is_err() {
+                if sender
+                    .try_send(region_response::Body::QueueAvailable(push.clone()))
+                    .is_err()
+                {
                     tracing::warn!(%device, "edge subscription is full; dropping a push hint");
                 }
             }
@@ -1686,13 +1702,13 @@ impl RegionService {
     ) {
         let stream_id = self.inner.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (push_sender, mut pushes) = mpsc::channel(SUBSCRIPTION_PUSHES_MAX);
+        lock(&self.inner.streams).insert(stream_id, push_sender.clone());
         let mut subscribed = 0;
         self.change_subscriptions(stream_id, &push_sender, &first, &mut subscribed);
+        self.presence_signals(stream_id, &first).await;
         let writer = async {
             while let Some(push) = pushes.recv().await {
-                let frame = RegionResponse {
-                    body: Some(region_response::Body::QueueAvailable(push)),
-                };
+                let frame = RegionResponse { body: Some(push) };
                 if net::write_frame(&mut send, &frame).await.is_err() {
                     return;
                 }
@@ -1710,6 +1726,7 @@ impl RegionService {
                             &change,
                             &mut subscribed,
                         );
+                        self.presence_signals(stream_id, &change).await;
                     }
                     Ok(Some(_)) => {
                         tracing::warn!("ignoring a non-subscribe frame on a subscription stream")
@@ -1722,15 +1739,16 @@ impl RegionService {
             () = writer => {}
             () = reader => {}
         }
-        let mut subscriptions = self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        subscriptions.retain(|_, streams| {
-            streams.remove(&stream_id);
+        lock(&self.inner.streams).remove(&stream_id);
+        lock(&self.inner.presence).handle_stream_closed(stream_id);
+        let mut left = Vec::new();
+        lock(&self.inner.subscriptions).retain(|device, streams| {
+            if streams.remove(&stream_id).is_some() && streams.is_empty() {
+                left.push(*device);
+            }
             !streams.is_empty()
         });
+        self.presence_changed(&[], &left);
     }
 
     /// Applies one `Subscribe` frame of stream `stream_id`, which has `subscribed` devices: at
@@ -1743,12 +1761,10 @@ impl RegionService {
         change: &wire::Subscribe,
         subscribed: &mut usize,
     ) {
-        let mut subscriptions = self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut subscriptions = lock(&self.inner.subscriptions);
         let mut ignored = 0;
+        let mut arrived = Vec::new();
+        let mut left = Vec::new();
         for device in change.add.iter().filter_map(|device| device.parse().ok()) {
             let streams = subscriptions.entry(device).or_default();
             if streams.contains_key(&stream_id) {
@@ -1760,6 +1776,9 @@ impl RegionService {
                     subscriptions.remove(&device);
                 }
                 continue;
+            }
+            if streams.is_empty() {
+                arrived.push(device);
             }
             streams.insert(stream_id, sender.clone());
             *subscribed += 1;
@@ -1775,9 +1794,12 @@ impl RegionService {
                 *subscribed -= 1;
                 if streams.is_empty() {
                     subscriptions.remove(&device);
+                    left.push(device);
                 }
             }
         }
+        drop(subscriptions);
+        self.presence_changed(&arrived, &left);
         if ignored > 0 {
             tracing::warn!(
                 ignored,
@@ -1785,6 +1807,181 @@ impl RegionService {
                 "an edge subscribed more devices than one stream may hold; their pushes are dropped"
             );
         }
+    }
+
+    /// Devices of this region that connected (`arrived`) or left: their accounts' watchers are
+    /// told, and an account whose last device left has its last-seen time stored (in the
+    /// background; a failed write only leaves an older time for after a restart).
+    fn presence_changed(&self, arrived: &[DeviceAddress], left: &[DeviceAddress]) {
+        if arrived.is_empty() && left.is_empty() {
+            return;
+        }
+        let now_ms = self.inner.clock.now_ms();
+        let mut updates = Vec::new();
+        let mut departures = Vec::new();
+        {
+            let mut board = lock(&self.inner.presence);
+            for &device in arrived {
+                updates.extend(board.handle_device_connected(device));
+            }
+            for &device in left {
+                let (told, last_seen) = board.handle_device_left(device, now_ms);
+                updates.extend(told);
+                if let Some(last_seen_ms) = last_seen {
+                    departures.push((device.account, last_seen_ms));
+                }
+            }
+        }
+        self.push_presence(updates);
+        if departures.is_empty() {
+            return;
+        }
+        let db = self.inner.db.clone();
+        tokio::spawn(async move {
+            let written = db
+                .transact(|tx| {
+                    let departures = departures.clone();
+                    async move {
+                        for (account, at_ms) in departures {
+                            fdb_layers::presence::record_last_seen(&tx, account, at_ms)?;
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+            if let Err(error) = written {
+                tracing::warn!(%error, "could not store last-seen times");
+            }
+        });
+    }
+
+    /// The presence watches and typing indicators of one `Subscribe` frame of stream
+    /// `stream_id`, in order. A watch of an account not loaded yet reads its stored presence
+    /// first, so this stream's later frames wait for that read (one snapshot read).
+    async fn presence_signals(&self, stream_id: u64, change: &wire::Subscribe) {
+        for watch in &change.watch {
+            let Ok((watcher, account)) = watch.parse() else {
+                tracing::warn!("ignoring a malformed presence watch");
+                continue;
+            };
+            if !watch.watch {
+                lock(&self.inner.presence).handle_unwatch(stream_id, watcher, account);
+                continue;
+            }
+            let mut homed_here = true;
+            if lock(&self.inner.presence).needs_load(account) {
+                let local = self.inner.region;
+                let loaded = self
+                    .inner
+                    .db
+                    .transact(|tx| async move {
+                        let home = directory::account_by_id(&tx, account).await?;
+                        let record = fdb_layers::presence::read(&tx, account).await?;
+                        Ok((home.is_some_and(|home| home.home_region == local), record))
+                    })
+                    .await;
+                match loaded {
+                    Ok((homed, record)) => {
+                        homed_here = homed;
+                        lock(&self.inner.presence).handle_loaded(account, &record);
+                    }
+                    Err(error) => {
+                        // Not kept: the watcher sees `Unknown` and watches again later.
+                        tracing::warn!(%error, %account, "could not read an account's presence");
+                        homed_here = false;
+                    }
+                }
+            }
+            let update =
+                lock(&self.inner.presence).handle_watch(stream_id, watcher, account, homed_here);
+            self.push_presence(vec![update]);
+        }
+        for typing in &change.typing {
+            let (Ok(from), to) = (typing.from.parse(), AccountId(typing.to)) else {
+                tracing::warn!("ignoring a malformed typing indicator");
+                continue;
+            };
+            let devices = lock(&self.inner.presence).connected_devices(to);
+            let subscriptions = lock(&self.inner.subscriptions);
+            for device in devices {
+                if device == from {
+                    continue;
+                }
+                let notice = wire::TypingNotice {
+                    to: device.into(),
+                    from: from.into(),
+                    typing: typing.typing,
+                };
+                // Ephemeral: a full stream drops it, and the receiver's "typing…" expires.
+                for sender in subscriptions
+                    .get(&device)
+                    .into_iter()
+                    .flat_map(BTreeMap::values)
+                {
+                    let _ = sender.try_send(region_response::Body::Typing(notice));
+                }
+            }
+        }
+    }
+
+    /// Pushes presence updates to the streams of their watchers' edges.
+    fn push_presence(&self, updates: Vec<presence::Update>) {
+        if updates.is_empty() {
+            return;
+        }
+        let streams = lock(&self.inner.streams);
+        for update in updates {
+            let Some(sender) = streams.get(&update.stream) else {
+                continue;
+            };
+            let push = wire::PresenceUpdate {
+                watcher: update.watcher.into(),
+                info: update.info,
+            };
+            if sender
+                .try_send(region_response::Body::Presence(push))
+                .is_err()
+            {
+                tracing::warn!(watcher = %update.watcher, "edge subscription is full; dropping a presence update");
+            }
+        }
+    }
+
+    /// Reads or sets the presence privacy of `device`'s account (a device homed here).
+    async fn presence_privacy(
+        &self,
+        for_device: wire::ForDevice,
+    ) -> Result<wire::PresencePrivacy, ProtoError> {
+        let device = for_device.device.parse()?;
+        let account = device.account;
+        let set = for_device
+            .presence_privacy
+            .and_then(|request| request.privacy);
+        let Some(privacy) = set else {
+            let record = self
+                .inner
+                .db
+                .transact(|tx| async move { fdb_layers::presence::read(&tx, account).await })
+                .await
+                .map_err(store_failure)?;
+            return Ok(record.privacy.unwrap_or_default());
+        };
+        privacy.validate()?;
+        let mut privacy = privacy;
+        privacy.contacts.sort_unstable();
+        privacy.contacts.dedup();
+        let stored = privacy.clone();
+        self.inner
+            .db
+            .transact(|tx| {
+                let stored = stored.clone();
+                async move { fdb_layers::presence::set_privacy(&tx, account, &stored) }
+            })
+            .await
+            .map_err(store_failure)?;
+        let updates = lock(&self.inner.presence).handle_privacy(account, &privacy);
+        self.push_presence(updates);
+        Ok(privacy)
     }
 
     /// Delivers the cross-region outbox (delivered receipts for senders homed elsewhere), in

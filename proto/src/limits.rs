@@ -86,6 +86,28 @@ pub const DEVICE_ADDR_ENCODED_BYTES_MAX: usize = 2 + (1 + 10) + (1 + 5);
 /// Most devices one `Subscribe` frame adds or removes (an edge splits longer lists).
 pub const SUBSCRIBE_DEVICES_PER_FRAME_MAX: usize = 8_192;
 
+/// Most presence watches, and most typing indicators, one `Subscribe` frame carries (an edge
+/// splits longer lists; a frame with either carries no devices).
+pub const SUBSCRIBE_SIGNALS_PER_FRAME_MAX: usize = 1_024;
+
+/// Encoded size of one watch or typing entry in a `Subscribe` frame, at most: a device address,
+/// an account and a flag, each with its tag and length.
+pub const SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX: usize = 2 + DEVICE_ADDR_ENCODED_BYTES_MAX + 11 + 2;
+
+/// Most accounts a device watches the presence of at once (one per open chat, with room).
+pub const PRESENCE_WATCHES_PER_DEVICE_MAX: usize = 64;
+
+/// Most accounts in a presence privacy setting's contact list.
+pub const PRESENCE_CONTACTS_MAX: usize = 5_000;
+
+/// How long a receiver shows "typing…" after the last typing indicator, unless a "stopped"
+/// comes first.
+pub const TYPING_SHOWN_MS: u64 = 6_000;
+
+/// How often a typing device repeats its indicator while its user keeps typing: well within
+/// [`TYPING_SHOWN_MS`], so one lost indicator does not blink the receiver's "typing…".
+pub const TYPING_REPEAT_MS: u64 = 2_500;
+
 /// Most devices one edge's subscription stream keeps subscribed at a region; a region ignores
 /// (and logs) adds beyond it, and an edge never holds more connected devices.
 pub const SUBSCRIBED_DEVICES_PER_STREAM_MAX: usize = 1 << 20;
@@ -185,6 +207,14 @@ const _: () = assert!(DIRECTORY_CACHE_TTL_MS > EDGE_ANSWER_TIMEOUT_MS);
 // A `Subscribe` frame with both lists full fits one frame.
 const _: () =
     assert!(2 * SUBSCRIBE_DEVICES_PER_FRAME_MAX * DEVICE_ADDR_ENCODED_BYTES_MAX <= FRAME_BYTES_MAX);
+// A `Subscribe` frame with both signal lists full fits one frame.
+const _: () = assert!(
+    2 * SUBSCRIBE_SIGNALS_PER_FRAME_MAX * SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX <= FRAME_BYTES_MAX
+);
+// A privacy setting with every contact fits one frame (a varint is at most 10 bytes).
+const _: () = assert!(PRESENCE_CONTACTS_MAX * 10 + 64 <= FRAME_BYTES_MAX);
+// A typing device repeats itself before its receivers stop showing it.
+const _: () = assert!(2 * TYPING_REPEAT_MS <= TYPING_SHOWN_MS);
 // An envelope's recipient devices are announced by one frame.
 const _: () = assert!(ENVELOPE_RECIPIENT_DEVICES_MAX <= SUBSCRIBE_DEVICES_PER_FRAME_MAX);
 // A new device's recipients list (all its account's devices and a contact's) fits an envelope.

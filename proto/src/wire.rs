@@ -4,7 +4,16 @@
 //! travels on its own QUIC bidirectional stream as one frame, answered by one frame; the control
 //! stream of a device connection (opened with [`Hello`]) carries authentication and then
 //! [`ServerPush`] frames, and an edge's subscription stream to a region carries [`Subscribe`]
-//! requests one way and [`DeviceQueueAvailable`] pushes the other.
+//! requests one way (devices connected, presence watches, typing indicators) and pushes the
+//! other (queue hints, presence updates, typing notices; see [`presence`]).
+
+mod presence;
+
+pub use presence::{
+    PresenceInfo, PresencePrivacy, PresenceState, PresenceUpdate, PresenceVisibility,
+    PresenceWatchFrom, SetPresencePrivacy, TypingForward, TypingNotice, TypingSignal,
+    WatchPresence,
+};
 
 use std::collections::BTreeSet;
 
@@ -1589,7 +1598,7 @@ pub struct ClientRequest {
     /// The request.
     #[prost(
         oneof = "client_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
     )]
     pub body: Option<client_request::Body>,
 }
@@ -1640,6 +1649,16 @@ pub mod client_request {
         /// or, for `List`, `Groups`).
         #[prost(message, tag = "13")]
         Group(super::GroupCommand),
+        /// Start or stop watching an account's presence (answered with `Watching`; the
+        /// presence comes as pushes).
+        #[prost(message, tag = "14")]
+        WatchPresence(super::WatchPresence),
+        /// Read or set the account's presence privacy (answered with `PresencePrivacy`).
+        #[prost(message, tag = "15")]
+        PresencePrivacy(super::SetPresencePrivacy),
+        /// A typing indicator for a peer (answered with `TypingSent`).
+        #[prost(message, tag = "16")]
+        Typing(super::TypingSignal),
     }
 }
 
@@ -1660,7 +1679,7 @@ pub struct ClientResponse {
     /// The answer.
     #[prost(
         oneof = "client_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub body: Option<client_response::Body>,
 }
@@ -1718,6 +1737,15 @@ pub mod client_response {
         /// Answer to `Group` listing.
         #[prost(message, tag = "16")]
         Groups(super::GroupList),
+        /// Answer to `WatchPresence`: the watch is passed on.
+        #[prost(message, tag = "17")]
+        Watching(super::WatchPresence),
+        /// Answer to `PresencePrivacy`: the setting now.
+        #[prost(message, tag = "18")]
+        PresencePrivacy(super::PresencePrivacy),
+        /// Answer to `Typing`: the indicator is passed on.
+        #[prost(message, tag = "19")]
+        TypingSent(super::TypingSignal),
     }
 
     impl Body {
@@ -1740,6 +1768,9 @@ pub mod client_response {
                 Body::Blob(_) => "Blob",
                 Body::Group(_) => "Group",
                 Body::Groups(_) => "Groups",
+                Body::Watching(_) => "Watching",
+                Body::PresencePrivacy(_) => "PresencePrivacy",
+                Body::TypingSent(_) => "TypingSent",
             }
         }
     }
@@ -1749,7 +1780,7 @@ pub mod client_response {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ServerPush {
     /// The event.
-    #[prost(oneof = "server_push::Event", tags = "1")]
+    #[prost(oneof = "server_push::Event", tags = "1, 2, 3")]
     pub event: Option<server_push::Event>,
 }
 
@@ -1761,6 +1792,12 @@ pub mod server_push {
         /// New entries wait in the device queue.
         #[prost(message, tag = "1")]
         QueueAvailable(super::DeviceQueueAvailable),
+        /// A watched account's presence, now or after a change.
+        #[prost(message, tag = "2")]
+        Presence(super::PresenceInfo),
+        /// Someone is typing to this device's account, or stopped.
+        #[prost(message, tag = "3")]
+        Typing(super::TypingNotice),
     }
 }
 
@@ -1812,6 +1849,9 @@ pub struct ForDevice {
     /// The command, for `Devices`.
     #[prost(message, optional, tag = "4")]
     pub devices: Option<DeviceCommand>,
+    /// The setting to read or change, for `PresencePrivacy`.
+    #[prost(message, optional, tag = "5")]
+    pub presence_privacy: Option<SetPresencePrivacy>,
 }
 
 /// The signing key of a device, for authentication at the edge.
@@ -1846,6 +1886,14 @@ pub struct Subscribe {
     /// Devices no longer connected here.
     #[prost(message, repeated, tag = "2")]
     pub remove: Vec<DeviceAddr>,
+    /// Presence watches of devices connected here, of accounts homed in the region, begun or
+    /// ended (at most [`crate::limits::SUBSCRIBE_SIGNALS_PER_FRAME_MAX`]).
+    #[prost(message, repeated, tag = "3")]
+    pub watch: Vec<PresenceWatchFrom>,
+    /// Typing indicators for accounts homed in the region (at most
+    /// [`crate::limits::SUBSCRIBE_SIGNALS_PER_FRAME_MAX`]).
+    #[prost(message, repeated, tag = "4")]
+    pub typing: Vec<TypingForward>,
 }
 
 /// New entries wait in a device's queue.
@@ -1932,7 +1980,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -2003,6 +2051,10 @@ pub mod region_request {
         /// envelope for the membership before it.
         #[prost(message, tag = "18")]
         GroupVersion(super::GroupVersion),
+        /// A device homed here reads or sets its account's presence privacy (answered with
+        /// `PresencePrivacy`).
+        #[prost(message, tag = "19")]
+        PresencePrivacy(super::ForDevice),
     }
 }
 
@@ -2012,7 +2064,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2080,6 +2132,16 @@ pub mod region_response {
         /// the version.
         #[prost(message, tag = "19")]
         GroupDropped(super::GroupVersion),
+        /// Answer to `PresencePrivacy`: the setting now.
+        #[prost(message, tag = "20")]
+        PresencePrivacy(super::PresencePrivacy),
+        /// A push on the subscription stream: what a watcher may see of an account.
+        #[prost(message, tag = "21")]
+        Presence(super::PresenceUpdate),
+        /// A push on the subscription stream: a typing indicator for a device connected to the
+        /// edge.
+        #[prost(message, tag = "22")]
+        Typing(super::TypingNotice),
     }
 }
 
@@ -2546,16 +2608,37 @@ mod tests {
         };
         let one = Subscribe {
             add: vec![largest],
-            remove: Vec::new(),
+            ..Subscribe::default()
         };
         assert_eq!(one.encode_to_vec().len(), DEVICE_ADDR_ENCODED_BYTES_MAX);
         let many = Subscribe {
             add: vec![largest; 100],
             remove: vec![largest; 100],
+            ..Subscribe::default()
         };
         assert_eq!(
             many.encode_to_vec().len(),
             200 * DEVICE_ADDR_ENCODED_BYTES_MAX
         );
+        // A watch and a typing indicator fit their bound too.
+        use crate::limits::SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX;
+        let watch = Subscribe {
+            watch: vec![PresenceWatchFrom {
+                watcher: largest,
+                account: u64::MAX,
+                watch: true,
+            }],
+            ..Subscribe::default()
+        };
+        assert!(watch.encode_to_vec().len() <= SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX);
+        let typing = Subscribe {
+            typing: vec![TypingForward {
+                from: largest,
+                to: u64::MAX,
+                typing: true,
+            }],
+            ..Subscribe::default()
+        };
+        assert!(typing.encode_to_vec().len() <= SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX);
     }
 }

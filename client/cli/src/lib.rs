@@ -18,7 +18,7 @@ use relay_client::flows::{self, GroupRequest, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
     BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, LinkHistory, Mode,
-    OpenOptions, Overrides, Tick, link_accept, register, terminal,
+    OpenOptions, Overrides, PresenceVisibility, Tick, link_accept, register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -379,7 +379,33 @@ pub enum Command {
         /// The message's id (or a prefix of it).
         message: String,
     },
-    /// Show this device's settings, or change one: `relay settings read-receipts off`.
+    /// Watch PEER's presence: print whether PEER is online or when last seen, as far as PEER's
+    /// privacy setting shows it to you (`hidden` when it does not).
+    ///
+    /// Stays connected while it watches: without --follow it exits after the first answer;
+    /// with --follow SECONDS it keeps printing PEER's comings and goings and typing ("bob is
+    /// typing…", "bob stopped typing") for that long, or until Ctrl-C. Nothing of it is stored.
+    Presence {
+        /// The account to watch.
+        peer: String,
+        /// Keep watching for this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        follow: Option<f64>,
+    },
+    /// Tell PEER that you are typing (PEER sees "typing…" for 6 s unless you say it again), or
+    /// with --stop that you stopped.
+    ///
+    /// A typing indicator is never stored; one said less than 2.5 s ago is not sent again, and
+    /// the edge refuses a flood (more than 8 at once, then one a second).
+    Typing {
+        /// The account you type to.
+        peer: String,
+        /// Say that you stopped typing.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Show this device's settings, or change one: `relay settings read-receipts off`,
+    /// `relay settings presence contacts`.
     Settings {
         /// The setting to change.
         #[command(subcommand)]
@@ -400,6 +426,24 @@ pub enum SettingCommand {
         /// `on` or `off`.
         state: Switch,
     },
+    /// Who may see whether you are online and when you were last seen: everyone (the
+    /// default), contacts (the accounts you have 1:1 chats with now) or nobody. Kept by your
+    /// home region, which tells everyone watching you at once; your own devices always see it.
+    Presence {
+        /// `everyone`, `contacts` or `nobody`.
+        visibility: Visibility,
+    },
+}
+
+/// Who may see your presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Visibility {
+    /// Every account.
+    Everyone,
+    /// The accounts you have 1:1 chats with now (set it again to include newer chats).
+    Contacts,
+    /// Nobody (your own devices still see it).
+    Nobody,
 }
 
 /// A setting's value.
@@ -776,6 +820,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             read?;
             closed?;
         }
+        Command::Presence { peer, follow } => {
+            let follow = follow.map(positive_seconds).transpose()?;
+            let (device, mut events) = open(&data, overrides, Mode::Live)?;
+            let watched =
+                flows::presence(&device, &mut events, &peer, follow, ctrl_c(), &mut print).await;
+            let closed = device.close().await;
+            watched?;
+            closed?;
+        }
+        Command::Typing { peer, stop } => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let sent = flows::typing(&device, &peer, !stop, &mut print).await;
+            let closed = device.close().await;
+            sent?;
+            closed?;
+        }
         Command::Listen { timeout } => {
             let timeout = timeout.map(positive_seconds).transpose()?;
             let (device, mut events) = open(&data, overrides, Mode::Live)?;
@@ -949,10 +1009,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             closed?;
         }
         Command::Settings { change } => {
-            let read_receipts =
-                change.map(|SettingCommand::ReadReceipts { state }| state == Switch::On);
+            let (read_receipts, presence) = match change {
+                None => (None, None),
+                Some(SettingCommand::ReadReceipts { state }) => (Some(state == Switch::On), None),
+                Some(SettingCommand::Presence { visibility }) => (
+                    None,
+                    Some(match visibility {
+                        Visibility::Everyone => PresenceVisibility::Everyone,
+                        Visibility::Contacts => PresenceVisibility::Contacts,
+                        Visibility::Nobody => PresenceVisibility::Nobody,
+                    }),
+                ),
+            };
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
-            let done = flows::settings(&device, read_receipts, &mut print).await;
+            let done = flows::settings(&device, read_receipts, presence, &mut print).await;
             let closed = device.close().await;
             done?;
             closed?;
@@ -1394,6 +1464,44 @@ fn unescaped_line(event: &Event) -> String {
             None => format!("  {name} device {device}: {}", state.name()),
         },
         Event::Setting { name, value } => format!("{name}: {value}"),
+        Event::Presence {
+            peer,
+            state,
+            last_seen_ms,
+            ..
+        } => match (state.as_str(), last_seen_ms) {
+            ("online", _) => format!("{peer} is online"),
+            ("offline", Some(at_ms)) => {
+                format!("{peer} was last seen {}", format_time_ms(*at_ms))
+            }
+            ("offline", None) => format!("{peer} is offline"),
+            ("hidden", _) => format!("{peer}'s presence is hidden from you"),
+            (other, _) => format!("{peer}: presence {other}"),
+        },
+        Event::Typing {
+            peer,
+            device,
+            typing,
+            ..
+        } => {
+            if *typing {
+                format!("{peer} is typing… (device {device})")
+            } else {
+                format!("{peer} stopped typing (device {device})")
+            }
+        }
+        Event::TypingSent {
+            peer,
+            typing,
+            repeated,
+        } => {
+            let what = if *typing { "typing" } else { "stopped typing" };
+            if *repeated {
+                format!("{what} → {peer} (said just now; not sent again)")
+            } else {
+                format!("{what} → {peer}")
+            }
+        }
         Event::GroupMember { name, admin, .. } => {
             format!("  {name}{}", if *admin { " (admin)" } else { "" })
         }

@@ -24,6 +24,9 @@ mod changes;
 mod group_send;
 mod incoming;
 mod outgoing;
+mod presence;
+
+pub use presence::TypingSent;
 #[cfg(test)]
 mod tests;
 
@@ -117,6 +120,13 @@ pub enum Request {
     LookupAccount(AccountId),
     /// Read a group's membership (this account must be a member).
     GroupInfo(u64),
+    /// Start or stop watching an account's presence.
+    WatchPresence {
+        /// The account.
+        account: AccountId,
+        /// Start or stop.
+        watch: bool,
+    },
     /// Upload one-time keys and maybe a new signed fallback key.
     UploadKeys {
         /// One-time keys.
@@ -143,6 +153,8 @@ pub enum Response {
     KeysUploaded(OneTimeKeyCount),
     /// To [`Request::GroupInfo`].
     Group(relay_proto::wire::GroupInfo),
+    /// To [`Request::WatchPresence`]: the edge passed it on.
+    Passed,
 }
 
 /// Where a message of this device stands, as the store says (another process on the same data
@@ -262,6 +274,7 @@ enum Purpose {
     LookupAccount(AccountId),
     GroupInfo(u64),
     UploadKeys,
+    Watch(AccountId),
 }
 
 /// The connection, as the core sees it.
@@ -298,6 +311,14 @@ enum Report {
     NoteAbout {
         peer: AccountId,
         text: String,
+    },
+    Presence {
+        account: AccountId,
+        info: relay_proto::wire::PresenceInfo,
+    },
+    Typing {
+        from: DeviceAddress,
+        typing: bool,
     },
 }
 
@@ -352,6 +373,8 @@ pub struct Core {
     history_announced: bool,
     /// The history bootstrap being downloaded, if one is (see `bootstrap`).
     bootstrap: Option<bootstrap::PendingBootstrap>,
+    /// Presence watched and typing shown (see `presence`).
+    presence: presence::PresenceState,
 }
 
 impl std::fmt::Debug for Core {
@@ -428,6 +451,7 @@ impl Core {
             sync_wanted: false,
             history_announced: false,
             bootstrap: None,
+            presence: presence::PresenceState::default(),
         })
     }
 
@@ -545,6 +569,9 @@ impl Core {
         if self.failure.is_some() || self.rolled_back.is_some() {
             return None;
         }
+        if let Some(at) = self.typing_timeout() {
+            consider(at);
+        }
         match &self.link {
             Link::Down { retry_at_ms, .. } if self.wants_connection(now_ms) => {
                 consider(*retry_at_ms);
@@ -572,6 +599,7 @@ impl Core {
 
     /// Time passed: polls the queue when it is due (live), closes a flush window that ended.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire_typing(now_ms);
         if self.flush_until.is_some_and(|until| now_ms >= until) {
             self.flush_until = None;
         }
@@ -629,6 +657,7 @@ impl Core {
         if let Err(error) = self.keep_keys(keys, false, now_ms) {
             self.fail(error);
         }
+        self.rewatch();
     }
 
     /// Connecting (or authenticating) failed with `error`. A refusal as rolled back is
@@ -758,6 +787,10 @@ impl Core {
             Purpose::LookupName(name) => self.handle_name_lookup(name, answer, now_ms),
             Purpose::UploadKeys => self.handle_keys_uploaded(answer, now_ms),
             Purpose::GroupInfo(group) => self.handle_group_info(group, answer, now_ms),
+            Purpose::Watch(account) => {
+                self.handle_watched(account, answer);
+                Ok(())
+            }
         };
         if let Err(error) = handled {
             self.fail(error);
@@ -1390,6 +1423,13 @@ impl Core {
                 message: text.replace("{peer}", &self.name_of(peer)),
             },
             Report::Inbound(inbound) => self.inbound_event(inbound),
+            Report::Presence { account, info } => self.presence_event(account, info),
+            Report::Typing { from, typing } => Event::Typing {
+                peer: self.name_of(from.account),
+                account: from.account.0,
+                device: from.device.0,
+                typing,
+            },
         }
     }
 
@@ -1497,6 +1537,8 @@ impl Report {
             Report::Tick { peer, .. }
             | Report::Failed { peer, .. }
             | Report::NoteAbout { peer, .. } => vec![*peer],
+            Report::Presence { account, .. } => vec![*account],
+            Report::Typing { from, .. } => vec![from.account],
             Report::Inbound(inbound) => match inbound {
                 Inbound::Message { sender, peer, .. } => vec![sender.account, *peer],
                 Inbound::GroupMessage { sender, .. } => vec![sender.account],

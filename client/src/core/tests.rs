@@ -1185,3 +1185,117 @@ fn message_info_names_one_message_by_its_id_prefix_with_each_recipient() {
         }
     ));
 }
+
+#[test]
+fn presence_is_watched_again_on_every_connection_and_typing_expires_by_itself() {
+    use relay_proto::limits::{TYPING_REPEAT_MS, TYPING_SHOWN_MS};
+    use relay_proto::wire::{PresenceInfo, PresenceState, TypingNotice};
+
+    let mut rig = alice(Mode::Live);
+    // Watched before connecting: the watch goes out with the connection.
+    rig.core.watch_presence(BOB.account, true).expect("watch");
+    let actions = rig.connect(0);
+    let (id, _) = request(
+        &actions,
+        |request| matches!(request, Request::WatchPresence { account, watch: true } if *account == BOB.account),
+    );
+    rig.core.handle_answer(id, Ok(Response::Passed), 0);
+    rig.events();
+    rig.core.handle_presence(PresenceInfo {
+        account: BOB.account.0,
+        state: PresenceState::Offline as i32,
+        last_seen_ms: 1_234,
+    });
+    // Presence of an account not watched is not reported.
+    rig.core.handle_presence(PresenceInfo {
+        account: 77,
+        state: PresenceState::Online as i32,
+        last_seen_ms: 0,
+    });
+    let events = rig.events();
+    assert_eq!(
+        events,
+        vec![Event::Presence {
+            peer: "bob".into(),
+            account: BOB.account.0,
+            state: "offline".into(),
+            last_seen_ms: Some(1_234),
+        }]
+    );
+    // A new connection watches again.
+    rig.core.handle_connection_lost("gone", 10);
+    let actions = rig.actions(1_000_000);
+    assert!(
+        actions
+            .iter()
+            .any(|action| matches!(action, Action::Connect { .. })),
+        "{actions:?}"
+    );
+    rig.core
+        .handle_connected(edge(), plenty_of_keys(), 1_000_000);
+    let actions = rig.actions(1_000_000);
+    request(&actions, |request| {
+        matches!(request, Request::WatchPresence { watch: true, .. })
+    });
+
+    // Typing: shown on the first indicator, extended by repeats, ended when not heard from.
+    let at = 2_000_000;
+    let notice = |typing| TypingNotice {
+        to: ALICE.into(),
+        from: BOB.into(),
+        typing,
+    };
+    rig.events();
+    rig.core.handle_typing(notice(true), at);
+    rig.core.handle_typing(notice(true), at + 2_000);
+    let typing = |typing| Event::Typing {
+        peer: "bob".into(),
+        account: BOB.account.0,
+        device: BOB.device.0,
+        typing,
+    };
+    assert_eq!(rig.events(), vec![typing(true)], "a repeat is no new event");
+    assert_eq!(
+        rig.core.typing_timeout(),
+        Some(at + 2_000 + TYPING_SHOWN_MS)
+    );
+    rig.core.handle_timeout(at + 2_000 + TYPING_SHOWN_MS - 1);
+    assert!(rig.events().is_empty(), "still shown");
+    rig.core.handle_timeout(at + 2_000 + TYPING_SHOWN_MS);
+    assert_eq!(rig.events(), vec![typing(false)], "expired by itself");
+    // A "stopped" ends it at once; a stop of nothing shown says nothing.
+    rig.core.handle_typing(notice(true), at + 20_000);
+    rig.core.handle_typing(notice(false), at + 20_001);
+    rig.core.handle_typing(notice(false), at + 20_002);
+    assert_eq!(rig.events(), vec![typing(true), typing(false)]);
+
+    // Sending: repeated within TYPING_REPEAT_MS is not sent again; a stop after typing is.
+    let peer = BOB.account;
+    assert_eq!(
+        rig.core.send_typing(peer, false, at),
+        TypingSent::Repeated,
+        "never typed"
+    );
+    assert_eq!(rig.core.send_typing(peer, true, at), TypingSent::Sent);
+    assert_eq!(
+        rig.core.send_typing(peer, true, at + 1),
+        TypingSent::Repeated
+    );
+    assert_eq!(
+        rig.core.send_typing(peer, true, at + TYPING_REPEAT_MS),
+        TypingSent::Sent
+    );
+    assert_eq!(
+        rig.core.send_typing(peer, false, at + TYPING_REPEAT_MS + 1),
+        TypingSent::Sent
+    );
+    rig.core.typing_failed(peer);
+    assert_eq!(
+        rig.core.send_typing(peer, false, at + TYPING_REPEAT_MS + 2),
+        TypingSent::Repeated
+    );
+    assert_eq!(
+        rig.core.send_typing(peer, true, at + TYPING_REPEAT_MS + 3),
+        TypingSent::Sent
+    );
+}

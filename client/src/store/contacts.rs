@@ -55,6 +55,20 @@ impl Store {
             .map_err(Into::into)
     }
 
+    /// The accounts of this device's 1:1 chats (a message in or out), at most `limit`, in
+    /// account order: "contacts" for the presence privacy setting.
+    pub fn chat_peers(&self, limit: usize) -> Result<Vec<AccountId>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT DISTINCT peer FROM messages ORDER BY peer LIMIT ?1")?;
+        let rows = statement.query_map([to_i64(limit as u64)], |row| row.get::<_, i64>(0))?;
+        let mut peers = Vec::new();
+        for row in rows {
+            peers.push(AccountId(to_u64(row?)));
+        }
+        Ok(peers)
+    }
+
     /// The devices of `account` this device knows of.
     pub fn known_devices(&self, account: AccountId) -> Result<Vec<KnownDevice>> {
         known_devices(&self.connection, account)
