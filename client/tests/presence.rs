@@ -199,8 +199,9 @@ async fn a_typing_indicator_crosses_regions_and_ends_by_itself() {
     // until bob hears it (each attempt is sent: they are further apart than the repeat window).
     let heard = tokio::time::timeout(DEADLINE, async {
         loop {
-            let sent = alice.set_typing("bob", true).await.expect("typing");
+            // Taken before the indicator leaves: bob shows it from later on.
             let shown_since = Instant::now();
+            let sent = alice.set_typing("bob", true).await.expect("typing");
             let wait = Duration::from_millis(REQUEST_TIMEOUT_MS);
             if let Ok(event) =
                 tokio::time::timeout(wait, next_matching(&mut bob_events, typing(true))).await

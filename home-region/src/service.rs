@@ -1705,7 +1705,6 @@ impl RegionService {
         lock(&self.inner.streams).insert(stream_id, push_sender.clone());
         let mut subscribed = 0;
         self.change_subscriptions(stream_id, &push_sender, &first, &mut subscribed);
-        self.presence_signals(stream_id, &first).await;
         let writer = async {
             while let Some(push) = pushes.recv().await {
                 let frame = RegionResponse { body: Some(push) };
@@ -1715,6 +1714,9 @@ impl RegionService {
             }
         };
         let reader = async {
+            // After the writer started: the first frame's watches may answer more updates
+            // than the push channel holds.
+            self.presence_signals(stream_id, &first).await;
             loop {
                 match net::read_frame::<RegionRequest>(&mut recv).await {
                     Ok(Some(RegionRequest {

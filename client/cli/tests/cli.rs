@@ -2,8 +2,9 @@
 //! process (relay_devnet's testbed on loopback): texts from standard input, `send --wait`
 //! following its own message, errors as JSON with `--json`, a failed `register` leaving nothing
 //! behind, the system's roots when no `--ca` is given, `blob put` / `blob get` between two
-//! accounts, groups managed from both regions (README journey 17), and receipts per device with
-//! read receipts turned off on either side (README journey 18).
+//! accounts, groups managed from both regions (README journey 17), receipts per device with
+//! read receipts turned off on either side (README journey 18), group messages (19), and
+//! presence with each privacy setting and typing that ends by itself (20).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -1059,4 +1060,144 @@ fn receipts_per_device_and_read_receipts_off_in_both_directions() {
             states(&[(&phone, "read"), (&laptop_device, "delivered")])
         )
     );
+}
+
+/// A `relay` process left running (`presence --follow`), its JSON lines read as they come.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Follower {
+    fn start(data: &Path, args: &[&str]) -> Follower {
+        use std::io::BufRead;
+        let mut child = relay(data, &[&["--json"], args].concat())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("relay starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && sender.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Follower {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line that satisfies `wanted`, within the deadline.
+    fn until(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "not within {DEADLINE:?}; the follower printed {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn presence_is(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |line| line["event"] == "presence" && line["peer"] == "alice" && line["state"] == state
+}
+
+#[test]
+fn presence_with_each_privacy_setting_and_typing_that_ends_by_itself() {
+    let deployment = Deployment::start(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alice, bob) = people(&deployment, dir.path());
+    let carol = dir.path().join("carol");
+    register(&deployment, &carol, "carol", 1);
+    // Bob is alice's contact: they have a chat.
+    send(&alice, "hi bob");
+
+    // Bob, in the other region, follows alice: offline (her send ended), last seen known.
+    let mut follower = Follower::start(&bob, &["presence", "alice", "--follow", "120"]);
+    let first = follower.until(|line| line["event"] == "presence");
+    assert_eq!(first["peer"], "alice");
+    assert!(
+        first["state"] == "offline" && first["last_seen_ms"].as_u64().is_some_and(|at| at > 0)
+            || first["state"] == "online",
+        "{first}"
+    );
+
+    // Alice types: bob sees it, then sees it end by itself (alice says nothing more).
+    // Taken before the indicator leaves: bob's "typing…" starts later, so it cannot end
+    // sooner than TYPING_SHOWN_MS after this.
+    let sent_at = Instant::now();
+    let typed = ok(&alice, &["typing", "bob"]);
+    assert_eq!(typed[0]["event"], "typing_sent", "{typed:?}");
+    follower.until(|line| line["event"] == "typing" && line["typing"] == true);
+    follower.until(|line| line["event"] == "typing" && line["typing"] == false);
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(6_000),
+        "ended {:?} after it was sent",
+        sent_at.elapsed()
+    );
+
+    // Contacts: carol (no chat with alice) is told it is hidden; bob still sees her.
+    let set = ok(&alice, &["settings", "presence", "contacts"]);
+    assert!(
+        set.iter()
+            .any(|line| line["name"] == "presence" && line["value"] == "contacts (1 accounts)"),
+        "{set:?}"
+    );
+    let hidden = ok(&carol, &["presence", "alice"]);
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    assert_eq!(hidden[0]["state"], "hidden");
+    assert_eq!(hidden[0]["last_seen_ms"], Value::Null);
+    let seen = ok(&bob, &["settings"]);
+    assert!(
+        seen.iter().any(|line| line["name"] == "read-receipts"),
+        "{seen:?}"
+    );
+
+    // Nobody: bob, still following, is told it is hidden.
+    ok(&alice, &["settings", "presence", "nobody"]);
+    follower.until(presence_is("hidden"));
+    let shown = ok(&alice, &["settings"]);
+    assert!(
+        shown
+            .iter()
+            .any(|line| line["name"] == "presence" && line["value"] == "nobody"),
+        "{shown:?}"
+    );
+    // Everyone again: bob sees her (online while her command runs, or offline after it).
+    ok(&alice, &["settings", "presence", "everyone"]);
+    follower.until(|line| {
+        line["event"] == "presence" && (line["state"] == "online" || line["state"] == "offline")
+    });
+    drop(follower);
+
+    // Bad input is refused plainly: a visibility that does not exist, a name nobody has.
+    let wrong = run(relay(&alice, &["settings", "presence", "friends"]), None);
+    assert_eq!(wrong.status.code(), Some(2));
+    let nobody = run(relay(&bob, &["--json", "presence", "nobody-here"]), None);
+    assert_eq!(nobody.status.code(), Some(1));
 }
