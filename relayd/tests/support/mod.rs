@@ -62,7 +62,9 @@ pub fn relay_bin() -> PathBuf {
     relay
 }
 
-/// When the newest Rust source or manifest under `dir` was written.
+/// When the newest Rust source or manifest under `dir` that goes into a binary was written:
+/// integration tests (`tests/` folders) and unit test modules (`tests.rs`) do not, and a change
+/// to them alone leaves the binary as cargo built it.
 fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
     let mut newest = None;
     let mut folders = vec![dir.to_path_buf()];
@@ -71,10 +73,12 @@ fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             if path.is_dir() {
-                if name != "target" && !name.starts_with('.') {
+                if !matches!(name.as_str(), "target" | "tests" | "benches" | "examples")
+                    && !name.starts_with('.')
+                {
                     folders.push(path);
                 }
-            } else if name.ends_with(".rs") || name == "Cargo.toml" {
+            } else if (name.ends_with(".rs") && name != "tests.rs") || name == "Cargo.toml" {
                 let modified = entry.metadata().and_then(|m| m.modified()).ok();
                 newest = newest.max(modified);
             }
