@@ -33,4 +33,4 @@ pub mod time;
 pub mod workload;
 
 pub use simulation::{Report, Simulation, SimulationError, seed_from_env};
-pub use swarm::{Swarm, SwarmSummary};
+pub use swarm::{GroupFigures, Swarm, SwarmSummary};

@@ -22,7 +22,7 @@
 //! acknowledged) and restarts it later on the same disk and address.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,13 +42,14 @@ use relay_proto::RegionId;
 
 use crate::faults::{Action, Fault, FaultKind, FaultPlan, LinkModel, NetFaults, Target, Topology};
 use crate::history::{
-    self, ChatView, DocView, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation, What,
+    self, ChatView, DocView, GroupMessageRef, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation,
+    What,
 };
 use crate::net::{PacketFingerprint, PacketLog, SimSockets};
 use crate::pki::{Pki, PkiError};
 use crate::seed;
 use crate::time::{SimClock, sim_epoch};
-use crate::workload::{self, ClientSetup, Plan, Shared, WorkloadShape};
+use crate::workload::{self, ClientSetup, GroupPlan, Plan, Shared, WorkloadShape};
 
 /// UDP port of every region's internal QUIC server.
 pub const REGION_PORT: u16 = 4433;
@@ -67,6 +68,9 @@ pub const LINKED_PERCENT_MAX: u32 = 60;
 /// The share of linked clients, in percent, whose first device removes the second one mid-run
 /// in a swarm run.
 pub const REMOVED_PERCENT: u32 = 30;
+
+/// The share of swarm runs, in percent, that have groups (one, or two in a quarter of them).
+pub const GROUP_PERCENT: u32 = 50;
 
 /// Why a simulation could not run to its end.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +136,8 @@ pub struct Report {
     pub docs: Vec<DocView>,
     /// Every planned message with its recipient.
     pub planned: BTreeMap<MessageRef, u32>,
+    /// The run's groups, as planned.
+    pub groups: Vec<GroupPlan>,
     /// The broken invariants (empty when the run is correct).
     pub violations: Vec<Violation>,
     /// The run's topology and workload.
@@ -163,6 +169,7 @@ impl Simulation {
                 read_percent: 50,
                 linked_percent: 0,
                 removed_percent: 0,
+                group_percent: 0,
             },
             crashes: Vec::new(),
             faults: FaultPlan::none(),
@@ -195,6 +202,7 @@ impl Simulation {
             linked_percent: StdRng::seed_from_u64(seed::derive(seed, "swarm-links", 0))
                 .random_range(0..=LINKED_PERCENT_MAX),
             removed_percent: REMOVED_PERCENT,
+            group_percent: GROUP_PERCENT,
         };
         let edges_per_region = rng.random_range(1..=2);
         let latency_min = rng.random_range(1..=10);
@@ -236,6 +244,13 @@ impl Simulation {
     /// while messages are on their way.
     pub fn removed_percent(mut self, percent: u32) -> Self {
         self.shape.removed_percent = percent;
+        self
+    }
+
+    /// The chance, in percent, that the run has groups (created, sent to and changed while
+    /// texts fly: see [`crate::workload::GroupPlan`]).
+    pub fn group_percent(mut self, percent: u32) -> Self {
+        self.shape.group_percent = percent;
         self
     }
 
@@ -520,6 +535,8 @@ impl Simulation {
         let planned = plan.recipients();
         let mut violations = history::check(&planned, &trace, &views);
         violations.extend(history::check_convergence(&planned, &trace, &docs));
+        violations.extend(history::check_groups(&plan.groups, &trace));
+        let group_messages: BTreeSet<GroupMessageRef> = plan.group_messages().collect();
         for (region, disk) in &disks {
             let mut stored = Vec::new();
             disk.for_each_latest(|key, value| stored.push((key.to_vec(), value.to_vec())));
@@ -530,8 +547,16 @@ impl Simulation {
                     .iter()
                     .map(|(key, value)| (key.as_slice(), value.as_slice())),
             ));
+            violations.extend(history::check_group_blindness(
+                &format!("region {region}'s store"),
+                &group_messages,
+                stored
+                    .iter()
+                    .map(|(key, value)| (key.as_slice(), value.as_slice())),
+            ));
         }
-        let slowest_delivery_ms = history::slowest_delivery_ms(&trace, &planned);
+        let slowest_delivery_ms = history::slowest_delivery_ms(&trace, &planned)
+            .max(history::slowest_group_delivery_ms(&plan.groups, &trace));
         let injected = injected(&faults, &trace);
         let store_commits_failed = disks.values().map(MemoryDisk::failed_commits).sum();
         Ok(Report {
@@ -541,6 +566,7 @@ impl Simulation {
             views,
             docs,
             planned,
+            groups: plan.groups.clone(),
             violations,
             shape: self.shape,
             faults: injected,
@@ -567,6 +593,71 @@ impl Report {
     /// Messages received by linked second devices.
     pub fn received_by_second_devices(&self) -> usize {
         self.count(|what| matches!(what, What::Received { device: 1, .. }))
+    }
+
+    /// Group messages planned.
+    pub fn group_planned(&self) -> usize {
+        self.groups.iter().map(|group| group.sends.len()).sum()
+    }
+
+    /// Group messages acknowledged as sent.
+    pub fn group_acknowledged(&self) -> usize {
+        self.count(|what| matches!(what, What::GroupAcked { .. }))
+    }
+
+    /// Group messages received and decrypted, counted per receiving device.
+    pub fn group_deliveries(&self) -> usize {
+        self.count(|what| matches!(what, What::GroupReceived { .. }))
+    }
+
+    /// Group membership changes the directory writer acknowledged (creations included).
+    pub fn group_changes(&self) -> usize {
+        self.count(|what| matches!(what, What::GroupChanged { .. }))
+    }
+
+    /// Members whose removal from a group was acknowledged: the removal check holds each to
+    /// every group message sent after.
+    pub fn group_removals(&self) -> usize {
+        self.count(|what| {
+            matches!(
+                what,
+                What::GroupChanged {
+                    change: history::GroupChange::Remove(_),
+                    ..
+                }
+            )
+        })
+    }
+
+    /// (Member removed from a group, group message whose send started after the removal was
+    /// acknowledged) pairs: each is a case the removal check held, that the member must not
+    /// decrypt the message.
+    pub fn group_removal_checks(&self) -> usize {
+        let mut removed: Vec<(u32, usize)> = Vec::new();
+        let mut checks = 0;
+        for (index, event) in self.trace.iter().enumerate() {
+            match &event.what {
+                What::GroupChanged {
+                    group,
+                    change: history::GroupChange::Remove(_),
+                    ..
+                } => removed.push((*group, index)),
+                What::GroupSend { message, .. } => {
+                    checks += removed
+                        .iter()
+                        .filter(|&&(group, at)| group == message.group && at < index)
+                        .count();
+                }
+                _ => {}
+            }
+        }
+        checks
+    }
+
+    /// Group texts of members removed while they were on their way that never settled at their
+    /// sender ([`history::stuck_group_texts`]).
+    pub fn group_stuck(&self) -> usize {
+        history::stuck_group_texts(&self.trace)
     }
 
     /// Clients that finished before the time limit.

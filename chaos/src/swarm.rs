@@ -70,6 +70,8 @@ pub struct SwarmSummary {
     pub sync_unconfirmed: u64,
     /// Second devices removed while messages were on their way.
     pub removed: u64,
+    /// The runs' groups: see [`GroupFigures`].
+    pub groups: GroupFigures,
     /// The slowest delivery after a heal seen in any run, in simulated ms.
     pub slowest_delivery_ms: u64,
     /// Commits the regions' disks failed, summed over the runs.
@@ -79,6 +81,26 @@ pub struct SwarmSummary {
     /// Each finished run's seed, simulated time (ms) and network fingerprint digest, by seed:
     /// two sweeps of the same seeds must agree on every one.
     pub fingerprints: Vec<(u64, u64, u64)>,
+}
+
+/// What a sweep's groups did, summed over its runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupFigures {
+    /// Runs that had groups.
+    pub runs: u64,
+    /// Groups planned.
+    pub groups: u64,
+    /// Group messages planned, acknowledged, and received (counted per receiving device).
+    pub messages: (u64, u64, u64),
+    /// Membership changes the directory writer acknowledged (creations included).
+    pub changes: u64,
+    /// Members removed from a group while texts were on their way.
+    pub removals: u64,
+    /// (removed member, group message sent after its removal) pairs the removal check held.
+    pub removal_checks: u64,
+    /// Texts of members removed meanwhile that never settled at their sender (an open edge
+    /// bug; liveness excuses them).
+    pub stuck: u64,
 }
 
 impl SwarmSummary {
@@ -106,6 +128,29 @@ impl SwarmSummary {
         line(
             "edits / deletions / reactions",
             format!("{edits} / {deletions} / {reactions}"),
+        );
+        let groups = summary.groups;
+        line(
+            "runs with groups / groups",
+            format!("{} / {}", groups.runs, groups.groups),
+        );
+        line(
+            "group msgs planned / acked / got",
+            format!(
+                "{} / {} / {} (deliveries, per device)",
+                groups.messages.0, groups.messages.1, groups.messages.2
+            ),
+        );
+        line(
+            "group changes / removals / checks",
+            format!(
+                "{} / {} / {} (removed member × later text)",
+                groups.changes, groups.removals, groups.removal_checks
+            ),
+        );
+        line(
+            "removed members' texts never settled",
+            groups.stuck.to_string(),
         );
         line(
             "accounts never confirmed in sync",
@@ -201,6 +246,17 @@ impl SwarmSummary {
                 "sync_unconfirmed": summary.sync_unconfirmed,
                 "removed": summary.removed,
             },
+            "groups": {
+                "runs": summary.groups.runs,
+                "groups": summary.groups.groups,
+                "messages_planned": summary.groups.messages.0,
+                "messages_acknowledged": summary.groups.messages.1,
+                "deliveries": summary.groups.messages.2,
+                "membership_changes": summary.groups.changes,
+                "removals": summary.groups.removals,
+                "removal_checks": summary.groups.removal_checks,
+                "stuck_texts_of_removed_members": summary.groups.stuck,
+            },
             "slowest_delivery_ms": summary.slowest_delivery_ms,
             "faults": faults,
             "store_commits_failed": summary.store_commits_failed,
@@ -251,6 +307,18 @@ impl SwarmSummary {
                 }
                 _ => {}
             }
+        }
+        if !report.groups.is_empty() {
+            let groups = &mut self.groups;
+            groups.runs += 1;
+            groups.groups += report.groups.len() as u64;
+            groups.messages.0 += report.group_planned() as u64;
+            groups.messages.1 += report.group_acknowledged() as u64;
+            groups.messages.2 += report.group_deliveries() as u64;
+            groups.changes += report.group_changes() as u64;
+            groups.removals += report.group_removals() as u64;
+            groups.removal_checks += report.group_removal_checks() as u64;
+            groups.stuck += report.group_stuck() as u64;
         }
         self.linked.2 += report.docs.iter().filter(|doc| doc.device > 0).count() as u64;
         self.slowest_delivery_ms = self.slowest_delivery_ms.max(report.slowest_delivery_ms);

@@ -24,7 +24,11 @@
 //! - **liveness** ([`liveness`]): after the heal, everything queued is acknowledged and
 //!   everything acknowledged arrives within [`LIVENESS_BOUND_MS`].
 //!
-//! **I5 blindness** ([`check_blindness`]) reads the servers' stores instead of the trace, and
+//! The run's groups are checked apart ([`check_groups`], in [`groups`]): I1, I3, I4, I6, I8,
+//! removal (a removed member or device decrypts nothing sent after its removal) and liveness
+//! for group messages, over membership changes recorded when asked and when acknowledged.
+//!
+//! **I5 blindness** ([`check_blindness`], [`check_group_blindness`]) reads the servers' stores instead of the trace, and
 //! **I7 convergence** ([`check_convergence`], in [`convergence`]) the relay-sync documents of
 //! the devices of each account ([`DocView`]).
 //!
@@ -36,6 +40,9 @@ mod blindness;
 mod convergence;
 mod decryptable;
 mod facts;
+#[cfg(test)]
+mod group_tests;
+mod groups;
 mod idempotence;
 mod liveness;
 mod no_loss;
@@ -50,13 +57,14 @@ pub mod trace;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use blindness::check_blindness;
+pub use blindness::{check_blindness, check_group_blindness};
 pub(crate) use convergence::chat_of;
 use facts::Facts;
+pub use groups::{check_groups, slowest_group_delivery_ms, stuck_group_texts};
 pub use liveness::{LIVENESS_BOUND_MS, slowest_delivery_ms};
 pub use trace::{
-    Change, ChatView, DocEntry, DocView, MessageRef, TraceEvent, ViewEntry, What, client_name,
-    client_number, device_name,
+    Change, ChatView, DocEntry, DocView, GroupChange, GroupMessageRef, MessageRef, TraceEvent,
+    ViewEntry, What, client_name, client_number, device_name,
 };
 
 /// Which invariant a violation breaks.

@@ -43,6 +43,79 @@ impl fmt::Display for MessageRef {
     }
 }
 
+/// A group message of the workload: its group (the workload's number, from 1), its sender
+/// (client number) and the sender's count of its messages to that group, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupMessageRef {
+    /// The group (the workload's number, not the directory's id).
+    pub group: u32,
+    /// The sending client.
+    pub sender: u32,
+    /// The sender's count of its messages to the group, from 1.
+    pub number: u32,
+}
+
+impl GroupMessageRef {
+    /// The text the workload sends for this group message, `c3 #g1.2`; [`GroupMessageRef::parse`]
+    /// reads it back. [`MessageRef::parse`] reads no group text (its number is not digits), so
+    /// the two never mistake each other.
+    pub fn text(&self) -> String {
+        format!(
+            "{} #g{}.{}",
+            client_name(self.sender),
+            self.group,
+            self.number
+        )
+    }
+
+    /// The group message a text names, if it is one of the workload's.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (sender, rest) = text.split_once(" #g")?;
+        let (group, number) = rest.split_once('.')?;
+        Some(Self {
+            group: group.parse().ok()?,
+            sender: client_number(sender)?,
+            number: number.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for GroupMessageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "g{}:{}#{}",
+            self.group,
+            client_name(self.sender),
+            self.number
+        )
+    }
+}
+
+/// A change of a group's membership, as the workload asks the directory writer for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The group is created with these members (the creator first).
+    Create(Vec<u32>),
+    /// A member is added.
+    Add(u32),
+    /// A member is removed.
+    Remove(u32),
+}
+
+impl fmt::Display for GroupChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupChange::Create(members) => {
+                let names: Vec<String> = members.iter().map(|&m| client_name(m)).collect();
+                write!(f, "create with {}", names.join(", "))
+            }
+            GroupChange::Add(member) => write!(f, "add {}", client_name(*member)),
+            GroupChange::Remove(member) => write!(f, "remove {}", client_name(*member)),
+        }
+    }
+}
+
 /// The account name of client `number`.
 pub fn client_name(number: u32) -> String {
     format!("c{number}")
@@ -221,6 +294,79 @@ pub enum What {
         /// The client.
         client: u32,
     },
+    /// A client asked the directory writer for a change of a group (first attempt).
+    GroupChangeAsked {
+        /// The group (the workload's number).
+        group: u32,
+        /// The client that asked (the group's creator, an admin).
+        by: u32,
+        /// The change.
+        change: GroupChange,
+    },
+    /// The directory writer acknowledged a group change (the answer reached the client).
+    GroupChanged {
+        /// The group (the workload's number).
+        group: u32,
+        /// The client that asked.
+        by: u32,
+        /// The change.
+        change: GroupChange,
+        /// The group's version in the answer.
+        version: u64,
+    },
+    /// A client's device started sending a group message.
+    GroupSend {
+        /// The message.
+        message: GroupMessageRef,
+        /// The sending device of the client.
+        device: u32,
+    },
+    /// The group message entered the sender's outbox.
+    GroupQueued {
+        /// The message.
+        message: GroupMessageRef,
+    },
+    /// The sender saw the group message acknowledged (its first tick past pending).
+    GroupAcked {
+        /// The message.
+        message: GroupMessageRef,
+    },
+    /// The sender's tick of a group message moved (0 pending, 1 sent, 2 delivered, 3 read).
+    GroupTick {
+        /// The message.
+        message: GroupMessageRef,
+        /// The new tick.
+        tick: u8,
+    },
+    /// A device received and decrypted a group message.
+    GroupReceived {
+        /// The receiving client.
+        receiver: u32,
+        /// Which of its devices.
+        device: u32,
+        /// The message its text names.
+        message: GroupMessageRef,
+        /// The sending account, as the envelope says (0 when unreadable).
+        from_account: u64,
+        /// The group chat's sequence in the receiving region.
+        chat_seq: u64,
+    },
+    /// A device could not decrypt a group message.
+    GroupUndecryptable {
+        /// The receiving client.
+        receiver: u32,
+        /// Which of its devices.
+        device: u32,
+        /// The sender (account name).
+        from: String,
+        /// Why, as the device said.
+        reason: String,
+    },
+    /// The sender gave a group message up (refused for good: not a member any more, say).
+    GroupFailed {
+        /// The message.
+        message: GroupMessageRef,
+    },
     /// A client finished its workload.
     Finished {
         /// The client.
@@ -289,16 +435,7 @@ impl fmt::Display for TraceEvent {
                 device_name(*receiver, *device)
             ),
             What::Failed { message } => write!(f, "{message} given up"),
-            What::Tick { message, tick } => {
-                let name = match tick {
-                    0 => "pending",
-                    1 => "sent",
-                    2 => "delivered",
-                    3 => "read",
-                    _ => "?",
-                };
-                write!(f, "{message} is {name}")
-            }
+            What::Tick { message, tick } => write!(f, "{message} is {}", tick_label(*tick)),
             What::MarkedRead {
                 reader,
                 peer,
@@ -349,6 +486,52 @@ impl fmt::Display for TraceEvent {
                 "{}'s devices never both said their documents were in sync",
                 client_name(*client)
             ),
+            What::GroupChangeAsked { group, by, change } => {
+                write!(f, "{} asks g{group}: {change}", client_name(*by))
+            }
+            What::GroupChanged {
+                group,
+                by,
+                change,
+                version,
+            } => write!(
+                f,
+                "g{group}: {change} acknowledged to {} (version {version})",
+                client_name(*by)
+            ),
+            What::GroupSend { message, device } => match device {
+                0 => write!(f, "{message} sent to its group"),
+                _ => write!(
+                    f,
+                    "{message} sent to its group from {}",
+                    device_name(message.sender, *device)
+                ),
+            },
+            What::GroupQueued { message } => write!(f, "{message} queued in the outbox"),
+            What::GroupAcked { message } => write!(f, "{message} acknowledged"),
+            What::GroupTick { message, tick } => write!(f, "{message} is {}", tick_label(*tick)),
+            What::GroupReceived {
+                receiver,
+                device,
+                message,
+                from_account,
+                chat_seq,
+            } => write!(
+                f,
+                "{} received {message} from account {from_account} at group chat seq {chat_seq}",
+                device_name(*receiver, *device)
+            ),
+            What::GroupUndecryptable {
+                receiver,
+                device,
+                from,
+                reason,
+            } => write!(
+                f,
+                "{} could not decrypt a group message from {from}: {reason}",
+                device_name(*receiver, *device)
+            ),
+            What::GroupFailed { message } => write!(f, "{message} given up"),
             What::Finished { client, complete } => write!(
                 f,
                 "{} finished{}",
@@ -356,6 +539,17 @@ impl fmt::Display for TraceEvent {
                 if *complete { "" } else { " (time limit)" }
             ),
         }
+    }
+}
+
+/// A tick's name (0 pending, 1 sent, 2 delivered, 3 read).
+fn tick_label(tick: u8) -> &'static str {
+    match tick {
+        0 => "pending",
+        1 => "sent",
+        2 => "delivered",
+        3 => "read",
+        _ => "?",
     }
 }
 

@@ -256,6 +256,7 @@ async fn drive(
             linked_percent: LINKED_PERCENT,
             // Removal races are the simulation's to exercise.
             removed_percent: 0,
+            group_percent: 0,
         },
     );
     // One user at least links a second device in every run, and each links between two of its

@@ -143,6 +143,63 @@ impl App {
         flows::remove_device(&self.device, number, &mut *self.sink).await
     }
 
+    /// `relay group create NAME MEMBERS...`: the group's id and version.
+    pub async fn create_group(
+        &mut self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<(u64, u64), ClientError> {
+        let group = self
+            .events
+            .drive(self.device.create_group(name, members), &mut *self.sink)
+            .await?;
+        Ok((group.id, group.version))
+    }
+
+    /// `relay group add GROUP MEMBER`: the group's version after it.
+    pub async fn add_group_member(&mut self, group: u64, member: &str) -> Result<u64, ClientError> {
+        let group = self
+            .events
+            .drive(
+                self.device.add_group_members(group, &[member]),
+                &mut *self.sink,
+            )
+            .await?;
+        Ok(group.version)
+    }
+
+    /// `relay group remove GROUP MEMBER`: the group's version after it.
+    pub async fn remove_group_member(
+        &mut self,
+        group: u64,
+        member: &str,
+    ) -> Result<u64, ClientError> {
+        let group = self
+            .events
+            .drive(
+                self.device.remove_group_member(group, member),
+                &mut *self.sink,
+            )
+            .await?;
+        Ok(group.version)
+    }
+
+    /// `relay group send GROUP TEXT` (without `--wait`): stores the text (reported pending),
+    /// then flushes the outbox as a one-shot send does. A text the relay refuses for good is
+    /// reported by its [`Event::GroupFailed`], not as an error here.
+    pub async fn send_group(&mut self, group: u64, text: &str) -> Result<(), ClientError> {
+        self.events
+            .drive(self.device.send_group(group, text), &mut *self.sink)
+            .await?;
+        self.events
+            .drive(
+                self.device
+                    .flush(Duration::from_millis(relay_client::limits::FLUSH_BUDGET_MS)),
+                &mut *self.sink,
+            )
+            .await
+    }
+
     /// `relay read PEER`.
     pub async fn read(&mut self, peer: &str) -> Result<usize, ClientError> {
         flows::read(&self.device, &mut self.events, peer, &mut *self.sink).await

@@ -34,6 +34,7 @@
 
 mod app;
 mod changes;
+mod groups;
 mod ledger;
 mod linked;
 mod observe;
@@ -65,13 +66,14 @@ pub use changes::change_some;
 pub use ledger::{Ledger, Shared};
 pub use linked::{link_device, linked_dir};
 pub use observe::{Observer, account_of, observe};
-pub use plan::{ClientPlan, Plan, PlannedSend, WorkloadShape};
-pub use progress::Progress;
+pub use plan::{ClientPlan, GroupPlan, Plan, PlannedGroupSend, PlannedSend, WorkloadShape};
+pub use progress::{GroupProgress, Progress};
 pub use register::register_retrying;
 pub use views::{chat_views, doc_views};
 
 use app::{opener, restart};
 use changes::edit_contested;
+use groups::GroupTurns;
 use linked::{link_second_device, note_in_sync, remove_second_if_due};
 use register::register;
 use views::{record_docs, record_views};
@@ -119,6 +121,20 @@ const _: () = assert!(OWN_CHANGE_EDIT_PERCENT + OWN_CHANGE_DELETE_PERCENT <= 100
 /// Latest moment of a drawn device removal (`ClientPlan::removes_at_ms`), in simulated ms since the start (messages are still
 /// being sent then).
 pub const REMOVAL_AT_MS_MAX: u64 = 8_000;
+/// Groups a run has at most (runs with groups have one, or this many in a quarter of them).
+pub const GROUPS_PER_RUN_MAX: u32 = 2;
+/// Texts each member sends to a group at most.
+pub const GROUP_SENDS_PER_MEMBER_MAX: u32 = 3;
+/// Shortest span, in ms after a client starts sending, over which its group texts and the
+/// creator's membership changes are drawn.
+pub const GROUP_WINDOW_MS_MIN: u64 = 500;
+/// Longest such span, in ms (half of the 1:1 sends' span, bounded by this).
+pub const GROUP_WINDOW_MS_MAX: u64 = 6_000;
+/// Pause between two checks that a group exists (or that this client was added), in ms.
+pub const GROUP_POLL_MS: u64 = 50;
+const _: () = assert!(GROUP_WINDOW_MS_MIN <= GROUP_WINDOW_MS_MAX);
+const _: () = assert!(GROUPS_PER_RUN_MAX >= 1 && GROUP_SENDS_PER_MEMBER_MAX >= 1);
+
 /// The reactions the workload draws from.
 pub const REACTIONS: [&str; 3] = ["👍", "❤️", "😂"];
 /// The folder of a client's second device is its first device's with this suffix.
@@ -200,6 +216,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     let linked = follower.is_some();
     let mut changes = StdRng::seed_from_u64(seed::derive(setup.seed, "changes", me.into()));
     let mut changes_left = CHANGES_PER_DEVICE_MAX;
+    let mut group_turns = GroupTurns::new(&setup);
 
     // Without a second device, the first sends its share too.
     let own_sends = setup
@@ -215,6 +232,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
             client = restart(&setup, client, &open).await?;
         }
+        group_turns.take(&setup, &mut client, &local).await?;
         send_planned(&setup, 0, &mut client, &local, send).await?;
         if send.sync_after {
             tolerate(client.sync().await)?;
@@ -247,6 +265,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
             client = restart(&setup, client, &open).await?;
         }
+        group_turns.take(&setup, &mut client, &local).await?;
         // Before the sync, which sends it (the others wait for it: `Progress::settled`).
         if linked {
             edit_contested(&setup, 0, &mut client, &local, false).await?;

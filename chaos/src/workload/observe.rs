@@ -9,7 +9,7 @@ use relay_client::limits::READ_RECEIPT_IDS_MAX;
 use relay_client::store::Tick;
 
 use super::Ledger;
-use crate::history::{MessageRef, What, client_number};
+use crate::history::{GroupMessageRef, MessageRef, What, client_number};
 
 /// One client's view of its own events, kept by [`observe`].
 #[derive(Debug, Default)]
@@ -31,9 +31,34 @@ pub struct Observer {
     ///
     /// [`Progress::syncs`]: super::Progress::syncs
     pub syncs: (u64, u64),
+    /// The group message whose send is in progress: its pending tick names its id.
+    pub sending_group: Option<GroupMessageRef>,
+    /// Client message ids of this client's group messages.
+    group_ids: BTreeMap<String, GroupMessageRef>,
+    /// This client's group messages seen acknowledged.
+    group_acked: BTreeSet<GroupMessageRef>,
 }
 
 impl Observer {
+    /// Whether every text this device sent is acknowledged or given up, but for group texts
+    /// of a sender whose removal from the group was asked while they were on their way: those
+    /// may never settle (see [`GroupProgress::stuck`]), and the rest of its outbox is then only
+    /// key shares and receipts.
+    ///
+    /// [`GroupProgress::stuck`]: super::GroupProgress::stuck
+    pub fn only_stuck_texts_pending(&self, progress: &super::Progress) -> bool {
+        let texts = self
+            .ids
+            .values()
+            .all(|message| self.acked.contains(message) || progress.failed.contains(message));
+        let group_texts = self.group_ids.values().all(|message| {
+            self.group_acked.contains(message)
+                || progress.groups.failed.contains(message)
+                || progress.groups.stuck(message)
+        });
+        texts && group_texts
+    }
+
     /// Notes a message this device can edit (if its account sent it) or react to.
     fn note_changeable(&mut self, peer: &str, id: &str, message: MessageRef, own: bool) {
         if let Some(peer) = client_number(peer) {
@@ -132,6 +157,73 @@ pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared:
             if let Some(&message) = local.ids.get(&id) {
                 shared.progress().failed.insert(message);
                 shared.record(What::Failed { message });
+            }
+        }
+        Event::GroupTick { id, tick, .. } => match tick {
+            Tick::Pending => {
+                if let Some(message) = local.sending_group.take() {
+                    local.group_ids.insert(id, message);
+                    shared.progress().groups.queued.insert(message);
+                    shared.record(What::GroupQueued { message });
+                }
+            }
+            Tick::Sent | Tick::Delivered | Tick::Read => {
+                if let Some(&message) = local.group_ids.get(&id) {
+                    if local.group_acked.insert(message) {
+                        let groups = &mut shared.progress().groups;
+                        let now = groups.tick();
+                        groups.acked_at.insert(message, now);
+                        shared.record(What::GroupAcked { message });
+                    }
+                    shared.record(What::GroupTick {
+                        message,
+                        tick: tick as u8,
+                    });
+                }
+            }
+        },
+        Event::GroupMessage {
+            from,
+            direction: Direction::In,
+            sender_device,
+            chat_seq,
+            text,
+            undecryptable,
+            ..
+        } => match (undecryptable, GroupMessageRef::parse(&text)) {
+            (Some(reason), _) => shared.record(What::GroupUndecryptable {
+                receiver: me,
+                device,
+                from,
+                reason,
+            }),
+            (None, Some(message)) => {
+                shared
+                    .progress()
+                    .groups
+                    .received
+                    .entry((me, device))
+                    .or_default()
+                    .insert(message);
+                shared.record(What::GroupReceived {
+                    receiver: me,
+                    device,
+                    message,
+                    from_account: account_of(&sender_device),
+                    chat_seq,
+                });
+            }
+            (None, None) => shared.record(What::Garbled {
+                receiver: me,
+                device,
+                from,
+                text,
+            }),
+        },
+        Event::GroupFailed { id, .. } => {
+            if let Some(&message) = local.group_ids.get(&id) {
+                shared.progress().groups.failed.insert(message);
+                shared.record(What::GroupFailed { message });
             }
         }
         Event::Synced { pending, .. } => {

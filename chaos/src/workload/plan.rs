@@ -6,8 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::REMOVAL_AT_MS_MAX;
-use crate::history::MessageRef;
+use super::{
+    GROUP_SENDS_PER_MEMBER_MAX, GROUP_WINDOW_MS_MAX, GROUP_WINDOW_MS_MIN, GROUPS_PER_RUN_MAX,
+    REMOVAL_AT_MS_MAX,
+};
+use crate::history::{GroupMessageRef, MessageRef};
 use crate::seed;
 
 /// One planned send.
@@ -52,11 +55,49 @@ pub struct ClientPlan {
     pub removes_at_ms: Option<u64>,
 }
 
+/// One planned group message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedGroupSend {
+    /// The message (its sender sends it from its first device).
+    pub message: GroupMessageRef,
+    /// When, in ms after its sender started sending (it waits for the group to exist, and an
+    /// added member for its addition; a removed member drops what is due after its removal).
+    pub at_ms: u64,
+}
+
+/// One planned group: created by one client at the start of its sends, with members drawn among
+/// the run's accounts, each member sending a few texts, and one small membership change each
+/// way at drawn moments while texts are on their way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPlan {
+    /// The workload's number of the group, from 1 (the directory assigns its id).
+    pub group: u32,
+    /// The client that creates it (its first admin); it makes the membership changes.
+    pub creator: u32,
+    /// The members it is created with, the creator first.
+    pub members: Vec<u32>,
+    /// Every member's texts, in each sender's order.
+    pub sends: Vec<PlannedGroupSend>,
+    /// A member (never the creator) removed at this many ms after the creator started sending.
+    pub removal: Option<(u32, u64)>,
+    /// A client (not a first member) added at this many ms after the creator started sending.
+    pub addition: Option<(u32, u64)>,
+}
+
+impl GroupPlan {
+    /// Whether `client` is ever a member (first, or added).
+    pub fn ever_member(&self, client: u32) -> bool {
+        self.members.contains(&client) || self.addition.is_some_and(|(added, _)| added == client)
+    }
+}
+
 /// Every client's plan, drawn from the seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// One entry per client, by number.
     pub clients: Vec<ClientPlan>,
+    /// The run's groups (none in runs without).
+    pub groups: Vec<GroupPlan>,
 }
 
 /// How the workload is shaped.
@@ -77,6 +118,8 @@ pub struct WorkloadShape {
     /// Chance, in percent, that a linked client's first device removes the second one while
     /// messages are on their way ([`ClientPlan::removes_at_ms`]).
     pub removed_percent: u32,
+    /// Chance, in percent, that the run has groups ([`Plan::groups`]).
+    pub group_percent: u32,
 }
 
 impl Plan {
@@ -137,7 +180,23 @@ impl Plan {
                 }
             })
             .collect();
-        Self { clients }
+        // Drawn apart from the rest, so a seed's other plans stay the same with or without.
+        let groups = draw_groups(seed, shape, count);
+        Self { clients, groups }
+    }
+
+    /// Whether `client` creates a group or sends to one.
+    pub fn has_group_work(&self, client: u32) -> bool {
+        self.groups.iter().any(|group| {
+            group.creator == client || group.sends.iter().any(|send| send.message.sender == client)
+        })
+    }
+
+    /// Every planned group message.
+    pub fn group_messages(&self) -> impl Iterator<Item = GroupMessageRef> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|group| group.sends.iter().map(|send| send.message))
     }
 
     /// Makes client `client` link its second device between two of its sends: its first device
@@ -184,6 +243,88 @@ impl Plan {
     }
 }
 
+/// The run's groups: none unless the seed draws them (`group_percent`); else one, or two in a
+/// quarter of those runs, among `count` clients (two at least).
+fn draw_groups(seed: u64, shape: WorkloadShape, count: u32) -> Vec<GroupPlan> {
+    let mut rng = StdRng::seed_from_u64(seed::derive(seed, "plan-groups", 0));
+    if count < 2 || !rng.random_ratio(shape.group_percent.min(100), 100) {
+        return Vec::new();
+    }
+    let groups = if rng.random_ratio(1, 4) {
+        GROUPS_PER_RUN_MAX
+    } else {
+        1
+    };
+    // The texts and changes fall in the first part of the 1:1 sends, so they race them.
+    let window_ms = (u64::from(shape.messages_per_client) * shape.pause_ms_max / 2)
+        .clamp(GROUP_WINDOW_MS_MIN, GROUP_WINDOW_MS_MAX);
+    (1..=groups)
+        .map(|group| {
+            let creator = rng.random_range(0..count);
+            let mut members = vec![creator];
+            let mut outside = Vec::new();
+            for client in (0..count).filter(|&client| client != creator) {
+                match rng.random_ratio(2, 3) {
+                    true => members.push(client),
+                    false => outside.push(client),
+                }
+            }
+            // A member besides the creator, and (with three clients or more) one left to add.
+            if members.len() < 2 {
+                members.push(outside.remove(rng.random_range(0..outside.len())));
+            }
+            if outside.is_empty() && members.len() >= 4 {
+                let index = rng.random_range(1..members.len());
+                outside.push(members.remove(index));
+            }
+            let removable: Vec<u32> = members[1..].to_vec();
+            // The group keeps two members after the removal.
+            let removal = (members.len() >= 3 && rng.random_ratio(3, 4)).then(|| {
+                (
+                    removable[rng.random_range(0..removable.len())],
+                    rng.random_range(0..=window_ms),
+                )
+            });
+            let addition = (!outside.is_empty() && rng.random_ratio(3, 4)).then(|| {
+                (
+                    outside[rng.random_range(0..outside.len())],
+                    rng.random_range(0..=window_ms),
+                )
+            });
+            let mut sends = Vec::new();
+            let senders = members
+                .iter()
+                .copied()
+                .chain(addition.map(|(added, _)| added));
+            for sender in senders {
+                let texts = rng.random_range(1..=GROUP_SENDS_PER_MEMBER_MAX);
+                let mut at: Vec<u64> = (0..texts)
+                    .map(|_| rng.random_range(0..=window_ms))
+                    .collect();
+                at.sort_unstable();
+                for (number, at_ms) in (1..).zip(at) {
+                    sends.push(PlannedGroupSend {
+                        message: GroupMessageRef {
+                            group,
+                            sender,
+                            number,
+                        },
+                        at_ms,
+                    });
+                }
+            }
+            GroupPlan {
+                group,
+                creator,
+                members,
+                sends,
+                removal,
+                addition,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +337,7 @@ mod tests {
         read_percent: 50,
         linked_percent: 50,
         removed_percent: 30,
+        group_percent: 100,
     };
 
     #[test]
@@ -215,5 +357,32 @@ mod tests {
             );
         }
         assert_eq!(plan.recipients().len(), 40);
+    }
+
+    #[test]
+    fn groups_have_a_member_besides_the_creator_and_change_by_one_member() {
+        for seed in 0..200 {
+            let plan = Plan::draw(seed, SHAPE);
+            assert!(!plan.groups.is_empty(), "seed {seed}");
+            for group in &plan.groups {
+                assert!(group.members.len() >= 2, "seed {seed}: {group:?}");
+                if let Some((removed, _)) = group.removal {
+                    assert_ne!(removed, group.creator);
+                    assert!(group.members.contains(&removed));
+                    assert!(group.members.len() >= 3);
+                }
+                if let Some((added, _)) = group.addition {
+                    assert!(!group.members.contains(&added));
+                }
+                for send in &group.sends {
+                    assert!(group.ever_member(send.message.sender));
+                }
+            }
+        }
+        let none = WorkloadShape {
+            group_percent: 0,
+            ..SHAPE
+        };
+        assert!(Plan::draw(9, none).groups.is_empty());
     }
 }

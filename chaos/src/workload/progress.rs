@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Observer, Plan};
-use crate::history::MessageRef;
+use crate::history::{GroupMessageRef, MessageRef};
 
 /// What a client waits on: who registered, who is done sending, and which messages are queued,
 /// given up and received. Shared by every client of a run (they run on one thread).
@@ -57,6 +57,106 @@ pub struct Progress {
     pub second_numbers: BTreeMap<u32, u32>,
     /// Clients whose first device removed the second one.
     pub removed: BTreeSet<u32>,
+    /// What the clients know of the run's groups.
+    pub groups: GroupProgress,
+}
+
+/// What the clients of a run know of its groups. Membership rules compare moments on the
+/// group clock ([`GroupProgress::tick`]), which counts the group events the trace records, in
+/// trace order: the checker's rules, over trace positions, are the same.
+#[derive(Debug, Default)]
+pub struct GroupProgress {
+    /// Each group's id in the directory, once created, by the workload's number.
+    pub ids: BTreeMap<u32, u64>,
+    /// Group events so far (sends started, acknowledgements, membership changes asked and
+    /// acknowledged).
+    pub clock: u64,
+    /// (group, client) → when the writer acknowledged the client a member (created or added).
+    pub member_since: BTreeMap<(u32, u32), u64>,
+    /// (group, client) → when its removal was first asked.
+    pub removal_asked: BTreeMap<(u32, u32), u64>,
+    /// (group, client) of every member whose removal the writer acknowledged.
+    pub removed: BTreeSet<(u32, u32)>,
+    /// Group messages whose send started, and when.
+    pub sent_at: BTreeMap<GroupMessageRef, u64>,
+    /// Group messages that entered their sender's outbox.
+    pub queued: BTreeSet<GroupMessageRef>,
+    /// Group messages acknowledged, and when.
+    pub acked_at: BTreeMap<GroupMessageRef, u64>,
+    /// Group messages their sender gave up.
+    pub failed: BTreeSet<GroupMessageRef>,
+    /// Group messages each device (client, device) has received.
+    pub received: BTreeMap<(u32, u32), BTreeSet<GroupMessageRef>>,
+    /// Clients that made every group send and change planned for them.
+    pub done: BTreeSet<u32>,
+}
+
+impl GroupProgress {
+    /// Moves the group clock on by one event and returns the new moment.
+    pub fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Whether `client` must receive acknowledged group message `message`: it is not its
+    /// sender, and it was a member from before the send started until after it was
+    /// acknowledged (a removal asked meanwhile, or an addition acknowledged after the send
+    /// started, excuses it either way).
+    pub fn required(&self, client: u32, message: &GroupMessageRef) -> bool {
+        let group = message.group;
+        let (Some(&sent), Some(&acked)) = (self.sent_at.get(message), self.acked_at.get(message))
+        else {
+            return false;
+        };
+        client != message.sender
+            && self
+                .member_since
+                .get(&(group, client))
+                .is_some_and(|&since| since < sent)
+            && self
+                .removal_asked
+                .get(&(group, client))
+                .is_none_or(|&asked| asked > acked)
+    }
+
+    /// Whether group message `message` may never settle at its sender: not acknowledged, not
+    /// given up, and its sender's removal from the group was asked. Such a text committed in a
+    /// region before the removal and refused by another after it is retried for ever (the edge
+    /// answers the region's `UnknownGroup` as `Unavailable`); receivers do not wait for it.
+    pub fn stuck(&self, message: &GroupMessageRef) -> bool {
+        !self.acked_at.contains_key(message)
+            && !self.failed.contains(message)
+            && self
+                .removal_asked
+                .contains_key(&(message.group, message.sender))
+    }
+
+    /// Whether device `device` of client `me` has every group message it must receive (none
+    /// for a removed second device), and no group message it may have to receive is still
+    /// unsettled at its sender.
+    fn settled(&self, me: u32, device: u32, removed_device: bool, everyone: &Plan) -> bool {
+        if removed_device {
+            return true;
+        }
+        let received = self.received.get(&(me, device));
+        self.queued.iter().all(|message| {
+            let may_receive = message.sender != me
+                && everyone
+                    .groups
+                    .iter()
+                    .any(|group| group.group == message.group && group.ever_member(me));
+            if !may_receive || self.failed.contains(message) || self.stuck(message) {
+                return true;
+            }
+            match self.acked_at.contains_key(message) {
+                false => false,
+                true => {
+                    !self.required(me, message)
+                        || received.is_some_and(|received| received.contains(message))
+                }
+            }
+        })
+    }
 }
 
 impl Progress {
@@ -123,10 +223,11 @@ impl Progress {
     /// arrived on it (on a linked device, every one queued since the link), and so has every
     /// change its peers' devices made ([`Progress::peers_changes_fetched`]).
     pub fn settled(&self, me: u32, device: u32, everyone: &Plan, observer: &Observer) -> bool {
-        let everyone_sent = everyone
-            .clients
-            .iter()
-            .all(|plan| self.sent_all(plan.client));
+        let everyone_sent = everyone.clients.iter().all(|plan| {
+            self.sent_all(plan.client)
+                && (!everyone.has_group_work(plan.client)
+                    || self.groups.done.contains(&plan.client))
+        });
         // A second device changes nothing after `second_done`, a first one nothing after its
         // sends but its edit of the contested message.
         let changes_over = self.linked.iter().all(|client| {
@@ -136,11 +237,24 @@ impl Progress {
                     .get(client)
                     .is_none_or(|&(_, first, _)| first)
         });
+        // A member removed from a group may keep texts it sent meanwhile for ever.
+        let outbox_settled = observer.pending == Some(0)
+            || (observer.pending.is_some()
+                && self
+                    .groups
+                    .removal_asked
+                    .keys()
+                    .any(|&(_, member)| member == me)
+                && observer.only_stuck_texts_pending(self));
         if !everyone_sent
             || !changes_over
-            || observer.pending != Some(0)
+            || !outbox_settled
             || !self.peers_changes_fetched(me, everyone, observer)
         {
+            return false;
+        }
+        let removed_device = device == 1 && self.removed.contains(&me);
+        if !self.groups.settled(me, device, removed_device, everyone) {
             return false;
         }
         let received = self.received.get(&(me, device));
