@@ -253,6 +253,32 @@ fn unnamed(info: &GroupInfo) -> Group {
     }
 }
 
+/// Runs one lookup, again after a refusal the edge says a retry can outlast (an edge that
+/// throttles a burst of lookups names when to come back), up to [`GROUP_COMMAND_ATTEMPTS_MAX`]
+/// times at least [`GROUP_COMMAND_RETRY_DELAY_MS`] apart. A command names up to
+/// [`GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX`] accounts at once, before and after its answer, which is
+/// more than a tight per-connection budget takes in one burst: without this, such a command
+/// failed every time it was tried.
+async fn retried<T, Lookup, Answer>(mut lookup: Lookup) -> Result<T>
+where
+    Lookup: FnMut() -> Answer,
+    Answer: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match lookup().await {
+            Err(ClientError::Remote(refusal))
+                if refusal.code.is_retryable() && attempt < GROUP_COMMAND_ATTEMPTS_MAX =>
+            {
+                let delay_ms = refusal.retry_after_ms.max(GROUP_COMMAND_RETRY_DELAY_MS);
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// The account ids of `names`, in their order; a name no account has is
 /// [`ClientError::UnknownPeer`], before any group changes.
 pub(crate) async fn account_ids(
@@ -265,7 +291,10 @@ pub(crate) async fn account_ids(
         for (index, name) in chunk.iter().enumerate() {
             let connection = connection.clone();
             let name = (*name).to_owned();
-            lookups.spawn(async move { (index, connection.lookup_name(&name).await) });
+            lookups.spawn(async move {
+                let info = retried(|| connection.lookup_name(&name)).await;
+                (index, info)
+            });
         }
         let mut found = vec![AccountId(0); chunk.len()];
         while let Some(joined) = lookups.join_next().await {
@@ -295,7 +324,10 @@ async fn account_names(
         for account in chunk {
             let connection = connection.clone();
             let account = *account;
-            lookups.spawn(async move { (account, connection.lookup_account(account).await) });
+            lookups.spawn(async move {
+                let info = retried(|| connection.lookup_account(account)).await;
+                (account, info)
+            });
         }
         while let Some(joined) = lookups.join_next().await {
             let (account, info) = joined.map_err(|error| {
