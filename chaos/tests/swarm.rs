@@ -174,3 +174,10 @@ fn the_sweep_finds_read_marks_that_stay_local() {
     // every device's read marks.
     find(PlantedBug::ReadMarksStayLocal, &[Invariant::Convergence]);
 }
+
+#[test]
+fn the_sweep_finds_group_membership_unchecked() {
+    // Found only because a member is removed while the others, who have not heard of it yet,
+    // send: the region's membership check is what answers them "group changed".
+    find(PlantedBug::GroupMembershipUnchecked, &[Invariant::Removal]);
+}

@@ -50,6 +50,7 @@ use fdb_layers::{
     receipts,
 };
 use prost::Message;
+use relay_planted::PlantedBug;
 use relay_proto::limits::{
     GROUP_MEMBERS_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
 };
@@ -266,17 +267,21 @@ pub async fn commit_envelope(
                     .filter(|&&account| account != parsed.sender.account)),
             EnvelopeKind::GroupKeyShare => !listed.is_subset(&membership.members),
         };
-        if group.version < membership.version || wrong_members {
+        // Planted in the simulation only: the envelope's own list is taken as it is.
+        let unchecked = relay_planted::is_planted(PlantedBug::GroupMembershipUnchecked);
+        if !unchecked && (group.version < membership.version || wrong_members) {
             let changed = group_changed(tx, local, &membership, parsed.sender).await?;
             let outcome = SendOutcome {
                 outcome: Some(send_outcome::Outcome::GroupChanged(changed)),
             };
             return answer(outcome, Effects::default());
         }
-        if group.kind == EnvelopeKind::Message {
-            checked_accounts = Cow::Owned(membership.members.iter().copied().collect());
-        } else {
-            exact_coverage = false;
+        match group.kind {
+            EnvelopeKind::Message if unchecked => {}
+            EnvelopeKind::Message => {
+                checked_accounts = Cow::Owned(membership.members.iter().copied().collect());
+            }
+            EnvelopeKind::GroupKeyShare => exact_coverage = false,
         }
     }
 

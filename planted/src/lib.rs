@@ -24,15 +24,20 @@ pub enum PlantedBug {
     /// A device's history shows only its own read mark of a chat, not the marks its other
     /// devices synced to it (breaks I7 convergence once a device of a linked account reads).
     ReadMarksStayLocal,
+    /// A region accepts a group envelope for the accounts it lists, without checking them (and
+    /// its version) against the group's current membership, so a sender that has not heard of
+    /// a removal still shares its texts with the removed member (breaks the removal check).
+    GroupMembershipUnchecked,
 }
 
 impl PlantedBug {
     /// Every plantable bug.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::SkipSenderSeqCheck,
         PlantedBug::AckBeforeCommit,
         PlantedBug::ReceiptMovesBackwards,
         PlantedBug::ReadMarksStayLocal,
+        PlantedBug::GroupMembershipUnchecked,
     ];
 
     /// The bug's name on the command line (`relayd sim --plant <name>`).
@@ -42,6 +47,7 @@ impl PlantedBug {
             PlantedBug::AckBeforeCommit => "ack-before-commit",
             PlantedBug::ReceiptMovesBackwards => "receipt-moves-backwards",
             PlantedBug::ReadMarksStayLocal => "read-marks-stay-local",
+            PlantedBug::GroupMembershipUnchecked => "group-membership-unchecked",
         }
     }
 
@@ -54,6 +60,11 @@ impl PlantedBug {
         1 << self as u8
     }
 }
+
+// Every bug has its bit in the planted set.
+const _: () = assert!(PlantedBug::ALL.len() <= u8::BITS as usize);
+
+impl PlantedBug {}
 
 impl std::fmt::Display for PlantedBug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -22,7 +22,8 @@ pub struct SimArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Plant a known bug in every run and stop at the first violation, to show the checker
-    /// finds it: skip-sender-seq-check, ack-before-commit, receipt-moves-backwards or read-marks-stay-local.
+    /// finds it: skip-sender-seq-check, ack-before-commit, receipt-moves-backwards,
+    /// read-marks-stay-local or group-membership-unchecked.
     #[arg(long, value_parser = parse_bug)]
     plant: Option<PlantedBug>,
     /// Print the trace of every run that breaks an invariant (with --seeds 1, of the run).

@@ -280,7 +280,10 @@ fn reordering_duplicates_garbage_and_ticks_moving_back_are_caught() {
         has("I6 receipts move forward: g1:c0#1's tick moved back"),
         "{found:#?}"
     );
-    assert!(has("I3 sender FIFO: c3 received g1:c0#1 after g1:c0#2"), "{found:#?}");
+    assert!(
+        has("I3 sender FIFO: c3 received g1:c0#1 after g1:c0#2"),
+        "{found:#?}"
+    );
     assert_eq!(found.len(), 6, "{found:#?}");
 }
 
