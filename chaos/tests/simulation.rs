@@ -364,5 +364,10 @@ fn a_sync_after_removing_a_device_does_not_fail_on_it() {
 #[ignore = "open edge bug: a removed member's racing text never settles at its sender (seed 35)"]
 fn a_removed_members_racing_text_settles_at_its_sender() {
     let report = run(&Simulation::swarm(seed_from_env(35)));
-    assert_eq!(report.group_stuck(), 0, "reproduce with seed={}", report.seed);
+    assert_eq!(
+        report.group_stuck(),
+        0,
+        "reproduce with seed={}",
+        report.seed
+    );
 }

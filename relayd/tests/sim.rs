@@ -37,6 +37,20 @@ fn a_short_sweep_reports_runs_faults_and_no_violation() {
         summary["messages"]["acknowledged"],
         summary["messages"]["received"]
     );
+    // Half the runs have a group: these six seeds have some, whose texts reached members.
+    let groups = &summary["groups"];
+    let count = |field: &str| groups[field].as_u64().unwrap_or(0);
+    assert!(count("runs") > 0, "{groups}");
+    assert!(count("groups") >= count("runs"), "{groups}");
+    assert!(
+        count("messages_acknowledged") <= count("messages_planned"),
+        "{groups}"
+    );
+    assert!(
+        count("deliveries") >= count("messages_acknowledged"),
+        "{groups}"
+    );
+    assert!(count("membership_changes") >= count("groups"), "{groups}");
 }
 
 #[test]
