@@ -335,8 +335,9 @@ fn a_group_is_created_through_an_edge_that_throttles_lookups() {
     assert_eq!(report.complete_clients(), 6, "{reproduce}");
 }
 
-/// Swarm seed 62: the group's creator rebuilds its texts after membership answers from two
-/// regions and numbers a new envelope of the group's chat 2 where a region already stores 4;
+/// Swarm seed 62: c1 sends to a group while c2 is being added (its third text is rebuilt for
+/// the new membership), then numbers a new envelope of the group's chat 2 where a region
+/// already stores 4;
 /// the region refuses it as a device whose state went back, and the honest device can no longer
 /// send or receive. A bug in the client's group sending (`client/src/core/group_send.rs`, not
 /// this crate's to change): un-ignore once it is fixed.
