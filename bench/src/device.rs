@@ -833,6 +833,8 @@ pub fn opaque_group_envelope(
         kind: EnvelopeKind::Message.into(),
         group_ciphertext: payload.encode(),
         group_session_id: format!("bench-{sender}"),
+        // Every earlier number is in flight or stored at the one region: strictly in order.
+        group_prev_seq: composed.sender_seq.saturating_sub(1),
     }
 }
 

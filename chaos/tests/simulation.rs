@@ -335,14 +335,13 @@ fn a_group_is_created_through_an_edge_that_throttles_lookups() {
     assert_eq!(report.complete_clients(), 6, "{reproduce}");
 }
 
-/// Swarm seed 62: c1 sends to a group while c2 is being added (its third text is rebuilt for
-/// the new membership), then numbers a new envelope of the group's chat 2 where a region
-/// already stores 4;
-/// the region refuses it as a device whose state went back, and the honest device can no longer
-/// send or receive. A bug in the client's group sending (`client/src/core/group_send.rs`, not
-/// this crate's to change): un-ignore once it is fixed.
+/// Swarm seed 62: c1 sends to a group while a member homed in a third region is being added;
+/// that region has none of c1's earlier numbers in the group's chat (they went to the regions of
+/// the members then) and asked for 1; c1 renumbered its waiting entries down to 1 and 2, which
+/// the other regions already held, and they refused it as a device whose state went back. Now a
+/// group envelope names the previous number that must be stored first (`group_prev_seq`), a
+/// region takes it once it holds that one, and a group chat is never renumbered.
 #[test]
-#[ignore = "open client bug: an honest group sender is refused as rolled back (seed 62)"]
 fn an_honest_group_sender_is_never_refused_as_rolled_back() {
     run(&Simulation::swarm(seed_from_env(62)));
 }

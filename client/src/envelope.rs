@@ -141,6 +141,8 @@ pub fn group_message(
         kind: EnvelopeKind::Message as i32,
         group_ciphertext,
         group_session_id: header.session_id.to_owned(),
+        // Said when it is sent (what waits before it then).
+        group_prev_seq: 0,
     };
     checked(envelope)
 }
@@ -174,6 +176,8 @@ pub fn key_share(
         kind: EnvelopeKind::GroupKeyShare as i32,
         group_ciphertext: Vec::new(),
         group_session_id: header.session_id.to_owned(),
+        // Said when it is sent (what waits before it then).
+        group_prev_seq: 0,
     };
     checked(envelope)
 }

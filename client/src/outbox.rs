@@ -180,6 +180,22 @@ impl Outbox {
         self.chats.values().all(|queue| queue.entries.is_empty())
     }
 
+    /// The highest `sender_seq` of `chat` below `sender_seq` that still waits (0: none): in a
+    /// group chat, the previous number a region must hold first (`Envelope::group_prev_seq`).
+    pub fn waiting_below(&self, chat: ChatId, sender_seq: u64) -> u64 {
+        self.chats
+            .get(&chat)
+            .and_then(|queue| queue.entries.range(..sender_seq).next_back())
+            .map_or(0, |(&seq, _)| seq)
+    }
+
+    /// Whether an entry of `chat` at `sender_seq` waits.
+    pub fn holds(&self, chat: ChatId, sender_seq: u64) -> bool {
+        self.chats
+            .get(&chat)
+            .is_some_and(|queue| queue.entries.contains_key(&sender_seq))
+    }
+
     /// Whether an entry with this id waits.
     pub fn contains(&self, client_message_id: ClientMessageId) -> bool {
         self.chats

@@ -132,6 +132,25 @@ pub async fn append(
     entry: &NewEntry<'_>,
     now_ms: u64,
 ) -> Result<AppendOutcome, StoreError> {
+    append_after(transaction, entry, None, now_ms).await
+}
+
+/// [`append`], for a sender that names the previous number of its the log must hold first
+/// (`prev`, a group envelope's `group_prev_seq`; `Some(0)`: none, every earlier number of the
+/// sender is settled). Without it (1:1 chats) the next number is the one after the sender's
+/// last, exactly. With it, the log takes the envelope once it holds `prev` (a number above
+/// `prev` it never held went to other regions, or was given up), and asks for `prev` otherwise.
+/// A region that joined a group's chat late (a member homed there was added) holds none of the
+/// sender's earlier envelopes, which went to the regions of the members then; without this it
+/// asked for them ("resend from 1"), and the sender, which had them confirmed and gone, could
+/// only renumber onto numbers the other regions hold, which they refuse as a device that went
+/// back.
+pub async fn append_after(
+    transaction: &Transaction,
+    entry: &NewEntry<'_>,
+    prev: Option<u64>,
+    now_ms: u64,
+) -> Result<AppendOutcome, StoreError> {
     let log = ChatLog::new(entry.chat);
     let dedupe_key = log
         .root
@@ -146,7 +165,13 @@ pub async fn append(
 
     let sender_key = log.root.pack(&("sender_seq", entry.sender));
     let last_sender_seq = read_u64(transaction, &sender_key, "chat log sender_seq").await?;
-    let expected_sender_seq = last_sender_seq + 1;
+    // What the log wants next: the number after its last, or the named previous one it lacks;
+    // an envelope whose previous number it holds is next whatever its number.
+    let expected_sender_seq = match prev {
+        None => last_sender_seq + 1,
+        Some(prev) if prev > last_sender_seq => prev,
+        Some(_) => entry.sender_seq,
+    };
     let checked = !relay_planted::is_planted(PlantedBug::SkipSenderSeqCheck);
     if checked && last_sender_seq > 0 && entry.sender_seq <= last_sender_seq {
         return Ok(AppendOutcome::RolledBack { last_sender_seq });
@@ -364,6 +389,50 @@ mod tests {
             .transact(|tx| async move { append(&tx, &entry, now_ms).await })
             .await
             .expect("append transaction")
+    }
+
+    #[tokio::test]
+    async fn a_log_that_joined_late_takes_a_sender_from_where_it_is_still_in_order() {
+        let (_folder, database) = temporary_database(None);
+        let after = async |entry: NewEntry<'_>, prev: Option<u64>| {
+            database
+                .transact(|tx| async move { append_after(&tx, &entry, prev, 100).await })
+                .await
+                .expect("append transaction")
+        };
+        // Numbers 1..=6 went to other regions and are settled; 7 and 8 are on their way, 8
+        // first: the log asks for 7.
+        assert_eq!(
+            after(new_entry(ALICE, 1, 8, b"a8"), Some(7)).await,
+            AppendOutcome::Gap {
+                expected_sender_seq: 7
+            },
+        );
+        assert!(matches!(
+            after(new_entry(ALICE, 2, 7, b"a7"), Some(0)).await,
+            AppendOutcome::Appended { chat_seq: 1, .. }
+        ));
+        assert!(matches!(
+            after(new_entry(ALICE, 1, 8, b"a8"), Some(7)).await,
+            AppendOutcome::Appended { chat_seq: 2, .. }
+        ));
+        // Below what it holds, a new envelope is still a rolled-back device.
+        assert_eq!(
+            after(new_entry(ALICE, 3, 7, b"x"), Some(0)).await,
+            AppendOutcome::RolledBack { last_sender_seq: 8 }
+        );
+        // 9..=11 went elsewhere (or were given up) while 12 names 8, which the log holds.
+        assert!(matches!(
+            after(new_entry(ALICE, 4, 12, b"a12"), Some(8)).await,
+            AppendOutcome::Appended { chat_seq: 3, .. }
+        ));
+        // Without a previous number (1:1 chats) the next one is the one after the last.
+        assert_eq!(
+            after(new_entry(ALICE, 5, 14, b"a14"), None).await,
+            AppendOutcome::Gap {
+                expected_sender_seq: 13
+            }
+        );
     }
 
     #[tokio::test]

@@ -394,7 +394,10 @@ pub async fn commit_envelope(
             })),
         }
     };
-    let (chat_seq, server_time_ms) = match chat_log::append(tx, &entry, now_ms).await? {
+    // A group sender names its previous unsettled number (see `Envelope::group_prev_seq`): a
+    // region that joined the chat late does not ask for what went to the regions before it.
+    let prev = parsed.group.map(|group| group.prev_seq);
+    let (chat_seq, server_time_ms) = match chat_log::append_after(tx, &entry, prev, now_ms).await? {
         AppendOutcome::Duplicate {
             chat_seq,
             server_time_ms,
@@ -1608,6 +1611,8 @@ mod tests {
             kind: kind as i32,
             group_ciphertext: if share { Vec::new() } else { vec![message; 40] },
             group_session_id: "session-1".into(),
+            // Every earlier number waits to be stored first (strictly in order).
+            group_prev_seq: sender_seq - 1,
         }
     }
 

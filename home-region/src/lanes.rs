@@ -79,6 +79,9 @@ struct Waiting {
     ticket: Ticket,
     sender: DeviceAddress,
     sender_seq: u64,
+    /// The previous number the sender says must be stored first (a group envelope's
+    /// `group_prev_seq`); `None`: the one before (1:1).
+    prev: Option<u64>,
     bytes: usize,
     arrived_ms: u64,
 }
@@ -131,13 +134,17 @@ impl ChatLanes {
         self.hold_ms = hold_ms.min(HOLD_MS_MAX);
     }
 
-    /// An envelope of `chat` from `sender` at `sender_seq`, `bytes` long, arrived at `now_ms`.
+    /// An envelope of `chat` from `sender` at `sender_seq`, `bytes` long, arrived at `now_ms`;
+    /// a group envelope names the previous number that must be stored first (`prev`, 0: none),
+    /// so it is in order once that one is, whatever numbers went to other regions in between.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_arrival(
         &mut self,
         chat: ChatId,
         ticket: Ticket,
         sender: DeviceAddress,
         sender_seq: u64,
+        prev: Option<u64>,
         bytes: usize,
         now_ms: u64,
     ) -> Arrival {
@@ -149,6 +156,7 @@ impl ChatLanes {
             ticket,
             sender,
             sender_seq,
+            prev,
             bytes,
             arrived_ms: now_ms,
         });
@@ -208,7 +216,8 @@ impl ChatLanes {
             let released = now_ms.saturating_sub(waiting_since) >= self.hold_ms;
             for index in mine {
                 let waiting = &lane.waiting[index];
-                let in_order = waiting.sender_seq <= expected;
+                let in_order = waiting.sender_seq <= expected
+                    || waiting.prev.is_some_and(|prev| prev < expected);
                 if !in_order && !released {
                     let release = waiting_since + self.hold_ms;
                     earliest_release = Some(earliest_release.map_or(release, |e| e.min(release)));
@@ -311,7 +320,7 @@ mod tests {
     }
 
     fn arrive(lanes: &mut ChatLanes, ticket: Ticket, sender: u64, seq: u64, now: u64) -> Arrival {
-        lanes.handle_arrival(CHAT, ticket, device(sender), seq, 100, now)
+        lanes.handle_arrival(CHAT, ticket, device(sender), seq, None, 100, now)
     }
 
     #[test]
@@ -365,6 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn a_group_envelope_is_not_held_for_numbers_that_went_to_other_regions() {
+        let mut lanes = ChatLanes::new();
+        // This region never held the sender's 1..=6 (they went to other regions only).
+        lanes.handle_lookup(CHAT, device(1), 0);
+        assert_eq!(
+            lanes.handle_arrival(CHAT, 8, device(1), 8, Some(7), 100, 10),
+            Arrival::Start
+        );
+        assert_eq!(
+            lanes.poll(CHAT, 10),
+            LanePoll::WaitUntil(10 + HOLD_MS_MAX),
+            "8 waits for 7"
+        );
+        assert_eq!(
+            lanes.handle_arrival(CHAT, 7, device(1), 7, Some(0), 100, 11),
+            Arrival::Queued
+        );
+        assert_eq!(lanes.poll(CHAT, 11), LanePoll::Batch(vec![7, 8]));
+    }
+
+    #[test]
     fn retries_and_other_senders_are_never_held() {
         let mut lanes = ChatLanes::new();
         lanes.handle_lookup(CHAT, device(1), 5);
@@ -393,7 +423,15 @@ mod tests {
         let other = ChatId([2; 16]);
         lanes.handle_lookup(other, device(1), 0);
         for seq in 1..=3 {
-            lanes.handle_arrival(other, 100 + seq, device(1), seq, BATCH_BYTES_MAX / 2, 0);
+            lanes.handle_arrival(
+                other,
+                100 + seq,
+                device(1),
+                seq,
+                None,
+                BATCH_BYTES_MAX / 2,
+                0,
+            );
         }
         assert_eq!(lanes.poll(other, 0), LanePoll::Batch(vec![101, 102]));
     }

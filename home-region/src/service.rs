@@ -1006,6 +1006,7 @@ impl RegionService {
             ticket,
             parsed.sender,
             parsed.sender_seq,
+            parsed.group.map(|group| group.prev_seq),
             bytes,
             self.inner.clock.now_ms(),
         );

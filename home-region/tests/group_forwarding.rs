@@ -257,6 +257,7 @@ fn group_message(
         kind: wire::EnvelopeKind::Message as i32,
         group_ciphertext: vec![message; 32],
         group_session_id: "session".into(),
+        group_prev_seq: u64::from(message) - 1,
     };
     RegionRequest {
         body: Some(region_request::Body::Commit(wire::CommitEnvelope {

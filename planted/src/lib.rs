@@ -64,7 +64,6 @@ impl PlantedBug {
 // Every bug has its bit in the planted set.
 const _: () = assert!(PlantedBug::ALL.len() <= u8::BITS as usize);
 
-
 impl std::fmt::Display for PlantedBug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

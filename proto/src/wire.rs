@@ -280,6 +280,14 @@ pub struct Envelope {
     /// or whose key a key share carries (1 to `GROUP_SESSION_ID_BYTES_MAX` bytes).
     #[prost(string, tag = "12")]
     pub group_session_id: String,
+    /// (Group envelopes) the sender's previous envelope in this chat that is not settled yet
+    /// (not yet stored by every region it went to), which a region must hold before this one;
+    /// 0: none, every earlier number of the sender is settled (stored wherever it had to go, or
+    /// given up). A group's regions change with its members, so a region may rightly lack the
+    /// sender's earlier numbers: they went to the regions of the members then. Below
+    /// `sender_seq`; 0 in 1:1 envelopes, whose numbers every region gets.
+    #[prost(uint64, tag = "13")]
+    pub group_prev_seq: u64,
 }
 
 /// The group fields of a checked group envelope.
@@ -291,6 +299,9 @@ pub struct ParsedGroup {
     pub version: u64,
     /// A message or a key share.
     pub kind: EnvelopeKind,
+    /// The sender's previous unsettled number in the chat, 0: none (see
+    /// [`Envelope::group_prev_seq`]).
+    pub prev_seq: u64,
 }
 
 /// An envelope whose ids and bounds were checked.
@@ -460,10 +471,11 @@ impl Envelope {
                 || kind != EnvelopeKind::Message
                 || !self.group_ciphertext.is_empty()
                 || !self.group_session_id.is_empty()
+                || self.group_prev_seq != 0
             {
                 return Err(ProtoError::invalid(
                     "an envelope that names no group carries no group version, kind, \
-                     ciphertext or session",
+                     ciphertext, session or previous number",
                 ));
             }
             return Ok(None);
@@ -477,6 +489,12 @@ impl Envelope {
         }
         if self.group_version == 0 {
             return Err(ProtoError::invalid("group versions start at 1"));
+        }
+        if self.group_prev_seq >= self.sender_seq {
+            return Err(ProtoError::invalid(format!(
+                "a previous number {} not below the envelope's own number {}",
+                self.group_prev_seq, self.sender_seq
+            )));
         }
         if self.group_session_id.is_empty()
             || self.group_session_id.len() > GROUP_SESSION_ID_BYTES_MAX
@@ -516,6 +534,7 @@ impl Envelope {
             group,
             version: self.group_version,
             kind,
+            prev_seq: self.group_prev_seq,
         }))
     }
 }
@@ -2241,6 +2260,7 @@ mod tests {
                 group: GroupId(7),
                 version: 4,
                 kind: EnvelopeKind::Message,
+                prev_seq: 0,
             })
         );
         assert_eq!(parsed.recipient_devices.len(), 5);
@@ -2275,6 +2295,16 @@ mod tests {
         let mut e = key_share();
         e.group_ciphertext = vec![1; 10];
         assert!(malformed(&e), "a group ciphertext in a key share");
+        // A previous number not below the envelope's own, or on a 1:1 envelope.
+        let mut e = group_message();
+        e.sender_seq = 5;
+        e.group_prev_seq = 5;
+        assert!(malformed(&e), "a previous number at the envelope's own");
+        e.group_prev_seq = 4;
+        assert!(e.parse().is_ok(), "the one before");
+        let mut e = envelope();
+        e.group_prev_seq = 1;
+        assert!(malformed(&e), "a previous number on a 1:1 envelope");
         // A message without its group ciphertext, or with one too large.
         let mut e = group_message();
         e.group_ciphertext.clear();
@@ -2376,6 +2406,7 @@ mod tests {
             kind: EnvelopeKind::Message as i32,
             group_ciphertext: vec![0xff; GROUP_CIPHERTEXT_BYTES_MAX],
             group_session_id: "s".repeat(GROUP_SESSION_ID_BYTES_MAX),
+            group_prev_seq: u64::MAX - 1,
         };
         let encoded = message.encoded_len();
         assert!(

@@ -493,9 +493,14 @@ impl Core {
             };
             match &row.envelope {
                 Some(bytes) => {
-                    let envelope = Envelope::decode(bytes.as_slice()).map_err(|error| {
+                    let mut envelope = Envelope::decode(bytes.as_slice()).map_err(|error| {
                         ClientError::Corrupt(format!("stored envelope: {error}"))
                     })?;
+                    if row.group != 0 {
+                        // Said afresh on every attempt: what is settled only grows.
+                        envelope.group_prev_seq =
+                            self.outbox.waiting_below(entry.chat, entry.sender_seq);
+                    }
                     self.request(
                         Request::Send(envelope.clone()),
                         Purpose::Send {
@@ -722,6 +727,15 @@ impl Core {
                     }
                 }
                 Outcome::Mismatched
+            }
+            send_outcome::Outcome::ResendFrom(resend)
+                if row.group != 0 && !self.outbox.holds(entry.chat, resend.expected_sender_seq) =>
+            {
+                // A group chat is never renumbered: its numbers live in several regions, and a
+                // number one region lacks may be held by another. The region asked for an
+                // entry settled since (its envelope named it as the previous one): the next
+                // attempt names what still waits.
+                Outcome::Retry
             }
             send_outcome::Outcome::ResendFrom(resend) => {
                 Outcome::ResendFrom(resend.expected_sender_seq)
