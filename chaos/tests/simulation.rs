@@ -346,22 +346,20 @@ fn an_honest_group_sender_is_never_refused_as_rolled_back() {
     run(&Simulation::swarm(seed_from_env(62)));
 }
 
-/// Swarm seed 133: after an account removed its second device, its first device's sync fails
-/// with "UnknownAccount: the account has no device 2" while it has group texts to send (a sync
-/// without groups never does). A bug in the client's group sending: un-ignore once fixed.
+/// Swarm seed 133: an account removes its second device while the network drops the answer;
+/// the retried removal was refused ("the account has no device 2") and the run failed. Device
+/// numbers are never reused, so a removal of a number the account gave out is now answered
+/// with the device list, changing nothing.
 #[test]
-#[ignore = "open client bug: a sync fails on the account's own removed device (seed 133)"]
-fn a_sync_after_removing_a_device_does_not_fail_on_it() {
+fn a_retried_device_removal_changes_nothing_and_fails_nothing() {
     run(&Simulation::swarm(seed_from_env(133)));
 }
 
-/// Swarm seed 35: c1's text to its group, sent while c1's removal was asked, is committed by
-/// one region before the removal and refused by another after it; the edge answers the
-/// region's `UnknownGroup` as `Unavailable`, so the sender retries it for ever and it never
-/// settles (liveness excuses such texts and the sweep counts them). A bug in the edge's send
-/// session (`edge/src/session.rs`): un-ignore once fixed.
+/// Swarm seed 35: c1's text to its group, sent while c1's removal was asked, is stored by one
+/// region before the removal and refused by another after it. The edge answered the region's
+/// `UnknownGroup` as `Unavailable`, so the sender retried it for ever; now the refusal reaches
+/// the sender as it is, and the text fails there ("not a member").
 #[test]
-#[ignore = "open edge bug: a removed member's racing text never settles at its sender (seed 35)"]
 fn a_removed_members_racing_text_settles_at_its_sender() {
     let report = run(&Simulation::swarm(seed_from_env(35)));
     assert_eq!(

@@ -490,6 +490,7 @@ pub async fn settings(
     }?;
     if let Some(setting) = setting {
         let value = match setting.visibility.as_str() {
+            "contacts" if setting.contacts == 1 => "contacts (1 account)".to_owned(),
             "contacts" => format!("contacts ({} accounts)", setting.contacts),
             other => other.to_owned(),
         };

@@ -639,9 +639,13 @@ impl SendAggregate {
                 } else {
                     ErrorCode::Unavailable
                 };
+                // Final refusals pass through as they are: among them a group's `UnknownGroup`,
+                // whose sender is no member any more (removed while its text was on the way: a
+                // region that had the removal refuses what another may have stored before it).
                 let keep = if error.code == ErrorCode::UnknownAccount
                     || error.code == ErrorCode::Malformed
                     || error.code == ErrorCode::TooLarge
+                    || error.code == ErrorCode::UnknownGroup
                 {
                     error
                 } else {
@@ -1508,6 +1512,23 @@ mod tests {
             Err(ProtoError::new(ErrorCode::Internal, "boom")),
         );
         assert!(matches!(aggregate.poll_result(), Some(Err(error)) if error.code.is_retryable()));
+
+        // A sender removed from the group while its text was on the way: one region stored it,
+        // the other refuses it as from a non-member, which no retry changes.
+        let mut aggregate = SendAggregate::new(regions.clone());
+        aggregate.handle_region_outcome(RegionId(1), Ok(sent(1, 4)));
+        aggregate.handle_region_outcome(
+            RegionId(2),
+            Err(ProtoError::new(
+                ErrorCode::UnknownGroup,
+                "not a member of group 7",
+            )),
+        );
+        let refused = aggregate.poll_result();
+        assert!(
+            matches!(&refused, Some(Err(error)) if error.code == ErrorCode::UnknownGroup),
+            "{refused:?}"
+        );
 
         // An overloaded region's code and retry hint reach the device.
         let mut aggregate = SendAggregate::new(regions.clone());

@@ -283,6 +283,11 @@ pub async fn remove_device(
     };
     let current = directory::devices(tx, device.account).await?;
     if !current.iter().any(|record| record.device == target) {
+        // Numbers are never reused: one the account gave out is a device removed already (a
+        // removal retried after its answer was lost), and removing it again changes nothing.
+        if number >= 1 && number <= directory::last_device_number(tx, device.account).await? {
+            return answer_devices(tx, device).await;
+        }
         return refuse(
             ErrorCode::UnknownAccount,
             format!("the account has no device {number}"),
@@ -600,6 +605,26 @@ mod tests {
         .await
         .expect_err("the last device stays");
         assert_eq!(refused.code, ErrorCode::Forbidden);
+        // A removal retried after its answer was lost succeeds and changes nothing; a number
+        // the account never gave out is refused.
+        let again = command(
+            &fixture,
+            phone,
+            Command::Remove(wire::RemoveDevice { device: 2 }),
+            NOW_MS + 8,
+        )
+        .await
+        .expect("removed already");
+        assert_eq!(device_numbers(again), vec![1]);
+        let refused = command(
+            &fixture,
+            phone,
+            Command::Remove(wire::RemoveDevice { device: 3 }),
+            NOW_MS + 9,
+        )
+        .await
+        .expect_err("never a device");
+        assert_eq!(refused.code, ErrorCode::UnknownAccount);
     }
 
     #[tokio::test]

@@ -14,8 +14,9 @@
 //!   acknowledged its removal, and no removed device one whose send started after its removal;
 //! - **liveness**: after the heal, each queued group message (not given up) is acknowledged,
 //!   and reaches each device I1 holds it to, within [`LIVENESS_BOUND_MS`]; a text whose
-//!   sender's removal was asked while it was on its way may stay unsettled at its sender (an
-//!   open edge bug: see [`stuck_group_texts`], which counts them).
+//!   sender's removal was asked while it was on its way settles too, acknowledged or failed
+//!   ("not a member"): one that does not is a violation, and [`stuck_group_texts`] counts them
+//!   (swarm seed 35 found the edge retrying such a text for ever).
 //!
 //! Like the other checks, one pass gathers the facts and each check does constant work per
 //! event.
@@ -136,10 +137,10 @@ impl GroupFacts {
     }
 
     /// Whether `message` never settled at its sender (neither acknowledged nor given up) while
-    /// its sender's removal from the group was asked: excused from liveness, and counted
-    /// ([`stuck_group_texts`]). The edge answers a region's `UnknownGroup` for a text that
-    /// another region committed before the removal as `Unavailable`, so the sender retries it
-    /// for ever (a bug in `relay-edge`'s send session, open).
+    /// its sender's removal from the group was asked: counted ([`stuck_group_texts`]), and a
+    /// liveness violation like any text that never settles. The edge once answered a region's
+    /// `UnknownGroup` for a text another region had stored before the removal as
+    /// `Unavailable`, and the sender retried it for ever (swarm seed 35).
     fn stuck(&self, message: &GroupMessageRef) -> bool {
         !self.acked.contains_key(message)
             && !self.failed.contains(message)
@@ -379,7 +380,7 @@ fn check_ticks(trace: &[TraceEvent], findings: &mut Findings) {
 /// reaches every device I1 holds it to, within [`LIVENESS_BOUND_MS`].
 fn check_liveness(facts: &GroupFacts, plans: &HashMap<u32, &GroupPlan>, findings: &mut Findings) {
     for (message, &queued) in &facts.queued_ms {
-        if facts.failed.contains(message) || facts.stuck(message) {
+        if facts.failed.contains(message) {
             continue;
         }
         let due = facts.heal_ms.max(queued) + LIVENESS_BOUND_MS;
@@ -432,7 +433,7 @@ fn members_ever(plan: &GroupPlan) -> BTreeSet<u32> {
 }
 
 /// Group texts queued by a member whose removal was asked meanwhile that never settled at their
-/// sender (neither acknowledged nor given up): what liveness excuses for groups.
+/// sender (neither acknowledged nor given up): each is a liveness violation too.
 pub fn stuck_group_texts(trace: &[TraceEvent]) -> usize {
     let facts = GroupFacts::gather(trace);
     facts

@@ -1165,7 +1165,7 @@ fn presence_with_each_privacy_setting_and_typing_that_ends_by_itself() {
     let set = ok(&alice, &["settings", "presence", "contacts"]);
     assert!(
         set.iter()
-            .any(|line| line["name"] == "presence" && line["value"] == "contacts (1 accounts)"),
+            .any(|line| line["name"] == "presence" && line["value"] == "contacts (1 account)"),
         "{set:?}"
     );
     let hidden = ok(&carol, &["presence", "alice"]);

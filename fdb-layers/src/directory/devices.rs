@@ -105,6 +105,21 @@ pub async fn remove_device(
     Ok(true)
 }
 
+/// The last device number given to `account` (0: none): every number up to it was a device
+/// of the account, current or removed.
+pub async fn last_device_number(
+    transaction: &Transaction,
+    account: AccountId,
+) -> Result<u32, StoreError> {
+    let counter_key = Directory::new().root.pack(&("device_counter", account));
+    let last = match transaction.get(&counter_key).await? {
+        Some(bytes) => decode_u64(&bytes, "device counter")?,
+        None => 0,
+    };
+    u32::try_from(last)
+        .map_err(|_| StoreError::corrupt("device counter", format!("{last} is past u32")))
+}
+
 /// Every device of `account`, in device order.
 pub async fn devices(
     transaction: &Transaction,

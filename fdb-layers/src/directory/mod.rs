@@ -41,7 +41,8 @@ pub use accounts::{
     AccountRecord, NameTaken, account_by_id, account_by_name, create_account, put_account,
 };
 pub use devices::{
-    AccountHasDevices, DeviceRecord, add_device, add_first_device, device, devices, remove_device,
+    AccountHasDevices, DeviceRecord, add_device, add_first_device, device, devices,
+    last_device_number, remove_device,
 };
 pub use groups::{
     GROUP_REQUEST_ID_BYTES, GroupChange, GroupId, GroupMember, GroupRecord, NewGroup,
