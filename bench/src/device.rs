@@ -25,6 +25,10 @@
 //!   never waits for the region to commit the acks and their delivered receipts), one ack
 //!   request at a time, the acks processed meanwhile going with the next; stop when a fetch
 //!   returns nothing and every ack was answered.
+//! - **Presence and typing** (the presence benchmark): watch an account, send a typing
+//!   indicator ([`EdgeLink::watch_presence`], [`EdgeLink::typing`]); the presence updates and
+//!   typing notices the edge pushes on the control stream go, with the instant each arrived, to
+//!   a [`SignalLog`] when the device authenticated with one ([`Device::authenticate_logging`]).
 //!
 //! The decisions are sans-IO cores, tested without a runtime: [`SendPipeline`] (which
 //! `sender_seq` goes next with up to a window in flight, "resend from k", retries and their
@@ -36,6 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,9 +54,9 @@ use relay_proto::limits::{AUTH_NONCE_BYTES, QUEUE_FETCH_ENTRIES_MAX};
 use relay_proto::wire::{
     AckQueue, Authenticate, ClientRequest, ClientResponse, DeviceAddr, DeviceCiphertext, Envelope,
     EnvelopeKind, FetchAndAck, FetchQueue, GroupCommand, GroupInfo, Hello,
-    MESSAGE_TYPE_HOLDS_GROUP_SESSION, QueueBatch, Register, SendOutcome, ServerPush,
-    auth_signing_payload, client_request, client_response, group_command, queue_entry,
-    send_outcome, server_push,
+    MESSAGE_TYPE_HOLDS_GROUP_SESSION, PresenceState, QueueBatch, Register, SendOutcome, ServerPush,
+    TypingSignal, WatchPresence, auth_signing_payload, client_request, client_response,
+    group_command, queue_entry, send_outcome, server_push,
 };
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, GroupId, ProtoError};
 use tokio::sync::watch;
@@ -639,9 +644,34 @@ impl Device {
         link: &EdgeLink,
         queue_cursor: u64,
     ) -> Result<watch::Receiver<Pushes>, BenchError> {
-        link.authenticate(self.address, &self.keys, queue_cursor, self.next_device_seq)
-            .await
-            .map_err(|error| error.into_bench(format!("authenticating {}", self.address)))
+        link.authenticate(
+            self.address,
+            &self.keys,
+            queue_cursor,
+            self.next_device_seq,
+            None,
+        )
+        .await
+        .map_err(|error| error.into_bench(format!("authenticating {}", self.address)))
+    }
+
+    /// [`Device::authenticate`], the presence updates and typing notices pushed to this
+    /// connection going to `log` with the instant each arrived.
+    pub async fn authenticate_logging(
+        &self,
+        link: &EdgeLink,
+        queue_cursor: u64,
+        log: Arc<SignalLog>,
+    ) -> Result<watch::Receiver<Pushes>, BenchError> {
+        link.authenticate(
+            self.address,
+            &self.keys,
+            queue_cursor,
+            self.next_device_seq,
+            Some(log),
+        )
+        .await
+        .map_err(|error| error.into_bench(format!("authenticating {}", self.address)))
     }
 
     /// The envelope of `composed` for `peer`'s device in `chat`, taking the device's next
@@ -859,6 +889,108 @@ pub struct Pushes {
     pub closed: Option<String>,
 }
 
+/// A presence update or typing notice as a device's control stream brought it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// A watched account's presence, as the watcher may see it.
+    Presence {
+        /// The watched account.
+        account: AccountId,
+        /// Its state.
+        state: PresenceState,
+    },
+    /// A device typing to the receiver's account, or stopped.
+    Typing {
+        /// The typing device.
+        from: DeviceAddress,
+        /// Typing or stopped.
+        typing: bool,
+    },
+}
+
+/// One push of a [`SignalEvent`]: which device got it, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    /// The device whose control stream brought it.
+    pub receiver: DeviceAddress,
+    /// What it said.
+    pub event: SignalEvent,
+    /// When it was read off the stream.
+    pub at: Instant,
+}
+
+/// The presence and typing pushes of the devices that authenticated with it, in arrival order:
+/// every one counted, the first `capacity` kept (later ones are counted, not kept, so memory
+/// stays bounded however long a run is).
+#[derive(Debug)]
+pub struct SignalLog {
+    kept: Mutex<Vec<Signal>>,
+    capacity: usize,
+    presence: AtomicU64,
+    typing: AtomicU64,
+    /// Typing notices whose sender did not parse (not kept).
+    malformed: AtomicU64,
+}
+
+impl SignalLog {
+    /// An empty log keeping at most `capacity` pushes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            kept: Mutex::new(Vec::new()),
+            capacity,
+            presence: AtomicU64::new(0),
+            typing: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `signal`, and keeps it while there is room.
+    pub fn record(&self, signal: Signal) {
+        let counter = match signal.event {
+            SignalEvent::Presence { .. } => &self.presence,
+            SignalEvent::Typing { .. } => &self.typing,
+        };
+        let mut kept = self.lock();
+        if kept.len() < self.capacity {
+            kept.push(signal);
+        }
+        // Counted under the lock, so that a count read is never ahead of what is kept.
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Presence updates received so far.
+    pub fn presence_received(&self) -> u64 {
+        self.presence.load(Ordering::Relaxed)
+    }
+
+    /// Typing notices received so far.
+    pub fn typing_received(&self) -> u64 {
+        self.typing.load(Ordering::Relaxed)
+    }
+
+    /// Typing notices whose typing device did not parse.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Pushes received but not kept (past the capacity).
+    pub fn not_kept(&self) -> u64 {
+        let kept = self.lock().len() as u64;
+        (self.presence_received() + self.typing_received()).saturating_sub(kept)
+    }
+
+    /// A copy of the pushes kept so far, in arrival order.
+    pub fn kept(&self) -> Vec<Signal> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Signal>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
 /// Why a device's request failed.
 #[derive(Debug)]
 pub enum CallError {
@@ -1067,6 +1199,39 @@ impl EdgeLink {
         }
     }
 
+    /// Starts (`watch`) or stops watching `account`'s presence; the state comes as pushes.
+    pub async fn watch_presence(&self, account: AccountId, watch: bool) -> Result<(), CallError> {
+        let request = WatchPresence {
+            account: account.0,
+            watch,
+        };
+        match self
+            .call(client_request::Body::WatchPresence(request))
+            .await?
+        {
+            client_response::Body::Watching(answer) if answer == request => Ok(()),
+            other => Err(CallError::Unexpected(format!(
+                "{} where Watching {request:?} was expected",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Tells `peer`'s devices that this device's user is typing to it (`typing`), or stopped.
+    pub async fn typing(&self, peer: AccountId, typing: bool) -> Result<(), CallError> {
+        let signal = TypingSignal {
+            peer: peer.0,
+            typing,
+        };
+        match self.call(client_request::Body::Typing(signal)).await? {
+            client_response::Body::TypingSent(answer) if answer == signal => Ok(()),
+            other => Err(CallError::Unexpected(format!(
+                "{} where TypingSent {signal:?} was expected",
+                other.name()
+            ))),
+        }
+    }
+
     /// Authenticates `device` on a new control stream (the proof signed over the edge's nonce
     /// and this connection's keying material), presenting its counters; returns the pushes.
     async fn authenticate(
@@ -1075,6 +1240,7 @@ impl EdgeLink {
         keys: &DeviceKeys,
         queue_cursor: u64,
         next_device_seq: u64,
+        log: Option<Arc<SignalLog>>,
     ) -> Result<watch::Receiver<Pushes>, CallError> {
         let exchange = async {
             let (mut send, mut recv) = self
@@ -1136,7 +1302,7 @@ impl EdgeLink {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = Some(send);
         let (sender, receiver) = watch::channel(Pushes::default());
-        tokio::spawn(read_pushes(recv, sender));
+        tokio::spawn(read_pushes(recv, sender, log.map(|log| (device, log))));
         Ok(receiver)
     }
 
@@ -1317,13 +1483,19 @@ async fn control_response(
     }
 }
 
-/// Counts the pushes of a control stream until it ends (or nobody follows it any more).
-async fn read_pushes(mut recv: quinn::RecvStream, sender: watch::Sender<Pushes>) {
+/// Counts the pushes of a control stream until it ends (or nobody follows it any more); the
+/// presence updates and typing notices go to `log` (as `device`'s), when there is one.
+async fn read_pushes(
+    mut recv: quinn::RecvStream,
+    sender: watch::Sender<Pushes>,
+    log: Option<(DeviceAddress, Arc<SignalLog>)>,
+) {
     let reason = loop {
         let frame = tokio::select! {
             frame = read_frame::<ServerPush>(&mut recv) => frame,
             () = sender.closed() => return,
         };
+        let at = Instant::now();
         match frame {
             Ok(Some(ServerPush {
                 event: Some(server_push::Event::QueueAvailable(available)),
@@ -1331,11 +1503,41 @@ async fn read_pushes(mut recv: quinn::RecvStream, sender: watch::Sender<Pushes>)
                 pushes.received += 1;
                 pushes.latest_queue_seq = pushes.latest_queue_seq.max(available.latest_queue_seq);
             }),
-            // Presence and typing (a bench device watches nobody), and an event kind this build
-            // does not know: newer edges may send more.
             Ok(Some(ServerPush {
-                event: None | Some(server_push::Event::Presence(_) | server_push::Event::Typing(_)),
-            })) => {}
+                event: Some(server_push::Event::Presence(info)),
+            })) => {
+                if let Some((receiver, log)) = &log {
+                    log.record(Signal {
+                        receiver: *receiver,
+                        event: SignalEvent::Presence {
+                            account: AccountId(info.account),
+                            state: info.state(),
+                        },
+                        at,
+                    });
+                }
+            }
+            Ok(Some(ServerPush {
+                event: Some(server_push::Event::Typing(notice)),
+            })) => {
+                if let Some((receiver, log)) = &log {
+                    match notice.from.parse() {
+                        Ok(from) => log.record(Signal {
+                            receiver: *receiver,
+                            event: SignalEvent::Typing {
+                                from,
+                                typing: notice.typing,
+                            },
+                            at,
+                        }),
+                        Err(_) => {
+                            log.malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            // An event kind this build does not know: newer edges may send more.
+            Ok(Some(ServerPush { event: None })) => {}
             Ok(None) => break "the edge closed the control stream".to_owned(),
             Err(error) => break error.to_string(),
         }
