@@ -12,10 +12,15 @@
 //!   group commands, one opaque sender, every member device connected).
 //! - [`connections`]: idle authenticated devices on one edge (W2): the edge's memory per
 //!   connection, connections per second, memory given back.
+//! - [`presence`]: presence and typing through a two-region devnet's real processes (P1: many
+//!   watchers of a few accounts, their setup and the fan-out of each connect and leave; P2:
+//!   typing indicators from many connections to one receiver across regions), against raw
+//!   QUIC request/response in the same run (issue 13).
 //! - [`e2ee`]: the message benchmark's E2EE mode: the same rows with every device a real
 //!   client SDK device (Olm, a SQLite store, the outbox), the bench process's CPU included.
-//! - [`device`]: the minimal opaque device those two drive (registration, authentication,
-//!   envelopes of opaque bytes, fetch-and-ack), with sans-IO sending and receiving cores.
+//! - [`device`]: the minimal opaque device those drive (registration, authentication,
+//!   envelopes of opaque bytes, fetch-and-ack, presence watches and typing indicators, a log of
+//!   the presence and typing pushes), with sans-IO sending and receiving cores.
 //! - [`servers`]: the devnet under test, run as a child process: its pids, CPU time, resident
 //!   memory and the regions' transaction retries.
 //! - [`sync`]: a new device's bootstrap of a long history from a snapshot, and one remote
@@ -23,7 +28,7 @@
 //! - [`blobs`]: a 20 MB blob uploaded and downloaded by a client SDK device through a devnet's
 //!   real processes, against a raw QUIC stream in the same run (issue 14's media target).
 //! - [`measure`]: windows, the fsync probe, CPU time and memory from `/proc`, percentiles.
-//! - [`limits`]: every bound of the message and connection benchmarks.
+//! - [`limits`]: every bound of the message, connection, blob, sync and presence benchmarks.
 
 pub mod blobs;
 pub mod ceilings;
@@ -34,6 +39,7 @@ pub mod groups;
 pub mod limits;
 pub mod measure;
 pub mod messages;
+pub mod presence;
 pub mod servers;
 pub mod storage;
 pub mod sync;

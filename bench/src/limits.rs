@@ -245,3 +245,88 @@ const _: () = assert!(SYNC_COMPARE_MESSAGES_DEFAULT <= SYNC_MESSAGES_DEFAULT);
 // The link request is awaited for at least a minute (the pairing flow's own patience).
 const _: () = assert!(LINK_POLLS_MAX as u64 * LINK_REQUEST_POLL_MS >= 60_000);
 const _: () = assert!(HISTORY_POLL_INTERVAL_MS < SYNC_CONVERGE_DEADLINE_SECONDS * 1_000);
+
+// --- The presence benchmark (`crate::presence`) ---
+
+/// Watcher devices (region 2) of the P1 fan-out by default, each watching every watched
+/// account.
+pub const PRESENCE_WATCHERS_DEFAULT: usize = 1_000;
+/// Watchers with `--quick`.
+pub const PRESENCE_WATCHERS_QUICK: usize = 100;
+/// Most watchers of one run.
+pub const PRESENCE_WATCHERS_MAX: usize = 20_000;
+/// Watched accounts (region 1) of P1 by default, each with one device that comes and goes.
+pub const PRESENCE_ACCOUNTS_DEFAULT: usize = 10;
+/// Most watched accounts of one run: every watcher watches every one of them, and a device
+/// watches at most `PRESENCE_WATCHES_PER_DEVICE_MAX` accounts.
+pub const PRESENCE_ACCOUNTS_MAX: usize = relay_proto::limits::PRESENCE_WATCHES_PER_DEVICE_MAX;
+/// Times every watched account's device connects and leaves again in P1 by default (each a
+/// change every watcher is told of).
+pub const PRESENCE_CYCLES_DEFAULT: u32 = 10;
+/// The same with `--quick`.
+pub const PRESENCE_CYCLES_QUICK: u32 = 3;
+/// Most connect/leave cycles of one run.
+pub const PRESENCE_CYCLES_MAX: u32 = 1_000;
+/// How long every watcher may take to get one wave of presence (the first states of every
+/// watch, or one connect or leave of every watched account), in ms; past it the wave counts
+/// what arrived and the run goes on.
+pub const PRESENCE_WAVE_TIMEOUT_MS: u64 = 30_000;
+/// Pause between two readings of the pushes counted while a wave is awaited, in ms.
+pub const PRESENCE_WAVE_POLL_MS: u64 = 2;
+/// Watch requests under way at once (each watcher watches its accounts one after the other).
+pub const WATCHES_IN_FLIGHT_MAX: usize = 64;
+/// Presence and typing pushes kept with their arrival times per run (about 56 bytes each);
+/// later ones are counted, not kept.
+pub const SIGNALS_KEPT_MAX: usize = 2_000_000;
+/// Typing senders (region 1, one connection each) of P2 by default, all typing to one
+/// receiver account (region 2).
+pub const TYPING_SENDERS_DEFAULT: usize = 1_000;
+/// Typing senders with `--quick`.
+pub const TYPING_SENDERS_QUICK: usize = 50;
+/// Most typing senders of one run.
+pub const TYPING_SENDERS_MAX: usize = 20_000;
+/// Each typing sender's pause between two indicators, in ms: the edge's sustained typing rate
+/// per connection, so that no indicator is refused.
+pub const TYPING_INTERVAL_MS: u64 = 1_000 / relay_edge::limits::TYPING_PER_SECOND as u64;
+/// Measured seconds of P2 by default.
+pub const TYPING_WINDOW_SECONDS_DEFAULT: f64 = 10.0;
+/// The same with `--quick`.
+pub const TYPING_WINDOW_SECONDS_QUICK: f64 = 3.0;
+/// How long the typing notices of indicators sent in the window may take to arrive after it,
+/// in ms.
+pub const TYPING_DRAIN_MS: u64 = 10_000;
+/// Requesters of the raw QUIC ceiling of the presence benchmark (each on its own connection).
+pub const PRESENCE_QUIC_REQUESTERS: usize = 100;
+/// Seconds of that ceiling's window by default (after a quarter of it as warm-up).
+pub const PRESENCE_CEILING_SECONDS_DEFAULT: f64 = 5.0;
+/// The same with `--quick`.
+pub const PRESENCE_CEILING_SECONDS_QUICK: f64 = 1.0;
+
+const _: () = assert!(PRESENCE_WATCHERS_QUICK <= PRESENCE_WATCHERS_DEFAULT);
+const _: () = assert!(PRESENCE_WATCHERS_DEFAULT <= PRESENCE_WATCHERS_MAX);
+const _: () =
+    assert!(PRESENCE_ACCOUNTS_DEFAULT >= 1 && PRESENCE_ACCOUNTS_DEFAULT <= PRESENCE_ACCOUNTS_MAX);
+const _: () =
+    assert!(PRESENCE_CYCLES_QUICK >= 1 && PRESENCE_CYCLES_QUICK <= PRESENCE_CYCLES_DEFAULT);
+const _: () = assert!(PRESENCE_CYCLES_DEFAULT <= PRESENCE_CYCLES_MAX);
+// Every push of a default run is kept: its first states and two changes a cycle per watch.
+const _: () = assert!(
+    PRESENCE_WATCHERS_DEFAULT
+        * PRESENCE_ACCOUNTS_DEFAULT
+        * (2 * PRESENCE_CYCLES_DEFAULT as usize + 1)
+        + TYPING_SENDERS_DEFAULT * (TYPING_WINDOW_SECONDS_DEFAULT as usize + 1)
+        <= SIGNALS_KEPT_MAX
+);
+// A wave waits for a watch whose region answered at its last moment, and is polled often.
+const _: () = assert!(PRESENCE_WAVE_TIMEOUT_MS > 2 * REQUEST_TIMEOUT_MS);
+const _: () = assert!(PRESENCE_WAVE_POLL_MS * 100 <= PRESENCE_WAVE_TIMEOUT_MS);
+const _: () = assert!(WATCHES_IN_FLIGHT_MAX >= 1);
+// A sender paced at the edge's sustained rate stays within its bucket.
+const _: () = assert!(TYPING_INTERVAL_MS * relay_edge::limits::TYPING_PER_SECOND as u64 >= 1_000);
+const _: () = assert!(TYPING_SENDERS_QUICK <= TYPING_SENDERS_DEFAULT);
+const _: () = assert!(TYPING_SENDERS_DEFAULT <= TYPING_SENDERS_MAX);
+const _: () = assert!(TYPING_WINDOW_SECONDS_QUICK <= TYPING_WINDOW_SECONDS_DEFAULT);
+const _: () = assert!(TYPING_WINDOW_SECONDS_DEFAULT <= WINDOW_SECONDS_MAX);
+// A notice outlives its drain only if the edge never answered the indicator.
+const _: () = assert!(TYPING_DRAIN_MS >= REQUEST_TIMEOUT_MS);
+const _: () = assert!(PRESENCE_CEILING_SECONDS_QUICK <= PRESENCE_CEILING_SECONDS_DEFAULT);

@@ -14,7 +14,14 @@ use relay_bench::limits::{
     SYNC_COMPARE_MESSAGES_DEFAULT, SYNC_COMPARE_MESSAGES_QUICK, SYNC_MESSAGES_DEFAULT,
     SYNC_MESSAGES_QUICK,
 };
+use relay_bench::limits::{
+    PRESENCE_ACCOUNTS_DEFAULT, PRESENCE_CEILING_SECONDS_DEFAULT, PRESENCE_CEILING_SECONDS_QUICK,
+    PRESENCE_CYCLES_DEFAULT, PRESENCE_CYCLES_QUICK, PRESENCE_WATCHERS_DEFAULT,
+    PRESENCE_WATCHERS_QUICK, TYPING_SENDERS_DEFAULT, TYPING_SENDERS_QUICK,
+    TYPING_WINDOW_SECONDS_DEFAULT, TYPING_WINDOW_SECONDS_QUICK,
+};
 use relay_bench::messages::{self, ClientMode, MessagesOptions};
+use relay_bench::presence::{self, PresenceOptions};
 use relay_bench::storage::{self, StorageOptions, WINDOW_SECONDS_DEFAULT, WINDOW_SECONDS_QUICK};
 use relay_bench::sync::{self, SyncOptions};
 
@@ -48,6 +55,48 @@ pub enum Benchmark {
     /// stream moving the same bytes in the same run; with the edge's and region's CPU. Needs a
     /// release build.
     Blobs(BlobsArgs),
+    /// Presence and typing through a two-region devnet's real processes: P1, watchers in
+    /// region 2 watching accounts of region 1 (watches per second, time to every first state,
+    /// then the accounts connecting and leaving: updates delivered per second and change →
+    /// watcher latency); P2, many connections of region 1 typing to one receiver of region 2
+    /// within the edge's typing rate (notices per second, send → receive latency); with the
+    /// servers' CPU and raw QUIC request/response measured in the same run. Needs a release
+    /// build.
+    Presence(PresenceArgs),
+}
+
+/// Arguments of `relayd bench presence`.
+#[derive(Debug, Args)]
+pub struct PresenceArgs {
+    /// P1's watcher devices, homed in region 2 (default 1,000; 100 with --quick).
+    #[arg(long)]
+    watchers: Option<usize>,
+    /// P1's watched accounts, homed in region 1; every watcher watches each (1 to 64).
+    #[arg(long, default_value_t = PRESENCE_ACCOUNTS_DEFAULT)]
+    accounts: usize,
+    /// Times every watched account's device connects and leaves (default 10; 3 with --quick).
+    #[arg(long)]
+    cycles: Option<u32>,
+    /// P2's typing sender connections, homed in region 1, each sending one indicator a second
+    /// (the edge's sustained typing rate) (default 1,000; 50 with --quick).
+    #[arg(long)]
+    typing_senders: Option<usize>,
+    /// Measured seconds of P2 (default 10; 3 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Folder to run in; the run uses a temporary folder inside it and removes it afterwards
+    /// (keeps it, and says so, when the run fails). Default: the system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A short smoke run: 100 watchers, 3 cycles, 50 typing senders for 3 s, a 1 s ceiling.
+    #[arg(long)]
+    quick: bool,
+    /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
+    #[arg(long)]
+    allow_debug: bool,
 }
 
 /// Arguments of `relayd bench blobs`.
@@ -343,6 +392,56 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     bar.set_message(step.to_owned());
                 },
                 // Made inside the run's runtime: tokio's signals need its reactor.
+                async { shutdown_signal().await },
+            )?;
+            bar.finish_and_clear();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Benchmark::Presence(args) => {
+            let quick = args.quick;
+            let options = PresenceOptions {
+                relayd: servers_executable("presence", args.allow_debug)?,
+                watchers: args.watchers.unwrap_or(if quick {
+                    PRESENCE_WATCHERS_QUICK
+                } else {
+                    PRESENCE_WATCHERS_DEFAULT
+                }),
+                accounts: args.accounts,
+                cycles: args.cycles.unwrap_or(if quick {
+                    PRESENCE_CYCLES_QUICK
+                } else {
+                    PRESENCE_CYCLES_DEFAULT
+                }),
+                typing_senders: args.typing_senders.unwrap_or(if quick {
+                    TYPING_SENDERS_QUICK
+                } else {
+                    TYPING_SENDERS_DEFAULT
+                }),
+                typing_seconds: args.seconds.unwrap_or(if quick {
+                    TYPING_WINDOW_SECONDS_QUICK
+                } else {
+                    TYPING_WINDOW_SECONDS_DEFAULT
+                }),
+                ceiling_seconds: if quick {
+                    PRESENCE_CEILING_SECONDS_QUICK
+                } else {
+                    PRESENCE_CEILING_SECONDS_DEFAULT
+                },
+                data: args.data,
+                build: build().into(),
+            };
+            let bar = crate::progress::bar(presence::steps(), "relayd bench presence", args.json);
+            let report = presence::run(
+                &options,
+                &|step| {
+                    bar.inc(1);
+                    bar.set_message(step.to_owned());
+                },
                 async { shutdown_signal().await },
             )?;
             bar.finish_and_clear();
