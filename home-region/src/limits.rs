@@ -21,6 +21,10 @@ pub const INTERNAL_CONNECTIONS_MAX: usize = 4_096;
 /// the device fetches from its cursor anyway).
 pub const SUBSCRIPTION_PUSHES_MAX: usize = 16_384;
 
+/// Bytes of pushes one write to a subscribed edge stream gathers at most (the pushes waiting
+/// go together; one larger than this goes alone).
+pub const SUBSCRIPTION_WRITE_BYTES_MAX: usize = 64 * 1024;
+
 /// Most presence watches one edge's subscription stream holds at a region; further watches
 /// are answered `Unknown` (and logged). An edge holds at most
 /// [`relay_proto::limits::PRESENCE_WATCHES_PER_DEVICE_MAX`] per connected device.
@@ -145,6 +149,9 @@ pub const PLANTED_COMMIT_DELAY_MS: u64 = 500;
 // One envelope's fan-out (a push per recipient device, a full group's too) fits an idle
 // subscription's buffer.
 const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A gathered write holds many small pushes, and is no larger than one frame may be.
+const _: () = assert!(SUBSCRIPTION_WRITE_BYTES_MAX >= 64 * relay_proto::frame::FRAME_HEADER_BYTES);
+const _: () = assert!(SUBSCRIPTION_WRITE_BYTES_MAX <= relay_proto::limits::FRAME_BYTES_MAX);
 const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX);
 // A cached group is asked of the writer again after a directory record's time to live, and
 // the cache holds every group of a busy region's recent senders.

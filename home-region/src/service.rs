@@ -38,6 +38,7 @@ use relay_net::{
 };
 use relay_planted::PlantedBug;
 use relay_proto::clock::{Clock, SystemClock};
+use relay_proto::frame::encode_frame;
 use relay_proto::limits::{REGION_PEER_REQUEST_TIMEOUT_MS, SUBSCRIBED_DEVICES_PER_STREAM_MAX};
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
@@ -56,7 +57,8 @@ use crate::limits::{
     BLOB_SWEEP_INTERVAL_MS, GROUP_ASKERS_MAX, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS,
     INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS,
     PLANTED_COMMIT_DELAY_MS, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
-    RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
+    RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, SUBSCRIPTION_WRITE_BYTES_MAX,
+    WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
 use crate::linking;
 use crate::presence::{self, PresenceBoard};
@@ -1707,9 +1709,21 @@ impl RegionService {
         let mut subscribed = 0;
         self.change_subscriptions(stream_id, &push_sender, &first, &mut subscribed);
         let writer = async {
+            // The pushes waiting go out in one write, up to SUBSCRIPTION_WRITE_BYTES_MAX: quinn
+            // keeps each write as a segment of the stream's send buffer and finds every packet's
+            // bytes by scanning the unacknowledged segments from the oldest, so a presence change
+            // told to thousands of watchers, one small write each, cost time quadratic in them.
+            let mut bytes = Vec::new();
             while let Some(push) = pushes.recv().await {
-                let frame = RegionResponse { body: Some(push) };
-                if net::write_frame(&mut send, &frame).await.is_err() {
+                bytes.clear();
+                bytes.extend_from_slice(&encode_frame(&RegionResponse { body: Some(push) }));
+                while bytes.len() < SUBSCRIPTION_WRITE_BYTES_MAX {
+                    let Ok(push) = pushes.try_recv() else {
+                        break;
+                    };
+                    bytes.extend_from_slice(&encode_frame(&RegionResponse { body: Some(push) }));
+                }
+                if send.write_all(&bytes).await.is_err() {
                     return;
                 }
             }
