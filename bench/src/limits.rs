@@ -309,11 +309,12 @@ const _: () =
 const _: () =
     assert!(PRESENCE_CYCLES_QUICK >= 1 && PRESENCE_CYCLES_QUICK <= PRESENCE_CYCLES_DEFAULT);
 const _: () = assert!(PRESENCE_CYCLES_DEFAULT <= PRESENCE_CYCLES_MAX);
-// Every push of a default run is kept: its first states and two changes a cycle per watch.
+// Every push of a default run is kept: its first states, and two changes a cycle per watch in
+// each of the two fan-out rows (every account at once, one at a time).
 const _: () = assert!(
     PRESENCE_WATCHERS_DEFAULT
         * PRESENCE_ACCOUNTS_DEFAULT
-        * (2 * PRESENCE_CYCLES_DEFAULT as usize + 1)
+        * (2 * 2 * PRESENCE_CYCLES_DEFAULT as usize + 1)
         + TYPING_SENDERS_DEFAULT * (TYPING_WINDOW_SECONDS_DEFAULT as usize + 1)
         <= SIGNALS_KEPT_MAX
 );

@@ -9,16 +9,18 @@
 //!   last `Watching` answer), the time until every watcher had the first state of every
 //!   account, and watch → first state latency.
 //! - **P1 fan-out**: then the A accounts' devices (one each) connect to edge 1 and leave again,
-//!   [`PresenceOptions::cycles`] times, in waves: all connect, and once every watcher was told
-//!   (or [`PRESENCE_WAVE_TIMEOUT_MS`] passed) all leave, and so on. Each connect and each leave
-//!   is a change region 1 learns from edge 1's subscription stream and tells every watcher
-//!   through edge 2. Reported: presence updates delivered to watchers per second over the
-//!   churn, and change → watcher latency p50/p99/p99.9 (same host clock: the change's instant
-//!   is taken in this process, the push's when a watcher's control stream brought it). A
-//!   connect counts from the moment the account's device began authenticating (after its QUIC
-//!   handshake; the edge subscribes the device before it answers, so a later instant could
-//!   come after the push), which includes the device's own authentication exchange, reported
-//!   apart; a leave counts from the moment the device closed its connection.
+//!   [`PresenceOptions::cycles`] times, in waves: first all A at once (all connect, and once
+//!   every watcher was told, or [`PRESENCE_WAVE_TIMEOUT_MS`] passed, all leave, and so on: bursts
+//!   of A × W updates), then one account at a time (bursts of W updates, one change's fan-out).
+//!   Each connect and each leave is a change region 1 learns from edge 1's subscription stream
+//!   and tells every watcher through edge 2. Reported per mode: presence updates delivered to
+//!   watchers per second over the churn, and change → watcher latency p50/p99/p99.9 (same host
+//!   clock: the change's instant is taken in this process, the push's when a watcher's control
+//!   stream brought it). A connect counts from the moment the account's device began
+//!   authenticating (after its QUIC handshake; the edge subscribes the device before it
+//!   answers, so a later instant could come after the push), which includes the device's own
+//!   authentication exchange, reported apart; a leave counts from the moment the device closed
+//!   its connection. Each watcher must get every change, and end with every account offline.
 //! - **P2 typing across regions**: S sender connections homed in region 1 each send a typing
 //!   indicator every [`TYPING_INTERVAL_MS`] (the edge's sustained per-connection rate, so none
 //!   is refused; their phases spread over the interval), alternating typing and stopped, to one
@@ -102,8 +104,9 @@ pub struct PresenceReport {
     pub edge_typing_per_second: u32,
     /// P1's watches.
     pub watch_setup: WatchSetupRow,
-    /// P1's changes told to every watcher.
-    pub fan_out: FanOutRow,
+    /// P1's changes told to every watcher: every account changing at once, then one account
+    /// at a time.
+    pub fan_out: Vec<FanOutRow>,
     /// P2.
     pub typing: TypingRow,
     /// Raw QUIC request/response with the typing indicator's frame, after the devnet stopped.
@@ -153,6 +156,8 @@ pub struct WatchSetupRow {
 /// P1's fan-out of presence changes.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanOutRow {
+    /// Watched accounts that connect (and then leave) at once: all of them, or one.
+    pub together: usize,
     /// Watcher devices.
     pub watchers: usize,
     /// Watched accounts.
@@ -291,10 +296,9 @@ pub fn run(
             });
         }
     };
-    measured.fan_out.share_of_quic_ceiling = ratio(
-        measured.fan_out.delivered_per_second,
-        quic_ceiling.per_second,
-    );
+    for row in &mut measured.fan_out {
+        row.share_of_quic_ceiling = ratio(row.delivered_per_second, quic_ceiling.per_second);
+    }
     measured.typing.share_of_quic_ceiling = ratio(
         measured.typing.delivered_per_second,
         quic_ceiling.per_second,
@@ -353,7 +357,7 @@ fn validate(options: &PresenceOptions) -> Result<(), BenchError> {
 struct Measured {
     registration_seconds: f64,
     watch_setup: WatchSetupRow,
-    fan_out: FanOutRow,
+    fan_out: Vec<FanOutRow>,
     typing: TypingRow,
     pushes_not_kept: u64,
 }
@@ -436,11 +440,21 @@ async fn measure(
         let setup = watch_all(servers, &watchers, &watcher_links, &accounts, &log).await?;
 
         step(&format!(
-            "{} accounts connect and leave {} times",
+            "{} accounts connect and leave {} times, together then one at a time",
             accounts.len(),
             options.cycles
         ));
-        let churn = churn(servers, &near, near_edge, &watched, options, &log).await?;
+        let together = churn(
+            servers,
+            &near,
+            near_edge,
+            &watched,
+            watched.len(),
+            options,
+            &log,
+        )
+        .await?;
+        let one_at_a_time = churn(servers, &near, near_edge, &watched, 1, options, &log).await?;
 
         step(&format!(
             "{} typing senders → one receiver",
@@ -468,7 +482,7 @@ async fn measure(
             server_cpu: setup.server_cpu,
         };
         let watch_setup = {
-            let firsts = first_states(&setup.requested, &signals, churn.began);
+            let firsts = first_states(&setup.requested, &signals, together.began);
             WatchSetupRow {
                 first_states: firsts.first_states,
                 watch_to_first_state: Percentiles::of(firsts.latencies_us),
@@ -477,43 +491,10 @@ async fn measure(
         };
         let watcher_addresses: Vec<DeviceAddress> =
             watchers.iter().map(|device| device.address).collect();
-        let tally = fan_out(&churn.changes, &signals, churn.began, &watcher_addresses);
-        let changes = churn
-            .changes
-            .values()
-            .map(|changes| changes.len() as u64)
-            .sum::<u64>();
-        let fan_out = FanOutRow {
-            watchers: watchers.len(),
-            accounts: accounts.len(),
-            cycles: options.cycles,
-            changes,
-            expected: changes * watchers.len() as u64,
-            delivered: churn.delivered,
-            missing: tally.missing,
-            unmatched: tally.unmatched,
-            wrong_final_states: tally.wrong_final_states,
-            waves_timed_out: churn.waves_timed_out,
-            seconds: churn.seconds,
-            delivered_per_second: ratio(churn.delivered as f64, churn.seconds),
-            change_to_watcher: Percentiles::of(
-                tally
-                    .connect_us
-                    .iter()
-                    .chain(&tally.leave_us)
-                    .copied()
-                    .collect(),
-            ),
-            connect_to_watcher: Percentiles::of(tally.connect_us),
-            leave_to_watcher: Percentiles::of(tally.leave_us),
-            account_authentication: Percentiles::of(churn.authentication_us),
-            delivered_per_server_cpu_second: ratio(
-                churn.delivered as f64,
-                churn.server_cpu.seconds,
-            ),
-            server_cpu: churn.server_cpu,
-            share_of_quic_ceiling: 0.0,
-        };
+        let fan_out = vec![
+            fan_out_row(together, &signals, &watcher_addresses, options),
+            fan_out_row(one_at_a_time, &signals, &watcher_addresses, options),
+        ];
         Ok::<_, BenchError>((watch_setup, fan_out, typing))
     }
     .await;
@@ -685,9 +666,62 @@ pub struct Change {
     pub at: Instant,
 }
 
+/// The fan-out row of one churn, its pushes among `signals` matched to its changes.
+fn fan_out_row(
+    churn: Churn,
+    signals: &[Signal],
+    watchers: &[DeviceAddress],
+    options: &PresenceOptions,
+) -> FanOutRow {
+    let tally = fan_out(
+        &churn.changes,
+        signals,
+        (churn.began, churn.ended),
+        watchers,
+    );
+    let changes = churn
+        .changes
+        .values()
+        .map(|changes| changes.len() as u64)
+        .sum::<u64>();
+    FanOutRow {
+        together: churn.together,
+        watchers: watchers.len(),
+        accounts: churn.changes.len(),
+        cycles: options.cycles,
+        changes,
+        expected: changes * watchers.len() as u64,
+        delivered: churn.delivered,
+        missing: tally.missing,
+        unmatched: tally.unmatched,
+        wrong_final_states: tally.wrong_final_states,
+        waves_timed_out: churn.waves_timed_out,
+        seconds: churn.seconds,
+        delivered_per_second: ratio(churn.delivered as f64, churn.seconds),
+        change_to_watcher: Percentiles::of(
+            tally
+                .connect_us
+                .iter()
+                .chain(&tally.leave_us)
+                .copied()
+                .collect(),
+        ),
+        connect_to_watcher: Percentiles::of(tally.connect_us),
+        leave_to_watcher: Percentiles::of(tally.leave_us),
+        account_authentication: Percentiles::of(churn.authentication_us),
+        delivered_per_server_cpu_second: ratio(churn.delivered as f64, churn.server_cpu.seconds),
+        server_cpu: churn.server_cpu,
+        share_of_quic_ceiling: 0.0,
+    }
+}
+
 /// What the churn measured before its pushes are matched.
 struct Churn {
+    /// Accounts changing at once.
+    together: usize,
     began: Instant,
+    /// When the last wave's updates had arrived (or its bound passed).
+    ended: Instant,
     seconds: f64,
     /// Every watched account's changes, in order.
     changes: HashMap<AccountId, Vec<Change>>,
@@ -697,17 +731,19 @@ struct Churn {
     server_cpu: ServerCpu,
 }
 
-/// The watched accounts' devices connect to `edge` together and leave together, `cycles`
-/// times; each wave waits until the watchers got as many updates as it should cause.
+/// The watched accounts' devices connect to `edge` and leave again, `together` of them at
+/// once (the next ones after those left), `cycles` times; each wave waits until the watchers
+/// got as many updates as it should cause (or [`PRESENCE_WAVE_TIMEOUT_MS`] passed).
 async fn churn(
     servers: &Servers,
     endpoints: &Arc<Endpoints>,
     edge: SocketAddr,
     watched: &[Arc<Device>],
+    together: usize,
     options: &PresenceOptions,
     log: &SignalLog,
 ) -> Result<Churn, BenchError> {
-    let per_wave = (watched.len() * options.watchers) as u64;
+    let together = together.clamp(1, watched.len().max(1));
     let mut changes: HashMap<AccountId, Vec<Change>> = HashMap::new();
     let mut authentication_us = Vec::new();
     let mut waves_timed_out = 0;
@@ -716,58 +752,65 @@ async fn churn(
     let before = cpu_mark(servers);
     let began = Instant::now();
     for _ in 0..options.cycles {
-        let mut tasks = JoinSet::new();
-        for device in watched {
-            let (endpoints, device) = (endpoints.clone(), device.clone());
-            tasks.spawn(async move {
-                let link = endpoints.connect(edge).await?;
-                let authenticating = Instant::now();
-                let pushes = device.authenticate(&link, 0).await?;
-                let authenticated = Instant::now();
-                Ok::<_, BenchError>((
-                    device.address.account,
-                    link,
-                    pushes,
-                    authenticating,
-                    authenticated,
-                ))
-            });
+        for group in watched.chunks(together) {
+            let per_wave = (group.len() * options.watchers) as u64;
+            let mut tasks = JoinSet::new();
+            for device in group {
+                let (endpoints, device) = (endpoints.clone(), device.clone());
+                tasks.spawn(async move {
+                    let link = endpoints.connect(edge).await?;
+                    let authenticating = Instant::now();
+                    let pushes = device.authenticate(&link, 0).await?;
+                    let authenticated = Instant::now();
+                    Ok::<_, BenchError>((
+                        device.address.account,
+                        link,
+                        pushes,
+                        authenticating,
+                        authenticated,
+                    ))
+                });
+            }
+            let mut online = Vec::with_capacity(group.len());
+            while let Some(joined) = tasks.join_next().await {
+                let (account, link, pushes, authenticating, authenticated) =
+                    joined.map_err(|error| {
+                        BenchError::Refused(format!("a connection failed: {error}"))
+                    })??;
+                changes.entry(account).or_default().push(Change {
+                    state: PresenceState::Online,
+                    at: authenticating,
+                });
+                authentication_us.push(latency_us(authenticated - authenticating));
+                online.push((account, link, pushes));
+            }
+            target += per_wave;
+            if !reached(|| log.presence_received(), target).await {
+                waves_timed_out += 1;
+            }
+            for (account, link, _pushes) in &online {
+                let at = Instant::now();
+                link.close();
+                changes.entry(*account).or_default().push(Change {
+                    state: PresenceState::Offline,
+                    at,
+                });
+            }
+            target += per_wave;
+            if !reached(|| log.presence_received(), target).await {
+                waves_timed_out += 1;
+            }
+            drop(online);
         }
-        let mut online = Vec::with_capacity(watched.len());
-        while let Some(joined) = tasks.join_next().await {
-            let (account, link, pushes, authenticating, authenticated) = joined
-                .map_err(|error| BenchError::Refused(format!("a connection failed: {error}")))??;
-            changes.entry(account).or_default().push(Change {
-                state: PresenceState::Online,
-                at: authenticating,
-            });
-            authentication_us.push(latency_us(authenticated - authenticating));
-            online.push((account, link, pushes));
-        }
-        target += per_wave;
-        if !reached(|| log.presence_received(), target).await {
-            waves_timed_out += 1;
-        }
-        for (account, link, _pushes) in &online {
-            let at = Instant::now();
-            link.close();
-            changes.entry(*account).or_default().push(Change {
-                state: PresenceState::Offline,
-                at,
-            });
-        }
-        target += per_wave;
-        if !reached(|| log.presence_received(), target).await {
-            waves_timed_out += 1;
-        }
-        drop(online);
     }
-    let seconds = began.elapsed().as_secs_f64();
+    let ended = Instant::now();
     let after = cpu_mark(servers);
     endpoints.wait_idle().await;
     Ok(Churn {
+        together,
         began,
-        seconds,
+        ended,
+        seconds: (ended - began).as_secs_f64(),
         changes,
         delivered: log.presence_received() - presence_before,
         waves_timed_out,
@@ -931,19 +974,22 @@ pub struct FanOutTally {
     pub wrong_final_states: u64,
 }
 
-/// Matches each presence push of `signals` from `since` on to the latest change of its
+/// Matches each presence push of `signals` within `window` (from, until) to the latest change of its
 /// account to the state it shows, at or before its arrival; every watcher of `watchers` should
 /// have one push per change, and end with each account's last state.
 pub fn fan_out(
     changes: &HashMap<AccountId, Vec<Change>>,
     signals: &[Signal],
-    since: Instant,
+    (since, until): (Instant, Instant),
     watchers: &[DeviceAddress],
 ) -> FanOutTally {
     let mut tally = FanOutTally::default();
     let mut matched: HashSet<(DeviceAddress, AccountId, usize)> = HashSet::new();
     let mut last: HashMap<(DeviceAddress, AccountId), PresenceState> = HashMap::new();
-    for signal in signals.iter().filter(|signal| signal.at >= since) {
+    for signal in signals
+        .iter()
+        .filter(|signal| signal.at >= since && signal.at <= until)
+    {
         let SignalEvent::Presence { account, state } = signal.event else {
             continue;
         };
@@ -1075,9 +1121,9 @@ impl PresenceReport {
             self.cores,
             thousands(self.accounts_registered as f64),
             self.registration_seconds,
-            thousands(fan_out.watchers as f64),
-            fan_out.accounts,
-            fan_out.cycles,
+            thousands(setup.watchers as f64),
+            setup.accounts,
+            fan_out.first().map_or(0, |row| row.cycles),
             thousands(typing.senders as f64),
             typing.interval_ms,
             typing.window_seconds,
@@ -1100,24 +1146,31 @@ impl PresenceReport {
             cpu(&setup.server_cpu),
             thousands(ratio(setup.first_states as f64, setup.server_cpu.seconds)),
         ));
-        out.push_str(&format!(
-            "| P1 fan-out (connect and leave) | {} updates/s | change → watcher {} | {} / {} | \
-             {} | {} | {:.1}% |\n",
-            thousands(fan_out.delivered_per_second),
-            fan_out.change_to_watcher.cell(),
-            thousands(fan_out.delivered as f64),
-            thousands(fan_out.expected as f64),
-            cpu(&fan_out.server_cpu),
-            thousands(fan_out.delivered_per_server_cpu_second),
-            fan_out.share_of_quic_ceiling * 100.0,
-        ));
-        out.push_str(&format!(
-            "| — connects | | connect → watcher {} (of which the account's own authentication \
-             {}) | | | | | |\n| — leaves | | leave → watcher {} | | | | | |\n",
-            fan_out.connect_to_watcher.cell(),
-            fan_out.account_authentication.cell(),
-            fan_out.leave_to_watcher.cell(),
-        ));
+        for row in fan_out {
+            let together = if row.together == 1 {
+                "one account at a time".to_owned()
+            } else {
+                format!("{} accounts at once", row.together)
+            };
+            out.push_str(&format!(
+                "| P1 fan-out, {together} | {} updates/s | change → watcher {} | {} / {} | {} | \
+                 {} | {:.1}% |\n",
+                thousands(row.delivered_per_second),
+                row.change_to_watcher.cell(),
+                thousands(row.delivered as f64),
+                thousands(row.expected as f64),
+                cpu(&row.server_cpu),
+                thousands(row.delivered_per_server_cpu_second),
+                row.share_of_quic_ceiling * 100.0,
+            ));
+            out.push_str(&format!(
+                "| — connects | | connect → watcher {} (of which the account's own \
+                 authentication {}) | | | | | |\n| — leaves | | leave → watcher {} | | | | | |\n",
+                row.connect_to_watcher.cell(),
+                row.account_authentication.cell(),
+                row.leave_to_watcher.cell(),
+            ));
+        }
         out.push_str(&format!(
             "| P2 typing across regions | {} notices/s | send → receive {} (TypingSent answer \
              {}) | {} / {} | {} | {} | {:.1}% |\n",
@@ -1138,14 +1191,15 @@ impl PresenceReport {
             thousands(self.quic_ceiling.per_second),
             self.quic_ceiling.latency.cell(),
         ));
+        let sum = |field: fn(&FanOutRow) -> u64| fan_out.iter().map(field).sum::<u64>();
         out.push_str(&format!(
             "P1: {} updates missing, {} matching no change, {} watches ending in a wrong \
              state, {} waves past their {} s bound; P2: {} indicators throttled, {} refused \
              otherwise, {} notices matching no indicator{}\n",
-            thousands(fan_out.missing as f64),
-            thousands(fan_out.unmatched as f64),
-            thousands(fan_out.wrong_final_states as f64),
-            fan_out.waves_timed_out,
+            thousands(sum(|row| row.missing) as f64),
+            thousands(sum(|row| row.unmatched) as f64),
+            thousands(sum(|row| row.wrong_final_states) as f64),
+            sum(|row| row.waves_timed_out),
             PRESENCE_WAVE_TIMEOUT_MS / 1_000,
             thousands(typing.throttled as f64),
             thousands(typing.refused as f64),
@@ -1226,14 +1280,14 @@ mod tests {
             // A repeat of one change.
             presence(200, 1, PresenceState::Offline, ms(46)),
         ];
-        let tally = fan_out(&changes, &signals, ms(10), &watchers);
+        let tally = fan_out(&changes, &signals, (ms(10), ms(100)), &watchers);
         assert_eq!(tally.connect_us, vec![2_000, 3_000, 1_000]);
         assert_eq!(tally.leave_us, vec![1_000, 4_000, 5_000]);
         assert_eq!(tally.missing, 8 - 6);
         assert_eq!(tally.unmatched, 1);
         assert_eq!(tally.wrong_final_states, 0);
         // A watcher that heard nothing ends in no state: wrong, and missing everything.
-        let tally = fan_out(&changes, &signals, ms(10), &[device(300)]);
+        let tally = fan_out(&changes, &signals, (ms(10), ms(100)), &[device(300)]);
         assert_eq!((tally.missing, tally.wrong_final_states), (4, 1));
     }
 

@@ -1,8 +1,9 @@
-//! `relayd bench messages` (opaque and E2EE devices), `relayd bench connections` and
-//! `relayd bench sync` as a user runs them, in their short versions on this debug build (`--quick --allow-debug`): every row
-//! and ceiling is there with non-zero figures, every message acknowledged ✓ was delivered once
-//! (to every member device of a W3 group), every idle device connected and left. Nothing here asserts a speed: a debug build on a
-//! shared machine says nothing about one.
+//! `relayd bench messages` (opaque and E2EE devices), `relayd bench connections`,
+//! `relayd bench sync` and `relayd bench presence` as a user runs them, in their short versions
+//! on this debug build (`--quick --allow-debug`): every row and ceiling is there with non-zero
+//! figures, every message acknowledged ✓ was delivered once (to every member device of a W3
+//! group), every idle device connected and left, every presence change reached every watcher.
+//! Nothing here asserts a speed: a debug build on a shared machine says nothing about one.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -339,6 +340,62 @@ fn the_sync_benchmark_links_a_laptop_by_snapshot_and_by_sync_only() {
     assert_eq!(remote["operations"], 21);
     positive(remote, "apply_ms");
     positive(remote, "bytes");
+}
+
+#[test]
+fn the_presence_benchmark_tells_every_watcher_every_change_and_delivers_typing() {
+    let (watchers, accounts, cycles, typists) = (20u64, 3u64, 2u64, 10u64);
+    let report = run_json(&[
+        "bench",
+        "presence",
+        "--quick",
+        "--allow-debug",
+        "--json",
+        "--watchers",
+        &watchers.to_string(),
+        "--accounts",
+        &accounts.to_string(),
+        "--cycles",
+        &cycles.to_string(),
+        "--typing-senders",
+        &typists.to_string(),
+        "--seconds",
+        "2",
+    ]);
+    let setup = &report["watch_setup"];
+    assert_eq!(setup["watches"], watchers * accounts);
+    assert_eq!(setup["first_states"], watchers * accounts, "{setup:#}");
+    positive(setup, "watches_per_second");
+    reported(&setup["server_cpu"], "seconds");
+    let rows = report["fan_out"].as_array().expect("fan-out rows");
+    assert_eq!(rows.len(), 2, "every account at once, then one at a time");
+    for (row, together) in rows.iter().zip([accounts, 1]) {
+        assert_eq!(row["together"], together);
+        // Every connect and leave of every account reached every watcher, each once, and
+        // every watcher ends seeing every account offline.
+        let expected = accounts * cycles * 2 * watchers;
+        assert_eq!(row["expected"], expected);
+        assert_eq!(row["delivered"], expected, "{row:#}");
+        for field in [
+            "missing",
+            "unmatched",
+            "wrong_final_states",
+            "waves_timed_out",
+        ] {
+            assert_eq!(row[field], 0, "{field} in {row:#}");
+        }
+        positive(row, "delivered_per_second");
+        assert_eq!(row["change_to_watcher"]["samples"], expected);
+        reported(row, "delivered_per_server_cpu_second");
+    }
+    let typing = &report["typing"];
+    // Paced at the edge's sustained rate: nothing is throttled, every notice arrives.
+    assert_eq!(typing["throttled"], 0, "{typing:#}");
+    positive(typing, "sent");
+    assert_eq!(typing["delivered"], typing["sent"], "{typing:#}");
+    assert_eq!(typing["unmatched"], 0);
+    positive(typing, "delivered_per_second");
+    positive(&report["quic_ceiling"], "per_second");
 }
 
 #[test]
