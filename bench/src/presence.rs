@@ -455,6 +455,11 @@ async fn measure(
         )
         .await?;
         let one_at_a_time = churn(servers, &near, near_edge, &watched, 1, options, &log).await?;
+        // P1 is over: its watchers leave, so that P2's CPU is typing's alone.
+        for (link, _) in &watcher_links {
+            link.close();
+        }
+        far.wait_idle().await;
 
         step(&format!(
             "{} typing senders → one receiver",
