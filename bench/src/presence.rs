@@ -979,9 +979,9 @@ pub struct FanOutTally {
     pub wrong_final_states: u64,
 }
 
-/// Matches each presence push of `signals` within `window` (from, until) to the latest change of its
-/// account to the state it shows, at or before its arrival; every watcher of `watchers` should
-/// have one push per change, and end with each account's last state.
+/// Matches each presence push to one of `watchers` among `signals` within `window` (from, until)
+/// to the latest change of its account to the state it shows, at or before its arrival; every
+/// watcher should have one push per change, and end with each account's last state.
 pub fn fan_out(
     changes: &HashMap<AccountId, Vec<Change>>,
     signals: &[Signal],
@@ -991,10 +991,10 @@ pub fn fan_out(
     let mut tally = FanOutTally::default();
     let mut matched: HashSet<(DeviceAddress, AccountId, usize)> = HashSet::new();
     let mut last: HashMap<(DeviceAddress, AccountId), PresenceState> = HashMap::new();
-    for signal in signals
-        .iter()
-        .filter(|signal| signal.at >= since && signal.at <= until)
-    {
+    let watching: HashSet<DeviceAddress> = watchers.iter().copied().collect();
+    for signal in signals.iter().filter(|signal| {
+        signal.at >= since && signal.at <= until && watching.contains(&signal.receiver)
+    }) {
         let SignalEvent::Presence { account, state } = signal.event else {
             continue;
         };
