@@ -835,6 +835,7 @@ impl EdgeService {
             for &device in &subscribed {
                 self.push_to(device, 0);
             }
+            let mut reopen = false;
             loop {
                 tokio::select! {
                     () = changes.wake.notified() => {
@@ -848,6 +849,7 @@ impl EdgeService {
                             Some(SubscriptionWork::Signals(frames)) => frames,
                             Some(SubscriptionWork::Reopen) => {
                                 tracing::info!(%region, "many presence watches changed at once; re-opening the stream");
+                                reopen = true;
                                 break;
                             }
                         };
@@ -877,6 +879,13 @@ impl EdgeService {
                         }
                     }
                 }
+            }
+            if reopen {
+                // Only this stream starts over (the region drops what it held for it when it
+                // ends); the link to the region and its other streams stay.
+                let _ = send.finish();
+                reconnecting = false;
+                continue;
             }
             tracing::warn!(%region, "subscription stream lost; re-opening");
             self.inner.links.forget(region.0).await;
