@@ -628,10 +628,12 @@ async fn a_commit_during_a_slow_group_is_checked_against_it() {
         versions.push(stamp.await.expect("stamp").commit_version());
     }
     // The first that wrote `k` (which the stale transaction read, and was refused for) came
-    // before the bystander. Whether `j` joined that group or the next depends on when the
-    // pipeline picked it up, which a busy machine decides: not asserted.
+    // no later than the bystander: before it, or in the same group when the pipeline took the
+    // queued firsts only after the bystander arrived (the lone commit's answer can reach this
+    // task before the next group is formed; seen on a busy machine as [2, 2] and 2). Whether
+    // `j` joined that group or the next depends on the same timing: not asserted.
     assert!(
-        versions[0] < bystander_version,
+        versions[0] <= bystander_version,
         "{versions:?} {bystander_version}"
     );
     assert_eq!(value(&database, b"k").await, Some(b"first".to_vec()));
