@@ -10,7 +10,7 @@ use relay_client::{Device, Event, Events, OpenOptions, Tick, register};
 use relay_devnet::testbed::Testbed;
 
 mod support;
-use support::{live, overrides};
+use support::{live, overrides, register_all};
 
 /// Generous: the machine is shared.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -33,17 +33,12 @@ async fn until(events: &mut Events, mut done: impl FnMut(&Event) -> bool) {
 async fn a_program_sends_to_several_peers_at_once_and_follows_the_events() {
     let testbed = Testbed::start(2).await.expect("testbed");
     let dir = tempfile::tempdir().expect("tempdir");
-    for (name, region) in [("alice", 1), ("bob", 2), ("carol", 1)] {
-        register(
-            &dir.path().join(name),
-            name,
-            overrides(&testbed, region),
-            "",
-            &mut |_| {},
-        )
-        .await
-        .unwrap_or_else(|error| panic!("{name} registers: {error}"));
-    }
+    register_all(
+        &testbed,
+        dir.path(),
+        &[("alice", 1), ("bob", 2), ("carol", 1)],
+    )
+    .await;
     let (alice, mut alice_events) = live(&dir.path().join("alice")).await;
     let (bob, mut bob_events) = live(&dir.path().join("bob")).await;
     let (carol, mut carol_events) = live(&dir.path().join("carol")).await;

@@ -9,7 +9,7 @@ use relay_client::{Event, Events, Tick, register};
 use relay_devnet::testbed::Testbed;
 
 mod support;
-use support::{live, overrides};
+use support::{live, overrides, register_all};
 
 /// Generous: the machine is shared.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -50,17 +50,7 @@ async fn members_in_both_regions_read_every_sender_and_a_removed_member_reads_no
         ("dave", 2),
         ("erin", 1),
     ];
-    for (name, region) in people {
-        register(
-            &dir.path().join(name),
-            name,
-            overrides(&testbed, region),
-            "",
-            &mut |_| {},
-        )
-        .await
-        .unwrap_or_else(|error| panic!("{name} registers: {error}"));
-    }
+    register_all(&testbed, dir.path(), &people).await;
     let mut devices = Vec::new();
     for (name, _) in people {
         devices.push(live(&dir.path().join(name)).await);

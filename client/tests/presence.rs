@@ -11,7 +11,7 @@ use relay_devnet::testbed::Testbed;
 use relay_proto::limits::TYPING_SHOWN_MS;
 
 mod support;
-use support::{live, overrides};
+use support::{live, overrides, register_all};
 
 /// Generous: the machine is shared.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -52,17 +52,12 @@ fn presence_waiting(events: &mut Events) -> Vec<Event> {
 async fn a_watcher_in_the_other_region_sees_what_each_privacy_setting_allows() {
     let testbed = Testbed::start(2).await.expect("testbed");
     let dir = tempfile::tempdir().expect("tempdir");
-    for (name, region) in [("alice", 1), ("bob", 2), ("carol", 1)] {
-        register(
-            &dir.path().join(name),
-            name,
-            overrides(&testbed, region),
-            "",
-            &mut |_| {},
-        )
-        .await
-        .unwrap_or_else(|error| panic!("{name} registers: {error}"));
-    }
+    register_all(
+        &testbed,
+        dir.path(),
+        &[("alice", 1), ("bob", 2), ("carol", 1)],
+    )
+    .await;
     let (alice, _alice_events) = live(&dir.path().join("alice")).await;
     let (bob, mut bob_events) = live(&dir.path().join("bob")).await;
     let (carol, mut carol_events) = live(&dir.path().join("carol")).await;
@@ -162,7 +157,10 @@ async fn a_watcher_in_the_other_region_sees_what_each_privacy_setting_allows() {
     assert_eq!(presence_waiting(&mut bob_events), Vec::new());
 
     // A name nobody has is refused plainly.
-    let unknown = carol.watch_presence("nobody-here").await.unwrap_err();
+    let unknown = carol
+        .watch_presence("nobody-here")
+        .await
+        .expect_err("no such account");
     assert!(
         matches!(unknown, ClientError::UnknownPeer(_)),
         "{unknown:?}"
@@ -178,17 +176,7 @@ async fn a_watcher_in_the_other_region_sees_what_each_privacy_setting_allows() {
 async fn a_typing_indicator_crosses_regions_and_ends_by_itself() {
     let testbed = Testbed::start(2).await.expect("testbed");
     let dir = tempfile::tempdir().expect("tempdir");
-    for (name, region) in [("alice", 1), ("bob", 2)] {
-        register(
-            &dir.path().join(name),
-            name,
-            overrides(&testbed, region),
-            "",
-            &mut |_| {},
-        )
-        .await
-        .unwrap_or_else(|error| panic!("{name} registers: {error}"));
-    }
+    register_all(&testbed, dir.path(), &[("alice", 1), ("bob", 2)]).await;
     let (alice, _alice_events) = live(&dir.path().join("alice")).await;
     let (bob, mut bob_events) = live(&dir.path().join("bob")).await;
     bob.connect().await.expect("bob connects");

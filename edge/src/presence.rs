@@ -107,7 +107,7 @@ mod tests {
         }
         let refused = watches
             .handle_watch(device(100), AccountId(1_000), RegionId(1))
-            .unwrap_err();
+            .expect_err("past the bound");
         assert_eq!(refused.code, ErrorCode::Throttled);
         watches
             .handle_watch(device(100), AccountId(1), RegionId(2))

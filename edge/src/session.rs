@@ -1445,7 +1445,9 @@ mod tests {
                 })
             ));
         }
-        let refused = session.handle_request(&typing(4), at).unwrap_err();
+        let refused = session
+            .handle_request(&typing(4), at)
+            .expect_err("past the burst");
         assert_eq!(refused.code, ErrorCode::Throttled);
         assert_eq!(refused.retry_after_ms, 1_000 / u64::from(TYPING_PER_SECOND));
         // Other requests are not held back by a typing flood.
@@ -1476,7 +1478,10 @@ mod tests {
             })),
         };
         assert_eq!(
-            session.handle_request(&nobody, at).unwrap_err().code,
+            session
+                .handle_request(&nobody, at)
+                .expect_err("account 0")
+                .code,
             ErrorCode::Malformed
         );
     }

@@ -224,7 +224,10 @@ mod tests {
             visibility: PresenceVisibility::Contacts as i32,
             contacts: vec![2, 3],
         };
-        assert_eq!(privacy.validate().unwrap(), PresenceVisibility::Contacts);
+        assert_eq!(
+            privacy.validate().expect("valid"),
+            PresenceVisibility::Contacts
+        );
         privacy.visibility = 7;
         assert!(privacy.validate().is_err());
         privacy.visibility = PresenceVisibility::Nobody as i32;
@@ -232,7 +235,7 @@ mod tests {
         assert!(privacy.validate().is_err());
         privacy.contacts = vec![1; PRESENCE_CONTACTS_MAX + 1];
         assert_eq!(
-            privacy.validate().unwrap_err().code,
+            privacy.validate().expect_err("too many").code,
             crate::ErrorCode::TooLarge
         );
         for visibility in [
@@ -241,7 +244,10 @@ mod tests {
             PresenceVisibility::Nobody,
         ] {
             assert_eq!(
-                visibility.name().parse::<PresenceVisibility>().unwrap(),
+                visibility
+                    .name()
+                    .parse::<PresenceVisibility>()
+                    .expect("its name"),
                 visibility
             );
         }
