@@ -690,6 +690,13 @@ impl Device {
         self.call(|reply| Command::Connection(hold, reply)).await
     }
 
+    /// The open connection, held for one request's answer (twice the request timeout): what
+    /// a call sent straight to the edge (a group command, a typing indicator) goes on.
+    pub(crate) async fn request_connection(&self) -> Result<Arc<EdgeConnection>> {
+        self.held_connection(Duration::from_millis(2 * crate::limits::REQUEST_TIMEOUT_MS))
+            .await
+    }
+
     /// Why the relay refused this device as rolled back, if it did.
     pub async fn rolled_back(&self) -> Result<Option<String>> {
         self.call(Command::RolledBack).await

@@ -31,7 +31,6 @@ use crate::device::Device;
 use crate::error::{ClientError, Result};
 use crate::limits::{
     GROUP_COMMAND_ATTEMPTS_MAX, GROUP_COMMAND_RETRY_DELAY_MS, GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX,
-    REQUEST_TIMEOUT_MS,
 };
 
 /// A member of a group, with the name the directory gives its account.
@@ -69,7 +68,7 @@ impl Device {
         check_name(name)?;
         let mut request_id = [0u8; GROUP_REQUEST_ID_BYTES];
         rand::rng().fill_bytes(&mut request_id);
-        let connection = self.group_connection().await?;
+        let connection = self.request_connection().await?;
         let members = account_ids(&connection, members).await?;
         let command = group_command::Command::Create(CreateGroup {
             name: name.into(),
@@ -81,7 +80,7 @@ impl Device {
 
     /// (Admins) adds the accounts named in `members` to group `group`.
     pub async fn add_group_members(&self, group: u64, members: &[&str]) -> Result<Group> {
-        let connection = self.group_connection().await?;
+        let connection = self.request_connection().await?;
         let accounts = account_ids(&connection, members).await?;
         let command = group_command::Command::Add(AddGroupMembers {
             group,
@@ -93,7 +92,7 @@ impl Device {
     /// (Admins) removes the account named `member` from group `group`; naming this account
     /// leaves the group.
     pub async fn remove_group_member(&self, group: u64, member: &str) -> Result<Group> {
-        let connection = self.group_connection().await?;
+        let connection = self.request_connection().await?;
         let account = account_ids(&connection, &[member]).await?[0];
         let command = group_command::Command::Remove(RemoveGroupMember {
             group,
@@ -123,7 +122,7 @@ impl Device {
     /// (Admins) makes the member named `member` an admin of group `group` (`admin`), or a plain
     /// member. Any member may step down itself, unless it is the last admin.
     pub async fn set_group_admin(&self, group: u64, member: &str, admin: bool) -> Result<Group> {
-        let connection = self.group_connection().await?;
+        let connection = self.request_connection().await?;
         let account = account_ids(&connection, &[member]).await?[0];
         let command = group_command::Command::SetAdmin(SetGroupAdmin {
             group,
@@ -175,7 +174,7 @@ impl Device {
                 ));
             }
         };
-        let connection = self.group_connection().await?;
+        let connection = self.request_connection().await?;
         let accounts: Vec<AccountId> = info
             .members
             .iter()
@@ -216,7 +215,7 @@ impl Device {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(GROUP_COMMAND_RETRY_DELAY_MS)).await;
             }
-            let answer = match self.group_connection().await {
+            let answer = match self.request_connection().await {
                 Ok(connection) => connection.group_command(command.clone()).await,
                 Err(error) => Err(error),
             };
@@ -228,11 +227,6 @@ impl Device {
             }
         }
         Err(last_error.unwrap_or_else(|| ClientError::Network("no attempt ran".into())))
-    }
-
-    async fn group_connection(&self) -> Result<Arc<EdgeConnection>> {
-        self.held_connection(Duration::from_millis(2 * REQUEST_TIMEOUT_MS))
-            .await
     }
 }
 

@@ -5,20 +5,17 @@
 //! begins (and again after every reconnect, which watches again), then on every change the
 //! peer's privacy setting shows this account. Typing indicators come as
 //! [`crate::Event::Typing`], `typing: false` when the peer stops or is not heard from for
-//! [`TYPING_SHOWN_MS`]. Neither is stored anywhere: the peer's home region keeps only when it
+//! [`relay_proto::limits::TYPING_SHOWN_MS`]. Neither is stored anywhere: the peer's home region keeps only when it
 //! was last seen and its setting.
 
-use std::time::Duration;
-
 use relay_proto::AccountId;
-use relay_proto::limits::{PRESENCE_CONTACTS_MAX, TYPING_SHOWN_MS};
+use relay_proto::limits::PRESENCE_CONTACTS_MAX;
 use relay_proto::wire::{PresencePrivacy, PresenceVisibility};
 
 use crate::core::TypingSent;
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
 use crate::groups::account_ids;
-use crate::limits::REQUEST_TIMEOUT_MS;
 
 /// An account's presence privacy, as its home region keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -71,7 +68,7 @@ impl Device {
             return Ok(decided);
         }
         let sent = async {
-            self.held_connection(Duration::from_millis(2 * REQUEST_TIMEOUT_MS))
+            self.request_connection()
                 .await?
                 .typing(account, typing)
                 .await
@@ -87,9 +84,7 @@ impl Device {
 
     /// This account's presence privacy, as its home region keeps it.
     pub async fn presence_privacy(&self) -> Result<PresenceSetting> {
-        let connection = self
-            .held_connection(Duration::from_millis(2 * REQUEST_TIMEOUT_MS))
-            .await?;
+        let connection = self.request_connection().await?;
         let privacy = connection.presence_privacy(None).await?;
         Ok(PresenceSetting::from_wire(&privacy))
     }
@@ -115,9 +110,7 @@ impl Device {
             visibility: visibility as i32,
             contacts,
         };
-        let connection = self
-            .held_connection(Duration::from_millis(2 * REQUEST_TIMEOUT_MS))
-            .await?;
+        let connection = self.request_connection().await?;
         let stored = connection.presence_privacy(Some(privacy)).await?;
         Ok(PresenceSetting::from_wire(&stored))
     }
@@ -131,16 +124,10 @@ impl Device {
         {
             return Ok(account);
         }
-        let connection = self
-            .held_connection(Duration::from_millis(2 * REQUEST_TIMEOUT_MS))
-            .await?;
+        let connection = self.request_connection().await?;
         let ids = account_ids(&connection, &[peer]).await?;
         ids.first()
             .copied()
             .ok_or_else(|| ClientError::UnknownPeer(peer.to_owned()))
     }
 }
-
-/// How long a receiver shows "typing…" without hearing again (re-exported for apps that draw
-/// it themselves).
-pub const TYPING_SHOWN: Duration = Duration::from_millis(TYPING_SHOWN_MS);

@@ -116,42 +116,36 @@ struct RegionSubscription {
 }
 
 impl RegionSubscription {
-    fn handle_change(&self, device: DeviceAddress, connected: bool) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .handle_change(device, connected);
+    /// Applies a change to what waits for the stream, and wakes the stream's task.
+    fn change(&self, apply: impl FnOnce(&mut PendingSubscriptions)) {
+        apply(&mut self.pending());
         self.wake.notify_one();
+    }
+
+    fn handle_change(&self, device: DeviceAddress, connected: bool) {
+        self.change(|pending| pending.handle_change(device, connected));
     }
 
     fn handle_watch(&self, watcher: DeviceAddress, account: AccountId, watch: bool) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .handle_watch(watcher, account, watch);
-        self.wake.notify_one();
+        self.change(|pending| pending.handle_watch(watcher, account, watch));
     }
 
     fn handle_typing(&self, typing: wire::TypingForward) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .handle_typing(typing);
-        self.wake.notify_one();
+        self.change(|pending| pending.handle_typing(typing));
     }
 
     fn poll_work(&self) -> Option<SubscriptionWork> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .poll_work()
+        self.pending().poll_work()
     }
 
     fn clear(&self) {
+        self.pending().clear();
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingSubscriptions> {
         self.pending
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .clear();
     }
 }
 

@@ -131,10 +131,41 @@ pub enum Route {
 pub struct Session {
     state: State,
     limits: SessionLimits,
+    requests: Bucket,
+    typing: Bucket,
+}
+
+/// A token bucket counted in thousandths of a token: refilled at `per_second`, holding at most
+/// `burst` tokens (the requests of a connection, and its typing indicators).
+#[derive(Debug, Clone)]
+struct Bucket {
     tokens_milli: u64,
-    last_refill_ms: u64,
-    typing_tokens_milli: u64,
-    typing_refill_ms: u64,
+    refilled_ms: u64,
+}
+
+impl Bucket {
+    /// A full bucket of `burst` tokens at `now_ms`.
+    fn full(burst: u32, now_ms: u64) -> Self {
+        Bucket {
+            tokens_milli: u64::from(burst) * 1000,
+            refilled_ms: now_ms,
+        }
+    }
+
+    /// Takes a token at `now_ms`; `Err` holds the time until a whole one has refilled (ms,
+    /// rounded up).
+    fn take(&mut self, now_ms: u64, per_second: u32, burst: u32) -> Result<(), u64> {
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        self.refilled_ms = self.refilled_ms.max(now_ms);
+        self.tokens_milli =
+            (self.tokens_milli + elapsed * u64::from(per_second)).min(u64::from(burst) * 1000);
+        if self.tokens_milli < 1000 {
+            let rate = u64::from(per_second).max(1);
+            return Err((1000 - self.tokens_milli).div_ceil(rate).max(1));
+        }
+        self.tokens_milli -= 1000;
+        Ok(())
+    }
 }
 
 impl Session {
@@ -143,10 +174,8 @@ impl Session {
         Self {
             state: State::New,
             limits,
-            tokens_milli: u64::from(limits.requests_burst) * 1000,
-            last_refill_ms: now_ms,
-            typing_tokens_milli: u64::from(TYPING_BURST) * 1000,
-            typing_refill_ms: now_ms,
+            requests: Bucket::full(limits.requests_burst, now_ms),
+            typing: Bucket::full(TYPING_BURST, now_ms),
         }
     }
 
@@ -463,50 +492,37 @@ impl Session {
 
     /// Takes a token of the typing bucket ([`TYPING_BURST`], [`TYPING_PER_SECOND`]).
     fn take_typing_token(&mut self, now_ms: u64) -> Result<(), ProtoError> {
-        let elapsed = now_ms.saturating_sub(self.typing_refill_ms);
-        self.typing_refill_ms = self.typing_refill_ms.max(now_ms);
-        self.typing_tokens_milli = (self.typing_tokens_milli
-            + elapsed * u64::from(TYPING_PER_SECOND))
-        .min(u64::from(TYPING_BURST) * 1000);
-        if self.typing_tokens_milli < 1000 {
-            let wait_ms = (1000 - self.typing_tokens_milli)
-                .div_ceil(u64::from(TYPING_PER_SECOND))
-                .max(1);
-            return Err(ProtoError::new(
-                ErrorCode::Throttled,
-                format!(
-                    "too many typing indicators ({TYPING_PER_SECOND} a second, {TYPING_BURST} at \
-                     once); slow down"
-                ),
-            )
-            .with_retry_after_ms(wait_ms));
-        }
-        self.typing_tokens_milli -= 1000;
-        Ok(())
+        self.typing
+            .take(now_ms, TYPING_PER_SECOND, TYPING_BURST)
+            .map_err(|wait_ms| {
+                ProtoError::new(
+                    ErrorCode::Throttled,
+                    format!(
+                        "too many typing indicators ({TYPING_PER_SECOND} a second, \
+                         {TYPING_BURST} at once); slow down"
+                    ),
+                )
+                .with_retry_after_ms(wait_ms)
+            })
     }
 
     fn take_token(&mut self, now_ms: u64) -> Result<(), ProtoError> {
-        let elapsed = now_ms.saturating_sub(self.last_refill_ms);
-        self.last_refill_ms = self.last_refill_ms.max(now_ms);
-        let burst_milli = u64::from(self.limits.requests_burst) * 1000;
-        self.tokens_milli = (self.tokens_milli
-            + elapsed * u64::from(self.limits.requests_per_second))
-        .min(burst_milli);
-        if self.tokens_milli < 1000 {
-            // The time until one whole token has refilled, rounded up.
-            let rate = u64::from(self.limits.requests_per_second).max(1);
-            let wait_ms = (1000 - self.tokens_milli).div_ceil(rate).max(1);
-            return Err(ProtoError::new(
-                ErrorCode::Throttled,
-                format!(
-                    "too many requests ({} a second, {} at once); slow down",
-                    self.limits.requests_per_second, self.limits.requests_burst
-                ),
-            )
-            .with_retry_after_ms(wait_ms));
-        }
-        self.tokens_milli -= 1000;
-        Ok(())
+        let SessionLimits {
+            requests_per_second,
+            requests_burst,
+        } = self.limits;
+        self.requests
+            .take(now_ms, requests_per_second, requests_burst)
+            .map_err(|wait_ms| {
+                ProtoError::new(
+                    ErrorCode::Throttled,
+                    format!(
+                        "too many requests ({requests_per_second} a second, {requests_burst} at \
+                         once); slow down"
+                    ),
+                )
+                .with_retry_after_ms(wait_ms)
+            })
     }
 }
 

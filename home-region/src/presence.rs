@@ -105,15 +105,18 @@ impl Entry {
         }
     }
 
+    /// What every watcher may see now.
+    fn updates(&self, account: AccountId) -> impl Iterator<Item = Update> + '_ {
+        self.watchers.iter().map(move |&(stream, watcher)| Update {
+            stream,
+            watcher,
+            info: self.info_for(account, watcher.account),
+        })
+    }
+
     /// The updates of every watcher the change is shown to.
     fn shown_updates(&self, account: AccountId) -> Vec<Update> {
-        self.watchers
-            .iter()
-            .map(|&(stream, watcher)| Update {
-                stream,
-                watcher,
-                info: self.info_for(account, watcher.account),
-            })
+        self.updates(account)
             .filter(|update| update.info.state() != PresenceState::Hidden)
             .collect()
     }
@@ -248,15 +251,7 @@ impl PresenceBoard {
             return Vec::new();
         };
         entry.privacy = Some(Privacy::from_wire(Some(privacy)));
-        entry
-            .watchers
-            .iter()
-            .map(|&(stream, watcher)| Update {
-                stream,
-                watcher,
-                info: entry.info_for(account, watcher.account),
-            })
-            .collect()
+        entry.updates(account).collect()
     }
 
     /// The devices of `account` connected now (where typing indicators for it go).

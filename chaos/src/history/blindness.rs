@@ -12,23 +12,9 @@ pub fn check_blindness<'a>(
     planned: &BTreeMap<MessageRef, u32>,
     stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Vec<Violation> {
-    let mut violations = Vec::new();
-    for (key, value) in stored {
-        for bytes in [key, value] {
-            for message in plaintexts_in(bytes) {
-                if planned.contains_key(&message) {
-                    violations.push(Violation {
-                        invariant: Invariant::Blindness,
-                        detail: format!(
-                            "{place} stores the plaintext of {message} under key {}",
-                            printable(key)
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    violations
+    find_plaintexts(place, stored, plaintexts_in, |message| {
+        planned.contains_key(message)
+    })
 }
 
 /// I5 for groups: finds plaintext of the workload's group messages (`planned`) in what a server
@@ -38,22 +24,33 @@ pub fn check_group_blindness<'a>(
     planned: &BTreeSet<GroupMessageRef>,
     stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Vec<Violation> {
-    let mut violations = Vec::new();
     if planned.is_empty() {
-        return violations;
+        return Vec::new();
     }
+    find_plaintexts(place, stored, group_plaintexts_in, |message| {
+        planned.contains(message)
+    })
+}
+
+/// A violation for every text `found_in` finds in a stored key or value that `planned` says the
+/// workload sent.
+fn find_plaintexts<'a, M: std::fmt::Display>(
+    place: &str,
+    stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    found_in: impl Fn(&[u8]) -> Vec<M>,
+    planned: impl Fn(&M) -> bool,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
     for (key, value) in stored {
         for bytes in [key, value] {
-            for message in group_plaintexts_in(bytes) {
-                if planned.contains(&message) {
-                    violations.push(Violation {
-                        invariant: Invariant::Blindness,
-                        detail: format!(
-                            "{place} stores the plaintext of {message} under key {}",
-                            printable(key)
-                        ),
-                    });
-                }
+            for message in found_in(bytes).iter().filter(|message| planned(message)) {
+                violations.push(Violation {
+                    invariant: Invariant::Blindness,
+                    detail: format!(
+                        "{place} stores the plaintext of {message} under key {}",
+                        printable(key)
+                    ),
+                });
             }
         }
     }
