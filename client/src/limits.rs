@@ -90,6 +90,11 @@ pub const SYNC_RETRY_BUDGET_MS: u64 = 30_000;
 
 // --- The queue ---
 
+/// Times a store checkpoint is tried while another process's reader keeps it from finishing.
+pub const CHECKPOINT_ATTEMPTS_MAX: u32 = 10;
+/// Pause between two checkpoint attempts, in ms (a device closing waits at most about 0.2 s).
+pub const CHECKPOINT_RETRY_MS: u64 = 20;
+
 /// While a device is open and live, how often the queue is fetched even without a push, in ms.
 pub const POLL_INTERVAL_MS: u64 = 10_000;
 /// How long `relay presence` waits for the watched account's home region to say its presence,

@@ -24,6 +24,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Store, Writer, address, to_i64, to_u32, to_u64};
 use crate::error::{ClientError, Result};
+use crate::limits::{CHECKPOINT_ATTEMPTS_MAX, CHECKPOINT_RETRY_MS};
 
 /// How far a sent message got. Only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -292,11 +293,23 @@ impl Store {
     }
 
     /// Folds the write-ahead log into the database and empties it, so content zeroed in the
-    /// database (`secure_delete`) leaves no older copy of its pages in the log. Another process
-    /// reading the database at the time may keep part of the log; the next call empties it.
+    /// database (`secure_delete`) leaves no older copy of its pages in the log, and the zeroed
+    /// pages reach the database file. Another process reading the database at the time keeps
+    /// the checkpoint from finishing (SQLite answers "busy"): it is tried again, at most
+    /// [`CHECKPOINT_ATTEMPTS_MAX`] times [`CHECKPOINT_RETRY_MS`] apart, and what is left then
+    /// goes with the next call.
     pub fn checkpoint(&self) -> Result<()> {
-        self.connection
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        for attempt in 1..=CHECKPOINT_ATTEMPTS_MAX {
+            let busy: i64 =
+                self.connection
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+            if busy == 0 {
+                break;
+            }
+            if attempt < CHECKPOINT_ATTEMPTS_MAX {
+                std::thread::sleep(std::time::Duration::from_millis(CHECKPOINT_RETRY_MS));
+            }
+        }
         Ok(())
     }
 
