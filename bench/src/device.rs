@@ -401,8 +401,9 @@ pub enum Arrival {
         /// Its opaque bytes, as in [`Arrival::Message`].
         ciphertext: Vec<u8>,
     },
-    /// A receipt for a message this device sent.
-    Receipt,
+    /// Receipts for messages this device sent: how many the entry held (one, or a region's
+    /// batch of them).
+    Receipts(u64),
 }
 
 /// A device queue that broke a rule.
@@ -546,7 +547,10 @@ impl Inbox {
                         });
                     }
                 }
-                Some(queue_entry::Item::Receipt(_)) => Arrival::Receipt,
+                Some(queue_entry::Item::Receipt(_)) => Arrival::Receipts(1),
+                Some(queue_entry::Item::Receipts(batch)) => {
+                    Arrival::Receipts(batch.receipts.len() as u64)
+                }
                 None => return Err(InboxError::Malformed("an entry with no item".into())),
             };
             self.cursor = entry.queue_seq;
@@ -1734,7 +1738,7 @@ mod tests {
             arrivals[1],
             Arrival::Message { sender_seq: 2, .. }
         ));
-        assert_eq!(arrivals[2], Arrival::Receipt);
+        assert_eq!(arrivals[2], Arrival::Receipts(1));
         assert_eq!(inbox.cursor(), 3);
         let second = inbox.next_fetch();
         assert_eq!(second.ack, None);

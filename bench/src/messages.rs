@@ -1403,8 +1403,8 @@ impl Recorder {
                 self.message(payload(&ciphertext)?, at, unannounced);
             }
             Arrival::Duplicate { ciphertext, .. } => self.duplicate(payload(&ciphertext)?.row),
-            Arrival::Receipt => {
-                self.lock().receipts += 1;
+            Arrival::Receipts(count) => {
+                self.lock().receipts += count;
                 self.changed.notify_waiters();
             }
         }
@@ -1489,6 +1489,8 @@ impl Recorder {
                         Some(queue_entry::Item::Message(message)) =>
                             format!("message {} of {:?}", message.sender_seq, message.sender),
                         Some(queue_entry::Item::Receipt(_)) => "a receipt".to_owned(),
+                        Some(queue_entry::Item::Receipts(batch)) =>
+                            format!("{} receipts", batch.receipts.len()),
                         None => "nothing".to_owned(),
                     }
                 )),

@@ -191,6 +191,11 @@ pub fn process_entries(
             Some(queue_entry::Item::Receipt(receipt)) => {
                 process_receipt(writer, me, receipt, &mut reports)?
             }
+            Some(queue_entry::Item::Receipts(batch)) => {
+                for receipt in &batch.receipts {
+                    process_receipt(writer, me, receipt, &mut reports)?;
+                }
+            }
             None => reports.push(Inbound::Warning(format!(
                 "queue entry {} is of a kind this build does not know",
                 entry.queue_seq
@@ -615,7 +620,7 @@ fn process_receipt(
 #[cfg(test)]
 mod tests {
     use relay_proto::DeviceId;
-    use relay_proto::wire::{DeviceAddr, QueueEntry};
+    use relay_proto::wire::{self, DeviceAddr, QueueEntry};
 
     use super::*;
     use crate::store::Store;
@@ -888,6 +893,66 @@ mod tests {
         assert_eq!(
             (tick(&alice, first), tick(&alice, second)),
             (Tick::Delivered, Tick::Read)
+        );
+    }
+
+    #[test]
+    fn an_entry_of_receipts_moves_each_message_it_names() {
+        let alice_device = device(1, 1);
+        let bob_device = device(2, 1);
+        let mut alice = side(alice_device);
+        let chat = ChatId::direct(AccountId(1), AccountId(2));
+        let ids = [ClientMessageId([31; 16]), ClientMessageId([32; 16])];
+        alice
+            .store
+            .write(|w| {
+                for (seq, id) in (1..).zip(ids) {
+                    w.insert_message(&NewMessage {
+                        chat,
+                        peer: AccountId(2),
+                        outgoing: true,
+                        sender: alice_device,
+                        client_message_id: id,
+                        sender_seq: seq,
+                        chat_seq: None,
+                        text: Some("hello"),
+                        sent_at_ms: 42,
+                        server_time_ms: None,
+                        tick: Tick::Sent,
+                        undecryptable: None,
+                    })?;
+                    w.set_recipients(alice_device, id, &[bob_device])?;
+                    w.mark_recipients_sent(alice_device, id, 43)?;
+                }
+                Ok(())
+            })
+            .expect("sent");
+        let receipt = |id: ClientMessageId| QueuedReceipt {
+            chat: chat.0.to_vec(),
+            client_message_id: id.0.to_vec(),
+            recipient: DeviceAddr::from(bob_device),
+            state: ReceiptState::Delivered as i32,
+            at_ms: 50,
+            sender: DeviceAddr::from(alice_device),
+        };
+        let batch = QueueEntry {
+            queue_seq: 1,
+            item: Some(queue_entry::Item::Receipts(wire::QueuedReceipts {
+                // The second receipt twice: a duplicate inside a batch moves nothing again.
+                receipts: vec![receipt(ids[0]), receipt(ids[1]), receipt(ids[1])],
+            })),
+        };
+        let reports = process(&mut alice, &[batch]);
+        let ticks: Vec<_> = reports
+            .iter()
+            .map(|report| match report {
+                Inbound::Tick { id, tick, .. } => (*id, *tick),
+                other => panic!("a tick, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            ticks,
+            vec![(ids[0], Tick::Delivered), (ids[1], Tick::Delivered)]
         );
     }
 

@@ -41,6 +41,7 @@
 //! range clears. A region with very hot chats can move to versionstamped entry keys (no
 //! counter read, no conflict) and number entries when reading.
 
+use bytes::Bytes;
 use prost::Message;
 use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
@@ -115,8 +116,8 @@ pub struct LogEntry {
     pub sender_region: RegionId,
     /// When the entry was stored, in milliseconds since the Unix epoch.
     pub server_time_ms: u64,
-    /// The encoded envelope.
-    pub envelope_bytes: Vec<u8>,
+    /// The encoded envelope, shared with the record it was read from (no copy).
+    pub envelope_bytes: Bytes,
 }
 
 /// Appends an envelope: dedupe first, then the sender-FIFO check, then the next chat sequence.
@@ -191,7 +192,7 @@ pub async fn append_after(
         sender_seq: entry.sender_seq,
         sender_region: entry.sender_region.0,
         server_time_ms: now_ms,
-        envelope: entry.envelope_bytes.to_vec(),
+        envelope: Bytes::copy_from_slice(entry.envelope_bytes),
     };
     // `chat_seq` is one past `last_seq`, read above with a conflict, and every entry is
     // written together with `last_seq` raised to its sequence (nothing else writes entries;
@@ -257,7 +258,7 @@ pub async fn entry(
 ) -> Result<Option<LogEntry>, StoreError> {
     let log = ChatLog::new(chat);
     match read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await? {
-        Some(bytes) => log_entry(chat_seq, &bytes).map(Some),
+        Some(bytes) => log_entry(chat_seq, bytes).map(Some),
         None => Ok(None),
     }
 }
@@ -279,8 +280,8 @@ pub async fn read_range(
     let records =
         read_chunked_range(transaction, &log.entries, &begin, limit, "chat log entry").await?;
     records
-        .iter()
-        .map(|(chat_seq, bytes)| log_entry(*chat_seq, bytes))
+        .into_iter()
+        .map(|(chat_seq, bytes)| log_entry(chat_seq, bytes))
         .collect()
 }
 
@@ -310,8 +311,8 @@ struct StoredEntry {
     sender_region: u32,
     #[prost(uint64, tag = "6")]
     server_time_ms: u64,
-    #[prost(bytes = "vec", tag = "7")]
-    envelope: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "7")]
+    envelope: Bytes,
 }
 
 /// The stored original result of an append, for answering retries.
@@ -336,8 +337,11 @@ impl ChatLog {
     }
 }
 
-fn log_entry(chat_seq: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
-    let stored: StoredEntry = decode_record(bytes, "chat log entry")?;
+/// Decodes a stored entry; its envelope stays in `bytes`' buffer (a group message's envelope
+/// holds an entry per member device: read once per member, it is not copied).
+fn log_entry(chat_seq: u64, bytes: Vec<u8>) -> Result<LogEntry, StoreError> {
+    let stored = StoredEntry::decode(Bytes::from(bytes))
+        .map_err(|error| StoreError::corrupt("chat log entry", error))?;
     let client_message_id = ClientMessageId::from_bytes(&stored.client_message_id)
         .map_err(|error| StoreError::corrupt("chat log entry", error))?;
     Ok(LogEntry {
@@ -504,7 +508,7 @@ mod tests {
             .expect("reads");
         let sequences: Vec<_> = entries.iter().map(|entry| entry.chat_seq).collect();
         assert_eq!(sequences, [1, 2, 3]);
-        assert_eq!(entries[2].envelope_bytes, b"a2");
+        assert_eq!(&entries[2].envelope_bytes[..], b"a2");
         let stored = stored.expect("entry 2");
         assert_eq!(
             (stored.sender, stored.sender_seq, stored.server_time_ms),
@@ -612,13 +616,7 @@ mod tests {
             .expect("read");
         let stored: Vec<_> = entries
             .iter()
-            .map(|entry| {
-                (
-                    entry.chat_seq,
-                    entry.sender,
-                    entry.envelope_bytes.as_slice(),
-                )
-            })
+            .map(|entry| (entry.chat_seq, entry.sender, &entry.envelope_bytes[..]))
             .collect();
         assert_eq!(stored, [(1, ALICE, &b"a1"[..]), (2, BOB, &b"b1"[..])]);
     }
@@ -680,10 +678,10 @@ mod tests {
             .expect("reads");
         assert_eq!(first_two.len(), 2);
         assert_eq!(first_two[0].envelope_bytes, large);
-        assert_eq!(first_two[1].envelope_bytes, b"small");
+        assert_eq!(&first_two[1].envelope_bytes[..], b"small");
         let after_one: Vec<_> = after_one.iter().map(|entry| entry.chat_seq).collect();
         assert_eq!(after_one, [2, 3]);
-        assert_eq!(whole.map(|entry| entry.envelope_bytes), Some(large));
+        assert_eq!(whole.map(|entry| entry.envelope_bytes), Some(large.into()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -854,7 +852,7 @@ mod properties {
                             sender_seq,
                             sender_region: entry.sender_region,
                             server_time_ms: now_ms,
-                            envelope_bytes: bytes.clone(),
+                            envelope_bytes: bytes.clone().into(),
                         });
                         model.dedupe.insert((sender, id), (chat_seq, now_ms));
                         model.sender_seqs.insert(sender, sender_seq);

@@ -127,6 +127,8 @@ pub enum QueueItem {
     },
     /// A receipt for the device, opaque to the queue.
     Receipt(Vec<u8>),
+    /// Several receipts for the device as one entry, opaque to the queue.
+    Receipts(Vec<u8>),
 }
 
 /// What [`append`] did.
@@ -467,7 +469,7 @@ pub fn set_depth(
 /// The stored form of a queue item.
 #[derive(Clone, PartialEq, Message)]
 struct StoredItem {
-    #[prost(oneof = "stored_item::Kind", tags = "1, 2")]
+    #[prost(oneof = "stored_item::Kind", tags = "1, 2, 4")]
     kind: Option<stored_item::Kind>,
     /// When the entry was enqueued, in milliseconds since the Unix epoch (0: before the field).
     #[prost(uint64, tag = "3")]
@@ -482,6 +484,9 @@ mod stored_item {
         MessageRef(super::StoredMessageRef),
         #[prost(bytes = "vec", tag = "2")]
         Receipt(Vec<u8>),
+        // Tag 3 is the entry's enqueue time.
+        #[prost(bytes = "vec", tag = "4")]
+        Receipts(Vec<u8>),
     }
 }
 
@@ -658,6 +663,7 @@ fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
             })
         }
         QueueItem::Receipt(bytes) => stored_item::Kind::Receipt(bytes.clone()),
+        QueueItem::Receipts(bytes) => stored_item::Kind::Receipts(bytes.clone()),
     };
     StoredItem {
         kind: Some(kind),
@@ -675,6 +681,7 @@ fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
             chat_seq: reference.chat_seq,
         },
         Some(stored_item::Kind::Receipt(bytes)) => QueueItem::Receipt(bytes),
+        Some(stored_item::Kind::Receipts(bytes)) => QueueItem::Receipts(bytes),
         None => return Err(StoreError::corrupt("device queue entry", "no item")),
     };
     Ok((item, stored.enqueued_at_ms))
@@ -1104,6 +1111,7 @@ mod properties {
                 chat_seq,
             }),
             prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipt),
+            prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipts),
         ]
     }
 

@@ -52,7 +52,8 @@ use fdb_layers::{
 use prost::Message;
 use relay_planted::PlantedBug;
 use relay_proto::limits::{
-    GROUP_MEMBERS_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
+    GROUP_MEMBERS_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX,
+    QUEUE_FETCH_ENTRIES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
 };
 use relay_proto::wire::{
     self, AccountDevices, AccountInfo, Committed, DeviceKeys, EnvelopeKind, GroupChanged,
@@ -64,6 +65,7 @@ use relay_proto::{
 };
 
 use crate::limits::EXPIRE_BATCH_ENTRIES_MAX;
+use crate::stored_envelope;
 
 /// What a device whose state went back (a data directory restored from a copy) is told to do.
 pub const ROLLED_BACK_ADVICE: &str = "register this device again in a new data directory \
@@ -546,7 +548,7 @@ pub async fn fetch_and_ack(
         );
     }
     let mut effects = Effects::default();
-    let mut pushes = outbox::Pushes::new();
+    let mut routing = ReceiptRouting::new();
     if let Some(ack) = &request.ack {
         let removed = device_queue::ack(tx, device, &ack.queue_seqs).await?;
         if let Some(highest) = removed.iter().map(|(queue_seq, _)| *queue_seq).max() {
@@ -568,11 +570,12 @@ pub async fn fetch_and_ack(
                 chat_seq,
                 transition,
                 &mut effects,
-                &mut pushes,
+                &mut routing,
             )
             .await?;
         }
     }
+    routing.finish(tx, now_ms, &mut effects).await?;
     let mut batch = QueueBatch {
         entries: Vec::new(),
         // A hint for the device: a snapshot read, so appends to this queue never refuse a
@@ -617,13 +620,14 @@ pub async fn queued_entry(
                     format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
                 ));
             };
-            let envelope = wire::Envelope::decode(&entry.envelope_bytes[..])
+            // Only this device's entry and the group fields are decoded: a group message's
+            // envelope, read once per member, holds an entry per member device.
+            let envelope = stored_envelope::group_fields(&entry.envelope_bytes)
                 .map_err(|error| corrupt("stored envelope", error))?;
             let recipient: wire::DeviceAddr = device.into();
-            let Some(ciphertext) = envelope
-                .ciphertexts
-                .into_iter()
-                .find(|c| c.recipient == recipient)
+            let Some(ciphertext) =
+                stored_envelope::ciphertext_for(&entry.envelope_bytes, recipient)
+                    .map_err(|error| corrupt("stored envelope", error))?
             else {
                 return Err(corrupt(
                     "chat log",
@@ -649,6 +653,10 @@ pub async fn queued_entry(
         }
         QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
             QueuedReceipt::decode(&bytes[..]).map_err(|error| corrupt("stored receipt", error))?,
+        ),
+        QueueItem::Receipts(bytes) => queue_entry::Item::Receipts(
+            wire::QueuedReceipts::decode(&bytes[..])
+                .map_err(|error| corrupt("stored receipts", error))?,
         ),
     };
     Ok(QueueEntry {
@@ -729,7 +737,7 @@ pub async fn repair_queue_entry(
         state: ReceiptState::Expired,
         now_ms,
     };
-    let mut pushes = outbox::Pushes::new();
+    let mut routing = ReceiptRouting::new();
     route_receipt(
         tx,
         local,
@@ -738,9 +746,10 @@ pub async fn repair_queue_entry(
         chat_seq,
         transition,
         &mut effects,
-        &mut pushes,
+        &mut routing,
     )
     .await?;
+    routing.finish(tx, now_ms, &mut effects).await?;
     let repair = EntryRepair::RemovedSenderTold {
         sender: entry.sender,
         client_message_id: entry.client_message_id,
@@ -816,7 +825,7 @@ pub async fn expire_queues(
     )
     .await?;
     let mut effects = Effects::default();
-    let mut pushes = outbox::Pushes::new();
+    let mut routing = ReceiptRouting::new();
     for (device, _, item) in &report.expired {
         let QueueItem::MessageRef { chat, chat_seq } = *item else {
             continue;
@@ -833,10 +842,11 @@ pub async fn expire_queues(
             chat_seq,
             transition,
             &mut effects,
-            &mut pushes,
+            &mut routing,
         )
         .await?;
     }
+    routing.finish(tx, now_ms, &mut effects).await?;
     let expired = ExpiredQueues {
         expired_entries: report.expired.len(),
         more: report.more,
@@ -864,7 +874,7 @@ async fn route_receipt(
     chat_seq: u64,
     transition: Transition,
     effects: &mut Effects,
-    pushes: &mut outbox::Pushes,
+    routing: &mut ReceiptRouting,
 ) -> Result<(), StoreError> {
     let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
         return Ok(());
@@ -877,36 +887,20 @@ async fn route_receipt(
         at_ms: transition.now_ms,
         sender: entry.sender.into(),
     };
-    if entry.sender_region == local && !is_group_envelope(&entry.envelope_bytes) {
-        deliver_receipt(
-            tx,
-            &receipt,
-            transition.now_ms,
-            effects,
-            &mut SenderDevices::new(),
-        )
-        .await
+    if entry.sender_region == local && !stored_envelope::is_group(&entry.envelope_bytes) {
+        routing.local.deliver(tx, receipt).await
     } else {
         // Elsewhere, or a group message's: every member's ack of one message makes a receipt
         // for the same sender queue, and appending each in its own ack would make those acks
         // conflict on that queue. The receipt is pushed to this region's outbox (versionstamped,
         // no read) and the pump appends a batch of them in one transaction
         // (`deliver_local_receipts`).
-        pushes.push(tx, entry.sender_region, &receipt.encode_to_vec())?;
+        routing
+            .pushes
+            .push(tx, entry.sender_region, &receipt.encode_to_vec())?;
         effects.outbox_pushed = true;
         Ok(())
     }
-}
-
-/// Whether a stored envelope is a group envelope, read without decoding its ciphertexts (a
-/// full group's message has thousands of entries, skipped here, not copied).
-fn is_group_envelope(envelope_bytes: &[u8]) -> bool {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct GroupField {
-        #[prost(uint64, tag = "8")]
-        group: u64,
-    }
-    GroupField::decode(envelope_bytes).is_ok_and(|envelope| envelope.group != 0)
 }
 
 /// Appends the oldest receipts this region's outbox holds for itself (group receipts, see
@@ -924,89 +918,144 @@ pub async fn deliver_local_receipts(
         return Ok(Ok((0, effects)));
     };
     // A batch's receipts are mostly for one sender (a group message's members): its devices
-    // are read once.
-    let mut senders = SenderDevices::new();
+    // are read once, and each of them gets the batch's receipts as one queue entry.
+    let mut receipts = LocalReceipts::default();
     for (_, bytes) in &entries {
         match QueuedReceipt::decode(bytes.as_slice()) {
-            Ok(receipt) => {
-                deliver_receipt(tx, &receipt, now_ms, &mut effects, &mut senders).await?
-            }
+            Ok(receipt) => receipts.deliver(tx, receipt).await?,
             Err(error) => tracing::error!(%error, "dropping an undecodable receipt of the outbox"),
         }
     }
+    receipts.finish(tx, now_ms, &mut effects).await?;
     outbox::remove_through(tx, local, last);
     Ok(Ok((entries.len(), effects)))
 }
 
-/// Records a receipt for a message sent from this region and queues it (enqueued at `now_ms`)
-/// for every device of the sender's account, unless the state does not move forward.
-/// The devices of the senders a transaction's receipts went to, read once per sender.
-type SenderDevices = BTreeMap<AccountId, Vec<DeviceAddress>>;
+/// The receipts one transaction routes: pushes to the outbox (numbered in order), and the
+/// receipts for senders homed here.
+struct ReceiptRouting {
+    pushes: outbox::Pushes,
+    local: LocalReceipts,
+}
 
-async fn deliver_receipt(
-    tx: &Transaction,
-    receipt: &QueuedReceipt,
-    now_ms: u64,
-    effects: &mut Effects,
-    senders: &mut SenderDevices,
-) -> Result<(), StoreError> {
-    let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
-        relay_proto::ChatId::from_bytes(&receipt.chat),
-        relay_proto::ClientMessageId::from_bytes(&receipt.client_message_id),
-        receipt.recipient.parse(),
-        receipt.sender.parse(),
-    ) else {
-        tracing::warn!("dropping a malformed receipt");
-        return Ok(());
-    };
-    let Ok(state) = ReceiptState::try_from(receipt.state) else {
-        tracing::warn!(
-            state = receipt.state,
-            "dropping a receipt with an unknown state"
-        );
-        return Ok(());
-    };
-    if !receipts::advance(tx, chat, message, recipient, state).await? {
-        return Ok(());
+impl ReceiptRouting {
+    fn new() -> Self {
+        ReceiptRouting {
+            pushes: outbox::Pushes::new(),
+            local: LocalReceipts::default(),
+        }
     }
-    let bytes = receipt.encode_to_vec();
-    let devices = match senders.get(&sender.account) {
-        Some(devices) => devices.clone(),
-        None => {
-            let devices: Vec<DeviceAddress> = directory::devices(tx, sender.account)
+
+    /// Queues the receipts for senders homed here (see [`LocalReceipts::finish`]).
+    async fn finish(
+        self,
+        tx: &Transaction,
+        now_ms: u64,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        self.local.finish(tx, now_ms, effects).await
+    }
+}
+
+/// Receipts for messages sent from this region that moved forward in one transaction, by the
+/// sender device that gets them, with the devices of each sender account read once.
+#[derive(Default)]
+struct LocalReceipts {
+    senders: BTreeMap<AccountId, Vec<DeviceAddress>>,
+    queued: BTreeMap<DeviceAddress, Vec<QueuedReceipt>>,
+}
+
+impl LocalReceipts {
+    /// Records `receipt` (forward-only: a receipt that does not move its message's state
+    /// forward is dropped) and keeps it for every device of the sender's account.
+    async fn deliver(
+        &mut self,
+        tx: &Transaction,
+        receipt: QueuedReceipt,
+    ) -> Result<(), StoreError> {
+        let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
+            relay_proto::ChatId::from_bytes(&receipt.chat),
+            relay_proto::ClientMessageId::from_bytes(&receipt.client_message_id),
+            receipt.recipient.parse(),
+            receipt.sender.parse(),
+        ) else {
+            tracing::warn!("dropping a malformed receipt");
+            return Ok(());
+        };
+        let Ok(state) = ReceiptState::try_from(receipt.state) else {
+            tracing::warn!(
+                state = receipt.state,
+                "dropping a receipt with an unknown state"
+            );
+            return Ok(());
+        };
+        if !receipts::advance(tx, chat, message, recipient, state).await? {
+            return Ok(());
+        }
+        let sender: DeviceAddress = sender;
+        if !self.senders.contains_key(&sender.account) {
+            let devices = directory::devices(tx, sender.account)
                 .await?
                 .into_iter()
                 .map(|device| device.device)
                 .collect();
-            senders.insert(sender.account, devices.clone());
-            devices
+            self.senders.insert(sender.account, devices);
         }
-    };
-    for address in devices {
-        let item = QueueItem::Receipt(bytes.clone());
-        // The sender's own queue may be the damaged one: that must not fail (and quarantine)
-        // the device whose ack or the region whose batch brought the receipt. An append that
-        // does not decode the queue's counters fails before it writes; the sender's device is
-        // quarantined when it fetches.
-        let appended = match device_queue::append(tx, address, &item, now_ms).await {
-            Err(error @ StoreError::Corrupt { .. }) => {
-                tracing::error!(%address, %error, "the queue of the receipt's sender device cannot be read; receipt recorded but not queued");
-                continue;
-            }
-            appended => appended?,
-        };
-        match appended {
-            QueueAppend::Appended { queue_seq } => {
-                effects.notify.insert(address, queue_seq);
-            }
-            // The receipt's state is recorded above; only its push to a device whose queue
-            // is at the cap is skipped, so acknowledging the message never fails because of it.
-            QueueAppend::Full { depth } => {
-                tracing::warn!(%address, depth, "queue full; receipt recorded but not queued");
-            }
+        for address in self.senders.get(&sender.account).into_iter().flatten() {
+            self.queued
+                .entry(*address)
+                .or_default()
+                .push(receipt.clone());
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Queues each device's receipts (enqueued at `now_ms`): one receipt as a `Receipt` entry,
+    /// more as `Receipts` entries of at most [`RECEIPTS_PER_QUEUE_ENTRY_MAX`] each, so a group
+    /// message's receipts from a batch of members cost the sender's devices one entry each.
+    async fn finish(
+        self,
+        tx: &Transaction,
+        now_ms: u64,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        for (address, receipts) in self.queued {
+            for chunk in receipts.chunks(RECEIPTS_PER_QUEUE_ENTRY_MAX) {
+                let item = match chunk {
+                    [receipt] => QueueItem::Receipt(receipt.encode_to_vec()),
+                    _ => QueueItem::Receipts(
+                        wire::QueuedReceipts {
+                            receipts: chunk.to_vec(),
+                        }
+                        .encode_to_vec(),
+                    ),
+                };
+                // The sender's own queue may be the damaged one: that must not fail (and
+                // quarantine) the device whose ack or the region whose batch brought the
+                // receipt. An append that does not decode the queue's counters fails before it
+                // writes; the sender's device is quarantined when it fetches.
+                let appended = match device_queue::append(tx, address, &item, now_ms).await {
+                    Err(error @ StoreError::Corrupt { .. }) => {
+                        tracing::error!(%address, %error, "the queue of the receipt's sender device cannot be read; receipt recorded but not queued");
+                        break;
+                    }
+                    appended => appended?,
+                };
+                match appended {
+                    QueueAppend::Appended { queue_seq } => {
+                        effects.notify.insert(address, queue_seq);
+                    }
+                    // The receipt's state is recorded; only its push to a device whose queue is
+                    // at the cap is skipped, so acknowledging the message never fails because
+                    // of it.
+                    QueueAppend::Full { depth } => {
+                        tracing::warn!(%address, depth, "queue full; receipt recorded but not queued");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Applies receipts forwarded by another region, once each (by origin region and sequence).
@@ -1017,7 +1066,7 @@ pub async fn apply_forwarded_receipts(
     now_ms: u64,
 ) -> Outcome<()> {
     let mut effects = Effects::default();
-    let mut senders = SenderDevices::new();
+    let mut receipts = LocalReceipts::default();
     for forward in &request.receipts {
         let Ok(sender) = forward.receipt.sender.parse() else {
             return refuse(ErrorCode::Malformed, "receipt with an invalid sender");
@@ -1038,9 +1087,10 @@ pub async fn apply_forwarded_receipts(
             );
         };
         if outbox::mark_applied(tx, RegionId(forward.origin_region), origin_seq).await? {
-            deliver_receipt(tx, &forward.receipt, now_ms, &mut effects, &mut senders).await?;
+            receipts.deliver(tx, forward.receipt.clone()).await?;
         }
     }
+    receipts.finish(tx, now_ms, &mut effects).await?;
     Ok(Ok(((), effects)))
 }
 
@@ -2070,7 +2120,8 @@ mod tests {
                 .expect("store")
                 .expect("applied");
         assert_eq!(taken, 5);
-        assert_eq!(effects.notify.get(&alice1), Some(&5));
+        // One entry holds them all: alice's queue grows by one, not by a member count.
+        assert_eq!(effects.notify.get(&alice1), Some(&1));
         let (taken, _) =
             f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
                 .await
@@ -2078,21 +2129,37 @@ mod tests {
                 .expect("applied");
         assert_eq!(taken, 0);
         let (batch, _) = fetch(&f.db, alice1, &[]).await;
-        let recipients: BTreeSet<wire::DeviceAddr> = batch
-            .entries
+        assert_eq!(batch.entries.len(), 1, "{batch:?}");
+        let Some(queue_entry::Item::Receipts(receipts)) = &batch.entries[0].item else {
+            panic!("an entry of receipts, got {:?}", batch.entries[0]);
+        };
+        let recipients: BTreeSet<wire::DeviceAddr> = receipts
+            .receipts
             .iter()
-            .map(|entry| match &entry.item {
-                Some(queue_entry::Item::Receipt(receipt)) => {
-                    assert_eq!(receipt.state, ReceiptState::Delivered as i32);
-                    receipt.recipient
-                }
-                other => panic!("a receipt, got {other:?}"),
+            .map(|receipt| {
+                assert_eq!(receipt.state, ReceiptState::Delivered as i32);
+                assert!(
+                    receipt.encoded_len() <= relay_proto::limits::QUEUED_RECEIPT_ENCODED_BYTES_MAX
+                );
+                receipt.recipient
             })
             .collect();
         assert_eq!(
             recipients,
             devices.iter().map(|device| (*device).into()).collect()
         );
+
+        // A member acknowledging again (a retried ack) moves nothing: no entry for alice.
+        let (_, effects) = fetch_after(&f.db, devices[0], &[1], 1)
+            .await
+            .expect("fetched");
+        assert!(!effects.outbox_pushed);
+        let (taken, effects) =
+            f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+                .await
+                .expect("store")
+                .expect("applied");
+        assert_eq!((taken, effects.notify.get(&alice1)), (0, None));
     }
 
     #[tokio::test]
@@ -2391,7 +2458,7 @@ mod tests {
             let (key, mut value) = rows.into_iter().next().expect("one chunk");
             let at = value
                 .windows(envelope.len())
-                .position(|window| window == envelope.as_slice())
+                .position(|window| window == &envelope[..])
                 .expect("the envelope is in the record");
             value[at] = 0xff;
             tx.set(&key, &value)

@@ -23,6 +23,7 @@ pub mod presence;
 pub mod repair;
 pub mod service;
 pub mod store_check;
+mod stored_envelope;
 
 pub use config::RegionConfig;
 pub use service::{RegionError, RegionParts, RegionService};

@@ -43,6 +43,19 @@ pub const QUEUE_FETCH_BYTES_MAX: usize = 512 * 1024;
 /// sender, tags and lengths), for the relations below.
 pub const QUEUE_ENTRY_OVERHEAD_BYTES_MAX: usize = 1_024;
 
+/// Most bytes of one encoded queued receipt (two 16-byte ids, two device addresses, a state
+/// and a time, with their tags and lengths), for the relation below.
+pub const QUEUED_RECEIPT_ENCODED_BYTES_MAX: usize = 128;
+
+/// Most receipts in one queue entry of receipts (`wire::QueuedReceipts`).
+pub const RECEIPTS_PER_QUEUE_ENTRY_MAX: usize = 256;
+
+/// An entry of receipts is no larger than the largest message entry, so the fetch page's
+/// relations below hold for it.
+const _: () = assert!(
+    RECEIPTS_PER_QUEUE_ENTRY_MAX * (QUEUED_RECEIPT_ENCODED_BYTES_MAX + 3) <= CIPHERTEXT_BYTES_MAX
+);
+
 /// Size of the authentication nonce the edge sends, in bytes.
 pub const AUTH_NONCE_BYTES: usize = 32;
 

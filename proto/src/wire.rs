@@ -635,6 +635,17 @@ pub struct QueuedReceipt {
     pub sender: DeviceAddr,
 }
 
+/// Receipts queued together as one entry: those a region applies in one transaction (a batch
+/// of its outbox, or a batch forwarded by another region) for one device, in the order they
+/// were applied. A group message's members acknowledge it within moments of each other, so the
+/// sender's devices get their receipts in a few entries instead of one per member device.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueuedReceipts {
+    /// The receipts (at most [`crate::limits::RECEIPTS_PER_QUEUE_ENTRY_MAX`]).
+    #[prost(message, repeated, tag = "1")]
+    pub receipts: Vec<QueuedReceipt>,
+}
+
 /// One entry of a device queue.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct QueueEntry {
@@ -642,7 +653,7 @@ pub struct QueueEntry {
     #[prost(uint64, tag = "1")]
     pub queue_seq: u64,
     /// What the entry holds.
-    #[prost(oneof = "queue_entry::Item", tags = "2, 3")]
+    #[prost(oneof = "queue_entry::Item", tags = "2, 3, 4")]
     pub item: Option<queue_entry::Item>,
 }
 
@@ -657,6 +668,9 @@ pub mod queue_entry {
         /// A receipt.
         #[prost(message, tag = "3")]
         Receipt(super::QueuedReceipt),
+        /// Several receipts, in order.
+        #[prost(message, tag = "4")]
+        Receipts(super::QueuedReceipts),
     }
 }
 

@@ -164,7 +164,7 @@ fn damage_stored_envelope(path: &Path, chat: ChatId, chat_seq: u64) {
             let (key, mut value) = rows.into_iter().next().expect("one chunk");
             let at = value
                 .windows(envelope.len())
-                .position(|window| window == envelope.as_slice())
+                .position(|window| window == &envelope[..])
                 .expect("the envelope is in the record");
             value[at] = 0xff;
             tx.set(&key, &value)
