@@ -1226,6 +1226,7 @@ impl EdgeLink {
         let signal = TypingSignal {
             peer: peer.0,
             typing,
+            group: 0,
         };
         match self.call(client_request::Body::Typing(signal)).await? {
             client_response::Body::TypingSent(answer) if answer == signal => Ok(()),

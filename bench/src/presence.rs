@@ -273,6 +273,7 @@ pub fn run(
             body: Some(client_request::Body::Typing(TypingSignal {
                 peer: u64::from(u32::MAX),
                 typing: true,
+                group: 0,
             })),
         };
         let seconds = options.ceiling_seconds;

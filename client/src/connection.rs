@@ -357,12 +357,9 @@ impl EdgeConnection {
         }
     }
 
-    /// A typing indicator for `peer`.
-    pub async fn typing(&self, peer: AccountId, typing: bool) -> Result<()> {
-        let signal = relay_proto::wire::TypingSignal {
-            peer: peer.0,
-            typing,
-        };
+    /// A typing indicator in chat `to`.
+    pub async fn typing(&self, to: crate::core::TypingIn, typing: bool) -> Result<()> {
+        let signal = to.signal(typing);
         match self.call(client_request::Body::Typing(signal)).await? {
             client_response::Body::TypingSent(_) => Ok(()),
             other => Err(unexpected("a typing answer", &other)),

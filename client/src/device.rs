@@ -229,8 +229,8 @@ pub(crate) enum Command {
     /// The accounts of this device's 1:1 chats (presence "contacts").
     ChatPeers(Reply<Vec<AccountId>>),
     WatchPresence(AccountId, bool, Reply<()>),
-    Typing(AccountId, bool, Reply<crate::core::TypingSent>),
-    TypingFailed(AccountId),
+    Typing(crate::core::TypingIn, bool, Reply<crate::core::TypingSent>),
+    TypingFailed(crate::core::TypingIn),
     /// The open connection, held for the given time (a blob transfer uses it directly).
     Connection(Duration, Reply<Arc<EdgeConnection>>),
     Close(oneshot::Sender<()>),
@@ -1316,10 +1316,10 @@ impl Actor {
             Command::WatchPresence(account, watch, reply) => {
                 let _ = reply.send(self.core.watch_presence(account, watch));
             }
-            Command::Typing(peer, typing, reply) => {
-                let _ = reply.send(Ok(self.core.send_typing(peer, typing, now)));
+            Command::Typing(to, typing, reply) => {
+                let _ = reply.send(Ok(self.core.send_typing(to, typing, now)));
             }
-            Command::TypingFailed(peer) => self.core.typing_failed(peer),
+            Command::TypingFailed(to) => self.core.typing_failed(to),
             Command::Close(_) => {}
         }
     }

@@ -332,13 +332,18 @@ pub enum Event {
         account: u64,
         /// The peer's typing device.
         device: u32,
+        /// The group whose chat it is typing in (`None`: the 1:1 chat with this account).
+        group: Option<u64>,
         /// Typing, or stopped.
         typing: bool,
     },
-    /// This device told a peer that its user is typing or stopped (`relay typing`).
+    /// This device told a peer, or a group's members, that its user is typing or stopped
+    /// (`relay typing`, `relay group typing`).
     TypingSent {
-        /// The peer's name.
+        /// The peer's name (empty for a group).
         peer: String,
+        /// The group (`None`: the 1:1 chat with `peer`).
+        group: Option<u64>,
         /// Typing, or stopped.
         typing: bool,
         /// Said less than `TYPING_REPEAT_MS` ago already: nothing was sent this time.

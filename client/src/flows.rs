@@ -531,7 +531,7 @@ pub async fn presence(
                         }
                     }
                 }
-                Some(event @ Event::Typing { .. }) if event_peer(&event) == Some(peer) => sink(event),
+                Some(event @ Event::Typing { group: None, .. }) if event_peer(&event) == Some(peer) => sink(event),
                 Some(Event::RolledBack { reason }) => return Err(ClientError::DeviceRolledBack(reason)),
                 Some(event @ Event::Note { .. }) => sink(event),
                 Some(_) => {}
@@ -568,6 +568,25 @@ pub async fn typing(
     let sent = device.set_typing(peer, typing).await?;
     sink(Event::TypingSent {
         peer: peer.to_owned(),
+        group: None,
+        typing,
+        repeated: sent == crate::core::TypingSent::Repeated,
+    });
+    Ok(())
+}
+
+/// `relay group typing GROUP [--stop]`: tells `group`'s members this user is typing in its
+/// chat, or stopped.
+pub async fn group_typing(
+    device: &Device,
+    group: u64,
+    typing: bool,
+    sink: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let sent = device.set_group_typing(group, typing).await?;
+    sink(Event::TypingSent {
+        peer: String::new(),
+        group: Some(group),
         typing,
         repeated: sent == crate::core::TypingSent::Repeated,
     });

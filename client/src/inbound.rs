@@ -806,6 +806,34 @@ mod tests {
         assert_eq!(stored.tick, Tick::Read);
     }
 
+    /// Records message `id` (number `seq` of `chat`) as sent by `sender` to `recipient`'s
+    /// device, ticked ✓.
+    fn sent_to(
+        w: &Writer<'_>,
+        chat: ChatId,
+        sender: DeviceAddress,
+        recipient: DeviceAddress,
+        seq: u64,
+        id: ClientMessageId,
+    ) -> Result<()> {
+        w.insert_message(&NewMessage {
+            chat,
+            peer: recipient.account,
+            outgoing: true,
+            sender,
+            client_message_id: id,
+            sender_seq: seq,
+            chat_seq: None,
+            text: Some("hello"),
+            sent_at_ms: 42,
+            server_time_ms: None,
+            tick: Tick::Sent,
+            undecryptable: None,
+        })?;
+        w.set_recipients(sender, id, &[recipient])?;
+        w.mark_recipients_sent(sender, id, 43)
+    }
+
     #[test]
     fn with_read_receipts_off_a_peers_read_receipt_is_dropped_for_good() {
         let alice_device = device(1, 1);
@@ -823,22 +851,7 @@ mod tests {
             .store
             .write(|w| {
                 for (seq, id) in [(1, first), (2, second)] {
-                    w.insert_message(&NewMessage {
-                        chat,
-                        peer: AccountId(2),
-                        outgoing: true,
-                        sender: alice_device,
-                        client_message_id: id,
-                        sender_seq: seq,
-                        chat_seq: None,
-                        text: Some("hello"),
-                        sent_at_ms: 42,
-                        server_time_ms: None,
-                        tick: Tick::Sent,
-                        undecryptable: None,
-                    })?;
-                    w.set_recipients(alice_device, id, &[bob_device])?;
-                    w.mark_recipients_sent(alice_device, id, 43)?;
+                    sent_to(w, chat, alice_device, bob_device, seq, id)?;
                 }
                 w.set_read_receipts(false)
             })
@@ -907,22 +920,7 @@ mod tests {
             .store
             .write(|w| {
                 for (seq, id) in (1..).zip(ids) {
-                    w.insert_message(&NewMessage {
-                        chat,
-                        peer: AccountId(2),
-                        outgoing: true,
-                        sender: alice_device,
-                        client_message_id: id,
-                        sender_seq: seq,
-                        chat_seq: None,
-                        text: Some("hello"),
-                        sent_at_ms: 42,
-                        server_time_ms: None,
-                        tick: Tick::Sent,
-                        undecryptable: None,
-                    })?;
-                    w.set_recipients(alice_device, id, &[bob_device])?;
-                    w.mark_recipients_sent(alice_device, id, 43)?;
+                    sent_to(w, chat, alice_device, bob_device, seq, id)?;
                 }
                 Ok(())
             })

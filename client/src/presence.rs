@@ -8,11 +8,11 @@
 //! [`relay_proto::limits::TYPING_SHOWN_MS`]. Neither is stored anywhere: the peer's home region keeps only when it
 //! was last seen and its setting.
 
-use relay_proto::AccountId;
 use relay_proto::limits::PRESENCE_CONTACTS_MAX;
 use relay_proto::wire::{PresencePrivacy, PresenceVisibility};
+use relay_proto::{AccountId, GroupId};
 
-use crate::core::TypingSent;
+use crate::core::{TypingIn, TypingSent};
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
 use crate::groups::account_ids;
@@ -61,22 +61,32 @@ impl Device {
     /// ([`TypingSent::Repeated`]). The edge refuses a flood (`Throttled`, with a retry-after).
     pub async fn set_typing(&self, peer: &str, typing: bool) -> Result<TypingSent> {
         let account = self.account_of(peer).await?;
+        self.typing_in(TypingIn::Peer(account), typing).await
+    }
+
+    /// Tells the members of `group` (a group of this account's) that this user is typing in
+    /// its chat, or stopped: each member's connected devices get [`crate::Event::Typing`] with
+    /// the group, wherever the member is homed. Repeats and floods as [`Self::set_typing`]; a
+    /// region passes it on only when this account is a member.
+    pub async fn set_group_typing(&self, group: u64, typing: bool) -> Result<TypingSent> {
+        if group == 0 {
+            return Err(ClientError::Invalid("there is no group 0".into()));
+        }
+        self.typing_in(TypingIn::Group(GroupId(group)), typing)
+            .await
+    }
+
+    async fn typing_in(&self, to: TypingIn, typing: bool) -> Result<TypingSent> {
         let decided = self
-            .call(|reply| Command::Typing(account, typing, reply))
+            .call(|reply| Command::Typing(to, typing, reply))
             .await?;
         if decided == TypingSent::Repeated {
             return Ok(decided);
         }
-        let sent = async {
-            self.request_connection()
-                .await?
-                .typing(account, typing)
-                .await
-        }
-        .await;
+        let sent = async { self.request_connection().await?.typing(to, typing).await }.await;
         if let Err(error) = sent {
             // Forgotten, so the next keystroke tries again.
-            let _ = self.commands.send(Command::TypingFailed(account)).await;
+            let _ = self.commands.send(Command::TypingFailed(to)).await;
             return Err(error);
         }
         Ok(TypingSent::Sent)

@@ -233,6 +233,103 @@ async fn a_typing_indicator_crosses_regions_and_ends_by_itself() {
     testbed.stop().await;
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_typing_indicator_reaches_the_members_in_both_regions_and_only_from_members() {
+    let testbed = Testbed::start(2).await.expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    register_all(
+        &testbed,
+        dir.path(),
+        // Dave first: the lowest account, so an edge holding two indicators for one device
+        // (kept by typing device, in account order) would hand over his first.
+        &[("dave", 1), ("alice", 1), ("bob", 2), ("carol", 1)],
+    )
+    .await;
+    let (alice, _alice_events) = live(&dir.path().join("alice")).await;
+    let (bob, mut bob_events) = live(&dir.path().join("bob")).await;
+    let (carol, mut carol_events) = live(&dir.path().join("carol")).await;
+    let (dave, _dave_events) = live(&dir.path().join("dave")).await;
+    let team = alice
+        .create_group("team", &["bob", "carol"])
+        .await
+        .expect("group")
+        .id;
+    for device in [&alice, &bob, &carol, &dave] {
+        device.connect().await.expect("connects");
+    }
+    // Bob and carol know dave first, from a message: a report about an account a device cannot
+    // name yet waits for its lookup, so dave's indicator, were it passed on, would come late.
+    for (name, events) in [("bob", &mut bob_events), ("carol", &mut carol_events)] {
+        dave.send(name, "hi").await.expect("sent");
+        next_matching(
+            events,
+            |event| matches!(event, Event::Message { from, .. } if from == "dave"),
+        )
+        .await;
+    }
+
+    let typing = |wanted: bool| {
+        move |event: &Event| {
+            matches!(event, Event::Typing { peer, typing, group, .. }
+                if peer == "alice" && *typing == wanted && *group == Some(team))
+        }
+    };
+    // The members' subscriptions may not be up the instant they connect: alice says it until
+    // both hear it (each attempt is sent: they are further apart than the repeat window).
+    let wait = Duration::from_millis(REQUEST_TIMEOUT_MS);
+    tokio::time::timeout(DEADLINE, async {
+        let (mut bob_heard, mut carol_heard) = (false, false);
+        while !(bob_heard && carol_heard) {
+            let sent = alice.set_group_typing(team, true).await.expect("typing");
+            assert_eq!(sent, TypingSent::Sent);
+            if !bob_heard {
+                bob_heard =
+                    tokio::time::timeout(wait, next_matching(&mut bob_events, typing(true)))
+                        .await
+                        .is_ok();
+            }
+            if !carol_heard {
+                carol_heard =
+                    tokio::time::timeout(wait, next_matching(&mut carol_events, typing(true)))
+                        .await
+                        .is_ok();
+            }
+        }
+    })
+    .await
+    .expect("bob (region 2) and carol (region 1) hear alice typing in the group");
+    // Alice says nothing more: her "typing…" ends by itself at both.
+    for events in [&mut bob_events, &mut carol_events] {
+        next_matching(events, typing(false)).await;
+    }
+
+    // Dave is no member: his indicator reaches nobody. Alice's next one, sent after it on the
+    // same path, is the next typing either member sees.
+    assert_eq!(
+        dave.set_group_typing(team, true)
+            .await
+            .expect("the edge takes it"),
+        TypingSent::Sent
+    );
+    assert_eq!(
+        alice.set_group_typing(team, true).await.expect("typing"),
+        TypingSent::Sent
+    );
+    for events in [&mut bob_events, &mut carol_events] {
+        let next = next_matching(events, |event| matches!(event, Event::Typing { .. })).await;
+        assert!(typing(true)(&next), "{next:?}");
+    }
+    assert!(
+        alice.set_group_typing(0, true).await.is_err(),
+        "there is no group 0"
+    );
+
+    for device in [alice, bob, carol, dave] {
+        device.close().await.expect("closes");
+    }
+    testbed.stop().await;
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

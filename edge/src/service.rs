@@ -162,14 +162,14 @@ struct Connected {
 /// drops a push.
 ///
 /// Presence updates and typing notices wait beside it, the latest one per watched account and
-/// per typing device (a newer state replaces an older one nobody has read), at most
+/// per typing device and chat (a newer state replaces an older one nobody has read), at most
 /// [`DEVICE_EVENTS_WAITING_MAX`].
 #[derive(Default)]
 struct PushSlot {
     /// The highest `latest_queue_seq` announced and not written yet, plus one; 0: none.
     waiting: AtomicU64,
-    /// (kind, account, device) → the latest event of that key.
-    events: Mutex<BTreeMap<(u8, u64, u32), server_push::Event>>,
+    /// (kind, account, device, group) → the latest event of that key.
+    events: Mutex<BTreeMap<(u8, u64, u32, u64), server_push::Event>>,
     wake: Notify,
 }
 
@@ -183,8 +183,10 @@ impl PushSlot {
     /// A presence update or typing notice for the device.
     fn handle_event(&self, event: server_push::Event) {
         let key = match &event {
-            server_push::Event::Presence(info) => (1, info.account, 0),
-            server_push::Event::Typing(notice) => (2, notice.from.account, notice.from.device),
+            server_push::Event::Presence(info) => (1, info.account, 0, 0),
+            server_push::Event::Typing(notice) => {
+                (2, notice.from.account, notice.from.device, notice.group)
+            }
             server_push::Event::QueueAvailable(_) => return,
         };
         {
@@ -1387,6 +1389,28 @@ impl EdgeService {
                         from: from.into(),
                         to: to.0,
                         typing,
+                        group: 0,
+                    });
+                }
+                Ok(Resp::TypingSent(signal))
+            }
+            (
+                Route::GroupTyping {
+                    from,
+                    group,
+                    typing,
+                },
+                Req::Typing(signal),
+            ) => {
+                // The edge does not know where the members are homed: every region hears it
+                // and passes it to the members homed there (ephemeral: a region this edge
+                // cannot reach now never does).
+                for subscription in self.inner.subscriptions.values() {
+                    subscription.handle_typing(wire::TypingForward {
+                        from: from.into(),
+                        to: 0,
+                        typing,
+                        group: group.0,
                     });
                 }
                 Ok(Resp::TypingSent(signal))
@@ -1778,22 +1802,26 @@ mod tests {
                 last_seen_ms: 0,
             })
         };
-        let typing = |account: u64, typing: bool| {
+        let typing_in = |account: u64, group: u64, typing: bool| {
             server_push::Event::Typing(wire::TypingNotice {
                 to: wire::DeviceAddr::default(),
                 from: wire::DeviceAddr { account, device: 1 },
                 typing,
+                group,
             })
         };
+        let typing = |account: u64, typing: bool| typing_in(account, 0, typing);
         slot.handle_event(presence(5, wire::PresenceState::Online));
         slot.handle_event(typing(5, true));
+        slot.handle_event(typing_in(5, 3, true));
         slot.handle_event(presence(5, wire::PresenceState::Offline));
         slot.handle_event(typing(5, false));
         slot.handle_push(7);
-        // The queue hint first, then the latest of each event.
+        // The queue hint first, then the latest of each event (a group's typing apart).
         assert_eq!(slot.next().await, queue(7));
         assert_eq!(slot.next().await, presence(5, wire::PresenceState::Offline));
         assert_eq!(slot.next().await, typing(5, false));
+        assert_eq!(slot.next().await, typing_in(5, 3, true));
         // A device that reads nothing holds at most the bound.
         for account in 0..(DEVICE_EVENTS_WAITING_MAX as u64 + 50) {
             slot.handle_event(presence(account, wire::PresenceState::Online));

@@ -14,7 +14,9 @@ use relay_proto::wire::{
     self, AccountDevices, Authenticate, ClientRequest, GroupChanged, MismatchedDevices,
     ParsedEnvelope, ResendFrom, SendOutcome, SentEverywhere, client_request, send_outcome,
 };
-use relay_proto::{AccountId, DeviceAddress, ErrorCode, PairingCode, ProtoError, RegionId};
+use relay_proto::{
+    AccountId, DeviceAddress, ErrorCode, GroupId, PairingCode, ProtoError, RegionId,
+};
 
 use crate::keys::{DeviceKey, SIGNING_KEY_BYTES};
 use crate::limits::{
@@ -113,6 +115,16 @@ pub enum Route {
         from: DeviceAddress,
         /// The peer account.
         to: AccountId,
+        /// Typing or stopped.
+        typing: bool,
+    },
+    /// A typing indicator of `from`'s in `group`'s chat: to every region, on this edge's
+    /// subscription streams (each region passes it to the members homed there).
+    GroupTyping {
+        /// The authenticated device.
+        from: DeviceAddress,
+        /// The group.
+        group: GroupId,
         /// Typing or stopped.
         typing: bool,
     },
@@ -445,6 +457,19 @@ impl Session {
                     watcher: device,
                     account: AccountId(watch.account),
                     watch: watch.watch,
+                })
+            }
+            Body::Typing(signal) if signal.group != 0 => {
+                if signal.peer != 0 {
+                    return Err(ProtoError::invalid(
+                        "a typing indicator names a peer or a group, not both",
+                    ));
+                }
+                self.take_typing_token(now_ms)?;
+                Ok(Route::GroupTyping {
+                    from: device,
+                    group: GroupId(signal.group),
+                    typing: signal.typing,
                 })
             }
             Body::Typing(signal) => {
@@ -1448,6 +1473,14 @@ mod tests {
             body: Some(client_request::Body::Typing(wire::TypingSignal {
                 peer,
                 typing: true,
+                group: 0,
+            })),
+        };
+        let in_group = |peer: u64, group: u64| ClientRequest {
+            body: Some(client_request::Body::Typing(wire::TypingSignal {
+                peer,
+                typing: false,
+                group,
             })),
         };
         let at = 1_000;
@@ -1481,8 +1514,27 @@ mod tests {
                 ..
             })
         ));
-        // A second later one more indicator fits.
+        // A second later one more indicator fits; a group's indicators share the bucket.
         assert!(session.handle_request(&typing(4), at + 1_000).is_ok());
+        assert_eq!(
+            session
+                .handle_request(&in_group(0, 9), at + 1_000)
+                .expect_err("the bucket is empty")
+                .code,
+            ErrorCode::Throttled
+        );
+        assert!(matches!(
+            session.handle_request(&in_group(0, 9), at + 2_000),
+            Ok(Route::GroupTyping {
+                group: GroupId(9),
+                typing: false,
+                ..
+            })
+        ));
+        assert!(
+            session.handle_request(&in_group(4, 9), at + 3_000).is_err(),
+            "a peer and a group"
+        );
         assert!(
             session.handle_request(&typing(0), at + 5_000).is_err(),
             "account 0"

@@ -292,6 +292,7 @@ mod tests {
                 from: device(1).into(),
                 to: 9,
                 typing: true,
+                group: 0,
             });
         }
         pending.handle_change(device(3), true);

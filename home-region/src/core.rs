@@ -993,15 +993,17 @@ impl LocalReceipts {
             return Ok(());
         }
         let sender: DeviceAddress = sender;
-        if !self.senders.contains_key(&sender.account) {
-            let devices = directory::devices(tx, sender.account)
-                .await?
-                .into_iter()
-                .map(|device| device.device)
-                .collect();
-            self.senders.insert(sender.account, devices);
-        }
-        for address in self.senders.get(&sender.account).into_iter().flatten() {
+        let devices = match self.senders.entry(sender.account) {
+            std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::btree_map::Entry::Vacant(unknown) => unknown.insert(
+                directory::devices(tx, sender.account)
+                    .await?
+                    .into_iter()
+                    .map(|device| device.device)
+                    .collect(),
+            ),
+        };
+        for address in devices.iter() {
             self.queued
                 .entry(*address)
                 .or_default()

@@ -906,15 +906,27 @@ impl RegionService {
         if self.inner.writer == self.inner.region {
             return Ok(None);
         }
+        self.known_membership(group.group, group.version)
+            .await
+            .map(Some)
+    }
+
+    /// (A region that is not the directory writer) `group`'s membership at `version` or newer:
+    /// the cached one (see [`Self::group_membership`]), else the writer's answer, cached.
+    async fn known_membership(
+        &self,
+        group: GroupId,
+        version: u64,
+    ) -> Result<Arc<GroupMembership>, ProtoError> {
         let now_ms = self.inner.clock.now_ms();
-        if let Some(known) = lock(&self.inner.groups).get(&group.group, now_ms)
-            && known.version >= group.version
+        if let Some(known) = lock(&self.inner.groups).get(&group, now_ms)
+            && known.version >= version
         {
-            return Ok(Some(known.clone()));
+            return Ok(known.clone());
         }
         let request = RegionRequest {
             body: Some(region_request::Body::GroupMembers(wire::AskGroupMembers {
-                group: group.group.0,
+                group: group.0,
                 region: self.inner.region.0,
             })),
         };
@@ -930,32 +942,32 @@ impl RegionService {
                 ));
             }
         };
-        if membership.group != group.group {
+        if membership.group != group {
             return Err(ProtoError::new(
                 ErrorCode::Internal,
                 "the directory writer answered another group",
             ));
         }
         let floor = lock(&self.inner.group_floors)
-            .peek(&group.group, self.inner.clock.now_ms())
+            .peek(&group, self.inner.clock.now_ms())
             .copied()
             .unwrap_or(0);
         if membership.version < floor {
             // Asked before a change and answered after it: the device's retry asks again.
             return Err(ProtoError::new(
                 ErrorCode::Unavailable,
-                format!("group {} changed while its members were asked", group.group),
+                format!("group {} changed while its members were asked", group),
             ));
         }
         let mut groups = lock(&self.inner.groups);
         // Answers can cross: a newer membership cached meanwhile stays.
         let keep = groups
-            .peek(&group.group, now_ms)
+            .peek(&group, now_ms)
             .filter(|cached| cached.version > membership.version)
             .cloned();
         let membership = keep.unwrap_or(membership);
-        groups.insert(group.group, membership.clone(), now_ms);
-        Ok(Some(membership))
+        groups.insert(group, membership.clone(), now_ms);
+        Ok(membership)
     }
 
     /// The answer to a commit: a region's outcome, or the refusal of an envelope for a device
@@ -1914,29 +1926,100 @@ impl RegionService {
             self.push_presence(vec![update]);
         }
         for typing in &change.typing {
-            let (Ok(from), to) = (typing.from.parse(), AccountId(typing.to)) else {
+            let Ok(from) = typing.from.parse() else {
                 tracing::warn!("ignoring a malformed typing indicator");
                 continue;
             };
-            let devices = lock(&self.inner.presence).connected_devices(to);
-            let subscriptions = lock(&self.inner.subscriptions);
-            for device in devices {
-                if device == from {
-                    continue;
-                }
-                let notice = wire::TypingNotice {
-                    to: device.into(),
-                    from: from.into(),
-                    typing: typing.typing,
-                };
-                // Ephemeral: a full stream drops it, and the receiver's "typing…" expires.
-                for sender in subscriptions
-                    .get(&device)
-                    .into_iter()
-                    .flat_map(BTreeMap::values)
-                {
-                    let _ = sender.try_send(region_response::Body::Typing(notice));
-                }
+            if typing.group != 0 {
+                self.group_typing(from, GroupId(typing.group), typing.typing)
+                    .await;
+                continue;
+            }
+            let devices = lock(&self.inner.presence).connected_devices(AccountId(typing.to));
+            self.push_typing(devices, from, 0, typing.typing);
+        }
+    }
+
+    /// A typing indicator of `from`'s in `group`'s chat: passed to the connected devices of the
+    /// members homed here when `from`'s account is a member (else dropped, as a non-member sees
+    /// nothing of a group). The writer reads the membership in its store; another region uses
+    /// its cached membership (kept current by the writer's change notices) and, without one,
+    /// asks the writer in a task of its own, so this stream's later frames never wait for
+    /// another region, and passes the indicator on when the answer comes.
+    async fn group_typing(&self, from: DeviceAddress, group: GroupId, typing: bool) {
+        if self.inner.writer == self.inner.region {
+            let found = self
+                .inner
+                .db
+                .transact(|tx| async move { core::group_membership(&tx, group).await })
+                .await;
+            match found {
+                Ok(Some(membership)) => self.push_group_typing(&membership, from, typing),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, %group, "could not read a group for typing"),
+            }
+            return;
+        }
+        let cached = lock(&self.inner.groups)
+            .get(&group, self.inner.clock.now_ms())
+            .cloned();
+        if let Some(membership) = cached {
+            self.push_group_typing(&membership, from, typing);
+            return;
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            match service.known_membership(group, 0).await {
+                Ok(membership) => service.push_group_typing(&membership, from, typing),
+                Err(error) => tracing::debug!(%error, %group, "a group typing indicator dropped"),
+            }
+        });
+    }
+
+    /// Passes a group typing indicator to the connected devices of `membership`'s members
+    /// homed here, when `from`'s account is a member.
+    fn push_group_typing(&self, membership: &GroupMembership, from: DeviceAddress, typing: bool) {
+        if !membership.members.contains(&from.account) {
+            return;
+        }
+        let devices: Vec<DeviceAddress> = {
+            let board = lock(&self.inner.presence);
+            membership
+                .members
+                .iter()
+                .flat_map(|&member| board.connected_devices(member))
+                .collect()
+        };
+        self.push_typing(devices, from, membership.group.0, typing);
+    }
+
+    /// Pushes a typing notice of `from`'s (in `group`'s chat, or 1:1 with 0) to each of
+    /// `devices` but `from` itself.
+    fn push_typing(
+        &self,
+        devices: Vec<DeviceAddress>,
+        from: DeviceAddress,
+        group: u64,
+        typing: bool,
+    ) {
+        let subscriptions = lock(&self.inner.subscriptions);
+        for device in devices {
+            if device == from {
+                continue;
+            }
+            let notice = wire::TypingNotice {
+                to: device.into(),
+                from: from.into(),
+                typing,
+                group,
+            };
+            // Ephemeral: a full stream drops it, and the receiver's "typing…" expires.
+            for sender in subscriptions
+                .get(&device)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+            {
+                let _ = sender.try_send(region_response::Body::Typing(notice));
             }
         }
     }

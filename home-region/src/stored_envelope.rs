@@ -121,9 +121,12 @@ const WIRE_FIXED64: u64 = 1;
 const WIRE_LENGTH_DELIMITED: u64 = 2;
 const WIRE_FIXED32: u64 = 5;
 
-/// One top-level field of `bytes`: its tag, wire type, payload (a length-delimited field's
-/// bytes, else the value's bytes) and what follows it.
-fn next_field(bytes: &[u8]) -> Result<(u64, u64, &[u8], &[u8]), ViewError> {
+/// One top-level field: its tag, wire type, payload (a length-delimited field's bytes, else
+/// the value's bytes) and what follows it.
+type Field<'a> = (u64, u64, &'a [u8], &'a [u8]);
+
+/// The first top-level field of `bytes`.
+fn next_field(bytes: &[u8]) -> Result<Field<'_>, ViewError> {
     let (key, rest) = varint(bytes)?;
     let (tag, wire_type) = (key >> 3, key & 7);
     let (payload, after) = match wire_type {

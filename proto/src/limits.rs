@@ -104,8 +104,9 @@ pub const SUBSCRIBE_DEVICES_PER_FRAME_MAX: usize = 8_192;
 pub const SUBSCRIBE_SIGNALS_PER_FRAME_MAX: usize = 1_024;
 
 /// Encoded size of one watch or typing entry in a `Subscribe` frame, at most: a device address,
-/// an account and a flag, each with its tag and length.
-pub const SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX: usize = 2 + DEVICE_ADDR_ENCODED_BYTES_MAX + 11 + 2;
+/// an account, a flag and a group, each with its tag and length.
+pub const SUBSCRIBE_SIGNAL_ENCODED_BYTES_MAX: usize =
+    2 + DEVICE_ADDR_ENCODED_BYTES_MAX + 11 + 2 + 11;
 
 /// Most accounts a device watches the presence of at once (one per open chat, with room).
 pub const PRESENCE_WATCHES_PER_DEVICE_MAX: usize = 64;

@@ -2681,6 +2681,7 @@ mod tests {
                 from: largest,
                 to: u64::MAX,
                 typing: true,
+                group: u64::MAX,
             }],
             ..Subscribe::default()
         };

@@ -509,6 +509,17 @@ pub enum GroupCommand {
         /// The group id.
         group: u64,
     },
+    /// Tell GROUP's members that you are typing in its chat (each member's connected devices
+    /// show "typing…" for 6 s unless you say it again), or with --stop that you stopped. Like
+    /// `relay typing`: never stored, not sent again within 2.5 s, refused past 8 at once then
+    /// 1 a second; a region passes it on only if you are a member.
+    Typing {
+        /// The group id.
+        group: u64,
+        /// Say that you stopped typing.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Mark every unread message of GROUP read, and send each sender a read receipt (to the
     /// sender alone, end-to-end encrypted; with read receipts off, only your other devices
     /// learn it). A sender's tick shows read once every member it went to read it.
@@ -963,6 +974,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sent?;
             closed?;
         }
+        Command::Group(GroupCommand::Typing { group, stop }) => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let sent = flows::group_typing(&device, group, !stop, &mut print).await;
+            let closed = device.close().await;
+            sent?;
+            closed?;
+        }
         Command::Group(GroupCommand::Read { group }) => {
             let (device, mut events) = open(&data, overrides, Mode::OnDemand)?;
             let done = flows::read_group(&device, &mut events, group, &mut print).await;
@@ -1182,9 +1200,9 @@ async fn group(
             admin: !off,
         },
         GroupCommand::Info { group } => GroupRequest::Info { group: *group },
-        GroupCommand::History { .. } | GroupCommand::Read { .. } => {
+        GroupCommand::History { .. } | GroupCommand::Read { .. } | GroupCommand::Typing { .. } => {
             return Err(relay_client::ClientError::Invalid(
-                "group history and read are not directory requests".into(),
+                "group history, read and typing are not directory requests".into(),
             ));
         }
     };
@@ -1481,25 +1499,29 @@ fn unescaped_line(event: &Event) -> String {
         Event::Typing {
             peer,
             device,
+            group,
             typing,
             ..
         } => {
+            let place = group.map_or(String::new(), |group| format!(" in group {group}"));
             if *typing {
-                format!("{peer} is typing… (device {device})")
+                format!("{peer} is typing{place}… (device {device})")
             } else {
-                format!("{peer} stopped typing (device {device})")
+                format!("{peer} stopped typing{place} (device {device})")
             }
         }
         Event::TypingSent {
             peer,
+            group,
             typing,
             repeated,
         } => {
             let what = if *typing { "typing" } else { "stopped typing" };
+            let to = group.map_or_else(|| peer.clone(), |group| format!("group {group}"));
             if *repeated {
-                format!("{what} → {peer} (said just now; not sent again)")
+                format!("{what} → {to} (said just now; not sent again)")
             } else {
-                format!("{what} → {peer}")
+                format!("{what} → {to}")
             }
         }
         Event::GroupMember { name, admin, .. } => {

@@ -748,6 +748,20 @@ fn group_messages_reach_every_member_in_both_regions_and_no_one_removed() {
         None,
     );
     assert!(!refused.status.success());
+
+    // Typing in the group's chat goes through the edge (the SDK's journey checks who sees it).
+    let typed = ok(&alice, &["group", "typing", g]);
+    assert_eq!(
+        (&typed[0]["event"], &typed[0]["group"], &typed[0]["typing"]),
+        (
+            &Value::from("typing_sent"),
+            &Value::from(g.parse::<u64>().expect("an id")),
+            &Value::from(true)
+        ),
+        "{typed:?}"
+    );
+    let stopped = ok(&alice, &["group", "typing", g, "--stop"]);
+    assert_eq!(stopped[0]["typing"], false, "{stopped:?}");
 }
 
 /// Runs `work` for each item, at most 8 at a time (each runs `relay` processes).

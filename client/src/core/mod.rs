@@ -26,7 +26,7 @@ mod incoming;
 mod outgoing;
 mod presence;
 
-pub use presence::TypingSent;
+pub use presence::{TypingIn, TypingSent};
 #[cfg(test)]
 mod tests;
 
@@ -318,6 +318,8 @@ enum Report {
     },
     Typing {
         from: DeviceAddress,
+        /// The group whose chat it is, 0 in the 1:1 chat.
+        group: u64,
         typing: bool,
     },
 }
@@ -1424,10 +1426,15 @@ impl Core {
             },
             Report::Inbound(inbound) => self.inbound_event(inbound),
             Report::Presence { account, info } => self.presence_event(account, info),
-            Report::Typing { from, typing } => Event::Typing {
+            Report::Typing {
+                from,
+                group,
+                typing,
+            } => Event::Typing {
                 peer: self.name_of(from.account),
                 account: from.account.0,
                 device: from.device.0,
+                group: (group != 0).then_some(group),
                 typing,
             },
         }

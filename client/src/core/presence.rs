@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use relay_proto::limits::{PRESENCE_WATCHES_PER_DEVICE_MAX, TYPING_REPEAT_MS, TYPING_SHOWN_MS};
 use relay_proto::wire::{PresenceInfo, TypingNotice};
-use relay_proto::{AccountId, DeviceAddress};
+use relay_proto::{AccountId, DeviceAddress, GroupId};
 
 use super::{Core, Purpose, Report, Request, Response};
 use crate::error::{ClientError, Result};
@@ -20,10 +20,34 @@ use crate::events::Event;
 pub(super) struct PresenceState {
     /// Accounts watched while a chat with them is open.
     watching: BTreeSet<AccountId>,
-    /// peer → (typing or stopped, when it was last sent in ms).
-    typing_sent: BTreeMap<AccountId, (bool, u64)>,
-    /// typing device → until when (ms) it is shown as typing.
-    typing_shown: BTreeMap<DeviceAddress, u64>,
+    /// chat → (typing or stopped, when it was last sent in ms).
+    typing_sent: BTreeMap<TypingIn, (bool, u64)>,
+    /// (typing device, its group or 0 in the 1:1 chat) → until when (ms) it is shown as typing.
+    typing_shown: BTreeMap<(DeviceAddress, u64), u64>,
+}
+
+/// The chat a typing indicator is said in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TypingIn {
+    /// The 1:1 chat with a peer account.
+    Peer(AccountId),
+    /// A group's chat: every member's connected devices are told.
+    Group(GroupId),
+}
+
+impl TypingIn {
+    /// The wire form of an indicator said here.
+    pub fn signal(self, typing: bool) -> relay_proto::wire::TypingSignal {
+        let (peer, group) = match self {
+            TypingIn::Peer(peer) => (peer.0, 0),
+            TypingIn::Group(group) => (0, group.0),
+        };
+        relay_proto::wire::TypingSignal {
+            peer,
+            typing,
+            group,
+        }
+    }
 }
 
 /// What became of a typing indicator ([`Core::send_typing`], `Device::set_typing`).
@@ -66,10 +90,10 @@ impl Core {
         self.presence.watching.iter().copied().collect()
     }
 
-    /// This device's user is typing to `peer` (`typing`) or stopped, at `now_ms`: whether to
+    /// This device's user is typing in chat `to` (`typing`) or stopped, at `now_ms`: whether to
     /// send the indicator (recorded as sent), or whether it was said recently enough already.
-    pub fn send_typing(&mut self, peer: AccountId, typing: bool, now_ms: u64) -> TypingSent {
-        let repeated = match self.presence.typing_sent.get(&peer) {
+    pub fn send_typing(&mut self, to: TypingIn, typing: bool, now_ms: u64) -> TypingSent {
+        let repeated = match self.presence.typing_sent.get(&to) {
             Some(&(true, at_ms)) if typing => now_ms < at_ms.saturating_add(TYPING_REPEAT_MS),
             Some(&(false, _)) | None => !typing,
             Some(_) => false,
@@ -77,14 +101,14 @@ impl Core {
         if repeated {
             return TypingSent::Repeated;
         }
-        self.presence.typing_sent.insert(peer, (typing, now_ms));
+        self.presence.typing_sent.insert(to, (typing, now_ms));
         TypingSent::Sent
     }
 
-    /// A typing indicator for `peer` did not reach the edge: forgotten, so the next keystroke
-    /// tries again.
-    pub fn typing_failed(&mut self, peer: AccountId) {
-        self.presence.typing_sent.remove(&peer);
+    /// A typing indicator for chat `to` did not reach the edge: forgotten, so the next
+    /// keystroke tries again.
+    pub fn typing_failed(&mut self, to: TypingIn) {
+        self.presence.typing_sent.remove(&to);
     }
 
     /// The edge pushed a watched account's presence.
@@ -100,18 +124,20 @@ impl Core {
         let Ok(from) = notice.from.parse() else {
             return;
         };
+        let key = (from, notice.group);
         let shown = if notice.typing {
             self.presence
                 .typing_shown
-                .insert(from, now_ms.saturating_add(TYPING_SHOWN_MS))
+                .insert(key, now_ms.saturating_add(TYPING_SHOWN_MS))
                 .is_some()
         } else {
-            self.presence.typing_shown.remove(&from).is_none()
+            self.presence.typing_shown.remove(&key).is_none()
         };
         // Only a change is reported: a repeat extends what is shown.
         if !shown {
             self.reports.push_back(Report::Typing {
                 from,
+                group: notice.group,
                 typing: notice.typing,
             });
         }
@@ -124,17 +150,18 @@ impl Core {
 
     /// Ends the "typing…" of devices not heard from for [`TYPING_SHOWN_MS`].
     pub(super) fn expire_typing(&mut self, now_ms: u64) {
-        let expired: Vec<DeviceAddress> = self
+        let expired: Vec<(DeviceAddress, u64)> = self
             .presence
             .typing_shown
             .iter()
             .filter(|&(_, &until)| until <= now_ms)
-            .map(|(&from, _)| from)
+            .map(|(&key, _)| key)
             .collect();
-        for from in expired {
-            self.presence.typing_shown.remove(&from);
+        for (from, group) in expired {
+            self.presence.typing_shown.remove(&(from, group));
             self.reports.push_back(Report::Typing {
                 from,
+                group,
                 typing: false,
             });
         }

@@ -1244,6 +1244,7 @@ fn presence_is_watched_again_on_every_connection_and_typing_expires_by_itself() 
         to: ALICE.into(),
         from: BOB.into(),
         typing,
+        group: 0,
     };
     rig.events();
     rig.core.handle_typing(notice(true), at);
@@ -1252,6 +1253,7 @@ fn presence_is_watched_again_on_every_connection_and_typing_expires_by_itself() 
         peer: "bob".into(),
         account: BOB.account.0,
         device: BOB.device.0,
+        group: None,
         typing,
     };
     assert_eq!(rig.events(), vec![typing(true)], "a repeat is no new event");
@@ -1268,9 +1270,37 @@ fn presence_is_watched_again_on_every_connection_and_typing_expires_by_itself() 
     rig.core.handle_typing(notice(false), at + 20_001);
     rig.core.handle_typing(notice(false), at + 20_002);
     assert_eq!(rig.events(), vec![typing(true), typing(false)]);
+    // The same device typing in a group's chat is shown apart from its 1:1 typing.
+    let in_group = |typing| TypingNotice {
+        group: 7,
+        ..notice(typing)
+    };
+    rig.core.handle_typing(notice(true), at + 30_000);
+    rig.core.handle_typing(in_group(true), at + 30_001);
+    rig.core.handle_typing(in_group(false), at + 30_002);
+    let group_typing = |typing| Event::Typing {
+        peer: "bob".into(),
+        account: BOB.account.0,
+        device: BOB.device.0,
+        group: Some(7),
+        typing,
+    };
+    assert_eq!(
+        rig.events(),
+        vec![typing(true), group_typing(true), group_typing(false)]
+    );
+    rig.core.handle_timeout(at + 30_000 + TYPING_SHOWN_MS);
+    assert_eq!(rig.events(), vec![typing(false)], "the 1:1 one expires");
 
     // Sending: repeated within TYPING_REPEAT_MS is not sent again; a stop after typing is.
-    let peer = BOB.account;
+    let peer = TypingIn::Peer(BOB.account);
+    let group = TypingIn::Group(relay_proto::GroupId(7));
+    assert_eq!(rig.core.send_typing(group, true, at), TypingSent::Sent);
+    assert_eq!(
+        rig.core.send_typing(group, true, at + 1),
+        TypingSent::Repeated,
+        "each chat repeats on its own"
+    );
     assert_eq!(
         rig.core.send_typing(peer, false, at),
         TypingSent::Repeated,

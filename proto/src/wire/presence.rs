@@ -138,16 +138,20 @@ pub struct PresenceInfo {
     pub last_seen_ms: u64,
 }
 
-/// (Device → edge) this device's user is typing in the chat with `peer` (`typing`), or stopped.
-/// Answered with the same message. Rate-limited at the edge.
+/// (Device → edge) this device's user is typing in the chat with `peer`, or in `group`'s chat
+/// (`typing`), or stopped. Exactly one of `peer` and `group` is set. Answered with the same
+/// message. Rate-limited at the edge.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct TypingSignal {
-    /// The peer account.
+    /// The peer account (0 with a group).
     #[prost(uint64, tag = "1")]
     pub peer: u64,
     /// Typing (`true`) or stopped (`false`).
     #[prost(bool, tag = "2")]
     pub typing: bool,
+    /// The group (0 in a 1:1 chat).
+    #[prost(uint64, tag = "3")]
+    pub group: u64,
 }
 
 /// (Edge → region, on the subscription stream) a watch of `watcher`'s, or its end.
@@ -185,18 +189,23 @@ pub struct PresenceUpdate {
     pub info: PresenceInfo,
 }
 
-/// (Edge → region, on the subscription stream) a typing indicator for an account homed there.
+/// (Edge → region, on the subscription stream) a typing indicator for an account homed there,
+/// or in a group's chat (sent to every region: each passes it to the members homed there when
+/// the typing device's account is a member).
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct TypingForward {
     /// The typing device (authenticated by the edge).
     #[prost(message, required, tag = "1")]
     pub from: DeviceAddr,
-    /// The peer account.
+    /// The peer account (0 with a group).
     #[prost(uint64, tag = "2")]
     pub to: u64,
     /// Typing or stopped.
     #[prost(bool, tag = "3")]
     pub typing: bool,
+    /// The group (0 in a 1:1 chat).
+    #[prost(uint64, tag = "4")]
+    pub group: u64,
 }
 
 /// (Region → edge → device) someone is typing to the device's account, or stopped. A receiver
@@ -212,6 +221,9 @@ pub struct TypingNotice {
     /// Typing or stopped.
     #[prost(bool, tag = "3")]
     pub typing: bool,
+    /// The group whose chat it is typing in (0: the 1:1 chat with the device's account).
+    #[prost(uint64, tag = "4")]
+    pub group: u64,
 }
 
 #[cfg(test)]
