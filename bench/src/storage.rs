@@ -407,7 +407,17 @@ async fn run_writer(
                         )));
                     }
                 };
-                let item = QueueItem::MessageRef { chat, chat_seq };
+                // As the region queues it: naming its sender for the receipt.
+                let item = QueueItem::MessageRef {
+                    chat,
+                    chat_seq,
+                    origin: Some(device_queue::MessageOrigin {
+                        sender: entry.sender,
+                        client_message_id: entry.client_message_id,
+                        sender_region: entry.sender_region,
+                        group: false,
+                    }),
+                };
                 for recipient in recipients {
                     if let QueueAppend::Full { depth } =
                         device_queue::append(&tx, recipient, &item, now_ms).await?

@@ -241,7 +241,11 @@ async fn send(
             };
             let outcome = chat_log::append(&tx, &entry, SENT_AT_MS + sender_seq).await?;
             if let AppendOutcome::Appended { chat_seq, .. } = outcome {
-                let item = QueueItem::MessageRef { chat, chat_seq };
+                let item = QueueItem::MessageRef {
+                    chat,
+                    chat_seq,
+                    origin: None,
+                };
                 for account in [AccountId(1), AccountId(2)] {
                     for device in directory::devices(&tx, account).await? {
                         if device.device != sender {
@@ -279,6 +283,7 @@ async fn appends_and_acks_of_one_queue_never_conflict(database: &Database) {
                 let item = QueueItem::MessageRef {
                     chat: CHAT,
                     chat_seq,
+                    origin: None,
                 };
                 database
                     .transact(|tx| {

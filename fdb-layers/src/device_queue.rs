@@ -101,7 +101,7 @@
 //! loss, and a versionstamped per-account "available" key for watches.
 
 use prost::Message;
-use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
 
 pub use crate::codec::IdempotencyKey;
 use crate::codec::{decode_key, decode_record, encode_u64, read_count, read_u64, recall, remember};
@@ -124,11 +124,27 @@ pub enum QueueItem {
         chat: ChatId,
         /// The entry's chat sequence number.
         chat_seq: u64,
+        /// Who sent it, kept with the reference so that the receipt of its delivery needs no
+        /// read of the chat log entry (`None` in entries written before it was kept).
+        origin: Option<MessageOrigin>,
     },
     /// A receipt for the device, opaque to the queue.
     Receipt(Vec<u8>),
     /// Several receipts for the device as one entry, opaque to the queue.
     Receipts(Vec<u8>),
+}
+
+/// The sender of a queued message, as its delivered or expired receipt names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageOrigin {
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender's id of the message.
+    pub client_message_id: ClientMessageId,
+    /// The sender's home region.
+    pub sender_region: RegionId,
+    /// Whether it is a group message.
+    pub group: bool,
 }
 
 /// What [`append`] did.
@@ -496,6 +512,17 @@ struct StoredMessageRef {
     chat: Vec<u8>,
     #[prost(uint64, tag = "2")]
     chat_seq: u64,
+    /// The origin (tags 3 to 7), absent in entries written before it was kept.
+    #[prost(uint64, tag = "3")]
+    sender_account: u64,
+    #[prost(uint32, tag = "4")]
+    sender_device: u32,
+    #[prost(bytes = "vec", tag = "5")]
+    client_message_id: Vec<u8>,
+    #[prost(uint32, tag = "6")]
+    sender_region: u32,
+    #[prost(bool, tag = "7")]
+    group: bool,
 }
 
 struct DeviceQueue {
@@ -656,11 +683,24 @@ async fn sweep_index(
 
 fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
     let kind = match item {
-        QueueItem::MessageRef { chat, chat_seq } => {
-            stored_item::Kind::MessageRef(StoredMessageRef {
+        QueueItem::MessageRef {
+            chat,
+            chat_seq,
+            origin,
+        } => {
+            let mut reference = StoredMessageRef {
                 chat: chat.0.to_vec(),
                 chat_seq: *chat_seq,
-            })
+                ..StoredMessageRef::default()
+            };
+            if let Some(origin) = origin {
+                reference.sender_account = origin.sender.account.0;
+                reference.sender_device = origin.sender.device.0;
+                reference.client_message_id = origin.client_message_id.0.to_vec();
+                reference.sender_region = origin.sender_region.0;
+                reference.group = origin.group;
+            }
+            stored_item::Kind::MessageRef(reference)
         }
         QueueItem::Receipt(bytes) => stored_item::Kind::Receipt(bytes.clone()),
         QueueItem::Receipts(bytes) => stored_item::Kind::Receipts(bytes.clone()),
@@ -675,11 +715,27 @@ fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
 fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
     let stored: StoredItem = decode_record(value, "device queue entry")?;
     let item = match stored.kind {
-        Some(stored_item::Kind::MessageRef(reference)) => QueueItem::MessageRef {
-            chat: ChatId::from_bytes(&reference.chat)
-                .map_err(|error| StoreError::corrupt("device queue entry", error))?,
-            chat_seq: reference.chat_seq,
-        },
+        Some(stored_item::Kind::MessageRef(reference)) => {
+            let origin = match reference.client_message_id.as_slice() {
+                [] => None,
+                id => Some(MessageOrigin {
+                    sender: DeviceAddress {
+                        account: AccountId(reference.sender_account),
+                        device: DeviceId(reference.sender_device),
+                    },
+                    client_message_id: ClientMessageId::from_bytes(id)
+                        .map_err(|error| StoreError::corrupt("device queue entry", error))?,
+                    sender_region: RegionId(reference.sender_region),
+                    group: reference.group,
+                }),
+            };
+            QueueItem::MessageRef {
+                chat: ChatId::from_bytes(&reference.chat)
+                    .map_err(|error| StoreError::corrupt("device queue entry", error))?,
+                chat_seq: reference.chat_seq,
+                origin,
+            }
+        }
         Some(stored_item::Kind::Receipt(bytes)) => QueueItem::Receipt(bytes),
         Some(stored_item::Kind::Receipts(bytes)) => QueueItem::Receipts(bytes),
         None => return Err(StoreError::corrupt("device queue entry", "no item")),
@@ -708,6 +764,7 @@ mod tests {
         QueueItem::MessageRef {
             chat: ChatId([1; 16]),
             chat_seq,
+            origin: None,
         }
     }
 
@@ -1109,6 +1166,22 @@ mod properties {
             (0..3u8, 1..100u64).prop_map(|(chat, chat_seq)| QueueItem::MessageRef {
                 chat: ChatId([chat; 16]),
                 chat_seq,
+                origin: None,
+            }),
+            (0..3u8, 1..100u64, any::<bool>()).prop_map(|(chat, chat_seq, group)| {
+                QueueItem::MessageRef {
+                    chat: ChatId([chat; 16]),
+                    chat_seq,
+                    origin: Some(MessageOrigin {
+                        sender: DeviceAddress {
+                            account: AccountId(u64::from(chat) + 1),
+                            device: DeviceId(2),
+                        },
+                        client_message_id: ClientMessageId([chat; 16]),
+                        sender_region: RegionId(3),
+                        group,
+                    }),
+                }
             }),
             prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipt),
             prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipts),

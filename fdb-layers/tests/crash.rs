@@ -194,6 +194,7 @@ async fn send(
                 let item = QueueItem::MessageRef {
                     chat: CHATS[chat_index],
                     chat_seq,
+                    origin: None,
                 };
                 for recipient in RECIPIENTS {
                     let queued =
@@ -441,7 +442,7 @@ fn check_reopened(path: &Path, acked: &BTreeMap<(u64, u64), Ack>) -> Summary {
                 for (queue_seq, item) in page {
                     assert_eq!(queue_seq, after + 1, "queue of {recipient} has a gap");
                     after = queue_seq;
-                    let QueueItem::MessageRef { chat, chat_seq } = item else {
+                    let QueueItem::MessageRef { chat, chat_seq, .. } = item else {
                         panic!("queue of {recipient} holds a receipt");
                     };
                     let chat_index = CHATS

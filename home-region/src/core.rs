@@ -41,7 +41,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use fdb_layers::chat_log::{AppendOutcome, NewEntry};
-use fdb_layers::device_queue::{QueueAppend, QueueItem, SweepScope};
+use fdb_layers::device_queue::{MessageOrigin, QueueAppend, QueueItem, SweepScope};
 use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
 use fdb_layers::store_identity::{self, RegisterOutcome, StoreId};
@@ -439,12 +439,20 @@ pub async fn commit_envelope(
         device_state::record_envelope(tx, parsed.sender, parsed.device_seq)?;
     }
 
-    // 3. Fan out to the local recipients' queues.
+    // 3. Fan out to the local recipients' queues. Each entry names the sender, so the receipt
+    //    of its delivery reads nothing back.
+    let origin = MessageOrigin {
+        sender: parsed.sender,
+        client_message_id: parsed.client_message_id,
+        sender_region,
+        group: parsed.group.is_some(),
+    };
     let mut effects = Effects::default();
     for device in local_devices {
         let item = QueueItem::MessageRef {
             chat: parsed.chat,
             chat_seq,
+            origin: Some(origin),
         };
         let queue_seq = enqueue(tx, device, &item, now_ms).await?;
         effects.notify.insert(device, queue_seq);
@@ -555,7 +563,12 @@ pub async fn fetch_and_ack(
             device_state::record_ack(tx, device, highest)?;
         }
         for (_, item) in removed {
-            let QueueItem::MessageRef { chat, chat_seq } = item else {
+            let QueueItem::MessageRef {
+                chat,
+                chat_seq,
+                origin,
+            } = item
+            else {
                 continue;
             };
             let transition = Transition {
@@ -566,8 +579,7 @@ pub async fn fetch_and_ack(
                 tx,
                 local,
                 device,
-                chat,
-                chat_seq,
+                (chat, chat_seq, origin),
                 transition,
                 &mut effects,
                 &mut routing,
@@ -613,7 +625,7 @@ pub async fn queued_entry(
     item: QueueItem,
 ) -> Result<QueueEntry, StoreError> {
     let item = match item {
-        QueueItem::MessageRef { chat, chat_seq } => {
+        QueueItem::MessageRef { chat, chat_seq, .. } => {
             let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
                 return Err(corrupt(
                     "device queue",
@@ -722,7 +734,12 @@ pub async fn repair_queue_entry(
         Err(error) => return Err(error),
     };
     device_queue::ack(tx, device, &[queue_seq]).await?;
-    let QueueItem::MessageRef { chat, chat_seq } = item else {
+    let QueueItem::MessageRef {
+        chat,
+        chat_seq,
+        origin,
+    } = item
+    else {
         // A receipt about someone else's message: losing it loses a tick, nothing to tell.
         return Ok((EntryRepair::RemovedUnattributed { damage }, effects));
     };
@@ -742,8 +759,7 @@ pub async fn repair_queue_entry(
         tx,
         local,
         device,
-        chat,
-        chat_seq,
+        (chat, chat_seq, origin),
         transition,
         &mut effects,
         &mut routing,
@@ -827,7 +843,12 @@ pub async fn expire_queues(
     let mut effects = Effects::default();
     let mut routing = ReceiptRouting::new();
     for (device, _, item) in &report.expired {
-        let QueueItem::MessageRef { chat, chat_seq } = *item else {
+        let QueueItem::MessageRef {
+            chat,
+            chat_seq,
+            origin,
+        } = *item
+        else {
             continue;
         };
         let transition = Transition {
@@ -838,8 +859,7 @@ pub async fn expire_queues(
             tx,
             local,
             *device,
-            chat,
-            chat_seq,
+            (chat, chat_seq, origin),
             transition,
             &mut effects,
             &mut routing,
@@ -870,24 +890,35 @@ async fn route_receipt(
     tx: &Transaction,
     local: RegionId,
     device: DeviceAddress,
-    chat: ChatId,
-    chat_seq: u64,
+    (chat, chat_seq, origin): (ChatId, u64, Option<MessageOrigin>),
     transition: Transition,
     effects: &mut Effects,
     routing: &mut ReceiptRouting,
 ) -> Result<(), StoreError> {
-    let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
-        return Ok(());
+    let origin = match origin {
+        Some(origin) => origin,
+        // An entry queued before entries named their sender: the chat log entry does.
+        None => {
+            let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
+                return Ok(());
+            };
+            MessageOrigin {
+                sender: entry.sender,
+                client_message_id: entry.client_message_id,
+                sender_region: entry.sender_region,
+                group: stored_envelope::is_group(&entry.envelope_bytes),
+            }
+        }
     };
     let receipt = QueuedReceipt {
         chat: chat.0.to_vec(),
-        client_message_id: entry.client_message_id.0.to_vec(),
+        client_message_id: origin.client_message_id.0.to_vec(),
         recipient: device.into(),
         state: transition.state as i32,
         at_ms: transition.now_ms,
-        sender: entry.sender.into(),
+        sender: origin.sender.into(),
     };
-    if entry.sender_region == local && !stored_envelope::is_group(&entry.envelope_bytes) {
+    if origin.sender_region == local && !origin.group {
         routing.local.deliver(tx, receipt).await
     } else {
         // Elsewhere, or a group message's: every member's ack of one message makes a receipt
@@ -897,7 +928,7 @@ async fn route_receipt(
         // (`deliver_local_receipts`).
         routing
             .pushes
-            .push(tx, entry.sender_region, &receipt.encode_to_vec())?;
+            .push(tx, origin.sender_region, &receipt.encode_to_vec())?;
         effects.outbox_pushed = true;
         Ok(())
     }
