@@ -1023,7 +1023,6 @@ impl LocalReceipts {
         if !receipts::advance(tx, chat, message, recipient, state).await? {
             return Ok(());
         }
-        let sender: DeviceAddress = sender;
         let devices = match self.senders.entry(sender.account) {
             std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
             std::collections::btree_map::Entry::Vacant(unknown) => unknown.insert(

@@ -38,7 +38,7 @@ use relay_net::{
 };
 use relay_planted::PlantedBug;
 use relay_proto::clock::{Clock, SystemClock};
-use relay_proto::frame::encode_frame;
+use relay_proto::frame::encode_frame_into;
 use relay_proto::limits::{REGION_PEER_REQUEST_TIMEOUT_MS, SUBSCRIBED_DEVICES_PER_STREAM_MAX};
 use relay_proto::wire::{
     self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
@@ -911,6 +911,15 @@ impl RegionService {
             .map(Some)
     }
 
+    /// (A region that is not the directory writer) the cached membership of `group`, if it is
+    /// at `version` or newer and has not outlived [`GROUP_CACHE_TTL_MS`].
+    fn cached_membership(&self, group: GroupId, version: u64) -> Option<Arc<GroupMembership>> {
+        lock(&self.inner.groups)
+            .get(&group, self.inner.clock.now_ms())
+            .filter(|known| known.version >= version)
+            .cloned()
+    }
+
     /// (A region that is not the directory writer) `group`'s membership at `version` or newer:
     /// the cached one (see [`Self::group_membership`]), else the writer's answer, cached.
     async fn known_membership(
@@ -918,12 +927,10 @@ impl RegionService {
         group: GroupId,
         version: u64,
     ) -> Result<Arc<GroupMembership>, ProtoError> {
-        let now_ms = self.inner.clock.now_ms();
-        if let Some(known) = lock(&self.inner.groups).get(&group, now_ms)
-            && known.version >= version
-        {
-            return Ok(known.clone());
+        if let Some(known) = self.cached_membership(group, version) {
+            return Ok(known);
         }
+        let now_ms = self.inner.clock.now_ms();
         let request = RegionRequest {
             body: Some(region_request::Body::GroupMembers(wire::AskGroupMembers {
                 group: group.0,
@@ -1726,14 +1733,14 @@ impl RegionService {
             // bytes by scanning the unacknowledged segments from the oldest, so a presence change
             // told to thousands of watchers, one small write each, cost time quadratic in them.
             let mut bytes = Vec::new();
-            while let Some(push) = pushes.recv().await {
+            while let Some(first) = pushes.recv().await {
                 bytes.clear();
-                bytes.extend_from_slice(&encode_frame(&RegionResponse { body: Some(push) }));
-                while bytes.len() < SUBSCRIPTION_WRITE_BYTES_MAX {
-                    let Ok(push) = pushes.try_recv() else {
-                        break;
-                    };
-                    bytes.extend_from_slice(&encode_frame(&RegionResponse { body: Some(push) }));
+                let mut next = Some(first);
+                while let Some(push) = next {
+                    encode_frame_into(&RegionResponse { body: Some(push) }, &mut bytes);
+                    next = (bytes.len() < SUBSCRIPTION_WRITE_BYTES_MAX)
+                        .then(|| pushes.try_recv().ok())
+                        .flatten();
                 }
                 if send.write_all(&bytes).await.is_err() {
                     return;
@@ -1960,10 +1967,7 @@ impl RegionService {
             }
             return;
         }
-        let cached = lock(&self.inner.groups)
-            .get(&group, self.inner.clock.now_ms())
-            .cloned();
-        if let Some(membership) = cached {
+        if let Some(membership) = self.cached_membership(group, 0) {
             self.push_group_typing(&membership, from, typing);
             return;
         }

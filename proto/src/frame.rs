@@ -51,13 +51,19 @@ impl From<FrameError> for crate::ProtoError {
 
 /// Encodes a message as one frame.
 pub fn encode_frame<M: Message>(message: &M) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_into(message, &mut out);
+    out
+}
+
+/// Appends a message as one frame to `out` (several frames gathered into one write).
+pub fn encode_frame_into<M: Message>(message: &M, out: &mut Vec<u8>) {
     let body_length = message.encoded_len();
-    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body_length);
+    out.reserve(FRAME_HEADER_BYTES + body_length);
     out.put_u8(PROTOCOL_VERSION);
     // A body larger than u32::MAX cannot be produced by our own messages (limits are far below).
     out.put_u32(u32::try_from(body_length).unwrap_or(u32::MAX));
-    message.encode_raw(&mut out);
-    out
+    message.encode_raw(out);
 }
 
 /// Parses a frame header, returning the body length it announces.

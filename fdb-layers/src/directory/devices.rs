@@ -24,7 +24,8 @@ use relay_proto::{AccountId, DeviceAddress, DeviceId};
 
 use super::Directory;
 use crate::codec::{
-    IdempotencyKey, decode_key, decode_record, decode_u64, encode_u64, increment, recall, remember,
+    IdempotencyKey, decode_key, decode_record, decode_u64, encode_u64, increment, read_u64, recall,
+    remember,
 };
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
@@ -111,13 +112,14 @@ pub async fn last_device_number(
     transaction: &Transaction,
     account: AccountId,
 ) -> Result<u32, StoreError> {
-    let counter_key = Directory::new().root.pack(&("device_counter", account));
-    let last = match transaction.get(&counter_key).await? {
-        Some(bytes) => decode_u64(&bytes, "device counter")?,
-        None => 0,
-    };
-    u32::try_from(last)
-        .map_err(|_| StoreError::corrupt("device counter", format!("{last} is past u32")))
+    let key = Directory::new().device_counter_key(account);
+    device_number(read_u64(transaction, &key, "device counter").await?)
+}
+
+/// A device number as the counter holds it: every number fits a `u32`.
+fn device_number(counter: u64) -> Result<u32, StoreError> {
+    u32::try_from(counter)
+        .map_err(|_| StoreError::corrupt("device counter", format!("{counter} is past u32")))
 }
 
 /// Every device of `account`, in device order.
@@ -163,6 +165,11 @@ impl Directory {
     fn device_key(&self, device: DeviceAddress) -> Vec<u8> {
         self.devices.pack(&device)
     }
+
+    /// The key of the last device number given to `account`.
+    fn device_counter_key(&self, account: AccountId) -> Vec<u8> {
+        self.root.pack(&("device_counter", account))
+    }
 }
 
 async fn recalled_device(
@@ -187,10 +194,8 @@ async fn insert_device(
     idempotency: &IdempotencyKey,
 ) -> Result<DeviceId, StoreError> {
     let directory = Directory::new();
-    let counter_key = directory.root.pack(&("device_counter", account));
-    let next = increment(transaction, &counter_key, "device counter").await?;
-    let number = u32::try_from(next)
-        .map_err(|_| StoreError::corrupt("device counter", format!("{next} is past u32")))?;
+    let counter_key = directory.device_counter_key(account);
+    let number = device_number(increment(transaction, &counter_key, "device counter").await?)?;
     let device = DeviceAddress {
         account,
         device: DeviceId(number),
@@ -206,7 +211,7 @@ async fn insert_device(
         "add_device",
         &(account,),
         idempotency,
-        &encode_u64(next),
+        &encode_u64(u64::from(number)),
     )?;
     Ok(device.device)
 }
