@@ -399,28 +399,58 @@ fn check_liveness(facts: &GroupFacts, plans: &HashMap<u32, &GroupPlan>, findings
             ),
         }
     }
-    for (message, &(acked, at)) in &facts.acked {
-        let Some(plan) = plans.get(&message.group) else {
-            continue;
-        };
-        let due = facts.heal_ms.max(at) + LIVENESS_BOUND_MS;
-        for client in members_ever(plan) {
-            for device in facts.devices_held(client, message, acked) {
-                if let Some(&when) = facts.arrived.get(&(client, device, *message))
-                    && when > due
-                {
-                    findings.add(
-                        Invariant::Liveness,
-                        format!(
-                            "{message} was acknowledged at {at} ms but reached {} only at \
-                             {when} ms, after its bound of {due} ms",
-                            device_name(client, device)
-                        ),
-                    );
-                }
-            }
+    for arrival in held_arrivals(facts, plans) {
+        let due = facts.heal_ms.max(arrival.acked_ms) + LIVENESS_BOUND_MS;
+        if arrival.arrived_ms > due {
+            findings.add(
+                Invariant::Liveness,
+                format!(
+                    "{} was acknowledged at {} ms but reached {} only at {} ms, after its bound                      of {due} ms",
+                    arrival.message,
+                    arrival.acked_ms,
+                    device_name(arrival.client, arrival.device),
+                    arrival.arrived_ms
+                ),
+            );
         }
     }
+}
+
+/// An acknowledged group message's arrival at a device I1 holds it to.
+struct HeldArrival {
+    message: GroupMessageRef,
+    acked_ms: u64,
+    client: u32,
+    device: u32,
+    arrived_ms: u64,
+}
+
+/// Every arrival of an acknowledged message of a group in `plans` at a device I1 holds it to,
+/// in message order.
+fn held_arrivals<'a>(
+    facts: &'a GroupFacts,
+    plans: &'a HashMap<u32, &GroupPlan>,
+) -> impl Iterator<Item = HeldArrival> + 'a {
+    facts.acked.iter().flat_map(move |(message, &(acked, at))| {
+        plans
+            .get(&message.group)
+            .into_iter()
+            .flat_map(|plan| members_ever(plan))
+            .flat_map(move |client| {
+                facts
+                    .devices_held(client, message, acked)
+                    .filter_map(move |device| {
+                        let arrived_ms = *facts.arrived.get(&(client, device, *message))?;
+                        Some(HeldArrival {
+                            message: *message,
+                            acked_ms: at,
+                            client,
+                            device,
+                            arrived_ms,
+                        })
+                    })
+            })
+    })
 }
 
 /// Every client that is ever a member of the group (first members, then the added one).
@@ -450,27 +480,13 @@ pub fn slowest_group_delivery_ms(groups: &[GroupPlan], trace: &[TraceEvent]) -> 
         return 0;
     }
     let facts = GroupFacts::gather(trace);
-    let mut slowest = 0;
-    for group in groups {
-        for (message, &(acked, at)) in facts.acked.range(
-            GroupMessageRef {
-                group: group.group,
-                sender: 0,
-                number: 0,
-            }..=GroupMessageRef {
-                group: group.group,
-                sender: u32::MAX,
-                number: u32::MAX,
-            },
-        ) {
-            for client in members_ever(group) {
-                for device in facts.devices_held(client, message, acked) {
-                    if let Some(&when) = facts.arrived.get(&(client, device, *message)) {
-                        slowest = slowest.max(when.saturating_sub(facts.heal_ms.max(at)));
-                    }
-                }
-            }
-        }
-    }
-    slowest
+    let plans: HashMap<u32, &GroupPlan> = groups.iter().map(|group| (group.group, group)).collect();
+    held_arrivals(&facts, &plans)
+        .map(|arrival| {
+            arrival
+                .arrived_ms
+                .saturating_sub(facts.heal_ms.max(arrival.acked_ms))
+        })
+        .max()
+        .unwrap_or(0)
 }

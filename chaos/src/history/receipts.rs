@@ -17,22 +17,13 @@ pub(crate) fn check_receipts(trace: &[TraceEvent], violations: &mut Vec<Violatio
                     invariant: Invariant::ReceiptsForward,
                     detail: format!(
                         "{message}'s tick moved back from {} to {} at {} ms",
-                        tick_name(*highest),
-                        tick_name(tick),
+                        super::trace::tick_label(*highest),
+                        super::trace::tick_label(tick),
                         event.at_ms
                     ),
                 });
             }
             *highest = (*highest).max(tick);
         }
-    }
-}
-
-fn tick_name(tick: u8) -> &'static str {
-    match tick {
-        0 => "pending",
-        1 => "sent",
-        2 => "delivered",
-        _ => "read",
     }
 }

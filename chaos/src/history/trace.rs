@@ -543,7 +543,7 @@ impl fmt::Display for TraceEvent {
 }
 
 /// A tick's name (0 pending, 1 sent, 2 delivered, 3 read).
-fn tick_label(tick: u8) -> &'static str {
+pub(super) fn tick_label(tick: u8) -> &'static str {
     match tick {
         0 => "pending",
         1 => "sent",

@@ -130,8 +130,6 @@ pub const GROUP_SENDS_PER_MEMBER_MAX: u32 = 3;
 pub const GROUP_WINDOW_MS_MIN: u64 = 500;
 /// Longest such span, in ms (half of the 1:1 sends' span, bounded by this).
 pub const GROUP_WINDOW_MS_MAX: u64 = 6_000;
-/// Pause between two checks that a group exists (or that this client was added), in ms.
-pub const GROUP_POLL_MS: u64 = 50;
 const _: () = assert!(GROUP_WINDOW_MS_MIN <= GROUP_WINDOW_MS_MAX);
 const _: () = assert!(GROUPS_PER_RUN_MAX >= 1 && GROUP_SENDS_PER_MEMBER_MAX >= 1);
 
