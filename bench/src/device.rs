@@ -648,31 +648,23 @@ impl Device {
         link: &EdgeLink,
         queue_cursor: u64,
     ) -> Result<watch::Receiver<Pushes>, BenchError> {
-        link.authenticate(
-            self.address,
-            &self.keys,
-            queue_cursor,
-            self.next_device_seq,
-            None,
-        )
-        .await
-        .map_err(|error| error.into_bench(format!("authenticating {}", self.address)))
+        self.authenticate_logging(link, queue_cursor, None).await
     }
 
     /// [`Device::authenticate`], the presence updates and typing notices pushed to this
-    /// connection going to `log` with the instant each arrived.
+    /// connection going to `log` (when given) with the instant each arrived.
     pub async fn authenticate_logging(
         &self,
         link: &EdgeLink,
         queue_cursor: u64,
-        log: Arc<SignalLog>,
+        log: Option<Arc<SignalLog>>,
     ) -> Result<watch::Receiver<Pushes>, BenchError> {
         link.authenticate(
             self.address,
             &self.keys,
             queue_cursor,
             self.next_device_seq,
-            Some(log),
+            log,
         )
         .await
         .map_err(|error| error.into_bench(format!("authenticating {}", self.address)))

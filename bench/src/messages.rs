@@ -755,17 +755,28 @@ pub(crate) async fn register_all(
             Ok::<_, BenchError>((index, Registered { device, link }))
         });
     }
-    let mut registered: Vec<Option<Registered>> = (0..count).map(|_| None).collect();
+    join_in_order(tasks, count, "registration").await
+}
+
+/// The answers of `count` tasks, each naming its index, in index order: the first failure
+/// ("a {what} failed"), or a task that answered no index ("a {what} did not finish"), fails
+/// them all.
+pub(crate) async fn join_in_order<T: Send + 'static>(
+    mut tasks: JoinSet<Result<(usize, T), BenchError>>,
+    count: usize,
+    what: &str,
+) -> Result<Vec<T>, BenchError> {
+    let mut answers: Vec<Option<T>> = (0..count).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
-        let (index, device) = joined
-            .map_err(|error| BenchError::Refused(format!("a registration failed: {error}")))??;
-        registered[index] = Some(device);
+        let (index, answer) =
+            joined.map_err(|error| BenchError::Refused(format!("a {what} failed: {error}")))??;
+        if let Some(slot) = answers.get_mut(index) {
+            *slot = Some(answer);
+        }
     }
-    registered
+    answers
         .into_iter()
-        .map(|device| {
-            device.ok_or_else(|| BenchError::Refused("a registration did not finish".into()))
-        })
+        .map(|answer| answer.ok_or_else(|| BenchError::Refused(format!("a {what} did not finish"))))
         .collect()
 }
 

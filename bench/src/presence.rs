@@ -58,7 +58,9 @@ use crate::limits::{
     TYPING_SENDERS_MAX, WARMUP_SECONDS_MAX, WATCHES_IN_FLIGHT_MAX, WINDOW_SECONDS_MAX,
 };
 use crate::measure::{CpuOf, Percentiles, Timing, cpu_time, latency_us, ratio, thousands};
-use crate::messages::{FAR_REGION, NEAR_REGION, Online, Registered, register_all, run_folder};
+use crate::messages::{
+    FAR_REGION, NEAR_REGION, Online, Registered, join_in_order, register_all, run_folder,
+};
 use crate::servers::{ServerMark, Servers};
 
 /// What to measure.
@@ -539,25 +541,11 @@ async fn connect_all(
                 .await
                 .map_err(|_| BenchError::Refused("connecting stopped".into()))?;
             let link = endpoints.connect(edge).await?;
-            let pushes = match log {
-                Some(log) => device.authenticate_logging(&link, 0, log).await?,
-                None => device.authenticate(&link, 0).await?,
-            };
+            let pushes = device.authenticate_logging(&link, 0, log).await?;
             Ok::<_, BenchError>((index, (Arc::new(link), pushes)))
         });
     }
-    let mut connected: Vec<Option<Connection>> = devices.iter().map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        let (index, connection) = joined
-            .map_err(|error| BenchError::Refused(format!("a connection failed: {error}")))??;
-        connected[index] = Some(connection);
-    }
-    connected
-        .into_iter()
-        .map(|connection| {
-            connection.ok_or_else(|| BenchError::Refused("a connection did not finish".into()))
-        })
-        .collect()
+    join_in_order(tasks, devices.len(), "connection").await
 }
 
 /// Waits until `count()` reaches `target`, at most [`PRESENCE_WAVE_TIMEOUT_MS`]; whether it
