@@ -266,6 +266,34 @@ fn servers_executable(benchmark: &str, allow_debug: bool) -> Result<PathBuf> {
     std::env::current_exe().context("finding the relayd executable")
 }
 
+/// Runs a benchmark under a progress bar of `steps` named `title` (hidden under `--json`),
+/// then prints its report: as JSON, or as the table `table` makes of it.
+fn report<R: serde::Serialize>(
+    steps: u64,
+    title: &str,
+    json: bool,
+    run: impl FnOnce(&(dyn Fn(&str) + Sync)) -> std::result::Result<R, relay_bench::BenchError>,
+    table: impl FnOnce(&R) -> String,
+) -> Result<()> {
+    let bar = crate::progress::bar(steps, title, json);
+    let report = run(&|step| {
+        bar.inc(1);
+        bar.set_message(step.to_owned());
+    })?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+/// `given`, else the quick run's value or the default.
+fn quick_or<T>(given: Option<T>, quick: bool, quick_value: T, default: T) -> T {
+    given.unwrap_or(if quick { quick_value } else { default })
+}
+
 /// Runs one benchmark and prints its report.
 pub fn run(benchmark: Benchmark) -> Result<()> {
     match benchmark {
@@ -279,19 +307,13 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 writers: args.writers,
                 data: args.data,
             };
-            let bar =
-                crate::progress::bar(storage::steps(&options), "relayd bench storage", args.json);
-            let report = storage::run(&options, &|step| {
-                bar.inc(1);
-                bar.set_message(step.to_owned());
-            })?;
-            bar.finish_and_clear();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            report(
+                storage::steps(&options),
+                "relayd bench storage",
+                args.json,
+                |step| storage::run(&options, step),
+                |report| report.table(),
+            )
         }
         Benchmark::Messages(args) => {
             let options = MessagesOptions {
@@ -320,55 +342,33 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     (false, None) => GROUP_MEMBERS_DEFAULT.to_vec(),
                 },
             };
-            let bar = crate::progress::bar(
+            report(
                 messages::steps(&options),
                 "relayd bench messages",
                 args.json,
-            );
-            let report = messages::run(
-                &options,
-                &|step| {
-                    bar.inc(1);
-                    bar.set_message(step.to_owned());
-                },
-                async { shutdown_signal().await },
-            )?;
-            bar.finish_and_clear();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+                |step| messages::run(&options, step, async { shutdown_signal().await }),
+                |report| report.table(),
+            )
         }
         Benchmark::Connections(args) => {
             let options = ConnectionsOptions {
                 relayd: servers_executable("connections", args.allow_debug)?,
-                devices: args.devices.unwrap_or(if args.quick {
-                    IDLE_DEVICES_QUICK
-                } else {
-                    IDLE_DEVICES_DEFAULT
-                }),
+                devices: quick_or(
+                    args.devices,
+                    args.quick,
+                    IDLE_DEVICES_QUICK,
+                    IDLE_DEVICES_DEFAULT,
+                ),
                 data: args.data,
                 build: build().into(),
             };
-            let bar =
-                crate::progress::bar(connections::steps(), "relayd bench connections", args.json);
-            let report = connections::run(
-                &options,
-                &|step| {
-                    bar.inc(1);
-                    bar.set_message(step.to_owned());
-                },
-                async { shutdown_signal().await },
-            )?;
-            bar.finish_and_clear();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            report(
+                connections::steps(),
+                "relayd bench connections",
+                args.json,
+                |step| connections::run(&options, step, async { shutdown_signal().await }),
+                |report| report.table(),
+            )
         }
         Benchmark::Blobs(args) => {
             let options = BlobsOptions {
@@ -384,49 +384,50 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 data: args.data,
                 build: build().into(),
             };
-            let bar = crate::progress::bar(blobs::steps(&options), "relayd bench blobs", args.json);
-            let report = blobs::run(
-                &options,
-                &|step| {
-                    bar.inc(1);
-                    bar.set_message(step.to_owned());
+            report(
+                blobs::steps(&options),
+                "relayd bench blobs",
+                args.json,
+                |step| {
+                    blobs::run(
+                        &options,
+                        step,
+                        // Made inside the run's runtime: tokio's signals need its reactor.
+                        async { shutdown_signal().await },
+                    )
                 },
-                // Made inside the run's runtime: tokio's signals need its reactor.
-                async { shutdown_signal().await },
-            )?;
-            bar.finish_and_clear();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+                |report| report.table(),
+            )
         }
         Benchmark::Presence(args) => {
             let quick = args.quick;
             let options = PresenceOptions {
                 relayd: servers_executable("presence", args.allow_debug)?,
-                watchers: args.watchers.unwrap_or(if quick {
-                    PRESENCE_WATCHERS_QUICK
-                } else {
-                    PRESENCE_WATCHERS_DEFAULT
-                }),
+                watchers: quick_or(
+                    args.watchers,
+                    quick,
+                    PRESENCE_WATCHERS_QUICK,
+                    PRESENCE_WATCHERS_DEFAULT,
+                ),
                 accounts: args.accounts,
-                cycles: args.cycles.unwrap_or(if quick {
-                    PRESENCE_CYCLES_QUICK
-                } else {
-                    PRESENCE_CYCLES_DEFAULT
-                }),
-                typing_senders: args.typing_senders.unwrap_or(if quick {
-                    TYPING_SENDERS_QUICK
-                } else {
-                    TYPING_SENDERS_DEFAULT
-                }),
-                typing_seconds: args.seconds.unwrap_or(if quick {
-                    TYPING_WINDOW_SECONDS_QUICK
-                } else {
-                    TYPING_WINDOW_SECONDS_DEFAULT
-                }),
+                cycles: quick_or(
+                    args.cycles,
+                    quick,
+                    PRESENCE_CYCLES_QUICK,
+                    PRESENCE_CYCLES_DEFAULT,
+                ),
+                typing_senders: quick_or(
+                    args.typing_senders,
+                    quick,
+                    TYPING_SENDERS_QUICK,
+                    TYPING_SENDERS_DEFAULT,
+                ),
+                typing_seconds: quick_or(
+                    args.seconds,
+                    quick,
+                    TYPING_WINDOW_SECONDS_QUICK,
+                    TYPING_WINDOW_SECONDS_DEFAULT,
+                ),
                 ceiling_seconds: if quick {
                     PRESENCE_CEILING_SECONDS_QUICK
                 } else {
@@ -435,55 +436,39 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 data: args.data,
                 build: build().into(),
             };
-            let bar = crate::progress::bar(presence::steps(), "relayd bench presence", args.json);
-            let report = presence::run(
-                &options,
-                &|step| {
-                    bar.inc(1);
-                    bar.set_message(step.to_owned());
-                },
-                async { shutdown_signal().await },
-            )?;
-            bar.finish_and_clear();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            report(
+                presence::steps(),
+                "relayd bench presence",
+                args.json,
+                |step| presence::run(&options, step, async { shutdown_signal().await }),
+                |report| report.table(),
+            )
         }
         Benchmark::Sync(args) => {
             let options = SyncOptions {
                 relayd: servers_executable("sync", args.allow_debug)?,
-                messages: args.messages.unwrap_or(if args.quick {
-                    SYNC_MESSAGES_QUICK
-                } else {
-                    SYNC_MESSAGES_DEFAULT
-                }),
-                compare_messages: args.compare_messages.unwrap_or(if args.quick {
-                    SYNC_COMPARE_MESSAGES_QUICK
-                } else {
-                    SYNC_COMPARE_MESSAGES_DEFAULT
-                }),
+                messages: quick_or(
+                    args.messages,
+                    args.quick,
+                    SYNC_MESSAGES_QUICK,
+                    SYNC_MESSAGES_DEFAULT,
+                ),
+                compare_messages: quick_or(
+                    args.compare_messages,
+                    args.quick,
+                    SYNC_COMPARE_MESSAGES_QUICK,
+                    SYNC_COMPARE_MESSAGES_DEFAULT,
+                ),
                 data: args.data,
                 build: build().into(),
             };
-            let bar = crate::progress::bar(sync::steps(&options), "relayd bench sync", args.json);
-            let report = sync::run(
-                &options,
-                &|step| {
-                    bar.inc(1);
-                    bar.set_message(step.to_owned());
-                },
-                async { shutdown_signal().await },
-            )?;
-            bar.finish_and_clear();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            report(
+                sync::steps(&options),
+                "relayd bench sync",
+                args.json,
+                |step| sync::run(&options, step, async { shutdown_signal().await }),
+                |report| report.table(),
+            )
         }
     }
 }
