@@ -1,0 +1,1669 @@
+use super::*;
+use fdb_layers::{Database, EmbeddedOptions};
+use relay_proto::wire::{
+    DeviceAddr, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, OneTimeKey,
+};
+use relay_proto::{ChatId, ClientMessageId};
+
+const HERE: RegionId = RegionId(1);
+const ELSEWHERE: RegionId = RegionId(2);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: Database,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db =
+        Database::open(&dir.path().join("region.redb"), EmbeddedOptions::default()).expect("open");
+    Fixture { _dir: dir, db }
+}
+
+/// A fresh idempotency key, as the service issues one per request.
+fn key() -> IdempotencyKey {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let counter = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut nonce = [0u8; 16];
+    nonce[8..].copy_from_slice(&counter.to_be_bytes());
+    IdempotencyKey::new(1_000, nonce)
+}
+
+async fn run<T>(
+    db: &Database,
+    body: impl AsyncFn(Transaction) -> Outcome<T>,
+) -> Result<(T, Effects), ProtoError> {
+    db.transact(|tx| body(tx)).await.expect("store works")
+}
+
+/// Creates an account homed in `home` with `devices` devices (each with 2 one-time keys).
+async fn account(db: &Database, name: &str, home: RegionId, devices: u32) -> AccountId {
+    let create = key();
+    let record = db
+        .transact(|tx| async move { directory::create_account(&tx, name, home, &create).await })
+        .await
+        .expect("store")
+        .expect("name free");
+    for index in 0..devices {
+        let register = wire::Register {
+            name: name.into(),
+            identity_key: vec![index as u8; 32],
+            signing_key: vec![index as u8 + 100; 32],
+            one_time_keys: vec![
+                OneTimeKey {
+                    key_id: format!("{name}-{index}-a"),
+                    public_key: vec![1; 32],
+                    ..OneTimeKey::default()
+                },
+                OneTimeKey {
+                    key_id: format!("{name}-{index}-b"),
+                    public_key: vec![2; 32],
+                    ..OneTimeKey::default()
+                },
+            ],
+            registration_token: String::new(),
+            fallback_key: None,
+        };
+        let request = key();
+        if index == 0 {
+            run(db, async |tx| {
+                register_device(&tx, &record, &register, &request).await
+            })
+            .await
+            .expect("registered");
+        } else {
+            db.transact(|tx| {
+                let register = register.clone();
+                async move {
+                    directory::add_device(
+                        &tx,
+                        record.id,
+                        &register.identity_key,
+                        &register.signing_key,
+                        &request,
+                    )
+                    .await
+                }
+            })
+            .await
+            .expect("device added");
+        }
+    }
+    record.id
+}
+
+fn envelope(
+    sender: DeviceAddress,
+    to: &[DeviceAddress],
+    accounts: &[AccountId],
+    message: u8,
+    sender_seq: u64,
+) -> Envelope {
+    Envelope {
+        chat: ChatId::direct(sender.account, accounts[0]).0.to_vec(),
+        sender: sender.into(),
+        client_message_id: ClientMessageId([message; 16]).0.to_vec(),
+        sender_seq,
+        recipient_accounts: accounts.iter().map(|a| a.0).collect(),
+        ciphertexts: to
+            .iter()
+            .map(|&device| DeviceCiphertext {
+                recipient: device.into(),
+                message_type: 1,
+                body: vec![message, device.device.0 as u8],
+            })
+            .collect(),
+        device_seq: u64::from(message),
+        ..Default::default()
+    }
+}
+
+async fn commit(
+    db: &Database,
+    envelope: &Envelope,
+    sender_region: RegionId,
+) -> (send_outcome::Outcome, Effects) {
+    let (decision, effects) = run(db, async |tx| {
+        commit_envelope(
+            &tx,
+            HERE,
+            envelope,
+            sender_region,
+            GroupSource::Directory,
+            &BTreeSet::new(),
+            1_000,
+        )
+        .await
+    })
+    .await
+    .expect("accepted");
+    let CommitDecision::Answer(outcome) = decision else {
+        panic!("a recipient queue was unreadable: {decision:?}");
+    };
+    (outcome.outcome.expect("an outcome"), effects)
+}
+
+async fn fetch(db: &Database, device: DeviceAddress, ack: &[u64]) -> (QueueBatch, Effects) {
+    fetch_after(db, device, ack, 0).await.expect("fetched")
+}
+
+async fn fetch_after(
+    db: &Database,
+    device: DeviceAddress,
+    ack: &[u64],
+    after_queue_seq: u64,
+) -> Result<(QueueBatch, Effects), ProtoError> {
+    let request = FetchAndAck {
+        ack: Some(wire::AckQueue {
+            queue_seqs: ack.to_vec(),
+        }),
+        fetch: Some(FetchQueue {
+            after_queue_seq,
+            limit: 100,
+        }),
+    };
+    run(db, async |tx| {
+        fetch_and_ack(&tx, HERE, device, &request, &BTreeSet::new(), 2_000).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_page_of_large_messages_fits_a_frame_and_the_rest_follows() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    // 40 messages of the largest ciphertext: 2.6 MB, far more than a frame holds.
+    let messages = 40u8;
+    for message in 1..=messages {
+        let mut sent = envelope(alice1, &[bob1], &[bob, alice], message, u64::from(message));
+        sent.ciphertexts[0].body = vec![message; relay_proto::limits::CIPHERTEXT_BYTES_MAX];
+        commit(&f.db, &sent, HERE).await;
+    }
+    let mut received = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let request = FetchAndAck {
+            ack: None,
+            fetch: Some(FetchQueue {
+                after_queue_seq: after,
+                limit: QUEUE_FETCH_ENTRIES_MAX,
+            }),
+        };
+        let (batch, _) = run(&f.db, async |tx| {
+            fetch_and_ack(&tx, HERE, bob1, &request, &BTreeSet::new(), 2_000).await
+        })
+        .await
+        .expect("fetched");
+        let response = wire::ClientResponse {
+            body: Some(wire::client_response::Body::Queue(batch.clone())),
+        };
+        assert!(
+            response.encoded_len() <= relay_proto::limits::FRAME_BYTES_MAX,
+            "a page of {} entries is {} bytes",
+            batch.entries.len(),
+            response.encoded_len()
+        );
+        let Some(last) = batch.entries.last() else {
+            break;
+        };
+        after = last.queue_seq;
+        received.extend(batch.entries.iter().map(|entry| entry.queue_seq));
+        pages += 1;
+        assert!(pages <= usize::from(messages), "every page holds an entry");
+    }
+    assert_eq!(received, (1..=u64::from(messages)).collect::<Vec<_>>());
+    assert!(
+        pages >= 5,
+        "the byte budget split the queue ({pages} pages)"
+    );
+}
+
+#[tokio::test]
+async fn commit_fans_out_and_a_retry_is_stored_once() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 2).await;
+    let alice1 = device_in(alice, 1);
+    let (bob1, bob2) = (device_in(bob, 1), device_in(bob, 2));
+    let sent = envelope(alice1, &[bob1, bob2], &[bob, alice], 7, 1);
+
+    let (outcome, effects) = commit(&f.db, &sent, HERE).await;
+    let send_outcome::Outcome::Sent(first) = outcome else {
+        panic!("expected sent")
+    };
+    assert_eq!(first.commits[0].chat_seq, 1);
+    assert!(!first.commits[0].duplicate);
+    assert_eq!(effects.notify, BTreeMap::from([(bob1, 1), (bob2, 1)]));
+
+    // The same envelope again (a retry): the original result, nothing new queued.
+    let (outcome, effects) = commit(&f.db, &sent, HERE).await;
+    let send_outcome::Outcome::Sent(again) = outcome else {
+        panic!("expected sent")
+    };
+    assert_eq!(again.commits[0].chat_seq, 1);
+    assert!(again.commits[0].duplicate);
+    assert!(effects.notify.is_empty());
+
+    let (batch, _) = fetch(&f.db, bob2, &[]).await;
+    assert_eq!(batch.entries.len(), 1, "stored once");
+    let Some(queue_entry::Item::Message(message)) = &batch.entries[0].item else {
+        panic!("a message")
+    };
+    assert_eq!(
+        message.ciphertext,
+        vec![7, 2],
+        "each device gets its own ciphertext"
+    );
+    assert_eq!(message.sender, alice1.into());
+}
+
+/// Creates a group owned by `owner` with `members` (version 1).
+async fn group(db: &Database, owner: AccountId, members: &[AccountId]) -> GroupId {
+    let request = key();
+    db.transact(|tx| async move {
+        let new = directory::NewGroup {
+            owner,
+            name: "team",
+            home_region: HERE,
+            members,
+            request_id: [owner.0 as u8; 16],
+        };
+        directory::create_group(&tx, &new, &request).await
+    })
+    .await
+    .expect("store")
+    .expect("fits")
+}
+
+/// A group message (`kind` Message: empty entries and a group ciphertext) or key share
+/// (Olm bodies) of `group` at `version`.
+#[allow(clippy::too_many_arguments)]
+fn group_envelope(
+    group: GroupId,
+    version: u64,
+    kind: EnvelopeKind,
+    sender: DeviceAddress,
+    to: &[DeviceAddress],
+    accounts: &[AccountId],
+    message: u8,
+    sender_seq: u64,
+) -> Envelope {
+    let share = kind == EnvelopeKind::GroupKeyShare;
+    Envelope {
+        chat: ChatId::group(group).0.to_vec(),
+        sender: sender.into(),
+        client_message_id: ClientMessageId([message; 16]).0.to_vec(),
+        sender_seq,
+        recipient_accounts: accounts.iter().map(|a| a.0).collect(),
+        ciphertexts: to
+            .iter()
+            .map(|&device| DeviceCiphertext {
+                recipient: device.into(),
+                message_type: if share {
+                    wire::MESSAGE_TYPE_OLM_PRE_KEY
+                } else {
+                    wire::MESSAGE_TYPE_HOLDS_GROUP_SESSION
+                },
+                body: if share {
+                    vec![message, device.device.0 as u8]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect(),
+        device_seq: u64::from(message),
+        group: group.0,
+        group_version: version,
+        kind: kind as i32,
+        group_ciphertext: if share { Vec::new() } else { vec![message; 40] },
+        group_session_id: "session-1".into(),
+        // Every earlier number waits to be stored first (strictly in order).
+        group_prev_seq: sender_seq - 1,
+    }
+}
+
+/// Commits at the directory writer (this store), refusals included.
+async fn try_commit(
+    db: &Database,
+    envelope: &Envelope,
+) -> Result<send_outcome::Outcome, ProtoError> {
+    let (decision, _) = run(db, async |tx| {
+        commit_envelope(
+            &tx,
+            HERE,
+            envelope,
+            HERE,
+            GroupSource::Directory,
+            &BTreeSet::new(),
+            1_000,
+        )
+        .await
+    })
+    .await?;
+    let CommitDecision::Answer(outcome) = decision else {
+        panic!("a recipient queue was unreadable: {decision:?}");
+    };
+    Ok(outcome.outcome.expect("an outcome"))
+}
+
+async fn chat_entries(db: &Database, chat: ChatId) -> usize {
+    db.transact(|tx| async move { chat_log::read_range(&tx, chat, 0, 100).await })
+        .await
+        .expect("read")
+        .len()
+}
+
+fn message_of(entry: &QueueEntry) -> &QueuedMessage {
+    let Some(queue_entry::Item::Message(message)) = &entry.item else {
+        panic!("a message, got {entry:?}")
+    };
+    message
+}
+
+#[tokio::test]
+async fn a_group_message_is_stored_once_and_queued_for_every_member_device() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 2).await;
+    let bob = account(&f.db, "bob", HERE, 2).await;
+    let carol = account(&f.db, "carol", HERE, 1).await;
+    let dave = account(&f.db, "dave", ELSEWHERE, 0).await;
+    let team = group(&f.db, alice, &[bob, carol, dave]).await;
+    let (alice1, alice2) = (device_in(alice, 1), device_in(alice, 2));
+    let (bob1, bob2, carol1) = (device_in(bob, 1), device_in(bob, 2), device_in(carol, 1));
+    let members = [alice, bob, carol, dave];
+
+    // The session's key for the devices that lack it, then the message: consecutive
+    // sender_seqs from one device. Sent out of order, the message waits for the share.
+    let share = group_envelope(
+        team,
+        1,
+        EnvelopeKind::GroupKeyShare,
+        alice1,
+        &[bob1, carol1],
+        &[bob, carol],
+        1,
+        1,
+    );
+    let message = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        alice1,
+        &[alice2, bob1, bob2, carol1],
+        &members,
+        2,
+        2,
+    );
+    let early = try_commit(&f.db, &message).await.expect("answered");
+    assert!(
+        matches!(
+            early,
+            send_outcome::Outcome::ResendFrom(ResendFrom {
+                expected_sender_seq: 1
+            })
+        ),
+        "{early:?}"
+    );
+    let (outcome, effects) = commit(&f.db, &share, HERE).await;
+    assert!(matches!(outcome, send_outcome::Outcome::Sent(_)));
+    assert_eq!(effects.notify, BTreeMap::from([(bob1, 1), (carol1, 1)]));
+    let (outcome, effects) = commit(&f.db, &message, HERE).await;
+    let send_outcome::Outcome::Sent(sent) = outcome else {
+        panic!("expected sent, got {outcome:?}")
+    };
+    assert_eq!(sent.commits[0].chat_seq, 2);
+    assert_eq!(
+        effects.notify,
+        BTreeMap::from([(alice2, 1), (bob1, 2), (bob2, 1), (carol1, 2)]),
+        "every member device here, dave's left to his region"
+    );
+
+    // A retry is answered with the first result and queues nothing.
+    let (outcome, effects) = commit(&f.db, &message, HERE).await;
+    let send_outcome::Outcome::Sent(again) = outcome else {
+        panic!("expected sent, got {outcome:?}")
+    };
+    assert!(again.commits[0].duplicate);
+    assert!(effects.notify.is_empty());
+
+    // Stored once: the share and the message are the chat's two entries.
+    assert_eq!(chat_entries(&f.db, ChatId::group(team)).await, 2);
+
+    // bob1 gets its key, then the message: the shared ciphertext, no ciphertext of its own.
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(batch.entries.len(), 2);
+    let key_share = message_of(&batch.entries[0]);
+    assert_eq!(key_share.kind, EnvelopeKind::GroupKeyShare as i32);
+    assert_eq!(key_share.group, team.0);
+    assert_eq!(key_share.ciphertext, vec![1, 1]);
+    assert!(key_share.group_ciphertext.is_empty());
+    assert_eq!(key_share.group_session_id, "session-1");
+    let received = message_of(&batch.entries[1]);
+    assert_eq!(received.kind, EnvelopeKind::Message as i32);
+    assert_eq!(received.sender_seq, 2);
+    assert_eq!(received.chat_seq, 2);
+    assert_eq!(
+        received.message_type,
+        wire::MESSAGE_TYPE_HOLDS_GROUP_SESSION
+    );
+    assert!(received.ciphertext.is_empty());
+    assert_eq!(received.group_ciphertext, vec![2; 40]);
+    assert_eq!(received.group_session_id, "session-1");
+    // bob2 and alice2 (the sender's other device) get the same message, and only it.
+    for device in [bob2, alice2] {
+        let (batch, _) = fetch(&f.db, device, &[]).await;
+        assert_eq!(batch.entries.len(), 1, "{device}");
+        assert_eq!(message_of(&batch.entries[0]).group_ciphertext, vec![2; 40]);
+    }
+}
+
+#[tokio::test]
+async fn group_envelopes_that_do_not_match_the_group_are_refused_before_any_write() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 2).await;
+    let bob = account(&f.db, "bob", HERE, 2).await;
+    let carol = account(&f.db, "carol", HERE, 1).await;
+    let erin = account(&f.db, "erin", HERE, 1).await;
+    let team = group(&f.db, alice, &[bob, carol]).await;
+    let (alice1, alice2) = (device_in(alice, 1), device_in(alice, 2));
+    let (bob1, bob2, carol1) = (device_in(bob, 1), device_in(bob, 2), device_in(carol, 1));
+    let message = |to: &[DeviceAddress], accounts: &[AccountId], version: u64| {
+        group_envelope(
+            team,
+            version,
+            EnvelopeKind::Message,
+            alice1,
+            to,
+            accounts,
+            1,
+            1,
+        )
+    };
+    let all = [alice2, bob1, bob2, carol1];
+    let members = [alice, bob, carol];
+    let expected_devices = vec![
+        AccountDevices {
+            account: alice.0,
+            devices: vec![2],
+        },
+        AccountDevices {
+            account: bob.0,
+            devices: vec![1, 2],
+        },
+        AccountDevices {
+            account: carol.0,
+            devices: vec![1],
+        },
+    ];
+
+    // A sender that is not a member sees an unknown group.
+    let outsider = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        device_in(erin, 1),
+        &all,
+        &members,
+        1,
+        1,
+    );
+    let refused = try_commit(&f.db, &outsider).await.expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::UnknownGroup);
+    let mut unknown = message(&all, &members, 1);
+    unknown.group = 99;
+    unknown.chat = ChatId::group(GroupId(99)).0.to_vec();
+    let refused = try_commit(&f.db, &unknown).await.expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::UnknownGroup);
+
+    // A wrong member list: the group changed, with its members and their devices.
+    for accounts in [&[alice, bob][..], &[alice, bob, carol, erin][..]] {
+        let to: Vec<DeviceAddress> = all
+            .iter()
+            .copied()
+            .filter(|device| accounts.contains(&device.account))
+            .collect();
+        let outcome = try_commit(&f.db, &message(&to, accounts, 1))
+            .await
+            .expect("answered");
+        let send_outcome::Outcome::GroupChanged(changed) = outcome else {
+            panic!("expected the group changed, got {outcome:?}")
+        };
+        assert_eq!(changed.group, team.0);
+        assert_eq!(changed.version, 1);
+        assert_eq!(changed.members, vec![alice.0, bob.0, carol.0]);
+        assert_eq!(changed.devices, expected_devices);
+    }
+
+    // A device missing, one extra, or the sender's other device left out: mismatched.
+    let missing = message(&[alice2, bob1, carol1], &members, 1);
+    let extra = message(
+        &[alice2, bob1, bob2, device_in(bob, 3), carol1],
+        &members,
+        1,
+    );
+    let without_own = message(&[bob1, bob2, carol1], &[bob, carol], 1);
+    for (envelope, account, devices) in [
+        (missing, bob, vec![1, 2]),
+        (extra, bob, vec![1, 2]),
+        (without_own, alice, vec![2]),
+    ] {
+        let outcome = try_commit(&f.db, &envelope).await.expect("answered");
+        let send_outcome::Outcome::Mismatched(mismatched) = outcome else {
+            panic!("expected mismatched devices, got {outcome:?}")
+        };
+        assert_eq!(
+            mismatched.accounts,
+            vec![AccountDevices {
+                account: account.0,
+                devices
+            }]
+        );
+    }
+
+    // A key share to a device that is not current, or to an account that is no member.
+    let share = |to: &[DeviceAddress], accounts: &[AccountId]| {
+        group_envelope(
+            team,
+            1,
+            EnvelopeKind::GroupKeyShare,
+            alice1,
+            to,
+            accounts,
+            2,
+            1,
+        )
+    };
+    let outcome = try_commit(&f.db, &share(&[device_in(bob, 3)], &[bob]))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Mismatched(_)),
+        "{outcome:?}"
+    );
+    let outcome = try_commit(&f.db, &share(&[device_in(erin, 1)], &[erin]))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
+
+    // erin joins (version 2): version 1 is stale, version 3 does not exist.
+    let add = key();
+    db_add_member(&f.db, team, erin, add).await;
+    let outcome = try_commit(&f.db, &message(&all, &members, 1))
+        .await
+        .expect("answered");
+    let send_outcome::Outcome::GroupChanged(changed) = outcome else {
+        panic!("expected the group changed, got {outcome:?}")
+    };
+    assert_eq!(changed.version, 2);
+    assert_eq!(changed.members, vec![alice.0, bob.0, carol.0, erin.0]);
+    assert_eq!(changed.devices.len(), 4, "erin's devices too");
+    let refused = try_commit(&f.db, &message(&all, &members, 3))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::Malformed);
+
+    // Nothing of any refusal was written; the right envelope for version 2 is accepted.
+    assert_eq!(chat_entries(&f.db, ChatId::group(team)).await, 0);
+    let mut everyone = all.to_vec();
+    everyone.push(device_in(erin, 1));
+    let outcome = try_commit(&f.db, &message(&everyone, &[alice, bob, carol, erin], 2))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(chat_entries(&f.db, ChatId::group(team)).await, 1);
+}
+
+async fn db_add_member(db: &Database, group: GroupId, account: AccountId, key: IdempotencyKey) {
+    db.transact(|tx| async move { directory::add_member(&tx, group, account, &key).await })
+        .await
+        .expect("added");
+}
+
+#[tokio::test]
+async fn envelopes_must_cover_exactly_the_current_devices() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 2).await;
+    let bob = account(&f.db, "bob", HERE, 2).await;
+    let alice1 = device_in(alice, 1);
+    // Missing bob's second device and alice's own other device.
+    let partial = envelope(alice1, &[device_in(bob, 1)], &[bob, alice], 1, 1);
+    let (outcome, effects) = commit(&f.db, &partial, HERE).await;
+    let send_outcome::Outcome::Mismatched(mismatched) = outcome else {
+        panic!("expected mismatch")
+    };
+    let mut accounts: Vec<(u64, Vec<u32>)> = mismatched
+        .accounts
+        .into_iter()
+        .map(|a| (a.account, a.devices))
+        .collect();
+    accounts.sort();
+    assert_eq!(accounts, vec![(alice.0, vec![2]), (bob.0, vec![1, 2])]);
+    assert!(effects.notify.is_empty());
+    // A device that does not exist is a mismatch too.
+    let extra = envelope(
+        alice1,
+        &[
+            device_in(bob, 1),
+            device_in(bob, 2),
+            device_in(bob, 3),
+            device_in(alice, 2),
+        ],
+        &[bob, alice],
+        1,
+        1,
+    );
+    assert!(matches!(
+        commit(&f.db, &extra, HERE).await.0,
+        send_outcome::Outcome::Mismatched(_)
+    ));
+    // Nothing was stored by the refusals: the corrected envelope is chat sequence 1.
+    let right = envelope(
+        alice1,
+        &[device_in(bob, 1), device_in(bob, 2), device_in(alice, 2)],
+        &[bob, alice],
+        1,
+        1,
+    );
+    let send_outcome::Outcome::Sent(sent) = commit(&f.db, &right, HERE).await.0 else {
+        panic!("expected sent")
+    };
+    assert_eq!(sent.commits[0].chat_seq, 1);
+}
+
+#[tokio::test]
+async fn a_sender_seq_gap_is_refused_with_the_expected_number() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let alice1 = device_in(alice, 1);
+    let skipped = envelope(alice1, &[device_in(bob, 1)], &[bob, alice], 2, 2);
+    let send_outcome::Outcome::ResendFrom(resend) = commit(&f.db, &skipped, HERE).await.0 else {
+        panic!("gap")
+    };
+    assert_eq!(resend.expected_sender_seq, 1);
+}
+
+#[tokio::test]
+async fn recipients_in_other_regions_are_left_to_them() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", ELSEWHERE, 0).await;
+    // bob's devices are not known here: the envelope is checked and stored for alice's side only.
+    let bob1 = device_in(bob, 1);
+    let sent = envelope(device_in(alice, 1), &[bob1], &[bob, alice], 3, 1);
+    let (outcome, effects) = commit(&f.db, &sent, HERE).await;
+    assert!(matches!(outcome, send_outcome::Outcome::Sent(_)));
+    assert!(effects.notify.is_empty(), "no local recipient devices");
+}
+
+#[tokio::test]
+async fn a_sender_this_region_never_saw_is_accepted() {
+    let f = fixture();
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    // alice is homed elsewhere and was never looked up here.
+    let alice_elsewhere = device_in(AccountId(4242), 1);
+    let sent = envelope(
+        alice_elsewhere,
+        &[device_in(bob, 1)],
+        &[bob, alice_elsewhere.account],
+        1,
+        1,
+    );
+    let (outcome, effects) = commit(&f.db, &sent, ELSEWHERE).await;
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(effects.notify.get(&device_in(bob, 1)), Some(&1));
+}
+
+#[tokio::test]
+async fn group_acks_become_receipts_for_the_sender_in_one_batch() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let members: Vec<AccountId> = {
+        let mut members = Vec::new();
+        for index in 0..5 {
+            members.push(account(&f.db, &format!("m{index}"), HERE, 1).await);
+        }
+        members
+    };
+    let team = group(&f.db, alice, &members).await;
+    let alice1 = device_in(alice, 1);
+    let devices: Vec<DeviceAddress> = members.iter().map(|m| device_in(*m, 1)).collect();
+    let mut listed = members.clone();
+    listed.push(alice);
+    let message = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        alice1,
+        &devices,
+        &listed,
+        1,
+        1,
+    );
+    let (outcome, _) = commit(&f.db, &message, HERE).await;
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+
+    // Each member's ack pushes its receipt to this region's outbox, touching nothing of
+    // alice's queue (so the acks do not conflict on it).
+    for device in &devices {
+        let (_, effects) = fetch(&f.db, *device, &[1]).await;
+        assert!(effects.outbox_pushed);
+        assert!(!effects.notify.contains_key(&alice1), "{effects:?}");
+    }
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    assert!(
+        batch.entries.is_empty(),
+        "no receipt before the pump's batch"
+    );
+
+    // The pump's batch appends all five in one transaction, and the next finds none.
+    let (taken, effects) =
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+            .await
+            .expect("store")
+            .expect("applied");
+    assert_eq!(taken, 5);
+    // One entry holds them all: alice's queue grows by one, not by a member count.
+    assert_eq!(effects.notify.get(&alice1), Some(&1));
+    let (taken, _) =
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+            .await
+            .expect("store")
+            .expect("applied");
+    assert_eq!(taken, 0);
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    assert_eq!(batch.entries.len(), 1, "{batch:?}");
+    let Some(queue_entry::Item::Receipts(receipts)) = &batch.entries[0].item else {
+        panic!("an entry of receipts, got {:?}", batch.entries[0]);
+    };
+    let recipients: BTreeSet<wire::DeviceAddr> = receipts
+        .receipts
+        .iter()
+        .map(|receipt| {
+            assert_eq!(receipt.state, ReceiptState::Delivered as i32);
+            assert!(receipt.encoded_len() <= relay_proto::limits::QUEUED_RECEIPT_ENCODED_BYTES_MAX);
+            receipt.recipient
+        })
+        .collect();
+    assert_eq!(
+        recipients,
+        devices.iter().map(|device| (*device).into()).collect()
+    );
+
+    // A member acknowledging again (a retried ack) moves nothing: no entry for alice.
+    let (_, effects) = fetch_after(&f.db, devices[0], &[1], 1)
+        .await
+        .expect("fetched");
+    assert!(!effects.outbox_pushed);
+    let (taken, effects) =
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+            .await
+            .expect("store")
+            .expect("applied");
+    assert_eq!((taken, effects.notify.get(&alice1)), (0, None));
+}
+
+#[tokio::test]
+async fn acks_become_delivered_receipts_for_the_sender() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let carol = account(&f.db, "carol", ELSEWHERE, 0).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+    // carol (homed elsewhere) sends to bob: her receipt must travel through the outbox.
+    let from_carol = envelope(device_in(carol, 1), &[bob1], &[bob], 2, 1);
+    let (outcome, _) = commit(&f.db, &from_carol, ELSEWHERE).await;
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(
+        batch
+            .entries
+            .iter()
+            .map(|e| e.queue_seq)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let (after_ack, effects) = fetch(&f.db, bob1, &[1, 2]).await;
+    assert!(after_ack.entries.is_empty(), "acked entries are deleted");
+    assert_eq!(after_ack.latest_queue_seq, 2, "the counter survives acks");
+    assert!(effects.outbox_pushed, "carol's receipt goes to her region");
+    assert_eq!(
+        effects.notify.get(&alice1),
+        Some(&1),
+        "alice's receipt is queued here"
+    );
+
+    let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
+    let Some(queue_entry::Item::Receipt(receipt)) = &alice_batch.entries[0].item else {
+        panic!("a receipt")
+    };
+    assert_eq!(receipt.state, ReceiptState::Delivered as i32);
+    assert_eq!(receipt.recipient, bob1.into());
+    assert_eq!(receipt.client_message_id, vec![1; 16]);
+
+    let pending =
+        f.db.transact(|tx| async move { outbox::peek(&tx, ELSEWHERE, 10).await })
+            .await
+            .expect("outbox");
+    assert_eq!(pending.len(), 1);
+    // Acking again (from the cursor past them, as a device that stored them does) changes
+    // nothing: acks are idempotent.
+    let (_, effects) = fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("fetched");
+    assert_eq!(effects, Effects::default());
+}
+
+#[tokio::test]
+async fn undelivered_entries_expire_into_receipts_for_the_senders() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let carol = account(&f.db, "carol", ELSEWHERE, 0).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+    let from_carol = envelope(device_in(carol, 1), &[bob1], &[bob], 2, 1);
+    commit(&f.db, &from_carol, ELSEWHERE).await;
+    let expire = async |now_ms: u64| {
+        run(&f.db, async |tx| expire_queues(&tx, HERE, now_ms).await)
+            .await
+            .expect("swept")
+    };
+
+    // Within the retention window nothing expires.
+    let retention_ms = fdb_layers::device_queue::QUEUE_RETENTION_MS_DEFAULT;
+    let (early, effects) = expire(1_000 + retention_ms).await;
+    assert_eq!(early, ExpiredQueues::default());
+    assert_eq!(effects, Effects::default());
+
+    let (late, effects) = expire(1_001 + retention_ms).await;
+    assert_eq!(
+        late,
+        ExpiredQueues {
+            expired_entries: 2,
+            more: false
+        }
+    );
+    assert!(effects.outbox_pushed, "carol's receipt goes to her region");
+    assert_eq!(
+        effects.notify.get(&alice1),
+        Some(&1),
+        "alice's is queued here"
+    );
+    let (bob_batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert!(bob_batch.entries.is_empty(), "the expired entries are gone");
+    assert_eq!(bob_batch.latest_queue_seq, 2);
+
+    let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
+    let Some(queue_entry::Item::Receipt(receipt)) = &alice_batch.entries[0].item else {
+        panic!("a receipt")
+    };
+    assert_eq!(receipt.state, ReceiptState::Expired as i32);
+    assert_eq!(receipt.recipient, bob1.into());
+    assert_eq!(receipt.at_ms, 1_001 + retention_ms);
+    let pending =
+        f.db.transact(|tx| async move { outbox::peek(&tx, ELSEWHERE, 10).await })
+            .await
+            .expect("outbox");
+    let forwarded = QueuedReceipt::decode(&pending[0].1[..]).expect("a receipt");
+    assert_eq!(forwarded.state, ReceiptState::Expired as i32);
+    // A second sweep finds nothing: each entry expires once.
+    assert_eq!(
+        expire(2_000 + retention_ms).await.0,
+        ExpiredQueues::default()
+    );
+}
+
+#[tokio::test]
+async fn a_retried_registration_answers_its_first_result() {
+    let f = fixture();
+    let create = key();
+    let record = f
+        .db
+        .transact(|tx| async move { directory::create_account(&tx, "dora", HERE, &create).await })
+        .await
+        .expect("store")
+        .expect("name free");
+    let register = wire::Register {
+        name: "dora".into(),
+        identity_key: vec![1; 32],
+        signing_key: vec![2; 32],
+        one_time_keys: vec![OneTimeKey {
+            key_id: "k".into(),
+            public_key: vec![3; 32],
+            ..OneTimeKey::default()
+        }],
+        registration_token: String::new(),
+        fallback_key: None,
+    };
+    let request = key();
+    let attempt = async |request: &IdempotencyKey| {
+        run(&f.db, async |tx| {
+            register_device(&tx, &record, &register, request).await
+        })
+        .await
+    };
+    let first = attempt(&request).await.expect("registered").0;
+    // The same request again, as after an unknown commit result: the same device.
+    let retried = attempt(&request).await.expect("registered again").0;
+    assert_eq!(first, retried);
+    // The client retrying after a lost answer (a new request, the same keys): the same
+    // device, not "name taken".
+    let resent = attempt(&key()).await.expect("registered on a resend").0;
+    assert_eq!(first, resent);
+    // Another device wanting the name is refused.
+    let stranger = wire::Register {
+        identity_key: vec![7; 32],
+        ..register.clone()
+    };
+    let other = run(&f.db, async |tx| {
+        register_device(&tx, &record, &stranger, &key()).await
+    })
+    .await
+    .map(|_| ())
+    .map_err(|error| error.code);
+    assert_eq!(other, Err(ErrorCode::NameTaken));
+    let count = f
+        .db
+        .transact(|tx| async move { keys::one_time_key_count(&tx, device_in(record.id, 1)).await })
+        .await
+        .expect("count");
+    assert_eq!(count, 1, "the retry uploaded nothing twice");
+}
+
+#[tokio::test]
+async fn forwarded_receipts_apply_once_and_only_move_forward() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let alice1 = device_in(alice, 1);
+    let receipt = QueuedReceipt {
+        chat: vec![0; 16],
+        client_message_id: vec![5; 16],
+        recipient: DeviceAddr {
+            account: 99,
+            device: 1,
+        },
+        state: ReceiptState::Delivered as i32,
+        at_ms: 10,
+        sender: alice1.into(),
+    };
+    let forward = |commit_version: u64| wire::ForwardReceipts {
+        receipts: vec![wire::ReceiptForward {
+            receipt: receipt.clone(),
+            origin_region: 2,
+            origin_stamp: [&commit_version.to_be_bytes()[..], &[0; 4]].concat(),
+        }],
+    };
+    let apply = async |request: wire::ForwardReceipts| {
+        run(&f.db, async |tx| {
+            apply_forwarded_receipts(&tx, HERE, &request, 3_000).await
+        })
+        .await
+        .expect("applied")
+        .1
+    };
+    assert_eq!(apply(forward(1)).await.notify.get(&alice1), Some(&1));
+    assert!(
+        apply(forward(1)).await.notify.is_empty(),
+        "a redelivered batch is applied once"
+    );
+    assert!(
+        apply(forward(2)).await.notify.is_empty(),
+        "the same state again does not move"
+    );
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    assert_eq!(batch.entries.len(), 1);
+    let malformed = wire::ForwardReceipts {
+        receipts: vec![wire::ReceiptForward {
+            receipt: receipt.clone(),
+            origin_region: 2,
+            origin_stamp: vec![1, 2, 3],
+        }],
+    };
+    let refused = run(&f.db, async |tx| {
+        apply_forwarded_receipts(&tx, HERE, &malformed, 3_000).await
+    })
+    .await
+    .expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::Malformed);
+}
+
+#[tokio::test]
+async fn one_time_keys_are_claimed_once_each() {
+    let f = fixture();
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let mut claimed = BTreeSet::new();
+    for _ in 0..3 {
+        let request = key();
+        let (bundle, _) = run(&f.db, async |tx| claim_keys(&tx, HERE, bob, &request).await)
+            .await
+            .expect("claimed");
+        assert_eq!(bundle.devices.len(), 1);
+        if let Some(key) = &bundle.devices[0].one_time_key {
+            assert!(
+                claimed.insert(key.key_id.clone()),
+                "claimed twice: {}",
+                key.key_id
+            );
+        }
+    }
+    assert_eq!(claimed.len(), 2, "two keys, then none left");
+    let refused = run(&f.db, async |tx| {
+        claim_keys(&tx, HERE, AccountId(999), &key()).await
+    })
+    .await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.code),
+        Err(ErrorCode::UnknownAccount)
+    );
+}
+
+#[tokio::test]
+async fn bad_keys_are_refused() {
+    assert!(check_keys(&[0; 31], &[0; 32], &[]).is_err());
+    let too_many = vec![
+        OneTimeKey {
+            key_id: "k".into(),
+            public_key: vec![0; 32],
+            ..OneTimeKey::default()
+        };
+        ONE_TIME_KEYS_PER_UPLOAD_MAX + 1
+    ];
+    assert_eq!(
+        check_keys(&[0; 32], &[0; 32], &too_many).map_err(|e| e.code),
+        Err(ErrorCode::TooLarge)
+    );
+}
+
+/// Makes the stored envelope of `chat#chat_seq` undecodable, as a flipped bit in its first
+/// byte would: its tag byte becomes 0xff (wire type 7, which protobuf does not have). The
+/// log entry's own fields still decode, so its sender can still be told.
+async fn damage_envelope(db: &Database, chat: ChatId, chat_seq: u64) {
+    db.transact(|tx| async move {
+        let envelope = chat_log::entry(&tx, chat, chat_seq)
+            .await?
+            .expect("the entry exists")
+            .envelope_bytes;
+        let record = fdb_layers::Subspace::new(&("chat_log", chat))
+            .subspace(&("entry",))
+            .subspace(&(chat_seq,));
+        let (begin, end) = record.range();
+        let rows = tx
+            .get_range(&begin, &end, fdb_layers::RangeOptions::default())
+            .await?;
+        let (key, mut value) = rows.into_iter().next().expect("one chunk");
+        let at = value
+            .windows(envelope.len())
+            .position(|window| window == &envelope[..])
+            .expect("the envelope is in the record");
+        value[at] = 0xff;
+        tx.set(&key, &value)
+    })
+    .await
+    .expect("damaged");
+}
+
+/// Overwrites a device queue entry with bytes that do not decode.
+async fn damage_queue_entry(db: &Database, device: DeviceAddress, queue_seq: u64) {
+    db.transact(|tx| async move {
+        let key = fdb_layers::Subspace::new(&("device_queue", device))
+            .subspace(&("entry",))
+            .pack(&(queue_seq,));
+        tx.set(&key, &[0xff, 0xff, 0xff])
+    })
+    .await
+    .expect("damaged");
+}
+
+#[tokio::test]
+async fn a_quarantined_recipient_refuses_the_envelope_and_nothing_is_stored() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let carol = account(&f.db, "carol", HERE, 1).await;
+    let (alice1, bob1, carol1) = (device_in(alice, 1), device_in(bob, 1), device_in(carol, 1));
+    let quarantined = BTreeSet::from([bob1]);
+    let to_bob = envelope(alice1, &[bob1], &[bob, alice], 1, 1);
+    let refused = run(&f.db, async |tx| {
+        commit_envelope(
+            &tx,
+            HERE,
+            &to_bob,
+            HERE,
+            GroupSource::Directory,
+            &quarantined,
+            1_000,
+        )
+        .await
+    })
+    .await
+    .map(|_| ())
+    .map_err(|error| error.code);
+    assert_eq!(refused, Err(ErrorCode::RecipientUnavailable));
+    let last = f
+        .db
+        .transact(|tx| async move { chat_log::last_seq(&tx, ChatId::direct(alice, bob)).await })
+        .await
+        .expect("read");
+    assert_eq!(last, 0, "nothing was appended");
+    // Other recipients are served as before.
+    let to_carol = envelope(alice1, &[carol1], &[carol, alice], 2, 1);
+    let (decision, effects) = run(&f.db, async |tx| {
+        commit_envelope(
+            &tx,
+            HERE,
+            &to_carol,
+            HERE,
+            GroupSource::Directory,
+            &quarantined,
+            1_000,
+        )
+        .await
+    })
+    .await
+    .expect("accepted");
+    assert!(matches!(decision, CommitDecision::Answer(_)));
+    assert_eq!(effects.notify.get(&carol1), Some(&1));
+    // The quarantined device's own fetch is refused, without touching its queue.
+    let request = FetchAndAck {
+        ack: None,
+        fetch: Some(FetchQueue {
+            after_queue_seq: 0,
+            limit: 10,
+        }),
+    };
+    let fetched = run(&f.db, async |tx| {
+        fetch_and_ack(&tx, HERE, bob1, &request, &quarantined, 2_000).await
+    })
+    .await
+    .map(|_| ())
+    .map_err(|error| error.code);
+    assert_eq!(fetched, Err(ErrorCode::RecipientUnavailable));
+}
+
+#[tokio::test]
+async fn unreadable_queue_counters_refuse_the_commit_before_any_write() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    f.db.transact(|tx| async move {
+        let key = fdb_layers::Subspace::new(&("device_queue", bob1)).pack(&("latest",));
+        tx.set(&key, b"not a counter")
+    })
+    .await
+    .expect("damaged");
+    let to_bob = envelope(alice1, &[bob1], &[bob, alice], 1, 1);
+    let (decision, effects) = run(&f.db, async |tx| {
+        commit_envelope(
+            &tx,
+            HERE,
+            &to_bob,
+            HERE,
+            GroupSource::Directory,
+            &BTreeSet::new(),
+            1_000,
+        )
+        .await
+    })
+    .await
+    .expect("decided");
+    let CommitDecision::RecipientQueueUnreadable { device, error } = decision else {
+        panic!("expected a refusal, got {decision:?}");
+    };
+    assert_eq!(device, bob1);
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    assert_eq!(effects, Effects::default());
+    let last = f
+        .db
+        .transact(|tx| async move { chat_log::last_seq(&tx, ChatId::direct(alice, bob)).await })
+        .await
+        .expect("read");
+    assert_eq!(last, 0, "nothing was appended");
+}
+
+#[tokio::test]
+async fn a_damaged_envelope_fails_the_fetch_and_its_repair_tells_the_sender() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    let chat = ChatId::direct(alice, bob);
+    commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+    commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 2, 2), HERE).await;
+    damage_envelope(&f.db, chat, 1).await;
+
+    let request = FetchAndAck {
+        ack: None,
+        fetch: Some(FetchQueue {
+            after_queue_seq: 0,
+            limit: 10,
+        }),
+    };
+    let fetched =
+        f.db.transact(|tx| {
+            let request = request.clone();
+            async move { fetch_and_ack(&tx, HERE, bob1, &request, &BTreeSet::new(), 2_000).await }
+        })
+        .await;
+    assert!(
+        matches!(
+            &fetched,
+            Err(StoreError::Corrupt {
+                what: "stored envelope",
+                ..
+            })
+        ),
+        "{fetched:?}"
+    );
+
+    let repair = async |queue_seq: u64| {
+        f.db.transact(
+            |tx| async move { repair_queue_entry(&tx, HERE, bob1, queue_seq, 5_000).await },
+        )
+        .await
+        .expect("repaired")
+    };
+    let (first, effects) = repair(1).await;
+    let EntryRepair::RemovedSenderTold {
+        sender,
+        client_message_id,
+        ..
+    } = first
+    else {
+        panic!("expected the sender told, got {first:?}");
+    };
+    assert_eq!(sender, alice1);
+    assert_eq!(client_message_id, ClientMessageId([1; 16]));
+    assert_eq!(
+        effects.notify.get(&alice1),
+        Some(&1),
+        "alice's receipt is queued"
+    );
+    assert_eq!(
+        repair(1).await.0,
+        EntryRepair::Gone,
+        "a repair applies once"
+    );
+    assert_eq!(
+        repair(2).await.0,
+        EntryRepair::Readable,
+        "good entries stay"
+    );
+
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(
+        batch
+            .entries
+            .iter()
+            .map(|e| e.queue_seq)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "bob's queue reads again, from the next message"
+    );
+    let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
+    let Some(queue_entry::Item::Receipt(receipt)) = &alice_batch.entries[0].item else {
+        panic!("a receipt")
+    };
+    assert_eq!(receipt.state, ReceiptState::Expired as i32);
+    assert_eq!(receipt.recipient, bob1.into());
+}
+
+#[tokio::test]
+async fn an_undecodable_queue_entry_is_removed_without_a_sender_to_tell() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+    damage_queue_entry(&f.db, bob1, 1).await;
+    let (outcome, effects) =
+        f.db.transact(|tx| async move { repair_queue_entry(&tx, HERE, bob1, 1, 5_000).await })
+            .await
+            .expect("repaired");
+    assert!(
+        matches!(outcome, EntryRepair::RemovedUnattributed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(effects, Effects::default());
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert!(batch.entries.is_empty());
+    assert_eq!(batch.latest_queue_seq, 1, "the sequence never goes back");
+    let depth =
+        f.db.transact(|tx| async move { device_queue::depth(&tx, bob1).await })
+            .await
+            .expect("depth");
+    assert_eq!(depth, 0);
+}
+
+#[tokio::test]
+async fn a_receipt_for_a_damaged_sender_queue_does_not_fail_the_ack() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    commit(&f.db, &envelope(alice1, &[bob1], &[bob, alice], 1, 1), HERE).await;
+    f.db.transact(|tx| async move {
+        let key = fdb_layers::Subspace::new(&("device_queue", alice1)).pack(&("latest",));
+        tx.set(&key, b"not a counter")
+    })
+    .await
+    .expect("damaged");
+    // bob's ack succeeds; only the push of alice's receipt is skipped.
+    let (after_ack, effects) = fetch(&f.db, bob1, &[1]).await;
+    assert!(after_ack.entries.is_empty());
+    assert!(effects.notify.is_empty());
+    let state =
+        f.db.transact(|tx| async move {
+            receipts::state(
+                &tx,
+                ChatId::direct(alice, bob),
+                ClientMessageId([1; 16]),
+                bob1,
+            )
+            .await
+        })
+        .await
+        .expect("read");
+    assert_eq!(
+        state,
+        Some(ReceiptState::Delivered),
+        "the receipt is recorded"
+    );
+}
+
+#[tokio::test]
+async fn the_census_counts_homed_accounts_and_registers_stores_once() {
+    let f = fixture();
+    account(&f.db, "bob", ELSEWHERE, 0).await;
+    account(&f.db, "carol", ELSEWHERE, 0).await;
+    account(&f.db, "alice", HERE, 0).await;
+    let census = async |claim: Option<([u8; 16], Option<[u8; 16]>)>| {
+        let request = wire::StoreCensusRequest {
+            region: ELSEWHERE.0,
+            claim: claim.map(|(store, previous)| wire::StoreClaim {
+                store_id: store.to_vec(),
+                previous_store_id: previous.map(|id| id.to_vec()).unwrap_or_default(),
+            }),
+        };
+        run(&f.db, async |tx| store_census(&tx, &request, 7_000).await)
+            .await
+            .map(|(census, _)| census)
+    };
+    let first = census(None).await.expect("census");
+    assert_eq!((first.accounts_homed, first.store_id.len()), (2, 0));
+    let claimed = census(Some(([1; 16], None))).await.expect("claimed");
+    assert_eq!(claimed.store_id, vec![1; 16]);
+    assert_eq!(claimed.registered_at_ms, 7_000);
+    // Another store cannot take the region's place without naming the one it replaces.
+    let held = census(Some(([2; 16], None))).await.expect("answered");
+    assert_eq!(held.store_id, vec![1; 16]);
+    let replaced = census(Some(([2; 16], Some([1; 16]))))
+        .await
+        .expect("replaced");
+    assert_eq!(replaced.store_id, vec![2; 16]);
+    let stale = census(Some(([3; 16], Some([1; 16]))))
+        .await
+        .expect("answered");
+    assert_eq!(
+        stale.store_id,
+        vec![2; 16],
+        "a claim naming an old store changes nothing"
+    );
+    let request = wire::StoreCensusRequest {
+        region: ELSEWHERE.0,
+        claim: Some(wire::StoreClaim {
+            store_id: vec![1; 3],
+            previous_store_id: Vec::new(),
+        }),
+    };
+    let refused = run(&f.db, async |tx| store_census(&tx, &request, 7_000).await)
+        .await
+        .map(|_| ())
+        .map_err(|error| error.code);
+    assert_eq!(refused, Err(ErrorCode::Malformed));
+}
+
+/// A device with real keys: its vodozemac account, and a fallback key it signed.
+fn signed_fallback(account: &vodozemac::olm::Account, key_id: &str) -> OneTimeKey {
+    let public_key = vodozemac::Curve25519PublicKey::from_bytes([key_id.len() as u8; 32]);
+    let payload = wire::fallback_key_signing_payload(
+        account.curve25519_key().as_bytes(),
+        key_id,
+        public_key.as_bytes(),
+    );
+    OneTimeKey {
+        key_id: key_id.into(),
+        public_key: public_key.to_vec(),
+        signature: account.sign(&payload).to_bytes().to_vec(),
+        fallback: true,
+    }
+}
+
+#[tokio::test]
+async fn fallback_keys_are_checked_then_handed_out_flagged_and_signed() {
+    let f = fixture();
+    let olm = vodozemac::olm::Account::new();
+    let create = key();
+    let record = f
+        .db
+        .transact(|tx| async move { directory::create_account(&tx, "fay", HERE, &create).await })
+        .await
+        .expect("store")
+        .expect("name free");
+    let register = wire::Register {
+        name: "fay".into(),
+        identity_key: olm.curve25519_key().to_vec(),
+        signing_key: olm.ed25519_key().as_bytes().to_vec(),
+        one_time_keys: vec![OneTimeKey {
+            key_id: "otk".into(),
+            public_key: vec![3; 32],
+            ..OneTimeKey::default()
+        }],
+        registration_token: String::new(),
+        fallback_key: Some(signed_fallback(&olm, "fb-1")),
+    };
+    // A fallback key signed by someone else, or not flagged as one, is refused.
+    let forged = wire::Register {
+        fallback_key: Some(signed_fallback(&vodozemac::olm::Account::new(), "fb-1")),
+        ..register.clone()
+    };
+    let unflagged = wire::Register {
+        fallback_key: Some(OneTimeKey {
+            fallback: false,
+            ..signed_fallback(&olm, "fb-1")
+        }),
+        ..register.clone()
+    };
+    for (bad, code) in [
+        (&forged, ErrorCode::BadSignature),
+        (&unflagged, ErrorCode::Malformed),
+    ] {
+        let refused = run(&f.db, async |tx| {
+            register_device(&tx, &record, bad, &key()).await
+        })
+        .await;
+        assert_eq!(refused.map(|_| ()).map_err(|error| error.code), Err(code));
+    }
+    let (registered, _) = run(&f.db, async |tx| {
+        register_device(&tx, &record, &register, &key()).await
+    })
+    .await
+    .expect("registered");
+    let fay1 = device_in(record.id, registered.device);
+    let state = async || {
+        run(&f.db, async |tx| signing_key(&tx, fay1).await)
+            .await
+            .expect("signing key")
+            .0
+            .fallback_key
+    };
+    assert_eq!(state().await, wire::FallbackKeyState::Unused as i32);
+
+    let claim = async || {
+        let (bundle, _) = run(&f.db, async |tx| {
+            claim_keys(&tx, HERE, record.id, &key()).await
+        })
+        .await
+        .expect("claimed");
+        bundle.devices[0].one_time_key.clone().expect("a key")
+    };
+    let first = claim().await;
+    assert_eq!((first.key_id.as_str(), first.fallback), ("otk", false));
+    assert!(first.signature.is_empty());
+    // The one-time keys ran out: the fallback key, flagged, with a signature that verifies
+    // under the device's signing key.
+    let second = claim().await;
+    assert_eq!(second, signed_fallback(&olm, "fb-1"));
+    assert!(
+        check_fallback_key(
+            olm.curve25519_key().as_bytes(),
+            olm.ed25519_key().as_bytes(),
+            &second
+        )
+        .is_ok()
+    );
+    assert_eq!(claim().await, second, "reusable");
+    assert_eq!(state().await, wire::FallbackKeyState::Used as i32);
+
+    // The device replaces it: only with a key it signed.
+    let upload = async |fallback_key: OneTimeKey| {
+        let upload = wire::UploadOneTimeKeys {
+            keys: Vec::new(),
+            fallback_key: Some(fallback_key),
+        };
+        run(&f.db, async |tx| {
+            upload_one_time_keys(&tx, fay1, &upload, &key()).await
+        })
+        .await
+    };
+    let refused = upload(signed_fallback(&vodozemac::olm::Account::new(), "fb-2")).await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|error| error.code),
+        Err(ErrorCode::BadSignature)
+    );
+    let (count, _) = upload(signed_fallback(&olm, "fb-2"))
+        .await
+        .expect("uploaded");
+    assert_eq!(
+        count,
+        wire::OneTimeKeyCount {
+            remaining: 0,
+            fallback_key: wire::FallbackKeyState::Unused as i32,
+            cached: false,
+        }
+    );
+    assert_eq!(claim().await.key_id, "fb-2");
+}
+
+#[tokio::test]
+async fn a_new_envelope_under_a_taken_sender_seq_is_refused_as_rolled_back() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    for (message, sender_seq) in [(1, 1), (2, 2)] {
+        let sent = envelope(alice1, &[bob1], &[bob, alice], message, sender_seq);
+        assert!(matches!(
+            commit(&f.db, &sent, HERE).await.0,
+            send_outcome::Outcome::Sent(_)
+        ));
+    }
+    // A retry of message 2 is a duplicate; a new message numbered 2 is a rolled-back device.
+    let retry = envelope(alice1, &[bob1], &[bob, alice], 2, 2);
+    let send_outcome::Outcome::Sent(again) = commit(&f.db, &retry, HERE).await.0 else {
+        panic!("a duplicate")
+    };
+    assert!(again.commits[0].duplicate);
+    let restored = envelope(alice1, &[bob1], &[bob, alice], 9, 2);
+    let refused = run(&f.db, async |tx| {
+        commit_envelope(
+            &tx,
+            HERE,
+            &restored,
+            HERE,
+            GroupSource::Directory,
+            &BTreeSet::new(),
+            1_000,
+        )
+        .await
+    })
+    .await
+    .expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::DeviceRolledBack);
+    assert!(!refused.code.is_retryable());
+    assert!(
+        refused.message.contains("register this device again"),
+        "{refused}"
+    );
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(
+        batch.entries.len(),
+        2,
+        "nothing stored for the refused envelope"
+    );
+    // The home region kept the sender's highest device_seq for the edge to check.
+    let (key, _) = run(&f.db, async |tx| signing_key(&tx, alice1).await)
+        .await
+        .expect("signing key");
+    assert_eq!(key.device_seq, 2);
+}
+
+#[tokio::test]
+async fn a_fetch_from_behind_an_acknowledged_entry_is_refused_as_rolled_back() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    for message in 1..=3 {
+        let sent = envelope(alice1, &[bob1], &[bob, alice], message, message.into());
+        commit(&f.db, &sent, HERE).await;
+    }
+    // bob stores entries 1 and 2, then acks them from his cursor 2 (in one request, acks
+    // come before the read).
+    let (batch, _) = fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("fetched");
+    assert_eq!(batch.entries.len(), 1);
+    // An ack of entries already gone (a retry) is still fine from the same cursor.
+    fetch_after(&f.db, bob1, &[1, 2], 2).await.expect("retried");
+    let (key, _) = run(&f.db, async |tx| signing_key(&tx, bob1).await)
+        .await
+        .expect("signing key");
+    assert_eq!(key.acked_queue_seq, 2);
+    // A copy of bob's device from before it stored entry 2 fetches after 1: refused, and
+    // its acks are not applied (entry 3 stays queued, no receipt goes to alice).
+    let refused = fetch_after(&f.db, bob1, &[3], 1)
+        .await
+        .expect_err("rolled back");
+    assert_eq!(refused.code, ErrorCode::DeviceRolledBack);
+    let (batch, effects) = fetch_after(&f.db, bob1, &[], 2).await.expect("fetched");
+    assert_eq!(
+        batch
+            .entries
+            .iter()
+            .map(|e| e.queue_seq)
+            .collect::<Vec<_>>(),
+        [3]
+    );
+    assert_eq!(effects, Effects::default());
+    // Acking entry 3 raises the mark; the cursor 2 is now behind it.
+    fetch_after(&f.db, bob1, &[3], 3).await.expect("acked");
+    assert!(fetch_after(&f.db, bob1, &[], 2).await.is_err());
+}
