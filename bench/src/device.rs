@@ -509,55 +509,68 @@ impl Inbox {
                     got: entry.queue_seq,
                 });
             }
-            let arrival = match &entry.item {
+            match &entry.item {
                 Some(queue_entry::Item::Message(message)) => {
-                    let sender = message
-                        .sender
-                        .parse()
-                        .map_err(|error| InboxError::Malformed(error.message))?;
-                    let chat = ChatId::from_bytes(&message.chat)
-                        .map_err(|error| InboxError::Malformed(error.message))?;
-                    // A group message carries its bytes once for every member device.
-                    let ciphertext = if message.group == 0 {
-                        &message.ciphertext
-                    } else {
-                        &message.group_ciphertext
-                    };
-                    let last = self.last_sender_seq.entry((sender, chat)).or_insert(0);
-                    if message.sender_seq <= *last {
-                        Arrival::Duplicate {
-                            sender,
-                            sender_seq: message.sender_seq,
-                            ciphertext: ciphertext.clone(),
-                        }
-                    } else if message.sender_seq == *last + 1 {
-                        *last = message.sender_seq;
-                        Arrival::Message {
-                            sender,
-                            chat,
-                            sender_seq: message.sender_seq,
-                            ciphertext: ciphertext.clone(),
-                        }
-                    } else {
-                        return Err(InboxError::SenderGap {
-                            sender,
-                            chat,
-                            last: *last,
-                            got: message.sender_seq,
-                        });
+                    arrivals.push(self.handle_message(message)?);
+                }
+                // The messages of one chat a region committed together.
+                Some(queue_entry::Item::Messages(batch)) => {
+                    for message in &batch.messages {
+                        arrivals.push(self.handle_message(message)?);
                     }
                 }
-                Some(queue_entry::Item::Receipt(_)) => Arrival::Receipts(1),
+                Some(queue_entry::Item::Receipt(_)) => arrivals.push(Arrival::Receipts(1)),
                 Some(queue_entry::Item::Receipts(batch)) => {
-                    Arrival::Receipts(batch.receipts.len() as u64)
+                    arrivals.push(Arrival::Receipts(batch.receipts.len() as u64));
                 }
                 None => return Err(InboxError::Malformed("an entry with no item".into())),
-            };
+            }
             self.cursor = entry.queue_seq;
             self.acks.push(entry.queue_seq);
-            arrivals.push(arrival);
         }
         Ok(arrivals)
+    }
+
+    /// One queued message: the next of its sender's chat, a repeat, or out of order.
+    fn handle_message(
+        &mut self,
+        message: &relay_proto::wire::QueuedMessage,
+    ) -> Result<Arrival, InboxError> {
+        let sender = message
+            .sender
+            .parse()
+            .map_err(|error| InboxError::Malformed(error.message))?;
+        let chat = ChatId::from_bytes(&message.chat)
+            .map_err(|error| InboxError::Malformed(error.message))?;
+        // A group message carries its bytes once for every member device.
+        let ciphertext = if message.group == 0 {
+            &message.ciphertext
+        } else {
+            &message.group_ciphertext
+        };
+        let last = self.last_sender_seq.entry((sender, chat)).or_insert(0);
+        if message.sender_seq <= *last {
+            Ok(Arrival::Duplicate {
+                sender,
+                sender_seq: message.sender_seq,
+                ciphertext: ciphertext.clone(),
+            })
+        } else if message.sender_seq == *last + 1 {
+            *last = message.sender_seq;
+            Ok(Arrival::Message {
+                sender,
+                chat,
+                sender_seq: message.sender_seq,
+                ciphertext: ciphertext.clone(),
+            })
+        } else {
+            Err(InboxError::SenderGap {
+                sender,
+                chat,
+                last: *last,
+                got: message.sender_seq,
+            })
+        }
     }
 }
 
@@ -1705,6 +1718,38 @@ mod tests {
             entries,
             ..QueueBatch::default()
         }
+    }
+
+    #[test]
+    fn an_entry_of_messages_arrives_message_by_message_under_one_ack() {
+        let alice = device(1);
+        let mut inbox = Inbox::new(0);
+        let messages = (1..=3)
+            .map(
+                |sender_seq| match message_entry(1, alice, sender_seq).item {
+                    Some(queue_entry::Item::Message(message)) => message,
+                    other => unreachable!("a message entry, not {other:?}"),
+                },
+            )
+            .collect();
+        let entry = QueueEntry {
+            queue_seq: 1,
+            item: Some(queue_entry::Item::Messages(
+                relay_proto::wire::QueuedMessages { messages },
+            )),
+        };
+        let arrivals = inbox.handle_batch(&batch(vec![entry])).expect("in order");
+        let numbers: Vec<u64> = arrivals
+            .iter()
+            .map(|arrival| match arrival {
+                Arrival::Message { sender_seq, .. } => *sender_seq,
+                other => panic!("a message, not {other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, vec![1, 2, 3]);
+        assert_eq!(inbox.cursor(), 1);
+        let acks = inbox.take_acks().and_then(|acks| acks.ack).expect("acks");
+        assert_eq!(acks.queue_seqs, vec![1], "one ack for the entry");
     }
 
     #[test]

@@ -1499,6 +1499,11 @@ impl Recorder {
                     match &batch.entries[0].item {
                         Some(queue_entry::Item::Message(message)) =>
                             format!("message {} of {:?}", message.sender_seq, message.sender),
+                        Some(queue_entry::Item::Messages(batch)) => format!(
+                            "{} messages of {:?}",
+                            batch.messages.len(),
+                            batch.messages.first().map(|message| &message.sender)
+                        ),
                         Some(queue_entry::Item::Receipt(_)) => "a receipt".to_owned(),
                         Some(queue_entry::Item::Receipts(batch)) =>
                             format!("{} receipts", batch.receipts.len()),

@@ -169,8 +169,14 @@ pub fn process_entries(
         }
         expected = expected.max(entry.queue_seq + 1);
         seqs.push(entry.queue_seq);
-        match &entry.item {
-            Some(queue_entry::Item::Message(message)) if message.group != 0 => {
+        let messages = match &entry.item {
+            Some(queue_entry::Item::Message(message)) => std::slice::from_ref(message),
+            // The messages of one chat a region committed together.
+            Some(queue_entry::Item::Messages(batch)) => batch.messages.as_slice(),
+            _ => &[],
+        };
+        for message in messages {
+            if message.group != 0 {
                 let keys = match &mut keys {
                     Some(keys) => keys,
                     None => keys.insert(writer.load_group_keys(me)?),
@@ -184,10 +190,12 @@ pub fn process_entries(
                     reports: &mut reports,
                 };
                 group.process(message, false)?;
-            }
-            Some(queue_entry::Item::Message(message)) => {
+            } else {
                 process_message(writer, crypto, me, message, now_ms, &mut reports)?;
             }
+        }
+        match &entry.item {
+            Some(queue_entry::Item::Message(_) | queue_entry::Item::Messages(_)) => {}
             Some(queue_entry::Item::Receipt(receipt)) => {
                 process_receipt(writer, me, receipt, &mut reports)?
             }

@@ -152,7 +152,7 @@ pub(crate) async fn conformance(database: Database, commit_results_known: bool) 
             .iter()
             .map(|(_, item)| match item {
                 QueueItem::MessageRef { chat_seq, .. } => *chat_seq,
-                QueueItem::Receipt(_) | QueueItem::Receipts(_) => 0,
+                QueueItem::MessageRefs { .. } | QueueItem::Receipt(_) | QueueItem::Receipts(_) => 0,
             })
             .collect();
         assert_eq!(

@@ -128,10 +128,50 @@ pub enum QueueItem {
         /// read of the chat log entry (`None` in entries written before it was kept).
         origin: Option<MessageOrigin>,
     },
+    /// Several chat log entries of one chat, in chat order, committed in one transaction: a
+    /// device gets the envelopes one lane commits together as one entry, so a group's fan-out
+    /// writes (and its members fetch and acknowledge) one entry per member device per commit
+    /// instead of one per message. Never empty; one message is a [`QueueItem::MessageRef`].
+    MessageRefs {
+        /// The chat.
+        chat: ChatId,
+        /// The entries, in increasing chat sequence.
+        messages: Vec<MessageInQueue>,
+    },
     /// A receipt for the device, opaque to the queue.
     Receipt(Vec<u8>),
     /// Several receipts for the device as one entry, opaque to the queue.
     Receipts(Vec<u8>),
+}
+
+/// One message of a [`QueueItem::MessageRefs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageInQueue {
+    /// The entry's chat sequence number.
+    pub chat_seq: u64,
+    /// Who sent it (see [`QueueItem::MessageRef`]).
+    pub origin: Option<MessageOrigin>,
+}
+
+impl QueueItem {
+    /// The chat log entries the item references, in order: none for receipts.
+    pub fn messages(&self) -> (Option<ChatId>, Vec<MessageInQueue>) {
+        match self {
+            QueueItem::MessageRef {
+                chat,
+                chat_seq,
+                origin,
+            } => (
+                Some(*chat),
+                vec![MessageInQueue {
+                    chat_seq: *chat_seq,
+                    origin: *origin,
+                }],
+            ),
+            QueueItem::MessageRefs { chat, messages } => (Some(*chat), messages.clone()),
+            QueueItem::Receipt(_) | QueueItem::Receipts(_) => (None, Vec::new()),
+        }
+    }
 }
 
 /// The sender of a queued message, as its delivered or expired receipt names it.
@@ -485,7 +525,7 @@ pub fn set_depth(
 /// The stored form of a queue item.
 #[derive(Clone, PartialEq, Message)]
 struct StoredItem {
-    #[prost(oneof = "stored_item::Kind", tags = "1, 2, 4")]
+    #[prost(oneof = "stored_item::Kind", tags = "1, 2, 4, 5")]
     kind: Option<stored_item::Kind>,
     /// When the entry was enqueued, in milliseconds since the Unix epoch (0: before the field).
     #[prost(uint64, tag = "3")]
@@ -503,7 +543,18 @@ mod stored_item {
         // Tag 3 is the entry's enqueue time.
         #[prost(bytes = "vec", tag = "4")]
         Receipts(Vec<u8>),
+        #[prost(message, tag = "5")]
+        MessageRefs(super::StoredMessageRefs),
     }
+}
+
+/// Several references into one chat: the chat once, each reference without it.
+#[derive(Clone, PartialEq, Message)]
+struct StoredMessageRefs {
+    #[prost(bytes = "vec", tag = "1")]
+    chat: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    messages: Vec<StoredMessageRef>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -688,19 +739,18 @@ fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
             chat_seq,
             origin,
         } => {
-            let mut reference = StoredMessageRef {
-                chat: chat.0.to_vec(),
-                chat_seq: *chat_seq,
-                ..StoredMessageRef::default()
-            };
-            if let Some(origin) = origin {
-                reference.sender_account = origin.sender.account.0;
-                reference.sender_device = origin.sender.device.0;
-                reference.client_message_id = origin.client_message_id.0.to_vec();
-                reference.sender_region = origin.sender_region.0;
-                reference.group = origin.group;
-            }
+            let mut reference = stored_reference(*chat_seq, origin.as_ref());
+            reference.chat = chat.0.to_vec();
             stored_item::Kind::MessageRef(reference)
+        }
+        QueueItem::MessageRefs { chat, messages } => {
+            stored_item::Kind::MessageRefs(StoredMessageRefs {
+                chat: chat.0.to_vec(),
+                messages: messages
+                    .iter()
+                    .map(|message| stored_reference(message.chat_seq, message.origin.as_ref()))
+                    .collect(),
+            })
         }
         QueueItem::Receipt(bytes) => stored_item::Kind::Receipt(bytes.clone()),
         QueueItem::Receipts(bytes) => stored_item::Kind::Receipts(bytes.clone()),
@@ -711,29 +761,70 @@ fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
     }
 }
 
+/// A stored reference without its chat.
+fn stored_reference(chat_seq: u64, origin: Option<&MessageOrigin>) -> StoredMessageRef {
+    let mut reference = StoredMessageRef {
+        chat_seq,
+        ..StoredMessageRef::default()
+    };
+    if let Some(origin) = origin {
+        reference.sender_account = origin.sender.account.0;
+        reference.sender_device = origin.sender.device.0;
+        reference.client_message_id = origin.client_message_id.0.to_vec();
+        reference.sender_region = origin.sender_region.0;
+        reference.group = origin.group;
+    }
+    reference
+}
+
+/// The origin a stored reference names, if it names one.
+fn stored_origin(reference: &StoredMessageRef) -> Result<Option<MessageOrigin>, StoreError> {
+    Ok(match reference.client_message_id.as_slice() {
+        [] => None,
+        id => Some(MessageOrigin {
+            sender: DeviceAddress {
+                account: AccountId(reference.sender_account),
+                device: DeviceId(reference.sender_device),
+            },
+            client_message_id: ClientMessageId::from_bytes(id)
+                .map_err(|error| StoreError::corrupt("device queue entry", error))?,
+            sender_region: RegionId(reference.sender_region),
+            group: reference.group,
+        }),
+    })
+}
+
 /// Decodes a stored entry into its item and enqueue time.
 fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
     let stored: StoredItem = decode_record(value, "device queue entry")?;
+    let chat_of = |bytes: &[u8]| {
+        ChatId::from_bytes(bytes).map_err(|error| StoreError::corrupt("device queue entry", error))
+    };
     let item = match stored.kind {
-        Some(stored_item::Kind::MessageRef(reference)) => {
-            let origin = match reference.client_message_id.as_slice() {
-                [] => None,
-                id => Some(MessageOrigin {
-                    sender: DeviceAddress {
-                        account: AccountId(reference.sender_account),
-                        device: DeviceId(reference.sender_device),
-                    },
-                    client_message_id: ClientMessageId::from_bytes(id)
-                        .map_err(|error| StoreError::corrupt("device queue entry", error))?,
-                    sender_region: RegionId(reference.sender_region),
-                    group: reference.group,
-                }),
-            };
-            QueueItem::MessageRef {
-                chat: ChatId::from_bytes(&reference.chat)
-                    .map_err(|error| StoreError::corrupt("device queue entry", error))?,
-                chat_seq: reference.chat_seq,
-                origin,
+        Some(stored_item::Kind::MessageRef(reference)) => QueueItem::MessageRef {
+            chat: chat_of(&reference.chat)?,
+            chat_seq: reference.chat_seq,
+            origin: stored_origin(&reference)?,
+        },
+        Some(stored_item::Kind::MessageRefs(references)) => {
+            if references.messages.is_empty() {
+                return Err(StoreError::corrupt(
+                    "device queue entry",
+                    "a group of message references holds none",
+                ));
+            }
+            QueueItem::MessageRefs {
+                chat: chat_of(&references.chat)?,
+                messages: references
+                    .messages
+                    .iter()
+                    .map(|reference| {
+                        Ok(MessageInQueue {
+                            chat_seq: reference.chat_seq,
+                            origin: stored_origin(reference)?,
+                        })
+                    })
+                    .collect::<Result<_, StoreError>>()?,
             }
         }
         Some(stored_item::Kind::Receipt(bytes)) => QueueItem::Receipt(bytes),
@@ -823,6 +914,28 @@ mod properties {
                     }),
                 }
             }),
+            (
+                0..3u8,
+                prop::collection::vec((1..100u64, any::<bool>()), 1..5)
+            )
+                .prop_map(|(chat, messages)| QueueItem::MessageRefs {
+                    chat: ChatId([chat; 16]),
+                    messages: messages
+                        .into_iter()
+                        .map(|(chat_seq, with_origin)| MessageInQueue {
+                            chat_seq,
+                            origin: with_origin.then_some(MessageOrigin {
+                                sender: DeviceAddress {
+                                    account: AccountId(chat_seq),
+                                    device: DeviceId(1),
+                                },
+                                client_message_id: ClientMessageId([chat; 16]),
+                                sender_region: RegionId(2),
+                                group: true,
+                            }),
+                        })
+                        .collect(),
+                }),
             prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipt),
             prop::collection::vec(any::<u8>(), 0..8).prop_map(QueueItem::Receipts),
         ]

@@ -11,6 +11,9 @@
 //! 2. the chat log deduplicates by (chat, sender device, client message id), checks sender_seq
 //!    is the next one, and assigns the next gapless chat sequence;
 //! 3. every local recipient device gets a queue entry under its own gapless queue sequence.
+//!    The envelopes of one chat committed in one transaction (a lane's batch, see
+//!    [`commit_envelope_into`]) reach each device as one entry ([`FanOut`]), so a group's
+//!    fan-out writes one entry per member device per commit, not one per message.
 //!
 //! A device whose queue could not be read is **quarantined** (the service keeps the set, loaded
 //! from the store's quarantine layer): [`commit_envelope`] refuses every envelope with a
@@ -38,10 +41,10 @@
 //! entry and by the receipt that moved forward.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fdb_layers::chat_log::{AppendOutcome, NewEntry};
-use fdb_layers::device_queue::{MessageOrigin, QueueAppend, QueueItem, SweepScope};
+use fdb_layers::device_queue::{MessageInQueue, MessageOrigin, QueueAppend, QueueItem, SweepScope};
 use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
 use fdb_layers::store_identity::{self, RegisterOutcome, StoreId};
@@ -52,8 +55,9 @@ use fdb_layers::{
 use prost::Message;
 use relay_planted::PlantedBug;
 use relay_proto::limits::{
-    GROUP_MEMBERS_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX, QUEUE_FETCH_BYTES_MAX,
-    QUEUE_FETCH_ENTRIES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
+    GROUP_MEMBERS_MAX, MESSAGES_PER_QUEUE_ENTRY_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX,
+    QUEUE_ENTRY_OVERHEAD_BYTES_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
+    QUEUED_MESSAGES_BYTES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
 };
 use relay_proto::wire::{
     self, AccountDevices, AccountInfo, Committed, DeviceKeys, EnvelopeKind, GroupChanged,
@@ -213,6 +217,161 @@ pub async fn commit_envelope(
     quarantined: &BTreeSet<DeviceAddress>,
     now_ms: u64,
 ) -> Outcome<CommitDecision> {
+    let mut fan_out = FanOut::default();
+    let committed = commit_envelope_into(
+        tx,
+        local,
+        envelope,
+        sender_region,
+        groups,
+        quarantined,
+        now_ms,
+        &mut fan_out,
+    )
+    .await?;
+    let (decision, mut effects) = match committed {
+        Ok(committed) => committed,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    fan_out.write(tx, now_ms, &mut effects).await?;
+    Ok(Ok((decision, effects)))
+}
+
+/// The queue entries the envelopes of one transaction fan out to, written at its end
+/// ([`FanOut::write`]): consecutive messages of one chat for one device become one entry
+/// ([`QueueItem::MessageRefs`], at most [`MESSAGES_PER_QUEUE_ENTRY_MAX`] messages and
+/// [`QUEUED_MESSAGES_BYTES_MAX`] of ciphertext), a lone message a [`QueueItem::MessageRef`].
+///
+/// It also keeps what the transaction's envelopes read of the recipients (each account's home
+/// and devices, each queue's depth), so a batch of envelopes to one group reads them once:
+/// within one transaction they cannot change.
+#[derive(Debug, Default)]
+pub struct FanOut {
+    entries: BTreeMap<DeviceAddress, Vec<GatheredEntry>>,
+    /// Account → its devices when it is homed here, `None` when it is not (or unknown).
+    homed_devices: HashMap<AccountId, Option<Vec<DeviceAddress>>>,
+    /// Device → the depth its queue had at the transaction's read version.
+    depths: HashMap<DeviceAddress, u64>,
+}
+
+#[derive(Debug)]
+struct GatheredEntry {
+    chat: ChatId,
+    messages: Vec<MessageInQueue>,
+    bytes: usize,
+}
+
+impl FanOut {
+    /// Adds a message for `device`, `bytes` being at most what its entry holds besides ids (its
+    /// ciphertext for the device, and the group ciphertext) plus
+    /// [`QUEUE_ENTRY_OVERHEAD_BYTES_MAX`].
+    fn add(&mut self, device: DeviceAddress, chat: ChatId, message: MessageInQueue, bytes: usize) {
+        let entries = self.entries.entry(device).or_default();
+        match entries.last_mut() {
+            Some(last)
+                if last.chat == chat
+                    && last.messages.len() < MESSAGES_PER_QUEUE_ENTRY_MAX
+                    && last.bytes + bytes <= QUEUED_MESSAGES_BYTES_MAX =>
+            {
+                last.messages.push(message);
+                last.bytes += bytes;
+            }
+            _ => entries.push(GatheredEntry {
+                chat,
+                messages: vec![message],
+                bytes,
+            }),
+        }
+    }
+
+    /// The entries gathered for `device` so far (each one more in its queue when written).
+    fn entries_for(&self, device: DeviceAddress) -> u64 {
+        self.entries
+            .get(&device)
+            .map_or(0, |entries| entries.len() as u64)
+    }
+
+    /// The devices of `account` if it is homed in `local` (read once per transaction).
+    async fn homed_devices(
+        &mut self,
+        tx: &Transaction,
+        local: RegionId,
+        account: AccountId,
+    ) -> Result<Option<&[DeviceAddress]>, StoreError> {
+        if !self.homed_devices.contains_key(&account) {
+            // Every account homed here was registered here, so an account this region does not
+            // know is homed elsewhere (the edge resolved the homes); its own region checks it.
+            let devices = match directory::account_by_id(tx, account).await? {
+                Some(record) if record.home_region == local => Some(
+                    directory::devices(tx, account)
+                        .await?
+                        .into_iter()
+                        .map(|device| device.device)
+                        .collect(),
+                ),
+                _ => None,
+            };
+            self.homed_devices.insert(account, devices);
+        }
+        Ok(self
+            .homed_devices
+            .get(&account)
+            .and_then(|devices| devices.as_deref()))
+    }
+
+    /// The depth of `device`'s queue at the transaction's read version, with its latest
+    /// sequence read too (read once per transaction; either failing to decode is an error).
+    async fn depth(&mut self, tx: &Transaction, device: DeviceAddress) -> Result<u64, StoreError> {
+        if let Some(&depth) = self.depths.get(&device) {
+            return Ok(depth);
+        }
+        // Snapshot reads: an ack lowering the depth meanwhile must not refuse this commit (the
+        // depth can only read too high, so the cap holds); the append reads `latest` with the
+        // conflict that keeps the queue gapless.
+        let depth = device_queue::depth_snapshot(tx, device).await?;
+        device_queue::latest_snapshot(tx, device).await?;
+        self.depths.insert(device, depth);
+        Ok(depth)
+    }
+
+    /// Appends the gathered entries to their devices' queues, noting each device for a push.
+    pub async fn write(
+        self,
+        tx: &Transaction,
+        now_ms: u64,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        for (device, entries) in self.entries {
+            for GatheredEntry { chat, messages, .. } in entries {
+                let item = match messages.as_slice() {
+                    [message] => QueueItem::MessageRef {
+                        chat,
+                        chat_seq: message.chat_seq,
+                        origin: message.origin,
+                    },
+                    _ => QueueItem::MessageRefs { chat, messages },
+                };
+                let queue_seq = enqueue(tx, device, &item, now_ms).await?;
+                effects.notify.insert(device, queue_seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`commit_envelope`], its queue entries gathered into `fan_out` for the caller to write once
+/// the transaction's envelopes are all committed (the envelopes of one lane's batch).
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_envelope_into(
+    tx: &Transaction,
+    local: RegionId,
+    envelope: &wire::Envelope,
+    sender_region: RegionId,
+    groups: GroupSource<'_>,
+    quarantined: &BTreeSet<DeviceAddress>,
+    now_ms: u64,
+    fan_out: &mut FanOut,
+) -> Outcome<CommitDecision> {
     let answer =
         |outcome: SendOutcome, effects: Effects| Ok(Ok((CommitDecision::Answer(outcome), effects)));
     let parsed = match envelope.parse() {
@@ -292,18 +451,12 @@ pub async fn commit_envelope(
     let mut local_devices = Vec::new();
     let mut mismatched = Vec::new();
     for &account in checked_accounts.iter() {
-        // Every account homed here was registered here, so an account this region does not
-        // know is homed elsewhere (the edge resolved the homes); its own region checks it.
-        let Some(record) = directory::account_by_id(tx, account).await? else {
+        let Some(devices) = fan_out.homed_devices(tx, local, account).await? else {
             continue;
         };
-        if record.home_region != local {
-            continue;
-        }
-        let current: BTreeSet<DeviceAddress> = directory::devices(tx, account)
-            .await?
-            .into_iter()
-            .map(|device| device.device)
+        let current: BTreeSet<DeviceAddress> = devices
+            .iter()
+            .copied()
             .filter(|&address| address != parsed.sender)
             .collect();
         // The parsed devices are sorted by account: this account's are one run of them (a
@@ -349,15 +502,7 @@ pub async fn commit_envelope(
         return Ok(Err(quarantined_refusal(device)));
     }
     for &device in &local_devices {
-        // Snapshot reads: an ack lowering the depth meanwhile must not refuse this commit (the
-        // depth can only read too high, so the cap holds); the append below reads `latest`
-        // with the conflict that keeps the queue gapless.
-        let metadata = async {
-            let depth = device_queue::depth_snapshot(tx, device).await?;
-            device_queue::latest_snapshot(tx, device).await?;
-            Ok(depth)
-        };
-        let depth = match metadata.await {
+        let depth = match fan_out.depth(tx, device).await {
             Ok(depth) => depth,
             Err(error @ StoreError::Corrupt { .. }) => {
                 let decision = CommitDecision::RecipientQueueUnreadable { device, error };
@@ -365,7 +510,8 @@ pub async fn commit_envelope(
             }
             Err(error) => return Err(error),
         };
-        if depth >= DEVICE_QUEUE_DEPTH_MAX {
+        // The entries gathered for the device in this transaction are not in its depth yet.
+        if depth + fan_out.entries_for(device) >= DEVICE_QUEUE_DEPTH_MAX {
             return refuse(
                 ErrorCode::Throttled,
                 format!("the queue of device {device} is full"),
@@ -447,17 +593,26 @@ pub async fn commit_envelope(
         sender_region,
         group: parsed.group.is_some(),
     };
-    let mut effects = Effects::default();
+    // What an entry of this message holds for a device at most, besides ids.
+    let bytes = envelope
+        .ciphertexts
+        .iter()
+        .map(|ciphertext| ciphertext.body.len())
+        .max()
+        .unwrap_or(0)
+        + envelope.group_ciphertext.len()
+        + QUEUE_ENTRY_OVERHEAD_BYTES_MAX;
+    let message = MessageInQueue {
+        chat_seq,
+        origin: Some(origin),
+    };
     for device in local_devices {
-        let item = QueueItem::MessageRef {
-            chat: parsed.chat,
-            chat_seq,
-            origin: Some(origin),
-        };
-        let queue_seq = enqueue(tx, device, &item, now_ms).await?;
-        effects.notify.insert(device, queue_seq);
+        fan_out.add(device, parsed.chat, message, bytes);
     }
-    answer(committed(chat_seq, false, server_time_ms), effects)
+    answer(
+        committed(chat_seq, false, server_time_ms),
+        Effects::default(),
+    )
 }
 
 /// The answer to a group envelope for an older version or other members: the current version
@@ -562,29 +717,26 @@ pub async fn fetch_and_ack(
         if let Some(highest) = removed.iter().map(|(queue_seq, _)| *queue_seq).max() {
             device_state::record_ack(tx, device, highest)?;
         }
+        let transition = Transition {
+            state: ReceiptState::Delivered,
+            now_ms,
+        };
         for (_, item) in removed {
-            let QueueItem::MessageRef {
-                chat,
-                chat_seq,
-                origin,
-            } = item
-            else {
+            let (Some(chat), messages) = item.messages() else {
                 continue;
             };
-            let transition = Transition {
-                state: ReceiptState::Delivered,
-                now_ms,
-            };
-            route_receipt(
-                tx,
-                local,
-                device,
-                (chat, chat_seq, origin),
-                transition,
-                &mut effects,
-                &mut routing,
-            )
-            .await?;
+            for message in messages {
+                route_receipt(
+                    tx,
+                    local,
+                    device,
+                    (chat, message.chat_seq, message.origin),
+                    transition,
+                    &mut effects,
+                    &mut routing,
+                )
+                .await?;
+            }
         }
     }
     routing.finish(tx, now_ms, &mut effects).await?;
@@ -626,42 +778,14 @@ pub async fn queued_entry(
 ) -> Result<QueueEntry, StoreError> {
     let item = match item {
         QueueItem::MessageRef { chat, chat_seq, .. } => {
-            let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
-                return Err(corrupt(
-                    "device queue",
-                    format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
-                ));
-            };
-            // Only this device's entry and the group fields are decoded: a group message's
-            // envelope, read once per member, holds an entry per member device.
-            let envelope = stored_envelope::group_fields(&entry.envelope_bytes)
-                .map_err(|error| corrupt("stored envelope", error))?;
-            let recipient: wire::DeviceAddr = device.into();
-            let Some(ciphertext) =
-                stored_envelope::ciphertext_for(&entry.envelope_bytes, recipient)
-                    .map_err(|error| corrupt("stored envelope", error))?
-            else {
-                return Err(corrupt(
-                    "chat log",
-                    format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
-                ));
-            };
-            queue_entry::Item::Message(QueuedMessage {
-                chat: chat.0.to_vec(),
-                chat_seq,
-                sender: entry.sender.into(),
-                client_message_id: entry.client_message_id.0.to_vec(),
-                sender_seq: entry.sender_seq,
-                server_time_ms: entry.server_time_ms,
-                message_type: ciphertext.message_type,
-                ciphertext: ciphertext.body,
-                group: envelope.group,
-                kind: envelope.kind,
-                // Each device's entry references the one stored envelope: the Megolm message
-                // is copied out of it for every device, never stored per device.
-                group_ciphertext: envelope.group_ciphertext,
-                group_session_id: envelope.group_session_id,
-            })
+            queue_entry::Item::Message(queued_message(tx, device, chat, chat_seq).await?)
+        }
+        QueueItem::MessageRefs { chat, messages } => {
+            let mut queued = Vec::with_capacity(messages.len());
+            for message in messages {
+                queued.push(queued_message(tx, device, chat, message.chat_seq).await?);
+            }
+            queue_entry::Item::Messages(wire::QueuedMessages { messages: queued })
         }
         QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
             QueuedReceipt::decode(&bytes[..]).map_err(|error| corrupt("stored receipt", error))?,
@@ -677,6 +801,51 @@ pub async fn queued_entry(
     })
 }
 
+/// The message of log entry `chat#chat_seq` as `device` gets it: its own ciphertext and the
+/// group fields.
+async fn queued_message(
+    tx: &Transaction,
+    device: DeviceAddress,
+    chat: ChatId,
+    chat_seq: u64,
+) -> Result<QueuedMessage, StoreError> {
+    let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
+        return Err(corrupt(
+            "device queue",
+            format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
+        ));
+    };
+    // Only this device's entry and the group fields are decoded: a group message's envelope,
+    // read once per member, holds an entry per member device.
+    let envelope = stored_envelope::group_fields(&entry.envelope_bytes)
+        .map_err(|error| corrupt("stored envelope", error))?;
+    let recipient: wire::DeviceAddr = device.into();
+    let Some(ciphertext) = stored_envelope::ciphertext_for(&entry.envelope_bytes, recipient)
+        .map_err(|error| corrupt("stored envelope", error))?
+    else {
+        return Err(corrupt(
+            "chat log",
+            format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
+        ));
+    };
+    Ok(QueuedMessage {
+        chat: chat.0.to_vec(),
+        chat_seq,
+        sender: entry.sender.into(),
+        client_message_id: entry.client_message_id.0.to_vec(),
+        sender_seq: entry.sender_seq,
+        server_time_ms: entry.server_time_ms,
+        message_type: ciphertext.message_type,
+        ciphertext: ciphertext.body,
+        group: envelope.group,
+        kind: envelope.kind,
+        // Each device's entry references the one stored envelope: the Megolm message is copied
+        // out of it for every device, never stored per device.
+        group_ciphertext: envelope.group_ciphertext,
+        group_session_id: envelope.group_session_id,
+    })
+}
+
 /// What [`repair_queue_entry`] did with one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryRepair {
@@ -684,12 +853,11 @@ pub enum EntryRepair {
     Gone,
     /// The entry reads well: left in place.
     Readable,
-    /// Removed; its sender was told with an "expired" receipt.
-    RemovedSenderTold {
-        /// The sending device.
-        sender: DeviceAddress,
-        /// The message's client message id.
-        client_message_id: relay_proto::ClientMessageId,
+    /// Removed; the sender of each message it held that can still be attributed was told with
+    /// an "expired" receipt.
+    RemovedSendersTold {
+        /// The sending device and the message's client message id, for each message told.
+        told: Vec<(DeviceAddress, relay_proto::ClientMessageId)>,
         /// What could not be read.
         damage: String,
     },
@@ -734,42 +902,51 @@ pub async fn repair_queue_entry(
         Err(error) => return Err(error),
     };
     device_queue::ack(tx, device, &[queue_seq]).await?;
-    let QueueItem::MessageRef {
-        chat,
-        chat_seq,
-        origin,
-    } = item
-    else {
+    let (Some(chat), messages) = item.messages() else {
         // A receipt about someone else's message: losing it loses a tick, nothing to tell.
         return Ok((EntryRepair::RemovedUnattributed { damage }, effects));
-    };
-    let entry = match chat_log::entry(tx, chat, chat_seq).await {
-        Ok(Some(entry)) => entry,
-        Ok(None) | Err(StoreError::Corrupt { .. }) => {
-            return Ok((EntryRepair::RemovedUnattributed { damage }, effects));
-        }
-        Err(error) => return Err(error),
     };
     let transition = Transition {
         state: ReceiptState::Expired,
         now_ms,
     };
     let mut routing = ReceiptRouting::new();
-    route_receipt(
-        tx,
-        local,
-        device,
-        (chat, chat_seq, origin),
-        transition,
-        &mut effects,
-        &mut routing,
-    )
-    .await?;
+    let mut told = Vec::new();
+    for message in messages {
+        // The sender as the entry names it, else as the log entry does, if that still reads.
+        let origin = match message.origin {
+            Some(origin) => Some(origin),
+            None => match chat_log::entry(tx, chat, message.chat_seq).await {
+                Ok(Some(entry)) => Some(MessageOrigin {
+                    sender: entry.sender,
+                    client_message_id: entry.client_message_id,
+                    sender_region: entry.sender_region,
+                    group: stored_envelope::is_group(&entry.envelope_bytes),
+                }),
+                Ok(None) | Err(StoreError::Corrupt { .. }) => None,
+                Err(error) => return Err(error),
+            },
+        };
+        let Some(origin) = origin else {
+            continue;
+        };
+        route_receipt(
+            tx,
+            local,
+            device,
+            (chat, message.chat_seq, Some(origin)),
+            transition,
+            &mut effects,
+            &mut routing,
+        )
+        .await?;
+        told.push((origin.sender, origin.client_message_id));
+    }
     routing.finish(tx, now_ms, &mut effects).await?;
-    let repair = EntryRepair::RemovedSenderTold {
-        sender: entry.sender,
-        client_message_id: entry.client_message_id,
-        damage,
+    let repair = if told.is_empty() {
+        EntryRepair::RemovedUnattributed { damage }
+    } else {
+        EntryRepair::RemovedSendersTold { told, damage }
     };
     Ok((repair, effects))
 }
@@ -842,29 +1019,26 @@ pub async fn expire_queues(
     .await?;
     let mut effects = Effects::default();
     let mut routing = ReceiptRouting::new();
+    let transition = Transition {
+        state: ReceiptState::Expired,
+        now_ms,
+    };
     for (device, _, item) in &report.expired {
-        let QueueItem::MessageRef {
-            chat,
-            chat_seq,
-            origin,
-        } = *item
-        else {
+        let (Some(chat), messages) = item.messages() else {
             continue;
         };
-        let transition = Transition {
-            state: ReceiptState::Expired,
-            now_ms,
-        };
-        route_receipt(
-            tx,
-            local,
-            *device,
-            (chat, chat_seq, origin),
-            transition,
-            &mut effects,
-            &mut routing,
-        )
-        .await?;
+        for message in messages {
+            route_receipt(
+                tx,
+                local,
+                *device,
+                (chat, message.chat_seq, message.origin),
+                transition,
+                &mut effects,
+                &mut routing,
+            )
+            .await?;
+        }
     }
     routing.finish(tx, now_ms, &mut effects).await?;
     let expired = ExpiredQueues {

@@ -690,16 +690,15 @@ pub async fn repair_device(
             .await?;
         match outcome {
             EntryRepair::Gone | EntryRepair::Readable => {}
-            EntryRepair::RemovedSenderTold {
-                sender,
-                client_message_id,
-                damage,
-            } => repair.removed_senders_told.push(RemovedEntry {
-                queue_seq,
-                sender: sender.to_string(),
-                client_message_id: client_message_id.to_string(),
-                damage,
-            }),
+            EntryRepair::RemovedSendersTold { told, damage } => repair.removed_senders_told.extend(
+                told.into_iter()
+                    .map(|(sender, client_message_id)| RemovedEntry {
+                        queue_seq,
+                        sender: sender.to_string(),
+                        client_message_id: client_message_id.to_string(),
+                        damage: damage.clone(),
+                    }),
+            ),
             EntryRepair::RemovedUnattributed { damage } => repair
                 .removed_unattributed
                 .push(DamagedEntry { queue_seq, damage }),

@@ -55,8 +55,9 @@ use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
     BLOB_SWEEP_INTERVAL_MS, GROUP_ASKERS_MAX, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS,
-    INTERNAL_CONNECTIONS_MAX, OUTBOX_BATCH_ENTRIES_MAX, OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS,
-    PLANTED_COMMIT_DELAY_MS, QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
+    INTERNAL_CONNECTIONS_MAX, LOCAL_RECEIPTS_BATCH_ENTRIES_MAX, OUTBOX_BATCH_ENTRIES_MAX,
+    OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
+    QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, SUBSCRIPTION_WRITE_BYTES_MAX,
     WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
@@ -1132,8 +1133,10 @@ impl RegionService {
                 async move {
                     let mut decisions = Vec::with_capacity(batch.len());
                     let mut effects = Effects::default();
+                    // The batch's envelopes reach each recipient device as one queue entry.
+                    let mut fan_out = core::FanOut::default();
                     for (envelope, sender_region, groups) in batch {
-                        match core::commit_envelope(
+                        match core::commit_envelope_into(
                             &tx,
                             local,
                             envelope,
@@ -1141,6 +1144,7 @@ impl RegionService {
                             groups,
                             quarantined,
                             now,
+                            &mut fan_out,
                         )
                         .await?
                         {
@@ -1151,6 +1155,7 @@ impl RegionService {
                             Err(refusal) => decisions.push(Err(refusal)),
                         }
                     }
+                    fan_out.write(&tx, now, &mut effects).await?;
                     Ok((decisions, effects))
                 }
             })
@@ -2169,10 +2174,11 @@ impl RegionService {
             let now = self.inner.clock.now_ms();
             let applied = self
                 .transact(|tx| async move {
-                    core::deliver_local_receipts(&tx, local, OUTBOX_BATCH_ENTRIES_MAX, now).await
+                    let limit = LOCAL_RECEIPTS_BATCH_ENTRIES_MAX;
+                    core::deliver_local_receipts(&tx, local, limit, now).await
                 })
                 .await?;
-            return Ok(applied == OUTBOX_BATCH_ENTRIES_MAX);
+            return Ok(applied == LOCAL_RECEIPTS_BATCH_ENTRIES_MAX);
         }
         let entries = self
             .inner

@@ -56,6 +56,16 @@ const _: () = assert!(
     RECEIPTS_PER_QUEUE_ENTRY_MAX * (QUEUED_RECEIPT_ENCODED_BYTES_MAX + 3) <= CIPHERTEXT_BYTES_MAX
 );
 
+/// Most messages in one queue entry of messages (`wire::QueuedMessages`: the envelopes of one
+/// chat a region commits in one transaction, for one device).
+pub const MESSAGES_PER_QUEUE_ENTRY_MAX: usize = 64;
+
+/// Most bytes an entry of messages holds, counting each message as its device ciphertext, its
+/// group ciphertext and [`QUEUE_ENTRY_OVERHEAD_BYTES_MAX`]: no more than the largest entry of
+/// one message, so the fetch page's relations below hold for it. A message that would take an
+/// entry past it starts the next one.
+pub const QUEUED_MESSAGES_BYTES_MAX: usize = CIPHERTEXT_BYTES_MAX + QUEUE_ENTRY_OVERHEAD_BYTES_MAX;
+
 /// Size of the authentication nonce the edge sends, in bytes.
 pub const AUTH_NONCE_BYTES: usize = 32;
 

@@ -646,6 +646,17 @@ pub struct QueuedReceipts {
     pub receipts: Vec<QueuedReceipt>,
 }
 
+/// Messages of one chat queued together as one entry: the envelopes a region committed in one
+/// transaction (a chat's lane commits the envelopes waiting in it together), for one device, in
+/// chat order. A group's fan-out then writes one entry per member device per commit, and each
+/// member fetches and acknowledges them as one.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QueuedMessages {
+    /// The messages (at least two, at most [`crate::limits::MESSAGES_PER_QUEUE_ENTRY_MAX`]).
+    #[prost(message, repeated, tag = "1")]
+    pub messages: Vec<QueuedMessage>,
+}
+
 /// One entry of a device queue.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct QueueEntry {
@@ -653,7 +664,7 @@ pub struct QueueEntry {
     #[prost(uint64, tag = "1")]
     pub queue_seq: u64,
     /// What the entry holds.
-    #[prost(oneof = "queue_entry::Item", tags = "2, 3, 4")]
+    #[prost(oneof = "queue_entry::Item", tags = "2, 3, 4, 5")]
     pub item: Option<queue_entry::Item>,
 }
 
@@ -671,6 +682,9 @@ pub mod queue_entry {
         /// Several receipts, in order.
         #[prost(message, tag = "4")]
         Receipts(super::QueuedReceipts),
+        /// Several messages of one chat, in chat order.
+        #[prost(message, tag = "5")]
+        Messages(super::QueuedMessages),
     }
 }
 

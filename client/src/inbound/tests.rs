@@ -289,6 +289,52 @@ fn with_read_receipts_off_a_peers_read_receipt_is_dropped_for_good() {
 }
 
 #[test]
+fn an_entry_of_messages_delivers_each_in_order_and_is_acked_once() {
+    let alice_device = device(1, 1);
+    let mut bob = side(device(2, 1));
+    bob.crypto.generate_one_time_keys(1);
+    let key = bob.crypto.unpublished_one_time_keys().remove(0);
+    let mut alice = side(alice_device);
+    alice
+        .crypto
+        .create_outbound_session(bob.me, &bob.crypto.identity_key(), &key.public_key)
+        .expect("session");
+    let messages: Vec<QueuedMessage> = ["one", "two", "three"]
+        .into_iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let number = index as u64 + 1;
+            let content = Content::text(text, 42, 2).expect("content").to_bytes();
+            let (kind, body) = alice.crypto.encrypt(bob.me, &content).expect("encrypt");
+            let Some(queue_entry::Item::Message(message)) =
+                message_entry(number, alice_device, AccountId(2), number as u8, kind, body).item
+            else {
+                unreachable!("a message entry")
+            };
+            message
+        })
+        .collect();
+    let entry = QueueEntry {
+        queue_seq: 1,
+        item: Some(queue_entry::Item::Messages(wire::QueuedMessages {
+            messages,
+        })),
+    };
+    let reports = process(&mut bob, &[entry]);
+    let texts: Vec<&str> = reports
+        .iter()
+        .filter_map(|report| match report {
+            Inbound::Message { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, vec!["one", "two", "three"], "{reports:?}");
+    assert_eq!(bob.store.pending_acks().expect("acks"), vec![1]);
+    assert_eq!(bob.store.queue_cursor().expect("cursor"), 1);
+    assert_eq!(bob.store.history(AccountId(1)).expect("history").len(), 3);
+}
+
+#[test]
 fn an_entry_of_receipts_moves_each_message_it_names() {
     let alice_device = device(1, 1);
     let bob_device = device(2, 1);

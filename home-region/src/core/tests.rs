@@ -818,6 +818,179 @@ async fn group_acks_become_receipts_for_the_sender_in_one_batch() {
     assert_eq!((taken, effects.notify.get(&alice1)), (0, None));
 }
 
+/// Commits `envelopes` in one transaction, as a chat's lane commits its batch.
+async fn commit_together(db: &Database, envelopes: &[Envelope]) -> Effects {
+    let ((), effects) = run(db, async |tx| {
+        let mut effects = Effects::default();
+        let mut fan_out = FanOut::default();
+        for envelope in envelopes {
+            let (decision, more) = commit_envelope_into(
+                &tx,
+                HERE,
+                envelope,
+                HERE,
+                GroupSource::Directory,
+                &BTreeSet::new(),
+                1_000,
+                &mut fan_out,
+            )
+            .await?
+            .expect("accepted");
+            assert!(
+                matches!(
+                    &decision,
+                    CommitDecision::Answer(SendOutcome {
+                        outcome: Some(send_outcome::Outcome::Sent(_))
+                    })
+                ),
+                "{decision:?}"
+            );
+            effects.merge(more);
+        }
+        fan_out.write(&tx, 1_000, &mut effects).await?;
+        Ok(Ok(((), effects)))
+    })
+    .await
+    .expect("committed");
+    effects
+}
+
+#[tokio::test]
+async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let members: Vec<AccountId> = {
+        let mut members = Vec::new();
+        for index in 0..3 {
+            members.push(account(&f.db, &format!("m{index}"), HERE, 1).await);
+        }
+        members
+    };
+    let team = group(&f.db, alice, &members).await;
+    let alice1 = device_in(alice, 1);
+    let devices: Vec<DeviceAddress> = members.iter().map(|m| device_in(*m, 1)).collect();
+    let mut listed = members.clone();
+    listed.push(alice);
+    let message = |number: u8| {
+        group_envelope(
+            team,
+            1,
+            EnvelopeKind::Message,
+            alice1,
+            &devices,
+            &listed,
+            number,
+            u64::from(number),
+        )
+    };
+    let effects = commit_together(&f.db, &[message(1), message(2), message(3)]).await;
+    for device in &devices {
+        assert_eq!(effects.notify.get(device), Some(&1), "one entry each");
+    }
+
+    // Each member fetches the three messages as one entry, in order.
+    let (batch, _) = fetch(&f.db, devices[0], &[]).await;
+    assert_eq!(batch.entries.len(), 1, "{batch:?}");
+    let Some(queue_entry::Item::Messages(queued)) = &batch.entries[0].item else {
+        panic!("an entry of messages, got {:?}", batch.entries[0]);
+    };
+    let numbers: Vec<u64> = queued.messages.iter().map(|m| m.sender_seq).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+    let chat_seqs: Vec<u64> = queued.messages.iter().map(|m| m.chat_seq).collect();
+    assert_eq!(chat_seqs, vec![1, 2, 3]);
+    assert!(queued.messages.iter().all(|m| m.group == team.0));
+    assert_eq!(queued.messages[1].group_ciphertext, vec![2; 40]);
+
+    // Acknowledging the entry makes a delivered receipt for each message it held.
+    for device in &devices {
+        let (_, effects) = fetch(&f.db, *device, &[1]).await;
+        assert!(effects.outbox_pushed);
+    }
+    let (taken, _) =
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+            .await
+            .expect("store")
+            .expect("applied");
+    assert_eq!(taken, 9, "three members × three messages");
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    let delivered: BTreeSet<(Vec<u8>, wire::DeviceAddr)> = batch
+        .entries
+        .iter()
+        .flat_map(|entry| match &entry.item {
+            Some(queue_entry::Item::Receipts(receipts)) => receipts.receipts.clone(),
+            Some(queue_entry::Item::Receipt(receipt)) => vec![receipt.clone()],
+            other => panic!("receipts, got {other:?}"),
+        })
+        .map(|receipt| (receipt.client_message_id, receipt.recipient))
+        .collect();
+    assert_eq!(delivered.len(), 9, "{delivered:?}");
+    let receipt_entries: Vec<u64> = batch.entries.iter().map(|entry| entry.queue_seq).collect();
+    fetch(&f.db, alice1, &receipt_entries).await;
+
+    // An unacknowledged entry of messages expires into a receipt for each of them.
+    let later = message(4);
+    let later_too = message(5);
+    commit_together(&f.db, &[later, later_too]).await;
+    let (expired, effects) = run(&f.db, async |tx| {
+        expire_queues(
+            &tx,
+            HERE,
+            1_000 + device_queue::QUEUE_RETENTION_MS_DEFAULT + 1,
+        )
+        .await
+    })
+    .await
+    .expect("swept");
+    assert_eq!(expired.expired_entries, 3, "one entry per member");
+    assert!(effects.outbox_pushed);
+    let (taken, _) =
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+            .await
+            .expect("store")
+            .expect("applied");
+    assert_eq!(taken, 6, "three members × two messages expired");
+}
+
+#[tokio::test]
+async fn an_entry_of_messages_stops_at_its_count_and_its_bytes() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let alice1 = device_in(alice, 1);
+    let bob1 = device_in(bob, 1);
+    let count = MESSAGES_PER_QUEUE_ENTRY_MAX + 1;
+    let envelopes: Vec<Envelope> = (1..=count as u64)
+        .map(|number| envelope(alice1, &[bob1], &[bob], number as u8, number))
+        .collect();
+    let effects = commit_together(&f.db, &envelopes).await;
+    assert_eq!(
+        effects.notify.get(&bob1),
+        Some(&2),
+        "a full entry, then one more"
+    );
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    let Some(queue_entry::Item::Messages(first)) = &batch.entries[0].item else {
+        panic!("an entry of messages, got {:?}", batch.entries[0]);
+    };
+    assert_eq!(first.messages.len(), MESSAGES_PER_QUEUE_ENTRY_MAX);
+    assert_eq!(message_of(&batch.entries[1]).sender_seq, count as u64);
+
+    // Two large messages do not fit one entry's bytes: each goes alone.
+    let carol = account(&f.db, "carol", HERE, 1).await;
+    let carol1 = device_in(carol, 1);
+    let large = |number: u8| {
+        let mut large = envelope(alice1, &[carol1], &[carol], number, u64::from(number));
+        large.ciphertexts[0].body = vec![number; QUEUED_MESSAGES_BYTES_MAX / 2];
+        large
+    };
+    let effects = commit_together(&f.db, &[large(1), large(2)]).await;
+    assert_eq!(effects.notify.get(&carol1), Some(&2));
+    let (batch, _) = fetch(&f.db, carol1, &[]).await;
+    assert_eq!(batch.entries.len(), 2);
+    assert_eq!(message_of(&batch.entries[0]).sender_seq, 1);
+    assert_eq!(message_of(&batch.entries[1]).sender_seq, 2);
+}
+
 #[tokio::test]
 async fn acks_become_delivered_receipts_for_the_sender() {
     let f = fixture();
@@ -1283,16 +1456,10 @@ async fn a_damaged_envelope_fails_the_fetch_and_its_repair_tells_the_sender() {
         .expect("repaired")
     };
     let (first, effects) = repair(1).await;
-    let EntryRepair::RemovedSenderTold {
-        sender,
-        client_message_id,
-        ..
-    } = first
-    else {
+    let EntryRepair::RemovedSendersTold { told, .. } = first else {
         panic!("expected the sender told, got {first:?}");
     };
-    assert_eq!(sender, alice1);
-    assert_eq!(client_message_id, ClientMessageId([1; 16]));
+    assert_eq!(told, vec![(alice1, ClientMessageId([1; 16]))]);
     assert_eq!(
         effects.notify.get(&alice1),
         Some(&1),
