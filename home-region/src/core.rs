@@ -739,7 +739,7 @@ pub async fn fetch_and_ack(
             }
         }
     }
-    routing.finish(tx, now_ms, &mut effects).await?;
+    routing.finish(tx, local, now_ms, &mut effects).await?;
     let mut batch = QueueBatch {
         entries: Vec::new(),
         // A hint for the device: a snapshot read, so appends to this queue never refuse a
@@ -781,9 +781,10 @@ pub async fn queued_entry(
             queue_entry::Item::Message(queued_message(tx, device, chat, chat_seq).await?)
         }
         QueueItem::MessageRefs { chat, messages } => {
+            let chat_seqs: Vec<u64> = messages.iter().map(|message| message.chat_seq).collect();
             let mut queued = Vec::with_capacity(messages.len());
-            for message in messages {
-                queued.push(queued_message(tx, device, chat, message.chat_seq).await?);
+            for entry in log_entries(tx, chat, &chat_seqs).await? {
+                queued.push(message_for(device, chat, entry?)?);
             }
             queue_entry::Item::Messages(wire::QueuedMessages { messages: queued })
         }
@@ -815,6 +816,55 @@ async fn queued_message(
             format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
         ));
     };
+    message_for(device, chat, entry)
+}
+
+/// The log entries `chat_seqs` of `chat`, in that order, each `Err` when it is missing: one
+/// range read when they follow each other (a lane's batch), else one read each.
+async fn log_entries(
+    tx: &Transaction,
+    chat: ChatId,
+    chat_seqs: &[u64],
+) -> Result<Vec<Result<chat_log::LogEntry, StoreError>>, StoreError> {
+    let missing = |chat_seq: u64| {
+        corrupt(
+            "device queue",
+            format!("a queue entry references missing log entry {chat}#{chat_seq}"),
+        )
+    };
+    let consecutive = chat_seqs.windows(2).all(|pair| pair[1] == pair[0] + 1);
+    if let (true, Some(&first)) = (consecutive, chat_seqs.first()) {
+        let mut found = chat_log::read_range(tx, chat, first.saturating_sub(1), chat_seqs.len())
+            .await?
+            .into_iter()
+            .peekable();
+        let mut entries = Vec::with_capacity(chat_seqs.len());
+        for &chat_seq in chat_seqs {
+            match found.next_if(|entry| entry.chat_seq == chat_seq) {
+                Some(entry) => entries.push(Ok(entry)),
+                None => entries.push(Err(missing(chat_seq))),
+            }
+        }
+        return Ok(entries);
+    }
+    let mut entries = Vec::with_capacity(chat_seqs.len());
+    for &chat_seq in chat_seqs {
+        entries.push(
+            chat_log::entry(tx, chat, chat_seq)
+                .await?
+                .ok_or_else(|| missing(chat_seq)),
+        );
+    }
+    Ok(entries)
+}
+
+/// The message of `entry` as `device` gets it: its own ciphertext and the group fields.
+fn message_for(
+    device: DeviceAddress,
+    chat: ChatId,
+    entry: chat_log::LogEntry,
+) -> Result<QueuedMessage, StoreError> {
+    let chat_seq = entry.chat_seq;
     // Only this device's entry and the group fields are decoded: a group message's envelope,
     // read once per member, holds an entry per member device.
     let envelope = stored_envelope::group_fields(&entry.envelope_bytes)
@@ -942,7 +992,7 @@ pub async fn repair_queue_entry(
         .await?;
         told.push((origin.sender, origin.client_message_id));
     }
-    routing.finish(tx, now_ms, &mut effects).await?;
+    routing.finish(tx, local, now_ms, &mut effects).await?;
     let repair = if told.is_empty() {
         EntryRepair::RemovedUnattributed { damage }
     } else {
@@ -1040,7 +1090,7 @@ pub async fn expire_queues(
             .await?;
         }
     }
-    routing.finish(tx, now_ms, &mut effects).await?;
+    routing.finish(tx, local, now_ms, &mut effects).await?;
     let expired = ExpiredQueues {
         expired_entries: report.expired.len(),
         more: report.more,
@@ -1094,12 +1144,18 @@ async fn route_receipt(
     };
     if origin.sender_region == local && !origin.group {
         routing.local.deliver(tx, receipt).await
+    } else if origin.sender_region == local {
+        // A group message's, for a sender homed here: every member's ack of one message makes
+        // a receipt for the same sender queue, and appending each in its own ack would make
+        // those acks conflict on that queue. The transaction's receipts go to this region's
+        // outbox together, as one entry (versionstamped, no read), and the pump appends a batch
+        // of them in one transaction (`deliver_local_receipts`).
+        routing.local_group.push(receipt);
+        effects.outbox_pushed = true;
+        Ok(())
     } else {
-        // Elsewhere, or a group message's: every member's ack of one message makes a receipt
-        // for the same sender queue, and appending each in its own ack would make those acks
-        // conflict on that queue. The receipt is pushed to this region's outbox (versionstamped,
-        // no read) and the pump appends a batch of them in one transaction
-        // (`deliver_local_receipts`).
+        // Elsewhere: to the outbox for the sender's region, one entry per receipt (each is
+        // forwarded with its own outbox number, which the other region applies once).
         routing
             .pushes
             .push(tx, origin.sender_region, &receipt.encode_to_vec())?;
@@ -1108,32 +1164,74 @@ async fn route_receipt(
     }
 }
 
+/// An entry of this region's outbox for itself: the group receipts one transaction made for
+/// senders homed here. Its field has tag 15 so that an entry of an earlier build (one
+/// `QueuedReceipt`, tags 1 to 6) decodes as none and is read as that receipt.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LocalOutboxEntry {
+    #[prost(message, repeated, tag = "15")]
+    receipts: Vec<QueuedReceipt>,
+}
+
+/// The receipts of one entry of this region's outbox for itself.
+fn local_outbox_receipts(bytes: &[u8]) -> Result<Vec<QueuedReceipt>, prost::DecodeError> {
+    let entry = LocalOutboxEntry::decode(bytes)?;
+    if entry.receipts.is_empty() {
+        return Ok(vec![QueuedReceipt::decode(bytes)?]);
+    }
+    Ok(entry.receipts)
+}
+
+/// What [`deliver_local_receipts`] did in one transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalReceiptsApplied {
+    /// Receipts taken from the outbox (applied, or dropped as moving nothing forward).
+    pub receipts: usize,
+    /// Whether more may wait: run again.
+    pub more: bool,
+}
+
 /// Appends the oldest receipts this region's outbox holds for itself (group receipts, see
-/// `route_receipt`) to their senders' queues and removes them, in one transaction; returns how
-/// many it took (at most `limit`).
+/// `route_receipt`) to their senders' queues and removes their entries, in one transaction:
+/// whole entries, at most `entries_limit` of them, until at least `limit` receipts are taken.
 pub async fn deliver_local_receipts(
     tx: &Transaction,
     local: RegionId,
-    limit: usize,
+    (entries_limit, limit): (usize, usize),
     now_ms: u64,
-) -> Outcome<usize> {
+) -> Outcome<LocalReceiptsApplied> {
     let mut effects = Effects::default();
-    let entries = outbox::peek_snapshot(tx, local, limit).await?;
-    let Some(&(last, _)) = entries.last() else {
-        return Ok(Ok((0, effects)));
-    };
+    let entries = outbox::peek_snapshot(tx, local, entries_limit).await?;
     // A batch's receipts are mostly for one sender (a group message's members): its devices
     // are read once, and each of them gets the batch's receipts as one queue entry.
     let mut receipts = LocalReceipts::default();
-    for (_, bytes) in &entries {
-        match QueuedReceipt::decode(bytes.as_slice()) {
-            Ok(receipt) => receipts.deliver(tx, receipt).await?,
+    let mut applied = LocalReceiptsApplied {
+        receipts: 0,
+        more: entries.len() == entries_limit,
+    };
+    let mut last = None;
+    for (seq, bytes) in &entries {
+        if applied.receipts >= limit {
+            applied.more = true;
+            break;
+        }
+        match local_outbox_receipts(bytes) {
+            Ok(taken) => {
+                applied.receipts += taken.len();
+                for receipt in taken {
+                    receipts.deliver(tx, receipt).await?;
+                }
+            }
             Err(error) => tracing::error!(%error, "dropping an undecodable receipt of the outbox"),
         }
+        last = Some(*seq);
     }
+    let Some(last) = last else {
+        return Ok(Ok((applied, effects)));
+    };
     receipts.finish(tx, now_ms, &mut effects).await?;
     outbox::remove_through(tx, local, last);
-    Ok(Ok((entries.len(), effects)))
+    Ok(Ok((applied, effects)))
 }
 
 /// The receipts one transaction routes: pushes to the outbox (numbered in order), and the
@@ -1141,6 +1239,8 @@ pub async fn deliver_local_receipts(
 struct ReceiptRouting {
     pushes: outbox::Pushes,
     local: LocalReceipts,
+    /// Group receipts for senders homed here, for this region's outbox.
+    local_group: Vec<QueuedReceipt>,
 }
 
 impl ReceiptRouting {
@@ -1148,16 +1248,26 @@ impl ReceiptRouting {
         ReceiptRouting {
             pushes: outbox::Pushes::new(),
             local: LocalReceipts::default(),
+            local_group: Vec::new(),
         }
     }
 
-    /// Queues the receipts for senders homed here (see [`LocalReceipts::finish`]).
+    /// Pushes the group receipts for senders homed here to this region's outbox, as entries
+    /// of at most [`RECEIPTS_PER_QUEUE_ENTRY_MAX`], and queues the other receipts for senders
+    /// homed here (see [`LocalReceipts::finish`]).
     async fn finish(
-        self,
+        mut self,
         tx: &Transaction,
+        local: RegionId,
         now_ms: u64,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
+        for chunk in self.local_group.chunks(RECEIPTS_PER_QUEUE_ENTRY_MAX) {
+            let entry = LocalOutboxEntry {
+                receipts: chunk.to_vec(),
+            };
+            self.pushes.push(tx, local, &entry.encode_to_vec())?;
+        }
         self.local.finish(tx, now_ms, effects).await
     }
 }

@@ -36,9 +36,10 @@ pub const PRESENCE_WATCHES_PER_STREAM_MAX: usize = 1 << 20;
 pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
 
 /// Receipts the outbox pump applies for this region's own senders (group receipts) in one
-/// transaction: a group's members acknowledge tens of thousands of messages a second, and each
-/// transaction waits for a group commit, so the pump takes more than one request's worth.
-pub const LOCAL_RECEIPTS_BATCH_ENTRIES_MAX: usize = 1_024;
+/// transaction, at least (whole outbox entries, each the receipts of one ack, at most
+/// [`OUTBOX_BATCH_ENTRIES_MAX`] entries): a group's members acknowledge tens of thousands of
+/// messages a second, and each transaction waits for a group commit.
+pub const LOCAL_RECEIPTS_BATCH_MAX: usize = 1_024;
 
 /// Pause between outbox delivery rounds while a destination is unreachable or has more, in ms.
 pub const OUTBOX_RETRY_DELAY_MS: u64 = 500;
@@ -173,7 +174,6 @@ const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS * 1_000 <= QUEUE_RETENTION_MS_
 // Each bounded read is one layer read at most.
 const _: () = assert!(EXPIRE_BATCH_ENTRIES_MAX <= SWEEP_ENTRIES_MAX);
 const _: () = assert!(OUTBOX_BATCH_ENTRIES_MAX <= LAYER_READ_ENTRIES_MAX);
-const _: () = assert!(LOCAL_RECEIPTS_BATCH_ENTRIES_MAX <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(QUARANTINE_LOAD_DEVICES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(HOME_TALLY_ACCOUNTS_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(CHECK_ENTRIES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);

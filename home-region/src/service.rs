@@ -55,7 +55,7 @@ use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
     BLOB_SWEEP_INTERVAL_MS, GROUP_ASKERS_MAX, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS,
-    INTERNAL_CONNECTIONS_MAX, LOCAL_RECEIPTS_BATCH_ENTRIES_MAX, OUTBOX_BATCH_ENTRIES_MAX,
+    INTERNAL_CONNECTIONS_MAX, LOCAL_RECEIPTS_BATCH_MAX, OUTBOX_BATCH_ENTRIES_MAX,
     OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
     QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, SUBSCRIPTION_WRITE_BYTES_MAX,
@@ -2174,11 +2174,11 @@ impl RegionService {
             let now = self.inner.clock.now_ms();
             let applied = self
                 .transact(|tx| async move {
-                    let limit = LOCAL_RECEIPTS_BATCH_ENTRIES_MAX;
-                    core::deliver_local_receipts(&tx, local, limit, now).await
+                    let limits = (OUTBOX_BATCH_ENTRIES_MAX, LOCAL_RECEIPTS_BATCH_MAX);
+                    core::deliver_local_receipts(&tx, local, limits, now).await
                 })
                 .await?;
-            return Ok(applied == LOCAL_RECEIPTS_BATCH_ENTRIES_MAX);
+            return Ok(applied.more);
         }
         let entries = self
             .inner

@@ -773,19 +773,19 @@ async fn group_acks_become_receipts_for_the_sender_in_one_batch() {
 
     // The pump's batch appends all five in one transaction, and the next finds none.
     let (taken, effects) =
-        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
             .await
             .expect("store")
             .expect("applied");
-    assert_eq!(taken, 5);
+    assert_eq!(taken.receipts, 5);
     // One entry holds them all: alice's queue grows by one, not by a member count.
     assert_eq!(effects.notify.get(&alice1), Some(&1));
     let (taken, _) =
-        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
             .await
             .expect("store")
             .expect("applied");
-    assert_eq!(taken, 0);
+    assert_eq!(taken.receipts, 0);
     let (batch, _) = fetch(&f.db, alice1, &[]).await;
     assert_eq!(batch.entries.len(), 1, "{batch:?}");
     let Some(queue_entry::Item::Receipts(receipts)) = &batch.entries[0].item else {
@@ -811,11 +811,11 @@ async fn group_acks_become_receipts_for_the_sender_in_one_batch() {
         .expect("fetched");
     assert!(!effects.outbox_pushed);
     let (taken, effects) =
-        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
             .await
             .expect("store")
             .expect("applied");
-    assert_eq!((taken, effects.notify.get(&alice1)), (0, None));
+    assert_eq!((taken.receipts, effects.notify.get(&alice1)), (0, None));
 }
 
 /// Commits `envelopes` in one transaction, as a chat's lane commits its batch.
@@ -901,17 +901,23 @@ async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry()
     assert!(queued.messages.iter().all(|m| m.group == team.0));
     assert_eq!(queued.messages[1].group_ciphertext, vec![2; 40]);
 
-    // Acknowledging the entry makes a delivered receipt for each message it held.
+    // Acknowledging the entry makes a delivered receipt for each message it held, all three
+    // in one outbox entry.
     for device in &devices {
         let (_, effects) = fetch(&f.db, *device, &[1]).await;
         assert!(effects.outbox_pushed);
     }
+    let pending =
+        f.db.transact(|tx| async move { outbox::peek(&tx, HERE, 100).await })
+            .await
+            .expect("peeked");
+    assert_eq!(pending.len(), 3, "one outbox entry per member's ack");
     let (taken, _) =
-        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
             .await
             .expect("store")
             .expect("applied");
-    assert_eq!(taken, 9, "three members × three messages");
+    assert_eq!(taken.receipts, 9, "three members × three messages");
     let (batch, _) = fetch(&f.db, alice1, &[]).await;
     let delivered: BTreeSet<(Vec<u8>, wire::DeviceAddr)> = batch
         .entries
@@ -944,11 +950,45 @@ async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry()
     assert_eq!(expired.expired_entries, 3, "one entry per member");
     assert!(effects.outbox_pushed);
     let (taken, _) =
-        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, 256, 9).await })
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
             .await
             .expect("store")
             .expect("applied");
-    assert_eq!(taken, 6, "three members × two messages expired");
+    assert_eq!(taken.receipts, 6, "three members × two messages expired");
+}
+
+#[tokio::test]
+async fn a_local_outbox_entry_of_an_earlier_build_still_reaches_the_sender() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let alice1 = device_in(alice, 1);
+    let receipt = QueuedReceipt {
+        chat: ChatId([3; 16]).0.to_vec(),
+        client_message_id: vec![4; 16],
+        recipient: device_in(AccountId(99), 1).into(),
+        state: ReceiptState::Delivered as i32,
+        at_ms: 5,
+        sender: alice1.into(),
+    };
+    // One receipt per entry, as builds before bundled entries pushed them.
+    f.db.transact(|tx| {
+        let bytes = receipt.encode_to_vec();
+        async move { outbox::Pushes::new().push(&tx, HERE, &bytes) }
+    })
+    .await
+    .expect("pushed");
+    let (taken, effects) =
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
+            .await
+            .expect("store")
+            .expect("applied");
+    assert_eq!(taken.receipts, 1);
+    assert_eq!(effects.notify.get(&alice1), Some(&1));
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    assert_eq!(
+        batch.entries[0].item,
+        Some(queue_entry::Item::Receipt(receipt))
+    );
 }
 
 #[tokio::test]
