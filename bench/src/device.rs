@@ -24,7 +24,8 @@
 //!   acknowledged in a request of its own, in flight while the next page is read (so reading
 //!   never waits for the region to commit the acks and their delivered receipts), one ack
 //!   request at a time, the acks processed meanwhile going with the next; stop when a fetch
-//!   returns nothing and every ack was answered.
+//!   returns nothing or reaches the latest queue sequence read with it, and every ack was
+//!   answered.
 //! - **Presence and typing** (the presence benchmark): watch an account, send a typing
 //!   indicator ([`EdgeLink::watch_presence`], [`EdgeLink::typing`]); the presence updates and
 //!   typing notices the edge pushes on the control stream go, with the instant each arrived, to
@@ -1389,7 +1390,8 @@ pub struct DrainStats {
     pub retries: u64,
 }
 
-/// Fetches and acknowledges `link`'s queue until a fetch returns nothing (at most
+/// Fetches and acknowledges `link`'s queue until a fetch returns nothing or reaches the latest
+/// queue sequence the region read with it (at most
 /// [`FETCHES_PER_DRAIN_MAX`] fetches) and every ack was answered, handing each arrival and the
 /// instant its page came to `arrived`. One fetch and one ack request are in flight at a time:
 /// the pages are read in order, each while the acks of the pages before it commit. A retryable
@@ -1430,7 +1432,9 @@ pub async fn drain(
                 let arrivals = inbox
                     .handle_batch(&batch)
                     .map_err(|error| BenchError::Protocol(error.to_string()))?;
-                at_end = arrivals.is_empty();
+                // As the client library: a page that reaches the latest sequence read with it
+                // is the queue's end then.
+                at_end = arrivals.is_empty() || inbox.cursor() >= batch.latest_queue_seq;
                 for arrival in arrivals {
                     arrived(arrival, now)?;
                 }

@@ -7,7 +7,8 @@
 //! while the region commits the acks of the pages before it (and their delivered receipts),
 //! so reading never waits for that commit. Pages still arrive in queue order, and an ack is
 //! forgotten only once the region answered it (the ack is durable). A catch-up ends when a
-//! page comes back empty and every ack owed was answered.
+//! page comes back empty, or reaches the latest queue sequence the region read with it (no
+//! further fetch only to hear "nothing more"), and every ack owed was answered.
 
 use relay_proto::limits::{
     ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
@@ -237,6 +238,12 @@ impl Core {
         self.incoming.rechecks = 0;
         self.incoming.failures = 0;
         let count = batch.entries.len();
+        // The page was read with the queue's latest sequence at the same version: a page that
+        // reaches it is the queue's end then (what came after is announced by a push).
+        let at_end = batch
+            .entries
+            .last()
+            .is_none_or(|last| last.queue_seq >= batch.latest_queue_seq);
         if count > 0 {
             let me = self.identity.address();
             let wall_ms = self.wall_ms;
@@ -267,9 +274,9 @@ impl Core {
             fallback_key: batch.fallback_key,
             cached: false,
         };
-        self.keep_keys(keys, count == 0, now_ms)?;
+        self.keep_keys(keys, at_end, now_ms)?;
         self.incoming.rounds += 1;
-        if count == 0 || self.incoming.rounds >= FETCH_ROUNDS_MAX {
+        if at_end || self.incoming.rounds >= FETCH_ROUNDS_MAX {
             self.incoming.ended = true;
             self.step_ack()?;
             self.finish_catch_up();
