@@ -163,7 +163,7 @@ pub async fn peek(
     destination: RegionId,
     limit: usize,
 ) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
-    peek_entries(transaction, destination, limit, false).await
+    peek_entries(transaction, destination, None, limit, false).await
 }
 
 /// [`peek`] as a snapshot read, for a transaction that applies the entries and removes them
@@ -174,32 +174,52 @@ pub async fn peek_snapshot(
     destination: RegionId,
     limit: usize,
 ) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
-    peek_entries(transaction, destination, limit, true).await
+    peek_entries(transaction, destination, None, limit, true).await
+}
+
+/// [`peek_snapshot`] from the entry after `after`: the next page of a transaction that reads
+/// the outbox a few entries at a time.
+pub async fn peek_snapshot_after(
+    transaction: &Transaction,
+    destination: RegionId,
+    after: OutboxSeq,
+    limit: usize,
+) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
+    peek_entries(transaction, destination, Some(after), limit, true).await
 }
 
 async fn peek_entries(
     transaction: &Transaction,
     destination: RegionId,
+    after: Option<OutboxSeq>,
     limit: usize,
     snapshot: bool,
 ) -> Result<Vec<(OutboxSeq, Vec<u8>)>, StoreError> {
     let pending = Outbox::new().pending(destination);
     let limit = limit.min(LAYER_READ_ENTRIES_MAX);
     let (mut begin, end) = pending.range();
+    if let Some(after) = after {
+        begin = pending.subspace(&(after.0,)).range().1;
+    }
     let mut entries: Vec<(OutboxSeq, Vec<u8>)> = Vec::new();
-    // One page of chunks at a time: an entry's chunks are contiguous, so a page may end inside
-    // one, whose remaining chunks the next page brings.
-    while entries.len() < limit {
+    // One page of chunks at a time, no more keys than the entries asked for (an entry of one
+    // chunk is one key): an entry's chunks are contiguous, so a page may end inside one, whose
+    // remaining chunks the next page brings.
+    let page_keys = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
+    // Whether the last key read ended its entry (a page that ends inside an entry is followed
+    // by the next, even once `limit` entries have started).
+    let mut entry_complete = true;
+    while entries.len() < limit || !entry_complete {
         let options = RangeOptions {
             snapshot,
-            ..RangeOptions::limit(LAYER_READ_ENTRIES_MAX)
+            ..RangeOptions::limit(page_keys)
         };
         let page = transaction.get_range(&begin, &end, options).await?;
         let Some((last, _)) = page.last() else {
             break;
         };
         begin = crate::engine::key_after(last);
-        let full_page = page.len() == LAYER_READ_ENTRIES_MAX;
+        let full_page = page.len() == page_keys;
         for (key, value) in page {
             let (stamp, index, count): (TupleVersionstamp, u32, u32) =
                 decode_key(&pending, &key, "outbox entry key")?;
@@ -210,6 +230,7 @@ async fn peek_entries(
                 ));
             }
             let seq = OutboxSeq(stamp);
+            entry_complete = index + 1 == count;
             match entries.last_mut() {
                 Some((last_seq, bytes)) if *last_seq == seq => bytes.extend_from_slice(&value),
                 _ if index != 0 => {
@@ -400,6 +421,53 @@ mod tests {
             OutboxSeq::from_bytes(&after[0].0.to_bytes()),
             Some(after[0].0)
         );
+    }
+
+    #[tokio::test]
+    async fn a_few_entries_at_a_time_come_whole_and_in_order() {
+        let (_folder, database) = temporary_database(None);
+        // Entries of one, three and one chunks: pages of one or two keys end inside the large.
+        let large = vec![7u8; 2 * CHUNK_BYTES + 10];
+        database
+            .transact(|tx| {
+                let large = large.clone();
+                async move {
+                    let mut pushes = Pushes::new();
+                    pushes.push(&tx, RegionId(2), b"a")?;
+                    pushes.push(&tx, RegionId(2), &large)?;
+                    pushes.push(&tx, RegionId(2), b"c")?;
+                    Ok(())
+                }
+            })
+            .await
+            .expect("push");
+        for page in 1..=3 {
+            let read = database
+                .transact(|tx| async move {
+                    let mut read: Vec<(OutboxSeq, Vec<u8>)> = Vec::new();
+                    loop {
+                        let next = match read.last() {
+                            None => peek_snapshot(&tx, RegionId(2), page).await?,
+                            Some((after, _)) => {
+                                peek_snapshot_after(&tx, RegionId(2), *after, page).await?
+                            }
+                        };
+                        assert!(next.len() <= page);
+                        if next.is_empty() {
+                            return Ok(read);
+                        }
+                        read.extend(next);
+                    }
+                })
+                .await
+                .expect("peek");
+            let payloads: Vec<&[u8]> = read.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+            assert_eq!(
+                payloads,
+                [b"a".as_slice(), large.as_slice(), b"c".as_slice()],
+                "pages of {page}"
+            );
+        }
     }
 
     #[tokio::test]

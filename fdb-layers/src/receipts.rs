@@ -62,6 +62,50 @@ pub async fn advance(
     Ok(true)
 }
 
+/// [`advance`] for several recipients of one message, in order (a recipient named twice moves
+/// at most as far as its furthest state): the message's receipts are read in one range read
+/// when at least [`RANGE_READ_RECIPIENTS_MIN`] are asked for, else one by one. Returns, for
+/// each, whether it moved.
+pub async fn advance_many(
+    transaction: &Transaction,
+    chat: ChatId,
+    client_message_id: ClientMessageId,
+    moves: &[(DeviceAddress, ReceiptState)],
+) -> Result<Vec<bool>, StoreError> {
+    if moves.len() < RANGE_READ_RECIPIENTS_MIN {
+        let mut moved = Vec::with_capacity(moves.len());
+        for &(recipient, state) in moves {
+            moved.push(advance(transaction, chat, client_message_id, recipient, state).await?);
+        }
+        return Ok(moved);
+    }
+    let message = message_subspace(chat, client_message_id);
+    let mut stored: std::collections::HashMap<DeviceAddress, ReceiptState> =
+        states(transaction, chat, client_message_id)
+            .await?
+            .into_iter()
+            .collect();
+    let mut moved = Vec::with_capacity(moves.len());
+    for &(recipient, state) in moves {
+        let known = stored
+            .get(&recipient)
+            .copied()
+            .unwrap_or(ReceiptState::Unspecified);
+        if state <= known {
+            moved.push(false);
+            continue;
+        }
+        transaction.set(&message.pack(&recipient), &[state_byte(state)])?;
+        stored.insert(recipient, state);
+        moved.push(true);
+    }
+    Ok(moved)
+}
+
+/// Recipients of one message in one [`advance_many`] from which their receipts are read in one
+/// range read (all of the message's, so not for a few of a large group's).
+pub const RANGE_READ_RECIPIENTS_MIN: usize = 16;
+
 /// The receipt of a message for `recipient`, if any.
 pub async fn state(
     transaction: &Transaction,
@@ -198,6 +242,11 @@ mod properties {
         States {
             message: u8,
         },
+        /// Long enough at times for the range read (recipients repeat).
+        AdvanceMany {
+            message: u8,
+            moves: Vec<(u8, ReceiptState)>,
+        },
     }
 
     fn receipt_state() -> impl Strategy<Value = ReceiptState> {
@@ -220,6 +269,11 @@ mod properties {
             1 => (0..3u8, 0..4u8)
                 .prop_map(|(message, recipient)| Operation::State { message, recipient }),
             1 => (0..3u8).prop_map(|message| Operation::States { message }),
+            2 => (
+                0..3u8,
+                prop::collection::vec((0..24u8, receipt_state()), 0..2 * RANGE_READ_RECIPIENTS_MIN)
+            )
+                .prop_map(|(message, moves)| Operation::AdvanceMany { message, moves }),
         ]
     }
 
@@ -271,6 +325,34 @@ mod properties {
                         .await
                         .map_err(fail)?;
                     prop_assert_eq!(read, model.get(&(message, address)).copied());
+                }
+                Operation::AdvanceMany { message, moves } => {
+                    let moves: Vec<(DeviceAddress, ReceiptState)> = moves
+                        .into_iter()
+                        .map(|(recipient, state)| (recipient_address(recipient), state))
+                        .collect();
+                    let asked = moves.clone();
+                    let moved = database
+                        .transact(|tx| {
+                            let asked = asked.clone();
+                            async move {
+                                advance_many(&tx, CHAT, message_id(message), &asked).await
+                            }
+                        })
+                        .await
+                        .map_err(fail)?;
+                    let mut expected = Vec::with_capacity(moves.len());
+                    for (address, state) in moves {
+                        let stored = model
+                            .get(&(message, address))
+                            .copied()
+                            .unwrap_or(ReceiptState::Unspecified);
+                        expected.push(state > stored);
+                        if state > stored {
+                            model.insert((message, address), state);
+                        }
+                    }
+                    prop_assert_eq!(moved, expected);
                 }
                 Operation::States { message } => {
                     let read = database

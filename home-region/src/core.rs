@@ -865,14 +865,11 @@ fn message_for(
     entry: chat_log::LogEntry,
 ) -> Result<QueuedMessage, StoreError> {
     let chat_seq = entry.chat_seq;
-    // Only this device's entry and the group fields are decoded: a group message's envelope,
-    // read once per member, holds an entry per member device.
-    let envelope = stored_envelope::group_fields(&entry.envelope_bytes)
+    // Only this device's entry and the group fields are decoded, in one walk: a group
+    // message's envelope, read once per member, holds an entry per member device.
+    let (envelope, ciphertext) = stored_envelope::member_view(&entry.envelope_bytes, device.into())
         .map_err(|error| corrupt("stored envelope", error))?;
-    let recipient: wire::DeviceAddr = device.into();
-    let Some(ciphertext) = stored_envelope::ciphertext_for(&entry.envelope_bytes, recipient)
-        .map_err(|error| corrupt("stored envelope", error))?
-    else {
+    let Some(ciphertext) = ciphertext else {
         return Err(corrupt(
             "chat log",
             format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
@@ -1182,6 +1179,9 @@ fn local_outbox_receipts(bytes: &[u8]) -> Result<Vec<QueuedReceipt>, prost::Deco
     Ok(entry.receipts)
 }
 
+/// Entries of this region's outbox for itself read at a time by [`deliver_local_receipts`].
+const LOCAL_OUTBOX_ENTRIES_PER_READ: usize = 16;
+
 /// What [`deliver_local_receipts`] did in one transaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalReceiptsApplied {
@@ -1201,31 +1201,47 @@ pub async fn deliver_local_receipts(
     now_ms: u64,
 ) -> Outcome<LocalReceiptsApplied> {
     let mut effects = Effects::default();
-    let entries = outbox::peek_snapshot(tx, local, entries_limit).await?;
     // A batch's receipts are mostly for one sender (a group message's members): its devices
     // are read once, and each of them gets the batch's receipts as one queue entry.
     let mut receipts = LocalReceipts::default();
-    let mut applied = LocalReceiptsApplied {
-        receipts: 0,
-        more: entries.len() == entries_limit,
-    };
+    let mut applied = LocalReceiptsApplied::default();
     let mut last = None;
-    for (seq, bytes) in &entries {
-        if applied.receipts >= limit {
-            applied.more = true;
-            break;
-        }
-        match local_outbox_receipts(bytes) {
-            Ok(taken) => {
-                applied.receipts += taken.len();
-                for receipt in taken {
-                    receipts.deliver(tx, receipt).await?;
+    let mut batch = Vec::new();
+    let mut entries_taken = 0;
+    // A few entries at a time (each holds up to `RECEIPTS_PER_QUEUE_ENTRY_MAX`), so that the
+    // outbox is read no further than the batch takes.
+    while applied.receipts < limit && entries_taken < entries_limit {
+        let page = entries_limit
+            .saturating_sub(entries_taken)
+            .min(LOCAL_OUTBOX_ENTRIES_PER_READ);
+        let entries = match last {
+            None => outbox::peek_snapshot(tx, local, page).await?,
+            Some(after) => outbox::peek_snapshot_after(tx, local, after, page).await?,
+        };
+        let full = entries.len() == page;
+        for (seq, bytes) in entries {
+            if applied.receipts >= limit {
+                break;
+            }
+            match local_outbox_receipts(&bytes) {
+                Ok(taken) => {
+                    applied.receipts += taken.len();
+                    batch.extend(taken);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "dropping an undecodable receipt of the outbox");
                 }
             }
-            Err(error) => tracing::error!(%error, "dropping an undecodable receipt of the outbox"),
+            entries_taken += 1;
+            last = Some(seq);
         }
-        last = Some(*seq);
+        if !full {
+            break;
+        }
     }
+    // Stopped by a limit: more may wait (at worst one more round finds nothing).
+    applied.more = applied.receipts >= limit || entries_taken >= entries_limit;
+    receipts.deliver_many(tx, batch).await?;
     let Some(last) = last else {
         return Ok(Ok((applied, effects)));
     };
@@ -1272,6 +1288,43 @@ impl ReceiptRouting {
     }
 }
 
+/// A receipt's fields, parsed; `None` (logged) for a malformed one.
+struct ParsedReceipt {
+    chat: ChatId,
+    message: relay_proto::ClientMessageId,
+    recipient: DeviceAddress,
+    sender: DeviceAddress,
+    state: ReceiptState,
+}
+
+impl ParsedReceipt {
+    fn of(receipt: &QueuedReceipt) -> Option<Self> {
+        let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
+            relay_proto::ChatId::from_bytes(&receipt.chat),
+            relay_proto::ClientMessageId::from_bytes(&receipt.client_message_id),
+            receipt.recipient.parse(),
+            receipt.sender.parse(),
+        ) else {
+            tracing::warn!("dropping a malformed receipt");
+            return None;
+        };
+        let Ok(state) = ReceiptState::try_from(receipt.state) else {
+            tracing::warn!(
+                state = receipt.state,
+                "dropping a receipt with an unknown state"
+            );
+            return None;
+        };
+        Some(ParsedReceipt {
+            chat,
+            message,
+            recipient,
+            sender,
+            state,
+        })
+    }
+}
+
 /// Receipts for messages sent from this region that moved forward in one transaction, by the
 /// sender device that gets them, with the devices of each sender account read once.
 #[derive(Default)]
@@ -1288,25 +1341,59 @@ impl LocalReceipts {
         tx: &Transaction,
         receipt: QueuedReceipt,
     ) -> Result<(), StoreError> {
-        let (Ok(chat), Ok(message), Ok(recipient), Ok(sender)) = (
-            relay_proto::ChatId::from_bytes(&receipt.chat),
-            relay_proto::ClientMessageId::from_bytes(&receipt.client_message_id),
-            receipt.recipient.parse(),
-            receipt.sender.parse(),
-        ) else {
-            tracing::warn!("dropping a malformed receipt");
+        let Some(parsed) = ParsedReceipt::of(&receipt) else {
             return Ok(());
         };
-        let Ok(state) = ReceiptState::try_from(receipt.state) else {
-            tracing::warn!(
-                state = receipt.state,
-                "dropping a receipt with an unknown state"
-            );
-            return Ok(());
-        };
+        let (chat, message, recipient, state) =
+            (parsed.chat, parsed.message, parsed.recipient, parsed.state);
         if !receipts::advance(tx, chat, message, recipient, state).await? {
             return Ok(());
         }
+        self.keep(tx, parsed.sender, receipt).await
+    }
+
+    /// [`LocalReceipts::deliver`] for many receipts: those of one message are moved forward
+    /// together (`receipts::advance_many`: a group message's receipts in one range read).
+    async fn deliver_many(
+        &mut self,
+        tx: &Transaction,
+        taken: Vec<QueuedReceipt>,
+    ) -> Result<(), StoreError> {
+        let mut by_message: Vec<((ChatId, relay_proto::ClientMessageId), Vec<_>)> = Vec::new();
+        let mut index: HashMap<(ChatId, relay_proto::ClientMessageId), usize> = HashMap::new();
+        for receipt in taken {
+            let Some(parsed) = ParsedReceipt::of(&receipt) else {
+                continue;
+            };
+            let key = (parsed.chat, parsed.message);
+            let slot = *index.entry(key).or_insert_with(|| {
+                by_message.push((key, Vec::new()));
+                by_message.len() - 1
+            });
+            by_message[slot].1.push((parsed, receipt));
+        }
+        for ((chat, message), receipts) in by_message {
+            let moves: Vec<(DeviceAddress, ReceiptState)> = receipts
+                .iter()
+                .map(|(parsed, _)| (parsed.recipient, parsed.state))
+                .collect();
+            let moved = receipts::advance_many(tx, chat, message, &moves).await?;
+            for ((parsed, receipt), moved) in receipts.into_iter().zip(moved) {
+                if moved {
+                    self.keep(tx, parsed.sender, receipt).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `receipt`, which moved forward, for every device of `sender`'s account.
+    async fn keep(
+        &mut self,
+        tx: &Transaction,
+        sender: DeviceAddress,
+        receipt: QueuedReceipt,
+    ) -> Result<(), StoreError> {
         let devices = match self.senders.entry(sender.account) {
             std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
             std::collections::btree_map::Entry::Vacant(unknown) => unknown.insert(

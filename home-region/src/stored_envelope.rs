@@ -12,6 +12,11 @@ use relay_proto::wire::{DeviceAddr, DeviceCiphertext};
 
 /// `Envelope::ciphertexts`' tag.
 const CIPHERTEXTS_TAG: u64 = 6;
+/// The tags of [`GroupFields`].
+const GROUP_TAG: u64 = 8;
+const KIND_TAG: u64 = 10;
+const GROUP_CIPHERTEXT_TAG: u64 = 11;
+const GROUP_SESSION_ID_TAG: u64 = 12;
 
 /// The group fields of a stored envelope; prost skips the others, the per-device entries among
 /// them, without decoding them. Tags are [`relay_proto::wire::Envelope`]'s.
@@ -91,6 +96,55 @@ pub(crate) fn ciphertext_for(
         }
     }
     Ok(None)
+}
+
+/// What a member's fetch needs of a stored envelope, in one walk over its fields: the group
+/// fields and the entry for `recipient` (as [`group_fields`] and [`ciphertext_for`] find them).
+pub(crate) fn member_view(
+    envelope: &[u8],
+    recipient: DeviceAddr,
+) -> Result<(GroupFields, Option<DeviceCiphertext>), ViewError> {
+    let prefix = DeviceCiphertext {
+        recipient,
+        message_type: 0,
+        body: Vec::new(),
+    }
+    .encode_to_vec();
+    let mut fields = GroupFields::default();
+    let mut found = None;
+    let mut rest = envelope;
+    while !rest.is_empty() {
+        let (tag, wire_type, payload, after) = next_field(rest)?;
+        rest = after;
+        match (tag, wire_type) {
+            (CIPHERTEXTS_TAG, WIRE_LENGTH_DELIMITED)
+                if found.is_none() && payload.starts_with(&prefix) =>
+            {
+                let decoded = DeviceCiphertext::decode(payload)?;
+                if decoded.recipient == recipient {
+                    found = Some(decoded);
+                }
+            }
+            (GROUP_TAG, WIRE_VARINT) => fields.group = varint(payload)?.0,
+            (KIND_TAG, WIRE_VARINT) => fields.kind = varint(payload)?.0 as i32,
+            (GROUP_CIPHERTEXT_TAG, WIRE_LENGTH_DELIMITED) => {
+                fields.group_ciphertext = payload.to_vec();
+            }
+            (GROUP_SESSION_ID_TAG, WIRE_LENGTH_DELIMITED) => {
+                fields.group_session_id = String::from_utf8(payload.to_vec())
+                    .map_err(|_| ViewError::Framing("a session id that is not UTF-8"))?;
+            }
+            (GROUP_TAG | KIND_TAG | GROUP_CIPHERTEXT_TAG | GROUP_SESSION_ID_TAG, _) => {
+                return Err(ViewError::Framing("a group field of the wrong wire type"));
+            }
+            _ => {}
+        }
+    }
+    match found {
+        Some(found) => Ok((fields, Some(found))),
+        // An envelope encoded otherwise: each entry's recipient decoded and compared.
+        None => Ok((fields, ciphertext_for(envelope, recipient)?)),
+    }
 }
 
 /// The encoded per-device entries of an envelope, in order: the payloads of its
@@ -201,6 +255,39 @@ mod tests {
             group_ciphertext: b"megolm".to_vec(),
             group_session_id: "session".into(),
             group_prev_seq: 3,
+        }
+    }
+
+    #[test]
+    fn the_member_view_agrees_with_the_two_views_in_one_walk() {
+        let mut plain = group_envelope();
+        plain.group = 0;
+        plain.kind = 0;
+        plain.group_ciphertext.clear();
+        plain.group_session_id.clear();
+        for envelope in [group_envelope(), plain] {
+            let stored = envelope.encode_to_vec();
+            let stranger = DeviceAddr {
+                account: 9,
+                device: 1,
+            };
+            let recipients = envelope.ciphertexts.iter().map(|entry| entry.recipient);
+            for recipient in recipients.chain([stranger]) {
+                let (fields, found) = member_view(&stored, recipient).expect("decodes");
+                assert_eq!(fields, group_fields(&stored).expect("decodes"));
+                assert_eq!(found, ciphertext_for(&stored, recipient).expect("decodes"));
+            }
+        }
+        // Cut anywhere, it is an error, never a view of something else.
+        let stored = group_envelope().encode_to_vec();
+        for cut in 1..stored.len() {
+            let recipient = group_envelope().ciphertexts[2].recipient;
+            if let Ok((fields, found)) = member_view(&stored[..cut], recipient) {
+                // A cut between fields leaves whole fields: what they hold is the envelope's.
+                let full = group_fields(&stored).expect("decodes");
+                assert!(fields.group == 0 || fields.group == full.group);
+                assert!(found.is_none() || found == ciphertext_for(&stored, recipient).expect("x"));
+            }
         }
     }
 

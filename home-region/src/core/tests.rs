@@ -992,6 +992,64 @@ async fn a_local_outbox_entry_of_an_earlier_build_still_reaches_the_sender() {
 }
 
 #[tokio::test]
+async fn the_pump_takes_whole_outbox_entries_up_to_its_limits() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let alice1 = device_in(alice, 1);
+    let receipt = |recipient: u64| QueuedReceipt {
+        chat: ChatId([3; 16]).0.to_vec(),
+        client_message_id: vec![4; 16],
+        recipient: device_in(AccountId(100 + recipient), 1).into(),
+        state: ReceiptState::Delivered as i32,
+        at_ms: 5,
+        sender: alice1.into(),
+    };
+    // 40 entries of 3 receipts each: more than one read of the outbox.
+    f.db.transact(|tx| async move {
+        let mut pushes = outbox::Pushes::new();
+        for entry in 0..40u64 {
+            let bytes = LocalOutboxEntry {
+                receipts: (0..3).map(|index| receipt(entry * 3 + index)).collect(),
+            }
+            .encode_to_vec();
+            pushes.push(&tx, HERE, &bytes)?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("pushed");
+    let pump = async |limits: (usize, usize)| {
+        f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, limits, 9).await })
+            .await
+            .expect("store")
+            .expect("applied")
+            .0
+    };
+    // Whole entries until at least 50 receipts: 17 entries.
+    let first = pump((256, 50)).await;
+    assert_eq!((first.receipts, first.more), (51, true));
+    // At most 20 entries.
+    let second = pump((20, 1_000)).await;
+    assert_eq!((second.receipts, second.more), (60, true));
+    // The rest, and the outbox is empty.
+    let third = pump((256, 1_000)).await;
+    assert_eq!((third.receipts, third.more), (9, false));
+    let fourth = pump((256, 1_000)).await;
+    assert_eq!((fourth.receipts, fourth.more), (0, false));
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    let receipts: usize = batch
+        .entries
+        .iter()
+        .map(|entry| match &entry.item {
+            Some(queue_entry::Item::Receipts(receipts)) => receipts.receipts.len(),
+            Some(queue_entry::Item::Receipt(_)) => 1,
+            other => panic!("receipts, got {other:?}"),
+        })
+        .sum();
+    assert_eq!(receipts, 120, "every receipt reached alice once");
+}
+
+#[tokio::test]
 async fn an_entry_of_messages_stops_at_its_count_and_its_bytes() {
     let f = fixture();
     let alice = account(&f.db, "alice", HERE, 1).await;
