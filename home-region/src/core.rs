@@ -298,7 +298,8 @@ impl FanOut {
         local: RegionId,
         account: AccountId,
     ) -> Result<Option<&[DeviceAddress]>, StoreError> {
-        if !self.homed_devices.contains_key(&account) {
+        if let std::collections::hash_map::Entry::Vacant(unread) = self.homed_devices.entry(account)
+        {
             // Every account homed here was registered here, so an account this region does not
             // know is homed elsewhere (the edge resolved the homes); its own region checks it.
             let devices = match directory::account_by_id(tx, account).await? {
@@ -311,7 +312,7 @@ impl FanOut {
                 ),
                 _ => None,
             };
-            self.homed_devices.insert(account, devices);
+            unread.insert(devices);
         }
         Ok(self
             .homed_devices
@@ -722,21 +723,16 @@ pub async fn fetch_and_ack(
             now_ms,
         };
         for (_, item) in removed {
-            let (Some(chat), messages) = item.messages() else {
-                continue;
-            };
-            for message in messages {
-                route_receipt(
-                    tx,
-                    local,
-                    device,
-                    (chat, message.chat_seq, message.origin),
-                    transition,
-                    &mut effects,
-                    &mut routing,
-                )
-                .await?;
-            }
+            route_item_receipts(
+                tx,
+                local,
+                device,
+                &item,
+                transition,
+                &mut effects,
+                &mut routing,
+            )
+            .await?;
         }
     }
     routing.finish(tx, local, now_ms, &mut effects).await?;
@@ -1071,21 +1067,16 @@ pub async fn expire_queues(
         now_ms,
     };
     for (device, _, item) in &report.expired {
-        let (Some(chat), messages) = item.messages() else {
-            continue;
-        };
-        for message in messages {
-            route_receipt(
-                tx,
-                local,
-                *device,
-                (chat, message.chat_seq, message.origin),
-                transition,
-                &mut effects,
-                &mut routing,
-            )
-            .await?;
-        }
+        route_item_receipts(
+            tx,
+            local,
+            *device,
+            item,
+            transition,
+            &mut effects,
+            &mut routing,
+        )
+        .await?;
     }
     routing.finish(tx, local, now_ms, &mut effects).await?;
     let expired = ExpiredQueues {
@@ -1100,6 +1091,27 @@ pub async fn expire_queues(
 struct Transition {
     state: ReceiptState,
     now_ms: u64,
+}
+
+/// [`route_receipt`] for every message a removed queue entry of `device` held (none for an
+/// entry of receipts).
+async fn route_item_receipts(
+    tx: &Transaction,
+    local: RegionId,
+    device: DeviceAddress,
+    item: &QueueItem,
+    transition: Transition,
+    effects: &mut Effects,
+    routing: &mut ReceiptRouting,
+) -> Result<(), StoreError> {
+    let (Some(chat), messages) = item.messages() else {
+        return Ok(());
+    };
+    for message in messages {
+        let reference = (chat, message.chat_seq, message.origin);
+        route_receipt(tx, local, device, reference, transition, effects, routing).await?;
+    }
+    Ok(())
 }
 
 /// Sends the receipt of the log entry `chat#chat_seq` for `device` to the sender: queued here

@@ -726,22 +726,42 @@ async fn a_sender_this_region_never_saw_is_accepted() {
     assert_eq!(effects.notify.get(&device_in(bob, 1)), Some(&1));
 }
 
+/// A group of alice and `members` more accounts homed here, one device each.
+struct GroupOf {
+    team: GroupId,
+    alice1: DeviceAddress,
+    /// The members' devices (alice's excepted).
+    devices: Vec<DeviceAddress>,
+    /// Every member account, alice's last.
+    listed: Vec<AccountId>,
+}
+
+async fn group_of(db: &Database, members: usize) -> GroupOf {
+    let alice = account(db, "alice", HERE, 1).await;
+    let mut listed = Vec::new();
+    for index in 0..members {
+        listed.push(account(db, &format!("m{index}"), HERE, 1).await);
+    }
+    let team = group(db, alice, &listed).await;
+    let devices = listed.iter().map(|member| device_in(*member, 1)).collect();
+    listed.push(alice);
+    GroupOf {
+        team,
+        alice1: device_in(alice, 1),
+        devices,
+        listed,
+    }
+}
+
 #[tokio::test]
 async fn group_acks_become_receipts_for_the_sender_in_one_batch() {
     let f = fixture();
-    let alice = account(&f.db, "alice", HERE, 1).await;
-    let members: Vec<AccountId> = {
-        let mut members = Vec::new();
-        for index in 0..5 {
-            members.push(account(&f.db, &format!("m{index}"), HERE, 1).await);
-        }
-        members
-    };
-    let team = group(&f.db, alice, &members).await;
-    let alice1 = device_in(alice, 1);
-    let devices: Vec<DeviceAddress> = members.iter().map(|m| device_in(*m, 1)).collect();
-    let mut listed = members.clone();
-    listed.push(alice);
+    let GroupOf {
+        team,
+        alice1,
+        devices,
+        listed,
+    } = group_of(&f.db, 5).await;
     let message = group_envelope(
         team,
         1,
@@ -858,19 +878,12 @@ async fn commit_together(db: &Database, envelopes: &[Envelope]) -> Effects {
 #[tokio::test]
 async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry() {
     let f = fixture();
-    let alice = account(&f.db, "alice", HERE, 1).await;
-    let members: Vec<AccountId> = {
-        let mut members = Vec::new();
-        for index in 0..3 {
-            members.push(account(&f.db, &format!("m{index}"), HERE, 1).await);
-        }
-        members
-    };
-    let team = group(&f.db, alice, &members).await;
-    let alice1 = device_in(alice, 1);
-    let devices: Vec<DeviceAddress> = members.iter().map(|m| device_in(*m, 1)).collect();
-    let mut listed = members.clone();
-    listed.push(alice);
+    let GroupOf {
+        team,
+        alice1,
+        devices,
+        listed,
+    } = group_of(&f.db, 3).await;
     let message = |number: u8| {
         group_envelope(
             team,
