@@ -115,6 +115,8 @@ pub struct PresenceReport {
     pub quic_ceiling: QuicCeiling,
     /// Pushes counted but not kept for latencies (past [`SIGNALS_KEPT_MAX`]).
     pub pushes_not_kept: u64,
+    /// Typing notices whose typing device did not parse (an edge's malformed push).
+    pub typing_malformed: u64,
 }
 
 /// The CPU time of the edges and regions over a row.
@@ -319,6 +321,7 @@ pub fn run(
         typing: measured.typing,
         quic_ceiling,
         pushes_not_kept: measured.pushes_not_kept,
+        typing_malformed: measured.typing_malformed,
     };
     let path = folder.path().to_owned();
     folder.close().map_err(BenchError::io("removing", &path))?;
@@ -363,6 +366,7 @@ struct Measured {
     fan_out: Vec<FanOutRow>,
     typing: TypingRow,
     pushes_not_kept: u64,
+    typing_malformed: u64,
 }
 
 /// A device's authenticated connection, with the receiver that keeps its control stream read.
@@ -518,6 +522,7 @@ async fn measure(
         fan_out,
         typing,
         pushes_not_kept: log.not_kept(),
+        typing_malformed: log.malformed(),
     })
 }
 
@@ -1189,7 +1194,7 @@ impl PresenceReport {
         out.push_str(&format!(
             "P1: {} updates missing, {} matching no change, {} watches ending in a wrong \
              state, {} waves past their {} s bound; P2: {} indicators throttled, {} refused \
-             otherwise, {} notices matching no indicator{}\n",
+             otherwise, {} notices matching no indicator{}{}\n",
             thousands(sum(|row| row.missing) as f64),
             thousands(sum(|row| row.unmatched) as f64),
             thousands(sum(|row| row.wrong_final_states) as f64),
@@ -1202,6 +1207,14 @@ impl PresenceReport {
                 format!(
                     "; {} pushes counted but not kept for latencies",
                     thousands(self.pushes_not_kept as f64)
+                )
+            } else {
+                String::new()
+            },
+            if self.typing_malformed > 0 {
+                format!(
+                    "; {} typing notices from a device that did not parse",
+                    thousands(self.typing_malformed as f64)
                 )
             } else {
                 String::new()

@@ -394,6 +394,10 @@ fn the_presence_benchmark_tells_every_watcher_every_change_and_delivers_typing()
     positive(typing, "sent");
     assert_eq!(typing["delivered"], typing["sent"], "{typing:#}");
     assert_eq!(typing["unmatched"], 0);
+    assert_eq!(
+        report["typing_malformed"], 0,
+        "every typing notice names its device"
+    );
     positive(typing, "delivered_per_second");
     positive(&report["quic_ceiling"], "per_second");
 }
