@@ -169,33 +169,30 @@ pub fn process_entries(
         }
         expected = expected.max(entry.queue_seq + 1);
         seqs.push(entry.queue_seq);
-        let messages = match &entry.item {
-            Some(queue_entry::Item::Message(message)) => std::slice::from_ref(message),
-            // The messages of one chat a region committed together.
-            Some(queue_entry::Item::Messages(batch)) => batch.messages.as_slice(),
-            _ => &[],
-        };
-        for message in messages {
-            if message.group != 0 {
-                let keys = match &mut keys {
-                    Some(keys) => keys,
-                    None => keys.insert(writer.load_group_keys(me)?),
-                };
-                let mut group = GroupInbound {
-                    writer,
-                    crypto,
-                    keys,
-                    me,
-                    now_ms,
-                    reports: &mut reports,
-                };
-                group.process(message, false)?;
-            } else {
-                process_message(writer, crypto, me, message, now_ms, &mut reports)?;
+        let mut message = |message: &QueuedMessage| -> Result<()> {
+            if message.group == 0 {
+                return process_message(writer, crypto, me, message, now_ms, &mut reports);
             }
-        }
+            let keys = match &mut keys {
+                Some(keys) => keys,
+                None => keys.insert(writer.load_group_keys(me)?),
+            };
+            let mut group = GroupInbound {
+                writer,
+                crypto,
+                keys,
+                me,
+                now_ms,
+                reports: &mut reports,
+            };
+            group.process(message, false)
+        };
         match &entry.item {
-            Some(queue_entry::Item::Message(_) | queue_entry::Item::Messages(_)) => {}
+            Some(queue_entry::Item::Message(queued)) => message(queued)?,
+            // The messages of one chat a region committed together.
+            Some(queue_entry::Item::Messages(batch)) => {
+                batch.messages.iter().try_for_each(&mut message)?;
+            }
             Some(queue_entry::Item::Receipt(receipt)) => {
                 process_receipt(writer, me, receipt, &mut reports)?
             }

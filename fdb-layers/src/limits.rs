@@ -54,6 +54,10 @@ pub const CONFLICT_HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most entries one layer read returns, whatever limit the caller asks for.
 pub const LAYER_READ_ENTRIES_MAX: usize = 1_024;
 
+/// Recipients of one message in one `receipts::advance_many` from which their receipts are
+/// read in one range read (all of the message's, so not for a few of a large group's).
+pub const RANGE_READ_RECIPIENTS_MIN: usize = 16;
+
 /// Most entries waiting in one device queue; further appends are refused with
 /// [`crate::device_queue::QueueAppend::Full`].
 pub const DEVICE_QUEUE_DEPTH_MAX: u64 = 100_000;

@@ -38,6 +38,7 @@ use relay_proto::{ChatId, ClientMessageId, DeviceAddress};
 use crate::codec::decode_key;
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
+use crate::limits::RANGE_READ_RECIPIENTS_MIN;
 use crate::tuple::Subspace;
 
 /// Moves the receipt of a message for `recipient` to `state` if that is further than the stored
@@ -101,10 +102,6 @@ pub async fn advance_many(
     }
     Ok(moved)
 }
-
-/// Recipients of one message in one [`advance_many`] from which their receipts are read in one
-/// range read (all of the message's, so not for a few of a large group's).
-pub const RANGE_READ_RECIPIENTS_MIN: usize = 16;
 
 /// The receipt of a message for `recipient`, if any.
 pub async fn state(

@@ -68,7 +68,7 @@ use relay_proto::{
     AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, GroupId, ProtoError, RegionId,
 };
 
-use crate::limits::EXPIRE_BATCH_ENTRIES_MAX;
+use crate::limits::{EXPIRE_BATCH_ENTRIES_MAX, LOCAL_OUTBOX_ENTRIES_PER_READ};
 use crate::stored_envelope;
 
 /// What a device whose state went back (a data directory restored from a copy) is told to do.
@@ -774,14 +774,12 @@ pub async fn queued_entry(
 ) -> Result<QueueEntry, StoreError> {
     let item = match item {
         QueueItem::MessageRef { chat, chat_seq, .. } => {
-            queue_entry::Item::Message(queued_message(tx, device, chat, chat_seq).await?)
+            let mut queued = queued_messages(tx, device, chat, &[chat_seq]).await?;
+            queue_entry::Item::Message(queued.remove(0))
         }
         QueueItem::MessageRefs { chat, messages } => {
             let chat_seqs: Vec<u64> = messages.iter().map(|message| message.chat_seq).collect();
-            let mut queued = Vec::with_capacity(messages.len());
-            for entry in log_entries(tx, chat, &chat_seqs).await? {
-                queued.push(message_for(device, chat, entry?)?);
-            }
+            let queued = queued_messages(tx, device, chat, &chat_seqs).await?;
             queue_entry::Item::Messages(wire::QueuedMessages { messages: queued })
         }
         QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
@@ -798,60 +796,43 @@ pub async fn queued_entry(
     })
 }
 
-/// The message of log entry `chat#chat_seq` as `device` gets it: its own ciphertext and the
-/// group fields.
-async fn queued_message(
+/// The messages of log entries `chat_seqs` of `chat` (at least one), in that order, as
+/// `device` gets them; a missing entry is [`StoreError::Corrupt`]. One range read when they
+/// follow each other (a lane's batch), else one read each.
+async fn queued_messages(
     tx: &Transaction,
     device: DeviceAddress,
     chat: ChatId,
-    chat_seq: u64,
-) -> Result<QueuedMessage, StoreError> {
-    let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
-        return Err(corrupt(
-            "device queue",
-            format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
-        ));
-    };
-    message_for(device, chat, entry)
-}
-
-/// The log entries `chat_seqs` of `chat`, in that order, each `Err` when it is missing: one
-/// range read when they follow each other (a lane's batch), else one read each.
-async fn log_entries(
-    tx: &Transaction,
-    chat: ChatId,
     chat_seqs: &[u64],
-) -> Result<Vec<Result<chat_log::LogEntry, StoreError>>, StoreError> {
+) -> Result<Vec<QueuedMessage>, StoreError> {
     let missing = |chat_seq: u64| {
         corrupt(
             "device queue",
-            format!("a queue entry references missing log entry {chat}#{chat_seq}"),
+            format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
         )
     };
+    let mut queued = Vec::with_capacity(chat_seqs.len());
     let consecutive = chat_seqs.windows(2).all(|pair| pair[1] == pair[0] + 1);
     if let (true, Some(&first)) = (consecutive, chat_seqs.first()) {
         let mut found = chat_log::read_range(tx, chat, first.saturating_sub(1), chat_seqs.len())
             .await?
-            .into_iter()
-            .peekable();
-        let mut entries = Vec::with_capacity(chat_seqs.len());
+            .into_iter();
         for &chat_seq in chat_seqs {
-            match found.next_if(|entry| entry.chat_seq == chat_seq) {
-                Some(entry) => entries.push(Ok(entry)),
-                None => entries.push(Err(missing(chat_seq))),
-            }
+            let entry = found
+                .next()
+                .filter(|entry| entry.chat_seq == chat_seq)
+                .ok_or_else(|| missing(chat_seq))?;
+            queued.push(message_for(device, chat, entry)?);
         }
-        return Ok(entries);
+        return Ok(queued);
     }
-    let mut entries = Vec::with_capacity(chat_seqs.len());
     for &chat_seq in chat_seqs {
-        entries.push(
-            chat_log::entry(tx, chat, chat_seq)
-                .await?
-                .ok_or_else(|| missing(chat_seq)),
-        );
+        let entry = chat_log::entry(tx, chat, chat_seq)
+            .await?
+            .ok_or_else(|| missing(chat_seq))?;
+        queued.push(message_for(device, chat, entry)?);
     }
-    Ok(entries)
+    Ok(queued)
 }
 
 /// The message of `entry` as `device` gets it: its own ciphertext and the group fields.
@@ -959,14 +940,9 @@ pub async fn repair_queue_entry(
         // The sender as the entry names it, else as the log entry does, if that still reads.
         let origin = match message.origin {
             Some(origin) => Some(origin),
-            None => match chat_log::entry(tx, chat, message.chat_seq).await {
-                Ok(Some(entry)) => Some(MessageOrigin {
-                    sender: entry.sender,
-                    client_message_id: entry.client_message_id,
-                    sender_region: entry.sender_region,
-                    group: stored_envelope::is_group(&entry.envelope_bytes),
-                }),
-                Ok(None) | Err(StoreError::Corrupt { .. }) => None,
+            None => match logged_origin(tx, chat, message.chat_seq).await {
+                Ok(origin) => origin,
+                Err(StoreError::Corrupt { .. }) => None,
                 Err(error) => return Err(error),
             },
         };
@@ -1114,6 +1090,23 @@ async fn route_item_receipts(
     Ok(())
 }
 
+/// The sender of log entry `chat#chat_seq` as the entry names it (`None`: no such entry), for
+/// a queue entry written before queue entries named their sender.
+async fn logged_origin(
+    tx: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+) -> Result<Option<MessageOrigin>, StoreError> {
+    Ok(chat_log::entry(tx, chat, chat_seq)
+        .await?
+        .map(|entry| MessageOrigin {
+            sender: entry.sender,
+            client_message_id: entry.client_message_id,
+            sender_region: entry.sender_region,
+            group: stored_envelope::is_group(&entry.envelope_bytes),
+        }))
+}
+
 /// Sends the receipt of the log entry `chat#chat_seq` for `device` to the sender: queued here
 /// when the sender is homed here, else pushed to the outbox of the sender's region. Runs only
 /// for entries an ack or a sweep removed in this transaction, which makes it once per entry.
@@ -1131,17 +1124,10 @@ async fn route_receipt(
     let origin = match origin {
         Some(origin) => origin,
         // An entry queued before entries named their sender: the chat log entry does.
-        None => {
-            let Some(entry) = chat_log::entry(tx, chat, chat_seq).await? else {
-                return Ok(());
-            };
-            MessageOrigin {
-                sender: entry.sender,
-                client_message_id: entry.client_message_id,
-                sender_region: entry.sender_region,
-                group: stored_envelope::is_group(&entry.envelope_bytes),
-            }
-        }
+        None => match logged_origin(tx, chat, chat_seq).await? {
+            Some(origin) => origin,
+            None => return Ok(()),
+        },
     };
     let receipt = QueuedReceipt {
         chat: chat.0.to_vec(),
@@ -1190,9 +1176,6 @@ fn local_outbox_receipts(bytes: &[u8]) -> Result<Vec<QueuedReceipt>, prost::Deco
     }
     Ok(entry.receipts)
 }
-
-/// Entries of this region's outbox for itself read at a time by [`deliver_local_receipts`].
-const LOCAL_OUTBOX_ENTRIES_PER_READ: usize = 16;
 
 /// What [`deliver_local_receipts`] did in one transaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -41,6 +41,10 @@ pub const OUTBOX_BATCH_ENTRIES_MAX: usize = 256;
 /// messages a second, and each transaction waits for a group commit.
 pub const LOCAL_RECEIPTS_BATCH_MAX: usize = 1_024;
 
+/// Entries of this region's outbox for itself the pump reads at a time (each holds up to
+/// `RECEIPTS_PER_QUEUE_ENTRY_MAX` receipts), so that it reads no further than a batch takes.
+pub const LOCAL_OUTBOX_ENTRIES_PER_READ: usize = 16;
+
 /// Pause between outbox delivery rounds while a destination is unreachable or has more, in ms.
 pub const OUTBOX_RETRY_DELAY_MS: u64 = 500;
 
@@ -174,6 +178,7 @@ const _: () = assert!(RETENTION_SWEEP_INTERVAL_MS * 1_000 <= QUEUE_RETENTION_MS_
 // Each bounded read is one layer read at most.
 const _: () = assert!(EXPIRE_BATCH_ENTRIES_MAX <= SWEEP_ENTRIES_MAX);
 const _: () = assert!(OUTBOX_BATCH_ENTRIES_MAX <= LAYER_READ_ENTRIES_MAX);
+const _: () = assert!(LOCAL_OUTBOX_ENTRIES_PER_READ <= OUTBOX_BATCH_ENTRIES_MAX);
 const _: () = assert!(QUARANTINE_LOAD_DEVICES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(HOME_TALLY_ACCOUNTS_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
 const _: () = assert!(CHECK_ENTRIES_PER_TRANSACTION <= LAYER_READ_ENTRIES_MAX);
