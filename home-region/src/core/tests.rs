@@ -1,3 +1,4 @@
+use super::receipt_routing::LocalOutboxEntry;
 use super::*;
 use fdb_layers::{Database, EmbeddedOptions};
 use relay_proto::wire::{
