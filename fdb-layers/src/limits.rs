@@ -54,9 +54,15 @@ pub const CONFLICT_HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most entries one layer read returns, whatever limit the caller asks for.
 pub const LAYER_READ_ENTRIES_MAX: usize = 1_024;
 
-/// Recipients of one message in one `receipts::advance_many` from which their receipts are
-/// read in one range read (all of the message's, so not for a few of a large group's).
-pub const RANGE_READ_RECIPIENTS_MIN: usize = 16;
+/// Batches of one message's receipts (`receipts::advance_many`) past which the next advance
+/// folds them into one: reading a message's receipts reads at most this many keys and a folded
+/// batch.
+pub const RECEIPT_BATCHES_PER_MESSAGE_MAX: usize = 16;
+
+/// Records (`receipts::BATCH_RECORD_BYTES` each) in one key of a receipt batch: a folded batch
+/// of a group message to `relay_proto::limits::GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX` devices
+/// takes a few keys.
+pub const RECEIPT_BATCH_RECORDS_MAX: usize = 4_096;
 
 /// Most entries waiting in one device queue; further appends are refused with
 /// [`crate::device_queue::QueueAppend::Full`].
@@ -118,6 +124,9 @@ pub const STORAGE_RETRY_DELAY_MS_MAX: u64 = 5_000;
 
 // One record of each size fits one transaction.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX <= TRANSACTION_BYTES_MAX);
+const _: () =
+    assert!(RECEIPT_BATCH_RECORDS_MAX * crate::receipts::BATCH_RECORD_BYTES <= VALUE_BYTES_MAX);
+const _: () = assert!(RECEIPT_BATCHES_PER_MESSAGE_MAX >= 1);
 // The largest transaction fits one group commit, and the conflict history holds a whole group.
 const _: () = assert!(TRANSACTION_BYTES_MAX <= COMMIT_BATCH_BYTES_MAX);
 const _: () = assert!(COMMIT_BATCH_BYTES_MAX <= CONFLICT_HISTORY_BYTES_MAX);

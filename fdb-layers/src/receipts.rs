@@ -3,43 +3,66 @@
 //!
 //! **Challenge.** Record that a message was delivered to (or expired for) one device, so the
 //! sender's devices can be told once, without ever moving a state backwards even when acks,
-//! expiry sweeps and retries race. `read` is not here: it travels end to end encrypted, so no
+//! expiry sweeps and retries race; and do it for a group message's thousand recipients without
+//! a key written per delivery. `read` is not here: it travels end to end encrypted, so no
 //! server learns when anyone read anything.
 //!
-//! **Key layout** (subspace `("receipts", chat, client_message_id)`):
-//! - `(account, device)` → the state (one byte: the `ReceiptState` number, ordered
-//!   unspecified < delivered < expired).
+//! **Key layout.** A message's states are kept in two forms, and a state is the furthest of
+//! the two:
+//! - `("receipts", chat, client_message_id, account, device)` → one byte (the `ReceiptState`
+//!   number, ordered unspecified < delivered < expired), written by [`advance`]: one device's
+//!   receipt at a time, as an ack of a 1:1 message moves it.
+//! - `("receipt_batches", chat, client_message_id, n)` → the receipts one [`advance_many`] moved
+//!   (a batch: [`BATCH_RECORD_BYTES`]-byte records of account, device and state, at most
+//!   [`RECEIPT_BATCH_RECORDS_MAX`] per key), numbered from 0. A group message's receipts
+//!   arrive in batches (the pump applies a batch of members' acks in one transaction), so a
+//!   batch costs one key instead of one per member device. Past
+//!   [`RECEIPT_BATCHES_PER_MESSAGE_MAX`] batches, the next [`advance_many`] folds them into
+//!   one, so reading a message's states stays a few keys.
 //!
-//! A message's receipts are contiguous, so all of them are one range read ([`states`]); a
-//! single receipt is a point read.
+//! A message's receipts of each form are contiguous, so reading them all is two range reads.
 //!
-//! **Conflicts.** [`advance`] reads the state it may replace, so two concurrent advances of one
-//! message for one device conflict and the retry compares again; advances for different devices
-//! or messages never conflict. A blind write (or an atomic max) would avoid that conflict but
-//! could not tell the caller whether the state moved, which is what decides whether the
-//! sender's devices are told.
+//! **Conflicts.** Both functions read the states they may replace (the device's key and the
+//! message's batches; [`advance_many`] all of the message's), so two concurrent advances of
+//! one message conflict when either may have changed what the other read and the retry
+//! compares again. Two [`advance`]s of one message for different devices do not conflict
+//! (the ack of each of a person's devices); [`advance_many`] conflicts with any advance of the
+//! same message, which the region only runs from its serial receipt pump and forwarded
+//! batches. A blind write (or an atomic max) would avoid conflicts but could not tell the
+//! caller whether the state moved, which is what decides whether the sender's devices are
+//! told.
 //!
-//! **Idempotence.** By nature, so [`advance`] takes no idempotency key: advancing to a state
+//! **Idempotence.** By nature, so neither takes an idempotency key: advancing to a state
 //! already reached (or passed) returns `false` and changes nothing, so an advance retried after
 //! `CommitUnknownResult` answers `false` and whatever the caller does only on `true` (queueing
 //! the receipt for the sender's devices, in the same transaction) happens once.
 //!
-//! **Limits.** One byte per message and device; a message's receipts are read whole, bounded
-//! by the envelope's recipient devices (`ENVELOPE_RECIPIENT_DEVICES_MAX`).
+//! **Limits.** One byte per message and device, or [`BATCH_RECORD_BYTES`] in a batch; at most
+//! [`RECEIPT_BATCHES_PER_MESSAGE_MAX`] batches (plus the keys of one folded batch, each at most
+//! [`RECEIPT_BATCH_RECORDS_MAX`] records) are read per advance.
 //!
 //! **Evolution.** The retention sweep will clear a chat's receipts with the chat log entries
 //! they belong to; the key names the message by the sender's client message id, which is
 //! unique per sender device, so a sender may later be added to the key if ids stop being
-//! random. A time of the transition would be a second byte range of the value.
+//! random. A time of the transition would be a further field of a record. An earlier build
+//! reads only the first form: rolled back, it would tell senders again of the receipts moved
+//! in batches (a sender's devices keep each receipt's furthest state, so nothing moves back).
+
+use std::collections::BTreeMap;
 
 use relay_proto::wire::ReceiptState;
-use relay_proto::{ChatId, ClientMessageId, DeviceAddress};
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 
 use crate::codec::decode_key;
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
-use crate::limits::RANGE_READ_RECIPIENTS_MIN;
+use crate::limits::{RECEIPT_BATCH_RECORDS_MAX, RECEIPT_BATCHES_PER_MESSAGE_MAX};
 use crate::tuple::Subspace;
+
+/// Bytes of one record of a batch: the account (8, big-endian), the device (4, big-endian) and
+/// the state (1).
+pub const BATCH_RECORD_BYTES: usize = 13;
+const _: () = assert!(BATCH_RECORD_BYTES == 8 + 4 + 1);
 
 /// Moves the receipt of a message for `recipient` to `state` if that is further than the stored
 /// one. Returns whether it moved.
@@ -50,12 +73,13 @@ pub async fn advance(
     recipient: DeviceAddress,
     state: ReceiptState,
 ) -> Result<bool, StoreError> {
-    let message = message_subspace(chat, client_message_id);
-    let key = message.pack(&recipient);
-    let stored = match transaction.get(&key).await? {
+    let key = message_subspace(chat, client_message_id).pack(&recipient);
+    let single = match transaction.get(&key).await? {
         Some(value) => decode_state(&value)?,
         None => ReceiptState::Unspecified,
     };
+    let batched = Batches::read(transaction, chat, client_message_id).await?;
+    let stored = single.max(batched.state_of(recipient));
     if state <= stored {
         return Ok(false);
     }
@@ -64,29 +88,22 @@ pub async fn advance(
 }
 
 /// [`advance`] for several recipients of one message, in order (a recipient named twice moves
-/// at most as far as its furthest state): the message's receipts are read in one range read
-/// when at least [`RANGE_READ_RECIPIENTS_MIN`] are asked for, else one by one. Returns, for
-/// each, whether it moved.
+/// at most as far as its furthest state): the message's states are read in two range reads,
+/// and the receipts that moved are written as one batch. Returns, for each, whether it moved.
 pub async fn advance_many(
     transaction: &Transaction,
     chat: ChatId,
     client_message_id: ClientMessageId,
     moves: &[(DeviceAddress, ReceiptState)],
 ) -> Result<Vec<bool>, StoreError> {
-    if moves.len() < RANGE_READ_RECIPIENTS_MIN {
-        let mut moved = Vec::with_capacity(moves.len());
-        for &(recipient, state) in moves {
-            moved.push(advance(transaction, chat, client_message_id, recipient, state).await?);
-        }
-        return Ok(moved);
+    let mut stored = single_states(transaction, chat, client_message_id).await?;
+    let mut batches = Batches::read(transaction, chat, client_message_id).await?;
+    for (recipient, state) in &batches.states {
+        let known = stored.entry(*recipient).or_insert(*state);
+        *known = (*known).max(*state);
     }
-    let message = message_subspace(chat, client_message_id);
-    let mut stored: std::collections::HashMap<DeviceAddress, ReceiptState> =
-        states(transaction, chat, client_message_id)
-            .await?
-            .into_iter()
-            .collect();
     let mut moved = Vec::with_capacity(moves.len());
+    let mut batch: BTreeMap<DeviceAddress, ReceiptState> = BTreeMap::new();
     for &(recipient, state) in moves {
         let known = stored
             .get(&recipient)
@@ -96,9 +113,12 @@ pub async fn advance_many(
             moved.push(false);
             continue;
         }
-        transaction.set(&message.pack(&recipient), &[state_byte(state)])?;
         stored.insert(recipient, state);
+        batch.insert(recipient, state);
         moved.push(true);
+    }
+    if !batch.is_empty() {
+        batches.write(transaction, batch)?;
     }
     Ok(moved)
 }
@@ -111,10 +131,12 @@ pub async fn state(
     recipient: DeviceAddress,
 ) -> Result<Option<ReceiptState>, StoreError> {
     let key = message_subspace(chat, client_message_id).pack(&recipient);
-    match transaction.get(&key).await? {
-        Some(value) => decode_state(&value).map(Some),
-        None => Ok(None),
-    }
+    let single = match transaction.get(&key).await? {
+        Some(value) => Some(decode_state(&value)?),
+        None => None,
+    };
+    let batched = Batches::read(transaction, chat, client_message_id).await?;
+    Ok(single.max(batched.states.get(&recipient).copied()))
 }
 
 /// Every receipt of a message, in device order.
@@ -123,6 +145,21 @@ pub async fn states(
     chat: ChatId,
     client_message_id: ClientMessageId,
 ) -> Result<Vec<(DeviceAddress, ReceiptState)>, StoreError> {
+    let mut all = single_states(transaction, chat, client_message_id).await?;
+    let batches = Batches::read(transaction, chat, client_message_id).await?;
+    for (recipient, state) in batches.states {
+        let known = all.entry(recipient).or_insert(state);
+        *known = (*known).max(state);
+    }
+    Ok(all.into_iter().collect())
+}
+
+/// The states [`advance`] wrote for a message, by device.
+async fn single_states(
+    transaction: &Transaction,
+    chat: ChatId,
+    client_message_id: ClientMessageId,
+) -> Result<BTreeMap<DeviceAddress, ReceiptState>, StoreError> {
     let message = message_subspace(chat, client_message_id);
     let (begin, end) = message.range();
     let rows = transaction
@@ -132,6 +169,118 @@ pub async fn states(
         .map(|(key, value)| {
             let recipient: DeviceAddress = decode_key(&message, key, "receipt key")?;
             Ok((recipient, decode_state(value)?))
+        })
+        .collect()
+}
+
+/// A message's batches as read: the furthest state of each device they hold, and their keys.
+struct Batches {
+    subspace: Subspace,
+    states: BTreeMap<DeviceAddress, ReceiptState>,
+    keys: Vec<Vec<u8>>,
+    next: u64,
+}
+
+impl Batches {
+    async fn read(
+        transaction: &Transaction,
+        chat: ChatId,
+        client_message_id: ClientMessageId,
+    ) -> Result<Self, StoreError> {
+        let subspace = Subspace::new(&("receipt_batches", chat, client_message_id));
+        let (begin, end) = subspace.range();
+        let rows = transaction
+            .get_range(&begin, &end, RangeOptions::default())
+            .await?;
+        let mut batches = Batches {
+            subspace,
+            states: BTreeMap::new(),
+            keys: Vec::with_capacity(rows.len()),
+            next: 0,
+        };
+        for (key, value) in rows {
+            let number: u64 = decode_key(&batches.subspace, &key, "receipt batch key")?;
+            batches.next = batches.next.max(number.saturating_add(1));
+            for (recipient, state) in decode_batch(&value)? {
+                let known = batches.states.entry(recipient).or_insert(state);
+                *known = (*known).max(state);
+            }
+            batches.keys.push(key);
+        }
+        Ok(batches)
+    }
+
+    fn state_of(&self, recipient: DeviceAddress) -> ReceiptState {
+        self.states
+            .get(&recipient)
+            .copied()
+            .unwrap_or(ReceiptState::Unspecified)
+    }
+
+    /// Writes `batch` (states that moved) after the batches read; past
+    /// [`RECEIPT_BATCHES_PER_MESSAGE_MAX`] of them, replaces them all with one batch holding
+    /// every state they and `batch` hold.
+    fn write(
+        &mut self,
+        transaction: &Transaction,
+        batch: BTreeMap<DeviceAddress, ReceiptState>,
+    ) -> Result<(), StoreError> {
+        let (records, mut number) = if self.keys.len() < RECEIPT_BATCHES_PER_MESSAGE_MAX {
+            (batch, self.next)
+        } else {
+            for key in &self.keys {
+                transaction.clear(key);
+            }
+            let mut folded = std::mem::take(&mut self.states);
+            for (recipient, state) in batch {
+                let known = folded.entry(recipient).or_insert(state);
+                *known = (*known).max(state);
+            }
+            (folded, 0)
+        };
+        let records: Vec<_> = records.into_iter().collect();
+        for chunk in records.chunks(RECEIPT_BATCH_RECORDS_MAX) {
+            transaction.set(&self.subspace.pack(&number), &encode_batch(chunk))?;
+            number += 1;
+        }
+        Ok(())
+    }
+}
+
+fn encode_batch(records: &[(DeviceAddress, ReceiptState)]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(records.len() * BATCH_RECORD_BYTES);
+    for (recipient, state) in records {
+        bytes.extend_from_slice(&recipient.account.0.to_be_bytes());
+        bytes.extend_from_slice(&recipient.device.0.to_be_bytes());
+        bytes.push(state_byte(*state));
+    }
+    bytes
+}
+
+fn decode_batch(bytes: &[u8]) -> Result<Vec<(DeviceAddress, ReceiptState)>, StoreError> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(BATCH_RECORD_BYTES) {
+        return Err(StoreError::corrupt(
+            "receipt batch",
+            format!(
+                "{} bytes, not a positive multiple of {BATCH_RECORD_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    bytes
+        .chunks_exact(BATCH_RECORD_BYTES)
+        .map(|record| {
+            // `chunks_exact` makes every record 13 bytes.
+            let mut account = [0; 8];
+            account.copy_from_slice(&record[..8]);
+            let mut device = [0; 4];
+            device.copy_from_slice(&record[8..12]);
+            let recipient = DeviceAddress {
+                account: AccountId(u64::from_be_bytes(account)),
+                device: DeviceId(u32::from_be_bytes(device)),
+            };
+            let state = &record[12..];
+            Ok((recipient, decode_state(state)?))
         })
         .collect()
 }
@@ -209,6 +358,97 @@ mod tests {
         );
         assert_eq!((phone, other), (Some(ReceiptState::Delivered), None));
     }
+
+    fn member(index: u32) -> DeviceAddress {
+        DeviceAddress {
+            account: AccountId(1_000 + u64::from(index)),
+            device: DeviceId(1 + index % 3),
+        }
+    }
+
+    async fn batch_keys(database: &crate::engine::Database) -> usize {
+        database
+            .transact(|tx| async move { Ok(Batches::read(&tx, CHAT, MESSAGE).await?.keys.len()) })
+            .await
+            .expect("batches")
+    }
+
+    /// A batch per advance up to the limit, then one folded batch; a batch larger than a key
+    /// holds takes several; every state survives both, with the single-device form beside them.
+    #[tokio::test]
+    async fn batches_fold_and_split_and_keep_every_state() {
+        let (_folder, database) = temporary_database(None);
+        database
+            .transact(|tx| async move {
+                advance(&tx, CHAT, MESSAGE, member(0), ReceiptState::Expired).await
+            })
+            .await
+            .expect("single");
+        for round in 0..RECEIPT_BATCHES_PER_MESSAGE_MAX as u32 {
+            let moves = [
+                (member(2 * round), ReceiptState::Delivered),
+                (member(2 * round + 1), ReceiptState::Delivered),
+            ];
+            let moved = database
+                .transact(|tx| async move { advance_many(&tx, CHAT, MESSAGE, &moves).await })
+                .await
+                .expect("advance");
+            // Member 0 expired already, through `advance`.
+            let first = round != 0;
+            assert_eq!(moved, [first, true], "round {round}");
+        }
+        assert_eq!(batch_keys(&database).await, RECEIPT_BATCHES_PER_MESSAGE_MAX);
+        let count = RECEIPT_BATCH_RECORDS_MAX as u32 + 10;
+        let moves: Vec<_> = (0..count)
+            .map(|index| (member(index), ReceiptState::Expired))
+            .collect();
+        let asked = moves.clone();
+        let moved = database
+            .transact(|tx| {
+                let asked = asked.clone();
+                async move { advance_many(&tx, CHAT, MESSAGE, &asked).await }
+            })
+            .await
+            .expect("fold");
+        assert!(!moved[0] && moved[1..].iter().all(|moved| *moved));
+        // Folded into one batch, which takes two keys.
+        assert_eq!(batch_keys(&database).await, 2);
+        let all = database
+            .transact(|tx| async move { states(&tx, CHAT, MESSAGE).await })
+            .await
+            .expect("states");
+        assert_eq!(all.len(), count as usize);
+        assert!(all.iter().all(|(_, state)| *state == ReceiptState::Expired));
+        assert!(all.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        let again = database
+            .transact(|tx| async move {
+                advance(&tx, CHAT, MESSAGE, member(7), ReceiptState::Delivered).await
+            })
+            .await
+            .expect("advance after fold");
+        assert!(
+            !again,
+            "a batched state is read by the single-device advance"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_batch_is_corrupt_not_a_panic() {
+        let (_folder, database) = temporary_database(None);
+        for value in [&[][..], &[1, 2, 3][..], &[0; BATCH_RECORD_BYTES + 1][..]] {
+            let result = database
+                .transact(|tx| async move {
+                    let subspace = Subspace::new(&("receipt_batches", CHAT, MESSAGE));
+                    tx.set(&subspace.pack(&0u64), value)?;
+                    states(&tx, CHAT, MESSAGE).await
+                })
+                .await;
+            assert!(
+                matches!(result, Err(StoreError::Corrupt { .. })),
+                "{value:?}: {result:?}"
+            );
+        }
+    }
 }
 
 /// Receipts against a model (a map from message and device to state), driven by random
@@ -239,7 +479,7 @@ mod properties {
         States {
             message: u8,
         },
-        /// Long enough at times for the range read (recipients repeat).
+        /// Many of them on one message fold its batches (recipients repeat).
         AdvanceMany {
             message: u8,
             moves: Vec<(u8, ReceiptState)>,
@@ -266,9 +506,9 @@ mod properties {
             1 => (0..3u8, 0..4u8)
                 .prop_map(|(message, recipient)| Operation::State { message, recipient }),
             1 => (0..3u8).prop_map(|message| Operation::States { message }),
-            2 => (
-                0..3u8,
-                prop::collection::vec((0..24u8, receipt_state()), 0..2 * RANGE_READ_RECIPIENTS_MIN)
+            4 => (
+                0..2u8,
+                prop::collection::vec((0..24u8, receipt_state()), 0..32)
             )
                 .prop_map(|(message, moves)| Operation::AdvanceMany { message, moves }),
         ]
@@ -372,7 +612,7 @@ mod properties {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
-        fn receipts_match_their_model(operations in prop::collection::vec(operation(), 1..40)) {
+        fn receipts_match_their_model(operations in prop::collection::vec(operation(), 1..80)) {
             block_on(check(operations))?;
         }
     }

@@ -293,7 +293,7 @@ impl LocalReceipts {
     }
 
     /// [`LocalReceipts::deliver`] for many receipts: those of one message are moved forward
-    /// together (`receipts::advance_many`: a group message's receipts in one range read).
+    /// together (`receipts::advance_many`: read in one go, written as one batch).
     async fn deliver_many(
         &mut self,
         tx: &Transaction,
@@ -410,6 +410,7 @@ pub async fn apply_forwarded_receipts(
 ) -> Outcome<()> {
     let mut effects = Effects::default();
     let mut receipts = LocalReceipts::default();
+    let mut applied = Vec::with_capacity(request.receipts.len());
     for forward in &request.receipts {
         let Ok(sender) = forward.receipt.sender.parse() else {
             return refuse(ErrorCode::Malformed, "receipt with an invalid sender");
@@ -430,9 +431,12 @@ pub async fn apply_forwarded_receipts(
             );
         };
         if outbox::mark_applied(tx, RegionId(forward.origin_region), origin_seq).await? {
-            receipts.deliver(tx, forward.receipt.clone()).await?;
+            applied.push(forward.receipt.clone());
         }
     }
+    // Those of one message together: a group message's receipts from the other region's
+    // members are one batch of its receipt states.
+    receipts.deliver_many(tx, applied).await?;
     receipts.finish(tx, now_ms, &mut effects).await?;
     Ok(Ok(((), effects)))
 }
