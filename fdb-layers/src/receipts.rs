@@ -48,7 +48,7 @@
 //! reads only the first form: rolled back, it would tell senders again of the receipts moved
 //! in batches (a sender's devices keep each receipt's furthest state, so nothing moves back).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use relay_proto::wire::ReceiptState;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
@@ -73,16 +73,13 @@ pub async fn advance(
     recipient: DeviceAddress,
     state: ReceiptState,
 ) -> Result<bool, StoreError> {
-    let key = message_subspace(chat, client_message_id).pack(&recipient);
-    let single = match transaction.get(&key).await? {
-        Some(value) => decode_state(&value)?,
-        None => ReceiptState::Unspecified,
-    };
-    let batched = Batches::read(transaction, chat, client_message_id).await?;
-    let stored = single.max(batched.state_of(recipient));
+    let stored = crate::receipts::state(transaction, chat, client_message_id, recipient)
+        .await?
+        .unwrap_or(ReceiptState::Unspecified);
     if state <= stored {
         return Ok(false);
     }
+    let key = message_subspace(chat, client_message_id).pack(&recipient);
     transaction.set(&key, &[state_byte(state)])?;
     Ok(true)
 }
@@ -96,24 +93,36 @@ pub async fn advance_many(
     client_message_id: ClientMessageId,
     moves: &[(DeviceAddress, ReceiptState)],
 ) -> Result<Vec<bool>, StoreError> {
-    let mut stored = single_states(transaction, chat, client_message_id).await?;
-    let mut batches = Batches::read(transaction, chat, client_message_id).await?;
-    for (recipient, state) in &batches.states {
-        let known = stored.entry(*recipient).or_insert(*state);
-        *known = (*known).max(*state);
+    // Only the states of the recipients asked for are looked up, in both forms.
+    let mut known: HashMap<DeviceAddress, ReceiptState> = moves
+        .iter()
+        .map(|&(recipient, _)| (recipient, ReceiptState::Unspecified))
+        .collect();
+    for (recipient, state) in single_states(transaction, chat, client_message_id).await? {
+        if let Some(known) = known.get_mut(&recipient) {
+            *known = (*known).max(state);
+        }
     }
+    let batches = Batches::read(transaction, chat, client_message_id).await?;
+    batches.visit(|recipient, state| {
+        if let Some(known) = known.get_mut(&recipient) {
+            *known = (*known).max(state);
+        }
+    })?;
     let mut moved = Vec::with_capacity(moves.len());
     let mut batch: BTreeMap<DeviceAddress, ReceiptState> = BTreeMap::new();
     for &(recipient, state) in moves {
-        let known = stored
-            .get(&recipient)
-            .copied()
-            .unwrap_or(ReceiptState::Unspecified);
-        if state <= known {
+        let Some(known) = known.get_mut(&recipient) else {
+            return Err(StoreError::corrupt(
+                "receipt",
+                "a recipient was not looked up",
+            ));
+        };
+        if state <= *known {
             moved.push(false);
             continue;
         }
-        stored.insert(recipient, state);
+        *known = state;
         batch.insert(recipient, state);
         moved.push(true);
     }
@@ -131,12 +140,18 @@ pub async fn state(
     recipient: DeviceAddress,
 ) -> Result<Option<ReceiptState>, StoreError> {
     let key = message_subspace(chat, client_message_id).pack(&recipient);
-    let single = match transaction.get(&key).await? {
+    let mut stored = match transaction.get(&key).await? {
         Some(value) => Some(decode_state(&value)?),
         None => None,
     };
-    let batched = Batches::read(transaction, chat, client_message_id).await?;
-    Ok(single.max(batched.states.get(&recipient).copied()))
+    Batches::read(transaction, chat, client_message_id)
+        .await?
+        .visit(|batched, state| {
+            if batched == recipient {
+                stored = stored.max(Some(state));
+            }
+        })?;
+    Ok(stored)
 }
 
 /// Every receipt of a message, in device order.
@@ -145,21 +160,26 @@ pub async fn states(
     chat: ChatId,
     client_message_id: ClientMessageId,
 ) -> Result<Vec<(DeviceAddress, ReceiptState)>, StoreError> {
-    let mut all = single_states(transaction, chat, client_message_id).await?;
-    let batches = Batches::read(transaction, chat, client_message_id).await?;
-    for (recipient, state) in batches.states {
+    let mut all: BTreeMap<_, _> = single_states(transaction, chat, client_message_id)
+        .await?
+        .into_iter()
+        .collect();
+    for (recipient, state) in Batches::read(transaction, chat, client_message_id)
+        .await?
+        .all()?
+    {
         let known = all.entry(recipient).or_insert(state);
         *known = (*known).max(state);
     }
     Ok(all.into_iter().collect())
 }
 
-/// The states [`advance`] wrote for a message, by device.
+/// The states [`advance`] wrote for a message, in device order.
 async fn single_states(
     transaction: &Transaction,
     chat: ChatId,
     client_message_id: ClientMessageId,
-) -> Result<BTreeMap<DeviceAddress, ReceiptState>, StoreError> {
+) -> Result<Vec<(DeviceAddress, ReceiptState)>, StoreError> {
     let message = message_subspace(chat, client_message_id);
     let (begin, end) = message.range();
     let rows = transaction
@@ -173,11 +193,10 @@ async fn single_states(
         .collect()
 }
 
-/// A message's batches as read: the furthest state of each device they hold, and their keys.
+/// A message's batches as read, still encoded, and the number the next one takes.
 struct Batches {
     subspace: Subspace,
-    states: BTreeMap<DeviceAddress, ReceiptState>,
-    keys: Vec<Vec<u8>>,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
     next: u64,
 }
 
@@ -192,46 +211,55 @@ impl Batches {
         let rows = transaction
             .get_range(&begin, &end, RangeOptions::default())
             .await?;
-        let mut batches = Batches {
-            subspace,
-            states: BTreeMap::new(),
-            keys: Vec::with_capacity(rows.len()),
-            next: 0,
-        };
-        for (key, value) in rows {
-            let number: u64 = decode_key(&batches.subspace, &key, "receipt batch key")?;
-            batches.next = batches.next.max(number.saturating_add(1));
-            for (recipient, state) in decode_batch(&value)? {
-                let known = batches.states.entry(recipient).or_insert(state);
-                *known = (*known).max(state);
-            }
-            batches.keys.push(key);
+        let mut next = 0;
+        for (key, _) in &rows {
+            let number: u64 = decode_key(&subspace, key, "receipt batch key")?;
+            next = number.saturating_add(1).max(next);
         }
-        Ok(batches)
+        Ok(Batches {
+            subspace,
+            rows,
+            next,
+        })
     }
 
-    fn state_of(&self, recipient: DeviceAddress) -> ReceiptState {
-        self.states
-            .get(&recipient)
-            .copied()
-            .unwrap_or(ReceiptState::Unspecified)
+    /// Calls `visit` with every record of every batch, in the order they were written (a
+    /// device may come more than once).
+    fn visit(&self, mut visit: impl FnMut(DeviceAddress, ReceiptState)) -> Result<(), StoreError> {
+        for (_, value) in &self.rows {
+            for record in records(value)? {
+                let (recipient, state) = decode_record(record)?;
+                visit(recipient, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// The furthest state of each device the batches hold.
+    fn all(&self) -> Result<BTreeMap<DeviceAddress, ReceiptState>, StoreError> {
+        let mut all = BTreeMap::new();
+        self.visit(|recipient, state| {
+            let known = all.entry(recipient).or_insert(state);
+            *known = (*known).max(state);
+        })?;
+        Ok(all)
     }
 
     /// Writes `batch` (states that moved) after the batches read; past
     /// [`RECEIPT_BATCHES_PER_MESSAGE_MAX`] of them, replaces them all with one batch holding
     /// every state they and `batch` hold.
     fn write(
-        &mut self,
+        &self,
         transaction: &Transaction,
         batch: BTreeMap<DeviceAddress, ReceiptState>,
     ) -> Result<(), StoreError> {
-        let (records, mut number) = if self.keys.len() < RECEIPT_BATCHES_PER_MESSAGE_MAX {
+        let (records, mut number) = if self.rows.len() < RECEIPT_BATCHES_PER_MESSAGE_MAX {
             (batch, self.next)
         } else {
-            for key in &self.keys {
+            let mut folded = self.all()?;
+            for (key, _) in &self.rows {
                 transaction.clear(key);
             }
-            let mut folded = std::mem::take(&mut self.states);
             for (recipient, state) in batch {
                 let known = folded.entry(recipient).or_insert(state);
                 *known = (*known).max(state);
@@ -257,7 +285,8 @@ fn encode_batch(records: &[(DeviceAddress, ReceiptState)]) -> Vec<u8> {
     bytes
 }
 
-fn decode_batch(bytes: &[u8]) -> Result<Vec<(DeviceAddress, ReceiptState)>, StoreError> {
+/// The records of a batch's value.
+fn records(bytes: &[u8]) -> Result<std::slice::ChunksExact<'_, u8>, StoreError> {
     if bytes.is_empty() || !bytes.len().is_multiple_of(BATCH_RECORD_BYTES) {
         return Err(StoreError::corrupt(
             "receipt batch",
@@ -267,22 +296,20 @@ fn decode_batch(bytes: &[u8]) -> Result<Vec<(DeviceAddress, ReceiptState)>, Stor
             ),
         ));
     }
-    bytes
-        .chunks_exact(BATCH_RECORD_BYTES)
-        .map(|record| {
-            // `chunks_exact` makes every record 13 bytes.
-            let mut account = [0; 8];
-            account.copy_from_slice(&record[..8]);
-            let mut device = [0; 4];
-            device.copy_from_slice(&record[8..12]);
-            let recipient = DeviceAddress {
-                account: AccountId(u64::from_be_bytes(account)),
-                device: DeviceId(u32::from_be_bytes(device)),
-            };
-            let state = &record[12..];
-            Ok((recipient, decode_state(state)?))
-        })
-        .collect()
+    Ok(bytes.chunks_exact(BATCH_RECORD_BYTES))
+}
+
+/// One record of a batch ([`records`] makes each [`BATCH_RECORD_BYTES`] long).
+fn decode_record(record: &[u8]) -> Result<(DeviceAddress, ReceiptState), StoreError> {
+    let mut account = [0; 8];
+    account.copy_from_slice(&record[..8]);
+    let mut device = [0; 4];
+    device.copy_from_slice(&record[8..12]);
+    let recipient = DeviceAddress {
+        account: AccountId(u64::from_be_bytes(account)),
+        device: DeviceId(u32::from_be_bytes(device)),
+    };
+    Ok((recipient, decode_state(&record[12..])?))
 }
 
 fn message_subspace(chat: ChatId, client_message_id: ClientMessageId) -> Subspace {
@@ -368,7 +395,7 @@ mod tests {
 
     async fn batch_keys(database: &crate::engine::Database) -> usize {
         database
-            .transact(|tx| async move { Ok(Batches::read(&tx, CHAT, MESSAGE).await?.keys.len()) })
+            .transact(|tx| async move { Ok(Batches::read(&tx, CHAT, MESSAGE).await?.rows.len()) })
             .await
             .expect("batches")
     }

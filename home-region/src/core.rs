@@ -259,6 +259,9 @@ pub struct FanOut {
     homed_devices: HashMap<AccountId, Option<Vec<DeviceAddress>>>,
     /// Device → the depth its queue had at the transaction's read version.
     depths: HashMap<DeviceAddress, u64>,
+    /// Group → its membership as the transaction read it (at the directory writer), so the
+    /// envelopes of one group committed together read it once.
+    memberships: HashMap<GroupId, Option<GroupMembership>>,
 }
 
 #[derive(Debug)]
@@ -392,7 +395,15 @@ pub async fn commit_envelope_into(
     let mut exact_coverage = true;
     if let Some(group) = parsed.group {
         let membership = match groups {
-            GroupSource::Directory => group_membership(tx, group.group).await?.map(Cow::Owned),
+            GroupSource::Directory => {
+                let read = match fan_out.memberships.entry(group.group) {
+                    std::collections::hash_map::Entry::Occupied(read) => read.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(unread) => {
+                        unread.insert(group_membership(tx, group.group).await?)
+                    }
+                };
+                read.as_ref().map(Cow::Borrowed)
+            }
             GroupSource::Known(Some(known)) if known.group == group.group => {
                 Some(Cow::Borrowed(known))
             }
