@@ -126,7 +126,12 @@ pub const STORAGE_RETRY_DELAY_MS_MAX: u64 = 5_000;
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX <= TRANSACTION_BYTES_MAX);
 const _: () =
     assert!(RECEIPT_BATCH_RECORDS_MAX * crate::receipts::BATCH_RECORD_BYTES <= VALUE_BYTES_MAX);
-const _: () = assert!(RECEIPT_BATCHES_PER_MESSAGE_MAX >= 1);
+// A folded batch of the largest group's message takes fewer keys than the batches that fold,
+// so a fold leaves room for batches after it.
+const _: () = assert!(
+    relay_proto::limits::GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX.div_ceil(RECEIPT_BATCH_RECORDS_MAX)
+        < RECEIPT_BATCHES_PER_MESSAGE_MAX
+);
 // The largest transaction fits one group commit, and the conflict history holds a whole group.
 const _: () = assert!(TRANSACTION_BYTES_MAX <= COMMIT_BATCH_BYTES_MAX);
 const _: () = assert!(COMMIT_BATCH_BYTES_MAX <= CONFLICT_HISTORY_BYTES_MAX);
