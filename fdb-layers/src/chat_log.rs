@@ -47,7 +47,8 @@ use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
 
 use crate::codec::{
-    decode_record, encode_u64, insert_chunked, read_chunked, read_chunked_range, read_u64,
+    decode_record, encode_u64, insert_chunked, read_chunked, read_chunked_between,
+    read_chunked_range, read_u64,
 };
 use crate::engine::Transaction;
 use crate::error::StoreError;
@@ -280,6 +281,23 @@ pub async fn read_range(
     let records =
         read_chunked_range(transaction, &log.entries, &begin, limit, "chat log entry").await?;
     records
+        .into_iter()
+        .map(|(chat_seq, bytes)| log_entry(chat_seq, bytes))
+        .collect()
+}
+
+/// The entries of `chat` from sequence `first` to `last` (both included) that exist, in order:
+/// a read bounded by the two, so entries appended after `last` are neither read nor a conflict
+/// (a device's fetch reads the entries its queue entry names while the chat's lane appends).
+pub async fn read_between(
+    transaction: &Transaction,
+    chat: ChatId,
+    first: u64,
+    last: u64,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let log = ChatLog::new(chat);
+    read_chunked_between(transaction, &log.entries, first, last, "chat log entry")
+        .await?
         .into_iter()
         .map(|(chat_seq, bytes)| log_entry(chat_seq, bytes))
         .collect()
@@ -619,6 +637,69 @@ mod tests {
             .map(|entry| (entry.chat_seq, entry.sender, &entry.envelope_bytes[..]))
             .collect();
         assert_eq!(stored, [(1, ALICE, &b"a1"[..]), (2, BOB, &b"b1"[..])]);
+    }
+
+    /// A read between two sequences returns the entries between them, whole however many
+    /// values each takes, and no later one; a transaction that made it and writes commits past
+    /// an append after the range (a device's fetch and ack while the chat's lane appends).
+    #[tokio::test]
+    async fn a_read_between_two_sequences_reads_and_conflicts_on_nothing_after_them() {
+        let (_folder, database) = temporary_database(None);
+        let large: Vec<u8> = (0..relay_proto::limits::ENVELOPE_BYTES_MAX)
+            .map(|i| i as u8)
+            .collect();
+        for sender_seq in 1..=4u64 {
+            let envelope = if sender_seq == 3 {
+                large.clone()
+            } else {
+                vec![sender_seq as u8; 10]
+            };
+            let outcome = append_one(
+                &database,
+                new_entry(ALICE, sender_seq as u8, sender_seq, &envelope),
+                5,
+            )
+            .await;
+            assert!(matches!(outcome, AppendOutcome::Appended { .. }));
+        }
+        let (middle, one, past_the_end, none) = database
+            .transact(|tx| async move {
+                Ok((
+                    read_between(&tx, CHAT, 2, 3).await?,
+                    read_between(&tx, CHAT, 4, 4).await?,
+                    read_between(&tx, CHAT, 4, 9).await?,
+                    read_between(&tx, CHAT, 3, 2).await?,
+                ))
+            })
+            .await
+            .expect("reads");
+        let sequences = |entries: &[LogEntry]| -> Vec<u64> {
+            entries.iter().map(|entry| entry.chat_seq).collect()
+        };
+        assert_eq!(sequences(&middle), [2, 3]);
+        assert_eq!(
+            middle[1].envelope_bytes, large,
+            "a chunked entry read whole"
+        );
+        assert_eq!(sequences(&one), [4]);
+        assert_eq!(sequences(&past_the_end), [4]);
+        assert!(none.is_empty());
+
+        let reader = database.create_transaction().expect("transaction");
+        let read = read_between(&reader, CHAT, 1, 4).await.expect("read");
+        assert_eq!(sequences(&read), [1, 2, 3, 4]);
+        reader
+            .set(b"\x02a_write_of_the_reader", b"1")
+            .expect("write");
+        let appended = append_one(&database, new_entry(BOB, 9, 1, b"b1"), 6).await;
+        assert!(matches!(
+            appended,
+            AppendOutcome::Appended { chat_seq: 5, .. }
+        ));
+        reader
+            .commit()
+            .await
+            .expect("an append after the range is no conflict");
     }
 
     #[tokio::test]

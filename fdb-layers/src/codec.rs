@@ -301,6 +301,29 @@ pub(crate) async fn read_chunked_range(
     Ok(records)
 }
 
+/// The whole records of `parent` with ids from `first` to `last` (both included), in id order:
+/// a range read bounded by the ids, so it reads (and conflicts on) no record after `last`.
+pub(crate) async fn read_chunked_between(
+    transaction: &Transaction,
+    parent: &Subspace,
+    first: u64,
+    last: u64,
+    what: &'static str,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    if first > last {
+        return Ok(Vec::new());
+    }
+    let begin = parent.pack(&(first,));
+    let end = match last.checked_add(1) {
+        Some(after) => parent.pack(&(after,)),
+        None => parent.range().1,
+    };
+    let rows = transaction
+        .get_range(&begin, &end, RangeOptions::default())
+        .await?;
+    group_chunks(parent, rows, what)
+}
+
 /// Joins rows of `parent` (in key order) into whole records.
 fn group_chunks(
     parent: &Subspace,

@@ -831,8 +831,8 @@ async fn queued_messages(
     };
     let mut queued = Vec::with_capacity(chat_seqs.len());
     let consecutive = chat_seqs.windows(2).all(|pair| pair[1] == pair[0] + 1);
-    if let (true, Some(&first)) = (consecutive, chat_seqs.first()) {
-        let mut found = chat_log::read_range(tx, chat, first.saturating_sub(1), chat_seqs.len())
+    if let (true, Some(&first), Some(&last)) = (consecutive, chat_seqs.first(), chat_seqs.last()) {
+        let mut found = chat_log::read_between(tx, chat, first, last)
             .await?
             .into_iter();
         for &chat_seq in chat_seqs {
