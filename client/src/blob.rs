@@ -263,6 +263,16 @@ pub fn sealed_size(plaintext_bytes: u64) -> u64 {
     plaintext_bytes + chunk_count(plaintext_bytes) * BLOB_TAG_BYTES as u64
 }
 
+/// Bytes of the plaintext whose ciphertext has `sealed_bytes`; `None` when no plaintext seals
+/// to that size.
+pub fn plaintext_size(sealed_bytes: u64) -> Option<u64> {
+    let chunks = sealed_bytes
+        .div_ceil(BLOB_PLAINTEXT_CHUNK_BYTES as u64 + BLOB_TAG_BYTES as u64)
+        .max(1);
+    let plaintext = sealed_bytes.checked_sub(chunks * BLOB_TAG_BYTES as u64)?;
+    (sealed_size(plaintext) == sealed_bytes).then_some(plaintext)
+}
+
 /// Chunks of a plaintext of `plaintext_bytes` (an empty one is one empty chunk).
 fn chunk_count(plaintext_bytes: u64) -> u64 {
     plaintext_bytes
@@ -297,6 +307,23 @@ mod tests {
 
     fn plaintext(length: usize) -> Vec<u8> {
         (0..length).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_plaintext_size_comes_back_from_every_sealed_size() {
+        let chunk = BLOB_PLAINTEXT_CHUNK_BYTES as u64;
+        for plaintext in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 20_000_000] {
+            assert_eq!(plaintext_size(sealed_size(plaintext)), Some(plaintext));
+        }
+        // Sizes no plaintext seals to: shorter than one tag, or a chunk's tag without room.
+        for sealed in [
+            0,
+            1,
+            BLOB_TAG_BYTES as u64 - 1,
+            chunk + BLOB_TAG_BYTES as u64 + 1,
+        ] {
+            assert_eq!(plaintext_size(sealed), None, "{sealed}");
+        }
     }
 
     #[test]

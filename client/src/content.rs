@@ -25,6 +25,7 @@ use crate::blob::{BLOB_KEY_BYTES, BlobRef};
 use crate::error::{ClientError, Result};
 use crate::group_keys::GroupKeyError;
 use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
+use crate::media::Attachment;
 
 /// The plaintext of one envelope.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -82,6 +83,9 @@ pub struct Text {
     /// devices can file the message under the right chat.
     #[prost(uint64, tag = "3")]
     pub peer_account: u64,
+    /// A file, whose caption the text is ([`crate::media`]).
+    #[prost(message, optional, tag = "4")]
+    pub attachment: Option<Attachment>,
 }
 
 /// A text message to a group. It travels only inside the group message of a sending
@@ -98,6 +102,9 @@ pub struct GroupText {
     /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
     #[prost(uint64, tag = "3")]
     pub sent_at_ms: u64,
+    /// A file, whose caption the text is ([`crate::media`]).
+    #[prost(message, optional, tag = "4")]
+    pub attachment: Option<Attachment>,
 }
 
 /// A read receipt: these messages of the chat were read.
@@ -359,17 +366,32 @@ pub fn check_reaction(reaction: &str) -> Result<()> {
 impl Content {
     /// A text message content, refusing texts over [`TEXT_BYTES_MAX`].
     pub fn text(body: &str, sent_at_ms: u64, peer_account: u64) -> Result<Self> {
+        Content::message(body, None, sent_at_ms, peer_account)
+    }
+
+    /// A message content: a text, or a file with `body` as its caption; refuses texts over
+    /// [`TEXT_BYTES_MAX`] and malformed attachments.
+    pub fn message(
+        body: &str,
+        attachment: Option<&Attachment>,
+        sent_at_ms: u64,
+        peer_account: u64,
+    ) -> Result<Self> {
         if body.len() > TEXT_BYTES_MAX {
             return Err(ClientError::Invalid(format!(
                 "the text is {} bytes; the limit is {TEXT_BYTES_MAX}",
                 body.len()
             )));
         }
+        if let Some(attachment) = attachment {
+            attachment.check().map_err(ClientError::Invalid)?;
+        }
         Ok(Content {
             body: Some(body::Body::Text(Text {
                 body: body.to_owned(),
                 sent_at_ms,
                 peer_account,
+                attachment: attachment.cloned(),
             })),
         })
     }
@@ -474,12 +496,27 @@ impl Content {
 
     /// A text for `group`, refusing texts over [`TEXT_BYTES_MAX`].
     pub fn group_text(group: u64, body: &str, sent_at_ms: u64) -> Result<Self> {
+        Content::group_message(group, body, None, sent_at_ms)
+    }
+
+    /// A message for `group`: a text, or a file with `body` as its caption; refuses texts
+    /// over [`TEXT_BYTES_MAX`] and malformed attachments.
+    pub fn group_message(
+        group: u64,
+        body: &str,
+        attachment: Option<&Attachment>,
+        sent_at_ms: u64,
+    ) -> Result<Self> {
         check_text(body)?;
+        if let Some(attachment) = attachment {
+            attachment.check().map_err(ClientError::Invalid)?;
+        }
         Ok(Content {
             body: Some(body::Body::GroupText(GroupText {
                 group,
                 body: body.to_owned(),
                 sent_at_ms,
+                attachment: attachment.cloned(),
             })),
         })
     }
@@ -530,6 +567,21 @@ impl Content {
                 if text.body.len() > TEXT_BYTES_MAX || text.group == 0 =>
             {
                 Err(ClientError::Crypto("malformed group text".into()))
+            }
+            Some(
+                body::Body::Text(Text {
+                    attachment: Some(attachment),
+                    ..
+                })
+                | body::Body::GroupText(GroupText {
+                    attachment: Some(attachment),
+                    ..
+                }),
+            ) if attachment.check().is_err() => {
+                let reason = attachment.check().err().unwrap_or_default();
+                Err(ClientError::Crypto(format!(
+                    "malformed attachment: {reason}"
+                )))
             }
             Some(body::Body::Read(read))
                 if read.client_message_ids.is_empty()
@@ -588,6 +640,54 @@ fn well_formed(target: &Option<MessageRef>, at: Option<Stamp>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_travels_with_its_caption_and_a_malformed_one_is_refused() {
+        let sealed = crate::blob::seal(b"the file");
+        let reference = BlobRef {
+            region: 1,
+            id: [3; BLOB_ID_BYTES],
+            key: sealed.key,
+            size: sealed.ciphertext.len() as u64,
+            sha256: sealed.sha256,
+        };
+        let description = crate::media::FileDescription {
+            file_name: "notes.txt".into(),
+            ..Default::default()
+        };
+        let attachment = Attachment::new(&reference, 8, &description).expect("attachment");
+        for content in [
+            Content::message("a caption", Some(&attachment), 5, 2).expect("1:1"),
+            Content::group_message(9, "", Some(&attachment), 5).expect("group"),
+        ] {
+            let decoded = Content::from_bytes(&content.to_bytes()).expect("decodes");
+            let carried = match decoded.body {
+                Some(body::Body::Text(text)) => text.attachment,
+                Some(body::Body::GroupText(text)) => text.attachment,
+                other => panic!("{other:?}"),
+            };
+            assert!(carried.and_then(|carried| carried.reference()) == Some(reference.clone()));
+        }
+        let mut broken = attachment.clone();
+        broken.sha256.truncate(5);
+        assert!(
+            Content::message("x", Some(&broken), 5, 2).is_err(),
+            "refused to send"
+        );
+        let forged = Content {
+            body: Some(body::Body::Text(Text {
+                body: "x".into(),
+                sent_at_ms: 5,
+                peer_account: 2,
+                attachment: Some(broken),
+            })),
+        };
+        let refused = Content::from_bytes(&forged.to_bytes()).expect_err("refused on receipt");
+        assert!(
+            refused.to_string().contains("malformed attachment"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn text_and_read_round_trip() {

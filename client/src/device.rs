@@ -85,6 +85,7 @@ use crate::limits::{
     BOOTSTRAP_DOWNLOAD_HOLD_MS, BOOTSTRAP_PROGRESS_REPORTS_MAX, COMMANDS_BUFFERED_MAX,
     EVENTS_BUFFERED_MAX, FETCH_PAGE_ENTRIES_MAX, FLUSH_BUDGET_MS, SYNC_RETRY_BUDGET_MS,
 };
+use crate::media::Attachment;
 use crate::secrets::{self, DEVICE_KEY_FILE};
 use crate::store::{Identity, KnownDevice, Settings, Store};
 use crate::transfer::{self, BlobProgress, BlobSource, Connections};
@@ -194,8 +195,15 @@ impl Drop for Shared {
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 pub(crate) enum Command {
-    Send(String, String, bool, Reply<ClientMessageId>),
-    SendGroup(u64, String, Reply<ClientMessageId>),
+    Send(
+        String,
+        String,
+        Option<Box<Attachment>>,
+        bool,
+        Reply<ClientMessageId>,
+    ),
+    SendGroup(u64, String, Option<Box<Attachment>>, Reply<ClientMessageId>),
+    Attachment(String, Reply<Attachment>),
     MarkGroupRead(u64, Reply<usize>),
     LearnGroup(
         relay_proto::wire::GroupInfo,
@@ -351,7 +359,7 @@ impl Device {
     /// the id is returned then. The device sends it as soon as it can: a live device at once,
     /// an on-demand one for up to [`FLUSH_BUDGET_MS`] (then with the next send, flush or sync).
     pub async fn send(&self, peer: &str, text: &str) -> Result<ClientMessageId> {
-        self.call(|reply| Command::Send(peer.into(), text.into(), true, reply))
+        self.call(|reply| Command::Send(peer.into(), text.into(), None, true, reply))
             .await
     }
 
@@ -362,7 +370,7 @@ impl Device {
     /// directory's answer, so a text for a group this account is not in fails
     /// ([`Event::GroupFailed`]).
     pub async fn send_group(&self, group: u64, text: &str) -> Result<ClientMessageId> {
-        self.call(|reply| Command::SendGroup(group, text.into(), reply))
+        self.call(|reply| Command::SendGroup(group, text.into(), None, reply))
             .await
     }
 
@@ -395,7 +403,7 @@ impl Device {
     /// Queues a text for `peer`, a contact this device already knows, without waking the
     /// network: it goes with the next send, flush or sync (a live device sends it at once).
     pub async fn compose(&self, peer: &str, text: &str) -> Result<ClientMessageId> {
-        self.call(|reply| Command::Send(peer.into(), text.into(), false, reply))
+        self.call(|reply| Command::Send(peer.into(), text.into(), None, false, reply))
             .await
     }
 
@@ -1116,11 +1124,14 @@ impl Actor {
         let wall_ms = self.environment.clock.now_ms();
         self.core.set_wall_ms(wall_ms);
         match command {
-            Command::Send(peer, text, wake, reply) => {
+            Command::Send(peer, text, attachment, wake, reply) => {
+                let attachment = attachment.as_deref();
                 let typed = if wake {
-                    self.core.type_text(&peer, &text, wall_ms, now)
+                    self.core
+                        .type_message(&peer, &text, attachment, wall_ms, now)
                 } else {
-                    self.core.compose(&peer, &text, wall_ms, now)
+                    self.core
+                        .compose_message(&peer, &text, attachment, wall_ms, now)
                 };
                 if typed.is_ok() && wake {
                     self.core.open_flush_window(now + FLUSH_BUDGET_MS);
@@ -1128,8 +1139,14 @@ impl Actor {
                 self.pump(now).await;
                 let _ = reply.send(typed);
             }
-            Command::SendGroup(group, text, reply) => {
-                let typed = self.core.compose_group(group, &text, wall_ms, now);
+            Command::SendGroup(group, text, attachment, reply) => {
+                let typed = self.core.compose_group_message(
+                    group,
+                    &text,
+                    attachment.as_deref(),
+                    wall_ms,
+                    now,
+                );
                 if typed.is_ok() {
                     self.core.open_flush_window(now + FLUSH_BUDGET_MS);
                 }
@@ -1153,6 +1170,9 @@ impl Actor {
             }
             Command::GroupHistory(group, limit, reply) => {
                 let _ = reply.send(self.core.group_history(group, limit));
+            }
+            Command::Attachment(message, reply) => {
+                let _ = reply.send(self.core.attachment(&message));
             }
             Command::Change(peer, message, change, reply) => {
                 let changed = self

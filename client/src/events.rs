@@ -13,6 +13,7 @@
 
 use serde::Serialize;
 
+use crate::media::FileInfo;
 use crate::store::{RecipientState, Tick};
 
 impl Serialize for Tick {
@@ -105,8 +106,11 @@ pub enum Event {
         time_ms: u64,
         /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
         sent_at_ms: u64,
-        /// The text.
+        /// The text (a file's caption).
         text: String,
+        /// The attached file, if any: `relay download ID` fetches it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<FileInfo>,
     },
     /// A message arrived that could not be decrypted (recorded, counted and acknowledged).
     Undecryptable {
@@ -170,6 +174,9 @@ pub enum Event {
         time_ms: u64,
         /// The text; absent when undecryptable.
         text: Option<String>,
+        /// The attached file, if any (gone with a deletion for everyone).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<FileInfo>,
         /// For outgoing messages: `pending`, `sent`, `delivered` or `read`.
         tick: Option<Tick>,
         /// For incoming messages: whether it was read here.
@@ -379,8 +386,12 @@ pub enum Event {
         time_ms: u64,
         /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
         sent_at_ms: u64,
-        /// The text (empty when it could not be decrypted; see `undecryptable`).
+        /// The text (empty when it could not be decrypted; see `undecryptable`); a file's
+        /// caption.
         text: String,
+        /// The attached file, if any: `relay download ID` fetches it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<FileInfo>,
         /// Why it could not be decrypted, when it could not.
         #[serde(skip_serializing_if = "Option::is_none")]
         undecryptable: Option<String>,

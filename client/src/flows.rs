@@ -53,7 +53,9 @@ use crate::limits::{
     FLUSH_BUDGET_MS, LINK_POLL_INTERVAL_MS, LINK_POLLS_MAX, POLL_INTERVAL_MS,
     PRESENCE_ANSWER_WAIT_MS,
 };
+use crate::media::FileDescription;
 use crate::store::Tick;
+use crate::transfer::{BlobProgress, BlobSource};
 
 /// What `send --wait` waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,73 @@ pub async fn send_group(
     // A text this account cannot send to the group (not a member, no such group) fails while
     // it is flushed: the command says so.
     if let MessageState::Failed(reason) = device.message_state(id).await? {
+        return Err(ClientError::Invalid(format!(
+            "message {id} to group {group} failed: {reason}"
+        )));
+    }
+    Ok(id)
+}
+
+/// A file and what the sender says of it, for [`send_file`].
+pub struct FileToSend<'a> {
+    /// The file's bytes.
+    pub source: BlobSource<'a>,
+    /// Its name, type and thumbnail.
+    pub description: FileDescription,
+    /// The caption (may be empty).
+    pub caption: &'a str,
+}
+
+/// Where a file goes.
+#[derive(Debug, Clone, Copy)]
+pub enum FileTo<'a> {
+    /// A peer, by name.
+    Peer(&'a str),
+    /// A group, by id.
+    Group(u64),
+}
+
+/// Sends a file: uploads it (reporting to `progress`, resuming after dropped connections),
+/// then sends the message carrying it as [`send`] and [`send_group`] send a text, with the
+/// same `wait`.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_file(
+    device: &Device,
+    events: &mut Events,
+    to: FileTo<'_>,
+    file: FileToSend<'_>,
+    progress: &mut dyn FnMut(BlobProgress),
+    wait: Option<Wait>,
+    stop: impl Future<Output = ()>,
+    sink: &mut dyn FnMut(Event),
+) -> Result<ClientMessageId> {
+    let sending = async {
+        match to {
+            FileTo::Peer(peer) => {
+                device
+                    .send_file(peer, file.source, &file.description, file.caption, progress)
+                    .await
+            }
+            FileTo::Group(group) => {
+                device
+                    .send_group_file(
+                        group,
+                        file.source,
+                        &file.description,
+                        file.caption,
+                        progress,
+                    )
+                    .await
+            }
+        }
+    };
+    let id = events
+        .drive(sending, &mut shown_while_sending(wait, &mut *sink))
+        .await?;
+    let id = follow(device, events, id, wait, stop, sink).await?;
+    if let (FileTo::Group(group), MessageState::Failed(reason)) =
+        (to, device.message_state(id).await?)
+    {
         return Err(ClientError::Invalid(format!(
             "message {id} to group {group} failed: {reason}"
         )));

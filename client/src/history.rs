@@ -388,6 +388,7 @@ mod tests {
                     server_time_ms: 5,
                     sent_time_ms: 4,
                     text: "kept",
+                    attachment: None,
                 },
             )
             .expect("append");
@@ -437,6 +438,7 @@ mod tests {
                         server_time_ms: chat_seq,
                         sent_time_ms: chat_seq,
                         text,
+                        attachment: None,
                     },
                 )
                 .expect("append");
@@ -485,6 +487,7 @@ mod tests {
                     server_time_ms: 1,
                     sent_time_ms: 1,
                     text: "counted",
+                    attachment: None,
                 },
             )
             .expect("append");

@@ -14,6 +14,7 @@ use crate::content::{Change, Content, body};
 use crate::crypto::Crypto;
 use crate::error::{ClientError, Result};
 use crate::group_keys::GroupKeys;
+use crate::media::Attachment;
 use crate::store::{NewMessage, RecipientState, Tick, Writer};
 
 mod group;
@@ -38,8 +39,10 @@ pub enum Inbound {
         time_ms: u64,
         /// The sender's clock.
         sent_at_ms: u64,
-        /// The text.
+        /// The text (a file's caption).
         text: String,
+        /// The attached file, if any.
+        attachment: Option<Attachment>,
     },
     /// A text message to a group, from another member or another own device.
     GroupMessage {
@@ -57,8 +60,10 @@ pub enum Inbound {
         time_ms: u64,
         /// The sender's clock.
         sent_at_ms: u64,
-        /// The text.
+        /// The text (a file's caption).
         text: String,
+        /// The attached file, if any.
+        attachment: Option<Attachment>,
     },
     /// A group message sent from this device moved its tick (delivered: every member device
     /// it was sent to has it).
@@ -360,6 +365,11 @@ fn process_message(
                 sender_seq: message.sender_seq,
                 chat_seq: Some(message.chat_seq),
                 text: Some(&text.body),
+                attachment: text
+                    .attachment
+                    .as_ref()
+                    .map(Attachment::to_bytes)
+                    .as_deref(),
                 sent_at_ms: text.sent_at_ms,
                 server_time_ms: Some(message.server_time_ms),
                 tick: Tick::Sent,
@@ -374,6 +384,7 @@ fn process_message(
                 time_ms: message.server_time_ms,
                 sent_at_ms: text.sent_at_ms,
                 text: text.body,
+                attachment: text.attachment,
             });
         }
         body::Body::Edit(edit) => {
@@ -523,6 +534,7 @@ fn record_undecryptable(
         sender_seq: message.sender_seq,
         chat_seq: Some(message.chat_seq),
         text: None,
+        attachment: None,
         sent_at_ms: message.server_time_ms,
         server_time_ms: Some(message.server_time_ms),
         tick: Tick::Sent,

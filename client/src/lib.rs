@@ -41,6 +41,7 @@ pub mod history;
 pub mod inbound;
 pub mod limits;
 pub mod link;
+pub mod media;
 pub mod outbox;
 pub mod presence;
 pub mod register;
@@ -58,6 +59,7 @@ pub use device::{
 pub use error::{ClientError, Result};
 pub use events::{Direction, Event};
 pub use link::{link_accept, link_accept_in};
+pub use media::{Attachment, FileDescription, FileInfo};
 pub use presence::PresenceSetting;
 pub use register::{register, register_in};
 pub use relay_proto::wire::PresenceVisibility;

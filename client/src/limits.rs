@@ -173,6 +173,12 @@ const REGION_DEVICE_QUEUE_DEPTH_MAX: u64 = 100_000;
 
 /// Largest text body, in bytes of UTF-8 (well under the 64 KiB ciphertext limit).
 pub const TEXT_BYTES_MAX: usize = 32 * 1024;
+/// Longest file name an attachment carries, in bytes of UTF-8 (longer names are cut).
+pub const FILE_NAME_BYTES_MAX: usize = 255;
+/// Longest media type an attachment carries, in bytes.
+pub const MEDIA_TYPE_BYTES_MAX: usize = 127;
+/// Largest thumbnail an attachment carries, in bytes: a small preview, not the picture.
+pub const THUMBNAIL_BYTES_MAX: usize = 8 * 1024;
 /// Most client message ids one read receipt names; longer lists are split.
 pub const READ_RECEIPT_IDS_MAX: usize = 512;
 /// Most characters (Unicode scalar values) of one reaction: one emoji, even a family of four
@@ -219,6 +225,14 @@ pub const LINK_POLLS_MAX: u64 = PAIRING_CODE_TTL_MS / LINK_POLL_INTERVAL_MS;
 
 // Every text a device sends fits in its history's documents.
 const _: () = assert!(TEXT_BYTES_MAX <= relay_sync::limits::MESSAGE_TEXT_BYTES_MAX);
+// A caption at its longest and the largest attachment fit one ciphertext with room for Olm,
+// and the attachment fits the history documents.
+const _: () = assert!(
+    TEXT_BYTES_MAX + crate::media::ATTACHMENT_ENCODED_BYTES_MAX + 8 * 1024
+        <= relay_proto::limits::CIPHERTEXT_BYTES_MAX
+);
+const _: () =
+    assert!(crate::media::ATTACHMENT_ENCODED_BYTES_MAX <= relay_sync::limits::ATTACHMENT_BYTES_MAX);
 // A message id prefix is shorter than the id's 32 hex digits.
 const _: () = assert!(MESSAGE_ID_PREFIX_CHARS_MIN < 32);
 // A step's sync messages fit in the outbox's pipeline of the own chat many times over.

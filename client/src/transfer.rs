@@ -14,14 +14,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use relay_proto::ClientMessageId;
 use relay_proto::limits::BLOB_ID_BYTES;
 use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, blob_command};
 
 use crate::blob::{self, BlobRef, SealedBlob};
 use crate::connection::EdgeConnection;
-use crate::device::Device;
+use crate::content::Content;
+use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
 use crate::limits::{BLOB_ANSWER_TIMEOUT_MS, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX};
+use crate::media::{Attachment, FileDescription};
 
 /// What a blob transfer tells its progress callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,99 @@ impl Device {
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<Vec<u8>> {
         download(Connections::Device(self), reference, progress).await
+    }
+
+    /// Sends a file to `peer` (a name): seals and uploads it ([`Device::upload_blob`], resuming
+    /// after dropped connections), then sends a message carrying its [`Attachment`] with
+    /// `caption` as its text, as [`Device::send`] sends a text. The caption and the peer's name
+    /// are checked before anything is uploaded. Returns the message's id.
+    pub async fn send_file(
+        &self,
+        peer: &str,
+        source: BlobSource<'_>,
+        description: &FileDescription,
+        caption: &str,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<ClientMessageId> {
+        Content::text(caption, 0, 1)?;
+        crate::core::check_peer_name(self.identity(), peer)?;
+        let attachment = self.upload_file(source, description, progress).await?;
+        self.call(|reply| {
+            Command::Send(
+                peer.into(),
+                caption.into(),
+                Some(Box::new(attachment)),
+                true,
+                reply,
+            )
+        })
+        .await
+    }
+
+    /// Sends a file to group `group` as [`Device::send_file`] sends one to a peer: uploaded
+    /// once, its [`Attachment`] (with the key) encrypted once with this device's Megolm session
+    /// for the group ([`Device::send_group`]).
+    pub async fn send_group_file(
+        &self,
+        group: u64,
+        source: BlobSource<'_>,
+        description: &FileDescription,
+        caption: &str,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<ClientMessageId> {
+        Content::group_text(group.max(1), caption, 0)?;
+        if group == 0 {
+            return Err(ClientError::Invalid("there is no group 0".into()));
+        }
+        let attachment = self.upload_file(source, description, progress).await?;
+        self.call(|reply| {
+            Command::SendGroup(group, caption.into(), Some(Box::new(attachment)), reply)
+        })
+        .await
+    }
+
+    /// The attachment of message `message` (its id or a prefix of at least
+    /// [`crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN`] hex digits, of any chat or group).
+    pub async fn attachment(&self, message: &str) -> Result<Attachment> {
+        self.call(|reply| Command::Attachment(message.into(), reply))
+            .await
+    }
+
+    /// Downloads the file attached to message `message` (see [`Device::attachment`]),
+    /// resuming after dropped connections, checks its size and hash, and opens it; returns the
+    /// attachment (its name, type, size) and the file's bytes.
+    pub async fn download_file(
+        &self,
+        message: &str,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<(Attachment, Vec<u8>)> {
+        let attachment = self.attachment(message).await?;
+        let reference = attachment.reference().ok_or_else(|| {
+            ClientError::Corrupt(format!("the attachment of message {message} is malformed"))
+        })?;
+        let bytes = self.download_blob(&reference, progress).await?;
+        if bytes.len() as u64 != attachment.file_bytes {
+            return Err(ClientError::Crypto(format!(
+                "the file has {} bytes, its message says {}",
+                bytes.len(),
+                attachment.file_bytes
+            )));
+        }
+        Ok((attachment, bytes))
+    }
+
+    /// Uploads a file and describes it.
+    async fn upload_file(
+        &self,
+        source: BlobSource<'_>,
+        description: &FileDescription,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<Attachment> {
+        let reference = self.upload_blob(source, progress).await?;
+        let file_bytes = blob::plaintext_size(reference.size).ok_or_else(|| {
+            ClientError::Corrupt(format!("an upload of {} bytes", reference.size))
+        })?;
+        Attachment::new(&reference, file_bytes, description)
     }
 }
 

@@ -397,6 +397,7 @@ pub fn build_history(
                 server_time_ms: BENCH_TIME_MS + chat_seq,
                 sent_time_ms: BENCH_TIME_MS + chat_seq,
                 text: &text,
+                attachment: None,
             },
         )?;
         let time_ms = BENCH_TIME_MS + chat_seq;

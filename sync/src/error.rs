@@ -48,6 +48,14 @@ pub enum SyncError {
         /// The limit.
         max_bytes: usize,
     },
+    /// An attachment larger than `ATTACHMENT_BYTES_MAX`.
+    #[error("a message attachment of {bytes} bytes is larger than the {max_bytes} bytes allowed")]
+    AttachmentTooLarge {
+        /// The attachment's length in bytes.
+        bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
     /// A reaction longer than `REACTION_BYTES_MAX`.
     #[error("a reaction of {bytes} bytes is longer than the {max_bytes} bytes allowed")]
     ReactionTooLong {

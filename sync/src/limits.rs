@@ -26,6 +26,11 @@ pub const REMOTE_OPERATION_APPLY_MS_TARGET: u64 = 5;
 /// with [`crate::SyncError::TextTooLong`]; they travel as media.
 pub const MESSAGE_TEXT_BYTES_MAX: usize = 32 * 1024;
 
+/// Largest attachment of a message (a blob reference, a file name, a media type and a small
+/// thumbnail, as the client encodes them), in bytes. Larger ones are refused with
+/// [`crate::SyncError::AttachmentTooLarge`]; a document value over it is ignored.
+pub const ATTACHMENT_BYTES_MAX: usize = 64 * 1024;
+
 /// Longest reaction (one emoji, possibly a sequence of code points), in bytes of UTF-8.
 pub const REACTION_BYTES_MAX: usize = 64;
 

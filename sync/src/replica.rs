@@ -42,8 +42,9 @@ use crate::epoch::{self, Epoch, GenerationId, Outcome, epoch_of, scan_patches};
 use crate::error::SyncError;
 use crate::hlc::Hlc;
 use crate::limits::{
-    INCOMING_GENERATIONS_MAX, MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX, SYNC_FRAGMENT_BYTES_MIN,
-    SYNC_MESSAGE_BYTES_MAX, SYNC_MESSAGE_HEADER_BYTES, SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
+    ATTACHMENT_BYTES_MAX, INCOMING_GENERATIONS_MAX, MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX,
+    SYNC_FRAGMENT_BYTES_MIN, SYNC_MESSAGE_BYTES_MAX, SYNC_MESSAGE_HEADER_BYTES,
+    SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
 };
 use crate::schema::{MessageState, Stamped, device_actor};
 use crate::view::{ChatView, chat_view};
@@ -62,8 +63,10 @@ pub struct NewMessage<'a> {
     pub server_time_ms: u64,
     /// When the sender sent it, by the sender's clock, in ms since the Unix epoch.
     pub sent_time_ms: u64,
-    /// The text.
+    /// The text (a file's caption, possibly empty, when it has an attachment).
     pub text: &'a str,
+    /// The attachment, as the client encodes it (opaque here), if any.
+    pub attachment: Option<&'a [u8]>,
 }
 
 /// What a received sync message did.
@@ -359,6 +362,14 @@ impl Replica {
     /// Stores a message the relay delivered. Appending the same message again changes nothing.
     pub fn append(&mut self, chat: ChatId, message: &NewMessage<'_>) -> Result<Outcome, SyncError> {
         check_text(message.text)?;
+        if let Some(attachment) = message.attachment
+            && attachment.len() > ATTACHMENT_BYTES_MAX
+        {
+            return Err(SyncError::AttachmentTooLarge {
+                bytes: attachment.len(),
+                max_bytes: ATTACHMENT_BYTES_MAX,
+            });
+        }
         let number = epoch_of(message.chat_seq)?;
         let state = MessageState {
             sender: message.sender,
@@ -369,6 +380,11 @@ impl Replica {
                 at: Hlc::zero(message.sender),
                 value: message.text.to_owned(),
             }),
+            // An empty attachment is none (the document ignores an empty value).
+            attachment: message
+                .attachment
+                .filter(|attachment| !attachment.is_empty())
+                .map(<[u8]>::to_vec),
             deleted: None,
             reactions: BTreeMap::new(),
         };

@@ -18,6 +18,8 @@
 //!   append;
 //! - `m{chat_seq:020}.txt`: the text register, an [`Hlc`] (24 bytes) then the UTF-8 text; the
 //!   original text carries [`Hlc::zero`] of the sender; absent once deleted;
+//! - `m{chat_seq:020}.att`: the attachment (bytes the client encodes: a blob reference and what
+//!   the sender said of the file), written at append, absent once deleted;
 //! - `m{chat_seq:020}.del`: the tombstone, the [`Hlc`] of the deletion (its device deleted);
 //! - `m{chat_seq:020}.r.{account}.{device}`: that device's reaction register, an [`Hlc`] then
 //!   the emoji (empty: no reaction);
@@ -47,7 +49,7 @@ use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId};
 
 use crate::hlc::{HLC_BYTES, Hlc};
-use crate::limits::{MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX};
+use crate::limits::{ATTACHMENT_BYTES_MAX, MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX};
 
 /// A value and the clock reading that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub(crate) struct MessageState {
     pub sent_time_ms: u64,
     /// The text and its stamp; `None` once deleted.
     pub text: Option<Stamped>,
+    /// The attachment (opaque to this crate); `None` when it has none or once deleted.
+    pub attachment: Option<Vec<u8>>,
     /// The deletion's stamp (its device deleted).
     pub deleted: Option<Hlc>,
     /// Each reacting device's reaction (an empty value: none).
@@ -120,6 +124,7 @@ pub(crate) enum Field {
     ServerTime,
     SentTime,
     Text,
+    Attachment,
     Deleted,
     Reaction(DeviceAddress),
 }
@@ -144,6 +149,7 @@ pub(crate) fn message_key(chat_seq: u64, field: Field) -> String {
         Field::ServerTime => "srv".to_owned(),
         Field::SentTime => "snt".to_owned(),
         Field::Text => "txt".to_owned(),
+        Field::Attachment => "att".to_owned(),
         Field::Deleted => "del".to_owned(),
         Field::Reaction(device) => format!("r.{}.{}", device.account.0, device.device.0),
     };
@@ -191,6 +197,7 @@ pub(crate) fn parse_key(key: &str) -> Key {
         "srv" => Field::ServerTime,
         "snt" => Field::SentTime,
         "txt" => Field::Text,
+        "att" => Field::Attachment,
         "del" => Field::Deleted,
         _ => match suffix.strip_prefix("r.").and_then(parse_device) {
             Some(device) => Field::Reaction(device),
@@ -326,6 +333,7 @@ struct PartialMessage {
     server_time_ms: Option<u64>,
     sent_time_ms: Option<u64>,
     text: Option<Stamped>,
+    attachment: Option<Vec<u8>>,
     deleted: Option<Hlc>,
     reactions: BTreeMap<DeviceAddress, Stamped>,
 }
@@ -347,6 +355,11 @@ impl PartialMessage {
             Field::ServerTime => self.server_time_ms = as_uint(winner),
             Field::SentTime => self.sent_time_ms = as_uint(winner),
             Field::Text => self.text = resolve_register(&all(), MESSAGE_TEXT_BYTES_MAX),
+            Field::Attachment => {
+                self.attachment = as_bytes(winner)
+                    .filter(|bytes| !bytes.is_empty() && bytes.len() <= ATTACHMENT_BYTES_MAX)
+                    .map(<[u8]>::to_vec)
+            }
             Field::Deleted => self.deleted = resolve_tombstone(&all()),
             Field::Reaction(device) => {
                 // A reaction register holds only its own device's readings.
@@ -368,6 +381,11 @@ impl PartialMessage {
             sent_time_ms: self.sent_time_ms?,
             // A tombstone dominates any text written concurrently with it.
             text: if deleted.is_some() { None } else { self.text },
+            attachment: if deleted.is_some() {
+                None
+            } else {
+                self.attachment
+            },
             deleted,
             reactions: self.reactions,
         })
@@ -442,6 +460,7 @@ pub(crate) fn read_message(doc: &AutoCommit, chat_seq: u64) -> Option<MessageSta
         Field::ServerTime,
         Field::SentTime,
         Field::Text,
+        Field::Attachment,
         Field::Deleted,
     ] {
         let key = message_key(chat_seq, field);
@@ -496,7 +515,9 @@ pub(crate) fn holds_deleted_text(doc: &AutoCommit, chat_seq: u64, genesis: &Acto
     let after_genesis = tombstones
         .iter()
         .any(|(_, actor)| actor.as_ref() != Some(genesis));
-    after_genesis || !values_at(doc, &message_key(chat_seq, Field::Text)).is_empty()
+    after_genesis
+        || !values_at(doc, &message_key(chat_seq, Field::Text)).is_empty()
+        || !values_at(doc, &message_key(chat_seq, Field::Attachment)).is_empty()
 }
 
 /// Writes a message's fixed fields.
@@ -541,7 +562,20 @@ pub(crate) fn put_text(
     )
 }
 
-/// Writes the tombstone and removes the text register.
+/// Writes the attachment.
+pub(crate) fn put_attachment(
+    doc: &mut AutoCommit,
+    chat_seq: u64,
+    attachment: &[u8],
+) -> Result<(), AutomergeError> {
+    doc.put(
+        ROOT,
+        message_key(chat_seq, Field::Attachment),
+        ScalarValue::Bytes(attachment.to_vec()),
+    )
+}
+
+/// Writes the tombstone and removes the text register and the attachment.
 pub(crate) fn put_tombstone(
     doc: &mut AutoCommit,
     chat_seq: u64,
@@ -552,9 +586,11 @@ pub(crate) fn put_tombstone(
         message_key(chat_seq, Field::Deleted),
         ScalarValue::Bytes(at.encode().to_vec()),
     )?;
-    let text_key = message_key(chat_seq, Field::Text);
-    if doc.get(ROOT, text_key.as_str())?.is_some() {
-        doc.delete(ROOT, text_key.as_str())?;
+    for field in [Field::Text, Field::Attachment] {
+        let key = message_key(chat_seq, field);
+        if doc.get(ROOT, key.as_str())?.is_some() {
+            doc.delete(ROOT, key.as_str())?;
+        }
     }
     Ok(())
 }
@@ -597,6 +633,9 @@ pub(crate) fn put_message(
         None => {
             if let Some(text) = &message.text {
                 put_text(doc, chat_seq, text)?;
+            }
+            if let Some(attachment) = &message.attachment {
+                put_attachment(doc, chat_seq, attachment)?;
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct MessageView {
     pub sent_time_ms: u64,
     /// The current text; `None` once deleted.
     pub text: Option<String>,
+    /// The attachment as the client encoded it; `None` when it has none or once deleted.
+    pub attachment: Option<Vec<u8>>,
     /// Whether the text shown is an edit.
     pub edited: bool,
     /// The deletion, if the message was deleted for everyone.
@@ -64,6 +66,7 @@ fn message_view(chat_seq: u64, message: MessageState) -> MessageView {
         server_time_ms: message.server_time_ms,
         sent_time_ms: message.sent_time_ms,
         text: message.text.map(|text| text.value),
+        attachment: message.attachment,
         edited,
         deleted: message.deleted.map(|at| Deletion { by: at.device, at }),
         reactions: message

@@ -247,3 +247,79 @@ fn concurrent_deletions_settle_on_one_generation_without_either_text() {
     assert_eq!(epochs[0], epochs[2]);
     assert!(epochs[0][0].generation.expect("in use").generation >= 1);
 }
+
+/// A message's attachment (the file's key, for the client) reaches every device with the
+/// message; a deletion for everyone removes it from every saved state and from the sync
+/// messages sent afterwards, as it removes the text.
+#[test]
+fn a_deleted_attachment_is_in_no_saved_state_and_no_later_sync_message() {
+    const KEY: &str = "<attachment holding a file key that must go>";
+    let mut replicas = vec![Replica::new(own(1), 1), Replica::new(own(2), 2)];
+    let texts: Vec<String> = (1..=12).map(text_of).collect();
+    for (index, text) in texts.iter().enumerate() {
+        let chat_seq = index as u64 + 1;
+        let mut appended = message(chat_seq, own(1), text);
+        if chat_seq == 5 {
+            appended.text = "a caption";
+            appended.attachment = Some(KEY.as_bytes());
+        }
+        // Only the first device received the messages; the second learns them by sync.
+        replicas[0].append(CHAT, &appended).expect("append");
+    }
+    exchange_all(&mut replicas, None);
+    for replica in replicas.iter_mut() {
+        let view = replica.view(CHAT);
+        let shown = view
+            .messages
+            .iter()
+            .find(|message| message.chat_seq == 5)
+            .expect("message 5 on every device");
+        assert_eq!(shown.attachment.as_deref(), Some(KEY.as_bytes()));
+        assert_eq!(shown.text.as_deref(), Some("a caption"));
+    }
+    assert_eq!(scan_replicas(&mut replicas, KEY), vec![0, 1], "the control");
+
+    let at = replicas[1].tick(20_000);
+    assert_eq!(
+        replicas[1].delete(CHAT, 5, at).expect("delete"),
+        Outcome::Applied
+    );
+    exchange_all(&mut replicas, None);
+    let mut transcripts = Vec::new();
+    for replica in replicas.iter_mut() {
+        replica.reset_peer(own(1));
+        replica.reset_peer(own(2));
+    }
+    replicas.push(Replica::new(own(3), 3));
+    exchange_all(&mut replicas, Some(&mut transcripts));
+    for replica in replicas.iter_mut() {
+        let view = replica.view(CHAT);
+        let shown = view
+            .messages
+            .iter()
+            .find(|message| message.chat_seq == 5)
+            .expect("the tombstone stays");
+        assert_eq!(
+            (shown.attachment.as_deref(), shown.text.as_deref()),
+            (None, None)
+        );
+    }
+    assert_eq!(
+        scan_replicas(&mut replicas, KEY),
+        Vec::<usize>::new(),
+        "the attachment survives in a saved state"
+    );
+    assert_eq!(
+        scan_transcripts(&transcripts, KEY),
+        Vec::<(usize, usize)>::new()
+    );
+
+    // An attachment over the bound is refused, and nothing is appended.
+    let too_large = vec![0u8; relay_sync::limits::ATTACHMENT_BYTES_MAX + 1];
+    let mut appended = message(13, own(1), "big");
+    appended.attachment = Some(&too_large);
+    assert!(matches!(
+        replicas[0].append(CHAT, &appended),
+        Err(relay_sync::SyncError::AttachmentTooLarge { .. })
+    ));
+}

@@ -17,8 +17,9 @@ use relay_client::events::{ChangeKind, format_time_ms};
 use relay_client::flows::{self, GroupRequest, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
-    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, LinkHistory, Mode,
-    OpenOptions, Overrides, PresenceVisibility, Tick, link_accept, register, terminal,
+    BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, FileDescription,
+    FileInfo, LinkHistory, Mode, OpenOptions, Overrides, PresenceVisibility, Tick, link_accept,
+    register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -248,6 +249,78 @@ pub enum Command {
         /// How long to wait, in seconds (default 60).
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+    },
+    /// Send the file at PATH to PEER, and print the message id with its tick.
+    ///
+    /// The file is sealed on this device under a fresh key in 64 KiB chunks, uploaded to your
+    /// home region (a progress bar on a terminal; resumed from what the region committed after
+    /// a dropped connection), then sent in an end-to-end encrypted message that carries the
+    /// blob's id, key, size and hash, the file's name and type, and --caption. The region
+    /// stores only ciphertext and never sees the key; the blob expires after 30 days. PEER
+    /// fetches it with `relay download ID`. --wait, --until and --timeout work as for `send`.
+    SendFile {
+        /// The account to send to.
+        peer: String,
+        /// The file (up to 256 MiB).
+        path: PathBuf,
+        /// A caption shown with the file (at most 32 KiB of UTF-8).
+        #[arg(long, default_value = "")]
+        caption: String,
+        /// The media type to announce (default: guessed from the extension, else
+        /// application/octet-stream).
+        #[arg(long = "type", value_name = "MEDIA_TYPE")]
+        media_type: Option<String>,
+        /// Wait for a tick (see --until) instead of exiting after ✓.
+        #[arg(long)]
+        wait: bool,
+        /// The tick to wait for (default read).
+        #[arg(long, value_enum, value_name = "TICK")]
+        until: Option<Until>,
+        /// How long to wait, in seconds (default 60).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
+    /// Send the file at PATH to group GROUP, as `send-file` sends one to a peer.
+    ///
+    /// Uploaded once; the message carrying its key is encrypted once with this device's
+    /// Megolm session for the group, as `send-group` does for a text.
+    SendGroupFile {
+        /// The group id (`relay groups` lists yours).
+        group: u64,
+        /// The file (up to 256 MiB).
+        path: PathBuf,
+        /// A caption shown with the file (at most 32 KiB of UTF-8).
+        #[arg(long, default_value = "")]
+        caption: String,
+        /// The media type to announce (default: guessed from the extension).
+        #[arg(long = "type", value_name = "MEDIA_TYPE")]
+        media_type: Option<String>,
+        /// Wait for a tick (see --until) instead of exiting after ✓.
+        #[arg(long)]
+        wait: bool,
+        /// The tick to wait for (default delivered).
+        #[arg(long, value_enum, value_name = "TICK")]
+        until: Option<Until>,
+        /// How long to wait, in seconds (default 60).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
+    /// Download the file attached to message MSG, check it and write it to OUT.
+    ///
+    /// MSG is the message's id or its first hex digits (at least 6), as `relay history`,
+    /// `relay group history` and incoming messages show it (`· relay download ID`). The
+    /// ciphertext's size and SHA-256 are checked before anything is decrypted, and every
+    /// 64 KiB chunk is authenticated; a dropped connection resumes where it stopped. OUT
+    /// defaults to the file's name (directories removed) in the current directory; an
+    /// existing file is kept unless --force.
+    Download {
+        /// The message's id or a prefix of it.
+        message: String,
+        /// Where to write the file.
+        out: Option<PathBuf>,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Send what waits in the outbox, then fetch, print and acknowledge everything queued.
     ///
@@ -684,8 +757,8 @@ fn show_bootstrap_progress(bar: &mut Option<ProgressBar>, event: &Event) {
     bar.set_position(*done_bytes);
 }
 
-/// `relay blob put` and `relay blob get`, with a progress bar on a terminal.
-async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Result<()> {
+/// A progress bar for a blob transfer: on a terminal only (never with --json).
+fn transfer_bar(json: bool) -> ProgressBar {
     let bar = if json || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -697,7 +770,13 @@ async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Resu
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut progress = |report: BlobProgress| {
+    bar
+}
+
+/// What a transfer's progress does to `bar`; a resumption is a line (`blob_resumed` with
+/// --json).
+fn transfer_progress(bar: &ProgressBar, json: bool) -> impl FnMut(BlobProgress) + '_ {
+    move |report: BlobProgress| {
         bar.set_length(report.total_bytes);
         bar.set_position(report.done_bytes);
         if let Some(offset) = report.resumed_from {
@@ -712,7 +791,103 @@ async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Resu
                 bar.println(format!("resuming from byte {offset}"));
             }
         }
+    }
+}
+
+/// `relay send-file` and `relay send-group-file`: the upload with a progress bar, then the
+/// message as `send` sends one.
+#[allow(clippy::too_many_arguments)]
+async fn send_file(
+    data: &Path,
+    overrides: Overrides,
+    to: flows::FileTo<'_>,
+    path: &Path,
+    caption: &str,
+    media_type: Option<String>,
+    wait: Option<Wait>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (device, mut events) = open(data, overrides, Mode::Live)?;
+    let bar = transfer_bar(json);
+    bar.set_message("uploading");
+    let mut progress = transfer_progress(&bar, json);
+    let mut description = FileDescription::of_path(path);
+    description.media_type = media_type.unwrap_or_default();
+    let file = flows::FileToSend {
+        source: BlobSource::Path(path),
+        description,
+        caption,
     };
+    let mut print = |event: Event| {
+        bar.suspend(|| print_event(&event, json));
+    };
+    let sent = flows::send_file(
+        &device,
+        &mut events,
+        to,
+        file,
+        &mut progress,
+        wait,
+        ctrl_c(),
+        &mut print,
+    )
+    .await;
+    bar.finish_and_clear();
+    let closed = device.close().await;
+    sent?;
+    closed?;
+    Ok(())
+}
+
+/// `relay download`: the attachment's file, checked, written where asked.
+async fn download(
+    device: &Device,
+    message: &str,
+    out: Option<PathBuf>,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let attachment = device.attachment(message).await?;
+    let out = out.unwrap_or_else(|| PathBuf::from(&attachment.file_name));
+    if !force && out.exists() {
+        return Err(UsageError(format!(
+            "{} exists; name another OUT or pass --force",
+            out.display()
+        ))
+        .into());
+    }
+    let bar = transfer_bar(json);
+    bar.set_message("downloading");
+    let mut progress = transfer_progress(&bar, json);
+    let downloaded = device.download_file(message, &mut progress).await;
+    bar.finish_and_clear();
+    let (attachment, bytes) = downloaded?;
+    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    if json {
+        let line = serde_json::json!({
+            "event": "file_written",
+            "path": out.display().to_string(),
+            "bytes": bytes.len(),
+            "name": attachment.file_name,
+            "media_type": attachment.media_type,
+        });
+        println!("{}", terminal::json_line(&line)?);
+    } else {
+        println!(
+            "wrote {} ({}, {} bytes) to {}",
+            terminal::escape(&attachment.file_name),
+            terminal::escape(&attachment.media_type),
+            bytes.len(),
+            terminal::escape(&out.display().to_string())
+        );
+    }
+    Ok(())
+}
+
+/// `relay blob put` and `relay blob get`, with a progress bar on a terminal.
+async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Result<()> {
+    let bar = transfer_bar(json);
+    let mut progress = transfer_progress(&bar, json);
     match command {
         BlobCommand::Put { path } => {
             bar.set_message("uploading");
@@ -972,6 +1147,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await;
             let closed = device.close().await;
             sent?;
+            closed?;
+        }
+        Command::SendFile {
+            peer,
+            path,
+            caption,
+            media_type,
+            wait,
+            until,
+            timeout,
+        } => {
+            let (wait, caption, _) = send_arguments(wait, until, timeout, Until::Read, caption)?;
+            let to = flows::FileTo::Peer(&peer);
+            send_file(
+                &data, overrides, to, &path, &caption, media_type, wait, json,
+            )
+            .await?;
+        }
+        Command::SendGroupFile {
+            group,
+            path,
+            caption,
+            media_type,
+            wait,
+            until,
+            timeout,
+        } => {
+            let (wait, caption, _) =
+                send_arguments(wait, until, timeout, Until::Delivered, caption)?;
+            let to = flows::FileTo::Group(group);
+            send_file(
+                &data, overrides, to, &path, &caption, media_type, wait, json,
+            )
+            .await?;
+        }
+        Command::Download {
+            message,
+            out,
+            force,
+        } => {
+            let (device, _events) = open(&data, overrides, Mode::Live)?;
+            let done = download(&device, &message, out, force, json).await;
+            let closed = device.close().await;
+            done?;
             closed?;
         }
         Command::Group(GroupCommand::Typing { group, stop }) => {
@@ -1257,6 +1476,26 @@ pub fn human_line(event: &Event) -> String {
     terminal::escape(&unescaped_line(event))
 }
 
+/// A message's text with its file, if it has one: `📎 NAME (TYPE, SIZE) — CAPTION · relay
+/// download ID`.
+fn with_file(text: &str, file: Option<&FileInfo>, id: &str) -> String {
+    let Some(file) = file else {
+        return text.to_owned();
+    };
+    let caption = if text.is_empty() {
+        String::new()
+    } else {
+        format!(" — {text}")
+    };
+    format!(
+        "📎 {} ({}, {}){caption} · relay download {}",
+        file.name,
+        file.media_type,
+        indicatif::HumanBytes(file.bytes),
+        short_id(id)
+    )
+}
+
 fn unescaped_line(event: &Event) -> String {
     match event {
         Event::Registered {
@@ -1270,16 +1509,23 @@ fn unescaped_line(event: &Event) -> String {
         Event::Listening { name } => format!("listening as {name}"),
         Event::Tick { id, peer, tick } => format!("{id} → {peer}: {}", tick.label()),
         Event::Message {
+            id,
             from,
             peer,
             direction,
             time_ms,
             text,
+            file,
             ..
-        } => match direction {
-            Direction::In => format!("[{}] {from}: {text}", format_time_ms(*time_ms)),
-            Direction::Out => format!("[{}] {from} → {peer}: {text}", format_time_ms(*time_ms)),
-        },
+        } => {
+            let text = with_file(text, file.as_ref(), id);
+            match direction {
+                Direction::In => format!("[{}] {from}: {text}", format_time_ms(*time_ms)),
+                Direction::Out => {
+                    format!("[{}] {from} → {peer}: {text}", format_time_ms(*time_ms))
+                }
+            }
+        }
         Event::Undecryptable {
             id,
             from,
@@ -1298,9 +1544,11 @@ fn unescaped_line(event: &Event) -> String {
         Event::Failed { id, peer, reason } => format!("{id} → {peer}: failed ({reason})"),
         Event::GroupMessage {
             group,
+            id,
             from,
             time_ms,
             text,
+            file,
             undecryptable,
             tick,
             ..
@@ -1312,7 +1560,7 @@ fn unescaped_line(event: &Event) -> String {
             };
             let body = match undecryptable {
                 Some(reason) => format!("⚠ undecryptable ({reason})"),
-                None => text.clone(),
+                None => with_file(text, file.as_ref(), id),
             };
             let tick = tick
                 .map(|tick| format!("  {}", tick.label()))
@@ -1338,6 +1586,7 @@ fn unescaped_line(event: &Event) -> String {
             peer,
             time_ms,
             text,
+            file,
             tick,
             read,
             undecryptable,
@@ -1349,7 +1598,7 @@ fn unescaped_line(event: &Event) -> String {
         } => {
             let mut body = match (text, undecryptable, deleted) {
                 (_, _, true) => "message deleted".to_owned(),
-                (Some(text), _, false) => text.clone(),
+                (Some(text), _, false) => with_file(text, file.as_ref(), id),
                 (None, reason, false) => format!(
                     "⚠ undecryptable ({})",
                     reason.as_deref().unwrap_or("unknown")
@@ -1623,6 +1872,7 @@ mod tests {
             time_ms: 0,
             sent_at_ms: 0,
             text: "two\nlines".into(),
+            file: None,
         };
         assert_eq!(
             human_line(&message),
@@ -1635,6 +1885,7 @@ mod tests {
             peer: "bob".into(),
             time_ms: 0,
             text: Some("hi".into()),
+            file: None,
             tick: Some(Tick::Sent),
             read: None,
             undecryptable: None,
@@ -1655,6 +1906,7 @@ mod tests {
             peer: "bob".into(),
             time_ms: 0,
             text: Some("hello again".into()),
+            file: None,
             tick: None,
             read: Some(true),
             undecryptable: None,
@@ -1678,6 +1930,7 @@ mod tests {
             peer: "bob".into(),
             time_ms: 0,
             text: None,
+            file: None,
             tick: None,
             read: Some(true),
             undecryptable: None,
@@ -1742,6 +1995,7 @@ mod tests {
             time_ms: 0,
             sent_at_ms: 0,
             text: hostile.into(),
+            file: None,
         };
         assert_eq!(
             human_line(&message),
@@ -1754,6 +2008,7 @@ mod tests {
             peer: "mallory".into(),
             time_ms: 0,
             text: Some(hostile.into()),
+            file: None,
             tick: None,
             read: Some(true),
             undecryptable: None,

@@ -424,6 +424,7 @@ fn absorb(
                 server_time_ms: message.server_time_ms.unwrap_or(message.sent_at_ms),
                 sent_time_ms: message.sent_at_ms,
                 text,
+                attachment: message.attachment.as_deref(),
             },
         );
         match outcome {
@@ -434,7 +435,8 @@ fn absorb(
             Err(
                 relay_sync::SyncError::SequenceTaken { .. }
                 | relay_sync::SyncError::ZeroSequence
-                | relay_sync::SyncError::TextTooLong { .. },
+                | relay_sync::SyncError::TextTooLong { .. }
+                | relay_sync::SyncError::AttachmentTooLarge { .. },
             ) => {}
             Err(error) => return Err(history_error(error)),
         }
@@ -566,6 +568,7 @@ mod tests {
             sender_seq: id as u64,
             chat_seq: Some(chat_seq),
             text: Some(format!("message {id}")),
+            attachment: None,
             sent_at_ms: 1_000,
             server_time_ms: Some(1_000),
             tick: Tick::Sent,

@@ -42,6 +42,7 @@ use crate::envelope::{self, GroupHeader};
 use crate::error::{ClientError, Result};
 use crate::events::Event;
 use crate::limits::{GROUP_KEY_SHARE_DEVICES_MAX, GROUP_TEXTS_AHEAD_MAX};
+use crate::media::Attachment;
 use crate::outbox::{Pending, retry_delay_ms};
 use crate::store::{KnownGroup, NewGroupMessage, OutboxRow, Tick, Writer};
 
@@ -131,6 +132,19 @@ impl Core {
         group: u64,
         text: &str,
         wall_ms: u64,
+        now_ms: u64,
+    ) -> Result<ClientMessageId> {
+        self.compose_group_message(group, text, None, wall_ms, now_ms)
+    }
+
+    /// Stores a message typed for `group` as [`Core::compose_group`] does: a text, or a file
+    /// (already uploaded: `attachment`) with `text` as its caption.
+    pub fn compose_group_message(
+        &mut self,
+        group: u64,
+        text: &str,
+        attachment: Option<&Attachment>,
+        wall_ms: u64,
         _now_ms: u64,
     ) -> Result<ClientMessageId> {
         self.refuse_if_rolled_back()?;
@@ -138,7 +152,8 @@ impl Core {
             return Err(ClientError::Invalid("there is no group 0".into()));
         }
         // The checks the content will meet when it is numbered.
-        Content::group_text(group, text, wall_ms)?;
+        Content::group_message(group, text, attachment, wall_ms)?;
+        let attachment = attachment.map(Attachment::to_bytes);
         let me = self.identity.address();
         let id = ClientMessageId(rand::Rng::random(&mut self.rng));
         self.store.write(|writer| {
@@ -150,6 +165,7 @@ impl Core {
                 sender_seq: None,
                 chat_seq: None,
                 text: Some(text),
+                attachment: attachment.as_deref(),
                 sent_at_ms: wall_ms,
                 server_time_ms: None,
                 tick: Tick::Pending,
@@ -192,6 +208,11 @@ impl Core {
             time_ms: message.server_time_ms.unwrap_or(0),
             sent_at_ms: message.sent_at_ms,
             text: message.text.unwrap_or_default(),
+            file: message
+                .attachment
+                .as_deref()
+                .and_then(|bytes| Attachment::from_bytes(bytes).ok())
+                .map(|attachment| attachment.info()),
             undecryptable: message
                 .undecryptable
                 .or(message.failed.map(|reason| format!("not sent: {reason}"))),
@@ -359,7 +380,14 @@ impl Core {
                 return Ok(None);
             };
             start_sessions(crypto, &claimed)?;
-            let content = Content::group_text(group, &text.text, text.sent_at_ms)?.to_bytes();
+            let attachment = text
+                .attachment
+                .as_deref()
+                .map(Attachment::from_bytes)
+                .transpose()?;
+            let content =
+                Content::group_message(group, &text.text, attachment.as_ref(), text.sent_at_ms)?
+                    .to_bytes();
             let mut keys = writer.load_group_keys(me)?;
             let (devices, _) = member_devices(
                 |account| writer.known_devices(account),

@@ -48,6 +48,7 @@ use crate::events::{Direction, Event, Reaction};
 use crate::history::History;
 use crate::inbound::Inbound;
 use crate::limits::{POLL_INTERVAL_MS, REQUESTS_IN_FLIGHT_MAX};
+use crate::media::Attachment;
 use crate::outbox::{Outbox, Pending, retry_delay_ms};
 use crate::store::{Contact, Identity, RecipientState, Store, Tick};
 
@@ -1090,14 +1091,21 @@ impl Core {
         let mut entries = Vec::new();
         for message in self.store.history(contact.account)? {
             let shared = documents.remove(&(message.sender, message.client_message_id));
-            let (text, edited, deleted, reacted) = match &shared {
+            let (text, attachment, edited, deleted, reacted) = match &shared {
                 Some(shared) => (
                     shared.text.clone(),
+                    shared.attachment.as_deref(),
                     shared.edited,
                     shared.deleted.is_some(),
                     reactions(shared),
                 ),
-                None => (message.text.clone(), false, false, Vec::new()),
+                None => (
+                    message.text.clone(),
+                    message.attachment.as_deref(),
+                    false,
+                    false,
+                    Vec::new(),
+                ),
             };
             entries.push(Event::History {
                 id: message.client_message_id.to_string(),
@@ -1110,6 +1118,7 @@ impl Core {
                 peer: contact.name.clone(),
                 time_ms: message.time_ms(),
                 text,
+                file: file_info(attachment),
                 tick: message.outgoing.then_some(message.tick),
                 read: (!message.outgoing).then_some(
                     message.read_at_ms.is_some()
@@ -1136,6 +1145,7 @@ impl Core {
                 peer: contact.name.clone(),
                 time_ms: message.server_time_ms,
                 reactions: reactions(&message),
+                file: file_info(message.attachment.as_deref()),
                 text: message.text,
                 // Sent by another own device, which has the ticks.
                 tick: outgoing.then_some(Tick::Sent),
@@ -1154,6 +1164,67 @@ impl Core {
             _ => (true, u64::MAX),
         });
         Ok(entries)
+    }
+
+    /// The attachment of message `message` (its id, or a prefix of at least
+    /// [`crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN`] hex digits naming one message): of a
+    /// chat or a group, stored here or only in the history's documents (synced from another own
+    /// device). A message without a file, or deleted for everyone, is a clear refusal.
+    pub fn attachment(&self, message: &str) -> Result<Attachment> {
+        let prefix = message.trim().to_ascii_lowercase();
+        if prefix.len() < crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
+            || prefix.len() > 32
+            || !prefix.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(ClientError::Invalid(format!(
+                "{message:?} is not a message id (at least {} hex digits)",
+                crate::limits::MESSAGE_ID_PREFIX_CHARS_MIN
+            )));
+        }
+        // Every message whose id starts so, wherever it is: (id, its attachment bytes).
+        let mut found: BTreeMap<ClientMessageId, Option<Vec<u8>>> = BTreeMap::new();
+        for stored in self.store.messages_by_id_prefix(&prefix, 2)? {
+            let shared = self
+                .chat_view(stored.peer)
+                .messages
+                .into_iter()
+                .find(|shown| shown.client_message_id == stored.client_message_id);
+            let attachment = match shared {
+                Some(shared) => shared.attachment,
+                None => stored.attachment,
+            };
+            found.insert(stored.client_message_id, attachment);
+        }
+        for stored in self.store.group_messages_by_id_prefix(&prefix, 2)? {
+            found.insert(stored.client_message_id, stored.attachment);
+        }
+        for chat in self.history.replica().chats() {
+            for shown in self.history.replica().view(chat).messages {
+                if shown.client_message_id.to_string().starts_with(&prefix) {
+                    found
+                        .entry(shown.client_message_id)
+                        .or_insert(shown.attachment);
+                }
+            }
+        }
+        let mut found = found.into_iter();
+        let (id, attachment) = match (found.next(), found.next()) {
+            (Some(only), None) => only,
+            (None, _) => {
+                return Err(ClientError::Invalid(format!("no message {prefix} here")));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Invalid(format!(
+                    "{prefix} names more than one message: give more of its id"
+                )));
+            }
+        };
+        let bytes = attachment.ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "message {id} has no file (or was deleted for everyone)"
+            ))
+        })?;
+        Attachment::from_bytes(&bytes)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1451,6 +1522,7 @@ impl Core {
                 time_ms,
                 sent_at_ms,
                 text,
+                attachment,
             } => Event::Message {
                 id: id.to_string(),
                 from: self.name_of(sender.account),
@@ -1465,6 +1537,7 @@ impl Core {
                 time_ms,
                 sent_at_ms,
                 text,
+                file: attachment.as_ref().map(Attachment::info),
             },
             Inbound::GroupMessage {
                 group,
@@ -1475,6 +1548,7 @@ impl Core {
                 time_ms,
                 sent_at_ms,
                 text,
+                attachment,
             } => Event::GroupMessage {
                 group,
                 id: id.to_string(),
@@ -1489,6 +1563,7 @@ impl Core {
                 time_ms,
                 sent_at_ms,
                 text,
+                file: attachment.as_ref().map(Attachment::info),
                 undecryptable: None,
                 tick: None,
             },
@@ -1574,7 +1649,7 @@ pub fn rolled_back_refusal(error: &ClientError) -> Option<String> {
 }
 
 /// Checks a name someone typed as a peer's: an account name, and not this device's own.
-fn check_peer_name(identity: &Identity, peer: &str) -> Result<()> {
+pub(crate) fn check_peer_name(identity: &Identity, peer: &str) -> Result<()> {
     validate_account_name(peer).map_err(|_| ClientError::UnknownPeer(peer.into()))?;
     if peer == identity.name {
         return Err(ClientError::Invalid(
@@ -1582,4 +1657,11 @@ fn check_peer_name(identity: &Identity, peer: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// What a stored attachment shows; a damaged one shows nothing (the text still shows).
+fn file_info(attachment: Option<&[u8]>) -> Option<crate::media::FileInfo> {
+    attachment
+        .and_then(|bytes| Attachment::from_bytes(bytes).ok())
+        .map(|attachment| attachment.info())
 }

@@ -21,6 +21,7 @@ use crate::envelope;
 use crate::error::{ClientError, Result};
 use crate::events::Event;
 use crate::limits::READ_RECEIPT_IDS_MAX;
+use crate::media::Attachment;
 use crate::outbox::{Next, Outcome, Pending};
 use crate::store::{Contact, Draft, NewMessage, OutboxRow, Store, Tick};
 
@@ -173,17 +174,31 @@ impl Core {
         wall_ms: u64,
         now_ms: u64,
     ) -> Result<ClientMessageId> {
+        self.type_message(peer, text, None, wall_ms, now_ms)
+    }
+
+    /// Stores a message typed for `peer` as [`Core::type_text`] does: a text, or a file
+    /// (already uploaded: `attachment`) with `text` as its caption.
+    pub fn type_message(
+        &mut self,
+        peer: &str,
+        text: &str,
+        attachment: Option<&Attachment>,
+        wall_ms: u64,
+        now_ms: u64,
+    ) -> Result<ClientMessageId> {
         self.refuse_if_rolled_back()?;
         check_peer_name(&self.identity, peer)?;
         if let Some(contact) = self.store.contact_by_name(peer)? {
-            return self.queue_text(&contact, text, wall_ms, now_ms);
+            return self.queue_text(&contact, text, attachment, wall_ms, now_ms);
         }
         // The same checks the outbox entry will make, so a draft always becomes one.
-        Content::text(text, wall_ms, 0)?;
+        Content::message(text, attachment, wall_ms, 0)?;
         let draft = Draft {
             client_message_id: ClientMessageId(rand::Rng::random(&mut self.rng)),
             peer_name: peer.to_owned(),
             text: text.to_owned(),
+            attachment: attachment.map(Attachment::to_bytes),
             sent_at_ms: wall_ms,
         };
         self.store.write(|writer| writer.insert_draft(&draft))?;
@@ -205,12 +220,25 @@ impl Core {
         wall_ms: u64,
         now_ms: u64,
     ) -> Result<ClientMessageId> {
+        self.compose_message(peer, text, None, wall_ms, now_ms)
+    }
+
+    /// Queues a message for `peer` as [`Core::compose`] does: a text, or a file (already
+    /// uploaded: `attachment`) with `text` as its caption.
+    pub fn compose_message(
+        &mut self,
+        peer: &str,
+        text: &str,
+        attachment: Option<&Attachment>,
+        wall_ms: u64,
+        now_ms: u64,
+    ) -> Result<ClientMessageId> {
         self.refuse_if_rolled_back()?;
         let contact = self
             .store
             .contact_by_name(peer)?
             .ok_or_else(|| ClientError::UnknownPeer(peer.to_owned()))?;
-        self.queue_text(&contact, text, wall_ms, now_ms)
+        self.queue_text(&contact, text, attachment, wall_ms, now_ms)
     }
 
     /// Marks every unread message from `contact` read and queues the end-to-end encrypted
@@ -290,6 +318,7 @@ impl Core {
         &mut self,
         contact: &Contact,
         text: &str,
+        attachment: Option<&Attachment>,
         wall_ms: u64,
         now_ms: u64,
     ) -> Result<ClientMessageId> {
@@ -298,7 +327,7 @@ impl Core {
                 "a message to yourself has no recipient device".into(),
             ));
         }
-        let content = Content::text(text, wall_ms, contact.account.0)?;
+        let content = Content::message(text, attachment, wall_ms, contact.account.0)?;
         self.queue_known_drafts(now_ms)?;
         let id = ClientMessageId(rand::Rng::random(&mut self.rng));
         self.enqueue(
@@ -334,7 +363,19 @@ impl Core {
         let content = if contact.account == self.identity.account {
             Err("a message to yourself has no recipient device".to_owned())
         } else {
-            Content::text(&draft.text, draft.sent_at_ms, contact.account.0)
+            draft
+                .attachment
+                .as_deref()
+                .map(Attachment::from_bytes)
+                .transpose()
+                .and_then(|attachment| {
+                    Content::message(
+                        &draft.text,
+                        attachment.as_ref(),
+                        draft.sent_at_ms,
+                        contact.account.0,
+                    )
+                })
                 .map_err(|error| error.to_string())
         };
         match content {
@@ -381,9 +422,12 @@ impl Core {
     ) -> Result<()> {
         let me = self.identity.address();
         let chat = ChatId::direct(me.account, peer);
-        let sent_at_ms = match &content.body {
-            Some(Body::Text(text)) => text.sent_at_ms,
-            _ => wall_ms,
+        let (sent_at_ms, attachment) = match &content.body {
+            Some(Body::Text(text)) => (
+                text.sent_at_ms,
+                text.attachment.as_ref().map(Attachment::to_bytes),
+            ),
+            _ => (wall_ms, None),
         };
         let bytes = content.to_bytes();
         let sender_seq = self.store.write(|writer| {
@@ -401,6 +445,7 @@ impl Core {
                     sender_seq,
                     chat_seq: None,
                     text: Some(text),
+                    attachment: attachment.as_deref(),
                     sent_at_ms,
                     server_time_ms: None,
                     tick: Tick::Pending,

@@ -12,6 +12,7 @@ use crate::crypto::Crypto;
 use crate::error::{ClientError, Result};
 use crate::group_keys::{GroupKeyError, GroupKeys};
 use crate::limits::GROUP_WAITING_MESSAGES_MAX;
+use crate::media::Attachment;
 use crate::store::{NewGroupMessage, Tick, Writer};
 
 /// One page's group messages: key shares accepted into the device's group sessions, group
@@ -182,6 +183,11 @@ impl GroupInbound<'_, '_> {
             sender_seq: Some(message.sender_seq),
             chat_seq: Some(message.chat_seq),
             text: Some(&text.body),
+            attachment: text
+                .attachment
+                .as_ref()
+                .map(Attachment::to_bytes)
+                .as_deref(),
             sent_at_ms: text.sent_at_ms,
             server_time_ms: Some(message.server_time_ms),
             tick: Tick::Sent,
@@ -196,6 +202,7 @@ impl GroupInbound<'_, '_> {
             time_ms: message.server_time_ms,
             sent_at_ms: text.sent_at_ms,
             text: text.body,
+            attachment: text.attachment,
         });
         Ok(())
     }
@@ -215,6 +222,7 @@ impl GroupInbound<'_, '_> {
             sender_seq: Some(message.sender_seq),
             chat_seq: Some(message.chat_seq),
             text: None,
+            attachment: None,
             sent_at_ms: message.server_time_ms,
             server_time_ms: Some(message.server_time_ms),
             tick: Tick::Sent,

@@ -51,6 +51,8 @@ pub struct NewGroupMessage<'a> {
     pub chat_seq: Option<u64>,
     /// The text (`None` when it could not be decrypted).
     pub text: Option<&'a str>,
+    /// The attached file, encoded ([`crate::media::Attachment::to_bytes`]), if any.
+    pub attachment: Option<&'a [u8]>,
     /// When the sender wrote it (ms since the Unix epoch, the sender's clock).
     pub sent_at_ms: u64,
     /// When the region committed it.
@@ -78,8 +80,10 @@ pub struct StoredGroupMessage {
     pub sender_seq: Option<u64>,
     /// The home region's chat sequence.
     pub chat_seq: Option<u64>,
-    /// The text.
+    /// The text (a file's caption).
     pub text: Option<String>,
+    /// The attached file, encoded ([`crate::media::Attachment::to_bytes`]), if any.
+    pub attachment: Option<Vec<u8>>,
     /// When the sender wrote it.
     pub sent_at_ms: u64,
     /// When the region committed it.
@@ -99,13 +103,15 @@ pub struct UnnumberedText {
     pub client_message_id: ClientMessageId,
     /// The text.
     pub text: String,
+    /// The attached file, encoded, if any.
+    pub attachment: Option<Vec<u8>>,
     /// When it was typed.
     pub sent_at_ms: u64,
 }
 
 const MESSAGE_COLUMNS: &str = "id, group_id, outgoing, sender_account, sender_device, \
      client_message_id, sender_seq, chat_seq, text, sent_at_ms, server_time_ms, tick, \
-     undecryptable, failed";
+     undecryptable, failed, attachment";
 
 impl Store {
     /// The membership `group` was last known at.
@@ -228,8 +234,8 @@ impl Writer<'_> {
         let inserted = self.execute(
             "INSERT OR IGNORE INTO group_messages (group_id, outgoing, sender_account,
              sender_device, client_message_id, sender_seq, chat_seq, text, sent_at_ms,
-             server_time_ms, tick, undecryptable)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             server_time_ms, tick, undecryptable, attachment)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 to_i64(message.group),
                 message.outgoing,
@@ -243,6 +249,7 @@ impl Writer<'_> {
                 message.server_time_ms.map(to_i64),
                 message.tick as i64,
                 message.undecryptable,
+                message.attachment,
             ],
         )?;
         Ok(inserted == 1)
@@ -253,7 +260,7 @@ impl Writer<'_> {
         let row = self
             .transaction
             .query_row(
-                "SELECT client_message_id, text, sent_at_ms FROM group_messages
+                "SELECT client_message_id, text, sent_at_ms, attachment FROM group_messages
                  WHERE group_id = ?1 AND outgoing = 1 AND sender_seq IS NULL AND failed IS NULL
                  ORDER BY id LIMIT 1",
                 [to_i64(group)],
@@ -262,17 +269,19 @@ impl Writer<'_> {
                         row.get::<_, Vec<u8>>(0)?,
                         row.get::<_, Option<String>>(1)?,
                         row.get::<_, i64>(2)?,
+                        row.get::<_, Option<Vec<u8>>>(3)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((id, text, sent_at_ms)) = row else {
+        let Some((id, text, sent_at_ms, attachment)) = row else {
             return Ok(None);
         };
         Ok(Some(UnnumberedText {
             client_message_id: ClientMessageId::from_bytes(&id)
                 .map_err(|error| ClientError::Corrupt(error.to_string()))?,
             text: text.unwrap_or_default(),
+            attachment,
             sent_at_ms: to_u64(sent_at_ms),
         }))
     }
@@ -674,6 +683,7 @@ fn group_message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredGroupMessag
             tick: Tick::from_i64(tick)?,
             undecryptable: row.get(12)?,
             failed: row.get(13)?,
+            attachment: row.get(14)?,
         })
     })();
     Ok(parsed)
@@ -729,6 +739,7 @@ mod tests {
                         sender_seq: None,
                         chat_seq: None,
                         text: Some(text),
+                        attachment: None,
                         sent_at_ms: 10,
                         server_time_ms: None,
                         tick: Tick::Pending,

@@ -160,8 +160,10 @@ pub struct StoredMessage {
     pub sender_seq: u64,
     /// The home region's chat sequence, once known.
     pub chat_seq: Option<u64>,
-    /// The text; `None` when undecryptable.
+    /// The text (a file's caption); `None` when undecryptable or deleted.
     pub text: Option<String>,
+    /// The attached file as [`crate::media::Attachment::to_bytes`] encodes it, if any.
+    pub attachment: Option<Vec<u8>>,
     /// When the sender wrote it (sender's clock, ms).
     pub sent_at_ms: u64,
     /// When the region committed it (ms), once known.
@@ -204,6 +206,8 @@ pub struct NewMessage<'a> {
     pub chat_seq: Option<u64>,
     /// The text, if decrypted.
     pub text: Option<&'a str>,
+    /// The attached file, encoded ([`crate::media::Attachment::to_bytes`]), if any.
+    pub attachment: Option<&'a [u8]>,
     /// The sender's clock.
     pub sent_at_ms: u64,
     /// The region's commit time, if known.
@@ -377,7 +381,8 @@ impl Writer<'_> {
         let inserted = self.execute(
             "INSERT OR IGNORE INTO messages (chat, peer, outgoing, sender_account, sender_device,
              client_message_id, sender_seq, chat_seq, text, sent_at_ms, server_time_ms, tick,
-             undecryptable) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             undecryptable, attachment)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 message.chat.0.as_slice(),
                 to_i64(message.peer.0),
@@ -392,6 +397,7 @@ impl Writer<'_> {
                 message.server_time_ms.map(to_i64),
                 message.tick as i64,
                 message.undecryptable,
+                message.attachment,
             ],
         )?;
         Ok(inserted == 1)
@@ -516,7 +522,7 @@ impl Writer<'_> {
         client_message_id: ClientMessageId,
     ) -> Result<()> {
         self.execute(
-            "UPDATE messages SET text = NULL WHERE sender_account = ?1 AND sender_device = ?2
+            "UPDATE messages SET text = NULL, attachment = NULL WHERE sender_account = ?1 AND sender_device = ?2
              AND client_message_id = ?3",
             params![
                 to_i64(sender.account.0),
@@ -806,7 +812,7 @@ pub(super) fn recipients(
 
 const MESSAGE_COLUMNS: &str = "SELECT id, chat, peer, outgoing, sender_account, sender_device,
     client_message_id, sender_seq, chat_seq, text, sent_at_ms, server_time_ms, tick, read_at_ms,
-    undecryptable, failed, expired_devices FROM messages";
+    undecryptable, failed, expired_devices, attachment FROM messages";
 
 fn message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredMessage>> {
     let chat: Vec<u8> = row.get(1)?;
@@ -825,6 +831,7 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredMessage>> {
             sender_seq: to_u64(row.get(7)?),
             chat_seq: row.get::<_, Option<i64>>(8)?.map(to_u64),
             text: row.get(9)?,
+            attachment: row.get(17)?,
             sent_at_ms: to_u64(row.get(10)?),
             server_time_ms: row.get::<_, Option<i64>>(11)?.map(to_u64),
             tick: Tick::from_i64(tick)?,
@@ -858,6 +865,7 @@ mod tests {
             sender_seq: 1,
             chat_seq: None,
             text: Some("hi"),
+            attachment: None,
             sent_at_ms: 10,
             server_time_ms: None,
             tick: Tick::Pending,
@@ -936,6 +944,7 @@ mod tests {
             sender_seq: 1,
             chat_seq: None,
             text: Some("hi"),
+            attachment: None,
             sent_at_ms: 10,
             server_time_ms: None,
             tick: Tick::Pending,
@@ -1080,6 +1089,7 @@ mod tests {
             sender_seq: 1,
             chat_seq: None,
             text: Some("hi"),
+            attachment: None,
             sent_at_ms: 10,
             server_time_ms: None,
             tick: Tick::Pending,

@@ -18,8 +18,10 @@ pub struct Draft {
     pub client_message_id: ClientMessageId,
     /// The recipient's account name.
     pub peer_name: String,
-    /// The text.
+    /// The text (a file's caption).
     pub text: String,
+    /// The attached file, encoded ([`crate::media::Attachment::to_bytes`]), if any.
+    pub attachment: Option<Vec<u8>>,
     /// When it was written (ms since the Unix epoch).
     pub sent_at_ms: u64,
 }
@@ -74,7 +76,7 @@ impl Store {
     /// Every draft, oldest first.
     pub fn drafts(&self) -> Result<Vec<Draft>> {
         let mut statement = self.connection.prepare(
-            "SELECT client_message_id, peer_name, text, sent_at_ms FROM drafts ORDER BY id",
+            "SELECT client_message_id, peer_name, text, sent_at_ms, attachment FROM drafts ORDER BY id",
         )?;
         let rows = statement.query_map([], draft_row)?;
         let mut drafts = Vec::new();
@@ -89,7 +91,7 @@ impl Store {
         let row = self
             .connection
             .query_row(
-                "SELECT client_message_id, peer_name, text, sent_at_ms FROM drafts
+                "SELECT client_message_id, peer_name, text, sent_at_ms, attachment FROM drafts
                  WHERE client_message_id = ?1",
                 [client_message_id.0.as_slice()],
                 draft_row,
@@ -103,13 +105,14 @@ impl Writer<'_> {
     /// Keeps a message for an account known only by name.
     pub fn insert_draft(&self, draft: &Draft) -> Result<()> {
         self.execute(
-            "INSERT INTO drafts (client_message_id, peer_name, text, sent_at_ms)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO drafts (client_message_id, peer_name, text, sent_at_ms, attachment)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 draft.client_message_id.0.as_slice(),
                 draft.peer_name,
                 draft.text,
-                to_i64(draft.sent_at_ms)
+                to_i64(draft.sent_at_ms),
+                draft.attachment,
             ],
         )?;
         Ok(())
@@ -285,6 +288,7 @@ fn draft_row(row: &Row<'_>) -> rusqlite::Result<Result<Draft>> {
             peer_name: row.get(1)?,
             text: row.get(2)?,
             sent_at_ms: to_u64(row.get(3)?),
+            attachment: row.get(4)?,
         })
     })();
     Ok(parsed)
@@ -308,6 +312,7 @@ mod tests {
             peer_name: "carol".into(),
             text: "hi \x1b carol".into(),
             sent_at_ms: 7,
+            attachment: Some(vec![1, 2, 3]),
         };
         store.write(|w| w.insert_draft(&draft)).expect("draft");
         assert_eq!(store.drafts().expect("drafts"), vec![draft.clone()]);

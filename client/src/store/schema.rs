@@ -1,6 +1,7 @@
 //! The schema and its migrations: versioned with `PRAGMA user_version`; a migration only ever
-//! adds (version 2 added the drafts, 3 indexes, 4 the group sessions, 5 group chats). [`check`] tells a
-//! database of this client from anything else, which is damaged, never started over.
+//! adds (version 2 added the drafts, 3 indexes, 4 the group sessions, 5 group chats, 6 files in
+//! messages). [`check`] tells a database of this client from anything else, which is
+//! damaged, never started over.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use super::damaged;
 use crate::error::{ClientError, Result};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE identity (
@@ -199,6 +200,14 @@ CREATE INDEX group_waiting_by_session ON group_waiting (session_id);
 ALTER TABLE outbox ADD COLUMN group_id INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 6: files in messages (see [`crate::media`]): the attachment of a message, of a
+/// group message and of a draft, encoded.
+const SCHEMA_V6: &str = "
+ALTER TABLE messages ADD COLUMN attachment BLOB;
+ALTER TABLE group_messages ADD COLUMN attachment BLOB;
+ALTER TABLE drafts ADD COLUMN attachment BLOB;
+";
+
 /// The tables of each schema version, to check an opened database holds them all.
 const TABLES_V1: [&str; 13] = [
     "identity",
@@ -235,6 +244,7 @@ pub(super) fn create(transaction: &Transaction<'_>) -> Result<()> {
     transaction.execute_batch(SCHEMA_V3)?;
     transaction.execute_batch(SCHEMA_V4)?;
     transaction.execute_batch(SCHEMA_V5)?;
+    transaction.execute_batch(SCHEMA_V6)?;
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -300,6 +310,9 @@ pub(super) fn migrate(transaction: &Transaction<'_>, version: i32) -> Result<()>
     if version < 5 {
         transaction.execute_batch(SCHEMA_V5)?;
     }
+    if version < 6 {
+        transaction.execute_batch(SCHEMA_V6)?;
+    }
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -353,6 +366,52 @@ mod tests {
              AND text IS NOT NULL ORDER BY id LIMIT 1",
         );
         assert!(waiting.contains("messages_waiting"), "{waiting}");
+    }
+
+    /// A database of version 5 opens as the current version: its messages, group messages and
+    /// drafts kept, with no attachment, and a message with one can be stored.
+    #[test]
+    fn a_version_5_database_gains_attachments_and_keeps_its_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        {
+            let mut connection = Connection::open(&path).expect("open");
+            let transaction = connection.transaction().expect("transaction");
+            for schema in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5] {
+                transaction.execute_batch(schema).expect("schema");
+            }
+            transaction
+                .execute(
+                    "INSERT INTO messages (chat, peer, outgoing, sender_account, sender_device,
+                     client_message_id, sender_seq, chat_seq, text, sent_at_ms, tick)
+                     VALUES (?1, 5, 0, 5, 1, ?2, 1, 1, 'before', 0, 1)",
+                    rusqlite::params![[7u8; 16].as_slice(), [9u8; 16].as_slice()],
+                )
+                .expect("a message");
+            transaction
+                .pragma_update(None, "user_version", 5)
+                .expect("version");
+            transaction.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("opens");
+        let messages = store.messages_by_id_prefix("090909", 5).expect("messages");
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].text.as_deref(), Some("before"));
+        assert_eq!(messages[0].attachment, None);
+        for table in ["messages", "group_messages", "drafts"] {
+            let columns: i64 = store
+                .connection
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM pragma_table_info('{table}')
+                         WHERE name = 'attachment'"
+                    ),
+                    [],
+                    |row| row.get(0),
+                )
+                .expect("columns");
+            assert_eq!(columns, 1, "{table}");
+        }
     }
 
     /// A database of version 3 opens as the current version with the group session and group

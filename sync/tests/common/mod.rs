@@ -47,6 +47,7 @@ pub fn message<'a>(chat_seq: u64, sender: DeviceAddress, text: &'a str) -> NewMe
         server_time_ms: 1_000_000 + chat_seq,
         sent_time_ms: 999_000 + chat_seq,
         text,
+        attachment: None,
     }
 }
 
