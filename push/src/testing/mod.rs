@@ -1,0 +1,1 @@
+//! Loopback WebPush, APNs and FCM endpoints over TLS (being added).
