@@ -44,6 +44,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub use apns::{ApnsBehaviour, ApnsTestKey, ApnsTestService, ReceivedApns};
 pub use webpush::{ReceivedWebPush, WebPushBehaviour, WebPushTestService, verify_vapid};
 
 use crate::http::{HttpVersions, HttpsClient, TrustRoots};
