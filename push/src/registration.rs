@@ -248,7 +248,7 @@ impl PushRegistration {
             what: "APNs device token",
             encoding: "hex",
         };
-        if token_hex.len() % 2 != 0 {
+        if !token_hex.len().is_multiple_of(2) {
             return Err(bad_hex);
         }
         let bytes = (0..token_hex.len())

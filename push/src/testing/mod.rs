@@ -45,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use apns::{ApnsBehaviour, ApnsTestKey, ApnsTestService, ReceivedApns};
+pub use bench::{BenchReport, bench_webpush};
 pub use fcm::{FcmBehaviour, FcmTestService, ReceivedFcm, fcm_test_key_pem, rsa_public_key};
 pub use webpush::{ReceivedWebPush, WebPushBehaviour, WebPushTestService, verify_vapid};
 
