@@ -257,7 +257,6 @@ fn now_s() -> u64 {
 fn random_bytes(count: usize) -> Vec<u8> {
     let mut bytes = vec![0; count];
     // The system's random source failing is not something a test can work around.
-    #[allow(clippy::expect_used)]
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .expect("the system random source works");
