@@ -40,6 +40,7 @@ pub mod limits;
 pub mod measure;
 pub mod messages;
 pub mod presence;
+pub mod push;
 pub mod servers;
 pub mod storage;
 pub mod sync;

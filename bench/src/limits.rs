@@ -331,3 +331,12 @@ const _: () = assert!(TYPING_WINDOW_SECONDS_DEFAULT <= WINDOW_SECONDS_MAX);
 // A notice outlives its drain only if the edge never answered the indicator.
 const _: () = assert!(TYPING_DRAIN_MS >= REQUEST_TIMEOUT_MS);
 const _: () = assert!(PRESENCE_CEILING_SECONDS_QUICK <= PRESENCE_CEILING_SECONDS_DEFAULT);
+
+/// Pushes `relayd bench push` measures by default (and as many baseline POSTs).
+pub const PUSHES_DEFAULT: usize = 5_000;
+/// Pushes a `--quick` run measures.
+pub const PUSHES_QUICK: usize = 500;
+/// Pushes in flight at once by default (a region's sender allows
+/// `home_region::limits::PUSH_SENDS_IN_FLIGHT_MAX`).
+pub const PUSH_CONCURRENCY_DEFAULT: usize = 64;
+const _: () = assert!(PUSHES_QUICK <= PUSHES_DEFAULT && PUSH_CONCURRENCY_DEFAULT <= PUSHES_QUICK);

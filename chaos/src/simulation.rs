@@ -882,6 +882,7 @@ impl RegionSoftware {
             blob_objects: home_region::blobs::memory_objects(),
             blob_limits: home_region::blobs::BlobLimits::default(),
             served_before: incarnation > 0,
+            push: None,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;

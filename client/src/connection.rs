@@ -366,6 +366,17 @@ impl EdgeConnection {
         }
     }
 
+    /// Reads, sets or removes this device's push registration.
+    pub async fn push(
+        &self,
+        request: relay_proto::wire::SetPush,
+    ) -> Result<relay_proto::wire::PushState> {
+        match self.call(client_request::Body::Push(request)).await? {
+            client_response::Body::Push(state) => Ok(state),
+            other => Err(unexpected("a push registration", &other)),
+        }
+    }
+
     /// Reads the account's presence privacy, or sets it to `privacy`.
     pub async fn presence_privacy(
         &self,

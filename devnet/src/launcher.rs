@@ -54,6 +54,10 @@ pub struct DevnetOptions {
     /// Per-connection request limits of every edge (the edges' defaults unless a benchmark
     /// lifts them, so that it measures the message path rather than the abuse limit).
     pub edge_limits: LimitsConfig,
+    /// A PEM file of CA certificates the regions trust for push services, besides the
+    /// system's: a local WebPush service's (the regions wake devices through WebPush with the
+    /// devnet's VAPID key, `pki/vapid.pem`, and accept endpoints on loopback).
+    pub push_ca: Option<PathBuf>,
 }
 
 /// The address `host` of region `region`'s block, 127.0.region.host.
@@ -91,6 +95,7 @@ pub async fn run(
         data: data.clone(),
         pki: Pki::open(&data.join("pki"))?,
         edge_limits: options.edge_limits,
+        push_ca: options.push_ca.clone(),
     };
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)
@@ -177,6 +182,7 @@ struct Launcher {
     data: PathBuf,
     pki: Pki,
     edge_limits: LimitsConfig,
+    push_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +226,15 @@ impl Launcher {
         let peers_file = self.data.join("peers.toml");
         // Regions first: edges need their addresses.
         let mut peers = PeersFile::default();
+        let push = relay_push::PushConfig {
+            webpush: Some(relay_push::WebPushConfig {
+                vapid_private_key_file: self.pki.vapid_key()?,
+                contact: "mailto:devnet@relay.test".into(),
+            }),
+            ca_file: self.push_ca.clone(),
+            allow_private_endpoints: true,
+            ..relay_push::PushConfig::default()
+        };
         for region in 1..=regions {
             let certs = self.pki.region(region)?;
             let name = format!("region-{region}");
@@ -239,6 +254,7 @@ impl Launcher {
                         cert: certs.cert.clone(),
                         key: certs.key.clone(),
                         blobs: Default::default(),
+                        push: push.clone(),
                     },
                 )
                 .await?;

@@ -56,6 +56,18 @@ impl Pki {
         Ok(pki)
     }
 
+    /// The regions' VAPID key (WebPush), generated on first use: a devnet's regions wake
+    /// devices that registered a WebPush endpoint.
+    pub fn vapid_key(&self) -> Result<PathBuf> {
+        let path = self.folder.join("vapid.pem");
+        if !path.exists() {
+            let key = relay_push::generate_vapid_key()
+                .map_err(|error| DevnetError::Pki(format!("generating the VAPID key: {error}")))?;
+            write_private(&path, &key.private_key_pem)?;
+        }
+        Ok(path)
+    }
+
     /// The CA certificate every process and client trusts.
     pub fn ca_cert(&self) -> PathBuf {
         self.folder.join("ca.pem")

@@ -89,6 +89,7 @@ impl Testbed {
                 cert: certs.cert,
                 key: certs.key,
                 blobs: Default::default(),
+                push: Default::default(),
             };
             let (service, address, _) = RegionService::open(&config, false)
                 .await

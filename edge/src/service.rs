@@ -1259,6 +1259,7 @@ impl EdgeService {
                     fetch: None,
                     devices: None,
                     presence_privacy: None,
+                    push: None,
                 };
                 match self
                     .to_home(
@@ -1280,6 +1281,7 @@ impl EdgeService {
                     fetch: Some(fetch),
                     devices: None,
                     presence_privacy: None,
+                    push: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::FetchQueue(request))
@@ -1305,6 +1307,7 @@ impl EdgeService {
                     fetch: None,
                     devices: Some(command),
                     presence_privacy: None,
+                    push: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::Devices(request))
@@ -1348,6 +1351,20 @@ impl EdgeService {
                 };
                 match answer {
                     region_response::Body::Blob(status) => Ok(Resp::Blob(status)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::DeviceHome(device), Req::Push(request)) => {
+                let request = wire::ForDevice {
+                    device: device.into(),
+                    push: Some(request),
+                    ..wire::ForDevice::default()
+                };
+                match self
+                    .to_home(device.account, region_request::Body::Push(request))
+                    .await?
+                {
+                    (_, region_response::Body::Push(state)) => Ok(Resp::Push(state)),
                     _ => Err(unexpected()),
                 }
             }

@@ -448,7 +448,8 @@ impl Session {
             Body::UploadOneTimeKeys(_)
             | Body::FetchQueue(_)
             | Body::Devices(_)
-            | Body::PresencePrivacy(_) => Ok(Route::DeviceHome(device)),
+            | Body::PresencePrivacy(_)
+            | Body::Push(_) => Ok(Route::DeviceHome(device)),
             Body::WatchPresence(watch) => {
                 if watch.account == 0 {
                     return Err(ProtoError::invalid("a watch of account 0"));

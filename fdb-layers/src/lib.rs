@@ -27,6 +27,7 @@ pub mod media;
 pub mod outbox;
 pub mod pairing;
 pub mod presence;
+pub mod push;
 pub mod quarantine;
 pub mod receipts;
 pub mod store_identity;

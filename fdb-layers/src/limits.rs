@@ -68,6 +68,10 @@ pub const RECEIPT_BATCH_RECORDS_MAX: usize = 4_096;
 /// [`crate::device_queue::QueueAppend::Full`].
 pub const DEVICE_QUEUE_DEPTH_MAX: u64 = 100_000;
 
+/// Largest push registration one device stores, in bytes (a WebPush endpoint URL and its
+/// keys, or a provider's token, as the region's push crate encodes them).
+pub const PUSH_REGISTRATION_BYTES_MAX: usize = 4 * 1024;
+
 /// Bytes of a large value stored under one key; larger records are split across keys.
 pub const CHUNK_BYTES: usize = VALUE_BYTES_MAX;
 

@@ -36,6 +36,10 @@ pub struct RegionConfig {
     /// `data_dir/blobs` by default.
     #[serde(default)]
     pub blobs: BlobsConfig,
+    /// Waking devices that have no connection: the push providers (none by default: no device
+    /// is woken, and a device asking to register is told so). See `relay_push::PushConfig`.
+    #[serde(default)]
+    pub push: relay_push::PushConfig,
 }
 
 /// Where and how a region keeps blobs.

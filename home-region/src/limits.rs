@@ -225,3 +225,28 @@ const _: () = assert!(BATCH_BYTES_MAX * 2 < 10_000_000);
 const _: () = assert!(LANE_ENVELOPES_MAX >= BATCH_ENVELOPES_MAX);
 // The hold is far below the edge's wait for a region (a held envelope is still answered in time).
 const _: () = assert!(HOLD_MS_MAX * 4 <= relay_proto::limits::EDGE_REGION_REQUEST_TIMEOUT_MS);
+
+// --- Push (see `crate::push`) ---
+
+/// Pushes a region sends at once (each an HTTPS request to a push service).
+pub const PUSH_SENDS_IN_FLIGHT_MAX: usize = 64;
+/// Devices read per page when a region loads who registered for push at start.
+pub const PUSH_REGISTERED_PAGE_DEVICES: usize = fdb_layers::limits::LAYER_READ_ENTRIES_MAX;
+// The largest registration the push crate accepts fits what the store keeps for it.
+const _: () = assert!(
+    1 + 1
+        + 2
+        + relay_push::limits::WEBPUSH_ENDPOINT_BYTES_MAX
+        + relay_push::limits::WEBPUSH_P256DH_BYTES
+        + relay_push::limits::WEBPUSH_AUTH_BYTES
+        <= fdb_layers::limits::PUSH_REGISTRATION_BYTES_MAX
+);
+const _: () = assert!(
+    1 + 1 + 2 + relay_push::limits::FCM_TOKEN_BYTES_MAX
+        <= fdb_layers::limits::PUSH_REGISTRATION_BYTES_MAX
+);
+// What the wire lets a device send is no more than the push crate parses.
+const _: () = assert!(
+    relay_proto::limits::WEBPUSH_ENDPOINT_BYTES_MAX
+        <= relay_push::limits::WEBPUSH_ENDPOINT_BYTES_MAX
+);

@@ -302,6 +302,7 @@ pub async fn remove_device(
     directory::remove_device(tx, target).await?;
     keys::remove_device_keys(tx, target);
     device_state::remove_device(tx, target);
+    fdb_layers::push::clear(tx, target);
     answer_devices(tx, device).await
 }
 

@@ -63,6 +63,7 @@ use crate::limits::{
 };
 use crate::linking;
 use crate::presence::{self, PresenceBoard};
+use crate::push::Pusher;
 use crate::store_check::{self, CensusSource, CheckInputs, Expected, LocalCensus, StoreCheckError};
 
 /// The store's file in the region's data folder.
@@ -130,6 +131,8 @@ pub struct RegionParts<'a> {
     /// the earlier run gave out, and waits for those caches to expire before acknowledging
     /// a membership change made in its first [`GROUP_CACHE_TTL_MS`].
     pub served_before: bool,
+    /// How to wake devices that have no connection (`None`: no push provider).
+    pub push: Option<crate::push::PushSetup>,
 }
 
 /// A running region.
@@ -191,6 +194,8 @@ struct Inner {
     started_at_ms: u64,
     /// Encrypted media and history snapshots.
     blobs: BlobStore,
+    /// Wakes devices with no connection (see [`crate::push`]).
+    pusher: Arc<Pusher>,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -214,7 +219,7 @@ fn error_response(error: ProtoError) -> RegionResponse {
 /// storage (a full disk, an I/O error; it may or may not be durable) and the refusals after it
 /// are `StorageUnavailable`: nothing is acknowledged, and the client retries under the same
 /// ids, which the layers deduplicate.
-fn store_failure(error: StoreError) -> ProtoError {
+pub(crate) fn store_failure(error: StoreError) -> ProtoError {
     match error {
         StoreError::Unavailable(_) | StoreError::Storage(_) => {
             tracing::warn!(%error, "store unavailable");
@@ -314,6 +319,8 @@ impl RegionService {
                 .unwrap_or(BlobLimits::default().account_bytes_max),
             ..BlobLimits::default()
         };
+        let push = crate::push::PushSetup::from_config(&config.push)
+            .map_err(|error| ConfigError::Value(format!("[push]: {error}")))?;
         let (service, address) = Self::new(RegionParts {
             region,
             directory_writer: expected.directory_writer,
@@ -328,6 +335,7 @@ impl RegionService {
             blob_objects,
             blob_limits,
             served_before: store.created_at_ms != now_ms,
+            push,
         })?;
         Ok((service, address, store))
     }
@@ -349,6 +357,7 @@ impl RegionService {
             blob_objects,
             blob_limits,
             served_before,
+            push,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -396,6 +405,7 @@ impl RegionService {
             group_askers: Mutex::new(BTreeMap::new()),
             started_at_ms,
             blobs,
+            pusher: Arc::new(Pusher::new(push)),
         };
         Ok((
             Self {
@@ -409,6 +419,16 @@ impl RegionService {
     /// (every acknowledged write is already durable).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RegionError> {
         self.load_quarantine().await;
+        match self.inner.pusher.load(&self.inner.db).await {
+            Ok(registered) if self.inner.pusher.enabled() => {
+                tracing::info!(registered, "push: devices registered for wakes");
+            }
+            Ok(_) => {}
+            // Without the list no device is woken until it registers again; everything else
+            // works.
+            Err(error) => tracing::warn!(%error, "push: reading the registered devices failed"),
+        }
+        let pusher = tokio::spawn(self.inner.pusher.clone().run(self.inner.db.clone()));
         let pump = tokio::spawn(self.clone().outbox_pump());
         let sweeper = tokio::spawn(self.clone().retention_sweeper());
         let blob_sweeper = tokio::spawn(self.clone().blob_sweeper());
@@ -429,6 +449,7 @@ impl RegionService {
             () = shutdown => {}
         }
         pump.abort();
+        pusher.abort();
         sweeper.abort();
         blob_sweeper.abort();
         self.inner
@@ -827,6 +848,15 @@ impl RegionService {
                 .presence_privacy(for_device)
                 .await
                 .map(Resp::PresencePrivacy),
+            Req::Push(for_device) => {
+                let device = for_device.device.parse()?;
+                let request = for_device.push.unwrap_or_default();
+                self.inner
+                    .pusher
+                    .set(&self.inner.db, device, &request)
+                    .await
+                    .map(Resp::Push)
+            }
             Req::StoreCensus(request) => {
                 if self.inner.writer != local {
                     return Err(ProtoError::new(
@@ -1342,6 +1372,9 @@ impl RegionService {
             .unwrap_or_else(|poison| poison.into_inner());
         for (device, latest_queue_seq) in effects.notify {
             let Some(streams) = subscriptions.get(&device) else {
+                self.inner
+                    .pusher
+                    .handle_unconnected(device, std::time::Instant::now());
                 continue;
             };
             let push = DeviceQueueAvailable {
@@ -1789,6 +1822,9 @@ impl RegionService {
             }
             !streams.is_empty()
         });
+        for device in &left {
+            self.inner.pusher.handle_left(&self.inner.db, *device);
+        }
         self.presence_changed(&[], &left);
     }
 
@@ -1820,6 +1856,7 @@ impl RegionService {
             }
             if streams.is_empty() {
                 arrived.push(device);
+                self.inner.pusher.handle_connected(device);
             }
             streams.insert(stream_id, sender.clone());
             *subscribed += 1;
@@ -1836,6 +1873,7 @@ impl RegionService {
                 if streams.is_empty() {
                     subscriptions.remove(&device);
                     left.push(device);
+                    self.inner.pusher.handle_left(&self.inner.db, device);
                 }
             }
         }

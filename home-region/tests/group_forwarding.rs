@@ -85,6 +85,7 @@ fn region(
         blob_objects: memory_objects(),
         blob_limits: BlobLimits::default(),
         served_before: false,
+        push: None,
     })
     .expect("region binds");
     addresses

@@ -215,6 +215,13 @@ pub const BLOB_SHA256_BYTES: usize = 32;
 /// Largest blob a region stores, in bytes (of ciphertext).
 pub const BLOB_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
+/// Longest WebPush endpoint URL a device may register, in bytes.
+pub const WEBPUSH_ENDPOINT_BYTES_MAX: usize = 2_048;
+/// Longest base64url key of a WebPush subscription (`p256dh`, `auth`), in characters.
+pub const WEBPUSH_KEY_CHARS_MAX: usize = 128;
+/// Longest APNs or FCM token a device may register, in bytes.
+pub const PUSH_TOKEN_BYTES_MAX: usize = 1_024;
+
 /// The unit a region commits an upload in, in bytes: an upload dropped mid-way resumes at a
 /// multiple of it (or at the end). Each unit is one durable object and one store transaction.
 pub const BLOB_COMMIT_UNIT_BYTES: u64 = 1024 * 1024;

@@ -8,6 +8,9 @@
 //! other (queue hints, presence updates, typing notices; see [`presence`]).
 
 mod presence;
+mod push;
+
+pub use push::{PushAction, PushState, SetPush, WebPushSubscription};
 
 pub use presence::{
     PresenceInfo, PresencePrivacy, PresenceState, PresenceUpdate, PresenceVisibility,
@@ -1645,7 +1648,7 @@ pub struct ClientRequest {
     /// The request.
     #[prost(
         oneof = "client_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub body: Option<client_request::Body>,
 }
@@ -1706,6 +1709,9 @@ pub mod client_request {
         /// A typing indicator for a peer (answered with `TypingSent`).
         #[prost(message, tag = "16")]
         Typing(super::TypingSignal),
+        /// Read, set or remove the device's push registration (answered with `Push`).
+        #[prost(message, tag = "17")]
+        Push(super::SetPush),
     }
 }
 
@@ -1726,7 +1732,7 @@ pub struct ClientResponse {
     /// The answer.
     #[prost(
         oneof = "client_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
     )]
     pub body: Option<client_response::Body>,
 }
@@ -1793,6 +1799,9 @@ pub mod client_response {
         /// Answer to `Typing`: the indicator is passed on.
         #[prost(message, tag = "19")]
         TypingSent(super::TypingSignal),
+        /// Answer to `Push`: the registration now.
+        #[prost(message, tag = "20")]
+        Push(super::PushState),
     }
 
     impl Body {
@@ -1818,6 +1827,7 @@ pub mod client_response {
                 Body::Watching(_) => "Watching",
                 Body::PresencePrivacy(_) => "PresencePrivacy",
                 Body::TypingSent(_) => "TypingSent",
+                Body::Push(_) => "Push",
             }
         }
     }
@@ -1899,6 +1909,9 @@ pub struct ForDevice {
     /// The setting to read or change, for `PresencePrivacy`.
     #[prost(message, optional, tag = "5")]
     pub presence_privacy: Option<SetPresencePrivacy>,
+    /// The registration to read, set or remove, for `Push`.
+    #[prost(message, optional, tag = "6")]
+    pub push: Option<SetPush>,
 }
 
 /// The signing key of a device, for authentication at the edge.
@@ -2027,7 +2040,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -2102,6 +2115,10 @@ pub mod region_request {
         /// `PresencePrivacy`).
         #[prost(message, tag = "19")]
         PresencePrivacy(super::ForDevice),
+        /// A device homed here reads, sets or removes its push registration (answered with
+        /// `Push`).
+        #[prost(message, tag = "20")]
+        Push(super::ForDevice),
     }
 }
 
@@ -2111,7 +2128,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2189,6 +2206,9 @@ pub mod region_response {
         /// edge.
         #[prost(message, tag = "22")]
         Typing(super::TypingNotice),
+        /// Answer to `Push`: the device's registration now.
+        #[prost(message, tag = "23")]
+        Push(super::PushState),
     }
 }
 

@@ -25,6 +25,9 @@ pub struct PushConfig {
     pub ca_file: Option<PathBuf>,
     /// Timeout of one request to a push service or token endpoint, in ms.
     pub request_timeout_ms: u64,
+    /// Accept registrations whose endpoint is on a loopback or private address (a devnet's or
+    /// a test's local push service); never in production.
+    pub allow_private_endpoints: bool,
 }
 
 impl Default for PushConfig {
@@ -35,6 +38,18 @@ impl Default for PushConfig {
             fcm: None,
             ca_file: None,
             request_timeout_ms: PUSH_REQUEST_TIMEOUT_MS_DEFAULT,
+            allow_private_endpoints: false,
+        }
+    }
+}
+
+impl PushConfig {
+    /// Which endpoints registrations may name under this configuration.
+    pub fn registration_policy(&self) -> crate::RegistrationPolicy {
+        if self.allow_private_endpoints {
+            crate::RegistrationPolicy::LOOPBACK_TESTS
+        } else {
+            crate::RegistrationPolicy::PRODUCTION
         }
     }
 }
@@ -44,7 +59,7 @@ impl Default for PushConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebPushConfig {
     /// File holding the VAPID private key: PKCS#8 PEM, or the raw 32-byte scalar in base64url
-    /// (`relayd push vapid-key` prints a new one).
+    /// (`relayd admin vapid-key` prints a new one).
     pub vapid_private_key_file: PathBuf,
     /// The VAPID `sub` contact push services may reach the operator at: `mailto:` or `https:`.
     pub contact: String,

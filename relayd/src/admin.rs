@@ -46,6 +46,20 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Generate a VAPID key pair for a region's `[push.webpush]` (WebPush, RFC 8292): writes
+    /// the private key (PKCS#8 PEM, mode 0600) to OUT, which must not exist, and prints the
+    /// public key, the `applicationServerKey` web clients subscribe with. Every region of a
+    /// deployment may share one key, or each have its own (devices are told their region's).
+    ///
+    /// Example: relayd admin vapid-key --out /etc/relay/vapid.pem
+    VapidKey {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Print one JSON object instead of the sentence.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs an admin command.
@@ -61,7 +75,43 @@ pub fn run(command: AdminCommand) -> Result<()> {
             devices,
             json,
         } => runtime.block_on(repair(&data, &devices, json)),
+        AdminCommand::VapidKey { out, json } => vapid_key(&out, json),
     }
+}
+
+fn vapid_key(out: &Path, json: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = relay_push::generate_vapid_key().context("generating a VAPID key")?;
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "creating {} (an existing key is never replaced)",
+                out.display()
+            )
+        })?;
+    file.write_all(key.private_key_pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
+    if json {
+        let line = serde_json::json!({
+            "event": "vapid_key",
+            "private_key_file": out.display().to_string(),
+            "public_key": key.public_key_base64url,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "wrote the VAPID private key to {}\npublic key (applicationServerKey): {}",
+            out.display(),
+            key.public_key_base64url
+        );
+    }
+    Ok(())
 }
 
 async fn check(data: &Path, json: bool) -> Result<()> {

@@ -63,6 +63,28 @@ pub enum Benchmark {
     /// servers' CPU and raw QUIC request/response measured in the same run. Needs a release
     /// build.
     Presence(PresenceArgs),
+    /// Wake-ups sent per second by the WebPush provider a region pushes with (encrypted,
+    /// VAPID-signed, one HTTPS request each) to a loopback push service that verifies and
+    /// decrypts each, next to plain HTTPS POSTs of the same size to the same server in the
+    /// same run.
+    Push(PushArgs),
+}
+
+/// Arguments of `relayd bench push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Pushes to measure (default 5,000; 500 with --quick), and as many baseline POSTs.
+    #[arg(long)]
+    pushes: Option<usize>,
+    /// Pushes in flight at once.
+    #[arg(long, default_value_t = relay_bench::limits::PUSH_CONCURRENCY_DEFAULT)]
+    concurrency: usize,
+    /// A short run for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `relayd bench presence`.
@@ -397,6 +419,25 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     )
                 },
                 |report| report.table(),
+            )
+        }
+        Benchmark::Push(args) => {
+            let options = relay_bench::push::PushOptions {
+                pushes: quick_or(
+                    args.pushes,
+                    args.quick,
+                    relay_bench::limits::PUSHES_QUICK,
+                    relay_bench::limits::PUSHES_DEFAULT,
+                ),
+                concurrency: args.concurrency,
+                build: build().into(),
+            };
+            report(
+                relay_bench::push::steps(),
+                "relayd bench push",
+                args.json,
+                |step| relay_bench::push::run(&options, step),
+                relay_bench::push::PushReport::table,
             )
         }
         Benchmark::Presence(args) => {

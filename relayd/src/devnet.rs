@@ -31,6 +31,11 @@ pub struct DevnetArgs {
     /// 200).
     #[arg(long)]
     edge_requests_burst: Option<u32>,
+    /// A PEM file of CA certificates the regions trust for push services (a local WebPush
+    /// service's). The regions always wake devices through WebPush, with the VAPID key in
+    /// DATA/pki/vapid.pem, and accept push endpoints on loopback.
+    #[arg(long, value_name = "PEM")]
+    push_ca: Option<PathBuf>,
 }
 
 /// `relayd devnet`.
@@ -46,6 +51,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
                 .unwrap_or(defaults.requests_per_second),
             requests_burst: args.edge_requests_burst.unwrap_or(defaults.requests_burst),
         },
+        push_ca: args.push_ca,
     };
     let json = args.json;
     let print = move |event: DevnetEvent| {

@@ -403,6 +403,25 @@ fn the_presence_benchmark_tells_every_watcher_every_change_and_delivers_typing()
 }
 
 #[test]
+fn the_push_benchmark_delivers_every_wake_and_its_ceiling() {
+    let report = run_json(&[
+        "bench",
+        "push",
+        "--json",
+        "--pushes",
+        "200",
+        "--concurrency",
+        "16",
+    ]);
+    assert_eq!(report["pushes"], 200);
+    assert_eq!(report["concurrency"], 16);
+    positive(&report, "body_bytes");
+    positive(&report, "pushes_per_second");
+    positive(&report, "baseline_posts_per_second");
+    positive(&report, "share_of_baseline");
+}
+
+#[test]
 fn a_debug_build_is_refused_without_allow_debug() {
     let output = Command::new(env!("CARGO_BIN_EXE_relayd"))
         .args(["bench", "messages", "--quick"])

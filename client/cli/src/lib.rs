@@ -18,8 +18,8 @@ use relay_client::flows::{self, GroupRequest, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
     BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, FileDescription,
-    FileInfo, LinkHistory, Mode, OpenOptions, Overrides, PresenceVisibility, Tick, link_accept,
-    register, terminal,
+    FileInfo, LinkHistory, Mode, OpenOptions, Overrides, PresenceVisibility, PushRegistration,
+    Tick, link_accept, register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -484,6 +484,48 @@ pub enum Command {
         #[command(subcommand)]
         change: Option<SettingCommand>,
     },
+    /// Show or change how this device is woken while it has no connection.
+    ///
+    /// With a registration, your home region sends a content-free push (no text, no sender, no
+    /// count: the same bytes for every message) to the device's push service whenever
+    /// something is queued for it and no edge holds its connection; the app then connects and
+    /// fetches as usual. Without a subcommand, prints the registration and what the region
+    /// offers (its providers, and for WebPush the VAPID key a browser subscribes with).
+    Push {
+        /// The change.
+        #[command(subcommand)]
+        change: Option<PushCommand>,
+    },
+}
+
+/// `relay push` changes.
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Register a browser's WebPush subscription (its PushSubscription's endpoint and keys,
+    /// subscribed with the region's VAPID key as applicationServerKey).
+    Webpush {
+        /// The subscription's endpoint (https).
+        #[arg(long)]
+        endpoint: String,
+        /// `keys.p256dh` (base64url).
+        #[arg(long)]
+        p256dh: String,
+        /// `keys.auth` (base64url).
+        #[arg(long)]
+        auth: String,
+    },
+    /// Register an APNs device token (hex).
+    Apns {
+        /// The device token.
+        token: String,
+    },
+    /// Register an FCM registration token.
+    Fcm {
+        /// The registration token.
+        token: String,
+    },
+    /// Remove this device's registration: it is no longer woken.
+    Off,
 }
 
 /// `relay settings` changes.
@@ -836,6 +878,55 @@ async fn send_file(
     let closed = device.close().await;
     sent?;
     closed?;
+    Ok(())
+}
+
+/// `relay push`: the registration, changed if asked, printed.
+async fn push(device: &Device, change: Option<PushCommand>, json: bool) -> anyhow::Result<()> {
+    let setting = match change {
+        None => device.push_state().await?,
+        Some(PushCommand::Off) => device.unregister_push().await?,
+        Some(PushCommand::Webpush {
+            endpoint,
+            p256dh,
+            auth,
+        }) => {
+            device
+                .register_push(PushRegistration::WebPush {
+                    endpoint,
+                    p256dh,
+                    auth,
+                })
+                .await?
+        }
+        Some(PushCommand::Apns { token }) => {
+            device.register_push(PushRegistration::Apns(token)).await?
+        }
+        Some(PushCommand::Fcm { token }) => {
+            device.register_push(PushRegistration::Fcm(token)).await?
+        }
+    };
+    if json {
+        let mut line = serde_json::to_value(&setting)?;
+        line["event"] = "push".into();
+        println!("{}", terminal::json_line(&line)?);
+        return Ok(());
+    }
+    match &setting.registered {
+        Some(kind) => println!("push: {kind} registered"),
+        None => println!("push: not registered (this device is not woken)"),
+    }
+    if setting.providers.is_empty() {
+        println!("your region sends no pushes");
+    } else {
+        println!(
+            "your region pushes through: {}",
+            setting.providers.join(", ")
+        );
+    }
+    if let Some(key) = &setting.vapid_public_key {
+        println!("WebPush applicationServerKey: {}", terminal::escape(key));
+    }
     Ok(())
 }
 
@@ -1243,6 +1334,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let info = flows::info(&device, &message, &mut print).await;
             let closed = device.close().await;
             info?;
+            closed?;
+        }
+        Command::Push { change } => {
+            let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
+            let done = push(&device, change, json).await;
+            let closed = device.close().await;
+            done?;
             closed?;
         }
         Command::Settings { change } => {

@@ -100,6 +100,11 @@ pub struct Devnet {
 impl Devnet {
     /// Starts a devnet with `regions` regions on `data` and waits until it is ready.
     pub fn start(regions: u32, data: &Path) -> Devnet {
+        Devnet::start_with(regions, data, &[])
+    }
+
+    /// Starts a devnet as [`Devnet::start`] does, with more `relayd devnet` arguments.
+    pub fn start_with(regions: u32, data: &Path, arguments: &[&str]) -> Devnet {
         let mut child = Command::new(relayd_bin())
             .args([
                 "devnet",
@@ -109,6 +114,7 @@ impl Devnet {
                 "--data",
             ])
             .arg(data)
+            .args(arguments)
             .env("RELAY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
