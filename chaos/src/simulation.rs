@@ -883,6 +883,7 @@ impl RegionSoftware {
             blob_limits: home_region::blobs::BlobLimits::default(),
             served_before: incarnation > 0,
             push: None,
+            tokens_required: false,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;
@@ -953,6 +954,7 @@ fn draw_edge_limits(seed: u64) -> SessionLimits {
     SessionLimits {
         requests_per_second: rng.random_range(5..=50),
         requests_burst: rng.random_range(2..=20),
+        ..SessionLimits::default()
     }
 }
 

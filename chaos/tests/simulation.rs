@@ -285,6 +285,7 @@ fn a_group_is_created_through_an_edge_that_throttles_lookups() {
     let limits = relay_edge::session::SessionLimits {
         requests_per_second: 6,
         requests_burst: 3,
+        ..relay_edge::session::SessionLimits::default()
     };
     // The first seed whose plan has a group of five.
     let shape = relay_chaos::workload::WorkloadShape {

@@ -366,6 +366,17 @@ impl EdgeConnection {
         }
     }
 
+    /// Blocks or unblocks an account, or lists the blocked ones.
+    pub async fn block(
+        &self,
+        request: relay_proto::wire::SetBlock,
+    ) -> Result<relay_proto::wire::BlockedAccounts> {
+        match self.call(client_request::Body::Block(request)).await? {
+            client_response::Body::Blocked(list) => Ok(list),
+            other => Err(unexpected("a block list", &other)),
+        }
+    }
+
     /// Reads, sets or removes this device's push registration.
     pub async fn push(
         &self,

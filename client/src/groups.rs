@@ -308,7 +308,7 @@ pub(crate) async fn account_ids(
 }
 
 /// The names of `accounts`, looked up at most [`GROUP_NAME_LOOKUPS_IN_FLIGHT_MAX`] at a time.
-async fn account_names(
+pub(crate) async fn account_names(
     connection: &Arc<EdgeConnection>,
     accounts: &[AccountId],
 ) -> Result<BTreeMap<AccountId, crate::store::Contact>> {

@@ -24,6 +24,7 @@
 //!   before [`Device::upload_blob`] sends them.
 
 pub mod blob;
+pub mod block;
 pub mod connection;
 pub mod content;
 pub mod core;

@@ -126,7 +126,7 @@ impl Device {
     }
 
     /// The account named `peer`: a contact this device knows, else asked of the directory.
-    async fn account_of(&self, peer: &str) -> Result<AccountId> {
+    pub(crate) async fn account_of(&self, peer: &str) -> Result<AccountId> {
         let name = peer.to_owned();
         if let Some(account) = self
             .call(|reply| Command::ContactAccount(name, reply))

@@ -58,6 +58,9 @@ pub struct DevnetOptions {
     /// system's: a local WebPush service's (the regions wake devices through WebPush with the
     /// devnet's VAPID key, `pki/vapid.pem`, and accept endpoints on loopback).
     pub push_ca: Option<PathBuf>,
+    /// Whether registering needs a token (`relayd admin token`), as in production; a devnet
+    /// lets anyone register unless asked.
+    pub require_tokens: bool,
 }
 
 /// The address `host` of region `region`'s block, 127.0.region.host.
@@ -96,6 +99,7 @@ pub async fn run(
         pki: Pki::open(&data.join("pki"))?,
         edge_limits: options.edge_limits,
         push_ca: options.push_ca.clone(),
+        require_tokens: options.require_tokens,
     };
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)
@@ -183,6 +187,7 @@ struct Launcher {
     pki: Pki,
     edge_limits: LimitsConfig,
     push_ca: Option<PathBuf>,
+    require_tokens: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +260,9 @@ impl Launcher {
                         key: certs.key.clone(),
                         blobs: Default::default(),
                         push: push.clone(),
+                        registration: home_region::config::RegistrationConfig {
+                            tokens_required: self.require_tokens,
+                        },
                     },
                 )
                 .await?;

@@ -90,6 +90,9 @@ impl Testbed {
                 key: certs.key,
                 blobs: Default::default(),
                 push: Default::default(),
+                registration: home_region::config::RegistrationConfig {
+                    tokens_required: false,
+                },
             };
             let (service, address, _) = RegionService::open(&config, false)
                 .await
@@ -120,7 +123,12 @@ impl Testbed {
                 cert: certs.cert,
                 key: certs.key,
                 regions: addresses.clone(),
-                limits: LimitsConfig::default(),
+                // In-process devices share 127.0.0.1: no per-address admission limit.
+                limits: LimitsConfig {
+                    connections_per_second_per_address: 1_000_000,
+                    connections_burst_per_address: 1_000_000,
+                    ..LimitsConfig::default()
+                },
             };
             let (service, address, subscriptions) = EdgeService::bind(&config)
                 .map_err(|error| child_error(&format!("edge-{region}"), error))?;

@@ -30,14 +30,20 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
 }
 
-/// Per-connection limits.
+/// Per-connection and per-address limits (every other bound of the edge is a constant in
+/// `relay_edge::limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Sustained requests per second one device connection may make.
     pub requests_per_second: u32,
     /// Requests one device connection may make in a burst.
     pub requests_burst: u32,
+    /// Sustained new device connections per second one source address (an IPv4 address, an
+    /// IPv6 /64) may open; more are refused `Throttled` with a retry-after.
+    pub connections_per_second_per_address: u32,
+    /// New device connections one source address may open in a burst.
+    pub connections_burst_per_address: u32,
 }
 
 impl Default for LimitsConfig {
@@ -46,6 +52,8 @@ impl Default for LimitsConfig {
         Self {
             requests_per_second: defaults.requests_per_second,
             requests_burst: defaults.requests_burst,
+            connections_per_second_per_address: defaults.connections_per_second_per_address,
+            connections_burst_per_address: defaults.connections_burst_per_address,
         }
     }
 }
@@ -70,7 +78,11 @@ impl EdgeConfig {
                 self.region
             )));
         }
-        if self.limits.requests_per_second == 0 || self.limits.requests_burst == 0 {
+        if self.limits.requests_per_second == 0
+            || self.limits.requests_burst == 0
+            || self.limits.connections_per_second_per_address == 0
+            || self.limits.connections_burst_per_address == 0
+        {
             return Err(ConfigError::Value("limits must be at least 1".into()));
         }
         Ok(())
@@ -81,6 +93,8 @@ impl EdgeConfig {
         SessionLimits {
             requests_per_second: self.limits.requests_per_second,
             requests_burst: self.limits.requests_burst,
+            connections_per_second_per_address: self.limits.connections_per_second_per_address,
+            connections_burst_per_address: self.limits.connections_burst_per_address,
         }
     }
 }

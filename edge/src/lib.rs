@@ -8,6 +8,7 @@
 //! is the QUIC shell; [`locator`] answers DNS queries for the
 //! nearest edge. Every bound of the edge is in [`limits`].
 
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod keys;

@@ -27,6 +27,20 @@ pub const AUTH_TIMEOUT_MS: u64 = 10_000;
 /// it; past it a device is refused `Throttled` with the time until its next request is allowed.
 pub const REQUESTS_PER_SECOND_DEFAULT: u32 = 500;
 
+/// Sustained new device connections per second one source address (an IPv4 address, an IPv6
+/// /64) may open, by default.
+pub const CONNECTIONS_PER_SECOND_PER_ADDRESS_DEFAULT: u32 = 20;
+/// New device connections one source address may open in a burst, by default (a household or
+/// an office behind one address logging in at once).
+pub const CONNECTIONS_BURST_PER_ADDRESS_DEFAULT: u32 = 100;
+/// Source addresses whose connection rate an edge tracks at once.
+pub const ADMISSION_ADDRESSES_MAX: usize = 100_000;
+/// How long a client is told to wait when the edge tracks too many addresses, in ms.
+pub const ADMISSION_OVERLOADED_RETRY_MS: u64 = 1_000;
+/// How long a refused connection is kept for its first request (to answer it with the
+/// refusal), in ms.
+pub const ADMISSION_REFUSAL_WAIT_MS: u64 = 2_000;
+
 /// Requests one device connection may make in a burst, unless configured: a device coming
 /// online with [`BACKLOG_SENDS_IN_A_BURST`] composed messages sends them at once (with the
 /// fetches and acknowledgements that go with them), as fast as its pipeline allows.
@@ -171,3 +185,6 @@ const _: () = assert!(TYPING_BURST >= 2 && TYPING_PER_SECOND >= 1);
 // Every watched account's latest presence fits the connection's waiting events.
 const _: () =
     assert!(DEVICE_EVENTS_WAITING_MAX > relay_proto::limits::PRESENCE_WATCHES_PER_DEVICE_MAX);
+const _: () =
+    assert!(CONNECTIONS_BURST_PER_ADDRESS_DEFAULT >= CONNECTIONS_PER_SECOND_PER_ADDRESS_DEFAULT);
+const _: () = assert!(CONNECTIONS_PER_SECOND_PER_ADDRESS_DEFAULT >= 1);

@@ -40,9 +40,11 @@ use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, Reg
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::admission::{AddressLimiter, AdmissionLimits, Refusal};
 use crate::cache::{Home, HomeCache};
 use crate::config::EdgeConfig;
 use crate::keys::DeviceKeyCache;
+use crate::limits::{ADMISSION_OVERLOADED_RETRY_MS, ADMISSION_REFUSAL_WAIT_MS};
 use crate::limits::{
     AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_EVENTS_WAITING_MAX, OVERLOADED_RETRY_AFTER_MS,
     RESUBSCRIBE_DELAY_MS,
@@ -237,6 +239,8 @@ pub struct EdgeService {
 struct Inner {
     region: RegionId,
     limits: SessionLimits,
+    /// New connections per source address (see [`crate::admission`]).
+    admission: Mutex<AddressLimiter>,
     device_endpoint: quinn::Endpoint,
     internal_endpoint: quinn::Endpoint,
     links: PeerLinks,
@@ -254,6 +258,42 @@ struct Inner {
     next_connection: AtomicU64,
     clock: Arc<dyn Clock>,
     nonces: Arc<dyn NonceSource>,
+}
+
+/// Answers the first request of a connection its address may not open now with the typed
+/// refusal (`Throttled` with the retry-after, or `Overloaded`), then closes it.
+async fn refuse_connection(connection: quinn::Connection, refusal: Refusal) {
+    let error = match refusal {
+        Refusal::Throttled { retry_after_ms } => ProtoError::new(
+            ErrorCode::Throttled,
+            "too many new connections from your address",
+        )
+        .with_retry_after_ms(retry_after_ms),
+        Refusal::Overloaded => ProtoError::new(
+            ErrorCode::Overloaded,
+            "the edge is admitting too many addresses at once",
+        )
+        .with_retry_after_ms(ADMISSION_OVERLOADED_RETRY_MS),
+    };
+    tracing::debug!(remote = %connection.remote_address(), ?refusal, "refusing a connection");
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_millis(ADMISSION_REFUSAL_WAIT_MS),
+        async {
+            if let Ok((send, mut recv)) = connection.accept_bi().await {
+                let _ = net::read_frame::<ClientRequest>(&mut recv).await;
+                let _ = net::respond(send, &error_response(error)).await;
+                // Closing at once would discard the answer: the client closes the connection
+                // once it has read it (or the wait ends).
+                connection.closed().await;
+            }
+        },
+    )
+    .await;
+    let _ = answered;
+    connection.close(
+        0u32.into(),
+        b"refused: too many connections from this address",
+    );
 }
 
 fn error_response(error: ProtoError) -> ClientResponse {
@@ -336,6 +376,10 @@ impl EdgeService {
         let inner = Inner {
             region,
             limits,
+            admission: Mutex::new(AddressLimiter::new(AdmissionLimits {
+                per_second: limits.connections_per_second_per_address,
+                burst: limits.connections_burst_per_address,
+            })),
             device_endpoint,
             internal_endpoint,
             links,
@@ -396,6 +440,16 @@ impl EdgeService {
     }
 
     async fn serve_device(self, connection: quinn::Connection) {
+        let admitted = self
+            .inner
+            .admission
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_connection(connection.remote_address().ip(), self.inner.clock.now_ms());
+        if let Err(refusal) = admitted {
+            refuse_connection(connection, refusal).await;
+            return;
+        }
         let connection_id = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Mutex::new(Session::new(
             self.inner.limits,
@@ -1260,6 +1314,7 @@ impl EdgeService {
                     devices: None,
                     presence_privacy: None,
                     push: None,
+                    block: None,
                 };
                 match self
                     .to_home(
@@ -1282,6 +1337,7 @@ impl EdgeService {
                     devices: None,
                     presence_privacy: None,
                     push: None,
+                    block: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::FetchQueue(request))
@@ -1308,6 +1364,7 @@ impl EdgeService {
                     devices: Some(command),
                     presence_privacy: None,
                     push: None,
+                    block: None,
                 };
                 match self
                     .to_home(device.account, region_request::Body::Devices(request))
@@ -1351,6 +1408,20 @@ impl EdgeService {
                 };
                 match answer {
                     region_response::Body::Blob(status) => Ok(Resp::Blob(status)),
+                    _ => Err(unexpected()),
+                }
+            }
+            (Route::DeviceHome(device), Req::Block(request)) => {
+                let request = wire::ForDevice {
+                    device: device.into(),
+                    block: Some(request),
+                    ..wire::ForDevice::default()
+                };
+                match self
+                    .to_home(device.account, region_request::Body::Block(request))
+                    .await?
+                {
+                    (_, region_response::Body::Blocked(list)) => Ok(Resp::Blocked(list)),
                     _ => Err(unexpected()),
                 }
             }

@@ -30,6 +30,10 @@ pub struct SessionLimits {
     pub requests_per_second: u32,
     /// Requests one connection may make in a burst.
     pub requests_burst: u32,
+    /// Sustained new connections per second one source address may open.
+    pub connections_per_second_per_address: u32,
+    /// New connections one source address may open in a burst.
+    pub connections_burst_per_address: u32,
 }
 
 impl Default for SessionLimits {
@@ -37,6 +41,9 @@ impl Default for SessionLimits {
         Self {
             requests_per_second: REQUESTS_PER_SECOND_DEFAULT,
             requests_burst: REQUESTS_BURST_DEFAULT,
+            connections_per_second_per_address:
+                crate::limits::CONNECTIONS_PER_SECOND_PER_ADDRESS_DEFAULT,
+            connections_burst_per_address: crate::limits::CONNECTIONS_BURST_PER_ADDRESS_DEFAULT,
         }
     }
 }
@@ -449,7 +456,8 @@ impl Session {
             | Body::FetchQueue(_)
             | Body::Devices(_)
             | Body::PresencePrivacy(_)
-            | Body::Push(_) => Ok(Route::DeviceHome(device)),
+            | Body::Push(_)
+            | Body::Block(_) => Ok(Route::DeviceHome(device)),
             Body::WatchPresence(watch) => {
                 if watch.account == 0 {
                     return Err(ProtoError::invalid("a watch of account 0"));
@@ -536,6 +544,7 @@ impl Session {
         let SessionLimits {
             requests_per_second,
             requests_burst,
+            ..
         } = self.limits;
         self.requests
             .take(now_ms, requests_per_second, requests_burst)

@@ -15,6 +15,7 @@
 //! injection), a deterministic memory one for simulation, and FoundationDB itself (cargo
 //! feature `fdb`).
 
+pub mod blocks;
 pub mod chat_log;
 pub mod device_queue;
 pub mod device_state;
@@ -31,6 +32,7 @@ pub mod push;
 pub mod quarantine;
 pub mod receipts;
 pub mod store_identity;
+pub mod tokens;
 pub mod tuple;
 
 mod codec;

@@ -68,6 +68,9 @@ pub const RECEIPT_BATCH_RECORDS_MAX: usize = 4_096;
 /// [`crate::device_queue::QueueAppend::Full`].
 pub const DEVICE_QUEUE_DEPTH_MAX: u64 = 100_000;
 
+/// Accounts one account may block.
+pub const BLOCKED_ACCOUNTS_MAX: usize = 10_000;
+
 /// Largest push registration one device stores, in bytes (a WebPush endpoint URL and its
 /// keys, or a provider's token, as the region's push crate encodes them).
 pub const PUSH_REGISTRATION_BYTES_MAX: usize = 4 * 1024;

@@ -40,6 +40,31 @@ pub struct RegionConfig {
     /// is woken, and a device asking to register is told so). See `relay_push::PushConfig`.
     #[serde(default)]
     pub push: relay_push::PushConfig,
+    /// Who may register (read by the directory writer only).
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+}
+
+/// The `[registration]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// A new account needs a registration token (`relayd admin token` issues them); true
+    /// unless turned off (a devnet turns it off).
+    #[serde(default = "tokens_required_default")]
+    pub tokens_required: bool,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            tokens_required: tokens_required_default(),
+        }
+    }
+}
+
+fn tokens_required_default() -> bool {
+    true
 }
 
 /// Where and how a region keeps blobs.

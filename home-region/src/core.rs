@@ -262,6 +262,9 @@ pub struct FanOut {
     /// Group → its membership as the transaction read it (at the directory writer), so the
     /// envelopes of one group committed together read it once.
     memberships: HashMap<GroupId, Option<GroupMembership>>,
+    /// (Recipient, sender) → whether the recipient blocked the sender (read once per
+    /// transaction, with a snapshot read: see `fdb_layers::blocks`).
+    blocks: HashMap<(AccountId, AccountId), bool>,
 }
 
 #[derive(Debug)]
@@ -328,6 +331,21 @@ impl FanOut {
             .homed_devices
             .get(&account)
             .and_then(|devices| devices.as_deref()))
+    }
+
+    /// Whether `recipient` (homed here) blocked `sender` (read once per transaction).
+    async fn blocked(
+        &mut self,
+        tx: &Transaction,
+        recipient: AccountId,
+        sender: AccountId,
+    ) -> Result<bool, StoreError> {
+        if let Some(&blocked) = self.blocks.get(&(recipient, sender)) {
+            return Ok(blocked);
+        }
+        let blocked = fdb_layers::blocks::is_blocked(tx, recipient, sender).await?;
+        self.blocks.insert((recipient, sender), blocked);
+        Ok(blocked)
     }
 
     /// The depth of `device`'s queue at the transaction's read version, with its latest
@@ -498,6 +516,11 @@ pub async fn commit_envelope_into(
                 account: account.0,
                 devices: current.iter().map(|address| address.device.0).collect(),
             });
+        } else if account != parsed.sender.account
+            && fan_out.blocked(tx, account, parsed.sender.account).await?
+        {
+            // Blocked: stored and answered as usual, queued for none of this account's
+            // devices (the sender learns nothing).
         } else {
             local_devices.extend(covered);
         }

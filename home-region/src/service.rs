@@ -133,6 +133,8 @@ pub struct RegionParts<'a> {
     pub served_before: bool,
     /// How to wake devices that have no connection (`None`: no push provider).
     pub push: Option<crate::push::PushSetup>,
+    /// (The directory writer) whether a new account needs a registration token.
+    pub tokens_required: bool,
 }
 
 /// A running region.
@@ -196,6 +198,8 @@ struct Inner {
     blobs: BlobStore,
     /// Wakes devices with no connection (see [`crate::push`]).
     pusher: Arc<Pusher>,
+    /// (The directory writer) whether a new account needs a registration token.
+    tokens_required: bool,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -336,6 +340,7 @@ impl RegionService {
             blob_limits,
             served_before: store.created_at_ms != now_ms,
             push,
+            tokens_required: config.registration.tokens_required,
         })?;
         Ok((service, address, store))
     }
@@ -358,6 +363,7 @@ impl RegionService {
             blob_limits,
             served_before,
             push,
+            tokens_required,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -406,6 +412,7 @@ impl RegionService {
             started_at_ms,
             blobs,
             pusher: Arc::new(Pusher::new(push)),
+            tokens_required,
         };
         Ok((
             Self {
@@ -663,9 +670,24 @@ impl RegionService {
                     ));
                 }
                 let record = self
-                    .create_account(&create.name, RegionId(create.home_region))
+                    .create_account(
+                        &create.name,
+                        RegionId(create.home_region),
+                        &create.registration_token,
+                    )
                     .await?;
                 Ok(Resp::Account(core::account_info(&record)))
+            }
+            Req::IssueTokens(issue) => {
+                if self.inner.writer != local {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unavailable,
+                        "this region is not the directory writer: issue tokens there",
+                    ));
+                }
+                self.issue_tokens(&issue)
+                    .await
+                    .map(Resp::RegistrationTokens)
             }
             Req::LookupName(lookup) => {
                 let name = lookup.name.clone();
@@ -848,6 +870,13 @@ impl RegionService {
                 .presence_privacy(for_device)
                 .await
                 .map(Resp::PresencePrivacy),
+            Req::Block(for_device) => {
+                let device = for_device.device.parse()?;
+                let request = for_device.block.unwrap_or_default();
+                self.block(device.account, &request)
+                    .await
+                    .map(Resp::Blocked)
+            }
             Req::Push(for_device) => {
                 let device = for_device.device.parse()?;
                 let request = for_device.push.unwrap_or_default();
@@ -1403,13 +1432,21 @@ impl RegionService {
             core::check_fallback_key(&register.identity_key, &register.signing_key, key)?;
         }
         let local = self.inner.region;
+        if register.registration_token.len() > relay_proto::limits::REGISTRATION_TOKEN_BYTES_MAX {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "the registration token is longer than any token issued",
+            ));
+        }
         let record = if self.inner.writer == local {
-            self.create_account(&register.name, local).await?
+            self.create_account(&register.name, local, &register.registration_token)
+                .await?
         } else {
             let request = RegionRequest {
                 body: Some(region_request::Body::CreateAccount(wire::CreateAccount {
                     name: register.name.clone(),
                     home_region: local.0,
+                    registration_token: register.registration_token.clone(),
                 })),
             };
             match self.to_writer(&request).await?.body {
@@ -1433,16 +1470,20 @@ impl RegionService {
     }
 
     /// Creates an account at the directory writer. Idempotent for a retried registration: an
-    /// existing name homed in the same region is returned; the home region refuses it if the
-    /// account already has a device.
+    /// existing name homed in the same region is returned (consuming no token); the home region
+    /// refuses it if the account already has a device. When this writer requires registration
+    /// tokens, a new account takes one use of `token` in the same transaction.
     async fn create_account(
         &self,
         name: &str,
         home: RegionId,
+        token: &str,
     ) -> Result<directory::AccountRecord, ProtoError> {
         wire::validate_account_name(name)?;
         let name = name.to_owned();
         let key = self.idempotency_key();
+        let tokens_required = self.inner.tokens_required;
+        let now_ms = self.inner.clock.now_ms();
         self.transact(|tx| {
             let name = name.clone();
             async move {
@@ -1455,6 +1496,30 @@ impl RegionService {
                         format!("the name {name} is taken"),
                     )));
                 }
+                if tokens_required {
+                    if token.is_empty() {
+                        return Ok(Err(ProtoError::new(
+                            ErrorCode::Forbidden,
+                            "this deployment requires a registration token (ask its operator \
+                             for one: relayd admin token)",
+                        )));
+                    }
+                    match fdb_layers::tokens::consume(&tx, token, now_ms).await? {
+                        Ok(_) => {}
+                        Err(fdb_layers::tokens::TokenRefusal::Unknown) => {
+                            return Ok(Err(ProtoError::new(
+                                ErrorCode::Forbidden,
+                                "the registration token is not valid (never issued, or used up)",
+                            )));
+                        }
+                        Err(fdb_layers::tokens::TokenRefusal::Expired) => {
+                            return Ok(Err(ProtoError::new(
+                                ErrorCode::Forbidden,
+                                "the registration token expired",
+                            )));
+                        }
+                    }
+                }
                 match directory::create_account(&tx, &name, home, &key).await? {
                     Ok(record) => Ok(Ok((record, Effects::default()))),
                     Err(_) => Ok(Err(ProtoError::new(
@@ -1465,6 +1530,103 @@ impl RegionService {
             }
         })
         .await
+    }
+
+    /// Blocks or unblocks an account for `blocker` (homed here), then lists its blocks.
+    async fn block(
+        &self,
+        blocker: AccountId,
+        request: &wire::SetBlock,
+    ) -> Result<wire::BlockedAccounts, ProtoError> {
+        let action = request.validate()?;
+        let target = AccountId(request.account);
+        if action != wire::BlockAction::List && target == blocker {
+            return Err(ProtoError::invalid("an account cannot block itself"));
+        }
+        let answer = self
+            .inner
+            .db
+            .transact(|tx| async move {
+                match action {
+                    wire::BlockAction::List => {}
+                    wire::BlockAction::Block => {
+                        if fdb_layers::blocks::block(&tx, blocker, target).await?
+                            == fdb_layers::blocks::Blocked::Full
+                        {
+                            return Ok(Err(()));
+                        }
+                    }
+                    wire::BlockAction::Unblock => fdb_layers::blocks::unblock(&tx, blocker, target),
+                }
+                Ok(Ok(fdb_layers::blocks::list(&tx, blocker).await?))
+            })
+            .await
+            .map_err(store_failure)?;
+        match answer {
+            Ok(accounts) => Ok(wire::BlockedAccounts {
+                accounts: accounts.into_iter().map(|account| account.0).collect(),
+            }),
+            Err(()) => Err(ProtoError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "at most {} accounts can be blocked",
+                    fdb_layers::limits::BLOCKED_ACCOUNTS_MAX
+                ),
+            )),
+        }
+    }
+
+    /// Issues registration tokens at the directory writer: fresh random tokens, stored by their
+    /// SHA-256 only and returned once.
+    async fn issue_tokens(
+        &self,
+        issue: &wire::IssueRegistrationTokens,
+    ) -> Result<wire::RegistrationTokens, ProtoError> {
+        use relay_proto::limits::{
+            REGISTRATION_TOKEN_TTL_MS_MAX, REGISTRATION_TOKEN_USES_MAX,
+            REGISTRATION_TOKENS_PER_REQUEST_MAX,
+        };
+        if !(1..=REGISTRATION_TOKENS_PER_REQUEST_MAX).contains(&issue.count)
+            || !(1..=REGISTRATION_TOKEN_USES_MAX).contains(&issue.uses)
+            || !(1..=REGISTRATION_TOKEN_TTL_MS_MAX).contains(&issue.ttl_ms)
+        {
+            return Err(ProtoError::invalid(format!(
+                "tokens: 1 to {REGISTRATION_TOKENS_PER_REQUEST_MAX} at once, 1 to \
+                 {REGISTRATION_TOKEN_USES_MAX} uses each, valid 1 ms to a year"
+            )));
+        }
+        let now_ms = self.inner.clock.now_ms();
+        let expires_at_ms = now_ms.saturating_add(issue.ttl_ms);
+        let tokens: Vec<String> = (0..issue.count).map(|_| new_registration_token()).collect();
+        let record = fdb_layers::tokens::TokenRecord {
+            uses_left: issue.uses,
+            issued_at_ms: now_ms,
+            expires_at_ms,
+        };
+        self.inner
+            .db
+            .transact(|tx| {
+                let tokens = tokens.clone();
+                async move {
+                    for token in &tokens {
+                        fdb_layers::tokens::issue(&tx, token, record)?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .map_err(store_failure)?;
+        tracing::info!(
+            count = issue.count,
+            uses = issue.uses,
+            expires_at_ms,
+            "issued registration tokens"
+        );
+        Ok(wire::RegistrationTokens {
+            tokens,
+            uses: issue.uses,
+            expires_at_ms,
+        })
     }
 
     /// Runs a group command at the directory writer ([`groups::group_command`], one
@@ -2334,6 +2496,40 @@ impl RemoteCensus {
     }
 }
 
+/// Issues registration tokens at the deployment's directory writer, as its operator: connects
+/// with the certificate and key of the region `config` describes (peers trust the deployment's
+/// CA) to the writer its peers file names, and asks once.
+pub async fn issue_registration_tokens(
+    config: &RegionConfig,
+    issue: wire::IssueRegistrationTokens,
+) -> Result<wire::RegistrationTokens, RegionError> {
+    let roots = net::load_roots(&config.ca_cert)?;
+    let identity = TlsIdentity::load(&config.cert, &config.key)?;
+    let remote = RemoteCensus::connect(config, roots, identity)?;
+    let request = RegionRequest {
+        body: Some(region_request::Body::IssueTokens(issue)),
+    };
+    let asked: Result<RegionResponse, NetError> = remote
+        .links
+        .request(
+            remote.writer.0,
+            &request,
+            Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS),
+        )
+        .await;
+    remote.close();
+    match asked?.body {
+        Some(region_response::Body::RegistrationTokens(tokens)) => Ok(tokens),
+        Some(region_response::Body::Error(error)) => {
+            Err(RegionError::Net(NetError::Remote(error.into())))
+        }
+        _ => Err(RegionError::Net(NetError::Remote(ProtoError::new(
+            ErrorCode::Internal,
+            "unexpected answer to a token request",
+        )))),
+    }
+}
+
 impl CensusSource for RemoteCensus {
     async fn census(
         &self,
@@ -2400,4 +2596,15 @@ fn record_of(info: &wire::AccountInfo) -> directory::AccountRecord {
         home_region: RegionId(info.region),
         epoch: info.epoch,
     }
+}
+
+/// A fresh registration token: `rt_` then 128 random bits in hex.
+fn new_registration_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let mut token = String::with_capacity(3 + 32);
+    token.push_str("rt_");
+    for byte in bytes {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
 }

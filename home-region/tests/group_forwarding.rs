@@ -86,6 +86,7 @@ fn region(
         blob_limits: BlobLimits::default(),
         served_before: false,
         push: None,
+        tokens_required: false,
     })
     .expect("region binds");
     addresses

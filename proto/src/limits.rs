@@ -215,6 +215,15 @@ pub const BLOB_SHA256_BYTES: usize = 32;
 /// Largest blob a region stores, in bytes (of ciphertext).
 pub const BLOB_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
+/// Registration tokens one request issues at most.
+pub const REGISTRATION_TOKENS_PER_REQUEST_MAX: u32 = 1_000;
+/// Registrations one token allows at most.
+pub const REGISTRATION_TOKEN_USES_MAX: u32 = 1_000_000;
+/// Longest a registration token is valid, in ms (a year).
+pub const REGISTRATION_TOKEN_TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
+/// Longest registration token a device may present, in bytes.
+pub const REGISTRATION_TOKEN_BYTES_MAX: usize = 128;
+
 /// Longest WebPush endpoint URL a device may register, in bytes.
 pub const WEBPUSH_ENDPOINT_BYTES_MAX: usize = 2_048;
 /// Longest base64url key of a WebPush subscription (`p256dh`, `auth`), in characters.

@@ -7,9 +7,11 @@
 //! requests one way (devices connected, presence watches, typing indicators) and pushes the
 //! other (queue hints, presence updates, typing notices; see [`presence`]).
 
+mod block;
 mod presence;
 mod push;
 
+pub use block::{BlockAction, BlockedAccounts, SetBlock};
 pub use push::{PushAction, PushState, SetPush, WebPushSubscription};
 
 pub use presence::{
@@ -1648,7 +1650,7 @@ pub struct ClientRequest {
     /// The request.
     #[prost(
         oneof = "client_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub body: Option<client_request::Body>,
 }
@@ -1712,6 +1714,9 @@ pub mod client_request {
         /// Read, set or remove the device's push registration (answered with `Push`).
         #[prost(message, tag = "17")]
         Push(super::SetPush),
+        /// Block or unblock an account, or list the blocked ones (answered with `Blocked`).
+        #[prost(message, tag = "18")]
+        Block(super::SetBlock),
     }
 }
 
@@ -1732,7 +1737,7 @@ pub struct ClientResponse {
     /// The answer.
     #[prost(
         oneof = "client_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
     )]
     pub body: Option<client_response::Body>,
 }
@@ -1802,6 +1807,9 @@ pub mod client_response {
         /// Answer to `Push`: the registration now.
         #[prost(message, tag = "20")]
         Push(super::PushState),
+        /// Answer to `Block`: the blocked accounts now.
+        #[prost(message, tag = "21")]
+        Blocked(super::BlockedAccounts),
     }
 
     impl Body {
@@ -1828,6 +1836,7 @@ pub mod client_response {
                 Body::PresencePrivacy(_) => "PresencePrivacy",
                 Body::TypingSent(_) => "TypingSent",
                 Body::Push(_) => "Push",
+                Body::Blocked(_) => "Blocked",
             }
         }
     }
@@ -1881,6 +1890,39 @@ pub struct CreateAccount {
     /// The home region.
     #[prost(uint32, tag = "2")]
     pub home_region: u32,
+    /// The registration token the device gave (checked by the directory writer when it
+    /// requires one).
+    #[prost(string, tag = "3")]
+    pub registration_token: String,
+}
+
+/// (An operator, with a deployment certificate, to the directory writer) issue registration
+/// tokens. Answered with `RegistrationTokens`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct IssueRegistrationTokens {
+    /// How many tokens (1 to `REGISTRATION_TOKENS_PER_REQUEST_MAX`).
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
+    /// Registrations each allows (1 to `REGISTRATION_TOKEN_USES_MAX`).
+    #[prost(uint32, tag = "2")]
+    pub uses: u32,
+    /// How long each is valid, in ms (1 to `REGISTRATION_TOKEN_TTL_MS_MAX`).
+    #[prost(uint64, tag = "3")]
+    pub ttl_ms: u64,
+}
+
+/// Registration tokens just issued: shown once, stored only as their SHA-256.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RegistrationTokens {
+    /// The tokens.
+    #[prost(string, repeated, tag = "1")]
+    pub tokens: Vec<String>,
+    /// Registrations each allows.
+    #[prost(uint32, tag = "2")]
+    pub uses: u32,
+    /// When they expire (ms since the Unix epoch, the writer's clock).
+    #[prost(uint64, tag = "3")]
+    pub expires_at_ms: u64,
 }
 
 /// Resolves an account id.
@@ -1912,6 +1954,9 @@ pub struct ForDevice {
     /// The registration to read, set or remove, for `Push`.
     #[prost(message, optional, tag = "6")]
     pub push: Option<SetPush>,
+    /// The block to set, or the list to read, for `Block`.
+    #[prost(message, optional, tag = "7")]
+    pub block: Option<SetBlock>,
 }
 
 /// The signing key of a device, for authentication at the edge.
@@ -2040,7 +2085,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -2119,6 +2164,14 @@ pub mod region_request {
         /// `Push`).
         #[prost(message, tag = "20")]
         Push(super::ForDevice),
+        /// (An operator to the directory writer) issue registration tokens (answered with
+        /// `RegistrationTokens`).
+        #[prost(message, tag = "21")]
+        IssueTokens(super::IssueRegistrationTokens),
+        /// A device homed here blocks or unblocks an account, or lists the blocked ones
+        /// (answered with `Blocked`).
+        #[prost(message, tag = "22")]
+        Block(super::ForDevice),
     }
 }
 
@@ -2128,7 +2181,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2209,6 +2262,12 @@ pub mod region_response {
         /// Answer to `Push`: the device's registration now.
         #[prost(message, tag = "23")]
         Push(super::PushState),
+        /// Answer to `IssueTokens`.
+        #[prost(message, tag = "24")]
+        RegistrationTokens(super::RegistrationTokens),
+        /// Answer to `Block`.
+        #[prost(message, tag = "25")]
+        Blocked(super::BlockedAccounts),
     }
 }
 

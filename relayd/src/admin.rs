@@ -46,6 +46,29 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Issue registration tokens: each lets --uses accounts register (`relay register NAME
+    /// --token TOKEN`) until it expires. The tokens are made and stored (as their SHA-256
+    /// only) by the deployment's directory writer, which this asks over the internal network
+    /// with the certificate of the region CONFIG describes; they are printed once, here.
+    ///
+    /// Example: relayd admin token --config ./devnet-data/region-1.toml --uses 5 --days 7
+    Token {
+        /// A region's configuration file (its certificate, key, CA and peers file are used).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// How many tokens.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Registrations each token allows (1: single use).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Days each token is valid.
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+        /// Print one JSON object instead of the tokens.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a VAPID key pair for a region's `[push.webpush]` (WebPush, RFC 8292): writes
     /// the private key (PKCS#8 PEM, mode 0600) to OUT, which must not exist, and prints the
     /// public key, the `applicationServerKey` web clients subscribe with. Every region of a
@@ -76,7 +99,49 @@ pub fn run(command: AdminCommand) -> Result<()> {
             json,
         } => runtime.block_on(repair(&data, &devices, json)),
         AdminCommand::VapidKey { out, json } => vapid_key(&out, json),
+        AdminCommand::Token {
+            config,
+            count,
+            uses,
+            days,
+            json,
+        } => runtime.block_on(token(&config, count, uses, days, json)),
     }
+}
+
+async fn token(config: &Path, count: u32, uses: u32, days: f64, json: bool) -> Result<()> {
+    if !(days.is_finite() && days > 0.0 && days <= 365.0) {
+        return Err(anyhow!("--days must be more than 0 and at most 365"));
+    }
+    let config = home_region::config::RegionConfig::load(config)?;
+    let issue = relay_proto::wire::IssueRegistrationTokens {
+        count,
+        uses,
+        ttl_ms: (days * 24.0 * 3600.0 * 1000.0) as u64,
+    };
+    let issued = home_region::service::issue_registration_tokens(&config, issue)
+        .await
+        .context("asking the directory writer for tokens")?;
+    if json {
+        let line = serde_json::json!({
+            "event": "tokens",
+            "tokens": issued.tokens,
+            "uses": issued.uses,
+            "expires_at_ms": issued.expires_at_ms,
+        });
+        println!("{line}");
+    } else {
+        for token in &issued.tokens {
+            println!("{token}");
+        }
+        eprintln!(
+            "{} token(s), {} registration(s) each, valid for {days} day(s) (shown once: the \
+             directory keeps only their SHA-256)",
+            issued.tokens.len(),
+            issued.uses,
+        );
+    }
+    Ok(())
 }
 
 fn vapid_key(out: &Path, json: bool) -> Result<()> {

@@ -31,12 +31,29 @@ pub struct DevnetArgs {
     /// 200).
     #[arg(long)]
     edge_requests_burst: Option<u32>,
+    /// Sustained new connections per second each edge admits from one source address
+    /// (production's default is 20; a devnet's clients and benchmarks share a few loopback
+    /// addresses, so by default a devnet admits 1,000,000).
+    #[arg(long)]
+    edge_connections_per_second_per_address: Option<u32>,
+    /// New connections each edge admits from one source address in a burst (production's
+    /// default is 100; a devnet's 1,000,000).
+    #[arg(long)]
+    edge_connections_burst_per_address: Option<u32>,
     /// A PEM file of CA certificates the regions trust for push services (a local WebPush
     /// service's). The regions always wake devices through WebPush, with the VAPID key in
     /// DATA/pki/vapid.pem, and accept push endpoints on loopback.
     #[arg(long, value_name = "PEM")]
     push_ca: Option<PathBuf>,
+    /// Require a registration token to register, as a production deployment does (issue them
+    /// with `relayd admin token --config DATA/region-1.toml`).
+    #[arg(long)]
+    require_tokens: bool,
 }
+
+/// A devnet's per-address connection limits unless given: its clients and benchmarks share a
+/// few loopback addresses.
+const DEVNET_CONNECTIONS_PER_ADDRESS: u32 = 1_000_000;
 
 /// `relayd devnet`.
 pub fn run(args: DevnetArgs) -> Result<()> {
@@ -50,8 +67,15 @@ pub fn run(args: DevnetArgs) -> Result<()> {
                 .edge_requests_per_second
                 .unwrap_or(defaults.requests_per_second),
             requests_burst: args.edge_requests_burst.unwrap_or(defaults.requests_burst),
+            connections_per_second_per_address: args
+                .edge_connections_per_second_per_address
+                .unwrap_or(DEVNET_CONNECTIONS_PER_ADDRESS),
+            connections_burst_per_address: args
+                .edge_connections_burst_per_address
+                .unwrap_or(DEVNET_CONNECTIONS_PER_ADDRESS),
         },
         push_ca: args.push_ca,
+        require_tokens: args.require_tokens,
     };
     let json = args.json;
     let print = move |event: DevnetEvent| {

@@ -484,6 +484,22 @@ pub enum Command {
         #[command(subcommand)]
         change: Option<SettingCommand>,
     },
+    /// Block PEER: their messages stop at your home region, for every device of yours.
+    ///
+    /// PEER is not told: their messages are stored and answered as usual (they see ✓, never
+    /// ✓✓), and none is queued for your devices while the block holds. Prints the accounts
+    /// blocked now. `relay unblock PEER` lifts it; messages sent meanwhile are not delivered.
+    Block {
+        /// The account to block.
+        peer: String,
+    },
+    /// Unblock PEER (see `relay block`).
+    Unblock {
+        /// The account to unblock.
+        peer: String,
+    },
+    /// List the accounts you have blocked.
+    Blocked,
     /// Show or change how this device is woken while it has no connection.
     ///
     /// With a registration, your home region sends a content-free push (no text, no sender, no
@@ -878,6 +894,33 @@ async fn send_file(
     let closed = device.close().await;
     sent?;
     closed?;
+    Ok(())
+}
+
+/// `relay block`, `unblock` and `blocked`: the change, then the list.
+async fn blocking(
+    data: &Path,
+    overrides: Overrides,
+    change: Option<(bool, String)>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (device, _events) = open(data, overrides, Mode::OnDemand)?;
+    let done = match &change {
+        Some((true, peer)) => device.block(peer).await,
+        Some((false, peer)) => device.unblock(peer).await,
+        None => device.blocked().await,
+    };
+    let closed = device.close().await;
+    let blocked = done?;
+    closed?;
+    if json {
+        let line = serde_json::json!({"event": "blocked", "accounts": blocked});
+        println!("{}", terminal::json_line(&line)?);
+    } else if blocked.is_empty() {
+        println!("no one is blocked");
+    } else {
+        println!("blocked: {}", terminal::escape(&blocked.join(", ")));
+    }
     Ok(())
 }
 
@@ -1336,6 +1379,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             info?;
             closed?;
         }
+        Command::Block { peer } => blocking(&data, overrides, Some((true, peer)), json).await?,
+        Command::Unblock { peer } => blocking(&data, overrides, Some((false, peer)), json).await?,
+        Command::Blocked => blocking(&data, overrides, None, json).await?,
         Command::Push { change } => {
             let (device, _events) = open(&data, overrides, Mode::OnDemand)?;
             let done = push(&device, change, json).await;

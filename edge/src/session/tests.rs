@@ -510,6 +510,7 @@ fn rate_limit_refuses_then_refills() {
     let limits = SessionLimits {
         requests_per_second: 10,
         requests_burst: 3,
+        ..SessionLimits::default()
     };
     let mut session = Session::new(limits, 0);
     let register = ClientRequest {
