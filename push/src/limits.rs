@@ -30,6 +30,12 @@ pub const WEBPUSH_P256DH_BYTES: usize = 65;
 pub const WEBPUSH_AUTH_BYTES: usize = 16;
 /// How long a VAPID token is valid; RFC 8292 §2 allows at most 24 hours.
 pub const VAPID_TOKEN_VALIDITY_S: u64 = 12 * 60 * 60;
+/// How long one signed VAPID token is reused for an origin: half its validity, so a reused
+/// token always has hours left.
+pub const VAPID_TOKEN_REUSE_S: u64 = VAPID_TOKEN_VALIDITY_S / 2;
+/// Push service origins whose signed VAPID token a provider keeps (a handful in practice:
+/// each browser vendor's push service).
+pub const VAPID_ORIGINS_CACHED_MAX: usize = 1_024;
 /// The RFC 8292 ceiling on a VAPID token's `exp`, from its signing.
 pub const VAPID_TOKEN_VALIDITY_S_MAX: u64 = 24 * 60 * 60;
 
@@ -70,3 +76,4 @@ const _: () = assert!(
 const _: () = assert!(FCM_ACCESS_TOKEN_REFRESH_MARGIN_S < FCM_ASSERTION_VALIDITY_S);
 const _: () = assert!(PUSH_REQUEST_TIMEOUT_MS_DEFAULT / 1_000 < FCM_ACCESS_TOKEN_REFRESH_MARGIN_S);
 const _: () = assert!(APNS_TOKEN_BYTES_MIN <= APNS_TOKEN_BYTES_MAX);
+const _: () = assert!(VAPID_TOKEN_REUSE_S < VAPID_TOKEN_VALIDITY_S);

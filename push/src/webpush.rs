@@ -19,7 +19,7 @@ use web_push_native::{Auth, WebPushBuilder, p256};
 use crate::config::{WebPushConfig, read_secret};
 use crate::http::{HttpsClient, body, status_error};
 use crate::jwt::{Es256Key, base64url, base64url_decode, unix_seconds};
-use crate::limits::VAPID_TOKEN_VALIDITY_S;
+use crate::limits::{VAPID_ORIGINS_CACHED_MAX, VAPID_TOKEN_REUSE_S, VAPID_TOKEN_VALIDITY_S};
 use crate::registration::WebPushSubscription;
 use crate::wake::{WAKE_COLLAPSE_KEY, WEBPUSH_WAKE_PLAINTEXT};
 use crate::{
@@ -125,6 +125,10 @@ pub struct WebPushProvider {
     contact: String,
     client: HttpsClient,
     clock: WallClock,
+    /// Signed `Authorization` headers by push service origin, with when each was signed: one
+    /// signature serves every push to an origin for [`VAPID_TOKEN_REUSE_S`] (RFC 8292 lets a
+    /// token be reused until it expires).
+    authorizations: std::sync::Mutex<std::collections::HashMap<String, (HeaderValue, u64)>>,
 }
 
 impl std::fmt::Debug for WebPushProvider {
@@ -150,6 +154,7 @@ impl WebPushProvider {
             contact: contact.to_owned(),
             client,
             clock: system_clock(),
+            authorizations: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -188,9 +193,7 @@ impl WebPushProvider {
         .map_err(|error| PushError::Config(format!("encrypting the wake: {error}")))?;
         let (mut parts, encrypted) = request.into_parts();
         let now_s = unix_seconds((self.clock)());
-        let authorization =
-            self.vapid
-                .authorization(&subscription.origin(), &self.contact, now_s)?;
+        let authorization = self.authorization(&subscription.origin(), now_s)?;
         parts
             .headers
             .insert(http::header::AUTHORIZATION, authorization);
@@ -201,6 +204,27 @@ impl WebPushProvider {
             .headers
             .insert("topic", HeaderValue::from_static(WAKE_COLLAPSE_KEY));
         Ok(Request::from_parts(parts, body(encrypted)))
+    }
+
+    /// The `Authorization` header for `origin` at `now_s`: the one signed for it less than
+    /// [`VAPID_TOKEN_REUSE_S`] ago, else a new one.
+    fn authorization(&self, origin: &str, now_s: u64) -> Result<HeaderValue, PushError> {
+        let mut cached = self
+            .authorizations
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some((header, signed_s)) = cached.get(origin)
+            && now_s >= *signed_s
+            && now_s - signed_s < VAPID_TOKEN_REUSE_S
+        {
+            return Ok(header.clone());
+        }
+        let header = self.vapid.authorization(origin, &self.contact, now_s)?;
+        if cached.len() >= VAPID_ORIGINS_CACHED_MAX {
+            cached.clear();
+        }
+        cached.insert(origin.to_owned(), (header.clone(), now_s));
+        Ok(header)
     }
 
     async fn deliver(

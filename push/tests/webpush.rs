@@ -176,3 +176,43 @@ async fn the_queue_and_a_provider_coalesce_and_retry_to_one_delivered_push() {
     assert!(queue.is_empty());
     assert_eq!(service.received().len(), 1);
 }
+
+/// One VAPID signature serves every push to an origin for half the token's validity; then a
+/// new one is signed (and the service still accepts every push).
+#[tokio::test]
+async fn a_vapid_token_is_reused_for_an_origin_then_signed_anew() {
+    let (service, provider) = service_and_provider().await;
+    let now = Arc::new(std::sync::Mutex::new(std::time::SystemTime::now()));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || *now.lock().expect("clock"))
+    };
+    let provider = provider.with_clock(clock);
+    let registration = service.subscribe(Some(provider.vapid_public_key()));
+    let PushRegistration::WebPush(subscription) = &registration else {
+        panic!("a WebPush subscription");
+    };
+    let authorization = |provider: &WebPushProvider| {
+        provider
+            .request(subscription, &Wake::default())
+            .expect("a request")
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .expect("signed")
+            .clone()
+    };
+    let first = authorization(&provider);
+    *now.lock().expect("clock") +=
+        Duration::from_secs(relay_push::limits::VAPID_TOKEN_REUSE_S - 60);
+    assert_eq!(authorization(&provider), first, "reused within the window");
+    provider
+        .send(&registration, &Wake::default())
+        .await
+        .expect("a reused token is accepted");
+    *now.lock().expect("clock") += Duration::from_secs(120);
+    assert_ne!(
+        authorization(&provider),
+        first,
+        "signed anew after the window"
+    );
+}
