@@ -98,6 +98,27 @@ impl Drop for BlobRef {
 const REF_BYTES: usize = 4 + BLOB_ID_BYTES + BLOB_KEY_BYTES + 8 + BLOB_SHA256_BYTES;
 
 impl BlobRef {
+    /// The reference whose fields a message carries as bytes (a history bootstrap, a file's
+    /// attachment), if each has its length and the region and size are possible.
+    pub fn from_parts(
+        region: u32,
+        id: &[u8],
+        key: &[u8],
+        size: u64,
+        sha256: &[u8],
+    ) -> Option<BlobRef> {
+        if region == 0 || size == 0 || size > relay_proto::limits::BLOB_BYTES_MAX {
+            return None;
+        }
+        Some(BlobRef {
+            region,
+            id: id.try_into().ok()?,
+            key: key.try_into().ok()?,
+            size,
+            sha256: sha256.try_into().ok()?,
+        })
+    }
+
     /// The reference as text (`relay-blob:1:` then base64url): to put in a message or to paste.
     /// It holds the key: whoever has it can read the blob.
     pub fn to_text(&self) -> String {

@@ -15,13 +15,12 @@
 //! are never reused; a retired field keeps its number reserved in a comment.
 
 use prost::Message;
-use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_ID_BYTES, BLOB_SHA256_BYTES};
 use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId};
 use relay_sync::Hlc;
 use relay_sync::limits::{REACTION_BYTES_MAX, SYNC_MESSAGE_BYTES_MAX};
 use vodozemac::megolm::{InboundGroupSession, SessionConfig, SessionKey};
 
-use crate::blob::{BLOB_KEY_BYTES, BlobRef};
+use crate::blob::BlobRef;
 use crate::error::{ClientError, Result};
 use crate::group_keys::GroupKeyError;
 use crate::limits::{REACTION_CHARS_MAX, READ_RECEIPT_IDS_MAX, TEXT_BYTES_MAX};
@@ -238,16 +237,7 @@ pub struct HistoryBootstrap {
 impl HistoryBootstrap {
     /// The blob reference it carries, if every field is well formed.
     pub fn reference(&self) -> Option<BlobRef> {
-        if self.region == 0 || self.size == 0 || self.size > BLOB_BYTES_MAX {
-            return None;
-        }
-        Some(BlobRef {
-            region: self.region,
-            id: <[u8; BLOB_ID_BYTES]>::try_from(self.id.as_slice()).ok()?,
-            key: <[u8; BLOB_KEY_BYTES]>::try_from(self.key.as_slice()).ok()?,
-            size: self.size,
-            sha256: <[u8; BLOB_SHA256_BYTES]>::try_from(self.sha256.as_slice()).ok()?,
-        })
+        BlobRef::from_parts(self.region, &self.id, &self.key, self.size, &self.sha256)
     }
 }
 
@@ -622,7 +612,7 @@ impl Content {
 }
 
 /// Refuses texts over [`TEXT_BYTES_MAX`].
-fn check_text(text: &str) -> Result<()> {
+pub(crate) fn check_text(text: &str) -> Result<()> {
     if text.len() > TEXT_BYTES_MAX {
         return Err(ClientError::Invalid(format!(
             "the text is {} bytes; the limit is {TEXT_BYTES_MAX}",
@@ -639,7 +629,10 @@ fn well_formed(target: &Option<MessageRef>, at: Option<Stamp>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_ID_BYTES, BLOB_SHA256_BYTES};
+
     use super::*;
+    use crate::blob::BLOB_KEY_BYTES;
 
     #[test]
     fn a_file_travels_with_its_caption_and_a_malformed_one_is_refused() {

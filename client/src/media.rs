@@ -186,13 +186,7 @@ impl Attachment {
     /// The blob reference it carries (checked by [`Attachment::check`] first).
     pub fn reference(&self) -> Option<BlobRef> {
         self.check().ok()?;
-        Some(BlobRef {
-            region: self.region,
-            id: <[u8; BLOB_ID_BYTES]>::try_from(self.id.as_slice()).ok()?,
-            key: <[u8; BLOB_KEY_BYTES]>::try_from(self.key.as_slice()).ok()?,
-            size: self.size,
-            sha256: <[u8; BLOB_SHA256_BYTES]>::try_from(self.sha256.as_slice()).ok()?,
-        })
+        BlobRef::from_parts(self.region, &self.id, &self.key, self.size, &self.sha256)
     }
 
     /// What it shows, without the key.

@@ -20,7 +20,6 @@ use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, blob_command};
 
 use crate::blob::{self, BlobRef, SealedBlob};
 use crate::connection::EdgeConnection;
-use crate::content::Content;
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
 use crate::limits::{BLOB_ANSWER_TIMEOUT_MS, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX};
@@ -114,7 +113,7 @@ impl Device {
         caption: &str,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<ClientMessageId> {
-        Content::text(caption, 0, 1)?;
+        crate::content::check_text(caption)?;
         crate::core::check_peer_name(self.identity(), peer)?;
         let attachment = self.upload_file(source, description, progress).await?;
         self.call(|reply| {
@@ -140,7 +139,7 @@ impl Device {
         caption: &str,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<ClientMessageId> {
-        Content::group_text(group.max(1), caption, 0)?;
+        crate::content::check_text(caption)?;
         if group == 0 {
             return Err(ClientError::Invalid("there is no group 0".into()));
         }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::limits::ADMISSION_ADDRESSES_MAX;
+use crate::session::Bucket;
 
 /// How fast one address may open connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +42,7 @@ pub enum Refusal {
 pub struct AddressLimiter {
     limits: AdmissionLimits,
     capacity: usize,
-    /// Address key → (tokens in thousandths, when last refilled in ms).
-    buckets: HashMap<IpAddr, (u64, u64)>,
+    buckets: HashMap<IpAddr, Bucket>,
 }
 
 impl AddressLimiter {
@@ -63,30 +63,20 @@ impl AddressLimiter {
     /// A new connection from `address` at `now_ms`: admitted (taking one token), or refused.
     pub fn handle_connection(&mut self, address: IpAddr, now_ms: u64) -> Result<(), Refusal> {
         let key = key(address);
-        let full_milli = u64::from(self.limits.burst.max(1)) * 1000;
-        let per_second = u64::from(self.limits.per_second.max(1));
+        let (per_second, burst) = (self.limits.per_second.max(1), self.limits.burst.max(1));
         if !self.buckets.contains_key(&key) && self.buckets.len() >= self.capacity {
             // Forget the addresses whose buckets have refilled: they would start full anyway.
-            self.buckets.retain(|_, (tokens_milli, refilled_ms)| {
-                let elapsed = now_ms.saturating_sub(*refilled_ms);
-                tokens_milli.saturating_add(elapsed.saturating_mul(per_second)) < full_milli
-            });
+            self.buckets
+                .retain(|_, bucket| !bucket.is_full(now_ms, per_second, burst));
             if self.buckets.len() >= self.capacity {
                 return Err(Refusal::Overloaded);
             }
         }
-        let (tokens_milli, refilled_ms) = self.buckets.entry(key).or_insert((full_milli, now_ms));
-        let elapsed = now_ms.saturating_sub(*refilled_ms);
-        *refilled_ms = (*refilled_ms).max(now_ms);
-        *tokens_milli = tokens_milli
-            .saturating_add(elapsed.saturating_mul(per_second))
-            .min(full_milli);
-        if *tokens_milli < 1000 {
-            let retry_after_ms = (1000 - *tokens_milli).div_ceil(per_second).max(1);
-            return Err(Refusal::Throttled { retry_after_ms });
-        }
-        *tokens_milli -= 1000;
-        Ok(())
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::full(burst, now_ms))
+            .take(now_ms, per_second, burst)
+            .map_err(|retry_after_ms| Refusal::Throttled { retry_after_ms })
     }
 
     /// Addresses tracked now.

@@ -155,16 +155,17 @@ pub struct Session {
 }
 
 /// A token bucket counted in thousandths of a token: refilled at `per_second`, holding at most
-/// `burst` tokens (the requests of a connection, and its typing indicators).
+/// `burst` tokens (the requests of a connection, its typing indicators, and the new
+/// connections of a source address: [`crate::admission`]).
 #[derive(Debug, Clone)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens_milli: u64,
     refilled_ms: u64,
 }
 
 impl Bucket {
     /// A full bucket of `burst` tokens at `now_ms`.
-    fn full(burst: u32, now_ms: u64) -> Self {
+    pub(crate) fn full(burst: u32, now_ms: u64) -> Self {
         Bucket {
             tokens_milli: u64::from(burst) * 1000,
             refilled_ms: now_ms,
@@ -173,17 +174,28 @@ impl Bucket {
 
     /// Takes a token at `now_ms`; `Err` holds the time until a whole one has refilled (ms,
     /// rounded up).
-    fn take(&mut self, now_ms: u64, per_second: u32, burst: u32) -> Result<(), u64> {
-        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+    pub(crate) fn take(&mut self, now_ms: u64, per_second: u32, burst: u32) -> Result<(), u64> {
+        self.tokens_milli = self.refilled(now_ms, per_second, burst);
         self.refilled_ms = self.refilled_ms.max(now_ms);
-        self.tokens_milli =
-            (self.tokens_milli + elapsed * u64::from(per_second)).min(u64::from(burst) * 1000);
         if self.tokens_milli < 1000 {
             let rate = u64::from(per_second).max(1);
             return Err((1000 - self.tokens_milli).div_ceil(rate).max(1));
         }
         self.tokens_milli -= 1000;
         Ok(())
+    }
+
+    /// Whether the bucket is full again at `now_ms`.
+    pub(crate) fn is_full(&self, now_ms: u64, per_second: u32, burst: u32) -> bool {
+        self.refilled(now_ms, per_second, burst) == u64::from(burst) * 1000
+    }
+
+    /// The tokens (thousandths) at `now_ms`; a clock that steps back adds none.
+    fn refilled(&self, now_ms: u64, per_second: u32, burst: u32) -> u64 {
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        self.tokens_milli
+            .saturating_add(elapsed.saturating_mul(u64::from(per_second)))
+            .min(u64::from(burst) * 1000)
     }
 }
 

@@ -26,7 +26,7 @@ use relay_proto::{AccountId, DeviceAddress, DeviceId};
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 use crate::limits::PUSH_REGISTRATION_BYTES_MAX;
-use crate::tuple::{Subspace, pack};
+use crate::tuple::Subspace;
 
 /// Stores `device`'s push registration (replacing any).
 pub fn set(
@@ -112,9 +112,7 @@ fn root() -> Subspace {
 }
 
 fn key(device: DeviceAddress) -> Vec<u8> {
-    let mut key = root().bytes().to_vec();
-    key.extend_from_slice(&pack(&(device.account.0, device.device.0)));
-    key
+    root().pack(&(device.account.0, device.device.0))
 }
 
 #[cfg(test)]

@@ -208,11 +208,7 @@ impl Core {
             time_ms: message.server_time_ms.unwrap_or(0),
             sent_at_ms: message.sent_at_ms,
             text: message.text.unwrap_or_default(),
-            file: message
-                .attachment
-                .as_deref()
-                .and_then(|bytes| Attachment::from_bytes(bytes).ok())
-                .map(|attachment| attachment.info()),
+            file: super::file_info(message.attachment.as_deref()),
             undecryptable: message
                 .undecryptable
                 .or(message.failed.map(|reason| format!("not sent: {reason}"))),

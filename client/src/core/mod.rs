@@ -1198,12 +1198,14 @@ impl Core {
         for stored in self.store.group_messages_by_id_prefix(&prefix, 2)? {
             found.insert(stored.client_message_id, stored.attachment);
         }
-        for chat in self.history.replica().chats() {
-            for shown in self.history.replica().view(chat).messages {
-                if shown.client_message_id.to_string().starts_with(&prefix) {
-                    found
-                        .entry(shown.client_message_id)
-                        .or_insert(shown.attachment);
+        // Only a message this device never stored (synced from another own device) needs the
+        // documents' every chat read.
+        if found.is_empty() {
+            for chat in self.history.replica().chats() {
+                for shown in self.history.replica().view(chat).messages {
+                    if shown.client_message_id.to_string().starts_with(&prefix) {
+                        found.insert(shown.client_message_id, shown.attachment);
+                    }
                 }
             }
         }
@@ -1660,7 +1662,7 @@ pub(crate) fn check_peer_name(identity: &Identity, peer: &str) -> Result<()> {
 }
 
 /// What a stored attachment shows; a damaged one shows nothing (the text still shows).
-fn file_info(attachment: Option<&[u8]>) -> Option<crate::media::FileInfo> {
+pub(super) fn file_info(attachment: Option<&[u8]>) -> Option<crate::media::FileInfo> {
     attachment
         .and_then(|bytes| Attachment::from_bytes(bytes).ok())
         .map(|attachment| attachment.info())
