@@ -45,9 +45,9 @@ mod test_support;
 #[cfg(feature = "fdb")]
 pub use engine::FdbNetwork;
 pub use engine::{
-    Database, DiskFailure, DiskFaults, EmbeddedOptions, EngineStats, FaultConfig, IntegrityReport,
-    MemoryDisk, MemoryOptions, RangeOptions, Transaction, Versionstamp, VersionstampFuture, Watch,
-    WrittenKey,
+    CommittedGroup, Database, DiskFailure, DiskFaults, EmbeddedOptions, EngineStats, FaultConfig,
+    IntegrityReport, MemoryDisk, MemoryOptions, Mutation, RangeOptions, ReplicationSink,
+    StandbyStore, StoreExport, Transaction, Versionstamp, VersionstampFuture, Watch, WrittenKey,
 };
 pub use error::StoreError;
 pub use tuple::{Subspace, TupleDecode, TupleEncode};

@@ -42,6 +42,9 @@ pub(crate) const DATA_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::ne
 pub(crate) const META_TABLE: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The key of the last commit version in [`META_TABLE`].
 pub(crate) const VERSION_KEY: &str = "version";
+/// Meta key present while a standby installs a full copy into the file (its value is the
+/// copy's version): such a file is not a store until the install finishes.
+pub(crate) const INSTALLING_KEY: &str = "installing";
 
 /// How a disk fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +298,20 @@ impl StoreFile {
     /// place, so that an empty file is never a store the engine made: one is refused as
     /// damaged (a truncated or half-restored store), where redb would start it empty.
     pub(crate) fn open(
+        path: &Path,
+        faults: DiskFaults,
+        check_integrity_on_open: bool,
+    ) -> Result<(Arc<StoreFile>, u64), StoreError> {
+        let (file, version) = Self::open_any(path, faults, check_integrity_on_open)?;
+        file.with("checking for an unfinished install", |redb| {
+            refuse_unfinished_install(redb, path)
+        })?;
+        Ok((file, version))
+    }
+
+    /// Opens the file as [`Self::open`] does, also when a standby's install into it is
+    /// unfinished (for the standby, which finishes or redoes it).
+    pub(crate) fn open_any(
         path: &Path,
         faults: DiskFaults,
         check_integrity_on_open: bool,
@@ -585,6 +602,24 @@ fn durable_version(redb: &redb::Database) -> Result<u64, StoreError> {
         let version = meta.get(VERSION_KEY).map_err(StoreError::storage)?;
         version.map(|version| version.value()).ok_or_else(missing)
     })?
+}
+
+/// Refuses a file holding a standby's unfinished install: part of a copy, not a store.
+fn refuse_unfinished_install(redb: &redb::Database, path: &Path) -> Result<(), StoreError> {
+    let read = redb.begin_read().map_err(StoreError::storage)?;
+    let meta = read.open_table(META_TABLE).map_err(StoreError::storage)?;
+    match meta.get(INSTALLING_KEY).map_err(StoreError::storage)? {
+        None => Ok(()),
+        Some(version) => Err(StoreError::Corrupt {
+            what: "store file",
+            detail: format!(
+                "{} holds part of a standby's copy (read at version {}) whose install did not \
+                 finish: it is not a store; let the standby copy it again",
+                path.display(),
+                version.value()
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]

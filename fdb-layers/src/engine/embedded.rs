@@ -56,6 +56,7 @@ use super::committer::{
 };
 use super::disk::{DATA_TABLE, META_TABLE, StoreFile, VERSION_KEY, contained, read_error};
 use super::local::KeyValue;
+use super::replication::{CommittedGroup, Recording, ReplicationSink, StoreExport};
 use super::watches::{PendingWatch, WatchRegistry};
 use super::{Counters, EmbeddedOptions, IntegrityReport, Versionstamp};
 use crate::error::StoreError;
@@ -72,7 +73,7 @@ const RESOLVER_THREAD_NAME: &str = "fdb-layers-committer/resolver";
 const WRITER_THREAD_NAME: &str = "fdb-layers-committer/writer";
 
 /// A redb table of the data.
-type DataTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+pub(crate) type DataTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 /// State shared by an embedded database's handles and transactions. Dropping the last one stops
 /// the commit pipeline and waits for it, so the file is closed when the drop returns.
@@ -123,6 +124,7 @@ impl Shared {
             open_reads.clone(),
             counters.clone(),
             registry.clone(),
+            options.replication,
         ));
         let writer = {
             let committer = committer.clone();
@@ -172,6 +174,22 @@ impl Shared {
                     .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
                 Ok((data, version))
             })
+        })
+    }
+
+    /// A consistent read of the whole store, for copying it to a standby. Not counted as an
+    /// open transaction: it may take longer than a transaction may.
+    pub(crate) fn export(&self) -> Result<StoreExport, StoreError> {
+        self.file.with("beginning an export", |redb| {
+            let read = redb.begin_read().map_err(read_error)?;
+            let data = read.open_table(DATA_TABLE).map_err(read_error)?;
+            let meta = read.open_table(META_TABLE).map_err(read_error)?;
+            let version = meta
+                .get(VERSION_KEY)
+                .map_err(read_error)?
+                .map(|version| version.value())
+                .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
+            Ok(StoreExport::new(data, version))
         })
     }
 
@@ -321,6 +339,8 @@ struct Committer {
     registry: Arc<WatchRegistry>,
     /// Told each durable version, so the resolver forgets what every open transaction saw.
     open_reads: Arc<OpenReads>,
+    /// Where each durable group is shipped before its requests are answered (a standby).
+    sink: Option<Arc<dyn ReplicationSink>>,
 }
 
 struct PipelineState {
@@ -478,6 +498,7 @@ impl Committer {
         open_reads: Arc<OpenReads>,
         counters: Arc<Counters>,
         registry: Arc<WatchRegistry>,
+        sink: Option<Arc<dyn ReplicationSink>>,
     ) -> Self {
         Committer {
             file,
@@ -495,6 +516,7 @@ impl Committer {
             counters,
             registry,
             open_reads,
+            sink,
         }
     }
 
@@ -697,21 +719,33 @@ impl Committer {
                     requests.iter().map(|_| Err(answer.clone())).collect()
                 } else {
                     match self.write(version, &requests, disk_failure) {
-                        Ok(()) => {
+                        Ok(group) => {
                             // Before the state's lock: a transaction beginning now reads it.
                             self.open_reads.durable(version);
                             self.counters.write_batches.fetch_add(1, Ordering::Relaxed);
                             self.counters
                                 .committed_transactions
                                 .fetch_add(requests.len() as u64, Ordering::Relaxed);
+                            let replicated = group.map_or(Ok(()), |group| self.replicate(group));
                             self.notify_watches(&requests);
                             let mut state = self.lock();
                             state.resolver.settled(version, Instant::now());
                             state.health.succeeded();
-                            requests
-                                .iter()
-                                .map(|(_, stamp)| state.resolver.answer(*stamp))
-                                .collect()
+                            match replicated {
+                                Ok(()) => requests
+                                    .iter()
+                                    .map(|(_, stamp)| state.resolver.answer(*stamp))
+                                    .collect(),
+                                // Durable and visible here, but not on the standby: not
+                                // acknowledged, as a commit whose result is unknown.
+                                Err(error) => {
+                                    let answer = StoreError::Unavailable(format!(
+                                        "the commit is durable here but not on the standby: \
+                                         {error}"
+                                    ));
+                                    requests.iter().map(|_| Err(answer.clone())).collect()
+                                }
+                            }
                         }
                         Err(error) => {
                             let answer = self.recover(version, &requests, &error);
@@ -740,19 +774,28 @@ impl Committer {
         version: u64,
         accepted: &[(&CommitRequest, Versionstamp)],
         disk_failure: Option<InjectedDiskFailure>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<CommittedGroup>, StoreError> {
         if let Some(injected) = disk_failure {
             self.file
                 .faults()
                 .inject(injected.passing_operations, injected.failure);
         }
+        let record = self.sink.is_some();
         let written = self.file.with("writing a group commit", |redb| {
-            apply(redb, version, accepted)
+            apply(redb, version, accepted, record)
         });
         if disk_failure.is_some() {
             self.file.faults().end_injected();
         }
         written
+    }
+
+    /// Hands a durable group to the sink and waits for it.
+    fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError> {
+        match &self.sink {
+            Some(sink) => sink.replicate(group),
+            None => Ok(()),
+        }
     }
 
     /// Opens the file again if an earlier failure left it closed.
@@ -890,26 +933,55 @@ impl Committer {
     }
 }
 
-/// Applies the accepted requests in order in one durable redb write transaction.
+/// Applies the accepted requests in order in one durable redb write transaction; with
+/// `record`, returns what they did, for a standby.
 fn apply(
     redb: &redb::Database,
     version: u64,
     accepted: &[(&CommitRequest, Versionstamp)],
-) -> Result<(), StoreError> {
+    record: bool,
+) -> Result<Option<CommittedGroup>, StoreError> {
     let mut write = redb.begin_write().map_err(StoreError::storage)?;
     write
         .set_durability(Durability::Immediate)
         .map_err(StoreError::storage)?;
-    {
+    let group = {
         let mut data = RedbTarget(write.open_table(DATA_TABLE).map_err(StoreError::storage)?);
-        for (request, stamp) in accepted {
-            apply_request(&mut data, request, *stamp)?;
-        }
+        let group = if record {
+            let mut recording = Recording {
+                target: &mut data,
+                mutations: Vec::new(),
+            };
+            for (request, stamp) in accepted {
+                apply_request(&mut recording, request, *stamp)?;
+            }
+            Some(CommittedGroup {
+                previous_version: 0,
+                version,
+                mutations: recording.mutations,
+            })
+        } else {
+            for (request, stamp) in accepted {
+                apply_request(&mut data, request, *stamp)?;
+            }
+            None
+        };
         let mut meta = write.open_table(META_TABLE).map_err(StoreError::storage)?;
-        meta.insert(VERSION_KEY, version)
-            .map_err(StoreError::storage)?;
-    }
-    write.commit().map_err(StoreError::storage)
+        let previous = meta
+            .insert(VERSION_KEY, version)
+            .map_err(StoreError::storage)?
+            .map(|previous| previous.value());
+        match (group, previous) {
+            (Some(group), Some(previous_version)) => Some(CommittedGroup {
+                previous_version,
+                ..group
+            }),
+            (Some(_), None) => return Err(StoreError::corrupt("commit version", "missing")),
+            (None, _) => None,
+        }
+    };
+    write.commit().map_err(StoreError::storage)?;
+    Ok(group)
 }
 
 /// Reads latest committed values, opening one redb read transaction on first use.
@@ -1043,6 +1115,7 @@ mod tests {
             OpenReads::new(version),
             Arc::new(Counters::default()),
             WatchRegistry::new(),
+            None,
         );
         let (first, mut first_answer) = submission(version, b"a", b"k");
         assert!(committer.resolve(first));

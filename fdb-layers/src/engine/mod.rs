@@ -32,6 +32,7 @@ mod embedded;
 mod fdb;
 mod local;
 mod memory;
+mod replication;
 mod transaction;
 mod watches;
 
@@ -59,6 +60,7 @@ pub use fdb::FdbNetwork;
 use local::LocalStore;
 pub(crate) use local::key_after;
 pub use memory::MemoryDisk;
+pub use replication::{CommittedGroup, Mutation, ReplicationSink, StandbyStore, StoreExport};
 pub use transaction::{RangeOptions, Transaction, VersionstampFuture};
 pub use watches::Watch;
 
@@ -74,6 +76,9 @@ pub struct EmbeddedOptions {
     /// the process was down is refused with a clear error ([`StoreError::Corrupt`]) instead of
     /// failing (or panicking inside redb) later. Reads the whole file; on by default.
     pub check_integrity_on_open: bool,
+    /// Where every group commit is shipped, once durable here, before its requests are
+    /// answered (a region's standby, see `replication.rs`); `None` without a standby.
+    pub replication: Option<std::sync::Arc<dyn ReplicationSink>>,
 }
 
 impl Default for EmbeddedOptions {
@@ -82,6 +87,7 @@ impl Default for EmbeddedOptions {
             faults: None,
             disk_faults: None,
             check_integrity_on_open: true,
+            replication: None,
         }
     }
 }
@@ -324,6 +330,17 @@ impl Database {
             Backend::Local(store) => transact_local(store, body).await,
             #[cfg(feature = "fdb")]
             Backend::Fdb(shared) => fdb::transact(shared, body).await,
+        }
+    }
+
+    /// A consistent read of the whole store at its latest version, for copying it to a standby
+    /// (embedded backend only: elsewhere `InvalidOptions`).
+    pub fn export(&self) -> Result<StoreExport, StoreError> {
+        match &self.backend {
+            Backend::Local(LocalStore::Embedded(shared)) => shared.export(),
+            _ => Err(StoreError::InvalidOptions(
+                "only the embedded backend exports a copy for a standby".into(),
+            )),
         }
     }
 

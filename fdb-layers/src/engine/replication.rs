@@ -1,0 +1,585 @@
+//! Shipping the embedded store's committed groups to a standby, and the standby's side of it.
+//!
+//! A region's standby keeps a copy of the region's store that is never behind what the region
+//! acknowledged (semi-synchronous replication, the role FoundationDB's satellite logs play in a
+//! multi-region cluster):
+//!
+//! - the primary's writer stage records the **effect** of each group commit while redb applies
+//!   it: final values of the keys it wrote (atomic operations and versionstamps resolved), the
+//!   keys it removed and the ranges it cleared, in order ([`CommittedGroup`]). Once the group is
+//!   durable here it is handed to a [`ReplicationSink`], and the group's requests are answered
+//!   only when the sink returns: every acknowledged commit is on the standby too. The group is
+//!   visible to readers here before the standby has it; that is safe for what the region
+//!   acknowledges, because groups are shipped in version order, so a commit that depends on
+//!   one (read it) is acknowledged only after it was shipped.
+//! - the standby applies each group in one durable redb transaction of its own
+//!   ([`StandbyStore::apply`]), refusing a group that does not follow the version it has. A
+//!   standby that is too far behind (or new) is brought up to date by a full copy: the primary
+//!   reads a snapshot ([`Database::export`](super::Database::export)) and the standby installs
+//!   it in chunks ([`StandbyStore::begin_install`]), marked in the file as incomplete until the
+//!   last chunk, so that a copy interrupted half way is never opened as a store.
+//!
+//! The standby's file is an ordinary store file: promoting the standby is opening it with
+//! [`Database::open`](super::Database::open).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+use super::committer::{ApplyTarget, KeyRange};
+use super::disk::{
+    DATA_TABLE, DiskFaults, INSTALLING_KEY, META_TABLE, StoreFile, VERSION_KEY, contained,
+    read_error,
+};
+use super::embedded::DataTable;
+use super::local::{KeyValue, key_after};
+use crate::error::StoreError;
+
+/// One effect of a committed group, as a standby applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// `key` now holds `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// Its value.
+        value: Vec<u8>,
+    },
+    /// `key` was removed.
+    Remove {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Every key from `begin` (inclusive) to `end` (exclusive) was removed.
+    RemoveRange {
+        /// The first key of the range.
+        begin: Vec<u8>,
+        /// The key after the range.
+        end: Vec<u8>,
+    },
+}
+
+impl Mutation {
+    /// Bytes of keys and values the mutation carries.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Mutation::Put { key, value } => key.len() + value.len(),
+            Mutation::Remove { key } => key.len(),
+            Mutation::RemoveRange { begin, end } => begin.len() + end.len(),
+        }
+    }
+}
+
+/// The effect of one group commit: its version and its mutations in the order they were
+/// applied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommittedGroup {
+    /// The store's version before the group: a copy applies the group only at this version,
+    /// so a copy that missed a group cannot go on as if it had not.
+    pub previous_version: u64,
+    /// The group's commit version (the store's version once it is applied).
+    pub version: u64,
+    /// What it did, in order.
+    pub mutations: Vec<Mutation>,
+}
+
+impl CommittedGroup {
+    /// Bytes of keys and values the group carries.
+    pub fn bytes(&self) -> usize {
+        self.mutations.iter().map(Mutation::bytes).sum()
+    }
+}
+
+/// Where the primary's writer stage hands each durable group. Called on the writer thread,
+/// one group at a time in version order; it blocks until the group is safe elsewhere. An error
+/// answers the group's requests [`StoreError::Unavailable`]: the group is durable here, but not
+/// acknowledged, as with a commit whose result is unknown.
+pub trait ReplicationSink: Send + Sync + std::fmt::Debug {
+    /// Ships `group` and waits until it is durable on the standby (or the sink's policy says
+    /// to go on without it).
+    fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError>;
+}
+
+/// Records the effects of a group while it is applied to a target.
+pub(crate) struct Recording<'a, T> {
+    pub(crate) target: &'a mut T,
+    pub(crate) mutations: Vec<Mutation>,
+}
+
+impl<T: ApplyTarget> ApplyTarget for Recording<'_, T> {
+    fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.target.value(key)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.mutations.push(Mutation::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        });
+        self.target.put(key, value)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.mutations.push(Mutation::Remove { key: key.to_vec() });
+        self.target.remove(key)
+    }
+
+    fn remove_range(&mut self, range: &KeyRange) -> Result<(), StoreError> {
+        self.mutations.push(Mutation::RemoveRange {
+            begin: range.begin.clone(),
+            end: range.end.clone(),
+        });
+        self.target.remove_range(range)
+    }
+}
+
+/// A consistent read of a whole embedded store, for copying it to a standby.
+pub struct StoreExport {
+    table: DataTable,
+    version: u64,
+    /// The key after the last one returned; `None` before the first chunk.
+    next: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for StoreExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreExport")
+            .field("version", &self.version)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreExport {
+    pub(crate) fn new(table: DataTable, version: u64) -> Self {
+        StoreExport {
+            table,
+            version,
+            next: None,
+            done: false,
+        }
+    }
+
+    /// The version the export reads at: groups after it follow the copy.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The next pairs in key order, about `bytes_max` of them (at least one pair while any
+    /// remain); empty once every pair was returned.
+    pub fn next_chunk(&mut self, bytes_max: usize) -> Result<Vec<KeyValue>, StoreError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let begin = self.next.clone().unwrap_or_default();
+        let mut pairs = Vec::new();
+        let mut bytes = 0;
+        let range = contained("reading the export", || {
+            self.table.range::<&[u8]>(begin.as_slice()..)
+        })?
+        .map_err(read_error)?;
+        for pair in range {
+            let (key, value) = contained("reading the export", || {
+                pair.map(|(key, value)| (key.value().to_vec(), value.value().to_vec()))
+            })?
+            .map_err(read_error)?;
+            bytes += key.len() + value.len();
+            self.next = Some(key_after(&key));
+            pairs.push((key, value));
+            if bytes >= bytes_max {
+                return Ok(pairs);
+            }
+        }
+        self.done = true;
+        Ok(pairs)
+    }
+}
+
+/// A standby's copy of a store: applies shipped groups and installs full copies. The file is
+/// an ordinary store file once no install is in progress.
+pub struct StandbyStore {
+    file: Arc<StoreFile>,
+    version: u64,
+    installing: Option<u64>,
+}
+
+impl std::fmt::Debug for StandbyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandbyStore")
+            .field("version", &self.version)
+            .field("installing", &self.installing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StandbyStore {
+    /// Opens (creating if needed) the standby's file at `path`, checking every page of an
+    /// existing one first.
+    pub fn open(path: &Path) -> Result<StandbyStore, StoreError> {
+        let (file, _) = StoreFile::open_any(path, DiskFaults::default(), true)?;
+        let (version, installing) = file.with("reading the standby's version", |redb| {
+            let read = redb.begin_read().map_err(StoreError::storage)?;
+            let meta = read.open_table(META_TABLE).map_err(StoreError::storage)?;
+            let version = meta
+                .get(VERSION_KEY)
+                .map_err(StoreError::storage)?
+                .map(|version| version.value())
+                .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
+            let installing = meta
+                .get(INSTALLING_KEY)
+                .map_err(StoreError::storage)?
+                .map(|version| version.value());
+            Ok((version, installing))
+        })?;
+        Ok(StandbyStore {
+            file,
+            version,
+            installing,
+        })
+    }
+
+    /// The version of the last group applied (0 for a new store).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The version of a full copy being installed (and not finished): the store is not usable
+    /// until a new copy is installed whole.
+    pub fn installing(&self) -> Option<u64> {
+        self.installing
+    }
+
+    /// Applies `group` durably. Refused unless it follows the version this copy has and no
+    /// install is in progress.
+    pub fn apply(&mut self, group: &CommittedGroup) -> Result<(), StoreError> {
+        if self.installing.is_some() {
+            return Err(StoreError::InvalidOptions(
+                "a group cannot be applied during an install".into(),
+            ));
+        }
+        if group.previous_version != self.version || group.version <= self.version {
+            return Err(StoreError::InvalidOptions(format!(
+                "the group from version {} to {} does not follow this copy's version {}",
+                group.previous_version, group.version, self.version
+            )));
+        }
+        self.write(
+            "applying a replicated group",
+            |data| {
+                for mutation in &group.mutations {
+                    match mutation {
+                        Mutation::Put { key, value } => {
+                            data.insert(key.as_slice(), value.as_slice())
+                                .map_err(StoreError::storage)?;
+                        }
+                        Mutation::Remove { key } => {
+                            data.remove(key.as_slice()).map_err(StoreError::storage)?;
+                        }
+                        Mutation::RemoveRange { begin, end } => {
+                            data.retain_in::<&[u8], _>(begin.as_slice()..end.as_slice(), |_, _| {
+                                false
+                            })
+                            .map_err(StoreError::storage)?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+            |meta| {
+                meta.insert(VERSION_KEY, group.version)
+                    .map_err(StoreError::storage)?;
+                Ok(())
+            },
+        )?;
+        self.version = group.version;
+        Ok(())
+    }
+
+    /// Starts installing a full copy read at `version`: removes every key and marks the file
+    /// incomplete, durably, so nothing opens it as a store until [`Self::finish_install`].
+    pub fn begin_install(&mut self, version: u64) -> Result<(), StoreError> {
+        self.write(
+            "beginning an install",
+            |data| {
+                data.retain(|_, _| false).map_err(StoreError::storage)?;
+                Ok(())
+            },
+            |meta| {
+                meta.insert(INSTALLING_KEY, version)
+                    .map_err(StoreError::storage)?;
+                Ok(())
+            },
+        )?;
+        self.installing = Some(version);
+        Ok(())
+    }
+
+    /// Adds pairs of the copy being installed (in one durable transaction).
+    pub fn install_chunk(&mut self, pairs: &[KeyValue]) -> Result<(), StoreError> {
+        if self.installing.is_none() {
+            return Err(StoreError::InvalidOptions(
+                "no install is in progress".into(),
+            ));
+        }
+        self.write(
+            "installing a chunk",
+            |data| {
+                for (key, value) in pairs {
+                    data.insert(key.as_slice(), value.as_slice())
+                        .map_err(StoreError::storage)?;
+                }
+                Ok(())
+            },
+            |_| Ok(()),
+        )
+    }
+
+    /// Finishes the install: the copy is whole, at the version it was read at.
+    pub fn finish_install(&mut self) -> Result<(), StoreError> {
+        let Some(version) = self.installing else {
+            return Err(StoreError::InvalidOptions(
+                "no install is in progress".into(),
+            ));
+        };
+        self.write(
+            "finishing an install",
+            |_| Ok(()),
+            |meta| {
+                meta.remove(INSTALLING_KEY).map_err(StoreError::storage)?;
+                meta.insert(VERSION_KEY, version)
+                    .map_err(StoreError::storage)?;
+                Ok(())
+            },
+        )?;
+        self.version = version;
+        self.installing = None;
+        Ok(())
+    }
+
+    /// The value of `key` (tests and checks).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.file.with("reading a key", |redb| {
+            let read = redb.begin_read().map_err(StoreError::storage)?;
+            let data = read.open_table(DATA_TABLE).map_err(StoreError::storage)?;
+            let value = data.get(key).map_err(StoreError::storage)?;
+            Ok(value.map(|guard| guard.value().to_vec()))
+        })
+    }
+
+    /// Every pair, in key order (tests and checks on small stores).
+    pub fn pairs(&self) -> Result<Vec<KeyValue>, StoreError> {
+        self.file.with("reading every pair", |redb| {
+            let read = redb.begin_read().map_err(StoreError::storage)?;
+            let data = read.open_table(DATA_TABLE).map_err(StoreError::storage)?;
+            let mut pairs = Vec::new();
+            for pair in data.iter().map_err(StoreError::storage)? {
+                let (key, value) = pair.map_err(StoreError::storage)?;
+                pairs.push((key.value().to_vec(), value.value().to_vec()));
+            }
+            Ok(pairs)
+        })
+    }
+
+    /// Runs one durable redb write transaction with the data and meta tables.
+    fn write(
+        &self,
+        what: &'static str,
+        data: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<(), StoreError>,
+        meta: impl FnOnce(&mut redb::Table<'_, &'static str, u64>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.file.with(what, |redb| {
+            let mut write = redb.begin_write().map_err(StoreError::storage)?;
+            write
+                .set_durability(Durability::Immediate)
+                .map_err(StoreError::storage)?;
+            {
+                let mut table = write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
+                data(&mut table)?;
+                let mut table = write.open_table(META_TABLE).map_err(StoreError::storage)?;
+                meta(&mut table)?;
+            }
+            write.commit().map_err(StoreError::storage)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::engine::{Database, EmbeddedOptions};
+
+    /// A sink that applies each group to a standby copy in the same process, or refuses.
+    #[derive(Debug)]
+    struct InProcess {
+        standby: Mutex<StandbyStore>,
+        refuse: AtomicBool,
+    }
+
+    impl ReplicationSink for InProcess {
+        fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the standby is gone".into()));
+            }
+            self.standby.lock().expect("lock").apply(&group)
+        }
+    }
+
+    fn primary_with_standby(folder: &Path) -> (Database, Arc<InProcess>) {
+        let sink = Arc::new(InProcess {
+            standby: Mutex::new(StandbyStore::open(&folder.join("standby.redb")).expect("opens")),
+            refuse: AtomicBool::new(false),
+        });
+        let database = Database::open(
+            &folder.join("primary.redb"),
+            EmbeddedOptions {
+                replication: Some(sink.clone()),
+                ..EmbeddedOptions::default()
+            },
+        )
+        .expect("opens");
+        (database, sink)
+    }
+
+    fn every_pair(database: &Database) -> Vec<KeyValue> {
+        let mut export = database.export().expect("exports");
+        let mut pairs = Vec::new();
+        loop {
+            let chunk = export.next_chunk(64).expect("reads");
+            if chunk.is_empty() {
+                return pairs;
+            }
+            pairs.extend(chunk);
+        }
+    }
+
+    /// Writes of every kind, in transactions committed concurrently so that groups hold several.
+    async fn write_every_kind(database: &Database, rounds: u8) {
+        let mut tasks = Vec::new();
+        for round in 0..rounds {
+            let database = database.clone();
+            tasks.push(tokio::spawn(async move {
+                database
+                    .transact(|transaction| async move {
+                        transaction.set(&[b'k', round], &[round; 3])?;
+                        transaction.atomic_add(b"counter", 1)?;
+                        transaction.atomic_max(&[b'm', round % 3], &[round])?;
+                        let mut key = vec![b'v', round, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                        key.truncate(12);
+                        transaction.set_versionstamped_key(&key, 2, b"stamped")?;
+                        if round % 4 == 3 {
+                            transaction.clear(&[b'k', round - 1]);
+                            transaction.clear_range(b"m", &[b'm', 1]);
+                        }
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            task.await.expect("joins").expect("commits");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_standby_holds_what_the_primary_acknowledged() {
+        let folder = tempfile::tempdir().expect("folder");
+        let (database, sink) = primary_with_standby(folder.path());
+        write_every_kind(&database, 40).await;
+        let primary = every_pair(&database);
+        let standby = sink.standby.lock().expect("lock");
+        assert_eq!(standby.pairs().expect("reads"), primary);
+        assert_eq!(
+            standby.get(b"counter").expect("reads"),
+            Some(40i64.to_le_bytes().to_vec())
+        );
+        assert!(
+            primary
+                .iter()
+                .any(|(key, value)| key[0] == b'v' && value == b"stamped")
+        );
+        assert_eq!(
+            standby.version(),
+            database.export().expect("exports").version()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_the_standby_did_not_take_is_not_acknowledged() {
+        let folder = tempfile::tempdir().expect("folder");
+        let (database, sink) = primary_with_standby(folder.path());
+        sink.refuse.store(true, Ordering::SeqCst);
+        let refused = database
+            .transact(|transaction| async move { transaction.set(b"a", b"1") })
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("standby")),
+            "{refused:?}"
+        );
+        // Durable here all the same, like a commit whose result is unknown.
+        let read = database
+            .transact(|transaction| async move { transaction.get(b"a").await })
+            .await
+            .expect("reads");
+        assert_eq!(read, Some(b"1".to_vec()));
+        // The copy missed that group, so it cannot take the next one: it must be brought up
+        // to date (from the primary's log of groups, or a full copy) first.
+        sink.refuse.store(false, Ordering::SeqCst);
+        let refused = database
+            .transact(|transaction| async move { transaction.set(b"b", b"2") })
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("does not follow")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_copy_then_the_groups_after_it_make_the_same_store() {
+        let folder = tempfile::tempdir().expect("folder");
+        let (database, _) = primary_with_standby(folder.path());
+        write_every_kind(&database, 20).await;
+        // A second standby, new, copies the store and then applies what follows.
+        let path = folder.path().join("late.redb");
+        let mut late = StandbyStore::open(&path).expect("opens");
+        let mut export = database.export().expect("exports");
+        late.begin_install(export.version()).expect("begins");
+        loop {
+            let chunk = export.next_chunk(100).expect("reads");
+            if chunk.is_empty() {
+                break;
+            }
+            late.install_chunk(&chunk).expect("installs");
+        }
+        // An install cut short is not a store.
+        drop(late);
+        let refused = Database::open(&path, EmbeddedOptions::default());
+        assert!(
+            matches!(&refused, Err(StoreError::Corrupt { detail, .. }) if detail.contains("standby")),
+            "{refused:?}"
+        );
+        let mut late = StandbyStore::open(&path).expect("opens");
+        assert_eq!(late.installing(), Some(export.version()));
+        assert!(late.apply(&CommittedGroup::default()).is_err());
+        late.finish_install().expect("finishes");
+        assert_eq!(late.version(), export.version());
+        assert!(
+            late.apply(&CommittedGroup {
+                previous_version: export.version() - 1,
+                version: export.version(),
+                mutations: Vec::new()
+            })
+            .is_err(),
+            "a group that does not follow is refused"
+        );
+        assert_eq!(late.pairs().expect("reads"), every_pair(&database));
+        drop(late);
+        // Promoted: the copy opens as a store with every pair.
+        let promoted = Database::open(&path, EmbeddedOptions::default()).expect("opens");
+        assert_eq!(every_pair(&promoted), every_pair(&database));
+    }
+}
