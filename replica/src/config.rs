@@ -1,0 +1,136 @@
+//! The `[replication]` section of a region's configuration, and the standby's own
+//! configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use relay_net::config::ConfigError;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::ACK_TIMEOUT_MS_DEFAULT;
+
+/// A region's `[replication]` section: where its standby is and what happens when it is away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// The standby's replication address (`relayd standby` prints it on its "listening on"
+    /// line).
+    pub standby: SocketAddr,
+    /// How long a commit waits for the standby to confirm it, and how long an absent standby
+    /// has to come back before `when_standby_is_away` applies (default 2,000 ms).
+    #[serde(default = "ack_timeout_ms_default")]
+    pub ack_timeout_ms: u64,
+    /// What the region does while its standby is away (unreachable or not confirming):
+    /// `refuse_writes` (the default) answers commits "storage unavailable" so that nothing is
+    /// acknowledged that the standby lacks (no loss on failover, but the region is down for
+    /// writes); `go_on_alone` acknowledges them anyway and ships them when the standby is back
+    /// (the region stays up, but a failover while the standby is behind loses what it lacks).
+    #[serde(default)]
+    pub when_standby_is_away: AwayPolicy,
+}
+
+/// What a region does while its standby is away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AwayPolicy {
+    /// Refuse commits (nothing acknowledged that the standby lacks).
+    #[default]
+    RefuseWrites,
+    /// Acknowledge commits without the standby, and ship them when it is back.
+    GoOnAlone,
+}
+
+fn ack_timeout_ms_default() -> u64 {
+    ACK_TIMEOUT_MS_DEFAULT
+}
+
+impl ReplicationConfig {
+    /// A configuration shipping to `standby` with the defaults.
+    pub fn new(standby: SocketAddr) -> Self {
+        ReplicationConfig {
+            standby,
+            ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
+            when_standby_is_away: AwayPolicy::default(),
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ack_timeout_ms == 0 {
+            return Err(ConfigError::Value(
+                "replication.ack_timeout_ms must be above 0".into(),
+            ));
+        }
+        if self.standby.port() == 0 {
+            return Err(ConfigError::Value(
+                "replication.standby needs the standby's port".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of a standby process (`relayd standby --config STANDBY.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    /// The region whose store this standby copies.
+    pub region: u32,
+    /// UDP address the replication server binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Folder of the copy (`region.redb` inside it: promoting the standby is starting the
+    /// region with this folder as its `data_dir`).
+    pub data_dir: PathBuf,
+    /// PEM file of the deployment's CA.
+    pub ca_cert: PathBuf,
+    /// The region's own certificate chain (PEM): the standby serves with it, and accepts only a
+    /// primary presenting the same certificate.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
+impl StandbyConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        relay_net::config::load(path, |config: StandbyConfig| {
+            config.validate()?;
+            Ok(config)
+        })
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.region == 0 {
+            return Err(ConfigError::Value("region numbers start at 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replication_section_takes_its_defaults_and_refuses_nonsense() {
+        let config: ReplicationConfig =
+            toml::from_str("standby = \"127.0.0.1:4500\"").expect("parses");
+        assert_eq!(
+            config,
+            ReplicationConfig::new("127.0.0.1:4500".parse().expect("addr"))
+        );
+        config.validate().expect("valid");
+        let alone: ReplicationConfig =
+            toml::from_str("standby = \"127.0.0.1:4500\"\nwhen_standby_is_away = \"go_on_alone\"")
+                .expect("parses");
+        assert_eq!(alone.when_standby_is_away, AwayPolicy::GoOnAlone);
+        assert!(toml::from_str::<ReplicationConfig>("standby = \"127.0.0.1:1\"\nfoo = 1").is_err());
+        assert!(
+            toml::from_str::<ReplicationConfig>("standby = \"127.0.0.1:0\"")
+                .expect("parses")
+                .validate()
+                .is_err()
+        );
+    }
+}

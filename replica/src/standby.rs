@@ -1,0 +1,383 @@
+//! The standby's side: a QUIC server that accepts its region's primary and applies what it
+//! ships to the standby's copy.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fdb_layers::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use fdb_layers::{CommittedGroup, Mutation, StandbyStore, StoreError};
+use relay_net::{TlsIdentity, TokioSockets};
+use rustls_pki_types::CertificateDer;
+
+use crate::config::StandbyConfig;
+use crate::limits::{GROUP_BYTES_MAX, STANDBY_CONNECTIONS_MAX};
+use crate::wire::{
+    ALPN_STANDBY, FromStandby, GroupPart, Hello, StandbyState, ToStandby, from_standby, from_wire,
+    to_standby,
+};
+use crate::{ReplicaError, read_frame, write_frame};
+
+/// The store file inside a standby's folder (the region's name for it, so the folder can be
+/// a region's data folder once promoted).
+pub const STANDBY_STORE_FILE: &str = "region.redb";
+
+/// What the standby holds and has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StandbyStats {
+    /// The version of its copy.
+    pub version: u64,
+    /// A full copy is being installed.
+    pub installing: bool,
+    /// Groups applied.
+    pub groups_applied: u64,
+    /// Full copies installed.
+    pub installs: u64,
+    /// Sessions with a primary.
+    pub sessions: u64,
+}
+
+/// The standby's server.
+pub struct StandbyServer {
+    inner: Arc<Inner>,
+    endpoint: quinn::Endpoint,
+}
+
+struct Inner {
+    region: u32,
+    /// The region's certificate: the only one a primary may present.
+    region_cert: CertificateDer<'static>,
+    store: Mutex<StandbyStore>,
+    /// The newest session; an older one stops applying once a newer one started (a restarted
+    /// primary whose previous connection has not timed out yet).
+    generation: AtomicU64,
+    groups_applied: AtomicU64,
+    installs: AtomicU64,
+}
+
+impl StandbyServer {
+    /// Opens the copy in `config.data_dir` and binds the server. Nothing is served until
+    /// [`Self::run`].
+    pub fn open(config: &StandbyConfig) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            relay_net::config::ConfigError::Read {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
+        let store = StandbyStore::open(&store_path(config))?;
+        let roots = relay_net::load_roots(&config.ca_cert)?;
+        let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        let region_cert = identity
+            .cert_chain
+            .first()
+            .cloned()
+            .ok_or_else(|| ReplicaError::Protocol("the certificate file holds none".into()))?;
+        let server = relay_net::server_config(identity.clone(), Some(roots), ALPN_STANDBY)?;
+        let endpoint =
+            relay_net::bind_server_endpoint(&TokioSockets, config.listen, server, &identity)?;
+        let address = endpoint
+            .local_addr()
+            .map_err(|error| ReplicaError::Net(error.into()))?;
+        tracing::info!(
+            region = config.region,
+            version = store.version(),
+            installing = ?store.installing(),
+            "standby copy opened"
+        );
+        let inner = Arc::new(Inner {
+            region: config.region,
+            region_cert,
+            store: Mutex::new(store),
+            generation: AtomicU64::new(0),
+            groups_applied: AtomicU64::new(0),
+            installs: AtomicU64::new(0),
+        });
+        Ok((StandbyServer { inner, endpoint }, address))
+    }
+
+    /// What the standby holds and has done; cheap to call while it runs.
+    pub fn stats_handle(&self) -> impl Fn() -> StandbyStats + Send + Sync + 'static {
+        let inner = self.inner.clone();
+        move || inner.stats()
+    }
+
+    /// Serves primaries until `shutdown` completes; returns once every session ended and the
+    /// copy is closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut sessions = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            if sessions.len() >= STANDBY_CONNECTIONS_MAX {
+                incoming.refuse();
+                continue;
+            }
+            let inner = self.inner.clone();
+            sessions.spawn(async move {
+                if let Err(error) = inner.serve(incoming).await {
+                    tracing::warn!(%error, "replication session ended");
+                }
+            });
+        }
+        self.endpoint.close(0u32.into(), b"standby stopping");
+        // A session waiting on a blocking write finishes it; the rest end with the connection.
+        while sessions.join_next().await.is_some() {}
+    }
+}
+
+fn store_path(config: &StandbyConfig) -> PathBuf {
+    config.data_dir.join(STANDBY_STORE_FILE)
+}
+
+/// A group whose parts are arriving.
+struct Gathering {
+    group: CommittedGroup,
+    bytes: usize,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, StandbyStore> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn stats(&self) -> StandbyStats {
+        let store = self.lock();
+        StandbyStats {
+            version: store.version(),
+            installing: store.installing().is_some(),
+            groups_applied: self.groups_applied.load(Ordering::Relaxed),
+            installs: self.installs.load(Ordering::Relaxed),
+            sessions: self.generation.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn serve(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), ReplicaError> {
+        let connection = incoming
+            .await
+            .map_err(|error| ReplicaError::Net(error.into()))?;
+        let presented = connection
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().cloned());
+        if presented.as_ref() != Some(&self.region_cert) {
+            connection.close(
+                1u32.into(),
+                b"only the region's primary may ship to its standby",
+            );
+            return Err(ReplicaError::Refused(format!(
+                "a peer at {} presented another certificate than the region's",
+                connection.remote_address()
+            )));
+        }
+        let (mut send, mut recv) = connection
+            .accept_bi()
+            .await
+            .map_err(|error| ReplicaError::Net(error.into()))?;
+        let hello: Hello = read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| ReplicaError::Protocol("the primary ended before its hello".into()))?;
+        if hello.region != self.region {
+            let reason = format!(
+                "this is region {}'s standby, not region {}'s",
+                self.region, hello.region
+            );
+            write_frame(&mut send, &refused(&reason)).await?;
+            let _ = send.finish();
+            return Err(ReplicaError::Refused(reason));
+        }
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let state = {
+            let store = self.lock();
+            StandbyState {
+                version: store.version(),
+                installing: store.installing().is_some(),
+            }
+        };
+        tracing::info!(
+            region = self.region,
+            primary = %connection.remote_address(),
+            version = state.version,
+            installing = state.installing,
+            "primary connected"
+        );
+        write_frame(
+            &mut send,
+            &FromStandby {
+                kind: Some(from_standby::Kind::State(state)),
+            },
+        )
+        .await?;
+        let outcome = self.follow(generation, &mut send, &mut recv).await;
+        if let Err(error) = &outcome
+            && !matches!(error, ReplicaError::Net(_))
+        {
+            // The primary dials again and asks what the copy holds.
+            let _ = write_frame(&mut send, &refused(&error.to_string())).await;
+            let _ = send.finish();
+        }
+        outcome
+    }
+
+    /// Applies frames until the stream ends.
+    async fn follow(
+        self: &Arc<Self>,
+        generation: u64,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), ReplicaError> {
+        let mut gathering: Option<Gathering> = None;
+        while let Some(frame) = read_frame::<ToStandby>(recv).await? {
+            let applied = match frame.kind {
+                Some(to_standby::Kind::Group(part)) => match gather(&mut gathering, part)? {
+                    Some(group) => {
+                        let version = group.version;
+                        self.blocking(generation, move |store| store.apply(&group))
+                            .await?;
+                        self.groups_applied.fetch_add(1, Ordering::Relaxed);
+                        Some(version)
+                    }
+                    None => None,
+                },
+                Some(to_standby::Kind::InstallBegin(version)) => {
+                    gathering = None;
+                    self.blocking(generation, move |store| store.begin_install(version))
+                        .await?;
+                    None
+                }
+                Some(to_standby::Kind::InstallChunk(chunk)) => {
+                    let mut pairs = Vec::with_capacity(chunk.pairs.len());
+                    for pair in chunk.pairs {
+                        check_pair(&pair.key, Some(&pair.value))?;
+                        pairs.push((pair.key, pair.value));
+                    }
+                    self.blocking(generation, move |store| store.install_chunk(&pairs))
+                        .await?;
+                    None
+                }
+                Some(to_standby::Kind::InstallEnd(_)) => {
+                    let version = self
+                        .blocking(generation, |store| {
+                            store.finish_install()?;
+                            Ok(store.version())
+                        })
+                        .await?;
+                    self.installs.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(region = self.region, version, "full copy installed");
+                    Some(version)
+                }
+                None => {
+                    return Err(ReplicaError::Protocol(
+                        "a frame from the primary carries nothing".into(),
+                    ));
+                }
+            };
+            if let Some(version) = applied {
+                write_frame(
+                    send,
+                    &FromStandby {
+                        kind: Some(from_standby::Kind::Applied(version)),
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `work` on the copy on a blocking thread (each step fsyncs), unless a newer
+    /// session took over.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        generation: u64,
+        work: impl FnOnce(&mut StandbyStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ReplicaError> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = inner.lock();
+            if inner.generation.load(Ordering::SeqCst) != generation {
+                return Err(ReplicaError::Protocol(
+                    "a newer session with the primary took over".into(),
+                ));
+            }
+            work(&mut store).map_err(ReplicaError::Store)
+        })
+        .await
+        .map_err(|error| ReplicaError::Protocol(format!("applying: {error}")))?
+    }
+}
+
+/// Adds `part` to the group being gathered; returns the group when its last part arrived.
+fn gather(
+    gathering: &mut Option<Gathering>,
+    part: GroupPart,
+) -> Result<Option<CommittedGroup>, ReplicaError> {
+    let current = gathering.get_or_insert_with(|| Gathering {
+        group: CommittedGroup {
+            previous_version: part.previous_version,
+            version: part.version,
+            mutations: Vec::new(),
+        },
+        bytes: 0,
+    });
+    if current.group.previous_version != part.previous_version
+        || current.group.version != part.version
+    {
+        return Err(ReplicaError::Protocol(format!(
+            "a part of the group to version {} arrived inside the group to version {}",
+            part.version, current.group.version
+        )));
+    }
+    for mutation in part.mutations {
+        let mutation = from_wire(mutation)
+            .ok_or_else(|| ReplicaError::Protocol("a mutation carries nothing".into()))?;
+        match &mutation {
+            Mutation::Put { key, value } => check_pair(key, Some(value))?,
+            Mutation::Remove { key } => check_pair(key, None)?,
+            Mutation::RemoveRange { begin, end } => {
+                if begin.len() > KEY_BYTES_MAX + 1 || end.len() > KEY_BYTES_MAX + 1 {
+                    return Err(ReplicaError::Protocol(
+                        "a cleared range's key is too long".into(),
+                    ));
+                }
+            }
+        }
+        current.bytes += mutation.bytes();
+        if current.bytes > GROUP_BYTES_MAX {
+            return Err(ReplicaError::Protocol(format!(
+                "the group to version {} is over {GROUP_BYTES_MAX} bytes",
+                part.version
+            )));
+        }
+        current.group.mutations.push(mutation);
+    }
+    if part.more {
+        return Ok(None);
+    }
+    Ok(gathering.take().map(|gathering| gathering.group))
+}
+
+fn check_pair(key: &[u8], value: Option<&[u8]>) -> Result<(), ReplicaError> {
+    if key.len() > KEY_BYTES_MAX || value.is_some_and(|value| value.len() > VALUE_BYTES_MAX) {
+        return Err(ReplicaError::Protocol(
+            "a key or value is over the store's limits".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn refused(reason: &str) -> FromStandby {
+    FromStandby {
+        kind: Some(from_standby::Kind::Refused(reason.to_owned())),
+    }
+}
