@@ -884,6 +884,7 @@ impl RegionSoftware {
             served_before: incarnation > 0,
             push: None,
             tokens_required: false,
+            replication: None,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;

@@ -83,6 +83,12 @@ pub struct RegionReady {
     pub edge_pid: u32,
     /// An address a client of this region can bind (the locator answers by source address).
     pub client_bind: IpAddr,
+    /// The region's standby (`--standbys`): its replication address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<SocketAddr>,
+    /// The standby's process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_pid: Option<u32>,
 }
 
 impl Ready {
@@ -195,6 +201,8 @@ mod tests {
             data: PathBuf::from("/d"),
             locator_pid: 7,
             regions: vec![RegionReady {
+                standby: None,
+                standby_pid: None,
                 region: 1,
                 service: "127.0.1.1:4000".parse().expect("address"),
                 service_pid: 5,

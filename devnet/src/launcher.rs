@@ -24,6 +24,7 @@ use std::time::Duration;
 use home_region::config::{PeersFile, RegionAddress, RegionConfig};
 use relay_edge::config::{EdgeConfig, LimitsConfig};
 use relay_edge::locator::{LocatorConfig, RegionEntry};
+use relay_replica::{ReplicationConfig, StandbyConfig};
 use rustix::fs::FlockOperation;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -61,7 +62,13 @@ pub struct DevnetOptions {
     /// Whether registering needs a token (`relayd admin token`), as in production; a devnet
     /// lets anyone register unless asked.
     pub require_tokens: bool,
+    /// Whether each region gets a standby (`relayd standby`, `standby-k`, on 127.0.k.3) that
+    /// receives every commit before the region acknowledges it.
+    pub standbys: bool,
 }
+
+/// The host of a region's standby in its block (127.0.k.3).
+pub const STANDBY_HOST: u8 = 3;
 
 /// The address `host` of region `region`'s block, 127.0.region.host.
 pub fn region_ip(region: u32, host: u8) -> IpAddr {
@@ -100,6 +107,7 @@ pub async fn run(
         edge_limits: options.edge_limits,
         push_ca: options.push_ca.clone(),
         require_tokens: options.require_tokens,
+        standbys: options.standbys,
     };
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)
@@ -188,6 +196,7 @@ struct Launcher {
     edge_limits: LimitsConfig,
     push_ca: Option<PathBuf>,
     require_tokens: bool,
+    standbys: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +253,33 @@ impl Launcher {
             let certs = self.pki.region(region)?;
             let name = format!("region-{region}");
             let data_dir = self.data.join(&name);
+            // The standby first: the region ships its first commit (its store's identity) to
+            // it before it listens.
+            let replication = if self.standbys {
+                let name = format!("standby-{region}");
+                let standby_dir = self.data.join(&name);
+                let started = self
+                    .launch(
+                        &name,
+                        "standby",
+                        SocketAddr::new(region_ip(region, STANDBY_HOST), 0),
+                        |listen| StandbyConfig {
+                            region,
+                            listen,
+                            data_dir: standby_dir.clone(),
+                            ca_cert: self.pki.ca_cert(),
+                            cert: certs.cert.clone(),
+                            key: certs.key.clone(),
+                        },
+                    )
+                    .await?;
+                let replication = ReplicationConfig::new(started.address);
+                sink(started.started());
+                running.push(started);
+                Some(replication)
+            } else {
+                None
+            };
             let started = self
                 .launch(
                     &name,
@@ -263,6 +299,7 @@ impl Launcher {
                         registration: home_region::config::RegistrationConfig {
                             tokens_required: self.require_tokens,
                         },
+                        replication: replication.clone(),
                     },
                 )
                 .await?;
@@ -324,6 +361,7 @@ impl Launcher {
                     let find = |name: String| running.iter().find(|r| r.spec.name == name);
                     let service = find(format!("region-{region}"))?;
                     let edge = find(format!("edge-{region}"))?;
+                    let standby = find(format!("standby-{region}"));
                     Some(RegionReady {
                         region,
                         service: service.address,
@@ -331,6 +369,8 @@ impl Launcher {
                         edge: edge.address,
                         edge_pid: edge.pid(),
                         client_bind: region_ip(region, 10),
+                        standby: standby.map(|standby| standby.address),
+                        standby_pid: standby.map(Running::pid),
                     })
                 })
                 .collect(),

@@ -93,6 +93,7 @@ impl Testbed {
                 registration: home_region::config::RegistrationConfig {
                     tokens_required: false,
                 },
+                replication: None,
             };
             let (service, address, _) = RegionService::open(&config, false)
                 .await

@@ -115,6 +115,12 @@ pub enum StoreError {
     /// unavailable", never acknowledge it, and the client retries later under the same ids.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store file is open in another process (a running region or standby holds its lock).
+    #[error(
+        "the store file {0} is open in another process: stop the region or standby that holds it \
+         first"
+    )]
+    InUse(String),
     /// The database is closed: its committer stopped, or (memory backend) its simulated
     /// process crashed.
     #[error("database is closed")]
@@ -157,6 +163,7 @@ impl StoreError {
             | StoreError::Corrupt { .. }
             | StoreError::Storage(_)
             | StoreError::Unavailable(_)
+            | StoreError::InUse(_)
             | StoreError::Closed => return None,
         };
         Some(code)

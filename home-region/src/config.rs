@@ -43,6 +43,11 @@ pub struct RegionConfig {
     /// Who may register (read by the directory writer only).
     #[serde(default)]
     pub registration: RegistrationConfig,
+    /// The region's standby, which receives every commit before the region acknowledges it
+    /// (see `relay_replica::ReplicationConfig`); none by default. On FoundationDB the cluster's
+    /// own multi-region replication takes this role.
+    #[serde(default)]
+    pub replication: Option<relay_replica::ReplicationConfig>,
 }
 
 /// The `[registration]` section.
@@ -137,6 +142,9 @@ impl RegionConfig {
             return Err(ConfigError::Value(
                 "blobs.s3 needs a bucket and a region".into(),
             ));
+        }
+        if let Some(replication) = &self.replication {
+            replication.validate()?;
         }
         if self.directory_writer == 0 {
             return Err(ConfigError::Value(

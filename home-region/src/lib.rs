@@ -20,6 +20,7 @@ pub mod lanes;
 pub mod limits;
 pub mod linking;
 pub mod presence;
+pub mod promote;
 pub mod push;
 pub mod repair;
 pub mod service;

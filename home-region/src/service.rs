@@ -81,6 +81,9 @@ pub enum RegionError {
     /// The network shell failed.
     #[error("network: {0}")]
     Net(#[from] NetError),
+    /// The standby link could not be set up.
+    #[error("replication: {0}")]
+    Replication(#[from] relay_replica::ReplicaError),
     /// The store is not one this region may start on (or could not be checked).
     #[error("region {region} cannot start on the store {}", store.display())]
     StoreCheck {
@@ -135,6 +138,9 @@ pub struct RegionParts<'a> {
     pub push: Option<crate::push::PushSetup>,
     /// (The directory writer) whether a new account needs a registration token.
     pub tokens_required: bool,
+    /// Ships every commit to the region's standby (started on `db` already); stopped when the
+    /// region stops. `None` without a standby.
+    pub replication: Option<Arc<relay_replica::Shipper>>,
 }
 
 /// A running region.
@@ -200,6 +206,8 @@ struct Inner {
     pusher: Arc<Pusher>,
     /// (The directory writer) whether a new account needs a registration token.
     tokens_required: bool,
+    /// Ships every commit to the region's standby; stopped when the region stops.
+    replication: Option<Arc<relay_replica::Shipper>>,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -248,6 +256,13 @@ pub(crate) fn store_failure(error: StoreError) -> ProtoError {
     }
 }
 
+fn shipper_standby(config: &RegionConfig) -> String {
+    config
+        .replication
+        .as_ref()
+        .map_or_else(String::new, |replication| replication.standby.to_string())
+}
+
 impl RegionService {
     /// Opens the store, checks it is the one this region expects ([`crate::store_check`]:
     /// asking the directory writer when it is empty), then binds the internal QUIC server from
@@ -275,9 +290,32 @@ impl RegionService {
             SystemClock.now_ms(),
         )
         .map_err(store_check_failed)?;
-        let db = Database::open(&store_path, EmbeddedOptions::default())?;
         let roots = net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        let replication = config
+            .replication
+            .clone()
+            .map(|replication| relay_replica::Shipper::new(config.region, replication))
+            .transpose()?;
+        let db = Database::open(
+            &store_path,
+            EmbeddedOptions {
+                replication: replication
+                    .clone()
+                    .map(|shipper| shipper as Arc<dyn fdb_layers::ReplicationSink>),
+                ..EmbeddedOptions::default()
+            },
+        )?;
+        if let Some(shipper) = &replication {
+            // Before the store check, whose first commit waits for the standby.
+            shipper.start(
+                db.clone(),
+                SocketAddr::new(config.listen.ip(), 0),
+                roots.clone(),
+                identity.clone(),
+            )?;
+            tracing::info!(standby = %shipper_standby(config), "shipping every commit to the standby");
+        }
         let region = RegionId(config.region);
         let expected = Expected {
             region,
@@ -341,6 +379,7 @@ impl RegionService {
             served_before: store.created_at_ms != now_ms,
             push,
             tokens_required: config.registration.tokens_required,
+            replication,
         })?;
         Ok((service, address, store))
     }
@@ -364,6 +403,7 @@ impl RegionService {
             served_before,
             push,
             tokens_required,
+            replication,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -413,6 +453,7 @@ impl RegionService {
             blobs,
             pusher: Arc::new(Pusher::new(push)),
             tokens_required,
+            replication,
         };
         Ok((
             Self {
@@ -459,6 +500,9 @@ impl RegionService {
         pusher.abort();
         sweeper.abort();
         blob_sweeper.abort();
+        if let Some(shipper) = &self.inner.replication {
+            shipper.stop();
+        }
         self.inner
             .endpoint
             .close(0u32.into(), b"region shutting down");

@@ -87,6 +87,7 @@ fn region(
         served_before: false,
         push: None,
         tokens_required: false,
+        replication: None,
     })
     .expect("region binds");
     addresses

@@ -46,6 +46,26 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Promote a region's standby after its primary is lost: the standby's copy becomes the
+    /// region's store. Stop the standby (and the region, if it still runs) first. The copy must
+    /// be whole, pass the integrity check and be this region's store; the region's data folder
+    /// is then moved aside (to DATA_DIR.replaced-<unix seconds>, never deleted) and the
+    /// standby's folder moved into its place, so `relayd region --config REGION.toml` starts
+    /// on the copy, from the last commit the region acknowledged.
+    ///
+    /// Example: relayd admin promote --standby-config ./devnet-data/standby-1.toml
+    ///          --region-config ./devnet-data/region-1.toml
+    Promote {
+        /// The standby's configuration file (its data folder, region and CA are used).
+        #[arg(long)]
+        standby_config: std::path::PathBuf,
+        /// The region's configuration file (its data folder, region and CA are used).
+        #[arg(long)]
+        region_config: std::path::PathBuf,
+        /// Print one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue registration tokens: each lets --uses accounts register (`relay register NAME
     /// --token TOKEN`) until it expires. The tokens are made and stored (as their SHA-256
     /// only) by the deployment's directory writer, which this asks over the internal network
@@ -99,6 +119,11 @@ pub fn run(command: AdminCommand) -> Result<()> {
             json,
         } => runtime.block_on(repair(&data, &devices, json)),
         AdminCommand::VapidKey { out, json } => vapid_key(&out, json),
+        AdminCommand::Promote {
+            standby_config,
+            region_config,
+            json,
+        } => runtime.block_on(promote(&standby_config, &region_config, json)),
         AdminCommand::Token {
             config,
             count,
@@ -139,6 +164,43 @@ async fn token(config: &Path, count: u32, uses: u32, days: f64, json: bool) -> R
              directory keeps only their SHA-256)",
             issued.tokens.len(),
             issued.uses,
+        );
+    }
+    Ok(())
+}
+
+async fn promote(standby_config: &Path, region_config: &Path, json: bool) -> Result<()> {
+    let standby = relay_replica::StandbyConfig::load(standby_config)?;
+    let region = home_region::config::RegionConfig::load(region_config)?;
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let promoted = home_region::promote::promote_standby(&standby, &region, now_secs).await?;
+    if json {
+        let mut line = serde_json::to_value(&promoted)?;
+        line["event"] = "promoted".into();
+        println!("{line}");
+    } else {
+        println!(
+            "region {}'s store is now the standby's copy: store {}, version {}, {} keys, in {}",
+            promoted.region,
+            promoted.store_id,
+            promoted.version,
+            promoted.keys,
+            promoted.data_dir.display()
+        );
+        if let Some(replaced) = &promoted.replaced {
+            println!(
+                "the region's previous folder was moved to {}",
+                replaced.display()
+            );
+        }
+        if promoted.blobs_carried_over {
+            println!("its blobs were carried over");
+        }
+        println!(
+            "start the region with its configuration; give it a new standby (a new folder gets \
+             a full copy)"
         );
     }
     Ok(())

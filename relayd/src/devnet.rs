@@ -49,6 +49,11 @@ pub struct DevnetArgs {
     /// with `relayd admin token --config DATA/region-1.toml`).
     #[arg(long)]
     require_tokens: bool,
+    /// Give each region a standby (`standby-k` on 127.0.k.3, its copy under DATA/standby-k)
+    /// that receives every commit before the region acknowledges it. To promote one, stop the
+    /// devnet and start the region on the standby's folder (see the README's failover journey).
+    #[arg(long)]
+    standbys: bool,
 }
 
 /// A devnet's per-address connection limits unless given: its clients and benchmarks share a
@@ -76,6 +81,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         },
         push_ca: args.push_ca,
         require_tokens: args.require_tokens,
+        standbys: args.standbys,
     };
     let json = args.json;
     let print = move |event: DevnetEvent| {

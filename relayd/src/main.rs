@@ -61,6 +61,18 @@ enum Command {
         #[arg(long)]
         accept_new_store: bool,
     },
+    /// Run a region's standby: a copy of the region's store that receives every commit before
+    /// the region acknowledges it (the region's `[replication] standby` names this address).
+    ///
+    /// The standby accepts only a primary presenting the region's own certificate. A new or
+    /// lagging standby is brought up to date by the region (the groups it lacks, or a full
+    /// copy). Its folder is a region data folder: to promote it, stop it and start the region
+    /// with `data_dir` set to it (see home-region/standby.example.toml).
+    Standby {
+        /// The standby's TOML configuration (see home-region/standby.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run an edge (QUIC for devices; forwards to regions).
     Edge {
         /// The edge's TOML configuration (see edge/edge.example.toml).
@@ -154,6 +166,7 @@ fn main() -> ExitCode {
             config,
             accept_new_store,
         } => serve::region(&config, accept_new_store),
+        Command::Standby { config } => serve::standby(&config),
         Command::Edge { config } => serve::edge(&config),
         Command::Locator { config } => serve::locator(&config),
         Command::Sim(args) => sim::run(args),

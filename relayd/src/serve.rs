@@ -84,6 +84,19 @@ pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
     })
 }
 
+/// `relayd standby --config FILE`.
+pub fn standby(config_path: &Path) -> Result<()> {
+    let config = relay_replica::StandbyConfig::load(config_path)?;
+    runtime()?.block_on(async {
+        let shutdown = shutdown_signal();
+        let (server, address) = relay_replica::StandbyServer::open(&config)?;
+        announce(format!("standby {} listening on {address}", config.region));
+        server.run(shutdown).await;
+        tracing::info!("standby stopped");
+        Ok(())
+    })
+}
+
 /// `relayd edge --config FILE`.
 pub fn edge(config_path: &Path) -> Result<()> {
     let config = EdgeConfig::load(config_path)?;

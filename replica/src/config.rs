@@ -133,4 +133,15 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[test]
+    fn the_example_standby_configuration_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../home-region/standby.example.toml");
+        let config = StandbyConfig::load(&path).expect("the example loads");
+        assert_eq!(config.region, 1);
+        let garbage = tempfile::NamedTempFile::new().expect("file");
+        std::fs::write(garbage.path(), "region = 1\nlisten = 3").expect("write");
+        assert!(StandbyConfig::load(garbage.path()).is_err());
+    }
 }

@@ -530,7 +530,10 @@ fn open_redb(
         .write(true)
         .open(path)
         .map_err(|error| StoreError::storage(redb::StorageError::Io(error)))?;
-    let file = FileBackend::new(file).map_err(StoreError::storage)?;
+    let file = FileBackend::new(file).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.display().to_string()),
+        error => StoreError::storage(error),
+    })?;
     let backend = FaultyFile {
         written_end: AtomicU64::new(
             file.len()
@@ -563,6 +566,7 @@ fn open_redb(
         {
             damaged(format!("is not a whole store ({error})"))
         }
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.display().to_string()),
         redb::DatabaseError::UpgradeRequired(format) => damaged(format!(
             "is in redb file format {format}, which this engine does not read"
         )),

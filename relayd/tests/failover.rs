@@ -1,0 +1,120 @@
+//! Journey 26: a region's standby. A devnet started with `--standbys` gives region 1 a standby
+//! that receives every commit before the region acknowledges it. alice sends bob (offline)
+//! messages; each ✓ means the standby has it. The primary is SIGKILLed and its store lost; the
+//! operator promotes the standby (`relayd admin promote`, refused while the standby still
+//! runs) and restarts the devnet: the region serves from the copy, bob receives every message
+//! alice saw acknowledged, and the region's new standby gets a full copy and keeps up.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::{DEADLINE, Devnet, Person, eventually, json_lines, relayd_bin, send_signal};
+
+const MESSAGES: usize = 12;
+
+fn events<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|line| line["event"] == kind).collect()
+}
+
+fn promote(data: &std::path::Path) -> std::process::Output {
+    Command::new(relayd_bin())
+        .args(["admin", "promote", "--json", "--standby-config"])
+        .arg(data.join("standby-1.toml"))
+        .arg("--region-config")
+        .arg(data.join("region-1.toml"))
+        .output()
+        .expect("relayd admin promote runs")
+}
+
+#[test]
+fn a_promoted_standby_holds_every_message_the_lost_primary_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("devnet");
+    let mut devnet = Devnet::start_with(1, &data, &["--standbys"]);
+    let standby_pid = devnet
+        .region(1)
+        .standby_pid
+        .expect("region 1 has a standby");
+    assert!(devnet.region(1).standby.is_some());
+    let alice = Person::new(root, "alice");
+    alice.register(&devnet, "127.0.1.10");
+    let bob = Person::new(root, "bob");
+    bob.register(&devnet, "127.0.1.11");
+
+    let sent: Vec<String> = (0..MESSAGES)
+        .map(|index| format!("before failover {index}"))
+        .collect();
+    for text in &sent {
+        let lines = alice.ok(&["send", "bob", text]);
+        assert!(
+            events(&lines, "tick")
+                .iter()
+                .any(|tick| tick["tick"] == "sent"),
+            "every message is acknowledged (✓): {lines:?}"
+        );
+    }
+
+    // A promotion while the standby runs is refused: it would copy a file being written.
+    let refused = promote(&data);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("stop the standby first"), "{said}");
+
+    // The primary dies and its store is lost.
+    send_signal(devnet.region(1).service_pid, "KILL");
+    devnet.stop();
+    let _ = standby_pid;
+    std::fs::remove_file(data.join("region-1").join("region.redb")).expect("the store is lost");
+
+    let promoted = promote(&data);
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stderr)
+    );
+    let report = json_lines(&promoted.stdout);
+    let report = events(&report, "promoted")[0].clone();
+    assert!(report["version"].as_u64().expect("version") > 0, "{report}");
+    assert!(report["replaced"].is_string(), "{report}");
+
+    // The region starts on the copy; its new standby (an empty folder) gets a full copy.
+    let devnet = Devnet::start_with(1, &data, &["--standbys"]);
+    let mut received: Vec<String> = Vec::new();
+    eventually(DEADLINE, "bob receives every acknowledged message", || {
+        let lines = bob.ok(&["sync"]);
+        received.extend(
+            events(&lines, "message")
+                .iter()
+                .filter_map(|line| line["text"].as_str().map(str::to_owned)),
+        );
+        sent.iter()
+            .all(|text| received.contains(text))
+            .then_some(())
+    });
+    let after = alice.ok(&["send", "bob", "after failover"]);
+    assert!(
+        events(&after, "tick")
+            .iter()
+            .any(|tick| tick["tick"] == "sent"),
+        "{after:?}"
+    );
+    eventually(DEADLINE, "the message after the failover arrives", || {
+        let lines = bob.ok(&["sync"]);
+        events(&lines, "message")
+            .iter()
+            .any(|line| line["text"] == "after failover")
+            .then_some(())
+    });
+    // Nothing arrived twice.
+    for text in &sent {
+        assert_eq!(
+            received.iter().filter(|seen| *seen == text).count(),
+            1,
+            "{text} arrived once"
+        );
+    }
+    drop(devnet);
+}
