@@ -42,6 +42,7 @@ pub mod messages;
 pub mod presence;
 pub mod push;
 pub mod servers;
+mod standby;
 pub mod storage;
 pub mod sync;
 

@@ -40,7 +40,8 @@ use serde::Serialize;
 
 use crate::BenchError;
 use crate::measure::{
-    CpuOf, Timing, cpu_time, measure_fsync, percentile_ms, ratio, thousands, unix_time_ms,
+    CpuOf, Timing, cpu_time, measure_fsync, percentile_ms, process_cpu_time, ratio, thousands,
+    unix_time_ms,
 };
 
 /// Bytes of the envelope each message carries.
@@ -96,6 +97,9 @@ pub struct StorageOptions {
     /// Folder on the disk to measure (a temporary folder is made inside it and removed);
     /// `None`: the system's temporary folder.
     pub data: Option<PathBuf>,
+    /// The `relayd` executable: each row also runs the layers shipping every commit to a
+    /// standby (`relayd standby`, a child process on loopback, fresh per row); `None`: not.
+    pub standby: Option<PathBuf>,
 }
 
 /// Everything one run measured.
@@ -152,6 +156,30 @@ pub struct Row {
     pub cpu_percent: Option<f64>,
     /// The committer thread's CPU time over the window, in percent of one core (Linux only).
     pub committer_cpu_percent: Option<f64>,
+    /// The same layers shipping every commit to a standby (`--standby`).
+    pub with_standby: Option<StandbyCell>,
+}
+
+/// The layers with a standby: every commit acknowledged only once the standby (another
+/// process, on loopback) has it durable.
+#[derive(Debug, Serialize)]
+pub struct StandbyCell {
+    /// Messages per second.
+    pub per_second: f64,
+    /// `per_second / layer_per_second` of the same row.
+    pub share_of_alone: f64,
+    /// Median latency of one message's `transact`, in milliseconds.
+    pub commit_p50_ms: f64,
+    /// 99th percentile latency, in milliseconds.
+    pub commit_p99_ms: f64,
+    /// What the standby adds to the median commit, in milliseconds.
+    pub added_p50_ms: f64,
+    /// Transactions per group commit (one fsync here and one on the standby each).
+    pub average_batch: f64,
+    /// This process's CPU time over the window, in percent of one core (Linux only).
+    pub cpu_percent: Option<f64>,
+    /// The standby process's CPU time over the window, in percent of one core (Linux only).
+    pub standby_cpu_percent: Option<f64>,
 }
 
 /// Whether the issue's targets are met.
@@ -165,9 +193,11 @@ pub struct Verdict {
     pub summary: String,
 }
 
-/// The steps [`run`] announces for `options`: the fsync rate twice, and three cells per row.
+/// The steps [`run`] announces for `options`: the fsync rate twice, and three cells per row
+/// (four with a standby).
 pub fn steps(options: &StorageOptions) -> u64 {
-    2 + 3 * options.writers.len() as u64
+    let cells = if options.standby.is_some() { 4 } else { 3 };
+    2 + cells * options.writers.len() as u64
 }
 
 /// Runs the storage benchmark: the fsync rate, then per writer count the layers, raw redb
@@ -228,7 +258,40 @@ pub fn run(args: &StorageOptions, step: &dyn Fn(&str)) -> Result<Report, BenchEr
             &folder.path().join(format!("layers-{writers}.redb")),
             writers,
             timing,
+            None,
         ))?;
+        let with_standby = match &args.standby {
+            Some(relayd) => {
+                step(&format!("{writers} writer(s): the layers with a standby"));
+                let cell_folder = folder.path().join(format!("standby-{writers}"));
+                let measured = runtime.block_on(async {
+                    let standby = crate::standby::StandbyProcess::start(relayd, &cell_folder)?;
+                    let measured = measure_layers(
+                        &folder.path().join(format!("layers-standby-{writers}.redb")),
+                        writers,
+                        timing,
+                        Some(&standby),
+                    )
+                    .await;
+                    standby.stop();
+                    measured
+                })?;
+                Some(StandbyCell {
+                    per_second: measured.per_second,
+                    share_of_alone: ratio(measured.per_second, layer.per_second),
+                    commit_p50_ms: measured.p50_ms,
+                    commit_p99_ms: measured.p99_ms,
+                    added_p50_ms: measured.p50_ms - layer.p50_ms,
+                    average_batch: ratio(
+                        measured.stats.committed_transactions as f64,
+                        measured.stats.write_batches as f64,
+                    ),
+                    cpu_percent: measured.cpu_percent,
+                    standby_cpu_percent: measured.standby_cpu_percent,
+                })
+            }
+            None => None,
+        };
         step(&format!("{writers} writer(s): raw redb, batched"));
         let raw_batched_per_second = measure_raw(
             &folder.path().join(format!("raw-batched-{writers}.redb")),
@@ -260,6 +323,7 @@ pub fn run(args: &StorageOptions, step: &dyn Fn(&str)) -> Result<Report, BenchEr
             retries: layer.stats.retries,
             cpu_percent: layer.cpu_percent,
             committer_cpu_percent: layer.committer_cpu_percent,
+            with_standby,
         });
     }
     step("measuring the fsync rate again");
@@ -290,6 +354,8 @@ struct LayerMeasurement {
     stats: EngineStats,
     cpu_percent: Option<f64>,
     committer_cpu_percent: Option<f64>,
+    /// The standby process's CPU time over the window, in percent of one core.
+    standby_cpu_percent: Option<f64>,
 }
 
 /// Runs `writers` tasks sending messages through the layers on a fresh database at `path`.
@@ -297,12 +363,25 @@ async fn measure_layers(
     path: &Path,
     writers: usize,
     timing: Timing,
+    standby: Option<&crate::standby::StandbyProcess>,
 ) -> Result<LayerMeasurement, BenchError> {
-    let database =
-        Database::open(path, EmbeddedOptions::default()).map_err(|source| BenchError::Store {
-            what: "opening the database",
-            source,
-        })?;
+    let shipper = standby.map(|standby| standby.shipper()).transpose()?;
+    let database = Database::open(
+        path,
+        EmbeddedOptions {
+            replication: shipper
+                .clone()
+                .map(|shipper| shipper as std::sync::Arc<dyn fdb_layers::ReplicationSink>),
+            ..EmbeddedOptions::default()
+        },
+    )
+    .map_err(|source| BenchError::Store {
+        what: "opening the database",
+        source,
+    })?;
+    if let (Some(shipper), Some(standby)) = (&shipper, standby) {
+        standby.ship_to(shipper, &database)?;
+    }
     let envelope = envelope();
     let (window_start, window_end) = timing.schedule();
     let tasks: Vec<_> = (0..writers)
@@ -318,7 +397,9 @@ async fn measure_layers(
     let stats_before = database.stats();
     let cpu_before = cpu_time(CpuOf::Process);
     let committer_before = cpu_time(CpuOf::Thread(COMMITTER_THREAD_NAME));
+    let standby_before = standby.and_then(|standby| process_cpu_time(standby.pid()));
     tokio::time::sleep_until(window_end.into()).await;
+    let standby_after = standby.and_then(|standby| process_cpu_time(standby.pid()));
     let stats_after = database.stats();
     let cpu_after = cpu_time(CpuOf::Process);
     let committer_after = cpu_time(CpuOf::Thread(COMMITTER_THREAD_NAME));
@@ -328,6 +409,9 @@ async fn measure_layers(
             .await
             .map_err(|error| BenchError::Refused(format!("a writer task failed: {error}")))??;
         latencies_us.extend(latencies);
+    }
+    if let Some(shipper) = &shipper {
+        shipper.stop();
     }
     drop(database);
     std::fs::remove_file(path).map_err(BenchError::io("removing", path))?;
@@ -353,6 +437,7 @@ async fn measure_layers(
         },
         cpu_percent: busy_percent(cpu_before, cpu_after),
         committer_cpu_percent: busy_percent(committer_before, committer_after),
+        standby_cpu_percent: busy_percent(standby_before, standby_after),
     })
 }
 
@@ -709,6 +794,35 @@ fn table(report: &Report) -> String {
             percent(row.cpu_percent),
             percent(row.committer_cpu_percent),
         ));
+    }
+    if report.rows.iter().any(|row| row.with_standby.is_some()) {
+        let fsync_ms = 1_000.0 / report.fsync_per_second_start.max(1.0);
+        out.push_str(&format!(
+            "\nWith a standby (`relayd standby`, another process on loopback): every commit is \
+             acknowledged once the standby has it durable too (one fsync here ≈ {fsync_ms:.2} ms)\n\n\
+             | writers | alone appends/s | with standby/s | with ÷ alone | commit p50/p99 ms alone | \
+             with standby | added p50 ms | avg batch | cpu here (standby) |\n\
+             |--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        ));
+        for row in &report.rows {
+            if let Some(cell) = &row.with_standby {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {:.0}% | {:.1} / {:.1} | {:.1} / {:.1} | {:+.1} | {:.1} | {} ({}) |\n",
+                    row.writers,
+                    thousands(row.layer_per_second),
+                    thousands(cell.per_second),
+                    cell.share_of_alone * 100.0,
+                    row.commit_p50_ms,
+                    row.commit_p99_ms,
+                    cell.commit_p50_ms,
+                    cell.commit_p99_ms,
+                    cell.added_p50_ms,
+                    cell.average_batch,
+                    percent(cell.cpu_percent),
+                    percent(cell.standby_cpu_percent),
+                ));
+            }
+        }
     }
     out.push('\n');
     out.push_str(&report.verdict.summary);

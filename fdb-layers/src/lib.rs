@@ -46,8 +46,9 @@ mod test_support;
 pub use engine::FdbNetwork;
 pub use engine::{
     CommittedGroup, Database, DiskFailure, DiskFaults, EmbeddedOptions, EngineStats, FaultConfig,
-    IntegrityReport, MemoryDisk, MemoryOptions, Mutation, RangeOptions, ReplicationSink,
-    StandbyStore, StoreExport, Transaction, Versionstamp, VersionstampFuture, Watch, WrittenKey,
+    IntegrityReport, MemoryDisk, MemoryOptions, Mutation, RangeOptions, Replicated,
+    ReplicationSink, StandbyStore, StoreExport, Transaction, Versionstamp, VersionstampFuture,
+    Watch, WrittenKey,
 };
 pub use error::StoreError;
 pub use tuple::{Subspace, TupleDecode, TupleEncode};

@@ -191,6 +191,11 @@ pub struct StorageArgs {
     /// A short smoke run (about 10 s): 0.6 s per cell unless --seconds is given.
     #[arg(long)]
     quick: bool,
+    /// Also run each row's layers shipping every commit to a standby (`relayd standby`, this
+    /// executable, as a child process on loopback): what a standby costs in throughput and
+    /// commit latency.
+    #[arg(long)]
+    standby: bool,
 }
 
 /// Arguments of `relayd bench messages`.
@@ -328,6 +333,11 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 },
                 writers: args.writers,
                 data: args.data,
+                standby: if args.standby {
+                    Some(std::env::current_exe().context("finding this executable")?)
+                } else {
+                    None
+                },
             };
             report(
                 storage::steps(&options),

@@ -1,5 +1,5 @@
 //! `relayd bench messages` (opaque and E2EE devices), `relayd bench connections`,
-//! `relayd bench sync` and `relayd bench presence` as a user runs them, in their short versions
+//! `relayd bench sync`, `relayd bench presence` and `relayd bench storage --standby` as a user runs them, in their short versions
 //! on this debug build (`--quick --allow-debug`): every row and ceiling is there with non-zero
 //! figures, every message acknowledged ✓ was delivered once (to every member device of a W3
 //! group), every idle device connected and left, every presence change reached every watcher.
@@ -434,4 +434,28 @@ fn a_debug_build_is_refused_without_allow_debug() {
         stderr.contains("debug build") && stderr.contains("cargo run --release"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_storage_benchmark_reports_the_cost_of_a_standby() {
+    let report = run_json(&[
+        "bench",
+        "storage",
+        "--json",
+        "--seconds",
+        "0.3",
+        "--writers",
+        "1,10",
+        "--standby",
+    ]);
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        positive(row, "layer_per_second");
+        let cell = &row["with_standby"];
+        positive(cell, "per_second");
+        positive(cell, "commit_p50_ms");
+        positive(cell, "average_batch");
+    }
+    positive(&report, "fsync_per_second_start");
 }

@@ -43,6 +43,11 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// How long the primary logs nothing new about an absent standby while going on alone.
 pub const ALONE_WARNING_INTERVAL_MS: u64 = 10_000;
 
+/// Groups and chunks a standby has read but not applied yet: at most this many wait in memory
+/// (QUIC's flow control holds back the rest). Groups are usually kilobytes; the worst case is
+/// this many of [`GROUP_BYTES_MAX`].
+pub const STANDBY_STEPS_QUEUED_MAX: usize = 16;
+
 /// Connections a standby accepts at once (its primary, a restarted primary whose old link has
 /// not timed out yet, and a little slack).
 pub const STANDBY_CONNECTIONS_MAX: usize = 4;

@@ -1,12 +1,13 @@
 //! The primary's side: the [`Shipper`] the engine hands each durable group, and the link task
 //! that dials the standby and ships.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fdb_layers::{CommittedGroup, Database, ReplicationSink, StoreError, StoreExport};
+use fdb_layers::{CommittedGroup, Database, Replicated, ReplicationSink, StoreError, StoreExport};
 use relay_net::{SocketFactory, TlsIdentity, TokioSockets};
 use rustls::RootCertStore;
 use tokio::sync::Notify;
@@ -55,19 +56,20 @@ pub struct Shipper {
     region: u32,
     config: ReplicationConfig,
     state: Mutex<State>,
-    /// Signalled when the standby confirms a version, and when the shipper stops.
-    confirmed: Condvar,
     /// Wakes the link when a group arrives, and when the shipper stops.
     wake: Notify,
+    /// Wakes the deadline task when a group starts waiting, and when the shipper stops.
+    deadlines: Notify,
     groups_sent: AtomicU64,
     full_copies: AtomicU64,
     sessions: AtomicU64,
 }
 
-#[derive(Debug)]
 struct State {
     /// `None` until the shipper starts on its database (groups pushed before wait).
     log: Option<ShipLog>,
+    /// Groups whose requests wait for the standby's confirmation, in version order.
+    waiting: VecDeque<Waiting>,
     /// Groups pushed before the log existed.
     early: Vec<Arc<CommittedGroup>>,
     /// Since when the standby has been away (not connected, or not confirming in time);
@@ -80,6 +82,27 @@ struct State {
     stopped: bool,
 }
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("log", &self.log)
+            .field("waiting", &self.waiting.len())
+            .field("away_since", &self.away_since)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A group whose requests wait for the standby.
+struct Waiting {
+    version: u64,
+    /// When the away policy applies to it.
+    deadline: Instant,
+    /// When it was handed over.
+    since: Instant,
+    done: Replicated,
+}
+
 impl Shipper {
     /// A shipper for `region`'s store, to the standby `config` names.
     pub fn new(region: u32, config: ReplicationConfig) -> Result<Arc<Shipper>, ReplicaError> {
@@ -89,6 +112,7 @@ impl Shipper {
             config,
             state: Mutex::new(State {
                 log: None,
+                waiting: VecDeque::new(),
                 early: Vec::new(),
                 // An absent standby gets the grace from when the region starts.
                 away_since: Some(Instant::now()),
@@ -97,8 +121,8 @@ impl Shipper {
                 unconfirmed_commits: 0,
                 stopped: false,
             }),
-            confirmed: Condvar::new(),
             wake: Notify::new(),
+            deadlines: Notify::new(),
             groups_sent: AtomicU64::new(0),
             full_copies: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
@@ -106,8 +130,8 @@ impl Shipper {
     }
 
     /// Starts shipping `database`'s groups: dials the standby from `bind` (port 0) with the
-    /// region's `identity`, trusting `roots`. Spawns the link on the current tokio runtime;
-    /// it runs until [`Shipper::stop`].
+    /// region's `identity`, trusting `roots`. Spawns the link and the task that applies the
+    /// away policy on the current tokio runtime; they run until [`Shipper::stop`].
     pub fn start(
         self: &Arc<Self>,
         database: Database,
@@ -133,14 +157,96 @@ impl Shipper {
             endpoint,
             client,
         };
+        tokio::spawn(self.clone().apply_deadlines());
         Ok(tokio::spawn(link.run()))
     }
 
-    /// Stops the link and answers every waiting commit.
+    /// Stops the link and answers every waiting commit (refused: the standby did not confirm
+    /// them).
     pub fn stop(&self) {
-        self.lock().stopped = true;
-        self.confirmed.notify_all();
+        let waiting = {
+            let mut state = self.lock();
+            state.stopped = true;
+            std::mem::take(&mut state.waiting)
+        };
+        for waiting in waiting {
+            (waiting.done)(Err(StoreError::Unavailable(
+                "the region is stopping; the standby did not confirm the commit".into(),
+            )));
+        }
         self.wake.notify_one();
+        self.deadlines.notify_one();
+    }
+
+    /// Applies the away policy to each waiting group whose deadline passed, oldest first (a
+    /// group is never answered before one handed over earlier).
+    async fn apply_deadlines(self: Arc<Self>) {
+        loop {
+            let (expired, next) = {
+                let mut state = self.lock();
+                if state.stopped {
+                    return;
+                }
+                let now = Instant::now();
+                let mut expired = Vec::new();
+                while state
+                    .waiting
+                    .front()
+                    .is_some_and(|front| front.deadline <= now)
+                {
+                    if let Some(waiting) = state.waiting.pop_front() {
+                        expired.push(waiting);
+                    }
+                }
+                if let Some(first) = expired.first() {
+                    state.unconfirmed_commits += expired.len() as u64;
+                    if state.away_since.is_none() {
+                        state.away_since = Some(first.since);
+                    }
+                }
+                (expired, state.waiting.front().map(|front| front.deadline))
+            };
+            for waiting in expired {
+                let verdict = self.away_verdict(waiting.since);
+                (waiting.done)(verdict);
+            }
+            match next {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = self.deadlines.notified() => {}
+                    }
+                }
+                None => self.deadlines.notified().await,
+            }
+        }
+    }
+
+    /// What a group the standby did not confirm in time gets, by the away policy.
+    fn away_verdict(&self, since: Instant) -> Result<(), StoreError> {
+        match self.config.when_standby_is_away {
+            AwayPolicy::RefuseWrites => Err(StoreError::Unavailable(format!(
+                "the standby ({}) did not confirm the commit within {} ms; writes are refused \
+                 until it is back (when_standby_is_away = \"refuse_writes\")",
+                self.config.standby,
+                since.elapsed().as_millis()
+            ))),
+            AwayPolicy::GoOnAlone => {
+                let mut state = self.lock();
+                let warn = state.warned_alone_at.is_none_or(|at| {
+                    at.elapsed() >= Duration::from_millis(ALONE_WARNING_INTERVAL_MS)
+                });
+                if warn {
+                    state.warned_alone_at = Some(Instant::now());
+                    tracing::warn!(
+                        region = self.region,
+                        standby = %self.config.standby,
+                        "the standby is away; acknowledging commits it lacks (go_on_alone)"
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     /// What the shipper has done.
@@ -174,20 +280,33 @@ impl Shipper {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The standby confirmed `version` durable.
+    /// The standby confirmed `version` durable: the groups up to it are answered.
     fn confirm(&self, version: u64) {
-        let mut state = self.lock();
-        if let Some(log) = &mut state.log {
-            log.confirm(version);
-            if log.caught_up() {
-                if state.away_since.take().is_some() {
-                    tracing::info!(region = self.region, version, "the standby is caught up");
+        let mut confirmed = Vec::new();
+        {
+            let mut state = self.lock();
+            if let Some(log) = &mut state.log {
+                log.confirm(version);
+                if log.caught_up() {
+                    if state.away_since.take().is_some() {
+                        tracing::info!(region = self.region, version, "the standby is caught up");
+                    }
+                    state.warned_alone_at = None;
                 }
-                state.warned_alone_at = None;
+            }
+            while state
+                .waiting
+                .front()
+                .is_some_and(|front| front.version <= version)
+            {
+                if let Some(waiting) = state.waiting.pop_front() {
+                    confirmed.push(waiting);
+                }
             }
         }
-        drop(state);
-        self.confirmed.notify_all();
+        for waiting in confirmed {
+            (waiting.done)(Ok(()));
+        }
     }
 
     /// The link to the standby is down.
@@ -219,64 +338,37 @@ impl Shipper {
 }
 
 impl ReplicationSink for Shipper {
-    fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError> {
+    fn replicate(&self, group: CommittedGroup, done: Replicated) {
         let version = group.version;
-        let started = Instant::now();
+        let now = Instant::now();
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let mut state = self.lock();
+        if state.stopped {
+            drop(state);
+            return done(Err(StoreError::Unavailable(
+                "the region is stopping; the standby did not confirm the commit".into(),
+            )));
+        }
         state.groups += 1;
         let group = Arc::new(group);
         match &mut state.log {
             Some(log) => log.push(group),
             None => state.early.push(group),
         }
-        self.wake.notify_one();
         // A standby that keeps up gets the timeout for this group; an away one only what is
         // left of its grace.
-        let deadline = state.away_since.map_or(started, |since| since.min(started)) + timeout;
-        loop {
-            let confirmed = state.log.as_ref().map_or(0, ShipLog::confirmed);
-            if confirmed >= version {
-                return Ok(());
-            }
-            if state.stopped {
-                return Err(StoreError::Unavailable(
-                    "the region is stopping; the standby did not confirm the commit".into(),
-                ));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self
-                .confirmed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
-        }
-        state.unconfirmed_commits += 1;
-        let away_since = *state.away_since.get_or_insert(started);
-        match self.config.when_standby_is_away {
-            AwayPolicy::RefuseWrites => Err(StoreError::Unavailable(format!(
-                "the standby ({}) has not confirmed commits for {} ms; writes are refused \
-                 until it is back (when_standby_is_away = \"refuse_writes\")",
-                self.config.standby,
-                away_since.elapsed().as_millis()
-            ))),
-            AwayPolicy::GoOnAlone => {
-                let warn = state.warned_alone_at.is_none_or(|at| {
-                    at.elapsed() >= Duration::from_millis(ALONE_WARNING_INTERVAL_MS)
-                });
-                if warn {
-                    state.warned_alone_at = Some(Instant::now());
-                    tracing::warn!(
-                        region = self.region,
-                        standby = %self.config.standby,
-                        "the standby is away; acknowledging commits it lacks (go_on_alone)"
-                    );
-                }
-                Ok(())
-            }
+        let deadline = state.away_since.map_or(now, |since| since.min(now)) + timeout;
+        let first = state.waiting.is_empty();
+        state.waiting.push_back(Waiting {
+            version,
+            deadline,
+            since: now,
+            done,
+        });
+        drop(state);
+        self.wake.notify_one();
+        if first {
+            self.deadlines.notify_one();
         }
     }
 }

@@ -13,7 +13,7 @@ use relay_net::{TlsIdentity, TokioSockets};
 use rustls_pki_types::CertificateDer;
 
 use crate::config::StandbyConfig;
-use crate::limits::{GROUP_BYTES_MAX, STANDBY_CONNECTIONS_MAX};
+use crate::limits::{GROUP_BYTES_MAX, STANDBY_CONNECTIONS_MAX, STANDBY_STEPS_QUEUED_MAX};
 use crate::wire::{
     ALPN_STANDBY, FromStandby, GroupPart, Hello, StandbyState, ToStandby, from_standby, from_wire,
     to_standby,
@@ -138,6 +138,14 @@ fn store_path(config: &StandbyConfig) -> PathBuf {
     config.data_dir.join(STANDBY_STORE_FILE)
 }
 
+/// What the reader hands the applier, in stream order.
+enum Step {
+    Group(CommittedGroup),
+    InstallBegin(u64),
+    InstallChunk(Vec<(Vec<u8>, Vec<u8>)>),
+    InstallEnd,
+}
+
 /// A group whose parts are arriving.
 struct Gathering {
     group: CommittedGroup,
@@ -229,70 +237,131 @@ impl Inner {
         outcome
     }
 
-    /// Applies frames until the stream ends.
+    /// Applies frames until the stream ends: a reader gathers them into steps, and the steps
+    /// are applied in order, consecutive groups that arrived meanwhile together (one write
+    /// and one confirmation for all of them).
     async fn follow(
         self: &Arc<Self>,
         generation: u64,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<(), ReplicaError> {
-        let mut gathering: Option<Gathering> = None;
-        while let Some(frame) = read_frame::<ToStandby>(recv).await? {
-            let applied = match frame.kind {
-                Some(to_standby::Kind::Group(part)) => match gather(&mut gathering, part)? {
-                    Some(group) => {
-                        let version = group.version;
-                        self.blocking(generation, move |store| store.apply(&group))
+        let (steps, arriving) = tokio::sync::mpsc::channel::<Step>(STANDBY_STEPS_QUEUED_MAX);
+        let reading = async move {
+            let mut gathering: Option<Gathering> = None;
+            while let Some(frame) = read_frame::<ToStandby>(recv).await? {
+                let step = match frame.kind {
+                    Some(to_standby::Kind::Group(part)) => match gather(&mut gathering, part)? {
+                        Some(group) => Step::Group(group),
+                        None => continue,
+                    },
+                    Some(to_standby::Kind::InstallBegin(version)) => {
+                        gathering = None;
+                        Step::InstallBegin(version)
+                    }
+                    Some(to_standby::Kind::InstallChunk(chunk)) => {
+                        let mut pairs = Vec::with_capacity(chunk.pairs.len());
+                        for pair in chunk.pairs {
+                            check_pair(&pair.key, Some(&pair.value))?;
+                            pairs.push((pair.key, pair.value));
+                        }
+                        Step::InstallChunk(pairs)
+                    }
+                    Some(to_standby::Kind::InstallEnd(_)) => Step::InstallEnd,
+                    None => {
+                        return Err(ReplicaError::Protocol(
+                            "a frame from the primary carries nothing".into(),
+                        ));
+                    }
+                };
+                if steps.send(step).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), ReplicaError>(())
+        };
+        let applying = async {
+            let mut arriving = arriving;
+            let mut held: Option<Step> = None;
+            loop {
+                let step = match held.take() {
+                    Some(step) => step,
+                    None => match arriving.recv().await {
+                        Some(step) => step,
+                        None => return Ok::<(), ReplicaError>(()),
+                    },
+                };
+                let applied = match step {
+                    Step::Group(group) => {
+                        let mut groups = vec![group];
+                        let mut bytes = groups[0].bytes();
+                        while bytes < GROUP_BYTES_MAX {
+                            match arriving.try_recv() {
+                                Ok(Step::Group(group)) => {
+                                    bytes += group.bytes();
+                                    groups.push(group);
+                                }
+                                Ok(other) => {
+                                    held = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let count = groups.len() as u64;
+                        let version = self
+                            .blocking(generation, move |store| {
+                                store.apply_all(&groups)?;
+                                Ok(store.version())
+                            })
                             .await?;
-                        self.groups_applied.fetch_add(1, Ordering::Relaxed);
+                        self.groups_applied.fetch_add(count, Ordering::Relaxed);
                         Some(version)
                     }
-                    None => None,
-                },
-                Some(to_standby::Kind::InstallBegin(version)) => {
-                    gathering = None;
-                    self.blocking(generation, move |store| store.begin_install(version))
-                        .await?;
-                    None
-                }
-                Some(to_standby::Kind::InstallChunk(chunk)) => {
-                    let mut pairs = Vec::with_capacity(chunk.pairs.len());
-                    for pair in chunk.pairs {
-                        check_pair(&pair.key, Some(&pair.value))?;
-                        pairs.push((pair.key, pair.value));
+                    Step::InstallBegin(version) => {
+                        self.blocking(generation, move |store| store.begin_install(version))
+                            .await?;
+                        None
                     }
-                    self.blocking(generation, move |store| store.install_chunk(&pairs))
-                        .await?;
-                    None
+                    Step::InstallChunk(pairs) => {
+                        self.blocking(generation, move |store| store.install_chunk(&pairs))
+                            .await?;
+                        None
+                    }
+                    Step::InstallEnd => {
+                        let version = self
+                            .blocking(generation, |store| {
+                                store.finish_install()?;
+                                Ok(store.version())
+                            })
+                            .await?;
+                        self.installs.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(region = self.region, version, "full copy installed");
+                        Some(version)
+                    }
+                };
+                if let Some(version) = applied {
+                    write_frame(
+                        send,
+                        &FromStandby {
+                            kind: Some(from_standby::Kind::Applied(version)),
+                        },
+                    )
+                    .await?;
                 }
-                Some(to_standby::Kind::InstallEnd(_)) => {
-                    let version = self
-                        .blocking(generation, |store| {
-                            store.finish_install()?;
-                            Ok(store.version())
-                        })
-                        .await?;
-                    self.installs.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(region = self.region, version, "full copy installed");
-                    Some(version)
-                }
-                None => {
-                    return Err(ReplicaError::Protocol(
-                        "a frame from the primary carries nothing".into(),
-                    ));
-                }
-            };
-            if let Some(version) = applied {
-                write_frame(
-                    send,
-                    &FromStandby {
-                        kind: Some(from_standby::Kind::Applied(version)),
-                    },
-                )
-                .await?;
             }
+        };
+        tokio::pin!(reading, applying);
+        tokio::select! {
+            // The stream ended: what was read is still applied (the applier ends once the
+            // reader's queue is empty and gone).
+            read = &mut reading => {
+                read?;
+                applying.await
+            }
+            // The applier failed (a group that does not follow, a newer session): stop reading.
+            applied = &mut applying => applied,
         }
-        Ok(())
     }
 
     /// Runs `work` on the copy on a blocking thread (each step fsyncs), unless a newer

@@ -710,6 +710,8 @@ impl Committer {
             .iter()
             .map(|(submission, stamp)| (&submission.request, *stamp))
             .collect();
+        // The group as shipped to a standby, once durable here.
+        let mut shipped = None;
         let answers: Vec<Result<Versionstamp, StoreError>> = match requests.first() {
             None => Vec::new(),
             Some((_, first)) => {
@@ -726,26 +728,15 @@ impl Committer {
                             self.counters
                                 .committed_transactions
                                 .fetch_add(requests.len() as u64, Ordering::Relaxed);
-                            let replicated = group.map_or(Ok(()), |group| self.replicate(group));
                             self.notify_watches(&requests);
+                            shipped = group;
                             let mut state = self.lock();
                             state.resolver.settled(version, Instant::now());
                             state.health.succeeded();
-                            match replicated {
-                                Ok(()) => requests
-                                    .iter()
-                                    .map(|(_, stamp)| state.resolver.answer(*stamp))
-                                    .collect(),
-                                // Durable and visible here, but not on the standby: not
-                                // acknowledged, as a commit whose result is unknown.
-                                Err(error) => {
-                                    let answer = StoreError::Unavailable(format!(
-                                        "the commit is durable here but not on the standby: \
-                                         {error}"
-                                    ));
-                                    requests.iter().map(|_| Err(answer.clone())).collect()
-                                }
-                            }
+                            requests
+                                .iter()
+                                .map(|(_, stamp)| state.resolver.answer(*stamp))
+                                .collect()
                         }
                         Err(error) => {
                             let answer = self.recover(version, &requests, &error);
@@ -756,11 +747,21 @@ impl Committer {
             }
         };
         drop(requests);
-        // Every answer goes out after the fsync (or the failure) of the whole group, and after
-        // the watches it changed fired.
-        for ((submission, _), answer) in accepted.into_iter().zip(answers) {
-            // The caller may have given up waiting; the commit stands either way.
-            let _ = submission.reply.send(answer);
+        let replies: Vec<_> = accepted
+            .into_iter()
+            .zip(answers)
+            .map(|((submission, _), answer)| (submission.reply, answer))
+            .collect();
+        match (shipped, &self.sink) {
+            // Answered once the standby has the group; meanwhile the next group is written
+            // here, so the two fsyncs overlap.
+            (Some(group), Some(sink)) => sink.replicate(
+                group,
+                Box::new(move |replicated| answer(replies, replicated)),
+            ),
+            // Every answer goes out after the fsync (or the failure) of the whole group, and
+            // after the watches it changed fired.
+            _ => answer(replies, Ok(())),
         }
         for (submission, error) in refused {
             let _ = submission.reply.send(Err(error));
@@ -788,14 +789,6 @@ impl Committer {
             self.file.faults().end_injected();
         }
         written
-    }
-
-    /// Hands a durable group to the sink and waits for it.
-    fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError> {
-        match &self.sink {
-            Some(sink) => sink.replicate(group),
-            None => Ok(()),
-        }
     }
 
     /// Opens the file again if an earlier failure left it closed.
@@ -930,6 +923,31 @@ impl Committer {
         let mut reader = LatestReader::new(&self.file);
         self.registry
             .notify(&keys, &ranges, |key| reader.value(key));
+    }
+}
+
+/// Answers a group's requests: with their own answers, or, for a group the standby did not
+/// confirm, `Unavailable` (durable and visible here, but not acknowledged, as a commit whose
+/// result is unknown).
+fn answer(
+    replies: Vec<(
+        oneshot::Sender<Result<Versionstamp, StoreError>>,
+        Result<Versionstamp, StoreError>,
+    )>,
+    replicated: Result<(), StoreError>,
+) {
+    let refusal = replicated.err().map(|error| {
+        StoreError::Unavailable(format!(
+            "the commit is durable here but not on the standby: {error}"
+        ))
+    });
+    for (reply, answer) in replies {
+        let answer = match (&refusal, answer) {
+            (Some(refusal), Ok(_)) => Err(refusal.clone()),
+            (_, answer) => answer,
+        };
+        // The caller may have given up waiting; the commit stands either way.
+        let _ = reply.send(answer);
     }
 }
 

@@ -60,7 +60,9 @@ pub use fdb::FdbNetwork;
 use local::LocalStore;
 pub(crate) use local::key_after;
 pub use memory::MemoryDisk;
-pub use replication::{CommittedGroup, Mutation, ReplicationSink, StandbyStore, StoreExport};
+pub use replication::{
+    CommittedGroup, Mutation, Replicated, ReplicationSink, StandbyStore, StoreExport,
+};
 pub use transaction::{RangeOptions, Transaction, VersionstampFuture};
 pub use watches::Watch;
 

@@ -91,14 +91,19 @@ impl CommittedGroup {
     }
 }
 
-/// Where the primary's writer stage hands each durable group. Called on the writer thread,
-/// one group at a time in version order; it blocks until the group is safe elsewhere. An error
-/// answers the group's requests [`StoreError::Unavailable`]: the group is durable here, but not
-/// acknowledged, as with a commit whose result is unknown.
+/// What the primary's writer stage calls once a group's fate on the standby is known: `Ok`
+/// when the standby has it durable, an error when the sink's policy refuses to acknowledge it
+/// (its requests are then answered [`StoreError::Unavailable`]: durable here, but not
+/// acknowledged, as with a commit whose result is unknown).
+pub type Replicated = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Where the primary's writer stage hands each durable group, in version order. The sink must
+/// not block: it calls `done` later, from any thread, exactly once per group and in the order
+/// it was given the groups, so that the writer stage writes the next group here while the
+/// standby writes this one.
 pub trait ReplicationSink: Send + Sync + std::fmt::Debug {
-    /// Ships `group` and waits until it is durable on the standby (or the sink's policy says
-    /// to go on without it).
-    fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError>;
+    /// Ships `group`; `done` hears when it is safe on the standby (or refused).
+    fn replicate(&self, group: CommittedGroup, done: Replicated);
 }
 
 /// Records the effects of a group while it is applied to a target.
@@ -254,21 +259,36 @@ impl StandbyStore {
     /// Applies `group` durably. Refused unless it follows the version this copy has and no
     /// install is in progress.
     pub fn apply(&mut self, group: &CommittedGroup) -> Result<(), StoreError> {
+        self.apply_all(std::slice::from_ref(group))
+    }
+
+    /// Applies consecutive `groups` durably in one write transaction (one fsync): a standby
+    /// that fell behind catches up in a few large writes. Refused, with nothing applied,
+    /// unless each group follows the one before it (the first: this copy's version) and no
+    /// install is in progress.
+    pub fn apply_all(&mut self, groups: &[CommittedGroup]) -> Result<(), StoreError> {
         if self.installing.is_some() {
             return Err(StoreError::InvalidOptions(
                 "a group cannot be applied during an install".into(),
             ));
         }
-        if group.previous_version != self.version || group.version <= self.version {
-            return Err(StoreError::InvalidOptions(format!(
-                "the group from version {} to {} does not follow this copy's version {}",
-                group.previous_version, group.version, self.version
-            )));
+        let Some(last) = groups.last() else {
+            return Ok(());
+        };
+        let mut version = self.version;
+        for group in groups {
+            if group.previous_version != version || group.version <= version {
+                return Err(StoreError::InvalidOptions(format!(
+                    "the group from version {} to {} does not follow this copy's version {}",
+                    group.previous_version, group.version, version
+                )));
+            }
+            version = group.version;
         }
         self.write(
-            "applying a replicated group",
+            "applying replicated groups",
             |data| {
-                for mutation in &group.mutations {
+                for mutation in groups.iter().flat_map(|group| &group.mutations) {
                     match mutation {
                         Mutation::Put { key, value } => {
                             data.insert(key.as_slice(), value.as_slice())
@@ -288,12 +308,12 @@ impl StandbyStore {
                 Ok(())
             },
             |meta| {
-                meta.insert(VERSION_KEY, group.version)
+                meta.insert(VERSION_KEY, last.version)
                     .map_err(StoreError::storage)?;
                 Ok(())
             },
         )?;
-        self.version = group.version;
+        self.version = last.version;
         Ok(())
     }
 
@@ -421,11 +441,11 @@ mod tests {
     }
 
     impl ReplicationSink for InProcess {
-        fn replicate(&self, group: CommittedGroup) -> Result<(), StoreError> {
+        fn replicate(&self, group: CommittedGroup, done: Replicated) {
             if self.refuse.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("the standby is gone".into()));
+                return done(Err(StoreError::Unavailable("the standby is gone".into())));
             }
-            self.standby.lock().expect("lock").apply(&group)
+            done(self.standby.lock().expect("lock").apply(&group))
         }
     }
 
@@ -581,5 +601,33 @@ mod tests {
         // Promoted: the copy opens as a store with every pair.
         let promoted = Database::open(&path, EmbeddedOptions::default()).expect("opens");
         assert_eq!(every_pair(&promoted), every_pair(&database));
+    }
+
+    #[test]
+    fn consecutive_groups_apply_together_and_a_broken_chain_applies_nothing() {
+        let folder = tempfile::tempdir().expect("folder");
+        let mut copy = StandbyStore::open(&folder.path().join("copy.redb")).expect("opens");
+        let put = |key: &[u8]| Mutation::Put {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+        };
+        let group = |previous_version, version, key: &[u8]| CommittedGroup {
+            previous_version,
+            version,
+            mutations: vec![put(key)],
+        };
+        copy.apply_all(&[group(0, 3, b"a"), group(3, 5, b"b")])
+            .expect("a chain from the copy's version applies");
+        assert_eq!(copy.version(), 5);
+        let broken = copy.apply_all(&[group(5, 6, b"c"), group(7, 8, b"d")]);
+        assert!(broken.is_err());
+        assert_eq!(copy.version(), 5);
+        assert_eq!(
+            copy.get(b"c").expect("reads"),
+            None,
+            "nothing of a broken chain"
+        );
+        copy.apply_all(&[]).expect("nothing to apply");
+        assert_eq!(copy.pairs().expect("reads").len(), 2);
     }
 }
