@@ -926,16 +926,16 @@ impl Committer {
     }
 }
 
+/// Where a request's answer goes, and the answer.
+type Reply = (
+    oneshot::Sender<Result<Versionstamp, StoreError>>,
+    Result<Versionstamp, StoreError>,
+);
+
 /// Answers a group's requests: with their own answers, or, for a group the standby did not
 /// confirm, `Unavailable` (durable and visible here, but not acknowledged, as a commit whose
 /// result is unknown).
-fn answer(
-    replies: Vec<(
-        oneshot::Sender<Result<Versionstamp, StoreError>>,
-        Result<Versionstamp, StoreError>,
-    )>,
-    replicated: Result<(), StoreError>,
-) {
+fn answer(replies: Vec<Reply>, replicated: Result<(), StoreError>) {
     let refusal = replicated.err().map(|error| {
         StoreError::Unavailable(format!(
             "the commit is durable here but not on the standby: {error}"
