@@ -44,6 +44,7 @@ impl StandbyProcess {
             ca_cert: pki.ca_cert(),
             cert: certs.cert.clone(),
             key: certs.key.clone(),
+            promotion: None,
         };
         let config_path = folder.join("standby.toml");
         let text = toml::to_string(&config)

@@ -934,6 +934,7 @@ impl EdgeSoftware {
             identity: self.identity,
             roots: self.roots,
             regions,
+            peers_file: None,
             clock: Arc::new(self.clock),
             nonces: Arc::new(SeededNonces::new(seed::split_mix(incarnation))),
         })?;

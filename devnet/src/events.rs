@@ -47,6 +47,11 @@ pub enum DevnetEvent {
         /// When the next attempt comes, in ms.
         retry_in_ms: u64,
     },
+    /// A region exited fenced (its standby took over): the devnet does not start it again.
+    Fenced {
+        /// The child.
+        name: String,
+    },
     /// Every child listens: what clients need.
     Ready(Ready),
     /// Every child stopped; the devnet exits.
@@ -133,6 +138,12 @@ impl fmt::Display for DevnetEvent {
                 f,
                 "{name} could not restart: {error}; retrying in {retry_in_ms} ms"
             ),
+            DevnetEvent::Fenced { name } => {
+                write!(
+                    f,
+                    "{name} was fenced (its standby took over); not restarting it"
+                )
+            }
             DevnetEvent::Ready(ready) => ready.fmt(f),
             DevnetEvent::Stopped => write!(f, "devnet stopped"),
         }

@@ -24,7 +24,8 @@ use std::time::Duration;
 use home_region::config::{PeersFile, RegionAddress, RegionConfig};
 use relay_edge::config::{EdgeConfig, LimitsConfig};
 use relay_edge::locator::{LocatorConfig, RegionEntry};
-use relay_replica::{ReplicationConfig, StandbyConfig};
+use relay_replica::limits::LEASE_MS_DEFAULT;
+use relay_replica::{PromotionConfig, ReplicationConfig, StandbyConfig};
 use rustix::fs::FlockOperation;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -66,6 +67,14 @@ pub struct DevnetOptions {
     /// receives every commit before the region acknowledges it.
     pub standbys: bool,
 }
+
+/// The exit status of a region fenced by its promoted standby: the devnet does not start it
+/// again (its store is stale).
+pub const FENCED_EXIT_CODE: i32 = 3;
+
+/// A child whose `DATA/<name>.down` file exists is not started again when it exits (a machine
+/// that stays down, for drills and tests); removing the file lets the devnet start it again.
+pub const DOWN_SUFFIX: &str = ".down";
 
 /// The host of a region's standby in its block (127.0.k.3).
 pub const STANDBY_HOST: u8 = 3;
@@ -270,6 +279,12 @@ impl Launcher {
                             ca_cert: self.pki.ca_cert(),
                             cert: certs.cert.clone(),
                             key: certs.key.clone(),
+                            // Takes over when the region's primary is gone.
+                            promotion: Some(PromotionConfig {
+                                region_config: self.data.join(format!("region-{region}.toml")),
+                                listen: SocketAddr::new(region_ip(region, STANDBY_HOST), 0),
+                                lease_ms: LEASE_MS_DEFAULT,
+                            }),
                         },
                     )
                     .await?;
@@ -331,6 +346,7 @@ impl Launcher {
                     |listen| EdgeConfig {
                         region,
                         listen,
+                        peers_file: Some(peers_file.clone()),
                         ca_cert: self.pki.ca_cert(),
                         cert: certs.cert.clone(),
                         key: certs.key.clone(),
@@ -617,9 +633,22 @@ async fn supervise(
     loop {
         tokio::select! {
             status = running.child.wait() => {
+                let fenced = status
+                    .as_ref()
+                    .is_ok_and(|status| status.code() == Some(FENCED_EXIT_CODE));
                 let status = status.map_or_else(|error| error.to_string(), |status| status.to_string());
                 let name = running.spec.name.clone();
                 let _ = events.send(DevnetEvent::Exited { name: name.clone(), status }).await;
+                if fenced {
+                    // Its standby took over: starting it again on its stale store would only
+                    // be fenced again.
+                    let _ = events.send(DevnetEvent::Fenced { name: name.clone() }).await;
+                    let _ = stop.wait_for(|stop| *stop).await;
+                    return;
+                }
+                let down = running.spec.config.with_extension("").with_extension(
+                    DOWN_SUFFIX.trim_start_matches('.'),
+                );
                 let mut delay_ms = CHILD_RESTART_DELAY_MS;
                 loop {
                     tokio::select! {
@@ -628,6 +657,11 @@ async fn supervise(
                     }
                     if *stop.borrow() {
                         return;
+                    }
+                    if down.exists() {
+                        // A machine that stays down: look again later.
+                        delay_ms = CHILD_RESTART_DELAY_MS_MAX;
+                        continue;
                     }
                     match start(&relayd, &running.spec).await {
                         Ok(restarted) => {

@@ -23,5 +23,5 @@ pub mod testbed;
 
 pub use error::DevnetError;
 pub use events::{DevnetEvent, Ready, RegionReady};
-pub use launcher::{DevnetOptions, region_ip, run};
+pub use launcher::{DOWN_SUFFIX, DevnetOptions, FENCED_EXIT_CODE, region_ip, run};
 pub use process::{DevnetProcess, DevnetSettings, DevnetState};

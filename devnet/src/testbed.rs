@@ -124,6 +124,7 @@ impl Testbed {
                 cert: certs.cert,
                 key: certs.key,
                 regions: addresses.clone(),
+                peers_file: None,
                 // In-process devices share 127.0.0.1: no per-address admission limit.
                 limits: LimitsConfig {
                     connections_per_second_per_address: 1_000_000,

@@ -25,6 +25,11 @@ pub struct EdgeConfig {
     pub key: PathBuf,
     /// Every region's internal address.
     pub regions: Vec<RegionAddress>,
+    /// A peers file (as regions read, `[[regions]] region = 1, address = "…"`) read again
+    /// whenever a region is connected to: an address there replaces the one in `regions`, so
+    /// the edge follows a region that moved (a standby that took over). None by default.
+    #[serde(default)]
+    pub peers_file: Option<PathBuf>,
     /// Per-connection limits.
     #[serde(default)]
     pub limits: LimitsConfig,

@@ -104,6 +104,9 @@ pub struct EdgeParts<'a> {
     pub roots: Arc<RootCertStore>,
     /// Every region's internal address; must include the edge's own region.
     pub regions: BTreeMap<RegionId, SocketAddr>,
+    /// A peers file read again on every connection to a region: its addresses replace those
+    /// of `regions` (a region that moved, a standby that took over).
+    pub peers_file: Option<std::path::PathBuf>,
     /// Wall-clock time (rate limits).
     pub clock: Arc<dyn Clock>,
     /// Randomness of the authentication challenges.
@@ -326,6 +329,7 @@ impl EdgeService {
                 .iter()
                 .map(|entry| (RegionId(entry.region), entry.address))
                 .collect(),
+            peers_file: config.peers_file.clone(),
             clock: Arc::new(SystemClock),
             nonces: Arc::new(OsNonces),
         })
@@ -345,6 +349,7 @@ impl EdgeService {
             identity,
             roots,
             regions,
+            peers_file,
             clock,
             nonces,
         } = parts;
@@ -361,8 +366,17 @@ impl EdgeService {
         let internal_endpoint = net::bind_endpoint(internal_sockets, internal_listen, None)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let addresses = regions.clone();
-        let resolve: net::PeerResolver =
-            Box::new(move |region| addresses.get(&RegionId(region)).copied());
+        let listed = peers_file.map(relay_net::config::PeersFile::resolver);
+        let resolve: net::PeerResolver = Box::new(move |region| {
+            // Only the regions configured get a link, wherever the file says they are.
+            let configured = addresses.get(&RegionId(region)).copied()?;
+            Some(
+                listed
+                    .as_ref()
+                    .and_then(|listed| listed(region))
+                    .unwrap_or(configured),
+            )
+        });
         let links = PeerLinks::new(
             internal_endpoint.clone(),
             client,

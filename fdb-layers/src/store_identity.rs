@@ -233,6 +233,27 @@ pub async fn register(
     Ok(RegisterOutcome::Registered(registration))
 }
 
+/// The store's failover epoch: 0 for a store that never took over from another, raised by
+/// one each time a standby's copy of it is promoted to be the region's store.
+pub async fn failover_epoch(transaction: &Transaction) -> Result<u64, StoreError> {
+    match transaction.get(&Layer::new().epoch_key()).await? {
+        Some(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::corrupt("failover epoch", "not 8 bytes")),
+        None => Ok(0),
+    }
+}
+
+/// Raises the failover epoch by one (a standby's copy becomes the region's store); returns the
+/// new epoch.
+pub async fn raise_failover_epoch(transaction: &Transaction) -> Result<u64, StoreError> {
+    let epoch = failover_epoch(transaction).await? + 1;
+    transaction.set(&Layer::new().epoch_key(), &epoch.to_be_bytes())?;
+    Ok(epoch)
+}
+
 /// The stored form of an identity.
 #[derive(Clone, PartialEq, Message)]
 struct StoredIdentity {
@@ -271,6 +292,10 @@ impl Layer {
 
     fn self_key(&self) -> Vec<u8> {
         self.root.pack(&("self",))
+    }
+
+    fn epoch_key(&self) -> Vec<u8> {
+        self.root.pack(&("failover_epoch",))
     }
 
     fn confirmed_key(&self) -> Vec<u8> {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use relay_net::config::{ConfigError, RegionAddress};
+pub use relay_net::config::{ConfigError, PeersFile, RegionAddress};
 use serde::{Deserialize, Serialize};
 
 /// Configuration of one region process.
@@ -108,15 +108,6 @@ pub struct S3Config {
     pub allow_http: bool,
 }
 
-/// The peers file: where every region listens.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeersFile {
-    /// One entry per region.
-    #[serde(default)]
-    pub regions: Vec<RegionAddress>,
-}
-
 impl RegionConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -152,30 +143,6 @@ impl RegionConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl PeersFile {
-    /// Reads a peers file; a missing file is an empty list (peers not known yet).
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Ok(relay_net::config::load_if_present(path)?.unwrap_or_default())
-    }
-
-    /// A resolver that reads the peers file at `path` again on every call, so a launcher can
-    /// write it after the regions have bound their ports.
-    pub fn resolver(path: PathBuf) -> relay_net::PeerResolver {
-        Box::new(move |region| match PeersFile::load(&path) {
-            Ok(peers) => peers.address_of(region),
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the peers file");
-                None
-            }
-        })
-    }
-
-    /// The address of a region, if listed.
-    pub fn address_of(&self, region: u32) -> Option<SocketAddr> {
-        relay_net::config::address_of(&self.regions, region)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod claims;
 pub mod config;
 pub mod core;
+pub mod failover;
 pub mod groups;
 pub mod lanes;
 pub mod limits;

@@ -270,6 +270,7 @@ mod tests {
             ca_cert: ca_cert.clone(),
             cert: root.join("unused.pem"),
             key: root.join("unused.key"),
+            promotion: None,
         };
         let region = RegionConfig {
             region: 1,

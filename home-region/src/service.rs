@@ -84,6 +84,17 @@ pub enum RegionError {
     /// The standby link could not be set up.
     #[error("replication: {0}")]
     Replication(#[from] relay_replica::ReplicaError),
+    /// The region's standby was promoted: this region's store is stale, and it stopped.
+    #[error(
+        "region {region} was failed over to its standby (epoch {epoch}): this process stopped \
+         serving, its store is stale; make this machine the new primary's standby"
+    )]
+    Fenced {
+        /// The region.
+        region: u32,
+        /// The failover epoch the standby was promoted at.
+        epoch: u64,
+    },
     /// The store is not one this region may start on (or could not be checked).
     #[error("region {region} cannot start on the store {}", store.display())]
     StoreCheck {
@@ -492,9 +503,17 @@ impl RegionService {
                 });
             }
         };
+        let fenced = async {
+            match &self.inner.replication {
+                Some(shipper) => shipper.fenced().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut fenced_at = None;
         tokio::select! {
             () = accept => {}
             () = shutdown => {}
+            epoch = fenced => fenced_at = Some(epoch),
         }
         pump.abort();
         pusher.abort();
@@ -506,7 +525,13 @@ impl RegionService {
         self.inner
             .endpoint
             .close(0u32.into(), b"region shutting down");
-        Ok(())
+        match fenced_at {
+            Some(epoch) => Err(RegionError::Fenced {
+                region: self.inner.region.0,
+                epoch,
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn serve_connection(self, connection: quinn::Connection) {

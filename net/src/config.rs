@@ -98,6 +98,61 @@ pub fn address_of(regions: &[RegionAddress], region: u32) -> Option<SocketAddr> 
         .map(|entry| entry.address)
 }
 
+/// The peers file: where every region listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersFile {
+    /// One entry per region.
+    #[serde(default)]
+    pub regions: Vec<RegionAddress>,
+}
+
+impl PeersFile {
+    /// Reads a peers file; a missing file is an empty list (peers not known yet).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(load_if_present(path)?.unwrap_or_default())
+    }
+
+    /// Records that `region` now listens at `address` in the peers file at `path` (a promoted
+    /// standby announcing itself), replacing the file atomically so a reader never sees half
+    /// of it.
+    pub fn set_address(path: &Path, region: u32, address: SocketAddr) -> Result<(), ConfigError> {
+        let mut peers = PeersFile::load(path)?;
+        peers.regions.retain(|entry| entry.region != region);
+        peers.regions.push(RegionAddress { region, address });
+        peers.regions.sort_by_key(|entry| entry.region);
+        let text = toml::to_string_pretty(&peers)
+            .map_err(|error| ConfigError::Value(format!("cannot write the peers file: {error}")))?;
+        let mut name = path.as_os_str().to_owned();
+        name.push(".new");
+        let new = PathBuf::from(name);
+        let written = std::fs::write(&new, format!("# Every region's internal address.\n{text}"))
+            .and_then(|()| std::fs::File::open(&new)?.sync_all())
+            .and_then(|()| std::fs::rename(&new, path));
+        written.map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// A resolver that reads the peers file at `path` again on every call, so a launcher can
+    /// write it after the regions have bound their ports.
+    pub fn resolver(path: PathBuf) -> crate::PeerResolver {
+        Box::new(move |region| match PeersFile::load(&path) {
+            Ok(peers) => peers.address_of(region),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the peers file");
+                None
+            }
+        })
+    }
+
+    /// The address of a region, if listed.
+    pub fn address_of(&self, region: u32) -> Option<SocketAddr> {
+        address_of(&self.regions, region)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

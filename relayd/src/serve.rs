@@ -10,6 +10,10 @@ use home_region::{RegionConfig, RegionService};
 use relay_edge::locator::{LocatorConfig, LocatorServer};
 use relay_edge::{EdgeConfig, EdgeService};
 
+/// The exit status of a region fenced by its promoted standby (`relayd devnet` does not
+/// start it again).
+pub const FENCED_EXIT_CODE: i32 = relay_devnet::FENCED_EXIT_CODE;
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -78,20 +82,32 @@ pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
         let shutdown = shutdown_signal();
         let (service, address, _) = RegionService::open(&config, accept_new_store).await?;
         announce(format!("region {} listening on {address}", config.region));
-        service.run(shutdown).await?;
+        if let Err(error @ home_region::RegionError::Fenced { .. }) = service.run(shutdown).await {
+            // A supervisor must not start a fenced region again on its stale store.
+            tracing::error!(%error, "fenced");
+            eprintln!("relayd: {error}");
+            std::process::exit(FENCED_EXIT_CODE);
+        }
         tracing::info!("region stopped");
         Ok(())
     })
 }
 
-/// `relayd standby --config FILE`.
+/// `relayd standby --config FILE`: follows the region's primary; with `[promotion]`, takes
+/// over as the region when the primary's lease expires.
 pub fn standby(config_path: &Path) -> Result<()> {
     let config = relay_replica::StandbyConfig::load(config_path)?;
     runtime()?.block_on(async {
         let shutdown = shutdown_signal();
-        let (server, address) = relay_replica::StandbyServer::open(&config)?;
+        let (server, address) = home_region::failover::open_standby(&config)?;
         announce(format!("standby {} listening on {address}", config.region));
-        server.run(shutdown).await;
+        let on_promoted = |promoted: home_region::failover::Promoted| {
+            announce(format!(
+                "region {} promoted at epoch {}, serving on {}",
+                promoted.region, promoted.epoch, promoted.address
+            ));
+        };
+        home_region::failover::serve_standby(server, &config, on_promoted, shutdown).await?;
         tracing::info!("standby stopped");
         Ok(())
     })

@@ -118,3 +118,92 @@ fn a_promoted_standby_holds_every_message_the_lost_primary_acknowledged() {
     }
     drop(devnet);
 }
+
+/// Sends `text` from `from` to `to` until it is acknowledged (✓): a send during a failover may
+/// be refused or time out, and is retried under the same id by the client's outbox.
+fn send_acknowledged(from: &Person, to: &str, text: &str) {
+    let mut first = true;
+    eventually(DEADLINE, "the send is acknowledged", || {
+        let lines = if first {
+            first = false;
+            from.run(&["send", to, text])
+        } else {
+            // What is still pending goes out with the next sync.
+            from.run(&["sync"])
+        };
+        let lines = json_lines(&lines.stdout);
+        let acknowledged = events(&lines, "tick")
+            .iter()
+            .any(|tick| tick["tick"] == "sent" || tick["tick"] == "delivered");
+        acknowledged.then_some(())
+    });
+}
+
+/// Syncs `person` until every text of `texts` arrived; every text received.
+fn receive_all(person: &Person, texts: &[String]) -> Vec<String> {
+    let mut received: Vec<String> = Vec::new();
+    eventually(DEADLINE, "every message arrives", || {
+        let lines = person.ok(&["sync"]);
+        received.extend(
+            events(&lines, "message")
+                .iter()
+                .filter_map(|line| line["text"].as_str().map(str::to_owned)),
+        );
+        texts
+            .iter()
+            .all(|text| received.contains(text))
+            .then_some(())
+    });
+    received
+}
+
+#[test]
+fn a_standby_takes_over_a_region_whose_primary_is_gone_and_fences_it_when_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("devnet");
+    let mut devnet = Devnet::start_with(1, &data, &["--standbys"]);
+    let alice = Person::new(root, "alice");
+    alice.register(&devnet, "127.0.1.10");
+    let bob = Person::new(root, "bob");
+    bob.register(&devnet, "127.0.1.11");
+    let mut sent: Vec<String> = (0..MESSAGES)
+        .map(|index| format!("before {index}"))
+        .collect();
+    for text in &sent {
+        alice.ok(&["send", "bob", text]);
+    }
+
+    // The primary's process hangs (SIGSTOP): its standby hears nothing for its lease, takes
+    // over with everything alice saw acknowledged, and the edge follows the region's new
+    // address from the peers file.
+    let primary = devnet.region(1).service_pid;
+    send_signal(primary, "STOP");
+    let during = "sent while the primary hangs".to_owned();
+    send_acknowledged(&alice, "bob", &during);
+    sent.push(during);
+    let received = receive_all(&bob, &sent);
+    let peers = std::fs::read_to_string(data.join("peers.toml")).expect("the peers file");
+    assert!(
+        peers.contains("127.0.1.3:"),
+        "the standby's address is region 1's now: {peers}"
+    );
+
+    // The old primary wakes up: its standby tells it it was promoted, and it stops for good.
+    send_signal(primary, "CONT");
+    devnet.wait_event(
+        DEADLINE,
+        |event| matches!(event, relay_devnet::DevnetEvent::Fenced { name } if name == "region-1"),
+    );
+    let after = "after the old primary came back".to_owned();
+    send_acknowledged(&alice, "bob", &after);
+    let received = [received, receive_all(&bob, std::slice::from_ref(&after))].concat();
+    sent.push(after);
+    for text in &sent {
+        assert_eq!(
+            received.iter().filter(|seen| *seen == text).count(),
+            1,
+            "{text} arrived once: {received:?}"
+        );
+    }
+}

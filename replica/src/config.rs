@@ -88,6 +88,37 @@ pub struct StandbyConfig {
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
+    /// Take over as the region when its primary goes silent; absent: never (an operator
+    /// promotes with `relayd admin promote`).
+    #[serde(default)]
+    pub promotion: Option<PromotionConfig>,
+}
+
+/// A standby's `[promotion]` section: when and how it becomes the region by itself.
+///
+/// The standby takes over once its primary, which refuses writes without it
+/// (`when_standby_is_away = "refuse_writes"`), has sent nothing for `lease_ms`, and its copy
+/// is whole: it then holds every commit the primary acknowledged, and the primary cannot
+/// acknowledge another without it. It opens its copy as the region's store, records a new
+/// failover epoch, serves as the region (the region's configuration, with this standby's folder
+/// and address), writes its address into the region's peers file, and answers the old primary,
+/// should it come back, that it is fenced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionConfig {
+    /// The region's configuration file: the promoted standby serves with it (its `data_dir`,
+    /// `listen` and `[replication]` replaced by this standby's folder, `listen` below and none).
+    pub region_config: PathBuf,
+    /// The internal address the promoted region binds (port 0: any).
+    pub listen: SocketAddr,
+    /// How long the primary may be silent before the standby takes over (default 2,000 ms;
+    /// at least 1,000 ms).
+    #[serde(default = "lease_ms_default")]
+    pub lease_ms: u64,
+}
+
+fn lease_ms_default() -> u64 {
+    crate::limits::LEASE_MS_DEFAULT
 }
 
 impl StandbyConfig {
@@ -103,6 +134,14 @@ impl StandbyConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.region == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()));
+        }
+        if let Some(promotion) = &self.promotion
+            && promotion.lease_ms < crate::limits::LEASE_MS_MIN
+        {
+            return Err(ConfigError::Value(format!(
+                "promotion.lease_ms must be at least {} ms",
+                crate::limits::LEASE_MS_MIN
+            )));
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //!
 //! - The region's embedded engine hands each durable group commit to a [`Shipper`] (its
 //!   [`fdb_layers::ReplicationSink`]) and answers the group's requests only when the shipper
-//!   returns. The shipper keeps the groups the standby has not confirmed ([`ShipLog`]), a task
+//!   calls back, in version order. The shipper keeps the groups the standby has not confirmed ([`ShipLog`]), a task
 //!   ships them over one QUIC stream in order, and the standby confirms each once it is
 //!   durable. A standby that connects says which version it holds: it gets the groups after
 //!   it, or a full copy of the store when the log no longer has them.
@@ -18,7 +18,9 @@
 //!   applies each group in one durable transaction at the version it follows (a copy that
 //!   missed a group refuses the next one), and installs full copies so that an interrupted one
 //!   is never opened as a store. Its folder is an ordinary region data folder: promoting the
-//!   standby is starting the region on it.
+//!   standby is starting the region on it (`home_region::promote` by an operator,
+//!   `home_region::failover` when the primary's lease expires: the [`StandbyHandle`]). A primary
+//!   that dials a promoted standby hears it is fenced ([`Shipper::fenced`]).
 //!
 //! The wire is in [`wire`], the sans-IO decisions in [`ShipLog`], the bounds in [`limits`].
 
@@ -29,10 +31,10 @@ mod primary;
 mod standby;
 pub mod wire;
 
-pub use config::{AwayPolicy, ReplicationConfig, StandbyConfig};
+pub use config::{AwayPolicy, PromotionConfig, ReplicationConfig, StandbyConfig};
 pub use log::{Next, Plan, ShipLog};
 pub use primary::{Shipper, ShipperStats};
-pub use standby::{StandbyServer, StandbyStats};
+pub use standby::{STANDBY_STORE_FILE, StandbyHandle, StandbyServer, StandbyStats};
 
 use relay_proto::frame::{FRAME_HEADER_BYTES, FrameError, decode_header, encode_frame};
 

@@ -40,6 +40,19 @@ pub const REDIAL_DELAY_MS_MAX: u64 = 1_000;
 /// How long dialling the standby and hearing its state may take.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
+/// How often a primary with nothing to ship tells its standby it is alive.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
+
+/// How long a standby that may promote itself waits without a frame from its primary before it
+/// takes over (default of `[promotion] lease_ms`).
+pub const LEASE_MS_DEFAULT: u64 = 2_000;
+
+/// Shortest lease a standby accepts: several heartbeats must be able to go missing first.
+pub const LEASE_MS_MIN: u64 = 4 * HEARTBEAT_INTERVAL_MS;
+
+/// How often a standby checks its lease on the primary.
+pub const LEASE_CHECK_INTERVAL_MS: u64 = 50;
+
 /// How long the primary logs nothing new about an absent standby while going on alone.
 pub const ALONE_WARNING_INTERVAL_MS: u64 = 10_000;
 
@@ -62,3 +75,7 @@ const _: () =
 const _: () = assert!(COMMIT_BATCH_BYTES_MAX <= SHIP_LOG_BYTES_MAX);
 const _: () = assert!(REDIAL_DELAY_MS_INITIAL <= REDIAL_DELAY_MS_MAX);
 const _: () = assert!(REDIAL_DELAY_MS_MAX < ACK_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(LEASE_MS_MIN <= LEASE_MS_DEFAULT);
+const _: () = assert!(LEASE_CHECK_INTERVAL_MS < HEARTBEAT_INTERVAL_MS);
+// A primary restarted by its supervisor is back before its standby takes over.
+const _: () = assert!(REDIAL_DELAY_MS_MAX < LEASE_MS_DEFAULT);

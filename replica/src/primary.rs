@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 
 use crate::config::{AwayPolicy, ReplicationConfig};
 use crate::limits::{
-    ALONE_WARNING_INTERVAL_MS, HANDSHAKE_TIMEOUT_MS, INSTALL_CHUNK_BYTES, REDIAL_DELAY_MS_INITIAL,
-    REDIAL_DELAY_MS_MAX, SHIP_LOG_BYTES_MAX,
+    ALONE_WARNING_INTERVAL_MS, HANDSHAKE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, INSTALL_CHUNK_BYTES,
+    REDIAL_DELAY_MS_INITIAL, REDIAL_DELAY_MS_MAX, SHIP_LOG_BYTES_MAX,
 };
 use crate::log::{Next, Plan, ShipLog};
 use crate::wire::{
@@ -60,6 +60,8 @@ pub struct Shipper {
     wake: Notify,
     /// Wakes the deadline task when a group starts waiting, and when the shipper stops.
     deadlines: Notify,
+    /// Wakes whoever waits in [`Shipper::fenced`] when the region is fenced.
+    fencing: Notify,
     groups_sent: AtomicU64,
     full_copies: AtomicU64,
     sessions: AtomicU64,
@@ -80,6 +82,8 @@ struct State {
     groups: u64,
     unconfirmed_commits: u64,
     stopped: bool,
+    /// The standby was promoted at this epoch: this region is stale and acknowledges nothing.
+    fenced: Option<u64>,
 }
 
 impl std::fmt::Debug for State {
@@ -120,9 +124,11 @@ impl Shipper {
                 groups: 0,
                 unconfirmed_commits: 0,
                 stopped: false,
+                fenced: None,
             }),
             wake: Notify::new(),
             deadlines: Notify::new(),
+            fencing: Notify::new(),
             groups_sent: AtomicU64::new(0),
             full_copies: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
@@ -176,6 +182,39 @@ impl Shipper {
         }
         self.wake.notify_one();
         self.deadlines.notify_one();
+    }
+
+    /// Completes with the failover epoch once the standby answers that it was promoted: this
+    /// region's store is stale, every waiting and later commit is refused, and the region must
+    /// stop serving.
+    pub async fn fenced(&self) -> u64 {
+        loop {
+            let notified = self.fencing.notified();
+            if let Some(epoch) = self.lock().fenced {
+                return epoch;
+            }
+            notified.await;
+        }
+    }
+
+    /// The standby was promoted at `epoch`: refuse everything from now on.
+    fn fence(&self, epoch: u64) {
+        let waiting = {
+            let mut state = self.lock();
+            if state.fenced.is_none() {
+                tracing::error!(
+                    region = self.region,
+                    epoch,
+                    "the standby was promoted: this region is fenced and acknowledges nothing"
+                );
+            }
+            state.fenced = Some(epoch);
+            std::mem::take(&mut state.waiting)
+        };
+        for waiting in waiting {
+            (waiting.done)(Err(fenced_error(epoch)));
+        }
+        self.fencing.notify_waiters();
     }
 
     /// Applies the away policy to each waiting group whose deadline passed, oldest first (a
@@ -343,6 +382,10 @@ impl ReplicationSink for Shipper {
         let now = Instant::now();
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let mut state = self.lock();
+        if let Some(epoch) = state.fenced {
+            drop(state);
+            return done(Err(fenced_error(epoch)));
+        }
         if state.stopped {
             drop(state);
             return done(Err(StoreError::Unavailable(
@@ -371,6 +414,12 @@ impl ReplicationSink for Shipper {
             self.deadlines.notify_one();
         }
     }
+}
+
+fn fenced_error(epoch: u64) -> StoreError {
+    StoreError::Unavailable(format!(
+        "this region was failed over to its standby (epoch {epoch}): its store is stale"
+    ))
 }
 
 /// The task that dials the standby and ships to it, again after every failure.
@@ -439,6 +488,8 @@ impl Link {
                 &mut send,
                 &Hello {
                     region: self.shipper.region,
+                    refuses_writes_alone: self.shipper.config.when_standby_is_away
+                        == AwayPolicy::RefuseWrites,
                 },
             )
             .await?;
@@ -449,6 +500,14 @@ impl Link {
                 Some(FromStandby {
                     kind: Some(from_standby::Kind::Refused(reason)),
                 }) => return Err(ReplicaError::Refused(reason)),
+                Some(FromStandby {
+                    kind: Some(from_standby::Kind::Promoted(epoch)),
+                }) => {
+                    self.shipper.fence(epoch);
+                    return Err(ReplicaError::Refused(format!(
+                        "the standby was promoted (epoch {epoch}): this region is fenced"
+                    )));
+                }
                 other => {
                     return Err(ReplicaError::Protocol(format!(
                         "expected the standby's state, got {other:?}"
@@ -492,7 +551,22 @@ impl Link {
                         self.shipper.groups_sent.fetch_add(1, Ordering::Relaxed);
                         after = group.version;
                     }
-                    Next::Wait => self.shipper.wake.notified().await,
+                    Next::Wait => {
+                        let heartbeat =
+                            tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+                        tokio::select! {
+                            () = self.shipper.wake.notified() => {}
+                            () = heartbeat => {
+                                write_frame(
+                                    &mut send,
+                                    &ToStandby {
+                                        kind: Some(to_standby::Kind::Heartbeat(true)),
+                                    },
+                                )
+                                .await?;
+                            }
+                        }
+                    }
                     Next::Gap => after = self.full_copy(&mut send).await?,
                 }
             }

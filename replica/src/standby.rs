@@ -49,7 +49,14 @@ struct Inner {
     region: u32,
     /// The region's certificate: the only one a primary may present.
     region_cert: CertificateDer<'static>,
-    store: Mutex<StandbyStore>,
+    /// The copy; `None` once the standby was promoted (the region has the file).
+    store: Mutex<Option<StandbyStore>>,
+    /// The failover epoch the standby was promoted at; 0 while it is a standby.
+    promoted: AtomicU64,
+    /// What the standby knows of its primary, for its lease.
+    lease: Mutex<Lease>,
+    /// The copy's file.
+    path: PathBuf,
     /// The newest session; an older one stops applying once a newer one started (a restarted
     /// primary whose previous connection has not timed out yet).
     generation: AtomicU64,
@@ -91,12 +98,22 @@ impl StandbyServer {
         let inner = Arc::new(Inner {
             region: config.region,
             region_cert,
-            store: Mutex::new(store),
+            store: Mutex::new(Some(store)),
+            promoted: AtomicU64::new(0),
+            lease: Mutex::new(Lease::default()),
+            path: store_path(config),
             generation: AtomicU64::new(0),
             groups_applied: AtomicU64::new(0),
             installs: AtomicU64::new(0),
         });
         Ok((StandbyServer { inner, endpoint }, address))
+    }
+
+    /// The handle the failover code watches and promotes the standby with.
+    pub fn handle(&self) -> StandbyHandle {
+        StandbyHandle {
+            inner: self.inner.clone(),
+        }
     }
 
     /// What the standby holds and has done; cheap to call while it runs.
@@ -146,6 +163,71 @@ enum Step {
     InstallEnd,
 }
 
+/// What a standby knows of its primary.
+#[derive(Debug, Default)]
+struct Lease {
+    /// When the last frame of a primary that refuses writes without the standby arrived;
+    /// `None` until one connected (a primary that goes on alone gives no lease: it may have
+    /// acknowledged what the standby lacks).
+    last_heard: Option<std::time::Instant>,
+}
+
+/// What the failover code may do with a running standby: watch its lease on the primary and
+/// promote it. Clones share the standby.
+#[derive(Clone)]
+pub struct StandbyHandle {
+    inner: Arc<Inner>,
+}
+
+impl StandbyHandle {
+    /// How long the primary has been silent, if a primary that refuses writes without this
+    /// standby ever connected.
+    pub fn primary_silent_for(&self) -> Option<std::time::Duration> {
+        self.inner
+            .lease
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .last_heard
+            .map(|heard| heard.elapsed())
+    }
+
+    /// Whether the copy is a whole store (it has received one, and no full copy is half
+    /// installed).
+    pub fn copy_is_whole(&self) -> bool {
+        self.inner
+            .lock()
+            .as_ref()
+            .is_some_and(|store| store.installing().is_none() && store.version() > 0)
+    }
+
+    /// Stops following the primary and closes the copy, so that it can be opened as the
+    /// region's store; returns its file. Sessions stop applying from here on.
+    pub fn release_copy(&self) -> Option<PathBuf> {
+        let inner = &self.inner;
+        let mut store = inner.lock();
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        store.take().map(|copy| {
+            drop(copy);
+            inner.path.clone()
+        })
+    }
+
+    /// Follows a primary again after a promotion that failed (the copy is opened again).
+    pub fn resume(&self) -> Result<(), StoreError> {
+        let mut store = self.inner.lock();
+        if store.is_none() {
+            *store = Some(StandbyStore::open(&self.inner.path)?);
+        }
+        Ok(())
+    }
+
+    /// The standby was promoted at `epoch`: from now on every primary that dials it is told
+    /// it is fenced.
+    pub fn promoted(&self, epoch: u64) {
+        self.inner.promoted.store(epoch.max(1), Ordering::SeqCst);
+    }
+}
+
 /// A group whose parts are arriving.
 struct Gathering {
     group: CommittedGroup,
@@ -153,17 +235,27 @@ struct Gathering {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, StandbyStore> {
+    fn lock(&self) -> MutexGuard<'_, Option<StandbyStore>> {
         self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn heard(&self, refuses_writes_alone: bool) {
+        let mut lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lease.last_heard = refuses_writes_alone.then(std::time::Instant::now);
+    }
+
     fn stats(&self) -> StandbyStats {
         let store = self.lock();
         StandbyStats {
-            version: store.version(),
-            installing: store.installing().is_some(),
+            version: store.as_ref().map_or(0, StandbyStore::version),
+            installing: store
+                .as_ref()
+                .is_some_and(|store| store.installing().is_some()),
             groups_applied: self.groups_applied.load(Ordering::Relaxed),
             installs: self.installs.load(Ordering::Relaxed),
             sessions: self.generation.load(Ordering::Relaxed),
@@ -201,12 +293,33 @@ impl Inner {
                 self.region, hello.region
             );
             write_frame(&mut send, &refused(&reason)).await?;
-            let _ = send.finish();
+            finish(&mut send).await;
             return Err(ReplicaError::Refused(reason));
         }
+        let promoted = self.promoted.load(Ordering::SeqCst);
+        if promoted > 0 {
+            tracing::warn!(
+                primary = %connection.remote_address(),
+                epoch = promoted,
+                "the old primary dialled its promoted standby: telling it it is fenced"
+            );
+            write_frame(
+                &mut send,
+                &FromStandby {
+                    kind: Some(from_standby::Kind::Promoted(promoted)),
+                },
+            )
+            .await?;
+            finish(&mut send).await;
+            return Ok(());
+        }
+        self.heard(hello.refuses_writes_alone);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let state = {
             let store = self.lock();
+            let Some(store) = store.as_ref() else {
+                return Err(ReplicaError::Protocol("the copy is being promoted".into()));
+            };
             StandbyState {
                 version: store.version(),
                 installing: store.installing().is_some(),
@@ -226,13 +339,25 @@ impl Inner {
             },
         )
         .await?;
-        let outcome = self.follow(generation, &mut send, &mut recv).await;
-        if let Err(error) = &outcome
+        let outcome = self
+            .follow(generation, hello.refuses_writes_alone, &mut send, &mut recv)
+            .await;
+        let promoted = self.promoted.load(Ordering::SeqCst);
+        if promoted > 0 {
+            let _ = write_frame(
+                &mut send,
+                &FromStandby {
+                    kind: Some(from_standby::Kind::Promoted(promoted)),
+                },
+            )
+            .await;
+            finish(&mut send).await;
+        } else if let Err(error) = &outcome
             && !matches!(error, ReplicaError::Net(_))
         {
             // The primary dials again and asks what the copy holds.
             let _ = write_frame(&mut send, &refused(&error.to_string())).await;
-            let _ = send.finish();
+            finish(&mut send).await;
         }
         outcome
     }
@@ -243,6 +368,7 @@ impl Inner {
     async fn follow(
         self: &Arc<Self>,
         generation: u64,
+        refuses_writes_alone: bool,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<(), ReplicaError> {
@@ -250,7 +376,15 @@ impl Inner {
         let reading = async move {
             let mut gathering: Option<Gathering> = None;
             while let Some(frame) = read_frame::<ToStandby>(recv).await? {
+                if self.promoted.load(Ordering::SeqCst) > 0 {
+                    // A primary that was paused through the promotion: it hears it is fenced.
+                    return Err(ReplicaError::Protocol("the standby was promoted".into()));
+                }
+                if self.generation.load(Ordering::SeqCst) == generation {
+                    self.heard(refuses_writes_alone);
+                }
                 let step = match frame.kind {
+                    Some(to_standby::Kind::Heartbeat(_)) => continue,
                     Some(to_standby::Kind::Group(part)) => match gather(&mut gathering, part)? {
                         Some(group) => Step::Group(group),
                         None => continue,
@@ -379,7 +513,10 @@ impl Inner {
                     "a newer session with the primary took over".into(),
                 ));
             }
-            work(&mut store).map_err(ReplicaError::Store)
+            let Some(store) = store.as_mut() else {
+                return Err(ReplicaError::Protocol("the standby was promoted".into()));
+            };
+            work(store).map_err(ReplicaError::Store)
         })
         .await
         .map_err(|error| ReplicaError::Protocol(format!("applying: {error}")))?
@@ -443,6 +580,17 @@ fn check_pair(key: &[u8], value: Option<&[u8]>) -> Result<(), ReplicaError> {
         ));
     }
     Ok(())
+}
+
+/// Finishes a stream whose last frame the primary must read, and waits (briefly) until it has:
+/// the connection closes when the session ends, and would take unread frames with it.
+async fn finish(send: &mut quinn::SendStream) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(crate::limits::HANDSHAKE_TIMEOUT_MS),
+        send.stopped(),
+    )
+    .await;
 }
 
 fn refused(reason: &str) -> FromStandby {

@@ -6,8 +6,11 @@
 //! standby → primary   FromStandby::State { version, installing }
 //! primary → standby   ToStandby::Group parts …            (groups after the standby's version)
 //!                   | ToStandby::InstallBegin, Chunk …, InstallEnd, then groups
+//!                   | ToStandby::Heartbeat                 (when nothing else was sent for a while)
 //! standby → primary   FromStandby::Applied { version }    (after each durable group or copy)
 //!                   | FromStandby::Refused { reason }     (then the stream ends)
+//!                   | FromStandby::Promoted { epoch }     (instead of the state: the standby
+//!                                                          took over; the primary is fenced)
 //! ```
 //!
 //! Frames are length-delimited protobuf ([`relay_proto::frame`]) of at most
@@ -26,13 +29,18 @@ pub struct Hello {
     /// The region.
     #[prost(uint32, tag = "1")]
     pub region: u32,
+    /// The primary acknowledges nothing the standby lacks (`when_standby_is_away =
+    /// "refuse_writes"`): only then may the standby promote itself when the primary goes
+    /// silent, since only then does it hold everything the primary acknowledged.
+    #[prost(bool, tag = "2")]
+    pub refuses_writes_alone: bool,
 }
 
 /// (Primary → standby) every frame after [`Hello`].
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ToStandby {
     /// What it carries.
-    #[prost(oneof = "to_standby::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "to_standby::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<to_standby::Kind>,
 }
 
@@ -53,6 +61,10 @@ pub mod to_standby {
         /// The copy is whole.
         #[prost(bool, tag = "4")]
         InstallEnd(bool),
+        /// The primary is alive (sent when it has shipped nothing for a while): the standby's
+        /// lease on it is renewed by every frame.
+        #[prost(bool, tag = "5")]
+        Heartbeat(bool),
     }
 }
 
@@ -121,7 +133,7 @@ pub struct Pairs {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct FromStandby {
     /// What it says.
-    #[prost(oneof = "from_standby::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "from_standby::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<from_standby::Kind>,
 }
 
@@ -139,6 +151,10 @@ pub mod from_standby {
         /// The standby refuses the stream, and says why.
         #[prost(string, tag = "3")]
         Refused(String),
+        /// The standby was promoted at this failover epoch: the primary dialling it is stale
+        /// and must stop serving (fenced).
+        #[prost(uint64, tag = "4")]
+        Promoted(u64),
     }
 }
 

@@ -84,6 +84,7 @@ impl Standby {
             ca_cert: pki.path("ca.pem"),
             cert: pki.path("region-1.pem"),
             key: pki.path("region-1.key"),
+            promotion: None,
         };
         let (server, address) = StandbyServer::open(&config).expect("the standby opens");
         let stats = Box::new(server.stats_handle());

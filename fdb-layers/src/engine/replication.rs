@@ -7,13 +7,15 @@
 //! - the primary's writer stage records the **effect** of each group commit while redb applies
 //!   it: final values of the keys it wrote (atomic operations and versionstamps resolved), the
 //!   keys it removed and the ranges it cleared, in order ([`CommittedGroup`]). Once the group is
-//!   durable here it is handed to a [`ReplicationSink`], and the group's requests are answered
-//!   only when the sink returns: every acknowledged commit is on the standby too. The group is
-//!   visible to readers here before the standby has it; that is safe for what the region
-//!   acknowledges, because groups are shipped in version order, so a commit that depends on
-//!   one (read it) is acknowledged only after it was shipped.
-//! - the standby applies each group in one durable redb transaction of its own
-//!   ([`StandbyStore::apply`]), refusing a group that does not follow the version it has. A
+//!   durable here it is handed to a [`ReplicationSink`] with a callback that answers the group's
+//!   requests: the sink calls it once the standby has the group durable (or its policy refuses
+//!   to wait longer), so every acknowledged commit is on the standby too. Meanwhile the writer
+//!   stage writes the next group. The group is visible to readers here before the standby has
+//!   it; that is safe for what the region acknowledges, because groups are shipped and answered
+//!   in version order, so a commit that depends on one (read it) is acknowledged after it.
+//! - the standby applies groups in durable redb transactions of its own
+//!   ([`StandbyStore::apply_all`]: consecutive groups that arrived together in one), refusing a
+//!   group that does not follow the version it has. A
 //!   standby that is too far behind (or new) is brought up to date by a full copy: the primary
 //!   reads a snapshot ([`Database::export`](super::Database::export)) and the standby installs
 //!   it in chunks ([`StandbyStore::begin_install`]), marked in the file as incomplete until the

@@ -1,0 +1,192 @@
+//! A standby that takes over its region by itself (unplanned failover).
+//!
+//! `relayd standby` runs [`serve_standby`]: the standby follows its primary
+//! (`relay_replica::StandbyServer`) and, when its configuration has a `[promotion]` section,
+//! watches its lease on the primary. The lease is renewed by every frame of a primary that
+//! refuses writes without the standby (its groups, or a heartbeat every 250 ms). Once that
+//! primary has been silent for `lease_ms` and the copy is whole, the standby:
+//!
+//! 1. stops following and closes its copy;
+//! 2. opens it as a store and raises the store's failover epoch (`store_identity`);
+//! 3. starts the region service on it, with the region's configuration, this standby's
+//!    folder and `promotion.listen`, and no standby of its own;
+//! 4. writes its address into the region's peers file, where edges and other regions look up
+//!    the region when it stops answering at the old address;
+//! 5. answers the old primary, should it dial the standby again (a paused process resumed), that
+//!    it was promoted at that epoch: the old primary is fenced and exits.
+//!
+//! Safety rests on the primary's `refuse_writes` policy: it acknowledges no commit the standby
+//! has not confirmed, so the standby holds every acknowledged commit when it takes over, and a
+//! primary cut off from it (or fenced) acknowledges nothing more. A primary that goes on alone
+//! gives no lease, and its standby never promotes itself.
+
+use std::future::Future;
+use std::time::Duration;
+
+use fdb_layers::store_identity;
+use fdb_layers::{Database, EmbeddedOptions};
+use relay_replica::limits::LEASE_CHECK_INTERVAL_MS;
+use relay_replica::{PromotionConfig, StandbyConfig, StandbyHandle, StandbyServer};
+use tokio::sync::watch;
+
+use crate::config::{PeersFile, RegionConfig};
+use crate::service::{RegionError, RegionService};
+
+/// What a promoted standby announces, once it serves as the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// The region.
+    pub region: u32,
+    /// The store's failover epoch after the promotion.
+    pub epoch: u64,
+    /// The promoted region's internal address.
+    pub address: std::net::SocketAddr,
+}
+
+/// Opens `config`'s standby, refusing a folder that served as the region since (a promoted
+/// standby's: following a primary again there would overwrite the region's newer store with a
+/// copy of the stale one).
+pub fn open_standby(
+    config: &StandbyConfig,
+) -> Result<(StandbyServer, std::net::SocketAddr), RegionError> {
+    let marker = config.data_dir.join(crate::store_check::STORE_MARKER_FILE);
+    if marker.exists() {
+        return Err(relay_net::config::ConfigError::Value(format!(
+            "{} holds region {}'s store: this standby was promoted and served as the region. Run \
+             it as the region (relayd admin promote moves it into the region's folder), or move \
+             it aside to start a new standby",
+            config.data_dir.display(),
+            config.region
+        ))
+        .into());
+    }
+    Ok(StandbyServer::open(config)?)
+}
+
+/// Serves `server` as `config`'s standby until `shutdown`; with a `[promotion]` section, takes
+/// over as the region when the primary's lease expires (calling `on_promoted` once it serves)
+/// and serves as the region until `shutdown`.
+pub async fn serve_standby(
+    server: StandbyServer,
+    config: &StandbyConfig,
+    on_promoted: impl FnOnce(Promoted),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RegionError> {
+    let (stop, stopping) = watch::channel(false);
+    let stopped = move || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    };
+    let handle = server.handle();
+    let standby = tokio::spawn(server.run(stopped()));
+    let Some(promotion) = config.promotion.clone() else {
+        shutdown.await;
+        let _ = stop.send(true);
+        let _ = standby.await;
+        return Ok(());
+    };
+    // Checked now, not when the primary is gone (a launcher may write the region's
+    // configuration after starting its standby: then it is read at the promotion).
+    if promotion.region_config.exists()
+        && let Err(error) = promoted_config(config, &promotion)
+    {
+        let _ = stop.send(true);
+        let _ = standby.await;
+        return Err(error);
+    }
+    tokio::pin!(shutdown);
+    let lease = Duration::from_millis(promotion.lease_ms);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                let _ = stop.send(true);
+                let _ = standby.await;
+                return Ok(());
+            }
+            () = tokio::time::sleep(Duration::from_millis(LEASE_CHECK_INTERVAL_MS)) => {}
+        }
+        let expired = handle
+            .primary_silent_for()
+            .is_some_and(|silent| silent >= lease);
+        if expired && handle.copy_is_whole() {
+            break;
+        }
+    }
+    tracing::warn!(
+        region = config.region,
+        lease_ms = promotion.lease_ms,
+        "the primary's lease expired: taking over as the region"
+    );
+    // Past this point the copy is the region's: a failure ends the process (its supervisor
+    // starts it again as a standby, which a full copy from the primary, if any, brings back).
+    let promoted = match promoted_config(config, &promotion) {
+        Ok(region_config) => promote(&handle, config.region, &region_config).await,
+        Err(error) => Err(error),
+    };
+    let served = match promoted {
+        Ok((service, promoted)) => {
+            on_promoted(promoted);
+            // The standby's server stays up, telling a returning old primary it is fenced.
+            service.run(&mut shutdown).await
+        }
+        Err(error) => Err(error),
+    };
+    let _ = stop.send(true);
+    let _ = standby.await;
+    served
+}
+
+/// The region's configuration as the promoted standby serves it: this standby's folder and
+/// `promotion.listen`, no standby of its own.
+fn promoted_config(
+    config: &StandbyConfig,
+    promotion: &PromotionConfig,
+) -> Result<RegionConfig, RegionError> {
+    let region_config = RegionConfig::load(&promotion.region_config)?;
+    if region_config.region != config.region {
+        return Err(relay_net::config::ConfigError::Value(format!(
+            "promotion.region_config is region {}'s, this standby copies region {}",
+            region_config.region, config.region
+        ))
+        .into());
+    }
+    Ok(RegionConfig {
+        data_dir: config.data_dir.clone(),
+        listen: promotion.listen,
+        replication: None,
+        ..region_config
+    })
+}
+
+/// Opens the copy as the region's store at a new failover epoch and starts the region on it.
+async fn promote(
+    handle: &StandbyHandle,
+    region: u32,
+    region_config: &RegionConfig,
+) -> Result<(RegionService, Promoted), RegionError> {
+    let Some(path) = handle.release_copy() else {
+        return Err(RegionError::Store(fdb_layers::StoreError::Closed));
+    };
+    let epoch = {
+        let store = Database::open(&path, EmbeddedOptions::default())?;
+        store
+            .transact(|transaction| async move {
+                store_identity::raise_failover_epoch(&transaction).await
+            })
+            .await?
+    };
+    handle.promoted(epoch);
+    let (service, address, _) = RegionService::open(region_config, false).await?;
+    PeersFile::set_address(&region_config.peers_file, region, address)?;
+    tracing::warn!(region, epoch, %address, "promoted: serving as the region");
+    Ok((
+        service,
+        Promoted {
+            region,
+            epoch,
+            address,
+        },
+    ))
+}
