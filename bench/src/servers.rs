@@ -75,6 +75,7 @@ impl Servers {
             // what a device gets.
             edge_limits: None,
             log_filter: Some(LOG_FILTER.to_owned()),
+            standbys: false,
         };
         let devnet =
             DevnetProcess::start_with(relayd, regions, data, &data.join("devnet.log"), &settings)?;

@@ -20,6 +20,7 @@
 //!
 //! [`SocketFactory`]: relay_net::SocketFactory
 
+pub mod drill;
 pub mod faults;
 pub mod fuzz;
 pub mod history;

@@ -885,6 +885,7 @@ impl RegionSoftware {
             push: None,
             tokens_required: false,
             replication: None,
+            follow_peer_moves: false,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;

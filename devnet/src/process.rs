@@ -35,6 +35,8 @@ pub struct DevnetState {
     pub exits: BTreeMap<String, u32>,
     /// The `ready` event, once seen.
     pub ready: Option<Ready>,
+    /// Children that exited fenced (their standby took over); the devnet does not restart them.
+    pub fenced: std::collections::BTreeSet<String>,
     /// The devnet's output ended (it exited).
     pub ended: bool,
 }
@@ -47,6 +49,8 @@ pub struct DevnetSettings {
     pub edge_limits: Option<LimitsConfig>,
     /// The log filter (`RELAY_LOG`) of the devnet and its children; `None`: inherited.
     pub log_filter: Option<String>,
+    /// A standby for every region (`--standbys`).
+    pub standbys: bool,
 }
 
 /// A running `relayd devnet --json`.
@@ -89,6 +93,9 @@ impl DevnetProcess {
                 .arg(limits.requests_per_second.to_string())
                 .arg("--edge-requests-burst")
                 .arg(limits.requests_burst.to_string());
+        }
+        if settings.standbys {
+            command.arg("--standbys");
         }
         if let Some(filter) = &settings.log_filter {
             // The children inherit the devnet's environment.
@@ -241,6 +248,9 @@ fn apply(state: &mut DevnetState, line: &str) {
             *state.exits.entry(name).or_default() += 1;
         }
         DevnetEvent::Ready(ready) => state.ready = Some(ready),
+        DevnetEvent::Fenced { name } => {
+            state.fenced.insert(name);
+        }
         _ => {}
     }
 }

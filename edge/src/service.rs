@@ -247,6 +247,8 @@ struct Inner {
     device_endpoint: quinn::Endpoint,
     internal_endpoint: quinn::Endpoint,
     links: PeerLinks,
+    /// The regions' addresses come from a peers file, so a region may move.
+    follows_peers_file: bool,
     regions: Vec<RegionId>,
     homes: Mutex<HomeCache>,
     /// The keys of devices that logged in or registered here (see [`crate::keys`]).
@@ -366,6 +368,7 @@ impl EdgeService {
         let internal_endpoint = net::bind_endpoint(internal_sockets, internal_listen, None)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let addresses = regions.clone();
+        let follows_peers_file = peers_file.is_some();
         let listed = peers_file.map(relay_net::config::PeersFile::resolver);
         let resolve: net::PeerResolver = Box::new(move |region| {
             // Only the regions configured get a link, wherever the file says they are.
@@ -390,6 +393,7 @@ impl EdgeService {
         let inner = Inner {
             region,
             limits,
+            follows_peers_file,
             admission: Mutex::new(AddressLimiter::new(AdmissionLimits {
                 per_second: limits.connections_per_second_per_address,
                 burst: limits.connections_burst_per_address,
@@ -426,6 +430,23 @@ impl EdgeService {
         let mut tasks = JoinSet::new();
         for region in subscriptions.0 {
             tasks.spawn(self.clone().subscription(region));
+        }
+        if self.inner.follows_peers_file {
+            // A region that moved (its standby took over): requests waiting on the old address
+            // fail at once and go to the new one.
+            let service = self.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(
+                        relay_net::limits::PEER_MOVE_CHECK_INTERVAL_MS,
+                    ))
+                    .await;
+                    let moved = service.inner.links.close_moved();
+                    if moved > 0 {
+                        tracing::warn!(moved, "a region moved: its old connection is closed");
+                    }
+                }
+            });
         }
         let accept = async {
             while let Some(incoming) = self.inner.device_endpoint.accept().await {

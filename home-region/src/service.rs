@@ -152,6 +152,10 @@ pub struct RegionParts<'a> {
     /// Ships every commit to the region's standby (started on `db` already); stopped when the
     /// region stops. `None` without a standby.
     pub replication: Option<Arc<relay_replica::Shipper>>,
+    /// Whether `peers` may move a region to another address (a peers file a promoted standby
+    /// rewrites): then connections to a peer that moved are closed within
+    /// `PEER_MOVE_CHECK_INTERVAL_MS`.
+    pub follow_peer_moves: bool,
 }
 
 /// A running region.
@@ -219,6 +223,8 @@ struct Inner {
     tokens_required: bool,
     /// Ships every commit to the region's standby; stopped when the region stops.
     replication: Option<Arc<relay_replica::Shipper>>,
+    /// See [`RegionParts::follow_peer_moves`].
+    follow_peer_moves: bool,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -391,6 +397,7 @@ impl RegionService {
             push,
             tokens_required: config.registration.tokens_required,
             replication,
+            follow_peer_moves: true,
         })?;
         Ok((service, address, store))
     }
@@ -415,6 +422,7 @@ impl RegionService {
             push,
             tokens_required,
             replication,
+            follow_peer_moves,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -465,6 +473,7 @@ impl RegionService {
             pusher: Arc::new(Pusher::new(push)),
             tokens_required,
             replication,
+            follow_peer_moves,
         };
         Ok((
             Self {
@@ -491,6 +500,21 @@ impl RegionService {
         let pump = tokio::spawn(self.clone().outbox_pump());
         let sweeper = tokio::spawn(self.clone().retention_sweeper());
         let blob_sweeper = tokio::spawn(self.clone().blob_sweeper());
+        let moves = self.inner.follow_peer_moves.then(|| {
+            let service = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(
+                        net::limits::PEER_MOVE_CHECK_INTERVAL_MS,
+                    ))
+                    .await;
+                    let moved = service.inner.peers.close_moved();
+                    if moved > 0 {
+                        tracing::warn!(moved, "a region moved: its old connection is closed");
+                    }
+                }
+            })
+        });
         let accept = async {
             while let Some(incoming) = self.inner.endpoint.accept().await {
                 let service = self.clone();
@@ -519,6 +543,9 @@ impl RegionService {
         pusher.abort();
         sweeper.abort();
         blob_sweeper.abort();
+        if let Some(moves) = moves {
+            moves.abort();
+        }
         if let Some(shipper) = &self.inner.replication {
             shipper.stop();
         }

@@ -88,6 +88,7 @@ fn region(
         push: None,
         tokens_required: false,
         replication: None,
+        follow_peer_moves: false,
     })
     .expect("region binds");
     addresses

@@ -780,6 +780,35 @@ impl PeerLinks {
         }
     }
 
+    /// Closes the cached connection of every peer the resolver now places at another address
+    /// (a region that moved: a standby that took over), so that requests waiting on the old
+    /// address fail at once and are retried at the new one; returns how many were closed.
+    /// Never waits: a peer being connected to is looked at next time.
+    pub fn close_moved(&self) -> usize {
+        let slots: Vec<(u32, PeerSlot)> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .map(|(peer, slot)| (*peer, slot.clone()))
+            .collect();
+        let mut closed = 0;
+        for (peer, slot) in slots {
+            let Ok(mut cached) = slot.try_lock() else {
+                continue;
+            };
+            let moved = cached.as_ref().is_some_and(|connection| {
+                connection.close_reason().is_none()
+                    && (self.resolve)(peer).is_some_and(|now| now != connection.remote_address())
+            });
+            if moved && let Some(connection) = cached.take() {
+                connection.close(0u32.into(), b"the peer moved");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     fn slot(&self, peer: u32) -> Option<PeerSlot> {
         self.connections
             .lock()

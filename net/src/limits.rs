@@ -14,6 +14,10 @@ pub const KEEP_ALIVE_INTERVAL_MS: u64 = 5_000;
 /// How long a connection attempt to a peer (a region) may take, handshake included, in ms.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
+/// How often an edge or region looks whether a peer it holds a connection to moved (its
+/// address in the peers file changed: a standby took over), and drops that connection.
+pub const PEER_MOVE_CHECK_INTERVAL_MS: u64 = 250;
+
 /// Most bidirectional streams (requests) a peer may have open at once on one internal
 /// connection (edge↔region, region↔region); QUIC flow control holds back the next until one
 /// ends.

@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod chaos;
 mod devnet;
+mod drill;
 mod progress;
 mod serve;
 mod sim;
@@ -112,6 +113,12 @@ enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// Run a drill on a devnet of real processes and print its report (`relayd drill failover`).
+    Drill {
+        /// The drill to run.
+        #[command(subcommand)]
+        drill: drill::Drill,
+    },
     /// Run a benchmark and print its table (e.g. `relayd bench storage`).
     Bench {
         /// The benchmark to run.
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
         Command::Edge { config } => serve::edge(&config),
         Command::Locator { config } => serve::locator(&config),
         Command::Sim(args) => sim::run(args),
+        Command::Drill { drill } => drill::run(drill),
         Command::Bench { benchmark } => bench::run(benchmark),
         Command::Chaos(args) => chaos::run(args),
         Command::Admin { command } => admin::run(command),
