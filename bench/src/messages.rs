@@ -103,6 +103,8 @@ pub struct MessagesOptions {
     /// Members (the sender's account included) of each W3 group, opaque mode only; empty: no
     /// W3 rows.
     pub group_members: Vec<usize>,
+    /// A standby per region: every commit is acknowledged once the standby has it durable too.
+    pub standbys: bool,
 }
 
 /// Which devices the benchmark drives. The servers cannot tell them apart: they never see
@@ -133,6 +135,8 @@ impl ClientMode {
 pub struct MessagesReport {
     /// How the servers' executable was built.
     pub build: String,
+    /// Each region had a standby (every commit on two disks before its ✓).
+    pub standbys: bool,
     /// Which devices sent and received.
     pub mode: ClientMode,
     /// Cores available to this process.
@@ -298,7 +302,12 @@ pub fn run(
         step("starting the devnet");
         let devnet = folder.path().join("devnet");
         let servers = tokio::select! {
-            servers = Servers::start(&options.relayd, options.regions, &devnet) => servers?,
+            servers = Servers::start_with_standbys(
+                &options.relayd,
+                options.regions,
+                &devnet,
+                options.standbys,
+            ) => servers?,
             () = &mut shutdown => return Err(BenchError::Interrupted),
         };
         let measured = async {
@@ -335,6 +344,7 @@ pub fn run(
     };
     let report = MessagesReport {
         build: options.build.clone(),
+        standbys: options.standbys,
         mode: options.mode,
         cores: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         senders: options.senders,
@@ -1611,7 +1621,7 @@ impl MessagesReport {
             "relayd bench messages --mode {} ({} build): {} senders → {} receivers, 1:1, \
              {payloads} (envelopes of {} B)\n\
              {} cores; {:.1} s measured per W1 row after {:.2} s warm-up; a devnet of {} \
-             region(s) in {}; edges' per-connection request limits {}/s, bursts of {}\n\n",
+             region(s){} in {}; edges' per-connection request limits {}/s, bursts of {}\n\n",
             self.mode.name(),
             self.build,
             self.senders,
@@ -1621,6 +1631,11 @@ impl MessagesReport {
             self.window_seconds,
             self.warmup_seconds,
             self.regions,
+            if self.standbys {
+                ", each with a standby (a ✓ means two disks)"
+            } else {
+                ""
+            },
             self.data_folder.display(),
             thousands(f64::from(self.edge_requests_per_second)),
             thousands(f64::from(self.edge_requests_burst)),

@@ -69,13 +69,24 @@ impl Servers {
     /// Starts `relayd devnet` (the executable `relayd`) with `regions` regions on `data` and
     /// waits until it is ready.
     pub async fn start(relayd: &Path, regions: u32, data: &Path) -> Result<Self, BenchError> {
+        Self::start_with_standbys(relayd, regions, data, false).await
+    }
+
+    /// [`Servers::start`], with a standby per region when `standbys` (every commit is then
+    /// acknowledged once the region's standby has it too).
+    pub async fn start_with_standbys(
+        relayd: &Path,
+        regions: u32,
+        data: &Path,
+        standbys: bool,
+    ) -> Result<Self, BenchError> {
         std::fs::create_dir_all(data).map_err(BenchError::io("creating", data))?;
         let settings = DevnetSettings {
             // The edges' own request limits: a benchmark that lifted them would not measure
             // what a device gets.
             edge_limits: None,
             log_filter: Some(LOG_FILTER.to_owned()),
-            standbys: false,
+            standbys,
         };
         let devnet =
             DevnetProcess::start_with(relayd, regions, data, &data.join("devnet.log"), &settings)?;

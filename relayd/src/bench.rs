@@ -231,6 +231,10 @@ pub struct MessagesArgs {
     /// Run on a debug build of relayd anyway (its figures say nothing about Relay's speed).
     #[arg(long)]
     allow_debug: bool,
+    /// Give each region a standby (`relayd devnet --standbys`): every commit is acknowledged
+    /// once the standby has it durable too. Compare with a run without.
+    #[arg(long)]
+    standbys: bool,
     /// Which devices send and receive: `opaque` (minimal devices sending opaque payloads: the
     /// servers' capacity) or `e2ee` (real client SDK devices, each with Olm sessions and its
     /// own SQLite store in the run's folder: what people's devices cost, this process's CPU
@@ -368,6 +372,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     ModeArg::Opaque => ClientMode::Opaque,
                     ModeArg::E2ee => ClientMode::E2ee,
                 },
+                standbys: args.standbys,
                 group_members: match (args.no_groups, args.group_members) {
                     (true, _) => Vec::new(),
                     (false, Some(sizes)) => sizes,
