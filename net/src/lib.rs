@@ -660,13 +660,22 @@ pub async fn write_frame<M: Message>(
 pub async fn read_frame<M: Message + Default>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<M>, NetError> {
+    read_frame_limited(recv, FRAME_BYTES_MAX).await
+}
+
+/// Reads one frame of at most `limit` bytes (a stream of its own protocol, such as
+/// replication's); `None` when the peer finished the stream cleanly between frames.
+pub async fn read_frame_limited<M: Message + Default>(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<Option<M>, NetError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(error) => return Err(error.into()),
     }
-    let body_length = decode_header(&header, FRAME_BYTES_MAX)?;
+    let body_length = decode_header(&header, limit)?;
     let mut body = vec![0u8; body_length];
     recv.read_exact(&mut body).await?;
     M::decode(&body[..])

@@ -36,7 +36,7 @@ pub use log::{Next, Plan, ShipLog};
 pub use primary::{Shipper, ShipperStats};
 pub use standby::{STANDBY_STORE_FILE, StandbyHandle, StandbyServer, StandbyStats};
 
-use relay_proto::frame::{FRAME_HEADER_BYTES, FrameError, decode_header, encode_frame};
+use relay_proto::frame::FrameError;
 
 use crate::limits::REPLICATION_FRAME_BYTES_MAX;
 
@@ -74,28 +74,17 @@ async fn write_frame<M: prost::Message>(
     send: &mut quinn::SendStream,
     message: &M,
 ) -> Result<(), ReplicaError> {
-    send.write_all(&encode_frame(message))
-        .await
-        .map_err(|error| ReplicaError::Net(error.into()))
+    Ok(relay_net::write_frame(send, message).await?)
 }
 
 /// Reads one replication frame (at most [`REPLICATION_FRAME_BYTES_MAX`]); `None` when the peer
-/// finished the stream between frames.
+/// finished the stream between frames. A frame that does not decode is a protocol error.
 async fn read_frame<M: prost::Message + Default>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<M>, ReplicaError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(error) => return Err(ReplicaError::Net(error.into())),
+    match relay_net::read_frame_limited(recv, REPLICATION_FRAME_BYTES_MAX).await {
+        Ok(frame) => Ok(frame),
+        Err(relay_net::NetError::Frame(error)) => Err(error.into()),
+        Err(error) => Err(error.into()),
     }
-    let length = decode_header(&header, REPLICATION_FRAME_BYTES_MAX)?;
-    let mut body = vec![0u8; length];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|error| ReplicaError::Net(error.into()))?;
-    M::decode(&body[..])
-        .map(Some)
-        .map_err(|error| ReplicaError::Protocol(format!("a frame does not decode: {error}")))
 }

@@ -162,35 +162,17 @@ impl Shared {
     /// A read snapshot of the data and its version, counted open (for the resolver) until the
     /// returned [`OpenRead`] drops.
     pub(crate) fn snapshot(&self) -> Result<(DataTable, OpenRead), StoreError> {
-        self.open_reads.begin(|| {
-            self.file.with("beginning a read", |redb| {
-                let read = redb.begin_read().map_err(read_error)?;
-                let data = read.open_table(DATA_TABLE).map_err(read_error)?;
-                let meta = read.open_table(META_TABLE).map_err(read_error)?;
-                let version = meta
-                    .get(VERSION_KEY)
-                    .map_err(read_error)?
-                    .map(|version| version.value())
-                    .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
-                Ok((data, version))
-            })
-        })
+        self.open_reads
+            .begin(|| self.file.with("beginning a read", read_data_and_version))
     }
 
     /// A consistent read of the whole store, for copying it to a standby. Not counted as an
     /// open transaction: it may take longer than a transaction may.
     pub(crate) fn export(&self) -> Result<StoreExport, StoreError> {
-        self.file.with("beginning an export", |redb| {
-            let read = redb.begin_read().map_err(read_error)?;
-            let data = read.open_table(DATA_TABLE).map_err(read_error)?;
-            let meta = read.open_table(META_TABLE).map_err(read_error)?;
-            let version = meta
-                .get(VERSION_KEY)
-                .map_err(read_error)?
-                .map(|version| version.value())
-                .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
-            Ok(StoreExport::new(data, version))
-        })
+        let (data, version) = self
+            .file
+            .with("beginning an export", read_data_and_version)?;
+        Ok(StoreExport::new(data, version))
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -924,6 +906,19 @@ impl Committer {
         self.registry
             .notify(&keys, &ranges, |key| reader.value(key));
     }
+}
+
+/// A read transaction's data table and the commit version it reads at.
+fn read_data_and_version(redb: &redb::Database) -> Result<(DataTable, u64), StoreError> {
+    let read = redb.begin_read().map_err(read_error)?;
+    let data = read.open_table(DATA_TABLE).map_err(read_error)?;
+    let meta = read.open_table(META_TABLE).map_err(read_error)?;
+    let version = meta
+        .get(VERSION_KEY)
+        .map_err(read_error)?
+        .map(|version| version.value())
+        .ok_or_else(|| StoreError::corrupt("commit version", "missing"))?;
+    Ok((data, version))
 }
 
 /// Where a request's answer goes, and the answer.
