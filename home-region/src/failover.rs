@@ -43,14 +43,29 @@ pub struct Promoted {
     pub address: std::net::SocketAddr,
 }
 
-/// Opens `config`'s standby, refusing a folder that served as the region since (a promoted
-/// standby's: following a primary again there would overwrite the region's newer store with a
-/// copy of the stale one).
-pub fn open_standby(
+/// What `relayd standby` runs: a standby following its primary, or, when its folder already
+/// serves as the region (it was promoted before this process started), the region itself.
+pub enum Standby {
+    /// A standby, to [`serve_standby`].
+    Following(StandbyServer),
+    /// A standby promoted before: serve it with [`serve_promoted`].
+    Promoted(StandbyServer, u64),
+}
+
+/// Opens `config`'s standby. A folder that served as the region since (a promoted standby's,
+/// with the region's marker file) is the region's store now: with `[promotion]` it is served
+/// as the region again (the standby was promoted, then its process restarted); without, it is
+/// refused (following a primary there would overwrite the region's newer store with a copy of
+/// the stale one).
+pub async fn open_standby(
     config: &StandbyConfig,
-) -> Result<(StandbyServer, std::net::SocketAddr), RegionError> {
+) -> Result<(Standby, std::net::SocketAddr), RegionError> {
     let marker = config.data_dir.join(crate::store_check::STORE_MARKER_FILE);
-    if marker.exists() {
+    if !marker.exists() {
+        let (server, address) = StandbyServer::open(config)?;
+        return Ok((Standby::Following(server), address));
+    }
+    if config.promotion.is_none() {
         return Err(relay_net::config::ConfigError::Value(format!(
             "{} holds region {}'s store: this standby was promoted and served as the region. Run \
              it as the region (relayd admin promote moves it into the region's folder), or move \
@@ -60,7 +75,62 @@ pub fn open_standby(
         ))
         .into());
     }
-    Ok(StandbyServer::open(config)?)
+    let epoch = {
+        let store = Database::open(
+            &config.data_dir.join(relay_replica::STANDBY_STORE_FILE),
+            EmbeddedOptions::default(),
+        )?;
+        store
+            .transact(
+                |transaction| async move { store_identity::failover_epoch(&transaction).await },
+            )
+            .await?
+    };
+    let (server, address) = StandbyServer::open_promoted(config, epoch)?;
+    Ok((Standby::Promoted(server, epoch), address))
+}
+
+/// Serves a standby that was promoted before this process started: the region on its folder
+/// (as [`serve_standby`] does after a promotion) and the replication server that tells an old
+/// primary it is fenced, until `shutdown`.
+pub async fn serve_promoted(
+    server: StandbyServer,
+    epoch: u64,
+    config: &StandbyConfig,
+    on_promoted: impl FnOnce(Promoted),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RegionError> {
+    let Some(promotion) = &config.promotion else {
+        return Err(relay_net::config::ConfigError::Value(
+            "a promoted standby needs its [promotion] section".into(),
+        )
+        .into());
+    };
+    let region_config = promoted_config(config, promotion)?;
+    let (stop, mut stopping) = watch::channel(false);
+    let fencing = tokio::spawn(server.run(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }));
+    let started = async {
+        let (service, address, _) = RegionService::open(&region_config, false).await?;
+        PeersFile::set_address(&region_config.peers_file, config.region, address)?;
+        Ok::<_, RegionError>((service, address))
+    };
+    let served = match started.await {
+        Ok((service, address)) => {
+            tracing::warn!(region = config.region, epoch, %address, "serving as the region again (promoted before)");
+            on_promoted(Promoted {
+                region: config.region,
+                epoch,
+                address,
+            });
+            service.run(shutdown).await
+        }
+        Err(error) => Err(error),
+    };
+    let _ = stop.send(true);
+    let _ = fencing.await;
+    served
 }
 
 /// Serves `server` as `config`'s standby until `shutdown`; with a `[promotion]` section, takes

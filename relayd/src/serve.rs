@@ -99,7 +99,7 @@ pub fn standby(config_path: &Path) -> Result<()> {
     let config = relay_replica::StandbyConfig::load(config_path)?;
     runtime()?.block_on(async {
         let shutdown = shutdown_signal();
-        let (server, address) = home_region::failover::open_standby(&config)?;
+        let (standby, address) = home_region::failover::open_standby(&config).await?;
         announce(format!("standby {} listening on {address}", config.region));
         let on_promoted = |promoted: home_region::failover::Promoted| {
             announce(format!(
@@ -107,7 +107,22 @@ pub fn standby(config_path: &Path) -> Result<()> {
                 promoted.region, promoted.epoch, promoted.address
             ));
         };
-        home_region::failover::serve_standby(server, &config, on_promoted, shutdown).await?;
+        match standby {
+            home_region::failover::Standby::Following(server) => {
+                home_region::failover::serve_standby(server, &config, on_promoted, shutdown)
+                    .await?;
+            }
+            home_region::failover::Standby::Promoted(server, epoch) => {
+                home_region::failover::serve_promoted(
+                    server,
+                    epoch,
+                    &config,
+                    on_promoted,
+                    shutdown,
+                )
+                .await?;
+            }
+        }
         tracing::info!("standby stopped");
         Ok(())
     })

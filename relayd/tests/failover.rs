@@ -4,6 +4,10 @@
 //! operator promotes the standby (`relayd admin promote`, refused while the standby still
 //! runs) and restarts the devnet: the region serves from the copy, bob receives every message
 //! alice saw acknowledged, and the region's new standby gets a full copy and keeps up.
+//!
+//! Journey 27: the primary hangs (SIGSTOP); its standby takes over within the lease, the edge
+//! follows the peers file, a send during the hang is acknowledged, and the primary, resumed, is
+//! fenced and not restarted; the promoted standby's process, killed, comes back as the region.
 
 mod support;
 
@@ -197,8 +201,23 @@ fn a_standby_takes_over_a_region_whose_primary_is_gone_and_fences_it_when_it_ret
     );
     let after = "after the old primary came back".to_owned();
     send_acknowledged(&alice, "bob", &after);
-    let received = [received, receive_all(&bob, std::slice::from_ref(&after))].concat();
+    let mut received = [received, receive_all(&bob, std::slice::from_ref(&after))].concat();
     sent.push(after);
+
+    // The promoted standby's process dies too: the devnet starts it again, and it serves as the
+    // region again from its folder (not as a standby of the stale primary).
+    let promoted = devnet
+        .region(1)
+        .standby_pid
+        .expect("region 1 has a standby");
+    send_signal(promoted, "KILL");
+    devnet.wait_event(DEADLINE, |event| {
+        matches!(event, relay_devnet::DevnetEvent::Restarted { name, .. } if name == "standby-1")
+    });
+    let later = "after the promoted standby restarted".to_owned();
+    send_acknowledged(&alice, "bob", &later);
+    received.extend(receive_all(&bob, std::slice::from_ref(&later)));
+    sent.push(later);
     for text in &sent {
         assert_eq!(
             received.iter().filter(|seen| *seen == text).count(),

@@ -76,6 +76,31 @@ impl StandbyServer {
             }
         })?;
         let store = StandbyStore::open(&store_path(config))?;
+        tracing::info!(
+            region = config.region,
+            version = store.version(),
+            installing = ?store.installing(),
+            "standby copy opened"
+        );
+        Self::bind(config, Some(store), 0)
+    }
+
+    /// The server of a standby that was promoted at `epoch` and serves as the region now
+    /// (started again after a restart): it holds no copy and only tells an old primary that
+    /// dials it that it is fenced.
+    pub fn open_promoted(
+        config: &StandbyConfig,
+        epoch: u64,
+    ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
+        config.validate()?;
+        Self::bind(config, None, epoch.max(1))
+    }
+
+    fn bind(
+        config: &StandbyConfig,
+        store: Option<StandbyStore>,
+        promoted: u64,
+    ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
         let roots = relay_net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
         let region_cert = identity
@@ -89,17 +114,11 @@ impl StandbyServer {
         let address = endpoint
             .local_addr()
             .map_err(|error| ReplicaError::Net(error.into()))?;
-        tracing::info!(
-            region = config.region,
-            version = store.version(),
-            installing = ?store.installing(),
-            "standby copy opened"
-        );
         let inner = Arc::new(Inner {
             region: config.region,
             region_cert,
-            store: Mutex::new(Some(store)),
-            promoted: AtomicU64::new(0),
+            store: Mutex::new(store),
+            promoted: AtomicU64::new(promoted),
             lease: Mutex::new(Lease::default()),
             path: store_path(config),
             generation: AtomicU64::new(0),
