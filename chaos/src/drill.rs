@@ -319,7 +319,7 @@ async fn drill(
         ));
         Ok::<(Instant, u32), RealChaosError>((Instant::now(), pid))
     };
-    let sending = futures_join_all(
+    let sending = futures::future::join_all(
         senders
             .iter_mut()
             .map(|(_, peer, device, events)| send_until(device, events, peer, began + load)),
@@ -543,35 +543,6 @@ async fn send_until(
         }
     }
     Ok(sent)
-}
-
-/// Runs futures concurrently on this task and returns their outputs in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for future in futures {
-        set.push(Box::pin(future));
-    }
-    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|context| {
-        let mut pending = false;
-        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(context) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 fn millis(duration: Duration) -> u64 {

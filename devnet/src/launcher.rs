@@ -646,9 +646,10 @@ async fn supervise(
                     let _ = stop.wait_for(|stop| *stop).await;
                     return;
                 }
-                let down = running.spec.config.with_extension("").with_extension(
-                    DOWN_SUFFIX.trim_start_matches('.'),
-                );
+                let down = running
+                    .spec
+                    .config
+                    .with_file_name(format!("{name}{DOWN_SUFFIX}"));
                 let mut delay_ms = CHILD_RESTART_DELAY_MS;
                 loop {
                     tokio::select! {

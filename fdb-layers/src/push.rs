@@ -118,14 +118,7 @@ fn key(device: DeviceAddress) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::temporary_database;
-
-    fn device(account: u64, device: u32) -> DeviceAddress {
-        DeviceAddress {
-            account: AccountId(account),
-            device: DeviceId(device),
-        }
-    }
+    use crate::test_support::{device_address as device, temporary_database};
 
     #[tokio::test]
     async fn registrations_are_kept_per_device_listed_in_pages_and_cleared_only_if_unchanged() {

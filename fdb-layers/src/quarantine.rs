@@ -137,17 +137,8 @@ fn decode(bytes: &[u8]) -> Result<QuarantineRecord, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use relay_proto::{AccountId, DeviceId};
-
     use super::*;
-    use crate::test_support::temporary_database;
-
-    fn device(account: u64, device: u32) -> DeviceAddress {
-        DeviceAddress {
-            account: AccountId(account),
-            device: DeviceId(device),
-        }
-    }
+    use crate::test_support::{device_address as device, temporary_database};
 
     #[tokio::test]
     async fn quarantine_keeps_the_first_record_lists_in_order_and_lifts() {

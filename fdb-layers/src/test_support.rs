@@ -102,3 +102,11 @@ where
     }
     database.transact(&mut body).await
 }
+
+/// The address of device `device` of account `account`.
+pub(crate) fn device_address(account: u64, device: u32) -> relay_proto::DeviceAddress {
+    relay_proto::DeviceAddress {
+        account: relay_proto::AccountId(account),
+        device: relay_proto::DeviceId(device),
+    }
+}

@@ -437,41 +437,31 @@ impl Link {
             if self.shipper.lock().stopped {
                 break;
             }
-            let outcome = self.session().await;
+            let mut reached = false;
+            if let Err(error) = self.session(&mut reached).await {
+                tracing::warn!(
+                    region = self.shipper.region,
+                    standby = %self.shipper.config.standby,
+                    %error,
+                    "replication link to the standby failed; dialling again"
+                );
+            }
             self.shipper.went_away();
-            match outcome {
-                Ok(reached) => {
-                    if reached {
-                        delay_ms = REDIAL_DELAY_MS_INITIAL;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        region = self.shipper.region,
-                        standby = %self.shipper.config.standby,
-                        %error,
-                        "replication link to the standby failed; dialling again"
-                    );
-                }
+            if reached {
+                delay_ms = REDIAL_DELAY_MS_INITIAL;
             }
             if self.shipper.lock().stopped {
                 break;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
-                _ = self.shipper.wake.notified() => {
-                    // A group arrived: still wait out the pause, the standby is not back yet.
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                }
-            }
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             delay_ms = (delay_ms * 2).min(REDIAL_DELAY_MS_MAX);
         }
         self.endpoint.close(0u32.into(), b"stopping");
     }
 
-    /// One connection to the standby, until it fails. `Ok(true)` when it got as far as the
-    /// standby's state.
-    async fn session(&self) -> Result<bool, ReplicaError> {
+    /// One connection to the standby, until it fails (it never ends otherwise); `reached` is
+    /// set once it got as far as the standby's state.
+    async fn session(&self, reached: &mut bool) -> Result<(), ReplicaError> {
         let standby = self.shipper.config.standby;
         let handshake = async {
             let connection = self
@@ -521,6 +511,7 @@ impl Link {
                 .await
                 .map_err(|_| ReplicaError::Timeout("dialling the standby"))??;
         self.shipper.sessions.fetch_add(1, Ordering::Relaxed);
+        *reached = true;
         tracing::info!(
             region = self.shipper.region,
             standby = %standby,
@@ -598,7 +589,7 @@ impl Link {
             confirmed = confirming => confirmed,
         };
         connection.close(0u32.into(), b"replication link ended");
-        ended.map(|()| true)
+        ended
     }
 
     /// Sends a full copy of the store; returns the version it was read at.

@@ -322,13 +322,7 @@ impl Inner {
                 epoch = promoted,
                 "the old primary dialled its promoted standby: telling it it is fenced"
             );
-            write_frame(
-                &mut send,
-                &FromStandby {
-                    kind: Some(from_standby::Kind::Promoted(promoted)),
-                },
-            )
-            .await?;
+            write_frame(&mut send, &fenced(promoted)).await?;
             finish(&mut send).await;
             return Ok(());
         }
@@ -363,13 +357,7 @@ impl Inner {
             .await;
         let promoted = self.promoted.load(Ordering::SeqCst);
         if promoted > 0 {
-            let _ = write_frame(
-                &mut send,
-                &FromStandby {
-                    kind: Some(from_standby::Kind::Promoted(promoted)),
-                },
-            )
-            .await;
+            let _ = write_frame(&mut send, &fenced(promoted)).await;
             finish(&mut send).await;
         } else if let Err(error) = &outcome
             && !matches!(error, ReplicaError::Net(_))
@@ -610,6 +598,13 @@ async fn finish(send: &mut quinn::SendStream) {
         send.stopped(),
     )
     .await;
+}
+
+/// What a promoted standby answers its old primary.
+fn fenced(epoch: u64) -> FromStandby {
+    FromStandby {
+        kind: Some(from_standby::Kind::Promoted(epoch)),
+    }
 }
 
 fn refused(reason: &str) -> FromStandby {

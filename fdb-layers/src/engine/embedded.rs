@@ -960,7 +960,7 @@ fn apply(
         .map_err(StoreError::storage)?;
     let group = {
         let mut data = RedbTarget(write.open_table(DATA_TABLE).map_err(StoreError::storage)?);
-        let group = if record {
+        let mutations = if record {
             let mut recording = Recording {
                 target: &mut data,
                 mutations: Vec::new(),
@@ -968,11 +968,7 @@ fn apply(
             for (request, stamp) in accepted {
                 apply_request(&mut recording, request, *stamp)?;
             }
-            Some(CommittedGroup {
-                previous_version: 0,
-                version,
-                mutations: recording.mutations,
-            })
+            Some(recording.mutations)
         } else {
             for (request, stamp) in accepted {
                 apply_request(&mut data, request, *stamp)?;
@@ -984,10 +980,11 @@ fn apply(
             .insert(VERSION_KEY, version)
             .map_err(StoreError::storage)?
             .map(|previous| previous.value());
-        match (group, previous) {
-            (Some(group), Some(previous_version)) => Some(CommittedGroup {
+        match (mutations, previous) {
+            (Some(mutations), Some(previous_version)) => Some(CommittedGroup {
                 previous_version,
-                ..group
+                version,
+                mutations,
             }),
             (Some(_), None) => return Err(StoreError::corrupt("commit version", "missing")),
             (None, _) => None,
