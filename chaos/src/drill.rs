@@ -10,7 +10,11 @@
 //! - `kill`: SIGKILL, and the devnet is told not to start it again (a `.down` file: the
 //!   machine is gone);
 //! - `pause`: SIGSTOP (the machine hangs); after the load it is resumed with SIGCONT and must be
-//!   fenced (it dials its standby, hears it was promoted, and exits).
+//!   fenced (it dials its standby, hears it was promoted, and exits);
+//! - `planned`: the operator's planned failover (`relayd admin failover`, through
+//!   `home_region::handover`): the region holds requests, ships everything, its standby takes
+//!   over at once and the old primary stops. No send may fail: every sender's count of failed
+//!   attempts (`Device::send_attempts_failed`) must stay 0.
 //!
 //! RTO is, per sender, the time from the failure to its first ✓ after it (a sender's sends are
 //! sequential, so that is how long it could not get a message acknowledged); the report gives
@@ -18,7 +22,8 @@
 //! drill counts lost (acknowledged, never received), duplicated (received twice), out of order
 //! (a sender's messages received in another order) and undecryptable messages.
 //!
-//! Planned failover is not built yet: `--kind planned` is refused with that reason.
+//! A partition of the primary from its standby is not built yet: `--kind partition` is refused
+//! with that reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -40,6 +45,8 @@ pub enum DrillKind {
     Kill,
     /// SIGSTOP, resumed after the load (and fenced).
     Pause,
+    /// The operator's planned failover: a handover to the standby.
+    Planned,
 }
 
 impl std::str::FromStr for DrillKind {
@@ -49,11 +56,15 @@ impl std::str::FromStr for DrillKind {
         match name.trim() {
             "kill" => Ok(DrillKind::Kill),
             "pause" => Ok(DrillKind::Pause),
-            "partition" | "planned" => Err(format!(
-                "--kind {name} is not built yet (planned failover and partitions of a primary \
-                 from its standby come later); use kill or pause"
+            "planned" => Ok(DrillKind::Planned),
+            "partition" => Err(
+                "--kind partition is not built yet (a partition of a primary from its standby \
+                 comes later); use kill, pause or planned"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "{other:?} is not a drill kind (kill, pause, planned)"
             )),
-            other => Err(format!("{other:?} is not a drill kind (kill, pause)")),
         }
     }
 }
@@ -124,8 +135,13 @@ pub struct DrillReport {
     pub undecryptable: u64,
     /// The standby's address is the region's in the peers file now.
     pub standby_serves: bool,
-    /// (pause) The resumed old primary was fenced and stopped.
+    /// (pause, planned) The old primary was fenced and stopped.
     pub old_primary_fenced: Option<bool>,
+    /// Send attempts the senders made that failed and were retried (a planned failover must
+    /// cause none).
+    pub send_attempts_failed: u64,
+    /// (planned) How long the region held requests, as it reported (ms).
+    pub held_ms: Option<u64>,
     /// Nothing lost, duplicated, reordered or undecryptable, and every sender recovered.
     pub pass: bool,
 }
@@ -146,6 +162,7 @@ impl DrillReport {
             match self.kind {
                 DrillKind::Kill => "killed",
                 DrillKind::Pause => "paused",
+                DrillKind::Planned => "handed over to its standby (planned)",
             },
             self.failed_at_ms as f64 / 1000.0,
             self.regions,
@@ -181,10 +198,25 @@ impl DrillReport {
         ));
         if let Some(fenced) = self.old_primary_fenced {
             out.push_str(&format!(
-                "| the resumed old primary was fenced | {fenced} | {} |\n",
+                "| the old primary was fenced | {fenced} | {} |\n",
                 mark(fenced)
             ));
         }
+        if let Some(held_ms) = self.held_ms {
+            out.push_str(&format!(
+                "| requests held by the region | {:.2} s | |\n",
+                held_ms as f64 / 1000.0
+            ));
+        }
+        out.push_str(&format!(
+            "| send attempts that failed (retried) | {} | {} |\n",
+            self.send_attempts_failed,
+            if self.kind == DrillKind::Planned {
+                mark(self.send_attempts_failed == 0)
+            } else {
+                ""
+            }
+        ));
         out.push_str(&format!(
             "\nverdict: {}\n",
             if self.pass { "PASS" } else { "FAIL" }
@@ -299,6 +331,34 @@ async fn drill(
     let fault = async {
         tokio::time::sleep_until(fail_at.into()).await;
         let state = devnet.state().borrow().clone();
+        if config.kind == DrillKind::Planned {
+            let pid = state.pids.get(&failing).copied().unwrap_or(0);
+            let region_config =
+                home_region::RegionConfig::load(&devnet_data.join(format!("{failing}.toml")))
+                    .map_err(|error| {
+                        RealChaosError::Run(format!("the region's configuration: {error}"))
+                    })?;
+            progress(format!(
+                "{:>6.1} s  asking {failing} (pid {pid}) to hand over to its standby",
+                began.elapsed().as_secs_f64()
+            ));
+            let asked = Instant::now();
+            let handed = home_region::handover::request_handover(&region_config)
+                .await
+                .map_err(|error| RealChaosError::Run(format!("the handover failed: {error}")))?;
+            progress(format!(
+                "{:>6.1} s  handed over: epoch {}, version {}, requests held {} ms",
+                began.elapsed().as_secs_f64(),
+                handed.epoch,
+                handed.version,
+                handed.held_ms
+            ));
+            return Ok::<(Instant, u32, Option<u64>), RealChaosError>((
+                asked,
+                pid,
+                Some(handed.held_ms),
+            ));
+        }
         if config.kind == DrillKind::Kill {
             let down = devnet_data.join(format!("{failing}{DOWN_SUFFIX}"));
             std::fs::write(&down, b"drill: this machine is gone\n")
@@ -306,7 +366,7 @@ async fn drill(
         }
         let signal = match config.kind {
             DrillKind::Kill => Signal::KILL,
-            DrillKind::Pause => Signal::STOP,
+            _ => Signal::STOP,
         };
         let pid = relay_devnet::process::signal_child(&state, devnet.pid(), &failing, signal)?;
         progress(format!(
@@ -314,10 +374,10 @@ async fn drill(
             began.elapsed().as_secs_f64(),
             match config.kind {
                 DrillKind::Kill => "killed",
-                DrillKind::Pause => "paused",
+                _ => "paused",
             }
         ));
-        Ok::<(Instant, u32), RealChaosError>((Instant::now(), pid))
+        Ok((Instant::now(), pid, None))
     };
     let sending = futures::future::join_all(
         senders
@@ -325,12 +385,14 @@ async fn drill(
             .map(|(_, peer, device, events)| send_until(device, events, peer, began + load)),
     );
     let (failed, records) = tokio::join!(fault, sending);
-    let (failed_at, old_pid) = failed?;
+    let (failed_at, old_pid, held_ms) = failed?;
     let mut records_by_sender = BTreeMap::new();
     for ((name, ..), record) in senders.iter().zip(records) {
         records_by_sender.insert(name.clone(), record?);
     }
+    let mut send_attempts_failed = 0;
     for (_, _, device, _) in senders {
+        send_attempts_failed += device.send_attempts_failed().await.unwrap_or(0);
         let _ = device.close().await;
     }
     progress(format!(
@@ -356,21 +418,29 @@ async fn drill(
         }
     }
 
-    let old_primary_fenced = match config.kind {
-        DrillKind::Kill => None,
-        DrillKind::Pause => {
-            relay_devnet::process::signal_pid(old_pid, Signal::CONT);
-            progress(format!(
-                "{:>6.1} s  resumed the old primary (pid {old_pid})",
-                began.elapsed().as_secs_f64()
-            ));
-            let mut state = devnet.state();
-            let fenced = tokio::time::timeout(
-                Duration::from_millis(FENCE_TIMEOUT_MS),
+    let fenced_within = |timeout_ms: u64| {
+        let mut state = devnet.state();
+        let failing = failing.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_millis(timeout_ms),
                 state.wait_for(|state| state.fenced.contains(&failing)),
             )
             .await
-            .is_ok_and(|seen| seen.is_ok());
+            .is_ok_and(|seen| seen.is_ok())
+        }
+    };
+    let old_primary_fenced = match config.kind {
+        DrillKind::Kill => None,
+        DrillKind::Pause | DrillKind::Planned => {
+            if config.kind == DrillKind::Pause {
+                relay_devnet::process::signal_pid(old_pid, Signal::CONT);
+                progress(format!(
+                    "{:>6.1} s  resumed the old primary (pid {old_pid})",
+                    began.elapsed().as_secs_f64()
+                ));
+            }
+            let fenced = fenced_within(FENCE_TIMEOUT_MS).await;
             progress(format!(
                 "{:>6.1} s  the old primary {}",
                 began.elapsed().as_secs_f64(),
@@ -482,7 +552,8 @@ async fn drill(
         && undecryptable == 0
         && rto_ms.is_some()
         && standby_serves
-        && old_primary_fenced != Some(false);
+        && old_primary_fenced != Some(false)
+        && (config.kind != DrillKind::Planned || send_attempts_failed == 0);
     Ok(DrillReport {
         region: config.region,
         kind: config.kind,
@@ -499,6 +570,8 @@ async fn drill(
         undecryptable,
         standby_serves,
         old_primary_fenced,
+        send_attempts_failed,
+        held_ms,
         pass,
     })
 }

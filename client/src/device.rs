@@ -223,6 +223,7 @@ pub(crate) enum Command {
     Connect(Reply<()>),
     StillPending(Option<ClientMessageId>, Reply<Vec<StillPending>>),
     PendingCount(Reply<usize>),
+    SendAttemptsFailed(Reply<u64>),
     HistoryInSync(Reply<bool>),
     MessageState(ClientMessageId, Reply<MessageState>),
     History(String, Reply<Vec<Event>>),
@@ -499,6 +500,13 @@ impl Device {
     /// Entries in the outbox and drafts.
     pub async fn pending_count(&self) -> Result<usize> {
         self.call(Command::PendingCount).await
+    }
+
+    /// Attempts to send (messages, receipts, changes) that failed with a retryable error or a
+    /// lost connection since this device opened, each retried by itself: how rough the way to
+    /// the relay has been. A planned failover of a region adds none.
+    pub async fn send_attempts_failed(&self) -> Result<u64> {
+        self.call(Command::SendAttemptsFailed).await
     }
 
     /// Whether the account's other devices hold this device's chat documents (edits,
@@ -1261,6 +1269,9 @@ impl Actor {
             }
             Command::PendingCount(reply) => {
                 let _ = reply.send(self.core.pending_count());
+            }
+            Command::SendAttemptsFailed(reply) => {
+                let _ = reply.send(Ok(self.core.send_attempts_failed()));
             }
             Command::HistoryInSync(reply) => {
                 let _ = reply.send(self.core.history_in_sync());

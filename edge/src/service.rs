@@ -1138,37 +1138,52 @@ impl EdgeService {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(EDGE_REGION_REQUEST_TIMEOUT_MS);
         let links = &self.inner.links;
-        let connection = match tokio::time::timeout_at(deadline, links.connection(region.0)).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(NetError::Remote(error))) => return Err(error),
-            Ok(Err(NetError::Timeout)) | Err(_) => {
-                return Err(region_unreachable(
-                    region,
-                    "it does not answer the handshake",
-                ));
-            }
-            Ok(Err(error)) => return Err(region_unreachable(region, &error.to_string())),
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let response: RegionResponse = match net::request(&connection, request, left).await {
-            Ok(response) => response,
-            Err(NetError::Timeout) => {
-                links.forget(region.0).await;
-                return Err(ProtoError::new(
-                    ErrorCode::Overloaded,
-                    format!(
-                        "region {region} did not answer within {:.1} s",
-                        EDGE_REGION_REQUEST_TIMEOUT_MS as f64 / 1000.0
-                    ),
-                )
-                .with_retry_after_ms(OVERLOADED_RETRY_AFTER_MS));
-            }
-            Err(error @ (NetError::Frame(_) | NetError::Remote(_))) => {
-                return Err(error.to_proto());
-            }
-            Err(error) => {
-                links.forget(region.0).await;
-                return Err(region_unreachable(region, &error.to_string()));
+        let mut attempts = 0;
+        let response: RegionResponse = loop {
+            attempts += 1;
+            let connection =
+                match tokio::time::timeout_at(deadline, links.connection(region.0)).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(NetError::Remote(error))) => return Err(error),
+                    Ok(Err(NetError::Timeout)) | Err(_) => {
+                        return Err(region_unreachable(
+                            region,
+                            "it does not answer the handshake",
+                        ));
+                    }
+                    Ok(Err(error)) => return Err(region_unreachable(region, &error.to_string())),
+                };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match net::request(&connection, request, left).await {
+                Ok(response) => break response,
+                Err(NetError::Timeout) => {
+                    links.forget(region.0).await;
+                    return Err(ProtoError::new(
+                        ErrorCode::Overloaded,
+                        format!(
+                            "region {region} did not answer within {:.1} s",
+                            EDGE_REGION_REQUEST_TIMEOUT_MS as f64 / 1000.0
+                        ),
+                    )
+                    .with_retry_after_ms(OVERLOADED_RETRY_AFTER_MS));
+                }
+                Err(error @ (NetError::Frame(_) | NetError::Remote(_))) => {
+                    return Err(error.to_proto());
+                }
+                Err(error) => {
+                    links.forget(region.0).await;
+                    // The region moved while the request was under way (its standby took
+                    // over, planned or not): the request goes to the new address at once,
+                    // instead of failing back to the device. Every region request is safe to
+                    // repeat: the device would send it again the same way.
+                    if attempts < net::limits::MOVED_PEER_ATTEMPTS_MAX
+                        && links.moved_from(region.0, connection.remote_address())
+                    {
+                        tracing::info!(%region, "the region moved during a request: sending it there");
+                        continue;
+                    }
+                    return Err(region_unreachable(region, &error.to_string()));
+                }
             }
         };
         match response.body {

@@ -15,6 +15,11 @@
 //! 5. answers the old primary, should it dial the standby again (a paused process resumed), that
 //!    it was promoted at that epoch: the old primary is fenced and exits.
 //!
+//! A planned failover takes the same steps without the wait: the primary hands the region over
+//! (`relayd admin failover`: it holds new requests, ships every commit, and sends the version
+//! it stops at), and once the copy is at that version the standby takes over at once. The
+//! primary hears `Promoted` after step 4, so requests it held go to the new address.
+//!
 //! Safety rests on the primary's `refuse_writes` policy: it acknowledges no commit the standby
 //! has not confirmed, so the standby holds every acknowledged commit when it takes over, and a
 //! primary cut off from it (or fenced) acknowledges nothing more. A primary that goes on alone
@@ -175,20 +180,28 @@ pub async fn serve_standby(
                 let _ = standby.await;
                 return Ok(());
             }
+            () = handle.handover_requested() => {
+                tracing::warn!(
+                    region = config.region,
+                    version = handle.handover_version(),
+                    "the primary hands the region over (planned failover): taking over"
+                );
+                break;
+            }
             () = tokio::time::sleep(Duration::from_millis(LEASE_CHECK_INTERVAL_MS)) => {}
         }
         let expired = handle
             .primary_silent_for()
             .is_some_and(|silent| silent >= lease);
         if expired && handle.copy_is_whole() {
+            tracing::warn!(
+                region = config.region,
+                lease_ms = promotion.lease_ms,
+                "the primary's lease expired: taking over as the region"
+            );
             break;
         }
     }
-    tracing::warn!(
-        region = config.region,
-        lease_ms = promotion.lease_ms,
-        "the primary's lease expired: taking over as the region"
-    );
     // Past this point the copy is the region's: a failure ends the process (its supervisor
     // starts it again as a standby, which a full copy from the primary, if any, brings back).
     let promoted = match promoted_config(config, &promotion) {
@@ -247,9 +260,11 @@ async fn promote(
             })
             .await?
     };
-    handle.promoted(epoch);
     let (service, address, _) = RegionService::open(region_config, false).await?;
     PeersFile::set_address(&region_config.peers_file, region, address)?;
+    // Only now is the old primary told (a handover's answer, or a resumed primary's dial): it
+    // stops, and requests waiting on it go to the address just announced.
+    handle.promoted(epoch);
     tracing::warn!(region, epoch, %address, "promoted: serving as the region");
     Ok((
         service,

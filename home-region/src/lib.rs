@@ -17,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod failover;
 pub mod groups;
+pub mod handover;
 pub mod lanes;
 pub mod limits;
 pub mod linking;

@@ -250,3 +250,24 @@ const _: () = assert!(
     relay_proto::limits::WEBPUSH_ENDPOINT_BYTES_MAX
         <= relay_push::limits::WEBPUSH_ENDPOINT_BYTES_MAX
 );
+
+// --- Planned failover (see `crate::handover`) ---
+
+/// How long a region handing itself over waits for the requests under way to finish before it
+/// asks its standby to take over anyway (they are then answered or fail with the connection,
+/// and are sent again to the standby).
+pub const HANDOVER_DRAIN_WAIT_MS: u64 = 1_000;
+/// How long a fenced region that handed itself over waits for the operator's answer to be
+/// received before it closes its endpoint.
+pub const HANDOVER_ANSWER_WAIT_MS: u64 = 2_000;
+/// How long `relayd admin failover` waits for the region's answer: the drain, the shipper's
+/// handover, and a margin for the connection.
+pub const HANDOVER_REQUEST_TIMEOUT_MS: u64 =
+    HANDOVER_DRAIN_WAIT_MS + relay_replica::limits::HANDOVER_TIMEOUT_MS + 5_000;
+// Held requests from other regions and edges are still answered in time when the standby takes
+// over promptly: the drain is a fraction of their wait.
+const _: () = assert!(HANDOVER_DRAIN_WAIT_MS < REGION_PEER_REQUEST_TIMEOUT_MS);
+const _: () = assert!(
+    HANDOVER_DRAIN_WAIT_MS + relay_replica::limits::HANDOVER_TIMEOUT_MS
+        < HANDOVER_REQUEST_TIMEOUT_MS
+);

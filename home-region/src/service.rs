@@ -51,6 +51,7 @@ use crate::claims::ClaimLimiter;
 use crate::config::{PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects, GroupMembership, GroupSource};
 use crate::groups;
+use crate::handover::{self, Drain};
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
@@ -225,6 +226,10 @@ struct Inner {
     replication: Option<Arc<relay_replica::Shipper>>,
     /// See [`RegionParts::follow_peer_moves`].
     follow_peer_moves: bool,
+    /// The region's own certificate: only its holder may hand the region over.
+    own_cert: Option<rustls_pki_types::CertificateDer<'static>>,
+    /// Holds new streams during a handover (see [`crate::handover`]).
+    drain: Arc<Drain>,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -430,6 +435,7 @@ impl RegionService {
         let server = net::server_config(identity.clone(), Some(roots.clone()), net::ALPN_INTERNAL)?;
         let endpoint = net::bind_server_endpoint(sockets, listen, server, &identity)?;
         let address = endpoint.local_addr().map_err(NetError::Io)?;
+        let own_cert = identity.cert_chain.first().cloned();
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, peers);
         let blobs = BlobStore::new(blob_objects, db.clone(), blob_limits);
@@ -474,6 +480,8 @@ impl RegionService {
             tokens_required,
             replication,
             follow_peer_moves,
+            own_cert,
+            drain: Arc::default(),
         };
         Ok((
             Self {
@@ -549,6 +557,10 @@ impl RegionService {
         if let Some(shipper) = &self.inner.replication {
             shipper.stop();
         }
+        if fenced_at.is_some() {
+            // Handed over: the operator hears it before the connections close.
+            self.inner.drain.answer_written().await;
+        }
         self.inner
             .endpoint
             .close(0u32.into(), b"region shutting down");
@@ -562,6 +574,15 @@ impl RegionService {
     }
 
     async fn serve_connection(self, connection: quinn::Connection) {
+        let presented = connection
+            .peer_identity()
+            .and_then(|identity| {
+                identity
+                    .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().cloned());
+        let from_own_cert = presented.is_some() && presented == self.inner.own_cert;
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(streams) => streams,
@@ -571,11 +592,16 @@ impl RegionService {
                 }
             };
             let service = self.clone();
-            tokio::spawn(async move { service.serve_stream(send, recv).await });
+            tokio::spawn(async move { service.serve_stream(send, recv, from_own_cert).await });
         }
     }
 
-    async fn serve_stream(self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(
+        self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        from_own_cert: bool,
+    ) {
         let request = match net::read_frame::<RegionRequest>(&mut recv).await {
             Ok(Some(request)) => request,
             Ok(None) => return,
@@ -584,13 +610,47 @@ impl RegionService {
                 return;
             }
         };
+        if let Some(region_request::Body::HandOver(ask)) = &request.body {
+            let inner = &self.inner;
+            let answer = handover::hand_over(
+                &inner.drain,
+                inner.region.0,
+                inner.replication.as_ref(),
+                ask,
+                from_own_cert,
+            )
+            .await;
+            let handed_over = answer.is_ok();
+            let response = match answer {
+                Ok(handed) => RegionResponse {
+                    body: Some(region_response::Body::HandedOver(handed)),
+                },
+                Err(error) => error_response(error),
+            };
+            if net::write_frame(&mut send, &response).await.is_ok() && send.finish().is_ok() {
+                // Received before the region closes its connections.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(crate::limits::HANDOVER_ANSWER_WAIT_MS),
+                    send.stopped(),
+                )
+                .await;
+            }
+            if handed_over {
+                inner.drain.mark_answered();
+            }
+            return;
+        }
+        // Held while the region hands itself over; requests are counted until answered.
+        let in_flight = self.inner.drain.enter().await;
         if let Some(region_request::Body::Subscribe(first)) = request.body {
+            drop(in_flight);
             self.serve_subscription(first, send, recv).await;
             return;
         }
         if let Some(region_request::Body::Blob(blob)) = &request.body
             && blob.command.is_stream()
         {
+            drop(in_flight);
             self.serve_blob_stream(blob.clone(), send, recv).await;
             return;
         }
@@ -966,6 +1026,11 @@ impl RegionService {
                 .presence_privacy(for_device)
                 .await
                 .map(Resp::PresencePrivacy),
+            // Served on its own stream, where the connection's certificate is known.
+            Req::HandOver(_) => Err(ProtoError::new(
+                ErrorCode::UnsupportedRequest,
+                "a handover is asked on its own stream of an internal connection",
+            )),
             Req::Block(for_device) => {
                 let device = for_device.device.parse()?;
                 let request = for_device.block.unwrap_or_default();

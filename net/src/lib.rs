@@ -835,25 +835,51 @@ impl PeerLinks {
             .clone()
     }
 
-    /// One request to `peer`; a transport failure drops the cached connection.
+    /// Whether the resolver places `peer` at another address than `from` now: it moved (a
+    /// standby took over) while a request was under way at `from`.
+    pub fn moved_from(&self, peer: u32, from: std::net::SocketAddr) -> bool {
+        (self.resolve)(peer).is_some_and(|now| now != from)
+    }
+
+    /// One request to `peer` within `timeout`; a transport failure drops the cached connection.
+    /// A request whose connection failed because the peer moved meanwhile is sent once more to
+    /// the new address, within what is left of `timeout` (a request must be safe to repeat, as
+    /// every request between regions is: a lost answer is retried the same way).
     pub async fn request<Req: Message, Resp: Message + Default>(
         &self,
         peer: u32,
         message: &Req,
         timeout: Duration,
     ) -> Result<Resp, NetError> {
-        let connection = self.connection(peer).await?;
-        let result = request(&connection, message, timeout).await;
-        if matches!(
-            result,
-            Err(NetError::Connection(_)
-                | NetError::Timeout
-                | NetError::Write(_)
-                | NetError::Read(_))
-        ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let connection = self.connection(peer).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = request(&connection, message, left).await;
+            if !matches!(
+                result,
+                Err(NetError::Connection(_)
+                    | NetError::Timeout
+                    | NetError::Write(_)
+                    | NetError::Read(_))
+            ) {
+                return result;
+            }
             self.forget(peer).await;
+            let retry = attempts < limits::MOVED_PEER_ATTEMPTS_MAX
+                && !matches!(result, Err(NetError::Timeout))
+                && tokio::time::Instant::now() < deadline
+                && self.moved_from(peer, connection.remote_address());
+            if !retry {
+                return result;
+            }
+            tracing::info!(
+                peer,
+                "the peer moved during a request: sending it to its new address"
+            );
         }
-        result
     }
 }
 

@@ -18,6 +18,10 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// address in the peers file changed: a standby took over), and drops that connection.
 pub const PEER_MOVE_CHECK_INTERVAL_MS: u64 = 250;
 
+/// Attempts of one request to a peer that moved while it was under way (its standby took
+/// over): the first, and one at the new address.
+pub const MOVED_PEER_ATTEMPTS_MAX: u32 = 2;
+
 /// Most bidirectional streams (requests) a peer may have open at once on one internal
 /// connection (edge↔region, region↔region); QUIC flow control holds back the next until one
 /// ends.

@@ -1911,6 +1911,35 @@ pub struct IssueRegistrationTokens {
     pub ttl_ms: u64,
 }
 
+/// (An operator, with the region's own certificate, to that region) a planned failover: the
+/// region stops taking requests, lets the ones under way finish, waits until its standby
+/// confirmed every commit, and asks the standby to take over. Answered with `HandedOver` once
+/// the standby serves as the region; the old primary then stops.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct HandOver {
+    /// The region meant (refused by any other).
+    #[prost(uint32, tag = "1")]
+    pub region: u32,
+}
+
+/// A planned failover is done: the standby serves as the region.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct HandedOver {
+    /// The region.
+    #[prost(uint32, tag = "1")]
+    pub region: u32,
+    /// The store's failover epoch now.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// The store's version the standby took over at (every commit up to it).
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+    /// How long the region held requests, from the operator's request to the standby serving
+    /// (ms).
+    #[prost(uint64, tag = "4")]
+    pub held_ms: u64,
+}
+
 /// Registration tokens just issued: shown once, stored only as their SHA-256.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct RegistrationTokens {
@@ -2085,7 +2114,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -2172,6 +2201,10 @@ pub mod region_request {
         /// (answered with `Blocked`).
         #[prost(message, tag = "22")]
         Block(super::ForDevice),
+        /// (An operator, with the region's own certificate) a planned failover to the
+        /// region's standby (answered with `HandedOver`).
+        #[prost(message, tag = "23")]
+        HandOver(super::HandOver),
     }
 }
 
@@ -2181,7 +2214,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2268,6 +2301,9 @@ pub mod region_response {
         /// Answer to `Block`.
         #[prost(message, tag = "25")]
         Blocked(super::BlockedAccounts),
+        /// Answer to `HandOver`.
+        #[prost(message, tag = "26")]
+        HandedOver(super::HandedOver),
     }
 }
 

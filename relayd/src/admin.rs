@@ -66,6 +66,27 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fail a running region over to its standby, planned (maintenance, a move of machines):
+    /// the region holds new requests, lets those under way finish, ships every commit to its
+    /// standby and asks it to take over at that version. The standby (it needs a [promotion]
+    /// section) serves as the region on its own address and writes it into the peers file; the
+    /// old primary then stops (exit status 3), and the requests it held are sent again to the
+    /// standby by edges and regions: devices see slower answers, no failed send. Asked with
+    /// the region's own certificate, from its configuration. If the standby refuses or does
+    /// not take over in time, the region serves on and this says why.
+    ///
+    /// Example: relayd admin failover --region 1 --config ./devnet-data/region-1.toml
+    Failover {
+        /// The region to fail over (must be the one CONFIG describes).
+        #[arg(long)]
+        region: u32,
+        /// The region's configuration file (its certificate, key, CA and peers file are used).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Print one JSON object instead of the sentence.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue registration tokens: each lets --uses accounts register (`relay register NAME
     /// --token TOKEN`) until it expires. The tokens are made and stored (as their SHA-256
     /// only) by the deployment's directory writer, which this asks over the internal network
@@ -124,6 +145,11 @@ pub fn run(command: AdminCommand) -> Result<()> {
             region_config,
             json,
         } => runtime.block_on(promote(&standby_config, &region_config, json)),
+        AdminCommand::Failover {
+            region,
+            config,
+            json,
+        } => runtime.block_on(failover(region, &config, json)),
         AdminCommand::Token {
             config,
             count,
@@ -164,6 +190,46 @@ async fn token(config: &Path, count: u32, uses: u32, days: f64, json: bool) -> R
              directory keeps only their SHA-256)",
             issued.tokens.len(),
             issued.uses,
+        );
+    }
+    Ok(())
+}
+
+async fn failover(region: u32, config: &Path, json: bool) -> Result<()> {
+    let config = home_region::config::RegionConfig::load(config)?;
+    if config.region != region {
+        return Err(anyhow!(
+            "--region {region}, but the configuration is region {}'s",
+            config.region
+        ));
+    }
+    let handed = home_region::handover::request_handover(&config)
+        .await
+        .with_context(|| format!("handing region {region} over to its standby"))?;
+    let address = home_region::config::PeersFile::load(&config.peers_file)?
+        .address_of(region)
+        .map(|address| address.to_string());
+    if json {
+        let line = serde_json::json!({
+            "event": "failed_over",
+            "region": handed.region,
+            "epoch": handed.epoch,
+            "version": handed.version,
+            "held_ms": handed.held_ms,
+            "address": address,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "region {} failed over to its standby: epoch {}, at version {}, requests held for              {} ms; it serves at {}",
+            handed.region,
+            handed.epoch,
+            handed.version,
+            handed.held_ms,
+            address.as_deref().unwrap_or("(not in the peers file)")
+        );
+        println!(
+            "the old primary stopped (fenced); give the region a new standby before the next              failover"
         );
     }
     Ok(())

@@ -19,9 +19,10 @@ pub enum Drill {
     /// (the longest time a sender waited for a ✓ after the failure; target < 5 s on loopback,
     /// lease included) and, once the receivers synced, messages acknowledged but lost,
     /// duplicated, out of order or undecryptable. Exits non-zero on any loss or if a sender
-    /// never recovered.
+    /// never recovered; a planned failover also on any failed send attempt.
     ///
     /// Example: relayd drill failover --region 1 --kind pause
+    ///          relayd drill failover --region 2 --kind planned
     Failover(FailoverArgs),
 }
 
@@ -32,8 +33,9 @@ pub struct FailoverArgs {
     #[arg(long, default_value_t = 1)]
     region: u32,
     /// How it fails: kill (SIGKILL; the devnet does not start it again, as a machine that is
-    /// gone) or pause (SIGSTOP, then SIGCONT after the load: the old primary must be fenced).
-    /// `planned` is not built yet.
+    /// gone), pause (SIGSTOP, then SIGCONT after the load: the old primary must be fenced) or
+    /// planned (the operator's `relayd admin failover`: no send may fail). `partition` is not
+    /// built yet.
     #[arg(long, default_value = "kill", value_parser = parse_kind)]
     kind: DrillKind,
     /// Regions of the devnet.

@@ -2,7 +2,8 @@
 //! paused under load on a devnet with standbys; the report says its standby serves the region,
 //! the resumed old primary was fenced, every sender got a ✓ again, and nothing acknowledged was
 //! lost, duplicated, reordered or undecryptable. The recovery time is reported, not asserted: a
-//! debug build on a shared machine says nothing about it.
+//! debug build on a shared machine says nothing about it. A planned failover of region 2 under
+//! load fails no send attempt at all.
 
 use std::process::Command;
 
@@ -37,10 +38,41 @@ fn a_failover_drill_loses_nothing_and_reports_its_recovery_time() {
     assert!(report["acknowledged"].as_u64().expect("count") > 0);
 
     // What is not built is refused plainly.
-    let planned = Command::new(env!("CARGO_BIN_EXE_relayd"))
-        .args(["drill", "failover", "--kind", "planned"])
+    let partition = Command::new(env!("CARGO_BIN_EXE_relayd"))
+        .args(["drill", "failover", "--kind", "partition"])
         .output()
         .expect("relayd drill runs");
-    assert!(!planned.status.success());
-    assert!(String::from_utf8_lossy(&planned.stderr).contains("not built yet"));
+    assert!(!partition.status.success());
+    assert!(String::from_utf8_lossy(&partition.stderr).contains("not built yet"));
+}
+
+/// The planned kind: region 2 is handed over to its standby under load, and no sender's
+/// attempt failed.
+#[test]
+fn a_planned_failover_drill_fails_no_send() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("drill");
+    let output = Command::new(env!("CARGO_BIN_EXE_relayd"))
+        .args(["drill", "failover", "--region", "2", "--kind", "planned"])
+        .args(["--seconds", "4", "--json", "--data"])
+        .arg(&data)
+        .env("RELAY_LOG", "warn")
+        .output()
+        .expect("relayd drill runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report");
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(report["kind"], "planned");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["send_attempts_failed"], 0, "{report:#}");
+    assert_eq!(report["standby_serves"], true);
+    assert_eq!(report["old_primary_fenced"], true);
+    assert!(report["held_ms"].as_u64().is_some(), "{report:#}");
+    assert!(report["acknowledged"].as_u64().expect("count") > 0);
 }

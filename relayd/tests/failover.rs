@@ -8,6 +8,12 @@
 //! Journey 27: the primary hangs (SIGSTOP); its standby takes over within the lease, the edge
 //! follows the peers file, a send during the hang is acknowledged, and the primary, resumed, is
 //! fenced and not restarted; the promoted standby's process, killed, comes back as the region.
+//!
+//! Journey 28: a planned failover. The operator runs `relayd admin failover --region 1`: the
+//! region holds requests, ships everything to its standby, which takes over at once; the old
+//! primary stops (fenced). alice's sends while it happens are each acknowledged on their first
+//! try, bob receives everything once, and the failover is refused with the wrong certificate,
+//! the wrong region, and once the promoted region has no standby left.
 
 mod support;
 
@@ -225,4 +231,122 @@ fn a_standby_takes_over_a_region_whose_primary_is_gone_and_fences_it_when_it_ret
             "{text} arrived once: {received:?}"
         );
     }
+}
+
+fn failover(config: &std::path::Path, region: &str) -> std::process::Output {
+    Command::new(relayd_bin())
+        .args([
+            "admin", "failover", "--json", "--region", region, "--config",
+        ])
+        .arg(config)
+        .output()
+        .expect("relayd admin failover runs")
+}
+
+/// Whether one `relay send` saw its message acknowledged (no retry by a later sync).
+fn acknowledged_at_once(from: &Person, to: &str, text: &str) -> bool {
+    let lines = from.ok(&["send", to, text]);
+    events(&lines, "tick")
+        .iter()
+        .any(|tick| tick["tick"] == "sent" || tick["tick"] == "delivered")
+}
+
+#[test]
+fn a_planned_failover_moves_the_region_to_its_standby_without_a_failed_send() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let data = root.join("devnet");
+    let mut devnet = Devnet::start_with(1, &data, &["--standbys"]);
+    let alice = Person::new(root, "alice");
+    alice.register(&devnet, "127.0.1.10");
+    let bob = Person::new(root, "bob");
+    bob.register(&devnet, "127.0.1.11");
+    let mut sent: Vec<String> = (0..4).map(|index| format!("before {index}")).collect();
+    for text in &sent {
+        assert!(acknowledged_at_once(&alice, "bob", text), "{text}");
+    }
+    let config = data.join("region-1.toml");
+
+    // Refused, and nothing changes: another region's number, another certificate (the edge's).
+    let wrong_region = failover(&config, "2");
+    assert!(!wrong_region.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong_region.stderr).contains("--region 2"),
+        "{}",
+        String::from_utf8_lossy(&wrong_region.stderr)
+    );
+    let edge_config = root.join("region-1-with-the-edge-cert.toml");
+    let text = std::fs::read_to_string(&config).expect("the region's configuration");
+    std::fs::write(
+        &edge_config,
+        text.replace("pki/region-1.pem", "pki/edge-1.pem")
+            .replace("pki/region-1.key", "pki/edge-1.key"),
+    )
+    .expect("written");
+    let forbidden = failover(&edge_config, "1");
+    assert!(!forbidden.status.success());
+    let said = String::from_utf8_lossy(&forbidden.stderr);
+    assert!(said.contains("own certificate"), "{said}");
+    assert!(acknowledged_at_once(
+        &alice,
+        "bob",
+        "still region 1's primary"
+    ));
+    sent.push("still region 1's primary".to_owned());
+
+    // alice keeps sending while the operator fails the region over: every send is
+    // acknowledged on its first try.
+    let during = std::thread::scope(|scope| {
+        let sending = scope.spawn(|| {
+            let mut texts = Vec::new();
+            for index in 0..8 {
+                let text = format!("during {index}");
+                assert!(
+                    acknowledged_at_once(&alice, "bob", &text),
+                    "{text} was not acknowledged at once"
+                );
+                texts.push(text);
+            }
+            texts
+        });
+        let output = failover(&config, "1");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines = json_lines(&output.stdout);
+        let done = events(&lines, "failed_over");
+        assert_eq!(done.len(), 1, "{lines:?}");
+        assert!(done[0]["epoch"].as_u64().expect("epoch") >= 1);
+        assert!(
+            done[0]["address"]
+                .as_str()
+                .is_some_and(|address| address.starts_with("127.0.1.3:")),
+            "the standby's address: {lines:?}"
+        );
+        sending.join().expect("the sender")
+    });
+    sent.extend(during);
+    devnet.wait_event(
+        DEADLINE,
+        |event| matches!(event, relay_devnet::DevnetEvent::Fenced { name } if name == "region-1"),
+    );
+    let after = "after the planned failover".to_owned();
+    assert!(acknowledged_at_once(&alice, "bob", &after));
+    sent.push(after);
+    let received = receive_all(&bob, &sent);
+    for text in &sent {
+        assert_eq!(
+            received.iter().filter(|seen| *seen == text).count(),
+            1,
+            "{text} arrived once: {received:?}"
+        );
+    }
+
+    // The promoted region has no standby of its own yet: a second failover is refused.
+    let again = failover(&config, "1");
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("no standby"), "{said}");
 }

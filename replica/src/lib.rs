@@ -33,7 +33,7 @@ pub mod wire;
 
 pub use config::{AwayPolicy, PromotionConfig, ReplicationConfig, StandbyConfig};
 pub use log::{Next, Plan, ShipLog};
-pub use primary::{Shipper, ShipperStats};
+pub use primary::{HandedOver, Shipper, ShipperStats};
 pub use standby::{STANDBY_STORE_FILE, StandbyHandle, StandbyServer, StandbyStats};
 
 use relay_proto::frame::FrameError;

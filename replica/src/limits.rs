@@ -65,7 +65,18 @@ pub const STANDBY_STEPS_QUEUED_MAX: usize = 16;
 /// not timed out yet, and a little slack).
 pub const STANDBY_CONNECTIONS_MAX: usize = 4;
 
+/// How long a standby asked to take over (a planned failover) waits for its promotion (opening
+/// the copy as the region's store, starting the region, announcing its address) before it
+/// refuses the handover.
+pub const HANDOVER_PROMOTION_TIMEOUT_MS: u64 = 15_000;
+
+/// How long a primary waits for a handover as a whole: the standby catching up, then its
+/// promotion. Past it the handover is given up and the primary serves on (if the standby took
+/// over meanwhile, the primary hears it and is fenced: it never acknowledges without it).
+pub const HANDOVER_TIMEOUT_MS: u64 = 20_000;
+
 const _: () = assert!(INSTALL_CHUNK_BYTES <= GROUP_PART_BYTES);
+const _: () = assert!(HANDOVER_PROMOTION_TIMEOUT_MS < HANDOVER_TIMEOUT_MS);
 const _: () = assert!(
     GROUP_PART_BYTES + fdb_layers::limits::KEY_BYTES_MAX + fdb_layers::limits::VALUE_BYTES_MAX
         <= 2 * GROUP_PART_BYTES

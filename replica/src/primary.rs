@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 
 use crate::config::{AwayPolicy, ReplicationConfig};
 use crate::limits::{
-    ALONE_WARNING_INTERVAL_MS, HANDSHAKE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, INSTALL_CHUNK_BYTES,
-    REDIAL_DELAY_MS_INITIAL, REDIAL_DELAY_MS_MAX, SHIP_LOG_BYTES_MAX,
+    ALONE_WARNING_INTERVAL_MS, HANDOVER_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS,
+    INSTALL_CHUNK_BYTES, REDIAL_DELAY_MS_INITIAL, REDIAL_DELAY_MS_MAX, SHIP_LOG_BYTES_MAX,
 };
 use crate::log::{Next, Plan, ShipLog};
 use crate::wire::{
@@ -84,6 +84,32 @@ struct State {
     stopped: bool,
     /// The standby was promoted at this epoch: this region is stale and acknowledges nothing.
     fenced: Option<u64>,
+    /// A handover under way (a planned failover).
+    handover: Option<Handover>,
+}
+
+/// A handover under way: groups up to `cutoff` are shipped, then the standby is asked to take
+/// over; later groups wait unshipped (and are never acknowledged if it does).
+struct Handover {
+    cutoff: u64,
+    answer: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+/// A region handed over to its standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandedOver {
+    /// The store's version the standby took over at.
+    pub version: u64,
+    /// The failover epoch the standby was promoted at.
+    pub epoch: u64,
+}
+
+/// What the link sends next.
+enum Ship {
+    /// What the log holds after the standby's version.
+    Log(Next),
+    /// Everything up to the handover's version is shipped: ask the standby to take over.
+    HandOver(u64),
 }
 
 impl std::fmt::Debug for State {
@@ -125,6 +151,7 @@ impl Shipper {
                 unconfirmed_commits: 0,
                 stopped: false,
                 fenced: None,
+                handover: None,
             }),
             wake: Notify::new(),
             deadlines: Notify::new(),
@@ -209,12 +236,87 @@ impl Shipper {
                 );
             }
             state.fenced = Some(epoch);
+            if let Some(handover) = state.handover.take() {
+                // The standby serves as the region: what the handover asked for.
+                let _ = handover.answer.send(Ok(epoch));
+            }
             std::mem::take(&mut state.waiting)
         };
         for waiting in waiting {
             (waiting.done)(Err(fenced_error(epoch)));
         }
         self.fencing.notify_waiters();
+    }
+
+    /// Hands the region over to the standby (a planned failover): ships every group up to the
+    /// newest, asks the standby to take over at that version, and completes once it serves as
+    /// the region (the region is fenced then: every later commit is refused). Groups committed
+    /// meanwhile wait unshipped and unanswered, whatever the away policy. The caller should
+    /// stop taking requests first, so that few do.
+    ///
+    /// Fails, and the region ships and acknowledges as before, when the standby refuses (it is
+    /// behind, or cannot serve as the region) or the handover takes longer than
+    /// [`HANDOVER_TIMEOUT_MS`].
+    pub async fn hand_over(&self) -> Result<HandedOver, ReplicaError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let cutoff = {
+            let mut state = self.lock();
+            if let Some(epoch) = state.fenced {
+                return Err(ReplicaError::Refused(format!(
+                    "the standby already took over (epoch {epoch})"
+                )));
+            }
+            if state.stopped {
+                return Err(ReplicaError::Refused("the region is stopping".into()));
+            }
+            if state.handover.is_some() {
+                return Err(ReplicaError::Refused("a handover is under way".into()));
+            }
+            let Some(log) = &state.log else {
+                return Err(ReplicaError::Refused(
+                    "the shipper has not started on the store yet".into(),
+                ));
+            };
+            let cutoff = log.latest();
+            state.handover = Some(Handover { cutoff, answer });
+            cutoff
+        };
+        tracing::warn!(
+            region = self.region,
+            version = cutoff,
+            "handing the region over to the standby"
+        );
+        self.wake.notify_one();
+        let outcome =
+            tokio::time::timeout(Duration::from_millis(HANDOVER_TIMEOUT_MS), answered).await;
+        let result = match outcome {
+            Ok(Ok(Ok(epoch))) => Ok(HandedOver {
+                version: cutoff,
+                epoch,
+            }),
+            Ok(Ok(Err(reason))) => Err(ReplicaError::Refused(reason)),
+            Ok(Err(_)) => Err(ReplicaError::Refused("the shipper stopped".into())),
+            Err(_) => Err(ReplicaError::Timeout("the standby taking over")),
+        };
+        if result.is_err() {
+            // Given up: ship and acknowledge as before (a standby promoted meanwhile is heard
+            // on the next dial, and fences this region).
+            self.lock().handover = None;
+            self.wake.notify_one();
+            self.deadlines.notify_one();
+        }
+        result
+    }
+
+    /// The handover under way failed for `reason`: the region ships and acknowledges again.
+    fn handover_failed(&self, reason: &str) {
+        let handover = self.lock().handover.take();
+        if let Some(handover) = handover {
+            tracing::warn!(region = self.region, reason, "the handover failed");
+            let _ = handover.answer.send(Err(reason.to_owned()));
+            self.wake.notify_one();
+            self.deadlines.notify_one();
+        }
     }
 
     /// Applies the away policy to each waiting group whose deadline passed, oldest first (a
@@ -228,10 +330,14 @@ impl Shipper {
                 }
                 let now = Instant::now();
                 let mut expired = Vec::new();
-                while state
-                    .waiting
-                    .front()
-                    .is_some_and(|front| front.deadline <= now)
+                // During a handover every group waits: the standby is taking over, and one
+                // acknowledged alone now would be lost with this region.
+                let holding = state.handover.is_some();
+                while !holding
+                    && state
+                        .waiting
+                        .front()
+                        .is_some_and(|front| front.deadline <= now)
                 {
                     if let Some(waiting) = state.waiting.pop_front() {
                         expired.push(waiting);
@@ -243,7 +349,12 @@ impl Shipper {
                         state.away_since = Some(first.since);
                     }
                 }
-                (expired, state.waiting.front().map(|front| front.deadline))
+                let next = if holding {
+                    None
+                } else {
+                    state.waiting.front().map(|front| front.deadline)
+                };
+                (expired, next)
             };
             for waiting in expired {
                 let verdict = self.away_verdict(waiting.since);
@@ -364,15 +475,20 @@ impl Shipper {
         }
     }
 
-    fn next_after(&self, version: u64) -> Result<Next, ReplicaError> {
+    fn next_after(&self, version: u64) -> Result<Ship, ReplicaError> {
         let state = self.lock();
         if state.stopped {
             return Err(ReplicaError::Protocol("the shipper stopped".into()));
         }
-        Ok(match &state.log {
+        if let Some(handover) = &state.handover
+            && version >= handover.cutoff
+        {
+            return Ok(Ship::HandOver(handover.cutoff));
+        }
+        Ok(Ship::Log(match &state.log {
             Some(log) => log.next_after(version),
             None => Next::Wait,
-        })
+        }))
     }
 }
 
@@ -527,9 +643,10 @@ impl Link {
                 }
                 Plan::FullCopy => self.full_copy(&mut send).await?,
             };
+            let mut handed_over = false;
             loop {
                 match self.shipper.next_after(after)? {
-                    Next::Group(group) => {
+                    Ship::Log(Next::Group(group)) => {
                         for part in group_parts(&group) {
                             write_frame(
                                 &mut send,
@@ -542,7 +659,20 @@ impl Link {
                         self.shipper.groups_sent.fetch_add(1, Ordering::Relaxed);
                         after = group.version;
                     }
-                    Next::Wait => {
+                    Ship::HandOver(version) if !handed_over => {
+                        write_frame(
+                            &mut send,
+                            &ToStandby {
+                                kind: Some(to_standby::Kind::Handover(version)),
+                            },
+                        )
+                        .await?;
+                        handed_over = true;
+                    }
+                    // Asked: nothing more is sent on this stream (the standby answers
+                    // `Promoted` or `Refused`).
+                    Ship::HandOver(_) => self.shipper.wake.notified().await,
+                    Ship::Log(Next::Wait) => {
                         let heartbeat =
                             tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
                         tokio::select! {
@@ -558,7 +688,7 @@ impl Link {
                             }
                         }
                     }
-                    Next::Gap => after = self.full_copy(&mut send).await?,
+                    Ship::Log(Next::Gap) => after = self.full_copy(&mut send).await?,
                 }
             }
         };
@@ -570,7 +700,19 @@ impl Link {
                     }) => self.shipper.confirm(version),
                     Some(FromStandby {
                         kind: Some(from_standby::Kind::Refused(reason)),
-                    }) => return Err(ReplicaError::Refused(reason)),
+                    }) => {
+                        self.shipper.handover_failed(&reason);
+                        return Err(ReplicaError::Refused(reason));
+                    }
+                    Some(FromStandby {
+                        kind: Some(from_standby::Kind::Promoted(epoch)),
+                    }) => {
+                        // The standby took over (asked by a handover, or its lease expired).
+                        self.shipper.fence(epoch);
+                        return Err(ReplicaError::Refused(format!(
+                            "the standby took over (epoch {epoch}): this region is fenced"
+                        )));
+                    }
                     None => {
                         return Err(ReplicaError::Protocol(
                             "the standby ended the stream".into(),

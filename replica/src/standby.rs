@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use fdb_layers::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use fdb_layers::{CommittedGroup, Mutation, StandbyStore, StoreError};
@@ -13,7 +14,10 @@ use relay_net::{TlsIdentity, TokioSockets};
 use rustls_pki_types::CertificateDer;
 
 use crate::config::StandbyConfig;
-use crate::limits::{GROUP_BYTES_MAX, STANDBY_CONNECTIONS_MAX, STANDBY_STEPS_QUEUED_MAX};
+use crate::limits::{
+    GROUP_BYTES_MAX, HANDOVER_PROMOTION_TIMEOUT_MS, STANDBY_CONNECTIONS_MAX,
+    STANDBY_STEPS_QUEUED_MAX,
+};
 use crate::wire::{
     ALPN_STANDBY, FromStandby, GroupPart, Hello, StandbyState, ToStandby, from_standby, from_wire,
     to_standby,
@@ -53,6 +57,14 @@ struct Inner {
     store: Mutex<Option<StandbyStore>>,
     /// The failover epoch the standby was promoted at; 0 while it is a standby.
     promoted: AtomicU64,
+    /// Wakes a session waiting for the promotion it asked for (a handover).
+    promoted_now: tokio::sync::Notify,
+    /// The version its primary handed the region over at (a planned failover); 0 until then.
+    handover: AtomicU64,
+    /// Wakes the failover code when the primary hands the region over.
+    handover_wanted: tokio::sync::Notify,
+    /// The configuration has a `[promotion]` section: the standby can serve as the region.
+    can_promote: bool,
     /// What the standby knows of its primary, for its lease.
     lease: Mutex<Lease>,
     /// The copy's file.
@@ -119,6 +131,10 @@ impl StandbyServer {
             region_cert,
             store: Mutex::new(store),
             promoted: AtomicU64::new(promoted),
+            promoted_now: tokio::sync::Notify::new(),
+            handover: AtomicU64::new(0),
+            handover_wanted: tokio::sync::Notify::new(),
+            can_promote: config.promotion.is_some(),
             lease: Mutex::new(Lease::default()),
             path: store_path(config),
             generation: AtomicU64::new(0),
@@ -180,6 +196,8 @@ enum Step {
     InstallBegin(u64),
     InstallChunk(Vec<(Vec<u8>, Vec<u8>)>),
     InstallEnd,
+    /// The primary hands the region over at this version.
+    Handover(u64),
 }
 
 /// What a standby knows of its primary.
@@ -240,10 +258,32 @@ impl StandbyHandle {
         Ok(())
     }
 
-    /// The standby was promoted at `epoch`: from now on every primary that dials it is told
-    /// it is fenced.
+    /// The standby was promoted at `epoch` and serves as the region: from now on every
+    /// primary that dials it is told it is fenced, and a primary that handed the region over
+    /// hears that it did.
     pub fn promoted(&self, epoch: u64) {
         self.inner.promoted.store(epoch.max(1), Ordering::SeqCst);
+        self.inner.promoted_now.notify_waiters();
+    }
+
+    /// Completes once the primary hands the region over (a planned failover) with the copy at
+    /// its newest version: the standby should take over now.
+    pub async fn handover_requested(&self) {
+        loop {
+            let wanted = self.inner.handover_wanted.notified();
+            if self.handover_version().is_some() {
+                return;
+            }
+            wanted.await;
+        }
+    }
+
+    /// The version the primary handed the region over at, if it did.
+    pub fn handover_version(&self) -> Option<u64> {
+        match self.inner.handover.load(Ordering::SeqCst) {
+            0 => None,
+            version => Some(version),
+        }
     }
 }
 
@@ -392,6 +432,12 @@ impl Inner {
                 }
                 let step = match frame.kind {
                     Some(to_standby::Kind::Heartbeat(_)) => continue,
+                    Some(to_standby::Kind::Handover(version)) => {
+                        // The primary's last frame: the applier checks the copy is at its
+                        // version once everything before it is applied.
+                        let _ = steps.send(Step::Handover(version)).await;
+                        break;
+                    }
                     Some(to_standby::Kind::Group(part)) => match gather(&mut gathering, part)? {
                         Some(group) => Step::Group(group),
                         None => continue,
@@ -480,6 +526,7 @@ impl Inner {
                         tracing::info!(region = self.region, version, "full copy installed");
                         Some(version)
                     }
+                    Step::Handover(version) => return self.take_over(version).await,
                 };
                 if let Some(version) = applied {
                     write_frame(
@@ -503,6 +550,55 @@ impl Inner {
             // The applier failed (a group that does not follow, a newer session): stop reading.
             applied = &mut applying => applied,
         }
+    }
+
+    /// The primary hands the region over at `version`: once the copy is whole at exactly that
+    /// version, the failover code is asked to promote the standby, and this waits (at most
+    /// [`HANDOVER_PROMOTION_TIMEOUT_MS`]) until it serves as the region. The session then tells
+    /// the primary it was promoted.
+    async fn take_over(&self, version: u64) -> Result<(), ReplicaError> {
+        let at = {
+            let store = self.lock();
+            store
+                .as_ref()
+                .filter(|store| store.installing().is_none())
+                .map(StandbyStore::version)
+        };
+        if at != Some(version) || version == 0 {
+            return Err(ReplicaError::Refused(format!(
+                "asked to take over at version {version}, but the copy is {}",
+                at.map_or_else(|| "not whole".to_owned(), |at| format!("at {at}"))
+            )));
+        }
+        if !self.can_promote {
+            return Err(ReplicaError::Refused(
+                "this standby has no [promotion] section, so it cannot serve as the region by \
+                 itself: stop the primary and promote the copy with relayd admin promote"
+                    .into(),
+            ));
+        }
+        tracing::warn!(
+            region = self.region,
+            version,
+            "the primary hands the region over: taking over"
+        );
+        self.handover.store(version, Ordering::SeqCst);
+        self.handover_wanted.notify_waiters();
+        let promoted = async {
+            loop {
+                let now = self.promoted_now.notified();
+                if self.promoted.load(Ordering::SeqCst) > 0 {
+                    return;
+                }
+                now.await;
+            }
+        };
+        tokio::time::timeout(
+            Duration::from_millis(HANDOVER_PROMOTION_TIMEOUT_MS),
+            promoted,
+        )
+        .await
+        .map_err(|_| ReplicaError::Timeout("the promotion the primary asked for"))
     }
 
     /// Runs `work` on the copy on a blocking thread (each step fsyncs), unless a newer

@@ -7,10 +7,12 @@
 //! primary → standby   ToStandby::Group parts …            (groups after the standby's version)
 //!                   | ToStandby::InstallBegin, Chunk …, InstallEnd, then groups
 //!                   | ToStandby::Heartbeat                 (when nothing else was sent for a while)
+//!                   | ToStandby::Handover { version }      (a planned failover: the last frame)
 //! standby → primary   FromStandby::Applied { version }    (after each durable group or copy)
 //!                   | FromStandby::Refused { reason }     (then the stream ends)
-//!                   | FromStandby::Promoted { epoch }     (instead of the state: the standby
-//!                                                          took over; the primary is fenced)
+//!                   | FromStandby::Promoted { epoch }     (instead of the state, or after a
+//!                                                          handover: the standby took over;
+//!                                                          the primary is fenced)
 //! ```
 //!
 //! Frames are length-delimited protobuf ([`relay_proto::frame`]) of at most
@@ -40,7 +42,7 @@ pub struct Hello {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ToStandby {
     /// What it carries.
-    #[prost(oneof = "to_standby::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "to_standby::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<to_standby::Kind>,
 }
 
@@ -65,6 +67,12 @@ pub mod to_standby {
         /// lease on it is renewed by every frame.
         #[prost(bool, tag = "5")]
         Heartbeat(bool),
+        /// The primary hands the region over (a planned failover) and sends nothing more: the
+        /// standby takes over once its copy is at this version (the primary's newest: every
+        /// group before this frame applied) and answers `Promoted` when it serves as the
+        /// region, or `Refused`.
+        #[prost(uint64, tag = "6")]
+        Handover(u64),
     }
 }
 

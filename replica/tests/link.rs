@@ -354,3 +354,148 @@ async fn a_standby_refuses_another_certificate_and_another_region() {
     edge.shipper.stop();
     standby.stop().await;
 }
+
+/// A standby that may serve as the region (a `[promotion]` section; its region configuration is
+/// never read here: the test plays the failover code through the handle).
+fn promotable_standby(
+    pki: &Pki,
+    data_dir: &Path,
+    promotion: bool,
+) -> (StandbyServer, relay_replica::StandbyHandle, SocketAddr) {
+    let config = StandbyConfig {
+        region: 1,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_dir: data_dir.to_path_buf(),
+        ca_cert: pki.path("ca.pem"),
+        cert: pki.path("region-1.pem"),
+        key: pki.path("region-1.key"),
+        promotion: promotion.then(|| relay_replica::PromotionConfig {
+            region_config: data_dir.join("region.toml"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            lease_ms: relay_replica::limits::LEASE_MS_DEFAULT,
+        }),
+    };
+    let (server, address) = StandbyServer::open(&config).expect("the standby opens");
+    let handle = server.handle();
+    (server, handle, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_ships_everything_then_the_standby_takes_over_and_the_primary_is_fenced() {
+    let pki = Pki::new();
+    let folder = tempfile::tempdir().expect("folder");
+    let standby_dir = folder.path().join("standby");
+    let (server, handle, address) = promotable_standby(&pki, &standby_dir, true);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let primary = primary(
+        &pki,
+        folder.path(),
+        ReplicationConfig::new(address),
+        "region-1",
+    );
+    put_many(&primary.database, "before", 100).await;
+    // The failover code's part: promote once asked (the region would start on the copy here).
+    let promoting = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            handle.handover_requested().await;
+            let version = handle.handover_version().expect("a version");
+            let path = handle.release_copy().expect("the copy");
+            handle.promoted(7);
+            (version, path)
+        })
+    };
+    // Commits keep coming while the region is handed over: none is acknowledged after the
+    // version handed over.
+    let late = {
+        let database = primary.database.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for index in 0..20 {
+                outcomes.push(put(&database, &format!("late/{index:03}"), "value").await);
+            }
+            outcomes
+        })
+    };
+    let handed = tokio::time::timeout(WAIT, primary.shipper.hand_over())
+        .await
+        .expect("the handover ends")
+        .expect("the standby took over");
+    assert_eq!(handed.epoch, 7);
+    let (version, path) = tokio::time::timeout(WAIT, promoting)
+        .await
+        .expect("promoted")
+        .expect("joins");
+    assert_eq!(version, handed.version);
+    tokio::time::timeout(WAIT, primary.shipper.fenced())
+        .await
+        .expect("the primary is fenced");
+    let outcomes = late.await.expect("joins");
+    let after = put(&primary.database, "after", "value").await;
+    assert!(
+        matches!(after, Err(StoreError::Unavailable(_))),
+        "a fenced region acknowledges nothing: {after:?}"
+    );
+    let _ = stop.send(());
+    serving.await.expect("joins");
+    // The copy holds every commit the primary acknowledged, and only those up to the version.
+    let copy = StandbyStore::open(&path).expect("the copy opens");
+    assert_eq!(copy.version(), handed.version);
+    let pairs = copy.pairs().expect("reads");
+    for index in 0..100 {
+        let key = format!("before/{index:05}").into_bytes();
+        assert!(
+            pairs.iter().any(|(k, _)| *k == key),
+            "before/{index} is on the copy"
+        );
+    }
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let key = format!("late/{index:03}").into_bytes();
+        if outcome.is_ok() {
+            assert!(
+                pairs.iter().any(|(k, _)| *k == key),
+                "late/{index} was acknowledged, so it is on the copy"
+            );
+        }
+    }
+    primary.shipper.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_cannot_serve_refuses_the_handover_and_the_primary_goes_on() {
+    let pki = Pki::new();
+    let folder = tempfile::tempdir().expect("folder");
+    let standby_dir = folder.path().join("standby");
+    let (server, handle, address) = promotable_standby(&pki, &standby_dir, false);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let primary = primary(
+        &pki,
+        folder.path(),
+        ReplicationConfig::new(address),
+        "region-1",
+    );
+    put_many(&primary.database, "before", 10).await;
+    let refused = tokio::time::timeout(WAIT, primary.shipper.hand_over())
+        .await
+        .expect("the handover ends");
+    let Err(error) = refused else {
+        panic!("a standby without [promotion] cannot take over: {refused:?}");
+    };
+    assert!(error.to_string().contains("promotion"), "{error}");
+    assert_eq!(handle.handover_version(), None);
+    // The region ships and acknowledges as before (the link dials the standby again).
+    put_many(&primary.database, "after", 10).await;
+    let stats = primary.shipper.stats();
+    assert!(stats.caught_up, "{stats:?}");
+    let _ = stop.send(());
+    serving.await.expect("joins");
+    drop(handle);
+    primary.shipper.stop();
+    assert_same(&primary, &standby_dir);
+}

@@ -354,6 +354,8 @@ pub struct Core {
     last_problem: Option<String>,
     /// The last error that kept the device from its edge or its queue, and when (ms).
     last_error: Option<(ClientError, u64)>,
+    /// Send attempts that failed and were retried (see [`Core::send_attempts_failed`]).
+    send_attempts_failed: u64,
     /// When the device last became connected (ms).
     connected_at: Option<u64>,
     /// A local failure that stops the device (the store failed).
@@ -442,6 +444,7 @@ impl Core {
             connection_wanted_until: None,
             last_problem: None,
             last_error: None,
+            send_attempts_failed: 0,
             connected_at: None,
             failure: None,
             outgoing: outgoing::Outgoing::default(),
@@ -500,6 +503,14 @@ impl Core {
     /// When the device last became connected (ms), if it ever did.
     pub fn connected_at(&self) -> Option<u64> {
         self.connected_at
+    }
+
+    /// Attempts to send an outbox entry (a message, a receipt, a change) that failed with a
+    /// retryable error or a lost connection since the device opened; each entry was tried
+    /// again. A measure of how rough the way to the relay is: a planned failover of a region
+    /// adds none.
+    pub fn send_attempts_failed(&self) -> u64 {
+        self.send_attempts_failed
     }
 
     /// The last error that kept the device from its edge or its queue, and when (ms).

@@ -691,6 +691,9 @@ impl Core {
         let Some(outcome) = self.classify(&error, now_ms) else {
             return Err(error);
         };
+        if matches!(outcome, Outcome::Retry | Outcome::RetryAfter(_)) {
+            self.send_attempts_failed += 1;
+        }
         let next = self
             .outbox
             .handle_outcome(entry, outcome, now_ms, &mut self.rng)?;

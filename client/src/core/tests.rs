@@ -256,6 +256,62 @@ fn a_typed_text_is_stored_first_then_claimed_encrypted_sent_and_ticked() {
     );
 }
 
+/// A send refused with a retryable error is counted once and sent again, the same envelope;
+/// its success counts nothing.
+#[test]
+fn a_failed_send_attempt_is_counted_and_retried() {
+    let mut rig = alice(Mode::Live);
+    let id = rig.core.type_text("bob", "hi", WALL_MS, 0).expect("typed");
+    let actions = rig.connect(0);
+    let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
+    let (_bob, bob_keys) = peer(BOB);
+    rig.core.handle_answer(
+        claim,
+        Ok(Response::Keys(KeyBundle {
+            account: BOB.account.0,
+            devices: vec![bob_keys],
+        })),
+        10,
+    );
+    let actions = rig.actions(10);
+    let (send, Request::Send(first)) = request(&actions, |r| matches!(r, Request::Send(_))) else {
+        unreachable!("a send was asked for")
+    };
+    assert_eq!(rig.core.send_attempts_failed(), 0);
+    rig.core.handle_answer(
+        send,
+        Err(ClientError::Remote(ProtoError::new(
+            relay_proto::ErrorCode::Unavailable,
+            "the region moved",
+        ))),
+        20,
+    );
+    assert_eq!(rig.core.send_attempts_failed(), 1);
+    let later = 20 + crate::limits::RETRY_DELAY_MS_MAX + 1;
+    let mut actions = rig.actions(later);
+    if !actions.iter().any(|action| {
+        matches!(
+            action,
+            Action::Request {
+                request: Request::Send(_),
+                ..
+            }
+        )
+    }) {
+        // The failure dropped the connection: the retry goes out once connected again.
+        actions = rig.connect(later);
+    }
+    let (again, Request::Send(second)) = request(&actions, |r| matches!(r, Request::Send(_)))
+    else {
+        unreachable!("the send was retried")
+    };
+    assert_eq!(second.client_message_id, first.client_message_id);
+    assert_eq!(second.client_message_id, id.0.to_vec());
+    rig.core.handle_answer(again, Ok(sent(1, 1)), later + 1);
+    assert_eq!(rig.core.send_attempts_failed(), 1);
+    assert!(rig.core.store().outbox().expect("outbox").is_empty());
+}
+
 #[test]
 fn mismatched_devices_reencrypt_the_same_entry_for_exactly_the_current_devices() {
     let mut rig = alice(Mode::Live);
