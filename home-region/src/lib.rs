@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod claims;
 pub mod config;
 pub mod core;
+pub mod directory_replica;
 pub mod failover;
 pub mod groups;
 pub mod handover;

@@ -271,3 +271,17 @@ const _: () = assert!(
     HANDOVER_DRAIN_WAIT_MS + relay_replica::limits::HANDOVER_TIMEOUT_MS
         < HANDOVER_REQUEST_TIMEOUT_MS
 );
+
+// --- The directory replica (see `crate::directory_replica`) ---
+
+/// Accounts per page of the writer's change log, asked by a replica and answered by the writer.
+pub const DIRECTORY_CHANGES_PAGE_MAX: usize = fdb_layers::limits::LAYER_READ_ENTRIES_MAX;
+/// How often a replica asks the writer for changes once it has read them all (a new account is
+/// in every region's replica this long after its creation, at most, while the writer answers).
+pub const DIRECTORY_REPLICA_POLL_MS: u64 = 1_000;
+/// Accounts the writer gives a log entry per transaction when it backfills a store written
+/// before the log.
+pub const DIRECTORY_BACKFILL_PAGE: usize = fdb_layers::limits::LAYER_READ_ENTRIES_MAX;
+// A replica lags less than a cached account is trusted without asking the writer again.
+const _: () = assert!(DIRECTORY_REPLICA_POLL_MS < ACCOUNT_REFRESH_INTERVAL_MS);
+const _: () = assert!(DIRECTORY_CHANGES_PAGE_MAX >= 1 && DIRECTORY_BACKFILL_PAGE >= 1);

@@ -50,6 +50,7 @@ use crate::blobs::{BlobLimits, BlobStore};
 use crate::claims::ClaimLimiter;
 use crate::config::{PeersFile, RegionConfig};
 use crate::core::{self, CommitDecision, Effects, GroupMembership, GroupSource};
+use crate::directory_replica;
 use crate::groups;
 use crate::handover::{self, Drain};
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
@@ -504,6 +505,23 @@ impl RegionService {
             // works.
             Err(error) => tracing::warn!(%error, "push: reading the registered devices failed"),
         }
+        let replica = if self.inner.writer == self.inner.region {
+            // Every account needs its change log entry before replicas read the log.
+            if let Err(error) = directory_replica::complete_log(&self.inner.db).await {
+                tracing::error!(%error, "could not complete the directory's change log; replicas miss the accounts without an entry until they change");
+            }
+            None
+        } else {
+            let service = self.clone();
+            Some(tokio::spawn(async move {
+                directory_replica::follow_writer(
+                    service.inner.db.clone(),
+                    &service.inner.peers,
+                    service.inner.writer,
+                )
+                .await;
+            }))
+        };
         let pusher = tokio::spawn(self.inner.pusher.clone().run(self.inner.db.clone()));
         let pump = tokio::spawn(self.clone().outbox_pump());
         let sweeper = tokio::spawn(self.clone().retention_sweeper());
@@ -553,6 +571,9 @@ impl RegionService {
         blob_sweeper.abort();
         if let Some(moves) = moves {
             moves.abort();
+        }
+        if let Some(replica) = replica {
+            replica.abort();
         }
         if let Some(shipper) = &self.inner.replication {
             shipper.stop();
@@ -1026,6 +1047,17 @@ impl RegionService {
                 .presence_privacy(for_device)
                 .await
                 .map(Resp::PresencePrivacy),
+            Req::DirectoryChanges(ask) => {
+                if self.inner.writer != local {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unavailable,
+                        "this region is not the directory writer: ask the writer for changes",
+                    ));
+                }
+                directory_replica::changes(&self.inner.db, &ask)
+                    .await
+                    .map(Resp::DirectoryChanges)
+            }
             // Served on its own stream, where the connection's certificate is known.
             Req::HandOver(_) => Err(ProtoError::new(
                 ErrorCode::UnsupportedRequest,

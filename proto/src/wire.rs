@@ -1911,6 +1911,33 @@ pub struct IssueRegistrationTokens {
     pub ttl_ms: u64,
 }
 
+/// (A region to the directory writer) the accounts changed after a position of the writer's
+/// change log, for the region's replica of the directory. Answered with `DirectoryChanges`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AskDirectoryChanges {
+    /// The position the replica applied through (empty: from the start), as the writer gave it.
+    #[prost(bytes = "vec", tag = "1")]
+    pub after: Vec<u8>,
+    /// At most this many accounts (the writer caps it too).
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+
+/// Accounts changed after a position of the writer's change log, in commit order, each as it
+/// is now.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DirectoryChanges {
+    /// The accounts.
+    #[prost(message, repeated, tag = "1")]
+    pub accounts: Vec<AccountInfo>,
+    /// The position of the last one (empty when there is none): the next `after`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub through: Vec<u8>,
+    /// More changes follow.
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+}
+
 /// (An operator, with the region's own certificate, to that region) a planned failover: the
 /// region stops taking requests, lets the ones under way finish, waits until its standby
 /// confirmed every commit, and asks the standby to take over. Answered with `HandedOver` once
@@ -2114,7 +2141,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -2205,6 +2232,10 @@ pub mod region_request {
         /// region's standby (answered with `HandedOver`).
         #[prost(message, tag = "23")]
         HandOver(super::HandOver),
+        /// (Region → directory writer) the accounts changed after a position of the writer's
+        /// change log (answered with `DirectoryChanges`).
+        #[prost(message, tag = "24")]
+        DirectoryChanges(super::AskDirectoryChanges),
     }
 }
 
@@ -2214,7 +2245,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2304,6 +2335,9 @@ pub mod region_response {
         /// Answer to `HandOver`.
         #[prost(message, tag = "26")]
         HandedOver(super::HandedOver),
+        /// Answer to `DirectoryChanges`.
+        #[prost(message, tag = "27")]
+        DirectoryChanges(super::DirectoryChanges),
     }
 }
 

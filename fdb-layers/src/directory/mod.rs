@@ -16,6 +16,8 @@
 //!   value is the member's role), `("member_count", group)`, `("group_of", account, group)`,
 //!   `("group_request", owner, request id)`;
 //! - `versions`: `("account_version", account)`, `("group_version", group)`, `("changes",)`;
+//! - `log`: `("log", versionstamp, account)`, `("log_at", account)`, `("replica_cursor",)`,
+//!   `("log_complete",)`: the change log replicas follow ([`account_changes`]);
 //! - `homes`: `("homed", region)`, and the epoch compare-and-set that moves an account's or a
 //!   group's home ([`move_home`], [`move_group_home`]).
 //!
@@ -25,16 +27,16 @@
 //! change touches (the change counter, the per-region home counts) are only changed with
 //! atomic adds.
 //!
-//! **Evolution.** One region writes the directory and others keep replicas through
-//! [`put_account`], which refuses older epochs. Next: a change log for replicas and edges under
-//! versionstamped keys (the change counter then becomes the commit version of the last change,
-//! and versions become comparable across copies), group replicas like accounts, and member
+//! **Evolution.** One region writes the directory and others keep replicas of its accounts,
+//! fed from its change log ([`account_changes`]) through [`put_account`], which refuses older
+//! epochs. Next: group replicas like accounts, the edges' caches on the same log, and member
 //! roles as a new field of the member value (empty today).
 
 mod accounts;
 mod devices;
 mod groups;
 mod homes;
+mod log;
 mod versions;
 
 pub use accounts::{
@@ -51,6 +53,10 @@ pub use groups::{
 };
 pub use homes::{
     HomeMove, accounts_homed, count_homes, move_group_home, move_home, set_accounts_homed,
+};
+pub use log::{
+    LogPosition, account_changes, backfill_log, log_complete, replica_cursor, set_log_complete,
+    set_replica_cursor,
 };
 pub use versions::{account_version, change_count, group_version};
 

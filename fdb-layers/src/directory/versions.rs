@@ -18,9 +18,9 @@
 //! so it conflicts with no writer, and a reader of it conflicts only with the changes it wants to
 //! see.
 //!
-//! **Evolution.** A change log for replicas and edges under versionstamped keys: the change
-//! counter then becomes the commit version of the last change, and versions become comparable
-//! across copies.
+//! **Evolution.** Replicas follow the writer through the change log ([`super::log`]); the
+//! change counter could become the commit version of the last change, so that versions are
+//! comparable across copies.
 
 use relay_proto::AccountId;
 
@@ -81,13 +81,15 @@ impl Directory {
         self.root.pack(&("changes",))
     }
 
-    /// Bumps the version of `account` and the change counter; returns the new version.
+    /// Bumps the version of `account` and the change counter, and moves its entry in the change
+    /// log ([`super::log`]); returns the new version.
     pub(super) async fn account_changed(
         &self,
         transaction: &Transaction,
         account: AccountId,
     ) -> Result<u64, StoreError> {
         transaction.atomic_add(&self.changes_key(), 1)?;
+        self.log_change(transaction, account).await?;
         increment(
             transaction,
             &self.account_version_key(account),

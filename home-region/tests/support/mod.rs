@@ -1,0 +1,95 @@
+//! Regions in one process for the integration tests: a test CA, and region services on
+//! loopback QUIC with memory stores, each finding the others through a shared address book.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use fdb_layers::{Database, MemoryOptions};
+use home_region::blobs::{BlobLimits, memory_objects};
+use home_region::{RegionParts, RegionService};
+use quinn::rustls::RootCertStore;
+use quinn::rustls::pki_types::PrivateKeyDer;
+use rcgen::{Issuer, KeyPair, PKCS_ED25519};
+use relay_net::{PeerResolver, TlsIdentity, TokioSockets};
+use relay_proto::RegionId;
+use relay_proto::clock::SystemClock;
+
+/// The directory writer.
+pub const WRITER: RegionId = RegionId(1);
+/// Another region.
+pub const OTHER: RegionId = RegionId(2);
+
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    roots: Arc<RootCertStore>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let key = KeyPair::generate_for(&PKCS_ED25519).expect("CA key");
+        let params = relay_net::pki::ca_params("Relay test CA");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        Self {
+            issuer: Issuer::new(params, key),
+            roots: Arc::new(roots),
+        }
+    }
+
+    pub fn region(&self, region: RegionId) -> TlsIdentity {
+        let (_, params) = relay_net::pki::region_params(region.0).expect("params");
+        let key = KeyPair::generate_for(&PKCS_ED25519).expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        TlsIdentity {
+            cert_chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+}
+
+/// A region on loopback with a memory store; `addresses` is where every region listens (filled
+/// in as they bind).
+pub fn region(
+    region: RegionId,
+    ca: &TestCa,
+    addresses: &Arc<Mutex<BTreeMap<u32, SocketAddr>>>,
+) -> (RegionService, Database) {
+    let db = Database::memory(MemoryOptions::default()).expect("memory store");
+    let known = addresses.clone();
+    let peers: PeerResolver = Box::new(move |peer| {
+        known
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&peer)
+            .copied()
+    });
+    let (service, address) = RegionService::new(RegionParts {
+        region,
+        directory_writer: WRITER,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        db: db.clone(),
+        sockets: &TokioSockets,
+        identity: ca.region(region),
+        roots: ca.roots.clone(),
+        peers,
+        clock: Arc::new(SystemClock),
+        boot_nonce: u64::from(region.0),
+        blob_objects: memory_objects(),
+        blob_limits: BlobLimits::default(),
+        served_before: false,
+        push: None,
+        tokens_required: false,
+        replication: None,
+        follow_peer_moves: false,
+    })
+    .expect("region binds");
+    addresses
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .insert(region.0, address);
+    (service, db)
+}
