@@ -11,19 +11,20 @@
 //!   machine is gone);
 //! - `pause`: SIGSTOP (the machine hangs); after the load it is resumed with SIGCONT and must be
 //!   fenced (it dials its standby, hears it was promoted, and exits);
+//! - `partition`: every packet from and to the primary's address dropped (nftables, inside the
+//!   network namespace `relayd drill` runs in; the machine is cut off but runs on); after the
+//!   load the partition heals and the old primary must be fenced;
 //! - `planned`: the operator's planned failover (`relayd admin failover`, through
 //!   `home_region::handover`): the region holds requests, ships everything, its standby takes
 //!   over at once and the old primary stops. No send may fail: every sender's count of failed
 //!   attempts (`Device::send_attempts_failed`) must stay 0.
 //!
-//! RTO is, per sender, the time from the failure to its first ✓ after it (a sender's sends are
-//! sequential, so that is how long it could not get a message acknowledged); the report gives
-//! the largest. Then every receiver syncs until every acknowledged message arrived, and the
+//! RTO is, per sender, the longest it waited for a ✓ after the failure (its sends are
+//! sequential: a message waits from the previous ✓, or the failure if that came later, to its
+//! own), so how long it could not get a message acknowledged; the report gives the largest. Then every receiver syncs until every acknowledged message arrived, and the
 //! drill counts lost (acknowledged, never received), duplicated (received twice), out of order
 //! (a sender's messages received in another order) and undecryptable messages.
 //!
-//! A partition of the primary from its standby is not built yet: `--kind partition` is refused
-//! with that reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub enum DrillKind {
     Kill,
     /// SIGSTOP, resumed after the load (and fenced).
     Pause,
+    /// Every packet from and to the primary dropped, healed after the load (and fenced).
+    Partition,
     /// The operator's planned failover: a handover to the standby.
     Planned,
 }
@@ -57,13 +60,9 @@ impl std::str::FromStr for DrillKind {
             "kill" => Ok(DrillKind::Kill),
             "pause" => Ok(DrillKind::Pause),
             "planned" => Ok(DrillKind::Planned),
-            "partition" => Err(
-                "--kind partition is not built yet (a partition of a primary from its standby \
-                 comes later); use kill, pause or planned"
-                    .to_owned(),
-            ),
+            "partition" => Ok(DrillKind::Partition),
             other => Err(format!(
-                "{other:?} is not a drill kind (kill, pause, planned)"
+                "{other:?} is not a drill kind (kill, pause, partition, planned)"
             )),
         }
     }
@@ -114,8 +113,8 @@ pub struct DrillReport {
     pub regions: u32,
     /// When the primary failed, in ms after the load began.
     pub failed_at_ms: u64,
-    /// The longest time a sender waited for its first ✓ after the failure, in ms; `None`
-    /// when a sender never got one.
+    /// The longest a sender waited for a ✓ after the failure, in ms; `None` when a sender never
+    /// got one after it.
     pub rto_ms: Option<u64>,
     /// Each sender's wait, by name.
     pub rto_ms_by_sender: BTreeMap<String, u64>,
@@ -162,6 +161,7 @@ impl DrillReport {
             match self.kind {
                 DrillKind::Kill => "killed",
                 DrillKind::Pause => "paused",
+                DrillKind::Partition => "cut off by a partition",
                 DrillKind::Planned => "handed over to its standby (planned)",
             },
             self.failed_at_ms as f64 / 1000.0,
@@ -359,6 +359,18 @@ async fn drill(
                 Some(handed.held_ms),
             ));
         }
+        if config.kind == DrillKind::Partition {
+            let pid = state.pids.get(&failing).copied().unwrap_or(0);
+            crate::real::netns::nft_isolate(region_ip(
+                config.region,
+                relay_devnet::launcher::REGION_HOST,
+            ))?;
+            progress(format!(
+                "{:>6.1} s  cut {failing} (pid {pid}) off: every packet from and to it dropped",
+                began.elapsed().as_secs_f64()
+            ));
+            return Ok((Instant::now(), pid, None));
+        }
         if config.kind == DrillKind::Kill {
             let down = devnet_data.join(format!("{failing}{DOWN_SUFFIX}"));
             std::fs::write(&down, b"drill: this machine is gone\n")
@@ -400,19 +412,24 @@ async fn drill(
         began.elapsed().as_secs_f64()
     ));
 
-    // RTO: each sender's first ✓ after the failure.
+    // RTO: each sender's longest wait for a ✓ after the failure. Its sends are sequential, so a
+    // message waited from the previous ✓ (or the failure, if later) to its own. (The first ✓
+    // after the failure alone would count an answer already on its way when it came.)
     let mut rto_ms_by_sender = BTreeMap::new();
     let mut recovered = true;
     for (name, sent) in &records_by_sender {
-        let first_after = sent
-            .messages
-            .iter()
-            .filter_map(|(_, acked)| *acked)
-            .filter(|acked| *acked >= failed_at)
-            .min();
-        match first_after {
-            Some(acked) => {
-                rto_ms_by_sender.insert(name.clone(), millis(acked - failed_at));
+        let mut previous = began;
+        let mut longest: Option<Duration> = None;
+        for acked in sent.messages.iter().filter_map(|(_, acked)| *acked) {
+            if acked >= failed_at {
+                let waited = acked - previous.max(failed_at);
+                longest = Some(longest.map_or(waited, |longest| longest.max(waited)));
+            }
+            previous = acked;
+        }
+        match longest {
+            Some(waited) => {
+                rto_ms_by_sender.insert(name.clone(), millis(waited));
             }
             None => recovered = false,
         }
@@ -432,11 +449,18 @@ async fn drill(
     };
     let old_primary_fenced = match config.kind {
         DrillKind::Kill => None,
-        DrillKind::Pause | DrillKind::Planned => {
+        DrillKind::Pause | DrillKind::Partition | DrillKind::Planned => {
             if config.kind == DrillKind::Pause {
                 relay_devnet::process::signal_pid(old_pid, Signal::CONT);
                 progress(format!(
                     "{:>6.1} s  resumed the old primary (pid {old_pid})",
+                    began.elapsed().as_secs_f64()
+                ));
+            }
+            if config.kind == DrillKind::Partition {
+                crate::real::netns::nft_heal()?;
+                progress(format!(
+                    "{:>6.1} s  healed the partition of the old primary (pid {old_pid})",
                     began.elapsed().as_secs_f64()
                 ));
             }

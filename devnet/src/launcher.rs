@@ -76,6 +76,9 @@ pub const FENCED_EXIT_CODE: i32 = 3;
 /// that stays down, for drills and tests); removing the file lets the devnet start it again.
 pub const DOWN_SUFFIX: &str = ".down";
 
+/// The host of a region's service (its primary) in its block (127.0.k.1).
+pub const REGION_HOST: u8 = 1;
+
 /// The host of a region's standby in its block (127.0.k.3).
 pub const STANDBY_HOST: u8 = 3;
 
@@ -299,7 +302,7 @@ impl Launcher {
                 .launch(
                     &name,
                     "region",
-                    SocketAddr::new(region_ip(region, 1), 0),
+                    SocketAddr::new(region_ip(region, REGION_HOST), 0),
                     |listen| RegionConfig {
                         region,
                         listen,

@@ -260,6 +260,8 @@ pub const HANDOVER_DRAIN_WAIT_MS: u64 = 1_000;
 /// How long a fenced region that handed itself over waits for the operator's answer to be
 /// received before it closes its endpoint.
 pub const HANDOVER_ANSWER_WAIT_MS: u64 = 2_000;
+/// How long a stopping region waits for its connections' close to reach its peers.
+pub const CLOSE_NOTICE_WAIT_MS: u64 = 500;
 /// How long `relayd admin failover` waits for the region's answer: the drain, the shipper's
 /// handover, and a margin for the connection.
 pub const HANDOVER_REQUEST_TIMEOUT_MS: u64 =

@@ -585,6 +585,14 @@ impl RegionService {
         self.inner
             .endpoint
             .close(0u32.into(), b"region shutting down");
+        // Lets the close reach the peers before the process exits: requests they have under
+        // way here fail at once (and, after a failover, go to the standby) instead of waiting
+        // for a timeout.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(crate::limits::CLOSE_NOTICE_WAIT_MS),
+            self.inner.endpoint.wait_idle(),
+        )
+        .await;
         match fenced_at {
             Some(epoch) => Err(RegionError::Fenced {
                 region: self.inner.region.0,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use relay_chaos::drill::{self, DrillConfig, DrillKind};
+use relay_chaos::real::netns::{self, Namespace};
 
 /// The drills of `relayd drill`.
 #[derive(Debug, Subcommand)]
@@ -33,9 +34,11 @@ pub struct FailoverArgs {
     #[arg(long, default_value_t = 1)]
     region: u32,
     /// How it fails: kill (SIGKILL; the devnet does not start it again, as a machine that is
-    /// gone), pause (SIGSTOP, then SIGCONT after the load: the old primary must be fenced) or
-    /// planned (the operator's `relayd admin failover`: no send may fail). `partition` is not
-    /// built yet.
+    /// gone), pause (SIGSTOP, then SIGCONT after the load: the old primary must be fenced),
+    /// partition (every packet from and to the primary dropped by nftables, healed after the
+    /// load: it must be fenced; the drill runs in a network namespace of its own, so it needs
+    /// root with `ip` and `nft`) or planned (the operator's `relayd admin failover`: no send
+    /// may fail).
     #[arg(long, default_value = "kill", value_parser = parse_kind)]
     kind: DrillKind,
     /// Regions of the devnet.
@@ -51,6 +54,9 @@ pub struct FailoverArgs {
     /// Print the report as one JSON object (progress goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Set by `relayd drill` itself when it reruns inside the network namespace it made.
+    #[arg(long, hide = true)]
+    inside_netns: Option<String>,
 }
 
 fn parse_kind(name: &str) -> Result<DrillKind, String> {
@@ -60,6 +66,27 @@ fn parse_kind(name: &str) -> Result<DrillKind, String> {
 /// Runs a drill and prints its report.
 pub fn run(drill: Drill) -> Result<()> {
     let Drill::Failover(args) = drill;
+    if args.kind == DrillKind::Partition {
+        match &args.inside_netns {
+            Some(namespace) if !netns::is_current(namespace) => {
+                bail!(
+                    "--inside-netns is for relayd drill itself: this is not network namespace \
+                     {namespace}"
+                )
+            }
+            Some(_) => netns::nft_prepare().context("preparing the nftables rules")?,
+            None => {
+                if let Some(why) = netns::namespace_unavailable() {
+                    bail!(
+                        "--kind partition drops packets with nftables inside a network namespace \
+                         of its own, and this process cannot make one: {why}"
+                    );
+                }
+                let namespace = Namespace::create().context("making a network namespace")?;
+                return rerun_inside(&namespace);
+            }
+        }
+    }
     let (data, temporary) = match &args.data {
         Some(data) => {
             std::fs::create_dir_all(data)
@@ -130,4 +157,35 @@ pub fn run(drill: Drill) -> Result<()> {
         }
         bail!("the failover lost, duplicated or reordered messages, or a sender never recovered")
     }
+}
+
+/// Runs this same `relayd drill` inside `namespace`, where its partition's nftables rules touch
+/// nothing outside; its report and exit status are this one's.
+fn rerun_inside(namespace: &Namespace) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the relayd executable")?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.extend([
+        std::ffi::OsString::from("--inside-netns"),
+        std::ffi::OsString::from(namespace.name()),
+    ]);
+    eprintln!(
+        "drill: running inside network namespace {} (the partition as nftables rules there)",
+        namespace.name()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let status = runtime.block_on(async {
+        namespace
+            .run_inside(&exe, &args, crate::serve::shutdown_signal())
+            .await
+    })?;
+    if !status.success() {
+        bail!(
+            "relayd drill exited with {status} inside network namespace {}",
+            namespace.name()
+        );
+    }
+    Ok(())
 }

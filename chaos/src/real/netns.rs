@@ -237,6 +237,21 @@ pub fn nft_cut(region: u32, regions: u32, cut: Cut) -> Result<()> {
     Ok(())
 }
 
+/// Drops every packet from or to `address` (one machine cut off from all the others: the
+/// failover drill's partition of a region's primary).
+pub fn nft_isolate(address: std::net::IpAddr) -> Result<()> {
+    let address = address.to_string();
+    for direction in ["saddr", "daddr"] {
+        run(
+            "nft",
+            &[
+                "add", "rule", "inet", NFT_TABLE, "output", "ip", direction, &address, "drop",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Removes every drop rule.
 pub fn nft_heal() -> Result<()> {
     run("nft", &["flush", "chain", "inet", NFT_TABLE, "output"])
