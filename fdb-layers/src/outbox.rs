@@ -80,6 +80,12 @@ impl OutboxSeq {
         bytes
     }
 
+    /// The store version of the commit that pushed the entry (its versionstamp's commit
+    /// version).
+    pub fn commit_version(&self) -> u64 {
+        self.0.stamp.commit_version()
+    }
+
     /// Reads [`OutboxSeq::to_bytes`]; `None` unless it is exactly that long.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != Self::BYTES {

@@ -119,6 +119,18 @@ pub fn account_info(record: &directory::AccountRecord) -> AccountInfo {
     }
 }
 
+/// How many of `entries` (outbox entries in order) may leave the region: with a standby, only
+/// those of commits it confirmed (`confirmed`, the store version it holds); without one, all.
+pub fn confirmed_prefix<T>(entries: &[(outbox::OutboxSeq, T)], confirmed: Option<u64>) -> usize {
+    match confirmed {
+        None => entries.len(),
+        Some(confirmed) => entries
+            .iter()
+            .take_while(|(seq, _)| seq.commit_version() <= confirmed)
+            .count(),
+    }
+}
+
 /// What [`commit_envelope`] decided.
 #[derive(Debug, Clone)]
 pub enum CommitDecision {

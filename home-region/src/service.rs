@@ -2589,11 +2589,23 @@ impl RegionService {
             )
             .await
             .map_err(store_failure)?;
+        // Only what the standby holds leaves the region: an entry of a commit it has not
+        // confirmed could be lost with this primary in a failover, while the other region
+        // kept it, and its origin watermark (a versionstamp) would then shadow the entries the
+        // promoted standby pushes at the same versions.
+        let confirmed = self
+            .inner
+            .replication
+            .as_ref()
+            .and_then(|shipper| shipper.outgoing_bound());
+        let full = entries.len() == OUTBOX_BATCH_ENTRIES_MAX;
+        let shippable = core::confirmed_prefix(&entries, confirmed);
+        let entries = &entries[..shippable];
         let Some(&(last_seq, _)) = entries.last() else {
             return Ok(false);
         };
         let mut receipts = Vec::with_capacity(entries.len());
-        for (seq, bytes) in &entries {
+        for (seq, bytes) in entries {
             let receipt = wire::QueuedReceipt::decode(&bytes[..]).map_err(|error| {
                 ProtoError::new(
                     ErrorCode::Internal,
@@ -2639,7 +2651,7 @@ impl RegionService {
             })
             .await
             .map_err(store_failure)?;
-        Ok(entries.len() == OUTBOX_BATCH_ENTRIES_MAX)
+        Ok(full && shippable == OUTBOX_BATCH_ENTRIES_MAX)
     }
 }
 

@@ -399,6 +399,18 @@ impl Shipper {
         }
     }
 
+    /// The newest store version whose effects may leave the region (be sent to other regions):
+    /// what the standby confirmed, under `refuse_writes`; `None`, no bound, under `go_on_alone`
+    /// (the region acknowledges without its standby, so what it sends may be lost with it too).
+    pub fn outgoing_bound(&self) -> Option<u64> {
+        match self.config.when_standby_is_away {
+            AwayPolicy::GoOnAlone => None,
+            AwayPolicy::RefuseWrites => {
+                Some(self.lock().log.as_ref().map_or(0, ShipLog::confirmed))
+            }
+        }
+    }
+
     /// What the shipper has done.
     pub fn stats(&self) -> ShipperStats {
         let state = self.lock();

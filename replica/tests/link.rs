@@ -308,6 +308,16 @@ async fn without_its_standby_a_region_refuses_writes_then_ships_them_when_it_is_
         matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("refuse_writes")),
         "{refused:?}"
     );
+    // Nothing of the refused commit may leave the region (it is not on a standby yet).
+    let latest = primary.shipper.stats().latest_version;
+    assert!(
+        primary
+            .shipper
+            .outgoing_bound()
+            .is_some_and(|bound| bound < latest),
+        "{:?} against {latest}",
+        primary.shipper.outgoing_bound()
+    );
     let standby_dir = folder.path().join("standby");
     let standby = Standby::start(&pki, &standby_dir, address, 1).await;
     wait_for("the standby to catch up", || {
@@ -317,6 +327,11 @@ async fn without_its_standby_a_region_refuses_writes_then_ships_them_when_it_is_
     put(&primary.database, "accepted", "yes")
         .await
         .expect("commits with the standby back");
+    assert_eq!(
+        primary.shipper.outgoing_bound(),
+        Some(primary.shipper.stats().latest_version),
+        "everything confirmed may leave"
+    );
     standby.stop().await;
     primary.shipper.stop();
     assert_same(&primary, &standby_dir);

@@ -1946,3 +1946,28 @@ async fn a_fetch_from_behind_an_acknowledged_entry_is_refused_as_rolled_back() {
     fetch_after(&f.db, bob1, &[3], 3).await.expect("acked");
     assert!(fetch_after(&f.db, bob1, &[], 2).await.is_err());
 }
+
+/// Outbox entries leave the region only once the standby confirmed their commit: the prefix of
+/// entries at or below the confirmed version, stopping at the first one above it.
+#[test]
+fn only_entries_the_standby_confirmed_leave_the_region() {
+    let seq = |version: u64, order: u16| {
+        let mut bytes = [0u8; outbox::OutboxSeq::BYTES];
+        bytes[..8].copy_from_slice(&version.to_be_bytes());
+        bytes[8..10].copy_from_slice(&order.to_be_bytes());
+        outbox::OutboxSeq::from_bytes(&bytes).expect("a sequence")
+    };
+    let entries = [
+        (seq(7, 0), ()),
+        (seq(7, 1), ()),
+        (seq(9, 0), ()),
+        (seq(12, 0), ()),
+    ];
+    assert_eq!(entries[2].0.commit_version(), 9);
+    assert_eq!(confirmed_prefix(&entries, None), 4, "no standby: all");
+    assert_eq!(confirmed_prefix(&entries, Some(6)), 0);
+    assert_eq!(confirmed_prefix(&entries, Some(7)), 2);
+    assert_eq!(confirmed_prefix(&entries, Some(11)), 3);
+    assert_eq!(confirmed_prefix(&entries, Some(12)), 4);
+    assert_eq!(confirmed_prefix::<()>(&[], Some(12)), 0);
+}
