@@ -64,7 +64,8 @@ pub struct DevnetOptions {
     /// lets anyone register unless asked.
     pub require_tokens: bool,
     /// Whether each region gets a standby (`relayd standby`, `standby-k`, on 127.0.k.3) that
-    /// receives every commit before the region acknowledges it.
+    /// receives every commit before the region acknowledges it, and the standby's own standby
+    /// for once it is promoted (`next-standby-k`, on 127.0.k.4, idle until then).
     pub standbys: bool,
 }
 
@@ -81,6 +82,9 @@ pub const REGION_HOST: u8 = 1;
 
 /// The host of a region's standby in its block (127.0.k.3).
 pub const STANDBY_HOST: u8 = 3;
+
+/// The host of the standby a region's promoted standby ships to (127.0.k.4).
+pub const NEXT_STANDBY_HOST: u8 = 4;
 
 /// The address `host` of region `region`'s block, 127.0.region.host.
 pub fn region_ip(region: u32, host: u8) -> IpAddr {
@@ -268,6 +272,35 @@ impl Launcher {
             // The standby first: the region ships its first commit (its store's identity) to
             // it before it listens.
             let replication = if self.standbys {
+                // The promoted region's own standby, idle until the standby below is promoted
+                // and ships to it (a full copy first).
+                let next_name = format!("next-standby-{region}");
+                let next_dir = self.data.join(&next_name);
+                let next = self
+                    .launch(
+                        &next_name,
+                        "standby",
+                        SocketAddr::new(region_ip(region, NEXT_STANDBY_HOST), 0),
+                        |listen| StandbyConfig {
+                            region,
+                            listen,
+                            data_dir: next_dir.clone(),
+                            ca_cert: self.pki.ca_cert(),
+                            cert: certs.cert.clone(),
+                            key: certs.key.clone(),
+                            // A second failover moves the region here.
+                            promotion: Some(PromotionConfig {
+                                region_config: self.data.join(format!("region-{region}.toml")),
+                                listen: SocketAddr::new(region_ip(region, NEXT_STANDBY_HOST), 0),
+                                lease_ms: LEASE_MS_DEFAULT,
+                                standby: None,
+                            }),
+                        },
+                    )
+                    .await?;
+                let next_address = next.address;
+                sink(next.started());
+                running.push(next);
                 let name = format!("standby-{region}");
                 let standby_dir = self.data.join(&name);
                 let started = self
@@ -287,6 +320,7 @@ impl Launcher {
                                 region_config: self.data.join(format!("region-{region}.toml")),
                                 listen: SocketAddr::new(region_ip(region, STANDBY_HOST), 0),
                                 lease_ms: LEASE_MS_DEFAULT,
+                                standby: Some(next_address),
                             }),
                         },
                     )

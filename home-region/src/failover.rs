@@ -9,7 +9,7 @@
 //! 1. stops following and closes its copy;
 //! 2. opens it as a store and raises the store's failover epoch (`store_identity`);
 //! 3. starts the region service on it, with the region's configuration, this standby's
-//!    folder and `promotion.listen`, and no standby of its own;
+//!    folder and `promotion.listen`, shipping to `promotion.standby` if it names one;
 //! 4. writes its address into the region's peers file, where edges and other regions look up
 //!    the region when it stops answering at the old address;
 //! 5. answers the old primary, should it dial the standby again (a paused process resumed), that
@@ -222,7 +222,8 @@ pub async fn serve_standby(
 }
 
 /// The region's configuration as the promoted standby serves it: this standby's folder and
-/// `promotion.listen`, no standby of its own.
+/// `promotion.listen`, and `promotion.standby` as its own standby (with the region's
+/// `[replication]` settings), or none.
 fn promoted_config(
     config: &StandbyConfig,
     promotion: &PromotionConfig,
@@ -235,10 +236,20 @@ fn promoted_config(
         ))
         .into());
     }
+    let replication = promotion.standby.map(|standby| {
+        let settings = region_config
+            .replication
+            .clone()
+            .unwrap_or_else(|| relay_replica::ReplicationConfig::new(standby));
+        relay_replica::ReplicationConfig {
+            standby,
+            ..settings
+        }
+    });
     Ok(RegionConfig {
         data_dir: config.data_dir.clone(),
         listen: promotion.listen,
-        replication: None,
+        replication,
         ..region_config
     })
 }

@@ -229,7 +229,8 @@ async fn failover(region: u32, config: &Path, json: bool) -> Result<()> {
             address.as_deref().unwrap_or("(not in the peers file)")
         );
         println!(
-            "the old primary stopped (fenced); give the region a new standby before the next              failover"
+            "the old primary stopped (fenced); the region now ships to the standby its former \
+             standby names in [promotion] standby, or runs alone"
         );
     }
     Ok(())

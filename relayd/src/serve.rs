@@ -82,15 +82,23 @@ pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
         let shutdown = shutdown_signal();
         let (service, address, _) = RegionService::open(&config, accept_new_store).await?;
         announce(format!("region {} listening on {address}", config.region));
-        if let Err(error @ home_region::RegionError::Fenced { .. }) = service.run(shutdown).await {
-            // A supervisor must not start a fenced region again on its stale store.
-            tracing::error!(%error, "fenced");
-            eprintln!("relayd: {error}");
-            std::process::exit(FENCED_EXIT_CODE);
-        }
+        exit_if_fenced(service.run(shutdown).await)?;
         tracing::info!("region stopped");
         Ok(())
     })
+}
+
+/// A region that was fenced (its standby took over) exits with [`FENCED_EXIT_CODE`]: a
+/// supervisor must not start it again on its stale store. Any other outcome is returned.
+fn exit_if_fenced(
+    served: Result<(), home_region::RegionError>,
+) -> Result<(), home_region::RegionError> {
+    if let Err(error @ home_region::RegionError::Fenced { .. }) = &served {
+        tracing::error!(%error, "fenced");
+        eprintln!("relayd: {error}");
+        std::process::exit(FENCED_EXIT_CODE);
+    }
+    served
 }
 
 /// `relayd standby --config FILE`: follows the region's primary; with `[promotion]`, takes
@@ -108,19 +116,25 @@ pub fn standby(config_path: &Path) -> Result<()> {
             ));
         };
         match standby {
+            // Promoted, the standby serves as the region, and is fenced like one when the
+            // region moves on to its own standby.
             home_region::failover::Standby::Following(server) => {
-                home_region::failover::serve_standby(server, &config, on_promoted, shutdown)
-                    .await?;
+                exit_if_fenced(
+                    home_region::failover::serve_standby(server, &config, on_promoted, shutdown)
+                        .await,
+                )?;
             }
             home_region::failover::Standby::Promoted(server, epoch) => {
-                home_region::failover::serve_promoted(
-                    server,
-                    epoch,
-                    &config,
-                    on_promoted,
-                    shutdown,
-                )
-                .await?;
+                exit_if_fenced(
+                    home_region::failover::serve_promoted(
+                        server,
+                        epoch,
+                        &config,
+                        on_promoted,
+                        shutdown,
+                    )
+                    .await,
+                )?;
             }
         }
         tracing::info!("standby stopped");

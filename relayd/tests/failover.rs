@@ -12,8 +12,9 @@
 //! Journey 28: a planned failover. The operator runs `relayd admin failover --region 1`: the
 //! region holds requests, ships everything to its standby, which takes over at once; the old
 //! primary stops (fenced). alice's sends while it happens are each acknowledged on their first
-//! try, bob receives everything once, and the failover is refused with the wrong certificate,
-//! the wrong region, and once the promoted region has no standby left.
+//! try, bob receives everything once, and the failover is refused with the wrong certificate
+//! and the wrong region. The promoted region ships to its own standby, so a second failover
+//! moves it on again; the third is refused, no standby being left.
 
 mod support;
 
@@ -344,9 +345,42 @@ fn a_planned_failover_moves_the_region_to_its_standby_without_a_failed_send() {
         );
     }
 
-    // The promoted region has no standby of its own yet: a second failover is refused.
+    // The promoted region ships to its own standby (`next-standby-1`, which got a full copy):
+    // a second failover moves the region there, and nothing is lost on the way.
     let again = failover(&config, "1");
-    assert!(!again.status.success());
-    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let lines = json_lines(&again.stdout);
+    let done = events(&lines, "failed_over");
+    assert!(
+        done[0]["address"]
+            .as_str()
+            .is_some_and(|address| address.starts_with("127.0.1.4:")),
+        "the next standby's address: {lines:?}"
+    );
+    assert!(done[0]["epoch"].as_u64().expect("epoch") >= 2);
+    devnet.wait_event(
+        DEADLINE,
+        |event| matches!(event, relay_devnet::DevnetEvent::Fenced { name } if name == "standby-1"),
+    );
+    let last = "after the second failover".to_owned();
+    assert!(acknowledged_at_once(&alice, "bob", &last));
+    sent.push(last.clone());
+    let received = [received, receive_all(&bob, std::slice::from_ref(&last))].concat();
+    for text in &sent {
+        assert_eq!(
+            received.iter().filter(|seen| *seen == text).count(),
+            1,
+            "{text} arrived once: {received:?}"
+        );
+    }
+
+    // That one runs without a standby of its own: a third failover is refused.
+    let third = failover(&config, "1");
+    assert!(!third.status.success());
+    let said = String::from_utf8_lossy(&third.stderr);
     assert!(said.contains("no standby"), "{said}");
 }

@@ -115,6 +115,12 @@ pub struct PromotionConfig {
     /// at least 1,000 ms).
     #[serde(default = "lease_ms_default")]
     pub lease_ms: u64,
+    /// The standby of the promoted region (another `relayd standby`, with a folder of its own:
+    /// it gets a full copy): once promoted, the region ships every commit there, with the
+    /// `[replication]` settings of the region's configuration. Without it the promoted region
+    /// runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<SocketAddr>,
 }
 
 fn lease_ms_default() -> u64 {
@@ -135,13 +141,23 @@ impl StandbyConfig {
         if self.region == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()));
         }
-        if let Some(promotion) = &self.promotion
-            && promotion.lease_ms < crate::limits::LEASE_MS_MIN
-        {
-            return Err(ConfigError::Value(format!(
-                "promotion.lease_ms must be at least {} ms",
-                crate::limits::LEASE_MS_MIN
-            )));
+        if let Some(promotion) = &self.promotion {
+            if promotion.lease_ms < crate::limits::LEASE_MS_MIN {
+                return Err(ConfigError::Value(format!(
+                    "promotion.lease_ms must be at least {} ms",
+                    crate::limits::LEASE_MS_MIN
+                )));
+            }
+            if promotion.standby.is_some_and(|standby| standby.port() == 0) {
+                return Err(ConfigError::Value(
+                    "promotion.standby needs the next standby's port".into(),
+                ));
+            }
+            if promotion.standby == Some(self.listen) {
+                return Err(ConfigError::Value(
+                    "promotion.standby is this standby's own address: name another".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -179,6 +195,17 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../home-region/standby.example.toml");
         let config = StandbyConfig::load(&path).expect("the example loads");
         assert_eq!(config.region, 1);
+        let promotion = config.promotion.clone().expect("a [promotion] section");
+        assert_eq!(promotion.lease_ms, crate::limits::LEASE_MS_DEFAULT);
+        assert!(promotion.standby.is_some());
+        // The next standby must be another address, with a port.
+        for standby in [config.listen, "127.0.1.4:0".parse().expect("address")] {
+            let mut wrong = config.clone();
+            if let Some(promotion) = &mut wrong.promotion {
+                promotion.standby = Some(standby);
+            }
+            assert!(wrong.validate().is_err(), "{standby}");
+        }
         let garbage = tempfile::NamedTempFile::new().expect("file");
         std::fs::write(garbage.path(), "region = 1\nlisten = 3").expect("write");
         assert!(StandbyConfig::load(garbage.path()).is_err());

@@ -388,6 +388,7 @@ fn promotable_standby(
             region_config: data_dir.join("region.toml"),
             listen: "127.0.0.1:0".parse().expect("address"),
             lease_ms: relay_replica::limits::LEASE_MS_DEFAULT,
+            standby: None,
         }),
     };
     let (server, address) = StandbyServer::open(&config).expect("the standby opens");
