@@ -53,7 +53,11 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.drain.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.drain.changed.notify_waiters();
+        // Only a handover waits for the count (checked after the decrement: a handover that
+        // closed the gate meanwhile reads the count after closing it, or is woken here).
+        if self.drain.holding.load(Ordering::SeqCst) {
+            self.drain.changed.notify_waiters();
+        }
     }
 }
 
@@ -252,5 +256,45 @@ pub async fn request_handover(config: &RegionConfig) -> Result<wire::HandedOver,
             ErrorCode::Internal,
             "unexpected answer to a handover",
         )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_gate_holds_new_requests_and_waits_for_those_under_way() {
+        let drain = Arc::new(Drain::default());
+        let under_way = drain.enter().await;
+        assert!(drain.hold(), "closed now");
+        assert!(!drain.hold(), "a second handover is refused");
+        // A new request waits at the gate.
+        let waiting = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.enter().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The drain waits for the request under way, and ends when it does.
+        let settling = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.settled(Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!settling.is_finished());
+        drop(under_way);
+        assert_eq!(settling.await.expect("joins"), 0);
+        // Given up, it bounds its wait and says how many are left.
+        let stuck = drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(stuck, 0);
+        assert_eq!(drain.settled(Duration::from_millis(1)).await, 1);
+        drain.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Opened again (the handover failed): the held request goes on.
+        drain.release();
+        let released = waiting.await.expect("joins");
+        assert_eq!(drain.in_flight.load(Ordering::SeqCst), 1);
+        drop(released);
+        assert_eq!(drain.in_flight.load(Ordering::SeqCst), 0);
     }
 }

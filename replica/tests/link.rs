@@ -370,48 +370,64 @@ async fn a_standby_refuses_another_certificate_and_another_region() {
     standby.stop().await;
 }
 
-/// A standby that may serve as the region (a `[promotion]` section; its region configuration is
-/// never read here: the test plays the failover code through the handle).
-fn promotable_standby(
-    pki: &Pki,
-    data_dir: &Path,
-    promotion: bool,
-) -> (StandbyServer, relay_replica::StandbyHandle, SocketAddr) {
-    let config = StandbyConfig {
-        region: 1,
-        listen: "127.0.0.1:0".parse().expect("address"),
-        data_dir: data_dir.to_path_buf(),
-        ca_cert: pki.path("ca.pem"),
-        cert: pki.path("region-1.pem"),
-        key: pki.path("region-1.key"),
-        promotion: promotion.then(|| relay_replica::PromotionConfig {
-            region_config: data_dir.join("region.toml"),
+/// A running standby that may serve as the region (with `promotion`, a `[promotion]` section
+/// whose region configuration is never read here: the test plays the failover code through
+/// the handle), and region 1's primary shipping to it.
+struct HandoverRig {
+    handle: relay_replica::StandbyHandle,
+    primary: Primary,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl HandoverRig {
+    fn start(pki: &Pki, folder: &Path, promotion: bool) -> HandoverRig {
+        let data_dir = folder.join("standby");
+        let config = StandbyConfig {
+            region: 1,
             listen: "127.0.0.1:0".parse().expect("address"),
-            lease_ms: relay_replica::limits::LEASE_MS_DEFAULT,
-            standby: None,
-        }),
-    };
-    let (server, address) = StandbyServer::open(&config).expect("the standby opens");
-    let handle = server.handle();
-    (server, handle, address)
+            data_dir: data_dir.clone(),
+            ca_cert: pki.path("ca.pem"),
+            cert: pki.path("region-1.pem"),
+            key: pki.path("region-1.key"),
+            promotion: promotion.then(|| relay_replica::PromotionConfig {
+                region_config: data_dir.join("region.toml"),
+                listen: "127.0.0.1:0".parse().expect("address"),
+                lease_ms: relay_replica::limits::LEASE_MS_DEFAULT,
+                standby: None,
+            }),
+        };
+        let (server, address) = StandbyServer::open(&config).expect("the standby opens");
+        let handle = server.handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let primary = primary(pki, folder, ReplicationConfig::new(address), "region-1");
+        HandoverRig {
+            handle,
+            primary,
+            stop,
+            serving,
+        }
+    }
+
+    /// Stops the standby and the primary's shipper; returns the primary.
+    async fn stop(self) -> Primary {
+        let _ = self.stop.send(());
+        self.serving.await.expect("joins");
+        drop(self.handle);
+        self.primary.shipper.stop();
+        self.primary
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_ships_everything_then_the_standby_takes_over_and_the_primary_is_fenced() {
     let pki = Pki::new();
     let folder = tempfile::tempdir().expect("folder");
-    let standby_dir = folder.path().join("standby");
-    let (server, handle, address) = promotable_standby(&pki, &standby_dir, true);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    let primary = primary(
-        &pki,
-        folder.path(),
-        ReplicationConfig::new(address),
-        "region-1",
-    );
+    let rig = HandoverRig::start(&pki, folder.path(), true);
+    let (handle, primary) = (rig.handle.clone(), &rig.primary);
     put_many(&primary.database, "before", 100).await;
     // The failover code's part: promote once asked (the region would start on the copy here).
     let promoting = {
@@ -455,8 +471,8 @@ async fn a_handover_ships_everything_then_the_standby_takes_over_and_the_primary
         matches!(after, Err(StoreError::Unavailable(_))),
         "a fenced region acknowledges nothing: {after:?}"
     );
-    let _ = stop.send(());
-    serving.await.expect("joins");
+    drop(handle);
+    rig.stop().await;
     // The copy holds every commit the primary acknowledged, and only those up to the version.
     let copy = StandbyStore::open(&path).expect("the copy opens");
     assert_eq!(copy.version(), handed.version);
@@ -477,25 +493,14 @@ async fn a_handover_ships_everything_then_the_standby_takes_over_and_the_primary
             );
         }
     }
-    primary.shipper.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_cannot_serve_refuses_the_handover_and_the_primary_goes_on() {
     let pki = Pki::new();
     let folder = tempfile::tempdir().expect("folder");
-    let standby_dir = folder.path().join("standby");
-    let (server, handle, address) = promotable_standby(&pki, &standby_dir, false);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    let primary = primary(
-        &pki,
-        folder.path(),
-        ReplicationConfig::new(address),
-        "region-1",
-    );
+    let rig = HandoverRig::start(&pki, folder.path(), false);
+    let (handle, primary) = (&rig.handle, &rig.primary);
     put_many(&primary.database, "before", 10).await;
     let refused = tokio::time::timeout(WAIT, primary.shipper.hand_over())
         .await
@@ -509,9 +514,6 @@ async fn a_standby_that_cannot_serve_refuses_the_handover_and_the_primary_goes_o
     put_many(&primary.database, "after", 10).await;
     let stats = primary.shipper.stats();
     assert!(stats.caught_up, "{stats:?}");
-    let _ = stop.send(());
-    serving.await.expect("joins");
-    drop(handle);
-    primary.shipper.stop();
-    assert_same(&primary, &standby_dir);
+    let primary = rig.stop().await;
+    assert_same(&primary, &folder.path().join("standby"));
 }
