@@ -34,6 +34,7 @@ pub mod blobs;
 pub mod ceilings;
 pub mod connections;
 pub mod device;
+pub mod directory;
 pub mod e2ee;
 pub mod groups;
 pub mod limits;

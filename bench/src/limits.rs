@@ -340,3 +340,9 @@ pub const PUSHES_QUICK: usize = 500;
 /// `home_region::limits::PUSH_SENDS_IN_FLIGHT_MAX`).
 pub const PUSH_CONCURRENCY_DEFAULT: usize = 64;
 const _: () = assert!(PUSHES_QUICK <= PUSHES_DEFAULT && PUSH_CONCURRENCY_DEFAULT <= PUSHES_QUICK);
+
+/// Accounts in the writer's directory for `relayd bench directory`.
+pub const DIRECTORY_ACCOUNTS_DEFAULT: u64 = 100_000;
+/// The same, with `--quick`.
+pub const DIRECTORY_ACCOUNTS_QUICK: u64 = 5_000;
+const _: () = assert!(DIRECTORY_ACCOUNTS_QUICK <= DIRECTORY_ACCOUNTS_DEFAULT);

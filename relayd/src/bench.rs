@@ -63,11 +63,34 @@ pub enum Benchmark {
     /// servers' CPU and raw QUIC request/response measured in the same run. Needs a release
     /// build.
     Presence(PresenceArgs),
+    /// How fast a new region's directory replica catches up with the directory writer: N
+    /// accounts pulled from the writer's change log over loopback QUIC (the writer's and the
+    /// region's services in this process, on redb stores), next to its two halves alone in the
+    /// same run (the writer reading the log, a store applying the pages) and the fsync rate.
+    Directory(DirectoryArgs),
     /// Wake-ups sent per second by the WebPush provider a region pushes with (encrypted,
     /// VAPID-signed, one HTTPS request each) to a loopback push service that verifies and
     /// decrypts each, next to plain HTTPS POSTs of the same size to the same server in the
     /// same run.
     Push(PushArgs),
+}
+
+/// Arguments of `relayd bench directory`.
+#[derive(Debug, Args)]
+pub struct DirectoryArgs {
+    /// Accounts in the writer's directory (default 100,000; 5,000 with --quick).
+    #[arg(long)]
+    accounts: Option<u64>,
+    /// Folder for the stores (a temporary folder inside it, removed afterwards). Default: the
+    /// system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A short run for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `relayd bench push`.
@@ -434,6 +457,25 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     )
                 },
                 |report| report.table(),
+            )
+        }
+        Benchmark::Directory(args) => {
+            let options = relay_bench::directory::DirectoryOptions {
+                accounts: quick_or(
+                    args.accounts,
+                    args.quick,
+                    relay_bench::limits::DIRECTORY_ACCOUNTS_QUICK,
+                    relay_bench::limits::DIRECTORY_ACCOUNTS_DEFAULT,
+                ),
+                data: args.data,
+                build: build().into(),
+            };
+            report(
+                relay_bench::directory::steps(),
+                "relayd bench directory",
+                args.json,
+                |step| relay_bench::directory::run_blocking(&options, step),
+                relay_bench::directory::DirectoryReport::table,
             )
         }
         Benchmark::Push(args) => {

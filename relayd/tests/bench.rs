@@ -422,6 +422,19 @@ fn the_push_benchmark_delivers_every_wake_and_its_ceiling() {
 }
 
 #[test]
+fn the_directory_benchmark_replicates_every_account_and_its_ceilings() {
+    let report = run_json(&["bench", "directory", "--json", "--accounts", "3000"]);
+    assert_eq!(report["accounts"], 3000);
+    // Pages of up to 1,024 accounts: three at least.
+    assert!(number(&report, "pages") >= 3.0, "{report:#}");
+    positive(&report, "replicated_per_second");
+    positive(&report, "read_per_second");
+    positive(&report, "apply_per_second");
+    positive(&report, "share_of_ceiling");
+    positive(&report, "fsync_per_second");
+}
+
+#[test]
 fn a_debug_build_is_refused_without_allow_debug() {
     let output = Command::new(env!("CARGO_BIN_EXE_relayd"))
         .args(["bench", "messages", "--quick"])
