@@ -154,6 +154,10 @@ fn main() -> ExitCode {
         eprintln!("relayd: the allocator keeps its defaults: {error}");
     }
     let cli = Cli::parse();
+    // Every command that prints for a person takes --json; its errors then come as JSON too.
+    let json = std::env::args_os()
+        .skip(1)
+        .any(|argument| argument == "--json");
     // A sweep runs thousands of simulated services whose logs would drown its summary (the
     // run's trace is what explains a failure); RELAY_LOG still turns them on.
     let default_filter = match cli.command {
@@ -185,8 +189,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("relayd: {error:#}");
+            print_error(&format!("{error:#}"), json);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a failed command's error on stderr: `relayd: …`, or with `--json` one JSON object,
+/// `{"event":"error","message":M,"exit_code":1}`, as the `relay` client does.
+fn print_error(message: &str, json: bool) {
+    if json {
+        let line = serde_json::json!({
+            "event": "error",
+            "message": message,
+            "exit_code": 1,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("relayd: {message}");
     }
 }

@@ -271,10 +271,19 @@ fn a_planned_failover_moves_the_region_to_its_standby_without_a_failed_send() {
     // Refused, and nothing changes: another region's number, another certificate (the edge's).
     let wrong_region = failover(&config, "2");
     assert!(!wrong_region.status.success());
+    // Under --json the error is one JSON object too.
+    let error: Value = serde_json::from_slice(&wrong_region.stderr).unwrap_or_else(|error| {
+        panic!(
+            "one JSON error expected ({error}): {}",
+            String::from_utf8_lossy(&wrong_region.stderr)
+        )
+    });
+    assert_eq!(error["event"], "error");
     assert!(
-        String::from_utf8_lossy(&wrong_region.stderr).contains("--region 2"),
-        "{}",
-        String::from_utf8_lossy(&wrong_region.stderr)
+        error["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("--region 2")),
+        "{error}"
     );
     let edge_config = root.join("region-1-with-the-edge-cert.toml");
     let text = std::fs::read_to_string(&config).expect("the region's configuration");
