@@ -435,18 +435,7 @@ impl EdgeService {
             // A region that moved (its standby took over): requests waiting on the old address
             // fail at once and go to the new one.
             let service = self.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(
-                        relay_net::limits::PEER_MOVE_CHECK_INTERVAL_MS,
-                    ))
-                    .await;
-                    let moved = service.inner.links.close_moved();
-                    if moved > 0 {
-                        tracing::warn!(moved, "a region moved: its old connection is closed");
-                    }
-                }
-            });
+            tasks.spawn(async move { service.inner.links.close_moved_forever().await });
         }
         let accept = async {
             while let Some(incoming) = self.inner.device_endpoint.accept().await {
@@ -1176,10 +1165,7 @@ impl EdgeService {
                     // over, planned or not): the request goes to the new address at once,
                     // instead of failing back to the device. Every region request is safe to
                     // repeat: the device would send it again the same way.
-                    if attempts < net::limits::MOVED_PEER_ATTEMPTS_MAX
-                        && links.moved_from(region.0, connection.remote_address())
-                    {
-                        tracing::info!(%region, "the region moved during a request: sending it there");
+                    if links.retry_at_new_address(region.0, connection.remote_address(), attempts) {
                         continue;
                     }
                     return Err(region_unreachable(region, &error.to_string()));

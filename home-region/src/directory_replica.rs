@@ -32,6 +32,7 @@ use crate::core::account_info;
 use crate::limits::{
     DIRECTORY_BACKFILL_PAGE, DIRECTORY_CHANGES_PAGE_MAX, DIRECTORY_REPLICA_POLL_MS,
 };
+use crate::service::record_of;
 
 /// (The writer) the accounts changed after `ask.after`.
 pub(crate) async fn changes(
@@ -151,16 +152,7 @@ pub(crate) async fn pull_once(
             "directory changes without their log position",
         ));
     };
-    let records: Vec<directory::AccountRecord> = changes
-        .accounts
-        .iter()
-        .map(|info| directory::AccountRecord {
-            id: AccountId(info.account),
-            name: info.name.clone(),
-            home_region: RegionId(info.region),
-            epoch: info.epoch,
-        })
-        .collect();
+    let records: Vec<directory::AccountRecord> = changes.accounts.iter().map(record_of).collect();
     let accounts = records.len();
     db.transact(|tx| {
         let records = records.clone();

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use relay_net::{NetError, PeerLinks, TlsIdentity, TokioSockets};
+use relay_net::{NetError, TlsIdentity};
 use relay_proto::wire::{self, RegionRequest, RegionResponse, region_request, region_response};
 use relay_proto::{ErrorCode, ProtoError};
 use tokio::sync::Notify;
 
-use crate::config::{PeersFile, RegionConfig};
+use crate::config::RegionConfig;
 use crate::limits::{HANDOVER_ANSWER_WAIT_MS, HANDOVER_DRAIN_WAIT_MS, HANDOVER_REQUEST_TIMEOUT_MS};
-use crate::service::RegionError;
+use crate::service::{RegionError, RemoteCensus};
 
 /// The region's gate for a handover: while it holds, every new stream waits; requests under
 /// way are counted so the handover can wait for them.
@@ -212,24 +212,44 @@ pub(crate) async fn hand_over(
     }
 }
 
+/// Serves a handover asked on `send`'s stream: [`hand_over`], then its answer, waiting (at most
+/// [`HANDOVER_ANSWER_WAIT_MS`]) until the operator received it before the region may close
+/// its connections.
+pub(crate) async fn serve(
+    drain: &Drain,
+    region: u32,
+    shipper: Option<&Arc<relay_replica::Shipper>>,
+    ask: &wire::HandOver,
+    from_own_cert: bool,
+    mut send: quinn::SendStream,
+) {
+    let answer = hand_over(drain, region, shipper, ask, from_own_cert).await;
+    let handed_over = answer.is_ok();
+    let response = RegionResponse {
+        body: Some(match answer {
+            Ok(handed) => region_response::Body::HandedOver(handed),
+            Err(error) => region_response::Body::Error(error.into()),
+        }),
+    };
+    if relay_net::write_frame(&mut send, &response).await.is_ok() && send.finish().is_ok() {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(HANDOVER_ANSWER_WAIT_MS),
+            send.stopped(),
+        )
+        .await;
+    }
+    if handed_over {
+        drain.mark_answered();
+    }
+}
+
 /// Asks the region `config` describes to hand itself over to its standby, as its operator:
 /// connects with the region's own certificate to the address the peers file gives, and waits
 /// for the answer (the standby serves as the region then).
 pub async fn request_handover(config: &RegionConfig) -> Result<wire::HandedOver, RegionError> {
     let roots = relay_net::load_roots(&config.ca_cert)?;
     let identity = TlsIdentity::load(&config.cert, &config.key)?;
-    let endpoint = relay_net::bind_endpoint(
-        &TokioSockets,
-        std::net::SocketAddr::new(config.listen.ip(), 0),
-        None,
-    )?;
-    let client = relay_net::client_config(roots, Some(identity), relay_net::ALPN_INTERNAL)?;
-    let links = PeerLinks::new(
-        endpoint.clone(),
-        client,
-        relay_net::REGION_SERVER_NAME,
-        PeersFile::resolver(config.peers_file.clone()),
-    );
+    let remote = RemoteCensus::connect(config, roots, identity)?;
     let request = RegionRequest {
         body: Some(region_request::Body::HandOver(wire::HandOver {
             region: config.region,
@@ -237,7 +257,7 @@ pub async fn request_handover(config: &RegionConfig) -> Result<wire::HandedOver,
     };
     // Not `PeerLinks::request`: sent again to the new address, it would reach the standby.
     let asked = async {
-        let connection = links.connection(config.region).await?;
+        let connection = remote.links.connection(config.region).await?;
         relay_net::request::<_, RegionResponse>(
             &connection,
             &request,
@@ -246,7 +266,7 @@ pub async fn request_handover(config: &RegionConfig) -> Result<wire::HandedOver,
         .await
     };
     let answer: Result<RegionResponse, NetError> = asked.await;
-    endpoint.close(0u32.into(), b"asked");
+    remote.close();
     match answer?.body {
         Some(region_response::Body::HandedOver(handed)) => Ok(handed),
         Some(region_response::Body::Error(error)) => {

@@ -528,18 +528,7 @@ impl RegionService {
         let blob_sweeper = tokio::spawn(self.clone().blob_sweeper());
         let moves = self.inner.follow_peer_moves.then(|| {
             let service = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(
-                        net::limits::PEER_MOVE_CHECK_INTERVAL_MS,
-                    ))
-                    .await;
-                    let moved = service.inner.peers.close_moved();
-                    if moved > 0 {
-                        tracing::warn!(moved, "a region moved: its old connection is closed");
-                    }
-                }
-            })
+            tokio::spawn(async move { service.inner.peers.close_moved_forever().await })
         });
         let accept = async {
             while let Some(incoming) = self.inner.endpoint.accept().await {
@@ -603,14 +592,7 @@ impl RegionService {
     }
 
     async fn serve_connection(self, connection: quinn::Connection) {
-        let presented = connection
-            .peer_identity()
-            .and_then(|identity| {
-                identity
-                    .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|chain| chain.first().cloned());
+        let presented = net::peer_certificate(&connection);
         let from_own_cert = presented.is_some() && presented == self.inner.own_cert;
         loop {
             let (send, recv) = match connection.accept_bi().await {
@@ -627,7 +609,7 @@ impl RegionService {
 
     async fn serve_stream(
         self,
-        mut send: quinn::SendStream,
+        send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         from_own_cert: bool,
     ) {
@@ -641,32 +623,16 @@ impl RegionService {
         };
         if let Some(region_request::Body::HandOver(ask)) = &request.body {
             let inner = &self.inner;
-            let answer = handover::hand_over(
+            let shipper = inner.replication.as_ref();
+            handover::serve(
                 &inner.drain,
                 inner.region.0,
-                inner.replication.as_ref(),
+                shipper,
                 ask,
                 from_own_cert,
+                send,
             )
             .await;
-            let handed_over = answer.is_ok();
-            let response = match answer {
-                Ok(handed) => RegionResponse {
-                    body: Some(region_response::Body::HandedOver(handed)),
-                },
-                Err(error) => error_response(error),
-            };
-            if net::write_frame(&mut send, &response).await.is_ok() && send.finish().is_ok() {
-                // Received before the region closes its connections.
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(crate::limits::HANDOVER_ANSWER_WAIT_MS),
-                    send.stopped(),
-                )
-                .await;
-            }
-            if handed_over {
-                inner.drain.mark_answered();
-            }
             return;
         }
         // Held while the region hands itself over; requests are counted until answered.
@@ -2598,7 +2564,6 @@ impl RegionService {
             .replication
             .as_ref()
             .and_then(|shipper| shipper.outgoing_bound());
-        let full = entries.len() == OUTBOX_BATCH_ENTRIES_MAX;
         let shippable = core::confirmed_prefix(&entries, confirmed);
         let entries = &entries[..shippable];
         let Some(&(last_seq, _)) = entries.last() else {
@@ -2651,7 +2616,7 @@ impl RegionService {
             })
             .await
             .map_err(store_failure)?;
-        Ok(full && shippable == OUTBOX_BATCH_ENTRIES_MAX)
+        Ok(shippable == OUTBOX_BATCH_ENTRIES_MAX)
     }
 }
 
@@ -2676,14 +2641,16 @@ impl CensusSource for WriterCensus<'_> {
 
 /// The directory writer's census over QUIC, from a client endpoint of its own: used before the
 /// region binds its server, so a refused store binds nothing.
-struct RemoteCensus {
+pub(crate) struct RemoteCensus {
     endpoint: quinn::Endpoint,
-    links: PeerLinks,
+    pub(crate) links: PeerLinks,
     writer: RegionId,
 }
 
 impl RemoteCensus {
-    fn connect(
+    /// A client endpoint of its own on `config`'s address, with links to the regions its
+    /// peers file names.
+    pub(crate) fn connect(
         config: &RegionConfig,
         roots: Arc<RootCertStore>,
         identity: TlsIdentity,
@@ -2704,8 +2671,8 @@ impl RemoteCensus {
         })
     }
 
-    fn close(&self) {
-        self.endpoint.close(0u32.into(), b"store checked");
+    pub(crate) fn close(&self) {
+        self.endpoint.close(0u32.into(), b"done");
     }
 }
 
@@ -2802,7 +2769,7 @@ fn boot_nonce() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32).rotate_left(17)
 }
 
-fn record_of(info: &wire::AccountInfo) -> directory::AccountRecord {
+pub(crate) fn record_of(info: &wire::AccountInfo) -> directory::AccountRecord {
     directory::AccountRecord {
         id: AccountId(info.account),
         name: info.name.clone(),

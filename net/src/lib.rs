@@ -708,6 +708,14 @@ pub async fn respond<M: Message>(mut send: quinn::SendStream, message: &M) -> Re
     Ok(())
 }
 
+/// The first certificate a connection's peer presented (mutual TLS), if any.
+pub fn peer_certificate(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned())
+}
+
 /// Resolves a peer number (a region) to its current address.
 pub type PeerResolver = Box<dyn Fn(u32) -> Option<SocketAddr> + Send + Sync>;
 
@@ -808,7 +816,7 @@ impl PeerLinks {
             };
             let moved = cached.as_ref().is_some_and(|connection| {
                 connection.close_reason().is_none()
-                    && (self.resolve)(peer).is_some_and(|now| now != connection.remote_address())
+                    && self.moved_from(peer, connection.remote_address())
             });
             if moved && let Some(connection) = cached.take() {
                 connection.close(0u32.into(), b"the peer moved");
@@ -816,6 +824,33 @@ impl PeerLinks {
             }
         }
         closed
+    }
+
+    /// Closes, every [`limits::PEER_MOVE_CHECK_INTERVAL_MS`], the connections to peers that
+    /// moved ([`Self::close_moved`]); runs until its task is dropped. For edges and regions whose
+    /// resolver reads a peers file a promoted standby rewrites.
+    pub async fn close_moved_forever(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(limits::PEER_MOVE_CHECK_INTERVAL_MS)).await;
+            let moved = self.close_moved();
+            if moved > 0 {
+                tracing::warn!(moved, "a peer moved: its old connection is closed");
+            }
+        }
+    }
+
+    /// Whether a request whose connection to `peer` at `from` failed (not timed out) should be
+    /// sent once more: the peer moved meanwhile, and this was the request's attempt number
+    /// `attempts` (from 1) of at most [`limits::MOVED_PEER_ATTEMPTS_MAX`].
+    pub fn retry_at_new_address(&self, peer: u32, from: SocketAddr, attempts: u32) -> bool {
+        let retry = attempts < limits::MOVED_PEER_ATTEMPTS_MAX && self.moved_from(peer, from);
+        if retry {
+            tracing::info!(
+                peer,
+                "the peer moved during a request: sending it to its new address"
+            );
+        }
+        retry
     }
 
     fn slot(&self, peer: u32) -> Option<PeerSlot> {
@@ -868,17 +903,12 @@ impl PeerLinks {
                 return result;
             }
             self.forget(peer).await;
-            let retry = attempts < limits::MOVED_PEER_ATTEMPTS_MAX
-                && !matches!(result, Err(NetError::Timeout))
+            let retry = !matches!(result, Err(NetError::Timeout))
                 && tokio::time::Instant::now() < deadline
-                && self.moved_from(peer, connection.remote_address());
+                && self.retry_at_new_address(peer, connection.remote_address(), attempts);
             if !retry {
                 return result;
             }
-            tracing::info!(
-                peer,
-                "the peer moved during a request: sending it to its new address"
-            );
         }
     }
 }

@@ -325,10 +325,7 @@ impl Inner {
         let connection = incoming
             .await
             .map_err(|error| ReplicaError::Net(error.into()))?;
-        let presented = connection
-            .peer_identity()
-            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .and_then(|chain| chain.first().cloned());
+        let presented = relay_net::peer_certificate(&connection);
         if presented.as_ref() != Some(&self.region_cert) {
             connection.close(
                 1u32.into(),
