@@ -47,13 +47,13 @@ use relay_planted::PlantedBug;
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, RegionId};
 
 use crate::codec::{
-    decode_record, encode_u64, insert_chunked, read_chunked, read_chunked_between,
+    decode_key, decode_record, encode_u64, insert_chunked, read_chunked, read_chunked_between,
     read_chunked_range, read_u64,
 };
-use crate::engine::Transaction;
+use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 use crate::limits::LAYER_READ_ENTRIES_MAX;
-use crate::tuple::Subspace;
+use crate::tuple::{Subspace, TupleDecode};
 
 /// An envelope to append, with the fields the log checks and stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +312,167 @@ pub async fn last_seq(transaction: &Transaction, chat: ChatId) -> Result<u64, St
         "chat log last_seq",
     )
     .await
+}
+
+/// The stored bytes of entry `chat_seq` of `chat`, whole however it was split (`None`: no such
+/// entry): what an account's old home sends its new home with the queue entries naming it
+/// ([`import_entry`]).
+pub async fn entry_bytes(
+    transaction: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let log = ChatLog::new(chat);
+    read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await
+}
+
+/// Takes into this region's log of `chat` an entry another region's log accepted (`bytes`, from
+/// [`entry_bytes`] there) and returns its chat sequence here: the entry this log already holds
+/// under the same sender and client message id (a 1:1 message reached both regions), else the
+/// entry appended under the next chat sequence with its dedupe record, and the sender's mark
+/// raised to its `sender_seq` (never lowered). No order check: the other log made it. Idempotent
+/// by nature (the dedupe record), like [`append`].
+pub async fn import_entry(
+    transaction: &Transaction,
+    chat: ChatId,
+    bytes: &[u8],
+) -> Result<u64, StoreError> {
+    let stored = StoredEntry::decode(bytes)
+        .map_err(|error| StoreError::corrupt("moved chat log entry", error))?;
+    let client_message_id = ClientMessageId::from_bytes(&stored.client_message_id)
+        .map_err(|error| StoreError::corrupt("moved chat log entry", error))?;
+    let sender = DeviceAddress {
+        account: AccountId(stored.sender_account),
+        device: DeviceId(stored.sender_device),
+    };
+    let log = ChatLog::new(chat);
+    let dedupe_key = log.root.pack(&("dedupe", sender, client_message_id));
+    if let Some(value) = transaction.get(&dedupe_key).await? {
+        let known: StoredDedupe = decode_record(&value, "chat log dedupe")?;
+        return Ok(known.chat_seq);
+    }
+    let last_seq_key = log.root.pack(&("last_seq",));
+    let chat_seq = read_u64(transaction, &last_seq_key, "chat log last_seq").await? + 1;
+    // As in `append_after`: one past `last_seq`, read with a conflict, so nothing is there.
+    insert_chunked(transaction, &log.entries, chat_seq, bytes)?;
+    transaction.set(&last_seq_key, &encode_u64(chat_seq))?;
+    raise_sender_seq(transaction, chat, sender, stored.sender_seq)?;
+    let dedupe = StoredDedupe {
+        chat_seq,
+        server_time_ms: stored.server_time_ms,
+    };
+    transaction.set(&dedupe_key, &dedupe.encode_to_vec())?;
+    Ok(chat_seq)
+}
+
+/// The chat sequence of the entry `sender` sent as `client_message_id` in `chat` (its dedupe
+/// record; `None`: this log has no such entry): a moved queue entry finds its messages here by
+/// it, whatever numbers the old home gave them.
+pub async fn seq_of(
+    transaction: &Transaction,
+    chat: ChatId,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+) -> Result<Option<u64>, StoreError> {
+    let log = ChatLog::new(chat);
+    match transaction
+        .get(&log.root.pack(&("dedupe", sender, client_message_id)))
+        .await?
+    {
+        Some(value) => {
+            let stored: StoredDedupe = decode_record(&value, "chat log dedupe")?;
+            Ok(Some(stored.chat_seq))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Raises the last `sender_seq` this log accepted from `sender` in `chat` to `sender_seq` if it
+/// is below (an atomic max: no read): the new home of a moved account takes each sender's place
+/// in the account's chats from the old home, so the next envelope is checked against it.
+pub fn raise_sender_seq(
+    transaction: &Transaction,
+    chat: ChatId,
+    sender: DeviceAddress,
+    sender_seq: u64,
+) -> Result<(), StoreError> {
+    let log = ChatLog::new(chat);
+    transaction.atomic_max(
+        &log.root.pack(&("sender_seq", sender)),
+        &encode_u64(sender_seq),
+    )
+}
+
+/// A chat of this region's log and where each of its senders stands (their last `sender_seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatHeads {
+    /// The chat.
+    pub chat: ChatId,
+    /// Each sender device of the chat here and its last accepted `sender_seq`.
+    pub senders: Vec<(DeviceAddress, u64)>,
+}
+
+/// The chats of this region's log that `account` takes part in, looking at up to `scan_limit`
+/// chats after `after` (from the first with `None`, at most [`LAYER_READ_ENTRIES_MAX`]): a chat
+/// a device of the account sent in, or the 1:1 chat of the account with one of the chat's
+/// senders. Returns them with where each sender stands, and the chat to go on after (`None`:
+/// every chat was looked at). A chat where nobody ever sent has nothing to move.
+///
+/// One single-key range read per chat of the region plus one read of its senders: the cost of
+/// a home move grows with the chats its region holds. An index of each account's chats is the
+/// next step where that matters (it costs a write on a sender's first envelope of a chat).
+pub async fn chats_of(
+    transaction: &Transaction,
+    account: AccountId,
+    after: Option<ChatId>,
+    scan_limit: usize,
+) -> Result<(Vec<ChatHeads>, Option<ChatId>), StoreError> {
+    let logs = Subspace::new(&("chat_log",));
+    let (mut begin, end) = logs.range();
+    if let Some(after) = after {
+        (_, begin) = logs.subspace(&(after,)).range();
+    }
+    let mut found = Vec::new();
+    let mut last = None;
+    for _ in 0..scan_limit.clamp(1, LAYER_READ_ENTRIES_MAX) {
+        let first = transaction
+            .get_range(&begin, &end, RangeOptions::limit(1))
+            .await?;
+        let Some((key, _)) = first.first() else {
+            return Ok((found, None));
+        };
+        let mut rest = key.get(logs.bytes().len()..).unwrap_or_default();
+        let chat = ChatId::decode_from(&mut rest)
+            .map_err(|error| StoreError::corrupt("chat log key", error))?;
+        last = Some(chat);
+        let log = ChatLog::new(chat);
+        (_, begin) = log.root.range();
+        let senders_space = log.root.subspace(&("sender_seq",));
+        let (senders_begin, senders_end) = senders_space.range();
+        let rows = transaction
+            .get_range(
+                &senders_begin,
+                &senders_end,
+                RangeOptions::limit(LAYER_READ_ENTRIES_MAX),
+            )
+            .await?;
+        let mut senders = Vec::with_capacity(rows.len());
+        for (key, value) in &rows {
+            let (sender,): (DeviceAddress,) =
+                decode_key(&senders_space, key, "chat log sender_seq key")?;
+            senders.push((
+                sender,
+                crate::codec::decode_u64(value, "chat log sender_seq")?,
+            ));
+        }
+        let takes_part = senders.iter().any(|(sender, _)| {
+            sender.account == account || ChatId::direct(account, sender.account) == chat
+        });
+        if takes_part {
+            found.push(ChatHeads { chat, senders });
+        }
+    }
+    Ok((found, last))
 }
 
 /// The stored form of an entry (its chat and sequence are in the key).

@@ -522,6 +522,123 @@ pub fn set_depth(
     transaction.set(&DeviceQueue::new(device).depth_key(), &encode_u64(entries))
 }
 
+/// An entry of a device's queue as a home move carries it: the item (its chat sequences are the
+/// old home's) and when it was enqueued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedEntry {
+    /// The entry's queue sequence number (the same at the new home).
+    pub queue_seq: u64,
+    /// The item.
+    pub item: QueueItem,
+    /// When it was enqueued, in milliseconds since the Unix epoch (the retention clock keeps
+    /// running across the move).
+    pub enqueued_at_ms: u64,
+}
+
+/// Up to `limit` entries of the queue of `device` after `after_queue_seq` with their enqueue
+/// times (at most [`LAYER_READ_ENTRIES_MAX`]), for a home move. A record that does not decode
+/// fails the read: a damaged queue is repaired before its account moves.
+pub async fn moved_entries(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    after_queue_seq: u64,
+    limit: usize,
+) -> Result<Vec<MovedEntry>, StoreError> {
+    inspect(transaction, device, after_queue_seq, limit)
+        .await?
+        .into_iter()
+        .map(|inspected| {
+            let (item, enqueued_at_ms) = inspected.item?;
+            Ok(MovedEntry {
+                queue_seq: inspected.queue_seq,
+                item,
+                enqueued_at_ms,
+            })
+        })
+        .collect()
+}
+
+/// The bytes of a moved entry's item and enqueue time (the stored form, which evolves with
+/// prost's rules, so regions of neighbouring builds read each other's).
+pub fn moved_item_bytes(entry: &MovedEntry) -> Vec<u8> {
+    stored_item(&entry.item, entry.enqueued_at_ms).encode_to_vec()
+}
+
+/// The entry [`moved_item_bytes`] made, under `queue_seq`.
+pub fn moved_entry_from(queue_seq: u64, bytes: &[u8]) -> Result<MovedEntry, StoreError> {
+    let (item, enqueued_at_ms) = queue_item(bytes)?;
+    Ok(MovedEntry {
+        queue_seq,
+        item,
+        enqueued_at_ms,
+    })
+}
+
+/// Writes a moved entry into the queue of `device` under its own queue sequence (its chat
+/// sequences already this region's), with its expiry index key and one more in the depth, and
+/// raises the queue's latest sequence to it. Idempotent: an entry already there is left and
+/// `false` returned (reads the entry's key, so a concurrent import of it conflicts).
+pub async fn import_entry(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    entry: &MovedEntry,
+) -> Result<bool, StoreError> {
+    let queue = DeviceQueue::new(device);
+    let key = queue.entries.pack(&(entry.queue_seq,));
+    if transaction.get(&key).await?.is_some() {
+        return Ok(false);
+    }
+    transaction.set(&key, &moved_item_bytes(entry))?;
+    transaction.set(
+        &expiry_key(device, entry.enqueued_at_ms, entry.queue_seq),
+        &[],
+    )?;
+    transaction.atomic_add(&queue.depth_key(), 1)?;
+    raise_latest(transaction, device, entry.queue_seq)?;
+    Ok(true)
+}
+
+/// Raises the latest queue sequence of `device` to `latest` if below (an atomic max): a moved
+/// queue goes on numbering after the old home's last entry, acknowledged or not.
+pub fn raise_latest(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    latest: u64,
+) -> Result<(), StoreError> {
+    transaction.atomic_max(&DeviceQueue::new(device).latest_key(), &encode_u64(latest))
+}
+
+/// Removes up to `limit` entries of the queue of `device` with their expiry index keys, and the
+/// whole queue (counters included) once no more are left. Returns whether it is gone: the old
+/// home of a moved account clears its queues page by page.
+pub async fn clear_queue(
+    transaction: &Transaction,
+    device: DeviceAddress,
+    limit: usize,
+) -> Result<bool, StoreError> {
+    let queue = DeviceQueue::new(device);
+    let limit = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
+    let (begin, end) = queue.entries.range();
+    let rows = transaction
+        .get_range(&begin, &end, RangeOptions::limit(limit))
+        .await?;
+    for (key, value) in &rows {
+        let queue_seq = queue.queue_seq(key)?;
+        transaction.clear(key);
+        // An entry that does not decode has no findable index key; the sweep drops such keys.
+        if let Ok((_, enqueued_at_ms)) = queue_item(value) {
+            transaction.clear(&expiry_key(device, enqueued_at_ms, queue_seq));
+        }
+    }
+    if rows.len() < limit {
+        let (begin, end) = queue.root.range();
+        transaction.clear_range(&begin, &end);
+        return Ok(true);
+    }
+    lower_depth(transaction, &queue, rows.len())?;
+    Ok(false)
+}
+
 /// The stored form of a queue item.
 #[derive(Clone, PartialEq, Message)]
 struct StoredItem {

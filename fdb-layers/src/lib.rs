@@ -22,6 +22,7 @@ pub mod device_state;
 pub mod directory;
 pub mod engine;
 pub mod error;
+pub mod home_move;
 pub mod keys;
 pub mod limits;
 pub mod media;
