@@ -13,7 +13,9 @@
 //! - `("entry", chat_seq, index, count)` → the entry (prost), split across keys when the
 //!   envelope outgrows one value;
 //! - `("last_seq",)` → the last chat sequence given (8 bytes LE);
-//! - `("sender_seq", account, device)` → the sender device's last accepted `sender_seq`.
+//! - `("sender_seq", account, device)` → the sender device's last accepted `sender_seq`;
+//! - `("adopted",)` → up to which chat sequence this log took another region's numbers when a
+//!   moved account brought the chat here ([`adopt`]; absent: none).
 //!
 //! A chat's keys are contiguous and its entries are in sequence order, so reading the log after
 //! a cursor is one range read.
@@ -327,14 +329,17 @@ pub async fn entry_bytes(
 }
 
 /// Takes into this region's log of `chat` an entry another region's log accepted (`bytes`, from
-/// [`entry_bytes`] there) and returns its chat sequence here: the entry this log already holds
-/// under the same sender and client message id (a 1:1 message reached both regions), else the
-/// entry appended under the next chat sequence with its dedupe record, and the sender's mark
-/// raised to its `sender_seq` (never lowered). No order check: the other log made it. Idempotent
-/// by nature (the dedupe record), like [`append`].
+/// [`entry_bytes`] there, where it is number `old_seq`) and returns its chat sequence here: the
+/// entry this log already holds under the same sender and client message id (a 1:1 message
+/// reached both regions); else, in a chat this log adopted ([`adopt`]) up to that number, the
+/// entry under its old number, so the moved account's devices go on with the numbers they
+/// know; else the entry appended under the next chat sequence. With its dedupe record, and the
+/// sender's mark raised to its `sender_seq` (never lowered). No order check: the other log made
+/// it. Idempotent by nature (the dedupe record), like [`append`].
 pub async fn import_entry(
     transaction: &Transaction,
     chat: ChatId,
+    old_seq: u64,
     bytes: &[u8],
 ) -> Result<u64, StoreError> {
     let stored = StoredEntry::decode(bytes)
@@ -351,11 +356,31 @@ pub async fn import_entry(
         let known: StoredDedupe = decode_record(&value, "chat log dedupe")?;
         return Ok(known.chat_seq);
     }
-    let last_seq_key = log.root.pack(&("last_seq",));
-    let chat_seq = read_u64(transaction, &last_seq_key, "chat log last_seq").await? + 1;
-    // As in `append_after`: one past `last_seq`, read with a conflict, so nothing is there.
-    insert_chunked(transaction, &log.entries, chat_seq, bytes)?;
-    transaction.set(&last_seq_key, &encode_u64(chat_seq))?;
+    let adopted = read_u64(
+        transaction,
+        &log.root.pack(&("adopted",)),
+        "chat log adopted",
+    )
+    .await?;
+    let (slot_begin, slot_end) = log.entries.subspace(&(old_seq,)).range();
+    let free = old_seq > 0
+        && old_seq <= adopted
+        && transaction
+            .get_range(&slot_begin, &slot_end, RangeOptions::limit(1))
+            .await?
+            .is_empty();
+    let chat_seq = if free {
+        // Adopted: the numbers up to `adopted` that this log never gave are the old home's.
+        insert_chunked(transaction, &log.entries, old_seq, bytes)?;
+        old_seq
+    } else {
+        let last_seq_key = log.root.pack(&("last_seq",));
+        let chat_seq = read_u64(transaction, &last_seq_key, "chat log last_seq").await? + 1;
+        // As in `append_after`: one past `last_seq`, read with a conflict, so nothing is there.
+        insert_chunked(transaction, &log.entries, chat_seq, bytes)?;
+        transaction.set(&last_seq_key, &encode_u64(chat_seq))?;
+        chat_seq
+    };
     raise_sender_seq(transaction, chat, sender, stored.sender_seq)?;
     let dedupe = StoredDedupe {
         chat_seq,
@@ -363,6 +388,35 @@ pub async fn import_entry(
     };
     transaction.set(&dedupe_key, &dedupe.encode_to_vec())?;
     Ok(chat_seq)
+}
+
+/// Adopts the numbering of another region's log of `chat`, whose last sequence is `last_seq`,
+/// when a moved account brings the chat here: this log's last sequence becomes `last_seq`, and
+/// entries moved with [`import_entry`] keep their old numbers where this log gave none, so the
+/// account's devices never see a number twice. Done when this log holds nothing of the chat (or
+/// only what moves brought), and for a 1:1 chat (`direct`) whose log here is behind, which
+/// happens when the account lived here before (the chat's messages went elsewhere since, and
+/// nobody here saw its numbers go on). A group's log here, which other members here read,
+/// keeps its own numbers. Returns whether it adopted.
+pub async fn adopt(
+    transaction: &Transaction,
+    chat: ChatId,
+    last_seq: u64,
+    direct: bool,
+) -> Result<bool, StoreError> {
+    let log = ChatLog::new(chat);
+    let last_seq_key = log.root.pack(&("last_seq",));
+    let adopted_key = log.root.pack(&("adopted",));
+    let adopted = read_u64(transaction, &adopted_key, "chat log adopted").await?;
+    let here = read_u64(transaction, &last_seq_key, "chat log last_seq").await?;
+    if !(here <= adopted || (direct && here < last_seq)) {
+        return Ok(false);
+    }
+    if last_seq > adopted && last_seq >= here {
+        transaction.set(&adopted_key, &encode_u64(last_seq))?;
+        transaction.set(&last_seq_key, &encode_u64(last_seq))?;
+    }
+    Ok(true)
 }
 
 /// The chat sequence of the entry `sender` sent as `client_message_id` in `chat` (its dedupe
@@ -408,6 +462,8 @@ pub fn raise_sender_seq(
 pub struct ChatHeads {
     /// The chat.
     pub chat: ChatId,
+    /// The last chat sequence given here.
+    pub last_seq: u64,
     /// Each sender device of the chat here and its last accepted `sender_seq`.
     pub senders: Vec<(DeviceAddress, u64)>,
 }
@@ -469,7 +525,17 @@ pub async fn chats_of(
             sender.account == account || ChatId::direct(account, sender.account) == chat
         });
         if takes_part {
-            found.push(ChatHeads { chat, senders });
+            let last_seq = read_u64(
+                transaction,
+                &log.root.pack(&("last_seq",)),
+                "chat log last_seq",
+            )
+            .await?;
+            found.push(ChatHeads {
+                chat,
+                last_seq,
+                senders,
+            });
         }
     }
     Ok((found, last))

@@ -37,6 +37,9 @@
 //! account. It stays (a few bytes per account that left) until the account moves back
 //! ([`clear_away`]), so an edge that cached a home two moves old is still turned away.
 //!
+//! **The new home's mark.** `("home_move", "arrived", account)` → when the account arrived
+//! (ms, 8 bytes LE), written when the new home takes the account ([`set_arrived`]).
+//!
 //! **Conflicts.** The old home exports while the account is held (no request touching it runs);
 //! the new home writes keys nothing else touches before the directory names it the home.
 //!
@@ -195,6 +198,33 @@ pub async fn clear_account(
         budget = budget.saturating_sub(page);
     }
     Ok(true)
+}
+
+/// Records when `account` arrived here (its new home took it, at `now_ms`): an envelope this
+/// region stored before then did not reach the account's queues here (see [`arrived`]).
+pub fn set_arrived(
+    transaction: &Transaction,
+    account: AccountId,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    transaction.set(&arrived_key(account), &crate::codec::encode_u64(now_ms))
+}
+
+/// When `account` last arrived here by a home move (`None`: it never did), as a snapshot read:
+/// a retried envelope first stored here before then is queued for the account on its retry,
+/// since its old home may have held it and turned it away while the account moved.
+pub async fn arrived(
+    transaction: &Transaction,
+    account: AccountId,
+) -> Result<Option<u64>, StoreError> {
+    match transaction.snapshot_get(&arrived_key(account)).await? {
+        Some(value) => Ok(Some(crate::codec::decode_u64(&value, "home move arrival")?)),
+        None => Ok(None),
+    }
+}
+
+fn arrived_key(account: AccountId) -> Vec<u8> {
+    Subspace::new(&("home_move", "arrived")).pack(&(account,))
 }
 
 /// Marks `account` as moved (or moving) away from this region to `to` (see the module doc).

@@ -91,6 +91,32 @@ async fn move_account(old: &Database, new: &Database, account: AccountId) {
             break;
         }
     }
+    // Chat heads, one chat looked at a page.
+    let mut after = None;
+    loop {
+        let (heads, next) = old
+            .transact(|tx| async move { chat_log::chats_of(&tx, account, after, 1).await })
+            .await
+            .expect("chats read");
+        new.transact(|tx| {
+            let heads = heads.clone();
+            async move {
+                for chat in heads {
+                    chat_log::adopt(&tx, chat.chat, chat.last_seq, true).await?;
+                    for (sender, sender_seq) in chat.senders {
+                        chat_log::raise_sender_seq(&tx, chat.chat, sender, sender_seq)?;
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("heads written");
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
     // Queues, with the log entries they name.
     let devices = old
         .transact(|tx| async move { queued_devices_of(&tx, account, None, 16).await })
@@ -130,8 +156,10 @@ async fn move_account(old: &Database, new: &Database, account: AccountId) {
                     let mut entry = device_queue::moved_entry_from(queue_seq, &bytes)?;
                     let mut renumbered = std::collections::BTreeMap::new();
                     for (chat, old_seq, bytes) in logged {
-                        renumbered
-                            .insert(old_seq, chat_log::import_entry(&tx, chat, &bytes).await?);
+                        renumbered.insert(
+                            old_seq,
+                            chat_log::import_entry(&tx, chat, old_seq, &bytes).await?,
+                        );
                     }
                     if let QueueItem::MessageRef { chat_seq, .. } = &mut entry.item {
                         *chat_seq = renumbered[chat_seq];
@@ -143,31 +171,6 @@ async fn move_account(old: &Database, new: &Database, account: AccountId) {
         })
         .await
         .expect("queue written");
-    }
-    // Chat heads, one chat looked at a page.
-    let mut after = None;
-    loop {
-        let (heads, next) = old
-            .transact(|tx| async move { chat_log::chats_of(&tx, account, after, 1).await })
-            .await
-            .expect("chats read");
-        new.transact(|tx| {
-            let heads = heads.clone();
-            async move {
-                for chat in heads {
-                    for (sender, sender_seq) in chat.senders {
-                        chat_log::raise_sender_seq(&tx, chat.chat, sender, sender_seq)?;
-                    }
-                }
-                Ok(())
-            }
-        })
-        .await
-        .expect("heads written");
-        match next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
     }
 }
 
@@ -416,4 +419,50 @@ async fn away_marks_are_listed_in_pages_and_cleared() {
         })
         .await
         .expect("read back");
+}
+
+#[tokio::test]
+async fn a_chat_the_new_home_lacks_keeps_the_numbers_the_devices_know() {
+    let (_old_folder, old) = temporary_database(None);
+    let (_new_folder, new) = temporary_database(None);
+    let (alice1, carol1) = (device(ALICE, 1), device(CAROL, 1));
+    let chat = ChatId::direct(ALICE, CAROL);
+    for n in 1..=3u8 {
+        send(&old, chat, carol1, u64::from(n), n, &[alice1]).await;
+    }
+    // alice read the first two at her old home: only number 3 waits.
+    old.transact(|tx| async move {
+        device_queue::ack(&tx, alice1, &[1, 2]).await?;
+        Ok(())
+    })
+    .await
+    .expect("acks");
+
+    move_account(&old, &new, ALICE).await;
+
+    let next = new
+        .transact(|tx| async move {
+            let queue = device_queue::read_after(&tx, alice1, 0, 10).await?;
+            let (Some(_), messages) = queue[0].1.messages() else {
+                panic!("a message");
+            };
+            // Number 3 there is number 3 here: alice's device never sees a number twice.
+            assert_eq!(messages[0].chat_seq, 3);
+            let entry = chat_log::entry(&tx, chat, 3).await?.expect("moved");
+            assert_eq!(entry.envelope_bytes[0], 3);
+            assert_eq!(chat_log::last_seq(&tx, chat).await?, 3);
+            let envelope = [4u8; 8];
+            let entry = NewEntry {
+                chat,
+                sender: carol1,
+                client_message_id: message_id(4),
+                sender_seq: 4,
+                sender_region: OLD,
+                envelope_bytes: &envelope,
+            };
+            chat_log::append(&tx, &entry, 2_000).await
+        })
+        .await
+        .expect("the new home's copy");
+    assert!(matches!(next, AppendOutcome::Appended { chat_seq: 4, .. }));
 }
