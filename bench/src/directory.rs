@@ -99,7 +99,7 @@ impl DirectoryReport {
     }
 }
 
-fn store_error(what: &'static str) -> impl FnOnce(fdb_layers::StoreError) -> BenchError {
+pub(crate) fn store_error(what: &'static str) -> impl FnOnce(fdb_layers::StoreError) -> BenchError {
     move |source| BenchError::Store { what, source }
 }
 
@@ -215,7 +215,7 @@ pub async fn run(
     })
 }
 
-fn open(folder: &Path) -> Result<Database, BenchError> {
+pub(crate) fn open(folder: &Path) -> Result<Database, BenchError> {
     std::fs::create_dir_all(folder).map_err(BenchError::io("creating", folder))?;
     Database::open(&folder.join("region.redb"), EmbeddedOptions::default())
         .map_err(store_error("opening a store"))
@@ -308,7 +308,7 @@ async fn apply_all(writer: &Database, target: &Database) -> Result<f64, BenchErr
 }
 
 /// A region service on loopback with the devnet PKI's certificate for `region`.
-fn service(
+pub(crate) fn service(
     region: RegionId,
     db: Database,
     pki: &Pki,

@@ -37,6 +37,7 @@ pub mod device;
 pub mod directory;
 pub mod e2ee;
 pub mod groups;
+pub mod home_move;
 pub mod limits;
 pub mod measure;
 pub mod messages;

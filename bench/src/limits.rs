@@ -346,3 +346,10 @@ pub const DIRECTORY_ACCOUNTS_DEFAULT: u64 = 100_000;
 /// The same, with `--quick`.
 pub const DIRECTORY_ACCOUNTS_QUICK: u64 = 5_000;
 const _: () = assert!(DIRECTORY_ACCOUNTS_QUICK <= DIRECTORY_ACCOUNTS_DEFAULT);
+
+/// `relayd bench home-move`: messages queued for each of the moving account's two devices
+/// (W4's backlog: 10,000 composed for a person offline).
+pub const HOME_MOVE_MESSAGES_DEFAULT: u64 = 10_000;
+/// The same with `--quick`.
+pub const HOME_MOVE_MESSAGES_QUICK: u64 = 1_000;
+const _: () = assert!(HOME_MOVE_MESSAGES_QUICK <= HOME_MOVE_MESSAGES_DEFAULT);

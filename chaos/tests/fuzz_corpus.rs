@@ -62,6 +62,10 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             region(region_request::Body::Commit(wire::CommitEnvelope {
                 envelope: envelope(),
                 sender_region: 1,
+                routed: vec![wire::RoutedHome {
+                    account: 2,
+                    region: 1,
+                }],
             })),
             region(region_request::Body::Subscribe(wire::Subscribe {
                 add: vec![wire::DeviceAddr {

@@ -828,6 +828,50 @@ impl EdgeService {
         }
     }
 
+    /// `from` moved the home of an account to another region: the edge routes to the new
+    /// home, and the account's devices connected here are subscribed there instead, so their
+    /// queue hints come from the new home.
+    fn account_moved(&self, from: RegionId, info: &wire::AccountInfo) {
+        let account = AccountId(info.account);
+        let to = self.learn_home(info);
+        if to == from {
+            return;
+        }
+        let mut moved = Vec::new();
+        {
+            let mut devices = self
+                .inner
+                .devices
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for (device, connections) in devices.iter_mut() {
+                if device.account != account {
+                    continue;
+                }
+                let mut was_there = false;
+                for connected in connections
+                    .iter_mut()
+                    .filter(|connected| connected.home == from)
+                {
+                    connected.home = to;
+                    was_there = true;
+                }
+                if was_there {
+                    moved.push(*device);
+                }
+            }
+        }
+        for device in moved {
+            if let Some(subscription) = self.inner.subscriptions.get(&from) {
+                subscription.handle_change(device, false);
+            }
+            if let Some(subscription) = self.inner.subscriptions.get(&to) {
+                subscription.handle_change(device, true);
+            }
+        }
+        tracing::info!(%account, %from, %to, "an account's home moved");
+    }
+
     /// A presence update or typing notice for `device`'s connections here.
     fn event_to(&self, device: DeviceAddress, event: server_push::Event) {
         let devices = self
@@ -942,6 +986,9 @@ impl EdgeService {
                             }
                             Ok(Some(RegionResponse { body: Some(region_response::Body::Presence(update)) })) => {
                                 self.presence_update(update);
+                            }
+                            Ok(Some(RegionResponse { body: Some(region_response::Body::AccountMoved(moved)) })) => {
+                                self.account_moved(region, &moved.account);
                             }
                             Ok(Some(RegionResponse { body: Some(region_response::Body::Typing(notice)) })) => {
                                 if let Ok(device) = notice.to.parse() {
@@ -1067,19 +1114,62 @@ impl EdgeService {
             .handle_lookup(account, answered, self.inner.clock.now_ms()))
     }
 
-    /// `region` refused `account` as not homed there: forgets the cached home that sent the
-    /// request there. Returns whether it did.
-    fn forget_home(&self, account: AccountId, region: RegionId) -> bool {
+    /// `region` refused `account` as not homed there (the edge forgot the home that sent the
+    /// request there): asks that region where the account lives now (it moved the account
+    /// away, so its copy of the directory knows; this edge's own region's copy may not yet)
+    /// and caches the answer. Returns whether the account lives elsewhere now.
+    async fn follow_move(&self, account: AccountId, region: RegionId) -> bool {
+        let lookup =
+            region_request::Body::LookupAccount(wire::LookupAccount { account: account.0 });
+        let info = match self.region_request(region, lookup).await {
+            Ok(region_response::Body::Account(info)) => info,
+            _ => return false,
+        };
+        let home = RegionId(info.region);
+        if home == region || !self.inner.regions.contains(&home) {
+            return false;
+        }
+        self.learn_home(&info);
+        true
+    }
+
+    /// Whether the cache names a home for `account` other than `region` now.
+    fn cached_elsewhere(&self, account: AccountId, region: RegionId) -> bool {
         self.inner
             .homes
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .handle_not_homed(account, region, self.inner.clock.now_ms())
+            .home(account, self.inner.clock.now_ms())
+            .is_some_and(|home| home != region)
+    }
+
+    /// Caches a home the directory answered (an older epoch than the cached one never wins).
+    fn learn_home(&self, info: &wire::AccountInfo) -> RegionId {
+        let home = Home {
+            region: RegionId(info.region),
+            epoch: info.epoch,
+        };
+        self.inner
+            .homes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_lookup(AccountId(info.account), home, self.inner.clock.now_ms())
+    }
+
+    /// `region` refused `account` as not homed there: forgets the cached home that sent the
+    /// request there (a newer one, from the region's notice of a move, stays).
+    fn forget_home(&self, account: AccountId, region: RegionId) {
+        self.inner
+            .homes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_not_homed(account, region, self.inner.clock.now_ms());
     }
 
     /// One request to the home region of `account`, answered with that region. If the cached
-    /// home refuses the account as not homed there, the edge forgets it, asks the directory
-    /// again, and tries once more where the account lives now.
+    /// home refuses the account as not homed there, the edge forgets it, asks that region where
+    /// the account lives now (unless the region's notice of the move told it already), and
+    /// tries once more there.
     async fn to_home(
         &self,
         account: AccountId,
@@ -1089,9 +1179,11 @@ impl EdgeService {
         // Built once: the retry at a moved home sends the same request, not a copy of it.
         let request = RegionRequest { body: Some(body) };
         match self.exchange(home, &request).await {
-            Err(error)
-                if error.code == ErrorCode::UnknownAccount && self.forget_home(account, home) =>
-            {
+            Err(error) if error.code == ErrorCode::UnknownAccount => {
+                self.forget_home(account, home);
+                if !self.cached_elsewhere(account, home) {
+                    self.follow_move(account, home).await;
+                }
                 let now_home = self.home_of(account).await?;
                 if now_home == home {
                     return Err(error);
@@ -1656,12 +1748,50 @@ impl EdgeService {
     }
 
     /// Forwards an envelope to every destination region in parallel; "sent" only when all
-    /// of them committed.
+    /// of them committed. A region refusing an account the edge routed there as not homed
+    /// there (it moved) is asked where the account lives now, and the envelope goes once more
+    /// to the regions as they are then (those that committed answer it as a duplicate).
     async fn send(
         &self,
         parsed: wire::ParsedEnvelope,
         envelope: wire::Envelope,
     ) -> Result<wire::SendOutcome, ProtoError> {
+        let mut commit = RegionRequest {
+            body: Some(region_request::Body::Commit(wire::CommitEnvelope {
+                envelope,
+                sender_region: 0,
+                routed: Vec::new(),
+            })),
+        };
+        let (outcome, refused) = self.send_once(&parsed, &mut commit).await?;
+        if refused.is_empty() {
+            return outcome;
+        }
+        let mut moved = false;
+        for (account, region) in refused {
+            // The region's notice of the move may have taught the cache already.
+            moved |=
+                self.cached_elsewhere(account, region) || self.follow_move(account, region).await;
+        }
+        if !moved {
+            return outcome;
+        }
+        self.send_once(&parsed, &mut commit).await?.0
+    }
+
+    /// One round of [`Self::send`]: the outcome, and the accounts a region refused as not
+    /// homed there (with that region), which the edge has forgotten.
+    async fn send_once(
+        &self,
+        parsed: &wire::ParsedEnvelope,
+        commit: &mut RegionRequest,
+    ) -> Result<
+        (
+            Result<wire::SendOutcome, ProtoError>,
+            Vec<(AccountId, RegionId)>,
+        ),
+        ProtoError,
+    > {
         let mut homes = BTreeMap::new();
         for &account in parsed
             .recipient_accounts
@@ -1670,55 +1800,76 @@ impl EdgeService {
         {
             homes.insert(account, self.home_of(account).await?);
         }
-        let regions = fanout_regions(&parsed, &homes)?;
+        let regions = fanout_regions(parsed, &homes)?;
         let sender_region = homes
             .get(&parsed.sender.account)
             .copied()
             .unwrap_or(self.inner.region);
-        // One request for every destination: the envelope moves into it, and the regions
-        // share it instead of a copy each.
-        let commit = RegionRequest {
-            body: Some(region_request::Body::Commit(wire::CommitEnvelope {
-                envelope,
-                sender_region: sender_region.0,
-            })),
-        };
+        if let Some(region_request::Body::Commit(body)) = &mut commit.body {
+            body.sender_region = sender_region.0;
+            body.routed = homes
+                .iter()
+                .map(|(account, region)| wire::RoutedHome {
+                    account: account.0,
+                    region: region.0,
+                })
+                .collect();
+        }
         let mut aggregate = SendAggregate::new(regions.clone());
+        let mut refused = Vec::new();
         if let Some(&region) = regions.first()
             && regions.len() == 1
         {
             // The usual case (every account homed in one region): committed in this task, as
             // a task of its own would only add a spawn and a wake-up.
-            let outcome = self.commit(region, &commit).await;
-            self.handle_commit_outcome(&homes, &mut aggregate, region, outcome);
+            let outcome = self.commit(region, commit).await;
+            self.handle_commit_outcome(&homes, &mut aggregate, &mut refused, region, outcome);
         } else {
-            let commit = Arc::new(commit);
+            // One request for every destination: the regions share it instead of a copy each.
+            let shared = Arc::new(std::mem::take(commit));
             let mut commits = JoinSet::new();
             for region in regions {
                 let service = self.clone();
-                let commit = commit.clone();
-                commits.spawn(async move { (region, service.commit(region, &commit).await) });
+                let shared = shared.clone();
+                commits.spawn(async move { (region, service.commit(region, &shared).await) });
             }
+            let mut failed = None;
             while let Some(joined) = commits.join_next().await {
                 match joined {
                     Ok((region, outcome)) => {
-                        self.handle_commit_outcome(&homes, &mut aggregate, region, outcome);
+                        self.handle_commit_outcome(
+                            &homes,
+                            &mut aggregate,
+                            &mut refused,
+                            region,
+                            outcome,
+                        );
                     }
-                    Err(error) => {
-                        return Err(ProtoError::new(
-                            ErrorCode::Internal,
-                            format!("commit task failed: {error}"),
-                        ));
-                    }
+                    Err(error) => failed = Some(error),
                 }
             }
+            // Every task ended: the request is the edge's alone again.
+            *commit = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+            if let Some(error) = failed {
+                return Err(ProtoError::new(
+                    ErrorCode::Internal,
+                    format!("commit task failed: {error}"),
+                ));
+            }
         }
-        aggregate.poll_result().unwrap_or_else(|| {
+        let mut outcome = aggregate.poll_result().unwrap_or_else(|| {
             Err(ProtoError::new(
                 ErrorCode::Internal,
                 "a destination region never answered",
             ))
-        })
+        });
+        if let Ok(wire::SendOutcome {
+            outcome: Some(wire::send_outcome::Outcome::Sent(everywhere)),
+        }) = &mut outcome
+        {
+            everywhere.home_region = sender_region.0;
+        }
+        Ok((outcome, refused))
     }
 
     /// One destination region's commit of an envelope (`request`, a `Commit`).
@@ -1737,12 +1888,13 @@ impl EdgeService {
     }
 
     /// Counts `region`'s `outcome` of a send whose accounts live in `homes`. A region that
-    /// holds none of the accounts sent there makes the edge forget the homes that named it,
-    /// so the device's retry is routed afresh.
+    /// holds none of the accounts sent there makes the edge forget the homes that named it
+    /// (noted in `refused`), so the send is routed afresh.
     fn handle_commit_outcome(
         &self,
         homes: &BTreeMap<AccountId, RegionId>,
         aggregate: &mut SendAggregate,
+        refused: &mut Vec<(AccountId, RegionId)>,
         region: RegionId,
         outcome: Result<wire::SendOutcome, ProtoError>,
     ) {
@@ -1752,6 +1904,7 @@ impl EdgeService {
             for (&account, &home) in homes {
                 if home == region {
                     self.forget_home(account, home);
+                    refused.push((account, region));
                 }
             }
         }

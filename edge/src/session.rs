@@ -756,6 +756,7 @@ impl SendAggregate {
         } else {
             send_outcome::Outcome::Sent(SentEverywhere {
                 commits: self.commits.clone(),
+                home_region: 0,
             })
         };
         Some(Ok(SendOutcome {

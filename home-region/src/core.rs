@@ -49,8 +49,8 @@ use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::limits::DEVICE_QUEUE_DEPTH_MAX;
 use fdb_layers::store_identity::{self, RegisterOutcome, StoreId};
 use fdb_layers::{
-    StoreError, Transaction, chat_log, device_queue, device_state, directory, keys, outbox,
-    receipts,
+    StoreError, Transaction, chat_log, device_queue, device_state, directory, home_move, keys,
+    outbox, receipts,
 };
 use prost::Message;
 use relay_planted::PlantedBug;
@@ -68,15 +68,16 @@ use relay_proto::{
     AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, GroupId, ProtoError, RegionId,
 };
 
-use crate::limits::{EXPIRE_BATCH_ENTRIES_MAX, LOCAL_OUTBOX_ENTRIES_PER_READ};
+use crate::limits::{
+    EXPIRE_BATCH_ENTRIES_MAX, LOCAL_OUTBOX_ENTRIES_PER_READ, MOVE_ARRIVAL_SLACK_MS,
+};
 use crate::stored_envelope;
 
 mod receipt_routing;
 
+pub(crate) use receipt_routing::logged_origin;
 pub use receipt_routing::{LocalReceiptsApplied, apply_forwarded_receipts, deliver_local_receipts};
-use receipt_routing::{
-    ReceiptRouting, Transition, logged_origin, route_item_receipts, route_receipt,
-};
+use receipt_routing::{ReceiptRouting, Transition, route_item_receipts, route_receipt};
 
 /// What a device whose state went back (a data directory restored from a copy) is told to do.
 pub const ROLLED_BACK_ADVICE: &str = "register this device again in a new data directory \
@@ -593,6 +594,7 @@ pub async fn commit_envelope_into(
         SendOutcome {
             outcome: Some(send_outcome::Outcome::Sent(SentEverywhere {
                 commits: vec![commit],
+                home_region: 0,
             })),
         }
     };
@@ -604,6 +606,39 @@ pub async fn commit_envelope_into(
             chat_seq,
             server_time_ms,
         } => {
+            // A recipient whose home moved here after the envelope was first stored here was
+            // not queued then, and its old home may never have stored it (it held the envelope
+            // while the account moved, then turned it away): it is queued now. A device that
+            // got it from the old home drops the repeat (clients deduplicate by message id).
+            let mut arrived_since = BTreeSet::new();
+            for device in &local_devices {
+                if arrived_since.contains(&device.account) {
+                    continue;
+                }
+                if let Some(arrived) = home_move::arrived(tx, device.account).await?
+                    && server_time_ms <= arrived.saturating_add(MOVE_ARRIVAL_SLACK_MS)
+                {
+                    arrived_since.insert(device.account);
+                }
+            }
+            if !arrived_since.is_empty() {
+                let message = MessageInQueue {
+                    chat_seq,
+                    origin: Some(MessageOrigin {
+                        sender: parsed.sender,
+                        client_message_id: parsed.client_message_id,
+                        sender_region,
+                        group: parsed.group.is_some(),
+                    }),
+                };
+                let bytes = queued_bytes(envelope);
+                for &device in local_devices
+                    .iter()
+                    .filter(|device| arrived_since.contains(&device.account))
+                {
+                    fan_out.add(device, parsed.chat, message, bytes);
+                }
+            }
             return answer(
                 committed(chat_seq, true, server_time_ms),
                 Effects::default(),
@@ -647,15 +682,7 @@ pub async fn commit_envelope_into(
         sender_region,
         group: parsed.group.is_some(),
     };
-    // What an entry of this message holds for a device at most, besides ids.
-    let bytes = envelope
-        .ciphertexts
-        .iter()
-        .map(|ciphertext| ciphertext.body.len())
-        .max()
-        .unwrap_or(0)
-        + envelope.group_ciphertext.len()
-        + QUEUE_ENTRY_OVERHEAD_BYTES_MAX;
+    let bytes = queued_bytes(envelope);
     let message = MessageInQueue {
         chat_seq,
         origin: Some(origin),
@@ -667,6 +694,18 @@ pub async fn commit_envelope_into(
         committed(chat_seq, false, server_time_ms),
         Effects::default(),
     )
+}
+
+/// What a queue entry of `envelope` holds for a device at most, besides ids.
+fn queued_bytes(envelope: &wire::Envelope) -> usize {
+    envelope
+        .ciphertexts
+        .iter()
+        .map(|ciphertext| ciphertext.body.len())
+        .max()
+        .unwrap_or(0)
+        + envelope.group_ciphertext.len()
+        + QUEUE_ENTRY_OVERHEAD_BYTES_MAX
 }
 
 /// The answer to a group envelope for an older version or other members: the current version
@@ -765,7 +804,7 @@ pub async fn fetch_and_ack(
         );
     }
     let mut effects = Effects::default();
-    let mut routing = ReceiptRouting::new();
+    let mut routing = ReceiptRouting::new(local);
     if let Some(ack) = &request.ack {
         let removed = device_queue::ack(tx, device, &ack.queue_seqs).await?;
         if let Some(highest) = removed.iter().map(|(queue_seq, _)| *queue_seq).max() {
@@ -987,7 +1026,7 @@ pub async fn repair_queue_entry(
         state: ReceiptState::Expired,
         now_ms,
     };
-    let mut routing = ReceiptRouting::new();
+    let mut routing = ReceiptRouting::new(local);
     let mut told = Vec::new();
     for message in messages {
         // The sender as the entry names it, else as the log entry does, if that still reads.
@@ -1090,7 +1129,7 @@ pub async fn expire_queues(
     )
     .await?;
     let mut effects = Effects::default();
-    let mut routing = ReceiptRouting::new();
+    let mut routing = ReceiptRouting::new(local);
     let transition = Transition {
         state: ReceiptState::Expired,
         now_ms,

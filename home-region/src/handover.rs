@@ -87,18 +87,18 @@ impl Drain {
     }
 
     /// Closes the gate; false if it was closed already (a handover is under way).
-    fn hold(&self) -> bool {
+    pub(crate) fn hold(&self) -> bool {
         !self.holding.swap(true, Ordering::SeqCst)
     }
 
     /// Opens the gate: the streams that waited go on.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.holding.store(false, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
     /// Waits until no request is under way, at most `wait`; returns how many still are.
-    async fn settled(&self, wait: Duration) -> usize {
+    pub(crate) async fn settled(&self, wait: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let changed = self.changed.notified();

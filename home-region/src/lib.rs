@@ -19,6 +19,7 @@ pub mod directory_replica;
 pub mod failover;
 pub mod groups;
 pub mod handover;
+pub mod home_move;
 pub mod lanes;
 pub mod limits;
 pub mod linking;

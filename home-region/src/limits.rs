@@ -251,6 +251,29 @@ const _: () = assert!(
         <= relay_push::limits::WEBPUSH_ENDPOINT_BYTES_MAX
 );
 
+// --- Home moves (see `crate::home_move`; part sizes are there) ---
+
+/// Times a request of a home move (a part to the new home, the flip at the directory writer)
+/// is sent before the move gives up: each is safe to repeat.
+pub const MOVE_PEER_ATTEMPTS_MAX: usize = 3;
+/// How long after an account arrived by a home move an envelope first stored before it may
+/// still commit: a retried envelope stored here up to this long after the account arrived is
+/// queued for it again (its devices drop a repeat). Covers a transaction's age limit and the
+/// longest wait in a chat's lane, between the commit's clock reading and its commit.
+pub const MOVE_ARRIVAL_SLACK_MS: u64 = 10_000;
+const _: () =
+    assert!(fdb_layers::limits::TRANSACTION_AGE_MS_MAX + HOLD_MS_MAX < MOVE_ARRIVAL_SLACK_MS);
+/// How often a region asks the directory writer again to settle a home move whose flip it
+/// did not hear answered.
+pub const MOVE_SETTLE_RETRY_MS: u64 = 1_000;
+/// How long an operator waits for a home move's answer: the copy, the flip and the letting go,
+/// each request of it sent up to [`MOVE_PEER_ATTEMPTS_MAX`] times.
+pub const MOVE_HOME_REQUEST_TIMEOUT_MS: u64 = 120_000;
+const _: () = assert!(
+    MOVE_PEER_ATTEMPTS_MAX as u64 * relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS * 3
+        < MOVE_HOME_REQUEST_TIMEOUT_MS
+);
+
 // --- Planned failover (see `crate::handover`) ---
 
 /// How long a region handing itself over waits for the requests under way to finish before it

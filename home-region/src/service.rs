@@ -53,6 +53,9 @@ use crate::core::{self, CommitDecision, Effects, GroupMembership, GroupSource};
 use crate::directory_replica;
 use crate::groups;
 use crate::handover::{self, Drain};
+use moves::Moves;
+
+mod moves;
 use crate::lanes::{self, Arrival, ChatLanes, LanePoll, Ticket};
 use crate::limits::{
     ACCOUNT_REFRESH_INTERVAL_MS, ACCOUNT_REFRESHES_IN_FLIGHT_MAX, ACCOUNT_REFRESHES_TRACKED_MAX,
@@ -231,6 +234,8 @@ struct Inner {
     own_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     /// Holds new streams during a handover (see [`crate::handover`]).
     drain: Arc<Drain>,
+    /// Home moves: held and moved-away accounts (see [`crate::home_move`]).
+    moves: Moves,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -483,6 +488,7 @@ impl RegionService {
             follow_peer_moves,
             own_cert,
             drain: Arc::default(),
+            moves: Moves::default(),
         };
         Ok((
             Self {
@@ -496,6 +502,7 @@ impl RegionService {
     /// (every acknowledged write is already durable).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RegionError> {
         self.load_quarantine().await;
+        self.load_away().await;
         match self.inner.pusher.load(&self.inner.db).await {
             Ok(registered) if self.inner.pusher.enabled() => {
                 tracing::info!(registered, "push: devices registered for wakes");
@@ -635,8 +642,19 @@ impl RegionService {
             .await;
             return;
         }
-        // Held while the region hands itself over; requests are counted until answered.
-        let in_flight = self.inner.drain.enter().await;
+        if let Some(region_request::Body::MoveHome(ask)) = request.body {
+            self.serve_move_home(ask, from_own_cert, send).await;
+            return;
+        }
+        // Held while the region hands itself over, or while an account the request touches
+        // moves; requests are counted until answered.
+        let in_flight = match self.pass_gate(&request).await {
+            Ok(in_flight) => in_flight,
+            Err(error) => {
+                let _ = net::respond(send, &error_response(error)).await;
+                return;
+            }
+        };
         if let Some(region_request::Body::Subscribe(first)) = request.body {
             drop(in_flight);
             self.serve_subscription(first, send, recv).await;
@@ -1032,6 +1050,12 @@ impl RegionService {
                     .await
                     .map(Resp::DirectoryChanges)
             }
+            Req::ImportAccount(part) => self.import_account(&part).await.map(Resp::AccountImported),
+            Req::MoveAccountHome(ask) => self.move_account_home(&ask).await.map(Resp::Account),
+            Req::MoveHome(_) => Err(ProtoError::new(
+                ErrorCode::UnsupportedRequest,
+                "a home move is asked on its own stream of an internal connection",
+            )),
             // Served on its own stream, where the connection's certificate is known.
             Req::HandOver(_) => Err(ProtoError::new(
                 ErrorCode::UnsupportedRequest,

@@ -187,6 +187,7 @@ fn group_message(
         body: Some(region_request::Body::Commit(wire::CommitEnvelope {
             envelope,
             sender_region: OTHER.0,
+            routed: Vec::new(),
         })),
     }
 }

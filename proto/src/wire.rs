@@ -1062,6 +1062,11 @@ pub struct SentEverywhere {
     /// One commit per destination region.
     #[prost(message, repeated, tag = "1")]
     pub commits: Vec<Committed>,
+    /// The sender's home region as the edge routed the envelope, whose commit's chat sequence
+    /// the sender keeps (0 from an edge before it: the sender's own idea of its home). A sender
+    /// whose home moved learns it here.
+    #[prost(uint32, tag = "2")]
+    pub home_region: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1879,6 +1884,9 @@ pub struct CommitEnvelope {
     /// The sender's home region, where receipts go.
     #[prost(uint32, tag = "2")]
     pub sender_region: u32,
+    /// Where the edge routed each account of the envelope (empty from edges before it).
+    #[prost(message, repeated, tag = "3")]
+    pub routed: Vec<RoutedHome>,
 }
 
 /// Asks the directory writer to create an account homed in a region.
@@ -1965,6 +1973,218 @@ pub struct HandedOver {
     /// (ms).
     #[prost(uint64, tag = "4")]
     pub held_ms: u64,
+}
+
+/// (An operator, with the region's own certificate, to an account's home region) move the
+/// account's home to another region: the region holds the account's requests, hands its
+/// devices, keys, queues and chat heads to the new home, has the directory writer move the
+/// home with an epoch bump, and lets go. Answered with `HomeMoved`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MoveHome {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The region to move it to.
+    #[prost(uint32, tag = "2")]
+    pub to_region: u32,
+}
+
+/// An account's home moved.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct HomeMoved {
+    /// The account as the directory has it now (its new home and epoch).
+    #[prost(message, required, tag = "1")]
+    pub account: AccountInfo,
+    /// The region it moved from.
+    #[prost(uint32, tag = "2")]
+    pub from_region: u32,
+    /// Keys copied key for key (devices, keys, marks, blocks, presence, push).
+    #[prost(uint64, tag = "3")]
+    pub keys: u64,
+    /// Queue entries moved.
+    #[prost(uint64, tag = "4")]
+    pub queue_entries: u64,
+    /// Chat log entries carried with them.
+    #[prost(uint64, tag = "5")]
+    pub log_entries: u64,
+    /// Chats whose heads moved.
+    #[prost(uint64, tag = "6")]
+    pub chats: u64,
+    /// Parts sent to the new home.
+    #[prost(uint32, tag = "7")]
+    pub parts: u32,
+    /// How long the account's requests were held (ms).
+    #[prost(uint64, tag = "8")]
+    pub held_ms: u64,
+}
+
+/// A key of a moved account, copied as it is.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MovedKey {
+    /// The key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// The value.
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// A chat log entry a moved queue entry names, in the old home's stored form.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MovedLogEntry {
+    /// The chat (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub chat: Vec<u8>,
+    /// The stored entry.
+    #[prost(bytes = "vec", tag = "2")]
+    pub entry: Vec<u8>,
+    /// Its chat sequence at the old home (kept at a new home that adopts the chat).
+    #[prost(uint64, tag = "3")]
+    pub chat_seq: u64,
+}
+
+/// A chat of a moved account as its old home numbers it: a new home that holds nothing of the
+/// chat adopts the numbering, so the account's devices never see a number twice.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MovedChatLog {
+    /// The chat (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub chat: Vec<u8>,
+    /// The last chat sequence the old home gave.
+    #[prost(uint64, tag = "2")]
+    pub last_seq: u64,
+    /// Whether it is a 1:1 chat (a group's log at the new home keeps its own numbers).
+    #[prost(bool, tag = "3")]
+    pub direct: bool,
+}
+
+/// A moved queue entry: its item in the old home's stored form, every message of which names
+/// its sender and client message id (the new home finds the log entry by them).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MovedQueueEntry {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// The entry's queue sequence (kept).
+    #[prost(uint64, tag = "2")]
+    pub queue_seq: u64,
+    /// The stored item.
+    #[prost(bytes = "vec", tag = "3")]
+    pub item: Vec<u8>,
+}
+
+/// The latest queue sequence of a moved device's queue.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MovedQueueHead {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// Its queue's latest sequence.
+    #[prost(uint64, tag = "2")]
+    pub latest: u64,
+}
+
+/// Where a sender stands in a chat of a moved account.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MovedChatHead {
+    /// The chat (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub chat: Vec<u8>,
+    /// The sender device.
+    #[prost(message, required, tag = "2")]
+    pub sender: DeviceAddr,
+    /// Its last accepted `sender_seq`.
+    #[prost(uint64, tag = "3")]
+    pub sender_seq: u64,
+}
+
+/// (An account's old home to its new home, with the old home's certificate) one part of a home
+/// move, applied in one transaction: chat numberings first, then log entries, then queue
+/// entries, heads and keys.
+/// Part 0 first clears what an earlier unfinished move left. The last part carries `activate`:
+/// the directory's record after the move, which the new home takes at once. Answered with
+/// `AccountImported`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ImportAccount {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The old home.
+    #[prost(uint32, tag = "2")]
+    pub from_region: u32,
+    /// The part's number, from 0.
+    #[prost(uint32, tag = "3")]
+    pub part: u32,
+    /// Keys copied as they are.
+    #[prost(message, repeated, tag = "4")]
+    pub keys: Vec<MovedKey>,
+    /// Chat log entries the queue entries (of this part or a later one) name.
+    #[prost(message, repeated, tag = "5")]
+    pub log_entries: Vec<MovedLogEntry>,
+    /// Queue entries.
+    #[prost(message, repeated, tag = "6")]
+    pub queue: Vec<MovedQueueEntry>,
+    /// Queue heads.
+    #[prost(message, repeated, tag = "7")]
+    pub queue_heads: Vec<MovedQueueHead>,
+    /// Chat heads.
+    #[prost(message, repeated, tag = "8")]
+    pub chat_heads: Vec<MovedChatHead>,
+    /// The account's record once the directory moved it: this region serves it from now on.
+    #[prost(message, optional, tag = "9")]
+    pub activate: Option<AccountInfo>,
+    /// The account's chats as the old home numbers them (applied first).
+    #[prost(message, repeated, tag = "10")]
+    pub chat_logs: Vec<MovedChatLog>,
+}
+
+/// A part of a home move is stored.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AccountImported {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The part.
+    #[prost(uint32, tag = "2")]
+    pub part: u32,
+}
+
+/// (An account's home region to the directory writer) move the account's home, if its epoch is
+/// still `expected_epoch`. Answered with `Account`: the record now, moved or not (moved: its
+/// home is `to_region` at `expected_epoch + 1`).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MoveAccountHome {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The new home.
+    #[prost(uint32, tag = "2")]
+    pub to_region: u32,
+    /// The epoch the mover read.
+    #[prost(uint64, tag = "3")]
+    pub expected_epoch: u64,
+}
+
+/// (Region to edge, on the subscription stream) an account homed in the region moved: the edge
+/// takes the new home, and subscribes for the account's connected devices there.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AccountMoved {
+    /// The account as the directory has it now.
+    #[prost(message, required, tag = "1")]
+    pub account: AccountInfo,
+}
+
+/// Where an edge routed one account of an envelope: a region refuses (`UnknownAccount`) an
+/// envelope routed to it for an account it knows is not homed there, so the edge routes afresh
+/// instead of the account missing the message.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RoutedHome {
+    /// The account.
+    #[prost(uint64, tag = "1")]
+    pub account: u64,
+    /// The region the edge sent it to as its home.
+    #[prost(uint32, tag = "2")]
+    pub region: u32,
 }
 
 /// Registration tokens just issued: shown once, stored only as their SHA-256.
@@ -2141,7 +2361,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -2236,6 +2456,18 @@ pub mod region_request {
         /// change log (answered with `DirectoryChanges`).
         #[prost(message, tag = "24")]
         DirectoryChanges(super::AskDirectoryChanges),
+        /// (An operator, with the region's own certificate) move an account's home to another
+        /// region (answered with `HomeMoved`).
+        #[prost(message, tag = "25")]
+        MoveHome(super::MoveHome),
+        /// (An account's old home → its new home) a part of a home move (answered with
+        /// `AccountImported`).
+        #[prost(message, tag = "26")]
+        ImportAccount(super::ImportAccount),
+        /// (An account's home → the directory writer) the epoch compare-and-set that moves
+        /// the home (answered with `Account`).
+        #[prost(message, tag = "27")]
+        MoveAccountHome(super::MoveAccountHome),
     }
 }
 
@@ -2245,7 +2477,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -2338,6 +2570,15 @@ pub mod region_response {
         /// Answer to `DirectoryChanges`.
         #[prost(message, tag = "27")]
         DirectoryChanges(super::DirectoryChanges),
+        /// Answer to `MoveHome`.
+        #[prost(message, tag = "28")]
+        HomeMoved(super::HomeMoved),
+        /// Answer to `ImportAccount`.
+        #[prost(message, tag = "29")]
+        AccountImported(super::AccountImported),
+        /// A push on the subscription stream: an account homed in the region moved.
+        #[prost(message, tag = "30")]
+        AccountMoved(super::AccountMoved),
     }
 }
 

@@ -87,6 +87,31 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move an account's home to another region (a user who moved continents, a region to
+    /// empty): the account's home holds the account's requests (devices see a slower answer,
+    /// no error), hands its devices, keys, device marks, queues (with the messages they hold),
+    /// blocks, presence and push registrations and its place in each of its chats to the new
+    /// home, has the directory writer move the home with an epoch bump, and lets go. Edges
+    /// follow at once (the old home tells them, and turns away what still comes to it); the
+    /// account's devices keep their connections. Open pairings do not move (a link in progress
+    /// starts again), nor do media blobs (served where they were uploaded until they expire).
+    /// Asked of the account's home with that region's own certificate, from its configuration.
+    ///
+    /// Example: relayd admin move-home alice --to 2 --config ./devnet-data/region-1.toml
+    MoveHome {
+        /// The account: its id, or its name.
+        account: String,
+        /// The region to move it to.
+        #[arg(long)]
+        to: u32,
+        /// The configuration file of the account's home region now (its certificate, key, CA
+        /// and peers file are used).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Print one JSON object instead of the sentence.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue registration tokens: each lets --uses accounts register (`relay register NAME
     /// --token TOKEN`) until it expires. The tokens are made and stored (as their SHA-256
     /// only) by the deployment's directory writer, which this asks over the internal network
@@ -150,6 +175,12 @@ pub fn run(command: AdminCommand) -> Result<()> {
             config,
             json,
         } => runtime.block_on(failover(region, &config, json)),
+        AdminCommand::MoveHome {
+            account,
+            to,
+            config,
+            json,
+        } => runtime.block_on(move_home(&account, to, &config, json)),
         AdminCommand::Token {
             config,
             count,
@@ -221,7 +252,8 @@ async fn failover(region: u32, config: &Path, json: bool) -> Result<()> {
         println!("{line}");
     } else {
         println!(
-            "region {} failed over to its standby: epoch {}, at version {}, requests held for              {} ms; it serves at {}",
+            "region {} failed over to its standby: epoch {}, at version {}, requests held for \
+             {} ms; it serves at {}",
             handed.region,
             handed.epoch,
             handed.version,
@@ -231,6 +263,52 @@ async fn failover(region: u32, config: &Path, json: bool) -> Result<()> {
         println!(
             "the old primary stopped (fenced); the region now ships to the standby its former \
              standby names in [promotion] standby, or runs alone"
+        );
+    }
+    Ok(())
+}
+
+async fn move_home(account: &str, to: u32, config: &Path, json: bool) -> Result<()> {
+    let config = home_region::config::RegionConfig::load(config)?;
+    let moved = home_region::home_move::request_move_home(&config, account, to)
+        .await
+        .with_context(|| {
+            format!(
+                "moving the home of account {account} from region {} to region {to}",
+                config.region
+            )
+        })?;
+    if json {
+        let line = serde_json::json!({
+            "event": "home_moved",
+            "account": moved.account.account,
+            "name": moved.account.name,
+            "from_region": moved.from_region,
+            "to_region": moved.account.region,
+            "epoch": moved.account.epoch,
+            "keys": moved.keys,
+            "queue_entries": moved.queue_entries,
+            "log_entries": moved.log_entries,
+            "chats": moved.chats,
+            "parts": moved.parts,
+            "held_ms": moved.held_ms,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "account {} ({}) now lives in region {} (epoch {}), moved from region {}: {} keys, {} \
+             queue entries with {} messages, {} chats, in {} parts; its requests were held for {} ms",
+            moved.account.name,
+            moved.account.account,
+            moved.account.region,
+            moved.account.epoch,
+            moved.from_region,
+            moved.keys,
+            moved.queue_entries,
+            moved.log_entries,
+            moved.chats,
+            moved.parts,
+            moved.held_ms,
         );
     }
     Ok(())

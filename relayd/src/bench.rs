@@ -68,6 +68,13 @@ pub enum Benchmark {
     /// region's services in this process, on redb stores), next to its two halves alone in the
     /// same run (the writer reading the log, a store applying the pages) and the fsync rate.
     Directory(DirectoryArgs),
+    /// How long an account's home move holds its requests and how fast it carries a backlog:
+    /// an account with two devices and N messages queued for each moved from region 1 to
+    /// region 2 (both regions' services in this process, on redb stores, over loopback QUIC,
+    /// asked with region 1's own certificate as `relayd admin move-home` does), next to its two
+    /// halves alone in the same run (the old home's store read into parts, the parts applied
+    /// to an empty store) and the fsync rate.
+    HomeMove(HomeMoveArgs),
     /// Wake-ups sent per second by the WebPush provider a region pushes with (encrypted,
     /// VAPID-signed, one HTTPS request each) to a loopback push service that verifies and
     /// decrypts each, next to plain HTTPS POSTs of the same size to the same server in the
@@ -81,6 +88,25 @@ pub struct DirectoryArgs {
     /// Accounts in the writer's directory (default 100,000; 5,000 with --quick).
     #[arg(long)]
     accounts: Option<u64>,
+    /// Folder for the stores (a temporary folder inside it, removed afterwards). Default: the
+    /// system's temporary folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A short run for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `relayd bench home-move`.
+#[derive(Debug, Args)]
+pub struct HomeMoveArgs {
+    /// Messages queued for each of the account's two devices (default 10,000; 1,000 with
+    /// --quick).
+    #[arg(long)]
+    messages: Option<u64>,
     /// Folder for the stores (a temporary folder inside it, removed afterwards). Default: the
     /// system's temporary folder.
     #[arg(long)]
@@ -476,6 +502,25 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 args.json,
                 |step| relay_bench::directory::run_blocking(&options, step),
                 relay_bench::directory::DirectoryReport::table,
+            )
+        }
+        Benchmark::HomeMove(args) => {
+            let options = relay_bench::home_move::HomeMoveOptions {
+                messages: quick_or(
+                    args.messages,
+                    args.quick,
+                    relay_bench::limits::HOME_MOVE_MESSAGES_QUICK,
+                    relay_bench::limits::HOME_MOVE_MESSAGES_DEFAULT,
+                ),
+                data: args.data,
+                build: build().into(),
+            };
+            report(
+                relay_bench::home_move::steps(),
+                "relayd bench home-move",
+                args.json,
+                |step| relay_bench::home_move::run_blocking(&options, step),
+                relay_bench::home_move::HomeMoveReport::table,
             )
         }
         Benchmark::Push(args) => {

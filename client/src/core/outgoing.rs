@@ -697,7 +697,8 @@ impl Core {
         let next = self
             .outbox
             .handle_outcome(entry, outcome, now_ms, &mut self.rng)?;
-        self.settle(next, row, sent, &[], &error.to_string(), now_ms)
+        let home = self.identity.region;
+        self.settle(next, row, sent, (&[], home), &error.to_string(), now_ms)
     }
 
     /// The answer to a send.
@@ -718,9 +719,15 @@ impl Core {
             Err(error) => return self.settle_failure(entry, &row, Some(envelope), error, now_ms),
         };
         let mut commits = Vec::new();
+        // The commit whose chat sequence this device keeps: its home's, as the edge routed the
+        // envelope (its home may have moved since it registered).
+        let mut home = self.identity.region;
         let outcome = match outcome {
             send_outcome::Outcome::Sent(everywhere) => {
                 commits = everywhere.commits;
+                if everywhere.home_region != 0 {
+                    home = everywhere.home_region;
+                }
                 Outcome::Sent
             }
             send_outcome::Outcome::Mismatched(mismatched) => {
@@ -803,7 +810,7 @@ impl Core {
         let next = self
             .outbox
             .handle_outcome(entry, outcome, now_ms, &mut self.rng)?;
-        self.settle(next, &row, Some(envelope), &commits, "", now_ms)
+        self.settle(next, &row, Some(envelope), (&commits, home), "", now_ms)
     }
 
     /// Everything an outbox decision asks for.
@@ -812,16 +819,14 @@ impl Core {
         next: Next,
         row: &OutboxRow,
         sent: Option<Envelope>,
-        commits: &[Committed],
+        (commits, home): (&[Committed], u32),
         problem: &str,
         now_ms: u64,
     ) -> Result<()> {
         let me = self.identity.address();
         match next {
             Next::Confirmed(entry) if row.group != 0 => {
-                let own = commits
-                    .iter()
-                    .find(|commit| commit.region == self.identity.region);
+                let own = commits.iter().find(|commit| commit.region == home);
                 let committed_at_ms = commits
                     .iter()
                     .map(|commit| commit.server_time_ms)
@@ -870,9 +875,7 @@ impl Core {
                 }
             }
             Next::Confirmed(entry) => {
-                let own = commits
-                    .iter()
-                    .find(|commit| commit.region == self.identity.region);
+                let own = commits.iter().find(|commit| commit.region == home);
                 let moved = self.store.write(|writer| {
                     writer.remove_outbox(entry.client_message_id)?;
                     writer.set_sequenced(

@@ -151,6 +151,7 @@ fn sent(region: u32, chat_seq: u64) -> Response {
             duplicate: false,
             server_time_ms: WALL_MS + 5,
         }],
+        home_region: 0,
     }))
 }
 

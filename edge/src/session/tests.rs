@@ -681,6 +681,7 @@ fn sent(region: u32, chat_seq: u64) -> SendOutcome {
     SendOutcome {
         outcome: Some(send_outcome::Outcome::Sent(SentEverywhere {
             commits: vec![commit],
+            home_region: 0,
         })),
     }
 }

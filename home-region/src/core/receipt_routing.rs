@@ -37,7 +37,7 @@ pub(super) async fn route_item_receipts(
 
 /// The sender of log entry `chat#chat_seq` as the entry names it (`None`: no such entry), for
 /// a queue entry written before queue entries named their sender.
-pub(super) async fn logged_origin(
+pub(crate) async fn logged_origin(
     tx: &Transaction,
     chat: ChatId,
     chat_seq: u64,
@@ -143,7 +143,7 @@ pub async fn deliver_local_receipts(
     let mut effects = Effects::default();
     // A batch's receipts are mostly for one sender (a group message's members): its devices
     // are read once, and each of them gets the batch's receipts as one queue entry.
-    let mut receipts = LocalReceipts::default();
+    let mut receipts = LocalReceipts::new(local);
     let mut applied = LocalReceiptsApplied::default();
     let mut last = None;
     let mut batch = Vec::new();
@@ -185,7 +185,9 @@ pub async fn deliver_local_receipts(
     let Some(last) = last else {
         return Ok(Ok((applied, effects)));
     };
-    receipts.finish(tx, now_ms, &mut effects).await?;
+    receipts
+        .finish(tx, now_ms, &mut effects, &mut outbox::Pushes::new())
+        .await?;
     outbox::remove_through(tx, local, last);
     Ok(Ok((applied, effects)))
 }
@@ -200,10 +202,10 @@ pub(super) struct ReceiptRouting {
 }
 
 impl ReceiptRouting {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(local: RegionId) -> Self {
         ReceiptRouting {
             pushes: outbox::Pushes::new(),
-            local: LocalReceipts::default(),
+            local: LocalReceipts::new(local),
             local_group: Vec::new(),
         }
     }
@@ -224,7 +226,9 @@ impl ReceiptRouting {
             };
             self.pushes.push(tx, local, &entry.encode_to_vec())?;
         }
-        self.local.finish(tx, now_ms, effects).await
+        self.local
+            .finish(tx, now_ms, effects, &mut self.pushes)
+            .await
     }
 }
 
@@ -267,13 +271,32 @@ impl ParsedReceipt {
 
 /// Receipts for messages sent from this region that moved forward in one transaction, by the
 /// sender device that gets them, with the devices of each sender account read once.
-#[derive(Default)]
 pub(super) struct LocalReceipts {
-    senders: BTreeMap<AccountId, Vec<DeviceAddress>>,
+    local: RegionId,
+    senders: BTreeMap<AccountId, SenderHere>,
     queued: BTreeMap<DeviceAddress, Vec<QueuedReceipt>>,
+    /// Receipts for senders whose home moved away: for the outbox of their new home.
+    forwarded: Vec<(RegionId, QueuedReceipt)>,
+}
+
+/// What a transaction found of a receipt's sender account here.
+enum SenderHere {
+    /// Homed here: its devices.
+    Devices(Vec<DeviceAddress>),
+    /// Its home moved to this region (or the mark says it is moving there).
+    MovedTo(RegionId),
 }
 
 impl LocalReceipts {
+    pub(super) fn new(local: RegionId) -> Self {
+        LocalReceipts {
+            local,
+            senders: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            forwarded: Vec::new(),
+        }
+    }
+
     /// Records `receipt` (forward-only: a receipt that does not move its message's state
     /// forward is dropped) and keeps it for every device of the sender's account.
     async fn deliver(
@@ -334,15 +357,18 @@ impl LocalReceipts {
         sender: DeviceAddress,
         receipt: QueuedReceipt,
     ) -> Result<(), StoreError> {
-        let devices = match self.senders.entry(sender.account) {
+        let here = match self.senders.entry(sender.account) {
             std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
-            std::collections::btree_map::Entry::Vacant(unknown) => unknown.insert(
-                directory::devices(tx, sender.account)
-                    .await?
-                    .into_iter()
-                    .map(|device| device.device)
-                    .collect(),
-            ),
+            std::collections::btree_map::Entry::Vacant(unknown) => {
+                unknown.insert(sender_here(tx, self.local, sender.account).await?)
+            }
+        };
+        let devices = match here {
+            SenderHere::Devices(devices) => devices,
+            SenderHere::MovedTo(region) => {
+                self.forwarded.push((*region, receipt));
+                return Ok(());
+            }
         };
         for address in devices.iter() {
             self.queued
@@ -361,7 +387,12 @@ impl LocalReceipts {
         tx: &Transaction,
         now_ms: u64,
         effects: &mut Effects,
+        pushes: &mut outbox::Pushes,
     ) -> Result<(), StoreError> {
+        for (region, receipt) in &self.forwarded {
+            pushes.push(tx, *region, &receipt.encode_to_vec())?;
+            effects.outbox_pushed = true;
+        }
         for (address, receipts) in self.queued {
             for chunk in receipts.chunks(RECEIPTS_PER_QUEUE_ENTRY_MAX) {
                 let item = match chunk {
@@ -401,6 +432,31 @@ impl LocalReceipts {
     }
 }
 
+/// Where the receipts for `account` go: its devices when it is homed here, its new home when
+/// it moved away (the old home's away mark, read with a conflict, so a receipt racing the mark
+/// is retried and forwarded; or the directory's record of a home elsewhere).
+async fn sender_here(
+    tx: &Transaction,
+    local: RegionId,
+    account: AccountId,
+) -> Result<SenderHere, StoreError> {
+    if let Some(region) = fdb_layers::home_move::away(tx, account).await? {
+        return Ok(SenderHere::MovedTo(region));
+    }
+    let devices: Vec<DeviceAddress> = directory::devices(tx, account)
+        .await?
+        .into_iter()
+        .map(|device| device.device)
+        .collect();
+    if devices.is_empty()
+        && let Some(record) = directory::account_by_id(tx, account).await?
+        && record.home_region != local
+    {
+        return Ok(SenderHere::MovedTo(record.home_region));
+    }
+    Ok(SenderHere::Devices(devices))
+}
+
 /// Applies receipts forwarded by another region, once each (by origin region and sequence).
 pub async fn apply_forwarded_receipts(
     tx: &Transaction,
@@ -409,20 +465,22 @@ pub async fn apply_forwarded_receipts(
     now_ms: u64,
 ) -> Outcome<()> {
     let mut effects = Effects::default();
-    let mut receipts = LocalReceipts::default();
+    let mut receipts = LocalReceipts::new(local);
     let mut applied = Vec::with_capacity(request.receipts.len());
     for forward in &request.receipts {
         let Ok(sender) = forward.receipt.sender.parse() else {
             return refuse(ErrorCode::Malformed, "receipt with an invalid sender");
         };
-        match directory::account_by_id(tx, sender.account).await? {
-            Some(record) if record.home_region == local => {}
-            _ => {
-                return refuse(
-                    ErrorCode::UnknownAccount,
-                    format!("{sender} is not homed here"),
-                );
-            }
+        // An account that moved away since the receipt was sent here is still known: its
+        // receipt goes on to the new home (`LocalReceipts` forwards it).
+        if directory::account_by_id(tx, sender.account)
+            .await?
+            .is_none()
+        {
+            return refuse(
+                ErrorCode::UnknownAccount,
+                format!("{sender} is not known here"),
+            );
         }
         let Some(origin_seq) = outbox::OutboxSeq::from_bytes(&forward.origin_stamp) else {
             return refuse(
@@ -437,6 +495,8 @@ pub async fn apply_forwarded_receipts(
     // Those of one message together: a group message's receipts from the other region's
     // members are one batch of its receipt states.
     receipts.deliver_many(tx, applied).await?;
-    receipts.finish(tx, now_ms, &mut effects).await?;
+    receipts
+        .finish(tx, now_ms, &mut effects, &mut outbox::Pushes::new())
+        .await?;
     Ok(Ok(((), effects)))
 }

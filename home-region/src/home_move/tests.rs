@@ -1,0 +1,337 @@
+use fdb_layers::chat_log::{AppendOutcome, NewEntry};
+use fdb_layers::device_queue::MessageOrigin;
+use fdb_layers::directory::{AccountRecord, IdempotencyKey};
+use fdb_layers::{EmbeddedOptions, keys};
+use relay_proto::{ClientMessageId, DeviceId, GroupId};
+
+use super::*;
+
+const OLD: RegionId = RegionId(1);
+const NEW: RegionId = RegionId(2);
+const ALICE: AccountId = AccountId(1);
+const BOB: AccountId = AccountId(2);
+
+fn device(account: AccountId, number: u32) -> DeviceAddress {
+    DeviceAddress {
+        account,
+        device: DeviceId(number),
+    }
+}
+
+fn key(n: u64) -> IdempotencyKey {
+    let mut nonce = [0u8; 16];
+    nonce[8..].copy_from_slice(&n.to_be_bytes());
+    IdempotencyKey::new(1_000, nonce)
+}
+
+fn database(dir: &tempfile::TempDir) -> Database {
+    Database::open(&dir.path().join("region.redb"), EmbeddedOptions::default()).expect("open")
+}
+
+fn record(home: RegionId, epoch: u64) -> AccountRecord {
+    AccountRecord {
+        id: ALICE,
+        name: "alice".into(),
+        home_region: home,
+        epoch,
+    }
+}
+
+/// Parts applied straight to the new home's store, counted.
+struct Direct<'a> {
+    db: &'a Database,
+    parts: Vec<u32>,
+}
+
+impl PartSink for Direct<'_> {
+    async fn send(&mut self, part: wire::ImportAccount) -> Result<(), ProtoError> {
+        self.parts.push(part.part);
+        apply_part(self.db, NEW, &part, 5_000).await
+    }
+}
+
+/// Bob's envelope `id` in their chat (or alice's in a group), queued for `to`, as the message
+/// path stores them: the queue entry names its sender.
+async fn send(
+    db: &Database,
+    chat: ChatId,
+    sender: DeviceAddress,
+    sender_seq: u64,
+    id: u8,
+    to: &[DeviceAddress],
+) {
+    let to = to.to_vec();
+    db.transact(|tx| {
+        let to = to.clone();
+        async move {
+            let envelope = vec![id; 300];
+            let entry = NewEntry {
+                chat,
+                sender,
+                client_message_id: ClientMessageId([id; 16]),
+                sender_seq,
+                sender_region: OLD,
+                envelope_bytes: &envelope,
+            };
+            let AppendOutcome::Appended { chat_seq, .. } =
+                chat_log::append(&tx, &entry, 1_000).await?
+            else {
+                panic!("appended");
+            };
+            let origin = MessageOrigin {
+                sender,
+                client_message_id: ClientMessageId([id; 16]),
+                sender_region: OLD,
+                group: false,
+            };
+            for device in to {
+                let item = QueueItem::MessageRef {
+                    chat,
+                    chat_seq,
+                    origin: Some(origin),
+                };
+                device_queue::append(&tx, device, &item, 1_000).await?;
+            }
+            Ok(())
+        }
+    })
+    .await
+    .expect("a send");
+}
+
+#[tokio::test]
+async fn an_account_moves_in_parts_and_a_queue_that_grew_meanwhile_is_copied_again() {
+    let (old_dir, new_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (old, new) = (database(&old_dir), database(&new_dir));
+    let (alice1, alice2, bob1) = (device(ALICE, 1), device(ALICE, 2), device(BOB, 1));
+    old.transact(|tx| async move {
+        directory::put_account(&tx, &record(OLD, 1)).await?;
+        directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
+            .await?
+            .expect("first");
+        directory::add_device(&tx, ALICE, b"id-2", b"sign-2", &key(2)).await?;
+        keys::add_one_time_keys(&tx, alice1, &[("k".into(), b"k".to_vec())], &key(3)).await?;
+        Ok(())
+    })
+    .await
+    .expect("alice");
+    new.transact(|tx| async move { directory::put_account(&tx, &record(OLD, 1)).await })
+        .await
+        .expect("the new home's replica");
+    // Enough messages of 300 bytes that the move takes several parts.
+    let chat = ChatId::direct(ALICE, BOB);
+    for id in 1..=200u8 {
+        send(&old, chat, bob1, u64::from(id), id, &[alice1, alice2]).await;
+    }
+    send(&old, ChatId::group(GroupId(4)), alice1, 1, 201, &[alice2]).await;
+
+    let mut exporter = Exporter::new(
+        &old,
+        ALICE,
+        OLD,
+        Direct {
+            db: &new,
+            parts: Vec::new(),
+        },
+    );
+    exporter.copy().await.expect("copied");
+    // A receipt for alice lands after her queues were copied (the region's receipt tasks are
+    // not held): the fence finds the queue grew and copies it again.
+    old.transact(|tx| async move {
+        device_queue::append(&tx, alice2, &QueueItem::Receipt(b"tick".to_vec()), 2_000).await
+    })
+    .await
+    .expect("a late receipt");
+    exporter.fence(NEW).await.expect("fenced");
+    exporter.flush().await.expect("flushed");
+    let moved = crate::core::account_info(&record(NEW, 2));
+    let stats = exporter.activate(moved.clone()).await.expect("activated");
+    assert_eq!(stats.queue_entries, 200 + 201 + 1);
+    assert_eq!(
+        stats.log_entries, 201,
+        "each log entry once, though two devices named it"
+    );
+    assert_eq!(stats.chats, 2);
+    assert!(stats.parts >= 3, "several parts: {stats:?}");
+    let parts = exporter.sink.parts.clone();
+    assert_eq!(
+        parts,
+        (0..stats.parts).collect::<Vec<_>>(),
+        "numbered in order"
+    );
+
+    // The old home's mark, then it lets go.
+    assert_eq!(
+        old.transact(|tx| async move { home_move::away(&tx, ALICE).await })
+            .await
+            .expect("read"),
+        Some(NEW)
+    );
+    let_go(&old, &moved, false).await.expect("let go");
+    old.transact(|tx| async move {
+        assert_eq!(
+            directory::account_by_id(&tx, ALICE)
+                .await?
+                .map(|r| r.home_region),
+            Some(NEW)
+        );
+        assert!(directory::devices(&tx, ALICE).await?.is_empty());
+        assert!(
+            home_move::queued_devices_of(&tx, ALICE, None, 8)
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    })
+    .await
+    .expect("the old home let go");
+
+    // The new home serves alice: her record, devices, keys, both queues whole and in order.
+    new.transact(|tx| async move {
+        assert_eq!(
+            directory::account_by_id(&tx, ALICE).await?,
+            Some(record(NEW, 2))
+        );
+        assert_eq!(directory::devices(&tx, ALICE).await?.len(), 2);
+        assert_eq!(keys::one_time_key_count(&tx, alice1).await?, 1);
+        let first = device_queue::read_after(&tx, alice1, 0, 1_000).await?;
+        assert_eq!(first.len(), 200);
+        let second = device_queue::read_after(&tx, alice2, 0, 1_000).await?;
+        assert_eq!(second.len(), 202);
+        assert_eq!(second.last().map(|(seq, _)| *seq), Some(202));
+        assert!(matches!(second[201].1, QueueItem::Receipt(_)));
+        for (n, (_, item)) in first.iter().take(200).enumerate() {
+            let (Some(chat), messages) = item.messages() else {
+                panic!("a message");
+            };
+            let entry = chat_log::entry(&tx, chat, messages[0].chat_seq)
+                .await?
+                .expect("its log entry");
+            assert_eq!(usize::from(entry.envelope_bytes[0]), n + 1);
+        }
+        // Bob goes on where he stood.
+        assert_eq!(chat_log::last_sender_seq(&tx, chat, bob1).await?, 200);
+        Ok(())
+    })
+    .await
+    .expect("the new home's copy");
+
+    // A second move into a region where the account lives is refused.
+    let again = apply_part(
+        &new,
+        NEW,
+        &wire::ImportAccount {
+            account: ALICE.0,
+            from_region: OLD.0,
+            ..wire::ImportAccount::default()
+        },
+        6_000,
+    )
+    .await;
+    assert_eq!(again.map_err(|error| error.code), Err(ErrorCode::Forbidden));
+}
+
+#[tokio::test]
+async fn a_part_with_keys_of_another_account_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = database(&dir);
+    let foreign = fdb_layers::Subspace::new(&("blocks", BOB)).pack(&(3u64,));
+    let part = wire::ImportAccount {
+        account: ALICE.0,
+        from_region: OLD.0,
+        part: 1,
+        keys: vec![wire::MovedKey {
+            key: foreign.clone(),
+            value: Vec::new(),
+        }],
+        ..wire::ImportAccount::default()
+    };
+    let refused = apply_part(&db, NEW, &part, 5_000).await;
+    assert_eq!(
+        refused.map_err(|error| error.code),
+        Err(ErrorCode::Malformed)
+    );
+    let stored = db
+        .transact(|tx| {
+            let foreign = foreign.clone();
+            async move { tx.get(&foreign).await }
+        })
+        .await
+        .expect("read");
+    assert_eq!(stored, None);
+}
+
+#[test]
+fn requests_touch_the_accounts_routed_here_and_devices_their_own() {
+    let envelope = wire::Envelope {
+        sender: wire::DeviceAddr {
+            account: 5,
+            device: 1,
+        },
+        ..wire::Envelope::default()
+    };
+    let commit = region_request::Body::Commit(wire::CommitEnvelope {
+        envelope,
+        sender_region: OLD.0,
+        routed: vec![
+            wire::RoutedHome {
+                account: 7,
+                region: OLD.0,
+            },
+            wire::RoutedHome {
+                account: 8,
+                region: NEW.0,
+            },
+        ],
+    });
+    assert_eq!(
+        touched_accounts(&commit, OLD),
+        Touched {
+            accounts: vec![AccountId(7), AccountId(5)],
+            refused_when_away: true,
+        }
+    );
+    assert_eq!(touched_accounts(&commit, NEW).accounts, [AccountId(8)]);
+    let fetch = region_request::Body::FetchQueue(wire::ForDevice {
+        device: wire::DeviceAddr {
+            account: 9,
+            device: 2,
+        },
+        ..wire::ForDevice::default()
+    });
+    assert_eq!(touched_accounts(&fetch, OLD).accounts, [AccountId(9)]);
+    let lookup = region_request::Body::LookupAccount(wire::LookupAccount { account: 9 });
+    assert!(touched_accounts(&lookup, OLD).accounts.is_empty());
+}
+
+#[tokio::test]
+async fn a_held_account_releases_its_waiters() {
+    let holds = std::sync::Arc::new(AccountHolds::default());
+    assert!(!holds.any());
+    assert!(holds.hold(ALICE));
+    assert!(!holds.hold(ALICE), "one move of an account at a time");
+    assert!(holds.holds_any(&[BOB, ALICE]));
+    assert!(!holds.holds_any(&[BOB]));
+    let waiter = tokio::spawn({
+        let holds = holds.clone();
+        async move {
+            loop {
+                let released = holds.released();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if !holds.holds_any(&[ALICE]) {
+                    return;
+                }
+                released.await;
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    holds.release(ALICE);
+    waiter.await.expect("released");
+    assert!(!holds.any());
+}
