@@ -362,6 +362,10 @@ async fn fill(db: &Database, messages: u64) -> Result<(), BenchError> {
         account: ALICE,
         device: DeviceId(device),
     });
+    // Enqueued now: the regions' retention sweep must not expire them.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
     let mut next = 1u64;
     while next <= messages {
         let first = next;
@@ -380,7 +384,7 @@ async fn fill(db: &Database, messages: u64) -> Result<(), BenchError> {
                     envelope_bytes: &envelope,
                 };
                 let AppendOutcome::Appended { chat_seq, .. } =
-                    chat_log::append(&tx, &entry, 1_000).await?
+                    chat_log::append(&tx, &entry, now_ms).await?
                 else {
                     return Err(fdb_layers::StoreError::InvalidOptions(
                         "a message was not appended".into(),
@@ -397,7 +401,7 @@ async fn fill(db: &Database, messages: u64) -> Result<(), BenchError> {
                     }),
                 };
                 for device in devices {
-                    queue::append(&tx, device, &item, 1_000).await?;
+                    queue::append(&tx, device, &item, now_ms).await?;
                 }
             }
             Ok(())

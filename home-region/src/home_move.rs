@@ -738,23 +738,38 @@ async fn renumber(
 }
 
 /// The old home lets go of `account` once the directory moved it to `record`'s region: takes
-/// the record (unless this region is the writer, whose move wrote it) and clears the account's
-/// keys and queues, page by page.
+/// the record (unless this region is the writer, whose move wrote it), then [`clear`]s it.
 pub async fn let_go(
     db: &Database,
     record: &wire::AccountInfo,
     writer: bool,
 ) -> Result<(), ProtoError> {
-    let account = AccountId(record.account);
-    if !writer {
-        let record = crate::service::record_of(record);
-        db.transact(|tx| {
-            let record = record.clone();
-            async move { directory::put_account(&tx, &record).await }
-        })
-        .await
-        .map_err(store_failure)?;
+    take_record(db, record, writer).await?;
+    clear(db, AccountId(record.account)).await
+}
+
+/// The old home takes the directory's record of a moved account (unless it is the writer,
+/// whose move wrote it): from then on its transactions see the account homed elsewhere.
+pub async fn take_record(
+    db: &Database,
+    record: &wire::AccountInfo,
+    writer: bool,
+) -> Result<(), ProtoError> {
+    if writer {
+        return Ok(());
     }
+    let record = crate::service::record_of(record);
+    db.transact(|tx| {
+        let record = record.clone();
+        async move { directory::put_account(&tx, &record).await }
+    })
+    .await
+    .map_err(store_failure)?;
+    Ok(())
+}
+
+/// Clears what the old home keeps of a moved account (its keys and queues), page by page.
+pub async fn clear(db: &Database, account: AccountId) -> Result<(), ProtoError> {
     while !db
         .transact(
             |tx| async move { home_move::clear_account(&tx, account, MOVE_KEYS_PER_READ).await },

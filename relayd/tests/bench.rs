@@ -435,6 +435,22 @@ fn the_directory_benchmark_replicates_every_account_and_its_ceilings() {
 }
 
 #[test]
+fn the_home_move_benchmark_moves_every_queued_message_and_its_ceilings() {
+    let report = run_json(&["bench", "home-move", "--json", "--messages", "600"]);
+    assert_eq!(report["messages"], 600);
+    // Both devices' queues, and each message's log entry once.
+    assert_eq!(report["queue_entries"], 1200, "{report:#}");
+    assert_eq!(report["log_entries"], 600, "{report:#}");
+    assert!(number(&report, "parts") >= 2.0, "{report:#}");
+    positive(&report, "moved_per_second");
+    positive(&report, "export_per_second");
+    positive(&report, "apply_per_second");
+    positive(&report, "share_of_ceiling");
+    positive(&report, "fsync_per_second");
+    reported(&report, "held_ms");
+}
+
+#[test]
 fn a_debug_build_is_refused_without_allow_debug() {
     let output = Command::new(env!("CARGO_BIN_EXE_relayd"))
         .args(["bench", "messages", "--quick"])

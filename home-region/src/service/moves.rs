@@ -37,6 +37,9 @@ pub(super) struct Moves {
     pub(super) away: std::sync::Mutex<HashMap<AccountId, Away>>,
     /// One move at a time.
     pub(super) running: tokio::sync::Mutex<()>,
+    /// Accounts that moved away whose keys are still being cleared: one cannot move back here
+    /// until that is done (the clearing would remove what it brings).
+    pub(super) clearing: std::sync::Mutex<std::collections::BTreeSet<AccountId>>,
 }
 
 /// Releases a held account when the move ends, however it ends.
@@ -335,10 +338,20 @@ impl RegionService {
                 MoveStats::default()
             }
         };
-        home_move::let_go(&self.inner.db, &moved, self.inner.writer == local).await?;
+        home_move::take_record(&self.inner.db, &moved, self.inner.writer == local).await?;
         lock(&moves.away).insert(account, Away::Moved(to));
         self.tell_edges_moved(&moved);
         let held_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Nothing reaches the account's keys here any more (requests are turned away, receipts
+        // forwarded): they are cleared after the hold ends.
+        lock(&moves.clearing).insert(account);
+        let service = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = home_move::clear(&service.inner.db, account).await {
+                tracing::warn!(%account, %error, "cannot clear a moved account; what is left is unused");
+            }
+            lock(&service.inner.moves.clearing).remove(&account);
+        });
         tracing::info!(%account, from = %local, %to, epoch = moved.epoch, held_ms, ?stats, "account moved");
         Ok(wire::HomeMoved {
             account: moved,
@@ -517,6 +530,16 @@ impl RegionService {
         &self,
         part: &wire::ImportAccount,
     ) -> Result<wire::AccountImported, ProtoError> {
+        if part.part == 0 && lock(&self.inner.moves.clearing).contains(&AccountId(part.account)) {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "account {} left this region a moment ago and is still being cleared here; \
+                     retry the move",
+                    part.account
+                ),
+            ));
+        }
         let now_ms = self.inner.clock.now_ms();
         home_move::apply_part(&self.inner.db, self.inner.region, part, now_ms).await?;
         let account = AccountId(part.account);
