@@ -433,10 +433,31 @@ pub async fn queued_devices(
     after: Option<DeviceAddress>,
     limit: usize,
 ) -> Result<Vec<DeviceAddress>, StoreError> {
+    let (begin, end) = Subspace::new(&("device_queue",)).range();
+    queued_devices_between(transaction, (begin, end), after, limit).await
+}
+
+/// [`queued_devices`] of one account's devices.
+pub async fn queued_devices_of(
+    transaction: &Transaction,
+    account: AccountId,
+    after: Option<DeviceAddress>,
+    limit: usize,
+) -> Result<Vec<DeviceAddress>, StoreError> {
+    let range = Subspace::new(&("device_queue", account)).range();
+    queued_devices_between(transaction, range, after, limit).await
+}
+
+/// The devices with queue keys in `range` of the queues' keys, after `after`.
+async fn queued_devices_between(
+    transaction: &Transaction,
+    (mut begin, end): (Vec<u8>, Vec<u8>),
+    after: Option<DeviceAddress>,
+    limit: usize,
+) -> Result<Vec<DeviceAddress>, StoreError> {
     let queues = Subspace::new(&("device_queue",));
-    let (mut begin, end) = queues.range();
     if let Some(after) = after {
-        (_, begin) = queues.subspace(&after).range();
+        begin = begin.max(queues.subspace(&after).range().1);
     }
     let limit = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
     let mut found = Vec::new();

@@ -50,13 +50,13 @@
 //! **Limits.** Callers page: [`account_keys`] returns at most [`LAYER_READ_ENTRIES_MAX`] keys a
 //! call, and queues and chats are read in pages by their own layers.
 
-use relay_proto::{AccountId, DeviceAddress};
+use relay_proto::AccountId;
 
 use crate::device_queue;
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 use crate::limits::LAYER_READ_ENTRIES_MAX;
-use crate::tuple::{Subspace, TupleDecode};
+use crate::tuple::Subspace;
 
 /// The key prefixes of everything of `account` that is copied key for key, in key order of
 /// the list (see the module doc).
@@ -142,37 +142,6 @@ pub fn import_keys(
     Ok(())
 }
 
-/// Devices of `account` that have queue keys, after `after` (from the first with `None`), at
-/// most `limit`: one single-key range read per device.
-pub async fn queued_devices_of(
-    transaction: &Transaction,
-    account: AccountId,
-    after: Option<DeviceAddress>,
-    limit: usize,
-) -> Result<Vec<DeviceAddress>, StoreError> {
-    let queues = Subspace::new(&("device_queue",));
-    let of_account = queues.subspace(&(account,));
-    let (mut begin, end) = of_account.range();
-    if let Some(after) = after {
-        (_, begin) = queues.subspace(&after).range();
-    }
-    let mut found = Vec::new();
-    while found.len() < limit.clamp(1, LAYER_READ_ENTRIES_MAX) {
-        let first = transaction
-            .get_range(&begin, &end, RangeOptions::limit(1))
-            .await?;
-        let Some((key, _)) = first.first() else {
-            break;
-        };
-        let mut rest = key.get(queues.bytes().len()..).unwrap_or_default();
-        let device = DeviceAddress::decode_from(&mut rest)
-            .map_err(|error| StoreError::corrupt("device queue key", error))?;
-        found.push(device);
-        (_, begin) = queues.subspace(&device).range();
-    }
-    Ok(found)
-}
-
 /// Removes up to about `limit` keys of what [`account_keys`] and the queues hold of `account`
 /// here. Returns whether nothing is left: the old home lets go of a moved account page by page
 /// (and a new home clears what an earlier, unfinished move left before it imports).
@@ -187,7 +156,7 @@ pub async fn clear_account(
     }
     let limit = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
     let mut budget = limit;
-    for device in queued_devices_of(transaction, account, None, limit).await? {
+    for device in device_queue::queued_devices_of(transaction, account, None, limit).await? {
         if budget == 0 {
             return Ok(false);
         }

@@ -286,7 +286,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
             let devices = self
                 .db
                 .transact(|tx| async move {
-                    home_move::queued_devices_of(&tx, account, after, MOVE_KEYS_PER_READ).await
+                    device_queue::queued_devices_of(&tx, account, after, MOVE_KEYS_PER_READ).await
                 })
                 .await
                 .map_err(store_failure)?;
@@ -452,7 +452,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                         let known: BTreeSet<DeviceAddress> =
                             copied.iter().map(|(device, _)| *device).collect();
                         for device in
-                            home_move::queued_devices_of(&tx, account, None, MOVE_KEYS_PER_READ)
+                            device_queue::queued_devices_of(&tx, account, None, MOVE_KEYS_PER_READ)
                                 .await?
                         {
                             if !known.contains(&device) {

@@ -130,6 +130,22 @@ impl Pusher {
         }
     }
 
+    /// The registrations of devices whose account's home moved here (`true`) or away
+    /// (`false`): woken from now on here, or no longer.
+    pub fn handle_moved(&self, devices: &[DeviceAddress], here: bool) {
+        if self.setup.is_none() {
+            return;
+        }
+        let mut state = self.lock();
+        for device in devices {
+            if here {
+                state.registered.insert(*device);
+            } else {
+                state.registered.remove(device);
+            }
+        }
+    }
+
     /// A commit put something in the queue of `device`, which no edge holds a connection for:
     /// wake it if it registered.
     pub fn handle_unconnected(&self, device: DeviceAddress, now: Instant) {

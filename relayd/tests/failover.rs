@@ -21,13 +21,12 @@ mod support;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{DEADLINE, Devnet, Person, eventually, json_lines, relayd_bin, send_signal};
+use support::{
+    DEADLINE, Devnet, Person, acknowledged_at_once, events, eventually, json_lines, receive_all,
+    relayd_bin, send_signal,
+};
 
 const MESSAGES: usize = 12;
-
-fn events<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|line| line["event"] == kind).collect()
-}
 
 fn promote(data: &std::path::Path) -> std::process::Output {
     Command::new(relayd_bin())
@@ -150,24 +149,6 @@ fn send_acknowledged(from: &Person, to: &str, text: &str) {
     });
 }
 
-/// Syncs `person` until every text of `texts` arrived; every text received.
-fn receive_all(person: &Person, texts: &[String]) -> Vec<String> {
-    let mut received: Vec<String> = Vec::new();
-    eventually(DEADLINE, "every message arrives", || {
-        let lines = person.ok(&["sync"]);
-        received.extend(
-            events(&lines, "message")
-                .iter()
-                .filter_map(|line| line["text"].as_str().map(str::to_owned)),
-        );
-        texts
-            .iter()
-            .all(|text| received.contains(text))
-            .then_some(())
-    });
-    received
-}
-
 #[test]
 fn a_standby_takes_over_a_region_whose_primary_is_gone_and_fences_it_when_it_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -242,14 +223,6 @@ fn failover(config: &std::path::Path, region: &str) -> std::process::Output {
         .arg(config)
         .output()
         .expect("relayd admin failover runs")
-}
-
-/// Whether one `relay send` saw its message acknowledged (no retry by a later sync).
-fn acknowledged_at_once(from: &Person, to: &str, text: &str) -> bool {
-    let lines = from.ok(&["send", to, text]);
-    events(&lines, "tick")
-        .iter()
-        .any(|tick| tick["tick"] == "sent" || tick["tick"] == "delivered")
 }
 
 #[test]

@@ -8,64 +8,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use serde_json::Value;
-use support::{DEADLINE, Devnet, Person, eventually, json_lines, relayd_bin};
-
-fn events<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|line| line["event"] == kind).collect()
-}
-
-fn move_home(account: &str, to: &str, config: &Path) -> Output {
-    let output = Command::new(relayd_bin())
-        .args([
-            "admin",
-            "move-home",
-            account,
-            "--json",
-            "--to",
-            to,
-            "--config",
-        ])
-        .arg(config)
-        .output()
-        .expect("relayd admin move-home runs");
-    eprintln!(
-        "move-home {account} --to {to} -> {}\nstdout: {}stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// Whether one `relay send` saw its message acknowledged (no retry by a later sync).
-fn acknowledged_at_once(from: &Person, to: &str, text: &str) -> bool {
-    let lines = from.ok(&["send", to, text]);
-    events(&lines, "tick")
-        .iter()
-        .any(|tick| tick["tick"] == "sent" || tick["tick"] == "delivered")
-}
-
-/// Syncs `person` until every text of `texts` arrived; every text received, in arrival order.
-fn receive_all(person: &Person, texts: &[String]) -> Vec<String> {
-    let mut received: Vec<String> = Vec::new();
-    eventually(DEADLINE, "every message arrives", || {
-        let lines = person.ok(&["sync"]);
-        received.extend(
-            events(&lines, "message")
-                .iter()
-                .filter_map(|line| line["text"].as_str().map(str::to_owned)),
-        );
-        texts
-            .iter()
-            .all(|text| received.contains(text))
-            .then_some(())
-    });
-    received
-}
+use support::{
+    DEADLINE, Devnet, Person, acknowledged_at_once, events, eventually, json_lines, move_home,
+    receive_all,
+};
 
 /// The chat sequences `person` stores of its chat with `peer`: never one twice, whichever home
 /// gave them (a new home that held nothing of a chat goes on with the old home's numbers).

@@ -175,6 +175,30 @@ fn journey(service: &WebPushTestService) {
             .any(|message| message["text"] == "did you get this?")
     );
 
+    // bob's home moves to region 1 (the devnet's regions share one VAPID key): his push
+    // registration moves with him, and region 1 wakes him now.
+    let moved = support::move_home("bob", "1", &root.join("devnet").join("region-2.toml"));
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let before_move = service.received().len();
+    alice.ok(&["send", "bob", "from your new home"]);
+    eventually(DEADLINE, "bob's new home wakes him", || {
+        (service.received().len() > before_move).then_some(())
+    });
+    let synced = bob.ok(&["sync"]);
+    assert!(
+        events(&synced, "message")
+            .iter()
+            .any(|message| message["text"] == "from your new home")
+    );
+    assert_eq!(
+        events(&bob.ok(&["push"]), "push")[0]["registered"],
+        "webpush"
+    );
+
     // The push service forgets bob's subscription (410): his region deletes the registration.
     service.set_behaviour(&subscription, WebPushBehaviour::Gone);
     alice.ok(&["send", "bob", "are you still there?"]);

@@ -1,4 +1,4 @@
-use relay_proto::{ChatId, ClientMessageId, DeviceId, GroupId, RegionId};
+use relay_proto::{ChatId, ClientMessageId, DeviceAddress, DeviceId, GroupId, RegionId};
 
 use super::*;
 use crate::chat_log::{self, AppendOutcome, NewEntry};
@@ -119,7 +119,7 @@ async fn move_account(old: &Database, new: &Database, account: AccountId) {
     }
     // Queues, with the log entries they name.
     let devices = old
-        .transact(|tx| async move { queued_devices_of(&tx, account, None, 16).await })
+        .transact(|tx| async move { device_queue::queued_devices_of(&tx, account, None, 16).await })
         .await
         .expect("queued devices read");
     for queued in devices {
@@ -330,7 +330,11 @@ async fn an_account_moves_with_its_devices_keys_queues_and_chat_heads() {
     }
     old.transact(|tx| async move {
         assert!(account_keys(&tx, ALICE, None, 100).await?.is_empty());
-        assert!(queued_devices_of(&tx, ALICE, None, 16).await?.is_empty());
+        assert!(
+            device_queue::queued_devices_of(&tx, ALICE, None, 16)
+                .await?
+                .is_empty()
+        );
         assert!(directory::devices(&tx, ALICE).await?.is_empty());
         // Others' records stay.
         assert_eq!(device_queue::latest(&tx, carol1).await?, 1);

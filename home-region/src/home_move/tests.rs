@@ -180,7 +180,7 @@ async fn an_account_moves_in_parts_and_a_queue_that_grew_meanwhile_is_copied_aga
         );
         assert!(directory::devices(&tx, ALICE).await?.is_empty());
         assert!(
-            home_move::queued_devices_of(&tx, ALICE, None, 8)
+            device_queue::queued_devices_of(&tx, ALICE, None, 8)
                 .await?
                 .is_empty()
         );

@@ -340,6 +340,7 @@ impl RegionService {
         };
         home_move::take_record(&self.inner.db, &moved, self.inner.writer == local).await?;
         lock(&moves.away).insert(account, Away::Moved(to));
+        self.no_longer_woken_here(account).await;
         self.tell_edges_moved(&moved);
         let held_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Nothing reaches the account's keys here any more (requests are turned away, receipts
@@ -384,6 +385,7 @@ impl RegionService {
                     if let Err(error) = sink.send(activate).await {
                         tracing::warn!(%account, %to, %error, "the new home did not take the account at once");
                     }
+                    self.no_longer_woken_here(account).await;
                     if let Err(error) = home_move::let_go(
                         &self.inner.db,
                         &moved,
@@ -406,6 +408,24 @@ impl RegionService {
                 Err(Flip::Unsettled(_)) => {
                     tokio::time::sleep(Duration::from_millis(MOVE_SETTLE_RETRY_MS)).await;
                 }
+            }
+        }
+    }
+
+    /// A moved account's devices are no longer woken by this region.
+    async fn no_longer_woken_here(&self, account: AccountId) {
+        let devices = self
+            .inner
+            .db
+            .transact(|tx| async move { directory::devices(&tx, account).await })
+            .await;
+        match devices {
+            Ok(devices) => {
+                let devices: Vec<_> = devices.into_iter().map(|device| device.device).collect();
+                self.inner.pusher.handle_moved(&devices, false);
+            }
+            Err(error) => {
+                tracing::warn!(%account, %error, "cannot read a moved account's devices");
             }
         }
     }
@@ -545,6 +565,22 @@ impl RegionService {
         let account = AccountId(part.account);
         if part.activate.is_some() {
             lock(&self.inner.moves.away).remove(&account);
+            // Its devices' push registrations came with it: they are woken here now.
+            let registered = self
+                .inner
+                .db
+                .transact(|tx| async move {
+                    let mut registered = Vec::new();
+                    for device in directory::devices(&tx, account).await? {
+                        if fdb_layers::push::read(&tx, device.device).await?.is_some() {
+                            registered.push(device.device);
+                        }
+                    }
+                    Ok(registered)
+                })
+                .await
+                .map_err(store_failure)?;
+            self.inner.pusher.handle_moved(&registered, true);
             tracing::info!(%account, from = part.from_region, "account moved here");
         }
         Ok(wire::AccountImported {

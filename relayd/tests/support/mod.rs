@@ -556,3 +556,58 @@ impl Drop for Server {
         }
     }
 }
+
+/// The JSON lines of `lines` that are `kind` events.
+pub fn events<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|line| line["event"] == kind).collect()
+}
+
+/// Whether one `relay send` saw its message acknowledged (no retry by a later sync).
+pub fn acknowledged_at_once(from: &Person, to: &str, text: &str) -> bool {
+    let lines = from.ok(&["send", to, text]);
+    events(&lines, "tick")
+        .iter()
+        .any(|tick| tick["tick"] == "sent" || tick["tick"] == "delivered")
+}
+
+/// Syncs `person` until every text of `texts` arrived; every text received, in arrival order.
+pub fn receive_all(person: &Person, texts: &[String]) -> Vec<String> {
+    let mut received: Vec<String> = Vec::new();
+    eventually(DEADLINE, "every message arrives", || {
+        let lines = person.ok(&["sync"]);
+        received.extend(
+            events(&lines, "message")
+                .iter()
+                .filter_map(|line| line["text"].as_str().map(str::to_owned)),
+        );
+        texts
+            .iter()
+            .all(|text| received.contains(text))
+            .then_some(())
+    });
+    received
+}
+
+/// Runs `relayd admin move-home ACCOUNT --to TO --config CONFIG --json` to completion.
+pub fn move_home(account: &str, to: &str, config: &Path) -> Output {
+    let output = Command::new(relayd_bin())
+        .args([
+            "admin",
+            "move-home",
+            account,
+            "--json",
+            "--to",
+            to,
+            "--config",
+        ])
+        .arg(config)
+        .output()
+        .expect("relayd admin move-home runs");
+    eprintln!(
+        "move-home {account} --to {to} -> {}\nstdout: {}stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
