@@ -27,6 +27,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::history::client_name;
 use crate::seed;
 use crate::simulation::{client_host, nth_edge_host, region_host};
 
@@ -59,6 +60,11 @@ pub enum FaultKind {
     /// in half of these runs fails commits as a failing disk would (the region answers
     /// `StorageUnavailable`; the commit may or may not be stored).
     StoreFaults,
+    /// An operator moves a client's account home to another region
+    /// (`relayd admin move-home`), while everything else goes on. Not in [`FaultKind::ALL`]:
+    /// drawn apart ([`FaultPlan::draw_home_moves`]) and only in sweeps that ask for them
+    /// (`relayd sim --home-moves`), while seeds that break an invariant with them remain.
+    HomeMove,
 }
 
 impl FaultKind {
@@ -93,6 +99,7 @@ impl FaultKind {
             FaultKind::Duplication => "duplication (runs)",
             FaultKind::ClockSkew => "clock skew (hosts)",
             FaultKind::StoreFaults => "store faults (runs)",
+            FaultKind::HomeMove => "home move",
         }
     }
 }
@@ -119,6 +126,13 @@ pub enum Target {
     Region(u32),
     /// An edge's host, by name (crashes).
     Edge(String),
+    /// A client's account, whose home an operator moves to region `to`.
+    HomeMove {
+        /// The client.
+        client: u32,
+        /// The region it moves to.
+        to: u32,
+    },
     /// Directed links between hosts, each `(from, to)`.
     Links {
         /// The links.
@@ -397,6 +411,37 @@ impl FaultPlan {
         }
         plan.faults.sort_by_key(|fault| fault.start_ms);
         plan
+    }
+
+    /// Home moves for a swarm run (see [`FaultKind::HomeMove`]): in half the runs with two
+    /// regions or more, one or two accounts moved to another region during the safety phase.
+    /// From a generator of their own, so that drawing them leaves the seed's other faults as
+    /// they were.
+    pub fn draw_home_moves(seed: u64, topology: &Topology, safety_ms: u64) -> Vec<Fault> {
+        let mut plan = FaultPlan::none();
+        let mut moves = StdRng::seed_from_u64(seed::derive(seed, "home-moves", 0));
+        if topology.regions >= 2 && !topology.clients.is_empty() && moves.random_bool(0.5) {
+            let mut moved = BTreeSet::new();
+            for _ in 0..moves.random_range(1..=2) {
+                let client = moves.random_range(0..topology.clients.len()) as u32;
+                let home = topology.clients[client as usize];
+                let others: Vec<u32> = (1..=topology.regions).filter(|&r| r != home).collect();
+                let to = others[moves.random_range(0..others.len())];
+                let start = moves.random_range(300..safety_ms.max(301));
+                // One move per account: a second would be asked of its old home.
+                if !moved.insert(client) {
+                    continue;
+                }
+                plan.push(Fault {
+                    kind: FaultKind::HomeMove,
+                    start_ms: start,
+                    end_ms: start + 1,
+                    label: format!("{}'s home moves to region {to}", client_name(client)),
+                    target: Target::HomeMove { client, to },
+                });
+            }
+        }
+        plan.faults
     }
 
     /// The planned actions, in the order to apply them: each fault's start and its end (at the

@@ -57,6 +57,13 @@ pub const REGION_PORT: u16 = 4433;
 pub const EDGE_PORT: u16 = 4434;
 /// UDP port of every edge's internal (edge → region) endpoint.
 pub const EDGE_INTERNAL_PORT: u16 = 4435;
+/// UDP port of an operator's client endpoint (a home move's `relayd admin move-home`).
+pub const OPERATOR_PORT: u16 = 4436;
+/// How often an operator looks whether the clients are ready, in simulated ms.
+pub const OPERATOR_POLL_MS: u64 = 100;
+/// How long an operator waits for all of a home move (the lookup and the move), in simulated
+/// ms: within the run's wind-down and liveness phase, whatever the faults.
+pub const OPERATOR_TIMEOUT_MS: u64 = 60_000;
 /// The region that writes the directory.
 pub const DIRECTORY_WRITER: u32 = 1;
 /// Datagrams a simulated socket buffers before dropping (a kernel's receive buffer).
@@ -111,6 +118,9 @@ pub struct Simulation {
     /// Faults drawn by [`Simulation::swarm`] (crashes added by [`Simulation::crash_region`]
     /// join them when the run starts).
     faults: FaultPlan,
+    /// Home moves [`Simulation::swarm`] drew, injected only with
+    /// [`Simulation::with_home_moves`].
+    home_moves: Vec<Fault>,
     time_limit: Duration,
     latency_ms: (u64, u64),
     planted: Vec<PlantedBug>,
@@ -173,6 +183,7 @@ impl Simulation {
             },
             crashes: Vec::new(),
             faults: FaultPlan::none(),
+            home_moves: Vec::new(),
             time_limit: Duration::from_secs(300),
             latency_ms: (1, 25),
             planted: Vec::new(),
@@ -216,6 +227,7 @@ impl Simulation {
                 .collect(),
         };
         let faults = FaultPlan::draw(seed, &topology, safety_ms);
+        let home_moves = FaultPlan::draw_home_moves(seed, &topology, safety_ms);
         // Clients stop waiting once every message they could have sent had its full bound.
         let sending_ms = u64::from(shape.messages_per_client) * shape.pause_ms_max;
         let time_limit =
@@ -225,6 +237,7 @@ impl Simulation {
             shape,
             crashes: Vec::new(),
             faults,
+            home_moves,
             time_limit,
             latency_ms: (latency_min, latency_max),
             planted: Vec::new(),
@@ -329,6 +342,32 @@ impl Simulation {
         self
     }
 
+    /// Injects the home moves [`Simulation::swarm`] drew for this seed (see
+    /// [`FaultKind::HomeMove`]).
+    pub fn with_home_moves(mut self) -> Self {
+        for fault in std::mem::take(&mut self.home_moves) {
+            self.faults.push(fault);
+        }
+        self.faults.faults.sort_by_key(|fault| fault.start_ms);
+        self
+    }
+
+    /// An operator moves client `client`'s account home to region `to` at `at` (see
+    /// [`FaultKind::HomeMove`]).
+    pub fn move_home(mut self, client: u32, to: u32, at: Duration) -> Self {
+        self.faults.push(Fault {
+            kind: FaultKind::HomeMove,
+            start_ms: millis(at),
+            end_ms: millis(at) + 1,
+            label: format!(
+                "{}'s home moves to region {to}",
+                history::client_name(client)
+            ),
+            target: Target::HomeMove { client, to },
+        });
+        self
+    }
+
     /// The run's seed.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -371,6 +410,18 @@ impl Simulation {
                 client.restarts = restarts.clone();
             }
         }
+        // A group member's move is not drawn: a group's log at the new home keeps its own
+        // numbers, so a moved member's devices could see a group chat number twice (a known
+        // limit of home moves, see the README).
+        let in_groups: BTreeSet<u32> = plan
+            .groups
+            .iter()
+            .flat_map(|group| group.members.iter().copied())
+            .collect();
+        faults.faults.retain(|fault| match fault.target {
+            Target::HomeMove { client, .. } => !in_groups.contains(&client),
+            _ => true,
+        });
         let plan = Rc::new(plan);
         let packets = PacketLog::new();
         let net_faults = NetFaults::new(faults.drop_ppm, faults.duplicate_ppm);
@@ -389,6 +440,11 @@ impl Simulation {
             .map(|region| (region, region_host(region)))
             .collect();
         let mut disks = BTreeMap::new();
+        // Each region's certificate, made once: an operator asks with its region's own.
+        let mut identities = BTreeMap::new();
+        for &region in region_hosts.keys() {
+            identities.insert(region, pki.region(region)?);
+        }
         for (&region, host) in &region_hosts {
             let disk = MemoryDisk::new();
             disks.insert(region, disk.clone());
@@ -400,7 +456,7 @@ impl Simulation {
                 store_faults: faults.store.clone(),
                 clock: SimClock::skewed(faults.clock_skew_ms.get(host).copied().unwrap_or(0)),
                 net_faults: net_faults.clone(),
-                identity: pki.region(region)?,
+                identity: identities[&region].clone(),
                 roots: roots.clone(),
                 region_hosts: region_hosts.clone(),
                 starts: Rc::new(Cell::new(0)),
@@ -457,6 +513,37 @@ impl Simulation {
             );
         }
 
+        for (index, fault) in faults.faults.iter().enumerate() {
+            let Target::HomeMove { client, to } = fault.target else {
+                continue;
+            };
+            let Some(from) = plan
+                .clients
+                .iter()
+                .find(|planned| planned.client == client)
+                .map(|planned| planned.region)
+            else {
+                continue;
+            };
+            let operator = Operator {
+                seed: seed::derive(seed, "operator", index as u64),
+                at_ms: fault.start_ms,
+                clients: plan.clients.len(),
+                give_up_ms: deadline_ms,
+                client,
+                from,
+                to,
+                label: fault.label.clone(),
+                identity: identities[&from].clone(),
+                roots: roots.clone(),
+                region_hosts: region_hosts.clone(),
+                packets: packets.clone(),
+                net_faults: net_faults.clone(),
+                shared: shared.clone(),
+            };
+            sim.client(format!("operator-{index}").as_str(), operator.run());
+        }
+
         let mut actions = faults.actions().into_iter().peekable();
         let mut links = LinkModel::default();
         let record = |what: What, at: Duration| {
@@ -484,6 +571,8 @@ impl Simulation {
                     Action::End(index) => (&faults.faults[index], false),
                 };
                 match &fault.target {
+                    // Its operator asks the region at the time (and records it).
+                    Target::HomeMove { .. } => continue,
                     Target::Region(region) => {
                         let host = region_host(*region);
                         if starts {
@@ -890,6 +979,119 @@ impl RegionSoftware {
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;
         Ok(())
+    }
+}
+
+/// An operator moving a client's account home (`relayd admin move-home`): at `at_ms`, asks the
+/// account's home region, with that region's own certificate, to move it to region `to`, and
+/// records what the region answered.
+struct Operator {
+    seed: u64,
+    at_ms: u64,
+    /// The clients of the run, and when waiting for them ends.
+    clients: usize,
+    give_up_ms: u64,
+    client: u32,
+    from: u32,
+    to: u32,
+    label: String,
+    identity: relay_net::TlsIdentity,
+    roots: Arc<quinn::rustls::RootCertStore>,
+    region_hosts: BTreeMap<u32, String>,
+    packets: PacketLog,
+    net_faults: Arc<NetFaults>,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Operator {
+    async fn run(self) -> turmoil::Result {
+        // Once every client registered and linked its devices (a pairing stays where it was
+        // opened, so a link under way when its account moves is refused), at its time.
+        loop {
+            let ready = {
+                let shared = self.shared.borrow();
+                shared.progress.ready.len() >= self.clients
+            };
+            if ready || crate::time::sim_elapsed_ms() >= self.give_up_ms {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(OPERATOR_POLL_MS)).await;
+        }
+        let now = crate::time::sim_elapsed_ms();
+        if now < self.at_ms {
+            tokio::time::sleep(Duration::from_millis(self.at_ms - now)).await;
+        }
+        let sockets = SimSockets::new(self.seed)
+            .with_log(self.packets.clone())
+            .with_faults(self.net_faults.clone());
+        let endpoint = relay_net::bind_endpoint(&sockets, any_address(OPERATOR_PORT), None)?;
+        let client = relay_net::client_config(
+            self.roots.clone(),
+            Some(self.identity.clone()),
+            relay_net::ALPN_INTERNAL,
+        )?;
+        let addresses = region_addresses(&self.region_hosts);
+        let peers: PeerResolver = Box::new(move |region| addresses.get(&region).copied());
+        let links = relay_net::PeerLinks::new(
+            endpoint.clone(),
+            client,
+            relay_net::REGION_SERVER_NAME,
+            peers,
+        );
+        let outcome =
+            tokio::time::timeout(Duration::from_millis(OPERATOR_TIMEOUT_MS), self.ask(&links))
+                .await
+                .unwrap_or_else(|_| Err("no answer in time".into()));
+        endpoint.close(0u32.into(), b"done");
+        let label = match outcome {
+            Ok(moved) => format!(
+                "{}: moved (epoch {}, {} queue entries, held {} ms)",
+                self.label, moved.account.epoch, moved.queue_entries, moved.held_ms
+            ),
+            Err(error) => format!("{}: not moved ({error})", self.label),
+        };
+        self.shared.borrow_mut().record(What::FaultStarted {
+            kind: FaultKind::HomeMove,
+            label,
+        });
+        Ok(())
+    }
+
+    /// Looks the account up by name at its home, then asks for the move.
+    async fn ask(
+        &self,
+        links: &relay_net::PeerLinks,
+    ) -> Result<relay_proto::wire::HomeMoved, String> {
+        use relay_proto::wire::{
+            self, RegionRequest, RegionResponse, region_request, region_response,
+        };
+        let timeout = Duration::from_millis(OPERATOR_TIMEOUT_MS);
+        let ask = async |body| -> Result<region_response::Body, String> {
+            let request = RegionRequest { body: Some(body) };
+            let answer: RegionResponse = links
+                .request(self.from, &request, timeout)
+                .await
+                .map_err(|error| error.to_string())?;
+            match answer.body {
+                Some(region_response::Body::Error(error)) => Err(error.message),
+                Some(body) => Ok(body),
+                None => Err("an empty answer".into()),
+            }
+        };
+        let name = history::client_name(self.client);
+        let account = match ask(region_request::Body::LookupName(wire::LookupName { name })).await?
+        {
+            region_response::Body::Account(info) => info.account,
+            _ => return Err("an unexpected answer to a lookup".into()),
+        };
+        let body = region_request::Body::MoveHome(wire::MoveHome {
+            account,
+            to_region: self.to,
+        });
+        match ask(body).await? {
+            region_response::Body::HomeMoved(moved) => Ok(moved),
+            _ => Err("an unexpected answer to a move".into()),
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Swarm {
     pub time_budget: Option<Duration>,
     /// With a time budget, the seeds that run however long they take.
     pub seeds_min: u64,
+    /// Inject the home moves each seed draws (see `FaultKind::HomeMove`).
+    pub home_moves: bool,
 }
 
 /// One run of a sweep that broke an invariant or could not finish.
@@ -348,6 +350,7 @@ impl Swarm {
             planted: Vec::new(),
             stop_at_first_violation: false,
             stop_on: Vec::new(),
+            home_moves: false,
             time_budget: None,
             seeds_min: 0,
         }
@@ -388,10 +391,13 @@ impl Swarm {
                             next.store(end, Ordering::Relaxed);
                             return;
                         }
-                        let simulation = self
+                        let mut simulation = self
                             .planted
                             .iter()
                             .fold(Simulation::swarm(seed), |sim, &bug| sim.plant(bug));
+                        if self.home_moves {
+                            simulation = simulation.with_home_moves();
+                        }
                         let outcome = simulation.run();
                         let mut summary = summary.lock().unwrap_or_else(|p| p.into_inner());
                         match outcome {

@@ -104,6 +104,33 @@ fn linked_second_devices_hold_the_same_documents() {
     assert!(changed > 0, "{reproduce}");
 }
 
+/// An operator moves two accounts' homes while everyone sends: client 0 (region 1, the
+/// directory writer) to region 2, and client 3 (region 2) to region 1. Every message still
+/// arrives once and in order, with no chat number seen twice (I1–I8).
+#[test]
+fn accounts_moving_home_mid_run_lose_nothing() {
+    let report = run(&Simulation::new(seed_from_env(4))
+        .move_home(0, 2, Duration::from_millis(900))
+        .move_home(3, 1, Duration::from_millis(1_700)));
+    assert_complete(&report, 4);
+    let moved: Vec<&str> = report
+        .trace
+        .iter()
+        .filter_map(|event| match &event.what {
+            What::FaultStarted { label, .. } if label.contains("home moves") => {
+                Some(label.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moved.len(), 2, "reproduce with seed={}", report.seed);
+    assert!(
+        moved.iter().all(|label| label.contains(": moved")),
+        "{moved:?}; reproduce with seed={}",
+        report.seed
+    );
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace() {
     let seed = seed_from_env(2);

@@ -15,7 +15,10 @@
 //! - `("last_seq",)` → the last chat sequence given (8 bytes LE);
 //! - `("sender_seq", account, device)` → the sender device's last accepted `sender_seq`;
 //! - `("adopted",)` → up to which chat sequence this log took another region's numbers when a
-//!   moved account brought the chat here ([`adopt`]; absent: none).
+//!   moved account brought a chat nobody here reads ([`adopt`]; absent: none);
+//! - `("moved_mark", account, device)` → the highest `sender_seq` of the sender a home move
+//!   brought here ([`raise_sender_seq`]): an unknown envelope at or below it is a retry of one
+//!   the old home took, accepted rather than refused as a device that went back.
 //!
 //! A chat's keys are contiguous and its entries are in sequence order, so reading the log after
 //! a cursor is one range read.
@@ -159,15 +162,29 @@ pub async fn append_after(
     let dedupe_key = log
         .root
         .pack(&("dedupe", entry.sender, entry.client_message_id));
+    let sender_key = log.root.pack(&("sender_seq", entry.sender));
     if let Some(value) = transaction.get(&dedupe_key).await? {
         let stored: StoredDedupe = decode_record(&value, "chat log dedupe")?;
-        return Ok(AppendOutcome::Duplicate {
+        if !stored.imported {
+            return Ok(AppendOutcome::Duplicate {
+                chat_seq: stored.chat_seq,
+                server_time_ms: stored.server_time_ms,
+            });
+        }
+        // A home move brought this entry here before the envelope itself arrived: this is its
+        // first commit here, so the caller queues it for the accounts here as for an append.
+        let first_here = StoredDedupe {
+            imported: false,
+            ..stored
+        };
+        transaction.set(&dedupe_key, &first_here.encode_to_vec())?;
+        transaction.atomic_max(&sender_key, &encode_u64(entry.sender_seq))?;
+        return Ok(AppendOutcome::Appended {
             chat_seq: stored.chat_seq,
             server_time_ms: stored.server_time_ms,
         });
     }
 
-    let sender_key = log.root.pack(&("sender_seq", entry.sender));
     let last_sender_seq = read_u64(transaction, &sender_key, "chat log sender_seq").await?;
     // What the log wants next: the number after its last, or the named previous one it lacks;
     // an envelope whose previous number it holds is next whatever its number.
@@ -177,10 +194,20 @@ pub async fn append_after(
         Some(_) => entry.sender_seq,
     };
     let checked = !relay_planted::is_planted(PlantedBug::SkipSenderSeqCheck);
+    // A home move brought this sender's mark here from where it stood at the old home: an
+    // envelope at or below that mark that this log never saw is a retry of one the old home
+    // took (its answer lost), not a device that went back, and is taken as it is. (A device
+    // that did go back is still caught by its own home's `device_seq` mark.)
+    let mut retried_after_move = false;
     if checked && last_sender_seq > 0 && entry.sender_seq <= last_sender_seq {
-        return Ok(AppendOutcome::RolledBack { last_sender_seq });
+        let moved_key = log.root.pack(&("moved_mark", entry.sender));
+        let moved = read_u64(transaction, &moved_key, "chat log moved_mark").await?;
+        if moved == 0 || entry.sender_seq > moved {
+            return Ok(AppendOutcome::RolledBack { last_sender_seq });
+        }
+        retried_after_move = true;
     }
-    if checked && entry.sender_seq != expected_sender_seq {
+    if checked && !retried_after_move && entry.sender_seq != expected_sender_seq {
         return Ok(AppendOutcome::Gap {
             expected_sender_seq,
         });
@@ -204,10 +231,13 @@ pub async fn append_after(
     // the two commits is refused. There is nothing to replace: write without a range clear.
     insert_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
     transaction.set(&last_seq_key, &encode_u64(chat_seq))?;
-    transaction.set(&sender_key, &encode_u64(entry.sender_seq))?;
+    if !retried_after_move {
+        transaction.set(&sender_key, &encode_u64(entry.sender_seq))?;
+    }
     let dedupe = StoredDedupe {
         chat_seq,
         server_time_ms: now_ms,
+        imported: false,
     };
     transaction.set(&dedupe_key, &dedupe.encode_to_vec())?;
     Ok(AppendOutcome::Appended {
@@ -385,35 +415,71 @@ pub async fn import_entry(
     let dedupe = StoredDedupe {
         chat_seq,
         server_time_ms: stored.server_time_ms,
+        imported: true,
     };
     transaction.set(&dedupe_key, &dedupe.encode_to_vec())?;
     Ok(chat_seq)
 }
 
+/// Takes one of the last entries of another region's log of `chat` (number `old_seq` there) into
+/// this log if this log adopted that numbering ([`adopt`]) and gave no entry that number: so a
+/// sender's envelope the old home took but whose answer was lost finds its dedupe record here
+/// when it is sent again, and keeps its number. Otherwise changes nothing (this log numbers the
+/// chat itself, and holds what it was sent). Returns whether it took it.
+pub async fn import_tail_entry(
+    transaction: &Transaction,
+    chat: ChatId,
+    old_seq: u64,
+    bytes: &[u8],
+) -> Result<bool, StoreError> {
+    let log = ChatLog::new(chat);
+    let adopted = read_u64(
+        transaction,
+        &log.root.pack(&("adopted",)),
+        "chat log adopted",
+    )
+    .await?;
+    if old_seq == 0 || old_seq > adopted {
+        return Ok(false);
+    }
+    let (slot_begin, slot_end) = log.entries.subspace(&(old_seq,)).range();
+    let taken = !transaction
+        .get_range(&slot_begin, &slot_end, RangeOptions::limit(1))
+        .await?
+        .is_empty();
+    if taken {
+        return Ok(false);
+    }
+    import_entry(transaction, chat, old_seq, bytes).await?;
+    Ok(true)
+}
+
 /// Adopts the numbering of another region's log of `chat`, whose last sequence is `last_seq`,
-/// when a moved account brings the chat here: this log's last sequence becomes `last_seq`, and
-/// entries moved with [`import_entry`] keep their old numbers where this log gave none, so the
-/// account's devices never see a number twice. Done when this log holds nothing of the chat (or
-/// only what moves brought), and for a 1:1 chat (`direct`) whose log here is behind, which
-/// happens when the account lived here before (the chat's messages went elsewhere since, and
-/// nobody here saw its numbers go on). A group's log here, which other members here read,
-/// keeps its own numbers. Returns whether it adopted.
+/// when a moved account brings the chat here and nobody here reads it (the caller knows: a 1:1
+/// chat whose other account is homed elsewhere): this log's last sequence is raised to
+/// `last_seq`, and entries moved with [`import_entry`] keep their old numbers where this log
+/// gave none, so the account's devices never see a number twice. A chat that an account homed
+/// here reads keeps this log's own numbers (its entries arrive here and are queued for that
+/// account as they come; taking them from a move would store them without queueing them).
+/// Returns whether it adopted.
 pub async fn adopt(
     transaction: &Transaction,
     chat: ChatId,
     last_seq: u64,
-    direct: bool,
+    nobody_here_reads_it: bool,
 ) -> Result<bool, StoreError> {
+    if !nobody_here_reads_it {
+        return Ok(false);
+    }
     let log = ChatLog::new(chat);
     let last_seq_key = log.root.pack(&("last_seq",));
     let adopted_key = log.root.pack(&("adopted",));
     let adopted = read_u64(transaction, &adopted_key, "chat log adopted").await?;
     let here = read_u64(transaction, &last_seq_key, "chat log last_seq").await?;
-    if !(here <= adopted || (direct && here < last_seq)) {
-        return Ok(false);
-    }
-    if last_seq > adopted && last_seq >= here {
+    if last_seq > adopted {
         transaction.set(&adopted_key, &encode_u64(last_seq))?;
+    }
+    if last_seq > here {
         transaction.set(&last_seq_key, &encode_u64(last_seq))?;
     }
     Ok(true)
@@ -451,10 +517,10 @@ pub fn raise_sender_seq(
     sender_seq: u64,
 ) -> Result<(), StoreError> {
     let log = ChatLog::new(chat);
-    transaction.atomic_max(
-        &log.root.pack(&("sender_seq", sender)),
-        &encode_u64(sender_seq),
-    )
+    let mark = encode_u64(sender_seq);
+    transaction.atomic_max(&log.root.pack(&("sender_seq", sender)), &mark)?;
+    // Remembered apart: what came with a move may be retried here (see `append_after`).
+    transaction.atomic_max(&log.root.pack(&("moved_mark", sender)), &mark)
 }
 
 /// A chat of this region's log and where each of its senders stands (their last `sender_seq`).
@@ -567,6 +633,10 @@ struct StoredDedupe {
     chat_seq: u64,
     #[prost(uint64, tag = "2")]
     server_time_ms: u64,
+    /// Written by a home move's [`import_entry`]: the envelope itself has not been committed
+    /// here yet (its first commit here is answered as an append, and queued).
+    #[prost(bool, tag = "3")]
+    imported: bool,
 }
 
 struct ChatLog {

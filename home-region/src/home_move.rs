@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fdb_layers::device_queue::{self, MessageInQueue, MovedEntry, QueueItem};
 use fdb_layers::{Database, StoreError, chat_log, directory, home_move};
+use prost::Message;
 use relay_proto::limits::{ENVELOPE_BYTES_MAX, FRAME_BYTES_MAX};
 use relay_proto::wire::{self, region_request};
 use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, ProtoError, RegionId};
@@ -51,9 +52,13 @@ pub const MOVE_PART_BYTES_MAX: usize = 256 * 1024;
 /// Queue entries read per transaction while copying.
 pub const MOVE_QUEUE_ENTRIES_PER_READ: usize = 64;
 /// Chats looked at per transaction while finding the account's chat heads.
-pub const MOVE_CHATS_PER_READ: usize = 1_024;
+pub const MOVE_CHATS_PER_READ: usize = 256;
 /// Keys copied or cleared per transaction.
 pub const MOVE_KEYS_PER_READ: usize = 1_024;
+/// The last entries of each of the account's chats sent with its numbering, so that an envelope
+/// the old home took but whose answer was lost finds its dedupe record at a new home that adopts
+/// the chat: twice a client's pipeline of one chat (32 envelopes in flight).
+pub const MOVE_CHAT_TAIL_ENTRIES: u64 = 64;
 /// Times the fence finds a queue grew and copies it again before the move gives up.
 pub const MOVE_FENCE_ROUNDS_MAX: usize = 16;
 
@@ -370,6 +375,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                 chat: chat.0.to_vec(),
                 entry: entry_bytes,
                 chat_seq: seq,
+                tail: false,
             });
             self.stats.log_entries += 1;
         }
@@ -393,34 +399,52 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                         chat_log::chats_of(&tx, account, after, MOVE_CHATS_PER_READ).await?;
                     let mut kinds = Vec::with_capacity(chats.len());
                     for chat in chats {
-                        // 1:1 when a peer sent in it, or its last envelope names no group.
-                        let direct = chat.senders.iter().any(|(sender, _)| {
-                            ChatId::direct(account, sender.account) == chat.chat
-                        }) || chat_log::entry(&tx, chat.chat, chat.last_seq)
-                            .await?
-                            .is_some_and(|entry| {
-                                !crate::stored_envelope::is_group(&entry.envelope_bytes)
-                            });
-                        kinds.push((chat, direct));
+                        // The other account of a 1:1 chat: a sender, or named by its last
+                        // envelope (0: a group's chat, or not known).
+                        let mut peer =
+                            chat.senders
+                                .iter()
+                                .map(|(sender, _)| sender.account)
+                                .find(|&other| {
+                                    other != account && ChatId::direct(account, other) == chat.chat
+                                });
+                        if peer.is_none()
+                            && let Some(entry) =
+                                chat_log::entry(&tx, chat.chat, chat.last_seq).await?
+                            && let Ok(envelope) =
+                                wire::Envelope::decode(entry.envelope_bytes.clone())
+                        {
+                            peer = envelope
+                                .recipient_accounts
+                                .iter()
+                                .map(|&other| AccountId(other))
+                                .find(|&other| {
+                                    other != account && ChatId::direct(account, other) == chat.chat
+                                });
+                        }
+                        kinds.push((chat, peer));
                     }
                     Ok((kinds, next))
                 })
                 .await
                 .map_err(store_failure)?;
-            for (chat, direct) in chats {
+            for (chat, peer) in chats {
+                // The numbering first: the new home adopts it before any entry of the chat.
                 self.add_bytes(chat.senders.len() * 48 + 32).await?;
                 self.part.chat_logs.push(wire::MovedChatLog {
                     chat: chat.chat.0.to_vec(),
                     last_seq: chat.last_seq,
-                    direct,
+                    direct: peer.is_some(),
+                    peer: peer.map_or(0, |peer| peer.0),
                 });
-                for (sender, sender_seq) in chat.senders {
+                for (sender, sender_seq) in &chat.senders {
                     self.part.chat_heads.push(wire::MovedChatHead {
                         chat: chat.chat.0.to_vec(),
-                        sender: sender.into(),
-                        sender_seq,
+                        sender: (*sender).into(),
+                        sender_seq: *sender_seq,
                     });
                 }
+                self.copy_chat_tail(chat.chat, chat.last_seq).await?;
                 self.stats.chats += 1;
             }
             match next {
@@ -428,6 +452,35 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Sends the last [`MOVE_CHAT_TAIL_ENTRIES`] entries of `chat` (read in a transaction of
+    /// their own), each counted into the parts on its own.
+    async fn copy_chat_tail(&mut self, chat: ChatId, last_seq: u64) -> Result<(), ProtoError> {
+        let first = last_seq.saturating_sub(MOVE_CHAT_TAIL_ENTRIES) + 1;
+        let tail = self
+            .db
+            .transact(|tx| async move {
+                let mut tail = Vec::new();
+                for seq in first..=last_seq {
+                    if let Some(bytes) = chat_log::entry_bytes(&tx, chat, seq).await? {
+                        tail.push((seq, bytes));
+                    }
+                }
+                Ok(tail)
+            })
+            .await
+            .map_err(store_failure)?;
+        for (seq, entry) in tail {
+            self.add_bytes(entry.len() + 32).await?;
+            self.part.log_entries.push(wire::MovedLogEntry {
+                chat: chat.0.to_vec(),
+                entry,
+                chat_seq: seq,
+                tail: true,
+            });
+        }
+        Ok(())
     }
 
     /// Writes the away mark for `to` in a transaction that checks no queue of the account grew
@@ -630,13 +683,23 @@ async fn import(
         let Ok(chat) = ChatId::from_bytes(&moved.chat) else {
             return Ok(Err(ProtoError::invalid("a moved chat without an id")));
         };
-        chat_log::adopt(tx, chat, moved.last_seq, moved.direct).await?;
+        // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it.
+        let peer_elsewhere = moved.direct
+            && moved.peer != 0
+            && directory::account_by_id(tx, AccountId(moved.peer))
+                .await?
+                .is_some_and(|peer| peer.home_region != local);
+        chat_log::adopt(tx, chat, moved.last_seq, peer_elsewhere).await?;
     }
     for logged in &part.log_entries {
         let Ok(chat) = ChatId::from_bytes(&logged.chat) else {
             return Ok(Err(ProtoError::invalid("a moved log entry without a chat")));
         };
-        chat_log::import_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
+        if logged.tail {
+            chat_log::import_tail_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
+        } else {
+            chat_log::import_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
+        }
     }
     for moved in &part.queue {
         let device: DeviceAddress = match moved.device.parse() {

@@ -135,6 +135,17 @@ pub async fn request_link(
             format!("the account that opened pairing {code} no longer exists"),
         );
     };
+    if account.home_region != local {
+        // Pairings stay where they were opened; the account's devices now live elsewhere.
+        return refuse(
+            ErrorCode::PairingRefused,
+            format!(
+                "the account that opened pairing {code} moved to region {} since: open a new \
+                 pairing",
+                account.home_region
+            ),
+        );
+    }
     let status = |device: Option<DeviceId>| wire::LinkStatus {
         account: account_info(&account),
         device: device.map_or(0, |device| device.0),

@@ -2041,6 +2041,11 @@ pub struct MovedLogEntry {
     /// Its chat sequence at the old home (kept at a new home that adopts the chat).
     #[prost(uint64, tag = "3")]
     pub chat_seq: u64,
+    /// One of the chat's last entries, sent so that a retried envelope finds its dedupe record
+    /// at a new home that adopts the chat (and ignored by one that does not), rather than an
+    /// entry a queue entry names.
+    #[prost(bool, tag = "4")]
+    pub tail: bool,
 }
 
 /// A chat of a moved account as its old home numbers it: a new home that holds nothing of the
@@ -2056,6 +2061,10 @@ pub struct MovedChatLog {
     /// Whether it is a 1:1 chat (a group's log at the new home keeps its own numbers).
     #[prost(bool, tag = "3")]
     pub direct: bool,
+    /// The other account of a 1:1 chat (0: not known): a new home where it is homed keeps its
+    /// own numbers for the chat.
+    #[prost(uint64, tag = "4")]
+    pub peer: u64,
 }
 
 /// A moved queue entry: its item in the old home's stored form, every message of which names

@@ -3,7 +3,7 @@
 //! parts the new home applies, and the directory writer's compare-and-set.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fdb_layers::{directory, home_move as layer};
 use relay_net::NetError;
@@ -265,7 +265,8 @@ impl RegionService {
             ));
         }
 
-        let began = Instant::now();
+        // The injected clock: a simulated run measures simulated time, the same on every run.
+        let began_ms = self.inner.clock.now_ms();
         let moves = &self.inner.moves;
         if !moves.holds.hold(account) {
             return Err(ProtoError::new(
@@ -342,7 +343,7 @@ impl RegionService {
         lock(&moves.away).insert(account, Away::Moved(to));
         self.no_longer_woken_here(account).await;
         self.tell_edges_moved(&moved);
-        let held_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let held_ms = self.inner.clock.now_ms().saturating_sub(began_ms);
         // Nothing reaches the account's keys here any more (requests are turned away, receipts
         // forwarded): they are cleared after the hold ends.
         lock(&moves.clearing).insert(account);
@@ -594,7 +595,13 @@ impl RegionService {
         let notice = region_response::Body::AccountMoved(wire::AccountMoved {
             account: info.clone(),
         });
-        for (stream, sender) in lock(&self.inner.streams).iter() {
+        // In stream order: the same on every run (a simulated run replays it exactly).
+        let mut streams: Vec<(u64, _)> = lock(&self.inner.streams)
+            .iter()
+            .map(|(stream, sender)| (*stream, sender.clone()))
+            .collect();
+        streams.sort_unstable_by_key(|(stream, _)| *stream);
+        for (stream, sender) in streams {
             if sender.try_send(notice.clone()).is_err() {
                 tracing::warn!(
                     stream,
@@ -614,7 +621,14 @@ impl RegionService {
         let timeout = Duration::from_millis(REGION_PEER_REQUEST_TIMEOUT_MS);
         let mut last = None;
         for _ in 0..MOVE_PEER_ATTEMPTS_MAX {
-            match self.inner.peers.request(region.0, request, timeout).await {
+            // Connecting included: a peer that is down or paused takes the timeout, not longer.
+            let asked = tokio::time::timeout(
+                timeout,
+                self.inner.peers.request(region.0, request, timeout),
+            )
+            .await
+            .unwrap_or(Err(NetError::Timeout));
+            match asked {
                 Ok(response) => return Ok(response),
                 Err(error @ NetError::Frame(_)) => return Err(error.to_proto()),
                 Err(error) => {
