@@ -128,15 +128,7 @@ pub async fn run(
     if options.accounts == 0 {
         return Err(BenchError::Invalid("--accounts must be at least 1".into()));
     }
-    let folder = match &options.data {
-        Some(data) => tempfile::Builder::new()
-            .prefix("relay-bench-directory-")
-            .tempdir_in(data),
-        None => tempfile::Builder::new()
-            .prefix("relay-bench-directory-")
-            .tempdir(),
-    }
-    .map_err(BenchError::io("making a folder in", Path::new(".")))?;
+    let folder = crate::messages::run_folder(options.data.as_deref())?;
     let root = folder.path();
 
     let writer_db = open(&root.join("writer"))?;

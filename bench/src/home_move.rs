@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fdb_layers::Database;
 use fdb_layers::chat_log::{self, AppendOutcome, NewEntry};
 use fdb_layers::device_queue::{self, MessageOrigin, QueueItem};
 use fdb_layers::directory::{self, IdempotencyKey};
-use fdb_layers::{Database, device_queue as queue};
 use home_region::home_move::{Exporter, PartSink, apply_part};
 use relay_devnet::pki::Pki;
 use relay_net::{PeerLinks, PeerResolver, TlsIdentity, TokioSockets};
@@ -153,15 +153,7 @@ pub async fn run(
     if options.messages == 0 {
         return Err(BenchError::Invalid("--messages must be at least 1".into()));
     }
-    let folder = match &options.data {
-        Some(data) => tempfile::Builder::new()
-            .prefix("relay-bench-home-move-")
-            .tempdir_in(data),
-        None => tempfile::Builder::new()
-            .prefix("relay-bench-home-move-")
-            .tempdir(),
-    }
-    .map_err(BenchError::io("making a folder in", Path::new(".")))?;
+    let folder = crate::messages::run_folder(options.data.as_deref())?;
     let root = folder.path();
 
     let old = open(&root.join("region-1"))?;
@@ -401,7 +393,7 @@ async fn fill(db: &Database, messages: u64) -> Result<(), BenchError> {
                     }),
                 };
                 for device in devices {
-                    queue::append(&tx, device, &item, now_ms).await?;
+                    device_queue::append(&tx, device, &item, now_ms).await?;
                 }
             }
             Ok(())

@@ -228,22 +228,7 @@ pub fn run(args: &StorageOptions, step: &dyn Fn(&str)) -> Result<Report, BenchEr
         warmup: Duration::from_secs_f64((window_seconds / 4.0).min(WARMUP_SECONDS_MAX)),
         window: Duration::from_secs_f64(window_seconds),
     };
-    let folder = match &args.data {
-        Some(parent) => {
-            std::fs::create_dir_all(parent).map_err(BenchError::io("creating", parent))?;
-            tempfile::Builder::new()
-                .prefix("relayd-bench-")
-                .tempdir_in(parent)
-                .map_err(BenchError::io("creating a folder in", parent))?
-        }
-        None => tempfile::Builder::new()
-            .prefix("relayd-bench-")
-            .tempdir()
-            .map_err(BenchError::io(
-                "creating a folder in",
-                &std::env::temp_dir(),
-            ))?,
-    };
+    let folder = crate::messages::run_folder(args.data.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

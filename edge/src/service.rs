@@ -1102,16 +1102,7 @@ impl EdgeService {
                 format!("account {account} lives in unknown region {home}"),
             ));
         }
-        let answered = Home {
-            region: home,
-            epoch: info.epoch,
-        };
-        Ok(self
-            .inner
-            .homes
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .handle_lookup(account, answered, self.inner.clock.now_ms()))
+        Ok(self.learn_home(&info))
     }
 
     /// `region` refused `account` as not homed there (the edge forgot the home that sent the

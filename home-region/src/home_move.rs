@@ -400,14 +400,15 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                     let mut kinds = Vec::with_capacity(chats.len());
                     for chat in chats {
                         // The other account of a 1:1 chat: a sender, or named by its last
-                        // envelope (0: a group's chat, or not known).
-                        let mut peer =
-                            chat.senders
-                                .iter()
-                                .map(|(sender, _)| sender.account)
-                                .find(|&other| {
-                                    other != account && ChatId::direct(account, other) == chat.chat
-                                });
+                        // envelope (none: a group's chat, or not known).
+                        let is_peer = |other: &AccountId| {
+                            *other != account && ChatId::direct(account, *other) == chat.chat
+                        };
+                        let mut peer = chat
+                            .senders
+                            .iter()
+                            .map(|(sender, _)| sender.account)
+                            .find(is_peer);
                         if peer.is_none()
                             && let Some(entry) =
                                 chat_log::entry(&tx, chat.chat, chat.last_seq).await?
@@ -418,9 +419,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                                 .recipient_accounts
                                 .iter()
                                 .map(|&other| AccountId(other))
-                                .find(|&other| {
-                                    other != account && ChatId::direct(account, other) == chat.chat
-                                });
+                                .find(is_peer);
                         }
                         kinds.push((chat, peer));
                     }
@@ -434,7 +433,6 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                 self.part.chat_logs.push(wire::MovedChatLog {
                     chat: chat.chat.0.to_vec(),
                     last_seq: chat.last_seq,
-                    direct: peer.is_some(),
                     peer: peer.map_or(0, |peer| peer.0),
                 });
                 for (sender, sender_seq) in &chat.senders {
@@ -684,8 +682,7 @@ async fn import(
             return Ok(Err(ProtoError::invalid("a moved chat without an id")));
         };
         // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it.
-        let peer_elsewhere = moved.direct
-            && moved.peer != 0
+        let peer_elsewhere = moved.peer != 0
             && directory::account_by_id(tx, AccountId(moved.peer))
                 .await?
                 .is_some_and(|peer| peer.home_region != local);

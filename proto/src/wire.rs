@@ -2058,11 +2058,8 @@ pub struct MovedChatLog {
     /// The last chat sequence the old home gave.
     #[prost(uint64, tag = "2")]
     pub last_seq: u64,
-    /// Whether it is a 1:1 chat (a group's log at the new home keeps its own numbers).
-    #[prost(bool, tag = "3")]
-    pub direct: bool,
-    /// The other account of a 1:1 chat (0: not known): a new home where it is homed keeps its
-    /// own numbers for the chat.
+    /// The other account of a 1:1 chat (0: a group's chat, or not known): a new home where it
+    /// is homed, or that does not know it, keeps its own numbers for the chat.
     #[prost(uint64, tag = "4")]
     pub peer: u64,
 }

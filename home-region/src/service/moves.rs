@@ -135,8 +135,8 @@ impl RegionService {
         let moves = &self.inner.moves;
         loop {
             let in_flight = self.inner.drain.enter().await;
-            let any_away = !lock(&moves.away).is_empty();
-            if !moves.holds.any() && !any_away {
+            let held = moves.holds.any();
+            if !held && lock(&moves.away).is_empty() {
                 return Ok(in_flight);
             }
             let Some(body) = &request.body else {
@@ -146,7 +146,7 @@ impl RegionService {
             if touched.accounts.is_empty() {
                 return Ok(in_flight);
             }
-            if touched.refused_when_away && any_away {
+            if touched.refused_when_away {
                 let away = lock(&moves.away);
                 for account in &touched.accounts {
                     match away.get(account) {
@@ -165,6 +165,9 @@ impl RegionService {
                         None => {}
                     }
                 }
+            }
+            if !held {
+                return Ok(in_flight);
             }
             let released = moves.holds.released();
             tokio::pin!(released);
