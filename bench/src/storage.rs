@@ -461,7 +461,8 @@ async fn run_writer(
         let refused = database
             .transact(|tx| async move {
                 let chat_seq = match chat_log::append(&tx, entry, now_ms).await? {
-                    AppendOutcome::Appended { chat_seq, .. } => chat_seq,
+                    AppendOutcome::Appended { chat_seq, .. }
+                    | AppendOutcome::FirstAfterImport { chat_seq, .. } => chat_seq,
                     // A retry after `CommitUnknownResult` finds its first attempt: done.
                     AppendOutcome::Duplicate { .. } => return Ok(None),
                     AppendOutcome::Gap {

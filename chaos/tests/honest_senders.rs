@@ -238,7 +238,11 @@ fn aggregate(answers: &[Option<AppendOutcome>; 2]) -> Outcome {
     let mut all_stored = true;
     for answer in answers {
         match answer {
-            Some(AppendOutcome::Appended { .. } | AppendOutcome::Duplicate { .. }) => {}
+            Some(
+                AppendOutcome::Appended { .. }
+                | AppendOutcome::FirstAfterImport { .. }
+                | AppendOutcome::Duplicate { .. },
+            ) => {}
             Some(AppendOutcome::Gap {
                 expected_sender_seq,
             }) => {

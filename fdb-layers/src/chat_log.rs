@@ -53,7 +53,7 @@ use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, DeviceId, R
 
 use crate::codec::{
     decode_key, decode_record, encode_u64, insert_chunked, read_chunked, read_chunked_between,
-    read_chunked_range, read_u64,
+    read_chunked_range, read_u64, replace_chunked,
 };
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
@@ -85,6 +85,17 @@ pub enum AppendOutcome {
         /// The entry's chat sequence number.
         chat_seq: u64,
         /// When the entry was stored, in milliseconds since the Unix epoch.
+        server_time_ms: u64,
+    },
+    /// Committed here for the first time, but stored already: a home move brought the entry
+    /// (the old home's copy of the envelope, [`import_entry`]) before the envelope itself was
+    /// committed here. The caller queues it as an appended one; the stored copy was checked by
+    /// the old home for its accounts only, and may lack entries for devices of the accounts
+    /// here that the envelope now committed has ([`extend_envelope`] completes it).
+    FirstAfterImport {
+        /// The stored entry's chat sequence number.
+        chat_seq: u64,
+        /// When the entry was stored.
         server_time_ms: u64,
     },
     /// Already stored: the original result.
@@ -179,7 +190,7 @@ pub async fn append_after(
         };
         transaction.set(&dedupe_key, &first_here.encode_to_vec())?;
         transaction.atomic_max(&sender_key, &encode_u64(entry.sender_seq))?;
-        return Ok(AppendOutcome::Appended {
+        return Ok(AppendOutcome::FirstAfterImport {
             chat_seq: stored.chat_seq,
             server_time_ms: stored.server_time_ms,
         });
@@ -356,6 +367,40 @@ pub async fn entry_bytes(
 ) -> Result<Option<Vec<u8>>, StoreError> {
     let log = ChatLog::new(chat);
     read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await
+}
+
+/// Appends `fields` (encoded protobuf fields of the envelope, such as more entries of a
+/// repeated field: protobuf merges concatenated encodings) to the envelope of entry `chat_seq`
+/// of `chat`, and returns whether the entry is there. The rest of the entry stays as it is.
+///
+/// For the one case where a stored envelope must grow: an envelope first stored here when it
+/// was for none of this region's devices (so its entries for another account's devices were
+/// never checked here), whose account then moved here. Its devices are queued the entry, and
+/// their entries come from the envelope the old home checked.
+pub async fn extend_envelope(
+    transaction: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+    fields: &[u8],
+) -> Result<bool, StoreError> {
+    let log = ChatLog::new(chat);
+    let Some(bytes) = read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await?
+    else {
+        return Ok(false);
+    };
+    let mut stored = StoredEntry::decode(bytes.as_slice())
+        .map_err(|error| StoreError::corrupt("chat log entry", error))?;
+    let mut envelope = Vec::with_capacity(stored.envelope.len() + fields.len());
+    envelope.extend_from_slice(&stored.envelope);
+    envelope.extend_from_slice(fields);
+    stored.envelope = Bytes::from(envelope);
+    replace_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
+    Ok(true)
+}
+
+/// Decodes an entry in the form [`entry_bytes`] gives it (another region's, taken by a move).
+pub fn decode_entry(chat_seq: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    log_entry(chat_seq, bytes.to_vec())
 }
 
 /// Takes into this region's log of `chat` an entry another region's log accepted (`bytes`, from
@@ -697,6 +742,62 @@ mod tests {
             sender_region: RegionId(1),
             envelope_bytes: envelope,
         }
+    }
+
+    #[tokio::test]
+    async fn an_extended_envelope_grows_across_chunks_and_keeps_the_entry() {
+        use crate::limits::CHUNK_BYTES;
+        let (_folder, database) = temporary_database(None);
+        let envelope = vec![1u8; CHUNK_BYTES - 10];
+        append_one(&database, new_entry(ALICE, 1, 1, &envelope), 1_000).await;
+        let before = database
+            .transact(|tx| async move { entry(&tx, CHAT, 1).await })
+            .await
+            .expect("read")
+            .expect("stored");
+        let more = vec![2u8; 100];
+        let (extended, missing, after) = database
+            .transact(|tx| {
+                let more = more.clone();
+                async move {
+                    let extended = extend_envelope(&tx, CHAT, 1, &more).await?;
+                    let missing = extend_envelope(&tx, CHAT, 2, &more).await?;
+                    Ok((extended, missing, entry(&tx, CHAT, 1).await?))
+                }
+            })
+            .await
+            .expect("extend");
+        assert!(extended);
+        assert!(!missing, "no entry 2 to extend");
+        let after = after.expect("still stored");
+        let mut whole = envelope.clone();
+        whole.extend_from_slice(&more);
+        assert_eq!(after.envelope_bytes.as_ref(), whole.as_slice());
+        assert_eq!(
+            LogEntry {
+                envelope_bytes: before.envelope_bytes.clone(),
+                ..after.clone()
+            },
+            before,
+            "everything else as it was"
+        );
+        // Shrinking back is not this function's business, but a rewrite leaves no stale chunk:
+        // the record reads whole once more.
+        let shorter = database
+            .transact(|tx| async move {
+                let log = ChatLog::new(CHAT);
+                let bytes = read_chunked(&tx, &log.entries, 1, "chat log entry")
+                    .await?
+                    .expect("stored");
+                let mut stored = StoredEntry::decode(bytes.as_slice()).expect("decodes");
+                stored.envelope = Bytes::from_static(b"short");
+                replace_chunked(&tx, &log.entries, 1, &stored.encode_to_vec())?;
+                entry(&tx, CHAT, 1).await
+            })
+            .await
+            .expect("rewrite")
+            .expect("stored");
+        assert_eq!(shorter.envelope_bytes.as_ref(), b"short");
     }
 
     async fn append_one(

@@ -227,6 +227,22 @@ pub(crate) fn insert_chunked(
     write_chunks(transaction, parent, id, count, bytes)
 }
 
+/// Writes `bytes` as record `id` of `parent` in place of what the record held: a range clear
+/// of `(id,)` first (the older record may have more chunks, or another count in its keys), then
+/// [`insert_chunked`]'s keys. For the rare rewrite of a stored record; a new record is cheaper
+/// with [`insert_chunked`].
+pub(crate) fn replace_chunked(
+    transaction: &Transaction,
+    parent: &Subspace,
+    id: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let count = chunk_count(bytes)?;
+    let (begin, end) = parent.subspace(&(id,)).range();
+    transaction.clear_range(&begin, &end);
+    write_chunks(transaction, parent, id, count, bytes)
+}
+
 /// The chunks `bytes` takes, at most [`RECORD_CHUNKS_MAX`].
 fn chunk_count(bytes: &[u8]) -> Result<u32, StoreError> {
     let count = bytes.len().div_ceil(CHUNK_BYTES).max(1);

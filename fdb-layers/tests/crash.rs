@@ -210,9 +210,9 @@ async fn send(
         .await
         .expect("send transaction");
     match outcome {
-        AppendOutcome::Appended { chat_seq, .. } | AppendOutcome::Duplicate { chat_seq, .. } => {
-            chat_seq
-        }
+        AppendOutcome::Appended { chat_seq, .. }
+        | AppendOutcome::FirstAfterImport { chat_seq, .. }
+        | AppendOutcome::Duplicate { chat_seq, .. } => chat_seq,
         AppendOutcome::Gap {
             expected_sender_seq,
         } => {

@@ -622,6 +622,14 @@ pub async fn commit_envelope_into(
                 }
             }
             if !arrived_since.is_empty() {
+                // The copy stored here was first stored for none of these accounts (their
+                // devices' entries were checked by their old home, not here): it may lack
+                // entries for devices this envelope covers, such as a device the sender learned
+                // of only when the old home answered "mismatched".
+                complete_stored(tx, parsed.chat, chat_seq, envelope, |device| {
+                    arrived_since.contains(&device.account) && local_devices.contains(&device)
+                })
+                .await?;
                 let message = MessageInQueue {
                     chat_seq,
                     origin: Some(MessageOrigin {
@@ -669,6 +677,17 @@ pub async fn commit_envelope_into(
             chat_seq,
             server_time_ms,
         } => (chat_seq, server_time_ms),
+        AppendOutcome::FirstAfterImport {
+            chat_seq,
+            server_time_ms,
+        } => {
+            // The stored copy is the old home's, checked for its accounts only.
+            complete_stored(tx, parsed.chat, chat_seq, envelope, |device| {
+                local_devices.contains(&device)
+            })
+            .await?;
+            (chat_seq, server_time_ms)
+        }
     };
     if sender_region == local {
         device_state::record_envelope(tx, parsed.sender, parsed.device_seq)?;
@@ -694,6 +713,35 @@ pub async fn commit_envelope_into(
         committed(chat_seq, false, server_time_ms),
         Effects::default(),
     )
+}
+
+/// Completes entry `chat_seq` of `chat`, a stored copy of `envelope` that this region did not
+/// check for some of its devices (a home move brought it, or it was stored before their account
+/// moved here), with `envelope`'s entries for the devices `wanted` names that it lacks: they are
+/// queued the entry, and the envelope committed now was checked for them here. What the stored
+/// copy has stays as it is (a device may have read it already).
+async fn complete_stored(
+    tx: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+    envelope: &wire::Envelope,
+    wanted: impl Fn(DeviceAddress) -> bool,
+) -> Result<(), StoreError> {
+    let Some(stored) = chat_log::entry(tx, chat, chat_seq).await? else {
+        return Ok(());
+    };
+    let fields =
+        stored_envelope::missing_entries(&stored.envelope_bytes, &envelope.ciphertexts, |device| {
+            wanted(DeviceAddress {
+                account: AccountId(device.account),
+                device: DeviceId(device.device),
+            })
+        })
+        .map_err(|error| corrupt("stored envelope", error))?;
+    if !fields.is_empty() {
+        chat_log::extend_envelope(tx, chat, chat_seq, &fields).await?;
+    }
+    Ok(())
 }
 
 /// What a queue entry of `envelope` holds for a device at most, besides ids.
@@ -744,7 +792,7 @@ async fn group_changed(
     })
 }
 
-fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: detail.to_string(),

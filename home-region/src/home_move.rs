@@ -45,6 +45,7 @@ use tokio::sync::futures::Notified;
 
 use crate::core;
 use crate::service::store_failure;
+use crate::stored_envelope;
 
 /// The most bytes of records one part of a move carries before it is sent (one chat log entry
 /// more may follow it into the part).
@@ -695,7 +696,10 @@ async fn import(
         if logged.tail {
             chat_log::import_tail_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
         } else {
-            chat_log::import_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
+            let chat_seq = chat_log::import_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
+            if let Err(error) = complete_entry(tx, account, chat, chat_seq, &logged.entry).await? {
+                return Ok(Err(error));
+            }
         }
     }
     for moved in &part.queue {
@@ -758,6 +762,44 @@ async fn import(
 
 /// Points the messages of a moved item at this region's log entries (found by sender and
 /// client message id, imported before it).
+/// Completes entry `chat_seq` of `chat` here with the entries for `account`'s devices that the
+/// old home's copy (`moved`, which it queued for them) holds and this one lacks: a copy first
+/// stored here for other accounts was never checked for this account's devices, and may lack
+/// one the sender added when the old home answered "mismatched".
+async fn complete_entry(
+    tx: &fdb_layers::Transaction,
+    account: AccountId,
+    chat: ChatId,
+    chat_seq: u64,
+    moved: &[u8],
+) -> Result<Result<(), ProtoError>, StoreError> {
+    let moved = chat_log::decode_entry(chat_seq, moved)?;
+    let Some(stored) = chat_log::entry(tx, chat, chat_seq).await? else {
+        return Ok(Ok(()));
+    };
+    if stored.envelope_bytes == moved.envelope_bytes {
+        // The moved copy itself, or the same envelope: nothing to complete.
+        return Ok(Ok(()));
+    }
+    let Ok(offered) = wire::Envelope::decode(moved.envelope_bytes) else {
+        return Ok(Err(ProtoError::invalid(
+            "a moved log entry whose envelope does not decode",
+        )));
+    };
+    let fields = match stored_envelope::missing_entries(
+        &stored.envelope_bytes,
+        &offered.ciphertexts,
+        |device| device.account == account.0,
+    ) {
+        Ok(fields) => fields,
+        Err(error) => return Err(core::corrupt("stored envelope", error)),
+    };
+    if !fields.is_empty() {
+        chat_log::extend_envelope(tx, chat, chat_seq, &fields).await?;
+    }
+    Ok(Ok(()))
+}
+
 async fn renumber(
     tx: &fdb_layers::Transaction,
     item: &mut QueueItem,

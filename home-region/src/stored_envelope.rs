@@ -147,6 +147,26 @@ pub(crate) fn member_view(
     }
 }
 
+/// The entries of `offered` (another copy of the envelope `stored`, with the same sender and
+/// client message id) for the devices `wanted` names that `stored` has no entry for, encoded as
+/// `Envelope::ciphertexts` fields: appended to `stored`, they complete it (protobuf extends a
+/// repeated field with every occurrence). Empty when nothing is missing.
+pub(crate) fn missing_entries<'a>(
+    stored: &[u8],
+    offered: impl IntoIterator<Item = &'a DeviceCiphertext>,
+    wanted: impl Fn(&DeviceAddr) -> bool,
+) -> Result<Vec<u8>, ViewError> {
+    let mut fields = Vec::new();
+    for ciphertext in offered {
+        if wanted(&ciphertext.recipient) && ciphertext_for(stored, ciphertext.recipient)?.is_none()
+        {
+            // `u32` tags: 6 fits.
+            prost::encoding::message::encode(CIPHERTEXTS_TAG as u32, ciphertext, &mut fields);
+        }
+    }
+    Ok(fields)
+}
+
 /// The encoded per-device entries of an envelope, in order: the payloads of its
 /// length-delimited fields with the entries' tag.
 fn entries(envelope: &[u8]) -> impl Iterator<Item = Result<&[u8], ViewError>> {
@@ -235,6 +255,26 @@ mod tests {
             message_type: 1,
             body: body.to_vec(),
         }
+    }
+
+    #[test]
+    fn missing_entries_complete_a_stored_copy_and_nothing_else() {
+        let mut stored = group_envelope();
+        stored.ciphertexts.truncate(1); // 2/1 only: stored before 3/1 and 3/2 were checked here
+        let stored = stored.encode_to_vec();
+        let offered = group_envelope();
+        let fields = missing_entries(&stored, &offered.ciphertexts, |device| device.account == 3)
+            .expect("frames");
+        let mut completed = stored.clone();
+        completed.extend_from_slice(&fields);
+        let decoded = Envelope::decode(completed.as_slice()).expect("decodes");
+        assert_eq!(decoded.ciphertexts, offered.ciphertexts);
+        assert_eq!(decoded.group_ciphertext, offered.group_ciphertext);
+        let again = missing_entries(&completed, &offered.ciphertexts, |_| true).expect("frames");
+        assert!(again.is_empty(), "nothing is missing twice");
+        let unwanted = missing_entries(&stored, &offered.ciphertexts, |device| device.account == 9)
+            .expect("frames");
+        assert!(unwanted.is_empty(), "only the devices asked for");
     }
 
     fn group_envelope() -> Envelope {

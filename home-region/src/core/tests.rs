@@ -706,6 +706,111 @@ async fn recipients_in_other_regions_are_left_to_them() {
     assert!(effects.notify.is_empty(), "no local recipient devices");
 }
 
+/// Bob's home is elsewhere when alice's envelope first reaches her region: it is stored for
+/// bob's first device only (his devices are checked at his home, which answered "mismatched").
+/// Bob then moves here; alice's retry, covering both his devices, is a duplicate here, and it
+/// queues the entry for them: the stored copy is completed with the entry for his second device,
+/// which it never had, so both devices read the message.
+#[tokio::test]
+async fn a_duplicate_queued_for_an_account_that_moved_here_carries_every_devices_entry() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 2).await;
+    let set_home = async |home: RegionId, epoch: u64| {
+        f.db.transact(|tx| async move {
+            let mut record = directory::account_by_id(&tx, bob).await?.expect("bob");
+            record.home_region = home;
+            record.epoch = epoch;
+            directory::put_account(&tx, &record).await?;
+            if home == HERE {
+                home_move::set_arrived(&tx, bob, 1_000)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("bob's home");
+    };
+    set_home(ELSEWHERE, 2).await;
+    let (alice1, bob1, bob2) = (device_in(alice, 1), device_in(bob, 1), device_in(bob, 2));
+    let first = envelope(alice1, &[bob1], &[bob, alice], 3, 1);
+    let (outcome, effects) = commit(&f.db, &first, HERE).await;
+    assert!(matches!(outcome, send_outcome::Outcome::Sent(_)));
+    assert!(effects.notify.is_empty(), "bob is not homed here yet");
+
+    set_home(HERE, 3).await;
+    let retry = envelope(alice1, &[bob1, bob2], &[bob, alice], 3, 1);
+    let (outcome, _) = commit(&f.db, &retry, HERE).await;
+    let send_outcome::Outcome::Sent(sent) = outcome else {
+        panic!("sent: {outcome:?}");
+    };
+    assert!(sent.commits[0].duplicate);
+    for device in [bob1, bob2] {
+        let (batch, _) = fetch(&f.db, device, &[]).await;
+        let [entry] = batch.entries.as_slice() else {
+            panic!("one entry for {device}: {batch:?}");
+        };
+        assert_eq!(
+            message_of(entry).ciphertext,
+            [3, device.device.0 as u8],
+            "{device}"
+        );
+    }
+}
+
+/// Alice's second device sends to bob while her home cannot reach bob's: bob's home stores the
+/// envelope, which named bob's devices only (her home refused it: her first device was
+/// missing). Bob then moves to alice's home with the entry in his queue, and her retry, naming
+/// every device, is the envelope's first commit there: it is queued for her first device too,
+/// and the stored copy (bob's old home's) is completed with that device's entry.
+#[tokio::test]
+async fn the_first_commit_of_a_moved_entry_completes_it_for_the_devices_here() {
+    let f = fixture();
+    let old_home = fixture();
+    let alice = account(&f.db, "alice", HERE, 2).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, alice2, bob1) = (device_in(alice, 1), device_in(alice, 2), device_in(bob, 1));
+    let first = envelope(alice2, &[bob1], &[bob, alice], 5, 1);
+    let chat = ChatId::direct(alice, bob);
+    let moved = old_home
+        .db
+        .transact(|tx| {
+            let bytes = first.encode_to_vec();
+            async move {
+                let entry = NewEntry {
+                    chat,
+                    sender: alice2,
+                    client_message_id: ClientMessageId([5; 16]),
+                    sender_seq: 1,
+                    sender_region: HERE,
+                    envelope_bytes: &bytes,
+                };
+                chat_log::append(&tx, &entry, 1_000).await?;
+                Ok(chat_log::entry_bytes(&tx, chat, 1).await?.expect("stored"))
+            }
+        })
+        .await
+        .expect("bob's old home");
+    f.db.transact(|tx| {
+        let moved = moved.clone();
+        async move { chat_log::import_entry(&tx, chat, 1, &moved).await }
+    })
+    .await
+    .expect("the move brought it");
+
+    let retry = envelope(alice2, &[bob1, alice1], &[bob, alice], 5, 1);
+    let (outcome, effects) = commit(&f.db, &retry, HERE).await;
+    let send_outcome::Outcome::Sent(sent) = outcome else {
+        panic!("sent: {outcome:?}");
+    };
+    assert!(!sent.commits[0].duplicate, "its first commit here");
+    assert_eq!(effects.notify.get(&alice1), Some(&1));
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    let [entry] = batch.entries.as_slice() else {
+        panic!("one entry for alice's first device: {batch:?}");
+    };
+    assert_eq!(message_of(entry).ciphertext, [5, 1]);
+}
+
 #[tokio::test]
 async fn a_sender_this_region_never_saw_is_accepted() {
     let f = fixture();

@@ -60,18 +60,30 @@ async fn send(
     id: u8,
     to: &[DeviceAddress],
 ) {
+    send_envelope(db, chat, sender, sender_seq, id, &[id; 300], to).await;
+}
+
+/// As [`send`], with the envelope's bytes given.
+async fn send_envelope(
+    db: &Database,
+    chat: ChatId,
+    sender: DeviceAddress,
+    sender_seq: u64,
+    id: u8,
+    envelope: &[u8],
+    to: &[DeviceAddress],
+) {
     let to = to.to_vec();
     db.transact(|tx| {
         let to = to.clone();
         async move {
-            let envelope = vec![id; 300];
             let entry = NewEntry {
                 chat,
                 sender,
                 client_message_id: ClientMessageId([id; 16]),
                 sender_seq,
                 sender_region: OLD,
-                envelope_bytes: &envelope,
+                envelope_bytes: envelope,
             };
             let AppendOutcome::Appended { chat_seq, .. } =
                 chat_log::append(&tx, &entry, 1_000).await?
@@ -232,6 +244,121 @@ async fn an_account_moves_in_parts_and_a_queue_that_grew_meanwhile_is_copied_aga
     )
     .await;
     assert_eq!(again.map_err(|error| error.code), Err(ErrorCode::Forbidden));
+}
+
+/// A message bob (homed at the new home) sent before alice linked her second device: his region
+/// stored it for alice's first device only (it checks only its own accounts' devices); her home
+/// answered "mismatched" and he sent it again for both, which her home stored and queued and his
+/// region took as a duplicate. When alice moves to bob's region, the copy there is completed
+/// with her second device's entry, or its queue would name an entry it cannot read.
+#[tokio::test]
+async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() {
+    let (old_dir, new_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (old, new) = (database(&old_dir), database(&new_dir));
+    let (alice1, alice2, bob1) = (device(ALICE, 1), device(ALICE, 2), device(BOB, 1));
+    let bob = AccountRecord {
+        id: BOB,
+        name: "bob".into(),
+        home_region: NEW,
+        epoch: 1,
+    };
+    old.transact(|tx| {
+        let bob = bob.clone();
+        async move {
+            directory::put_account(&tx, &record(OLD, 1)).await?;
+            directory::put_account(&tx, &bob).await?;
+            directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
+                .await?
+                .expect("first");
+            directory::add_device(&tx, ALICE, b"id-2", b"sign-2", &key(2)).await?;
+            Ok(())
+        }
+    })
+    .await
+    .expect("alice");
+    new.transact(|tx| {
+        let bob = bob.clone();
+        async move {
+            directory::put_account(&tx, &record(OLD, 1)).await?;
+            directory::put_account(&tx, &bob).await
+        }
+    })
+    .await
+    .expect("the new home's directory");
+    let chat = ChatId::direct(ALICE, BOB);
+    let entry = |to: DeviceAddress, body: &[u8]| wire::DeviceCiphertext {
+        recipient: to.into(),
+        message_type: 1,
+        body: body.to_vec(),
+    };
+    let envelope = |ciphertexts| wire::Envelope {
+        chat: chat.0.to_vec(),
+        sender: bob1.into(),
+        client_message_id: vec![9; 16],
+        sender_seq: 1,
+        recipient_accounts: vec![ALICE.0],
+        ciphertexts,
+        ..wire::Envelope::default()
+    };
+    // An earlier message of bob's in the chat at the new home, so the numbers differ.
+    send(&new, chat, bob1, 1, 1, &[]).await;
+    let first = envelope(vec![entry(alice1, b"for 1")]).encode_to_vec();
+    send_envelope(&new, chat, bob1, 2, 9, &first, &[]).await;
+    let checked = envelope(vec![
+        entry(alice1, b"for 1, again"),
+        entry(alice2, b"for 2"),
+    ]);
+    send(&old, chat, bob1, 1, 1, &[]).await;
+    send_envelope(
+        &old,
+        chat,
+        bob1,
+        2,
+        9,
+        &checked.encode_to_vec(),
+        &[alice1, alice2],
+    )
+    .await;
+
+    let mut exporter = Exporter::new(
+        &old,
+        ALICE,
+        OLD,
+        Direct {
+            db: &new,
+            parts: Vec::new(),
+        },
+    );
+    exporter.copy().await.expect("copied");
+    exporter.fence(NEW).await.expect("fenced");
+    exporter.flush().await.expect("flushed");
+    let moved = crate::core::account_info(&record(NEW, 2));
+    exporter.activate(moved).await.expect("activated");
+
+    new.transact(|tx| async move {
+        for (device, body) in [(alice1, &b"for 1"[..]), (alice2, &b"for 2"[..])] {
+            let queued = device_queue::read_after(&tx, device, 0, 10).await?;
+            let [(_, item)] = queued.as_slice() else {
+                panic!("one entry for {device}: {queued:?}");
+            };
+            let (Some(chat), messages) = item.messages() else {
+                panic!("a message");
+            };
+            assert_eq!(messages[0].chat_seq, 2, "the new home's number");
+            let stored = chat_log::entry(&tx, chat, 2).await?.expect("the entry");
+            let (_, ciphertext) =
+                stored_envelope::member_view(&stored.envelope_bytes, device.into())
+                    .expect("frames");
+            // The first device keeps the entry stored here; the second gets the checked one.
+            assert_eq!(ciphertext.map(|c| c.body), Some(body.to_vec()), "{device}");
+        }
+        Ok(())
+    })
+    .await
+    .expect("the new home's copy");
 }
 
 #[tokio::test]
