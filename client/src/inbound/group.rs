@@ -112,15 +112,23 @@ impl GroupInbound<'_, '_> {
             )));
             return Ok(());
         }
-        for bytes in self.writer.take_group_waiting(&key.session_id)? {
-            match QueuedMessage::decode(bytes.as_slice()) {
-                Ok(waiting) => self.process(&waiting, true)?,
-                Err(error) => {
-                    return Err(ClientError::Corrupt(format!(
+        let mut waiting = self
+            .writer
+            .take_group_waiting(&key.session_id)?
+            .iter()
+            .map(|bytes| {
+                QueuedMessage::decode(bytes.as_slice()).map_err(|error| {
+                    ClientError::Corrupt(format!(
                         "a stored group message waiting for its key: {error}"
-                    )));
-                }
-            }
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // In the chat's order, as they would have been shown had the key come first (those
+        // of one page arrived at the same moment, and the store orders them by arrival).
+        waiting.sort_by_key(|message| message.chat_seq);
+        for message in &waiting {
+            self.process(message, true)?;
         }
         Ok(())
     }

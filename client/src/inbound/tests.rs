@@ -414,6 +414,73 @@ fn group_entry(
     }
 }
 
+/// Two messages of a session that arrived together before its key come out in the chat's
+/// order once it arrives, whatever their ids (the store keeps them by arrival, then id).
+#[test]
+fn group_messages_that_waited_for_their_key_come_out_in_chat_order() {
+    use crate::group_keys::GroupKeys;
+    use relay_proto::wire::EnvelopeKind;
+    let alice_device = device(1, 1);
+    let mut bob = side(device(2, 1));
+    bob.crypto.generate_one_time_keys(1);
+    let key = bob.crypto.unpublished_one_time_keys().remove(0);
+    let mut alice = side(alice_device);
+    alice
+        .crypto
+        .create_outbound_session(bob.me, &bob.crypto.identity_key(), &key.public_key)
+        .expect("session");
+    let mut keys = GroupKeys::new(alice_device);
+    let members: std::collections::BTreeSet<DeviceAddress> = [bob.me].into();
+    let plan = keys.prepare_send(9, &members, 10);
+    keys.mark_shared(9, &plan.session_id, &plan.devices)
+        .expect("shared");
+    let mut sealed = Vec::new();
+    for text in ["first", "second"] {
+        let text = Content::group_text(9, text, 10).expect("text").to_bytes();
+        sealed.push(keys.encrypt(9, &members, 10, &text).expect("encrypt"));
+    }
+    let share = Content::group_key(plan.key.clone()).to_bytes();
+    let (olm_type, olm_body) = alice.crypto.encrypt(bob.me, &share).expect("olm");
+    // The later message has the lower id.
+    let messages: Vec<QueueEntry> = [(1, 9), (2, 3)]
+        .into_iter()
+        .zip(&sealed)
+        .map(|((queue_seq, id), sealed)| {
+            group_entry(
+                queue_seq,
+                alice_device,
+                9,
+                id,
+                EnvelopeKind::Message,
+                &sealed.session_id,
+                2,
+                Vec::new(),
+                sealed.bytes.clone(),
+            )
+        })
+        .collect();
+    assert!(process(&mut bob, &messages).is_empty());
+    let key_share = group_entry(
+        3,
+        alice_device,
+        9,
+        7,
+        EnvelopeKind::GroupKeyShare,
+        &sealed[0].session_id,
+        olm_type,
+        olm_body,
+        Vec::new(),
+    );
+    let texts: Vec<String> = process(&mut bob, &[key_share])
+        .into_iter()
+        .filter_map(|report| match report {
+            Inbound::GroupMessage { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+}
+
 #[test]
 fn a_group_message_waits_for_its_key_and_bad_group_input_is_recorded_not_fatal() {
     use crate::group_keys::GroupKeys;
