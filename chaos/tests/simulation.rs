@@ -397,3 +397,13 @@ fn a_removed_members_racing_text_settles_at_its_sender() {
         report.seed
     );
 }
+
+/// Swarm seed 1215: c0's app was killed just after the region acknowledged two of its messages
+/// and before it passed the "sent" ticks on; the reopened app had nothing left to send, so the
+/// messages were delivered but never acknowledged to its user. An app shows what its store
+/// says when it opens (`App::recall` reads each message it never heard about), as a person's
+/// app does; events are not kept across a kill.
+#[test]
+fn an_app_killed_before_it_passed_a_tick_on_shows_it_when_it_opens() {
+    run(&Simulation::swarm(seed_from_env(1215)));
+}

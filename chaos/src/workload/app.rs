@@ -6,11 +6,13 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
+use relay_client::store::Tick;
 use relay_client::{
-    ClientError, Device, Environment, Event, Events, LinkHistory, OpenOptions, flows,
+    ClientError, Device, Environment, Event, Events, LinkHistory, MessageState, OpenOptions, flows,
 };
 use relay_proto::ClientMessageId;
 
+use super::observe::Unheard;
 use super::{CLIENT_RESTART_MS, ClientSetup, Observer, observe};
 use crate::history::What;
 use crate::seed;
@@ -205,6 +207,38 @@ impl App {
         flows::read(&self.device, &mut self.events, peer, &mut *self.sink).await
     }
 
+    /// What an app shows when it opens: where each message whose outcome the killed run never
+    /// passed on stands now, read from the device's store (an event is not kept across a kill:
+    /// the store is), passed on as the event that would have said it.
+    pub async fn recall(&mut self, unheard: &[Unheard]) -> Result<(), ClientError> {
+        for message in unheard {
+            let Some(id) = message_id(&message.id) else {
+                continue;
+            };
+            let event = match (self.device.message_state(id).await?, &message.peer) {
+                (MessageState::Ticked(Tick::Pending), _) => continue,
+                (MessageState::Ticked(tick), Some(peer)) => Event::Tick {
+                    id: message.id.clone(),
+                    peer: peer.clone(),
+                    tick,
+                },
+                (MessageState::Ticked(tick), None) => Event::GroupTick {
+                    group: 0,
+                    id: message.id.clone(),
+                    tick,
+                },
+                (MessageState::Failed(reason), Some(peer)) => Event::Failed {
+                    id: message.id.clone(),
+                    peer: peer.clone(),
+                    reason,
+                },
+                _ => continue,
+            };
+            (self.sink)(event);
+        }
+        Ok(())
+    }
+
     /// Closes the device (the edge is told), reporting what it still had to say.
     pub async fn close(mut self) {
         let _ = self.device.close().await;
@@ -253,16 +287,33 @@ pub(super) fn opener<'a>(
 }
 
 /// Kills the client app between two actions (no goodbye to the edge, nothing flushed beyond
-/// what its store already holds) and opens it again after a moment.
+/// what its store already holds) and opens it again after a moment, showing where the messages
+/// stand whose outcome the killed run had not passed on ([`App::recall`]).
 pub(super) async fn restart(
     setup: &ClientSetup,
     client: App,
     open: &impl Fn() -> Result<App, ClientError>,
+    local: &Rc<RefCell<Observer>>,
 ) -> Result<App, Box<dyn std::error::Error>> {
     drop(client);
     setup.shared.borrow_mut().record(What::ClientRestarted {
         client: setup.plan.client,
     });
     tokio::time::sleep(Duration::from_millis(CLIENT_RESTART_MS)).await;
-    Ok(open()?)
+    let mut app = open()?;
+    let unheard = local.borrow().unheard(&setup.shared.borrow_mut().progress);
+    app.recall(&unheard).await?;
+    Ok(app)
+}
+
+/// A message id as events print it (32 hex digits).
+fn message_id(hex: &str) -> Option<ClientMessageId> {
+    let mut id = [0u8; 16];
+    if hex.len() != 32 {
+        return None;
+    }
+    for (byte, pair) in id.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(ClientMessageId(id))
 }

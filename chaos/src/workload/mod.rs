@@ -228,7 +228,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
             break;
         }
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
-            client = restart(&setup, client, &open).await?;
+            client = restart(&setup, client, &open, &local).await?;
         }
         group_turns.take(&setup, &mut client, &local).await?;
         send_planned(&setup, 0, &mut client, &local, send).await?;
@@ -261,7 +261,7 @@ pub async fn run_client(setup: ClientSetup) -> turmoil::Result {
     let mut settled_since = None;
     let complete = loop {
         if restarts.next_if(|&at| sim_elapsed_ms() >= at).is_some() {
-            client = restart(&setup, client, &open).await?;
+            client = restart(&setup, client, &open, &local).await?;
         }
         group_turns.take(&setup, &mut client, &local).await?;
         // Before the sync, which sends it (the others wait for it: `Progress::settled`).

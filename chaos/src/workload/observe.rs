@@ -18,6 +18,8 @@ pub struct Observer {
     pub sending: Option<MessageRef>,
     /// Client message ids (as the events print them) of this client's messages.
     ids: BTreeMap<String, MessageRef>,
+    /// The peer each of [`Observer::ids`] was sent to, as its events name it.
+    peers: BTreeMap<String, String>,
     /// This client's messages seen acknowledged.
     acked: BTreeSet<MessageRef>,
     /// Outbox entries left after the last sync.
@@ -39,7 +41,39 @@ pub struct Observer {
     group_acked: BTreeSet<GroupMessageRef>,
 }
 
+/// A message of this device whose outcome it has not heard: no tick past pending and no
+/// failure reached it (the app was killed before it passed them on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unheard {
+    /// Its id, as the events print it.
+    pub id: String,
+    /// The peer of a 1:1 message; `None` for a group message.
+    pub peer: Option<String>,
+}
+
 impl Observer {
+    /// This device's messages whose outcome it has not heard ([`Unheard`]), in id order.
+    pub fn unheard(&self, progress: &super::Progress) -> Vec<Unheard> {
+        let direct = self.ids.iter().filter(|(_, message)| {
+            !self.acked.contains(*message) && !progress.failed.contains(*message)
+        });
+        let direct = direct.map(|(id, _)| Unheard {
+            id: id.clone(),
+            peer: Some(self.peers.get(id).cloned().unwrap_or_default()),
+        });
+        let groups = self
+            .group_ids
+            .iter()
+            .filter(|(_, message)| {
+                !self.group_acked.contains(*message) && !progress.groups.failed.contains(*message)
+            })
+            .map(|(id, _)| Unheard {
+                id: id.clone(),
+                peer: None,
+            });
+        direct.chain(groups).collect()
+    }
+
     /// Whether every text this device sent is acknowledged or given up, but for group texts
     /// of a sender whose removal from the group was asked while they were on their way: those
     /// may never settle (see [`GroupProgress::stuck`]), and the rest of its outbox is then only
@@ -74,6 +108,7 @@ pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared:
         Event::Tick { id, tick, peer } => match tick {
             Tick::Pending => {
                 if let Some(message) = local.sending.take() {
+                    local.peers.insert(id.clone(), peer);
                     local.ids.insert(id, message);
                     shared.progress().queued.insert(message);
                     shared.record(What::Queued { message });
