@@ -172,6 +172,51 @@ async fn a_watcher_in_the_other_region_sees_what_each_privacy_setting_allows() {
     testbed.stop().await;
 }
 
+/// Alice's home moves while bob watches her: his watch moves with her (his edge places it at
+/// her new home), so he is never told she left while she is still online, and he sees her
+/// leave once she does.
+#[tokio::test(flavor = "current_thread")]
+async fn a_watch_follows_the_watched_account_to_its_new_home() {
+    let testbed = Testbed::start(2).await.expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    register_all(&testbed, dir.path(), &[("alice", 1), ("bob", 2)]).await;
+    let (alice, _alice_events) = live(&dir.path().join("alice")).await;
+    let (bob, mut bob_events) = live(&dir.path().join("bob")).await;
+    alice.send("bob", "hi bob").await.expect("sent");
+    alice.connect().await.expect("alice connects");
+    bob.watch_presence("alice").await.expect("bob watches");
+    next_matching(&mut bob_events, presence_of("alice", "online")).await;
+
+    let moved = testbed
+        .move_home("alice", 1, 2)
+        .await
+        .expect("alice moves to region 2");
+    assert_eq!(moved.account.region, 2);
+    // Her new home tells bob what it sees: online (his watch reached it).
+    let mut seen = Vec::new();
+    let online = tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = bob_events.next().await {
+            if presence_of("alice", "online")(&event) {
+                return true;
+            }
+            seen.push(event);
+        }
+        false
+    })
+    .await;
+    assert_eq!(online, Ok(true), "bob saw {seen:#?}");
+    assert!(
+        !seen.iter().any(presence_of("alice", "offline")),
+        "bob was told alice left while she was online: {seen:#?}"
+    );
+
+    // She leaves: her new home tells bob.
+    alice.close().await.expect("alice closes");
+    next_matching(&mut bob_events, presence_of("alice", "offline")).await;
+    bob.close().await.expect("bob closes");
+    testbed.stop().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_typing_indicator_crosses_regions_and_ends_by_itself() {
     let testbed = Testbed::start(2).await.expect("testbed");

@@ -47,6 +47,8 @@ pub struct Testbed {
     ca: PathBuf,
     locator: SocketAddr,
     regions: Vec<(SocketAddr, SocketAddr)>,
+    /// Each region's configuration, region 1 first (for its operator's requests).
+    configs: Vec<RegionConfig>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -71,6 +73,7 @@ impl Testbed {
             folder,
             locator: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             regions: Vec::new(),
+            configs: Vec::new(),
             stop,
             tasks: JoinSet::new(),
         };
@@ -98,6 +101,7 @@ impl Testbed {
             let (service, address, _) = RegionService::open(&config, false)
                 .await
                 .map_err(|error| child_error(&format!("region-{region}"), error))?;
+            testbed.configs.push(config);
             testbed
                 .tasks
                 .spawn(run_region(service, shutdown(stopped.clone())));
@@ -201,6 +205,24 @@ impl Testbed {
     pub fn edge(&self, region: u32) -> Option<SocketAddr> {
         let index = usize::try_from(region.checked_sub(1)?).ok()?;
         self.regions.get(index).map(|(_, edge)| *edge)
+    }
+
+    /// Moves the home of `account` (an id or a name), homed in region `from`, to region `to`,
+    /// as `from`'s operator does with `relayd admin move-home`, and returns the move's report.
+    pub async fn move_home(
+        &self,
+        account: &str,
+        from: u32,
+        to: u32,
+    ) -> Result<relay_proto::wire::HomeMoved, DevnetError> {
+        let config = usize::try_from(from)
+            .ok()
+            .and_then(|from| from.checked_sub(1))
+            .and_then(|index| self.configs.get(index))
+            .ok_or_else(|| DevnetError::Invalid(format!("the testbed has no region {from}")))?;
+        home_region::home_move::request_move_home(config, account, to)
+            .await
+            .map_err(|error| child_error(&format!("region-{from}"), error))
     }
 
     /// The folder holding the stores and certificates (removed when the testbed is dropped).

@@ -75,11 +75,34 @@ impl Watches {
             .collect()
     }
 
-    /// Whether `watcher` watches `account` now.
-    pub fn watches(&self, watcher: DeviceAddress, account: AccountId) -> bool {
+    /// Whether `watcher` watches `account` now, at `region` (an update from a region the
+    /// account left is stale: its watch moved with it, see [`Watches::handle_moved`]).
+    pub fn watches(&self, watcher: DeviceAddress, account: AccountId, region: RegionId) -> bool {
         self.by_watcher
             .get(&watcher)
-            .is_some_and(|watched| watched.contains_key(&account))
+            .and_then(|watched| watched.get(&account))
+            .is_some_and(|&home| home == region)
+    }
+
+    /// `account`'s home moved from `from` to `to`: every watch of it placed at `from` is
+    /// placed at `to` now. Returns the watchers, whose watches the edge ends at `from` and
+    /// begins at `to`.
+    pub fn handle_moved(
+        &mut self,
+        account: AccountId,
+        from: RegionId,
+        to: RegionId,
+    ) -> Vec<DeviceAddress> {
+        let mut moved = Vec::new();
+        for (&watcher, watched) in &mut self.by_watcher {
+            if let Some(home) = watched.get_mut(&account)
+                && *home == from
+            {
+                *home = to;
+                moved.push(watcher);
+            }
+        }
+        moved
     }
 }
 
@@ -115,8 +138,9 @@ mod tests {
         watches
             .handle_watch(device(200), AccountId(7), RegionId(1))
             .expect("another device");
-        assert!(watches.watches(device(100), AccountId(1)));
-        assert!(!watches.watches(device(200), AccountId(1)));
+        assert!(watches.watches(device(100), AccountId(1), RegionId(2)));
+        assert!(!watches.watches(device(100), AccountId(1), RegionId(1)));
+        assert!(!watches.watches(device(200), AccountId(1), RegionId(2)));
         let in_region_1 = watches.watched_in(RegionId(1));
         assert_eq!(in_region_1.len(), PRESENCE_WATCHES_PER_DEVICE_MAX / 2 + 1);
         assert!(in_region_1.contains(&(device(200), AccountId(7))));
@@ -129,5 +153,35 @@ mod tests {
         assert_eq!(ended.len(), PRESENCE_WATCHES_PER_DEVICE_MAX);
         assert!(watches.watched_in(RegionId(1)).is_empty());
         assert!(watches.watched_in(RegionId(2)).is_empty());
+    }
+
+    #[test]
+    fn watches_follow_a_moved_account_and_updates_from_its_old_home_are_stale() {
+        let mut watches = Watches::default();
+        let (alice, bob) = (AccountId(1), AccountId(2));
+        watches
+            .handle_watch(device(100), alice, RegionId(1))
+            .expect("watch");
+        watches
+            .handle_watch(device(200), alice, RegionId(1))
+            .expect("watch");
+        watches
+            .handle_watch(device(200), bob, RegionId(1))
+            .expect("watch");
+        let moved = watches.handle_moved(alice, RegionId(1), RegionId(2));
+        assert_eq!(moved, [device(100), device(200)]);
+        for watcher in [device(100), device(200)] {
+            assert!(watches.watches(watcher, alice, RegionId(2)));
+            assert!(!watches.watches(watcher, alice, RegionId(1)), "stale");
+        }
+        assert!(watches.watches(device(200), bob, RegionId(1)), "bob stays");
+        assert_eq!(watches.watched_in(RegionId(2)).len(), 2);
+        assert_eq!(watches.watched_in(RegionId(1)), [(device(200), bob)]);
+        // A notice of the same move again (another edge's stream, a re-sent one): nothing.
+        assert!(
+            watches
+                .handle_moved(alice, RegionId(1), RegionId(2))
+                .is_empty()
+        );
     }
 }

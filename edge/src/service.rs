@@ -829,13 +829,30 @@ impl EdgeService {
     }
 
     /// `from` moved the home of an account to another region: the edge routes to the new
-    /// home, and the account's devices connected here are subscribed there instead, so their
-    /// queue hints come from the new home.
+    /// home, the account's devices connected here are subscribed there instead, so their
+    /// queue hints come from the new home, and watches of its presence by devices here are
+    /// placed there, so watchers go on seeing it come and go.
     fn account_moved(&self, from: RegionId, info: &wire::AccountInfo) {
         let account = AccountId(info.account);
         let to = self.learn_home(info);
         if to == from {
             return;
+        }
+        // Watches first: the old home then has no watcher left to tell that the account's
+        // devices left it (and an update it sent anyway is stale, see `presence_update`).
+        let watchers = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .handle_moved(account, from, to);
+        for watcher in watchers {
+            if let Some(subscription) = self.inner.subscriptions.get(&from) {
+                subscription.handle_watch(watcher, account, false);
+            }
+            if let Some(subscription) = self.inner.subscriptions.get(&to) {
+                subscription.handle_watch(watcher, account, true);
+            }
         }
         let mut moved = Vec::new();
         {
@@ -985,7 +1002,7 @@ impl EdgeService {
                                 }
                             }
                             Ok(Some(RegionResponse { body: Some(region_response::Body::Presence(update)) })) => {
-                                self.presence_update(update);
+                                self.presence_update(region, update);
                             }
                             Ok(Some(RegionResponse { body: Some(region_response::Body::AccountMoved(moved)) })) => {
                                 self.account_moved(region, &moved.account);
@@ -1013,8 +1030,9 @@ impl EdgeService {
         }
     }
 
-    /// A region's presence update for a watcher here: delivered if it still watches.
-    fn presence_update(&self, update: wire::PresenceUpdate) {
+    /// `region`'s presence update for a watcher here: delivered if it still watches the
+    /// account there.
+    fn presence_update(&self, region: RegionId, update: wire::PresenceUpdate) {
         let Ok(watcher) = update.watcher.parse() else {
             return;
         };
@@ -1023,7 +1041,7 @@ impl EdgeService {
             .watches
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .watches(watcher, AccountId(update.info.account));
+            .watches(watcher, AccountId(update.info.account), region);
         if watches {
             self.event_to(watcher, server_push::Event::Presence(update.info));
         }
