@@ -28,7 +28,8 @@ pub struct SimArgs {
     plant: Option<PlantedBug>,
     /// Also move accounts' homes mid-run, as each seed draws them (an operator's
     /// `relayd admin move-home`; in half the runs with two regions or more). Not yet in the
-    /// default sweep: seed 287 still breaks invariants with them (see the README).
+    /// default sweep: seed 1783 still breaks invariants with them (an account moving into its
+    /// correspondent's region; see the README).
     #[arg(long)]
     home_moves: bool,
     /// Print the trace of every run that breaks an invariant (with --seeds 1, of the run).
