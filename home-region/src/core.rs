@@ -448,14 +448,26 @@ pub async fn commit_envelope_into(
                 );
             }
         };
-        let Some(membership) =
-            membership.filter(|known| known.members.contains(&parsed.sender.account))
-        else {
+        let Some(membership) = membership else {
             return refuse(
                 ErrorCode::UnknownGroup,
                 format!("unknown group {}", group.group),
             );
         };
+        if !membership.members.contains(&parsed.sender.account) {
+            // A key share from a device whose earlier envelopes this chat holds (it was a
+            // member then) is still taken: texts it sent as a member, stored here, may need
+            // the key (one rebuilt under a rotated session has its share numbered after it).
+            // It lets members read what was accepted; a former member still sends nothing.
+            let former_member = group.kind == EnvelopeKind::GroupKeyShare
+                && chat_log::last_sender_seq(tx, parsed.chat, parsed.sender).await? > 0;
+            if !former_member {
+                return refuse(
+                    ErrorCode::UnknownGroup,
+                    format!("unknown group {}", group.group),
+                );
+            }
+        }
         if group.version > membership.version {
             return refuse(
                 ErrorCode::Malformed,

@@ -629,6 +629,102 @@ async fn db_add_member(db: &Database, group: GroupId, account: AccountId, key: I
         .expect("added");
 }
 
+/// Swarm seed 2150: alice's text went out as a member, rebuilt under a rotated session whose key
+/// share is numbered after it; she was removed before the share arrived. The share is still
+/// taken (bob needs the key to read the text the chat holds), while a text from her is not, nor
+/// a share from a device that never sent in the group.
+#[tokio::test]
+async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let carol = account(&f.db, "carol", HERE, 1).await;
+    let team = group(&f.db, alice, &[bob, carol]).await;
+    let (alice1, bob1, carol1) = (device_in(alice, 1), device_in(bob, 1), device_in(carol, 1));
+    let members = [alice, bob, carol];
+    let text = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1, carol1],
+        &members,
+        1,
+        1,
+    );
+    assert!(matches!(
+        try_commit(&f.db, &text).await,
+        Ok(send_outcome::Outcome::Sent(_))
+    ));
+    let removal = key();
+    f.db.transact(|tx| async move {
+        directory::remove_member(&tx, team, carol, &removal).await?;
+        Ok(())
+    })
+    .await
+    .expect("carol removed");
+    let removal = key();
+    f.db.transact(|tx| async move {
+        directory::remove_member(&tx, team, alice, &removal).await?;
+        Ok(())
+    })
+    .await
+    .expect("alice removed");
+
+    let share = group_envelope(
+        team,
+        3,
+        EnvelopeKind::GroupKeyShare,
+        alice1,
+        &[bob1],
+        &[bob],
+        2,
+        2,
+    );
+    assert!(
+        matches!(
+            try_commit(&f.db, &share).await,
+            Ok(send_outcome::Outcome::Sent(_))
+        ),
+        "a former member's key share is taken"
+    );
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(batch.entries.len(), 2, "bob gets the text and its key");
+
+    let later = group_envelope(
+        team,
+        3,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1],
+        &[bob],
+        3,
+        3,
+    );
+    let refused = try_commit(&f.db, &later).await.map(|_| ());
+    assert_eq!(
+        refused.map_err(|error| error.code),
+        Err(ErrorCode::UnknownGroup),
+        "a former member sends no text"
+    );
+    let stranger = group_envelope(
+        team,
+        3,
+        EnvelopeKind::GroupKeyShare,
+        carol1,
+        &[bob1],
+        &[bob],
+        4,
+        1,
+    );
+    let refused = try_commit(&f.db, &stranger).await.map(|_| ());
+    assert_eq!(
+        refused.map_err(|error| error.code),
+        Err(ErrorCode::UnknownGroup),
+        "carol never sent in the group"
+    );
+}
+
 #[tokio::test]
 async fn envelopes_must_cover_exactly_the_current_devices() {
     let f = fixture();
