@@ -846,11 +846,15 @@ impl EdgeService {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .handle_moved(account, from, to);
+        let (old_home, new_home) = (
+            self.inner.subscriptions.get(&from),
+            self.inner.subscriptions.get(&to),
+        );
         for watcher in watchers {
-            if let Some(subscription) = self.inner.subscriptions.get(&from) {
+            if let Some(subscription) = old_home {
                 subscription.handle_watch(watcher, account, false);
             }
-            if let Some(subscription) = self.inner.subscriptions.get(&to) {
+            if let Some(subscription) = new_home {
                 subscription.handle_watch(watcher, account, true);
             }
         }
@@ -879,10 +883,10 @@ impl EdgeService {
             }
         }
         for device in moved {
-            if let Some(subscription) = self.inner.subscriptions.get(&from) {
+            if let Some(subscription) = old_home {
                 subscription.handle_change(device, false);
             }
-            if let Some(subscription) = self.inner.subscriptions.get(&to) {
+            if let Some(subscription) = new_home {
                 subscription.handle_change(device, true);
             }
         }

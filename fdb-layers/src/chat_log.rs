@@ -369,6 +369,18 @@ pub async fn entry_bytes(
     read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await
 }
 
+/// The entries of `chat` from `first` to `last` as [`entry_bytes`] gives them, with their
+/// numbers, in one range read.
+pub async fn entry_bytes_between(
+    transaction: &Transaction,
+    chat: ChatId,
+    first: u64,
+    last: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let log = ChatLog::new(chat);
+    read_chunked_between(transaction, &log.entries, first, last, "chat log entry").await
+}
+
 /// Appends `fields` (encoded protobuf fields of the envelope, such as more entries of a
 /// repeated field: protobuf merges concatenated encodings) to the envelope of entry `chat_seq`
 /// of `chat`, and returns whether the entry is there. The rest of the entry stays as it is.
@@ -417,6 +429,18 @@ pub async fn import_entry(
     old_seq: u64,
     bytes: &[u8],
 ) -> Result<u64, StoreError> {
+    import_checked(transaction, chat, old_seq, bytes, None).await
+}
+
+/// [`import_entry`], with whether number `old_seq` is an adopted one this log gave no entry
+/// (`None`: read it here, once the entry is known to be new).
+async fn import_checked(
+    transaction: &Transaction,
+    chat: ChatId,
+    old_seq: u64,
+    bytes: &[u8],
+    adopted_slot_free: Option<bool>,
+) -> Result<u64, StoreError> {
     let stored = StoredEntry::decode(bytes)
         .map_err(|error| StoreError::corrupt("moved chat log entry", error))?;
     let client_message_id = ClientMessageId::from_bytes(&stored.client_message_id)
@@ -431,19 +455,10 @@ pub async fn import_entry(
         let known: StoredDedupe = decode_record(&value, "chat log dedupe")?;
         return Ok(known.chat_seq);
     }
-    let adopted = read_u64(
-        transaction,
-        &log.root.pack(&("adopted",)),
-        "chat log adopted",
-    )
-    .await?;
-    let (slot_begin, slot_end) = log.entries.subspace(&(old_seq,)).range();
-    let free = old_seq > 0
-        && old_seq <= adopted
-        && transaction
-            .get_range(&slot_begin, &slot_end, RangeOptions::limit(1))
-            .await?
-            .is_empty();
+    let free = match adopted_slot_free {
+        Some(free) => free,
+        None => slot_free(transaction, &log, old_seq).await?,
+    };
     let chat_seq = if free {
         // Adopted: the numbers up to `adopted` that this log never gave are the old home's.
         insert_chunked(transaction, &log.entries, old_seq, bytes)?;
@@ -477,7 +492,20 @@ pub async fn import_tail_entry(
     old_seq: u64,
     bytes: &[u8],
 ) -> Result<bool, StoreError> {
-    let log = ChatLog::new(chat);
+    if !slot_free(transaction, &ChatLog::new(chat), old_seq).await? {
+        return Ok(false);
+    }
+    import_checked(transaction, chat, old_seq, bytes, Some(true)).await?;
+    Ok(true)
+}
+
+/// Whether `old_seq` is a number `log` adopted from another region ([`adopt`]) and gave no
+/// entry: a moved entry may take it.
+async fn slot_free(
+    transaction: &Transaction,
+    log: &ChatLog,
+    old_seq: u64,
+) -> Result<bool, StoreError> {
     let adopted = read_u64(
         transaction,
         &log.root.pack(&("adopted",)),
@@ -488,15 +516,10 @@ pub async fn import_tail_entry(
         return Ok(false);
     }
     let (slot_begin, slot_end) = log.entries.subspace(&(old_seq,)).range();
-    let taken = !transaction
+    Ok(transaction
         .get_range(&slot_begin, &slot_end, RangeOptions::limit(1))
         .await?
-        .is_empty();
-    if taken {
-        return Ok(false);
-    }
-    import_entry(transaction, chat, old_seq, bytes).await?;
-    Ok(true)
+        .is_empty())
 }
 
 /// Adopts the numbering of another region's log of `chat`, whose last sequence is `last_seq`,

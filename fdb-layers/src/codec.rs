@@ -237,10 +237,9 @@ pub(crate) fn replace_chunked(
     id: u64,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
-    let count = chunk_count(bytes)?;
     let (begin, end) = parent.subspace(&(id,)).range();
     transaction.clear_range(&begin, &end);
-    write_chunks(transaction, parent, id, count, bytes)
+    insert_chunked(transaction, parent, id, bytes)
 }
 
 /// The chunks `bytes` takes, at most [`RECORD_CHUNKS_MAX`].

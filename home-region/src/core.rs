@@ -739,19 +739,30 @@ async fn complete_stored(
     envelope: &wire::Envelope,
     wanted: impl Fn(DeviceAddress) -> bool,
 ) -> Result<(), StoreError> {
-    let Some(stored) = chat_log::entry(tx, chat, chat_seq).await? else {
-        return Ok(());
-    };
-    let fields =
-        stored_envelope::missing_entries(&stored.envelope_bytes, &envelope.ciphertexts, |device| {
-            wanted(DeviceAddress {
-                account: AccountId(device.account),
-                device: DeviceId(device.device),
-            })
+    match chat_log::entry(tx, chat, chat_seq).await? {
+        Some(stored) => complete_entry(tx, chat, &stored, &envelope.ciphertexts, wanted).await,
+        None => Ok(()),
+    }
+}
+
+/// Completes `stored`, an entry of `chat` read here, with the entries of `offered` (another
+/// copy of its envelope) for the devices `wanted` names that it lacks.
+pub(crate) async fn complete_entry(
+    tx: &Transaction,
+    chat: ChatId,
+    stored: &chat_log::LogEntry,
+    offered: &[wire::DeviceCiphertext],
+    wanted: impl Fn(DeviceAddress) -> bool,
+) -> Result<(), StoreError> {
+    let fields = stored_envelope::missing_entries(&stored.envelope_bytes, offered, |device| {
+        wanted(DeviceAddress {
+            account: AccountId(device.account),
+            device: DeviceId(device.device),
         })
-        .map_err(|error| corrupt("stored envelope", error))?;
+    })
+    .map_err(|error| corrupt("stored envelope", error))?;
     if !fields.is_empty() {
-        chat_log::extend_envelope(tx, chat, chat_seq, &fields).await?;
+        chat_log::extend_envelope(tx, chat, stored.chat_seq, &fields).await?;
     }
     Ok(())
 }
@@ -804,7 +815,7 @@ async fn group_changed(
     })
 }
 
-pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: detail.to_string(),

@@ -45,7 +45,6 @@ use tokio::sync::futures::Notified;
 
 use crate::core;
 use crate::service::store_failure;
-use crate::stored_envelope;
 
 /// The most bytes of records one part of a move carries before it is sent (one chat log entry
 /// more may follow it into the part).
@@ -460,13 +459,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
         let tail = self
             .db
             .transact(|tx| async move {
-                let mut tail = Vec::new();
-                for seq in first..=last_seq {
-                    if let Some(bytes) = chat_log::entry_bytes(&tx, chat, seq).await? {
-                        tail.push((seq, bytes));
-                    }
-                }
-                Ok(tail)
+                chat_log::entry_bytes_between(&tx, chat, first, last_seq).await
             })
             .await
             .map_err(store_failure)?;
@@ -786,17 +779,10 @@ async fn complete_entry(
             "a moved log entry whose envelope does not decode",
         )));
     };
-    let fields = match stored_envelope::missing_entries(
-        &stored.envelope_bytes,
-        &offered.ciphertexts,
-        |device| device.account == account.0,
-    ) {
-        Ok(fields) => fields,
-        Err(error) => return Err(core::corrupt("stored envelope", error)),
-    };
-    if !fields.is_empty() {
-        chat_log::extend_envelope(tx, chat, chat_seq, &fields).await?;
-    }
+    core::complete_entry(tx, chat, &stored, &offered.ciphertexts, |device| {
+        device.account == account
+    })
+    .await?;
     Ok(Ok(()))
 }
 

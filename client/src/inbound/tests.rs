@@ -414,12 +414,19 @@ fn group_entry(
     }
 }
 
-/// Two messages of a session that arrived together before its key come out in the chat's
-/// order once it arrives, whatever their ids (the store keeps them by arrival, then id).
-#[test]
-fn group_messages_that_waited_for_their_key_come_out_in_chat_order() {
+/// Alice's device (1/1) sending to group 9, whose only other member device is bob's (2/1).
+struct GroupOfTwo {
+    alice_device: DeviceAddress,
+    bob: Side,
+    /// Alice's group sessions: the sending one is shared with bob.
+    keys: crate::group_keys::GroupKeys,
+    members: std::collections::BTreeSet<DeviceAddress>,
+    /// The key share of alice's sending session to bob: Olm message type and body.
+    share: (u32, Vec<u8>),
+}
+
+fn group_of_two() -> GroupOfTwo {
     use crate::group_keys::GroupKeys;
-    use relay_proto::wire::EnvelopeKind;
     let alice_device = device(1, 1);
     let mut bob = side(device(2, 1));
     bob.crypto.generate_one_time_keys(1);
@@ -434,13 +441,34 @@ fn group_messages_that_waited_for_their_key_come_out_in_chat_order() {
     let plan = keys.prepare_send(9, &members, 10);
     keys.mark_shared(9, &plan.session_id, &plan.devices)
         .expect("shared");
+    let share = Content::group_key(plan.key.clone()).to_bytes();
+    let share = alice.crypto.encrypt(bob.me, &share).expect("olm");
+    GroupOfTwo {
+        alice_device,
+        bob,
+        keys,
+        members,
+        share,
+    }
+}
+
+/// Two messages of a session that arrived together before its key come out in the chat's
+/// order once it arrives, whatever their ids (the store keeps them by arrival, then id).
+#[test]
+fn group_messages_that_waited_for_their_key_come_out_in_chat_order() {
+    use relay_proto::wire::EnvelopeKind;
+    let GroupOfTwo {
+        alice_device,
+        mut bob,
+        mut keys,
+        members,
+        share: (olm_type, olm_body),
+    } = group_of_two();
     let mut sealed = Vec::new();
     for text in ["first", "second"] {
         let text = Content::group_text(9, text, 10).expect("text").to_bytes();
         sealed.push(keys.encrypt(9, &members, 10, &text).expect("encrypt"));
     }
-    let share = Content::group_key(plan.key.clone()).to_bytes();
-    let (olm_type, olm_body) = alice.crypto.encrypt(bob.me, &share).expect("olm");
     // The later message has the lower id.
     let messages: Vec<QueueEntry> = [(1, 9), (2, 3)]
         .into_iter()
@@ -483,28 +511,18 @@ fn group_messages_that_waited_for_their_key_come_out_in_chat_order() {
 
 #[test]
 fn a_group_message_waits_for_its_key_and_bad_group_input_is_recorded_not_fatal() {
-    use crate::group_keys::GroupKeys;
     use relay_proto::wire::EnvelopeKind;
-    let alice_device = device(1, 1);
-    let mut bob = side(device(2, 1));
-    bob.crypto.generate_one_time_keys(1);
-    let key = bob.crypto.unpublished_one_time_keys().remove(0);
-    let mut alice = side(alice_device);
-    alice
-        .crypto
-        .create_outbound_session(bob.me, &bob.crypto.identity_key(), &key.public_key)
-        .expect("session");
-    let mut keys = GroupKeys::new(alice_device);
-    let members: std::collections::BTreeSet<DeviceAddress> = [bob.me].into();
-    let plan = keys.prepare_send(9, &members, 10);
-    keys.mark_shared(9, &plan.session_id, &plan.devices)
-        .expect("shared");
+    let GroupOfTwo {
+        alice_device,
+        mut bob,
+        mut keys,
+        members,
+        share: (olm_type, olm_body),
+    } = group_of_two();
     let text = Content::group_text(9, "hi group", 10)
         .expect("text")
         .to_bytes();
     let sealed = keys.encrypt(9, &members, 10, &text).expect("encrypt");
-    let share = Content::group_key(plan.key.clone()).to_bytes();
-    let (olm_type, olm_body) = alice.crypto.encrypt(bob.me, &share).expect("olm");
 
     // The message first: it waits, nothing is reported, it is acknowledged.
     let message = group_entry(

@@ -50,6 +50,19 @@ impl PartSink for Direct<'_> {
     }
 }
 
+/// Alice's move from `old` to `new`, its parts applied straight to `new`.
+fn exporter<'a>(old: &'a Database, new: &'a Database) -> Exporter<'a, Direct<'a>> {
+    Exporter::new(
+        old,
+        ALICE,
+        OLD,
+        Direct {
+            db: new,
+            parts: Vec::new(),
+        },
+    )
+}
+
 /// Bob's envelope `id` in their chat (or alice's in a group), queued for `to`, as the message
 /// path stores them: the queue entry names its sender.
 async fn send(
@@ -140,15 +153,7 @@ async fn an_account_moves_in_parts_and_a_queue_that_grew_meanwhile_is_copied_aga
     }
     send(&old, ChatId::group(GroupId(4)), alice1, 1, 201, &[alice2]).await;
 
-    let mut exporter = Exporter::new(
-        &old,
-        ALICE,
-        OLD,
-        Direct {
-            db: &new,
-            parts: Vec::new(),
-        },
-    );
+    let mut exporter = exporter(&old, &new);
     exporter.copy().await.expect("copied");
     // A receipt for alice lands after her queues were copied (the region's receipt tasks are
     // not held): the fence finds the queue grew and copies it again.
@@ -323,15 +328,7 @@ async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() 
     )
     .await;
 
-    let mut exporter = Exporter::new(
-        &old,
-        ALICE,
-        OLD,
-        Direct {
-            db: &new,
-            parts: Vec::new(),
-        },
-    );
+    let mut exporter = exporter(&old, &new);
     exporter.copy().await.expect("copied");
     exporter.fence(NEW).await.expect("fenced");
     exporter.flush().await.expect("flushed");
@@ -350,7 +347,7 @@ async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() 
             assert_eq!(messages[0].chat_seq, 2, "the new home's number");
             let stored = chat_log::entry(&tx, chat, 2).await?.expect("the entry");
             let (_, ciphertext) =
-                stored_envelope::member_view(&stored.envelope_bytes, device.into())
+                crate::stored_envelope::member_view(&stored.envelope_bytes, device.into())
                     .expect("frames");
             // The first device keeps the entry stored here; the second gets the checked one.
             assert_eq!(ciphertext.map(|c| c.body), Some(body.to_vec()), "{device}");
