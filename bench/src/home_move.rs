@@ -391,6 +391,7 @@ async fn fill(db: &Database, messages: u64) -> Result<(), BenchError> {
                         sender_region: RegionId(2),
                         group: false,
                     }),
+                    shown_seq: None,
                 };
                 for device in devices {
                     device_queue::append(&tx, device, &item, now_ms).await?;

@@ -488,6 +488,7 @@ async fn run_writer(
                         sender_region: entry.sender_region,
                         group: false,
                     }),
+                    shown_seq: None,
                 };
                 for recipient in recipients {
                     if let QueueAppend::Full { depth } =

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use relay_chaos::faults::FaultKind;
 use relay_chaos::history::What;
 use relay_chaos::{Report, Simulation, seed_from_env};
 
@@ -406,4 +407,25 @@ fn a_removed_members_racing_text_settles_at_its_sender() {
 #[test]
 fn an_app_killed_before_it_passed_a_tick_on_shows_it_when_it_opens() {
     run(&Simulation::swarm(seed_from_env(1215)));
+}
+
+/// Swarm seed 1783 with its home moves: an account moves into the region of its correspondent,
+/// which numbers their chat for the correspondent in another order. Before views, messages that
+/// region had stored reached the moved account's devices under its numbers, which they held
+/// already for other messages (I2), and a linked device's history lost one of two messages
+/// keyed by the same number (I7). The moved account now goes on with its own numbers there.
+#[test]
+fn an_account_moving_into_its_correspondents_region_keeps_its_numbers() {
+    let simulation = Simulation::swarm(seed_from_env(1783)).with_home_moves();
+    let report = run(&simulation);
+    assert!(
+        report
+            .faults
+            .get(&FaultKind::HomeMove)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "reproduce with seed={}",
+        report.seed
+    );
 }

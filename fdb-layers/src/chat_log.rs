@@ -18,7 +18,9 @@
 //!   moved account brought a chat nobody here reads ([`adopt`]; absent: none);
 //! - `("moved_mark", account, device)` → the highest `sender_seq` of the sender a home move
 //!   brought here ([`raise_sender_seq`]): an unknown envelope at or below it is a retry of one
-//!   the old home took, accepted rather than refused as a device that went back.
+//!   the old home took, accepted rather than refused as a device that went back;
+//! - `("view", account)`, `("shown", …)`, `("shown_id", …)` → the numbering of an account that
+//!   moved here from a region that numbered the chat for it ([`views`]).
 //!
 //! A chat's keys are contiguous and its entries are in sequence order, so reading the log after
 //! a cursor is one range read.
@@ -59,6 +61,8 @@ use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 use crate::limits::LAYER_READ_ENTRIES_MAX;
 use crate::tuple::{Subspace, TupleDecode};
+
+pub mod views;
 
 /// An envelope to append, with the fields the log checks and stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

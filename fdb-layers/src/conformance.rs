@@ -245,6 +245,7 @@ async fn send(
                     chat,
                     chat_seq,
                     origin: None,
+                    shown_seq: None,
                 };
                 for account in [AccountId(1), AccountId(2)] {
                     for device in directory::devices(&tx, account).await? {
@@ -284,6 +285,7 @@ async fn appends_and_acks_of_one_queue_never_conflict(database: &Database) {
                     chat: CHAT,
                     chat_seq,
                     origin: None,
+                    shown_seq: None,
                 };
                 database
                     .transact(|tx| {

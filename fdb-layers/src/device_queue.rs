@@ -127,6 +127,9 @@ pub enum QueueItem {
         /// Who sent it, kept with the reference so that the receipt of its delivery needs no
         /// read of the chat log entry (`None` in entries written before it was kept).
         origin: Option<MessageOrigin>,
+        /// The number the device is shown the entry under, where its account's view numbers
+        /// the chat apart from the log (`chat_log::views`; `None`: `chat_seq`).
+        shown_seq: Option<u64>,
     },
     /// Several chat log entries of one chat, in chat order, committed in one transaction: a
     /// device gets the envelopes one lane commits together as one entry, so a group's fan-out
@@ -151,6 +154,15 @@ pub struct MessageInQueue {
     pub chat_seq: u64,
     /// Who sent it (see [`QueueItem::MessageRef`]).
     pub origin: Option<MessageOrigin>,
+    /// The number the device is shown it under (see [`QueueItem::MessageRef`]).
+    pub shown_seq: Option<u64>,
+}
+
+impl MessageInQueue {
+    /// The number the device is shown the entry under.
+    pub fn shown(&self) -> u64 {
+        self.shown_seq.unwrap_or(self.chat_seq)
+    }
 }
 
 impl QueueItem {
@@ -161,11 +173,13 @@ impl QueueItem {
                 chat,
                 chat_seq,
                 origin,
+                shown_seq,
             } => (
                 Some(*chat),
                 vec![MessageInQueue {
                     chat_seq: *chat_seq,
                     origin: *origin,
+                    shown_seq: *shown_seq,
                 }],
             ),
             QueueItem::MessageRefs { chat, messages } => (Some(*chat), messages.clone()),
@@ -712,6 +726,9 @@ struct StoredMessageRef {
     sender_region: u32,
     #[prost(bool, tag = "7")]
     group: bool,
+    /// The number the device is shown the entry under (0: `chat_seq`).
+    #[prost(uint64, tag = "8")]
+    shown_seq: u64,
 }
 
 struct DeviceQueue {
@@ -876,18 +893,21 @@ fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
             chat,
             chat_seq,
             origin,
+            shown_seq,
         } => {
-            let mut reference = stored_reference(*chat_seq, origin.as_ref());
+            let message = MessageInQueue {
+                chat_seq: *chat_seq,
+                origin: *origin,
+                shown_seq: *shown_seq,
+            };
+            let mut reference = stored_reference(&message);
             reference.chat = chat.0.to_vec();
             stored_item::Kind::MessageRef(reference)
         }
         QueueItem::MessageRefs { chat, messages } => {
             stored_item::Kind::MessageRefs(StoredMessageRefs {
                 chat: chat.0.to_vec(),
-                messages: messages
-                    .iter()
-                    .map(|message| stored_reference(message.chat_seq, message.origin.as_ref()))
-                    .collect(),
+                messages: messages.iter().map(stored_reference).collect(),
             })
         }
         QueueItem::Receipt(bytes) => stored_item::Kind::Receipt(bytes.clone()),
@@ -900,12 +920,13 @@ fn stored_item(item: &QueueItem, enqueued_at_ms: u64) -> StoredItem {
 }
 
 /// A stored reference without its chat.
-fn stored_reference(chat_seq: u64, origin: Option<&MessageOrigin>) -> StoredMessageRef {
+fn stored_reference(message: &MessageInQueue) -> StoredMessageRef {
     let mut reference = StoredMessageRef {
-        chat_seq,
+        chat_seq: message.chat_seq,
+        shown_seq: message.shown_seq.unwrap_or(0),
         ..StoredMessageRef::default()
     };
-    if let Some(origin) = origin {
+    if let Some(origin) = message.origin {
         reference.sender_account = origin.sender.account.0;
         reference.sender_device = origin.sender.device.0;
         reference.client_message_id = origin.client_message_id.0.to_vec();
@@ -932,6 +953,11 @@ fn stored_origin(reference: &StoredMessageRef) -> Result<Option<MessageOrigin>, 
     })
 }
 
+/// The number a stored reference is shown under, if it is not its chat sequence.
+fn stored_shown(reference: &StoredMessageRef) -> Option<u64> {
+    (reference.shown_seq != 0).then_some(reference.shown_seq)
+}
+
 /// Decodes a stored entry into its item and enqueue time.
 fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
     let stored: StoredItem = decode_record(value, "device queue entry")?;
@@ -943,6 +969,7 @@ fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
             chat: chat_of(&reference.chat)?,
             chat_seq: reference.chat_seq,
             origin: stored_origin(&reference)?,
+            shown_seq: stored_shown(&reference),
         },
         Some(stored_item::Kind::MessageRefs(references)) => {
             if references.messages.is_empty() {
@@ -960,6 +987,7 @@ fn queue_item(value: &[u8]) -> Result<(QueueItem, u64), StoreError> {
                         Ok(MessageInQueue {
                             chat_seq: reference.chat_seq,
                             origin: stored_origin(reference)?,
+                            shown_seq: stored_shown(reference),
                         })
                     })
                     .collect::<Result<_, StoreError>>()?,
@@ -1036,6 +1064,7 @@ mod properties {
                 chat: ChatId([chat; 16]),
                 chat_seq,
                 origin: None,
+                shown_seq: None,
             }),
             (0..3u8, 1..100u64, any::<bool>()).prop_map(|(chat, chat_seq, group)| {
                 QueueItem::MessageRef {
@@ -1050,6 +1079,8 @@ mod properties {
                         sender_region: RegionId(3),
                         group,
                     }),
+                    // A view's number where the entry is not a group's.
+                    shown_seq: (!group).then_some(chat_seq + 1_000),
                 }
             }),
             (
@@ -1071,6 +1102,7 @@ mod properties {
                                 sender_region: RegionId(2),
                                 group: true,
                             }),
+                            shown_seq: with_origin.then_some(chat_seq * 3),
                         })
                         .collect(),
                 }),

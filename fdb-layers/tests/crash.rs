@@ -195,6 +195,7 @@ async fn send(
                     chat: CHATS[chat_index],
                     chat_seq,
                     origin: None,
+                    shown_seq: None,
                 };
                 for recipient in RECIPIENTS {
                     let queued =

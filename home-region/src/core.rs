@@ -390,6 +390,7 @@ impl FanOut {
                         chat,
                         chat_seq: message.chat_seq,
                         origin: message.origin,
+                        shown_seq: message.shown_seq,
                     },
                     _ => QueueItem::MessageRefs { chat, messages },
                 };
@@ -618,6 +619,7 @@ pub async fn commit_envelope_into(
             chat_seq,
             server_time_ms,
         } => {
+            let sender_here = sender_region == local;
             // A recipient whose home moved here after the envelope was first stored here was
             // not queued then, and its old home may never have stored it (it held the envelope
             // while the account moved, then turned it away): it is queued now. A device that
@@ -633,6 +635,15 @@ pub async fn commit_envelope_into(
                     arrived_since.insert(device.account);
                 }
             }
+            let shown = if sender_here || !arrived_since.is_empty() {
+                let concerned = arrived_since
+                    .iter()
+                    .copied()
+                    .chain(sender_here.then_some(parsed.sender.account));
+                shown_numbers(tx, &parsed, chat_seq, concerned).await?
+            } else {
+                ShownNumbers::default()
+            };
             if !arrived_since.is_empty() {
                 // The copy stored here was first stored for none of these accounts (their
                 // devices' entries were checked by their old home, not here): it may lack
@@ -650,17 +661,24 @@ pub async fn commit_envelope_into(
                         sender_region,
                         group: parsed.group.is_some(),
                     }),
+                    shown_seq: None,
                 };
                 let bytes = queued_bytes(envelope);
                 for &device in local_devices
                     .iter()
                     .filter(|device| arrived_since.contains(&device.account))
                 {
-                    fan_out.add(device, parsed.chat, message, bytes);
+                    fan_out.add(
+                        device,
+                        parsed.chat,
+                        shown.apply(message, device.account),
+                        bytes,
+                    );
                 }
             }
+            let acknowledged = shown.acknowledged(parsed.sender.account, sender_here, chat_seq);
             return answer(
-                committed(chat_seq, true, server_time_ms),
+                committed(acknowledged, true, server_time_ms),
                 Effects::default(),
             );
         }
@@ -717,14 +735,96 @@ pub async fn commit_envelope_into(
     let message = MessageInQueue {
         chat_seq,
         origin: Some(origin),
+        shown_seq: None,
     };
+    let sender_here = sender_region == local;
+    let concerned = local_devices
+        .iter()
+        .map(|device| device.account)
+        .chain(sender_here.then_some(parsed.sender.account));
+    let shown = shown_numbers(tx, &parsed, chat_seq, concerned).await?;
     for device in local_devices {
-        fan_out.add(device, parsed.chat, message, bytes);
+        fan_out.add(
+            device,
+            parsed.chat,
+            shown.apply(message, device.account),
+            bytes,
+        );
     }
+    let acknowledged = shown.acknowledged(parsed.sender.account, sender_here, chat_seq);
     answer(
-        committed(chat_seq, false, server_time_ms),
+        committed(acknowledged, false, server_time_ms),
         Effects::default(),
     )
+}
+
+/// The numbers under which the accounts of a view of a 1:1 chat (an account that moved here
+/// from a region that numbered the chat for it, `chat_log::views`) are shown entry `chat_seq`.
+#[derive(Debug, Default)]
+struct ShownNumbers(Vec<(AccountId, u64)>);
+
+impl ShownNumbers {
+    /// The number `account` is shown the entry under, if its view numbers the chat.
+    fn of(&self, account: AccountId) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(viewer, _)| *viewer == account)
+            .map(|&(_, shown)| shown)
+    }
+
+    /// The number a sender of `account` is answered under: its view's if it is homed here and
+    /// has one, else the log's `chat_seq` (another region's sender numbers the chat there).
+    fn acknowledged(&self, account: AccountId, sender_here: bool, chat_seq: u64) -> u64 {
+        match self.of(account) {
+            Some(shown) if sender_here => shown,
+            _ => chat_seq,
+        }
+    }
+
+    /// `message` as a device of `account` is queued it.
+    fn apply(&self, message: MessageInQueue, account: AccountId) -> MessageInQueue {
+        MessageInQueue {
+            shown_seq: self.of(account),
+            ..message
+        }
+    }
+}
+
+/// Numbers entry `chat_seq` of the envelope `parsed` in the view of each account of
+/// `concerned` (those it is queued or acknowledged to here) that has one. A group's chat has
+/// none, and is not looked at; a 1:1 chat costs one range read, which finds none but for an
+/// account that moved in.
+async fn shown_numbers(
+    tx: &Transaction,
+    parsed: &wire::ParsedEnvelope,
+    chat_seq: u64,
+    concerned: impl Iterator<Item = AccountId>,
+) -> Result<ShownNumbers, StoreError> {
+    if parsed.group.is_some() {
+        return Ok(ShownNumbers::default());
+    }
+    let viewers = chat_log::views::viewers(tx, parsed.chat).await?;
+    if viewers.is_empty() {
+        return Ok(ShownNumbers::default());
+    }
+    let concerned: BTreeSet<AccountId> = concerned.collect();
+    let mut shown = Vec::new();
+    for viewer in viewers
+        .into_iter()
+        .filter(|viewer| concerned.contains(viewer))
+    {
+        let number = chat_log::views::number(
+            tx,
+            parsed.chat,
+            viewer,
+            chat_seq,
+            parsed.sender,
+            parsed.client_message_id,
+        )
+        .await?;
+        shown.push((viewer, number));
+    }
+    Ok(ShownNumbers(shown))
 }
 
 /// Completes entry `chat_seq` of `chat`, a stored copy of `envelope` that this region did not
@@ -936,13 +1036,22 @@ pub async fn queued_entry(
     item: QueueItem,
 ) -> Result<QueueEntry, StoreError> {
     let item = match item {
-        QueueItem::MessageRef { chat, chat_seq, .. } => {
-            let mut queued = queued_messages(tx, device, chat, &[chat_seq]).await?;
+        QueueItem::MessageRef {
+            chat,
+            chat_seq,
+            origin,
+            shown_seq,
+        } => {
+            let message = MessageInQueue {
+                chat_seq,
+                origin,
+                shown_seq,
+            };
+            let mut queued = queued_messages(tx, device, chat, &[message]).await?;
             queue_entry::Item::Message(queued.remove(0))
         }
         QueueItem::MessageRefs { chat, messages } => {
-            let chat_seqs: Vec<u64> = messages.iter().map(|message| message.chat_seq).collect();
-            let queued = queued_messages(tx, device, chat, &chat_seqs).await?;
+            let queued = queued_messages(tx, device, chat, &messages).await?;
             queue_entry::Item::Messages(wire::QueuedMessages { messages: queued })
         }
         QueueItem::Receipt(bytes) => queue_entry::Item::Receipt(
@@ -959,14 +1068,15 @@ pub async fn queued_entry(
     })
 }
 
-/// The messages of log entries `chat_seqs` of `chat` (at least one), in that order, as
-/// `device` gets them; a missing entry is [`StoreError::Corrupt`]. One range read when they
-/// follow each other (a lane's batch), else one read each.
+/// The messages of the log entries of `chat` that `messages` name (at least one), in that
+/// order, as `device` gets them, each under the number it is shown; a missing entry is
+/// [`StoreError::Corrupt`]. One range read when they follow each other (a lane's batch), else
+/// one read each.
 async fn queued_messages(
     tx: &Transaction,
     device: DeviceAddress,
     chat: ChatId,
-    chat_seqs: &[u64],
+    messages: &[MessageInQueue],
 ) -> Result<Vec<QueuedMessage>, StoreError> {
     let missing = |chat_seq: u64| {
         corrupt(
@@ -974,35 +1084,39 @@ async fn queued_messages(
             format!("queue of {device} references missing log entry {chat}#{chat_seq}"),
         )
     };
-    let mut queued = Vec::with_capacity(chat_seqs.len());
-    let consecutive = chat_seqs.windows(2).all(|pair| pair[1] == pair[0] + 1);
-    if let (true, Some(&first), Some(&last)) = (consecutive, chat_seqs.first(), chat_seqs.last()) {
-        let mut found = chat_log::read_between(tx, chat, first, last)
+    let mut queued = Vec::with_capacity(messages.len());
+    let consecutive = messages
+        .windows(2)
+        .all(|pair| pair[1].chat_seq == pair[0].chat_seq + 1);
+    if let (true, Some(first), Some(last)) = (consecutive, messages.first(), messages.last()) {
+        let mut found = chat_log::read_between(tx, chat, first.chat_seq, last.chat_seq)
             .await?
             .into_iter();
-        for &chat_seq in chat_seqs {
+        for message in messages {
             let entry = found
                 .next()
-                .filter(|entry| entry.chat_seq == chat_seq)
-                .ok_or_else(|| missing(chat_seq))?;
-            queued.push(message_for(device, chat, entry)?);
+                .filter(|entry| entry.chat_seq == message.chat_seq)
+                .ok_or_else(|| missing(message.chat_seq))?;
+            queued.push(message_for(device, chat, entry, message.shown())?);
         }
         return Ok(queued);
     }
-    for &chat_seq in chat_seqs {
-        let entry = chat_log::entry(tx, chat, chat_seq)
+    for message in messages {
+        let entry = chat_log::entry(tx, chat, message.chat_seq)
             .await?
-            .ok_or_else(|| missing(chat_seq))?;
-        queued.push(message_for(device, chat, entry)?);
+            .ok_or_else(|| missing(message.chat_seq))?;
+        queued.push(message_for(device, chat, entry, message.shown())?);
     }
     Ok(queued)
 }
 
-/// The message of `entry` as `device` gets it: its own ciphertext and the group fields.
+/// The message of `entry` as `device` gets it: its own ciphertext and the group fields, under
+/// number `shown` (the entry's own, but where the device's account has a view of the chat).
 fn message_for(
     device: DeviceAddress,
     chat: ChatId,
     entry: chat_log::LogEntry,
+    shown: u64,
 ) -> Result<QueuedMessage, StoreError> {
     let chat_seq = entry.chat_seq;
     // Only this device's entry and the group fields are decoded, in one walk: a group
@@ -1017,7 +1131,7 @@ fn message_for(
     };
     Ok(QueuedMessage {
         chat: chat.0.to_vec(),
-        chat_seq,
+        chat_seq: shown,
         sender: entry.sender.into(),
         client_message_id: entry.client_message_id.0.to_vec(),
         sender_seq: entry.sender_seq,

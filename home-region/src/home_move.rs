@@ -30,7 +30,7 @@
 //! every part, so it asks the writer every second until it answers and then finishes the move;
 //! the account's requests are refused `Unavailable` meanwhile.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -388,6 +388,10 @@ impl<'a, S: PartSink> Exporter<'a, S> {
         Ok(())
     }
 
+    /// Copies where each chat of the account stands (its last number as the account's devices
+    /// know it, its senders' places) and its last entries. The account is held meanwhile, so
+    /// only others' messages number its chats further, and those reach it through its queues
+    /// (whose copies raise a view's numbers at the new home past theirs).
     async fn copy_chat_heads(&mut self) -> Result<(), ProtoError> {
         let account = self.account;
         let mut after = None;
@@ -421,18 +425,19 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                                 .map(|&other| AccountId(other))
                                 .find(is_peer);
                         }
-                        kinds.push((chat, peer));
+                        let view = chat_log::views::last_shown(&tx, chat.chat, account).await?;
+                        kinds.push((chat, peer, view));
                     }
                     Ok((kinds, next))
                 })
                 .await
                 .map_err(store_failure)?;
-            for (chat, peer) in chats {
+            for (chat, peer, view) in chats {
                 // The numbering first: the new home adopts it before any entry of the chat.
                 self.add_bytes(chat.senders.len() * 48 + 32).await?;
                 self.part.chat_logs.push(wire::MovedChatLog {
                     chat: chat.chat.0.to_vec(),
-                    last_seq: chat.last_seq,
+                    last_seq: view.unwrap_or(chat.last_seq),
                     peer: peer.map_or(0, |peer| peer.0),
                 });
                 for (sender, sender_seq) in &chat.senders {
@@ -442,7 +447,8 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                         sender_seq: *sender_seq,
                     });
                 }
-                self.copy_chat_tail(chat.chat, chat.last_seq).await?;
+                self.copy_chat_tail(chat.chat, chat.last_seq, view.is_some())
+                    .await?;
                 self.stats.chats += 1;
             }
             match next {
@@ -453,13 +459,31 @@ impl<'a, S: PartSink> Exporter<'a, S> {
     }
 
     /// Sends the last [`MOVE_CHAT_TAIL_ENTRIES`] entries of `chat` (read in a transaction of
-    /// their own), each counted into the parts on its own.
-    async fn copy_chat_tail(&mut self, chat: ChatId, last_seq: u64) -> Result<(), ProtoError> {
+    /// their own), each counted into the parts on its own; `in_view`: the account has a view of
+    /// the chat here, and gets those of them it was shown, under the numbers it was shown.
+    async fn copy_chat_tail(
+        &mut self,
+        chat: ChatId,
+        last_seq: u64,
+        in_view: bool,
+    ) -> Result<(), ProtoError> {
         let first = last_seq.saturating_sub(MOVE_CHAT_TAIL_ENTRIES) + 1;
+        let account = self.account;
         let tail = self
             .db
             .transact(|tx| async move {
-                chat_log::entry_bytes_between(&tx, chat, first, last_seq).await
+                let tail = chat_log::entry_bytes_between(&tx, chat, first, last_seq).await?;
+                if !in_view {
+                    return Ok(tail);
+                }
+                let mut shown = Vec::with_capacity(tail.len());
+                for (seq, entry) in tail {
+                    if let Some(number) = chat_log::views::shown_of(&tx, chat, account, seq).await?
+                    {
+                        shown.push((number, entry));
+                    }
+                }
+                Ok(shown)
             })
             .await
             .map_err(store_failure)?;
@@ -597,11 +621,9 @@ async fn with_log_entries(
             Some(origin) => Some(origin),
             None => core::logged_origin(tx, chat, message.chat_seq).await?,
         };
-        named.push(MessageInQueue {
-            chat_seq: message.chat_seq,
-            origin,
-        });
-        logged.push((chat, message.chat_seq, bytes));
+        named.push(MessageInQueue { origin, ..message });
+        // Under the number the account's devices know it by (its view's, if it has one here).
+        logged.push((chat, message.shown(), bytes));
     }
     entry.item = match (&entry.item, named.as_slice()) {
         (_, []) => return Ok(None),
@@ -609,6 +631,7 @@ async fn with_log_entries(
             chat,
             chat_seq: one.chat_seq,
             origin: one.origin,
+            shown_seq: one.shown_seq,
         },
         _ => QueueItem::MessageRefs {
             chat,
@@ -675,21 +698,52 @@ async fn import(
         let Ok(chat) = ChatId::from_bytes(&moved.chat) else {
             return Ok(Err(ProtoError::invalid("a moved chat without an id")));
         };
-        // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it.
-        let peer_elsewhere = moved.peer != 0
-            && directory::account_by_id(tx, AccountId(moved.peer))
+        let peer_home = match moved.peer {
+            0 => None,
+            peer => directory::account_by_id(tx, AccountId(peer))
                 .await?
-                .is_some_and(|peer| peer.home_region != local);
-        chat_log::adopt(tx, chat, moved.last_seq, peer_elsewhere).await?;
+                .map(|peer| peer.home_region),
+        };
+        if peer_home == Some(local) {
+            // A 1:1 chat with an account homed here, which reads this log under its numbers:
+            // the moved account goes on with the old home's in a view of its own.
+            chat_log::views::open(tx, chat, account, moved.last_seq)?;
+        } else {
+            // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it.
+            let peer_elsewhere = peer_home.is_some();
+            chat_log::adopt(tx, chat, moved.last_seq, peer_elsewhere).await?;
+        }
     }
+    let mut viewed = Viewed::default();
     for logged in &part.log_entries {
         let Ok(chat) = ChatId::from_bytes(&logged.chat) else {
             return Ok(Err(ProtoError::invalid("a moved log entry without a chat")));
         };
-        if logged.tail {
+        let in_view = viewed.check(tx, chat, account).await?;
+        if logged.tail && in_view {
+            // The old home's number of one of the chat's last envelopes, which its sender may
+            // send again here: for the entry here, or for when it is committed here.
+            let moved = chat_log::decode_entry(logged.chat_seq, &logged.entry)?;
+            match chat_log::seq_of(tx, chat, moved.sender, moved.client_message_id).await? {
+                Some(chat_seq) => {
+                    chat_log::views::show_as(tx, chat, account, chat_seq, logged.chat_seq)?
+                }
+                None => chat_log::views::show_by_id(
+                    tx,
+                    chat,
+                    account,
+                    moved.sender,
+                    moved.client_message_id,
+                    logged.chat_seq,
+                )?,
+            }
+        } else if logged.tail {
             chat_log::import_tail_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
         } else {
             let chat_seq = chat_log::import_entry(tx, chat, logged.chat_seq, &logged.entry).await?;
+            if in_view {
+                chat_log::views::show_as(tx, chat, account, chat_seq, logged.chat_seq)?;
+            }
             if let Err(error) = complete_entry(tx, account, chat, chat_seq, &logged.entry).await? {
                 return Ok(Err(error));
             }
@@ -708,7 +762,7 @@ async fn import(
             Ok(entry) => entry,
             Err(error) => return Ok(Err(ProtoError::invalid(format!("a moved entry: {error}")))),
         };
-        if let Err(error) = renumber(tx, &mut entry.item).await? {
+        if let Err(error) = renumber(tx, account, &mut viewed, &mut entry.item).await? {
             return Ok(Err(error));
         }
         device_queue::import_entry(tx, device, &entry).await?;
@@ -788,11 +842,14 @@ async fn complete_entry(
 
 async fn renumber(
     tx: &fdb_layers::Transaction,
+    account: AccountId,
+    viewed: &mut Viewed,
     item: &mut QueueItem,
 ) -> Result<Result<(), ProtoError>, StoreError> {
     let (Some(chat), messages) = item.messages() else {
         return Ok(Ok(()));
     };
+    let in_view = viewed.check(tx, chat, account).await?;
     let mut renumbered = Vec::with_capacity(messages.len());
     for message in messages {
         let Some(origin) = message.origin else {
@@ -807,22 +864,55 @@ async fn renumber(
                 "a moved queue entry names a log entry that was not sent before it",
             )));
         };
+        // In a view, the device is shown the number the old home showed it.
+        let shown_seq = in_view.then(|| message.shown());
+        if let Some(shown) = shown_seq {
+            chat_log::views::show_as(tx, chat, account, chat_seq, shown)?;
+        }
         renumbered.push(MessageInQueue {
             chat_seq,
             origin: Some(origin),
+            shown_seq,
         });
     }
     match item {
         QueueItem::MessageRef {
-            chat_seq, origin, ..
+            chat_seq,
+            origin,
+            shown_seq,
+            ..
         } => {
             *chat_seq = renumbered[0].chat_seq;
             *origin = renumbered[0].origin;
+            *shown_seq = renumbered[0].shown_seq;
         }
         QueueItem::MessageRefs { messages, .. } => *messages = renumbered,
         QueueItem::Receipt(_) | QueueItem::Receipts(_) => {}
     }
     Ok(Ok(()))
+}
+
+/// Which chats the moved account has a view of here (`chat_log::views`), read once per chat
+/// of an imported part.
+#[derive(Debug, Default)]
+struct Viewed(HashMap<ChatId, bool>);
+
+impl Viewed {
+    async fn check(
+        &mut self,
+        tx: &fdb_layers::Transaction,
+        chat: ChatId,
+        account: AccountId,
+    ) -> Result<bool, StoreError> {
+        if let Some(&known) = self.0.get(&chat) {
+            return Ok(known);
+        }
+        let in_view = chat_log::views::last_shown(tx, chat, account)
+            .await?
+            .is_some();
+        self.0.insert(chat, in_view);
+        Ok(in_view)
+    }
 }
 
 /// The old home lets go of `account` once the directory moved it to `record`'s region: takes

@@ -18,6 +18,7 @@ fn message(chat_seq: u64) -> QueueItem {
         chat: ChatId([1; 16]),
         chat_seq,
         origin: None,
+        shown_seq: None,
     }
 }
 

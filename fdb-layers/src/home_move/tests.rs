@@ -56,6 +56,7 @@ async fn send(
                         chat,
                         chat_seq,
                         origin: None,
+                        shown_seq: None,
                     };
                     device_queue::append(&tx, device, &item, 1_000 + u64::from(id)).await?;
                 }

@@ -2172,3 +2172,85 @@ fn only_entries_the_standby_confirmed_leave_the_region() {
     assert_eq!(confirmed_prefix(&entries, Some(12)), 4);
     assert_eq!(confirmed_prefix::<()>(&[], Some(12)), 0);
 }
+
+/// Alice moved here from a region that numbered her chat with bob for her (bob is homed here,
+/// and this log numbers the chat for him): she has a view. Bob's messages reach her under the
+/// view's next numbers, her own are acknowledged under the view's (one the old home numbered
+/// keeps that number, retried or not), and bob keeps seeing this log's numbers.
+#[tokio::test]
+async fn an_account_that_moved_in_goes_on_with_its_own_numbers_and_its_peer_with_the_logs() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    let chat = ChatId::direct(alice, bob);
+    let chat_seq_of = |outcome: send_outcome::Outcome| {
+        let send_outcome::Outcome::Sent(sent) = outcome else {
+            panic!("sent: {outcome:?}");
+        };
+        (sent.commits[0].chat_seq, sent.commits[0].duplicate)
+    };
+    // Two of bob's messages, before alice's view opens: this log's 1 and 2.
+    for (id, sender_seq) in [(1, 1), (2, 2)] {
+        let sent = envelope(bob1, &[alice1], &[alice, bob], id, sender_seq);
+        commit(&f.db, &sent, HERE).await;
+    }
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    let acks: Vec<u64> = batch.entries.iter().map(|entry| entry.queue_seq).collect();
+    fetch(&f.db, alice1, &acks).await;
+    // The move: her devices know the chat up to 5, bob's second message as 5, and her message
+    // 12, which the old home took and numbered 6, is not here yet.
+    f.db.transact(|tx| async move {
+        chat_log::views::open(&tx, chat, alice, 5)?;
+        chat_log::views::show_as(&tx, chat, alice, 2, 5)?;
+        chat_log::views::show_by_id(&tx, chat, alice, alice1, ClientMessageId([12; 16]), 6)
+    })
+    .await
+    .expect("the move");
+
+    let from_bob = envelope(bob1, &[alice1], &[alice, bob], 3, 3);
+    assert_eq!(
+        chat_seq_of(commit(&f.db, &from_bob, HERE).await.0),
+        (3, false)
+    );
+    let hers = envelope(alice1, &[bob1], &[bob, alice], 12, 1);
+    assert_eq!(
+        chat_seq_of(commit(&f.db, &hers, HERE).await.0),
+        (6, false),
+        "the old home's number"
+    );
+    assert_eq!(
+        chat_seq_of(commit(&f.db, &hers, HERE).await.0),
+        (6, true),
+        "a retry, the same"
+    );
+    let next = envelope(alice1, &[bob1], &[bob, alice], 13, 2);
+    assert_eq!(chat_seq_of(commit(&f.db, &next, HERE).await.0), (8, false));
+    let late = envelope(bob1, &[alice1], &[alice, bob], 4, 4);
+    assert_eq!(chat_seq_of(commit(&f.db, &late, HERE).await.0), (6, false));
+
+    let shown = |batch: QueueBatch| -> Vec<(u8, u64)> {
+        // Messages only: bob's queue holds the receipts of alice's first fetch too.
+        batch
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.item {
+                Some(queue_entry::Item::Message(message)) => {
+                    Some((message.client_message_id[0], message.chat_seq))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let after = batch.entries.last().map_or(0, |entry| entry.queue_seq);
+    let (for_alice, _) = fetch_after(&f.db, alice1, &[], after)
+        .await
+        .expect("fetched");
+    assert_eq!(
+        shown(for_alice),
+        [(3, 7), (4, 9)],
+        "after the view's 6 and 8"
+    );
+    let (for_bob, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(shown(for_bob), [(12, 4), (13, 5)], "this log's numbers");
+}

@@ -37,16 +37,54 @@ fn record(home: RegionId, epoch: u64) -> AccountRecord {
     }
 }
 
+/// Bob's record: homed at the new home.
+fn bob_at_new() -> AccountRecord {
+    AccountRecord {
+        id: BOB,
+        name: "bob".into(),
+        home_region: NEW,
+        epoch: 1,
+    }
+}
+
+/// Two regions' stores: alice homed at the old one with two devices, bob at the new one, and
+/// both in each region's directory.
+async fn alice_old_bob_new(
+    old_dir: &tempfile::TempDir,
+    new_dir: &tempfile::TempDir,
+) -> (Database, Database) {
+    let (old, new) = (database(old_dir), database(new_dir));
+    for db in [&old, &new] {
+        db.transact(|tx| async move {
+            directory::put_account(&tx, &record(OLD, 1)).await?;
+            directory::put_account(&tx, &bob_at_new()).await
+        })
+        .await
+        .expect("the directory");
+    }
+    old.transact(|tx| async move {
+        directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
+            .await?
+            .expect("first");
+        directory::add_device(&tx, ALICE, b"id-2", b"sign-2", &key(2)).await?;
+        Ok(())
+    })
+    .await
+    .expect("alice's devices");
+    (old, new)
+}
+
 /// Parts applied straight to the new home's store, counted.
 struct Direct<'a> {
     db: &'a Database,
+    region: RegionId,
     parts: Vec<u32>,
 }
 
 impl PartSink for Direct<'_> {
     async fn send(&mut self, part: wire::ImportAccount) -> Result<(), ProtoError> {
         self.parts.push(part.part);
-        apply_part(self.db, NEW, &part, 5_000).await
+        apply_part(self.db, self.region, &part, 5_000).await
     }
 }
 
@@ -58,6 +96,7 @@ fn exporter<'a>(old: &'a Database, new: &'a Database) -> Exporter<'a, Direct<'a>
         OLD,
         Direct {
             db: new,
+            region: NEW,
             parts: Vec::new(),
         },
     )
@@ -114,6 +153,7 @@ async fn send_envelope(
                     chat,
                     chat_seq,
                     origin: Some(origin),
+                    shown_seq: None,
                 };
                 device_queue::append(&tx, device, &item, 1_000).await?;
             }
@@ -262,37 +302,8 @@ async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() 
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     );
-    let (old, new) = (database(&old_dir), database(&new_dir));
+    let (old, new) = alice_old_bob_new(&old_dir, &new_dir).await;
     let (alice1, alice2, bob1) = (device(ALICE, 1), device(ALICE, 2), device(BOB, 1));
-    let bob = AccountRecord {
-        id: BOB,
-        name: "bob".into(),
-        home_region: NEW,
-        epoch: 1,
-    };
-    old.transact(|tx| {
-        let bob = bob.clone();
-        async move {
-            directory::put_account(&tx, &record(OLD, 1)).await?;
-            directory::put_account(&tx, &bob).await?;
-            directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
-                .await?
-                .expect("first");
-            directory::add_device(&tx, ALICE, b"id-2", b"sign-2", &key(2)).await?;
-            Ok(())
-        }
-    })
-    .await
-    .expect("alice");
-    new.transact(|tx| {
-        let bob = bob.clone();
-        async move {
-            directory::put_account(&tx, &record(OLD, 1)).await?;
-            directory::put_account(&tx, &bob).await
-        }
-    })
-    .await
-    .expect("the new home's directory");
     let chat = ChatId::direct(ALICE, BOB);
     let entry = |to: DeviceAddress, body: &[u8]| wire::DeviceCiphertext {
         recipient: to.into(),
@@ -345,6 +356,7 @@ async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() 
                 panic!("a message");
             };
             assert_eq!(messages[0].chat_seq, 2, "the new home's number");
+            assert_eq!(messages[0].shown(), 2, "the old home's (bob is homed here)");
             let stored = chat_log::entry(&tx, chat, 2).await?.expect("the entry");
             let (_, ciphertext) =
                 crate::stored_envelope::member_view(&stored.envelope_bytes, device.into())
@@ -356,6 +368,152 @@ async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() 
     })
     .await
     .expect("the new home's copy");
+}
+
+/// Seed 1783: alice moves into the region of bob, her correspondent, which numbers their chat
+/// for bob in another order (each home numbered the messages as they reached it). Her devices
+/// know the old home's numbers, so the new home gives her a view of the chat: what her queues
+/// name keeps those numbers, one of the chat's last entries is known by the number she knows,
+/// and the chat goes on after the last of them. Bob's log and numbers stay as they are.
+#[tokio::test]
+async fn an_account_moving_into_its_peers_region_keeps_its_numbers_of_their_chat() {
+    let (old_dir, new_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (old, new) = alice_old_bob_new(&old_dir, &new_dir).await;
+    let (alice1, alice2, bob1) = (device(ALICE, 1), device(ALICE, 2), device(BOB, 1));
+    let chat = ChatId::direct(ALICE, BOB);
+    // The old home: bob's 1, alice's 10 (her second device gets a copy), bob's 2 (queued for
+    // both of her devices), alice's 11 (a copy).
+    send(&old, chat, bob1, 1, 1, &[]).await;
+    send(&old, chat, alice1, 1, 10, &[alice2]).await;
+    send(&old, chat, bob1, 2, 2, &[alice1, alice2]).await;
+    send(&old, chat, alice1, 2, 11, &[alice2]).await;
+    // Bob's region got alice's first: 10, 11, bob's 1, 2, and bob's 3, which never reached
+    // the old home.
+    send(&new, chat, alice1, 1, 10, &[bob1]).await;
+    send(&new, chat, alice1, 2, 11, &[bob1]).await;
+    send(&new, chat, bob1, 1, 1, &[]).await;
+    send(&new, chat, bob1, 2, 2, &[]).await;
+    send(&new, chat, bob1, 3, 3, &[]).await;
+
+    let mut exporter = exporter(&old, &new);
+    exporter.copy().await.expect("copied");
+    exporter.fence(NEW).await.expect("fenced");
+    exporter.flush().await.expect("flushed");
+    let moved = crate::core::account_info(&record(NEW, 2));
+    exporter.activate(moved).await.expect("activated");
+
+    new.transact(|tx| async move {
+        // (client message id, this log's number, the number shown) of each queued message.
+        let queued = async |device| -> Result<Vec<(u8, u64, u64)>, StoreError> {
+            let mut shown = Vec::new();
+            for (_, item) in device_queue::read_after(&tx, device, 0, 10).await? {
+                let (_, messages) = item.messages();
+                for message in messages {
+                    let origin = message.origin.expect("named");
+                    shown.push((
+                        origin.client_message_id.0[0],
+                        message.chat_seq,
+                        message.shown(),
+                    ));
+                }
+            }
+            Ok(shown)
+        };
+        assert_eq!(queued(alice1).await?, [(2, 4, 3)]);
+        assert_eq!(queued(alice2).await?, [(10, 1, 2), (2, 4, 3), (11, 2, 4)]);
+        assert_eq!(chat_log::last_seq(&tx, chat).await?, 5, "nothing appended");
+        assert_eq!(
+            chat_log::views::viewers(&tx, chat).await?,
+            [ALICE],
+            "bob has none"
+        );
+        assert_eq!(
+            chat_log::views::last_shown(&tx, chat, ALICE).await?,
+            Some(4)
+        );
+        // Bob's 1, one of the chat's last entries, is known to her as 1.
+        assert_eq!(
+            chat_log::views::shown_of(&tx, chat, ALICE, 3).await?,
+            Some(1)
+        );
+        // Bob's 3, which she never had, comes next.
+        Ok(())
+    })
+    .await
+    .expect("the new home's copy");
+
+    // Bob's 3 reaches her there, under her next number.
+    let queued_3 = new
+        .transact(|tx| async move {
+            let shown =
+                chat_log::views::number(&tx, chat, ALICE, 5, bob1, ClientMessageId([3; 16]))
+                    .await?;
+            let item = QueueItem::MessageRef {
+                chat,
+                chat_seq: 5,
+                origin: Some(MessageOrigin {
+                    sender: bob1,
+                    client_message_id: ClientMessageId([3; 16]),
+                    sender_region: NEW,
+                    group: false,
+                }),
+                shown_seq: Some(shown),
+            };
+            device_queue::append(&tx, alice2, &item, 3_000).await?;
+            Ok(shown)
+        })
+        .await
+        .expect("bob's 3");
+    assert_eq!(queued_3, 5);
+
+    // A second move, to a region where nobody reads the chat: it takes her numbers, not the
+    // log's, so her devices go on with the same ones.
+    const THIRD: RegionId = RegionId(3);
+    let third_dir = tempfile::tempdir().expect("dir");
+    let third = database(&third_dir);
+    third
+        .transact(|tx| async move {
+            directory::put_account(&tx, &record(NEW, 2)).await?;
+            directory::put_account(&tx, &bob_at_new()).await
+        })
+        .await
+        .expect("the third region's directory");
+    let mut again = Exporter::new(
+        &new,
+        ALICE,
+        NEW,
+        Direct {
+            db: &third,
+            region: THIRD,
+            parts: Vec::new(),
+        },
+    );
+    again.copy().await.expect("copied");
+    again.fence(THIRD).await.expect("fenced");
+    again.flush().await.expect("flushed");
+    let moved = crate::core::account_info(&record(THIRD, 3));
+    again.activate(moved).await.expect("activated");
+    third
+        .transact(|tx| async move {
+            let mut numbers = Vec::new();
+            for (_, item) in device_queue::read_after(&tx, alice2, 0, 10).await? {
+                let (_, messages) = item.messages();
+                for message in messages {
+                    let entry = chat_log::entry(&tx, chat, message.chat_seq)
+                        .await?
+                        .expect("its entry");
+                    numbers.push((entry.client_message_id.0[0], message.shown()));
+                }
+            }
+            assert_eq!(numbers, [(10, 2), (2, 3), (11, 4), (3, 5)]);
+            assert_eq!(chat_log::last_seq(&tx, chat).await?, 5, "adopted");
+            Ok(())
+        })
+        .await
+        .expect("the third region's copy");
 }
 
 #[tokio::test]

@@ -1,0 +1,244 @@
+//! Views: one account's own numbering of a chat whose log here numbers it for others.
+//!
+//! **Challenge.** A 1:1 chat across two regions has a log in each, and each numbers it for the
+//! accounts homed there: the two orders differ where the two accounts' messages crossed. When
+//! one of them moves into the other's region, its devices hold the old home's numbers (their
+//! shared history keys messages by them, and each device's queue must stay gapless), while this
+//! region's log keeps its own numbers for the account that was here already. Adopting the old
+//! numbering (as a log nobody here reads does, [`super::adopt`]) would renumber what the other
+//! account has read.
+//!
+//! So the moved account gets a view: every entry this region queues for the account's devices,
+//! or acknowledges to one of them, is shown to it under a number of the view, which goes on
+//! from the old home's last one. The log and its numbers stay as they are; a queue entry keeps
+//! the log's number to find the entry and carries the view's number to show it.
+//!
+//! **Key layout** (in the chat's subspace `("chat_log", chat)`):
+//! - `("view", account)` → the last number the account's view gave or took (8 bytes LE);
+//! - `("shown", account, chat_seq)` → the view's number of log entry `chat_seq`;
+//! - `("shown_id", account, sender, client_message_id)` → the number the old home gave an
+//!   envelope this log does not hold yet (one of the chat's last, which the sender may send
+//!   again here): taken as the entry's view number when it is committed here.
+//!
+//! **Conflicts.** Numbering reads `("view", account)` with a conflict, like the log's own
+//! `last_seq`: views number in commit order without gaps. Finding a chat's views is one range
+//! read of a few keys, the one cost every append pays.
+
+use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
+
+use super::ChatLog;
+use crate::codec::{decode_key, decode_u64, encode_u64, read_u64};
+use crate::engine::{RangeOptions, Transaction};
+use crate::error::StoreError;
+
+/// At most this many accounts have a view of one chat (a 1:1 chat has two accounts).
+const VIEWS_PER_CHAT_MAX: usize = 8;
+
+/// The accounts with a view of `chat`, in account order (none for almost every chat).
+pub async fn viewers(
+    transaction: &Transaction,
+    chat: ChatId,
+) -> Result<Vec<AccountId>, StoreError> {
+    let views = ChatLog::new(chat).root.subspace(&("view",));
+    let (begin, end) = views.range();
+    let rows = transaction
+        .get_range(&begin, &end, RangeOptions::limit(VIEWS_PER_CHAT_MAX))
+        .await?;
+    rows.iter()
+        .map(|(key, _)| {
+            let (account,): (AccountId,) = decode_key(&views, key, "chat log view key")?;
+            Ok(account)
+        })
+        .collect()
+}
+
+/// Opens `account`'s view of `chat`, going on after `last_shown` (the old home's last number
+/// of the chat), or raises an open one to it (never lowers it: numbers given stay given).
+pub fn open(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    last_shown: u64,
+) -> Result<(), StoreError> {
+    let log = ChatLog::new(chat);
+    transaction.atomic_max(&log.root.pack(&("view", account)), &encode_u64(last_shown))
+}
+
+/// The last number of `account`'s view of `chat` (`None`: the account has no view of it).
+pub async fn last_shown(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+) -> Result<Option<u64>, StoreError> {
+    let log = ChatLog::new(chat);
+    match transaction.get(&log.root.pack(&("view", account))).await? {
+        Some(value) => Ok(Some(decode_u64(&value, "chat log view")?)),
+        None => Ok(None),
+    }
+}
+
+/// The number `account`'s view of `chat` shows log entry `chat_seq` under (`None`: it gave or
+/// took none).
+pub async fn shown_of(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    chat_seq: u64,
+) -> Result<Option<u64>, StoreError> {
+    let log = ChatLog::new(chat);
+    match transaction
+        .get(&log.root.pack(&("shown", account, chat_seq)))
+        .await?
+    {
+        Some(value) => Ok(Some(decode_u64(&value, "chat log shown")?)),
+        None => Ok(None),
+    }
+}
+
+/// Records that `account`'s view of `chat` shows log entry `chat_seq` as `shown` (the number
+/// the old home gave it, which the account's devices know), and raises the view past it.
+pub fn show_as(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    chat_seq: u64,
+    shown: u64,
+) -> Result<(), StoreError> {
+    let log = ChatLog::new(chat);
+    transaction.set(
+        &log.root.pack(&("shown", account, chat_seq)),
+        &encode_u64(shown),
+    )?;
+    transaction.atomic_max(&log.root.pack(&("view", account)), &encode_u64(shown))
+}
+
+/// Records the number `shown` the old home gave the envelope `sender` sent as
+/// `client_message_id`, which this log does not hold yet: when it is committed here,
+/// [`number`] shows it under that number. Raises the view past it.
+pub fn show_by_id(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+    shown: u64,
+) -> Result<(), StoreError> {
+    let log = ChatLog::new(chat);
+    transaction.set(
+        &log.root
+            .pack(&("shown_id", account, sender, client_message_id)),
+        &encode_u64(shown),
+    )?;
+    transaction.atomic_max(&log.root.pack(&("view", account)), &encode_u64(shown))
+}
+
+/// The number `account`'s view of `chat` shows log entry `chat_seq` (sent by `sender` as
+/// `client_message_id`) under: the one it has; else the one the old home gave the envelope
+/// ([`show_by_id`]); else the view's next. Call it only for an account with a view
+/// ([`viewers`]), in the transaction that queues or acknowledges the entry to the account.
+pub async fn number(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    chat_seq: u64,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+) -> Result<u64, StoreError> {
+    if let Some(shown) = shown_of(transaction, chat, account, chat_seq).await? {
+        return Ok(shown);
+    }
+    let log = ChatLog::new(chat);
+    let by_id_key = log
+        .root
+        .pack(&("shown_id", account, sender, client_message_id));
+    let shown = match transaction.get(&by_id_key).await? {
+        Some(value) => {
+            transaction.clear(&by_id_key);
+            decode_u64(&value, "chat log shown_id")?
+        }
+        None => {
+            let view_key = log.root.pack(&("view", account));
+            let next = read_u64(transaction, &view_key, "chat log view").await? + 1;
+            transaction.set(&view_key, &encode_u64(next))?;
+            next
+        }
+    };
+    transaction.set(
+        &log.root.pack(&("shown", account, chat_seq)),
+        &encode_u64(shown),
+    )?;
+    Ok(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat_log::{NewEntry, append};
+    use crate::test_support::temporary_database;
+    use relay_proto::{DeviceId, RegionId};
+
+    fn device(account: u64) -> DeviceAddress {
+        DeviceAddress {
+            account: AccountId(account),
+            device: DeviceId(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_view_numbers_after_the_old_homes_last_and_keeps_what_it_took() {
+        let (_folder, db) = temporary_database(None);
+        let (alice, bob) = (AccountId(1), AccountId(2));
+        let chat = ChatId::direct(alice, bob);
+        let id = |n: u8| ClientMessageId([n; 16]);
+        db.transact(|tx| async move {
+            // Bob's region numbered two entries of the chat.
+            for n in 1..=2u8 {
+                let entry = NewEntry {
+                    chat,
+                    sender: device(2),
+                    client_message_id: id(n),
+                    sender_seq: u64::from(n),
+                    sender_region: RegionId(2),
+                    envelope_bytes: b"e",
+                };
+                append(&tx, &entry, 0).await?;
+            }
+            assert!(viewers(&tx, chat).await?.is_empty());
+            // Alice arrives: her devices hold 7 numbers, the old home gave entry 2 number 6
+            // and an envelope not here yet number 7.
+            open(&tx, chat, alice, 5)?;
+            show_as(&tx, chat, alice, 2, 6)?;
+            show_by_id(&tx, chat, alice, device(1), id(9), 7)?;
+            Ok(())
+        })
+        .await
+        .expect("opened");
+        let shown = db
+            .transact(|tx| async move {
+                assert_eq!(viewers(&tx, chat).await?, vec![alice]);
+                assert_eq!(last_shown(&tx, chat, alice).await?, Some(7));
+                assert_eq!(last_shown(&tx, chat, bob).await?, None);
+                let taken = number(&tx, chat, alice, 2, device(2), id(2)).await?;
+                // The envelope the old home numbered 7, committed here as entry 3.
+                let by_id = number(&tx, chat, alice, 3, device(1), id(9)).await?;
+                let next = number(&tx, chat, alice, 4, device(2), id(4)).await?;
+                let again = number(&tx, chat, alice, 4, device(2), id(4)).await?;
+                Ok((taken, by_id, next, again))
+            })
+            .await
+            .expect("numbered");
+        assert_eq!(shown, (6, 7, 8, 8));
+        let (opened_again, last) = db
+            .transact(|tx| async move {
+                // A second move's chat heads never take numbers back.
+                open(&tx, chat, alice, 5)?;
+                Ok((
+                    shown_of(&tx, chat, alice, 3).await?,
+                    last_shown(&tx, chat, alice).await?,
+                ))
+            })
+            .await
+            .expect("reopened");
+        assert_eq!((opened_again, last), (Some(7), Some(8)));
+    }
+}
