@@ -429,3 +429,24 @@ fn an_account_moving_into_its_correspondents_region_keeps_its_numbers() {
         report.seed
     );
 }
+
+/// Swarm seed 2543 with its home moves: c2's envelope, sent just before its account moved, went
+/// to a region that refused it `UnknownAccount` ("moved"), and the edge, which could not route
+/// it anew in one round, passed the refusal on; the device took it for good and gave the
+/// message up, though the old home had committed it (acknowledged later, stored with no chat
+/// number: I2). The edge now routes an envelope again up to three rounds, and answers a refusal
+/// it cannot route around `Unavailable`, which the device retries.
+#[test]
+fn an_envelope_refused_by_a_region_its_account_left_is_retried_not_given_up() {
+    run(&Simulation::swarm(seed_from_env(2543)).with_home_moves());
+}
+
+/// Swarm seed 2642 with its home moves: the new home's storage failed the move's last part, so
+/// it learned of the account from its directory replica, without the mark of when it arrived;
+/// an envelope it had stored for the account before the move, sent again, was then not queued
+/// for it (I1). The old home now sends a part refused for now again, and the activation in the
+/// background until the new home takes it.
+#[test]
+fn a_move_whose_activation_failed_at_the_new_home_still_delivers_everything() {
+    run(&Simulation::swarm(seed_from_env(2642)).with_home_moves());
+}

@@ -53,6 +53,15 @@ pub const BACKLOG_SENDS_IN_A_BURST: u32 = 10_000;
 /// it retries, in ms.
 pub const OVERLOADED_RETRY_AFTER_MS: u64 = 2_000;
 
+/// How long the `Unavailable` answer to a request for an account that moved away from the region
+/// the edge sent it to, when that region could not say where it went, asks the device to wait
+/// before it retries, in ms (the directory's replicas learn a move within a second or so).
+pub const MOVED_HOME_UNKNOWN_RETRY_AFTER_MS: u64 = 1_000;
+
+/// Rounds of routing one envelope to the regions of its accounts, each after a region refused
+/// an account that moved since the edge learned its home (two moves at once, in practice).
+pub const SEND_ROUTE_ROUNDS_MAX: u32 = 3;
+
 // The home-region cache.
 
 /// Most accounts whose home region an edge remembers; the least recently used is forgotten.

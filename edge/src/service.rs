@@ -46,8 +46,9 @@ use crate::config::EdgeConfig;
 use crate::keys::DeviceKeyCache;
 use crate::limits::{ADMISSION_OVERLOADED_RETRY_MS, ADMISSION_REFUSAL_WAIT_MS};
 use crate::limits::{
-    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_EVENTS_WAITING_MAX, OVERLOADED_RETRY_AFTER_MS,
-    RESUBSCRIBE_DELAY_MS,
+    AUTH_TIMEOUT_MS, DEVICE_CONNECTIONS_MAX, DEVICE_EVENTS_WAITING_MAX,
+    MOVED_HOME_UNKNOWN_RETRY_AFTER_MS, OVERLOADED_RETRY_AFTER_MS, RESUBSCRIBE_DELAY_MS,
+    SEND_ROUTE_ROUNDS_MAX,
 };
 use crate::presence::Watches;
 use crate::session::{Route, SeenMarks, SendAggregate, Session, SessionLimits, fanout_regions};
@@ -1130,20 +1131,25 @@ impl EdgeService {
     /// `region` refused `account` as not homed there (the edge forgot the home that sent the
     /// request there): asks that region where the account lives now (it moved the account
     /// away, so its copy of the directory knows; this edge's own region's copy may not yet)
-    /// and caches the answer. Returns whether the account lives elsewhere now.
-    async fn follow_move(&self, account: AccountId, region: RegionId) -> bool {
+    /// and caches the answer.
+    async fn follow_move(&self, account: AccountId, region: RegionId) -> Followed {
         let lookup =
             region_request::Body::LookupAccount(wire::LookupAccount { account: account.0 });
         let info = match self.region_request(region, lookup).await {
             Ok(region_response::Body::Account(info)) => info,
-            _ => return false,
+            Ok(_) => return Followed::Unknown,
+            Err(error) if error.code == ErrorCode::UnknownAccount => return Followed::Nowhere,
+            Err(_) => return Followed::Unknown,
         };
         let home = RegionId(info.region);
-        if home == region || !self.inner.regions.contains(&home) {
-            return false;
+        if home == region {
+            return Followed::Nowhere;
+        }
+        if !self.inner.regions.contains(&home) {
+            return Followed::Unknown;
         }
         self.learn_home(&info);
-        true
+        Followed::Elsewhere
     }
 
     /// Whether the cache names a home for `account` other than `region` now.
@@ -1194,8 +1200,10 @@ impl EdgeService {
         match self.exchange(home, &request).await {
             Err(error) if error.code == ErrorCode::UnknownAccount => {
                 self.forget_home(account, home);
-                if !self.cached_elsewhere(account, home) {
-                    self.follow_move(account, home).await;
+                if !self.cached_elsewhere(account, home)
+                    && self.follow_move(account, home).await == Followed::Unknown
+                {
+                    return Err(home_unknown(account, home));
                 }
                 let now_home = self.home_of(account).await?;
                 if now_home == home {
@@ -1762,8 +1770,13 @@ impl EdgeService {
 
     /// Forwards an envelope to every destination region in parallel; "sent" only when all
     /// of them committed. A region refusing an account the edge routed there as not homed
-    /// there (it moved) is asked where the account lives now, and the envelope goes once more
-    /// to the regions as they are then (those that committed answer it as a duplicate).
+    /// there (it moved) is asked where the account lives now, and the envelope goes again to
+    /// the regions as they are then (those that committed answer it as a duplicate), up to
+    /// [`SEND_ROUTE_ROUNDS_MAX`] times. A commit is refused `UnknownAccount` only for an
+    /// account that moved (a region skips recipients it does not hold, and the sender is
+    /// authenticated), so a refusal the edge could not route around is answered `Unavailable`,
+    /// never passed on: a device takes `UnknownAccount` for good and would give up an envelope
+    /// that may be committed.
     async fn send(
         &self,
         parsed: wire::ParsedEnvelope,
@@ -1776,20 +1789,23 @@ impl EdgeService {
                 routed: Vec::new(),
             })),
         };
-        let (outcome, refused) = self.send_once(&parsed, &mut commit).await?;
-        if refused.is_empty() {
-            return outcome;
+        let mut round = 1;
+        loop {
+            let (outcome, refused) = self.send_once(&parsed, &mut commit).await?;
+            let Some(&(first, first_region)) = refused.first() else {
+                return outcome;
+            };
+            let mut moved = false;
+            for (account, region) in refused {
+                // The region's notice of the move may have taught the cache already.
+                moved |= self.cached_elsewhere(account, region)
+                    || self.follow_move(account, region).await == Followed::Elsewhere;
+            }
+            if !moved || round == SEND_ROUTE_ROUNDS_MAX {
+                return Err(home_unknown(first, first_region));
+            }
+            round += 1;
         }
-        let mut moved = false;
-        for (account, region) in refused {
-            // The region's notice of the move may have taught the cache already.
-            moved |=
-                self.cached_elsewhere(account, region) || self.follow_move(account, region).await;
-        }
-        if !moved {
-            return outcome;
-        }
-        self.send_once(&parsed, &mut commit).await?.0
     }
 
     /// One round of [`Self::send`]: the outcome, and the accounts a region refused as not
@@ -1970,6 +1986,33 @@ impl KeyNews {
             _ => KeyNews::Nothing,
         }
     }
+}
+
+/// What asking a region where an account it refused lives now (`EdgeService::follow_move`)
+/// taught the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Followed {
+    /// The account lives in another region now (cached).
+    Elsewhere,
+    /// The region says it lives there, or nowhere: its refusal stands.
+    Nowhere,
+    /// The region did not say (unreachable, failing, or naming a region this edge does not
+    /// know): the account moved, but where to is not known yet.
+    Unknown,
+}
+
+/// The answer to a request for `account` that `region` refused as not homed there when the
+/// edge could not learn where it lives now: retryable, since the account exists and moved (a
+/// device that took the refusal for good would give up a message that may be committed).
+fn home_unknown(account: AccountId, region: RegionId) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "account {account} moved away from region {region}, and its new home is not known \
+             here yet; retry later"
+        ),
+    )
+    .with_retry_after_ms(MOVED_HOME_UNKNOWN_RETRY_AFTER_MS)
 }
 
 /// Whether a region's `error` to a request of a device refuses the device itself (removed, or

@@ -263,9 +263,16 @@ pub const MOVE_PEER_ATTEMPTS_MAX: usize = 3;
 pub const MOVE_ARRIVAL_SLACK_MS: u64 = 10_000;
 const _: () =
     assert!(fdb_layers::limits::TRANSACTION_AGE_MS_MAX + HOLD_MS_MAX < MOVE_ARRIVAL_SLACK_MS);
+/// How long the old home waits before it sends again a part of a home move that the new home
+/// refused for now (its storage failed the commit, say).
+pub const MOVE_PART_RETRY_MS: u64 = 200;
+const _: () = assert!(MOVE_PART_RETRY_MS < relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS);
 /// How often a region asks the directory writer again to settle a home move whose flip it
-/// did not hear answered.
+/// did not hear answered, and sends again an activation the new home did not take.
 pub const MOVE_SETTLE_RETRY_MS: u64 = 1_000;
+/// Times the old home sends a moved account's activation in the background after the new home
+/// did not take it at once (every [`MOVE_SETTLE_RETRY_MS`]: ten minutes).
+pub const MOVE_ACTIVATE_ATTEMPTS_MAX: u32 = 600;
 /// How long an operator waits for a home move's answer: the copy, the flip and the letting go,
 /// each request of it sent up to [`MOVE_PEER_ATTEMPTS_MAX`] times.
 pub const MOVE_HOME_REQUEST_TIMEOUT_MS: u64 = 120_000;

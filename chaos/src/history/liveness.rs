@@ -47,7 +47,7 @@ pub(crate) fn check_liveness(
             } if planned.get(&message) == Some(&receiver) => {
                 arrived.insert(message, event.at_ms);
             }
-            What::Failed { message } => {
+            What::Failed { message, .. } => {
                 failed.insert(message);
             }
             _ => {}

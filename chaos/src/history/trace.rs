@@ -216,6 +216,8 @@ pub enum What {
     Failed {
         /// The message.
         message: MessageRef,
+        /// Why, as the client said.
+        reason: String,
     },
     /// A region's host crashed (its process and unacknowledged state are gone).
     RegionCrashed {
@@ -434,7 +436,7 @@ impl fmt::Display for TraceEvent {
                 "{} received an unknown text {text:?} from {from}",
                 device_name(*receiver, *device)
             ),
-            What::Failed { message } => write!(f, "{message} given up"),
+            What::Failed { message, reason } => write!(f, "{message} given up: {reason}"),
             What::Tick { message, tick } => write!(f, "{message} is {}", tick_label(*tick)),
             What::MarkedRead {
                 reader,

@@ -188,10 +188,10 @@ pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared:
                 from,
             });
         }
-        Event::Failed { id, .. } => {
+        Event::Failed { id, reason, .. } => {
             if let Some(&message) = local.ids.get(&id) {
                 shared.progress().failed.insert(message);
-                shared.record(What::Failed { message });
+                shared.record(What::Failed { message, reason });
             }
         }
         Event::GroupTick { id, tick, .. } => match tick {

@@ -15,7 +15,8 @@ use super::{RegionService, error_response, lock, store_failure};
 use crate::handover::InFlight;
 use crate::home_move::{self, AccountHolds, Exporter, MoveStats, PartSink};
 use crate::limits::{
-    HANDOVER_ANSWER_WAIT_MS, HANDOVER_DRAIN_WAIT_MS, MOVE_PEER_ATTEMPTS_MAX, MOVE_SETTLE_RETRY_MS,
+    HANDOVER_ANSWER_WAIT_MS, HANDOVER_DRAIN_WAIT_MS, MOVE_ACTIVATE_ATTEMPTS_MAX,
+    MOVE_PART_RETRY_MS, MOVE_PEER_ATTEMPTS_MAX, MOVE_SETTLE_RETRY_MS,
 };
 
 /// An account that left this region (or is leaving it: its move's flip is unsettled).
@@ -54,8 +55,9 @@ impl Drop for HoldGuard<'_> {
     }
 }
 
-/// The parts of a move, sent to the new home (each one again on a failed exchange: applying a
-/// part twice changes nothing).
+/// The parts of a move, sent to the new home (each one again on a failed exchange or a
+/// retryable refusal, such as a commit its storage failed: applying a part twice changes
+/// nothing).
 struct PeerSink<'a> {
     service: &'a RegionService,
     to: RegionId,
@@ -66,13 +68,24 @@ impl PartSink for PeerSink<'_> {
         let request = RegionRequest {
             body: Some(region_request::Body::ImportAccount(part)),
         };
-        match self.service.ask_peer(self.to, &request).await?.body {
-            Some(region_response::Body::AccountImported(_)) => Ok(()),
-            Some(region_response::Body::Error(error)) => Err(error.into()),
-            _ => Err(ProtoError::new(
-                ErrorCode::Internal,
-                "unexpected answer to a part of a home move",
-            )),
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error: ProtoError = match self.service.ask_peer(self.to, &request).await?.body {
+                Some(region_response::Body::AccountImported(_)) => return Ok(()),
+                Some(region_response::Body::Error(error)) => error.into(),
+                _ => {
+                    return Err(ProtoError::new(
+                        ErrorCode::Internal,
+                        "unexpected answer to a part of a home move",
+                    ));
+                }
+            };
+            if !error.code.is_retryable() || attempts >= MOVE_PEER_ATTEMPTS_MAX {
+                return Err(error);
+            }
+            tracing::warn!(to = %self.to, %error, "the new home refused a part of a home move for now; sending it again");
+            tokio::time::sleep(Duration::from_millis(MOVE_PART_RETRY_MS)).await;
         }
     }
 }
@@ -337,8 +350,11 @@ impl RegionService {
         let stats = match exporter.activate(moved.clone()).await {
             Ok(stats) => stats,
             Err(error) => {
-                // The new home's replica of the directory hears of the move within seconds.
+                // The new home's replica of the directory hears of the move within seconds;
+                // the activation (which also marks when the account arrived there, so what was
+                // stored there before is queued for it when sent again) follows.
                 tracing::warn!(%account, %to, %error, "the new home did not take the account at once");
+                tokio::spawn(self.clone().activate_until_taken(moved.clone(), to));
                 MoveStats::default()
             }
         };
@@ -378,16 +394,9 @@ impl RegionService {
         loop {
             match self.flip(account, to, epoch).await {
                 Ok(moved) => {
-                    let mut sink = PeerSink { service: &self, to };
-                    let activate = wire::ImportAccount {
-                        account: account.0,
-                        from_region: self.inner.region.0,
-                        part: u32::MAX,
-                        activate: Some(moved.clone()),
-                        ..wire::ImportAccount::default()
-                    };
-                    if let Err(error) = sink.send(activate).await {
+                    if let Err(error) = self.activate_at(&moved, to).await {
                         tracing::warn!(%account, %to, %error, "the new home did not take the account at once");
+                        tokio::spawn(self.clone().activate_until_taken(moved.clone(), to));
                     }
                     self.no_longer_woken_here(account).await;
                     if let Err(error) = home_move::let_go(
@@ -414,6 +423,43 @@ impl RegionService {
                 }
             }
         }
+    }
+
+    /// Sends the new home the last part of a move, which activates the account there.
+    async fn activate_at(&self, moved: &wire::AccountInfo, to: RegionId) -> Result<(), ProtoError> {
+        let mut sink = PeerSink { service: self, to };
+        let activate = wire::ImportAccount {
+            account: moved.account,
+            from_region: self.inner.region.0,
+            part: u32::MAX,
+            activate: Some(moved.clone()),
+            ..wire::ImportAccount::default()
+        };
+        sink.send(activate).await
+    }
+
+    /// Sends the activation again every [`MOVE_SETTLE_RETRY_MS`] until the new home takes it
+    /// (at most [`MOVE_ACTIVATE_ATTEMPTS_MAX`] times): the directory moved the account, and
+    /// the new home learns that from its replica too, but only the activation marks when the
+    /// account arrived (`home_move::set_arrived`), which the new home needs to queue for it an
+    /// envelope it stored before and that is sent again.
+    async fn activate_until_taken(self, moved: wire::AccountInfo, to: RegionId) {
+        let account = AccountId(moved.account);
+        for _ in 0..MOVE_ACTIVATE_ATTEMPTS_MAX {
+            tokio::time::sleep(Duration::from_millis(MOVE_SETTLE_RETRY_MS)).await;
+            match self.activate_at(&moved, to).await {
+                Ok(()) => {
+                    tracing::info!(%account, %to, "the new home took the account");
+                    return;
+                }
+                Err(error) if error.code.is_retryable() => {}
+                Err(error) => {
+                    tracing::warn!(%account, %to, %error, "the new home refused the account's activation");
+                    return;
+                }
+            }
+        }
+        tracing::error!(%account, %to, "the new home never took the account's activation; envelopes it stored before the move may not reach the account");
     }
 
     /// A moved account's devices are no longer woken by this region.
