@@ -62,8 +62,8 @@ pub enum FaultKind {
     StoreFaults,
     /// An operator moves a client's account home to another region
     /// (`relayd admin move-home`), while everything else goes on. Not in [`FaultKind::ALL`]:
-    /// drawn apart ([`FaultPlan::draw_home_moves`]) and only in sweeps that ask for them
-    /// (`relayd sim --home-moves`), while seeds that break an invariant with them remain.
+    /// drawn apart ([`FaultPlan::draw_home_moves`]), so a seed's other faults are the same with
+    /// or without them (`relayd sim --no-home-moves` leaves them out; swarm sweeps have them).
     HomeMove,
 }
 

@@ -37,7 +37,7 @@ pub struct Swarm {
     pub time_budget: Option<Duration>,
     /// With a time budget, the seeds that run however long they take.
     pub seeds_min: u64,
-    /// Inject the home moves each seed draws (see `FaultKind::HomeMove`).
+    /// Inject the home moves each seed draws (see `FaultKind::HomeMove`; on by default).
     pub home_moves: bool,
 }
 
@@ -350,7 +350,7 @@ impl Swarm {
             planted: Vec::new(),
             stop_at_first_violation: false,
             stop_on: Vec::new(),
-            home_moves: false,
+            home_moves: true,
             time_budget: None,
             seeds_min: 0,
         }

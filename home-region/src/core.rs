@@ -635,6 +635,14 @@ pub async fn commit_envelope_into(
                     arrived_since.insert(device.account);
                 }
             }
+            if parsed.group.is_some() && !arrived_since.is_empty() {
+                // A group's envelope goes again only to the accounts it was stored for: one
+                // sent again after the group changed (the same message, re-encrypted for the
+                // members then) names a member added since, whose devices got the sender's key
+                // after this stored copy and cannot read it.
+                let stored_for = stored_recipients(tx, parsed.chat, chat_seq).await?;
+                arrived_since.retain(|account| stored_for.contains(account));
+            }
             let shown = if sender_here || !arrived_since.is_empty() {
                 let concerned = arrived_since
                     .iter()
@@ -825,6 +833,27 @@ async fn shown_numbers(
         shown.push((viewer, number));
     }
     Ok(ShownNumbers(shown))
+}
+
+/// The accounts the stored envelope of entry `chat_seq` of `chat` names as its recipients (none
+/// if the entry is gone; a stored envelope that does not decode names none).
+async fn stored_recipients(
+    tx: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+) -> Result<BTreeSet<AccountId>, StoreError> {
+    let Some(stored) = chat_log::entry(tx, chat, chat_seq).await? else {
+        return Ok(BTreeSet::new());
+    };
+    Ok(wire::Envelope::decode(stored.envelope_bytes)
+        .map(|envelope| {
+            envelope
+                .recipient_accounts
+                .into_iter()
+                .map(AccountId)
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Completes entry `chat_seq` of `chat`, a stored copy of `envelope` that this region did not

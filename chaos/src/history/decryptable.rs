@@ -39,6 +39,7 @@ pub(crate) fn check(facts: &Facts<'_>, trace: &[TraceEvent], findings: &mut Find
                 receiver,
                 device,
                 from,
+                ..
             } => findings.add(
                 Invariant::Decryptable,
                 format!(

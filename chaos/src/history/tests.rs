@@ -131,6 +131,7 @@ fn loss_reorder_duplicates_gaps_and_garbage_are_caught() {
                 receiver: 1,
                 device: 0,
                 from: "c0".into(),
+                reason: "no session".into(),
             },
         ),
     ]);

@@ -200,6 +200,8 @@ pub enum What {
         device: u32,
         /// The sender (account name).
         from: String,
+        /// Why, as the client said.
+        reason: String,
     },
     /// A device received a message whose text is not one of the workload's.
     Garbled {
@@ -421,9 +423,10 @@ impl fmt::Display for TraceEvent {
                 receiver,
                 device,
                 from,
+                reason,
             } => write!(
                 f,
-                "{} could not decrypt a message from {from}",
+                "{} could not decrypt a message from {from}: {reason}",
                 device_name(*receiver, *device)
             ),
             What::Garbled {

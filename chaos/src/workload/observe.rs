@@ -181,11 +181,12 @@ pub fn observe(me: u32, device: u32, event: Event, local: &mut Observer, shared:
                 local.note_changeable(&peer, &id, message, true);
             }
         }
-        Event::Undecryptable { from, .. } => {
+        Event::Undecryptable { from, reason, .. } => {
             shared.record(What::Undecryptable {
                 receiver: me,
                 device,
                 from,
+                reason,
             });
         }
         Event::Failed { id, reason, .. } => {

@@ -2254,3 +2254,63 @@ async fn an_account_that_moved_in_goes_on_with_its_own_numbers_and_its_peer_with
     let (for_bob, _) = fetch(&f.db, bob1, &[]).await;
     assert_eq!(shown(for_bob), [(12, 4), (13, 5)], "this log's numbers");
 }
+
+/// Swarm seeds 3348 and 3937 (with home moves): dan moved here and was then added to a group.
+/// Alice's text, stored here before he joined, was refused once as the group had changed, and
+/// she sent it again re-encrypted for the members then, dan included: a duplicate here. It was
+/// queued for dan as an account that arrived since it was stored, but the stored copy is the
+/// Megolm message from before he had her key, which he cannot read (I8). A group's envelope goes
+/// again only to the accounts its stored copy names.
+#[tokio::test]
+async fn a_group_text_sent_again_is_not_queued_for_a_member_added_since_it_was_stored() {
+    let f = fixture();
+    let GroupOf {
+        team,
+        alice1,
+        devices,
+        listed,
+    } = group_of(&f.db, 1).await;
+    let bob1 = devices[0];
+    let first = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1],
+        &listed,
+        7,
+        1,
+    );
+    let (outcome, _) = commit(&f.db, &first, HERE).await;
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    // Dan's home moves here, then he joins.
+    let dan = account(&f.db, "dan", HERE, 1).await;
+    let dan1 = device_in(dan, 1);
+    f.db.transact(|tx| async move { home_move::set_arrived(&tx, dan, 1_000) })
+        .await
+        .expect("arrived");
+    db_add_member(&f.db, team, dan, key()).await;
+    let mut members = listed.clone();
+    members.push(dan);
+    let again = group_envelope(
+        team,
+        2,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1, dan1],
+        &members,
+        7,
+        1,
+    );
+    let (outcome, effects) = commit(&f.db, &again, HERE).await;
+    let send_outcome::Outcome::Sent(sent) = outcome else {
+        panic!("sent: {outcome:?}");
+    };
+    assert!(sent.commits[0].duplicate);
+    assert!(!effects.notify.contains_key(&dan1), "{effects:?}");
+    let (batch, _) = fetch(&f.db, dan1, &[]).await;
+    assert!(batch.entries.is_empty(), "{batch:?}");
+}
