@@ -310,6 +310,28 @@ impl FanOut {
         }
     }
 
+    /// Adds entry `chat_seq` of `chat` (`envelope`, sent as `origin`) for each of `devices`,
+    /// under the number its account's view shows it ([`ShownNumbers`]).
+    fn add_shown(
+        &mut self,
+        devices: impl IntoIterator<Item = DeviceAddress>,
+        chat: ChatId,
+        chat_seq: u64,
+        origin: MessageOrigin,
+        shown: &ShownNumbers,
+        envelope: &wire::Envelope,
+    ) {
+        let bytes = queued_bytes(envelope);
+        for device in devices {
+            let message = MessageInQueue {
+                chat_seq,
+                origin: Some(origin),
+                shown_seq: shown.of(device.account),
+            };
+            self.add(device, chat, message, bytes);
+        }
+    }
+
     /// The entries gathered for `device` so far (each one more in its queue when written).
     fn entries_for(&self, device: DeviceAddress) -> u64 {
         self.entries
@@ -611,6 +633,14 @@ pub async fn commit_envelope_into(
             })),
         }
     };
+    // Each queue entry names the sender, so the receipt of its delivery reads nothing back.
+    let origin = MessageOrigin {
+        sender: parsed.sender,
+        client_message_id: parsed.client_message_id,
+        sender_region,
+        group: parsed.group.is_some(),
+    };
+    let sender_here = sender_region == local;
     // A group sender names its previous unsettled number (see `Envelope::group_prev_seq`): a
     // region that joined the chat late does not ask for what went to the regions before it.
     let prev = parsed.group.map(|group| group.prev_seq);
@@ -619,7 +649,6 @@ pub async fn commit_envelope_into(
             chat_seq,
             server_time_ms,
         } => {
-            let sender_here = sender_region == local;
             // A recipient whose home moved here after the envelope was first stored here was
             // not queued then, and its old home may never have stored it (it held the envelope
             // while the account moved, then turned it away): it is queued now. A device that
@@ -635,12 +664,18 @@ pub async fn commit_envelope_into(
                     arrived_since.insert(device.account);
                 }
             }
-            if parsed.group.is_some() && !arrived_since.is_empty() {
+            // Read once, for the group check and the completion below.
+            let stored = if arrived_since.is_empty() {
+                None
+            } else {
+                chat_log::entry(tx, parsed.chat, chat_seq).await?
+            };
+            if parsed.group.is_some() {
                 // A group's envelope goes again only to the accounts it was stored for: one
                 // sent again after the group changed (the same message, re-encrypted for the
                 // members then) names a member added since, whose devices got the sender's key
                 // after this stored copy and cannot read it.
-                let stored_for = stored_recipients(tx, parsed.chat, chat_seq).await?;
+                let stored_for = stored.as_ref().map(stored_recipients).unwrap_or_default();
                 arrived_since.retain(|account| stored_for.contains(account));
             }
             let shown = if sender_here || !arrived_since.is_empty() {
@@ -657,32 +692,17 @@ pub async fn commit_envelope_into(
                 // devices' entries were checked by their old home, not here): it may lack
                 // entries for devices this envelope covers, such as a device the sender learned
                 // of only when the old home answered "mismatched".
-                complete_stored(tx, parsed.chat, chat_seq, envelope, |device| {
-                    arrived_since.contains(&device.account) && local_devices.contains(&device)
-                })
-                .await?;
-                let message = MessageInQueue {
-                    chat_seq,
-                    origin: Some(MessageOrigin {
-                        sender: parsed.sender,
-                        client_message_id: parsed.client_message_id,
-                        sender_region,
-                        group: parsed.group.is_some(),
-                    }),
-                    shown_seq: None,
-                };
-                let bytes = queued_bytes(envelope);
-                for &device in local_devices
-                    .iter()
-                    .filter(|device| arrived_since.contains(&device.account))
-                {
-                    fan_out.add(
-                        device,
-                        parsed.chat,
-                        shown.apply(message, device.account),
-                        bytes,
-                    );
+                if let Some(stored) = &stored {
+                    complete_entry(tx, parsed.chat, stored, &envelope.ciphertexts, |device| {
+                        arrived_since.contains(&device.account) && local_devices.contains(&device)
+                    })
+                    .await?;
                 }
+                let arrived = local_devices
+                    .iter()
+                    .copied()
+                    .filter(|device| arrived_since.contains(&device.account));
+                fan_out.add_shown(arrived, parsed.chat, chat_seq, origin, &shown, envelope);
             }
             let acknowledged = shown.acknowledged(parsed.sender.account, sender_here, chat_seq);
             return answer(
@@ -731,34 +751,20 @@ pub async fn commit_envelope_into(
         device_state::record_envelope(tx, parsed.sender, parsed.device_seq)?;
     }
 
-    // 3. Fan out to the local recipients' queues. Each entry names the sender, so the receipt
-    //    of its delivery reads nothing back.
-    let origin = MessageOrigin {
-        sender: parsed.sender,
-        client_message_id: parsed.client_message_id,
-        sender_region,
-        group: parsed.group.is_some(),
-    };
-    let bytes = queued_bytes(envelope);
-    let message = MessageInQueue {
-        chat_seq,
-        origin: Some(origin),
-        shown_seq: None,
-    };
-    let sender_here = sender_region == local;
+    // 3. Fan out to the local recipients' queues.
     let concerned = local_devices
         .iter()
         .map(|device| device.account)
         .chain(sender_here.then_some(parsed.sender.account));
     let shown = shown_numbers(tx, &parsed, chat_seq, concerned).await?;
-    for device in local_devices {
-        fan_out.add(
-            device,
-            parsed.chat,
-            shown.apply(message, device.account),
-            bytes,
-        );
-    }
+    fan_out.add_shown(
+        local_devices,
+        parsed.chat,
+        chat_seq,
+        origin,
+        &shown,
+        envelope,
+    );
     let acknowledged = shown.acknowledged(parsed.sender.account, sender_here, chat_seq);
     answer(
         committed(acknowledged, false, server_time_ms),
@@ -786,14 +792,6 @@ impl ShownNumbers {
         match self.of(account) {
             Some(shown) if sender_here => shown,
             _ => chat_seq,
-        }
-    }
-
-    /// `message` as a device of `account` is queued it.
-    fn apply(&self, message: MessageInQueue, account: AccountId) -> MessageInQueue {
-        MessageInQueue {
-            shown_seq: self.of(account),
-            ..message
         }
     }
 }
@@ -835,17 +833,9 @@ async fn shown_numbers(
     Ok(ShownNumbers(shown))
 }
 
-/// The accounts the stored envelope of entry `chat_seq` of `chat` names as its recipients (none
-/// if the entry is gone; a stored envelope that does not decode names none).
-async fn stored_recipients(
-    tx: &Transaction,
-    chat: ChatId,
-    chat_seq: u64,
-) -> Result<BTreeSet<AccountId>, StoreError> {
-    let Some(stored) = chat_log::entry(tx, chat, chat_seq).await? else {
-        return Ok(BTreeSet::new());
-    };
-    Ok(wire::Envelope::decode(stored.envelope_bytes)
+/// The accounts the envelope of `stored` names as its recipients (none if it does not decode).
+fn stored_recipients(stored: &chat_log::LogEntry) -> BTreeSet<AccountId> {
+    wire::Envelope::decode(stored.envelope_bytes.clone())
         .map(|envelope| {
             envelope
                 .recipient_accounts
@@ -853,7 +843,7 @@ async fn stored_recipients(
                 .map(AccountId)
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// Completes entry `chat_seq` of `chat`, a stored copy of `envelope` that this region did not
