@@ -410,18 +410,6 @@ impl Simulation {
                 client.restarts = restarts.clone();
             }
         }
-        // A group member's move is not drawn: a group's log at the new home keeps its own
-        // numbers, so a moved member's devices could see a group chat number twice (a known
-        // limit of home moves, see the README).
-        let in_groups: BTreeSet<u32> = plan
-            .groups
-            .iter()
-            .flat_map(|group| group.members.iter().copied())
-            .collect();
-        faults.faults.retain(|fault| match fault.target {
-            Target::HomeMove { client, .. } => !in_groups.contains(&client),
-            _ => true,
-        });
         let plan = Rc::new(plan);
         let packets = PacketLog::new();
         let net_faults = NetFaults::new(faults.drop_ppm, faults.duplicate_ppm);

@@ -450,3 +450,28 @@ fn an_envelope_refused_by_a_region_its_account_left_is_retried_not_given_up() {
 fn a_move_whose_activation_failed_at_the_new_home_still_delivers_everything() {
     run(&Simulation::swarm(seed_from_env(2642)).with_home_moves());
 }
+
+/// Swarm seed 165 with its home moves: c1, a member of a group, moves to region 3,
+/// which numbers the group's chat for the members homed there. Before group views, the
+/// group's texts reached c1's devices under that region's numbers, which they held already
+/// for other texts of the group (I2). The moved member now goes on with its own numbers there.
+#[test]
+fn a_group_member_moving_to_a_region_that_numbers_the_group_keeps_its_numbers() {
+    let simulation = Simulation::swarm(seed_from_env(165)).with_home_moves();
+    let report = run(&simulation);
+    assert!(
+        report
+            .faults
+            .get(&FaultKind::HomeMove)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "reproduce with seed={}",
+        report.seed
+    );
+    assert!(
+        report.group_planned() > 0,
+        "reproduce with seed={}",
+        report.seed
+    );
+}

@@ -608,18 +608,22 @@ pub struct ChatHeads {
 
 /// The chats of this region's log that `account` takes part in, looking at up to `scan_limit`
 /// chats after `after` (from the first with `None`, at most [`LAYER_READ_ENTRIES_MAX`]): a chat
-/// a device of the account sent in, or the 1:1 chat of the account with one of the chat's
-/// senders. Returns them with where each sender stands, and the chat to go on after (`None`:
-/// every chat was looked at). A chat where nobody ever sent has nothing to move.
+/// a device of the account sent in, the 1:1 chat of the account with one of the chat's
+/// senders, or a chat whose last entry's envelope `names_account` says is for the account (a
+/// group's chat it only reads). Returns them with where each sender stands, and the chat to go
+/// on after (`None`: every chat was looked at). A chat where nobody ever sent has nothing to
+/// move.
 ///
-/// One single-key range read per chat of the region plus one read of its senders: the cost of
-/// a home move grows with the chats its region holds. An index of each account's chats is the
-/// next step where that matters (it costs a write on a sender's first envelope of a chat).
+/// One single-key range read per chat of the region plus one read of its senders, and one of
+/// its last entry when the account sent nothing there: the cost of a home move grows with the
+/// chats its region holds. An index of each account's chats is the next step where that
+/// matters (it costs a write on a sender's first envelope of a chat).
 pub async fn chats_of(
     transaction: &Transaction,
     account: AccountId,
     after: Option<ChatId>,
     scan_limit: usize,
+    names_account: impl Fn(&[u8]) -> bool,
 ) -> Result<(Vec<ChatHeads>, Option<ChatId>), StoreError> {
     let logs = Subspace::new(&("chat_log",));
     let (mut begin, end) = logs.range();
@@ -659,16 +663,23 @@ pub async fn chats_of(
                 crate::codec::decode_u64(value, "chat log sender_seq")?,
             ));
         }
-        let takes_part = senders.iter().any(|(sender, _)| {
+        let sends = senders.iter().any(|(sender, _)| {
             sender.account == account || ChatId::direct(account, sender.account) == chat
         });
+        if senders.is_empty() {
+            continue;
+        }
+        let last_seq = read_u64(
+            transaction,
+            &log.root.pack(&("last_seq",)),
+            "chat log last_seq",
+        )
+        .await?;
+        let takes_part = sends
+            || entry(transaction, chat, last_seq)
+                .await?
+                .is_some_and(|last| names_account(&last.envelope_bytes));
         if takes_part {
-            let last_seq = read_u64(
-                transaction,
-                &log.root.pack(&("last_seq",)),
-                "chat log last_seq",
-            )
-            .await?;
             found.push(ChatHeads {
                 chat,
                 last_seq,

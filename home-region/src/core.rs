@@ -772,8 +772,8 @@ pub async fn commit_envelope_into(
     )
 }
 
-/// The numbers under which the accounts of a view of a 1:1 chat (an account that moved here
-/// from a region that numbered the chat for it, `chat_log::views`) are shown entry `chat_seq`.
+/// The numbers under which the accounts of a view of a chat (an account that moved here from a
+/// region that numbered the chat for it, `chat_log::views`) are shown entry `chat_seq`.
 #[derive(Debug, Default)]
 struct ShownNumbers(Vec<(AccountId, u64)>);
 
@@ -797,28 +797,18 @@ impl ShownNumbers {
 }
 
 /// Numbers entry `chat_seq` of the envelope `parsed` in the view of each account of
-/// `concerned` (those it is queued or acknowledged to here) that has one. A group's chat has
-/// none, and is not looked at; a 1:1 chat costs one range read, which finds none but for an
-/// account that moved in.
+/// `concerned` (those it is queued or acknowledged to here) that has one: one range read per
+/// append, which finds none but for a chat an account moved in with (its 1:1 peer, or members
+/// of its group, read this log under its own numbers).
 async fn shown_numbers(
     tx: &Transaction,
     parsed: &wire::ParsedEnvelope,
     chat_seq: u64,
     concerned: impl Iterator<Item = AccountId>,
 ) -> Result<ShownNumbers, StoreError> {
-    if parsed.group.is_some() {
-        return Ok(ShownNumbers::default());
-    }
-    let viewers = chat_log::views::viewers(tx, parsed.chat).await?;
-    if viewers.is_empty() {
-        return Ok(ShownNumbers::default());
-    }
-    let concerned: BTreeSet<AccountId> = concerned.collect();
-    let mut shown = Vec::new();
-    for viewer in viewers
-        .into_iter()
-        .filter(|viewer| concerned.contains(viewer))
-    {
+    let viewers = chat_log::views::viewers_among(tx, parsed.chat, concerned).await?;
+    let mut shown = Vec::with_capacity(viewers.len());
+    for viewer in viewers {
         let number = chat_log::views::number(
             tx,
             parsed.chat,

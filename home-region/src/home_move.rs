@@ -400,7 +400,10 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                 .db
                 .transact(|tx| async move {
                     let (chats, next) =
-                        chat_log::chats_of(&tx, account, after, MOVE_CHATS_PER_READ).await?;
+                        chat_log::chats_of(&tx, account, after, MOVE_CHATS_PER_READ, |bytes| {
+                            names_as_group_member(bytes, account)
+                        })
+                        .await?;
                     let mut kinds = Vec::with_capacity(chats.len());
                     for chat in chats {
                         // The other account of a 1:1 chat: a sender, or named by its last
@@ -413,12 +416,14 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                             .iter()
                             .map(|(sender, _)| sender.account)
                             .find(is_peer);
+                        let mut group = false;
                         if peer.is_none()
                             && let Some(entry) =
                                 chat_log::entry(&tx, chat.chat, chat.last_seq).await?
                             && let Ok(envelope) =
                                 wire::Envelope::decode(entry.envelope_bytes.clone())
                         {
+                            group = envelope.group != 0;
                             peer = envelope
                                 .recipient_accounts
                                 .iter()
@@ -426,19 +431,20 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                                 .find(is_peer);
                         }
                         let view = chat_log::views::last_shown(&tx, chat.chat, account).await?;
-                        kinds.push((chat, peer, view));
+                        kinds.push((chat, peer, group, view));
                     }
                     Ok((kinds, next))
                 })
                 .await
                 .map_err(store_failure)?;
-            for (chat, peer, view) in chats {
+            for (chat, peer, group, view) in chats {
                 // The numbering first: the new home adopts it before any entry of the chat.
                 self.add_bytes(chat.senders.len() * 48 + 32).await?;
                 self.part.chat_logs.push(wire::MovedChatLog {
                     chat: chat.chat.0.to_vec(),
                     last_seq: view.unwrap_or(chat.last_seq),
                     peer: peer.map_or(0, |peer| peer.0),
+                    group,
                 });
                 for (sender, sender_seq) in &chat.senders {
                     self.part.chat_heads.push(wire::MovedChatHead {
@@ -592,6 +598,14 @@ impl<'a, S: PartSink> Exporter<'a, S> {
     }
 }
 
+/// Whether the stored envelope `bytes` is a group's that names `account` among its members: a
+/// group chat the account reads without having sent in it moves with it too.
+fn names_as_group_member(bytes: &[u8], account: AccountId) -> bool {
+    wire::Envelope::decode(bytes).is_ok_and(|envelope| {
+        envelope.group != 0 && envelope.recipient_accounts.contains(&account.0)
+    })
+}
+
 fn empty_part(account: AccountId, from: RegionId, part: u32) -> wire::ImportAccount {
     wire::ImportAccount {
         account: account.0,
@@ -704,10 +718,15 @@ async fn import(
                 .await?
                 .map(|peer| peer.home_region),
         };
-        if peer_home == Some(local) {
-            // A 1:1 chat with an account homed here, which reads this log under its numbers:
-            // the moved account goes on with the old home's in a view of its own.
+        let group_read_here = moved.group && chat_log::last_seq(tx, chat).await? > 0;
+        if peer_home == Some(local) || group_read_here {
+            // A 1:1 chat with an account homed here, or a group's chat this region numbered
+            // for its members here: they read this log under its numbers, and the moved
+            // account goes on with the old home's in a view of its own.
             chat_log::views::open(tx, chat, account, moved.last_seq)?;
+        } else if moved.group {
+            // A group's chat this region holds nothing of: nobody here read a number of it.
+            chat_log::adopt(tx, chat, moved.last_seq, true).await?;
         } else {
             // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it.
             let peer_elsewhere = peer_home.is_some();

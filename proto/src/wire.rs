@@ -2048,20 +2048,27 @@ pub struct MovedLogEntry {
     pub tail: bool,
 }
 
-/// A chat of a moved account as its old home numbers it: a new home that holds nothing of the
-/// chat adopts the numbering, so the account's devices never see a number twice.
+/// A chat of a moved account as its old home numbers it for the account: a new home that
+/// holds nothing of the chat adopts the numbering, and one whose log of it others here read
+/// gives the account a view that goes on from it, so the account's devices never see a number
+/// twice.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct MovedChatLog {
     /// The chat (16 bytes).
     #[prost(bytes = "vec", tag = "1")]
     pub chat: Vec<u8>,
-    /// The last chat sequence the old home gave.
+    /// The last chat sequence the old home gave (or showed the account, in its view).
     #[prost(uint64, tag = "2")]
     pub last_seq: u64,
     /// The other account of a 1:1 chat (0: a group's chat, or not known): a new home where it
     /// is homed, or that does not know it, keeps its own numbers for the chat.
     #[prost(uint64, tag = "4")]
     pub peer: u64,
+    /// A group's chat: a new home that holds entries of it numbers it for members homed there,
+    /// and gives the account a view; one that holds none adopts the numbering. (False from an
+    /// old home of an earlier build, whose group chats the new home numbers on its own.)
+    #[prost(bool, tag = "5")]
+    pub group: bool,
 }
 
 /// A moved queue entry: its item in the old home's stored form, every message of which names

@@ -35,13 +35,24 @@ fn plan() -> Vec<GroupPlan> {
     }]
 }
 
+/// `receiver`'s `device` got `message`, under a number of the group's chat of its own.
 fn got(receiver: u32, device: u32, message: GroupMessageRef) -> What {
+    got_as(
+        receiver,
+        device,
+        message,
+        u64::from(message.sender) * 100 + u64::from(message.number),
+    )
+}
+
+/// As [`got`], under the chat number `chat_seq`.
+fn got_as(receiver: u32, device: u32, message: GroupMessageRef, chat_seq: u64) -> What {
     What::GroupReceived {
         receiver,
         device,
         message,
         from_account: u64::from(message.sender) + 100,
-        chat_seq: 1,
+        chat_seq,
     }
 }
 
@@ -232,6 +243,28 @@ fn a_removal_racing_a_text_excuses_it_either_way() {
     whats.push(got(1, 0, text(0, 9)));
     let trace: Vec<TraceEvent> = whats.into_iter().map(|what| at(0, what)).collect();
     assert!(check_groups(&plan, &trace).is_empty());
+}
+
+#[test]
+fn a_group_chat_number_naming_two_texts_at_a_device_is_caught() {
+    // c3's device got c0#2 under the number c1#1 came under; c1's devices number the chat
+    // apart from c3's (another home), which is no violation.
+    let mut after = everything_arrives();
+    after.retain(|what| !matches!(what, What::GroupReceived { receiver: 3, .. }));
+    after.push(got_as(3, 0, text(0, 2), 7));
+    after.push(got_as(3, 0, text(1, 1), 7));
+    after.push(got_as(1, 0, text(0, 3), 7));
+    let found = found(after);
+    assert!(
+        found.iter().any(|line| line
+            == "I2 order: c3 received g1:c1#1 as number 7 of its group's chat, the number g1:c0#2 came under"),
+        "{found:#?}"
+    );
+    assert_eq!(
+        found.iter().filter(|line| line.starts_with("I2")).count(),
+        1,
+        "{found:#?}"
+    );
 }
 
 #[test]

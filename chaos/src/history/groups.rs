@@ -5,6 +5,8 @@
 //!   that was a member from before its send started until after it was acknowledged (added
 //!   and acknowledged before the send, its removal not asked before the acknowledgement), on
 //!   every device linked before the send (a removed device is held to nothing);
+//! - **I2**: at each device, a number of a group's chat names one message (a moved member goes
+//!   on with its old home's numbers);
 //! - **I3 sender FIFO**: at each device, one sender's texts to one group arrive in its order;
 //! - **I4 idempotence**: no device receives a group message twice;
 //! - **I6**: a group message's tick never moves back;
@@ -55,6 +57,8 @@ struct GroupFacts {
     arrivals: BTreeMap<(u32, u32), Vec<(GroupMessageRef, u64)>>,
     /// (receiver, device, message) → the time of its (first) arrival, in ms.
     arrived: HashMap<(u32, u32, GroupMessageRef), u64>,
+    /// (receiver, device) → each arrival's message and the group chat number it came under.
+    numbered: BTreeMap<(u32, u32), Vec<(GroupMessageRef, u64)>>,
     /// When every fault healed (0: none to heal), in ms.
     heal_ms: u64,
 }
@@ -118,8 +122,14 @@ impl GroupFacts {
                     receiver,
                     device,
                     message,
+                    chat_seq,
                     ..
                 } => {
+                    facts
+                        .numbered
+                        .entry((*receiver, *device))
+                        .or_default()
+                        .push((*message, *chat_seq));
                     facts
                         .arrivals
                         .entry((*receiver, *device))
@@ -182,7 +192,7 @@ impl GroupFacts {
     }
 }
 
-/// Checks I1, I3, I4, I6, I8, removal and liveness over the groups of a run (`groups`, as
+/// Checks I1, I2, I3, I4, I6, I8, removal and liveness over the groups of a run (`groups`, as
 /// planned) and its trace.
 pub fn check_groups(groups: &[GroupPlan], trace: &[TraceEvent]) -> Vec<Violation> {
     let mut findings = Findings(Vec::new());
@@ -197,6 +207,7 @@ pub fn check_groups(groups: &[GroupPlan], trace: &[TraceEvent]) -> Vec<Violation
         .collect();
     check_decryptable(&facts, &plans, &planned, trace, &mut findings);
     check_arrival_order(&facts, &mut findings);
+    check_numbers(&facts, &mut findings);
     check_no_loss(&facts, &plans, &mut findings);
     check_removal(&facts, &mut findings);
     check_ticks(trace, &mut findings);
@@ -291,6 +302,31 @@ fn check_arrival_order(facts: &GroupFacts, findings: &mut Findings) {
                         device_name(*receiver, *device)
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// I2 for a group's chat: at each device, a number of the chat names one message. A device
+/// gets a group's texts under its home region's numbers of the chat, and an account that moved
+/// goes on under the old home's (the new home's view of the chat for it, `chat_log::views`).
+fn check_numbers(facts: &GroupFacts, findings: &mut Findings) {
+    for ((receiver, device), received) in &facts.numbered {
+        let mut named: HashMap<(u32, u64), GroupMessageRef> = HashMap::new();
+        for &(message, chat_seq) in received {
+            if chat_seq == 0 {
+                continue;
+            }
+            match named.insert((message.group, chat_seq), message) {
+                Some(other) if other != message => findings.add(
+                    Invariant::Order,
+                    format!(
+                        "{} received {message} as number {chat_seq} of its group's chat, the \
+                         number {other} came under",
+                        device_name(*receiver, *device)
+                    ),
+                ),
+                _ => {}
             }
         }
     }

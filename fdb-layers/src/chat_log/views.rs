@@ -1,12 +1,13 @@
 //! Views: one account's own numbering of a chat whose log here numbers it for others.
 //!
-//! **Challenge.** A 1:1 chat across two regions has a log in each, and each numbers it for the
-//! accounts homed there: the two orders differ where the two accounts' messages crossed. When
-//! one of them moves into the other's region, its devices hold the old home's numbers (their
-//! shared history keys messages by them, and each device's queue must stay gapless), while this
-//! region's log keeps its own numbers for the account that was here already. Adopting the old
-//! numbering (as a log nobody here reads does, [`super::adopt`]) would renumber what the other
-//! account has read.
+//! **Challenge.** A chat across regions has a log in each, and each numbers it for the accounts
+//! homed there: the orders differ where messages crossed, and a region that joined a group's
+//! chat late numbers it from 1. When an account moves into a region whose log of the chat
+//! others here read (its 1:1 peer, or members of its group), its devices hold the old home's
+//! numbers (their shared history keys messages by them, and each device's queue must stay
+//! gapless), while this region's log keeps its own numbers for those who were here already.
+//! Adopting the old numbering (as a log nobody here reads does, [`super::adopt`]) would
+//! renumber what the others have read.
 //!
 //! So the moved account gets a view: every entry this region queues for the account's devices,
 //! or acknowledges to one of them, is shown to it under a number of the view, which goes on
@@ -23,6 +24,13 @@
 //! **Conflicts.** Numbering reads `("view", account)` with a conflict, like the log's own
 //! `last_seq`: views number in commit order without gaps. Finding a chat's views is one range
 //! read of a few keys, the one cost every append pays.
+//!
+//! **Limits.** A 1:1 chat has two views at most; a group's chat one per member that moved in
+//! (a view stays when its account leaves the group). [`viewers_among`] reads up to
+//! [`VIEWS_READ_MAX`] views in its one range read and looks up the accounts it asks about one
+//! by one past that, so any number of views is numbered right.
+
+use std::collections::BTreeSet;
 
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress};
 
@@ -31,10 +39,11 @@ use crate::codec::{decode_key, decode_u64, encode_u64, read_u64};
 use crate::engine::{RangeOptions, Transaction};
 use crate::error::StoreError;
 
-/// At most this many accounts have a view of one chat (a 1:1 chat has two accounts).
-const VIEWS_PER_CHAT_MAX: usize = 8;
+/// Views read in one range read by [`viewers_among`]: a group's members that moved in.
+pub const VIEWS_READ_MAX: usize = crate::limits::GROUP_MEMBERS_MAX as usize;
 
-/// The accounts with a view of `chat`, in account order (none for almost every chat).
+/// The accounts with a view of `chat`, in account order (none for almost every chat), up to
+/// [`VIEWS_READ_MAX`] of them.
 pub async fn viewers(
     transaction: &Transaction,
     chat: ChatId,
@@ -42,7 +51,7 @@ pub async fn viewers(
     let views = ChatLog::new(chat).root.subspace(&("view",));
     let (begin, end) = views.range();
     let rows = transaction
-        .get_range(&begin, &end, RangeOptions::limit(VIEWS_PER_CHAT_MAX))
+        .get_range(&begin, &end, RangeOptions::limit(VIEWS_READ_MAX))
         .await?;
     rows.iter()
         .map(|(key, _)| {
@@ -50,6 +59,34 @@ pub async fn viewers(
             Ok(account)
         })
         .collect()
+}
+
+/// The accounts of `concerned` with a view of `chat`, in account order: one range read (which
+/// finds none for almost every chat; `concerned` is only looked at when it finds some), and
+/// one read per account of `concerned` when the chat has more than [`VIEWS_READ_MAX`] views.
+pub async fn viewers_among(
+    transaction: &Transaction,
+    chat: ChatId,
+    concerned: impl IntoIterator<Item = AccountId>,
+) -> Result<Vec<AccountId>, StoreError> {
+    let all = viewers(transaction, chat).await?;
+    if all.is_empty() {
+        return Ok(all);
+    }
+    let concerned: BTreeSet<AccountId> = concerned.into_iter().collect();
+    if all.len() < VIEWS_READ_MAX {
+        return Ok(all
+            .into_iter()
+            .filter(|account| concerned.contains(account))
+            .collect());
+    }
+    let mut found = Vec::new();
+    for account in concerned {
+        if last_shown(transaction, chat, account).await?.is_some() {
+            found.push(account);
+        }
+    }
+    Ok(found)
 }
 
 /// Opens `account`'s view of `chat`, going on after `last_shown` (the old home's last number

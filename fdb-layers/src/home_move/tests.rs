@@ -96,7 +96,9 @@ async fn move_account(old: &Database, new: &Database, account: AccountId) {
     let mut after = None;
     loop {
         let (heads, next) = old
-            .transact(|tx| async move { chat_log::chats_of(&tx, account, after, 1).await })
+            .transact(
+                |tx| async move { chat_log::chats_of(&tx, account, after, 1, |_| false).await },
+            )
             .await
             .expect("chats read");
         new.transact(|tx| {

@@ -2314,3 +2314,70 @@ async fn a_group_text_sent_again_is_not_queued_for_a_member_added_since_it_was_s
     let (batch, _) = fetch(&f.db, dan1, &[]).await;
     assert!(batch.entries.is_empty(), "{batch:?}");
 }
+
+/// A member that moved here with a group's chat this region numbers for its other members
+/// (`chat_log::views`): the group's texts reach its devices under the numbers of its view,
+/// and the others' under the log's.
+#[tokio::test]
+async fn a_member_that_moved_in_sees_a_groups_texts_under_its_own_numbers() {
+    let f = fixture();
+    let GroupOf {
+        team,
+        alice1,
+        devices,
+        listed,
+    } = group_of(&f.db, 2).await;
+    let (moved1, stayed1) = (devices[0], devices[1]);
+    let chat = ChatId::group(team);
+    let moved = moved1.account;
+    f.db.transact(|tx| async move { chat_log::views::open(&tx, chat, moved, 5) })
+        .await
+        .expect("a view");
+    let text = |message: u8, sender_seq: u64| {
+        group_envelope(
+            team,
+            1,
+            EnvelopeKind::Message,
+            alice1,
+            &devices,
+            &listed,
+            message,
+            sender_seq,
+        )
+    };
+    let chat_seq_of = |outcome: send_outcome::Outcome| {
+        let send_outcome::Outcome::Sent(sent) = outcome else {
+            panic!("sent: {outcome:?}");
+        };
+        (sent.commits[0].chat_seq, sent.commits[0].duplicate)
+    };
+    assert_eq!(
+        chat_seq_of(commit(&f.db, &text(7, 1), HERE).await.0),
+        (1, false)
+    );
+    assert_eq!(
+        chat_seq_of(commit(&f.db, &text(8, 2), HERE).await.0),
+        (2, false)
+    );
+    assert_eq!(
+        chat_seq_of(commit(&f.db, &text(7, 1), HERE).await.0),
+        (1, true),
+        "a retry, the same"
+    );
+    let shown = |batch: QueueBatch| -> Vec<(u8, u64)> {
+        batch
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.item {
+                Some(queue_entry::Item::Message(message)) => {
+                    Some((message.client_message_id[0], message.chat_seq))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let (for_moved, _) = fetch(&f.db, moved1, &[]).await;
+    assert_eq!(shown(for_moved), [(7, 6), (8, 7)], "after the view's 5");
+    let (for_stayed, _) = fetch(&f.db, stayed1, &[]).await;
+    assert_eq!(shown(for_stayed), [(7, 1), (8, 2)], "this log's numbers");
+}

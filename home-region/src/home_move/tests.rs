@@ -516,6 +516,154 @@ async fn an_account_moving_into_its_peers_region_keeps_its_numbers_of_their_chat
         .expect("the third region's copy");
 }
 
+/// A group envelope of `sender` to alice and bob, as a region stores it.
+fn group_envelope(group: u64, sender: DeviceAddress, sender_seq: u64, id: u8) -> Vec<u8> {
+    wire::Envelope {
+        chat: ChatId::group(GroupId(group)).0.to_vec(),
+        sender: sender.into(),
+        client_message_id: vec![id; 16],
+        sender_seq,
+        recipient_accounts: vec![ALICE.0, BOB.0],
+        group,
+        ..wire::Envelope::default()
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn a_group_member_moving_in_keeps_its_numbers_where_others_read_the_groups_chat() {
+    let (old_dir, new_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (old, new) = alice_old_bob_new(&old_dir, &new_dir).await;
+    let (alice2, bob1) = (device(ALICE, 2), device(BOB, 1));
+    // Two groups of alice and bob; alice never sent in either. The old home numbered bob's
+    // 1, 2 and 3 to the first as 1, 2, 3, and her second device has yet to fetch the 3. The
+    // new home numbers the first group for bob: his 5 (before alice was in it), then 1, 2, 3.
+    // It holds nothing of the second group, where bob's 7 and 8 went to alice only.
+    let (first, second) = (ChatId::group(GroupId(70)), ChatId::group(GroupId(71)));
+    for (seq, id) in [(1, 1), (2, 2)] {
+        send_envelope(
+            &old,
+            first,
+            bob1,
+            seq,
+            id,
+            &group_envelope(70, bob1, seq, id),
+            &[],
+        )
+        .await;
+    }
+    send_envelope(
+        &old,
+        first,
+        bob1,
+        3,
+        3,
+        &group_envelope(70, bob1, 3, 3),
+        &[alice2],
+    )
+    .await;
+    send_envelope(
+        &new,
+        first,
+        bob1,
+        1,
+        5,
+        &group_envelope(70, bob1, 1, 5),
+        &[],
+    )
+    .await;
+    for (seq, id) in [(2, 1), (3, 2), (4, 3)] {
+        send_envelope(
+            &new,
+            first,
+            bob1,
+            seq,
+            id,
+            &group_envelope(70, bob1, seq, id),
+            &[],
+        )
+        .await;
+    }
+    send_envelope(
+        &old,
+        second,
+        bob1,
+        1,
+        7,
+        &group_envelope(71, bob1, 1, 7),
+        &[],
+    )
+    .await;
+    send_envelope(
+        &old,
+        second,
+        bob1,
+        2,
+        8,
+        &group_envelope(71, bob1, 2, 8),
+        &[alice2],
+    )
+    .await;
+
+    let mut exporter = exporter(&old, &new);
+    exporter.copy().await.expect("copied");
+    exporter.fence(NEW).await.expect("fenced");
+    exporter.flush().await.expect("flushed");
+    let moved = crate::core::account_info(&record(NEW, 2));
+    exporter.activate(moved).await.expect("activated");
+
+    let (queued, next) = new
+        .transact(|tx| async move {
+            let mut queued = Vec::new();
+            for (_, item) in device_queue::read_after(&tx, alice2, 0, 10).await? {
+                let (chat, messages) = item.messages();
+                for message in messages {
+                    let origin = message.origin.expect("named");
+                    queued.push((
+                        chat == Some(first),
+                        origin.client_message_id.0[0],
+                        message.chat_seq,
+                        message.shown(),
+                    ));
+                }
+            }
+            assert_eq!(chat_log::views::viewers(&tx, first).await?, [ALICE]);
+            assert_eq!(
+                chat_log::views::last_shown(&tx, first, ALICE).await?,
+                Some(3)
+            );
+            // Bob's 1 and 2, entries 2 and 3 here, are known to her as 1 and 2.
+            assert_eq!(
+                chat_log::views::shown_of(&tx, first, ALICE, 2).await?,
+                Some(1)
+            );
+            assert_eq!(
+                chat_log::views::shown_of(&tx, first, ALICE, 3).await?,
+                Some(2)
+            );
+            assert_eq!(
+                chat_log::last_seq(&tx, first).await?,
+                4,
+                "bob's numbers stay"
+            );
+            // The second group's numbering is adopted: nobody here read a number of it.
+            assert!(chat_log::views::viewers(&tx, second).await?.is_empty());
+            assert_eq!(chat_log::last_seq(&tx, second).await?, 2, "adopted");
+            // Bob's next to the first group reaches her under her next number.
+            let next =
+                chat_log::views::number(&tx, first, ALICE, 5, bob1, ClientMessageId([9; 16]))
+                    .await?;
+            Ok((queued, next))
+        })
+        .await
+        .expect("the new home's copy");
+    assert_eq!(queued, [(true, 3, 4, 3), (false, 8, 2, 2)]);
+    assert_eq!(next, 4);
+}
+
 #[tokio::test]
 async fn a_part_with_keys_of_another_account_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("dir");
