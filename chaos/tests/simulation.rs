@@ -475,3 +475,13 @@ fn a_group_member_moving_to_a_region_that_numbers_the_group_keeps_its_numbers() 
         report.seed
     );
 }
+
+/// Swarm seed 514 with its home moves: c0's messages 7 and 8 to c1 were stored by c0's region
+/// while c1 still lived in the other one, whose link to c0's edge was clogged, so c1's old home
+/// never got them; c1 then moved into c0's region, where only c0's retries brought them to c1,
+/// after its messages 9 and 10 (I3). An entry queued to a moved account now brings the sender's
+/// earlier ones it was never shown, in order.
+#[test]
+fn a_moved_account_gets_its_correspondents_messages_in_order_whatever_the_retries() {
+    run(&Simulation::swarm(seed_from_env(514)).with_home_moves());
+}

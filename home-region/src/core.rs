@@ -69,7 +69,8 @@ use relay_proto::{
 };
 
 use crate::limits::{
-    EXPIRE_BATCH_ENTRIES_MAX, LOCAL_OUTBOX_ENTRIES_PER_READ, MOVE_ARRIVAL_SLACK_MS,
+    EXPIRE_BATCH_ENTRIES_MAX, LOCAL_OUTBOX_ENTRIES_PER_READ, MISSED_WALK_ENTRIES_MAX,
+    MISSED_WALK_PAGE_ENTRIES, MOVE_ARRIVAL_SLACK_MS,
 };
 use crate::stored_envelope;
 
@@ -323,6 +324,11 @@ impl FanOut {
     ) {
         let bytes = queued_bytes(envelope);
         for device in devices {
+            // What the device's account was never shown of the sender's earlier entries goes
+            // first, so the sender's messages reach it in their order.
+            for missed in shown.missed.iter().filter(|missed| missed.covers(device)) {
+                self.add(device, chat, missed.message, missed.bytes);
+            }
             let message = MessageInQueue {
                 chat_seq,
                 origin: Some(origin),
@@ -683,7 +689,12 @@ pub async fn commit_envelope_into(
                     .iter()
                     .copied()
                     .chain(sender_here.then_some(parsed.sender.account));
-                shown_numbers(tx, &parsed, chat_seq, concerned).await?
+                let arrived: Vec<DeviceAddress> = local_devices
+                    .iter()
+                    .copied()
+                    .filter(|device| arrived_since.contains(&device.account))
+                    .collect();
+                shown_numbers(tx, &parsed, chat_seq, concerned, &arrived).await?
             } else {
                 ShownNumbers::default()
             };
@@ -756,7 +767,7 @@ pub async fn commit_envelope_into(
         .iter()
         .map(|device| device.account)
         .chain(sender_here.then_some(parsed.sender.account));
-    let shown = shown_numbers(tx, &parsed, chat_seq, concerned).await?;
+    let shown = shown_numbers(tx, &parsed, chat_seq, concerned, &local_devices).await?;
     fan_out.add_shown(
         local_devices,
         parsed.chat,
@@ -773,14 +784,37 @@ pub async fn commit_envelope_into(
 }
 
 /// The numbers under which the accounts of a view of a chat (an account that moved here from a
-/// region that numbered the chat for it, `chat_log::views`) are shown entry `chat_seq`.
+/// region that numbered the chat for it, `chat_log::views`) are shown entry `chat_seq`, and
+/// the sender's earlier entries such an account was never shown ([`Missed`]).
 #[derive(Debug, Default)]
-struct ShownNumbers(Vec<(AccountId, u64)>);
+struct ShownNumbers {
+    shown: Vec<(AccountId, u64)>,
+    missed: Vec<Missed>,
+}
+
+/// An earlier entry of the same sender that an account with a view was never shown: this
+/// region stored it before the account moved here, and the old home never had it (the sender's
+/// edge could not reach it), so only the sender's retry would bring it, perhaps after later
+/// ones (swarm seeds 514 and 1240: I3). It is queued just before the entry that found it.
+#[derive(Debug)]
+struct Missed {
+    account: AccountId,
+    /// The devices of the account the stored envelope has an entry for.
+    devices: Vec<DeviceAddress>,
+    message: MessageInQueue,
+    bytes: usize,
+}
+
+impl Missed {
+    fn covers(&self, device: DeviceAddress) -> bool {
+        self.account == device.account && self.devices.contains(&device)
+    }
+}
 
 impl ShownNumbers {
     /// The number `account` is shown the entry under, if its view numbers the chat.
     fn of(&self, account: AccountId) -> Option<u64> {
-        self.0
+        self.shown
             .iter()
             .find(|(viewer, _)| *viewer == account)
             .map(|&(_, shown)| shown)
@@ -799,16 +833,61 @@ impl ShownNumbers {
 /// Numbers entry `chat_seq` of the envelope `parsed` in the view of each account of
 /// `concerned` (those it is queued or acknowledged to here) that has one: one range read per
 /// append, which finds none but for a chat an account moved in with (its 1:1 peer, or members
-/// of its group, read this log under its own numbers).
+/// of its group, read this log under its own numbers). For an account it is queued to
+/// (`devices` holds its devices here), the sender's earlier entries the account was never
+/// shown are numbered first ([`missed_before`]).
 async fn shown_numbers(
     tx: &Transaction,
     parsed: &wire::ParsedEnvelope,
     chat_seq: u64,
     concerned: impl Iterator<Item = AccountId>,
+    devices: &[DeviceAddress],
 ) -> Result<ShownNumbers, StoreError> {
     let viewers = chat_log::views::viewers_among(tx, parsed.chat, concerned).await?;
-    let mut shown = Vec::with_capacity(viewers.len());
+    let mut numbers = ShownNumbers::default();
     for viewer in viewers {
+        let receives: Vec<DeviceAddress> = devices
+            .iter()
+            .copied()
+            .filter(|device| device.account == viewer)
+            .collect();
+        if !receives.is_empty() && parsed.sender.account != viewer {
+            for entry in missed_before(tx, parsed, chat_seq, viewer).await? {
+                let shown = chat_log::views::number(
+                    tx,
+                    parsed.chat,
+                    viewer,
+                    entry.chat_seq,
+                    entry.sender,
+                    entry.client_message_id,
+                )
+                .await?;
+                let mut covered = Vec::new();
+                for &device in &receives {
+                    if stored_envelope::ciphertext_for(&entry.envelope_bytes, device.into())
+                        .map_err(|error| corrupt("stored envelope", error))?
+                        .is_some()
+                    {
+                        covered.push(device);
+                    }
+                }
+                numbers.missed.push(Missed {
+                    account: viewer,
+                    devices: covered,
+                    message: MessageInQueue {
+                        chat_seq: entry.chat_seq,
+                        origin: Some(MessageOrigin {
+                            sender: entry.sender,
+                            client_message_id: entry.client_message_id,
+                            sender_region: entry.sender_region,
+                            group: stored_envelope::is_group(&entry.envelope_bytes),
+                        }),
+                        shown_seq: Some(shown),
+                    },
+                    bytes: entry.envelope_bytes.len() + QUEUE_ENTRY_OVERHEAD_BYTES_MAX,
+                });
+            }
+        }
         let number = chat_log::views::number(
             tx,
             parsed.chat,
@@ -818,9 +897,56 @@ async fn shown_numbers(
             parsed.client_message_id,
         )
         .await?;
-        shown.push((viewer, number));
+        numbers.shown.push((viewer, number));
     }
-    Ok(ShownNumbers(shown))
+    Ok(numbers)
+}
+
+/// The entries of `parsed`'s sender before `chat_seq` in its chat that `account`'s view never
+/// showed it and that name the account, oldest first: walking back from `chat_seq` a page at a
+/// time, up to the sender's last entry the account knows (shown, or numbered by the old home)
+/// or [`MISSED_WALK_ENTRIES_MAX`] entries back. Usually the sender's previous entry is known,
+/// and this costs one read of a few entries.
+async fn missed_before(
+    tx: &Transaction,
+    parsed: &wire::ParsedEnvelope,
+    chat_seq: u64,
+    account: AccountId,
+) -> Result<Vec<chat_log::LogEntry>, StoreError> {
+    let floor = chat_seq.saturating_sub(MISSED_WALK_ENTRIES_MAX);
+    let mut missed = Vec::new();
+    let mut below = chat_seq;
+    while below > floor + 1 {
+        let first = below
+            .saturating_sub(MISSED_WALK_PAGE_ENTRIES)
+            .max(floor + 1);
+        let page =
+            chat_log::read_range(tx, parsed.chat, first - 1, (below - first) as usize).await?;
+        for entry in page.into_iter().rev() {
+            if entry.sender != parsed.sender {
+                continue;
+            }
+            if chat_log::views::knows(
+                tx,
+                parsed.chat,
+                account,
+                entry.chat_seq,
+                entry.sender,
+                entry.client_message_id,
+            )
+            .await?
+            {
+                missed.reverse();
+                return Ok(missed);
+            }
+            if stored_recipients(&entry).contains(&account) {
+                missed.push(entry);
+            }
+        }
+        below = first;
+    }
+    missed.reverse();
+    Ok(missed)
 }
 
 /// The accounts the envelope of `stored` names as its recipients (none if it does not decode).

@@ -110,6 +110,16 @@ pub const GROUP_ASKERS_MAX: usize = 65_536;
 /// account for a later lookup.
 pub const ACCOUNT_REFRESHES_IN_FLIGHT_MAX: usize = 32;
 
+// Views of a chat (an account that moved in, `chat_log::views`).
+
+/// How far back, in entries of the chat, a view looks for the sender's earlier entries its
+/// account was never shown when one of the sender's entries is queued to it: the tail a home
+/// move records under the old home's numbers.
+pub const MISSED_WALK_ENTRIES_MAX: u64 = crate::home_move::MOVE_CHAT_TAIL_ENTRIES;
+
+/// Entries read at a time in that walk (usually the sender's previous entry is in the first).
+pub const MISSED_WALK_PAGE_ENTRIES: u64 = 8;
+
 // The store check at start.
 
 /// Attempts to get the directory writer's census for an empty store before giving up.
@@ -155,6 +165,10 @@ pub const BLOB_SWEEP_TRANSACTIONS_MAX: usize = 64;
 pub const PLANTED_COMMIT_DELAY_MS: u64 = 500;
 
 // Relations between the bounds, checked at compile time.
+
+// A walk reads at least one page.
+const _: () =
+    assert!(MISSED_WALK_PAGE_ENTRIES >= 1 && MISSED_WALK_PAGE_ENTRIES <= MISSED_WALK_ENTRIES_MAX);
 
 // One envelope's fan-out (a push per recipient device, a full group's too) fits an idle
 // subscription's buffer.

@@ -169,6 +169,30 @@ pub fn show_by_id(
     transaction.atomic_max(&log.root.pack(&("view", account)), &encode_u64(shown))
 }
 
+/// Whether `account`'s view of `chat` knows log entry `chat_seq` (sent by `sender` as
+/// `client_message_id`): it showed it a number, or the old home gave the envelope one
+/// ([`show_by_id`]) before this log held it.
+pub async fn knows(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    chat_seq: u64,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+) -> Result<bool, StoreError> {
+    if shown_of(transaction, chat, account, chat_seq)
+        .await?
+        .is_some()
+    {
+        return Ok(true);
+    }
+    let log = ChatLog::new(chat);
+    let by_id_key = log
+        .root
+        .pack(&("shown_id", account, sender, client_message_id));
+    Ok(transaction.get(&by_id_key).await?.is_some())
+}
+
 /// The number `account`'s view of `chat` shows log entry `chat_seq` (sent by `sender` as
 /// `client_message_id`) under: the one it has; else the one the old home gave the envelope
 /// ([`show_by_id`]); else the view's next. Call it only for an account with a view

@@ -2381,3 +2381,67 @@ async fn a_member_that_moved_in_sees_a_groups_texts_under_its_own_numbers() {
     let (for_stayed, _) = fetch(&f.db, stayed1, &[]).await;
     assert_eq!(shown(for_stayed), [(7, 1), (8, 2)], "this log's numbers");
 }
+
+/// Swarm seeds 514 and 1240: bob, homed here, sent alice three messages this region stored
+/// while alice still lived elsewhere, and her old home never got them (bob's edge could not
+/// reach it). Alice moved here. Only bob's retries bring them to her now, and the first retry
+/// to arrive was his third: queued alone, it reached her before the first two (I3). An entry
+/// queued to her now brings the sender's earlier ones her view never showed, in order.
+#[tokio::test]
+async fn a_moved_account_gets_a_senders_entries_stored_before_it_arrived_in_order() {
+    let f = fixture();
+    let elsewhere = RegionId(2);
+    let alice = account(&f.db, "alice", elsewhere, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let (alice1, bob1) = (device_in(alice, 1), device_in(bob, 1));
+    let chat = ChatId::direct(alice, bob);
+    let from_bob =
+        |id: u8, sender_seq: u64| envelope(bob1, &[alice1], &[alice, bob], id, sender_seq);
+    for (id, sender_seq) in [(1, 1), (2, 2), (3, 3)] {
+        commit(&f.db, &from_bob(id, sender_seq), HERE).await;
+    }
+    // She moves here; her devices know the chat up to 5 from her old home, which has none of
+    // bob's three.
+    f.db.transact(|tx| async move {
+        let mut record = directory::account_by_id(&tx, alice).await?.expect("alice");
+        record.home_region = HERE;
+        record.epoch += 1;
+        directory::put_account(&tx, &record).await?;
+        home_move::set_arrived(&tx, alice, 1_000)?;
+        chat_log::views::open(&tx, chat, alice, 5)
+    })
+    .await
+    .expect("the move");
+    let shown = |batch: &QueueBatch| -> Vec<(u8, u64)> {
+        batch
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.item {
+                Some(queue_entry::Item::Message(message)) => {
+                    vec![(message.client_message_id[0], message.chat_seq)]
+                }
+                Some(queue_entry::Item::Messages(messages)) => messages
+                    .messages
+                    .iter()
+                    .map(|message| (message.client_message_id[0], message.chat_seq))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    // Bob's third comes again first: his first two go before it.
+    commit(&f.db, &from_bob(3, 3), HERE).await;
+    let (batch, _) = fetch(&f.db, alice1, &[]).await;
+    assert_eq!(shown(&batch), [(1, 6), (2, 7), (3, 8)]);
+    let acks: Vec<u64> = batch.entries.iter().map(|entry| entry.queue_seq).collect();
+    fetch(&f.db, alice1, &acks).await;
+    // His first again (a repeat her device drops) and a new one: nothing is shown twice under
+    // another number, and the new one comes next.
+    commit(&f.db, &from_bob(1, 1), HERE).await;
+    commit(&f.db, &from_bob(4, 4), HERE).await;
+    let after = acks.last().copied().unwrap_or(0);
+    let (batch, _) = fetch_after(&f.db, alice1, &[], after)
+        .await
+        .expect("fetched");
+    assert_eq!(shown(&batch), [(1, 6), (4, 9)]);
+}

@@ -543,70 +543,32 @@ async fn a_group_member_moving_in_keeps_its_numbers_where_others_read_the_groups
     // new home numbers the first group for bob: his 5 (before alice was in it), then 1, 2, 3.
     // It holds nothing of the second group, where bob's 7 and 8 went to alice only.
     let (first, second) = (ChatId::group(GroupId(70)), ChatId::group(GroupId(71)));
-    for (seq, id) in [(1, 1), (2, 2)] {
+    // (region, group, bob's sender_seq, message id, queued for alice's second device)
+    let sends = [
+        (&old, 70, 1, 1, false),
+        (&old, 70, 2, 2, false),
+        (&old, 70, 3, 3, true),
+        (&new, 70, 1, 5, false),
+        (&new, 70, 2, 1, false),
+        (&new, 70, 3, 2, false),
+        (&new, 70, 4, 3, false),
+        (&old, 71, 1, 7, false),
+        (&old, 71, 2, 8, true),
+    ];
+    for (db, group, seq, id, queued) in sends {
+        let chat = ChatId::group(GroupId(group));
+        let to: &[DeviceAddress] = if queued { &[alice2] } else { &[] };
         send_envelope(
-            &old,
-            first,
+            db,
+            chat,
             bob1,
             seq,
             id,
-            &group_envelope(70, bob1, seq, id),
-            &[],
+            &group_envelope(group, bob1, seq, id),
+            to,
         )
         .await;
     }
-    send_envelope(
-        &old,
-        first,
-        bob1,
-        3,
-        3,
-        &group_envelope(70, bob1, 3, 3),
-        &[alice2],
-    )
-    .await;
-    send_envelope(
-        &new,
-        first,
-        bob1,
-        1,
-        5,
-        &group_envelope(70, bob1, 1, 5),
-        &[],
-    )
-    .await;
-    for (seq, id) in [(2, 1), (3, 2), (4, 3)] {
-        send_envelope(
-            &new,
-            first,
-            bob1,
-            seq,
-            id,
-            &group_envelope(70, bob1, seq, id),
-            &[],
-        )
-        .await;
-    }
-    send_envelope(
-        &old,
-        second,
-        bob1,
-        1,
-        7,
-        &group_envelope(71, bob1, 1, 7),
-        &[],
-    )
-    .await;
-    send_envelope(
-        &old,
-        second,
-        bob1,
-        2,
-        8,
-        &group_envelope(71, bob1, 2, 8),
-        &[alice2],
-    )
-    .await;
 
     let mut exporter = exporter(&old, &new);
     exporter.copy().await.expect("copied");
