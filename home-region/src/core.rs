@@ -851,7 +851,11 @@ async fn shown_numbers(
             .copied()
             .filter(|device| device.account == viewer)
             .collect();
-        if !receives.is_empty() && parsed.sender.account != viewer {
+        if !receives.is_empty()
+            && parsed.sender.account != viewer
+            && !chat_log::views::walked(tx, parsed.chat, viewer, parsed.sender).await?
+        {
+            chat_log::views::set_walked(tx, parsed.chat, viewer, parsed.sender)?;
             for entry in missed_before(tx, parsed, chat_seq, viewer).await? {
                 let shown = chat_log::views::number(
                     tx,
@@ -905,8 +909,9 @@ async fn shown_numbers(
 /// The entries of `parsed`'s sender before `chat_seq` in its chat that `account`'s view never
 /// showed it and that name the account, oldest first: walking back from `chat_seq` a page at a
 /// time, up to the sender's last entry the account knows (shown, or numbered by the old home)
-/// or [`MISSED_WALK_ENTRIES_MAX`] entries back. Usually the sender's previous entry is known,
-/// and this costs one read of a few entries.
+/// or [`MISSED_WALK_ENTRIES_MAX`] entries back. Done once per view and sender
+/// (`chat_log::views::walked`): the sender's first entry queued to the account after it
+/// arrived finds every such entry, and each later one is queued as it is committed.
 async fn missed_before(
     tx: &Transaction,
     parsed: &wire::ParsedEnvelope,

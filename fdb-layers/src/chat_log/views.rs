@@ -19,7 +19,9 @@
 //! - `("shown", account, chat_seq)` → the view's number of log entry `chat_seq`;
 //! - `("shown_id", account, sender, client_message_id)` → the number the old home gave an
 //!   envelope this log does not hold yet (one of the chat's last, which the sender may send
-//!   again here): taken as the entry's view number when it is committed here.
+//!   again here): taken as the entry's view number when it is committed here;
+//! - `("walked", account, sender)` → empty: the sender's entries stored here before the
+//!   account arrived that its view never showed it were looked for (once per sender).
 //!
 //! **Conflicts.** Numbering reads `("view", account)` with a conflict, like the log's own
 //! `last_seq`: views number in commit order without gaps. Finding a chat's views is one range
@@ -191,6 +193,33 @@ pub async fn knows(
         .root
         .pack(&("shown_id", account, sender, client_message_id));
     Ok(transaction.get(&by_id_key).await?.is_some())
+}
+
+/// Whether `account`'s view of `chat` was already walked back for `sender`'s entries it never
+/// showed ([`set_walked`]): once it was, every later entry of the sender is queued to the
+/// account when it is committed, so no walk is needed again.
+pub async fn walked(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    sender: DeviceAddress,
+) -> Result<bool, StoreError> {
+    let log = ChatLog::new(chat);
+    Ok(transaction
+        .get(&log.root.pack(&("walked", account, sender)))
+        .await?
+        .is_some())
+}
+
+/// Records that `account`'s view of `chat` was walked back for `sender`'s entries.
+pub fn set_walked(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    sender: DeviceAddress,
+) -> Result<(), StoreError> {
+    let log = ChatLog::new(chat);
+    transaction.set(&log.root.pack(&("walked", account, sender)), &[])
 }
 
 /// The number `account`'s view of `chat` shows log entry `chat_seq` (sent by `sender` as
