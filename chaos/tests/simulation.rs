@@ -485,3 +485,12 @@ fn a_group_member_moving_to_a_region_that_numbers_the_group_keeps_its_numbers() 
 fn a_moved_account_gets_its_correspondents_messages_in_order_whatever_the_retries() {
     run(&Simulation::swarm(seed_from_env(514)).with_home_moves());
 }
+
+/// Swarm seed 2319 with its home moves: a move failed, and the failing disk of the old home
+/// refused to remove the move's away mark too, so the account was refused as moving until its
+/// region restarted, which it never did: its client never finished. The region now tries the
+/// removal again in the background.
+#[test]
+fn a_failed_move_whose_mark_the_disk_would_not_clear_lets_the_account_go_on() {
+    run(&Simulation::swarm(seed_from_env(2319)).with_home_moves());
+}

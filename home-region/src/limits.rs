@@ -287,6 +287,10 @@ pub const MOVE_SETTLE_RETRY_MS: u64 = 1_000;
 /// Times the old home sends a moved account's activation in the background after the new home
 /// did not take it at once (every [`MOVE_SETTLE_RETRY_MS`]: ten minutes).
 pub const MOVE_ACTIVATE_ATTEMPTS_MAX: u32 = 600;
+
+/// Times a region tries again to remove the away mark of a move that failed, when its store
+/// refused the first removal (every [`MOVE_SETTLE_RETRY_MS`]: ten minutes).
+pub const MOVE_UNMARK_ATTEMPTS_MAX: u32 = 600;
 /// How long an operator waits for a home move's answer: the copy, the flip and the letting go,
 /// each request of it sent up to [`MOVE_PEER_ATTEMPTS_MAX`] times.
 pub const MOVE_HOME_REQUEST_TIMEOUT_MS: u64 = 120_000;

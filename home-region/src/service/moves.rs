@@ -16,7 +16,7 @@ use crate::handover::InFlight;
 use crate::home_move::{self, AccountHolds, Exporter, MoveStats, PartSink};
 use crate::limits::{
     HANDOVER_ANSWER_WAIT_MS, HANDOVER_DRAIN_WAIT_MS, MOVE_ACTIVATE_ATTEMPTS_MAX,
-    MOVE_PART_RETRY_MS, MOVE_PEER_ATTEMPTS_MAX, MOVE_SETTLE_RETRY_MS,
+    MOVE_PART_RETRY_MS, MOVE_PEER_ATTEMPTS_MAX, MOVE_SETTLE_RETRY_MS, MOVE_UNMARK_ATTEMPTS_MAX,
 };
 
 /// An account that left this region (or is leaving it: its move's flip is unsettled).
@@ -481,26 +481,53 @@ impl RegionService {
     }
 
     /// Removes the away mark of a move that did not happen. A store that cannot remove it
-    /// leaves the account refused as moving; the region settles it when it starts again (the
-    /// mark is written only once the new home holds everything, so finishing is safe).
+    /// leaves the account refused as moving meanwhile, and the region tries again in the
+    /// background ([`Self::unmark_until_done`]); should it stop first, it settles the mark when
+    /// it starts again (the mark is written only once the new home holds everything, so
+    /// finishing is safe).
     async fn unmark(&self, account: AccountId, to: RegionId) {
-        match self
-            .inner
+        if let Err(error) = self.clear_away(account).await {
+            tracing::error!(%account, %error, "cannot remove the away mark of a failed move yet");
+            lock(&self.inner.moves.away).insert(account, Away::Unsettled(to));
+            tokio::spawn(self.clone().unmark_until_done(account, to));
+        }
+    }
+
+    /// Removes the away mark of a failed move once the store takes it, every
+    /// [`MOVE_SETTLE_RETRY_MS`], at most [`MOVE_UNMARK_ATTEMPTS_MAX`] times, unless something
+    /// else settled the account meanwhile (swarm seed 2319: a failing disk refused the removal,
+    /// and the account was refused as moving until its region restarted).
+    async fn unmark_until_done(self, account: AccountId, to: RegionId) {
+        for _ in 0..MOVE_UNMARK_ATTEMPTS_MAX {
+            tokio::time::sleep(Duration::from_millis(MOVE_SETTLE_RETRY_MS)).await;
+            if !matches!(lock(&self.inner.moves.away).get(&account), Some(Away::Unsettled(unsettled)) if *unsettled == to)
+            {
+                return;
+            }
+            match self.clear_away(account).await {
+                Ok(()) => {
+                    tracing::info!(%account, %to, "the away mark of a failed move is removed");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%account, %error, "cannot remove the away mark of a failed move yet");
+                }
+            }
+        }
+        tracing::error!(%account, %to, "gave up removing the away mark of a failed move: the region settles it when it starts again");
+    }
+
+    /// Clears the away mark of `account` and forgets it here.
+    async fn clear_away(&self, account: AccountId) -> Result<(), fdb_layers::StoreError> {
+        self.inner
             .db
             .transact(|tx| async move {
                 layer::clear_away(&tx, account);
                 Ok(())
             })
-            .await
-        {
-            Ok(()) => {
-                lock(&self.inner.moves.away).remove(&account);
-            }
-            Err(error) => {
-                tracing::error!(%account, %error, "cannot remove the away mark of a failed move");
-                lock(&self.inner.moves.away).insert(account, Away::Unsettled(to));
-            }
-        }
+            .await?;
+        lock(&self.inner.moves.away).remove(&account);
+        Ok(())
     }
 
     /// The directory's compare-and-set of the move (here when this region is the writer).
