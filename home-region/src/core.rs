@@ -684,16 +684,16 @@ pub async fn commit_envelope_into(
                 let stored_for = stored.as_ref().map(stored_recipients).unwrap_or_default();
                 arrived_since.retain(|account| stored_for.contains(account));
             }
+            let arrived: Vec<DeviceAddress> = local_devices
+                .iter()
+                .copied()
+                .filter(|device| arrived_since.contains(&device.account))
+                .collect();
             let shown = if sender_here || !arrived_since.is_empty() {
                 let concerned = arrived_since
                     .iter()
                     .copied()
                     .chain(sender_here.then_some(parsed.sender.account));
-                let arrived: Vec<DeviceAddress> = local_devices
-                    .iter()
-                    .copied()
-                    .filter(|device| arrived_since.contains(&device.account))
-                    .collect();
                 shown_numbers(tx, &parsed, chat_seq, concerned, &arrived).await?
             } else {
                 ShownNumbers::default()
@@ -709,10 +709,6 @@ pub async fn commit_envelope_into(
                     })
                     .await?;
                 }
-                let arrived = local_devices
-                    .iter()
-                    .copied()
-                    .filter(|device| arrived_since.contains(&device.account));
                 fan_out.add_shown(arrived, parsed.chat, chat_seq, origin, &shown, envelope);
             }
             let acknowledged = shown.acknowledged(parsed.sender.account, sender_here, chat_seq);
@@ -806,6 +802,50 @@ struct Missed {
 }
 
 impl Missed {
+    /// Log entry `entry` of `chat`, numbered now in `account`'s view, for those of `receives`
+    /// (the account's devices here) its stored envelope has an entry for.
+    async fn of(
+        tx: &Transaction,
+        chat: ChatId,
+        account: AccountId,
+        receives: &[DeviceAddress],
+        entry: &chat_log::LogEntry,
+    ) -> Result<Missed, StoreError> {
+        let shown = chat_log::views::number(
+            tx,
+            chat,
+            account,
+            entry.chat_seq,
+            entry.sender,
+            entry.client_message_id,
+        )
+        .await?;
+        let mut devices = Vec::new();
+        for &device in receives {
+            if stored_envelope::ciphertext_for(&entry.envelope_bytes, device.into())
+                .map_err(|error| corrupt("stored envelope", error))?
+                .is_some()
+            {
+                devices.push(device);
+            }
+        }
+        Ok(Missed {
+            account,
+            devices,
+            message: MessageInQueue {
+                chat_seq: entry.chat_seq,
+                origin: Some(MessageOrigin {
+                    sender: entry.sender,
+                    client_message_id: entry.client_message_id,
+                    sender_region: entry.sender_region,
+                    group: stored_envelope::is_group(&entry.envelope_bytes),
+                }),
+                shown_seq: Some(shown),
+            },
+            bytes: entry.envelope_bytes.len() + QUEUE_ENTRY_OVERHEAD_BYTES_MAX,
+        })
+    }
+
     fn covers(&self, device: DeviceAddress) -> bool {
         self.account == device.account && self.devices.contains(&device)
     }
@@ -857,39 +897,8 @@ async fn shown_numbers(
         {
             chat_log::views::set_walked(tx, parsed.chat, viewer, parsed.sender)?;
             for entry in missed_before(tx, parsed, chat_seq, viewer).await? {
-                let shown = chat_log::views::number(
-                    tx,
-                    parsed.chat,
-                    viewer,
-                    entry.chat_seq,
-                    entry.sender,
-                    entry.client_message_id,
-                )
-                .await?;
-                let mut covered = Vec::new();
-                for &device in &receives {
-                    if stored_envelope::ciphertext_for(&entry.envelope_bytes, device.into())
-                        .map_err(|error| corrupt("stored envelope", error))?
-                        .is_some()
-                    {
-                        covered.push(device);
-                    }
-                }
-                numbers.missed.push(Missed {
-                    account: viewer,
-                    devices: covered,
-                    message: MessageInQueue {
-                        chat_seq: entry.chat_seq,
-                        origin: Some(MessageOrigin {
-                            sender: entry.sender,
-                            client_message_id: entry.client_message_id,
-                            sender_region: entry.sender_region,
-                            group: stored_envelope::is_group(&entry.envelope_bytes),
-                        }),
-                        shown_seq: Some(shown),
-                    },
-                    bytes: entry.envelope_bytes.len() + QUEUE_ENTRY_OVERHEAD_BYTES_MAX,
-                });
+                let missed = Missed::of(tx, parsed.chat, viewer, &receives, &entry).await?;
+                numbers.missed.push(missed);
             }
         }
         let number = chat_log::views::number(
@@ -921,7 +930,7 @@ async fn missed_before(
     let floor = chat_seq.saturating_sub(MISSED_WALK_ENTRIES_MAX);
     let mut missed = Vec::new();
     let mut below = chat_seq;
-    while below > floor + 1 {
+    'walk: while below > floor + 1 {
         let first = below
             .saturating_sub(MISSED_WALK_PAGE_ENTRIES)
             .max(floor + 1);
@@ -931,7 +940,7 @@ async fn missed_before(
             if entry.sender != parsed.sender {
                 continue;
             }
-            if chat_log::views::knows(
+            let known = chat_log::views::knows(
                 tx,
                 parsed.chat,
                 account,
@@ -939,10 +948,9 @@ async fn missed_before(
                 entry.sender,
                 entry.client_message_id,
             )
-            .await?
-            {
-                missed.reverse();
-                return Ok(missed);
+            .await?;
+            if known {
+                break 'walk;
             }
             if stored_recipients(&entry).contains(&account) {
                 missed.push(entry);
@@ -956,9 +964,9 @@ async fn missed_before(
 
 /// The accounts the envelope of `stored` names as its recipients (none if it does not decode).
 fn stored_recipients(stored: &chat_log::LogEntry) -> BTreeSet<AccountId> {
-    wire::Envelope::decode(stored.envelope_bytes.clone())
-        .map(|envelope| {
-            envelope
+    stored_envelope::recipients(&stored.envelope_bytes)
+        .map(|recipients| {
+            recipients
                 .recipient_accounts
                 .into_iter()
                 .map(AccountId)

@@ -45,6 +45,7 @@ use tokio::sync::futures::Notified;
 
 use crate::core;
 use crate::service::store_failure;
+use crate::stored_envelope;
 
 /// The most bytes of records one part of a move carries before it is sent (one chat log entry
 /// more may follow it into the part).
@@ -420,8 +421,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
                         if peer.is_none()
                             && let Some(entry) =
                                 chat_log::entry(&tx, chat.chat, chat.last_seq).await?
-                            && let Ok(envelope) =
-                                wire::Envelope::decode(entry.envelope_bytes.clone())
+                            && let Ok(envelope) = stored_envelope::recipients(&entry.envelope_bytes)
                         {
                             group = envelope.group != 0;
                             peer = envelope
@@ -601,7 +601,7 @@ impl<'a, S: PartSink> Exporter<'a, S> {
 /// Whether the stored envelope `bytes` is a group's that names `account` among its members: a
 /// group chat the account reads without having sent in it moves with it too.
 fn names_as_group_member(bytes: &[u8], account: AccountId) -> bool {
-    wire::Envelope::decode(bytes).is_ok_and(|envelope| {
+    stored_envelope::recipients(bytes).is_ok_and(|envelope| {
         envelope.group != 0 && envelope.recipient_accounts.contains(&account.0)
     })
 }

@@ -36,6 +36,18 @@ pub(crate) struct GroupFields {
     pub group_session_id: String,
 }
 
+/// Whom a stored envelope is for; prost skips the other fields, the per-device entries among
+/// them. Tags are [`relay_proto::wire::Envelope`]'s.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Recipients {
+    /// `Envelope::recipient_accounts`.
+    #[prost(uint64, repeated, tag = "5")]
+    pub recipient_accounts: Vec<u64>,
+    /// `Envelope::group`.
+    #[prost(uint64, tag = "8")]
+    pub group: u64,
+}
+
 /// A [`DeviceCiphertext`] read only as far as its recipient.
 #[derive(Clone, PartialEq, Message)]
 struct RecipientOnly {
@@ -57,6 +69,12 @@ pub(crate) enum ViewError {
 /// The group fields of a stored envelope.
 pub(crate) fn group_fields(envelope: &[u8]) -> Result<GroupFields, ViewError> {
     Ok(GroupFields::decode(envelope)?)
+}
+
+/// Whom a stored envelope is for (its accounts, and its group), read without decoding its
+/// entries.
+pub(crate) fn recipients(envelope: &[u8]) -> Result<Recipients, ViewError> {
+    Ok(Recipients::decode(envelope)?)
 }
 
 /// Whether a stored envelope is a group envelope, read without decoding its entries.

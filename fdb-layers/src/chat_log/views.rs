@@ -164,8 +164,7 @@ pub fn show_by_id(
 ) -> Result<(), StoreError> {
     let log = ChatLog::new(chat);
     transaction.set(
-        &log.root
-            .pack(&("shown_id", account, sender, client_message_id)),
+        &shown_id_key(chat, account, sender, client_message_id),
         &encode_u64(shown),
     )?;
     transaction.atomic_max(&log.root.pack(&("view", account)), &encode_u64(shown))
@@ -188,10 +187,7 @@ pub async fn knows(
     {
         return Ok(true);
     }
-    let log = ChatLog::new(chat);
-    let by_id_key = log
-        .root
-        .pack(&("shown_id", account, sender, client_message_id));
+    let by_id_key = shown_id_key(chat, account, sender, client_message_id);
     Ok(transaction.get(&by_id_key).await?.is_some())
 }
 
@@ -238,9 +234,7 @@ pub async fn number(
         return Ok(shown);
     }
     let log = ChatLog::new(chat);
-    let by_id_key = log
-        .root
-        .pack(&("shown_id", account, sender, client_message_id));
+    let by_id_key = shown_id_key(chat, account, sender, client_message_id);
     let shown = match transaction.get(&by_id_key).await? {
         Some(value) => {
             transaction.clear(&by_id_key);
@@ -258,6 +252,19 @@ pub async fn number(
         &encode_u64(shown),
     )?;
     Ok(shown)
+}
+
+/// The key of the number the old home gave `sender`'s envelope `client_message_id` in
+/// `account`'s view of `chat` ([`show_by_id`]).
+fn shown_id_key(
+    chat: ChatId,
+    account: AccountId,
+    sender: DeviceAddress,
+    client_message_id: ClientMessageId,
+) -> Vec<u8> {
+    ChatLog::new(chat)
+        .root
+        .pack(&("shown_id", account, sender, client_message_id))
 }
 
 #[cfg(test)]

@@ -144,6 +144,26 @@ async fn commit(
     (outcome.outcome.expect("an outcome"), effects)
 }
 
+/// The messages of `batch` as (the first byte of their client message id, the number they are
+/// shown under), receipts left out.
+fn shown_messages(batch: &QueueBatch) -> Vec<(u8, u64)> {
+    batch
+        .entries
+        .iter()
+        .flat_map(|entry| match &entry.item {
+            Some(queue_entry::Item::Message(message)) => {
+                vec![(message.client_message_id[0], message.chat_seq)]
+            }
+            Some(queue_entry::Item::Messages(messages)) => messages
+                .messages
+                .iter()
+                .map(|message| (message.client_message_id[0], message.chat_seq))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 async fn fetch(db: &Database, device: DeviceAddress, ack: &[u64]) -> (QueueBatch, Effects) {
     fetch_after(db, device, ack, 0).await.expect("fetched")
 }
@@ -2229,30 +2249,21 @@ async fn an_account_that_moved_in_goes_on_with_its_own_numbers_and_its_peer_with
     let late = envelope(bob1, &[alice1], &[alice, bob], 4, 4);
     assert_eq!(chat_seq_of(commit(&f.db, &late, HERE).await.0), (6, false));
 
-    let shown = |batch: QueueBatch| -> Vec<(u8, u64)> {
-        // Messages only: bob's queue holds the receipts of alice's first fetch too.
-        batch
-            .entries
-            .iter()
-            .filter_map(|entry| match &entry.item {
-                Some(queue_entry::Item::Message(message)) => {
-                    Some((message.client_message_id[0], message.chat_seq))
-                }
-                _ => None,
-            })
-            .collect()
-    };
     let after = batch.entries.last().map_or(0, |entry| entry.queue_seq);
     let (for_alice, _) = fetch_after(&f.db, alice1, &[], after)
         .await
         .expect("fetched");
     assert_eq!(
-        shown(for_alice),
+        shown_messages(&for_alice),
         [(3, 7), (4, 9)],
         "after the view's 6 and 8"
     );
     let (for_bob, _) = fetch(&f.db, bob1, &[]).await;
-    assert_eq!(shown(for_bob), [(12, 4), (13, 5)], "this log's numbers");
+    assert_eq!(
+        shown_messages(&for_bob),
+        [(12, 4), (13, 5)],
+        "this log's numbers"
+    );
 }
 
 /// Swarm seeds 3348 and 3937 (with home moves): dan moved here and was then added to a group.
@@ -2364,22 +2375,18 @@ async fn a_member_that_moved_in_sees_a_groups_texts_under_its_own_numbers() {
         (1, true),
         "a retry, the same"
     );
-    let shown = |batch: QueueBatch| -> Vec<(u8, u64)> {
-        batch
-            .entries
-            .iter()
-            .filter_map(|entry| match &entry.item {
-                Some(queue_entry::Item::Message(message)) => {
-                    Some((message.client_message_id[0], message.chat_seq))
-                }
-                _ => None,
-            })
-            .collect()
-    };
     let (for_moved, _) = fetch(&f.db, moved1, &[]).await;
-    assert_eq!(shown(for_moved), [(7, 6), (8, 7)], "after the view's 5");
+    assert_eq!(
+        shown_messages(&for_moved),
+        [(7, 6), (8, 7)],
+        "after the view's 5"
+    );
     let (for_stayed, _) = fetch(&f.db, stayed1, &[]).await;
-    assert_eq!(shown(for_stayed), [(7, 1), (8, 2)], "this log's numbers");
+    assert_eq!(
+        shown_messages(&for_stayed),
+        [(7, 1), (8, 2)],
+        "this log's numbers"
+    );
 }
 
 /// Swarm seeds 514 and 1240: bob, homed here, sent alice three messages this region stored
@@ -2412,27 +2419,10 @@ async fn a_moved_account_gets_a_senders_entries_stored_before_it_arrived_in_orde
     })
     .await
     .expect("the move");
-    let shown = |batch: &QueueBatch| -> Vec<(u8, u64)> {
-        batch
-            .entries
-            .iter()
-            .flat_map(|entry| match &entry.item {
-                Some(queue_entry::Item::Message(message)) => {
-                    vec![(message.client_message_id[0], message.chat_seq)]
-                }
-                Some(queue_entry::Item::Messages(messages)) => messages
-                    .messages
-                    .iter()
-                    .map(|message| (message.client_message_id[0], message.chat_seq))
-                    .collect(),
-                _ => Vec::new(),
-            })
-            .collect()
-    };
     // Bob's third comes again first: his first two go before it.
     commit(&f.db, &from_bob(3, 3), HERE).await;
     let (batch, _) = fetch(&f.db, alice1, &[]).await;
-    assert_eq!(shown(&batch), [(1, 6), (2, 7), (3, 8)]);
+    assert_eq!(shown_messages(&batch), [(1, 6), (2, 7), (3, 8)]);
     let acks: Vec<u64> = batch.entries.iter().map(|entry| entry.queue_seq).collect();
     fetch(&f.db, alice1, &acks).await;
     // His first again (a repeat her device drops) and a new one: nothing is shown twice under
@@ -2443,5 +2433,5 @@ async fn a_moved_account_gets_a_senders_entries_stored_before_it_arrived_in_orde
     let (batch, _) = fetch_after(&f.db, alice1, &[], after)
         .await
         .expect("fetched");
-    assert_eq!(shown(&batch), [(1, 6), (4, 9)]);
+    assert_eq!(shown_messages(&batch), [(1, 6), (4, 9)]);
 }

@@ -102,6 +102,16 @@ fn exporter<'a>(old: &'a Database, new: &'a Database) -> Exporter<'a, Direct<'a>
     )
 }
 
+/// Alice's whole move from `old` to `new`: copied, fenced, flushed and activated (epoch 2).
+async fn move_alice(old: &Database, new: &Database) {
+    let mut exporter = exporter(old, new);
+    exporter.copy().await.expect("copied");
+    exporter.fence(NEW).await.expect("fenced");
+    exporter.flush().await.expect("flushed");
+    let moved = crate::core::account_info(&record(NEW, 2));
+    exporter.activate(moved).await.expect("activated");
+}
+
 /// Bob's envelope `id` in their chat (or alice's in a group), queued for `to`, as the message
 /// path stores them: the queue entry names its sender.
 async fn send(
@@ -339,12 +349,7 @@ async fn a_copy_stored_for_others_is_completed_with_the_moved_devices_entries() 
     )
     .await;
 
-    let mut exporter = exporter(&old, &new);
-    exporter.copy().await.expect("copied");
-    exporter.fence(NEW).await.expect("fenced");
-    exporter.flush().await.expect("flushed");
-    let moved = crate::core::account_info(&record(NEW, 2));
-    exporter.activate(moved).await.expect("activated");
+    move_alice(&old, &new).await;
 
     new.transact(|tx| async move {
         for (device, body) in [(alice1, &b"for 1"[..]), (alice2, &b"for 2"[..])] {
@@ -398,12 +403,7 @@ async fn an_account_moving_into_its_peers_region_keeps_its_numbers_of_their_chat
     send(&new, chat, bob1, 2, 2, &[]).await;
     send(&new, chat, bob1, 3, 3, &[]).await;
 
-    let mut exporter = exporter(&old, &new);
-    exporter.copy().await.expect("copied");
-    exporter.fence(NEW).await.expect("fenced");
-    exporter.flush().await.expect("flushed");
-    let moved = crate::core::account_info(&record(NEW, 2));
-    exporter.activate(moved).await.expect("activated");
+    move_alice(&old, &new).await;
 
     new.transact(|tx| async move {
         // (client message id, this log's number, the number shown) of each queued message.
@@ -570,12 +570,7 @@ async fn a_group_member_moving_in_keeps_its_numbers_where_others_read_the_groups
         .await;
     }
 
-    let mut exporter = exporter(&old, &new);
-    exporter.copy().await.expect("copied");
-    exporter.fence(NEW).await.expect("fenced");
-    exporter.flush().await.expect("flushed");
-    let moved = crate::core::account_info(&record(NEW, 2));
-    exporter.activate(moved).await.expect("activated");
+    move_alice(&old, &new).await;
 
     let (queued, next) = new
         .transact(|tx| async move {
