@@ -65,6 +65,9 @@ pub enum FaultKind {
     /// drawn apart ([`FaultPlan::draw_home_moves`]), so a seed's other faults are the same with
     /// or without them (`relayd sim --no-home-moves` leaves them out; swarm sweeps have them).
     HomeMove,
+    /// A region's standby process dies and restarts on its copy (runs with standbys). Not in
+    /// [`FaultKind::ALL`]: asked for by a run ([`crate::Simulation::crash_standby`]).
+    StandbyCrash,
 }
 
 impl FaultKind {
@@ -100,6 +103,7 @@ impl FaultKind {
             FaultKind::ClockSkew => "clock skew (hosts)",
             FaultKind::StoreFaults => "store faults (runs)",
             FaultKind::HomeMove => "home move",
+            FaultKind::StandbyCrash => "standby crash",
         }
     }
 }
@@ -126,6 +130,8 @@ pub enum Target {
     Region(u32),
     /// An edge's host, by name (crashes).
     Edge(String),
+    /// A region's standby host (crashes).
+    Standby(u32),
     /// A client's account, whose home an operator moves to region `to`.
     HomeMove {
         /// The client.

@@ -33,5 +33,5 @@ pub mod swarm;
 pub mod time;
 pub mod workload;
 
-pub use simulation::{Report, Simulation, SimulationError, seed_from_env};
+pub use simulation::{Report, ShippingFigures, Simulation, SimulationError, seed_from_env};
 pub use swarm::{GroupFigures, Swarm, SwarmSummary};

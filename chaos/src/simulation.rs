@@ -59,6 +59,13 @@ pub const EDGE_PORT: u16 = 4434;
 pub const EDGE_INTERNAL_PORT: u16 = 4435;
 /// UDP port of an operator's client endpoint (a home move's `relayd admin move-home`).
 pub const OPERATOR_PORT: u16 = 4436;
+/// UDP port of every standby's replication server.
+pub const STANDBY_PORT: u16 = 4437;
+/// UDP port a region ships to its standby from.
+pub const SHIPPER_PORT: u16 = 4438;
+/// Steps (simulated ms) the world runs on after the clients finished, at most, for every
+/// standby to reach its region's store.
+pub const STANDBY_SETTLE_STEPS_MAX: u32 = 30_000;
 /// How often an operator looks whether the clients are ready, in simulated ms.
 pub const OPERATOR_POLL_MS: u64 = 100;
 /// How long an operator waits for all of a home move (the lookup and the move), in simulated
@@ -129,6 +136,11 @@ pub struct Simulation {
     edge_limits: SessionLimits,
     /// How long every region's chat lanes hold an early envelope for its predecessor, in ms.
     lane_hold_ms: u64,
+    /// Whether every region ships its commits to a standby of its own (a host of its own with
+    /// its own disk) and acknowledges only what the standby has.
+    standbys: bool,
+    /// Standby crashes and restarts (with [`Simulation::standbys`]).
+    standby_crashes: Vec<RegionCrash>,
 }
 
 /// What a finished simulation recorded.
@@ -164,6 +176,25 @@ pub struct Report {
     pub packets: PacketFingerprint,
     /// Commits the regions' disks failed (store faults with disk failures), summed.
     pub store_commits_failed: u64,
+    /// (Runs with standbys) each region's standby's copy at the end: its version.
+    pub standby_versions: BTreeMap<u32, u64>,
+    /// (Runs with standbys) what the regions' shippers did, summed over every start of every
+    /// region: sessions with a standby, full copies sent, commits answered without the
+    /// standby's confirmation (refused).
+    pub shipping: ShippingFigures,
+}
+
+/// What the regions' shippers did in a run with standbys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShippingFigures {
+    /// Sessions with a standby that reached its state.
+    pub sessions: u64,
+    /// Full copies of a store sent.
+    pub full_copies: u64,
+    /// Groups sent.
+    pub groups_sent: u64,
+    /// Commits refused because the standby did not confirm them in time.
+    pub unconfirmed_commits: u64,
 }
 
 impl Simulation {
@@ -190,6 +221,8 @@ impl Simulation {
             edges_per_region: 1,
             edge_limits: SessionLimits::default(),
             lane_hold_ms: home_region::lanes::HOLD_MS_MAX,
+            standbys: false,
+            standby_crashes: Vec::new(),
         }
     }
 
@@ -244,6 +277,8 @@ impl Simulation {
             edges_per_region,
             edge_limits: draw_edge_limits(seed),
             lane_hold_ms: draw_lane_hold_ms(seed),
+            standbys: false,
+            standby_crashes: Vec::new(),
         }
     }
 
@@ -342,6 +377,47 @@ impl Simulation {
         self
     }
 
+    /// Gives every region a standby: a host of its own (`standby-N`) whose copy is on a disk of
+    /// its own, to which the region ships every commit (the real `relay_replica` shipper and
+    /// standby server, over the simulated network) before acknowledging it, refusing writes
+    /// while the standby is away. At the end of the run each standby's copy must equal its
+    /// region's store ([`Invariant::Standby`](history::Invariant::Standby)).
+    pub fn standbys(mut self) -> Self {
+        self.standbys = true;
+        self
+    }
+
+    /// [`Simulation::standbys`], with the standby crashes [`Simulation::swarm`]'s seed draws (in
+    /// half the runs, one standby down for 0.2–3 s in the safety phase), drawn apart so the
+    /// seed's other faults stay the same.
+    pub fn with_standbys(mut self) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed::derive(self.seed, "swarm-standbys", 0));
+        if rng.random_bool(0.5) {
+            let region = rng.random_range(1..=self.shape.regions.max(1));
+            let down_for = rng.random_range(200..=3_000);
+            // Back by the heal.
+            let latest_ms = self.faults.heal_ms.saturating_sub(down_for).max(1);
+            let at = rng.random_range(0..latest_ms);
+            self = self.crash_standby(
+                region,
+                Duration::from_millis(at),
+                Duration::from_millis(down_for),
+            );
+        }
+        self.standbys()
+    }
+
+    /// Crashes region `region`'s standby host at `at` and restarts it `down_for` later, on
+    /// the same disk (with [`Simulation::standbys`]).
+    pub fn crash_standby(mut self, region: u32, at: Duration, down_for: Duration) -> Self {
+        self.standby_crashes.push(RegionCrash {
+            region,
+            at,
+            down_for,
+        });
+        self
+    }
+
     /// Injects the home moves [`Simulation::swarm`] drew for this seed (see
     /// [`FaultKind::HomeMove`]).
     pub fn with_home_moves(mut self) -> Self {
@@ -387,6 +463,16 @@ impl Simulation {
         {
             return Err(failed(format!("no region {} to crash", crash.region)));
         }
+        if let Some(crash) = self
+            .standby_crashes
+            .iter()
+            .find(|crash| !self.standbys || crash.region == 0 || crash.region > self.shape.regions)
+        {
+            return Err(failed(format!(
+                "no standby of region {} to crash",
+                crash.region
+            )));
+        }
         let _planted = relay_planted::plant(&self.planted);
         let mut faults = self.faults.clone();
         for crash in &self.crashes {
@@ -398,6 +484,16 @@ impl Simulation {
                 label: format!("{} down", region_host(crash.region)),
             });
         }
+        for crash in &self.standby_crashes {
+            faults.push(Fault {
+                kind: FaultKind::StandbyCrash,
+                start_ms: millis(crash.at),
+                end_ms: millis(crash.at + crash.down_for),
+                target: Target::Standby(crash.region),
+                label: format!("{} down", standby_host(crash.region)),
+            });
+        }
+        faults.faults.sort_by_key(|fault| fault.start_ms);
         let pki = Pki::new()?;
         let roots = pki.roots()?;
         let folder = scratch_folder()?;
@@ -433,10 +529,33 @@ impl Simulation {
         for &region in region_hosts.keys() {
             identities.insert(region, pki.region(region)?);
         }
+        let mut standby_disks = BTreeMap::new();
+        let shippers = Rc::new(RefCell::new(Vec::new()));
+        if self.standbys {
+            for &region in region_hosts.keys() {
+                let disk = MemoryDisk::new();
+                standby_disks.insert(region, disk.clone());
+                let software = StandbySoftware {
+                    seed,
+                    region,
+                    disk,
+                    net_faults: net_faults.clone(),
+                    identity: identities[&region].clone(),
+                    roots: roots.clone(),
+                    starts: Rc::new(Cell::new(0)),
+                    packets: packets.clone(),
+                };
+                sim.host(standby_host(region).as_str(), move || {
+                    software.clone().run()
+                });
+            }
+        }
         for (&region, host) in &region_hosts {
             let disk = MemoryDisk::new();
             disks.insert(region, disk.clone());
             let software = RegionSoftware {
+                standby: self.standbys.then(|| standby_host(region)),
+                shippers: shippers.clone(),
                 seed,
                 region,
                 lane_hold_ms: self.lane_hold_ms,
@@ -583,6 +702,14 @@ impl Simulation {
                             sim.bounce(host.as_str());
                         }
                     }
+                    Target::Standby(region) => {
+                        let host = standby_host(*region);
+                        if starts {
+                            sim.crash(host.as_str());
+                        } else {
+                            sim.bounce(host.as_str());
+                        }
+                    }
                     Target::Links {
                         links: targets,
                         effect,
@@ -601,8 +728,33 @@ impl Simulation {
                 record(what, now);
             }
         }
+        // Standbys settle: the world runs on (bounded) until each copy reached its region's
+        // store, so the check compares them at rest.
+        for _ in 0..STANDBY_SETTLE_STEPS_MAX {
+            let settled = standby_disks.iter().all(|(region, copy)| {
+                disks
+                    .get(region)
+                    .is_none_or(|store| history::standby_caught_up(store, copy))
+            });
+            if settled {
+                break;
+            }
+            sim.step().map_err(|error| failed(error.to_string()))?;
+        }
         let elapsed = sim.elapsed();
         drop(sim);
+        let shipping = shippers
+            .borrow()
+            .iter()
+            .fold(ShippingFigures::default(), |sum, shipper| {
+                let stats = shipper.stats();
+                ShippingFigures {
+                    sessions: sum.sessions + stats.sessions,
+                    full_copies: sum.full_copies + stats.full_copies,
+                    groups_sent: sum.groups_sent + stats.groups_sent,
+                    unconfirmed_commits: sum.unconfirmed_commits + stats.unconfirmed_commits,
+                }
+            });
 
         let Shared {
             trace, views, docs, ..
@@ -632,6 +784,11 @@ impl Simulation {
                     .map(|(key, value)| (key.as_slice(), value.as_slice())),
             ));
         }
+        for (region, copy) in &standby_disks {
+            if let Some(disk) = disks.get(region) {
+                violations.extend(history::check_standby(*region, disk, copy));
+            }
+        }
         let slowest_delivery_ms = history::slowest_delivery_ms(&trace, &planned)
             .max(history::slowest_group_delivery_ms(&plan.groups, &trace));
         let injected = injected(&faults, &trace);
@@ -651,6 +808,11 @@ impl Simulation {
             slowest_delivery_ms,
             packets: packets.fingerprint(),
             store_commits_failed,
+            standby_versions: standby_disks
+                .iter()
+                .map(|(&region, copy)| (region, copy.version()))
+                .collect(),
+            shipping,
         })
     }
 }
@@ -842,6 +1004,11 @@ pub fn region_host(region: u32) -> String {
     format!("region-{region}")
 }
 
+/// The turmoil host name of region `region`'s standby.
+pub fn standby_host(region: u32) -> String {
+    format!("standby-{region}")
+}
+
 /// The turmoil host name of region `region`'s (first) edge.
 pub fn edge_host(region: u32) -> String {
     format!("edge-{region}")
@@ -910,6 +1077,10 @@ fn next_incarnation(starts: &Cell<u64>, seed: u64, component: &str, host: u64) -
 struct RegionSoftware {
     seed: u64,
     region: u32,
+    /// The host of the region's standby, if it has one.
+    standby: Option<String>,
+    /// Every shipper a start of the region made, for the report.
+    shippers: Rc<RefCell<Vec<Arc<relay_replica::Shipper>>>>,
     /// How long the chat lanes hold an early envelope, in ms.
     lane_hold_ms: u64,
     disk: MemoryDisk,
@@ -936,15 +1107,38 @@ impl RegionSoftware {
             seed: seed::mix(faults.seed, incarnation),
             ..faults
         });
+        let shipper = match &self.standby {
+            Some(host) => {
+                let standby = SocketAddr::new(turmoil::lookup(host.as_str()), STANDBY_PORT);
+                Some(relay_replica::Shipper::new(
+                    self.region,
+                    relay_replica::ReplicationConfig::new(standby),
+                )?)
+            }
+            None => None,
+        };
         let db = Database::memory(MemoryOptions {
             faults,
             disk: self.disk,
+            replication: shipper
+                .clone()
+                .map(|shipper| shipper as Arc<dyn fdb_layers::ReplicationSink>),
         })?;
         let addresses = region_addresses(&self.region_hosts);
         let peers: PeerResolver = Box::new(move |region| addresses.get(&region).copied());
         let sockets = SimSockets::new(incarnation)
             .with_log(self.packets)
             .with_faults(self.net_faults);
+        if let Some(shipper) = &shipper {
+            self.shippers.borrow_mut().push(shipper.clone());
+            shipper.start_on(
+                &sockets,
+                db.clone(),
+                any_address(SHIPPER_PORT),
+                self.roots.clone(),
+                self.identity.clone(),
+            )?;
+        }
         let (service, _) = RegionService::new(RegionParts {
             region: RegionId(self.region),
             directory_writer: RegionId(DIRECTORY_WRITER),
@@ -961,11 +1155,51 @@ impl RegionSoftware {
             served_before: incarnation > 0,
             push: None,
             tokens_required: false,
-            replication: None,
+            replication: shipper,
             follow_peer_moves: false,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         service.run(std::future::pending()).await?;
+        Ok(())
+    }
+}
+
+/// What a standby host runs; called again on every restart. Its copy is on its own disk,
+/// which survives a crash as a file would.
+#[derive(Clone)]
+struct StandbySoftware {
+    seed: u64,
+    region: u32,
+    disk: MemoryDisk,
+    net_faults: Arc<NetFaults>,
+    /// The region's own certificate: the standby serves with it and accepts only it.
+    identity: relay_net::TlsIdentity,
+    roots: Arc<quinn::rustls::RootCertStore>,
+    starts: Rc<Cell<u64>>,
+    packets: PacketLog,
+}
+
+impl StandbySoftware {
+    async fn run(self) -> turmoil::Result {
+        let incarnation = next_incarnation(
+            &self.starts,
+            self.seed,
+            "standby",
+            u64::from(self.region) << 32,
+        );
+        let sockets = SimSockets::new(incarnation)
+            .with_log(self.packets)
+            .with_faults(self.net_faults);
+        let (server, _) = relay_replica::StandbyServer::on_memory(relay_replica::MemoryStandby {
+            region: self.region,
+            disk: self.disk,
+            listen: any_address(STANDBY_PORT),
+            identity: self.identity,
+            roots: self.roots,
+            sockets: &sockets,
+            can_promote: false,
+        })?;
+        server.run(std::future::pending()).await;
         Ok(())
     }
 }

@@ -39,6 +39,9 @@ pub struct Swarm {
     pub seeds_min: u64,
     /// Inject the home moves each seed draws (see `FaultKind::HomeMove`; on by default).
     pub home_moves: bool,
+    /// Give every region a standby and crash the standbys each seed draws (see
+    /// [`Simulation::with_standbys`]; off by default).
+    pub standbys: bool,
 }
 
 /// One run of a sweep that broke an invariant or could not finish.
@@ -351,6 +354,7 @@ impl Swarm {
             stop_at_first_violation: false,
             stop_on: Vec::new(),
             home_moves: true,
+            standbys: false,
             time_budget: None,
             seeds_min: 0,
         }
@@ -395,6 +399,9 @@ impl Swarm {
                             .planted
                             .iter()
                             .fold(Simulation::swarm(seed), |sim, &bug| sim.plant(bug));
+                        if self.standbys {
+                            simulation = simulation.with_standbys();
+                        }
                         if self.home_moves {
                             simulation = simulation.with_home_moves();
                         }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use fdb_layers::store_identity;
 use fdb_layers::{Database, EmbeddedOptions};
 use relay_replica::limits::LEASE_CHECK_INTERVAL_MS;
-use relay_replica::{PromotionConfig, StandbyConfig, StandbyHandle, StandbyServer};
+use relay_replica::{CopyAt, PromotionConfig, StandbyConfig, StandbyHandle, StandbyServer};
 use tokio::sync::watch;
 
 use crate::config::{PeersFile, RegionConfig};
@@ -260,8 +260,14 @@ async fn promote(
     region: u32,
     region_config: &RegionConfig,
 ) -> Result<(RegionService, Promoted), RegionError> {
-    let Some(path) = handle.release_copy() else {
-        return Err(RegionError::Store(fdb_layers::StoreError::Closed));
+    let path = match handle.release_copy() {
+        Some(CopyAt::File(path)) => path,
+        Some(CopyAt::Memory(_)) => {
+            return Err(RegionError::Store(fdb_layers::StoreError::InvalidOptions(
+                "a standby process keeps its copy in a file".into(),
+            )));
+        }
+        None => return Err(RegionError::Store(fdb_layers::StoreError::Closed)),
     };
     let epoch = {
         let store = Database::open(&path, EmbeddedOptions::default())?;

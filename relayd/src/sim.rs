@@ -31,6 +31,11 @@ pub struct SimArgs {
     /// stay the same, so a failing seed can be tried without them.
     #[arg(long)]
     no_home_moves: bool,
+    /// Give every region a standby (its own host and disk, the real replication over the
+    /// simulated network: a region acknowledges only what its standby holds) and crash the
+    /// standbys each seed draws; at the end every standby's copy must equal its region's store.
+    #[arg(long)]
+    standbys: bool,
     /// Print the trace of every run that breaks an invariant (with --seeds 1, of the run).
     #[arg(long)]
     trace: bool,
@@ -67,6 +72,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         swarm.threads = threads.max(1);
     }
     swarm.home_moves = !args.no_home_moves;
+    swarm.standbys = args.standbys;
     if let Some(bug) = args.plant {
         swarm.planted = vec![bug];
         swarm.stop_at_first_violation = true;

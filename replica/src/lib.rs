@@ -34,7 +34,9 @@ pub mod wire;
 pub use config::{AwayPolicy, PromotionConfig, ReplicationConfig, StandbyConfig};
 pub use log::{Next, Plan, ShipLog};
 pub use primary::{HandedOver, Shipper, ShipperStats};
-pub use standby::{STANDBY_STORE_FILE, StandbyHandle, StandbyServer, StandbyStats};
+pub use standby::{
+    CopyAt, MemoryStandby, STANDBY_STORE_FILE, StandbyHandle, StandbyServer, StandbyStats,
+};
 
 use relay_proto::frame::FrameError;
 

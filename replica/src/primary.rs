@@ -5,12 +5,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fdb_layers::{CommittedGroup, Database, Replicated, ReplicationSink, StoreError, StoreExport};
 use relay_net::{SocketFactory, TlsIdentity, TokioSockets};
 use rustls::RootCertStore;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::config::{AwayPolicy, ReplicationConfig};
 use crate::limits::{
@@ -172,6 +173,18 @@ impl Shipper {
         roots: Arc<RootCertStore>,
         identity: TlsIdentity,
     ) -> Result<tokio::task::JoinHandle<()>, ReplicaError> {
+        self.start_on(&TokioSockets, database, bind, roots, identity)
+    }
+
+    /// [`Shipper::start`] with the link's UDP socket made by `sockets` (the simulator's).
+    pub fn start_on(
+        self: &Arc<Self>,
+        sockets: &dyn SocketFactory,
+        database: Database,
+        bind: SocketAddr,
+        roots: Arc<RootCertStore>,
+        identity: TlsIdentity,
+    ) -> Result<tokio::task::JoinHandle<()>, ReplicaError> {
         let export = database.export()?;
         {
             let mut state = self.lock();
@@ -183,7 +196,7 @@ impl Shipper {
         }
         drop(export);
         let client = relay_net::client_config(roots, Some(identity), ALPN_STANDBY)?;
-        let endpoint = relay_net::bind_endpoint(&TokioSockets as &dyn SocketFactory, bind, None)?;
+        let endpoint = relay_net::bind_endpoint(sockets, bind, None)?;
         let link = Link {
             shipper: self.clone(),
             database,
@@ -363,7 +376,7 @@ impl Shipper {
             match next {
                 Some(deadline) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
                         _ = self.deadlines.notified() => {}
                     }
                 }
@@ -763,14 +776,18 @@ impl Link {
         )
         .await?;
         loop {
-            let (returned, chunk) = tokio::task::spawn_blocking(move || {
-                let chunk = export.next_chunk(INSTALL_CHUNK_BYTES);
-                (export, chunk)
-            })
-            .await
-            .map_err(|error| ReplicaError::Protocol(format!("reading the copy: {error}")))?;
-            export = returned;
-            let chunk = chunk?;
+            let chunk = if export.reads_files() {
+                let (returned, chunk) = tokio::task::spawn_blocking(move || {
+                    let chunk = export.next_chunk(INSTALL_CHUNK_BYTES);
+                    (export, chunk)
+                })
+                .await
+                .map_err(|error| ReplicaError::Protocol(format!("reading the copy: {error}")))?;
+                export = returned;
+                chunk?
+            } else {
+                export.next_chunk(INSTALL_CHUNK_BYTES)?
+            };
             if chunk.is_empty() {
                 break;
             }

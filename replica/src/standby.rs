@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fdb_layers::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use fdb_layers::{CommittedGroup, Mutation, StandbyStore, StoreError};
-use relay_net::{TlsIdentity, TokioSockets};
+use fdb_layers::{CommittedGroup, MemoryDisk, Mutation, StandbyStore, StoreError};
+use relay_net::{SocketFactory, TlsIdentity, TokioSockets};
+use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::StandbyConfig;
@@ -43,6 +44,49 @@ pub struct StandbyStats {
     pub sessions: u64,
 }
 
+/// Where a standby keeps its copy.
+#[derive(Debug, Clone)]
+pub enum CopyAt {
+    /// A store file (`relayd standby`): promoting it is opening it as the region's store.
+    File(PathBuf),
+    /// A memory disk (the simulator's standbys): promoting it is opening a memory database on
+    /// it.
+    Memory(MemoryDisk),
+}
+
+impl CopyAt {
+    fn open(&self) -> Result<StandbyStore, StoreError> {
+        match self {
+            CopyAt::File(path) => StandbyStore::open(path),
+            CopyAt::Memory(disk) => StandbyStore::memory(disk.clone()),
+        }
+    }
+
+    /// Whether the copy's steps write a file (they run on blocking threads then).
+    fn writes_files(&self) -> bool {
+        matches!(self, CopyAt::File(_))
+    }
+}
+
+/// What a standby whose copy is on a memory disk is made of (the simulator's standbys): no
+/// files, and its socket from the caller's factory.
+pub struct MemoryStandby<'a> {
+    /// The region whose store it copies.
+    pub region: u32,
+    /// Where the copy is (it survives the standby's crash, as a file would).
+    pub disk: MemoryDisk,
+    /// The replication server's address.
+    pub listen: SocketAddr,
+    /// The region's own certificate and key: the only primary accepted presents it.
+    pub identity: TlsIdentity,
+    /// The deployment's CA.
+    pub roots: Arc<RootCertStore>,
+    /// Makes the server's UDP socket.
+    pub sockets: &'a dyn SocketFactory,
+    /// Whether it may serve as the region (it has a promotion to carry out).
+    pub can_promote: bool,
+}
+
 /// The standby's server.
 pub struct StandbyServer {
     inner: Arc<Inner>,
@@ -67,8 +111,8 @@ struct Inner {
     can_promote: bool,
     /// What the standby knows of its primary, for its lease.
     lease: Mutex<Lease>,
-    /// The copy's file.
-    path: PathBuf,
+    /// Where the copy is.
+    copy: CopyAt,
     /// The newest session; an older one stops applying once a newer one started (a restarted
     /// primary whose previous connection has not timed out yet).
     generation: AtomicU64,
@@ -87,14 +131,35 @@ impl StandbyServer {
                 source,
             }
         })?;
-        let store = StandbyStore::open(&store_path(config))?;
+        let copy = CopyAt::File(store_path(config));
+        let store = copy.open()?;
         tracing::info!(
             region = config.region,
             version = store.version(),
             installing = ?store.installing(),
             "standby copy opened"
         );
-        Self::bind(config, Some(store), 0)
+        Self::bind(config, Some(store), copy, 0)
+    }
+
+    /// A standby whose copy is on `parts.disk` (the simulator's). Nothing is served until
+    /// [`Self::run`].
+    pub fn on_memory(
+        parts: MemoryStandby<'_>,
+    ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
+        let copy = CopyAt::Memory(parts.disk);
+        let store = copy.open()?;
+        Self::serve_on(
+            parts.region,
+            parts.identity,
+            parts.roots,
+            parts.sockets,
+            parts.listen,
+            parts.can_promote,
+            Some(store),
+            copy,
+            0,
+        )
     }
 
     /// The server of a standby that was promoted at `epoch` and serves as the region now
@@ -105,38 +170,63 @@ impl StandbyServer {
         epoch: u64,
     ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
         config.validate()?;
-        Self::bind(config, None, epoch.max(1))
+        Self::bind(config, None, CopyAt::File(store_path(config)), epoch.max(1))
     }
 
     fn bind(
         config: &StandbyConfig,
         store: Option<StandbyStore>,
+        copy: CopyAt,
         promoted: u64,
     ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
         let roots = relay_net::load_roots(&config.ca_cert)?;
         let identity = TlsIdentity::load(&config.cert, &config.key)?;
+        Self::serve_on(
+            config.region,
+            identity,
+            roots,
+            &TokioSockets,
+            config.listen,
+            config.promotion.is_some(),
+            store,
+            copy,
+            promoted,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve_on(
+        region: u32,
+        identity: TlsIdentity,
+        roots: Arc<RootCertStore>,
+        sockets: &dyn SocketFactory,
+        listen: SocketAddr,
+        can_promote: bool,
+        store: Option<StandbyStore>,
+        copy: CopyAt,
+        promoted: u64,
+    ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
         let region_cert = identity
             .cert_chain
             .first()
             .cloned()
             .ok_or_else(|| ReplicaError::Protocol("the certificate file holds none".into()))?;
         let server = relay_net::server_config(identity.clone(), Some(roots), ALPN_STANDBY)?;
-        let endpoint =
-            relay_net::bind_server_endpoint(&TokioSockets, config.listen, server, &identity)?;
+        let endpoint = relay_net::bind_server_endpoint(sockets, listen, server, &identity)?;
         let address = endpoint
             .local_addr()
             .map_err(|error| ReplicaError::Net(error.into()))?;
         let inner = Arc::new(Inner {
-            region: config.region,
+            region,
             region_cert,
             store: Mutex::new(store),
             promoted: AtomicU64::new(promoted),
             promoted_now: tokio::sync::Notify::new(),
             handover: AtomicU64::new(0),
             handover_wanted: tokio::sync::Notify::new(),
-            can_promote: config.promotion.is_some(),
+            can_promote,
             lease: Mutex::new(Lease::default()),
-            path: store_path(config),
+            copy,
             generation: AtomicU64::new(0),
             groups_applied: AtomicU64::new(0),
             installs: AtomicU64::new(0),
@@ -206,7 +296,7 @@ struct Lease {
     /// When the last frame of a primary that refuses writes without the standby arrived;
     /// `None` until one connected (a primary that goes on alone gives no lease: it may have
     /// acknowledged what the standby lacks).
-    last_heard: Option<std::time::Instant>,
+    last_heard: Option<tokio::time::Instant>,
 }
 
 /// What the failover code may do with a running standby: watch its lease on the primary and
@@ -238,14 +328,14 @@ impl StandbyHandle {
     }
 
     /// Stops following the primary and closes the copy, so that it can be opened as the
-    /// region's store; returns its file. Sessions stop applying from here on.
-    pub fn release_copy(&self) -> Option<PathBuf> {
+    /// region's store; returns where it is. Sessions stop applying from here on.
+    pub fn release_copy(&self) -> Option<CopyAt> {
         let inner = &self.inner;
         let mut store = inner.lock();
         inner.generation.fetch_add(1, Ordering::SeqCst);
         store.take().map(|copy| {
             drop(copy);
-            inner.path.clone()
+            inner.copy.clone()
         })
     }
 
@@ -253,7 +343,7 @@ impl StandbyHandle {
     pub fn resume(&self) -> Result<(), StoreError> {
         let mut store = self.inner.lock();
         if store.is_none() {
-            *store = Some(StandbyStore::open(&self.inner.path)?);
+            *store = Some(self.inner.copy.open()?);
         }
         Ok(())
     }
@@ -305,7 +395,7 @@ impl Inner {
             .lease
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        lease.last_heard = refuses_writes_alone.then(std::time::Instant::now);
+        lease.last_heard = refuses_writes_alone.then(tokio::time::Instant::now);
     }
 
     fn stats(&self) -> StandbyStats {
@@ -606,7 +696,7 @@ impl Inner {
         work: impl FnOnce(&mut StandbyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ReplicaError> {
         let inner = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let step = move || {
             let mut store = inner.lock();
             if inner.generation.load(Ordering::SeqCst) != generation {
                 return Err(ReplicaError::Protocol(
@@ -617,9 +707,15 @@ impl Inner {
                 return Err(ReplicaError::Protocol("the standby was promoted".into()));
             };
             work(store).map_err(ReplicaError::Store)
-        })
-        .await
-        .map_err(|error| ReplicaError::Protocol(format!("applying: {error}")))?
+        };
+        if !self.copy.writes_files() {
+            // A memory copy (the simulator's): quick, and in the caller's task keeps a run
+            // repeatable.
+            return step();
+        }
+        tokio::task::spawn_blocking(step)
+            .await
+            .map_err(|error| ReplicaError::Protocol(format!("applying: {error}")))?
     }
 }
 

@@ -474,6 +474,9 @@ async fn a_handover_ships_everything_then_the_standby_takes_over_and_the_primary
     drop(handle);
     rig.stop().await;
     // The copy holds every commit the primary acknowledged, and only those up to the version.
+    let relay_replica::CopyAt::File(path) = path else {
+        panic!("a standby process keeps its copy in a file");
+    };
     let copy = StandbyStore::open(&path).expect("the copy opens");
     assert_eq!(copy.version(), handed.version);
     let pairs = copy.pairs().expect("reads");

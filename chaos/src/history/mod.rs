@@ -50,6 +50,7 @@ mod order;
 mod receipts;
 mod removal;
 mod sender_fifo;
+mod standby;
 #[cfg(test)]
 mod tests;
 pub mod trace;
@@ -62,6 +63,7 @@ pub(crate) use convergence::chat_of;
 use facts::Facts;
 pub use groups::{check_groups, slowest_group_delivery_ms, stuck_group_texts};
 pub use liveness::{LIVENESS_BOUND_MS, slowest_delivery_ms};
+pub use standby::{check_standby, standby_caught_up};
 pub use trace::{
     Change, ChatView, DocEntry, DocView, GroupChange, GroupMessageRef, MessageRef, TraceEvent,
     ViewEntry, What, client_name, client_number, device_name,
@@ -91,6 +93,8 @@ pub enum Invariant {
     /// Liveness: once faults heal, every queued message is acknowledged and every acknowledged
     /// message arrives within [`LIVENESS_BOUND_MS`].
     Liveness,
+    /// A region's standby holds the region's store once the run settles (runs with standbys).
+    Standby,
 }
 
 impl fmt::Display for Invariant {
@@ -106,6 +110,7 @@ impl fmt::Display for Invariant {
             Invariant::Decryptable => "I8 decryptable",
             Invariant::Removal => "removal",
             Invariant::Liveness => "liveness",
+            Invariant::Standby => "standby copy",
         })
     }
 }

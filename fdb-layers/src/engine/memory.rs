@@ -26,10 +26,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::committer::{ApplyTarget, CommitRequest, KeyRange, Resolver, apply_request};
 use super::local::KeyValue;
+use super::replication::{CommittedGroup, Mutation, Recording, ReplicationSink, StoreExport};
 use super::watches::{PendingWatch, WatchRegistry};
 use super::{Counters, IntegrityReport, MemoryOptions, Versionstamp};
 use crate::error::StoreError;
@@ -91,6 +93,89 @@ impl MemoryDisk {
         }
     }
 
+    /// The value of `key` at the disk's version.
+    pub(crate) fn latest_value(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let disk = self.lock();
+        disk.store.value_at(key, disk.store.version).cloned()
+    }
+
+    /// (A standby's copy) the disk's version and the version of a full copy being installed,
+    /// refused while a database has the disk open.
+    pub(crate) fn standby_state(&self) -> Result<(u64, Option<u64>), StoreError> {
+        let disk = self.standby_lock()?;
+        Ok((disk.store.version, disk.installing))
+    }
+
+    /// (A standby's copy) applies replicated groups, checked to follow each other and the disk
+    /// by the caller; the disk is at the last one's version after.
+    pub(crate) fn apply_groups(&self, groups: &[CommittedGroup]) -> Result<(), StoreError> {
+        let mut disk = self.standby_lock()?;
+        for group in groups {
+            let mut target = MemoryTarget {
+                store: &mut disk.store,
+                version: group.version,
+            };
+            for mutation in &group.mutations {
+                match mutation {
+                    Mutation::Put { key, value } => target.put(key, value)?,
+                    Mutation::Remove { key } => target.remove(key)?,
+                    Mutation::RemoveRange { begin, end } => target.remove_range(&KeyRange {
+                        begin: begin.clone(),
+                        end: end.clone(),
+                    })?,
+                }
+            }
+            disk.store.version = group.version;
+        }
+        // No transaction reads a copy: only the newest values are kept.
+        let version = disk.store.version;
+        disk.store.advance_floor(version);
+        Ok(())
+    }
+
+    /// (A standby's copy) forgets every key and marks the disk as holding an unfinished full
+    /// copy read at `version`: no database opens it until [`Self::finish_install`].
+    pub(crate) fn begin_install(&self, version: u64) -> Result<(), StoreError> {
+        let mut disk = self.standby_lock()?;
+        disk.store = VersionedStore::default();
+        disk.installing = Some(version);
+        Ok(())
+    }
+
+    /// (A standby's copy) adds pairs of the full copy being installed.
+    pub(crate) fn install_pairs(&self, pairs: &[KeyValue]) -> Result<(), StoreError> {
+        let mut disk = self.standby_lock()?;
+        let Some(version) = disk.installing else {
+            return Err(StoreError::InvalidOptions(
+                "no install is in progress".into(),
+            ));
+        };
+        for (key, value) in pairs {
+            disk.store.write(key, version, Some(value.clone()));
+        }
+        Ok(())
+    }
+
+    /// (A standby's copy) the full copy is whole, at `version`.
+    pub(crate) fn finish_install(&self, version: u64) -> Result<(), StoreError> {
+        let mut disk = self.standby_lock()?;
+        disk.installing = None;
+        disk.store.version = version;
+        disk.store.advance_floor(version);
+        Ok(())
+    }
+
+    /// The disk, for a standby's copy: refused while a database has it open.
+    fn standby_lock(&self) -> Result<MutexGuard<'_, Disk>, StoreError> {
+        let disk = self.lock();
+        if disk.watches.strong_count() > 0 {
+            return Err(StoreError::InvalidOptions(
+                "the disk is open as a store: it cannot be a standby's copy too".into(),
+            ));
+        }
+        Ok(disk)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Disk> {
         // Every update of the disk completes under the lock before it is released, so a panic
         // elsewhere cannot leave it half-written.
@@ -109,6 +194,9 @@ struct Disk {
     watches: Weak<WatchRegistry>,
     /// Commits failed by an injected disk failure.
     failed_commits: u64,
+    /// (A standby's copy) the version of a full copy being installed: until it is whole, the
+    /// disk is no store.
+    installing: Option<u64>,
 }
 
 impl Disk {
@@ -129,6 +217,8 @@ pub(crate) struct Shared {
     resolver: Mutex<Resolver>,
     counters: Arc<Counters>,
     registry: Arc<WatchRegistry>,
+    /// Where each applied commit is shipped before it is answered (a standby).
+    sink: Option<Arc<dyn ReplicationSink>>,
 }
 
 impl Shared {
@@ -140,6 +230,14 @@ impl Shared {
         let registry = WatchRegistry::new();
         let (incarnation, version, crashed_watches) = {
             let mut disk = options.disk.lock();
+            if let Some(version) = disk.installing {
+                return Err(StoreError::corrupt(
+                    "store",
+                    format!(
+                        "it holds a full copy read at version {version} that was never finished"
+                    ),
+                ));
+            }
             let crashed_watches = disk.crash();
             disk.watches = Arc::downgrade(&registry);
             (disk.incarnation, disk.store.version, crashed_watches)
@@ -153,6 +251,7 @@ impl Shared {
             resolver: Mutex::new(Resolver::new(version, options.faults)),
             counters: Arc::new(Counters::default()),
             registry,
+            sink: options.replication,
         }))
     }
 
@@ -203,13 +302,14 @@ impl Shared {
         Ok(read(&mut pairs))
     }
 
-    /// Commits `request` inline: resolves it, applies it and fires the watches it changed.
+    /// Commits `request` inline: resolves it, applies it, fires the watches it changed and,
+    /// with a standby, answers once the standby has it (as the embedded backend does).
     pub(crate) async fn commit(&self, request: CommitRequest) -> Result<Versionstamp, StoreError> {
         let delay_ms = self.lock_resolver().slow_commit_delay_ms();
         if let Some(delay_ms) = delay_ms {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
-        let (answer, stamp) = {
+        let (answer, stamp, replicated) = {
             let mut resolver = self.lock_resolver();
             let mut disk = self.open_disk()?;
             let now = Instant::now();
@@ -218,16 +318,28 @@ impl Shared {
                 .pop()
                 .unwrap_or(Err(StoreError::NotCommitted))?;
             let version = verdict.commit_version();
+            let previous_version = disk.store.version;
             let disk_failure = resolver.disk_failure();
+            let mut shipped = None;
             if disk_failure.is_none_or(|failure| failure.applied) {
-                apply_request(
-                    &mut MemoryTarget {
-                        store: &mut disk.store,
+                let mut target = MemoryTarget {
+                    store: &mut disk.store,
+                    version,
+                };
+                if self.sink.is_some() && disk_failure.is_none() {
+                    let mut recording = Recording {
+                        target: &mut target,
+                        mutations: Vec::new(),
+                    };
+                    apply_request(&mut recording, &request, verdict)?;
+                    shipped = Some(CommittedGroup {
+                        previous_version,
                         version,
-                    },
-                    &request,
-                    verdict,
-                )?;
+                        mutations: recording.mutations,
+                    });
+                } else {
+                    apply_request(&mut target, &request, verdict)?;
+                }
                 disk.store.version = version;
             }
             if let Some(failure) = disk_failure {
@@ -242,7 +354,7 @@ impl Shared {
                      (injected disk failure)",
                     failure.failure
                 )));
-                (answer, verdict)
+                (answer, verdict, None)
             } else {
                 resolver.settled(version, now);
                 disk.store.advance_floor(resolver.floor_version());
@@ -250,8 +362,22 @@ impl Shared {
                 self.counters
                     .committed_transactions
                     .fetch_add(1, Ordering::Relaxed);
+                // Handed over under the disk's lock, so the sink gets commits in version order.
+                let replicated = match (shipped, &self.sink) {
+                    (Some(group), Some(sink)) => {
+                        let (done, replicated) = oneshot::channel();
+                        sink.replicate(
+                            group,
+                            Box::new(move |result| {
+                                let _ = done.send(result);
+                            }),
+                        );
+                        Some(replicated)
+                    }
+                    _ => None,
+                };
                 // An injected unknown result changes only the answer: the commit was applied.
-                (resolver.answer(verdict), verdict)
+                (resolver.answer(verdict), verdict, replicated)
             }
         };
         if answer.is_err() && disk_version_below(&self.disk, stamp) {
@@ -265,7 +391,35 @@ impl Shared {
                     self.latest(key)
                 });
         }
-        answer
+        let Some(replicated) = replicated else {
+            return answer;
+        };
+        let refusal = match replicated.await {
+            Ok(Ok(())) => return answer,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the standby's shipper went away".to_string(),
+        };
+        match answer {
+            Ok(_) => Err(StoreError::Unavailable(format!(
+                "the commit is durable here but not on the standby: {refusal}"
+            ))),
+            answer => answer,
+        }
+    }
+
+    /// A copy of the whole store at its version, for a standby.
+    pub(crate) fn export(&self) -> Result<StoreExport, StoreError> {
+        let disk = self.open_disk()?;
+        let version = disk.store.version;
+        let pairs = disk
+            .store
+            .keys
+            .iter()
+            .filter_map(|(key, versions)| {
+                value_at(versions, version).map(|value| (key.clone(), value.clone()))
+            })
+            .collect();
+        Ok(StoreExport::of_pairs(pairs, version))
     }
 
     /// The disk's version and keys: a memory disk cannot be damaged.

@@ -102,6 +102,9 @@ pub struct MemoryOptions {
     /// The durable state to open: a fresh disk by default; pass a clone of a crashed
     /// database's disk to "restart the process" on it.
     pub disk: MemoryDisk,
+    /// Where every commit is shipped once applied, before it is answered (a simulated
+    /// region's standby); `None` without one. As with the embedded backend.
+    pub replication: Option<std::sync::Arc<dyn ReplicationSink>>,
 }
 
 /// Seeded fault injection ("buggify"): the committer misbehaves on purpose so that every
@@ -336,12 +339,14 @@ impl Database {
     }
 
     /// A consistent read of the whole store at its latest version, for copying it to a standby
-    /// (embedded backend only: elsewhere `InvalidOptions`).
+    /// (embedded and memory backends: on FoundationDB `InvalidOptions`).
     pub fn export(&self) -> Result<StoreExport, StoreError> {
         match &self.backend {
             Backend::Local(LocalStore::Embedded(shared)) => shared.export(),
-            _ => Err(StoreError::InvalidOptions(
-                "only the embedded backend exports a copy for a standby".into(),
+            Backend::Local(LocalStore::Memory(shared)) => shared.export(),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(_) => Err(StoreError::InvalidOptions(
+                "only the embedded and memory backends export a copy for a standby".into(),
             )),
         }
     }

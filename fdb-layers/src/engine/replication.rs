@@ -36,6 +36,7 @@ use super::disk::{
 };
 use super::embedded::DataTable;
 use super::local::{KeyValue, key_after};
+use super::memory::MemoryDisk;
 use crate::error::StoreError;
 
 /// One effect of a committed group, as a standby applies it.
@@ -141,13 +142,23 @@ impl<T: ApplyTarget> ApplyTarget for Recording<'_, T> {
     }
 }
 
-/// A consistent read of a whole embedded store, for copying it to a standby.
+/// A consistent read of a whole store (embedded or memory), for copying it to a standby.
 pub struct StoreExport {
-    table: DataTable,
+    source: ExportSource,
     version: u64,
-    /// The key after the last one returned; `None` before the first chunk.
-    next: Option<Vec<u8>>,
     done: bool,
+}
+
+/// Where an export reads.
+enum ExportSource {
+    /// An embedded store's snapshot; `next` is the key after the last one returned (`None`
+    /// before the first chunk).
+    Redb {
+        table: DataTable,
+        next: Option<Vec<u8>>,
+    },
+    /// A memory store's pairs at the export's version, copied when it began.
+    Pairs(std::vec::IntoIter<KeyValue>),
 }
 
 impl std::fmt::Debug for StoreExport {
@@ -162,9 +173,17 @@ impl std::fmt::Debug for StoreExport {
 impl StoreExport {
     pub(crate) fn new(table: DataTable, version: u64) -> Self {
         StoreExport {
-            table,
+            source: ExportSource::Redb { table, next: None },
             version,
-            next: None,
+            done: false,
+        }
+    }
+
+    /// An export of `pairs` (in key order), read at `version`.
+    pub(crate) fn of_pairs(pairs: Vec<KeyValue>, version: u64) -> Self {
+        StoreExport {
+            source: ExportSource::Pairs(pairs.into_iter()),
+            version,
             done: false,
         }
     }
@@ -174,29 +193,48 @@ impl StoreExport {
         self.version
     }
 
+    /// Whether reading a chunk reads a file (then it belongs on a blocking thread); a memory
+    /// store's export reads what it copied in memory.
+    pub fn reads_files(&self) -> bool {
+        matches!(self.source, ExportSource::Redb { .. })
+    }
+
     /// The next pairs in key order, about `bytes_max` of them (at least one pair while any
     /// remain); empty once every pair was returned.
     pub fn next_chunk(&mut self, bytes_max: usize) -> Result<Vec<KeyValue>, StoreError> {
         if self.done {
             return Ok(Vec::new());
         }
-        let begin = self.next.clone().unwrap_or_default();
         let mut pairs = Vec::new();
         let mut bytes = 0;
-        let range = contained("reading the export", || {
-            self.table.range::<&[u8]>(begin.as_slice()..)
-        })?
-        .map_err(read_error)?;
-        for pair in range {
-            let (key, value) = contained("reading the export", || {
-                pair.map(|(key, value)| (key.value().to_vec(), value.value().to_vec()))
-            })?
-            .map_err(read_error)?;
-            bytes += key.len() + value.len();
-            self.next = Some(key_after(&key));
-            pairs.push((key, value));
-            if bytes >= bytes_max {
-                return Ok(pairs);
+        match &mut self.source {
+            ExportSource::Redb { table, next } => {
+                let begin = next.clone().unwrap_or_default();
+                let range = contained("reading the export", || {
+                    table.range::<&[u8]>(begin.as_slice()..)
+                })?
+                .map_err(read_error)?;
+                for pair in range {
+                    let (key, value) = contained("reading the export", || {
+                        pair.map(|(key, value)| (key.value().to_vec(), value.value().to_vec()))
+                    })?
+                    .map_err(read_error)?;
+                    bytes += key.len() + value.len();
+                    *next = Some(key_after(&key));
+                    pairs.push((key, value));
+                    if bytes >= bytes_max {
+                        return Ok(pairs);
+                    }
+                }
+            }
+            ExportSource::Pairs(left) => {
+                for (key, value) in left.by_ref() {
+                    bytes += key.len() + value.len();
+                    pairs.push((key, value));
+                    if bytes >= bytes_max {
+                        return Ok(pairs);
+                    }
+                }
             }
         }
         self.done = true;
@@ -207,9 +245,17 @@ impl StoreExport {
 /// A standby's copy of a store: applies shipped groups and installs full copies. The file is
 /// an ordinary store file once no install is in progress.
 pub struct StandbyStore {
-    file: Arc<StoreFile>,
+    copy: Copy,
     version: u64,
     installing: Option<u64>,
+}
+
+/// Where a standby keeps its copy.
+enum Copy {
+    /// A store file (a standby process).
+    File(Arc<StoreFile>),
+    /// A memory disk (a simulated standby).
+    Memory(MemoryDisk),
 }
 
 impl std::fmt::Debug for StandbyStore {
@@ -241,10 +287,27 @@ impl StandbyStore {
             Ok((version, installing))
         })?;
         Ok(StandbyStore {
-            file,
+            copy: Copy::File(file),
             version,
             installing,
         })
+    }
+
+    /// A standby's copy on `disk` (the simulator's standbys): refused while a database has the
+    /// disk open, since a copy and a store are never the same disk at once.
+    pub fn memory(disk: MemoryDisk) -> Result<StandbyStore, StoreError> {
+        let (version, installing) = disk.standby_state()?;
+        Ok(StandbyStore {
+            copy: Copy::Memory(disk),
+            version,
+            installing,
+        })
+    }
+
+    /// Whether applying and installing write a file with fsyncs (then they belong on a blocking
+    /// thread); a memory copy's steps are quick and synchronous.
+    pub fn writes_files(&self) -> bool {
+        matches!(self.copy, Copy::File(_))
     }
 
     /// The version of the last group applied (0 for a new store).
@@ -287,7 +350,16 @@ impl StandbyStore {
             }
             version = group.version;
         }
-        self.write(
+        let file = match &self.copy {
+            Copy::File(file) => file,
+            Copy::Memory(disk) => {
+                disk.apply_groups(groups)?;
+                self.version = last.version;
+                return Ok(());
+            }
+        };
+        write(
+            file,
             "applying replicated groups",
             |data| {
                 for mutation in groups.iter().flat_map(|group| &group.mutations) {
@@ -322,7 +394,16 @@ impl StandbyStore {
     /// Starts installing a full copy read at `version`: removes every key and marks the file
     /// incomplete, durably, so nothing opens it as a store until [`Self::finish_install`].
     pub fn begin_install(&mut self, version: u64) -> Result<(), StoreError> {
-        self.write(
+        let file = match &self.copy {
+            Copy::File(file) => file,
+            Copy::Memory(disk) => {
+                disk.begin_install(version)?;
+                self.installing = Some(version);
+                return Ok(());
+            }
+        };
+        write(
+            file,
             "beginning an install",
             |data| {
                 data.retain(|_, _| false).map_err(StoreError::storage)?;
@@ -345,7 +426,12 @@ impl StandbyStore {
                 "no install is in progress".into(),
             ));
         }
-        self.write(
+        let file = match &self.copy {
+            Copy::File(file) => file,
+            Copy::Memory(disk) => return disk.install_pairs(pairs),
+        };
+        write(
+            file,
             "installing a chunk",
             |data| {
                 for (key, value) in pairs {
@@ -365,16 +451,20 @@ impl StandbyStore {
                 "no install is in progress".into(),
             ));
         };
-        self.write(
-            "finishing an install",
-            |_| Ok(()),
-            |meta| {
-                meta.remove(INSTALLING_KEY).map_err(StoreError::storage)?;
-                meta.insert(VERSION_KEY, version)
-                    .map_err(StoreError::storage)?;
-                Ok(())
-            },
-        )?;
+        match &self.copy {
+            Copy::File(file) => write(
+                file,
+                "finishing an install",
+                |_| Ok(()),
+                |meta| {
+                    meta.remove(INSTALLING_KEY).map_err(StoreError::storage)?;
+                    meta.insert(VERSION_KEY, version)
+                        .map_err(StoreError::storage)?;
+                    Ok(())
+                },
+            )?,
+            Copy::Memory(disk) => disk.finish_install(version)?,
+        }
         self.version = version;
         self.installing = None;
         Ok(())
@@ -382,7 +472,11 @@ impl StandbyStore {
 
     /// The value of `key` (tests and checks).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.file.with("reading a key", |redb| {
+        let file = match &self.copy {
+            Copy::File(file) => file,
+            Copy::Memory(disk) => return Ok(disk.latest_value(key)),
+        };
+        file.with("reading a key", |redb| {
             let read = redb.begin_read().map_err(StoreError::storage)?;
             let data = read.open_table(DATA_TABLE).map_err(StoreError::storage)?;
             let value = data.get(key).map_err(StoreError::storage)?;
@@ -392,7 +486,15 @@ impl StandbyStore {
 
     /// Every pair, in key order (tests and checks on small stores).
     pub fn pairs(&self) -> Result<Vec<KeyValue>, StoreError> {
-        self.file.with("reading every pair", |redb| {
+        let file = match &self.copy {
+            Copy::File(file) => file,
+            Copy::Memory(disk) => {
+                let mut pairs = Vec::new();
+                disk.for_each_latest(|key, value| pairs.push((key.to_vec(), value.to_vec())));
+                return Ok(pairs);
+            }
+        };
+        file.with("reading every pair", |redb| {
             let read = redb.begin_read().map_err(StoreError::storage)?;
             let data = read.open_table(DATA_TABLE).map_err(StoreError::storage)?;
             let mut pairs = Vec::new();
@@ -403,28 +505,28 @@ impl StandbyStore {
             Ok(pairs)
         })
     }
+}
 
-    /// Runs one durable redb write transaction with the data and meta tables.
-    fn write(
-        &self,
-        what: &'static str,
-        data: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<(), StoreError>,
-        meta: impl FnOnce(&mut redb::Table<'_, &'static str, u64>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.file.with(what, |redb| {
-            let mut write = redb.begin_write().map_err(StoreError::storage)?;
-            write
-                .set_durability(Durability::Immediate)
-                .map_err(StoreError::storage)?;
-            {
-                let mut table = write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
-                data(&mut table)?;
-                let mut table = write.open_table(META_TABLE).map_err(StoreError::storage)?;
-                meta(&mut table)?;
-            }
-            write.commit().map_err(StoreError::storage)
-        })
-    }
+/// Runs one durable redb write transaction on `file` with the data and meta tables.
+fn write(
+    file: &StoreFile,
+    what: &'static str,
+    data: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<(), StoreError>,
+    meta: impl FnOnce(&mut redb::Table<'_, &'static str, u64>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    file.with(what, |redb| {
+        let mut write = redb.begin_write().map_err(StoreError::storage)?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(StoreError::storage)?;
+        {
+            let mut table = write.open_table(DATA_TABLE).map_err(StoreError::storage)?;
+            data(&mut table)?;
+            let mut table = write.open_table(META_TABLE).map_err(StoreError::storage)?;
+            meta(&mut table)?;
+        }
+        write.commit().map_err(StoreError::storage)
+    })
 }
 
 #[cfg(test)]
@@ -433,7 +535,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::engine::{Database, EmbeddedOptions};
+    use crate::engine::{Database, EmbeddedOptions, MemoryOptions};
 
     /// A sink that applies each group to a standby copy in the same process, or refuses.
     #[derive(Debug)]
@@ -465,6 +567,21 @@ mod tests {
         )
         .expect("opens");
         (database, sink)
+    }
+
+    /// A memory primary shipping to a standby's copy on a memory disk (the simulator's pair).
+    fn memory_primary_with_standby() -> (Database, Arc<InProcess>, MemoryDisk) {
+        let copy = MemoryDisk::new();
+        let sink = Arc::new(InProcess {
+            standby: Mutex::new(StandbyStore::memory(copy.clone()).expect("a free disk")),
+            refuse: AtomicBool::new(false),
+        });
+        let database = Database::memory(MemoryOptions {
+            replication: Some(sink.clone()),
+            ..MemoryOptions::default()
+        })
+        .expect("opens");
+        (database, sink, copy)
     }
 
     fn every_pair(database: &Database) -> Vec<KeyValue> {
@@ -631,5 +748,126 @@ mod tests {
         );
         copy.apply_all(&[]).expect("nothing to apply");
         assert_eq!(copy.pairs().expect("reads").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_memory_standby_holds_what_its_primary_acknowledged() {
+        let (database, sink, copy) = memory_primary_with_standby();
+        write_every_kind(&database, 40).await;
+        let primary = every_pair(&database);
+        let standby = sink.standby.lock().expect("lock");
+        assert_eq!(standby.pairs().expect("reads"), primary);
+        assert_eq!(
+            standby.get(b"counter").expect("reads"),
+            Some(40i64.to_le_bytes().to_vec())
+        );
+        assert_eq!(standby.version(), copy.version());
+        assert_eq!(
+            copy.version(),
+            database.export().expect("exports").version()
+        );
+        // The copy cannot be a store while its primary's database has... its own disk; a
+        // database opened on the copy makes it a store, and it is no copy any more.
+        drop(standby);
+        let promoted = Database::memory(MemoryOptions {
+            disk: copy.clone(),
+            ..MemoryOptions::default()
+        })
+        .expect("the copy opens as a store");
+        assert_eq!(every_pair(&promoted), primary);
+        assert!(
+            StandbyStore::memory(copy).is_err(),
+            "a disk open as a store is refused as a copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_memory_commit_the_standby_did_not_take_is_not_acknowledged() {
+        let (database, sink, _) = memory_primary_with_standby();
+        sink.refuse.store(true, Ordering::SeqCst);
+        let refused = database
+            .transact(|transaction| async move { transaction.set(b"a", b"1") })
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("standby")),
+            "{refused:?}"
+        );
+        let read = database
+            .transact(|transaction| async move { transaction.get(b"a").await })
+            .await
+            .expect("reads");
+        assert_eq!(read, Some(b"1".to_vec()), "applied here all the same");
+        sink.refuse.store(false, Ordering::SeqCst);
+        let refused = database
+            .transact(|transaction| async move { transaction.set(b"b", b"2") })
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("does not follow")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_memory_full_copy_then_the_groups_after_it_make_the_same_store() {
+        let (database, sink, _) = memory_primary_with_standby();
+        write_every_kind(&database, 20).await;
+        let late_disk = MemoryDisk::new();
+        let mut late = StandbyStore::memory(late_disk.clone()).expect("a free disk");
+        let mut export = database.export().expect("exports");
+        late.begin_install(export.version()).expect("begins");
+        let chunk = export.next_chunk(100).expect("reads");
+        late.install_chunk(&chunk).expect("installs");
+        let refused = Database::memory(MemoryOptions {
+            disk: late_disk.clone(),
+            ..MemoryOptions::default()
+        });
+        assert!(
+            matches!(&refused, Err(StoreError::Corrupt { detail, .. }) if detail.contains("never finished")),
+            "an install cut short is not a store: {refused:?}"
+        );
+        drop(late);
+        let mut late = StandbyStore::memory(late_disk.clone()).expect("a free disk");
+        assert_eq!(late.installing(), Some(export.version()));
+        loop {
+            let chunk = export.next_chunk(100).expect("reads");
+            if chunk.is_empty() {
+                break;
+            }
+            late.install_chunk(&chunk).expect("installs");
+        }
+        late.finish_install().expect("finishes");
+        assert_eq!(late.version(), export.version());
+        // The groups after the copy follow it: the first standby's sink feeds the late one too.
+        let more = database.clone();
+        more.transact(|transaction| async move {
+            transaction.set(b"after", b"copy")?;
+            transaction.atomic_add(b"counter", 5)
+        })
+        .await
+        .expect("commits");
+        let standby = sink.standby.lock().expect("lock");
+        let next = CommittedGroup {
+            previous_version: late.version(),
+            version: standby.version(),
+            mutations: vec![
+                Mutation::Put {
+                    key: b"after".to_vec(),
+                    value: b"copy".to_vec(),
+                },
+                Mutation::Put {
+                    key: b"counter".to_vec(),
+                    value: standby.get(b"counter").expect("reads").expect("a counter"),
+                },
+            ],
+        };
+        late.apply(&next).expect("follows the copy");
+        assert_eq!(late.pairs().expect("reads"), every_pair(&database));
+        drop(late);
+        let promoted = Database::memory(MemoryOptions {
+            disk: late_disk,
+            ..MemoryOptions::default()
+        })
+        .expect("a whole copy opens as a store");
+        assert_eq!(every_pair(&promoted), every_pair(&database));
     }
 }
