@@ -551,3 +551,14 @@ fn standbys_of_regions_whose_disks_fail_catch_up_and_match() {
         report.shipping
     );
 }
+
+/// Swarm seed 93 with standbys: a group text stored in one build at a region and built again at
+/// a later index for a device the sender learned of late reached that device, after its account
+/// moved into the region, in the first build, which it could not read (I8, I1). A moved member
+/// now keeps the build it can read as its own copy.
+#[test]
+fn a_moved_member_reads_the_build_of_a_group_text_made_for_its_device() {
+    run(&Simulation::swarm(seed_from_env(93))
+        .with_standbys()
+        .with_home_moves());
+}

@@ -703,10 +703,28 @@ pub async fn commit_envelope_into(
                 // The copy stored here was first stored for none of these accounts (their
                 // devices' entries were checked by their old home, not here): it may lack
                 // entries for devices this envelope covers, such as a device the sender learned
-                // of only when the old home answered "mismatched".
+                // of only when the old home answered "mismatched". A group message stored in
+                // another build than this one cannot be completed (one Megolm ciphertext for
+                // all): an account with a view keeps this build as its own copy.
+                let own_copies = match &stored {
+                    Some(stored) if parsed.group.is_some() => {
+                        keep_own_copies(
+                            tx,
+                            parsed.chat,
+                            stored,
+                            envelope,
+                            &envelope_bytes,
+                            &arrived_since,
+                        )
+                        .await?
+                    }
+                    _ => BTreeSet::new(),
+                };
                 if let Some(stored) = &stored {
                     complete_entry(tx, parsed.chat, stored, &envelope.ciphertexts, |device| {
-                        arrived_since.contains(&device.account) && local_devices.contains(&device)
+                        arrived_since.contains(&device.account)
+                            && !own_copies.contains(&device.account)
+                            && local_devices.contains(&device)
                     })
                     .await?;
                 }
@@ -778,6 +796,39 @@ pub async fn commit_envelope_into(
         committed(acknowledged, false, server_time_ms),
         Effects::default(),
     )
+}
+
+/// Where `stored`, a group message's entry of `chat`, is another build than `envelope` (the
+/// sender built the message again at a later index of its Megolm session, for a device it
+/// learned of late), keeps `envelope` (encoded: `envelope_bytes`) as the own copy of each
+/// account of `accounts` with a view of the chat (`chat_log::views::keep_copy`): their devices
+/// may hold the key only from the later index. Returns those accounts.
+async fn keep_own_copies(
+    tx: &Transaction,
+    chat: ChatId,
+    stored: &chat_log::LogEntry,
+    envelope: &wire::Envelope,
+    envelope_bytes: &[u8],
+    accounts: &BTreeSet<AccountId>,
+) -> Result<BTreeSet<AccountId>, StoreError> {
+    let stored_build = wire::Envelope::decode(stored.envelope_bytes.clone())
+        .map_err(|error| corrupt("stored envelope", error))?;
+    if stored_build.group_session_id == envelope.group_session_id
+        && stored_build.group_ciphertext == envelope.group_ciphertext
+    {
+        return Ok(BTreeSet::new());
+    }
+    let mut kept = BTreeSet::new();
+    for &account in accounts {
+        if chat_log::views::last_shown(tx, chat, account)
+            .await?
+            .is_some()
+        {
+            chat_log::views::keep_copy(tx, chat, account, stored.chat_seq, envelope_bytes)?;
+            kept.insert(account);
+        }
+    }
+    Ok(kept)
 }
 
 /// The accounts the envelope of `stored` names as its recipients (none if it does not decode).
@@ -1063,6 +1114,7 @@ async fn queued_messages(
                 .next()
                 .filter(|entry| entry.chat_seq == message.chat_seq)
                 .ok_or_else(|| missing(message.chat_seq))?;
+            let entry = own_copy(tx, device, chat, entry, message).await?;
             queued.push(message_for(device, chat, entry, message.shown())?);
         }
         return Ok(queued);
@@ -1071,9 +1123,29 @@ async fn queued_messages(
         let entry = chat_log::entry(tx, chat, message.chat_seq)
             .await?
             .ok_or_else(|| missing(message.chat_seq))?;
+        let entry = own_copy(tx, device, chat, entry, message).await?;
         queued.push(message_for(device, chat, entry, message.shown())?);
     }
     Ok(queued)
+}
+
+/// `entry` as `device`'s account keeps it: in a view of the chat (the account moved in), the
+/// old home's build of a group message where it differs from the log's
+/// (`chat_log::views::keep_copy`), one point read per message shown in a view; else as it is.
+async fn own_copy(
+    tx: &Transaction,
+    device: DeviceAddress,
+    chat: ChatId,
+    mut entry: chat_log::LogEntry,
+    message: &MessageInQueue,
+) -> Result<chat_log::LogEntry, StoreError> {
+    if message.shown_seq.is_some()
+        && let Some(copy) =
+            chat_log::views::copy_of(tx, chat, device.account, entry.chat_seq).await?
+    {
+        entry.envelope_bytes = copy.into();
+    }
+    Ok(entry)
 }
 
 /// The message of `entry` as `device` gets it: its own ciphertext and the group fields, under

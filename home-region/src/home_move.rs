@@ -763,7 +763,9 @@ async fn import(
             if in_view {
                 chat_log::views::show_as(tx, chat, account, chat_seq, logged.chat_seq)?;
             }
-            if let Err(error) = complete_entry(tx, account, chat, chat_seq, &logged.entry).await? {
+            if let Err(error) =
+                complete_entry(tx, account, chat, chat_seq, &logged.entry, in_view).await?
+            {
                 return Ok(Err(error));
             }
         }
@@ -832,12 +834,18 @@ async fn import(
 /// old home's copy (`moved`, which it queued for them) holds and this one lacks: a copy first
 /// stored here for other accounts was never checked for this account's devices, and may lack
 /// one the sender added when the old home answered "mismatched".
+///
+/// A group message is one Megolm ciphertext for every device, so it cannot be completed: when
+/// the old home's build is another one (the sender built it again at a later index for a
+/// device it learned of late), the account keeps that build as its own copy in its view
+/// (`chat_log::views::keep_copy`), since its devices may hold the key only from that index.
 async fn complete_entry(
     tx: &fdb_layers::Transaction,
     account: AccountId,
     chat: ChatId,
     chat_seq: u64,
     moved: &[u8],
+    in_view: bool,
 ) -> Result<Result<(), ProtoError>, StoreError> {
     let moved = chat_log::decode_entry(chat_seq, moved)?;
     let Some(stored) = chat_log::entry(tx, chat, chat_seq).await? else {
@@ -847,11 +855,28 @@ async fn complete_entry(
         // The moved copy itself, or the same envelope: nothing to complete.
         return Ok(Ok(()));
     }
-    let Ok(offered) = wire::Envelope::decode(moved.envelope_bytes) else {
+    let Ok(offered) = wire::Envelope::decode(moved.envelope_bytes.clone()) else {
         return Ok(Err(ProtoError::invalid(
             "a moved log entry whose envelope does not decode",
         )));
     };
+    if offered.group != 0 && in_view {
+        let stored_build = wire::Envelope::decode(stored.envelope_bytes.clone())
+            .map(|envelope| (envelope.group_session_id, envelope.group_ciphertext))
+            .map_err(|error| StoreError::Corrupt {
+                what: "chat log",
+                detail: format!("entry {chat}#{chat_seq} does not decode: {error}"),
+            })?;
+        if stored_build
+            != (
+                offered.group_session_id.clone(),
+                offered.group_ciphertext.clone(),
+            )
+        {
+            chat_log::views::keep_copy(tx, chat, account, chat_seq, &moved.envelope_bytes)?;
+            return Ok(Ok(()));
+        }
+    }
     core::complete_entry(tx, chat, &stored, &offered.ciphertexts, |device| {
         device.account == account
     })

@@ -101,6 +101,13 @@ impl ShipLog {
         }
     }
 
+    /// The store reached `version` with a group that was never pushed (its commit failed after
+    /// it was written): the log has a gap there, so a standby below it gets a full copy
+    /// ([`Next::Gap`]) instead of waiting for a group that never comes.
+    pub fn skipped(&mut self, version: u64) {
+        self.latest = self.latest.max(version);
+    }
+
     /// The standby confirmed `version` durable: the groups up to it are no longer needed.
     pub fn confirm(&mut self, version: u64) {
         self.confirmed = self.confirmed.max(version);
@@ -199,5 +206,30 @@ mod tests {
         // The newest group stays even when it alone is over the bound.
         log.push(group(15, 20, 500));
         assert_eq!(log.next_after(15), Next::Group(group(15, 20, 500)));
+    }
+
+    #[test]
+    fn a_group_never_pushed_is_a_gap_that_a_full_copy_fills() {
+        let mut log = ShipLog::new(10, 1_000);
+        log.push(group(10, 12, 9));
+        // The commit at 13 reached the store, failed, and was never pushed.
+        log.skipped(13);
+        assert_eq!(log.latest(), 13);
+        assert_eq!(log.next_after(10), Next::Group(group(10, 12, 9)));
+        assert_eq!(
+            log.next_after(12),
+            Next::Gap,
+            "nothing follows 12 but the store is at 13"
+        );
+        assert_eq!(log.plan(12, false), Plan::FullCopy);
+        assert!(!log.caught_up());
+        // A later group follows 13, which a standby at 12 cannot reach.
+        log.push(group(13, 15, 9));
+        assert_eq!(log.next_after(12), Next::Gap);
+        assert_eq!(log.plan(12, false), Plan::FullCopy);
+        assert_eq!(log.plan(13, false), Plan::Stream { after: 13 });
+        // Skipping never lowers the newest version.
+        log.skipped(11);
+        assert_eq!(log.latest(), 15);
     }
 }

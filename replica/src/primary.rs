@@ -555,6 +555,21 @@ impl ReplicationSink for Shipper {
             self.deadlines.notify_one();
         }
     }
+
+    fn skipped(&self, version: u64) {
+        tracing::warn!(
+            region = self.region,
+            version,
+            "a failed commit reached the store without being shipped: the standby gets a full copy"
+        );
+        let mut state = self.lock();
+        // Before the start, the export the log begins at covers it.
+        if let Some(log) = &mut state.log {
+            log.skipped(version);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
 }
 
 fn fenced_error(epoch: u64) -> StoreError {

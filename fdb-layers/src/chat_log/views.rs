@@ -21,7 +21,10 @@
 //!   envelope this log does not hold yet (one of the chat's last, which the sender may send
 //!   again here): taken as the entry's view number when it is committed here;
 //! - `("walked", account, sender)` → empty: the sender's entries stored here before the
-//!   account arrived that its view never showed it were looked for (once per sender).
+//!   account arrived that its view never showed it were looked for (once per sender);
+//! - `("copy", account, chat_seq)` → the envelope the account's devices get for log entry
+//!   `chat_seq` instead of the log's: a group message the old home stored in another build
+//!   than this log's ([`keep_copy`]).
 //!
 //! **Conflicts.** Numbering reads `("view", account)` with a conflict, like the log's own
 //! `last_seq`: views number in commit order without gaps. Finding a chat's views is one range
@@ -216,6 +219,40 @@ pub fn set_walked(
 ) -> Result<(), StoreError> {
     let log = ChatLog::new(chat);
     transaction.set(&log.root.pack(&("walked", account, sender)), &[])
+}
+
+/// Keeps `envelope` as `account`'s own copy of log entry `chat_seq` of `chat`: what its
+/// devices get for the entry instead of the log's envelope.
+///
+/// A group message is encrypted once, with the sender's Megolm session at one index. When the
+/// sender learns of a member device late (a region answered "mismatched devices"), it builds
+/// the message again at a later index and gives the new device the key from that index; a
+/// region that committed the first build keeps it for its own members, who all hold the key
+/// from before. The moved account's devices may hold the key only from the later index: the
+/// old home's build (which it queued for them) is the one they can decrypt, and this log's
+/// is not. The copy lives as long as the chat's log.
+pub fn keep_copy(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    chat_seq: u64,
+    envelope: &[u8],
+) -> Result<(), StoreError> {
+    let log = ChatLog::new(chat);
+    transaction.set(&log.root.pack(&("copy", account, chat_seq)), envelope)
+}
+
+/// `account`'s own copy of log entry `chat_seq` of `chat` ([`keep_copy`]), if it has one.
+pub async fn copy_of(
+    transaction: &Transaction,
+    chat: ChatId,
+    account: AccountId,
+    chat_seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let log = ChatLog::new(chat);
+    transaction
+        .get(&log.root.pack(&("copy", account, chat_seq)))
+        .await
 }
 
 /// The number `account`'s view of `chat` shows log entry `chat_seq` (sent by `sender` as

@@ -821,6 +821,10 @@ impl Committer {
             // changed is visible now, so its watches fire. Its requests still hear that it
             // failed: a failed sync does not make it durable.
             self.notify_watches(accepted);
+            if let Some(sink) = &self.sink {
+                // Never shipped: the standby's copy lacks it.
+                sink.skipped(version);
+            }
         }
         match error {
             StoreError::Corrupt { .. } => error.clone(),

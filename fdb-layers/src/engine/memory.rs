@@ -343,6 +343,10 @@ impl Shared {
                 disk.store.version = version;
             }
             if let Some(failure) = disk_failure {
+                if let (true, Some(sink)) = (failure.applied, &self.sink) {
+                    // On the disk, never shipped: the standby needs another way to it.
+                    sink.skipped(version);
+                }
                 disk.failed_commits += 1;
                 resolver.failed(version, disk.store.version, now);
                 disk.store.advance_floor(resolver.floor_version());

@@ -107,6 +107,15 @@ pub type Replicated = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 pub trait ReplicationSink: Send + Sync + std::fmt::Debug {
     /// Ships `group`; `done` hears when it is safe on the standby (or refused).
     fn replicate(&self, group: CommittedGroup, done: Replicated);
+
+    /// The group commit at `version` failed, yet reached the store (a disk error after it was
+    /// written): it was answered as failed and never handed over, so the standby's copy lacks
+    /// it and no later group follows the copy. The sink brings the standby up to date another
+    /// way (a full copy) without waiting for a later group. Called in version order with
+    /// [`ReplicationSink::replicate`].
+    fn skipped(&self, version: u64) {
+        let _ = version;
+    }
 }
 
 /// Records the effects of a group while it is applied to a target.
@@ -542,6 +551,8 @@ mod tests {
     struct InProcess {
         standby: Mutex<StandbyStore>,
         refuse: AtomicBool,
+        /// The versions the engine said it reached without a group.
+        skipped: Mutex<Vec<u64>>,
     }
 
     impl ReplicationSink for InProcess {
@@ -551,12 +562,17 @@ mod tests {
             }
             done(self.standby.lock().expect("lock").apply(&group))
         }
+
+        fn skipped(&self, version: u64) {
+            self.skipped.lock().expect("lock").push(version);
+        }
     }
 
     fn primary_with_standby(folder: &Path) -> (Database, Arc<InProcess>) {
         let sink = Arc::new(InProcess {
             standby: Mutex::new(StandbyStore::open(&folder.join("standby.redb")).expect("opens")),
             refuse: AtomicBool::new(false),
+            skipped: Mutex::new(Vec::new()),
         });
         let database = Database::open(
             &folder.join("primary.redb"),
@@ -575,6 +591,7 @@ mod tests {
         let sink = Arc::new(InProcess {
             standby: Mutex::new(StandbyStore::memory(copy.clone()).expect("a free disk")),
             refuse: AtomicBool::new(false),
+            skipped: Mutex::new(Vec::new()),
         });
         let database = Database::memory(MemoryOptions {
             replication: Some(sink.clone()),
@@ -869,5 +886,42 @@ mod tests {
         })
         .expect("a whole copy opens as a store");
         assert_eq!(every_pair(&promoted), every_pair(&database));
+    }
+
+    #[tokio::test]
+    async fn a_failed_memory_commit_that_reached_the_disk_is_said_to_be_skipped() {
+        let copy = MemoryDisk::new();
+        let primary = MemoryDisk::new();
+        let sink = Arc::new(InProcess {
+            standby: Mutex::new(StandbyStore::memory(copy.clone()).expect("a free disk")),
+            refuse: AtomicBool::new(false),
+            skipped: Mutex::new(Vec::new()),
+        });
+        let database = Database::memory(MemoryOptions {
+            disk: primary.clone(),
+            faults: Some(crate::FaultConfig {
+                seed: 11,
+                conflict_probability: 0.0,
+                commit_unknown_result_probability: 0.0,
+                slow_commit_probability: 0.0,
+                slow_commit_ms: 0,
+                io_error_probability: 1.0,
+            }),
+            replication: Some(sink.clone()),
+        })
+        .expect("opens");
+        let mut reached = Vec::new();
+        for round in 0u8..20 {
+            let before = primary.version();
+            let failed = database.create_transaction().expect("a transaction");
+            failed.set(&[b'k', round], b"v").expect("set");
+            assert!(failed.commit().await.is_err(), "every commit fails");
+            if primary.version() > before {
+                reached.push(primary.version());
+            }
+        }
+        assert!(!reached.is_empty(), "some failed commit reached the disk");
+        assert_eq!(*sink.skipped.lock().expect("lock"), reached);
+        assert_eq!(copy.version(), 0, "nothing was shipped");
     }
 }

@@ -2326,6 +2326,103 @@ async fn a_group_text_sent_again_is_not_queued_for_a_member_added_since_it_was_s
     assert!(batch.entries.is_empty(), "{batch:?}");
 }
 
+/// Swarm seed 93 (with standbys and a home move): dan, a member homed elsewhere, has a second
+/// device alice had not learned of. Alice's text was stored here first, for bob (its Megolm
+/// message at one index, and no entry for dan's second device, which was dan's home's to
+/// check); dan's home answered "mismatched devices", and alice built the text again at a later
+/// index, giving the second device the key from there. Dan then moved here, and alice's text
+/// came again: a duplicate, queued for dan as an account that arrived since, with the stored
+/// copy completed by an entry for his second device, which cannot read that build (I8, I1).
+/// A moved member with a view now keeps the build sent again as its own copy.
+#[tokio::test]
+async fn a_moved_member_gets_the_build_of_a_group_text_its_devices_can_read() {
+    let f = fixture();
+    let GroupOf {
+        team,
+        alice1,
+        devices,
+        listed,
+    } = group_of(&f.db, 1).await;
+    let bob1 = devices[0];
+    let dan = account(&f.db, "dan", ELSEWHERE, 2).await;
+    let (dan1, dan2) = (device_in(dan, 1), device_in(dan, 2));
+    db_add_member(&f.db, team, dan, key()).await;
+    let mut members = listed.clone();
+    members.push(dan);
+    let chat = ChatId::group(team);
+    let first = group_envelope(
+        team,
+        2,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1, dan1],
+        &members,
+        7,
+        1,
+    );
+    let (outcome, _) = commit(&f.db, &first, HERE).await;
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    f.db.transact(|tx| async move {
+        let mut record = directory::account_by_id(&tx, dan).await?.expect("dan");
+        record.home_region = HERE;
+        record.epoch += 1;
+        directory::put_account(&tx, &record).await?;
+        home_move::set_arrived(&tx, dan, 1_000)?;
+        chat_log::views::open(&tx, chat, dan, 3)
+    })
+    .await
+    .expect("the move");
+    let mut again = group_envelope(
+        team,
+        2,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1, dan1, dan2],
+        &members,
+        7,
+        1,
+    );
+    again.group_ciphertext = vec![9; 40];
+    let (outcome, _) = commit(&f.db, &again, HERE).await;
+    let send_outcome::Outcome::Sent(sent) = outcome else {
+        panic!("sent: {outcome:?}");
+    };
+    assert!(sent.commits[0].duplicate);
+    let group_ciphertexts = |batch: &QueueBatch| -> Vec<Vec<u8>> {
+        batch
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.item {
+                Some(queue_entry::Item::Message(message)) => vec![message.group_ciphertext.clone()],
+                Some(queue_entry::Item::Messages(messages)) => messages
+                    .messages
+                    .iter()
+                    .map(|message| message.group_ciphertext.clone())
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    for device in [dan1, dan2] {
+        let (batch, _) = fetch(&f.db, device, &[]).await;
+        assert_eq!(shown_messages(&batch), [(7, 4)], "{device}: in dan's view");
+        assert_eq!(
+            group_ciphertexts(&batch),
+            [vec![9; 40]],
+            "{device} gets the build sent again"
+        );
+    }
+    let (batch, _) = fetch(&f.db, bob1, &[]).await;
+    assert_eq!(
+        group_ciphertexts(&batch),
+        [vec![7; 40]],
+        "bob keeps the build stored first"
+    );
+}
+
 /// A member that moved here with a group's chat this region numbers for its other members
 /// (`chat_log::views`): the group's texts reach its devices under the numbers of its view,
 /// and the others' under the log's.

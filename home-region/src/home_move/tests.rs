@@ -722,3 +722,45 @@ async fn a_held_account_releases_its_waiters() {
     waiter.await.expect("released");
     assert!(!holds.any());
 }
+
+/// The import side of swarm seed 93: bob's group text stored at alice's new home in the build
+/// he made first, and at her old home in the build he made again at a later index of his Megolm
+/// session for her second device (which holds his key only from there), queued for it. The move
+/// keeps the old home's build as her own copy: her devices get it, bob keeps his.
+#[tokio::test]
+async fn a_moved_member_keeps_the_build_of_a_group_text_its_old_home_queued() {
+    let (old_dir, new_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (old, new) = alice_old_bob_new(&old_dir, &new_dir).await;
+    let (alice2, bob1) = (device(ALICE, 2), device(BOB, 1));
+    let chat = ChatId::group(GroupId(70));
+    let build = |megolm: u8| {
+        let mut envelope =
+            wire::Envelope::decode(group_envelope(70, bob1, 1, 3).as_slice()).expect("decodes");
+        envelope.group_session_id = "session-1".into();
+        envelope.group_ciphertext = vec![megolm; 40];
+        envelope.encode_to_vec()
+    };
+    let (again, first) = (build(9), build(7));
+    send_envelope(&old, chat, bob1, 1, 3, &again, &[alice2]).await;
+    send_envelope(&new, chat, bob1, 1, 3, &first, &[]).await;
+
+    move_alice(&old, &new).await;
+
+    let (copy, stored) = new
+        .transact(|tx| async move {
+            let copy = chat_log::views::copy_of(&tx, chat, ALICE, 1).await?;
+            let stored = chat_log::entry(&tx, chat, 1).await?.expect("bob's text");
+            Ok((copy, stored.envelope_bytes.to_vec()))
+        })
+        .await
+        .expect("the new home's copy");
+    assert_eq!(
+        copy,
+        Some(again),
+        "alice's devices get the build they can read"
+    );
+    assert_eq!(stored, first, "the log keeps the build bob's devices got");
+}
