@@ -68,6 +68,10 @@ pub enum FaultKind {
     /// A region's standby process dies and restarts on its copy (runs with standbys). Not in
     /// [`FaultKind::ALL`]: asked for by a run ([`crate::Simulation::crash_standby`]).
     StandbyCrash,
+    /// A region's primary hangs (every link held, its standby's too) past its lease: the
+    /// standby takes over, and the old primary is fenced when it comes back. Not in
+    /// [`FaultKind::ALL`]: asked for by a run ([`crate::Simulation::fail_over`]).
+    Failover,
 }
 
 impl FaultKind {
@@ -104,6 +108,7 @@ impl FaultKind {
             FaultKind::StoreFaults => "store faults (runs)",
             FaultKind::HomeMove => "home move",
             FaultKind::StandbyCrash => "standby crash",
+            FaultKind::Failover => "failover",
         }
     }
 }

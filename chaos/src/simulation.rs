@@ -40,7 +40,9 @@ use relay_net::PeerResolver;
 use relay_planted::PlantedBug;
 use relay_proto::RegionId;
 
-use crate::faults::{Action, Fault, FaultKind, FaultPlan, LinkModel, NetFaults, Target, Topology};
+use crate::faults::{
+    Action, Fault, FaultKind, FaultPlan, LinkEffect, LinkModel, NetFaults, Target, Topology,
+};
 use crate::history::{
     self, ChatView, DocView, GroupMessageRef, LIVENESS_BOUND_MS, MessageRef, TraceEvent, Violation,
     What,
@@ -66,6 +68,8 @@ pub const SHIPPER_PORT: u16 = 4438;
 /// Steps (simulated ms) the world runs on after the clients finished, at most, for every
 /// standby to reach its region's store.
 pub const STANDBY_SETTLE_STEPS_MAX: u32 = 30_000;
+/// Times a standby taking over tries to raise its store's failover epoch on a failing disk.
+pub const PROMOTION_ATTEMPTS_MAX: u32 = 100;
 /// How often an operator looks whether the clients are ready, in simulated ms.
 pub const OPERATOR_POLL_MS: u64 = 100;
 /// How long an operator waits for all of a home move (the lookup and the move), in simulated
@@ -141,6 +145,9 @@ pub struct Simulation {
     standbys: bool,
     /// Standby crashes and restarts (with [`Simulation::standbys`]).
     standby_crashes: Vec<RegionCrash>,
+    /// Failovers: a region's primary cut off from every host, its standby included, from `at`
+    /// for `down_for` (with [`Simulation::standbys`], which may then take over).
+    failovers: Vec<RegionCrash>,
 }
 
 /// What a finished simulation recorded.
@@ -178,6 +185,8 @@ pub struct Report {
     pub store_commits_failed: u64,
     /// (Runs with standbys) each region's standby's copy at the end: its version.
     pub standby_versions: BTreeMap<u32, u64>,
+    /// (Runs with failovers) the regions whose standby took over, with the epoch it raised.
+    pub promoted: BTreeMap<u32, u64>,
     /// (Runs with standbys) what the regions' shippers did, summed over every start of every
     /// region: sessions with a standby, full copies sent, commits answered without the
     /// standby's confirmation (refused).
@@ -223,6 +232,7 @@ impl Simulation {
             lane_hold_ms: home_region::lanes::HOLD_MS_MAX,
             standbys: false,
             standby_crashes: Vec::new(),
+            failovers: Vec::new(),
         }
     }
 
@@ -279,6 +289,7 @@ impl Simulation {
             lane_hold_ms: draw_lane_hold_ms(seed),
             standbys: false,
             standby_crashes: Vec::new(),
+            failovers: Vec::new(),
         }
     }
 
@@ -407,6 +418,41 @@ impl Simulation {
         self.standbys()
     }
 
+    /// Fails region `region` over to its standby (turns [`Simulation::standbys`] on): at `at`
+    /// every link of the region's primary host is held (what its peers see of a hung machine,
+    /// the standby included) for `down_for`. Once the primary has been silent for the lease
+    /// (2 s), the standby opens its copy as the region's store at a new failover epoch, serves
+    /// as the region on its own host and takes the region's place in the map the edges and
+    /// regions resolve it by (its peers file); when the primary's links come back, it dials its
+    /// standby, hears it was promoted, and stops for good (fenced). Nothing it acknowledged is
+    /// lost: it acknowledged only what its standby had.
+    pub fn fail_over(mut self, region: u32, at: Duration, down_for: Duration) -> Self {
+        self.failovers.push(RegionCrash {
+            region,
+            at,
+            down_for,
+        });
+        self.standbys()
+    }
+
+    /// [`Simulation::standbys`] and one failover ([`Simulation::fail_over`]) that
+    /// [`Simulation::swarm`]'s seed draws: a drawn region hangs at a drawn moment of the safety
+    /// phase for 2.5–5 s (past its standby's 2 s lease). Drawn apart, so the seed's other faults
+    /// stay the same; no standby crash is drawn (a standby that took over and crashed could not
+    /// fence its old primary, which a devnet's supervisor restarts as the region).
+    pub fn with_failovers(self) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed::derive(self.seed, "swarm-failovers", 0));
+        let region = rng.random_range(1..=self.shape.regions.max(1));
+        let down_for = rng.random_range(2_500..=5_000);
+        let latest_ms = self.faults.heal_ms.saturating_sub(down_for).max(1);
+        let at = rng.random_range(0..latest_ms);
+        self.fail_over(
+            region,
+            Duration::from_millis(at),
+            Duration::from_millis(down_for),
+        )
+    }
+
     /// Crashes region `region`'s standby host at `at` and restarts it `down_for` later, on
     /// the same disk (with [`Simulation::standbys`]).
     pub fn crash_standby(mut self, region: u32, at: Duration, down_for: Duration) -> Self {
@@ -531,45 +577,72 @@ impl Simulation {
         }
         let mut standby_disks = BTreeMap::new();
         let shippers = Rc::new(RefCell::new(Vec::new()));
+        let serving: Serving = Arc::new(std::sync::Mutex::new(region_hosts.clone()));
+        let promotable = !self.failovers.is_empty();
+        let mut all_hosts: Vec<String> = Vec::new();
+        let mut regions = BTreeMap::new();
+        let mut fenced: BTreeMap<u32, Rc<Cell<bool>>> = BTreeMap::new();
+        for (&region, host) in &region_hosts {
+            let disk = MemoryDisk::new();
+            disks.insert(region, disk.clone());
+            let region_fenced = Rc::new(Cell::new(false));
+            fenced.insert(region, region_fenced.clone());
+            regions.insert(
+                region,
+                RegionSoftware {
+                    standby: self.standbys.then(|| standby_host(region)),
+                    shippers: shippers.clone(),
+                    seed,
+                    region,
+                    lane_hold_ms: self.lane_hold_ms,
+                    disk,
+                    store_faults: faults.store.clone(),
+                    clock: SimClock::skewed(faults.clock_skew_ms.get(host).copied().unwrap_or(0)),
+                    net_faults: net_faults.clone(),
+                    identity: identities[&region].clone(),
+                    roots: roots.clone(),
+                    serving: serving.clone(),
+                    follow_moves: promotable,
+                    fenced: region_fenced,
+                    shared: shared.clone(),
+                    starts: Rc::new(Cell::new(0)),
+                    packets: packets.clone(),
+                },
+            );
+        }
+        let mut promotions: BTreeMap<u32, Rc<Cell<u64>>> = BTreeMap::new();
         if self.standbys {
-            for &region in region_hosts.keys() {
+            for (&region, primary) in &regions {
                 let disk = MemoryDisk::new();
                 standby_disks.insert(region, disk.clone());
+                let promoted = Rc::new(Cell::new(0));
+                promotions.insert(region, promoted.clone());
+                let host = standby_host(region);
                 let software = StandbySoftware {
                     seed,
                     region,
-                    disk,
+                    disk: disk.clone(),
                     net_faults: net_faults.clone(),
                     identity: identities[&region].clone(),
                     roots: roots.clone(),
                     starts: Rc::new(Cell::new(0)),
                     packets: packets.clone(),
+                    promotion: promotable.then(|| RegionSoftware {
+                        standby: None,
+                        disk,
+                        starts: Rc::new(Cell::new(0)),
+                        ..primary.clone()
+                    }),
+                    promoted,
                 };
-                sim.host(standby_host(region).as_str(), move || {
-                    software.clone().run()
-                });
+                sim.host(host.as_str(), move || software.clone().run());
+                all_hosts.push(host);
             }
         }
-        for (&region, host) in &region_hosts {
-            let disk = MemoryDisk::new();
-            disks.insert(region, disk.clone());
-            let software = RegionSoftware {
-                standby: self.standbys.then(|| standby_host(region)),
-                shippers: shippers.clone(),
-                seed,
-                region,
-                lane_hold_ms: self.lane_hold_ms,
-                disk,
-                store_faults: faults.store.clone(),
-                clock: SimClock::skewed(faults.clock_skew_ms.get(host).copied().unwrap_or(0)),
-                net_faults: net_faults.clone(),
-                identity: identities[&region].clone(),
-                roots: roots.clone(),
-                region_hosts: region_hosts.clone(),
-                starts: Rc::new(Cell::new(0)),
-                packets: packets.clone(),
-            };
+        for (region, software) in regions {
+            let host = region_host(region);
             sim.host(host.as_str(), move || software.clone().run());
+            all_hosts.push(host);
         }
         for &region in region_hosts.keys() {
             for edge in 1..=self.edges_per_region {
@@ -583,11 +656,13 @@ impl Simulation {
                     net_faults: net_faults.clone(),
                     identity: pki.edge(region)?,
                     roots: roots.clone(),
-                    region_hosts: region_hosts.clone(),
+                    serving: serving.clone(),
+                    follow_moves: promotable,
                     starts: Rc::new(Cell::new(0)),
                     packets: packets.clone(),
                 };
                 sim.host(host.as_str(), move || software.clone().run());
+                all_hosts.push(host);
             }
         }
         let mut preferences = StdRng::seed_from_u64(seed::derive(seed, "edge-preference", 0));
@@ -618,6 +693,7 @@ impl Simulation {
                 client_host(client.client).as_str(),
                 workload::run_client(setup),
             );
+            all_hosts.push(client_host(client.client));
         }
 
         for (index, fault) in faults.faults.iter().enumerate() {
@@ -643,13 +719,34 @@ impl Simulation {
                 label: fault.label.clone(),
                 identity: identities[&from].clone(),
                 roots: roots.clone(),
-                region_hosts: region_hosts.clone(),
+                serving: serving.clone(),
                 packets: packets.clone(),
                 net_faults: net_faults.clone(),
                 shared: shared.clone(),
             };
             sim.client(format!("operator-{index}").as_str(), operator.run());
+            all_hosts.push(format!("operator-{index}"));
         }
+        for failover in &self.failovers {
+            let host = region_host(failover.region);
+            faults.push(Fault {
+                kind: FaultKind::Failover,
+                start_ms: millis(failover.at),
+                end_ms: millis(failover.at + failover.down_for),
+                label: format!("{host} hangs (failover)"),
+                target: Target::Links {
+                    links: all_hosts
+                        .iter()
+                        .filter(|other| **other != host)
+                        .flat_map(|other| {
+                            [(host.clone(), other.clone()), (other.clone(), host.clone())]
+                        })
+                        .collect(),
+                    effect: LinkEffect::Hold,
+                },
+            });
+        }
+        faults.faults.sort_by_key(|fault| fault.start_ms);
 
         let mut actions = faults.actions().into_iter().peekable();
         let mut links = LinkModel::default();
@@ -661,7 +758,16 @@ impl Simulation {
         };
         loop {
             let finished = sim.step().map_err(|error| failed(error.to_string()))?;
-            if finished {
+            // With standbys the world runs on (within the wind-down) until every fault ended (a
+            // standby down restarts) and every old primary whose standby took over heard it was
+            // fenced.
+            let failovers_settled = !self.standbys
+                || (actions.peek().is_none()
+                    && promotions.iter().all(|(region, epoch)| {
+                        epoch.get() == 0 || fenced.get(region).is_none_or(|fenced| fenced.get())
+                    }))
+                || sim.elapsed() >= self.time_limit + Duration::from_millis(WIND_DOWN_MS / 2);
+            if finished && failovers_settled {
                 break;
             }
             let now = sim.elapsed();
@@ -730,6 +836,18 @@ impl Simulation {
         }
         // Standbys settle: the world runs on (bounded) until each copy reached its region's
         // store, so the check compares them at rest.
+        // A standby that took over is its region's store now: its copy is compared with
+        // nothing, and the store checks read it.
+        let promoted: BTreeMap<u32, u64> = promotions
+            .iter()
+            .filter(|(_, epoch)| epoch.get() > 0)
+            .map(|(&region, epoch)| (region, epoch.get()))
+            .collect();
+        for region in promoted.keys() {
+            if let Some(copy) = standby_disks.remove(region) {
+                disks.insert(*region, copy);
+            }
+        }
         for _ in 0..STANDBY_SETTLE_STEPS_MAX {
             let settled = standby_disks.iter().all(|(region, copy)| {
                 disks
@@ -812,6 +930,7 @@ impl Simulation {
                 .iter()
                 .map(|(&region, copy)| (region, copy.version()))
                 .collect(),
+            promoted,
             shipping,
         })
     }
@@ -1051,25 +1170,25 @@ fn any_address(port: u16) -> SocketAddr {
     SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)
 }
 
-/// The addresses of the regions, read inside the simulation (turmoil assigns the addresses).
-fn region_addresses(region_hosts: &BTreeMap<u32, String>) -> BTreeMap<u32, SocketAddr> {
-    region_hosts
-        .iter()
-        .map(|(&region, host)| {
-            (
-                region,
-                SocketAddr::new(turmoil::lookup(host.as_str()), REGION_PORT),
-            )
-        })
-        .collect()
-}
-
 /// The seed of a host's next start: `host` (its component and number, the low 32 bits free)
 /// plus how many times it started before, so a restarted host draws fresh but repeatable ids.
 fn next_incarnation(starts: &Cell<u64>, seed: u64, component: &str, host: u64) -> u64 {
     let start = starts.get();
     starts.set(start + 1);
     seed::derive(seed, component, host | start)
+}
+
+/// Which host serves each region now: its own, or its standby's once that took over (what a
+/// peers file says in a devnet).
+type Serving = Arc<std::sync::Mutex<BTreeMap<u32, String>>>;
+
+/// Resolves a region to the internal address of the host that serves it now.
+fn serving_resolver(serving: &Serving) -> PeerResolver {
+    let serving = serving.clone();
+    Box::new(move |region| {
+        let host = serving.lock().ok()?.get(&region).cloned()?;
+        Some(SocketAddr::new(turmoil::lookup(host.as_str()), REGION_PORT))
+    })
 }
 
 /// What a region host runs; called again on every restart.
@@ -1089,7 +1208,15 @@ struct RegionSoftware {
     net_faults: Arc<NetFaults>,
     identity: relay_net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
-    region_hosts: BTreeMap<u32, String>,
+    /// Where each region is served now.
+    serving: Serving,
+    /// Regions may move to their standbys' hosts in this run: connections to one that moved
+    /// are closed.
+    follow_moves: bool,
+    /// Set when this region's standby took over and this primary heard it: a fenced region
+    /// is never started again (as a devnet does not restart one).
+    fenced: Rc<Cell<bool>>,
+    shared: Rc<RefCell<Shared>>,
     /// How many times this host has started.
     starts: Rc<Cell<u64>>,
     packets: PacketLog,
@@ -1097,16 +1224,15 @@ struct RegionSoftware {
 
 impl RegionSoftware {
     async fn run(self) -> turmoil::Result {
+        if self.fenced.get() {
+            return Ok(());
+        }
         let incarnation = next_incarnation(
             &self.starts,
             self.seed,
             "region",
             u64::from(self.region) << 32,
         );
-        let faults = self.store_faults.map(|faults| FaultConfig {
-            seed: seed::mix(faults.seed, incarnation),
-            ..faults
-        });
         let shipper = match &self.standby {
             Some(host) => {
                 let standby = SocketAddr::new(turmoil::lookup(host.as_str()), STANDBY_PORT);
@@ -1117,18 +1243,10 @@ impl RegionSoftware {
             }
             None => None,
         };
-        let db = Database::memory(MemoryOptions {
-            faults,
-            disk: self.disk,
-            replication: shipper
-                .clone()
-                .map(|shipper| shipper as Arc<dyn fdb_layers::ReplicationSink>),
-        })?;
-        let addresses = region_addresses(&self.region_hosts);
-        let peers: PeerResolver = Box::new(move |region| addresses.get(&region).copied());
+        let db = self.open(incarnation, shipper.clone())?;
         let sockets = SimSockets::new(incarnation)
-            .with_log(self.packets)
-            .with_faults(self.net_faults);
+            .with_log(self.packets.clone())
+            .with_faults(self.net_faults.clone());
         if let Some(shipper) = &shipper {
             self.shippers.borrow_mut().push(shipper.clone());
             shipper.start_on(
@@ -1139,15 +1257,59 @@ impl RegionSoftware {
                 self.identity.clone(),
             )?;
         }
+        let service = self.serve(db, &sockets, incarnation, shipper)?;
+        // Fenced (its standby took over), the service stops: it is never started again.
+        let epoch = match service.run(std::future::pending()).await {
+            Err(home_region::RegionError::Fenced { epoch, .. }) => epoch,
+            Err(error) => return Err(error.into()),
+            Ok(()) => return Ok(()),
+        };
+        self.fenced.set(true);
+        self.shared.borrow_mut().record(What::FaultEnded {
+            kind: FaultKind::Failover,
+            label: format!(
+                "{}'s old primary heard its standby took over (epoch {}) and stopped",
+                region_host(self.region),
+                epoch
+            ),
+        });
+        Ok(())
+    }
+
+    /// The region's store on its disk, shipping to `shipper` if it has one.
+    fn open(
+        &self,
+        incarnation: u64,
+        shipper: Option<Arc<relay_replica::Shipper>>,
+    ) -> Result<Database, fdb_layers::StoreError> {
+        let faults = self.store_faults.clone().map(|faults| FaultConfig {
+            seed: seed::mix(faults.seed, incarnation),
+            ..faults
+        });
+        Database::memory(MemoryOptions {
+            faults,
+            disk: self.disk.clone(),
+            replication: shipper.map(|shipper| shipper as Arc<dyn fdb_layers::ReplicationSink>),
+        })
+    }
+
+    /// The region's service on `db`, bound on this host's region port.
+    fn serve(
+        &self,
+        db: Database,
+        sockets: &SimSockets,
+        incarnation: u64,
+        shipper: Option<Arc<relay_replica::Shipper>>,
+    ) -> Result<RegionService, home_region::RegionError> {
         let (service, _) = RegionService::new(RegionParts {
             region: RegionId(self.region),
             directory_writer: RegionId(DIRECTORY_WRITER),
             listen: any_address(REGION_PORT),
             db,
-            sockets: &sockets,
-            identity: self.identity,
-            roots: self.roots,
-            peers,
+            sockets,
+            identity: self.identity.clone(),
+            roots: self.roots.clone(),
+            peers: serving_resolver(&self.serving),
             clock: Arc::new(self.clock),
             boot_nonce: seed::split_mix(incarnation),
             blob_objects: home_region::blobs::memory_objects(),
@@ -1156,11 +1318,10 @@ impl RegionSoftware {
             push: None,
             tokens_required: false,
             replication: shipper,
-            follow_peer_moves: false,
+            follow_peer_moves: self.follow_moves,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
-        service.run(std::future::pending()).await?;
-        Ok(())
+        Ok(service)
     }
 }
 
@@ -1177,6 +1338,12 @@ struct StandbySoftware {
     roots: Arc<quinn::rustls::RootCertStore>,
     starts: Rc<Cell<u64>>,
     packets: PacketLog,
+    /// (Runs with failovers) the region as it would run on this host, on the copy: the
+    /// standby takes over once its primary's lease expires.
+    promotion: Option<RegionSoftware>,
+    /// The failover epoch it was promoted at (0: not promoted): started again, it serves as
+    /// the region.
+    promoted: Rc<Cell<u64>>,
 }
 
 impl StandbySoftware {
@@ -1188,18 +1355,94 @@ impl StandbySoftware {
             u64::from(self.region) << 32,
         );
         let sockets = SimSockets::new(incarnation)
-            .with_log(self.packets)
-            .with_faults(self.net_faults);
+            .with_log(self.packets.clone())
+            .with_faults(self.net_faults.clone());
+        if let (Some(region), epoch @ 1..) = (&self.promotion, self.promoted.get()) {
+            // Promoted before this start: the copy is the region's store.
+            tracing::warn!(
+                region = self.region,
+                epoch,
+                "serving as the region again (promoted before)"
+            );
+            let db = region.open(incarnation, None)?;
+            region
+                .serve(db, &sockets, incarnation, None)?
+                .run(std::future::pending())
+                .await?;
+            return Ok(());
+        }
         let (server, _) = relay_replica::StandbyServer::on_memory(relay_replica::MemoryStandby {
             region: self.region,
-            disk: self.disk,
+            disk: self.disk.clone(),
             listen: any_address(STANDBY_PORT),
-            identity: self.identity,
-            roots: self.roots,
+            identity: self.identity.clone(),
+            roots: self.roots.clone(),
             sockets: &sockets,
-            can_promote: false,
+            can_promote: self.promotion.is_some(),
         })?;
-        server.run(std::future::pending()).await;
+        let Some(region) = &self.promotion else {
+            server.run(std::future::pending()).await;
+            return Ok(());
+        };
+        let handle = server.handle();
+        // The server stays up after a promotion: it tells the old primary it is fenced.
+        tokio::spawn(server.run(std::future::pending()));
+        let lease = Duration::from_millis(relay_replica::limits::LEASE_MS_DEFAULT);
+        loop {
+            tokio::time::sleep(Duration::from_millis(
+                relay_replica::limits::LEASE_CHECK_INTERVAL_MS,
+            ))
+            .await;
+            let expired = handle
+                .primary_silent_for()
+                .is_some_and(|silent| silent >= lease);
+            if expired && handle.copy_is_whole() {
+                break;
+            }
+        }
+        let Some(relay_replica::CopyAt::Memory(disk)) = handle.release_copy() else {
+            return Err("the standby's copy is not on its memory disk".into());
+        };
+        let region = RegionSoftware {
+            disk,
+            ..region.clone()
+        };
+        let db = region.open(incarnation, None)?;
+        // A disk failing the epoch's commit fails the promotion of a standby process, whose
+        // supervisor starts it again: here it tries again.
+        let mut attempts = 0;
+        let epoch = loop {
+            let raised = db
+                .transact(|transaction| async move {
+                    fdb_layers::store_identity::raise_failover_epoch(&transaction).await
+                })
+                .await;
+            match raised {
+                Ok(epoch) => break epoch,
+                Err(fdb_layers::StoreError::Unavailable(_))
+                    if attempts < PROMOTION_ATTEMPTS_MAX =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(OPERATOR_POLL_MS)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let service = region.serve(db, &sockets, incarnation, None)?;
+        let host = standby_host(self.region);
+        if let Ok(mut serving) = region.serving.lock() {
+            serving.insert(self.region, host.clone());
+        }
+        self.promoted.set(epoch);
+        handle.promoted(epoch);
+        region.shared.borrow_mut().record(What::FaultStarted {
+            kind: FaultKind::Failover,
+            label: format!(
+                "{host} took over as region {} (epoch {epoch}): its primary's lease expired",
+                self.region
+            ),
+        });
+        service.run(std::future::pending()).await?;
         Ok(())
     }
 }
@@ -1219,7 +1462,7 @@ struct Operator {
     label: String,
     identity: relay_net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
-    region_hosts: BTreeMap<u32, String>,
+    serving: Serving,
     packets: PacketLog,
     net_faults: Arc<NetFaults>,
     shared: Rc<RefCell<Shared>>,
@@ -1252,8 +1495,7 @@ impl Operator {
             Some(self.identity.clone()),
             relay_net::ALPN_INTERNAL,
         )?;
-        let addresses = region_addresses(&self.region_hosts);
-        let peers: PeerResolver = Box::new(move |region| addresses.get(&region).copied());
+        let peers = serving_resolver(&self.serving);
         let links = relay_net::PeerLinks::new(
             endpoint.clone(),
             client,
@@ -1329,7 +1571,10 @@ struct EdgeSoftware {
     net_faults: Arc<NetFaults>,
     identity: relay_net::TlsIdentity,
     roots: Arc<quinn::rustls::RootCertStore>,
-    region_hosts: BTreeMap<u32, String>,
+    /// Where each region is served now.
+    serving: Serving,
+    /// Regions may move to their standbys' hosts in this run: the edge follows `serving`.
+    follow_moves: bool,
     starts: Rc<Cell<u64>>,
     packets: PacketLog,
 }
@@ -1342,9 +1587,15 @@ impl EdgeSoftware {
             "edge",
             u64::from(self.region) << 48 | u64::from(self.edge) << 32,
         );
-        let regions = region_addresses(&self.region_hosts)
+        let resolve = serving_resolver(&self.serving);
+        let listed: Vec<u32> = self
+            .serving
+            .lock()
+            .map(|serving| serving.keys().copied().collect())
+            .unwrap_or_default();
+        let regions = listed
             .into_iter()
-            .map(|(region, address)| (RegionId(region), address))
+            .filter_map(|region| Some((RegionId(region), resolve(region)?)))
             .collect();
         let sockets = SimSockets::new(incarnation)
             .with_log(self.packets)
@@ -1359,7 +1610,7 @@ impl EdgeSoftware {
             identity: self.identity,
             roots: self.roots,
             regions,
-            peers_file: None,
+            moving_peers: self.follow_moves.then(|| serving_resolver(&self.serving)),
             clock: Arc::new(self.clock),
             nonces: Arc::new(SeededNonces::new(seed::split_mix(incarnation))),
         })?;

@@ -42,6 +42,9 @@ pub struct Swarm {
     /// Give every region a standby and crash the standbys each seed draws (see
     /// [`Simulation::with_standbys`]; off by default).
     pub standbys: bool,
+    /// Give every region a standby and fail over the region each seed draws (see
+    /// [`Simulation::with_failovers`]; off by default; takes the place of `standbys`).
+    pub failovers: bool,
 }
 
 /// One run of a sweep that broke an invariant or could not finish.
@@ -355,6 +358,7 @@ impl Swarm {
             stop_on: Vec::new(),
             home_moves: true,
             standbys: false,
+            failovers: false,
             time_budget: None,
             seeds_min: 0,
         }
@@ -399,7 +403,9 @@ impl Swarm {
                             .planted
                             .iter()
                             .fold(Simulation::swarm(seed), |sim, &bug| sim.plant(bug));
-                        if self.standbys {
+                        if self.failovers {
+                            simulation = simulation.with_failovers();
+                        } else if self.standbys {
                             simulation = simulation.with_standbys();
                         }
                         if self.home_moves {

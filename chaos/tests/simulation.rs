@@ -562,3 +562,23 @@ fn a_moved_member_reads_the_build_of_a_group_text_made_for_its_device() {
         .with_standbys()
         .with_home_moves());
 }
+
+/// Region 1, the directory writer, hangs for 5 s while everyone sends: its standby takes over
+/// once the lease expires, edges and region 2 follow it to the standby's host, and the old
+/// primary, back, hears it was fenced and stops. Nothing acknowledged is lost (every invariant
+/// is checked by `run`) and every client finishes.
+#[test]
+fn a_region_that_fails_over_to_its_standby_loses_nothing() {
+    let seed = seed_from_env(90);
+    let report = run(&Simulation::new(seed).messages_per_client(20).fail_over(
+        1,
+        Duration::from_millis(2_500),
+        Duration::from_secs(5),
+    ));
+    assert_complete(&report, 4);
+    let reproduce = format!("reproduce with seed={seed}");
+    assert_eq!(report.promoted.get(&1), Some(&1), "{reproduce}");
+    let text = report.trace_text();
+    assert!(text.contains("took over as region 1"), "{reproduce}");
+    assert!(text.contains("heard its standby took over"), "{reproduce}");
+}

@@ -105,9 +105,11 @@ pub struct EdgeParts<'a> {
     pub roots: Arc<RootCertStore>,
     /// Every region's internal address; must include the edge's own region.
     pub regions: BTreeMap<RegionId, SocketAddr>,
-    /// A peers file read again on every connection to a region: its addresses replace those
-    /// of `regions` (a region that moved, a standby that took over).
-    pub peers_file: Option<std::path::PathBuf>,
+    /// Where regions may have moved, asked again on every connection to a region (a peers
+    /// file read again, or the simulator's map): its addresses replace those of `regions` (a
+    /// region that moved, a standby that took over), and connections to a region that moved
+    /// are closed.
+    pub moving_peers: Option<net::PeerResolver>,
     /// Wall-clock time (rate limits).
     pub clock: Arc<dyn Clock>,
     /// Randomness of the authentication challenges.
@@ -249,7 +251,7 @@ struct Inner {
     internal_endpoint: quinn::Endpoint,
     links: PeerLinks,
     /// The regions' addresses come from a peers file, so a region may move.
-    follows_peers_file: bool,
+    follows_moving_peers: bool,
     regions: Vec<RegionId>,
     homes: Mutex<HomeCache>,
     /// The keys of devices that logged in or registered here (see [`crate::keys`]).
@@ -332,7 +334,10 @@ impl EdgeService {
                 .iter()
                 .map(|entry| (RegionId(entry.region), entry.address))
                 .collect(),
-            peers_file: config.peers_file.clone(),
+            moving_peers: config
+                .peers_file
+                .clone()
+                .map(relay_net::config::PeersFile::resolver),
             clock: Arc::new(SystemClock),
             nonces: Arc::new(OsNonces),
         })
@@ -352,7 +357,7 @@ impl EdgeService {
             identity,
             roots,
             regions,
-            peers_file,
+            moving_peers,
             clock,
             nonces,
         } = parts;
@@ -369,8 +374,8 @@ impl EdgeService {
         let internal_endpoint = net::bind_endpoint(internal_sockets, internal_listen, None)?;
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let addresses = regions.clone();
-        let follows_peers_file = peers_file.is_some();
-        let listed = peers_file.map(relay_net::config::PeersFile::resolver);
+        let follows_moving_peers = moving_peers.is_some();
+        let listed = moving_peers;
         let resolve: net::PeerResolver = Box::new(move |region| {
             // Only the regions configured get a link, wherever the file says they are.
             let configured = addresses.get(&RegionId(region)).copied()?;
@@ -394,7 +399,7 @@ impl EdgeService {
         let inner = Inner {
             region,
             limits,
-            follows_peers_file,
+            follows_moving_peers,
             admission: Mutex::new(AddressLimiter::new(AdmissionLimits {
                 per_second: limits.connections_per_second_per_address,
                 burst: limits.connections_burst_per_address,
@@ -432,7 +437,7 @@ impl EdgeService {
         for region in subscriptions.0 {
             tasks.spawn(self.clone().subscription(region));
         }
-        if self.inner.follows_peers_file {
+        if self.inner.follows_moving_peers {
             // A region that moved (its standby took over): requests waiting on the old address
             // fail at once and go to the new one.
             let service = self.clone();

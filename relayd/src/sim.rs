@@ -36,6 +36,12 @@ pub struct SimArgs {
     /// standbys each seed draws; at the end every standby's copy must equal its region's store.
     #[arg(long)]
     standbys: bool,
+    /// Give every region a standby and fail one region over in each run: it hangs for 2.5-5 s,
+    /// past its standby's 2 s lease; the standby takes over on its own host, edges and regions
+    /// follow it, and the old primary is fenced when it comes back. The checker holds the run
+    /// to every invariant (nothing acknowledged lost).
+    #[arg(long)]
+    failovers: bool,
     /// Print the trace of every run that breaks an invariant (with --seeds 1, of the run).
     #[arg(long)]
     trace: bool,
@@ -73,6 +79,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     }
     swarm.home_moves = !args.no_home_moves;
     swarm.standbys = args.standbys;
+    swarm.failovers = args.failovers;
     if let Some(bug) = args.plant {
         swarm.planted = vec![bug];
         swarm.stop_at_first_violation = true;
