@@ -719,6 +719,15 @@ async fn import(
                 .map(|peer| peer.home_region),
         };
         let group_read_here = moved.group && chat_log::last_seq(tx, chat).await? > 0;
+        tracing::debug!(
+            %account,
+            %chat,
+            peer = moved.peer,
+            ?peer_home,
+            group = moved.group,
+            last_seq = moved.last_seq,
+            "a moved chat"
+        );
         if peer_home == Some(local) || group_read_here {
             // A 1:1 chat with an account homed here, or a group's chat this region numbered
             // for its members here: they read this log under its numbers, and the moved
@@ -728,8 +737,10 @@ async fn import(
             // A group's chat this region holds nothing of: nobody here read a number of it.
             chat_log::adopt(tx, chat, moved.last_seq, true).await?;
         } else {
-            // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it.
-            let peer_elsewhere = peer_home.is_some();
+            // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it. A peer
+            // this region's directory replica does not know yet (it lags behind the writer,
+            // as after a failover) is not homed here either: the region knows its own.
+            let peer_elsewhere = moved.peer != 0;
             chat_log::adopt(tx, chat, moved.last_seq, peer_elsewhere).await?;
         }
     }
@@ -739,6 +750,14 @@ async fn import(
             return Ok(Err(ProtoError::invalid("a moved log entry without a chat")));
         };
         let in_view = viewed.check(tx, chat, account).await?;
+        tracing::debug!(
+            %account,
+            %chat,
+            chat_seq = logged.chat_seq,
+            tail = logged.tail,
+            in_view,
+            "a moved log entry"
+        );
         if logged.tail && in_view {
             // The old home's number of one of the chat's last envelopes, which its sender may
             // send again here: for the entry here, or for when it is committed here.

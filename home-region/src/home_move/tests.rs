@@ -764,3 +764,51 @@ async fn a_moved_member_keeps_the_build_of_a_group_text_its_old_home_queued() {
     );
     assert_eq!(stored, first, "the log keeps the build bob's devices got");
 }
+
+/// Failover swarm seed 390: alice moved into a region whose directory replica did not know bob
+/// yet (it had just failed over, and was following the writer again). The move took bob for an
+/// account nobody named, did not adopt the old home's numbering of their chat, and bob's next
+/// envelope there took a number alice's devices held already (I2). A peer the region does not
+/// know is not homed there: the chat is adopted.
+#[tokio::test]
+async fn a_chat_with_a_peer_the_new_home_does_not_know_yet_keeps_its_numbers() {
+    let (old_dir, new_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (old, new) = (database(&old_dir), database(&new_dir));
+    let elsewhere = AccountRecord {
+        home_region: RegionId(3),
+        ..bob_at_new()
+    };
+    old.transact(|tx| {
+        let elsewhere = elsewhere.clone();
+        async move {
+            directory::put_account(&tx, &record(OLD, 1)).await?;
+            directory::put_account(&tx, &elsewhere).await?;
+            directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
+                .await?
+                .expect("first");
+            directory::add_device(&tx, ALICE, b"id-2", b"sign-2", &key(2)).await?;
+            Ok(())
+        }
+    })
+    .await
+    .expect("the old home");
+    // The new home's replica knows alice, not bob.
+    new.transact(|tx| async move { directory::put_account(&tx, &record(OLD, 1)).await })
+        .await
+        .expect("the new home's replica");
+    let (alice2, bob1) = (device(ALICE, 2), device(BOB, 1));
+    let chat = ChatId::direct(ALICE, BOB);
+    send(&old, chat, bob1, 1, 1, &[]).await;
+    send(&old, chat, bob1, 2, 2, &[alice2]).await;
+
+    move_alice(&old, &new).await;
+
+    let last_seq = new
+        .transact(|tx| async move { chat_log::last_seq(&tx, chat).await })
+        .await
+        .expect("reads");
+    assert_eq!(last_seq, 2, "the old home's numbering is adopted");
+}
