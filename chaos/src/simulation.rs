@@ -120,6 +120,19 @@ pub struct RegionCrash {
     pub down_for: Duration,
 }
 
+impl RegionCrash {
+    /// The crash as a fault of `kind` on `target`, the host named `host`.
+    fn fault(&self, kind: FaultKind, target: Target, host: &str) -> Fault {
+        Fault {
+            kind,
+            start_ms: millis(self.at),
+            end_ms: millis(self.at + self.down_for),
+            target,
+            label: format!("{host} down"),
+        }
+    }
+}
+
 /// A simulation to run: the deployment, the workload and the faults, from one seed.
 #[derive(Debug, Clone)]
 pub struct Simulation {
@@ -522,22 +535,12 @@ impl Simulation {
         let _planted = relay_planted::plant(&self.planted);
         let mut faults = self.faults.clone();
         for crash in &self.crashes {
-            faults.push(Fault {
-                kind: FaultKind::RegionCrash,
-                start_ms: millis(crash.at),
-                end_ms: millis(crash.at + crash.down_for),
-                target: Target::Region(crash.region),
-                label: format!("{} down", region_host(crash.region)),
-            });
+            let target = Target::Region(crash.region);
+            faults.push(crash.fault(FaultKind::RegionCrash, target, &region_host(crash.region)));
         }
         for crash in &self.standby_crashes {
-            faults.push(Fault {
-                kind: FaultKind::StandbyCrash,
-                start_ms: millis(crash.at),
-                end_ms: millis(crash.at + crash.down_for),
-                target: Target::Standby(crash.region),
-                label: format!("{} down", standby_host(crash.region)),
-            });
+            let target = Target::Standby(crash.region);
+            faults.push(crash.fault(FaultKind::StandbyCrash, target, &standby_host(crash.region)));
         }
         faults.faults.sort_by_key(|fault| fault.start_ms);
         let pki = Pki::new()?;
@@ -1393,10 +1396,7 @@ impl StandbySoftware {
                 relay_replica::limits::LEASE_CHECK_INTERVAL_MS,
             ))
             .await;
-            let expired = handle
-                .primary_silent_for()
-                .is_some_and(|silent| silent >= lease);
-            if expired && handle.copy_is_whole() {
+            if handle.lease_expired(lease) {
                 break;
             }
         }

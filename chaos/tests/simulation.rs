@@ -24,6 +24,18 @@ fn run(simulation: &Simulation) -> Report {
     report
 }
 
+/// Store faults that are only failing disks: a commit fails with `probability`, stored or not.
+fn disk_failures(seed: u64, probability: f64) -> fdb_layers::FaultConfig {
+    fdb_layers::FaultConfig {
+        seed,
+        conflict_probability: 0.0,
+        commit_unknown_result_probability: 0.0,
+        slow_commit_probability: 0.0,
+        slow_commit_ms: 0,
+        io_error_probability: probability,
+    }
+}
+
 /// Asserts that every planned message was acknowledged and received, by every client in time.
 fn assert_complete(report: &Report, clients: usize) {
     let reproduce = format!("reproduce with seed={}", report.seed);
@@ -227,16 +239,7 @@ fn regions_whose_disks_fail_now_and_then_lose_nothing() {
     let seed = seed_from_env(60);
     // One commit in five fails as a failing disk would (stored or not): the region answers
     // "storage unavailable", the client keeps the message pending and retries.
-    let report = run(
-        &Simulation::new(seed).store_faults(fdb_layers::FaultConfig {
-            seed,
-            conflict_probability: 0.0,
-            commit_unknown_result_probability: 0.0,
-            slow_commit_probability: 0.0,
-            slow_commit_ms: 0,
-            io_error_probability: 0.2,
-        }),
-    );
+    let report = run(&Simulation::new(seed).store_faults(disk_failures(seed, 0.2)));
     assert_complete(&report, 4);
     assert!(
         report.store_commits_failed > 0,
@@ -531,14 +534,7 @@ fn standbys_of_regions_whose_disks_fail_catch_up_and_match() {
     let seed = seed_from_env(80);
     let report = run(&Simulation::new(seed)
         .standbys()
-        .store_faults(fdb_layers::FaultConfig {
-            seed,
-            conflict_probability: 0.0,
-            commit_unknown_result_probability: 0.0,
-            slow_commit_probability: 0.0,
-            slow_commit_ms: 0,
-            io_error_probability: 0.05,
-        }));
+        .store_faults(disk_failures(seed, 0.05)));
     assert_complete(&report, 4);
     assert!(
         report.store_commits_failed > 0,

@@ -811,11 +811,7 @@ async fn keep_own_copies(
     envelope_bytes: &[u8],
     accounts: &BTreeSet<AccountId>,
 ) -> Result<BTreeSet<AccountId>, StoreError> {
-    let stored_build = wire::Envelope::decode(stored.envelope_bytes.clone())
-        .map_err(|error| corrupt("stored envelope", error))?;
-    if stored_build.group_session_id == envelope.group_session_id
-        && stored_build.group_ciphertext == envelope.group_ciphertext
-    {
+    if !another_group_build(stored, envelope)? {
         return Ok(BTreeSet::new());
     }
     let mut kept = BTreeSet::new();
@@ -829,6 +825,19 @@ async fn keep_own_copies(
         }
     }
     Ok(kept)
+}
+
+/// Whether `stored`, a group message's log entry, holds another build of it than `offered`
+/// (another Megolm session or index: the sender built it again), which no entry added to it
+/// could make readable for a device that holds the key only for `offered`'s.
+pub(crate) fn another_group_build(
+    stored: &chat_log::LogEntry,
+    offered: &wire::Envelope,
+) -> Result<bool, StoreError> {
+    let stored_build = wire::Envelope::decode(stored.envelope_bytes.clone())
+        .map_err(|error| corrupt("stored envelope", error))?;
+    Ok(stored_build.group_session_id != offered.group_session_id
+        || stored_build.group_ciphertext != offered.group_ciphertext)
 }
 
 /// The accounts the envelope of `stored` names as its recipients (none if it does not decode).

@@ -190,10 +190,7 @@ pub async fn serve_standby(
             }
             () = tokio::time::sleep(Duration::from_millis(LEASE_CHECK_INTERVAL_MS)) => {}
         }
-        let expired = handle
-            .primary_silent_for()
-            .is_some_and(|silent| silent >= lease);
-        if expired && handle.copy_is_whole() {
+        if handle.lease_expired(lease) {
             tracing::warn!(
                 region = config.region,
                 lease_ms = promotion.lease_ms,

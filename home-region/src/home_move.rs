@@ -879,22 +879,9 @@ async fn complete_entry(
             "a moved log entry whose envelope does not decode",
         )));
     };
-    if offered.group != 0 && in_view {
-        let stored_build = wire::Envelope::decode(stored.envelope_bytes.clone())
-            .map(|envelope| (envelope.group_session_id, envelope.group_ciphertext))
-            .map_err(|error| StoreError::Corrupt {
-                what: "chat log",
-                detail: format!("entry {chat}#{chat_seq} does not decode: {error}"),
-            })?;
-        if stored_build
-            != (
-                offered.group_session_id.clone(),
-                offered.group_ciphertext.clone(),
-            )
-        {
-            chat_log::views::keep_copy(tx, chat, account, chat_seq, &moved.envelope_bytes)?;
-            return Ok(Ok(()));
-        }
+    if offered.group != 0 && in_view && core::another_group_build(&stored, &offered)? {
+        chat_log::views::keep_copy(tx, chat, account, chat_seq, &moved.envelope_bytes)?;
+        return Ok(Ok(()));
     }
     core::complete_entry(tx, chat, &stored, &offered.ciphertexts, |device| {
         device.account == account

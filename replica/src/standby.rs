@@ -318,6 +318,14 @@ impl StandbyHandle {
             .map(|heard| heard.elapsed())
     }
 
+    /// Whether the standby may take over by itself now: a primary that refuses writes without
+    /// it has been silent for `lease`, and the copy is whole.
+    pub fn lease_expired(&self, lease: std::time::Duration) -> bool {
+        self.primary_silent_for()
+            .is_some_and(|silent| silent >= lease)
+            && self.copy_is_whole()
+    }
+
     /// Whether the copy is a whole store (it has received one, and no full copy is half
     /// installed).
     pub fn copy_is_whole(&self) -> bool {

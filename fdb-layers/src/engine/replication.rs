@@ -313,12 +313,6 @@ impl StandbyStore {
         })
     }
 
-    /// Whether applying and installing write a file with fsyncs (then they belong on a blocking
-    /// thread); a memory copy's steps are quick and synchronous.
-    pub fn writes_files(&self) -> bool {
-        matches!(self.copy, Copy::File(_))
-    }
-
     /// The version of the last group applied (0 for a new store).
     pub fn version(&self) -> u64 {
         self.version
@@ -555,6 +549,17 @@ mod tests {
         skipped: Mutex<Vec<u64>>,
     }
 
+    impl InProcess {
+        /// A sink applying to `standby`, which takes every group.
+        fn to(standby: StandbyStore) -> Arc<InProcess> {
+            Arc::new(InProcess {
+                standby: Mutex::new(standby),
+                refuse: AtomicBool::new(false),
+                skipped: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
     impl ReplicationSink for InProcess {
         fn replicate(&self, group: CommittedGroup, done: Replicated) {
             if self.refuse.load(Ordering::SeqCst) {
@@ -569,11 +574,7 @@ mod tests {
     }
 
     fn primary_with_standby(folder: &Path) -> (Database, Arc<InProcess>) {
-        let sink = Arc::new(InProcess {
-            standby: Mutex::new(StandbyStore::open(&folder.join("standby.redb")).expect("opens")),
-            refuse: AtomicBool::new(false),
-            skipped: Mutex::new(Vec::new()),
-        });
+        let sink = InProcess::to(StandbyStore::open(&folder.join("standby.redb")).expect("opens"));
         let database = Database::open(
             &folder.join("primary.redb"),
             EmbeddedOptions {
@@ -588,11 +589,7 @@ mod tests {
     /// A memory primary shipping to a standby's copy on a memory disk (the simulator's pair).
     fn memory_primary_with_standby() -> (Database, Arc<InProcess>, MemoryDisk) {
         let copy = MemoryDisk::new();
-        let sink = Arc::new(InProcess {
-            standby: Mutex::new(StandbyStore::memory(copy.clone()).expect("a free disk")),
-            refuse: AtomicBool::new(false),
-            skipped: Mutex::new(Vec::new()),
-        });
+        let sink = InProcess::to(StandbyStore::memory(copy.clone()).expect("a free disk"));
         let database = Database::memory(MemoryOptions {
             replication: Some(sink.clone()),
             ..MemoryOptions::default()
@@ -892,11 +889,7 @@ mod tests {
     async fn a_failed_memory_commit_that_reached_the_disk_is_said_to_be_skipped() {
         let copy = MemoryDisk::new();
         let primary = MemoryDisk::new();
-        let sink = Arc::new(InProcess {
-            standby: Mutex::new(StandbyStore::memory(copy.clone()).expect("a free disk")),
-            refuse: AtomicBool::new(false),
-            skipped: Mutex::new(Vec::new()),
-        });
+        let sink = InProcess::to(StandbyStore::memory(copy.clone()).expect("a free disk"));
         let database = Database::memory(MemoryOptions {
             disk: primary.clone(),
             faults: Some(crate::FaultConfig {

@@ -62,6 +62,12 @@ async fn alice_old_bob_new(
         .await
         .expect("the directory");
     }
+    alice_devices(&old).await;
+    (old, new)
+}
+
+/// Alice's two devices, at her old home.
+async fn alice_devices(old: &Database) {
     old.transact(|tx| async move {
         directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
             .await?
@@ -71,7 +77,6 @@ async fn alice_old_bob_new(
     })
     .await
     .expect("alice's devices");
-    (old, new)
 }
 
 /// Parts applied straight to the new home's store, counted.
@@ -785,16 +790,12 @@ async fn a_chat_with_a_peer_the_new_home_does_not_know_yet_keeps_its_numbers() {
         let elsewhere = elsewhere.clone();
         async move {
             directory::put_account(&tx, &record(OLD, 1)).await?;
-            directory::put_account(&tx, &elsewhere).await?;
-            directory::add_first_device(&tx, ALICE, b"id-1", b"sign-1", &key(1))
-                .await?
-                .expect("first");
-            directory::add_device(&tx, ALICE, b"id-2", b"sign-2", &key(2)).await?;
-            Ok(())
+            directory::put_account(&tx, &elsewhere).await
         }
     })
     .await
     .expect("the old home");
+    alice_devices(&old).await;
     // The new home's replica knows alice, not bob.
     new.transact(|tx| async move { directory::put_account(&tx, &record(OLD, 1)).await })
         .await
