@@ -106,6 +106,9 @@ pub enum SimulationError {
         seed: u64,
         /// What failed.
         message: String,
+        /// The trace recorded until it failed (empty when it failed before starting), one
+        /// event per line.
+        trace: String,
     },
 }
 
@@ -161,6 +164,8 @@ pub struct Simulation {
     /// Failovers: a region's primary cut off from every host, its standby included, from `at`
     /// for `down_for` (with [`Simulation::standbys`], which may then take over).
     failovers: Vec<RegionCrash>,
+    /// Regions whose link to their standby is cut (and when, for how long).
+    standby_cuts: Vec<RegionCrash>,
 }
 
 /// What a finished simulation recorded.
@@ -246,6 +251,7 @@ impl Simulation {
             standbys: false,
             standby_crashes: Vec::new(),
             failovers: Vec::new(),
+            standby_cuts: Vec::new(),
         }
     }
 
@@ -303,6 +309,7 @@ impl Simulation {
             standbys: false,
             standby_crashes: Vec::new(),
             failovers: Vec::new(),
+            standby_cuts: Vec::new(),
         }
     }
 
@@ -466,6 +473,20 @@ impl Simulation {
         )
     }
 
+    /// Cuts region `region`'s primary off from its standby at `at` for `down_for` (both
+    /// directions drop), while both go on hearing everyone else (turns
+    /// [`Simulation::standbys`] on, and failover as with [`Simulation::fail_over`]). A cut past
+    /// the 2 s lease makes the standby take over while the old primary still runs: nothing the
+    /// old primary showed or acknowledged meanwhile may be missing from the standby's copy.
+    pub fn cut_off_standby(mut self, region: u32, at: Duration, down_for: Duration) -> Self {
+        self.standby_cuts.push(RegionCrash {
+            region,
+            at,
+            down_for,
+        });
+        self.standbys()
+    }
+
     /// Crashes region `region`'s standby host at `at` and restarts it `down_for` later, on
     /// the same disk (with [`Simulation::standbys`]).
     pub fn crash_standby(mut self, region: u32, at: Duration, down_for: Duration) -> Self {
@@ -511,7 +532,11 @@ impl Simulation {
     /// Runs the simulation to its end and checks the invariants over what it recorded.
     pub fn run(&self) -> Result<Report, SimulationError> {
         let seed = self.seed;
-        let failed = |message: String| SimulationError::Run { seed, message };
+        let failed = |message: String| SimulationError::Run {
+            seed,
+            message,
+            trace: String::new(),
+        };
         if self.shape.regions == 0 || self.shape.clients_per_region == 0 {
             return Err(failed("a simulation needs a region and a client".into()));
         }
@@ -581,7 +606,7 @@ impl Simulation {
         let mut standby_disks = BTreeMap::new();
         let shippers = Rc::new(RefCell::new(Vec::new()));
         let serving: Serving = Arc::new(std::sync::Mutex::new(region_hosts.clone()));
-        let promotable = !self.failovers.is_empty();
+        let promotable = !self.failovers.is_empty() || !self.standby_cuts.is_empty();
         let mut all_hosts: Vec<String> = Vec::new();
         let mut regions = BTreeMap::new();
         let mut fenced: BTreeMap<u32, Rc<Cell<bool>>> = BTreeMap::new();
@@ -749,10 +774,34 @@ impl Simulation {
                 },
             });
         }
+        for cut in &self.standby_cuts {
+            let (host, standby) = (region_host(cut.region), standby_host(cut.region));
+            faults.push(Fault {
+                kind: FaultKind::Partition,
+                start_ms: millis(cut.at),
+                end_ms: millis(cut.at + cut.down_for),
+                label: format!("{host} cut off from {standby}"),
+                target: Target::Links {
+                    links: vec![(host.clone(), standby.clone()), (standby, host)],
+                    effect: LinkEffect::Drop,
+                },
+            });
+        }
         faults.faults.sort_by_key(|fault| fault.start_ms);
 
         let mut actions = faults.actions().into_iter().peekable();
         let mut links = LinkModel::default();
+        // A run that fails midway keeps what it recorded, so `--trace` can show how it got there.
+        let failed_at = |message: String| SimulationError::Run {
+            seed,
+            message,
+            trace: shared
+                .borrow()
+                .trace
+                .iter()
+                .map(|event| format!("{event}\n"))
+                .collect(),
+        };
         let record = |what: What, at: Duration| {
             shared.borrow_mut().trace.push(TraceEvent {
                 at_ms: millis(at),
@@ -760,7 +809,7 @@ impl Simulation {
             });
         };
         loop {
-            let finished = sim.step().map_err(|error| failed(error.to_string()))?;
+            let finished = sim.step().map_err(|error| failed_at(error.to_string()))?;
             // With standbys the world runs on (within the wind-down) until every fault ended (a
             // standby down restarts) and every old primary whose standby took over heard it was
             // fenced.
@@ -860,7 +909,7 @@ impl Simulation {
             if settled {
                 break;
             }
-            sim.step().map_err(|error| failed(error.to_string()))?;
+            sim.step().map_err(|error| failed_at(error.to_string()))?;
         }
         let elapsed = sim.elapsed();
         drop(sim);

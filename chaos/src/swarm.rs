@@ -12,7 +12,7 @@ use relay_planted::PlantedBug;
 
 use crate::faults::FaultKind;
 use crate::history::{Change, Invariant, LIVENESS_BOUND_MS, Violation, What};
-use crate::simulation::{Report, Simulation};
+use crate::simulation::{Report, Simulation, SimulationError};
 
 /// A sweep to run.
 #[derive(Debug, Clone)]
@@ -56,6 +56,8 @@ pub struct Failure {
     pub violations: Vec<Violation>,
     /// Why the run could not finish, if it could not.
     pub error: Option<String>,
+    /// What the run recorded until it could not finish (empty otherwise).
+    pub trace: String,
 }
 
 /// What a sweep found.
@@ -341,6 +343,7 @@ impl SwarmSummary {
                 seed: report.seed,
                 violations: report.violations.clone(),
                 error: None,
+                trace: String::new(),
             });
         }
     }
@@ -428,6 +431,10 @@ impl Swarm {
                             Err(error) => summary.failures.push(Failure {
                                 seed,
                                 violations: Vec::new(),
+                                trace: match &error {
+                                    SimulationError::Run { trace, .. } => trace.clone(),
+                                    _ => String::new(),
+                                },
                                 error: Some(error.to_string()),
                             }),
                         }

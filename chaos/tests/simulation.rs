@@ -559,6 +559,36 @@ fn a_moved_member_reads_the_build_of_a_group_text_made_for_its_device() {
         .with_home_moves());
 }
 
+/// Swarm seed 17 with failovers: the old home of a moving account could not record the move in
+/// its store (an injected disk failure) after the directory had moved the account, and went on
+/// taking the account's sends; the device's numbers then split between its two homes and it
+/// was refused as rolled back. From the flip on, the old home turns the account's requests
+/// away, and records the move again until its store takes it.
+#[test]
+fn an_old_home_that_cannot_record_a_move_still_turns_the_account_away() {
+    run(&Simulation::swarm(seed_from_env(17))
+        .with_failovers()
+        .with_home_moves());
+}
+
+/// Region 1 loses its standby for 4 s while everyone goes on reaching it: the standby takes
+/// over when the lease expires, while the old primary still runs. What the old primary showed
+/// its devices or acknowledged in that window must be on the standby's copy.
+#[test]
+fn a_primary_cut_off_from_its_standby_shows_nothing_the_standby_lacks() {
+    for seed in [seed_from_env(91), 92, 94, 95] {
+        let report = run(&Simulation::new(seed).messages_per_client(20).cut_off_standby(
+            1,
+            Duration::from_millis(2_500),
+            Duration::from_secs(4),
+        ));
+        assert_complete(&report, 4);
+        let reproduce = format!("reproduce with seed={seed}");
+        assert_eq!(report.promoted.get(&1), Some(&1), "{reproduce}");
+        eprintln!("{}", report.trace_text());
+    }
+}
+
 /// Region 1, the directory writer, hangs for 5 s while everyone sends: its standby takes over
 /// once the lease expires, edges and region 2 follow it to the standby's host, and the old
 /// primary, back, hears it was fenced and stops. Nothing acknowledged is lost (every invariant

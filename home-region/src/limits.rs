@@ -288,6 +288,15 @@ pub const MOVE_SETTLE_RETRY_MS: u64 = 1_000;
 /// did not take it at once (every [`MOVE_SETTLE_RETRY_MS`]: ten minutes).
 pub const MOVE_ACTIVATE_ATTEMPTS_MAX: u32 = 600;
 
+/// Times the old home tries to record a moved account's new home in its store while the
+/// account's requests are still held (every [`MOVE_RECORD_RETRY_MS`]), before it lets them go
+/// (turned away) and goes on trying in the background.
+pub const MOVE_RECORD_ATTEMPTS_HELD: u32 = 5;
+/// The wait between those attempts.
+pub const MOVE_RECORD_RETRY_MS: u64 = 100;
+const _: () =
+    assert!(MOVE_RECORD_ATTEMPTS_HELD as u64 * MOVE_RECORD_RETRY_MS < MOVE_SETTLE_RETRY_MS);
+
 /// Times a region tries again to remove the away mark of a move that failed, when its store
 /// refused the first removal (every [`MOVE_SETTLE_RETRY_MS`]: ten minutes).
 pub const MOVE_UNMARK_ATTEMPTS_MAX: u32 = 600;

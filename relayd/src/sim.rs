@@ -42,7 +42,7 @@ pub struct SimArgs {
     /// to every invariant (nothing acknowledged lost).
     #[arg(long)]
     failovers: bool,
-    /// Print the trace of every run that breaks an invariant (with --seeds 1, of the run).
+    /// Print the trace of every run that breaks an invariant or fails (with --seeds 1, of the run).
     #[arg(long)]
     trace: bool,
     /// Print the summary as one JSON object instead of a table.
@@ -111,6 +111,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
     });
     bar.finish_and_clear();
+    if trace {
+        for failure in summary
+            .failures
+            .iter()
+            .filter(|failure| failure.error.is_some())
+        {
+            eprintln!("--- trace of seed={} until it failed ---", failure.seed);
+            eprint!("{}", failure.trace);
+        }
+    }
     let real = started.elapsed();
     if args.json {
         println!("{}", summary.json(first_seed, real, args.plant));

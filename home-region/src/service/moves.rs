@@ -16,7 +16,8 @@ use crate::handover::InFlight;
 use crate::home_move::{self, AccountHolds, Exporter, MoveStats, PartSink};
 use crate::limits::{
     HANDOVER_ANSWER_WAIT_MS, HANDOVER_DRAIN_WAIT_MS, MOVE_ACTIVATE_ATTEMPTS_MAX,
-    MOVE_PART_RETRY_MS, MOVE_PEER_ATTEMPTS_MAX, MOVE_SETTLE_RETRY_MS, MOVE_UNMARK_ATTEMPTS_MAX,
+    MOVE_PART_RETRY_MS, MOVE_PEER_ATTEMPTS_MAX, MOVE_RECORD_ATTEMPTS_HELD, MOVE_RECORD_RETRY_MS,
+    MOVE_SETTLE_RETRY_MS, MOVE_UNMARK_ATTEMPTS_MAX,
 };
 
 /// An account that left this region (or is leaving it: its move's flip is unsettled).
@@ -358,8 +359,14 @@ impl RegionService {
                 MoveStats::default()
             }
         };
-        home_move::take_record(&self.inner.db, &moved, self.inner.writer == local).await?;
+        // The flip moved the account: whatever fails from here on, it is served elsewhere. Its
+        // requests are turned away from now on, and a record this store cannot take yet is
+        // written in the background (the directory replica brings it too).
         lock(&moves.away).insert(account, Away::Moved(to));
+        if let Err(error) = self.take_record_while_held(&moved).await {
+            tracing::warn!(%account, %to, %error, "cannot record here that the account moved yet; trying again in the background");
+            tokio::spawn(self.clone().take_record_until_done(moved.clone()));
+        }
         self.no_longer_woken_here(account).await;
         self.tell_edges_moved(&moved);
         let held_ms = self.inner.clock.now_ms().saturating_sub(began_ms);
@@ -423,6 +430,46 @@ impl RegionService {
                 }
             }
         }
+    }
+
+    /// Takes the directory's record of a moved account into this store, trying again up to
+    /// [`MOVE_RECORD_ATTEMPTS_HELD`] times while the account's requests are still held (swarm
+    /// seed 17 with failovers: a disk that failed this one commit left the account served by
+    /// its old home after the directory had moved it).
+    async fn take_record_while_held(&self, moved: &wire::AccountInfo) -> Result<(), ProtoError> {
+        let writer = self.inner.writer == self.inner.region;
+        let mut attempt = 1;
+        loop {
+            match home_move::take_record(&self.inner.db, moved, writer).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt >= MOVE_RECORD_ATTEMPTS_HELD => return Err(error),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(MOVE_RECORD_RETRY_MS)).await;
+                }
+            }
+        }
+    }
+
+    /// Takes the directory's record of a moved account into this store in the background,
+    /// every [`MOVE_SETTLE_RETRY_MS`], at most [`MOVE_UNMARK_ATTEMPTS_MAX`] times; the
+    /// account's requests are turned away meanwhile.
+    async fn take_record_until_done(self, moved: wire::AccountInfo) {
+        let account = AccountId(moved.account);
+        let writer = self.inner.writer == self.inner.region;
+        for _ in 0..MOVE_UNMARK_ATTEMPTS_MAX {
+            tokio::time::sleep(Duration::from_millis(MOVE_SETTLE_RETRY_MS)).await;
+            match home_move::take_record(&self.inner.db, &moved, writer).await {
+                Ok(()) => {
+                    tracing::info!(%account, "recorded here that the account moved");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%account, %error, "cannot record here that the account moved yet");
+                }
+            }
+        }
+        tracing::error!(%account, "gave up recording that the account moved: the directory replica brings the record");
     }
 
     /// Sends the new home the last part of a move, which activates the account there.
