@@ -127,6 +127,14 @@ pub const STORAGE_RETRY_DELAY_MS_INITIAL: u64 = 20;
 /// succeed again within this long.
 pub const STORAGE_RETRY_DELAY_MS_MAX: u64 = 5_000;
 
+/// How long a transaction that only read waits, at its commit, for the groups on their way to
+/// the standby to reach its read version before it looks again (with a standby; see
+/// `engine/replication.rs`). The shipper's own acknowledgement timeout bounds each group.
+pub const CONFIRMED_READ_WAIT_MS: u64 = 1_000;
+/// How many times such a transaction waits, or commits an empty group to push the standby's
+/// confirmation forward, before it fails `Unavailable` (and is retried like any).
+pub const CONFIRMED_READ_ATTEMPTS_MAX: u32 = 5;
+
 // Relations between the bounds, checked at compile time.
 
 // One record of each size fits one transaction.

@@ -56,7 +56,7 @@ use super::committer::{
 };
 use super::disk::{DATA_TABLE, META_TABLE, StoreFile, VERSION_KEY, contained, read_error};
 use super::local::KeyValue;
-use super::replication::{CommittedGroup, Recording, ReplicationSink, StoreExport};
+use super::replication::{CommittedGroup, Confirmed, Recording, ReplicationSink, StoreExport};
 use super::watches::{PendingWatch, WatchRegistry};
 use super::{Counters, EmbeddedOptions, IntegrityReport, Versionstamp};
 use crate::error::StoreError;
@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     registry: Arc<WatchRegistry>,
     /// The read versions of the open transactions, which bound what the resolver remembers.
     open_reads: Arc<OpenReads>,
+    /// What the standby confirmed (with a sink).
+    confirmed: Option<Arc<Confirmed>>,
 }
 
 /// What the resolver stage is asked to do.
@@ -118,6 +120,8 @@ impl Shared {
         let registry = WatchRegistry::new();
         let (sender, receiver) = mpsc::sync_channel(COMMIT_QUEUE_TRANSACTIONS_MAX);
         let open_reads = OpenReads::new(version);
+        let confirmed = Confirmed::new();
+        let replicated = options.replication.is_some();
         let committer = Arc::new(Committer::new(
             file.clone(),
             Resolver::new(version, options.faults),
@@ -125,6 +129,7 @@ impl Shared {
             counters.clone(),
             registry.clone(),
             options.replication,
+            confirmed.clone(),
         ));
         let writer = {
             let committer = committer.clone();
@@ -156,7 +161,13 @@ impl Shared {
             counters,
             registry,
             open_reads,
+            confirmed: replicated.then_some(confirmed),
         }))
+    }
+
+    /// What the standby confirmed, with one.
+    pub(crate) fn confirmed(&self) -> Option<&Arc<Confirmed>> {
+        self.confirmed.as_ref()
     }
 
     /// A read snapshot of the data and its version, counted open (for the resolver) until the
@@ -323,6 +334,8 @@ struct Committer {
     open_reads: Arc<OpenReads>,
     /// Where each durable group is shipped before its requests are answered (a standby).
     sink: Option<Arc<dyn ReplicationSink>>,
+    /// Counts the groups on their way to the sink and the newest it confirmed.
+    confirmed: Arc<Confirmed>,
 }
 
 struct PipelineState {
@@ -481,6 +494,7 @@ impl Committer {
         counters: Arc<Counters>,
         registry: Arc<WatchRegistry>,
         sink: Option<Arc<dyn ReplicationSink>>,
+        confirmed: Arc<Confirmed>,
     ) -> Self {
         Committer {
             file,
@@ -499,6 +513,7 @@ impl Committer {
             registry,
             open_reads,
             sink,
+            confirmed,
         }
     }
 
@@ -737,7 +752,8 @@ impl Committer {
         match (shipped, &self.sink) {
             // Answered once the standby has the group; meanwhile the next group is written
             // here, so the two fsyncs overlap.
-            (Some(group), Some(sink)) => sink.replicate(
+            (Some(group), Some(sink)) => self.confirmed.ship(
+                sink.as_ref(),
                 group,
                 Box::new(move |replicated| answer(replies, replicated)),
             ),
@@ -1130,6 +1146,7 @@ mod tests {
             Arc::new(Counters::default()),
             WatchRegistry::new(),
             None,
+            Confirmed::new(),
         );
         let (first, mut first_answer) = submission(version, b"a", b"k");
         assert!(committer.resolve(first));

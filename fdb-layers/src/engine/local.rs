@@ -15,6 +15,7 @@ use super::committer::{
     AtomicOp, CommitRequest, KeyRange, OpenRead, PendingWrite, VersionstampedKey, fold,
     place_versionstamp,
 };
+use super::replication::Confirmed;
 use super::transaction::Budget;
 use super::watches::{PendingWatch, Watch, WatchRegistry};
 use super::{
@@ -22,7 +23,10 @@ use super::{
 };
 use super::{embedded, memory};
 use crate::error::StoreError;
-use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSIONSTAMP_BYTES};
+use crate::limits::{
+    CONFIRMED_READ_ATTEMPTS_MAX, CONFIRMED_READ_WAIT_MS, KEY_BYTES_MAX, VALUE_BYTES_MAX,
+    VERSIONSTAMP_BYTES,
+};
 
 /// A key and its value.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
@@ -71,6 +75,53 @@ impl LocalStore {
             LocalStore::Embedded(shared) => shared.commit(request).await,
             LocalStore::Memory(shared) => shared.commit(request).await,
         }
+    }
+
+    /// What the standby confirmed, with one.
+    fn confirmed(&self) -> Option<&Arc<Confirmed>> {
+        match self {
+            LocalStore::Embedded(shared) => shared.confirmed(),
+            LocalStore::Memory(shared) => shared.confirmed(),
+        }
+    }
+
+    /// Returns once the standby holds `version`: waits for the groups on their way to it, or,
+    /// with none on its way (the last one refused, or failed on the disk), commits an empty
+    /// group, whose confirmation confirms everything before it. `Unavailable` when the standby
+    /// does not confirm it within [`CONFIRMED_READ_ATTEMPTS_MAX`] tries.
+    async fn until_confirmed(&self, confirmed: &Confirmed, version: u64) -> Result<(), StoreError> {
+        let wait = std::time::Duration::from_millis(CONFIRMED_READ_WAIT_MS);
+        for _ in 0..CONFIRMED_READ_ATTEMPTS_MAX {
+            if confirmed.version() >= version {
+                return Ok(());
+            }
+            if confirmed.any_in_flight() {
+                confirmed.reached(version, wait).await;
+                continue;
+            }
+            let empty = CommitRequest {
+                read_version: version,
+                read_conflicts: Vec::new(),
+                cleared: Vec::new(),
+                writes: Vec::new(),
+                versionstamped_keys: Vec::new(),
+                size_bytes: 0,
+            };
+            // Acknowledged only once the standby has it, and so everything before it.
+            if let Err(error) = self.commit(empty).await {
+                return Err(StoreError::Unavailable(format!(
+                    "what this transaction read is not on the standby yet: {error}"
+                )));
+            }
+        }
+        if confirmed.version() >= version {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "what this transaction read (version {version}) is not on the standby yet; it holds \
+             version {}",
+            confirmed.version()
+        )))
     }
 
     /// Registers the watches of a transaction that committed.
@@ -433,8 +484,16 @@ impl LocalTransaction {
         };
         // A transaction without writes commits without the committer, at its read version
         // (however old it is, as on FoundationDB).
+        // With a standby, what it read leaves the region only once the standby has it.
         let outcome = match request {
-            Ok(None) => Ok(None),
+            Ok(None) => match self.store.confirmed() {
+                Some(confirmed) if confirmed.version() < self.read_version() => self
+                    .store
+                    .until_confirmed(confirmed, self.read_version())
+                    .await
+                    .map(|()| None),
+                _ => Ok(None),
+            },
             Ok(Some(request)) => self.store.commit(request).await.map(Some),
             Err(error) => Err(error),
         };

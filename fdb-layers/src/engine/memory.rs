@@ -31,7 +31,9 @@ use tokio::time::Instant;
 
 use super::committer::{ApplyTarget, CommitRequest, KeyRange, Resolver, apply_request};
 use super::local::KeyValue;
-use super::replication::{CommittedGroup, Mutation, Recording, ReplicationSink, StoreExport};
+use super::replication::{
+    CommittedGroup, Confirmed, Mutation, Recording, ReplicationSink, StoreExport,
+};
 use super::watches::{PendingWatch, WatchRegistry};
 use super::{Counters, IntegrityReport, MemoryOptions, Versionstamp};
 use crate::error::StoreError;
@@ -219,6 +221,8 @@ pub(crate) struct Shared {
     registry: Arc<WatchRegistry>,
     /// Where each applied commit is shipped before it is answered (a standby).
     sink: Option<Arc<dyn ReplicationSink>>,
+    /// What the standby confirmed (with a sink).
+    confirmed: Option<Arc<Confirmed>>,
 }
 
 impl Shared {
@@ -251,12 +255,18 @@ impl Shared {
             resolver: Mutex::new(Resolver::new(version, options.faults)),
             counters: Arc::new(Counters::default()),
             registry,
+            confirmed: options.replication.as_ref().map(|_| Confirmed::new()),
             sink: options.replication,
         }))
     }
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// What the standby confirmed, with one.
+    pub(crate) fn confirmed(&self) -> Option<&Arc<Confirmed>> {
+        self.confirmed.as_ref()
     }
 
     pub(crate) fn registry(&self) -> &Arc<WatchRegistry> {
@@ -367,10 +377,11 @@ impl Shared {
                     .committed_transactions
                     .fetch_add(1, Ordering::Relaxed);
                 // Handed over under the disk's lock, so the sink gets commits in version order.
-                let replicated = match (shipped, &self.sink) {
-                    (Some(group), Some(sink)) => {
+                let replicated = match (shipped, &self.sink, &self.confirmed) {
+                    (Some(group), Some(sink), Some(confirmed)) => {
                         let (done, replicated) = oneshot::channel();
-                        sink.replicate(
+                        confirmed.ship(
+                            sink.as_ref(),
                             group,
                             Box::new(move |result| {
                                 let _ = done.send(result);

@@ -10,9 +10,15 @@
 //!   durable here it is handed to a [`ReplicationSink`] with a callback that answers the group's
 //!   requests: the sink calls it once the standby has the group durable (or its policy refuses
 //!   to wait longer), so every acknowledged commit is on the standby too. Meanwhile the writer
-//!   stage writes the next group. The group is visible to readers here before the standby has
-//!   it; that is safe for what the region acknowledges, because groups are shipped and answered
-//!   in version order, so a commit that depends on one (read it) is acknowledged after it.
+//!   stage writes the next group.
+//! - **nothing read here leaves before the standby has it.** A group is visible to readers here
+//!   as soon as it is durable, before the standby confirms it. A transaction that writes is
+//!   answered after its own group, and groups are confirmed in version order, so whatever it
+//!   read is on the standby by then. A transaction that only reads waits at its commit until
+//!   the standby confirmed its read version ([`Confirmed`]), asking for an empty group when
+//!   none is on its way (after a group the standby refused, or one the disk failed). Otherwise
+//!   a fetch could show a device a message, or a retried send hear "already stored", that a
+//!   standby taking over never had. On FoundationDB, a read version is always committed.
 //! - the standby applies groups in durable redb transactions of its own
 //!   ([`StandbyStore::apply_all`]: consecutive groups that arrived together in one), refusing a
 //!   group that does not follow the version it has. A
@@ -26,6 +32,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
@@ -99,6 +106,72 @@ impl CommittedGroup {
 /// (its requests are then answered [`StoreError::Unavailable`]: durable here, but not
 /// acknowledged, as with a commit whose result is unknown).
 pub type Replicated = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// The newest version the standby confirmed holding, and how many groups are on their way to
+/// it: a transaction that only read waits here until the standby has what it read.
+#[derive(Debug)]
+pub(crate) struct Confirmed {
+    version: tokio::sync::watch::Sender<u64>,
+    in_flight: AtomicU64,
+}
+
+impl Confirmed {
+    /// Nothing confirmed yet: a copy's version is not known until a group reaches it.
+    pub(crate) fn new() -> Arc<Confirmed> {
+        Arc::new(Confirmed {
+            version: tokio::sync::watch::Sender::new(0),
+            in_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// The newest version the standby confirmed.
+    pub(crate) fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    /// Whether a group handed to the sink has not been answered yet.
+    pub(crate) fn any_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Hands `group` to `sink`, counting it on its way until `done` hears its fate; a group
+    /// the standby took confirms its version (and every version before it).
+    pub(crate) fn ship(
+        self: &Arc<Self>,
+        sink: &dyn ReplicationSink,
+        group: CommittedGroup,
+        done: Replicated,
+    ) {
+        let version = group.version;
+        let confirmed = self.clone();
+        confirmed.in_flight.fetch_add(1, Ordering::AcqRel);
+        sink.replicate(
+            group,
+            Box::new(move |result| {
+                if result.is_ok() {
+                    confirmed.version.send_if_modified(|newest| {
+                        let newer = version > *newest;
+                        if newer {
+                            *newest = version;
+                        }
+                        newer
+                    });
+                }
+                confirmed.in_flight.fetch_sub(1, Ordering::AcqRel);
+                done(result);
+            }),
+        );
+    }
+
+    /// Waits up to `wait` for the standby to confirm `version`; whether it did.
+    pub(crate) async fn reached(&self, version: u64, wait: std::time::Duration) -> bool {
+        let mut newest = self.version.subscribe();
+        matches!(
+            tokio::time::timeout(wait, newest.wait_for(|newest| *newest >= version)).await,
+            Ok(Ok(_))
+        )
+    }
+}
 
 /// Where the primary's writer stage hands each durable group, in version order. The sink must
 /// not block: it calls `done` later, from any thread, exactly once per group and in the order
@@ -598,6 +671,167 @@ mod tests {
         (database, sink, copy)
     }
 
+    /// `a` was written here but the standby refused it: a transaction reads it, and its commit
+    /// fails, the standby still lacking it.
+    async fn assert_read_waits_for_the_standby(database: &Database) {
+        let reader = database.create_transaction().expect("a transaction");
+        let read = reader.get(b"a").await.expect("reads");
+        assert_eq!(read, Some(b"1".to_vec()), "applied here");
+        let answered = reader.commit().await;
+        assert!(
+            matches!(&answered, Err(StoreError::Unavailable(reason)) if reason.contains("not on the standby yet")),
+            "{answered:?}"
+        );
+    }
+
+    /// A sink that holds each group's answer until released, or refuses at once.
+    #[derive(Default)]
+    struct Held {
+        waiting: Mutex<Vec<Replicated>>,
+        refuse: AtomicBool,
+    }
+
+    impl std::fmt::Debug for Held {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Held").finish_non_exhaustive()
+        }
+    }
+
+    impl ReplicationSink for Held {
+        fn replicate(&self, _group: CommittedGroup, done: Replicated) {
+            if self.refuse.load(Ordering::SeqCst) {
+                return done(Err(StoreError::Unavailable("the standby is gone".into())));
+            }
+            self.waiting.lock().expect("lock").push(done);
+        }
+    }
+
+    impl Held {
+        /// Waits (a bounded number of short sleeps) until a group is held.
+        async fn until_holding(&self) {
+            for _ in 0..10_000 {
+                if !self.waiting.lock().expect("lock").is_empty() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            panic!("no group reached the sink");
+        }
+
+        /// The standby confirms every group held so far.
+        fn release(&self) {
+            let held = std::mem::take(&mut *self.waiting.lock().expect("lock"));
+            for done in held {
+                done(Ok(()));
+            }
+        }
+    }
+
+    /// While the standby has not confirmed a write, a transaction that read it is not answered;
+    /// once it confirms, both are.
+    async fn reads_leave_once_the_standby_has_them(database: Database, held: Arc<Held>) {
+        let writer = {
+            let database = database.clone();
+            tokio::spawn(async move {
+                database
+                    .transact(|transaction| async move { transaction.set(b"a", b"1") })
+                    .await
+            })
+        };
+        held.until_holding().await;
+        let reader = database.create_transaction().expect("a transaction");
+        let read = reader.get(b"a").await.expect("reads");
+        assert_eq!(
+            read,
+            Some(b"1".to_vec()),
+            "visible here before the standby has it"
+        );
+        let answered = tokio::spawn(async move { reader.commit().await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !answered.is_finished(),
+            "answered before the standby had it"
+        );
+        assert!(
+            !writer.is_finished(),
+            "acknowledged before the standby had it"
+        );
+        held.release();
+        answered
+            .await
+            .expect("joins")
+            .expect("answered once confirmed");
+        writer
+            .await
+            .expect("joins")
+            .expect("acknowledged once confirmed");
+    }
+
+    /// After a group the standby refused, nothing is on its way to confirm what a reader saw: the
+    /// reader's commit sends an empty group, whose confirmation answers it.
+    async fn a_read_after_a_refused_group_pushes_an_empty_one(database: Database, held: Arc<Held>) {
+        held.refuse.store(true, Ordering::SeqCst);
+        let refused = database
+            .transact(|transaction| async move { transaction.set(b"a", b"1") })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        held.refuse.store(false, Ordering::SeqCst);
+        let reader = database.create_transaction().expect("a transaction");
+        assert_eq!(reader.get(b"a").await.expect("reads"), Some(b"1".to_vec()));
+        let answered = tokio::spawn(async move { reader.commit().await });
+        held.until_holding().await;
+        assert!(
+            !answered.is_finished(),
+            "answered before the standby had it"
+        );
+        held.release();
+        answered
+            .await
+            .expect("joins")
+            .expect("answered once confirmed");
+    }
+
+    fn embedded_with(folder: &Path, held: &Arc<Held>) -> Database {
+        Database::open(
+            &folder.join("primary.redb"),
+            EmbeddedOptions {
+                replication: Some(held.clone()),
+                ..EmbeddedOptions::default()
+            },
+        )
+        .expect("opens")
+    }
+
+    fn memory_with(held: &Arc<Held>) -> Database {
+        Database::memory(MemoryOptions {
+            replication: Some(held.clone()),
+            ..MemoryOptions::default()
+        })
+        .expect("opens")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_leaves_only_once_the_standby_has_what_it_read() {
+        let folder = tempfile::tempdir().expect("folder");
+        let held = Arc::new(Held::default());
+        reads_leave_once_the_standby_has_them(embedded_with(folder.path(), &held), held).await;
+        let held = Arc::new(Held::default());
+        reads_leave_once_the_standby_has_them(memory_with(&held), held).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_after_a_refused_group_is_confirmed_by_an_empty_group() {
+        let folder = tempfile::tempdir().expect("folder");
+        let held = Arc::new(Held::default());
+        a_read_after_a_refused_group_pushes_an_empty_one(embedded_with(folder.path(), &held), held)
+            .await;
+        let held = Arc::new(Held::default());
+        a_read_after_a_refused_group_pushes_an_empty_one(memory_with(&held), held).await;
+    }
+
     fn every_pair(database: &Database) -> Vec<KeyValue> {
         let mut export = database.export().expect("exports");
         let mut pairs = Vec::new();
@@ -673,12 +907,9 @@ mod tests {
             matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("standby")),
             "{refused:?}"
         );
-        // Durable here all the same, like a commit whose result is unknown.
-        let read = database
-            .transact(|transaction| async move { transaction.get(b"a").await })
-            .await
-            .expect("reads");
-        assert_eq!(read, Some(b"1".to_vec()));
+        // Durable here all the same, like a commit whose result is unknown; what a transaction
+        // reads of it leaves only once the standby has it.
+        assert_read_waits_for_the_standby(&database).await;
         // The copy missed that group, so it cannot take the next one: it must be brought up
         // to date (from the primary's log of groups, or a full copy) first.
         sink.refuse.store(false, Ordering::SeqCst);
@@ -806,11 +1037,7 @@ mod tests {
             matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("standby")),
             "{refused:?}"
         );
-        let read = database
-            .transact(|transaction| async move { transaction.get(b"a").await })
-            .await
-            .expect("reads");
-        assert_eq!(read, Some(b"1".to_vec()), "applied here all the same");
+        assert_read_waits_for_the_standby(&database).await;
         sink.refuse.store(false, Ordering::SeqCst);
         let refused = database
             .transact(|transaction| async move { transaction.set(b"b", b"2") })
