@@ -17,7 +17,9 @@ fn run(simulation: &Simulation) -> Report {
         started.elapsed().as_secs_f64(),
         report.packets.datagrams
     );
-    if std::env::var_os("RELAY_SIM_TRACE").is_some() {}
+    if std::env::var_os("RELAY_SIM_TRACE").is_some() {
+        eprintln!("{}", report.trace_text());
+    }
     report.assert_invariants();
     report
 }
