@@ -85,6 +85,44 @@ fn a_sweep_of_seeds_holds_every_invariant() {
     assert_eq!(summary.messages.1, summary.messages.2, "acked = received");
 }
 
+/// Wall time the CI sweep with failovers may start new seeds for.
+const FAILOVER_SWEEP_BUDGET: Duration = Duration::from_secs(20);
+/// Seeds it runs however slow the machine is.
+const FAILOVER_SWEEP_SEEDS_MIN: u64 = 10;
+/// Seeds it runs at most.
+const FAILOVER_SWEEP_SEEDS_MAX: u64 = 100;
+
+/// The same seeds with a standby for every region and one region failed over in each run (see
+/// `Simulation::with_failovers`): nothing its old primary acknowledged may be lost.
+#[test]
+fn a_sweep_with_failovers_holds_every_invariant() {
+    let first = env_u64("RELAY_SWARM_FIRST_SEED", 0);
+    let mut swarm = match std::env::var("RELAY_SWARM_SEEDS") {
+        Ok(_) => Swarm::new(
+            first,
+            env_u64("RELAY_SWARM_SEEDS", FAILOVER_SWEEP_SEEDS_MAX),
+        ),
+        Err(_) => Swarm::new(first, FAILOVER_SWEEP_SEEDS_MAX)
+            .within(FAILOVER_SWEEP_BUDGET, FAILOVER_SWEEP_SEEDS_MIN),
+    };
+    swarm.failovers = true;
+    let summary = swarm.run(|_| {});
+    eprintln!("{}", describe(&summary));
+    assert!(summary.is_clean(), "{}", describe(&summary));
+    assert!(summary.runs >= FAILOVER_SWEEP_SEEDS_MIN.min(swarm.seeds));
+    let failovers = summary
+        .faults
+        .get(&relay_chaos::faults::FaultKind::Failover)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        failovers >= summary.runs,
+        "{failovers} failovers in {} runs",
+        summary.runs
+    );
+    assert_eq!(summary.messages.1, summary.messages.2, "acked = received");
+}
+
 #[test]
 fn a_swarm_seed_gives_the_same_trace_with_its_faults() {
     // Seed 1 has region and edge crashes, client restarts, partitions, a pause and a

@@ -346,7 +346,16 @@ impl Launcher {
                         ca_cert: self.pki.ca_cert(),
                         cert: certs.cert.clone(),
                         key: certs.key.clone(),
-                        blobs: Default::default(),
+                        // With a standby, blobs live in the store it receives: a failover
+                        // keeps them.
+                        blobs: home_region::config::BlobsConfig {
+                            keep_in: if replication.is_some() {
+                                home_region::config::BlobPlace::Store
+                            } else {
+                                home_region::config::BlobPlace::Files
+                            },
+                            ..Default::default()
+                        },
                         push: push.clone(),
                         registration: home_region::config::RegistrationConfig {
                             tokens_required: self.require_tokens,

@@ -26,6 +26,7 @@ pub mod home_move;
 pub mod keys;
 pub mod limits;
 pub mod media;
+pub mod objects;
 pub mod outbox;
 pub mod pairing;
 pub mod presence;

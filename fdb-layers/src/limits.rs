@@ -135,7 +135,21 @@ pub const CONFIRMED_READ_WAIT_MS: u64 = 1_000;
 /// confirmation forward, before it fails `Unavailable` (and is retried like any).
 pub const CONFIRMED_READ_ATTEMPTS_MAX: u32 = 5;
 
+/// Largest object the objects layer keeps in the store (a region's blob unit, with a standby),
+/// in bytes: one transaction, far below [`TRANSACTION_BYTES_MAX`].
+pub const OBJECT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of one value of an object in the store.
+pub const OBJECT_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest object path, in bytes.
+pub const OBJECT_PATH_BYTES_MAX: usize = 1_024;
+
 // Relations between the bounds, checked at compile time.
+
+// An object's keys and values fit one transaction and its chunks one read.
+const _: () = assert!(OBJECT_CHUNK_BYTES <= VALUE_BYTES_MAX);
+const _: () = assert!(OBJECT_PATH_BYTES_MAX + 64 <= KEY_BYTES_MAX);
+const _: () = assert!(OBJECT_BYTES_MAX * 2 <= TRANSACTION_BYTES_MAX);
+const _: () = assert!(OBJECT_BYTES_MAX / OBJECT_CHUNK_BYTES < LAYER_READ_ENTRIES_MAX);
 
 // One record of each size fits one transaction.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX <= TRANSACTION_BYTES_MAX);

@@ -3,7 +3,9 @@
 //! encrypted (see the client's `blob` module), stored under an id the region draws.
 //!
 //! **Where bytes live.** In an [`ObjectStore`]: local files under the region's data folder
-//! with fsync on every write (the default), S3 in production, memory in the simulation. The
+//! with fsync on every write (the default), the region's own store with a standby
+//! ([`crate::blob_objects`]: shipped with every commit, so a failover keeps them), S3 in
+//! production, memory in the simulation. The
 //! object store cannot resume a multipart upload after a restart, so resumption is ours: an
 //! upload is cut into units of [`BLOB_COMMIT_UNIT_BYTES`] (the last may be shorter), each unit
 //! one object `<id hex>/<unit index>`, and the committed offset is recorded in the region's
@@ -100,17 +102,24 @@ pub fn memory_objects() -> Arc<dyn ObjectStore> {
     Arc::new(object_store::memory::InMemory::new())
 }
 
-/// The object store a region's configuration names: its S3 bucket, or local files under
-/// `data_dir/blobs`.
+/// The object store a region's configuration names: its S3 bucket, its own store `db`
+/// (`keep_in = "store"`, stamped with `clock`), or local files under `data_dir/blobs`.
 pub fn configured_objects(
     config: &crate::config::BlobsConfig,
     data_dir: &std::path::Path,
+    db: &Database,
+    clock: Arc<dyn relay_proto::clock::Clock>,
 ) -> Result<Arc<dyn ObjectStore>, String> {
-    let Some(s3) = &config.s3 else {
-        return local_objects(&data_dir.join("blobs"))
-            .map_err(|error| format!("the blob folder under {}: {error}", data_dir.display()));
-    };
-    s3_objects(s3)
+    if let Some(s3) = &config.s3 {
+        return s3_objects(s3);
+    }
+    match config.keep_in {
+        crate::config::BlobPlace::Store => {
+            Ok(crate::blob_objects::StoreObjects::new(db.clone(), clock))
+        }
+        crate::config::BlobPlace::Files => local_objects(&data_dir.join("blobs"))
+            .map_err(|error| format!("the blob folder under {}: {error}", data_dir.display())),
+    }
 }
 
 /// The S3 bucket `s3` names, through object_store's `aws` store.
@@ -444,6 +453,21 @@ impl BlobStore {
             return Err(ProtoError::new(
                 ErrorCode::WrongOffset,
                 format!("the blob has {} bytes, not {offset}", record.size_bytes),
+            ));
+        }
+        // A blob whose record is here but whose bytes are not (kept in local files by a region
+        // that failed over since: its standby copied the store, not the files) is refused
+        // before its status, plainly, instead of a stream that breaks on every retry.
+        let first_unit = offset.min(record.size_bytes.saturating_sub(1)) / BLOB_COMMIT_UNIT_BYTES;
+        if record.size_bytes > 0
+            && let Err(object_store::Error::NotFound { .. }) =
+                self.objects.head(&unit_path(&id, first_unit)).await
+        {
+            tracing::error!(blob = %hex(&id), unit = first_unit, "a finished blob's bytes are missing from this region's storage");
+            return Err(ProtoError::new(
+                ErrorCode::UnknownBlob,
+                "this region holds the blob's record but not its bytes (kept in local files by a \
+                 region that failed over since?); ask the sender to send it again",
             ));
         }
         let reader = BlobReader {
@@ -815,7 +839,9 @@ mod tests {
             }),
             ..crate::config::BlobsConfig::default()
         };
-        let Err(error) = configured_objects(&config, folder.path()) else {
+        let db = Database::memory(fdb_layers::MemoryOptions::default()).expect("opens");
+        let clock = Arc::new(relay_proto::clock::SystemClock);
+        let Err(error) = configured_objects(&config, folder.path(), &db, clock) else {
             panic!("an S3 section was accepted by a build without S3");
         };
         assert!(error.contains("relay-blobs"), "{error}");
@@ -1176,6 +1202,89 @@ mod tests {
             Ok(1),
             "an unfinished upload expires too"
         );
+    }
+
+    /// With a standby, units live in the region's store (`keep_in = "store"`): the same upload,
+    /// resumption, download and sweep, through [`crate::blob_objects::StoreObjects`].
+    #[tokio::test]
+    async fn a_blob_kept_in_the_store_uploads_resumes_downloads_and_is_swept() {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(
+            &folder.path().join("region.redb"),
+            EmbeddedOptions::default(),
+        )
+        .expect("store opens");
+        let objects = crate::blob_objects::StoreObjects::new(
+            db.clone(),
+            Arc::new(relay_proto::clock::SystemClock),
+        );
+        let store = BlobStore::new(objects.clone(), db, BlobLimits::default());
+        let bytes = blob_bytes(2 * UNIT + 10);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let mut broken = Breaking {
+            bytes: bytes.clone(),
+            at: 0,
+            break_at: UNIT + UNIT / 2,
+        };
+        let status = store
+            .upload(ALICE, &at(&begun, 0), &mut broken, 0)
+            .await
+            .expect("a broken stream answers what it kept");
+        assert_eq!(
+            status.committed_bytes, UNIT as u64,
+            "one whole unit committed"
+        );
+        let mut rest = &bytes[UNIT..];
+        store
+            .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 0)
+            .await
+            .expect("resumes");
+        store.finish(ALICE, &begun.id, 0).await.expect("finishes");
+        assert_eq!(download_all(&store, &begun.id, 0, 1).await, bytes);
+        assert_eq!(
+            download_all(&store, &begun.id, UNIT as u64 + 3, 1).await,
+            bytes[UNIT + 3..]
+        );
+        let retention_ms = BlobLimits::default().retention_ms;
+        assert_eq!(
+            store.sweep(retention_ms).await.map(|s| s.expired_blobs),
+            Ok(1)
+        );
+        let left = objects.list_with_delimiter(None).await.expect("lists");
+        assert!(
+            left.objects.is_empty() && left.common_prefixes.is_empty(),
+            "the swept blob's units are gone: {left:?}"
+        );
+    }
+
+    /// A finished blob whose units are gone (local files across a failover) is refused plainly
+    /// before its status, not as a stream that breaks on every retry.
+    #[tokio::test]
+    async fn a_finished_blob_whose_bytes_are_gone_is_refused_before_its_status() {
+        let fixture = fixture(BlobLimits::default());
+        let store = &fixture.store;
+        let bytes = blob_bytes(UNIT + 5);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let mut all = bytes.as_slice();
+        store
+            .upload(ALICE, &at(&begun, 0), &mut all, 0)
+            .await
+            .expect("uploads");
+        store.finish(ALICE, &begun.id, 0).await.expect("finishes");
+        std::fs::remove_dir_all(&fixture.objects_dir).expect("the files are lost");
+        std::fs::create_dir_all(&fixture.objects_dir).expect("an empty folder");
+        let refused = store
+            .open_download(&begun.id, 0, 1)
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::UnknownBlob);
+        assert!(refused.message.contains("not its bytes"), "{refused}");
     }
 
     #[tokio::test]

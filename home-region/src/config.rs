@@ -80,9 +80,26 @@ pub struct BlobsConfig {
     /// [`crate::limits::BLOB_ACCOUNT_BYTES_MAX_DEFAULT`]).
     #[serde(default)]
     pub account_bytes_max: Option<u64>,
+    /// Where blobs live without `s3`: `"files"` (local files under `data_dir/blobs`, the
+    /// default) or `"store"` (in the region's own store, so its standby holds them with every
+    /// commit; a region with a standby should say so, since a failover loses blobs in local
+    /// files).
+    #[serde(default)]
+    pub keep_in: BlobPlace,
     /// Keep blobs in this S3 bucket instead of local files.
     #[serde(default)]
     pub s3: Option<S3Config>,
+}
+
+/// Where a region keeps blobs when no S3 bucket is configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobPlace {
+    /// Local files under `data_dir/blobs`, fsync'd on every write; never shipped to a standby.
+    #[default]
+    Files,
+    /// The region's own store (`fdb_layers::objects`), shipped to the standby with every commit.
+    Store,
 }
 
 /// An S3 (or S3-compatible) bucket for blobs. Credentials not given here come from the usual
@@ -132,6 +149,12 @@ impl RegionConfig {
         {
             return Err(ConfigError::Value(
                 "blobs.s3 needs a bucket and a region".into(),
+            ));
+        }
+        if self.blobs.s3.is_some() && self.blobs.keep_in == BlobPlace::Store {
+            return Err(ConfigError::Value(
+                "blobs.keep_in = \"store\" and [blobs.s3] name two places for blobs: keep one"
+                    .into(),
             ));
         }
         if let Some(replication) = &self.replication {

@@ -11,6 +11,7 @@
 //! (encrypted media and history snapshots, through `object_store`); [`repair`] is the operator's offline check
 //! and repair of a store's device queues. Every bound of the region is in [`limits`].
 
+pub mod blob_objects;
 pub mod blobs;
 pub mod claims;
 pub mod config;

@@ -159,6 +159,10 @@ pub const BLOB_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1_000;
 /// Most sweep transactions in one blob sweep, so one sweep stays bounded.
 pub const BLOB_SWEEP_TRANSACTIONS_MAX: usize = 64;
 
+/// Objects listed per transaction when blobs are kept in the region's store
+/// (`[blobs] keep_in = "store"`, the sweep's listing).
+pub const BLOB_OBJECTS_LIST_PAGE: usize = 512;
+
 // The planted bug `AckBeforeCommit` (simulation only).
 
 /// How late the planted bug commits what it acknowledged, in ms.
@@ -232,6 +236,11 @@ const _: () = assert!(BLOB_ACCOUNT_BYTES_MAX_DEFAULT >= relay_proto::limits::BLO
 const _: () =
     assert!(BLOB_SWEEP_INTERVAL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
 const _: () = assert!(BLOB_SWEEP_TRANSACTIONS_MAX >= 1);
+// A blob unit is one object of the store when blobs are kept there.
+const _: () = assert!(
+    relay_proto::limits::BLOB_COMMIT_UNIT_BYTES as usize <= fdb_layers::limits::OBJECT_BYTES_MAX
+);
+const _: () = assert!(BLOB_OBJECTS_LIST_PAGE <= fdb_layers::limits::LAYER_READ_ENTRIES_MAX);
 
 // Chat lanes (`crate::lanes`): a batch fits in a transaction with room for its queue entries and receipts.
 const _: () = assert!(BATCH_BYTES_MAX * 2 < 10_000_000);

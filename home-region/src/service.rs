@@ -380,8 +380,18 @@ impl RegionService {
             source,
         })?;
         tracing::info!(store = %store.store_id, created_at_ms = store.created_at_ms, "the store is this region's");
-        let blob_objects = crate::blobs::configured_objects(&config.blobs, &config.data_dir)
-            .map_err(ConfigError::Value)?;
+        let blob_objects =
+            crate::blobs::configured_objects(&config.blobs, &config.data_dir, &db, clock.clone())
+                .map_err(ConfigError::Value)?;
+        if config.replication.is_some()
+            && config.blobs.s3.is_none()
+            && config.blobs.keep_in == crate::config::BlobPlace::Files
+        {
+            tracing::warn!(
+                "blobs are kept in local files, which the standby never receives: a failover \
+                 loses them; set [blobs] keep_in = \"store\" (or use [blobs.s3])"
+            );
+        }
         let blob_limits = BlobLimits {
             account_bytes_max: config
                 .blobs

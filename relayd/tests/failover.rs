@@ -6,8 +6,10 @@
 //! alice saw acknowledged, and the region's new standby gets a full copy and keeps up.
 //!
 //! Journey 27: the primary hangs (SIGSTOP); its standby takes over within the lease, the edge
-//! follows the peers file, a send during the hang is acknowledged, and the primary, resumed, is
-//! fenced and not restarted; the promoted standby's process, killed, comes back as the region.
+//! follows the peers file, a send during the hang is acknowledged, a photo sent before it
+//! downloads from the promoted standby byte for byte (blobs live in the store the standby
+//! receives), and the primary, resumed, is fenced and not restarted; the promoted standby's
+//! process, killed, comes back as the region.
 //!
 //! Journey 28: a planned failover. The operator runs `relayd admin failover --region 1`: the
 //! region holds requests, ships everything to its standby, which takes over at once; the old
@@ -159,13 +161,37 @@ fn a_standby_takes_over_a_region_whose_primary_is_gone_and_fences_it_when_it_ret
     alice.register(&devnet, "127.0.1.10");
     let bob = Person::new(root, "bob");
     bob.register(&devnet, "127.0.1.11");
+    // A photo first: its blob (three units) lives in the region's store, which the standby
+    // receives, not in local files it never sees.
+    let photo: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let photo_path = root.join("photo.jpg");
+    std::fs::write(&photo_path, &photo).expect("write the photo");
+    alice.ok(&["send-file", "bob", photo_path.to_str().expect("utf-8 path")]);
+    let photo_message = eventually(DEADLINE, "the photo's message reaches bob", || {
+        let lines = bob.ok(&["sync"]);
+        events(&lines, "message")
+            .into_iter()
+            .find(|line| !line["file"].is_null())
+            .cloned()
+    });
+    let photo_id = photo_message["id"].as_str().expect("an id").to_owned();
+    assert!(
+        !data.join("region-1").join("blobs").exists()
+            || std::fs::read_dir(data.join("region-1").join("blobs"))
+                .expect("the blob folder")
+                .next()
+                .is_none(),
+        "no blob in local files"
+    );
+
     let mut sent: Vec<String> = (0..MESSAGES)
         .map(|index| format!("before {index}"))
         .collect();
     for text in &sent {
         alice.ok(&["send", "bob", text]);
     }
-
     // The primary's process hangs (SIGSTOP): its standby hears nothing for its lease, takes
     // over with everything alice saw acknowledged, and the edge follows the region's new
     // address from the peers file.
@@ -179,6 +205,21 @@ fn a_standby_takes_over_a_region_whose_primary_is_gone_and_fences_it_when_it_ret
     assert!(
         peers.contains("127.0.1.3:"),
         "the standby's address is region 1's now: {peers}"
+    );
+    // The promoted standby serves the photo from its copy of the store.
+    let photo_out = root.join("bob-photo.jpg");
+    let written = bob.ok(&[
+        "download",
+        &photo_id,
+        photo_out.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(
+        events(&written, "file_written")[0]["bytes"],
+        photo.len() as u64
+    );
+    assert!(
+        std::fs::read(&photo_out).expect("the photo") == photo,
+        "the photo differs after the failover"
     );
 
     // The old primary wakes up: its standby tells it it was promoted, and it stops for good.
