@@ -1353,6 +1353,10 @@ impl RegionSoftware {
         incarnation: u64,
         shipper: Option<Arc<relay_replica::Shipper>>,
     ) -> Result<RegionService, home_region::RegionError> {
+        // Blob units live in the region's store, as a devnet with standbys keeps them: they
+        // survive a crash as files with fsync do, and a standby holds them.
+        let blob_objects =
+            home_region::blob_objects::StoreObjects::new(db.clone(), Arc::new(self.clock));
         let (service, _) = RegionService::new(RegionParts {
             region: RegionId(self.region),
             directory_writer: RegionId(DIRECTORY_WRITER),
@@ -1364,7 +1368,7 @@ impl RegionSoftware {
             peers: serving_resolver(&self.serving),
             clock: Arc::new(self.clock),
             boot_nonce: seed::split_mix(incarnation),
-            blob_objects: home_region::blobs::memory_objects(),
+            blob_objects,
             blob_limits: home_region::blobs::BlobLimits::default(),
             served_before: incarnation > 0,
             push: None,
