@@ -455,18 +455,19 @@ impl Simulation {
         self.standbys()
     }
 
-    /// [`Simulation::standbys`] and one failover ([`Simulation::fail_over`]) that
-    /// [`Simulation::swarm`]'s seed draws: a drawn region hangs at a drawn moment of the safety
-    /// phase for 2.5–5 s (past its standby's 2 s lease). Drawn apart, so the seed's other faults
-    /// stay the same; no standby crash is drawn (a standby that took over and crashed could not
-    /// fence its old primary, which a devnet's supervisor restarts as the region).
+    /// [`Simulation::with_standbys`] (its standby crashes included: a standby that took over and
+    /// crashed comes back as the region, and still fences its old primary) and one failover
+    /// ([`Simulation::fail_over`]) that [`Simulation::swarm`]'s seed draws: a drawn region hangs
+    /// at a drawn moment of the safety phase for 2.5–5 s (past its standby's 2 s lease). Drawn
+    /// apart, so the seed's other faults stay the same.
     pub fn with_failovers(self) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed::derive(self.seed, "swarm-failovers", 0));
-        let region = rng.random_range(1..=self.shape.regions.max(1));
+        let this = self.with_standbys();
+        let mut rng = StdRng::seed_from_u64(seed::derive(this.seed, "swarm-failovers", 0));
+        let region = rng.random_range(1..=this.shape.regions.max(1));
         let down_for = rng.random_range(2_500..=5_000);
-        let latest_ms = self.faults.heal_ms.saturating_sub(down_for).max(1);
+        let latest_ms = this.faults.heal_ms.saturating_sub(down_for).max(1);
         let at = rng.random_range(0..latest_ms);
-        self.fail_over(
+        this.fail_over(
             region,
             Duration::from_millis(at),
             Duration::from_millis(down_for),
@@ -1420,6 +1421,21 @@ impl StandbySoftware {
                 epoch,
                 "serving as the region again (promoted before)"
             );
+            // As a devnet's restarted standby does, it also tells an old primary that dials it
+            // that it is fenced.
+            let (fencing, _) = relay_replica::StandbyServer::on_memory_promoted(
+                relay_replica::MemoryStandby {
+                    region: self.region,
+                    disk: self.disk.clone(),
+                    listen: any_address(STANDBY_PORT),
+                    identity: self.identity.clone(),
+                    roots: self.roots.clone(),
+                    sockets: &sockets,
+                    can_promote: true,
+                },
+                epoch,
+            )?;
+            tokio::spawn(fencing.run(std::future::pending()));
             let db = region.open(incarnation, None)?;
             region
                 .serve(db, &sockets, incarnation, None)?

@@ -162,6 +162,26 @@ impl StandbyServer {
         )
     }
 
+    /// [`Self::open_promoted`] for the simulator: the server of a standby on `parts.disk` that
+    /// was promoted at `epoch` (its disk is the region's store now), which only tells an old
+    /// primary that dials it that it is fenced.
+    pub fn on_memory_promoted(
+        parts: MemoryStandby<'_>,
+        epoch: u64,
+    ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
+        Self::serve_on(
+            parts.region,
+            parts.identity,
+            parts.roots,
+            parts.sockets,
+            parts.listen,
+            parts.can_promote,
+            None,
+            CopyAt::Memory(parts.disk),
+            epoch.max(1),
+        )
+    }
+
     /// The server of a standby that was promoted at `epoch` and serves as the region now
     /// (started again after a restart): it holds no copy and only tells an old primary that
     /// dials it that it is fenced.
