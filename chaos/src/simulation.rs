@@ -756,37 +756,40 @@ impl Simulation {
             sim.client(format!("operator-{index}").as_str(), operator.run());
             all_hosts.push(format!("operator-{index}"));
         }
+        // Links of `host` with each of `others`, both ways.
+        let links_with = |host: &String, others: &[String]| -> Vec<(String, String)> {
+            others
+                .iter()
+                .filter(|other| *other != host)
+                .flat_map(|other| [(host.clone(), other.clone()), (other.clone(), host.clone())])
+                .collect()
+        };
+        let on_links = |kind, span: &RegionCrash, label, links, effect| Fault {
+            kind,
+            start_ms: millis(span.at),
+            end_ms: millis(span.at + span.down_for),
+            label,
+            target: Target::Links { links, effect },
+        };
         for failover in &self.failovers {
             let host = region_host(failover.region);
-            faults.push(Fault {
-                kind: FaultKind::Failover,
-                start_ms: millis(failover.at),
-                end_ms: millis(failover.at + failover.down_for),
-                label: format!("{host} hangs (failover)"),
-                target: Target::Links {
-                    links: all_hosts
-                        .iter()
-                        .filter(|other| **other != host)
-                        .flat_map(|other| {
-                            [(host.clone(), other.clone()), (other.clone(), host.clone())]
-                        })
-                        .collect(),
-                    effect: LinkEffect::Hold,
-                },
-            });
+            faults.push(on_links(
+                FaultKind::Failover,
+                failover,
+                format!("{host} hangs (failover)"),
+                links_with(&host, &all_hosts),
+                LinkEffect::Hold,
+            ));
         }
         for cut in &self.standby_cuts {
             let (host, standby) = (region_host(cut.region), standby_host(cut.region));
-            faults.push(Fault {
-                kind: FaultKind::Partition,
-                start_ms: millis(cut.at),
-                end_ms: millis(cut.at + cut.down_for),
-                label: format!("{host} cut off from {standby}"),
-                target: Target::Links {
-                    links: vec![(host.clone(), standby.clone()), (standby, host)],
-                    effect: LinkEffect::Drop,
-                },
-            });
+            faults.push(on_links(
+                FaultKind::Partition,
+                cut,
+                format!("{host} cut off from {standby}"),
+                links_with(&host, &[standby]),
+                LinkEffect::Drop,
+            ));
         }
         faults.faults.sort_by_key(|fault| fault.start_ms);
 
@@ -1404,6 +1407,19 @@ struct StandbySoftware {
 }
 
 impl StandbySoftware {
+    /// The standby server's parts on this host.
+    fn parts<'a>(&self, sockets: &'a SimSockets) -> relay_replica::MemoryStandby<'a> {
+        relay_replica::MemoryStandby {
+            region: self.region,
+            disk: self.disk.clone(),
+            listen: any_address(STANDBY_PORT),
+            identity: self.identity.clone(),
+            roots: self.roots.clone(),
+            sockets,
+            can_promote: self.promotion.is_some(),
+        }
+    }
+
     async fn run(self) -> turmoil::Result {
         let incarnation = next_incarnation(
             &self.starts,
@@ -1423,18 +1439,8 @@ impl StandbySoftware {
             );
             // As a devnet's restarted standby does, it also tells an old primary that dials it
             // that it is fenced.
-            let (fencing, _) = relay_replica::StandbyServer::on_memory_promoted(
-                relay_replica::MemoryStandby {
-                    region: self.region,
-                    disk: self.disk.clone(),
-                    listen: any_address(STANDBY_PORT),
-                    identity: self.identity.clone(),
-                    roots: self.roots.clone(),
-                    sockets: &sockets,
-                    can_promote: true,
-                },
-                epoch,
-            )?;
+            let (fencing, _) =
+                relay_replica::StandbyServer::on_memory_promoted(self.parts(&sockets), epoch)?;
             tokio::spawn(fencing.run(std::future::pending()));
             let db = region.open(incarnation, None)?;
             region
@@ -1443,15 +1449,7 @@ impl StandbySoftware {
                 .await?;
             return Ok(());
         }
-        let (server, _) = relay_replica::StandbyServer::on_memory(relay_replica::MemoryStandby {
-            region: self.region,
-            disk: self.disk.clone(),
-            listen: any_address(STANDBY_PORT),
-            identity: self.identity.clone(),
-            roots: self.roots.clone(),
-            sockets: &sockets,
-            can_promote: self.promotion.is_some(),
-        })?;
+        let (server, _) = relay_replica::StandbyServer::on_memory(self.parts(&sockets))?;
         let Some(region) = &self.promotion else {
             server.run(std::future::pending()).await;
             return Ok(());

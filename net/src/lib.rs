@@ -733,7 +733,7 @@ pub struct PeerLinks {
     config: quinn::ClientConfig,
     server_name: &'static str,
     resolve: PeerResolver,
-    connections: std::sync::Mutex<std::collections::HashMap<u32, PeerSlot>>,
+    connections: std::sync::Mutex<std::collections::BTreeMap<u32, PeerSlot>>,
 }
 
 impl std::fmt::Debug for PeerLinks {

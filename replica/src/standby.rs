@@ -147,19 +147,8 @@ impl StandbyServer {
     pub fn on_memory(
         parts: MemoryStandby<'_>,
     ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
-        let copy = CopyAt::Memory(parts.disk);
-        let store = copy.open()?;
-        Self::serve_on(
-            parts.region,
-            parts.identity,
-            parts.roots,
-            parts.sockets,
-            parts.listen,
-            parts.can_promote,
-            Some(store),
-            copy,
-            0,
-        )
+        let store = CopyAt::Memory(parts.disk.clone()).open()?;
+        Self::on_memory_with(parts, Some(store), 0)
     }
 
     /// [`Self::open_promoted`] for the simulator: the server of a standby on `parts.disk` that
@@ -169,6 +158,14 @@ impl StandbyServer {
         parts: MemoryStandby<'_>,
         epoch: u64,
     ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
+        Self::on_memory_with(parts, None, epoch.max(1))
+    }
+
+    fn on_memory_with(
+        parts: MemoryStandby<'_>,
+        store: Option<StandbyStore>,
+        promoted: u64,
+    ) -> Result<(StandbyServer, SocketAddr), ReplicaError> {
         Self::serve_on(
             parts.region,
             parts.identity,
@@ -176,9 +173,9 @@ impl StandbyServer {
             parts.sockets,
             parts.listen,
             parts.can_promote,
-            None,
+            store,
             CopyAt::Memory(parts.disk),
-            epoch.max(1),
+            promoted,
         )
     }
 
