@@ -524,10 +524,10 @@ pub enum PushCommand {
         #[arg(long)]
         endpoint: String,
         /// `keys.p256dh` (base64url).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         p256dh: String,
-        /// `keys.auth` (base64url).
-        #[arg(long)]
+        /// `keys.auth` (base64url; it may start with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         auth: String,
     },
     /// Register an APNs device token (hex).
@@ -537,7 +537,8 @@ pub enum PushCommand {
     },
     /// Register an FCM registration token.
     Fcm {
-        /// The registration token.
+        /// The registration token (it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         token: String,
     },
     /// Remove this device's registration: it is no longer woken.
@@ -1975,6 +1976,29 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["relay", "send", "bob"]).is_err());
+        // Base64url keys and tokens may start with '-' (one random auth secret in 64 does).
+        let cli = Cli::try_parse_from([
+            "relay",
+            "push",
+            "webpush",
+            "--endpoint",
+            "https://push.example/1",
+            "--p256dh",
+            "-BN5n4W0v",
+            "--auth",
+            "-bG7Q_5pEBT02a6NYIhzRQ",
+        ])
+        .expect("a key starting with '-' parses");
+        assert!(matches!(
+            cli.command,
+            Command::Push {
+                change: Some(PushCommand::Webpush { ref auth, .. })
+            } if auth == "-bG7Q_5pEBT02a6NYIhzRQ"
+        ));
+        assert!(
+            Cli::try_parse_from(["relay", "push", "fcm", "-dQw4:APA91b"]).is_ok(),
+            "an FCM token starting with '-'"
+        );
         assert!(
             Cli::try_parse_from([
                 "relay", "--data", "d", "send", "bob", "x", "--until", "soon"
