@@ -50,13 +50,19 @@ const SWEEP_SEEDS_MIN: u64 = 50;
 /// Seeds the CI sweep runs at most.
 const SWEEP_SEEDS_MAX: u64 = 300;
 
+/// CI's sweep of at most `max` seeds from `RELAY_SWARM_FIRST_SEED`: sized by `budget` with a
+/// floor of `min` seeds, or exactly `RELAY_SWARM_SEEDS` seeds when that is set.
+fn ci_sweep(max: u64, budget: Duration, min: u64) -> Swarm {
+    let first = env_u64("RELAY_SWARM_FIRST_SEED", 0);
+    match std::env::var("RELAY_SWARM_SEEDS") {
+        Ok(_) => Swarm::new(first, env_u64("RELAY_SWARM_SEEDS", max)),
+        Err(_) => Swarm::new(first, max).within(budget, min),
+    }
+}
+
 #[test]
 fn a_sweep_of_seeds_holds_every_invariant() {
-    let first = env_u64("RELAY_SWARM_FIRST_SEED", 0);
-    let swarm = match std::env::var("RELAY_SWARM_SEEDS") {
-        Ok(_) => Swarm::new(first, env_u64("RELAY_SWARM_SEEDS", SWEEP_SEEDS_MAX)),
-        Err(_) => Swarm::new(first, SWEEP_SEEDS_MAX).within(SWEEP_BUDGET, SWEEP_SEEDS_MIN),
-    };
+    let swarm = ci_sweep(SWEEP_SEEDS_MAX, SWEEP_BUDGET, SWEEP_SEEDS_MIN);
     let summary = swarm.run(|_| {});
     eprintln!("{}", describe(&summary));
     assert!(summary.is_clean(), "{}", describe(&summary));
@@ -96,15 +102,11 @@ const FAILOVER_SWEEP_SEEDS_MAX: u64 = 100;
 /// `Simulation::with_failovers`): nothing its old primary acknowledged may be lost.
 #[test]
 fn a_sweep_with_failovers_holds_every_invariant() {
-    let first = env_u64("RELAY_SWARM_FIRST_SEED", 0);
-    let mut swarm = match std::env::var("RELAY_SWARM_SEEDS") {
-        Ok(_) => Swarm::new(
-            first,
-            env_u64("RELAY_SWARM_SEEDS", FAILOVER_SWEEP_SEEDS_MAX),
-        ),
-        Err(_) => Swarm::new(first, FAILOVER_SWEEP_SEEDS_MAX)
-            .within(FAILOVER_SWEEP_BUDGET, FAILOVER_SWEEP_SEEDS_MIN),
-    };
+    let mut swarm = ci_sweep(
+        FAILOVER_SWEEP_SEEDS_MAX,
+        FAILOVER_SWEEP_BUDGET,
+        FAILOVER_SWEEP_SEEDS_MIN,
+    );
     swarm.failovers = true;
     let summary = swarm.run(|_| {});
     eprintln!("{}", describe(&summary));

@@ -236,6 +236,13 @@ mod tests {
         Database::memory(MemoryOptions::default()).expect("opens")
     }
 
+    async fn read(database: &Database, path: &'static str) -> Option<(ObjectInfo, Vec<u8>)> {
+        database
+            .transact(|tx| async move { get(&tx, path).await })
+            .await
+            .expect("reads")
+    }
+
     #[tokio::test]
     async fn an_object_reads_back_whole_and_is_replaced_and_deleted() {
         let database = database();
@@ -248,11 +255,7 @@ mod tests {
             })
             .await
             .expect("puts");
-        let (info, bytes) = database
-            .transact(|tx| async move { get(&tx, "ab/0").await })
-            .await
-            .expect("reads")
-            .expect("an object");
+        let (info, bytes) = read(&database, "ab/0").await.expect("an object");
         assert_eq!((info.size_bytes, info.written_ms), (big.len() as u64, 5));
         assert_eq!(bytes, big);
         // A shorter object in its place leaves none of the old chunks.
@@ -260,31 +263,19 @@ mod tests {
             .transact(|tx| async move { put(&tx, "ab/0", b"short", 6).await })
             .await
             .expect("puts");
-        let (_, bytes) = database
-            .transact(|tx| async move { get(&tx, "ab/0").await })
-            .await
-            .expect("reads")
-            .expect("an object");
+        let (_, bytes) = read(&database, "ab/0").await.expect("an object");
         assert_eq!(bytes, b"short");
         database
             .transact(|tx| async move { delete(&tx, "ab/0") })
             .await
             .expect("deletes");
-        let gone = database
-            .transact(|tx| async move { get(&tx, "ab/0").await })
-            .await
-            .expect("reads");
-        assert!(gone.is_none());
+        assert!(read(&database, "ab/0").await.is_none());
         // Empty objects exist too.
         database
             .transact(|tx| async move { put(&tx, "empty", b"", 7).await })
             .await
             .expect("puts");
-        let (info, bytes) = database
-            .transact(|tx| async move { get(&tx, "empty").await })
-            .await
-            .expect("reads")
-            .expect("an object");
+        let (info, bytes) = read(&database, "empty").await.expect("an object");
         assert_eq!((info.size_bytes, bytes.len()), (0, 0));
     }
 

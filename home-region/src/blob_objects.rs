@@ -154,11 +154,19 @@ impl ObjectStore for StoreObjects {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let path = location.as_ref().to_owned();
+        // A head reads the object's size only, not its chunks.
+        let head = options.head;
         let found = self
             .db
             .transact(|tx| {
                 let path = path.clone();
-                async move { objects::get(&tx, &path).await }
+                async move {
+                    if head {
+                        let info = objects::info(&tx, &path).await?;
+                        return Ok(info.map(|info| (info, Vec::new())));
+                    }
+                    objects::get(&tx, &path).await
+                }
             })
             .await
             .map_err(failure)?;
@@ -172,6 +180,7 @@ impl ObjectStore for StoreObjects {
         options.check_preconditions(&meta)?;
         let bytes = Bytes::from(bytes);
         let (range, data) = match &options.range {
+            _ if head => (0..meta.size, Bytes::new()),
             Some(range) => {
                 let range =
                     range
@@ -191,7 +200,6 @@ impl ObjectStore for StoreObjects {
             }
             None => (0..meta.size, bytes),
         };
-        let data = if options.head { Bytes::new() } else { data };
         Ok(GetResult {
             payload: GetResultPayload::Stream(stream::once(async move { Ok(data) }).boxed()),
             meta,
@@ -314,6 +322,8 @@ mod tests {
             .put(&Path::from("bb/0"), PutPayload::from(vec![1; 3]))
             .await
             .expect("puts");
+        let head = store.head(&Path::from("aa/0")).await.expect("a head");
+        assert_eq!(head.size, unit.len() as u64);
         let read = store.get(&Path::from("aa/0")).await.expect("gets");
         assert_eq!(read.meta.size, unit.len() as u64);
         assert_eq!(read.bytes().await.expect("bytes").to_vec(), unit);

@@ -885,6 +885,17 @@ mod tests {
     }
 
     fn fixture(limits: BlobLimits) -> Fixture {
+        fixture_on(limits, |_, folder| {
+            local_objects(folder).expect("blob folder") as Arc<dyn ObjectStore>
+        })
+    }
+
+    /// A blob store on a store file in a temporary folder, with the objects `objects` makes of
+    /// the store and the folder's `blobs` subfolder.
+    fn fixture_on(
+        limits: BlobLimits,
+        objects: impl FnOnce(&Database, &std::path::Path) -> Arc<dyn ObjectStore>,
+    ) -> Fixture {
         let folder = tempfile::tempdir().expect("tempdir");
         let db = Database::open(
             &folder.path().join("region.redb"),
@@ -892,12 +903,30 @@ mod tests {
         )
         .expect("store opens");
         let objects_dir = folder.path().join("blobs");
-        let objects = local_objects(&objects_dir).expect("blob folder");
+        let objects = objects(&db, &objects_dir);
         Fixture {
             _folder: folder,
             objects_dir,
             store: BlobStore::new(objects, db, limits),
         }
+    }
+
+    /// `bytes` uploaded by alice in one go and finished, at `now_ms`.
+    async fn finished_upload(store: &BlobStore, bytes: &[u8], now_ms: u64) -> BlobStatus {
+        let begun = store
+            .begin(ALICE, &begin_of(bytes), now_ms)
+            .await
+            .expect("begins");
+        let mut all = bytes;
+        store
+            .upload(ALICE, &at(&begun, 0), &mut all, now_ms)
+            .await
+            .expect("uploads");
+        store
+            .finish(ALICE, &begun.id, now_ms)
+            .await
+            .expect("finishes");
+        begun
     }
 
     fn blob_bytes(length: usize) -> Vec<u8> {
@@ -1151,19 +1180,7 @@ mod tests {
         let retention_ms = BlobLimits::default().retention_ms;
         assert_eq!(retention_ms, 30 * DAY_MS);
         let bytes = blob_bytes(UNIT + 1);
-        let finished = store
-            .begin(ALICE, &begin_of(&bytes), 0)
-            .await
-            .expect("begins");
-        let mut all = bytes.as_slice();
-        store
-            .upload(ALICE, &at(&finished, 0), &mut all, 0)
-            .await
-            .expect("uploads");
-        store
-            .finish(ALICE, &finished.id, 0)
-            .await
-            .expect("finishes");
+        let finished = finished_upload(store, &bytes, 0).await;
         // An upload begun a day later, never finished.
         let later = store
             .begin(ALICE, &begin_of(&bytes), DAY_MS)
@@ -1208,17 +1225,17 @@ mod tests {
     /// resumption, download and sweep, through [`crate::blob_objects::StoreObjects`].
     #[tokio::test]
     async fn a_blob_kept_in_the_store_uploads_resumes_downloads_and_is_swept() {
-        let folder = tempfile::tempdir().expect("tempdir");
-        let db = Database::open(
-            &folder.path().join("region.redb"),
-            EmbeddedOptions::default(),
-        )
-        .expect("store opens");
-        let objects = crate::blob_objects::StoreObjects::new(
-            db.clone(),
-            Arc::new(relay_proto::clock::SystemClock),
-        );
-        let store = BlobStore::new(objects.clone(), db, BlobLimits::default());
+        let objects = std::cell::OnceCell::new();
+        let fixture = fixture_on(BlobLimits::default(), |db, _| {
+            let kept = crate::blob_objects::StoreObjects::new(
+                db.clone(),
+                Arc::new(relay_proto::clock::SystemClock),
+            );
+            let _ = objects.set(kept.clone());
+            kept as Arc<dyn ObjectStore>
+        });
+        let objects = objects.into_inner().expect("the objects");
+        let store = &fixture.store;
         let bytes = blob_bytes(2 * UNIT + 10);
         let begun = store
             .begin(ALICE, &begin_of(&bytes), 0)
@@ -1243,9 +1260,9 @@ mod tests {
             .await
             .expect("resumes");
         store.finish(ALICE, &begun.id, 0).await.expect("finishes");
-        assert_eq!(download_all(&store, &begun.id, 0, 1).await, bytes);
+        assert_eq!(download_all(store, &begun.id, 0, 1).await, bytes);
         assert_eq!(
-            download_all(&store, &begun.id, UNIT as u64 + 3, 1).await,
+            download_all(store, &begun.id, UNIT as u64 + 3, 1).await,
             bytes[UNIT + 3..]
         );
         let retention_ms = BlobLimits::default().retention_ms;
@@ -1266,17 +1283,7 @@ mod tests {
     async fn a_finished_blob_whose_bytes_are_gone_is_refused_before_its_status() {
         let fixture = fixture(BlobLimits::default());
         let store = &fixture.store;
-        let bytes = blob_bytes(UNIT + 5);
-        let begun = store
-            .begin(ALICE, &begin_of(&bytes), 0)
-            .await
-            .expect("begins");
-        let mut all = bytes.as_slice();
-        store
-            .upload(ALICE, &at(&begun, 0), &mut all, 0)
-            .await
-            .expect("uploads");
-        store.finish(ALICE, &begun.id, 0).await.expect("finishes");
+        let begun = finished_upload(store, &blob_bytes(UNIT + 5), 0).await;
         std::fs::remove_dir_all(&fixture.objects_dir).expect("the files are lost");
         std::fs::create_dir_all(&fixture.objects_dir).expect("an empty folder");
         let refused = store

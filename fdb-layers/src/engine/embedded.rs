@@ -56,7 +56,7 @@ use super::committer::{
 };
 use super::disk::{DATA_TABLE, META_TABLE, StoreFile, VERSION_KEY, contained, read_error};
 use super::local::KeyValue;
-use super::replication::{CommittedGroup, Confirmed, Recording, ReplicationSink, StoreExport};
+use super::replication::{CommittedGroup, Recording, Shipping, StoreExport};
 use super::watches::{PendingWatch, WatchRegistry};
 use super::{Counters, EmbeddedOptions, IntegrityReport, Versionstamp};
 use crate::error::StoreError;
@@ -87,8 +87,8 @@ pub(crate) struct Shared {
     registry: Arc<WatchRegistry>,
     /// The read versions of the open transactions, which bound what the resolver remembers.
     open_reads: Arc<OpenReads>,
-    /// What the standby confirmed (with a sink).
-    confirmed: Option<Arc<Confirmed>>,
+    /// The shipping to a standby, with one (the committer's).
+    shipping: Option<Arc<Shipping>>,
 }
 
 /// What the resolver stage is asked to do.
@@ -120,16 +120,14 @@ impl Shared {
         let registry = WatchRegistry::new();
         let (sender, receiver) = mpsc::sync_channel(COMMIT_QUEUE_TRANSACTIONS_MAX);
         let open_reads = OpenReads::new(version);
-        let confirmed = Confirmed::new();
-        let replicated = options.replication.is_some();
+        let shipping = options.replication.map(Shipping::new);
         let committer = Arc::new(Committer::new(
             file.clone(),
             Resolver::new(version, options.faults),
             open_reads.clone(),
             counters.clone(),
             registry.clone(),
-            options.replication,
-            confirmed.clone(),
+            shipping.clone(),
         ));
         let writer = {
             let committer = committer.clone();
@@ -161,13 +159,13 @@ impl Shared {
             counters,
             registry,
             open_reads,
-            confirmed: replicated.then_some(confirmed),
+            shipping,
         }))
     }
 
-    /// What the standby confirmed, with one.
-    pub(crate) fn confirmed(&self) -> Option<&Arc<Confirmed>> {
-        self.confirmed.as_ref()
+    /// The shipping to a standby, with one.
+    pub(crate) fn shipping(&self) -> Option<&Arc<Shipping>> {
+        self.shipping.as_ref()
     }
 
     /// A read snapshot of the data and its version, counted open (for the resolver) until the
@@ -332,10 +330,9 @@ struct Committer {
     registry: Arc<WatchRegistry>,
     /// Told each durable version, so the resolver forgets what every open transaction saw.
     open_reads: Arc<OpenReads>,
-    /// Where each durable group is shipped before its requests are answered (a standby).
-    sink: Option<Arc<dyn ReplicationSink>>,
-    /// Counts the groups on their way to the sink and the newest it confirmed.
-    confirmed: Arc<Confirmed>,
+    /// Where each durable group is shipped before its requests are answered (a standby), and
+    /// what it confirmed.
+    shipping: Option<Arc<Shipping>>,
 }
 
 struct PipelineState {
@@ -493,8 +490,7 @@ impl Committer {
         open_reads: Arc<OpenReads>,
         counters: Arc<Counters>,
         registry: Arc<WatchRegistry>,
-        sink: Option<Arc<dyn ReplicationSink>>,
-        confirmed: Arc<Confirmed>,
+        shipping: Option<Arc<Shipping>>,
     ) -> Self {
         Committer {
             file,
@@ -512,8 +508,7 @@ impl Committer {
             counters,
             registry,
             open_reads,
-            sink,
-            confirmed,
+            shipping,
         }
     }
 
@@ -749,11 +744,10 @@ impl Committer {
             .zip(answers)
             .map(|((submission, _), answer)| (submission.reply, answer))
             .collect();
-        match (shipped, &self.sink) {
+        match (shipped, &self.shipping) {
             // Answered once the standby has the group; meanwhile the next group is written
             // here, so the two fsyncs overlap.
-            (Some(group), Some(sink)) => self.confirmed.ship(
-                sink.as_ref(),
+            (Some(group), Some(shipping)) => shipping.ship(
                 group,
                 Box::new(move |replicated| answer(replies, replicated)),
             ),
@@ -779,7 +773,7 @@ impl Committer {
                 .faults()
                 .inject(injected.passing_operations, injected.failure);
         }
-        let record = self.sink.is_some();
+        let record = self.shipping.is_some();
         let written = self.file.with("writing a group commit", |redb| {
             apply(redb, version, accepted, record)
         });
@@ -837,9 +831,9 @@ impl Committer {
             // changed is visible now, so its watches fire. Its requests still hear that it
             // failed: a failed sync does not make it durable.
             self.notify_watches(accepted);
-            if let Some(sink) = &self.sink {
+            if let Some(shipping) = &self.shipping {
                 // Never shipped: the standby's copy lacks it.
-                sink.skipped(version);
+                shipping.skipped(version);
             }
         }
         match error {
@@ -1146,7 +1140,6 @@ mod tests {
             Arc::new(Counters::default()),
             WatchRegistry::new(),
             None,
-            Confirmed::new(),
         );
         let (first, mut first_answer) = submission(version, b"a", b"k");
         assert!(committer.resolve(first));

@@ -15,7 +15,7 @@ use super::committer::{
     AtomicOp, CommitRequest, KeyRange, OpenRead, PendingWrite, VersionstampedKey, fold,
     place_versionstamp,
 };
-use super::replication::Confirmed;
+use super::replication::Shipping;
 use super::transaction::Budget;
 use super::watches::{PendingWatch, Watch, WatchRegistry};
 use super::{
@@ -77,11 +77,11 @@ impl LocalStore {
         }
     }
 
-    /// What the standby confirmed, with one.
-    fn confirmed(&self) -> Option<&Arc<Confirmed>> {
+    /// The shipping to a standby, with one.
+    fn shipping(&self) -> Option<&Arc<Shipping>> {
         match self {
-            LocalStore::Embedded(shared) => shared.confirmed(),
-            LocalStore::Memory(shared) => shared.confirmed(),
+            LocalStore::Embedded(shared) => shared.shipping(),
+            LocalStore::Memory(shared) => shared.shipping(),
         }
     }
 
@@ -89,14 +89,17 @@ impl LocalStore {
     /// with none on its way (the last one refused, or failed on the disk), commits an empty
     /// group, whose confirmation confirms everything before it. `Unavailable` when the standby
     /// does not confirm it within [`CONFIRMED_READ_ATTEMPTS_MAX`] tries.
-    async fn until_confirmed(&self, confirmed: &Confirmed, version: u64) -> Result<(), StoreError> {
+    async fn until_confirmed(&self, shipping: &Shipping, version: u64) -> Result<(), StoreError> {
         let wait = std::time::Duration::from_millis(CONFIRMED_READ_WAIT_MS);
-        for _ in 0..CONFIRMED_READ_ATTEMPTS_MAX {
-            if confirmed.version() >= version {
+        for attempt in 0..=CONFIRMED_READ_ATTEMPTS_MAX {
+            if shipping.version() >= version {
                 return Ok(());
             }
-            if confirmed.any_in_flight() {
-                confirmed.reached(version, wait).await;
+            if attempt == CONFIRMED_READ_ATTEMPTS_MAX {
+                break;
+            }
+            if shipping.any_in_flight() {
+                shipping.reached(version, wait).await;
                 continue;
             }
             let empty = CommitRequest {
@@ -114,13 +117,10 @@ impl LocalStore {
                 )));
             }
         }
-        if confirmed.version() >= version {
-            return Ok(());
-        }
         Err(StoreError::Unavailable(format!(
             "what this transaction read (version {version}) is not on the standby yet; it holds \
              version {}",
-            confirmed.version()
+            shipping.version()
         )))
     }
 
@@ -486,13 +486,13 @@ impl LocalTransaction {
         // (however old it is, as on FoundationDB).
         // With a standby, what it read leaves the region only once the standby has it.
         let outcome = match request {
-            Ok(None) => match self.store.confirmed() {
-                Some(confirmed) if confirmed.version() < self.read_version() => self
+            Ok(None) => match self.store.shipping() {
+                Some(shipping) => self
                     .store
-                    .until_confirmed(confirmed, self.read_version())
+                    .until_confirmed(shipping, self.read_version())
                     .await
                     .map(|()| None),
-                _ => Ok(None),
+                None => Ok(None),
             },
             Ok(Some(request)) => self.store.commit(request).await.map(Some),
             Err(error) => Err(error),

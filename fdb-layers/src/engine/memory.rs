@@ -31,9 +31,7 @@ use tokio::time::Instant;
 
 use super::committer::{ApplyTarget, CommitRequest, KeyRange, Resolver, apply_request};
 use super::local::KeyValue;
-use super::replication::{
-    CommittedGroup, Confirmed, Mutation, Recording, ReplicationSink, StoreExport,
-};
+use super::replication::{CommittedGroup, Mutation, Recording, Shipping, StoreExport};
 use super::watches::{PendingWatch, WatchRegistry};
 use super::{Counters, IntegrityReport, MemoryOptions, Versionstamp};
 use crate::error::StoreError;
@@ -219,10 +217,9 @@ pub(crate) struct Shared {
     resolver: Mutex<Resolver>,
     counters: Arc<Counters>,
     registry: Arc<WatchRegistry>,
-    /// Where each applied commit is shipped before it is answered (a standby).
-    sink: Option<Arc<dyn ReplicationSink>>,
-    /// What the standby confirmed (with a sink).
-    confirmed: Option<Arc<Confirmed>>,
+    /// Where each applied commit is shipped before it is answered (a standby), and what it
+    /// confirmed.
+    shipping: Option<Arc<Shipping>>,
 }
 
 impl Shared {
@@ -255,8 +252,7 @@ impl Shared {
             resolver: Mutex::new(Resolver::new(version, options.faults)),
             counters: Arc::new(Counters::default()),
             registry,
-            confirmed: options.replication.as_ref().map(|_| Confirmed::new()),
-            sink: options.replication,
+            shipping: options.replication.map(Shipping::new),
         }))
     }
 
@@ -264,9 +260,9 @@ impl Shared {
         &self.counters
     }
 
-    /// What the standby confirmed, with one.
-    pub(crate) fn confirmed(&self) -> Option<&Arc<Confirmed>> {
-        self.confirmed.as_ref()
+    /// The shipping to a standby, with one.
+    pub(crate) fn shipping(&self) -> Option<&Arc<Shipping>> {
+        self.shipping.as_ref()
     }
 
     pub(crate) fn registry(&self) -> &Arc<WatchRegistry> {
@@ -336,7 +332,7 @@ impl Shared {
                     store: &mut disk.store,
                     version,
                 };
-                if self.sink.is_some() && disk_failure.is_none() {
+                if self.shipping.is_some() && disk_failure.is_none() {
                     let mut recording = Recording {
                         target: &mut target,
                         mutations: Vec::new(),
@@ -353,9 +349,9 @@ impl Shared {
                 disk.store.version = version;
             }
             if let Some(failure) = disk_failure {
-                if let (true, Some(sink)) = (failure.applied, &self.sink) {
+                if let (true, Some(shipping)) = (failure.applied, &self.shipping) {
                     // On the disk, never shipped: the standby needs another way to it.
-                    sink.skipped(version);
+                    shipping.skipped(version);
                 }
                 disk.failed_commits += 1;
                 resolver.failed(version, disk.store.version, now);
@@ -377,11 +373,10 @@ impl Shared {
                     .committed_transactions
                     .fetch_add(1, Ordering::Relaxed);
                 // Handed over under the disk's lock, so the sink gets commits in version order.
-                let replicated = match (shipped, &self.sink, &self.confirmed) {
-                    (Some(group), Some(sink), Some(confirmed)) => {
+                let replicated = match (shipped, &self.shipping) {
+                    (Some(group), Some(shipping)) => {
                         let (done, replicated) = oneshot::channel();
-                        confirmed.ship(
-                            sink.as_ref(),
+                        shipping.ship(
                             group,
                             Box::new(move |result| {
                                 let _ = done.send(result);

@@ -15,7 +15,7 @@
 //!   as soon as it is durable, before the standby confirms it. A transaction that writes is
 //!   answered after its own group, and groups are confirmed in version order, so whatever it
 //!   read is on the standby by then. A transaction that only reads waits at its commit until
-//!   the standby confirmed its read version ([`Confirmed`]), asking for an empty group when
+//!   the standby confirmed its read version ([`Shipping`]), asking for an empty group when
 //!   none is on its way (after a group the standby refused, or one the disk failed). Otherwise
 //!   a fetch could show a device a message, or a retried send hear "already stored", that a
 //!   standby taking over never had. On FoundationDB, a read version is always committed.
@@ -107,18 +107,22 @@ impl CommittedGroup {
 /// acknowledged, as with a commit whose result is unknown).
 pub type Replicated = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-/// The newest version the standby confirmed holding, and how many groups are on their way to
-/// it: a transaction that only read waits here until the standby has what it read.
+/// A primary's sink with what it confirmed: the newest version the standby holds, and how
+/// many groups are on their way to it. A transaction that only read waits here until the
+/// standby has what it read.
 #[derive(Debug)]
-pub(crate) struct Confirmed {
+pub(crate) struct Shipping {
+    sink: Arc<dyn ReplicationSink>,
     version: tokio::sync::watch::Sender<u64>,
     in_flight: AtomicU64,
 }
 
-impl Confirmed {
-    /// Nothing confirmed yet: a copy's version is not known until a group reaches it.
-    pub(crate) fn new() -> Arc<Confirmed> {
-        Arc::new(Confirmed {
+impl Shipping {
+    /// Shipping to `sink`, nothing confirmed yet: a copy's version is not known until a group
+    /// reaches it.
+    pub(crate) fn new(sink: Arc<dyn ReplicationSink>) -> Arc<Shipping> {
+        Arc::new(Shipping {
+            sink,
             version: tokio::sync::watch::Sender::new(0),
             in_flight: AtomicU64::new(0),
         })
@@ -134,22 +138,17 @@ impl Confirmed {
         self.in_flight.load(Ordering::Acquire) > 0
     }
 
-    /// Hands `group` to `sink`, counting it on its way until `done` hears its fate; a group
+    /// Hands `group` to the sink, counting it on its way until `done` hears its fate; a group
     /// the standby took confirms its version (and every version before it).
-    pub(crate) fn ship(
-        self: &Arc<Self>,
-        sink: &dyn ReplicationSink,
-        group: CommittedGroup,
-        done: Replicated,
-    ) {
+    pub(crate) fn ship(self: &Arc<Self>, group: CommittedGroup, done: Replicated) {
         let version = group.version;
-        let confirmed = self.clone();
-        confirmed.in_flight.fetch_add(1, Ordering::AcqRel);
-        sink.replicate(
+        let shipping = self.clone();
+        shipping.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.sink.replicate(
             group,
             Box::new(move |result| {
                 if result.is_ok() {
-                    confirmed.version.send_if_modified(|newest| {
+                    shipping.version.send_if_modified(|newest| {
                         let newer = version > *newest;
                         if newer {
                             *newest = version;
@@ -157,10 +156,16 @@ impl Confirmed {
                         newer
                     });
                 }
-                confirmed.in_flight.fetch_sub(1, Ordering::AcqRel);
+                shipping.in_flight.fetch_sub(1, Ordering::AcqRel);
                 done(result);
             }),
         );
+    }
+
+    /// Tells the sink the group commit at `version` reached the store unshipped
+    /// ([`ReplicationSink::skipped`]).
+    pub(crate) fn skipped(&self, version: u64) {
+        self.sink.skipped(version);
     }
 
     /// Waits up to `wait` for the standby to confirm `version`; whether it did.

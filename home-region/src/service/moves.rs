@@ -363,9 +363,24 @@ impl RegionService {
         // requests are turned away from now on, and a record this store cannot take yet is
         // written in the background (the directory replica brings it too).
         lock(&moves.away).insert(account, Away::Moved(to));
-        if let Err(error) = self.take_record_while_held(&moved).await {
+        let held = self
+            .take_record(&moved, MOVE_RECORD_ATTEMPTS_HELD, MOVE_RECORD_RETRY_MS)
+            .await;
+        if let Err(error) = held {
             tracing::warn!(%account, %to, %error, "cannot record here that the account moved yet; trying again in the background");
-            tokio::spawn(self.clone().take_record_until_done(moved.clone()));
+            let service = self.clone();
+            let moved = moved.clone();
+            tokio::spawn(async move {
+                let background = service
+                    .take_record(&moved, MOVE_UNMARK_ATTEMPTS_MAX, MOVE_SETTLE_RETRY_MS)
+                    .await;
+                match background {
+                    Ok(()) => tracing::info!(%account, "recorded here that the account moved"),
+                    Err(error) => {
+                        tracing::error!(%account, %error, "gave up recording that the account moved: the directory replica brings the record")
+                    }
+                }
+            });
         }
         self.no_longer_woken_here(account).await;
         self.tell_edges_moved(&moved);
@@ -432,44 +447,28 @@ impl RegionService {
         }
     }
 
-    /// Takes the directory's record of a moved account into this store, trying again up to
-    /// [`MOVE_RECORD_ATTEMPTS_HELD`] times while the account's requests are still held (swarm
-    /// seed 17 with failovers: a disk that failed this one commit left the account served by
-    /// its old home after the directory had moved it).
-    async fn take_record_while_held(&self, moved: &wire::AccountInfo) -> Result<(), ProtoError> {
+    /// Takes the directory's record of a moved account into this store, in up to `attempts`
+    /// tries `wait_ms` apart: first while the account's requests are still held, then in the
+    /// background (swarm seed 17 with failovers: a disk that failed this one commit left the
+    /// account served by its old home after the directory had moved it).
+    async fn take_record(
+        &self,
+        moved: &wire::AccountInfo,
+        attempts: u32,
+        wait_ms: u64,
+    ) -> Result<(), ProtoError> {
         let writer = self.inner.writer == self.inner.region;
         let mut attempt = 1;
         loop {
             match home_move::take_record(&self.inner.db, moved, writer).await {
-                Ok(()) => return Ok(()),
-                Err(error) if attempt >= MOVE_RECORD_ATTEMPTS_HELD => return Err(error),
-                Err(_) => {
+                Err(error) if attempt < attempts => {
+                    tracing::debug!(account = moved.account, attempt, %error, "cannot record here that the account moved yet");
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(MOVE_RECORD_RETRY_MS)).await;
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
                 }
+                taken => return taken,
             }
         }
-    }
-
-    /// Takes the directory's record of a moved account into this store in the background,
-    /// every [`MOVE_SETTLE_RETRY_MS`], at most [`MOVE_UNMARK_ATTEMPTS_MAX`] times; the
-    /// account's requests are turned away meanwhile.
-    async fn take_record_until_done(self, moved: wire::AccountInfo) {
-        let account = AccountId(moved.account);
-        let writer = self.inner.writer == self.inner.region;
-        for _ in 0..MOVE_UNMARK_ATTEMPTS_MAX {
-            tokio::time::sleep(Duration::from_millis(MOVE_SETTLE_RETRY_MS)).await;
-            match home_move::take_record(&self.inner.db, &moved, writer).await {
-                Ok(()) => {
-                    tracing::info!(%account, "recorded here that the account moved");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%account, %error, "cannot record here that the account moved yet");
-                }
-            }
-        }
-        tracing::error!(%account, "gave up recording that the account moved: the directory replica brings the record");
     }
 
     /// Sends the new home the last part of a move, which activates the account there.
