@@ -1,0 +1,549 @@
+//! The blob store's tests: uploads, resumption, downloads, quotas, expiry and the sweep, on local
+//! files and on objects kept in the region's store.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use fdb_layers::EmbeddedOptions;
+use tokio::io::ReadBuf;
+
+use super::*;
+
+const UNIT: usize = BLOB_COMMIT_UNIT_BYTES as usize;
+
+/// A region built without the `s3` feature refuses a `[blobs.s3]` section, naming the
+/// build that has it, instead of keeping blobs somewhere the operator did not ask for.
+#[cfg(not(feature = "s3"))]
+#[test]
+fn an_s3_section_without_the_s3_build_is_refused_plainly() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let config = crate::config::BlobsConfig {
+        s3: Some(crate::config::S3Config {
+            bucket: "relay-blobs".into(),
+            region: "eu-west-1".into(),
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }),
+        ..crate::config::BlobsConfig::default()
+    };
+    let db = Database::memory(fdb_layers::MemoryOptions::default()).expect("opens");
+    let clock = Arc::new(relay_proto::clock::SystemClock);
+    let Err(error) = configured_objects(&config, folder.path(), &db, clock) else {
+        panic!("an S3 section was accepted by a build without S3");
+    };
+    assert!(error.contains("relay-blobs"), "{error}");
+    assert!(error.contains("--features s3"), "{error}");
+    assert!(!folder.path().join("blobs").exists());
+}
+const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
+const ALICE: AccountId = AccountId(1);
+const BOB: AccountId = AccountId(2);
+
+/// Bytes that arrive until `break_at`, then a broken stream (a dropped connection).
+struct Breaking {
+    bytes: Vec<u8>,
+    at: usize,
+    break_at: usize,
+}
+
+impl AsyncRead for Breaking {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at >= self.break_at {
+            return Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        }
+        let end = self
+            .break_at
+            .min(self.at + buffer.remaining())
+            .min(self.at + 100_000);
+        buffer.put_slice(&self.bytes[self.at..end]);
+        self.at = end;
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct Fixture {
+    _folder: tempfile::TempDir,
+    objects_dir: std::path::PathBuf,
+    store: BlobStore,
+}
+
+fn fixture(limits: BlobLimits) -> Fixture {
+    fixture_on(limits, |_, folder| {
+        local_objects(folder).expect("blob folder") as Arc<dyn ObjectStore>
+    })
+}
+
+/// A blob store on a store file in a temporary folder, with the objects `objects` makes of
+/// the store and the folder's `blobs` subfolder.
+fn fixture_on(
+    limits: BlobLimits,
+    objects: impl FnOnce(&Database, &std::path::Path) -> Arc<dyn ObjectStore>,
+) -> Fixture {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(
+        &folder.path().join("region.redb"),
+        EmbeddedOptions::default(),
+    )
+    .expect("store opens");
+    let objects_dir = folder.path().join("blobs");
+    let objects = objects(&db, &objects_dir);
+    Fixture {
+        _folder: folder,
+        objects_dir,
+        store: BlobStore::new(objects, db, limits),
+    }
+}
+
+/// `bytes` uploaded by alice in one go and finished, at `now_ms`.
+async fn finished_upload(store: &BlobStore, bytes: &[u8], now_ms: u64) -> BlobStatus {
+    let begun = store
+        .begin(ALICE, &begin_of(bytes), now_ms)
+        .await
+        .expect("begins");
+    let mut all = bytes;
+    store
+        .upload(ALICE, &at(&begun, 0), &mut all, now_ms)
+        .await
+        .expect("uploads");
+    store
+        .finish(ALICE, &begun.id, now_ms)
+        .await
+        .expect("finishes");
+    begun
+}
+
+fn blob_bytes(length: usize) -> Vec<u8> {
+    (0..length).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+fn begin_of(bytes: &[u8]) -> BlobBegin {
+    BlobBegin {
+        size_bytes: bytes.len() as u64,
+        sha256: Sha256::digest(bytes).to_vec(),
+        resume: Vec::new(),
+    }
+}
+
+fn at(status: &BlobStatus, offset: u64) -> BlobAt {
+    BlobAt {
+        id: status.id.clone(),
+        offset,
+        region: 0,
+    }
+}
+
+async fn download_all(store: &BlobStore, id: &[u8], offset: u64, now_ms: u64) -> Vec<u8> {
+    let (_, mut reader) = store
+        .open_download(id, offset, now_ms)
+        .await
+        .expect("download opens");
+    let mut bytes = Vec::new();
+    while let Some(piece) = reader.next_piece().await.expect("piece") {
+        bytes.extend_from_slice(&piece);
+    }
+    bytes
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, ProtoError>) -> ErrorCode {
+    result.expect_err("refused").code
+}
+
+#[tokio::test]
+async fn an_upload_broken_mid_unit_resumes_from_the_committed_offset() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let bytes = blob_bytes(5 * UNIT / 2);
+    let begun = store
+        .begin(ALICE, &begin_of(&bytes), 0)
+        .await
+        .expect("begins");
+    assert_eq!((begun.committed_bytes, begun.finished), (0, false));
+    assert_eq!(begun.id.len(), BLOB_ID_BYTES);
+
+    // The connection drops in the middle of the third unit: two units are kept.
+    let mut broken = Breaking {
+        bytes: bytes.clone(),
+        at: 0,
+        break_at: 2 * UNIT + 1_000,
+    };
+    let status = store
+        .upload(ALICE, &at(&begun, 0), &mut broken, 1)
+        .await
+        .expect("a broken stream answers what it kept");
+    assert_eq!(status.committed_bytes, 2 * UNIT as u64);
+    let asked = store.status(ALICE, &begun.id, 2).await.expect("status");
+    assert_eq!(asked.committed_bytes, 2 * UNIT as u64);
+    assert_eq!(
+        code(store.finish(ALICE, &begun.id, 2).await),
+        ErrorCode::WrongOffset,
+        "an unfinished upload cannot be finished"
+    );
+    // Resuming anywhere but the committed offset is refused; from it, the rest goes in.
+    let mut rest = &bytes[UNIT..];
+    assert_eq!(
+        code(
+            store
+                .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 3)
+                .await
+        ),
+        ErrorCode::WrongOffset
+    );
+    let mut rest = &bytes[2 * UNIT..];
+    let status = store
+        .upload(ALICE, &at(&begun, 2 * UNIT as u64), &mut rest, 3)
+        .await
+        .expect("resumes");
+    assert_eq!(status.committed_bytes, bytes.len() as u64);
+    let finished = store.finish(ALICE, &begun.id, 4).await.expect("finishes");
+    assert!(finished.finished);
+    // Finishing twice answers the same.
+    assert_eq!(store.finish(ALICE, &begun.id, 4).await, Ok(finished));
+    assert_eq!(download_all(store, &begun.id, 0, 5).await, bytes);
+    assert_eq!(
+        download_all(store, &begun.id, UNIT as u64 + 17, 5).await,
+        bytes[UNIT + 17..],
+        "a download resumes at any offset"
+    );
+    // Resuming the begun upload by id answers where it stands.
+    let mut resume = begin_of(&bytes);
+    resume.resume = begun.id.clone();
+    let resumed = store.begin(ALICE, &resume, 6).await.expect("resumes by id");
+    assert!(resumed.finished);
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_match_the_hash_are_discarded_and_return_the_quota() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let bytes = blob_bytes(UNIT + 10);
+    let mut begin = begin_of(&bytes);
+    begin.sha256 = Sha256::digest(b"something else").to_vec();
+    let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
+    let mut all = bytes.as_slice();
+    store
+        .upload(ALICE, &at(&begun, 0), &mut all, 1)
+        .await
+        .expect("uploads");
+    assert_eq!(
+        code(store.finish(ALICE, &begun.id, 2).await),
+        ErrorCode::BlobMismatch
+    );
+    assert_eq!(
+        code(store.status(ALICE, &begun.id, 3).await),
+        ErrorCode::UnknownBlob,
+        "the upload is gone"
+    );
+    assert_eq!(
+        std::fs::read_dir(&fixture.objects_dir)
+            .expect("folder")
+            .count(),
+        0,
+        "its units are deleted"
+    );
+    let owner_bytes = store
+        .db
+        .transact(|tx| async move { media::owner_bytes(&tx, ALICE).await })
+        .await
+        .expect("owner bytes");
+    assert_eq!(owner_bytes, 0);
+}
+
+#[tokio::test]
+async fn sizes_and_quotas_are_enforced() {
+    let limits = BlobLimits {
+        blob_bytes_max: 3 * UNIT as u64,
+        account_bytes_max: 4 * UNIT as u64,
+        ..BlobLimits::default()
+    };
+    let fixture = fixture(limits);
+    let store = &fixture.store;
+    let too_large = BlobBegin {
+        size_bytes: 3 * UNIT as u64 + 1,
+        sha256: vec![0; 32],
+        resume: Vec::new(),
+    };
+    assert_eq!(
+        code(store.begin(ALICE, &too_large, 0).await),
+        ErrorCode::TooLarge
+    );
+    let bad_hash = BlobBegin {
+        size_bytes: 1,
+        sha256: vec![0; 5],
+        resume: Vec::new(),
+    };
+    assert_eq!(
+        code(store.begin(ALICE, &bad_hash, 0).await),
+        ErrorCode::Malformed
+    );
+
+    // A stream longer than the blob: what fits is committed, the rest refused.
+    let bytes = blob_bytes(3 * UNIT);
+    let begun = store
+        .begin(ALICE, &begin_of(&bytes), 0)
+        .await
+        .expect("begins");
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(b"more");
+    let mut longer = longer.as_slice();
+    assert_eq!(
+        code(store.upload(ALICE, &at(&begun, 0), &mut longer, 1).await),
+        ErrorCode::TooLarge
+    );
+    assert_eq!(
+        store
+            .status(ALICE, &begun.id, 1)
+            .await
+            .map(|s| s.committed_bytes),
+        Ok(bytes.len() as u64)
+    );
+    // Three units begun; two more would pass four: refused, for this account only.
+    let two_units = blob_bytes(2 * UNIT);
+    assert_eq!(
+        code(store.begin(ALICE, &begin_of(&two_units), 2).await),
+        ErrorCode::QuotaExceeded
+    );
+    store
+        .begin(BOB, &begin_of(&two_units), 2)
+        .await
+        .expect("another account has its own quota");
+    store
+        .begin(ALICE, &begin_of(&blob_bytes(UNIT)), 2)
+        .await
+        .expect("what fits is taken");
+}
+
+#[tokio::test]
+async fn only_the_owner_uploads_and_anyone_with_the_id_downloads_a_finished_blob() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let bytes = blob_bytes(1_000);
+    let begun = store
+        .begin(ALICE, &begin_of(&bytes), 0)
+        .await
+        .expect("begins");
+    let mut all = bytes.as_slice();
+    assert_eq!(
+        code(store.upload(BOB, &at(&begun, 0), &mut all, 1).await),
+        ErrorCode::UnknownBlob
+    );
+    assert_eq!(
+        code(store.status(BOB, &begun.id, 1).await),
+        ErrorCode::UnknownBlob
+    );
+    assert_eq!(
+        code(store.open_download(&begun.id, 0, 1).await),
+        ErrorCode::UnknownBlob,
+        "an unfinished blob cannot be downloaded"
+    );
+    let mut all = bytes.as_slice();
+    store
+        .upload(ALICE, &at(&begun, 0), &mut all, 1)
+        .await
+        .expect("uploads");
+    assert_eq!(
+        code(store.finish(BOB, &begun.id, 2).await),
+        ErrorCode::UnknownBlob
+    );
+    store.finish(ALICE, &begun.id, 2).await.expect("finishes");
+    assert_eq!(download_all(store, &begun.id, 0, 3).await, bytes);
+    assert_eq!(
+        code(store.open_download(&[9; BLOB_ID_BYTES], 0, 3).await),
+        ErrorCode::UnknownBlob
+    );
+    assert_eq!(
+        code(store.open_download(&[9; 3], 0, 3).await),
+        ErrorCode::Malformed
+    );
+}
+
+#[tokio::test]
+async fn blobs_expire_after_their_retention_and_the_sweep_removes_them() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let retention_ms = BlobLimits::default().retention_ms;
+    assert_eq!(retention_ms, 30 * DAY_MS);
+    let bytes = blob_bytes(UNIT + 1);
+    let finished = finished_upload(store, &bytes, 0).await;
+    // An upload begun a day later, never finished.
+    let later = store
+        .begin(ALICE, &begin_of(&bytes), DAY_MS)
+        .await
+        .expect("begins");
+    assert_eq!(finished.expires_at_ms, retention_ms);
+
+    let before = retention_ms - 1;
+    assert_eq!(store.sweep(before).await, Ok(BlobSweep::default()));
+    assert_eq!(download_all(store, &finished.id, 0, before).await, bytes);
+    // Expired but not swept yet: already refused.
+    assert_eq!(
+        code(store.open_download(&finished.id, 0, retention_ms).await),
+        ErrorCode::UnknownBlob
+    );
+    assert_eq!(
+        store.sweep(retention_ms).await,
+        Ok(BlobSweep {
+            expired_blobs: 1,
+            orphaned_blobs: 0
+        })
+    );
+    assert!(
+        !fixture
+            .objects_dir
+            .join(hex(&parse_id(&finished.id).expect("id")))
+            .exists(),
+        "the expired blob's units are deleted"
+    );
+    assert!(store.status(ALICE, &later.id, retention_ms).await.is_ok());
+    assert_eq!(
+        store
+            .sweep(DAY_MS + retention_ms)
+            .await
+            .map(|s| s.expired_blobs),
+        Ok(1),
+        "an unfinished upload expires too"
+    );
+}
+
+/// With a standby, units live in the region's store (`keep_in = "store"`): the same upload,
+/// resumption, download and sweep, through [`crate::blob_objects::StoreObjects`].
+#[tokio::test]
+async fn a_blob_kept_in_the_store_uploads_resumes_downloads_and_is_swept() {
+    let objects = std::cell::OnceCell::new();
+    let fixture = fixture_on(BlobLimits::default(), |db, _| {
+        let kept = crate::blob_objects::StoreObjects::new(
+            db.clone(),
+            Arc::new(relay_proto::clock::SystemClock),
+        );
+        let _ = objects.set(kept.clone());
+        kept as Arc<dyn ObjectStore>
+    });
+    let objects = objects.into_inner().expect("the objects");
+    let store = &fixture.store;
+    let bytes = blob_bytes(2 * UNIT + 10);
+    let begun = store
+        .begin(ALICE, &begin_of(&bytes), 0)
+        .await
+        .expect("begins");
+    let mut broken = Breaking {
+        bytes: bytes.clone(),
+        at: 0,
+        break_at: UNIT + UNIT / 2,
+    };
+    let status = store
+        .upload(ALICE, &at(&begun, 0), &mut broken, 0)
+        .await
+        .expect("a broken stream answers what it kept");
+    assert_eq!(
+        status.committed_bytes, UNIT as u64,
+        "one whole unit committed"
+    );
+    let mut rest = &bytes[UNIT..];
+    store
+        .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 0)
+        .await
+        .expect("resumes");
+    store.finish(ALICE, &begun.id, 0).await.expect("finishes");
+    assert_eq!(download_all(store, &begun.id, 0, 1).await, bytes);
+    assert_eq!(
+        download_all(store, &begun.id, UNIT as u64 + 3, 1).await,
+        bytes[UNIT + 3..]
+    );
+    let retention_ms = BlobLimits::default().retention_ms;
+    assert_eq!(
+        store.sweep(retention_ms).await.map(|s| s.expired_blobs),
+        Ok(1)
+    );
+    let left = objects.list_with_delimiter(None).await.expect("lists");
+    assert!(
+        left.objects.is_empty() && left.common_prefixes.is_empty(),
+        "the swept blob's units are gone: {left:?}"
+    );
+}
+
+/// A finished blob whose units are gone (local files across a failover) is refused plainly
+/// before its status, not as a stream that breaks on every retry.
+#[tokio::test]
+async fn a_finished_blob_whose_bytes_are_gone_is_refused_before_its_status() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let begun = finished_upload(store, &blob_bytes(UNIT + 5), 0).await;
+    std::fs::remove_dir_all(&fixture.objects_dir).expect("the files are lost");
+    std::fs::create_dir_all(&fixture.objects_dir).expect("an empty folder");
+    let refused = store
+        .open_download(&begun.id, 0, 1)
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code, ErrorCode::UnknownBlob);
+    assert!(refused.message.contains("not its bytes"), "{refused}");
+}
+
+#[tokio::test]
+async fn garbage_units_are_overwritten_or_swept() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let bytes = blob_bytes(2 * UNIT);
+    let begun = store
+        .begin(ALICE, &begin_of(&bytes), 0)
+        .await
+        .expect("begins");
+    let id = parse_id(&begun.id).expect("id");
+    // A unit written before a crash, never recorded, holding other bytes; and a folder of
+    // a blob whose record is gone.
+    store
+        .objects
+        .put(&unit_path(&id, 1), PutPayload::from(vec![0xEE; 100]))
+        .await
+        .expect("stray unit");
+    let orphan = MediaId::from_bytes(&[0xAB; BLOB_ID_BYTES]).expect("id");
+    store
+        .objects
+        .put(&unit_path(&orphan, 0), PutPayload::from(vec![1; 10]))
+        .await
+        .expect("orphan unit");
+    store
+        .objects
+        .put(
+            &ObjectPath::from("not-a-blob/x"),
+            PutPayload::from(vec![1; 10]),
+        )
+        .await
+        .expect("stray folder");
+    assert_eq!(
+        store.sweep(1).await,
+        Ok(BlobSweep {
+            expired_blobs: 0,
+            orphaned_blobs: 2
+        }),
+        "folders without a record go; the live upload stays"
+    );
+    assert!(
+        !fixture
+            .objects_dir
+            .join(hex(&orphan))
+            .join("00000000")
+            .exists()
+    );
+    let mut all = bytes.as_slice();
+    store
+        .upload(ALICE, &at(&begun, 0), &mut all, 1)
+        .await
+        .expect("uploads over the stray unit");
+    store.finish(ALICE, &begun.id, 2).await.expect("finishes");
+    assert_eq!(download_all(store, &begun.id, 0, 3).await, bytes);
+
+    // A unit damaged on disk after the finish is refused, never served.
+    let unit_file = fixture.objects_dir.join(hex(&id)).join("00000001");
+    std::fs::write(&unit_file, b"short").expect("damage");
+    let (_, mut reader) = store.open_download(&begun.id, 0, 3).await.expect("opens");
+    reader.next_piece().await.expect("first unit is fine");
+    assert_eq!(
+        reader.next_piece().await.map_err(|error| error.code),
+        Err(ErrorCode::StorageUnavailable)
+    );
+}
