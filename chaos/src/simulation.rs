@@ -569,7 +569,7 @@ impl Simulation {
             faults.push(crash.fault(FaultKind::StandbyCrash, target, &standby_host(crash.region)));
         }
         faults.faults.sort_by_key(|fault| fault.start_ms);
-        let pki = Pki::new()?;
+        let pki = Pki::from_seed(seed)?;
         let roots = pki.roots()?;
         let folder = scratch_folder()?;
         let ca_path = folder.path().join("ca.pem");
@@ -585,6 +585,10 @@ impl Simulation {
         let packets = PacketLog::new();
         let net_faults = NetFaults::new(faults.drop_ppm, faults.duplicate_ppm);
         let shared = Rc::new(RefCell::new(Shared::default()));
+        // Every host runs on this thread, so what their connections draw (ids, TLS randoms and
+        // key shares, ticket keys) comes from the seed, back to the operating system when the
+        // run ends, however it ends.
+        let _connections = SeededConnections::new(seed::derive(seed, "connections", 0));
         let mut sim = turmoil::Builder::new()
             .rng_seed(seed)
             .epoch(sim_epoch())
@@ -1245,6 +1249,23 @@ fn serving_resolver(serving: &Serving) -> PeerResolver {
         let host = serving.lock().ok()?.get(&region).cloned()?;
         Some(SocketAddr::new(turmoil::lookup(host.as_str()), REGION_PORT))
     })
+}
+
+/// Seeds the randomness of this thread's connections while it lives
+/// ([`relay_net::seeded`]).
+struct SeededConnections;
+
+impl SeededConnections {
+    fn new(seed: u64) -> Self {
+        relay_net::seeded::seed_thread(Some(seed));
+        Self
+    }
+}
+
+impl Drop for SeededConnections {
+    fn drop(&mut self) {
+        relay_net::seeded::seed_thread(None);
+    }
 }
 
 /// What a region host runs; called again on every restart.

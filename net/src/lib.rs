@@ -35,6 +35,7 @@ pub mod config;
 pub mod limits;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod seeded;
 
 use limits::{
     DEVICE_INITIAL_MTU_BYTES, DEVICE_RECEIVE_WINDOW_BYTES, DEVICE_SEND_WINDOW_BYTES,
@@ -241,8 +242,17 @@ pub fn system_roots() -> Result<Arc<RootCertStore>, NetError> {
     Ok(Arc::new(roots))
 }
 
+/// ring's provider, drawing its randomness and X25519 key shares through [`seeded`] (the
+/// operating system's, unless a simulation seeded the thread).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.secure_random = &seeded::Random;
+    for group in &mut provider.kx_groups {
+        if group.name() == rustls::NamedGroup::X25519 {
+            *group = &seeded::X25519;
+        }
+    }
+    Arc::new(provider)
 }
 
 /// Which end of a connection a transport configuration is for.
@@ -342,13 +352,16 @@ pub fn server_config(
         // the server keeps nothing per ticket, however many devices hold one. Resumption keeps
         // an ephemeral key exchange (rustls offers only PSK with (EC)DHE), and 0-RTT stays off
         // (`max_early_data_size` 0): a resumed login is as fresh as a full one.
-        tls.ticketer = rustls::crypto::ring::Ticketer::new()
+        tls.ticketer = seeded::ticketer()
             .map_err(|error| NetError::Tls(format!("session tickets: {error}")))?;
         tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         tls.send_tls13_tickets = DEVICE_TLS_TICKETS_PER_CONNECTION;
     }
     let quic = QuicServerConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut config = match seeded::token_key() {
+        Some(key) => quinn::ServerConfig::new(Arc::new(quic), key),
+        None => quinn::ServerConfig::with_crypto(Arc::new(quic)),
+    };
     config.transport_config(transport(alpn, End::Server));
     Ok(config)
 }
@@ -386,6 +399,7 @@ fn quic_client_config(
     let quic = QuicClientConfig::try_from(tls).map_err(|error| NetError::Tls(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(alpn, End::Client));
+    config.initial_dst_cid_provider(Arc::new(seeded::initial_connection_id));
     Ok(config)
 }
 
@@ -597,12 +611,7 @@ impl SeededCids {
 
 impl quinn_proto::ConnectionIdGenerator for SeededCids {
     fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
-        // SplitMix64.
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let mut bytes = (z ^ (z >> 31)).to_le_bytes();
+        let mut bytes = seeded::split_mix(&mut self.state).to_le_bytes();
         if let Some(key) = self.key {
             let signature = Self::signature(key, &bytes[..Self::NONCE_BYTES]);
             bytes[Self::NONCE_BYTES..]
