@@ -42,11 +42,7 @@ fn by_name(name: &str) -> RegionRequest {
 fn changes_after(after: Vec<u8>) -> RegionRequest {
     RegionRequest {
         body: Some(region_request::Body::DirectoryChanges(
-            wire::AskDirectoryChanges {
-                after,
-                limit: 10,
-                ..Default::default()
-            },
+            wire::AskDirectoryChanges { after, limit: 10 },
         )),
     }
 }
