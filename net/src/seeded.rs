@@ -69,6 +69,13 @@ pub(crate) fn initial_connection_id() -> quinn_proto::ConnectionId {
     quinn_proto::RandomConnectionIdGenerator::new(INITIAL_CID_BYTES).generate_cid()
 }
 
+/// ring's randomness as rustls's ring provider draws it, looked up once (building the provider
+/// allocates its lists).
+fn ring_random() -> &'static dyn SecureRandom {
+    static RING: std::sync::OnceLock<&'static dyn SecureRandom> = std::sync::OnceLock::new();
+    *RING.get_or_init(|| rustls::crypto::ring::default_provider().secure_random)
+}
+
 /// rustls's randomness: the thread's seed, else ring's.
 #[derive(Debug)]
 pub(crate) struct Random;
@@ -78,9 +85,7 @@ impl SecureRandom for Random {
         if fill(bytes) {
             return Ok(());
         }
-        rustls::crypto::ring::default_provider()
-            .secure_random
-            .fill(bytes)
+        ring_random().fill(bytes)
     }
 }
 
