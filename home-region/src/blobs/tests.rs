@@ -106,16 +106,21 @@ async fn finished_upload(store: &BlobStore, bytes: &[u8], now_ms: u64) -> BlobSt
         .begin(ALICE, &begin_of(bytes), now_ms)
         .await
         .expect("begins");
-    let mut all = bytes;
-    store
-        .upload(ALICE, &at(&begun, 0), &mut all, now_ms)
-        .await
-        .expect("uploads");
+    upload_whole(store, &begun, bytes, now_ms).await;
     store
         .finish(ALICE, &begun.id, now_ms)
         .await
         .expect("finishes");
     begun
+}
+
+/// ALICE uploads all of `bytes` to `begun` from offset 0 in one stream.
+async fn upload_whole(store: &BlobStore, begun: &BlobStatus, bytes: &[u8], now_ms: u64) {
+    let mut all = bytes;
+    store
+        .upload(ALICE, &at(begun, 0), &mut all, now_ms)
+        .await
+        .expect("uploads");
 }
 
 fn blob_bytes(length: usize) -> Vec<u8> {
@@ -225,11 +230,7 @@ async fn bytes_that_do_not_match_the_hash_are_discarded_and_return_the_quota() {
     let mut begin = begin_of(&bytes);
     begin.sha256 = Sha256::digest(b"something else").to_vec();
     let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
-    let mut all = bytes.as_slice();
-    store
-        .upload(ALICE, &at(&begun, 0), &mut all, 1)
-        .await
-        .expect("uploads");
+    upload_whole(store, &begun, &bytes, 1).await;
     assert_eq!(
         code(store.finish(ALICE, &begun.id, 2).await),
         ErrorCode::BlobMismatch
@@ -341,11 +342,7 @@ async fn only_the_owner_uploads_and_anyone_with_the_id_downloads_a_finished_blob
         ErrorCode::UnknownBlob,
         "an unfinished blob cannot be downloaded"
     );
-    let mut all = bytes.as_slice();
-    store
-        .upload(ALICE, &at(&begun, 0), &mut all, 1)
-        .await
-        .expect("uploads");
+    upload_whole(store, &begun, &bytes, 1).await;
     assert_eq!(
         code(store.finish(BOB, &begun.id, 2).await),
         ErrorCode::UnknownBlob
