@@ -588,7 +588,7 @@ impl Simulation {
         // Every host runs on this thread, so what their connections draw (ids, TLS randoms and
         // key shares, ticket keys) comes from the seed, back to the operating system when the
         // run ends, however it ends.
-        let _connections = SeededConnections::new(seed::derive(seed, "connections", 0));
+        let _connections = relay_net::seeded::seed_thread(seed::derive(seed, "connections", 0));
         let mut sim = turmoil::Builder::new()
             .rng_seed(seed)
             .epoch(sim_epoch())
@@ -1249,23 +1249,6 @@ fn serving_resolver(serving: &Serving) -> PeerResolver {
         let host = serving.lock().ok()?.get(&region).cloned()?;
         Some(SocketAddr::new(turmoil::lookup(host.as_str()), REGION_PORT))
     })
-}
-
-/// Seeds the randomness of this thread's connections while it lives
-/// ([`relay_net::seeded`]).
-struct SeededConnections;
-
-impl SeededConnections {
-    fn new(seed: u64) -> Self {
-        relay_net::seeded::seed_thread(Some(seed));
-        Self
-    }
-}
-
-impl Drop for SeededConnections {
-    fn drop(&mut self) {
-        relay_net::seeded::seed_thread(None);
-    }
 }
 
 /// What a region host runs; called again on every restart.

@@ -26,10 +26,28 @@ thread_local! {
     static STATE: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// Draws this thread's connection randomness from `seed`, or from the operating system again
-/// with `None`. Only a simulation, whose hosts all run on the calling thread, seeds it.
-pub fn seed_thread(seed: Option<u64>) {
-    STATE.with(|state| state.set(seed));
+/// Draws this thread's connection randomness from `seed` until the returned guard drops (then
+/// from the operating system again, however the caller ends). Only a simulation, whose hosts
+/// all run on the calling thread, seeds it.
+#[must_use = "the thread is seeded only while the guard lives"]
+pub fn seed_thread(seed: u64) -> ThreadSeeded {
+    STATE.with(|state| state.set(Some(seed)));
+    ThreadSeeded {
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// This thread's connection randomness comes from a seed while this lives ([`seed_thread`]).
+#[derive(Debug)]
+pub struct ThreadSeeded {
+    /// Dropped on the thread it seeded.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ThreadSeeded {
+    fn drop(&mut self) {
+        STATE.with(|state| state.set(None));
+    }
 }
 
 /// Fills `bytes` from this thread's seed; false (and `bytes` untouched) when it has none.
@@ -222,10 +240,8 @@ mod tests {
 
     /// Runs `draw` with this thread seeded `seed`, then unseeds it.
     fn with_seed<T>(seed: u64, draw: impl FnOnce() -> T) -> T {
-        seed_thread(Some(seed));
-        let drawn = draw();
-        seed_thread(None);
-        drawn
+        let _seeded = seed_thread(seed);
+        draw()
     }
 
     #[test]
