@@ -224,10 +224,11 @@ pub enum GroupSource<'a> {
 ///
 /// A group envelope is checked against its group's membership (from `groups`) first: the
 /// sender's account must be a member (else `UnknownGroup`, as a non-member sees any group); a
-/// version newer than the membership is `Malformed` (no such version exists yet); an older
-/// one, or a message whose `recipient_accounts` are not the members, or a key share naming an
-/// account that is not one, is answered with [`GroupChanged`] (the current version and
-/// members, and the current devices of the members homed here). Then coverage: a message must
+/// version newer than the membership is `Malformed` (no such version exists yet); a message
+/// for an older one or whose `recipient_accounts` are not the members, or a key share for the
+/// current version naming an account that is not one, is answered with [`GroupChanged`] (the
+/// current version and members, and the current devices of the members homed here); a key
+/// share for an older version may name members removed since. Then coverage: a message must
 /// cover exactly the current devices of every member homed here (the sender's own account
 /// included, listed or not), a key share a subset of them.
 pub async fn commit_envelope(
@@ -518,11 +519,20 @@ pub async fn commit_envelope_into(
                     .members
                     .iter()
                     .filter(|&&account| account != parsed.sender.account)),
-            EnvelopeKind::GroupKeyShare => !listed.is_subset(&membership.members),
+            // A share built for an older membership may name accounts removed since: texts
+            // of its session stored while they were members, here or in another region, may
+            // be queued to their devices and need the key (a text rebuilt under a rotated
+            // session has its shares numbered after it). The session is one the sender made
+            // before it learned of the removal, so it replaces it before its next text; and
+            // a share is only an Olm message, which any account may send any other 1:1.
+            EnvelopeKind::GroupKeyShare => {
+                group.version == membership.version && !listed.is_subset(&membership.members)
+            }
         };
+        let stale = group.version < membership.version && group.kind == EnvelopeKind::Message;
         // Planted in the simulation only: the envelope's own list is taken as it is.
         let unchecked = relay_planted::is_planted(PlantedBug::GroupMembershipUnchecked);
-        if !unchecked && (group.version < membership.version || wrong_members) {
+        if !unchecked && (stale || wrong_members) {
             let changed = group_changed(tx, local, &membership, parsed.sender).await?;
             let outcome = SendOutcome {
                 outcome: Some(send_outcome::Outcome::GroupChanged(changed)),

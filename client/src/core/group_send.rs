@@ -19,7 +19,10 @@
 //! are numbered after the chat's last entry, so those devices hold the message until the key
 //! arrives (`inbound` keeps it waiting). A key share keeps its Olm ciphertexts for the devices
 //! still members and drops the others; one left with none is given up (the gap it leaves is
-//! renumbered like any other).
+//! renumbered like any other). A share built for an older membership than the device now
+//! knows keeps that version and its accounts, and drops only devices no longer current: a text
+//! of its session stored before a removal may be queued to the removed member's devices, which
+//! need its key (the region takes such a share; see `home_region::core::commit_envelope`).
 //!
 //! A region that already committed the first build of an entry keeps it (the envelope id is
 //! its idempotency key), so every member device receives exactly one of the builds, each one
@@ -669,28 +672,52 @@ impl Core {
                 device_seq,
             };
             if share {
-                let kept: Vec<DeviceCiphertext> = sent
-                    .ciphertexts
-                    .iter()
-                    .filter(|ciphertext| {
-                        ciphertext
-                            .recipient
-                            .parse()
-                            .is_ok_and(|device| devices.contains(&device))
-                    })
-                    .cloned()
-                    .collect();
+                // A share for an older membership than the one now known keeps its version
+                // and accounts: texts of its session built for that membership may be queued
+                // to members removed since, and they need the key (the region takes it).
+                let older = sent.group_version < known.version;
+                let mut kept = Vec::new();
+                for ciphertext in &sent.ciphertexts {
+                    let Ok(device) = ciphertext.recipient.parse() else {
+                        continue;
+                    };
+                    let current = if older {
+                        writer
+                            .known_devices(device.account)?
+                            .iter()
+                            .any(|known| known.current && known.address == device)
+                    } else {
+                        devices.contains(&device)
+                    };
+                    if current {
+                        kept.push(ciphertext.clone());
+                    }
+                }
                 if kept.is_empty() {
                     return Err(ClientError::Invalid(
                         "no device this key share was for is a member device any more".into(),
                     ));
                 }
-                let envelope = envelope::key_share(
-                    me,
-                    header(&sent.group_session_id, writer.take_device_seq()?),
-                    &known.members,
-                    kept,
-                )?;
+                let device_seq = writer.take_device_seq()?;
+                let envelope = if older {
+                    let accounts: Vec<AccountId> = sent
+                        .recipient_accounts
+                        .iter()
+                        .map(|a| AccountId(*a))
+                        .collect();
+                    let header = GroupHeader {
+                        version: sent.group_version,
+                        ..header(&sent.group_session_id, device_seq)
+                    };
+                    envelope::key_share(me, header, &accounts, kept)?
+                } else {
+                    envelope::key_share(
+                        me,
+                        header(&sent.group_session_id, device_seq),
+                        &known.members,
+                        kept,
+                    )?
+                };
                 writer.set_envelope(row.client_message_id, &envelope.encode_to_vec())?;
                 return Ok(Built { shares: Vec::new() });
             }

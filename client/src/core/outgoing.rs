@@ -743,7 +743,10 @@ impl Core {
                 let changes = self.store.write(|writer| {
                     let mut changes = Vec::new();
                     for account in &mismatched.accounts {
-                        if row.group != 0 && members.contains(&AccountId(account.account)) {
+                        // A key share for an older membership may name members removed since.
+                        let named = members.contains(&AccountId(account.account))
+                            || envelope.recipient_accounts.contains(&account.account);
+                        if row.group != 0 && named {
                             // A group's member: its devices, with no note (a group of a
                             // thousand members would drown the chat in them).
                             let account_id = AccountId(account.account);

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use relay_proto::wire::{
-    AccountDevices, Committed, DeviceCiphertext, DeviceKeys, FallbackKeyState, KeyBundle,
-    MismatchedDevices, QueueEntry, QueuedMessage, SentEverywhere, queue_entry,
+    AccountDevices, Committed, DeviceCiphertext, DeviceKeys, FallbackKeyState, GroupChanged,
+    KeyBundle, MismatchedDevices, QueueEntry, QueuedMessage, SentEverywhere, queue_entry,
 };
 use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ProtoError};
 
@@ -1386,4 +1386,119 @@ fn presence_is_watched_again_on_every_connection_and_typing_expires_by_itself() 
         rig.core.send_typing(peer, true, at + TYPING_REPEAT_MS + 3),
         TypingSent::Sent
     );
+}
+
+/// A key share for an older membership, answered "mismatched devices" after the device learned
+/// of a removal, keeps its version, its accounts and the removed member's device: a text of its
+/// session may be queued to that device (stored before the removal), and it needs the key.
+#[test]
+fn a_key_share_for_an_older_membership_keeps_the_members_removed_since() {
+    const GROUP: u64 = 9;
+    let carol = DeviceAddress {
+        account: AccountId(3),
+        device: DeviceId(1),
+    };
+    let mut rig = alice(Mode::Live);
+    rig.core
+        .learn_group_info(&relay_proto::wire::GroupInfo {
+            group: GROUP,
+            version: 1,
+            members: [ALICE, BOB, carol]
+                .iter()
+                .map(|device| relay_proto::wire::GroupMemberInfo {
+                    account: device.account.0,
+                    admin: false,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .expect("learned");
+    rig.core
+        .compose_group(GROUP, "one", WALL_MS, 0)
+        .expect("typed");
+    let actions = rig.connect(0);
+    let (_, bob_keys) = peer(BOB);
+    let (_, carol_keys) = peer(carol);
+    for (account, keys) in [(BOB.account, bob_keys), (carol.account, carol_keys)] {
+        let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(account));
+        rig.core.handle_answer(
+            claim,
+            Ok(Response::Keys(KeyBundle {
+                account: account.0,
+                devices: vec![keys],
+            })),
+            1,
+        );
+    }
+    let actions = rig.actions(1);
+    let sends: Vec<(RequestId, Envelope)> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Request {
+                id,
+                request: Request::Send(envelope),
+            } => Some((*id, envelope.clone())),
+            _ => None,
+        })
+        .collect();
+    let share_kind = relay_proto::wire::EnvelopeKind::GroupKeyShare as i32;
+    let (share_id, share) = sends
+        .iter()
+        .find(|(_, envelope)| envelope.kind == share_kind)
+        .cloned()
+        .expect("a key share goes first");
+    assert_eq!(share.group_version, 1);
+    assert_eq!(share.ciphertexts.len(), 2, "for bob and carol");
+
+    // The text is answered first: carol was removed (version 2).
+    if let Some((text_id, _)) = sends
+        .iter()
+        .find(|(_, envelope)| envelope.kind != share_kind)
+    {
+        rig.core.handle_answer(
+            *text_id,
+            Ok(Response::Sent(send_outcome::Outcome::GroupChanged(
+                GroupChanged {
+                    group: GROUP,
+                    version: 2,
+                    members: vec![ALICE.account.0, BOB.account.0],
+                    devices: Vec::new(),
+                },
+            ))),
+            2,
+        );
+    }
+    // Then the share: carol's device list changed meanwhile (a second device).
+    rig.core.handle_answer(
+        share_id,
+        Ok(Response::Sent(send_outcome::Outcome::Mismatched(
+            MismatchedDevices {
+                accounts: vec![AccountDevices {
+                    account: carol.account.0,
+                    devices: vec![1, 2],
+                }],
+            },
+        ))),
+        3,
+    );
+    let rebuilt = (3..40)
+        .flat_map(|now_ms| rig.actions(now_ms * 1_000))
+        .find_map(|action| match action {
+            Action::Request {
+                request: Request::Send(envelope),
+                ..
+            } if envelope.client_message_id == share.client_message_id => Some(envelope),
+            _ => None,
+        })
+        .expect("the share goes again");
+    assert_eq!(rebuilt.sender_seq, share.sender_seq, "under its number");
+    assert_eq!(
+        rebuilt.group_version, 1,
+        "for the membership it was built for"
+    );
+    assert_eq!(
+        rebuilt.ciphertexts, share.ciphertexts,
+        "carol's device is still hers and still gets the key"
+    );
+    assert!(rebuilt.recipient_accounts.contains(&carol.account.0));
 }

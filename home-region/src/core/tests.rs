@@ -745,6 +745,112 @@ async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
     );
 }
 
+/// Swarm seed 2319 (with group replicas): alice's text, rebuilt under a rotated session after a
+/// device left, was stored and queued to carol; carol was removed before the key share numbered
+/// after the text arrived, and the share, refused `GroupChanged` and rebuilt without carol, left
+/// carol waiting for the key for ever. A share for the version its text was built for now
+/// reaches the members removed since; one for the current version still names members only.
+#[tokio::test]
+async fn a_key_share_for_an_older_version_reaches_members_removed_since() {
+    let f = fixture();
+    let alice = account(&f.db, "alice", HERE, 1).await;
+    let bob = account(&f.db, "bob", HERE, 1).await;
+    let carol = account(&f.db, "carol", HERE, 1).await;
+    let team = group(&f.db, alice, &[bob, carol]).await;
+    let (alice1, bob1, carol1) = (device_in(alice, 1), device_in(bob, 1), device_in(carol, 1));
+    let members = [alice, bob, carol];
+    let text = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1, carol1],
+        &members,
+        1,
+        1,
+    );
+    assert!(matches!(
+        try_commit(&f.db, &text).await,
+        Ok(send_outcome::Outcome::Sent(_))
+    ));
+    let removal = key();
+    f.db.transact(|tx| async move {
+        directory::remove_member(&tx, team, carol, &removal).await?;
+        Ok(())
+    })
+    .await
+    .expect("carol removed");
+
+    // For the current version, carol is no member: the sender learns the membership.
+    let current = group_envelope(
+        team,
+        2,
+        EnvelopeKind::GroupKeyShare,
+        alice1,
+        &[carol1],
+        &members,
+        2,
+        2,
+    );
+    let outcome = try_commit(&f.db, &current).await.expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
+    // A device carol does not have is mismatched, whatever the version.
+    let stray = group_envelope(
+        team,
+        1,
+        EnvelopeKind::GroupKeyShare,
+        alice1,
+        &[device_in(carol, 2)],
+        &members,
+        2,
+        2,
+    );
+    let outcome = try_commit(&f.db, &stray).await.expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Mismatched(_)),
+        "{outcome:?}"
+    );
+    // The share for version 1, the text's, is taken and queued to bob and carol.
+    let share = group_envelope(
+        team,
+        1,
+        EnvelopeKind::GroupKeyShare,
+        alice1,
+        &[bob1, carol1],
+        &members,
+        2,
+        2,
+    );
+    let outcome = try_commit(&f.db, &share).await.expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    for device in [bob1, carol1] {
+        let (batch, _) = fetch(&f.db, device, &[]).await;
+        assert_eq!(batch.entries.len(), 2, "{device} gets the text and its key");
+    }
+    // A text for version 1 is still stale.
+    let later = group_envelope(
+        team,
+        1,
+        EnvelopeKind::Message,
+        alice1,
+        &[bob1, carol1],
+        &members,
+        3,
+        3,
+    );
+    let outcome = try_commit(&f.db, &later).await.expect("answered");
+    assert!(
+        matches!(outcome, send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test]
 async fn envelopes_must_cover_exactly_the_current_devices() {
     let f = fixture();
