@@ -6,7 +6,9 @@
 //! change log until it holds the last account. Next to it, measured in the same run on the same
 //! disk, its two halves alone: the writer reading the log's pages (`account_changes`) and a
 //! store applying them (`put_account` and the position, one transaction a page, as the
-//! replica does), and the disk's fsync rate.
+//! replica does), and the disk's fsync rate. The writer also holds groups (of
+//! [`crate::limits::DIRECTORY_GROUP_MEMBERS`] members each), which the replica pulls from the
+//! group log in the same requests until it holds the last group, measured the same way.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fdb_layers::directory::{self, AccountRecord, LogPosition};
+use fdb_layers::directory::{self, AccountRecord, LogPosition, ReplicatedGroup};
 use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::{Database, EmbeddedOptions};
 use home_region::blobs::{BlobLimits, memory_objects};
@@ -22,7 +24,7 @@ use home_region::{RegionParts, RegionService};
 use relay_devnet::pki::Pki;
 use relay_net::{PeerResolver, TlsIdentity, TokioSockets};
 use relay_proto::clock::SystemClock;
-use relay_proto::{AccountId, RegionId};
+use relay_proto::{AccountId, GroupId, RegionId};
 use serde::Serialize;
 
 use crate::BenchError;
@@ -32,6 +34,10 @@ use crate::measure::{Timing, measure_fsync};
 const FILL_BATCH: usize = 500;
 /// Accounts per page when measuring the halves (the replica's page).
 const PAGE: usize = home_region::limits::DIRECTORY_CHANGES_PAGE_MAX;
+/// Groups per page when measuring the halves (the replica's page).
+const GROUP_PAGE: usize = home_region::limits::GROUP_CHANGES_PAGE_MAX;
+/// Groups created per transaction while filling the writer's store.
+const GROUP_FILL_BATCH: u64 = 10;
 /// How often the run looks whether the replica holds the last account.
 const POLL_MS: u64 = 5;
 /// How long the replica may take before the run fails.
@@ -42,6 +48,10 @@ const CATCH_UP_TIMEOUT_S: u64 = 600;
 pub struct DirectoryOptions {
     /// Accounts in the writer's directory.
     pub accounts: u64,
+    /// Groups in the writer's directory, each of `members` accounts.
+    pub groups: u64,
+    /// Members of each group (at most the accounts, and a group's limit).
+    pub members: u64,
     /// Folder for the stores (a temporary folder inside it).
     pub data: Option<PathBuf>,
     /// "release" or "debug": the build measured.
@@ -71,6 +81,21 @@ pub struct DirectoryReport {
     pub pages: u64,
     /// The disk's fsync rate in the same run.
     pub fsync_per_second: f64,
+    /// Groups replicated, and the members of each.
+    pub groups: u64,
+    /// Members of each group.
+    pub members_per_group: u64,
+    /// The replica from empty to the last group, in seconds (in the same requests as the
+    /// accounts).
+    pub groups_catch_up_seconds: f64,
+    /// Groups per second through the replica.
+    pub groups_replicated_per_second: f64,
+    /// Ceiling: the writer reading the group log's pages alone.
+    pub groups_read_per_second: f64,
+    /// Ceiling: a store applying those pages alone.
+    pub groups_apply_per_second: f64,
+    /// The replica's groups against the slower of the two halves.
+    pub groups_share_of_ceiling: f64,
 }
 
 impl DirectoryReport {
@@ -83,7 +108,13 @@ impl DirectoryReport {
              | … the writer reading the log alone | {:.0} | ceiling |\n\
              | … a store applying the pages alone | {:.0} | ceiling |\n\
              | fsync rate of the disk | {:.0}/s | |\n\
-             catch-up {:.2} s for {} pages; the writer's store was filled in {:.1} s\n",
+             catch-up {:.2} s for {} pages; the writer's store was filled in {:.1} s\n\
+             {} groups of {} members, pages of {GROUP_PAGE}:\n\
+             | measure | groups/s | |\n|---|--:|---|\n\
+             | a new region's replica catching up (over QUIC, with the accounts) | {:.0} | {:.0} % of the slower half |\n\
+             | … the writer reading the group log alone | {:.0} | ceiling |\n\
+             | … a store applying the pages alone | {:.0} | ceiling |\n\
+             groups caught up in {:.2} s\n",
             self.accounts,
             self.build,
             std::thread::available_parallelism().map_or(0, usize::from),
@@ -95,6 +126,13 @@ impl DirectoryReport {
             self.catch_up_seconds,
             self.pages,
             self.fill_seconds,
+            self.groups,
+            self.members_per_group,
+            self.groups_replicated_per_second,
+            self.groups_share_of_ceiling * 100.0,
+            self.groups_read_per_second,
+            self.groups_apply_per_second,
+            self.groups_catch_up_seconds,
         )
     }
 }
@@ -128,6 +166,16 @@ pub async fn run(
     if options.accounts == 0 {
         return Err(BenchError::Invalid("--accounts must be at least 1".into()));
     }
+    if options.groups == 0
+        || options.members == 0
+        || options.members > options.accounts
+        || options.members as usize > relay_proto::limits::GROUP_MEMBERS_MAX
+    {
+        return Err(BenchError::Invalid(format!(
+            "--groups must be at least 1, each of 1 to {} members and no more than --accounts",
+            relay_proto::limits::GROUP_MEMBERS_MAX
+        )));
+    }
     let folder = crate::messages::run_folder(options.data.as_deref())?;
     let root = folder.path();
 
@@ -135,12 +183,15 @@ pub async fn run(
     step("filling the writer's directory");
     let began = Instant::now();
     fill(&writer_db, options.accounts).await?;
+    fill_groups(&writer_db, options).await?;
     let fill_seconds = began.elapsed().as_secs_f64();
 
     // The two halves alone.
     step("the ceilings: reading and applying the log alone");
     let (read_seconds, pages) = read_all(&writer_db).await?;
     let apply_seconds = apply_all(&writer_db, &open(&root.join("apply"))?).await?;
+    let groups_read_seconds = read_groups(&writer_db).await?;
+    let groups_apply_seconds = apply_groups(&writer_db, &open(&root.join("apply-groups"))?).await?;
     let fsync_per_second = measure_fsync(
         &root.join("fsync-probe"),
         Timing {
@@ -167,24 +218,36 @@ pub async fn run(
     let began = Instant::now();
     let replica_task = tokio::spawn(replica.run(stopping()));
     let last = AccountId(options.accounts);
+    let last_group = GroupId(options.groups);
     let deadline = began + Duration::from_secs(CATCH_UP_TIMEOUT_S);
-    loop {
-        let found = replica_db
-            .transact(|tx| async move { directory::account_by_id(&tx, last).await })
+    let (mut accounts_at, mut groups_at) = (None, None);
+    while accounts_at.is_none() || groups_at.is_none() {
+        let (account, group) = replica_db
+            .transact(|tx| async move {
+                Ok((
+                    directory::account_by_id(&tx, last).await?.is_some(),
+                    directory::group_replica(&tx, last_group).await?.is_some(),
+                ))
+            })
             .await
             .map_err(store_error("reading the replica"))?;
-        if found.is_some() {
-            break;
+        if account && accounts_at.is_none() {
+            accounts_at = Some(began.elapsed().as_secs_f64());
+        }
+        if group && groups_at.is_none() {
+            groups_at = Some(began.elapsed().as_secs_f64());
         }
         if Instant::now() >= deadline {
             let _ = stop.send(true);
             return Err(BenchError::Invalid(format!(
-                "the replica did not receive account {last} within {CATCH_UP_TIMEOUT_S} s"
+                "the replica did not receive account {last} and group {last_group} within \
+                 {CATCH_UP_TIMEOUT_S} s"
             )));
         }
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
-    let catch_up_seconds = began.elapsed().as_secs_f64();
+    let catch_up_seconds = accounts_at.unwrap_or_default();
+    let groups_catch_up_seconds = groups_at.unwrap_or_default();
     let _ = stop.send(true);
     let _ = writer_task.await;
     let _ = replica_task.await;
@@ -193,6 +256,7 @@ pub async fn run(
     let read_per_second = accounts / read_seconds;
     let apply_per_second = accounts / apply_seconds;
     let replicated_per_second = accounts / catch_up_seconds;
+    let groups = options.groups as f64;
     Ok(DirectoryReport {
         build: options.build.clone(),
         accounts: options.accounts,
@@ -204,6 +268,14 @@ pub async fn run(
         share_of_ceiling: replicated_per_second / read_per_second.min(apply_per_second),
         pages,
         fsync_per_second,
+        groups: options.groups,
+        members_per_group: options.members,
+        groups_catch_up_seconds,
+        groups_replicated_per_second: groups / groups_catch_up_seconds,
+        groups_read_per_second: groups / groups_read_seconds,
+        groups_apply_per_second: groups / groups_apply_seconds,
+        groups_share_of_ceiling: (groups / groups_catch_up_seconds)
+            / (groups / groups_read_seconds).min(groups / groups_apply_seconds),
     })
 }
 
@@ -242,6 +314,92 @@ async fn fill(db: &Database, accounts: u64) -> Result<(), BenchError> {
     db.transact(|tx| async move { directory::set_log_complete(&tx) })
         .await
         .map_err(store_error("marking the log complete"))
+}
+
+/// Creates `options.groups` groups at the writer, each of `options.members` consecutive accounts
+/// (the first its owner), [`GROUP_FILL_BATCH`] per transaction.
+async fn fill_groups(db: &Database, options: &DirectoryOptions) -> Result<(), BenchError> {
+    let (groups, members, accounts) = (options.groups, options.members, options.accounts);
+    let mut next = 1u64;
+    while next <= groups {
+        let first = next;
+        let last = (first + GROUP_FILL_BATCH - 1).min(groups);
+        db.transact(|tx| async move {
+            for group in first..=last {
+                let owner = 1 + (group * 7919) % (accounts - members + 1);
+                let others: Vec<AccountId> = (owner + 1..owner + members).map(AccountId).collect();
+                let mut request_id = [0u8; directory::GROUP_REQUEST_ID_BYTES];
+                request_id[..8].copy_from_slice(&group.to_be_bytes());
+                let new = directory::NewGroup {
+                    owner: AccountId(owner),
+                    name: "bench",
+                    home_region: RegionId(1),
+                    members: &others,
+                    request_id,
+                };
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&group.to_be_bytes());
+                let _ = directory::create_group(&tx, &new, &IdempotencyKey::new(8, key)).await?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(store_error("filling the writer's groups"))?;
+        next = last + 1;
+    }
+    db.transact(|tx| async move { directory::set_group_log_complete(&tx) })
+        .await
+        .map_err(store_error("marking the group log complete"))
+}
+
+/// Every page of the writer's group log, as the writer answers a replica.
+async fn group_pages(
+    db: &Database,
+) -> Result<Vec<(LogPosition, Vec<ReplicatedGroup>)>, BenchError> {
+    let mut pages = Vec::new();
+    let mut after: Option<LogPosition> = None;
+    loop {
+        let (changes, more) = db
+            .transact(|tx| async move { directory::group_changes(&tx, after, GROUP_PAGE).await })
+            .await
+            .map_err(store_error("reading the group log"))?;
+        if let Some((position, _)) = changes.last() {
+            after = Some(*position);
+            pages.push((
+                *position,
+                changes.into_iter().map(|(_, group)| group).collect(),
+            ));
+        }
+        if !more {
+            return Ok(pages);
+        }
+    }
+}
+
+/// Reads every page of the writer's group log; returns the time.
+async fn read_groups(db: &Database) -> Result<f64, BenchError> {
+    let began = Instant::now();
+    group_pages(db).await?;
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// Applies every page of the writer's group log to `target` as a replica does (read
+/// beforehand, so only the applying is timed).
+async fn apply_groups(writer: &Database, target: &Database) -> Result<f64, BenchError> {
+    let pages = group_pages(writer).await?;
+    let began = Instant::now();
+    for (position, groups) in &pages {
+        target
+            .transact(|tx| async move {
+                for group in groups {
+                    directory::put_group_replica(&tx, group).await?;
+                }
+                directory::set_group_replica_cursor(&tx, position)
+            })
+            .await
+            .map_err(store_error("applying a page of groups"))?;
+    }
+    Ok(began.elapsed().as_secs_f64())
 }
 
 /// Reads every page of the writer's log as the writer answers a replica; returns the time and

@@ -346,6 +346,16 @@ pub const DIRECTORY_ACCOUNTS_DEFAULT: u64 = 100_000;
 /// The same, with `--quick`.
 pub const DIRECTORY_ACCOUNTS_QUICK: u64 = 5_000;
 const _: () = assert!(DIRECTORY_ACCOUNTS_QUICK <= DIRECTORY_ACCOUNTS_DEFAULT);
+/// Groups in the writer's directory in `relayd bench directory`, and with `--quick`.
+pub const DIRECTORY_GROUPS_DEFAULT: u64 = 2_000;
+/// See [`DIRECTORY_GROUPS_DEFAULT`].
+pub const DIRECTORY_GROUPS_QUICK: u64 = 100;
+/// Members of each of those groups (a group the size of a large family or a team).
+pub const DIRECTORY_GROUP_MEMBERS: u64 = 100;
+const _: () = assert!(DIRECTORY_GROUPS_QUICK <= DIRECTORY_GROUPS_DEFAULT);
+// Every group's members are accounts of the run, and a group may hold them.
+const _: () = assert!(DIRECTORY_GROUP_MEMBERS <= DIRECTORY_ACCOUNTS_QUICK);
+const _: () = assert!(DIRECTORY_GROUP_MEMBERS as usize <= relay_proto::limits::GROUP_MEMBERS_MAX);
 
 /// `relayd bench home-move`: messages queued for each of the moving account's two devices
 /// (W4's backlog: 10,000 composed for a person offline).

@@ -98,7 +98,9 @@ pub const GROUP_CACHE_ENTRIES_MAX: usize = 4_096;
 /// How long such a region checks group envelopes against a membership it cached before asking
 /// the writer again, in ms. An envelope naming a newer version makes it ask at once; one
 /// naming an older version is answered "the group changed". Shorter than an account's time to
-/// live: a sender that missed a removal is refused within this long at the latest.
+/// live: a sender that missed a removal is refused within this long at the latest. Also the
+/// lease on a region's copy of the groups: it checks envelopes against the copy for this long
+/// after it sent a poll that caught up with the writer's logs (`crate::directory_replica`).
 pub const GROUP_CACHE_TTL_MS: u64 = 10_000;
 
 /// (Directory writer) groups whose askers (the regions that cached their membership in the
@@ -353,3 +355,20 @@ pub const DIRECTORY_BACKFILL_PAGE: usize = fdb_layers::limits::LAYER_READ_ENTRIE
 // A replica lags less than a cached account is trusted without asking the writer again.
 const _: () = assert!(DIRECTORY_REPLICA_POLL_MS < ACCOUNT_REFRESH_INTERVAL_MS);
 const _: () = assert!(DIRECTORY_CHANGES_PAGE_MAX >= 1 && DIRECTORY_BACKFILL_PAGE >= 1);
+/// Groups per page of the writer's group log (each with up to `GROUP_MEMBERS_MAX` members).
+pub const GROUP_CHANGES_PAGE_MAX: usize = 16;
+/// Regions the directory writer remembers as replica readers (each told of every group change
+/// while it may check envelopes against its copy); past it, a change waits every copy out.
+pub const REPLICA_READERS_MAX: usize = 1_024;
+// A page of groups, each member a varint of at most 10 bytes, fits a quarter of a frame.
+const _: () = assert!(
+    GROUP_CHANGES_PAGE_MAX * relay_proto::limits::GROUP_MEMBERS_MAX * 12
+        <= relay_proto::limits::FRAME_BYTES_MAX / 4
+);
+const _: () = assert!(GROUP_CHANGES_PAGE_MAX >= 1);
+// A replica that follows the writer renews its lease on the groups (`GROUP_CACHE_TTL_MS` from
+// its last caught-up poll) long before it lapses, even when a poll takes its whole timeout.
+const _: () = assert!(
+    DIRECTORY_REPLICA_POLL_MS + relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS
+        < GROUP_CACHE_TTL_MS
+);

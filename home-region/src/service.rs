@@ -62,7 +62,7 @@ use crate::limits::{
     BLOB_SWEEP_INTERVAL_MS, GROUP_ASKERS_MAX, GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS,
     INTERNAL_CONNECTIONS_MAX, LOCAL_RECEIPTS_BATCH_MAX, OUTBOX_BATCH_ENTRIES_MAX,
     OUTBOX_IDLE_POLL_MS, OUTBOX_RETRY_DELAY_MS, PLANTED_COMMIT_DELAY_MS,
-    QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, RETENTION_SWEEP_INTERVAL_MS,
+    QUARANTINE_LOAD_DEVICES_PER_TRANSACTION, REPLICA_READERS_MAX, RETENTION_SWEEP_INTERVAL_MS,
     RETENTION_SWEEP_TRANSACTIONS_MAX, SUBSCRIPTION_PUSHES_MAX, SUBSCRIPTION_WRITE_BYTES_MAX,
     WRITER_CENSUS_ATTEMPT_TIMEOUT_MS,
 };
@@ -216,6 +216,16 @@ struct Inner {
     /// (The directory writer) the regions that asked for each group's membership, and when
     /// this writer answered (its clock, ms): told when the group changes.
     group_askers: Mutex<BTreeMap<GroupId, BTreeMap<RegionId, u64>>>,
+    /// (The directory writer) the regions that polled its change logs, and when this writer
+    /// last answered each (its clock, ms): each may check group envelopes against its copy of
+    /// the groups for [`GROUP_CACHE_TTL_MS`] after, so each is told of every group change.
+    replica_readers: Mutex<BTreeMap<RegionId, u64>>,
+    /// (The directory writer) when a region's poll was last not remembered (the table was full;
+    /// 0: never): group changes wait every copy out until that poll's lease ran out.
+    replica_reader_forgotten_at_ms: std::sync::atomic::AtomicU64,
+    /// (Regions that are not the directory writer) whether group envelopes may be checked
+    /// against this region's copy of the groups (see [`directory_replica`]).
+    group_lease: directory_replica::GroupLease,
     /// When this service started (ms) after an earlier run on its store: regions that asked
     /// that run may still hold a membership for [`GROUP_CACHE_TTL_MS`] (a new store's run
     /// counts as started that long ago).
@@ -490,6 +500,9 @@ impl RegionService {
             groups: Mutex::new(TtlCache::new(GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS)),
             group_floors: Mutex::new(TtlCache::new(GROUP_CACHE_ENTRIES_MAX, GROUP_CACHE_TTL_MS)),
             group_askers: Mutex::new(BTreeMap::new()),
+            replica_readers: Mutex::new(BTreeMap::new()),
+            replica_reader_forgotten_at_ms: std::sync::atomic::AtomicU64::new(0),
+            group_lease: directory_replica::GroupLease::default(),
             started_at_ms,
             blobs,
             pusher: Arc::new(Pusher::new(push)),
@@ -535,6 +548,9 @@ impl RegionService {
                     service.inner.db.clone(),
                     &service.inner.peers,
                     service.inner.writer,
+                    service.inner.region,
+                    &*service.inner.clock,
+                    &service.inner.group_lease,
                 )
                 .await;
             }))
@@ -1035,6 +1051,7 @@ impl RegionService {
                 let group = GroupId(changed.group);
                 let now_ms = self.inner.clock.now_ms();
                 lock(&self.inner.groups).remove(&group);
+                self.inner.group_lease.changed(now_ms);
                 let mut floors = lock(&self.inner.group_floors);
                 let floor = floors
                     .peek(&group, now_ms)
@@ -1056,6 +1073,10 @@ impl RegionService {
                         "this region is not the directory writer: ask the writer for changes",
                     ));
                 }
+                // Remembered before the logs are read: a group change committed after that
+                // read (and so missing from the answer) then tells this region, or waits out
+                // the lease the answer gives.
+                self.record_replica_reader(RegionId(ask.region));
                 directory_replica::changes(&self.inner.db, &ask)
                     .await
                     .map(Resp::DirectoryChanges)
@@ -1181,6 +1202,52 @@ impl RegionService {
             .cloned()
     }
 
+    /// Whether this region checks group envelopes against its copy of the groups now (a region
+    /// that is not the directory writer, under its lease: see [`directory_replica`]).
+    pub fn checks_groups_against_its_copy(&self) -> bool {
+        self.inner.writer != self.inner.region
+            && self.inner.group_lease.holds(self.inner.clock.now_ms())
+    }
+
+    /// (A region that is not the directory writer) `group`'s membership from this region's copy
+    /// of the groups, if the copy holds it at `version` or newer (and at the newest version the
+    /// writer said exists) and the region's lease on the copy holds; `None` sends the caller to
+    /// the writer.
+    async fn replicated_membership(
+        &self,
+        group: GroupId,
+        version: u64,
+    ) -> Result<Option<Arc<GroupMembership>>, ProtoError> {
+        let now_ms = self.inner.clock.now_ms();
+        if !self.inner.group_lease.holds(now_ms) {
+            return Ok(None);
+        }
+        let Some(replicated) = self
+            .inner
+            .db
+            .transact(|tx| async move { directory::group_replica(&tx, group).await })
+            .await
+            .map_err(store_failure)?
+        else {
+            return Ok(None);
+        };
+        let floor = lock(&self.inner.group_floors)
+            .peek(&group, now_ms)
+            .copied()
+            .unwrap_or(0);
+        // Read after the lease was checked: a change heard of meanwhile ends the lease.
+        if replicated.version < version.max(floor)
+            || !self.inner.group_lease.holds(self.inner.clock.now_ms())
+        {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(GroupMembership {
+            group,
+            version: replicated.version,
+            members: replicated.members.into_iter().collect(),
+        })))
+    }
+
     /// (A region that is not the directory writer) `group`'s membership at `version` or newer:
     /// the cached one (see [`Self::group_membership`]), else the writer's answer, cached.
     async fn known_membership(
@@ -1190,6 +1257,9 @@ impl RegionService {
     ) -> Result<Arc<GroupMembership>, ProtoError> {
         if let Some(known) = self.cached_membership(group, version) {
             return Ok(known);
+        }
+        if let Some(replicated) = self.replicated_membership(group, version).await? {
+            return Ok(replicated);
         }
         let now_ms = self.inner.clock.now_ms();
         let request = RegionRequest {
@@ -1874,6 +1944,23 @@ impl RegionService {
         Ok(answer)
     }
 
+    /// (Directory writer) remembers that `region` polled the change logs now.
+    fn record_replica_reader(&self, region: RegionId) {
+        let now_ms = self.inner.clock.now_ms();
+        let mut readers = lock(&self.inner.replica_readers);
+        if readers.len() >= REPLICA_READERS_MAX && !readers.contains_key(&region) {
+            readers.retain(|_, at| now_ms < at.saturating_add(GROUP_CACHE_TTL_MS));
+        }
+        if readers.len() < REPLICA_READERS_MAX || readers.contains_key(&region) {
+            readers.insert(region, now_ms);
+        } else {
+            // Not remembered: `group_changed` waits every copy out for a while (see there).
+            self.inner
+                .replica_reader_forgotten_at_ms
+                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// (Directory writer) remembers that `region` asked for `group`'s membership now.
     fn record_group_asker(&self, group: GroupId, region: RegionId) {
         let now_ms = self.inner.clock.now_ms();
@@ -1910,11 +1997,26 @@ impl RegionService {
             }
         };
         let now_ms = self.inner.clock.now_ms();
-        let (askers, forgotten) = {
+        let (mut askers, mut forgotten) = {
             let mut all = lock(&self.inner.group_askers);
             let askers = all.remove(&group).unwrap_or_default();
             (askers, all.len() >= GROUP_ASKERS_MAX)
         };
+        // Every region that polled the logs lately may check envelopes against its copy of the
+        // groups: it is told too, or waited out.
+        for (&region, &answered_at_ms) in lock(&self.inner.replica_readers).iter() {
+            let at = askers.entry(region).or_insert(answered_at_ms);
+            *at = (*at).max(answered_at_ms);
+        }
+        let reader_forgotten_at_ms = self
+            .inner
+            .replica_reader_forgotten_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if reader_forgotten_at_ms > 0
+            && now_ms < reader_forgotten_at_ms.saturating_add(GROUP_CACHE_TTL_MS)
+        {
+            forgotten = true;
+        }
         let mut wait_until_ms = 0;
         if now_ms < self.inner.started_at_ms.saturating_add(GROUP_CACHE_TTL_MS) {
             // Regions may have asked a run of this writer before its restart.
@@ -2774,7 +2876,7 @@ impl CensusSource for RemoteCensus {
 
 /// Locks a mutex of the service; every update completes under the lock, so a poisoned one (a
 /// panicking task) still holds a usable state.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 

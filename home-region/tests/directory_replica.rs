@@ -42,7 +42,11 @@ fn by_name(name: &str) -> RegionRequest {
 fn changes_after(after: Vec<u8>) -> RegionRequest {
     RegionRequest {
         body: Some(region_request::Body::DirectoryChanges(
-            wire::AskDirectoryChanges { after, limit: 10 },
+            wire::AskDirectoryChanges {
+                after,
+                limit: 10,
+                ..Default::default()
+            },
         )),
     }
 }

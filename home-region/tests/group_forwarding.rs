@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use home_region::RegionService;
 use relay_proto::wire::{
     self, ForGroup, GroupCommand, RegionRequest, RegionResponse, group_command::Command,
     region_request, region_response,
 };
-use relay_proto::{ChatId, ErrorCode, GroupId};
+use relay_proto::{AccountId, ChatId, ErrorCode, GroupId};
 
 mod support;
 
@@ -192,70 +193,29 @@ fn group_message(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_region_checks_group_envelopes_against_the_writers_membership() {
-    let ca = TestCa::new();
-    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
-    let (writer, writer_db) = region(WRITER, &ca, &addresses);
-    let (other, other_db) = region(OTHER, &ca, &addresses);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(writer.clone().run(async {
-        let _ = stopped.await;
-    }));
-    // Region 2 serves too: the writer tells it when a group it asked about changes.
-    let (stop_other, other_stopped) = tokio::sync::oneshot::channel::<()>();
-    let other_serving = tokio::spawn(other.clone().run(async {
-        let _ = other_stopped.await;
-    }));
+/// Two regions serving: the writer (region 1) and region 2. ada (two devices) is homed in
+/// region 2, bob and cy in region 1 (one device each).
+struct TwoRegions {
+    writer: RegionService,
+    other: RegionService,
+    other_db: fdb_layers::Database,
+    stop_writer: tokio::sync::oneshot::Sender<()>,
+    writer_serving: Serving,
+    stop_other: tokio::sync::oneshot::Sender<()>,
+    other_serving: Serving,
+    ada: AccountId,
+    bob: AccountId,
+    cy: AccountId,
+    ada1: wire::DeviceAddr,
+    ada2: wire::DeviceAddr,
+    bob1: wire::DeviceAddr,
+    cy1: wire::DeviceAddr,
+}
 
-    // ada (two devices) is homed in region 2, bob and cy in region 1 (one device each). Region
-    // 2 holds ada's record and devices, as it would after registering her.
-    let key = |counter: u64| fdb_layers::keys::IdempotencyKey::new(1, [counter as u8; 16]);
-    let (ada, bob, cy) = writer_db
-        .transact(|tx| async move {
-            let ada = fdb_layers::directory::create_account(&tx, "ada", OTHER, &key(1)).await?;
-            let bob = fdb_layers::directory::create_account(&tx, "bob", WRITER, &key(2)).await?;
-            let cy = fdb_layers::directory::create_account(&tx, "cy", WRITER, &key(3)).await?;
-            let bob = bob.expect("free").id;
-            let cy = cy.expect("free").id;
-            fdb_layers::directory::add_device(&tx, bob, &[2; 32], &[2; 32], &key(4)).await?;
-            fdb_layers::directory::add_device(&tx, cy, &[3; 32], &[3; 32], &key(5)).await?;
-            Ok((ada.expect("free"), bob, cy))
-        })
-        .await
-        .expect("accounts");
-    other_db
-        .transact(|tx| {
-            let ada = ada.clone();
-            async move {
-                fdb_layers::directory::put_account(&tx, &ada).await?;
-                for index in 0..2u8 {
-                    fdb_layers::directory::add_device(
-                        &tx,
-                        ada.id,
-                        &[index; 32],
-                        &[index; 32],
-                        &key(10 + u64::from(index)),
-                    )
-                    .await?;
-                }
-                Ok(())
-            }
-        })
-        .await
-        .expect("ada in region 2");
-    let ada = ada.id;
-    let device = |account: relay_proto::AccountId, device: u32| wire::DeviceAddr {
-        account: account.0,
-        device,
-    };
-    let (ada1, ada2, bob1, cy1) = (
-        device(ada, 1),
-        device(ada, 2),
-        device(bob, 1),
-        device(cy, 1),
-    );
+type Serving = tokio::task::JoinHandle<Result<(), home_region::RegionError>>;
 
+/// `ada` creates a group with `bob`, through region 2 (`other`): version 1.
+async fn create_group(other: &RegionService, ada: AccountId, bob: AccountId) -> GroupId {
     let created = group_of(
         other
             .handle(ask(
@@ -268,8 +228,112 @@ async fn a_region_checks_group_envelopes_against_the_writers_membership() {
             ))
             .await,
     );
-    let team = GroupId(created.group);
     assert_eq!(created.version, 1);
+    GroupId(created.group)
+}
+
+impl TwoRegions {
+    async fn start() -> Self {
+        let ca = TestCa::new();
+        let addresses = Arc::new(Mutex::new(BTreeMap::new()));
+        let (writer, writer_db) = region(WRITER, &ca, &addresses);
+        let (other, other_db) = region(OTHER, &ca, &addresses);
+        let (stop_writer, stopped) = tokio::sync::oneshot::channel::<()>();
+        let writer_serving = tokio::spawn(writer.clone().run(async {
+            let _ = stopped.await;
+        }));
+        // Region 2 serves too: the writer tells it when a group it asked about changes.
+        let (stop_other, other_stopped) = tokio::sync::oneshot::channel::<()>();
+        let other_serving = tokio::spawn(other.clone().run(async {
+            let _ = other_stopped.await;
+        }));
+
+        // ada (two devices) is homed in region 2, bob and cy in region 1 (one device each). Region
+        // 2 holds ada's record and devices, as it would after registering her.
+        let key = |counter: u64| fdb_layers::keys::IdempotencyKey::new(1, [counter as u8; 16]);
+        let (ada, bob, cy) = writer_db
+            .transact(|tx| async move {
+                let ada = fdb_layers::directory::create_account(&tx, "ada", OTHER, &key(1)).await?;
+                let bob =
+                    fdb_layers::directory::create_account(&tx, "bob", WRITER, &key(2)).await?;
+                let cy = fdb_layers::directory::create_account(&tx, "cy", WRITER, &key(3)).await?;
+                let bob = bob.expect("free").id;
+                let cy = cy.expect("free").id;
+                fdb_layers::directory::add_device(&tx, bob, &[2; 32], &[2; 32], &key(4)).await?;
+                fdb_layers::directory::add_device(&tx, cy, &[3; 32], &[3; 32], &key(5)).await?;
+                Ok((ada.expect("free"), bob, cy))
+            })
+            .await
+            .expect("accounts");
+        other_db
+            .transact(|tx| {
+                let ada = ada.clone();
+                async move {
+                    fdb_layers::directory::put_account(&tx, &ada).await?;
+                    for index in 0..2u8 {
+                        fdb_layers::directory::add_device(
+                            &tx,
+                            ada.id,
+                            &[index; 32],
+                            &[index; 32],
+                            &key(10 + u64::from(index)),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+            .expect("ada in region 2");
+        let ada = ada.id;
+        let device = |account: relay_proto::AccountId, device: u32| wire::DeviceAddr {
+            account: account.0,
+            device,
+        };
+        let (ada1, ada2, bob1, cy1) = (
+            device(ada, 1),
+            device(ada, 2),
+            device(bob, 1),
+            device(cy, 1),
+        );
+        TwoRegions {
+            writer,
+            other,
+            other_db,
+            stop_writer,
+            writer_serving,
+            stop_other,
+            other_serving,
+            ada,
+            bob,
+            cy,
+            ada1,
+            ada2,
+            bob1,
+            cy1,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_checks_group_envelopes_against_the_writers_membership() {
+    let TwoRegions {
+        writer,
+        other,
+        stop_writer: stop,
+        writer_serving: serving,
+        stop_other,
+        other_serving,
+        ada,
+        bob,
+        cy,
+        ada1,
+        ada2,
+        bob1,
+        cy1,
+        ..
+    } = TwoRegions::start().await;
+    let team = create_group(&other, ada, bob).await;
 
     // Region 2 asks the writer for the members, then commits for ada's other device; the
     // writer commits for bob. Both answer sent.
@@ -348,4 +412,103 @@ async fn a_region_checks_group_envelopes_against_the_writers_membership() {
         error_of(other.handle(unreachable).await),
         ErrorCode::DirectoryUnavailable
     );
+}
+
+/// Waits until region 2 checks group envelopes against its copy of `group` at `version`.
+async fn until_replicated(
+    other: &RegionService,
+    other_db: &fdb_layers::Database,
+    group: GroupId,
+    version: u64,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let held = other_db
+            .transact(|tx| async move { fdb_layers::directory::group_replica(&tx, group).await })
+            .await
+            .expect("read");
+        if held.is_some_and(|held| held.version == version)
+            && other.checks_groups_against_its_copy()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "region 2 did not replicate group {group} at version {version}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_checks_group_envelopes_against_its_replica_while_the_writer_is_gone() {
+    let TwoRegions {
+        other,
+        other_db,
+        stop_writer,
+        writer_serving,
+        stop_other,
+        other_serving,
+        ada,
+        bob,
+        ada1,
+        ada2,
+        bob1,
+        ..
+    } = TwoRegions::start().await;
+    let team = create_group(&other, ada, bob).await;
+    until_replicated(&other, &other_db, team, 1).await;
+
+    // bob is removed (version 2). The writer tells region 2 before it answers, which ends region
+    // 2's lease on its copy (still at version 1): a text for the old members is refused at once.
+    let removed = group_of(
+        other
+            .handle(ask(
+                ada.0,
+                Command::Remove(wire::RemoveGroupMember {
+                    group: team.0,
+                    account: bob.0,
+                }),
+            ))
+            .await,
+    );
+    assert_eq!(removed.version, 2);
+    let stale = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 1);
+    let outcome = committed(other.handle(stale).await);
+    assert!(
+        matches!(outcome, wire::send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
+    until_replicated(&other, &other_db, team, 2).await;
+
+    // The writer is gone: region 2 checks against its copy, which holds the removal.
+    let _ = stop_writer.send(());
+    writer_serving
+        .await
+        .expect("writer task")
+        .expect("writer ran");
+    let current = group_message(team, 2, ada1, &[ada2], &[ada.0], 1);
+    let outcome = committed(other.handle(current).await);
+    assert!(
+        matches!(outcome, wire::send_outcome::Outcome::Sent(_)),
+        "{outcome:?}"
+    );
+    let stale = group_message(team, 1, ada1, &[ada2, bob1], &[ada.0, bob.0], 2);
+    let outcome = committed(other.handle(stale).await);
+    assert!(
+        matches!(outcome, wire::send_outcome::Outcome::GroupChanged(_)),
+        "{outcome:?}"
+    );
+    // A version newer than the copy needs the writer (as does a group the copy does not hold,
+    // above).
+    let newer = group_message(team, 3, ada1, &[ada2], &[ada.0], 2);
+    assert_eq!(
+        error_of(other.handle(newer).await),
+        ErrorCode::DirectoryUnavailable
+    );
+    let _ = stop_other.send(());
+    other_serving
+        .await
+        .expect("region task")
+        .expect("region ran");
 }

@@ -1929,6 +1929,29 @@ pub struct AskDirectoryChanges {
     /// At most this many accounts (the writer caps it too).
     #[prost(uint32, tag = "2")]
     pub limit: u32,
+    /// The asking region: the writer tells it of every group change it makes while the region
+    /// may check envelopes against its copy (0 from a region before group replicas: the writer
+    /// then waits such a copy out instead).
+    #[prost(uint32, tag = "3")]
+    pub region: u32,
+    /// The position of the writer's group log the replica applied through (empty: from the
+    /// start), as the writer gave it.
+    #[prost(bytes = "vec", tag = "4")]
+    pub groups_after: Vec<u8>,
+}
+
+/// A group's members at one version, as a replica of the directory keeps them.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupMembersAt {
+    /// The group id.
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// The group's version.
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    /// The members' account ids, in id order (at most `GROUP_MEMBERS_MAX`).
+    #[prost(uint64, repeated, tag = "3")]
+    pub members: Vec<u64>,
 }
 
 /// Accounts changed after a position of the writer's change log, in commit order, each as it
@@ -1944,6 +1967,15 @@ pub struct DirectoryChanges {
     /// More changes follow.
     #[prost(bool, tag = "3")]
     pub more: bool,
+    /// Groups changed after `groups_after`, in commit order, each as it is now.
+    #[prost(message, repeated, tag = "4")]
+    pub groups: Vec<GroupMembersAt>,
+    /// The position of the last group (empty when there is none): the next `groups_after`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub groups_through: Vec<u8>,
+    /// More group changes follow.
+    #[prost(bool, tag = "6")]
+    pub groups_more: bool,
 }
 
 /// (An operator, with the region's own certificate, to that region) a planned failover: the

@@ -88,6 +88,13 @@ pub struct DirectoryArgs {
     /// Accounts in the writer's directory (default 100,000; 5,000 with --quick).
     #[arg(long)]
     accounts: Option<u64>,
+    /// Groups in the writer's directory (default 2,000; 100 with --quick), each of --members
+    /// accounts.
+    #[arg(long)]
+    groups: Option<u64>,
+    /// Members of each group (default 100; at most --accounts and a group's 1,024).
+    #[arg(long)]
+    members: Option<u64>,
     /// Folder for the stores (a temporary folder inside it, removed afterwards). Default: the
     /// system's temporary folder.
     #[arg(long)]
@@ -493,6 +500,15 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                     relay_bench::limits::DIRECTORY_ACCOUNTS_QUICK,
                     relay_bench::limits::DIRECTORY_ACCOUNTS_DEFAULT,
                 ),
+                groups: quick_or(
+                    args.groups,
+                    args.quick,
+                    relay_bench::limits::DIRECTORY_GROUPS_QUICK,
+                    relay_bench::limits::DIRECTORY_GROUPS_DEFAULT,
+                ),
+                members: args
+                    .members
+                    .unwrap_or(relay_bench::limits::DIRECTORY_GROUP_MEMBERS),
                 data: args.data,
                 build: build().into(),
             };

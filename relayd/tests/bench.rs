@@ -422,9 +422,25 @@ fn the_push_benchmark_delivers_every_wake_and_its_ceiling() {
 }
 
 #[test]
-fn the_directory_benchmark_replicates_every_account_and_its_ceilings() {
-    let report = run_json(&["bench", "directory", "--json", "--accounts", "3000"]);
+fn the_directory_benchmark_replicates_every_account_and_group_and_its_ceilings() {
+    let report = run_json(&[
+        "bench",
+        "directory",
+        "--json",
+        "--accounts",
+        "3000",
+        "--groups",
+        "40",
+        "--members",
+        "20",
+    ]);
     assert_eq!(report["accounts"], 3000);
+    assert_eq!(report["groups"], 40);
+    assert_eq!(report["members_per_group"], 20);
+    positive(&report, "groups_replicated_per_second");
+    positive(&report, "groups_read_per_second");
+    positive(&report, "groups_apply_per_second");
+    positive(&report, "groups_share_of_ceiling");
     // Pages of up to 1,024 accounts: three at least.
     assert!(number(&report, "pages") >= 3.0, "{report:#}");
     positive(&report, "replicated_per_second");

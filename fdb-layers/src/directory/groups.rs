@@ -37,8 +37,9 @@
 //! bounded read; an account's groups are read in pages of at most [`LAYER_READ_ENTRIES_MAX`].
 //! Names are bounded by the protocol (`GROUP_NAME_BYTES_MAX`); the caller checks them.
 //!
-//! **Evolution.** More roles come as new fields of the member value; group replicas like
-//! accounts'.
+//! **Evolution.** More roles come as new fields of the member value. Every change moves the
+//! group's entry in the group log ([`super::log`]), which replicas follow into their copies of
+//! the members.
 
 use prost::Message;
 use relay_proto::{AccountId, RegionId};

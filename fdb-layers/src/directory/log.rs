@@ -5,7 +5,16 @@
 //!   transaction that made it (`SET_VERSIONSTAMPED_KEY`);
 //! - `("log_at", account)` → the 10-byte versionstamp of that entry (`SET_VERSIONSTAMPED_VALUE`);
 //! - `("replica_cursor",)` → the writer's [`LogPosition`] this copy applied through (replicas);
-//! - `("log_complete",)` → present once every account has an entry (see "Evolution").
+//! - `("log_complete",)` → present once every account has an entry (see "Evolution");
+//! - the same four for groups: `("group_log", stamp, group)`, `("group_log_at", group)`,
+//!   `("group_replica_cursor",)` and `("group_log_complete",)`.
+//!
+//! **Groups** have a log of their own, written with every change of a group (its version moves:
+//! created, members, roles, name, home). A replica keeps each group's members at their version
+//! ([`put_group_replica`], one key per group: `("group_replica", group)` → version then member
+//! ids, 8 bytes LE each), newer versions only. Whether a region may check an envelope against
+//! that copy is the region's rule (a lease on having caught up lately, see
+//! `home_region::directory_replica`): the copy alone says nothing of how fresh it is.
 //!
 //! Each account has one entry: a change clears the account's previous one. The log is as long as
 //! the directory, never longer, and a new replica that reads it from the start gets every
@@ -24,26 +33,28 @@
 //!
 //! **Evolution.** A store written before the log has accounts without entries:
 //! [`backfill_log`] gives each one, page by page, before the writer serves, then
-//! [`set_log_complete`] records that it need not run again; groups next, then the edges'
-//! caches could follow the same log.
+//! [`set_log_complete`] records that it need not run again (groups likewise:
+//! [`backfill_group_log`], [`set_group_log_complete`]); the edges' caches could follow the same
+//! logs next.
 
 use relay_proto::AccountId;
 
-use super::Directory;
 use super::accounts::{AccountRecord, read_account};
+use super::{Directory, GroupId};
 use crate::codec::decode_key;
 use crate::engine::{RangeOptions, Transaction, Versionstamp};
 use crate::error::StoreError;
-use crate::limits::{LAYER_READ_ENTRIES_MAX, VERSIONSTAMP_BYTES};
+use crate::limits::{GROUP_MEMBERS_MAX, LAYER_READ_ENTRIES_MAX, VERSIONSTAMP_BYTES};
 use crate::tuple::{Subspace, TupleVersionstamp, pack};
 
-/// A position in the writer's change log: after the change of `account` at `stamp`.
+/// A position in one of the writer's change logs: after the change of the account (or group)
+/// `id` at `stamp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LogPosition {
     /// The versionstamp of the change's transaction.
     pub stamp: Versionstamp,
-    /// The account changed.
-    pub account: AccountId,
+    /// The account's (or group's) id.
+    pub id: u64,
 }
 
 impl LogPosition {
@@ -53,7 +64,7 @@ impl LogPosition {
     /// The position as a replica keeps and sends it.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = self.stamp.as_bytes().to_vec();
-        bytes.extend_from_slice(&self.account.0.to_be_bytes());
+        bytes.extend_from_slice(&self.id.to_be_bytes());
         bytes
     }
 
@@ -63,13 +74,43 @@ impl LogPosition {
             return None;
         }
         let stamp = Versionstamp::read_at(bytes, 0)?;
-        let account = u64::from_be_bytes(bytes[VERSIONSTAMP_BYTES..].try_into().ok()?);
-        Some(LogPosition {
-            stamp,
-            account: AccountId(account),
-        })
+        let id = u64::from_be_bytes(bytes[VERSIONSTAMP_BYTES..].try_into().ok()?);
+        Some(LogPosition { stamp, id })
     }
 }
+
+/// One of the directory's change logs: the names of its keys.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChangeLog {
+    /// `(entries, stamp, id)` → nothing.
+    entries: &'static str,
+    /// `(at, id)` → the versionstamp of the id's entry.
+    at: &'static str,
+    /// `(cursor,)` → where a replica applied through.
+    cursor: &'static str,
+    /// `(complete,)` → present once every record has an entry.
+    complete: &'static str,
+    /// The subspace of the records the log is of (for a backfill).
+    records: &'static str,
+}
+
+/// The accounts' log.
+pub(super) const ACCOUNT_LOG: ChangeLog = ChangeLog {
+    entries: "log",
+    at: "log_at",
+    cursor: "replica_cursor",
+    complete: "log_complete",
+    records: "account",
+};
+
+/// The groups' log.
+pub(super) const GROUP_LOG: ChangeLog = ChangeLog {
+    entries: "group_log",
+    at: "group_log_at",
+    cursor: "group_replica_cursor",
+    complete: "group_log_complete",
+    records: "group",
+};
 
 /// Accounts changed after `after` (from the start with `None`), in commit order: at most
 /// `limit` (and [`LAYER_READ_ENTRIES_MAX`]), each with its position and its record now; and
@@ -80,35 +121,12 @@ pub async fn account_changes(
     limit: usize,
 ) -> Result<(Vec<(LogPosition, AccountRecord)>, bool), StoreError> {
     let directory = Directory::new();
-    let log = directory.log();
-    let (start, end) = log.range();
-    let begin = match after {
-        Some(position) => {
-            let mut key = log.pack(&(
-                TupleVersionstamp {
-                    stamp: position.stamp,
-                    user_version: 0,
-                },
-                position.account,
-            ));
-            key.push(0);
-            key
-        }
-        None => start,
-    };
-    let wanted = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
-    let entries = transaction
-        .get_range(&begin, &end, RangeOptions::limit(wanted + 1))
+    let (positions, more) = directory
+        .changed_after(transaction, ACCOUNT_LOG, after, limit)
         .await?;
-    let more = entries.len() > wanted;
-    let mut changes = Vec::with_capacity(entries.len().min(wanted));
-    for (key, _) in entries.into_iter().take(wanted) {
-        let (stamp, account): (TupleVersionstamp, AccountId) =
-            decode_key(&log, &key, "directory log key")?;
-        let position = LogPosition {
-            stamp: stamp.stamp,
-            account,
-        };
+    let mut changes = Vec::with_capacity(positions.len());
+    for position in positions {
+        let account = AccountId(position.id);
         // An entry is written with its account's change: a missing record is damage.
         let record = read_account(transaction, &directory, account)
             .await?
@@ -120,23 +138,124 @@ pub async fn account_changes(
     Ok((changes, more))
 }
 
-/// The writer's log position this replica applied through; `None` before its first page.
-pub async fn replica_cursor(transaction: &Transaction) -> Result<Option<LogPosition>, StoreError> {
-    let directory = Directory::new();
-    match transaction.get(&directory.replica_cursor_key()).await? {
-        None => Ok(None),
-        Some(bytes) => LogPosition::from_bytes(&bytes)
-            .map(Some)
-            .ok_or_else(|| StoreError::corrupt("directory replica cursor", "not a log position")),
-    }
+/// A group's members at one version, as the writer's log gives it to replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedGroup {
+    /// The group.
+    pub group: GroupId,
+    /// Its version.
+    pub version: u64,
+    /// Its members, in id order.
+    pub members: Vec<AccountId>,
 }
 
-/// Records that this replica applied the writer's log through `position`.
+/// Groups changed after `after` (from the start with `None`), in commit order: at most `limit`
+/// (and [`LAYER_READ_ENTRIES_MAX`]), each with its position, version and members now; and
+/// whether more follow. Each group is one bounded read of at most [`GROUP_MEMBERS_MAX`]
+/// members, so callers keep `limit` small.
+pub async fn group_changes(
+    transaction: &Transaction,
+    after: Option<LogPosition>,
+    limit: usize,
+) -> Result<(Vec<(LogPosition, ReplicatedGroup)>, bool), StoreError> {
+    let directory = Directory::new();
+    let (positions, more) = directory
+        .changed_after(transaction, GROUP_LOG, after, limit)
+        .await?;
+    let mut changes = Vec::with_capacity(positions.len());
+    for position in positions {
+        let group = GroupId(position.id);
+        changes.push((
+            position,
+            ReplicatedGroup {
+                group,
+                version: super::group_version(transaction, group).await?,
+                members: super::members(transaction, group).await?,
+            },
+        ));
+    }
+    Ok((changes, more))
+}
+
+/// The writer's account log position this replica applied through; `None` before its first
+/// page.
+pub async fn replica_cursor(transaction: &Transaction) -> Result<Option<LogPosition>, StoreError> {
+    Directory::new().cursor(transaction, ACCOUNT_LOG).await
+}
+
+/// Records that this replica applied the writer's account log through `position`.
 pub fn set_replica_cursor(
     transaction: &Transaction,
     position: &LogPosition,
 ) -> Result<(), StoreError> {
-    transaction.set(&Directory::new().replica_cursor_key(), &position.to_bytes())
+    Directory::new().set_cursor(transaction, ACCOUNT_LOG, position)
+}
+
+/// The writer's group log position this replica applied through; `None` before its first page.
+pub async fn group_replica_cursor(
+    transaction: &Transaction,
+) -> Result<Option<LogPosition>, StoreError> {
+    Directory::new().cursor(transaction, GROUP_LOG).await
+}
+
+/// Records that this replica applied the writer's group log through `position`.
+pub fn set_group_replica_cursor(
+    transaction: &Transaction,
+    position: &LogPosition,
+) -> Result<(), StoreError> {
+    Directory::new().set_cursor(transaction, GROUP_LOG, position)
+}
+
+/// (A replica) keeps `group` as the writer gave it, unless this copy holds the group at its
+/// version or newer already (pages applied twice or out of order change nothing). Refuses a
+/// group with more than [`GROUP_MEMBERS_MAX`] members.
+pub async fn put_group_replica(
+    transaction: &Transaction,
+    group: &ReplicatedGroup,
+) -> Result<(), StoreError> {
+    if group.members.len() as u64 > GROUP_MEMBERS_MAX {
+        return Err(StoreError::corrupt(
+            "directory group replica",
+            format!("group {} with {} members", group.group, group.members.len()),
+        ));
+    }
+    if let Some(held) = group_replica(transaction, group.group).await?
+        && held.version >= group.version
+    {
+        return Ok(());
+    }
+    let mut value = Vec::with_capacity(8 * (1 + group.members.len()));
+    value.extend_from_slice(&group.version.to_le_bytes());
+    for member in &group.members {
+        value.extend_from_slice(&member.0.to_le_bytes());
+    }
+    transaction.set(&Directory::new().group_replica_key(group.group), &value)
+}
+
+/// (A replica) the copy of `group` this replica holds, `None` if it holds none.
+pub async fn group_replica(
+    transaction: &Transaction,
+    group: GroupId,
+) -> Result<Option<ReplicatedGroup>, StoreError> {
+    let Some(value) = transaction
+        .get(&Directory::new().group_replica_key(group))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let damaged = || StoreError::corrupt("directory group replica", "not a version and members");
+    if value.len() < 8 || value.len() % 8 != 0 || (value.len() / 8 - 1) as u64 > GROUP_MEMBERS_MAX {
+        return Err(damaged());
+    }
+    let mut words = value
+        .chunks_exact(8)
+        .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()));
+    let version = words.next().ok_or_else(damaged)?;
+    Ok(Some(ReplicatedGroup {
+        group,
+        version,
+        members: words.map(AccountId).collect(),
+    }))
 }
 
 /// Gives log entries to up to `limit` accounts after `after` (by id) that have none (a store
@@ -147,75 +266,182 @@ pub async fn backfill_log(
     after: AccountId,
     limit: usize,
 ) -> Result<Option<AccountId>, StoreError> {
-    let directory = Directory::new();
-    let accounts = directory.root.subspace(&("account",));
-    let (_, end) = accounts.range();
-    let mut begin = accounts.pack(&(after,));
-    begin.push(0);
-    let wanted = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
-    let records = transaction
-        .get_range(&begin, &end, RangeOptions::limit(wanted))
-        .await?;
-    let mut last = None;
-    for (key, _) in &records {
-        let (account,): (AccountId,) = decode_key(&accounts, key, "account key")?;
-        if transaction
-            .get(&directory.log_at_key(account))
-            .await?
-            .is_none()
-        {
-            directory.log_change(transaction, account).await?;
-        }
-        last = Some(account);
-    }
-    Ok(if records.len() < wanted { None } else { last })
+    Ok(Directory::new()
+        .backfill(transaction, ACCOUNT_LOG, after.0, limit)
+        .await?
+        .map(AccountId))
+}
+
+/// [`backfill_log`] for groups: entries for up to `limit` groups after `after` that have none.
+pub async fn backfill_group_log(
+    transaction: &Transaction,
+    after: GroupId,
+    limit: usize,
+) -> Result<Option<GroupId>, StoreError> {
+    Ok(Directory::new()
+        .backfill(transaction, GROUP_LOG, after.0, limit)
+        .await?
+        .map(GroupId))
 }
 
 /// Whether every account of this copy has a log entry ([`set_log_complete`] ran).
 pub async fn log_complete(transaction: &Transaction) -> Result<bool, StoreError> {
-    Ok(transaction
-        .get(&Directory::new().root.pack(&("log_complete",)))
-        .await?
-        .is_some())
+    Directory::new().complete(transaction, ACCOUNT_LOG).await
 }
 
 /// Records that every account has a log entry (after [`backfill_log`] went through them all);
 /// later accounts get theirs with their creation.
 pub fn set_log_complete(transaction: &Transaction) -> Result<(), StoreError> {
-    transaction.set(&Directory::new().root.pack(&("log_complete",)), b"")
+    Directory::new().set_complete(transaction, ACCOUNT_LOG)
+}
+
+/// Whether every group of this copy has a log entry ([`set_group_log_complete`] ran).
+pub async fn group_log_complete(transaction: &Transaction) -> Result<bool, StoreError> {
+    Directory::new().complete(transaction, GROUP_LOG).await
+}
+
+/// Records that every group has a log entry (after [`backfill_group_log`]).
+pub fn set_group_log_complete(transaction: &Transaction) -> Result<(), StoreError> {
+    Directory::new().set_complete(transaction, GROUP_LOG)
 }
 
 impl Directory {
-    fn log(&self) -> Subspace {
-        self.root.subspace(&("log",))
+    fn entries(&self, log: ChangeLog) -> Subspace {
+        self.root.subspace(&(log.entries,))
     }
 
-    fn log_at_key(&self, account: AccountId) -> Vec<u8> {
-        self.root.pack(&("log_at", account))
+    fn at_key(&self, log: ChangeLog, id: u64) -> Vec<u8> {
+        self.root.pack(&(log.at, id))
     }
 
-    fn replica_cursor_key(&self) -> Vec<u8> {
-        self.root.pack(&("replica_cursor",))
+    fn group_replica_key(&self, group: GroupId) -> Vec<u8> {
+        self.root.pack(&("group_replica", group))
     }
 
-    /// Moves `account`'s log entry to this transaction's versionstamp.
+    async fn cursor(
+        &self,
+        transaction: &Transaction,
+        log: ChangeLog,
+    ) -> Result<Option<LogPosition>, StoreError> {
+        match transaction.get(&self.root.pack(&(log.cursor,))).await? {
+            None => Ok(None),
+            Some(bytes) => LogPosition::from_bytes(&bytes).map(Some).ok_or_else(|| {
+                StoreError::corrupt("directory replica cursor", "not a log position")
+            }),
+        }
+    }
+
+    fn set_cursor(
+        &self,
+        transaction: &Transaction,
+        log: ChangeLog,
+        position: &LogPosition,
+    ) -> Result<(), StoreError> {
+        transaction.set(&self.root.pack(&(log.cursor,)), &position.to_bytes())
+    }
+
+    async fn complete(
+        &self,
+        transaction: &Transaction,
+        log: ChangeLog,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction
+            .get(&self.root.pack(&(log.complete,)))
+            .await?
+            .is_some())
+    }
+
+    fn set_complete(&self, transaction: &Transaction, log: ChangeLog) -> Result<(), StoreError> {
+        transaction.set(&self.root.pack(&(log.complete,)), b"")
+    }
+
+    /// The positions of `log` after `after`, at most `limit`, and whether more follow.
+    async fn changed_after(
+        &self,
+        transaction: &Transaction,
+        log: ChangeLog,
+        after: Option<LogPosition>,
+        limit: usize,
+    ) -> Result<(Vec<LogPosition>, bool), StoreError> {
+        let entries = self.entries(log);
+        let (start, end) = entries.range();
+        let begin = match after {
+            Some(position) => {
+                let mut key = entries.pack(&(
+                    TupleVersionstamp {
+                        stamp: position.stamp,
+                        user_version: 0,
+                    },
+                    position.id,
+                ));
+                key.push(0);
+                key
+            }
+            None => start,
+        };
+        let wanted = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
+        let read = transaction
+            .get_range(&begin, &end, RangeOptions::limit(wanted + 1))
+            .await?;
+        let more = read.len() > wanted;
+        let mut positions = Vec::with_capacity(read.len().min(wanted));
+        for (key, _) in read.into_iter().take(wanted) {
+            let (stamp, id): (TupleVersionstamp, u64) =
+                decode_key(&entries, &key, "directory log key")?;
+            positions.push(LogPosition {
+                stamp: stamp.stamp,
+                id,
+            });
+        }
+        Ok((positions, more))
+    }
+
+    /// Entries for up to `limit` records after `after` that have none; the last id looked at.
+    async fn backfill(
+        &self,
+        transaction: &Transaction,
+        log: ChangeLog,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<u64>, StoreError> {
+        let records = self.root.subspace(&(log.records,));
+        let (_, end) = records.range();
+        let mut begin = records.pack(&(after,));
+        begin.push(0);
+        let wanted = limit.clamp(1, LAYER_READ_ENTRIES_MAX);
+        let read = transaction
+            .get_range(&begin, &end, RangeOptions::limit(wanted))
+            .await?;
+        let mut last = None;
+        for (key, _) in &read {
+            let (id,): (u64,) = decode_key(&records, key, "directory record key")?;
+            if transaction.get(&self.at_key(log, id)).await?.is_none() {
+                self.log_change(transaction, log, id).await?;
+            }
+            last = Some(id);
+        }
+        Ok(if read.len() < wanted { None } else { last })
+    }
+
+    /// Moves the entry of `id` in `log` to this transaction's versionstamp.
     pub(super) async fn log_change(
         &self,
         transaction: &Transaction,
-        account: AccountId,
+        log: ChangeLog,
+        id: u64,
     ) -> Result<(), StoreError> {
-        let log = self.log();
-        let at = self.log_at_key(account);
+        let entries = self.entries(log);
+        let at = self.at_key(log, id);
         match transaction.get(&at).await {
             Ok(Some(stamp)) => {
                 let stamp = Versionstamp::read_at(&stamp, 0)
                     .ok_or_else(|| StoreError::corrupt("directory log_at", "not a versionstamp"))?;
-                transaction.clear(&log.pack(&(
+                transaction.clear(&entries.pack(&(
                     TupleVersionstamp {
                         stamp,
                         user_version: 0,
                     },
-                    account,
+                    id,
                 )));
             }
             Ok(None) => {}
@@ -223,10 +449,10 @@ impl Directory {
             Err(StoreError::AccessedUnreadable) => {}
             Err(error) => return Err(error),
         }
-        let mut key = log.bytes().to_vec();
+        let mut key = entries.bytes().to_vec();
         let offset = u32::try_from(TupleVersionstamp::stamp_offset(key.len()))
             .map_err(|_| StoreError::corrupt("directory log key", "prefix longer than 4 GB"))?;
-        key.extend_from_slice(&pack(&(TupleVersionstamp::incomplete(0), account)));
+        key.extend_from_slice(&pack(&(TupleVersionstamp::incomplete(0), id)));
         transaction.set_versionstamped_key(&key, offset, b"")?;
         // The value's first 10 bytes become the versionstamp.
         transaction.set_versionstamped_value(&at, &[0u8; VERSIONSTAMP_BYTES], 0)
@@ -396,5 +622,133 @@ mod tests {
             .await
             .expect("backfilled");
         assert_eq!(read_all().await, before);
+    }
+
+    /// Reads a page of the group log.
+    async fn groups_after(
+        database: &crate::Database,
+        after: Option<LogPosition>,
+    ) -> Vec<(LogPosition, ReplicatedGroup)> {
+        database
+            .transact(|tx| async move { group_changes(&tx, after, 10).await })
+            .await
+            .expect("read")
+            .0
+    }
+
+    #[tokio::test]
+    async fn a_replica_gets_each_group_at_its_latest_version_and_keeps_only_newer_ones() {
+        let (_folder, database) = temporary_database(None);
+        let group = database
+            .transact(|tx| async move {
+                let new = NewGroup {
+                    owner: AccountId(1),
+                    name: "climbers",
+                    home_region: RegionId(1),
+                    members: &[AccountId(2)],
+                    request_id: [7; GROUP_REQUEST_ID_BYTES],
+                };
+                create_group(&tx, &new, &idempotency_key(1)).await
+            })
+            .await
+            .expect("created")
+            .expect("not too many");
+        let created = groups_after(&database, None).await;
+        assert_eq!(created.len(), 1, "one entry per group: {created:?}");
+        let first = created[0].1.clone();
+        assert_eq!(first.members, [AccountId(1), AccountId(2)]);
+
+        // A member added, then removed: after the position read, the group once, as it is now.
+        database
+            .transact(|tx| async move {
+                add_member(&tx, group, AccountId(3), &idempotency_key(2)).await?;
+                remove_member(&tx, group, AccountId(2), &idempotency_key(3)).await
+            })
+            .await
+            .expect("changed");
+        let changed = groups_after(&database, Some(created[0].0)).await;
+        assert_eq!(changed.len(), 1);
+        let now = changed[0].1.clone();
+        assert_eq!(now.members, [AccountId(1), AccountId(3)]);
+        assert!(now.version > first.version);
+        assert!(groups_after(&database, Some(changed[0].0)).await.is_empty());
+
+        // The replica keeps the newest version it was given, whatever the order of the pages.
+        let (_replica_folder, replica) = temporary_database(None);
+        let held = replica
+            .transact(|tx| {
+                let (now, first) = (now.clone(), first.clone());
+                let position = changed[0].0;
+                async move {
+                    put_group_replica(&tx, &now).await?;
+                    put_group_replica(&tx, &first).await?;
+                    set_group_replica_cursor(&tx, &position)?;
+                    Ok((
+                        group_replica(&tx, group).await?,
+                        group_replica_cursor(&tx).await?,
+                        group_replica(&tx, GroupId(99)).await?,
+                    ))
+                }
+            })
+            .await
+            .expect("applied");
+        assert_eq!(held, (Some(now), Some(changed[0].0), None));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_group_replica_is_refused_and_groups_are_backfilled() {
+        let (_folder, database) = temporary_database(None);
+        for (index, owner) in [1u64, 2].into_iter().enumerate() {
+            database
+                .transact(|tx| async move {
+                    let new = NewGroup {
+                        owner: AccountId(owner),
+                        name: "g",
+                        home_region: RegionId(1),
+                        members: &[],
+                        request_id: [index as u8; GROUP_REQUEST_ID_BYTES],
+                    };
+                    create_group(&tx, &new, &idempotency_key(index as u64)).await
+                })
+                .await
+                .expect("created")
+                .expect("not too many");
+        }
+        // As a store written before the group log.
+        database
+            .transact(|tx| async move {
+                let root = crate::tuple::Subspace::new(&("directory",));
+                for kind in ["group_log", "group_log_at"] {
+                    let (begin, end) = root.subspace(&(kind,)).range();
+                    tx.clear_range(&begin, &end);
+                }
+                // And a replica value that is not a version and members.
+                tx.set(&root.pack(&("group_replica", GroupId(5))), b"short")?;
+                Ok(())
+            })
+            .await
+            .expect("cleared");
+        assert!(groups_after(&database, None).await.is_empty());
+        let mut after = GroupId(0);
+        while let Some(last) = database
+            .transact(|tx| async move { backfill_group_log(&tx, after, 1).await })
+            .await
+            .expect("backfilled")
+        {
+            after = last;
+        }
+        let groups: Vec<GroupId> = groups_after(&database, None)
+            .await
+            .into_iter()
+            .map(|(_, group)| group.group)
+            .collect();
+        assert_eq!(groups, [GroupId(1), GroupId(2)]);
+        let damaged = database
+            .transact(|tx| async move { group_replica(&tx, GroupId(5)).await })
+            .await;
+        assert!(
+            matches!(damaged, Err(crate::StoreError::Corrupt { .. })),
+            "{damaged:?}"
+        );
     }
 }

@@ -55,7 +55,9 @@ pub use homes::{
     HomeMove, accounts_homed, count_homes, move_group_home, move_home, set_accounts_homed,
 };
 pub use log::{
-    LogPosition, account_changes, backfill_log, log_complete, replica_cursor, set_log_complete,
+    LogPosition, ReplicatedGroup, account_changes, backfill_group_log, backfill_log, group_changes,
+    group_log_complete, group_replica, group_replica_cursor, log_complete, put_group_replica,
+    replica_cursor, set_group_log_complete, set_group_replica_cursor, set_log_complete,
     set_replica_cursor,
 };
 pub use versions::{account_version, change_count, group_version};

@@ -89,7 +89,8 @@ impl Directory {
         account: AccountId,
     ) -> Result<u64, StoreError> {
         transaction.atomic_add(&self.changes_key(), 1)?;
-        self.log_change(transaction, account).await?;
+        self.log_change(transaction, super::log::ACCOUNT_LOG, account.0)
+            .await?;
         increment(
             transaction,
             &self.account_version_key(account),
@@ -98,13 +99,16 @@ impl Directory {
         .await
     }
 
-    /// Bumps the version of `group` and the change counter; returns the new version.
+    /// Bumps the version of `group` and the change counter, and moves its entry in the group
+    /// log ([`super::log`]); returns the new version.
     pub(super) async fn group_changed(
         &self,
         transaction: &Transaction,
         group: GroupId,
     ) -> Result<u64, StoreError> {
         transaction.atomic_add(&self.changes_key(), 1)?;
+        self.log_change(transaction, super::log::GROUP_LOG, group.0)
+            .await?;
         increment(transaction, &self.group_version_key(group), "group version").await
     }
 }
