@@ -6,9 +6,10 @@
 //! change log until it holds the last account. Next to it, measured in the same run on the same
 //! disk, its two halves alone: the writer reading the log's pages (`account_changes`) and a
 //! store applying them (`put_account` and the position, one transaction a page, as the
-//! replica does), and the disk's fsync rate. The writer also holds groups (of
-//! [`crate::limits::DIRECTORY_GROUP_MEMBERS`] members each), which the replica pulls from the
-//! group log in the same requests until it holds the last group, measured the same way.
+//! replica does), and the disk's fsync rate. Then the writer gains groups (of
+//! [`crate::limits::DIRECTORY_GROUP_MEMBERS`] members each, by default), and the region, caught
+//! up with the accounts, pulls the group log until it holds the last group, next to the same
+//! two halves for groups.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ const FILL_BATCH: usize = 500;
 const PAGE: usize = home_region::limits::DIRECTORY_CHANGES_PAGE_MAX;
 /// Groups per page when measuring the halves (the replica's page).
 const GROUP_PAGE: usize = home_region::limits::GROUP_CHANGES_PAGE_MAX;
+/// Members per page of groups when measuring the halves (the replica's budget).
+const GROUP_PAGE_MEMBERS: usize = home_region::limits::GROUP_CHANGES_MEMBERS_MAX;
 /// Groups created per transaction while filling the writer's store.
 const GROUP_FILL_BATCH: u64 = 10;
 /// How often the run looks whether the replica holds the last account.
@@ -85,8 +88,8 @@ pub struct DirectoryReport {
     pub groups: u64,
     /// Members of each group.
     pub members_per_group: u64,
-    /// The replica from empty to the last group, in seconds (in the same requests as the
-    /// accounts).
+    /// The replica, caught up with the accounts, from the first to the last new group, in
+    /// seconds.
     pub groups_catch_up_seconds: f64,
     /// Groups per second through the replica.
     pub groups_replicated_per_second: f64,
@@ -109,9 +112,9 @@ impl DirectoryReport {
              | … a store applying the pages alone | {:.0} | ceiling |\n\
              | fsync rate of the disk | {:.0}/s | |\n\
              catch-up {:.2} s for {} pages; the writer's store was filled in {:.1} s\n\
-             {} groups of {} members, pages of {GROUP_PAGE}:\n\
+             {} groups of {} members, pages of up to {GROUP_PAGE_MEMBERS} members:\n\
              | measure | groups/s | |\n|---|--:|---|\n\
-             | a new region's replica catching up (over QUIC, with the accounts) | {:.0} | {:.0} % of the slower half |\n\
+             | a region's replica catching up with new groups (over QUIC) | {:.0} | {:.0} % of the slower half |\n\
              | … the writer reading the group log alone | {:.0} | ceiling |\n\
              | … a store applying the pages alone | {:.0} | ceiling |\n\
              groups caught up in {:.2} s\n",
@@ -143,7 +146,7 @@ pub(crate) fn store_error(what: &'static str) -> impl FnOnce(fdb_layers::StoreEr
 
 /// Steps of a run, for a progress bar.
 pub fn steps() -> u64 {
-    3
+    4
 }
 
 /// Runs the benchmark on a runtime of its own, naming each step to `step`.
@@ -183,15 +186,12 @@ pub async fn run(
     step("filling the writer's directory");
     let began = Instant::now();
     fill(&writer_db, options.accounts).await?;
-    fill_groups(&writer_db, options).await?;
     let fill_seconds = began.elapsed().as_secs_f64();
 
     // The two halves alone.
     step("the ceilings: reading and applying the log alone");
     let (read_seconds, pages) = read_all(&writer_db).await?;
     let apply_seconds = apply_all(&writer_db, &open(&root.join("apply"))?).await?;
-    let groups_read_seconds = read_groups(&writer_db).await?;
-    let groups_apply_seconds = apply_groups(&writer_db, &open(&root.join("apply-groups"))?).await?;
     let fsync_per_second = measure_fsync(
         &root.join("fsync-probe"),
         Timing {
@@ -200,57 +200,30 @@ pub async fn run(
         },
     )?;
 
-    // The replica over QUIC.
+    // The replica over QUIC: a new region pulls every account.
     step("a new region's replica catching up");
     let pki = Pki::open(&root.join("pki"))?;
-    let addresses: Arc<Mutex<BTreeMap<u32, SocketAddr>>> = Arc::default();
-    let writer = service(RegionId(1), writer_db, &pki, &addresses)?;
     let replica_db = open(&root.join("replica"))?;
-    let replica = service(RegionId(2), replica_db.clone(), &pki, &addresses)?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stopping = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let writer_task = tokio::spawn(writer.run(stopping()));
-    let began = Instant::now();
-    let replica_task = tokio::spawn(replica.run(stopping()));
     let last = AccountId(options.accounts);
-    let last_group = GroupId(options.groups);
-    let deadline = began + Duration::from_secs(CATCH_UP_TIMEOUT_S);
-    let (mut accounts_at, mut groups_at) = (None, None);
-    while accounts_at.is_none() || groups_at.is_none() {
-        let (account, group) = replica_db
-            .transact(|tx| async move {
-                Ok((
-                    directory::account_by_id(&tx, last).await?.is_some(),
-                    directory::group_replica(&tx, last_group).await?.is_some(),
-                ))
-            })
+    let catch_up_seconds = catch_up(&writer_db, &replica_db, &pki, |tx| async move {
+        directory::account_by_id(&tx, last)
             .await
-            .map_err(store_error("reading the replica"))?;
-        if account && accounts_at.is_none() {
-            accounts_at = Some(began.elapsed().as_secs_f64());
-        }
-        if group && groups_at.is_none() {
-            groups_at = Some(began.elapsed().as_secs_f64());
-        }
-        if Instant::now() >= deadline {
-            let _ = stop.send(true);
-            return Err(BenchError::Invalid(format!(
-                "the replica did not receive account {last} and group {last_group} within \
-                 {CATCH_UP_TIMEOUT_S} s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
-    }
-    let catch_up_seconds = accounts_at.unwrap_or_default();
-    let groups_catch_up_seconds = groups_at.unwrap_or_default();
-    let _ = stop.send(true);
-    let _ = writer_task.await;
-    let _ = replica_task.await;
+            .map(|found| found.is_some())
+    })
+    .await?;
+
+    // Then the writer gains groups, and the region, caught up with the accounts, pulls them.
+    step("groups: filling, the ceilings, and the replica catching up");
+    fill_groups(&writer_db, options).await?;
+    let groups_read_seconds = read_groups(&writer_db).await?;
+    let groups_apply_seconds = apply_groups(&writer_db, &open(&root.join("apply-groups"))?).await?;
+    let last_group = GroupId(options.groups);
+    let groups_catch_up_seconds = catch_up(&writer_db, &replica_db, &pki, |tx| async move {
+        directory::group_replica(&tx, last_group)
+            .await
+            .map(|found| found.is_some())
+    })
+    .await?;
 
     let accounts = options.accounts as f64;
     let read_per_second = accounts / read_seconds;
@@ -277,6 +250,51 @@ pub async fn run(
         groups_share_of_ceiling: (groups / groups_catch_up_seconds)
             / (groups / groups_read_seconds).min(groups / groups_apply_seconds),
     })
+}
+
+/// Starts the writer's service on `writer_db` and a second region's on `replica_db` (loopback
+/// QUIC, mutual TLS), and times until `arrived` says the replica holds what it waits for.
+async fn catch_up<F, Fut>(
+    writer_db: &Database,
+    replica_db: &Database,
+    pki: &Pki,
+    arrived: F,
+) -> Result<f64, BenchError>
+where
+    F: Fn(fdb_layers::Transaction) -> Fut + Clone,
+    Fut: std::future::Future<Output = Result<bool, fdb_layers::StoreError>>,
+{
+    let addresses: Arc<Mutex<BTreeMap<u32, SocketAddr>>> = Arc::default();
+    let writer = service(RegionId(1), writer_db.clone(), pki, &addresses)?;
+    let replica = service(RegionId(2), replica_db.clone(), pki, &addresses)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopping = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let writer_task = tokio::spawn(writer.run(stopping()));
+    let began = Instant::now();
+    let replica_task = tokio::spawn(replica.run(stopping()));
+    let deadline = began + Duration::from_secs(CATCH_UP_TIMEOUT_S);
+    let outcome = loop {
+        match replica_db.transact(arrived.clone()).await {
+            Ok(true) => break Ok(began.elapsed().as_secs_f64()),
+            Ok(false) => {}
+            Err(error) => break Err(store_error("reading the replica")(error)),
+        }
+        if Instant::now() >= deadline {
+            break Err(BenchError::Invalid(format!(
+                "the replica did not catch up within {CATCH_UP_TIMEOUT_S} s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    };
+    let _ = stop.send(true);
+    let _ = writer_task.await;
+    let _ = replica_task.await;
+    outcome
 }
 
 pub(crate) fn open(folder: &Path) -> Result<Database, BenchError> {
@@ -360,7 +378,9 @@ async fn group_pages(
     let mut after: Option<LogPosition> = None;
     loop {
         let (changes, more) = db
-            .transact(|tx| async move { directory::group_changes(&tx, after, GROUP_PAGE).await })
+            .transact(|tx| async move {
+                directory::group_changes(&tx, after, GROUP_PAGE, GROUP_PAGE_MEMBERS).await
+            })
             .await
             .map_err(store_error("reading the group log"))?;
         if let Some((position, _)) = changes.last() {

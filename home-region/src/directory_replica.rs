@@ -49,7 +49,7 @@ use relay_proto::{AccountId, ErrorCode, GroupId, ProtoError, RegionId};
 use crate::core::account_info;
 use crate::limits::{
     DIRECTORY_BACKFILL_PAGE, DIRECTORY_CHANGES_PAGE_MAX, DIRECTORY_REPLICA_POLL_MS,
-    GROUP_CACHE_TTL_MS, GROUP_CHANGES_PAGE_MAX,
+    GROUP_CACHE_TTL_MS, GROUP_CHANGES_MEMBERS_MAX, GROUP_CHANGES_PAGE_MAX,
 };
 use crate::service::record_of;
 
@@ -78,7 +78,13 @@ pub(crate) async fn changes(
         .transact(|tx| async move {
             Ok((
                 directory::account_changes(&tx, after, limit).await?,
-                directory::group_changes(&tx, groups_after, GROUP_CHANGES_PAGE_MAX).await?,
+                directory::group_changes(
+                    &tx,
+                    groups_after,
+                    GROUP_CHANGES_PAGE_MAX,
+                    GROUP_CHANGES_MEMBERS_MAX,
+                )
+                .await?,
             ))
         })
         .await

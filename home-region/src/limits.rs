@@ -355,15 +355,20 @@ pub const DIRECTORY_BACKFILL_PAGE: usize = fdb_layers::limits::LAYER_READ_ENTRIE
 // A replica lags less than a cached account is trusted without asking the writer again.
 const _: () = assert!(DIRECTORY_REPLICA_POLL_MS < ACCOUNT_REFRESH_INTERVAL_MS);
 const _: () = assert!(DIRECTORY_CHANGES_PAGE_MAX >= 1 && DIRECTORY_BACKFILL_PAGE >= 1);
-/// Groups per page of the writer's group log (each with up to `GROUP_MEMBERS_MAX` members).
-pub const GROUP_CHANGES_PAGE_MAX: usize = 16;
+/// Groups per page of the writer's group log, at most.
+pub const GROUP_CHANGES_PAGE_MAX: usize = fdb_layers::limits::LAYER_READ_ENTRIES_MAX;
+/// Members per page of the writer's group log, at most, past the page's first group (sixteen
+/// groups of the largest size, or many more small ones).
+pub const GROUP_CHANGES_MEMBERS_MAX: usize = 16 * relay_proto::limits::GROUP_MEMBERS_MAX;
 /// Regions the directory writer remembers as replica readers (each told of every group change
 /// while it may check envelopes against its copy); past it, a change waits every copy out.
 pub const REPLICA_READERS_MAX: usize = 1_024;
-// A page of groups, each member a varint of at most 10 bytes, fits a quarter of a frame.
+// A page of groups, each member a varint of at most 10 bytes and each group's id and version
+// with their tags, fits a third of a frame beside the accounts.
 const _: () = assert!(
-    GROUP_CHANGES_PAGE_MAX * relay_proto::limits::GROUP_MEMBERS_MAX * 12
-        <= relay_proto::limits::FRAME_BYTES_MAX / 4
+    (GROUP_CHANGES_MEMBERS_MAX + relay_proto::limits::GROUP_MEMBERS_MAX) * 10
+        + GROUP_CHANGES_PAGE_MAX * 32
+        <= relay_proto::limits::FRAME_BYTES_MAX / 3
 );
 const _: () = assert!(GROUP_CHANGES_PAGE_MAX >= 1);
 // A replica that follows the writer renews its lease on the groups (`GROUP_CACHE_TTL_MS` from

@@ -150,27 +150,35 @@ pub struct ReplicatedGroup {
 }
 
 /// Groups changed after `after` (from the start with `None`), in commit order: at most `limit`
-/// (and [`LAYER_READ_ENTRIES_MAX`]), each with its position, version and members now; and
-/// whether more follow. Each group is one bounded read of at most [`GROUP_MEMBERS_MAX`]
-/// members, so callers keep `limit` small.
+/// (and [`LAYER_READ_ENTRIES_MAX`]) and, past the first, no more members in all than
+/// `members_budget`; each with its position, version and members now; and whether more follow.
+/// Each group is one bounded read of at most [`GROUP_MEMBERS_MAX`] members.
 pub async fn group_changes(
     transaction: &Transaction,
     after: Option<LogPosition>,
     limit: usize,
+    members_budget: usize,
 ) -> Result<(Vec<(LogPosition, ReplicatedGroup)>, bool), StoreError> {
     let directory = Directory::new();
-    let (positions, more) = directory
+    let (positions, mut more) = directory
         .changed_after(transaction, GROUP_LOG, after, limit)
         .await?;
     let mut changes = Vec::with_capacity(positions.len());
+    let mut members_taken = 0usize;
     for position in positions {
         let group = GroupId(position.id);
+        let members = super::members(transaction, group).await?;
+        if !changes.is_empty() && members_taken + members.len() > members_budget {
+            more = true;
+            break;
+        }
+        members_taken += members.len();
         changes.push((
             position,
             ReplicatedGroup {
                 group,
                 version: super::group_version(transaction, group).await?,
-                members: super::members(transaction, group).await?,
+                members,
             },
         ));
     }
@@ -630,7 +638,7 @@ mod tests {
         after: Option<LogPosition>,
     ) -> Vec<(LogPosition, ReplicatedGroup)> {
         database
-            .transact(|tx| async move { group_changes(&tx, after, 10).await })
+            .transact(|tx| async move { group_changes(&tx, after, 10, 1_000).await })
             .await
             .expect("read")
             .0
@@ -743,6 +751,17 @@ mod tests {
             .map(|(_, group)| group.group)
             .collect();
         assert_eq!(groups, [GroupId(1), GroupId(2)]);
+        // A page holds one group at least, then no more members than its budget.
+        let (page, more) = database
+            .transact(|tx| async move { group_changes(&tx, None, 10, 0).await })
+            .await
+            .expect("read");
+        assert_eq!((page.len(), more), (1, true));
+        let (page, more) = database
+            .transact(|tx| async move { group_changes(&tx, None, 10, 2).await })
+            .await
+            .expect("read");
+        assert_eq!((page.len(), more), (2, false));
         let damaged = database
             .transact(|tx| async move { group_replica(&tx, GroupId(5)).await })
             .await;
