@@ -493,6 +493,16 @@ fn a_failed_move_whose_mark_the_disk_would_not_clear_lets_the_account_go_on() {
     run(&Simulation::swarm(seed_from_env(2319)).with_home_moves());
 }
 
+/// Swarm seed 2160 with its home moves: region 3 moved c6's account to region 2 while its disk
+/// failed, so it could not write the account's new record there, and its directory replica
+/// could not follow the writer either. An edge following the move asked region 3 where the
+/// account lived, was told region 3, and c6's request failed "account 4 moved to region 2". A
+/// region now answers a lookup of an account it moved away with the account's new home.
+#[test]
+fn an_account_moved_away_is_found_at_its_new_home_while_the_old_homes_disk_fails() {
+    run(&Simulation::swarm(seed_from_env(2160)).with_home_moves());
+}
+
 /// Every region ships its commits to a standby of its own over the simulated network and
 /// acknowledges only what the standby holds; a region crash (its standby then gets the groups
 /// it missed, or a full copy) and a standby crash (its region's commits wait for it) lose

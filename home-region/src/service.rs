@@ -2081,7 +2081,8 @@ impl RegionService {
     /// Resolves an account locally (the writer, or this replica's cache), else asks the writer
     /// and caches the answer. A cached copy of an account homed elsewhere answers at once, and
     /// is asked of the writer again in the background once it is
-    /// [`ACCOUNT_REFRESH_INTERVAL_MS`] old.
+    /// [`ACCOUNT_REFRESH_INTERVAL_MS`] old. An account this region moved away is answered at
+    /// its new home even while the local copy still names this region.
     async fn lookup<F, Fut>(
         &self,
         local_read: F,
@@ -2098,10 +2099,25 @@ impl RegionService {
             .await
             .map_err(store_failure)?;
         if let Some(record) = found {
-            if self.inner.writer != self.inner.region && record.home_region != self.inner.region {
+            let mut info = core::account_info(&record);
+            // An account this region moved away whose new record it could not write yet (a
+            // failing disk; the replica brings it later): the move is known here all the same,
+            // and an edge following the move asks here.
+            let moved = match lock(&self.inner.moves.away).get(&record.id) {
+                Some(moves::Away::Moved(to)) if record.home_region == self.inner.region => {
+                    Some(*to)
+                }
+                _ => None,
+            };
+            if let Some(to) = moved {
+                info.region = to.0;
+            }
+            if self.inner.writer != self.inner.region
+                && (record.home_region != self.inner.region || moved.is_some())
+            {
                 self.refresh_in_background(record.id);
             }
-            return Ok(core::account_info(&record));
+            return Ok(info);
         }
         if self.inner.writer == self.inner.region {
             return Err(ProtoError::new(
