@@ -264,19 +264,8 @@ where
     F: Fn(fdb_layers::Transaction) -> Fut + Clone,
     Fut: std::future::Future<Output = Result<bool, fdb_layers::StoreError>>,
 {
-    let addresses: Arc<Mutex<BTreeMap<u32, SocketAddr>>> = Arc::default();
-    let writer = service(RegionId(1), writer_db.clone(), pki, &addresses)?;
-    let replica = service(RegionId(2), replica_db.clone(), pki, &addresses)?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stopping = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let writer_task = tokio::spawn(writer.run(stopping()));
     let began = Instant::now();
-    let replica_task = tokio::spawn(replica.run(stopping()));
+    let regions = TwoRegions::start(writer_db.clone(), replica_db.clone(), pki)?;
     let deadline = began + Duration::from_secs(CATCH_UP_TIMEOUT_S);
     let outcome = loop {
         match replica_db.transact(arrived.clone()).await {
@@ -291,10 +280,50 @@ where
         }
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     };
-    let _ = stop.send(true);
-    let _ = writer_task.await;
-    let _ = replica_task.await;
+    regions.stop().await;
     outcome
+}
+
+/// Region 1 (the directory writer) and region 2 as services on loopback, each resolving the
+/// other through `addresses`, serving until [`TwoRegions::stop`].
+pub(crate) struct TwoRegions {
+    /// Where each region listens.
+    pub(crate) addresses: Arc<Mutex<BTreeMap<u32, SocketAddr>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: [tokio::task::JoinHandle<Result<(), home_region::RegionError>>; 2],
+}
+
+impl TwoRegions {
+    /// Starts region 1 on `writer` and region 2 on `other`.
+    pub(crate) fn start(writer: Database, other: Database, pki: &Pki) -> Result<Self, BenchError> {
+        let addresses: Arc<Mutex<BTreeMap<u32, SocketAddr>>> = Arc::default();
+        let writer = service(RegionId(1), writer, pki, &addresses)?;
+        let other = service(RegionId(2), other, pki, &addresses)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stopping = || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let tasks = [
+            tokio::spawn(writer.run(stopping())),
+            tokio::spawn(other.run(stopping())),
+        ];
+        Ok(TwoRegions {
+            addresses,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops both and waits for them to end.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 pub(crate) fn open(folder: &Path) -> Result<Database, BenchError> {

@@ -31,7 +31,7 @@ use relay_proto::{
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::directory::{open, service, store_error};
+use crate::directory::{TwoRegions, open, store_error};
 use crate::measure::{Timing, measure_fsync};
 
 /// Messages stored per transaction while filling region 1's store.
@@ -198,25 +198,12 @@ pub async fn run(
     // The move itself, between two region services over QUIC.
     step("moving alice's home to region 2");
     let pki = Pki::open(&root.join("pki"))?;
-    let addresses: Arc<Mutex<BTreeMap<u32, SocketAddr>>> = Arc::default();
-    let writer = service(RegionId(1), old, &pki, &addresses)?;
     let new_db = open(&root.join("region-2"))?;
-    let region_2 = service(RegionId(2), new_db.clone(), &pki, &addresses)?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stopping = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let writer_task = tokio::spawn(writer.run(stopping()));
-    let region_2_task = tokio::spawn(region_2.run(stopping()));
+    let regions = TwoRegions::start(old, new_db.clone(), &pki)?;
     let began = Instant::now();
-    let moved = ask_move(&pki, &addresses).await;
+    let moved = ask_move(&pki, &regions.addresses).await;
     let move_seconds = began.elapsed().as_secs_f64();
-    let _ = stop.send(true);
-    let _ = writer_task.await;
-    let _ = region_2_task.await;
+    regions.stop().await;
     let moved = moved?;
     // Everything arrived: both queues whole at the new home.
     let first = DeviceAddress {

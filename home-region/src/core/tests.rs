@@ -649,6 +649,16 @@ async fn db_add_member(db: &Database, group: GroupId, account: AccountId, key: I
         .expect("added");
 }
 
+async fn db_remove_member(db: &Database, group: GroupId, account: AccountId) {
+    let removal = key();
+    db.transact(|tx| async move {
+        directory::remove_member(&tx, group, account, &removal).await?;
+        Ok(())
+    })
+    .await
+    .expect("removed");
+}
+
 /// Swarm seed 2150: alice's text went out as a member, rebuilt under a rotated session whose key
 /// share is numbered after it; she was removed before the share arrived. The share is still
 /// taken (bob needs the key to read the text the chat holds), while a text from her is not, nor
@@ -676,20 +686,8 @@ async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
         try_commit(&f.db, &text).await,
         Ok(send_outcome::Outcome::Sent(_))
     ));
-    let removal = key();
-    f.db.transact(|tx| async move {
-        directory::remove_member(&tx, team, carol, &removal).await?;
-        Ok(())
-    })
-    .await
-    .expect("carol removed");
-    let removal = key();
-    f.db.transact(|tx| async move {
-        directory::remove_member(&tx, team, alice, &removal).await?;
-        Ok(())
-    })
-    .await
-    .expect("alice removed");
+    db_remove_member(&f.db, team, carol).await;
+    db_remove_member(&f.db, team, alice).await;
 
     let share = group_envelope(
         team,
@@ -773,13 +771,7 @@ async fn a_key_share_for_an_older_version_reaches_members_removed_since() {
         try_commit(&f.db, &text).await,
         Ok(send_outcome::Outcome::Sent(_))
     ));
-    let removal = key();
-    f.db.transact(|tx| async move {
-        directory::remove_member(&tx, team, carol, &removal).await?;
-        Ok(())
-    })
-    .await
-    .expect("carol removed");
+    db_remove_member(&f.db, team, carol).await;
 
     // For the current version, carol is no member: the sender learns the membership.
     let current = group_envelope(
