@@ -26,9 +26,12 @@
 //! removes expired blobs (records first, then objects) and objects whose record is gone (left by
 //! a crash between the two); it is called with the time, so tests move the clock by hand.
 //!
-//! **Checks.** `Finish` reads every unit back and compares the size and SHA-256 with those the
-//! upload began with; a mismatch discards the upload ([`ErrorCode::BlobMismatch`]). A download
-//! checks each unit's length against the record before sending it.
+//! **Checks.** `Finish` compares the size and SHA-256 of the committed bytes with those the
+//! upload began with; a mismatch discards the upload ([`ErrorCode::BlobMismatch`]). The hash is
+//! kept as each unit commits, in order ([`RunningHashes`]), so a finish reads nothing back; an
+//! upload without one (resumed after a restart, or dropped past [`BLOB_RUNNING_HASHES_MAX`]) has
+//! every unit read back and hashed at finish. A download checks each unit's length against the
+//! record before sending it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +51,10 @@ use relay_proto::{AccountId, ErrorCode, ProtoError};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::limits::{BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_SWEEP_TRANSACTIONS_MAX};
+use crate::limits::{
+    BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_RUNNING_HASHES_MAX, BLOB_SWEEP_TRANSACTIONS_MAX,
+};
+use crate::service::lock;
 
 /// The bounds of one region's blob store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +92,113 @@ pub struct BlobStore {
     objects: Arc<dyn ObjectStore>,
     db: Database,
     limits: BlobLimits,
+    hashes: Arc<std::sync::Mutex<RunningHashes>>,
+}
+
+/// The SHA-256 of each upload's committed bytes, moved on as its units commit (in order, one
+/// at a time); for at most [`BLOB_RUNNING_HASHES_MAX`] uploads, the one begun longest ago
+/// dropped first. Kept in memory only: after a restart a finish reads the blob back, and so it
+/// does after two streams of one upload committed the same unit (either one's bytes may be
+/// the object's).
+#[derive(Default)]
+struct RunningHashes {
+    /// Numbers the uploads in the order they began here.
+    began: u64,
+    uploads: std::collections::HashMap<MediaId, Hashing>,
+}
+
+enum Hashing {
+    /// Every committed byte hashed.
+    Ready(RunningHash),
+    /// A commit is moving the hash on.
+    Busy { began: u64 },
+    /// Not known: the upload is read back at finish.
+    Unknown { began: u64 },
+}
+
+impl Hashing {
+    fn began(&self) -> u64 {
+        match self {
+            Hashing::Ready(running) => running.began,
+            Hashing::Busy { began } | Hashing::Unknown { began } => *began,
+        }
+    }
+}
+
+struct RunningHash {
+    began: u64,
+    /// The bytes hashed so far: the committed ones, from the first.
+    through_bytes: u64,
+    hasher: Sha256,
+}
+
+impl RunningHashes {
+    /// Takes the hash of upload `id` to move it past the unit committed at `from_bytes`: a new
+    /// one for the first unit, the kept one if it reached `from_bytes`; otherwise none, and
+    /// the upload is read back at finish.
+    fn take_for(&mut self, id: &MediaId, from_bytes: u64) -> Option<RunningHash> {
+        match self.uploads.remove(id) {
+            Some(Hashing::Ready(running)) if running.through_bytes == from_bytes => {
+                self.hold(
+                    id,
+                    Hashing::Busy {
+                        began: running.began,
+                    },
+                );
+                Some(running)
+            }
+            None if from_bytes == 0 => {
+                self.began += 1;
+                let began = self.began;
+                self.hold(id, Hashing::Busy { began });
+                Some(RunningHash {
+                    began,
+                    through_bytes: 0,
+                    hasher: Sha256::new(),
+                })
+            }
+            None => None,
+            Some(other) => {
+                self.hold(
+                    id,
+                    Hashing::Unknown {
+                        began: other.began(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Keeps the hash a commit moved on, unless another commit of the upload came meanwhile.
+    fn keep(&mut self, id: &MediaId, running: RunningHash) {
+        if let Some(held @ Hashing::Busy { .. }) = self.uploads.get_mut(id) {
+            *held = Hashing::Ready(running);
+        }
+    }
+
+    /// The hash of every byte of upload `id`, `size_bytes` of them, if kept; forgets it.
+    fn finished(&mut self, id: &MediaId, size_bytes: u64) -> Option<Sha256> {
+        match self.uploads.remove(id) {
+            Some(Hashing::Ready(running)) if running.through_bytes == size_bytes => {
+                Some(running.hasher)
+            }
+            _ => None,
+        }
+    }
+
+    fn hold(&mut self, id: &MediaId, hashing: Hashing) {
+        if self.uploads.len() >= BLOB_RUNNING_HASHES_MAX
+            && let Some(oldest) = self
+                .uploads
+                .iter()
+                .min_by_key(|(_, hashing)| hashing.began())
+                .map(|(id, _)| id.clone())
+        {
+            self.uploads.remove(&oldest);
+        }
+        self.uploads.insert(id.clone(), hashing);
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -174,6 +287,7 @@ impl BlobStore {
             objects,
             db,
             limits,
+            hashes: Arc::default(),
         }
     }
 
@@ -347,10 +461,11 @@ impl BlobStore {
         unit: Vec<u8>,
     ) -> Result<UploadState, ProtoError> {
         let to_bytes = from_bytes + unit.len() as u64;
+        let unit = Bytes::from(unit);
         self.objects
             .put(
                 &unit_path(id, from_bytes / BLOB_COMMIT_UNIT_BYTES),
-                PutPayload::from(Bytes::from(unit)),
+                PutPayload::from(unit.clone()),
             )
             .await
             .map_err(object_failure)?;
@@ -372,6 +487,12 @@ impl BlobStore {
                     moved.committed_bytes
                 ),
             ));
+        }
+        let running = lock(&self.hashes).take_for(id, from_bytes);
+        if let Some(mut running) = running {
+            running.hasher.update(&unit);
+            running.through_bytes = to_bytes;
+            lock(&self.hashes).keep(id, running);
         }
         Ok(moved)
     }
@@ -398,13 +519,20 @@ impl BlobStore {
                 ),
             ));
         }
-        let mut hasher = Sha256::new();
-        let mut size_bytes = 0u64;
-        for index in 0..unit_count(record.size_bytes) {
-            let unit = self.read_unit_object(&id, &record, index).await?;
-            size_bytes += unit.len() as u64;
-            hasher.update(&unit);
-        }
+        let running = lock(&self.hashes).finished(&id, record.size_bytes);
+        let (size_bytes, hasher) = match running {
+            Some(hasher) => (record.size_bytes, hasher),
+            None => {
+                let mut hasher = Sha256::new();
+                let mut size_bytes = 0u64;
+                for index in 0..unit_count(record.size_bytes) {
+                    let unit = self.read_unit_object(&id, &record, index).await?;
+                    size_bytes += unit.len() as u64;
+                    hasher.update(&unit);
+                }
+                (size_bytes, hasher)
+            }
+        };
         if size_bytes != record.size_bytes || hasher.finalize().as_slice() != upload.sha256 {
             tracing::warn!(blob = %hex(&id), "an upload's bytes do not match its hash; discarded");
             self.remove(&id).await?;
@@ -585,6 +713,7 @@ impl BlobStore {
     }
 
     async fn delete_objects(&self, id: &MediaId) -> Result<(), ProtoError> {
+        lock(&self.hashes).uploads.remove(id);
         self.delete_folder(&ObjectPath::from(hex(id))).await?;
         Ok(())
     }

@@ -161,6 +161,11 @@ pub const BLOB_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1_000;
 /// Most sweep transactions in one blob sweep, so one sweep stays bounded.
 pub const BLOB_SWEEP_TRANSACTIONS_MAX: usize = 64;
 
+/// Uploads whose SHA-256 the blob store keeps as their units commit, so a finish need not read
+/// the blob back (about 200 bytes each); past it the oldest is dropped, and that upload is read
+/// back when it finishes.
+pub const BLOB_RUNNING_HASHES_MAX: usize = 1_024;
+
 /// Objects listed per transaction when blobs are kept in the region's store
 /// (`[blobs] keep_in = "store"`, the sweep's listing).
 pub const BLOB_OBJECTS_LIST_PAGE: usize = 512;
@@ -238,6 +243,7 @@ const _: () = assert!(BLOB_ACCOUNT_BYTES_MAX_DEFAULT >= relay_proto::limits::BLO
 const _: () =
     assert!(BLOB_SWEEP_INTERVAL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
 const _: () = assert!(BLOB_SWEEP_TRANSACTIONS_MAX >= 1);
+const _: () = assert!(BLOB_RUNNING_HASHES_MAX >= 1);
 // A blob unit is one object of the store when blobs are kept there.
 const _: () = assert!(
     relay_proto::limits::BLOB_COMMIT_UNIT_BYTES as usize <= fdb_layers::limits::OBJECT_BYTES_MAX

@@ -544,3 +544,82 @@ async fn garbage_units_are_overwritten_or_swept() {
         Err(ErrorCode::StorageUnavailable)
     );
 }
+
+/// An upload resumed on a store that restarted (no running hash in memory) is read back at
+/// finish: its bytes are checked all the same, and a mismatch is still found.
+#[tokio::test]
+async fn an_upload_resumed_after_a_restart_is_read_back_and_checked_at_finish() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let restarted = || BlobStore::new(store.objects.clone(), store.db.clone(), store.limits);
+    for wrong_hash in [false, true] {
+        let bytes = blob_bytes(5 * UNIT / 2);
+        let mut begin = begin_of(&bytes);
+        if wrong_hash {
+            begin.sha256 = Sha256::digest(b"something else").to_vec();
+        }
+        let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
+        let mut first = &bytes[..UNIT];
+        store
+            .upload(ALICE, &at(&begun, 0), &mut first, 1)
+            .await
+            .expect("the first unit");
+        let after = restarted();
+        let mut rest = &bytes[UNIT..];
+        after
+            .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 2)
+            .await
+            .expect("the rest");
+        let finished = after.finish(ALICE, &begun.id, 3).await;
+        if wrong_hash {
+            assert_eq!(code(finished), ErrorCode::BlobMismatch);
+        } else {
+            assert!(finished.expect("finishes").finished);
+            assert_eq!(download_all(&after, &begun.id, 0, 4).await, bytes);
+        }
+    }
+}
+
+#[test]
+fn a_running_hash_covers_units_committed_in_order_once() {
+    let id = |n: u8| MediaId::from_bytes(&[n; BLOB_ID_BYTES]).expect("id");
+    let unit = [7u8; 10];
+    let mut hashes = RunningHashes::default();
+    // In order: kept, and it is the hash of the bytes.
+    for from_bytes in [0, 10] {
+        let mut running = hashes.take_for(&id(1), from_bytes).expect("taken");
+        running.hasher.update(unit);
+        running.through_bytes = from_bytes + 10;
+        hashes.keep(&id(1), running);
+    }
+    assert_eq!(
+        hashes
+            .finished(&id(1), 20)
+            .map(|hasher| hasher.finalize().to_vec()),
+        Some(Sha256::digest([7u8; 20]).to_vec())
+    );
+    // A unit past the hash (a restart lost it): none.
+    assert!(hashes.take_for(&id(2), 10).is_none());
+    // Two streams commit the same unit: whichever bytes the object kept, none is trusted.
+    let first = hashes.take_for(&id(3), 0).expect("taken");
+    assert!(
+        hashes.take_for(&id(3), 0).is_none(),
+        "a second commit of unit 0"
+    );
+    hashes.keep(&id(3), first);
+    assert!(hashes.finished(&id(3), 10).is_none());
+    // Short of the size: none.
+    let running = hashes.take_for(&id(4), 0).expect("taken");
+    hashes.keep(&id(4), running);
+    assert!(hashes.finished(&id(4), 10).is_none());
+    // Bounded: the upload begun longest ago goes first.
+    let mut hashes = RunningHashes::default();
+    for n in 0..=BLOB_RUNNING_HASHES_MAX {
+        let key = MediaId::from_bytes(&(n as u64).to_le_bytes().repeat(2)).expect("id");
+        let running = hashes.take_for(&key, 0).expect("taken");
+        hashes.keep(&key, running);
+    }
+    assert_eq!(hashes.uploads.len(), BLOB_RUNNING_HASHES_MAX);
+    let first = MediaId::from_bytes(&0u64.to_le_bytes().repeat(2)).expect("id");
+    assert!(!hashes.uploads.contains_key(&first));
+}
