@@ -70,6 +70,16 @@ impl GroupSending {
         !self.claims.is_empty() || !self.asking.is_empty()
     }
 
+    /// When the first group whose next text waits out a backoff may go on, if after `now_ms`
+    /// (one already due goes on at the next step).
+    pub(super) fn next_retry_after(&self, now_ms: u64) -> Option<u64> {
+        self.retry_at
+            .values()
+            .map(|(at, _)| *at)
+            .filter(|at| *at > now_ms)
+            .min()
+    }
+
     /// The answer to a claim of `account` came (`ok`: keys were trusted); returns the groups
     /// whose next text must back off (the claim failed).
     pub(super) fn claim_answered(&mut self, account: AccountId, ok: bool) -> Vec<u64> {

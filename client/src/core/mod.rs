@@ -596,6 +596,13 @@ impl Core {
                 {
                     consider(at);
                 }
+                // A group's next text waiting out a backoff (a failed claim or membership
+                // read): nothing else may come to wake the device.
+                if self.window_open(now_ms)
+                    && let Some(at) = self.group_sending.next_retry_after(now_ms)
+                {
+                    consider(at);
+                }
                 if let Some(at) = self.next_poll_at {
                     consider(at);
                 }

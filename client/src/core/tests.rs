@@ -1502,3 +1502,59 @@ fn a_key_share_for_an_older_membership_keeps_the_members_removed_since() {
     );
     assert!(rebuilt.recipient_accounts.contains(&carol.account.0));
 }
+
+/// Swarm seed 4074 (with group replicas): a new member's first group text waited for a claim of
+/// another member's keys, which a region refused while its disk failed; the group backed off,
+/// but nothing woke the device when the backoff ended, and the text was never sent. The
+/// device's next timeout now includes a group's backoff.
+#[test]
+fn a_group_backing_off_after_a_failed_claim_wakes_the_device_to_claim_again() {
+    const GROUP: u64 = 9;
+    let mut rig = alice(Mode::Live);
+    rig.core
+        .learn_group_info(&relay_proto::wire::GroupInfo {
+            group: GROUP,
+            version: 1,
+            members: [ALICE, BOB]
+                .iter()
+                .map(|device| relay_proto::wire::GroupMemberInfo {
+                    account: device.account.0,
+                    admin: false,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .expect("learned");
+    rig.core
+        .compose_group(GROUP, "one", WALL_MS, 0)
+        .expect("typed");
+    let actions = rig.connect(0);
+    let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
+    rig.core.handle_answer(
+        claim,
+        Err(ClientError::Remote(ProtoError::new(
+            ErrorCode::StorageUnavailable,
+            "the region's storage is unavailable; retry later",
+        ))),
+        1,
+    );
+    assert!(
+        !rig.actions(1).iter().any(|action| matches!(
+            action,
+            Action::Request {
+                request: Request::ClaimKeys(_),
+                ..
+            }
+        )),
+        "backing off"
+    );
+    let due = rig.core.poll_timeout(1).expect("a timeout");
+    // The live device's next fetch is due at POLL_INTERVAL_MS (it connected at 0).
+    assert!(
+        due < POLL_INTERVAL_MS,
+        "woken for the group's backoff ({due} ms), not the next poll"
+    );
+    rig.core.handle_timeout(due);
+    let actions = rig.actions(due);
+    request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
+}
