@@ -28,6 +28,7 @@
 //! its idempotency key), so every member device receives exactly one of the builds, each one
 //! decryptable by the devices it was built for.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
@@ -682,52 +683,8 @@ impl Core {
                 device_seq,
             };
             if share {
-                // A share for an older membership than the one now known keeps its version
-                // and accounts: texts of its session built for that membership may be queued
-                // to members removed since, and they need the key (the region takes it).
-                let older = sent.group_version < known.version;
-                let mut kept = Vec::new();
-                for ciphertext in &sent.ciphertexts {
-                    let Ok(device) = ciphertext.recipient.parse() else {
-                        continue;
-                    };
-                    let current = if older {
-                        writer
-                            .known_devices(device.account)?
-                            .iter()
-                            .any(|known| known.current && known.address == device)
-                    } else {
-                        devices.contains(&device)
-                    };
-                    if current {
-                        kept.push(ciphertext.clone());
-                    }
-                }
-                if kept.is_empty() {
-                    return Err(ClientError::Invalid(
-                        "no device this key share was for is a member device any more".into(),
-                    ));
-                }
-                let device_seq = writer.take_device_seq()?;
-                let envelope = if older {
-                    let accounts: Vec<AccountId> = sent
-                        .recipient_accounts
-                        .iter()
-                        .map(|a| AccountId(*a))
-                        .collect();
-                    let header = GroupHeader {
-                        version: sent.group_version,
-                        ..header(&sent.group_session_id, device_seq)
-                    };
-                    envelope::key_share(me, header, &accounts, kept)?
-                } else {
-                    envelope::key_share(
-                        me,
-                        header(&sent.group_session_id, device_seq),
-                        &known.members,
-                        kept,
-                    )?
-                };
+                let header = header(&sent.group_session_id, writer.take_device_seq()?);
+                let envelope = rebuilt_share(writer, me, &sent, &known, &devices, header)?;
                 writer.set_envelope(row.client_message_id, &envelope.encode_to_vec())?;
                 return Ok(Built { shares: Vec::new() });
             }
@@ -760,6 +717,61 @@ impl Core {
             Err(error) => self.settle_failure(entry, &row, None, error, now_ms),
         }
     }
+}
+
+/// Key share `sent` built again under `header` (the same number and session, a new device_seq)
+/// for the devices still current: those of `devices`, the member devices of `known`. A share
+/// for an older membership than `known` keeps its version and accounts, and every device still
+/// current for its account: texts of its session built for that membership may be queued to
+/// members removed since, and they need the key (the region takes it).
+fn rebuilt_share(
+    writer: &Writer<'_>,
+    me: DeviceAddress,
+    sent: &Envelope,
+    known: &KnownGroup,
+    devices: &BTreeSet<DeviceAddress>,
+    header: GroupHeader<'_>,
+) -> Result<Envelope> {
+    let older = sent.group_version < known.version;
+    // The current devices of each account named, read once per account.
+    let mut current_of: BTreeMap<AccountId, BTreeSet<DeviceAddress>> = BTreeMap::new();
+    let mut kept = Vec::new();
+    for ciphertext in &sent.ciphertexts {
+        let Ok(device) = ciphertext.recipient.parse() else {
+            continue;
+        };
+        let current = if older {
+            let current = match current_of.entry(device.account) {
+                Entry::Occupied(read) => read.into_mut(),
+                Entry::Vacant(unread) => unread.insert(
+                    writer
+                        .known_devices(device.account)?
+                        .into_iter()
+                        .filter(|known| known.current)
+                        .map(|known| known.address)
+                        .collect(),
+                ),
+            };
+            current.contains(&device)
+        } else {
+            devices.contains(&device)
+        };
+        if current {
+            kept.push(ciphertext.clone());
+        }
+    }
+    if kept.is_empty() {
+        return Err(ClientError::Invalid(
+            "no device this key share was for is a member device any more".into(),
+        ));
+    }
+    let (version, accounts) = if older {
+        let named = sent.recipient_accounts.iter().map(|a| AccountId(*a));
+        (sent.group_version, named.collect())
+    } else {
+        (known.version, known.members.clone())
+    };
+    envelope::key_share(me, GroupHeader { version, ..header }, &accounts, kept)
 }
 
 /// Makes `group`'s sending session ready for a message to `devices` (rotating it if due) and

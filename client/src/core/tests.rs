@@ -119,6 +119,30 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Learns that `group` is at version 1 with the accounts of `members`, and types "one" for
+    /// it.
+    fn group_text_typed(&mut self, group: u64, members: &[DeviceAddress]) {
+        self.core
+            .learn_group_info(&relay_proto::wire::GroupInfo {
+                group,
+                version: 1,
+                members: members
+                    .iter()
+                    .map(|device| relay_proto::wire::GroupMemberInfo {
+                        account: device.account.0,
+                        admin: false,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .expect("learned");
+        self.core
+            .compose_group(group, "one", WALL_MS, 0)
+            .expect("typed");
+    }
+}
+
 fn request(actions: &[Action], wanted: impl Fn(&Request) -> bool) -> (RequestId, Request) {
     actions
         .iter()
@@ -1399,23 +1423,7 @@ fn a_key_share_for_an_older_membership_keeps_the_members_removed_since() {
         device: DeviceId(1),
     };
     let mut rig = alice(Mode::Live);
-    rig.core
-        .learn_group_info(&relay_proto::wire::GroupInfo {
-            group: GROUP,
-            version: 1,
-            members: [ALICE, BOB, carol]
-                .iter()
-                .map(|device| relay_proto::wire::GroupMemberInfo {
-                    account: device.account.0,
-                    admin: false,
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .expect("learned");
-    rig.core
-        .compose_group(GROUP, "one", WALL_MS, 0)
-        .expect("typed");
+    rig.group_text_typed(GROUP, &[ALICE, BOB, carol]);
     let actions = rig.connect(0);
     let (_, bob_keys) = peer(BOB);
     let (_, carol_keys) = peer(carol);
@@ -1511,23 +1519,7 @@ fn a_key_share_for_an_older_membership_keeps_the_members_removed_since() {
 fn a_group_backing_off_after_a_failed_claim_wakes_the_device_to_claim_again() {
     const GROUP: u64 = 9;
     let mut rig = alice(Mode::Live);
-    rig.core
-        .learn_group_info(&relay_proto::wire::GroupInfo {
-            group: GROUP,
-            version: 1,
-            members: [ALICE, BOB]
-                .iter()
-                .map(|device| relay_proto::wire::GroupMemberInfo {
-                    account: device.account.0,
-                    admin: false,
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .expect("learned");
-    rig.core
-        .compose_group(GROUP, "one", WALL_MS, 0)
-        .expect("typed");
+    rig.group_text_typed(GROUP, &[ALICE, BOB]);
     let actions = rig.connect(0);
     let (claim, _) = request(&actions, |r| *r == Request::ClaimKeys(BOB.account));
     rig.core.handle_answer(

@@ -659,26 +659,31 @@ async fn db_remove_member(db: &Database, group: GroupId, account: AccountId) {
     .expect("removed");
 }
 
-/// Swarm seed 2150: alice's text went out as a member, rebuilt under a rotated session whose key
-/// share is numbered after it; she was removed before the share arrived. The share is still
-/// taken (bob needs the key to read the text the chat holds), while a text from her is not, nor
-/// a share from a device that never sent in the group.
-#[tokio::test]
-async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
-    let f = fixture();
+/// alice, bob and carol, a device each, in a group alice made.
+struct TeamWithText {
+    team: GroupId,
+    alice: AccountId,
+    bob: AccountId,
+    carol: AccountId,
+    alice1: DeviceAddress,
+    bob1: DeviceAddress,
+    carol1: DeviceAddress,
+}
+
+/// [`TeamWithText`], with alice's first text to the group (version 1) stored.
+async fn team_with_a_text(f: &Fixture) -> TeamWithText {
     let alice = account(&f.db, "alice", HERE, 1).await;
     let bob = account(&f.db, "bob", HERE, 1).await;
     let carol = account(&f.db, "carol", HERE, 1).await;
     let team = group(&f.db, alice, &[bob, carol]).await;
     let (alice1, bob1, carol1) = (device_in(alice, 1), device_in(bob, 1), device_in(carol, 1));
-    let members = [alice, bob, carol];
     let text = group_envelope(
         team,
         1,
         EnvelopeKind::Message,
         alice1,
         &[bob1, carol1],
-        &members,
+        &[alice, bob, carol],
         1,
         1,
     );
@@ -686,6 +691,33 @@ async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
         try_commit(&f.db, &text).await,
         Ok(send_outcome::Outcome::Sent(_))
     ));
+    TeamWithText {
+        team,
+        alice,
+        bob,
+        carol,
+        alice1,
+        bob1,
+        carol1,
+    }
+}
+
+/// Swarm seed 2150: alice's text went out as a member, rebuilt under a rotated session whose key
+/// share is numbered after it; she was removed before the share arrived. The share is still
+/// taken (bob needs the key to read the text the chat holds), while a text from her is not, nor
+/// a share from a device that never sent in the group.
+#[tokio::test]
+async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
+    let f = fixture();
+    let TeamWithText {
+        team,
+        alice,
+        bob,
+        carol,
+        alice1,
+        bob1,
+        carol1,
+    } = team_with_a_text(&f).await;
     db_remove_member(&f.db, team, carol).await;
     db_remove_member(&f.db, team, alice).await;
 
@@ -751,26 +783,16 @@ async fn a_former_members_key_share_is_taken_and_its_texts_are_not() {
 #[tokio::test]
 async fn a_key_share_for_an_older_version_reaches_members_removed_since() {
     let f = fixture();
-    let alice = account(&f.db, "alice", HERE, 1).await;
-    let bob = account(&f.db, "bob", HERE, 1).await;
-    let carol = account(&f.db, "carol", HERE, 1).await;
-    let team = group(&f.db, alice, &[bob, carol]).await;
-    let (alice1, bob1, carol1) = (device_in(alice, 1), device_in(bob, 1), device_in(carol, 1));
-    let members = [alice, bob, carol];
-    let text = group_envelope(
+    let TeamWithText {
         team,
-        1,
-        EnvelopeKind::Message,
+        alice,
+        bob,
+        carol,
         alice1,
-        &[bob1, carol1],
-        &members,
-        1,
-        1,
-    );
-    assert!(matches!(
-        try_commit(&f.db, &text).await,
-        Ok(send_outcome::Outcome::Sent(_))
-    ));
+        bob1,
+        carol1,
+    } = team_with_a_text(&f).await;
+    let members = [alice, bob, carol];
     db_remove_member(&f.db, team, carol).await;
 
     // For the current version, carol is no member: the sender learns the membership.
