@@ -46,6 +46,10 @@ pub const SYNC_MESSAGE_ENVELOPE_MARGIN_BYTES: usize = 16 * 1024;
 /// once reassembled. A whole epoch of messages at their longest text fits.
 pub const SYNC_PART_BYTES_MAX: usize = 512 * 1024 * 1024;
 
+/// Most probes per entry a peer's Bloom filter may ask for (automerge's own use 7): automerge
+/// allocates that many for every hash it checks against the filter.
+pub const SYNC_BLOOM_PROBES_MAX: u64 = 64;
+
 /// Higher generations of one epoch received at once, each from its first part until its
 /// genesis arrives. A peer that names a generation it cannot deliver holds one place; the
 /// lowest place goes to a higher generation when all are taken.

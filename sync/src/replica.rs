@@ -43,8 +43,8 @@ use crate::error::SyncError;
 use crate::hlc::Hlc;
 use crate::limits::{
     ATTACHMENT_BYTES_MAX, INCOMING_GENERATIONS_MAX, MESSAGE_TEXT_BYTES_MAX, REACTION_BYTES_MAX,
-    SYNC_FRAGMENT_BYTES_MIN, SYNC_MESSAGE_BYTES_MAX, SYNC_MESSAGE_HEADER_BYTES,
-    SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
+    SYNC_BLOOM_PROBES_MAX, SYNC_FRAGMENT_BYTES_MIN, SYNC_MESSAGE_BYTES_MAX,
+    SYNC_MESSAGE_HEADER_BYTES, SYNC_PART_BYTES_MAX, SYNC_PART_HEADER_BYTES,
 };
 use crate::schema::{MessageState, Stamped, device_actor};
 use crate::view::{ChatView, chat_view};
@@ -778,6 +778,17 @@ impl Replica {
         let mut decoded = Vec::with_capacity(complete.len());
         for (key, bytes) in complete {
             match Message::decode(&bytes) {
+                Ok(message) if !blooms_are_sound(&message) => {
+                    peer.restart_states();
+                    return Err(SyncError::malformed(
+                        "sync message",
+                        format!(
+                            "chat {} epoch {}: a Bloom filter without bits or with over \
+                             {SYNC_BLOOM_PROBES_MAX} probes",
+                            key.chat, key.epoch
+                        ),
+                    ));
+                }
                 Ok(message) => decoded.push((key, message)),
                 Err(error) => {
                     peer.restart_states();
@@ -1049,4 +1060,71 @@ pub(crate) fn reassemble(
         return Ok(reassembly.take().map(|whole| (whole.key, whole.bytes)));
     }
     Ok(None)
+}
+
+/// Whether every Bloom filter `message` carries can be checked against: automerge takes a
+/// filter's bit count and probes per entry from the peer's bytes, divides by the first (a
+/// filter of entries but no bits panics) and allocates the second for every hash it checks.
+fn blooms_are_sound(message: &Message) -> bool {
+    message.have.iter().all(|have| bloom_is_sound(&have.bloom))
+}
+
+/// See [`blooms_are_sound`]: a filter of no entries (never checked), or one with bits and at
+/// most [`SYNC_BLOOM_PROBES_MAX`] probes. Its encoding is its entries, bits per entry and
+/// probes (LEB128), then the bits.
+fn bloom_is_sound(bloom: &automerge::sync::BloomFilter) -> bool {
+    let bytes = bloom.to_bytes();
+    if bytes.is_empty() {
+        return true;
+    }
+    let mut rest = bytes.as_slice();
+    let (Some(_entries), Some(_bits_per_entry), Some(probes)) = (
+        read_leb128(&mut rest),
+        read_leb128(&mut rest),
+        read_leb128(&mut rest),
+    ) else {
+        return false;
+    };
+    // Automerge counts the bits in a u32.
+    !rest.is_empty() && rest.len() <= (u32::MAX / 8) as usize && probes <= SYNC_BLOOM_PROBES_MAX
+}
+
+/// An unsigned LEB128 number at the start of `bytes`, which move past it.
+fn read_leb128(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::sync::BloomFilter;
+
+    use super::*;
+
+    fn bloom(bytes: &[u8]) -> BloomFilter {
+        BloomFilter::try_from(bytes).expect("a filter automerge decodes")
+    }
+
+    #[test]
+    fn a_bloom_filter_without_bits_or_with_too_many_probes_is_not_sound() {
+        // What automerge builds: 2 entries, 10 bits each, 7 probes, 3 bytes of bits.
+        assert!(bloom_is_sound(&bloom(&[2, 10, 7, 0xff, 0x01, 0x80])));
+        assert!(bloom_is_sound(&BloomFilter::default()), "no entries");
+        // Entries but no bits per entry: automerge would divide by zero probing it.
+        assert!(!bloom_is_sound(&bloom(&[1, 0, 7])));
+        // 2^32 − 1 probes: automerge would allocate them for every hash it checks.
+        assert!(!bloom_is_sound(&bloom(&[
+            1, 8, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01
+        ])));
+        assert!(bloom_is_sound(&bloom(&[1, 8, 64, 0x01])));
+        assert!(!bloom_is_sound(&bloom(&[1, 8, 65, 0x01])));
+    }
 }
