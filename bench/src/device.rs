@@ -55,8 +55,8 @@ use relay_proto::limits::{AUTH_NONCE_BYTES, QUEUE_FETCH_ENTRIES_MAX};
 use relay_proto::wire::{
     AckQueue, Authenticate, ClientRequest, ClientResponse, DeviceAddr, DeviceCiphertext, Envelope,
     EnvelopeKind, FetchAndAck, FetchQueue, GroupCommand, GroupInfo, Hello,
-    MESSAGE_TYPE_HOLDS_GROUP_SESSION, PresenceState, QueueBatch, Register, SendOutcome, ServerPush,
-    TypingSignal, WatchPresence, auth_signing_payload, client_request, client_response,
+    MESSAGE_TYPE_HOLDS_GROUP_SESSION, PresenceState, QueueBatch, QueueEntry, Register, SendOutcome,
+    ServerPush, TypingSignal, WatchPresence, auth_signing_payload, client_request, client_response,
     group_command, queue_entry, send_outcome, server_push,
 };
 use relay_proto::{AccountId, ChatId, ClientMessageId, DeviceAddress, GroupId, ProtoError};
@@ -899,6 +899,9 @@ pub struct Pushes {
     pub closed: Option<String>,
 }
 
+/// Entries sent along with pushes that a link keeps until its inbox takes them.
+pub const PUSHED_ENTRIES_KEPT_MAX: usize = 4_096;
+
 /// A presence update or typing notice as a device's control stream brought it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignalEvent {
@@ -1140,6 +1143,7 @@ impl Endpoints {
                 })?
                 .map_err(|error| BenchError::net(what())(NetError::from(error)))?;
         Ok(EdgeLink {
+            pushed: Arc::default(),
             connection,
             control: Mutex::new(None),
         })
@@ -1165,9 +1169,32 @@ impl Endpoints {
 pub struct EdgeLink {
     connection: quinn::Connection,
     control: Mutex<Option<quinn::SendStream>>,
+    /// Entries the pushes brought along and the inbox has not taken, in the order they came
+    /// (each push's a gapless run), at most [`PUSHED_ENTRIES_KEPT_MAX`]: past it they are
+    /// dropped, and fetched.
+    pushed: Arc<Mutex<Vec<QueueEntry>>>,
 }
 
 impl EdgeLink {
+    /// Takes the entries pushes brought along that follow `cursor` without a gap (as the
+    /// client library takes them); the others are dropped, and fetched.
+    pub fn take_pushed(&self, cursor: u64) -> Vec<QueueEntry> {
+        let pushed = std::mem::take(
+            &mut *self
+                .pushed
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        let mut taken: Vec<QueueEntry> = Vec::new();
+        for entry in pushed {
+            let next = taken.last().map_or(cursor, |last| last.queue_seq) + 1;
+            if entry.queue_seq == next {
+                taken.push(entry);
+            }
+        }
+        taken
+    }
+
     /// Sends one request on its own stream and reads its answer.
     pub async fn call(
         &self,
@@ -1313,7 +1340,12 @@ impl EdgeLink {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = Some(send);
         let (sender, receiver) = watch::channel(Pushes::default());
-        tokio::spawn(read_pushes(recv, sender, log.map(|log| (device, log))));
+        tokio::spawn(read_pushes(
+            recv,
+            sender,
+            self.pushed.clone(),
+            log.map(|log| (device, log)),
+        ));
         Ok(receiver)
     }
 
@@ -1395,16 +1427,18 @@ pub struct DrainStats {
 /// [`FETCHES_PER_DRAIN_MAX`] fetches) and every ack was answered, handing each arrival and the
 /// instant its page came to `arrived`. One fetch and one ack request are in flight at a time:
 /// the pages are read in order, each while the acks of the pages before it commit. A retryable
-/// failure is retried after a delay, at most [`FETCH_ATTEMPTS_MAX`] times in a row.
+/// failure is retried after a delay, at most [`FETCH_ATTEMPTS_MAX`] times in a row. Without
+/// `fetch`, it only acknowledges what the inbox holds (entries a push brought along).
 pub async fn drain(
     link: &EdgeLink,
     inbox: &mut Inbox,
+    fetch: bool,
     mut arrived: impl FnMut(Arrival, Instant) -> Result<(), BenchError>,
 ) -> Result<DrainStats, BenchError> {
     let mut stats = DrainStats::default();
     let mut fetching = None;
     let mut acking = None;
-    let mut at_end = false;
+    let mut at_end = !fetch;
     loop {
         if fetching.is_none() && !at_end {
             if stats.fetches < u64::from(FETCHES_PER_DRAIN_MAX) {
@@ -1502,6 +1536,7 @@ async fn control_response(
 async fn read_pushes(
     mut recv: quinn::RecvStream,
     sender: watch::Sender<Pushes>,
+    pushed: Arc<Mutex<Vec<QueueEntry>>>,
     log: Option<(DeviceAddress, Arc<SignalLog>)>,
 ) {
     let reason = loop {
@@ -1516,6 +1551,11 @@ async fn read_pushes(
             })) => sender.send_modify(|pushes| {
                 pushes.received += 1;
                 pushes.latest_queue_seq = pushes.latest_queue_seq.max(available.latest_queue_seq);
+                // Kept before the watchers hear of the push.
+                let mut pushed = pushed.lock().unwrap_or_else(|poison| poison.into_inner());
+                if pushed.len() + available.entries.len() <= PUSHED_ENTRIES_KEPT_MAX {
+                    pushed.extend(available.entries);
+                }
             }),
             Ok(Some(ServerPush {
                 event: Some(server_push::Event::Presence(info)),

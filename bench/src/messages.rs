@@ -819,7 +819,33 @@ async fn run_inbox(
         let announced = pushes.borrow_and_update().latest_queue_seq;
         let cursor_before = inbox.cursor();
         let unannounced = wake == Wake::Poll;
-        let drained = drain(&link, &mut inbox, |arrival, at| {
+        // Entries a push brought along, as the client library takes them: when they follow
+        // the cursor and reach every entry announced, nothing is fetched.
+        let pushed = link.take_pushed(inbox.cursor());
+        let mut fetch = true;
+        if wake == Wake::Push && !pushed.is_empty() {
+            let at = Instant::now();
+            let page = relay_proto::wire::QueueBatch {
+                entries: pushed,
+                latest_queue_seq: announced,
+                ..Default::default()
+            };
+            let taken = inbox.handle_batch(&page).map_err(|error| error.to_string());
+            let taken = taken.and_then(|arrivals| {
+                arrivals
+                    .into_iter()
+                    .try_for_each(|arrival| recorder.arrive(arrival, at, false))
+                    .map_err(|error| error.to_string())
+            });
+            if let Err(error) = taken {
+                if !recorder.stopping.load(Ordering::SeqCst) {
+                    recorder.fail(format!("the inbox of {device}: {error}"));
+                }
+                return;
+            }
+            fetch = inbox.cursor() < announced;
+        }
+        let drained = drain(&link, &mut inbox, fetch, |arrival, at| {
             recorder.arrive(arrival, at, unannounced)
         })
         .await;

@@ -51,8 +51,14 @@ pub struct DeviceProgress {
 /// What the control stream says after authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
-    /// New entries wait in the device queue, up to this queue sequence.
-    QueueAvailable(u64),
+    /// New entries wait in the device queue, up to `latest_queue_seq`; `entries` of them came
+    /// along (a gapless run, possibly none).
+    QueueAvailable {
+        /// The highest queue sequence assigned.
+        latest_queue_seq: u64,
+        /// Entries sent along.
+        entries: Vec<relay_proto::wire::QueueEntry>,
+    },
     /// A watched account's presence.
     Presence(relay_proto::wire::PresenceInfo),
     /// A peer's typing indicator.
@@ -731,10 +737,14 @@ async fn read_pushes(mut recv: quinn::RecvStream, sender: mpsc::Sender<Push>) {
             Ok(Some(ServerPush {
                 event: Some(server_push::Event::QueueAvailable(available)),
             })) => {
-                // A full buffer already holds a fetch hint; dropping this one loses nothing.
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    sender.try_send(Push::QueueAvailable(available.latest_queue_seq))
-                {
+                // Waits for room rather than dropping it: the device takes entries sent along
+                // as the queue's end when they reach the highest sequence announced, so none
+                // may go unseen (the edge meanwhile keeps one push, with the highest number).
+                let push = Push::QueueAvailable {
+                    latest_queue_seq: available.latest_queue_seq,
+                    entries: available.entries,
+                };
+                if sender.send(push).await.is_err() {
                     return;
                 }
             }

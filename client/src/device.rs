@@ -970,7 +970,10 @@ impl Actor {
                 push = next_push(&mut self.pushes) => {
                     let now = self.now_ms();
                     match push {
-                        Some(Push::QueueAvailable(_)) => self.core.handle_push(),
+                        Some(Push::QueueAvailable { latest_queue_seq, entries }) => {
+                            self.core.set_wall_ms(self.environment.clock.now_ms());
+                            self.core.handle_push(latest_queue_seq, entries);
+                        }
                         Some(Push::Presence(info)) => self.core.handle_presence(info),
                         Some(Push::Typing(notice)) => self.core.handle_typing(notice, now),
                         Some(Push::Closed(reason)) => {

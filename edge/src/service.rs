@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message as _;
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
 use relay_net::config::ConfigError;
@@ -30,7 +31,7 @@ use relay_net::{
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
     AUTH_NONCE_BYTES, BLOB_STREAM_IDLE_TIMEOUT_MS, EDGE_ANSWER_TIMEOUT_MS,
-    EDGE_REGION_REQUEST_TIMEOUT_MS,
+    EDGE_REGION_REQUEST_TIMEOUT_MS, QUEUE_PUSH_BYTES_MAX,
 };
 use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
@@ -167,24 +168,57 @@ struct Connected {
 /// The push waiting for one device connection. A push is a hint to fetch after the device's
 /// cursor, so the one announcing the highest queue sequence says everything the others would:
 /// a connection keeps that one number (and a wake-up) instead of a queue of frames, and never
-/// drops a push.
+/// drops a push. The entries the region sent along wait with it, as one gapless run of at most
+/// [`QUEUE_PUSH_BYTES_MAX`]: an entry that does not follow the run, or does not fit, is left
+/// for the device to fetch (it takes a run only where it follows its cursor).
 ///
 /// Presence updates and typing notices wait beside it, the latest one per watched account and
 /// per typing device and chat (a newer state replaces an older one nobody has read), at most
 /// [`DEVICE_EVENTS_WAITING_MAX`].
 #[derive(Default)]
 struct PushSlot {
-    /// The highest `latest_queue_seq` announced and not written yet, plus one; 0: none.
-    waiting: AtomicU64,
+    /// The queue push not written yet.
+    queue: Mutex<WaitingQueue>,
     /// (kind, account, device, group) → the latest event of that key.
     events: Mutex<BTreeMap<(u8, u64, u32, u64), server_push::Event>>,
     wake: Notify,
 }
 
+/// What a connection's next queue push says.
+#[derive(Default)]
+struct WaitingQueue {
+    /// The highest `latest_queue_seq` announced; `None`: no queue push waits.
+    announced: Option<u64>,
+    /// Entries sent along, gapless.
+    entries: Vec<wire::QueueEntry>,
+    /// Their encoded size.
+    bytes: usize,
+}
+
 impl PushSlot {
-    fn handle_push(&self, latest_queue_seq: u64) {
-        self.waiting
-            .fetch_max(latest_queue_seq.saturating_add(1), Ordering::AcqRel);
+    fn handle_push(&self, latest_queue_seq: u64, entries: Vec<wire::QueueEntry>) {
+        {
+            let mut queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let announced = queue
+                .announced
+                .map_or(latest_queue_seq, |known| known.max(latest_queue_seq));
+            queue.announced = Some(announced);
+            for entry in entries {
+                let follows = queue
+                    .entries
+                    .last()
+                    .is_none_or(|last| last.queue_seq + 1 == entry.queue_seq);
+                let bytes = entry.encoded_len();
+                if !follows || queue.bytes + bytes > QUEUE_PUSH_BYTES_MAX {
+                    break;
+                }
+                queue.bytes += bytes;
+                queue.entries.push(entry);
+            }
+        }
         self.wake.notify_one();
     }
 
@@ -215,11 +249,22 @@ impl PushSlot {
     /// the oldest-keyed event waiting.
     async fn next(&self) -> server_push::Event {
         loop {
-            let waiting = self.waiting.swap(0, Ordering::AcqRel);
-            if waiting > 0 {
+            let waiting = {
+                let mut queue = self
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                queue.bytes = 0;
+                queue
+                    .announced
+                    .take()
+                    .map(|latest| (latest, std::mem::take(&mut queue.entries)))
+            };
+            if let Some((latest_queue_seq, entries)) = waiting {
                 return server_push::Event::QueueAvailable(DeviceQueueAvailable {
                     device: wire::DeviceAddr::default(),
-                    latest_queue_seq: waiting - 1,
+                    latest_queue_seq,
+                    entries,
                 });
             }
             let event = self
@@ -911,7 +956,12 @@ impl EdgeService {
         }
     }
 
-    fn push_to(&self, device: DeviceAddress, latest_queue_seq: u64) {
+    fn push_to(
+        &self,
+        device: DeviceAddress,
+        latest_queue_seq: u64,
+        entries: Vec<wire::QueueEntry>,
+    ) {
         let devices = self
             .inner
             .devices
@@ -921,7 +971,9 @@ impl EdgeService {
             return;
         };
         for connected in connections {
-            connected.pushes.handle_push(latest_queue_seq);
+            connected
+                .pushes
+                .handle_push(latest_queue_seq, entries.clone());
         }
     }
 
@@ -978,7 +1030,7 @@ impl EdgeService {
             }
             tracing::info!(%region, devices = subscribed.len(), "subscribed to region");
             for &device in &subscribed {
-                self.push_to(device, 0);
+                self.push_to(device, 0, Vec::new());
             }
             let mut reopen = false;
             loop {
@@ -1008,7 +1060,7 @@ impl EdgeService {
                         match frame {
                             Ok(Some(RegionResponse { body: Some(region_response::Body::QueueAvailable(push)) })) => {
                                 if let Ok(device) = push.device.parse() {
-                                    self.push_to(device, push.latest_queue_seq);
+                                    self.push_to(device, push.latest_queue_seq, push.entries);
                                 }
                             }
                             Ok(Some(RegionResponse { body: Some(region_response::Body::Presence(update)) })) => {
@@ -2102,22 +2154,50 @@ mod tests {
     use super::*;
 
     fn queue(latest_queue_seq: u64) -> server_push::Event {
+        queue_with(latest_queue_seq, &[])
+    }
+
+    /// A queue push with receipts numbered `seqs` along.
+    fn queue_with(latest_queue_seq: u64, seqs: &[u64]) -> server_push::Event {
         server_push::Event::QueueAvailable(DeviceQueueAvailable {
             device: wire::DeviceAddr::default(),
             latest_queue_seq,
+            entries: entries(seqs),
         })
+    }
+
+    fn entries(seqs: &[u64]) -> Vec<wire::QueueEntry> {
+        seqs.iter()
+            .map(|&queue_seq| wire::QueueEntry {
+                queue_seq,
+                item: Some(wire::queue_entry::Item::Receipt(wire::QueuedReceipt {
+                    chat: vec![7; 32],
+                    client_message_id: vec![1; 16],
+                    recipient: wire::DeviceAddr {
+                        account: 2,
+                        device: 1,
+                    },
+                    state: wire::ReceiptState::Delivered as i32,
+                    at_ms: 5,
+                    sender: wire::DeviceAddr {
+                        account: 1,
+                        device: 1,
+                    },
+                })),
+            })
+            .collect()
     }
 
     #[tokio::test]
     async fn a_push_slot_keeps_the_highest_announcement_and_misses_none() {
         let slot = PushSlot::default();
         // Announced before anyone waits: kept, the highest standing for the others.
-        slot.handle_push(3);
-        slot.handle_push(9);
-        slot.handle_push(4);
+        slot.handle_push(3, Vec::new());
+        slot.handle_push(9, Vec::new());
+        slot.handle_push(4, Vec::new());
         assert_eq!(slot.next().await, queue(9));
         // A nudge without a sequence (0) is still a push.
-        slot.handle_push(0);
+        slot.handle_push(0, Vec::new());
         assert_eq!(slot.next().await, queue(0));
         // Nothing waiting: the next push wakes the writer.
         let slot = Arc::new(slot);
@@ -2125,9 +2205,47 @@ mod tests {
             let slot = slot.clone();
             async move { slot.next().await }
         });
-        slot.handle_push(12);
+        slot.handle_push(12, Vec::new());
         assert_eq!(writer.await.expect("writer"), queue(12));
-        assert_eq!(slot.waiting.load(Ordering::Acquire), 0, "nothing left over");
+        let queue = slot.queue.lock().expect("queue");
+        assert!(
+            queue.announced.is_none() && queue.entries.is_empty(),
+            "nothing left over"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_push_slot_keeps_one_gapless_run_of_entries_within_its_budget() {
+        let slot = PushSlot::default();
+        // Runs that follow each other join; the highest announcement stands.
+        slot.handle_push(4, entries(&[3, 4]));
+        slot.handle_push(6, entries(&[5, 6]));
+        assert_eq!(slot.next().await, queue_with(6, &[3, 4, 5, 6]));
+        // One that does not follow (a gap, or a repeat) stays for the device to fetch, and so
+        // does everything after it: the device takes only a run that follows its cursor.
+        slot.handle_push(8, entries(&[7, 8]));
+        slot.handle_push(11, entries(&[10, 11]));
+        slot.handle_push(12, entries(&[8, 9]));
+        slot.handle_push(13, Vec::new());
+        assert_eq!(slot.next().await, queue_with(13, &[7, 8]));
+        // A hint alone, after entries went: nothing is sent along again.
+        slot.handle_push(13, Vec::new());
+        assert_eq!(slot.next().await, queue(13));
+        // The budget: entries stop at QUEUE_PUSH_BYTES_MAX encoded.
+        let many: Vec<u64> = (100..100 + QUEUE_PUSH_BYTES_MAX as u64).collect();
+        slot.handle_push(many[many.len() - 1], entries(&many));
+        let server_push::Event::QueueAvailable(available) = slot.next().await else {
+            panic!("a queue push");
+        };
+        let bytes: usize = available
+            .entries
+            .iter()
+            .map(|entry| entry.encoded_len())
+            .sum();
+        assert!(bytes <= QUEUE_PUSH_BYTES_MAX, "{bytes} bytes along");
+        assert!(available.entries.len() > 1 && available.entries.len() < many.len());
+        assert_eq!(available.entries[0].queue_seq, 100);
+        assert_eq!(available.latest_queue_seq, many[many.len() - 1]);
     }
 
     #[tokio::test]
@@ -2154,7 +2272,7 @@ mod tests {
         slot.handle_event(typing_in(5, 3, true));
         slot.handle_event(presence(5, wire::PresenceState::Offline));
         slot.handle_event(typing(5, false));
-        slot.handle_push(7);
+        slot.handle_push(7, Vec::new());
         // The queue hint first, then the latest of each event (a group's typing apart).
         assert_eq!(slot.next().await, queue(7));
         assert_eq!(slot.next().await, presence(5, wire::PresenceState::Offline));

@@ -57,7 +57,7 @@ use relay_planted::PlantedBug;
 use relay_proto::limits::{
     GROUP_MEMBERS_MAX, MESSAGES_PER_QUEUE_ENTRY_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX,
     QUEUE_ENTRY_OVERHEAD_BYTES_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
-    QUEUED_MESSAGES_BYTES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
+    QUEUE_PUSH_BYTES_MAX, QUEUED_MESSAGES_BYTES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
 };
 use relay_proto::wire::{
     self, AccountDevices, AccountInfo, Committed, DeviceKeys, EnvelopeKind, GroupChanged,
@@ -90,16 +90,80 @@ pub const ROLLED_BACK_ADVICE: &str = "register this device again in a new data d
 pub struct Effects {
     /// Devices whose queues grew, with their new latest queue sequence.
     pub notify: BTreeMap<DeviceAddress, u64>,
+    /// What goes along with each device's push: the entries appended for it, in wire form, as
+    /// far as the region could build them ([`Effects::appended`]).
+    pub pushed: BTreeMap<DeviceAddress, PushedEntries>,
     /// The cross-region outbox has new entries to deliver.
     pub outbox_pushed: bool,
 }
 
+/// The entries of one device's push: gapless, in queue order, from the first entry this
+/// transaction appended for the device, at most [`QUEUE_PUSH_BYTES_MAX`] encoded.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PushedEntries {
+    /// The entries.
+    pub entries: Vec<QueueEntry>,
+    /// Their encoded size.
+    bytes: usize,
+    /// An entry appended for the device did not go along (not built, or past the budget):
+    /// none after it may, or the device would see a gap.
+    closed: bool,
+}
+
+impl PushedEntries {
+    /// Adds `entry` (numbered `queue_seq`) when it follows the last one and fits the budget;
+    /// else closes the run.
+    fn add(&mut self, queue_seq: u64, entry: Option<QueueEntry>) {
+        let follows = self
+            .entries
+            .last()
+            .is_none_or(|last| last.queue_seq + 1 == queue_seq);
+        match entry {
+            Some(entry) if !self.closed && follows => {
+                let bytes = entry.encoded_len();
+                if self.bytes + bytes > QUEUE_PUSH_BYTES_MAX {
+                    self.closed = true;
+                    return;
+                }
+                self.bytes += bytes;
+                self.entries.push(entry);
+            }
+            _ => self.closed = true,
+        }
+    }
+}
+
 impl Effects {
-    /// Adds what `other` asks for: the higher latest sequence of each device, and the outbox.
+    /// Notes an entry appended to `device`'s queue as `queue_seq`, with its wire form when the
+    /// region built it to send along with the push (`None`: the device fetches it).
+    pub fn appended(&mut self, device: DeviceAddress, queue_seq: u64, entry: Option<QueueEntry>) {
+        let latest = self.notify.entry(device).or_insert(queue_seq);
+        *latest = (*latest).max(queue_seq);
+        self.pushed.entry(device).or_default().add(queue_seq, entry);
+    }
+
+    /// Adds what `other` asks for: the higher latest sequence of each device (with `other`'s
+    /// pushed entries where they follow these), and the outbox.
     pub fn merge(&mut self, other: Effects) {
+        let mut other_pushed = other.pushed;
         for (device, latest) in other.notify {
-            let known = self.notify.entry(device).or_insert(latest);
-            *known = (*known).max(latest);
+            let pushed = other_pushed.remove(&device).unwrap_or_default();
+            match self.notify.get_mut(&device) {
+                None => {
+                    self.notify.insert(device, latest);
+                    self.pushed.insert(device, pushed);
+                }
+                Some(known) => {
+                    *known = (*known).max(latest);
+                    let mine = self.pushed.entry(device).or_default();
+                    for entry in pushed.entries {
+                        mine.add(entry.queue_seq, Some(entry));
+                    }
+                    if pushed.closed {
+                        mine.closed = true;
+                    }
+                }
+            }
         }
         self.outbox_pushed |= other.outbox_pushed;
     }
@@ -281,6 +345,9 @@ pub struct FanOut {
     /// (Recipient, sender) → whether the recipient blocked the sender (read once per
     /// transaction, with a snapshot read: see `fdb_layers::blocks`).
     blocks: HashMap<(AccountId, AccountId), bool>,
+    /// The log entries this transaction appended, so their queue entries go along with the
+    /// pushes that announce them (`(chat, chat_seq)` → the entry).
+    logged: HashMap<(ChatId, u64), chat_log::LogEntry>,
 }
 
 #[derive(Debug)]
@@ -408,13 +475,15 @@ impl FanOut {
 
     /// Appends the gathered entries to their devices' queues, noting each device for a push.
     pub async fn write(
-        self,
+        mut self,
         tx: &Transaction,
         now_ms: u64,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
-        for (device, entries) in self.entries {
+        for (device, entries) in std::mem::take(&mut self.entries) {
             for GatheredEntry { chat, messages, .. } in entries {
+                // Built before the write: the entry's messages move into its record.
+                let queued = self.pushed_messages(device, chat, &messages);
                 let item = match messages.as_slice() {
                     [message] => QueueItem::MessageRef {
                         chat,
@@ -425,10 +494,45 @@ impl FanOut {
                     _ => QueueItem::MessageRefs { chat, messages },
                 };
                 let queue_seq = enqueue(tx, device, &item, now_ms).await?;
-                effects.notify.insert(device, queue_seq);
+                let pushed = queued.map(|queued| {
+                    let item = match <[QueuedMessage; 1]>::try_from(queued) {
+                        Ok([message]) => queue_entry::Item::Message(message),
+                        Err(queued) => {
+                            queue_entry::Item::Messages(wire::QueuedMessages { messages: queued })
+                        }
+                    };
+                    QueueEntry {
+                        queue_seq,
+                        item: Some(item),
+                    }
+                });
+                effects.appended(device, queue_seq, pushed);
             }
         }
         Ok(())
+    }
+
+    /// `messages` of `chat` as `device` fetches them, when this transaction appended each of
+    /// them to the log and the device sees them under their own numbers (an account with a view
+    /// of the chat fetches its numbers). Anything else (a log entry completed or kept apart
+    /// since, one without the device's ciphertext) is left to the fetch, which reads the log.
+    fn pushed_messages(
+        &self,
+        device: DeviceAddress,
+        chat: ChatId,
+        messages: &[MessageInQueue],
+    ) -> Option<Vec<QueuedMessage>> {
+        let mut queued = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (None, Some(entry)) = (
+                message.shown_seq,
+                self.logged.get(&(chat, message.chat_seq)),
+            ) else {
+                return None;
+            };
+            queued.push(message_for(device, chat, entry.clone(), message.shown()).ok()?);
+        }
+        Some(queued)
     }
 }
 
@@ -627,7 +731,7 @@ pub async fn commit_envelope_into(
     }
 
     // 2. Dedupe, sender FIFO, chat sequence.
-    let envelope_bytes = envelope.encode_to_vec();
+    let envelope_bytes = bytes::Bytes::from(envelope.encode_to_vec());
     let entry = NewEntry {
         chat: parsed.chat,
         sender: parsed.sender,
@@ -666,6 +770,8 @@ pub async fn commit_envelope_into(
             chat_seq,
             server_time_ms,
         } => {
+            // A copy this transaction appended may be completed below: the fetch reads it.
+            fan_out.logged.remove(&(parsed.chat, chat_seq));
             // A recipient whose home moved here after the envelope was first stored here was
             // not queued then, and its old home may never have stored it (it held the envelope
             // while the account moved, then turned it away): it is queued now. A device that
@@ -770,7 +876,21 @@ pub async fn commit_envelope_into(
         AppendOutcome::Appended {
             chat_seq,
             server_time_ms,
-        } => (chat_seq, server_time_ms),
+        } => {
+            fan_out.logged.insert(
+                (parsed.chat, chat_seq),
+                chat_log::LogEntry {
+                    chat_seq,
+                    sender: parsed.sender,
+                    client_message_id: parsed.client_message_id,
+                    sender_seq: parsed.sender_seq,
+                    sender_region,
+                    server_time_ms,
+                    envelope_bytes: envelope_bytes.clone(),
+                },
+            );
+            (chat_seq, server_time_ms)
+        }
         AppendOutcome::FirstAfterImport {
             chat_seq,
             server_time_ms,

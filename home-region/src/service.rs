@@ -1670,7 +1670,12 @@ impl RegionService {
             .subscriptions
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        let mut pushed = effects.pushed;
         for (device, latest_queue_seq) in effects.notify {
+            let entries = pushed
+                .remove(&device)
+                .map(|pushed| pushed.entries)
+                .unwrap_or_default();
             let Some(streams) = subscriptions.get(&device) else {
                 self.inner
                     .pusher
@@ -1680,6 +1685,7 @@ impl RegionService {
             let push = DeviceQueueAvailable {
                 device: device.into(),
                 latest_queue_seq,
+                entries,
             };
             for sender in streams.values() {
                 if sender

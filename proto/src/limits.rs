@@ -39,6 +39,12 @@ pub const QUEUE_FETCH_ENTRIES_MAX: u32 = 1_024;
 /// the device could never fetch its queue again.
 pub const QUEUE_FETCH_BYTES_MAX: usize = 512 * 1024;
 
+/// Most bytes of queue entries (as encoded) a push carries along with its hint: the entries a
+/// commit appended, up to this budget (a push never holds an entry past it; the device fetches
+/// what did not fit). Small: the edge holds them for each connection until its device reads
+/// the push, so a device that reads slowly costs the edge this much more at most.
+pub const QUEUE_PUSH_BYTES_MAX: usize = 16 * 1024;
+
 /// Bytes a queue entry adds to its device's ciphertext at most (ids, sequences, times, the
 /// sender, tags and lengths), for the relations below.
 pub const QUEUE_ENTRY_OVERHEAD_BYTES_MAX: usize = 1_024;
@@ -267,6 +273,9 @@ const _: () = assert!(ENVELOPE_RECIPIENT_DEVICES_MAX <= GROUP_ENVELOPE_RECIPIENT
 // envelope, and an envelope fits one frame with the request around it.
 const _: () = assert!(GROUP_MESSAGE_ENVELOPE_BYTES_MAX <= ENVELOPE_BYTES_MAX);
 const _: () = assert!(ENVELOPE_BYTES_MAX + 1_024 <= FRAME_BYTES_MAX);
+// A push with its entries fits one frame, with the frame's own fields; it is a page's part.
+const _: () = assert!(QUEUE_PUSH_BYTES_MAX + 1_024 <= FRAME_BYTES_MAX);
+const _: () = assert!(QUEUE_PUSH_BYTES_MAX <= QUEUE_FETCH_BYTES_MAX);
 // A queued group message (the group ciphertext, session id and group fields instead of a
 // device ciphertext) stays within the queue entry bounds below.
 const _: () = assert!(GROUP_CIPHERTEXT_BYTES_MAX <= CIPHERTEXT_BYTES_MAX);

@@ -2331,6 +2331,12 @@ pub struct DeviceQueueAvailable {
     /// The highest queue sequence now assigned.
     #[prost(uint64, tag = "2")]
     pub latest_queue_seq: u64,
+    /// Entries the region appended, sent along so the device need not fetch them: gapless, in
+    /// queue order, at most [`crate::limits::QUEUE_PUSH_BYTES_MAX`] encoded, possibly fewer
+    /// than were appended (the rest, or all when empty, are fetched). A device takes them only
+    /// when the first follows its cursor, and acknowledges them as a fetched page's.
+    #[prost(message, repeated, tag = "3")]
+    pub entries: Vec<QueueEntry>,
 }
 
 /// A server-visible receipt travelling to the sender's home region.

@@ -13,7 +13,7 @@
 use relay_proto::limits::{
     ONE_TIME_KEYS_AT_REGISTRATION, ONE_TIME_KEYS_LOW_WATERMARK, ONE_TIME_KEYS_PER_UPLOAD_MAX,
 };
-use relay_proto::wire::{FallbackKeyState, OneTimeKeyCount};
+use relay_proto::wire::{FallbackKeyState, OneTimeKeyCount, QueueEntry};
 
 use super::{Core, Purpose, Report, Request, Response};
 use crate::error::{ClientError, Result};
@@ -59,6 +59,8 @@ pub(super) struct Incoming {
     pub(super) key_upload_at: Option<u64>,
     /// Whether an upload is in flight.
     uploading: bool,
+    /// The highest queue sequence a push announced on this connection.
+    announced: u64,
 }
 
 impl Incoming {
@@ -81,6 +83,11 @@ impl Incoming {
     /// Acks may be owed from before (an earlier connection or run).
     pub(super) fn acks_may_be_owed(&mut self) {
         self.acks_owed = true;
+    }
+
+    /// A new connection: its pushes announce afresh.
+    pub(super) fn connected(&mut self) {
+        self.announced = 0;
     }
 }
 
@@ -245,10 +252,78 @@ impl Core {
             .last()
             .is_none_or(|last| last.queue_seq >= batch.latest_queue_seq);
         if count > 0 {
+            self.take_page(cursor, &batch.entries)?;
+        }
+        let keys = OneTimeKeyCount {
+            remaining: batch.one_time_keys_remaining,
+            fallback_key: batch.fallback_key,
+            cached: false,
+        };
+        self.keep_keys(keys, at_end, now_ms)?;
+        self.incoming.rounds += 1;
+        if at_end || self.incoming.rounds >= FETCH_ROUNDS_MAX {
+            self.incoming.ended = true;
+            self.step_ack()?;
+            self.finish_catch_up();
+        }
+        Ok(())
+    }
+
+    /// A push announced entries up to `latest_queue_seq` and brought `entries` along. When no
+    /// fetch is in flight and the run (past what is stored already) follows the cursor, it is
+    /// taken as a fetched page and acknowledged; if it reaches every entry announced on this
+    /// connection, that is the catch-up's end, with no fetch. Anything else asks for a fetch.
+    pub(super) fn handle_pushed(
+        &mut self,
+        latest_queue_seq: u64,
+        entries: Vec<QueueEntry>,
+    ) -> Result<()> {
+        self.incoming.announced = self.incoming.announced.max(latest_queue_seq);
+        let cursor = if self.incoming.in_flight || entries.is_empty() {
+            None
+        } else {
+            Some(self.store.queue_cursor()?)
+        };
+        let fresh = match cursor {
+            Some(cursor) => {
+                let fresh: Vec<QueueEntry> = entries
+                    .into_iter()
+                    .skip_while(|entry| entry.queue_seq <= cursor)
+                    .collect();
+                fresh
+                    .first()
+                    .is_some_and(|first| first.queue_seq == cursor + 1)
+                    .then_some((cursor, fresh))
+            }
+            None => None,
+        };
+        let Some((cursor, fresh)) = fresh else {
+            self.incoming.want();
+            return Ok(());
+        };
+        self.take_page(cursor, &fresh)?;
+        let last = fresh.last().map_or(cursor, |last| last.queue_seq);
+        if last < self.incoming.announced {
+            self.incoming.want();
+        } else if !self.incoming.wanted {
+            // A catch-up of its own, at its end already: its acks go, then it finishes.
+            self.incoming.wanted = true;
+            self.incoming.rounds = 0;
+            self.incoming.ended = true;
+        }
+        self.step_ack()?;
+        self.finish_catch_up();
+        Ok(())
+    }
+
+    /// Processes and stores `entries`, the page after `cursor`, reporting what arrived; their
+    /// acks are owed from then on.
+    fn take_page(&mut self, cursor: u64, entries: &[QueueEntry]) -> Result<()> {
+        {
             let me = self.identity.address();
             let wall_ms = self.wall_ms;
             let reports = self.store.write_with_crypto(|writer, crypto| {
-                process_entries(writer, crypto, me, cursor, &batch.entries, wall_ms)
+                process_entries(writer, crypto, me, cursor, entries, wall_ms)
             })?;
             // Messages first, then the changes of the page and the own devices' sync messages
             // (committed above, so redelivered after a crash and applied again).
@@ -268,18 +343,6 @@ impl Core {
             );
             self.apply_to_history(&reports)?;
             self.incoming.acks_owed = true;
-        }
-        let keys = OneTimeKeyCount {
-            remaining: batch.one_time_keys_remaining,
-            fallback_key: batch.fallback_key,
-            cached: false,
-        };
-        self.keep_keys(keys, at_end, now_ms)?;
-        self.incoming.rounds += 1;
-        if at_end || self.incoming.rounds >= FETCH_ROUNDS_MAX {
-            self.incoming.ended = true;
-            self.step_ack()?;
-            self.finish_catch_up();
         }
         Ok(())
     }

@@ -36,8 +36,8 @@ use std::net::SocketAddr;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_proto::wire::{
-    AccountInfo, Envelope, KeyBundle, OneTimeKey, OneTimeKeyCount, QueueBatch, send_outcome,
-    validate_account_name,
+    AccountInfo, Envelope, KeyBundle, OneTimeKey, OneTimeKeyCount, QueueBatch, QueueEntry,
+    send_outcome, validate_account_name,
 };
 use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId, ErrorCode};
 
@@ -651,6 +651,7 @@ impl Core {
         self.connected_at = Some(now_ms);
         self.incoming.key_upload_at = None;
         self.incoming.acks_may_be_owed();
+        self.incoming.connected();
         if self.store.last_edge().ok().flatten() != Some(edge)
             && let Err(error) = self.store.write(|writer| writer.set_last_edge(edge))
         {
@@ -775,10 +776,16 @@ impl Core {
             .push_back(Report::Event(Event::Note { message }));
     }
 
-    /// The edge said new entries wait in the queue.
-    pub fn handle_push(&mut self) {
-        if self.mode == Mode::Live {
-            self.incoming.want();
+    /// The edge said new entries wait in the queue, up to `latest_queue_seq`, and sent
+    /// `entries` of them along (a gapless run, possibly none). A run that follows the cursor
+    /// is taken as a fetched page would be, when no fetch is in flight; what it does not reach
+    /// is fetched.
+    pub fn handle_push(&mut self, latest_queue_seq: u64, entries: Vec<QueueEntry>) {
+        if self.mode != Mode::Live || self.rolled_back.is_some() || self.failure.is_some() {
+            return;
+        }
+        if let Err(error) = self.handle_pushed(latest_queue_seq, entries) {
+            self.fail(error);
         }
     }
 

@@ -693,7 +693,7 @@ fn a_push_that_comes_while_a_page_is_fetched_calls_for_one_more() {
     };
     // The region read the page, then committed an entry and pushed before the page arrived:
     // the empty page is not the queue's end.
-    rig.core.handle_push();
+    rig.core.handle_push(1, Vec::new());
     assert_eq!(fetches(&rig.actions(1)), 0, "one fetch at a time");
     rig.core.handle_answer(fetch, empty(), 2);
     let actions = rig.actions(2);
@@ -702,6 +702,143 @@ fn a_push_that_comes_while_a_page_is_fetched_calls_for_one_more() {
     // No push meanwhile: an empty page ends the catch-up.
     rig.core.handle_answer(again, empty(), 3);
     assert_eq!(fetches(&rig.actions(3)), 0);
+}
+
+/// Queue entries numbered `seqs`, each a delivered receipt of a message alice never sent (taken
+/// and acknowledged, changing nothing).
+fn receipt_entries(seqs: std::ops::RangeInclusive<u64>) -> Vec<QueueEntry> {
+    seqs.map(|queue_seq| QueueEntry {
+        queue_seq,
+        item: Some(queue_entry::Item::Receipt(
+            relay_proto::wire::QueuedReceipt {
+                chat: ChatId::direct(ALICE.account, BOB.account).0.to_vec(),
+                client_message_id: vec![queue_seq as u8; 16],
+                recipient: BOB.into(),
+                state: relay_proto::wire::ReceiptState::Delivered as i32,
+                at_ms: WALL_MS,
+                sender: ALICE.into(),
+            },
+        )),
+    })
+    .collect()
+}
+
+/// The fetches and acks among `actions`.
+fn fetches_and_acks(actions: &[Action]) -> Vec<(RequestId, Request)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Request { id, request }
+                if matches!(request, Request::Fetch { .. } | Request::Ack(_)) =>
+            {
+                Some((*id, request.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A queue page as the region answers a fetch, keys plenty.
+fn queue_page(entries: Vec<QueueEntry>, latest_queue_seq: u64) -> Result<Response> {
+    Ok(Response::Queue(QueueBatch {
+        entries,
+        latest_queue_seq,
+        one_time_keys_remaining: 50,
+        fallback_key: FallbackKeyState::Unused as i32,
+    }))
+}
+
+/// Alice connected, her first catch-up over (an empty queue).
+fn alice_caught_up() -> Rig {
+    let mut rig = alice(Mode::Live);
+    let actions = rig.connect(0);
+    let (fetch, _) = request(&actions, |r| matches!(r, Request::Fetch { .. }));
+    rig.core.handle_answer(fetch, queue_page(Vec::new(), 0), 1);
+    assert!(fetches_and_acks(&rig.actions(1)).is_empty());
+    rig
+}
+
+#[test]
+fn entries_a_push_brings_along_are_taken_and_acknowledged_without_a_fetch() {
+    let mut rig = alice_caught_up();
+    let caught_up = rig.core.caught_up();
+    rig.core.handle_push(2, receipt_entries(1..=2));
+    assert_eq!(rig.core.store().queue_cursor().expect("cursor"), 2);
+    let actions = rig.actions(2);
+    let requests = fetches_and_acks(&actions);
+    assert!(
+        matches!(requests.as_slice(), [(_, Request::Ack(acked))] if *acked == vec![1, 2]),
+        "an ack and no fetch: {requests:?}"
+    );
+    rig.core
+        .handle_answer(requests[0].0, Ok(Response::Acked), 3);
+    assert_eq!(rig.core.caught_up(), caught_up + 1, "a catch-up of its own");
+    assert!(rig.core.store().pending_acks().expect("acks").is_empty());
+    // The next push's entries follow the new cursor; one already stored is skipped.
+    rig.core.handle_push(3, receipt_entries(2..=3));
+    let requests = fetches_and_acks(&rig.actions(4));
+    assert!(
+        matches!(requests.as_slice(), [(_, Request::Ack(acked))] if *acked == vec![3]),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn a_pushed_run_that_does_not_follow_the_cursor_or_falls_short_is_fetched() {
+    let mut rig = alice_caught_up();
+    // A gap (entry 1 went in a push this device never read): nothing taken, a fetch.
+    rig.core.handle_push(2, receipt_entries(2..=2));
+    assert_eq!(rig.core.store().queue_cursor().expect("cursor"), 0);
+    let requests = fetches_and_acks(&rig.actions(2));
+    assert!(
+        matches!(
+            requests.as_slice(),
+            [(_, Request::Fetch { after_queue_seq: 0 })]
+        ),
+        "{requests:?}"
+    );
+    // While that fetch is in flight, a run that follows is left to it.
+    rig.core.handle_push(3, receipt_entries(1..=3));
+    assert_eq!(rig.core.store().queue_cursor().expect("cursor"), 0);
+    assert!(
+        fetches_and_acks(&rig.actions(3)).is_empty(),
+        "one fetch at a time"
+    );
+    rig.core
+        .handle_answer(requests[0].0, queue_page(receipt_entries(1..=3), 3), 4);
+    let requests = fetches_and_acks(&rig.actions(4));
+    let (ack, _) = request(&rig_actions_of(&requests), |r| {
+        *r == Request::Ack(vec![1, 2, 3])
+    });
+    rig.core.handle_answer(ack, Ok(Response::Acked), 5);
+    // The push that came during the fetch asks for one more page; it comes back empty.
+    let requests = fetches_and_acks(&rig.actions(5));
+    let (fetch, _) = request(&rig_actions_of(&requests), |r| {
+        *r == Request::Fetch { after_queue_seq: 3 }
+    });
+    rig.core.handle_answer(fetch, queue_page(Vec::new(), 3), 6);
+    assert!(fetches_and_acks(&rig.actions(6)).is_empty());
+    // A run short of what was announced: taken, then the rest fetched after it.
+    rig.core.handle_push(6, receipt_entries(4..=5));
+    assert_eq!(rig.core.store().queue_cursor().expect("cursor"), 5);
+    let requests = fetches_and_acks(&rig.actions(7));
+    request(&rig_actions_of(&requests), |r| {
+        *r == Request::Ack(vec![4, 5])
+    });
+    request(&rig_actions_of(&requests), |r| {
+        *r == Request::Fetch { after_queue_seq: 5 }
+    });
+}
+
+/// `requests` as the actions that carried them.
+fn rig_actions_of(requests: &[(RequestId, Request)]) -> Vec<Action> {
+    requests
+        .iter()
+        .map(|(id, request)| Action::Request {
+            id: *id,
+            request: request.clone(),
+        })
+        .collect()
 }
 
 #[test]

@@ -395,14 +395,20 @@ impl LocalReceipts {
         }
         for (address, receipts) in self.queued {
             for chunk in receipts.chunks(RECEIPTS_PER_QUEUE_ENTRY_MAX) {
-                let item = match chunk {
-                    [receipt] => QueueItem::Receipt(receipt.encode_to_vec()),
-                    _ => QueueItem::Receipts(
-                        wire::QueuedReceipts {
-                            receipts: chunk.to_vec(),
-                        }
-                        .encode_to_vec(),
+                let (item, pushed) = match chunk {
+                    [receipt] => (
+                        QueueItem::Receipt(receipt.encode_to_vec()),
+                        wire::queue_entry::Item::Receipt(receipt.clone()),
                     ),
+                    _ => {
+                        let receipts = wire::QueuedReceipts {
+                            receipts: chunk.to_vec(),
+                        };
+                        (
+                            QueueItem::Receipts(receipts.encode_to_vec()),
+                            wire::queue_entry::Item::Receipts(receipts),
+                        )
+                    }
                 };
                 // The sender's own queue may be the damaged one: that must not fail (and
                 // quarantine) the device whose ack or the region whose batch brought the
@@ -417,7 +423,11 @@ impl LocalReceipts {
                 };
                 match appended {
                     QueueAppend::Appended { queue_seq } => {
-                        effects.notify.insert(address, queue_seq);
+                        let entry = wire::QueueEntry {
+                            queue_seq,
+                            item: Some(pushed),
+                        };
+                        effects.appended(address, queue_seq, Some(entry));
                     }
                     // The receipt's state is recorded; only its push to a device whose queue is
                     // at the cap is skipped, so acknowledging the message never fails because

@@ -141,7 +141,34 @@ async fn commit(
     let CommitDecision::Answer(outcome) = decision else {
         panic!("a recipient queue was unreadable: {decision:?}");
     };
+    check_pushed(db, &effects).await;
     (outcome.outcome.expect("an outcome"), effects)
+}
+
+/// Checks what `effects` sends along with its pushes: for each device, a gapless run from the
+/// first entry the transaction appended for it, each entry exactly as the device fetches it.
+async fn check_pushed(db: &Database, effects: &Effects) {
+    for (device, pushed) in &effects.pushed {
+        let Some(first) = pushed.entries.first() else {
+            continue;
+        };
+        assert!(
+            effects.notify.get(device) >= Some(&pushed.entries[pushed.entries.len() - 1].queue_seq),
+            "announced up to the last entry sent along"
+        );
+        let (batch, _) = fetch_after(db, *device, &[], first.queue_seq - 1)
+            .await
+            .expect("fetched");
+        assert!(
+            batch.entries.len() >= pushed.entries.len(),
+            "{device}: {batch:?}"
+        );
+        assert_eq!(
+            batch.entries[..pushed.entries.len()],
+            pushed.entries[..],
+            "{device}: sent along as fetched"
+        );
+    }
 }
 
 /// The messages of `batch` as (the first byte of their client message id, the number they are
@@ -165,7 +192,9 @@ fn shown_messages(batch: &QueueBatch) -> Vec<(u8, u64)> {
 }
 
 async fn fetch(db: &Database, device: DeviceAddress, ack: &[u64]) -> (QueueBatch, Effects) {
-    fetch_after(db, device, ack, 0).await.expect("fetched")
+    let (batch, effects) = fetch_after(db, device, ack, 0).await.expect("fetched");
+    check_pushed(db, &effects).await;
+    (batch, effects)
 }
 
 async fn fetch_after(
@@ -1214,6 +1243,7 @@ async fn commit_together(db: &Database, envelopes: &[Envelope]) -> Effects {
     })
     .await
     .expect("committed");
+    check_pushed(db, &effects).await;
     effects
 }
 
@@ -1241,6 +1271,8 @@ async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry()
     let effects = commit_together(&f.db, &[message(1), message(2), message(3)]).await;
     for device in &devices {
         assert_eq!(effects.notify.get(device), Some(&1), "one entry each");
+        // Sent along with the push, as the member would fetch it (`check_pushed`).
+        assert_eq!(effects.pushed[device].entries.len(), 1, "sent along");
     }
 
     // Each member fetches the three messages as one entry, in order.
@@ -1267,12 +1299,17 @@ async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry()
             .await
             .expect("peeked");
     assert_eq!(pending.len(), 3, "one outbox entry per member's ack");
-    let (taken, _) =
+    let (taken, effects) =
         f.db.transact(|tx| async move { deliver_local_receipts(&tx, HERE, (256, 1_024), 9).await })
             .await
             .expect("store")
             .expect("applied");
     assert_eq!(taken.receipts, 9, "three members × three messages");
+    assert!(
+        !effects.pushed[&alice1].entries.is_empty(),
+        "receipts sent along"
+    );
+    check_pushed(&f.db, &effects).await;
     let (batch, _) = fetch(&f.db, alice1, &[]).await;
     let delivered: BTreeSet<(Vec<u8>, wire::DeviceAddr)> = batch
         .entries
@@ -1477,6 +1514,11 @@ async fn acks_become_delivered_receipts_for_the_sender() {
         effects.notify.get(&alice1),
         Some(&1),
         "alice's receipt is queued here"
+    );
+    assert_eq!(
+        effects.pushed[&alice1].entries.len(),
+        1,
+        "and sent along with its push"
     );
 
     let (alice_batch, _) = fetch(&f.db, alice1, &[]).await;
