@@ -201,30 +201,22 @@ pub fn seal(plaintext: &[u8]) -> SealedBlob {
 
 /// Seals `plaintext` under `key` (tests give their own; a real blob takes a fresh one).
 pub fn seal_with_key(plaintext: &[u8], key: [u8; BLOB_KEY_BYTES]) -> SealedBlob {
-    let cipher = ChaCha20Poly1305::new(&key.into());
-    let chunks = chunk_count(plaintext.len() as u64);
-    let mut ciphertext = Vec::with_capacity(
-        usize::try_from(sealed_size(plaintext.len() as u64)).unwrap_or(plaintext.len()),
-    );
-    for index in 0..chunks {
-        let start = usize::try_from(index).unwrap_or(usize::MAX) * BLOB_PLAINTEXT_CHUNK_BYTES;
-        let end = (start + BLOB_PLAINTEXT_CHUNK_BYTES).min(plaintext.len());
-        let chunk = plaintext.get(start..end).unwrap_or_default();
-        let nonce = chunk_nonce(index, index + 1 == chunks);
-        // Encryption with a valid key and nonce fails only past ChaCha20's 256 GiB per
-        // nonce; a chunk is 64 KiB.
-        let sealed = cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: chunk,
-                    aad: BLOB_AAD,
-                },
-            )
+    let mut sealer = Sealer::with_key(key, plaintext.len() as u64);
+    let mut ciphertext =
+        Vec::with_capacity(usize::try_from(sealer.sealed_bytes()).unwrap_or(plaintext.len()));
+    for index in 0..sealer.chunks() {
+        let range = sealer.chunk_plaintext(index);
+        let chunk = usize::try_from(range.start)
+            .ok()
+            .zip(usize::try_from(range.end).ok())
+            .and_then(|(start, end)| plaintext.get(start..end))
             .unwrap_or_default();
-        ciphertext.extend_from_slice(&sealed);
+        // The chunk is the length its index asks for: sealing cannot refuse it.
+        if let Ok(sealed) = sealer.seal_chunk(index, chunk) {
+            ciphertext.extend_from_slice(&sealed);
+        }
     }
-    let sha256 = Sha256::digest(&ciphertext).into();
+    let sha256 = sealer.sha256().unwrap_or_default();
     SealedBlob {
         ciphertext,
         key,
@@ -232,18 +224,120 @@ pub fn seal_with_key(plaintext: &[u8], key: [u8; BLOB_KEY_BYTES]) -> SealedBlob 
     }
 }
 
+/// Seals a plaintext of a known length chunk by chunk, so a file is sealed while it is sent
+/// and never held whole: in order, or again from any chunk (a resumed upload sends again what
+/// the region did not commit; under one key, STREAM seals a chunk to the same bytes every
+/// time). The ciphertext's SHA-256 grows as each chunk is sealed for the first time, in order.
+pub struct Sealer {
+    cipher: ChaCha20Poly1305,
+    key: [u8; BLOB_KEY_BYTES],
+    plaintext_bytes: u64,
+    chunks: u64,
+    hasher: Sha256,
+    /// Chunks hashed so far (`0..hashed`).
+    hashed: u64,
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl Sealer {
+    /// A sealer under a fresh random key.
+    pub fn new(plaintext_bytes: u64) -> Self {
+        let mut key = [0u8; BLOB_KEY_BYTES];
+        rand::rng().fill_bytes(&mut key);
+        Self::with_key(key, plaintext_bytes)
+    }
+
+    /// A sealer under `key` (tests give their own).
+    pub fn with_key(key: [u8; BLOB_KEY_BYTES], plaintext_bytes: u64) -> Self {
+        Sealer {
+            cipher: ChaCha20Poly1305::new(&key.into()),
+            key,
+            plaintext_bytes,
+            chunks: chunk_count(plaintext_bytes),
+            hasher: Sha256::new(),
+            hashed: 0,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> [u8; BLOB_KEY_BYTES] {
+        self.key
+    }
+
+    /// Chunks of the plaintext.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    /// Bytes of the ciphertext.
+    pub fn sealed_bytes(&self) -> u64 {
+        sealed_size(self.plaintext_bytes)
+    }
+
+    /// The plaintext bytes chunk `index` seals.
+    pub fn chunk_plaintext(&self, index: u64) -> std::ops::Range<u64> {
+        let start = index.saturating_mul(BLOB_PLAINTEXT_CHUNK_BYTES as u64);
+        let end = start
+            .saturating_add(BLOB_PLAINTEXT_CHUNK_BYTES as u64)
+            .min(self.plaintext_bytes);
+        start.min(end)..end
+    }
+
+    /// The chunk holding byte `offset` of the ciphertext, and where in its sealed bytes.
+    pub fn chunk_at(&self, offset: u64) -> (u64, usize) {
+        let sealed_chunk = (BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES) as u64;
+        let within = usize::try_from(offset % sealed_chunk).unwrap_or(0);
+        (offset / sealed_chunk, within)
+    }
+
+    /// Seals chunk `index` (`plaintext`: the bytes [`Sealer::chunk_plaintext`] names), and
+    /// hashes it when it is the next chunk not hashed yet. A chunk past the end, or plaintext
+    /// of another length, is refused.
+    pub fn seal_chunk(&mut self, index: u64, plaintext: &[u8]) -> Result<Vec<u8>, BlobCryptoError> {
+        let range = self.chunk_plaintext(index);
+        if index >= self.chunks || plaintext.len() as u64 != range.end - range.start {
+            return Err(BlobCryptoError::BadChunk { index });
+        }
+        // Encryption with a valid key and nonce fails only past ChaCha20's 256 GiB per nonce;
+        // a chunk is 64 KiB.
+        let sealed = self
+            .cipher
+            .encrypt(
+                &chunk_nonce(index, index + 1 == self.chunks),
+                Payload {
+                    msg: plaintext,
+                    aad: BLOB_AAD,
+                },
+            )
+            .map_err(|_| BlobCryptoError::BadChunk { index })?;
+        if index == self.hashed {
+            self.hasher.update(&sealed);
+            self.hashed += 1;
+        }
+        Ok(sealed)
+    }
+
+    /// Chunks hashed so far: the next to seal for the hash is this one.
+    pub fn hashed_chunks(&self) -> u64 {
+        self.hashed
+    }
+
+    /// The ciphertext's SHA-256, once every chunk was sealed (in order, at least once).
+    pub fn sha256(&self) -> Option<[u8; BLOB_SHA256_BYTES]> {
+        (self.hashed == self.chunks).then(|| self.hasher.clone().finalize().into())
+    }
+}
+
 /// Checks `ciphertext` against `reference` (size, SHA-256) and opens it, chunk by chunk.
 pub fn open(reference: &BlobRef, ciphertext: &[u8]) -> Result<Vec<u8>, BlobCryptoError> {
-    if ciphertext.len() as u64 != reference.size {
-        return Err(BlobCryptoError::WrongSize {
-            expected: reference.size,
-            found: ciphertext.len() as u64,
-        });
-    }
-    if Sha256::digest(ciphertext).as_slice() != reference.sha256 {
-        return Err(BlobCryptoError::WrongHash);
-    }
-    open_chunks(&reference.key, ciphertext)
+    let mut opener = Opener::new(reference);
+    opener.feed(ciphertext)?;
+    opener.finish()
 }
 
 /// Opens `ciphertext` chunk by chunk under `key`, whatever its hash (each chunk's tag is
@@ -252,30 +346,136 @@ pub fn open_chunks(
     key: &[u8; BLOB_KEY_BYTES],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, BlobCryptoError> {
-    let cipher = ChaCha20Poly1305::new(&(*key).into());
-    let sealed_chunk = BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES;
-    let mut plaintext = Vec::with_capacity(ciphertext.len());
-    let mut index = 0u64;
-    let mut rest = ciphertext;
-    loop {
-        let take = rest.len().min(sealed_chunk);
-        let (chunk, after) = rest.split_at(take);
-        let last = after.is_empty();
-        let opened = cipher
-            .decrypt(
-                &chunk_nonce(index, last),
-                Payload {
-                    msg: chunk,
-                    aad: BLOB_AAD,
-                },
-            )
-            .map_err(|_| BlobCryptoError::BadChunk { index })?;
-        plaintext.extend_from_slice(&opened);
-        if last {
-            return Ok(plaintext);
+    let mut opener = Opener::with_key(*key, ciphertext.len() as u64, None);
+    opener.feed(ciphertext)?;
+    opener.finish()
+}
+
+/// Opens a blob as its ciphertext arrives, so a download is hashed and decrypted while it is
+/// received instead of after: each complete chunk is opened at once (the last one when the
+/// size is reached). The plaintext is handed out only by [`Opener::finish`], once the size and
+/// the SHA-256 are the reference's; as with [`open`], a wrong hash is reported before a chunk
+/// that does not verify.
+pub struct Opener {
+    cipher: ChaCha20Poly1305,
+    key: [u8; BLOB_KEY_BYTES],
+    size: u64,
+    chunks: u64,
+    /// The SHA-256 to check, if any.
+    sha256: Option<[u8; BLOB_SHA256_BYTES]>,
+    hasher: Sha256,
+    received: u64,
+    /// Bytes of the chunk being received.
+    pending: Vec<u8>,
+    next_chunk: u64,
+    plaintext: Vec<u8>,
+    /// The first chunk that did not verify.
+    bad_chunk: Option<u64>,
+}
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl Opener {
+    /// An opener of the blob `reference` names.
+    pub fn new(reference: &BlobRef) -> Self {
+        Self::with_key(reference.key, reference.size, Some(reference.sha256))
+    }
+
+    fn with_key(
+        key: [u8; BLOB_KEY_BYTES],
+        size: u64,
+        sha256: Option<[u8; BLOB_SHA256_BYTES]>,
+    ) -> Self {
+        let sealed_chunk = (BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES) as u64;
+        Opener {
+            cipher: ChaCha20Poly1305::new(&key.into()),
+            key,
+            size,
+            chunks: size.div_ceil(sealed_chunk).max(1),
+            sha256,
+            hasher: Sha256::new(),
+            received: 0,
+            pending: Vec::new(),
+            next_chunk: 0,
+            plaintext: Vec::with_capacity(usize::try_from(size).unwrap_or(0)),
+            bad_chunk: None,
         }
-        rest = after;
-        index += 1;
+    }
+
+    /// Ciphertext bytes received so far (where a resumed download starts).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Takes the next bytes of the ciphertext; more than the reference's size is refused.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), BlobCryptoError> {
+        let found = self.received + bytes.len() as u64;
+        if found > self.size {
+            return Err(BlobCryptoError::WrongSize {
+                expected: self.size,
+                found,
+            });
+        }
+        self.hasher.update(bytes);
+        self.received = found;
+        let sealed_chunk = BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let take = (sealed_chunk - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == sealed_chunk && self.next_chunk + 1 < self.chunks {
+                self.open_pending();
+            }
+        }
+        if self.received == self.size && self.next_chunk + 1 == self.chunks {
+            self.open_pending();
+        }
+        Ok(())
+    }
+
+    fn open_pending(&mut self) {
+        let index = self.next_chunk;
+        let last = index + 1 == self.chunks;
+        let opened = self.cipher.decrypt(
+            &chunk_nonce(index, last),
+            Payload {
+                msg: &self.pending,
+                aad: BLOB_AAD,
+            },
+        );
+        match opened {
+            Ok(opened) if self.bad_chunk.is_none() => self.plaintext.extend_from_slice(&opened),
+            Ok(_) => {}
+            Err(_) => {
+                self.bad_chunk.get_or_insert(index);
+            }
+        }
+        self.pending.clear();
+        self.next_chunk += 1;
+    }
+
+    /// The plaintext, once every byte arrived and the size, the hash and every chunk are right.
+    pub fn finish(mut self) -> Result<Vec<u8>, BlobCryptoError> {
+        if self.received != self.size || self.next_chunk != self.chunks {
+            return Err(BlobCryptoError::WrongSize {
+                expected: self.size,
+                found: self.received,
+            });
+        }
+        if let Some(sha256) = self.sha256
+            && self.hasher.clone().finalize().as_slice() != sha256
+        {
+            return Err(BlobCryptoError::WrongHash);
+        }
+        if let Some(index) = self.bad_chunk {
+            return Err(BlobCryptoError::BadChunk { index });
+        }
+        Ok(std::mem::take(&mut self.plaintext))
     }
 }
 
@@ -360,6 +560,98 @@ mod tests {
                 "{length} bytes"
             );
         }
+    }
+
+    #[test]
+    fn a_sealer_seals_any_chunk_again_to_the_same_bytes_and_hashes_each_once_in_order() {
+        let plain = plaintext(3 * BLOB_PLAINTEXT_CHUNK_BYTES + 100);
+        let key = [7; BLOB_KEY_BYTES];
+        let whole = seal_with_key(&plain, key);
+        let mut sealer = Sealer::with_key(key, plain.len() as u64);
+        assert_eq!(sealer.chunks(), 4);
+        assert_eq!(sealer.sealed_bytes(), whole.ciphertext.len() as u64);
+        let chunk = |sealer: &Sealer, index: u64| {
+            let range = sealer.chunk_plaintext(index);
+            plain[range.start as usize..range.end as usize].to_vec()
+        };
+        let sealed_chunk = BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES;
+        // Out of order: sealed all the same, but hashed only from chunk 0 on, in order.
+        let third = sealer.seal_chunk(2, &chunk(&sealer, 2)).expect("sealed");
+        assert_eq!(third, whole.ciphertext[2 * sealed_chunk..3 * sealed_chunk]);
+        assert_eq!(sealer.hashed_chunks(), 0);
+        let mut ciphertext = Vec::new();
+        for index in 0..4 {
+            ciphertext.extend(
+                sealer
+                    .seal_chunk(index, &chunk(&sealer, index))
+                    .expect("sealed"),
+            );
+        }
+        assert_eq!(ciphertext, whole.ciphertext);
+        assert_eq!(sealer.sha256(), Some(whole.sha256));
+        // Sealed again (a resumed upload): the same bytes, the hash unchanged.
+        let again = sealer.seal_chunk(1, &chunk(&sealer, 1)).expect("sealed");
+        assert_eq!(again, whole.ciphertext[sealed_chunk..2 * sealed_chunk]);
+        assert_eq!(sealer.sha256(), Some(whole.sha256));
+        // A chunk past the end, or of the wrong length, is refused.
+        assert!(sealer.seal_chunk(4, &[]).is_err());
+        assert!(sealer.seal_chunk(3, &[0; 99]).is_err());
+        // Where a ciphertext offset falls.
+        assert_eq!(sealer.chunk_at(0), (0, 0));
+        assert_eq!(sealer.chunk_at(sealed_chunk as u64 + 5), (1, 5));
+        // An empty blob is one empty chunk.
+        let mut empty = Sealer::with_key(key, 0);
+        assert_eq!(empty.sha256(), None);
+        empty.seal_chunk(0, &[]).expect("sealed");
+        assert_eq!(empty.sha256(), Some(seal_with_key(&[], key).sha256));
+    }
+
+    #[test]
+    fn an_opener_opens_bytes_as_they_arrive_in_pieces_of_any_size() {
+        for length in [
+            0,
+            10,
+            BLOB_PLAINTEXT_CHUNK_BYTES,
+            2 * BLOB_PLAINTEXT_CHUNK_BYTES + 7,
+        ] {
+            let plain = plaintext(length);
+            let sealed = seal(&plain);
+            let reference = reference(&sealed);
+            for piece in [1, 1_000, 65_552, 100_000] {
+                let mut opener = Opener::new(&reference);
+                for bytes in sealed.ciphertext.chunks(piece) {
+                    opener.feed(bytes).expect("fed");
+                }
+                assert_eq!(opener.received(), sealed.ciphertext.len() as u64);
+                assert_eq!(
+                    opener.finish().expect("opens"),
+                    plain,
+                    "{length} in {piece}s"
+                );
+            }
+        }
+        let plain = plaintext(3 * BLOB_PLAINTEXT_CHUNK_BYTES);
+        let sealed = seal(&plain);
+        let reference = reference(&sealed);
+        // Short of the size: not finished. Past it: refused at once.
+        let mut opener = Opener::new(&reference);
+        opener.feed(&sealed.ciphertext[..100]).expect("fed");
+        assert!(matches!(
+            opener.finish(),
+            Err(BlobCryptoError::WrongSize { .. })
+        ));
+        let mut opener = Opener::new(&reference);
+        opener.feed(&sealed.ciphertext).expect("fed");
+        assert!(matches!(
+            opener.feed(&[0]),
+            Err(BlobCryptoError::WrongSize { .. })
+        ));
+        // A damaged chunk: the hash is what is reported, as by `open`.
+        let mut damaged = sealed.ciphertext.clone();
+        damaged[5] ^= 1;
+        let mut opener = Opener::new(&reference);
+        opener.feed(&damaged).expect("fed");
+        assert_eq!(opener.finish(), Err(BlobCryptoError::WrongHash));
     }
 
     #[test]

@@ -30,8 +30,8 @@ use crate::crypto::Crypto;
 use crate::discovery::locate_edges;
 use crate::error::{ClientError, Result};
 use crate::limits::{
-    BLOB_ANSWER_TIMEOUT_MS, BLOB_WRITE_BYTES, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS,
-    PUSHES_BUFFERED_MAX, REQUEST_TIMEOUT_MS,
+    BLOB_ANSWER_TIMEOUT_MS, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, PUSHES_BUFFERED_MAX,
+    REQUEST_TIMEOUT_MS,
 };
 use crate::store::Settings;
 
@@ -46,6 +46,13 @@ pub struct DeviceProgress {
     pub queue_cursor: u64,
     /// The `device_seq` the next envelope will get.
     pub next_device_seq: u64,
+}
+
+/// Where an upload stream's bytes come from, piece by piece (a sealer working while the
+/// stream sends: see [`EdgeConnection::upload_stream`]).
+pub trait UploadSource {
+    /// The next bytes to send; `None` once every byte went.
+    fn next_piece(&mut self) -> impl Future<Output = Result<Option<bytes::Bytes>>>;
 }
 
 /// What the control stream says after authentication.
@@ -617,14 +624,14 @@ impl EdgeConnection {
         }
     }
 
-    /// Uploads `bytes` (the blob's, from `offset` on) on a stream of its own, telling
-    /// `progress` the offset reached after each write; answers the region's status, whose
-    /// `committed_bytes` says what it kept.
-    pub async fn upload_stream(
+    /// Uploads the blob's bytes from `offset` on, as `source` hands them out (sealed while the
+    /// stream sends), on a stream of its own, telling `progress` the offset reached after each
+    /// write; answers the region's status, whose `committed_bytes` says what it kept.
+    pub async fn upload_stream<S: UploadSource>(
         &self,
         id: &[u8],
         offset: u64,
-        bytes: &[u8],
+        source: &mut S,
         progress: &mut dyn FnMut(u64),
     ) -> Result<BlobStatus> {
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
@@ -633,14 +640,15 @@ impl EdgeConnection {
                 command: Some(blob_command::Command::Upload(BlobAt {
                     id: id.to_vec(),
                     offset,
-                    region: 0,
+                    ..Default::default()
                 })),
             })),
         };
         write_frame(&mut send, &request).await?;
         let mut written = offset;
-        for piece in bytes.chunks(BLOB_WRITE_BYTES) {
-            let write = send.write_chunk(bytes::Bytes::copy_from_slice(piece));
+        while let Some(piece) = source.next_piece().await? {
+            let length = piece.len() as u64;
+            let write = send.write_chunk(piece);
             if let Err(error) = tokio::time::timeout(blob_timeout(), write)
                 .await
                 .map_err(|_| NetError::Timeout)?
@@ -653,21 +661,22 @@ impl EdgeConnection {
                     Err(refused) => Err(refused),
                 };
             }
-            written += piece.len() as u64;
+            written += length;
             progress(written);
         }
         let _ = send.finish();
         read_blob_answer(&mut recv).await
     }
 
-    /// Downloads the blob `id` of `region` from `offset` on a stream of its own, appending its
-    /// bytes to `into` and telling `progress` the offset reached; answers the blob's status.
+    /// Downloads the blob `id` of `region` from `offset` on a stream of its own, handing its
+    /// bytes to `into` as they arrive (a refusal there ends the download) and telling
+    /// `progress` the offset reached; answers the blob's status.
     pub async fn download_stream<P: FnMut(u64) + ?Sized>(
         &self,
         region: u32,
         id: &[u8],
         offset: u64,
-        into: &mut Vec<u8>,
+        into: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
         progress: &mut P,
     ) -> Result<BlobStatus> {
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
@@ -677,6 +686,7 @@ impl EdgeConnection {
                     id: id.to_vec(),
                     offset,
                     region,
+                    ..Default::default()
                 })),
             })),
         };
@@ -699,7 +709,7 @@ impl EdgeConnection {
                     status.size_bytes
                 )));
             }
-            into.extend_from_slice(&chunk.bytes);
+            into(&chunk.bytes)?;
             progress(reached);
         }
     }

@@ -31,8 +31,8 @@ pub const ACKS_PER_REQUEST_MAX: usize = QUEUE_FETCH_ENTRIES_MAX as usize;
 
 /// Plaintext bytes in one sealed chunk of a blob (each chunk verifies on its own).
 pub const BLOB_PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
-/// Bytes written to an upload stream at a time (progress is reported after each).
-pub const BLOB_WRITE_BYTES: usize = 256 * 1024;
+/// Bytes of a file read at a time while it is sealed for upload (a file is never held whole).
+pub const BLOB_FILE_READ_BYTES: usize = 1024 * 1024;
 /// Attempts of one upload or download (the first and its resumptions after dropped
 /// connections) before giving up.
 pub const BLOB_TRANSFER_ATTEMPTS_MAX: u32 = 64;

@@ -2,6 +2,12 @@
 //! and uploads its ciphertext to the device's home region on a stream of its own, so messages
 //! keep flowing beside it; [`Device::download_blob`] fetches one by its [`BlobRef`] and opens it.
 //!
+//! Neither waits for the crypto before or after the bytes move: an upload seals each chunk as
+//! the stream asks for it (a file is read as it goes, never held whole; a resumed attempt seals
+//! again, to the same bytes, what the region did not commit) and declares the ciphertext's
+//! SHA-256 at `Finish`, once the last chunk is sealed; a download hashes and opens each chunk as
+//! it arrives ([`blob::Opener`]) and hands out the plaintext once the size and hash check.
+//!
 //! Both resume after a dropped connection instead of starting over: an upload asks the region
 //! where it stands (the committed offset, a multiple of the region's commit unit) and sends the
 //! rest from there; a download asks for the bytes after those it already holds. Each resumption
@@ -15,14 +21,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_proto::ClientMessageId;
-use relay_proto::limits::BLOB_ID_BYTES;
+use relay_proto::limits::{BLOB_ID_BYTES, BLOB_SHA256_BYTES};
 use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, blob_command};
 
-use crate::blob::{self, BlobRef, SealedBlob};
-use crate::connection::EdgeConnection;
+use crate::blob::{self, BlobRef, Sealer};
+use crate::connection::{EdgeConnection, UploadSource};
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
-use crate::limits::{BLOB_ANSWER_TIMEOUT_MS, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX};
+use crate::limits::{
+    BLOB_ANSWER_TIMEOUT_MS, BLOB_FILE_READ_BYTES, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX,
+};
 use crate::media::{Attachment, FileDescription};
 
 /// What a blob transfer tells its progress callback.
@@ -55,17 +63,9 @@ impl Device {
         source: BlobSource<'_>,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<BlobRef> {
-        let plaintext = match source {
-            BlobSource::Bytes(bytes) => Cow::Borrowed(bytes),
-            BlobSource::Path(path) => {
-                Cow::Owned(tokio::fs::read(path).await.map_err(|error| {
-                    ClientError::Invalid(format!("{}: {error}", path.display()))
-                })?)
-            }
-        };
-        let sealed = blob::seal(&plaintext);
-        drop(plaintext);
-        let total_bytes = sealed.ciphertext.len() as u64;
+        let mut plaintext = Plaintext::open(source).await?;
+        let mut sealer = Sealer::new(plaintext.len());
+        let total_bytes = sealer.sealed_bytes();
         let mut begun: Option<BlobStatus> = None;
         let mut last_error = None;
         for attempt in 0..BLOB_TRANSFER_ATTEMPTS_MAX {
@@ -80,10 +80,18 @@ impl Device {
                 }
                 Err(error) => return Err(error),
             };
+            let mut sealing = Sealing {
+                sealer: &mut sealer,
+                plaintext: &mut plaintext,
+                next_chunk: 0,
+                skip: 0,
+            };
             let attempted =
-                upload_attempt(&connection, &sealed, &mut begun, attempt > 0, progress).await;
+                upload_attempt(&connection, &mut sealing, &mut begun, attempt > 0, progress).await;
             match attempted {
-                Ok(finished) => return reference(&finished, &sealed, total_bytes),
+                Ok((finished, sha256)) => {
+                    return reference(&finished, sealer.key(), sha256, total_bytes);
+                }
                 Err(error) if error.is_retryable() => last_error = Some(error),
                 Err(error) => return Err(error),
             }
@@ -226,7 +234,9 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
 ) -> Result<Vec<u8>> {
     {
         let total_bytes = reference.size;
-        let mut ciphertext = Vec::with_capacity(usize::try_from(total_bytes).unwrap_or(0));
+        // Hashed and opened as it arrives: nothing is left to do after the last byte but
+        // compare the hash.
+        let mut opener = blob::Opener::new(reference);
         let mut last_error = None;
         for attempt in 0..BLOB_TRANSFER_ATTEMPTS_MAX {
             if attempt > 0 {
@@ -240,7 +250,7 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
                 }
                 Err(error) => return Err(error),
             };
-            let offset = ciphertext.len() as u64;
+            let offset = opener.received();
             if attempt > 0 {
                 progress(BlobProgress {
                     done_bytes: offset,
@@ -260,7 +270,7 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
                     reference.region,
                     &reference.id,
                     offset,
-                    &mut ciphertext,
+                    &mut |bytes| opener.feed(bytes).map_err(ClientError::from),
                     &mut report,
                 )
                 .await;
@@ -272,14 +282,12 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
                     }
                     .into());
                 }
-                Ok(_) if ciphertext.len() as u64 == total_bytes => {
-                    return Ok(blob::open(reference, &ciphertext)?);
-                }
+                Ok(_) if opener.received() == total_bytes => return Ok(opener.finish()?),
                 // The stream ended early: resume after what arrived.
                 Ok(_) => {
                     last_error = Some(ClientError::Network(format!(
                         "the download stopped at byte {} of {total_bytes}",
-                        ciphertext.len()
+                        opener.received()
                     )));
                 }
                 Err(error) if error.is_retryable() => last_error = Some(error),
@@ -291,20 +299,21 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
 }
 
 /// One attempt of an upload: begins it (first time) or asks where it stands, sends the rest
-/// from the committed offset, and finishes it.
+/// from the committed offset, sealed as it goes, and finishes it with the ciphertext's SHA-256
+/// (which the upload began without: it is known once the last chunk is sealed).
 async fn upload_attempt(
     connection: &Arc<EdgeConnection>,
-    sealed: &SealedBlob,
+    sealing: &mut Sealing<'_, '_>,
     begun: &mut Option<BlobStatus>,
     resuming: bool,
     progress: &mut dyn FnMut(BlobProgress),
-) -> Result<BlobStatus> {
-    let total_bytes = sealed.ciphertext.len() as u64;
+) -> Result<(BlobStatus, [u8; BLOB_SHA256_BYTES])> {
+    let total_bytes = sealing.sealer.sealed_bytes();
     let current = match begun.as_ref() {
         None => {
             let begin = BlobBegin {
                 size_bytes: total_bytes,
-                sha256: sealed.sha256.to_vec(),
+                sha256: Vec::new(),
                 resume: Vec::new(),
             };
             let status = connection.blob(blob_command::Command::Begin(begin)).await?;
@@ -313,7 +322,7 @@ async fn upload_attempt(
         }
         Some(status) => {
             connection
-                .blob(blob_command::Command::Status(at(&status.id)))
+                .blob(blob_command::Command::Status(at(&status.id, Vec::new())))
                 .await?
         }
     };
@@ -324,19 +333,14 @@ async fn upload_attempt(
             resumed_from: Some(current.committed_bytes),
         });
     }
-    if current.finished {
-        return Ok(current);
-    }
     let committed = current.committed_bytes;
-    if committed < total_bytes {
-        let rest = usize::try_from(committed)
-            .ok()
-            .and_then(|start| sealed.ciphertext.get(start..))
-            .ok_or_else(|| {
-                ClientError::UnexpectedResponse(format!(
-                    "the region says {committed} bytes of {total_bytes} are committed"
-                ))
-            })?;
+    if committed > total_bytes {
+        return Err(ClientError::UnexpectedResponse(format!(
+            "the region says {committed} bytes of {total_bytes} are committed"
+        )));
+    }
+    if !current.finished && committed < total_bytes {
+        sealing.start_at(committed);
         let mut report = |reached| {
             progress(BlobProgress {
                 done_bytes: reached,
@@ -345,7 +349,7 @@ async fn upload_attempt(
             });
         };
         let after = connection
-            .upload_stream(&current.id, committed, rest, &mut report)
+            .upload_stream(&current.id, committed, sealing, &mut report)
             .await?;
         if after.committed_bytes < total_bytes {
             return Err(ClientError::Network(format!(
@@ -354,20 +358,173 @@ async fn upload_attempt(
             )));
         }
     }
-    connection
-        .blob(blob_command::Command::Finish(at(&current.id)))
-        .await
+    // Every chunk was sealed once before the region could commit it; this only reads and
+    // seals what an earlier attempt (or none) left unhashed.
+    let sha256 = sealing.sha256().await?;
+    if current.finished {
+        return Ok((current, sha256));
+    }
+    let finished = connection
+        .blob(blob_command::Command::Finish(at(
+            &current.id,
+            sha256.to_vec(),
+        )))
+        .await?;
+    Ok((finished, sha256))
 }
 
-fn at(id: &[u8]) -> BlobAt {
-    BlobAt {
-        id: id.to_vec(),
-        offset: 0,
-        region: 0,
+/// The plaintext of an upload: bytes in memory, or a file read as it is sealed (never held
+/// whole).
+enum Plaintext<'a> {
+    Bytes(&'a [u8]),
+    File {
+        reader: tokio::io::BufReader<tokio::fs::File>,
+        /// Where the reader stands in the file.
+        position: u64,
+        /// The file's length when the upload began.
+        length: u64,
+        /// For errors.
+        path: &'a Path,
+    },
+}
+
+impl<'a> Plaintext<'a> {
+    async fn open(source: BlobSource<'a>) -> Result<Plaintext<'a>> {
+        match source {
+            BlobSource::Bytes(bytes) => Ok(Plaintext::Bytes(bytes)),
+            BlobSource::Path(path) => {
+                let invalid = |error: std::io::Error| {
+                    ClientError::Invalid(format!("{}: {error}", path.display()))
+                };
+                let file = tokio::fs::File::open(path).await.map_err(invalid)?;
+                let length = file.metadata().await.map_err(invalid)?.len();
+                Ok(Plaintext::File {
+                    reader: tokio::io::BufReader::with_capacity(BLOB_FILE_READ_BYTES, file),
+                    position: 0,
+                    length,
+                    path,
+                })
+            }
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Plaintext::Bytes(bytes) => bytes.len() as u64,
+            Plaintext::File { length, .. } => *length,
+        }
+    }
+
+    /// The plaintext bytes of `range` (within the length).
+    async fn read(&mut self, range: std::ops::Range<u64>) -> Result<Cow<'a, [u8]>> {
+        match self {
+            Plaintext::Bytes(bytes) => {
+                let bytes: &'a [u8] = bytes;
+                usize::try_from(range.start)
+                    .ok()
+                    .zip(usize::try_from(range.end).ok())
+                    .and_then(|(start, end)| bytes.get(start..end))
+                    .map(Cow::Borrowed)
+                    .ok_or_else(|| ClientError::Invalid("a blob read past its end".into()))
+            }
+            Plaintext::File {
+                reader,
+                position,
+                path,
+                ..
+            } => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let failed = |error: std::io::Error| {
+                    ClientError::Invalid(format!(
+                        "{}: {error} (did the file change during the upload?)",
+                        path.display()
+                    ))
+                };
+                if *position != range.start {
+                    reader
+                        .seek(std::io::SeekFrom::Start(range.start))
+                        .await
+                        .map_err(failed)?;
+                }
+                let mut chunk = vec![0; usize::try_from(range.end - range.start).unwrap_or(0)];
+                reader.read_exact(&mut chunk).await.map_err(failed)?;
+                *position = range.end;
+                Ok(Cow::Owned(chunk))
+            }
+        }
     }
 }
 
-fn reference(finished: &BlobStatus, sealed: &SealedBlob, total_bytes: u64) -> Result<BlobRef> {
+/// An upload's bytes, sealed chunk by chunk as the stream asks for them, from a committed
+/// offset on.
+struct Sealing<'s, 'a> {
+    sealer: &'s mut Sealer,
+    plaintext: &'s mut Plaintext<'a>,
+    /// The chunk the stream gets next.
+    next_chunk: u64,
+    /// Bytes of that chunk the region already holds.
+    skip: usize,
+}
+
+impl Sealing<'_, '_> {
+    /// The stream starts at ciphertext byte `offset`.
+    fn start_at(&mut self, offset: u64) {
+        let (chunk, within) = self.sealer.chunk_at(offset);
+        self.next_chunk = chunk;
+        self.skip = within;
+    }
+
+    /// Seals chunk `index` from the plaintext.
+    async fn seal(&mut self, index: u64) -> Result<Vec<u8>> {
+        let plaintext = self
+            .plaintext
+            .read(self.sealer.chunk_plaintext(index))
+            .await?;
+        Ok(self.sealer.seal_chunk(index, &plaintext)?)
+    }
+
+    /// The ciphertext's SHA-256, sealing (without sending) the chunks not hashed yet.
+    async fn sha256(&mut self) -> Result<[u8; BLOB_SHA256_BYTES]> {
+        while self.sealer.hashed_chunks() < self.sealer.chunks() {
+            self.seal(self.sealer.hashed_chunks()).await?;
+        }
+        self.sealer
+            .sha256()
+            .ok_or_else(|| ClientError::Invalid("a blob's hash is missing chunks".into()))
+    }
+}
+
+impl UploadSource for Sealing<'_, '_> {
+    async fn next_piece(&mut self) -> Result<Option<bytes::Bytes>> {
+        if self.next_chunk >= self.sealer.chunks() {
+            return Ok(None);
+        }
+        // The hash takes chunks in order: one the stream starts past is sealed for it first.
+        while self.sealer.hashed_chunks() < self.next_chunk {
+            self.seal(self.sealer.hashed_chunks()).await?;
+        }
+        let index = self.next_chunk;
+        let sealed = bytes::Bytes::from(self.seal(index).await?);
+        self.next_chunk += 1;
+        let skip = std::mem::take(&mut self.skip).min(sealed.len());
+        Ok(Some(sealed.slice(skip..)))
+    }
+}
+
+fn at(id: &[u8], sha256: Vec<u8>) -> BlobAt {
+    BlobAt {
+        id: id.to_vec(),
+        sha256,
+        ..Default::default()
+    }
+}
+
+fn reference(
+    finished: &BlobStatus,
+    key: [u8; blob::BLOB_KEY_BYTES],
+    sha256: [u8; BLOB_SHA256_BYTES],
+    total_bytes: u64,
+) -> Result<BlobRef> {
     let id = <[u8; BLOB_ID_BYTES]>::try_from(finished.id.as_slice()).map_err(|_| {
         ClientError::UnexpectedResponse(format!("a blob id of {} bytes", finished.id.len()))
     })?;
@@ -379,9 +536,9 @@ fn reference(finished: &BlobStatus, sealed: &SealedBlob, total_bytes: u64) -> Re
     Ok(BlobRef {
         region: finished.region,
         id,
-        key: sealed.key,
+        key,
         size: total_bytes,
-        sha256: sealed.sha256,
+        sha256,
     })
 }
 

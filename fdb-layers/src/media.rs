@@ -362,10 +362,12 @@ pub async fn commit_upload_bytes(
 }
 
 /// Marks the upload of blob `id` finished and returns its state; `None` when the blob is gone.
-/// The caller checked the bytes first.
+/// The caller checked the bytes first, against `sha256`: the hash the upload began with, or the
+/// one its finish declared when it began without (kept from then on).
 pub async fn finish_upload(
     transaction: &Transaction,
     id: &MediaId,
+    sha256: &[u8],
 ) -> Result<Option<UploadState>, StoreError> {
     let index = MediaIndex::new();
     let Some(mut upload) = read_upload(transaction, &index, id).await? else {
@@ -373,6 +375,9 @@ pub async fn finish_upload(
     };
     if !upload.finished {
         upload.finished = true;
+        if upload.sha256.is_empty() {
+            upload.sha256 = sha256.to_vec();
+        }
         write_upload(transaction, &index, id, &upload)?;
     }
     Ok(Some(upload))
@@ -782,7 +787,7 @@ mod tests {
                 let moved = commit_upload_bytes(&tx, &media_id(1), 0, 300).await?;
                 // A writer that read offset 0 before the move changes nothing.
                 let stale = commit_upload_bytes(&tx, &media_id(1), 0, 100).await?;
-                let finished = finish_upload(&tx, &media_id(1)).await?;
+                let finished = finish_upload(&tx, &media_id(1), &[7; 32]).await?;
                 let after_finish = commit_upload_bytes(&tx, &media_id(1), 300, 600).await?;
                 // The first begin retried after its commit writes nothing.
                 let retried = begin_upload(

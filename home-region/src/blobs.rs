@@ -298,11 +298,9 @@ impl BlobStore {
         begin: &BlobBegin,
         now_ms: u64,
     ) -> Result<BlobStatus, ProtoError> {
-        if begin.sha256.len() != BLOB_SHA256_BYTES {
-            return Err(ProtoError::invalid(format!(
-                "a blob's SHA-256 is {BLOB_SHA256_BYTES} bytes, not {}",
-                begin.sha256.len()
-            )));
+        // Empty: the finish declares it.
+        if !begin.sha256.is_empty() {
+            check_sha256(&begin.sha256)?;
         }
         if begin.size_bytes > self.limits.blob_bytes_max {
             return Err(ProtoError::new(
@@ -498,15 +496,36 @@ impl BlobStore {
     }
 
     /// Finishes `owner`'s upload `id`: every byte committed, and the size and SHA-256 those it
-    /// began with. A mismatch discards the upload.
+    /// began with (or, begun without a hash, the `declared` one). A mismatch discards the
+    /// upload.
     pub async fn finish(
         &self,
         owner: AccountId,
         id: &[u8],
+        declared: &[u8],
         now_ms: u64,
     ) -> Result<BlobStatus, ProtoError> {
         let id = parse_id(id)?;
+        if !declared.is_empty() {
+            check_sha256(declared)?;
+        }
         let (record, upload) = self.owned(owner, &id, now_ms).await?;
+        let expected = match (upload.sha256.as_slice(), declared) {
+            (begun, []) if !begun.is_empty() => begun.to_vec(),
+            ([], declared) if !declared.is_empty() => declared.to_vec(),
+            (begun, declared) if !begun.is_empty() && begun == declared => begun.to_vec(),
+            ([], _) => {
+                return Err(ProtoError::invalid(
+                    "the upload began without a SHA-256: its finish must declare one",
+                ));
+            }
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::BlobMismatch,
+                    "the finish declares another SHA-256 than the upload began with",
+                ));
+            }
+        };
         if upload.finished {
             return Ok(status(&record, &upload));
         }
@@ -533,20 +552,21 @@ impl BlobStore {
                 (size_bytes, hasher)
             }
         };
-        if size_bytes != record.size_bytes || hasher.finalize().as_slice() != upload.sha256 {
+        if size_bytes != record.size_bytes || hasher.finalize().as_slice() != expected {
             tracing::warn!(blob = %hex(&id), "an upload's bytes do not match its hash; discarded");
             self.remove(&id).await?;
             return Err(ProtoError::new(
                 ErrorCode::BlobMismatch,
-                "the uploaded bytes do not match the SHA-256 the upload began with; the upload \
-                 was discarded",
+                "the uploaded bytes do not match the SHA-256 declared for the upload; the \
+                 upload was discarded",
             ));
         }
         let finished = self
             .db
             .transact(|tx| {
                 let id = id.clone();
-                async move { media::finish_upload(&tx, &id).await }
+                let expected = expected.clone();
+                async move { media::finish_upload(&tx, &id, &expected).await }
             })
             .await
             .map_err(blob_store_failure)?
@@ -801,6 +821,16 @@ fn status(record: &MediaRecord, upload: &UploadState) -> BlobStatus {
         expires_at_ms: record.expires_at_ms,
         region: 0,
     }
+}
+
+fn check_sha256(sha256: &[u8]) -> Result<(), ProtoError> {
+    if sha256.len() != BLOB_SHA256_BYTES {
+        return Err(ProtoError::invalid(format!(
+            "a blob's SHA-256 is {BLOB_SHA256_BYTES} bytes, not {}",
+            sha256.len()
+        )));
+    }
+    Ok(())
 }
 
 fn parse_id(id: &[u8]) -> Result<MediaId, ProtoError> {

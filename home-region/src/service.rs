@@ -785,7 +785,11 @@ impl RegionService {
         let status = match request.command.command {
             Some(Command::Begin(begin)) => blobs.begin(device.account, &begin, now).await?,
             Some(Command::Status(at)) => blobs.status(device.account, &at.id, now).await?,
-            Some(Command::Finish(at)) => blobs.finish(device.account, &at.id, now).await?,
+            Some(Command::Finish(at)) => {
+                blobs
+                    .finish(device.account, &at.id, &at.sha256, now)
+                    .await?
+            }
             Some(Command::Upload(_) | Command::Download(_)) => {
                 return Err(ProtoError::invalid(
                     "uploads and downloads open a stream of their own",

@@ -1504,7 +1504,8 @@ pub struct BlobBegin {
     /// The blob's size in bytes.
     #[prost(uint64, tag = "1")]
     pub size_bytes: u64,
-    /// SHA-256 of the blob's bytes (32 bytes); the region checks it at `Finish`.
+    /// SHA-256 of the blob's bytes (32 bytes), or empty: `Finish` declares it (a device that
+    /// seals while it sends knows the hash only at the end). The region checks it at `Finish`.
     #[prost(bytes = "vec", tag = "2")]
     pub sha256: Vec<u8>,
     /// The id of an upload this account began earlier, to resume it (empty: a new upload).
@@ -1525,6 +1526,10 @@ pub struct BlobAt {
     /// (`Download`) the region holding the blob, as its status named it; 0: the device's home.
     #[prost(uint32, tag = "3")]
     pub region: u32,
+    /// (`Finish`) the blob's SHA-256 when `Begin` left it out (32 bytes); empty otherwise, or
+    /// the same as `Begin`'s.
+    #[prost(bytes = "vec", tag = "4")]
+    pub sha256: Vec<u8>,
 }
 
 /// A request about a blob.

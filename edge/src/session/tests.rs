@@ -468,6 +468,7 @@ fn blob_requests_go_home_and_downloads_to_the_blob_s_region() {
         id: vec![1; 16],
         offset: 0,
         region,
+        ..Default::default()
     };
     use wire::blob_command::Command;
     assert_eq!(

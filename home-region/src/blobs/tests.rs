@@ -108,7 +108,7 @@ async fn finished_upload(store: &BlobStore, bytes: &[u8], now_ms: u64) -> BlobSt
         .expect("begins");
     upload_whole(store, &begun, bytes, now_ms).await;
     store
-        .finish(ALICE, &begun.id, now_ms)
+        .finish(ALICE, &begun.id, &[], now_ms)
         .await
         .expect("finishes");
     begun
@@ -139,7 +139,7 @@ fn at(status: &BlobStatus, offset: u64) -> BlobAt {
     BlobAt {
         id: status.id.clone(),
         offset,
-        region: 0,
+        ..Default::default()
     }
 }
 
@@ -185,7 +185,7 @@ async fn an_upload_broken_mid_unit_resumes_from_the_committed_offset() {
     let asked = store.status(ALICE, &begun.id, 2).await.expect("status");
     assert_eq!(asked.committed_bytes, 2 * UNIT as u64);
     assert_eq!(
-        code(store.finish(ALICE, &begun.id, 2).await),
+        code(store.finish(ALICE, &begun.id, &[], 2).await),
         ErrorCode::WrongOffset,
         "an unfinished upload cannot be finished"
     );
@@ -205,10 +205,13 @@ async fn an_upload_broken_mid_unit_resumes_from_the_committed_offset() {
         .await
         .expect("resumes");
     assert_eq!(status.committed_bytes, bytes.len() as u64);
-    let finished = store.finish(ALICE, &begun.id, 4).await.expect("finishes");
+    let finished = store
+        .finish(ALICE, &begun.id, &[], 4)
+        .await
+        .expect("finishes");
     assert!(finished.finished);
     // Finishing twice answers the same.
-    assert_eq!(store.finish(ALICE, &begun.id, 4).await, Ok(finished));
+    assert_eq!(store.finish(ALICE, &begun.id, &[], 4).await, Ok(finished));
     assert_eq!(download_all(store, &begun.id, 0, 5).await, bytes);
     assert_eq!(
         download_all(store, &begun.id, UNIT as u64 + 17, 5).await,
@@ -223,6 +226,62 @@ async fn an_upload_broken_mid_unit_resumes_from_the_committed_offset() {
 }
 
 #[tokio::test]
+async fn an_upload_begun_without_a_hash_is_checked_against_the_one_its_finish_declares() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let bytes = blob_bytes(2 * UNIT + 10);
+    let hash = Sha256::digest(&bytes).to_vec();
+    let mut begin = begin_of(&bytes);
+    begin.sha256 = Vec::new();
+    let begun = store
+        .begin(ALICE, &begin, 0)
+        .await
+        .expect("begins without a hash");
+    upload_whole(store, &begun, &bytes, 1).await;
+    // A finish must declare it then, 32 bytes, and the one the bytes have.
+    assert_eq!(
+        code(store.finish(ALICE, &begun.id, &[], 2).await),
+        ErrorCode::Malformed
+    );
+    assert_eq!(
+        code(store.finish(ALICE, &begun.id, &[1; 5], 2).await),
+        ErrorCode::Malformed
+    );
+    let finished = store
+        .finish(ALICE, &begun.id, &hash, 3)
+        .await
+        .expect("finishes");
+    assert!(finished.finished);
+    // The declared hash is the upload's from then on: a finish again, with it or without
+    // one, answers the same; with another, it is refused.
+    assert_eq!(
+        store.finish(ALICE, &begun.id, &[], 4).await,
+        Ok(finished.clone())
+    );
+    assert_eq!(store.finish(ALICE, &begun.id, &hash, 4).await, Ok(finished));
+    assert_eq!(
+        code(store.finish(ALICE, &begun.id, &[9; 32], 4).await),
+        ErrorCode::BlobMismatch
+    );
+    assert_eq!(download_all(store, &begun.id, 0, 5).await, bytes);
+
+    // A declared hash the bytes do not have discards the upload, as a begun one does.
+    let begun = store
+        .begin(ALICE, &begin, 6)
+        .await
+        .expect("begins without a hash");
+    upload_whole(store, &begun, &bytes, 7).await;
+    assert_eq!(
+        code(store.finish(ALICE, &begun.id, &[9; 32], 8).await),
+        ErrorCode::BlobMismatch
+    );
+    assert_eq!(
+        code(store.status(ALICE, &begun.id, 9).await),
+        ErrorCode::UnknownBlob
+    );
+}
+
+#[tokio::test]
 async fn bytes_that_do_not_match_the_hash_are_discarded_and_return_the_quota() {
     let fixture = fixture(BlobLimits::default());
     let store = &fixture.store;
@@ -232,7 +291,7 @@ async fn bytes_that_do_not_match_the_hash_are_discarded_and_return_the_quota() {
     let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
     upload_whole(store, &begun, &bytes, 1).await;
     assert_eq!(
-        code(store.finish(ALICE, &begun.id, 2).await),
+        code(store.finish(ALICE, &begun.id, &[], 2).await),
         ErrorCode::BlobMismatch
     );
     assert_eq!(
@@ -344,10 +403,13 @@ async fn only_the_owner_uploads_and_anyone_with_the_id_downloads_a_finished_blob
     );
     upload_whole(store, &begun, &bytes, 1).await;
     assert_eq!(
-        code(store.finish(BOB, &begun.id, 2).await),
+        code(store.finish(BOB, &begun.id, &[], 2).await),
         ErrorCode::UnknownBlob
     );
-    store.finish(ALICE, &begun.id, 2).await.expect("finishes");
+    store
+        .finish(ALICE, &begun.id, &[], 2)
+        .await
+        .expect("finishes");
     assert_eq!(download_all(store, &begun.id, 0, 3).await, bytes);
     assert_eq!(
         code(store.open_download(&[9; BLOB_ID_BYTES], 0, 3).await),
@@ -445,7 +507,10 @@ async fn a_blob_kept_in_the_store_uploads_resumes_downloads_and_is_swept() {
         .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 0)
         .await
         .expect("resumes");
-    store.finish(ALICE, &begun.id, 0).await.expect("finishes");
+    store
+        .finish(ALICE, &begun.id, &[], 0)
+        .await
+        .expect("finishes");
     assert_eq!(download_all(store, &begun.id, 0, 1).await, bytes);
     assert_eq!(
         download_all(store, &begun.id, UNIT as u64 + 3, 1).await,
@@ -531,7 +596,10 @@ async fn garbage_units_are_overwritten_or_swept() {
         .upload(ALICE, &at(&begun, 0), &mut all, 1)
         .await
         .expect("uploads over the stray unit");
-    store.finish(ALICE, &begun.id, 2).await.expect("finishes");
+    store
+        .finish(ALICE, &begun.id, &[], 2)
+        .await
+        .expect("finishes");
     assert_eq!(download_all(store, &begun.id, 0, 3).await, bytes);
 
     // A unit damaged on disk after the finish is refused, never served.
@@ -570,7 +638,7 @@ async fn an_upload_resumed_after_a_restart_is_read_back_and_checked_at_finish() 
             .upload(ALICE, &at(&begun, UNIT as u64), &mut rest, 2)
             .await
             .expect("the rest");
-        let finished = after.finish(ALICE, &begun.id, 3).await;
+        let finished = after.finish(ALICE, &begun.id, &[], 3).await;
         if wrong_hash {
             assert_eq!(code(finished), ErrorCode::BlobMismatch);
         } else {
