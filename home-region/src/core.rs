@@ -345,9 +345,73 @@ pub struct FanOut {
     /// (Recipient, sender) → whether the recipient blocked the sender (read once per
     /// transaction, with a snapshot read: see `fdb_layers::blocks`).
     blocks: HashMap<(AccountId, AccountId), bool>,
-    /// The log entries this transaction appended, so their queue entries go along with the
-    /// pushes that announce them (`(chat, chat_seq)` → the entry).
-    logged: HashMap<(ChatId, u64), chat_log::LogEntry>,
+    /// The envelopes this transaction appended to the log, so their queue entries go along
+    /// with the pushes that announce them (`(chat, chat_seq)` → the envelope).
+    logged: HashMap<(ChatId, u64), Logged>,
+}
+
+/// An envelope a transaction logged, as its queue entries show it to each recipient device:
+/// the log entry's fields, and each device's ciphertext found in one walk over the envelope
+/// (a fetch reading the stored envelope walks it once per member device).
+#[derive(Debug)]
+struct Logged {
+    sender: DeviceAddress,
+    client_message_id: relay_proto::ClientMessageId,
+    sender_seq: u64,
+    server_time_ms: u64,
+    group: u64,
+    kind: i32,
+    group_ciphertext: Vec<u8>,
+    group_session_id: String,
+    /// Device → (message type, ciphertext), the first entry of each device.
+    ciphertexts: HashMap<wire::DeviceAddr, (u32, Vec<u8>)>,
+}
+
+impl Logged {
+    fn new(parsed: &wire::ParsedEnvelope, envelope: &wire::Envelope, server_time_ms: u64) -> Self {
+        let mut ciphertexts = HashMap::with_capacity(envelope.ciphertexts.len());
+        for entry in &envelope.ciphertexts {
+            ciphertexts
+                .entry(entry.recipient)
+                .or_insert_with(|| (entry.message_type, entry.body.clone()));
+        }
+        Logged {
+            sender: parsed.sender,
+            client_message_id: parsed.client_message_id,
+            sender_seq: parsed.sender_seq,
+            server_time_ms,
+            group: envelope.group,
+            kind: envelope.kind,
+            group_ciphertext: envelope.group_ciphertext.clone(),
+            group_session_id: envelope.group_session_id.clone(),
+            ciphertexts,
+        }
+    }
+
+    /// Log entry `chat_seq` of `chat` as `device`'s queue shows it (what [`message_for`] makes
+    /// of the stored envelope); `None` when the envelope has no entry for the device.
+    fn message_for(
+        &self,
+        device: DeviceAddress,
+        chat: ChatId,
+        chat_seq: u64,
+    ) -> Option<QueuedMessage> {
+        let (message_type, body) = self.ciphertexts.get(&device.into())?;
+        Some(QueuedMessage {
+            chat: chat.0.to_vec(),
+            chat_seq,
+            sender: self.sender.into(),
+            client_message_id: self.client_message_id.0.to_vec(),
+            sender_seq: self.sender_seq,
+            server_time_ms: self.server_time_ms,
+            message_type: *message_type,
+            ciphertext: body.clone(),
+            group: self.group,
+            kind: self.kind,
+            group_ciphertext: self.group_ciphertext.clone(),
+            group_session_id: self.group_session_id.clone(),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -524,13 +588,13 @@ impl FanOut {
     ) -> Option<Vec<QueuedMessage>> {
         let mut queued = Vec::with_capacity(messages.len());
         for message in messages {
-            let (None, Some(entry)) = (
+            let (None, Some(logged)) = (
                 message.shown_seq,
                 self.logged.get(&(chat, message.chat_seq)),
             ) else {
                 return None;
             };
-            queued.push(message_for(device, chat, entry.clone(), message.shown()).ok()?);
+            queued.push(logged.message_for(device, chat, message.chat_seq)?);
         }
         Some(queued)
     }
@@ -731,7 +795,7 @@ pub async fn commit_envelope_into(
     }
 
     // 2. Dedupe, sender FIFO, chat sequence.
-    let envelope_bytes = bytes::Bytes::from(envelope.encode_to_vec());
+    let envelope_bytes = envelope.encode_to_vec();
     let entry = NewEntry {
         chat: parsed.chat,
         sender: parsed.sender,
@@ -879,15 +943,7 @@ pub async fn commit_envelope_into(
         } => {
             fan_out.logged.insert(
                 (parsed.chat, chat_seq),
-                chat_log::LogEntry {
-                    chat_seq,
-                    sender: parsed.sender,
-                    client_message_id: parsed.client_message_id,
-                    sender_seq: parsed.sender_seq,
-                    sender_region,
-                    server_time_ms,
-                    envelope_bytes: envelope_bytes.clone(),
-                },
+                Logged::new(&parsed, envelope, server_time_ms),
             );
             (chat_seq, server_time_ms)
         }
