@@ -503,6 +503,17 @@ fn an_account_moved_away_is_found_at_its_new_home_while_the_old_homes_disk_fails
     run(&Simulation::swarm(seed_from_env(2160)).with_home_moves());
 }
 
+/// Swarm seed 12030 with its home moves: c1's two devices each sent c0 a text while the
+/// regions were apart, and the two regions' logs of the chat ordered them differently. c0 moved
+/// to c1's region, then c1 to c0's old one, whose log still numbered the chat for c0: the
+/// region adopted c1's old numbering only past its own last number, so c1's devices got each
+/// other's texts under numbers they held for their own (I2). A log that already numbered the
+/// chat now gives a moved-in account a view of its own, as for a peer homed there.
+#[test]
+fn an_account_moving_into_a_log_its_peer_left_keeps_its_own_numbers() {
+    run(&Simulation::swarm(seed_from_env(12030)).with_home_moves());
+}
+
 /// Every region ships its commits to a standby of its own over the simulated network and
 /// acknowledges only what the standby holds; a region crash (its standby then gets the groups
 /// it missed, or a full copy) and a standby crash (its region's commits wait for it) lose

@@ -718,7 +718,7 @@ async fn import(
                 .await?
                 .map(|peer| peer.home_region),
         };
-        let group_read_here = moved.group && chat_log::last_seq(tx, chat).await? > 0;
+        let numbered_here = chat_log::last_seq(tx, chat).await? > 0;
         tracing::debug!(
             %account,
             %chat,
@@ -728,16 +728,21 @@ async fn import(
             last_seq = moved.last_seq,
             "a moved chat"
         );
-        if peer_home == Some(local) || group_read_here {
-            // A 1:1 chat with an account homed here, or a group's chat this region numbered
-            // for its members here: they read this log under its numbers, and the moved
-            // account goes on with the old home's in a view of its own.
+        if peer_home == Some(local) || numbered_here {
+            // A 1:1 chat with an account homed here, or a chat this region numbered already (a
+            // group's for its members here, a 1:1 chat's for a peer homed here once and moved
+            // away since): this log's numbers stand, and the moved account goes on with the
+            // old home's in a view of its own. Two logs of one chat may order the envelopes
+            // that crossed differently (two devices of one account sending while the regions
+            // were apart): adopting would show the moved account's devices this log's order
+            // under numbers they hold for other envelopes.
             chat_log::views::open(tx, chat, account, moved.last_seq)?;
         } else if moved.group {
             // A group's chat this region holds nothing of: nobody here read a number of it.
             chat_log::adopt(tx, chat, moved.last_seq, true).await?;
         } else {
-            // Only a 1:1 chat whose other account lives elsewhere: nobody here reads it. A peer
+            // Only a 1:1 chat whose other account lives elsewhere, and that this log never
+            // numbered: nobody here reads it. A peer
             // this region's directory replica does not know yet (it lags behind the writer,
             // as after a failover) is not homed here either: the region knows its own.
             let peer_elsewhere = moved.peer != 0;
