@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message as _;
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
 use relay_net::config::ConfigError;
@@ -31,7 +30,7 @@ use relay_net::{
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::{
     AUTH_NONCE_BYTES, BLOB_STREAM_IDLE_TIMEOUT_MS, EDGE_ANSWER_TIMEOUT_MS,
-    EDGE_REGION_REQUEST_TIMEOUT_MS, QUEUE_PUSH_BYTES_MAX,
+    EDGE_REGION_REQUEST_TIMEOUT_MS,
 };
 use relay_proto::wire::{
     self, ClientRequest, ClientResponse, DeviceQueueAvailable, RegionRequest, RegionResponse,
@@ -169,7 +168,7 @@ struct Connected {
 /// cursor, so the one announcing the highest queue sequence says everything the others would:
 /// a connection keeps that one number (and a wake-up) instead of a queue of frames, and never
 /// drops a push. The entries the region sent along wait with it, as one gapless run of at most
-/// [`QUEUE_PUSH_BYTES_MAX`]: an entry that does not follow the run, or does not fit, is left
+/// [`relay_proto::limits::QUEUE_PUSH_BYTES_MAX`] (`wire::EntryRun`): an entry that does not follow the run, or does not fit, is left
 /// for the device to fetch (it takes a run only where it follows its cursor).
 ///
 /// Presence updates and typing notices wait beside it, the latest one per watched account and
@@ -189,10 +188,8 @@ struct PushSlot {
 struct WaitingQueue {
     /// The highest `latest_queue_seq` announced; `None`: no queue push waits.
     announced: Option<u64>,
-    /// Entries sent along, gapless.
-    entries: Vec<wire::QueueEntry>,
-    /// Their encoded size.
-    bytes: usize,
+    /// Entries sent along.
+    entries: wire::EntryRun,
 }
 
 impl PushSlot {
@@ -206,17 +203,11 @@ impl PushSlot {
                 .announced
                 .map_or(latest_queue_seq, |known| known.max(latest_queue_seq));
             queue.announced = Some(announced);
+            // An entry that does not join stays for the device to fetch, with those after it.
             for entry in entries {
-                let follows = queue
-                    .entries
-                    .last()
-                    .is_none_or(|last| last.queue_seq + 1 == entry.queue_seq);
-                let bytes = entry.encoded_len();
-                if !follows || queue.bytes + bytes > QUEUE_PUSH_BYTES_MAX {
+                if !queue.entries.join(entry) {
                     break;
                 }
-                queue.bytes += bytes;
-                queue.entries.push(entry);
             }
         }
         self.wake.notify_one();
@@ -254,11 +245,10 @@ impl PushSlot {
                     .queue
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner());
-                queue.bytes = 0;
                 queue
                     .announced
                     .take()
-                    .map(|latest| (latest, std::mem::take(&mut queue.entries)))
+                    .map(|latest| (latest, queue.entries.take()))
             };
             if let Some((latest_queue_seq, entries)) = waiting {
                 return server_push::Event::QueueAvailable(DeviceQueueAvailable {
@@ -2151,6 +2141,9 @@ pub struct SubscriptionsToStart(Vec<RegionId>);
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+    use relay_proto::limits::QUEUE_PUSH_BYTES_MAX;
+
     use super::*;
 
     fn queue(latest_queue_seq: u64) -> server_push::Event {
@@ -2209,7 +2202,7 @@ mod tests {
         assert_eq!(writer.await.expect("writer"), queue(12));
         let queue = slot.queue.lock().expect("queue");
         assert!(
-            queue.announced.is_none() && queue.entries.is_empty(),
+            queue.announced.is_none() && queue.entries.entries().is_empty(),
             "nothing left over"
         );
     }

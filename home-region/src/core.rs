@@ -57,7 +57,7 @@ use relay_planted::PlantedBug;
 use relay_proto::limits::{
     GROUP_MEMBERS_MAX, MESSAGES_PER_QUEUE_ENTRY_MAX, ONE_TIME_KEYS_PER_UPLOAD_MAX,
     QUEUE_ENTRY_OVERHEAD_BYTES_MAX, QUEUE_FETCH_BYTES_MAX, QUEUE_FETCH_ENTRIES_MAX,
-    QUEUE_PUSH_BYTES_MAX, QUEUED_MESSAGES_BYTES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
+    QUEUED_MESSAGES_BYTES_MAX, RECEIPTS_PER_QUEUE_ENTRY_MAX,
 };
 use relay_proto::wire::{
     self, AccountDevices, AccountInfo, Committed, DeviceKeys, EnvelopeKind, GroupChanged,
@@ -91,46 +91,11 @@ pub struct Effects {
     /// Devices whose queues grew, with their new latest queue sequence.
     pub notify: BTreeMap<DeviceAddress, u64>,
     /// What goes along with each device's push: the entries appended for it, in wire form, as
-    /// far as the region could build them ([`Effects::appended`]).
-    pub pushed: BTreeMap<DeviceAddress, PushedEntries>,
+    /// far as the region could build them, from the first this transaction appended
+    /// ([`Effects::appended`]).
+    pub pushed: BTreeMap<DeviceAddress, wire::EntryRun>,
     /// The cross-region outbox has new entries to deliver.
     pub outbox_pushed: bool,
-}
-
-/// The entries of one device's push: gapless, in queue order, from the first entry this
-/// transaction appended for the device, at most [`QUEUE_PUSH_BYTES_MAX`] encoded.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PushedEntries {
-    /// The entries.
-    pub entries: Vec<QueueEntry>,
-    /// Their encoded size.
-    bytes: usize,
-    /// An entry appended for the device did not go along (not built, or past the budget):
-    /// none after it may, or the device would see a gap.
-    closed: bool,
-}
-
-impl PushedEntries {
-    /// Adds `entry` (numbered `queue_seq`) when it follows the last one and fits the budget;
-    /// else closes the run.
-    fn add(&mut self, queue_seq: u64, entry: Option<QueueEntry>) {
-        let follows = self
-            .entries
-            .last()
-            .is_none_or(|last| last.queue_seq + 1 == queue_seq);
-        match entry {
-            Some(entry) if !self.closed && follows => {
-                let bytes = entry.encoded_len();
-                if self.bytes + bytes > QUEUE_PUSH_BYTES_MAX {
-                    self.closed = true;
-                    return;
-                }
-                self.bytes += bytes;
-                self.entries.push(entry);
-            }
-            _ => self.closed = true,
-        }
-    }
 }
 
 impl Effects {
@@ -139,7 +104,10 @@ impl Effects {
     pub fn appended(&mut self, device: DeviceAddress, queue_seq: u64, entry: Option<QueueEntry>) {
         let latest = self.notify.entry(device).or_insert(queue_seq);
         *latest = (*latest).max(queue_seq);
-        self.pushed.entry(device).or_default().add(queue_seq, entry);
+        self.pushed
+            .entry(device)
+            .or_default()
+            .push(queue_seq, entry);
     }
 
     /// Adds what `other` asks for: the higher latest sequence of each device (with `other`'s
@@ -147,23 +115,10 @@ impl Effects {
     pub fn merge(&mut self, other: Effects) {
         let mut other_pushed = other.pushed;
         for (device, latest) in other.notify {
+            let known = self.notify.entry(device).or_insert(latest);
+            *known = (*known).max(latest);
             let pushed = other_pushed.remove(&device).unwrap_or_default();
-            match self.notify.get_mut(&device) {
-                None => {
-                    self.notify.insert(device, latest);
-                    self.pushed.insert(device, pushed);
-                }
-                Some(known) => {
-                    *known = (*known).max(latest);
-                    let mine = self.pushed.entry(device).or_default();
-                    for entry in pushed.entries {
-                        mine.add(entry.queue_seq, Some(entry));
-                    }
-                    if pushed.closed {
-                        mine.closed = true;
-                    }
-                }
-            }
+            self.pushed.entry(device).or_default().extend(pushed);
         }
         self.outbox_pushed |= other.outbox_pushed;
     }
@@ -355,16 +310,10 @@ pub struct FanOut {
 /// (a fetch reading the stored envelope walks it once per member device).
 #[derive(Debug)]
 struct Logged {
-    sender: DeviceAddress,
-    client_message_id: relay_proto::ClientMessageId,
-    sender_seq: u64,
-    server_time_ms: u64,
-    group: u64,
-    kind: i32,
-    group_ciphertext: Vec<u8>,
-    group_session_id: String,
-    /// Device → (message type, ciphertext), the first entry of each device.
-    ciphertexts: HashMap<wire::DeviceAddr, (u32, Vec<u8>)>,
+    header: EntryHeader,
+    fields: stored_envelope::GroupFields,
+    /// Device → its ciphertext, the first entry of each device.
+    ciphertexts: HashMap<wire::DeviceAddr, wire::DeviceCiphertext>,
 }
 
 impl Logged {
@@ -373,17 +322,21 @@ impl Logged {
         for entry in &envelope.ciphertexts {
             ciphertexts
                 .entry(entry.recipient)
-                .or_insert_with(|| (entry.message_type, entry.body.clone()));
+                .or_insert_with(|| entry.clone());
         }
         Logged {
-            sender: parsed.sender,
-            client_message_id: parsed.client_message_id,
-            sender_seq: parsed.sender_seq,
-            server_time_ms,
-            group: envelope.group,
-            kind: envelope.kind,
-            group_ciphertext: envelope.group_ciphertext.clone(),
-            group_session_id: envelope.group_session_id.clone(),
+            header: EntryHeader {
+                sender: parsed.sender,
+                client_message_id: parsed.client_message_id,
+                sender_seq: parsed.sender_seq,
+                server_time_ms,
+            },
+            fields: stored_envelope::GroupFields {
+                group: envelope.group,
+                kind: envelope.kind,
+                group_ciphertext: envelope.group_ciphertext.clone(),
+                group_session_id: envelope.group_session_id.clone(),
+            },
             ciphertexts,
         }
     }
@@ -396,21 +349,50 @@ impl Logged {
         chat: ChatId,
         chat_seq: u64,
     ) -> Option<QueuedMessage> {
-        let (message_type, body) = self.ciphertexts.get(&device.into())?;
-        Some(QueuedMessage {
-            chat: chat.0.to_vec(),
+        let ciphertext = self.ciphertexts.get(&device.into())?.clone();
+        Some(queued_message(
+            chat,
             chat_seq,
-            sender: self.sender.into(),
-            client_message_id: self.client_message_id.0.to_vec(),
-            sender_seq: self.sender_seq,
-            server_time_ms: self.server_time_ms,
-            message_type: *message_type,
-            ciphertext: body.clone(),
-            group: self.group,
-            kind: self.kind,
-            group_ciphertext: self.group_ciphertext.clone(),
-            group_session_id: self.group_session_id.clone(),
-        })
+            &self.header,
+            ciphertext,
+            self.fields.clone(),
+        ))
+    }
+}
+
+/// What a queued message says of its log entry besides the envelope.
+#[derive(Debug)]
+struct EntryHeader {
+    sender: DeviceAddress,
+    client_message_id: relay_proto::ClientMessageId,
+    sender_seq: u64,
+    server_time_ms: u64,
+}
+
+/// The message a device's queue shows under number `shown`: the log entry's `header`, the
+/// device's own `ciphertext` and the envelope's group `fields`.
+fn queued_message(
+    chat: ChatId,
+    shown: u64,
+    header: &EntryHeader,
+    ciphertext: wire::DeviceCiphertext,
+    fields: stored_envelope::GroupFields,
+) -> QueuedMessage {
+    QueuedMessage {
+        chat: chat.0.to_vec(),
+        chat_seq: shown,
+        sender: header.sender.into(),
+        client_message_id: header.client_message_id.0.to_vec(),
+        sender_seq: header.sender_seq,
+        server_time_ms: header.server_time_ms,
+        message_type: ciphertext.message_type,
+        ciphertext: ciphertext.body,
+        group: fields.group,
+        kind: fields.kind,
+        // Each device's entry references the one stored envelope: the Megolm message is copied
+        // out of it for every device, never stored per device.
+        group_ciphertext: fields.group_ciphertext,
+        group_session_id: fields.group_session_id,
     }
 }
 
@@ -1362,22 +1344,13 @@ fn message_for(
             format!("log entry {chat}#{chat_seq} has no ciphertext for {device}"),
         ));
     };
-    Ok(QueuedMessage {
-        chat: chat.0.to_vec(),
-        chat_seq: shown,
-        sender: entry.sender.into(),
-        client_message_id: entry.client_message_id.0.to_vec(),
+    let header = EntryHeader {
+        sender: entry.sender,
+        client_message_id: entry.client_message_id,
         sender_seq: entry.sender_seq,
         server_time_ms: entry.server_time_ms,
-        message_type: ciphertext.message_type,
-        ciphertext: ciphertext.body,
-        group: envelope.group,
-        kind: envelope.kind,
-        // Each device's entry references the one stored envelope: the Megolm message is copied
-        // out of it for every device, never stored per device.
-        group_ciphertext: envelope.group_ciphertext,
-        group_session_id: envelope.group_session_id,
-    })
+    };
+    Ok(queued_message(chat, shown, &header, ciphertext, envelope))
 }
 
 /// What [`repair_queue_entry`] did with one entry.

@@ -1678,7 +1678,7 @@ impl RegionService {
         for (device, latest_queue_seq) in effects.notify {
             let entries = pushed
                 .remove(&device)
-                .map(|pushed| pushed.entries)
+                .map(|mut pushed| pushed.take())
                 .unwrap_or_default();
             let Some(streams) = subscriptions.get(&device) else {
                 self.inner

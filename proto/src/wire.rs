@@ -8,10 +8,12 @@
 //! other (queue hints, presence updates, typing notices; see [`presence`]).
 
 mod block;
+mod entry_run;
 mod presence;
 mod push;
 
 pub use block::{BlockAction, BlockedAccounts, SetBlock};
+pub use entry_run::EntryRun;
 pub use push::{PushAction, PushState, SetPush, WebPushSubscription};
 
 pub use presence::{

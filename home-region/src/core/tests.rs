@@ -149,23 +149,21 @@ async fn commit(
 /// first entry the transaction appended for it, each entry exactly as the device fetches it.
 async fn check_pushed(db: &Database, effects: &Effects) {
     for (device, pushed) in &effects.pushed {
-        let Some(first) = pushed.entries.first() else {
+        let pushed = pushed.entries();
+        let Some(first) = pushed.first() else {
             continue;
         };
         assert!(
-            effects.notify.get(device) >= Some(&pushed.entries[pushed.entries.len() - 1].queue_seq),
+            effects.notify.get(device) >= Some(&pushed[pushed.len() - 1].queue_seq),
             "announced up to the last entry sent along"
         );
         let (batch, _) = fetch_after(db, *device, &[], first.queue_seq - 1)
             .await
             .expect("fetched");
-        assert!(
-            batch.entries.len() >= pushed.entries.len(),
-            "{device}: {batch:?}"
-        );
+        assert!(batch.entries.len() >= pushed.len(), "{device}: {batch:?}");
         assert_eq!(
-            batch.entries[..pushed.entries.len()],
-            pushed.entries[..],
+            batch.entries[..pushed.len()],
+            pushed[..],
             "{device}: sent along as fetched"
         );
     }
@@ -1272,7 +1270,7 @@ async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry()
     for device in &devices {
         assert_eq!(effects.notify.get(device), Some(&1), "one entry each");
         // Sent along with the push, as the member would fetch it (`check_pushed`).
-        assert_eq!(effects.pushed[device].entries.len(), 1, "sent along");
+        assert_eq!(effects.pushed[device].entries().len(), 1, "sent along");
     }
 
     // Each member fetches the three messages as one entry, in order.
@@ -1306,7 +1304,7 @@ async fn envelopes_of_a_chat_committed_together_reach_each_device_as_one_entry()
             .expect("applied");
     assert_eq!(taken.receipts, 9, "three members × three messages");
     assert!(
-        !effects.pushed[&alice1].entries.is_empty(),
+        !effects.pushed[&alice1].entries().is_empty(),
         "receipts sent along"
     );
     check_pushed(&f.db, &effects).await;
@@ -1516,7 +1514,7 @@ async fn acks_become_delivered_receipts_for_the_sender() {
         "alice's receipt is queued here"
     );
     assert_eq!(
-        effects.pushed[&alice1].entries.len(),
+        effects.pushed[&alice1].entries().len(),
         1,
         "and sent along with its push"
     );
