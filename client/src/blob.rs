@@ -336,6 +336,7 @@ impl Sealer {
 /// Checks `ciphertext` against `reference` (size, SHA-256) and opens it, chunk by chunk.
 pub fn open(reference: &BlobRef, ciphertext: &[u8]) -> Result<Vec<u8>, BlobCryptoError> {
     let mut opener = Opener::new(reference);
+    opener.plaintext.reserve(ciphertext.len());
     opener.feed(ciphertext)?;
     opener.finish()
 }
@@ -347,15 +348,21 @@ pub fn open_chunks(
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, BlobCryptoError> {
     let mut opener = Opener::with_key(*key, ciphertext.len() as u64, None);
+    opener.plaintext.reserve(ciphertext.len());
     opener.feed(ciphertext)?;
     opener.finish()
 }
 
 /// Opens a blob as its ciphertext arrives, so a download is hashed and decrypted while it is
 /// received instead of after: each complete chunk is opened at once (the last one when the
-/// size is reached). The plaintext is handed out only by [`Opener::finish`], once the size and
-/// the SHA-256 are the reference's; as with [`open`], a wrong hash is reported before a chunk
-/// that does not verify.
+/// size is reached). [`Opener::finish`] hands out the plaintext once the size and the SHA-256
+/// are the reference's; as with [`open`], a wrong hash is reported before a chunk that does
+/// not verify.
+///
+/// A download too large to hold takes the plaintext out as it is opened
+/// ([`Opener::take_opened`]) and writes it aside (a temporary file): each chunk taken verified
+/// on its own (its tag, its place, whether it is the last), but the blob as a whole is right
+/// only once `finish` says so, so what was taken becomes the file only then.
 pub struct Opener {
     cipher: ChaCha20Poly1305,
     key: [u8; BLOB_KEY_BYTES],
@@ -401,9 +408,16 @@ impl Opener {
             received: 0,
             pending: Vec::new(),
             next_chunk: 0,
-            plaintext: Vec::with_capacity(usize::try_from(size).unwrap_or(0)),
+            plaintext: Vec::new(),
             bad_chunk: None,
         }
+    }
+
+    /// The plaintext opened since the last call (or since the start): chunks that verified
+    /// on their own, in order, none after a chunk that did not. Not the blob until
+    /// [`Opener::finish`] succeeds, which then hands out only what was not taken.
+    pub fn take_opened(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.plaintext)
     }
 
     /// Ciphertext bytes received so far (where a resumed download starts).
@@ -459,7 +473,8 @@ impl Opener {
         self.next_chunk += 1;
     }
 
-    /// The plaintext, once every byte arrived and the size, the hash and every chunk are right.
+    /// The plaintext (what [`Opener::take_opened`] did not take), once every byte arrived and
+    /// the size, the hash and every chunk are right.
     pub fn finish(mut self) -> Result<Vec<u8>, BlobCryptoError> {
         if self.received != self.size || self.next_chunk != self.chunks {
             return Err(BlobCryptoError::WrongSize {
@@ -652,6 +667,44 @@ mod tests {
         let mut opener = Opener::new(&reference);
         opener.feed(&damaged).expect("fed");
         assert_eq!(opener.finish(), Err(BlobCryptoError::WrongHash));
+    }
+
+    #[test]
+    fn plaintext_taken_as_it_is_opened_is_the_blob_and_stops_before_a_bad_chunk() {
+        let sealed_chunk = BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES;
+        let plain = plaintext(3 * BLOB_PLAINTEXT_CHUNK_BYTES + 11);
+        let sealed = seal(&plain);
+        let reference = reference(&sealed);
+        let mut opener = Opener::new(&reference);
+        let mut taken = Vec::new();
+        let mut most_held = 0;
+        let piece = 10_000;
+        for bytes in sealed.ciphertext.chunks(piece) {
+            opener.feed(bytes).expect("fed");
+            let opened = opener.take_opened();
+            // What one piece completed, at most a chunk more: nothing accumulates.
+            most_held = most_held.max(opened.len());
+            taken.extend_from_slice(&opened);
+        }
+        assert!(
+            most_held <= piece + BLOB_PLAINTEXT_CHUNK_BYTES,
+            "{most_held}"
+        );
+        assert!(opener.finish().expect("checks").is_empty(), "all was taken");
+        assert_eq!(taken, plain);
+
+        // A damaged third chunk: the two before it are taken, nothing after, and the blob
+        // does not check.
+        let mut damaged = sealed.ciphertext.clone();
+        damaged[2 * sealed_chunk + 3] ^= 1;
+        let mut opener = Opener::with_key(sealed.key, damaged.len() as u64, None);
+        let mut taken = Vec::new();
+        for bytes in damaged.chunks(sealed_chunk) {
+            opener.feed(bytes).expect("fed");
+            taken.extend_from_slice(&opener.take_opened());
+        }
+        assert_eq!(taken, plain[..2 * BLOB_PLAINTEXT_CHUNK_BYTES]);
+        assert_eq!(opener.finish(), Err(BlobCryptoError::BadChunk { index: 2 }));
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub const ACKS_PER_REQUEST_MAX: usize = QUEUE_FETCH_ENTRIES_MAX as usize;
 pub const BLOB_PLAINTEXT_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes of a file read at a time while it is sealed for upload (a file is never held whole).
 pub const BLOB_FILE_READ_BYTES: usize = 1024 * 1024;
+/// Bytes of opened plaintext buffered before a download writes them to its file (a download
+/// to a file is never held whole).
+pub const BLOB_FILE_WRITE_BYTES: usize = 1024 * 1024;
+/// Most bytes a download into memory reserves before the first byte arrives (the rest grows
+/// as it comes: a reference names its size, and a peer chose that).
+pub const BLOB_MEMORY_RESERVE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Attempts of one upload or download (the first and its resumptions after dropped
 /// connections) before giving up.
 pub const BLOB_TRANSFER_ATTEMPTS_MAX: u32 = 64;

@@ -29,7 +29,8 @@ use crate::connection::{EdgeConnection, UploadSource};
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
 use crate::limits::{
-    BLOB_ANSWER_TIMEOUT_MS, BLOB_FILE_READ_BYTES, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX,
+    BLOB_ANSWER_TIMEOUT_MS, BLOB_FILE_READ_BYTES, BLOB_FILE_WRITE_BYTES,
+    BLOB_MEMORY_RESERVE_BYTES_MAX, BLOB_RESUME_DELAY_MS, BLOB_TRANSFER_ATTEMPTS_MAX,
 };
 use crate::media::{Attachment, FileDescription};
 
@@ -107,6 +108,20 @@ impl Device {
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<Vec<u8>> {
         download(Connections::Device(self), reference, progress).await
+    }
+
+    /// Downloads the blob `reference` names into the file `out`, as
+    /// [`Device::download_blob`] does, without holding it: the plaintext is written as it is
+    /// opened to a temporary file beside `out`, which becomes `out` (replacing a file there)
+    /// only once the size and hash check; after a failure nothing is left behind and `out` is
+    /// untouched. Returns the file's size in bytes.
+    pub async fn download_blob_to(
+        &self,
+        reference: &BlobRef,
+        out: &Path,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<u64> {
+        download_to_file(Connections::Device(self), reference, out, progress).await
     }
 
     /// Sends a file to `peer` (a name): seals and uploads it ([`Device::upload_blob`], resuming
@@ -188,6 +203,38 @@ impl Device {
         Ok((attachment, bytes))
     }
 
+    /// Downloads the file attached to message `message` into the file `out`, as
+    /// [`Device::download_file`] does, written as it arrives and renamed into place once it
+    /// checks ([`Device::download_blob_to`]); returns the attachment.
+    pub async fn download_file_to(
+        &self,
+        message: &str,
+        out: &Path,
+        progress: &mut dyn FnMut(BlobProgress),
+    ) -> Result<Attachment> {
+        let attachment = self.attachment(message).await?;
+        let reference = attachment.reference().ok_or_else(|| {
+            ClientError::Corrupt(format!("the attachment of message {message} is malformed"))
+        })?;
+        // Checked before a byte moves: the sizes of the blob and of the file it holds follow
+        // from each other.
+        if blob::plaintext_size(reference.size) != Some(attachment.file_bytes) {
+            return Err(ClientError::Crypto(format!(
+                "the file's blob has {} bytes, which cannot hold the {} bytes its message says",
+                reference.size, attachment.file_bytes
+            )));
+        }
+        let written = self.download_blob_to(&reference, out, progress).await?;
+        if written != attachment.file_bytes {
+            // Unreachable with a blob that checked; said plainly rather than assumed.
+            return Err(ClientError::Crypto(format!(
+                "the file has {written} bytes, its message says {}",
+                attachment.file_bytes
+            )));
+        }
+        Ok(attachment)
+    }
+
     /// Uploads a file and describes it.
     async fn upload_file(
         &self,
@@ -232,6 +279,100 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
     reference: &BlobRef,
     progress: &mut P,
 ) -> Result<Vec<u8>> {
+    let reserve = blob::plaintext_size(reference.size)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .unwrap_or(0)
+        .min(BLOB_MEMORY_RESERVE_BYTES_MAX);
+    let mut plaintext = Vec::with_capacity(reserve);
+    download_into(
+        connections,
+        reference,
+        &mut |opened| {
+            plaintext.extend_from_slice(opened);
+            Ok(())
+        },
+        progress,
+    )
+    .await?;
+    Ok(plaintext)
+}
+
+/// [`Device::download_blob_to`] over `connections`.
+async fn download_to_file<P: FnMut(BlobProgress) + ?Sized>(
+    connections: Connections<'_>,
+    reference: &BlobRef,
+    out: &Path,
+    progress: &mut P,
+) -> Result<u64> {
+    let mut part = PartFile::beside(out)?;
+    download_into(
+        connections,
+        reference,
+        &mut |opened| part.write(opened),
+        progress,
+    )
+    .await?;
+    // Dropped without being kept on the way out of an error above: the temporary file goes.
+    part.keep_as(out)
+}
+
+/// A download's file while it arrives: a temporary file in the destination's folder (so the
+/// rename that makes it the destination stays on one filesystem and is atomic), removed if it
+/// is dropped before [`PartFile::keep_as`].
+struct PartFile {
+    file: std::io::BufWriter<tempfile::NamedTempFile>,
+    written: u64,
+}
+
+impl PartFile {
+    fn beside(out: &Path) -> Result<PartFile> {
+        let folder = match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let name = out
+            .file_name()
+            .ok_or_else(|| ClientError::Invalid(format!("{} names no file", out.display())))?;
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".{}.", name.to_string_lossy()))
+            .suffix(".part")
+            .tempfile_in(folder)?;
+        Ok(PartFile {
+            file: std::io::BufWriter::with_capacity(BLOB_FILE_WRITE_BYTES, file),
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the file durable and renames it to `out`; returns its size.
+    fn keep_as(self, out: &Path) -> Result<u64> {
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|error| ClientError::Io(error.into_error()))?;
+        file.as_file().sync_all()?;
+        file.persist(out)
+            .map_err(|error| ClientError::Io(error.error))?;
+        Ok(self.written)
+    }
+}
+
+/// Downloads the blob `reference` names over `connections` (resuming after dropped
+/// connections), opening it as it arrives, and hands each piece of plaintext opened to
+/// `write`: once every byte arrived and the size and hash check, the download succeeded; an
+/// error from `write` ends it.
+async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
+    connections: Connections<'_>,
+    reference: &BlobRef,
+    write: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
+    progress: &mut P,
+) -> Result<()> {
     {
         let total_bytes = reference.size;
         // Hashed and opened as it arrives: nothing is left to do after the last byte but
@@ -270,7 +411,15 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
                     reference.region,
                     &reference.id,
                     offset,
-                    &mut |bytes| opener.feed(bytes).map_err(ClientError::from),
+                    &mut |bytes| {
+                        opener.feed(bytes)?;
+                        let opened = opener.take_opened();
+                        if opened.is_empty() {
+                            Ok(())
+                        } else {
+                            write(&opened)
+                        }
+                    },
                     &mut report,
                 )
                 .await;
@@ -282,7 +431,7 @@ pub(crate) async fn download<P: FnMut(BlobProgress) + ?Sized>(
                     }
                     .into());
                 }
-                Ok(_) if opener.received() == total_bytes => return Ok(opener.finish()?),
+                Ok(_) if opener.received() == total_bytes => return write(&opener.finish()?),
                 // The stream ended early: resume after what arrived.
                 Ok(_) => {
                     last_error = Some(ClientError::Network(format!(

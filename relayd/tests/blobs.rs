@@ -2,12 +2,15 @@
 //! with the client library; her edge is killed mid-upload, after the region committed some of
 //! it, and the upload resumes from the region's committed offset instead of starting over; bob
 //! (region 2, another account, given the reference as a message would carry it) downloads it
-//! through his own edge and gets the same bytes; region 1's blob folder holds only ciphertext.
+//! through his own edge and gets the same bytes, into memory and into a file (replaced only
+//! by a download that checks); region 1's blob folder holds only ciphertext.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
+use relay_client::blob::BlobCryptoError;
+use relay_client::error::ClientError;
 use relay_client::{
     BlobProgress, BlobRef, BlobSource, Device, Environment, Mode, OpenOptions, Overrides,
     register_in,
@@ -135,6 +138,44 @@ async fn a_20_mb_blob_resumes_after_its_edge_dies_and_reaches_another_account_by
         .expect("bob downloads");
     assert_eq!(downloaded_bytes, reference.size);
     assert!(downloaded == plain, "the download differs from the upload");
+
+    // Into a file, never held whole: written beside it as it arrives, and renamed into place
+    // only once it checks. A download that does not check leaves the file there as it was and
+    // nothing beside it.
+    let folder = dir.path().join("bob-files");
+    std::fs::create_dir(&folder).expect("bob's folder");
+    let out = folder.join("copy.bin");
+    std::fs::write(&out, b"an older file").expect("an older file");
+    let mut tampered = received.clone();
+    tampered.sha256[0] ^= 1;
+    let refused = bob.download_blob_to(&tampered, &out, &mut |_| {}).await;
+    assert!(
+        matches!(refused, Err(ClientError::Blob(BlobCryptoError::WrongHash))),
+        "a blob whose hash is not the reference's is refused: {refused:?}"
+    );
+    assert_eq!(
+        std::fs::read(&out).expect("the older file"),
+        b"an older file"
+    );
+    let listed = |folder: &Path| -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(folder)
+            .expect("list")
+            .map(|entry| entry.expect("entry").path())
+            .collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(listed(&folder), vec![out.clone()], "nothing left beside it");
+    let written = bob
+        .download_blob_to(&received, &out, &mut |_| {})
+        .await
+        .expect("bob downloads into a file");
+    assert_eq!(written, BLOB_BYTES as u64);
+    assert!(
+        std::fs::read(&out).expect("the file") == plain,
+        "the file differs from the upload"
+    );
+    assert_eq!(listed(&folder), vec![out.clone()], "nothing left beside it");
 
     // The region holds the ciphertext only: its size, and no window of the plaintext.
     let files = files_under(&blob_folder);

@@ -994,15 +994,16 @@ async fn download(
     let bar = transfer_bar(json);
     bar.set_message("downloading");
     let mut progress = transfer_progress(&bar, json);
-    let downloaded = device.download_file(message, &mut progress).await;
+    // Written as it arrives beside OUT, and renamed to OUT once it checks: a failed or
+    // interrupted download leaves OUT as it was.
+    let downloaded = device.download_file_to(message, &out, &mut progress).await;
     bar.finish_and_clear();
-    let (attachment, bytes) = downloaded?;
-    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let attachment = downloaded.with_context(|| format!("downloading into {}", out.display()))?;
     if json {
         let line = serde_json::json!({
             "event": "file_written",
             "path": out.display().to_string(),
-            "bytes": bytes.len(),
+            "bytes": attachment.file_bytes,
             "name": attachment.file_name,
             "media_type": attachment.media_type,
         });
@@ -1012,7 +1013,7 @@ async fn download(
             "wrote {} ({}, {} bytes) to {}",
             terminal::escape(&attachment.file_name),
             terminal::escape(&attachment.media_type),
-            bytes.len(),
+            attachment.file_bytes,
             terminal::escape(&out.display().to_string())
         );
     }
@@ -1047,21 +1048,22 @@ async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Resu
         BlobCommand::Get { reference, out } => {
             let reference = BlobRef::from_text(&reference).map_err(ClientError::from)?;
             bar.set_message("downloading");
-            let opened = device.download_blob(&reference, &mut progress).await;
+            // Written as it arrives, renamed to OUT once it checks.
+            let written = device
+                .download_blob_to(&reference, &out, &mut progress)
+                .await;
             bar.finish_and_clear();
-            let opened = opened?;
-            std::fs::write(&out, &opened).with_context(|| format!("writing {}", out.display()))?;
+            let written = written.with_context(|| format!("downloading into {}", out.display()))?;
             if json {
                 let line = serde_json::json!({
                     "event": "blob_written",
                     "path": out.display().to_string(),
-                    "bytes": opened.len(),
+                    "bytes": written,
                 });
                 println!("{}", terminal::json_line(&line)?);
             } else {
                 println!(
-                    "wrote {} bytes to {}",
-                    opened.len(),
+                    "wrote {written} bytes to {}",
                     terminal::escape(&out.display().to_string())
                 );
             }
