@@ -1,0 +1,120 @@
+//! Blobs: the commands of the blob store (encrypted media and history snapshots) and the
+//! status of an upload.
+//!
+//! A blob is ciphertext the region stores for 30 days under an id it draws (128 random bits:
+//! knowing the id is the grant to download). `Begin`, `Status` and `Finish` are ordinary
+//! requests; `Upload` and `Download` open a stream of their own: after the request frame, an
+//! upload stream carries the blob's raw bytes from the given offset to the end of the stream,
+//! answered by one frame (the status, with the offset the region committed); a download stream
+//! is answered by one frame (the status) followed by the raw bytes from the offset to the end.
+
+use super::DeviceAddr;
+
+/// Begins an upload, or resumes one (`resume` set).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobBegin {
+    /// The blob's size in bytes.
+    #[prost(uint64, tag = "1")]
+    pub size_bytes: u64,
+    /// SHA-256 of the blob's bytes (32 bytes), or empty: `Finish` declares it (a device that
+    /// seals while it sends knows the hash only at the end). The region checks it at `Finish`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub sha256: Vec<u8>,
+    /// The id of an upload this account began earlier, to resume it (empty: a new upload).
+    #[prost(bytes = "vec", tag = "3")]
+    pub resume: Vec<u8>,
+}
+
+/// Names a blob, at an offset for the streams.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobAt {
+    /// The blob's id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    /// Where the stream starts, in bytes (`Upload`: the committed offset; ignored by `Status`
+    /// and `Finish`).
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    /// (`Download`) the region holding the blob, as its status named it; 0: the device's home.
+    #[prost(uint32, tag = "3")]
+    pub region: u32,
+    /// (`Finish`) the blob's SHA-256 when `Begin` left it out (32 bytes); empty otherwise, or
+    /// the same as `Begin`'s.
+    #[prost(bytes = "vec", tag = "4")]
+    pub sha256: Vec<u8>,
+}
+
+/// A request about a blob.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobCommand {
+    /// The request.
+    #[prost(oneof = "blob_command::Command", tags = "1, 2, 3, 4, 5")]
+    pub command: Option<blob_command::Command>,
+}
+
+/// The variants of [`BlobCommand`].
+pub mod blob_command {
+    /// A request about a blob.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Command {
+        /// Begin or resume an upload (answered with its status).
+        #[prost(message, tag = "1")]
+        Begin(super::BlobBegin),
+        /// Where an upload stands (after a dropped connection).
+        #[prost(message, tag = "2")]
+        Status(super::BlobAt),
+        /// Finish an upload: the region checks its size and hash.
+        #[prost(message, tag = "3")]
+        Finish(super::BlobAt),
+        /// (Own stream) the blob's bytes from `offset` follow the frame.
+        #[prost(message, tag = "4")]
+        Upload(super::BlobAt),
+        /// (Own stream) send the blob's bytes from `offset` after the status.
+        #[prost(message, tag = "5")]
+        Download(super::BlobAt),
+    }
+}
+
+impl BlobCommand {
+    /// Whether the command opens a stream of its own (raw bytes after the frames).
+    pub fn is_stream(&self) -> bool {
+        matches!(
+            self.command,
+            Some(blob_command::Command::Upload(_) | blob_command::Command::Download(_))
+        )
+    }
+}
+
+/// Where a blob stands.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BlobStatus {
+    /// The blob's id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    /// Its size in bytes, as begun.
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+    /// The bytes the region holds durably, from the start: an upload resumes here.
+    #[prost(uint64, tag = "3")]
+    pub committed_bytes: u64,
+    /// Whether the upload is finished (size and hash checked): the blob can be downloaded.
+    #[prost(bool, tag = "4")]
+    pub finished: bool,
+    /// When the region deletes it, in milliseconds since the Unix epoch.
+    #[prost(uint64, tag = "5")]
+    pub expires_at_ms: u64,
+    /// The region holding it (downloads from other regions' devices go there).
+    #[prost(uint32, tag = "6")]
+    pub region: u32,
+}
+
+/// A blob request naming the device it acts for (the edge authenticated it).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ForBlob {
+    /// The device.
+    #[prost(message, required, tag = "1")]
+    pub device: DeviceAddr,
+    /// The request.
+    #[prost(message, required, tag = "2")]
+    pub command: BlobCommand,
+}
