@@ -67,4 +67,4 @@ pub use push::{PushRegistration, PushSetting};
 pub use register::{register, register_in};
 pub use relay_proto::wire::PresenceVisibility;
 pub use store::{Identity, Tick};
-pub use transfer::{BlobProgress, BlobSource};
+pub use transfer::{BlobProgress, BlobSource, IfExists};

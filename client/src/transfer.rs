@@ -46,6 +46,17 @@ pub struct BlobProgress {
     pub resumed_from: Option<u64>,
 }
 
+/// What a download into a file does when the file exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    /// Replace it, once the download checks (atomically: the file is either the old one or
+    /// the new one, never a mix).
+    Replace,
+    /// Refuse to replace it ([`ClientError::Invalid`]), checked before the download starts and
+    /// again at the rename, so a file that appeared meanwhile is kept too.
+    Keep,
+}
+
 /// What to upload: bytes in memory, or a file's.
 #[derive(Debug, Clone, Copy)]
 pub enum BlobSource<'a> {
@@ -112,16 +123,24 @@ impl Device {
 
     /// Downloads the blob `reference` names into the file `out`, as
     /// [`Device::download_blob`] does, without holding it: the plaintext is written as it is
-    /// opened to a temporary file beside `out`, which becomes `out` (replacing a file there)
-    /// only once the size and hash check; after a failure nothing is left behind and `out` is
-    /// untouched. Returns the file's size in bytes.
+    /// opened to a temporary file beside `out`, which becomes `out` only once the size and hash
+    /// check (a file already there is replaced or kept, as `existing` says); after a failure
+    /// nothing is left behind and `out` is untouched. Returns the file's size in bytes.
     pub async fn download_blob_to(
         &self,
         reference: &BlobRef,
         out: &Path,
+        existing: IfExists,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<u64> {
-        download_to_file(Connections::Device(self), reference, out, progress).await
+        download_to_file(
+            Connections::Device(self),
+            reference,
+            out,
+            existing,
+            progress,
+        )
+        .await
     }
 
     /// Sends a file to `peer` (a name): seals and uploads it ([`Device::upload_blob`], resuming
@@ -205,11 +224,13 @@ impl Device {
 
     /// Downloads the file attached to message `message` into the file `out`, as
     /// [`Device::download_file`] does, written as it arrives and renamed into place once it
-    /// checks ([`Device::download_blob_to`]); returns the attachment.
+    /// checks ([`Device::download_blob_to`]; a file already there is replaced or kept, as
+    /// `existing` says); returns the attachment.
     pub async fn download_file_to(
         &self,
         message: &str,
         out: &Path,
+        existing: IfExists,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<Attachment> {
         let attachment = self.attachment(message).await?;
@@ -224,7 +245,9 @@ impl Device {
                 reference.size, attachment.file_bytes
             )));
         }
-        let written = self.download_blob_to(&reference, out, progress).await?;
+        let written = self
+            .download_blob_to(&reference, out, existing, progress)
+            .await?;
         if written != attachment.file_bytes {
             // Unreachable with a blob that checked; said plainly rather than assumed.
             return Err(ClientError::Crypto(format!(
@@ -302,8 +325,12 @@ async fn download_to_file<P: FnMut(BlobProgress) + ?Sized>(
     connections: Connections<'_>,
     reference: &BlobRef,
     out: &Path,
+    existing: IfExists,
     progress: &mut P,
 ) -> Result<u64> {
+    if existing == IfExists::Keep && out.exists() {
+        return Err(already_there(out));
+    }
     let mut part = PartFile::beside(out)?;
     download_into(
         connections,
@@ -313,7 +340,12 @@ async fn download_to_file<P: FnMut(BlobProgress) + ?Sized>(
     )
     .await?;
     // Dropped without being kept on the way out of an error above: the temporary file goes.
-    part.keep_as(out)
+    part.keep_as(out, existing)
+}
+
+/// The refusal of a download into a file that exists and is to be kept.
+fn already_there(out: &Path) -> ClientError {
+    ClientError::Invalid(format!("{} exists and is kept", out.display()))
 }
 
 /// A download's file while it arrives: a temporary file in the destination's folder (so the
@@ -350,15 +382,23 @@ impl PartFile {
         Ok(())
     }
 
-    /// Makes the file durable and renames it to `out`; returns its size.
-    fn keep_as(self, out: &Path) -> Result<u64> {
+    /// Makes the file durable and renames it to `out` (over a file there only with
+    /// [`IfExists::Replace`]); returns its size.
+    fn keep_as(self, out: &Path, existing: IfExists) -> Result<u64> {
         let file = self
             .file
             .into_inner()
             .map_err(|error| ClientError::Io(error.into_error()))?;
         file.as_file().sync_all()?;
-        file.persist(out)
-            .map_err(|error| ClientError::Io(error.error))?;
+        let kept = match existing {
+            IfExists::Replace => file.persist(out),
+            IfExists::Keep => file.persist_noclobber(out),
+        };
+        // A refused rename hands the temporary file back; dropping it removes it.
+        kept.map_err(|error| match error.error.kind() {
+            std::io::ErrorKind::AlreadyExists => already_there(out),
+            _ => ClientError::Io(error.error),
+        })?;
         Ok(self.written)
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use relay_client::blob::BlobCryptoError;
 use relay_client::error::ClientError;
 use relay_client::{
-    BlobProgress, BlobRef, BlobSource, Device, Environment, Mode, OpenOptions, Overrides,
+    BlobProgress, BlobRef, BlobSource, Device, Environment, IfExists, Mode, OpenOptions, Overrides,
     register_in,
 };
 use relay_proto::limits::BLOB_COMMIT_UNIT_BYTES;
@@ -148,7 +148,9 @@ async fn a_20_mb_blob_resumes_after_its_edge_dies_and_reaches_another_account_by
     std::fs::write(&out, b"an older file").expect("an older file");
     let mut tampered = received.clone();
     tampered.sha256[0] ^= 1;
-    let refused = bob.download_blob_to(&tampered, &out, &mut |_| {}).await;
+    let refused = bob
+        .download_blob_to(&tampered, &out, IfExists::Replace, &mut |_| {})
+        .await;
     assert!(
         matches!(refused, Err(ClientError::Blob(BlobCryptoError::WrongHash))),
         "a blob whose hash is not the reference's is refused: {refused:?}"
@@ -166,8 +168,21 @@ async fn a_20_mb_blob_resumes_after_its_edge_dies_and_reaches_another_account_by
         paths
     };
     assert_eq!(listed(&folder), vec![out.clone()], "nothing left beside it");
+    // A file that is to be kept is kept, before a byte moves.
+    let kept = bob
+        .download_blob_to(&received, &out, IfExists::Keep, &mut |_| {})
+        .await;
+    assert!(
+        matches!(&kept, Err(ClientError::Invalid(said)) if said.contains("exists")),
+        "{kept:?}"
+    );
+    assert_eq!(
+        std::fs::read(&out).expect("the older file"),
+        b"an older file"
+    );
+    assert_eq!(listed(&folder), vec![out.clone()], "nothing left beside it");
     let written = bob
-        .download_blob_to(&received, &out, &mut |_| {})
+        .download_blob_to(&received, &out, IfExists::Replace, &mut |_| {})
         .await
         .expect("bob downloads into a file");
     assert_eq!(written, BLOB_BYTES as u64);
@@ -176,6 +191,14 @@ async fn a_20_mb_blob_resumes_after_its_edge_dies_and_reaches_another_account_by
         "the file differs from the upload"
     );
     assert_eq!(listed(&folder), vec![out.clone()], "nothing left beside it");
+    // Kept (no file was there): a new name is written as usual.
+    let fresh = folder.join("fresh.bin");
+    let written = bob
+        .download_blob_to(&received, &fresh, IfExists::Keep, &mut |_| {})
+        .await
+        .expect("bob downloads into a new file");
+    assert_eq!(written, BLOB_BYTES as u64);
+    assert!(std::fs::read(&fresh).expect("the new file") == plain);
 
     // The region holds the ciphertext only: its size, and no window of the plaintext.
     let files = files_under(&blob_folder);

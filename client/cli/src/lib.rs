@@ -18,8 +18,8 @@ use relay_client::flows::{self, GroupRequest, Wait};
 use relay_client::limits::TEXT_BYTES_MAX;
 use relay_client::{
     BlobProgress, BlobRef, BlobSource, ClientError, Device, Direction, Event, FileDescription,
-    FileInfo, LinkHistory, Mode, OpenOptions, Overrides, PresenceVisibility, PushRegistration,
-    Tick, link_accept, register, terminal,
+    FileInfo, IfExists, LinkHistory, Mode, OpenOptions, Overrides, PresenceVisibility,
+    PushRegistration, Tick, link_accept, register, terminal,
 };
 
 /// Exit code of a command that failed.
@@ -996,7 +996,14 @@ async fn download(
     let mut progress = transfer_progress(&bar, json);
     // Written as it arrives beside OUT, and renamed to OUT once it checks: a failed or
     // interrupted download leaves OUT as it was.
-    let downloaded = device.download_file_to(message, &out, &mut progress).await;
+    let existing = if force {
+        IfExists::Replace
+    } else {
+        IfExists::Keep
+    };
+    let downloaded = device
+        .download_file_to(message, &out, existing, &mut progress)
+        .await;
     bar.finish_and_clear();
     let attachment = downloaded.with_context(|| format!("downloading into {}", out.display()))?;
     if json {
@@ -1048,9 +1055,10 @@ async fn blob(device: &Device, command: BlobCommand, json: bool) -> anyhow::Resu
         BlobCommand::Get { reference, out } => {
             let reference = BlobRef::from_text(&reference).map_err(ClientError::from)?;
             bar.set_message("downloading");
-            // Written as it arrives, renamed to OUT once it checks.
+            // Written as it arrives, renamed to OUT once it checks; `blob get` names its OUT
+            // explicitly and replaces a file there, as it always did.
             let written = device
-                .download_blob_to(&reference, &out, &mut progress)
+                .download_blob_to(&reference, &out, IfExists::Replace, &mut progress)
                 .await;
             bar.finish_and_clear();
             let written = written.with_context(|| format!("downloading into {}", out.display()))?;
