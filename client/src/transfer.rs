@@ -207,18 +207,8 @@ impl Device {
         message: &str,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<(Attachment, Vec<u8>)> {
-        let attachment = self.attachment(message).await?;
-        let reference = attachment.reference().ok_or_else(|| {
-            ClientError::Corrupt(format!("the attachment of message {message} is malformed"))
-        })?;
+        let (attachment, reference) = self.attached_blob(message).await?;
         let bytes = self.download_blob(&reference, progress).await?;
-        if bytes.len() as u64 != attachment.file_bytes {
-            return Err(ClientError::Crypto(format!(
-                "the file has {} bytes, its message says {}",
-                bytes.len(),
-                attachment.file_bytes
-            )));
-        }
         Ok((attachment, bytes))
     }
 
@@ -233,29 +223,28 @@ impl Device {
         existing: IfExists,
         progress: &mut dyn FnMut(BlobProgress),
     ) -> Result<Attachment> {
+        let (attachment, reference) = self.attached_blob(message).await?;
+        self.download_blob_to(&reference, out, existing, progress)
+            .await?;
+        Ok(attachment)
+    }
+
+    /// The attachment of message `message` and the blob holding its file, checked before a
+    /// byte moves: a blob that checks on download holds exactly `plaintext_size(size)` bytes,
+    /// so one whose size cannot hold the file the message describes is refused here, and the
+    /// downloaded file is then the described size.
+    async fn attached_blob(&self, message: &str) -> Result<(Attachment, BlobRef)> {
         let attachment = self.attachment(message).await?;
         let reference = attachment.reference().ok_or_else(|| {
             ClientError::Corrupt(format!("the attachment of message {message} is malformed"))
         })?;
-        // Checked before a byte moves: the sizes of the blob and of the file it holds follow
-        // from each other.
         if blob::plaintext_size(reference.size) != Some(attachment.file_bytes) {
             return Err(ClientError::Crypto(format!(
                 "the file's blob has {} bytes, which cannot hold the {} bytes its message says",
                 reference.size, attachment.file_bytes
             )));
         }
-        let written = self
-            .download_blob_to(&reference, out, existing, progress)
-            .await?;
-        if written != attachment.file_bytes {
-            // Unreachable with a blob that checked; said plainly rather than assumed.
-            return Err(ClientError::Crypto(format!(
-                "the file has {written} bytes, its message says {}",
-                attachment.file_bytes
-            )));
-        }
-        Ok(attachment)
+        Ok((attachment, reference))
     }
 
     /// Uploads a file and describes it.
@@ -413,78 +402,76 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
     write: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
     progress: &mut P,
 ) -> Result<()> {
-    {
-        let total_bytes = reference.size;
-        // Hashed and opened as it arrives: nothing is left to do after the last byte but
-        // compare the hash.
-        let mut opener = blob::Opener::new(reference);
-        let mut last_error = None;
-        for attempt in 0..BLOB_TRANSFER_ATTEMPTS_MAX {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(BLOB_RESUME_DELAY_MS)).await;
-            }
-            let connection = match connections.connection().await {
-                Ok(connection) => connection,
-                Err(error) if error.is_retryable() => {
-                    last_error = Some(error);
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let offset = opener.received();
-            if attempt > 0 {
-                progress(BlobProgress {
-                    done_bytes: offset,
-                    total_bytes,
-                    resumed_from: Some(offset),
-                });
-            }
-            let mut report = |reached| {
-                progress(BlobProgress {
-                    done_bytes: reached,
-                    total_bytes,
-                    resumed_from: None,
-                });
-            };
-            let downloaded = connection
-                .download_stream(
-                    reference.region,
-                    &reference.id,
-                    offset,
-                    &mut |bytes| {
-                        opener.feed(bytes)?;
-                        let opened = opener.take_opened();
-                        if opened.is_empty() {
-                            Ok(())
-                        } else {
-                            write(&opened)
-                        }
-                    },
-                    &mut report,
-                )
-                .await;
-            match downloaded {
-                Ok(status) if status.size_bytes != total_bytes => {
-                    return Err(blob::BlobCryptoError::WrongSize {
-                        expected: total_bytes,
-                        found: status.size_bytes,
-                    }
-                    .into());
-                }
-                Ok(_) if opener.received() == total_bytes => return write(&opener.finish()?),
-                // The stream ended early: resume after what arrived.
-                Ok(_) => {
-                    last_error = Some(ClientError::Network(format!(
-                        "the download stopped at byte {} of {total_bytes}",
-                        opener.received()
-                    )));
-                }
-                Err(error) if error.is_retryable() => last_error = Some(error),
-                Err(error) => return Err(error),
-            }
+    let total_bytes = reference.size;
+    // Hashed and opened as it arrives: nothing is left to do after the last byte but
+    // compare the hash.
+    let mut opener = blob::Opener::new(reference);
+    let mut last_error = None;
+    for attempt in 0..BLOB_TRANSFER_ATTEMPTS_MAX {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(BLOB_RESUME_DELAY_MS)).await;
         }
-        Err(gave_up("download", last_error))
+        let connection = match connections.connection().await {
+            Ok(connection) => connection,
+            Err(error) if error.is_retryable() => {
+                last_error = Some(error);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let offset = opener.received();
+        if attempt > 0 {
+            progress(BlobProgress {
+                done_bytes: offset,
+                total_bytes,
+                resumed_from: Some(offset),
+            });
+        }
+        let mut report = |reached| {
+            progress(BlobProgress {
+                done_bytes: reached,
+                total_bytes,
+                resumed_from: None,
+            });
+        };
+        let downloaded = connection
+            .download_stream(
+                reference.region,
+                &reference.id,
+                offset,
+                &mut |bytes| {
+                    opener.feed(bytes)?;
+                    let opened = opener.take_opened();
+                    if opened.is_empty() {
+                        Ok(())
+                    } else {
+                        write(&opened)
+                    }
+                },
+                &mut report,
+            )
+            .await;
+        match downloaded {
+            Ok(status) if status.size_bytes != total_bytes => {
+                return Err(blob::BlobCryptoError::WrongSize {
+                    expected: total_bytes,
+                    found: status.size_bytes,
+                }
+                .into());
+            }
+            Ok(_) if opener.received() == total_bytes => return write(&opener.finish()?),
+            // The stream ended early: resume after what arrived.
+            Ok(_) => {
+                last_error = Some(ClientError::Network(format!(
+                    "the download stopped at byte {} of {total_bytes}",
+                    opener.received()
+                )));
+            }
+            Err(error) if error.is_retryable() => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
     }
+    Err(gave_up("download", last_error))
 }
 
 /// One attempt of an upload: begins it (first time) or asks where it stands, sends the rest
