@@ -7,8 +7,7 @@
 
 use fdb_layers::limits::{LAYER_READ_ENTRIES_MAX, QUEUE_RETENTION_MS_DEFAULT, SWEEP_ENTRIES_MAX};
 use relay_proto::limits::{
-    DIRECTORY_CACHE_TTL_MS, ENVELOPE_RECIPIENT_DEVICES_MAX, GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX,
-    REGION_PEER_REQUEST_TIMEOUT_MS,
+    DIRECTORY_CACHE_TTL_MS, GROUP_MEMBERS_MAX, QUEUE_PUSH_BYTES_MAX, REGION_PEER_REQUEST_TIMEOUT_MS,
 };
 
 // Connections and subscriptions.
@@ -17,9 +16,15 @@ use relay_proto::limits::{
 /// refused (QUIC `CONNECTION_REFUSED`) and the peer retries. Each peer holds one or two.
 pub const INTERNAL_CONNECTIONS_MAX: usize = 4_096;
 
-/// Pushes buffered for one subscribed edge stream before new ones are dropped (they are hints:
-/// the device fetches from its cursor anyway).
-pub const SUBSCRIPTION_PUSHES_MAX: usize = 16_384;
+/// Presence updates, typing notices and move notices waiting for one subscribed edge stream
+/// before new ones are dropped (typing expires, presence and moves are told again). Queue
+/// pushes are never dropped: one per device waits, holding the highest sequence announced.
+pub const SUBSCRIPTION_EVENTS_MAX: usize = 16_384;
+
+/// Bytes of queue entries sent along with the queue pushes waiting for one subscribed edge
+/// stream; past it a push goes with its announcement alone (its device fetches the entries).
+/// A full group's batch fits, for one device per member at the most a push holds.
+pub const SUBSCRIPTION_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Bytes of pushes one write to a subscribed edge stream gathers at most (the pushes waiting
 /// go together; one larger than this goes alone).
@@ -181,13 +186,12 @@ pub const PLANTED_COMMIT_DELAY_MS: u64 = 500;
 const _: () =
     assert!(MISSED_WALK_PAGE_ENTRIES >= 1 && MISSED_WALK_PAGE_ENTRIES <= MISSED_WALK_ENTRIES_MAX);
 
-// One envelope's fan-out (a push per recipient device, a full group's too) fits an idle
-// subscription's buffer.
-const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= ENVELOPE_RECIPIENT_DEVICES_MAX);
+// A full group's fan-out sends each member's device its entries along, at the most a push
+// holds.
+const _: () = assert!(SUBSCRIPTION_ENTRY_BYTES_MAX >= GROUP_MEMBERS_MAX * QUEUE_PUSH_BYTES_MAX);
 // A gathered write holds many small pushes, and is no larger than one frame may be.
 const _: () = assert!(SUBSCRIPTION_WRITE_BYTES_MAX >= 64 * relay_proto::frame::FRAME_HEADER_BYTES);
 const _: () = assert!(SUBSCRIPTION_WRITE_BYTES_MAX <= relay_proto::limits::FRAME_BYTES_MAX);
-const _: () = assert!(SUBSCRIPTION_PUSHES_MAX >= GROUP_ENVELOPE_RECIPIENT_DEVICES_MAX);
 // A cached group is asked of the writer again after a directory record's time to live, and
 // the cache holds every group of a busy region's recent senders.
 const _: () = assert!(GROUP_CACHE_TTL_MS <= DIRECTORY_CACHE_TTL_MS);

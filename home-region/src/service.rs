@@ -11,7 +11,8 @@
 //! What it holds in memory is bounded ([`crate::limits`]): internal connections
 //! ([`INTERNAL_CONNECTIONS_MAX`], then refused), devices subscribed per edge stream
 //! ([`SUBSCRIBED_DEVICES_PER_STREAM_MAX`], further adds ignored and logged), pushes per stream
-//! (dropped past [`SUBSCRIPTION_PUSHES_MAX`]: they are hints), key-claim buckets
+//! (one queue push per device, never dropped; presence and typing dropped past
+//! [`SUBSCRIPTION_EVENTS_MAX`]; see `stream_pushes`), key-claim buckets
 //! ([`crate::claims`]) and the accounts whose cached copy it refreshed lately (at most
 //! [`ACCOUNT_REFRESHES_TRACKED_MAX`]). Accounts cached from the directory writer are asked of it
 //! again in the background once they are [`ACCOUNT_REFRESH_INTERVAL_MS`] old, so a home move
@@ -42,11 +43,9 @@ use relay_net::{
 use relay_planted::PlantedBug;
 use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::REGION_PEER_REQUEST_TIMEOUT_MS;
-use relay_proto::wire::{
-    self, DeviceQueueAvailable, RegionRequest, RegionResponse, region_request, region_response,
-};
+use relay_proto::wire::{self, RegionRequest, RegionResponse, region_request, region_response};
 use relay_proto::{AccountId, ChatId, DeviceAddress, ErrorCode, GroupId, ProtoError, RegionId};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::blobs::{BlobLimits, BlobStore};
 use crate::claims::ClaimLimiter;
@@ -56,6 +55,7 @@ use crate::directory_replica;
 use crate::groups;
 use crate::handover::{self, Drain};
 use moves::Moves;
+use stream_pushes::StreamPushes;
 
 mod accounts;
 mod blob_streams;
@@ -63,6 +63,7 @@ mod commits;
 mod memberships;
 mod moves;
 mod outbox_pump;
+mod stream_pushes;
 mod watching;
 use crate::lanes::{ChatLanes, Ticket};
 use crate::limits::{
@@ -119,7 +120,7 @@ pub enum RegionError {
 
 /// What a region pushes on an edge's subscription stream: queue hints, presence updates and
 /// typing notices.
-type PushSender = mpsc::Sender<region_response::Body>;
+type PushSender = Arc<StreamPushes>;
 
 /// What a region runs on, built by the caller: [`RegionService::open`] makes them from a
 /// configuration (the embedded store, kernel sockets, PEM files, the system clock); a simulation
@@ -1043,7 +1044,7 @@ impl RegionService {
             .unwrap_or_else(|poison| poison.into_inner());
         let mut pushed = effects.pushed;
         for (device, latest_queue_seq) in effects.notify {
-            let entries = pushed
+            let mut entries = pushed
                 .remove(&device)
                 .map(|mut pushed| pushed.take())
                 .unwrap_or_default();
@@ -1053,18 +1054,14 @@ impl RegionService {
                     .handle_unconnected(device, std::time::Instant::now());
                 continue;
             };
-            let push = DeviceQueueAvailable {
-                device: device.into(),
-                latest_queue_seq,
-                entries,
-            };
-            for sender in streams.values() {
-                if sender
-                    .try_send(region_response::Body::QueueAvailable(push.clone()))
-                    .is_err()
-                {
-                    tracing::warn!(%device, "edge subscription is full; dropping a push hint");
-                }
+            let mut streams = streams.values().peekable();
+            while let Some(sender) = streams.next() {
+                let entries = if streams.peek().is_some() {
+                    entries.clone()
+                } else {
+                    std::mem::take(&mut entries)
+                };
+                sender.queue(device, latest_queue_seq, entries);
             }
         }
     }

@@ -724,7 +724,7 @@ impl RegionService {
             .collect();
         streams.sort_unstable_by_key(|(stream, _)| *stream);
         for (stream, sender) in streams {
-            if sender.try_send(notice.clone()).is_err() {
+            if sender.event(notice.clone()).is_err() {
                 tracing::warn!(
                     stream,
                     "edge subscription is full; it hears of the move when refused"

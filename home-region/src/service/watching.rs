@@ -10,11 +10,10 @@ use relay_proto::frame::encode_frame_into;
 use relay_proto::limits::SUBSCRIBED_DEVICES_PER_STREAM_MAX;
 use relay_proto::wire::{self, RegionRequest, RegionResponse, region_request, region_response};
 use relay_proto::{AccountId, DeviceAddress, GroupId, ProtoError};
-use tokio::sync::mpsc;
 
 use super::{PushSender, RegionService, lock, store_failure};
 use crate::core::{self, GroupMembership};
-use crate::limits::{SUBSCRIPTION_PUSHES_MAX, SUBSCRIPTION_WRITE_BYTES_MAX};
+use crate::limits::SUBSCRIPTION_WRITE_BYTES_MAX;
 use crate::presence;
 
 impl RegionService {
@@ -25,7 +24,7 @@ impl RegionService {
         mut recv: quinn::RecvStream,
     ) {
         let stream_id = self.inner.next_stream_id.fetch_add(1, Ordering::Relaxed);
-        let (push_sender, mut pushes) = mpsc::channel(SUBSCRIPTION_PUSHES_MAX);
+        let push_sender = PushSender::default();
         lock(&self.inner.streams).insert(stream_id, push_sender.clone());
         let mut subscribed = 0;
         self.change_subscriptions(stream_id, &push_sender, &first, &mut subscribed);
@@ -35,17 +34,16 @@ impl RegionService {
             // bytes by scanning the unacknowledged segments from the oldest, so a presence change
             // told to thousands of watchers, one small write each, cost time quadratic in them.
             let mut bytes = Vec::new();
-            while let Some(first) = pushes.recv().await {
-                bytes.clear();
-                let mut next = Some(first);
-                while let Some(push) = next {
+            loop {
+                let mut waiting = push_sender.take().await.into_iter().peekable();
+                while let Some(push) = waiting.next() {
                     encode_frame_into(&RegionResponse { body: Some(push) }, &mut bytes);
-                    next = (bytes.len() < SUBSCRIPTION_WRITE_BYTES_MAX)
-                        .then(|| pushes.try_recv().ok())
-                        .flatten();
-                }
-                if send.write_all(&bytes).await.is_err() {
-                    return;
+                    if bytes.len() >= SUBSCRIPTION_WRITE_BYTES_MAX || waiting.peek().is_none() {
+                        if send.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                        bytes.clear();
+                    }
                 }
             }
         };
@@ -330,7 +328,7 @@ impl RegionService {
                 .into_iter()
                 .flat_map(BTreeMap::values)
             {
-                let _ = sender.try_send(region_response::Body::Typing(notice));
+                let _ = sender.event(region_response::Body::Typing(notice));
             }
         }
     }
@@ -349,10 +347,7 @@ impl RegionService {
                 watcher: update.watcher.into(),
                 info: update.info,
             };
-            if sender
-                .try_send(region_response::Body::Presence(push))
-                .is_err()
-            {
+            if sender.event(region_response::Body::Presence(push)).is_err() {
                 tracing::warn!(watcher = %update.watcher, "edge subscription is full; dropping a presence update");
             }
         }
