@@ -777,7 +777,7 @@ pub async fn commit_envelope_into(
     }
 
     // 2. Dedupe, sender FIFO, chat sequence.
-    let envelope_bytes = envelope.encode_to_vec();
+    let envelope_bytes = stored_envelope::encode(envelope);
     let entry = NewEntry {
         chat: parsed.chat,
         sender: parsed.sender,

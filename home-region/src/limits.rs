@@ -26,6 +26,11 @@ pub const SUBSCRIPTION_EVENTS_MAX: usize = 16_384;
 /// A full group's batch fits, for one device per member at the most a push holds.
 pub const SUBSCRIPTION_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Entries from which a group envelope is stored indexed (`stored_envelope::encode`): a
+/// member's lookup is then a binary search instead of a walk over every entry before its own.
+/// Below it the walk is as cheap, and the stored form stays plain protobuf.
+pub const STORED_ENVELOPE_INDEX_ENTRIES_MIN: usize = 32;
+
 /// Bytes of pushes one write to a subscribed edge stream gathers at most (the pushes waiting
 /// go together; one larger than this goes alone).
 pub const SUBSCRIPTION_WRITE_BYTES_MAX: usize = 64 * 1024;
