@@ -36,7 +36,7 @@ use crate::events::{DevnetEvent, Ready, RegionReady};
 use crate::limits::{
     CHILD_LOG_TAIL_BYTES_MAX, CHILD_LOG_TAIL_LINES, CHILD_RESTART_DELAY_MS,
     CHILD_RESTART_DELAY_MS_MAX, CHILD_START_TIMEOUT_MS, CHILD_STOP_TIMEOUT_MS, DEVNET_REGIONS_MAX,
-    EVENTS_BUFFERED_MAX,
+    DEVNET_STANDBY_ACK_TIMEOUT_MS, EVENTS_BUFFERED_MAX,
 };
 use crate::pki::Pki;
 
@@ -325,7 +325,10 @@ impl Launcher {
                         },
                     )
                     .await?;
-                let replication = ReplicationConfig::new(started.address);
+                let replication = ReplicationConfig {
+                    ack_timeout_ms: DEVNET_STANDBY_ACK_TIMEOUT_MS,
+                    ..ReplicationConfig::new(started.address)
+                };
                 sink(started.started());
                 running.push(started);
                 Some(replication)

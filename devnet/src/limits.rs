@@ -21,6 +21,11 @@ pub const EVENTS_BUFFERED_MAX: usize = 256;
 pub const DEVNET_READY_TIMEOUT_MS: u64 = 120_000;
 /// How long a devnet process may take to stop after SIGTERM before it is killed, in ms.
 pub const DEVNET_STOP_TIMEOUT_MS: u64 = 30_000;
+/// How long a devnet's region waits for its standby (`--standbys`) to confirm a commit before
+/// it refuses writes, in ms: five times a region's default, since a devnet shares its machine
+/// with builds and test runs (under such load a region once refused to start, its standby
+/// 2 s late with the first commit).
+pub const DEVNET_STANDBY_ACK_TIMEOUT_MS: u64 = 10_000;
 
 // Region k's addresses are 127.0.k.x.
 const _: () = assert!(DEVNET_REGIONS_MAX <= 254);
