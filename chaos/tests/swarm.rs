@@ -201,6 +201,20 @@ fn the_sweep_finds_a_skipped_sender_seq_check() {
 }
 
 #[test]
+fn a_client_whose_edges_stay_unreachable_stops_waiting_for_a_connection() {
+    // Seed 3622 with standbys never completed: client 0 asked to create a group while the
+    // network to its edge was clogged, then the edge was down for 10 s. Every attempt to
+    // connect timed out (retryable), the device wanted a connection for 20 s only, and the
+    // call kept waiting for one after it stopped trying. A call now waits as long as the
+    // device tries (`FLUSH_BUDGET_MS`), then fails with the last error, and the app asks again.
+    let report = Simulation::swarm(3622)
+        .with_standbys()
+        .run()
+        .expect("the run completes: reproduce with seed=3622 and --standbys");
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+#[test]
 fn a_seed_that_once_depended_on_quic_connection_ids_repeats() {
     // Seed 1970's schedule changed with the connection ids quinn drew from the OS-seeded
     // generator (about one run in three differed); ids now come from the endpoint's seed.

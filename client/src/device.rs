@@ -1019,7 +1019,8 @@ impl Actor {
                     consider(*flush_deadline_ms);
                     consider(started_ms + SYNC_RETRY_BUDGET_MS);
                 }
-                Waiter::Connect { .. } | Waiter::MarkRead { .. } => {}
+                Waiter::Connect { started_ms, .. } => consider(started_ms + FLUSH_BUDGET_MS),
+                Waiter::MarkRead { .. } => {}
             }
         }
         due
@@ -1448,6 +1449,18 @@ impl Actor {
                         || !(error.is_retryable() || error.needs_reconnect()))
                 {
                     let _ = reply.send(Err(error.duplicate()));
+                } else if now_ms >= started_ms + FLUSH_BUDGET_MS {
+                    // The device wanted a connection for this long only: past it, it stops
+                    // trying, so waiting longer would wait forever (a simulated client once
+                    // did, its edges down and every attempt timing out).
+                    let why = match self.core.last_error() {
+                        Some((error, at)) if at >= started_ms => format!(": {error}"),
+                        _ => String::new(),
+                    };
+                    let _ = reply.send(Err(ClientError::Network(format!(
+                        "no connection to the relay within {} s{why}",
+                        FLUSH_BUDGET_MS / 1_000
+                    ))));
                 } else {
                     return Some(Waiter::Connect { started_ms, reply });
                 }
