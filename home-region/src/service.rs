@@ -10,10 +10,10 @@
 //!
 //! What it holds in memory is bounded ([`crate::limits`]): internal connections
 //! ([`INTERNAL_CONNECTIONS_MAX`], then refused), devices subscribed per edge stream
-//! ([`SUBSCRIBED_DEVICES_PER_STREAM_MAX`], further adds ignored and logged), pushes per stream
-//! (one queue push per device, never dropped; presence and typing dropped past
-//! [`SUBSCRIPTION_EVENTS_MAX`]; see `stream_pushes`), key-claim buckets
-//! ([`crate::claims`]) and the accounts whose cached copy it refreshed lately (at most
+//! ([`relay_proto::limits::SUBSCRIBED_DEVICES_PER_STREAM_MAX`], further adds ignored and
+//! logged), pushes per stream (one queue push per device, never dropped; presence and typing
+//! dropped past [`crate::limits::SUBSCRIPTION_EVENTS_MAX`]; see `stream_pushes`), key-claim
+//! buckets ([`crate::claims`]) and the accounts whose cached copy it refreshed lately (at most
 //! [`ACCOUNT_REFRESHES_TRACKED_MAX`]). Accounts cached from the directory writer are asked of it
 //! again in the background once they are [`ACCOUNT_REFRESH_INTERVAL_MS`] old, so a home move
 //! reaches this region's lookups without a restart.
