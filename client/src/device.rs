@@ -487,7 +487,8 @@ impl Device {
     }
 
     /// Waits until the device is connected and authenticated; fails when the first attempt
-    /// finds no edge at all (or cannot work for another reason), keeps trying otherwise.
+    /// finds no edge at all (or cannot work for another reason), keeps trying otherwise for up
+    /// to [`FLUSH_BUDGET_MS`], then fails with the last error (ask again to keep trying).
     pub async fn connect(&self) -> Result<()> {
         self.call(Command::Connect).await
     }
