@@ -165,11 +165,7 @@ pub(crate) fn recipients(envelope: &[u8]) -> Result<Recipients, ViewError> {
 /// the last of a field stands, repeated ones gather).
 fn decode_fields<M: Message + Default>(envelope: &[u8]) -> Result<M, ViewError> {
     match Indexed::parse(envelope)? {
-        Some(indexed) => {
-            let mut fields = M::decode(indexed.others)?;
-            fields.merge(indexed.appended)?;
-            Ok(fields)
-        }
+        Some(indexed) => indexed.fields(),
         None => Ok(M::decode(envelope)?),
     }
 }
@@ -196,15 +192,14 @@ impl<'a> Indexed<'a> {
         if tag != INDEX_TAG {
             return Ok(None);
         }
-        let damaged = ViewError::Framing("an entry index that does not frame");
+        let damaged = || ViewError::Framing("an entry index that does not frame");
         if wire_type != WIRE_LENGTH_DELIMITED || index.len() < 8 || index.len() % 4 != 0 {
-            return Err(damaged);
+            return Err(damaged());
         }
         let others_len = le_u32(&index[..4]) as usize;
         let entries_len = le_u32(&index[4..8]) as usize;
-        let (others, rest) = split(rest, others_len).map_err(|_| damaged)?;
-        let (entries, appended) = split(rest, entries_len)
-            .map_err(|_| ViewError::Framing("an entry index that does not frame"))?;
+        let (others, rest) = split(rest, others_len).map_err(|_| damaged())?;
+        let (entries, appended) = split(rest, entries_len).map_err(|_| damaged())?;
         Ok(Some(Indexed {
             others,
             entries,
@@ -215,6 +210,14 @@ impl<'a> Indexed<'a> {
 
     fn len(&self) -> usize {
         self.starts.len() / 4
+    }
+
+    /// The fields `M` names, from the fields other than the entries and from what was appended
+    /// after them (as a whole decode reads them: the last of a field stands).
+    fn fields<M: Message + Default>(&self) -> Result<M, ViewError> {
+        let mut fields = M::decode(self.others)?;
+        fields.merge(self.appended)?;
+        Ok(fields)
     }
 
     /// Entry `at` (< `len`), as [`entries`] yields it.
@@ -319,8 +322,7 @@ pub(crate) fn member_view(
     recipient: DeviceAddr,
 ) -> Result<(GroupFields, Option<DeviceCiphertext>), ViewError> {
     if let Some(indexed) = Indexed::parse(envelope)? {
-        let mut fields = GroupFields::decode(indexed.others)?;
-        fields.merge(indexed.appended)?;
+        let fields = indexed.fields()?;
         let found = indexed.find(recipient)?;
         return Ok((fields, found.map(DeviceCiphertext::decode).transpose()?));
     }
