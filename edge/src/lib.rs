@@ -4,10 +4,12 @@
 //! [`session`] holds the per-connection decisions (sans-IO); [`cache`] the bounded, versioned
 //! cache of account homes, [`keys`] the bounded cache of device keys that spares a login the
 //! round trip to the home region, [`subscriptions`] what a subscription stream to a region has to
-//! send, and [`presence`] the presence watches of connected devices (all sans-IO); [`service`]
+//! send, [`presence`] the presence watches of connected devices, and [`acks`] the devices'
+//! acknowledgements gathered on their way to a region (all sans-IO); [`service`]
 //! is the QUIC shell; [`locator`] answers DNS queries for the
 //! nearest edge. Every bound of the edge is in [`limits`].
 
+pub mod acks;
 pub mod admission;
 pub mod cache;
 pub mod config;

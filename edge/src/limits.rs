@@ -15,6 +15,10 @@ use crate::keys::DeviceKey;
 
 // Device connections.
 
+/// Gatherings of devices' acks on their way to one region at once ([`crate::acks`]): an ack
+/// that finds fewer starts one (it leaves at once); else it waits for the next to leave.
+pub const ACK_GATHERINGS_IN_FLIGHT_MAX: usize = 4;
+
 /// Most device connections one edge holds; past it new connections are refused (QUIC
 /// `CONNECTION_REFUSED`) and devices retry with backoff, possibly at another edge.
 pub const DEVICE_CONNECTIONS_MAX: usize = 100_000;

@@ -42,6 +42,7 @@ use relay_proto::{AccountId, DeviceAddress, ErrorCode, ProtoError, RegionId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::acks::AckGathering;
 use crate::admission::{AddressLimiter, AdmissionLimits, Refusal};
 use crate::cache::HomeCache;
 use crate::config::EdgeConfig;
@@ -197,7 +198,12 @@ struct Inner {
     next_connection: AtomicU64,
     clock: Arc<dyn Clock>,
     nonces: Arc<dyn NonceSource>,
+    /// Devices' acks on their way to their home regions (see [`crate::acks`]).
+    acks: Mutex<AckGathering<AckWaiter>>,
 }
+
+/// Where the answer to one gathered ack goes.
+type AckWaiter = tokio::sync::oneshot::Sender<Result<wire::QueueBatch, ProtoError>>;
 
 /// Answers the first request of a connection its address may not open now with the typed
 /// refusal (`Throttled` with the retry-after, or `Overloaded`), then closes it.
@@ -348,6 +354,7 @@ impl EdgeService {
             next_connection: AtomicU64::new(1),
             clock,
             nonces,
+            acks: Mutex::new(AckGathering::default()),
         };
         Ok((
             Self {

@@ -39,6 +39,12 @@ pub const QUEUE_FETCH_ENTRIES_MAX: u32 = 1_024;
 /// the device could never fetch its queue again.
 pub const QUEUE_FETCH_BYTES_MAX: usize = 512 * 1024;
 
+/// Devices' acknowledgements an edge gathers into one `AckMany` to their home region.
+pub const ACK_MANY_DEVICES_MAX: usize = 256;
+/// Encoded bytes of the requests gathered into one `AckMany`: half a frame, so the request
+/// always fits one.
+pub const ACK_MANY_BYTES_MAX: usize = FRAME_BYTES_MAX / 2;
+
 /// Most bytes of queue entries (as encoded) a push carries along with its hint: the entries a
 /// commit appended, up to this budget (a push never holds an entry past it; the device fetches
 /// what did not fit). Small: the edge holds them for each connection until its device reads
@@ -275,6 +281,8 @@ const _: () = assert!(GROUP_MESSAGE_ENVELOPE_BYTES_MAX <= ENVELOPE_BYTES_MAX);
 const _: () = assert!(ENVELOPE_BYTES_MAX + 1_024 <= FRAME_BYTES_MAX);
 // A push with its entries fits one frame, with the frame's own fields; it is a page's part.
 const _: () = assert!(QUEUE_PUSH_BYTES_MAX + 1_024 <= FRAME_BYTES_MAX);
+// An `AckMany`'s requests and framing fit one frame.
+const _: () = assert!(ACK_MANY_BYTES_MAX + 64 * ACK_MANY_DEVICES_MAX <= FRAME_BYTES_MAX);
 const _: () = assert!(QUEUE_PUSH_BYTES_MAX <= QUEUE_FETCH_BYTES_MAX);
 // A queued group message (the group ciphertext, session id and group fields instead of a
 // device ciphertext) stays within the queue entry bounds below.

@@ -45,8 +45,8 @@ pub use moves::{
 };
 pub use push::{PushAction, PushState, SetPush, WebPushSubscription};
 pub use queue::{
-    QueueBatch, QueueEntry, QueuedMessage, QueuedMessages, QueuedReceipt, QueuedReceipts,
-    ReceiptState, queue_entry,
+    AckMany, AckOutcome, AcksDone, QueueBatch, QueueEntry, QueuedMessage, QueuedMessages,
+    QueuedReceipt, QueuedReceipts, ReceiptState, ack_outcome, queue_entry,
 };
 
 pub use presence::{
@@ -999,7 +999,7 @@ pub struct RegionRequest {
     /// The request.
     #[prost(
         oneof = "region_request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28"
     )]
     pub body: Option<region_request::Body>,
 }
@@ -1106,6 +1106,10 @@ pub mod region_request {
         /// the home (answered with `Account`).
         #[prost(message, tag = "27")]
         MoveAccountHome(super::MoveAccountHome),
+        /// (Edge → a device's home) several devices' `FetchQueue` requests at once (answered
+        /// with `AcksDone`).
+        #[prost(message, tag = "28")]
+        AckMany(super::AckMany),
     }
 }
 
@@ -1115,7 +1119,7 @@ pub struct RegionResponse {
     /// The answer.
     #[prost(
         oneof = "region_response::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31"
     )]
     pub body: Option<region_response::Body>,
 }
@@ -1217,6 +1221,9 @@ pub mod region_response {
         /// A push on the subscription stream: an account homed in the region moved.
         #[prost(message, tag = "30")]
         AccountMoved(super::AccountMoved),
+        /// Answer to `AckMany`.
+        #[prost(message, tag = "31")]
+        AcksDone(super::AcksDone),
     }
 }
 

@@ -20,6 +20,7 @@ use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, Reg
 use tokio::task::JoinSet;
 
 use super::{EdgeService, error_response};
+use crate::acks::Added;
 use crate::cache::Home;
 use crate::limits::{
     MOVED_HOME_UNKNOWN_RETRY_AFTER_MS, OVERLOADED_RETRY_AFTER_MS, SEND_ROUTE_ROUNDS_MAX,
@@ -151,6 +152,10 @@ async fn copy_stream(
             None => return Ok(()),
         }
     }
+}
+
+fn unexpected_answer() -> ProtoError {
+    ProtoError::new(ErrorCode::Internal, "unexpected answer from a region")
 }
 
 fn region_unreachable(region: RegionId, problem: &str) -> ProtoError {
@@ -477,7 +482,7 @@ impl EdgeService {
         let Some(body) = request.body else {
             return Err(crate::session::unsupported_request());
         };
-        let unexpected = || ProtoError::new(ErrorCode::Internal, "unexpected answer from a region");
+        let unexpected = unexpected_answer;
         match (route, body) {
             (Route::OwnRegion, Req::Register(register)) => {
                 match self
@@ -545,6 +550,7 @@ impl EdgeService {
                 }
             }
             (Route::DeviceHome(device), Req::FetchQueue(fetch)) => {
+                let acks_only = fetch.fetch.is_none() && fetch.ack.is_some();
                 let request = wire::ForDevice {
                     device: device.into(),
                     upload: None,
@@ -554,6 +560,12 @@ impl EdgeService {
                     push: None,
                     block: None,
                 };
+                if acks_only {
+                    return self
+                        .ack_gathered(device.account, request)
+                        .await
+                        .map(Resp::Queue);
+                }
                 match self
                     .to_home(device.account, region_request::Body::FetchQueue(request))
                     .await?
@@ -725,6 +737,97 @@ impl EdgeService {
                 ErrorCode::Internal,
                 "request routed inconsistently",
             )),
+        }
+    }
+
+    /// A device's ack-only `FetchQueue`, gathered with other devices' acks for the same home
+    /// region into one `AckMany` (see [`crate::acks`]). What the gathering cannot settle goes
+    /// as a request of its own: a refusal as not homed there (the account moved; [`Self::to_home`]
+    /// follows it) and a region too old for `AckMany`.
+    async fn ack_gathered(
+        &self,
+        account: AccountId,
+        request: wire::ForDevice,
+    ) -> Result<wire::QueueBatch, ProtoError> {
+        let home = self.home_of(account).await?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let added = self
+            .inner
+            .acks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .add(home, request.clone(), answer);
+        if added == Added::Start {
+            tokio::spawn(self.clone().send_gathered_acks(home));
+        }
+        let gathered = answered.await.unwrap_or_else(|_| {
+            Err(ProtoError::new(
+                ErrorCode::Internal,
+                "the edge dropped an acknowledgement on its way; send it again",
+            ))
+        });
+        match gathered {
+            Err(error)
+                if matches!(
+                    error.code,
+                    ErrorCode::UnknownAccount | ErrorCode::UnsupportedRequest
+                ) =>
+            {
+                match self
+                    .to_home(account, region_request::Body::FetchQueue(request))
+                    .await?
+                {
+                    (_, region_response::Body::Queue(batch)) => Ok(batch),
+                    _ => Err(unexpected_answer()),
+                }
+            }
+            answer => answer,
+        }
+    }
+
+    /// Sends the acks gathered for `region`, an `AckMany` at a time, until none wait, and
+    /// answers each with what the region said of it (a failed request: its error, to each).
+    async fn send_gathered_acks(self, region: RegionId) {
+        loop {
+            let taken = self
+                .inner
+                .acks
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take(region);
+            if taken.is_empty() {
+                return;
+            }
+            let (requests, waiters): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
+            let count = requests.len();
+            let answer = self
+                .region_request(
+                    region,
+                    region_request::Body::AckMany(wire::AckMany { acks: requests }),
+                )
+                .await;
+            match answer {
+                Ok(region_response::Body::AcksDone(done)) if done.outcomes.len() == count => {
+                    for (waiter, outcome) in waiters.into_iter().zip(done.outcomes) {
+                        let answer = match outcome.outcome {
+                            Some(wire::ack_outcome::Outcome::Queue(batch)) => Ok(batch),
+                            Some(wire::ack_outcome::Outcome::Error(error)) => Err(error.into()),
+                            None => Err(unexpected_answer()),
+                        };
+                        let _ = waiter.send(answer);
+                    }
+                }
+                Ok(_) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(unexpected_answer()));
+                    }
+                }
+                Err(error) => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+            }
         }
     }
 

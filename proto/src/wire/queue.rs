@@ -149,3 +149,45 @@ pub struct QueueBatch {
     #[prost(enumeration = "FallbackKeyState", tag = "4")]
     pub fallback_key: i32,
 }
+
+/// (Edge → region) the acknowledgements of several devices' queues that an edge gathered
+/// while its previous ones were on their way: each is handled as its own `FetchQueue`, and
+/// they are answered in the same order (`AcksDone`). Saves the edge and the region one
+/// request each per device; the transactions stay one per device.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AckMany {
+    /// Each device's request (`fetch` set, usually with an ack only), at most
+    /// [`crate::limits::ACK_MANY_DEVICES_MAX`].
+    #[prost(message, repeated, tag = "1")]
+    pub acks: Vec<super::ForDevice>,
+}
+
+/// The answers to an [`AckMany`], one per request, in its order.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AcksDone {
+    /// What each request got.
+    #[prost(message, repeated, tag = "1")]
+    pub outcomes: Vec<AckOutcome>,
+}
+
+/// What one request of an [`AckMany`] got.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AckOutcome {
+    /// The page (as `FetchQueue` answers) or the refusal.
+    #[prost(oneof = "ack_outcome::Outcome", tags = "1, 2")]
+    pub outcome: Option<ack_outcome::Outcome>,
+}
+
+/// The variants of [`AckOutcome`].
+pub mod ack_outcome {
+    /// What one request of an `AckMany` got.
+    #[derive(Clone, PartialEq, Eq, prost::Oneof)]
+    pub enum Outcome {
+        /// Done: as `FetchQueue` answers.
+        #[prost(message, tag = "1")]
+        Queue(super::QueueBatch),
+        /// Refused, as `FetchQueue` would have been.
+        #[prost(message, tag = "2")]
+        Error(super::super::ErrorReply),
+    }
+}
