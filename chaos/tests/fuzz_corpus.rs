@@ -67,6 +67,21 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     region: 1,
                 }],
             })),
+            region(region_request::Body::AckMany(wire::AckMany {
+                acks: vec![wire::ForDevice {
+                    device: wire::DeviceAddr {
+                        account: 2,
+                        device: 1,
+                    },
+                    fetch: Some(wire::FetchAndAck {
+                        ack: Some(wire::AckQueue {
+                            queue_seqs: vec![1],
+                        }),
+                        fetch: None,
+                    }),
+                    ..wire::ForDevice::default()
+                }],
+            })),
             region(region_request::Body::Subscribe(wire::Subscribe {
                 add: vec![wire::DeviceAddr {
                     account: 1,
