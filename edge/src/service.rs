@@ -54,6 +54,7 @@ use crate::session::{Route, SeenMarks, Session, SessionLimits};
 use crate::subscriptions::{PendingSubscriptions, SubscriptionWork};
 
 mod push_slot;
+mod queue_requests;
 mod region_links;
 mod routing;
 

@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use fdb_layers::Database;
 use fdb_layers::keys::IdempotencyKey;
-use fdb_layers::{Database, directory};
 use home_region::core::{self, CommitDecision};
 use relay_proto::limits::ACK_MANY_DEVICES_MAX;
 use relay_proto::wire::{
     self, AckMany, AckQueue, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, ForDevice,
-    OneTimeKey, RegionRequest, ack_outcome::Outcome, queue_entry, region_request, region_response,
+    RegionRequest, ack_outcome::Outcome, queue_entry, region_request, region_response,
     send_outcome,
 };
 use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, RegionId};
@@ -30,36 +30,14 @@ fn idempotency_key(counter: u8) -> IdempotencyKey {
 
 /// Creates an account homed here with one device.
 async fn account(db: &Database, name: &str, counter: u8) -> DeviceAddress {
-    let create = idempotency_key(counter);
-    let record = db
-        .transact(|tx| async move { directory::create_account(&tx, name, HERE, &create).await })
-        .await
-        .expect("store")
-        .expect("name free");
-    let register = wire::Register {
-        name: name.into(),
-        identity_key: vec![1; 32],
-        signing_key: vec![2; 32],
-        one_time_keys: vec![OneTimeKey {
-            key_id: format!("{name}-a"),
-            public_key: vec![1; 32],
-            ..OneTimeKey::default()
-        }],
-        registration_token: String::new(),
-        fallback_key: None,
-    };
-    let request = idempotency_key(counter + 100);
-    let (record_ref, register, request) = (&record, &register, &request);
-    db.transact(
-        |tx| async move { core::register_device(&tx, record_ref, register, request).await },
+    support::account_with_device(
+        db,
+        HERE,
+        name,
+        idempotency_key(counter),
+        idempotency_key(counter + 100),
     )
     .await
-    .expect("store")
-    .expect("registered");
-    DeviceAddress {
-        account: record.id,
-        device: DeviceId(1),
-    }
 }
 
 /// Commits a message from `sender` to `receiver`.

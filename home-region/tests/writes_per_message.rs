@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex};
 
 use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::tuple::key_names;
-use fdb_layers::{Database, EmbeddedOptions, StoreError, Transaction, directory};
+use fdb_layers::{Database, EmbeddedOptions, StoreError, Transaction};
 use home_region::core::{self, CommitDecision, Outcome};
 use relay_proto::wire::{
-    self, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, OneTimeKey, queue_entry,
-    send_outcome,
+    self, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, queue_entry, send_outcome,
 };
 use relay_proto::{ChatId, DeviceAddress, RegionId};
+
+mod support;
 
 const HERE: RegionId = RegionId(1);
 /// Sender → receiver pairs running at once.
@@ -104,36 +105,7 @@ fn idempotency_key() -> IdempotencyKey {
 
 /// Creates an account homed here with one device.
 async fn account(db: &Database, name: &str) -> DeviceAddress {
-    let create = idempotency_key();
-    let record = db
-        .transact(|tx| async move { directory::create_account(&tx, name, HERE, &create).await })
-        .await
-        .expect("store")
-        .expect("name free");
-    let register = wire::Register {
-        name: name.into(),
-        identity_key: vec![1; 32],
-        signing_key: vec![2; 32],
-        one_time_keys: vec![OneTimeKey {
-            key_id: format!("{name}-a"),
-            public_key: vec![1; 32],
-            ..OneTimeKey::default()
-        }],
-        registration_token: String::new(),
-        fallback_key: None,
-    };
-    let request = idempotency_key();
-    let (record_ref, register, request) = (&record, &register, &request);
-    db.transact(
-        |tx| async move { core::register_device(&tx, record_ref, register, request).await },
-    )
-    .await
-    .expect("store")
-    .expect("registered");
-    DeviceAddress {
-        account: record.id,
-        device: relay_proto::DeviceId(1),
-    }
+    support::account_with_device(db, HERE, name, idempotency_key(), idempotency_key()).await
 }
 
 /// A client message id that looks random, as a client's are.

@@ -20,7 +20,6 @@ use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, ProtoError, Reg
 use tokio::task::JoinSet;
 
 use super::{EdgeService, error_response};
-use crate::acks::Added;
 use crate::cache::Home;
 use crate::limits::{
     MOVED_HOME_UNKNOWN_RETRY_AFTER_MS, OVERLOADED_RETRY_AFTER_MS, SEND_ROUTE_ROUNDS_MAX,
@@ -154,7 +153,7 @@ async fn copy_stream(
     }
 }
 
-fn unexpected_answer() -> ProtoError {
+pub(super) fn unexpected_answer() -> ProtoError {
     ProtoError::new(ErrorCode::Internal, "unexpected answer from a region")
 }
 
@@ -292,7 +291,7 @@ impl EdgeService {
     /// included): a region that cannot be reached is `Unavailable`; a connected region that does
     /// not answer in time is `Overloaded`, with a hint of when to retry. Either way the link is
     /// dropped, so the next request connects afresh.
-    async fn region_request(
+    pub(super) async fn region_request(
         &self,
         region: RegionId,
         body: region_request::Body,
@@ -482,7 +481,6 @@ impl EdgeService {
         let Some(body) = request.body else {
             return Err(crate::session::unsupported_request());
         };
-        let unexpected = unexpected_answer;
         match (route, body) {
             (Route::OwnRegion, Req::Register(register)) => {
                 match self
@@ -492,7 +490,7 @@ impl EdgeService {
                     region_response::Body::Registered(registered) => {
                         Ok(Resp::Registered(registered))
                     }
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::OwnRegion, Req::LookupName(lookup)) => {
@@ -501,7 +499,7 @@ impl EdgeService {
                     .await?
                 {
                     region_response::Body::Account(info) => Ok(Resp::Account(info)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::OwnRegion, Req::LookupAccount(lookup)) => {
@@ -513,7 +511,7 @@ impl EdgeService {
                     .await?
                 {
                     region_response::Body::Account(info) => Ok(Resp::Account(info)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::Claim { account, claimer }, Req::ClaimKeys(mut claim)) => {
@@ -523,7 +521,7 @@ impl EdgeService {
                     .await?
                 {
                     (_, region_response::Body::Keys(bundle)) => Ok(Resp::Keys(bundle)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::UploadOneTimeKeys(upload)) => {
@@ -546,7 +544,7 @@ impl EdgeService {
                     (_, region_response::Body::KeysUploaded(count)) => {
                         Ok(Resp::KeysUploaded(count))
                     }
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::FetchQueue(fetch)) => {
@@ -561,18 +559,11 @@ impl EdgeService {
                     block: None,
                 };
                 if acks_only {
-                    return self
-                        .ack_gathered(device.account, request)
-                        .await
-                        .map(Resp::Queue);
+                    self.ack_gathered(device.account, request).await
+                } else {
+                    self.fetch_at_home(device.account, request).await
                 }
-                match self
-                    .to_home(device.account, region_request::Body::FetchQueue(request))
-                    .await?
-                {
-                    (_, region_response::Body::Queue(batch)) => Ok(Resp::Queue(batch)),
-                    _ => Err(unexpected()),
-                }
+                .map(Resp::Queue)
             }
             (Route::Region(region), Req::RequestLink(link)) => {
                 match self
@@ -580,7 +571,7 @@ impl EdgeService {
                     .await?
                 {
                     region_response::Body::LinkStatus(status) => Ok(Resp::LinkStatus(status)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::Devices(command)) => {
@@ -602,7 +593,7 @@ impl EdgeService {
                         Ok(Resp::LinkRequests(requests))
                     }
                     (_, region_response::Body::Devices(devices)) => Ok(Resp::Devices(devices)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::Group(command)) => {
@@ -621,7 +612,7 @@ impl EdgeService {
                 {
                     region_response::Body::Group(info) => Ok(Resp::Group(info)),
                     region_response::Body::Groups(list) => Ok(Resp::Groups(list)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::Blob { device, region }, Req::Blob(command)) => {
@@ -635,7 +626,7 @@ impl EdgeService {
                 };
                 match answer {
                     region_response::Body::Blob(status) => Ok(Resp::Blob(status)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::Block(request)) => {
@@ -649,7 +640,7 @@ impl EdgeService {
                     .await?
                 {
                     (_, region_response::Body::Blocked(list)) => Ok(Resp::Blocked(list)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::Push(request)) => {
@@ -663,7 +654,7 @@ impl EdgeService {
                     .await?
                 {
                     (_, region_response::Body::Push(state)) => Ok(Resp::Push(state)),
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (Route::DeviceHome(device), Req::PresencePrivacy(request)) => {
@@ -682,7 +673,7 @@ impl EdgeService {
                     (_, region_response::Body::PresencePrivacy(privacy)) => {
                         Ok(Resp::PresencePrivacy(privacy))
                     }
-                    _ => Err(unexpected()),
+                    _ => Err(unexpected_answer()),
                 }
             }
             (
@@ -737,97 +728,6 @@ impl EdgeService {
                 ErrorCode::Internal,
                 "request routed inconsistently",
             )),
-        }
-    }
-
-    /// A device's ack-only `FetchQueue`, gathered with other devices' acks for the same home
-    /// region into one `AckMany` (see [`crate::acks`]). What the gathering cannot settle goes
-    /// as a request of its own: a refusal as not homed there (the account moved; [`Self::to_home`]
-    /// follows it) and a region too old for `AckMany`.
-    async fn ack_gathered(
-        &self,
-        account: AccountId,
-        request: wire::ForDevice,
-    ) -> Result<wire::QueueBatch, ProtoError> {
-        let home = self.home_of(account).await?;
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let added = self
-            .inner
-            .acks
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .add(home, request.clone(), answer);
-        if added == Added::Start {
-            tokio::spawn(self.clone().send_gathered_acks(home));
-        }
-        let gathered = answered.await.unwrap_or_else(|_| {
-            Err(ProtoError::new(
-                ErrorCode::Internal,
-                "the edge dropped an acknowledgement on its way; send it again",
-            ))
-        });
-        match gathered {
-            Err(error)
-                if matches!(
-                    error.code,
-                    ErrorCode::UnknownAccount | ErrorCode::UnsupportedRequest
-                ) =>
-            {
-                match self
-                    .to_home(account, region_request::Body::FetchQueue(request))
-                    .await?
-                {
-                    (_, region_response::Body::Queue(batch)) => Ok(batch),
-                    _ => Err(unexpected_answer()),
-                }
-            }
-            answer => answer,
-        }
-    }
-
-    /// Sends the acks gathered for `region`, an `AckMany` at a time, until none wait, and
-    /// answers each with what the region said of it (a failed request: its error, to each).
-    async fn send_gathered_acks(self, region: RegionId) {
-        loop {
-            let taken = self
-                .inner
-                .acks
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .take(region);
-            if taken.is_empty() {
-                return;
-            }
-            let (requests, waiters): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
-            let count = requests.len();
-            let answer = self
-                .region_request(
-                    region,
-                    region_request::Body::AckMany(wire::AckMany { acks: requests }),
-                )
-                .await;
-            match answer {
-                Ok(region_response::Body::AcksDone(done)) if done.outcomes.len() == count => {
-                    for (waiter, outcome) in waiters.into_iter().zip(done.outcomes) {
-                        let answer = match outcome.outcome {
-                            Some(wire::ack_outcome::Outcome::Queue(batch)) => Ok(batch),
-                            Some(wire::ack_outcome::Outcome::Error(error)) => Err(error.into()),
-                            None => Err(unexpected_answer()),
-                        };
-                        let _ = waiter.send(answer);
-                    }
-                }
-                Ok(_) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(unexpected_answer()));
-                    }
-                }
-                Err(error) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(error.clone()));
-                    }
-                }
-            }
         }
     }
 

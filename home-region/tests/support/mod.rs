@@ -7,15 +7,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use fdb_layers::{Database, MemoryOptions};
+use fdb_layers::keys::IdempotencyKey;
+use fdb_layers::{Database, MemoryOptions, directory};
 use home_region::blobs::{BlobLimits, memory_objects};
 use home_region::{RegionParts, RegionService};
 use quinn::rustls::RootCertStore;
 use quinn::rustls::pki_types::PrivateKeyDer;
 use rcgen::{Issuer, KeyPair, PKCS_ED25519};
 use relay_net::{PeerResolver, TlsIdentity, TokioSockets};
-use relay_proto::RegionId;
 use relay_proto::clock::SystemClock;
+use relay_proto::wire;
+use relay_proto::{DeviceAddress, DeviceId, RegionId};
 
 /// The directory writer.
 pub const WRITER: RegionId = RegionId(1);
@@ -92,4 +94,43 @@ pub fn region(
         .unwrap_or_else(|poison| poison.into_inner())
         .insert(region.0, address);
     (service, db)
+}
+
+/// Creates an account `name` homed in `home` with one registered device (number 1), as the
+/// region's core does; `create` and `register` are the two requests' idempotency keys.
+pub async fn account_with_device(
+    db: &Database,
+    home: RegionId,
+    name: &str,
+    create: IdempotencyKey,
+    register: IdempotencyKey,
+) -> DeviceAddress {
+    let record = db
+        .transact(|tx| async move { directory::create_account(&tx, name, home, &create).await })
+        .await
+        .expect("store")
+        .expect("name free");
+    let registration = wire::Register {
+        name: name.into(),
+        identity_key: vec![1; 32],
+        signing_key: vec![2; 32],
+        one_time_keys: vec![wire::OneTimeKey {
+            key_id: format!("{name}-a"),
+            public_key: vec![1; 32],
+            ..wire::OneTimeKey::default()
+        }],
+        registration_token: String::new(),
+        fallback_key: None,
+    };
+    let (record_ref, registration, register) = (&record, &registration, &register);
+    db.transact(|tx| async move {
+        home_region::core::register_device(&tx, record_ref, registration, register).await
+    })
+    .await
+    .expect("store")
+    .expect("registered");
+    DeviceAddress {
+        account: record.id,
+        device: DeviceId(1),
+    }
 }
