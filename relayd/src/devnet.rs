@@ -24,11 +24,11 @@ pub struct DevnetArgs {
     #[arg(long)]
     json: bool,
     /// Sustained requests per second each edge allows one device connection (default: the
-    /// edge's own, 50). Benchmarks lift it to measure the message path, not the abuse limit.
+    /// edge's own, 500).
     #[arg(long)]
     edge_requests_per_second: Option<u32>,
     /// Requests each edge allows one device connection in a burst (default: the edge's own,
-    /// 200).
+    /// 12,000).
     #[arg(long)]
     edge_requests_burst: Option<u32>,
     /// Sustained new connections per second each edge admits from one source address
