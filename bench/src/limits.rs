@@ -70,7 +70,7 @@ pub const BACKLOG_MESSAGES: u64 = 10_000;
 pub const BACKLOG_MESSAGES_QUICK: u64 = 300;
 /// Envelopes of the backlog's chat in flight at once: the client library's outbox window
 /// (`relay_client::limits::PIPELINE_WINDOW`).
-pub const BACKLOG_PIPELINE_WINDOW: usize = 48;
+pub const BACKLOG_PIPELINE_WINDOW: usize = 32;
 /// Members (the sender's account included) of the W3 groups by default: issue 13's two sizes,
 /// each a closed-loop row; the first also gets the open-loop row at half its rate.
 pub const GROUP_MEMBERS_DEFAULT: [usize; 2] = [100, relay_proto::limits::GROUP_MEMBERS_MAX];
