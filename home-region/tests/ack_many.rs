@@ -12,11 +12,10 @@ use fdb_layers::keys::IdempotencyKey;
 use home_region::core::{self, CommitDecision};
 use relay_proto::limits::ACK_MANY_DEVICES_MAX;
 use relay_proto::wire::{
-    self, AckMany, AckQueue, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, ForDevice,
-    RegionRequest, ack_outcome::Outcome, queue_entry, region_request, region_response,
-    send_outcome,
+    self, AckMany, AckQueue, FetchAndAck, FetchQueue, ForDevice, RegionRequest,
+    ack_outcome::Outcome, queue_entry, region_request, region_response, send_outcome,
 };
-use relay_proto::{AccountId, ChatId, DeviceAddress, DeviceId, ErrorCode, RegionId};
+use relay_proto::{AccountId, DeviceAddress, DeviceId, ErrorCode, RegionId};
 
 mod support;
 
@@ -42,20 +41,7 @@ async fn account(db: &Database, name: &str, counter: u8) -> DeviceAddress {
 
 /// Commits a message from `sender` to `receiver`.
 async fn send(db: &Database, sender: DeviceAddress, receiver: DeviceAddress, seq: u64) {
-    let envelope = Envelope {
-        chat: ChatId::direct(sender.account, receiver.account).0.to_vec(),
-        sender: sender.into(),
-        client_message_id: [seq as u8; 16].to_vec(),
-        sender_seq: seq,
-        recipient_accounts: vec![receiver.account.0],
-        ciphertexts: vec![DeviceCiphertext {
-            recipient: receiver.into(),
-            message_type: 1,
-            body: vec![7; 100],
-        }],
-        device_seq: seq,
-        ..Default::default()
-    };
+    let envelope = support::direct_envelope(sender, receiver, seq, [seq as u8; 16].to_vec(), 100);
     let envelope = &envelope;
     let decision = db
         .transact(|tx| async move {

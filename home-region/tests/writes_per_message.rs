@@ -21,10 +21,8 @@ use fdb_layers::keys::IdempotencyKey;
 use fdb_layers::tuple::key_names;
 use fdb_layers::{Database, EmbeddedOptions, StoreError, Transaction};
 use home_region::core::{self, CommitDecision, Outcome};
-use relay_proto::wire::{
-    self, DeviceCiphertext, Envelope, FetchAndAck, FetchQueue, queue_entry, send_outcome,
-};
-use relay_proto::{ChatId, DeviceAddress, RegionId};
+use relay_proto::wire::{self, FetchAndAck, FetchQueue, queue_entry, send_outcome};
+use relay_proto::{DeviceAddress, RegionId};
 
 mod support;
 
@@ -128,24 +126,16 @@ async fn pair_loop(
     sender: DeviceAddress,
     receiver: DeviceAddress,
 ) {
-    let chat = ChatId::direct(sender.account, receiver.account);
     let no_quarantine = BTreeSet::new();
     let (mut receiver_cursor, mut sender_cursor) = (0, 0);
     for sender_seq in 1..=MESSAGES_PER_PAIR {
-        let envelope = Envelope {
-            chat: chat.0.to_vec(),
-            sender: sender.into(),
-            client_message_id: client_message_id(pair, sender_seq).to_vec(),
+        let envelope = support::direct_envelope(
+            sender,
+            receiver,
             sender_seq,
-            recipient_accounts: vec![receiver.account.0],
-            ciphertexts: vec![DeviceCiphertext {
-                recipient: receiver.into(),
-                message_type: 1,
-                body: vec![7; PAYLOAD_BYTES],
-            }],
-            device_seq: sender_seq,
-            ..Default::default()
-        };
+            client_message_id(pair, sender_seq).to_vec(),
+            PAYLOAD_BYTES,
+        );
         let now_ms = 1_000 + sender_seq;
         let decision = run(&db, &tally, async |tx| {
             core::commit_envelope(

@@ -85,27 +85,26 @@ impl EdgeService {
                     region_request::Body::AckMany(wire::AckMany { acks: requests }),
                 )
                 .await;
-            match answer {
+            let outcomes = match answer {
                 Ok(region_response::Body::AcksDone(done)) if done.outcomes.len() == count => {
-                    for (waiter, outcome) in waiters.into_iter().zip(done.outcomes) {
-                        let answer = match outcome.outcome {
-                            Some(wire::ack_outcome::Outcome::Queue(batch)) => Ok(batch),
-                            Some(wire::ack_outcome::Outcome::Error(error)) => Err(error.into()),
-                            None => Err(unexpected_answer()),
-                        };
-                        let _ = waiter.send(answer);
-                    }
+                    done.outcomes
                 }
-                Ok(_) => {
-                    for waiter in waiters {
-                        let _ = waiter.send(Err(unexpected_answer()));
-                    }
-                }
-                Err(error) => {
+                // Every waiter gets what the whole request got.
+                other => {
+                    let error = other.err().unwrap_or_else(unexpected_answer);
                     for waiter in waiters {
                         let _ = waiter.send(Err(error.clone()));
                     }
+                    continue;
                 }
+            };
+            for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                let answer = match outcome.outcome {
+                    Some(wire::ack_outcome::Outcome::Queue(batch)) => Ok(batch),
+                    Some(wire::ack_outcome::Outcome::Error(error)) => Err(error.into()),
+                    None => Err(unexpected_answer()),
+                };
+                let _ = waiter.send(answer);
             }
         }
     }

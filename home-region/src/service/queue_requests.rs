@@ -1,10 +1,12 @@
 //! A device's `FetchQueue` (its acks committed, then a page read) and an edge's `AckMany` (several
 //! devices' acks gathered, each handled as its own `FetchQueue`).
 
+use std::collections::BTreeSet;
+
 use fdb_layers::StoreError;
-use relay_proto::ProtoError;
 use relay_proto::limits::ACK_MANY_DEVICES_MAX;
 use relay_proto::wire;
+use relay_proto::{DeviceAddress, ProtoError};
 
 use super::{RegionService, store_failure};
 use crate::core;
@@ -16,17 +18,24 @@ impl RegionService {
         &self,
         for_device: wire::ForDevice,
     ) -> Result<wire::QueueBatch, ProtoError> {
+        self.fetch_queue_with(for_device, &self.quarantined()).await
+    }
+
+    /// [`Self::fetch_queue`] against `quarantined`, read once for a whole `AckMany`.
+    async fn fetch_queue_with(
+        &self,
+        for_device: wire::ForDevice,
+        quarantined: &BTreeSet<DeviceAddress>,
+    ) -> Result<wire::QueueBatch, ProtoError> {
         let local = self.inner.region;
         let device = for_device.device.parse()?;
         let fetch = for_device.fetch.unwrap_or_default();
         let now = self.inner.clock.now_ms();
-        let quarantined = self.quarantined();
         let fetched =
             self.inner
                 .db
                 .transact(|tx| {
                     let fetch = fetch.clone();
-                    let quarantined = &quarantined;
                     async move {
                         core::fetch_and_ack(&tx, local, device, &fetch, quarantined, now).await
                     }
@@ -59,6 +68,7 @@ impl RegionService {
                 many.acks.len()
             )));
         }
+        let quarantined = &self.quarantined();
         let answers = many.acks.into_iter().map(|for_device| async move {
             let reads = for_device
                 .fetch
@@ -69,7 +79,7 @@ impl RegionService {
                     "an AckMany carries acknowledgements only; fetch a page with FetchQueue",
                 ))
             } else {
-                self.fetch_queue(for_device).await
+                self.fetch_queue_with(for_device, quarantined).await
             };
             wire::AckOutcome {
                 outcome: Some(match answer {

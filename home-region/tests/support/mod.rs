@@ -134,3 +134,30 @@ pub async fn account_with_device(
         device: DeviceId(1),
     }
 }
+
+/// A 1:1 envelope from `sender` to `receiver`'s one device: `sender_seq` is also its device
+/// sequence, and its ciphertext is `body_bytes` of filler.
+pub fn direct_envelope(
+    sender: DeviceAddress,
+    receiver: DeviceAddress,
+    sender_seq: u64,
+    client_message_id: Vec<u8>,
+    body_bytes: usize,
+) -> wire::Envelope {
+    wire::Envelope {
+        chat: relay_proto::ChatId::direct(sender.account, receiver.account)
+            .0
+            .to_vec(),
+        sender: sender.into(),
+        client_message_id,
+        sender_seq,
+        recipient_accounts: vec![receiver.account.0],
+        ciphertexts: vec![wire::DeviceCiphertext {
+            recipient: receiver.into(),
+            message_type: 1,
+            body: vec![7; body_bytes],
+        }],
+        device_seq: sender_seq,
+        ..Default::default()
+    }
+}
