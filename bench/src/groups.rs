@@ -8,8 +8,8 @@
 //!   `Add` commands of [`GROUP_ADD_ACCOUNTS_PER_COMMAND`] accounts; the directory's last answer
 //!   (version and members) is what the sender encrypts for. A group of N members is the sender
 //!   and N − 1 member devices, and the groups share their first members.
-//! - **W3 max** (each size): closed loop with the client's pipeline window
-//!   ([`GROUP_PIPELINE_WINDOW`] envelopes of the group chat in flight, in `sender_seq` order):
+//! - **W3 max** (each size): closed loop with the client's pipeline window for the group's
+//!   fan-out ([`pipeline_window`] envelopes of the group chat in flight, in `sender_seq` order):
 //!   the next message is composed when one in flight is ✓.
 //! - **W3 at 50 %** (the first size): open loop, messages due at half the group messages per
 //!   second W3 max delivered, latencies from when each was due.
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use rand::RngCore;
+use relay_client::limits::pipeline_window;
 use relay_proto::DeviceAddress;
 use relay_proto::limits::GROUP_REQUEST_ID_BYTES;
 use relay_proto::wire::{AddGroupMembers, CreateGroup, GroupInfo, group_command};
@@ -37,8 +38,8 @@ use crate::device::{
     Composed, Device, EdgeLink, Endpoints, GroupTarget, client_message_id, opaque_group_envelope,
 };
 use crate::limits::{
-    DRAIN_TIMEOUT_MS, GROUP_ADD_ACCOUNTS_PER_COMMAND, GROUP_PIPELINE_WINDOW,
-    OPEN_LOOP_SHARE_OF_MAX, REGISTRATION_TIMEOUT_MS, W3_DELIVERIES_PER_SECOND_TARGET,
+    DRAIN_TIMEOUT_MS, GROUP_ADD_ACCOUNTS_PER_COMMAND, OPEN_LOOP_SHARE_OF_MAX,
+    REGISTRATION_TIMEOUT_MS, W3_DELIVERIES_PER_SECOND_TARGET,
     W3_OPEN_SEND_TO_DELIVER_P99_MS_TARGET, W3_TARGET_MEMBERS,
 };
 use crate::measure::{Timing, ratio, thousands};
@@ -153,7 +154,7 @@ pub(crate) async fn w3_rows(
             opaque_group_envelope(sender.device.address, &target, &sample, ROW_W3_OPEN, 1)
                 .encoded_len(),
         );
-        lanes.push(Lane::group(target, GROUP_PIPELINE_WINDOW));
+        lanes.push(Lane::group(target, pipeline_window(size - 1)));
     }
     let mut senders = vec![Sender {
         device: sender.device,
@@ -296,7 +297,7 @@ fn group_row(
         members,
         receiving_devices,
         envelope_bytes,
-        pipeline_window: GROUP_PIPELINE_WINDOW,
+        pipeline_window: pipeline_window(receiving_devices),
         receipts_settled_after_ms,
         messages_per_second: ratio(measured.delivered_per_second, receiving_devices as f64),
         share_of_one_to_one: ratio(measured.delivered_per_second, one_to_one_per_second),
@@ -307,9 +308,9 @@ fn group_row(
 /// The W3 rows as a Markdown table with its context and the issue's targets;
 /// `one_to_one_per_second` is W1 max's delivered rate in the same run.
 pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_second: f64) -> String {
-    let Some(first) = rows.first() else {
+    if rows.is_empty() {
         return String::new();
-    };
+    }
     let sizes: Vec<String> = rows
         .iter()
         .filter(|row| row.measured.pacing == "closed")
@@ -321,13 +322,24 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_seco
             )
         })
         .collect();
+    let windows: Vec<String> = rows
+        .iter()
+        .filter(|row| row.measured.pacing == "closed")
+        .map(|row| {
+            format!(
+                "{} to {} members",
+                row.pipeline_window,
+                thousands(row.members as f64)
+            )
+        })
+        .collect();
     let mut out = format!(
         "\nW3 group fan-out: one sender device → a group (the sender and its members' devices \
-         homed in region 1, each connected and draining its queue on pushes), {} envelopes of \
-         the group chat in flight, {payload_bytes} B opaque group ciphertexts (envelopes of \
-         {}); deliveries counted at the member devices, beside W1 max's {} delivered/s 1:1 in \
-         this run\n\n",
-        first.pipeline_window,
+         homed in region 1, each connected and draining its queue on pushes), the group chat's \
+         envelopes in flight as the client's window for its fan-out ({}), {payload_bytes} B \
+         opaque group ciphertexts (envelopes of {}); deliveries counted at the member devices, \
+         beside W1 max's {} delivered/s 1:1 in this run\n\n",
+        windows.join(", "),
         sizes.join(", "),
         thousands(one_to_one_per_second),
     );

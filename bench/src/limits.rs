@@ -70,15 +70,12 @@ pub const BACKLOG_MESSAGES: u64 = 10_000;
 pub const BACKLOG_MESSAGES_QUICK: u64 = 300;
 /// Envelopes of the backlog's chat in flight at once: the client library's outbox window
 /// (`relay_client::limits::PIPELINE_WINDOW`).
-pub const BACKLOG_PIPELINE_WINDOW: usize = 32;
+pub const BACKLOG_PIPELINE_WINDOW: usize = relay_client::limits::PIPELINE_WINDOW;
 /// Members (the sender's account included) of the W3 groups by default: issue 13's two sizes,
 /// each a closed-loop row; the first also gets the open-loop row at half its rate.
 pub const GROUP_MEMBERS_DEFAULT: [usize; 2] = [100, relay_proto::limits::GROUP_MEMBERS_MAX];
 /// Most W3 group sizes of one run.
 pub const GROUP_SIZES_MAX: usize = 4;
-/// Envelopes of a W3 group chat in flight at once: the client library's outbox window, as the
-/// backlog's.
-pub const GROUP_PIPELINE_WINDOW: usize = BACKLOG_PIPELINE_WINDOW;
 /// Accounts one W3 `Add` group command adds at most (one directory transaction each); a group
 /// is filled in batches of this many.
 pub const GROUP_ADD_ACCOUNTS_PER_COMMAND: usize = 256;
@@ -193,8 +190,6 @@ const _: () = assert!(DEVICES_CLOSE_TIMEOUT_MS > relay_client::limits::CLOSE_WAI
 const _: () = assert!(CLOSES_IN_FLIGHT_MAX >= 1);
 // Introductions outlast a request the SDK retries after its timeout.
 const _: () = assert!(INTRODUCTIONS_TIMEOUT_MS > 2 * relay_client::limits::REQUEST_TIMEOUT_MS);
-// The backlog sender's ✓ come through the SDK's outbox window, the same as the opaque one's.
-const _: () = assert!(BACKLOG_PIPELINE_WINDOW == relay_client::limits::PIPELINE_WINDOW);
 
 // --- The blob benchmark (`crate::blobs`) ---
 

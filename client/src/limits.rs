@@ -80,14 +80,37 @@ pub const RETRY_DELAY_MS_MAX: u64 = 30_000;
 pub const MISMATCHES_IN_A_ROW_MAX: u32 = 5;
 /// Renumberings after "resend from" in a row before backing off instead.
 pub const RESENDS_IN_A_ROW_MAX: u32 = 5;
-/// Entries of one chat in flight at once while all goes well. The home region commits a chat's
-/// envelopes in each sender's order, holding an early one until its predecessor arrives (its
-/// chat lanes), so a window this wide costs no refusals; it leaves half of the requests in
-/// flight to other chats and to fetches. A chat's envelopes commit one batch at a time, so one
-/// busy chat (a bot writing to a group) moves at this window over the time a batch takes to
-/// commit; a wider one carried more to 100 members but overran a 1,024-member group's
-/// deliveries (README, "what bounds W3 is a chat's window").
-pub const PIPELINE_WINDOW: usize = 32;
+/// Entries of one chat in flight at once while all goes well (a 1:1 chat, a small group). The
+/// home region commits a chat's envelopes in each sender's order, holding an early one until
+/// its predecessor arrives (its chat lanes), so a window this wide costs no refusals; it leaves
+/// a quarter of the requests in flight to other chats and to fetches. A chat's envelopes
+/// commit one batch at a time, so one busy chat (a bot writing to a group) moves at its window
+/// over the time a batch takes to commit (README, "what bounds W3 is a chat's window").
+pub const PIPELINE_WINDOW: usize = 48;
+/// Entries of one chat in flight at once however many devices each reaches.
+pub const PIPELINE_WINDOW_MIN: usize = 2;
+/// Deliveries (entries in flight times the devices each one reaches) one chat keeps in flight
+/// at most: a group's window narrows as its fan-out grows ([`pipeline_window`]), so a sender to
+/// 1,024 members cannot commit envelopes faster than the members' queues are drained, while a
+/// chat to 341 devices or fewer keeps the whole [`PIPELINE_WINDOW`].
+pub const PIPELINE_DELIVERIES_IN_FLIGHT_MAX: usize = 16 * 1_024;
+/// Entries of one chat in flight at once when each reaches `fanout_devices` devices (0 when
+/// unknown): [`PIPELINE_DELIVERIES_IN_FLIGHT_MAX`] over the fan-out, between
+/// [`PIPELINE_WINDOW_MIN`] and [`PIPELINE_WINDOW`]. Measured with `relayd bench messages` (W3):
+/// a sender to 100 members moves at the full window, one to 1,024 at sixteen.
+pub const fn pipeline_window(fanout_devices: usize) -> usize {
+    if fanout_devices == 0 {
+        return PIPELINE_WINDOW;
+    }
+    let window = PIPELINE_DELIVERIES_IN_FLIGHT_MAX / fanout_devices;
+    if window < PIPELINE_WINDOW_MIN {
+        PIPELINE_WINDOW_MIN
+    } else if window > PIPELINE_WINDOW {
+        PIPELINE_WINDOW
+    } else {
+        window
+    }
+}
 /// How long a one-shot command (`send`, `read`, `sync` in the CLI) keeps retrying the outbox
 /// before leaving entries pending for the next one, in ms (twice the request timeout: a hung
 /// request still leaves time for a retry).
@@ -257,8 +280,12 @@ const _: () = assert!(RETRY_DELAY_MS_MIN < RETRY_DELAY_MS_MAX);
 const _: () = assert!(FLUSH_BUDGET_MS >= 2 * REQUEST_TIMEOUT_MS);
 // A sync's retries span at least the longest backoff, so a busy server's hint is honoured once.
 const _: () = assert!(SYNC_RETRY_BUDGET_MS >= RETRY_DELAY_MS_MAX);
-// A chat's pipeline fits in the requests a connection carries, with room for other chats.
-const _: () = assert!(PIPELINE_WINDOW * 2 <= REQUESTS_IN_FLIGHT_MAX);
+// A chat's pipeline fits in the requests a connection carries, with a quarter of them left
+// for other chats and fetches.
+const _: () = assert!(PIPELINE_WINDOW + REQUESTS_IN_FLIGHT_MAX / 4 <= REQUESTS_IN_FLIGHT_MAX);
+// A narrowed window still overlaps a round trip, and never widens past the full one.
+const _: () = assert!(PIPELINE_WINDOW_MIN >= 2 && PIPELINE_WINDOW_MIN <= PIPELINE_WINDOW);
+const _: () = assert!(PIPELINE_DELIVERIES_IN_FLIGHT_MAX >= PIPELINE_WINDOW);
 // A page's acks go in one ack request.
 const _: () = assert!(ACKS_PER_REQUEST_MAX >= FETCH_PAGE_ENTRIES_MAX as usize);
 // A seen id outlives the region's 30-day queue retention: redelivery is always deduplicated.

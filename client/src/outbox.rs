@@ -3,11 +3,14 @@
 //! random source, persists what [`Next`] says, and performs the sends.
 //!
 //! Rules:
-//! - One chat's entries go strictly in `sender_seq` order. Up to [`PIPELINE_WINDOW`] of them are
-//!   in flight at once, so a burst is not paced by the round trip (a phone far from its edge
-//!   sends ten messages in one round trip, not ten). The network may deliver them out of order;
-//!   the region refuses an envelope whose predecessor it has not stored with "resend from k"
-//!   (that check is what keeps sender FIFO, invariant I3), and the entry waits for it.
+//! - One chat's entries go strictly in `sender_seq` order. Up to
+//!   [`PIPELINE_WINDOW`](crate::limits::PIPELINE_WINDOW) of them are in flight at once, so a
+//!   burst is not paced by the round trip (a phone far from its edge sends ten messages in one
+//!   round trip, not ten); fewer when each reaches many devices (a large group,
+//!   [`pipeline_window`]), so the deliveries in flight stay bounded. The network may deliver them
+//!   out of order; the region holds an early one until its predecessor arrives, and refuses an
+//!   envelope whose predecessor never comes with "resend from k" (that check is what keeps sender
+//!   FIFO, invariant I3), and the entry waits for it.
 //! - After any outcome other than "sent", the chat goes one at a time until its head is
 //!   confirmed: trouble is handled with nothing else of the chat in flight.
 //! - A retry reuses the same client message id and sender_seq (idempotence, I4); after a retryable
@@ -27,8 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::limits::{
-    MISMATCHES_IN_A_ROW_MAX, PIPELINE_WINDOW, RESENDS_IN_A_ROW_MAX, RETRY_DELAY_MS_MAX,
-    RETRY_DELAY_MS_MIN,
+    MISMATCHES_IN_A_ROW_MAX, RESENDS_IN_A_ROW_MAX, RETRY_DELAY_MS_MAX, RETRY_DELAY_MS_MIN,
+    pipeline_window,
 };
 use rand::Rng;
 use relay_proto::{ChatId, ClientMessageId};
@@ -112,6 +115,8 @@ struct ChatQueue {
     in_flight: BTreeSet<u64>,
     /// One at a time until the head is confirmed (after an outcome other than "sent").
     stalled: bool,
+    /// Devices each of the chat's envelopes reaches, as last said (0: not said).
+    fanout_devices: usize,
     /// The highest sender_seq confirmed sent.
     confirmed_through: u64,
     due_at_ms: u64,
@@ -124,7 +129,11 @@ impl ChatQueue {
     /// The next entry that may go now (ignoring time): the first not in flight, if the window
     /// has room (a stalled chat sends nothing while anything is in flight).
     fn sendable(&self) -> Option<(u64, ClientMessageId)> {
-        let window = if self.stalled { 1 } else { PIPELINE_WINDOW };
+        let window = if self.stalled {
+            1
+        } else {
+            pipeline_window(self.fanout_devices)
+        };
         if self.in_flight.len() >= window {
             return None;
         }
@@ -163,6 +172,15 @@ impl Outbox {
             .entries
             .insert(entry.sender_seq, entry.client_message_id);
         Ok(())
+    }
+
+    /// Says how many devices each envelope of `chat` reaches (a group's member devices): the
+    /// chat's window narrows as that grows ([`pipeline_window`]). Said again whenever the chat
+    /// gets new entries, since an emptied chat forgets it.
+    pub fn set_fanout(&mut self, chat: ChatId, devices: usize) {
+        if let Some(queue) = self.chats.get_mut(&chat) {
+            queue.fanout_devices = devices;
+        }
     }
 
     /// Entries waiting, over all chats.
@@ -419,6 +437,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+    use crate::limits::PIPELINE_WINDOW;
 
     fn chat(byte: u8) -> ChatId {
         ChatId([byte; 16])
@@ -433,6 +452,52 @@ mod tests {
             sender_seq,
             client_message_id: ClientMessageId(id),
         }
+    }
+
+    #[test]
+    fn a_chat_to_many_devices_keeps_fewer_in_flight() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut outbox = Outbox::new();
+        let last = PIPELINE_WINDOW as u64 + 2;
+        for seq in 1..=last {
+            outbox.insert(entry(1, seq), 0).expect("insert");
+        }
+        // A group whose envelopes reach 1,023 devices: the deliveries in flight stay bounded.
+        outbox.set_fanout(chat(1), 1_023);
+        let narrow = crate::limits::pipeline_window(1_023);
+        assert!(narrow < PIPELINE_WINDOW);
+        assert!(narrow * 1_023 <= crate::limits::PIPELINE_DELIVERIES_IN_FLIGHT_MAX);
+        let mut sent = Vec::new();
+        while let Some(next) = outbox.poll_transmit(0) {
+            sent.push(next.sender_seq);
+        }
+        assert_eq!(sent, (1..=narrow as u64).collect::<Vec<_>>());
+
+        // One ✓ frees one place; a smaller group's fan-out widens the window to the full one.
+        outbox
+            .handle_outcome(entry(1, 1), Outcome::Sent, 0, &mut rng)
+            .expect("sent");
+        assert_eq!(
+            outbox.poll_transmit(0).map(|e| e.sender_seq),
+            Some(narrow as u64 + 1)
+        );
+        assert_eq!(outbox.poll_transmit(0), None);
+        outbox.set_fanout(chat(1), 99);
+        let mut more = 0;
+        while outbox.poll_transmit(0).is_some() {
+            more += 1;
+        }
+        assert_eq!(narrow + more, PIPELINE_WINDOW);
+
+        // An unknown fan-out (a 1:1 chat) is the full window; so is a small group's; the
+        // narrowest window still overlaps a round trip.
+        assert_eq!(crate::limits::pipeline_window(0), PIPELINE_WINDOW);
+        assert_eq!(crate::limits::pipeline_window(2), PIPELINE_WINDOW);
+        assert_eq!(crate::limits::pipeline_window(128), PIPELINE_WINDOW);
+        assert_eq!(
+            crate::limits::pipeline_window(usize::MAX),
+            crate::limits::PIPELINE_WINDOW_MIN
+        );
     }
 
     #[test]

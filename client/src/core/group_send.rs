@@ -425,6 +425,7 @@ impl Core {
                 &devices,
                 message.bytes,
             )?;
+            let fanout = envelope.ciphertexts.len();
             writer.insert_outbox(
                 &OutboxRow {
                     chat,
@@ -447,14 +448,15 @@ impl Core {
                 sender_seq,
                 client_message_id: text.client_message_id,
             });
-            Ok(Some(entries))
+            Ok(Some((entries, fanout)))
         });
         match numbered {
-            Ok(Some(entries)) => {
+            Ok(Some((entries, fanout))) => {
                 self.group_sending.retry_at.remove(&group);
                 for entry in entries {
                     self.outbox.insert(entry, now_ms)?;
                 }
+                self.outbox.set_fanout(chat, fanout);
                 Ok(true)
             }
             Ok(None) => Ok(false),

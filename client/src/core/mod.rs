@@ -33,6 +33,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
+use prost::Message as _;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_proto::wire::{
@@ -415,6 +416,9 @@ impl Core {
             .unwrap_or_default();
         let history = History::open(&data_dir, identity.address(), rand::Rng::random(&mut rng))?;
         let mut outbox = Outbox::new();
+        // A group's stored envelopes say how many devices each reaches: its window is sized by
+        // that from the first send after a restart, as before it.
+        let mut fanouts: BTreeMap<relay_proto::ChatId, usize> = BTreeMap::new();
         for row in store.outbox()? {
             outbox.insert(
                 Pending {
@@ -424,6 +428,17 @@ impl Core {
                 },
                 now_ms,
             )?;
+            let devices = match row.envelope.as_deref() {
+                Some(bytes) if row.group != 0 => Envelope::decode(bytes)
+                    .map(|envelope| envelope.ciphertexts.len())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            let fanout = fanouts.entry(row.chat).or_default();
+            *fanout = (*fanout).max(devices);
+        }
+        for (chat, devices) in fanouts {
+            outbox.set_fanout(chat, devices);
         }
         Ok(Self {
             store,
