@@ -19,7 +19,7 @@ use std::time::Duration;
 use prost::Message;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime};
-use relay_proto::frame::{FRAME_HEADER_BYTES, decode_header, encode_frame};
+use relay_proto::frame::{FRAME_HEADER_BYTES, FrameDecoder, decode_header, encode_frame};
 use relay_proto::limits::{
     AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL, FRAME_BYTES_MAX,
 };
@@ -665,7 +665,10 @@ pub async fn write_frame<M: Message>(
     Ok(())
 }
 
-/// Reads one frame; `None` when the peer finished the stream cleanly between frames.
+/// Reads one frame; `None` when the peer finished the stream cleanly between frames. Not
+/// cancel-safe: a read dropped halfway (a `select!` whose other branch won) loses the bytes it
+/// took, and the stream's next read starts inside a frame. A stream read beside other work
+/// takes a [`FrameReader`].
 pub async fn read_frame<M: Message + Default>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<M>, NetError> {
@@ -690,6 +693,45 @@ pub async fn read_frame_limited<M: Message + Default>(
     M::decode(&body[..])
         .map(Some)
         .map_err(|error| FrameError::Decode(error.to_string()).into())
+}
+
+/// Reads the frames of one stream, and may be dropped halfway through a read without losing
+/// anything: what a dropped read took from the stream stays buffered for the next one (quinn's
+/// `read_exact`, under [`read_frame`], is not cancel-safe; `read_chunk` is). For a long-lived
+/// stream read in a `select!` beside other work, such as an edge's subscription stream.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// Frames of at most [`FRAME_BYTES_MAX`] bytes from `recv`.
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Self {
+            recv,
+            decoder: FrameDecoder::new(FRAME_BYTES_MAX),
+        }
+    }
+
+    /// The next frame; `None` when the peer finished the stream cleanly between frames.
+    /// Cancel-safe.
+    pub async fn read<M: Message + Default>(&mut self) -> Result<Option<M>, NetError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame::<M>()? {
+                return Ok(Some(frame));
+            }
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
+                Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(
+                        quinn::ReadExactError::FinishedEarly(self.decoder.buffered()).into(),
+                    );
+                }
+                Err(error) => return Err(quinn::ReadExactError::ReadError(error).into()),
+            }
+        }
+    }
 }
 
 /// Sends one request on a new bidirectional stream and reads its one response.

@@ -3,41 +3,19 @@
 //! them checks it in full, and a device that does not trust the edge's CA is refused.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use relay_net::{
     ALPN_DEVICE, DeviceTls, EDGE_SERVER_NAME, TlsIdentity, TokioSockets, bind_endpoint, read_frame,
     request, respond, server_config,
 };
 use relay_proto::wire::FetchQueue;
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use support::pki;
+
+mod support;
 
 /// Generous: loopback handshakes take milliseconds, but the machine is shared.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A CA of its own and an edge certificate it issued.
-fn pki() -> (Arc<RootCertStore>, TlsIdentity) {
-    let mut ca_params = CertificateParams::default();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().expect("CA key");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("edge key");
-    let cert = CertificateParams::new(vec![EDGE_SERVER_NAME.to_owned()])
-        .expect("edge params")
-        .signed_by(&key, &issuer)
-        .expect("edge certificate");
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("a root");
-    let identity = TlsIdentity {
-        cert_chain: vec![CertificateDer::from(cert.der().to_vec())],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    };
-    (Arc::new(roots), identity)
-}
 
 /// An edge's device endpoint that answers every request with its own question.
 fn echo_edge(identity: TlsIdentity) -> (quinn::Endpoint, SocketAddr) {

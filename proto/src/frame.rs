@@ -126,6 +126,11 @@ impl FrameDecoder {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// Bytes received and not yet taken as a frame (0 between frames).
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The next whole frame, if one is buffered.
     pub fn next_frame<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
         let Some(header) = self.buffer.first_chunk::<FRAME_HEADER_BYTES>() else {

@@ -53,7 +53,7 @@ impl EdgeService {
                     continue;
                 }
             };
-            let (mut send, mut recv) = match connection.open_bi().await {
+            let (mut send, recv) = match connection.open_bi().await {
                 Ok(streams) => streams,
                 Err(_) => {
                     self.inner.links.forget(region.0).await;
@@ -84,6 +84,10 @@ impl EdgeService {
             for &device in &subscribed {
                 self.push_to(device, 0, Vec::new());
             }
+            // Read beside the writes below, so a read may be dropped halfway: it must lose
+            // nothing (a `net::read_frame` dropped so lost the bytes it took, and the stream's
+            // next read began inside a push: pushes went missing until the stream failed).
+            let mut frames = net::FrameReader::new(recv);
             let mut reopen = false;
             loop {
                 tokio::select! {
@@ -108,7 +112,7 @@ impl EdgeService {
                             break;
                         }
                     }
-                    frame = net::read_frame::<RegionResponse>(&mut recv) => {
+                    frame = frames.read::<RegionResponse>() => {
                         match frame {
                             Ok(Some(RegionResponse { body: Some(region_response::Body::QueueAvailable(push)) })) => {
                                 if let Ok(device) = push.device.parse() {
