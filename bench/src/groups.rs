@@ -311,28 +311,21 @@ pub(crate) fn table(rows: &[GroupRow], payload_bytes: usize, one_to_one_per_seco
     if rows.is_empty() {
         return String::new();
     }
-    let sizes: Vec<String> = rows
+    // Per closed-loop row (one per group size): its envelope's bytes and its window.
+    let (sizes, windows): (Vec<String>, Vec<String>) = rows
         .iter()
         .filter(|row| row.measured.pacing == "closed")
         .map(|row| {
-            format!(
-                "{} B to {} members",
-                thousands(row.envelope_bytes as f64),
-                thousands(row.members as f64)
+            let members = thousands(row.members as f64);
+            (
+                format!(
+                    "{} B to {members} members",
+                    thousands(row.envelope_bytes as f64)
+                ),
+                format!("{} to {members} members", row.pipeline_window),
             )
         })
-        .collect();
-    let windows: Vec<String> = rows
-        .iter()
-        .filter(|row| row.measured.pacing == "closed")
-        .map(|row| {
-            format!(
-                "{} to {} members",
-                row.pipeline_window,
-                thousands(row.members as f64)
-            )
-        })
-        .collect();
+        .unzip();
     let mut out = format!(
         "\nW3 group fan-out: one sender device → a group (the sender and its members' devices \
          homed in region 1, each connected and draining its queue on pushes), the group chat's \

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use relay_net::{
-    ALPN_DEVICE, DeviceTls, EDGE_SERVER_NAME, FrameReader, TokioSockets, bind_endpoint,
-    server_config, write_frame,
+    DeviceTls, EDGE_SERVER_NAME, FrameReader, TokioSockets, bind_endpoint, write_frame,
 };
 use relay_proto::wire::Envelope;
-use support::pki;
+use support::{device_listener, pki};
 
 mod support;
 
@@ -32,14 +31,7 @@ fn frame(index: u64) -> Envelope {
 #[tokio::test]
 async fn a_frame_reader_loses_nothing_when_its_reads_are_dropped_halfway() {
     let (roots, identity) = pki();
-    let server = server_config(identity, None, ALPN_DEVICE).expect("server config");
-    let listener = bind_endpoint(
-        &TokioSockets,
-        "127.0.0.1:0".parse().expect("addr"),
-        Some(server),
-    )
-    .expect("server endpoint");
-    let address = listener.local_addr().expect("bound");
+    let (listener, address) = device_listener(identity);
     let client = bind_endpoint(&TokioSockets, "127.0.0.1:0".parse().expect("addr"), None)
         .expect("client endpoint");
     let tls = DeviceTls::new(roots).expect("client TLS");

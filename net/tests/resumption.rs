@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use relay_net::{
-    ALPN_DEVICE, DeviceTls, EDGE_SERVER_NAME, TlsIdentity, TokioSockets, bind_endpoint, read_frame,
-    request, respond, server_config,
+    DeviceTls, EDGE_SERVER_NAME, TlsIdentity, TokioSockets, bind_endpoint, read_frame, request,
+    respond,
 };
 use relay_proto::wire::FetchQueue;
-use support::pki;
+use support::{device_listener, pki};
 
 mod support;
 
@@ -19,14 +19,7 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An edge's device endpoint that answers every request with its own question.
 fn echo_edge(identity: TlsIdentity) -> (quinn::Endpoint, SocketAddr) {
-    let server = server_config(identity, None, ALPN_DEVICE).expect("server config");
-    let endpoint = bind_endpoint(
-        &TokioSockets,
-        "127.0.0.1:0".parse().expect("addr"),
-        Some(server),
-    )
-    .expect("server endpoint");
-    let address = endpoint.local_addr().expect("bound");
+    let (endpoint, address) = device_listener(identity);
     let accepting = endpoint.clone();
     tokio::spawn(async move {
         while let Some(incoming) = accepting.accept().await {

@@ -1,9 +1,13 @@
-//! What the network shell's tests share: a CA of their own and an edge certificate.
+//! What the network shell's tests share: a CA of their own and an edge certificate, and an
+//! edge's device endpoint on loopback.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use relay_net::{EDGE_SERVER_NAME, TlsIdentity};
+use relay_net::{
+    ALPN_DEVICE, EDGE_SERVER_NAME, TlsIdentity, TokioSockets, bind_endpoint, server_config,
+};
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -26,4 +30,17 @@ pub fn pki() -> (Arc<RootCertStore>, TlsIdentity) {
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     };
     (Arc::new(roots), identity)
+}
+
+/// An endpoint on loopback that accepts device connections (their transport) as an edge does.
+pub fn device_listener(identity: TlsIdentity) -> (quinn::Endpoint, SocketAddr) {
+    let server = server_config(identity, None, ALPN_DEVICE).expect("server config");
+    let endpoint = bind_endpoint(
+        &TokioSockets,
+        "127.0.0.1:0".parse().expect("addr"),
+        Some(server),
+    )
+    .expect("server endpoint");
+    let address = endpoint.local_addr().expect("bound");
+    (endpoint, address)
 }
