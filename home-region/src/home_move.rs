@@ -58,7 +58,8 @@ pub const MOVE_CHATS_PER_READ: usize = 256;
 pub const MOVE_KEYS_PER_READ: usize = 1_024;
 /// The last entries of each of the account's chats sent with its numbering, so that an envelope
 /// the old home took but whose answer was lost finds its dedupe record at a new home that adopts
-/// the chat: twice a client's pipeline of one chat (32 envelopes in flight).
+/// the chat: more than a client keeps in flight of one chat (48 envelopes at most,
+/// `relay_client::limits::PIPELINE_WINDOW`).
 pub const MOVE_CHAT_TAIL_ENTRIES: u64 = 64;
 /// Times the fence finds a queue grew and copies it again before the move gives up.
 pub const MOVE_FENCE_ROUNDS_MAX: usize = 16;
