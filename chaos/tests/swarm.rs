@@ -215,6 +215,22 @@ fn a_client_whose_edges_stay_unreachable_stops_waiting_for_a_connection() {
 }
 
 #[test]
+fn a_member_added_while_a_group_message_waited_decrypts_it_after_a_home_move() {
+    // Seed 19515 broke I8: c3's group message, built for the group before c5 was added, was
+    // refused as stale and built again at a later index of c3's Megolm session, with the key
+    // shared with c5 from that index. The admin's home had moved to c5's region meanwhile and
+    // brought the first build there, so the second build's commit there was the first after
+    // an import: the region completed the imported first build with c5's entry and queued it,
+    // and c5 could not decrypt it. The region now takes the build committed there instead
+    // (`core::adopt_group_build`), and an account that moved in keeps the old home's.
+    let report = Simulation::swarm(19515)
+        .with_home_moves()
+        .run()
+        .expect("the run completes: reproduce with seed=19515");
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+#[test]
 fn a_seed_that_once_depended_on_quic_connection_ids_repeats() {
     // Seed 1970's schedule changed with the connection ids quinn drew from the OS-seeded
     // generator (about one run in three differed); ids now come from the endpoint's seed.

@@ -414,6 +414,26 @@ pub async fn extend_envelope(
     Ok(true)
 }
 
+/// Replaces the envelope of entry `chat_seq` of `chat` with `envelope` (a group message built
+/// again: see the caller); `false` if there is no such entry. The entry's other fields stay.
+pub async fn replace_envelope(
+    transaction: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+    envelope: &[u8],
+) -> Result<bool, StoreError> {
+    let log = ChatLog::new(chat);
+    let Some(bytes) = read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await?
+    else {
+        return Ok(false);
+    };
+    let mut stored = StoredEntry::decode(bytes.as_slice())
+        .map_err(|error| StoreError::corrupt("chat log entry", error))?;
+    stored.envelope = Bytes::copy_from_slice(envelope);
+    replace_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
+    Ok(true)
+}
+
 /// Decodes an entry in the form [`entry_bytes`] gives it (another region's, taken by a move).
 pub fn decode_entry(chat_seq: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
     log_entry(chat_seq, bytes.to_vec())

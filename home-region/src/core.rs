@@ -942,11 +942,24 @@ pub async fn commit_envelope_into(
             chat_seq,
             server_time_ms,
         } => {
-            // The stored copy is the old home's, checked for its accounts only.
-            complete_stored(tx, parsed.chat, chat_seq, envelope, |device| {
-                local_devices.contains(&device)
-            })
-            .await?;
+            // The stored copy is the old home's, checked for its accounts only (a home move
+            // brought it, or it was stored before their account moved here): it is completed
+            // with this envelope's entries for the devices here, which were checked here, and
+            // they are queued the entry. A group message in another build is replaced instead.
+            match chat_log::entry(tx, parsed.chat, chat_seq).await? {
+                Some(stored)
+                    if parsed.group.is_some() && another_group_build(&stored, envelope)? =>
+                {
+                    adopt_group_build(tx, parsed.chat, &stored, &envelope_bytes).await?;
+                }
+                Some(stored) => {
+                    complete_entry(tx, parsed.chat, &stored, &envelope.ciphertexts, |device| {
+                        local_devices.contains(&device)
+                    })
+                    .await?;
+                }
+                None => {}
+            }
             (chat_seq, server_time_ms)
         }
     };
@@ -973,6 +986,32 @@ pub async fn commit_envelope_into(
         committed(acknowledged, false, server_time_ms),
         Effects::default(),
     )
+}
+
+/// `stored`, the old home's copy of a group message that a home move brought before the
+/// message itself was committed here, is another build than the one committed now (the sender
+/// built it again at a later index of its Megolm session, for a device it learned of late): no
+/// entry added to it makes it readable for a device that holds the key only from the later
+/// index, such as a member added meanwhile. The log takes the build committed now
+/// (`envelope_bytes`), checked here for every device it is queued to; each account with a view
+/// of the chat (moved in) keeps the old home's build as its own copy, unless it has one: that
+/// build was queued to its devices there, and they may hold the key for it only.
+async fn adopt_group_build(
+    tx: &Transaction,
+    chat: ChatId,
+    stored: &chat_log::LogEntry,
+    envelope_bytes: &[u8],
+) -> Result<(), StoreError> {
+    for account in chat_log::views::viewers(tx, chat).await? {
+        if chat_log::views::copy_of(tx, chat, account, stored.chat_seq)
+            .await?
+            .is_none()
+        {
+            chat_log::views::keep_copy(tx, chat, account, stored.chat_seq, &stored.envelope_bytes)?;
+        }
+    }
+    chat_log::replace_envelope(tx, chat, stored.chat_seq, envelope_bytes).await?;
+    Ok(())
 }
 
 /// Where `stored`, a group message's entry of `chat`, is another build than `envelope` (the
@@ -1028,24 +1067,6 @@ fn stored_recipients(stored: &chat_log::LogEntry) -> BTreeSet<AccountId> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Completes entry `chat_seq` of `chat`, a stored copy of `envelope` that this region did not
-/// check for some of its devices (a home move brought it, or it was stored before their account
-/// moved here), with `envelope`'s entries for the devices `wanted` names that it lacks: they are
-/// queued the entry, and the envelope committed now was checked for them here. What the stored
-/// copy has stays as it is (a device may have read it already).
-async fn complete_stored(
-    tx: &Transaction,
-    chat: ChatId,
-    chat_seq: u64,
-    envelope: &wire::Envelope,
-    wanted: impl Fn(DeviceAddress) -> bool,
-) -> Result<(), StoreError> {
-    match chat_log::entry(tx, chat, chat_seq).await? {
-        Some(stored) => complete_entry(tx, chat, &stored, &envelope.ciphertexts, wanted).await,
-        None => Ok(()),
-    }
 }
 
 /// Completes `stored`, an entry of `chat` read here, with the entries of `offered` (another
