@@ -82,8 +82,11 @@ use views::{record_docs, record_views};
 pub const SYNC_INTERVAL_MS: u64 = 250;
 /// Pause between two checks that every client has registered, in ms.
 pub const REGISTRATION_POLL_MS: u64 = 20;
-/// Registration attempts before a client gives up.
-pub const REGISTRATION_ATTEMPTS_MAX: u32 = 8;
+/// Registration attempts before a client gives up: with [`REGISTRATION_RETRY_MS`] between
+/// them, 15 s, longer than its home region may refuse writes when its standby is down (a fault
+/// of up to 5 s) and a failover follows (a hang of up to 5 s, then the standby's lease). With 8
+/// (4 s), failover seed 2144 ended in "c2 cannot register: StorageUnavailable".
+pub const REGISTRATION_ATTEMPTS_MAX: u32 = 30;
 /// How long a killed client app stays closed, in ms.
 pub const CLIENT_RESTART_MS: u64 = 300;
 /// Pause between two registration attempts, in ms.
