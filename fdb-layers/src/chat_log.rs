@@ -399,19 +399,13 @@ pub async fn extend_envelope(
     chat_seq: u64,
     fields: &[u8],
 ) -> Result<bool, StoreError> {
-    let log = ChatLog::new(chat);
-    let Some(bytes) = read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await?
-    else {
-        return Ok(false);
-    };
-    let mut stored = StoredEntry::decode(bytes.as_slice())
-        .map_err(|error| StoreError::corrupt("chat log entry", error))?;
-    let mut envelope = Vec::with_capacity(stored.envelope.len() + fields.len());
-    envelope.extend_from_slice(&stored.envelope);
-    envelope.extend_from_slice(fields);
-    stored.envelope = Bytes::from(envelope);
-    replace_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
-    Ok(true)
+    rewrite_envelope(transaction, chat, chat_seq, |stored| {
+        let mut envelope = Vec::with_capacity(stored.len() + fields.len());
+        envelope.extend_from_slice(stored);
+        envelope.extend_from_slice(fields);
+        Bytes::from(envelope)
+    })
+    .await
 }
 
 /// Replaces the envelope of entry `chat_seq` of `chat` with `envelope` (a group message built
@@ -422,6 +416,20 @@ pub async fn replace_envelope(
     chat_seq: u64,
     envelope: &[u8],
 ) -> Result<bool, StoreError> {
+    rewrite_envelope(transaction, chat, chat_seq, |_| {
+        Bytes::copy_from_slice(envelope)
+    })
+    .await
+}
+
+/// Rewrites the envelope of entry `chat_seq` of `chat` as `rewrite` makes it from the stored
+/// one; `false` if there is no such entry. The entry's other fields stay.
+async fn rewrite_envelope(
+    transaction: &Transaction,
+    chat: ChatId,
+    chat_seq: u64,
+    rewrite: impl FnOnce(&[u8]) -> Bytes,
+) -> Result<bool, StoreError> {
     let log = ChatLog::new(chat);
     let Some(bytes) = read_chunked(transaction, &log.entries, chat_seq, "chat log entry").await?
     else {
@@ -429,7 +437,7 @@ pub async fn replace_envelope(
     };
     let mut stored = StoredEntry::decode(bytes.as_slice())
         .map_err(|error| StoreError::corrupt("chat log entry", error))?;
-    stored.envelope = Bytes::copy_from_slice(envelope);
+    stored.envelope = rewrite(&stored.envelope);
     replace_chunked(transaction, &log.entries, chat_seq, &stored.encode_to_vec())?;
     Ok(true)
 }
