@@ -16,13 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime};
-use relay_proto::frame::{FRAME_HEADER_BYTES, FrameDecoder, decode_header, encode_frame};
-use relay_proto::limits::{
-    AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL, FRAME_BYTES_MAX,
-};
+use relay_proto::limits::{AUTH_KEYING_MATERIAL_BYTES, AUTH_KEYING_MATERIAL_LABEL};
 use relay_proto::{FrameError, ProtoError};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
@@ -32,16 +28,23 @@ use sha2::{Digest, Sha256};
 
 pub mod cache;
 pub mod config;
+mod frames;
 pub mod limits;
+mod peers;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod seeded;
+mod slots;
+
+pub use frames::{FrameReader, read_frame, read_frame_limited, request, respond, write_frame};
+pub use peers::{PeerLinks, PeerResolver};
+pub use slots::{ConnectionSlot, ConnectionSlots, accept_bounded};
 
 use limits::{
     DEVICE_INITIAL_MTU_BYTES, DEVICE_RECEIVE_WINDOW_BYTES, DEVICE_SEND_WINDOW_BYTES,
     DEVICE_STREAM_RECEIVE_WINDOW_BYTES, DEVICE_STREAMS_PER_CONNECTION_MAX,
     DEVICE_TLS_SERVER_NAMES_MAX, DEVICE_TLS_TICKETS_PER_CONNECTION, IDLE_TIMEOUT_MS,
-    KEEP_ALIVE_INTERVAL_MS, PEER_CONNECT_TIMEOUT_MS, STREAMS_PER_CONNECTION_MAX,
+    KEEP_ALIVE_INTERVAL_MS, STREAMS_PER_CONNECTION_MAX,
 };
 
 /// ALPN of device connections to an edge.
@@ -656,393 +659,12 @@ pub fn auth_keying_material(
     Ok(output)
 }
 
-/// Writes one frame.
-pub async fn write_frame<M: Message>(
-    send: &mut quinn::SendStream,
-    message: &M,
-) -> Result<(), NetError> {
-    send.write_all(&encode_frame(message)).await?;
-    Ok(())
-}
-
-/// Reads one frame; `None` when the peer finished the stream cleanly between frames. Not
-/// cancel-safe: a read dropped halfway (a `select!` whose other branch won) loses the bytes it
-/// took, and the stream's next read starts inside a frame. A stream read beside other work
-/// takes a [`FrameReader`].
-pub async fn read_frame<M: Message + Default>(
-    recv: &mut quinn::RecvStream,
-) -> Result<Option<M>, NetError> {
-    read_frame_limited(recv, FRAME_BYTES_MAX).await
-}
-
-/// Reads one frame of at most `limit` bytes (a stream of its own protocol, such as
-/// replication's); `None` when the peer finished the stream cleanly between frames.
-pub async fn read_frame_limited<M: Message + Default>(
-    recv: &mut quinn::RecvStream,
-    limit: usize,
-) -> Result<Option<M>, NetError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(error) => return Err(error.into()),
-    }
-    let body_length = decode_header(&header, limit)?;
-    let mut body = vec![0u8; body_length];
-    recv.read_exact(&mut body).await?;
-    M::decode(&body[..])
-        .map(Some)
-        .map_err(|error| FrameError::Decode(error.to_string()).into())
-}
-
-/// Reads the frames of one stream, and may be dropped halfway through a read without losing
-/// anything: what a dropped read took from the stream stays buffered for the next one (quinn's
-/// `read_exact`, under [`read_frame`], is not cancel-safe; `read_chunk` is). For a long-lived
-/// stream read in a `select!` beside other work, such as an edge's subscription stream.
-pub struct FrameReader {
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-}
-
-impl FrameReader {
-    /// Frames of at most [`FRAME_BYTES_MAX`] bytes from `recv`.
-    pub fn new(recv: quinn::RecvStream) -> Self {
-        Self {
-            recv,
-            decoder: FrameDecoder::new(FRAME_BYTES_MAX),
-        }
-    }
-
-    /// The next frame; `None` when the peer finished the stream cleanly between frames.
-    /// Cancel-safe.
-    pub async fn read<M: Message + Default>(&mut self) -> Result<Option<M>, NetError> {
-        loop {
-            if let Some(frame) = self.decoder.next_frame::<M>()? {
-                return Ok(Some(frame));
-            }
-            match self.recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
-                Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
-                Ok(None) => {
-                    return Err(
-                        quinn::ReadExactError::FinishedEarly(self.decoder.buffered()).into(),
-                    );
-                }
-                Err(error) => return Err(quinn::ReadExactError::ReadError(error).into()),
-            }
-        }
-    }
-}
-
-/// Sends one request on a new bidirectional stream and reads its one response.
-pub async fn request<Req: Message, Resp: Message + Default>(
-    connection: &quinn::Connection,
-    request: &Req,
-    timeout: Duration,
-) -> Result<Resp, NetError> {
-    let exchange = async {
-        let (mut send, mut recv) = connection.open_bi().await?;
-        write_frame(&mut send, request).await?;
-        // The peer may already have closed its side; a failed finish is reported by the read.
-        let _ = send.finish();
-        read_frame::<Resp>(&mut recv).await?.ok_or(NetError::Closed)
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| NetError::Timeout)?
-}
-
-/// Answers one request stream with one frame and finishes it.
-pub async fn respond<M: Message>(mut send: quinn::SendStream, message: &M) -> Result<(), NetError> {
-    write_frame(&mut send, message).await?;
-    let _ = send.finish();
-    Ok(())
-}
-
 /// The first certificate a connection's peer presented (mutual TLS), if any.
 pub fn peer_certificate(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
     connection
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .and_then(|chain| chain.first().cloned())
-}
-
-/// Resolves a peer number (a region) to its current address.
-pub type PeerResolver = Box<dyn Fn(u32) -> Option<SocketAddr> + Send + Sync>;
-
-/// One peer's cached connection; its lock is held while connecting, so concurrent users of the
-/// same peer wait for one attempt instead of making their own.
-type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
-
-/// Lazily connected, cached QUIC links to numbered peers (regions), reconnecting after a
-/// failure. Used by edges (to regions) and regions (to each other), always with mutual TLS.
-/// Each peer is connected under its own lock: a peer that does not answer a handshake holds
-/// back only the requests to that peer. Only peers the resolver knows get a link, so the links
-/// are bounded by the configured regions, whatever peer numbers a request names.
-pub struct PeerLinks {
-    endpoint: quinn::Endpoint,
-    config: quinn::ClientConfig,
-    server_name: &'static str,
-    resolve: PeerResolver,
-    connections: std::sync::Mutex<std::collections::BTreeMap<u32, PeerSlot>>,
-}
-
-impl std::fmt::Debug for PeerLinks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerLinks")
-            .field("server_name", &self.server_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PeerLinks {
-    /// Links made from `endpoint` with `config`, checking peers' certificates for `server_name`.
-    pub fn new(
-        endpoint: quinn::Endpoint,
-        config: quinn::ClientConfig,
-        server_name: &'static str,
-        resolve: PeerResolver,
-    ) -> Self {
-        Self {
-            endpoint,
-            config,
-            server_name,
-            resolve,
-            connections: Default::default(),
-        }
-    }
-
-    /// The live connection to `peer`, connecting first if there is none.
-    pub async fn connection(&self, peer: u32) -> Result<quinn::Connection, NetError> {
-        let slot = match self.slot(peer) {
-            Some(slot) => slot,
-            None if (self.resolve)(peer).is_some() => self.new_slot(peer),
-            None => return Err(unknown_peer(peer)),
-        };
-        let mut cached = slot.lock().await;
-        if let Some(connection) = cached.as_ref()
-            && connection.close_reason().is_none()
-        {
-            return Ok(connection.clone());
-        }
-        *cached = None;
-        let address = (self.resolve)(peer).ok_or_else(|| unknown_peer(peer))?;
-        let connecting =
-            self.endpoint
-                .connect_with(self.config.clone(), address, self.server_name)?;
-        let connection =
-            tokio::time::timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
-                .await
-                .map_err(|_| NetError::Timeout)??;
-        *cached = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Forgets the connection to `peer` so the next use reconnects. Never waits: if a
-    /// connection attempt to `peer` is under way, it replaces the connection anyway.
-    pub async fn forget(&self, peer: u32) {
-        if let Some(slot) = self.slot(peer)
-            && let Ok(mut cached) = slot.try_lock()
-        {
-            *cached = None;
-        }
-    }
-
-    /// Closes the cached connection of every peer the resolver now places at another address
-    /// (a region that moved: a standby that took over), so that requests waiting on the old
-    /// address fail at once and are retried at the new one; returns how many were closed.
-    /// Never waits: a peer being connected to is looked at next time.
-    pub fn close_moved(&self) -> usize {
-        let slots: Vec<(u32, PeerSlot)> = self
-            .connections
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .iter()
-            .map(|(peer, slot)| (*peer, slot.clone()))
-            .collect();
-        let mut closed = 0;
-        for (peer, slot) in slots {
-            let Ok(mut cached) = slot.try_lock() else {
-                continue;
-            };
-            let moved = cached.as_ref().is_some_and(|connection| {
-                connection.close_reason().is_none()
-                    && self.moved_from(peer, connection.remote_address())
-            });
-            if moved && let Some(connection) = cached.take() {
-                connection.close(0u32.into(), b"the peer moved");
-                closed += 1;
-            }
-        }
-        closed
-    }
-
-    /// Closes, every [`limits::PEER_MOVE_CHECK_INTERVAL_MS`], the connections to peers that
-    /// moved ([`Self::close_moved`]); runs until its task is dropped. For edges and regions whose
-    /// resolver reads a peers file a promoted standby rewrites.
-    pub async fn close_moved_forever(&self) {
-        loop {
-            tokio::time::sleep(Duration::from_millis(limits::PEER_MOVE_CHECK_INTERVAL_MS)).await;
-            let moved = self.close_moved();
-            if moved > 0 {
-                tracing::warn!(moved, "a peer moved: its old connection is closed");
-            }
-        }
-    }
-
-    /// Whether a request whose connection to `peer` at `from` failed (not timed out) should be
-    /// sent once more: the peer moved meanwhile, and this was the request's attempt number
-    /// `attempts` (from 1) of at most [`limits::MOVED_PEER_ATTEMPTS_MAX`].
-    pub fn retry_at_new_address(&self, peer: u32, from: SocketAddr, attempts: u32) -> bool {
-        let retry = attempts < limits::MOVED_PEER_ATTEMPTS_MAX && self.moved_from(peer, from);
-        if retry {
-            tracing::info!(
-                peer,
-                "the peer moved during a request: sending it to its new address"
-            );
-        }
-        retry
-    }
-
-    fn slot(&self, peer: u32) -> Option<PeerSlot> {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&peer)
-            .cloned()
-    }
-
-    fn new_slot(&self, peer: u32) -> PeerSlot {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .entry(peer)
-            .or_default()
-            .clone()
-    }
-
-    /// Whether the resolver places `peer` at another address than `from` now: it moved (a
-    /// standby took over) while a request was under way at `from`.
-    pub fn moved_from(&self, peer: u32, from: std::net::SocketAddr) -> bool {
-        (self.resolve)(peer).is_some_and(|now| now != from)
-    }
-
-    /// One request to `peer` within `timeout`; a transport failure drops the cached connection.
-    /// A request whose connection failed because the peer moved meanwhile is sent once more to
-    /// the new address, within what is left of `timeout` (a request must be safe to repeat, as
-    /// every request between regions is: a lost answer is retried the same way).
-    pub async fn request<Req: Message, Resp: Message + Default>(
-        &self,
-        peer: u32,
-        message: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, NetError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let connection = self.connection(peer).await?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let result = request(&connection, message, left).await;
-            if !matches!(
-                result,
-                Err(NetError::Connection(_)
-                    | NetError::Timeout
-                    | NetError::Write(_)
-                    | NetError::Read(_))
-            ) {
-                return result;
-            }
-            self.forget(peer).await;
-            let retry = !matches!(result, Err(NetError::Timeout))
-                && tokio::time::Instant::now() < deadline
-                && self.retry_at_new_address(peer, connection.remote_address(), attempts);
-            if !retry {
-                return result;
-            }
-        }
-    }
-}
-
-fn unknown_peer(peer: u32) -> NetError {
-    NetError::Remote(ProtoError::new(
-        relay_proto::ErrorCode::Unavailable,
-        format!("no address known for region {peer}"),
-    ))
-}
-
-/// The connections a server holds, counted against a bound: each accepted connection takes a
-/// slot and gives it back when its [`ConnectionSlot`] drops; past the bound the server refuses
-/// new connections (QUIC `CONNECTION_REFUSED`, which peers retry with backoff) instead of
-/// spawning tasks without end.
-#[derive(Debug, Clone)]
-pub struct ConnectionSlots {
-    held: Arc<std::sync::atomic::AtomicUsize>,
-    max: usize,
-}
-
-/// One held connection slot, given back on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    held: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl ConnectionSlots {
-    /// At most `max` connections at once.
-    pub fn new(max: usize) -> Self {
-        Self {
-            held: Arc::default(),
-            max,
-        }
-    }
-
-    /// A slot for one more connection, unless `max` are held.
-    pub fn try_take(&self) -> Option<ConnectionSlot> {
-        use std::sync::atomic::Ordering;
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < self.max).then_some(held + 1)
-            })
-            .ok()
-            .map(|_| ConnectionSlot {
-                held: self.held.clone(),
-            })
-    }
-
-    /// Slots held now.
-    pub fn held(&self) -> usize {
-        self.held.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.held.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-/// Accepts one incoming connection if a slot is free: the connection and its slot, or `None`
-/// when the handshake failed or the server is full (the connection is then refused).
-pub async fn accept_bounded(
-    slots: &ConnectionSlots,
-    incoming: quinn::Incoming,
-) -> Option<(quinn::Connection, ConnectionSlot)> {
-    let Some(slot) = slots.try_take() else {
-        tracing::warn!(
-            held = slots.held(),
-            remote = %incoming.remote_address(),
-            "refusing a connection: the server holds as many as it may"
-        );
-        incoming.refuse();
-        return None;
-    };
-    match incoming.await {
-        Ok(connection) => Some((connection, slot)),
-        Err(error) => {
-            tracing::debug!(%error, "handshake failed");
-            None
-        }
-    }
 }
 
 /// The address of an endpoint as logged in its "listening on" line.
@@ -1053,19 +675,6 @@ pub fn listening_line(role: &str, address: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_slots_are_bounded_and_given_back() {
-        let slots = ConnectionSlots::new(2);
-        let first = slots.try_take().expect("a slot");
-        let second = slots.try_take().expect("a slot");
-        assert!(slots.try_take().is_none(), "full");
-        assert_eq!(slots.held(), 2);
-        drop(first);
-        let third = slots.try_take().expect("one was given back");
-        drop((second, third));
-        assert_eq!(slots.held(), 0);
-    }
 
     #[test]
     fn missing_files_are_clear_errors() {
