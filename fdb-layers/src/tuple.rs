@@ -21,6 +21,9 @@ const STRING_CODE: u8 = 0x02;
 const INTEGER_ZERO_CODE: u8 = 0x14;
 const VERSIONSTAMP_CODE: u8 = 0x33;
 const ESCAPE: u8 = 0xff;
+/// Bytes reserved for a packed tuple (beyond a subspace's prefix) before encoding it, so that a
+/// key is one allocation: the layers' keys are a few names and ids, under 64 bytes.
+const TUPLE_BYTES_HINT: usize = 64;
 
 /// Bytes that do not decode as the expected tuple.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -75,7 +78,7 @@ pub trait TupleDecode: Sized {
 
 /// Packs a tuple into ordered bytes.
 pub fn pack<T: TupleEncode + ?Sized>(tuple: &T) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(TUPLE_BYTES_HINT);
     tuple.encode_into(&mut out);
     out
 }
@@ -139,7 +142,10 @@ impl Subspace {
 
     /// The key of `tuple` in this subspace.
     pub fn pack<T: TupleEncode + ?Sized>(&self, tuple: &T) -> Vec<u8> {
-        let mut key = self.prefix.clone();
+        // One allocation: a clone of the prefix would have its exact length and grow on the
+        // first element.
+        let mut key = Vec::with_capacity(self.prefix.len() + TUPLE_BYTES_HINT);
+        key.extend_from_slice(&self.prefix);
         tuple.encode_into(&mut key);
         key
     }
@@ -176,12 +182,18 @@ impl Subspace {
 // Elements
 
 fn encode_escaped(code: u8, bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() + 2);
     out.push(code);
-    for &byte in bytes {
-        out.push(byte);
-        if byte == 0x00 {
-            out.push(ESCAPE);
+    if bytes.contains(&0x00) {
+        for &byte in bytes {
+            out.push(byte);
+            if byte == 0x00 {
+                out.push(ESCAPE);
+            }
         }
+    } else {
+        // Names and most ids hold no zero byte: copied at once.
+        out.extend_from_slice(bytes);
     }
     out.push(0x00);
 }

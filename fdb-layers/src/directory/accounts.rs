@@ -62,7 +62,7 @@ pub async fn create_account(
     let directory = Directory::new();
     if let Some(stored) = recall(transaction, "create_account", &(), idempotency).await? {
         let id = AccountId(decode_u64(&stored, "create_account result")?);
-        return match read_account(transaction, &directory, id).await? {
+        return match read_account(transaction, directory, id).await? {
             Some(record) => Ok(Ok(record)),
             None => Err(StoreError::corrupt(
                 "create_account result",
@@ -70,7 +70,7 @@ pub async fn create_account(
             )),
         };
     }
-    if let Some(owner) = account_id_by_name(transaction, &directory, name).await? {
+    if let Some(owner) = account_id_by_name(transaction, directory, name).await? {
         return Ok(Err(NameTaken { owner }));
     }
     let counter_key = directory.root.pack(&("account_counter",));
@@ -81,7 +81,7 @@ pub async fn create_account(
         home_region,
         epoch: FIRST_EPOCH,
     };
-    write_account(transaction, &directory, &record)?;
+    write_account(transaction, directory, &record)?;
     directory.home_moved(transaction, None, Some(home_region))?;
     directory.account_changed(transaction, id).await?;
     remember(
@@ -102,7 +102,7 @@ pub async fn put_account(
     record: &AccountRecord,
 ) -> Result<bool, StoreError> {
     let directory = Directory::new();
-    let stored = read_account(transaction, &directory, record.id).await?;
+    let stored = read_account(transaction, directory, record.id).await?;
     if let Some(stored) = &stored {
         if stored.epoch > record.epoch {
             return Ok(false);
@@ -112,12 +112,12 @@ pub async fn put_account(
         }
         if stored.name != record.name {
             let old_name_key = directory.name_key(&stored.name);
-            if account_id_by_name(transaction, &directory, &stored.name).await? == Some(record.id) {
+            if account_id_by_name(transaction, directory, &stored.name).await? == Some(record.id) {
                 transaction.clear(&old_name_key);
             }
         }
     }
-    write_account(transaction, &directory, record)?;
+    write_account(transaction, directory, record)?;
     let old_home = stored.map(|stored| stored.home_region);
     directory.home_moved(transaction, old_home, Some(record.home_region))?;
     directory.account_changed(transaction, record.id).await?;
@@ -130,8 +130,8 @@ pub async fn account_by_name(
     name: &str,
 ) -> Result<Option<AccountRecord>, StoreError> {
     let directory = Directory::new();
-    match account_id_by_name(transaction, &directory, name).await? {
-        Some(id) => read_account(transaction, &directory, id).await,
+    match account_id_by_name(transaction, directory, name).await? {
+        Some(id) => read_account(transaction, directory, id).await,
         None => Ok(None),
     }
 }
@@ -141,7 +141,7 @@ pub async fn account_by_id(
     transaction: &Transaction,
     id: AccountId,
 ) -> Result<Option<AccountRecord>, StoreError> {
-    read_account(transaction, &Directory::new(), id).await
+    read_account(transaction, Directory::new(), id).await
 }
 
 /// The stored form of an account (its id is in the key).

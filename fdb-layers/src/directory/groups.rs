@@ -171,7 +171,7 @@ pub async fn create_group(
         home_region: new.home_region,
         epoch: FIRST_EPOCH,
     };
-    write_group(transaction, &directory, &record)?;
+    write_group(transaction, directory, &record)?;
     directory.write_member(transaction, id, new.owner, true)?;
     for &account in &others {
         directory.write_member(transaction, id, account, false)?;
@@ -194,7 +194,7 @@ pub async fn group(
     transaction: &Transaction,
     id: GroupId,
 ) -> Result<Option<GroupRecord>, StoreError> {
-    read_group(transaction, &Directory::new(), id).await
+    read_group(transaction, Directory::new(), id).await
 }
 
 /// Adds `account` to `group` as a plain member (the caller checks the account exists). Retried
@@ -236,7 +236,7 @@ pub async fn rename_group(
         return Ok(result);
     }
     let directory = Directory::new();
-    let Some(mut record) = read_group(transaction, &directory, group).await? else {
+    let Some(mut record) = read_group(transaction, directory, group).await? else {
         return Ok(GroupChange::UnknownGroup);
     };
     if record.name == name {
@@ -244,7 +244,7 @@ pub async fn rename_group(
         return Ok(GroupChange::Unchanged { version });
     }
     name.clone_into(&mut record.name);
-    write_group(transaction, &directory, &record)?;
+    write_group(transaction, directory, &record)?;
     let version = directory.group_changed(transaction, group).await?;
     remember_change(transaction, "rename_group", &(group,), idempotency, version)?;
     Ok(GroupChange::Changed { version })
@@ -265,10 +265,10 @@ pub async fn set_admin(
         return Ok(result);
     }
     let directory = Directory::new();
-    if read_group(transaction, &directory, group).await?.is_none() {
+    if read_group(transaction, directory, group).await?.is_none() {
         return Ok(GroupChange::UnknownGroup);
     }
-    let Some(current) = read_member(transaction, &directory, group, account).await? else {
+    let Some(current) = read_member(transaction, directory, group, account).await? else {
         return Ok(GroupChange::NotAMember);
     };
     if current.admin == admin {
@@ -297,7 +297,7 @@ pub async fn member(
     group: GroupId,
     account: AccountId,
 ) -> Result<Option<GroupMember>, StoreError> {
-    read_member(transaction, &Directory::new(), group, account).await
+    read_member(transaction, Directory::new(), group, account).await
 }
 
 /// Every member of `group`, in account order (at most [`GROUP_MEMBERS_MAX`]).
@@ -488,10 +488,10 @@ async fn change_membership(
         return Ok(result);
     }
     let directory = Directory::new();
-    if read_group(transaction, &directory, group).await?.is_none() {
+    if read_group(transaction, directory, group).await?.is_none() {
         return Ok(GroupChange::UnknownGroup);
     }
-    let current = read_member(transaction, &directory, group, account).await?;
+    let current = read_member(transaction, directory, group, account).await?;
     if current.is_some() == add {
         let version = group_version(transaction, group).await?;
         return Ok(GroupChange::Unchanged { version });
@@ -508,7 +508,7 @@ async fn change_membership(
         transaction.clear(&directory.member_key(group, account));
         transaction.clear(&directory.group_of_key(account, group));
         if current.is_some_and(|member| member.admin) {
-            keep_an_admin(transaction, &directory, group, account).await?;
+            keep_an_admin(transaction, directory, group, account).await?;
         }
         members.checked_sub(1).ok_or_else(|| {
             StoreError::corrupt("group member count", format!("{group} counts no member"))

@@ -237,7 +237,7 @@ async fn compare_and_move<R: Homed>(
     expected_epoch: u64,
 ) -> Result<HomeMove<R>, StoreError> {
     let directory = Directory::new();
-    let Some(current) = R::read(transaction, &directory, id).await? else {
+    let Some(current) = R::read(transaction, directory, id).await? else {
         return Ok(HomeMove::Unknown);
     };
     if current.epoch() == expected_epoch.saturating_add(1) && current.home_region() == to_region {
@@ -247,7 +247,7 @@ async fn compare_and_move<R: Homed>(
         return Ok(HomeMove::StaleEpoch { current });
     }
     let moved = current.homed_at(to_region, current.epoch() + 1);
-    moved.write_moved(transaction, &directory, &current).await?;
+    moved.write_moved(transaction, directory, &current).await?;
     Ok(HomeMove::Moved(moved))
 }
 

@@ -128,7 +128,7 @@ pub async fn account_changes(
     for position in positions {
         let account = AccountId(position.id);
         // An entry is written with its account's change: a missing record is damage.
-        let record = read_account(transaction, &directory, account)
+        let record = read_account(transaction, directory, account)
             .await?
             .ok_or_else(|| {
                 StoreError::corrupt("directory log", format!("account {account} has no record"))
