@@ -147,12 +147,38 @@ pub fn edge(config_path: &Path) -> Result<()> {
     let config = EdgeConfig::load(config_path)?;
     edge_runtime()?.block_on(async {
         let shutdown = shutdown_signal();
+        #[cfg(feature = "heap-profile")]
+        tokio::spawn(dump_heap_on_sigusr1());
         let (service, address, subscriptions) = EdgeService::bind(&config)?;
         announce(format!("edge {} listening on {address}", config.region));
         service.run(subscriptions, shutdown).await?;
         tracing::info!("edge stopped");
         Ok(())
     })
+}
+
+/// With `--features heap-profile` and `_RJEM_MALLOC_CONF=prof:true`: each SIGUSR1 writes a
+/// heap profile of what is allocated now (jemalloc's `prof.dump`, named by `prof_prefix`), for
+/// `jeprof`. What an edge still holds once its devices left shows only in a running process: a
+/// profile at exit (`prof_final`) comes after everything was dropped.
+#[cfg(feature = "heap-profile")]
+#[allow(unsafe_code)]
+async fn dump_heap_on_sigusr1() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut signals) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("no SIGUSR1 handler: heap profiles are written at exit only");
+        return;
+    };
+    while signals.recv().await.is_some() {
+        // SAFETY: `prof.dump` takes a file name or null (jemalloc's own naming); null it is.
+        let dumped = unsafe {
+            tikv_jemalloc_ctl::raw::write(b"prof.dump\0", std::ptr::null::<std::ffi::c_char>())
+        };
+        match dumped {
+            Ok(()) => tracing::info!("heap profile written"),
+            Err(error) => tracing::warn!(%error, "no heap profile (is prof:true set?)"),
+        }
+    }
 }
 
 /// `relayd locator --config FILE`.
