@@ -68,7 +68,8 @@ pub(crate) fn another_group_build(
     stored: &chat_log::LogEntry,
     offered: &wire::Envelope,
 ) -> Result<bool, StoreError> {
-    let stored_build = wire::Envelope::decode(stored.envelope_bytes.clone())
+    // Its group fields only: the per-device entries (up to one per member device) stay unread.
+    let stored_build = stored_envelope::group_fields(&stored.envelope_bytes)
         .map_err(|error| corrupt("stored envelope", error))?;
     Ok(stored_build.group_session_id != offered.group_session_id
         || stored_build.group_ciphertext != offered.group_ciphertext)
