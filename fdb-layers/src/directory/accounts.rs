@@ -59,7 +59,7 @@ pub async fn create_account(
     home_region: RegionId,
     idempotency: &IdempotencyKey,
 ) -> Result<Result<AccountRecord, NameTaken>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     if let Some(stored) = recall(transaction, "create_account", &(), idempotency).await? {
         let id = AccountId(decode_u64(&stored, "create_account result")?);
         return match read_account(transaction, directory, id).await? {
@@ -101,7 +101,7 @@ pub async fn put_account(
     transaction: &Transaction,
     record: &AccountRecord,
 ) -> Result<bool, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let stored = read_account(transaction, directory, record.id).await?;
     if let Some(stored) = &stored {
         if stored.epoch > record.epoch {
@@ -129,7 +129,7 @@ pub async fn account_by_name(
     transaction: &Transaction,
     name: &str,
 ) -> Result<Option<AccountRecord>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     match account_id_by_name(transaction, directory, name).await? {
         Some(id) => read_account(transaction, directory, id).await,
         None => Ok(None),
@@ -141,7 +141,7 @@ pub async fn account_by_id(
     transaction: &Transaction,
     id: AccountId,
 ) -> Result<Option<AccountRecord>, StoreError> {
-    read_account(transaction, Directory::new(), id).await
+    read_account(transaction, Directory::get(), id).await
 }
 
 /// The stored form of an account (its id is in the key).

@@ -74,7 +74,7 @@ pub async fn add_first_device(
     if let Some(device) = recalled_device(transaction, account, idempotency).await? {
         return Ok(Ok(device));
     }
-    let directory = Directory::new();
+    let directory = Directory::get();
     let (begin, end) = directory.devices.subspace(&(account,)).range();
     let any = transaction
         .get_range(&begin, &end, RangeOptions::limit(1))
@@ -94,7 +94,7 @@ pub async fn remove_device(
     transaction: &Transaction,
     address: DeviceAddress,
 ) -> Result<bool, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let key = directory.device_key(address);
     if transaction.get(&key).await?.is_none() {
         return Ok(false);
@@ -112,7 +112,7 @@ pub async fn last_device_number(
     transaction: &Transaction,
     account: AccountId,
 ) -> Result<u32, StoreError> {
-    let key = Directory::new().device_counter_key(account);
+    let key = Directory::get().device_counter_key(account);
     device_number(read_u64(transaction, &key, "device counter").await?)
 }
 
@@ -127,7 +127,7 @@ pub async fn devices(
     transaction: &Transaction,
     account: AccountId,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let (begin, end) = directory.devices.subspace(&(account,)).range();
     let rows = transaction
         .get_range(&begin, &end, RangeOptions::default())
@@ -145,7 +145,7 @@ pub async fn device(
     transaction: &Transaction,
     address: DeviceAddress,
 ) -> Result<Option<DeviceRecord>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     match transaction.get(&directory.device_key(address)).await? {
         Some(value) => device_record(address, &value).map(Some),
         None => Ok(None),
@@ -193,7 +193,7 @@ async fn insert_device(
     signing_key: &[u8],
     idempotency: &IdempotencyKey,
 ) -> Result<DeviceId, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let counter_key = directory.device_counter_key(account);
     let number = device_number(increment(transaction, &counter_key, "device counter").await?)?;
     let device = DeviceAddress {

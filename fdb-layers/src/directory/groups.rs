@@ -145,7 +145,7 @@ pub async fn create_group(
     if let Some(stored) = recall(transaction, "create_group", &(), idempotency).await? {
         return Ok(Ok(GroupId(decode_u64(&stored, "create_group result")?)));
     }
-    let directory = Directory::new();
+    let directory = Directory::get();
     let request_key = directory.group_request_key(new.owner, new.request_id);
     if let Some(stored) = transaction.get(&request_key).await? {
         return Ok(Ok(GroupId(decode_u64(&stored, "group request")?)));
@@ -194,7 +194,7 @@ pub async fn group(
     transaction: &Transaction,
     id: GroupId,
 ) -> Result<Option<GroupRecord>, StoreError> {
-    read_group(transaction, Directory::new(), id).await
+    read_group(transaction, Directory::get(), id).await
 }
 
 /// Adds `account` to `group` as a plain member (the caller checks the account exists). Retried
@@ -235,7 +235,7 @@ pub async fn rename_group(
     {
         return Ok(result);
     }
-    let directory = Directory::new();
+    let directory = Directory::get();
     let Some(mut record) = read_group(transaction, directory, group).await? else {
         return Ok(GroupChange::UnknownGroup);
     };
@@ -264,7 +264,7 @@ pub async fn set_admin(
     if let Some(result) = recalled_change(transaction, "set_admin", &scope, idempotency).await? {
         return Ok(result);
     }
-    let directory = Directory::new();
+    let directory = Directory::get();
     if read_group(transaction, directory, group).await?.is_none() {
         return Ok(GroupChange::UnknownGroup);
     }
@@ -297,7 +297,7 @@ pub async fn member(
     group: GroupId,
     account: AccountId,
 ) -> Result<Option<GroupMember>, StoreError> {
-    read_member(transaction, Directory::new(), group, account).await
+    read_member(transaction, Directory::get(), group, account).await
 }
 
 /// Every member of `group`, in account order (at most [`GROUP_MEMBERS_MAX`]).
@@ -317,7 +317,7 @@ pub async fn group_members(
     transaction: &Transaction,
     group: GroupId,
 ) -> Result<Vec<GroupMember>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let (begin, end) = directory.members.subspace(&(group,)).range();
     // Adds keep a group within GROUP_MEMBERS_MAX, so the limit only guards against a bug.
     let limit = usize::try_from(GROUP_MEMBERS_MAX).unwrap_or(usize::MAX);
@@ -339,7 +339,7 @@ pub async fn group_members(
 
 /// The number of members of `group` (0 for a group that does not exist).
 pub async fn member_count(transaction: &Transaction, group: GroupId) -> Result<u64, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     read_u64(
         transaction,
         &directory.member_count_key(group),
@@ -356,7 +356,7 @@ pub async fn groups_of(
     after: Option<GroupId>,
     limit: usize,
 ) -> Result<Vec<GroupId>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let memberships = directory.groups_of.subspace(&(account,));
     let (first, end) = memberships.range();
     let begin = match after {
@@ -487,7 +487,7 @@ async fn change_membership(
     if let Some(result) = recalled_change(transaction, operation, &scope, idempotency).await? {
         return Ok(result);
     }
-    let directory = Directory::new();
+    let directory = Directory::get();
     if read_group(transaction, directory, group).await?.is_none() {
         return Ok(GroupChange::UnknownGroup);
     }
@@ -913,7 +913,7 @@ mod tests {
             .transact(|tx| async move {
                 // A group as the layer wrote it before names and roles: a record of three
                 // fields, empty member values.
-                let directory = Directory::new();
+                let directory = Directory::get();
                 let old = super::StoredGroupBeforeNames {
                     owner: 1,
                     home_region: 1,
@@ -946,7 +946,7 @@ mod tests {
                     .await?
                     .expect("small");
                 // Stand in for GROUP_MEMBERS_MAX members without writing them all.
-                let directory = Directory::new();
+                let directory = Directory::get();
                 tx.set(
                     &directory.member_count_key(group),
                     &encode_u64(GROUP_MEMBERS_MAX),

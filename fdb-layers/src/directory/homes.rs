@@ -74,7 +74,7 @@ pub async fn accounts_homed(
     transaction: &Transaction,
     region: RegionId,
 ) -> Result<u64, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     crate::codec::read_count(
         transaction,
         &directory.homed_key(region),
@@ -93,7 +93,7 @@ pub async fn count_homes(
     limit: usize,
     tally: &mut std::collections::BTreeMap<RegionId, u64>,
 ) -> Result<Option<AccountId>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let accounts = directory.root.subspace(&("account",));
     let (first, end) = accounts.range();
     let begin = match after {
@@ -121,7 +121,7 @@ pub fn set_accounts_homed(
     region: RegionId,
     accounts: u64,
 ) -> Result<(), StoreError> {
-    transaction.set(&Directory::new().homed_key(region), &encode_u64(accounts))
+    transaction.set(&Directory::get().homed_key(region), &encode_u64(accounts))
 }
 
 /// A directory record with a home region fenced by an epoch: what a home move needs of it.
@@ -236,7 +236,7 @@ async fn compare_and_move<R: Homed>(
     to_region: RegionId,
     expected_epoch: u64,
 ) -> Result<HomeMove<R>, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let Some(current) = R::read(transaction, directory, id).await? else {
         return Ok(HomeMove::Unknown);
     };

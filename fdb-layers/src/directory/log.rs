@@ -120,7 +120,7 @@ pub async fn account_changes(
     after: Option<LogPosition>,
     limit: usize,
 ) -> Result<(Vec<(LogPosition, AccountRecord)>, bool), StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let (positions, more) = directory
         .changed_after(transaction, ACCOUNT_LOG, after, limit)
         .await?;
@@ -159,7 +159,7 @@ pub async fn group_changes(
     limit: usize,
     members_budget: usize,
 ) -> Result<(Vec<(LogPosition, ReplicatedGroup)>, bool), StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     let (positions, mut more) = directory
         .changed_after(transaction, GROUP_LOG, after, limit)
         .await?;
@@ -188,7 +188,7 @@ pub async fn group_changes(
 /// The writer's account log position this replica applied through; `None` before its first
 /// page.
 pub async fn replica_cursor(transaction: &Transaction) -> Result<Option<LogPosition>, StoreError> {
-    Directory::new().cursor(transaction, ACCOUNT_LOG).await
+    Directory::get().cursor(transaction, ACCOUNT_LOG).await
 }
 
 /// Records that this replica applied the writer's account log through `position`.
@@ -196,14 +196,14 @@ pub fn set_replica_cursor(
     transaction: &Transaction,
     position: &LogPosition,
 ) -> Result<(), StoreError> {
-    Directory::new().set_cursor(transaction, ACCOUNT_LOG, position)
+    Directory::get().set_cursor(transaction, ACCOUNT_LOG, position)
 }
 
 /// The writer's group log position this replica applied through; `None` before its first page.
 pub async fn group_replica_cursor(
     transaction: &Transaction,
 ) -> Result<Option<LogPosition>, StoreError> {
-    Directory::new().cursor(transaction, GROUP_LOG).await
+    Directory::get().cursor(transaction, GROUP_LOG).await
 }
 
 /// Records that this replica applied the writer's group log through `position`.
@@ -211,7 +211,7 @@ pub fn set_group_replica_cursor(
     transaction: &Transaction,
     position: &LogPosition,
 ) -> Result<(), StoreError> {
-    Directory::new().set_cursor(transaction, GROUP_LOG, position)
+    Directory::get().set_cursor(transaction, GROUP_LOG, position)
 }
 
 /// (A replica) keeps `group` as the writer gave it, unless this copy holds the group at its
@@ -237,7 +237,7 @@ pub async fn put_group_replica(
     for member in &group.members {
         value.extend_from_slice(&member.0.to_le_bytes());
     }
-    transaction.set(&Directory::new().group_replica_key(group.group), &value)
+    transaction.set(&Directory::get().group_replica_key(group.group), &value)
 }
 
 /// (A replica) the copy of `group` this replica holds, `None` if it holds none.
@@ -246,7 +246,7 @@ pub async fn group_replica(
     group: GroupId,
 ) -> Result<Option<ReplicatedGroup>, StoreError> {
     let Some(value) = transaction
-        .get(&Directory::new().group_replica_key(group))
+        .get(&Directory::get().group_replica_key(group))
         .await?
     else {
         return Ok(None);
@@ -274,7 +274,7 @@ pub async fn backfill_log(
     after: AccountId,
     limit: usize,
 ) -> Result<Option<AccountId>, StoreError> {
-    Ok(Directory::new()
+    Ok(Directory::get()
         .backfill(transaction, ACCOUNT_LOG, after.0, limit)
         .await?
         .map(AccountId))
@@ -286,7 +286,7 @@ pub async fn backfill_group_log(
     after: GroupId,
     limit: usize,
 ) -> Result<Option<GroupId>, StoreError> {
-    Ok(Directory::new()
+    Ok(Directory::get()
         .backfill(transaction, GROUP_LOG, after.0, limit)
         .await?
         .map(GroupId))
@@ -294,23 +294,23 @@ pub async fn backfill_group_log(
 
 /// Whether every account of this copy has a log entry ([`set_log_complete`] ran).
 pub async fn log_complete(transaction: &Transaction) -> Result<bool, StoreError> {
-    Directory::new().complete(transaction, ACCOUNT_LOG).await
+    Directory::get().complete(transaction, ACCOUNT_LOG).await
 }
 
 /// Records that every account has a log entry (after [`backfill_log`] went through them all);
 /// later accounts get theirs with their creation.
 pub fn set_log_complete(transaction: &Transaction) -> Result<(), StoreError> {
-    Directory::new().set_complete(transaction, ACCOUNT_LOG)
+    Directory::get().set_complete(transaction, ACCOUNT_LOG)
 }
 
 /// Whether every group of this copy has a log entry ([`set_group_log_complete`] ran).
 pub async fn group_log_complete(transaction: &Transaction) -> Result<bool, StoreError> {
-    Directory::new().complete(transaction, GROUP_LOG).await
+    Directory::get().complete(transaction, GROUP_LOG).await
 }
 
 /// Records that every group has a log entry (after [`backfill_group_log`]).
 pub fn set_group_log_complete(transaction: &Transaction) -> Result<(), StoreError> {
-    Directory::new().set_complete(transaction, GROUP_LOG)
+    Directory::get().set_complete(transaction, GROUP_LOG)
 }
 
 impl Directory {

@@ -81,7 +81,7 @@ impl Directory {
     /// The directory's subspaces, packed once per process: every read and write of an account,
     /// device or group starts here (a region's profile showed building them on each call at
     /// about 1 % of its CPU).
-    fn new() -> &'static Self {
+    fn get() -> &'static Self {
         static DIRECTORY: std::sync::LazyLock<Directory> = std::sync::LazyLock::new(|| {
             let root = Subspace::new(&("directory",));
             let devices = root.subspace(&("device",));

@@ -35,7 +35,7 @@ pub async fn account_version(
     transaction: &Transaction,
     account: AccountId,
 ) -> Result<u64, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     read_u64(
         transaction,
         &directory.account_version_key(account),
@@ -46,7 +46,7 @@ pub async fn account_version(
 
 /// The number of changes this copy of the directory has applied (accounts, devices, groups).
 pub async fn change_count(transaction: &Transaction) -> Result<u64, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     crate::codec::read_count(
         transaction,
         &directory.changes_key(),
@@ -59,7 +59,7 @@ pub async fn change_count(transaction: &Transaction) -> Result<u64, StoreError> 
 /// The version of `group` in this copy of the directory: 0 for a group it does not know, then
 /// one more for every change of the group or its members.
 pub async fn group_version(transaction: &Transaction, group: GroupId) -> Result<u64, StoreError> {
-    let directory = Directory::new();
+    let directory = Directory::get();
     read_u64(
         transaction,
         &directory.group_version_key(group),
