@@ -1,9 +1,15 @@
 //! The blob benchmark (`relayd bench blobs`, issue 14's media target): a blob of
 //! [`BLOB_BYTES_DEFAULT`](crate::limits::BLOB_BYTES_DEFAULT) uploaded and downloaded by a
-//! client SDK device through a devnet's real processes (device → edge → region, sealed on the
-//! device, stored with fsync by the region), against a raw QUIC stream measured in the same
-//! run: the same bytes written to, and read from, an in-process server over loopback QUIC with
-//! TLS, one stream each way and nothing else. The target is a blob throughput of at least [`BLOB_SHARE_OF_RAW_TARGET`] of raw.
+//! client SDK device through a devnet's real processes (sealed on the device, stored with fsync
+//! by the region), against a raw QUIC stream measured in the same run: the same bytes written
+//! to, and read from, an in-process server over loopback QUIC with TLS, one stream each way and
+//! nothing else. The target is a blob throughput of at least [`BLOB_SHARE_OF_RAW_TARGET`] of
+//! raw.
+//!
+//! Two routes are measured, each on a devnet of its own: the default one, device → the region's
+//! media endpoint (the device's edge carries only the requests that give it a pass), and the
+//! one devices take when they cannot reach that endpoint, device → edge → region (a devnet
+//! started with `--no-media-endpoints`).
 //!
 //! Each direction is measured [`BlobsOptions::rounds`] times and the median round is reported
 //! (the machines are shared and noisy). A round's time is the SDK call's, sealing or opening
@@ -87,17 +93,29 @@ pub struct BlobsReport {
     pub rounds: usize,
     /// The target share of raw.
     pub target_share_of_raw: f64,
-    /// Device → edge → region.
+    /// Device → the region's media endpoint (the default route; the target is for it).
     pub upload: Direction,
-    /// Region → edge → device.
+    /// The region's media endpoint → device.
     pub download: Direction,
+    /// Device → edge → region, and back: the route of a device that cannot reach the media
+    /// endpoint.
+    pub through_edge: Route,
     /// Whether every process kept its pid (none died or restarted) during the rounds.
     pub same_processes: bool,
 }
 
+/// One route's two directions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    /// Device → region.
+    pub upload: Direction,
+    /// Region → device.
+    pub download: Direction,
+}
+
 /// Steps the progress bar counts.
 pub fn steps(options: &BlobsOptions) -> u64 {
-    4 + 4 * options.rounds as u64
+    7 + 6 * options.rounds as u64
 }
 
 /// Runs the benchmark on a devnet of `options.relayd`, stopping early when `shutdown`
@@ -155,12 +173,20 @@ async fn measure(
     }
     raw.stop().await;
 
-    step("starting the devnet");
+    step("starting the devnet (media endpoints)");
     let servers = Servers::start(&options.relayd, 1, &folder.join("devnet")).await?;
-    let measured = measure_blobs(options, folder, &servers, &plaintext, step).await;
+    let measured = measure_blobs(options, &folder.join("direct"), &servers, &plaintext, step).await;
     step("stopping the devnet");
     servers.stop().await;
     let (upload_rounds, download_rounds, upload_usage, download_usage, sealed_bytes, cpu) =
+        measured?;
+    step("starting a devnet without media endpoints");
+    let servers =
+        Servers::start_without_media(&options.relayd, 1, &folder.join("devnet-edges")).await?;
+    let measured = measure_blobs(options, &folder.join("edges"), &servers, &plaintext, step).await;
+    step("stopping the devnet");
+    servers.stop().await;
+    let (edge_upload, edge_download, edge_upload_usage, edge_download_usage, _, edge_cpu) =
         measured?;
     let mb = |seconds: &[f64]| -> Vec<f64> {
         seconds
@@ -198,7 +224,19 @@ async fn measure(
         target_share_of_raw: BLOB_SHARE_OF_RAW_TARGET,
         upload: direction(&raw_upload, &upload_rounds, &upload_usage, cpu.0),
         download: direction(&raw_download, &download_rounds, &download_usage, cpu.1),
-        same_processes: upload_usage.same_processes && download_usage.same_processes,
+        through_edge: Route {
+            upload: direction(&raw_upload, &edge_upload, &edge_upload_usage, edge_cpu.0),
+            download: direction(
+                &raw_download,
+                &edge_download,
+                &edge_download_usage,
+                edge_cpu.1,
+            ),
+        },
+        same_processes: upload_usage.same_processes
+            && download_usage.same_processes
+            && edge_upload_usage.same_processes
+            && edge_download_usage.same_processes,
     })
 }
 
@@ -220,6 +258,7 @@ async fn measure_blobs(
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<BlobRounds, BenchError> {
     step("registering the device");
+    std::fs::create_dir_all(folder).map_err(BenchError::io("creating", folder))?;
     let dir = folder.join("device");
     let overrides = relay_client::Overrides {
         locator: Some(servers.locator()),
@@ -452,10 +491,17 @@ impl BlobsReport {
             self.cores
         ));
         out.push_str(
-            "| direction | raw QUIC stream | blob through edge + region | share of raw | target | edge CPU s / blob | region CPU s / blob | device CPU s / blob |\n",
+            "| route | direction | raw QUIC stream | blob | share of raw | target | edge CPU s / blob | region CPU s / blob | device CPU s / blob |\n",
         );
-        out.push_str("|---|---|---|---|---|---|---|---|\n");
-        for (name, direction) in [("upload", &self.upload), ("download", &self.download)] {
+        out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        let direct = "device ↔ region's media endpoint";
+        let edge = "device ↔ edge ↔ region";
+        for (route, name, direction) in [
+            (direct, "upload", &self.upload),
+            (direct, "download", &self.download),
+            (edge, "upload", &self.through_edge.upload),
+            (edge, "download", &self.through_edge.download),
+        ] {
             let cpu = |process: &str| {
                 direction
                     .server_cpu_seconds
@@ -463,7 +509,7 @@ impl BlobsReport {
                     .map_or("?".to_owned(), |seconds| format!("{seconds:.2}"))
             };
             out.push_str(&format!(
-                "| {name} | {:.0} MB/s | {:.0} MB/s | {:.0} % | ≥ {:.0} % {} | {} | {} | {} |\n",
+                "| {route} | {name} | {:.0} MB/s | {:.0} MB/s | {:.0} % | ≥ {:.0} % {} | {} | {} | {} |\n",
                 direction.raw_mb_per_second,
                 direction.blob_mb_per_second,
                 100.0 * direction.share_of_raw,

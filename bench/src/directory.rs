@@ -547,6 +547,7 @@ pub(crate) fn service(
         tokens_required: false,
         replication: None,
         follow_peer_moves: false,
+        media: None,
     })
     .map_err(|error| BenchError::Invalid(format!("starting region {region}: {error}")))?;
     addresses

@@ -80,6 +80,25 @@ impl Servers {
         data: &Path,
         standbys: bool,
     ) -> Result<Self, BenchError> {
+        Self::start_devnet(relayd, regions, data, standbys, true).await
+    }
+
+    /// [`Servers::start`] with no media endpoint at the regions: blobs go through the edges.
+    pub async fn start_without_media(
+        relayd: &Path,
+        regions: u32,
+        data: &Path,
+    ) -> Result<Self, BenchError> {
+        Self::start_devnet(relayd, regions, data, false, false).await
+    }
+
+    async fn start_devnet(
+        relayd: &Path,
+        regions: u32,
+        data: &Path,
+        standbys: bool,
+        media_endpoints: bool,
+    ) -> Result<Self, BenchError> {
         std::fs::create_dir_all(data).map_err(BenchError::io("creating", data))?;
         let settings = DevnetSettings {
             // The edges' own request limits: a benchmark that lifted them would not measure
@@ -87,6 +106,7 @@ impl Servers {
             edge_limits: None,
             log_filter: Some(LOG_FILTER.to_owned()),
             standbys,
+            no_media_endpoints: !media_endpoints,
         };
         let devnet =
             DevnetProcess::start_with(relayd, regions, data, &data.join("devnet.log"), &settings)?;

@@ -1383,6 +1383,7 @@ impl RegionSoftware {
             tokens_required: false,
             replication: shipper,
             follow_peer_moves: self.follow_moves,
+            media: None,
         })?;
         service.set_lane_hold_ms(self.lane_hold_ms);
         Ok(service)

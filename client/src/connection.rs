@@ -10,18 +10,18 @@ use std::time::Duration;
 
 use quinn::rustls::RootCertStore;
 use relay_net::{
-    ALPN_DEVICE, DeviceTls, EDGE_SERVER_NAME, NetError, SocketFactory, TokioSockets,
-    auth_keying_material, bind_endpoint, client_config, load_roots, read_frame, request,
-    system_roots, write_frame,
+    DeviceTls, EDGE_SERVER_NAME, MEDIA_SERVER_NAME, NetError, SocketFactory, TokioSockets,
+    auth_keying_material, bind_endpoint, load_roots, read_frame, request, system_roots,
+    write_frame,
 };
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, BlobAt, BlobCommand, BlobStatus, ClaimKeys, ClientRequest,
     ClientResponse, DeviceCommand, DeviceList, Envelope, FetchAndAck, FetchQueue, GroupCommand,
     GroupInfo, GroupList, Hello, KeyBundle, LinkRequests, LinkStatus, LookupAccount, LookupName,
-    OneTimeKey, OneTimeKeyCount, Pairing, QueueBatch, Register, Registered, RequestLink,
-    SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload, blob_command, client_request,
-    client_response, device_command, group_command, server_push,
+    MediaAccess, MediaRequest, OneTimeKey, OneTimeKeyCount, Pairing, QueueBatch, Register,
+    Registered, RequestLink, SendOutcome, ServerPush, UploadOneTimeKeys, auth_signing_payload,
+    blob_command, client_request, client_response, device_command, group_command, server_push,
 };
 use relay_proto::{AccountId, DeviceAddress};
 use tokio::sync::mpsc;
@@ -125,9 +125,9 @@ impl Dialer {
         }
     }
 
-    /// The QUIC configuration of the next connection for `settings`: the device's TLS sessions
-    /// for the settings' trust roots, made once.
-    fn device_config(&self, settings: &Settings) -> Result<quinn::ClientConfig> {
+    /// The device's TLS sessions for the settings' trust roots (its next connection's QUIC
+    /// configuration, and its media connections'), made once.
+    fn device_tls(&self, settings: &Settings) -> Result<DeviceTls> {
         let mut tls = self
             .tls
             .lock()
@@ -135,12 +135,11 @@ impl Dialer {
         if let Some((ca_path, device)) = &*tls
             && *ca_path == settings.ca_path
         {
-            return Ok(device.config());
+            return Ok(device.clone());
         }
         let device = DeviceTls::new(trusted_roots(settings)?)?;
-        let config = device.config();
-        *tls = Some((settings.ca_path.clone(), device));
-        Ok(config)
+        *tls = Some((settings.ca_path.clone(), device.clone()));
+        Ok(device)
     }
 
     /// Edge certificates this dialer's connections checked in full: logins that did not resume
@@ -184,8 +183,10 @@ impl Dialer {
         let mut problems = Vec::new();
         for &edge in edges {
             let connected = async {
-                let config = self.device_config(settings)?;
-                EdgeConnection::connect_with(&*self.sockets, edge, settings.bind_ip, config).await
+                let tls = self.device_tls(settings)?;
+                EdgeConnection::connect_with(&*self.sockets, edge, settings.bind_ip, tls.config())
+                    .await
+                    .map(|connection| connection.with_media(tls))
             };
             match connected.await {
                 Ok(connection) => return Ok(connection),
@@ -248,6 +249,9 @@ pub struct EdgeConnection {
     /// would tell the edge this device is gone.
     control: std::sync::Mutex<Option<quinn::SendStream>>,
     edge: SocketAddr,
+    /// The device's TLS, whose media configuration reaches regions' media endpoints; `None`:
+    /// blobs go through the edge only.
+    media: Option<DeviceTls>,
 }
 
 impl EdgeConnection {
@@ -265,8 +269,10 @@ impl EdgeConnection {
         bind_ip: IpAddr,
         roots: Arc<RootCertStore>,
     ) -> Result<Self> {
-        let config = client_config(roots, None, ALPN_DEVICE)?;
-        Self::connect_with(sockets, edge, bind_ip, config).await
+        let tls = DeviceTls::new(roots)?;
+        Self::connect_with(sockets, edge, bind_ip, tls.config())
+            .await
+            .map(|connection| connection.with_media(tls))
     }
 
     /// Connects from a socket on `bind_ip` made by `sockets` to the edge at `edge` with the QUIC
@@ -278,20 +284,82 @@ impl EdgeConnection {
         config: quinn::ClientConfig,
     ) -> Result<Self> {
         let endpoint = bind_endpoint(sockets, SocketAddr::new(bind_ip, 0), None)?;
-        let connecting = endpoint
-            .connect_with(config, edge, EDGE_SERVER_NAME)
-            .map_err(NetError::from)?;
-        let connection =
-            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
-                .await
-                .map_err(|_| NetError::Timeout)?
-                .map_err(NetError::from)?;
+        let connection = connect_within_timeout(&endpoint, config, edge, EDGE_SERVER_NAME).await?;
         Ok(Self {
             endpoint,
             connection,
             control: std::sync::Mutex::new(None),
             edge,
+            media: None,
         })
+    }
+
+    /// This connection, reaching regions' media endpoints with `tls`'s media configuration
+    /// (from the same socket).
+    pub fn with_media(mut self, tls: DeviceTls) -> Self {
+        self.media = Some(tls);
+        self
+    }
+
+    /// A connection of its own to the media endpoint `access` names, for one transfer, from
+    /// this connection's socket.
+    pub async fn connect_media(&self, access: &MediaAccess) -> Result<quinn::Connection> {
+        let Some(tls) = &self.media else {
+            return Err(NetError::Io(std::io::Error::other(
+                "this connection reaches no media endpoint",
+            ))
+            .into());
+        };
+        let address = match access.address.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => tokio::net::lookup_host(access.address.as_str())
+                .await
+                .map_err(NetError::Io)?
+                .next()
+                .ok_or_else(|| {
+                    NetError::Io(std::io::Error::other(format!(
+                        "the media endpoint {:?} has no address",
+                        access.address
+                    )))
+                })?,
+        };
+        connect_within_timeout(
+            &self.endpoint,
+            tls.media_config()?,
+            address,
+            MEDIA_SERVER_NAME,
+        )
+        .await
+    }
+
+    /// A blob stream along `route`, its first frame (carrying `command`) written.
+    async fn open_blob_stream(
+        &self,
+        route: BlobRoute<'_>,
+        command: blob_command::Command,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let command = BlobCommand {
+            command: Some(command),
+        };
+        match route {
+            BlobRoute::Edge => {
+                let (mut send, recv) = self.connection.open_bi().await.map_err(NetError::from)?;
+                let request = ClientRequest {
+                    body: Some(client_request::Body::Blob(command)),
+                };
+                write_frame(&mut send, &request).await?;
+                Ok((send, recv))
+            }
+            BlobRoute::Media { connection, pass } => {
+                let (mut send, recv) = connection.open_bi().await.map_err(NetError::from)?;
+                let request = MediaRequest {
+                    pass: pass.to_vec(),
+                    command,
+                };
+                write_frame(&mut send, &request).await?;
+                Ok((send, recv))
+            }
+        }
     }
 
     /// The edge's address.
@@ -629,22 +697,18 @@ impl EdgeConnection {
     /// write; answers the region's status, whose `committed_bytes` says what it kept.
     pub async fn upload_stream<S: UploadSource>(
         &self,
+        route: BlobRoute<'_>,
         id: &[u8],
         offset: u64,
         source: &mut S,
         progress: &mut dyn FnMut(u64),
     ) -> Result<BlobStatus> {
-        let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
-        let request = ClientRequest {
-            body: Some(client_request::Body::Blob(BlobCommand {
-                command: Some(blob_command::Command::Upload(BlobAt {
-                    id: id.to_vec(),
-                    offset,
-                    ..Default::default()
-                })),
-            })),
-        };
-        write_frame(&mut send, &request).await?;
+        let upload = blob_command::Command::Upload(BlobAt {
+            id: id.to_vec(),
+            offset,
+            ..Default::default()
+        });
+        let (mut send, mut recv) = self.open_blob_stream(route, upload).await?;
         let mut written = offset;
         while let Some(piece) = source.next_piece().await? {
             let length = piece.len() as u64;
@@ -671,26 +735,23 @@ impl EdgeConnection {
     /// Downloads the blob `id` of `region` from `offset` on a stream of its own, handing its
     /// bytes to `into` as they arrive (a refusal there ends the download) and telling
     /// `progress` the offset reached; answers the blob's status.
+    #[allow(clippy::too_many_arguments)]
     pub async fn download_stream<P: FnMut(u64) + ?Sized>(
         &self,
+        route: BlobRoute<'_>,
         region: u32,
         id: &[u8],
         offset: u64,
         into: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
         progress: &mut P,
     ) -> Result<BlobStatus> {
-        let (mut send, mut recv) = self.connection.open_bi().await.map_err(NetError::from)?;
-        let request = ClientRequest {
-            body: Some(client_request::Body::Blob(BlobCommand {
-                command: Some(blob_command::Command::Download(BlobAt {
-                    id: id.to_vec(),
-                    offset,
-                    region,
-                    ..Default::default()
-                })),
-            })),
-        };
-        write_frame(&mut send, &request).await?;
+        let download = blob_command::Command::Download(BlobAt {
+            id: id.to_vec(),
+            offset,
+            region,
+            ..Default::default()
+        });
+        let (mut send, mut recv) = self.open_blob_stream(route, download).await?;
         let _ = send.finish();
         let status = read_blob_answer(&mut recv).await?;
         let mut reached = offset;
@@ -717,6 +778,39 @@ impl EdgeConnection {
 
 fn blob_timeout() -> Duration {
     Duration::from_millis(BLOB_ANSWER_TIMEOUT_MS)
+}
+
+/// A connection from `endpoint` to `server` (answering to `server_name`), or
+/// [`NetError::Timeout`] after [`CONNECT_TIMEOUT_MS`].
+async fn connect_within_timeout(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    server: SocketAddr,
+    server_name: &str,
+) -> Result<quinn::Connection> {
+    let connecting = endpoint
+        .connect_with(config, server, server_name)
+        .map_err(NetError::from)?;
+    let connection = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(NetError::from)?;
+    Ok(connection)
+}
+
+/// Which way a blob stream goes.
+#[derive(Debug, Clone, Copy)]
+pub enum BlobRoute<'a> {
+    /// Through the edge the device's connection reaches.
+    Edge,
+    /// Straight to a region's media endpoint: a connection to it
+    /// ([`EdgeConnection::connect_media`]) and the pass from the blob's status.
+    Media {
+        /// The connection to the media endpoint.
+        connection: &'a quinn::Connection,
+        /// The pass ([`MediaAccess::pass`]).
+        pass: &'a [u8],
+    },
 }
 
 /// The one frame that answers a blob stream.

@@ -8,10 +8,17 @@
 //! SHA-256 at `Finish`, once the last chunk is sealed; a download hashes and opens each chunk as
 //! it arrives ([`blob::Opener`]) and hands out the plaintext once the size and hash check.
 //!
+//! The bytes go straight to the region: the blob's status (asked through the edge, `Locate`
+//! for a download) names the region's media endpoint and a pass, and the stream goes on a
+//! connection of its own to that endpoint, so the edge relays none of it. Without a media
+//! endpoint, or when it does not answer within the connect timeout (a network that lets only
+//! the edge through), the same stream goes through the edge.
+//!
 //! Both resume after a dropped connection instead of starting over: an upload asks the region
 //! where it stands (the committed offset, a multiple of the region's commit unit) and sends the
-//! rest from there; a download asks for the bytes after those it already holds. Each resumption
-//! is reported to the progress callback ([`BlobProgress::resumed_from`]). A transfer gives up
+//! rest from there, under a new pass (a refused one, expired or from a region process that
+//! restarted since, is one more dropped connection); a download asks for the bytes after those
+//! it already holds. Each resumption is reported to the progress callback ([`BlobProgress::resumed_from`]). A transfer gives up
 //! after [`BLOB_TRANSFER_ATTEMPTS_MAX`] attempts, or at once on a refusal that a retry cannot
 //! change (a quota, a size limit, an unknown blob).
 
@@ -20,12 +27,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_proto::ClientMessageId;
 use relay_proto::limits::{BLOB_ID_BYTES, BLOB_SHA256_BYTES};
-use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, blob_command};
+use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, MediaAccess, blob_command};
+use relay_proto::{ClientMessageId, ErrorCode};
 
 use crate::blob::{self, BlobRef, Sealer};
-use crate::connection::{EdgeConnection, UploadSource};
+use crate::connection::{BlobRoute, EdgeConnection, UploadSource};
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
 use crate::limits::{
@@ -434,8 +441,27 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
                 resumed_from: None,
             });
         };
+        // Straight from the region's media endpoint when it gives a pass (one more request
+        // through the edge); through the edge otherwise.
+        let media = match locate(&connection, reference).await {
+            Ok(Some(access)) => media_route(&connection, &access).await,
+            Ok(None) => None,
+            Err(error) if error.is_retryable() => {
+                last_error = Some(error);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let route = match &media {
+            Some((to_region, pass)) => BlobRoute::Media {
+                connection: to_region,
+                pass,
+            },
+            None => BlobRoute::Edge,
+        };
         let downloaded = connection
             .download_stream(
+                route,
                 reference.region,
                 &reference.id,
                 offset,
@@ -451,6 +477,13 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
                 &mut report,
             )
             .await;
+        let downloaded = match &media {
+            Some((to_region, _)) => {
+                to_region.close(0u32.into(), b"transfer over");
+                downloaded.map_err(media_refusal)
+            }
+            None => downloaded,
+        };
         match downloaded {
             Ok(status) if status.size_bytes != total_bytes => {
                 return Err(blob::BlobCryptoError::WrongSize {
@@ -502,7 +535,9 @@ async fn upload_attempt(
                 .await?
         }
     };
-    if resuming {
+    // A resumption of the bytes: an attempt that finds them all committed (the stream went
+    // through, and only the finish met a dropped connection) resumes nothing.
+    if resuming && current.committed_bytes < total_bytes {
         progress(BlobProgress {
             done_bytes: current.committed_bytes,
             total_bytes,
@@ -524,9 +559,34 @@ async fn upload_attempt(
                 resumed_from: None,
             });
         };
-        let after = connection
-            .upload_stream(&current.id, committed, sealing, &mut report)
-            .await?;
+        let media = match &current.media {
+            Some(access) => media_route(connection, access).await,
+            None => None,
+        };
+        let after = match &media {
+            Some((to_region, pass)) => {
+                let route = BlobRoute::Media {
+                    connection: to_region,
+                    pass,
+                };
+                let sent = connection
+                    .upload_stream(route, &current.id, committed, sealing, &mut report)
+                    .await;
+                to_region.close(0u32.into(), b"transfer over");
+                sent.map_err(media_refusal)?
+            }
+            None => {
+                connection
+                    .upload_stream(
+                        BlobRoute::Edge,
+                        &current.id,
+                        committed,
+                        sealing,
+                        &mut report,
+                    )
+                    .await?
+            }
+        };
         if after.committed_bytes < total_bytes {
             return Err(ClientError::Network(format!(
                 "the upload stream ended with {} of {total_bytes} bytes committed",
@@ -547,6 +607,51 @@ async fn upload_attempt(
         )))
         .await?;
     Ok((finished, sha256))
+}
+
+/// A connection to the media endpoint `access` names, and its pass; `None` (the transfer
+/// goes through the edge) when the endpoint cannot be reached from here.
+async fn media_route(
+    connection: &EdgeConnection,
+    access: &MediaAccess,
+) -> Option<(quinn::Connection, Vec<u8>)> {
+    // Out of reach (a network that lets only the edge through, a region behind a firewall):
+    // the edge still carries the bytes, only slower.
+    let to_region = connection.connect_media(access).await.ok()?;
+    Some((to_region, access.pass.clone()))
+}
+
+/// An error of a transfer at a media endpoint, as the transfer's retry sees it: a refused pass
+/// (expired, or issued by a region process that has restarted since) is answered by asking
+/// for the blob's status, with a new pass, again.
+fn media_refusal(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Remote(refused) if refused.code == ErrorCode::Unauthenticated => {
+            ClientError::Network(format!(
+                "the region's media endpoint refused the pass: {}",
+                refused.message
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Where to download `reference` without the edge: the media endpoint of the region holding
+/// it and a pass, or `None` (through the edge) when that region has no media endpoint or
+/// does not know the request (it is older).
+async fn locate(connection: &EdgeConnection, reference: &BlobRef) -> Result<Option<MediaAccess>> {
+    let located = connection
+        .blob(blob_command::Command::Locate(BlobAt {
+            id: reference.id.to_vec(),
+            region: reference.region,
+            ..Default::default()
+        }))
+        .await;
+    match located {
+        Ok(status) => Ok(status.media),
+        Err(ClientError::Remote(error)) if error.code == ErrorCode::UnsupportedRequest => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// The plaintext of an upload: bytes in memory, or a file read as it is sealed (never held

@@ -1,6 +1,7 @@
 //! The SDK against a real deployment started in this process (relay_devnet's testbed: regions,
 //! edges and the locator as tasks, real stores, real QUIC): a program keeps devices open,
-//! sends to several peers at once without waiting, and takes events as they come.
+//! sends to several peers at once without waiting, and takes events as they come; a blob goes
+//! through the edge when the region's media endpoint is out of reach.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -157,5 +158,40 @@ async fn a_reconnect_resumes_the_tls_session_of_the_first_connection() {
     let connection = fresh.connect_any(&settings).await.expect("connects");
     connection.close().await;
     assert_eq!(fresh.certificates_verified(), 1);
+    testbed.stop().await;
+}
+
+/// A device that cannot reach its region's media endpoint (here the region advertises an
+/// address nothing answers at) moves the blob's bytes through its edge instead, both ways,
+/// and gets them back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_goes_through_the_edge_when_the_media_endpoint_is_out_of_reach() {
+    use relay_client::BlobSource;
+
+    // UDP port 9 (discard): nothing on loopback answers QUIC there.
+    let testbed = Testbed::start_with_media(1, Some("127.0.0.1:9".into()))
+        .await
+        .expect("testbed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice_dir = dir.path().join("alice");
+    register(&alice_dir, "alice", overrides(&testbed, 1), "", &mut |_| {})
+        .await
+        .expect("alice registers");
+    let (alice, _events) = live(&alice_dir).await;
+    alice.connect().await.expect("alice connects");
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|index| (index % 253) as u8).collect();
+    let reference = tokio::time::timeout(
+        DEADLINE,
+        alice.upload_blob(BlobSource::Bytes(&bytes), &mut |_| {}),
+    )
+    .await
+    .expect("within the deadline")
+    .expect("uploaded through the edge");
+    let downloaded = tokio::time::timeout(DEADLINE, alice.download_blob(&reference, &mut |_| {}))
+        .await
+        .expect("within the deadline")
+        .expect("downloaded through the edge");
+    assert!(downloaded == bytes, "the download differs from the upload");
+    alice.close().await.expect("closes");
     testbed.stop().await;
 }

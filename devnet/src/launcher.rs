@@ -67,6 +67,9 @@ pub struct DevnetOptions {
     /// receives every commit before the region acknowledges it, and the standby's own standby
     /// for once it is promoted (`next-standby-k`, on 127.0.k.4, idle until then).
     pub standbys: bool,
+    /// Whether each region serves a media endpoint (on its host, 127.0.k.1), where devices
+    /// move blobs' bytes without their edge; without one, blobs go through the edges.
+    pub media_endpoints: bool,
 }
 
 /// The exit status of a region fenced by its promoted standby: the devnet does not start it
@@ -124,6 +127,7 @@ pub async fn run(
         push_ca: options.push_ca.clone(),
         require_tokens: options.require_tokens,
         standbys: options.standbys,
+        media_endpoints: options.media_endpoints,
     };
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)
@@ -213,6 +217,7 @@ struct Launcher {
     push_ca: Option<PathBuf>,
     require_tokens: bool,
     standbys: bool,
+    media_endpoints: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +369,14 @@ impl Launcher {
                             tokens_required: self.require_tokens,
                         },
                         replication: replication.clone(),
+                        // Devices move blobs' bytes at the region's media endpoint, on the
+                        // region's host.
+                        media: self
+                            .media_endpoints
+                            .then(|| home_region::config::MediaConfig {
+                                listen: SocketAddr::new(region_ip(region, REGION_HOST), 0),
+                                advertise: None,
+                            }),
                     },
                 )
                 .await?;

@@ -51,6 +51,8 @@ pub struct DevnetSettings {
     pub log_filter: Option<String>,
     /// A standby for every region (`--standbys`).
     pub standbys: bool,
+    /// No media endpoint at the regions (`--no-media-endpoints`): blobs go through the edges.
+    pub no_media_endpoints: bool,
 }
 
 /// A running `relayd devnet --json`.
@@ -96,6 +98,9 @@ impl DevnetProcess {
         }
         if settings.standbys {
             command.arg("--standbys");
+        }
+        if settings.no_media_endpoints {
+            command.arg("--no-media-endpoints");
         }
         if let Some(filter) = &settings.log_filter {
             // The children inherit the devnet's environment.

@@ -55,8 +55,18 @@ pub struct Testbed {
 
 impl Testbed {
     /// Starts `regions` regions (region 1 writes the directory), their edges and the locator,
-    /// and returns once every one of them listens.
+    /// and returns once every one of them listens. Each region serves a media endpoint.
     pub async fn start(regions: u32) -> Result<Testbed, DevnetError> {
+        Self::start_with_media(regions, None).await
+    }
+
+    /// [`Testbed::start`], with each region's media endpoint advertised to devices as
+    /// `advertise` when given (an address nothing answers at shows what a device does when it
+    /// cannot reach the endpoint).
+    pub async fn start_with_media(
+        regions: u32,
+        advertise: Option<String>,
+    ) -> Result<Testbed, DevnetError> {
         if regions == 0 || regions > DEVNET_REGIONS_MAX {
             return Err(DevnetError::Invalid(format!(
                 "a testbed has 1 to {DEVNET_REGIONS_MAX} regions"
@@ -97,6 +107,11 @@ impl Testbed {
                     tokens_required: false,
                 },
                 replication: None,
+                // Devices move blobs' bytes at the region's media endpoint.
+                media: Some(home_region::config::MediaConfig {
+                    listen: SocketAddr::new(region_ip(region, 1), 0),
+                    advertise: advertise.clone(),
+                }),
             };
             let (service, address, _) = RegionService::open(&config, false)
                 .await

@@ -135,12 +135,12 @@ pub enum Route {
         /// Typing or stopped.
         typing: bool,
     },
-    /// A blob request of `device`: to the region holding the blob (a download names it), else
-    /// to the device's home region.
+    /// A blob request of `device`: to the region holding the blob (a download or a locate
+    /// names it), else to the device's home region.
     Blob {
         /// The authenticated device.
         device: DeviceAddress,
-        /// The region a download names; `None`: the device's home.
+        /// The region a download or a locate names; `None`: the device's home.
         region: Option<RegionId>,
     },
 }
@@ -515,9 +515,10 @@ impl Session {
             )),
             Body::Blob(blob) => {
                 let region = match &blob.command {
-                    Some(wire::blob_command::Command::Download(at)) if at.region != 0 => {
-                        Some(RegionId(at.region))
-                    }
+                    Some(
+                        wire::blob_command::Command::Download(at)
+                        | wire::blob_command::Command::Locate(at),
+                    ) if at.region != 0 => Some(RegionId(at.region)),
                     Some(_) => None,
                     None => return Err(unsupported_request()),
                 };

@@ -355,6 +355,7 @@ impl BlobStore {
                 finished: false,
                 expires_at_ms,
                 region: 0,
+                media: None,
             }),
             UploadBegun::QuotaExceeded { owner_bytes } => Err(ProtoError::new(
                 ErrorCode::QuotaExceeded,
@@ -820,6 +821,7 @@ fn status(record: &MediaRecord, upload: &UploadState) -> BlobStatus {
         finished: upload.finished,
         expires_at_ms: record.expires_at_ms,
         region: 0,
+        media: None,
     }
 }
 

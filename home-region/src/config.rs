@@ -48,6 +48,24 @@ pub struct RegionConfig {
     /// own multi-region replication takes this role.
     #[serde(default)]
     pub replication: Option<relay_replica::ReplicationConfig>,
+    /// The media endpoint, where devices move blobs' bytes directly instead of through their
+    /// edge (under a pass the region gives them through it); none by default, and then every
+    /// blob goes through the edges. It serves with this region's `cert`, which must carry the
+    /// name `media.relay.test` and be signed by a CA devices trust.
+    #[serde(default)]
+    pub media: Option<MediaConfig>,
+}
+
+/// The `[media]` section: the region's media endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// UDP address its QUIC server binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The address devices are told to connect to (`host:port`), when it is not `listen`'s
+    /// (behind a load balancer or a NAT); `listen`'s bound address by default.
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 /// The `[registration]` section.
@@ -160,6 +178,17 @@ impl RegionConfig {
         if let Some(replication) = &self.replication {
             replication.validate()?;
         }
+        if let Some(media) = &self.media
+            && media.advertise.as_deref().is_some_and(|advertise| {
+                advertise
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            })
+        {
+            return Err(ConfigError::Value(
+                "media.advertise must be host:port (what devices connect to)".into(),
+            ));
+        }
         if self.directory_writer == 0 {
             return Err(ConfigError::Value(
                 "directory_writer must name a region (from 1)".into(),
@@ -213,6 +242,43 @@ mod tests {
         let mut typo = EXAMPLE.to_string();
         typo.push_str("\n[blobs.s3]\nbucket = \"b\"\nregion = \"r\"\nbuckit = \"x\"\n");
         assert!(toml::from_str::<RegionConfig>(&typo).is_err());
+    }
+
+    #[test]
+    fn the_media_endpoint_is_optional_and_checked() {
+        let config: RegionConfig = toml::from_str(EXAMPLE).expect("example parses");
+        assert_eq!(config.media, None, "blobs go through the edges by default");
+        let with = |section: &str| format!("{EXAMPLE}\n[media]\n{section}\n");
+        let config: RegionConfig =
+            toml::from_str(&with("listen = \"127.0.1.1:0\"")).expect("media parses");
+        config.validate().expect("valid");
+        let media = config.media.expect("media");
+        assert_eq!(media.listen, "127.0.1.1:0".parse().expect("address"));
+        assert_eq!(media.advertise, None);
+        let config: RegionConfig = toml::from_str(&with(
+            "listen = \"0.0.0.0:4443\"\nadvertise = \"media-1.example.org:4443\"",
+        ))
+        .expect("advertise parses");
+        config.validate().expect("a host name and a port");
+        for bad in [
+            "",
+            "media-1.example.org",
+            ":4443",
+            "media-1.example.org:http",
+        ] {
+            let config: RegionConfig = toml::from_str(&with(&format!(
+                "listen = \"0.0.0.0:4443\"\nadvertise = \"{bad}\""
+            )))
+            .expect("parses");
+            assert!(config.validate().is_err(), "advertise = {bad:?}");
+        }
+        assert!(
+            toml::from_str::<RegionConfig>(&with("listen = \"127.0.1.1:0\"\nport = 1")).is_err()
+        );
+        assert!(
+            toml::from_str::<RegionConfig>(&with("advertise = \"a:1\"")).is_err(),
+            "listen is needed"
+        );
     }
 
     #[test]

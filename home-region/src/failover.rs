@@ -219,8 +219,9 @@ pub async fn serve_standby(
 }
 
 /// The region's configuration as the promoted standby serves it: this standby's folder and
-/// `promotion.listen`, and `promotion.standby` as its own standby (with the region's
-/// `[replication]` settings), or none.
+/// `promotion.listen`, `promotion.standby` as its own standby (with the region's
+/// `[replication]` settings) or none, and a media endpoint on `promotion.listen`'s host (any
+/// port) if the region had one.
 fn promoted_config(
     config: &StandbyConfig,
     promotion: &PromotionConfig,
@@ -243,10 +244,20 @@ fn promoted_config(
             ..settings
         }
     });
+    // The region's media endpoint, if it had one, moves with it: on the promoted standby's
+    // host, at a port of its own; devices learn it from the next pass.
+    let media = region_config
+        .media
+        .as_ref()
+        .map(|_| crate::config::MediaConfig {
+            listen: std::net::SocketAddr::new(promotion.listen.ip(), 0),
+            advertise: None,
+        });
     Ok(RegionConfig {
         data_dir: config.data_dir.clone(),
         listen: promotion.listen,
         replication,
+        media,
         ..region_config
     })
 }

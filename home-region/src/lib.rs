@@ -24,6 +24,7 @@ pub mod home_move;
 pub mod lanes;
 pub mod limits;
 pub mod linking;
+pub mod media_pass;
 pub mod presence;
 pub mod promote;
 pub mod push;

@@ -165,6 +165,19 @@ pub const CHECK_DEVICES_PER_TRANSACTION: usize = 256;
 /// otherwise (unfinished uploads count from their start).
 pub const BLOB_ACCOUNT_BYTES_MAX_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 
+/// How long a media pass (a device's grant to move one blob's bytes at the region's media
+/// endpoint) is accepted after the region issued it, in ms: long enough to open a connection
+/// and start the stream (a transfer under way goes on past it), short enough that a pass seen
+/// by someone else soon stops working.
+pub const MEDIA_PASS_TTL_MS: u64 = 10 * 60 * 1_000;
+
+/// Most devices connected to a region's media endpoint at once; a device over the bound
+/// waits in quinn's accept queue until one leaves (its transfer through the edge is unaffected).
+pub const MEDIA_CONNECTIONS_MAX: usize = 4_096;
+
+/// How long a region waits for a media stream's first frame (the pass and the command), in ms.
+pub const MEDIA_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
 /// Pause between two sweeps of expired blobs, in ms.
 pub const BLOB_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1_000;
 
@@ -253,6 +266,11 @@ const _: () =
     assert!(BLOB_SWEEP_INTERVAL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
 const _: () = assert!(BLOB_SWEEP_TRANSACTIONS_MAX >= 1);
 const _: () = assert!(BLOB_RUNNING_HASHES_MAX >= 1);
+// A media pass outlives the time to connect and send the first frame many times over, and
+// ends long before the blob it names would expire.
+const _: () = assert!(MEDIA_PASS_TTL_MS >= 10 * MEDIA_REQUEST_TIMEOUT_MS);
+const _: () = assert!(MEDIA_PASS_TTL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
+const _: () = assert!(MEDIA_CONNECTIONS_MAX >= 1);
 // A blob unit is one object of the store when blobs are kept there.
 const _: () = assert!(
     relay_proto::limits::BLOB_COMMIT_UNIT_BYTES as usize <= fdb_layers::limits::OBJECT_BYTES_MAX

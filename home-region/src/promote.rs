@@ -285,6 +285,7 @@ mod tests {
             push: Default::default(),
             registration: Default::default(),
             replication: None,
+            media: None,
         };
         Setup {
             _folder: folder,

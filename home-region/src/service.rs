@@ -60,6 +60,7 @@ use stream_pushes::StreamPushes;
 mod accounts;
 mod blob_streams;
 mod commits;
+mod media;
 mod memberships;
 mod moves;
 mod outbox_pump;
@@ -168,6 +169,9 @@ pub struct RegionParts<'a> {
     /// rewrites): then connections to a peer that moved are closed within
     /// `PEER_MOVE_CHECK_INTERVAL_MS`.
     pub follow_peer_moves: bool,
+    /// The media endpoint to bind (see [`crate::config::MediaConfig`]); `None`: blobs go
+    /// through the edges only.
+    pub media: Option<crate::config::MediaConfig>,
 }
 
 /// A running region.
@@ -253,6 +257,8 @@ struct Inner {
     drain: Arc<Drain>,
     /// Home moves: held and moved-away accounts (see [`crate::home_move`]).
     moves: Moves,
+    /// Where devices move blobs' bytes without their edge (see [`media`]).
+    media: Option<media::MediaEndpoint>,
 }
 
 /// An envelope waiting in its chat's lane.
@@ -436,6 +442,7 @@ impl RegionService {
             tokens_required: config.registration.tokens_required,
             replication,
             follow_peer_moves: true,
+            media: config.media.clone(),
         })?;
         Ok((service, address, store))
     }
@@ -461,6 +468,7 @@ impl RegionService {
             tokens_required,
             replication,
             follow_peer_moves,
+            media,
         } = parts;
         if region.0 == 0 || directory_writer.0 == 0 {
             return Err(ConfigError::Value("region numbers start at 1".into()).into());
@@ -468,6 +476,19 @@ impl RegionService {
         let server = net::server_config(identity.clone(), Some(roots.clone()), net::ALPN_INTERNAL)?;
         let endpoint = net::bind_server_endpoint(sockets, listen, server, &identity)?;
         let address = endpoint.local_addr().map_err(NetError::Io)?;
+        let media = match media {
+            Some(media) => {
+                let server = net::server_config(identity.clone(), None, net::ALPN_MEDIA)?;
+                let endpoint = net::bind_endpoint(sockets, media.listen, Some(server))?;
+                let media =
+                    media::MediaEndpoint::new(endpoint, media.advertise).map_err(NetError::Io)?;
+                if let Some(address) = media.local_addr() {
+                    tracing::info!(%address, "media endpoint listening");
+                }
+                Some(media)
+            }
+            None => None,
+        };
         let own_cert = identity.cert_chain.first().cloned();
         let client = net::client_config(roots, Some(identity), net::ALPN_INTERNAL)?;
         let peers = PeerLinks::new(endpoint.clone(), client, net::REGION_SERVER_NAME, peers);
@@ -519,6 +540,7 @@ impl RegionService {
             own_cert,
             drain: Arc::default(),
             moves: Moves::default(),
+            media,
         };
         Ok((
             Self {
@@ -566,6 +588,7 @@ impl RegionService {
         let pump = tokio::spawn(self.clone().outbox_pump());
         let sweeper = tokio::spawn(self.clone().retention_sweeper());
         let blob_sweeper = tokio::spawn(self.clone().blob_sweeper());
+        let media = tokio::spawn(self.clone().accept_media());
         let moves = self.inner.follow_peer_moves.then(|| {
             let service = self.clone();
             tokio::spawn(async move { service.inner.peers.close_moved_forever().await })
@@ -598,6 +621,10 @@ impl RegionService {
         pusher.abort();
         sweeper.abort();
         blob_sweeper.abort();
+        media.abort();
+        if let Some(media) = &self.inner.media {
+            media.endpoint.close(0u32.into(), b"region shutting down");
+        }
         if let Some(moves) = moves {
             moves.abort();
         }
@@ -697,7 +724,8 @@ impl RegionService {
             && blob.command.is_stream()
         {
             drop(in_flight);
-            self.serve_blob_stream(blob.clone(), send, recv).await;
+            self.serve_blob_stream::<RegionResponse>(blob.clone(), send, recv)
+                .await;
             return;
         }
         let response = self.handle(request).await;

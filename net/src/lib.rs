@@ -44,17 +44,23 @@ use limits::{
     DEVICE_INITIAL_MTU_BYTES, DEVICE_RECEIVE_WINDOW_BYTES, DEVICE_SEND_WINDOW_BYTES,
     DEVICE_STREAM_RECEIVE_WINDOW_BYTES, DEVICE_STREAMS_PER_CONNECTION_MAX,
     DEVICE_TLS_SERVER_NAMES_MAX, DEVICE_TLS_TICKETS_PER_CONNECTION, IDLE_TIMEOUT_MS,
-    KEEP_ALIVE_INTERVAL_MS, STREAMS_PER_CONNECTION_MAX,
+    KEEP_ALIVE_INTERVAL_MS, MEDIA_STREAMS_PER_CONNECTION_MAX, STREAMS_PER_CONNECTION_MAX,
 };
 
 /// ALPN of device connections to an edge.
 pub const ALPN_DEVICE: &[u8] = b"relay-device/1";
 /// ALPN of internal connections (edge→region, region→region).
 pub const ALPN_INTERNAL: &[u8] = b"relay-internal/1";
+/// ALPN of device connections to a region's media endpoint (one blob transfer each, under a
+/// media pass the region issued over the device's edge).
+pub const ALPN_MEDIA: &[u8] = b"relay-media/1";
 /// TLS server name every edge certificate carries.
 pub const EDGE_SERVER_NAME: &str = "edge.relay.test";
 /// TLS server name every region certificate carries.
 pub const REGION_SERVER_NAME: &str = "region.relay.internal";
+/// TLS server name of a region's media endpoint (devices check it); a deployment's region
+/// certificates carry it beside [`REGION_SERVER_NAME`].
+pub const MEDIA_SERVER_NAME: &str = "media.relay.test";
 
 /// Errors of the network shell.
 #[derive(Debug, thiserror::Error)]
@@ -273,13 +279,39 @@ enum End {
 }
 
 /// The transport of a connection speaking `alpn`, at one `end`: device connections get
-/// [`device_transport`], internal ones [`internal_transport`].
+/// [`device_transport`], media connections [`media_transport`], internal ones
+/// [`internal_transport`].
 fn transport(alpn: &[u8], end: End) -> Arc<quinn::TransportConfig> {
     if alpn == ALPN_DEVICE {
         device_transport(end)
+    } else if alpn == ALPN_MEDIA {
+        media_transport(end)
     } else {
         internal_transport()
     }
+}
+
+/// Device connections to a region's media endpoint: one per transfer, busy while it lasts and
+/// closed after, so quinn's generous windows (a device's edge connection keeps small ones for
+/// the ten thousand idle devices an edge holds). The device opens every stream, few at once,
+/// and sends no datagrams.
+fn media_transport(end: End) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok(),
+    );
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.datagram_receive_buffer_size(None);
+    match end {
+        End::Server => {
+            transport.max_concurrent_bidi_streams(MEDIA_STREAMS_PER_CONNECTION_MAX.into());
+        }
+        End::Client => {
+            transport.max_concurrent_bidi_streams(0u32.into());
+            transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
+        }
+    }
+    Arc::new(transport)
 }
 
 /// Internal connections (edge↔region, region↔region): few, long-lived and busy, so quinn's
@@ -426,6 +458,10 @@ fn quic_client_config(
 pub struct DeviceTls {
     config: quinn::ClientConfig,
     certificates_verified: Arc<std::sync::atomic::AtomicU64>,
+    /// The roots, for the media configuration.
+    roots: Arc<RootCertStore>,
+    /// The configuration of connections to regions' media endpoints, made on first use.
+    media: Arc<std::sync::OnceLock<quinn::ClientConfig>>,
 }
 
 impl DeviceTls {
@@ -434,7 +470,7 @@ impl DeviceTls {
     pub fn new(roots: Arc<RootCertStore>) -> Result<Self, NetError> {
         let certificates_verified = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
                 .map_err(|error| NetError::Tls(error.to_string()))?;
         let verifier = Arc::new(CountingVerifier {
@@ -454,7 +490,20 @@ impl DeviceTls {
         Ok(Self {
             config: quic_client_config(tls, ALPN_DEVICE)?,
             certificates_verified,
+            roots,
+            media: Arc::default(),
         })
+    }
+
+    /// The configuration of this device's connections to regions' media endpoints (ALPN
+    /// [`ALPN_MEDIA`], server name [`MEDIA_SERVER_NAME`], the same roots; one connection per
+    /// transfer, so no sessions kept).
+    pub fn media_config(&self) -> Result<quinn::ClientConfig, NetError> {
+        if let Some(config) = self.media.get() {
+            return Ok(config.clone());
+        }
+        let config = client_config(self.roots.clone(), None, ALPN_MEDIA)?;
+        Ok(self.media.get_or_init(|| config).clone())
     }
 
     /// The configuration of this device's next connection to an edge.

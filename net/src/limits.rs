@@ -40,6 +40,11 @@ pub const DEVICE_REQUESTS_IN_FLIGHT_MAX: u32 = 64;
 /// this bound (at 1,024 it was 86 KB of hash tables per connection).
 pub const DEVICE_STREAMS_PER_CONNECTION_MAX: u32 = 96;
 
+/// Most bidirectional streams a device may have open at once on a connection to a region's
+/// media endpoint: one transfer's stream, and room for a retry before the first one's credit
+/// comes back. A media connection lives for one transfer; quinn's default windows serve it.
+pub const MEDIA_STREAMS_PER_CONNECTION_MAX: u32 = 4;
+
 /// Bytes a device may send on one stream ahead of the edge reading them. A larger frame still
 /// goes through, in steps of this window.
 pub const DEVICE_STREAM_RECEIVE_WINDOW_BYTES: u32 = 64 * 1024;
@@ -83,6 +88,8 @@ const _: () =
 // quinn's stream tables hold 7/8 of their buckets: up to 112 streams fit 128 buckets.
 const _: () = assert!(DEVICE_STREAMS_PER_CONNECTION_MAX <= 112);
 const _: () = assert!(DEVICE_STREAMS_PER_CONNECTION_MAX <= STREAMS_PER_CONNECTION_MAX);
+const _: () = assert!(MEDIA_STREAMS_PER_CONNECTION_MAX >= 2);
+const _: () = assert!(MEDIA_STREAMS_PER_CONNECTION_MAX <= DEVICE_STREAMS_PER_CONNECTION_MAX);
 // One stream's window fits the connection's, and a largest frame fits the send window.
 const _: () = assert!(DEVICE_STREAM_RECEIVE_WINDOW_BYTES <= DEVICE_RECEIVE_WINDOW_BYTES);
 const _: () = assert!(DEVICE_SEND_WINDOW_BYTES >= FRAME_BYTES_MAX as u64);

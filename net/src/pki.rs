@@ -2,7 +2,8 @@
 //!
 //! The devnet launcher (files) and the simulator (memory) both issue from these, so the
 //! certificates they make carry the same names and usages as each other and as the services
-//! expect ([`crate::EDGE_SERVER_NAME`], [`crate::REGION_SERVER_NAME`]). Each caller
+//! expect ([`crate::EDGE_SERVER_NAME`], [`crate::REGION_SERVER_NAME`],
+//! [`crate::MEDIA_SERVER_NAME`]). Each caller
 //! picks its key algorithm and where the keys live.
 
 use rcgen::{
@@ -10,7 +11,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::{EDGE_SERVER_NAME, REGION_SERVER_NAME};
+use crate::{EDGE_SERVER_NAME, MEDIA_SERVER_NAME, REGION_SERVER_NAME};
 
 /// The parameters of a CA named `common_name` (also the issuer's identity: rebuilding an
 /// `rcgen::Issuer` from them and the saved CA key issues under the same CA).
@@ -29,22 +30,30 @@ pub fn ca_params(common_name: &str) -> CertificateParams {
 }
 
 /// The certificate of region `region`: its common name (`region-k`, also the devnet's file
-/// stem) and parameters; it serves and dials internal links.
+/// stem) and parameters; it serves and dials internal links, and serves devices at the
+/// region's media endpoint.
 pub fn region_params(region: u32) -> Result<(String, CertificateParams), rcgen::Error> {
-    leaf_params(format!("region-{region}"), REGION_SERVER_NAME)
+    leaf_params(
+        format!("region-{region}"),
+        &[REGION_SERVER_NAME, MEDIA_SERVER_NAME],
+    )
 }
 
 /// The certificate of region `region`'s edge: its common name (`edge-k`) and parameters; it
 /// serves devices and dials regions.
 pub fn edge_params(region: u32) -> Result<(String, CertificateParams), rcgen::Error> {
-    leaf_params(format!("edge-{region}"), EDGE_SERVER_NAME)
+    leaf_params(format!("edge-{region}"), &[EDGE_SERVER_NAME])
 }
 
 fn leaf_params(
     common_name: String,
-    server_name: &str,
+    server_names: &[&str],
 ) -> Result<(String, CertificateParams), rcgen::Error> {
-    let mut params = CertificateParams::new(vec![server_name.to_owned()])?;
+    let names = server_names
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect::<Vec<_>>();
+    let mut params = CertificateParams::new(names)?;
     params
         .distinguished_name
         .push(DnType::CommonName, common_name.as_str());

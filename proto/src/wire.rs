@@ -24,7 +24,9 @@ mod push;
 mod queue;
 mod region;
 
-pub use blobs::{BlobAt, BlobBegin, BlobCommand, BlobStatus, ForBlob, blob_command};
+pub use blobs::{
+    BlobAt, BlobBegin, BlobCommand, BlobStatus, ForBlob, MediaAccess, MediaRequest, blob_command,
+};
 pub use block::{BlockAction, BlockedAccounts, SetBlock};
 pub use entry_run::EntryRun;
 pub use envelope::{

@@ -54,6 +54,11 @@ pub struct DevnetArgs {
     /// devnet and start the region on the standby's folder (see the README's failover journey).
     #[arg(long)]
     standbys: bool,
+    /// Serve no media endpoint at the regions: devices move blobs' bytes through their edges,
+    /// as devices whose network reaches only the edges do (by default each region serves one
+    /// on its host, 127.0.k.1, and devices upload and download there directly).
+    #[arg(long)]
+    no_media_endpoints: bool,
 }
 
 /// A devnet's per-address connection limits unless given: its clients and benchmarks share a
@@ -82,6 +87,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         push_ca: args.push_ca,
         require_tokens: args.require_tokens,
         standbys: args.standbys,
+        media_endpoints: !args.no_media_endpoints,
     };
     let json = args.json;
     let print = move |event: DevnetEvent| {

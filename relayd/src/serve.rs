@@ -82,6 +82,12 @@ pub fn region(config_path: &Path, accept_new_store: bool) -> Result<()> {
         let shutdown = shutdown_signal();
         let (service, address, _) = RegionService::open(&config, accept_new_store).await?;
         announce(format!("region {} listening on {address}", config.region));
+        if let Some(media) = service.media_address() {
+            announce(format!(
+                "region {} media endpoint on {media}",
+                config.region
+            ));
+        }
         exit_if_fenced(service.run(shutdown).await)?;
         tracing::info!("region stopped");
         Ok(())

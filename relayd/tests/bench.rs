@@ -1,5 +1,6 @@
 //! `relayd bench messages` (opaque and E2EE devices), `relayd bench connections`,
-//! `relayd bench sync`, `relayd bench presence` and `relayd bench storage --standby` as a user runs them, in their short versions
+//! `relayd bench sync`, `relayd bench presence`, `relayd bench blobs` (both routes) and
+//! `relayd bench storage --standby` as a user runs them, in their short versions
 //! on this debug build (`--quick --allow-debug`): every row and ceiling is there with non-zero
 //! figures, every message acknowledged ✓ was delivered once (to every member device of a W3
 //! group), every idle device connected and left, every presence change reached every watcher.
@@ -464,6 +465,25 @@ fn the_home_move_benchmark_moves_every_queued_message_and_its_ceilings() {
     positive(&report, "share_of_ceiling");
     positive(&report, "fsync_per_second");
     reported(&report, "held_ms");
+}
+
+#[test]
+fn the_blob_benchmark_moves_a_blob_both_ways_on_both_routes() {
+    let report = run_json(&["bench", "blobs", "--json", "--quick", "--allow-debug"]);
+    assert_eq!(report["rounds"], 1);
+    assert!(
+        number(&report, "sealed_bytes") > number(&report, "blob_bytes"),
+        "{report:#}"
+    );
+    for route in [&report, &report["through_edge"]] {
+        for direction in ["upload", "download"] {
+            let measured = &route[direction];
+            positive(measured, "raw_mb_per_second");
+            positive(measured, "blob_mb_per_second");
+            positive(measured, "share_of_raw");
+            reported(measured, "device_cpu_seconds");
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Journey 21: files in messages, through real `relayd devnet` processes. alice (region 1)
-//! sends bob (region 2) a 20 MB file with the client SDK; her edge is killed mid-upload, after
-//! the region committed some of it, and the upload resumes from there; the message carrying the
+//! sends bob (region 2) a 20 MB file with the client SDK, on a devnet whose regions serve no
+//! media endpoint, so the file's bytes go through the edges (the route of a device that cannot
+//! reach a region's media endpoint; `blobs.rs` takes the direct one); her edge is killed
+//! mid-upload, after the region committed some of it, and the upload resumes from there; the message carrying the
 //! file's key reaches bob, whose `relay download` (the real binary) checks and opens it byte for
 //! byte. A file to a group reaches a member in the other region the same way. A deletion for
 //! everyone takes the file's key with it; bad input is refused plainly and loses nothing.
@@ -78,7 +80,7 @@ fn file_message(person: &Person, group: Option<u64>) -> Value {
 async fn a_20_mb_file_survives_a_dropped_upload_and_opens_byte_for_byte_for_the_recipients() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let devnet = Devnet::start(2, &root.join("devnet"));
+    let devnet = Devnet::start_with(2, &root.join("devnet"), &["--no-media-endpoints"]);
     let bob = Person::new(root, "bob");
     bob.register(&devnet, "127.0.2.10");
     let carol = Person::new(root, "carol");

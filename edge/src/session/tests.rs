@@ -451,7 +451,7 @@ fn group_commands_go_to_the_device_s_home() {
 }
 
 #[test]
-fn blob_requests_go_home_and_downloads_to_the_blob_s_region() {
+fn blob_requests_go_home_and_downloads_and_locates_to_the_blob_s_region() {
     let account = Account::new();
     let me = DeviceAddr {
         account: 7,
@@ -478,12 +478,22 @@ fn blob_requests_go_home_and_downloads_to_the_blob_s_region() {
             region: None
         })
     );
+    for command in [Command::Download(at(2)), Command::Locate(at(2))] {
+        assert_eq!(
+            session.handle_request(&blob(command), 0),
+            Ok(Route::Blob {
+                device,
+                region: Some(RegionId(2))
+            })
+        );
+    }
     assert_eq!(
-        session.handle_request(&blob(Command::Download(at(2))), 0),
+        session.handle_request(&blob(Command::Locate(at(0))), 0),
         Ok(Route::Blob {
             device,
-            region: Some(RegionId(2))
-        })
+            region: None
+        }),
+        "a locate without a region asks the device's home"
     );
     let unknown = ClientRequest {
         body: Some(client_request::Body::Blob(wire::BlobCommand {

@@ -4,16 +4,47 @@
 use std::time::Duration;
 
 use relay_net as net;
-use relay_proto::wire::{self, RegionResponse, region_response};
+use relay_proto::wire::{self, ClientResponse, RegionResponse, client_response, region_response};
 use relay_proto::{ErrorCode, ProtoError};
 
 use super::{RegionService, error_response};
 use crate::limits::BLOB_SWEEP_INTERVAL_MS;
+use crate::media_pass::Direction;
+
+/// The frame that answers a blob stream: a [`RegionResponse`] to an edge, which carries the
+/// stream for its device, or a [`ClientResponse`] to a device at the media endpoint.
+pub(super) trait BlobAnswer: prost::Message + Sized {
+    /// The answer carrying `answer`.
+    fn of(answer: Result<wire::BlobStatus, ProtoError>) -> Self;
+}
+
+impl BlobAnswer for RegionResponse {
+    fn of(answer: Result<wire::BlobStatus, ProtoError>) -> Self {
+        match answer {
+            Ok(status) => RegionResponse {
+                body: Some(region_response::Body::Blob(status)),
+            },
+            Err(error) => error_response(error),
+        }
+    }
+}
+
+impl BlobAnswer for ClientResponse {
+    fn of(answer: Result<wire::BlobStatus, ProtoError>) -> Self {
+        ClientResponse {
+            body: Some(match answer {
+                Ok(status) => client_response::Body::Blob(status),
+                Err(error) => client_response::Body::Error(error.into()),
+            }),
+        }
+    }
+}
 
 impl RegionService {
     /// Serves an upload or download stream: the blob's raw bytes follow the request frame
-    /// (upload, answered by one status frame) or the status frame (download).
-    pub(super) async fn serve_blob_stream(
+    /// (upload, answered by one status frame) or the status frame (download). `A` is the
+    /// answer's kind: to an edge, or to a device at the media endpoint.
+    pub(super) async fn serve_blob_stream<A: BlobAnswer>(
         self,
         request: wire::ForBlob,
         mut send: quinn::SendStream,
@@ -24,7 +55,7 @@ impl RegionService {
         let device = match request.device.parse() {
             Ok(device) => device,
             Err(error) => {
-                let _ = net::respond(send, &error_response(error)).await;
+                let _ = net::respond(send, &A::of(Err(error))).await;
                 return;
             }
         };
@@ -34,12 +65,7 @@ impl RegionService {
                 let answer = blobs.upload(device.account, &at, &mut recv, now).await;
                 // Whatever was not read is not wanted: the answer says where to resume.
                 let _ = recv.stop(0u32.into());
-                let response = match answer {
-                    Ok(status) => RegionResponse {
-                        body: Some(region_response::Body::Blob(self.located(status))),
-                    },
-                    Err(error) => error_response(error),
-                };
+                let response = A::of(answer.map(|status| self.located(status)));
                 if let Err(error) = net::respond(send, &response).await {
                     tracing::debug!(%error, "could not answer an upload");
                 }
@@ -49,13 +75,11 @@ impl RegionService {
                 let (status, mut reader) = match blobs.open_download(&at.id, at.offset, now).await {
                     Ok(opened) => opened,
                     Err(error) => {
-                        let _ = net::respond(send, &error_response(error)).await;
+                        let _ = net::respond(send, &A::of(Err(error))).await;
                         return;
                     }
                 };
-                let head = RegionResponse {
-                    body: Some(region_response::Body::Blob(self.located(status))),
-                };
+                let head = A::of(Ok(self.located(status)));
                 if net::write_frame(&mut send, &head).await.is_err() {
                     return;
                 }
@@ -79,16 +103,15 @@ impl RegionService {
                 }
             }
             _ => {
-                let _ = net::respond(
-                    send,
-                    &error_response(ProtoError::invalid("not a blob stream")),
-                )
-                .await;
+                let _ =
+                    net::respond(send, &A::of(Err(ProtoError::invalid("not a blob stream")))).await;
             }
         }
     }
 
-    /// A blob request that is not a stream: begin, status, finish.
+    /// A blob request that is not a stream: begin, status, finish, locate. With a media
+    /// endpoint, the status of an unfinished upload (to its owner) or of a finished blob
+    /// (located) carries a pass to move its bytes there.
     pub(super) async fn blob_request(
         &self,
         request: wire::ForBlob,
@@ -97,13 +120,26 @@ impl RegionService {
         let now = self.inner.clock.now_ms();
         let device = request.device.parse()?;
         let blobs = &self.inner.blobs;
-        let status = match request.command.command {
-            Some(Command::Begin(begin)) => blobs.begin(device.account, &begin, now).await?,
-            Some(Command::Status(at)) => blobs.status(device.account, &at.id, now).await?,
-            Some(Command::Finish(at)) => {
+        let (status, direction) = match request.command.command {
+            Some(Command::Begin(begin)) => (
+                blobs.begin(device.account, &begin, now).await?,
+                Some(Direction::Upload),
+            ),
+            Some(Command::Status(at)) => (
+                blobs.status(device.account, &at.id, now).await?,
+                Some(Direction::Upload),
+            ),
+            Some(Command::Finish(at)) => (
                 blobs
                     .finish(device.account, &at.id, &at.sha256, now)
-                    .await?
+                    .await?,
+                None,
+            ),
+            Some(Command::Locate(at)) => {
+                // The same checks as a download's (finished, its bytes here), without its
+                // reader.
+                let (status, _) = blobs.open_download(&at.id, 0, now).await?;
+                (status, Some(Direction::Download))
             }
             Some(Command::Upload(_) | Command::Download(_)) => {
                 return Err(ProtoError::invalid(
@@ -117,7 +153,16 @@ impl RegionService {
                 ));
             }
         };
-        Ok(self.located(status))
+        let mut status = self.located(status);
+        // A pass for what is left to do: an unfinished upload's bytes, a finished blob's.
+        let direction = direction.filter(|direction| match direction {
+            Direction::Upload => !status.finished,
+            Direction::Download => status.finished,
+        });
+        if let Some(direction) = direction {
+            status.media = self.media_access(device, &status.id, direction, now);
+        }
+        Ok(status)
     }
 
     /// `status`, naming this region as the blob's.

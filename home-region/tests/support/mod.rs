@@ -26,7 +26,7 @@ pub const OTHER: RegionId = RegionId(2);
 
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
-    roots: Arc<RootCertStore>,
+    pub roots: Arc<RootCertStore>,
 }
 
 impl TestCa {
@@ -60,6 +60,16 @@ pub fn region(
     ca: &TestCa,
     addresses: &Arc<Mutex<BTreeMap<u32, SocketAddr>>>,
 ) -> (RegionService, Database) {
+    region_with_media(region, ca, addresses, None)
+}
+
+/// [`region`], serving a media endpoint when `media` says where.
+pub fn region_with_media(
+    region: RegionId,
+    ca: &TestCa,
+    addresses: &Arc<Mutex<BTreeMap<u32, SocketAddr>>>,
+    media: Option<home_region::config::MediaConfig>,
+) -> (RegionService, Database) {
     let db = Database::memory(MemoryOptions::default()).expect("memory store");
     let known = addresses.clone();
     let peers: PeerResolver = Box::new(move |peer| {
@@ -87,6 +97,7 @@ pub fn region(
         tokens_required: false,
         replication: None,
         follow_peer_moves: false,
+        media,
     })
     .expect("region binds");
     addresses

@@ -2,11 +2,15 @@
 //! status of an upload.
 //!
 //! A blob is ciphertext the region stores for 30 days under an id it draws (128 random bits:
-//! knowing the id is the grant to download). `Begin`, `Status` and `Finish` are ordinary
-//! requests; `Upload` and `Download` open a stream of their own: after the request frame, an
+//! knowing the id is the grant to download). `Begin`, `Status`, `Finish` and `Locate` are
+//! ordinary requests; `Upload` and `Download` open a stream of their own: after the request frame, an
 //! upload stream carries the blob's raw bytes from the given offset to the end of the stream,
 //! answered by one frame (the status, with the offset the region committed); a download stream
 //! is answered by one frame (the status) followed by the raw bytes from the offset to the end.
+//!
+//! Those streams go through the device's edge, or, when the blob's status names a media
+//! endpoint ([`MediaAccess`]), straight to the region: a stream there opens with a
+//! [`MediaRequest`] carrying the region's pass, and goes on as through an edge.
 
 use super::DeviceAddr;
 
@@ -48,7 +52,7 @@ pub struct BlobAt {
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct BlobCommand {
     /// The request.
-    #[prost(oneof = "blob_command::Command", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "blob_command::Command", tags = "1, 2, 3, 4, 5, 6")]
     pub command: Option<blob_command::Command>,
 }
 
@@ -72,6 +76,11 @@ pub mod blob_command {
         /// (Own stream) send the blob's bytes from `offset` after the status.
         #[prost(message, tag = "5")]
         Download(super::BlobAt),
+        /// A finished blob's status with a pass to download it from the media endpoint of
+        /// the region holding it (`region`, as for `Download`); any device may ask, since
+        /// knowing the id is the grant to download.
+        #[prost(message, tag = "6")]
+        Locate(super::BlobAt),
     }
 }
 
@@ -106,6 +115,43 @@ pub struct BlobStatus {
     /// The region holding it (downloads from other regions' devices go there).
     #[prost(uint32, tag = "6")]
     pub region: u32,
+    /// Where the device may move this blob's bytes directly, without its edge: the region's
+    /// media endpoint and a pass for this blob (an upload's, answering `Begin` and `Status`; a
+    /// download's, answering `Locate`). Absent when the region has no media endpoint: the
+    /// bytes then go through the edge.
+    #[prost(message, optional, tag = "7")]
+    pub media: Option<MediaAccess>,
+}
+
+/// A region's media endpoint and a pass for one blob there.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MediaAccess {
+    /// The endpoint's UDP address (`host:port`); a device connects with ALPN `relay-media/1`
+    /// and checks the server name `media.relay.test`.
+    #[prost(string, tag = "1")]
+    pub address: String,
+    /// The pass to present in the stream's [`MediaRequest`]: opaque to the device, checked by
+    /// the region that issued it (it names the device, the blob and the direction).
+    #[prost(bytes = "vec", tag = "2")]
+    pub pass: Vec<u8>,
+    /// When the pass stops being accepted, in milliseconds since the Unix epoch; a transfer
+    /// under way when it expires goes on.
+    #[prost(uint64, tag = "3")]
+    pub expires_at_ms: u64,
+}
+
+/// The first frame of a stream to a region's media endpoint: the pass, then the `Upload` or
+/// `Download` command it grants. The stream then goes on as it would through an edge (an
+/// upload's bytes follow and a `ClientResponse` answers; a download's `ClientResponse` comes
+/// first, then the bytes).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MediaRequest {
+    /// The pass from the blob's status.
+    #[prost(bytes = "vec", tag = "1")]
+    pub pass: Vec<u8>,
+    /// `Upload` or `Download` of the blob the pass names.
+    #[prost(message, required, tag = "2")]
+    pub command: BlobCommand,
 }
 
 /// A blob request naming the device it acts for (the edge authenticated it).

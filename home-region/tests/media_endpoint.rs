@@ -1,0 +1,258 @@
+//! A region's media endpoint over real loopback QUIC: a device given a pass through its edge
+//! (here, the region's own request handler) uploads a blob there and downloads it back; a pass
+//! that is garbage, for another blob, or for the other direction is refused with
+//! `Unauthenticated` and moves nothing; a region without an endpoint gives no pass.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use fdb_layers::keys::IdempotencyKey;
+use relay_proto::wire::{
+    self, BlobAt, BlobBegin, BlobCommand, BlobStatus, ClientResponse, MediaAccess, MediaRequest,
+    RegionRequest, RegionResponse, blob_command, client_response, region_request, region_response,
+};
+use relay_proto::{DeviceAddress, ErrorCode};
+use sha2::{Digest, Sha256};
+use support::{TestCa, WRITER, account_with_device, region, region_with_media};
+
+/// Three commit units and a bit: the stream commits units as they arrive.
+const BLOB_BYTES: usize = 3 * 1024 * 1024 + 12_345;
+
+fn blob_request(device: DeviceAddress, command: blob_command::Command) -> RegionRequest {
+    RegionRequest {
+        body: Some(region_request::Body::Blob(wire::ForBlob {
+            device: device.into(),
+            command: BlobCommand {
+                command: Some(command),
+            },
+        })),
+    }
+}
+
+fn status_of(response: RegionResponse) -> BlobStatus {
+    match response.body {
+        Some(region_response::Body::Blob(status)) => status,
+        other => panic!("expected a blob status, got {other:?}"),
+    }
+}
+
+fn at(id: &[u8]) -> BlobAt {
+    BlobAt {
+        id: id.to_vec(),
+        ..BlobAt::default()
+    }
+}
+
+/// A device's connection to the media endpoint `access` names.
+async fn connect(ca: &TestCa, access: &MediaAccess) -> quinn::Connection {
+    let config = relay_net::client_config(ca.roots.clone(), None, relay_net::ALPN_MEDIA)
+        .expect("client config");
+    let endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("client endpoint");
+    let address = access.address.parse().expect("a socket address");
+    endpoint
+        .connect_with(config, address, relay_net::MEDIA_SERVER_NAME)
+        .expect("connecting")
+        .await
+        .expect("the media endpoint answers")
+}
+
+/// Sends `request` and, for an upload, `bytes` after it; returns the first answer frame and
+/// the bytes after it.
+async fn stream(
+    connection: &quinn::Connection,
+    request: &MediaRequest,
+    bytes: &[u8],
+) -> (ClientResponse, Vec<u8>) {
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    relay_net::write_frame(&mut send, request)
+        .await
+        .expect("request");
+    // A refused stream may be stopped before all of it is written.
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    let answer = relay_net::read_frame::<ClientResponse>(&mut recv)
+        .await
+        .expect("an answer")
+        .expect("a frame");
+    let rest = recv.read_to_end(usize::MAX).await.unwrap_or_default();
+    (answer, rest)
+}
+
+fn refusal(answer: &ClientResponse) -> ErrorCode {
+    match &answer.body {
+        Some(client_response::Body::Error(error)) => ErrorCode::from_u32(error.code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn answered_status(answer: ClientResponse) -> BlobStatus {
+    match answer.body {
+        Some(client_response::Body::Blob(status)) => status,
+        other => panic!("expected a blob status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
+    let ca = TestCa::new();
+    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
+    let media = home_region::config::MediaConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        advertise: None,
+    };
+    let (service, db) = region_with_media(WRITER, &ca, &addresses, Some(media));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(service.clone().run(async {
+        let _ = stopped.await;
+    }));
+    let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
+    let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    let bytes: Vec<u8> = (0..BLOB_BYTES)
+        .map(|index| (index * 7 % 251) as u8)
+        .collect();
+
+    // Two uploads begun through the "edge": each status carries the endpoint and a pass.
+    let begin = || {
+        blob_request(
+            ada,
+            blob_command::Command::Begin(BlobBegin {
+                size_bytes: BLOB_BYTES as u64,
+                ..BlobBegin::default()
+            }),
+        )
+    };
+    let begun = status_of(service.handle(begin()).await);
+    let other = status_of(service.handle(begin()).await);
+    let access = begun.media.clone().expect("a pass for the upload");
+    assert_eq!(
+        Some(access.address.parse().expect("address")),
+        service.media_address()
+    );
+    let other_pass = other.media.expect("a pass for the other upload").pass;
+    let connection = connect(&ca, &access).await;
+
+    // Refused: garbage, another blob's pass, the upload's pass for a download.
+    let upload = |pass: &[u8], id: &[u8]| MediaRequest {
+        pass: pass.to_vec(),
+        command: BlobCommand {
+            command: Some(blob_command::Command::Upload(at(id))),
+        },
+    };
+    for request in [
+        upload(b"not a pass", &begun.id),
+        upload(&other_pass, &begun.id),
+        MediaRequest {
+            pass: access.pass.clone(),
+            command: BlobCommand {
+                command: Some(blob_command::Command::Download(at(&begun.id))),
+            },
+        },
+    ] {
+        let (answer, _) = stream(&connection, &request, &bytes).await;
+        assert_eq!(refusal(&answer), ErrorCode::Unauthenticated);
+    }
+    let untouched = status_of(
+        service
+            .handle(blob_request(
+                ada,
+                blob_command::Command::Status(at(&begun.id)),
+            ))
+            .await,
+    );
+    assert_eq!(
+        untouched.committed_bytes, 0,
+        "a refused stream moves nothing"
+    );
+    assert!(
+        untouched.media.is_some(),
+        "an unfinished upload's status carries a new pass"
+    );
+
+    // The upload's own pass: every byte committed, then finished through the "edge".
+    let (answer, _) = stream(&connection, &upload(&access.pass, &begun.id), &bytes).await;
+    let committed = answered_status(answer);
+    assert_eq!(committed.committed_bytes, BLOB_BYTES as u64);
+    let finished = status_of(
+        service
+            .handle(blob_request(
+                ada,
+                blob_command::Command::Finish(BlobAt {
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                    ..at(&begun.id)
+                }),
+            ))
+            .await,
+    );
+    assert!(finished.finished);
+    assert!(finished.media.is_none(), "a finished upload needs no pass");
+
+    // Any device that knows the id locates it and downloads it from the endpoint.
+    let located = status_of(
+        service
+            .handle(blob_request(
+                ada,
+                blob_command::Command::Locate(at(&begun.id)),
+            ))
+            .await,
+    );
+    let download = located.media.expect("a pass for the download");
+    let (answer, rest) = stream(
+        &connection,
+        &MediaRequest {
+            pass: download.pass.clone(),
+            command: BlobCommand {
+                command: Some(blob_command::Command::Download(at(&begun.id))),
+            },
+        },
+        &[],
+    )
+    .await;
+    assert_eq!(answered_status(answer).size_bytes, BLOB_BYTES as u64);
+    assert!(rest == bytes, "the download differs from the upload");
+    // A download pass does not upload.
+    let (answer, _) = stream(&connection, &upload(&download.pass, &begun.id), &bytes).await;
+    assert_eq!(refusal(&answer), ErrorCode::Unauthenticated);
+    // An unfinished upload cannot be located.
+    let refused = service
+        .handle(blob_request(
+            ada,
+            blob_command::Command::Locate(at(&other.id)),
+        ))
+        .await;
+    assert!(
+        matches!(refused.body, Some(region_response::Body::Error(_))),
+        "{refused:?}"
+    );
+
+    connection.close(0u32.into(), b"done");
+    let _ = stop.send(());
+    serving
+        .await
+        .expect("joined")
+        .expect("the region stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_without_a_media_endpoint_gives_no_pass() {
+    let ca = TestCa::new();
+    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
+    let (service, db) = region(WRITER, &ca, &addresses);
+    let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
+    let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    let begun = status_of(
+        service
+            .handle(blob_request(
+                ada,
+                blob_command::Command::Begin(BlobBegin {
+                    size_bytes: 10,
+                    ..BlobBegin::default()
+                }),
+            ))
+            .await,
+    );
+    assert!(begun.media.is_none());
+    assert_eq!(service.media_address(), None);
+}
