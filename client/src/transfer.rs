@@ -638,7 +638,9 @@ fn media_refusal(error: ClientError) -> ClientError {
 
 /// Where to download `reference` without the edge: the media endpoint of the region holding
 /// it and a pass, or `None` (through the edge) when that region has no media endpoint or
-/// does not know the request (it is older).
+/// refuses the request. A refusal is left for the download through the edge to give: an
+/// older region does not know the request, and an older edge sends it to the device's home
+/// instead of the blob's region, which does not know the blob.
 async fn locate(connection: &EdgeConnection, reference: &BlobRef) -> Result<Option<MediaAccess>> {
     let located = connection
         .blob(blob_command::Command::Locate(BlobAt {
@@ -649,7 +651,7 @@ async fn locate(connection: &EdgeConnection, reference: &BlobRef) -> Result<Opti
         .await;
     match located {
         Ok(status) => Ok(status.media),
-        Err(ClientError::Remote(error)) if error.code == ErrorCode::UnsupportedRequest => Ok(None),
+        Err(ClientError::Remote(error)) if !error.code.is_retryable() => Ok(None),
         Err(error) => Err(error),
     }
 }
