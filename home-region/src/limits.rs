@@ -178,6 +178,11 @@ pub const MEDIA_CONNECTIONS_MAX: usize = 4_096;
 /// How long a region waits for a media stream's first frame (the pass and the command), in ms.
 pub const MEDIA_REQUEST_TIMEOUT_MS: u64 = 10_000;
 
+/// How long a media connection may go without a stream under way before the region closes it,
+/// in ms: a device opens its transfer's stream at once, and a connection that moves nothing
+/// (no pass, or passes refused) gives its slot back.
+pub const MEDIA_IDLE_CLOSE_MS: u64 = 5_000;
+
 /// Pause between two sweeps of expired blobs, in ms.
 pub const BLOB_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1_000;
 
@@ -271,6 +276,9 @@ const _: () = assert!(BLOB_RUNNING_HASHES_MAX >= 1);
 const _: () = assert!(MEDIA_PASS_TTL_MS >= 10 * MEDIA_REQUEST_TIMEOUT_MS);
 const _: () = assert!(MEDIA_PASS_TTL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
 const _: () = assert!(MEDIA_CONNECTIONS_MAX >= 1);
+// An idle media connection is closed before the transport's own idle timeout would, which a
+// device's keep-alives put off for ever.
+const _: () = assert!(MEDIA_IDLE_CLOSE_MS < relay_net::limits::IDLE_TIMEOUT_MS);
 // A blob unit is one object of the store when blobs are kept there.
 const _: () = assert!(
     relay_proto::limits::BLOB_COMMIT_UNIT_BYTES as usize <= fdb_layers::limits::OBJECT_BYTES_MAX

@@ -1,7 +1,8 @@
 //! A region's media endpoint over real loopback QUIC: a device given a pass through its edge
 //! (here, the region's own request handler) uploads a blob there and downloads it back; a pass
 //! that is garbage, for another blob, or for the other direction is refused with
-//! `Unauthenticated` and moves nothing; a region without an endpoint gives no pass.
+//! `Unauthenticated` and moves nothing; a connection that moves nothing is closed, one whose
+//! transfer goes on longer than that is not; a region without an endpoint gives no pass.
 
 mod support;
 
@@ -255,4 +256,78 @@ async fn a_region_without_a_media_endpoint_gives_no_pass() {
     );
     assert!(begun.media.is_none());
     assert_eq!(service.media_address(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_media_connection_is_closed_and_a_slow_transfer_is_not() {
+    use home_region::limits::MEDIA_IDLE_CLOSE_MS;
+    use std::time::Duration;
+
+    let ca = TestCa::new();
+    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
+    let media = home_region::config::MediaConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        advertise: None,
+    };
+    let (service, db) = region_with_media(WRITER, &ca, &addresses, Some(media));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(service.clone().run(async {
+        let _ = stopped.await;
+    }));
+    let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
+    let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    let bytes = vec![7u8; 1000];
+    let begun = status_of(
+        service
+            .handle(blob_request(
+                ada,
+                blob_command::Command::Begin(BlobBegin {
+                    size_bytes: bytes.len() as u64,
+                    ..BlobBegin::default()
+                }),
+            ))
+            .await,
+    );
+    let access = begun.media.expect("a pass");
+    let generous = Duration::from_secs(60);
+
+    // A connection that opens no stream is closed, though its keep-alives keep it alive.
+    let idle = connect(&ca, &access).await;
+    let reason = tokio::time::timeout(generous, idle.closed())
+        .await
+        .expect("the region closes an idle connection");
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(close) if close.error_code == 1u32.into()),
+        "{reason:?}"
+    );
+
+    // A transfer that pauses for longer than that goes on: its stream is under way.
+    let slow = connect(&ca, &access).await;
+    let (mut send, mut recv) = slow.open_bi().await.expect("stream");
+    let request = MediaRequest {
+        pass: access.pass.clone(),
+        command: BlobCommand {
+            command: Some(blob_command::Command::Upload(at(&begun.id))),
+        },
+    };
+    relay_net::write_frame(&mut send, &request)
+        .await
+        .expect("request");
+    send.write_all(&bytes[..500]).await.expect("half");
+    tokio::time::sleep(Duration::from_millis(MEDIA_IDLE_CLOSE_MS + 1_000)).await;
+    send.write_all(&bytes[500..]).await.expect("the rest");
+    send.finish().expect("finish");
+    let answer = tokio::time::timeout(generous, relay_net::read_frame::<ClientResponse>(&mut recv))
+        .await
+        .expect("an answer in time")
+        .expect("an answer")
+        .expect("a frame");
+    assert_eq!(answered_status(answer).committed_bytes, bytes.len() as u64);
+
+    slow.close(0u32.into(), b"done");
+    let _ = stop.send(());
+    serving
+        .await
+        .expect("joined")
+        .expect("the region stops cleanly");
 }

@@ -17,7 +17,11 @@ use relay_proto::{DeviceAddress, ErrorCode, ProtoError};
 
 use super::RegionService;
 use super::blob_streams::BlobAnswer;
-use crate::limits::{MEDIA_CONNECTIONS_MAX, MEDIA_REQUEST_TIMEOUT_MS};
+use crate::limits::{MEDIA_CONNECTIONS_MAX, MEDIA_IDLE_CLOSE_MS, MEDIA_REQUEST_TIMEOUT_MS};
+
+/// The application error code a media connection is closed with when it has been idle (no
+/// transfer under way) for [`MEDIA_IDLE_CLOSE_MS`].
+const MEDIA_IDLE_CLOSE_CODE: u32 = 1;
 use crate::media_pass::{Direction, MediaPasses};
 
 /// A region's media endpoint: its QUIC server for devices, the address devices are told, and
@@ -100,9 +104,22 @@ impl RegionService {
         std::future::pending().await
     }
 
+    /// Serves a device's streams until it leaves, or until it has had no stream under way for
+    /// [`MEDIA_IDLE_CLOSE_MS`]: a connection holds one of the endpoint's slots, and one that
+    /// moves nothing (a peer with no pass, keeping it open with keep-alives) gives it back.
     async fn serve_media_connection(self, connection: quinn::Connection) {
+        let mut streams = tokio::task::JoinSet::new();
         loop {
-            let (send, recv) = match connection.accept_bi().await {
+            let idle = streams.is_empty();
+            let accepted = tokio::select! {
+                accepted = connection.accept_bi() => accepted,
+                Some(_) = streams.join_next(), if !idle => continue,
+                () = tokio::time::sleep(Duration::from_millis(MEDIA_IDLE_CLOSE_MS)), if idle => {
+                    connection.close(MEDIA_IDLE_CLOSE_CODE.into(), b"no transfer under way");
+                    return;
+                }
+            };
+            let (send, recv) = match accepted {
                 Ok(streams) => streams,
                 Err(error) => {
                     tracing::debug!(%error, "media connection ended");
@@ -110,7 +127,7 @@ impl RegionService {
                 }
             };
             let service = self.clone();
-            tokio::spawn(async move { service.serve_media_stream(send, recv).await });
+            streams.spawn(async move { service.serve_media_stream(send, recv).await });
         }
     }
 
