@@ -33,6 +33,7 @@ use crate::limits::{
     BLOB_ANSWER_TIMEOUT_MS, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, PUSHES_BUFFERED_MAX,
     REQUEST_TIMEOUT_MS,
 };
+use crate::media_reach::MediaReach;
 use crate::store::Settings;
 
 /// The software name sent in `Hello`.
@@ -96,6 +97,8 @@ pub struct Dialer {
     sockets: Arc<dyn SocketFactory>,
     edges: EdgeSource,
     tls: Arc<Mutex<Option<SessionsFor>>>,
+    /// Media endpoints its connections could not reach lately.
+    media_reach: MediaReach,
 }
 
 /// A device's TLS sessions, and the CA file (if any) whose roots they trust.
@@ -122,6 +125,7 @@ impl Dialer {
             sockets,
             edges,
             tls: Arc::new(Mutex::new(None)),
+            media_reach: MediaReach::default(),
         }
     }
 
@@ -186,7 +190,7 @@ impl Dialer {
                 let tls = self.device_tls(settings)?;
                 EdgeConnection::connect_with(&*self.sockets, edge, settings.bind_ip, tls.config())
                     .await
-                    .map(|connection| connection.with_media(tls))
+                    .map(|connection| connection.with_media(tls, self.media_reach.clone()))
             };
             match connected.await {
                 Ok(connection) => return Ok(connection),
@@ -249,9 +253,9 @@ pub struct EdgeConnection {
     /// would tell the edge this device is gone.
     control: std::sync::Mutex<Option<quinn::SendStream>>,
     edge: SocketAddr,
-    /// The device's TLS, whose media configuration reaches regions' media endpoints; `None`:
-    /// blobs go through the edge only.
-    media: Option<DeviceTls>,
+    /// The device's TLS, whose media configuration reaches regions' media endpoints, and the
+    /// endpoints it could not reach lately; `None`: blobs go through the edge only.
+    media: Option<(DeviceTls, MediaReach)>,
 }
 
 impl EdgeConnection {
@@ -272,7 +276,7 @@ impl EdgeConnection {
         let tls = DeviceTls::new(roots)?;
         Self::connect_with(sockets, edge, bind_ip, tls.config())
             .await
-            .map(|connection| connection.with_media(tls))
+            .map(|connection| connection.with_media(tls, MediaReach::default()))
     }
 
     /// Connects from a socket on `bind_ip` made by `sockets` to the edge at `edge` with the QUIC
@@ -295,21 +299,43 @@ impl EdgeConnection {
     }
 
     /// This connection, reaching regions' media endpoints with `tls`'s media configuration
-    /// (from the same socket).
-    pub fn with_media(mut self, tls: DeviceTls) -> Self {
-        self.media = Some(tls);
+    /// (from the same socket), and skipping those `reach` says did not answer lately.
+    pub fn with_media(mut self, tls: DeviceTls, reach: MediaReach) -> Self {
+        self.media = Some((tls, reach));
         self
     }
 
     /// A connection of its own to the media endpoint `access` names, for one transfer, from
-    /// this connection's socket.
+    /// this connection's socket; refused at once for an endpoint that did not answer lately
+    /// (see [`MediaReach`]).
     pub async fn connect_media(&self, access: &MediaAccess) -> Result<quinn::Connection> {
-        let Some(tls) = &self.media else {
+        let Some((tls, reach)) = &self.media else {
             return Err(NetError::Io(std::io::Error::other(
                 "this connection reaches no media endpoint",
             ))
             .into());
         };
+        let now_ms = wall_clock_ms();
+        if reach.out_of_reach(&access.address, now_ms) {
+            return Err(NetError::Io(std::io::Error::other(format!(
+                "the media endpoint {} did not answer lately",
+                access.address
+            )))
+            .into());
+        }
+        let connected = self.connect_media_at(tls, access).await;
+        match &connected {
+            Ok(_) => reach.reached(&access.address),
+            Err(_) => reach.unreachable(&access.address, now_ms),
+        }
+        connected
+    }
+
+    async fn connect_media_at(
+        &self,
+        tls: &DeviceTls,
+        access: &MediaAccess,
+    ) -> Result<quinn::Connection> {
         let address = match access.address.parse::<SocketAddr>() {
             Ok(address) => address,
             Err(_) => tokio::net::lookup_host(access.address.as_str())
@@ -778,6 +804,15 @@ impl EdgeConnection {
 
 fn blob_timeout() -> Duration {
     Duration::from_millis(BLOB_ANSWER_TIMEOUT_MS)
+}
+
+/// Milliseconds since the Unix epoch, by the machine's clock (0 before 1970).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// A connection from `endpoint` to `server` (answering to `server_name`), or

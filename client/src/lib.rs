@@ -43,6 +43,7 @@ pub mod inbound;
 pub mod limits;
 pub mod link;
 pub mod media;
+pub mod media_reach;
 pub mod outbox;
 pub mod presence;
 pub mod push;

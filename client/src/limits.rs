@@ -15,6 +15,11 @@ use relay_proto::limits::{
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// How long the QUIC handshake may take, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long a device takes its edge for the transfers of a region whose media endpoint did not
+/// answer, before it tries the endpoint again, in ms.
+pub const MEDIA_OUT_OF_REACH_HOLD_MS: u64 = 10 * 60 * 1_000;
+/// Media endpoints a device remembers as out of reach at once.
+pub const MEDIA_OUT_OF_REACH_MAX: usize = 64;
 /// How long closing waits for the close to reach the edge, in milliseconds.
 pub const CLOSE_WAIT_MS: u64 = 1_000;
 /// Pushes buffered between the control-stream reader and the client; more are dropped (each
@@ -275,6 +280,10 @@ const _: () = assert!(SYNC_MESSAGES_PER_STEP_MAX >= PIPELINE_WINDOW);
 const _: () = assert!(REQUEST_TIMEOUT_MS >= EDGE_ANSWER_TIMEOUT_MS + HOP_MARGIN_MS);
 // The handshake is part of the first request's patience, not more.
 const _: () = assert!(CONNECT_TIMEOUT_MS <= REQUEST_TIMEOUT_MS);
+// An endpoint out of reach is skipped for many connect timeouts, so a device on a network that
+// lets only its edge through waits one timeout in a long while, not one per transfer.
+const _: () = assert!(MEDIA_OUT_OF_REACH_HOLD_MS >= 100 * CONNECT_TIMEOUT_MS);
+const _: () = assert!(MEDIA_OUT_OF_REACH_MAX >= 1);
 const _: () = assert!(RETRY_DELAY_MS_MIN < RETRY_DELAY_MS_MAX);
 // A one-shot command outlasts a hung request and still retries once.
 const _: () = assert!(FLUSH_BUDGET_MS >= 2 * REQUEST_TIMEOUT_MS);

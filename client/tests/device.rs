@@ -192,6 +192,20 @@ async fn a_blob_goes_through_the_edge_when_the_media_endpoint_is_out_of_reach() 
         .expect("within the deadline")
         .expect("downloaded through the edge");
     assert!(downloaded == bytes, "the download differs from the upload");
+    // The next transfer skips the endpoint that did not answer (`MediaReach`) and goes
+    // through the edge at once.
+    let again = tokio::time::timeout(
+        DEADLINE,
+        alice.upload_blob(BlobSource::Bytes(&bytes[..1000]), &mut |_| {}),
+    )
+    .await
+    .expect("within the deadline")
+    .expect("uploaded through the edge again");
+    let downloaded = tokio::time::timeout(DEADLINE, alice.download_blob(&again, &mut |_| {}))
+        .await
+        .expect("within the deadline")
+        .expect("downloaded through the edge again");
+    assert!(downloaded == bytes[..1000], "the second download differs");
     alice.close().await.expect("closes");
     testbed.stop().await;
 }
