@@ -18,9 +18,10 @@
 //! where it stands (the committed offset, a multiple of the region's commit unit) and sends the
 //! rest from there, under a new pass (a refused one, expired or from a region process that
 //! restarted since, is one more dropped connection); a download asks for the bytes after those
-//! it already holds. Each resumption is reported to the progress callback ([`BlobProgress::resumed_from`]). A transfer gives up
-//! after [`BLOB_TRANSFER_ATTEMPTS_MAX`] attempts, or at once on a refusal that a retry cannot
-//! change (a quota, a size limit, an unknown blob).
+//! it already holds. Each resumption is reported to the progress callback
+//! ([`BlobProgress::resumed_from`]). A transfer gives up after [`BLOB_TRANSFER_ATTEMPTS_MAX`]
+//! attempts, or at once on a refusal that a retry cannot change (a quota, a size limit, an
+//! unknown blob).
 
 use std::borrow::Cow;
 use std::path::Path;

@@ -3,10 +3,11 @@
 //!
 //! A blob is ciphertext the region stores for 30 days under an id it draws (128 random bits:
 //! knowing the id is the grant to download). `Begin`, `Status`, `Finish` and `Locate` are
-//! ordinary requests; `Upload` and `Download` open a stream of their own: after the request frame, an
-//! upload stream carries the blob's raw bytes from the given offset to the end of the stream,
-//! answered by one frame (the status, with the offset the region committed); a download stream
-//! is answered by one frame (the status) followed by the raw bytes from the offset to the end.
+//! ordinary requests; `Upload` and `Download` open a stream of their own: after the request
+//! frame, an upload stream carries the blob's raw bytes from the given offset to the end of the
+//! stream, answered by one frame (the status, with the offset the region committed); a
+//! download stream is answered by one frame (the status) followed by the raw bytes from the
+//! offset to the end.
 //!
 //! Those streams go through the device's edge, or, when the blob's status names a media
 //! endpoint ([`MediaAccess`]), straight to the region: a stream there opens with a
