@@ -518,6 +518,9 @@ fn previous_listen(path: &Path) -> Option<SocketAddr> {
     value.get("listen")?.as_str()?.parse().ok()
 }
 
+/// Writes a config file whole, or not at all: into a file beside it, then renamed over it. A
+/// child reading it meanwhile sees the old file or the new one, never one cut short (a
+/// standby reads its region's file at start, while the devnet writes it for the region).
 fn write_toml<T: serde::Serialize>(
     path: &Path,
     value: &T,
@@ -525,8 +528,12 @@ fn write_toml<T: serde::Serialize>(
 ) -> Result<(), DevnetError> {
     let body = toml::to_string_pretty(value)
         .map_err(|error| DevnetError::Invalid(format!("cannot write a config: {error}")))?;
-    std::fs::write(path, format!("{header}\n{body}"))
-        .map_err(|source| DevnetError::file("writing", path, source))
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    let new = PathBuf::from(name);
+    std::fs::write(&new, format!("{header}\n{body}"))
+        .map_err(|source| DevnetError::file("writing", &new, source))?;
+    std::fs::rename(&new, path).map_err(|source| DevnetError::file("replacing", path, source))
 }
 
 /// Spawns a child and waits for its "listening on" line; a child that exits first fails with
@@ -771,6 +778,26 @@ mod tests {
         }
         drop(held);
         lock_data_folder(folder.path()).expect("free again once the first is gone");
+    }
+
+    #[test]
+    fn a_config_is_replaced_whole_and_nothing_is_left_beside_it() {
+        let folder = tempfile::tempdir().expect("folder");
+        let path = folder.path().join("region-1.toml");
+        std::fs::write(&path, "listen = \"127.0.1.1:1\"\n").expect("an old file");
+        let new = LocatorConfig {
+            listen: "127.0.0.1:53".parse().expect("address"),
+            ..LocatorConfig::default()
+        };
+        write_toml(&path, &new, "# header").expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("# header\n"), "{text}");
+        assert_eq!(previous_listen(&path), Some(new.listen));
+        let names: Vec<_> = std::fs::read_dir(folder.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("region-1.toml")]);
     }
 
     #[test]
