@@ -178,6 +178,15 @@ pub const MEDIA_CONNECTIONS_MAX: usize = 4_096;
 /// How long a region waits for a media stream's first frame (the pass and the command), in ms.
 pub const MEDIA_REQUEST_TIMEOUT_MS: u64 = 10_000;
 
+/// Transfers one device may have under way at a region's media endpoint at once; one more is
+/// refused `Throttled` with [`MEDIA_THROTTLED_RETRY_AFTER_MS`] (the SDK retries it, as after
+/// a dropped connection). A device sends its blobs one after another; a few at once (a photo
+/// and its history snapshot) fit well within.
+pub const MEDIA_TRANSFERS_PER_DEVICE_MAX: usize = 8;
+
+/// The retry-after of a transfer refused for [`MEDIA_TRANSFERS_PER_DEVICE_MAX`], in ms.
+pub const MEDIA_THROTTLED_RETRY_AFTER_MS: u64 = 1_000;
+
 /// How long a media connection may go without a stream under way before the region closes it,
 /// in ms: a device opens its transfer's stream at once, and a connection that moves nothing
 /// (no pass, or passes refused) gives its slot back.
@@ -276,6 +285,9 @@ const _: () = assert!(BLOB_RUNNING_HASHES_MAX >= 1);
 const _: () = assert!(MEDIA_PASS_TTL_MS >= 10 * MEDIA_REQUEST_TIMEOUT_MS);
 const _: () = assert!(MEDIA_PASS_TTL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
 const _: () = assert!(MEDIA_CONNECTIONS_MAX >= 1);
+// A device's transfers fit in the connections it may hold, and more than one runs at once.
+const _: () = assert!(MEDIA_TRANSFERS_PER_DEVICE_MAX >= 2);
+const _: () = assert!(MEDIA_TRANSFERS_PER_DEVICE_MAX <= MEDIA_CONNECTIONS_MAX);
 // An idle media connection is closed before the transport's own idle timeout would, which a
 // device's keep-alives put off for ever.
 const _: () = assert!(MEDIA_IDLE_CLOSE_MS < relay_net::limits::IDLE_TIMEOUT_MS);

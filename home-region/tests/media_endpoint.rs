@@ -2,7 +2,8 @@
 //! (here, the region's own request handler) uploads a blob there and downloads it back; a pass
 //! that is garbage, for another blob, or for the other direction is refused with
 //! `Unauthenticated` and moves nothing; a connection that moves nothing is closed, one whose
-//! transfer goes on longer than that is not; a region without an endpoint gives no pass.
+//! transfer goes on longer than that is not; a device with too many transfers under way is
+//! told to wait (`Throttled`); a region without an endpoint gives no pass.
 
 mod support;
 
@@ -325,6 +326,116 @@ async fn an_idle_media_connection_is_closed_and_a_slow_transfer_is_not() {
     assert_eq!(answered_status(answer).committed_bytes, bytes.len() as u64);
 
     slow.close(0u32.into(), b"done");
+    let _ = stop.send(());
+    serving
+        .await
+        .expect("joined")
+        .expect("the region stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_too_many_transfers_under_way_is_told_to_wait() {
+    use home_region::limits::{MEDIA_THROTTLED_RETRY_AFTER_MS, MEDIA_TRANSFERS_PER_DEVICE_MAX};
+    use std::time::Duration;
+
+    let ca = TestCa::new();
+    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
+    let media = home_region::config::MediaConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        advertise: None,
+    };
+    let (service, db) = region_with_media(WRITER, &ca, &addresses, Some(media));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(service.clone().run(async {
+        let _ = stopped.await;
+    }));
+    let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
+    let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    let bytes = vec![5u8; 4_000];
+    let transfers = MEDIA_TRANSFERS_PER_DEVICE_MAX + 1;
+    let mut begun = Vec::new();
+    for _ in 0..transfers {
+        begun.push(status_of(
+            service
+                .handle(blob_request(
+                    ada,
+                    blob_command::Command::Begin(BlobBegin {
+                        size_bytes: bytes.len() as u64,
+                        ..BlobBegin::default()
+                    }),
+                ))
+                .await,
+        ));
+    }
+    let access = |status: &BlobStatus| status.media.clone().expect("a pass");
+    // A connection carries a few streams at once: enough connections for every transfer.
+    let per_connection = relay_net::limits::MEDIA_STREAMS_PER_CONNECTION_MAX as usize;
+    let mut connections = Vec::new();
+    for _ in 0..transfers.div_ceil(per_connection) {
+        connections.push(connect(&ca, &access(&begun[0])).await);
+    }
+    // Every transfer starts and stays under way: the first half of each blob only.
+    let mut streams = Vec::new();
+    for (index, status) in begun.iter().enumerate() {
+        let (mut send, recv) = connections[index / per_connection]
+            .open_bi()
+            .await
+            .expect("stream");
+        let request = MediaRequest {
+            pass: access(status).pass,
+            command: BlobCommand {
+                command: Some(blob_command::Command::Upload(at(&status.id))),
+            },
+        };
+        relay_net::write_frame(&mut send, &request)
+            .await
+            .expect("request");
+        send.write_all(&bytes[..2_000]).await.expect("half");
+        streams.push((send, recv));
+    }
+    // One is refused at once, whichever the region checked last; the others wait for the rest.
+    let answers = streams
+        .iter_mut()
+        .map(|(_, recv)| Box::pin(relay_net::read_frame::<ClientResponse>(recv)));
+    let (first, refused, _) = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::select_all(answers),
+    )
+    .await
+    .expect("one transfer is refused in time");
+    let answer = first.expect("an answer").expect("a frame");
+    match &answer.body {
+        Some(client_response::Body::Error(error)) => {
+            assert_eq!(ErrorCode::from_u32(error.code), ErrorCode::Throttled);
+            assert_eq!(error.retry_after_ms, MEDIA_THROTTLED_RETRY_AFTER_MS);
+        }
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    // The others go through; the refused one, sent again, too.
+    for (index, (send, recv)) in streams.iter_mut().enumerate() {
+        if index == refused {
+            continue;
+        }
+        send.write_all(&bytes[2_000..]).await.expect("the rest");
+        send.finish().expect("finish");
+        let answer = relay_net::read_frame::<ClientResponse>(recv)
+            .await
+            .expect("an answer")
+            .expect("a frame");
+        assert_eq!(answered_status(answer).committed_bytes, bytes.len() as u64);
+    }
+    let request = MediaRequest {
+        pass: access(&begun[refused]).pass,
+        command: BlobCommand {
+            command: Some(blob_command::Command::Upload(at(&begun[refused].id))),
+        },
+    };
+    let (answer, _) = stream(&connections[0], &request, &bytes).await;
+    assert_eq!(answered_status(answer).committed_bytes, bytes.len() as u64);
+
+    for connection in connections {
+        connection.close(0u32.into(), b"done");
+    }
     let _ = stop.send(());
     serving
         .await

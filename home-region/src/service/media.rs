@@ -8,7 +8,9 @@
 //! as it would through an edge. A device that cannot reach the endpoint sends through its
 //! edge, as before.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relay_net::{self as net, ConnectionSlots};
@@ -17,7 +19,10 @@ use relay_proto::{DeviceAddress, ErrorCode, ProtoError};
 
 use super::RegionService;
 use super::blob_streams::BlobAnswer;
-use crate::limits::{MEDIA_CONNECTIONS_MAX, MEDIA_IDLE_CLOSE_MS, MEDIA_REQUEST_TIMEOUT_MS};
+use crate::limits::{
+    MEDIA_CONNECTIONS_MAX, MEDIA_IDLE_CLOSE_MS, MEDIA_REQUEST_TIMEOUT_MS,
+    MEDIA_THROTTLED_RETRY_AFTER_MS, MEDIA_TRANSFERS_PER_DEVICE_MAX,
+};
 
 /// The application error code a media connection is closed with when it has been idle (no
 /// transfer under way) for [`MEDIA_IDLE_CLOSE_MS`].
@@ -32,6 +37,56 @@ pub(super) struct MediaEndpoint {
     advertised: String,
     passes: MediaPasses,
     connections: ConnectionSlots,
+    /// Transfers under way, by device.
+    transfers: Arc<Mutex<HashMap<DeviceAddress, usize>>>,
+}
+
+/// One transfer of a device counted as under way, until dropped.
+struct Transfer {
+    device: DeviceAddress,
+    transfers: Arc<Mutex<HashMap<DeviceAddress, usize>>>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        let mut transfers = self
+            .transfers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = transfers.get_mut(&self.device) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                transfers.remove(&self.device);
+            }
+        }
+    }
+}
+
+impl MediaEndpoint {
+    /// Counts a transfer of `device` as under way, or refuses it (`Throttled`) when the device
+    /// has [`MEDIA_TRANSFERS_PER_DEVICE_MAX`] under way already.
+    fn start_transfer(&self, device: DeviceAddress) -> Result<Transfer, ProtoError> {
+        let mut transfers = self
+            .transfers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = transfers.entry(device).or_insert(0);
+        if *count >= MEDIA_TRANSFERS_PER_DEVICE_MAX {
+            return Err(ProtoError::new(
+                ErrorCode::Throttled,
+                format!(
+                    "{MEDIA_TRANSFERS_PER_DEVICE_MAX} transfers of this device are under way \
+                     already"
+                ),
+            )
+            .with_retry_after_ms(MEDIA_THROTTLED_RETRY_AFTER_MS));
+        }
+        *count += 1;
+        Ok(Transfer {
+            device,
+            transfers: self.transfers.clone(),
+        })
+    }
 }
 
 impl MediaEndpoint {
@@ -47,6 +102,7 @@ impl MediaEndpoint {
             advertised: advertised.unwrap_or_else(|| address.to_string()),
             passes: MediaPasses::new(),
             connections: ConnectionSlots::new(MEDIA_CONNECTIONS_MAX),
+            transfers: Arc::default(),
         })
     }
 
@@ -151,8 +207,12 @@ impl RegionService {
                 return;
             }
         };
-        let for_blob = match self.granted(&request) {
-            Ok(for_blob) => for_blob,
+        let started = self.granted(&request).and_then(|(for_blob, device)| {
+            let media = self.inner.media.as_ref().ok_or_else(no_media_endpoint)?;
+            Ok((for_blob, media.start_transfer(device)?))
+        });
+        let (for_blob, _transfer) = match started {
+            Ok(started) => started,
             Err(error) => {
                 let _ = recv.stop(0u32.into());
                 let _ = net::respond(send, &ClientResponse::of(Err(error))).await;
@@ -174,16 +234,14 @@ impl RegionService {
             .await;
     }
 
-    /// The blob request `request`'s pass grants: its device's, if the pass is good and its
-    /// command the stream it names.
-    fn granted(&self, request: &MediaRequest) -> Result<wire::ForBlob, ProtoError> {
+    /// The blob request `request`'s pass grants, and the device it names: its device's, if
+    /// the pass is good and its command the stream it names.
+    fn granted(
+        &self,
+        request: &MediaRequest,
+    ) -> Result<(wire::ForBlob, DeviceAddress), ProtoError> {
         use wire::blob_command::Command;
-        let Some(media) = self.inner.media.as_ref() else {
-            return Err(ProtoError::new(
-                ErrorCode::Unavailable,
-                "this region has no media endpoint",
-            ));
-        };
+        let media = self.inner.media.as_ref().ok_or_else(no_media_endpoint)?;
         let grant = media
             .passes
             .check(&request.pass, self.inner.clock.now_ms())?;
@@ -208,9 +266,14 @@ impl RegionService {
                 self.inner.region.0, at.region
             )));
         }
-        Ok(wire::ForBlob {
+        let for_blob = wire::ForBlob {
             device: grant.device.into(),
             command: request.command.clone(),
-        })
+        };
+        Ok((for_blob, grant.device))
     }
+}
+
+fn no_media_endpoint() -> ProtoError {
+    ProtoError::new(ErrorCode::Unavailable, "this region has no media endpoint")
 }
