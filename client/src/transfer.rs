@@ -445,7 +445,7 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
         // Straight from the region's media endpoint when it gives a pass (one more request
         // through the edge); through the edge otherwise.
         let media = match locate(&connection, reference).await {
-            Ok(Some(access)) => media_route(&connection, &access).await,
+            Ok(Some(access)) => MediaRoute::connect(&connection, &access).await,
             Ok(None) => None,
             Err(error) if error.is_retryable() => {
                 last_error = Some(error);
@@ -453,13 +453,7 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
             }
             Err(error) => return Err(error),
         };
-        let route = match &media {
-            Some((to_region, pass)) => BlobRoute::Media {
-                connection: to_region,
-                pass,
-            },
-            None => BlobRoute::Edge,
-        };
+        let route = media.as_ref().map_or(BlobRoute::Edge, MediaRoute::route);
         let downloaded = connection
             .download_stream(
                 route,
@@ -478,13 +472,7 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
                 &mut report,
             )
             .await;
-        let downloaded = match &media {
-            Some((to_region, _)) => {
-                to_region.close(0u32.into(), b"transfer over");
-                downloaded.map_err(media_refusal)
-            }
-            None => downloaded,
-        };
+        let downloaded = MediaRoute::over(media, downloaded);
         match downloaded {
             Ok(status) if status.size_bytes != total_bytes => {
                 return Err(blob::BlobCryptoError::WrongSize {
@@ -561,33 +549,14 @@ async fn upload_attempt(
             });
         };
         let media = match &current.media {
-            Some(access) => media_route(connection, access).await,
+            Some(access) => MediaRoute::connect(connection, access).await,
             None => None,
         };
-        let after = match &media {
-            Some((to_region, pass)) => {
-                let route = BlobRoute::Media {
-                    connection: to_region,
-                    pass,
-                };
-                let sent = connection
-                    .upload_stream(route, &current.id, committed, sealing, &mut report)
-                    .await;
-                to_region.close(0u32.into(), b"transfer over");
-                sent.map_err(media_refusal)?
-            }
-            None => {
-                connection
-                    .upload_stream(
-                        BlobRoute::Edge,
-                        &current.id,
-                        committed,
-                        sealing,
-                        &mut report,
-                    )
-                    .await?
-            }
-        };
+        let route = media.as_ref().map_or(BlobRoute::Edge, MediaRoute::route);
+        let sent = connection
+            .upload_stream(route, &current.id, committed, sealing, &mut report)
+            .await;
+        let after = MediaRoute::over(media, sent)?;
         if after.committed_bytes < total_bytes {
             return Err(ClientError::Network(format!(
                 "the upload stream ended with {} of {total_bytes} bytes committed",
@@ -610,30 +579,50 @@ async fn upload_attempt(
     Ok((finished, sha256))
 }
 
-/// A connection to the media endpoint `access` names, and its pass; `None` (the transfer
-/// goes through the edge) when the endpoint cannot be reached from here.
-async fn media_route(
-    connection: &EdgeConnection,
-    access: &MediaAccess,
-) -> Option<(quinn::Connection, Vec<u8>)> {
-    // Out of reach (a network that lets only the edge through, a region behind a firewall):
-    // the edge still carries the bytes, only slower.
-    let to_region = connection.connect_media(access).await.ok()?;
-    Some((to_region, access.pass.clone()))
+/// One transfer's way to a region's media endpoint: a connection of its own and the pass.
+struct MediaRoute {
+    to_region: quinn::Connection,
+    pass: Vec<u8>,
 }
 
-/// An error of a transfer at a media endpoint, as the transfer's retry sees it: a refused pass
-/// (expired, or issued by a region process that has restarted since) is answered by asking
-/// for the blob's status, with a new pass, again.
-fn media_refusal(error: ClientError) -> ClientError {
-    match error {
-        ClientError::Remote(refused) if refused.code == ErrorCode::Unauthenticated => {
-            ClientError::Network(format!(
-                "the region's media endpoint refused the pass: {}",
-                refused.message
-            ))
+impl MediaRoute {
+    /// A connection to the media endpoint `access` names; `None` (the transfer goes through
+    /// the edge) when the endpoint cannot be reached from here.
+    async fn connect(connection: &EdgeConnection, access: &MediaAccess) -> Option<MediaRoute> {
+        // Out of reach (a network that lets only the edge through, a region behind a
+        // firewall): the edge still carries the bytes, only slower.
+        let to_region = connection.connect_media(access).await.ok()?;
+        Some(MediaRoute {
+            to_region,
+            pass: access.pass.clone(),
+        })
+    }
+
+    fn route(&self) -> BlobRoute<'_> {
+        BlobRoute::Media {
+            connection: &self.to_region,
+            pass: &self.pass,
         }
-        other => other,
+    }
+
+    /// The outcome of a transfer that went along `media` (the edge when `None`), once it is
+    /// over: the media connection closed, and a refused pass (expired, or issued by a region
+    /// process that has restarted since) made one more dropped connection, which the
+    /// transfer's retry answers by asking for the blob's status, with a new pass, again.
+    fn over<T>(media: Option<MediaRoute>, outcome: Result<T>) -> Result<T> {
+        let Some(media) = media else {
+            return outcome;
+        };
+        media.to_region.close(0u32.into(), b"transfer over");
+        outcome.map_err(|error| match error {
+            ClientError::Remote(refused) if refused.code == ErrorCode::Unauthenticated => {
+                ClientError::Network(format!(
+                    "the region's media endpoint refused the pass: {}",
+                    refused.message
+                ))
+            }
+            other => other,
+        })
     }
 }
 

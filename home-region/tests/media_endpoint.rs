@@ -97,21 +97,44 @@ fn answered_status(answer: ClientResponse) -> BlobStatus {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
-    let ca = TestCa::new();
+/// A region serving a media endpoint on loopback, and ada, its account's one device.
+struct Serving {
+    service: home_region::RegionService,
+    ada: DeviceAddress,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), home_region::RegionError>>,
+}
+
+async fn serving_with_media(ca: &TestCa) -> Serving {
     let addresses = Arc::new(Mutex::new(BTreeMap::new()));
     let media = home_region::config::MediaConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         advertise: None,
     };
-    let (service, db) = region_with_media(WRITER, &ca, &addresses, Some(media));
+    let (service, db) = region_with_media(WRITER, ca, &addresses, Some(media));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(service.clone().run(async {
         let _ = stopped.await;
     }));
     let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
     let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    Serving {
+        service,
+        ada,
+        stop,
+        serving,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
+    let ca = TestCa::new();
+    let Serving {
+        service,
+        ada,
+        stop,
+        serving,
+    } = serving_with_media(&ca).await;
     let bytes: Vec<u8> = (0..BLOB_BYTES)
         .map(|index| (index * 7 % 251) as u8)
         .collect();
@@ -265,18 +288,12 @@ async fn an_idle_media_connection_is_closed_and_a_slow_transfer_is_not() {
     use std::time::Duration;
 
     let ca = TestCa::new();
-    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
-    let media = home_region::config::MediaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        advertise: None,
-    };
-    let (service, db) = region_with_media(WRITER, &ca, &addresses, Some(media));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(service.clone().run(async {
-        let _ = stopped.await;
-    }));
-    let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
-    let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    let Serving {
+        service,
+        ada,
+        stop,
+        serving,
+    } = serving_with_media(&ca).await;
     let bytes = vec![7u8; 1000];
     let begun = status_of(
         service
@@ -339,18 +356,12 @@ async fn a_device_with_too_many_transfers_under_way_is_told_to_wait() {
     use std::time::Duration;
 
     let ca = TestCa::new();
-    let addresses = Arc::new(Mutex::new(BTreeMap::new()));
-    let media = home_region::config::MediaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        advertise: None,
-    };
-    let (service, db) = region_with_media(WRITER, &ca, &addresses, Some(media));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(service.clone().run(async {
-        let _ = stopped.await;
-    }));
-    let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
-    let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
+    let Serving {
+        service,
+        ada,
+        stop,
+        serving,
+    } = serving_with_media(&ca).await;
     let bytes = vec![5u8; 4_000];
     let transfers = MEDIA_TRANSFERS_PER_DEVICE_MAX + 1;
     let mut begun = Vec::new();

@@ -23,11 +23,11 @@ use crate::limits::{
     MEDIA_CONNECTIONS_MAX, MEDIA_IDLE_CLOSE_MS, MEDIA_REQUEST_TIMEOUT_MS,
     MEDIA_THROTTLED_RETRY_AFTER_MS, MEDIA_TRANSFERS_PER_DEVICE_MAX,
 };
+use crate::media_pass::{Direction, MediaPasses};
 
 /// The application error code a media connection is closed with when it has been idle (no
 /// transfer under way) for [`MEDIA_IDLE_CLOSE_MS`].
 const MEDIA_IDLE_CLOSE_CODE: u32 = 1;
-use crate::media_pass::{Direction, MediaPasses};
 
 /// A region's media endpoint: its QUIC server for devices, the address devices are told, and
 /// the passes it accepts.
@@ -87,9 +87,7 @@ impl MediaEndpoint {
             transfers: self.transfers.clone(),
         })
     }
-}
 
-impl MediaEndpoint {
     /// Wraps `endpoint` (bound already), told to devices as `advertised` (its own address when
     /// `None`).
     pub(super) fn new(
@@ -207,10 +205,12 @@ impl RegionService {
                 return;
             }
         };
-        let started = self.granted(&request).and_then(|(for_blob, device)| {
-            let media = self.inner.media.as_ref().ok_or_else(no_media_endpoint)?;
-            Ok((for_blob, media.start_transfer(device)?))
-        });
+        let Some(media) = self.inner.media.as_ref() else {
+            return;
+        };
+        let started = self
+            .granted(media, &request)
+            .and_then(|(for_blob, device)| Ok((for_blob, media.start_transfer(device)?)));
         let (for_blob, _transfer) = match started {
             Ok(started) => started,
             Err(error) => {
@@ -238,10 +238,10 @@ impl RegionService {
     /// the pass is good and its command the stream it names.
     fn granted(
         &self,
+        media: &MediaEndpoint,
         request: &MediaRequest,
     ) -> Result<(wire::ForBlob, DeviceAddress), ProtoError> {
         use wire::blob_command::Command;
-        let media = self.inner.media.as_ref().ok_or_else(no_media_endpoint)?;
         let grant = media
             .passes
             .check(&request.pass, self.inner.clock.now_ms())?;
@@ -272,8 +272,4 @@ impl RegionService {
         };
         Ok((for_blob, grant.device))
     }
-}
-
-fn no_media_endpoint() -> ProtoError {
-    ProtoError::new(ErrorCode::Unavailable, "this region has no media endpoint")
 }
