@@ -518,9 +518,9 @@ fn previous_listen(path: &Path) -> Option<SocketAddr> {
     value.get("listen")?.as_str()?.parse().ok()
 }
 
-/// Writes a config file whole, or not at all: into a file beside it, then renamed over it. A
-/// child reading it meanwhile sees the old file or the new one, never one cut short (a
-/// standby reads its region's file at start, while the devnet writes it for the region).
+/// Writes a config file whole ([`relay_net::config::replace_file`]): a child reading it
+/// meanwhile sees the old file or the new one, never one cut short (a standby reads its
+/// region's file at start, while the devnet writes it for the region).
 fn write_toml<T: serde::Serialize>(
     path: &Path,
     value: &T,
@@ -528,12 +528,8 @@ fn write_toml<T: serde::Serialize>(
 ) -> Result<(), DevnetError> {
     let body = toml::to_string_pretty(value)
         .map_err(|error| DevnetError::Invalid(format!("cannot write a config: {error}")))?;
-    let mut name = path.as_os_str().to_owned();
-    name.push(".new");
-    let new = PathBuf::from(name);
-    std::fs::write(&new, format!("{header}\n{body}"))
-        .map_err(|source| DevnetError::file("writing", &new, source))?;
-    std::fs::rename(&new, path).map_err(|source| DevnetError::file("replacing", path, source))
+    relay_net::config::replace_file(path, &format!("{header}\n{body}"))
+        .map_err(|source| DevnetError::file("writing", path, source))
 }
 
 /// Spawns a child and waits for its "listening on" line; a child that exits first fails with

@@ -98,6 +98,18 @@ pub fn address_of(regions: &[RegionAddress], region: u32) -> Option<SocketAddr> 
         .map(|entry| entry.address)
 }
 
+/// Replaces the file at `path` with `text` whole: written to `path.new`, synced, and renamed
+/// over `path`, so a reader (a process reading its config or the peers file while another
+/// writes it) sees the old file or the new one, never one cut short.
+pub fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    let new = PathBuf::from(name);
+    std::fs::write(&new, text)?;
+    std::fs::File::open(&new)?.sync_all()?;
+    std::fs::rename(&new, path)
+}
+
 /// The peers file: where every region listens.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,16 +135,12 @@ impl PeersFile {
         peers.regions.sort_by_key(|entry| entry.region);
         let text = toml::to_string_pretty(&peers)
             .map_err(|error| ConfigError::Value(format!("cannot write the peers file: {error}")))?;
-        let mut name = path.as_os_str().to_owned();
-        name.push(".new");
-        let new = PathBuf::from(name);
-        let written = std::fs::write(&new, format!("# Every region's internal address.\n{text}"))
-            .and_then(|()| std::fs::File::open(&new)?.sync_all())
-            .and_then(|()| std::fs::rename(&new, path));
-        written.map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })
+        replace_file(path, &format!("# Every region's internal address.\n{text}")).map_err(
+            |source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            },
+        )
     }
 
     /// A resolver that reads the peers file at `path` again on every call, so a launcher can
