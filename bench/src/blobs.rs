@@ -11,6 +11,10 @@
 //! one devices take when they cannot reach that endpoint, device → edge → region (a devnet
 //! started with `--no-media-endpoints`).
 //!
+//! Its ceilings, measured in the same run: sealing and opening the blob in memory in each blob
+//! format (the device's crypto, digest included), and writing its ciphertext as the region's
+//! store does (1 MiB files, each written and fsynced), beside the raw stream.
+//!
 //! Each direction is measured [`BlobsOptions::rounds`] times and the median round is reported
 //! (the machines are shared and noisy). A round's time is the SDK call's, sealing or opening
 //! and hashing included; the edge's and the region's CPU seconds over all rounds of a direction
@@ -100,8 +104,24 @@ pub struct BlobsReport {
     /// Device → edge → region, and back: the route of a device that cannot reach the media
     /// endpoint.
     pub through_edge: Route,
+    /// What the device's crypto and the region's disk can do, measured in this run.
+    pub ceilings: BlobCeilings,
     /// Whether every process kept its pid (none died or restarted) during the rounds.
     pub same_processes: bool,
+}
+
+/// The ceilings of a blob transfer besides the raw stream, in MB/s of plaintext (10^6 bytes).
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobCeilings {
+    /// Sealing the blob in memory (encryption and digest), by format (`format 1`: ChaCha20-
+    /// Poly1305 and SHA-256; `format 2`: AES-256-GCM and BLAKE3, what new blobs take).
+    pub seal_mb_per_second: BTreeMap<String, f64>,
+    /// Opening it in memory (digest check and decryption), by format.
+    pub open_mb_per_second: BTreeMap<String, f64>,
+    /// Its ciphertext written as the region's local store writes it: 1 MiB files, each
+    /// written and fsynced. On a virtual machine whose memory was never touched, the page
+    /// cache's first use of each page costs the host's fault too, and this shows it.
+    pub unit_files_mb_per_second: f64,
 }
 
 /// One route's two directions.
@@ -115,7 +135,7 @@ pub struct Route {
 
 /// Steps the progress bar counts.
 pub fn steps(options: &BlobsOptions) -> u64 {
-    7 + 6 * options.rounds as u64
+    8 + 6 * options.rounds as u64
 }
 
 /// Runs the benchmark on a devnet of `options.relayd`, stopping early when `shutdown`
@@ -161,6 +181,8 @@ async fn measure(
     let plaintext: Vec<u8> = (0..options.blob_bytes)
         .map(|_| rand::random::<u8>())
         .collect();
+    step("measuring the crypto and the disk");
+    let ceilings = ceilings(&plaintext, &folder.join("units"))?;
     step("measuring the raw QUIC stream");
     let mut raw_upload = Vec::new();
     let mut raw_download = Vec::new();
@@ -233,10 +255,65 @@ async fn measure(
                 edge_cpu.1,
             ),
         },
+        ceilings,
         same_processes: upload_usage.same_processes
             && download_usage.same_processes
             && edge_upload_usage.same_processes
             && edge_download_usage.same_processes,
+    })
+}
+
+/// Seals and opens `plaintext` in each format, and writes its ciphertext into `folder` as the
+/// region's store would.
+fn ceilings(plaintext: &[u8], folder: &Path) -> Result<BlobCeilings, BenchError> {
+    use relay_client::blob::{self, BlobFormat};
+    let megabytes = plaintext.len() as f64 / 1e6;
+    let mut seal_mb_per_second = BTreeMap::new();
+    let mut open_mb_per_second = BTreeMap::new();
+    let mut ciphertext = Vec::new();
+    for format in [BlobFormat::V1, BlobFormat::V2] {
+        let name = format!("format {}", format.number());
+        let began = Instant::now();
+        let sealed = blob::seal_with_key(format, plaintext, rand::random());
+        seal_mb_per_second.insert(name.clone(), megabytes / began.elapsed().as_secs_f64());
+        let reference = relay_client::BlobRef {
+            format,
+            region: REGION,
+            id: [0; relay_proto::limits::BLOB_ID_BYTES],
+            key: sealed.key,
+            size: sealed.ciphertext.len() as u64,
+            digest: sealed.digest,
+        };
+        let began = Instant::now();
+        let opened = blob::open(&reference, &sealed.ciphertext)
+            .map_err(|error| BenchError::Protocol(format!("opening the sealed blob: {error}")))?;
+        open_mb_per_second.insert(name, megabytes / began.elapsed().as_secs_f64());
+        if opened != plaintext {
+            return Err(BenchError::Protocol(
+                "the blob opened to other bytes than it was sealed from".into(),
+            ));
+        }
+        ciphertext = sealed.ciphertext.clone();
+    }
+    std::fs::create_dir_all(folder).map_err(BenchError::io("creating", folder))?;
+    let began = Instant::now();
+    for (index, unit) in ciphertext
+        .chunks(relay_proto::limits::BLOB_COMMIT_UNIT_BYTES as usize)
+        .enumerate()
+    {
+        use std::io::Write;
+        let path = folder.join(format!("unit-{index}"));
+        let mut file = std::fs::File::create(&path).map_err(BenchError::io("creating", &path))?;
+        file.write_all(unit)
+            .and_then(|()| file.sync_all())
+            .map_err(BenchError::io("writing", &path))?;
+    }
+    let unit_files_mb_per_second = megabytes / began.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(folder).map_err(BenchError::io("removing", folder))?;
+    Ok(BlobCeilings {
+        seal_mb_per_second,
+        open_mb_per_second,
+        unit_files_mb_per_second,
     })
 }
 
@@ -522,6 +599,19 @@ impl BlobsReport {
                     .map_or("?".to_owned(), |seconds| format!("{seconds:.2}")),
             ));
         }
+        let rates = |rates: &BTreeMap<String, f64>| {
+            rates
+                .iter()
+                .map(|(format, rate)| format!("{format} {rate:.0} MB/s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "ceilings in this run: sealing {}; opening {}; 1 MiB files written and fsynced {:.0} MB/s\n",
+            rates(&self.ceilings.seal_mb_per_second),
+            rates(&self.ceilings.open_mb_per_second),
+            self.ceilings.unit_files_mb_per_second,
+        ));
         if !self.same_processes {
             out.push_str("a server process restarted during the rounds: its CPU is not counted\n");
         }

@@ -229,15 +229,26 @@ pub struct HistoryBootstrap {
     /// Its size in bytes (1 to `BLOB_BYTES_MAX`).
     #[prost(uint64, tag = "5")]
     pub size: u64,
-    /// SHA-256 of its ciphertext (`BLOB_SHA256_BYTES` bytes).
+    /// The digest of its ciphertext (`BLOB_DIGEST_BYTES` bytes), under `format`'s hash.
     #[prost(bytes = "vec", tag = "6")]
-    pub sha256: Vec<u8>,
+    pub digest: Vec<u8>,
+    /// The blob's format ([`BlobFormat::number`](crate::blob::BlobFormat::number); 0, from a
+    /// sender before the field: format 1).
+    #[prost(uint32, tag = "7")]
+    pub format: u32,
 }
 
 impl HistoryBootstrap {
     /// The blob reference it carries, if every field is well formed.
     pub fn reference(&self) -> Option<BlobRef> {
-        BlobRef::from_parts(self.region, &self.id, &self.key, self.size, &self.sha256)
+        BlobRef::from_parts(
+            self.format,
+            self.region,
+            &self.id,
+            &self.key,
+            self.size,
+            &self.digest,
+        )
     }
 }
 
@@ -479,7 +490,8 @@ impl Content {
                 id: reference.id.to_vec(),
                 key: reference.key.to_vec(),
                 size: reference.size,
-                sha256: reference.sha256.to_vec(),
+                digest: reference.digest.to_vec(),
+                format: reference.format.number(),
             })),
         }
     }
@@ -629,20 +641,21 @@ fn well_formed(target: &Option<MessageRef>, at: Option<Stamp>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_ID_BYTES, BLOB_SHA256_BYTES};
+    use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_DIGEST_BYTES, BLOB_ID_BYTES};
 
     use super::*;
-    use crate::blob::BLOB_KEY_BYTES;
+    use crate::blob::{BLOB_KEY_BYTES, BlobFormat};
 
     #[test]
     fn a_file_travels_with_its_caption_and_a_malformed_one_is_refused() {
         let sealed = crate::blob::seal(b"the file");
         let reference = BlobRef {
+            format: sealed.format,
             region: 1,
             id: [3; BLOB_ID_BYTES],
             key: sealed.key,
             size: sealed.ciphertext.len() as u64,
-            sha256: sealed.sha256,
+            digest: sealed.digest,
         };
         let description = crate::media::FileDescription {
             file_name: "notes.txt".into(),
@@ -662,7 +675,7 @@ mod tests {
             assert!(carried.and_then(|carried| carried.reference()) == Some(reference.clone()));
         }
         let mut broken = attachment.clone();
-        broken.sha256.truncate(5);
+        broken.digest.truncate(5);
         assert!(
             Content::message("x", Some(&broken), 5, 2).is_err(),
             "refused to send"
@@ -801,11 +814,12 @@ mod tests {
     #[test]
     fn a_history_bootstrap_round_trips_and_a_malformed_one_is_refused() {
         let reference = BlobRef {
+            format: BlobFormat::V2,
             region: 1,
             id: [3; BLOB_ID_BYTES],
             key: [4; BLOB_KEY_BYTES],
             size: 4096,
-            sha256: [5; BLOB_SHA256_BYTES],
+            digest: [5; BLOB_DIGEST_BYTES],
         };
         let content = Content::bootstrap(DeviceId(2), &reference);
         let decoded = Content::from_bytes(&content.to_bytes()).expect("decode");
@@ -827,8 +841,19 @@ mod tests {
             id: vec![3; BLOB_ID_BYTES],
             key: vec![4; BLOB_KEY_BYTES],
             size: 4096,
-            sha256: vec![5; BLOB_SHA256_BYTES],
+            digest: vec![5; BLOB_DIGEST_BYTES],
+            format: 2,
         };
+        // A bootstrap from a sender before formats is format 1.
+        assert_eq!(
+            HistoryBootstrap {
+                format: 0,
+                ..good.clone()
+            }
+            .reference()
+            .map(|reference| reference.format),
+            Some(BlobFormat::V1)
+        );
         let malformed = [
             HistoryBootstrap {
                 region: 0,
@@ -851,7 +876,11 @@ mod tests {
                 ..good.clone()
             },
             HistoryBootstrap {
-                sha256: Vec::new(),
+                digest: Vec::new(),
+                ..good.clone()
+            },
+            HistoryBootstrap {
+                format: 3,
                 ..good.clone()
             },
         ];

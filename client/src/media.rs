@@ -16,9 +16,9 @@
 use std::path::Path;
 
 use prost::Message;
-use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_ID_BYTES, BLOB_SHA256_BYTES};
+use relay_proto::limits::{BLOB_BYTES_MAX, BLOB_DIGEST_BYTES, BLOB_ID_BYTES};
 
-use crate::blob::{BLOB_KEY_BYTES, BlobRef, sealed_size};
+use crate::blob::{BLOB_KEY_BYTES, BlobFormat, BlobRef, sealed_size};
 use crate::error::{ClientError, Result};
 use crate::limits::{FILE_NAME_BYTES_MAX, MEDIA_TYPE_BYTES_MAX, THUMBNAIL_BYTES_MAX};
 
@@ -42,9 +42,9 @@ pub struct Attachment {
     /// The blob's size in bytes (of its ciphertext).
     #[prost(uint64, tag = "4")]
     pub size: u64,
-    /// SHA-256 of the ciphertext (`BLOB_SHA256_BYTES` bytes).
+    /// The digest of the ciphertext (`BLOB_DIGEST_BYTES` bytes), under `format`'s hash.
     #[prost(bytes = "vec", tag = "5")]
-    pub sha256: Vec<u8>,
+    pub digest: Vec<u8>,
     /// The file's size in bytes (of the plaintext).
     #[prost(uint64, tag = "6")]
     pub file_bytes: u64,
@@ -57,6 +57,9 @@ pub struct Attachment {
     /// A thumbnail of the sender's choosing (up to `THUMBNAIL_BYTES_MAX` bytes; may be empty).
     #[prost(bytes = "vec", tag = "9")]
     pub thumbnail: Vec<u8>,
+    /// The blob's format ([`BlobFormat::number`]; 0, from a sender before the field: format 1).
+    #[prost(uint32, tag = "10")]
+    pub format: u32,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -130,11 +133,12 @@ impl Attachment {
             id: reference.id.to_vec(),
             key: reference.key.to_vec(),
             size: reference.size,
-            sha256: reference.sha256.to_vec(),
+            digest: reference.digest.to_vec(),
             file_bytes,
             file_name,
             media_type,
             thumbnail: description.thumbnail.clone(),
+            format: reference.format.number(),
         };
         attachment.check().map_err(ClientError::Invalid)?;
         Ok(attachment)
@@ -147,9 +151,16 @@ impl Attachment {
         }
         if self.id.len() != BLOB_ID_BYTES
             || self.key.len() != BLOB_KEY_BYTES
-            || self.sha256.len() != BLOB_SHA256_BYTES
+            || self.digest.len() != BLOB_DIGEST_BYTES
         {
-            return Err("an attachment whose id, key or hash has the wrong length".into());
+            return Err("an attachment whose id, key or digest has the wrong length".into());
+        }
+        if BlobFormat::from_number(self.format).is_none() {
+            return Err(format!(
+                "an attachment in blob format {}, which this version does not know: update it \
+                 to open the file",
+                self.format
+            ));
         }
         // The plaintext is never larger than its ciphertext: bounded before it is sealed.
         if self.size == 0
@@ -186,7 +197,14 @@ impl Attachment {
     /// The blob reference it carries (checked by [`Attachment::check`] first).
     pub fn reference(&self) -> Option<BlobRef> {
         self.check().ok()?;
-        BlobRef::from_parts(self.region, &self.id, &self.key, self.size, &self.sha256)
+        BlobRef::from_parts(
+            self.format,
+            self.region,
+            &self.id,
+            &self.key,
+            self.size,
+            &self.digest,
+        )
     }
 
     /// What it shows, without the key.
@@ -221,7 +239,7 @@ pub const ATTACHMENT_ENCODED_BYTES_MAX: usize = 9 * 2
     + BLOB_ID_BYTES
     + BLOB_KEY_BYTES
     + 8
-    + BLOB_SHA256_BYTES
+    + BLOB_DIGEST_BYTES
     + 8
     + 2
     + FILE_NAME_BYTES_MAX
@@ -229,6 +247,7 @@ pub const ATTACHMENT_ENCODED_BYTES_MAX: usize = 9 * 2
     + MEDIA_TYPE_BYTES_MAX
     + 3
     + THUMBNAIL_BYTES_MAX
+    + 2
     + 32;
 
 /// A name safe to show and to write in a directory: the last path component, without control
@@ -284,11 +303,12 @@ mod tests {
     fn uploaded(plaintext: &[u8]) -> BlobRef {
         let sealed = seal(plaintext);
         BlobRef {
+            format: sealed.format,
             region: 2,
             id: [7; BLOB_ID_BYTES],
             key: sealed.key,
             size: sealed.ciphertext.len() as u64,
-            sha256: sealed.sha256,
+            digest: sealed.digest,
         }
     }
 
@@ -323,6 +343,18 @@ mod tests {
         let mut wrong_size = good.clone();
         wrong_size.file_bytes = 6;
         assert!(Attachment::from_bytes(&wrong_size.to_bytes()).is_err());
+        let mut newer = good.clone();
+        newer.format = 3;
+        assert!(Attachment::from_bytes(&newer.to_bytes()).is_err());
+        let mut older = good.clone();
+        older.format = 0;
+        assert_eq!(
+            Attachment::from_bytes(&older.to_bytes())
+                .expect("a sender before formats")
+                .reference()
+                .map(|reference| reference.format),
+            Some(BlobFormat::V1)
+        );
         let mut short_key = good.clone();
         short_key.key.pop();
         assert!(Attachment::from_bytes(&short_key.to_bytes()).is_err());

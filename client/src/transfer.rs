@@ -5,7 +5,7 @@
 //! Neither waits for the crypto before or after the bytes move: an upload seals each chunk as
 //! the stream asks for it (a file is read as it goes, never held whole; a resumed attempt seals
 //! again, to the same bytes, what the region did not commit) and declares the ciphertext's
-//! SHA-256 at `Finish`, once the last chunk is sealed; a download hashes and opens each chunk as
+//! digest at `Finish`, once the last chunk is sealed; a download hashes and opens each chunk as
 //! it arrives ([`blob::Opener`]) and hands out the plaintext once the size and hash check.
 //!
 //! The bytes go straight to the region: the blob's status (asked through the edge, `Locate`
@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_proto::limits::{BLOB_ID_BYTES, BLOB_SHA256_BYTES};
+use relay_proto::limits::{BLOB_DIGEST_BYTES, BLOB_ID_BYTES};
 use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, MediaAccess, blob_command};
 use relay_proto::{ClientMessageId, ErrorCode};
 
@@ -109,8 +109,8 @@ impl Device {
             let attempted =
                 upload_attempt(&connection, &mut sealing, &mut begun, attempt > 0, progress).await;
             match attempted {
-                Ok((finished, sha256)) => {
-                    return reference(&finished, sealer.key(), sha256, total_bytes);
+                Ok((finished, digest)) => {
+                    return reference(&finished, &sealer, digest, total_bytes);
                 }
                 Err(error) if error.is_retryable() => last_error = Some(error),
                 Err(error) => return Err(error),
@@ -497,7 +497,7 @@ async fn download_into<P: FnMut(BlobProgress) + ?Sized>(
 }
 
 /// One attempt of an upload: begins it (first time) or asks where it stands, sends the rest
-/// from the committed offset, sealed as it goes, and finishes it with the ciphertext's SHA-256
+/// from the committed offset, sealed as it goes, and finishes it with the ciphertext's digest
 /// (which the upload began without: it is known once the last chunk is sealed).
 async fn upload_attempt(
     connection: &Arc<EdgeConnection>,
@@ -505,14 +505,15 @@ async fn upload_attempt(
     begun: &mut Option<BlobStatus>,
     resuming: bool,
     progress: &mut dyn FnMut(BlobProgress),
-) -> Result<(BlobStatus, [u8; BLOB_SHA256_BYTES])> {
+) -> Result<(BlobStatus, [u8; BLOB_DIGEST_BYTES])> {
     let total_bytes = sealing.sealer.sealed_bytes();
     let current = match begun.as_ref() {
         None => {
             let begin = BlobBegin {
                 size_bytes: total_bytes,
-                sha256: Vec::new(),
+                digest: Vec::new(),
                 resume: Vec::new(),
+                digest_kind: sealing.sealer.format().digest().into(),
             };
             let status = connection.blob(blob_command::Command::Begin(begin)).await?;
             *begun = Some(status.clone());
@@ -566,17 +567,17 @@ async fn upload_attempt(
     }
     // Every chunk was sealed once before the region could commit it; this only reads and
     // seals what an earlier attempt (or none) left unhashed.
-    let sha256 = sealing.sha256().await?;
+    let digest = sealing.digest().await?;
     if current.finished {
-        return Ok((current, sha256));
+        return Ok((current, digest));
     }
     let finished = connection
         .blob(blob_command::Command::Finish(at(
             &current.id,
-            sha256.to_vec(),
+            digest.to_vec(),
         )))
         .await?;
-    Ok((finished, sha256))
+    Ok((finished, digest))
 }
 
 /// One transfer's way to a region's media endpoint: a connection of its own and the pass.
@@ -756,13 +757,13 @@ impl Sealing<'_, '_> {
         Ok(self.sealer.seal_chunk(index, &plaintext)?)
     }
 
-    /// The ciphertext's SHA-256, sealing (without sending) the chunks not hashed yet.
-    async fn sha256(&mut self) -> Result<[u8; BLOB_SHA256_BYTES]> {
+    /// The ciphertext's digest, sealing (without sending) the chunks not hashed yet.
+    async fn digest(&mut self) -> Result<[u8; BLOB_DIGEST_BYTES]> {
         while self.sealer.hashed_chunks() < self.sealer.chunks() {
             self.seal(self.sealer.hashed_chunks()).await?;
         }
         self.sealer
-            .sha256()
+            .digest()
             .ok_or_else(|| ClientError::Invalid("a blob's hash is missing chunks".into()))
     }
 }
@@ -784,18 +785,18 @@ impl UploadSource for Sealing<'_, '_> {
     }
 }
 
-fn at(id: &[u8], sha256: Vec<u8>) -> BlobAt {
+fn at(id: &[u8], digest: Vec<u8>) -> BlobAt {
     BlobAt {
         id: id.to_vec(),
-        sha256,
+        digest,
         ..Default::default()
     }
 }
 
 fn reference(
     finished: &BlobStatus,
-    key: [u8; blob::BLOB_KEY_BYTES],
-    sha256: [u8; BLOB_SHA256_BYTES],
+    sealer: &Sealer,
+    digest: [u8; BLOB_DIGEST_BYTES],
     total_bytes: u64,
 ) -> Result<BlobRef> {
     let id = <[u8; BLOB_ID_BYTES]>::try_from(finished.id.as_slice()).map_err(|_| {
@@ -807,11 +808,12 @@ fn reference(
         ));
     }
     Ok(BlobRef {
+        format: sealer.format(),
         region: finished.region,
         id,
-        key,
+        key: sealer.key(),
         size: total_bytes,
-        sha256,
+        digest,
     })
 }
 

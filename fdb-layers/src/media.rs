@@ -54,6 +54,7 @@
 
 use prost::Message;
 use relay_proto::AccountId;
+use relay_proto::wire::BlobDigest;
 use thiserror::Error;
 
 pub use crate::codec::IdempotencyKey;
@@ -136,8 +137,10 @@ pub enum MediaPut {
 /// Where a blob's upload stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadState {
-    /// SHA-256 of the blob's bytes, as the uploader declared it.
-    pub sha256: Vec<u8>,
+    /// The hash of the blob's digest, named when the upload began.
+    pub digest_kind: BlobDigest,
+    /// The digest of the blob's bytes, as the uploader declared it (empty until it does).
+    pub digest: Vec<u8>,
     /// The bytes stored durably from the start: an upload resumes here.
     pub committed_bytes: u64,
     /// Whether the upload was finished (size and hash checked).
@@ -292,7 +295,8 @@ pub async fn begin_upload(
     id: &MediaId,
     owner: AccountId,
     size_bytes: u64,
-    sha256: &[u8],
+    digest_kind: BlobDigest,
+    digest: &[u8],
     expires_at_ms: u64,
     quota_bytes: u64,
     idempotency: &IdempotencyKey,
@@ -323,9 +327,10 @@ pub async fn begin_upload(
         MediaPut::Stored => {}
     }
     let upload = StoredUpload {
-        sha256: sha256.to_vec(),
+        digest: digest.to_vec(),
         committed_bytes: 0,
         finished: false,
+        digest_kind: digest_kind.into(),
     };
     transaction.set(&MediaIndex::new().upload_key(id), &upload.encode_to_vec())?;
     Ok(UploadBegun::Begun)
@@ -362,12 +367,12 @@ pub async fn commit_upload_bytes(
 }
 
 /// Marks the upload of blob `id` finished and returns its state; `None` when the blob is gone.
-/// The caller checked the bytes first, against `sha256`: the hash the upload began with, or the
+/// The caller checked the bytes first, against `digest`: the one the upload began with, or the
 /// one its finish declared when it began without (kept from then on).
 pub async fn finish_upload(
     transaction: &Transaction,
     id: &MediaId,
-    sha256: &[u8],
+    digest: &[u8],
 ) -> Result<Option<UploadState>, StoreError> {
     let index = MediaIndex::new();
     let Some(mut upload) = read_upload(transaction, &index, id).await? else {
@@ -375,8 +380,8 @@ pub async fn finish_upload(
     };
     if !upload.finished {
         upload.finished = true;
-        if upload.sha256.is_empty() {
-            upload.sha256 = sha256.to_vec();
+        if upload.digest.is_empty() {
+            upload.digest = digest.to_vec();
         }
         write_upload(transaction, &index, id, &upload)?;
     }
@@ -410,11 +415,14 @@ struct StoredMedia {
 #[derive(Clone, PartialEq, Message)]
 struct StoredUpload {
     #[prost(bytes = "vec", tag = "1")]
-    sha256: Vec<u8>,
+    digest: Vec<u8>,
     #[prost(uint64, tag = "2")]
     committed_bytes: u64,
     #[prost(bool, tag = "3")]
     finished: bool,
+    /// A [`BlobDigest`]; absent from records written before BLAKE3: SHA-256.
+    #[prost(int32, tag = "4")]
+    digest_kind: i32,
 }
 
 /// The stored result of a sweep, for answering retries.
@@ -511,8 +519,15 @@ async fn read_upload(
         return Ok(None);
     };
     let stored: StoredUpload = decode_record(&value, "media upload")?;
+    let digest_kind = BlobDigest::try_from(stored.digest_kind).map_err(|_| {
+        StoreError::corrupt(
+            "media upload",
+            format!("digest kind {} is not known", stored.digest_kind),
+        )
+    })?;
     Ok(Some(UploadState {
-        sha256: stored.sha256,
+        digest_kind,
+        digest: stored.digest,
         committed_bytes: stored.committed_bytes,
         finished: stored.finished,
     }))
@@ -525,9 +540,10 @@ fn write_upload(
     upload: &UploadState,
 ) -> Result<(), StoreError> {
     let stored = StoredUpload {
-        sha256: upload.sha256.clone(),
+        digest: upload.digest.clone(),
         committed_bytes: upload.committed_bytes,
         finished: upload.finished,
+        digest_kind: upload.digest_kind.into(),
     };
     transaction.set(&index.upload_key(id), &stored.encode_to_vec())
 }
@@ -742,6 +758,7 @@ mod tests {
                 &media_id(1),
                 AccountId(1),
                 600,
+                BlobDigest::Blake3,
                 &[7; 32],
                 50,
                 1_000,
@@ -753,6 +770,7 @@ mod tests {
                 &media_id(2),
                 AccountId(1),
                 401,
+                BlobDigest::Sha256,
                 &[7; 32],
                 50,
                 1_000,
@@ -764,6 +782,7 @@ mod tests {
                 &media_id(1),
                 AccountId(2),
                 10,
+                BlobDigest::Sha256,
                 &[7; 32],
                 50,
                 1_000,
@@ -795,6 +814,7 @@ mod tests {
                     &media_id(1),
                     AccountId(1),
                     600,
+                    BlobDigest::Blake3,
                     &[7; 32],
                     50,
                     1_000,
@@ -807,7 +827,8 @@ mod tests {
             .expect("progress");
         let state = |committed_bytes, finished| {
             Some(UploadState {
-                sha256: vec![7; 32],
+                digest_kind: BlobDigest::Blake3,
+                digest: vec![7; 32],
                 committed_bytes,
                 finished,
             })

@@ -26,8 +26,10 @@
 //! removes expired blobs (records first, then objects) and objects whose record is gone (left by
 //! a crash between the two); it is called with the time, so tests move the clock by hand.
 //!
-//! **Checks.** `Finish` compares the size and SHA-256 of the committed bytes with those the
-//! upload began with; a mismatch discards the upload ([`ErrorCode::BlobMismatch`]). The hash is
+//! **Checks.** `Finish` compares the size and digest of the committed bytes with those the
+//! upload began with (or its finish declared), under the hash its `Begin` named (SHA-256 for
+//! blob format 1, BLAKE3 for format 2); a mismatch discards the upload
+//! ([`ErrorCode::BlobMismatch`]). The digest is
 //! kept as each unit commits, in order ([`RunningHashes`]), so a finish reads nothing back; an
 //! upload without one (resumed after a restart, or dropped past [`BLOB_RUNNING_HASHES_MAX`]) has
 //! every unit read back and hashed at finish. A download checks each unit's length against the
@@ -42,13 +44,14 @@ use fdb_layers::media::{self, MediaId, MediaRecord, UploadBegun, UploadState};
 use fdb_layers::{Database, StoreError};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use relay_proto::digest::BlobHasher;
 use relay_proto::limits::{
-    BLOB_BYTES_MAX, BLOB_COMMIT_UNIT_BYTES, BLOB_ID_BYTES, BLOB_SHA256_BYTES,
+    BLOB_BYTES_MAX, BLOB_COMMIT_UNIT_BYTES, BLOB_DIGEST_BYTES, BLOB_ID_BYTES,
     BLOB_STREAM_IDLE_TIMEOUT_MS,
 };
+use relay_proto::wire::BlobDigest;
 use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus};
 use relay_proto::{AccountId, ErrorCode, ProtoError};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::limits::{
@@ -95,7 +98,7 @@ pub struct BlobStore {
     hashes: Arc<std::sync::Mutex<RunningHashes>>,
 }
 
-/// The SHA-256 of each upload's committed bytes, moved on as its units commit (in order, one
+/// The digest of each upload's committed bytes, moved on as its units commit (in order, one
 /// at a time); for at most [`BLOB_RUNNING_HASHES_MAX`] uploads, the one begun longest ago
 /// dropped first. Kept in memory only: after a restart a finish reads the blob back, and so it
 /// does after two streams of one upload committed the same unit (either one's bytes may be
@@ -129,14 +132,14 @@ struct RunningHash {
     began: u64,
     /// The bytes hashed so far: the committed ones, from the first.
     through_bytes: u64,
-    hasher: Sha256,
+    hasher: BlobHasher,
 }
 
 impl RunningHashes {
     /// Takes the hash of upload `id` to move it past the unit committed at `from_bytes`: a new
     /// one for the first unit, the kept one if it reached `from_bytes`; otherwise none, and
     /// the upload is read back at finish.
-    fn take_for(&mut self, id: &MediaId, from_bytes: u64) -> Option<RunningHash> {
+    fn take_for(&mut self, id: &MediaId, from_bytes: u64, kind: BlobDigest) -> Option<RunningHash> {
         match self.uploads.remove(id) {
             Some(Hashing::Ready(running)) if running.through_bytes == from_bytes => {
                 self.hold(
@@ -154,7 +157,7 @@ impl RunningHashes {
                 Some(RunningHash {
                     began,
                     through_bytes: 0,
-                    hasher: Sha256::new(),
+                    hasher: BlobHasher::new(kind),
                 })
             }
             None => None,
@@ -178,7 +181,7 @@ impl RunningHashes {
     }
 
     /// The hash of every byte of upload `id`, `size_bytes` of them, if kept; forgets it.
-    fn finished(&mut self, id: &MediaId, size_bytes: u64) -> Option<Sha256> {
+    fn finished(&mut self, id: &MediaId, size_bytes: u64) -> Option<BlobHasher> {
         match self.uploads.remove(id) {
             Some(Hashing::Ready(running)) if running.through_bytes == size_bytes => {
                 Some(running.hasher)
@@ -299,8 +302,14 @@ impl BlobStore {
         now_ms: u64,
     ) -> Result<BlobStatus, ProtoError> {
         // Empty: the finish declares it.
-        if !begin.sha256.is_empty() {
-            check_sha256(&begin.sha256)?;
+        let digest_kind = BlobDigest::try_from(begin.digest_kind).map_err(|_| {
+            ProtoError::invalid(format!(
+                "digest kind {} is not known (0: SHA-256, 1: BLAKE3)",
+                begin.digest_kind
+            ))
+        })?;
+        if !begin.digest.is_empty() {
+            check_digest(&begin.digest)?;
         }
         if begin.size_bytes > self.limits.blob_bytes_max {
             return Err(ProtoError::new(
@@ -314,10 +323,13 @@ impl BlobStore {
         if !begin.resume.is_empty() {
             let id = parse_id(&begin.resume)?;
             let (record, upload) = self.owned(owner, &id, now_ms).await?;
-            if record.size_bytes != begin.size_bytes || upload.sha256 != begin.sha256 {
+            if record.size_bytes != begin.size_bytes
+                || upload.digest_kind != digest_kind
+                || upload.digest != begin.digest
+            {
                 return Err(ProtoError::new(
                     ErrorCode::BlobMismatch,
-                    "the upload to resume was begun with another size or SHA-256",
+                    "the upload to resume was begun with another size or digest",
                 ));
             }
             return Ok(status(&record, &upload));
@@ -330,14 +342,15 @@ impl BlobStore {
         let begun = self
             .db
             .transact(|tx| {
-                let (id, sha256) = (id.clone(), begin.sha256.clone());
+                let (id, digest) = (id.clone(), begin.digest.clone());
                 async move {
                     media::begin_upload(
                         &tx,
                         &id,
                         owner,
                         begin.size_bytes,
-                        &sha256,
+                        digest_kind,
+                        &digest,
                         expires_at_ms,
                         quota,
                         &key,
@@ -487,7 +500,7 @@ impl BlobStore {
                 ),
             ));
         }
-        let running = lock(&self.hashes).take_for(id, from_bytes);
+        let running = lock(&self.hashes).take_for(id, from_bytes, moved.digest_kind);
         if let Some(mut running) = running {
             running.hasher.update(&unit);
             running.through_bytes = to_bytes;
@@ -496,7 +509,7 @@ impl BlobStore {
         Ok(moved)
     }
 
-    /// Finishes `owner`'s upload `id`: every byte committed, and the size and SHA-256 those it
+    /// Finishes `owner`'s upload `id`: every byte committed, and the size and digest those it
     /// began with (or, begun without a hash, the `declared` one). A mismatch discards the
     /// upload.
     pub async fn finish(
@@ -508,22 +521,22 @@ impl BlobStore {
     ) -> Result<BlobStatus, ProtoError> {
         let id = parse_id(id)?;
         if !declared.is_empty() {
-            check_sha256(declared)?;
+            check_digest(declared)?;
         }
         let (record, upload) = self.owned(owner, &id, now_ms).await?;
-        let expected = match (upload.sha256.as_slice(), declared) {
+        let expected = match (upload.digest.as_slice(), declared) {
             (begun, []) if !begun.is_empty() => begun.to_vec(),
             ([], declared) if !declared.is_empty() => declared.to_vec(),
             (begun, declared) if !begun.is_empty() && begun == declared => begun.to_vec(),
             ([], _) => {
                 return Err(ProtoError::invalid(
-                    "the upload began without a SHA-256: its finish must declare one",
+                    "the upload began without a digest: its finish must declare one",
                 ));
             }
             _ => {
                 return Err(ProtoError::new(
                     ErrorCode::BlobMismatch,
-                    "the finish declares another SHA-256 than the upload began with",
+                    "the finish declares another digest than the upload began with",
                 ));
             }
         };
@@ -543,7 +556,7 @@ impl BlobStore {
         let (size_bytes, hasher) = match running {
             Some(hasher) => (record.size_bytes, hasher),
             None => {
-                let mut hasher = Sha256::new();
+                let mut hasher = BlobHasher::new(upload.digest_kind);
                 let mut size_bytes = 0u64;
                 for index in 0..unit_count(record.size_bytes) {
                     let unit = self.read_unit_object(&id, &record, index).await?;
@@ -558,7 +571,7 @@ impl BlobStore {
             self.remove(&id).await?;
             return Err(ProtoError::new(
                 ErrorCode::BlobMismatch,
-                "the uploaded bytes do not match the SHA-256 declared for the upload; the \
+                "the uploaded bytes do not match the digest declared for the upload; the \
                  upload was discarded",
             ));
         }
@@ -825,11 +838,11 @@ fn status(record: &MediaRecord, upload: &UploadState) -> BlobStatus {
     }
 }
 
-fn check_sha256(sha256: &[u8]) -> Result<(), ProtoError> {
-    if sha256.len() != BLOB_SHA256_BYTES {
+fn check_digest(digest: &[u8]) -> Result<(), ProtoError> {
+    if digest.len() != BLOB_DIGEST_BYTES {
         return Err(ProtoError::invalid(format!(
-            "a blob's SHA-256 is {BLOB_SHA256_BYTES} bytes, not {}",
-            sha256.len()
+            "a blob's digest is {BLOB_DIGEST_BYTES} bytes, not {}",
+            digest.len()
         )));
     }
     Ok(())

@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use fdb_layers::keys::IdempotencyKey;
+use relay_proto::digest::BlobHasher;
 use relay_proto::wire::{
-    self, BlobAt, BlobBegin, BlobCommand, BlobStatus, ClientResponse, MediaAccess, MediaRequest,
-    RegionRequest, RegionResponse, blob_command, client_response, region_request, region_response,
+    self, BlobAt, BlobBegin, BlobCommand, BlobDigest, BlobStatus, ClientResponse, MediaAccess,
+    MediaRequest, RegionRequest, RegionResponse, blob_command, client_response, region_request,
+    region_response,
 };
 use relay_proto::{DeviceAddress, ErrorCode};
-use sha2::{Digest, Sha256};
 use support::{TestCa, WRITER, account_with_device, region, region_with_media};
 
 /// Three commit units and a bit: the stream commits units as they arrive.
@@ -205,7 +206,11 @@ async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
             .handle(blob_request(
                 ada,
                 blob_command::Command::Finish(BlobAt {
-                    sha256: Sha256::digest(&bytes).to_vec(),
+                    digest: {
+                        let mut hasher = BlobHasher::new(BlobDigest::Sha256);
+                        hasher.update(&bytes);
+                        hasher.finalize().to_vec()
+                    },
                     ..at(&begun.id)
                 }),
             ))

@@ -7,6 +7,7 @@
 //! crate; the simulator's planted-bug switches are `relay-planted`.
 
 pub mod clock;
+pub mod digest;
 pub mod error;
 pub mod frame;
 pub mod ids;

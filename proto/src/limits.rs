@@ -221,8 +221,8 @@ pub const GROUP_REQUEST_ID_BYTES: usize = 16;
 /// it is the grant to download the ciphertext).
 pub const BLOB_ID_BYTES: usize = 16;
 
-/// Bytes of a blob's SHA-256.
-pub const BLOB_SHA256_BYTES: usize = 32;
+/// Bytes of a blob's digest (SHA-256, or BLAKE3's default output).
+pub const BLOB_DIGEST_BYTES: usize = 32;
 
 /// Largest blob a region stores, in bytes (of ciphertext).
 pub const BLOB_BYTES_MAX: u64 = 256 * 1024 * 1024;

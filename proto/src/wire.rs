@@ -25,7 +25,8 @@ mod queue;
 mod region;
 
 pub use blobs::{
-    BlobAt, BlobBegin, BlobCommand, BlobStatus, ForBlob, MediaAccess, MediaRequest, blob_command,
+    BlobAt, BlobBegin, BlobCommand, BlobDigest, BlobStatus, ForBlob, MediaAccess, MediaRequest,
+    blob_command,
 };
 pub use block::{BlockAction, BlockedAccounts, SetBlock};
 pub use entry_run::EntryRun;

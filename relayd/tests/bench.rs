@@ -484,6 +484,13 @@ fn the_blob_benchmark_moves_a_blob_both_ways_on_both_routes() {
             reported(measured, "device_cpu_seconds");
         }
     }
+    let ceilings = &report["ceilings"];
+    for rates in ["seal_mb_per_second", "open_mb_per_second"] {
+        for format in ["format 1", "format 2"] {
+            positive(&ceilings[rates], format);
+        }
+    }
+    positive(ceilings, "unit_files_mb_per_second");
 }
 
 #[test]

@@ -189,7 +189,7 @@ async fn a_20_mb_blob_bypasses_the_edge_resumes_after_its_region_dies_and_reache
     let out = folder.join("copy.bin");
     std::fs::write(&out, b"an older file").expect("an older file");
     let mut tampered = received.clone();
-    tampered.sha256[0] ^= 1;
+    tampered.digest[0] ^= 1;
     let refused = bob
         .download_blob_to(&tampered, &out, IfExists::Replace, &mut |_| {})
         .await;

@@ -116,7 +116,7 @@ OUTPUT
     {\"event\":\"bootstrap_skipped\",\"from\":\"A/D\",\"reason\":R}
         history bootstrap from device A/D not loaded (R); the history comes by sync
     {\"event\":\"blob\",\"ref\":REF,\"region\":R,\"size\":BYTES}      (relay blob put)
-        REF                    the reference, relay-blob:1:…; it holds the blob's key
+        REF                    the reference, relay-blob:2:…; it holds the blob's key
     {\"event\":\"blob_written\",\"path\":PATH,\"bytes\":N}            (relay blob get)
         wrote N bytes to PATH
     {\"event\":\"blob_resumed\",\"offset\":N}   (blob put or get, after a dropped connection)
@@ -676,7 +676,7 @@ pub enum BlobCommand {
     /// Seal the file at PATH under a fresh key, upload it to this account's home region
     /// (resuming after a dropped connection) and print its reference.
     ///
-    /// The reference (`relay-blob:1:…`) holds the key: whoever has it can download and open the
+    /// The reference (`relay-blob:2:…`) holds the key: whoever has it can download and open the
     /// blob, so share it only inside an end-to-end encrypted message. Blobs expire after 30
     /// days.
     Put {

@@ -418,7 +418,7 @@ fn blob_put_prints_a_reference_that_blob_get_opens_on_another_account() {
         .and_then(|line| line["ref"].as_str())
         .expect("a blob line with its reference")
         .to_owned();
-    assert!(reference.starts_with("relay-blob:1:"));
+    assert!(reference.starts_with("relay-blob:2:"));
 
     let out = root.path().join("photo-copy.bin");
     let out_arg = out.display().to_string();

@@ -127,12 +127,24 @@ fn blob_bytes(length: usize) -> Vec<u8> {
     (0..length).map(|i| (i * 7 % 253) as u8).collect()
 }
 
+/// The begin of an upload of `bytes` as the SDK makes one (blob format 2: BLAKE3).
 fn begin_of(bytes: &[u8]) -> BlobBegin {
+    begin_under(BlobDigest::Blake3, bytes)
+}
+
+fn begin_under(kind: BlobDigest, bytes: &[u8]) -> BlobBegin {
     BlobBegin {
         size_bytes: bytes.len() as u64,
-        sha256: Sha256::digest(bytes).to_vec(),
+        digest: digest_of(kind, bytes),
         resume: Vec::new(),
+        digest_kind: kind.into(),
     }
+}
+
+fn digest_of(kind: BlobDigest, bytes: &[u8]) -> Vec<u8> {
+    let mut hasher = BlobHasher::new(kind);
+    hasher.update(bytes);
+    hasher.finalize().to_vec()
 }
 
 fn at(status: &BlobStatus, offset: u64) -> BlobAt {
@@ -230,9 +242,9 @@ async fn an_upload_begun_without_a_hash_is_checked_against_the_one_its_finish_de
     let fixture = fixture(BlobLimits::default());
     let store = &fixture.store;
     let bytes = blob_bytes(2 * UNIT + 10);
-    let hash = Sha256::digest(&bytes).to_vec();
+    let hash = digest_of(BlobDigest::Blake3, &bytes);
     let mut begin = begin_of(&bytes);
-    begin.sha256 = Vec::new();
+    begin.digest = Vec::new();
     let begun = store
         .begin(ALICE, &begin, 0)
         .await
@@ -281,13 +293,48 @@ async fn an_upload_begun_without_a_hash_is_checked_against_the_one_its_finish_de
     );
 }
 
+/// The digest is checked under the kind the upload began with: an upload begun for BLAKE3
+/// (format 2) and finished with the bytes' SHA-256 is a mismatch, and an older device's upload,
+/// begun without a kind, is checked with SHA-256.
+#[tokio::test]
+async fn a_finish_is_checked_under_the_digest_kind_the_upload_began_with() {
+    let fixture = fixture(BlobLimits::default());
+    let store = &fixture.store;
+    let bytes = blob_bytes(UNIT + 10);
+    for (kind, other) in [
+        (BlobDigest::Blake3, BlobDigest::Sha256),
+        (BlobDigest::Sha256, BlobDigest::Blake3),
+    ] {
+        let mut begin = begin_under(kind, &bytes);
+        begin.digest = Vec::new();
+        let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
+        upload_whole(store, &begun, &bytes, 1).await;
+        assert_eq!(
+            code(
+                store
+                    .finish(ALICE, &begun.id, &digest_of(other, &bytes), 2)
+                    .await
+            ),
+            ErrorCode::BlobMismatch,
+            "{kind:?} upload finished with a {other:?} digest"
+        );
+        let begun = store.begin(ALICE, &begin, 3).await.expect("begins");
+        upload_whole(store, &begun, &bytes, 4).await;
+        let finished = store
+            .finish(ALICE, &begun.id, &digest_of(kind, &bytes), 5)
+            .await
+            .expect("finishes under its own kind");
+        assert!(finished.finished);
+    }
+}
+
 #[tokio::test]
 async fn bytes_that_do_not_match_the_hash_are_discarded_and_return_the_quota() {
     let fixture = fixture(BlobLimits::default());
     let store = &fixture.store;
     let bytes = blob_bytes(UNIT + 10);
     let mut begin = begin_of(&bytes);
-    begin.sha256 = Sha256::digest(b"something else").to_vec();
+    begin.digest = digest_of(BlobDigest::Blake3, b"something else");
     let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
     upload_whole(store, &begun, &bytes, 1).await;
     assert_eq!(
@@ -325,8 +372,8 @@ async fn sizes_and_quotas_are_enforced() {
     let store = &fixture.store;
     let too_large = BlobBegin {
         size_bytes: 3 * UNIT as u64 + 1,
-        sha256: vec![0; 32],
-        resume: Vec::new(),
+        digest: vec![0; 32],
+        ..BlobBegin::default()
     };
     assert_eq!(
         code(store.begin(ALICE, &too_large, 0).await),
@@ -334,11 +381,20 @@ async fn sizes_and_quotas_are_enforced() {
     );
     let bad_hash = BlobBegin {
         size_bytes: 1,
-        sha256: vec![0; 5],
-        resume: Vec::new(),
+        digest: vec![0; 5],
+        ..BlobBegin::default()
     };
     assert_eq!(
         code(store.begin(ALICE, &bad_hash, 0).await),
+        ErrorCode::Malformed
+    );
+    let unknown_kind = BlobBegin {
+        size_bytes: 1,
+        digest_kind: 7,
+        ..BlobBegin::default()
+    };
+    assert_eq!(
+        code(store.begin(ALICE, &unknown_kind, 0).await),
         ErrorCode::Malformed
     );
 
@@ -620,11 +676,16 @@ async fn an_upload_resumed_after_a_restart_is_read_back_and_checked_at_finish() 
     let fixture = fixture(BlobLimits::default());
     let store = &fixture.store;
     let restarted = || BlobStore::new(store.objects.clone(), store.db.clone(), store.limits);
-    for wrong_hash in [false, true] {
+    for (kind, wrong_hash) in [
+        (BlobDigest::Sha256, false),
+        (BlobDigest::Sha256, true),
+        (BlobDigest::Blake3, false),
+        (BlobDigest::Blake3, true),
+    ] {
         let bytes = blob_bytes(5 * UNIT / 2);
-        let mut begin = begin_of(&bytes);
+        let mut begin = begin_under(kind, &bytes);
         if wrong_hash {
-            begin.sha256 = Sha256::digest(b"something else").to_vec();
+            begin.digest = digest_of(kind, b"something else");
         }
         let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
         let mut first = &bytes[..UNIT];
@@ -655,8 +716,10 @@ fn a_running_hash_covers_units_committed_in_order_once() {
     let mut hashes = RunningHashes::default();
     // In order: kept, and it is the hash of the bytes.
     for from_bytes in [0, 10] {
-        let mut running = hashes.take_for(&id(1), from_bytes).expect("taken");
-        running.hasher.update(unit);
+        let mut running = hashes
+            .take_for(&id(1), from_bytes, BlobDigest::Blake3)
+            .expect("taken");
+        running.hasher.update(&unit);
         running.through_bytes = from_bytes + 10;
         hashes.keep(&id(1), running);
     }
@@ -664,27 +727,31 @@ fn a_running_hash_covers_units_committed_in_order_once() {
         hashes
             .finished(&id(1), 20)
             .map(|hasher| hasher.finalize().to_vec()),
-        Some(Sha256::digest([7u8; 20]).to_vec())
+        Some(digest_of(BlobDigest::Blake3, &[7u8; 20]))
     );
     // A unit past the hash (a restart lost it): none.
-    assert!(hashes.take_for(&id(2), 10).is_none());
+    assert!(hashes.take_for(&id(2), 10, BlobDigest::Sha256).is_none());
     // Two streams commit the same unit: whichever bytes the object kept, none is trusted.
-    let first = hashes.take_for(&id(3), 0).expect("taken");
+    let first = hashes
+        .take_for(&id(3), 0, BlobDigest::Sha256)
+        .expect("taken");
     assert!(
-        hashes.take_for(&id(3), 0).is_none(),
+        hashes.take_for(&id(3), 0, BlobDigest::Sha256).is_none(),
         "a second commit of unit 0"
     );
     hashes.keep(&id(3), first);
     assert!(hashes.finished(&id(3), 10).is_none());
     // Short of the size: none.
-    let running = hashes.take_for(&id(4), 0).expect("taken");
+    let running = hashes
+        .take_for(&id(4), 0, BlobDigest::Sha256)
+        .expect("taken");
     hashes.keep(&id(4), running);
     assert!(hashes.finished(&id(4), 10).is_none());
     // Bounded: the upload begun longest ago goes first.
     let mut hashes = RunningHashes::default();
     for n in 0..=BLOB_RUNNING_HASHES_MAX {
         let key = MediaId::from_bytes(&(n as u64).to_le_bytes().repeat(2)).expect("id");
-        let running = hashes.take_for(&key, 0).expect("taken");
+        let running = hashes.take_for(&key, 0, BlobDigest::Sha256).expect("taken");
         hashes.keep(&key, running);
     }
     assert_eq!(hashes.uploads.len(), BLOB_RUNNING_HASHES_MAX);

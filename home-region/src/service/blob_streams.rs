@@ -131,7 +131,7 @@ impl RegionService {
             ),
             Some(Command::Finish(at)) => (
                 blobs
-                    .finish(device.account, &at.id, &at.sha256, now)
+                    .finish(device.account, &at.id, &at.digest, now)
                     .await?,
                 None,
             ),

@@ -21,13 +21,31 @@ pub struct BlobBegin {
     /// The blob's size in bytes.
     #[prost(uint64, tag = "1")]
     pub size_bytes: u64,
-    /// SHA-256 of the blob's bytes (32 bytes), or empty: `Finish` declares it (a device that
-    /// seals while it sends knows the hash only at the end). The region checks it at `Finish`.
+    /// The digest of the blob's bytes under `digest_kind` (32 bytes), or empty: `Finish`
+    /// declares it (a device that seals while it sends knows it only at the end). The region
+    /// checks it at `Finish`.
     #[prost(bytes = "vec", tag = "2")]
-    pub sha256: Vec<u8>,
+    pub digest: Vec<u8>,
     /// The id of an upload this account began earlier, to resume it (empty: a new upload).
     #[prost(bytes = "vec", tag = "3")]
     pub resume: Vec<u8>,
+    /// The hash the digest is taken with, for the whole upload (the region hashes the bytes
+    /// with it as they are committed). Absent from older devices: SHA-256.
+    #[prost(enumeration = "BlobDigest", tag = "4")]
+    pub digest_kind: i32,
+}
+
+/// The hash of a blob's digest: what `Finish` checks the uploaded bytes against, and what the
+/// downloader checks before it opens them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum BlobDigest {
+    /// SHA-256 (blob format 1).
+    Sha256 = 0,
+    /// BLAKE3 with its default 32-byte output (blob format 2): about four times SHA-256's
+    /// speed on one core with AVX2, so neither the device nor the region spends a fifth of an
+    /// upload hashing.
+    Blake3 = 1,
 }
 
 /// Names a blob, at an offset for the streams.
@@ -43,10 +61,10 @@ pub struct BlobAt {
     /// (`Download`) the region holding the blob, as its status named it; 0: the device's home.
     #[prost(uint32, tag = "3")]
     pub region: u32,
-    /// (`Finish`) the blob's SHA-256 when `Begin` left it out (32 bytes); empty otherwise, or
-    /// the same as `Begin`'s.
+    /// (`Finish`) the blob's digest, under the kind `Begin` named, when `Begin` left it out
+    /// (32 bytes); empty otherwise, or the same as `Begin`'s.
     #[prost(bytes = "vec", tag = "4")]
-    pub sha256: Vec<u8>,
+    pub digest: Vec<u8>,
 }
 
 /// A request about a blob.
@@ -68,7 +86,7 @@ pub mod blob_command {
         /// Where an upload stands (after a dropped connection).
         #[prost(message, tag = "2")]
         Status(super::BlobAt),
-        /// Finish an upload: the region checks its size and hash.
+        /// Finish an upload: the region checks its size and digest.
         #[prost(message, tag = "3")]
         Finish(super::BlobAt),
         /// (Own stream) the blob's bytes from `offset` follow the frame.
