@@ -54,6 +54,7 @@ use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus};
 use relay_proto::{AccountId, ErrorCode, ProtoError};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::direct_files::{DirectFiles, page_aligned_buffer};
 use crate::limits::{
     BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_RUNNING_HASHES_MAX, BLOB_SWEEP_TRANSACTIONS_MAX,
 };
@@ -272,14 +273,11 @@ fn s3_objects(s3: &crate::config::S3Config) -> Result<Arc<dyn ObjectStore>, Stri
 }
 
 /// The store of local blob files under `folder` (created if missing), with fsync on every
-/// write.
+/// write, whole units written around the page cache ([`DirectFiles`]), and a blob's folder
+/// removed with its last unit.
 pub fn local_objects(folder: &std::path::Path) -> Result<Arc<dyn ObjectStore>, std::io::Error> {
     std::fs::create_dir_all(folder)?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(folder)
-        .map_err(std::io::Error::other)?
-        .with_fsync(true)
-        // A blob's folder goes with its last unit.
-        .with_automatic_cleanup(true);
+    let store = DirectFiles::new(folder).map_err(std::io::Error::other)?;
     Ok(Arc::new(store))
 }
 
@@ -432,7 +430,9 @@ impl BlobStore {
         let mut read_bytes = upload.committed_bytes;
         while read_bytes < record.size_bytes {
             let unit_bytes = unit_bytes_at(record.size_bytes, read_bytes);
-            let mut unit = Vec::new();
+            // Its bytes start on a page, so a whole unit is written around the page cache.
+            let mut unit = page_aligned_buffer(unit_bytes);
+            let padding = unit.len();
             let complete = read_unit(bytes, &mut unit, unit_bytes).await;
             if let Some(previous) = committing.take() {
                 upload = joined(previous).await?;
@@ -444,6 +444,7 @@ impl BlobStore {
             let store = self.clone();
             let unit_id = id.clone();
             let from_bytes = read_bytes;
+            let unit = Bytes::from(unit).slice(padding..);
             committing = Some(tokio::spawn(async move {
                 store.commit_unit(&unit_id, from_bytes, unit).await
             }));
@@ -470,10 +471,9 @@ impl BlobStore {
         &self,
         id: &MediaId,
         from_bytes: u64,
-        unit: Vec<u8>,
+        unit: Bytes,
     ) -> Result<UploadState, ProtoError> {
         let to_bytes = from_bytes + unit.len() as u64;
-        let unit = Bytes::from(unit);
         self.objects
             .put(
                 &unit_path(id, from_bytes / BLOB_COMMIT_UNIT_BYTES),
@@ -914,18 +914,20 @@ async fn joined(
     })
 }
 
-/// Reads until `unit` holds `unit_bytes` (true) or the stream ends (false).
+/// Reads `unit_bytes` more into `unit`, after what it holds (true), or until the stream ends
+/// (false).
 async fn read_unit(
     bytes: &mut (impl AsyncRead + Unpin),
     unit: &mut Vec<u8>,
     unit_bytes: usize,
 ) -> Result<bool, ProtoError> {
-    unit.resize(unit_bytes, 0);
+    let start = unit.len();
+    unit.resize(start + unit_bytes, 0);
     let mut filled = 0;
     while filled < unit_bytes {
-        let read = read_idle(bytes, &mut unit[filled..]).await?;
+        let read = read_idle(bytes, &mut unit[start + filled..]).await?;
         if read == 0 {
-            unit.truncate(filled);
+            unit.truncate(start + filled);
             return Ok(false);
         }
         filled += read;

@@ -16,6 +16,7 @@ pub mod blobs;
 pub mod claims;
 pub mod config;
 pub mod core;
+pub mod direct_files;
 pub mod directory_replica;
 pub mod failover;
 pub mod groups;
