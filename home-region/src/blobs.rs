@@ -57,6 +57,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::direct_files::{DirectFiles, page_aligned_buffer};
 use crate::limits::{
     BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_RUNNING_HASHES_MAX, BLOB_SWEEP_TRANSACTIONS_MAX,
+    BLOB_UNITS_COMMITTING_MAX,
 };
 use crate::service::lock;
 
@@ -424,34 +425,50 @@ impl BlobStore {
                 ),
             ));
         }
-        // One unit is committed (its object written, then its offset recorded) while the
-        // next is read, so the stream keeps moving; commits stay in order, one at a time.
+        // Units are committed while the next ones are read, so the stream keeps moving: each
+        // one's object is written as soon as it is read (up to BLOB_UNITS_COMMITTING_MAX at
+        // once, so their fsyncs overlap), and its offset is recorded once the unit before it
+        // is, so offsets move in order. Each commit waits for the one before it: the last
+        // one's answer is the upload's state, or the first failure.
+        let slots = Arc::new(tokio::sync::Semaphore::new(BLOB_UNITS_COMMITTING_MAX));
         let mut committing: Option<tokio::task::JoinHandle<Result<UploadState, ProtoError>>> = None;
         let mut read_bytes = upload.committed_bytes;
         while read_bytes < record.size_bytes {
+            if let Some(last) = committing.take_if(|last| last.is_finished()) {
+                // A failed commit (another stream moved the offset, the disk) ends the stream.
+                upload = joined(last).await?;
+            }
             let unit_bytes = unit_bytes_at(record.size_bytes, read_bytes);
             // Its bytes start on a page, so a whole unit is written around the page cache.
             let mut unit = page_aligned_buffer(unit_bytes);
             let padding = unit.len();
             let complete = read_unit(bytes, &mut unit, unit_bytes).await;
-            if let Some(previous) = committing.take() {
-                upload = joined(previous).await?;
-            }
-            if !complete? {
+            if !matches!(complete, Ok(true)) {
+                if let Some(last) = committing.take() {
+                    upload = joined(last).await?;
+                }
                 // The stream ended inside a unit: what came of it is not committed.
+                complete?;
                 return Ok(status(&record, &upload));
             }
+            let slot = Arc::clone(&slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| ProtoError::new(ErrorCode::Internal, "the commit slots closed"))?;
             let store = self.clone();
             let unit_id = id.clone();
             let from_bytes = read_bytes;
             let unit = Bytes::from(unit).slice(padding..);
+            let before = committing.take();
             committing = Some(tokio::spawn(async move {
-                store.commit_unit(&unit_id, from_bytes, unit).await
+                let committed = store.commit_unit(&unit_id, from_bytes, unit, before).await;
+                drop(slot);
+                committed
             }));
             read_bytes += unit_bytes as u64;
         }
-        if let Some(previous) = committing.take() {
-            upload = joined(previous).await?;
+        if let Some(last) = committing.take() {
+            upload = joined(last).await?;
         }
         let mut extra = [0u8; 1];
         if read_idle(bytes, &mut extra).await? > 0 {
@@ -466,21 +483,28 @@ impl BlobStore {
         Ok(status(&record, &upload))
     }
 
-    /// Writes the unit of blob `id` starting at `from_bytes` and records it committed.
+    /// Writes the unit of blob `id` starting at `from_bytes` and records it committed, once
+    /// the commit `before` (of the unit before it, if under way) did.
     async fn commit_unit(
         &self,
         id: &MediaId,
         from_bytes: u64,
         unit: Bytes,
+        before: Option<tokio::task::JoinHandle<Result<UploadState, ProtoError>>>,
     ) -> Result<UploadState, ProtoError> {
         let to_bytes = from_bytes + unit.len() as u64;
-        self.objects
+        let written = self
+            .objects
             .put(
                 &unit_path(id, from_bytes / BLOB_COMMIT_UNIT_BYTES),
                 PutPayload::from(unit.clone()),
             )
             .await
-            .map_err(object_failure)?;
+            .map_err(object_failure);
+        if let Some(before) = before {
+            joined(before).await?;
+        }
+        written?;
         let moved = self
             .db
             .transact(|tx| {

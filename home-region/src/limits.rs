@@ -198,7 +198,13 @@ pub const BLOB_SWEEP_INTERVAL_MS: u64 = 60 * 60 * 1_000;
 /// Most sweep transactions in one blob sweep, so one sweep stays bounded.
 pub const BLOB_SWEEP_TRANSACTIONS_MAX: usize = 64;
 
-/// Uploads whose SHA-256 the blob store keeps as their units commit, so a finish need not read
+/// Units of one upload stream being committed at once, besides the one being read: each
+/// one's object is written (and fsynced) as soon as it is read, so their fsyncs overlap, and
+/// their offsets are recorded one after the other, in order. One upload stream holds at most
+/// this many units plus one in memory (1 MiB each).
+pub const BLOB_UNITS_COMMITTING_MAX: usize = 3;
+
+/// Uploads whose digest the blob store keeps as their units commit, so a finish need not read
 /// the blob back (about 200 bytes each); past it the oldest is dropped, and that upload is read
 /// back when it finishes.
 pub const BLOB_RUNNING_HASHES_MAX: usize = 1_024;

@@ -758,3 +758,135 @@ fn a_running_hash_covers_units_committed_in_order_once() {
     let first = MediaId::from_bytes(&0u64.to_le_bytes().repeat(2)).expect("id");
     assert!(!hashes.uploads.contains_key(&first));
 }
+
+/// Local objects whose writes of unit 0 are slow and of one unit fail: commits that overlap.
+#[derive(Debug)]
+struct Uneven {
+    files: Arc<dyn ObjectStore>,
+    slow_ms: u64,
+    failing_unit: Option<u64>,
+}
+
+impl std::fmt::Display for Uneven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Uneven({})", self.files)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Uneven {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let unit: Option<u64> = location.filename().and_then(|name| name.parse().ok());
+        if unit == Some(0) {
+            tokio::time::sleep(Duration::from_millis(self.slow_ms)).await;
+        }
+        if unit.is_some() && unit == self.failing_unit {
+            return Err(object_store::Error::Generic {
+                store: "Uneven",
+                source: "a unit that cannot be written".into(),
+            });
+        }
+        self.files.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.files.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.files.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures_util::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+    {
+        self.files.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+    {
+        self.files.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.files.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.files.copy_opts(from, to, options).await
+    }
+}
+
+/// Units are written while the ones before them still are, but their offsets move in order:
+/// a first unit slower to write than the next ones holds them back, and a unit that cannot be
+/// written stops the offset before it, whatever was written after it.
+#[tokio::test]
+async fn overlapping_commits_record_offsets_in_order_and_stop_at_a_failed_unit() {
+    for failing_unit in [None, Some(2)] {
+        let fixture = fixture_on(BlobLimits::default(), |_, folder| {
+            Arc::new(Uneven {
+                files: local_objects(folder).expect("blob folder"),
+                slow_ms: 300,
+                failing_unit,
+            }) as Arc<dyn ObjectStore>
+        });
+        let store = &fixture.store;
+        let bytes = blob_bytes(4 * UNIT + 10);
+        let begun = store
+            .begin(ALICE, &begin_of(&bytes), 0)
+            .await
+            .expect("begins");
+        let mut all = bytes.as_slice();
+        let uploaded = store.upload(ALICE, &at(&begun, 0), &mut all, 1).await;
+        let status = store.status(ALICE, &begun.id, 2).await.expect("status");
+        match failing_unit {
+            None => {
+                assert_eq!(
+                    uploaded.expect("uploads").committed_bytes,
+                    bytes.len() as u64
+                );
+                assert!(
+                    store
+                        .finish(ALICE, &begun.id, &[], 3)
+                        .await
+                        .expect("finishes")
+                        .finished
+                );
+                assert_eq!(download_all(store, &begun.id, 0, 4).await, bytes);
+            }
+            Some(unit) => {
+                assert_eq!(code(uploaded), ErrorCode::StorageUnavailable);
+                assert_eq!(status.committed_bytes, unit * UNIT as u64);
+            }
+        }
+    }
+}
