@@ -76,6 +76,25 @@ impl BlobFormat {
         }
     }
 
+    /// The format whose digest a region checks with `digest`: a region that answers a
+    /// format 2 `Begin` with SHA-256 predates BLAKE3, and takes format 1.
+    pub fn of_digest(digest: BlobDigest) -> BlobFormat {
+        match digest {
+            BlobDigest::Sha256 => BlobFormat::V1,
+            BlobDigest::Blake3 => BlobFormat::V2,
+        }
+    }
+
+    /// The format an upload sealed in `self` must take for a region whose `Begin` answer names
+    /// the digest kind `answered` (the number on the wire): `self` when it is its own, the other
+    /// format when the region checks the other digest, and `None` for a kind this device does
+    /// not know.
+    pub fn for_region(self, answered: i32) -> Option<BlobFormat> {
+        BlobDigest::try_from(answered)
+            .ok()
+            .map(BlobFormat::of_digest)
+    }
+
     /// The hash of its digest.
     pub fn digest(self) -> BlobDigest {
         match self {
@@ -447,6 +466,14 @@ impl Sealer {
         self.format
     }
 
+    /// A sealer of the same plaintext in `format`, under a fresh random key (for an upload
+    /// whose region takes another format; nothing sealed by this one may have been sent).
+    pub fn renewed_in(&self, format: BlobFormat) -> Sealer {
+        let mut key = [0u8; BLOB_KEY_BYTES];
+        rand::rng().fill_bytes(&mut key);
+        Sealer::with_key(format, key, self.plaintext_bytes)
+    }
+
     /// The key.
     pub fn key(&self) -> [u8; BLOB_KEY_BYTES] {
         self.key
@@ -796,6 +823,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_upload_takes_the_format_whose_digest_its_region_checks() {
+        let sha256 = i32::from(BlobDigest::Sha256);
+        let blake3 = i32::from(BlobDigest::Blake3);
+        // A region that knows BLAKE3 echoes it; one from before answers SHA-256 (the field's
+        // absence), and the upload is sealed in format 1 for it.
+        assert_eq!(BlobFormat::V2.for_region(blake3), Some(BlobFormat::V2));
+        assert_eq!(BlobFormat::V2.for_region(sha256), Some(BlobFormat::V1));
+        assert_eq!(BlobFormat::V1.for_region(sha256), Some(BlobFormat::V1));
+        assert_eq!(BlobFormat::V2.for_region(9), None);
+        let plain = plaintext(BLOB_PLAINTEXT_CHUNK_BYTES + 3);
+        let sealer = Sealer::new(plain.len() as u64);
+        assert_eq!(sealer.format(), BlobFormat::CURRENT);
+        let mut renewed = sealer.renewed_in(BlobFormat::V1);
+        assert_eq!(renewed.format(), BlobFormat::V1);
+        assert_eq!(renewed.chunks(), sealer.chunks());
+        assert_ne!(renewed.key(), sealer.key(), "a fresh key");
+        let mut ciphertext = Vec::new();
+        for index in 0..renewed.chunks() {
+            let range = renewed.chunk_plaintext(index);
+            let chunk = &plain[range.start as usize..range.end as usize];
+            ciphertext.extend(renewed.seal_chunk(index, chunk).expect("sealed"));
+        }
+        let reference = BlobRef {
+            format: BlobFormat::V1,
+            region: 1,
+            id: [1; BLOB_ID_BYTES],
+            key: renewed.key(),
+            size: ciphertext.len() as u64,
+            digest: renewed.digest().expect("digested"),
+        };
+        assert_eq!(open(&reference, &ciphertext), Ok(plain));
     }
 
     #[test]

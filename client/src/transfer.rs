@@ -516,6 +516,21 @@ async fn upload_attempt(
                 digest_kind: sealing.sealer.format().digest().into(),
             };
             let status = connection.blob(blob_command::Command::Begin(begin)).await?;
+            // A region from before BLAKE3 checks SHA-256 (it does not echo the kind): the
+            // blob is sealed in format 1 for it. Nothing was sealed for this upload yet.
+            let format = sealing.sealer.format();
+            match format.for_region(status.digest_kind) {
+                Some(taken) if taken == format => {}
+                Some(taken) if sealing.sealer.hashed_chunks() == 0 => {
+                    *sealing.sealer = sealing.sealer.renewed_in(taken);
+                }
+                _ => {
+                    return Err(ClientError::UnexpectedResponse(format!(
+                        "the region checks the upload with digest kind {}",
+                        status.digest_kind
+                    )));
+                }
+            }
             *begun = Some(status.clone());
             status
         }

@@ -368,6 +368,7 @@ impl BlobStore {
                 expires_at_ms,
                 region: 0,
                 media: None,
+                digest_kind: digest_kind.into(),
             }),
             UploadBegun::QuotaExceeded { owner_bytes } => Err(ProtoError::new(
                 ErrorCode::QuotaExceeded,
@@ -859,6 +860,7 @@ fn status(record: &MediaRecord, upload: &UploadState) -> BlobStatus {
         expires_at_ms: record.expires_at_ms,
         region: 0,
         media: None,
+        digest_kind: upload.digest_kind.into(),
     }
 }
 

@@ -308,7 +308,11 @@ async fn a_finish_is_checked_under_the_digest_kind_the_upload_began_with() {
         let mut begin = begin_under(kind, &bytes);
         begin.digest = Vec::new();
         let begun = store.begin(ALICE, &begin, 0).await.expect("begins");
+        // The answer names the kind, so a device can tell a region that knows it.
+        assert_eq!(begun.digest_kind, i32::from(kind));
         upload_whole(store, &begun, &bytes, 1).await;
+        let status = store.status(ALICE, &begun.id, 1).await.expect("status");
+        assert_eq!(status.digest_kind, i32::from(kind));
         assert_eq!(
             code(
                 store

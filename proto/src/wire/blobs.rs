@@ -140,6 +140,11 @@ pub struct BlobStatus {
     /// bytes then go through the edge.
     #[prost(message, optional, tag = "7")]
     pub media: Option<MediaAccess>,
+    /// The digest the region checks this upload's bytes with: the `digest_kind` its `Begin`
+    /// named. A region from before BLAKE3 leaves it out (SHA-256), which tells a device that
+    /// began a BLAKE3 upload to seal it in blob format 1 instead.
+    #[prost(enumeration = "BlobDigest", tag = "8")]
+    pub digest_kind: i32,
 }
 
 /// A region's media endpoint and a pass for one blob there.
