@@ -57,7 +57,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::direct_files::{DirectFiles, page_aligned_buffer};
 use crate::limits::{
     BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_RUNNING_HASHES_MAX, BLOB_SWEEP_TRANSACTIONS_MAX,
-    BLOB_UNITS_COMMITTING_MAX,
+    BLOB_UNITS_COMMITTING_MAX, BLOB_UNITS_IN_MEMORY_MAX,
 };
 use crate::service::lock;
 
@@ -70,6 +70,8 @@ pub struct BlobLimits {
     pub account_bytes_max: u64,
     /// How long a blob is kept after its upload began, in ms.
     pub retention_ms: u64,
+    /// Units all upload streams hold in memory together ([`BLOB_UNITS_IN_MEMORY_MAX`]).
+    pub units_in_memory_max: usize,
 }
 
 impl Default for BlobLimits {
@@ -78,6 +80,7 @@ impl Default for BlobLimits {
             blob_bytes_max: BLOB_BYTES_MAX,
             account_bytes_max: BLOB_ACCOUNT_BYTES_MAX_DEFAULT,
             retention_ms: media::MEDIA_RETENTION_MS_DEFAULT,
+            units_in_memory_max: BLOB_UNITS_IN_MEMORY_MAX,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct BlobStore {
     db: Database,
     limits: BlobLimits,
     hashes: Arc<std::sync::Mutex<RunningHashes>>,
+    /// Units the upload streams may hold in memory, shared by all of them.
+    units_in_memory: Arc<tokio::sync::Semaphore>,
 }
 
 /// The digest of each upload's committed bytes, moved on as its units commit (in order, one
@@ -290,6 +295,7 @@ impl BlobStore {
             db,
             limits,
             hashes: Arc::default(),
+            units_in_memory: Arc::new(tokio::sync::Semaphore::new(limits.units_in_memory_max)),
         }
     }
 
@@ -440,6 +446,11 @@ impl BlobStore {
                 upload = joined(last).await?;
             }
             let unit_bytes = unit_bytes_at(record.size_bytes, read_bytes);
+            // Held until the unit is committed (or dropped with it).
+            let in_memory = Arc::clone(&self.units_in_memory)
+                .acquire_owned()
+                .await
+                .map_err(|_| ProtoError::new(ErrorCode::Internal, "the unit slots closed"))?;
             // Its bytes start on a page, so a whole unit is written around the page cache.
             let mut unit = page_aligned_buffer(unit_bytes);
             let padding = unit.len();
@@ -463,7 +474,7 @@ impl BlobStore {
             let before = committing.take();
             committing = Some(tokio::spawn(async move {
                 let committed = store.commit_unit(&unit_id, from_bytes, unit, before).await;
-                drop(slot);
+                drop((slot, in_memory));
                 committed
             }));
             read_bytes += unit_bytes as u64;

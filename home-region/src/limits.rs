@@ -204,6 +204,12 @@ pub const BLOB_SWEEP_TRANSACTIONS_MAX: usize = 64;
 /// this many units plus one in memory (1 MiB each).
 pub const BLOB_UNITS_COMMITTING_MAX: usize = 3;
 
+/// Units all the upload streams of a region hold in memory together, read or committing
+/// (1 MiB each: 256 MiB). Past it a stream waits before it reads its next unit, and QUIC's
+/// flow control holds its device back, so thousands of uploads at once cost the region this
+/// much memory and no more.
+pub const BLOB_UNITS_IN_MEMORY_MAX: usize = 256;
+
 /// Uploads whose digest the blob store keeps as their units commit, so a finish need not read
 /// the blob back (about 200 bytes each); past it the oldest is dropped, and that upload is read
 /// back when it finishes.
@@ -286,6 +292,9 @@ const _: () =
     assert!(BLOB_SWEEP_INTERVAL_MS * 100 <= fdb_layers::limits::MEDIA_RETENTION_MS_DEFAULT);
 const _: () = assert!(BLOB_SWEEP_TRANSACTIONS_MAX >= 1);
 const _: () = assert!(BLOB_RUNNING_HASHES_MAX >= 1);
+const _: () = assert!(BLOB_UNITS_COMMITTING_MAX >= 1);
+// One stream can keep all its commits going while it reads.
+const _: () = assert!(BLOB_UNITS_IN_MEMORY_MAX > BLOB_UNITS_COMMITTING_MAX);
 // A media pass outlives the time to connect and send the first frame many times over, and
 // ends long before the blob it names would expire.
 const _: () = assert!(MEDIA_PASS_TTL_MS >= 10 * MEDIA_REQUEST_TIMEOUT_MS);

@@ -894,3 +894,57 @@ async fn overlapping_commits_record_offsets_in_order_and_stop_at_a_failed_unit()
         }
     }
 }
+
+/// Upload streams share one bound on the units they hold in memory: at its tightest (one unit
+/// for the whole store) two uploads at once still both go through, one unit at a time.
+#[tokio::test]
+async fn uploads_at_once_share_the_bound_on_units_in_memory_and_all_go_through() {
+    let limits = BlobLimits {
+        units_in_memory_max: 1,
+        ..BlobLimits::default()
+    };
+    let fixture = fixture(limits);
+    let store = &fixture.store;
+    let first = blob_bytes(3 * UNIT + 5);
+    let second: Vec<u8> = blob_bytes(2 * UNIT + 9).iter().map(|byte| !byte).collect();
+    let one = store
+        .begin(ALICE, &begin_of(&first), 0)
+        .await
+        .expect("begins");
+    let two = store
+        .begin(ALICE, &begin_of(&second), 0)
+        .await
+        .expect("begins");
+    let upload = |begun: &BlobStatus, bytes: &[u8]| {
+        let at = at(begun, 0);
+        let bytes = bytes.to_vec();
+        async move {
+            let mut all = bytes.as_slice();
+            store.upload(ALICE, &at, &mut all, 1).await
+        }
+    };
+    let (uploaded_one, uploaded_two) = tokio::join!(upload(&one, &first), upload(&two, &second));
+    assert_eq!(
+        uploaded_one.expect("first").committed_bytes,
+        first.len() as u64
+    );
+    assert_eq!(
+        uploaded_two.expect("second").committed_bytes,
+        second.len() as u64
+    );
+    for (begun, bytes) in [(&one, &first), (&two, &second)] {
+        assert!(
+            store
+                .finish(ALICE, &begun.id, &[], 2)
+                .await
+                .expect("finishes")
+                .finished
+        );
+        assert_eq!(&download_all(store, &begun.id, 0, 3).await, bytes);
+    }
+    assert_eq!(
+        store.units_in_memory.available_permits(),
+        1,
+        "every unit let go"
+    );
+}
