@@ -274,7 +274,7 @@ fn ceilings(plaintext: &[u8], folder: &Path) -> Result<BlobCeilings, BenchError>
     for format in [BlobFormat::V1, BlobFormat::V2] {
         let name = format!("format {}", format.number());
         let began = Instant::now();
-        let sealed = blob::seal_with_key(format, plaintext, rand::random());
+        let mut sealed = blob::seal_with_key(format, plaintext, rand::random());
         seal_mb_per_second.insert(name.clone(), megabytes / began.elapsed().as_secs_f64());
         let reference = relay_client::BlobRef {
             format,
@@ -293,7 +293,7 @@ fn ceilings(plaintext: &[u8], folder: &Path) -> Result<BlobCeilings, BenchError>
                 "the blob opened to other bytes than it was sealed from".into(),
             ));
         }
-        ciphertext = sealed.ciphertext.clone();
+        ciphertext = std::mem::take(&mut sealed.ciphertext);
     }
     std::fs::create_dir_all(folder).map_err(BenchError::io("creating", folder))?;
     let began = Instant::now();

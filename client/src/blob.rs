@@ -85,11 +85,9 @@ impl BlobFormat {
         }
     }
 
-    /// The format an upload sealed in `self` must take for a region whose `Begin` answer names
-    /// the digest kind `answered` (the number on the wire): `self` when it is its own, the other
-    /// format when the region checks the other digest, and `None` for a kind this device does
-    /// not know.
-    pub fn for_region(self, answered: i32) -> Option<BlobFormat> {
+    /// The format an upload must take for a region whose `Begin` answer names the digest kind
+    /// `answered` (the number on the wire); `None` for a kind this device does not know.
+    pub fn for_region(answered: i32) -> Option<BlobFormat> {
         BlobDigest::try_from(answered)
             .ok()
             .map(BlobFormat::of_digest)
@@ -349,23 +347,26 @@ impl ChunkCipher {
         }
     }
 
+    /// The format whose algorithm it is.
+    fn format(&self) -> BlobFormat {
+        match self {
+            ChunkCipher::ChaCha20Poly1305(_) => BlobFormat::V1,
+            ChunkCipher::Aes256Gcm(_) => BlobFormat::V2,
+        }
+    }
+
     /// Chunk `index` sealed: its ciphertext and tag. `None` only past what the AEAD can seal
     /// under one nonce (far beyond a chunk).
-    fn seal(
-        &self,
-        format: BlobFormat,
-        index: u64,
-        last: bool,
-        plaintext: &[u8],
-    ) -> Option<Vec<u8>> {
+    fn seal(&self, index: u64, last: bool, plaintext: &[u8]) -> Option<Vec<u8>> {
         let nonce = chunk_nonce(index, last);
+        let aad = self.format().aad();
         match self {
             ChunkCipher::ChaCha20Poly1305(cipher) => cipher
                 .encrypt(
                     &Nonce::from(nonce),
                     Payload {
                         msg: plaintext,
-                        aad: format.aad(),
+                        aad,
                     },
                 )
                 .ok(),
@@ -375,7 +376,7 @@ impl ChunkCipher {
                 let tag = key
                     .seal_in_place_separate_tag(
                         ring::aead::Nonce::assume_unique_for_key(nonce),
-                        ring::aead::Aad::from(format.aad()),
+                        ring::aead::Aad::from(aad),
                         &mut sealed,
                     )
                     .ok()?;
@@ -387,30 +388,18 @@ impl ChunkCipher {
 
     /// Opens sealed chunk `index` in place (`sealed`: its ciphertext and tag) and appends its
     /// plaintext to `out`; `false` when it does not verify.
-    fn open_into(
-        &self,
-        format: BlobFormat,
-        index: u64,
-        last: bool,
-        sealed: &mut [u8],
-        out: &mut Vec<u8>,
-    ) -> bool {
+    fn open_into(&self, index: u64, last: bool, sealed: &mut [u8], out: &mut Vec<u8>) -> bool {
         let nonce = chunk_nonce(index, last);
+        let aad = self.format().aad();
         match self {
             ChunkCipher::ChaCha20Poly1305(cipher) => cipher
-                .decrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: format.aad(),
-                    },
-                )
+                .decrypt(&Nonce::from(nonce), Payload { msg: sealed, aad })
                 .map(|opened| out.extend_from_slice(&opened))
                 .is_ok(),
             ChunkCipher::Aes256Gcm(key) => key
                 .open_in_place(
                     ring::aead::Nonce::assume_unique_for_key(nonce),
-                    ring::aead::Aad::from(format.aad()),
+                    ring::aead::Aad::from(aad),
                     sealed,
                 )
                 .map(|opened| out.extend_from_slice(opened))
@@ -424,7 +413,6 @@ impl ChunkCipher {
 /// the region did not commit; under one key, STREAM seals a chunk to the same bytes every
 /// time). The ciphertext's digest grows as each chunk is sealed for the first time, in order.
 pub struct Sealer {
-    format: BlobFormat,
     cipher: ChunkCipher,
     key: [u8; BLOB_KEY_BYTES],
     plaintext_bytes: u64,
@@ -451,7 +439,6 @@ impl Sealer {
     /// A sealer in `format` under `key` (tests give their own).
     pub fn with_key(format: BlobFormat, key: [u8; BLOB_KEY_BYTES], plaintext_bytes: u64) -> Self {
         Sealer {
-            format,
             cipher: ChunkCipher::new(format, &key),
             key,
             plaintext_bytes,
@@ -463,7 +450,7 @@ impl Sealer {
 
     /// The format it seals in.
     pub fn format(&self) -> BlobFormat {
-        self.format
+        self.cipher.format()
     }
 
     /// A sealer of the same plaintext in `format`, under a fresh random key (for an upload
@@ -515,7 +502,7 @@ impl Sealer {
         }
         let sealed = self
             .cipher
-            .seal(self.format, index, index + 1 == self.chunks, plaintext)
+            .seal(index, index + 1 == self.chunks, plaintext)
             .ok_or(BlobCryptoError::BadChunk { index })?;
         if index == self.hashed {
             self.hasher.update(&sealed);
@@ -567,7 +554,6 @@ pub fn open_chunks(
 /// on its own (its tag, its place, whether it is the last), but the blob as a whole is right
 /// only once `finish` says so, so what was taken becomes the file only then.
 pub struct Opener {
-    format: BlobFormat,
     cipher: ChunkCipher,
     key: [u8; BLOB_KEY_BYTES],
     size: u64,
@@ -610,7 +596,6 @@ impl Opener {
     ) -> Self {
         let sealed_chunk = (BLOB_PLAINTEXT_CHUNK_BYTES + BLOB_TAG_BYTES) as u64;
         Opener {
-            format,
             cipher: ChunkCipher::new(format, &key),
             key,
             size,
@@ -671,10 +656,7 @@ impl Opener {
         let mut sealed = std::mem::take(&mut self.pending);
         if self.bad_chunk.is_none() {
             let mut opened = std::mem::take(&mut self.plaintext);
-            if !self
-                .cipher
-                .open_into(self.format, index, last, &mut sealed, &mut opened)
-            {
+            if !self.cipher.open_into(index, last, &mut sealed, &mut opened) {
                 self.bad_chunk = Some(index);
             }
             self.plaintext = opened;
@@ -831,10 +813,10 @@ mod tests {
         let blake3 = i32::from(BlobDigest::Blake3);
         // A region that knows BLAKE3 echoes it; one from before answers SHA-256 (the field's
         // absence), and the upload is sealed in format 1 for it.
-        assert_eq!(BlobFormat::V2.for_region(blake3), Some(BlobFormat::V2));
-        assert_eq!(BlobFormat::V2.for_region(sha256), Some(BlobFormat::V1));
-        assert_eq!(BlobFormat::V1.for_region(sha256), Some(BlobFormat::V1));
-        assert_eq!(BlobFormat::V2.for_region(9), None);
+        assert_eq!(BlobFormat::for_region(blake3), Some(BlobFormat::V2));
+        assert_eq!(BlobFormat::for_region(sha256), Some(BlobFormat::V1));
+        assert_eq!(BlobFormat::for_region(sha256), Some(BlobFormat::V1));
+        assert_eq!(BlobFormat::for_region(9), None);
         let plain = plaintext(BLOB_PLAINTEXT_CHUNK_BYTES + 3);
         let sealer = Sealer::new(plain.len() as u64);
         assert_eq!(sealer.format(), BlobFormat::CURRENT);

@@ -14,6 +14,7 @@ use relay_net::{
     auth_keying_material, bind_endpoint, load_roots, read_frame, request, system_roots,
     write_frame,
 };
+use relay_proto::clock::{Clock, SystemClock};
 use relay_proto::limits::AUTH_NONCE_BYTES;
 use relay_proto::wire::{
     AccountInfo, AckQueue, Authenticate, BlobAt, BlobCommand, BlobStatus, ClaimKeys, ClientRequest,
@@ -315,7 +316,7 @@ impl EdgeConnection {
             ))
             .into());
         };
-        let now_ms = wall_clock_ms();
+        let now_ms = SystemClock.now_ms();
         if reach.out_of_reach(&access.address, now_ms) {
             return Err(NetError::Io(std::io::Error::other(format!(
                 "the media endpoint {} did not answer lately",
@@ -804,15 +805,6 @@ impl EdgeConnection {
 
 fn blob_timeout() -> Duration {
     Duration::from_millis(BLOB_ANSWER_TIMEOUT_MS)
-}
-
-/// Milliseconds since the Unix epoch, by the machine's clock (0 before 1970).
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 /// A connection from `endpoint` to `server` (answering to `server_name`), or

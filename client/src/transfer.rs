@@ -32,7 +32,7 @@ use relay_proto::limits::{BLOB_DIGEST_BYTES, BLOB_ID_BYTES};
 use relay_proto::wire::{BlobAt, BlobBegin, BlobStatus, MediaAccess, blob_command};
 use relay_proto::{ClientMessageId, ErrorCode};
 
-use crate::blob::{self, BlobRef, Sealer};
+use crate::blob::{self, BlobFormat, BlobRef, Sealer};
 use crate::connection::{BlobRoute, EdgeConnection, UploadSource};
 use crate::device::{Command, Device};
 use crate::error::{ClientError, Result};
@@ -519,7 +519,7 @@ async fn upload_attempt(
             // A region from before BLAKE3 checks SHA-256 (it does not echo the kind): the
             // blob is sealed in format 1 for it. Nothing was sealed for this upload yet.
             let format = sealing.sealer.format();
-            match format.for_region(status.digest_kind) {
+            match BlobFormat::for_region(status.digest_kind) {
                 Some(taken) if taken == format => {}
                 Some(taken) if sealing.sealer.hashed_chunks() == 0 => {
                     *sealing.sealer = sealing.sealer.renewed_in(taken);

@@ -127,6 +127,37 @@ async fn serving_with_media(ca: &TestCa) -> Serving {
     }
 }
 
+/// The status of an upload of `size_bytes` that `device` began, asked through the "edge".
+async fn begin_upload(
+    service: &home_region::RegionService,
+    device: DeviceAddress,
+    size_bytes: u64,
+) -> BlobStatus {
+    status_of(
+        service
+            .handle(blob_request(
+                device,
+                blob_command::Command::Begin(BlobBegin {
+                    size_bytes,
+                    ..BlobBegin::default()
+                }),
+            ))
+            .await,
+    )
+}
+
+/// Stops the region [`serving_with_media`] started, which must stop cleanly.
+async fn stop_serving(
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), home_region::RegionError>>,
+) {
+    let _ = stop.send(());
+    serving
+        .await
+        .expect("joined")
+        .expect("the region stops cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
     let ca = TestCa::new();
@@ -141,17 +172,8 @@ async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
         .collect();
 
     // Two uploads begun through the "edge": each status carries the endpoint and a pass.
-    let begin = || {
-        blob_request(
-            ada,
-            blob_command::Command::Begin(BlobBegin {
-                size_bytes: BLOB_BYTES as u64,
-                ..BlobBegin::default()
-            }),
-        )
-    };
-    let begun = status_of(service.handle(begin()).await);
-    let other = status_of(service.handle(begin()).await);
+    let begun = begin_upload(&service, ada, BLOB_BYTES as u64).await;
+    let other = begin_upload(&service, ada, BLOB_BYTES as u64).await;
     let access = begun.media.clone().expect("a pass for the upload");
     assert_eq!(
         Some(access.address.parse().expect("address")),
@@ -258,11 +280,7 @@ async fn a_pass_moves_its_blob_one_way_and_nothing_else() {
     );
 
     connection.close(0u32.into(), b"done");
-    let _ = stop.send(());
-    serving
-        .await
-        .expect("joined")
-        .expect("the region stops cleanly");
+    stop_serving(stop, serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,17 +290,7 @@ async fn a_region_without_a_media_endpoint_gives_no_pass() {
     let (service, db) = region(WRITER, &ca, &addresses);
     let key = |counter: u8| IdempotencyKey::new(1, [counter; 16]);
     let ada = account_with_device(&db, WRITER, "ada", key(1), key(2)).await;
-    let begun = status_of(
-        service
-            .handle(blob_request(
-                ada,
-                blob_command::Command::Begin(BlobBegin {
-                    size_bytes: 10,
-                    ..BlobBegin::default()
-                }),
-            ))
-            .await,
-    );
+    let begun = begin_upload(&service, ada, 10).await;
     assert!(begun.media.is_none());
     assert_eq!(service.media_address(), None);
 }
@@ -300,17 +308,7 @@ async fn an_idle_media_connection_is_closed_and_a_slow_transfer_is_not() {
         serving,
     } = serving_with_media(&ca).await;
     let bytes = vec![7u8; 1000];
-    let begun = status_of(
-        service
-            .handle(blob_request(
-                ada,
-                blob_command::Command::Begin(BlobBegin {
-                    size_bytes: bytes.len() as u64,
-                    ..BlobBegin::default()
-                }),
-            ))
-            .await,
-    );
+    let begun = begin_upload(&service, ada, bytes.len() as u64).await;
     let access = begun.media.expect("a pass");
     let generous = Duration::from_secs(60);
 
@@ -348,11 +346,7 @@ async fn an_idle_media_connection_is_closed_and_a_slow_transfer_is_not() {
     assert_eq!(answered_status(answer).committed_bytes, bytes.len() as u64);
 
     slow.close(0u32.into(), b"done");
-    let _ = stop.send(());
-    serving
-        .await
-        .expect("joined")
-        .expect("the region stops cleanly");
+    stop_serving(stop, serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,17 +365,7 @@ async fn a_device_with_too_many_transfers_under_way_is_told_to_wait() {
     let transfers = MEDIA_TRANSFERS_PER_DEVICE_MAX + 1;
     let mut begun = Vec::new();
     for _ in 0..transfers {
-        begun.push(status_of(
-            service
-                .handle(blob_request(
-                    ada,
-                    blob_command::Command::Begin(BlobBegin {
-                        size_bytes: bytes.len() as u64,
-                        ..BlobBegin::default()
-                    }),
-                ))
-                .await,
-        ));
+        begun.push(begin_upload(&service, ada, bytes.len() as u64).await);
     }
     let access = |status: &BlobStatus| status.media.clone().expect("a pass");
     // A connection carries a few streams at once: enough connections for every transfer.
@@ -452,9 +436,5 @@ async fn a_device_with_too_many_transfers_under_way_is_told_to_wait() {
     for connection in connections {
         connection.close(0u32.into(), b"done");
     }
-    let _ = stop.send(());
-    serving
-        .await
-        .expect("joined")
-        .expect("the region stops cleanly");
+    stop_serving(stop, serving).await;
 }
