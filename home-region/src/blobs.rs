@@ -31,7 +31,7 @@
 //! blob format 1, BLAKE3 for format 2); a mismatch discards the upload
 //! ([`ErrorCode::BlobMismatch`]). The digest is
 //! kept as each unit commits, in order ([`RunningHashes`]), so a finish reads nothing back; an
-//! upload without one (resumed after a restart, or dropped past [`BLOB_RUNNING_HASHES_MAX`]) has
+//! upload without one (resumed after a restart, or dropped past [`BLOB_RUNNING_HASHES_MAX`](crate::limits::BLOB_RUNNING_HASHES_MAX)) has
 //! every unit read back and hashed at finish. A download checks each unit's length against the
 //! record before sending it.
 
@@ -56,10 +56,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::direct_files::{DirectFiles, page_aligned_buffer};
 use crate::limits::{
-    BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_RUNNING_HASHES_MAX, BLOB_SWEEP_TRANSACTIONS_MAX,
-    BLOB_UNITS_COMMITTING_MAX, BLOB_UNITS_IN_MEMORY_MAX,
+    BLOB_ACCOUNT_BYTES_MAX_DEFAULT, BLOB_SWEEP_TRANSACTIONS_MAX, BLOB_UNITS_COMMITTING_MAX,
+    BLOB_UNITS_IN_MEMORY_MAX,
 };
 use crate::service::lock;
+use running_hashes::RunningHashes;
 
 /// The bounds of one region's blob store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,112 +104,6 @@ pub struct BlobStore {
     hashes: Arc<std::sync::Mutex<RunningHashes>>,
     /// Units the upload streams may hold in memory, shared by all of them.
     units_in_memory: Arc<tokio::sync::Semaphore>,
-}
-
-/// The digest of each upload's committed bytes, moved on as its units commit (in order, one
-/// at a time); for at most [`BLOB_RUNNING_HASHES_MAX`] uploads, the one begun longest ago
-/// dropped first. Kept in memory only: after a restart a finish reads the blob back, and so it
-/// does after two streams of one upload committed the same unit (either one's bytes may be
-/// the object's).
-#[derive(Default)]
-struct RunningHashes {
-    /// Numbers the uploads in the order they began here.
-    began: u64,
-    uploads: std::collections::HashMap<MediaId, Hashing>,
-}
-
-enum Hashing {
-    /// Every committed byte hashed.
-    Ready(RunningHash),
-    /// A commit is moving the hash on.
-    Busy { began: u64 },
-    /// Not known: the upload is read back at finish.
-    Unknown { began: u64 },
-}
-
-impl Hashing {
-    fn began(&self) -> u64 {
-        match self {
-            Hashing::Ready(running) => running.began,
-            Hashing::Busy { began } | Hashing::Unknown { began } => *began,
-        }
-    }
-}
-
-struct RunningHash {
-    began: u64,
-    /// The bytes hashed so far: the committed ones, from the first.
-    through_bytes: u64,
-    hasher: BlobHasher,
-}
-
-impl RunningHashes {
-    /// Takes the hash of upload `id` to move it past the unit committed at `from_bytes`: a new
-    /// one for the first unit, the kept one if it reached `from_bytes`; otherwise none, and
-    /// the upload is read back at finish.
-    fn take_for(&mut self, id: &MediaId, from_bytes: u64, kind: BlobDigest) -> Option<RunningHash> {
-        match self.uploads.remove(id) {
-            Some(Hashing::Ready(running)) if running.through_bytes == from_bytes => {
-                self.hold(
-                    id,
-                    Hashing::Busy {
-                        began: running.began,
-                    },
-                );
-                Some(running)
-            }
-            None if from_bytes == 0 => {
-                self.began += 1;
-                let began = self.began;
-                self.hold(id, Hashing::Busy { began });
-                Some(RunningHash {
-                    began,
-                    through_bytes: 0,
-                    hasher: BlobHasher::new(kind),
-                })
-            }
-            None => None,
-            Some(other) => {
-                self.hold(
-                    id,
-                    Hashing::Unknown {
-                        began: other.began(),
-                    },
-                );
-                None
-            }
-        }
-    }
-
-    /// Keeps the hash a commit moved on, unless another commit of the upload came meanwhile.
-    fn keep(&mut self, id: &MediaId, running: RunningHash) {
-        if let Some(held @ Hashing::Busy { .. }) = self.uploads.get_mut(id) {
-            *held = Hashing::Ready(running);
-        }
-    }
-
-    /// The hash of every byte of upload `id`, `size_bytes` of them, if kept; forgets it.
-    fn finished(&mut self, id: &MediaId, size_bytes: u64) -> Option<BlobHasher> {
-        match self.uploads.remove(id) {
-            Some(Hashing::Ready(running)) if running.through_bytes == size_bytes => {
-                Some(running.hasher)
-            }
-            _ => None,
-        }
-    }
-
-    fn hold(&mut self, id: &MediaId, hashing: Hashing) {
-        if self.uploads.len() >= BLOB_RUNNING_HASHES_MAX
-            && let Some(oldest) = self
-                .uploads
-                .iter()
-                .min_by_key(|(_, hashing)| hashing.began())
-                .map(|(id, _)| id.clone())
-        {
-            self.uploads.remove(&oldest);
-        }
-        self.uploads.insert(id.clone(), hashing);
-    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -1022,6 +917,8 @@ fn object_failure(error: object_store::Error) -> ProtoError {
         }
     }
 }
+
+mod running_hashes;
 
 #[cfg(test)]
 mod tests;

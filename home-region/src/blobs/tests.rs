@@ -8,6 +8,7 @@ use fdb_layers::EmbeddedOptions;
 use tokio::io::ReadBuf;
 
 use super::*;
+use crate::limits::BLOB_RUNNING_HASHES_MAX;
 
 const UNIT: usize = BLOB_COMMIT_UNIT_BYTES as usize;
 
