@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::BenchError;
+use crate::bare_quic::{self, BareQuicCeiling};
 use crate::device::{Device, EdgeLink, Endpoints, Pushes};
 use crate::limits::{
     CONNECTIONS_PER_SECOND_TARGET, CONNECTIONS_TIMEOUT_MS, CONNECTS_IN_FLIGHT_MAX,
@@ -103,6 +104,9 @@ pub struct ConnectionsReport {
     pub certificates_verified_connecting: u64,
     /// The same devices logging in again, with the TLS sessions their first login gave them.
     pub again: LoginWave,
+    /// The ceiling measured in the same run: a bare QUIC server with the edge's TLS and
+    /// transport, the same devices' logins without Relay's.
+    pub ceiling: BareQuicCeiling,
     /// The targets.
     pub verdict: ConnectionsVerdict,
 }
@@ -142,8 +146,8 @@ pub struct ConnectionsVerdict {
 /// The steps [`run`] announces.
 pub fn steps() -> u64 {
     // devnet, registration, settling, connecting, holding, leaving, logging in again, leaving
-    // again, stopping.
-    9
+    // again, stopping, the ceiling.
+    10
 }
 
 /// Runs the connection benchmark. `step` hears of each of the [`steps`] as it begins; when
@@ -180,10 +184,19 @@ pub fn run(
         };
         step("stopping the devnet");
         servers.stop().await;
-        measured
+        let measured = measured?;
+        step("the ceiling: a bare QUIC server with the edge's TLS and transport");
+        let bare_folder = folder.path().join("bare-quic");
+        let ceiling = tokio::select! {
+            ceiling = bare_quic::measure(&options.relayd, &bare_folder, options.devices) => {
+                ceiling?
+            }
+            () = &mut shutdown => return Err(BenchError::Interrupted),
+        };
+        Ok((measured, ceiling))
     });
     drop(runtime);
-    let measured = match outcome {
+    let (measured, ceiling) = match outcome {
         Ok(measured) => measured,
         Err(error) => {
             return Err(BenchError::Kept {
@@ -227,6 +240,7 @@ pub fn run(
         bench_cpu_seconds_connecting: measured.first.bench_cpu_seconds,
         certificates_verified_connecting: measured.first.certificates_verified,
         again: measured.again,
+        ceiling,
         verdict,
     })
 }
@@ -371,17 +385,7 @@ async fn login_wave(
     let before = servers.mark();
     let cpu_before = cpu_time(CpuOf::Process);
     let began = Instant::now();
-    let connected = tokio::time::timeout(
-        Duration::from_millis(CONNECTIONS_TIMEOUT_MS),
-        connect(endpoints, edge, devices),
-    )
-    .await
-    .map_err(|_| {
-        BenchError::Timeout(format!(
-            "connecting {} devices took longer than {CONNECTIONS_TIMEOUT_MS} ms",
-            devices.len()
-        ))
-    })??;
+    let connected = connect(endpoints, edge, devices).await?;
     let seconds = began.elapsed().as_secs_f64();
     let after = servers.mark();
     let cpu_after = cpu_time(CpuOf::Process);
@@ -410,11 +414,17 @@ async fn login_wave(
 
 /// Every device closes its connection; returns once the closes are sent.
 async fn leave(endpoints: &Endpoints, connected: Connected) {
-    for (link, _) in &connected.links {
+    leave_all(endpoints, connected.links.into_iter().map(|(link, _)| link)).await;
+}
+
+/// Closes every one of `links`; returns once the closes are sent.
+pub(crate) async fn leave_all(endpoints: &Endpoints, links: impl IntoIterator<Item = EdgeLink>) {
+    let links: Vec<EdgeLink> = links.into_iter().collect();
+    for link in &links {
         link.close();
     }
     endpoints.wait_idle().await;
-    drop(connected.links);
+    drop(links);
 }
 
 /// Registers `devices` devices named `idle-<i>`: [`REGISTRATIONS_IN_FLIGHT_MAX`] connections
@@ -463,47 +473,75 @@ struct Connected {
     latency: Percentiles,
 }
 
-/// Opens and authenticates a connection for every device, each with its own TLS sessions,
-/// [`CONNECTS_IN_FLIGHT_MAX`] at once.
+/// Opens and authenticates a connection for every device, each with its own TLS sessions.
 async fn connect(
     endpoints: &Arc<Endpoints>,
     edge: std::net::SocketAddr,
     devices: &[Arc<IdleDevice>],
 ) -> Result<Connected, BenchError> {
+    let (links, latency) = connect_each(devices, |device| {
+        let endpoints = endpoints.clone();
+        async move {
+            let link = endpoints.connect_with(edge, device.tls.config()).await?;
+            let pushes = device.device.authenticate(&link, 0).await?;
+            Ok((link, pushes))
+        }
+    })
+    .await?;
+    Ok(Connected { links, latency })
+}
+
+/// Runs `login` for every one of `devices`, [`CONNECTS_IN_FLIGHT_MAX`] at once, all within
+/// [`CONNECTIONS_TIMEOUT_MS`]; returns what each returned and how long each took.
+pub(crate) async fn connect_each<D, L, F, Fut>(
+    devices: &[Arc<D>],
+    login: F,
+) -> Result<(Vec<L>, Percentiles), BenchError>
+where
+    D: Send + Sync + 'static,
+    L: Send + 'static,
+    F: Fn(Arc<D>) -> Fut,
+    Fut: Future<Output = Result<L, BenchError>> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT_MAX));
     let mut tasks = JoinSet::new();
     for device in devices {
-        let endpoints = endpoints.clone();
         let permits = permits.clone();
-        let device = device.clone();
+        let login = login(device.clone());
         tasks.spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|_| BenchError::Refused("connecting stopped".into()))?;
             let began = Instant::now();
-            let link = endpoints.connect_with(edge, device.tls.config()).await?;
-            let pushes = device.device.authenticate(&link, 0).await?;
-            Ok::<_, BenchError>((link, pushes, latency_us(began.elapsed())))
+            let logged_in = login.await?;
+            Ok::<_, BenchError>((logged_in, latency_us(began.elapsed())))
         });
     }
-    let mut links = Vec::new();
-    let mut latencies_us = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (link, pushes, latency) = joined
-            .map_err(|error| BenchError::Refused(format!("a connection failed: {error}")))??;
-        links.push((link, pushes));
-        latencies_us.push(latency);
-    }
-    Ok(Connected {
-        links,
-        latency: Percentiles::of(latencies_us),
-    })
+    let joined = async {
+        let mut all = Vec::with_capacity(devices.len());
+        let mut latencies_us = Vec::with_capacity(devices.len());
+        while let Some(joined) = tasks.join_next().await {
+            let (logged_in, latency) = joined
+                .map_err(|error| BenchError::Refused(format!("a connection failed: {error}")))??;
+            all.push(logged_in);
+            latencies_us.push(latency);
+        }
+        Ok::<_, BenchError>((all, Percentiles::of(latencies_us)))
+    };
+    tokio::time::timeout(Duration::from_millis(CONNECTIONS_TIMEOUT_MS), joined)
+        .await
+        .map_err(|_| {
+            BenchError::Timeout(format!(
+                "connecting {} devices took longer than {CONNECTIONS_TIMEOUT_MS} ms",
+                devices.len()
+            ))
+        })?
 }
 
 /// The resident memory of `pid` once it stopped changing for [`RSS_STEADY_MS`] (or after
 /// [`RSS_RETURN_WAIT_MS_MAX`], whichever comes first).
-async fn settled_rss(pid: u32) -> Result<u64, BenchError> {
+pub(crate) async fn settled_rss(pid: u32) -> Result<u64, BenchError> {
     let deadline = Instant::now() + Duration::from_millis(RSS_RETURN_WAIT_MS_MAX);
     let mut last = Servers::resident_bytes(pid)?;
     let mut steady_since = Instant::now();
@@ -563,6 +601,7 @@ impl ConnectionsReport {
              edge / region / bench | certificates checked |\n\
              |---|--:|--:|--:|--:|\n\
              {}\n{}\n\n\
+             {}\n\n\
              {}\n",
             self.build,
             thousands(self.devices as f64),
@@ -597,7 +636,52 @@ impl ConnectionsReport {
                 }
             ),
             self.login_row("again (its TLS session)", &self.again),
+            self.ceiling_table(),
             self.verdict.summary,
+        )
+    }
+
+    /// The edge next to the bare QUIC server of the same run.
+    fn ceiling_table(&self) -> String {
+        let bare = &self.ceiling;
+        let per_login_ms = |seconds: Option<f64>| {
+            seconds.map_or_else(
+                || "n/a".to_owned(),
+                |seconds| format!("{:.3}", seconds * 1_000.0 / self.devices as f64),
+            )
+        };
+        let share = |edge: f64, bare: f64| format!("{:.0} %", ratio(edge, bare) * 100.0);
+        format!(
+            "ceiling in this run: a bare QUIC server in a process of its own, with the edge's \
+             TLS, transport, socket and allocator; each device's login is its two frames \
+             echoed on a stream kept open (no signature, no device key, nothing of Relay's)\n\n\
+             | server | per idle connection | after they left | first logins/s | again/s | \
+             CPU ms / first login: server / devices |\n\
+             |---|--:|--:|--:|--:|--:|\n\
+             | bare QUIC (ceiling) | {} B | {:+.1}% | {} | {} | {} / {} |\n\
+             | edge | {} B ({:.2}× bare) | {:+.1}% | {} ({} of bare) | {} ({} of bare) | \
+             {} / {} |",
+            thousands(bare.bytes_per_connection),
+            bare.rss_after_share_above_before * 100.0,
+            thousands(bare.first.connections_per_second),
+            thousands(bare.again.connections_per_second),
+            per_login_ms(bare.first.server_cpu_seconds),
+            per_login_ms(bare.first.bench_cpu_seconds),
+            thousands(self.edge_bytes_per_connection),
+            ratio(self.edge_bytes_per_connection, bare.bytes_per_connection),
+            self.edge_rss_after_share_above_before * 100.0,
+            thousands(self.connections_per_second),
+            share(
+                self.connections_per_second,
+                bare.first.connections_per_second
+            ),
+            thousands(self.again.connections_per_second),
+            share(
+                self.again.connections_per_second,
+                bare.again.connections_per_second
+            ),
+            per_login_ms(Some(self.edge_cpu_seconds_connecting)),
+            per_login_ms(self.bench_cpu_seconds_connecting),
         )
     }
 

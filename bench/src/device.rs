@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use quinn::rustls::RootCertStore;
 use rand::RngCore;
 use relay_net::{
-    ALPN_DEVICE, EDGE_SERVER_NAME, NetError, TokioSockets, auth_keying_material, bind_endpoint,
+    ALPN_DEVICE, BufferedSockets, EDGE_SERVER_NAME, NetError, auth_keying_material, bind_endpoint,
     client_config, read_frame, request, write_frame,
 };
 use relay_proto::limits::{AUTH_NONCE_BYTES, QUEUE_FETCH_ENTRIES_MAX};
@@ -64,9 +64,9 @@ use tokio::sync::watch;
 
 use crate::BenchError;
 use crate::limits::{
-    ACKS_PER_REQUEST_MAX, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, DEVICES_PER_ENDPOINT_MAX,
-    FETCH_ATTEMPTS_MAX, FETCHES_PER_DRAIN_MAX, PAYLOAD_BYTES, REQUEST_TIMEOUT_MS,
-    SEND_ATTEMPTS_MAX, SEND_RETRY_DELAY_MS_MAX, SEND_RETRY_DELAY_MS_MIN,
+    ACKS_PER_REQUEST_MAX, CLOSE_WAIT_MS, CONNECT_TIMEOUT_MS, DEVICE_SOCKET_RECEIVE_BUFFER_BYTES,
+    DEVICES_PER_ENDPOINT_MAX, FETCH_ATTEMPTS_MAX, FETCHES_PER_DRAIN_MAX, PAYLOAD_BYTES,
+    REQUEST_TIMEOUT_MS, SEND_ATTEMPTS_MAX, SEND_RETRY_DELAY_MS_MAX, SEND_RETRY_DELAY_MS_MIN,
 };
 
 /// The software name a bench device sends in `Hello`.
@@ -1052,10 +1052,12 @@ impl CallError {
 }
 
 /// Client QUIC endpoints on one address, each shared by up to [`DEVICES_PER_ENDPOINT_MAX`]
-/// device connections (quinn routes by connection id), trusting one CA.
+/// device connections (quinn routes by connection id), trusting one CA; each socket asks for
+/// a receive buffer of [`DEVICE_SOCKET_RECEIVE_BUFFER_BYTES`].
 pub struct Endpoints {
     bind_ip: IpAddr,
     config: quinn::ClientConfig,
+    sockets: BufferedSockets,
     pool: Mutex<EndpointPool>,
 }
 
@@ -1081,6 +1083,9 @@ impl Endpoints {
         Ok(Self {
             bind_ip,
             config,
+            sockets: BufferedSockets {
+                receive_buffer_bytes: DEVICE_SOCKET_RECEIVE_BUFFER_BYTES,
+            },
             pool: Mutex::new(EndpointPool::default()),
         })
     }
@@ -1106,7 +1111,7 @@ impl Endpoints {
             return Ok(last);
         }
         let endpoint =
-            bind_endpoint(&TokioSockets, SocketAddr::new(self.bind_ip, 0), None).map_err(
+            bind_endpoint(&self.sockets, SocketAddr::new(self.bind_ip, 0), None).map_err(
                 BenchError::net(format!("binding a client endpoint on {}", self.bind_ip)),
             )?;
         pool.endpoints.push(endpoint.clone());

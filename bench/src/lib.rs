@@ -11,7 +11,8 @@
 //! - [`groups`]: W3, the message benchmark's group fan-out rows (groups made through the real
 //!   group commands, one opaque sender, every member device connected).
 //! - [`connections`]: idle authenticated devices on one edge (W2): the edge's memory per
-//!   connection, connections per second, memory given back.
+//!   connection, connections per second, memory given back; against the same devices on a
+//!   bare QUIC server with the edge's TLS and transport ([`bare_quic`]) in the same run.
 //! - [`presence`]: presence and typing through a two-region devnet's real processes (P1: many
 //!   watchers of a few accounts, their setup and the fan-out of each connect and leave; P2:
 //!   typing indicators from many connections to one receiver across regions), against raw
@@ -30,6 +31,7 @@
 //! - [`measure`]: windows, the fsync probe, CPU time and memory from `/proc`, percentiles.
 //! - [`limits`]: every bound of the message, connection, blob, sync and presence benchmarks.
 
+pub mod bare_quic;
 pub mod blobs;
 pub mod ceilings;
 pub mod connections;

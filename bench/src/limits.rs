@@ -19,6 +19,12 @@ pub const CLOSE_WAIT_MS: u64 = 2_000;
 /// thousands of devices need a few hundred sockets, not thousands. The edge sees one
 /// connection per device either way.
 pub const DEVICES_PER_ENDPOINT_MAX: usize = 64;
+/// The receive buffer asked for each of those sockets, in bytes: a phone reads its own socket,
+/// with the system's default buffer (208 KiB on Linux) for one connection; here 64 devices'
+/// handshake flights land in one buffer at once, and a datagram dropped there costs its
+/// device a retransmission timeout (a second, for a handshake) that is the bench's, not the
+/// edge's. 64 KiB a device; the kernel caps it at `net.core.rmem_max` (and says so).
+pub const DEVICE_SOCKET_RECEIVE_BUFFER_BYTES: usize = 64 * 1024 * DEVICES_PER_ENDPOINT_MAX;
 /// How long an online device waits for a push before it fetches anyway, in ms: the client
 /// library's poll interval (`relay_client::app::POLL_INTERVAL_MS`), so a lost push costs what
 /// it costs a real client, and is counted.

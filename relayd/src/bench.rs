@@ -41,9 +41,16 @@ pub enum Benchmark {
     /// devices end to end encrypted (--mode e2ee, without W3). Needs a release build.
     Messages(MessagesArgs),
     /// Idle authenticated devices on one edge of a devnet (W2): the edge's memory per
-    /// connection, connections per second, and memory given back when they leave. Needs a
-    /// release build.
+    /// connection, connections per second, and memory given back when they leave, next to the
+    /// same devices on a bare QUIC server with the edge's TLS and transport (the ceiling, in
+    /// the same run). Needs a release build.
     Connections(ConnectionsArgs),
+    /// The bare QUIC server `relayd bench connections` measures as its ceiling (started by it,
+    /// not by hand): the edge's device TLS, transport, socket and runtime; each connection's
+    /// first stream gets its first two frames echoed and is then held open. Prints
+    /// "quic-server listening on ADDR"; stops on SIGINT or SIGTERM.
+    #[command(hide = true)]
+    QuicServer(QuicServerArgs),
     /// A phone with a long chat history links a laptop through a devnet's real processes: time
     /// until the laptop shows the whole history and bytes transferred (snapshot blob and sync
     /// messages), by snapshot and by the sync protocol only, next to automerge's own save and
@@ -308,6 +315,20 @@ enum ModeArg {
     E2ee,
 }
 
+/// Arguments of `relayd bench quic-server`.
+#[derive(Debug, Args)]
+pub struct QuicServerArgs {
+    /// The server's certificate chain (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Address to listen on (port 0: any free port, printed once bound).
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+}
+
 /// Arguments of `relayd bench connections`.
 #[derive(Debug, Args)]
 pub struct ConnectionsArgs {
@@ -463,6 +484,7 @@ pub fn run(benchmark: Benchmark) -> Result<()> {
                 |report| report.table(),
             )
         }
+        Benchmark::QuicServer(args) => crate::serve::bare_quic(&args.cert, &args.key, args.listen),
         Benchmark::Blobs(args) => {
             let options = BlobsOptions {
                 relayd: servers_executable("blobs", args.allow_debug)?,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -159,6 +160,18 @@ pub fn edge(config_path: &Path) -> Result<()> {
         announce(format!("edge {} listening on {address}", config.region));
         service.run(subscriptions, shutdown).await?;
         tracing::info!("edge stopped");
+        Ok(())
+    })
+}
+
+/// `relayd bench quic-server`: the connection benchmark's bare QUIC server, on the runtime an
+/// edge runs on.
+pub fn bare_quic(cert: &Path, key: &Path, listen: SocketAddr) -> Result<()> {
+    edge_runtime()?.block_on(async {
+        let shutdown = shutdown_signal();
+        let (endpoint, address) = relay_bench::bare_quic::bind(cert, key, listen)?;
+        announce(relay_bench::bare_quic::listening_line(address));
+        relay_bench::bare_quic::serve(endpoint, shutdown).await;
         Ok(())
     })
 }

@@ -262,6 +262,20 @@ fn the_connection_benchmark_connects_every_device_and_reads_the_edge() {
     assert_eq!(report["connect_latency"]["samples"], 100);
     let summary = report["verdict"]["summary"].as_str().expect("a verdict");
     assert!(summary.contains("per idle connection"), "{summary}");
+    // The ceiling: the same devices on a bare QUIC server of its own process, a full handshake
+    // each, then each resuming with the ticket its first login left it.
+    let ceiling = &report["ceiling"];
+    assert_eq!(ceiling["devices"], 100);
+    for field in ["rss_before_bytes", "rss_connected_bytes", "rss_after_bytes"] {
+        positive(ceiling, field);
+    }
+    for wave in ["first", "again"] {
+        positive(&ceiling[wave], "connections_per_second");
+        reported(&ceiling[wave], "server_cpu_seconds");
+        assert_eq!(ceiling[wave]["latency"]["samples"], 100, "{ceiling:#}");
+    }
+    assert_eq!(ceiling["first"]["certificates_verified"], 100);
+    assert_eq!(ceiling["again"]["certificates_verified"], 0);
 }
 
 #[test]
