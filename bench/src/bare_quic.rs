@@ -34,9 +34,11 @@ use relay_proto::wire::{Authenticate, ClientRequest, Hello, client_request};
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::connections::{connect_each, leave_all, settled_rss};
+use crate::connections::{connect_each, drops_since, leave_all, settled_rss};
 use crate::device::{BENCH_CLIENT_VERSION, EdgeLink, Endpoints};
-use crate::measure::{CpuOf, Percentiles, cpu_time, process_cpu_time, ratio};
+use crate::measure::{
+    CpuOf, Percentiles, cpu_time, process_cpu_time, ratio, udp_receive_buffer_drops,
+};
 use crate::servers::Servers;
 
 /// The line the server prints once bound, before its address.
@@ -61,6 +63,9 @@ pub struct BareQuicCeiling {
     pub first: BareWave,
     /// Every device again, with the TLS session its first login left it.
     pub again: BareWave,
+    /// UDP datagrams dropped at full receive buffers while the devices left (both times) and
+    /// the server's memory settled.
+    pub udp_receive_drops_leaving: Option<u64>,
 }
 
 /// Every device logging in to the bare server once.
@@ -78,6 +83,9 @@ pub struct BareWave {
     pub bench_cpu_seconds: Option<f64>,
     /// Server certificates checked in full: logins that were not resumed.
     pub certificates_verified: u64,
+    /// UDP datagrams dropped meanwhile at a full socket receive buffer, any socket on this
+    /// machine.
+    pub udp_receive_drops: Option<u64>,
 }
 
 /// Binds the bare server on `listen` with the edge certificate `cert` and key `key`; the
@@ -298,10 +306,14 @@ async fn measure_server(
         ));
     }
     let rss_connected = Servers::resident_bytes(pid)?;
+    let drops_before_leaving = udp_receive_buffer_drops();
     leave_all(&endpoints, held.into_iter().map(|(link, _)| link)).await;
     let (held, again) = wave(server, &endpoints, &sessions, &frames).await?;
     leave_all(&endpoints, held.into_iter().map(|(link, _)| link)).await;
     let rss_after = settled_rss(pid).await?;
+    let udp_receive_drops_leaving = drops_since(drops_before_leaving)
+        .zip(again.udp_receive_drops)
+        .map(|(both, wave)| both.saturating_sub(wave));
     Ok(BareQuicCeiling {
         devices,
         rss_before_bytes: rss_before,
@@ -314,6 +326,7 @@ async fn measure_server(
         ),
         first,
         again,
+        udp_receive_drops_leaving,
     })
 }
 
@@ -333,6 +346,7 @@ async fn wave(
             .sum::<u64>()
     };
     let verified_before = verified();
+    let drops_before = udp_receive_buffer_drops();
     let server_before = process_cpu_time(server.pid());
     let bench_before = cpu_time(CpuOf::Process);
     let address = server.address;
@@ -360,6 +374,7 @@ async fn wave(
         server_cpu_seconds: spent(server_before, process_cpu_time(server.pid())),
         bench_cpu_seconds: spent(bench_before, cpu_time(CpuOf::Process)),
         certificates_verified: verified().saturating_sub(verified_before),
+        udp_receive_drops: drops_since(drops_before),
     };
     Ok((held, wave))
 }

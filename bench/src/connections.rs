@@ -40,7 +40,9 @@ use crate::limits::{
     REGISTRATION_TIMEOUT_MS, REGISTRATIONS_IN_FLIGHT_MAX, RSS_POLL_INTERVAL_MS,
     RSS_RETURN_SHARE_TARGET, RSS_RETURN_WAIT_MS_MAX, RSS_STEADY_MS,
 };
-use crate::measure::{CpuOf, Percentiles, cpu_time, latency_us, ratio, thousands};
+use crate::measure::{
+    CpuOf, Percentiles, cpu_time, latency_us, ratio, thousands, udp_receive_buffer_drops,
+};
 use crate::messages::run_folder;
 use crate::servers::Servers;
 
@@ -102,8 +104,14 @@ pub struct ConnectionsReport {
     /// Edge certificates the devices checked in full while they first connected (one per login
     /// that was not resumed: all of them).
     pub certificates_verified_connecting: u64,
+    /// UDP datagrams dropped at full receive buffers while the devices first connected.
+    pub udp_receive_drops_connecting: Option<u64>,
     /// The same devices logging in again, with the TLS sessions their first login gave them.
     pub again: LoginWave,
+    /// UDP datagrams dropped at full receive buffers while the devices left (both times) and
+    /// the edge's memory settled: a close dropped keeps its connection at the edge until it
+    /// times out.
+    pub udp_receive_drops_leaving: Option<u64>,
     /// The ceiling measured in the same run: a bare QUIC server with the edge's TLS and
     /// transport, the same devices' logins without Relay's.
     pub ceiling: BareQuicCeiling,
@@ -128,6 +136,10 @@ pub struct LoginWave {
     pub bench_cpu_seconds: Option<f64>,
     /// Edge certificates checked in full: logins that were not resumed.
     pub certificates_verified: u64,
+    /// UDP datagrams dropped meanwhile at a full socket receive buffer, any socket on this
+    /// machine ([`udp_receive_buffer_drops`]): each one dropped during a handshake costs its
+    /// device a retransmission timeout.
+    pub udp_receive_drops: Option<u64>,
 }
 
 /// The issue's targets, met or missed.
@@ -239,7 +251,9 @@ pub fn run(
         region_cpu_seconds_connecting: measured.first.region_cpu_seconds,
         bench_cpu_seconds_connecting: measured.first.bench_cpu_seconds,
         certificates_verified_connecting: measured.first.certificates_verified,
+        udp_receive_drops_connecting: measured.first.udp_receive_drops,
         again: measured.again,
+        udp_receive_drops_leaving: measured.udp_receive_drops_leaving,
         ceiling,
         verdict,
     })
@@ -274,6 +288,7 @@ struct Measured {
     rss_after: u64,
     first: LoginWave,
     again: LoginWave,
+    udp_receive_drops_leaving: Option<u64>,
 }
 
 /// A registered device and what it keeps across its logins: its TLS sessions.
@@ -344,6 +359,7 @@ async fn measure(
     let rss_connected = Servers::resident_bytes(edge_pid)?;
 
     step("every device leaves");
+    let drops_before_leaving = udp_receive_buffer_drops();
     leave(&endpoints, connected).await;
 
     // At once, so that this wave too finds the homes that registration cached (for
@@ -356,6 +372,9 @@ async fn measure(
     step("every device leaves again");
     leave(&endpoints, connected).await;
     let rss_after = settled_rss(edge_pid).await?;
+    let udp_receive_drops_leaving = drops_since(drops_before_leaving)
+        .zip(again.udp_receive_drops)
+        .map(|(both, wave)| both.saturating_sub(wave));
     Ok(Measured {
         client_sockets: endpoints.sockets(),
         registration_seconds,
@@ -364,6 +383,7 @@ async fn measure(
         rss_after,
         first,
         again,
+        udp_receive_drops_leaving,
     })
 }
 
@@ -382,6 +402,7 @@ async fn login_wave(
             .sum::<u64>()
     };
     let verified_before = verified();
+    let drops_before = udp_receive_buffer_drops();
     let before = servers.mark();
     let cpu_before = cpu_time(CpuOf::Process);
     let began = Instant::now();
@@ -408,6 +429,7 @@ async fn login_wave(
             .zip(cpu_after)
             .map(|(before, after)| after.saturating_sub(before).as_secs_f64()),
         certificates_verified: verified().saturating_sub(verified_before),
+        udp_receive_drops: drops_since(drops_before),
     };
     Ok((connected, wave))
 }
@@ -415,6 +437,13 @@ async fn login_wave(
 /// Every device closes its connection; returns once the closes are sent.
 async fn leave(endpoints: &Endpoints, connected: Connected) {
     leave_all(endpoints, connected.links.into_iter().map(|(link, _)| link)).await;
+}
+
+/// UDP datagrams dropped at full receive buffers since `before` was read.
+pub(crate) fn drops_since(before: Option<u64>) -> Option<u64> {
+    before
+        .zip(udp_receive_buffer_drops())
+        .map(|(before, now)| now.saturating_sub(before))
 }
 
 /// Closes every one of `links`; returns once the closes are sent.
@@ -602,6 +631,7 @@ impl ConnectionsReport {
              |---|--:|--:|--:|--:|\n\
              {}\n{}\n\n\
              {}\n\n\
+             {}\n\n\
              {}\n",
             self.build,
             thousands(self.devices as f64),
@@ -633,11 +663,29 @@ impl ConnectionsReport {
                     region_cpu_seconds: self.region_cpu_seconds_connecting,
                     bench_cpu_seconds: self.bench_cpu_seconds_connecting,
                     certificates_verified: self.certificates_verified_connecting,
+                    udp_receive_drops: self.udp_receive_drops_connecting,
                 }
             ),
             self.login_row("again (its TLS session)", &self.again),
             self.ceiling_table(),
+            self.drops_line(),
             self.verdict.summary,
+        )
+    }
+
+    /// Datagrams dropped at full socket buffers in each phase, edge and bare server.
+    fn drops_line(&self) -> String {
+        let count = |drops: Option<u64>| drops.map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+        let bare = &self.ceiling;
+        format!(
+            "UDP datagrams dropped at full socket buffers (any socket), first logins / again / \
+             leaving: edge {} / {} / {}, bare {} / {} / {}",
+            count(self.udp_receive_drops_connecting),
+            count(self.again.udp_receive_drops),
+            count(self.udp_receive_drops_leaving),
+            count(bare.first.udp_receive_drops),
+            count(bare.again.udp_receive_drops),
+            count(bare.udp_receive_drops_leaving),
         )
     }
 

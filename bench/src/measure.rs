@@ -199,6 +199,25 @@ pub fn process_written_bytes(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// UDP datagrams the kernel dropped so far because a socket's receive buffer was full
+/// (`RcvbufErrors` of `/proc/net/snmp`, every socket of this network namespace); `None` where
+/// the file is missing or does not parse.
+pub fn udp_receive_buffer_drops() -> Option<u64> {
+    rcvbuf_errors(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+/// `RcvbufErrors` of the `Udp:` lines of a `/proc/net/snmp` text: a line of names, then one of
+/// values.
+fn rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let names = udp.next()?;
+    let values = udp.next()?;
+    let index = names
+        .split_whitespace()
+        .position(|name| name == "RcvbufErrors")?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
 /// The resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), in bytes; `None` if
 /// it is gone or the file does not parse.
 pub fn resident_bytes(pid: u32) -> Option<u64> {
@@ -234,6 +253,21 @@ fn stat_cpu_time(path: &Path) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_drops_are_read_by_column_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 127182343 10518 486497 127681335 486490 0\n\
+                    UdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 7\n";
+        assert_eq!(rcvbuf_errors(snmp), Some(486_490));
+        assert_eq!(rcvbuf_errors("Udp: InDatagrams\nUdp: 5\n"), None);
+        assert_eq!(rcvbuf_errors("garbage"), None);
+        // The live file parses where there is one.
+        if std::path::Path::new("/proc/net/snmp").exists() {
+            assert!(udp_receive_buffer_drops().is_some());
+        }
+    }
 
     #[test]
     fn percentiles_pick_their_rank() {
