@@ -57,8 +57,9 @@ pub const DEVICE_RECEIVE_WINDOW_BYTES: u32 = 256 * 1024;
 /// (a page of the device's queue).
 pub const DEVICE_SEND_WINDOW_BYTES: u64 = FRAME_BYTES_MAX as u64;
 
-/// The UDP payload size device connections start with, in bytes: QUIC's minimum, which every
-/// path carries; path MTU discovery then raises it where the path allows.
+/// The UDP payload size of device connections, in bytes: QUIC's minimum, which every path
+/// carries. They keep it: neither end probes for more (the probes cost a quarter of a login's
+/// CPU; `relay_net`'s device transport says why).
 pub const DEVICE_INITIAL_MTU_BYTES: u16 = 1_200;
 
 /// The receive buffer an edge asks the kernel for on its device socket, in bytes: the Initial
