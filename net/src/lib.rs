@@ -41,10 +41,11 @@ pub use peers::{PeerLinks, PeerResolver};
 pub use slots::{ConnectionSlot, ConnectionSlots, accept_bounded};
 
 use limits::{
-    DEVICE_INITIAL_MTU_BYTES, DEVICE_RECEIVE_WINDOW_BYTES, DEVICE_SEND_WINDOW_BYTES,
-    DEVICE_STREAM_RECEIVE_WINDOW_BYTES, DEVICE_STREAMS_PER_CONNECTION_MAX,
-    DEVICE_TLS_SERVER_NAMES_MAX, DEVICE_TLS_TICKETS_PER_CONNECTION, IDLE_TIMEOUT_MS,
-    KEEP_ALIVE_INTERVAL_MS, MEDIA_STREAMS_PER_CONNECTION_MAX, STREAMS_PER_CONNECTION_MAX,
+    DEVICE_INITIAL_MTU_BYTES, DEVICE_MTU_PROBE_BYTES, DEVICE_RECEIVE_WINDOW_BYTES,
+    DEVICE_SEND_WINDOW_BYTES, DEVICE_STREAM_RECEIVE_WINDOW_BYTES,
+    DEVICE_STREAMS_PER_CONNECTION_MAX, DEVICE_TLS_SERVER_NAMES_MAX,
+    DEVICE_TLS_TICKETS_PER_CONNECTION, IDLE_TIMEOUT_MS, KEEP_ALIVE_INTERVAL_MS,
+    MEDIA_STREAMS_PER_CONNECTION_MAX, STREAMS_PER_CONNECTION_MAX,
 };
 
 /// ALPN of device connections to an edge.
@@ -337,12 +338,12 @@ fn internal_transport() -> Arc<quinn::TransportConfig> {
 ///   keeps a buffer of ten datagrams per connection for the rest of its life, for replies
 ///   that are mostly one datagram long;
 /// - only the device sends keep-alives;
-/// - neither end probes for a larger path MTU: datagrams stay at
-///   [`DEVICE_INITIAL_MTU_BYTES`], which every path carries. A probe is a datagram of up to
-///   1,452 bytes that is nearly all padding, and quinn parses padding a byte at a time: the
-///   probes of each new connection cost the edge and the device about a quarter of a login's
-///   CPU (`relayd bench connections`: 0.52–0.54 → 0.37–0.40 ms per login at the edge), for
-///   what would save a sixth of the datagrams of the few replies larger than one;
+/// - each end probes the path once for datagrams of [`DEVICE_MTU_PROBE_BYTES`] and keeps
+///   [`DEVICE_INITIAL_MTU_BYTES`] where that probe is lost, instead of quinn's binary search (five
+///   or six probes each way). A probe is nearly all padding, and quinn parses padding a byte at
+///   a time: the search cost the edge and the device about a quarter of a login's CPU
+///   (`relayd bench connections`), while larger datagrams only help the few replies (and blobs
+///   through the edge) larger than one;
 /// - a device lets the edge open no stream, and keeps quinn's receive windows, so a page of
 ///   its queue arrives in few round trips.
 fn device_transport(end: End) -> Arc<quinn::TransportConfig> {
@@ -354,7 +355,13 @@ fn device_transport(end: End) -> Arc<quinn::TransportConfig> {
     transport.datagram_receive_buffer_size(None);
     transport.datagram_send_buffer_size(0);
     transport.initial_mtu(DEVICE_INITIAL_MTU_BYTES);
-    transport.mtu_discovery_config(None);
+    let mut discovery = quinn::MtuDiscoveryConfig::default();
+    // The search's first step is smaller than its minimum change, so it probes its upper
+    // bound alone, and stops there whether that probe arrives or not.
+    discovery
+        .upper_bound(DEVICE_MTU_PROBE_BYTES)
+        .minimum_change(DEVICE_MTU_PROBE_BYTES - DEVICE_INITIAL_MTU_BYTES);
+    transport.mtu_discovery_config(Some(discovery));
     match end {
         End::Server => {
             transport.max_concurrent_bidi_streams(DEVICE_STREAMS_PER_CONNECTION_MAX.into());

@@ -57,10 +57,14 @@ pub const DEVICE_RECEIVE_WINDOW_BYTES: u32 = 256 * 1024;
 /// (a page of the device's queue).
 pub const DEVICE_SEND_WINDOW_BYTES: u64 = FRAME_BYTES_MAX as u64;
 
-/// The UDP payload size of device connections, in bytes: QUIC's minimum, which every path
-/// carries. They keep it: neither end probes for more (the probes cost a quarter of a login's
-/// CPU; `relay_net`'s device transport says why).
+/// The UDP payload size device connections start with, in bytes: QUIC's minimum, which every
+/// path carries.
 pub const DEVICE_INITIAL_MTU_BYTES: u16 = 1_200;
+
+/// The one larger UDP payload size a device connection probes for, in bytes, and keeps if the
+/// probe arrives: quinn's default upper bound (an Ethernet MTU of 1,500 less IPv6 and UDP
+/// headers). One probe instead of a binary search: `relay_net`'s device transport says why.
+pub const DEVICE_MTU_PROBE_BYTES: u16 = 1_452;
 
 /// The receive buffer an edge asks the kernel for on its device socket, in bytes: the Initial
 /// packets of many devices connecting at once wait there while the edge is busy with earlier
@@ -96,6 +100,9 @@ const _: () = assert!(DEVICE_STREAM_RECEIVE_WINDOW_BYTES <= DEVICE_RECEIVE_WINDO
 const _: () = assert!(DEVICE_SEND_WINDOW_BYTES >= FRAME_BYTES_MAX as u64);
 // QUIC requires datagrams of at least 1,200 bytes.
 const _: () = assert!(DEVICE_INITIAL_MTU_BYTES >= 1_200);
+// One probe: the binary search's first midpoint is closer than its minimum change (the
+// difference), so quinn probes the upper bound directly and then stops.
+const _: () = assert!(DEVICE_MTU_PROBE_BYTES > DEVICE_INITIAL_MTU_BYTES);
 // A device always has a ticket to resume with, and remembers the one name edges answer to.
 const _: () = assert!(DEVICE_TLS_TICKETS_PER_CONNECTION >= 1);
 const _: () = assert!(DEVICE_TLS_SERVER_NAMES_MAX >= 1);
