@@ -1008,6 +1008,38 @@ impl Report {
         self.count(|what| matches!(what, What::Received { device: 0, .. }))
     }
 
+    /// Messages received (by their recipient's first device) that their sender never heard
+    /// were sent: a linked second device sent them and was removed before their ✓ reached it.
+    /// A removed device's outbox goes with it, so liveness excuses these, and of a run's
+    /// messages the acknowledged ones and these are all that can arrive.
+    pub fn received_unacknowledged_from_removed(&self) -> usize {
+        let mut removed = BTreeSet::new();
+        let mut acked = BTreeSet::new();
+        let mut from_second_devices = BTreeSet::new();
+        for event in &self.trace {
+            match event.what {
+                What::Removed { client } => {
+                    removed.insert(client);
+                }
+                What::Acked { message } => {
+                    acked.insert(message);
+                }
+                What::Send {
+                    message, device: 1, ..
+                } => {
+                    from_second_devices.insert(message);
+                }
+                _ => {}
+            }
+        }
+        self.count(|what| {
+            matches!(what, What::Received { device: 0, message, .. }
+                if !acked.contains(message)
+                    && removed.contains(&message.sender)
+                    && from_second_devices.contains(message))
+        })
+    }
+
     /// Messages received by linked second devices.
     pub fn received_by_second_devices(&self) -> usize {
         self.count(|what| matches!(what, What::Received { device: 1, .. }))

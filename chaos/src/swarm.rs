@@ -71,6 +71,10 @@ pub struct SwarmSummary {
     pub faults: BTreeMap<FaultKind, u64>,
     /// Messages the workloads planned, acknowledged and received.
     pub messages: (u64, u64, u64),
+    /// Of those received, the ones a second device sent and was removed before it heard they
+    /// were sent ([`Report::received_unacknowledged_from_removed`]): received is acknowledged
+    /// plus these.
+    pub received_unacknowledged_from_removed: u64,
     /// Second devices linked, changes the devices of linked clients made (edits, deletions for
     /// everyone, reactions), and documents of second devices I7 compared with their first
     /// devices'.
@@ -129,6 +133,10 @@ impl SwarmSummary {
         line(
             "messages planned / acked / received",
             format!("{planned} / {acked} / {received}"),
+        );
+        line(
+            "received, unacked: sender removed",
+            summary.received_unacknowledged_from_removed.to_string(),
         );
         let (linked, [edits, deletions, reactions], compared) = summary.linked;
         line(
@@ -246,6 +254,8 @@ impl SwarmSummary {
                 "planned": summary.messages.0,
                 "acknowledged": summary.messages.1,
                 "received": summary.messages.2,
+                "received_unacknowledged_from_removed":
+                    summary.received_unacknowledged_from_removed,
             },
             "linked": {
                 "second_devices": summary.linked.0,
@@ -302,6 +312,8 @@ impl SwarmSummary {
         self.messages.0 += report.planned.len() as u64;
         self.messages.1 += report.acknowledged() as u64;
         self.messages.2 += report.received() as u64;
+        self.received_unacknowledged_from_removed +=
+            report.received_unacknowledged_from_removed() as u64;
         for event in &report.trace {
             match &event.what {
                 What::Linked { .. } => self.linked.0 += 1,
