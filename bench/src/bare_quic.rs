@@ -17,10 +17,9 @@
 //! connected and after both waves left. What the edge spends beyond these figures is Relay's.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 
 use relay_devnet::pki::Pki;
@@ -216,37 +215,22 @@ impl ServerProcess {
     /// log in `folder`, and waits for its listening line.
     fn start(relayd: &Path, folder: &Path, pki: &Pki) -> Result<Self, BenchError> {
         let certs = pki.edge(1)?;
-        let log_path = folder.join("quic-server.log");
-        let log =
-            std::fs::File::create(&log_path).map_err(BenchError::io("creating", &log_path))?;
-        let mut child = Command::new(relayd)
-            .args(["bench", "quic-server", "--cert"])
-            .arg(&certs.cert)
-            .arg("--key")
-            .arg(&certs.key)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(BenchError::io("starting", relayd))?;
-        let address = child.stdout.take().and_then(|stdout| {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|line| line.strip_prefix(LISTENING)?.trim().parse().ok())
-        });
-        match address {
-            Some(address) => Ok(Self { child, address }),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(BenchError::Refused(format!(
-                    "relayd bench quic-server did not start: see {}",
-                    log_path.display()
-                )))
-            }
-        }
+        let (child, address) = crate::servers::spawn_listening(
+            relayd,
+            &[
+                "bench".as_ref(),
+                "quic-server".as_ref(),
+                "--cert".as_ref(),
+                certs.cert.as_os_str(),
+                "--key".as_ref(),
+                certs.key.as_os_str(),
+                "--listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+            ],
+            &folder.join("quic-server.log"),
+            "relayd bench quic-server",
+        )?;
+        Ok(Self { child, address })
     }
 
     fn pid(&self) -> u32 {

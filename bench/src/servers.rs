@@ -234,6 +234,44 @@ impl Servers {
     }
 }
 
+/// Starts `relayd` with `args`, its standard error written to `log`, and waits for the line
+/// on its standard output that says where it listens (`… listening on ADDR`); a child that
+/// exits or closes its output first is ended and refused, naming `what` and the log.
+pub(crate) fn spawn_listening(
+    relayd: &Path,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    what: &str,
+) -> Result<(std::process::Child, SocketAddr), BenchError> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let log_file = std::fs::File::create(log).map_err(BenchError::io("creating", log))?;
+    let mut child = Command::new(relayd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .map_err(BenchError::io("starting", relayd))?;
+    let address = child.stdout.take().and_then(|stdout| {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.split_once(" listening on ")?.1.trim().parse().ok())
+    });
+    match address {
+        Some(address) => Ok((child, address)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(BenchError::Refused(format!(
+                "{what} did not start: see {}",
+                log.display()
+            )))
+        }
+    }
+}
+
 /// Retries logged in `log` between byte offsets `from` and `to`: (conflicts, other causes).
 /// A log that cannot be read counts nothing.
 fn count_retries(log: &Path, from: u64, to: u64) -> (u64, u64) {

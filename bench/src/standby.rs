@@ -2,10 +2,9 @@
 //! standby` started on a fresh folder with a PKI of its own, and the shipper that makes a
 //! measured database ship to it.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 
 use fdb_layers::Database;
@@ -50,37 +49,16 @@ impl StandbyProcess {
         let text = toml::to_string(&config)
             .map_err(|error| BenchError::Invalid(format!("the standby's config: {error}")))?;
         std::fs::write(&config_path, text).map_err(BenchError::io("writing", &config_path))?;
-        let log_path = folder.join("standby.log");
-        let log =
-            std::fs::File::create(&log_path).map_err(BenchError::io("creating", &log_path))?;
-        let mut child = Command::new(relayd)
-            .args(["standby", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(BenchError::io("starting", relayd))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BenchError::Refused("the standby has no standard output".into()))?;
-        let mut address = None;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some((_, listening)) = line.split_once(" listening on ") {
-                address = listening.trim().parse().ok();
-                break;
-            }
-        }
-        let Some(address) = address else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(BenchError::Refused(format!(
-                "relayd standby did not start: see {}",
-                log_path.display()
-            )));
-        };
+        let (child, address) = crate::servers::spawn_listening(
+            relayd,
+            &[
+                "standby".as_ref(),
+                "--config".as_ref(),
+                config_path.as_os_str(),
+            ],
+            &folder.join("standby.log"),
+            "relayd standby",
+        )?;
         let roots =
             relay_net::load_roots(&pki.ca_cert()).map_err(BenchError::net("the standby's CA"))?;
         let identity = TlsIdentity::load(&certs.cert, &certs.key)
