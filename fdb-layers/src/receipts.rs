@@ -22,6 +22,18 @@
 //!
 //! A message's receipts of each form are contiguous, so reading them all is two range reads.
 //!
+//! **What is recorded.** A receipt the caller makes once by construction needs no record to be
+//! told once: the region makes the receipt of a 1:1 message for a device when an ack or the
+//! retention sweep removes the device's queue entry, which happens once (the removal reads the
+//! entry with a conflict), so it only asks [`passes`] (a state another route recorded still
+//! holds a lower one back) and writes nothing. That key was the one write of a delivered
+//! message's with a random position in the store (the client message id): one page of the
+//! embedded engine per message. Receipts another region forwards are made once there in the
+//! same way and applied once here by their outbox number (`outbox::mark_applied`), so they are
+//! not recorded either ([`passes_many`]). Recorded, by [`advance_many`]: a group's receipts for
+//! senders homed here, which the region's pump takes from its own outbox with snapshot reads,
+//! so the record is what makes a second pump's attempt at the same entries conflict.
+//!
 //! **Conflicts.** Both functions read the states they may replace (the device's key and the
 //! message's batches; [`advance_many`] all of the message's), so two concurrent advances of
 //! one message conflict when either may have changed what the other read and the retry
@@ -73,15 +85,29 @@ pub async fn advance(
     recipient: DeviceAddress,
     state: ReceiptState,
 ) -> Result<bool, StoreError> {
-    let stored = crate::receipts::state(transaction, chat, client_message_id, recipient)
-        .await?
-        .unwrap_or(ReceiptState::Unspecified);
-    if state <= stored {
+    if !passes(transaction, chat, client_message_id, recipient, state).await? {
         return Ok(false);
     }
     let key = message_subspace(chat, client_message_id).pack(&recipient);
     transaction.set(&key, &[state_byte(state)])?;
     Ok(true)
+}
+
+/// Whether `state` is further than the receipt stored for `recipient`, without recording it:
+/// for a receipt its caller makes once by construction (the region's receipt of a removed queue
+/// entry, see the module doc). Reads what [`advance`] reads, so a state recorded by another
+/// route still holds a lower one back.
+pub async fn passes(
+    transaction: &Transaction,
+    chat: ChatId,
+    client_message_id: ClientMessageId,
+    recipient: DeviceAddress,
+    state: ReceiptState,
+) -> Result<bool, StoreError> {
+    let stored = crate::receipts::state(transaction, chat, client_message_id, recipient)
+        .await?
+        .unwrap_or(ReceiptState::Unspecified);
+    Ok(state > stored)
 }
 
 /// [`advance`] for several recipients of one message, in order (a recipient named twice moves
@@ -92,6 +118,28 @@ pub async fn advance_many(
     chat: ChatId,
     client_message_id: ClientMessageId,
     moves: &[(DeviceAddress, ReceiptState)],
+) -> Result<Vec<bool>, StoreError> {
+    forward_many(transaction, chat, client_message_id, moves, true).await
+}
+
+/// [`passes`] for several recipients of one message, as [`advance_many`] decides them, without
+/// recording them: for receipts their caller makes once by construction.
+pub async fn passes_many(
+    transaction: &Transaction,
+    chat: ChatId,
+    client_message_id: ClientMessageId,
+    moves: &[(DeviceAddress, ReceiptState)],
+) -> Result<Vec<bool>, StoreError> {
+    forward_many(transaction, chat, client_message_id, moves, false).await
+}
+
+/// [`advance_many`], writing the batch only with `record`.
+async fn forward_many(
+    transaction: &Transaction,
+    chat: ChatId,
+    client_message_id: ClientMessageId,
+    moves: &[(DeviceAddress, ReceiptState)],
+    record: bool,
 ) -> Result<Vec<bool>, StoreError> {
     // Only the states of the recipients asked for are looked up, in both forms.
     let mut known: HashMap<DeviceAddress, ReceiptState> = moves
@@ -126,7 +174,7 @@ pub async fn advance_many(
         batch.insert(recipient, state);
         moved.push(true);
     }
-    if !batch.is_empty() {
+    if record && !batch.is_empty() {
         batches.write(transaction, batch)?;
     }
     Ok(moved)
@@ -384,6 +432,54 @@ mod tests {
             ]
         );
         assert_eq!((phone, other), (Some(ReceiptState::Delivered), None));
+    }
+
+    /// `passes` and `passes_many` decide as `advance` and `advance_many` would, against the
+    /// states recorded in both forms, and write nothing.
+    #[tokio::test]
+    async fn passing_checks_the_records_and_writes_nothing() {
+        let (_folder, database) = temporary_database(None);
+        database
+            .transact(|tx| async move {
+                advance(&tx, CHAT, MESSAGE, PHONE, ReceiptState::Delivered).await?;
+                advance_many(&tx, CHAT, MESSAGE, &[(LAPTOP, ReceiptState::Expired)]).await
+            })
+            .await
+            .expect("recorded");
+        let tablet = member(7);
+        let (one, many, written) = database
+            .transact(|tx| async move {
+                let one = [
+                    passes(&tx, CHAT, MESSAGE, PHONE, ReceiptState::Delivered).await?,
+                    passes(&tx, CHAT, MESSAGE, PHONE, ReceiptState::Expired).await?,
+                    passes(&tx, CHAT, MESSAGE, LAPTOP, ReceiptState::Delivered).await?,
+                    passes(&tx, CHAT, MESSAGE, tablet, ReceiptState::Delivered).await?,
+                ];
+                let many = passes_many(
+                    &tx,
+                    CHAT,
+                    MESSAGE,
+                    &[
+                        (PHONE, ReceiptState::Delivered),
+                        (LAPTOP, ReceiptState::Expired),
+                        (tablet, ReceiptState::Delivered),
+                        (tablet, ReceiptState::Delivered),
+                    ],
+                )
+                .await?;
+                Ok((one, many, tx.written_keys().map(|keys| keys.len())))
+            })
+            .await
+            .expect("checked");
+        assert_eq!(one, [false, true, false, true]);
+        // Within one call a device named twice passes once, as `advance_many` moves it once.
+        assert_eq!(many, [false, false, true, false]);
+        assert_eq!(written, Some(0), "nothing written");
+        let tablet_state = database
+            .transact(|tx| async move { state(&tx, CHAT, MESSAGE, tablet).await })
+            .await
+            .expect("read");
+        assert_eq!(tablet_state, None);
     }
 
     fn member(index: u32) -> DeviceAddress {

@@ -181,7 +181,7 @@ pub async fn deliver_local_receipts(
     }
     // Stopped by a limit: more may wait (at worst one more round finds nothing).
     applied.more = applied.receipts >= limit || entries_taken >= entries_limit;
-    receipts.deliver_many(tx, batch).await?;
+    receipts.deliver_many(tx, batch, Record::Yes).await?;
     let Some(last) = last else {
         return Ok(Ok((applied, effects)));
     };
@@ -269,6 +269,16 @@ impl ParsedReceipt {
     }
 }
 
+/// Whether the receipts [`LocalReceipts::deliver_many`] moves forward are recorded: only where
+/// they could be taken twice (see `fdb_layers::receipts`, "What is recorded").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// A group's receipts, which the pump takes from this region's outbox by snapshot reads.
+    Yes,
+    /// Receipts another region made once and this one applies once, by outbox number.
+    No,
+}
+
 /// Receipts for messages sent from this region that moved forward in one transaction, by the
 /// sender device that gets them, with the devices of each sender account read once.
 pub(super) struct LocalReceipts {
@@ -297,8 +307,9 @@ impl LocalReceipts {
         }
     }
 
-    /// Records `receipt` (forward-only: a receipt that does not move its message's state
-    /// forward is dropped) and keeps it for every device of the sender's account.
+    /// Keeps `receipt`, made once by the removal of a queue entry here, for every device of the
+    /// sender's account, unless a state recorded for its message and device is as far
+    /// (`receipts::passes`; nothing is recorded: the removal makes it once).
     async fn deliver(
         &mut self,
         tx: &Transaction,
@@ -309,18 +320,20 @@ impl LocalReceipts {
         };
         let (chat, message, recipient, state) =
             (parsed.chat, parsed.message, parsed.recipient, parsed.state);
-        if !receipts::advance(tx, chat, message, recipient, state).await? {
+        if !receipts::passes(tx, chat, message, recipient, state).await? {
             return Ok(());
         }
         self.keep(tx, parsed.sender, receipt).await
     }
 
     /// [`LocalReceipts::deliver`] for many receipts: those of one message are moved forward
-    /// together (`receipts::advance_many`: read in one go, written as one batch).
+    /// together (read in one go; with [`Record::Yes`], written as one batch:
+    /// `receipts::advance_many`).
     async fn deliver_many(
         &mut self,
         tx: &Transaction,
         taken: Vec<QueuedReceipt>,
+        record: Record,
     ) -> Result<(), StoreError> {
         let mut by_message: Vec<((ChatId, relay_proto::ClientMessageId), Vec<_>)> = Vec::new();
         let mut index: HashMap<(ChatId, relay_proto::ClientMessageId), usize> = HashMap::new();
@@ -340,7 +353,10 @@ impl LocalReceipts {
                 .iter()
                 .map(|(parsed, _)| (parsed.recipient, parsed.state))
                 .collect();
-            let moved = receipts::advance_many(tx, chat, message, &moves).await?;
+            let moved = match record {
+                Record::Yes => receipts::advance_many(tx, chat, message, &moves).await?,
+                Record::No => receipts::passes_many(tx, chat, message, &moves).await?,
+            };
             for ((parsed, receipt), moved) in receipts.into_iter().zip(moved) {
                 if moved {
                     self.keep(tx, parsed.sender, receipt).await?;
@@ -416,7 +432,7 @@ impl LocalReceipts {
                 // writes; the sender's device is quarantined when it fetches.
                 let appended = match device_queue::append(tx, address, &item, now_ms).await {
                     Err(error @ StoreError::Corrupt { .. }) => {
-                        tracing::error!(%address, %error, "the queue of the receipt's sender device cannot be read; receipt recorded but not queued");
+                        tracing::error!(%address, %error, "the queue of the receipt's sender device cannot be read; receipt not queued");
                         break;
                     }
                     appended => appended?,
@@ -429,11 +445,10 @@ impl LocalReceipts {
                         };
                         effects.appended(address, queue_seq, Some(entry));
                     }
-                    // The receipt's state is recorded; only its push to a device whose queue is
-                    // at the cap is skipped, so acknowledging the message never fails because
-                    // of it.
+                    // Only the receipt's push to a device whose queue is at the cap is
+                    // skipped, so acknowledging the message never fails because of it.
                     QueueAppend::Full { depth } => {
-                        tracing::warn!(%address, depth, "queue full; receipt recorded but not queued");
+                        tracing::warn!(%address, depth, "queue full; receipt not queued");
                     }
                 }
             }
@@ -504,7 +519,7 @@ pub async fn apply_forwarded_receipts(
     }
     // Those of one message together: a group message's receipts from the other region's
     // members are one batch of its receipt states.
-    receipts.deliver_many(tx, applied).await?;
+    receipts.deliver_many(tx, applied, Record::No).await?;
     receipts
         .finish(tx, now_ms, &mut effects, &mut outbox::Pushes::new())
         .await?;
