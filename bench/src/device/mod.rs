@@ -478,22 +478,31 @@ pub fn client_message_id() -> ClientMessageId {
     ClientMessageId(id)
 }
 
+/// What the tests of the device's files share.
 #[cfg(test)]
-mod tests {
-    use relay_proto::{AccountId, DeviceId};
+mod test_support {
+    use relay_proto::{AccountId, ClientMessageId, DeviceAddress, DeviceId};
 
-    use super::*;
-
-    fn id(n: u8) -> ClientMessageId {
+    /// A client message id of the byte `n`.
+    pub(super) fn id(n: u8) -> ClientMessageId {
         ClientMessageId([n; 16])
     }
 
-    fn device(account: u64) -> DeviceAddress {
+    /// The first device of `account`.
+    pub(super) fn device(account: u64) -> DeviceAddress {
         DeviceAddress {
             account: AccountId(account),
             device: DeviceId(1),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_proto::AccountId;
+
+    use super::test_support::{device, id};
+    use super::*;
 
     #[test]
     fn payloads_carry_their_row_and_time() {

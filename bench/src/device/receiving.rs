@@ -203,16 +203,9 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use relay_proto::wire::{QueueEntry, QueuedMessage, QueuedReceipt};
-    use relay_proto::{AccountId, DeviceId};
 
+    use super::super::test_support::device;
     use super::*;
-
-    fn device(account: u64) -> DeviceAddress {
-        DeviceAddress {
-            account: AccountId(account),
-            device: DeviceId(1),
-        }
-    }
 
     fn message_entry(queue_seq: u64, sender: DeviceAddress, sender_seq: u64) -> QueueEntry {
         QueueEntry {

@@ -223,13 +223,8 @@ impl SendPipeline {
 
 #[cfg(test)]
 mod tests {
-    use relay_proto::ClientMessageId;
-
+    use super::super::test_support::id;
     use super::*;
-
-    fn id(n: u8) -> ClientMessageId {
-        ClientMessageId([n; 16])
-    }
 
     #[test]
     fn a_window_of_one_waits_for_each_confirmation() {
